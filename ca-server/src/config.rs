@@ -1,0 +1,244 @@
+//! Server configuration: one TOML file, overridden by a few CLI flags, checked once at start.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so a typo never silently falls back to a
+//! default. Lab/test knobs are documented as such and default off.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole server configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, the CA keys and certificates live.
+    pub data_dir: PathBuf,
+    /// Address the HTTPS listener binds.
+    pub listen: SocketAddr,
+    /// Base URL clients use to reach the server (scheme, host, port; no path). Every URL the
+    /// server hands out starts with it, and every JWS `url` must too. Default: from `listen`.
+    pub public_url: Option<String>,
+    /// Extra DNS names or IP addresses for the server's own HTTPS certificate.
+    pub tls_names: Vec<String>,
+    /// Terms of service URL advertised in the directory `meta`.
+    pub terms_of_service: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Certificate issuance policy.
+    pub issuance: IssuanceConfig,
+    /// Challenge validation.
+    pub validation: ValidationConfig,
+    /// External account binding.
+    pub eab: EabConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("iiot-acme-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 14000)),
+            public_url: None,
+            tls_names: Vec::new(),
+            terms_of_service: None,
+            max_body_bytes: 64 * 1024,
+            issuance: IssuanceConfig::default(),
+            validation: ValidationConfig::default(),
+            eab: EabConfig::default(),
+        }
+    }
+}
+
+/// Key algorithm for a CA key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaKeyType {
+    /// ECDSA P-256 with SHA-256.
+    P256,
+    /// ECDSA P-384 with SHA-384.
+    P384,
+}
+
+/// Issuance policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuanceConfig {
+    /// Lifetime of issued end-entity certificates. Short by default: devices renew.
+    #[serde(deserialize_with = "de_duration")]
+    pub cert_validity: Duration,
+    /// Root CA key type (generated on first start only).
+    pub root_key: CaKeyType,
+    /// Issuing intermediate key type (generated on first start only).
+    pub intermediate_key: CaKeyType,
+    /// How long a new order stays usable.
+    #[serde(deserialize_with = "de_duration")]
+    pub order_lifetime: Duration,
+    /// How long a pending authorization stays usable.
+    #[serde(deserialize_with = "de_duration")]
+    pub authz_lifetime: Duration,
+    /// How long a valid authorization may be reused by new orders of the same account.
+    #[serde(deserialize_with = "de_duration")]
+    pub authz_reuse: Duration,
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self {
+            cert_validity: Duration::from_secs(7 * 86_400),
+            root_key: CaKeyType::P384,
+            intermediate_key: CaKeyType::P256,
+            order_lifetime: Duration::from_secs(86_400),
+            authz_lifetime: Duration::from_secs(86_400),
+            authz_reuse: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// Challenge validation settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Port dialed for http-01 (RFC 8555 §8.3 says 80; a lab may use e.g. 5002).
+    pub http_port: u16,
+    /// Port dialed for tls-alpn-01 (RFC 8737 says 443; a lab may use e.g. 5001).
+    pub tls_alpn_port: u16,
+    /// Overall timeout of one validation attempt.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
+    /// Off by default; the server logs a warning at start when it is set.
+    pub lab_resolve_all_to: Option<IpAddr>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            http_port: 80,
+            tls_alpn_port: 443,
+            timeout: Duration::from_secs(10),
+            lab_resolve_all_to: None,
+        }
+    }
+}
+
+/// External account binding (RFC 8555 §7.3.4).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EabConfig {
+    /// Refuse new accounts without a valid binding (`meta.externalAccountRequired`).
+    pub required: bool,
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses and checks TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let cfg: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks cross-field constraints.
+    pub fn check(&self) -> Result<(), String> {
+        if self.issuance.cert_validity < Duration::from_secs(3600) {
+            return Err("issuance.cert_validity must be at least 1h".into());
+        }
+        if self.issuance.cert_validity > Duration::from_secs(398 * 86_400) {
+            return Err("issuance.cert_validity must be at most 398d".into());
+        }
+        if self.validation.timeout.is_zero() {
+            return Err("validation.timeout must be positive".into());
+        }
+        if let Some(url) = &self.public_url {
+            if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2
+            {
+                return Err(format!(
+                    "public_url {url:?} must be https://host[:port] with no path"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The base URL every resource URL starts with, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let host = match self.listen.ip() {
+                    IpAddr::V4(v4) if v4.is_unspecified() => "localhost".to_owned(),
+                    IpAddr::V6(v6) if v6.is_unspecified() => "localhost".to_owned(),
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                };
+                format!("https://{host}:{}", self.listen.port())
+            }
+        }
+    }
+}
+
+/// Parses `"90s"`, `"30m"`, `"12h"`, `"7d"` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 12h, 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = Config::from_toml("").expect("defaults");
+        assert_eq!(cfg.validation.http_port, 80);
+        assert_eq!(cfg.base_url(), "https://127.0.0.1:14000");
+        assert!(cfg.validation.lab_resolve_all_to.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("listne = \"0.0.0.0:1\"").expect_err("typo");
+        assert!(err.contains("listne"), "{err}");
+        let err = Config::from_toml("[validation]\nhttp_prot = 5002").expect_err("typo");
+        assert!(err.contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("").is_err());
+        let cfg = Config::from_toml("[issuance]\ncert_validity = \"2d\"").expect("ok");
+        assert_eq!(cfg.issuance.cert_validity, Duration::from_secs(172_800));
+        assert!(Config::from_toml("[issuance]\ncert_validity = \"1m\"").is_err());
+    }
+}

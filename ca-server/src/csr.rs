@@ -1,0 +1,1 @@
+//! CSR parsing and policy.

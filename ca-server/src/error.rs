@@ -1,0 +1,399 @@
+//! The crate's one error type and its single mapping to RFC 7807 problem documents.
+//!
+//! Every handler returns `Result<_, Error>`; `impl IntoResponse for Error` is the only place an
+//! internal error becomes a wire status and a `urn:ietf:params:acme:error:*` type.
+//! <https://www.rfc-editor.org/rfc/rfc8555#section-6.7>
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::types::Identifier;
+
+/// Everything that can go wrong in the CA server.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is not well-formed or breaks a protocol rule.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request body is not `application/jose+json` (RFC 8555 §6.2: 415).
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The request body is larger than the server accepts.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The nonce is unknown, used or expired (RFC 8555 §6.5).
+    #[error("bad nonce: {0}")]
+    BadNonce(&'static str),
+    /// The JWS `alg` is not one we accept (RFC 8555 §6.2).
+    #[error("unsupported signature algorithm {0:?}")]
+    BadSignatureAlgorithm(String),
+    /// A public key (JWS or CSR) is unusable or not accepted by policy.
+    #[error("bad public key: {0}")]
+    BadPublicKey(String),
+    /// The CSR is unacceptable (RFC 8555 §7.4).
+    #[error("bad CSR: {0}")]
+    BadCsr(String),
+    /// The signature does not verify, or the account may not do this.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// `onlyReturnExisting` or a `kid` named an account that does not exist.
+    #[error("account does not exist")]
+    AccountDoesNotExist,
+    /// New accounts must carry an external account binding (RFC 8555 §7.3.4).
+    #[error("external account binding required: {0}")]
+    ExternalAccountRequired(String),
+    /// Finalize on an order that is not `ready` (RFC 8555 §7.4).
+    #[error("order is not ready: status is {0}")]
+    OrderNotReady(String),
+    /// The CA will not issue for this identifier.
+    #[error("rejected identifier {identifier}: {detail}")]
+    RejectedIdentifier {
+        /// The identifier concerned.
+        identifier: Identifier,
+        /// Why it was refused.
+        detail: String,
+    },
+    /// The identifier type is not supported.
+    #[error("unsupported identifier: {0}")]
+    UnsupportedIdentifier(String),
+    /// Several identifiers failed; each carries its own problem (RFC 8555 §6.7.1).
+    #[error("{detail}")]
+    Compound {
+        /// Summary.
+        detail: String,
+        /// Per-identifier problems.
+        subproblems: Vec<Problem>,
+    },
+    /// A `contact` URL is invalid or its scheme unsupported.
+    #[error("invalid contact: {0}")]
+    InvalidContact(String),
+    /// A `contact` URL scheme is not supported.
+    #[error("unsupported contact: {0}")]
+    UnsupportedContact(String),
+    /// No such resource (or not visible to the requesting account).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The resource exists under another key (keyChange, RFC 8555 §7.3.5: 409 + Location).
+    #[error("conflict: {detail}")]
+    Conflict {
+        /// What conflicts.
+        detail: String,
+        /// The URL of the conflicting resource.
+        location: String,
+    },
+    /// The certificate was already revoked.
+    #[error("certificate already revoked")]
+    AlreadyRevoked,
+    /// The revocation reason code is not allowed.
+    #[error("bad revocation reason: {0}")]
+    BadRevocationReason(String),
+    /// Validation could not connect to the identifier.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// Validation got an answer that did not match the challenge.
+    #[error("incorrect response: {0}")]
+    IncorrectResponse(String),
+    /// Validation failed in the TLS layer (tls-alpn-01).
+    #[error("tls error: {0}")]
+    Tls(String),
+    /// Validation could not resolve the name.
+    #[error("dns error: {0}")]
+    Dns(String),
+    /// The persistent store failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// Any other failure on our side; the cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The problem type this error maps to on the wire.
+    pub fn problem_type(&self) -> ProblemType {
+        match self {
+            Self::Malformed(_)
+            | Self::UnsupportedMediaType(_)
+            | Self::PayloadTooLarge
+            | Self::NotFound(_)
+            | Self::Conflict { .. } => ProblemType::Malformed,
+            Self::BadNonce(_) => ProblemType::BadNonce,
+            Self::BadSignatureAlgorithm(_) => ProblemType::BadSignatureAlgorithm,
+            Self::BadPublicKey(_) => ProblemType::BadPublicKey,
+            Self::BadCsr(_) => ProblemType::BadCsr,
+            Self::Unauthorized(_) => ProblemType::Unauthorized,
+            Self::AccountDoesNotExist => ProblemType::AccountDoesNotExist,
+            Self::ExternalAccountRequired(_) => ProblemType::ExternalAccountRequired,
+            Self::OrderNotReady(_) => ProblemType::OrderNotReady,
+            Self::RejectedIdentifier { .. } => ProblemType::RejectedIdentifier,
+            Self::UnsupportedIdentifier(_) => ProblemType::UnsupportedIdentifier,
+            Self::Compound { .. } => ProblemType::Compound,
+            Self::InvalidContact(_) => ProblemType::InvalidContact,
+            Self::UnsupportedContact(_) => ProblemType::UnsupportedContact,
+            Self::AlreadyRevoked => ProblemType::AlreadyRevoked,
+            Self::BadRevocationReason(_) => ProblemType::BadRevocationReason,
+            Self::Connection(_) => ProblemType::Connection,
+            Self::IncorrectResponse(_) => ProblemType::IncorrectResponse,
+            Self::Tls(_) => ProblemType::Tls,
+            Self::Dns(_) => ProblemType::Dns,
+            Self::Storage(_) | Self::Internal(_) => ProblemType::ServerInternal,
+        }
+    }
+
+    /// The HTTP status for this error; the problem type's default except where the RFC or
+    /// HTTP semantics ask for a more precise one.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            other => other.problem_type().status(),
+        }
+    }
+
+    /// The problem document for this error. Internal causes are replaced by a generic detail.
+    pub fn to_problem(&self) -> Problem {
+        let kind = self.problem_type();
+        let detail = match self {
+            Self::Storage(_) | Self::Internal(_) => "the server hit an internal error".to_owned(),
+            Self::BadNonce(why) => format!("JWS has an invalid anti-replay nonce: {why}"),
+            Self::Malformed(d)
+            | Self::BadPublicKey(d)
+            | Self::BadCsr(d)
+            | Self::Unauthorized(d)
+            | Self::ExternalAccountRequired(d)
+            | Self::UnsupportedIdentifier(d)
+            | Self::InvalidContact(d)
+            | Self::UnsupportedContact(d)
+            | Self::BadRevocationReason(d)
+            | Self::Connection(d)
+            | Self::IncorrectResponse(d)
+            | Self::Tls(d)
+            | Self::Dns(d)
+            | Self::UnsupportedMediaType(d) => d.clone(),
+            other => other.to_string(),
+        };
+        let mut problem = Problem::new(kind, detail);
+        problem.status = self.status().as_u16();
+        match self {
+            Self::BadSignatureAlgorithm(_) => {
+                problem.algorithms = Some(
+                    crate::jws::SUPPORTED_ALGORITHMS
+                        .iter()
+                        .map(|a| (*a).to_owned())
+                        .collect(),
+                );
+            }
+            Self::RejectedIdentifier { identifier, .. } => {
+                problem.identifier = Some(identifier.clone());
+            }
+            Self::Compound { subproblems, .. } => problem.subproblems = subproblems.clone(),
+            _ => {}
+        }
+        problem
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+/// The ACME problem types, RFC 8555 §6.7, each with its default HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemType {
+    /// `accountDoesNotExist`
+    AccountDoesNotExist,
+    /// `alreadyRevoked`
+    AlreadyRevoked,
+    /// `badCSR`
+    BadCsr,
+    /// `badNonce`
+    BadNonce,
+    /// `badPublicKey`
+    BadPublicKey,
+    /// `badRevocationReason`
+    BadRevocationReason,
+    /// `badSignatureAlgorithm`
+    BadSignatureAlgorithm,
+    /// `compound`
+    Compound,
+    /// `connection`
+    Connection,
+    /// `dns`
+    Dns,
+    /// `externalAccountRequired`
+    ExternalAccountRequired,
+    /// `incorrectResponse`
+    IncorrectResponse,
+    /// `invalidContact`
+    InvalidContact,
+    /// `malformed`
+    Malformed,
+    /// `orderNotReady`
+    OrderNotReady,
+    /// `rejectedIdentifier`
+    RejectedIdentifier,
+    /// `serverInternal`
+    ServerInternal,
+    /// `tls`
+    Tls,
+    /// `unauthorized`
+    Unauthorized,
+    /// `unsupportedContact`
+    UnsupportedContact,
+    /// `unsupportedIdentifier`
+    UnsupportedIdentifier,
+}
+
+impl ProblemType {
+    /// The name after `urn:ietf:params:acme:error:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AccountDoesNotExist => "accountDoesNotExist",
+            Self::AlreadyRevoked => "alreadyRevoked",
+            Self::BadCsr => "badCSR",
+            Self::BadNonce => "badNonce",
+            Self::BadPublicKey => "badPublicKey",
+            Self::BadRevocationReason => "badRevocationReason",
+            Self::BadSignatureAlgorithm => "badSignatureAlgorithm",
+            Self::Compound => "compound",
+            Self::Connection => "connection",
+            Self::Dns => "dns",
+            Self::ExternalAccountRequired => "externalAccountRequired",
+            Self::IncorrectResponse => "incorrectResponse",
+            Self::InvalidContact => "invalidContact",
+            Self::Malformed => "malformed",
+            Self::OrderNotReady => "orderNotReady",
+            Self::RejectedIdentifier => "rejectedIdentifier",
+            Self::ServerInternal => "serverInternal",
+            Self::Tls => "tls",
+            Self::Unauthorized => "unauthorized",
+            Self::UnsupportedContact => "unsupportedContact",
+            Self::UnsupportedIdentifier => "unsupportedIdentifier",
+        }
+    }
+
+    /// The full URN.
+    pub fn urn(self) -> String {
+        format!("urn:ietf:params:acme:error:{}", self.name())
+    }
+
+    /// The default HTTP status for this type.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthorized | Self::OrderNotReady | Self::ExternalAccountRequired => {
+                StatusCode::FORBIDDEN
+            }
+            Self::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An RFC 7807 problem document as ACME uses it (RFC 8555 §6.7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `urn:ietf:params:acme:error:*`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human-readable explanation.
+    pub detail: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The identifier a subproblem concerns (RFC 8555 §6.7.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<Identifier>,
+    /// Per-identifier problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subproblems: Vec<Problem>,
+    /// Supported `alg` values, sent with `badSignatureAlgorithm` (RFC 8555 §6.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+}
+
+impl Problem {
+    /// A problem of `kind` with `detail` and the type's default status.
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            kind: kind.urn(),
+            detail: detail.into(),
+            status: kind.status().as_u16(),
+            identifier: None,
+            subproblems: Vec::new(),
+            algorithms: None,
+        }
+    }
+}
+
+/// The cause of a `serverInternal` response, attached as an extension so the logging
+/// middleware can record it without the response body revealing it.
+#[derive(Clone, Debug)]
+pub struct InternalCause(pub String);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let problem = self.to_problem();
+        let status = self.status();
+        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Self::Conflict { location, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+        if matches!(self, Self::Storage(_) | Self::Internal(_)) {
+            resp.extensions_mut().insert(InternalCause(self.to_string()));
+        } else {
+            tracing::debug!(error = %self, "client error");
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_types_have_rfc_urns_and_statuses() {
+        assert_eq!(
+            ProblemType::BadNonce.urn(),
+            "urn:ietf:params:acme:error:badNonce"
+        );
+        assert_eq!(ProblemType::BadCsr.urn(), "urn:ietf:params:acme:error:badCSR");
+        assert_eq!(
+            Error::OrderNotReady("pending".into()).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            Error::UnsupportedMediaType("text/plain".into()).status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let p = Error::Internal("secret path /var/lib/x".into()).to_problem();
+        assert_eq!(p.kind, "urn:ietf:params:acme:error:serverInternal");
+        assert!(!p.detail.contains("secret"));
+        assert_eq!(p.status, 500);
+    }
+
+    #[test]
+    fn bad_signature_algorithm_lists_algorithms() {
+        let p = Error::BadSignatureAlgorithm("none".into()).to_problem();
+        let algs = p.algorithms.unwrap_or_default();
+        assert!(algs.iter().any(|a| a == "ES256"));
+    }
+}

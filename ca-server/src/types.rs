@@ -1,0 +1,165 @@
+//! ACME wire types (RFC 8555 §7.1) shared by the handlers, storage and validation.
+//!
+//! Behaviour lives in the role modules; this module only describes what goes over the wire.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier types this CA accepts in orders.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-9.7.7>,
+/// <https://www.rfc-editor.org/rfc/rfc8738#section-3>
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentifierType {
+    /// A DNS name (RFC 8555).
+    Dns,
+    /// An IPv4 or IPv6 address in its textual form (RFC 8738).
+    Ip,
+}
+
+impl fmt::Display for IdentifierType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dns => "dns",
+            Self::Ip => "ip",
+        })
+    }
+}
+
+/// An ACME identifier object.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.1.3>
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identifier {
+    /// The identifier type.
+    #[serde(rename = "type")]
+    pub kind: IdentifierType,
+    /// The identifier value, in canonical form once validated by `order::normalize_identifier`.
+    pub value: String,
+}
+
+impl Identifier {
+    /// A `dns` identifier.
+    pub fn dns(value: impl Into<String>) -> Self {
+        Self {
+            kind: IdentifierType::Dns,
+            value: value.into(),
+        }
+    }
+
+    /// An `ip` identifier from an address (canonical RFC 5952 text form).
+    pub fn ip(addr: IpAddr) -> Self {
+        Self {
+            kind: IdentifierType::Ip,
+            value: addr.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Account status, RFC 8555 §7.1.6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AccountStatus {
+    /// Usable.
+    Valid,
+    /// Deactivated by the client (§7.3.6); final.
+    Deactivated,
+    /// Revoked by the server; final.
+    Revoked,
+}
+
+/// Order status, RFC 8555 §7.1.6. There is deliberately no `Deactivated` (pebble#300).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OrderStatus {
+    /// Some authorization is still pending.
+    Pending,
+    /// All authorizations are valid; the order may be finalized.
+    Ready,
+    /// Finalize accepted; the certificate is being issued.
+    Processing,
+    /// The certificate has been issued.
+    Valid,
+    /// An authorization failed, the order expired, or issuance failed.
+    Invalid,
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Processing => "processing",
+            Self::Valid => "valid",
+            Self::Invalid => "invalid",
+        })
+    }
+}
+
+/// Authorization status, RFC 8555 §7.1.6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthzStatus {
+    /// Waiting for a challenge to succeed.
+    Pending,
+    /// A challenge succeeded.
+    Valid,
+    /// A challenge failed.
+    Invalid,
+    /// Deactivated by the client.
+    Deactivated,
+    /// Passed its `expires` time.
+    Expired,
+    /// Revoked by the server.
+    Revoked,
+}
+
+/// Challenge status, RFC 8555 §7.1.6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ChallengeStatus {
+    /// Not yet triggered by the client.
+    Pending,
+    /// Triggered; validation is running.
+    Processing,
+    /// Validation succeeded.
+    Valid,
+    /// Validation failed; `error` says why.
+    Invalid,
+}
+
+/// Challenge types this CA validates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChallengeType {
+    /// RFC 8555 §8.3.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// RFC 8737.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl ChallengeType {
+    /// The wire name of this type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+impl fmt::Display for ChallengeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,1 @@
+//! iiot-acme device client.

@@ -1,0 +1,2 @@
+//! iiot-acme embedded client.
+#![no_std]

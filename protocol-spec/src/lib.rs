@@ -1,0 +1,2 @@
+//! iiot-acme protocol profile.
+#![no_std]
