@@ -157,8 +157,7 @@ impl Config {
             return Err("validation.timeout must be positive".into());
         }
         if let Some(url) = &self.public_url {
-            if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2
-            {
+            if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
                 return Err(format!(
                     "public_url {url:?} must be https://host[:port] with no path"
                 ));

@@ -38,6 +38,9 @@ pub enum Error {
     /// The signature does not verify, or the account may not do this.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The account is deactivated or revoked (RFC 8555 §7.3.6: 401 unauthorized).
+    #[error("account is not valid: {0}")]
+    AccountNotValid(String),
     /// `onlyReturnExisting` or a `kid` named an account that does not exist.
     #[error("account does not exist")]
     AccountDoesNotExist,
@@ -72,6 +75,9 @@ pub enum Error {
     /// A `contact` URL scheme is not supported.
     #[error("unsupported contact: {0}")]
     UnsupportedContact(String),
+    /// The HTTP method is not allowed on this resource (RFC 8555 §6.3: POST-as-GET).
+    #[error("method {0} is not allowed here; ACME resources are fetched with POST-as-GET")]
+    MethodNotAllowed(String),
     /// No such resource (or not visible to the requesting account).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -120,12 +126,13 @@ impl Error {
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge
             | Self::NotFound(_)
+            | Self::MethodNotAllowed(_)
             | Self::Conflict { .. } => ProblemType::Malformed,
             Self::BadNonce(_) => ProblemType::BadNonce,
             Self::BadSignatureAlgorithm(_) => ProblemType::BadSignatureAlgorithm,
             Self::BadPublicKey(_) => ProblemType::BadPublicKey,
             Self::BadCsr(_) => ProblemType::BadCsr,
-            Self::Unauthorized(_) => ProblemType::Unauthorized,
+            Self::Unauthorized(_) | Self::AccountNotValid(_) => ProblemType::Unauthorized,
             Self::AccountDoesNotExist => ProblemType::AccountDoesNotExist,
             Self::ExternalAccountRequired(_) => ProblemType::ExternalAccountRequired,
             Self::OrderNotReady(_) => ProblemType::OrderNotReady,
@@ -151,7 +158,9 @@ impl Error {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::AccountNotValid(_) => StatusCode::UNAUTHORIZED,
             other => other.problem_type().status(),
         }
     }
@@ -166,6 +175,7 @@ impl Error {
             | Self::BadPublicKey(d)
             | Self::BadCsr(d)
             | Self::Unauthorized(d)
+            | Self::AccountNotValid(d)
             | Self::ExternalAccountRequired(d)
             | Self::UnsupportedIdentifier(d)
             | Self::InvalidContact(d)
@@ -312,7 +322,7 @@ pub struct Problem {
     pub identifier: Option<Identifier>,
     /// Per-identifier problems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subproblems: Vec<Problem>,
+    pub subproblems: Vec<Self>,
     /// Supported `alg` values, sent with `badSignatureAlgorithm` (RFC 8555 §6.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithms: Option<Vec<String>>,
@@ -347,13 +357,18 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, Self::MethodNotAllowed(_)) {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Self::Conflict { location, .. } = &self {
             if let Ok(v) = HeaderValue::from_str(location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
         }
         if matches!(self, Self::Storage(_) | Self::Internal(_)) {
-            resp.extensions_mut().insert(InternalCause(self.to_string()));
+            resp.extensions_mut()
+                .insert(InternalCause(self.to_string()));
         } else {
             tracing::debug!(error = %self, "client error");
         }
@@ -371,7 +386,10 @@ mod tests {
             ProblemType::BadNonce.urn(),
             "urn:ietf:params:acme:error:badNonce"
         );
-        assert_eq!(ProblemType::BadCsr.urn(), "urn:ietf:params:acme:error:badCSR");
+        assert_eq!(
+            ProblemType::BadCsr.urn(),
+            "urn:ietf:params:acme:error:badCSR"
+        );
         assert_eq!(
             Error::OrderNotReady("pending".into()).status(),
             StatusCode::FORBIDDEN

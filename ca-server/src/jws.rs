@@ -1,4 +1,322 @@
-//! JWS request verification (RFC 8555 §6.2-6.4).
+//! JWS request verification (RFC 8555 §6.2-6.5), done once for every POST in the extractors
+//! below so handlers only ever see an authenticated, replay-checked request.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::account::Account;
+use crate::app::AppState;
+use crate::jwk;
+use crate::key::PublicKey;
+use crate::{Error, Result};
 
 /// `alg` values accepted on JWS requests, also sent with `badSignatureAlgorithm`.
 pub const SUPPORTED_ALGORITHMS: &[&str] = &["ES256", "ES384", "EdDSA", "RS256"];
+
+/// A JWS in flattened JSON serialization.
+///
+/// > The JWS MUST NOT have multiple signatures
+/// > The JWS Unencoded Payload Option [RFC7797] MUST NOT be used
+/// > The JWS Unprotected Header [RFC7515] MUST NOT be used
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-6.2>
+///
+/// `deny_unknown_fields` turns `header` and `signatures` into `malformed`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flattened {
+    /// base64url(protected header JSON).
+    pub protected: String,
+    /// base64url(payload); empty for POST-as-GET.
+    pub payload: String,
+    /// base64url(signature).
+    pub signature: String,
+}
+
+/// The decoded parts of a flattened JWS, before the signature is checked.
+pub struct Parsed {
+    /// The protected header as a JSON object.
+    pub header: serde_json::Map<String, Value>,
+    /// The decoded payload bytes.
+    pub payload: Vec<u8>,
+    /// The decoded signature.
+    pub signature: Vec<u8>,
+    /// `protected.payload`, the bytes the signature covers.
+    pub signing_input: Vec<u8>,
+}
+
+impl Parsed {
+    /// Decodes a flattened JWS from JSON bytes.
+    pub fn from_json(body: &[u8]) -> Result<Self> {
+        let jws: Flattened = serde_json::from_slice(body)
+            .map_err(|e| Error::Malformed(format!("request is not a flattened JWS: {e}")))?;
+        Self::from_flattened(&jws)
+    }
+
+    /// Decodes a flattened JWS already parsed from JSON.
+    pub fn from_flattened(jws: &Flattened) -> Result<Self> {
+        let header_bytes = jwk::b64u_decode("JWS protected header", &jws.protected)?;
+        let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&header_bytes) else {
+            return Err(Error::Malformed(
+                "JWS protected header is not a JSON object".into(),
+            ));
+        };
+        // > The JWS Unencoded Payload Option [RFC7797] MUST NOT be used
+        if header.contains_key("b64") || header.contains_key("crit") {
+            return Err(Error::Malformed(
+                "JWS must not use the unencoded payload option or crit".into(),
+            ));
+        }
+        Ok(Self {
+            payload: jwk::b64u_decode("JWS payload", &jws.payload)?,
+            signature: jwk::b64u_decode("JWS signature", &jws.signature)?,
+            signing_input: format!("{}.{}", jws.protected, jws.payload).into_bytes(),
+            header,
+        })
+    }
+
+    /// A string member of the protected header.
+    pub fn header_str(&self, name: &str) -> Result<Option<&str>> {
+        match self.header.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::Malformed(format!(
+                "JWS header {name:?} must be a string"
+            ))),
+        }
+    }
+
+    /// The `alg` member, checked against the accepted list.
+    ///
+    /// > The "alg" Header Parameter MUST NOT be "none" … MUST NOT be a MAC-based algorithm
+    ///
+    /// <https://www.rfc-editor.org/rfc/rfc8555#section-6.2>
+    pub fn alg(&self) -> Result<&str> {
+        let alg = self
+            .header_str("alg")?
+            .ok_or_else(|| Error::Malformed("JWS header has no \"alg\"".into()))?;
+        if !SUPPORTED_ALGORITHMS.contains(&alg) {
+            return Err(Error::BadSignatureAlgorithm(alg.to_owned()));
+        }
+        Ok(alg)
+    }
+
+    /// Verifies the signature with `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<()> {
+        jwk::verify(self.alg()?, key, &self.signing_input, &self.signature)
+    }
+
+    /// The payload as JSON of type `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        if self.payload.is_empty() {
+            return Err(Error::Malformed(
+                "expected a JSON payload, got an empty one (POST-as-GET)".into(),
+            ));
+        }
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::Malformed(format!("invalid request payload: {e}")))
+    }
+}
+
+/// Who signed a request.
+pub enum Signer {
+    /// A registered account, named by `kid`.
+    Account(Box<Account>),
+    /// A bare key, given as `jwk`.
+    Key {
+        /// The key.
+        key: PublicKey,
+        /// Its RFC 7638 thumbprint.
+        thumbprint: String,
+    },
+}
+
+/// A verified request: signature, nonce and URL checked.
+pub struct Verified {
+    /// The decoded JWS.
+    pub jws: Parsed,
+    /// The URL the request was made to (equal to the JWS `url`).
+    pub url: String,
+}
+
+impl Verified {
+    /// True for POST-as-GET (RFC 8555 §6.3): the payload is the empty string.
+    pub fn is_post_as_get(&self) -> bool {
+        self.jws.payload.is_empty()
+    }
+
+    /// The payload as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        self.jws.json()
+    }
+
+    /// The payload as JSON, where `{}` and POST-as-GET both mean "no change".
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T> {
+        if self.is_post_as_get() {
+            Ok(T::default())
+        } else {
+            self.json()
+        }
+    }
+}
+
+/// Which key reference a route accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyMode {
+    /// `kid` only: everything but newAccount and revokeCert.
+    Kid,
+    /// `jwk` only: newAccount.
+    Jwk,
+    /// Either: revokeCert (by account or by the certificate's key).
+    Either,
+}
+
+async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(Signer, Verified)> {
+    // > … they must have the Content-Type header field set to "application/jose+json". If a
+    // > request does not meet this requirement, then the server MUST return a response with
+    // > status code 415 (Unsupported Media Type).
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-6.2>
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.split(';').next().map(str::trim) != Some("application/jose+json") {
+        return Err(Error::UnsupportedMediaType(format!(
+            "Content-Type must be application/jose+json, got {ctype:?}"
+        )));
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let url = format!("{}{path}", app.base_url);
+    let body: Bytes = axum::body::to_bytes(req.into_body(), app.cfg.max_body_bytes)
+        .await
+        .map_err(|_| Error::PayloadTooLarge)?;
+    let jws = Parsed::from_json(&body)?;
+    let alg = jws.alg()?.to_owned();
+
+    // > The "jwk" and "kid" fields are mutually exclusive. Servers MUST reject requests that
+    // > contain both.
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-6.2>
+    let signer = match (jws.header.get("jwk"), jws.header_str("kid")?, mode) {
+        (Some(_), Some(_), _) => {
+            return Err(Error::Malformed(
+                "JWS header must not contain both \"jwk\" and \"kid\"".into(),
+            ))
+        }
+        (None, None, _) => {
+            return Err(Error::Malformed(
+                "JWS header must contain \"jwk\" or \"kid\"".into(),
+            ))
+        }
+        (Some(_), None, KeyMode::Kid) => {
+            return Err(Error::Malformed(
+                "this request must be signed by an account key named with \"kid\", not \"jwk\""
+                    .into(),
+            ))
+        }
+        (None, Some(_), KeyMode::Jwk) => {
+            return Err(Error::Malformed(
+                "newAccount requests must carry the account key as \"jwk\", not \"kid\"".into(),
+            ))
+        }
+        (Some(raw), None, _) => {
+            let key = jwk::parse(raw)?;
+            let thumbprint = jwk::thumbprint(&key);
+            Signer::Key { key, thumbprint }
+        }
+        (None, Some(kid), _) => Signer::Account(Box::new(app.account_by_kid(kid)?)),
+    };
+    let key = match &signer {
+        Signer::Account(acct) => acct.public_key()?,
+        Signer::Key { key, .. } => key.clone(),
+    };
+    jwk::verify(&alg, &key, &jws.signing_input, &jws.signature)?;
+
+    // > The server MUST … reject the request as unauthorized if the "url" header does not
+    // > match the URL the request was sent to.
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-6.4>
+    match jws.header_str("url")? {
+        Some(u) if u == url => {}
+        Some(u) => {
+            return Err(Error::Unauthorized(format!(
+                "JWS url {u:?} does not match the request URL {url:?}"
+            )))
+        }
+        None => return Err(Error::Malformed("JWS header has no \"url\"".into())),
+    }
+
+    // Checked after the signature so that forged requests cannot burn other clients' nonces.
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-6.5>
+    match jws.header_str("nonce")? {
+        Some(n) => app.nonces.redeem(n)?,
+        None => return Err(Error::BadNonce("JWS header has no \"nonce\"")),
+    }
+
+    Ok((signer, Verified { jws, url }))
+}
+
+/// A request signed by a registered, valid account (`kid`).
+pub struct AccountRequest {
+    /// The account.
+    pub account: Account,
+    /// The verified request.
+    pub req: Verified,
+}
+
+/// A request signed by a key given inline (`jwk`): newAccount.
+pub struct KeyRequest {
+    /// The key.
+    pub key: PublicKey,
+    /// Its thumbprint.
+    pub thumbprint: String,
+    /// The verified request.
+    pub req: Verified,
+}
+
+/// A request signed either way: revokeCert.
+pub struct AnyRequest(pub Signer, pub Verified);
+
+impl FromRequest<AppState> for AccountRequest {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self> {
+        match verify_request(req, app, KeyMode::Kid).await? {
+            (Signer::Account(account), req) => Ok(Self {
+                account: *account,
+                req,
+            }),
+            (Signer::Key { .. }, _) => Err(Error::Internal("kid request without account".into())),
+        }
+    }
+}
+
+impl FromRequest<AppState> for KeyRequest {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self> {
+        match verify_request(req, app, KeyMode::Jwk).await? {
+            (Signer::Key { key, thumbprint }, req) => Ok(Self {
+                key,
+                thumbprint,
+                req,
+            }),
+            (Signer::Account(_), _) => Err(Error::Internal("jwk request without key".into())),
+        }
+    }
+}
+
+impl FromRequest<AppState> for AnyRequest {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self> {
+        let (signer, req) = verify_request(req, app, KeyMode::Either).await?;
+        Ok(Self(signer, req))
+    }
+}

@@ -1,15 +1,26 @@
 //! iiot-acme CA server: an on-site RFC 8555 (ACME) certificate authority for industrial IoT.
 //!
 //! Modules follow protocol roles (as Pebble's wfe/va/ca/db split): the web front end
-//! (`app`, `jws`, `nonce`, handlers per resource), validation (`va`), issuance (`ca`, `csr`)
+//! (`app`, `jws`, `nonce`, one module per resource), validation (`va`), issuance (`ca`, `csr`)
 //! and the store (`storage`).
 
+pub mod account;
+pub mod app;
+pub mod authz;
 pub mod ca;
+pub mod cert;
 pub mod config;
 pub mod csr;
+pub mod directory;
+pub mod eab;
 pub mod error;
+pub mod jwk;
 pub mod jws;
 pub mod key;
+pub mod nonce;
+pub mod order;
+pub mod server;
+pub mod storage;
 pub mod types;
 pub mod va;
 

@@ -1,0 +1,202 @@
+//! The web front end: shared state, the whole route table in one place, and the rules every
+//! response follows (Replay-Nonce, `Link: rel="index"`, problem documents for every failure).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::account::{self, Account};
+use crate::ca::CertificateAuthority;
+use crate::config::Config;
+use crate::eab::EabStore;
+use crate::error::InternalCause;
+use crate::nonce::NonceStore;
+use crate::storage::{Db, Table};
+use crate::va::Validator;
+use crate::{authz, cert, directory, order, Error, Result};
+
+/// Paths of the ACME resources. Clients must discover them from the directory; they are
+/// listed here once so every module builds URLs the same way.
+pub mod paths {
+    /// RFC 8555 §7.1.1.
+    pub const DIRECTORY: &str = "/directory";
+    /// RFC 8555 §7.2.
+    pub const NEW_NONCE: &str = "/acme/new-nonce";
+    /// RFC 8555 §7.3.
+    pub const NEW_ACCOUNT: &str = "/acme/new-account";
+    /// RFC 8555 §7.4.
+    pub const NEW_ORDER: &str = "/acme/new-order";
+    /// RFC 8555 §7.6.
+    pub const REVOKE_CERT: &str = "/acme/revoke-cert";
+    /// RFC 8555 §7.3.5.
+    pub const KEY_CHANGE: &str = "/acme/key-change";
+    /// Prefix of account URLs.
+    pub const ACCOUNT: &str = "/acme/acct/";
+    /// Prefix of order URLs.
+    pub const ORDER: &str = "/acme/order/";
+    /// Prefix of authorization URLs.
+    pub const AUTHZ: &str = "/acme/authz/";
+    /// Prefix of challenge URLs.
+    pub const CHALLENGE: &str = "/acme/chall/";
+    /// Prefix of certificate URLs.
+    pub const CERT: &str = "/acme/cert/";
+}
+
+/// Everything the handlers share.
+pub struct Inner {
+    /// The checked configuration.
+    pub cfg: Config,
+    /// `cfg.base_url()`, computed once.
+    pub base_url: String,
+    /// The store.
+    pub db: Db,
+    /// Nonces.
+    pub nonces: NonceStore,
+    /// Issuance.
+    pub ca: CertificateAuthority,
+    /// Validation.
+    pub va: Validator,
+    /// External account binding credentials.
+    pub eab: EabStore,
+}
+
+/// Cheaply cloneable handle on [`Inner`].
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Absolute URL for a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The account a `kid` names, which must be valid.
+    pub fn account_by_kid(&self, kid: &str) -> Result<Account> {
+        let id = kid
+            .strip_prefix(&self.base_url)
+            .and_then(|p| p.strip_prefix(paths::ACCOUNT))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or(Error::AccountDoesNotExist)?;
+        let acct: Account = self
+            .db
+            .get(Table::Accounts, id)?
+            .ok_or(Error::AccountDoesNotExist)?;
+        acct.require_valid()?;
+        Ok(acct)
+    }
+}
+
+/// The router: every route of the server in one table.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::DIRECTORY, get(directory::directory))
+        .route(
+            paths::NEW_NONCE,
+            get(directory::new_nonce_get)
+                .head(directory::new_nonce_head)
+                .post(directory::new_nonce_post),
+        )
+        .route(paths::NEW_ACCOUNT, post(account::new_account))
+        .route(paths::KEY_CHANGE, post(account::key_change))
+        .route("/acme/acct/{id}", post(account::account))
+        .route("/acme/acct/{id}/orders", post(account::orders))
+        .route(paths::NEW_ORDER, post(order::new_order))
+        .route("/acme/order/{id}", post(order::get_order))
+        .route("/acme/order/{id}/finalize", post(order::finalize))
+        .route("/acme/authz/{id}", post(authz::authz))
+        .route("/acme/chall/{authz}/{kind}", post(authz::challenge))
+        .route("/acme/cert/{id}", post(cert::download))
+        .route(paths::REVOKE_CERT, post(cert::revoke))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), acme_headers))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let matched = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(axum::extract::MatchedPath::as_str);
+            tracing::debug_span!("request", method = %req.method(), matched_path = matched)
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("resource")
+}
+
+/// > … the server MUST allow GET requests for the directory and newNonce resources … in
+/// > addition to POST-as-GET requests for these resources.
+///
+/// Every other resource is fetched by POST-as-GET only.
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-6.3>
+async fn method_not_allowed(method: Method) -> Error {
+    Error::MethodNotAllowed(method.to_string())
+}
+
+/// Adds the headers every ACME response carries and logs internal errors once.
+///
+/// > The server MUST include a Replay-Nonce header field in every successful response to a
+/// > POST request and SHOULD provide it in error responses as well.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-6.5>
+///
+/// The directory `Link` with `rel="index"` goes on every response (§7.1), so clients can always
+/// find their way back.
+async fn acme_headers(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if let Some(cause) = resp.extensions().get::<InternalCause>() {
+        tracing::error!(cause = %cause.0, "internal error");
+    }
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&app.nonces.issue()) {
+        headers.insert("replay-nonce", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", app.url(paths::DIRECTORY)))
+    {
+        headers.append(header::LINK, v);
+    }
+    resp
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// RFC 3339 text for a Unix time, as ACME's timestamp fields use.
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// A new random identifier for a resource: 128 bits, base64url.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| Error::Internal("system RNG failed".into()))?;
+    Ok(crate::jwk::b64u(b))
+}

@@ -1,0 +1,359 @@
+//! Authorizations (RFC 8555 §7.5) and their challenges (§7.5.1, §8), including the
+//! asynchronous validation that a challenge response triggers.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::app::{new_id, now, paths, rfc3339, AppState};
+use crate::jws::AccountRequest;
+use crate::storage::Table;
+use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
+use crate::{Error, Problem, Result};
+
+/// A challenge inside an authorization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: ChallengeType,
+    /// Random token, 128 bits base64url (RFC 8555 §8.3: at least 128 bits of entropy).
+    pub token: String,
+    /// Status.
+    pub status: ChallengeStatus,
+    /// When validation started, while `Processing`.
+    #[serde(default)]
+    pub processing_since: Option<i64>,
+    /// When it became valid.
+    #[serde(default)]
+    pub validated: Option<i64>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<Problem>,
+}
+
+/// A stored authorization.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Authz {
+    /// Random id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// What is being authorized.
+    pub identifier: Identifier,
+    /// Stored status; `Pending`/`Valid` turn `Expired` when read after `expires`.
+    pub status: AuthzStatus,
+    /// Unix time.
+    pub expires: i64,
+    /// The offered challenges.
+    pub challenges: Vec<Challenge>,
+}
+
+impl Authz {
+    /// A pending authorization offering http-01 and tls-alpn-01 (both work for `dns` and, by
+    /// RFC 8738, for `ip`; dns-01 is not offered on a plant network without public DNS).
+    pub fn new(account_id: &str, identifier: Identifier, expires: i64) -> Result<Self> {
+        let challenges = [ChallengeType::Http01, ChallengeType::TlsAlpn01]
+            .into_iter()
+            .map(|kind| {
+                Ok(Challenge {
+                    kind,
+                    token: new_id()?,
+                    status: ChallengeStatus::Pending,
+                    processing_since: None,
+                    validated: None,
+                    error: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            id: new_id()?,
+            account_id: account_id.to_owned(),
+            identifier,
+            status: AuthzStatus::Pending,
+            expires,
+            challenges,
+        })
+    }
+
+    /// Status as of now (RFC 8555 §7.1.6: pending or valid turn expired).
+    pub fn status(&self) -> AuthzStatus {
+        match self.status {
+            AuthzStatus::Pending | AuthzStatus::Valid if now() > self.expires => {
+                AuthzStatus::Expired
+            }
+            s => s,
+        }
+    }
+
+    /// The error of the failed challenge, if any.
+    pub fn error(&self) -> Option<Problem> {
+        self.challenges.iter().find_map(|c| c.error.clone())
+    }
+
+    fn challenge_json(&self, app: &AppState, c: &Challenge) -> Value {
+        let mut v = json!({
+            "type": c.kind,
+            "url": challenge_url(app, &self.id, c.kind),
+            "status": c.status,
+            "token": c.token,
+        });
+        if let Some(t) = c.validated {
+            v["validated"] = json!(rfc3339(t));
+        }
+        if let Some(e) = &c.error {
+            v["error"] = json!(e);
+        }
+        v
+    }
+
+    /// The authorization object, RFC 8555 §7.1.4.
+    pub fn to_json(&self, app: &AppState) -> Value {
+        let status = self.status();
+        // > For final authorizations ("valid" …), the server MUST … include only the
+        // > challenge that was completed.  (RFC 8555 §7.1.4: the "challenges" field)
+        let shown: Vec<_> = if status == AuthzStatus::Valid {
+            self.challenges
+                .iter()
+                .filter(|c| c.status == ChallengeStatus::Valid)
+                .collect()
+        } else {
+            self.challenges.iter().collect()
+        };
+        json!({
+            "identifier": self.identifier,
+            "status": status,
+            "expires": rfc3339(self.expires),
+            "challenges": shown.into_iter().map(|c| self.challenge_json(app, c)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn challenge_url(app: &AppState, authz: &str, kind: ChallengeType) -> String {
+    app.url(&format!("{}{authz}/{kind}", paths::CHALLENGE))
+}
+
+fn own_authz(app: &AppState, r: &AccountRequest, id: &str) -> Result<Authz> {
+    app.db
+        .get::<Authz>(Table::Authzs, id)?
+        .filter(|a| a.account_id == r.account.id)
+        .ok_or(Error::NotFound("authorization"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthzUpdate {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// `POST /acme/authz/{id}` — fetch (POST-as-GET) or deactivate (RFC 8555 §7.5.2).
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.2>
+pub async fn authz(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    r: AccountRequest,
+) -> Result<Response> {
+    let mut authz = own_authz(&app, &r, &id)?;
+    let update: AuthzUpdate = r.req.json_or_default()?;
+    match update.status.as_deref() {
+        None => resume_stuck_validations(&app, &authz),
+        Some("deactivated") => {
+            // > If the client wishes to relinquish its authorization … it can request that the
+            // > server deactivate … {"status": "deactivated"} … only "pending" or "valid"
+            authz = app
+                .db
+                .update(Table::Authzs, &id, |mut a: Authz| match a.status() {
+                    AuthzStatus::Pending | AuthzStatus::Valid => {
+                        a.status = AuthzStatus::Deactivated;
+                        Ok(a)
+                    }
+                    s => Err(Error::Malformed(format!(
+                        "only pending or valid authorizations can be deactivated; this one is {s:?}"
+                    ))),
+                })?;
+            app.db.flush().await?;
+        }
+        Some(other) => {
+            return Err(Error::Malformed(format!(
+                "authorization status may only be set to \"deactivated\", not {other:?}"
+            )))
+        }
+    }
+    let mut resp = Json(authz.to_json(&app)).into_response();
+    if authz
+        .challenges
+        .iter()
+        .any(|c| c.status == ChallengeStatus::Processing)
+    {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(resp)
+}
+
+/// `POST /acme/chall/{authz}/{type}` — respond to a challenge (RFC 8555 §7.5.1) or fetch it.
+///
+/// > The client indicates to the server that it is ready for the challenge validation by
+/// > sending an empty JSON body ("{}") carried in a POST request to the challenge URL
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1>
+pub async fn challenge(
+    State(app): State<AppState>,
+    Path((authz_id, kind)): Path<(String, String)>,
+    r: AccountRequest,
+) -> Result<Response> {
+    let kind: ChallengeType =
+        serde_json::from_value(Value::String(kind)).map_err(|_| Error::NotFound("challenge"))?;
+    let mut authz = own_authz(&app, &r, &authz_id)?;
+    if !authz.challenges.iter().any(|c| c.kind == kind) {
+        return Err(Error::NotFound("challenge"));
+    }
+    if r.req.is_post_as_get() {
+        resume_stuck_validations(&app, &authz);
+    } else {
+        let _: serde_json::Map<String, Value> = r.req.json()?;
+        let started = now();
+        let mut triggered = false;
+        authz = app.db.update(Table::Authzs, &authz_id, |mut a: Authz| {
+            triggered = false;
+            if a.status() != AuthzStatus::Pending {
+                // Answering an already-decided authorization is harmless: report its state.
+                return Ok(a);
+            }
+            if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) {
+                if c.status == ChallengeStatus::Pending {
+                    c.status = ChallengeStatus::Processing;
+                    c.processing_since = Some(started);
+                    triggered = true;
+                }
+            }
+            Ok(a)
+        })?;
+        app.db.flush().await?;
+        if triggered {
+            spawn_validation(
+                app.clone(),
+                authz.clone(),
+                kind,
+                r.account.thumbprint.clone(),
+            );
+        }
+    }
+    let c = authz
+        .challenges
+        .iter()
+        .find(|c| c.kind == kind)
+        .ok_or(Error::NotFound("challenge"))?;
+    let mut resp = (StatusCode::OK, Json(authz.challenge_json(&app, c))).into_response();
+    let h = resp.headers_mut();
+    // > The server MUST … include a Link header field with relation "up" to the authorization
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "<{}>;rel=\"up\"",
+        app.url(&format!("{}{}", paths::AUTHZ, authz.id))
+    )) {
+        h.append(header::LINK, v);
+    }
+    if c.status == ChallengeStatus::Processing {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(resp)
+}
+
+/// A validation whose task died with the process stays `processing` in the store; restart it
+/// once it is clearly older than any live attempt could be.
+fn resume_stuck_validations(app: &AppState, authz: &Authz) {
+    let limit = i64::try_from(app.cfg.validation.timeout.as_secs()).unwrap_or(60) * 2 + 5;
+    if authz.status() != AuthzStatus::Pending {
+        return;
+    }
+    for c in &authz.challenges {
+        if c.status == ChallengeStatus::Processing
+            && c.processing_since.is_some_and(|t| now() - t > limit)
+        {
+            let Ok(Some(acct)) = app
+                .db
+                .get::<crate::account::Account>(Table::Accounts, &authz.account_id)
+            else {
+                continue;
+            };
+            spawn_validation(app.clone(), authz.clone(), c.kind, acct.thumbprint);
+        }
+    }
+}
+
+fn spawn_validation(app: AppState, authz: Authz, kind: ChallengeType, thumbprint: String) {
+    tokio::spawn(async move {
+        if let Err(e) = run_validation(&app, &authz, kind, &thumbprint).await {
+            tracing::error!(authz = %authz.id, error = %e, "recording validation result failed");
+        }
+    });
+}
+
+/// Runs one validation and records the outcome on the challenge and the authorization.
+async fn run_validation(
+    app: &AppState,
+    authz: &Authz,
+    kind: ChallengeType,
+    thumbprint: &str,
+) -> Result<()> {
+    let Some(token) = authz
+        .challenges
+        .iter()
+        .find(|c| c.kind == kind)
+        .map(|c| c.token.clone())
+    else {
+        return Ok(());
+    };
+    // > keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-8.1>
+    let key_authz = format!("{token}.{thumbprint}");
+    let outcome = app
+        .va
+        .validate(&authz.identifier, kind, &token, &key_authz)
+        .await;
+    match &outcome {
+        Ok(()) => {
+            tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, "challenge valid")
+        }
+        Err(e) => {
+            tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, error = %e, "challenge invalid")
+        }
+    }
+    let finished = now();
+    app.db.update(Table::Authzs, &authz.id, |mut a: Authz| {
+        if a.status != AuthzStatus::Pending {
+            return Ok(a);
+        }
+        let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) else {
+            return Ok(a);
+        };
+        if c.status != ChallengeStatus::Processing {
+            return Ok(a);
+        }
+        c.processing_since = None;
+        match &outcome {
+            Ok(()) => {
+                c.status = ChallengeStatus::Valid;
+                c.validated = Some(finished);
+                a.status = AuthzStatus::Valid;
+            }
+            Err(e) => {
+                c.status = ChallengeStatus::Invalid;
+                let mut p = e.to_problem();
+                p.identifier = None;
+                c.error = Some(p);
+                // > If the validation fails, the server MUST … set the status of the
+                // > authorization to "invalid"  (RFC 8555 §7.5.1: one failed challenge fails
+                // > the authorization)
+                a.status = AuthzStatus::Invalid;
+            }
+        }
+        Ok(a)
+    })?;
+    app.db.flush().await
+}

@@ -1,0 +1,168 @@
+//! Issued certificates: download (RFC 8555 §7.4.2) and revocation (§7.6).
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{now, AppState};
+use crate::ca::IssuedCert;
+use crate::jws::{AccountRequest, AnyRequest, Signer};
+use crate::order::Order;
+use crate::storage::Table;
+use crate::types::Identifier;
+use crate::{jwk, Error, Result};
+
+/// A revocation record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Revocation {
+    /// RFC 5280 §5.3.1 reason code.
+    pub reason: u8,
+    /// Unix time.
+    pub at: i64,
+}
+
+/// A stored certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Serial number, lowercase hex; also the URL id.
+    pub id: String,
+    /// Account that ordered it.
+    pub account_id: String,
+    /// Order it was issued for.
+    pub order_id: String,
+    /// Certified identifiers.
+    pub identifiers: Vec<Identifier>,
+    /// Leaf DER, base64url.
+    pub der: String,
+    /// Leaf + intermediate, PEM.
+    pub chain_pem: String,
+    /// Validity, Unix times.
+    pub not_before: i64,
+    /// Validity end.
+    pub not_after: i64,
+    /// Set once revoked.
+    #[serde(default)]
+    pub revoked: Option<Revocation>,
+}
+
+impl Certificate {
+    /// The record for a freshly issued certificate.
+    pub fn new(account_id: &str, order: &Order, issued: &IssuedCert) -> Self {
+        Self {
+            id: issued.serial_hex.clone(),
+            account_id: account_id.to_owned(),
+            order_id: order.id.clone(),
+            identifiers: order.identifiers.clone(),
+            der: jwk::b64u(&issued.der),
+            chain_pem: issued.chain_pem.clone(),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            revoked: None,
+        }
+    }
+}
+
+/// `POST /acme/cert/{id}` (POST-as-GET) — RFC 8555 §7.4.2.
+///
+/// > The default format of the certificate is application/pem-certificate-chain
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4.2>
+pub async fn download(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    r: AccountRequest,
+) -> Result<Response> {
+    if !r.req.is_post_as_get() {
+        return Err(Error::Malformed(
+            "certificates are fetched with POST-as-GET".into(),
+        ));
+    }
+    let cert = app
+        .db
+        .get::<Certificate>(Table::Certificates, &id)?
+        .filter(|c| c.account_id == r.account.id)
+        .ok_or(Error::NotFound("certificate"))?;
+    let mut resp = (StatusCode::OK, cert.chain_pem).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    certificate: String,
+    #[serde(default)]
+    reason: Option<i64>,
+}
+
+/// RFC 5280 §5.3.1 reasons a subscriber may give. cACompromise (2), certificateHold (6),
+/// removeFromCRL (8) and aACompromise (10) are the CA's business, 7 is unassigned.
+const ALLOWED_REASONS: &[i64] = &[0, 1, 3, 4, 5, 9];
+
+/// `POST /acme/revoke-cert` — RFC 8555 §7.6.
+///
+/// > The server MUST consider at least the following accounts authorized for a given
+/// > certificate: the account that issued the certificate; an account that holds
+/// > authorizations for all of the identifiers in the certificate. The server MUST also
+/// > consider a revocation request valid if it is signed with the private key corresponding
+/// > to the public key in the certificate.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.6>
+pub async fn revoke(
+    State(app): State<AppState>,
+    AnyRequest(signer, req): AnyRequest,
+) -> Result<Response> {
+    let p: Revoke = req.json()?;
+    let reason = p.reason.unwrap_or(0);
+    if !ALLOWED_REASONS.contains(&reason) {
+        return Err(Error::BadRevocationReason(format!(
+            "reason code {reason} is not accepted; use one of {ALLOWED_REASONS:?}"
+        )));
+    }
+    let der = jwk::b64u_decode("certificate", &p.certificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Malformed(format!("certificate is not valid DER X.509: {e}")))?;
+    let serial = hex::encode(parsed.raw_serial());
+    let stored = app
+        .db
+        .get::<Certificate>(Table::Certificates, &serial)?
+        .filter(|c| jwk::b64u_decode("stored", &c.der).ok().as_deref() == Some(der.as_slice()))
+        .ok_or(Error::NotFound("certificate issued by this CA"))?;
+
+    match &signer {
+        Signer::Account(acct) if acct.id == stored.account_id => {}
+        Signer::Account(_) => return Err(Error::Unauthorized(
+            "this account did not order the certificate; sign with the certificate's key instead"
+                .into(),
+        )),
+        Signer::Key { key, .. } => {
+            let cert_key = crate::csr::public_key_from_spki(parsed.public_key().raw)?;
+            if *key != cert_key {
+                return Err(Error::Unauthorized(
+                    "the request is signed by neither the ordering account nor the certificate's key".into(),
+                ));
+            }
+        }
+    }
+
+    let at = now();
+    let reason_u8 = u8::try_from(reason).unwrap_or(0);
+    app.db
+        .update(Table::Certificates, &serial, |mut c: Certificate| {
+            if c.revoked.is_some() {
+                return Err(Error::AlreadyRevoked);
+            }
+            c.revoked = Some(Revocation {
+                reason: reason_u8,
+                at,
+            });
+            Ok(c)
+        })?;
+    app.db.flush().await?;
+    tracing::info!(serial = %serial, reason, "certificate revoked");
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,0 +1,238 @@
+//! JSON Web Keys (RFC 7517/7518/8037): parsing into [`PublicKey`], RFC 7638 thumbprints and
+//! signature verification for the JWS algorithms ACME accepts.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use serde_json::{json, Map, Value};
+
+use crate::key::{rsa_bits, PublicKey};
+use crate::{Error, Result};
+
+/// Decodes unpadded base64url strictly (RFC 8555 §6.1: padding MUST be refused).
+pub fn b64u_decode(field: &str, s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error::Malformed(format!("{field} is not unpadded base64url: {e}")))
+}
+
+/// Encodes unpadded base64url.
+pub fn b64u(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::BadPublicKey(format!("JWK has no string member {name:?}")))
+}
+
+/// Parses a public JWK. Private members are refused: a client that sends its private key has
+/// leaked it, and accepting it would hide the mistake.
+pub fn parse(jwk: &Value) -> Result<PublicKey> {
+    let obj = jwk
+        .as_object()
+        .ok_or_else(|| Error::BadPublicKey("JWK is not a JSON object".into()))?;
+    if obj.contains_key("d") || obj.contains_key("p") {
+        return Err(Error::BadPublicKey(
+            "JWK contains private key material".into(),
+        ));
+    }
+    let coord = |name: &str, len: usize| -> Result<Vec<u8>> {
+        let v = b64u_decode(&format!("JWK {name}"), member(obj, name)?)?;
+        if v.len() != len {
+            return Err(Error::BadPublicKey(format!(
+                "JWK {name} must be {len} bytes, got {}",
+                v.len()
+            )));
+        }
+        Ok(v)
+    };
+    let key = match member(obj, "kty")? {
+        "EC" => {
+            let (len, p384) = match member(obj, "crv")? {
+                "P-256" => (32, false),
+                "P-384" => (48, true),
+                other => {
+                    return Err(Error::BadPublicKey(format!(
+                        "unsupported EC curve {other:?}: use P-256 or P-384"
+                    )))
+                }
+            };
+            let mut point = vec![0x04];
+            point.extend(coord("x", len)?);
+            point.extend(coord("y", len)?);
+            if p384 {
+                PublicKey::P384(point)
+            } else {
+                PublicKey::P256(point)
+            }
+        }
+        "OKP" => match member(obj, "crv")? {
+            "Ed25519" => PublicKey::Ed25519(coord("x", 32)?),
+            other => {
+                return Err(Error::BadPublicKey(format!(
+                    "unsupported OKP curve {other:?}: use Ed25519"
+                )))
+            }
+        },
+        "RSA" => {
+            let n = b64u_decode("JWK n", member(obj, "n")?)?;
+            let e = b64u_decode("JWK e", member(obj, "e")?)?;
+            let key = PublicKey::rsa(&n, &e);
+            if let PublicKey::Rsa { n, .. } = &key {
+                let bits = rsa_bits(n);
+                if !(2048..=8192).contains(&bits) {
+                    return Err(Error::BadPublicKey(format!(
+                        "RSA account keys must be 2048-8192 bits, got {bits}"
+                    )));
+                }
+            }
+            key
+        }
+        other => {
+            return Err(Error::BadPublicKey(format!(
+                "unsupported JWK kty {other:?}"
+            )))
+        }
+    };
+    check_point(&key)?;
+    Ok(key)
+}
+
+/// Rejects EC points that are not on their curve. ring has no standalone point check, but its
+/// ECDH peer-key parsing performs full public-key validation, so agree with a throwaway key.
+fn check_point(key: &PublicKey) -> Result<()> {
+    let (curve, point) = match key {
+        PublicKey::P256(p) => (&ring::agreement::ECDH_P256, p),
+        PublicKey::P384(p) => (&ring::agreement::ECDH_P384, p),
+        _ => return Ok(()),
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let eph = ring::agreement::EphemeralPrivateKey::generate(curve, &rng)
+        .map_err(|_| Error::Internal("cannot generate ephemeral key".into()))?;
+    let peer = ring::agreement::UnparsedPublicKey::new(curve, point);
+    ring::agreement::agree_ephemeral(eph, &peer, |_| ())
+        .map_err(|_| Error::BadPublicKey("EC public key is not a point on its curve".into()))
+}
+
+/// The canonical JWK of a key: only the required members (RFC 7638 §3.2), used both for
+/// thumbprints and to show the account key back to the client.
+pub fn canonical(key: &PublicKey) -> Value {
+    match key {
+        PublicKey::P256(p) | PublicKey::P384(p) => {
+            let half = (p.len() - 1) / 2;
+            let crv = if half == 32 { "P-256" } else { "P-384" };
+            json!({"crv": crv, "kty": "EC", "x": b64u(&p[1..1 + half]), "y": b64u(&p[1 + half..])})
+        }
+        PublicKey::Ed25519(x) => json!({"crv": "Ed25519", "kty": "OKP", "x": b64u(x)}),
+        PublicKey::Rsa { n, e } => json!({"e": b64u(e), "kty": "RSA", "n": b64u(n)}),
+    }
+}
+
+/// RFC 7638 thumbprint: base64url(SHA-256(canonical JWK with members in lexicographic order)).
+pub fn thumbprint(key: &PublicKey) -> String {
+    // serde_json's Map is a BTreeMap (no `preserve_order` feature), so members serialise sorted
+    // and without whitespace, which is exactly RFC 7638's canonical form.
+    let text = canonical(key).to_string();
+    b64u(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+}
+
+/// Verifies a JWS signature made with `alg` by `key` over `signing_input`.
+pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> Result<()> {
+    let mismatch = || {
+        Error::Malformed(format!(
+            "JWS alg {alg} does not match the {} key",
+            key.describe()
+        ))
+    };
+    let bad_sig = || Error::Unauthorized("JWS signature does not verify".into());
+    match (alg, key) {
+        ("ES256", PublicKey::P256(p)) => {
+            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+                .verify(signing_input, sig)
+                .map_err(|_| bad_sig())
+        }
+        ("ES384", PublicKey::P384(p)) => {
+            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
+                .verify(signing_input, sig)
+                .map_err(|_| bad_sig())
+        }
+        ("EdDSA", PublicKey::Ed25519(x)) => UnparsedPublicKey::new(&signature::ED25519, x)
+            .verify(signing_input, sig)
+            .map_err(|_| bad_sig()),
+        ("RS256", PublicKey::Rsa { n, e }) => RsaPublicKeyComponents { n, e }
+            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signing_input, sig)
+            .map_err(|_| bad_sig()),
+        ("ES256" | "ES384" | "EdDSA" | "RS256", _) => Err(mismatch()),
+        (other, _) => Err(Error::BadSignatureAlgorithm(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7638 §3.1 example key and its thumbprint.
+    // <https://www.rfc-editor.org/rfc/rfc7638#section-3.1>
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        let key = parse(&jwk).expect("parse");
+        assert_eq!(
+            thumbprint(&key),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn es256_roundtrip_and_tamper() {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("gen");
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("kp");
+        let key = PublicKey::P256(kp.public_key().as_ref().to_vec());
+        let jwk = canonical(&key);
+        assert_eq!(parse(&jwk).expect("reparse"), key);
+        let sig = kp.sign(&rng, b"hello").expect("sign");
+        assert!(verify("ES256", &key, b"hello", sig.as_ref()).is_ok());
+        assert!(verify("ES256", &key, b"hellO", sig.as_ref()).is_err());
+        assert!(matches!(
+            verify("ES384", &key, b"hello", sig.as_ref()),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            verify("HS256", &key, b"hello", sig.as_ref()),
+            Err(Error::BadSignatureAlgorithm(_))
+        ));
+        assert!(matches!(
+            verify("none", &key, b"hello", b""),
+            Err(Error::BadSignatureAlgorithm(_))
+        ));
+    }
+
+    #[test]
+    fn bad_jwks_are_refused() {
+        for jwk in [
+            json!("x"),
+            json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}),
+            json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),
+            json!({"kty": "oct", "k": "AAAA"}),
+            json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
+            // A point not on the curve: x = y = 1.
+            json!({"kty": "EC", "crv": "P-256",
+                   "x": b64u([[0u8; 31].as_slice(), &[1]].concat()),
+                   "y": b64u([[0u8; 31].as_slice(), &[1]].concat())}),
+        ] {
+            assert!(parse(&jwk).is_err(), "{jwk}");
+        }
+    }
+}

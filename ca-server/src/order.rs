@@ -1,0 +1,527 @@
+//! Orders: newOrder (RFC 8555 §7.4), order objects (§7.1.3) and finalize (§7.4).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::app::{new_id, now, paths, rfc3339, AppState};
+use crate::authz::Authz;
+use crate::cert::Certificate;
+use crate::jws::AccountRequest;
+use crate::storage::Table;
+use crate::types::{AuthzStatus, Identifier, IdentifierType, OrderStatus};
+use crate::{csr, jwk, Error, Problem, Result};
+
+/// How far an order has got beyond what its authorizations say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "stage")]
+pub enum Stage {
+    /// Not finalized: status is derived from the authorizations (pending/ready/invalid).
+    Open,
+    /// Finalize accepted and issuance under way.
+    Processing {
+        /// When finalize started.
+        since: i64,
+    },
+    /// Issued.
+    Valid {
+        /// Certificate id.
+        cert: String,
+    },
+    /// Failed after finalize.
+    Invalid {
+        /// Why.
+        error: Problem,
+    },
+}
+
+/// A stored order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    /// Random id.
+    pub id: String,
+    /// Owning account.
+    pub account_id: String,
+    /// Requested identifiers, normalised, sorted, unique.
+    pub identifiers: Vec<Identifier>,
+    /// One authorization per identifier, same order.
+    pub authzs: Vec<String>,
+    /// Unix time after which the order is invalid if not finalized.
+    pub expires: i64,
+    /// Finalize progress.
+    pub stage: Stage,
+}
+
+/// If issuance was interrupted (the process died between accepting finalize and storing the
+/// certificate), the order is reported invalid after this long so the client can start over.
+const STUCK_PROCESSING_SECS: i64 = 120;
+
+impl Order {
+    /// The order's status, derived from its stage and its authorizations so it can never
+    /// disagree with them (as Pebble's `Order.GetStatus`; RFC 8555 §7.1.6).
+    pub fn status(&self, app: &AppState) -> Result<OrderStatus> {
+        Ok(self.status_and_error(app)?.0)
+    }
+
+    fn status_and_error(&self, app: &AppState) -> Result<(OrderStatus, Option<Problem>)> {
+        match &self.stage {
+            Stage::Valid { .. } => return Ok((OrderStatus::Valid, None)),
+            Stage::Invalid { error } => return Ok((OrderStatus::Invalid, Some(error.clone()))),
+            Stage::Processing { since } => {
+                if now() - since > STUCK_PROCESSING_SECS {
+                    let p = Problem::new(
+                        crate::ProblemType::ServerInternal,
+                        "issuance was interrupted; create a new order",
+                    );
+                    return Ok((OrderStatus::Invalid, Some(p)));
+                }
+                return Ok((OrderStatus::Processing, None));
+            }
+            Stage::Open => {}
+        }
+        if now() > self.expires {
+            let p = Problem::new(crate::ProblemType::Malformed, "the order has expired");
+            return Ok((OrderStatus::Invalid, Some(p)));
+        }
+        let mut all_valid = true;
+        for id in &self.authzs {
+            let authz: Authz = app
+                .db
+                .get(Table::Authzs, id)?
+                .ok_or_else(|| Error::Storage(format!("order {} lost authz {id}", self.id)))?;
+            match authz.status() {
+                AuthzStatus::Valid => {}
+                AuthzStatus::Pending => all_valid = false,
+                _ => {
+                    let mut p = authz.error().unwrap_or_else(|| {
+                        Problem::new(
+                            crate::ProblemType::Unauthorized,
+                            format!(
+                                "authorization for {} is {:?}",
+                                authz.identifier,
+                                authz.status()
+                            ),
+                        )
+                    });
+                    p.identifier = Some(authz.identifier.clone());
+                    return Ok((OrderStatus::Invalid, Some(p)));
+                }
+            }
+        }
+        Ok((
+            if all_valid {
+                OrderStatus::Ready
+            } else {
+                OrderStatus::Pending
+            },
+            None,
+        ))
+    }
+
+    /// The order object, RFC 8555 §7.1.3.
+    pub fn to_json(&self, app: &AppState) -> Result<Value> {
+        let (status, error) = self.status_and_error(app)?;
+        let mut v = json!({
+            "status": status,
+            "expires": rfc3339(self.expires),
+            "identifiers": self.identifiers,
+            "authorizations": self.authzs.iter()
+                .map(|a| app.url(&format!("{}{a}", paths::AUTHZ))).collect::<Vec<_>>(),
+            "finalize": app.url(&format!("{}{}/finalize", paths::ORDER, self.id)),
+        });
+        if let Some(e) = error {
+            v["error"] = json!(e);
+        }
+        if let Stage::Valid { cert } = &self.stage {
+            v["certificate"] = json!(app.url(&format!("{}{cert}", paths::CERT)));
+        }
+        Ok(v)
+    }
+
+    fn url(&self, app: &AppState) -> String {
+        app.url(&format!("{}{}", paths::ORDER, self.id))
+    }
+}
+
+fn order_response(app: &AppState, order: &Order, status: StatusCode) -> Result<Response> {
+    let body = order.to_json(app)?;
+    let processing = body["status"] == json!(OrderStatus::Processing);
+    let mut resp = (status, Json(body)).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&order.url(app)) {
+        h.insert(header::LOCATION, v);
+    }
+    // > … the server … SHOULD include a Retry-After header field in "processing" responses
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+    if processing {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(resp)
+}
+
+/// Loads an order that the requesting account owns. Another account's order is reported as
+/// not found, so order ids cannot be probed.
+fn own_order(app: &AppState, r: &AccountRequest, id: &str) -> Result<Order> {
+    app.db
+        .get::<Order>(Table::Orders, id)?
+        .filter(|o| o.account_id == r.account.id)
+        .ok_or(Error::NotFound("order"))
+}
+
+/// Checks one requested identifier and returns its canonical form.
+///
+/// `dns`: LDH labels (RFC 1123), at most 253 octets, lower-cased; single-label plant names
+/// (`plc-7`) are allowed because devices on a plant network often have nothing else. A `dns`
+/// value that is an IP address is refused: RFC 8738 gives addresses their own type.
+/// `ip`: the RFC 8738 §3 textual form (RFC 1123 for IPv4, RFC 5952 for IPv6).
+pub fn normalize_identifier(id: &Identifier) -> Result<Identifier> {
+    match id.kind {
+        IdentifierType::Dns => {
+            let v = id.value.to_ascii_lowercase();
+            let v = v.strip_suffix('.').unwrap_or(&v).to_owned();
+            if v.parse::<IpAddr>().is_ok() {
+                return Err(Error::Malformed(format!(
+                    "{:?} is an IP address: send it as an identifier of type \"ip\" (RFC 8738)",
+                    id.value
+                )));
+            }
+            if v.starts_with("*.") {
+                return Err(Error::RejectedIdentifier {
+                    identifier: id.clone(),
+                    detail: "wildcard names need dns-01, which this CA does not offer".into(),
+                });
+            }
+            check_dns_name(&v).map_err(|why| {
+                Error::Malformed(format!("{:?} is not a valid DNS name: {why}", id.value))
+            })?;
+            Ok(Identifier::dns(v))
+        }
+        IdentifierType::Ip => {
+            let addr: IpAddr = id
+                .value
+                .parse()
+                .map_err(|_| Error::Malformed(format!("{:?} is not an IP address", id.value)))?;
+            let canonical = addr.to_string();
+            // > The value field MUST contain the textual form of the address as defined in
+            // > RFC 1123, Section 2.1 for IPv4 and in RFC 5952, Section 4 for IPv6.
+            // <https://www.rfc-editor.org/rfc/rfc8738#section-3>
+            if canonical != id.value {
+                return Err(Error::Malformed(format!(
+                    "IP identifier {:?} is not in canonical form; send {canonical:?}",
+                    id.value
+                )));
+            }
+            if addr.is_unspecified() || addr.is_multicast() {
+                return Err(Error::RejectedIdentifier {
+                    identifier: id.clone(),
+                    detail: "unspecified and multicast addresses cannot be certified".into(),
+                });
+            }
+            Ok(Identifier::ip(addr))
+        }
+    }
+}
+
+fn check_dns_name(v: &str) -> std::result::Result<(), String> {
+    if v.is_empty() || v.len() > 253 {
+        return Err("length must be 1-253".into());
+    }
+    for label in v.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each label must be 1-63 characters".into());
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "label {label:?} has characters other than a-z, 0-9 and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+        if label.len() >= 4 && label[2..4] == *"--" && !label.starts_with("xn--") {
+            return Err(format!(
+                "label {label:?} has '--' in positions 3-4 but is not an A-label"
+            ));
+        }
+    }
+    if v.rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the last label must not be all digits".into());
+    }
+    Ok(())
+}
+
+/// newOrder payload, RFC 8555 §7.4.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewOrder {
+    identifiers: Vec<Value>,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+}
+
+const MAX_IDENTIFIERS: usize = 100;
+
+/// `POST /acme/new-order` — RFC 8555 §7.4.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result<Response> {
+    let p: NewOrder = r.req.json()?;
+    if p.not_before.is_some() || p.not_after.is_some() {
+        return Err(Error::Malformed(
+            "notBefore/notAfter are not supported: validity is set by CA policy".into(),
+        ));
+    }
+    if p.identifiers.is_empty() {
+        return Err(Error::Malformed(
+            "an order needs at least one identifier".into(),
+        ));
+    }
+    if p.identifiers.len() > MAX_IDENTIFIERS {
+        return Err(Error::Malformed(format!(
+            "an order may have at most {MAX_IDENTIFIERS} identifiers"
+        )));
+    }
+    let mut identifiers = BTreeSet::new();
+    let mut problems = Vec::new();
+    for raw in &p.identifiers {
+        let kind = raw.get("type").and_then(Value::as_str).unwrap_or_default();
+        let parsed = match serde_json::from_value::<Identifier>(raw.clone()) {
+            Ok(id) => normalize_identifier(&id).map_err(|e| (id, e)),
+            Err(_) if matches!(kind, "dns" | "ip") || kind.is_empty() => {
+                return Err(Error::Malformed(format!("invalid identifier object {raw}")))
+            }
+            Err(_) => {
+                let value = raw.get("value").and_then(Value::as_str).unwrap_or_default();
+                return Err(Error::UnsupportedIdentifier(format!(
+                    "identifier type {kind:?} (value {value:?}) is not supported; use \"dns\" or \"ip\""
+                )));
+            }
+        };
+        match parsed {
+            Ok(id) => {
+                identifiers.insert(id);
+            }
+            Err((id, e)) => {
+                let mut sub = e.to_problem();
+                sub.identifier = Some(id);
+                problems.push((e, sub));
+            }
+        }
+    }
+    // > When the server has multiple errors to report for a single request … subproblems
+    // <https://www.rfc-editor.org/rfc/rfc8555#section-6.7.1>
+    match problems.len() {
+        0 => {}
+        1 => return Err(problems.remove(0).0),
+        n => {
+            return Err(Error::Compound {
+                detail: format!("{n} identifiers were refused"),
+                subproblems: problems.into_iter().map(|(_, p)| p).collect(),
+            })
+        }
+    }
+
+    let created = now();
+    let order_lifetime = secs(app.cfg.issuance.order_lifetime);
+    let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
+    let mut authz_ids = Vec::new();
+    for id in &identifiers {
+        let authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime)?;
+        app.db.put(Table::Authzs, &authz.id, &authz)?;
+        authz_ids.push(authz.id);
+    }
+    let order = Order {
+        id: new_id()?,
+        account_id: r.account.id.clone(),
+        identifiers: identifiers.into_iter().collect(),
+        authzs: authz_ids,
+        expires: created + order_lifetime,
+        stage: Stage::Open,
+    };
+    app.db.put(Table::Orders, &order.id, &order)?;
+    app.db.put(
+        Table::AccountOrders,
+        &format!("{}\0{}", r.account.id, order.id),
+        &(),
+    )?;
+    app.db.flush().await?;
+    tracing::info!(account = %r.account.id, order = %order.id, identifiers = ?order.identifiers, "order created");
+    order_response(&app, &order, StatusCode::CREATED)
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+/// `POST /acme/order/{id}` (POST-as-GET) — RFC 8555 §7.1.3.
+pub async fn get_order(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    r: AccountRequest,
+) -> Result<Response> {
+    let order = own_order(&app, &r, &id)?;
+    order_response(&app, &order, StatusCode::OK)
+}
+
+/// finalize payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Finalize {
+    csr: String,
+}
+
+/// `POST /acme/order/{id}/finalize` — RFC 8555 §7.4.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
+pub async fn finalize(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    r: AccountRequest,
+) -> Result<Response> {
+    let order = own_order(&app, &r, &id)?;
+    let p: Finalize = r.req.json()?;
+
+    // > A request to finalize an order will result in error if the order is not in the
+    // > "ready" state. In such cases, the server MUST return a 403 (Forbidden) error with a
+    // > problem document of type "orderNotReady".
+    let status = order.status(&app)?;
+    if status != OrderStatus::Ready {
+        return Err(Error::OrderNotReady(status.to_string()));
+    }
+
+    // badCSR leaves the order "ready" so the client can fix the CSR and try again.
+    let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
+    let info = csr::parse_and_verify(&der)?;
+
+    // > The CSR MUST indicate the exact same set of requested identifiers as the initial
+    // > newOrder request.
+    if info.identifiers != order.identifiers {
+        let show = |ids: &[Identifier]| {
+            ids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::BadCsr(format!(
+            "the CSR names [{}] but the order is for [{}]",
+            show(&info.identifiers),
+            show(&order.identifiers)
+        )));
+    }
+    // The certificate key must not be the account key (RFC 8555 §11.1): reuse would let
+    // whoever holds the TLS key act as the account.
+    if info.public_key == r.account.public_key()? {
+        return Err(Error::BadCsr(
+            "the CSR key is the account key: use a separate key for the certificate".into(),
+        ));
+    }
+
+    // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
+    let started = now();
+    app.db.update(Table::Orders, &id, |mut o: Order| {
+        if o.stage != Stage::Open {
+            return Err(Error::OrderNotReady("processing".into()));
+        }
+        o.stage = Stage::Processing { since: started };
+        Ok(o)
+    })?;
+
+    let stage = match app.ca.issue(
+        &info.spki_der,
+        &order.identifiers,
+        app.cfg.issuance.cert_validity,
+    ) {
+        Ok(issued) => {
+            let cert = Certificate::new(&r.account.id, &order, &issued);
+            app.db.put(Table::Certificates, &cert.id, &cert)?;
+            tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, "certificate issued");
+            Stage::Valid { cert: cert.id }
+        }
+        Err(e) => {
+            tracing::error!(order = %id, error = %e, "issuance failed");
+            Stage::Invalid {
+                error: Problem::new(crate::ProblemType::ServerInternal, "issuance failed"),
+            }
+        }
+    };
+    let order = app.db.update(Table::Orders, &id, |mut o: Order| {
+        o.stage = stage.clone();
+        Ok(o)
+    })?;
+    // The certificate and the order's valid state are on disk before the client hears of
+    // them: a client that saw "valid" can always download its certificate.
+    app.db.flush().await?;
+    order_response(&app, &order, StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dns(v: &str) -> Result<Identifier> {
+        normalize_identifier(&Identifier::dns(v))
+    }
+
+    fn ip(v: &str) -> Result<Identifier> {
+        normalize_identifier(&Identifier {
+            kind: IdentifierType::Ip,
+            value: v.into(),
+        })
+    }
+
+    #[test]
+    fn dns_identifiers() {
+        assert_eq!(
+            dns("PLC-7.Plant.Example.").ok(),
+            Some(Identifier::dns("plc-7.plant.example"))
+        );
+        assert!(dns("plc-7").is_ok(), "single-label plant names");
+        assert!(dns("xn--bcher-kva.example").is_ok());
+        for bad in [
+            "",
+            "a..b",
+            "-a.example",
+            "a_b.example",
+            "ab--cd.example",
+            "1.2.3.4",
+            "::1",
+            "example.123",
+            &"a".repeat(64),
+        ] {
+            assert!(dns(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            dns("*.example.com"),
+            Err(Error::RejectedIdentifier { .. })
+        ));
+        assert!(matches!(dns("10.0.0.1"), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn ip_identifiers_must_be_canonical() {
+        assert!(ip("192.0.2.7").is_ok());
+        assert!(ip("2001:db8::1").is_ok());
+        assert!(ip("2001:DB8::1").is_err());
+        assert!(ip("2001:db8:0:0:0:0:0:1").is_err());
+        assert!(ip("192.0.2.07").is_err());
+        assert!(ip("plc.example").is_err());
+        assert!(matches!(
+            ip("0.0.0.0"),
+            Err(Error::RejectedIdentifier { .. })
+        ));
+    }
+}

@@ -1,0 +1,113 @@
+//! Wiring: store, then issuance, then validation, then the router and the TLS listener
+//! (in that order, as Pebble's `cmd/pebble/main.go`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::app::{self, AppState, Inner};
+use crate::ca::CertificateAuthority;
+use crate::config::Config;
+use crate::eab::{create_private_dir, EabStore};
+use crate::nonce::NonceStore;
+use crate::storage::{Db, SledStore};
+use crate::va::Validator;
+use crate::{Error, Result};
+
+/// What an operator needs to know after start.
+pub struct StartInfo {
+    /// Directory URL.
+    pub directory_url: String,
+    /// Path of the root certificate (PEM).
+    pub root_path: std::path::PathBuf,
+    /// SHA-256 fingerprint of the root certificate.
+    pub root_fingerprint: String,
+}
+
+/// Opens (or on first start creates) everything under `cfg.data_dir` and builds the state.
+pub fn init(cfg: Config) -> Result<AppState> {
+    create_private_dir(&cfg.data_dir)?;
+    let store = SledStore::open(&cfg.data_dir.join("db"))?;
+    let ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
+    if let Some(addr) = cfg.validation.lab_resolve_all_to {
+        tracing::warn!(%addr, "LAB SETTING validation.lab_resolve_all_to is on: every dns identifier is validated against {addr}, not its DNS address. Never use this in production.");
+    }
+    let va = Validator::new(cfg.validation.clone())?;
+    Ok(AppState::new(Inner {
+        base_url: cfg.base_url(),
+        db: Db::new(Arc::new(store)),
+        nonces: NonceStore::new()?,
+        eab: EabStore::new(&cfg.data_dir),
+        ca,
+        va,
+        cfg,
+    }))
+}
+
+/// Names the server's own certificate must carry: loopback, the public URL's host and the
+/// configured extras.
+pub fn tls_names(cfg: &Config) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ip = cfg.listen.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    if let Some(host) = cfg
+        .public_url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("https://"))
+        .map(|h| h.trim_end_matches('/'))
+    {
+        let host = if let Some(v6) = host.strip_prefix('[') {
+            v6.split(']').next().unwrap_or(v6)
+        } else {
+            host.rsplit_once(':').map_or(host, |(h, _)| h)
+        };
+        names.push(
+            host.parse::<IpAddr>()
+                .map_or_else(|_| host.to_ascii_lowercase(), |a| a.to_string()),
+        );
+    }
+    names.extend(cfg.tls_names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Start information for printing.
+pub fn start_info(app: &AppState) -> StartInfo {
+    StartInfo {
+        directory_url: app.url(app::paths::DIRECTORY),
+        root_path: app.ca.root_path().to_path_buf(),
+        root_fingerprint: app.ca.root_fingerprint(),
+    }
+}
+
+/// Serves HTTPS until the process is stopped.
+pub async fn serve(app: AppState) -> Result<()> {
+    let names = tls_names(&app.cfg);
+    let (chain, key) = app
+        .ca
+        .server_tls_identity(&app.cfg.data_dir.join("ca"), &names)?;
+    let tls = RustlsConfig::from_pem(chain.into_bytes(), key.into_bytes())
+        .await
+        .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
+    let listen = app.cfg.listen;
+    let router = app::router(app);
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::bind_rustls(listen, tls)
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+        .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))
+}

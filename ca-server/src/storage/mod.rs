@@ -1,0 +1,301 @@
+//! Durable storage behind a small key-value trait.
+//!
+//! The protocol code only sees [`Db`], a typed layer over [`Store`]. A backend needs five
+//! operations: get, put, compare-and-swap, prefix scan and a durability barrier, so another
+//! backend (PostgreSQL for several CA instances: `UPDATE … WHERE value = $old`) can be added
+//! without touching the handlers. State transitions use compare-and-swap, never
+//! read-modify-write, so two requests racing on one object (two finalizes) cannot both win.
+
+mod memory;
+mod sled;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use self::memory::MemoryStore;
+pub use self::sled::SledStore;
+use crate::{Error, Result};
+
+/// The logical tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// account id → `Account`.
+    Accounts,
+    /// JWK thumbprint → account id (one account per key, RFC 8555 §7.3).
+    AccountKeys,
+    /// order id → `Order`.
+    Orders,
+    /// account id ‖ 0x00 ‖ order id → empty (the account's orders list, §7.1.2.1).
+    AccountOrders,
+    /// authorization id → `Authz`.
+    Authzs,
+    /// certificate id (serial hex) → `Certificate`.
+    Certificates,
+    /// EAB key id → usage record.
+    EabUsage,
+    /// Server metadata (schema version).
+    Meta,
+}
+
+impl Table {
+    /// Every table, for backends that create them up front.
+    pub const ALL: [Self; 8] = [
+        Self::Accounts,
+        Self::AccountKeys,
+        Self::Orders,
+        Self::AccountOrders,
+        Self::Authzs,
+        Self::Certificates,
+        Self::EabUsage,
+        Self::Meta,
+    ];
+
+    /// A stable name for the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accounts => "accounts",
+            Self::AccountKeys => "account_keys",
+            Self::Orders => "orders",
+            Self::AccountOrders => "account_orders",
+            Self::Authzs => "authzs",
+            Self::Certificates => "certificates",
+            Self::EabUsage => "eab_usage",
+            Self::Meta => "meta",
+        }
+    }
+}
+
+/// A future returned by [`Store::flush`].
+pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// What a storage backend provides.
+pub trait Store: Send + Sync + 'static {
+    /// The value under `key`, if any.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Writes `value` under `key` unconditionally.
+    fn put(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Atomically replaces `old` (`None`: absent) by `new` (`None`: delete). `Ok(false)` when
+    /// the current value is not `old`; nothing is written then.
+    fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool>;
+    /// All entries whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Durability barrier: resolves once every write that completed before the call is on
+    /// stable storage.
+    fn flush(&self) -> FlushFuture<'_>;
+}
+
+/// Typed access to a [`Store`]: values are JSON documents.
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+}
+
+impl Db {
+    /// Wraps a backend.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The raw backend.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Reads and decodes one value.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+        self.store
+            .get(table, key.as_bytes())?
+            .map(|v| decode(table, &v))
+            .transpose()
+    }
+
+    /// Encodes and writes one value unconditionally (for objects only their creator knows).
+    pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<()> {
+        self.store.put(table, key.as_bytes(), &encode(value)?)
+    }
+
+    /// Inserts `value` only if `key` is absent; `Ok(false)` if it exists.
+    pub fn insert_new<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<bool> {
+        self.store
+            .compare_and_swap(table, key.as_bytes(), None, Some(&encode(value)?))
+    }
+
+    /// Read-modify-write under compare-and-swap: `f` sees the current value and returns the new
+    /// one (or an error, which aborts without writing). Retries when another writer got in
+    /// between, so `f` must be a pure function of its input. Returns the value written.
+    pub fn update<T, F>(&self, table: Table, key: &str, mut f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(T) -> Result<T>,
+    {
+        loop {
+            let raw = self
+                .store
+                .get(table, key.as_bytes())?
+                .ok_or(Error::NotFound(table.name()))?;
+            let new = f(decode(table, &raw)?)?;
+            let new_raw = encode(&new)?;
+            if new_raw == raw {
+                return Ok(new);
+            }
+            if self
+                .store
+                .compare_and_swap(table, key.as_bytes(), Some(&raw), Some(&new_raw))?
+            {
+                return Ok(new);
+            }
+        }
+    }
+
+    /// Keys (as text) under a prefix.
+    pub fn keys_with_prefix(&self, table: Table, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .scan_prefix(table, prefix.as_bytes())?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect())
+    }
+
+    /// Decoded values under a prefix.
+    pub fn values_with_prefix<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<T>> {
+        self.store
+            .scan_prefix(table, prefix.as_bytes())?
+            .iter()
+            .map(|(_, v)| decode(table, v))
+            .collect()
+    }
+
+    /// Waits until everything written so far is durable. Handlers call this before answering,
+    /// so a client never sees state a crash could take back.
+    pub async fn flush(&self) -> Result<()> {
+        self.store.flush().await
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(table: Table, raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw)
+        .map_err(|e| Error::Storage(format!("corrupt record in table {}: {e}", table.name())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends() -> Vec<(&'static str, Db, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = SledStore::open(dir.path()).expect("open sled");
+        vec![
+            ("memory", Db::new(Arc::new(MemoryStore::default())), None),
+            ("sled", Db::new(Arc::new(sled)), Some(dir)),
+        ]
+    }
+
+    #[tokio::test]
+    async fn typed_roundtrip_and_insert_new() {
+        for (name, db, _dir) in backends() {
+            assert!(
+                db.insert_new(Table::Accounts, "a", &1u32).expect("ins"),
+                "{name}"
+            );
+            assert!(
+                !db.insert_new(Table::Accounts, "a", &2u32).expect("ins"),
+                "{name}"
+            );
+            assert_eq!(db.get::<u32>(Table::Accounts, "a").expect("get"), Some(1));
+            assert_eq!(
+                db.get::<u32>(Table::Orders, "a").expect("get"),
+                None,
+                "{name}"
+            );
+            db.flush().await.expect("flush");
+        }
+    }
+
+    #[test]
+    fn update_applies_and_aborts() {
+        for (name, db, _dir) in backends() {
+            db.put(Table::Orders, "o", &10u32).expect("put");
+            let v = db
+                .update(Table::Orders, "o", |v: u32| Ok(v + 1))
+                .expect("update");
+            assert_eq!(v, 11, "{name}");
+            let err = db.update(Table::Orders, "o", |_: u32| -> Result<u32> {
+                Err(Error::OrderNotReady("x".into()))
+            });
+            assert!(matches!(err, Err(Error::OrderNotReady(_))), "{name}");
+            assert_eq!(db.get::<u32>(Table::Orders, "o").expect("get"), Some(11));
+            assert!(matches!(
+                db.update(Table::Orders, "missing", |v: u32| Ok(v)),
+                Err(Error::NotFound(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn concurrent_updates_do_not_lose_writes() {
+        for (name, db, _dir) in backends() {
+            db.put(Table::Certificates, "c", &0u64).expect("put");
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        for _ in 0..200 {
+                            db.update(Table::Certificates, "c", |v: u64| Ok(v + 1))
+                                .expect("update");
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                db.get::<u64>(Table::Certificates, "c").expect("get"),
+                Some(800),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_scan_is_ordered_and_bounded() {
+        for (name, db, _dir) in backends() {
+            for k in ["acct1\0b", "acct1\0a", "acct10\0c", "acct2\0d"] {
+                db.put(Table::AccountOrders, k, &()).expect("put");
+            }
+            assert_eq!(
+                db.keys_with_prefix(Table::AccountOrders, "acct1\0")
+                    .expect("scan"),
+                vec!["acct1\0a", "acct1\0b"],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_records_are_storage_errors_not_panics() {
+        let db = Db::new(Arc::new(MemoryStore::default()));
+        db.store()
+            .put(Table::Accounts, b"x", b"{not json")
+            .expect("put");
+        assert!(matches!(
+            db.get::<u32>(Table::Accounts, "x"),
+            Err(Error::Storage(_))
+        ));
+    }
+}

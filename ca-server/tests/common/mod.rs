@@ -1,0 +1,236 @@
+//! A minimal in-process ACME client for request-level tests: builds JWS requests by hand so
+//! tests can break every rule on purpose, and sends them through the router without a socket.
+
+#![allow(dead_code, unreachable_pub)]
+
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ca_server::app::{self, AppState};
+use ca_server::config::Config;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+pub fn b64(b: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// A server instance with its own temporary data directory.
+pub struct TestServer {
+    pub app: AppState,
+    pub router: Router,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::default();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg.validation.timeout = std::time::Duration::from_secs(5);
+        f(&mut cfg);
+        let app = ca_server::server::init(cfg).expect("init");
+        let router = app::router(app.clone());
+        Self { app, router, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.app.url(path)
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        Reply::read(resp).await
+    }
+
+    pub async fn nonce(&self) -> String {
+        let r = self
+            .send(
+                Request::head(self.url("/acme/new-nonce"))
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await;
+        r.header("replay-nonce").expect("nonce")
+    }
+
+    pub async fn directory(&self) -> Value {
+        self.send(
+            Request::get(self.url("/directory"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .json()
+    }
+
+    /// POSTs a raw body with the JOSE content type.
+    pub async fn post_raw(&self, url: &str, body: impl Into<Body>) -> Reply {
+        self.send(
+            Request::post(url)
+                .header(header::CONTENT_TYPE, "application/jose+json")
+                .body(body.into())
+                .expect("req"),
+        )
+        .await
+    }
+}
+
+/// A response, read fully.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    async fn read(resp: Response<Body>) -> Self {
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .expect("body")
+            .to_vec();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// Asserts an RFC 7807 problem of `kind` with `status`.
+    pub fn assert_problem(&self, status: u16, kind: &str) -> Value {
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json"),
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let p = self.json();
+        assert_eq!(
+            p["type"],
+            format!("urn:ietf:params:acme:error:{kind}"),
+            "{p}"
+        );
+        assert_eq!(self.status.as_u16(), status, "{p}");
+        assert_eq!(p["status"], status, "{p}");
+        assert!(
+            self.header("replay-nonce").is_some(),
+            "problem without Replay-Nonce"
+        );
+        p
+    }
+}
+
+/// An ES256 account key.
+pub struct Key {
+    pair: EcdsaKeyPair,
+    pub pkcs8: Vec<u8>,
+}
+
+impl Key {
+    pub fn generate() -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("gen")
+            .as_ref()
+            .to_vec();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).expect("key");
+        Self { pair, pkcs8 }
+    }
+
+    pub fn jwk(&self) -> Value {
+        let p = self.pair.public_key().as_ref();
+        json!({"crv": "P-256", "kty": "EC", "x": b64(&p[1..33]), "y": b64(&p[33..])})
+    }
+
+    pub fn thumbprint(&self) -> String {
+        let d = ring::digest::digest(&ring::digest::SHA256, self.jwk().to_string().as_bytes());
+        b64(d)
+    }
+
+    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
+        self.pair
+            .sign(&SystemRandom::new(), data)
+            .expect("sign")
+            .as_ref()
+            .to_vec()
+    }
+
+    /// A flattened JWS with the given protected header and payload (None = POST-as-GET).
+    pub fn jws(&self, protected: &Value, payload: Option<&Value>) -> Value {
+        let p = b64(protected.to_string());
+        let pl = payload.map(|v| b64(v.to_string())).unwrap_or_default();
+        let sig = self.sign(format!("{p}.{pl}").as_bytes());
+        json!({"protected": p, "payload": pl, "signature": b64(sig)})
+    }
+}
+
+/// A registered test account.
+pub struct Account {
+    pub key: Key,
+    pub kid: String,
+}
+
+impl TestServer {
+    /// Signs and posts `payload` to `url` with a fresh nonce, `kid` or `jwk` as given.
+    pub async fn post(
+        &self,
+        key: &Key,
+        kid: Option<&str>,
+        url: &str,
+        payload: Option<&Value>,
+    ) -> Reply {
+        let mut protected = json!({"alg": "ES256", "nonce": self.nonce().await, "url": url});
+        match kid {
+            Some(k) => protected["kid"] = json!(k),
+            None => protected["jwk"] = key.jwk(),
+        }
+        self.post_raw(url, key.jws(&protected, payload).to_string())
+            .await
+    }
+
+    pub async fn new_account(&self) -> Account {
+        let key = Key::generate();
+        let r = self
+            .post(
+                &key,
+                None,
+                &self.url("/acme/new-account"),
+                Some(&json!({"termsOfServiceAgreed": true})),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let kid = r.header("location").expect("location");
+        Account { key, kid }
+    }
+
+    pub async fn post_as(&self, acct: &Account, url: &str, payload: Option<&Value>) -> Reply {
+        self.post(&acct.key, Some(&acct.kid), url, payload).await
+    }
+}

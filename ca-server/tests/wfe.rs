@@ -1,0 +1,703 @@
+//! Request-level tests of the web front end: every rule of RFC 8555 §6 and the account and
+//! order endpoints, through the real router without a socket.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{b64, Key, TestServer};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn directory_lists_resources_and_every_response_has_acme_headers() {
+    let s = TestServer::new();
+    let r = s
+        .send(
+            Request::get(s.url("/directory"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let d = r.json();
+    for k in [
+        "newNonce",
+        "newAccount",
+        "newOrder",
+        "revokeCert",
+        "keyChange",
+    ] {
+        assert!(
+            d[k].as_str().is_some_and(|u| u.starts_with("https://")),
+            "{k}: {d}"
+        );
+    }
+    assert_eq!(d["meta"]["externalAccountRequired"], false);
+    assert!(r.header("replay-nonce").is_some());
+    assert_eq!(
+        r.header("link").as_deref(),
+        Some(format!("<{}>;rel=\"index\"", s.url("/directory")).as_str())
+    );
+}
+
+#[tokio::test]
+async fn new_nonce_head_and_get() {
+    let s = TestServer::new();
+    let h = s
+        .send(
+            Request::head(s.url("/acme/new-nonce"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(h.status, StatusCode::OK);
+    assert_eq!(h.header("cache-control").as_deref(), Some("no-store"));
+    let g = s
+        .send(
+            Request::get(s.url("/acme/new-nonce"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(g.status, StatusCode::NO_CONTENT);
+    assert_eq!(g.header("cache-control").as_deref(), Some("no-store"));
+    assert_ne!(h.header("replay-nonce"), g.header("replay-nonce"));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_problem_documents() {
+    let s = TestServer::new();
+    let r = s
+        .send(
+            Request::get(s.url("/nope"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    r.assert_problem(404, "malformed");
+    let r = s
+        .send(
+            Request::get(s.url("/acme/new-order"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    r.assert_problem(405, "malformed");
+}
+
+#[tokio::test]
+async fn new_account_create_reuse_and_only_return_existing() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let r = s
+        .post(&key, None, &url, Some(&json!({"onlyReturnExisting": true})))
+        .await;
+    r.assert_problem(400, "accountDoesNotExist");
+
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"contact": ["mailto:ops@plant.example"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let loc = r.header("location").expect("location");
+    assert!(loc.starts_with(&s.url("/acme/acct/")));
+    assert_eq!(r.json()["status"], "valid");
+    assert_eq!(r.json()["contact"], json!(["mailto:ops@plant.example"]));
+
+    // Same key again: 200 and the same Location (RFC 8555 §7.3.1).
+    let r = s.post(&key, None, &url, Some(&json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("location"), Some(loc.clone()));
+    let r = s
+        .post(&key, None, &url, Some(&json!({"onlyReturnExisting": true})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("location"), Some(loc));
+}
+
+#[tokio::test]
+async fn bad_contacts_are_refused() {
+    let s = TestServer::new();
+    let url = s.url("/acme/new-account");
+    let r = s
+        .post(
+            &Key::generate(),
+            None,
+            &url,
+            Some(&json!({"contact": ["tel:+123"]})),
+        )
+        .await;
+    r.assert_problem(400, "unsupportedContact");
+    let r = s
+        .post(
+            &Key::generate(),
+            None,
+            &url,
+            Some(&json!({"contact": ["mailto:a@b.example,c@d.example"]})),
+        )
+        .await;
+    r.assert_problem(400, "invalidContact");
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let s = TestServer::new();
+    let r = s
+        .send(
+            Request::post(s.url("/acme/new-account"))
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("req"),
+        )
+        .await;
+    r.assert_problem(415, "malformed");
+}
+
+#[tokio::test]
+async fn bad_nonce_gets_bad_nonce_and_a_fresh_nonce() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let protected = json!({"alg": "ES256", "nonce": "AAAA", "url": url, "jwk": key.jwk()});
+    let r = s
+        .post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
+        .await;
+    r.assert_problem(400, "badNonce");
+
+    // Replay: the same nonce twice.
+    let nonce = s.nonce().await;
+    let protected = json!({"alg": "ES256", "nonce": nonce, "url": url, "jwk": key.jwk()});
+    let body = key.jws(&protected, Some(&json!({}))).to_string();
+    assert_eq!(
+        s.post_raw(&url, body.clone()).await.status,
+        StatusCode::CREATED
+    );
+    s.post_raw(&url, body).await.assert_problem(400, "badNonce");
+
+    // No nonce at all.
+    let protected = json!({"alg": "ES256", "url": url, "jwk": key.jwk()});
+    s.post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
+        .await
+        .assert_problem(400, "badNonce");
+}
+
+#[tokio::test]
+async fn url_must_match_request_url() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": s.url("/acme/new-order"), "jwk": key.jwk()});
+    let r = s
+        .post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
+        .await;
+    r.assert_problem(403, "unauthorized");
+}
+
+#[tokio::test]
+async fn jwk_where_kid_is_required_and_kid_where_jwk_is_required() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let r = s
+        .post(
+            &acct.key,
+            None,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
+        )
+        .await;
+    let p = r.assert_problem(400, "malformed");
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("kid"),
+        "{p}"
+    );
+
+    let r = s
+        .post(
+            &acct.key,
+            Some(&acct.kid),
+            &s.url("/acme/new-account"),
+            Some(&json!({})),
+        )
+        .await;
+    r.assert_problem(400, "malformed");
+
+    // Both jwk and kid.
+    let url = s.url("/acme/new-order");
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "jwk": acct.key.jwk(), "kid": acct.kid});
+    s.post_raw(&url, acct.key.jws(&protected, Some(&json!({}))).to_string())
+        .await
+        .assert_problem(400, "malformed");
+}
+
+#[tokio::test]
+async fn unknown_account_is_account_does_not_exist() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let kid = s.url("/acme/acct/doesnotexist");
+    let r = s
+        .post(
+            &key,
+            Some(&kid),
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": []})),
+        )
+        .await;
+    r.assert_problem(400, "accountDoesNotExist");
+}
+
+#[tokio::test]
+async fn padded_base64_is_malformed() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+    let mut jws = key.jws(&protected, Some(&json!({"a": 1})));
+    // `{"a":1}` is 7 bytes: unpadded base64url has 10 chars; padded adds "==".
+    let padded = format!("{}==", jws["payload"].as_str().expect("payload"));
+    jws["payload"] = json!(padded);
+    let r = s.post_raw(&url, jws.to_string()).await;
+    let p = r.assert_problem(400, "malformed");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("base64url"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_algorithms_are_bad_signature_algorithm_with_the_list() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    for alg in ["none", "HS256", "ES512"] {
+        let protected = json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+        let r = s
+            .post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
+            .await;
+        let p = r.assert_problem(400, "badSignatureAlgorithm");
+        assert!(
+            p["algorithms"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("ES256"))),
+            "{p}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_signatures_and_garbage_never_panic() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+    let mut jws = key.jws(&protected, Some(&json!({})));
+    jws["signature"] = json!(b64([0u8; 64]));
+    s.post_raw(&url, jws.to_string())
+        .await
+        .assert_problem(403, "unauthorized");
+
+    for body in [
+        "".to_owned(),
+        "null".to_owned(),
+        "[]".to_owned(),
+        "{\"protected\":1,\"payload\":\"\",\"signature\":\"\"}".to_owned(),
+        json!({"protected": b64("not json"), "payload": "", "signature": ""}).to_string(),
+        json!({"protected": b64("{}"), "payload": "", "signature": ""}).to_string(),
+        json!({"protected": b64("{\"alg\":\"ES256\"}"), "payload": "", "signature": "", "header": {}}).to_string(),
+        json!({"signatures": []}).to_string(),
+        "\u{0}\u{ff}".to_owned(),
+    ] {
+        let r = s.post_raw(&url, body.clone()).await;
+        assert!(r.status.is_client_error(), "{body:?} -> {}", r.status);
+        assert_eq!(r.header("content-type").as_deref(), Some("application/problem+json"));
+    }
+    let big = "x".repeat(200 * 1024);
+    s.post_raw(&url, big).await.assert_problem(413, "malformed");
+}
+
+#[tokio::test]
+async fn account_update_and_deactivation() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let r = s.post_as(&acct, &acct.kid, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "valid");
+
+    let r = s
+        .post_as(
+            &acct,
+            &acct.kid,
+            Some(&json!({"contact": ["mailto:new@plant.example"]})),
+        )
+        .await;
+    assert_eq!(r.json()["contact"], json!(["mailto:new@plant.example"]));
+
+    let other = s.new_account().await;
+    s.post_as(&other, &acct.kid, None)
+        .await
+        .assert_problem(403, "unauthorized");
+
+    let r = s
+        .post_as(&acct, &acct.kid, Some(&json!({"status": "valid"})))
+        .await;
+    r.assert_problem(400, "malformed");
+    let r = s
+        .post_as(&acct, &acct.kid, Some(&json!({"status": "deactivated"})))
+        .await;
+    assert_eq!(r.json()["status"], "deactivated");
+    // > … MUST NOT accept further requests authorized by that account's key (401)
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
+        )
+        .await;
+    r.assert_problem(401, "unauthorized");
+}
+
+async fn key_change_request(
+    s: &TestServer,
+    acct: &common::Account,
+    new_key: &Key,
+    inner_url: Option<&str>,
+) -> common::Reply {
+    let url = s.url("/acme/key-change");
+    let inner_protected =
+        json!({"alg": "ES256", "jwk": new_key.jwk(), "url": inner_url.unwrap_or(&url)});
+    let inner = new_key.jws(
+        &inner_protected,
+        Some(&json!({"account": acct.kid, "oldKey": acct.key.jwk()})),
+    );
+    s.post_as(acct, &url, Some(&inner)).await
+}
+
+#[tokio::test]
+async fn key_change_rolls_the_key_over() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let new_key = Key::generate();
+    let r = key_change_request(&s, &acct, &new_key, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // The old key no longer works; the new one does, for the same account.
+    s.post_as(&acct, &acct.kid, None)
+        .await
+        .assert_problem(403, "unauthorized");
+    let r = s.post(&new_key, Some(&acct.kid), &acct.kid, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = s
+        .post(
+            &new_key,
+            None,
+            &s.url("/acme/new-account"),
+            Some(&json!({"onlyReturnExisting": true})),
+        )
+        .await;
+    assert_eq!(r.header("location"), Some(acct.kid.clone()));
+    let r = s
+        .post(
+            &acct.key,
+            None,
+            &s.url("/acme/new-account"),
+            Some(&json!({"onlyReturnExisting": true})),
+        )
+        .await;
+    r.assert_problem(400, "accountDoesNotExist");
+}
+
+#[tokio::test]
+async fn key_change_to_a_key_in_use_is_409_with_location() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let other = s.new_account().await;
+    let r = key_change_request(&s, &acct, &other.key, None).await;
+    r.assert_problem(409, "malformed");
+    assert_eq!(r.header("location"), Some(other.kid.clone()));
+
+    let r = key_change_request(
+        &s,
+        &acct,
+        &Key::generate(),
+        Some("https://elsewhere.example/x"),
+    )
+    .await;
+    r.assert_problem(400, "malformed");
+}
+
+#[tokio::test]
+async fn new_order_identifier_checks() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let url = s.url("/acme/new-order");
+    let order = |ids: Value| json!({"identifiers": ids});
+
+    // A dns identifier holding an IP address is refused (RFC 8738 has type ip for that).
+    let r = s
+        .post_as(
+            &acct,
+            &url,
+            Some(&order(json!([{"type": "dns", "value": "127.0.0.1"}]))),
+        )
+        .await;
+    r.assert_problem(400, "malformed");
+    let r = s
+        .post_as(
+            &acct,
+            &url,
+            Some(&order(json!([{"type": "email", "value": "a@b.example"}]))),
+        )
+        .await;
+    r.assert_problem(400, "unsupportedIdentifier");
+    let r = s.post_as(&acct, &url, Some(&order(json!([])))).await;
+    r.assert_problem(400, "malformed");
+    let r = s
+        .post_as(
+            &acct,
+            &url,
+            Some(&order(json!([{"type": "dns", "value": "*.example.com"}]))),
+        )
+        .await;
+    r.assert_problem(400, "rejectedIdentifier");
+    let r = s
+        .post_as(
+            &acct,
+            &url,
+            Some(&order(
+                json!([{"type": "dns", "value": "bad_name"}, {"type": "ip", "value": "::FFFF"}]),
+            )),
+        )
+        .await;
+    let p = r.assert_problem(400, "compound");
+    assert_eq!(p["subproblems"].as_array().map(Vec::len), Some(2), "{p}");
+    assert!(p["subproblems"][0]["identifier"].is_object(), "{p}");
+}
+
+#[tokio::test]
+async fn new_order_creates_pending_order_with_authorizations() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "PLC-1.Plant.Example"}, {"type": "ip", "value": "192.0.2.7"}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let order_url = r.header("location").expect("location");
+    let o = r.json();
+    assert_eq!(o["status"], "pending");
+    assert_eq!(
+        o["identifiers"],
+        json!([{"type": "dns", "value": "plc-1.plant.example"}, {"type": "ip", "value": "192.0.2.7"}])
+    );
+    let authzs = o["authorizations"].as_array().expect("authzs").clone();
+    assert_eq!(authzs.len(), 2);
+
+    let a = s
+        .post_as(&acct, authzs[1].as_str().expect("url"), None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = a.json();
+    assert_eq!(a["status"], "pending");
+    assert_eq!(a["identifier"], json!({"type": "ip", "value": "192.0.2.7"}));
+    let types: Vec<_> = a["challenges"]
+        .as_array()
+        .expect("ch")
+        .iter()
+        .map(|c| c["type"].clone())
+        .collect();
+    assert_eq!(types, vec![json!("http-01"), json!("tls-alpn-01")]);
+    for c in a["challenges"].as_array().expect("ch") {
+        // Token: at least 128 bits of entropy, base64url (RFC 8555 §8.3).
+        assert!(c["token"].as_str().is_some_and(|t| t.len() >= 22), "{c}");
+    }
+
+    // Orders list and order fetch.
+    let acct_obj = s.post_as(&acct, &acct.kid, None).await.json();
+    let list = s
+        .post_as(&acct, acct_obj["orders"].as_str().expect("orders"), None)
+        .await
+        .json();
+    assert_eq!(list["orders"], json!([order_url]));
+    let o2 = s.post_as(&acct, &order_url, None).await;
+    assert_eq!(o2.json()["status"], "pending");
+
+    // Another account sees nothing.
+    let other = s.new_account().await;
+    s.post_as(&other, &order_url, None)
+        .await
+        .assert_problem(404, "malformed");
+    s.post_as(&other, authzs[0].as_str().expect("url"), None)
+        .await
+        .assert_problem(404, "malformed");
+
+    // Finalize before ready.
+    let fin = o["finalize"].as_str().expect("finalize");
+    let r = s
+        .post_as(&acct, fin, Some(&json!({"csr": b64(b"whatever")})))
+        .await;
+    r.assert_problem(403, "orderNotReady");
+
+    // Deactivating an authorization makes the order invalid (never "deactivated").
+    let r = s
+        .post_as(
+            &acct,
+            authzs[0].as_str().expect("url"),
+            Some(&json!({"status": "deactivated"})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "deactivated");
+    let o3 = s.post_as(&acct, &order_url, None).await.json();
+    assert_eq!(o3["status"], "invalid");
+    let list = s
+        .post_as(&acct, acct_obj["orders"].as_str().expect("orders"), None)
+        .await
+        .json();
+    assert_eq!(list["orders"], json!([]));
+}
+
+#[tokio::test]
+async fn eab_required_refuses_unbound_accounts() {
+    let s = TestServer::with(|c| c.eab.required = true);
+    assert_eq!(s.directory().await["meta"]["externalAccountRequired"], true);
+    let r = s
+        .post(
+            &Key::generate(),
+            None,
+            &s.url("/acme/new-account"),
+            Some(&json!({})),
+        )
+        .await;
+    r.assert_problem(403, "externalAccountRequired");
+}
+
+fn eab_binding(s: &TestServer, key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
+    let protected = b64(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
+    let payload = b64(key.jwk().to_string());
+    let mac_key =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac_b64)
+            .expect("key");
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac_key),
+        format!("{protected}.{payload}").as_bytes(),
+    );
+    let _ = s;
+    json!({"protected": protected, "payload": payload, "signature": b64(tag)})
+}
+
+#[tokio::test]
+async fn eab_binding_single_use_expiry_and_wrong_key() {
+    let s = TestServer::with(|c| c.eab.required = true);
+    let url = s.url("/acme/new-account");
+    let cred = s.app.eab.create(None, true).expect("create");
+
+    // Wrong HMAC key.
+    let key = Key::generate();
+    let bad = eab_binding(&s, &key, &cred.kid, &b64([7u8; 32]), &url);
+    s.post(
+        &key,
+        None,
+        &url,
+        Some(&json!({"externalAccountBinding": bad})),
+    )
+    .await
+    .assert_problem(403, "unauthorized");
+
+    // Binding made for another account key.
+    let other = Key::generate();
+    let wrong = eab_binding(&s, &other, &cred.kid, &cred.hmac_key, &url);
+    s.post(
+        &key,
+        None,
+        &url,
+        Some(&json!({"externalAccountBinding": wrong})),
+    )
+    .await
+    .assert_problem(403, "unauthorized");
+
+    // Good, then spent.
+    let good = eab_binding(&s, &key, &cred.kid, &cred.hmac_key, &url);
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": good})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let key2 = Key::generate();
+    let again = eab_binding(&s, &key2, &cred.kid, &cred.hmac_key, &url);
+    let p = s
+        .post(
+            &key2,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": again})),
+        )
+        .await
+        .assert_problem(403, "unauthorized");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already used"),
+        "{p}"
+    );
+
+    // Expired.
+    let short = s
+        .app
+        .eab
+        .create(Some(std::time::Duration::from_secs(0)), false)
+        .expect("create");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let key3 = Key::generate();
+    let b = eab_binding(&s, &key3, &short.kid, &short.hmac_key, &url);
+    let p = s
+        .post(
+            &key3,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": b})),
+        )
+        .await
+        .assert_problem(403, "unauthorized");
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("expired"),
+        "{p}"
+    );
+
+    // Revoked.
+    let multi = s.app.eab.create(None, false).expect("create");
+    assert!(s.app.eab.revoke(&multi.kid).expect("revoke"));
+    let key4 = Key::generate();
+    let b = eab_binding(&s, &key4, &multi.kid, &multi.hmac_key, &url);
+    s.post(
+        &key4,
+        None,
+        &url,
+        Some(&json!({"externalAccountBinding": b})),
+    )
+    .await
+    .assert_problem(403, "unauthorized");
+}
