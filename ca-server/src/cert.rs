@@ -6,11 +6,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{now, AppState};
+use crate::authz::Authz;
 use crate::ca::IssuedCert;
 use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
 use crate::storage::Table;
-use crate::types::Identifier;
+use crate::types::{AuthzStatus, Identifier};
 use crate::{jwk, Error, Result};
 
 /// A revocation record.
@@ -61,6 +62,30 @@ impl Certificate {
             revoked: None,
         }
     }
+}
+
+/// Whether `account_id` holds currently valid authorizations covering every identifier.
+fn holds_authorizations(app: &AppState, account_id: &str, ids: &[Identifier]) -> Result<bool> {
+    let mut covered = std::collections::BTreeSet::new();
+    let prefix = format!("{account_id}\0");
+    for key in app.db.keys_with_prefix(Table::AccountOrders, &prefix)? {
+        let Some(order) = key
+            .strip_prefix(&prefix)
+            .map(|id| app.db.get::<Order>(Table::Orders, id))
+            .transpose()?
+            .flatten()
+        else {
+            continue;
+        };
+        for authz_id in &order.authzs {
+            if let Some(a) = app.db.get::<Authz>(Table::Authzs, authz_id)? {
+                if a.status() == AuthzStatus::Valid {
+                    covered.insert(a.identifier);
+                }
+            }
+        }
+    }
+    Ok(ids.iter().all(|i| covered.contains(i)))
 }
 
 /// `POST /acme/cert/{id}` (POST-as-GET) — RFC 8555 §7.4.2.
@@ -135,10 +160,13 @@ pub async fn revoke(
 
     match &signer {
         Signer::Account(acct) if acct.id == stored.account_id => {}
-        Signer::Account(_) => return Err(Error::Unauthorized(
-            "this account did not order the certificate; sign with the certificate's key instead"
-                .into(),
-        )),
+        Signer::Account(acct) => {
+            if !holds_authorizations(&app, &acct.id, &stored.identifiers)? {
+                return Err(Error::Unauthorized(
+                    "this account neither ordered the certificate nor holds valid authorizations for all its identifiers; sign with the certificate's key instead".into(),
+                ));
+            }
+        }
         Signer::Key { key, .. } => {
             let cert_key = crate::csr::public_key_from_spki(parsed.public_key().raw)?;
             if *key != cert_key {

@@ -88,8 +88,16 @@ pub fn start_info(app: &AppState) -> StartInfo {
     }
 }
 
-/// Serves HTTPS until the process is stopped.
+/// Serves HTTPS on `cfg.listen` until the process is stopped.
 pub async fn serve(app: AppState) -> Result<()> {
+    let listener = std::net::TcpListener::bind(app.cfg.listen)
+        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", app.cfg.listen)))?;
+    serve_on(app, listener).await
+}
+
+/// Serves HTTPS on an already bound listener (tests bind port 0 first, then build the config
+/// with the real port so URLs are right).
+pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<()> {
     let names = tls_names(&app.cfg);
     let (chain, key) = app
         .ca
@@ -98,6 +106,9 @@ pub async fn serve(app: AppState) -> Result<()> {
         .await
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
     let listen = app.cfg.listen;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Internal(format!("cannot configure listener: {e}")))?;
     let router = app::router(app);
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
@@ -105,7 +116,8 @@ pub async fn serve(app: AppState) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    axum_server::bind_rustls(listen, tls)
+    axum_server::from_tcp_rustls(listener, tls)
+        .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))?
         .handle(handle)
         .serve(router.into_make_service())
         .await

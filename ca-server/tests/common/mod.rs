@@ -33,8 +33,10 @@ impl TestServer {
 
     pub fn with(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = Config::default();
-        cfg.data_dir = dir.path().to_path_buf();
+        let mut cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.validation.timeout = std::time::Duration::from_secs(5);
         f(&mut cfg);
         let app = ca_server::server::init(cfg).expect("init");
