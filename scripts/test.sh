@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as README.md tells a newcomer and as CI runs it (.ci/run).
+# Installs what the tests need beyond cargo (certbot, lego, openssl, ...) first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build binaries used by end-to-end tests"
+cargo build --workspace --bins --locked
+echo "== cargo test"
+cargo test --workspace --locked
