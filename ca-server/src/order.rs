@@ -247,7 +247,18 @@ fn check_dns_name(v: &str) -> std::result::Result<(), String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("label {label:?} starts or ends with '-'"));
         }
-        if label.len() >= 4 && label[2..4] == *"--" && !label.starts_with("xn--") {
+        if let Some(encoded) = label.strip_prefix("xn--") {
+            // An A-label must decode to a U-label (RFC 5890 §2.3.2.1); refusing undecodable
+            // ones avoids certifying names no resolver or TLS stack treats consistently.
+            match punycode_decode(encoded) {
+                // Not full IDNA2008 (no code point tables here): require some non-ASCII and
+                // no control or white space characters, which catches undecodable garbage.
+                Some(u)
+                    if u.iter().any(|c| !c.is_ascii())
+                        && !u.iter().any(|c| c.is_control() || c.is_whitespace()) => {}
+                _ => return Err(format!("label {label:?} is not a valid A-label")),
+            }
+        } else if label.len() >= 4 && label[2..4] == *"--" {
             return Err(format!(
                 "label {label:?} has '--' in positions 3-4 but is not an A-label"
             ));
@@ -260,6 +271,68 @@ fn check_dns_name(v: &str) -> std::result::Result<(), String> {
         return Err("the last label must not be all digits".into());
     }
     Ok(())
+}
+
+/// Punycode decoding (RFC 3492 §6.2), enough to tell a well-formed A-label from garbage.
+fn punycode_decode(input: &str) -> Option<Vec<char>> {
+    const BASE: u32 = 36;
+    const TMIN: u32 = 1;
+    const TMAX: u32 = 26;
+    fn adapt(delta: u32, points: u32, first: bool) -> u32 {
+        let mut delta = if first { delta / 700 } else { delta / 2 };
+        delta += delta / points;
+        let mut k = 0;
+        while delta > ((BASE - TMIN) * TMAX) / 2 {
+            delta /= BASE - TMIN;
+            k += BASE;
+        }
+        k + (BASE - TMIN + 1) * delta / (delta + 38)
+    }
+    let (basic, rest) = match input.rfind('-') {
+        Some(p) => (&input[..p], &input[p + 1..]),
+        None => ("", input),
+    };
+    if !basic.is_ascii() {
+        return None;
+    }
+    let mut out: Vec<char> = basic.chars().collect();
+    let (mut n, mut i, mut bias) = (128u32, 0u32, 72u32);
+    let mut digits = rest.bytes();
+    let mut next = digits.next();
+    while next.is_some() {
+        let old_i = i;
+        let mut w = 1u32;
+        let mut k = BASE;
+        loop {
+            let digit = match next? {
+                b @ b'a'..=b'z' => u32::from(b - b'a'),
+                b @ b'0'..=b'9' => u32::from(b - b'0') + 26,
+                _ => return None,
+            };
+            next = digits.next();
+            i = i.checked_add(digit.checked_mul(w)?)?;
+            let t = if k <= bias {
+                TMIN
+            } else if k >= bias + TMAX {
+                TMAX
+            } else {
+                k - bias
+            };
+            if digit < t {
+                break;
+            }
+            w = w.checked_mul(BASE - t)?;
+            k += BASE;
+        }
+        let len = u32::try_from(out.len()).ok()? + 1;
+        bias = adapt(i - old_i, len, old_i == 0);
+        n = n.checked_add(i / len)?;
+        i %= len;
+        let c = char::from_u32(n).filter(|c| !c.is_ascii())?;
+        out.insert(usize::try_from(i).ok()?, c);
+        i += 1;
+    }
+    Some(out)
 }
 
 /// newOrder payload, RFC 8555 §7.4.
@@ -491,6 +564,16 @@ mod tests {
         );
         assert!(dns("plc-7").is_ok(), "single-label plant names");
         assert!(dns("xn--bcher-kva.example").is_ok());
+        // RFC 3492 §7.1 sample (L): "3年B組金八先生".
+        assert!(dns("xn--3b-ww4c5e180e575a65lsy2b.example").is_ok());
+        for bad in [
+            "xn--.example",
+            "xn--abc.example",
+            "xn--a-.example",
+            "xn--zzzzzzzzzzzzzz.example",
+        ] {
+            assert!(dns(bad).is_err(), "{bad:?}");
+        }
         for bad in [
             "",
             "a..b",
