@@ -1,57 +1,1288 @@
-//! Certificate authority hierarchy and issuance. (placeholder until the pki branch lands)
+//! The certificate authority: a two-level hierarchy on disk and issuance from it.
+//!
+//! A self-signed root (pathlen 1) certifies one online issuing intermediate (pathlen 0), which
+//! signs every end-entity certificate and the server's own HTTPS certificate. Devices trust the
+//! root, so the intermediate can be replaced without touching them.
+//!
+//! Files in the CA directory (`<data_dir>/ca`, mode 0700):
+//!
+//! | file               | contents                                   | mode |
+//! |--------------------|--------------------------------------------|------|
+//! | `root.pem`         | root certificate                           | 0644 |
+//! | `root.key`         | root private key, PKCS#8                   | 0600 |
+//! | `intermediate.pem` | issuing intermediate certificate           | 0644 |
+//! | `intermediate.key` | issuing intermediate private key, PKCS#8   | 0600 |
+//! | `server.pem`       | the server's HTTPS leaf + intermediate     | 0644 |
+//! | `server.key`       | the server's HTTPS private key, PKCS#8     | 0600 |
+//!
+//! The four CA files are created together on first start and never again: if some are present
+//! and others missing, loading fails and names the missing file. Silently creating a new root
+//! would orphan every device that trusts the old one, which is far worse than refusing to start.
+//! The server certificate is different: it is derived state, so it is re-issued whenever it is
+//! missing, unreadable, for other names, or past two thirds of its life.
+//!
+//! Every write goes to a temporary file created with its final mode, is fsynced, then renamed
+//! over the target, and the directory is fsynced: a crash leaves either the old file or the new
+//! one, never half of one, and a private key is never readable by others even for an instant.
+//!
+//! Certificates are built from CA policy only (the CSR contributes the key and the names):
+//! random 128-bit serials, AKI and SKI on everything (RFC 9773 ARI needs the AKI), a one-minute
+//! backdate for devices whose clocks run slow, and no lifetime beyond the intermediate's.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::IssuanceConfig;
-use crate::types::Identifier;
+use base64::Engine as _;
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::config::{CaKeyType, IssuanceConfig};
+use crate::csr::ip_from_octets;
+use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::key::PublicKey;
+use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 
-/// CA.
+const ROOT_CERT: &str = "root.pem";
+const ROOT_KEY: &str = "root.key";
+const INTERMEDIATE_CERT: &str = "intermediate.pem";
+const INTERMEDIATE_KEY: &str = "intermediate.key";
+const SERVER_CERT: &str = "server.pem";
+const SERVER_KEY: &str = "server.key";
+
+/// Root lifetime: ten years (3652 days covers the leap days).
+const ROOT_LIFETIME: time::Duration = time::Duration::days(3652);
+/// Intermediate lifetime: five years, well inside the root's.
+const INTERMEDIATE_LIFETIME: time::Duration = time::Duration::days(1826);
+/// Lifetime of the server's own HTTPS certificate.
+const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+/// notBefore is backdated by this much, for devices whose clocks run a little slow.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
+/// `ub-common-name` (RFC 5280 Appendix A.1): a longer CN cannot be encoded.
+const CN_MAX_CHARS: usize = 64;
+
+/// A certificate chain and its private key, both PEM.
+type TlsIdentity = (String, String);
+
+/// The CA hierarchy, loaded once at start. The issuing key stays in memory, so signing a
+/// certificate never reads a file.
 pub struct CertificateAuthority {
     root_path: PathBuf,
+    root_pem: String,
+    root_der: Vec<u8>,
+    intermediate_pem: String,
+    intermediate_der: Vec<u8>,
+    intermediate_not_after: OffsetDateTime,
+    issuer: Issuer<'static, KeyPair>,
 }
-/// Issued.
+
+/// An end-entity certificate as issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedCert {
-    /// serial
+    /// Lowercase hex of the serial number's bytes (16 bytes, so 32 characters).
     pub serial_hex: String,
-    /// der
+    /// The certificate, DER.
     pub der: Vec<u8>,
-    /// chain
+    /// The leaf PEM followed by the intermediate PEM: the `application/pem-certificate-chain`
+    /// body of RFC 8555 §7.4.2.
     pub chain_pem: String,
-    /// nb
+    /// notBefore, Unix seconds.
     pub not_before: i64,
-    /// na
+    /// notAfter, Unix seconds.
     pub not_after: i64,
 }
+
+impl fmt::Debug for CertificateAuthority {
+    // Hand-written so no key material can ever reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("root_path", &self.root_path)
+            .field("root_fingerprint", &self.root_fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
 impl CertificateAuthority {
-    /// load
-    pub fn load_or_init(dir: &Path, _cfg: &IssuanceConfig) -> Result<Self> {
-        Ok(Self {
-            root_path: dir.join("root.pem"),
-        })
+    /// Loads the CA hierarchy from `dir` (e.g. `<data_dir>/ca`), creating it on first start: a
+    /// self-signed root (`cfg.root_key`, 10 years, CA:true pathlen 1, keyCertSign + cRLSign)
+    /// and an issuing intermediate signed by it (`cfg.intermediate_key`, 5 years, pathlen 0).
+    ///
+    /// Restarting reuses everything; the key types in `cfg` only matter the first time. A
+    /// missing or corrupt file gives `Error::Internal` naming the file; a root is never
+    /// regenerated because one file of the set is missing.
+    pub fn load_or_init(dir: &Path, cfg: &IssuanceConfig) -> Result<Self> {
+        ensure_private_dir(dir)?;
+        let files = [ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY];
+        let mut present = Vec::with_capacity(files.len());
+        for name in files {
+            let path = dir.join(name);
+            let exists = path
+                .try_exists()
+                .map_err(|e| file_error(&path, format!("cannot be checked: {e}")))?;
+            present.push((name, exists));
+        }
+        if present.iter().all(|(_, exists)| !exists) {
+            create_hierarchy(dir, cfg)?;
+            tracing::info!(dir = %dir.display(), "created a new CA root and issuing intermediate");
+        } else if let Some((missing, _)) = present.iter().find(|(_, exists)| !exists) {
+            return Err(file_error(
+                &dir.join(missing),
+                "is missing while other CA files exist; refusing to create a new CA over an \
+                 existing one (every device trusting the old root would stop validating). \
+                 Restore the file from a backup, or empty the directory to start a new CA",
+            ));
+        }
+        let ca = Self::load(dir)?;
+        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), "CA loaded");
+        Ok(ca)
     }
-    /// root
+
+    /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
-        ""
+        &self.root_pem
     }
-    /// root path
+
+    /// Where the root certificate is stored (to hand to operators and clients).
     pub fn root_path(&self) -> &Path {
         &self.root_path
     }
-    /// fp
+
+    /// SHA-256 over the root certificate DER as uppercase hex pairs joined by `:`, the way
+    /// `openssl x509 -fingerprint -sha256` prints it.
     pub fn root_fingerprint(&self) -> String {
-        String::new()
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.root_der);
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
-    /// int
+
+    /// The intermediate certificate, PEM: what follows a leaf in a chain.
     pub fn intermediate_pem(&self) -> &str {
-        ""
+        &self.intermediate_pem
     }
-    /// tls
-    pub fn server_tls_identity(&self, _dir: &Path, _names: &[String]) -> Result<(String, String)> {
-        Err(Error::Internal("placeholder".into()))
+
+    /// The CA server's own HTTPS certificate, issued by the intermediate for `names` (an IP
+    /// literal, optionally in brackets, becomes an iPAddress SAN, anything else a dNSName),
+    /// with EKU serverAuth, stored as `server.pem` (leaf + intermediate) and `server.key` in
+    /// `dir`. The stored one is reused while its names equal `names` and more than a third of
+    /// its lifetime remains; otherwise a new key and certificate (90 days) replace it.
+    ///
+    /// Returns (chain PEM, PKCS#8 key PEM).
+    pub fn server_tls_identity(&self, dir: &Path, names: &[String]) -> Result<(String, String)> {
+        self.server_tls_identity_with(dir, names, SERVER_CERT_VALIDITY)
     }
-    /// issue
-    pub fn issue(&self, _spki: &[u8], _ids: &[Identifier], _v: Duration) -> Result<IssuedCert> {
-        Err(Error::Internal("placeholder".into()))
+
+    /// Issues an end-entity certificate for `spki_der`, a SubjectPublicKeyInfo taken from a
+    /// verified CSR (`csr::parse_and_verify`).
+    ///
+    /// Built from CA policy only: subject CN = the first identifier if it fits in 64
+    /// characters (else an empty subject and a critical SAN), SANs = `identifiers`, a random
+    /// 128-bit serial, AKI + SKI, keyUsage digitalSignature (+ keyEncipherment for RSA), EKU
+    /// serverAuth + clientAuth, CA:false, notBefore = now - 1 minute, notAfter = now +
+    /// `validity` (never past the intermediate's notAfter).
+    pub fn issue(
+        &self,
+        spki_der: &[u8],
+        identifiers: &[Identifier],
+        validity: Duration,
+    ) -> Result<IssuedCert> {
+        let Some(first) = identifiers.first() else {
+            return Err(Error::BadCsr("no identifiers to certify".to_owned()));
+        };
+        // The key policy runs again here, at the last point before a signature, so nothing
+        // can reach it without passing.
+        let key = crate::csr::parse_spki(spki_der)?;
+        let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| Error::BadPublicKey(format!("unusable SubjectPublicKeyInfo: {e}")))?;
+        // rcgen re-encodes the key from its parts. Make sure what it writes is byte for byte
+        // what the client proved possession of.
+        if subject_key.subject_public_key_info() != spki_der {
+            return Err(Error::BadPublicKey(
+                "SubjectPublicKeyInfo is not in canonical DER form".to_owned(),
+            ));
+        }
+        let subject_alt_names = identifiers
+            .iter()
+            .map(san_for_identifier)
+            .collect::<Result<Vec<_>>>()?;
+        let mut key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // RSA keys can also do key transport (TLS 1.2 RSA key exchange, OPC UA encryption).
+        if matches!(key, PublicKey::Rsa { .. }) {
+            key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        self.sign_leaf(
+            &subject_key,
+            LeafProfile {
+                common_name: common_name(&first.value),
+                subject_alt_names,
+                key_usages,
+                extended_key_usages: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            },
+            validity,
+        )
+    }
+
+    /// `server_tls_identity` with the lifetime of a new certificate as a parameter (tests use
+    /// a short one to exercise renewal).
+    fn server_tls_identity_with(
+        &self,
+        dir: &Path,
+        names: &[String],
+        validity: Duration,
+    ) -> Result<TlsIdentity> {
+        let parsed = names
+            .iter()
+            .map(|n| SanName::parse(n))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = parsed.first() else {
+            return Err(Error::Internal(
+                "the server's HTTPS certificate needs at least one name".to_owned(),
+            ));
+        };
+        let common_name = common_name(&first.text()).map(str::to_owned);
+        let wanted: BTreeSet<SanName> = parsed.iter().cloned().collect();
+
+        let cert_path = dir.join(SERVER_CERT);
+        let key_path = dir.join(SERVER_KEY);
+        match self.stored_server_identity(&cert_path, &key_path, &wanted) {
+            Ok(identity) => return Ok(identity),
+            Err(reason) => {
+                tracing::info!(%reason, "issuing a new HTTPS certificate for the CA server");
+            }
+        }
+
+        ensure_private_dir(dir)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Error::Internal(format!("cannot generate the server key: {e}")))?;
+        let issued = self.sign_leaf(
+            &key,
+            LeafProfile {
+                common_name: common_name.as_deref(),
+                subject_alt_names: wanted.iter().map(SanName::to_san).collect::<Result<_>>()?,
+                key_usages: vec![KeyUsagePurpose::DigitalSignature],
+                extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            },
+            validity,
+        )?;
+        let key_pem = key.serialize_pem();
+        // Key first: a crash between the two writes leaves a key that does not match the old
+        // certificate, which the next start detects and repairs.
+        write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_atomic(&cert_path, issued.chain_pem.as_bytes(), 0o644)?;
+        Ok((issued.chain_pem, key_pem))
+    }
+
+    /// The stored server identity if it can be reused, else why not.
+    fn stored_server_identity(
+        &self,
+        cert_path: &Path,
+        key_path: &Path,
+        wanted: &BTreeSet<SanName>,
+    ) -> std::result::Result<TlsIdentity, String> {
+        let der = read_pem_cert(cert_path).map_err(|e| e.to_string())?;
+        let key = read_key(key_path).map_err(|e| e.to_string())?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| format!("{} does not parse: {e}", cert_path.display()))?;
+        if key.subject_public_key_info() != cert.public_key().raw {
+            return Err(format!(
+                "{} does not match the certificate",
+                key_path.display()
+            ));
+        }
+        let (_, intermediate) = X509Certificate::from_der(&self.intermediate_der)
+            .map_err(|e| format!("the intermediate does not parse: {e}"))?;
+        if cert.issuer().as_raw() != intermediate.subject().as_raw()
+            || cert
+                .verify_signature(Some(intermediate.public_key()))
+                .is_err()
+        {
+            return Err("it was issued by another intermediate".to_owned());
+        }
+        let mut have = BTreeSet::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => {
+                        have.insert(SanName::Dns(dns.to_ascii_lowercase()));
+                    }
+                    GeneralName::IPAddress(octets) => {
+                        have.insert(SanName::Ip(ip_from_octets(octets).ok_or("bad iPAddress")?));
+                    }
+                    other => return Err(format!("it has an unexpected SAN {other:?}")),
+                }
+            }
+        }
+        if have != *wanted {
+            return Err("its names differ from the configured ones".to_owned());
+        }
+        let not_before = cert.validity().not_before.timestamp();
+        let not_after = cert.validity().not_after.timestamp();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if now < not_before {
+            return Err("it is not valid yet".to_owned());
+        }
+        // Renew with a third of the lifetime left, as ACME clients commonly do, so a server
+        // that restarts rarely still never serves an expired certificate.
+        if (not_after - now).saturating_mul(3) <= not_after - not_before {
+            return Err("less than a third of its lifetime remains".to_owned());
+        }
+        Ok((
+            pem_encode("CERTIFICATE", &der) + &self.intermediate_pem,
+            key.serialize_pem(),
+        ))
+    }
+
+    /// Signs an end-entity certificate with the intermediate.
+    fn sign_leaf(
+        &self,
+        subject_key: &impl PublicKeyData,
+        profile: LeafProfile<'_>,
+        validity: Duration,
+    ) -> Result<IssuedCert> {
+        let serial = random_serial()?;
+        let now = now_whole_seconds()?;
+        let validity = time::Duration::try_from(validity)
+            .map_err(|_| Error::Internal(format!("validity {validity:?} is out of range")))?;
+        // A certificate that outlives its issuer fails path validation after the issuer
+        // expires, so the intermediate's notAfter caps every leaf.
+        let not_after = now
+            .checked_add(validity)
+            .unwrap_or(self.intermediate_not_after)
+            .min(self.intermediate_not_after);
+        if not_after <= now {
+            return Err(Error::Internal(
+                "the issuing intermediate has expired: replace intermediate.pem/.key".to_owned(),
+            ));
+        }
+
+        let mut params = CertificateParams::default();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = not_after;
+        // > The serial number MUST be a positive integer assigned by the CA to each
+        // > certificate.  It MUST be unique for each certificate issued by a given CA
+        // <https://www.rfc-editor.org/rfc/rfc5280#section-4.1.2.2>
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let mut subject = DistinguishedName::new();
+        if let Some(cn) = profile.common_name {
+            subject.push(DnType::CommonName, cn);
+        }
+        // With an empty subject rcgen marks the SAN extension critical, as RFC 5280 §4.1.2.6
+        // requires.
+        params.distinguished_name = subject;
+        params.subject_alt_names = profile.subject_alt_names;
+        // ExplicitNoCa writes basicConstraints CA:false and, with it, the SKI.
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = profile.key_usages;
+        params.extended_key_usages = profile.extended_key_usages;
+        // > The keyIdentifier field of the authorityKeyIdentifier extension MUST be included
+        // > in all certificates generated by conforming CAs to facilitate certification path
+        // > construction.
+        // <https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.1>
+        params.use_authority_key_identifier_extension = true;
+
+        let cert = params
+            .signed_by(subject_key, &self.issuer)
+            .map_err(|e| Error::Internal(format!("cannot sign the certificate: {e}")))?;
+        Ok(IssuedCert {
+            serial_hex: hex::encode(serial),
+            der: cert.der().to_vec(),
+            // > The default format of the certificate is application/pem-certificate-chain
+            // <https://www.rfc-editor.org/rfc/rfc8555#section-7.4.2>
+            chain_pem: pem_encode("CERTIFICATE", cert.der()) + &self.intermediate_pem,
+            not_before: params.not_before.unix_timestamp(),
+            not_after: params.not_after.unix_timestamp(),
+        })
+    }
+
+    /// Reads and cross-checks the four CA files.
+    fn load(dir: &Path) -> Result<Self> {
+        let root_path = dir.join(ROOT_CERT);
+        let root_key_path = dir.join(ROOT_KEY);
+        let intermediate_path = dir.join(INTERMEDIATE_CERT);
+        let intermediate_key_path = dir.join(INTERMEDIATE_KEY);
+        let root_der = read_pem_cert(&root_path)?;
+        let root_key = read_key(&root_key_path)?;
+        let intermediate_der = read_pem_cert(&intermediate_path)?;
+        let intermediate_key = read_key(&intermediate_key_path)?;
+
+        let root = parse_cert(&root_path, &root_der)?;
+        if !root.is_ca() {
+            return Err(file_error(&root_path, "is not a CA certificate"));
+        }
+        if root.verify_signature(None).is_err() {
+            return Err(file_error(
+                &root_path,
+                "is not self-signed (its signature does not verify with its own key)",
+            ));
+        }
+        if root_key.subject_public_key_info() != root.public_key().raw {
+            return Err(file_error(&root_key_path, "does not match root.pem"));
+        }
+
+        let intermediate = parse_cert(&intermediate_path, &intermediate_der)?;
+        if !intermediate.is_ca() {
+            return Err(file_error(&intermediate_path, "is not a CA certificate"));
+        }
+        if intermediate.issuer().as_raw() != root.subject().as_raw()
+            || intermediate
+                .verify_signature(Some(root.public_key()))
+                .is_err()
+        {
+            return Err(file_error(&intermediate_path, "was not issued by root.pem"));
+        }
+        if intermediate_key.subject_public_key_info() != intermediate.public_key().raw {
+            return Err(file_error(
+                &intermediate_key_path,
+                "does not match intermediate.pem",
+            ));
+        }
+        let intermediate_not_after = intermediate.validity().not_after.to_datetime();
+        if intermediate_not_after <= OffsetDateTime::now_utc() {
+            tracing::error!(
+                file = %intermediate_path.display(),
+                "the issuing intermediate has expired: issuance will fail"
+            );
+        }
+
+        let issuer = Issuer::from_ca_cert_der(
+            &CertificateDer::from(intermediate_der.as_slice()),
+            intermediate_key,
+        )
+        .map_err(|e| file_error(&intermediate_path, format!("cannot be used to issue: {e}")))?;
+        Ok(Self {
+            root_pem: pem_encode("CERTIFICATE", &root_der),
+            root_path,
+            root_der,
+            intermediate_pem: pem_encode("CERTIFICATE", &intermediate_der),
+            intermediate_der,
+            intermediate_not_after,
+            issuer,
+        })
+    }
+}
+
+/// What distinguishes one kind of end-entity certificate from another.
+struct LeafProfile<'a> {
+    common_name: Option<&'a str>,
+    subject_alt_names: Vec<SanType>,
+    key_usages: Vec<KeyUsagePurpose>,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+}
+
+/// One name in the server certificate, in the form used to compare name sets.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SanName {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl SanName {
+    /// `"10.0.0.1"`, `"::1"` and `"[::1]"` are addresses, anything else a DNS name.
+    fn parse(name: &str) -> Result<Self> {
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Self::Ip(ip));
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Internal(format!(
+                "{name:?} is not a DNS name or IP address for the server certificate"
+            )));
+        }
+        Ok(Self::Dns(name.to_ascii_lowercase()))
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::Dns(name) => name.clone(),
+            Self::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    fn to_san(&self) -> Result<SanType> {
+        match self {
+            Self::Dns(name) => Ia5String::try_from(name.as_str())
+                .map(SanType::DnsName)
+                .map_err(|e| Error::Internal(format!("server name {name:?}: {e}"))),
+            Self::Ip(ip) => Ok(SanType::IpAddress(*ip)),
+        }
+    }
+}
+
+/// The SAN for an order identifier: `dns` -> dNSName, `ip` -> iPAddress (RFC 8738 §7).
+fn san_for_identifier(identifier: &Identifier) -> Result<SanType> {
+    let rejected = |detail: &str| Error::RejectedIdentifier {
+        identifier: identifier.clone(),
+        detail: detail.to_owned(),
+    };
+    match identifier.kind {
+        IdentifierType::Dns => {
+            if identifier.value.is_empty() {
+                return Err(rejected("empty DNS name"));
+            }
+            Ia5String::try_from(identifier.value.as_str())
+                .map(SanType::DnsName)
+                .map_err(|_| rejected("DNS name is not ASCII"))
+        }
+        IdentifierType::Ip => identifier
+            .value
+            .parse::<IpAddr>()
+            .map(SanType::IpAddress)
+            .map_err(|_| rejected("not an IP address")),
+    }
+}
+
+/// The subject CN for a name, if it fits (RFC 5280 `ub-common-name`).
+fn common_name(name: &str) -> Option<&str> {
+    (name.chars().count() <= CN_MAX_CHARS).then_some(name)
+}
+
+/// Generates the root and intermediate and writes the four files.
+fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
+    let now = now_whole_seconds()?;
+    // A per-installation tag in the names, so two sites' CAs are told apart in a trust store
+    // or a log, and path builders matching on names never confuse them.
+    let tag = hex::encode(random_bytes::<4>()?);
+
+    let root_key = generate_ca_key(cfg.root_key)?;
+    let root_params = ca_params(format!("iiot-acme Root CA {tag}"), now, ROOT_LIFETIME, 1)?;
+    let root_cert = root_params
+        .self_signed(&root_key)
+        .map_err(|e| Error::Internal(format!("cannot self-sign the root: {e}")))?;
+
+    let intermediate_key = generate_ca_key(cfg.intermediate_key)?;
+    let mut intermediate_params = ca_params(
+        format!("iiot-acme Issuing CA {tag}"),
+        now,
+        INTERMEDIATE_LIFETIME,
+        0,
+    )?;
+    intermediate_params.use_authority_key_identifier_extension = true;
+    // digitalSignature lets the intermediate sign OCSP responses itself later.
+    intermediate_params
+        .key_usages
+        .push(KeyUsagePurpose::DigitalSignature);
+    // An EKU on the intermediate limits what anything it signs can be used for, even if the
+    // online key leaks.
+    intermediate_params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let root_issuer = Issuer::from_params(&root_params, &root_key);
+    let intermediate_cert = intermediate_params
+        .signed_by(&intermediate_key, &root_issuer)
+        .map_err(|e| Error::Internal(format!("cannot sign the intermediate: {e}")))?;
+
+    // Keys before certificates; if a crash interrupts this, the next start finds an
+    // incomplete set and refuses to run instead of guessing.
+    write_atomic(
+        &dir.join(ROOT_KEY),
+        root_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &dir.join(INTERMEDIATE_KEY),
+        intermediate_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &dir.join(ROOT_CERT),
+        pem_encode("CERTIFICATE", root_cert.der()).as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &dir.join(INTERMEDIATE_CERT),
+        pem_encode("CERTIFICATE", intermediate_cert.der()).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// Parameters shared by the root and the intermediate.
+fn ca_params(
+    common_name: String,
+    now: OffsetDateTime,
+    lifetime: time::Duration,
+    path_len: u8,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + lifetime;
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::OrganizationName, "iiot-acme");
+    subject.push(DnType::CommonName, common_name);
+    params.distinguished_name = subject;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+fn generate_ca_key(kind: CaKeyType) -> Result<KeyPair> {
+    let alg: &'static SignatureAlgorithm = match kind {
+        CaKeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        CaKeyType::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    KeyPair::generate_for(alg)
+        .map_err(|e| Error::Internal(format!("cannot generate a CA key: {e}")))
+}
+
+/// A 16-byte serial: 128 random bits with the top bit cleared so the DER INTEGER is positive.
+fn random_serial() -> Result<[u8; 16]> {
+    // DER drops leading zero octets, which would make the serial shorter than 16 bytes and
+    // `serial_hex` disagree with what parsers print, so a zero first octet is drawn again
+    // (1 time in 128; 32 draws all failing would mean a broken random number generator).
+    for _ in 0..32 {
+        let mut serial = random_bytes::<16>()?;
+        serial[0] &= 0x7f;
+        if serial[0] != 0 {
+            return Ok(serial);
+        }
+    }
+    Err(Error::Internal(
+        "the random number generator keeps returning zeros".to_owned(),
+    ))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut buf = [0; N];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| Error::Internal("the system random number generator failed".to_owned()))?;
+    Ok(buf)
+}
+
+/// Now, truncated to whole seconds: certificates carry seconds only, and the Unix times
+/// returned in `IssuedCert` must equal what is in the certificate.
+fn now_whole_seconds() -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+        .map_err(|e| Error::Internal(format!("system clock out of range: {e}")))
+}
+
+fn file_error(path: &Path, what: impl fmt::Display) -> Error {
+    Error::Internal(format!("CA file {}: {what}", path.display()))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => file_error(path, "is missing"),
+        _ => file_error(path, format!("cannot be read: {e}")),
+    })
+}
+
+/// The DER of the first `CERTIFICATE` block of a PEM file.
+fn read_pem_cert(path: &Path) -> Result<Vec<u8>> {
+    let bytes = read_file(path)?;
+    match x509_parser::pem::parse_x509_pem(&bytes) {
+        Ok((_, pem)) if pem.label == "CERTIFICATE" => Ok(pem.contents),
+        Ok((_, pem)) => Err(file_error(
+            path,
+            format!("holds a {:?} PEM block, not a CERTIFICATE", pem.label),
+        )),
+        Err(e) => Err(file_error(path, format!("is not PEM: {e}"))),
+    }
+}
+
+fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>> {
+    match X509Certificate::from_der(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err(file_error(path, "has trailing bytes after the certificate")),
+        Err(e) => Err(file_error(path, format!("is not a valid certificate: {e}"))),
+    }
+}
+
+/// A PKCS#8 private key PEM file.
+fn read_key(path: &Path) -> Result<KeyPair> {
+    let bytes = read_file(path)?;
+    warn_if_exposed(path);
+    let text = String::from_utf8(bytes).map_err(|_| file_error(path, "is not PEM text"))?;
+    KeyPair::from_pem(&text)
+        .map_err(|e| file_error(path, format!("is not a usable PKCS#8 private key: {e}")))
+}
+
+/// Logs a warning if a key file is readable by group or others (e.g. restored from a backup
+/// with the wrong mode). Not fatal: the operator may have reasons, but should know.
+#[cfg(unix)]
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "private key file is readable by others");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_exposed(_: &Path) {}
+
+/// PEM with 64-character lines, as RFC 7468 §2 generators do.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    // Base64 output is ASCII, so every 64-byte chunk is valid UTF-8.
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use rcgen::KeyPair;
+    use tempfile::TempDir;
+    use x509_parser::extensions::ParsedExtension;
+
+    use super::*;
+    use crate::csr::test_support::{dns, openssl, openssl_csr, openssl_rsa_key, rcgen_csr};
+
+    const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+    fn new_ca() -> (TempDir, PathBuf, CertificateAuthority) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data").join("ca");
+        let ca =
+            CertificateAuthority::load_or_init(&dir, &IssuanceConfig::default()).expect("new CA");
+        (tmp, dir, ca)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    fn internal(result: Result<CertificateAuthority>) -> String {
+        match result {
+            Err(Error::Internal(detail)) => detail,
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+    }
+
+    fn parse(der: &[u8]) -> X509Certificate<'_> {
+        let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
+        assert!(rest.is_empty());
+        cert
+    }
+
+    fn pem_der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .expect("PEM")
+            .1
+            .contents
+    }
+
+    /// `openssl verify` of `leaf_pem` against the CA, in strict RFC 5280 mode.
+    fn openssl_verify(ca: &CertificateAuthority, leaf_pem: &str, extra: &[&str]) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::write(tmp.path().join("root.pem"), ca.root_pem()).expect("write");
+        fs::write(tmp.path().join("intermediate.pem"), ca.intermediate_pem()).expect("write");
+        fs::write(tmp.path().join("leaf.pem"), leaf_pem).expect("write");
+        let mut args = vec![
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "intermediate.pem",
+        ];
+        args.extend_from_slice(extra);
+        args.push("leaf.pem");
+        let out = openssl(tmp.path(), &args);
+        assert_eq!(out.trim(), "leaf.pem: OK");
+    }
+
+    fn key_identifiers(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let mut aki = None;
+        let mut ski = None;
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    aki = a.key_identifier.as_ref().map(|k| k.0.to_vec());
+                }
+                ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(k.0.to_vec()),
+                _ => {}
+            }
+        }
+        (aki, ski)
+    }
+
+    #[test]
+    fn ca_handle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CertificateAuthority>();
+    }
+
+    #[test]
+    fn first_start_creates_the_hierarchy_with_private_modes() {
+        let (_tmp, dir, ca) = new_ca();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(INTERMEDIATE_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(ROOT_CERT)), 0o644);
+        assert_eq!(ca.root_path(), dir.join(ROOT_CERT));
+        // No temporary files are left behind.
+        let names: BTreeSet<String> = fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "intermediate.key",
+                "intermediate.pem",
+                "root.key",
+                "root.pem"
+            ]
+            .map(str::to_owned)
+            .into()
+        );
+
+        let root_der = pem_der(ca.root_pem());
+        let root = parse(&root_der);
+        let bc = root
+            .basic_constraints()
+            .expect("bc")
+            .expect("present")
+            .value;
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(1));
+        let ku = root.key_usage().expect("ku").expect("present").value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        let life = root.validity().not_after.timestamp() - root.validity().not_before.timestamp();
+        assert_eq!(life, 3652 * 86_400 + 60);
+        assert_eq!(
+            root.public_key().raw,
+            pem_der(
+                &KeyPair::from_pem(&fs::read_to_string(dir.join(ROOT_KEY)).expect("root.key"))
+                    .expect("key")
+                    .public_key_pem()
+            )
+            .as_slice()
+        );
+        // Default config: P-384 root, P-256 intermediate.
+        assert!(ca_key_is(&root, "1.3.132.0.34"));
+
+        let int_der = pem_der(ca.intermediate_pem());
+        let int = parse(&int_der);
+        let bc = int.basic_constraints().expect("bc").expect("present").value;
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(0));
+        assert!(ca_key_is(&int, "1.2.840.10045.3.1.7"));
+        assert_eq!(int.issuer().as_raw(), root.subject().as_raw());
+        assert!(int.verify_signature(Some(root.public_key())).is_ok());
+        let (aki, _) = key_identifiers(&int);
+        let (_, root_ski) = key_identifiers(&root);
+        assert!(aki.is_some());
+        assert_eq!(aki, root_ski);
+        let life = int.validity().not_after.timestamp() - int.validity().not_before.timestamp();
+        assert_eq!(life, 1826 * 86_400 + 60);
+    }
+
+    fn ca_key_is(cert: &X509Certificate<'_>, curve_oid: &str) -> bool {
+        cert.public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|oid| oid.to_id_string() == curve_oid)
+    }
+
+    #[test]
+    fn restart_reuses_the_hierarchy_and_fingerprint_matches_openssl() {
+        let (_tmp, dir, first) = new_ca();
+        let again =
+            CertificateAuthority::load_or_init(&dir, &IssuanceConfig::default()).expect("reload");
+        assert_eq!(first.root_fingerprint(), again.root_fingerprint());
+        assert_eq!(first.root_pem(), again.root_pem());
+        assert_eq!(first.intermediate_pem(), again.intermediate_pem());
+
+        let out = openssl(
+            &dir,
+            &[
+                "x509",
+                "-in",
+                "root.pem",
+                "-noout",
+                "-fingerprint",
+                "-sha256",
+            ],
+        );
+        let printed = out.trim().split_once('=').expect("fingerprint line").1;
+        assert_eq!(first.root_fingerprint(), printed);
+        // The stored file is what root_pem() returns.
+        assert_eq!(
+            fs::read_to_string(dir.join(ROOT_CERT)).expect("root.pem"),
+            first.root_pem()
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it_and_nothing_is_regenerated() {
+        let (_tmp, dir, ca) = new_ca();
+        let root_before = fs::read(dir.join(ROOT_CERT)).expect("root.pem");
+        for name in [INTERMEDIATE_KEY, ROOT_CERT] {
+            let saved = fs::read(dir.join(name)).expect("read");
+            fs::remove_file(dir.join(name)).expect("remove");
+            let detail = internal(CertificateAuthority::load_or_init(
+                &dir,
+                &IssuanceConfig::default(),
+            ));
+            assert!(detail.contains(name), "{detail}");
+            assert!(detail.contains("is missing"), "{detail}");
+            fs::write(dir.join(name), saved).expect("restore");
+        }
+        assert_eq!(
+            fs::read(dir.join(ROOT_CERT)).expect("root.pem"),
+            root_before
+        );
+        let again =
+            CertificateAuthority::load_or_init(&dir, &IssuanceConfig::default()).expect("restored");
+        assert_eq!(again.root_fingerprint(), ca.root_fingerprint());
+    }
+
+    #[test]
+    fn a_corrupt_or_mismatched_file_is_an_error_naming_it() {
+        let (_tmp, dir, _ca) = new_ca();
+        let cfg = IssuanceConfig::default();
+
+        let saved = fs::read(dir.join(INTERMEDIATE_CERT)).expect("read");
+        fs::write(dir.join(INTERMEDIATE_CERT), b"garbage").expect("write");
+        let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(detail.contains("intermediate.pem"), "{detail}");
+        fs::write(dir.join(INTERMEDIATE_CERT), saved).expect("restore");
+
+        let saved = fs::read(dir.join(INTERMEDIATE_KEY)).expect("read");
+        fs::write(
+            dir.join(INTERMEDIATE_KEY),
+            KeyPair::generate().expect("key").serialize_pem(),
+        )
+        .expect("write");
+        let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(
+            detail.contains("intermediate.key") && detail.contains("does not match"),
+            "{detail}"
+        );
+        fs::write(dir.join(INTERMEDIATE_KEY), saved).expect("restore");
+
+        fs::write(
+            dir.join(ROOT_KEY),
+            b"-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(detail.contains("root.key"), "{detail}");
+    }
+
+    #[test]
+    fn issues_a_leaf_with_policy_extensions_that_openssl_verifies() {
+        let (_tmp, _dir, ca) = new_ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let ids = vec![
+            Identifier::dns("device-1.plant.example"),
+            Identifier::ip("10.0.0.7".parse().expect("ip")),
+            Identifier::ip("2001:db8::1".parse().expect("ip")),
+        ];
+        let before = OffsetDateTime::now_utc().unix_timestamp();
+        let issued = ca
+            .issue(&key.subject_public_key_info(), &ids, WEEK)
+            .expect("issued");
+        let after = OffsetDateTime::now_utc().unix_timestamp();
+        let cert = parse(&issued.der);
+
+        // Serial: 16 bytes, positive, reported as lowercase hex.
+        let serial = cert.raw_serial();
+        assert_eq!(serial.len(), 16);
+        assert_eq!(serial[0] & 0x80, 0);
+        assert_eq!(issued.serial_hex, hex::encode(serial));
+        assert_eq!(issued.serial_hex, issued.serial_hex.to_lowercase());
+
+        // Validity: backdated one minute, `validity` long from now.
+        assert_eq!(cert.validity().not_before.timestamp(), issued.not_before);
+        assert_eq!(cert.validity().not_after.timestamp(), issued.not_after);
+        assert!((before - 60..=after - 60).contains(&issued.not_before));
+        assert_eq!(
+            issued.not_after - issued.not_before,
+            60 + WEEK.as_secs() as i64
+        );
+
+        // Names.
+        let cn: Vec<_> = cert
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().expect("cn"))
+            .collect();
+        assert_eq!(cn, ["device-1.plant.example"]);
+        let san = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert!(!san.critical);
+        assert_eq!(
+            san.value.general_names,
+            vec![
+                GeneralName::DNSName("device-1.plant.example"),
+                GeneralName::IPAddress(&[10, 0, 0, 7]),
+                GeneralName::IPAddress(&[
+                    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+                ]),
+            ]
+        );
+
+        // Usage and constraints.
+        let bc = cert.basic_constraints().expect("bc").expect("present");
+        assert!(bc.critical && !bc.value.ca);
+        let ku = cert.key_usage().expect("ku").expect("present").value;
+        assert!(ku.digital_signature() && !ku.key_encipherment() && !ku.key_cert_sign());
+        let eku = cert
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && eku.client_auth && !eku.any);
+
+        // Identifiers and chain.
+        let int_der = pem_der(ca.intermediate_pem());
+        let int = parse(&int_der);
+        let (aki, ski) = key_identifiers(&cert);
+        let (_, int_ski) = key_identifiers(&int);
+        assert!(ski.is_some());
+        assert_eq!(aki, int_ski);
+        assert_eq!(cert.issuer().as_raw(), int.subject().as_raw());
+        assert!(cert.verify_signature(Some(int.public_key())).is_ok());
+        assert_eq!(
+            cert.public_key().raw,
+            key.subject_public_key_info().as_slice()
+        );
+
+        // The chain is leaf then intermediate, PEM.
+        assert!(issued.chain_pem.ends_with(ca.intermediate_pem()));
+        assert_eq!(pem_der(&issued.chain_pem), issued.der);
+        openssl_verify(&ca, &issued.chain_pem, &["-purpose", "sslclient"]);
+        openssl_verify(&ca, &issued.chain_pem, &["-purpose", "sslserver"]);
+    }
+
+    #[test]
+    fn issues_for_every_accepted_key_type_from_a_verified_csr() {
+        let (tmp, _dir, ca) = new_ca();
+        let mut csrs = Vec::new();
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            csrs.push(rcgen_csr(alg, Some("dev.example"), vec![dns("dev.example")]).1);
+        }
+        openssl_rsa_key(tmp.path(), "rsa.pem", 2048);
+        csrs.push(openssl_csr(tmp.path(), &["-key", "rsa.pem"], &[]));
+
+        for der in csrs {
+            let info = crate::csr::parse_and_verify(&der).expect("CSR accepted");
+            let issued = ca
+                .issue(&info.spki_der, &info.identifiers, WEEK)
+                .expect("issued");
+            let cert = parse(&issued.der);
+            // The certified key is exactly the CSR's.
+            assert_eq!(cert.public_key().raw, info.spki_der.as_slice());
+            let ku = cert.key_usage().expect("ku").expect("present").value;
+            let is_rsa = matches!(info.public_key, PublicKey::Rsa { .. });
+            assert!(ku.digital_signature());
+            assert_eq!(
+                ku.key_encipherment(),
+                is_rsa,
+                "{}",
+                info.public_key.describe()
+            );
+            openssl_verify(&ca, &issued.chain_pem, &[]);
+        }
+    }
+
+    #[test]
+    fn a_name_too_long_for_cn_leaves_the_subject_empty_and_the_san_critical() {
+        let (_tmp, _dir, ca) = new_ca();
+        let long = format!("{}.example", "a".repeat(60));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let issued = ca
+            .issue(
+                &key.subject_public_key_info(),
+                &[
+                    Identifier::dns(long.clone()),
+                    Identifier::dns("short.example"),
+                ],
+                WEEK,
+            )
+            .expect("issued");
+        let cert = parse(&issued.der);
+        assert_eq!(cert.subject().iter().count(), 0);
+        let san = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert!(san.critical);
+        assert_eq!(san.value.general_names.len(), 2);
+        openssl_verify(&ca, &issued.chain_pem, &[]);
+    }
+
+    #[test]
+    fn issue_refuses_bad_input() {
+        let (_tmp, _dir, ca) = new_ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let spki = key.subject_public_key_info();
+        assert!(matches!(ca.issue(&spki, &[], WEEK), Err(Error::BadCsr(_))));
+        assert!(matches!(
+            ca.issue(b"not a key", &[Identifier::dns("a.example")], WEEK),
+            Err(Error::BadPublicKey(_))
+        ));
+        let bad_ip = Identifier {
+            kind: IdentifierType::Ip,
+            value: "not-an-ip".to_owned(),
+        };
+        assert!(matches!(
+            ca.issue(&spki, &[bad_ip], WEEK),
+            Err(Error::RejectedIdentifier { .. })
+        ));
+    }
+
+    #[test]
+    fn leaves_never_outlive_the_intermediate() {
+        let (_tmp, _dir, ca) = new_ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let issued = ca
+            .issue(
+                &key.subject_public_key_info(),
+                &[Identifier::dns("a.example")],
+                Duration::from_secs(20 * 365 * 86_400),
+            )
+            .expect("issued");
+        assert_eq!(issued.not_after, ca.intermediate_not_after.unix_timestamp());
+    }
+
+    #[test]
+    fn serials_are_16_bytes_and_positive() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..2000 {
+            let serial = random_serial().expect("serial");
+            assert!(serial[0] != 0 && serial[0] & 0x80 == 0);
+            assert!(seen.insert(serial));
+        }
+    }
+
+    #[test]
+    fn server_identity_is_reused_until_names_change_or_it_ages() {
+        let (_tmp, dir, ca) = new_ca();
+        let names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "[::1]".to_owned(),
+        ];
+        let (chain, key) = ca.server_tls_identity(&dir, &names).expect("issued");
+        assert_eq!(mode(&dir.join(SERVER_KEY)), 0o600);
+        assert_eq!(fs::read_to_string(dir.join(SERVER_KEY)).expect("key"), key);
+        assert_eq!(
+            fs::read_to_string(dir.join(SERVER_CERT)).expect("chain"),
+            chain
+        );
+        openssl_verify(&ca, &chain, &["-purpose", "sslserver", "-verify_ip", "::1"]);
+
+        let leaf_der = pem_der(&chain);
+        let leaf = parse(&leaf_der);
+        let eku = leaf
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let san = leaf
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert_eq!(
+            san.value.general_names,
+            vec![
+                GeneralName::DNSName("localhost"),
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+                GeneralName::IPAddress(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ]
+        );
+        let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+        assert_eq!(life, 90 * 86_400 + 60);
+
+        // Same names, any order and case: reused, key and all.
+        let reordered = vec![
+            "::1".to_owned(),
+            "LOCALHOST".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        assert_eq!(
+            ca.server_tls_identity(&dir, &reordered).expect("reused"),
+            (chain.clone(), key.clone())
+        );
+
+        // Another name: a new key and certificate.
+        let more = vec!["localhost".to_owned(), "ca.plant.example".to_owned()];
+        let (chain2, key2) = ca.server_tls_identity(&dir, &more).expect("re-issued");
+        assert_ne!(key2, key);
+        assert_ne!(chain2, chain);
+        assert_eq!(fs::read_to_string(dir.join(SERVER_KEY)).expect("key"), key2);
+
+        // Less than a third of its life left: re-issued.
+        fs::remove_file(dir.join(SERVER_CERT)).expect("remove");
+        let (short, _) = ca
+            .server_tls_identity_with(&dir, &more, Duration::from_secs(1))
+            .expect("short-lived");
+        let (renewed, _) = ca.server_tls_identity(&dir, &more).expect("renewed");
+        assert_ne!(renewed, short);
+
+        // A corrupt file is replaced, not fatal.
+        fs::write(dir.join(SERVER_CERT), b"junk").expect("write");
+        let (repaired, _) = ca.server_tls_identity(&dir, &more).expect("repaired");
+        openssl_verify(&ca, &repaired, &["-purpose", "sslserver"]);
+    }
+
+    #[test]
+    fn server_identity_needs_a_usable_name() {
+        let (_tmp, dir, ca) = new_ca();
+        assert!(matches!(
+            ca.server_tls_identity(&dir, &[]),
+            Err(Error::Internal(_))
+        ));
+        assert!(matches!(
+            ca.server_tls_identity(&dir, &["bad name".to_owned()]),
+            Err(Error::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn pem_lines_are_64_characters() {
+        let pem = pem_encode("CERTIFICATE", &[0xab; 100]);
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.first(), Some(&"-----BEGIN CERTIFICATE-----"));
+        assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
+        assert_eq!(lines[1].len(), 64);
+        assert_eq!(pem_der(&pem), vec![0xab; 100]);
     }
 }

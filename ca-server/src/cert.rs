@@ -168,7 +168,7 @@ pub async fn revoke(
             }
         }
         Signer::Key { key, .. } => {
-            let cert_key = crate::csr::public_key_from_spki(parsed.public_key().raw)?;
+            let cert_key = crate::csr::parse_spki(parsed.public_key().raw)?;
             if *key != cert_key {
                 return Err(Error::Unauthorized(
                     "the request is signed by neither the ordering account nor the certificate's key".into(),

@@ -7,7 +7,6 @@
 //! cannot both use it.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::now;
+use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jwk;
 use crate::jws::{Flattened, Parsed};
 use crate::key::PublicKey;
@@ -103,7 +103,8 @@ impl EabStore {
             .ok_or_else(|| Error::Internal("invalid key id".into()))?;
         let data = serde_json::to_vec_pretty(cred)
             .map_err(|e| Error::Internal(format!("cannot encode credential: {e}")))?;
-        write_private_atomic(&self.dir, &path, &data)
+        ensure_private_dir(&self.dir)?;
+        write_atomic(&path, &data, 0o600)
     }
 
     /// Loads one credential.
@@ -252,34 +253,4 @@ impl EabStore {
         }
         Ok(())
     }
-}
-
-/// Writes `data` to `path` with mode 0600 via a temporary file, fsync and rename, so a reader
-/// never sees a half-written file and a crash never leaves one.
-pub fn write_private_atomic(dir: &Path, path: &Path, data: &[u8]) -> Result<()> {
-    let io = |e: std::io::Error| Error::Internal(format!("cannot write {}: {e}", path.display()));
-    create_private_dir(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Creates `dir` (mode 0700) if missing.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut b = fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))
 }

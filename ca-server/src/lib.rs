@@ -14,6 +14,7 @@ pub mod csr;
 pub mod directory;
 pub mod eab;
 pub mod error;
+pub mod fsutil;
 pub mod jwk;
 pub mod jws;
 pub mod key;

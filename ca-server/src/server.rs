@@ -9,7 +9,8 @@ use axum_server::tls_rustls::RustlsConfig;
 use crate::app::{self, AppState, Inner};
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
-use crate::eab::{create_private_dir, EabStore};
+use crate::eab::EabStore;
+use crate::fsutil::ensure_private_dir;
 use crate::nonce::NonceStore;
 use crate::storage::{Db, SledStore};
 use crate::va::Validator;
@@ -27,7 +28,7 @@ pub struct StartInfo {
 
 /// Opens (or on first start creates) everything under `cfg.data_dir` and builds the state.
 pub fn init(cfg: Config) -> Result<AppState> {
-    create_private_dir(&cfg.data_dir)?;
+    ensure_private_dir(&cfg.data_dir)?;
     let store = SledStore::open(&cfg.data_dir.join("db"))?;
     let ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
