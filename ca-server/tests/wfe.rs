@@ -701,3 +701,325 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     .await
     .assert_problem(403, "unauthorized");
 }
+
+/// Marks every authorization of an order valid in the store, standing in for a successful
+/// challenge so finalize can be tested on its own (validation has its own tests).
+fn validate_all(s: &TestServer, order: &Value) {
+    use ca_server::authz::Authz;
+    use ca_server::storage::Table;
+    use ca_server::types::{AuthzStatus, ChallengeStatus};
+    for url in order["authorizations"].as_array().expect("authzs") {
+        let id = url.as_str().expect("url").rsplit('/').next().expect("id");
+        s.app
+            .db
+            .update(Table::Authzs, id, |mut a: Authz| {
+                a.status = AuthzStatus::Valid;
+                a.challenges[0].status = ChallengeStatus::Valid;
+                Ok(a)
+            })
+            .expect("validate");
+    }
+}
+
+async fn ready_order(s: &TestServer, acct: &common::Account, names: &[&str]) -> Value {
+    let ids: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"type": "dns", "value": n}))
+        .collect();
+    let r = s
+        .post_as(
+            acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": ids})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut o = r.json();
+    validate_all(s, &o);
+    let loc = r.header("location").expect("location");
+    o["url"] = json!(loc);
+    let now = s.post_as(acct, &loc, None).await.json();
+    assert_eq!(now["status"], "ready");
+    o
+}
+
+fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.serialize_request(key).expect("csr").der().to_vec()
+}
+
+#[tokio::test]
+async fn finalize_issues_and_certificate_downloads_as_pem_chain() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-1.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let r = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-1.plant.example"], &key))})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let fin = r.json();
+    assert_eq!(fin["status"], "valid");
+    let cert_url = fin["certificate"].as_str().expect("certificate url");
+
+    let c = s.post_as(&acct, cert_url, None).await;
+    assert_eq!(c.status, StatusCode::OK);
+    assert_eq!(
+        c.header("content-type").as_deref(),
+        Some("application/pem-certificate-chain")
+    );
+    let pem = String::from_utf8(c.body).expect("utf8");
+    assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+
+    // Someone else's account cannot download it; GET is not allowed.
+    let other = s.new_account().await;
+    s.post_as(&other, cert_url, None)
+        .await
+        .assert_problem(404, "malformed");
+    s.send(Request::get(cert_url).body(Body::empty()).expect("req"))
+        .await
+        .assert_problem(405, "malformed");
+    // A second finalize of a valid order is orderNotReady.
+    let r = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-1.plant.example"], &key))})),
+        )
+        .await;
+    r.assert_problem(403, "orderNotReady");
+}
+
+#[tokio::test]
+async fn finalize_with_wrong_identifiers_is_bad_csr_and_order_stays_ready() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["a.plant.example", "b.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let fin = o["finalize"].as_str().expect("fin");
+    for names in [
+        &["a.plant.example"][..],
+        &["a.plant.example", "b.plant.example", "c.plant.example"],
+        &["a.plant.example", "x.plant.example"],
+    ] {
+        let r = s
+            .post_as(&acct, fin, Some(&json!({"csr": b64(csr(names, &key))})))
+            .await;
+        r.assert_problem(400, "badCSR");
+    }
+    s.post_as(&acct, fin, Some(&json!({"csr": "!!"})))
+        .await
+        .assert_problem(400, "badCSR");
+    s.post_as(&acct, fin, Some(&json!({"csr": b64(b"garbage")})))
+        .await
+        .assert_problem(400, "badCSR");
+    assert_eq!(
+        s.post_as(&acct, o["url"].as_str().expect("url"), None)
+            .await
+            .json()["status"],
+        "ready"
+    );
+}
+
+#[tokio::test]
+async fn finalize_refuses_the_account_key_as_certificate_key() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-2.plant.example"]).await;
+    let account_key =
+        rcgen::KeyPair::try_from(acct.key.pkcs8.as_slice()).expect("same key in rcgen");
+    let r = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-2.plant.example"], &account_key))})),
+        )
+        .await;
+    let p = r.assert_problem(400, "badCSR");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("account key"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn finalize_refuses_sha1_signed_csr() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-3.plant.example"]).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("k.pem");
+    let out = dir.path().join("r.der");
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-sha1",
+            "-subj",
+            "/CN=plc-3.plant.example",
+            "-outform",
+            "DER",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&out)
+        .status()
+        .expect("openssl is installed by scripts/install-test-deps.sh");
+    assert!(st.success());
+    let der = std::fs::read(&out).expect("csr");
+    let r = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(der)})),
+        )
+        .await;
+    let p = r.assert_problem(400, "badCSR");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("sha1"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_finalizes_issue_exactly_one_certificate() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-4.plant.example"]).await;
+    let fin = o["finalize"].as_str().expect("fin").to_owned();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let body = json!({"csr": b64(csr(&["plc-4.plant.example"], &key))});
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        // Pre-sign each request so all of them race at the server, not at the client.
+        let protected =
+            json!({"alg": "ES256", "nonce": s.nonce().await, "url": fin, "kid": acct.kid});
+        let req = Request::post(&fin)
+            .header("content-type", "application/jose+json")
+            .body(Body::from(
+                acct.key.jws(&protected, Some(&body)).to_string(),
+            ))
+            .expect("req");
+        let router = s.router.clone();
+        tasks.push(tokio::spawn(async move {
+            common::Reply::read(
+                tower::ServiceExt::oneshot(router, req)
+                    .await
+                    .expect("infallible"),
+            )
+            .await
+        }));
+    }
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.expect("join"));
+    }
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    for r in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        r.assert_problem(403, "orderNotReady");
+    }
+    assert_eq!(ok, 1, "exactly one finalize wins");
+    let certs = s
+        .app
+        .db
+        .store()
+        .scan_prefix(ca_server::storage::Table::Certificates, b"")
+        .expect("scan");
+    assert_eq!(certs.len(), 1, "exactly one certificate issued");
+}
+
+#[tokio::test]
+async fn revocation_by_owner_by_certificate_key_and_refusals() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-5.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let fin = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-5.plant.example"], &key))})),
+        )
+        .await
+        .json();
+    let pem = String::from_utf8(
+        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
+            .await
+            .body,
+    )
+    .expect("pem");
+    let leaf_b64: String = pem
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let url = s.url("/acme/revoke-cert");
+
+    // Reason 6 (certificateHold) is not for subscribers.
+    s.post_as(
+        &acct,
+        &url,
+        Some(&json!({"certificate": b64(&der), "reason": 6})),
+    )
+    .await
+    .assert_problem(400, "badRevocationReason");
+    // An unrelated account may not revoke.
+    let other = s.new_account().await;
+    s.post_as(&other, &url, Some(&json!({"certificate": b64(&der)})))
+        .await
+        .assert_problem(403, "unauthorized");
+    // A certificate we never issued.
+    s.post_as(&acct, &url, Some(&json!({"certificate": b64(b"junk")})))
+        .await
+        .assert_problem(400, "malformed");
+
+    // Signed with the certificate's own key (jwk), reason keyCompromise.
+    let cert_key = Key::from_pkcs8(&key.serialize_der());
+    let r = s
+        .post(
+            &cert_key,
+            None,
+            &url,
+            Some(&json!({"certificate": b64(&der), "reason": 1})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    s.post_as(&acct, &url, Some(&json!({"certificate": b64(&der)})))
+        .await
+        .assert_problem(400, "alreadyRevoked");
+}

@@ -94,7 +94,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(resp: Response<Body>) -> Self {
+    pub async fn read(resp: Response<Body>) -> Self {
         let (parts, body) = resp.into_parts();
         let body = axum::body::to_bytes(body, 1 << 20)
             .await
@@ -159,6 +159,19 @@ impl Key {
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).expect("key");
         Self { pair, pkcs8 }
+    }
+
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Self {
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8,
+            &SystemRandom::new(),
+        )
+        .expect("P-256 PKCS#8");
+        Self {
+            pair,
+            pkcs8: pkcs8.to_vec(),
+        }
     }
 
     pub fn jwk(&self) -> Value {
