@@ -133,6 +133,9 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn serve(a: ServeArgs) -> Result<(), String> {
     let cfg = load_config(&a)?;
     let listen = cfg.listen;
+    // Bind before printing, so "listening" is never printed by a server that cannot listen.
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
     let info = server::start_info(&app);
     println!("iiot-acme CA listening on https://{listen}");
@@ -140,7 +143,9 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     println!("  root certificate: {}", info.root_path.display());
     println!("  root SHA-256:     {}", info.root_fingerprint);
     println!("  (give devices the root certificate or its SHA-256 fingerprint to pin)");
-    server::serve(app).await.map_err(|e| e.to_string())
+    server::serve_on(app, listener)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn eab(cmd: EabCommand) -> Result<(), String> {
@@ -213,6 +218,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
