@@ -1,1 +1,49 @@
-//! Shared helpers for the end-to-end tests.
+//! Harness for the end-to-end tests: start the CA (or Pebble, to prove the harness itself), run
+//! real third-party ACME clients against it, and check what they were issued with `openssl`.
+//!
+//! Everything here is synchronous and drives child processes, so tests are plain `#[test]`
+//! functions. Every child is killed when its owner is dropped, and every error carries the tail
+//! of the child's output, because a failing interop test is only as useful as its log.
+//!
+//! Each server instance gets its own temporary directory and its own loopback ports (including
+//! the http-01 port the CA dials), so tests can run in parallel.
+//!
+//! The third-party programs come from Debian packages: `scripts/install-test-deps.sh`.
+//!
+//! - `tests/interop.rs`: certbot and lego against [`CaServer`].
+//! - `tests/pebble_harness.rs`: the same drivers against [`Pebble`], proving the harness; ignored
+//!   by default, run with `cargo test -p iiot-acme-tests --test pebble_harness -- --ignored`.
+//!
+//! Set `IIOT_KEEP_TEST_DIRS=1` to keep every temporary directory (data directories, logs,
+//! client state) after the test, for post-mortems; their paths appear in error messages.
+
+pub mod ca_server;
+pub mod clients;
+pub mod https;
+pub mod openssl;
+pub mod pebble;
+pub mod ports;
+pub mod process;
+
+pub use ca_server::{ca_server_bin, CaServer, CaServerOpts};
+pub use clients::{run_certbot, run_lego, AcmeClient, ClientRun, Eab, IssuedCert};
+pub use openssl::{openssl_verify, openssl_verify_host};
+pub use pebble::{Pebble, PebbleOpts};
+pub use ports::{free_port, free_tcp_udp_port};
+
+/// Environment variable that keeps temporary directories when set to anything but `0`.
+pub const KEEP_DIRS_ENV: &str = "IIOT_KEEP_TEST_DIRS";
+
+/// A new temporary directory named `<prefix>XXXXXX`, removed on drop unless
+/// [`KEEP_DIRS_ENV`] is set.
+pub fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context as _;
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .with_context(|| format!("cannot create a temporary directory {prefix}*"))?;
+    if std::env::var_os(KEEP_DIRS_ENV).is_some_and(|v| v != "0") {
+        dir.disable_cleanup(true);
+    }
+    Ok(dir)
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the third-party programs the end-to-end tests drive (tests/, iiot-acme-tests):
+#   certbot, lego   real ACME clients run against the CA
+#   pebble          Let's Encrypt's test CA (and pebble-challtestsrv), for the harness self-check
+#   openssl         test certificates for Pebble and `openssl verify` of issued chains
+#
+# Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
+# (CI on a bare Debian 12 machine) or through sudo when not root.
+set -euo pipefail
+
+PACKAGES=(certbot lego pebble openssl ca-certificates)
+# What the tests run by name; checked at the end so a broken install fails here, not in a test.
+BINARIES=(certbot lego pebble pebble-challtestsrv openssl)
+
+log() { printf 'install-test-deps: %s\n' "$*"; }
+die() { log "error: $*" >&2; exit 1; }
+
+is_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+version_of() { dpkg-query -W -f='${Version}' "$1"; }
+
+install_missing() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 ||
+            die "not root and sudo is not available; cannot install: $*"
+        sudo=(sudo)
+    fi
+    log "missing: $*; running apt-get update"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    log "installing: $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+    local pkg
+    for pkg in "$@"; do
+        is_installed "$pkg" || die "$pkg is still not installed"
+        log "installed: $pkg ($(version_of "$pkg"))"
+    done
+}
+
+command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 ||
+    die "this script needs a Debian-like system (dpkg-query and apt-get)"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if is_installed "$pkg"; then
+        log "already installed: $pkg ($(version_of "$pkg"))"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "nothing to install"
+else
+    install_missing "${missing[@]}"
+fi
+
+for bin in "${BINARIES[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || die "$bin is not on PATH"
+done
+log "done: ${BINARIES[*]} available"

@@ -1,0 +1,133 @@
+//! Real third-party ACME clients (Debian's certbot and lego) against `ca-server`, with real
+//! http-01 validation (`lab_resolve_all_to = 127.0.0.1`), each issued chain checked by
+//! `openssl verify` against the CA's `root.pem`.
+//!
+//! Each test starts its own server on its own data directory and ports, so they run in
+//! parallel. The same drivers are proven against Pebble in `pebble_harness.rs`.
+
+use std::fs;
+
+use iiot_acme_tests::{
+    ca_server_bin, openssl_verify, openssl_verify_host, temp_dir, AcmeClient, CaServer,
+    CaServerOpts, ClientRun,
+};
+
+/// How the account is bound (RFC 8555 §7.3.4).
+#[derive(Clone, Copy, Debug)]
+enum Eab {
+    /// No binding; the server does not require one.
+    None,
+    /// Required by the server; a reusable key from `ca-server eab create`.
+    Reusable,
+    /// Required by the server; a key from `ca-server eab create --single-use`.
+    SingleUse,
+}
+
+fn issue_and_verify(client: AcmeClient, eab: Eab, domains: &[&str]) {
+    let mut server = CaServer::start(CaServerOpts {
+        eab_required: !matches!(eab, Eab::None),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let creds = match eab {
+        Eab::None => None,
+        Eab::Reusable => Some(server.eab_create(false).expect("eab create")),
+        Eab::SingleUse => Some(server.eab_create(true).expect("eab create --single-use")),
+    };
+
+    let work = temp_dir("iiot-client-").expect("work dir");
+    let run = ClientRun::new(
+        server.directory_url(),
+        server.root_pem_path(),
+        domains,
+        server.http_port(),
+        work.path(),
+    )
+    .with_eab(creds);
+    let issued = client.run(&run).unwrap_or_else(|e| {
+        panic!(
+            "{client} ({eab:?}) against ca-server: {e:#}\n{}",
+            server.logs()
+        )
+    });
+
+    let root = server.root_pem_path();
+    openssl_verify(&root, &issued.chain_pem).expect("chain verifies against the CA root");
+    for domain in domains {
+        openssl_verify_host(&root, &issued.chain_pem, domain).expect("leaf covers every domain");
+    }
+    server
+        .check_running()
+        .expect("server still running after issuance");
+    eprintln!("{client} ({eab:?}): issued in {:?}", issued.elapsed);
+}
+
+#[test]
+#[ignore = "needs ca-server"]
+fn certbot_issues() {
+    issue_and_verify(
+        AcmeClient::Certbot,
+        Eab::None,
+        &["certbot.plant.test", "www.certbot.plant.test"],
+    );
+}
+
+#[test]
+#[ignore = "needs ca-server"]
+fn certbot_issues_with_eab() {
+    issue_and_verify(
+        AcmeClient::Certbot,
+        Eab::SingleUse,
+        &["certbot-eab.plant.test"],
+    );
+}
+
+#[test]
+#[ignore = "needs ca-server"]
+fn lego_issues() {
+    issue_and_verify(
+        AcmeClient::Lego,
+        Eab::None,
+        &["lego.plant.test", "www.lego.plant.test"],
+    );
+}
+
+#[test]
+#[ignore = "needs ca-server"]
+fn lego_issues_with_eab() {
+    issue_and_verify(AcmeClient::Lego, Eab::Reusable, &["lego-eab.plant.test"]);
+}
+
+/// A SIGKILLed server comes back on the same data directory with the same root, and issues.
+#[test]
+#[ignore = "needs ca-server"]
+fn issues_after_kill_9_and_restart() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let root_before = fs::read(server.root_pem_path()).expect("root.pem");
+    server.kill_9().expect("kill -9");
+    server.restart().expect("restart on the same data dir");
+    let root_after = fs::read(server.root_pem_path()).expect("root.pem");
+    assert_eq!(root_before, root_after, "the root must survive a restart");
+
+    let work = temp_dir("iiot-client-").expect("work dir");
+    let run = ClientRun::new(
+        server.directory_url(),
+        server.root_pem_path(),
+        &["restart.plant.test"],
+        server.http_port(),
+        work.path(),
+    );
+    let issued = AcmeClient::Lego
+        .run(&run)
+        .unwrap_or_else(|e| panic!("lego after restart: {e:#}\n{}", server.logs()));
+    openssl_verify(&server.root_pem_path(), &issued.chain_pem).expect("chain verifies");
+}
+
+/// The harness finds (building if needed) the server binary it runs.
+#[test]
+#[ignore = "needs ca-server"]
+fn ca_server_binary_is_found() {
+    let bin = ca_server_bin().expect("ca-server binary");
+    assert!(bin.is_file(), "{}", bin.display());
+    assert_eq!(bin.file_name().and_then(|n| n.to_str()), Some("ca-server"));
+}
