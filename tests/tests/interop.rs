@@ -63,7 +63,6 @@ fn issue_and_verify(client: AcmeClient, eab: Eab, domains: &[&str]) {
 }
 
 #[test]
-#[ignore = "needs ca-server"]
 fn certbot_issues() {
     issue_and_verify(
         AcmeClient::Certbot,
@@ -73,7 +72,6 @@ fn certbot_issues() {
 }
 
 #[test]
-#[ignore = "needs ca-server"]
 fn certbot_issues_with_eab() {
     issue_and_verify(
         AcmeClient::Certbot,
@@ -83,7 +81,6 @@ fn certbot_issues_with_eab() {
 }
 
 #[test]
-#[ignore = "needs ca-server"]
 fn lego_issues() {
     issue_and_verify(
         AcmeClient::Lego,
@@ -93,14 +90,12 @@ fn lego_issues() {
 }
 
 #[test]
-#[ignore = "needs ca-server"]
 fn lego_issues_with_eab() {
     issue_and_verify(AcmeClient::Lego, Eab::Reusable, &["lego-eab.plant.test"]);
 }
 
 /// A SIGKILLed server comes back on the same data directory with the same root, and issues.
 #[test]
-#[ignore = "needs ca-server"]
 fn issues_after_kill_9_and_restart() {
     let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let root_before = fs::read(server.root_pem_path()).expect("root.pem");
@@ -125,7 +120,6 @@ fn issues_after_kill_9_and_restart() {
 
 /// The harness finds (building if needed) the server binary it runs.
 #[test]
-#[ignore = "needs ca-server"]
 fn ca_server_binary_is_found() {
     let bin = ca_server_bin().expect("ca-server binary");
     assert!(bin.is_file(), "{}", bin.display());
