@@ -220,6 +220,85 @@ mod tests {
     }
 
     #[test]
+    fn es384_and_eddsa_verify_through_their_jwks() {
+        use ring::signature::{
+            EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).expect("gen");
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("kp");
+        let key = parse(&canonical(&PublicKey::P384(
+            kp.public_key().as_ref().to_vec(),
+        )))
+        .expect("P-384 JWK");
+        let sig = kp.sign(&rng, b"msg").expect("sign");
+        assert!(verify("ES384", &key, b"msg", sig.as_ref()).is_ok());
+        assert!(verify("ES256", &key, b"msg", sig.as_ref()).is_err());
+
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("gen");
+        let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("kp");
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(kp.public_key().as_ref())});
+        let key = parse(&jwk).expect("Ed25519 JWK");
+        let sig = kp.sign(b"msg");
+        assert!(verify("EdDSA", &key, b"msg", sig.as_ref()).is_ok());
+        assert!(verify("EdDSA", &key, b"msG", sig.as_ref()).is_err());
+    }
+
+    /// ring cannot generate RSA keys, so openssl (installed by the test setup) makes one and
+    /// signs; the JWK is built from the modulus openssl prints.
+    #[test]
+    fn rs256_verifies_through_its_jwk() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = dir.path().join("k.pem");
+        let msg = dir.path().join("m");
+        let sig = dir.path().join("s");
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl is installed by scripts/install-test-deps.sh");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        run(&[&os("genrsa"), &os("-out"), key.as_os_str(), &os("2048")]);
+        std::fs::write(&msg, b"signing input").expect("write");
+        run(&[
+            &os("dgst"),
+            &os("-sha256"),
+            &os("-sign"),
+            key.as_os_str(),
+            &os("-out"),
+            sig.as_os_str(),
+            msg.as_os_str(),
+        ]);
+        let modulus = String::from_utf8(run(&[
+            &os("rsa"),
+            &os("-in"),
+            key.as_os_str(),
+            &os("-noout"),
+            &os("-modulus"),
+        ]))
+        .expect("utf8");
+        let n = hex::decode(modulus.trim().trim_start_matches("Modulus=")).expect("hex");
+        let jwk = json!({"kty": "RSA", "n": b64u(&n), "e": "AQAB"});
+        let key = parse(&jwk).expect("RSA JWK");
+        let sig = std::fs::read(&sig).expect("sig");
+        assert!(verify("RS256", &key, b"signing input", &sig).is_ok());
+        assert!(verify("RS256", &key, b"signing inpuT", &sig).is_err());
+        assert!(matches!(
+            verify("ES256", &key, b"signing input", &sig),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn bad_jwks_are_refused() {
         for jwk in [
             json!("x"),
