@@ -79,6 +79,14 @@ pub fn parse(jwk: &Value) -> Result<PublicKey> {
         "RSA" => {
             let n = b64u_decode("JWK n", member(obj, "n")?)?;
             let e = b64u_decode("JWK e", member(obj, "e")?)?;
+            // > The octet sequence MUST utilize the minimum number of octets needed to
+            // > represent the value.  (RFC 7518 §6.3.1.1-2) Accepting a zero-padded key would
+            // > let the client's thumbprint differ from ours for the same key.
+            if n.first() == Some(&0) || e.first() == Some(&0) {
+                return Err(Error::BadPublicKey(
+                    "RSA JWK n and e must not have leading zero octets (RFC 7518 §6.3.1)".into(),
+                ));
+            }
             let key = PublicKey::rsa(&n, &e);
             if let PublicKey::Rsa { n, .. } = &key {
                 let bits = rsa_bits(n);

@@ -67,9 +67,12 @@ impl NonceStore {
 
     /// Consumes `nonce`; fails with `badNonce` if it is forged, unknown, expired or used.
     pub fn redeem(&self, nonce: &str) -> Result<()> {
-        let raw = URL_SAFE_NO_PAD
-            .decode(nonce)
-            .map_err(|_| Error::BadNonce("not base64url"))?;
+        // > If the value of a "nonce" header parameter is not valid according to this
+        // > encoding, then the server MUST reject the JWS as malformed.
+        // <https://www.rfc-editor.org/rfc/rfc8555#section-6.5.2>
+        let raw = URL_SAFE_NO_PAD.decode(nonce).map_err(|_| {
+            Error::Malformed("JWS nonce is not unpadded base64url (RFC 8555 §6.5.2)".into())
+        })?;
         if raw.len() != NONCE_LEN {
             return Err(Error::BadNonce("not issued by this server"));
         }
@@ -125,8 +128,11 @@ mod tests {
         raw[7] ^= 1;
         assert!(a.redeem(&URL_SAFE_NO_PAD.encode(&raw)).is_err());
         assert!(a.redeem("").is_err());
-        assert!(a.redeem("!!!").is_err());
-        assert!(a.redeem(&format!("{n}=")).is_err(), "padding");
+        assert!(matches!(a.redeem("!!!"), Err(Error::Malformed(_))));
+        assert!(
+            matches!(a.redeem(&format!("{n}=")), Err(Error::Malformed(_))),
+            "padding"
+        );
         assert!(
             a.redeem(&n).is_ok(),
             "tampering did not consume the real one"

@@ -103,6 +103,10 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     let (chain, key) = app
         .ca
         .server_tls_identity(&app.cfg.data_dir.join("ca"), &names)?;
+    // The root goes at the end of the presented chain (RFC 8446 §4.4.2 allows it): a device
+    // pinned to the root's fingerprint (SPEC §2.3) can then take the root from the handshake,
+    // check its hash against the pin and validate the chain, with no other provisioning.
+    let chain = format!("{chain}{}", app.ca.root_pem());
     let tls = RustlsConfig::from_pem(chain.into_bytes(), key.into_bytes())
         .await
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;

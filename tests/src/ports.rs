@@ -64,13 +64,19 @@ mod tests {
                 TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
             })
             .count();
-        assert!(tcp_ok >= 3, "only {tcp_ok}/5 picked TCP ports were bindable");
+        assert!(
+            tcp_ok >= 3,
+            "only {tcp_ok}/5 picked TCP ports were bindable"
+        );
         let udp_ok = (0..5)
             .filter(|_| {
                 let p = free_tcp_udp_port().expect("free tcp+udp port");
                 UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
             })
             .count();
-        assert!(udp_ok >= 3, "only {udp_ok}/5 picked UDP ports were bindable");
+        assert!(
+            udp_ok >= 3,
+            "only {udp_ok}/5 picked UDP ports were bindable"
+        );
     }
 }

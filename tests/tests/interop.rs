@@ -125,3 +125,25 @@ fn ca_server_binary_is_found() {
     assert!(bin.is_file(), "{}", bin.display());
     assert_eq!(bin.file_name().and_then(|n| n.to_str()), Some("ca-server"));
 }
+
+/// SPEC §2.2-2.3: the handshake ends with the root, so a device holding only the root's
+/// SHA-256 fingerprint can take the root from it, check the pin and validate the chain.
+#[test]
+fn tls_chain_ends_with_the_root_that_the_fingerprint_pins() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-showcerts", "-connect"])
+        .arg(format!("127.0.0.1:{}", server.listen_port()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let presented = iiot_acme_tests::openssl::split_pem_certs(&text);
+    assert_eq!(presented.len(), 3, "leaf, intermediate, root:\n{text}");
+    let root = fs::read_to_string(server.root_pem_path()).expect("root.pem");
+    assert_eq!(
+        presented[2].trim(),
+        root.trim(),
+        "the last certificate is the root"
+    );
+}

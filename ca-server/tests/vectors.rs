@@ -1,0 +1,359 @@
+//! Runs the shared test vectors (`protocol-spec/vectors`, SPEC §1.5) against the server's own
+//! code: the same bytes the device and embedded clients run.
+//!
+//! A vector the server cannot run, or does not pass yet, is listed in `vectors-skip.toml` with
+//! the reason. Listing a whole file uses the key `"*"`. An entry for a single id records a known
+//! failure, so the run fails as soon as that vector passes, and the stale entry must go.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use ca_server::account::Account;
+use ca_server::jws::Parsed;
+use ca_server::key::PublicKey;
+use ca_server::nonce::NonceStore;
+use ca_server::order::normalize_identifier;
+use ca_server::types::{AccountStatus, Identifier, IdentifierType};
+use ca_server::{jwk, Error, Problem, ProblemType};
+use protocol_spec::vectors;
+use serde_json::{json, Value};
+
+/// File stem -> (vector id or `"*"`) -> reason.
+type Skips = BTreeMap<String, BTreeMap<String, String>>;
+
+fn skips() -> Skips {
+    toml::from_str(include_str!("vectors-skip.toml")).expect("vectors-skip.toml parses")
+}
+
+/// The vector files this binary runs; every other file must be skipped as a whole.
+const RUN: &[&str] = &["base64url", "identifiers", "problems", "thumbprint"];
+
+struct Vector {
+    id: String,
+    input: Value,
+    expect: Value,
+}
+
+fn load(stem: &str) -> Vec<Vector> {
+    let (_, text) = vectors::ALL
+        .iter()
+        .find(|(name, _)| *name == stem)
+        .unwrap_or_else(|| panic!("no vector file {stem}"));
+    let entries: Vec<Value> = serde_json::from_str(text).expect("vector file is a JSON array");
+    entries
+        .into_iter()
+        .map(|e| Vector {
+            id: e["id"].as_str().expect("id").to_owned(),
+            input: e["input"].clone(),
+            expect: e["expect"].clone(),
+        })
+        .collect()
+}
+
+fn field<'v>(v: &'v Value, name: &str) -> Result<&'v str, String> {
+    v[name]
+        .as_str()
+        .ok_or_else(|| format!("vector has no string {name:?}"))
+}
+
+/// Runs `check` on every vector of `stem`, honouring the skip list, and fails with a summary of
+/// unexpected failures and stale skips.
+fn run(stem: &str, check: impl Fn(&Vector) -> Result<(), String>) {
+    let skips = skips();
+    let skip = skips.get(stem);
+    assert!(
+        skip.is_none_or(|s| !s.contains_key("*")),
+        "{stem} is skipped as a whole but also run"
+    );
+    let mut failures = Vec::new();
+    let mut stale = Vec::new();
+    let mut skipped = 0;
+    for v in load(stem) {
+        let reason = skip.and_then(|s| s.get(&v.id));
+        match (check(&v), reason) {
+            (Ok(()), None) => {}
+            (Err(e), None) => failures.push(format!("{stem}/{}: {e}", v.id)),
+            (Ok(()), Some(_)) => stale.push(format!("{stem}/{}", v.id)),
+            (Err(e), Some(reason)) => {
+                skipped += 1;
+                eprintln!("skipped {stem}/{}: {reason} (fails with: {e})", v.id);
+            }
+        }
+    }
+    eprintln!("{stem}: {skipped} known failures skipped");
+    assert!(
+        failures.is_empty() && stale.is_empty(),
+        "vector failures:\n  {}\nskip entries that now pass (remove them from vectors-skip.toml):\n  {}",
+        failures.join("\n  "),
+        stale.join("\n  ")
+    );
+}
+
+#[test]
+fn every_vector_file_is_run_or_skipped_and_every_skip_names_a_vector() {
+    let skips = skips();
+    for (stem, _) in vectors::ALL {
+        let whole = skips.get(*stem).is_some_and(|s| s.contains_key("*"));
+        assert!(
+            RUN.contains(stem) != whole,
+            "{stem} must be either run by this test or skipped with \"*\" in vectors-skip.toml"
+        );
+    }
+    for (stem, entries) in &skips {
+        let ids: BTreeSet<String> = load(stem).into_iter().map(|v| v.id).collect();
+        for (id, reason) in entries {
+            assert!(
+                !reason.trim().is_empty(),
+                "{stem}/{id}: skip without a reason"
+            );
+            assert!(
+                id == "*" || ids.contains(id),
+                "{stem}/{id}: skip entry names no vector"
+            );
+        }
+    }
+}
+
+/// SPEC §3.7, through the decoder every request field goes through.
+#[test]
+fn base64url() {
+    run("base64url", |v| {
+        let encoded = field(&v.input, "encoded")?;
+        let got = jwk::b64u_decode("vector", encoded);
+        match v.expect.get("decoded_hex") {
+            Some(h) => {
+                let want =
+                    hex::decode(h.as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+                let bytes = got.map_err(|e| format!("refused: {e}"))?;
+                if bytes != want {
+                    return Err(format!("decoded {}", hex::encode(bytes)));
+                }
+                if jwk::b64u(&want) != encoded {
+                    return Err(format!("re-encodes to {}", jwk::b64u(&want)));
+                }
+                Ok(())
+            }
+            None => match got {
+                Ok(b) => Err(format!("accepted as {}", hex::encode(b))),
+                Err(e) if e.problem_type() == ProblemType::Malformed => Ok(()),
+                Err(e) => Err(format!(
+                    "refused as {}, not malformed",
+                    e.problem_type().name()
+                )),
+            },
+        }
+    });
+}
+
+/// SPEC §5.2: the server's JWK parser and RFC 7638 thumbprint.
+#[test]
+fn thumbprint() {
+    run("thumbprint", |v| {
+        let key = jwk::parse(&v.input["jwk"]).map_err(|e| format!("JWK refused: {e}"))?;
+        let canonical = jwk::canonical(&key).to_string();
+        if canonical != field(&v.expect, "canonical")? {
+            return Err(format!("canonical JSON {canonical}"));
+        }
+        let tp = jwk::thumbprint(&key);
+        if tp != field(&v.expect, "thumbprint")? {
+            return Err(format!("thumbprint {tp}"));
+        }
+        Ok(())
+    });
+}
+
+/// SPEC §4: `order::normalize_identifier`, which newOrder applies to every identifier.
+#[test]
+fn identifiers() {
+    run("identifiers", |v| {
+        let kind = match field(&v.input, "type")? {
+            "dns" => IdentifierType::Dns,
+            "ip" => IdentifierType::Ip,
+            other => return Err(format!("identifier type {other} cannot be built")),
+        };
+        let id = Identifier {
+            kind,
+            value: field(&v.input, "value")?.to_owned(),
+        };
+        match (normalize_identifier(&id), v.expect.get("value")) {
+            (Ok(got), Some(want)) if want.as_str() == Some(got.value.as_str()) => Ok(()),
+            (Ok(got), Some(_)) => Err(format!("normalised to {:?}", got.value)),
+            (Ok(got), None) => Err(format!("accepted as {:?}", got.value)),
+            (Err(e), Some(_)) => Err(format!("refused: {e}")),
+            (Err(e), None) if e.problem_type().name() == field(&v.expect, "problem")? => Ok(()),
+            (Err(e), None) => Err(format!("refused as {}: {e}", e.problem_type().name())),
+        }
+    });
+}
+
+/// A key from the thumbprint vectors, for the problem vectors that need a valid one.
+fn p256_key() -> PublicKey {
+    let v = load("thumbprint")
+        .into_iter()
+        .find(|v| v.id == "p256-device-key")
+        .expect("p256-device-key vector");
+    jwk::parse(&v.input["jwk"]).expect("P-256 key")
+}
+
+fn flattened(jws: &Value) -> Result<Parsed, Error> {
+    Parsed::from_json(&serde_json::to_vec(jws).unwrap_or_default())
+}
+
+fn refused<T>(r: Result<T, Error>) -> Result<Error, String> {
+    match r {
+        Ok(_) => Err("the server accepted it".to_owned()),
+        Err(e) => Ok(e),
+    }
+}
+
+fn account(status: AccountStatus) -> Account {
+    Account {
+        id: "vector".into(),
+        key: jwk::canonical(&p256_key()),
+        thumbprint: jwk::thumbprint(&p256_key()),
+        status,
+        contact: Vec::new(),
+        terms_of_service_agreed: false,
+        eab_kid: None,
+        created: 0,
+    }
+}
+
+/// The server's error for a problem vector. Where a public function of the server decides the
+/// outcome, it is called with the vector's input; otherwise the variant that the handler
+/// returns in that situation is built, and only the mapping to the wire is checked.
+fn problem_for(v: &Vector) -> Result<Error, String> {
+    let s = |m: &str| m.to_owned();
+    Ok(match v.id.as_str() {
+        // Decided by NonceStore::redeem.
+        "nonce-unknown" | "nonce-not-base64url" | "nonce-padded" => {
+            let store = NonceStore::new().map_err(|e| e.to_string())?;
+            refused(store.redeem(field(&v.input, "nonce")?))?
+        }
+        "nonce-reused" => {
+            let store = NonceStore::new().map_err(|e| e.to_string())?;
+            let n = store.issue();
+            store
+                .redeem(&n)
+                .map_err(|e| format!("first use refused: {e}"))?;
+            refused(store.redeem(&n))?
+        }
+        "nonce-missing" => Error::BadNonce("JWS header has no \"nonce\""),
+        // Decided by jws::Parsed and jwk::{parse, verify}.
+        "alg-none" | "alg-hs256" | "alg-es512" => {
+            let protected = jwk::b64u(json!({"alg": field(&v.input, "alg")?}).to_string());
+            let jws = flattened(&json!({"protected": protected, "payload": "", "signature": ""}))
+                .map_err(|e| format!("JWS refused before alg: {e}"))?;
+            refused(jws.alg())?
+        }
+        "alg-key-mismatch" => {
+            let key = jwk::parse(&v.input["jwk"]).map_err(|e| e.to_string())?;
+            refused(jwk::verify(field(&v.input, "alg")?, &key, b"x", &[0; 96]))?
+        }
+        "jws-padded-protected"
+        | "jws-unprotected-header"
+        | "jws-multiple-signatures"
+        | "jws-unencoded-payload" => refused(flattened(&v.input["jws"]))?,
+        "jws-signature-invalid" => refused(jwk::verify("ES256", &p256_key(), b"x", &[1; 64]))?,
+        "jwk-private-key"
+        | "jwk-point-not-on-curve"
+        | "jwk-p256-short-coordinate"
+        | "jwk-unsupported-curve"
+        | "jwk-symmetric"
+        | "jwk-rsa-1024"
+        | "jwk-member-padded" => refused(jwk::parse(&v.input["jwk"]))?,
+        // Decided by Account::require_valid.
+        "account-deactivated" => refused(account(AccountStatus::Deactivated).require_valid())?,
+        "account-revoked" => refused(account(AccountStatus::Revoked).require_valid())?,
+        // Built as the handlers build them.
+        "jws-both-jwk-and-kid" | "jws-jwk-where-kid-required" | "jws-kid-on-new-account" => {
+            Error::Malformed(s("wrong key reference"))
+        }
+        "url-missing" => Error::Malformed(s("JWS header has no \"url\"")),
+        "url-mismatch" => Error::Unauthorized(s("JWS url does not match the request URL")),
+        "kid-unknown" | "only-return-existing-unknown" => Error::AccountDoesNotExist,
+        "content-type-wrong" => Error::UnsupportedMediaType(s("application/json")),
+        "body-too-large" => Error::PayloadTooLarge,
+        "method-get-on-post-resource" => Error::MethodNotAllowed(s("GET")),
+        "resource-unknown" => Error::NotFound("order"),
+        "account-other" => Error::Unauthorized(s("signed by a different account")),
+        "terms-not-agreed" => Error::Malformed(s("terms of service must be agreed to")),
+        "contact-not-mailto" => Error::UnsupportedContact(s("tel:+49")),
+        "contact-invalid" => Error::InvalidContact(s("two addresses")),
+        "eab-required" => Error::ExternalAccountRequired(s("EAB required")),
+        "eab-mac-invalid" | "eab-expired" | "eab-single-use-spent" => {
+            Error::Unauthorized(s("EAB refused"))
+        }
+        "eab-with-nonce" | "eab-alg-not-mac" => Error::Malformed(s("bad EAB JWS")),
+        "key-change-key-in-use" => Error::Conflict {
+            detail: s("the new key is already in use by another account"),
+            location: s("https://ca.plant.example/acme/acct/other"),
+        },
+        "key-change-old-key-wrong" => Error::Malformed(s("oldKey is not the account key")),
+        "order-unsupported-identifier-type" => Error::UnsupportedIdentifier(s("email")),
+        "order-several-identifiers-refused" => Error::Compound {
+            detail: s("2 identifiers were refused"),
+            subproblems: vec![
+                Problem::new(ProblemType::Malformed, "a"),
+                Problem::new(ProblemType::RejectedIdentifier, "b"),
+            ],
+        },
+        "order-not-before" | "order-no-identifiers" => Error::Malformed(s("bad newOrder")),
+        "finalize-not-ready" => Error::OrderNotReady(s("pending")),
+        "csr-identifiers-mismatch" | "csr-key-is-account-key" | "csr-sha1-signature" => {
+            Error::BadCsr(s("refused CSR"))
+        }
+        "csr-key-unsupported" => Error::BadPublicKey(s("RSA 1024")),
+        "revoke-reason-not-allowed" => Error::BadRevocationReason(s("2")),
+        "revoke-already-revoked" => Error::AlreadyRevoked,
+        "revoke-not-permitted" => Error::Unauthorized(s("not permitted")),
+        "challenge-connection" => Error::Connection(s("refused")),
+        "challenge-dns" => Error::Dns(s("NXDOMAIN")),
+        "challenge-tls" => Error::Tls(s("handshake failed")),
+        "challenge-incorrect-response" => Error::IncorrectResponse(s("wrong body")),
+        "server-internal" => Error::Internal(s("secret cause /var/lib/iiot-acme")),
+        other => {
+            return Err(format!(
+                "no mapping for problem vector {other} in vectors.rs"
+            ))
+        }
+    })
+}
+
+/// SPEC §3.8: problem type URN and HTTP status for each situation.
+#[test]
+fn problems() {
+    run("problems", |v| {
+        let e = problem_for(v)?;
+        let (urn, status) = (e.problem_type().urn(), e.status().as_u16());
+        if urn != field(&v.expect, "type")?
+            || Some(u64::from(status)) != v.expect["status"].as_u64()
+        {
+            return Err(format!("got {urn} {status} ({e})"));
+        }
+        let problem = e.to_problem();
+        if problem.status != status || problem.kind != urn {
+            return Err(format!(
+                "problem document says {} {}",
+                problem.kind, problem.status
+            ));
+        }
+        if let Some(algs) = v.expect.get("algorithms") {
+            let want: Vec<String> = serde_json::from_value(algs.clone()).unwrap_or_default();
+            if problem.algorithms.as_ref() != Some(&want) {
+                return Err(format!("algorithms {:?}", problem.algorithms));
+            }
+        }
+        if v.expect.get("detail_is_generic").is_some() && problem.detail.contains("secret") {
+            return Err(format!("detail leaks the cause: {}", problem.detail));
+        }
+        if v.expect.get("location").is_some() {
+            let resp = e.into_response();
+            if resp.headers().get(header::LOCATION).is_none() {
+                return Err("no Location header".to_owned());
+            }
+        }
+        Ok(())
+    });
+}

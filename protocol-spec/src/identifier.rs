@@ -1,0 +1,207 @@
+//! Identifier rules of SPEC §4: normalisation and checks for `dns`, canonical form for `ip`.
+//!
+//! A client runs these before newOrder so that it never sends a value the server will refuse, and
+//! so that the names in its CSR match the order exactly (SPEC §7.4).
+
+use core::fmt::Write as _;
+use core::net::IpAddr;
+
+use crate::punycode;
+use crate::write::Cursor;
+
+/// Longest `dns` name after normalisation, in octets.
+pub const DNS_NAME_MAX: usize = 253;
+
+/// Longest canonical `ip` value: a full IPv4-mapped IPv6 address.
+pub const IP_TEXT_MAX: usize = 45;
+
+/// Which rule an identifier breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The `dns` name is empty or longer than 253 octets.
+    NameLength,
+    /// A label is empty or longer than 63 octets.
+    LabelLength,
+    /// A character other than `a`–`z`, `0`–`9`, `-` and the `.` between labels.
+    Character,
+    /// A label starts or ends with `-`.
+    Hyphen,
+    /// `--` in positions 3–4 of a label that does not start with `xn--` (RFC 5891 §4.2.3.1).
+    ReservedLabel,
+    /// An `xn--` label that is not well-formed Punycode (RFC 8555 §7.1.4).
+    ALabel,
+    /// The last label is all digits.
+    NumericLastLabel,
+    /// A `dns` value that is an IP address: it must be sent as type `ip`.
+    IpAddressAsDns,
+    /// A wildcard name (`*.` prefix): this CA offers no dns-01.
+    Wildcard,
+    /// An `ip` value that is not an IP address at all.
+    NotAnAddress,
+    /// An `ip` value that is an address but not in canonical text form.
+    NotCanonical,
+    /// The unspecified address (`0.0.0.0`, `::`).
+    Unspecified,
+    /// A multicast address.
+    Multicast,
+}
+
+/// An identifier the server would refuse, with the problem type it would use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentifierError {
+    /// Refused as `malformed`.
+    Malformed(Reason),
+    /// Refused as `rejectedIdentifier`: well-formed, but against CA policy.
+    Rejected(Reason),
+}
+
+impl IdentifierError {
+    /// The problem type name (after `urn:ietf:params:acme:error:`).
+    pub fn problem_type(self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::Rejected(_) => "rejectedIdentifier",
+        }
+    }
+
+    /// The rule that was broken.
+    pub fn reason(self) -> Reason {
+        match self {
+            Self::Malformed(r) | Self::Rejected(r) => r,
+        }
+    }
+}
+
+impl core::fmt::Display for IdentifierError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let why = match self.reason() {
+            Reason::NameLength => "name must be 1-253 octets",
+            Reason::LabelLength => "each label must be 1-63 octets",
+            Reason::Character => "only a-z, 0-9, '-' and '.' are allowed",
+            Reason::Hyphen => "a label must not start or end with '-'",
+            Reason::ReservedLabel => "'--' in positions 3-4 is reserved for xn-- labels",
+            Reason::ALabel => "xn-- label is not well-formed Punycode",
+            Reason::NumericLastLabel => "the last label must not be all digits",
+            Reason::IpAddressAsDns => "an IP address must be sent as type ip",
+            Reason::Wildcard => "wildcard names are not issued",
+            Reason::NotAnAddress => "not an IP address",
+            Reason::NotCanonical => "IP address is not in canonical text form",
+            Reason::Unspecified => "the unspecified address cannot be certified",
+            Reason::Multicast => "a multicast address cannot be certified",
+        };
+        write!(f, "{}: {why}", self.problem_type())
+    }
+}
+
+/// Normalises and checks a `dns` value (SPEC §4.2) and writes the canonical value into `out`.
+///
+/// `out` needs at most [`DNS_NAME_MAX`] octets; if it is shorter than the name, the name is
+/// refused as too long for it, so give it at least that much.
+pub fn normalize_dns<'o>(value: &str, out: &'o mut [u8]) -> Result<&'o str, IdentifierError> {
+    use IdentifierError::{Malformed, Rejected};
+    // Step 1 and 2: lower-case ASCII, drop one trailing dot.
+    let v = value.strip_suffix('.').unwrap_or(value).as_bytes();
+    let Some(name) = out.get_mut(..v.len()).filter(|_| v.len() <= DNS_NAME_MAX) else {
+        return Err(Malformed(Reason::NameLength));
+    };
+    for (o, c) in name.iter_mut().zip(v) {
+        *o = c.to_ascii_lowercase();
+    }
+    let name: &[u8] = name;
+    let text = core::str::from_utf8(name).map_err(|_| Malformed(Reason::Character))?;
+    if text.parse::<IpAddr>().is_ok() {
+        return Err(Malformed(Reason::IpAddressAsDns));
+    }
+    if name.starts_with(b"*.") {
+        return Err(Rejected(Reason::Wildcard));
+    }
+    if name.is_empty() {
+        return Err(Malformed(Reason::NameLength));
+    }
+    for label in name.split(|&c| c == b'.') {
+        check_label(label).map_err(Malformed)?;
+    }
+    let last = name.rsplit(|&c| c == b'.').next().unwrap_or(name);
+    if last.iter().all(u8::is_ascii_digit) {
+        return Err(Malformed(Reason::NumericLastLabel));
+    }
+    Ok(text)
+}
+
+fn check_label(label: &[u8]) -> Result<(), Reason> {
+    if label.is_empty() || label.len() > 63 {
+        return Err(Reason::LabelLength);
+    }
+    if !label
+        .iter()
+        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Err(Reason::Character);
+    }
+    if label.starts_with(b"-") || label.ends_with(b"-") {
+        return Err(Reason::Hyphen);
+    }
+    if label.get(2..4) == Some(b"--") {
+        match label.strip_prefix(b"xn--") {
+            Some(encoded) if punycode::is_canonical(encoded) => {}
+            Some(_) => return Err(Reason::ALabel),
+            None => return Err(Reason::ReservedLabel),
+        }
+    }
+    Ok(())
+}
+
+/// Checks an `ip` value (SPEC §4.3). The value is never rewritten: it must already be the
+/// canonical text, and the address is returned.
+pub fn check_ip(value: &str) -> Result<IpAddr, IdentifierError> {
+    use IdentifierError::{Malformed, Rejected};
+    let addr: IpAddr = value.parse().map_err(|_| Malformed(Reason::NotAnAddress))?;
+    let mut buf = [0u8; IP_TEXT_MAX];
+    let mut w = Cursor::new(&mut buf);
+    // `core`'s Display writes RFC 5952 §4 text, with the §5 mixed form for IPv4-mapped
+    // addresses; 45 octets always suffice.
+    write!(w, "{addr}").map_err(|_| Malformed(Reason::NotCanonical))?;
+    if w.written_str() != value {
+        return Err(Malformed(Reason::NotCanonical));
+    }
+    if addr.is_unspecified() {
+        return Err(Rejected(Reason::Unspecified));
+    }
+    if addr.is_multicast() {
+        return Err(Rejected(Reason::Multicast));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_into_small_buffers_or_says_why_not() {
+        let mut out = [0u8; 8];
+        assert_eq!(normalize_dns("PLC-7.", &mut out), Ok("plc-7"));
+        assert_eq!(
+            normalize_dns("plc-7.example", &mut out),
+            Err(IdentifierError::Malformed(Reason::NameLength))
+        );
+    }
+
+    #[test]
+    fn reasons_are_specific() {
+        let mut out = [0u8; DNS_NAME_MAX];
+        let r = |v: &str, out: &mut [u8]| {
+            normalize_dns(v, out)
+                .map(|_| ())
+                .map_err(IdentifierError::reason)
+        };
+        assert_eq!(r("ab--cd.example", &mut out), Err(Reason::ReservedLabel));
+        assert_eq!(r("xn--zz.example", &mut out), Err(Reason::ALabel));
+        assert_eq!(r("plc.123", &mut out), Err(Reason::NumericLastLabel));
+        assert_eq!(r("10.0.0.1", &mut out), Err(Reason::IpAddressAsDns));
+        assert_eq!(
+            check_ip("::ffff:c000:207").map_err(IdentifierError::reason),
+            Err(Reason::NotCanonical)
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! Runs every vector that concerns this crate's helpers, and checks that all vector files are
+//! well formed and cite sections that exist in SPEC.md.
+
+use std::collections::BTreeSet;
+use std::format;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use serde_json::Value;
+
+use crate::{base64url, challenge, fingerprint, identifier, jwk, vectors};
+
+const SPEC: &str = include_str!("../SPEC.md");
+
+struct Vector {
+    id: String,
+    input: Value,
+    expect: Value,
+}
+
+fn load(file: &str) -> Vec<Vector> {
+    let (_, text) = vectors::ALL
+        .iter()
+        .find(|(name, _)| *name == file)
+        .unwrap_or_else(|| panic!("no vector file {file}"));
+    let entries: Vec<Value> = serde_json::from_str(text).expect("vector file is a JSON array");
+    entries
+        .into_iter()
+        .map(|e| Vector {
+            id: e["id"].as_str().expect("id").to_string(),
+            input: e["input"].clone(),
+            expect: e["expect"].clone(),
+        })
+        .collect()
+}
+
+fn str_of<'v>(v: &'v Value, field: &str, id: &str) -> &'v str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id}: {field} is not a string"))
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The section numbers SPEC.md defines: "§2" for "## 2." and "§2.3" for "### 2.3".
+fn spec_sections() -> BTreeSet<String> {
+    SPEC.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("## ").or_else(|| l.strip_prefix("### "))?;
+            let num = rest.split_whitespace().next()?.trim_end_matches('.');
+            num.chars()
+                .all(|c| c.is_ascii_digit() || c == '.')
+                .then(|| format!("§{num}"))
+        })
+        .collect()
+}
+
+#[test]
+fn vector_files_are_well_formed_and_cite_real_sections() {
+    let sections = spec_sections();
+    assert!(
+        sections.contains("§3.7") && sections.contains("§11"),
+        "{sections:?}"
+    );
+    for (file, text) in vectors::ALL {
+        let entries: Vec<Value> = serde_json::from_str(text).expect("JSON array");
+        assert!(!entries.is_empty(), "{file} is empty");
+        let mut ids = BTreeSet::new();
+        for e in &entries {
+            let obj = e.as_object().expect("entry is an object");
+            let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from(["id", "rfc", "spec", "provenance", "input", "expect"]),
+                "{file}: {e}"
+            );
+            let id = str_of(e, "id", "?");
+            assert!(ids.insert(id.to_string()), "{file}: duplicate id {id}");
+            for field in ["rfc", "provenance"] {
+                assert!(
+                    !str_of(e, field, id).is_empty(),
+                    "{file}/{id}: empty {field}"
+                );
+            }
+            for cite in str_of(e, "spec", id).split(", ") {
+                assert!(
+                    sections.contains(cite),
+                    "{file}/{id}: no section {cite} in SPEC.md"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn problem_vectors_use_only_types_from_the_spec_table() {
+    for v in load("problems") {
+        let urn = str_of(&v.expect, "type", &v.id);
+        let name = urn
+            .strip_prefix("urn:ietf:params:acme:error:")
+            .unwrap_or_else(|| panic!("{}: {urn} is not an ACME error URN", v.id));
+        let status = v.expect["status"].as_u64().expect("status");
+        let listed = SPEC.lines().any(|l| {
+            l.starts_with('|')
+                && l.contains(&format!("`{name}`"))
+                && l.contains(&format!("| {status} "))
+        });
+        assert!(
+            listed,
+            "{}: {name} {status} is not in the SPEC §3.8 table",
+            v.id
+        );
+    }
+}
+
+#[test]
+fn base64url_vectors() {
+    for v in load("base64url") {
+        let input = str_of(&v.input, "encoded", &v.id);
+        let mut out = [0u8; 64];
+        let got = base64url::decode(input, &mut out);
+        match v.expect.get("decoded_hex") {
+            Some(h) => {
+                let want = unhex(h.as_str().expect("hex"));
+                assert_eq!(got.map(<[u8]>::to_vec), Ok(want.clone()), "{}", v.id);
+                let mut text = [0u8; 88];
+                assert_eq!(base64url::encode(&want, &mut text), Ok(input), "{}", v.id);
+            }
+            None => {
+                let want = str_of(&v.expect, "error", &v.id);
+                assert_eq!(
+                    got.map_err(base64url::DecodeError::name),
+                    Err(want),
+                    "{}",
+                    v.id
+                );
+                assert!(base64url::validate(input).is_err(), "{}", v.id);
+            }
+        }
+    }
+}
+
+/// The helper's view of a JWK object from a vector.
+fn jwk_of(v: &Value) -> jwk::Jwk<'_> {
+    let s = |k: &str| v[k].as_str().expect("JWK member");
+    match s("kty") {
+        "EC" => jwk::Jwk::Ec {
+            crv: match s("crv") {
+                "P-256" => jwk::Curve::P256,
+                "P-384" => jwk::Curve::P384,
+                other => panic!("curve {other}"),
+            },
+            x: s("x"),
+            y: s("y"),
+        },
+        "OKP" => jwk::Jwk::Ed25519 { x: s("x") },
+        "RSA" => jwk::Jwk::Rsa {
+            n: s("n"),
+            e: s("e"),
+        },
+        other => panic!("kty {other}"),
+    }
+}
+
+fn thumbprint(jwk: &jwk::Jwk<'_>) -> String {
+    let mut buf = [0u8; 1024];
+    let canonical = jwk::canonical_json(jwk, &mut buf).expect("canonical JSON");
+    let mut tp = [0u8; jwk::THUMBPRINT_LEN];
+    jwk::thumbprint_text(&sha256(canonical.as_bytes()), &mut tp).to_string()
+}
+
+#[test]
+fn thumbprint_vectors() {
+    for v in load("thumbprint") {
+        let key = jwk_of(&v.input["jwk"]);
+        let mut buf = [0u8; 1024];
+        assert_eq!(
+            jwk::canonical_json(&key, &mut buf),
+            Ok(str_of(&v.expect, "canonical", &v.id)),
+            "{}",
+            v.id
+        );
+        assert_eq!(
+            thumbprint(&key),
+            str_of(&v.expect, "thumbprint", &v.id),
+            "{}",
+            v.id
+        );
+    }
+}
+
+#[test]
+fn key_authorization_vectors() {
+    for v in load("key_authorization") {
+        let token = str_of(&v.input, "token", &v.id);
+        let tp = match v.input.get("jwk") {
+            Some(j) => thumbprint(&jwk_of(j)),
+            None => str_of(&v.input, "thumbprint", &v.id).to_string(),
+        };
+        let mut out = [0u8; 256];
+        let got = challenge::key_authorization(token, &tp, &mut out);
+        if let Some(err) = v.expect.get("error") {
+            let want = match err.as_str() {
+                Some("token") => challenge::KeyAuthorizationError::Token,
+                Some("thumbprint") => challenge::KeyAuthorizationError::Thumbprint,
+                other => panic!("{}: unknown error {other:?}", v.id),
+            };
+            assert_eq!(got, Err(want), "{}", v.id);
+            continue;
+        }
+        let ka = got.unwrap_or_else(|e| panic!("{}: {e}", v.id));
+        assert_eq!(
+            ka,
+            str_of(&v.expect, "key_authorization", &v.id),
+            "{}",
+            v.id
+        );
+        assert_eq!(ka.len(), challenge::key_authorization_len(token.len()));
+        let digest = sha256(ka.as_bytes());
+        assert_eq!(
+            hex(&digest),
+            str_of(&v.expect, "sha256_hex", &v.id),
+            "{}",
+            v.id
+        );
+        assert_eq!(
+            hex(&challenge::acme_identifier_value(&digest)),
+            str_of(&v.expect, "acme_identifier_der_hex", &v.id),
+            "{}",
+            v.id
+        );
+    }
+}
+
+#[test]
+fn identifier_vectors() {
+    for v in load("identifiers") {
+        let value = str_of(&v.input, "value", &v.id);
+        let got: Result<String, identifier::IdentifierError> = match str_of(&v.input, "type", &v.id)
+        {
+            "dns" => {
+                let mut out = [0u8; identifier::DNS_NAME_MAX];
+                identifier::normalize_dns(value, &mut out).map(str::to_string)
+            }
+            "ip" => identifier::check_ip(value).map(|a| a.to_string()),
+            other => panic!("{}: type {other}", v.id),
+        };
+        match v.expect.get("value") {
+            Some(want) => assert_eq!(got.as_deref().ok(), want.as_str(), "{}: {got:?}", v.id),
+            None => assert_eq!(
+                got.map_err(identifier::IdentifierError::problem_type),
+                Err(str_of(&v.expect, "problem", &v.id)),
+                "{}",
+                v.id
+            ),
+        }
+    }
+}
+
+#[test]
+fn fingerprint_vectors() {
+    for v in load("fingerprint") {
+        if let Some(cert) = v.input.get("certificate_der_b64url") {
+            let mut der = [0u8; 2048];
+            let der = base64url::decode(cert.as_str().expect("b64"), &mut der).expect("DER");
+            let digest = sha256(der);
+            assert_eq!(hex(&digest), str_of(&v.expect, "sha256_hex", &v.id));
+            let mut text = [0u8; fingerprint::FINGERPRINT_TEXT_LEN];
+            assert_eq!(
+                fingerprint::format(&digest, &mut text),
+                str_of(&v.expect, "fingerprint", &v.id),
+                "{}",
+                v.id
+            );
+            continue;
+        }
+        let got = fingerprint::parse(str_of(&v.input, "text", &v.id));
+        match v.expect.get("sha256_hex") {
+            Some(h) => assert_eq!(
+                got.map(|d| hex(&d)).as_deref(),
+                Ok(h.as_str().expect("hex")),
+                "{}",
+                v.id
+            ),
+            None => {
+                let want = match str_of(&v.expect, "error", &v.id) {
+                    "length" => fingerprint::FingerprintError::Length,
+                    "digit" => fingerprint::FingerprintError::Digit,
+                    "separator" => fingerprint::FingerprintError::Separator,
+                    other => panic!("{}: unknown error {other}", v.id),
+                };
+                assert_eq!(got, Err(want), "{}", v.id);
+            }
+        }
+    }
+}
+
+#[test]
+fn reverse_dns_vectors() {
+    for v in load("reverse_dns") {
+        let ip = str_of(&v.input, "ip", &v.id).parse().expect("address");
+        let mut out = [0u8; challenge::REVERSE_DNS_NAME_MAX];
+        assert_eq!(
+            challenge::reverse_dns_name(ip, &mut out),
+            str_of(&v.expect, "name", &v.id),
+            "{}",
+            v.id
+        );
+    }
+}
