@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::{new_id, now, paths, rfc3339, AppState};
+use crate::config::EnrollmentConfig;
 use crate::jws::AccountRequest;
 use crate::storage::Table;
-use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
+use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, IdentifierType};
 use crate::{Error, Problem, Result};
 
 /// A challenge inside an authorization.
@@ -53,12 +54,16 @@ pub struct Authz {
 }
 
 impl Authz {
-    /// A pending authorization offering http-01 and tls-alpn-01 (both work for `dns` and, by
-    /// RFC 8738, for `ip`; dns-01 is not offered on a plant network without public DNS).
-    pub fn new(account_id: &str, identifier: Identifier, expires: i64) -> Result<Self> {
-        let challenges = [ChallengeType::Http01, ChallengeType::TlsAlpn01]
-            .into_iter()
-            .map(|kind| {
+    /// A pending authorization offering `kinds`.
+    pub fn new(
+        account_id: &str,
+        identifier: Identifier,
+        expires: i64,
+        kinds: &[ChallengeType],
+    ) -> Result<Self> {
+        let challenges = kinds
+            .iter()
+            .map(|&kind| {
                 Ok(Challenge {
                     kind,
                     token: new_id()?,
@@ -130,6 +135,31 @@ impl Authz {
             "challenges": shown.into_iter().map(|c| self.challenge_json(app, c)).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The challenges offered for an identifier under the configured enrollment paths (SPEC §5).
+///
+/// http-01 and tls-alpn-01 work for `dns` and, by RFC 8738, for `ip`; dns-01 is not offered on a
+/// plant network without public DNS. A `permanent-identifier` can only be proven by its
+/// manufacturer attestation or by an operator. An empty list means no path is enabled.
+pub fn challenge_types(cfg: &EnrollmentConfig, identifier: &Identifier) -> Vec<ChallengeType> {
+    let mut kinds = Vec::new();
+    match identifier.kind {
+        IdentifierType::Dns | IdentifierType::Ip => {
+            if cfg.network_challenges {
+                kinds.extend([ChallengeType::Http01, ChallengeType::TlsAlpn01]);
+            }
+        }
+        IdentifierType::PermanentIdentifier => {
+            if cfg.device_attestation {
+                kinds.push(ChallengeType::DeviceAttest01);
+            }
+        }
+    }
+    if cfg.operator_approval {
+        kinds.push(ChallengeType::OperatorApproval01);
+    }
+    kinds
 }
 
 fn challenge_url(app: &AppState, authz: &str, kind: ChallengeType) -> String {
@@ -216,33 +246,18 @@ pub async fn challenge(
     if r.req.is_post_as_get() {
         resume_stuck_validations(&app, &authz);
     } else {
-        let _: serde_json::Map<String, Value> = r.req.json()?;
-        let started = now();
-        let mut triggered = false;
-        authz = app.db.update(Table::Authzs, &authz_id, |mut a: Authz| {
-            triggered = false;
-            if a.status() != AuthzStatus::Pending {
-                // Answering an already-decided authorization is harmless: report its state.
-                return Ok(a);
+        let payload: serde_json::Map<String, Value> = r.req.json()?;
+        authz = match kind {
+            ChallengeType::Http01 | ChallengeType::TlsAlpn01 => {
+                trigger_validation(&app, &authz_id, kind, &r.account.thumbprint).await?
             }
-            if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) {
-                if c.status == ChallengeStatus::Pending {
-                    c.status = ChallengeStatus::Processing;
-                    c.processing_since = Some(started);
-                    triggered = true;
-                }
+            ChallengeType::DeviceAttest01 => {
+                answer_attestation(&app, authz, &r.account.thumbprint, payload).await?
             }
-            Ok(a)
-        })?;
-        app.db.flush().await?;
-        if triggered {
-            spawn_validation(
-                app.clone(),
-                authz.clone(),
-                kind,
-                r.account.thumbprint.clone(),
-            );
-        }
+            ChallengeType::OperatorApproval01 => {
+                crate::approval::request(&app, &authz_id, &r).await?
+            }
+        };
     }
     let c = authz
         .challenges
@@ -264,6 +279,116 @@ pub async fn challenge(
     Ok(resp)
 }
 
+/// Marks a network challenge `processing` and starts its validation in the background
+/// (RFC 8555 §7.5.1: the server validates asynchronously; the client polls).
+async fn trigger_validation(
+    app: &AppState,
+    authz_id: &str,
+    kind: ChallengeType,
+    thumbprint: &str,
+) -> Result<Authz> {
+    let started = now();
+    let mut triggered = false;
+    let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+        triggered = false;
+        if a.status() != AuthzStatus::Pending {
+            // Answering an already-decided authorization is harmless: report its state.
+            return Ok(a);
+        }
+        if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) {
+            if c.status == ChallengeStatus::Pending {
+                c.status = ChallengeStatus::Processing;
+                c.processing_since = Some(started);
+                triggered = true;
+            }
+        }
+        Ok(a)
+    })?;
+    app.db.flush().await?;
+    if triggered {
+        spawn_validation(app.clone(), authz.clone(), kind, thumbprint.to_owned());
+    }
+    Ok(authz)
+}
+
+/// device-attest-01: the response carries the proof, so it is checked at once and the outcome
+/// recorded before answering. A challenge is answered once: a failed attestation fails the
+/// authorization (SPEC §5), so a captured attestation cannot be retried against it.
+async fn answer_attestation(
+    app: &AppState,
+    authz: Authz,
+    thumbprint: &str,
+    payload: serde_json::Map<String, Value>,
+) -> Result<Authz> {
+    let kind = ChallengeType::DeviceAttest01;
+    let Some(challenge) = authz.challenges.iter().find(|c| c.kind == kind) else {
+        return Err(Error::NotFound("challenge"));
+    };
+    if authz.status() != AuthzStatus::Pending || challenge.status != ChallengeStatus::Pending {
+        return Ok(authz);
+    }
+    let key_authz = key_authorization(&challenge.token, thumbprint);
+    let outcome = crate::attest::verify(
+        app,
+        &authz.identifier,
+        &challenge.token,
+        &key_authz,
+        &Value::Object(payload),
+    );
+    let authz = record_outcome(app, &authz.id, kind, &outcome)?;
+    app.db.flush().await?;
+    Ok(authz)
+}
+
+/// `keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))`
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-8.1>
+pub fn key_authorization(token: &str, thumbprint: &str) -> String {
+    format!("{token}.{thumbprint}")
+}
+
+/// Records a challenge outcome on the authorization under compare-and-swap. Only a challenge
+/// still pending or processing on a pending authorization changes; anything else was decided
+/// already and is returned as it is.
+pub fn record_outcome(
+    app: &AppState,
+    authz_id: &str,
+    kind: ChallengeType,
+    outcome: &Result<()>,
+) -> Result<Authz> {
+    let finished = now();
+    app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+        if a.status() != AuthzStatus::Pending {
+            return Ok(a);
+        }
+        let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) else {
+            return Ok(a);
+        };
+        if !matches!(
+            c.status,
+            ChallengeStatus::Pending | ChallengeStatus::Processing
+        ) {
+            return Ok(a);
+        }
+        c.processing_since = None;
+        match outcome {
+            Ok(()) => {
+                c.status = ChallengeStatus::Valid;
+                c.validated = Some(finished);
+                a.status = AuthzStatus::Valid;
+            }
+            Err(e) => {
+                c.status = ChallengeStatus::Invalid;
+                let mut p = e.to_problem();
+                p.identifier = None;
+                c.error = Some(p);
+                // One failed challenge fails the authorization (RFC 8555 §7.1.6).
+                a.status = AuthzStatus::Invalid;
+            }
+        }
+        Ok(a)
+    })
+}
+
 /// A validation whose task died with the process stays `processing` in the store; restart it
 /// once it is clearly older than any live attempt could be.
 fn resume_stuck_validations(app: &AppState, authz: &Authz) {
@@ -272,7 +397,8 @@ fn resume_stuck_validations(app: &AppState, authz: &Authz) {
         return;
     }
     for c in &authz.challenges {
-        if c.status == ChallengeStatus::Processing
+        if matches!(c.kind, ChallengeType::Http01 | ChallengeType::TlsAlpn01)
+            && c.status == ChallengeStatus::Processing
             && c.processing_since.is_some_and(|t| now() - t > limit)
         {
             let Ok(Some(acct)) = app
@@ -309,9 +435,7 @@ async fn run_validation(
     else {
         return Ok(());
     };
-    // > keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))
-    // <https://www.rfc-editor.org/rfc/rfc8555#section-8.1>
-    let key_authz = format!("{token}.{thumbprint}");
+    let key_authz = key_authorization(&token, thumbprint);
     let outcome = app
         .va
         .validate(&authz.identifier, kind, &token, &key_authz)
@@ -324,36 +448,6 @@ async fn run_validation(
             tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, error = %e, "challenge invalid")
         }
     }
-    let finished = now();
-    app.db.update(Table::Authzs, &authz.id, |mut a: Authz| {
-        if a.status != AuthzStatus::Pending {
-            return Ok(a);
-        }
-        let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) else {
-            return Ok(a);
-        };
-        if c.status != ChallengeStatus::Processing {
-            return Ok(a);
-        }
-        c.processing_since = None;
-        match &outcome {
-            Ok(()) => {
-                c.status = ChallengeStatus::Valid;
-                c.validated = Some(finished);
-                a.status = AuthzStatus::Valid;
-            }
-            Err(e) => {
-                c.status = ChallengeStatus::Invalid;
-                let mut p = e.to_problem();
-                p.identifier = None;
-                c.error = Some(p);
-                // > If the validation fails, the server MUST … set the status of the
-                // > authorization to "invalid"  (RFC 8555 §7.5.1: one failed challenge fails
-                // > the authorization)
-                a.status = AuthzStatus::Invalid;
-            }
-        }
-        Ok(a)
-    })?;
+    record_outcome(app, &authz.id, kind, &outcome)?;
     app.db.flush().await
 }

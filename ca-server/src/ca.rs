@@ -551,6 +551,9 @@ fn san_for_identifier(identifier: &Identifier) -> Result<SanType> {
             .parse::<IpAddr>()
             .map(SanType::IpAddress)
             .map_err(|_| rejected("not an IP address")),
+        IdentifierType::PermanentIdentifier => Err(rejected(
+            "permanent-identifier certificates are not supported yet",
+        )),
     }
 }
 

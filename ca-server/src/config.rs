@@ -32,6 +32,8 @@ pub struct Config {
     pub validation: ValidationConfig,
     /// External account binding.
     pub eab: EabConfig,
+    /// Which enrollment paths (challenge types) are offered.
+    pub enrollment: EnrollmentConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             issuance: IssuanceConfig::default(),
             validation: ValidationConfig::default(),
             eab: EabConfig::default(),
+            enrollment: EnrollmentConfig::default(),
         }
     }
 }
@@ -128,6 +131,32 @@ impl Default for ValidationConfig {
 pub struct EabConfig {
     /// Refuse new accounts without a valid binding (`meta.externalAccountRequired`).
     pub required: bool,
+}
+
+/// Enrollment paths the CA offers (SPEC §5).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// Offer http-01 and tls-alpn-01 for `dns` and `ip` identifiers.
+    pub network_challenges: bool,
+    /// Offer device-attest-01 for `permanent-identifier` identifiers.
+    pub device_attestation: bool,
+    /// Offer operator-approval-01 for every identifier type.
+    pub operator_approval: bool,
+    /// How long a triggered approval waits for the operator before it fails.
+    #[serde(deserialize_with = "de_duration")]
+    pub approval_ttl: Duration,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            network_challenges: true,
+            device_attestation: true,
+            operator_approval: false,
+            approval_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Config {

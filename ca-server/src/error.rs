@@ -95,6 +95,9 @@ pub enum Error {
     /// The revocation reason code is not allowed.
     #[error("bad revocation reason: {0}")]
     BadRevocationReason(String),
+    /// A device attestation did not verify (draft-ietf-acme-device-attest §5).
+    #[error("bad attestation statement: {0}")]
+    BadAttestationStatement(String),
     /// Validation could not connect to the identifier.
     #[error("connection failed: {0}")]
     Connection(String),
@@ -143,6 +146,7 @@ impl Error {
             Self::UnsupportedContact(_) => ProblemType::UnsupportedContact,
             Self::AlreadyRevoked => ProblemType::AlreadyRevoked,
             Self::BadRevocationReason(_) => ProblemType::BadRevocationReason,
+            Self::BadAttestationStatement(_) => ProblemType::BadAttestationStatement,
             Self::Connection(_) => ProblemType::Connection,
             Self::IncorrectResponse(_) => ProblemType::IncorrectResponse,
             Self::Tls(_) => ProblemType::Tls,
@@ -181,6 +185,7 @@ impl Error {
             | Self::InvalidContact(d)
             | Self::UnsupportedContact(d)
             | Self::BadRevocationReason(d)
+            | Self::BadAttestationStatement(d)
             | Self::Connection(d)
             | Self::IncorrectResponse(d)
             | Self::Tls(d)
@@ -222,6 +227,8 @@ pub enum ProblemType {
     AccountDoesNotExist,
     /// `alreadyRevoked`
     AlreadyRevoked,
+    /// `badAttestationStatement` (draft-ietf-acme-device-attest)
+    BadAttestationStatement,
     /// `badCSR`
     BadCsr,
     /// `badNonce`
@@ -268,6 +275,7 @@ impl ProblemType {
         match self {
             Self::AccountDoesNotExist => "accountDoesNotExist",
             Self::AlreadyRevoked => "alreadyRevoked",
+            Self::BadAttestationStatement => "badAttestationStatement",
             Self::BadCsr => "badCSR",
             Self::BadNonce => "badNonce",
             Self::BadPublicKey => "badPublicKey",

@@ -137,6 +137,8 @@ pub enum Signer {
 
 /// A verified request: signature, nonce and URL checked.
 pub struct Verified {
+    /// The client's address, when the server knows it (shown to operators with approvals).
+    pub peer: Option<std::net::SocketAddr>,
     /// The decoded JWS.
     pub jws: Parsed,
     /// The URL the request was made to (equal to the JWS `url`).
@@ -195,6 +197,10 @@ async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
     let url = format!("{}{path}", app.base_url);
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let body: Bytes = axum::body::to_bytes(req.into_body(), app.cfg.max_body_bytes)
         .await
         .map_err(|_| Error::PayloadTooLarge)?;
@@ -259,7 +265,7 @@ async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(
         None => return Err(Error::BadNonce("JWS header has no \"nonce\"")),
     }
 
-    Ok((signer, Verified { jws, url }))
+    Ok((signer, Verified { peer, jws, url }))
 }
 
 /// A request signed by a registered, valid account (`kid`).

@@ -6,6 +6,8 @@
 
 pub mod account;
 pub mod app;
+pub mod approval;
+pub mod attest;
 pub mod authz;
 pub mod ca;
 pub mod cert;

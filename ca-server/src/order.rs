@@ -202,6 +202,10 @@ pub fn normalize_identifier(id: &Identifier) -> Result<Identifier> {
             })?;
             Ok(Identifier::dns(v))
         }
+        IdentifierType::PermanentIdentifier => Ok(Identifier {
+            kind: IdentifierType::PermanentIdentifier,
+            value: crate::attest::normalize_permanent_identifier(&id.value)?,
+        }),
         IdentifierType::Ip => {
             let addr: IpAddr = id
                 .value
@@ -413,7 +417,17 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
     let mut authz_ids = Vec::new();
     for id in &identifiers {
-        let authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime)?;
+        let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
+        if kinds.is_empty() {
+            return Err(Error::RejectedIdentifier {
+                identifier: id.clone(),
+                detail: format!(
+                    "no enrollment path for {} identifiers is enabled on this CA",
+                    id.kind
+                ),
+            });
+        }
+        let authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime, &kinds)?;
         app.db.put(Table::Authzs, &authz.id, &authz)?;
         authz_ids.push(authz.id);
     }

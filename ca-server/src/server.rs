@@ -124,7 +124,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     axum_server::from_tcp_rustls(listener, tls)
         .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))?
         .handle(handle)
-        .serve(router.into_make_service())
+        .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await
         .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))
 }

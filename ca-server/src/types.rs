@@ -18,6 +18,9 @@ pub enum IdentifierType {
     Dns,
     /// An IPv4 or IPv6 address in its textual form (RFC 8738).
     Ip,
+    /// A device serial number, `serial["/"assignerOID]` (draft-ietf-acme-device-attest §3;
+    /// SPEC §4).
+    PermanentIdentifier,
 }
 
 impl fmt::Display for IdentifierType {
@@ -25,6 +28,7 @@ impl fmt::Display for IdentifierType {
         f.write_str(match self {
             Self::Dns => "dns",
             Self::Ip => "ip",
+            Self::PermanentIdentifier => "permanent-identifier",
         })
     }
 }
@@ -146,6 +150,12 @@ pub enum ChallengeType {
     /// RFC 8737.
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// draft-ietf-acme-device-attest §5: an attestation by the device's manufacturer identity.
+    #[serde(rename = "device-attest-01")]
+    DeviceAttest01,
+    /// SPEC: an operator approves the device, comparing a pairing code.
+    #[serde(rename = "operator-approval-01")]
+    OperatorApproval01,
 }
 
 impl ChallengeType {
@@ -154,6 +164,8 @@ impl ChallengeType {
         match self {
             Self::Http01 => "http-01",
             Self::TlsAlpn01 => "tls-alpn-01",
+            Self::DeviceAttest01 => "device-attest-01",
+            Self::OperatorApproval01 => "operator-approval-01",
         }
     }
 }

@@ -199,6 +199,10 @@ impl Validator {
                     self.tls_alpn01(identifier, key_authorization, deadline)
                         .await
                 }
+                // Answered by the client's payload or by an operator, not by dialing out.
+                ChallengeType::DeviceAttest01 | ChallengeType::OperatorApproval01 => Err(
+                    Error::Internal(format!("{kind} is not a network validation")),
+                ),
             }
         };
         // Each network step has its own deadline with a precise message. This outer one is the
@@ -554,6 +558,9 @@ impl Target {
             IdentifierType::Ip => value.parse().map(Self::Ip).map_err(|_| {
                 Error::Internal(format!("ip identifier {value:?} is not an IP address"))
             }),
+            IdentifierType::PermanentIdentifier => Err(Error::Internal(format!(
+                "permanent-identifier {value:?} cannot be validated over the network"
+            ))),
             IdentifierType::Dns => {
                 // http-01 and tls-alpn-01 cannot validate a wildcard. An authorization for one
                 // carries the base name, so "*" here means the caller skipped normalization.
