@@ -65,6 +65,8 @@ pub struct Inner {
     pub va: Validator,
     /// External account binding credentials.
     pub eab: EabStore,
+    /// Operator approval requests and decisions.
+    pub approvals: crate::approval::ApprovalQueue,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

@@ -1,14 +1,332 @@
-//! operator-approval-01: an operator approves a device in front of them (SPEC §5).
-//! (placeholder: the implementation lands with issue #3)
+//! operator-approval-01: an operator on site approves the device in front of them (SPEC §5.6).
+//!
+//! For devices with neither a manufacturer identity nor an enrollment credential. The device
+//! triggers the challenge; it stays `processing` until an operator approves or rejects it, or
+//! until it expires. Device and operator both see a pairing code derived from the account key
+//! (the device computes it from its own key, the operator reads it from `ca-server approval
+//! list`), so the operator can tell that the request they approve is the one from the device
+//! in front of them and not a look-alike request from elsewhere on the network.
+//!
+//! Pending requests and decisions are files under `<data_dir>/approvals/`, like EAB
+//! credentials, so the operator commands work while the server runs (sled locks the store to
+//! one process). The server applies decisions and expiry to the store, which stays the
+//! authority on the challenge's state.
 
-use crate::app::AppState;
-use crate::authz::Authz;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::{now, AppState};
+use crate::authz::{record_outcome, Authz};
+use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jws::AccountRequest;
+use crate::storage::Table;
+use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
 use crate::{Error, Result};
 
-/// The device asks for approval: the challenge becomes `processing` until an operator decides.
-pub async fn request(_app: &AppState, _authz_id: &str, _r: &AccountRequest) -> Result<Authz> {
-    Err(Error::Malformed(
-        "operator approval is not supported yet".into(),
-    ))
+const KIND: ChallengeType = ChallengeType::OperatorApproval01;
+
+/// Crockford's base32 alphabet: no I, L, O or U, so codes read aloud or off a small display
+/// are not misread.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// The pairing code for an account key thumbprint (SPEC §5.6): the first 40 bits of
+/// SHA-256("iiot-acme pairing code" ‖ 0x00 ‖ thumbprint) in Crockford base32, as `XXXX-XXXX`.
+pub fn pairing_code(thumbprint: &str) -> String {
+    let mut input = b"iiot-acme pairing code\0".to_vec();
+    input.extend_from_slice(thumbprint.as_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, &input);
+    let bits = d.as_ref()[..5]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut code = String::with_capacity(9);
+    for i in 0..8 {
+        if i == 4 {
+            code.push('-');
+        }
+        let index = (bits >> (35 - 5 * i)) & 31;
+        code.push(char::from(CROCKFORD[index as usize]));
+    }
+    code
+}
+
+/// A request waiting for the operator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// The authorization id; also the request id the operator uses.
+    pub id: String,
+    /// What the device asks to be certified for.
+    pub identifier: Identifier,
+    /// Account id.
+    pub account_id: String,
+    /// Account key thumbprint (RFC 7638).
+    pub thumbprint: String,
+    /// The pairing code the device shows.
+    pub pairing_code: String,
+    /// The address the request came from, if known.
+    pub source: Option<String>,
+    /// Unix time of the request.
+    pub requested: i64,
+    /// Unix time after which it fails unless decided.
+    pub expires: i64,
+}
+
+/// An operator's decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "decision")]
+pub enum Decision {
+    /// Certify the device.
+    Approve,
+    /// Refuse it.
+    Reject {
+        /// Shown to the device in the challenge error.
+        reason: Option<String>,
+    },
+}
+
+/// The files under `<data_dir>/approvals/`.
+pub struct ApprovalQueue {
+    pending: PathBuf,
+    decisions: PathBuf,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("corrupt file {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Internal(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Internal(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl ApprovalQueue {
+    /// The queue of a data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        let root = data_dir.join("approvals");
+        Self {
+            pending: root.join("pending"),
+            decisions: root.join("decisions"),
+        }
+    }
+
+    fn file(dir: &Path, id: &str) -> Result<PathBuf> {
+        if !valid_id(id) {
+            return Err(Error::Malformed(format!("{id:?} is not a request id")));
+        }
+        Ok(dir.join(format!("{id}.json")))
+    }
+
+    fn ids(dir: &Path) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "cannot list {}: {e}",
+                    dir.display()
+                )))
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .filter(|id| valid_id(id))
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Requests waiting for a decision, oldest first.
+    pub fn list_pending(&self) -> Result<Vec<Pending>> {
+        let mut out = Vec::new();
+        for id in Self::ids(&self.pending)? {
+            if let Some(p) = read_json::<Pending>(&Self::file(&self.pending, &id)?)? {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| p.requested);
+        Ok(out)
+    }
+
+    /// Records the operator's decision on a pending request; the server applies it.
+    pub fn decide(&self, id: &str, decision: &Decision) -> Result<Pending> {
+        let pending = read_json::<Pending>(&Self::file(&self.pending, id)?)?
+            .ok_or_else(|| Error::Malformed(format!("no pending approval request {id:?}")))?;
+        ensure_private_dir(&self.decisions)?;
+        let data = serde_json::to_vec_pretty(decision)
+            .map_err(|e| Error::Internal(format!("cannot encode decision: {e}")))?;
+        write_atomic(&Self::file(&self.decisions, id)?, &data, 0o600)?;
+        Ok(pending)
+    }
+
+    fn add(&self, p: &Pending) -> Result<()> {
+        ensure_private_dir(&self.pending)?;
+        let data = serde_json::to_vec_pretty(p)
+            .map_err(|e| Error::Internal(format!("cannot encode request: {e}")))?;
+        write_atomic(&Self::file(&self.pending, &p.id)?, &data, 0o600)
+    }
+}
+
+/// The device triggers its operator-approval-01 challenge (POST `{}`).
+pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
+    let started = now();
+    let mut triggered = false;
+    let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+        triggered = false;
+        if a.status() != AuthzStatus::Pending {
+            return Ok(a);
+        }
+        if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == KIND) {
+            if c.status == ChallengeStatus::Pending {
+                c.status = ChallengeStatus::Processing;
+                c.processing_since = Some(started);
+                triggered = true;
+            }
+        }
+        Ok(a)
+    })?;
+    if triggered {
+        let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
+        let pending = Pending {
+            id: authz.id.clone(),
+            identifier: authz.identifier.clone(),
+            account_id: r.account.id.clone(),
+            thumbprint: r.account.thumbprint.clone(),
+            pairing_code: pairing_code(&r.account.thumbprint),
+            source: r.req.peer.map(|a| a.ip().to_string()),
+            requested: started,
+            expires: started + ttl,
+        };
+        app.approvals.add(&pending)?;
+        tracing::info!(request = %pending.id, identifier = %pending.identifier,
+            pairing_code = %pending.pairing_code, source = ?pending.source,
+            "device waits for operator approval");
+    }
+    app.db.flush().await?;
+    Ok(authz)
+}
+
+/// Applies operator decisions and expiry to the store. Runs periodically and before the
+/// server reports an authorization, so a device polling sees a decision at once.
+pub async fn apply(app: &AppState) -> Result<()> {
+    let q = &app.approvals;
+    let now = now();
+    for p in q.list_pending()? {
+        let decision = read_json::<Decision>(&ApprovalQueue::file(&q.decisions, &p.id)?)?;
+        let outcome = match &decision {
+            Some(Decision::Approve) => Ok(()),
+            Some(Decision::Reject { reason }) => Err(Error::Unauthorized(format!(
+                "the operator rejected this device{}",
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ))),
+            None if now > p.expires => Err(Error::Unauthorized(
+                "no operator approved this request before it expired".into(),
+            )),
+            None => continue,
+        };
+        match app.db.get::<Authz>(Table::Authzs, &p.id)? {
+            Some(_) => {
+                record_outcome(app, &p.id, KIND, &outcome)?;
+                app.db.flush().await?;
+            }
+            None => tracing::warn!(request = %p.id, "approval for an unknown authorization"),
+        }
+        tracing::info!(request = %p.id, identifier = %p.identifier, approved = outcome.is_ok(),
+            "approval request decided");
+        // The store holds the outcome now; the files have done their job.
+        remove(&ApprovalQueue::file(&q.decisions, &p.id)?)?;
+        remove(&ApprovalQueue::file(&q.pending, &p.id)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairing_codes_are_stable_readable_and_key_dependent() {
+        let a = pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            a,
+            pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+        );
+        assert_ne!(
+            a,
+            pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xt")
+        );
+        assert_eq!(a.len(), 9);
+        assert_eq!(a.as_bytes()[4], b'-');
+        assert!(a
+            .chars()
+            .filter(|c| *c != '-')
+            .all(|c| CROCKFORD.contains(&(c as u8))));
+    }
+
+    #[test]
+    fn decisions_need_a_pending_request_and_a_safe_id() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let q = ApprovalQueue::new(dir.path());
+        assert!(q.decide("nope", &Decision::Approve).is_err());
+        assert!(q.decide("../etc/passwd", &Decision::Approve).is_err());
+        let p = Pending {
+            id: "abc".into(),
+            identifier: Identifier::dns("plc-1"),
+            account_id: "acct".into(),
+            thumbprint: "tp".into(),
+            pairing_code: pairing_code("tp"),
+            source: None,
+            requested: 1,
+            expires: 2,
+        };
+        q.add(&p).expect("add");
+        assert_eq!(q.list_pending().expect("list").len(), 1);
+        q.decide(
+            "abc",
+            &Decision::Reject {
+                reason: Some("unknown device".into()),
+            },
+        )
+        .expect("decide");
+        let d: Option<Decision> =
+            read_json(&ApprovalQueue::file(&q.decisions, "abc").expect("path")).expect("read");
+        assert_eq!(
+            d,
+            Some(Decision::Reject {
+                reason: Some("unknown device".into())
+            })
+        );
+    }
 }

@@ -84,6 +84,14 @@ impl Authz {
         })
     }
 
+    /// An authorization that is valid from the start, without challenges: the identifier was
+    /// pre-authorized by the operator through an allow-listed enrollment credential (SPEC §6.3).
+    pub fn pre_authorized(account_id: &str, identifier: Identifier, expires: i64) -> Result<Self> {
+        let mut a = Self::new(account_id, identifier, expires, &[])?;
+        a.status = AuthzStatus::Valid;
+        Ok(a)
+    }
+
     /// Status as of now (RFC 8555 §7.1.6: pending or valid turn expired).
     pub fn status(&self) -> AuthzStatus {
         match self.status {
@@ -188,6 +196,7 @@ pub async fn authz(
     Path(id): Path<String>,
     r: AccountRequest,
 ) -> Result<Response> {
+    apply_operator_decisions(&app).await?;
     let mut authz = own_authz(&app, &r, &id)?;
     let update: AuthzUpdate = r.req.json_or_default()?;
     match update.status.as_deref() {
@@ -239,6 +248,7 @@ pub async fn challenge(
 ) -> Result<Response> {
     let kind: ChallengeType =
         serde_json::from_value(Value::String(kind)).map_err(|_| Error::NotFound("challenge"))?;
+    apply_operator_decisions(&app).await?;
     let mut authz = own_authz(&app, &r, &authz_id)?;
     if !authz.challenges.iter().any(|c| c.kind == kind) {
         return Err(Error::NotFound("challenge"));
@@ -277,6 +287,14 @@ pub async fn challenge(
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(resp)
+}
+
+/// Applies pending operator decisions first, so a polling device sees them at once.
+pub async fn apply_operator_decisions(app: &AppState) -> Result<()> {
+    if app.cfg.enrollment.operator_approval {
+        crate::approval::apply(app).await?;
+    }
+    Ok(())
 }
 
 /// Marks a network challenge `processing` and starts its validation in the background

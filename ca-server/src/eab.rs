@@ -1,4 +1,8 @@
-//! External account binding (RFC 8555 §7.3.4): operator-issued credentials and their check.
+//! External account binding (RFC 8555 §7.3.4): operator-issued enrollment credentials.
+//!
+//! A credential may carry an allow-list of identifiers (SPEC §6): an account bound with it then
+//! gets already-valid authorizations for those identifiers (pre-authorization, no challenge)
+//! and is refused everything else. It may also limit how many accounts it binds.
 //!
 //! A credential is a file `<data_dir>/eab/<kid>.json` (mode 0600) written atomically by the
 //! `ca-server eab` commands, so an operator can create or revoke credentials while the server
@@ -17,8 +21,11 @@ use crate::app::now;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jwk;
 use crate::jws::{Flattened, Parsed};
+use std::net::IpAddr;
+
 use crate::key::PublicKey;
 use crate::storage::{Db, Table};
+use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 
 /// An operator-issued credential.
@@ -30,22 +37,148 @@ pub struct Credential {
     pub hmac_key: String,
     /// Unix time of creation.
     pub created: i64,
-    /// Unix time after which the credential is refused.
+    /// Unix time after which the credential binds no new accounts.
     pub expires: Option<i64>,
-    /// Whether one successful binding spends it.
-    pub single_use: bool,
+    /// How many accounts it may bind; `None` is unlimited.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// Identifiers pre-authorized for accounts bound with it; empty means none (the account
+    /// proves its identifiers by challenges as usual).
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
     /// Set by `ca-server eab revoke`.
     #[serde(default)]
     pub revoked: bool,
 }
 
 /// What the store remembers about a credential's use.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Usage {
-    /// The account it bound.
-    pub account_id: String,
-    /// When.
-    pub at: i64,
+    /// The accounts it bound, in order.
+    pub accounts: Vec<String>,
+    /// When it was last used.
+    pub last_used: i64,
+}
+
+/// One entry of a credential's allow-list, written `serial:VALUE`, `dns:NAME` or `ip:CIDR`.
+///
+/// - `serial:SN-0042` matches the `permanent-identifier` `SN-0042` exactly, octet for octet;
+/// - `dns:plant.example` matches `plant.example` and every name below it;
+/// - `ip:10.20.0.0/16` matches addresses in the prefix; a bare address matches itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowRule {
+    /// An exact `permanent-identifier` value.
+    Serial(String),
+    /// A DNS name and its subdomains (stored lower-case, without trailing dot).
+    DnsSuffix(String),
+    /// An IP prefix.
+    IpPrefix(IpAddr, u8),
+}
+
+impl AllowRule {
+    /// Parses the textual form.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let usage = || format!("allow rule {text:?} must be serial:VALUE, dns:NAME or ip:CIDR");
+        let (kind, value) = text.split_once(':').ok_or_else(usage)?;
+        match kind {
+            "serial" if !value.is_empty() => Ok(Self::Serial(value.to_owned())),
+            "dns" => {
+                let name = value.trim_start_matches('.').to_ascii_lowercase();
+                let id = crate::order::normalize_identifier(&Identifier::dns(name))
+                    .map_err(|e| format!("allow rule {text:?}: {e}"))?;
+                Ok(Self::DnsSuffix(id.value))
+            }
+            "ip" => {
+                let (addr, len) = match value.split_once('/') {
+                    Some((a, l)) => (a, Some(l)),
+                    None => (value, None),
+                };
+                let addr: IpAddr = addr
+                    .parse()
+                    .map_err(|_| format!("allow rule {text:?}: {addr:?} is not an IP address"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                let len = match len {
+                    Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+                        format!("allow rule {text:?}: prefix length must be 0-{max}")
+                    })?,
+                    None => max,
+                };
+                Ok(Self::IpPrefix(addr, len))
+            }
+            _ => Err(usage()),
+        }
+    }
+
+    /// Whether the rule covers `id` (already normalised by `order::normalize_identifier`).
+    pub fn matches(&self, id: &Identifier) -> bool {
+        match (self, id.kind) {
+            (Self::Serial(s), IdentifierType::PermanentIdentifier) => *s == id.value,
+            (Self::DnsSuffix(suffix), IdentifierType::Dns) => {
+                id.value == *suffix
+                    || id
+                        .value
+                        .strip_suffix(suffix.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
+            }
+            (Self::IpPrefix(net, len), IdentifierType::Ip) => id
+                .value
+                .parse::<IpAddr>()
+                .is_ok_and(|addr| in_prefix(addr, *net, *len)),
+            _ => false,
+        }
+    }
+}
+
+fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    let (a, n): (Vec<u8>, Vec<u8>) = match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (a.octets().to_vec(), n.octets().to_vec()),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (a.octets().to_vec(), n.octets().to_vec()),
+        _ => return false,
+    };
+    let full = usize::from(len / 8);
+    let rest = len % 8;
+    if a[..full] != n[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    a[full] & mask == n[full] & mask
+}
+
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Serial(s) => write!(f, "serial:{s}"),
+            Self::DnsSuffix(d) => write!(f, "dns:{d}"),
+            Self::IpPrefix(a, l) => write!(f, "ip:{a}/{l}"),
+        }
+    }
+}
+
+impl Serialize for AllowRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What `ca-server eab create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewCredential {
+    /// Lifetime for binding new accounts.
+    pub expires_in: Option<std::time::Duration>,
+    /// Accounts it may bind.
+    pub max_uses: Option<u32>,
+    /// Pre-authorized identifiers.
+    pub allow: Vec<AllowRule>,
 }
 
 /// The credential directory.
@@ -72,11 +205,7 @@ impl EabStore {
     }
 
     /// Creates and stores a new credential.
-    pub fn create(
-        &self,
-        expires_in: Option<std::time::Duration>,
-        single_use: bool,
-    ) -> Result<Credential> {
+    pub fn create(&self, new: &NewCredential) -> Result<Credential> {
         let mut kid = [0u8; 12];
         let mut key = [0u8; 32];
         let rng = ring::rand::SystemRandom::new();
@@ -88,9 +217,11 @@ impl EabStore {
             kid: jwk::b64u(kid),
             hmac_key: jwk::b64u(key),
             created,
-            expires: expires_in
+            expires: new
+                .expires_in
                 .map(|d| created.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
-            single_use,
+            max_uses: new.max_uses,
+            allow: new.allow.clone(),
             revoked: false,
         };
         self.write(&cred)?;
@@ -234,23 +365,37 @@ impl EabStore {
         Ok(cred)
     }
 
-    /// Records that `cred` bound `account_id`. For a single-use credential this fails if it was
-    /// spent already, atomically.
+    /// Records that `cred` bound `account_id`, atomically refusing a credential whose use
+    /// count is spent (two racing newAccount requests cannot both take the last use).
     pub fn spend(&self, db: &Db, cred: &Credential, account_id: &str) -> Result<()> {
-        let usage = Usage {
-            account_id: account_id.to_owned(),
-            at: now(),
+        let at = now();
+        let first = Usage {
+            accounts: vec![account_id.to_owned()],
+            last_used: at,
         };
-        if cred.single_use {
-            if !db.insert_new(Table::EabUsage, &cred.kid, &usage)? {
-                return Err(Error::Unauthorized(format!(
-                    "EAB credential {} is single-use and was already used",
-                    cred.kid
-                )));
-            }
-        } else {
-            db.put(Table::EabUsage, &cred.kid, &usage)?;
+        if cred.max_uses != Some(0) && db.insert_new(Table::EabUsage, &cred.kid, &first)? {
+            return Ok(());
         }
-        Ok(())
+        db.update(Table::EabUsage, &cred.kid, |mut u: Usage| {
+            if let Some(max) = cred.max_uses {
+                if u.accounts.len() >= max as usize {
+                    return Err(Error::Unauthorized(format!(
+                        "EAB credential {} was already used by its {max} allowed account(s)",
+                        cred.kid
+                    )));
+                }
+            }
+            u.accounts.push(account_id.to_owned());
+            u.last_used = at;
+            Ok(u)
+        })
+        .map(|_| ())
+    }
+
+    /// How many accounts a credential has bound so far.
+    pub fn uses(&self, db: &Db, kid: &str) -> Result<usize> {
+        Ok(db
+            .get::<Usage>(Table::EabUsage, kid)?
+            .map_or(0, |u| u.accounts.len()))
     }
 }

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ca_server::approval::{ApprovalQueue, Decision};
 use ca_server::config::{parse_duration, Config};
-use ca_server::eab::EabStore;
+use ca_server::eab::{AllowRule, EabStore, NewCredential};
 use ca_server::server;
 use clap::{Args, Parser, Subcommand};
 
@@ -25,6 +26,41 @@ enum Command {
     /// Manage external account binding (enrollment) credentials.
     #[command(subcommand)]
     Eab(EabCommand),
+    /// Approve or reject devices waiting for operator approval.
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// List devices waiting for approval, with their pairing codes.
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: check first that the pairing code matches the device's display.
+    Approve {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The request id from `approval list`.
+        id: String,
+    },
+    /// Reject a request.
+    Reject {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The request id from `approval list`.
+        id: String,
+        /// Why; shown to the device.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -53,6 +89,9 @@ struct ServeArgs {
     /// Refuse new accounts without an external account binding.
     #[arg(long)]
     eab_required: bool,
+    /// Offer operator-approval-01: devices wait until `ca-server approval approve`.
+    #[arg(long)]
+    operator_approval: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,9 +104,17 @@ enum EabCommand {
         /// How long the credential stays usable, e.g. 30d (default: no expiry).
         #[arg(long, value_parser = parse_duration)]
         expires: Option<std::time::Duration>,
-        /// The credential binds one account only.
-        #[arg(long)]
+        /// The credential binds one account only (same as --max-uses 1).
+        #[arg(long, conflicts_with = "max_uses")]
         single_use: bool,
+        /// How many device accounts the credential may bind (default: unlimited).
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Pre-authorize identifiers for accounts bound with this credential; repeatable:
+        /// serial:SN-0042 (exact permanent-identifier), dns:plant.example (name and subdomains),
+        /// ip:10.20.0.0/16 (prefix). Other identifiers are then refused.
+        #[arg(long = "allow", value_parser = AllowRule::parse)]
+        allow: Vec<AllowRule>,
         /// Print JSON {"kid", "hmac", "expires"} for scripts.
         #[arg(long)]
         json: bool,
@@ -114,8 +161,76 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
     if a.eab_required {
         cfg.eab.required = true;
     }
+    if a.operator_approval {
+        cfg.enrollment.operator_approval = true;
+    }
     cfg.check()?;
     Ok(cfg)
+}
+
+fn approval(cmd: ApprovalCommand) -> Result<(), String> {
+    match cmd {
+        ApprovalCommand::List { data_dir: d, json } => {
+            let pending = ApprovalQueue::new(&data_dir(d))
+                .list_pending()
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&pending).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
+            if pending.is_empty() {
+                println!("no devices waiting for approval");
+            }
+            for p in pending {
+                println!(
+                    "{}  {}  pairing code {}  from {}  account key {}  expires {}",
+                    p.id,
+                    p.identifier,
+                    p.pairing_code,
+                    p.source.as_deref().unwrap_or("unknown"),
+                    p.thumbprint,
+                    ca_server::app::rfc3339(p.expires)
+                );
+            }
+            Ok(())
+        }
+        ApprovalCommand::Approve { data_dir: d, id } => {
+            let p = ApprovalQueue::new(&data_dir(d))
+                .decide(&id, &Decision::Approve)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "approved {} ({}, pairing code {})",
+                p.id, p.identifier, p.pairing_code
+            );
+            Ok(())
+        }
+        ApprovalCommand::Reject {
+            data_dir: d,
+            id,
+            reason,
+        } => {
+            let p = ApprovalQueue::new(&data_dir(d))
+                .decide(&id, &Decision::Reject { reason })
+                .map_err(|e| e.to_string())?;
+            println!("rejected {} ({})", p.id, p.identifier);
+            Ok(())
+        }
+    }
+}
+
+fn describe_uses(max: Option<u32>) -> String {
+    max.map_or_else(|| "unlimited".to_owned(), |m| m.to_string())
+}
+
+fn describe_allow(rules: &[String]) -> String {
+    if rules.is_empty() {
+        "(none: identifiers are proven by challenges)".to_owned()
+    } else {
+        rules.join(", ")
+    }
 }
 
 fn data_dir(d: Option<PathBuf>) -> PathBuf {
@@ -127,6 +242,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         None => serve(cli.serve).await,
         Some(Command::Serve(a)) => serve(a).await,
         Some(Command::Eab(cmd)) => eab(cmd),
+        Some(Command::Approval(cmd)) => approval(cmd),
     }
 }
 
@@ -154,24 +270,33 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             data_dir: d,
             expires,
             single_use,
+            max_uses,
+            allow,
             json,
         } => {
             let store = EabStore::new(&data_dir(d));
             let c = store
-                .create(expires, single_use)
+                .create(&NewCredential {
+                    expires_in: expires,
+                    max_uses: if single_use { Some(1) } else { max_uses },
+                    allow,
+                })
                 .map_err(|e| e.to_string())?;
             let exp = c.expires.map(ca_server::app::rfc3339);
+            let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"kid": c.kid, "hmac": c.hmac_key, "expires": exp, "singleUse": single_use})
+                    serde_json::json!({"kid": c.kid, "hmac": c.hmac_key, "expires": exp,
+                        "maxUses": c.max_uses, "allow": allow})
                 );
             } else {
                 println!("EAB credential created");
                 println!("  key id:     {}", c.kid);
                 println!("  hmac key:   {}", c.hmac_key);
                 println!("  expires:    {}", exp.as_deref().unwrap_or("never"));
-                println!("  single use: {}", if single_use { "yes" } else { "no" });
+                println!("  max uses:   {}", describe_uses(c.max_uses));
+                println!("  allow:      {}", describe_allow(&allow));
             }
             Ok(())
         }
@@ -182,17 +307,15 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 println!("no EAB credentials");
             }
             for c in list {
+                let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
                 println!(
-                    "{}  created {}  expires {}  {}{}",
+                    "{}  created {}  expires {}  max uses {}  allow {}{}",
                     c.kid,
                     ca_server::app::rfc3339(c.created),
                     c.expires
                         .map_or_else(|| "never".to_owned(), ca_server::app::rfc3339),
-                    if c.single_use {
-                        "single-use"
-                    } else {
-                        "multi-use"
-                    },
+                    describe_uses(c.max_uses),
+                    describe_allow(&allow),
                     if c.revoked { "  REVOKED" } else { "" }
                 );
             }

@@ -372,22 +372,34 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             "an order may have at most {MAX_IDENTIFIERS} identifiers"
         )));
     }
+    let allow = pre_authorization(&app, &r.account)?;
     let mut identifiers = BTreeSet::new();
     let mut problems = Vec::new();
     for raw in &p.identifiers {
         let kind = raw.get("type").and_then(Value::as_str).unwrap_or_default();
         let parsed = match serde_json::from_value::<Identifier>(raw.clone()) {
             Ok(id) => normalize_identifier(&id).map_err(|e| (id, e)),
-            Err(_) if matches!(kind, "dns" | "ip") || kind.is_empty() => {
+            Err(_) if matches!(kind, "dns" | "ip" | "permanent-identifier") || kind.is_empty() => {
                 return Err(Error::Malformed(format!("invalid identifier object {raw}")))
             }
             Err(_) => {
                 let value = raw.get("value").and_then(Value::as_str).unwrap_or_default();
                 return Err(Error::UnsupportedIdentifier(format!(
-                    "identifier type {kind:?} (value {value:?}) is not supported; use \"dns\" or \"ip\""
+                    "identifier type {kind:?} (value {value:?}) is not supported; use \"dns\", \"ip\" or \"permanent-identifier\""
                 )));
             }
         };
+        // SPEC §6.3: an account bound with an allow-listed credential may order nothing else.
+        let parsed = parsed.and_then(|id| match &allow {
+            Some(rules) if !rules.iter().any(|rule| rule.matches(&id)) => {
+                let e = Error::RejectedIdentifier {
+                    identifier: id.clone(),
+                    detail: "not covered by the allow-list of the enrollment credential this account was created with".into(),
+                };
+                Err((id, e))
+            }
+            _ => Ok(id),
+        });
         match parsed {
             Ok(id) => {
                 identifiers.insert(id);
@@ -417,6 +429,14 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
     let mut authz_ids = Vec::new();
     for id in &identifiers {
+        if allow.is_some() {
+            // Pre-authorization (RFC 8555 §7.4.1 in spirit): the operator vouched for these
+            // identifiers when issuing the credential, so no challenge is needed.
+            let authz = Authz::pre_authorized(&r.account.id, id.clone(), created + authz_lifetime)?;
+            app.db.put(Table::Authzs, &authz.id, &authz)?;
+            authz_ids.push(authz.id);
+            continue;
+        }
         let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
         if kinds.is_empty() {
             return Err(Error::RejectedIdentifier {
@@ -450,6 +470,24 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     order_response(&app, &order, StatusCode::CREATED)
 }
 
+/// The allow-list granted by the enrollment credential an account was bound with, if any
+/// (SPEC §6.3). A revoked or deleted credential stops the account from ordering at all: the
+/// operator withdrew the vouching the account was created on.
+fn pre_authorization(
+    app: &AppState,
+    account: &crate::account::Account,
+) -> Result<Option<Vec<crate::eab::AllowRule>>> {
+    let Some(kid) = &account.eab_kid else {
+        return Ok(None);
+    };
+    match app.eab.get(kid)? {
+        Some(cred) if !cred.revoked => Ok(Some(cred.allow).filter(|a| !a.is_empty())),
+        _ => Err(Error::Unauthorized(format!(
+            "the enrollment credential {kid} this account was created with has been revoked"
+        ))),
+    }
+}
+
 fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
@@ -460,6 +498,7 @@ pub async fn get_order(
     Path(id): Path<String>,
     r: AccountRequest,
 ) -> Result<Response> {
+    crate::authz::apply_operator_decisions(&app).await?;
     let order = own_order(&app, &r, &id)?;
     order_response(&app, &order, StatusCode::OK)
 }

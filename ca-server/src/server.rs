@@ -40,6 +40,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         db: Db::new(Arc::new(store)),
         nonces: NonceStore::new()?,
         eab: EabStore::new(&cfg.data_dir),
+        approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
         ca,
         va,
         cfg,
@@ -111,6 +112,20 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         .await
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
     let listen = app.cfg.listen;
+    if app.cfg.enrollment.operator_approval {
+        // Decisions and expiry also take effect while no device polls, so `approval list`
+        // shows only what still waits.
+        let sweeper = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = crate::approval::apply(&sweeper).await {
+                    tracing::error!(error = %e, "applying operator decisions failed");
+                }
+            }
+        });
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::Internal(format!("cannot configure listener: {e}")))?;

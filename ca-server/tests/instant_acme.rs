@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use ca_server::config::Config;
+use ca_server::eab::NewCredential;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
@@ -206,7 +207,14 @@ async fn instant_acme_with_external_account_binding() {
     };
     assert!(err.to_string().contains("externalAccountRequired"), "{err}");
 
-    let cred = ca.app.eab.create(None, true).expect("eab");
+    let cred = ca
+        .app
+        .eab
+        .create(&NewCredential {
+            max_uses: Some(1),
+            ..NewCredential::default()
+        })
+        .expect("eab");
     let hmac = base64::Engine::decode(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
         &cred.hmac_key,

@@ -5,6 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use ca_server::eab::NewCredential;
 use common::{b64, Key, TestServer};
 use serde_json::{json, Value};
 
@@ -603,7 +604,14 @@ fn eab_binding(s: &TestServer, key: &Key, kid: &str, hmac_b64: &str, url: &str) 
 async fn eab_binding_single_use_expiry_and_wrong_key() {
     let s = TestServer::with(|c| c.eab.required = true);
     let url = s.url("/acme/new-account");
-    let cred = s.app.eab.create(None, true).expect("create");
+    let cred = s
+        .app
+        .eab
+        .create(&NewCredential {
+            max_uses: Some(1),
+            ..NewCredential::default()
+        })
+        .expect("create");
 
     // Wrong HMAC key.
     let key = Key::generate();
@@ -668,7 +676,10 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     let short = s
         .app
         .eab
-        .create(Some(std::time::Duration::from_secs(0)), false)
+        .create(&NewCredential {
+            expires_in: Some(std::time::Duration::from_secs(0)),
+            ..NewCredential::default()
+        })
         .expect("create");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let key3 = Key::generate();
@@ -688,7 +699,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     );
 
     // Revoked.
-    let multi = s.app.eab.create(None, false).expect("create");
+    let multi = s.app.eab.create(&NewCredential::default()).expect("create");
     assert!(s.app.eab.revoke(&multi.kid).expect("revoke"));
     let key4 = Key::generate();
     let b = eab_binding(&s, &key4, &multi.kid, &multi.hmac_key, &url);

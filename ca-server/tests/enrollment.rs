@@ -1,0 +1,362 @@
+//! IIoT enrollment paths without network validation: allow-listed enrollment credentials
+//! (pre-authorization, SPEC §6.3) and operator approval (SPEC §5.6).
+
+mod common;
+
+use axum::http::StatusCode;
+use ca_server::approval::{pairing_code, ApprovalQueue, Decision};
+use ca_server::eab::{AllowRule, NewCredential};
+use common::{b64, Key, TestServer};
+use serde_json::{json, Value};
+
+fn eab_binding(key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
+    let protected = b64(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
+    let payload = b64(key.jwk().to_string());
+    let mac_key =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac_b64)
+            .expect("key");
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac_key),
+        format!("{protected}.{payload}").as_bytes(),
+    );
+    json!({"protected": protected, "payload": payload, "signature": b64(tag)})
+}
+
+async fn bound_account(s: &TestServer, kid: &str, hmac: &str) -> Result<common::Account, Value> {
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": eab_binding(&key, kid, hmac, &url)})),
+        )
+        .await;
+    if r.status != StatusCode::CREATED {
+        return Err(r.json());
+    }
+    let kid = r.header("location").expect("location");
+    Ok(common::Account { key, kid })
+}
+
+fn rules(texts: &[&str]) -> Vec<AllowRule> {
+    texts
+        .iter()
+        .map(|t| AllowRule::parse(t).expect("rule"))
+        .collect()
+}
+
+fn ids(values: &[(&str, &str)]) -> Value {
+    json!({"identifiers": values.iter().map(|(t, v)| json!({"type": t, "value": v})).collect::<Vec<_>>()})
+}
+
+#[test]
+fn allow_rules_parse_and_match() {
+    use ca_server::types::Identifier;
+    let dns = AllowRule::parse("dns:.Plant.Example").expect("dns");
+    assert!(dns.matches(&Identifier::dns("plant.example")));
+    assert!(dns.matches(&Identifier::dns("plc-1.line-2.plant.example")));
+    assert!(!dns.matches(&Identifier::dns("evilplant.example")));
+    let net = AllowRule::parse("ip:10.20.0.0/16").expect("ip");
+    assert!(net.matches(&Identifier::ip("10.20.255.1".parse().expect("ip"))));
+    assert!(!net.matches(&Identifier::ip("10.21.0.1".parse().expect("ip"))));
+    let v6 = AllowRule::parse("ip:2001:db8::/33").expect("ip6");
+    assert!(v6.matches(&Identifier::ip("2001:db8:7fff::1".parse().expect("ip"))));
+    assert!(!v6.matches(&Identifier::ip("2001:db8:8000::1".parse().expect("ip"))));
+    assert!(AllowRule::parse("ip:10.0.0.0/33").is_err());
+    assert!(AllowRule::parse("mac:00:11").is_err());
+    assert!(AllowRule::parse("dns:bad_name").is_err());
+    assert_eq!(
+        AllowRule::parse("ip:192.0.2.1").expect("ip").to_string(),
+        "ip:192.0.2.1/32"
+    );
+}
+
+#[tokio::test]
+async fn allow_listed_credential_pre_authorizes_and_refuses_the_rest() {
+    let s = TestServer::with(|c| c.eab.required = true);
+    let cred = s
+        .app
+        .eab
+        .create(&NewCredential {
+            max_uses: Some(2),
+            allow: rules(&["dns:plant.example", "ip:10.20.0.0/16"]),
+            ..NewCredential::default()
+        })
+        .expect("create");
+    let acct = bound_account(&s, &cred.kid, &cred.hmac_key)
+        .await
+        .expect("account");
+
+    // Allowed identifiers: authorizations are valid at once, the order is ready.
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-1.plant.example"), ("ip", "10.20.3.4")])),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let o = r.json();
+    assert_eq!(o["status"], "ready", "{o}");
+    for a in o["authorizations"].as_array().expect("authzs") {
+        let a = s
+            .post_as(&acct, a.as_str().expect("url"), None)
+            .await
+            .json();
+        assert_eq!(a["status"], "valid");
+        assert_eq!(a["challenges"], json!([]));
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(vec![
+        "plc-1.plant.example".to_owned(),
+        "10.20.3.4".to_owned(),
+    ])
+    .expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = p.serialize_request(&key).expect("csr");
+    let fin = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr.der())})),
+        )
+        .await;
+    assert_eq!(
+        fin.json()["status"],
+        "valid",
+        "{}",
+        String::from_utf8_lossy(&fin.body)
+    );
+
+    // Outside the allow-list: rejectedIdentifier, one subproblem per identifier.
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-1.other.example")])),
+        )
+        .await;
+    r.assert_problem(400, "rejectedIdentifier");
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[
+                ("dns", "x.other.example"),
+                ("ip", "10.30.0.1"),
+                ("dns", "ok.plant.example"),
+            ])),
+        )
+        .await;
+    let p = r.assert_problem(400, "compound");
+    let subs = p["subproblems"].as_array().expect("subproblems");
+    assert_eq!(subs.len(), 2, "{p}");
+    assert!(
+        subs.iter()
+            .all(|s| s["type"] == "urn:ietf:params:acme:error:rejectedIdentifier"),
+        "{p}"
+    );
+
+    // Use count: two accounts, then refused.
+    bound_account(&s, &cred.kid, &cred.hmac_key)
+        .await
+        .expect("second account");
+    let p = bound_account(&s, &cred.kid, &cred.hmac_key)
+        .await
+        .err()
+        .expect("third refused");
+    assert_eq!(p["type"], "urn:ietf:params:acme:error:unauthorized", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 allowed account"),
+        "{p}"
+    );
+
+    // Revoking the credential stops its accounts from ordering.
+    assert!(s.app.eab.revoke(&cred.kid).expect("revoke"));
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-1.plant.example")])),
+        )
+        .await;
+    let p = r.assert_problem(403, "unauthorized");
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("revoked"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn credential_without_allow_list_still_requires_challenges() {
+    let s = TestServer::with(|c| c.eab.required = true);
+    let cred = s.app.eab.create(&NewCredential::default()).expect("create");
+    let acct = bound_account(&s, &cred.kid, &cred.hmac_key)
+        .await
+        .expect("account");
+    let o = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "anything.example")])),
+        )
+        .await
+        .json();
+    assert_eq!(o["status"], "pending");
+}
+
+async fn approval_order(s: &TestServer) -> (common::Account, Value, String) {
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-9")])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let o = r.json();
+    let authz_url = o["authorizations"][0].as_str().expect("authz").to_owned();
+    (acct, o, authz_url)
+}
+
+fn approval_server(ttl: &str) -> TestServer {
+    let ttl = ca_server::config::parse_duration(ttl).expect("ttl");
+    TestServer::with(|c| {
+        c.enrollment.operator_approval = true;
+        c.enrollment.network_challenges = false;
+        c.enrollment.approval_ttl = ttl;
+    })
+}
+
+#[tokio::test]
+async fn operator_approval_with_pairing_code() {
+    let s = approval_server("1h");
+    let (acct, o, authz_url) = approval_order(&s).await;
+    let a = s.post_as(&acct, &authz_url, None).await.json();
+    assert_eq!(a["challenges"].as_array().map(Vec::len), Some(1), "{a}");
+    assert_eq!(a["challenges"][0]["type"], "operator-approval-01");
+    let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+
+    let r = s.post_as(&acct, &chall, Some(&json!({}))).await;
+    assert_eq!(r.json()["status"], "processing");
+    assert!(r.header("retry-after").is_some());
+
+    let q = ApprovalQueue::new(s.dir.path());
+    let pending = q.list_pending().expect("list");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].identifier,
+        ca_server::types::Identifier::dns("plc-9")
+    );
+    // The operator's code is the one the device derives from its own key.
+    assert_eq!(
+        pending[0].pairing_code,
+        pairing_code(&acct.key.thumbprint())
+    );
+
+    // Still processing until decided; then valid, order ready, queue empty.
+    assert_eq!(
+        s.post_as(&acct, &chall, None).await.json()["status"],
+        "processing"
+    );
+    q.decide(&pending[0].id, &Decision::Approve)
+        .expect("approve");
+    assert_eq!(
+        s.post_as(&acct, &chall, None).await.json()["status"],
+        "valid"
+    );
+    let order = s
+        .post_as(
+            &acct,
+            &s.url(&format!(
+                "/acme/order/{}",
+                o["finalize"]
+                    .as_str()
+                    .expect("fin")
+                    .rsplit('/')
+                    .nth(1)
+                    .expect("id")
+            )),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(order["status"], "ready", "{order}");
+    assert!(q.list_pending().expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn operator_rejection_and_expiry_fail_the_authorization() {
+    let s = approval_server("1h");
+    let (acct, _, authz_url) = approval_order(&s).await;
+    let a = s.post_as(&acct, &authz_url, None).await.json();
+    let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+    s.post_as(&acct, &chall, Some(&json!({}))).await;
+    let q = ApprovalQueue::new(s.dir.path());
+    let id = q.list_pending().expect("list")[0].id.clone();
+    q.decide(
+        &id,
+        &Decision::Reject {
+            reason: Some("not on the commissioning list".into()),
+        },
+    )
+    .expect("reject");
+    let c = s.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "invalid");
+    assert_eq!(
+        c["error"]["type"],
+        "urn:ietf:params:acme:error:unauthorized"
+    );
+    assert!(
+        c["error"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("commissioning list"),
+        "{c}"
+    );
+    assert!(
+        q.decide(&id, &Decision::Approve).is_err(),
+        "decided requests are gone"
+    );
+
+    let s = approval_server("1s");
+    let (acct, _, authz_url) = approval_order(&s).await;
+    let a = s.post_as(&acct, &authz_url, None).await.json();
+    let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+    s.post_as(&acct, &chall, Some(&json!({}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let c = s.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "invalid", "{c}");
+    assert!(
+        c["error"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{c}"
+    );
+}
+
+#[tokio::test]
+async fn no_enabled_path_is_rejected_identifier() {
+    let s = TestServer::with(|c| c.enrollment.network_challenges = false);
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-1")])),
+        )
+        .await;
+    r.assert_problem(400, "rejectedIdentifier");
+}
