@@ -152,7 +152,14 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
     // > MUST return a response with status code 200 (OK) and provide the URL of that account
     // > in the Location header field.
     // <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.1>
+    // Registration and key changes check and then write the key index; one lock makes that
+    // atomic (sled admits a single process, so a process-wide lock is enough).
+    let _index = app.account_keys.lock().await;
     if let Some(existing) = account_by_thumbprint(&app, &r.thumbprint)? {
+        // > If the server receives a POST or POST-as-GET from a deactivated account, it MUST
+        // > return an error response with status code 401 (Unauthorized)
+        // <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6>
+        existing.require_valid()?;
         return Ok(account_response(&app, &existing, StatusCode::OK));
     }
     // > If this field is present with the value "true", then the server MUST NOT create a new
@@ -188,29 +195,15 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
         eab_kid: cred.as_ref().map(|c| c.kid.clone()),
         created: now(),
     };
-    if !app
-        .db
-        .insert_new(Table::AccountKeys, &acct.thumbprint, &acct.id)?
-    {
-        // Another request registered this key since we looked; answer as for an existing one.
-        if let Some(existing) = account_by_thumbprint(&app, &r.thumbprint)? {
-            return Ok(account_response(&app, &existing, StatusCode::OK));
-        }
-        // A stale index entry from an interrupted registration: take it over.
-        app.db.put(Table::AccountKeys, &acct.thumbprint, &acct.id)?;
-    }
+    // Spend the credential first: if that fails nothing else was written. Then the account,
+    // then its key index entry, so the index never names a missing account. Under the lock
+    // nothing else registers this key; an index entry without its account is a leftover of an
+    // interrupted registration (account_by_thumbprint ignores it) and is overwritten.
     if let Some(cred) = &cred {
-        if let Err(e) = app.eab.spend(&app.db, cred, &acct.id) {
-            let _ = app.db.store().compare_and_swap(
-                Table::AccountKeys,
-                acct.thumbprint.as_bytes(),
-                serde_json::to_vec(&acct.id).ok().as_deref(),
-                None,
-            );
-            return Err(e);
-        }
+        app.eab.spend(&app.db, cred, &acct.id)?;
     }
     app.db.put(Table::Accounts, &acct.id, &acct)?;
+    app.db.put(Table::AccountKeys, &acct.thumbprint, &acct.id)?;
     app.db.flush().await?;
     tracing::info!(account = %acct.id, eab = ?acct.eab_kid, "account created");
     Ok(account_response(&app, &acct, StatusCode::CREATED))
@@ -277,11 +270,42 @@ pub async fn account(
         }
         Ok(a)
     })?;
+    if deactivate {
+        cancel_pending_authorizations(&app, &id)?;
+    }
     app.db.flush().await?;
     if deactivate {
         tracing::info!(account = %id, "account deactivated");
     }
     Ok(account_response(&app, &acct, StatusCode::OK))
+}
+
+/// > The server SHOULD cancel any pending operations authorized by the account's key, such as
+/// > certificate orders.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6>
+///
+/// Deactivating its pending authorizations makes every open order of the account invalid.
+fn cancel_pending_authorizations(app: &AppState, account_id: &str) -> Result<()> {
+    let prefix = format!("{account_id}\0");
+    for key in app.db.keys_with_prefix(Table::AccountOrders, &prefix)? {
+        let Some(order_id) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(order) = app.db.get::<Order>(Table::Orders, order_id)? else {
+            continue;
+        };
+        for authz_id in &order.authzs {
+            app.db
+                .update(Table::Authzs, authz_id, |mut a: crate::authz::Authz| {
+                    if a.status() == crate::types::AuthzStatus::Pending {
+                        a.status = crate::types::AuthzStatus::Deactivated;
+                    }
+                    Ok(a)
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The inner payload of a keyChange request, RFC 8555 §7.3.5.
@@ -337,6 +361,7 @@ pub async fn key_change(State(app): State<AppState>, r: AccountRequest) -> Resul
     // > 9. Check that no account exists whose account key is the same as the key in the "jwk"
     // >    header parameter of the inner JWS. … 409 (Conflict) … Location …
     let new_tp = jwk::thumbprint(&new_key);
+    let _index = app.account_keys.lock().await;
     let conflict = |other: &Account| Error::Conflict {
         detail: "the new key is already in use by another account".into(),
         location: app.url(&format!("{}{}", paths::ACCOUNT, other.id)),
@@ -344,15 +369,7 @@ pub async fn key_change(State(app): State<AppState>, r: AccountRequest) -> Resul
     if let Some(other) = account_by_thumbprint(&app, &new_tp)? {
         return Err(conflict(&other));
     }
-    if !app
-        .db
-        .insert_new(Table::AccountKeys, &new_tp, &r.account.id)?
-    {
-        if let Some(other) = account_by_thumbprint(&app, &new_tp)? {
-            return Err(conflict(&other));
-        }
-        app.db.put(Table::AccountKeys, &new_tp, &r.account.id)?;
-    }
+    app.db.put(Table::AccountKeys, &new_tp, &r.account.id)?;
     let old_tp = r.account.thumbprint.clone();
     let acct = app
         .db

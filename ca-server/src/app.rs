@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -67,6 +67,8 @@ pub struct Inner {
     pub eab: EabStore,
     /// Operator approval requests and decisions.
     pub approvals: crate::approval::ApprovalQueue,
+    /// Serialises changes to the account key index (newAccount, keyChange).
+    pub account_keys: tokio::sync::Mutex<()>,
 }
 
 /// Cheaply cloneable handle on [`Inner`].
@@ -110,7 +112,10 @@ impl AppState {
 /// The router: every route of the server in one table.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(paths::DIRECTORY, get(directory::directory))
+        .route(
+            paths::DIRECTORY,
+            get(directory::directory).post(directory::directory_post),
+        )
         .route(
             paths::NEW_NONCE,
             get(directory::new_nonce_get)
@@ -150,8 +155,16 @@ async fn not_found() -> Error {
 ///
 /// Every other resource is fetched by POST-as-GET only.
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-6.3>
-async fn method_not_allowed(method: Method) -> Error {
-    Error::MethodNotAllowed(method.to_string())
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let allow = if uri.path() == paths::DIRECTORY || uri.path() == paths::NEW_NONCE {
+        "GET, HEAD, POST"
+    } else {
+        "POST"
+    };
+    let mut resp = Error::MethodNotAllowed(method.to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
 }
 
 /// Adds the headers every ACME response carries and logs internal errors once.
@@ -165,6 +178,28 @@ async fn method_not_allowed(method: Method) -> Error {
 /// find their way back.
 async fn acme_headers(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
+    // Extractor rejections (a bad path segment or query string) come as plain text; every
+    // error this server sends is a problem document (RFC 8555 §6.7).
+    if resp.status().is_client_error()
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"))
+    {
+        let status = resp.status();
+        let body = axum::body::to_bytes(std::mem::take(resp.body_mut()), 4096)
+            .await
+            .unwrap_or_default();
+        let mut problem =
+            Error::Malformed(String::from_utf8_lossy(&body).into_owned()).into_response();
+        *problem.status_mut() = status;
+        resp = problem;
+    }
+    // A read can race a write whose flush is still under way (a validation result, an issued
+    // certificate): flush before answering so no response reports state a crash could undo.
+    if let Err(e) = app.db.flush().await {
+        resp = e.into_response();
+    }
     if let Some(cause) = resp.extensions().get::<InternalCause>() {
         tracing::error!(cause = %cause.0, "internal error");
     }

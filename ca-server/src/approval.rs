@@ -202,7 +202,11 @@ pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Resu
     let mut triggered = false;
     let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
         triggered = false;
-        if a.status() != AuthzStatus::Pending {
+        if a.status() != AuthzStatus::Pending
+            || a.challenges
+                .iter()
+                .any(|c| c.status == ChallengeStatus::Processing)
+        {
             return Ok(a);
         }
         if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == KIND) {

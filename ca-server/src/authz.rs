@@ -133,6 +133,12 @@ impl Authz {
                 .iter()
                 .filter(|c| c.status == ChallengeStatus::Valid)
                 .collect()
+        } else if status == AuthzStatus::Invalid {
+            // > For invalid authorizations, the challenge that was attempted and failed.
+            self.challenges
+                .iter()
+                .filter(|c| c.status == ChallengeStatus::Invalid)
+                .collect()
         } else {
             self.challenges.iter().collect()
         };
@@ -313,6 +319,14 @@ async fn trigger_validation(
             // Answering an already-decided authorization is harmless: report its state.
             return Ok(a);
         }
+        // One attempt at a time: a second challenge started while one runs would be left
+        // "processing" forever once the first decides the authorization.
+        if a.challenges
+            .iter()
+            .any(|c| c.status == ChallengeStatus::Processing)
+        {
+            return Ok(a);
+        }
         if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == kind) {
             if c.status == ChallengeStatus::Pending {
                 c.status = ChallengeStatus::Processing;
@@ -342,7 +356,13 @@ async fn answer_attestation(
     let Some(challenge) = authz.challenges.iter().find(|c| c.kind == kind) else {
         return Err(Error::NotFound("challenge"));
     };
-    if authz.status() != AuthzStatus::Pending || challenge.status != ChallengeStatus::Pending {
+    if authz.status() != AuthzStatus::Pending
+        || challenge.status != ChallengeStatus::Pending
+        || authz
+            .challenges
+            .iter()
+            .any(|c| c.status == ChallengeStatus::Processing)
+    {
         return Ok(authz);
     }
     let key_authz = key_authorization(&challenge.token, thumbprint);
@@ -419,13 +439,30 @@ fn resume_stuck_validations(app: &AppState, authz: &Authz) {
             && c.status == ChallengeStatus::Processing
             && c.processing_since.is_some_and(|t| now() - t > limit)
         {
+            // Claim the restart by moving `processing_since` forward under compare-and-swap,
+            // so concurrent polls start one validation, not one each.
+            let (kind, seen, restarted) = (c.kind, c.processing_since, now());
+            let mut claimed = false;
+            let updated = app.db.update(Table::Authzs, &authz.id, |mut a: Authz| {
+                claimed = false;
+                if let Some(ch) = a.challenges.iter_mut().find(|ch| ch.kind == kind) {
+                    if ch.status == ChallengeStatus::Processing && ch.processing_since == seen {
+                        ch.processing_since = Some(restarted);
+                        claimed = true;
+                    }
+                }
+                Ok(a)
+            });
+            let Ok(updated) = updated else { continue };
             let Ok(Some(acct)) = app
                 .db
                 .get::<crate::account::Account>(Table::Accounts, &authz.account_id)
             else {
                 continue;
             };
-            spawn_validation(app.clone(), authz.clone(), c.kind, acct.thumbprint);
+            if claimed {
+                spawn_validation(app.clone(), updated, kind, acct.thumbprint);
+            }
         }
     }
 }

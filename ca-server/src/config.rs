@@ -80,9 +80,6 @@ pub struct IssuanceConfig {
     /// How long a pending authorization stays usable.
     #[serde(deserialize_with = "de_duration")]
     pub authz_lifetime: Duration,
-    /// How long a valid authorization may be reused by new orders of the same account.
-    #[serde(deserialize_with = "de_duration")]
-    pub authz_reuse: Duration,
 }
 
 impl Default for IssuanceConfig {
@@ -93,7 +90,6 @@ impl Default for IssuanceConfig {
             intermediate_key: CaKeyType::P256,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
-            authz_reuse: Duration::from_secs(86_400),
         }
     }
 }

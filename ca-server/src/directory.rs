@@ -29,6 +29,11 @@ pub async fn directory(State(app): State<AppState>) -> impl IntoResponse {
     }))
 }
 
+/// POST-as-GET on the directory (RFC 8555 §6.3 requires servers to allow it).
+pub async fn directory_post(app: State<AppState>, _req: AccountRequest) -> impl IntoResponse {
+    directory(app).await
+}
+
 fn no_store() -> HeaderMap {
     // > The server MUST include a Cache-Control header field with the "no-store" directive in
     // > responses for the newNonce resource, in addition to the Replay-Nonce header field.

@@ -365,10 +365,6 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if matches!(self, Self::MethodNotAllowed(_)) {
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        }
         if let Self::Conflict { location, .. } = &self {
             if let Ok(v) = HeaderValue::from_str(location) {
                 resp.headers_mut().insert(header::LOCATION, v);

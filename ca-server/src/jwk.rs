@@ -149,10 +149,7 @@ pub fn thumbprint(key: &PublicKey) -> String {
 /// Verifies a JWS signature made with `alg` by `key` over `signing_input`.
 pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> Result<()> {
     let mismatch = || {
-        Error::Malformed(format!(
-            "JWS alg {alg} does not match the {} key",
-            key.describe()
-        ))
+        Error::BadSignatureAlgorithm(format!("{alg} (does not match the {} key)", key.describe()))
     };
     let bad_sig = || Error::Unauthorized("JWS signature does not verify".into());
     match (alg, key) {
@@ -215,7 +212,7 @@ mod tests {
         assert!(verify("ES256", &key, b"hellO", sig.as_ref()).is_err());
         assert!(matches!(
             verify("ES384", &key, b"hello", sig.as_ref()),
-            Err(Error::Malformed(_))
+            Err(Error::BadSignatureAlgorithm(_))
         ));
         assert!(matches!(
             verify("HS256", &key, b"hello", sig.as_ref()),
@@ -302,7 +299,7 @@ mod tests {
         assert!(verify("RS256", &key, b"signing inpuT", &sig).is_err());
         assert!(matches!(
             verify("ES256", &key, b"signing input", &sig),
-            Err(Error::Malformed(_))
+            Err(Error::BadSignatureAlgorithm(_))
         ));
     }
 

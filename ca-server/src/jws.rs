@@ -187,7 +187,12 @@ async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ctype.split(';').next().map(str::trim) != Some("application/jose+json") {
+    // Media type names are case-insensitive (RFC 9110 §8.3.1).
+    if !ctype
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/jose+json"))
+    {
         return Err(Error::UnsupportedMediaType(format!(
             "Content-Type must be application/jose+json, got {ctype:?}"
         )));

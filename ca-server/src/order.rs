@@ -86,8 +86,8 @@ impl Order {
             Stage::Open => {}
         }
         if now() > self.expires {
-            let p = Problem::new(crate::ProblemType::Malformed, "the order has expired");
-            return Ok((OrderStatus::Invalid, Some(p)));
+            // RFC 8555 has no problem type for expiry; the status and `expires` say it all.
+            return Ok((OrderStatus::Invalid, None));
         }
         let mut all_valid = true;
         for id in &self.authzs {
@@ -340,8 +340,10 @@ fn punycode_decode(input: &str) -> Option<Vec<char>> {
 }
 
 /// newOrder payload, RFC 8555 §7.4.
+/// Unknown fields are ignored, not refused, so extension fields (ARI `replaces`, `profile`) from
+/// newer clients do not fail orders that need nothing from them.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct NewOrder {
     identifiers: Vec<Value>,
     #[serde(default)]
@@ -499,6 +501,11 @@ pub async fn get_order(
     r: AccountRequest,
 ) -> Result<Response> {
     crate::authz::apply_operator_decisions(&app).await?;
+    if !r.req.is_post_as_get() {
+        return Err(Error::Malformed(
+            "orders are fetched with POST-as-GET (empty payload); they cannot be updated".into(),
+        ));
+    }
     let order = own_order(&app, &r, &id)?;
     order_response(&app, &order, StatusCode::OK)
 }
@@ -566,11 +573,30 @@ pub async fn finalize(
         Ok(o)
     })?;
 
+    let reopen = |e: Error| -> Result<Response> {
+        app.db.update(Table::Orders, &id, |mut o: Order| {
+            o.stage = Stage::Open;
+            Ok(o)
+        })?;
+        Err(e)
+    };
+    // An authorization may have been deactivated or expired since the readiness check; the
+    // swap only guarded the stage, so look again now that no other finalize can run.
+    let status = order.status(&app)?;
+    if status != OrderStatus::Ready {
+        return reopen(Error::OrderNotReady(status.to_string()));
+    }
+
     let stage = match app.ca.issue(
         &info.spki_der,
         &order.identifiers,
         app.cfg.issuance.cert_validity,
     ) {
+        // The request's fault, found only while building the certificate: the order goes back
+        // to ready and the client can send a better CSR (badCSR leaves the order as it was).
+        Err(e @ (Error::BadCsr(_) | Error::BadPublicKey(_) | Error::RejectedIdentifier { .. })) => {
+            return reopen(e);
+        }
         Ok(issued) => {
             let cert = Certificate::new(&r.account.id, &order, &issued);
             app.db.put(Table::Certificates, &cert.id, &cert)?;

@@ -41,6 +41,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         nonces: NonceStore::new()?,
         eab: EabStore::new(&cfg.data_dir),
         approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
+        account_keys: tokio::sync::Mutex::new(()),
         ca,
         va,
         cfg,

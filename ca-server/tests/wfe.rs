@@ -1034,3 +1034,134 @@ async fn revocation_by_owner_by_certificate_key_and_refusals() {
         .await
         .assert_problem(400, "alreadyRevoked");
 }
+
+#[tokio::test]
+async fn directory_allows_post_as_get_and_405_names_allowed_methods() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let r = s.post_as(&acct, &s.url("/directory"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["newOrder"].is_string());
+    let r = s
+        .send(
+            Request::put(s.url("/directory"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    r.assert_problem(405, "malformed");
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD, POST"));
+    let r = s
+        .send(
+            Request::get(s.url("/acme/new-order"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(r.header("allow").as_deref(), Some("POST"));
+}
+
+#[tokio::test]
+async fn new_account_with_a_deactivated_key_is_401() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    s.post_as(&acct, &acct.kid, Some(&json!({"status": "deactivated"})))
+        .await;
+    let r = s
+        .post(
+            &acct.key,
+            None,
+            &s.url("/acme/new-account"),
+            Some(&json!({"onlyReturnExisting": true})),
+        )
+        .await;
+    r.assert_problem(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_new_accounts_with_one_key_create_one_account() {
+    let s = TestServer::new();
+    let url = s.url("/acme/new-account");
+    // Several rounds: the race window is small, one round alone rarely hits it.
+    for _ in 0..20 {
+        let key = Key::generate();
+        let mut reqs = Vec::new();
+        for _ in 0..12 {
+            let protected =
+                json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+            reqs.push(
+                Request::post(&url)
+                    .header("content-type", "application/jose+json")
+                    .body(Body::from(
+                        key.jws(&protected, Some(&json!({}))).to_string(),
+                    ))
+                    .expect("req"),
+            );
+        }
+        let tasks: Vec<_> = reqs
+            .into_iter()
+            .map(|req| {
+                let router = s.router.clone();
+                tokio::spawn(async move {
+                    common::Reply::read(
+                        tower::ServiceExt::oneshot(router, req)
+                            .await
+                            .expect("infallible"),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut locations = std::collections::BTreeSet::new();
+        let mut created = 0;
+        for t in tasks {
+            let r = t.await.expect("join");
+            created += usize::from(r.status == StatusCode::CREATED);
+            locations.insert(r.header("location").expect("location"));
+        }
+        assert_eq!(created, 1, "exactly one 201");
+        assert_eq!(locations.len(), 1, "every reply names the same account");
+    }
+}
+
+#[tokio::test]
+async fn malformed_paths_and_queries_get_problem_documents() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let orders = format!("{}/orders?after=a&after=b", acct.kid);
+    s.post_as(&acct, &orders, None)
+        .await
+        .assert_problem(400, "malformed");
+}
+
+#[tokio::test]
+async fn orders_cannot_be_posted_to_and_deactivation_cancels_them() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
+        )
+        .await;
+    let order_url = r.header("location").expect("location");
+    s.post_as(&acct, &order_url, Some(&json!({"status": "valid"})))
+        .await
+        .assert_problem(400, "malformed");
+    s.post_as(&acct, &acct.kid, Some(&json!({"status": "deactivated"})))
+        .await;
+    let order: ca_server::order::Order = s
+        .app
+        .db
+        .get(
+            ca_server::storage::Table::Orders,
+            order_url.rsplit('/').next().expect("id"),
+        )
+        .expect("get")
+        .expect("order");
+    assert_eq!(
+        order.status(&s.app).expect("status"),
+        ca_server::types::OrderStatus::Invalid
+    );
+}
