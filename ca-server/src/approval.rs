@@ -1,4 +1,4 @@
-//! operator-approval-01: an operator on site approves the device in front of them (SPEC §5.6).
+//! operator-approval-01: an operator on site approves the device in front of them (SPEC §5.8).
 //!
 //! For devices with neither a manufacturer identity nor an enrollment credential. The device
 //! triggers the challenge; it stays `processing` until an operator approves or rejects it, or
@@ -31,7 +31,7 @@ const KIND: ChallengeType = ChallengeType::OperatorApproval01;
 /// are not misread.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// The pairing code for an account key thumbprint (SPEC §5.6): the first 40 bits of
+/// The pairing code for an account key thumbprint (SPEC §5.9): the first 40 bits of
 /// SHA-256("iiot-acme pairing code" ‖ 0x00 ‖ thumbprint) in Crockford base32, as `XXXX-XXXX`.
 pub fn pairing_code(thumbprint: &str) -> String {
     let mut input = b"iiot-acme pairing code\0".to_vec();

@@ -85,7 +85,7 @@ impl Authz {
     }
 
     /// An authorization that is valid from the start, without challenges: the identifier was
-    /// pre-authorized by the operator through an allow-listed enrollment credential (SPEC §6.3).
+    /// pre-authorized by the operator through an allow-listed enrollment credential (SPEC §6.6).
     pub fn pre_authorized(account_id: &str, identifier: Identifier, expires: i64) -> Result<Self> {
         let mut a = Self::new(account_id, identifier, expires, &[])?;
         a.status = AuthzStatus::Valid;
@@ -151,7 +151,7 @@ impl Authz {
     }
 }
 
-/// The challenges offered for an identifier under the configured enrollment paths (SPEC §5).
+/// The challenges offered for an identifier under the configured enrollment paths (SPEC §5.1).
 ///
 /// http-01 and tls-alpn-01 work for `dns` and, by RFC 8738, for `ip`; dns-01 is not offered on a
 /// plant network without public DNS. A `permanent-identifier` can only be proven by its

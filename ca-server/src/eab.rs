@@ -1,6 +1,6 @@
 //! External account binding (RFC 8555 §7.3.4): operator-issued enrollment credentials.
 //!
-//! A credential may carry an allow-list of identifiers (SPEC §6): an account bound with it then
+//! A credential may carry an allow-list of identifiers (SPEC §6.6): an account bound with it then
 //! gets already-valid authorizations for those identifiers (pre-authorization, no challenge)
 //! and is refused everything else. It may also limit how many accounts it binds.
 //!

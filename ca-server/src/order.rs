@@ -391,7 +391,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 )));
             }
         };
-        // SPEC §6.3: an account bound with an allow-listed credential may order nothing else.
+        // SPEC §6.6: an account bound with an allow-listed credential may order nothing else.
         let parsed = parsed.and_then(|id| match &allow {
             Some(rules) if !rules.iter().any(|rule| rule.matches(&id)) => {
                 let e = Error::RejectedIdentifier {
@@ -473,7 +473,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
 }
 
 /// The allow-list granted by the enrollment credential an account was bound with, if any
-/// (SPEC §6.3). A revoked or deleted credential stops the account from ordering at all: the
+/// (SPEC §6.6). A revoked or deleted credential stops the account from ordering at all: the
 /// operator withdrew the vouching the account was created on.
 fn pre_authorization(
     app: &AppState,

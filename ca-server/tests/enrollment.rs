@@ -1,5 +1,5 @@
 //! IIoT enrollment paths without network validation: allow-listed enrollment credentials
-//! (pre-authorization, SPEC §6.3) and operator approval (SPEC §5.6).
+//! (pre-authorization, SPEC §6.6) and operator approval (SPEC §5.8).
 
 mod common;
 

@@ -27,7 +27,13 @@ fn skips() -> Skips {
 }
 
 /// The vector files this binary runs; every other file must be skipped as a whole.
-const RUN: &[&str] = &["base64url", "identifiers", "problems", "thumbprint"];
+const RUN: &[&str] = &[
+    "base64url",
+    "identifiers",
+    "pairing_code",
+    "problems",
+    "thumbprint",
+];
 
 struct Vector {
     id: String,
@@ -355,5 +361,18 @@ fn problems() {
             }
         }
         Ok(())
+    });
+}
+
+#[test]
+fn pairing_code() {
+    run("pairing_code", |v| {
+        let got = ca_server::approval::pairing_code(field(&v.input, "thumbprint")?);
+        let want = field(&v.expect, "pairing_code")?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("got {got}, want {want}"))
+        }
     });
 }

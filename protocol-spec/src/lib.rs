@@ -42,6 +42,8 @@ pub mod vectors {
     pub const IDENTIFIERS: &str = include_str!("../vectors/identifiers.json");
     /// Key authorizations and tls-alpn-01 digests (SPEC §5.2, §5.4).
     pub const KEY_AUTHORIZATION: &str = include_str!("../vectors/key_authorization.json");
+    /// Operator-approval pairing codes from account key thumbprints (SPEC §5.9).
+    pub const PAIRING_CODE: &str = include_str!("../vectors/pairing_code.json");
     /// Situations and the problem type and HTTP status they produce (SPEC §3.8).
     pub const PROBLEMS: &str = include_str!("../vectors/problems.json");
     /// Reverse-mapping names used as tls-alpn-01 SNI for `ip` identifiers (SPEC §5.4).
@@ -55,6 +57,7 @@ pub mod vectors {
         ("fingerprint", FINGERPRINT),
         ("identifiers", IDENTIFIERS),
         ("key_authorization", KEY_AUTHORIZATION),
+        ("pairing_code", PAIRING_CODE),
         ("problems", PROBLEMS),
         ("reverse_dns", REVERSE_DNS),
         ("thumbprint", THUMBPRINT),
