@@ -144,3 +144,25 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         .await
         .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_names_cover_loopback_public_host_and_extras() {
+        let mut cfg = Config {
+            listen: "0.0.0.0:443".parse().expect("addr"),
+            public_url: Some("https://CA.Plant.Example:8443".into()),
+            tls_names: vec!["10.20.0.5".into()],
+            ..Config::default()
+        };
+        let names = tls_names(&cfg);
+        for n in ["localhost", "127.0.0.1", "::1", "ca.plant.example", "10.20.0.5"] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+        assert!(!names.iter().any(|x| x == "0.0.0.0"), "{names:?}");
+        cfg.public_url = Some("https://[2001:db8::1]:8443".into());
+        assert!(tls_names(&cfg).iter().any(|x| x == "2001:db8::1"));
+    }
+}
