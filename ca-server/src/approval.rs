@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{now, AppState};
-use crate::authz::{record_outcome, Authz};
+use crate::authz::{record_outcome, start_processing, Authz};
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jws::AccountRequest;
 use crate::storage::Table;
-use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
+use crate::types::{ChallengeType, Identifier};
 use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;
@@ -198,26 +198,7 @@ impl ApprovalQueue {
 
 /// The device triggers its operator-approval-01 challenge (POST `{}`).
 pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
-    let started = now();
-    let mut triggered = false;
-    let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
-        triggered = false;
-        if a.status() != AuthzStatus::Pending
-            || a.challenges
-                .iter()
-                .any(|c| c.status == ChallengeStatus::Processing)
-        {
-            return Ok(a);
-        }
-        if let Some(c) = a.challenges.iter_mut().find(|c| c.kind == KIND) {
-            if c.status == ChallengeStatus::Pending {
-                c.status = ChallengeStatus::Processing;
-                c.processing_since = Some(started);
-                triggered = true;
-            }
-        }
-        Ok(a)
-    })?;
+    let (authz, triggered) = start_processing(app, authz_id, KIND)?;
     if triggered {
         let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
         let pending = Pending {
@@ -227,8 +208,8 @@ pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Resu
             thumbprint: r.account.thumbprint.clone(),
             pairing_code: pairing_code(&r.account.thumbprint),
             source: r.req.peer.map(|a| a.ip().to_string()),
-            requested: started,
-            expires: started + ttl,
+            requested: now(),
+            expires: now() + ttl,
         };
         app.approvals.add(&pending)?;
         tracing::info!(request = %pending.id, identifier = %pending.identifier,

@@ -311,19 +311,32 @@ async fn trigger_validation(
     kind: ChallengeType,
     thumbprint: &str,
 ) -> Result<Authz> {
+    let (authz, triggered) = start_processing(app, authz_id, kind)?;
+    app.db.flush().await?;
+    if triggered {
+        spawn_validation(app.clone(), authz.clone(), kind, thumbprint.to_owned());
+    }
+    Ok(authz)
+}
+
+/// Moves challenge `kind` from `pending` to `processing` under compare-and-swap and says
+/// whether this call did it (so exactly one caller starts the work). Nothing changes when the
+/// authorization was decided already (answering it again is harmless: its state is reported)
+/// or when another challenge is processing: one attempt at a time, or the second would be left
+/// "processing" forever once the first decides the authorization.
+pub fn start_processing(
+    app: &AppState,
+    authz_id: &str,
+    kind: ChallengeType,
+) -> Result<(Authz, bool)> {
     let started = now();
     let mut triggered = false;
     let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
         triggered = false;
-        if a.status() != AuthzStatus::Pending {
-            // Answering an already-decided authorization is harmless: report its state.
-            return Ok(a);
-        }
-        // One attempt at a time: a second challenge started while one runs would be left
-        // "processing" forever once the first decides the authorization.
-        if a.challenges
-            .iter()
-            .any(|c| c.status == ChallengeStatus::Processing)
+        if a.status() != AuthzStatus::Pending
+            || a.challenges
+                .iter()
+                .any(|c| c.status == ChallengeStatus::Processing)
         {
             return Ok(a);
         }
@@ -336,11 +349,7 @@ async fn trigger_validation(
         }
         Ok(a)
     })?;
-    app.db.flush().await?;
-    if triggered {
-        spawn_validation(app.clone(), authz.clone(), kind, thumbprint.to_owned());
-    }
-    Ok(authz)
+    Ok((authz, triggered))
 }
 
 /// device-attest-01: the response carries the proof, so it is checked at once and the outcome

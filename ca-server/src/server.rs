@@ -158,7 +158,13 @@ mod tests {
             ..Config::default()
         };
         let names = tls_names(&cfg);
-        for n in ["localhost", "127.0.0.1", "::1", "ca.plant.example", "10.20.0.5"] {
+        for n in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "ca.plant.example",
+            "10.20.0.5",
+        ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }
         assert!(!names.iter().any(|x| x == "0.0.0.0"), "{names:?}");

@@ -9,19 +9,6 @@ use ca_server::eab::{AllowRule, NewCredential};
 use common::{b64, Key, TestServer};
 use serde_json::{json, Value};
 
-fn eab_binding(key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
-    let protected = b64(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
-    let payload = b64(key.jwk().to_string());
-    let mac_key =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac_b64)
-            .expect("key");
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac_key),
-        format!("{protected}.{payload}").as_bytes(),
-    );
-    json!({"protected": protected, "payload": payload, "signature": b64(tag)})
-}
-
 async fn bound_account(s: &TestServer, kid: &str, hmac: &str) -> Result<common::Account, Value> {
     let key = Key::generate();
     let url = s.url("/acme/new-account");
@@ -30,7 +17,7 @@ async fn bound_account(s: &TestServer, kid: &str, hmac: &str) -> Result<common::
             &key,
             None,
             &url,
-            Some(&json!({"externalAccountBinding": eab_binding(&key, kid, hmac, &url)})),
+            Some(&json!({"externalAccountBinding": common::eab_binding(&key, kid, hmac, &url)})),
         )
         .await;
     if r.status != StatusCode::CREATED {

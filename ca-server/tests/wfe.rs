@@ -586,20 +586,6 @@ async fn eab_required_refuses_unbound_accounts() {
     r.assert_problem(403, "externalAccountRequired");
 }
 
-fn eab_binding(s: &TestServer, key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
-    let protected = b64(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
-    let payload = b64(key.jwk().to_string());
-    let mac_key =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac_b64)
-            .expect("key");
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac_key),
-        format!("{protected}.{payload}").as_bytes(),
-    );
-    let _ = s;
-    json!({"protected": protected, "payload": payload, "signature": b64(tag)})
-}
-
 #[tokio::test]
 async fn eab_binding_single_use_expiry_and_wrong_key() {
     let s = TestServer::with(|c| c.eab.required = true);
@@ -615,7 +601,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
 
     // Wrong HMAC key.
     let key = Key::generate();
-    let bad = eab_binding(&s, &key, &cred.kid, &b64([7u8; 32]), &url);
+    let bad = common::eab_binding(&key, &cred.kid, &b64([7u8; 32]), &url);
     s.post(
         &key,
         None,
@@ -627,7 +613,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
 
     // Binding made for another account key.
     let other = Key::generate();
-    let wrong = eab_binding(&s, &other, &cred.kid, &cred.hmac_key, &url);
+    let wrong = common::eab_binding(&other, &cred.kid, &cred.hmac_key, &url);
     s.post(
         &key,
         None,
@@ -638,7 +624,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     .assert_problem(403, "unauthorized");
 
     // Good, then spent.
-    let good = eab_binding(&s, &key, &cred.kid, &cred.hmac_key, &url);
+    let good = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
     let r = s
         .post(
             &key,
@@ -654,7 +640,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
         String::from_utf8_lossy(&r.body)
     );
     let key2 = Key::generate();
-    let again = eab_binding(&s, &key2, &cred.kid, &cred.hmac_key, &url);
+    let again = common::eab_binding(&key2, &cred.kid, &cred.hmac_key, &url);
     let p = s
         .post(
             &key2,
@@ -683,7 +669,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
         .expect("create");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let key3 = Key::generate();
-    let b = eab_binding(&s, &key3, &short.kid, &short.hmac_key, &url);
+    let b = common::eab_binding(&key3, &short.kid, &short.hmac_key, &url);
     let p = s
         .post(
             &key3,
@@ -702,7 +688,7 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     let multi = s.app.eab.create(&NewCredential::default()).expect("create");
     assert!(s.app.eab.revoke(&multi.kid).expect("revoke"));
     let key4 = Key::generate();
-    let b = eab_binding(&s, &key4, &multi.kid, &multi.hmac_key, &url);
+    let b = common::eab_binding(&key4, &multi.kid, &multi.hmac_key, &url);
     s.post(
         &key4,
         None,

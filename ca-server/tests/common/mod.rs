@@ -249,3 +249,17 @@ impl TestServer {
         self.post(&acct.key, Some(&acct.kid), url, payload).await
     }
 }
+
+/// An external account binding (RFC 8555 §7.3.4) of `key` made with an EAB credential.
+pub fn eab_binding(key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
+    let protected = b64(json!({"alg": "HS256", "kid": kid, "url": url}).to_string());
+    let payload = b64(key.jwk().to_string());
+    let mac_key = URL_SAFE_NO_PAD
+        .decode(hmac_b64)
+        .expect("base64url HMAC key");
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &mac_key),
+        format!("{protected}.{payload}").as_bytes(),
+    );
+    json!({"protected": protected, "payload": payload, "signature": b64(tag)})
+}
