@@ -47,6 +47,8 @@ pub mod paths {
     pub const CHALLENGE: &str = "/acme/chall/";
     /// Prefix of certificate URLs.
     pub const CERT: &str = "/acme/cert/";
+    /// The CRL (RFC 5280 §5), named in every certificate's CRL distribution point.
+    pub const CRL: &str = "/crl";
 }
 
 /// Everything the handlers share.
@@ -69,6 +71,8 @@ pub struct Inner {
     pub approvals: crate::approval::ApprovalQueue,
     /// Serialises changes to the account key index (newAccount, keyChange).
     pub account_keys: tokio::sync::Mutex<()>,
+    /// The signed CRL, cached.
+    pub crl: crate::crl::CrlCache,
 }
 
 /// Cheaply cloneable handle on [`Inner`].
@@ -133,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/chall/{authz}/{kind}", post(authz::challenge))
         .route("/acme/cert/{id}", post(cert::download))
         .route(paths::REVOKE_CERT, post(cert::revoke))
+        .route(paths::CRL, get(crate::crl::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers))

@@ -88,6 +88,8 @@ pub struct CertificateAuthority {
     intermediate_der: Vec<u8>,
     intermediate_not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
+    /// Where relying parties fetch the CRL; written into every certificate it issues.
+    crl_url: Option<String>,
 }
 
 /// An end-entity certificate as issued.
@@ -240,6 +242,49 @@ impl CertificateAuthority {
             },
             validity,
         )
+    }
+
+    /// Sets the CRL distribution point URL written into certificates issued from now on.
+    pub fn set_crl_url(&mut self, url: String) {
+        self.crl_url = Some(url);
+    }
+
+    /// Signs a CRL (RFC 5280 §5) over `revoked` (serial bytes, revocation time, reason code)
+    /// with the issuing intermediate, numbered `number`, and returns its DER.
+    pub fn sign_crl(
+        &self,
+        number: u64,
+        this_update: i64,
+        next_update: i64,
+        revoked: &[(Vec<u8>, i64, u8)],
+    ) -> Result<Vec<u8>> {
+        let time = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|e| Error::Internal(format!("CRL time {t} out of range: {e}")))
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at, reason)| {
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: time(*at)?,
+                    reason_code: crl_reason(*reason),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: time(this_update)?,
+            next_update: time(next_update)?,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| Error::Internal(format!("cannot sign the CRL: {e}")))?;
+        Ok(crl.der().to_vec())
     }
 
     /// `server_tls_identity` with the lifetime of a new certificate as a parameter (tests use
@@ -399,6 +444,12 @@ impl CertificateAuthority {
         // > construction.
         // <https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.1>
         params.use_authority_key_identifier_extension = true;
+        // RFC 5280 §4.2.1.13: where the CRL covering this certificate is published.
+        if let Some(url) = &self.crl_url {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
+        }
 
         let cert = params
             .signed_by(subject_key, &self.issuer)
@@ -477,6 +528,7 @@ impl CertificateAuthority {
             intermediate_der,
             intermediate_not_after,
             issuer,
+            crl_url: None,
         })
     }
 }
@@ -528,6 +580,24 @@ impl SanName {
                 .map_err(|e| Error::Internal(format!("server name {name:?}: {e}"))),
             Self::Ip(ip) => Ok(SanType::IpAddress(*ip)),
         }
+    }
+}
+
+/// The CRL entry reason (RFC 5280 §5.3.1) for a stored reason code; unspecified (0) is left
+/// out, as RFC 5280 recommends.
+fn crl_reason(code: u8) -> Option<rcgen::RevocationReason> {
+    use rcgen::RevocationReason as R;
+    match code {
+        1 => Some(R::KeyCompromise),
+        2 => Some(R::CaCompromise),
+        3 => Some(R::AffiliationChanged),
+        4 => Some(R::Superseded),
+        5 => Some(R::CessationOfOperation),
+        6 => Some(R::CertificateHold),
+        8 => Some(R::RemoveFromCrl),
+        9 => Some(R::PrivilegeWithdrawn),
+        10 => Some(R::AaCompromise),
+        _ => None,
     }
 }
 

@@ -190,7 +190,14 @@ pub async fn revoke(
             });
             Ok(c)
         })?;
+    let entry = Revocation {
+        reason: reason_u8,
+        at,
+    };
+    app.db.put(Table::Revocations, &serial, &entry)?;
     app.db.flush().await?;
+    // The next CRL request (or the periodic refresh) signs a new CRL with this entry.
+    app.crl.invalidate();
     tracing::info!(serial = %serial, reason, "certificate revoked");
     Ok(StatusCode::OK.into_response())
 }

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod ca;
 pub mod cert;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod directory;
 pub mod eab;

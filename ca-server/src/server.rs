@@ -30,7 +30,8 @@ pub struct StartInfo {
 pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
     let store = SledStore::open(&cfg.data_dir.join("db"))?;
-    let ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
+    let mut ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
+    ca.set_crl_url(format!("{}{}", cfg.base_url(), app::paths::CRL));
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
         tracing::warn!(%addr, "LAB SETTING validation.lab_resolve_all_to is on: every dns identifier is validated against {addr}, not its DNS address. Never use this in production.");
     }
@@ -42,6 +43,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         eab: EabStore::new(&cfg.data_dir),
         approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
         account_keys: tokio::sync::Mutex::new(()),
+        crl: crate::crl::CrlCache::default(),
         ca,
         va,
         cfg,
@@ -113,6 +115,20 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         .await
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
     let listen = app.cfg.listen;
+    {
+        // A fresh CRL at start and every REFRESH, so crl.pem never passes its nextUpdate.
+        let signer = app.clone();
+        tokio::spawn(async move {
+            let period = std::time::Duration::from_secs(crate::crl::REFRESH.unsigned_abs());
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = crate::crl::refresh(&signer, app::now()) {
+                    tracing::error!(error = %e, "signing the CRL failed");
+                }
+            }
+        });
+    }
     if app.cfg.enrollment.operator_approval {
         // Decisions and expiry also take effect while no device polls, so `approval list`
         // shows only what still waits.

@@ -1151,3 +1151,107 @@ async fn orders_cannot_be_posted_to_and_deactivation_cancels_them() {
         ca_server::types::OrderStatus::Invalid
     );
 }
+
+#[tokio::test]
+async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-6.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let fin = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-6.plant.example"], &key))})),
+        )
+        .await
+        .json();
+    let pem = String::from_utf8(
+        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
+            .await
+            .body,
+    )
+    .expect("pem");
+    let leaf_b64: String = pem
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let cdp = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::CRLDistributionPoints(p) => {
+                Some(format!("{p:?}"))
+            }
+            _ => None,
+        })
+        .expect("CRL distribution point present");
+    assert!(cdp.contains(&s.url("/crl")), "{cdp}");
+
+    let crl_number = |der: &[u8]| {
+        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL parses");
+        let serials: Vec<Vec<u8>> = crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect();
+        (crl.crl_number().map(|n| n.to_string()), serials)
+    };
+    let get_crl = || async {
+        let r = s
+            .send(
+                Request::get(s.url("/crl"))
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/pkix-crl")
+        );
+        r.body
+    };
+    let (n1, before) = crl_number(&get_crl().await);
+    assert!(before.is_empty());
+
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/revoke-cert"),
+            Some(&json!({"certificate": b64(&der), "reason": 4})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (n2, after) = crl_number(&get_crl().await);
+    assert_eq!(after, vec![cert.raw_serial().to_vec()]);
+    assert_ne!(n1, n2, "a new CRL has a new number");
+
+    // openssl, given the CRL file the server writes, reports the certificate revoked.
+    let dir = tempfile::tempdir().expect("tmp");
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&chain, &pem).expect("write");
+    let inter = dir.path().join("inter.pem");
+    std::fs::write(&inter, s.app.ca.intermediate_pem()).expect("write");
+    let crl_pem = s.dir.path().join("crl.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(s.app.ca.root_path())
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg("-CRLfile")
+        .arg(&crl_pem)
+        .arg(&chain)
+        .output()
+        .expect("openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("certificate revoked"), "{text}");
+}

@@ -37,13 +37,15 @@ pub enum Table {
     Certificates,
     /// EAB key id → usage record.
     EabUsage,
-    /// Server metadata (schema version).
+    /// Server metadata (schema version, CRL number).
     Meta,
+    /// serial hex → `Revocation`, so the CRL is built without scanning every certificate.
+    Revocations,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -52,6 +54,7 @@ impl Table {
         Self::Certificates,
         Self::EabUsage,
         Self::Meta,
+        Self::Revocations,
     ];
 
     /// A stable name for the table.
@@ -65,6 +68,7 @@ impl Table {
             Self::Certificates => "certificates",
             Self::EabUsage => "eab_usage",
             Self::Meta => "meta",
+            Self::Revocations => "revocations",
         }
     }
 }
