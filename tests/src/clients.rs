@@ -41,6 +41,8 @@ pub struct ClientRun {
     pub domains: Vec<String>,
     /// Port the client listens on (127.0.0.1) for http-01: the port the CA dials.
     pub http_port: u16,
+    /// Answer tls-alpn-01 on this port (127.0.0.1) instead of http-01 (lego only).
+    pub tls_alpn_port: Option<u16>,
     /// Register the account with this external account binding.
     pub eab: Option<Eab>,
     /// Directory for the client's state, logs and output; created if missing.
@@ -63,6 +65,7 @@ impl ClientRun {
             ca_bundle: ca_bundle.into(),
             domains: domains.iter().map(|d| (*d).to_owned()).collect(),
             http_port,
+            tls_alpn_port: None,
             eab: None,
             work_dir: work_dir.into(),
             timeout: DEFAULT_CLIENT_TIMEOUT,
@@ -73,6 +76,13 @@ impl ClientRun {
     #[must_use]
     pub fn with_eab(mut self, eab: Option<Eab>) -> Self {
         self.eab = eab;
+        self
+    }
+
+    /// The same run answering tls-alpn-01 (RFC 8737) on `port` instead of http-01.
+    #[must_use]
+    pub fn with_tls_alpn(mut self, port: u16) -> Self {
+        self.tls_alpn_port = Some(port);
         self
     }
 
@@ -133,6 +143,10 @@ impl fmt::Display for AcmeClient {
 /// `certbot certonly --standalone` with ECDSA keys and its own config/work/logs directories.
 /// Trust comes from `REQUESTS_CA_BUNDLE`. Returns `live/<first domain>/fullchain.pem`.
 pub fn run_certbot(run: &ClientRun) -> Result<IssuedCert> {
+    anyhow::ensure!(
+        run.tls_alpn_port.is_none(),
+        "certbot has no tls-alpn-01 solver; use lego"
+    );
     let first = run.first_domain()?;
     let base = run.work_dir.join("certbot");
     let (config, work, logs) = (base.join("config"), base.join("work"), base.join("logs"));
@@ -194,11 +208,16 @@ pub fn run_lego(run: &ClientRun) -> Result<IssuedCert> {
     cmd.args(["--server", &run.directory_url])
         .args(["--email", CONTACT_EMAIL])
         .arg("--accept-tos")
-        .args(["--key-type", "ec256"])
-        .arg("--http")
-        .args(["--http.port", &format!("127.0.0.1:{}", run.http_port)])
-        .arg("--path")
-        .arg(&base);
+        .args(["--key-type", "ec256"]);
+    match run.tls_alpn_port {
+        Some(port) => cmd
+            .arg("--tls")
+            .args(["--tls.port", &format!("127.0.0.1:{port}")]),
+        None => cmd
+            .arg("--http")
+            .args(["--http.port", &format!("127.0.0.1:{}", run.http_port)]),
+    };
+    cmd.arg("--path").arg(&base);
     for d in &run.domains {
         cmd.args(["--domains", d]);
     }

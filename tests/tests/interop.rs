@@ -94,6 +94,30 @@ fn lego_issues_with_eab() {
     issue_and_verify(AcmeClient::Lego, Eab::Reusable, &["lego-eab.plant.test"]);
 }
 
+/// tls-alpn-01 (RFC 8737) end to end: lego answers on the port the CA dials for it.
+#[test]
+fn lego_issues_by_tls_alpn_01() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let work = temp_dir("iiot-client-").expect("work dir");
+    let run = ClientRun::new(
+        server.directory_url(),
+        server.root_pem_path(),
+        &["alpn.plant.test"],
+        server.http_port(),
+        work.path(),
+    )
+    .with_tls_alpn(server.tls_alpn_port());
+    let issued = AcmeClient::Lego
+        .run(&run)
+        .unwrap_or_else(|e| panic!("lego tls-alpn-01: {e:#}\n{}", server.logs()));
+    openssl_verify(&server.root_pem_path(), &issued.chain_pem).expect("chain verifies");
+    let logs = server.logs();
+    assert!(
+        logs.contains("tls-alpn-01"),
+        "the CA validated by tls-alpn-01:\n{logs}"
+    );
+}
+
 /// A SIGKILLed server comes back on the same data directory with the same root, and issues.
 #[test]
 fn issues_after_kill_9_and_restart() {
