@@ -47,6 +47,8 @@ pub mod paths {
     pub const CHALLENGE: &str = "/acme/chall/";
     /// Prefix of certificate URLs.
     pub const CERT: &str = "/acme/cert/";
+    /// RFC 9773 renewal information; the certificate identifier follows.
+    pub const RENEWAL_INFO: &str = "/acme/renewal-info";
     /// The CRL (RFC 5280 §5), named in every certificate's CRL distribution point.
     pub const CRL: &str = "/crl";
 }
@@ -138,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/cert/{id}", post(cert::download))
         .route(paths::REVOKE_CERT, post(cert::revoke))
         .route(paths::CRL, get(crate::crl::get))
+        .route("/acme/renewal-info/{id}", get(crate::renewal::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers))

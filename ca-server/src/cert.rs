@@ -45,6 +45,9 @@ pub struct Certificate {
     /// Set once revoked.
     #[serde(default)]
     pub revoked: Option<Revocation>,
+    /// The order that replaces it (RFC 9773 `replaces`).
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
 impl Certificate {
@@ -60,6 +63,7 @@ impl Certificate {
             not_before: issued.not_before,
             not_after: issued.not_after,
             revoked: None,
+            replaced_by: None,
         }
     }
 }

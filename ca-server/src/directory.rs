@@ -25,6 +25,7 @@ pub async fn directory(State(app): State<AppState>) -> impl IntoResponse {
         "newOrder": app.url(paths::NEW_ORDER),
         "revokeCert": app.url(paths::REVOKE_CERT),
         "keyChange": app.url(paths::KEY_CHANGE),
+        "renewalInfo": app.url(paths::RENEWAL_INFO),
         "meta": meta,
     }))
 }

@@ -89,6 +89,9 @@ pub enum Error {
         /// The URL of the conflicting resource.
         location: String,
     },
+    /// newOrder `replaces` names a certificate another order replaced (RFC 9773 §5).
+    #[error("already replaced: {0}")]
+    AlreadyReplaced(String),
     /// The certificate was already revoked.
     #[error("certificate already revoked")]
     AlreadyRevoked,
@@ -145,6 +148,7 @@ impl Error {
             Self::InvalidContact(_) => ProblemType::InvalidContact,
             Self::UnsupportedContact(_) => ProblemType::UnsupportedContact,
             Self::AlreadyRevoked => ProblemType::AlreadyRevoked,
+            Self::AlreadyReplaced(_) => ProblemType::AlreadyReplaced,
             Self::BadRevocationReason(_) => ProblemType::BadRevocationReason,
             Self::BadAttestationStatement(_) => ProblemType::BadAttestationStatement,
             Self::Connection(_) => ProblemType::Connection,
@@ -186,6 +190,7 @@ impl Error {
             | Self::UnsupportedContact(d)
             | Self::BadRevocationReason(d)
             | Self::BadAttestationStatement(d)
+            | Self::AlreadyReplaced(d)
             | Self::Connection(d)
             | Self::IncorrectResponse(d)
             | Self::Tls(d)
@@ -225,6 +230,8 @@ impl From<sled::Error> for Error {
 pub enum ProblemType {
     /// `accountDoesNotExist`
     AccountDoesNotExist,
+    /// `alreadyReplaced` (RFC 9773 §5)
+    AlreadyReplaced,
     /// `alreadyRevoked`
     AlreadyRevoked,
     /// `badAttestationStatement` (draft-ietf-acme-device-attest)
@@ -274,6 +281,7 @@ impl ProblemType {
     pub fn name(self) -> &'static str {
         match self {
             Self::AccountDoesNotExist => "accountDoesNotExist",
+            Self::AlreadyReplaced => "alreadyReplaced",
             Self::AlreadyRevoked => "alreadyRevoked",
             Self::BadAttestationStatement => "badAttestationStatement",
             Self::BadCsr => "badCSR",
@@ -310,6 +318,7 @@ impl ProblemType {
                 StatusCode::FORBIDDEN
             }
             Self::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::AlreadyReplaced => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

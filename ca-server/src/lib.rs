@@ -23,6 +23,7 @@ pub mod jws;
 pub mod key;
 pub mod nonce;
 pub mod order;
+pub mod renewal;
 pub mod server;
 pub mod storage;
 pub mod types;

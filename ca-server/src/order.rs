@@ -346,6 +346,9 @@ fn punycode_decode(input: &str) -> Option<Vec<char>> {
 #[serde(rename_all = "camelCase")]
 struct NewOrder {
     identifiers: Vec<Value>,
+    /// RFC 9773 §5: the ARI identifier of the certificate this order replaces.
+    #[serde(default)]
+    replaces: Option<String>,
     #[serde(default)]
     not_before: Option<String>,
     #[serde(default)]
@@ -426,6 +429,12 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         }
     }
 
+    // Claimed before anything is written, so an order refused as alreadyReplaced leaves
+    // nothing behind.
+    let order_id = new_id()?;
+    if let Some(replaces) = &p.replaces {
+        crate::renewal::mark_replaced(&app, &r.account.id, replaces, &order_id)?;
+    }
     let created = now();
     let order_lifetime = secs(app.cfg.issuance.order_lifetime);
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
@@ -454,7 +463,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         authz_ids.push(authz.id);
     }
     let order = Order {
-        id: new_id()?,
+        id: order_id,
         account_id: r.account.id.clone(),
         identifiers: identifiers.into_iter().collect(),
         authzs: authz_ids,

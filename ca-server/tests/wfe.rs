@@ -1255,3 +1255,137 @@ async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("certificate revoked"), "{text}");
 }
+
+#[tokio::test]
+async fn renewal_info_windows_and_replaces() {
+    let s = TestServer::new();
+    let d = s.directory().await;
+    let ri = d["renewalInfo"]
+        .as_str()
+        .expect("renewalInfo in the directory")
+        .to_owned();
+    let acct = s.new_account().await;
+    let o = ready_order(&s, &acct, &["plc-8.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let fin = s
+        .post_as(
+            &acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&["plc-8.plant.example"], &key))})),
+        )
+        .await
+        .json();
+    let pem = String::from_utf8(
+        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
+            .await
+            .body,
+    )
+    .expect("pem");
+    let leaf_b64: String = pem
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("AKI");
+    let id = ca_server::renewal::cert_id(&aki, cert.raw_serial());
+
+    // RFC 9773 §4.2: unauthenticated GET, suggestedWindow inside the validity, Retry-After.
+    let r = s
+        .send(
+            Request::get(format!("{ri}/{id}"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("retry-after").is_some());
+    let w = &r.json()["suggestedWindow"];
+    let t = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().expect("time"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("rfc3339")
+    };
+    let (start, end) = (t(&w["start"]), t(&w["end"]));
+    assert!(start < end);
+    assert!(start > cert.validity().not_before.to_datetime());
+    assert!(end < cert.validity().not_after.to_datetime());
+    // Unknown certificate: 404; malformed identifier: 400.
+    let other = ca_server::renewal::cert_id(&aki, &[1, 2, 3]);
+    s.send(
+        Request::get(format!("{ri}/{other}"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await
+    .assert_problem(404, "malformed");
+    s.send(
+        Request::get(format!("{ri}/nodot"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await
+    .assert_problem(400, "malformed");
+
+    // One order may replace it; a second one is 409 alreadyReplaced.
+    let new_order = |replaces: String| json!({"identifiers": [{"type": "dns", "value": "plc-8.plant.example"}], "replaces": replaces});
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&new_order(id.clone())),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    s.post_as(
+        &acct,
+        &s.url("/acme/new-order"),
+        Some(&new_order(id.clone())),
+    )
+    .await
+    .assert_problem(409, "alreadyReplaced");
+    // Another account cannot claim it.
+    let stranger = s.new_account().await;
+    s.post_as(
+        &stranger,
+        &s.url("/acme/new-order"),
+        Some(&new_order(id.clone())),
+    )
+    .await
+    .assert_problem(403, "unauthorized");
+
+    // Revoked: the window moves into the past, so clients renew now.
+    s.post_as(
+        &acct,
+        &s.url("/acme/revoke-cert"),
+        Some(&json!({"certificate": b64(&der)})),
+    )
+    .await;
+    let w = s
+        .send(
+            Request::get(format!("{ri}/{id}"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .json();
+    assert!(t(&w["suggestedWindow"]["end"]) < time::OffsetDateTime::now_utc());
+}

@@ -1,0 +1,136 @@
+//! ACME Renewal Information (RFC 9773): when a device should renew, and which certificate a
+//! new order replaces.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::{now, rfc3339, AppState};
+use crate::cert::Certificate;
+use crate::jwk;
+use crate::storage::Table;
+use crate::{Error, Result};
+
+/// How often clients should ask again (RFC 9773 §4.3: Retry-After on every response).
+const POLL_SECS: u64 = 6 * 3600;
+
+/// The ARI certificate identifier: `base64url(AKI keyIdentifier) "." base64url(serial)`, where
+/// the serial is the DER INTEGER's content octets (RFC 9773 §4.1).
+pub fn cert_id(aki: &[u8], serial: &[u8]) -> String {
+    format!("{}.{}", jwk::b64u(aki), jwk::b64u(serial))
+}
+
+/// Finds the certificate an ARI identifier names; `None` if this CA did not issue it.
+fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
+    let (aki, serial) = id.split_once('.').ok_or_else(|| {
+        Error::Malformed(format!(
+            "{id:?} is not an ARI certificate identifier (AKI.serial)"
+        ))
+    })?;
+    let aki = jwk::b64u_decode("certificate identifier AKI", aki)?;
+    let serial = jwk::b64u_decode("certificate identifier serial", serial)?;
+    let Some(cert) = app
+        .db
+        .get::<Certificate>(Table::Certificates, &hex::encode(&serial))?
+    else {
+        return Ok(None);
+    };
+    let der = jwk::b64u_decode("stored certificate", &cert.der)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", cert.id)))?;
+    let stored_aki = parsed
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        });
+    Ok((stored_aki.as_deref() == Some(aki.as_slice())).then_some(cert))
+}
+
+/// The window in which the client should renew: the last third of the lifetime, from 2/3 to
+/// 5/6, so devices renew well before expiry and a fleet spreads over the window instead of all
+/// renewing at one instant. A revoked certificate is due now (RFC 9773 §4.2).
+pub fn suggested_window(cert: &Certificate, now: i64) -> (i64, i64) {
+    if cert.revoked.is_some() {
+        return (now - 3600, now - 60);
+    }
+    let life = cert.not_after - cert.not_before;
+    (
+        cert.not_before + life * 2 / 3,
+        cert.not_before + life * 5 / 6,
+    )
+}
+
+/// `GET {renewalInfo}/{certID}` — RFC 9773 §4.2. Unauthenticated, as the RFC specifies.
+pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    let cert = lookup(&app, &id)?.ok_or(Error::NotFound("certificate"))?;
+    let (start, end) = suggested_window(&cert, now());
+    let mut resp = (
+        StatusCode::OK,
+        Json(json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}})),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(POLL_SECS));
+    Ok(resp)
+}
+
+/// Checks a newOrder `replaces` value (RFC 9773 §5) and marks the certificate as replaced by
+/// `order_id` under compare-and-swap, so only one order can replace it.
+///
+/// > If the Server receives a newOrder request containing a "replaces" field which identifies
+/// > a certificate that has already been marked as replaced by another order, it SHOULD
+/// > return an HTTP 409 (Conflict) with a problem document of type "alreadyReplaced".
+///
+/// <https://www.rfc-editor.org/rfc/rfc9773#section-5>
+pub fn mark_replaced(
+    app: &AppState,
+    account_id: &str,
+    replaces: &str,
+    order_id: &str,
+) -> Result<()> {
+    let cert = lookup(app, replaces)?.ok_or_else(|| {
+        Error::Malformed(format!(
+            "replaces: {replaces:?} names no certificate of this CA"
+        ))
+    })?;
+    if cert.account_id != account_id {
+        return Err(Error::Unauthorized(
+            "replaces: the certificate was ordered by another account".into(),
+        ));
+    }
+    app.db.update(
+        Table::Certificates,
+        &cert.id,
+        |mut c: Certificate| match &c.replaced_by {
+            Some(other) if other != order_id => Err(Error::AlreadyReplaced(format!(
+                "certificate {} was already replaced by another order",
+                c.id
+            ))),
+            _ => {
+                c.replaced_by = Some(order_id.to_owned());
+                Ok(c)
+            }
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 9773 §4.1 example: AKI keyIdentifier 69:88:5B:…:C8:D4, serial 00:87:65:43:21.
+    // <https://www.rfc-editor.org/rfc/rfc9773#section-4.1>
+    #[test]
+    fn rfc9773_cert_id_example() {
+        let aki = hex::decode("69885B6B87464041E1B37B847BA0AE2CDE01C8D4").expect("hex");
+        let serial = hex::decode("0087654321").expect("hex");
+        assert_eq!(cert_id(&aki, &serial), "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
+    }
+}
