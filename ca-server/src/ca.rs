@@ -40,8 +40,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SerialNumber, SignatureAlgorithm,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
@@ -50,6 +51,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use crate::attest::der;
+use crate::attest::identifier::PermanentId;
 use crate::config::{CaKeyType, IssuanceConfig};
 use crate::csr::ip_from_octets;
 use crate::fsutil::{ensure_private_dir, write_atomic};
@@ -194,8 +197,9 @@ impl CertificateAuthority {
     /// Issues an end-entity certificate for `spki_der`, a SubjectPublicKeyInfo taken from a
     /// verified CSR (`csr::parse_and_verify`).
     ///
-    /// Built from CA policy only: subject CN = the first identifier if it fits in 64
-    /// characters (else an empty subject and a critical SAN), SANs = `identifiers`, a random
+    /// Built from CA policy only: subject CN = the serial of the first `permanent-identifier`,
+    /// or else the first identifier, if it fits in 64 characters (else an empty subject and a
+    /// critical SAN), SANs = `identifiers` (SPEC §8.2), a random
     /// 128-bit serial, AKI + SKI, keyUsage digitalSignature (+ keyEncipherment for RSA), EKU
     /// serverAuth + clientAuth, CA:false, notBefore = now - 1 minute, notAfter = now +
     /// `validity` (never past the intermediate's notAfter).
@@ -220,10 +224,33 @@ impl CertificateAuthority {
                 "SubjectPublicKeyInfo is not in canonical DER form".to_owned(),
             ));
         }
-        let subject_alt_names = identifiers
+        let sans = identifiers
             .iter()
             .map(san_for_identifier)
             .collect::<Result<Vec<_>>>()?;
+        // rcgen writes dNSName and iPAddress itself; an otherName PermanentIdentifier it
+        // cannot (its otherName values are bare UTF8Strings), so with one of those the whole
+        // extension is written here.
+        let (subject_alt_names, san_der) = if sans.iter().all(|s| matches!(s, San::Rcgen(_))) {
+            let rcgen = sans
+                .into_iter()
+                .filter_map(|s| match s {
+                    San::Rcgen(san) => Some(san),
+                    San::Der(_) => None,
+                })
+                .collect();
+            (rcgen, None)
+        } else {
+            (Vec::new(), Some(general_names_der(&sans)?))
+        };
+        // A device's certificate is named after the device: its serial, not a network name.
+        let device = identifiers
+            .iter()
+            .find(|i| i.kind == IdentifierType::PermanentIdentifier);
+        let cn_source = match device {
+            Some(d) => d.value.split('/').next().unwrap_or_default(),
+            None => first.value.as_str(),
+        };
         let mut key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // RSA keys can also do key transport (TLS 1.2 RSA key exchange, OPC UA encryption).
         if matches!(key, PublicKey::Rsa { .. }) {
@@ -232,8 +259,9 @@ impl CertificateAuthority {
         self.sign_leaf(
             &subject_key,
             LeafProfile {
-                common_name: common_name(&first.value),
+                common_name: common_name(cn_source),
                 subject_alt_names,
+                san_der,
                 key_usages,
                 extended_key_usages: vec![
                     ExtendedKeyUsagePurpose::ServerAuth,
@@ -324,6 +352,7 @@ impl CertificateAuthority {
             LeafProfile {
                 common_name: common_name.as_deref(),
                 subject_alt_names: wanted.iter().map(SanName::to_san).collect::<Result<_>>()?,
+                san_der: None,
                 key_usages: vec![KeyUsagePurpose::DigitalSignature],
                 extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
             },
@@ -432,9 +461,15 @@ impl CertificateAuthority {
             subject.push(DnType::CommonName, cn);
         }
         // With an empty subject rcgen marks the SAN extension critical, as RFC 5280 §4.1.2.6
-        // requires.
+        // requires; a SAN written here follows the same rule.
+        let empty_subject = profile.common_name.is_none();
         params.distinguished_name = subject;
         params.subject_alt_names = profile.subject_alt_names;
+        if let Some(der) = profile.san_der {
+            let mut san = CustomExtension::from_oid_content(&[2, 5, 29, 17], der);
+            san.set_criticality(empty_subject);
+            params.custom_extensions.push(san);
+        }
         // ExplicitNoCa writes basicConstraints CA:false and, with it, the SKI.
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = profile.key_usages;
@@ -537,6 +572,9 @@ impl CertificateAuthority {
 struct LeafProfile<'a> {
     common_name: Option<&'a str>,
     subject_alt_names: Vec<SanType>,
+    /// A complete subjectAltName extension value (GeneralNames DER), used instead of
+    /// `subject_alt_names` when it holds names rcgen cannot write.
+    san_der: Option<Vec<u8>>,
     key_usages: Vec<KeyUsagePurpose>,
     extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
 }
@@ -601,8 +639,15 @@ fn crl_reason(code: u8) -> Option<rcgen::RevocationReason> {
     }
 }
 
-/// The SAN for an order identifier: `dns` -> dNSName, `ip` -> iPAddress (RFC 8738 §7).
-fn san_for_identifier(identifier: &Identifier) -> Result<SanType> {
+/// A subjectAltName entry: one rcgen writes, or the DER of a GeneralName it cannot write.
+enum San {
+    Rcgen(SanType),
+    Der(Vec<u8>),
+}
+
+/// The SAN for an order identifier: `dns` -> dNSName, `ip` -> iPAddress (RFC 8738 §7),
+/// `permanent-identifier` -> otherName PermanentIdentifier (RFC 4043; SPEC §8.2).
+fn san_for_identifier(identifier: &Identifier) -> Result<San> {
     let rejected = |detail: &str| Error::RejectedIdentifier {
         identifier: identifier.clone(),
         detail: detail.to_owned(),
@@ -613,18 +658,43 @@ fn san_for_identifier(identifier: &Identifier) -> Result<SanType> {
                 return Err(rejected("empty DNS name"));
             }
             Ia5String::try_from(identifier.value.as_str())
-                .map(SanType::DnsName)
+                .map(|name| San::Rcgen(SanType::DnsName(name)))
                 .map_err(|_| rejected("DNS name is not ASCII"))
         }
         IdentifierType::Ip => identifier
             .value
             .parse::<IpAddr>()
-            .map(SanType::IpAddress)
+            .map(|ip| San::Rcgen(SanType::IpAddress(ip)))
             .map_err(|_| rejected("not an IP address")),
-        IdentifierType::PermanentIdentifier => Err(rejected(
-            "permanent-identifier certificates are not supported yet",
-        )),
+        IdentifierType::PermanentIdentifier => PermanentId::parse(&identifier.value)
+            .map(|id| San::Der(id.general_name_der()))
+            .map_err(|r| rejected(r.detail())),
     }
+}
+
+/// `GeneralNames ::= SEQUENCE SIZE (1..MAX) OF GeneralName` (RFC 5280 §4.2.1.6), in order.
+fn general_names_der(sans: &[San]) -> Result<Vec<u8>> {
+    let mut names = Vec::new();
+    for san in sans {
+        match san {
+            San::Der(der) => names.extend_from_slice(der),
+            San::Rcgen(SanType::DnsName(name)) => {
+                der::write(&mut names, der::DNS_NAME, name.as_str().as_bytes());
+            }
+            San::Rcgen(SanType::IpAddress(IpAddr::V4(ip))) => {
+                der::write(&mut names, der::IP_ADDRESS, &ip.octets());
+            }
+            San::Rcgen(SanType::IpAddress(IpAddr::V6(ip))) => {
+                der::write(&mut names, der::IP_ADDRESS, &ip.octets());
+            }
+            San::Rcgen(other) => {
+                return Err(Error::Internal(format!(
+                    "no DER writer for subjectAltName {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(der::tlv(der::SEQUENCE, &names))
 }
 
 /// The subject CN for a name, if it fits (RFC 5280 `ub-common-name`).
@@ -1192,6 +1262,78 @@ mod tests {
             );
             openssl_verify(&ca, &issued.chain_pem, &[]);
         }
+    }
+
+    fn device(value: &str) -> Identifier {
+        Identifier {
+            kind: IdentifierType::PermanentIdentifier,
+            value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_device_certificate_carries_a_permanent_identifier_and_its_serial_as_cn() {
+        let (_tmp, _dir, ca) = new_ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let ids = vec![
+            Identifier::dns("plc-7.plant.example"),
+            Identifier::ip("10.0.0.7".parse().expect("ip")),
+            device("Sn-0042/1.3.6.1.4.1.32473"),
+        ];
+        let issued = ca
+            .issue(&key.subject_public_key_info(), &ids, WEEK)
+            .expect("issued");
+        let cert = parse(&issued.der);
+        let cn: Vec<_> = cert
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().expect("cn"))
+            .collect();
+        assert_eq!(cn, ["Sn-0042"]);
+        let san = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert!(!san.critical);
+        let names = &san.value.general_names;
+        assert_eq!(names.len(), 3);
+        assert_eq!(names[0], GeneralName::DNSName("plc-7.plant.example"));
+        assert_eq!(names[1], GeneralName::IPAddress(&[10, 0, 0, 7]));
+        let GeneralName::OtherName(oid, value) = &names[2] else {
+            panic!("not an otherName: {:?}", names[2]);
+        };
+        assert_eq!(oid.to_id_string(), "1.3.6.1.5.5.7.8.3");
+        // [0] { SEQUENCE { UTF8String "Sn-0042", OID 1.3.6.1.4.1.32473 } }
+        assert_eq!(
+            hex::encode(value),
+            format!(
+                "a0{:02x}30{:02x}0c07{}0608{}",
+                2 + (2 + 7) + (2 + 8),
+                (2 + 7) + (2 + 8),
+                hex::encode("Sn-0042"),
+                "2b0601040181fd59"
+            )
+        );
+        assert_eq!(
+            crate::attest::identifier::from_other_name(value).as_deref(),
+            Ok("Sn-0042/1.3.6.1.4.1.32473")
+        );
+        openssl_verify(&ca, &issued.chain_pem, &["-purpose", "sslclient"]);
+
+        // A device-only certificate, and a serial too long for the CN: critical SAN.
+        let long = "S".repeat(65);
+        let issued = ca
+            .issue(&key.subject_public_key_info(), &[device(&long)], WEEK)
+            .expect("issued");
+        let cert = parse(&issued.der);
+        assert_eq!(cert.subject().iter().count(), 0);
+        let san = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("present");
+        assert!(san.critical);
+        assert_eq!(san.value.general_names.len(), 1);
+        openssl_verify(&ca, &issued.chain_pem, &[]);
     }
 
     #[test]

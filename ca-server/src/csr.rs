@@ -5,7 +5,7 @@
 //! CSR can request (subject attributes, key usage, basic constraints, other extensions) is
 //! ignored, because `ca::CertificateAuthority::issue` builds every certificate from CA policy
 //! alone. That keeps the checks here few: strict DER, an accepted signature algorithm, an
-//! accepted key, a signature that verifies, and `dns`/`ip` names only.
+//! accepted key, a signature that verifies, and `dns`/`ip`/`permanent-identifier` names only.
 //!
 //! The order of the checks decides which error a client sees: the signature algorithm first (a
 //! SHA-1 CSR is `badCSR` whatever its key), then the key (`badPublicKey`), then the signature,
@@ -31,7 +31,7 @@ use x509_parser::public_key::PublicKey as X509PublicKey;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
 use crate::key::{rsa_bits, PublicKey};
-use crate::types::Identifier;
+use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 
 /// What the rest of the server needs from a CSR that passed every check.
@@ -42,8 +42,11 @@ pub struct CsrInfo {
     /// The requested key, normalised so it compares with JWK keys (RFC 8555 §11.1).
     pub public_key: PublicKey,
     /// Identifiers the CSR asks for: every SAN dNSName (lowercased) as `dns`, every SAN
-    /// iPAddress as `ip` (canonical text), plus the subject CN if present (an IP-literal CN
-    /// counts as `ip`, otherwise `dns`); sorted and deduplicated.
+    /// iPAddress as `ip` (canonical text), every SAN otherName PermanentIdentifier as
+    /// `permanent-identifier` (octet for octet), plus the subject CN if present (an IP-literal
+    /// CN counts as `ip`, a CN equal to the serial of a PermanentIdentifier in the SAN counts
+    /// as that identifier, anything else as `dns`); sorted and deduplicated. May be empty: a
+    /// CSR for an order of permanent identifiers only may name nothing (SPEC §7.4).
     pub identifiers: Vec<Identifier>,
 }
 
@@ -148,15 +151,15 @@ pub fn parse_spki(der: &[u8]) -> Result<PublicKey> {
 
 /// The hash inside an accepted signature algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hash {
+pub(crate) enum Hash {
     Sha256,
     Sha384,
     Sha512,
 }
 
-/// A signature algorithm this CA verifies.
+/// A signature algorithm this CA verifies, in CSRs and in device attestation chains (`attest`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SignatureAlg {
+pub(crate) enum SignatureAlg {
     /// RSASSA-PKCS1-v1_5 (RFC 8017 §8.2).
     RsaPkcs1(Hash),
     /// ECDSA (RFC 5758 §3.2).
@@ -166,7 +169,7 @@ enum SignatureAlg {
 }
 
 impl SignatureAlg {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::RsaPkcs1(Hash::Sha256) => "sha256WithRSAEncryption",
             Self::RsaPkcs1(Hash::Sha384) => "sha384WithRSAEncryption",
@@ -182,15 +185,8 @@ impl SignatureAlg {
 /// Sorts a CSR's signature algorithm into accepted or refused (with the reason).
 fn signature_algorithm(alg: &AlgorithmIdentifier<'_>) -> Result<SignatureAlg> {
     let oid = alg.algorithm.to_id_string();
-    let accepted = match oid.as_str() {
-        "1.2.840.113549.1.1.11" => SignatureAlg::RsaPkcs1(Hash::Sha256),
-        "1.2.840.113549.1.1.12" => SignatureAlg::RsaPkcs1(Hash::Sha384),
-        "1.2.840.113549.1.1.13" => SignatureAlg::RsaPkcs1(Hash::Sha512),
-        "1.2.840.10045.4.3.2" => SignatureAlg::Ecdsa(Hash::Sha256),
-        "1.2.840.10045.4.3.3" => SignatureAlg::Ecdsa(Hash::Sha384),
-        OID_ED25519 => SignatureAlg::Ed25519,
-        other => return Err(refused_signature_algorithm(other)),
-    };
+    let accepted =
+        signature_algorithm_by_oid(&oid).ok_or_else(|| refused_signature_algorithm(&oid))?;
     // RFC 4055 §5 wants NULL parameters for the RSA algorithms and says implementations MUST
     // accept them absent too; RFC 5758 §3.2 and RFC 8410 §3 want them absent for ECDSA and
     // Ed25519. The OID alone fixes the algorithm, so NULL is tolerated everywhere (some older
@@ -202,6 +198,19 @@ fn signature_algorithm(alg: &AlgorithmIdentifier<'_>) -> Result<SignatureAlg> {
         )));
     }
     Ok(accepted)
+}
+
+/// The accepted signature algorithms by OID (dotted form); parameters are checked separately.
+pub(crate) fn signature_algorithm_by_oid(oid: &str) -> Option<SignatureAlg> {
+    Some(match oid {
+        "1.2.840.113549.1.1.11" => SignatureAlg::RsaPkcs1(Hash::Sha256),
+        "1.2.840.113549.1.1.12" => SignatureAlg::RsaPkcs1(Hash::Sha384),
+        "1.2.840.113549.1.1.13" => SignatureAlg::RsaPkcs1(Hash::Sha512),
+        "1.2.840.10045.4.3.2" => SignatureAlg::Ecdsa(Hash::Sha256),
+        "1.2.840.10045.4.3.3" => SignatureAlg::Ecdsa(Hash::Sha384),
+        OID_ED25519 => SignatureAlg::Ed25519,
+        _ => return None,
+    })
 }
 
 /// The error for a signature algorithm that is not in the accepted table.
@@ -247,7 +256,21 @@ fn verification_algorithm(
     alg: SignatureAlg,
     key: &PublicKey,
 ) -> Result<&'static dyn VerificationAlgorithm> {
-    Ok(match (alg, key) {
+    ring_verifier(alg, key).ok_or_else(|| {
+        Error::BadCsr(format!(
+            "CSR is signed with {} but its key is {}",
+            alg.name(),
+            key.describe()
+        ))
+    })
+}
+
+/// The ring verifier for a signature algorithm used with `key`, if the two fit together.
+pub(crate) fn ring_verifier(
+    alg: SignatureAlg,
+    key: &PublicKey,
+) -> Option<&'static dyn VerificationAlgorithm> {
+    Some(match (alg, key) {
         // ring's own lower bound (2048) equals ours, and its upper bound (8192) is above ours.
         (SignatureAlg::RsaPkcs1(Hash::Sha256), PublicKey::Rsa { .. }) => {
             &ring_sig::RSA_PKCS1_2048_8192_SHA256
@@ -271,18 +294,12 @@ fn verification_algorithm(
             &ring_sig::ECDSA_P384_SHA384_ASN1
         }
         (SignatureAlg::Ed25519, PublicKey::Ed25519(_)) => &ring_sig::ED25519,
-        (alg, key) => {
-            return Err(Error::BadCsr(format!(
-                "CSR is signed with {} but its key is {}",
-                alg.name(),
-                key.describe()
-            )))
-        }
+        _ => return None,
     })
 }
 
 /// True if an AlgorithmIdentifier's parameters are absent or an ASN.1 NULL.
-fn absent_or_null(params: Option<&Any<'_>>) -> bool {
+pub(crate) fn absent_or_null(params: Option<&Any<'_>>) -> bool {
     params.is_none_or(is_null)
 }
 
@@ -291,7 +308,7 @@ fn is_null(value: &Any<'_>) -> bool {
 }
 
 /// Applies the key policy to a parsed SubjectPublicKeyInfo.
-fn public_key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey> {
+pub(crate) fn public_key_from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey> {
     if spki.subject_public_key.unused_bits != 0 {
         return Err(Error::BadPublicKey(
             "subjectPublicKey BIT STRING has unused bits".to_owned(),
@@ -444,12 +461,6 @@ fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Ident
     // The comparison with the order is the finalize handler's job; this collects the set.
     let info = &csr.certification_request_info;
     let mut ids = BTreeSet::new();
-    for cn in info.subject.iter_common_name() {
-        let text = cn
-            .as_str()
-            .map_err(|_| Error::BadCsr("subject commonName is not a text string".to_owned()))?;
-        ids.insert(identifier_from_common_name(text)?);
-    }
 
     let mut extension_requests =
         info.iter_attributes()
@@ -485,20 +496,58 @@ fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Ident
             ids.insert(identifier_from_san(name)?);
         }
     }
-
-    if ids.is_empty() {
-        return Err(Error::BadCsr(
-            "CSR names no identifiers: put DNS names or IP addresses in its subjectAltName \
-             extension"
-                .to_owned(),
-        ));
+    for cn in info.subject.iter_common_name() {
+        let text = cn
+            .as_str()
+            .map_err(|_| Error::BadCsr("subject commonName is not a text string".to_owned()))?;
+        // A device CSR may repeat its serial as the CN, as issued certificates do (SPEC §8.2).
+        let is_serial = ids.iter().any(|id: &Identifier| {
+            id.kind == IdentifierType::PermanentIdentifier
+                && id.value.split('/').next() == Some(text)
+        });
+        if !is_serial {
+            ids.insert(identifier_from_common_name(text)?);
+        }
     }
+    // An empty set is not refused here: finalize compares it with the order (`matches_order`),
+    // and an order of permanent identifiers only may be finalized with a CSR naming nothing.
     Ok(ids.into_iter().collect())
 }
 
-/// The identifier for one subjectAltName entry; only dNSName and iPAddress are accepted.
+/// Whether the identifiers a CSR requests fit an order (SPEC §7.4).
+///
+/// RFC 8555 §7.4 wants the exact same set. draft-ietf-acme-device-attest §3.2 relaxes this for
+/// `permanent-identifier`: a CSR SHOULD carry them and MAY leave them out. So the CSR must name
+/// every `dns` and `ip` identifier of the order and nothing else, and either all of the order's
+/// permanent identifiers (octet for octet) or none of them. The certificate carries them either
+/// way, because names come from the order (SPEC §8.2).
+///
+/// <https://datatracker.ietf.org/doc/html/draft-ietf-acme-device-attest#section-3.2>
+pub fn matches_order(requested: &[Identifier], ordered: &[Identifier]) -> bool {
+    let is_device = |id: &&Identifier| id.kind == IdentifierType::PermanentIdentifier;
+    if requested == ordered {
+        return true;
+    }
+    !requested.iter().any(|id| is_device(&id))
+        && requested
+            .iter()
+            .eq(ordered.iter().filter(|id| !is_device(id)))
+}
+
+/// The identifier for one subjectAltName entry; only dNSName, iPAddress and otherName
+/// PermanentIdentifier are accepted.
 fn identifier_from_san(name: &GeneralName<'_>) -> Result<Identifier> {
     let kind = match name {
+        GeneralName::OtherName(oid, value)
+            if oid.to_id_string() == crate::attest::identifier::OID_PERMANENT_IDENTIFIER =>
+        {
+            return crate::attest::identifier::from_other_name(value)
+                .map(|value| Identifier {
+                    kind: IdentifierType::PermanentIdentifier,
+                    value,
+                })
+                .map_err(|why| Error::BadCsr(format!("CSR subjectAltName otherName: {why}")));
+        }
         GeneralName::DNSName(dns) => return dns_identifier(dns, "subjectAltName dNSName"),
         GeneralName::IPAddress(octets) => {
             return ip_from_octets(octets).map(Identifier::ip).ok_or_else(|| {
@@ -518,7 +567,8 @@ fn identifier_from_san(name: &GeneralName<'_>) -> Result<Identifier> {
         GeneralName::Invalid(tag, _) => format!("malformed entry (tag {})", tag.0),
     };
     Err(Error::BadCsr(format!(
-        "CSR subjectAltName {kind} is not accepted: this CA certifies DNS names and IP addresses only"
+        "CSR subjectAltName {kind} is not accepted: this CA certifies DNS names, IP addresses \
+         and permanent identifiers (otherName PermanentIdentifier) only"
     )))
 }
 
@@ -983,11 +1033,12 @@ mod tests {
                 "rfc822Name (email)",
             ),
             (
+                // A Microsoft UPN (1.3.6.1.4.1.311.20.2.3).
                 SanType::OtherName((
-                    vec![1, 3, 6, 1, 5, 5, 7, 8, 3],
-                    OtherNameValue::Utf8String("SN-0001".to_owned()),
+                    vec![1, 3, 6, 1, 4, 1, 311, 20, 2, 3],
+                    OtherNameValue::Utf8String("plc@plant.example".to_owned()),
                 )),
-                "otherName (1.3.6.1.5.5.7.8.3)",
+                "otherName (1.3.6.1.4.1.311.20.2.3)",
             ),
         ];
         for (san, name) in cases {
@@ -999,16 +1050,117 @@ mod tests {
             let detail = bad_csr(&der);
             assert!(detail.contains(name), "{detail}");
             assert!(
-                detail.contains("DNS names and IP addresses only"),
+                detail.contains("DNS names, IP addresses and permanent identifiers"),
                 "{detail}"
             );
         }
     }
 
     #[test]
-    fn refuses_a_csr_without_identifiers() {
+    fn a_csr_without_identifiers_names_nothing_and_fits_only_device_orders() {
         let (_, der) = rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, None, vec![]);
-        assert!(bad_csr(&der).starts_with("CSR names no identifiers"));
+        let info = parse_and_verify(&der).expect("accepted");
+        assert!(info.identifiers.is_empty());
+        assert!(matches_order(&[], &[device("SN1")]));
+        assert!(!matches_order(&[], &[Identifier::dns("a.example")]));
+        assert!(!matches_order(
+            &[],
+            &[Identifier::dns("a.example"), device("SN1")]
+        ));
+    }
+
+    fn device(value: &str) -> Identifier {
+        Identifier {
+            kind: IdentifierType::PermanentIdentifier,
+            value: value.to_owned(),
+        }
+    }
+
+    /// A SAN extension holding `names` (GeneralName DER each), as a custom extension: rcgen
+    /// writes otherName values as a bare UTF8String, which is not a PermanentIdentifier.
+    fn csr_with_general_names(cn: Option<&str>, names: &[Vec<u8>]) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let san = crate::attest::der::tlv(crate::attest::der::SEQUENCE, &names.concat());
+        params.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
+        params.serialize_request(&key).expect("CSR").der().to_vec()
+    }
+
+    fn permanent(value: &str) -> Vec<u8> {
+        crate::attest::identifier::PermanentId::parse(value)
+            .expect("valid")
+            .general_name_der()
+    }
+
+    #[test]
+    fn permanent_identifiers_are_read_octet_for_octet_and_may_repeat_as_cn() {
+        let dns_name = crate::attest::der::tlv(crate::attest::der::DNS_NAME, b"plc-9.example");
+        let der = csr_with_general_names(
+            Some("Sn-0001"),
+            &[permanent("Sn-0001/1.3.6.1.4.1.32473"), dns_name],
+        );
+        let info = parse_and_verify(&der).expect("accepted");
+        assert_eq!(
+            info.identifiers,
+            vec![
+                Identifier::dns("plc-9.example"),
+                device("Sn-0001/1.3.6.1.4.1.32473")
+            ]
+        );
+        // A CN that is not the serial (here: differing in case) is a dns name as before.
+        let der = csr_with_general_names(Some("SN-0001"), &[permanent("Sn-0001")]);
+        let info = parse_and_verify(&der).expect("accepted");
+        assert_eq!(
+            info.identifiers,
+            vec![Identifier::dns("sn-0001"), device("Sn-0001")]
+        );
+        assert!(!matches_order(&info.identifiers, &[device("Sn-0001")]));
+    }
+
+    #[test]
+    fn device_orders_take_all_or_none_of_their_permanent_identifiers() {
+        let a = device("SN-A");
+        let b = device("SN-B");
+        let d = Identifier::dns("plc.example");
+        let (da, dab) = ([d.clone(), a.clone()], [d.clone(), a.clone(), b.clone()]);
+        assert!(matches_order(&da, &da));
+        assert!(matches_order(std::slice::from_ref(&d), &da));
+        assert!(matches_order(std::slice::from_ref(&d), &dab));
+        assert!(!matches_order(&da, &dab));
+        assert!(!matches_order(std::slice::from_ref(&a), &da));
+        assert!(!matches_order(&[d, device("sn-a")], &da));
+    }
+
+    #[test]
+    fn malformed_permanent_identifiers_in_a_csr_are_bad_csr() {
+        // identifierValue with a "/" cannot be an ACME value.
+        let mut value = crate::attest::der::tlv(crate::attest::der::UTF8_STRING, b"A/B");
+        value = crate::attest::der::tlv(crate::attest::der::SEQUENCE, &value);
+        value = crate::attest::der::tlv(crate::attest::der::CONTEXT_0, &value);
+        let mut other = crate::attest::der::tlv(
+            crate::attest::der::OID,
+            &crate::attest::der::oid_content(&[1, 3, 6, 1, 5, 5, 7, 8, 3]),
+        );
+        other.extend(value);
+        let name = crate::attest::der::tlv(crate::attest::der::CONTEXT_0, &other);
+        let detail = bad_csr(&csr_with_general_names(None, &[name]));
+        assert!(detail.contains("otherName"), "{detail}");
+        // rcgen's bare UTF8String otherName.
+        let (_, der) = rcgen_csr(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            None,
+            vec![SanType::OtherName((
+                vec![1, 3, 6, 1, 5, 5, 7, 8, 3],
+                OtherNameValue::Utf8String("SN-0001".to_owned()),
+            ))],
+        );
+        assert!(bad_csr(&der).contains("not a DER SEQUENCE"));
     }
 
     #[test]

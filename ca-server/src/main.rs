@@ -29,6 +29,9 @@ enum Command {
     /// Approve or reject devices waiting for operator approval.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Manage the manufacturer trust anchors device attestations are verified against.
+    #[command(subcommand)]
+    TrustAnchor(TrustAnchorCommand),
 }
 
 #[derive(Subcommand)]
@@ -132,6 +135,30 @@ enum EabCommand {
         data_dir: Option<PathBuf>,
         /// The key id.
         kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustAnchorCommand {
+    /// Trust a manufacturer's IDevID CA certificate (PEM or DER) for device-attest-01.
+    Add {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Name of the anchor (default: from its SHA-256 fingerprint).
+        #[arg(long)]
+        name: Option<String>,
+        /// The manufacturer's assigner OID, for identifiers of the form serial/OID.
+        #[arg(long)]
+        assigner: Option<String>,
+        /// The CA certificate file.
+        file: PathBuf,
+    },
+    /// List the trust anchors.
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -243,6 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Serve(a)) => serve(a).await,
         Some(Command::Eab(cmd)) => eab(cmd),
         Some(Command::Approval(cmd)) => approval(cmd),
+        Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
     }
 }
 
@@ -329,6 +357,59 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             } else {
                 Err(format!("no EAB credential with key id {kid:?}"))
             }
+        }
+    }
+}
+
+fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
+    use ca_server::attest::anchors::TrustAnchorStore;
+    match cmd {
+        TrustAnchorCommand::Add {
+            data_dir: d,
+            name,
+            assigner,
+            file,
+        } => {
+            let input =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let (anchor, path) = TrustAnchorStore::new(&data_dir(d))
+                .add(&input, name.as_deref(), assigner.as_deref())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("trust anchor added: {}", path.display());
+            println!("  name:     {}", anchor.name);
+            println!("  subject:  {}", anchor.subject());
+            println!("  SHA-256:  {}", anchor.fingerprint());
+            println!(
+                "  expires:  {}",
+                ca_server::app::rfc3339(anchor.not_after())
+            );
+            println!(
+                "  assigner: {}",
+                anchor.assigner.as_deref().unwrap_or("none")
+            );
+            println!("  (compare the SHA-256 with the one the manufacturer publishes)");
+            Ok(())
+        }
+        TrustAnchorCommand::List { data_dir: d } => {
+            let list = TrustAnchorStore::new(&data_dir(d))
+                .list()
+                .map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("no trust anchors: device attestations cannot succeed");
+            }
+            for (name, loaded) in list {
+                match loaded {
+                    Ok(a) => println!(
+                        "{name}  {}  SHA-256 {}  expires {}  assigner {}",
+                        a.subject(),
+                        a.fingerprint(),
+                        ca_server::app::rfc3339(a.not_after()),
+                        a.assigner.as_deref().unwrap_or("none")
+                    ),
+                    Err(why) => println!("{name}  UNUSABLE: {why}"),
+                }
+            }
+            Ok(())
         }
     }
 }

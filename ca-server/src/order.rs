@@ -551,7 +551,8 @@ pub async fn finalize(
 
     // > The CSR MUST indicate the exact same set of requested identifiers as the initial
     // > newOrder request.
-    if info.identifiers != order.identifiers {
+    // (draft-ietf-acme-device-attest §3.2 lets permanent identifiers be left out: SPEC §7.4.)
+    if !csr::matches_order(&info.identifiers, &order.identifiers) {
         let show = |ids: &[Identifier]| {
             ids.iter()
                 .map(ToString::to_string)

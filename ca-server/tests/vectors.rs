@@ -29,6 +29,7 @@ fn skips() -> Skips {
 /// The vector files this binary runs; every other file must be skipped as a whole.
 const RUN: &[&str] = &[
     "base64url",
+    "device_attest",
     "identifiers",
     "pairing_code",
     "problems",
@@ -176,6 +177,7 @@ fn identifiers() {
         let kind = match field(&v.input, "type")? {
             "dns" => IdentifierType::Dns,
             "ip" => IdentifierType::Ip,
+            "permanent-identifier" => IdentifierType::PermanentIdentifier,
             other => return Err(format!("identifier type {other} cannot be built")),
         };
         let id = Identifier {
@@ -189,6 +191,92 @@ fn identifiers() {
             (Err(e), Some(_)) => Err(format!("refused: {e}")),
             (Err(e), None) if e.problem_type().name() == field(&v.expect, "problem")? => Ok(()),
             (Err(e), None) => Err(format!("refused as {}: {e}", e.problem_type().name())),
+        }
+    });
+}
+
+/// SPEC §4.5, §5.10: `attest::verify_attestation` (everything device-attest-01 checks apart from
+/// reading the request and the configuration), plus the reference encoder, which must write
+/// the vector's `attObj` byte for byte from its statement.
+#[test]
+fn device_attest() {
+    use ca_server::attest::anchors::TrustAnchor;
+    use ca_server::attest::object;
+    run("device_attest", |v| {
+        let b64 = |s: &Value| jwk::b64u_decode("vector", s.as_str().unwrap_or_default());
+        let anchors = v.input["trust_anchors"]
+            .as_array()
+            .ok_or("no trust_anchors")?
+            .iter()
+            .map(|a| {
+                Ok(TrustAnchor {
+                    name: field(a, "name")?.to_owned(),
+                    der: b64(&a["certificate_der_b64url"]).map_err(|e| e.to_string())?,
+                    assigner: a["assigner"].as_str().map(str::to_owned),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let stmt = &v.input["att_stmt"];
+        let sig = b64(&stmt["sig_b64url"]).map_err(|e| e.to_string())?;
+        let x5c = stmt["x5c_b64url"]
+            .as_array()
+            .ok_or("no x5c")?
+            .iter()
+            .map(|c| b64(c).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x5c: Vec<&[u8]> = x5c.iter().map(Vec::as_slice).collect();
+        let att_obj = b64(&v.input["att_obj_b64url"]).map_err(|e| e.to_string())?;
+        let alg = stmt["alg"].as_i64().ok_or("no alg")?;
+        if object::encode(field(stmt, "fmt")?, alg, &sig, &x5c) != att_obj {
+            return Err("the reference encoder writes other bytes".to_owned());
+        }
+        let key_authorization = field(&v.input, "key_authorization")?;
+        if key_authorization
+            != format!(
+                "{}.{}",
+                field(&v.input, "token")?,
+                field(&v.input, "account_thumbprint")?
+            )
+        {
+            return Err("key_authorization is not token.thumbprint".to_owned());
+        }
+        let at = time::OffsetDateTime::parse(
+            field(&v.input, "verification_time")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| e.to_string())?
+        .unix_timestamp();
+        let identifier = Identifier {
+            kind: IdentifierType::PermanentIdentifier,
+            value: field(&v.input["identifier"], "value")?.to_owned(),
+        };
+        let got = ca_server::attest::verify_attestation(
+            &att_obj,
+            &identifier,
+            key_authorization,
+            &anchors,
+            at,
+        );
+        match (got, v.expect["valid"].as_bool()) {
+            (Ok(a), Some(true)) => {
+                if a.anchor != field(&v.expect, "anchor")?
+                    || a.serial_source != field(&v.expect, "serial_source")?
+                {
+                    return Err(format!("verified, but as {a:?}"));
+                }
+                Ok(())
+            }
+            (Ok(a), _) => Err(format!("accepted: {a:?}")),
+            (Err(e), Some(true)) => Err(format!("refused: {e}")),
+            (Err(e), _) => {
+                let detail = e.to_problem().detail;
+                if e.problem_type().name() != field(&v.expect, "problem")?
+                    || !detail.contains(field(&v.expect, "detail_contains")?)
+                {
+                    return Err(format!("refused as {}: {detail}", e.problem_type().name()));
+                }
+                Ok(())
+            }
         }
     });
 }
@@ -318,6 +406,13 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "challenge-dns" => Error::Dns(s("NXDOMAIN")),
         "challenge-tls" => Error::Tls(s("handshake failed")),
         "challenge-incorrect-response" => Error::IncorrectResponse(s("wrong body")),
+        "challenge-bad-attestation" => Error::BadAttestationStatement(s("unknown manufacturer")),
+        // Decided by order::normalize_identifier.
+        "order-permanent-identifier-malformed" => {
+            let id: Identifier =
+                serde_json::from_value(v.input["identifier"].clone()).map_err(|e| e.to_string())?;
+            refused(normalize_identifier(&id))?
+        }
         "server-internal" => Error::Internal(s("secret cause /var/lib/iiot-acme")),
         other => {
             return Err(format!(

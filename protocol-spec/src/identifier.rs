@@ -1,4 +1,5 @@
-//! Identifier rules of SPEC §4: normalisation and checks for `dns`, canonical form for `ip`.
+//! Identifier rules of SPEC §4: normalisation and checks for `dns`, canonical form for `ip`,
+//! syntax and policy for `permanent-identifier`.
 //!
 //! A client runs these before newOrder so that it never sends a value the server will refuse, and
 //! so that the names in its CSR match the order exactly (SPEC §7.4).
@@ -14,6 +15,12 @@ pub const DNS_NAME_MAX: usize = 253;
 
 /// Longest canonical `ip` value: a full IPv4-mapped IPv6 address.
 pub const IP_TEXT_MAX: usize = 45;
+
+/// Longest `permanent-identifier` serial the server certifies, in octets (SPEC §4.5).
+pub const SERIAL_MAX: usize = 128;
+
+/// Longest `permanent-identifier` assigner OID text the server accepts, in octets (SPEC §4.5).
+pub const ASSIGNER_MAX: usize = 128;
 
 /// Which rule an identifier breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +51,16 @@ pub enum Reason {
     Unspecified,
     /// A multicast address.
     Multicast,
+    /// A `permanent-identifier` with nothing before the `/` (or nothing at all).
+    EmptySerial,
+    /// A `permanent-identifier` whose part after the `/` is not a dotted-decimal OID.
+    AssignerSyntax,
+    /// A `permanent-identifier` serial with a control character (U+0000–U+001F, U+007F–U+009F).
+    ControlCharacter,
+    /// A `permanent-identifier` serial longer than [`SERIAL_MAX`] octets.
+    SerialLength,
+    /// An assigner longer than [`ASSIGNER_MAX`] octets, or with an arc beyond 64 bits.
+    AssignerRange,
 }
 
 /// An identifier the server would refuse, with the problem type it would use.
@@ -88,6 +105,11 @@ impl core::fmt::Display for IdentifierError {
             Reason::NotCanonical => "IP address is not in canonical text form",
             Reason::Unspecified => "the unspecified address cannot be certified",
             Reason::Multicast => "a multicast address cannot be certified",
+            Reason::EmptySerial => "the serial before the '/' must not be empty",
+            Reason::AssignerSyntax => "the part after '/' must be a dotted-decimal OID",
+            Reason::ControlCharacter => "the serial must not contain control characters",
+            Reason::SerialLength => "the serial must be at most 128 octets",
+            Reason::AssignerRange => "the assigner OID is too long or has an arc over 64 bits",
         };
         write!(f, "{}: {why}", self.problem_type())
     }
@@ -173,9 +195,97 @@ pub fn check_ip(value: &str) -> Result<IpAddr, IdentifierError> {
     Ok(addr)
 }
 
+/// A `permanent-identifier` value split into its parts (SPEC §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PermanentIdentifier<'a> {
+    /// The device serial: what goes into identifierValue, octet for octet.
+    pub serial: &'a str,
+    /// The assigner OID, dotted-decimal, if the value has one.
+    pub assigner: Option<&'a str>,
+}
+
+/// Checks a `permanent-identifier` value (SPEC §4.5): `serial["/"assignerOID]` by the ABNF of
+/// draft-ietf-acme-device-attest §3.1 (breaches are `malformed`), then the server's policy
+/// (control characters, lengths and arcs beyond 64 bits are `rejectedIdentifier`). The value is
+/// never rewritten.
+pub fn check_permanent_identifier(value: &str) -> Result<PermanentIdentifier<'_>, IdentifierError> {
+    use IdentifierError::{Malformed, Rejected};
+    let (serial, assigner) = match value.split_once('/') {
+        Some((serial, assigner)) => (serial, Some(assigner)),
+        None => (value, None),
+    };
+    if serial.is_empty() {
+        return Err(Malformed(Reason::EmptySerial));
+    }
+    let mut arcs_fit = true;
+    if let Some(a) = assigner {
+        arcs_fit = check_assigner(a).map_err(Malformed)?;
+    }
+    if serial.chars().any(char::is_control) {
+        return Err(Rejected(Reason::ControlCharacter));
+    }
+    if serial.len() > SERIAL_MAX {
+        return Err(Rejected(Reason::SerialLength));
+    }
+    if assigner.is_some_and(|a| a.len() > ASSIGNER_MAX) || !arcs_fit {
+        return Err(Rejected(Reason::AssignerRange));
+    }
+    Ok(PermanentIdentifier { serial, assigner })
+}
+
+/// The assigner-value production; `Ok(false)` if it holds but an arc (or 80 plus the second
+/// arc under 2) does not fit in 64 bits.
+fn check_assigner(text: &str) -> Result<bool, Reason> {
+    let mut fits = true;
+    let mut count = 0;
+    let mut first = "";
+    for (i, arc) in text.split('.').enumerate() {
+        count += 1;
+        if arc.is_empty()
+            || !arc.bytes().all(|b| b.is_ascii_digit())
+            || (arc.len() > 1 && arc.starts_with('0'))
+        {
+            return Err(Reason::AssignerSyntax);
+        }
+        let n = arc.parse::<u64>().ok();
+        match i {
+            0 if !matches!(arc, "0" | "1" | "2") => return Err(Reason::AssignerSyntax),
+            0 => first = arc,
+            1 if first != "2" && n.is_none_or(|n| n > 39) => return Err(Reason::AssignerSyntax),
+            1 => fits &= n.is_some_and(|n| n <= u64::MAX - 80),
+            _ => fits &= n.is_some(),
+        }
+    }
+    if count < 2 {
+        return Err(Reason::AssignerSyntax);
+    }
+    Ok(fits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permanent_identifiers_split_and_are_kept_as_sent() {
+        assert_eq!(
+            check_permanent_identifier("Sn-0042/1.3.6.1.4.1.32473"),
+            Ok(PermanentIdentifier {
+                serial: "Sn-0042",
+                assigner: Some("1.3.6.1.4.1.32473")
+            })
+        );
+        fn r(v: &str) -> Result<Option<&str>, Reason> {
+            check_permanent_identifier(v)
+                .map(|p| p.assigner)
+                .map_err(IdentifierError::reason)
+        }
+        assert_eq!(r("/1.2"), Err(Reason::EmptySerial));
+        assert_eq!(r("A/1.40"), Err(Reason::AssignerSyntax));
+        assert_eq!(r("A/2.40"), Ok(Some("2.40")));
+        assert_eq!(r("A\u{85}"), Err(Reason::ControlCharacter));
+        assert_eq!(r("A/2.18446744073709551600"), Err(Reason::AssignerRange));
+    }
 
     #[test]
     fn normalises_into_small_buffers_or_says_why_not() {

@@ -5,13 +5,13 @@
 //! returns the written part, so the embedded client can use the same code as the server and the
 //! device client. They leave hashing to the caller, who already has SHA-256 for JWS.
 //!
-//! | module          | what                                                     | SPEC       |
-//! |-----------------|----------------------------------------------------------|------------|
-//! | [`base64url`]   | strict unpadded base64url                                | §3.7       |
-//! | [`jwk`]         | RFC 7638 canonical JWK JSON, thumbprint text             | §5.2       |
-//! | [`challenge`]   | key authorization, tls-alpn-01 extension, reverse names  | §5.2, §5.4 |
-//! | [`identifier`]  | `dns` normalisation and `ip` canonical-form checks       | §4         |
-//! | [`fingerprint`] | root certificate fingerprint text                        | §2.3       |
+//! | module          | what                                                        | SPEC       |
+//! |-----------------|-------------------------------------------------------------|------------|
+//! | [`base64url`]   | strict unpadded base64url                                   | §3.7       |
+//! | [`jwk`]         | RFC 7638 canonical JWK JSON, thumbprint text                | §5.2       |
+//! | [`challenge`]   | key authorization, tls-alpn-01 extension, reverse names     | §5.2, §5.4 |
+//! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
+//! | [`fingerprint`] | root certificate fingerprint text                           | §2.3       |
 //!
 //! With the `vectors` feature, [`vectors`] exposes the vector files as strings so that other
 //! crates' tests run the same bytes.
@@ -36,9 +36,12 @@ mod write;
 pub mod vectors {
     /// Strict base64url decoding and encoding (SPEC §3.7).
     pub const BASE64URL: &str = include_str!("../vectors/base64url.json");
+    /// device-attest-01 attestation objects and their verification outcome (SPEC §4.5, §5.10).
+    pub const DEVICE_ATTEST: &str = include_str!("../vectors/device_attest.json");
     /// Root certificate fingerprints (SPEC §2.3).
     pub const FINGERPRINT: &str = include_str!("../vectors/fingerprint.json");
-    /// `dns` and `ip` identifiers and their canonical values or problem types (SPEC §4).
+    /// `dns`, `ip` and `permanent-identifier` identifiers and their canonical values or problem
+    /// types (SPEC §4).
     pub const IDENTIFIERS: &str = include_str!("../vectors/identifiers.json");
     /// Key authorizations and tls-alpn-01 digests (SPEC §5.2, §5.4).
     pub const KEY_AUTHORIZATION: &str = include_str!("../vectors/key_authorization.json");
@@ -54,6 +57,7 @@ pub mod vectors {
     /// Every vector file as (file stem, contents).
     pub const ALL: &[(&str, &str)] = &[
         ("base64url", BASE64URL),
+        ("device_attest", DEVICE_ATTEST),
         ("fingerprint", FINGERPRINT),
         ("identifiers", IDENTIFIERS),
         ("key_authorization", KEY_AUTHORIZATION),
