@@ -29,6 +29,9 @@ enum Command {
     /// Approve or reject devices waiting for operator approval.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Build or query compromised-key blocklists (badkeys format).
+    #[command(subcommand)]
+    Blocklist(ca_server::keycheck::blocklist::BlocklistCommand),
 }
 
 #[derive(Subcommand)]
@@ -243,6 +246,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Serve(a)) => serve(a).await,
         Some(Command::Eab(cmd)) => eab(cmd),
         Some(Command::Approval(cmd)) => approval(cmd),
+        Some(Command::Blocklist(cmd)) => cmd.run(),
     }
 }
 
