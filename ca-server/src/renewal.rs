@@ -131,6 +131,9 @@ mod tests {
     fn rfc9773_cert_id_example() {
         let aki = hex::decode("69885B6B87464041E1B37B847BA0AE2CDE01C8D4").expect("hex");
         let serial = hex::decode("0087654321").expect("hex");
-        assert_eq!(cert_id(&aki, &serial), "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
+        assert_eq!(
+            cert_id(&aki, &serial),
+            "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+        );
     }
 }
