@@ -34,6 +34,8 @@ pub struct Config {
     pub eab: EabConfig,
     /// Which enrollment paths (challenge types) are offered.
     pub enrollment: EnrollmentConfig,
+    /// Key hygiene at issuance.
+    pub keys: KeysConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             validation: ValidationConfig::default(),
             eab: EabConfig::default(),
             enrollment: EnrollmentConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -153,6 +156,20 @@ impl Default for EnrollmentConfig {
             approval_ttl: Duration::from_secs(3600),
         }
     }
+}
+
+/// Key hygiene at issuance (`[keys]`; see `keycheck`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Compromised-key blocklist in the badkeys format (e.g. badkeys' `blocklist.dat`, or one
+    /// built with `ca-server blocklist build`). Read while the configuration is parsed: a
+    /// missing or malformed file stops the server at start.
+    pub blocklist: Option<crate::keycheck::blocklist::BlocklistFile>,
+    /// Let a renewal (same account, same identifiers) certify the key of the previous
+    /// certificate. Off by default: every certificate needs a new key, as device-client makes
+    /// one on every renewal.
+    pub allow_renewal_key_reuse: bool,
 }
 
 impl Config {

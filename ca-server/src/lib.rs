@@ -21,6 +21,7 @@ pub mod fsutil;
 pub mod jwk;
 pub mod jws;
 pub mod key;
+pub mod keycheck;
 pub mod nonce;
 pub mod order;
 pub mod renewal;

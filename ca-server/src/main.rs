@@ -32,6 +32,9 @@ enum Command {
     /// Manage the manufacturer trust anchors device attestations are verified against.
     #[command(subcommand)]
     TrustAnchor(TrustAnchorCommand),
+    /// Build or query compromised-key blocklists (badkeys format).
+    #[command(subcommand)]
+    Blocklist(ca_server::keycheck::blocklist::BlocklistCommand),
 }
 
 #[derive(Subcommand)]
@@ -271,6 +274,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Eab(cmd)) => eab(cmd),
         Some(Command::Approval(cmd)) => approval(cmd),
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
+        Some(Command::Blocklist(cmd)) => cmd.run(),
     }
 }
 

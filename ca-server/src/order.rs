@@ -548,6 +548,8 @@ pub async fn finalize(
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
     let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
     let info = csr::parse_and_verify(&der)?;
+    // Weak, blocklisted, account and already-certified keys (keycheck module docs).
+    let key_use = crate::keycheck::check(&app, &r.account, &order, &info)?;
 
     // > The CSR MUST indicate the exact same set of requested identifiers as the initial
     // > newOrder request.
@@ -610,6 +612,7 @@ pub async fn finalize(
         Ok(issued) => {
             let cert = Certificate::new(&r.account.id, &order, &issued);
             app.db.put(Table::Certificates, &cert.id, &cert)?;
+            key_use.record(&app, &cert)?;
             tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, "certificate issued");
             Stage::Valid { cert: cert.id }
         }

@@ -41,11 +41,15 @@ pub enum Table {
     Meta,
     /// serial hex → `Revocation`, so the CRL is built without scanning every certificate.
     Revocations,
+    /// SHA-256 of a certified key's SubjectPublicKeyInfo (hex) → `keycheck::KeyUse`.
+    KeyUse,
+    /// `{unix nanoseconds}.{id}` → `keycheck::KeyReuseAttempt` (refused key reuse).
+    KeyReuseAttempts,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -55,6 +59,8 @@ impl Table {
         Self::EabUsage,
         Self::Meta,
         Self::Revocations,
+        Self::KeyUse,
+        Self::KeyReuseAttempts,
     ];
 
     /// A stable name for the table.
@@ -69,6 +75,8 @@ impl Table {
             Self::EabUsage => "eab_usage",
             Self::Meta => "meta",
             Self::Revocations => "revocations",
+            Self::KeyUse => "key_use",
+            Self::KeyReuseAttempts => "key_reuse_attempts",
         }
     }
 }

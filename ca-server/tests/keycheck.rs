@@ -1,0 +1,796 @@
+//! Key hygiene at finalize, request by request through the router (`keycheck` module docs):
+//! ROCA and Fermat-factorable RSA keys, blocklisted keys, another account's account key,
+//! fleet-wide key reuse and renewal reuse. The weak RSA keys are built here at test time from
+//! primes of the vulnerable forms, and the blocklist with the `ca-server blocklist build` tool;
+//! no key is committed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use axum::http::StatusCode;
+use ca_server::keycheck::blocklist::BlocklistFile;
+use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind};
+use ca_server::storage::Table;
+use common::{b64, Account, Reply, TestServer};
+use num_bigint::BigUint;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// ACME helpers (as in wfe.rs): ready orders and finalize.
+
+/// Marks every authorization of an order valid in the store, standing in for a challenge.
+fn validate_all(s: &TestServer, order: &Value) {
+    use ca_server::authz::Authz;
+    use ca_server::types::{AuthzStatus, ChallengeStatus};
+    for url in order["authorizations"].as_array().expect("authzs") {
+        let id = url.as_str().expect("url").rsplit('/').next().expect("id");
+        s.app
+            .db
+            .update(Table::Authzs, id, |mut a: Authz| {
+                a.status = AuthzStatus::Valid;
+                a.challenges[0].status = ChallengeStatus::Valid;
+                Ok(a)
+            })
+            .expect("validate");
+    }
+}
+
+/// A ready order for `names` (dns identifiers); returns the order with its `url`.
+async fn ready_order(s: &TestServer, acct: &Account, names: &[&str]) -> Value {
+    let ids: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"type": "dns", "value": n}))
+        .collect();
+    let r = s
+        .post_as(
+            acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": ids})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut o = r.json();
+    validate_all(s, &o);
+    o["url"] = json!(r.header("location").expect("location"));
+    o
+}
+
+fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.serialize_request(key).expect("csr").der().to_vec()
+}
+
+/// Orders `names` and finalizes with `key`.
+async fn order_and_finalize(
+    s: &TestServer,
+    acct: &Account,
+    names: &[&str],
+    key: &rcgen::KeyPair,
+) -> (Value, Reply) {
+    let o = ready_order(s, acct, names).await;
+    let r = finalize(s, acct, &o, &csr(names, key)).await;
+    (o, r)
+}
+
+async fn finalize(s: &TestServer, acct: &Account, order: &Value, der: &[u8]) -> Reply {
+    s.post_as(
+        acct,
+        order["finalize"].as_str().expect("finalize"),
+        Some(&json!({"csr": b64(der)})),
+    )
+    .await
+}
+
+fn assert_issued(r: &Reply) {
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["status"], "valid");
+}
+
+/// Asserts a refusal of `kind` whose detail contains `needle`, and that the order is still
+/// ready (the client may send a CSR with another key).
+async fn assert_refused(
+    s: &TestServer,
+    acct: &Account,
+    order: &Value,
+    r: &Reply,
+    kind: &str,
+    needle: &str,
+) {
+    let p = r.assert_problem(400, kind);
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(needle), "{detail:?} lacks {needle:?}");
+    let now = s
+        .post_as(acct, order["url"].as_str().expect("url"), None)
+        .await
+        .json();
+    assert_eq!(now["status"], "ready", "{now}");
+}
+
+fn attempts(s: &TestServer) -> Vec<KeyReuseAttempt> {
+    KeyReuseAttempt::list(&s.app).expect("list attempts")
+}
+
+// ---------------------------------------------------------------------------------------------
+// RSA keys from chosen primes: Miller-Rabin, PKCS#8 assembly.
+
+fn random_below(rng: &mut StdRng, bound: &BigUint) -> BigUint {
+    let mut bytes = vec![0u8; bound.to_bytes_be().len() + 8];
+    rng.fill(bytes.as_mut_slice());
+    BigUint::from_bytes_be(&bytes) % bound
+}
+
+/// Miller-Rabin with 24 random bases (FIPS 186-5 Appendix B.3 asks for fewer at this size).
+fn is_probable_prime(n: &BigUint, rng: &mut StdRng) -> bool {
+    let one = BigUint::from(1u32);
+    let two = BigUint::from(2u32);
+    for p in [2u32, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+        if n % p == BigUint::from(0u32) {
+            return *n == BigUint::from(p);
+        }
+    }
+    let n1 = n - &one;
+    let s = n1.trailing_zeros().unwrap_or(0);
+    let d = &n1 >> s;
+    'bases: for _ in 0..24 {
+        let a = random_below(rng, &(n - 3u32)) + &two;
+        let mut x = a.modpow(&d, n);
+        if x == one || x == n1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = &x * &x % n;
+            if x == n1 {
+                continue 'bases;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+/// A DER TLV.
+fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    if body.len() < 0x80 {
+        out.push(body.len() as u8);
+    } else if body.len() < 0x100 {
+        out.extend([0x81, body.len() as u8]);
+    } else {
+        out.extend([0x82, (body.len() >> 8) as u8, body.len() as u8]);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn int(v: &BigUint) -> Vec<u8> {
+    let mut b = v.to_bytes_be();
+    if b[0] & 0x80 != 0 {
+        b.insert(0, 0);
+    }
+    tlv(0x02, &b)
+}
+
+/// An RSA key pair (e = 65537) from two primes, as rcgen/ring take it: PKCS#8 around a PKCS#1
+/// RSAPrivateKey (RFC 8017 §A.1.2, RFC 5208 §5).
+fn rsa_key_pair(p: &BigUint, q: &BigUint) -> rcgen::KeyPair {
+    let (p, q) = if p > q { (p, q) } else { (q, p) };
+    let one = BigUint::from(1u32);
+    let e = BigUint::from(65_537u32);
+    let phi = (p - &one) * (q - &one);
+    let d = e.modinv(&phi).expect("e invertible mod phi");
+    let rsa = [
+        int(&BigUint::from(0u32)),
+        int(&(p * q)),
+        int(&e),
+        int(&d),
+        int(p),
+        int(q),
+        int(&(&d % (p - &one))),
+        int(&(&d % (q - &one))),
+        int(&q.modinv(p).expect("q invertible mod p")),
+    ]
+    .concat();
+    let alg = tlv(
+        0x30,
+        &[
+            tlv(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+            ),
+            tlv(0x05, &[]),
+        ]
+        .concat(),
+    );
+    let pkcs8 = tlv(
+        0x30,
+        &[int(&BigUint::from(0u32)), alg, tlv(0x04, &tlv(0x30, &rsa))].concat(),
+    );
+    rcgen::KeyPair::try_from(pkcs8.as_slice()).expect("ring accepts the RSA key")
+}
+
+/// ⌈√(2^2047)⌉: both primes at least this big make a 2048-bit modulus.
+fn half_2048_floor() -> BigUint {
+    (BigUint::from(1u32) << 2047u32).sqrt() + 1u32
+}
+
+fn usable_prime(p: &BigUint, rng: &mut StdRng) -> bool {
+    // gcd(p − 1, 65537) = 1, or e has no inverse; 65537 is prime.
+    (p - 1u32) % 65_537u32 != BigUint::from(0u32) && is_probable_prime(p, rng)
+}
+
+/// A ROCA-vulnerable key: both primes of Infineon RSALib's form p = k·M + (65537^a mod M)
+/// with M the primorial of the first 126 primes, the M RSALib uses for 2048-bit keys (Nemec
+/// et al., "The Return of Coppersmith's Attack", ACM CCS 2017, §2). Deterministic (seeded).
+fn roca_key_pair() -> rcgen::KeyPair {
+    let mut rng = StdRng::seed_from_u64(2017_15361);
+    let m = (2u32..)
+        .filter(|&i| (2..i).take_while(|j| j * j <= i).all(|j| i % j != 0))
+        .take(126)
+        .fold(BigUint::from(1u32), |m, p| m * p);
+    let g = BigUint::from(65_537u32);
+    let lo = half_2048_floor() / &m + 1u32;
+    let hi = (BigUint::from(1u32) << 1024u32) / &m;
+    let mut prime = || loop {
+        let k = &lo + random_below(&mut rng, &(&hi - &lo));
+        let a = BigUint::from(rng.gen::<u64>());
+        let p = k * &m + g.modpow(&a, &m);
+        if usable_prime(&p, &mut rng) {
+            return p;
+        }
+    };
+    let (p, q) = (prime(), prime());
+    rsa_key_pair(&p, &q)
+}
+
+/// A key whose primes are consecutive: Fermat's method factors it at once.
+fn fermat_key_pair() -> rcgen::KeyPair {
+    let mut rng = StdRng::seed_from_u64(1643);
+    let lo = half_2048_floor();
+    let span = (BigUint::from(1u32) << 1024u32) - &lo - 100_000u32;
+    let mut p = (&lo + random_below(&mut rng, &span)) | BigUint::from(1u32);
+    while !usable_prime(&p, &mut rng) {
+        p += 2u32;
+    }
+    let mut q = &p + 2u32;
+    while !usable_prime(&q, &mut rng) {
+        q += 2u32;
+    }
+    rsa_key_pair(&p, &q)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed by scripts/install-test-deps.sh");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An ordinary 2048-bit RSA key from openssl.
+fn openssl_rsa_key_pair(dir: &Path, name: &str) -> rcgen::KeyPair {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            name,
+        ],
+    );
+    let pem = std::fs::read_to_string(dir.join(name)).expect("key");
+    rcgen::KeyPair::from_pem(&pem).expect("rcgen reads the openssl key")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weak RSA keys.
+
+#[tokio::test]
+async fn roca_key_is_refused_with_bad_public_key() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let key = roca_key_pair();
+    let (o, r) = order_and_finalize(&s, &acct, &["tpm-1.plant.example"], &key).await;
+    assert_refused(&s, &acct, &o, &r, "badPublicKey", "ROCA").await;
+}
+
+#[tokio::test]
+async fn fermat_key_is_refused_with_bad_public_key() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let key = fermat_key_pair();
+    let (o, r) = order_and_finalize(&s, &acct, &["plc-9.plant.example"], &key).await;
+    assert_refused(&s, &acct, &o, &r, "badPublicKey", "Fermat").await;
+}
+
+/// The negative case for every RSA test: an ordinary openssl key is certified.
+#[tokio::test]
+async fn ordinary_openssl_rsa_key_is_issued() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = openssl_rsa_key_pair(dir.path(), "ok.pem");
+    let (_, r) = order_and_finalize(&s, &acct, &["hmi-1.plant.example"], &key).await;
+    assert_issued(&r);
+}
+
+/// csr.rs already refuses the algorithm-level problems; they reach the client unchanged.
+#[tokio::test]
+async fn algorithm_policy_from_csr_rs_reaches_the_client() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    for (args, kind, needle) in [
+        (
+            &["-newkey", "rsa:1024", "-sha256"][..],
+            "badPublicKey",
+            "RSA 1024-bit keys are not accepted",
+        ),
+        (
+            &["-newkey", "rsa:2048", "-md5"],
+            "badCSR",
+            "md5WithRSAEncryption",
+        ),
+    ] {
+        let mut all = vec![
+            "req",
+            "-new",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-subj",
+            "/CN=old-1.plant.example",
+            "-outform",
+            "DER",
+            "-out",
+            "r.der",
+        ];
+        all.extend_from_slice(args);
+        openssl(d, &all);
+        let o = ready_order(&s, &acct, &["old-1.plant.example"]).await;
+        let r = finalize(&s, &acct, &o, &std::fs::read(d.join("r.der")).expect("csr")).await;
+        assert_refused(&s, &acct, &o, &r, kind, needle).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocklist.
+
+fn ca_server_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ca-server"))
+}
+
+#[tokio::test]
+async fn blocklisted_p256_and_rsa_keys_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    // Leaked keys as an operator finds them: a P-256 private key (PKCS#8), an RSA private key
+    // from openssl, and a certificate whose key leaked.
+    let leaked_p256 = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(d.join("p256.pem"), leaked_p256.serialize_pem()).expect("write");
+    let leaked_rsa = openssl_rsa_key_pair(d, "rsa.pem");
+    let leaked_cert_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["fw.example".to_owned()])
+        .expect("params")
+        .self_signed(&leaked_cert_key)
+        .expect("cert");
+    std::fs::write(d.join("fw.crt"), cert.pem()).expect("write");
+
+    let out = ca_server_bin()
+        .args(["blocklist", "build", "--out"])
+        .arg(d.join("local.dat"))
+        .args(["--list-id", "42"])
+        .args([d.join("p256.pem"), d.join("rsa.pem"), d.join("fw.crt")])
+        .output()
+        .expect("run ca-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(d.join("local.dat")).expect("file").len(),
+        3 * 16
+    );
+    // Merging it into another list and building again keeps three unique records.
+    let out = ca_server_bin()
+        .args(["blocklist", "build", "--out"])
+        .arg(d.join("merged.dat"))
+        .arg("--merge")
+        .arg(d.join("local.dat"))
+        .arg(d.join("p256.pem"))
+        .output()
+        .expect("run ca-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(d.join("merged.dat")).expect("file").len(),
+        3 * 16
+    );
+    // `blocklist check` finds the key.
+    let out = ca_server_bin()
+        .args(["blocklist", "check", "--blocklist"])
+        .arg(d.join("local.dat"))
+        .arg(d.join("p256.pem"))
+        .output()
+        .expect("run ca-server");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BLOCKED (list 42)"));
+
+    let list = BlocklistFile::load(&d.join("local.dat")).expect("load");
+    let s = TestServer::with(|cfg| cfg.keys.blocklist = Some(list));
+    let acct = s.new_account().await;
+    for (name, key) in [
+        ("p256.plant.example", &leaked_p256),
+        ("rsa.plant.example", &leaked_rsa),
+        ("p384.plant.example", &leaked_cert_key),
+    ] {
+        let (o, r) = order_and_finalize(&s, &acct, &[name], key).await;
+        assert_refused(&s, &acct, &o, &r, "badPublicKey", "blocklist (list 42)").await;
+    }
+    let fresh = rcgen::KeyPair::generate().expect("key");
+    let (_, r) = order_and_finalize(&s, &acct, &["fresh.plant.example"], &fresh).await;
+    assert_issued(&r);
+}
+
+#[test]
+fn a_missing_or_malformed_blocklist_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("no-such-blocklist.dat");
+    let toml = format!("[keys]\nblocklist = {:?}\n", missing.display().to_string());
+    let err = ca_server::config::Config::from_toml(&toml).expect_err("missing file");
+    assert!(err.contains("no-such-blocklist.dat"), "{err}");
+
+    let bad = dir.path().join("bad.dat");
+    std::fs::write(&bad, [0u8; 20]).expect("write");
+    let toml = format!("[keys]\nblocklist = {:?}\n", bad.display().to_string());
+    let err = ca_server::config::Config::from_toml(&toml).expect_err("bad file");
+    assert!(err.contains("16-byte records"), "{err}");
+
+    // The binary exits with the error before it listens.
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n[keys]\nblocklist = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            missing.display().to_string()
+        ),
+    )
+    .expect("write");
+    let out = ca_server_bin()
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run ca-server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read blocklist") && stderr.contains("no-such-blocklist.dat"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account keys and fleet-wide reuse.
+
+#[tokio::test]
+async fn another_accounts_key_is_refused_and_recorded() {
+    let s = TestServer::new();
+    let owner = s.new_account().await;
+    let acct = s.new_account().await;
+    let owner_key = rcgen::KeyPair::try_from(owner.key.pkcs8.as_slice()).expect("rcgen key");
+    let (o, r) = order_and_finalize(&s, &acct, &["gw-1.plant.example"], &owner_key).await;
+    assert_refused(
+        &s,
+        &acct,
+        &o,
+        &r,
+        "badCSR",
+        "the certificate key is the account key of another account",
+    )
+    .await;
+    let a = attempts(&s);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, ReuseKind::AccountKey);
+    assert!(acct.kid.ends_with(&a[0].attempted.account_id));
+    assert!(owner.kid.ends_with(&a[0].holder.account_id));
+}
+
+#[tokio::test]
+async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
+    let s = TestServer::new();
+    let vendor = s.new_account().await;
+    let other = s.new_account().await;
+    // One key image flashed onto every unit of a product line.
+    let shared = rcgen::KeyPair::generate().expect("key");
+    let (_, r) = order_and_finalize(&s, &vendor, &["unit-1.plant.example"], &shared).await;
+    assert_issued(&r);
+    let serial = r.json()["certificate"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("cert url")
+        .to_owned();
+    let fingerprint = ca_server::keycheck::spki_sha256(
+        &ca_server::csr::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&shared))
+            .expect("spki"),
+    );
+    let used: KeyUse = s
+        .app
+        .db
+        .get(Table::KeyUse, &fingerprint)
+        .expect("get")
+        .expect("certified key recorded");
+    assert_eq!(used.serial, serial);
+    assert_eq!(used.key_type, "ECDSA P-256");
+
+    // Same account, another device.
+    let (o, r) = order_and_finalize(&s, &vendor, &["unit-2.plant.example"], &shared).await;
+    assert_refused(
+        &s,
+        &vendor,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for [dns:unit-1.plant.example]",
+    )
+    .await;
+    // Another account, even for the same identifier.
+    let (o, r) = order_and_finalize(&s, &other, &["unit-1.plant.example"], &shared).await;
+    assert_refused(
+        &s,
+        &other,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for another account",
+    )
+    .await;
+
+    let a = attempts(&s);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].kind, ReuseKind::OtherDevice);
+    assert_eq!(a[0].attempted.identifiers[0].value, "unit-2.plant.example");
+    assert_eq!(a[0].holder.identifiers[0].value, "unit-1.plant.example");
+    assert_eq!(a[0].holder.serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(a[1].kind, ReuseKind::OtherAccount);
+    assert!(other.kid.ends_with(&a[1].attempted.account_id));
+    assert!(vendor.kid.ends_with(&a[1].holder.account_id));
+    assert!(a.iter().all(|x| x.spki_sha256 == fingerprint));
+    // The KeyUse record still names the first holder.
+    let used: KeyUse = s
+        .app
+        .db
+        .get(Table::KeyUse, &fingerprint)
+        .expect("get")
+        .expect("use");
+    assert_eq!(used.serial, serial);
+}
+
+#[tokio::test]
+async fn renewal_with_the_same_key_is_refused_by_default() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let (_, r) = order_and_finalize(&s, &acct, &["plc-5.plant.example"], &key).await;
+    assert_issued(&r);
+    let (o, r) = order_and_finalize(&s, &acct, &["plc-5.plant.example"], &key).await;
+    assert_refused(
+        &s,
+        &acct,
+        &o,
+        &r,
+        "badCSR",
+        "requires a new key for every certificate",
+    )
+    .await;
+    assert_eq!(attempts(&s)[0].kind, ReuseKind::Renewal);
+    // A new key renews.
+    let fresh = rcgen::KeyPair::generate().expect("key");
+    assert_issued(&finalize(&s, &acct, &o, &csr(&["plc-5.plant.example"], &fresh)).await);
+}
+
+#[tokio::test]
+async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices() {
+    let s = TestServer::with(|cfg| cfg.keys.allow_renewal_key_reuse = true);
+    let acct = s.new_account().await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let (_, first) = order_and_finalize(&s, &acct, &["plc-6.plant.example"], &key).await;
+    assert_issued(&first);
+    let (_, second) = order_and_finalize(&s, &acct, &["plc-6.plant.example"], &key).await;
+    assert_issued(&second);
+    assert_ne!(first.json()["certificate"], second.json()["certificate"]);
+    assert!(attempts(&s).is_empty());
+    // The index follows the newest certificate.
+    let fingerprint = ca_server::keycheck::spki_sha256(
+        &ca_server::csr::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
+            .expect("spki"),
+    );
+    let used: KeyUse = s
+        .app
+        .db
+        .get(Table::KeyUse, &fingerprint)
+        .expect("get")
+        .expect("use");
+    assert!(second.json()["certificate"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with(&used.serial));
+    assert!(used.first_certified <= used.last_certified);
+    // Still one key per device.
+    let (o, r) = order_and_finalize(&s, &acct, &["plc-7.plant.example"], &key).await;
+    assert_refused(
+        &s,
+        &acct,
+        &o,
+        &r,
+        "badCSR",
+        "every device needs a key of its own",
+    )
+    .await;
+
+    // Once a certificate for the key is revoked for keyCompromise, not even a renewal may
+    // reuse it.
+    s.app
+        .db
+        .update(
+            Table::Certificates,
+            &used.serial,
+            |mut c: ca_server::cert::Certificate| {
+                c.revoked = Some(ca_server::cert::Revocation { reason: 1, at: 0 });
+                Ok(c)
+            },
+        )
+        .expect("revoke");
+    let (o, r) = order_and_finalize(&s, &acct, &["plc-6.plant.example"], &key).await;
+    assert_refused(
+        &s,
+        &acct,
+        &o,
+        &r,
+        "badPublicKey",
+        "revoked because the key was compromised",
+    )
+    .await;
+}
+
+/// Orders for different devices finalized at the same moment with one key: exactly one
+/// certificate is issued and every other attempt is refused and recorded. (Whether requests
+/// overlap here depends on scheduling; `a_key_is_reserved_between_check_and_issuance` tests
+/// the reservation itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_finalizes_of_one_key_for_different_devices_issue_once() {
+    use axum::body::Body;
+    use axum::http::Request;
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let shared = rcgen::KeyPair::generate().expect("key");
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        let name = format!("unit-{i}.line.example");
+        let o = ready_order(&s, &acct, &[name.as_str()]).await;
+        let fin = o["finalize"].as_str().expect("fin").to_owned();
+        let body = json!({"csr": b64(csr(&[name.as_str()], &shared))});
+        let protected =
+            json!({"alg": "ES256", "nonce": s.nonce().await, "url": fin, "kid": acct.kid});
+        requests.push(
+            Request::post(&fin)
+                .header("content-type", "application/jose+json")
+                .body(Body::from(
+                    acct.key.jws(&protected, Some(&body)).to_string(),
+                ))
+                .expect("req"),
+        );
+    }
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            let router = s.router.clone();
+            tokio::spawn(async move {
+                Reply::read(
+                    tower::ServiceExt::oneshot(router, req)
+                        .await
+                        .expect("infallible"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut issued = 0;
+    for t in tasks {
+        let r = t.await.expect("join");
+        if r.status == StatusCode::OK {
+            issued += 1;
+        } else {
+            r.assert_problem(400, "badCSR");
+        }
+    }
+    assert_eq!(issued, 1);
+    let a = attempts(&s);
+    assert_eq!(a.len(), 7);
+    assert!(a
+        .iter()
+        .all(|x| matches!(x.kind, ReuseKind::OtherDevice | ReuseKind::Concurrent)));
+}
+
+/// The reservation `keycheck::check` returns keeps a second order from passing the checks
+/// with the same key until the first has recorded its certificate or given up.
+#[tokio::test]
+async fn a_key_is_reserved_between_check_and_issuance() {
+    use ca_server::order::Order;
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let account: ca_server::account::Account = s
+        .app
+        .db
+        .get(Table::Accounts, acct.kid.rsplit('/').next().expect("id"))
+        .expect("get")
+        .expect("account");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut orders = Vec::new();
+    for name in ["unit-a.line.example", "unit-b.line.example"] {
+        let o = ready_order(&s, &acct, &[name]).await;
+        let id = o["url"]
+            .as_str()
+            .and_then(|u| u.rsplit('/').next())
+            .expect("id");
+        let order: Order = s
+            .app
+            .db
+            .get(Table::Orders, id)
+            .expect("get")
+            .expect("order");
+        let info = ca_server::csr::parse_and_verify(&csr(&[name], &key)).expect("csr");
+        orders.push((order, info));
+    }
+    let check = |i: usize| ca_server::keycheck::check(&s.app, &account, &orders[i].0, &orders[i].1);
+
+    let first = check(0).expect("first order passes");
+    let again = check(0).expect("the same order may be finalized twice at once");
+    let err = check(1)
+        .err()
+        .expect("second order refused while the first holds the key");
+    assert!(
+        matches!(&err, ca_server::Error::BadCsr(d) if d.contains("right now")),
+        "{err}"
+    );
+    let a = attempts(&s);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, ReuseKind::Concurrent);
+    assert_eq!(
+        a[0].holder.order_id.as_deref(),
+        Some(orders[0].0.id.as_str())
+    );
+    drop(first);
+    assert!(
+        check(1).is_err(),
+        "still held by the second finalize of order 0"
+    );
+    drop(again);
+    // Released without a certificate: the key is free again.
+    assert!(check(1).is_ok());
+}
