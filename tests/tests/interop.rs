@@ -171,3 +171,45 @@ fn tls_chain_ends_with_the_root_that_the_fingerprint_pins() {
         "the last certificate is the root"
     );
 }
+
+/// First start prints what an operator needs: where it listens, the directory URL, the root
+/// certificate path and its SHA-256 fingerprint (the value devices pin), and the private keys
+/// are readable by the owner only.
+#[test]
+fn first_start_prints_directory_root_and_fingerprint() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let stdout =
+        fs::read_to_string(server.data_dir().join("ca-server.stdout.log")).expect("stdout log");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(server.root_pem_path())
+        .output()
+        .expect("openssl");
+    let fp = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit('=')
+        .next()
+        .expect("fingerprint")
+        .to_owned();
+    assert!(
+        stdout.contains(&format!(
+            "listening on https://127.0.0.1:{}",
+            server.listen_port()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&server.directory_url()), "{stdout}");
+    assert!(
+        stdout.contains(&server.root_pem_path().display().to_string()),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&fp), "fingerprint {fp} missing:\n{stdout}");
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["root.key", "intermediate.key", "server.key"] {
+        let mode = fs::metadata(server.data_dir().join("ca").join(key))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+}
