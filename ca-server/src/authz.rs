@@ -500,10 +500,13 @@ async fn run_validation(
         return Ok(());
     };
     let key_authz = key_authorization(&token, thumbprint);
-    let outcome = app
-        .va
-        .validate(&authz.identifier, kind, &token, &key_authz)
-        .await;
+    let outcome = if app.cfg.validation.lab_always_valid {
+        Ok(())
+    } else {
+        app.va
+            .validate(&authz.identifier, kind, &token, &key_authz)
+            .await
+    };
     match &outcome {
         Ok(()) => {
             tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, "challenge valid")

@@ -111,6 +111,10 @@ pub struct ValidationConfig {
     /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
     /// Off by default; the server logs a warning at start when it is set.
     pub lab_resolve_all_to: Option<IpAddr>,
+    /// LAB/BENCHMARK ONLY: every http-01 and tls-alpn-01 challenge passes without dialing out
+    /// (as Pebble's PEBBLE_VA_ALWAYS_VALID), so a benchmark measures the CA, not the network.
+    /// Off by default; the server logs a warning at start when it is on.
+    pub lab_always_valid: bool,
 }
 
 impl Default for ValidationConfig {
@@ -120,6 +124,7 @@ impl Default for ValidationConfig {
             tls_alpn_port: 443,
             timeout: Duration::from_secs(10),
             lab_resolve_all_to: None,
+            lab_always_valid: false,
         }
     }
 }

@@ -35,6 +35,9 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
         tracing::warn!(%addr, "LAB SETTING validation.lab_resolve_all_to is on: every dns identifier is validated against {addr}, not its DNS address. Never use this in production.");
     }
+    if cfg.validation.lab_always_valid {
+        tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
+    }
     let va = Validator::new(cfg.validation.clone())?;
     Ok(AppState::new(Inner {
         base_url: cfg.base_url(),
@@ -153,8 +156,13 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         let _ = tokio::signal::ctrl_c().await;
         shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    axum_server::from_tcp_rustls(listener, tls)
+    // TCP_NODELAY: ACME exchanges are small request/response pairs, and with Nagle's
+    // algorithm each response can wait ~40 ms for the client's delayed ACK.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::from_tcp(listener)
         .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))?
+        .acceptor(acceptor)
         .handle(handle)
         .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await

@@ -1389,3 +1389,39 @@ async fn renewal_info_windows_and_replaces() {
         .json();
     assert!(t(&w["suggestedWindow"]["end"]) < time::OffsetDateTime::now_utc());
 }
+
+#[tokio::test]
+async fn lab_always_valid_passes_challenges_without_dialing() {
+    let s = TestServer::with(|c| {
+        c.validation.lab_always_valid = true;
+        // Nothing listens here: a real validation would fail with a connection error.
+        c.validation.http_port = 9;
+    });
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "bench.plant.test"}]})),
+        )
+        .await;
+    let order_url = r.header("location").expect("location");
+    let authz_url = r.json()["authorizations"][0]
+        .as_str()
+        .expect("authz")
+        .to_owned();
+    let chall = s.post_as(&acct, &authz_url, None).await.json()["challenges"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    s.post_as(&acct, &chall, Some(&json!({}))).await;
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        status = s.post_as(&acct, &order_url, None).await.json()["status"].clone();
+        if status == "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "ready");
+}

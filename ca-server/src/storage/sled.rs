@@ -68,8 +68,14 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> FlushFuture<'_> {
+        // sled's synchronous flush on the blocking pool rather than `flush_async`: under
+        // concurrent load `flush_async` was seen to never complete here (a whole server stalled
+        // with eight clients), while `flush` from several threads coalesces safely.
+        let db = self.db.clone();
         Box::pin(async move {
-            self.db.flush_async().await?;
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| Error::Storage(format!("flush task failed: {e}")))??;
             Ok(())
         })
     }

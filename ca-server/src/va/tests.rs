@@ -30,6 +30,7 @@ fn config(http_port: u16, tls_alpn_port: u16) -> ValidationConfig {
         tls_alpn_port,
         timeout: Duration::from_secs(5),
         lab_resolve_all_to: None,
+        lab_always_valid: false,
     }
 }
 

@@ -1,0 +1,322 @@
+//! `loadgen`: N simulated devices, C at a time, each running a complete RFC 8555 enrollment
+//! (new account, new order, authorization, http-01 challenge, finalize with a fresh P-256 CSR,
+//! certificate download) against any ACME directory, trusting a given CA file.
+//!
+//! Reports certificates/s, latency percentiles per whole enrollment and per step, errors by
+//! problem type, its own CPU time, and the server's CPU time and peak RSS when given its PID
+//! (read from /proc). `--json` prints one JSON object for scripts.
+//!
+//! Challenges: with `--http-port` it answers http-01 on 127.0.0.1:PORT (the port the CA dials);
+//! without it, it assumes the server validates nothing (iiot-acme's `lab_always_valid`, Pebble's
+//! `PEBBLE_VA_ALWAYS_VALID`) and just triggers the challenge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use clap::Parser;
+use instant_acme::{
+    Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use serde_json::json;
+
+#[derive(Parser, Clone)]
+#[command(about = "ACME enrollment load generator")]
+struct Opts {
+    /// ACME directory URL.
+    #[arg(long)]
+    directory: String,
+    /// PEM file with the CA certificate to trust for the server's HTTPS.
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// Number of devices (enrollments).
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Answer http-01 on 127.0.0.1:PORT; omit for servers that validate nothing.
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Server PID, to report its CPU time and peak RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Domain suffix for device names.
+    #[arg(long, default_value = "plant.test")]
+    suffix: String,
+    /// Give up on one enrollment after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+const STEPS: [&str; 6] = [
+    "account",
+    "order",
+    "challenge",
+    "ready",
+    "finalize",
+    "certificate",
+];
+
+type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+#[derive(Default)]
+struct Results {
+    total: Vec<Duration>,
+    steps: BTreeMap<&'static str, Vec<Duration>>,
+    errors: BTreeMap<String, usize>,
+}
+
+/// One enrollment; returns per-step durations or the error's problem type (or text).
+async fn enroll(
+    opts: &Opts,
+    tokens: &Tokens,
+    i: usize,
+) -> Result<Vec<(&'static str, Duration)>, String> {
+    let describe = |e: instant_acme::Error| match e {
+        instant_acme::Error::Api(p) => p.r#type.unwrap_or_else(|| "problem without type".into()),
+        other => format!("client error: {other}"),
+    };
+    let mut steps = Vec::with_capacity(STEPS.len());
+    let mut t = Instant::now();
+    let mut lap = |name: &'static str, steps: &mut Vec<_>| {
+        steps.push((name, t.elapsed()));
+        t = Instant::now();
+    };
+    let (account, _) = Account::builder_with_root(&opts.ca_file)
+        .map_err(describe)?
+        .create(
+            &NewAccount {
+                contact: &[],
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            opts.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(describe)?;
+    lap("account", &mut steps);
+    let name = format!("dev-{i}.{}", opts.suffix);
+    let mut order = account
+        .new_order(&NewOrder::new(&[Identifier::Dns(name.clone())]))
+        .await
+        .map_err(describe)?;
+    lap("order", &mut steps);
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a.map_err(describe)?;
+        let mut ch = a
+            .challenge(ChallengeType::Http01)
+            .ok_or("no http-01 challenge offered")?;
+        if opts.http_port.is_some() {
+            let ka = ch.key_authorization().as_str().to_owned();
+            tokens
+                .lock()
+                .map_err(|_| "token map poisoned")?
+                .insert(ch.token.clone(), ka);
+        }
+        ch.set_ready().await.map_err(describe)?;
+    }
+    lap("challenge", &mut steps);
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(5))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(opts.timeout_secs));
+    let status = order.poll_ready(&retry).await.map_err(describe)?;
+    if status != OrderStatus::Ready {
+        return Err(format!("order became {status:?}"));
+    }
+    lap("ready", &mut steps);
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(vec![name]).map_err(|e| e.to_string())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+    order.finalize_csr(csr.der()).await.map_err(describe)?;
+    lap("finalize", &mut steps);
+    order.poll_certificate(&retry).await.map_err(describe)?;
+    lap("certificate", &mut steps);
+    Ok(steps)
+}
+
+/// CPU seconds (user + system) of a process, from /proc (clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn summary(v: &mut [Duration]) -> serde_json::Value {
+    v.sort();
+    json!({
+        "p50_ms": percentile(v, 0.50), "p90_ms": percentile(v, 0.90),
+        "p99_ms": percentile(v, 0.99), "max_ms": percentile(v, 1.0), "n": v.len(),
+    })
+}
+
+async fn serve_http01(port: u16, tokens: Tokens) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(
+                |State(t): State<Tokens>, Path(token): Path<String>| async move {
+                    t.lock()
+                        .map(|m| m.get(&token).cloned().unwrap_or_default())
+                        .unwrap_or_default()
+                },
+            ),
+        )
+        .with_state(tokens);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen for http-01 on 127.0.0.1:{port}"))?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
+    let tokens: Tokens = Arc::default();
+    if let Some(port) = opts.http_port {
+        serve_http01(port, tokens.clone()).await?;
+    }
+    let server_pid = opts.server_pid.map(|p| p.to_string());
+    let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
+    let own_cpu_before = cpu_seconds("self");
+
+    let results = Arc::new(Mutex::new(Results::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..opts.concurrency)
+        .map(|_| {
+            let (opts, tokens, results, next) =
+                (opts.clone(), tokens.clone(), results.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= opts.devices {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let budget = Duration::from_secs(opts.timeout_secs);
+                    let outcome = tokio::time::timeout(budget, enroll(&opts, &tokens, i))
+                        .await
+                        .unwrap_or_else(|_| Err("timeout (server stalled?)".to_owned()));
+                    let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+                    match outcome {
+                        Ok(steps) => {
+                            r.total.push(t0.elapsed());
+                            for (name, d) in steps {
+                                r.steps.entry(name).or_default().push(d);
+                            }
+                        }
+                        Err(e) => *r.errors.entry(e).or_default() += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.context("worker panicked")?;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let ok = r.total.len();
+    let server_cpu = match (
+        server_pid.as_deref().and_then(cpu_seconds),
+        server_cpu_before,
+    ) {
+        (Some(a), Some(b)) => Some(a - b),
+        _ => None,
+    };
+    let own_cpu = match (cpu_seconds("self"), own_cpu_before) {
+        (Some(a), Some(b)) => Some(a - b),
+        _ => None,
+    };
+    let per_cert_ms = |cpu: Option<f64>| cpu.filter(|_| ok > 0).map(|c| c * 1000.0 / ok as f64);
+    let mut steps = serde_json::Map::new();
+    for name in STEPS {
+        if let Some(v) = r.steps.get_mut(name) {
+            steps.insert(name.to_owned(), summary(v));
+        }
+    }
+    let report = json!({
+        "devices": opts.devices, "concurrency": opts.concurrency, "ok": ok,
+        "errors": r.errors, "wall_s": wall, "certs_per_s": ok as f64 / wall,
+        "enrollment": summary(&mut r.total), "steps": steps,
+        "server_cpu_s": server_cpu, "server_cpu_ms_per_cert": per_cert_ms(server_cpu),
+        "server_peak_rss_mib": server_pid.as_deref().and_then(peak_rss_mib),
+        "loadgen_cpu_s": own_cpu, "loadgen_cpu_ms_per_cert": per_cert_ms(own_cpu),
+    });
+    if opts.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "{ok}/{} enrollments in {wall:.2} s at concurrency {}: {:.1} certificates/s",
+        opts.devices,
+        opts.concurrency,
+        ok as f64 / wall
+    );
+    let e = &report["enrollment"];
+    println!(
+        "enrollment latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        e["p50_ms"].as_f64().unwrap_or(0.0),
+        e["p90_ms"].as_f64().unwrap_or(0.0),
+        e["p99_ms"].as_f64().unwrap_or(0.0),
+        e["max_ms"].as_f64().unwrap_or(0.0)
+    );
+    for (name, s) in &steps {
+        println!(
+            "  {name:<12} p50 {:>7.1}  p90 {:>7.1}  p99 {:>7.1}  max {:>7.1}",
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p90_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(c) = per_cert_ms(server_cpu) {
+        println!(
+            "server CPU {:.2} s ({c:.2} ms/certificate), peak RSS {:.1} MiB",
+            server_cpu.unwrap_or(0.0),
+            report["server_peak_rss_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(c) = per_cert_ms(own_cpu) {
+        println!(
+            "loadgen CPU {:.2} s ({c:.2} ms/certificate)",
+            own_cpu.unwrap_or(0.0)
+        );
+    }
+    for (kind, n) in &r.errors {
+        println!("error x{n}: {kind}");
+    }
+    Ok(())
+}
