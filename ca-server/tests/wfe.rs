@@ -740,6 +740,40 @@ async fn ready_order(s: &TestServer, acct: &common::Account, names: &[&str]) -> 
     o
 }
 
+/// A certificate issued for one name through a ready order.
+struct Issued {
+    pem: String,
+    der: Vec<u8>,
+    key: rcgen::KeyPair,
+}
+
+async fn issue(s: &TestServer, acct: &common::Account, name: &str) -> Issued {
+    let o = ready_order(s, acct, &[name]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let fin = s
+        .post_as(
+            acct,
+            o["finalize"].as_str().expect("fin"),
+            Some(&json!({"csr": b64(csr(&[name], &key))})),
+        )
+        .await
+        .json();
+    let pem = String::from_utf8(
+        s.post_as(acct, fin["certificate"].as_str().expect("url"), None)
+            .await
+            .body,
+    )
+    .expect("pem");
+    let leaf_b64: String = pem
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    Issued { pem, der, key }
+}
+
 fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
     let mut p =
         rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
@@ -957,29 +991,7 @@ async fn concurrent_finalizes_issue_exactly_one_certificate() {
 async fn revocation_by_owner_by_certificate_key_and_refusals() {
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let o = ready_order(&s, &acct, &["plc-5.plant.example"]).await;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let fin = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-5.plant.example"], &key))})),
-        )
-        .await
-        .json();
-    let pem = String::from_utf8(
-        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
-            .await
-            .body,
-    )
-    .expect("pem");
-    let leaf_b64: String = pem
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der =
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let Issued { der, key, .. } = issue(&s, &acct, "plc-5.plant.example").await;
     let url = s.url("/acme/revoke-cert");
 
     // Reason 6 (certificateHold) is not for subscribers.
@@ -1156,29 +1168,7 @@ async fn orders_cannot_be_posted_to_and_deactivation_cancels_them() {
 async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let o = ready_order(&s, &acct, &["plc-6.plant.example"]).await;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let fin = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-6.plant.example"], &key))})),
-        )
-        .await
-        .json();
-    let pem = String::from_utf8(
-        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
-            .await
-            .body,
-    )
-    .expect("pem");
-    let leaf_b64: String = pem
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der =
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let Issued { pem, der, .. } = issue(&s, &acct, "plc-6.plant.example").await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
     let cdp = cert
         .extensions()
@@ -1265,29 +1255,7 @@ async fn renewal_info_windows_and_replaces() {
         .expect("renewalInfo in the directory")
         .to_owned();
     let acct = s.new_account().await;
-    let o = ready_order(&s, &acct, &["plc-8.plant.example"]).await;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let fin = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-8.plant.example"], &key))})),
-        )
-        .await
-        .json();
-    let pem = String::from_utf8(
-        s.post_as(&acct, fin["certificate"].as_str().expect("url"), None)
-            .await
-            .body,
-    )
-    .expect("pem");
-    let leaf_b64: String = pem
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der =
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let Issued { der, .. } = issue(&s, &acct, "plc-8.plant.example").await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
     let aki = cert
         .extensions()
