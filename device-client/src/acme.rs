@@ -1,0 +1,458 @@
+//! The ACME conversation: directory, account, order, authorizations, finalize, download
+//! (RFC 8555 §7).
+//!
+//! The order flow is driven by the order's status as the CA reports it (RFC 8555 §7.1.6,
+//! SPEC §7.3), not by what the client last did: `pending` → satisfy authorizations, `ready` →
+//! finalize, `processing` → wait, `valid` → download, `invalid` → explain. So an order the CA
+//! returns already `ready` (reused or pre-authorized authorizations) or a `processing` order
+//! after a lost response both just continue.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::b64;
+use crate::enroll::{ChallengeSession, EabCredential, Enrollment};
+use crate::error::Error;
+use crate::jws::{self, KeyRef};
+use crate::key::Signer;
+use crate::transport::{Response, Transport};
+use crate::trust::TrustAnchor;
+use crate::types::{
+    Authorization, AuthorizationStatus, ChallengeStatus, Directory, Finalize, Identifier,
+    NewAccount, NewOrder, Order, OrderStatus,
+};
+
+/// Shortest wait between two polls, whatever Retry-After says.
+const MIN_POLL: Duration = Duration::from_millis(500);
+/// Longest wait between two polls without a Retry-After.
+const MAX_POLL: Duration = Duration::from_secs(10);
+/// How often progress is logged while waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// A connection to one CA, trusted through one pinned root.
+pub struct AcmeClient {
+    transport: Transport,
+    directory: Directory,
+}
+
+impl AcmeClient {
+    /// Connects to the CA and reads its directory. This is the first request, so a CA that fails
+    /// the pin is refused here, before any ACME request is sent (SPEC §2.3).
+    pub async fn connect(
+        directory_url: &str,
+        anchor: TrustAnchor,
+        request_timeout: Duration,
+    ) -> Result<Self, Error> {
+        if !directory_url.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "directory URL {directory_url:?} must start with https:// (SPEC §2.1)"
+            )));
+        }
+        let transport = Transport::new(anchor, request_timeout)?;
+        let directory = transport.directory(directory_url).await?;
+        Ok(Self {
+            transport,
+            directory,
+        })
+    }
+
+    /// The CA's directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    async fn post(
+        &self,
+        key: &dyn Signer,
+        key_ref: KeyRef<'_>,
+        url: &str,
+        payload: Option<&[u8]>,
+        request: &str,
+    ) -> Result<Response, Error> {
+        self.transport
+            .post(&self.directory, key, key_ref, url, payload, request)
+            .await
+    }
+
+    /// Creates the account for `key`, or finds the one it already has (RFC 8555 §7.3), and
+    /// returns its URL. `eab` binds it to an operator credential (RFC 8555 §7.3.4).
+    pub async fn new_account(
+        &self,
+        key: &dyn Signer,
+        eab: Option<&EabCredential>,
+        agree_terms: bool,
+    ) -> Result<String, Error> {
+        let meta = &self.directory.meta;
+        if meta.external_account_required && eab.is_none() {
+            return Err(Error::Config(
+                "the CA requires external account binding: give the EAB key identifier and \
+                 HMAC key the operator created (eab_kid, eab_hmac)"
+                    .into(),
+            ));
+        }
+        let terms_of_service_agreed = match (&meta.terms_of_service, agree_terms) {
+            (Some(_), true) => Some(true),
+            (Some(url), false) => {
+                return Err(Error::Config(format!(
+                    "the CA has terms of service ({url}); set agree_terms = true \
+                     (--agree-terms) to accept them for this device"
+                )))
+            }
+            (None, _) => None,
+        };
+        let url = &self.directory.new_account;
+        let external_account_binding = eab
+            .map(|c| jws::external_account_binding(&c.kid, &c.hmac_key, &key.public_jwk(), url))
+            .transpose()?;
+        let payload = serde_json::to_vec(&NewAccount {
+            contact: &[],
+            terms_of_service_agreed,
+            only_return_existing: false,
+            external_account_binding,
+        })
+        .map_err(|e| Error::Crypto(format!("cannot serialize newAccount: {e}")))?;
+        let resp = self
+            .post(key, KeyRef::Jwk, url, Some(&payload), "newAccount")
+            .await?;
+        let account = resp.location("newAccount")?;
+        if resp.status.as_u16() == 201 {
+            tracing::info!(account = %account, "created ACME account");
+        } else {
+            tracing::info!(account = %account, "the CA already knows this account key");
+        }
+        Ok(account)
+    }
+
+    /// Orders a certificate for `identifiers`, satisfies its authorizations with `enrollment`,
+    /// finalizes with `csr_der`, and returns the PEM chain (leaf first). Each wait (validation,
+    /// issuance) gives up after `poll_timeout`.
+    pub async fn issue(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        identifiers: &[Identifier],
+        enrollment: &Enrollment,
+        csr_der: &[u8],
+        poll_timeout: Duration,
+    ) -> Result<String, Error> {
+        let kid = KeyRef::Kid(account_url);
+        let payload = serde_json::to_vec(&NewOrder { identifiers })
+            .map_err(|e| Error::Crypto(format!("cannot serialize newOrder: {e}")))?;
+        let resp = self
+            .post(
+                key,
+                kid,
+                &self.directory.new_order,
+                Some(&payload),
+                "newOrder",
+            )
+            .await?;
+        let order_url = resp.location("newOrder")?;
+        let mut order: Order = resp.json("newOrder")?;
+        let mut retry_after = resp.retry_after;
+        tracing::info!(order = %order_url, status = ?order.status, "order created");
+        // Started at the first wait, so that a long authorization phase (an operator deciding)
+        // does not eat into the limit for issuance.
+        let mut waiting: Option<Poller> = None;
+        loop {
+            match order.status {
+                OrderStatus::Pending => {
+                    self.authorize(key, account_url, &order, enrollment, poll_timeout)
+                        .await?;
+                    let (o, ra) = self.order(key, account_url, &order_url).await?;
+                    if o.status == OrderStatus::Pending {
+                        // All authorizations are valid, but the CA has not caught up yet.
+                        waiting
+                            .get_or_insert_with(|| Poller::new("the order", poll_timeout))
+                            .wait(ra, "pending")
+                            .await?;
+                    }
+                    (order, retry_after) = (o, ra);
+                }
+                OrderStatus::Ready => {
+                    tracing::info!("all identifiers validated; sending the CSR");
+                    let payload = serde_json::to_vec(&Finalize {
+                        csr: b64::encode(csr_der),
+                    })
+                    .map_err(|e| Error::Crypto(format!("cannot serialize finalize: {e}")))?;
+                    let resp = self
+                        .post(key, kid, &order.finalize, Some(&payload), "finalize")
+                        .await?;
+                    retry_after = resp.retry_after;
+                    order = resp.json("finalize")?;
+                }
+                OrderStatus::Processing => {
+                    waiting
+                        .get_or_insert_with(|| Poller::new("the order", poll_timeout))
+                        .wait(retry_after, "processing")
+                        .await?;
+                    (order, retry_after) = self.order(key, account_url, &order_url).await?;
+                }
+                OrderStatus::Valid => {
+                    let url = order.certificate.as_deref().ok_or_else(|| {
+                        Error::protocol("order", "a valid order has no certificate URL")
+                    })?;
+                    return self.download(key, account_url, url).await;
+                }
+                OrderStatus::Invalid => {
+                    return Err(self
+                        .explain_invalid(key, account_url, &order_url, order)
+                        .await)
+                }
+            }
+        }
+    }
+
+    async fn order(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        url: &str,
+    ) -> Result<(Order, Option<Duration>), Error> {
+        let resp = self
+            .post(key, KeyRef::Kid(account_url), url, None, "order")
+            .await?;
+        Ok((resp.json("order")?, resp.retry_after))
+    }
+
+    async fn authz(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        url: &str,
+    ) -> Result<(Authorization, Option<Duration>), Error> {
+        let resp = self
+            .post(key, KeyRef::Kid(account_url), url, None, "authorization")
+            .await?;
+        Ok((resp.json("authorization")?, resp.retry_after))
+    }
+
+    /// Triggers the challenge of every pending authorization, then waits until each is valid.
+    async fn authorize(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        order: &Order,
+        enrollment: &Enrollment,
+        poll_timeout: Duration,
+    ) -> Result<(), Error> {
+        // Keeps the http-01 responder (or what a later method needs) alive until every
+        // authorization is settled, and stops it when this function returns.
+        let mut session = ChallengeSession::default();
+        let jwk = key.public_jwk();
+        let wanted = enrollment.challenge_type();
+        let mut pending = Vec::new();
+        for url in &order.authorizations {
+            let (authz, _) = self.authz(key, account_url, url).await?;
+            let id = authz.identifier.to_string();
+            match authz.status {
+                AuthorizationStatus::Valid => {
+                    tracing::debug!(identifier = %id, "already authorized");
+                    continue;
+                }
+                AuthorizationStatus::Pending => {}
+                _ => return Err(failed(&authz)),
+            }
+            let Some(challenge) = authz.challenges.iter().find(|c| c.kind == wanted) else {
+                return Err(Error::NoChallenge {
+                    identifier: id,
+                    wanted: wanted.to_owned(),
+                    offered: authz.challenges.iter().map(|c| c.kind.clone()).collect(),
+                });
+            };
+            match challenge.status {
+                ChallengeStatus::Pending => {
+                    enrollment.prepare(&mut session, challenge, &jwk).await?;
+                    let payload = enrollment.respond_payload();
+                    self.post(
+                        key,
+                        KeyRef::Kid(account_url),
+                        &challenge.url,
+                        Some(&payload),
+                        "challenge",
+                    )
+                    .await?;
+                    tracing::info!(identifier = %id, challenge = wanted, "asked the CA to validate");
+                }
+                // Triggered by an earlier run whose response was lost: the CA may be dialing
+                // right now, so answer again, but do not trigger twice.
+                ChallengeStatus::Processing => {
+                    enrollment.prepare(&mut session, challenge, &jwk).await?;
+                }
+                ChallengeStatus::Valid => {}
+                ChallengeStatus::Invalid => return Err(failed(&authz)),
+            }
+            pending.push((url, id));
+        }
+        let limit = enrollment.wait_limit(poll_timeout);
+        for (url, id) in pending {
+            let mut poll = Poller::new(&enrollment.waiting_for(&id, &session), limit);
+            loop {
+                let (authz, retry_after) = self.authz(key, account_url, url).await?;
+                match authz.status {
+                    AuthorizationStatus::Valid => {
+                        tracing::info!(identifier = %id, "validated");
+                        break;
+                    }
+                    AuthorizationStatus::Pending => poll.wait(retry_after, "pending").await?,
+                    _ => return Err(failed(&authz)),
+                }
+            }
+        }
+        drop(session);
+        Ok(())
+    }
+
+    /// Downloads the certificate chain (RFC 8555 §7.4.2): PEM, leaf first.
+    async fn download(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        url: &str,
+    ) -> Result<String, Error> {
+        let resp = self
+            .post(key, KeyRef::Kid(account_url), url, None, "certificate")
+            .await?;
+        let text = String::from_utf8(resp.body)
+            .map_err(|_| Error::protocol("certificate", "the chain is not text"))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::protocol(
+                "certificate",
+                format!(
+                    "not a PEM certificate chain (content type {})",
+                    resp.content_type.as_deref().unwrap_or("none")
+                ),
+            ));
+        }
+        Ok(text)
+    }
+
+    /// The most useful error for an `invalid` order: a failed authorization's challenge error
+    /// if there is one (that is what an operator can act on), else the order's own error.
+    async fn explain_invalid(
+        &self,
+        key: &dyn Signer,
+        account_url: &str,
+        order_url: &str,
+        order: Order,
+    ) -> Error {
+        for url in &order.authorizations {
+            if let Ok((authz, _)) = self.authz(key, account_url, url).await {
+                if authz.status == AuthorizationStatus::Invalid {
+                    return failed(&authz);
+                }
+            }
+        }
+        Error::OrderInvalid {
+            url: order_url.to_owned(),
+            problem: order.error.map(Box::new),
+        }
+    }
+}
+
+fn failed(authz: &Authorization) -> Error {
+    let problem = authz
+        .challenges
+        .iter()
+        .find_map(|c| c.error.clone())
+        .map(Box::new);
+    let identifier = authz.identifier.to_string();
+    if problem.is_none() && authz.status != AuthorizationStatus::Invalid {
+        return Error::AuthorizationFailed {
+            identifier,
+            problem: Some(Box::new(crate::error::Problem {
+                detail: Some(format!("the authorization is {:?}", authz.status).to_lowercase()),
+                ..Default::default()
+            })),
+        };
+    }
+    Error::AuthorizationFailed {
+        identifier,
+        problem,
+    }
+}
+
+/// Paces polling: Retry-After when the CA sends one (RFC 8555 §7.5.1, §7.4), otherwise a wait
+/// that grows from 1 s to [`MAX_POLL`], and an overall limit. Logs progress so that an operator
+/// watching a device sees that it is waiting, and for what.
+struct Poller {
+    what: String,
+    started: Instant,
+    timeout: Duration,
+    interval: Duration,
+    last_log: Option<Instant>,
+}
+
+impl Poller {
+    fn new(what: &str, timeout: Duration) -> Self {
+        Self {
+            what: what.to_owned(),
+            started: Instant::now(),
+            timeout,
+            interval: Duration::from_secs(1),
+            last_log: None,
+        }
+    }
+
+    async fn wait(&mut self, retry_after: Option<Duration>, status: &str) -> Result<(), Error> {
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.timeout {
+            return Err(Error::Timeout {
+                what: self.what.clone(),
+                waited: elapsed,
+            });
+        }
+        let wait = retry_after
+            .unwrap_or(self.interval)
+            .max(MIN_POLL)
+            .min(self.timeout - elapsed);
+        self.interval = (self.interval * 3 / 2).min(MAX_POLL);
+        if self.last_log.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            tracing::info!(
+                "waiting for {}: {status}, {}s so far, next check in {:.1}s",
+                self.what,
+                elapsed.as_secs(),
+                wait.as_secs_f64()
+            );
+            self.last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn poller_honours_retry_after_and_times_out() {
+        let mut p = Poller::new("x", Duration::from_secs(10));
+        let t0 = Instant::now();
+        p.wait(Some(Duration::from_secs(3)), "processing")
+            .await
+            .expect("wait");
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        p.wait(Some(Duration::ZERO), "processing")
+            .await
+            .expect("wait");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(3500),
+            "clamped to MIN_POLL"
+        );
+        // A Retry-After beyond the limit is cut to what remains, then the limit ends it.
+        let mut p = Poller::new("y", Duration::from_secs(2));
+        let t0 = Instant::now();
+        p.wait(Some(Duration::from_secs(60)), "pending")
+            .await
+            .expect("first wait");
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        let err = p
+            .wait(Some(Duration::from_secs(60)), "pending")
+            .await
+            .expect_err("times out");
+        assert_eq!(err.to_string(), "gave up waiting for y after 2s");
+    }
+}

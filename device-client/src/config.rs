@@ -1,0 +1,518 @@
+//! Configuration: a TOML file and command-line flags with the same names, merged (flags win),
+//! then checked once into typed [`Settings`].
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::enroll::{EabCredential, Enrollment};
+use crate::error::Error;
+use crate::key::KeyAlgorithm;
+use crate::schedule::{parse_duration, Backoff};
+use crate::trust::TrustAnchor;
+use crate::types::Identifier;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/iiot-device-client";
+/// Default http-01 listen address: every IPv4 address, port 80 (RFC 8555 §8.3).
+pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:80";
+/// Default renewal point: two thirds of the lifetime.
+pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
+
+/// The configuration as written: every field optional, so a file and flags can be merged.
+/// See `device-client --help` and the README for what each means.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// ACME directory URL (`https://…/directory`).
+    pub directory_url: Option<String>,
+    /// Root certificate file (PEM or DER) to pin.
+    pub root_cert: Option<PathBuf>,
+    /// Root certificate SHA-256 fingerprint to pin.
+    pub root_fingerprint: Option<String>,
+    /// `dns` identifiers.
+    pub dns: Option<Vec<String>>,
+    /// `ip` identifiers.
+    pub ip: Option<Vec<String>>,
+    /// Where the certificate key goes (PKCS #8 PEM, mode 0600).
+    pub key: Option<PathBuf>,
+    /// Where the certificate goes (PEM, leaf only).
+    pub cert: Option<PathBuf>,
+    /// Where the issuer chain goes (PEM, intermediates).
+    pub chain: Option<PathBuf>,
+    /// Where leaf and chain go together (PEM).
+    pub fullchain: Option<PathBuf>,
+    /// Account key and state.
+    pub state_dir: Option<PathBuf>,
+    /// The challenge the device answers: `http-01` (default) or `operator-approval-01`.
+    pub challenge: Option<String>,
+    /// Address the http-01 responder listens on.
+    pub http01_listen: Option<String>,
+    /// How long to wait for an operator's approval.
+    pub approval_timeout: Option<String>,
+    /// EAB key identifier.
+    pub eab_kid: Option<String>,
+    /// EAB HMAC key, base64url.
+    pub eab_hmac: Option<String>,
+    /// File holding the EAB HMAC key (keeps it out of the config and the process list).
+    pub eab_hmac_file: Option<PathBuf>,
+    /// Shell command run after a new certificate is installed.
+    pub post_install: Option<String>,
+    /// How long the post-install command may run.
+    pub post_install_timeout: Option<String>,
+    /// Fraction of the lifetime after which to renew.
+    pub renew_at: Option<f64>,
+    /// Certificate key algorithm.
+    pub key_algorithm: Option<KeyAlgorithm>,
+    /// Account key algorithm.
+    pub account_key_algorithm: Option<KeyAlgorithm>,
+    /// Keep the certificate key across renewals instead of making a new one.
+    pub reuse_key: Option<bool>,
+    /// Accept the CA's terms of service, if it has any.
+    pub agree_terms: Option<bool>,
+    /// Limit for one HTTPS request.
+    pub request_timeout: Option<String>,
+    /// Limit for each wait (validation, issuance).
+    pub poll_timeout: Option<String>,
+    /// First wait after a failed attempt in `run`.
+    pub retry_min: Option<String>,
+    /// Longest wait after failed attempts in `run`.
+    pub retry_max: Option<String>,
+}
+
+macro_rules! merge_fields {
+    ($base:ident, $over:ident, $($f:ident),*) => {
+        Self { $($f: $over.$f.or($base.$f),)* }
+    };
+}
+
+impl FileConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip(&e))))
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn merge(self, over: Self) -> Self {
+        let base = self;
+        merge_fields!(
+            base,
+            over,
+            directory_url,
+            root_cert,
+            root_fingerprint,
+            dns,
+            ip,
+            key,
+            cert,
+            chain,
+            fullchain,
+            state_dir,
+            challenge,
+            http01_listen,
+            approval_timeout,
+            eab_kid,
+            eab_hmac,
+            eab_hmac_file,
+            post_install,
+            post_install_timeout,
+            renew_at,
+            key_algorithm,
+            account_key_algorithm,
+            reuse_key,
+            agree_terms,
+            request_timeout,
+            poll_timeout,
+            retry_min,
+            retry_max
+        )
+    }
+
+    /// The settings `show` needs: files, identifiers and the renewal point.
+    pub fn local_settings(&self) -> Result<LocalSettings, Error> {
+        let mut identifiers = Vec::new();
+        for d in self.dns.iter().flatten() {
+            identifiers.push(Identifier::dns(d)?);
+        }
+        for ip in self.ip.iter().flatten() {
+            let addr: IpAddr = ip
+                .trim()
+                .parse()
+                .map_err(|_| Error::Config(format!("ip {ip:?} is not an IP address")))?;
+            identifiers.push(Identifier::ip(addr)?);
+        }
+        identifiers.sort();
+        identifiers.dedup();
+        if identifiers.is_empty() {
+            return Err(Error::Config(
+                "no identifiers: give at least one dns name or ip address (--dns, --ip)".into(),
+            ));
+        }
+        if identifiers.len() > 100 {
+            return Err(Error::Config("at most 100 identifiers (SPEC §4.4)".into()));
+        }
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let renew_at = self.renew_at.unwrap_or(DEFAULT_RENEW_AT);
+        if !(renew_at > 0.0 && renew_at < 1.0) {
+            return Err(Error::Config(format!(
+                "renew_at {renew_at} must be a fraction of the lifetime between 0 and 1"
+            )));
+        }
+        let key_path = self
+            .key
+            .clone()
+            .unwrap_or_else(|| state_dir.join("cert.key.pem"));
+        let cert_path = self
+            .cert
+            .clone()
+            .unwrap_or_else(|| state_dir.join("cert.pem"));
+        let mut paths = vec![&key_path, &cert_path];
+        paths.extend(self.chain.iter());
+        paths.extend(self.fullchain.iter());
+        for (i, a) in paths.iter().enumerate() {
+            if paths[i + 1..].contains(a) {
+                return Err(Error::Config(format!(
+                    "{} is configured for two different files",
+                    a.display()
+                )));
+            }
+        }
+        Ok(LocalSettings {
+            identifiers,
+            key_path,
+            cert_path,
+            chain_path: self.chain.clone(),
+            fullchain_path: self.fullchain.clone(),
+            state_dir,
+            renew_at,
+        })
+    }
+
+    /// Everything, checked.
+    pub fn into_settings(self) -> Result<Settings, Error> {
+        let local = self.local_settings()?;
+        let directory_url = self.directory_url.clone().ok_or_else(|| {
+            Error::Config("no directory URL: give the CA's --directory https://…/directory".into())
+        })?;
+        if !directory_url.starts_with("https://") {
+            return Err(Error::Config(format!(
+                "directory URL {directory_url:?} must start with https:// (SPEC §2.1)"
+            )));
+        }
+        let trust = match (&self.root_cert, &self.root_fingerprint) {
+            (Some(path), None) => TrustAnchor::from_root_file(path).map_err(|e| match e {
+                Error::Io { .. } | Error::BadFile { .. } => {
+                    Error::Config(format!("root certificate: {e}"))
+                }
+                other => other,
+            })?,
+            (None, Some(fp)) => TrustAnchor::from_fingerprint(fp)?,
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give either root_cert or root_fingerprint, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::Config(
+                    "no trust anchor: give the CA root (--root FILE) or its SHA-256 \
+                     fingerprint (--root-fingerprint AB:CD:…); system roots are never used"
+                        .into(),
+                ))
+            }
+        };
+        let listen = self
+            .http01_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_HTTP01_LISTEN);
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            Error::Config(format!(
+                "http01_listen {listen:?} is not an address:port like 0.0.0.0:80"
+            ))
+        })?;
+        let eab = match (&self.eab_kid, &self.eab_hmac, &self.eab_hmac_file) {
+            (None, None, None) => None,
+            (Some(kid), Some(hmac), None) => Some(EabCredential::new(kid, hmac)?),
+            (Some(kid), None, Some(file)) => {
+                let hmac = std::fs::read_to_string(file).map_err(|e| {
+                    Error::Config(format!("cannot read EAB HMAC key {}: {e}", file.display()))
+                })?;
+                Some(EabCredential::new(kid, &hmac)?)
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "give either eab_hmac or eab_hmac_file, not both".into(),
+                ))
+            }
+            _ => {
+                return Err(Error::Config(
+                    "EAB needs both the key identifier (eab_kid) and the HMAC key (eab_hmac)"
+                        .into(),
+                ))
+            }
+        };
+        let dur = |name: &str, v: &Option<String>, default: u64| -> Result<Duration, Error> {
+            match v {
+                None => Ok(Duration::from_secs(default)),
+                Some(t) => parse_duration(t).map_err(|e| Error::Config(format!("{name}: {e}"))),
+            }
+        };
+        let request_timeout = dur("request_timeout", &self.request_timeout, 30)?;
+        let poll_timeout = dur("poll_timeout", &self.poll_timeout, 300)?;
+        let post_install_timeout = dur("post_install_timeout", &self.post_install_timeout, 120)?;
+        let retry = Backoff {
+            min: dur("retry_min", &self.retry_min, 30)?,
+            max: dur("retry_max", &self.retry_max, 3600)?,
+        };
+        let enrollment = match self.challenge.as_deref().unwrap_or("http-01") {
+            "http-01" => Enrollment::Http01 { listen },
+            "operator-approval-01" => Enrollment::OperatorApproval {
+                wait: dur("approval_timeout", &self.approval_timeout, 3600)?,
+            },
+            other => {
+                return Err(Error::Config(format!(
+                    "challenge {other:?}: use http-01 or operator-approval-01"
+                )))
+            }
+        };
+        for (name, d) in [
+            ("request_timeout", request_timeout),
+            ("poll_timeout", poll_timeout),
+            ("post_install_timeout", post_install_timeout),
+            ("retry_min", retry.min),
+            ("approval_timeout", enrollment.wait_limit(poll_timeout)),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        if retry.max < retry.min {
+            return Err(Error::Config("retry_max must be at least retry_min".into()));
+        }
+        let post_install = self.post_install.clone().filter(|c| !c.trim().is_empty());
+        Ok(Settings {
+            local,
+            directory_url,
+            trust,
+            enrollment,
+            eab,
+            post_install,
+            post_install_timeout,
+            key_algorithm: self.key_algorithm.unwrap_or_default(),
+            account_key_algorithm: self.account_key_algorithm.unwrap_or_default(),
+            reuse_key: self.reuse_key.unwrap_or(false),
+            agree_terms: self.agree_terms.unwrap_or(false),
+            request_timeout,
+            poll_timeout,
+            retry,
+        })
+    }
+}
+
+/// Drops the `configuration: ` prefix of a nested config error.
+fn strip(e: &Error) -> String {
+    match e {
+        Error::Config(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What the device's files are and when to renew: enough for `show`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalSettings {
+    /// The identifiers the certificate must name, sorted.
+    pub identifiers: Vec<Identifier>,
+    /// Certificate key file.
+    pub key_path: PathBuf,
+    /// Certificate file (leaf).
+    pub cert_path: PathBuf,
+    /// Issuer chain file.
+    pub chain_path: Option<PathBuf>,
+    /// Leaf plus chain file.
+    pub fullchain_path: Option<PathBuf>,
+    /// Account key and state.
+    pub state_dir: PathBuf,
+    /// Fraction of the lifetime after which to renew.
+    pub renew_at: f64,
+}
+
+/// Everything the client needs, checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// Files and renewal point.
+    pub local: LocalSettings,
+    /// ACME directory URL.
+    pub directory_url: String,
+    /// The pinned root.
+    pub trust: TrustAnchor,
+    /// The challenge the device answers.
+    pub enrollment: Enrollment,
+    /// EAB credential for newAccount.
+    pub eab: Option<EabCredential>,
+    /// Shell command run after a new certificate is installed.
+    pub post_install: Option<String>,
+    /// How long it may run.
+    pub post_install_timeout: Duration,
+    /// Certificate key algorithm.
+    pub key_algorithm: KeyAlgorithm,
+    /// Account key algorithm.
+    pub account_key_algorithm: KeyAlgorithm,
+    /// Keep the certificate key across renewals.
+    pub reuse_key: bool,
+    /// Accept the CA's terms of service.
+    pub agree_terms: bool,
+    /// Limit per HTTPS request.
+    pub request_timeout: Duration,
+    /// Limit per wait.
+    pub poll_timeout: Duration,
+    /// Backoff in `run`.
+    pub retry: Backoff,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FP: &str = "41:62:35:04:B6:97:B5:F4:C1:E9:A3:87:4A:7E:68:68:BA:F6:9F:10:DF:89:F4:C2:E0:48:7F:7C:BD:45:97:9E";
+
+    #[test]
+    fn file_and_flags_merge() {
+        let file = FileConfig::from_toml(&format!(
+            r#"
+            directory_url = "https://ca.plant:14000/directory"
+            root_fingerprint = "{FP}"
+            dns = ["PLC-7.plant"]
+            ip = ["10.0.0.7"]
+            state_dir = "/tmp/s"
+            renew_at = 0.5
+            poll_timeout = "2m"
+            "#
+        ))
+        .expect("parses");
+        let flags = FileConfig {
+            ip: Some(vec!["2001:DB8::7".into()]),
+            http01_listen: Some("127.0.0.1:5002".into()),
+            ..FileConfig::default()
+        };
+        let s = file.merge(flags).into_settings().expect("valid");
+        assert_eq!(
+            s.local
+                .identifiers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["dns:plc-7.plant", "ip:2001:db8::7"]
+        );
+        assert_eq!(s.local.key_path, Path::new("/tmp/s/cert.key.pem"));
+        assert_eq!(s.local.renew_at, 0.5);
+        assert_eq!(s.poll_timeout, Duration::from_secs(120));
+        assert_eq!(
+            s.enrollment,
+            Enrollment::Http01 {
+                listen: "127.0.0.1:5002".parse().expect("addr")
+            }
+        );
+        assert_eq!(s.trust.fingerprint_text(), FP);
+        assert!(s.eab.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = FileConfig::from_toml("directry_url = \"x\"").expect_err("typo");
+        assert!(
+            e.to_string().contains("unknown field `directry_url`"),
+            "{e}"
+        );
+        let base = FileConfig {
+            directory_url: Some("https://ca/directory".into()),
+            root_fingerprint: Some(FP.into()),
+            dns: Some(vec!["plc-7".into()]),
+            ..FileConfig::default()
+        };
+        let err = |over: FileConfig| {
+            base.clone()
+                .merge(over)
+                .into_settings()
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(FileConfig {
+            directory_url: Some("http://ca/directory".into()),
+            ..FileConfig::default()
+        })
+        .contains("must start with https://"));
+        assert!(err(FileConfig {
+            root_cert: Some("/x".into()),
+            ..FileConfig::default()
+        })
+        .contains("not both"));
+        assert!(err(FileConfig {
+            renew_at: Some(1.0),
+            ..FileConfig::default()
+        })
+        .contains("between 0 and 1"));
+        assert!(err(FileConfig {
+            eab_kid: Some("k".into()),
+            ..FileConfig::default()
+        })
+        .contains("needs both"));
+        assert!(err(FileConfig {
+            dns: Some(vec![]),
+            ..FileConfig::default()
+        })
+        .contains("no identifiers"));
+        assert!(err(FileConfig {
+            cert: Some("/a".into()),
+            chain: Some("/a".into()),
+            ..FileConfig::default()
+        })
+        .contains("two different files"));
+        assert!(err(FileConfig {
+            retry_min: Some("1x".into()),
+            ..FileConfig::default()
+        })
+        .contains("retry_min"));
+        assert!(err(FileConfig {
+            challenge: Some("dns-01".into()),
+            ..FileConfig::default()
+        })
+        .contains("use http-01 or operator-approval-01"));
+        let approval = base
+            .clone()
+            .merge(FileConfig {
+                challenge: Some("operator-approval-01".into()),
+                approval_timeout: Some("2h".into()),
+                ..FileConfig::default()
+            })
+            .into_settings()
+            .expect("approval");
+        assert_eq!(
+            approval.enrollment,
+            Enrollment::OperatorApproval {
+                wait: Duration::from_secs(7200)
+            }
+        );
+        let mut none = base.clone();
+        none.root_fingerprint = None;
+        assert!(none
+            .into_settings()
+            .expect_err("no anchor")
+            .to_string()
+            .contains("system roots are never used"));
+    }
+}

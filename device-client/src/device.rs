@@ -1,0 +1,479 @@
+//! The device's life cycle: enroll when it has no usable certificate, install atomically, run
+//! the post-install command, and in `run` mode renew at the configured point of the lifetime,
+//! backing off with jitter when the CA is down.
+
+use std::convert::Infallible;
+use std::os::fd::AsFd as _;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::acme::AcmeClient;
+use crate::cert::{self, rfc3339, CertInfo, CertStatus};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, ProblemType};
+use crate::files::{self, State};
+use crate::key::{self, KeyPair};
+use crate::schedule;
+use crate::types::Identifier;
+
+/// Longest single sleep in `run`: the installed files are re-checked at least this often, so a
+/// deleted or replaced certificate is noticed, and a suspended device that wakes up late does
+/// not oversleep its renewal by more than this.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// What `enroll` did.
+#[derive(Debug)]
+pub enum EnrollOutcome {
+    /// The installed certificate is still good; nothing was sent to the CA.
+    StillValid {
+        /// The certificate.
+        info: Box<CertInfo>,
+        /// When it will be renewed.
+        renew_at: OffsetDateTime,
+    },
+    /// A new certificate was installed.
+    Installed(Box<Installed>),
+}
+
+/// A newly installed certificate.
+#[derive(Debug)]
+pub struct Installed {
+    /// The certificate.
+    pub info: CertInfo,
+    /// When it is due for renewal.
+    pub renew_at: OffsetDateTime,
+    /// Why the post-install command failed, if it did. The certificate is installed either way.
+    pub post_install_error: Option<Error>,
+}
+
+/// A device enrolling with one CA.
+#[derive(Debug)]
+pub struct Device {
+    s: Settings,
+}
+
+impl Device {
+    /// A device with checked settings.
+    pub fn new(settings: Settings) -> Self {
+        Self { s: settings }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.s
+    }
+
+    /// The installed certificate's status now. A certificate installed from another CA
+    /// (another directory URL in the state) counts as unusable.
+    pub fn status(&self) -> Result<CertStatus, Error> {
+        let l = &self.s.local;
+        let status = cert::status(
+            &l.cert_path,
+            &l.key_path,
+            &l.identifiers,
+            l.renew_at,
+            OffsetDateTime::now_utc(),
+        )?;
+        let state = State::load(&l.state_dir)?;
+        if let (Some(info), Some(dir)) = (status.info(), &state.directory_url) {
+            if *dir != self.s.directory_url {
+                return Ok(CertStatus::Unusable {
+                    reason: format!(
+                        "it was issued through {dir}, and the device is now configured for {}",
+                        self.s.directory_url
+                    ),
+                    info: Some(Box::new(info.clone())),
+                });
+            }
+        }
+        Ok(status)
+    }
+
+    /// One-shot enrollment: gets and installs a certificate unless the installed one is still
+    /// valid and not due for renewal (or `force`).
+    pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
+        let status = self.status()?;
+        if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
+            return Ok(EnrollOutcome::StillValid {
+                info: info.clone(),
+                renew_at: *renew_at,
+            });
+        }
+        tracing::info!(certificate = %status, "requesting a certificate");
+        self.issue_and_install()
+            .await
+            .map(|i| EnrollOutcome::Installed(Box::new(i)))
+    }
+
+    /// Runs forever: keeps a valid certificate installed, renewing at the configured point and
+    /// retrying failures with exponential backoff and jitter, honouring Retry-After. Returns only
+    /// for configuration errors, which need the operator.
+    pub async fn run(&self) -> Result<Infallible, Error> {
+        let mut failures = 0u32;
+        let mut announced: Option<OffsetDateTime> = None;
+        loop {
+            let status = match self.status() {
+                Ok(s) => s,
+                Err(e) => {
+                    failures += 1;
+                    self.back_off(failures, &e, None).await;
+                    continue;
+                }
+            };
+            if let CertStatus::Valid { info, renew_at } = &status {
+                if announced != Some(*renew_at) {
+                    tracing::info!(
+                        serial = %info.serial,
+                        not_after = %rfc3339(info.not_after),
+                        "certificate valid; next renewal at {}",
+                        rfc3339(*renew_at)
+                    );
+                    announced = Some(*renew_at);
+                }
+                let left = *renew_at - OffsetDateTime::now_utc();
+                let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+                tokio::time::sleep(left.min(MAX_SLEEP)).await;
+                continue;
+            }
+            tracing::info!(certificate = %status, "requesting a certificate");
+            match self.issue_and_install().await {
+                Ok(installed) => {
+                    if let Some(e) = &installed.post_install_error {
+                        tracing::error!("certificate installed, but {e}");
+                    }
+                    // A certificate that is due as soon as it is installed (a clock far ahead,
+                    // or a renew_at that the backdated lifetime already passed) must not turn
+                    // into a loop that hammers the CA: wait as after a failure.
+                    if self.status().is_ok_and(|s| s.needs_issuance()) {
+                        failures += 1;
+                        let why = format!(
+                            "the new certificate was already due for renewal at {} (check the \
+                             device clock and renew_at)",
+                            rfc3339(installed.renew_at)
+                        );
+                        self.back_off(failures, &why, None).await;
+                    } else {
+                        failures = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let retry_after = e.retry_after();
+                    self.back_off(failures, &e, retry_after).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps after the `failures`-th failure in a row, saying why, for how long, and whether
+    /// the installed certificate still covers the wait.
+    async fn back_off(
+        &self,
+        failures: u32,
+        why: &dyn std::fmt::Display,
+        retry_after: Option<Duration>,
+    ) {
+        let delay = self
+            .s
+            .retry
+            .delay(failures, schedule::jitter(), retry_after);
+        let current = self.status().ok();
+        let still = match current.as_ref().and_then(|s| s.info()) {
+            Some(info) if info.not_after > OffsetDateTime::now_utc() => format!(
+                "; the installed certificate stays in use until {}",
+                rfc3339(info.not_after)
+            ),
+            _ => String::new(),
+        };
+        tracing::warn!(
+            attempt = failures,
+            "{why}; trying again in {:.1}s{still}",
+            delay.as_secs_f64()
+        );
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Gets a new certificate from the CA and installs it, whatever the installed one's status.
+    pub async fn issue_and_install(&self) -> Result<Installed, Error> {
+        let s = &self.s;
+        let l = &s.local;
+        files::create_private_dir(&l.state_dir)?;
+        let mut state = State::load(&l.state_dir)?;
+        // The first request: a CA that fails the pin is refused here (SPEC §2.3).
+        let client =
+            AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
+
+        let account_key_path = State::account_key_path(&l.state_dir);
+        let (account_key, created) =
+            KeyPair::load_or_generate(&account_key_path, s.account_key_algorithm)?;
+        if created {
+            tracing::info!(path = %account_key_path.display(), "generated the account key");
+        }
+        if state.directory_url.as_deref() != Some(&s.directory_url) {
+            state.account_url = None;
+        }
+
+        let cert_key = self.certificate_key()?;
+        let csr = csr_der(&cert_key, &l.identifiers)?;
+
+        let mut registered_now = false;
+        let chain = loop {
+            let account_url = match &state.account_url {
+                Some(url) => url.clone(),
+                None => {
+                    let url = client
+                        .new_account(&account_key, s.eab.as_ref(), s.agree_terms)
+                        .await?;
+                    state.directory_url = Some(s.directory_url.clone());
+                    state.account_url = Some(url.clone());
+                    state.save(&l.state_dir)?;
+                    registered_now = true;
+                    url
+                }
+            };
+            match client
+                .issue(
+                    &account_key,
+                    &account_url,
+                    &l.identifiers,
+                    &s.enrollment,
+                    &csr,
+                    s.poll_timeout,
+                )
+                .await
+            {
+                Ok(chain) => break chain,
+                // The CA lost the account (a reset CA): register the same key again, once.
+                Err(Error::Problem { problem, .. })
+                    if problem.kind() == ProblemType::AccountDoesNotExist && !registered_now =>
+                {
+                    tracing::warn!(
+                        account = %account_url,
+                        "the CA does not know the stored account; registering again"
+                    );
+                    state.account_url = None;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+
+        let installed = self.install(&cert_key, &chain)?;
+        state.certificate_serial = Some(installed.serial.clone());
+        state.installed_at = Some(rfc3339(OffsetDateTime::now_utc()));
+        state.save(&l.state_dir)?;
+        let renew_at = installed.renewal_time(l.renew_at);
+        tracing::info!(
+            serial = %installed.serial,
+            not_after = %rfc3339(installed.not_after),
+            "installed a new certificate; renewal due at {}",
+            rfc3339(renew_at)
+        );
+        let post_install_error = match &s.post_install {
+            Some(cmd) => run_post_install(cmd, s, &installed).await.err(),
+            None => None,
+        };
+        Ok(Installed {
+            info: installed,
+            renew_at,
+            post_install_error,
+        })
+    }
+
+    /// A new key for every certificate, unless `reuse_key` is set and the key file holds one.
+    fn certificate_key(&self) -> Result<KeyPair, Error> {
+        let path = &self.s.local.key_path;
+        if self.s.reuse_key {
+            if let Some(pem) = files::read_optional(path)? {
+                match KeyPair::from_pem(&pem) {
+                    Ok(k) => return Ok(k),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        "cannot reuse the key file ({e}); generating a new key"
+                    ),
+                }
+            }
+        }
+        KeyPair::generate(self.s.key_algorithm)
+    }
+
+    /// Checks what the CA sent against the key and the identifiers, then writes key,
+    /// certificate, chain and full chain, each atomically. The key goes first: a power cut
+    /// between two renames leaves a key and certificate that do not match, which the next start
+    /// notices ([`cert::status`]) and repairs by enrolling again.
+    fn install(&self, key: &KeyPair, chain_pem: &str) -> Result<CertInfo, Error> {
+        let l = &self.s.local;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::protocol("certificate", format!("bad PEM chain: {e}")))?;
+        let Some((leaf, issuers)) = certs.split_first() else {
+            return Err(Error::protocol(
+                "certificate",
+                "the chain holds no certificate",
+            ));
+        };
+        let info = CertInfo::from_der(leaf).map_err(|e| Error::protocol("certificate", e))?;
+        if info.public_key != key.public_key_sec1() {
+            return Err(Error::protocol(
+                "certificate",
+                "the issued certificate is not for the key in the CSR",
+            ));
+        }
+        if info.identifiers != l.identifiers {
+            return Err(Error::protocol(
+                "certificate",
+                format!(
+                    "the issued certificate names {:?}, not the ordered identifiers",
+                    info.identifiers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let pem_of = |certs: &[CertificateDer<'_>]| -> String {
+            certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
+        };
+        key.store(&l.key_path)?;
+        write_public(&l.cert_path, &pem_of(std::slice::from_ref(leaf)))?;
+        if let Some(p) = &l.chain_path {
+            write_public(p, &pem_of(issuers))?;
+        }
+        if let Some(p) = &l.fullchain_path {
+            write_public(p, &pem_of(&certs))?;
+        }
+        Ok(info)
+    }
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), Error> {
+    files::write_atomic(path, text.as_bytes(), files::PUBLIC_MODE)
+}
+
+/// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
+/// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
+pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
+    let kp = rcgen::KeyPair::try_from(key.pkcs8_der())
+        .map_err(|e| Error::Crypto(format!("cannot use the certificate key for a CSR: {e}")))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    for id in identifiers {
+        let san = match id.kind.as_str() {
+            "dns" => rcgen::SanType::DnsName(
+                id.value
+                    .clone()
+                    .try_into()
+                    .map_err(|e| Error::Config(format!("{id}: {e}")))?,
+            ),
+            "ip" => rcgen::SanType::IpAddress(
+                id.value
+                    .parse()
+                    .map_err(|_| Error::Config(format!("{id}: not an IP address")))?,
+            ),
+            other => {
+                return Err(Error::Config(format!(
+                    "identifier type {other} cannot go into a CSR yet"
+                )))
+            }
+        };
+        params.subject_alt_names.push(san);
+    }
+    let csr = params
+        .serialize_request(&kp)
+        .map_err(|e| Error::Crypto(format!("cannot make the CSR: {e}")))?;
+    Ok(csr.der().to_vec())
+}
+
+/// Runs the post-install command with `sh -c`, with the installed paths in the environment,
+/// and waits for it, up to the configured limit.
+async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<(), Error> {
+    let l = &s.local;
+    tracing::info!(command = cmd, "running the post-install command");
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("DEVICE_CLIENT_CERT", &l.cert_path)
+        .env("DEVICE_CLIENT_KEY", &l.key_path)
+        .env("DEVICE_CLIENT_SERIAL", &info.serial)
+        .env("DEVICE_CLIENT_NOT_AFTER", rfc3339(info.not_after))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // Its output goes to our stderr, with the logs: stdout is the client's own summary.
+    if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
+        c.stdout(std::process::Stdio::from(err));
+    }
+    if let Some(p) = &l.chain_path {
+        c.env("DEVICE_CLIENT_CHAIN", p);
+    }
+    if let Some(p) = &l.fullchain_path {
+        c.env("DEVICE_CLIENT_FULLCHAIN", p);
+    }
+    let fail = |detail: String| Error::PostInstall {
+        command: cmd.to_owned(),
+        detail,
+    };
+    let mut child = c.spawn().map_err(|e| fail(format!("cannot start: {e}")))?;
+    match tokio::time::timeout(s.post_install_timeout, child.wait()).await {
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(fail(format!(
+                "did not finish within {}s and was killed",
+                s.post_install_timeout.as_secs()
+            )))
+        }
+        Ok(Err(e)) => Err(fail(format!("cannot wait for it: {e}"))),
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(fail(format!("failed with {status}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyAlgorithm;
+
+    #[test]
+    fn csr_names_exactly_the_identifiers() {
+        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let ids = [
+            Identifier::parse("plc-7.plant").expect("dns"),
+            Identifier::parse("10.0.0.7").expect("ip"),
+            Identifier::parse("2001:db8::7").expect("ip6"),
+        ];
+        let der = csr_der(&key, &ids).expect("csr");
+        use x509_parser::prelude::FromDer as _;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .expect("parses");
+        csr.verify_signature().expect("self-signed by the key");
+        assert_eq!(csr.certification_request_info.subject.iter().count(), 0);
+        assert_eq!(
+            csr.certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data
+                .as_ref(),
+            key.public_key_sec1()
+        );
+        let mut names = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                "DNSName(plc-7.plant)",
+                "IPAddress(0a:00:00:07)",
+                "IPAddress(20:01:0d:b8:00:00:00:00:00:00:00:00:00:00:00:07)"
+            ]
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! How a device proves its identifiers to the CA, and how its account is bound.
+//!
+//! Two independent choices:
+//!
+//! - [`Enrollment`]: the challenge the device answers for each pending authorization:
+//!   `http-01` (SPEC §5.3) or `operator-approval-01` (SPEC §5.8: the device shows its pairing
+//!   code and waits for an operator). `device-attest-01` (an IEEE 802.1AR IDevID, from files or
+//!   a [`Signer`] in a secure element) becomes one more variant: the order flow in
+//!   [`crate::acme`] asks the variant for the challenge type it answers and calls
+//!   [`Enrollment::prepare`] / [`Enrollment::respond_payload`]; everything else (orders,
+//!   polling, finalize, install, renewal) is shared.
+//! - [`EabCredential`]: an operator-issued external account binding for newAccount (RFC 8555
+//!   §7.3.4, SPEC §6.2). An authorization that the CA hands out already `valid` (an EAB
+//!   credential with pre-authorization, issue 3) needs no challenge at all, whatever the
+//!   enrollment method.
+//!
+//! [`Signer`]: crate::key::Signer
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::b64;
+use crate::error::Error;
+use crate::http01::Http01Responder;
+use crate::jws;
+use crate::key::Jwk;
+use crate::types::Challenge;
+
+/// The challenge type a device answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Enrollment {
+    /// `http-01` (RFC 8555 §8.3, SPEC §5.3): the built-in responder listens on `listen` while
+    /// authorizations are pending. The CA dials its configured `http_port` (80 unless the
+    /// operator says otherwise, SPEC §5.5), so `listen` must be reachable there.
+    Http01 {
+        /// Address and port to listen on, e.g. `0.0.0.0:80`.
+        listen: SocketAddr,
+    },
+    /// `operator-approval-01` (SPEC §5.8): the device triggers the challenge, shows its pairing
+    /// code (SPEC §5.9) and waits, up to `wait`, until an operator who compared the code
+    /// approves or rejects it.
+    OperatorApproval {
+        /// How long to wait for the operator's decision.
+        wait: Duration,
+    },
+}
+
+impl Enrollment {
+    /// The ACME challenge type this method answers.
+    pub fn challenge_type(&self) -> &'static str {
+        match self {
+            Self::Http01 { .. } => "http-01",
+            Self::OperatorApproval { .. } => "operator-approval-01",
+        }
+    }
+
+    /// How long to wait for one authorization: the configured poll limit, or for approval the
+    /// (longer) time an operator may take.
+    pub(crate) fn wait_limit(&self, poll_timeout: Duration) -> Duration {
+        match self {
+            Self::Http01 { .. } => poll_timeout,
+            Self::OperatorApproval { wait } => *wait,
+        }
+    }
+
+    /// What the device is waiting for, for progress messages.
+    pub(crate) fn waiting_for(&self, identifier: &str, session: &ChallengeSession) -> String {
+        match (self, &session.pairing_code) {
+            (Self::OperatorApproval { .. }, Some(code)) => {
+                format!("operator approval of {identifier} (pairing code {code})")
+            }
+            _ => format!("validation of {identifier}"),
+        }
+    }
+
+    /// Makes the device ready to answer `challenge` (before the client POSTs to it).
+    pub(crate) async fn prepare(
+        &self,
+        session: &mut ChallengeSession,
+        challenge: &Challenge,
+        account_jwk: &Jwk,
+    ) -> Result<(), Error> {
+        match self {
+            Self::Http01 { listen } => {
+                let token = challenge
+                    .token
+                    .as_deref()
+                    .ok_or_else(|| Error::protocol("authorization", "http-01 without a token"))?;
+                let ka = jws::key_authorization(token, account_jwk)?;
+                if session.http01.is_none() {
+                    let r = Http01Responder::bind(*listen).await?;
+                    tracing::info!(listen = %r.local_addr(), "answering http-01 challenges");
+                    session.http01 = Some(r);
+                }
+                if let Some(r) = &session.http01 {
+                    r.add(token, &ka)?;
+                }
+                Ok(())
+            }
+            Self::OperatorApproval { .. } => {
+                // SPEC §5.9: the code comes from our own key, never from the server.
+                let code = pairing_code(account_jwk)?;
+                if session.pairing_code.as_deref() != Some(code.as_str()) {
+                    // Printed, not only logged, so it shows on a console whatever the log level.
+                    eprintln!(
+                        "device-client: operator approval needed; pairing code {code}\n\
+                         device-client: ask the operator to check this code in \
+                         `ca-server approval list` and approve it"
+                    );
+                    session.pairing_code = Some(code);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The payload POSTed to the challenge URL to ask for validation. `{}` for http-01
+    /// (RFC 8555 §7.5.1); device-attest-01 will send its attestation object here.
+    pub(crate) fn respond_payload(&self) -> Vec<u8> {
+        match self {
+            Self::Http01 { .. } | Self::OperatorApproval { .. } => b"{}".to_vec(),
+        }
+    }
+}
+
+/// Whatever a method keeps running while authorizations are pending; dropped (and so stopped)
+/// when the order leaves `pending`.
+#[derive(Debug, Default)]
+pub(crate) struct ChallengeSession {
+    http01: Option<Http01Responder>,
+    pairing_code: Option<String>,
+}
+
+/// The pairing code of the account with key `account_jwk` (SPEC §5.9): SHA-256 over
+/// `"iiot-acme pairing code" ‖ 0x00 ‖ thumbprint`, its first 40 bits as 8 Crockford base32
+/// symbols, written `XXXX-XXXX`. The operator compares it with what the CA lists.
+pub fn pairing_code(account_jwk: &Jwk) -> Result<String, Error> {
+    Ok(pairing_code_for_thumbprint(&account_jwk.thumbprint()?))
+}
+
+/// [`pairing_code`] for a known thumbprint (the base64url text).
+pub fn pairing_code_for_thumbprint(thumbprint: &str) -> String {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut input = b"iiot-acme pairing code\0".to_vec();
+    input.extend_from_slice(thumbprint.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let d = digest.as_ref();
+    // The first 40 bits, most significant first.
+    let bits = d[..5]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut code = String::with_capacity(9);
+    for i in 0..8 {
+        if i == 4 {
+            code.push('-');
+        }
+        let symbol = (bits >> (35 - 5 * i)) & 0x1f;
+        code.push(char::from(CROCKFORD[symbol as usize]));
+    }
+    code
+}
+
+/// An operator-issued EAB credential (SPEC §6.2): a key identifier and an HMAC key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EabCredential {
+    /// The key identifier.
+    pub kid: String,
+    /// The HMAC key (HS256).
+    pub hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for EabCredential {
+    // The HMAC key is a bearer secret (SPEC §10.2): never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EabCredential")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EabCredential {
+    /// A credential from the key identifier and the base64url HMAC key, as `ca-server eab
+    /// create` prints them. Trailing `=` padding, which some CAs print, is tolerated.
+    pub fn new(kid: &str, hmac_b64url: &str) -> Result<Self, Error> {
+        let kid = kid.trim();
+        if kid.is_empty() {
+            return Err(Error::Config("EAB key identifier is empty".into()));
+        }
+        let hmac_key = b64::decode(hmac_b64url.trim().trim_end_matches('='))
+            .map_err(|e| Error::Config(format!("EAB HMAC key is not base64url: {e}")))?;
+        if hmac_key.len() < 16 {
+            return Err(Error::Config(format!(
+                "EAB HMAC key has {} octets; expected at least 16",
+                hmac_key.len()
+            )));
+        }
+        Ok(Self {
+            kid: kid.to_owned(),
+            hmac_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairing_code_shape() {
+        let code = pairing_code_for_thumbprint("0000000000000000000000000000000000000000000");
+        assert_eq!(code, "JRM8-8R2Z", "SPEC vector pairing-code-3");
+        let key = crate::key::KeyPair::generate(crate::key::KeyAlgorithm::P256).expect("key");
+        let code = pairing_code(&crate::key::Signer::public_jwk(&key)).expect("code");
+        assert_eq!(code.len(), 9);
+        assert_eq!(code.as_bytes()[4], b'-');
+        assert!(code
+            .chars()
+            .all(|c| c == '-' || "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)));
+    }
+
+    #[test]
+    fn eab_credential_parsing_and_redaction() {
+        let key = b64::encode(&[9u8; 32]);
+        let c = EabCredential::new(" kid-1 ", &format!("{key}=")).expect("ok");
+        assert_eq!(c.kid, "kid-1");
+        assert_eq!(c.hmac_key, vec![9u8; 32]);
+        assert!(!format!("{c:?}").contains(&key));
+        assert!(EabCredential::new("", &key).is_err());
+        assert!(EabCredential::new("k", "a+b/").is_err());
+        assert!(EabCredential::new("k", "AAAA").is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! One error enum for the crate, the problem documents the CA sends (RFC 7807, RFC 8555 §6.7,
+//! SPEC §3.8), and the coarse [`ErrorKind`] the CLI turns into exit codes.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::types::Identifier;
+
+/// Everything that can go wrong while enrolling or renewing.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is incomplete or inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The CA's TLS certificate does not chain to the pinned root, or its root does not match
+    /// the pinned fingerprint (SPEC §2.3). Nothing was sent to the CA.
+    #[error("the CA's TLS certificate is not trusted: {0}")]
+    Trust(String),
+    /// The CA could not be reached, or the connection failed or timed out.
+    #[error("cannot reach the CA at {url}: {detail}")]
+    Unreachable {
+        /// What was being requested.
+        url: String,
+        /// The transport error, with its causes.
+        detail: String,
+    },
+    /// The CA answered with a problem document (RFC 8555 §6.7).
+    #[error("the CA refused {request}: {problem}")]
+    Problem {
+        /// What was being requested (`newAccount`, `finalize`, …).
+        request: String,
+        /// The problem document.
+        problem: Box<Problem>,
+        /// The response's Retry-After, if any (`rateLimited`, maintenance).
+        retry_after: Option<Duration>,
+    },
+    /// The CA answered something that is not valid ACME.
+    #[error("unexpected answer from the CA to {request}: {detail}")]
+    Protocol {
+        /// What was being requested.
+        request: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+    /// An authorization became `invalid`: the CA could not validate the challenge.
+    #[error("authorization of {identifier} failed{}", fmt_problem(.problem))]
+    AuthorizationFailed {
+        /// The identifier, as `type:value`.
+        identifier: String,
+        /// The challenge's `error`, if the CA gave one.
+        problem: Option<Box<Problem>>,
+    },
+    /// The order became `invalid` for a reason other than a failed authorization.
+    #[error("order {url} became invalid{}", fmt_problem(.problem))]
+    OrderInvalid {
+        /// The order URL.
+        url: String,
+        /// The order's `error`, if any.
+        problem: Option<Box<Problem>>,
+    },
+    /// Waiting for the CA took longer than the configured limit.
+    #[error("gave up waiting for {what} after {}s", .waited.as_secs())]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// How long.
+        waited: Duration,
+    },
+    /// An authorization offers no challenge of the type this device answers.
+    #[error("the CA offers no {wanted} challenge for {identifier} (offered: {})", .offered.join(", "))]
+    NoChallenge {
+        /// The identifier, as `type:value`.
+        identifier: String,
+        /// The challenge type the device answers.
+        wanted: String,
+        /// The types the authorization offers.
+        offered: Vec<String>,
+    },
+    /// The http-01 responder could not listen on its address.
+    #[error("cannot listen for http-01 on {addr}: {source}")]
+    Http01Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A local file could not be read or written.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// `read`, `write`, `create`, …
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key, certificate or state file exists but cannot be used.
+    #[error("{}: {detail}", .path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A cryptographic operation failed (key generation, signing, CSR).
+    #[error("crypto: {0}")]
+    Crypto(String),
+    /// The certificate was installed but the post-install command failed.
+    #[error("post-install command `{command}` {detail}")]
+    PostInstall {
+        /// The command line.
+        command: String,
+        /// How it failed.
+        detail: String,
+    },
+}
+
+fn fmt_problem(p: &Option<Box<Problem>>) -> String {
+    p.as_ref().map_or_else(String::new, |p| format!(": {p}"))
+}
+
+/// Coarse classes of [`Error`], one per CLI exit code (see `device-client --help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad configuration or usage.
+    Config,
+    /// The CA is not the one pinned.
+    Trust,
+    /// The CA could not be reached or did not answer in time: try again later.
+    Unreachable,
+    /// The CA refused a request or answered with something that is not ACME.
+    Refused,
+    /// The CA could not validate the device's challenge.
+    Validation,
+    /// A local file, key or port problem.
+    Local,
+    /// The certificate is installed, but the post-install command failed.
+    PostInstall,
+    /// A bug or an unexpected failure.
+    Internal,
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Config(_) => ErrorKind::Config,
+            Self::Trust(_) => ErrorKind::Trust,
+            Self::Unreachable { .. } | Self::Timeout { .. } => ErrorKind::Unreachable,
+            Self::Problem { .. } | Self::Protocol { .. } | Self::NoChallenge { .. } => {
+                ErrorKind::Refused
+            }
+            Self::AuthorizationFailed { .. } | Self::OrderInvalid { .. } => ErrorKind::Validation,
+            Self::Http01Listen { .. } | Self::Io { .. } | Self::BadFile { .. } => ErrorKind::Local,
+            Self::PostInstall { .. } => ErrorKind::PostInstall,
+            Self::Crypto(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The Retry-After the CA sent with this error, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Problem { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The problem document, if the CA sent one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Self::Problem { problem, .. } => Some(problem),
+            Self::AuthorizationFailed { problem, .. } | Self::OrderInvalid { problem, .. } => {
+                problem.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bad_file(path: impl Into<PathBuf>, detail: impl fmt::Display) -> Self {
+        Self::BadFile {
+            path: path.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    pub(crate) fn protocol(request: impl Into<String>, detail: impl fmt::Display) -> Self {
+        Self::Protocol {
+            request: request.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// The prefix of every ACME problem type (RFC 8555 §6.7).
+pub const ACME_ERROR_PREFIX: &str = "urn:ietf:params:acme:error:";
+
+/// A problem document (RFC 7807) as ACME uses it (RFC 8555 §6.7, SPEC §3.8).
+///
+/// The client acts on [`Problem::kind`] and `status`, never on `detail`, which is for people
+/// (SPEC §3.8).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// The type URI, e.g. `urn:ietf:params:acme:error:badNonce`.
+    #[serde(rename = "type", default)]
+    pub type_uri: String,
+    /// Text for people.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// The HTTP status the server meant.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The identifier this (sub)problem is about (RFC 8555 §6.7.1).
+    #[serde(default)]
+    pub identifier: Option<Identifier>,
+    /// Per-identifier problems of a `compound` problem (RFC 8555 §6.7.1).
+    #[serde(default)]
+    pub subproblems: Vec<Self>,
+    /// The `alg` values the server accepts, with `badSignatureAlgorithm` (RFC 8555 §6.2).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+}
+
+impl Problem {
+    /// The problem type.
+    pub fn kind(&self) -> ProblemType {
+        ProblemType::from_uri(&self.type_uri)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self
+            .type_uri
+            .strip_prefix(ACME_ERROR_PREFIX)
+            .unwrap_or(&self.type_uri);
+        let short = if short.is_empty() { "problem" } else { short };
+        f.write_str(short)?;
+        if let Some(status) = self.status {
+            write!(f, " ({status})")?;
+        }
+        if let Some(id) = &self.identifier {
+            write!(f, " for {id}")?;
+        }
+        if let Some(detail) = self.detail.as_deref().filter(|d| !d.is_empty()) {
+            write!(f, ": {detail}")?;
+        }
+        for sub in &self.subproblems {
+            write!(f, "; {sub}")?;
+        }
+        if !self.algorithms.is_empty() {
+            write!(f, " (the CA accepts {})", self.algorithms.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+macro_rules! problem_types {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// ACME problem types (RFC 8555 §6.7 and the IANA registry), plus those of the
+        /// extensions this profile plans (SPEC §11).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum ProblemType {
+            $($(#[$doc])* $variant,)*
+            /// A type this client does not know; see [`Problem::type_uri`].
+            Other,
+        }
+
+        impl ProblemType {
+            /// The type for a type URI.
+            pub fn from_uri(uri: &str) -> Self {
+                match uri.strip_prefix(ACME_ERROR_PREFIX) {
+                    $(Some($name) => Self::$variant,)*
+                    _ => Self::Other,
+                }
+            }
+
+            /// The short name (after `urn:ietf:params:acme:error:`), or `None` for `Other`.
+            pub fn name(self) -> Option<&'static str> {
+                match self {
+                    $(Self::$variant => Some($name),)*
+                    Self::Other => None,
+                }
+            }
+        }
+    };
+}
+
+problem_types! {
+    /// Unknown account, or `onlyReturnExisting` with an unknown key.
+    AccountDoesNotExist = "accountDoesNotExist",
+    /// The certificate is already revoked.
+    AlreadyRevoked = "alreadyRevoked",
+    /// An attestation statement was refused (draft-ietf-acme-device-attest).
+    BadAttestationStatement = "badAttestationStatement",
+    /// The CSR was refused.
+    BadCsr = "badCSR",
+    /// The nonce was refused; retry with the fresh one (RFC 8555 §6.5).
+    BadNonce = "badNonce",
+    /// The key was refused.
+    BadPublicKey = "badPublicKey",
+    /// The revocation reason was refused.
+    BadRevocationReason = "badRevocationReason",
+    /// The JWS algorithm was refused.
+    BadSignatureAlgorithm = "badSignatureAlgorithm",
+    /// CAA forbids issuance.
+    Caa = "caa",
+    /// Several problems; see `subproblems`.
+    Compound = "compound",
+    /// The CA could not connect to the device for validation.
+    Connection = "connection",
+    /// DNS lookup failed during validation.
+    Dns = "dns",
+    /// The CA requires external account binding.
+    ExternalAccountRequired = "externalAccountRequired",
+    /// The challenge response was wrong.
+    IncorrectResponse = "incorrectResponse",
+    /// A contact was refused.
+    InvalidContact = "invalidContact",
+    /// The request was malformed.
+    Malformed = "malformed",
+    /// The order is not ready for finalization.
+    OrderNotReady = "orderNotReady",
+    /// A rate limit was hit; see Retry-After.
+    RateLimited = "rateLimited",
+    /// The identifier is refused by policy.
+    RejectedIdentifier = "rejectedIdentifier",
+    /// The server failed.
+    ServerInternal = "serverInternal",
+    /// TLS failed during validation.
+    Tls = "tls",
+    /// Not authorized.
+    Unauthorized = "unauthorized",
+    /// The contact scheme is not supported.
+    UnsupportedContact = "unsupportedContact",
+    /// The identifier type is not supported.
+    UnsupportedIdentifier = "unsupportedIdentifier",
+    /// The user must visit the terms of service.
+    UserActionRequired = "userActionRequired",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8555 §6.7.1: the example compound problem, parsed and printed.
+    #[test]
+    fn rfc8555_compound_example() {
+        let json = r#"{
+            "type": "urn:ietf:params:acme:error:malformed",
+            "detail": "Some of the identifiers requested were rejected",
+            "subproblems": [
+                {
+                    "type": "urn:ietf:params:acme:error:malformed",
+                    "detail": "Invalid underscore in DNS name \"_example.org\"",
+                    "identifier": {"type": "dns", "value": "_example.org"}
+                },
+                {
+                    "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+                    "detail": "This CA will not issue for \"example.net\"",
+                    "identifier": {"type": "dns", "value": "example.net"}
+                }
+            ]
+        }"#;
+        let p: Problem = serde_json::from_str(json).expect("parses");
+        assert_eq!(p.kind(), ProblemType::Malformed);
+        assert_eq!(p.subproblems[1].kind(), ProblemType::RejectedIdentifier);
+        let text = p.to_string();
+        assert!(
+            text.starts_with("malformed: Some of the identifiers"),
+            "{text}"
+        );
+        assert!(
+            text.contains("; rejectedIdentifier for dns:example.net: This CA will not"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_foreign_types() {
+        assert_eq!(ProblemType::from_uri("about:blank"), ProblemType::Other);
+        assert_eq!(
+            ProblemType::from_uri("urn:ietf:params:acme:error:nope"),
+            ProblemType::Other
+        );
+        assert_eq!(ProblemType::BadCsr.name(), Some("badCSR"));
+        let p = Problem {
+            type_uri: "urn:ietf:params:acme:error:badSignatureAlgorithm".into(),
+            algorithms: vec!["ES256".into(), "EdDSA".into()],
+            status: Some(400),
+            ..Problem::default()
+        };
+        assert_eq!(
+            p.to_string(),
+            "badSignatureAlgorithm (400) (the CA accepts ES256, EdDSA)"
+        );
+    }
+
+    #[test]
+    fn kinds_for_exit_codes() {
+        assert_eq!(Error::Trust("x".into()).kind(), ErrorKind::Trust);
+        assert_eq!(
+            Error::Timeout {
+                what: "order".into(),
+                waited: Duration::from_secs(3)
+            }
+            .to_string(),
+            "gave up waiting for order after 3s"
+        );
+        let e = Error::AuthorizationFailed {
+            identifier: "dns:plc-7".into(),
+            problem: None,
+        };
+        assert_eq!(e.kind(), ErrorKind::Validation);
+        assert_eq!(e.to_string(), "authorization of dns:plc-7 failed");
+    }
+}

@@ -1,0 +1,200 @@
+//! A tiny HTTP/1.x responder for http-01 (RFC 8555 §8.3, SPEC §5.3).
+//!
+//! It answers `GET /.well-known/acme-challenge/{token}` with the key authorization of a token it
+//! was given, and 404 to everything else. It only runs while an order has pending
+//! authorizations. Tokens are checked to be base64url before they are stored (SPEC §5.2), and the
+//! path is compared, never used to open anything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+
+const PREFIX: &str = "/.well-known/acme-challenge/";
+/// A request head larger than this is not a validation request.
+const MAX_HEAD: usize = 8 * 1024;
+/// A validator that does not send its request within this time is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+/// A running responder; stops when dropped.
+#[derive(Debug)]
+pub struct Http01Responder {
+    addr: SocketAddr,
+    tokens: Tokens,
+    task: JoinHandle<()>,
+}
+
+impl Http01Responder {
+    /// Binds `addr` and starts answering.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Http01Listen { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| Error::Http01Listen { addr, source })?;
+        let tokens: Tokens = Arc::default();
+        let task = tokio::spawn(serve(listener, tokens.clone()));
+        tracing::debug!(%local, "http-01 responder listening");
+        Ok(Self {
+            addr: local,
+            tokens,
+            task,
+        })
+    }
+
+    /// The bound address (with the real port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `key_authorization` for `token` from now on.
+    pub fn add(&self, token: &str, key_authorization: &str) -> Result<(), Error> {
+        protocol_spec::challenge::check_token(token)
+            .map_err(|e| Error::protocol("http-01 challenge", e))?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.to_owned(), key_authorization.to_owned());
+        Ok(())
+    }
+}
+
+impl Drop for Http01Responder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, tokens: Tokens) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let tokens = tokens.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, peer, &tokens).await {
+                        tracing::debug!(%peer, error = %e, "http-01 connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "http-01 responder cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, peer: SocketAddr, tokens: &Tokens) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let complete = tokio::time::timeout(READ_TIMEOUT, async {
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(false);
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+                return Ok(true);
+            }
+            if head.len() > MAX_HEAD {
+                return Ok(false);
+            }
+        }
+    })
+    .await
+    .unwrap_or(Ok(false))?;
+    let (status, body) = if complete {
+        respond(&head, tokens)
+    } else {
+        ("400 Bad Request", String::new())
+    };
+    tracing::debug!(%peer, status, "http-01 request answered");
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The status line and body for a request head.
+fn respond(head: &[u8], tokens: &Tokens) -> (&'static str, String) {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.lines().next().unwrap_or_default().split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return ("400 Bad Request", String::new());
+    };
+    if method != "GET" {
+        return ("405 Method Not Allowed", String::new());
+    }
+    let Some(token) = target.strip_prefix(PREFIX) else {
+        return ("404 Not Found", String::new());
+    };
+    match tokens
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(token)
+    {
+        Some(ka) => {
+            tracing::info!("answered the CA's http-01 request");
+            ("200 OK", ka.clone())
+        }
+        None => ("404 Not Found", String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_known_tokens_only() {
+        let r = Http01Responder::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        r.add("tok_1-A", "tok_1-A.thumb").expect("add");
+        assert!(r.add("../x", "y").is_err());
+        let addr = r.local_addr();
+        let ok = get(
+            addr,
+            "GET /.well-known/acme-challenge/tok_1-A HTTP/1.1\r\nHost: plc-7\r\n\r\n",
+        )
+        .await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\ntok_1-A.thumb"), "{ok}");
+        let missing = get(
+            addr,
+            "GET /.well-known/acme-challenge/other HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let post = get(
+            addr,
+            "POST /.well-known/acme-challenge/tok_1-A HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "stopped on drop");
+    }
+}

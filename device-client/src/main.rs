@@ -1,0 +1,415 @@
+//! `device-client`: enroll a device with an iiot-acme CA and keep its certificate renewed.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use device_client::cert::{self, rfc3339, CertStatus};
+use device_client::config::{FileConfig, LocalSettings};
+use device_client::device::{Device, EnrollOutcome};
+use device_client::files::State;
+use device_client::key::KeyAlgorithm;
+use device_client::{Error, ErrorKind, ProblemType};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success: enroll installed a certificate or the installed one is still valid;
+      show found a valid certificate; run was stopped by SIGTERM/SIGINT
+  1   unexpected internal error
+  2   usage or configuration error (including: the CA requires EAB or agreement to
+      its terms, and none is configured)
+  3   trust failure: the CA's TLS certificate does not match the pinned root or
+      fingerprint; nothing was sent to it
+  4   the CA could not be reached or did not answer in time (try again later)
+  5   the CA refused a request or answered with something that is not ACME; the
+      message names the ACME problem type
+  6   the CA could not validate the device (the challenge failed: check that the
+      CA can reach the http-01 address and port), or the operator rejected it or did
+      not decide in time
+  7   local error: a file or directory cannot be read or written, or the http-01
+      port cannot be bound
+  8   a certificate was installed, but the post-install command failed
+  10  show: no usable certificate (missing, expired, not matching the key or the
+      configured identifiers)
+  11  show: the certificate is valid but due for renewal
+
+Configuration: flags override the TOML file given with --config; the file takes the
+same names in snake_case (directory_url, root_cert, root_fingerprint, dns, ip, key,
+cert, chain, fullchain, state_dir, challenge, http01_listen, approval_timeout, eab_kid,
+eab_hmac, eab_hmac_file, post_install, post_install_timeout, renew_at, key_algorithm,
+account_key_algorithm, reuse_key, agree_terms, request_timeout, poll_timeout, retry_min,
+retry_max). Unknown keys are refused.";
+
+/// Enroll this device with an iiot-acme CA (RFC 8555 ACME) and keep its certificate renewed.
+///
+/// The CA is trusted through exactly one pinned root (a file or its SHA-256 fingerprint);
+/// system roots are never used. Keys are made on the device and never leave it.
+#[derive(Parser, Debug)]
+#[command(name = "device-client", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Get a certificate now unless the installed one is still valid and not due for renewal.
+    #[command(after_long_help = EXIT_CODES)]
+    Enroll {
+        /// Get a new certificate even if the installed one is still good.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Run forever: enroll if needed, then renew at the configured point of the lifetime,
+    /// retrying failures with exponential backoff and jitter.
+    #[command(after_long_help = EXIT_CODES)]
+    Run {
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Show the installed certificate and when it will be renewed.
+    #[command(after_long_help = EXIT_CODES)]
+    Show {
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct Opts {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short = 'c', env = "DEVICE_CLIENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// ACME directory URL of the CA, https://host:port/directory.
+    #[arg(long = "directory", value_name = "URL")]
+    directory_url: Option<String>,
+    /// Pin the CA by its root certificate file (PEM or DER).
+    #[arg(long = "root", value_name = "FILE")]
+    root_cert: Option<PathBuf>,
+    /// Pin the CA by its root's SHA-256 fingerprint (AB:CD:…, as the CA prints it).
+    #[arg(long, value_name = "FINGERPRINT")]
+    root_fingerprint: Option<String>,
+    /// DNS name to certify (repeatable).
+    #[arg(long, value_name = "NAME")]
+    dns: Vec<String>,
+    /// IP address to certify (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    ip: Vec<String>,
+    /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem].
+    #[arg(long, value_name = "PATH")]
+    key: Option<PathBuf>,
+    /// Certificate file (PEM, leaf only) [default: STATE_DIR/cert.pem].
+    #[arg(long, value_name = "PATH")]
+    cert: Option<PathBuf>,
+    /// Issuer chain file (PEM, intermediates).
+    #[arg(long, value_name = "PATH")]
+    chain: Option<PathBuf>,
+    /// Leaf followed by the chain (PEM).
+    #[arg(long, value_name = "PATH")]
+    fullchain: Option<PathBuf>,
+    /// Where the account key and state live [default: /var/lib/iiot-device-client].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Challenge to answer: http-01, or operator-approval-01 (show a pairing code and wait for
+    /// an operator) [default: http-01].
+    #[arg(long, value_name = "TYPE")]
+    challenge: Option<String>,
+    /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
+    #[arg(long = "http01-listen", value_name = "ADDR")]
+    http01_listen: Option<String>,
+    /// How long to wait for an operator's approval [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    approval_timeout: Option<String>,
+    /// EAB key identifier from the operator.
+    #[arg(long, env = "DEVICE_CLIENT_EAB_KID", value_name = "KID")]
+    eab_kid: Option<String>,
+    /// EAB HMAC key (base64url) from the operator; prefer the environment or --eab-hmac-file.
+    #[arg(
+        long,
+        env = "DEVICE_CLIENT_EAB_HMAC",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    eab_hmac: Option<String>,
+    /// File holding the EAB HMAC key.
+    #[arg(long, value_name = "FILE")]
+    eab_hmac_file: Option<PathBuf>,
+    /// Shell command run after a new certificate is installed (e.g. "systemctl reload opcua").
+    #[arg(long, value_name = "CMD")]
+    post_install: Option<String>,
+    /// How long the post-install command may run [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    post_install_timeout: Option<String>,
+    /// Renew after this fraction of the certificate's lifetime [default: 0.6667].
+    #[arg(long, value_name = "FRACTION")]
+    renew_at: Option<f64>,
+    /// Certificate key algorithm: p256 or p384 [default: p256].
+    #[arg(long, value_name = "ALG")]
+    key_algorithm: Option<KeyAlgorithm>,
+    /// Account key algorithm: p256 or p384 [default: p256].
+    #[arg(long, value_name = "ALG")]
+    account_key_algorithm: Option<KeyAlgorithm>,
+    /// Keep the certificate key across renewals (default: a new key per certificate).
+    #[arg(long)]
+    reuse_key: bool,
+    /// Accept the CA's terms of service, if it publishes any.
+    #[arg(long)]
+    agree_terms: bool,
+    /// Limit for one HTTPS request [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    request_timeout: Option<String>,
+    /// Limit for each wait on the CA (validation, issuance) [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    poll_timeout: Option<String>,
+    /// run: first wait after a failure [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    retry_min: Option<String>,
+    /// run: longest wait after failures [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    retry_max: Option<String>,
+    /// More log output (debug).
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Less log output (warnings and errors only).
+    #[arg(long, short = 'q', conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+impl Opts {
+    /// The flags as a config layer, over the file if there is one.
+    fn config(&self) -> Result<FileConfig, Error> {
+        let file = match &self.config {
+            Some(path) => FileConfig::from_file(path)?,
+            None => FileConfig::default(),
+        };
+        let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let flags = FileConfig {
+            directory_url: self.directory_url.clone(),
+            root_cert: self.root_cert.clone(),
+            root_fingerprint: self.root_fingerprint.clone(),
+            dns: some_vec(&self.dns),
+            ip: some_vec(&self.ip),
+            key: self.key.clone(),
+            cert: self.cert.clone(),
+            chain: self.chain.clone(),
+            fullchain: self.fullchain.clone(),
+            state_dir: self.state_dir.clone(),
+            challenge: self.challenge.clone(),
+            http01_listen: self.http01_listen.clone(),
+            approval_timeout: self.approval_timeout.clone(),
+            eab_kid: self.eab_kid.clone(),
+            eab_hmac: self.eab_hmac.clone(),
+            eab_hmac_file: self.eab_hmac_file.clone(),
+            post_install: self.post_install.clone(),
+            post_install_timeout: self.post_install_timeout.clone(),
+            renew_at: self.renew_at,
+            key_algorithm: self.key_algorithm,
+            account_key_algorithm: self.account_key_algorithm,
+            reuse_key: self.reuse_key.then_some(true),
+            agree_terms: self.agree_terms.then_some(true),
+            request_timeout: self.request_timeout.clone(),
+            poll_timeout: self.poll_timeout.clone(),
+            retry_min: self.retry_min.clone(),
+            retry_max: self.retry_max.clone(),
+        };
+        Ok(file.merge(flags))
+    }
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Config => 2,
+        ErrorKind::Trust => 3,
+        ErrorKind::Unreachable => 4,
+        ErrorKind::Refused => 5,
+        ErrorKind::Validation => 6,
+        ErrorKind::Local => 7,
+        ErrorKind::PostInstall => 8,
+        _ => 1,
+    }
+}
+
+fn init_logging(opts: &Opts) {
+    let default = if opts.verbose {
+        "device_client=debug"
+    } else if opts.quiet {
+        "device_client=warn"
+    } else {
+        "device_client=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("device-client: error: {e}");
+    match e.kind() {
+        ErrorKind::Validation
+            if matches!(
+                e.problem().map(|p| p.kind()),
+                Some(ProblemType::Connection | ProblemType::IncorrectResponse | ProblemType::Dns)
+            ) =>
+        {
+            eprintln!(
+                "device-client: hint: the CA must reach this device on the challenge port it is \
+             configured to dial (http-01: port 80 unless the operator changed it, SPEC §5.5); \
+             check --http01-listen, firewalls and the identifiers' addresses"
+            )
+        }
+        ErrorKind::Trust => eprintln!(
+            "device-client: hint: check the pinned root or fingerprint against what the CA \
+             prints at start (SPEC §2.3); nothing was sent to this server"
+        ),
+        _ => {}
+    }
+    ExitCode::from(exit_code(e.kind()))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Enroll { opts, .. } | Command::Run { opts } | Command::Show { opts }) =
+        &cli.command;
+    init_logging(opts);
+    let config = match opts.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match cli.command {
+        Command::Show { .. } => match config.local_settings() {
+            Ok(local) => show(&local),
+            Err(e) => fail(&e),
+        },
+        Command::Enroll { force, .. } => {
+            let device = match config.into_settings() {
+                Ok(s) => Device::new(s),
+                Err(e) => return fail(&e),
+            };
+            enroll(&device, force).await
+        }
+        Command::Run { .. } => {
+            let device = match config.into_settings() {
+                Ok(s) => Device::new(s),
+                Err(e) => return fail(&e),
+            };
+            run(&device).await
+        }
+    }
+}
+
+async fn enroll(device: &Device, force: bool) -> ExitCode {
+    match device.enroll(force).await {
+        Ok(EnrollOutcome::StillValid { info, renew_at }) => {
+            println!(
+                "certificate {} is still valid until {}; renewal due at {}; nothing to do",
+                info.serial,
+                rfc3339(info.not_after),
+                rfc3339(renew_at)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(EnrollOutcome::Installed(inst)) => {
+            println!(
+                "installed certificate {} for {} in {}, valid until {}; renewal due at {}",
+                inst.info.serial,
+                names(&inst.info.identifiers),
+                device.settings().local.cert_path.display(),
+                rfc3339(inst.info.not_after),
+                rfc3339(inst.renew_at)
+            );
+            match inst.post_install_error {
+                Some(e) => fail(&e),
+                None => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(device: &Device) -> ExitCode {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&Error::Io {
+                action: "install a handler for",
+                path: "SIGTERM".into(),
+                source: e,
+            })
+        }
+    };
+    tokio::select! {
+        r = device.run() => match r {
+            Err(e) => fail(&e),
+            Ok(never) => match never {},
+        },
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping");
+            ExitCode::SUCCESS
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted: stopping");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn names(ids: &[device_client::Identifier]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(local: &LocalSettings) -> ExitCode {
+    let status = match cert::status(
+        &local.cert_path,
+        &local.key_path,
+        &local.identifiers,
+        local.renew_at,
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    println!("certificate  {}", local.cert_path.display());
+    println!("key          {}", local.key_path.display());
+    println!("status       {status}");
+    if let Some(info) = status.info() {
+        println!("serial       {}", info.serial);
+        println!("identifiers  {}", names(&info.identifiers));
+        println!("subject      {}", info.subject);
+        println!("issuer       {}", info.issuer);
+        println!("not before   {}", rfc3339(info.not_before));
+        println!("not after    {}", rfc3339(info.not_after));
+        println!(
+            "renewal at   {} ({:.0}% of the lifetime)",
+            rfc3339(info.renewal_time(local.renew_at)),
+            local.renew_at * 100.0
+        );
+    }
+    match State::load(&local.state_dir) {
+        Ok(state) => {
+            if let Some(acct) = state.account_url {
+                println!("account      {acct}");
+            }
+            if let Some(dir) = state.directory_url {
+                println!("ca           {dir}");
+            }
+        }
+        Err(e) => println!("state        {e}"),
+    }
+    match status {
+        CertStatus::Valid { .. } => ExitCode::SUCCESS,
+        CertStatus::RenewalDue { .. } => ExitCode::from(11),
+        _ => ExitCode::from(10),
+    }
+}

@@ -1,0 +1,834 @@
+//! The `device-client` binary against the real `ca-server` (and once against Pebble), on
+//! loopback, with real http-01 validation: the CA dials the client's built-in responder.
+//!
+//! Each test starts its own server on its own data directory and ports, so they run in
+//! parallel. Set `IIOT_DEVICE_CLIENT_BIN` to test a prebuilt client instead of building one.
+
+use std::env;
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context as _, Result};
+use iiot_acme_tests::process::{poll_until, run_with_timeout, Daemon, RunOutput};
+use iiot_acme_tests::{
+    ca_server_bin, openssl_verify, openssl_verify_host, temp_dir, CaServer, CaServerOpts, Pebble,
+    PebbleOpts,
+};
+use tempfile::TempDir;
+
+/// Environment variable naming a prebuilt `device-client` binary.
+const DEVICE_CLIENT_BIN_ENV: &str = "IIOT_DEVICE_CLIENT_BIN";
+/// Limit for one `device-client enroll`/`show`.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Limit for `run` to do what a test waits for.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `device-client` binary, built like `ca_server_bin` builds the server: next to it, with
+/// `cargo build --workspace --bin device-client`, once per test process.
+fn device_client_bin() -> Result<PathBuf> {
+    if let Some(path) = env::var_os(DEVICE_CLIENT_BIN_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_device_client().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build_device_client() -> Result<PathBuf> {
+    // The server's binary sits in <target>/<profile>/, where ours will be.
+    let server = ca_server_bin()?;
+    let profile_dir = server.parent().context("ca-server has no directory")?;
+    let bin = profile_dir.join("device-client");
+    if env::var_os("IIOT_CA_SERVER_BIN").is_some() {
+        ensure!(
+            bin.is_file(),
+            "IIOT_CA_SERVER_BIN is set: set {DEVICE_CLIENT_BIN_ENV} too"
+        );
+        return Ok(bin);
+    }
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("profile directory name")?;
+    let target_dir = profile_dir.parent().context("target directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace directory")?;
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Like the server build: without cargo's per-crate variables, so ring's build script does
+    // not see a changed environment and rebuild half the tree.
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_CFG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key)
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["build", "--workspace", "--bin", "device-client"])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let logs = tempfile::tempdir()?;
+    let out = run_with_timeout(
+        "cargo-build-device-client",
+        &mut cmd,
+        logs.path(),
+        Duration::from_secs(900),
+    )?;
+    ensure!(
+        out.status.success(),
+        "building device-client failed: {cmd:?}\n{}",
+        out.tails()
+    );
+    ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
+/// How the simulated device pins the CA.
+enum Pin {
+    RootFile(PathBuf),
+    Fingerprint(String),
+}
+
+/// One simulated device: its own directory, identifiers and http-01 port.
+struct Device {
+    dir: TempDir,
+    directory_url: String,
+    pin: Pin,
+    /// `--http01-listen`: 127.0.0.1 on the port the CA dials.
+    listen: String,
+    dns: Vec<String>,
+    ip: Vec<String>,
+    /// Extra flags for every command.
+    extra: Vec<String>,
+    runs: AtomicUsize,
+}
+
+impl Device {
+    fn new(directory_url: String, pin: Pin, http_port: u16, dns: &[&str]) -> Self {
+        Self {
+            dir: temp_dir("iiot-device-").expect("device directory"),
+            directory_url,
+            pin,
+            listen: format!("127.0.0.1:{http_port}"),
+            dns: dns.iter().map(|s| (*s).to_owned()).collect(),
+            ip: Vec::new(),
+            extra: Vec::new(),
+            runs: AtomicUsize::new(0),
+        }
+    }
+
+    fn for_server(server: &CaServer, pin: Pin, dns: &[&str]) -> Self {
+        Self::new(server.directory_url(), pin, server.http_port(), dns)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.path("tls/cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.path("tls/key.pem")
+    }
+
+    fn fullchain(&self) -> PathBuf {
+        self.path("tls/fullchain.pem")
+    }
+
+    fn post_install_log(&self) -> PathBuf {
+        self.path("post-install.log")
+    }
+
+    /// Serials the post-install command saw, one per run.
+    fn post_install_runs(&self) -> Vec<String> {
+        fs::read_to_string(self.post_install_log())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn command(&self, sub: &str, flags: &[&str]) -> Command {
+        let mut cmd = Command::new(device_client_bin().expect("device-client binary"));
+        cmd.arg(sub)
+            .arg("--directory")
+            .arg(&self.directory_url)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--key")
+            .arg(self.key())
+            .arg("--cert")
+            .arg(self.cert())
+            .arg("--chain")
+            .arg(self.path("tls/chain.pem"))
+            .arg("--fullchain")
+            .arg(self.fullchain())
+            .arg("--http01-listen")
+            .arg(&self.listen)
+            .arg("--post-install")
+            .arg(format!(
+                "printf '%s\\n' \"$DEVICE_CLIENT_SERIAL\" >> '{}'",
+                self.post_install_log().display()
+            ))
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        match &self.pin {
+            Pin::RootFile(p) => cmd.arg("--root").arg(p),
+            Pin::Fingerprint(fp) => cmd.arg("--root-fingerprint").arg(fp),
+        };
+        for d in &self.dns {
+            cmd.arg("--dns").arg(d);
+        }
+        for ip in &self.ip {
+            cmd.arg("--ip").arg(ip);
+        }
+        cmd.args(&self.extra).args(flags);
+        cmd
+    }
+
+    /// Runs a one-shot subcommand to completion.
+    fn run(&self, sub: &str, flags: &[&str]) -> RunOutput {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let mut cmd = self.command(sub, flags);
+        run_with_timeout(
+            &format!("device-client-{n}-{sub}"),
+            &mut cmd,
+            self.dir.path(),
+            CLIENT_TIMEOUT,
+        )
+        .expect("device-client runs")
+    }
+
+    /// Starts `run` in the background.
+    fn spawn_run(&self, name: &str, flags: &[&str]) -> Daemon {
+        let mut cmd = self.command("run", flags);
+        Daemon::spawn(name, &mut cmd, self.dir.path()).expect("device-client run starts")
+    }
+
+    /// Starts a one-shot subcommand that will wait (for an operator) in the background.
+    fn spawn_oneshot(&self, name: &str, sub: &str, flags: &[&str]) -> Waiting {
+        let stdout = self.path(&format!("{name}.stdout.log"));
+        let stderr = self.path(&format!("{name}.stderr.log"));
+        let child = self
+            .command(sub, flags)
+            .stdin(std::process::Stdio::null())
+            .stdout(fs::File::create(&stdout).expect("stdout log"))
+            .stderr(fs::File::create(&stderr).expect("stderr log"))
+            .spawn()
+            .expect("device-client starts");
+        Waiting {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The serial `show` reports.
+    fn shown_serial(&self) -> String {
+        let out = self.run("show", &[]);
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("serial"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| panic!("show printed no serial\n{}", out.tails()))
+    }
+}
+
+/// A one-shot client running in the background; killed on drop.
+struct Waiting {
+    child: std::process::Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Waiting {
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the exit code, then returns it with stdout and stderr.
+    fn finish(&mut self) -> (i32, String, String) {
+        let status = poll_until(
+            "device-client exit",
+            RUN_TIMEOUT,
+            Duration::from_millis(100),
+            |_| Ok(self.child.try_wait()?),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.stderr()));
+        (
+            status.code().unwrap_or(-1),
+            fs::read_to_string(&self.stdout).unwrap_or_default(),
+            self.stderr(),
+        )
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ca-server ARGS --data-dir <the server's>` as the operator would, and returns stdout.
+fn operator(server: &CaServer, args: &[&str]) -> String {
+    let out = Command::new(ca_server_bin().expect("ca-server binary"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .output()
+        .expect("ca-server runs");
+    assert!(
+        out.status.success(),
+        "ca-server {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Turns on operator-approval-01 in the server's config file and restarts it (same data, ports
+/// and root).
+fn enable_operator_approval(server: &mut CaServer) {
+    let mut config = fs::read_to_string(server.config_path()).expect("config");
+    config.push_str("\n[enrollment]\noperator_approval = true\n");
+    fs::write(server.config_path(), config).expect("write config");
+    server
+        .restart()
+        .expect("ca-server restarts with approval on");
+}
+
+/// The pairing code a waiting device printed, once it has.
+fn printed_pairing_code(waiting: &Waiting) -> String {
+    poll_until(
+        "pairing code on the device",
+        RUN_TIMEOUT,
+        Duration::from_millis(100),
+        |why| {
+            let err = waiting.stderr();
+            *why = err.clone();
+            Ok(err
+                .split("pairing code ")
+                .nth(1)
+                .map(|rest| rest.chars().take(9).collect::<String>()))
+        },
+    )
+    .expect("the device shows its pairing code")
+}
+
+/// The operator's pending request whose pairing code is `code`, as `approval list --json` shows.
+fn pending_request(server: &CaServer, code: &str) -> serde_json::Value {
+    poll_until(
+        "pending approval request",
+        RUN_TIMEOUT,
+        Duration::from_millis(100),
+        |why| {
+            let list: Vec<serde_json::Value> =
+                serde_json::from_str(&operator(server, &["approval", "list", "--json"]))?;
+            *why = format!("{list:?}");
+            Ok(list.into_iter().find(|p| p["pairing_code"] == code))
+        },
+    )
+    .expect("the request is listed with the device's pairing code")
+}
+
+fn code(out: &RunOutput) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn expect_code(out: &RunOutput, want: i32, what: &str, server_logs: &str) {
+    assert_eq!(
+        code(out),
+        want,
+        "{what}: expected exit {want}\n{}{server_logs}",
+        out.tails()
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// How many times the server's log says `what` (its whole stderr log, not a tail).
+fn server_log_count(server: &CaServer, what: &str) -> usize {
+    fs::read_to_string(server.data_dir().join("ca-server.stderr.log"))
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+/// `openssl x509 -fingerprint -sha256` of the CA root: what an operator copies to a device.
+fn root_fingerprint(server: &CaServer) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(server.root_pem_path())
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl x509 -fingerprint failed");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let fp = text
+        .trim()
+        .rsplit('=')
+        .next()
+        .expect("fingerprint")
+        .to_owned();
+    assert_eq!(fp.len(), 95, "{text}");
+    fp
+}
+
+fn verify_issued(server: &CaServer, device: &Device) {
+    let root = server.root_pem_path();
+    openssl_verify(&root, &device.fullchain()).expect("chain verifies against the CA root");
+    for name in &device.dns {
+        openssl_verify_host(&root, &device.fullchain(), name).expect("leaf names the device");
+    }
+}
+
+#[test]
+fn enrolls_by_http01_pinning_the_root_file_and_does_not_re_enroll() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let mut device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-1.plant.test"],
+    );
+    device.ip.push("127.0.0.1".to_owned());
+
+    let show = device.run("show", &[]);
+    expect_code(&show, 10, "show without a certificate", "");
+    assert!(
+        show.stdout.contains("status       missing"),
+        "{}",
+        show.stdout
+    );
+
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll", &server.logs());
+    assert!(
+        out.stdout.contains("installed certificate"),
+        "{}",
+        out.stdout
+    );
+    verify_issued(&server, &device);
+
+    // Private material is created 0600, never chmod-ed later; certificates are public.
+    assert_eq!(mode(&device.key()), 0o600, "certificate key");
+    assert_eq!(mode(&device.state_dir().join("account.key.pem")), 0o600);
+    assert_eq!(mode(&device.state_dir().join("state.json")), 0o600);
+    assert_eq!(mode(&device.state_dir()), 0o700);
+    assert_eq!(mode(&device.cert()), 0o644);
+    assert!(fs::read_to_string(device.key())
+        .expect("key")
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    // The post-install command ran once, and saw the installed certificate's serial.
+    let serial = device.shown_serial();
+    assert_eq!(device.post_install_runs(), std::slice::from_ref(&serial));
+
+    // A second enroll with a still-valid certificate changes nothing and asks the CA nothing.
+    let orders = server_log_count(&server, "order created");
+    let accounts = server_log_count(&server, "account created");
+    let cert_before = fs::read(device.cert()).expect("cert");
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "second enroll", &server.logs());
+    assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
+    assert_eq!(fs::read(device.cert()).expect("cert"), cert_before);
+    assert_eq!(server_log_count(&server, "order created"), orders);
+    assert_eq!(server_log_count(&server, "account created"), accounts);
+    assert_eq!(device.post_install_runs().len(), 1);
+
+    let show = device.run("show", &[]);
+    expect_code(&show, 0, "show", "");
+    assert!(
+        show.stdout.contains("status       valid"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("identifiers  dns:device-1.plant.test, ip:127.0.0.1"),
+        "{}",
+        show.stdout
+    );
+
+    // --force gets a new certificate with a new key, on the same account.
+    let key_before = fs::read(device.key()).expect("key");
+    let out = device.run("enroll", &["--force"]);
+    expect_code(&out, 0, "enroll --force", &server.logs());
+    assert_ne!(fs::read(device.key()).expect("key"), key_before, "new key");
+    assert_ne!(device.shown_serial(), serial);
+    assert_eq!(server_log_count(&server, "account created"), accounts);
+    assert_eq!(device.post_install_runs().len(), 2);
+    verify_issued(&server, &device);
+}
+
+#[test]
+fn enrolls_by_http01_pinning_the_root_fingerprint() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let device = Device::for_server(
+        &server,
+        Pin::Fingerprint(root_fingerprint(&server)),
+        &["device-2.plant.test", "opcua.device-2.plant.test"],
+    );
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll", &server.logs());
+    verify_issued(&server, &device);
+}
+
+#[test]
+fn a_wrong_fingerprint_is_refused_before_any_acme_request() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let good = root_fingerprint(&server);
+    // Change the last hex digit: a pin that differs in a single bit must fail.
+    let mut wrong = good.clone();
+    let last = wrong.pop().expect("digit");
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let device = Device::for_server(&server, Pin::Fingerprint(wrong.clone()), &["device-3"]);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 3, "enroll with a wrong fingerprint", &server.logs());
+    assert!(
+        out.stderr.contains(&format!("not the pinned {wrong}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&good),
+        "names the presented root: {}",
+        out.stderr
+    );
+    // Refused inside the TLS handshake: no account key was even made, and the CA saw nothing.
+    assert!(!device.state_dir().join("account.key.pem").exists());
+    assert!(!device.state_dir().join("state.json").exists());
+    assert_eq!(server_log_count(&server, "account created"), 0);
+    assert_eq!(server_log_count(&server, "order created"), 0);
+    assert!(!device.cert().exists());
+}
+
+#[test]
+fn enrolls_with_external_account_binding() {
+    let server = CaServer::start(CaServerOpts {
+        eab_required: true,
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let mut device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-4.plant.test"],
+    );
+
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 2, "enroll without EAB", &server.logs());
+    assert!(
+        out.stderr.contains("requires external account binding"),
+        "{}",
+        out.stderr
+    );
+
+    // A MAC key the CA did not issue: refused by the CA as unauthorized.
+    let creds = server.eab_create(true).expect("eab create --single-use");
+    let out = device.run(
+        "enroll",
+        &[
+            "--eab-kid",
+            &creds.kid,
+            "--eab-hmac",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    );
+    expect_code(&out, 5, "enroll with a wrong HMAC key", &server.logs());
+    assert!(out.stderr.contains("unauthorized"), "{}", out.stderr);
+
+    // The HMAC key from a file, the key id from the environment.
+    let hmac_file = device.path("eab.hmac");
+    fs::write(&hmac_file, format!("{}\n", creds.hmac_b64url)).expect("write hmac");
+    device.extra = vec!["--eab-hmac-file".into(), hmac_file.display().to_string()];
+    let mut cmd = device.command("enroll", &[]);
+    cmd.env("DEVICE_CLIENT_EAB_KID", &creds.kid);
+    let out =
+        run_with_timeout("enroll-eab", &mut cmd, device.dir.path(), CLIENT_TIMEOUT).expect("runs");
+    expect_code(&out, 0, "enroll with EAB", &server.logs());
+    verify_issued(&server, &device);
+    assert_eq!(server_log_count(&server, "account created"), 1);
+
+    // Renewal reuses the bound account: the single-use credential is not needed again.
+    device.extra.clear();
+    let out = device.run("enroll", &["--force"]);
+    expect_code(&out, 0, "renewal on the bound account", &server.logs());
+    assert_eq!(server_log_count(&server, "account created"), 1);
+}
+
+#[test]
+fn run_keeps_a_valid_certificate_and_renews_one_past_its_renewal_point() {
+    let server = CaServer::start(CaServerOpts {
+        cert_validity: "1h".to_owned(),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let device = Device::for_server(
+        &server,
+        Pin::Fingerprint(root_fingerprint(&server)),
+        &["device-5.plant.test"],
+    );
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll", &server.logs());
+    let first = device.shown_serial();
+    let first_key = fs::read(device.key()).expect("key");
+
+    // Like a reboot with a good certificate: `run` only schedules the renewal (at 2/3 of the
+    // hour), it does not enroll again.
+    let orders = server_log_count(&server, "order created");
+    let mut run = device.spawn_run("run-default", &[]);
+    let stderr = run.stderr_path().to_owned();
+    run.wait_ready(RUN_TIMEOUT, |why| {
+        let log = fs::read_to_string(&stderr).unwrap_or_default();
+        *why = format!("no 'next renewal at' yet: {log}");
+        Ok(log.contains("next renewal at").then_some(()))
+    })
+    .expect("run announces the next renewal");
+    std::thread::sleep(Duration::from_secs(2));
+    run.check_running().expect("run keeps running");
+    assert_eq!(server_log_count(&server, "order created"), orders);
+    assert_eq!(device.shown_serial(), first);
+    run.kill().expect("stop run");
+
+    // With the renewal point at 1% of the lifetime, the same certificate is past it (the CA
+    // backdates notBefore by a minute), so `run` renews at once, with a new key, and runs the
+    // post-install command. retry_min keeps it from renewing the next, equally due,
+    // certificate again while the test looks.
+    let mut run = device.spawn_run("run-renew", &["--renew-at", "0.01", "--retry-min", "1h"]);
+    let renewed = poll_until(
+        "renewal by run",
+        RUN_TIMEOUT,
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            let runs = device.post_install_runs();
+            *why = format!("post-install runs so far: {runs:?}");
+            Ok((runs.len() == 2).then(|| runs[1].clone()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", run.logs(), server.logs()));
+    assert_ne!(renewed, first);
+    assert_eq!(device.shown_serial(), renewed);
+    assert_ne!(fs::read(device.key()).expect("key"), first_key);
+    verify_issued(&server, &device);
+    let log = fs::read_to_string(run.stderr_path()).expect("log");
+    assert!(log.contains("already due for renewal"), "{log}");
+    run.kill().expect("stop run");
+}
+
+#[test]
+fn run_waits_out_ca_downtime() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-6.plant.test"],
+    );
+    server.kill_9().expect("CA goes down");
+
+    let mut run = device.spawn_run("run-downtime", &["--retry-min", "1s", "--retry-max", "2s"]);
+    let stderr = run.stderr_path().to_owned();
+    run.wait_ready(RUN_TIMEOUT, |why| {
+        let log = fs::read_to_string(&stderr).unwrap_or_default();
+        *why = format!("no retry yet: {log}");
+        Ok((log.matches("trying again").count() >= 2).then_some(()))
+    })
+    .expect("run retries while the CA is down");
+    assert!(!device.cert().exists());
+
+    server.restart().expect("CA comes back");
+    poll_until(
+        "enrollment after the CA returns",
+        RUN_TIMEOUT,
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            *why = "no certificate yet".into();
+            Ok((device.post_install_runs().len() == 1).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", run.logs(), server.logs()));
+    verify_issued(&server, &device);
+    let log = fs::read_to_string(run.stderr_path()).expect("log");
+    assert!(log.contains("cannot reach the CA"), "{log}");
+    run.kill().expect("stop run");
+}
+
+#[test]
+fn enrolls_by_http01_with_pebble() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("Pebble starts");
+    let device = Device::new(
+        pebble.directory_url(),
+        Pin::RootFile(pebble.tls_ca_pem().to_owned()),
+        pebble.http_port(),
+        &["device-7.pebble.test"],
+    );
+    // Pebble publishes terms of service: without agreement the client stops with exit 2.
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 2, "enroll without --agree-terms", &pebble.logs());
+    assert!(out.stderr.contains("terms of service"), "{}", out.stderr);
+
+    let out = device.run("enroll", &["--agree-terms"]);
+    expect_code(&out, 0, "enroll against Pebble", &pebble.logs());
+    let root = pebble.write_root_pem().expect("Pebble's issuing root");
+    openssl_verify(&root, &device.fullchain()).expect("chain verifies against Pebble's root");
+    openssl_verify_host(&root, &device.fullchain(), "device-7.pebble.test")
+        .expect("leaf names the device");
+    assert_eq!(device.post_install_runs().len(), 1);
+}
+
+#[test]
+fn enrolls_by_operator_approval_and_stops_on_rejection() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    enable_operator_approval(&mut server);
+
+    // Approved: the operator finds the request by the code the device shows.
+    let device = Device::for_server(
+        &server,
+        Pin::Fingerprint(root_fingerprint(&server)),
+        &["device-8.plant.test"],
+    );
+    let mut waiting = device.spawn_oneshot(
+        "approve",
+        "enroll",
+        &["--challenge", "operator-approval-01"],
+    );
+    let code = printed_pairing_code(&waiting);
+    let request = pending_request(&server, &code);
+    assert!(
+        request["identifier"]
+            .to_string()
+            .contains("device-8.plant.test"),
+        "{request}"
+    );
+    let id = request["id"].as_str().expect("request id");
+    operator(&server, &["approval", "approve", id]);
+    let (status, stdout, stderr) = waiting.finish();
+    assert_eq!(status, 0, "{stdout}\n{stderr}\n{}", server.logs());
+    assert!(
+        stderr.contains("operator approval of dns:device-8.plant.test"),
+        "{stderr}"
+    );
+    verify_issued(&server, &device);
+    assert_eq!(device.post_install_runs().len(), 1);
+
+    // Rejected: the device stops with exit 6 and the operator's reason.
+    let device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-9.plant.test"],
+    );
+    let mut waiting =
+        device.spawn_oneshot("reject", "enroll", &["--challenge", "operator-approval-01"]);
+    let code = printed_pairing_code(&waiting);
+    let request = pending_request(&server, &code);
+    let id = request["id"].as_str().expect("request id");
+    operator(
+        &server,
+        &[
+            "approval",
+            "reject",
+            id,
+            "--reason",
+            "not on the asset list",
+        ],
+    );
+    let (status, _, stderr) = waiting.finish();
+    assert_eq!(status, 6, "{stderr}\n{}", server.logs());
+    assert!(stderr.contains("not on the asset list"), "{stderr}");
+    assert!(!device.cert().exists());
+}
+
+#[test]
+fn a_pre_authorizing_credential_needs_no_challenge() {
+    let server = CaServer::start(CaServerOpts {
+        eab_required: true,
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let created: serde_json::Value = serde_json::from_str(&operator(
+        &server,
+        &[
+            "eab",
+            "create",
+            "--json",
+            "--allow",
+            "dns:line-9.plant.test",
+        ],
+    ))
+    .expect("eab create --json");
+    let kid = created["kid"].as_str().expect("kid");
+    let hmac = created["hmac"].as_str().expect("hmac");
+
+    // The responder address cannot be bound here (TEST-NET-1, not on this host): the client
+    // would fail with exit 7 if it tried to answer a challenge.
+    let mut device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["plc-1.line-9.plant.test"],
+    );
+    device.listen = "192.0.2.1:80".to_owned();
+    let out = device.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    expect_code(
+        &out,
+        0,
+        "enroll with a pre-authorizing credential",
+        &server.logs(),
+    );
+    assert!(!out.stderr.contains("answering http-01"), "{}", out.stderr);
+    verify_issued(&server, &device);
+
+    // A name outside the allow-list is refused by type.
+    let mut other = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["plc-1.line-10.plant.test"],
+    );
+    other.listen = "192.0.2.1:80".to_owned();
+    let out = other.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    expect_code(&out, 5, "identifier outside the allow-list", &server.logs());
+    assert!(out.stderr.contains("rejectedIdentifier"), "{}", out.stderr);
+}
