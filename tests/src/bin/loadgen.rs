@@ -74,6 +74,36 @@ struct Results {
     errors: BTreeMap<String, usize>,
 }
 
+/// An HTTPS client trusting only `ca_file`, with TCP_NODELAY (see Cargo.toml) and HTTP/2.
+fn http_client(ca_file: &std::path::Path) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("cannot read {}", ca_file.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    Ok(Box::new(client))
+}
+
 /// One enrollment; returns per-step durations or the error's problem type (or text).
 async fn enroll(
     opts: &Opts,
@@ -90,8 +120,8 @@ async fn enroll(
         steps.push((name, t.elapsed()));
         t = Instant::now();
     };
-    let (account, _) = Account::builder_with_root(&opts.ca_file)
-        .map_err(describe)?
+    let http = http_client(&opts.ca_file).map_err(|e| format!("client setup: {e:#}"))?;
+    let (account, _) = Account::builder_with_http(http)
         .create(
             &NewAccount {
                 contact: &[],
