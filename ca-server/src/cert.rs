@@ -48,6 +48,9 @@ pub struct Certificate {
     /// The order that replaces it (RFC 9773 `replaces`).
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// Set by the operator (`ca-server renew-early`): the renewal window starts here.
+    #[serde(default)]
+    pub renew_after: Option<i64>,
 }
 
 impl Certificate {
@@ -64,8 +67,26 @@ impl Certificate {
             not_after: issued.not_after,
             revoked: None,
             replaced_by: None,
+            renew_after: None,
         }
     }
+}
+
+/// Marks a certificate revoked under compare-and-swap (`alreadyRevoked` if it was), adds it to
+/// the CRL's table and invalidates the cached CRL so the next one lists it. The caller flushes.
+pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<()> {
+    let entry = Revocation { reason, at: now() };
+    app.db
+        .update(Table::Certificates, serial, |mut c: Certificate| {
+            if c.revoked.is_some() {
+                return Err(Error::AlreadyRevoked);
+            }
+            c.revoked = Some(entry.clone());
+            Ok(c)
+        })?;
+    app.db.put(Table::Revocations, serial, &entry)?;
+    app.crl.invalidate();
+    Ok(())
 }
 
 /// Whether `account_id` holds currently valid authorizations covering every identifier.
@@ -181,27 +202,8 @@ pub async fn revoke(
         }
     }
 
-    let at = now();
-    let reason_u8 = u8::try_from(reason).unwrap_or(0);
-    app.db
-        .update(Table::Certificates, &serial, |mut c: Certificate| {
-            if c.revoked.is_some() {
-                return Err(Error::AlreadyRevoked);
-            }
-            c.revoked = Some(Revocation {
-                reason: reason_u8,
-                at,
-            });
-            Ok(c)
-        })?;
-    let entry = Revocation {
-        reason: reason_u8,
-        at,
-    };
-    app.db.put(Table::Revocations, &serial, &entry)?;
+    record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0))?;
     app.db.flush().await?;
-    // The next CRL request (or the periodic refresh) signs a new CRL with this entry.
-    app.crl.invalidate();
     tracing::info!(serial = %serial, reason, "certificate revoked");
     Ok(StatusCode::OK.into_response())
 }

@@ -5,6 +5,7 @@
 //! and the store (`storage`).
 
 pub mod account;
+pub mod admin;
 pub mod app;
 pub mod approval;
 pub mod attest;

@@ -29,12 +29,81 @@ enum Command {
     /// Approve or reject devices waiting for operator approval.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Revoke certificates by serial, device identifier or account (asks the running CA).
+    Revoke {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn, cACompromise, aACompromise.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Make devices renew now (RFC 9773 renewal window starts immediately), e.g. after a key
+    /// incident; asks the running CA.
+    RenewEarly {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Fleet report: expiring, stopped renewing, revoked, key-reuse attempts, key types.
+    Audit {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the manufacturer trust anchors device attestations are verified against.
     #[command(subcommand)]
     TrustAnchor(TrustAnchorCommand),
     /// Build or query compromised-key blocklists (badkeys format).
     #[command(subcommand)]
     Blocklist(ca_server::keycheck::blocklist::BlocklistCommand),
+}
+
+/// Which certificates an operator command acts on.
+#[derive(Args)]
+struct AdminTarget {
+    /// Data directory of the CA.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// One certificate, by serial number (hex).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Every certificate for a device identifier: dns:NAME, ip:ADDR or permanent-identifier:SERIAL.
+    #[arg(long)]
+    identifier: Option<String>,
+    /// Every certificate of an account (its id, the last part of its URL).
+    #[arg(long)]
+    account: Option<String>,
+}
+
+impl AdminTarget {
+    fn selector(&self) -> Result<serde_json::Value, String> {
+        if self.serial.is_none() && self.identifier.is_none() && self.account.is_none() {
+            return Err("say which certificates: --serial, --identifier or --account".into());
+        }
+        Ok(
+            serde_json::json!({"serial": self.serial, "identifier": self.identifier,
+            "account": self.account}),
+        )
+    }
+}
+
+/// Sends one request to the running CA and turns a problem document into an error message.
+fn admin_call(
+    data_dir: Option<PathBuf>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let (status, v) = ca_server::admin::call(&self::data_dir(data_dir), method, path, body)?;
+    if status >= 400 {
+        return Err(v["detail"]
+            .as_str()
+            .map_or_else(|| v.to_string(), str::to_owned));
+    }
+    Ok(v)
 }
 
 #[derive(Subcommand)]
@@ -251,6 +320,53 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
     }
 }
 
+fn print_audit(v: &serde_json::Value) {
+    let c = &v["certificates"];
+    println!(
+        "certificates: {} total, {} valid, {} expired, {} revoked",
+        c["total"], c["valid"], c["expired"], c["revoked"]
+    );
+    let list = |title: &str, key: &str, fmt: &dyn Fn(&serde_json::Value) -> String| {
+        let items = v[key].as_array().cloned().unwrap_or_default();
+        println!("{title}: {}", items.len());
+        for i in items {
+            println!("  {}", fmt(&i));
+        }
+    };
+    list("expiring within 24 h", "expiringWithin24h", &|i| {
+        format!(
+            "{}  {}  until {}",
+            i["serial"].as_str().unwrap_or_default(),
+            i["identifiers"],
+            i["notAfter"].as_str().unwrap_or_default()
+        )
+    });
+    list("devices that stopped renewing", "stoppedRenewing", &|i| {
+        format!(
+            "{}  expired {}",
+            i["identifiers"].as_str().unwrap_or_default(),
+            i["expired"].as_str().unwrap_or_default()
+        )
+    });
+    list("revoked", "revoked", &|i| {
+        format!(
+            "{}  {}  reason {}",
+            i["serial"].as_str().unwrap_or_default(),
+            i["identifiers"],
+            i["reason"]
+        )
+    });
+    list("refused key reuse", "keyReuseAttempts", &|i| {
+        format!(
+            "{}  key {} held by {}",
+            i["kind"],
+            i["spki_sha256"].as_str().unwrap_or_default(),
+            i["holder"]
+        )
+    });
+    println!("key types in use: {}", v["keyTypes"]);
+}
+
 fn describe_uses(max: Option<u32>) -> String {
     max.map_or_else(|| "unlimited".to_owned(), |m| m.to_string())
 }
@@ -273,6 +389,38 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Serve(a)) => serve(a).await,
         Some(Command::Eab(cmd)) => eab(cmd),
         Some(Command::Approval(cmd)) => approval(cmd),
+        Some(Command::Revoke { target, reason }) => {
+            let mut body = target.selector()?;
+            body["reason"] = serde_json::json!(
+                ca_server::admin::reason_code(&reason).map_err(|e| e.to_string())?
+            );
+            let v = admin_call(target.data_dir, "POST", "/revoke", Some(&body))?;
+            let serials = v["revoked"].as_array().cloned().unwrap_or_default();
+            println!("revoked {} certificate(s)", serials.len());
+            for s in serials {
+                println!("  {}", s.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Some(Command::RenewEarly { target }) => {
+            let body = target.selector()?;
+            let v = admin_call(target.data_dir, "POST", "/renew-early", Some(&body))?;
+            let serials = v["renewNow"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{} certificate(s) are due for renewal now (devices see it in renewalInfo)",
+                serials.len()
+            );
+            Ok(())
+        }
+        Some(Command::Audit { data_dir, json }) => {
+            let v = admin_call(data_dir, "GET", "/audit", None)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_audit(&v);
+            }
+            Ok(())
+        }
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
         Some(Command::Blocklist(cmd)) => cmd.run(),
     }

@@ -59,6 +59,10 @@ pub fn suggested_window(cert: &Certificate, now: i64) -> (i64, i64) {
     if cert.revoked.is_some() {
         return (now - 3600, now - 60);
     }
+    // The operator pulled renewal forward (e.g. after a key incident): due from that moment.
+    if let Some(at) = cert.renew_after {
+        return (at, at.max(now) + 60);
+    }
     let life = cert.not_after - cert.not_before;
     (
         cert.not_before + life * 2 / 3,

@@ -132,6 +132,14 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
             }
         });
     }
+    {
+        let admin = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(admin).await {
+                tracing::error!(error = %e, "operator admin socket unavailable");
+            }
+        });
+    }
     if app.cfg.enrollment.operator_approval {
         // Decisions and expiry also take effect while no device polls, so `approval list`
         // shows only what still waits.

@@ -1340,6 +1340,40 @@ async fn renewal_info_windows_and_replaces() {
     .await
     .assert_problem(403, "unauthorized");
 
+    // The operator pulls renewal forward (ca-server renew-early, over the admin API): the
+    // window starts now.
+    let admin = ca_server::admin::router(s.app.clone());
+    let req = Request::post("/renew-early")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"serial": hex::encode(cert.raw_serial())}).to_string(),
+        ))
+        .expect("req");
+    let r = common::Reply::read(
+        tower::ServiceExt::oneshot(admin, req)
+            .await
+            .expect("infallible"),
+    )
+    .await;
+    assert_eq!(
+        r.json()["renewNow"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let w = s
+        .send(
+            Request::get(format!("{ri}/{id}"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .json();
+    assert!(
+        t(&w["suggestedWindow"]["start"]) <= time::OffsetDateTime::now_utc(),
+        "{w}"
+    );
+
     // Revoked: the window moves into the past, so clients renew now.
     s.post_as(
         &acct,

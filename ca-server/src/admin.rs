@@ -1,0 +1,284 @@
+//! The operator's channel to a running CA: a small HTTP API on a Unix socket,
+//! `<data_dir>/admin.sock`, readable by the CA's user only (mode 0600 in a 0700 directory).
+//!
+//! sled admits one process per store, so commands that need the store (revocation, audit,
+//! renewal) cannot open it while the CA runs; they ask the CA instead. File-based state that
+//! the operator owns (EAB credentials, trust anchors, approval decisions) stays in files.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::app::{now, rfc3339, AppState};
+use crate::cert::{record_revocation, Certificate};
+use crate::storage::Table;
+use crate::types::Identifier;
+use crate::{Error, Result};
+
+/// The socket's path in a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Which certificates an operator command acts on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// One certificate by serial (hex).
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Every certificate naming this identifier (`type:value`, e.g. `dns:plc-1`).
+    #[serde(default)]
+    pub identifier: Option<String>,
+    /// Every certificate of this account id.
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+impl Selector {
+    fn matches(&self, c: &Certificate) -> Result<bool> {
+        let id = match &self.identifier {
+            Some(text) => Some(parse_identifier(text)?),
+            None => None,
+        };
+        Ok(self
+            .serial
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case(&c.id))
+            && id.as_ref().is_none_or(|i| c.identifiers.contains(i))
+            && self.account.as_deref().is_none_or(|a| a == c.account_id))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.serial.is_none() && self.identifier.is_none() && self.account.is_none()
+    }
+}
+
+/// `dns:plc-1`, `ip:10.0.0.7`, `permanent-identifier:SN-1` → an identifier, as the CA stores it.
+pub fn parse_identifier(text: &str) -> Result<Identifier> {
+    let (kind, value) = text.split_once(':').ok_or_else(|| {
+        Error::Malformed(format!(
+            "identifier {text:?} must be type:value, e.g. dns:plc-1"
+        ))
+    })?;
+    let id: Identifier = serde_json::from_value(json!({"type": kind, "value": value}))
+        .map_err(|_| Error::Malformed(format!("unknown identifier type {kind:?}")))?;
+    crate::order::normalize_identifier(&id)
+}
+
+fn certificates(app: &AppState) -> Result<Vec<Certificate>> {
+    app.db.values_with_prefix(Table::Certificates, "")
+}
+
+/// RFC 5280 §5.3.1 reason names an operator may give.
+pub fn reason_code(name: &str) -> Result<u8> {
+    Ok(match name {
+        "unspecified" => 0,
+        "keyCompromise" => 1,
+        "cACompromise" => 2,
+        "affiliationChanged" => 3,
+        "superseded" => 4,
+        "cessationOfOperation" => 5,
+        "privilegeWithdrawn" => 9,
+        "aACompromise" => 10,
+        other => {
+            return Err(Error::BadRevocationReason(format!(
+                "unknown or unsupported reason {other:?}"
+            )))
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct RevokeRequest {
+    #[serde(flatten)]
+    select: Selector,
+    reason: u8,
+}
+
+/// Revokes every matching certificate that is not revoked yet.
+async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Result<Json<Value>> {
+    if r.select.is_empty() {
+        return Err(Error::Malformed(
+            "say which certificates: serial, identifier or account".into(),
+        ));
+    }
+    let mut revoked = Vec::new();
+    for c in certificates(&app)? {
+        if c.revoked.is_none() && r.select.matches(&c)? {
+            match record_revocation(&app, &c.id, r.reason) {
+                Ok(()) | Err(Error::AlreadyRevoked) => revoked.push(c.id),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    app.db.flush().await?;
+    tracing::info!(
+        count = revoked.len(),
+        reason = r.reason,
+        "operator revoked certificates"
+    );
+    Ok(Json(json!({"revoked": revoked})))
+}
+
+/// Makes the renewal window of every matching certificate start now (RFC 9773): devices that
+/// ask for renewal information renew at once, e.g. after a key incident.
+async fn renew_early(
+    State(app): State<AppState>,
+    Json(select): Json<Selector>,
+) -> Result<Json<Value>> {
+    if select.is_empty() {
+        return Err(Error::Malformed(
+            "say which certificates: serial, identifier or account".into(),
+        ));
+    }
+    let at = now();
+    let mut marked = Vec::new();
+    for c in certificates(&app)? {
+        if c.revoked.is_none() && c.not_after > at && select.matches(&c)? {
+            app.db
+                .update(Table::Certificates, &c.id, |mut c: Certificate| {
+                    c.renew_after = Some(at);
+                    Ok(c)
+                })?;
+            marked.push(c.id);
+        }
+    }
+    app.db.flush().await?;
+    Ok(Json(json!({"renewNow": marked})))
+}
+
+/// The audit report: what an operator checks on a fleet.
+async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
+    let at = now();
+    let certs = certificates(&app)?;
+    let soon = at + 24 * 3600;
+    let (mut valid, mut expired, mut revoked) = (0, 0, 0);
+    let mut expiring = Vec::new();
+    let mut revoked_list = Vec::new();
+    // Newest certificate per identifier set: a device whose newest certificate has expired
+    // stopped renewing.
+    let mut newest: BTreeMap<String, &Certificate> = BTreeMap::new();
+    for c in &certs {
+        match (&c.revoked, c.not_after <= at) {
+            (Some(r), _) => {
+                revoked += 1;
+                revoked_list.push(json!({"serial": c.id, "identifiers": c.identifiers,
+                    "reason": r.reason, "at": rfc3339(r.at)}));
+            }
+            (None, true) => expired += 1,
+            (None, false) => {
+                valid += 1;
+                if c.not_after <= soon {
+                    expiring.push(json!({"serial": c.id, "identifiers": c.identifiers,
+                        "notAfter": rfc3339(c.not_after)}));
+                }
+            }
+        }
+        let key = c
+            .identifiers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if newest.get(&key).is_none_or(|n| n.not_before < c.not_before) {
+            newest.insert(key, c);
+        }
+    }
+    let stopped: Vec<Value> = newest
+        .iter()
+        .filter(|(_, c)| c.not_after <= at && c.revoked.is_none())
+        .map(|(ids, c)| {
+            json!({"identifiers": ids, "lastCertificate": c.id,
+            "expired": rfc3339(c.not_after)})
+        })
+        .collect();
+    let mut key_types: BTreeMap<String, usize> = BTreeMap::new();
+    for u in app
+        .db
+        .values_with_prefix::<crate::keycheck::KeyUse>(Table::KeyUse, "")?
+    {
+        *key_types.entry(u.key_type).or_default() += 1;
+    }
+    let reuse = crate::keycheck::KeyReuseAttempt::list(&app)?;
+    Ok(Json(json!({
+        "generated": rfc3339(at),
+        "certificates": {"total": certs.len(), "valid": valid, "expired": expired, "revoked": revoked},
+        "expiringWithin24h": expiring,
+        "stoppedRenewing": stopped,
+        "revoked": revoked_list,
+        "keyReuseAttempts": reuse,
+        "keyTypes": key_types,
+    })))
+}
+
+/// The admin API's routes.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/revoke", post(revoke))
+        .route("/renew-early", post(renew_early))
+        .route("/audit", get(audit))
+        .with_state(app)
+}
+
+/// Serves the admin API on `<data_dir>/admin.sock` until the process ends.
+pub async fn serve(app: AppState) -> Result<()> {
+    let path = socket_path(&app.cfg.data_dir);
+    // A socket file left by a killed server would make bind fail.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| Error::Internal(format!("cannot bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    axum::serve(listener, router(app))
+        .await
+        .map_err(|e| Error::Internal(format!("admin socket failed: {e}")))
+}
+
+/// Client side, for the CLI: one request over the socket, HTTP/1.1 with `Connection: close`.
+/// Returns the status code and the JSON body.
+pub fn call(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::result::Result<(u16, Value), String> {
+    let sock = socket_path(data_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&sock).map_err(|e| {
+        format!(
+            "cannot reach the CA at {}: {e} (is ca-server running with --data-dir {}?)",
+            sock.display(),
+            data_dir.display()
+        )
+    })?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("admin request failed: {e}"))?;
+    let mut resp = Vec::new();
+    stream
+        .read_to_end(&mut resp)
+        .map_err(|e| format!("admin response failed: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("malformed admin response")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("malformed admin status line")?;
+    // axum answers with a fixed Content-Length here, so the body is not chunked.
+    let json = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    Ok((status, json))
+}
