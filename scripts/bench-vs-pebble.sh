@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: Debian's Pebble vs iiot-acme's ca-server (release build, sled
+# store with its per-response flush, as shipped), same load generator, same request sequence.
+#
+# Both servers skip challenge validation for the run (Pebble: PEBBLE_VA_ALWAYS_VALID=1,
+# ca-server: validation.lab_always_valid = true), so the figures compare the CAs, not the
+# network. Each loadgen run has a timeout: Pebble is known to stall under concurrency, and a
+# stall is reported as such instead of hanging the script.
+#
+# Usage: scripts/bench-vs-pebble.sh [DEVICES] [CONCURRENCY...]   (default: 300  1 8 32 128)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+devices=${1:-300}
+shift || true
+levels=("${@:-1 8 32 128}")
+# shellcheck disable=SC2206
+levels=(${levels[*]})
+run_timeout=${BENCH_RUN_TIMEOUT:-180}
+
+./scripts/install-test-deps.sh >/dev/null
+cargo build --release --locked -p ca-server -p iiot-acme-tests --bin ca-server --bin loadgen >/dev/null
+bin=target/release
+work=$(mktemp -d /tmp/iiot-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_https() { # url cafile
+    for _ in $(seq 1 100); do
+        curl -fsS --cacert "$2" "$1" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server at $1 did not come up" >&2; return 1
+}
+
+# --- Pebble -----------------------------------------------------------------------------------
+mkdir -p "$work/pebble"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/pebble/key.pem" -out "$work/pebble/cert.pem" 2>/dev/null
+pp=$(free_port); pm=$(free_port)
+cat >"$work/pebble/config.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$pp", "managementListenAddress": "127.0.0.1:$pm",
+  "certificate": "$work/pebble/cert.pem", "privateKey": "$work/pebble/key.pem",
+  "httpPort": $(free_port), "tlsPort": $(free_port), "ocspResponderURL": "",
+  "externalAccountBindingRequired": false}}
+JSON
+PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 \
+    pebble -config "$work/pebble/config.json" >"$work/pebble/log" 2>&1 &
+pebble_pid=$!; pids+=("$pebble_pid")
+wait_https "https://127.0.0.1:$pp/dir" "$work/pebble/cert.pem"
+
+# --- ca-server ----------------------------------------------------------------------------------
+cp_=$(free_port)
+cat >"$work/ca.toml" <<TOML
+data_dir = "$work/ca"
+listen = "127.0.0.1:$cp_"
+[validation]
+lab_always_valid = true
+TOML
+"$bin/ca-server" --config "$work/ca.toml" >"$work/ca.log" 2>&1 &
+ca_pid=$!; pids+=("$ca_pid")
+for _ in $(seq 1 100); do [ -f "$work/ca/ca/root.pem" ] && break; sleep 0.1; done
+wait_https "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem"
+
+run() { # name directory cafile pid concurrency
+    timeout "$run_timeout" "$bin/loadgen" --directory "$2" --ca-file "$3" --devices "$devices" \
+        --concurrency "$5" --server-pid "$4" --timeout-secs 60 --suffix "$1-c$5.bench.test" --json \
+        || echo '{"stalled": true}'
+}
+
+for c in "${levels[@]}"; do
+    run pebble "https://127.0.0.1:$pp/dir" "$work/pebble/cert.pem" "$pebble_pid" "$c" >"$work/res-pebble-$c.json"
+    run iiot "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem" "$ca_pid" "$c" >"$work/res-iiot-$c.json"
+done
+python3 - "$work" "${levels[@]}" <<'PY'
+import json, sys
+work, levels = sys.argv[1], sys.argv[2:]
+def load(name, c):
+    raw = open(f"{work}/res-{name}-{c}.json").read().strip().splitlines()
+    r = json.loads(raw[-1]) if raw else {"stalled": True}
+    return None if r.get("stalled") else r
+print(f"{'C':>4} | {'server':<8} {'certs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU ms/cert':>11} {'errors':>6} | {'iiot/pebble certs/s':>19} {'CPU ratio':>9}")
+for c in levels:
+    rows = {n: load(n, c) for n in ("pebble", "iiot")}
+    for n, r in rows.items():
+        if r is None:
+            print(f"{c:>4} | {n:<8} STALLED: no answer within the run timeout")
+            continue
+        e = r["enrollment"]; errs = sum(r["errors"].values())
+        cpu = r.get("server_cpu_ms_per_cert") or float("nan")
+        ratio = ""
+        if n == "iiot" and rows["pebble"] and rows["pebble"]["certs_per_s"] > 0:
+            p = rows["pebble"]
+            ratio = f"{r['certs_per_s'] / p['certs_per_s']:>19.2f} {cpu / (p.get('server_cpu_ms_per_cert') or float('nan')):>9.2f}"
+        print(f"{c:>4} | {n:<8} {r['certs_per_s']:>8.1f} {e['p50_ms']:>8.1f} {e['p99_ms']:>8.1f} {e['max_ms']:>8.1f} {cpu:>11.2f} {errs:>6} | {ratio}")
+    lg = rows["iiot"] or rows["pebble"]
+    if lg and lg.get("loadgen_cpu_ms_per_cert"):
+        print(f"{'':>4} | loadgen CPU {lg['loadgen_cpu_ms_per_cert']:.2f} ms/cert")
+PY
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); loadgen on the same machine"
