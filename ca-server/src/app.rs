@@ -75,6 +75,8 @@ pub struct Inner {
     pub account_keys: tokio::sync::Mutex<()>,
     /// The signed CRL, cached.
     pub crl: crate::crl::CrlCache,
+    /// Certificate profiles (SPEC §8.3), checked at start.
+    pub profiles: crate::profiles::Profiles,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

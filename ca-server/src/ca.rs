@@ -57,6 +57,7 @@ use crate::config::{CaKeyType, IssuanceConfig};
 use crate::csr::ip_from_octets;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::key::PublicKey;
+use crate::profiles::Leaf;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 
@@ -209,12 +210,25 @@ impl CertificateAuthority {
         identifiers: &[Identifier],
         validity: Duration,
     ) -> Result<IssuedCert> {
+        let rsa = matches!(crate::csr::parse_spki(spki_der)?, PublicKey::Rsa { .. });
+        self.issue_leaf(spki_der, identifiers, &Leaf::spec_default(validity, rsa))
+    }
+
+    /// Issues from a certificate profile (SPEC §8.3): the names and serial as in `issue`, the
+    /// rest (lifetime, CN or not, O, key usages, EKUs, a URI SAN after the order's names,
+    /// extra extensions) from `leaf`.
+    pub fn issue_leaf(
+        &self,
+        spki_der: &[u8],
+        identifiers: &[Identifier],
+        leaf: &Leaf,
+    ) -> Result<IssuedCert> {
         let Some(first) = identifiers.first() else {
             return Err(Error::BadCsr("no identifiers to certify".to_owned()));
         };
         // The key policy runs again here, at the last point before a signature, so nothing
         // can reach it without passing.
-        let key = crate::csr::parse_spki(spki_der)?;
+        crate::csr::parse_spki(spki_der)?;
         let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| Error::BadPublicKey(format!("unusable SubjectPublicKeyInfo: {e}")))?;
         // rcgen re-encodes the key from its parts. Make sure what it writes is byte for byte
@@ -224,10 +238,15 @@ impl CertificateAuthority {
                 "SubjectPublicKeyInfo is not in canonical DER form".to_owned(),
             ));
         }
-        let sans = identifiers
+        let mut sans = identifiers
             .iter()
             .map(san_for_identifier)
             .collect::<Result<Vec<_>>>()?;
+        if let Some(uri) = &leaf.uri {
+            let uri = Ia5String::try_from(uri.as_str())
+                .map_err(|_| Error::BadCsr(format!("URI {uri:?} is not ASCII")))?;
+            sans.push(San::Rcgen(SanType::URI(uri)));
+        }
         // rcgen writes dNSName and iPAddress itself; an otherName PermanentIdentifier it
         // cannot (its otherName values are bare UTF8Strings), so with one of those the whole
         // extension is written here.
@@ -251,24 +270,18 @@ impl CertificateAuthority {
             Some(d) => d.value.split('/').next().unwrap_or_default(),
             None => first.value.as_str(),
         };
-        let mut key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        // RSA keys can also do key transport (TLS 1.2 RSA key exchange, OPC UA encryption).
-        if matches!(key, PublicKey::Rsa { .. }) {
-            key_usages.push(KeyUsagePurpose::KeyEncipherment);
-        }
         self.sign_leaf(
             &subject_key,
             LeafProfile {
-                common_name: common_name(cn_source),
+                common_name: common_name(cn_source).filter(|_| leaf.common_name),
+                organization: leaf.organization.as_deref(),
                 subject_alt_names,
                 san_der,
-                key_usages,
-                extended_key_usages: vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ],
+                key_usages: leaf.key_usages.clone(),
+                extended_key_usages: leaf.extended_key_usages.clone(),
+                extensions: leaf.extensions.clone(),
             },
-            validity,
+            leaf.validity,
         )
     }
 
@@ -351,6 +364,8 @@ impl CertificateAuthority {
             &key,
             LeafProfile {
                 common_name: common_name.as_deref(),
+                organization: None,
+                extensions: Vec::new(),
                 subject_alt_names: wanted.iter().map(SanName::to_san).collect::<Result<_>>()?,
                 san_der: None,
                 key_usages: vec![KeyUsagePurpose::DigitalSignature],
@@ -460,9 +475,12 @@ impl CertificateAuthority {
         if let Some(cn) = profile.common_name {
             subject.push(DnType::CommonName, cn);
         }
+        if let Some(o) = profile.organization {
+            subject.push(DnType::OrganizationName, o);
+        }
         // With an empty subject rcgen marks the SAN extension critical, as RFC 5280 §4.1.2.6
         // requires; a SAN written here follows the same rule.
-        let empty_subject = profile.common_name.is_none();
+        let empty_subject = profile.common_name.is_none() && profile.organization.is_none();
         params.distinguished_name = subject;
         params.subject_alt_names = profile.subject_alt_names;
         if let Some(der) = profile.san_der {
@@ -474,6 +492,7 @@ impl CertificateAuthority {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = profile.key_usages;
         params.extended_key_usages = profile.extended_key_usages;
+        params.custom_extensions.extend(profile.extensions);
         // > The keyIdentifier field of the authorityKeyIdentifier extension MUST be included
         // > in all certificates generated by conforming CAs to facilitate certification path
         // > construction.
@@ -571,6 +590,9 @@ impl CertificateAuthority {
 /// What distinguishes one kind of end-entity certificate from another.
 struct LeafProfile<'a> {
     common_name: Option<&'a str>,
+    organization: Option<&'a str>,
+    /// Extensions from the certificate profile (e.g. the Modbus role).
+    extensions: Vec<CustomExtension>,
     subject_alt_names: Vec<SanType>,
     /// A complete subjectAltName extension value (GeneralNames DER), used instead of
     /// `subject_alt_names` when it holds names rcgen cannot write.
@@ -686,6 +708,10 @@ fn general_names_der(sans: &[San]) -> Result<Vec<u8>> {
             }
             San::Rcgen(SanType::IpAddress(IpAddr::V6(ip))) => {
                 der::write(&mut names, der::IP_ADDRESS, &ip.octets());
+            }
+            // uniformResourceIdentifier [6] IA5String (RFC 5280 §4.2.1.6).
+            San::Rcgen(SanType::URI(uri)) => {
+                der::write(&mut names, 0x86, uri.as_str().as_bytes());
             }
             San::Rcgen(other) => {
                 return Err(Error::Internal(format!(

@@ -36,6 +36,9 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     /// Key hygiene at issuance.
     pub keys: KeysConfig,
+    /// Certificate profiles (`[profiles]`, SPEC §8.3): `default = "<name>"` and one
+    /// `[profiles.<name>]` table per profile to add or adjust.
+    pub profiles: crate::profiles::ProfilesConfig,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             eab: EabConfig::default(),
             enrollment: EnrollmentConfig::default(),
             keys: KeysConfig::default(),
+            profiles: crate::profiles::ProfilesConfig::default(),
         }
     }
 }
@@ -200,6 +204,7 @@ impl Config {
         if self.issuance.cert_validity > Duration::from_secs(398 * 86_400) {
             return Err("issuance.cert_validity must be at most 398d".into());
         }
+        crate::profiles::Profiles::from_config(&self.profiles, self.issuance.cert_validity)?;
         if self.validation.timeout.is_zero() {
             return Err("validation.timeout must be positive".into());
         }

@@ -48,6 +48,10 @@ pub struct CsrInfo {
     /// as that identifier, anything else as `dns`); sorted and deduplicated. May be empty: a
     /// CSR for an order of permanent identifiers only may name nothing (SPEC §7.4).
     pub identifiers: Vec<Identifier>,
+    /// The CSR's URI subjectAltNames, as written. They are not identifiers: only a profile
+    /// that certifies an OPC UA ApplicationUri accepts one (`profiles`, SPEC §8.3); every
+    /// other profile refuses a CSR that has any.
+    pub uris: Vec<String>,
 }
 
 /// The key types this CA certifies, for error details.
@@ -124,11 +128,12 @@ pub fn parse_and_verify(der: &[u8]) -> Result<CsrInfo> {
             )
         })?;
 
-    let identifiers = requested_identifiers(&csr)?;
+    let (identifiers, uris) = requested_identifiers(&csr)?;
     Ok(CsrInfo {
         spki_der: info.subject_pki.raw.to_vec(),
         public_key,
         identifiers,
+        uris,
     })
 }
 
@@ -452,7 +457,9 @@ fn check_point_on_curve(key: &PublicKey) -> Result<()> {
 }
 
 /// Collects the identifiers a CSR asks for, from its subject CN and subjectAltName extension.
-fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Identifier>> {
+fn requested_identifiers(
+    csr: &X509CertificationRequest<'_>,
+) -> Result<(Vec<Identifier>, Vec<String>)> {
     // > The CSR MUST indicate the exact same set of requested identifiers as the initial
     // > newOrder request.  Identifiers of type "dns" MUST appear either in the commonName
     // > portion of the requested subject name or in an extensionRequest attribute [RFC2985]
@@ -461,6 +468,7 @@ fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Ident
     // The comparison with the order is the finalize handler's job; this collects the set.
     let info = &csr.certification_request_info;
     let mut ids = BTreeSet::new();
+    let mut uris = Vec::new();
 
     let mut extension_requests =
         info.iter_attributes()
@@ -493,6 +501,10 @@ fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Ident
             ));
         };
         for name in &san.general_names {
+            if let GeneralName::URI(uri) = name {
+                uris.push((*uri).to_owned());
+                continue;
+            }
             ids.insert(identifier_from_san(name)?);
         }
     }
@@ -511,7 +523,7 @@ fn requested_identifiers(csr: &X509CertificationRequest<'_>) -> Result<Vec<Ident
     }
     // An empty set is not refused here: finalize compares it with the order (`matches_order`),
     // and an order of permanent identifiers only may be finalized with a CSR naming nothing.
-    Ok(ids.into_iter().collect())
+    Ok((ids.into_iter().collect(), uris))
 }
 
 /// Whether the identifiers a CSR requests fit an order (SPEC §7.4).
@@ -1024,10 +1036,6 @@ mod tests {
     #[test]
     fn refuses_other_san_types_by_name() {
         let cases = [
-            (
-                SanType::URI("urn:example:device:1".try_into().expect("ia5")),
-                "uniformResourceIdentifier (URI)",
-            ),
             (
                 SanType::Rfc822Name("ops@example.com".try_into().expect("ia5")),
                 "rfc822Name (email)",

@@ -16,6 +16,9 @@ pub async fn directory(State(app): State<AppState>) -> impl IntoResponse {
     let mut meta = json!({
         "externalAccountRequired": app.cfg.eab.required,
     });
+    // draft-ietf-acme-profiles: "profiles" maps each profile name to a human-readable
+    // description.
+    meta["profiles"] = json!(app.profiles.directory_meta());
     if let Some(tos) = &app.cfg.terms_of_service {
         meta["termsOfService"] = json!(tos);
     }

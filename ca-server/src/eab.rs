@@ -49,6 +49,10 @@ pub struct Credential {
     /// Set by `ca-server eab revoke`.
     #[serde(default)]
     pub revoked: bool,
+    /// The Modbus/TCP Security role granted to accounts bound with it (`modbus` profile,
+    /// SPEC §8.3): operator policy, never the device's request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// What the store remembers about a credential's use.
@@ -179,6 +183,8 @@ pub struct NewCredential {
     pub max_uses: Option<u32>,
     /// Pre-authorized identifiers.
     pub allow: Vec<AllowRule>,
+    /// Modbus role for certificates of the `modbus` profile.
+    pub role: Option<String>,
 }
 
 /// The credential directory.
@@ -223,6 +229,7 @@ impl EabStore {
             max_uses: new.max_uses,
             allow: new.allow.clone(),
             revoked: false,
+            role: new.role.clone(),
         };
         self.write(&cred)?;
         Ok(cred)

@@ -61,6 +61,10 @@ pub enum Error {
     /// The identifier type is not supported.
     #[error("unsupported identifier: {0}")]
     UnsupportedIdentifier(String),
+    /// newOrder asked for a profile the server does not offer, or one this account may not
+    /// use (draft-ietf-acme-profiles).
+    #[error("invalid profile: {0}")]
+    InvalidProfile(String),
     /// Several identifiers failed; each carries its own problem (RFC 8555 §6.7.1).
     #[error("{detail}")]
     Compound {
@@ -144,6 +148,7 @@ impl Error {
             Self::OrderNotReady(_) => ProblemType::OrderNotReady,
             Self::RejectedIdentifier { .. } => ProblemType::RejectedIdentifier,
             Self::UnsupportedIdentifier(_) => ProblemType::UnsupportedIdentifier,
+            Self::InvalidProfile(_) => ProblemType::InvalidProfile,
             Self::Compound { .. } => ProblemType::Compound,
             Self::InvalidContact(_) => ProblemType::InvalidContact,
             Self::UnsupportedContact(_) => ProblemType::UnsupportedContact,
@@ -186,6 +191,7 @@ impl Error {
             | Self::AccountNotValid(d)
             | Self::ExternalAccountRequired(d)
             | Self::UnsupportedIdentifier(d)
+            | Self::InvalidProfile(d)
             | Self::InvalidContact(d)
             | Self::UnsupportedContact(d)
             | Self::BadRevocationReason(d)
@@ -258,6 +264,8 @@ pub enum ProblemType {
     IncorrectResponse,
     /// `invalidContact`
     InvalidContact,
+    /// `invalidProfile` (draft-ietf-acme-profiles)
+    InvalidProfile,
     /// `malformed`
     Malformed,
     /// `orderNotReady`
@@ -295,6 +303,7 @@ impl ProblemType {
             Self::ExternalAccountRequired => "externalAccountRequired",
             Self::IncorrectResponse => "incorrectResponse",
             Self::InvalidContact => "invalidContact",
+            Self::InvalidProfile => "invalidProfile",
             Self::Malformed => "malformed",
             Self::OrderNotReady => "orderNotReady",
             Self::RejectedIdentifier => "rejectedIdentifier",

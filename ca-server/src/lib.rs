@@ -25,6 +25,7 @@ pub mod key;
 pub mod keycheck;
 pub mod nonce;
 pub mod order;
+pub mod profiles;
 pub mod renewal;
 pub mod server;
 pub mod storage;

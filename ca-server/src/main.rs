@@ -190,6 +190,10 @@ enum EabCommand {
         /// ip:10.20.0.0/16 (prefix). Other identifiers are then refused.
         #[arg(long = "allow", value_parser = AllowRule::parse)]
         allow: Vec<AllowRule>,
+        /// Modbus/TCP Security role (e.g. "operator") written into certificates of the
+        /// `modbus` profile for accounts bound with this credential.
+        #[arg(long)]
+        role: Option<String>,
         /// Print JSON {"kid", "hmac", "expires"} for scripts.
         #[arg(long)]
         json: bool,
@@ -452,6 +456,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             single_use,
             max_uses,
             allow,
+            role,
             json,
         } => {
             let store = EabStore::new(&data_dir(d));
@@ -460,6 +465,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                     expires_in: expires,
                     max_uses: if single_use { Some(1) } else { max_uses },
                     allow,
+                    role,
                 })
                 .map_err(|e| e.to_string())?;
             let exp = c.expires.map(ca_server::app::rfc3339);
@@ -468,7 +474,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 println!(
                     "{}",
                     serde_json::json!({"kid": c.kid, "hmac": c.hmac_key, "expires": exp,
-                        "maxUses": c.max_uses, "allow": allow})
+                        "maxUses": c.max_uses, "allow": allow, "role": c.role})
                 );
             } else {
                 println!("EAB credential created");
@@ -477,6 +483,9 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 println!("  expires:    {}", exp.as_deref().unwrap_or("never"));
                 println!("  max uses:   {}", describe_uses(c.max_uses));
                 println!("  allow:      {}", describe_allow(&allow));
+                if let Some(role) = &c.role {
+                    println!("  role:       {role}");
+                }
             }
             Ok(())
         }

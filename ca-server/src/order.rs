@@ -56,6 +56,10 @@ pub struct Order {
     pub expires: i64,
     /// Finalize progress.
     pub stage: Stage,
+    /// The certificate profile (SPEC §8.3), resolved at newOrder; `None` only for orders
+    /// stored before profiles existed, which get the default profile.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// If issuance was interrupted (the process died between accepting finalize and storing the
@@ -137,6 +141,10 @@ impl Order {
         });
         if let Some(e) = error {
             v["error"] = json!(e);
+        }
+        // draft-ietf-acme-profiles: the order object names the profile it will be issued under.
+        if let Some(profile) = &self.profile {
+            v["profile"] = json!(profile);
         }
         if let Stage::Valid { cert } = &self.stage {
             v["certificate"] = json!(app.url(&format!("{}{cert}", paths::CERT)));
@@ -353,6 +361,9 @@ struct NewOrder {
     not_before: Option<String>,
     #[serde(default)]
     not_after: Option<String>,
+    /// draft-ietf-acme-profiles: the certificate profile, a name from `meta.profiles`.
+    #[serde(default)]
+    profile: Option<String>,
 }
 
 const MAX_IDENTIFIERS: usize = 100;
@@ -377,6 +388,12 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             "an order may have at most {MAX_IDENTIFIERS} identifiers"
         )));
     }
+    // > If the server does not advertise the requested profile … it MUST reject the
+    // > newOrder request with an error of type "invalidProfile".
+    // <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
+    let profile = app.profiles.select(p.profile.as_deref())?;
+    profile.check_order(granted_role(&app, &r.account)?.as_deref())?;
+    let profile = profile.name.clone();
     let allow = pre_authorization(&app, &r.account)?;
     let mut identifiers = BTreeSet::new();
     let mut problems = Vec::new();
@@ -469,6 +486,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         authzs: authz_ids,
         expires: created + order_lifetime,
         stage: Stage::Open,
+        profile: Some(profile),
     };
     app.db.put(Table::Orders, &order.id, &order)?;
     app.db.put(
@@ -497,6 +515,14 @@ fn pre_authorization(
             "the enrollment credential {kid} this account was created with has been revoked"
         ))),
     }
+}
+
+/// The Modbus role the operator granted the account through its enrollment credential.
+fn granted_role(app: &AppState, account: &crate::account::Account) -> Result<Option<String>> {
+    let Some(kid) = &account.eab_kid else {
+        return Ok(None);
+    };
+    Ok(app.eab.get(kid)?.and_then(|c| c.role))
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -574,6 +600,12 @@ pub async fn finalize(
             "the CSR key is the account key: use a separate key for the certificate".into(),
         ));
     }
+    // The profile's key types, ApplicationUri policy and role (SPEC §8.3); its refusals
+    // leave the order ready, like any other badCSR.
+    let leaf = app
+        .profiles
+        .of_order(order.profile.as_deref())?
+        .leaf(&info, granted_role(&app, &r.account)?.as_deref())?;
 
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
     let started = now();
@@ -599,11 +631,7 @@ pub async fn finalize(
         return reopen(Error::OrderNotReady(status.to_string()));
     }
 
-    let stage = match app.ca.issue(
-        &info.spki_der,
-        &order.identifiers,
-        app.cfg.issuance.cert_validity,
-    ) {
+    let stage = match app.ca.issue_leaf(&info.spki_der, &order.identifiers, &leaf) {
         // The request's fault, found only while building the certificate: the order goes back
         // to ready and the client can send a better CSR (badCSR leaves the order as it was).
         Err(e @ (Error::BadCsr(_) | Error::BadPublicKey(_) | Error::RejectedIdentifier { .. })) => {

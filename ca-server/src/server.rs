@@ -39,7 +39,11 @@ pub fn init(cfg: Config) -> Result<AppState> {
         tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
     }
     let va = Validator::new(cfg.validation.clone())?;
+    let profiles =
+        crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
+            .map_err(Error::Internal)?;
     Ok(AppState::new(Inner {
+        profiles,
         base_url: cfg.base_url(),
         db: Db::new(Arc::new(store)),
         nonces: NonceStore::new()?,
