@@ -1,0 +1,597 @@
+//! Certificate profiles (draft-ietf-acme-profiles; SPEC §8.3): the directory's
+//! `meta.profiles`, `profile` in newOrder and the order object, `invalidProfile`, and the
+//! contents of each built-in profile's certificates, parsed with x509-parser.
+//!
+//! Orders are made ready by pre-authorization (an allow-listed EAB credential, SPEC §6.6), so
+//! the tests need no network validation.
+
+mod common;
+
+use axum::http::StatusCode;
+use ca_server::eab::{AllowRule, NewCredential};
+use ca_server::profiles::ProfilesConfig;
+use common::{b64, Key, TestServer};
+use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};
+use serde_json::{json, Value};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const MODBUS_ROLE_OID: &str = "1.3.6.1.4.1.50316.802.1";
+
+fn server(profiles_toml: &str) -> TestServer {
+    let profiles: ProfilesConfig = toml::from_str(profiles_toml).expect("profiles TOML");
+    TestServer::with(|c| {
+        c.eab.required = true;
+        c.profiles = profiles;
+    })
+}
+
+/// An account bound with a credential that pre-authorizes `*.plant.example` and 10.20/16.
+async fn account(s: &TestServer, role: Option<&str>) -> common::Account {
+    let cred = s
+        .app
+        .eab
+        .create(&NewCredential {
+            allow: ["dns:plant.example", "ip:10.20.0.0/16"]
+                .iter()
+                .map(|t| AllowRule::parse(t).expect("rule"))
+                .collect(),
+            role: role.map(str::to_owned),
+            ..NewCredential::default()
+        })
+        .expect("credential");
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": binding})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    common::Account {
+        kid: r.header("location").expect("location"),
+        key,
+    }
+}
+
+fn new_order(names: &[&str], profile: Option<&str>) -> Value {
+    let ids: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            let kind = if n.parse::<std::net::IpAddr>().is_ok() {
+                "ip"
+            } else {
+                "dns"
+            };
+            json!({"type": kind, "value": n})
+        })
+        .collect();
+    let mut p = json!({ "identifiers": ids });
+    if let Some(profile) = profile {
+        p["profile"] = json!(profile);
+    }
+    p
+}
+
+/// A CSR for `names` (CN = the first) plus URI SANs and extra requested extensions.
+fn csr(key: &KeyPair, names: &[&str], uris: &[&str], extensions: Vec<CustomExtension>) -> String {
+    let mut p = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        .expect("params");
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, names[0]);
+    for uri in uris {
+        p.subject_alt_names
+            .push(SanType::URI((*uri).try_into().expect("ia5")));
+    }
+    p.custom_extensions = extensions;
+    b64(p.serialize_request(key).expect("csr").der())
+}
+
+/// Creates an order and checks it is ready and names its profile.
+async fn ready_order(
+    s: &TestServer,
+    acct: &common::Account,
+    names: &[&str],
+    profile: Option<&str>,
+) -> Value {
+    let r = s
+        .post_as(
+            acct,
+            &s.url("/acme/new-order"),
+            Some(&new_order(names, profile)),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let o = r.json();
+    assert_eq!(o["status"], "ready", "{o}");
+    assert_eq!(o["profile"], profile.unwrap_or("default"), "{o}");
+    o
+}
+
+/// Finalizes and downloads; returns the leaf DER or the problem reply.
+async fn finalize(
+    s: &TestServer,
+    acct: &common::Account,
+    order: &Value,
+    csr: String,
+) -> Result<Vec<u8>, common::Reply> {
+    let fin = s
+        .post_as(
+            acct,
+            order["finalize"].as_str().expect("finalize"),
+            Some(&json!({"csr": csr})),
+        )
+        .await;
+    if fin.status != StatusCode::OK {
+        return Err(fin);
+    }
+    let o = fin.json();
+    assert_eq!(o["status"], "valid", "{o}");
+    let chain = s
+        .post_as(acct, o["certificate"].as_str().expect("cert url"), None)
+        .await;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&chain.body).expect("PEM");
+    Ok(pem.contents)
+}
+
+async fn issue(
+    s: &TestServer,
+    acct: &common::Account,
+    names: &[&str],
+    profile: Option<&str>,
+    key: &KeyPair,
+    uris: &[&str],
+) -> Vec<u8> {
+    let order = ready_order(s, acct, names, profile).await;
+    finalize(s, acct, &order, csr(key, names, uris, Vec::new()))
+        .await
+        .unwrap_or_else(|r| panic!("finalize: {}", String::from_utf8_lossy(&r.body)))
+}
+
+/// What a test looks at in a certificate.
+#[derive(Debug, Default)]
+struct Contents {
+    cn: Option<String>,
+    o: Option<String>,
+    dns: Vec<String>,
+    ips: Vec<Vec<u8>>,
+    uris: Vec<String>,
+    key_usage: Vec<&'static str>,
+    eku: Vec<&'static str>,
+    role: Option<Vec<u8>>,
+    lifetime: i64,
+}
+
+fn contents(der: &[u8]) -> Contents {
+    let (_, cert) = X509Certificate::from_der(der).expect("certificate");
+    let mut c = Contents {
+        cn: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .map(|a| a.as_str().expect("cn").to_owned()),
+        o: cert
+            .subject()
+            .iter_organization()
+            .next()
+            .map(|a| a.as_str().expect("o").to_owned()),
+        lifetime: cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        ..Contents::default()
+    };
+    assert_eq!(
+        cert.signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.4.3.2",
+        "ecdsa-with-SHA256 from the P-256 intermediate"
+    );
+    for ext in cert.extensions() {
+        if ext.oid.to_id_string() == MODBUS_ROLE_OID {
+            assert!(!ext.critical);
+            c.role = Some(ext.value.to_vec());
+        }
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::DNSName(d) => c.dns.push((*d).to_owned()),
+                        GeneralName::IPAddress(ip) => c.ips.push(ip.to_vec()),
+                        GeneralName::URI(u) => c.uris.push((*u).to_owned()),
+                        other => panic!("unexpected SAN {other:?}"),
+                    }
+                }
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                for (on, name) in [
+                    (ku.digital_signature(), "digitalSignature"),
+                    (ku.non_repudiation(), "nonRepudiation"),
+                    (ku.key_encipherment(), "keyEncipherment"),
+                    (ku.data_encipherment(), "dataEncipherment"),
+                    (ku.key_agreement(), "keyAgreement"),
+                    (ku.key_cert_sign(), "keyCertSign"),
+                ] {
+                    if on {
+                        c.key_usage.push(name);
+                    }
+                }
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                assert!(eku.other.is_empty(), "{eku:?}");
+                if eku.server_auth {
+                    c.eku.push("serverAuth");
+                }
+                if eku.client_auth {
+                    c.eku.push("clientAuth");
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// An RSA-2048 key from openssl (ring cannot generate RSA keys).
+fn rsa_key() -> KeyPair {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl genpkey");
+    assert!(out.status.success());
+    let pem = String::from_utf8(out.stdout).expect("pem");
+    KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("rsa key")
+}
+
+fn p256() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key")
+}
+
+#[tokio::test]
+async fn directory_lists_the_profiles_with_descriptions() {
+    let s =
+        server("[plc-line]\ndescription = \"Line PLCs\"\nextended_key_usage = [\"client-auth\"]");
+    let meta = &s.directory().await["meta"]["profiles"];
+    for name in ["default", "tls-server", "mqtt-client", "opcua", "modbus"] {
+        assert!(
+            meta[name].as_str().is_some_and(|d| !d.is_empty()),
+            "{name}: {meta}"
+        );
+    }
+    assert_eq!(meta["plc-line"], "Line PLCs");
+}
+
+#[tokio::test]
+async fn an_unknown_profile_is_invalid_profile() {
+    let s = server("");
+    let acct = account(&s, None).await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&new_order(&["plc-1.plant.example"], Some("shortlived"))),
+        )
+        .await;
+    let p = r.assert_problem(400, "invalidProfile");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("shortlived")),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn no_profile_gets_the_default_certificate() {
+    let s = server("");
+    let acct = account(&s, None).await;
+    let c = contents(&issue(&s, &acct, &["plc-1.plant.example"], None, &p256(), &[]).await);
+    assert_eq!(c.cn.as_deref(), Some("plc-1.plant.example"));
+    assert_eq!(c.eku, ["serverAuth", "clientAuth"]);
+    assert_eq!(c.key_usage, ["digitalSignature"]);
+    assert_eq!(c.lifetime, 7 * 86_400 + 60);
+}
+
+#[tokio::test]
+async fn the_configured_default_applies_to_orders_without_profile() {
+    let s = server("default = \"mqtt-client\"");
+    let acct = account(&s, None).await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&new_order(&["plc-1.plant.example"], None)),
+        )
+        .await;
+    assert_eq!(r.json()["profile"], "mqtt-client");
+}
+
+#[tokio::test]
+async fn tls_server_is_server_auth_only() {
+    let s = server("");
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["10.20.0.5", "broker.plant.example"],
+        Some("tls-server"),
+        &p256(),
+        &[],
+    )
+    .await;
+    let c = contents(&der);
+    assert_eq!(c.eku, ["serverAuth"]);
+    assert_eq!(c.dns, ["broker.plant.example"]);
+    assert_eq!(c.ips, [vec![10, 20, 0, 5]]);
+}
+
+#[tokio::test]
+async fn mqtt_client_has_the_device_identity_as_cn_and_client_auth_only() {
+    let s = server("[mqtt-client]\nvalidity = \"30d\"");
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["sensor-17.plant.example"],
+        Some("mqtt-client"),
+        &p256(),
+        &[],
+    )
+    .await;
+    let c = contents(&der);
+    assert_eq!(c.cn.as_deref(), Some("sensor-17.plant.example"));
+    assert_eq!(c.eku, ["clientAuth"]);
+    assert_eq!(c.lifetime, 30 * 86_400 + 60);
+    assert!(c.uris.is_empty() && c.role.is_none());
+
+    // A URI SAN is only for the opcua profile: badCSR, and the order stays ready.
+    let order = ready_order(&s, &acct, &["sensor-18.plant.example"], Some("mqtt-client")).await;
+    let key = p256();
+    let r = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(
+            &key,
+            &["sensor-18.plant.example"],
+            &["urn:plant.example:x"],
+            Vec::new(),
+        ),
+    )
+    .await
+    .expect_err("URI refused");
+    r.assert_problem(400, "badCSR");
+    let der = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&key, &["sensor-18.plant.example"], &[], Vec::new()),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    assert_eq!(
+        contents(&der).cn.as_deref(),
+        Some("sensor-18.plant.example")
+    );
+}
+
+const OPCUA: &str = "[opcua]\napplication_uri_prefixes = [\"urn:plant.example:\"]\norganization = \"Plant Example Ltd\"";
+
+#[tokio::test]
+async fn opcua_rsa_certificate_carries_the_application_uri_and_the_four_key_usages() {
+    let s = server(OPCUA);
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["plc-7.plant.example", "10.20.0.7"],
+        Some("opcua"),
+        &rsa_key(),
+        &["urn:plant.example:line1:plc7"],
+    )
+    .await;
+    let c = contents(&der);
+    assert_eq!(c.uris, ["urn:plant.example:line1:plc7"]);
+    assert_eq!(c.dns, ["plc-7.plant.example"]);
+    assert_eq!(c.ips, [vec![10, 20, 0, 7]]);
+    // CN = the first identifier of the order (SPEC §4.4 order: dns before ip).
+    assert_eq!(c.cn.as_deref(), Some("plc-7.plant.example"));
+    assert_eq!(c.o.as_deref(), Some("Plant Example Ltd"));
+    assert_eq!(
+        c.key_usage,
+        [
+            "digitalSignature",
+            "nonRepudiation",
+            "keyEncipherment",
+            "dataEncipherment"
+        ]
+    );
+    assert_eq!(c.eku, ["serverAuth", "clientAuth"]);
+}
+
+#[tokio::test]
+async fn opcua_ecc_certificate_signs_only() {
+    let s = server(OPCUA);
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["hmi-2.plant.example"],
+        Some("opcua"),
+        &p256(),
+        &["urn:plant.example:hmi2"],
+    )
+    .await;
+    let c = contents(&der);
+    assert_eq!(c.key_usage, ["digitalSignature", "nonRepudiation"]);
+    assert_eq!(c.uris, ["urn:plant.example:hmi2"]);
+}
+
+#[tokio::test]
+async fn opcua_refuses_uris_outside_policy_missing_uris_and_other_key_types() {
+    let s = server(OPCUA);
+    let acct = account(&s, None).await;
+    let names = ["plc-8.plant.example"];
+    let order = ready_order(&s, &acct, &names, Some("opcua")).await;
+    let key = p256();
+    for uris in [
+        &["urn:evil.example:plc8"][..],
+        &[],
+        &["urn:plant.example:a", "urn:plant.example:b"],
+    ] {
+        let r = finalize(&s, &acct, &order, csr(&key, &names, uris, Vec::new()))
+            .await
+            .expect_err("refused");
+        let p = r.assert_problem(400, "badCSR");
+        assert!(
+            p["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("ApplicationUri")),
+            "{p}"
+        );
+    }
+    let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+    let r = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&ed, &names, &["urn:plant.example:plc8"], Vec::new()),
+    )
+    .await
+    .expect_err("ed25519 refused");
+    r.assert_problem(400, "badPublicKey");
+    // The order is still ready after all of that.
+    finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&key, &names, &["urn:plant.example:plc8"], Vec::new()),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+
+    // The built-in opcua profile allows no URI until the operator configures prefixes.
+    let s = server("");
+    let acct = account(&s, None).await;
+    let order = ready_order(&s, &acct, &names, Some("opcua")).await;
+    let r = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&key, &names, &["urn:plant.example:plc8"], Vec::new()),
+    )
+    .await
+    .expect_err("no policy");
+    r.assert_problem(400, "badCSR");
+}
+
+#[tokio::test]
+async fn modbus_role_comes_from_the_credential_never_from_the_csr() {
+    let s = server("");
+    // No role granted anywhere: the profile cannot be used.
+    let acct = account(&s, None).await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&new_order(&["plc-9.plant.example"], Some("modbus"))),
+        )
+        .await;
+    r.assert_problem(400, "invalidProfile");
+
+    let acct = account(&s, Some("operator")).await;
+    let order = ready_order(&s, &acct, &["plc-9.plant.example"], Some("modbus")).await;
+    // The CSR asks for an engineer role; it is ignored.
+    let wanted = CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 4, 1, 50316, 802, 1],
+        [&[0x0c, 8][..], b"engineer"].concat(),
+    );
+    let key = p256();
+    let der = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&key, &["plc-9.plant.example"], &[], vec![wanted]),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    let c = contents(&der);
+    // a UTF8String (tag 0x0c), not an OCTET STRING.
+    assert_eq!(
+        c.role.as_deref(),
+        Some(&[&[0x0c, 8][..], b"operator"].concat()[..])
+    );
+    assert_eq!(c.eku, ["serverAuth", "clientAuth"]);
+}
+
+#[tokio::test]
+async fn modbus_falls_back_to_the_profile_role() {
+    let s = server("[modbus]\nrole = \"viewer\"");
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["hmi-3.plant.example"],
+        Some("modbus"),
+        &p256(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        contents(&der).role.as_deref(),
+        Some(&[&[0x0c, 6][..], b"viewer"].concat()[..])
+    );
+    // Other profiles never carry a role.
+    let der = issue(
+        &s,
+        &acct,
+        &["hmi-4.plant.example"],
+        Some("tls-server"),
+        &p256(),
+        &[],
+    )
+    .await;
+    assert!(contents(&der).role.is_none());
+}
+
+#[tokio::test]
+async fn custom_profiles_add_extensions() {
+    // A non-critical extension with a private OID holding UTF8String "line-1".
+    let s = server(
+        "[line]\ndescription = \"Line 1\"\nextensions = [{ oid = \"1.3.6.1.4.1.32473.1\", value_hex = \"0c066c696e652d31\" }]",
+    );
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["plc-1.plant.example"],
+        Some("line"),
+        &p256(),
+        &[],
+    )
+    .await;
+    let (_, cert) = X509Certificate::from_der(&der).expect("cert");
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.32473.1")
+        .expect("extension");
+    assert_eq!(ext.value, b"\x0c\x06line-1");
+    assert_eq!(contents(&der).eku, ["serverAuth", "clientAuth"]);
+}
