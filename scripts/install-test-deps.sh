@@ -3,14 +3,16 @@
 #   certbot, lego   real ACME clients run against the CA
 #   pebble          Let's Encrypt's test CA (and pebble-challtestsrv), for the harness self-check
 #   openssl         test certificates for Pebble and `openssl verify` of issued chains
+#   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test
+#   mosquitto-clients  mosquitto_pub, the device side of that test
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
-PACKAGES=(certbot lego pebble openssl ca-certificates)
+PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
-BINARIES=(certbot lego pebble pebble-challtestsrv openssl)
+BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }

@@ -388,8 +388,8 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             "an order may have at most {MAX_IDENTIFIERS} identifiers"
         )));
     }
-    // > If the server does not advertise the requested profile … it MUST reject the
-    // > newOrder request with an error of type "invalidProfile".
+    // draft-ietf-acme-profiles (paraphrased): a profile the directory does not advertise
+    // gets invalidProfile; none at all gets the CA's default profile (SPEC §8.3).
     // <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
     let profile = app.profiles.select(p.profile.as_deref())?;
     profile.check_order(granted_role(&app, &r.account)?.as_deref())?;

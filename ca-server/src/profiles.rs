@@ -433,8 +433,10 @@ impl Profiles {
 
     /// The profile newOrder asked for, or the default one.
     ///
-    /// > If the server does not advertise the requested profile … it MUST reject the
-    /// > newOrder request with an error of type "invalidProfile".
+    /// draft-ietf-acme-profiles (paraphrased, not quoted: the draft text was not at hand): a
+    /// newOrder naming a profile the server does not advertise is rejected with
+    /// `invalidProfile`.
+    ///
     /// <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
     pub fn select(&self, requested: Option<&str>) -> Result<&Profile> {
         let name = requested.unwrap_or(&self.default);

@@ -1,0 +1,395 @@
+//! Certificate profiles against a real MQTT broker (SPEC §8.3): mosquitto (Debian package) with
+//! mutual TLS, `require_certificate` and `use_identity_as_username`.
+//!
+//! instant-acme enrolls over http-01 against the `ca-server` binary: the broker's certificate
+//! from the `tls-server` profile (127.0.0.1 and localhost) and a device certificate from the
+//! `mqtt-client` profile. Then:
+//!
+//! - `mosquitto_pub` with the device certificate is accepted (the CN is the MQTT username);
+//! - a certificate from another CA, with the same CN, is refused;
+//! - the broker's own `tls-server` certificate (serverAuth only) is refused as a client;
+//! - after the device certificate is revoked, mosquitto restarted with `crlfile` =
+//!   `<data_dir>/crl.pem` (refreshed by GET /crl) refuses it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::get;
+use axum::Router;
+use iiot_acme_tests::process::{run_with_timeout, Daemon};
+use iiot_acme_tests::{free_port, CaServer, CaServerOpts};
+use instant_acme::{
+    Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    RevocationRequest,
+};
+
+type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+const DEVICE: &str = "sensor-17.plant.example";
+
+async fn serve_http01(port: u16, tokens: Tokens) -> Result<()> {
+    let app = Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(
+                |State(t): State<Tokens>, UrlPath(token): UrlPath<String>| async move {
+                    t.lock()
+                        .expect("lock")
+                        .get(&token)
+                        .cloned()
+                        .unwrap_or_default()
+                },
+            ),
+        )
+        .with_state(tokens);
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(())
+}
+
+/// A key and certificate chain as PEM files.
+struct Issued {
+    key: PathBuf,
+    chain: PathBuf,
+    leaf_der: Vec<u8>,
+}
+
+async fn enroll(
+    account: &Account,
+    tokens: &Tokens,
+    ids: &[Identifier],
+    profile: &str,
+    dir: &Path,
+    name: &str,
+) -> Result<Issued> {
+    let mut order = account
+        .new_order(&NewOrder::new(ids).profile(profile))
+        .await?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a?;
+        let mut ch = a
+            .challenge(ChallengeType::Http01)
+            .context("no http-01 challenge")?;
+        tokens
+            .lock()
+            .expect("lock")
+            .insert(ch.token.clone(), ch.key_authorization().as_str().to_owned());
+        ch.set_ready().await?;
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .timeout(Duration::from_secs(20));
+    let status = order.poll_ready(&retry).await?;
+    ensure!(status == OrderStatus::Ready, "order {status:?}");
+    let key = rcgen::KeyPair::generate()?;
+    let names = ids
+        .iter()
+        .map(|id| match id {
+            Identifier::Dns(n) => n.clone(),
+            Identifier::Ip(ip) => ip.to_string(),
+            other => panic!("unexpected identifier {other:?}"),
+        })
+        .collect::<Vec<_>>();
+    let mut p = rcgen::CertificateParams::new(names)?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    order.finalize_csr(p.serialize_request(&key)?.der()).await?;
+    let chain = order.poll_certificate(&retry).await?;
+    let leaf_der = first_cert_der(&chain)?;
+    let key_path = dir.join(format!("{name}.key"));
+    let chain_path = dir.join(format!("{name}.pem"));
+    fs::write(&key_path, key.serialize_pem())?;
+    fs::write(&chain_path, chain)?;
+    Ok(Issued {
+        key: key_path,
+        chain: chain_path,
+        leaf_der,
+    })
+}
+
+fn first_cert_der(pem: &str) -> Result<Vec<u8>> {
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    Ok(base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        b64,
+    )?)
+}
+
+/// A self-signed CA and a client certificate from it with the device's CN: what a device
+/// enrolled elsewhere (or an attacker) would present.
+fn foreign_client(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Other CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(vec![DEVICE.to_owned()])?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, DEVICE);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer)?;
+    let chain = dir.join("foreign.pem");
+    let key_path = dir.join("foreign.key");
+    fs::write(&chain, cert.pem() + &ca_cert.pem())?;
+    fs::write(&key_path, key.serialize_pem())?;
+    Ok((chain, key_path))
+}
+
+struct Broker {
+    daemon: Daemon,
+    port: u16,
+}
+
+fn start_broker(dir: &Path, cafile: &Path, server: &Issued, crl: Option<&Path>) -> Result<Broker> {
+    let port = free_port()?;
+    let mut conf = format!(
+        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+         require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n\
+         log_type all\nuser root\n",
+        cafile.display(),
+        server.chain.display(),
+        server.key.display()
+    );
+    if let Some(crl) = crl {
+        conf += &format!("crlfile {}\n", crl.display());
+    }
+    let conf_path = dir.join("mosquitto.conf");
+    fs::write(&conf_path, conf)?;
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let mut daemon = Daemon::spawn(
+        "mosquitto",
+        Command::new(bin).arg("-c").arg(&conf_path),
+        dir,
+    )?;
+    daemon.wait_ready(Duration::from_secs(10), |why| {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Ok(Some(())),
+            Err(e) => {
+                *why = e.to_string();
+                Ok(None)
+            }
+        }
+    })?;
+    Ok(Broker { daemon, port })
+}
+
+/// `mosquitto_pub` with a client certificate; Ok(true) when the broker took the message.
+fn publish(
+    dir: &Path,
+    broker: &Broker,
+    root: &Path,
+    cert: &Path,
+    key: &Path,
+    label: &str,
+) -> Result<bool> {
+    let out = run_with_timeout(
+        &format!("mosquitto_pub-{label}"),
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                "plant/t",
+                "-m",
+                "1",
+            ])
+            .arg("--cafile")
+            .arg(root)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key),
+        dir,
+        Duration::from_secs(20),
+    )?;
+    Ok(out.status.success())
+}
+
+/// How often the broker has logged a failed certificate verification so far.
+fn verify_failures(broker: &Broker) -> usize {
+    fs::read_to_string(broker.daemon.stderr_path())
+        .unwrap_or_default()
+        .matches("certificate verify failed")
+        .count()
+}
+
+/// A client certificate the broker must refuse, and refuse for its certificate (not, say,
+/// because the broker is down).
+fn assert_refused(
+    dir: &Path,
+    broker: &Broker,
+    root: &Path,
+    cert: &Path,
+    key: &Path,
+    label: &str,
+) -> Result<()> {
+    let before = verify_failures(broker);
+    ensure!(
+        !publish(dir, broker, root, cert, key, label)?,
+        "{label}: the broker accepted the certificate\n{}",
+        broker.daemon.logs()
+    );
+    ensure!(
+        verify_failures(broker) > before,
+        "{label}: refused, but not by certificate verification\n{}",
+        broker.daemon.logs()
+    );
+    Ok(())
+}
+
+#[test]
+fn mosquitto_accepts_the_device_certificate_and_refuses_others() -> Result<()> {
+    let server = CaServer::start(CaServerOpts::default())?;
+    let dir = iiot_acme_tests::temp_dir("iiot-mosquitto-")?;
+    let dir = dir.path();
+    let root = server.root_pem_path();
+    let rt = tokio::runtime::Runtime::new()?;
+    let tokens = Tokens::default();
+    let (broker_cert, device, account) = rt
+        .block_on(async {
+            serve_http01(server.http_port(), tokens.clone()).await?;
+            let (account, _) = Account::builder_with_root(&root)?
+                .create(
+                    &NewAccount {
+                        contact: &[],
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    server.directory_url(),
+                    None,
+                )
+                .await?;
+            let broker_cert = enroll(
+                &account,
+                &tokens,
+                &[
+                    Identifier::Ip("127.0.0.1".parse()?),
+                    Identifier::Dns("localhost".to_owned()),
+                ],
+                "tls-server",
+                dir,
+                "broker",
+            )
+            .await?;
+            let device = enroll(
+                &account,
+                &tokens,
+                &[Identifier::Dns(DEVICE.to_owned())],
+                "mqtt-client",
+                dir,
+                "device",
+            )
+            .await?;
+            anyhow::Ok((broker_cert, device, account))
+        })
+        .with_context(|| server.logs())?;
+
+    // The broker trusts the CA: root plus issuing intermediate, so it can check the CRL the
+    // intermediate signs.
+    let cafile = dir.join("ca-bundle.pem");
+    let intermediate = fs::read_to_string(&broker_cert.chain)?
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .nth(1)
+        .context("chain without intermediate")?
+        .to_owned();
+    fs::write(&cafile, fs::read_to_string(&root)? + &intermediate)?;
+
+    let mut broker = start_broker(dir, &cafile, &broker_cert, None)?;
+    ensure!(
+        publish(dir, &broker, &root, &device.chain, &device.key, "device")?,
+        "the device certificate was refused\n{}",
+        broker.daemon.logs()
+    );
+    // use_identity_as_username: the broker names the client by its certificate's CN.
+    let logs = broker.daemon.logs();
+    ensure!(
+        logs.contains(&format!("u'{DEVICE}'")),
+        "the broker did not log the CN as the username:\n{logs}"
+    );
+
+    let (foreign_chain, foreign_key) = foreign_client(dir)?;
+    assert_refused(
+        dir,
+        &broker,
+        &root,
+        &foreign_chain,
+        &foreign_key,
+        "another CA",
+    )?;
+    // The profile matters: the broker's own tls-server certificate (serverAuth only) is no
+    // client certificate.
+    assert_refused(
+        dir,
+        &broker,
+        &root,
+        &broker_cert.chain,
+        &broker_cert.key,
+        "tls-server as client",
+    )?;
+
+    // Revocation: revoke, refresh the CRL, restart the broker with it.
+    rt.block_on(account.revoke(&RevocationRequest {
+        certificate: &device.leaf_der.clone().into(),
+        reason: None,
+    }))
+    .context("revoke")?;
+    let crl_url = format!("https://127.0.0.1:{}/crl", server.listen_port());
+    let (status, _) = iiot_acme_tests::https::get(&crl_url, &root)?;
+    ensure!(status == 200, "GET /crl: {status}");
+    broker.daemon.kill()?;
+    let broker = start_broker(
+        dir,
+        &cafile,
+        &broker_cert,
+        Some(&server.data_dir().join("crl.pem")),
+    )?;
+    assert_refused(dir, &broker, &root, &device.chain, &device.key, "revoked")?;
+    // The CRL check itself works: a fresh device certificate still gets in.
+    let fresh = rt.block_on(async {
+        let (account, _) = Account::builder_with_root(&root)?
+            .create(
+                &NewAccount {
+                    contact: &[],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                server.directory_url(),
+                None,
+            )
+            .await?;
+        enroll(
+            &account,
+            &tokens,
+            &[Identifier::Dns(DEVICE.to_owned())],
+            "mqtt-client",
+            dir,
+            "device2",
+        )
+        .await
+    })?;
+    ensure!(
+        publish(dir, &broker, &root, &fresh.chain, &fresh.key, "fresh")?,
+        "a valid device certificate was refused with the CRL loaded\n{}",
+        broker.daemon.logs()
+    );
+    Ok(())
+}
