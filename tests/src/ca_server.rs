@@ -173,6 +173,9 @@ pub struct CaServerOpts {
     pub eab_required: bool,
     /// Give up waiting for the directory after this long.
     pub startup_timeout: Duration,
+    /// TOML appended to the config file as written, for sections the harness does not model
+    /// (e.g. `[profiles.opcua]` tables). Empty by default.
+    pub extra_toml: String,
 }
 
 impl Default for CaServerOpts {
@@ -186,6 +189,7 @@ impl Default for CaServerOpts {
             cert_validity: "7d".to_owned(),
             eab_required: false,
             startup_timeout: Duration::from_secs(30),
+            extra_toml: String::new(),
         }
     }
 }
@@ -282,7 +286,9 @@ impl CaServer {
             },
         };
         let config_path = data_dir.join("ca-server.test.toml");
-        let text = toml::to_string(&config).context("cannot serialize the server config")?;
+        let mut text = toml::to_string(&config).context("cannot serialize the server config")?;
+        text.push('\n');
+        text.push_str(&opts.extra_toml);
         fs::write(&config_path, text)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
 

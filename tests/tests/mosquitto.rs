@@ -11,48 +11,22 @@
 //! - after the device certificate is revoked, mosquitto restarted with `crlfile` =
 //!   `<data_dir>/crl.pem` (refreshed by GET /crl) refuses it.
 
-use std::collections::HashMap;
+#[path = "common/acme.rs"]
+mod acme;
+
 use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use acme::Tokens;
 use anyhow::{ensure, Context as _, Result};
-use axum::extract::{Path as UrlPath, State};
-use axum::routing::get;
-use axum::Router;
 use iiot_acme_tests::process::{run_with_timeout, Daemon};
 use iiot_acme_tests::{free_port, CaServer, CaServerOpts};
-use instant_acme::{
-    Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
-    RevocationRequest,
-};
-
-type Tokens = Arc<Mutex<HashMap<String, String>>>;
+use instant_acme::{Account, Identifier, RevocationRequest};
 
 const DEVICE: &str = "sensor-17.plant.example";
-
-async fn serve_http01(port: u16, tokens: Tokens) -> Result<()> {
-    let app = Router::new()
-        .route(
-            "/.well-known/acme-challenge/{token}",
-            get(
-                |State(t): State<Tokens>, UrlPath(token): UrlPath<String>| async move {
-                    t.lock()
-                        .expect("lock")
-                        .get(&token)
-                        .cloned()
-                        .unwrap_or_default()
-                },
-            ),
-        )
-        .with_state(tokens);
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    tokio::spawn(async move { axum::serve(l, app).await });
-    Ok(())
-}
 
 /// A key and certificate chain as PEM files.
 struct Issued {
@@ -61,6 +35,7 @@ struct Issued {
     leaf_der: Vec<u8>,
 }
 
+/// Enrolls a fresh P-256 key for `ids` under `profile`; writes `<name>.key` and `<name>.pem`.
 async fn enroll(
     account: &Account,
     tokens: &Tokens,
@@ -69,62 +44,26 @@ async fn enroll(
     dir: &Path,
     name: &str,
 ) -> Result<Issued> {
-    let mut order = account
-        .new_order(&NewOrder::new(ids).profile(profile))
-        .await?;
-    let mut authzs = order.authorizations();
-    while let Some(a) = authzs.next().await {
-        let mut a = a?;
-        let mut ch = a
-            .challenge(ChallengeType::Http01)
-            .context("no http-01 challenge")?;
-        tokens
-            .lock()
-            .expect("lock")
-            .insert(ch.token.clone(), ch.key_authorization().as_str().to_owned());
-        ch.set_ready().await?;
-    }
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(50))
-        .timeout(Duration::from_secs(20));
-    let status = order.poll_ready(&retry).await?;
-    ensure!(status == OrderStatus::Ready, "order {status:?}");
     let key = rcgen::KeyPair::generate()?;
-    let names = ids
-        .iter()
-        .map(|id| match id {
-            Identifier::Dns(n) => n.clone(),
-            Identifier::Ip(ip) => ip.to_string(),
-            other => panic!("unexpected identifier {other:?}"),
-        })
-        .collect::<Vec<_>>();
-    let mut p = rcgen::CertificateParams::new(names)?;
+    let mut p = rcgen::CertificateParams::new(acme::names(ids))?;
     p.distinguished_name = rcgen::DistinguishedName::new();
-    order.finalize_csr(p.serialize_request(&key)?.der()).await?;
-    let chain = order.poll_certificate(&retry).await?;
-    let leaf_der = first_cert_der(&chain)?;
+    let chain = acme::issue(
+        account,
+        tokens,
+        ids,
+        profile,
+        p.serialize_request(&key)?.der(),
+    )
+    .await?;
     let key_path = dir.join(format!("{name}.key"));
     let chain_path = dir.join(format!("{name}.pem"));
     fs::write(&key_path, key.serialize_pem())?;
-    fs::write(&chain_path, chain)?;
+    fs::write(&chain_path, &chain)?;
     Ok(Issued {
         key: key_path,
         chain: chain_path,
-        leaf_der,
+        leaf_der: acme::first_cert_der(&chain)?,
     })
-}
-
-fn first_cert_der(pem: &str) -> Result<Vec<u8>> {
-    let b64: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    Ok(base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        b64,
-    )?)
 }
 
 /// A self-signed CA and a client certificate from it with the device's CN: what a device
@@ -266,18 +205,8 @@ fn mosquitto_accepts_the_device_certificate_and_refuses_others() -> Result<()> {
     let tokens = Tokens::default();
     let (broker_cert, device, account) = rt
         .block_on(async {
-            serve_http01(server.http_port(), tokens.clone()).await?;
-            let (account, _) = Account::builder_with_root(&root)?
-                .create(
-                    &NewAccount {
-                        contact: &[],
-                        terms_of_service_agreed: true,
-                        only_return_existing: false,
-                    },
-                    server.directory_url(),
-                    None,
-                )
-                .await?;
+            acme::serve_http01(server.http_port(), tokens.clone()).await?;
+            let account = acme::account(server.directory_url(), &root).await?;
             let broker_cert = enroll(
                 &account,
                 &tokens,
@@ -306,11 +235,10 @@ fn mosquitto_accepts_the_device_certificate_and_refuses_others() -> Result<()> {
     // The broker trusts the CA: root plus issuing intermediate, so it can check the CRL the
     // intermediate signs.
     let cafile = dir.join("ca-bundle.pem");
-    let intermediate = fs::read_to_string(&broker_cert.chain)?
-        .split_inclusive("-----END CERTIFICATE-----\n")
+    let intermediate = acme::split_chain(&fs::read_to_string(&broker_cert.chain)?)
+        .into_iter()
         .nth(1)
-        .context("chain without intermediate")?
-        .to_owned();
+        .context("chain without intermediate")?;
     fs::write(&cafile, fs::read_to_string(&root)? + &intermediate)?;
 
     let mut broker = start_broker(dir, &cafile, &broker_cert, None)?;
@@ -365,17 +293,7 @@ fn mosquitto_accepts_the_device_certificate_and_refuses_others() -> Result<()> {
     assert_refused(dir, &broker, &root, &device.chain, &device.key, "revoked")?;
     // The CRL check itself works: a fresh device certificate still gets in.
     let fresh = rt.block_on(async {
-        let (account, _) = Account::builder_with_root(&root)?
-            .create(
-                &NewAccount {
-                    contact: &[],
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                server.directory_url(),
-                None,
-            )
-            .await?;
+        let account = acme::account(server.directory_url(), &root).await?;
         enroll(
             &account,
             &tokens,
