@@ -5,12 +5,13 @@
 #   openssl         test certificates for Pebble and `openssl verify` of issued chains
 #   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test
 #   mosquitto-clients  mosquitto_pub, the device side of that test
+#   python3-venv    for .venv-tests: asyncua (PyPI, pinned) for the OPC UA interop test
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
-PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients)
+PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
 BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub)
 
@@ -62,4 +63,20 @@ fi
 for bin in "${BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin is not on PATH"
 done
-log "done: ${BINARIES[*]} available"
+# asyncua is not packaged by Debian: a virtualenv in the repository (git-ignored), which
+# tests/tests/opcua.rs finds by path. $IIOT_PYTHON overrides it for both.
+ASYNCUA_VERSION=2.1.0
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${repo_root}/.venv-tests"
+python="${IIOT_PYTHON:-${venv}/bin/python}"
+if [ -z "${IIOT_PYTHON:-}" ] && [ ! -x "$python" ]; then
+    log "creating ${venv}"
+    python3 -m venv "$venv"
+fi
+if "$python" -c "import asyncua, sys; sys.exit(asyncua.__version__ != '${ASYNCUA_VERSION}')" 2>/dev/null; then
+    log "already installed: asyncua ${ASYNCUA_VERSION} (${python})"
+else
+    log "installing asyncua ${ASYNCUA_VERSION} into ${python}"
+    "$python" -m pip install -q "asyncua==${ASYNCUA_VERSION}"
+fi
+log "done: ${BINARIES[*]} and asyncua available"
