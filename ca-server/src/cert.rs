@@ -51,6 +51,10 @@ pub struct Certificate {
     /// Set by the operator (`ca-server renew-early`): the renewal window starts here.
     #[serde(default)]
     pub renew_after: Option<i64>,
+    /// The certificate profile it was issued under (SPEC §8.3); `None` for certificates
+    /// issued before profiles existed.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 impl Certificate {
@@ -68,6 +72,7 @@ impl Certificate {
             revoked: None,
             replaced_by: None,
             renew_after: None,
+            profile: order.profile.clone(),
         }
     }
 }

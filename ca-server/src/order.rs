@@ -641,7 +641,7 @@ pub async fn finalize(
             let cert = Certificate::new(&r.account.id, &order, &issued);
             app.db.put(Table::Certificates, &cert.id, &cert)?;
             key_use.record(&app, &cert)?;
-            tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, "certificate issued");
+            tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
             Stage::Valid { cert: cert.id }
         }
         Err(e) => {

@@ -448,10 +448,15 @@ impl Profiles {
         })
     }
 
-    /// The profile an order was created with (orders stored before profiles have none).
+    /// The profile an order was created with (orders stored before profiles have none). If
+    /// the operator has since removed it, the order cannot be finalized: `invalidProfile`.
     pub fn of_order(&self, name: Option<&str>) -> Result<&Profile> {
-        self.select(name)
-            .map_err(|_| Error::Internal(format!("order names unknown profile {name:?}")))
+        self.select(name).map_err(|_| {
+            Error::InvalidProfile(format!(
+                "this order's profile {:?} is no longer offered; create a new order",
+                name.unwrap_or_default()
+            ))
+        })
     }
 }
 

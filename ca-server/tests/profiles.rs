@@ -32,7 +32,7 @@ async fn account(s: &TestServer, role: Option<&str>) -> common::Account {
         .app
         .eab
         .create(&NewCredential {
-            allow: ["dns:plant.example", "ip:10.20.0.0/16"]
+            allow: ["dns:plant.example", "ip:10.20.0.0/16", "serial:SN-0042"]
                 .iter()
                 .map(|t| AllowRule::parse(t).expect("rule"))
                 .collect(),
@@ -67,7 +67,9 @@ fn new_order(names: &[&str], profile: Option<&str>) -> Value {
     let ids: Vec<Value> = names
         .iter()
         .map(|n| {
-            let kind = if n.parse::<std::net::IpAddr>().is_ok() {
+            let kind = if n.starts_with("SN-") {
+                "permanent-identifier"
+            } else if n.parse::<std::net::IpAddr>().is_ok() {
                 "ip"
             } else {
                 "dns"
@@ -170,6 +172,7 @@ struct Contents {
     dns: Vec<String>,
     ips: Vec<Vec<u8>>,
     uris: Vec<String>,
+    other_names: usize,
     key_usage: Vec<&'static str>,
     eku: Vec<&'static str>,
     role: Option<Vec<u8>>,
@@ -209,6 +212,7 @@ fn contents(der: &[u8]) -> Contents {
                         GeneralName::DNSName(d) => c.dns.push((*d).to_owned()),
                         GeneralName::IPAddress(ip) => c.ips.push(ip.to_vec()),
                         GeneralName::URI(u) => c.uris.push((*u).to_owned()),
+                        GeneralName::OtherName(..) => c.other_names += 1,
                         other => panic!("unexpected SAN {other:?}"),
                     }
                 }
@@ -594,4 +598,38 @@ async fn custom_profiles_add_extensions() {
         .expect("extension");
     assert_eq!(ext.value, b"\x0c\x06line-1");
     assert_eq!(contents(&der).eku, ["serverAuth", "clientAuth"]);
+}
+
+#[tokio::test]
+async fn opcua_uri_follows_a_permanent_identifier_in_the_san() {
+    // With a PermanentIdentifier the server writes the SAN extension itself (SPEC §8.2); the
+    // ApplicationUri must survive that path too.
+    let s = server(OPCUA);
+    let acct = account(&s, None).await;
+    let order = ready_order(
+        &s,
+        &acct,
+        &["SN-0042", "plc-42.plant.example"],
+        Some("opcua"),
+    )
+    .await;
+    let key = p256();
+    let der = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(
+            &key,
+            &["plc-42.plant.example"],
+            &["urn:plant.example:plc42"],
+            Vec::new(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    let c = contents(&der);
+    assert_eq!(c.other_names, 1);
+    assert_eq!(c.dns, ["plc-42.plant.example"]);
+    assert_eq!(c.uris, ["urn:plant.example:plc42"]);
+    assert_eq!(c.cn.as_deref(), Some("SN-0042"));
 }
