@@ -160,6 +160,8 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
     let certs = certificates(&app)?;
     let soon = at + 24 * 3600;
     let (mut valid, mut expired, mut revoked) = (0, 0, 0);
+    // Valid certificates per profile (SPEC §8.3); those issued before profiles are `default`.
+    let mut profiles: BTreeMap<&str, usize> = BTreeMap::new();
     let mut expiring = Vec::new();
     let mut revoked_list = Vec::new();
     // Newest certificate per identifier set: a device whose newest certificate has expired
@@ -175,6 +177,13 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
             (None, true) => expired += 1,
             (None, false) => {
                 valid += 1;
+                *profiles
+                    .entry(
+                        c.profile
+                            .as_deref()
+                            .unwrap_or(crate::profiles::DEFAULT_PROFILE),
+                    )
+                    .or_default() += 1;
                 if c.not_after <= soon {
                     expiring.push(json!({"serial": c.id, "identifiers": c.identifiers,
                         "notAfter": rfc3339(c.not_after)}));
@@ -215,6 +224,7 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
         "revoked": revoked_list,
         "keyReuseAttempts": reuse,
         "keyTypes": key_types,
+        "profiles": profiles,
     })))
 }
 

@@ -369,6 +369,7 @@ fn print_audit(v: &serde_json::Value) {
         )
     });
     println!("key types in use: {}", v["keyTypes"]);
+    println!("profiles in use (valid certificates): {}", v["profiles"]);
 }
 
 fn describe_uses(max: Option<u32>) -> String {

@@ -90,6 +90,12 @@ fn operator_revokes_by_identifier_audits_and_pulls_renewal_forward() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("audit JSON");
     assert_eq!(report["certificates"]["revoked"], 1, "{report}");
     assert_eq!(report["certificates"]["valid"], 1, "{report}");
+    // lego names no profile, so its certificates are from the default one (SPEC §8.3).
+    assert_eq!(
+        report["profiles"],
+        serde_json::json!({"default": 1}),
+        "{report}"
+    );
     let (ok, human) = ca(&server, &["audit"]);
     assert!(ok && human.contains("1 revoked"), "{human}");
 
