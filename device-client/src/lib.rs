@@ -9,6 +9,7 @@
 //! | [`key`]       | account and certificate keys, [`key::Signer`]                   | SPEC §3.3            |
 //! | [`acme`]      | directory, account, order flow driven by the order's status    | RFC 8555 §7          |
 //! | [`enroll`]    | how identifiers are proven ([`enroll::Enrollment`]), EAB, pairing code | SPEC §5, §6.2 |
+//! | [`attest`]    | device-attest-01: IDevID chain, [`attest::Signer`], attestation object | SPEC §5.10 |
 //! | [`http01`]    | the built-in http-01 responder                                  | SPEC §5.3            |
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
 //! | [`device`]    | enroll / install / post-install / run-forever                   |                      |
@@ -44,9 +45,11 @@
 //! and the CA's Retry-After, while the old certificate stays in use.
 
 pub mod acme;
+pub mod attest;
 mod b64;
 pub mod cert;
 pub mod config;
+mod der;
 pub mod device;
 pub mod enroll;
 pub mod error;

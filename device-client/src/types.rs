@@ -87,6 +87,67 @@ impl Identifier {
         })
     }
 
+    /// A `permanent-identifier` (SPEC §4.5): `SERIAL` or `SERIAL/ASSIGNER-OID`, kept octet for
+    /// octet (never normalised). Values the CA would refuse (`malformed` or
+    /// `rejectedIdentifier`) are refused here, with the reason.
+    pub fn permanent(value: &str) -> Result<Self, Error> {
+        check_permanent(value)
+            .map_err(|e| Error::Config(format!("permanent-identifier {value:?}: {e}")))?;
+        Ok(Self {
+            kind: "permanent-identifier".into(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// For a `permanent-identifier`, its serial (the part before `/`).
+    pub fn serial(&self) -> Option<&str> {
+        (self.kind == "permanent-identifier").then(|| self.value.split('/').next().unwrap_or(""))
+    }
+
+    /// The subjectAltName GeneralName for this identifier (DER), as SPEC §8.2 puts it into
+    /// certificates: `[2] dNSName`, `[7] iPAddress`, or `[0] otherName` PermanentIdentifier
+    /// (RFC 4043: `SEQUENCE { identifierValue UTF8String, assigner OID OPTIONAL }`).
+    pub(crate) fn general_name_der(&self) -> Result<Vec<u8>, Error> {
+        use crate::der;
+        match self.kind.as_str() {
+            "dns" => Ok(der::tlv(der::DNS_NAME, self.value.as_bytes())),
+            "ip" => {
+                let ip: IpAddr = self
+                    .value
+                    .parse()
+                    .map_err(|_| Error::Config(format!("{self}: not an IP address")))?;
+                let octets = match ip {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                Ok(der::tlv(der::IP_ADDRESS, &octets))
+            }
+            "permanent-identifier" => {
+                let (serial, assigner) = match self.value.split_once('/') {
+                    Some((s, a)) => (s, Some(a)),
+                    None => (self.value.as_str(), None),
+                };
+                let mut fields = der::tlv(der::UTF8_STRING, serial.as_bytes());
+                if let Some(a) = assigner {
+                    let arcs = a
+                        .split('.')
+                        .map(str::parse)
+                        .collect::<Result<Vec<u64>, _>>()
+                        .map_err(|_| Error::Config(format!("{self}: bad assigner OID")))?;
+                    der::write(&mut fields, der::OID, &der::oid_content(&arcs));
+                }
+                let value = der::tlv(der::SEQUENCE, &fields);
+                let mut other =
+                    der::tlv(der::OID, &der::oid_content(&der::PERMANENT_IDENTIFIER_ARCS));
+                der::write(&mut other, der::CONTEXT_0, &value);
+                Ok(der::tlv(der::CONTEXT_0, &other))
+            }
+            other => Err(Error::Config(format!(
+                "identifier type {other} cannot go into a CSR"
+            ))),
+        }
+    }
+
     /// Parses the CLI/config form: `dns:NAME`, `ip:ADDR`, or a bare value (an address is `ip`,
     /// anything else `dns`).
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -103,6 +164,56 @@ impl Identifier {
             Ok(ip) => Self::ip(ip),
             Err(_) => Self::dns(text),
         }
+    }
+}
+
+/// Checks a `permanent-identifier` value against SPEC §4.5: the draft's ABNF, and what the CA
+/// certifies (no control characters, serial and assigner at most 128 octets, 64-bit arcs).
+fn check_permanent(value: &str) -> Result<(), String> {
+    let (serial, assigner) = match value.split_once('/') {
+        Some((s, a)) => (s, Some(a)),
+        None => (value, None),
+    };
+    if serial.is_empty() {
+        return Err("the serial is empty".into());
+    }
+    if serial.len() > 128 {
+        return Err(format!(
+            "the serial is {} octets; at most 128",
+            serial.len()
+        ));
+    }
+    if let Some(c) = serial.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the serial contains the control character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    let Some(a) = assigner else { return Ok(()) };
+    let bad = || {
+        format!(
+            "the part after \"/\" must be a dotted-decimal assigner OID such as \
+             1.3.6.1.4.1.32473, not {a:?}"
+        )
+    };
+    if a.len() > 128 {
+        return Err(format!("the assigner is {} octets; at most 128", a.len()));
+    }
+    let parts: Vec<&str> = a.split('.').collect();
+    if parts.len() < 2
+        || parts.iter().any(|p| {
+            p.is_empty()
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || (p.len() > 1 && p.starts_with('0'))
+                || p.parse::<u64>().is_err()
+        })
+    {
+        return Err(bad());
+    }
+    match parts[0] {
+        "0" | "1" if parts[1].parse::<u64>().is_ok_and(|n| n <= 39) => Ok(()),
+        "2" if parts[1].parse::<u64>().is_ok_and(|n| n <= u64::MAX - 80) => Ok(()),
+        _ => Err(bad()),
     }
 }
 
