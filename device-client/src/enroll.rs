@@ -4,9 +4,10 @@
 //!
 //! - [`Enrollment`]: the challenge the device answers for each pending authorization:
 //!   `http-01` (SPEC §5.3) or `operator-approval-01` (SPEC §5.8: the device shows its pairing
-//!   code and waits for an operator). `device-attest-01` (an IEEE 802.1AR IDevID, from files or
-//!   a [`Signer`] in a secure element) becomes one more variant: the order flow in
-//!   [`crate::acme`] asks the variant for the challenge type it answers and calls
+//!   code and waits for an operator), or `device-attest-01` (SPEC §5.10: an IEEE 802.1AR
+//!   IDevID, from files or a [`Signer`] in a secure element, signs the key authorization). The
+//!   order flow in [`crate::acme`] asks the variant for the method of each authorization
+//!   ([`Enrollment::for_identifier`]), the challenge type it answers, and calls
 //!   [`Enrollment::prepare`] / [`Enrollment::respond_payload`]; everything else (orders,
 //!   polling, finalize, install, renewal) is shared.
 //! - [`EabCredential`]: an operator-issued external account binding for newAccount (RFC 8555
@@ -14,7 +15,7 @@
 //!   credential with pre-authorization, issue 3) needs no challenge at all, whatever the
 //!   enrollment method.
 //!
-//! [`Signer`]: crate::key::Signer
+//! [`Signer`]: crate::attest::Signer
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -70,7 +71,7 @@ impl Enrollment {
     /// The method that answers for `identifier`: with device attestation, a `dns` or `ip`
     /// identifier of a mixed order is proven by http-01 (SPEC §5.1 offers device-attest-01 for
     /// `permanent-identifier` only). Otherwise the method itself.
-    pub fn for_identifier(&self, identifier: &Identifier) -> Enrollment {
+    pub fn for_identifier(&self, identifier: &Identifier) -> Self {
         match self {
             Self::DeviceAttest { http01_listen, .. }
                 if identifier.kind != "permanent-identifier" =>

@@ -24,8 +24,8 @@
 //! thumbprint and key-authorization helpers, so the device client, the embedded client and the
 //! server agree byte for byte and run the same vectors. It owns the TLS setup (reqwest is handed
 //! a rustls config with [`trust::PinnedVerifier`]; no root store is compiled in), and its
-//! challenge handling is an enum ([`enroll::Enrollment`]: http-01 and operator-approval-01
-//! today, device-attest-01 next) that the profile's own challenge types extend with new
+//! challenge handling is an enum ([`enroll::Enrollment`]: http-01, operator-approval-01
+//! and device-attest-01) that the profile's own challenge types extend with new
 //! variants, which a general-purpose client would not let us do without forking it. The embedded client will mirror this structure without allocation.
 //!
 //! **Trust.** Exactly one anchor (SPEC §2.3). With a fingerprint, the root comes from the end

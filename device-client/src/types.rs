@@ -49,7 +49,7 @@ pub struct DirectoryMeta {
 /// An identifier object (RFC 8555 §7.1.4, RFC 8738 §3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Identifier {
-    /// `dns`, `ip`, and later `permanent-identifier` (SPEC §11).
+    /// `dns`, `ip` or `permanent-identifier` (SPEC §4.5).
     #[serde(rename = "type")]
     pub kind: String,
     /// The value, in the canonical form of SPEC §4.
@@ -327,7 +327,7 @@ pub enum ChallengeStatus {
 /// A challenge object (RFC 8555 §7.1.5, §8).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Challenge {
-    /// `http-01`, `tls-alpn-01`, later `device-attest-01` (SPEC §11).
+    /// `http-01`, `tls-alpn-01`, `device-attest-01`, ...
     #[serde(rename = "type")]
     pub kind: String,
     /// Where to POST to trigger it.
