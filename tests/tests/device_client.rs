@@ -571,8 +571,7 @@ fn enrolls_with_external_account_binding() {
     let out = device.run(
         "enroll",
         &[
-            "--eab-kid",
-            &creds.kid,
+            &format!("--eab-kid={}", creds.kid),
             "--eab-hmac",
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ],
@@ -811,7 +810,10 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
         &["plc-1.line-9.plant.test"],
     );
     device.listen = "192.0.2.1:80".to_owned();
-    let out = device.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    // `--flag=value`: a base64url key or id may start with `-`, which clap would take for a flag.
+    let eab = [format!("--eab-kid={kid}"), format!("--eab-hmac={hmac}")];
+    let eab: Vec<&str> = eab.iter().map(String::as_str).collect();
+    let out = device.run("enroll", &eab);
     expect_code(
         &out,
         0,
@@ -828,7 +830,7 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
         &["plc-1.line-10.plant.test"],
     );
     other.listen = "192.0.2.1:80".to_owned();
-    let out = other.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    let out = other.run("enroll", &eab);
     expect_code(&out, 5, "identifier outside the allow-list", &server.logs());
     assert!(out.stderr.contains("rejectedIdentifier"), "{}", out.stderr);
 }
