@@ -148,11 +148,15 @@ impl Identifier {
         }
     }
 
-    /// Parses the CLI/config form: `dns:NAME`, `ip:ADDR`, or a bare value (an address is `ip`,
+    /// Parses the CLI/config form: `dns:NAME`, `ip:ADDR`, `permanent-identifier:SERIAL[/OID]`,
+    /// or a bare value (an address is `ip`,
     /// anything else `dns`).
     pub fn parse(text: &str) -> Result<Self, Error> {
         if let Some(name) = text.strip_prefix("dns:") {
             return Self::dns(name);
+        }
+        if let Some(value) = text.strip_prefix("permanent-identifier:") {
+            return Self::permanent(value);
         }
         if let Some(addr) = text.strip_prefix("ip:") {
             let ip: IpAddr = addr
@@ -167,54 +171,69 @@ impl Identifier {
     }
 }
 
-/// Checks a `permanent-identifier` value against SPEC §4.5: the draft's ABNF, and what the CA
-/// certifies (no control characters, serial and assigner at most 128 octets, 64-bit arcs).
+/// Checks a `permanent-identifier` value against SPEC §4.5: the draft's ABNF (else
+/// `malformed`), then what the CA certifies (no control characters, serial and assigner at most
+/// 128 octets, 64-bit arcs; else `rejectedIdentifier`). The error starts with the problem the CA
+/// would answer.
 fn check_permanent(value: &str) -> Result<(), String> {
+    let malformed = |why: String| Err(format!("malformed: {why}"));
+    let rejected = |why: String| Err(format!("rejectedIdentifier: {why}"));
     let (serial, assigner) = match value.split_once('/') {
         Some((s, a)) => (s, Some(a)),
         None => (value, None),
     };
     if serial.is_empty() {
-        return Err("the serial is empty".into());
+        return malformed("the serial is empty".into());
     }
-    if serial.len() > 128 {
-        return Err(format!(
-            "the serial is {} octets; at most 128",
-            serial.len()
-        ));
+    if let Some(a) = assigner {
+        let parts: Vec<&str> = a.split('.').collect();
+        let grammar = parts.len() >= 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !(p.len() > 1 && p.starts_with('0'))
+            })
+            && match parts[0] {
+                "0" | "1" => parts[1].len() <= 2 && parts[1].parse::<u8>().is_ok_and(|n| n <= 39),
+                "2" => true,
+                _ => false,
+            };
+        if !grammar {
+            return malformed(format!(
+                "the part after \"/\" must be a dotted-decimal assigner OID such as \
+                 1.3.6.1.4.1.32473, not {a:?}"
+            ));
+        }
     }
     if let Some(c) = serial.chars().find(|c| c.is_control()) {
-        return Err(format!(
+        return rejected(format!(
             "the serial contains the control character U+{:04X}",
             u32::from(c)
         ));
     }
-    let Some(a) = assigner else { return Ok(()) };
-    let bad = || {
-        format!(
-            "the part after \"/\" must be a dotted-decimal assigner OID such as \
-             1.3.6.1.4.1.32473, not {a:?}"
-        )
-    };
-    if a.len() > 128 {
-        return Err(format!("the assigner is {} octets; at most 128", a.len()));
+    if serial.len() > 128 {
+        return rejected(format!(
+            "the serial is {} octets; the CA certifies at most 128",
+            serial.len()
+        ));
     }
-    let parts: Vec<&str> = a.split('.').collect();
-    if parts.len() < 2
-        || parts.iter().any(|p| {
-            p.is_empty()
-                || !p.bytes().all(|b| b.is_ascii_digit())
-                || (p.len() > 1 && p.starts_with('0'))
-                || p.parse::<u64>().is_err()
-        })
-    {
-        return Err(bad());
+    if let Some(a) = assigner {
+        if a.len() > 128 {
+            return rejected(format!(
+                "the assigner is {} octets; the CA accepts at most 128",
+                a.len()
+            ));
+        }
+        let parts: Vec<&str> = a.split('.').collect();
+        let fits = parts.iter().all(|p| p.parse::<u64>().is_ok())
+            && (parts[0] != "2" || parts[1].parse::<u64>().is_ok_and(|n| n <= u64::MAX - 80));
+        if !fits {
+            return rejected(format!(
+                "the assigner {a} has an arc above 2^64-1, which the CA does not support"
+            ));
+        }
     }
-    match parts[0] {
-        "0" | "1" if parts[1].parse::<u64>().is_ok_and(|n| n <= 39) => Ok(()),
-        "2" if parts[1].parse::<u64>().is_ok_and(|n| n <= u64::MAX - 80) => Ok(()),
-        _ => Err(bad()),
-    }
+    Ok(())
 }
 
 impl fmt::Display for Identifier {
