@@ -895,11 +895,16 @@ impl Manufacturer {
     }
 
     /// Installs the root as a trust anchor with `ca-server trust-anchor add`.
-    fn trust(&self, server: &CaServer, name: &str) {
+    fn trust(&self, server: &CaServer, name: &str, assigner: Option<&str>) {
         let path = server.data_dir().join(format!("{name}-root.pem"));
         fs::write(&path, &self.root_pem).expect("write root");
         let path = path.to_str().expect("utf-8 path");
-        let out = operator(server, &["trust-anchor", "add", "--name", name, path]);
+        let mut args = vec!["trust-anchor", "add", "--name", name];
+        if let Some(a) = assigner {
+            args.extend(["--assigner", a]);
+        }
+        args.push(path);
+        let out = operator(server, &args);
         assert!(out.contains(name), "{out}");
     }
 }
@@ -935,10 +940,14 @@ fn first_cert_der(path: &Path) -> Vec<u8> {
         .expect("base64")
 }
 
-/// SPEC §8.2: GeneralName otherName PermanentIdentifier { identifierValue UTF8String } for a
-/// short serial without assigner.
-fn permanent_identifier_general_name(serial: &str) -> Vec<u8> {
-    let value = [&[0x0c, serial.len() as u8], serial.as_bytes()].concat();
+/// SPEC §8.2: GeneralName otherName PermanentIdentifier { identifierValue UTF8String, assigner
+/// OID (given as its DER content) if any } for a short serial.
+fn permanent_identifier_general_name(serial: &str, assigner: Option<&[u8]>) -> Vec<u8> {
+    let mut value = [&[0x0c, serial.len() as u8], serial.as_bytes()].concat();
+    if let Some(oid) = assigner {
+        value.extend([0x06, oid.len() as u8]);
+        value.extend_from_slice(oid);
+    }
     let seq = [&[0x30, value.len() as u8], &value[..]].concat();
     let explicit = [&[0xa0, seq.len() as u8], &seq[..]].concat();
     let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x03];
@@ -967,7 +976,7 @@ fn openssl_text(path: &Path) -> String {
 fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let maker = Manufacturer::new("Example Devices Root");
-    maker.trust(&server, "example-devices");
+    maker.trust(&server, "example-devices", None);
 
     // permanent-identifier alone, IDevID key P-256.
     let serial = "SN-4711";
@@ -978,7 +987,7 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     expect_code(&out, 0, "enroll by device-attest-01", &server.logs());
     verify_issued(&server, &device);
     let der = first_cert_der(&device.cert());
-    let general_name = permanent_identifier_general_name(serial);
+    let general_name = permanent_identifier_general_name(serial, None);
     assert!(
         der.windows(general_name.len()).any(|w| w == general_name),
         "the certificate carries the PermanentIdentifier otherName"
@@ -1012,7 +1021,7 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     expect_code(&out, 0, "enroll mixed", &server.logs());
     verify_issued(&server, &device);
     let der = first_cert_der(&device.cert());
-    let general_name = permanent_identifier_general_name(serial);
+    let general_name = permanent_identifier_general_name(serial, None);
     assert!(der.windows(general_name.len()).any(|w| w == general_name));
     let text = openssl_text(&device.cert());
     assert!(text.contains(&format!("CN = {serial}")), "{text}");
@@ -1026,13 +1035,33 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
         "{}",
         show.stdout
     );
+
+    // With an assigner: the manufacturer's anchor is configured with its OID (SPEC §5.10.4),
+    // and the certificate's PermanentIdentifier carries it.
+    let pen = Manufacturer::new("Example PEN Devices Root");
+    pen.trust(&server, "example-pen", Some("1.3.6.1.4.1.32473"));
+    let idevid = pen.idevid(
+        &scratch.path().join("pen"),
+        "SN-4713",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let device = attesting_device(&server, "SN-4713/1.3.6.1.4.1.32473", &idevid);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll with an assigner", &server.logs());
+    let general_name = permanent_identifier_general_name(
+        "SN-4713",
+        Some(&[0x2b, 0x06, 0x01, 0x04, 0x01, 0x81, 0xfd, 0x59]),
+    );
+    let der = first_cert_der(&device.cert());
+    assert!(der.windows(general_name.len()).any(|w| w == general_name));
+    assert!(openssl_text(&device.cert()).contains("CN = SN-4713"));
 }
 
 #[test]
 fn device_attestation_failures_are_reported_with_the_cas_detail() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let trusted = Manufacturer::new("Trusted Devices Root");
-    trusted.trust(&server, "trusted");
+    trusted.trust(&server, "trusted", None);
     let untrusted = Manufacturer::new("Unknown Devices Root");
     let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
 
