@@ -241,11 +241,13 @@ impl AcmeClient {
         // authorization is settled, and stops it when this function returns.
         let mut session = ChallengeSession::default();
         let jwk = key.public_jwk();
-        let wanted = enrollment.challenge_type();
         let mut pending = Vec::new();
         for url in &order.authorizations {
             let (authz, _) = self.authz(key, account_url, url).await?;
             let id = authz.identifier.to_string();
+            // A mixed order may need two methods (device-attest-01 and http-01).
+            let method = enrollment.for_identifier(&authz.identifier);
+            let wanted = method.challenge_type();
             match authz.status {
                 AuthorizationStatus::Valid => {
                     tracing::debug!(identifier = %id, "already authorized");
@@ -263,8 +265,8 @@ impl AcmeClient {
             };
             match challenge.status {
                 ChallengeStatus::Pending => {
-                    enrollment.prepare(&mut session, challenge, &jwk).await?;
-                    let payload = enrollment.respond_payload();
+                    method.prepare(&mut session, challenge, &jwk).await?;
+                    let payload = method.respond_payload(challenge, &jwk)?;
                     self.post(
                         key,
                         KeyRef::Kid(account_url),
@@ -278,16 +280,16 @@ impl AcmeClient {
                 // Triggered by an earlier run whose response was lost: the CA may be dialing
                 // right now, so answer again, but do not trigger twice.
                 ChallengeStatus::Processing => {
-                    enrollment.prepare(&mut session, challenge, &jwk).await?;
+                    method.prepare(&mut session, challenge, &jwk).await?;
                 }
                 ChallengeStatus::Valid => {}
                 ChallengeStatus::Invalid => return Err(failed(&authz)),
             }
-            pending.push((url, id));
+            pending.push((url, id, method));
         }
-        let limit = enrollment.wait_limit(poll_timeout);
-        for (url, id) in pending {
-            let mut poll = Poller::new(&enrollment.waiting_for(&id, &session), limit);
+        for (url, id, method) in pending {
+            let limit = method.wait_limit(poll_timeout);
+            let mut poll = Poller::new(&method.waiting_for(&id, &session), limit);
             loop {
                 let (authz, retry_after) = self.authz(key, account_url, url).await?;
                 match authz.status {

@@ -27,7 +27,8 @@ pub struct CertInfo {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
-    /// The `dns` and `ip` subjectAltNames, sorted.
+    /// The `dns`, `ip` and `permanent-identifier` (otherName PermanentIdentifier)
+    /// subjectAltNames, sorted.
     pub identifiers: Vec<Identifier>,
     /// The DER SubjectPublicKeyInfo's public key bits (for comparing with the key file).
     pub public_key: Vec<u8>,
@@ -56,6 +57,16 @@ impl CertInfo {
                             identifiers.push(Identifier {
                                 kind: "ip".into(),
                                 value: ip.to_string(),
+                            });
+                        }
+                    }
+                    GeneralName::OtherName(oid, value)
+                        if oid.to_id_string() == "1.3.6.1.5.5.7.8.3" =>
+                    {
+                        if let Some(value) = crate::der::permanent_identifier(value) {
+                            identifiers.push(Identifier {
+                                kind: "permanent-identifier".into(),
+                                value,
                             });
                         }
                     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::attest::Idevid;
 use crate::enroll::{EabCredential, Enrollment};
 use crate::error::Error;
 use crate::key::KeyAlgorithm;
@@ -39,6 +40,8 @@ pub struct FileConfig {
     pub dns: Option<Vec<String>>,
     /// `ip` identifiers.
     pub ip: Option<Vec<String>>,
+    /// `permanent-identifier` identifiers (SPEC §4.5): `SERIAL` or `SERIAL/ASSIGNER-OID`.
+    pub permanent_id: Option<Vec<String>>,
     /// Where the certificate key goes (PKCS #8 PEM, mode 0600).
     pub key: Option<PathBuf>,
     /// Where the certificate goes (PEM, leaf only).
@@ -49,8 +52,13 @@ pub struct FileConfig {
     pub fullchain: Option<PathBuf>,
     /// Account key and state.
     pub state_dir: Option<PathBuf>,
-    /// The challenge the device answers: `http-01` (default) or `operator-approval-01`.
+    /// The challenge the device answers: `http-01` (default), `operator-approval-01` or
+    /// `device-attest-01`.
     pub challenge: Option<String>,
+    /// device-attest-01: the IDevID certificate chain (PEM, IDevID first, then intermediates).
+    pub idevid_chain: Option<PathBuf>,
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384).
+    pub idevid_key: Option<PathBuf>,
     /// Address the http-01 responder listens on.
     pub http01_listen: Option<String>,
     /// How long to wait for an operator's approval.
@@ -116,12 +124,15 @@ impl FileConfig {
             root_fingerprint,
             dns,
             ip,
+            permanent_id,
             key,
             cert,
             chain,
             fullchain,
             state_dir,
             challenge,
+            idevid_chain,
+            idevid_key,
             http01_listen,
             approval_timeout,
             eab_kid,
@@ -154,11 +165,16 @@ impl FileConfig {
                 .map_err(|_| Error::Config(format!("ip {ip:?} is not an IP address")))?;
             identifiers.push(Identifier::ip(addr)?);
         }
+        for p in self.permanent_id.iter().flatten() {
+            identifiers.push(Identifier::permanent(p)?);
+        }
         identifiers.sort();
         identifiers.dedup();
         if identifiers.is_empty() {
             return Err(Error::Config(
-                "no identifiers: give at least one dns name or ip address (--dns, --ip)".into(),
+                "no identifiers: give at least one dns name, ip address or permanent identifier \
+                 (--dns, --ip, --permanent-id)"
+                    .into(),
             ));
         }
         if identifiers.len() > 100 {
@@ -284,12 +300,59 @@ impl FileConfig {
             "operator-approval-01" => Enrollment::OperatorApproval {
                 wait: dur("approval_timeout", &self.approval_timeout, 3600)?,
             },
+            "device-attest-01" => {
+                let (Some(chain), Some(key)) = (&self.idevid_chain, &self.idevid_key) else {
+                    return Err(Error::Config(
+                        "device-attest-01 needs the IDevID chain and key (--idevid-chain FILE \
+                         --idevid-key FILE)"
+                            .into(),
+                    ));
+                };
+                Enrollment::DeviceAttest {
+                    idevid: Idevid::from_files(chain, key)?,
+                    http01_listen: listen,
+                }
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "challenge {other:?}: use http-01 or operator-approval-01"
+                    "challenge {other:?}: use http-01, operator-approval-01 or device-attest-01"
                 )))
             }
         };
+        let has_permanent = local
+            .identifiers
+            .iter()
+            .any(|id| id.kind == "permanent-identifier");
+        match &enrollment {
+            Enrollment::DeviceAttest { idevid, .. } => {
+                if !has_permanent {
+                    return Err(Error::Config(
+                        "device-attest-01 proves a permanent identifier: give the device's \
+                         serial with --permanent-id"
+                            .into(),
+                    ));
+                }
+                if let Some(serial) = idevid.serial() {
+                    for id in local.identifiers.iter().filter_map(Identifier::serial) {
+                        if id != serial {
+                            tracing::warn!(
+                                "the IDevID's subject serialNumber is {serial:?}, but the \
+                                 permanent identifier to prove has serial {id:?}: the CA will \
+                                 refuse the attestation"
+                            );
+                        }
+                    }
+                }
+            }
+            Enrollment::Http01 { .. } if has_permanent => {
+                return Err(Error::Config(
+                    "a permanent identifier is proven with device-attest-01: add \
+                     --challenge device-attest-01 --idevid-chain FILE --idevid-key FILE"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         for (name, d) in [
             ("request_timeout", request_timeout),
             ("poll_timeout", poll_timeout),
@@ -491,7 +554,7 @@ mod tests {
             challenge: Some("dns-01".into()),
             ..FileConfig::default()
         })
-        .contains("use http-01 or operator-approval-01"));
+        .contains("use http-01, operator-approval-01 or device-attest-01"));
         let approval = base
             .clone()
             .merge(FileConfig {

@@ -357,31 +357,55 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
 
 /// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
 /// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
+///
+/// With a `permanent-identifier` the CSR follows the certificate's shape (SPEC §7.4 check 5,
+/// §8.2): CN = the serial of the first one, and every identifier in the subjectAltName, the
+/// permanent identifiers as otherName PermanentIdentifier (which rcgen cannot write, so the
+/// extension is encoded here).
 pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
     let kp = rcgen::KeyPair::try_from(key.pkcs8_der())
         .map_err(|e| Error::Crypto(format!("cannot use the certificate key for a CSR: {e}")))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    for id in identifiers {
-        let san = match id.kind.as_str() {
-            "dns" => rcgen::SanType::DnsName(
-                id.value
-                    .clone()
-                    .try_into()
-                    .map_err(|e| Error::Config(format!("{id}: {e}")))?,
-            ),
-            "ip" => rcgen::SanType::IpAddress(
-                id.value
-                    .parse()
-                    .map_err(|_| Error::Config(format!("{id}: not an IP address")))?,
-            ),
-            other => {
-                return Err(Error::Config(format!(
-                    "identifier type {other} cannot go into a CSR yet"
-                )))
-            }
-        };
-        params.subject_alt_names.push(san);
+    if let Some(serial) = identifiers.iter().find_map(Identifier::serial) {
+        if serial.chars().count() <= 64 {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, serial);
+        }
+        let mut names = Vec::new();
+        for id in identifiers {
+            names.extend(id.general_name_der()?);
+        }
+        let san = crate::der::tlv(crate::der::SEQUENCE, &names);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                san,
+            ));
+    } else {
+        for id in identifiers {
+            let san = match id.kind.as_str() {
+                "dns" => rcgen::SanType::DnsName(
+                    id.value
+                        .clone()
+                        .try_into()
+                        .map_err(|e| Error::Config(format!("{id}: {e}")))?,
+                ),
+                "ip" => rcgen::SanType::IpAddress(
+                    id.value
+                        .parse()
+                        .map_err(|_| Error::Config(format!("{id}: not an IP address")))?,
+                ),
+                other => {
+                    return Err(Error::Config(format!(
+                        "identifier type {other} cannot go into a CSR"
+                    )))
+                }
+            };
+            params.subject_alt_names.push(san);
+        }
     }
     let csr = params
         .serialize_request(&kp)
@@ -474,6 +498,81 @@ mod tests {
                 "IPAddress(0a:00:00:07)",
                 "IPAddress(20:01:0d:b8:00:00:00:00:00:00:00:00:00:00:00:07)"
             ]
+        );
+    }
+
+    #[test]
+    fn csr_for_a_permanent_identifier_has_cn_serial_and_other_name() {
+        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let ids = [
+            Identifier::parse("127.0.0.1").expect("ip"),
+            Identifier::permanent("Sn-0042/1.3.6.1.4.1.32473").expect("permanent"),
+        ];
+        let der = csr_der(&key, &ids).expect("csr");
+        use x509_parser::prelude::FromDer as _;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+            .expect("parses");
+        csr.verify_signature().expect("self-signed by the key");
+        let cn: Vec<_> = csr
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .map(|c| c.as_str().expect("text").to_owned())
+            .collect();
+        assert_eq!(cn, ["Sn-0042"]);
+        // SPEC §8.2's example GeneralName, byte for byte.
+        let other_name = ids[1].general_name_der().expect("der");
+        assert!(der
+            .windows(other_name.len())
+            .any(|w| w == other_name.as_slice()));
+        assert_eq!(
+            other_name,
+            [
+                0xa0, 0x21, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x03, 0xa0, 0x15,
+                0x30, 0x13, 0x0c, 0x07, 0x53, 0x6e, 0x2d, 0x30, 0x30, 0x34, 0x32, 0x06, 0x08, 0x2b,
+                0x06, 0x01, 0x04, 0x01, 0x81, 0xfd, 0x59
+            ]
+        );
+        let mut names = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    match n {
+                        x509_parser::extensions::GeneralName::OtherName(oid, v) => {
+                            names.push(format!(
+                                "{}={}",
+                                oid.to_id_string(),
+                                crate::der::permanent_identifier(v).expect("decodes")
+                            ))
+                        }
+                        other => names.push(other.to_string()),
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                "IPAddress(7f:00:00:01)",
+                "1.3.6.1.5.5.7.8.3=Sn-0042/1.3.6.1.4.1.32473"
+            ]
+        );
+    }
+
+    #[test]
+    fn permanent_identifiers_are_checked_like_the_ca_does() {
+        for ok in ["SN-1", "sn 0001-ä", "X/1.3.6.1.4.1.32473", "X/2.999"] {
+            assert!(Identifier::permanent(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/1.2", "A/", "A/1", "A/3.1", "A/1.40", "A/01.2", "A/B/1.2", "SN\n1",
+        ] {
+            assert!(Identifier::permanent(bad).is_err(), "{bad:?}");
+        }
+        assert!(Identifier::permanent(&"x".repeat(129)).is_err());
+        assert_eq!(
+            Identifier::permanent("SN-1/1.2.3").expect("ok").serial(),
+            Some("SN-1")
         );
     }
 }

@@ -4,9 +4,10 @@
 //!
 //! - [`Enrollment`]: the challenge the device answers for each pending authorization:
 //!   `http-01` (SPEC §5.3) or `operator-approval-01` (SPEC §5.8: the device shows its pairing
-//!   code and waits for an operator). `device-attest-01` (an IEEE 802.1AR IDevID, from files or
-//!   a [`Signer`] in a secure element) becomes one more variant: the order flow in
-//!   [`crate::acme`] asks the variant for the challenge type it answers and calls
+//!   code and waits for an operator), or `device-attest-01` (SPEC §5.10: an IEEE 802.1AR
+//!   IDevID, from files or a [`Signer`] in a secure element, signs the key authorization). The
+//!   order flow in [`crate::acme`] asks the variant for the method of each authorization
+//!   ([`Enrollment::for_identifier`]), the challenge type it answers, and calls
 //!   [`Enrollment::prepare`] / [`Enrollment::respond_payload`]; everything else (orders,
 //!   polling, finalize, install, renewal) is shared.
 //! - [`EabCredential`]: an operator-issued external account binding for newAccount (RFC 8555
@@ -14,18 +15,19 @@
 //!   credential with pre-authorization, issue 3) needs no challenge at all, whatever the
 //!   enrollment method.
 //!
-//! [`Signer`]: crate::key::Signer
+//! [`Signer`]: crate::attest::Signer
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::attest::Idevid;
 use crate::b64;
 use crate::error::Error;
 use crate::http01::Http01Responder;
 use crate::jws;
 use crate::key::Jwk;
-use crate::types::Challenge;
+use crate::types::{Challenge, Identifier};
 
 /// The challenge type a device answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,15 @@ pub enum Enrollment {
         /// How long to wait for the operator's decision.
         wait: Duration,
     },
+    /// `device-attest-01` (SPEC §5.10): each `permanent-identifier` is proven with the IDevID
+    /// (chain and a [`crate::attest::Signer`] for its key), which signs the key authorization.
+    /// The `dns` and `ip` identifiers of the same order answer `http-01` on `http01_listen`.
+    DeviceAttest {
+        /// The IDevID chain and key.
+        idevid: Idevid,
+        /// Where the http-01 responder listens for the order's `dns` and `ip` identifiers.
+        http01_listen: SocketAddr,
+    },
 }
 
 impl Enrollment {
@@ -53,6 +64,23 @@ impl Enrollment {
         match self {
             Self::Http01 { .. } => "http-01",
             Self::OperatorApproval { .. } => "operator-approval-01",
+            Self::DeviceAttest { .. } => "device-attest-01",
+        }
+    }
+
+    /// The method that answers for `identifier`: with device attestation, a `dns` or `ip`
+    /// identifier of a mixed order is proven by http-01 (SPEC §5.1 offers device-attest-01 for
+    /// `permanent-identifier` only). Otherwise the method itself.
+    pub fn for_identifier(&self, identifier: &Identifier) -> Self {
+        match self {
+            Self::DeviceAttest { http01_listen, .. }
+                if identifier.kind != "permanent-identifier" =>
+            {
+                Self::Http01 {
+                    listen: *http01_listen,
+                }
+            }
+            other => other.clone(),
         }
     }
 
@@ -60,7 +88,7 @@ impl Enrollment {
     /// (longer) time an operator may take.
     pub(crate) fn wait_limit(&self, poll_timeout: Duration) -> Duration {
         match self {
-            Self::Http01 { .. } => poll_timeout,
+            Self::Http01 { .. } | Self::DeviceAttest { .. } => poll_timeout,
             Self::OperatorApproval { wait } => *wait,
         }
     }
@@ -113,14 +141,28 @@ impl Enrollment {
                 }
                 Ok(())
             }
+            // Nothing to run: the proof travels in the response payload.
+            Self::DeviceAttest { .. } => Ok(()),
         }
     }
 
     /// The payload POSTed to the challenge URL to ask for validation. `{}` for http-01
-    /// (RFC 8555 §7.5.1); device-attest-01 will send its attestation object here.
-    pub(crate) fn respond_payload(&self) -> Vec<u8> {
+    /// (RFC 8555 §7.5.1); device-attest-01 sends its attestation object over the key
+    /// authorization (SPEC §5.10.1).
+    pub(crate) fn respond_payload(
+        &self,
+        challenge: &Challenge,
+        account_jwk: &Jwk,
+    ) -> Result<Vec<u8>, Error> {
         match self {
-            Self::Http01 { .. } | Self::OperatorApproval { .. } => b"{}".to_vec(),
+            Self::Http01 { .. } | Self::OperatorApproval { .. } => Ok(b"{}".to_vec()),
+            Self::DeviceAttest { idevid, .. } => {
+                let token = challenge.token.as_deref().ok_or_else(|| {
+                    Error::protocol("authorization", "device-attest-01 without a token")
+                })?;
+                let ka = jws::key_authorization(token, account_jwk)?;
+                idevid.response_payload(&ka)
+            }
         }
     }
 }

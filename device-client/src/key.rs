@@ -5,9 +5,9 @@
 //! afterwards by a chmod), and never sent anywhere: only signatures and public keys leave the
 //! device.
 //!
-//! [`Signer`] is what the JWS layer needs from a key. The account key implements it here; a key
-//! in a secure element or TPM (the IDevID key of device-attest-01, SPEC §11) will implement it
-//! too, without its private half ever being in this process.
+//! [`Signer`] is what the JWS layer needs from a key. The account key implements it here. The
+//! IDevID key of device-attest-01 has its own trait, [`crate::attest::Signer`] (DER signatures
+//! over the key authorization), which a secure element or TPM can implement.
 
 use std::fmt;
 use std::path::Path;
@@ -126,7 +126,7 @@ impl Jwk {
 /// What the JWS layer needs from a key: its algorithm, its public JWK and signatures.
 ///
 /// Implemented by [`KeyPair`]. A secure element or TPM implements it for keys whose private half
-/// never enters this process (the IDevID key of device-attest-01, planned in SPEC §11).
+/// never enters this process. (The IDevID key of device-attest-01 uses [`crate::attest::Signer`].)
 pub trait Signer: Send + Sync {
     /// The JWS `alg`.
     fn jws_alg(&self) -> &'static str;

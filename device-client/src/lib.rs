@@ -9,6 +9,7 @@
 //! | [`key`]       | account and certificate keys, [`key::Signer`]                   | SPEC §3.3            |
 //! | [`acme`]      | directory, account, order flow driven by the order's status    | RFC 8555 §7          |
 //! | [`enroll`]    | how identifiers are proven ([`enroll::Enrollment`]), EAB, pairing code | SPEC §5, §6.2 |
+//! | [`attest`]    | device-attest-01: IDevID chain, [`attest::Signer`], attestation object | SPEC §5.10 |
 //! | [`http01`]    | the built-in http-01 responder                                  | SPEC §5.3            |
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
 //! | [`device`]    | enroll / install / post-install / run-forever                   |                      |
@@ -23,8 +24,8 @@
 //! thumbprint and key-authorization helpers, so the device client, the embedded client and the
 //! server agree byte for byte and run the same vectors. It owns the TLS setup (reqwest is handed
 //! a rustls config with [`trust::PinnedVerifier`]; no root store is compiled in), and its
-//! challenge handling is an enum ([`enroll::Enrollment`]: http-01 and operator-approval-01
-//! today, device-attest-01 next) that the profile's own challenge types extend with new
+//! challenge handling is an enum ([`enroll::Enrollment`]: http-01, operator-approval-01
+//! and device-attest-01) that the profile's own challenge types extend with new
 //! variants, which a general-purpose client would not let us do without forking it. The embedded client will mirror this structure without allocation.
 //!
 //! **Trust.** Exactly one anchor (SPEC §2.3). With a fingerprint, the root comes from the end
@@ -44,9 +45,11 @@
 //! and the CA's Retry-After, while the old certificate stays in use.
 
 pub mod acme;
+pub mod attest;
 mod b64;
 pub mod cert;
 pub mod config;
+mod der;
 pub mod device;
 pub mod enroll;
 pub mod error;

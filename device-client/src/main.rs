@@ -25,7 +25,8 @@ Exit codes:
   5   the CA refused a request or answered with something that is not ACME; the
       message names the ACME problem type
   6   the CA could not validate the device (the challenge failed: check that the
-      CA can reach the http-01 address and port), or the operator rejected it or did
+      CA can reach the http-01 address and port; device-attest-01: the CA's detail
+      says what it refused in the attestation), or the operator rejected it or did
       not decide in time
   7   local error: a file or directory cannot be read or written, or the http-01
       port cannot be bound
@@ -35,8 +36,9 @@ Exit codes:
   11  show: the certificate is valid but due for renewal
 
 Configuration: flags override the TOML file given with --config; the file takes the
-same names in snake_case (directory_url, root_cert, root_fingerprint, dns, ip, key,
-cert, chain, fullchain, state_dir, challenge, http01_listen, approval_timeout, eab_kid,
+same names in snake_case (directory_url, root_cert, root_fingerprint, dns, ip,
+permanent_id, key, cert, chain, fullchain, state_dir, challenge, idevid_chain,
+idevid_key, http01_listen, approval_timeout, eab_kid,
 eab_hmac, eab_hmac_file, post_install, post_install_timeout, renew_at, key_algorithm,
 account_key_algorithm, reuse_key, agree_terms, request_timeout, poll_timeout, retry_min,
 retry_max). Unknown keys are refused.";
@@ -98,6 +100,10 @@ struct Opts {
     /// IP address to certify (repeatable).
     #[arg(long, value_name = "ADDR")]
     ip: Vec<String>,
+    /// Permanent identifier to certify, the device's manufacturer serial number with an
+    /// optional assigner OID, proven with device-attest-01 (repeatable).
+    #[arg(long = "permanent-id", value_name = "SERIAL[/OID]")]
+    permanent_id: Vec<String>,
     /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem].
     #[arg(long, value_name = "PATH")]
     key: Option<PathBuf>,
@@ -113,10 +119,18 @@ struct Opts {
     /// Where the account key and state live [default: /var/lib/iiot-device-client].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Challenge to answer: http-01, or operator-approval-01 (show a pairing code and wait for
-    /// an operator) [default: http-01].
+    /// Challenge to answer: http-01, operator-approval-01 (show a pairing code and wait for
+    /// an operator), or device-attest-01 (prove --permanent-id with the IDevID; --dns/--ip of
+    /// the same order answer http-01) [default: http-01].
     #[arg(long, value_name = "TYPE")]
     challenge: Option<String>,
+    /// device-attest-01: the IDevID certificate chain (PEM: IDevID first, then intermediates).
+    #[arg(long = "idevid-chain", value_name = "FILE")]
+    idevid_chain: Option<PathBuf>,
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384); it only signs
+    /// the challenge, the certificate key is a new one.
+    #[arg(long = "idevid-key", value_name = "FILE")]
+    idevid_key: Option<PathBuf>,
     /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
     #[arg(long = "http01-listen", value_name = "ADDR")]
     http01_listen: Option<String>,
@@ -192,12 +206,15 @@ impl Opts {
             root_fingerprint: self.root_fingerprint.clone(),
             dns: some_vec(&self.dns),
             ip: some_vec(&self.ip),
+            permanent_id: some_vec(&self.permanent_id),
             key: self.key.clone(),
             cert: self.cert.clone(),
             chain: self.chain.clone(),
             fullchain: self.fullchain.clone(),
             state_dir: self.state_dir.clone(),
             challenge: self.challenge.clone(),
+            idevid_chain: self.idevid_chain.clone(),
+            idevid_key: self.idevid_key.clone(),
             http01_listen: self.http01_listen.clone(),
             approval_timeout: self.approval_timeout.clone(),
             eab_kid: self.eab_kid.clone(),
@@ -263,6 +280,15 @@ fn fail(e: &Error) -> ExitCode {
                 "device-client: hint: the CA must reach this device on the challenge port it is \
              configured to dial (http-01: port 80 unless the operator changed it, SPEC §5.5); \
              check --http01-listen, firewalls and the identifiers' addresses"
+            )
+        }
+        ErrorKind::Validation
+            if e.problem().map(|p| p.kind()) == Some(ProblemType::BadAttestationStatement) =>
+        {
+            eprintln!(
+                "device-client: hint: the CA refused the IDevID attestation (SPEC §5.10.3): \
+                 check that the manufacturer's root is a trust anchor on the CA \
+                 (`ca-server trust-anchor list`) and that --permanent-id is the IDevID's serial"
             )
         }
         ErrorKind::Trust => eprintln!(

@@ -49,7 +49,7 @@ pub struct DirectoryMeta {
 /// An identifier object (RFC 8555 §7.1.4, RFC 8738 §3).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Identifier {
-    /// `dns`, `ip`, and later `permanent-identifier` (SPEC §11).
+    /// `dns`, `ip` or `permanent-identifier` (SPEC §4.5).
     #[serde(rename = "type")]
     pub kind: String,
     /// The value, in the canonical form of SPEC §4.
@@ -87,11 +87,76 @@ impl Identifier {
         })
     }
 
-    /// Parses the CLI/config form: `dns:NAME`, `ip:ADDR`, or a bare value (an address is `ip`,
+    /// A `permanent-identifier` (SPEC §4.5): `SERIAL` or `SERIAL/ASSIGNER-OID`, kept octet for
+    /// octet (never normalised). Values the CA would refuse (`malformed` or
+    /// `rejectedIdentifier`) are refused here, with the reason.
+    pub fn permanent(value: &str) -> Result<Self, Error> {
+        check_permanent(value)
+            .map_err(|e| Error::Config(format!("permanent-identifier {value:?}: {e}")))?;
+        Ok(Self {
+            kind: "permanent-identifier".into(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// For a `permanent-identifier`, its serial (the part before `/`).
+    pub fn serial(&self) -> Option<&str> {
+        (self.kind == "permanent-identifier").then(|| self.value.split('/').next().unwrap_or(""))
+    }
+
+    /// The subjectAltName GeneralName for this identifier (DER), as SPEC §8.2 puts it into
+    /// certificates: `[2] dNSName`, `[7] iPAddress`, or `[0] otherName` PermanentIdentifier
+    /// (RFC 4043: `SEQUENCE { identifierValue UTF8String, assigner OID OPTIONAL }`).
+    pub(crate) fn general_name_der(&self) -> Result<Vec<u8>, Error> {
+        use crate::der;
+        match self.kind.as_str() {
+            "dns" => Ok(der::tlv(der::DNS_NAME, self.value.as_bytes())),
+            "ip" => {
+                let ip: IpAddr = self
+                    .value
+                    .parse()
+                    .map_err(|_| Error::Config(format!("{self}: not an IP address")))?;
+                let octets = match ip {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                Ok(der::tlv(der::IP_ADDRESS, &octets))
+            }
+            "permanent-identifier" => {
+                let (serial, assigner) = match self.value.split_once('/') {
+                    Some((s, a)) => (s, Some(a)),
+                    None => (self.value.as_str(), None),
+                };
+                let mut fields = der::tlv(der::UTF8_STRING, serial.as_bytes());
+                if let Some(a) = assigner {
+                    let arcs = a
+                        .split('.')
+                        .map(str::parse)
+                        .collect::<Result<Vec<u64>, _>>()
+                        .map_err(|_| Error::Config(format!("{self}: bad assigner OID")))?;
+                    der::write(&mut fields, der::OID, &der::oid_content(&arcs));
+                }
+                let value = der::tlv(der::SEQUENCE, &fields);
+                let mut other =
+                    der::tlv(der::OID, &der::oid_content(&der::PERMANENT_IDENTIFIER_ARCS));
+                der::write(&mut other, der::CONTEXT_0, &value);
+                Ok(der::tlv(der::CONTEXT_0, &other))
+            }
+            other => Err(Error::Config(format!(
+                "identifier type {other} cannot go into a CSR"
+            ))),
+        }
+    }
+
+    /// Parses the CLI/config form: `dns:NAME`, `ip:ADDR`, `permanent-identifier:SERIAL[/OID]`,
+    /// or a bare value (an address is `ip`,
     /// anything else `dns`).
     pub fn parse(text: &str) -> Result<Self, Error> {
         if let Some(name) = text.strip_prefix("dns:") {
             return Self::dns(name);
+        }
+        if let Some(value) = text.strip_prefix("permanent-identifier:") {
+            return Self::permanent(value);
         }
         if let Some(addr) = text.strip_prefix("ip:") {
             let ip: IpAddr = addr
@@ -104,6 +169,71 @@ impl Identifier {
             Err(_) => Self::dns(text),
         }
     }
+}
+
+/// Checks a `permanent-identifier` value against SPEC §4.5: the draft's ABNF (else
+/// `malformed`), then what the CA certifies (no control characters, serial and assigner at most
+/// 128 octets, 64-bit arcs; else `rejectedIdentifier`). The error starts with the problem the CA
+/// would answer.
+fn check_permanent(value: &str) -> Result<(), String> {
+    let malformed = |why: String| Err(format!("malformed: {why}"));
+    let rejected = |why: String| Err(format!("rejectedIdentifier: {why}"));
+    let (serial, assigner) = match value.split_once('/') {
+        Some((s, a)) => (s, Some(a)),
+        None => (value, None),
+    };
+    if serial.is_empty() {
+        return malformed("the serial is empty".into());
+    }
+    if let Some(a) = assigner {
+        let parts: Vec<&str> = a.split('.').collect();
+        let grammar = parts.len() >= 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !(p.len() > 1 && p.starts_with('0'))
+            })
+            && match parts[0] {
+                "0" | "1" => parts[1].len() <= 2 && parts[1].parse::<u8>().is_ok_and(|n| n <= 39),
+                "2" => true,
+                _ => false,
+            };
+        if !grammar {
+            return malformed(format!(
+                "the part after \"/\" must be a dotted-decimal assigner OID such as \
+                 1.3.6.1.4.1.32473, not {a:?}"
+            ));
+        }
+    }
+    if let Some(c) = serial.chars().find(|c| c.is_control()) {
+        return rejected(format!(
+            "the serial contains the control character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    if serial.len() > 128 {
+        return rejected(format!(
+            "the serial is {} octets; the CA certifies at most 128",
+            serial.len()
+        ));
+    }
+    if let Some(a) = assigner {
+        if a.len() > 128 {
+            return rejected(format!(
+                "the assigner is {} octets; the CA accepts at most 128",
+                a.len()
+            ));
+        }
+        let parts: Vec<&str> = a.split('.').collect();
+        let fits = parts.iter().all(|p| p.parse::<u64>().is_ok())
+            && (parts[0] != "2" || parts[1].parse::<u64>().is_ok_and(|n| n <= u64::MAX - 80));
+        if !fits {
+            return rejected(format!(
+                "the assigner {a} has an arc above 2^64-1, which the CA does not support"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Identifier {
@@ -216,7 +346,7 @@ pub enum ChallengeStatus {
 /// A challenge object (RFC 8555 §7.1.5, §8).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Challenge {
-    /// `http-01`, `tls-alpn-01`, later `device-attest-01` (SPEC §11).
+    /// `http-01`, `tls-alpn-01`, `device-attest-01`, ...
     #[serde(rename = "type")]
     pub kind: String,
     /// Where to POST to trigger it.

@@ -226,6 +226,7 @@ fn identifiers() {
         let got = match s(&v.input, "type")? {
             "dns" => Identifier::dns(value),
             "ip" => Identifier::ip_text(value),
+            "permanent-identifier" => Identifier::permanent(value),
             other => return Err(format!("type {other}")),
         };
         match (

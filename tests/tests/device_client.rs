@@ -571,8 +571,7 @@ fn enrolls_with_external_account_binding() {
     let out = device.run(
         "enroll",
         &[
-            "--eab-kid",
-            &creds.kid,
+            &format!("--eab-kid={}", creds.kid),
             "--eab-hmac",
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ],
@@ -811,7 +810,10 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
         &["plc-1.line-9.plant.test"],
     );
     device.listen = "192.0.2.1:80".to_owned();
-    let out = device.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    // `--flag=value`: a base64url key or id may start with `-`, which clap would take for a flag.
+    let eab = [format!("--eab-kid={kid}"), format!("--eab-hmac={hmac}")];
+    let eab: Vec<&str> = eab.iter().map(String::as_str).collect();
+    let out = device.run("enroll", &eab);
     expect_code(
         &out,
         0,
@@ -828,7 +830,290 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
         &["plc-1.line-10.plant.test"],
     );
     other.listen = "192.0.2.1:80".to_owned();
-    let out = other.run("enroll", &["--eab-kid", kid, "--eab-hmac", hmac]);
+    let out = other.run("enroll", &eab);
     expect_code(&out, 5, "identifier outside the allow-list", &server.logs());
     assert!(out.stderr.contains("rejectedIdentifier"), "{}", out.stderr);
+}
+
+/// A test manufacturer's IDevID CA (a self-signed root), made fresh for each test.
+struct Manufacturer {
+    root_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Manufacturer {
+    fn new(cn: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Example Devices Test");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(9999, 1, 1);
+        let root = p.self_signed(&key).expect("manufacturer root");
+        Self {
+            root_pem: root.pem(),
+            issuer: rcgen::Issuer::new(p, key),
+        }
+    }
+
+    /// Writes an IDevID (subject serialNumber = `serial`, IEEE 802.1AR) with a key of `alg`
+    /// into `dir`, and returns the chain and key files.
+    fn idevid(
+        &self,
+        dir: &Path,
+        serial: &str,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, DnValue, IsCa, KeyUsagePurpose};
+        let key = rcgen::KeyPair::generate_for(alg).expect("key");
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Example Devices Test");
+        p.distinguished_name.push(DnType::CommonName, "PLC IDevID");
+        p.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            DnValue::PrintableString(serial.try_into().expect("printable serial")),
+        );
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(9999, 12, 31);
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer).expect("IDevID");
+        fs::create_dir_all(dir).expect("idevid dir");
+        let chain = dir.join("idevid-chain.pem");
+        let key_path = dir.join("idevid-key.pem");
+        fs::write(&chain, cert.pem()).expect("write chain");
+        fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (chain, key_path)
+    }
+
+    /// Installs the root as a trust anchor with `ca-server trust-anchor add`.
+    fn trust(&self, server: &CaServer, name: &str, assigner: Option<&str>) {
+        let path = server.data_dir().join(format!("{name}-root.pem"));
+        fs::write(&path, &self.root_pem).expect("write root");
+        let path = path.to_str().expect("utf-8 path");
+        let mut args = vec!["trust-anchor", "add", "--name", name];
+        if let Some(a) = assigner {
+            args.extend(["--assigner", a]);
+        }
+        args.push(path);
+        let out = operator(server, &args);
+        assert!(out.contains(name), "{out}");
+    }
+}
+
+/// A device that proves `serial` with device-attest-01 using the IDevID files.
+fn attesting_device(server: &CaServer, serial: &str, idevid: &(PathBuf, PathBuf)) -> Device {
+    let mut device = Device::for_server(server, Pin::RootFile(server.root_pem_path()), &[]);
+    device.extra = vec![
+        "--challenge".into(),
+        "device-attest-01".into(),
+        "--idevid-chain".into(),
+        idevid.0.display().to_string(),
+        "--idevid-key".into(),
+        idevid.1.display().to_string(),
+        "--permanent-id".into(),
+        serial.into(),
+    ];
+    device
+}
+
+/// The DER of the first certificate in a PEM file.
+fn first_cert_der(path: &Path) -> Vec<u8> {
+    use base64::Engine as _;
+    let pem = fs::read_to_string(path).expect("certificate");
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("base64")
+}
+
+/// SPEC §8.2: GeneralName otherName PermanentIdentifier { identifierValue UTF8String, assigner
+/// OID (given as its DER content) if any } for a short serial.
+fn permanent_identifier_general_name(serial: &str, assigner: Option<&[u8]>) -> Vec<u8> {
+    let mut value = [&[0x0c, serial.len() as u8], serial.as_bytes()].concat();
+    if let Some(oid) = assigner {
+        value.extend([0x06, oid.len() as u8]);
+        value.extend_from_slice(oid);
+    }
+    let seq = [&[0x30, value.len() as u8], &value[..]].concat();
+    let explicit = [&[0xa0, seq.len() as u8], &seq[..]].concat();
+    let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x03];
+    let other = [&oid[..], &explicit[..]].concat();
+    [&[0xa0, other.len() as u8], &other[..]].concat()
+}
+
+fn openssl_text(path: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
+        .arg(path)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl x509 failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let maker = Manufacturer::new("Example Devices Root");
+    maker.trust(&server, "example-devices", None);
+
+    // permanent-identifier alone, IDevID key P-256.
+    let serial = "SN-4711";
+    let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
+    let idevid = maker.idevid(scratch.path(), serial, &rcgen::PKCS_ECDSA_P256_SHA256);
+    let device = attesting_device(&server, serial, &idevid);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll by device-attest-01", &server.logs());
+    verify_issued(&server, &device);
+    let der = first_cert_der(&device.cert());
+    let general_name = permanent_identifier_general_name(serial, None);
+    assert!(
+        der.windows(general_name.len()).any(|w| w == general_name),
+        "the certificate carries the PermanentIdentifier otherName"
+    );
+    let text = openssl_text(&device.cert());
+    assert!(text.contains(&format!("CN = {serial}")), "{text}");
+    // The certificate key is new, not the IDevID key.
+    assert_ne!(
+        fs::read(device.key()).expect("key"),
+        fs::read(&idevid.1).expect("idevid key")
+    );
+    let show = device.run("show", &[]);
+    expect_code(&show, 0, "show", "");
+    assert!(
+        show.stdout
+            .contains(&format!("identifiers  permanent-identifier:{serial}")),
+        "{}",
+        show.stdout
+    );
+    // A valid certificate for the permanent identifier is kept.
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "second enroll", &server.logs());
+    assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
+
+    // Mixed with an ip identifier (answered by http-01), IDevID key P-384.
+    let serial = "SN-4712";
+    let idevid = maker.idevid(scratch.path(), serial, &rcgen::PKCS_ECDSA_P384_SHA384);
+    let mut device = attesting_device(&server, serial, &idevid);
+    device.ip.push("127.0.0.1".to_owned());
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll mixed", &server.logs());
+    verify_issued(&server, &device);
+    let der = first_cert_der(&device.cert());
+    let general_name = permanent_identifier_general_name(serial, None);
+    assert!(der.windows(general_name.len()).any(|w| w == general_name));
+    let text = openssl_text(&device.cert());
+    assert!(text.contains(&format!("CN = {serial}")), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    let show = device.run("show", &[]);
+    expect_code(&show, 0, "show mixed", "");
+    assert!(
+        show.stdout.contains(&format!(
+            "identifiers  ip:127.0.0.1, permanent-identifier:{serial}"
+        )),
+        "{}",
+        show.stdout
+    );
+
+    // With an assigner: the manufacturer's anchor is configured with its OID (SPEC §5.10.4),
+    // and the certificate's PermanentIdentifier carries it.
+    let pen = Manufacturer::new("Example PEN Devices Root");
+    pen.trust(&server, "example-pen", Some("1.3.6.1.4.1.32473"));
+    let idevid = pen.idevid(
+        &scratch.path().join("pen"),
+        "SN-4713",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let device = attesting_device(&server, "SN-4713/1.3.6.1.4.1.32473", &idevid);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll with an assigner", &server.logs());
+    let general_name = permanent_identifier_general_name(
+        "SN-4713",
+        Some(&[0x2b, 0x06, 0x01, 0x04, 0x01, 0x81, 0xfd, 0x59]),
+    );
+    let der = first_cert_der(&device.cert());
+    assert!(der.windows(general_name.len()).any(|w| w == general_name));
+    assert!(openssl_text(&device.cert()).contains("CN = SN-4713"));
+}
+
+#[test]
+fn device_attestation_failures_are_reported_with_the_cas_detail() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let trusted = Manufacturer::new("Trusted Devices Root");
+    trusted.trust(&server, "trusted", None);
+    let untrusted = Manufacturer::new("Unknown Devices Root");
+    let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
+
+    // An IDevID from a manufacturer the CA does not trust: validation failed (6).
+    let idevid = untrusted.idevid(
+        &scratch.path().join("untrusted"),
+        "SN-1",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let device = attesting_device(&server, "SN-1", &idevid);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 6, "untrusted manufacturer", &server.logs());
+    assert!(
+        out.stderr.contains("badAttestationStatement"),
+        "{}",
+        out.tails()
+    );
+    assert!(out.stderr.contains("trust anchor"), "{}", out.tails());
+    assert!(!device.cert().exists());
+
+    // An IDevID for another serial than the ordered identifier.
+    let idevid = trusted.idevid(
+        &scratch.path().join("other-serial"),
+        "SN-2",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let device = attesting_device(&server, "SN-3", &idevid);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 6, "serial mismatch", &server.logs());
+    assert!(
+        out.stderr.contains("does not match the ordered identifier"),
+        "{}",
+        out.tails()
+    );
+
+    // Local mistakes are caught before the CA is asked: a key that is not the IDevID's (2),
+    // a missing chain file (7).
+    let other = trusted.idevid(
+        &scratch.path().join("another"),
+        "SN-3",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let device = attesting_device(&server, "SN-3", &(idevid.0.clone(), other.1.clone()));
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 2, "key of another IDevID", "");
+    assert!(out.stderr.contains("does not belong"), "{}", out.tails());
+    let device = attesting_device(
+        &server,
+        "SN-3",
+        &(scratch.path().join("missing.pem"), other.1.clone()),
+    );
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 7, "missing IDevID chain", "");
+    assert!(out.stderr.contains("missing.pem"), "{}", out.tails());
 }
