@@ -19,7 +19,7 @@ levels=(${levels[*]})
 run_timeout=${BENCH_RUN_TIMEOUT:-180}
 
 ./scripts/install-test-deps.sh >/dev/null
-cargo build --release --locked -p ca-server -p iiot-acme-tests --bin ca-server --bin loadgen >/dev/null
+cargo build --release --locked -q -p ca-server -p iiot-acme-tests --bin ca-server --bin loadgen
 bin=target/release
 work=$(mktemp -d /tmp/iiot-bench.XXXXXX)
 pids=()
@@ -37,9 +37,16 @@ wait_https() { # url cafile
 
 # --- Pebble -----------------------------------------------------------------------------------
 mkdir -p "$work/pebble"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -keyout "$work/pebble/key.pem" -out "$work/pebble/cert.pem" 2>/dev/null
+# Pebble ships no TLS certificate: a throwaway CA and a server certificate for 127.0.0.1 (a
+# self-signed CA:TRUE certificate cannot be the server's own, webpki refuses it as end entity).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$work/pebble/ca.key" -out "$work/pebble/ca.pem" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$work/pebble/key.pem" -out "$work/pebble/req.pem" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    >"$work/pebble/ext.cnf"
+openssl x509 -req -in "$work/pebble/req.pem" -CA "$work/pebble/ca.pem" -CAkey "$work/pebble/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/pebble/ext.cnf" -out "$work/pebble/cert.pem" 2>/dev/null
 pp=$(free_port); pm=$(free_port)
 cat >"$work/pebble/config.json" <<JSON
 {"pebble": {"listenAddress": "127.0.0.1:$pp", "managementListenAddress": "127.0.0.1:$pm",
@@ -50,7 +57,7 @@ JSON
 PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 \
     pebble -config "$work/pebble/config.json" >"$work/pebble/log" 2>&1 &
 pebble_pid=$!; pids+=("$pebble_pid")
-wait_https "https://127.0.0.1:$pp/dir" "$work/pebble/cert.pem"
+wait_https "https://127.0.0.1:$pp/dir" "$work/pebble/ca.pem"
 
 # --- ca-server ----------------------------------------------------------------------------------
 cp_=$(free_port)
@@ -72,7 +79,7 @@ run() { # name directory cafile pid concurrency
 }
 
 for c in "${levels[@]}"; do
-    run pebble "https://127.0.0.1:$pp/dir" "$work/pebble/cert.pem" "$pebble_pid" "$c" >"$work/res-pebble-$c.json"
+    run pebble "https://127.0.0.1:$pp/dir" "$work/pebble/ca.pem" "$pebble_pid" "$c" >"$work/res-pebble-$c.json"
     run iiot "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem" "$ca_pid" "$c" >"$work/res-iiot-$c.json"
 done
 python3 - "$work" "${levels[@]}" <<'PY'
