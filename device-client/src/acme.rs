@@ -13,15 +13,26 @@ use tokio::time::Instant;
 
 use crate::b64;
 use crate::enroll::{ChallengeSession, EabCredential, Enrollment};
-use crate::error::Error;
+use crate::error::{Error, ProblemType};
 use crate::jws::{self, KeyRef};
 use crate::key::Signer;
 use crate::transport::{Response, Transport};
 use crate::trust::TrustAnchor;
 use crate::types::{
     Authorization, AuthorizationStatus, ChallengeStatus, Directory, Finalize, Identifier,
-    NewAccount, NewOrder, Order, OrderStatus,
+    NewAccount, NewOrder, Order, OrderStatus, RenewalInfo,
 };
+
+/// A suggested renewal window (RFC 9773 §4.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenewalWindow {
+    /// Start of the window.
+    pub start: time::OffsetDateTime,
+    /// End of the window.
+    pub end: time::OffsetDateTime,
+    /// When the CA wants to be asked again.
+    pub retry_after: Option<Duration>,
+}
 
 /// Shortest wait between two polls, whatever Retry-After says.
 const MIN_POLL: Duration = Duration::from_millis(500);
@@ -60,6 +71,34 @@ impl AcmeClient {
     /// The CA's directory.
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// The CA's suggested renewal window for the certificate `cert_id` (RFC 9773 §4.2) and its
+    /// Retry-After; `None` if the CA offers no renewal information.
+    pub async fn renewal_window(&self, cert_id: &str) -> Result<Option<RenewalWindow>, Error> {
+        let Some(base) = &self.directory.renewal_info else {
+            return Ok(None);
+        };
+        let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
+        let resp = self.transport.get(&url, "renewalInfo").await?;
+        let info: RenewalInfo = resp.json("renewalInfo")?;
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| Error::protocol("renewalInfo", format!("bad time {t:?}: {e}")))
+        };
+        let start = parse(&info.suggested_window.start)?;
+        let end = parse(&info.suggested_window.end)?;
+        if end < start {
+            return Err(Error::protocol(
+                "renewalInfo",
+                "the suggested window ends before it starts",
+            ));
+        }
+        Ok(Some(RenewalWindow {
+            start,
+            end,
+            retry_after: resp.retry_after,
+        }))
     }
 
     async fn post(
@@ -127,27 +166,49 @@ impl AcmeClient {
     /// Orders a certificate for `identifiers`, satisfies its authorizations with `enrollment`,
     /// finalizes with `csr_der`, and returns the PEM chain (leaf first). Each wait (validation,
     /// issuance) gives up after `poll_timeout`.
+    ///
+    /// `replaces` is the ARI identifier of the certificate being renewed (RFC 9773 §5); it is
+    /// sent only if the CA offers renewal information. If the CA answers `alreadyReplaced` (an
+    /// earlier renewal whose certificate never got installed), the order is placed again once
+    /// without it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue(
         &self,
         key: &dyn Signer,
         account_url: &str,
         identifiers: &[Identifier],
+        replaces: Option<&str>,
         enrollment: &Enrollment,
         csr_der: &[u8],
         poll_timeout: Duration,
     ) -> Result<String, Error> {
         let kid = KeyRef::Kid(account_url);
-        let payload = serde_json::to_vec(&NewOrder { identifiers })
-            .map_err(|e| Error::Crypto(format!("cannot serialize newOrder: {e}")))?;
-        let resp = self
-            .post(
-                key,
-                kid,
-                &self.directory.new_order,
-                Some(&payload),
-                "newOrder",
-            )
-            .await?;
+        let replaces = replaces.filter(|_| self.directory.renewal_info.is_some());
+        let new_order = |replaces| {
+            serde_json::to_vec(&NewOrder {
+                identifiers,
+                replaces,
+            })
+            .map_err(|e| Error::Crypto(format!("cannot serialize newOrder: {e}")))
+        };
+        let url = &self.directory.new_order;
+        let resp = match self
+            .post(key, kid, url, Some(&new_order(replaces)?), "newOrder")
+            .await
+        {
+            Err(Error::Problem { problem, .. })
+                if replaces.is_some() && problem.kind() == ProblemType::AlreadyReplaced =>
+            {
+                tracing::warn!(
+                    replaces = replaces.unwrap_or_default(),
+                    "the CA says the certificate was already replaced ({problem}); ordering \
+                     without replaces"
+                );
+                self.post(key, kid, url, Some(&new_order(None)?), "newOrder")
+                    .await?
+            }
+            other => other?,
+        };
         let order_url = resp.location("newOrder")?;
         let mut order: Order = resp.json("newOrder")?;
         let mut retry_after = resp.retry_after;

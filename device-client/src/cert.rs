@@ -32,6 +32,10 @@ pub struct CertInfo {
     pub identifiers: Vec<Identifier>,
     /// The DER SubjectPublicKeyInfo's public key bits (for comparing with the key file).
     pub public_key: Vec<u8>,
+    /// The ACME Renewal Information certificate identifier (RFC 9773 §4.1):
+    /// `base64url(AKI keyIdentifier) "." base64url(serial)`; `None` without an AKI key
+    /// identifier.
+    pub cert_id: Option<String>,
 }
 
 impl CertInfo {
@@ -76,6 +80,16 @@ impl CertInfo {
         }
         identifiers.sort();
         identifiers.dedup();
+        let aki = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
+        let cert_id = aki.map(|aki| ari_cert_id(&aki, cert.raw_serial()));
         Ok(Self {
             serial: hex(cert.raw_serial()),
             subject: cert.subject().to_string(),
@@ -84,6 +98,7 @@ impl CertInfo {
             not_after: cert.validity().not_after.to_datetime(),
             identifiers,
             public_key: cert.public_key().subject_public_key.data.to_vec(),
+            cert_id,
         })
     }
 
@@ -95,6 +110,16 @@ impl CertInfo {
         // Whole seconds, like the certificate's own times.
         at.replace_nanosecond(0).unwrap_or(at)
     }
+}
+
+/// The ARI certificate identifier (RFC 9773 §4.1) from the AKI keyIdentifier and the serial's
+/// DER content octets (a leading zero octet included).
+pub fn ari_cert_id(aki_key_id: &[u8], serial_content: &[u8]) -> String {
+    format!(
+        "{}.{}",
+        crate::b64::encode(aki_key_id),
+        crate::b64::encode(serial_content)
+    )
 }
 
 /// Where the installed certificate stands.

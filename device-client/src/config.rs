@@ -217,6 +217,7 @@ impl FileConfig {
             fullchain_path: self.fullchain.clone(),
             state_dir,
             renew_at,
+            renew_at_configured: self.renew_at.is_some(),
         })
     }
 
@@ -412,6 +413,9 @@ pub struct LocalSettings {
     pub state_dir: PathBuf,
     /// Fraction of the lifetime after which to renew.
     pub renew_at: f64,
+    /// Whether `renew_at` was configured (not the default): then it also bounds a later ACME
+    /// Renewal Information window (RFC 9773), which otherwise replaces it.
+    pub renew_at_configured: bool,
 }
 
 /// Everything the client needs, checked.

@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::acme::AcmeClient;
+use crate::acme::{AcmeClient, RenewalWindow};
 use crate::cert::{self, rfc3339, CertInfo, CertStatus};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
@@ -24,6 +24,33 @@ use crate::types::Identifier;
 /// deleted or replaced certificate is noticed, and a suspended device that wakes up late does
 /// not oversleep its renewal by more than this.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How soon renewal information is asked for again after a failed request without Retry-After.
+const ARI_RETRY_AFTER_ERROR: Duration = Duration::from_secs(15 * 60);
+
+/// What the CA's renewal information says for the installed certificate.
+#[derive(Clone, Debug)]
+struct AriPlan {
+    /// The certificate it is about.
+    serial: String,
+    /// The suggested window, if the CA gave one.
+    window: Option<(OffsetDateTime, OffsetDateTime)>,
+    /// The renewal time picked in it.
+    renew_at: Option<OffsetDateTime>,
+    /// When to ask again.
+    next_check: OffsetDateTime,
+}
+
+/// The ARI identifier of the certificate a new order replaces: the installed one while it is
+/// still valid. An expired, missing or unusable certificate is not replaced but enrolled anew.
+fn replaced(status: &CertStatus) -> Option<String> {
+    match status {
+        CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. } => {
+            info.cert_id.clone()
+        }
+        _ => None,
+    }
+}
 
 /// What `enroll` did.
 #[derive(Debug)]
@@ -94,7 +121,8 @@ impl Device {
     }
 
     /// One-shot enrollment: gets and installs a certificate unless the installed one is still
-    /// valid and not due for renewal (or `force`).
+    /// valid and not due for renewal (or `force`). Renewing a certificate that is still valid
+    /// names it in `replaces` (RFC 9773 §5); an expired one is simply enrolled again.
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
         let status = self.status()?;
         if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
@@ -104,17 +132,109 @@ impl Device {
             });
         }
         tracing::info!(certificate = %status, "requesting a certificate");
-        self.issue_and_install()
+        self.issue_and_install_replacing(replaced(&status).as_deref())
             .await
             .map(|i| EnrollOutcome::Installed(Box::new(i)))
     }
 
-    /// Runs forever: keeps a valid certificate installed, renewing at the configured point and
-    /// retrying failures with exponential backoff and jitter, honouring Retry-After. Returns only
-    /// for configuration errors, which need the operator.
+    /// The CA's suggested renewal window for `info` (RFC 9773 §4.2); `None` if the CA offers
+    /// no renewal information or the certificate has no ARI identifier.
+    pub async fn renewal_window(&self, info: &CertInfo) -> Result<Option<RenewalWindow>, Error> {
+        let Some(id) = &info.cert_id else {
+            return Ok(None);
+        };
+        let s = &self.s;
+        let client =
+            AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
+        client.renewal_window(id).await
+    }
+
+    /// Asks for the renewal window of `info` and decides when to renew by it. A failure keeps
+    /// the last known plan for the same certificate, or falls back to the lifetime fraction.
+    async fn refresh_plan(
+        &self,
+        info: &CertInfo,
+        old: Option<AriPlan>,
+        now: OffsetDateTime,
+    ) -> AriPlan {
+        let old = old.filter(|o| o.serial == info.serial);
+        match self.renewal_window(info).await {
+            Ok(Some(w)) => {
+                let window = (w.start, w.end);
+                let kept = old
+                    .as_ref()
+                    .filter(|o| o.window == Some(window))
+                    .and_then(|o| o.renew_at);
+                let renew_at = kept.unwrap_or_else(|| {
+                    let at = schedule::ari_renewal_time(w.start, w.end, now, schedule::jitter());
+                    tracing::info!(
+                        serial = %info.serial,
+                        "renewal information: suggested window {} to {}; renewing at {}",
+                        rfc3339(w.start),
+                        rfc3339(w.end),
+                        rfc3339(at)
+                    );
+                    at
+                });
+                let recheck = schedule::ari_recheck(w.retry_after, schedule::ARI_RECHECK_MAX);
+                AriPlan {
+                    serial: info.serial.clone(),
+                    window: Some(window),
+                    renew_at: Some(renew_at),
+                    next_check: now + recheck,
+                }
+            }
+            Ok(None) => {
+                if old.is_none() {
+                    tracing::info!(
+                        "the CA offers no renewal information; renewing at {:.0}% of the \
+                         lifetime",
+                        self.s.local.renew_at * 100.0
+                    );
+                }
+                AriPlan {
+                    serial: info.serial.clone(),
+                    window: None,
+                    renew_at: None,
+                    next_check: now + schedule::ARI_RECHECK_MAX,
+                }
+            }
+            Err(e) => {
+                let recheck = schedule::ari_recheck(e.retry_after(), ARI_RETRY_AFTER_ERROR);
+                let (window, renew_at) = match &old {
+                    Some(o) if o.renew_at.is_some() => (o.window, o.renew_at),
+                    _ => (None, None),
+                };
+                let fallback = match renew_at {
+                    Some(at) => format!("keeping the last suggested renewal time {}", rfc3339(at)),
+                    None => format!(
+                        "renewing at {:.0}% of the lifetime",
+                        self.s.local.renew_at * 100.0
+                    ),
+                };
+                tracing::warn!(
+                    "cannot get renewal information ({e}); {fallback}; asking again in {}s",
+                    recheck.as_secs()
+                );
+                AriPlan {
+                    serial: info.serial.clone(),
+                    window,
+                    renew_at,
+                    next_check: now + recheck,
+                }
+            }
+        }
+    }
+
+    /// Runs forever: keeps a valid certificate installed, renewing when the CA's renewal
+    /// information (RFC 9773) says, or at the configured point of the lifetime if the CA offers
+    /// none, and retrying failures with exponential backoff and jitter, honouring Retry-After.
+    /// An expired certificate (a device that was offline longer than its lifetime) is enrolled
+    /// again. Returns only for configuration errors, which need the operator.
     pub async fn run(&self) -> Result<Infallible, Error> {
         let mut failures = 0u32;
         let mut announced: Option<OffsetDateTime> = None;
+        let mut plan: Option<AriPlan> = None;
         loop {
             let status = match self.status() {
                 Ok(s) => s,
@@ -124,24 +244,63 @@ impl Device {
                     continue;
                 }
             };
-            if let CertStatus::Valid { info, renew_at } = &status {
-                if announced != Some(*renew_at) {
-                    tracing::info!(
-                        serial = %info.serial,
-                        not_after = %rfc3339(info.not_after),
-                        "certificate valid; next renewal at {}",
-                        rfc3339(*renew_at)
-                    );
-                    announced = Some(*renew_at);
+            if let CertStatus::Valid { info, renew_at }
+            | CertStatus::RenewalDue { info, renew_at } = &status
+            {
+                let now = OffsetDateTime::now_utc();
+                let p = match plan.take() {
+                    Some(p) if p.serial == info.serial && now < p.next_check => p,
+                    old => self.refresh_plan(info, old, now).await,
+                };
+                // The CA's time wins; a renew_at the operator configured still bounds it.
+                let due = match p.renew_at {
+                    Some(ari) if self.s.local.renew_at_configured => ari.min(*renew_at),
+                    Some(ari) => ari,
+                    None => *renew_at,
+                };
+                let next_check = p.next_check;
+                let by_ari = p.renew_at.is_some_and(|a| a == due);
+                plan = Some(p);
+                let now = OffsetDateTime::now_utc();
+                if now < due {
+                    if announced != Some(due) {
+                        tracing::info!(
+                            serial = %info.serial,
+                            not_after = %rfc3339(info.not_after),
+                            "certificate valid; next renewal at {} ({})",
+                            rfc3339(due),
+                            if by_ari {
+                                "by the CA's renewal information"
+                            } else {
+                                "by the lifetime fraction"
+                            }
+                        );
+                        announced = Some(due);
+                    }
+                    let left = Duration::try_from(due - now).unwrap_or(Duration::ZERO);
+                    let check = Duration::try_from(next_check - now).unwrap_or(Duration::ZERO);
+                    tokio::time::sleep(left.min(check).min(MAX_SLEEP)).await;
+                    continue;
                 }
-                let left = *renew_at - OffsetDateTime::now_utc();
-                let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-                tokio::time::sleep(left.min(MAX_SLEEP)).await;
-                continue;
+                tracing::info!(
+                    serial = %info.serial,
+                    "renewal due at {} ({}); renewing",
+                    rfc3339(due),
+                    if by_ari {
+                        "by the CA's renewal information"
+                    } else {
+                        "by the lifetime fraction"
+                    }
+                );
+            } else {
+                tracing::info!(certificate = %status, "requesting a certificate");
             }
-            tracing::info!(certificate = %status, "requesting a certificate");
-            match self.issue_and_install().await {
+            match self
+                .issue_and_install_replacing(replaced(&status).as_deref())
+                .await
+            {
                 Ok(installed) => {
+                    plan = None;
                     if let Some(e) = &installed.post_install_error {
                         tracing::error!("certificate installed, but {e}");
                     }
@@ -200,6 +359,15 @@ impl Device {
 
     /// Gets a new certificate from the CA and installs it, whatever the installed one's status.
     pub async fn issue_and_install(&self) -> Result<Installed, Error> {
+        self.issue_and_install_replacing(None).await
+    }
+
+    /// [`Self::issue_and_install`], naming the certificate it replaces by its ARI identifier
+    /// (RFC 9773 §5) if there is one.
+    pub async fn issue_and_install_replacing(
+        &self,
+        replaces: Option<&str>,
+    ) -> Result<Installed, Error> {
         let s = &self.s;
         let l = &s.local;
         files::create_private_dir(&l.state_dir)?;
@@ -241,6 +409,7 @@ impl Device {
                     &account_key,
                     &account_url,
                     &l.identifiers,
+                    replaces,
                     &s.enrollment,
                     &csr,
                     s.poll_timeout,

@@ -309,6 +309,8 @@ problem_types! {
     AccountDoesNotExist = "accountDoesNotExist",
     /// The certificate is already revoked.
     AlreadyRevoked = "alreadyRevoked",
+    /// The certificate named in `replaces` was already replaced (RFC 9773 §7.4).
+    AlreadyReplaced = "alreadyReplaced",
     /// An attestation statement was refused (draft-ietf-acme-device-attest).
     BadAttestationStatement = "badAttestationStatement",
     /// The CSR was refused.

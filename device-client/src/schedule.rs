@@ -44,6 +44,37 @@ impl Backoff {
     }
 }
 
+/// Shortest wait before asking for renewal information again, whatever Retry-After says.
+pub const ARI_RECHECK_MIN: Duration = Duration::from_secs(60);
+/// Longest wait before asking for renewal information again (RFC 9773 §4.3 asks clients to
+/// poll at least daily; a window the operator pulls forward is seen within this).
+pub const ARI_RECHECK_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// When to ask for renewal information again: the CA's Retry-After, kept within
+/// [`ARI_RECHECK_MIN`]..=[`ARI_RECHECK_MAX`]; `fallback` without one.
+pub fn ari_recheck(retry_after: Option<Duration>, fallback: Duration) -> Duration {
+    retry_after
+        .unwrap_or(fallback)
+        .clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX)
+}
+
+/// The renewal time in a suggested window (RFC 9773 §4.2): a uniformly random point of
+/// `[start, end]` (`jitter` in `[0, 1)`), so that a fleet spreads its renewals; once the window
+/// has started, now.
+pub fn ari_renewal_time(
+    start: time::OffsetDateTime,
+    end: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+    jitter: f64,
+) -> time::OffsetDateTime {
+    if start <= now {
+        return now;
+    }
+    let span = (end - start).max(time::Duration::ZERO);
+    let at = start + span * jitter.clamp(0.0, 1.0);
+    at.replace_nanosecond(0).unwrap_or(at)
+}
+
 /// A number in `[0, 1)` from the system CSPRNG (the only randomness source linked in).
 pub fn jitter() -> f64 {
     let mut b = [0u8; 4];
@@ -101,6 +132,34 @@ mod tests {
             b.delay(3, 0.0, Some(Duration::from_secs(1))),
             Duration::from_secs(20)
         );
+    }
+
+    #[test]
+    fn ari_times_and_rechecks() {
+        use time::macros::datetime;
+        let start = datetime!(2030-01-01 0:00 UTC);
+        let end = datetime!(2030-01-01 10:00 UTC);
+        let before = datetime!(2029-12-31 0:00 UTC);
+        assert_eq!(ari_renewal_time(start, end, before, 0.0), start);
+        assert_eq!(
+            ari_renewal_time(start, end, before, 0.5),
+            datetime!(2030-01-01 5:00 UTC)
+        );
+        assert!(ari_renewal_time(start, end, before, 0.999_999) <= end);
+        // The window has started (or passed): renew now.
+        let inside = datetime!(2030-01-01 3:00 UTC);
+        assert_eq!(ari_renewal_time(start, end, inside, 0.9), inside);
+        let after = datetime!(2030-01-02 0:00 UTC);
+        assert_eq!(ari_renewal_time(start, end, after, 0.1), after);
+        // Retry-After is bounded both ways.
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            ari_recheck(Some(Duration::from_secs(1)), h),
+            ARI_RECHECK_MIN
+        );
+        assert_eq!(ari_recheck(Some(h * 100), h), ARI_RECHECK_MAX);
+        assert_eq!(ari_recheck(Some(h), h * 2), h);
+        assert_eq!(ari_recheck(None, h * 2), h * 2);
     }
 
     #[test]

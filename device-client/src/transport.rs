@@ -156,6 +156,21 @@ impl Transport {
         resp.json("directory")
     }
 
+    /// An unauthenticated `GET` (RFC 9773 §4.2: renewal information); errors as for POSTs.
+    pub(crate) async fn get(&self, url: &str, request: &str) -> Result<Response, Error> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.send_error(url, &e))?;
+        let resp = self.read(url, resp).await?;
+        if !resp.status.is_success() {
+            return Err(failure(request, resp));
+        }
+        Ok(resp)
+    }
+
     /// A fresh nonce from `newNonce` (RFC 8555 §7.2).
     async fn fresh_nonce(&self, new_nonce: &str) -> Result<String, Error> {
         let resp = self

@@ -29,6 +29,9 @@ pub struct Directory {
     /// `keyChange`.
     #[serde(default)]
     pub key_change: Option<String>,
+    /// `renewalInfo` (RFC 9773 §3): where ACME Renewal Information is served.
+    #[serde(default)]
+    pub renewal_info: Option<String>,
     /// `meta`.
     #[serde(default)]
     pub meta: DirectoryMeta,
@@ -379,6 +382,23 @@ pub(crate) struct NewAccount<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct NewOrder<'a> {
     pub(crate) identifiers: &'a [Identifier],
+    /// The ARI certificate identifier of the certificate this order replaces (RFC 9773 §5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replaces: Option<&'a str>,
+}
+
+/// A renewal information response (RFC 9773 §4.2).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RenewalInfo {
+    pub(crate) suggested_window: SuggestedWindow,
+}
+
+/// The `suggestedWindow` object (RFC 9773 §4.2), RFC 3339 times.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct SuggestedWindow {
+    pub(crate) start: String,
+    pub(crate) end: String,
 }
 
 /// finalize payload (RFC 8555 §7.4).
