@@ -1117,3 +1117,170 @@ fn device_attestation_failures_are_reported_with_the_cas_detail() {
     expect_code(&out, 7, "missing IDevID chain", "");
     assert!(out.stderr.contains("missing.pem"), "{}", out.tails());
 }
+
+/// Issue #5: with a long certificate (a day: the 2/3 rule would wait 16 hours) only the CA's
+/// renewal information can make `run` renew. After `ca-server renew-early` the window starts
+/// now, and a restarted `run` (a reboot: the first thing it does is ask) renews at once, naming
+/// the old certificate in `replaces`. That `replaces` was sent is proven by the CA: ordering
+/// again with the old certificate installed gets `alreadyReplaced`, after which the client
+/// orders without `replaces` and still gets a certificate.
+#[test]
+fn run_renews_when_the_renewal_information_window_opens() {
+    let server = CaServer::start(CaServerOpts {
+        cert_validity: "1d".to_owned(),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-ari.plant.test"],
+    );
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll", &server.logs());
+    let first = device.shown_serial();
+    let old_cert = fs::read(device.cert()).expect("cert");
+    let old_key = fs::read(device.key()).expect("key");
+
+    // The window is 2/3 to 5/6 of the day: `run` schedules in it and does not order.
+    let orders = server_log_count(&server, "order created");
+    let mut run = device.spawn_run("run-ari-wait", &[]);
+    let stderr = run.stderr_path().to_owned();
+    run.wait_ready(RUN_TIMEOUT, |why| {
+        let log = fs::read_to_string(&stderr).unwrap_or_default();
+        *why = format!("no renewal scheduled by renewal information yet: {log}");
+        Ok(log
+            .contains("by the CA's renewal information")
+            .then_some(()))
+    })
+    .expect("run schedules by the renewal information");
+    std::thread::sleep(Duration::from_secs(2));
+    run.check_running().expect("run keeps running");
+    assert_eq!(server_log_count(&server, "order created"), orders);
+    assert_eq!(device.shown_serial(), first);
+    run.kill().expect("stop run");
+
+    let said = operator(&server, &["renew-early", "--serial", &first]);
+    assert!(said.starts_with("1 certificate"), "{said}");
+
+    let mut run = device.spawn_run("run-ari-renew", &["--retry-min", "1h"]);
+    let renewed = poll_until(
+        "renewal by run after renew-early",
+        RUN_TIMEOUT,
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            let runs = device.post_install_runs();
+            *why = format!("post-install runs so far: {runs:?}");
+            Ok((runs.len() == 2).then(|| runs[1].clone()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", run.logs(), server.logs()));
+    assert_ne!(renewed, first);
+    assert_eq!(device.shown_serial(), renewed);
+    verify_issued(&server, &device);
+    // The new certificate is not due: run goes back to waiting for its window.
+    let stderr = run.stderr_path().to_owned();
+    run.wait_ready(RUN_TIMEOUT, |why| {
+        let log = fs::read_to_string(&stderr).unwrap_or_default();
+        *why = log.clone();
+        Ok((log.matches("by the CA's renewal information").count() >= 2).then_some(()))
+    })
+    .expect("run schedules the new certificate");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(device.post_install_runs().len(), 2, "{}", run.logs());
+    run.kill().expect("stop run");
+
+    // Put the old certificate back and force an order: it names the old certificate again,
+    // which the CA refuses as already replaced; the client orders once more without it.
+    fs::write(device.cert(), &old_cert).expect("restore cert");
+    fs::write(device.key(), &old_key).expect("restore key");
+    assert_eq!(device.shown_serial(), first);
+    let out = device.run("enroll", &["--force"]);
+    expect_code(
+        &out,
+        0,
+        "enroll --force over a replaced certificate",
+        &server.logs(),
+    );
+    assert!(
+        out.stderr.contains("already replaced"),
+        "the CA refused the second replaces\n{}",
+        out.tails()
+    );
+    let third = device.shown_serial();
+    assert!(third != first && third != renewed, "{third}");
+    verify_issued(&server, &device);
+}
+
+/// Issue #5: a device that was offline longer than its certificate's lifetime enrolls again
+/// without manual steps. The CA issues at least an hour, so expiry is made real on the device:
+/// after a normal enrollment, the certificate file is replaced by one for the same key and
+/// names whose validity ended in 2020 (self-signed: the client judges the installed certificate
+/// by its dates, key and names). `show` says expired; `run`, and `enroll`, get a new one from
+/// the CA with the stored account.
+#[test]
+fn an_expired_certificate_is_enrolled_again() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let name = "device-offline.plant.test";
+    let device = Device::for_server(&server, Pin::RootFile(server.root_pem_path()), &[name]);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 0, "enroll", &server.logs());
+    let first = device.shown_serial();
+    let accounts = server_log_count(&server, "account created");
+
+    let expire = || {
+        let key_pem = fs::read_to_string(device.key()).expect("key");
+        let key = rcgen::KeyPair::from_pem(&key_pem).expect("key parses");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        let cert = params.self_signed(&key).expect("self-signed");
+        fs::write(device.cert(), cert.pem()).expect("write expired cert");
+    };
+    expire();
+    let out = device.run("show", &[]);
+    assert_eq!(code(&out), 10, "show: not usable\n{}", out.tails());
+    assert!(out.stdout.contains("expired"), "{}", out.tails());
+
+    let mut run = device.spawn_run("run-expired", &[]);
+    let renewed = poll_until(
+        "re-enrollment by run",
+        RUN_TIMEOUT,
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            let runs = device.post_install_runs();
+            *why = format!("post-install runs so far: {runs:?}");
+            Ok((runs.len() == 2).then(|| runs[1].clone()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", run.logs(), server.logs()));
+    run.kill().expect("stop run");
+    assert_ne!(renewed, first);
+    assert_eq!(device.shown_serial(), renewed);
+    verify_issued(&server, &device);
+    let out = device.run("show", &[]);
+    assert_eq!(code(&out), 0, "show: valid again\n{}", out.tails());
+
+    // The one-shot path too.
+    expire();
+    let out = device.run("enroll", &[]);
+    expect_code(
+        &out,
+        0,
+        "enroll over an expired certificate",
+        &server.logs(),
+    );
+    assert!(
+        out.stdout.contains("installed certificate"),
+        "{}",
+        out.tails()
+    );
+    verify_issued(&server, &device);
+    assert_eq!(
+        server_log_count(&server, "account created"),
+        accounts,
+        "the stored account is used again"
+    );
+}
