@@ -312,7 +312,12 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Show { .. } => match config.local_settings() {
-            Ok(local) => show(&local),
+            Ok(local) => {
+                // With the CA's settings complete, also ask for the renewal window (RFC 9773);
+                // without them, show stays a purely local look at the files.
+                let device = config.into_settings().ok().map(Device::new);
+                show(&local, device.as_ref()).await
+            }
             Err(e) => fail(&e),
         },
         Command::Enroll { force, .. } => {
@@ -395,7 +400,7 @@ fn names(ids: &[device_client::Identifier]) -> String {
         .join(", ")
 }
 
-fn show(local: &LocalSettings) -> ExitCode {
+async fn show(local: &LocalSettings, device: Option<&Device>) -> ExitCode {
     let status = match cert::status(
         &local.cert_path,
         &local.key_path,
@@ -421,6 +426,17 @@ fn show(local: &LocalSettings) -> ExitCode {
             rfc3339(info.renewal_time(local.renew_at)),
             local.renew_at * 100.0
         );
+        if let (Some(device), false) = (device, matches!(status, CertStatus::Expired { .. })) {
+            match device.renewal_window(info).await {
+                Ok(Some(w)) => println!(
+                    "ari window   {} to {} (the CA's renewal information)",
+                    rfc3339(w.start),
+                    rfc3339(w.end)
+                ),
+                Ok(None) => println!("ari window   none (the CA offers no renewal information)"),
+                Err(e) => println!("ari window   unavailable: {e}"),
+            }
+        }
     }
     match State::load(&local.state_dir) {
         Ok(state) => {

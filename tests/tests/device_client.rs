@@ -1139,6 +1139,12 @@ fn run_renews_when_the_renewal_information_window_opens() {
     let out = device.run("enroll", &[]);
     expect_code(&out, 0, "enroll", &server.logs());
     let first = device.shown_serial();
+    let out = device.run("show", &[]);
+    assert!(
+        out.stdout.contains("ari window") && out.stdout.contains("renewal information"),
+        "show prints the CA's window\n{}",
+        out.tails()
+    );
     let old_cert = fs::read(device.cert()).expect("cert");
     let old_key = fs::read(device.key()).expect("key");
 
