@@ -216,6 +216,7 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
         *key_types.entry(u.key_type).or_default() += 1;
     }
     let reuse = crate::keycheck::KeyReuseAttempt::list(&app)?;
+    let weak = crate::keycheck::WeakKeyAttempt::list(&app)?;
     Ok(Json(json!({
         "generated": rfc3339(at),
         "certificates": {"total": certs.len(), "valid": valid, "expired": expired, "revoked": revoked},
@@ -223,6 +224,7 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
         "stoppedRenewing": stopped,
         "revoked": revoked_list,
         "keyReuseAttempts": reuse,
+        "weakKeyAttempts": weak,
         "keyTypes": key_types,
         "profiles": profiles,
     })))

@@ -218,11 +218,11 @@ pub(crate) fn signature_algorithm_by_oid(oid: &str) -> Option<SignatureAlg> {
     })
 }
 
-/// The error for a signature algorithm that is not in the accepted table.
-fn refused_signature_algorithm(oid: &str) -> Error {
+/// The name of a signature algorithm refused for its weak digest (MD2/4/5, SHA-1, SHA-224).
+fn weak_signature_name(oid: &str) -> Option<&'static str> {
     // Digests older or shorter than SHA-256: collisions are practical for MD5 and SHA-1, and
     // OPC UA's SHA-1 policies were deprecated for that reason.
-    let weak = match oid {
+    match oid {
         "1.2.840.113549.1.1.2" => Some("md2WithRSAEncryption"),
         "1.2.840.113549.1.1.3" => Some("md4WithRSAEncryption"),
         "1.2.840.113549.1.1.4" => Some("md5WithRSAEncryption"),
@@ -234,8 +234,55 @@ fn refused_signature_algorithm(oid: &str) -> Error {
         "1.2.840.10045.4.3.1" => Some("ecdsa-with-SHA224"),
         "1.2.840.10040.4.3" => Some("dsa-with-sha1"),
         _ => None,
-    };
-    if let Some(name) = weak {
+    }
+}
+
+/// The weak signature algorithm a CSR is signed with, if any: what finalize records as a
+/// weak-signature attempt (`keycheck::attempts`) when `parse_and_verify` refused the CSR.
+pub fn weak_signature_algorithm(der: &[u8]) -> Option<&'static str> {
+    let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
+    weak_signature_name(&csr.signature_algorithm.algorithm.to_id_string())
+}
+
+/// The key of a CSR that may have been refused: its type, described even when the key policy
+/// refuses it (e.g. "RSA 1024", "EC curve 1.3.132.0.35"), and the hex SHA-256 of its
+/// SubjectPublicKeyInfo (`keycheck::spki_sha256` for an acceptable key, else of the DER as
+/// sent). `None` when the CSR does not parse.
+pub fn refused_key(der: &[u8]) -> Option<(String, String)> {
+    let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
+    let spki = &csr.certification_request_info.subject_pki;
+    Some(match public_key_from_spki(spki) {
+        Ok(key) => (key.describe(), crate::keycheck::spki_sha256(&key)),
+        Err(_) => (
+            refused_key_type(spki),
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, spki.raw)),
+        ),
+    })
+}
+
+/// Describes a key the key policy refused.
+fn refused_key_type(spki: &SubjectPublicKeyInfo<'_>) -> String {
+    match (
+        spki.algorithm.algorithm.to_id_string().as_str(),
+        spki.parsed(),
+    ) {
+        (OID_RSA_ENCRYPTION, Ok(X509PublicKey::RSA(rsa))) => {
+            format!("RSA {}", rsa_bits(rsa.modulus))
+        }
+        (OID_EC_PUBLIC_KEY, _) => match spki.algorithm.parameters.as_ref().map(Any::as_oid) {
+            Some(Ok(curve)) if curve.to_id_string() == OID_CURVE_P521 => "ECDSA P-521".to_owned(),
+            Some(Ok(curve)) => format!("EC curve {}", curve.to_id_string()),
+            _ => "EC (no named curve)".to_owned(),
+        },
+        (OID_ED448, _) => "Ed448".to_owned(),
+        (OID_RSASSA_PSS, _) => "RSASSA-PSS".to_owned(),
+        (other, _) => format!("key algorithm {other}"),
+    }
+}
+
+/// The error for a signature algorithm that is not in the accepted table.
+fn refused_signature_algorithm(oid: &str) -> Error {
+    if let Some(name) = weak_signature_name(oid) {
         return Error::BadCsr(format!(
             "CSR signature algorithm {name} is not accepted: use SHA-256 or stronger"
         ));

@@ -368,6 +368,24 @@ fn print_audit(v: &serde_json::Value) {
             i["holder"]
         )
     });
+    list(
+        "refused weak keys and CSR signatures",
+        "weakKeyAttempts",
+        &|i| {
+            format!(
+                "{}  {}  account {} order {}  {}  key {} {}  {}: {}",
+                ca_server::app::rfc3339(i["at"].as_i64().unwrap_or_default()),
+                i["kind"].as_str().unwrap_or_default(),
+                i["accountId"].as_str().unwrap_or_default(),
+                i["orderId"].as_str().unwrap_or_default(),
+                i["identifiers"],
+                i["keyType"].as_str().unwrap_or("?"),
+                i["spkiSha256"].as_str().unwrap_or("-"),
+                i["problem"].as_str().unwrap_or_default(),
+                i["detail"].as_str().unwrap_or_default()
+            )
+        },
+    );
     println!("key types in use: {}", v["keyTypes"]);
     println!("profiles in use (valid certificates): {}", v["profiles"]);
 }

@@ -573,7 +573,10 @@ pub async fn finalize(
 
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
     let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
-    let info = csr::parse_and_verify(&der)?;
+    let info = csr::parse_and_verify(&der).inspect_err(|e| {
+        // Key-policy and weak-signature refusals are kept for the audit.
+        crate::keycheck::attempts::record_csr_refusal(&app, &r.account, &order, &der, e);
+    })?;
     // Weak, blocklisted, account and already-certified keys (keycheck module docs).
     let key_use = crate::keycheck::check(&app, &r.account, &order, &info)?;
 

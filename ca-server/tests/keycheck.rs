@@ -11,7 +11,7 @@ use std::process::Command;
 
 use axum::http::StatusCode;
 use ca_server::keycheck::blocklist::BlocklistFile;
-use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind};
+use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
 use ca_server::storage::Table;
 use common::{b64, Account, Reply, TestServer};
 use num_bigint::BigUint;
@@ -493,6 +493,247 @@ fn a_missing_or_malformed_blocklist_stops_the_server_at_start() {
         stderr.contains("cannot read blocklist") && stderr.contains("no-such-blocklist.dat"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused weak keys and weak CSR signatures are recorded for the audit.
+
+/// The operator's audit report, over the admin API as `ca-server audit --json` gets it.
+async fn admin_audit(s: &TestServer) -> Value {
+    let req = axum::http::Request::get("/audit")
+        .body(axum::body::Body::empty())
+        .expect("req");
+    let r = Reply::read(
+        tower::ServiceExt::oneshot(ca_server::admin::router(s.app.clone()), req)
+            .await
+            .expect("infallible"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.json()
+}
+
+/// An openssl CSR for `cn` (DER) made with `args` (key and digest options).
+fn openssl_req(dir: &Path, cn: &str, args: &[&str]) -> Vec<u8> {
+    let subject = format!("/CN={cn}");
+    let mut all = vec![
+        "req", "-new", "-nodes", "-keyout", "k.pem", "-subj", &subject, "-outform", "DER", "-out",
+        "r.der",
+    ];
+    all.extend_from_slice(args);
+    openssl(dir, &all);
+    std::fs::read(dir.join("r.der")).expect("csr")
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
+#[tokio::test]
+async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let leaked = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(d.join("leaked.pem"), leaked.serialize_pem()).expect("write");
+    let out = ca_server_bin()
+        .args(["blocklist", "build", "--out"])
+        .arg(d.join("list.dat"))
+        .args(["--list-id", "7"])
+        .arg(d.join("leaked.pem"))
+        .output()
+        .expect("run ca-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = BlocklistFile::load(&d.join("list.dat")).expect("load");
+    let s = TestServer::with(|cfg| cfg.keys.blocklist = Some(list));
+    let acct = s.new_account().await;
+    let other = s.new_account().await;
+
+    // A blocklisted key and a Fermat-factorable key: badPublicKey from keycheck.
+    let (o1, r) = order_and_finalize(&s, &acct, &["leak-1.plant.example"], &leaked).await;
+    assert_refused(&s, &acct, &o1, &r, "badPublicKey", "blocklist (list 7)").await;
+    let fermat = fermat_key_pair();
+    let (o2, r) = order_and_finalize(&s, &acct, &["plc-9.plant.example"], &fermat).await;
+    assert_refused(&s, &acct, &o2, &r, "badPublicKey", "Fermat").await;
+    // A SHA-1 CSR (badCSR) and a 1024-bit RSA key (badPublicKey) from csr.rs, from another
+    // account.
+    let o3 = ready_order(&s, &other, &["old-1.plant.example"]).await;
+    let sha1 = openssl_req(
+        d,
+        "old-1.plant.example",
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-sha1",
+        ],
+    );
+    let r = finalize(&s, &other, &o3, &sha1).await;
+    assert_refused(&s, &other, &o3, &r, "badCSR", "ecdsa-with-SHA1").await;
+    let sha1_spki = {
+        openssl(
+            d,
+            &[
+                "pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "k.der",
+            ],
+        );
+        sha256_hex(&std::fs::read(d.join("k.der")).expect("spki"))
+    };
+    let small = openssl_req(
+        d,
+        "old-1.plant.example",
+        &["-newkey", "rsa:1024", "-sha256"],
+    );
+    let r = finalize(&s, &other, &o3, &small).await;
+    assert_refused(&s, &other, &o3, &r, "badPublicKey", "RSA 1024-bit").await;
+
+    // Not key hygiene, not recorded: a malformed CSR, a CSR for other names; and a good key is
+    // issued.
+    let r = finalize(&s, &other, &o3, b"not a CSR").await;
+    r.assert_problem(400, "badCSR");
+    let fresh = rcgen::KeyPair::generate().expect("key");
+    let r = finalize(&s, &other, &o3, &csr(&["elsewhere.example"], &fresh)).await;
+    r.assert_problem(400, "badCSR");
+    let r = finalize(&s, &other, &o3, &csr(&["old-1.plant.example"], &fresh)).await;
+    assert_issued(&r);
+
+    let id = |v: &Value, what: &str| -> String {
+        v[what]
+            .as_str()
+            .expect("url")
+            .rsplit('/')
+            .next()
+            .expect("id")
+            .to_owned()
+    };
+    let (acct_id, other_id) = (
+        acct.kid.rsplit('/').next().expect("id"),
+        other.kid.rsplit('/').next().expect("id"),
+    );
+    let recorded = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    let summary: Vec<_> = recorded
+        .iter()
+        .map(|a| {
+            (
+                a.kind,
+                a.account_id.as_str(),
+                a.order_id.clone(),
+                a.key_type.as_deref().unwrap_or_default(),
+                a.problem.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                WeakKind::Blocklisted,
+                acct_id,
+                id(&o1, "url"),
+                "ECDSA P-256",
+                "badPublicKey"
+            ),
+            (
+                WeakKind::Fermat,
+                acct_id,
+                id(&o2, "url"),
+                "RSA 2048",
+                "badPublicKey"
+            ),
+            (
+                WeakKind::WeakSignature,
+                other_id,
+                id(&o3, "url"),
+                "ECDSA P-256",
+                "badCSR"
+            ),
+            (
+                WeakKind::KeyPolicy,
+                other_id,
+                id(&o3, "url"),
+                "RSA 1024",
+                "badPublicKey"
+            ),
+        ]
+    );
+    assert_eq!(
+        recorded[0].spki_sha256.as_deref(),
+        Some(sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(&leaked)).as_str())
+    );
+    assert_eq!(recorded[2].spki_sha256.as_deref(), Some(sha1_spki.as_str()));
+    assert!(recorded
+        .iter()
+        .all(|a| a.spki_sha256.as_ref().is_some_and(|h| h.len() == 64)));
+    assert_eq!(
+        recorded[0].identifiers,
+        [ca_server::types::Identifier::dns("leak-1.plant.example")]
+    );
+    assert!(
+        recorded[1].detail.contains("Fermat"),
+        "{}",
+        recorded[1].detail
+    );
+    assert!(recorded[3]
+        .detail
+        .contains("RSA 1024-bit keys are not accepted"));
+    // None of these are key reuse.
+    assert!(attempts(&s).is_empty());
+
+    // The operator's audit lists them.
+    let audit = admin_audit(&s).await;
+    let listed = audit["weakKeyAttempts"]
+        .as_array()
+        .expect("weakKeyAttempts");
+    let kinds: Vec<_> = listed.iter().map(|a| a["kind"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            json!("blocklisted"),
+            json!("fermat"),
+            json!("weak-signature"),
+            json!("key-policy")
+        ],
+        "{audit}"
+    );
+    assert_eq!(listed[2]["accountId"], other_id);
+    assert_eq!(listed[2]["orderId"], id(&o3, "url"));
+    assert_eq!(listed[2]["identifiers"][0]["value"], "old-1.plant.example");
+    assert_eq!(listed[2]["spkiSha256"], sha1_spki);
+    assert_eq!(listed[2]["keyType"], "ECDSA P-256");
+    assert_eq!(listed[2]["problem"], "badCSR");
+    assert!(listed[2]["at"].as_i64().is_some_and(|t| t > 0));
+}
+
+/// A client that keeps sending a weak CSR fills only its own share of the table.
+#[tokio::test]
+async fn weak_key_attempts_are_bounded_per_account() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = ready_order(&s, &acct, &["loop-1.plant.example"]).await;
+    let sha1 = openssl_req(
+        dir.path(),
+        "loop-1.plant.example",
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-sha1",
+        ],
+    );
+    let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
+    for _ in 0..max + 5 {
+        finalize(&s, &acct, &o, &sha1)
+            .await
+            .assert_problem(400, "badCSR");
+    }
+    let recorded = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    assert_eq!(recorded.len(), max);
 }
 
 // ---------------------------------------------------------------------------------------------

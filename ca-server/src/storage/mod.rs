@@ -45,11 +45,14 @@ pub enum Table {
     KeyUse,
     /// `{unix nanoseconds}.{id}` → `keycheck::KeyReuseAttempt` (refused key reuse).
     KeyReuseAttempts,
+    /// `{unix nanoseconds}.{id}` → `keycheck::WeakKeyAttempt` (refused weak keys and weak CSR
+    /// signatures; bounded, see `keycheck::attempts`).
+    WeakKeyAttempts,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -61,6 +64,7 @@ impl Table {
         Self::Revocations,
         Self::KeyUse,
         Self::KeyReuseAttempts,
+        Self::WeakKeyAttempts,
     ];
 
     /// A stable name for the table.
@@ -77,6 +81,7 @@ impl Table {
             Self::Revocations => "revocations",
             Self::KeyUse => "key_use",
             Self::KeyReuseAttempts => "key_reuse_attempts",
+            Self::WeakKeyAttempts => "weak_key_attempts",
         }
     }
 }
