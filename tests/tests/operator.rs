@@ -96,8 +96,19 @@ fn operator_revokes_by_identifier_audits_and_pulls_renewal_forward() {
         serde_json::json!({"default": 1}),
         "{report}"
     );
+    // lego's keys are sound: no weak-key or key-reuse attempt is on record.
+    assert_eq!(report["weakKeyAttempts"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["keyReuseAttempts"],
+        serde_json::json!([]),
+        "{report}"
+    );
     let (ok, human) = ca(&server, &["audit"]);
     assert!(ok && human.contains("1 revoked"), "{human}");
+    assert!(
+        human.contains("refused weak keys and CSR signatures: 0"),
+        "{human}"
+    );
 
     let (ok, out) = ca(&server, &["renew-early", "--serial", &serials[1].0]);
     assert!(ok && out.contains("1 certificate(s) are due"), "{out}");
