@@ -917,6 +917,11 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
         "revoked because the key was compromised",
     )
     .await;
+    // Recorded as a weak-key attempt (not as reuse) for the audit.
+    let weak = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    assert_eq!(weak.len(), 1);
+    assert_eq!(weak[0].kind, WeakKind::Compromised);
+    assert_eq!(weak[0].spki_sha256.as_deref(), Some(fingerprint.as_str()));
 }
 
 /// Orders for different devices finalized at the same moment with one key: exactly one
