@@ -247,6 +247,35 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_all_complete_and_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Db::new(Arc::new(SledStore::open(dir.path()).expect("open")));
+            let tasks: Vec<_> = (0..64u32)
+                .map(|i| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        db.put(Table::Orders, &format!("k{i:02}"), &i).expect("put");
+                        db.flush().await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("join").expect("flush");
+            }
+        }
+        // Reopened: every value a flush reported durable is there.
+        let db = Db::new(Arc::new(SledStore::open(dir.path()).expect("reopen")));
+        for i in 0..64u32 {
+            assert_eq!(
+                db.get::<u32>(Table::Orders, &format!("k{i:02}"))
+                    .expect("get"),
+                Some(i)
+            );
+        }
+    }
+
     #[test]
     fn update_applies_and_aborts() {
         for (name, db, _dir) in backends() {

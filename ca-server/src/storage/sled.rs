@@ -9,6 +9,31 @@ use crate::{Error, Result};
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<(Table, sled::Tree)>,
+    group: std::sync::Arc<GroupCommit>,
+}
+
+/// Group commit: one sled flush serves every caller waiting when it starts.
+///
+/// Every response waits for a flush, and a flush per response cost more CPU than the
+/// signatures (thread hand-offs to the blocking pool, one fsync each; see issue #6's profile).
+/// A caller takes a ticket; if no flush is running it leads one that covers every ticket taken
+/// so far, otherwise it waits for the running one and, if that did not cover its ticket, for
+/// the next. A flush covers a ticket because the ticket was taken after the caller's writes
+/// completed and before the flush started.
+#[derive(Default)]
+struct GroupCommit {
+    state: std::sync::Mutex<GroupState>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Tickets handed out.
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    completed: u64,
+    /// A flush is under way.
+    running: bool,
 }
 
 impl SledStore {
@@ -24,7 +49,11 @@ impl SledStore {
             .iter()
             .map(|t| Ok((*t, db.open_tree(t.name())?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { db, trees })
+        Ok(Self {
+            db,
+            trees,
+            group: std::sync::Arc::default(),
+        })
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -35,6 +64,71 @@ impl SledStore {
             .find(|(t, _)| *t == table)
             .map_or(&*self.db, |(_, tree)| tree)
     }
+}
+
+impl SledStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        lock_state(&self.group)
+    }
+
+    async fn group_flush(&self) -> Result<()> {
+        let ticket = {
+            let mut st = self.lock();
+            st.requested += 1;
+            st.requested
+        };
+        loop {
+            // Registered before the state is read, so a flush finishing in between still wakes us.
+            let finished = self.group.done.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let lead = {
+                let mut st = self.lock();
+                if st.completed >= ticket {
+                    return Ok(());
+                }
+                if st.running {
+                    None
+                } else {
+                    st.running = true;
+                    Some(st.requested)
+                }
+            };
+            let Some(target) = lead else {
+                finished.await;
+                continue;
+            };
+            // The flush runs in its own task, so a request whose future is dropped (its client
+            // went away) cannot leave `running` set and every later caller waiting.
+            // sled's synchronous flush on the blocking pool rather than `flush_async`: under
+            // concurrent load `flush_async` was seen to never complete (a whole server stalled
+            // with eight clients).
+            let (db, group) = (self.db.clone(), self.group.clone());
+            let flush = tokio::spawn(async move {
+                let result = tokio::task::spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(|e| Error::Storage(format!("flush task failed: {e}")))
+                    .and_then(|r| r.map(|_| ()).map_err(Error::from));
+                {
+                    let mut st = lock_state(&group);
+                    st.running = false;
+                    if result.is_ok() {
+                        st.completed = st.completed.max(target);
+                    }
+                }
+                group.done.notify_waiters();
+                result
+            });
+            // On failure the leader reports it; waiters try again by leading the next flush.
+            return flush
+                .await
+                .map_err(|e| Error::Storage(format!("flush task failed: {e}")))?;
+        }
+    }
+}
+
+fn lock_state(group: &GroupCommit) -> std::sync::MutexGuard<'_, GroupState> {
+    group.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store for SledStore {
@@ -68,15 +162,6 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> FlushFuture<'_> {
-        // sled's synchronous flush on the blocking pool rather than `flush_async`: under
-        // concurrent load `flush_async` was seen to never complete here (a whole server stalled
-        // with eight clients), while `flush` from several threads coalesces safely.
-        let db = self.db.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(|e| Error::Storage(format!("flush task failed: {e}")))??;
-            Ok(())
-        })
+        Box::pin(self.group_flush())
     }
 }
