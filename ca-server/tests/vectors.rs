@@ -5,8 +5,6 @@
 //! the reason. Listing a whole file uses the key `"*"`. An entry for a single id records a known
 //! failure, so the run fails as soon as that vector passes, and the stale entry must go.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use axum::http::header;
 use axum::response::IntoResponse;
 use ca_server::account::Account;
@@ -16,15 +14,8 @@ use ca_server::nonce::NonceStore;
 use ca_server::order::normalize_identifier;
 use ca_server::types::{AccountStatus, Identifier, IdentifierType};
 use ca_server::{jwk, Error, Problem, ProblemType};
-use protocol_spec::vectors;
+use protocol_spec::runner::{field, load, Runner, Vector};
 use serde_json::{json, Value};
-
-/// File stem -> (vector id or `"*"`) -> reason.
-type Skips = BTreeMap<String, BTreeMap<String, String>>;
-
-fn skips() -> Skips {
-    toml::from_str(include_str!("vectors-skip.toml")).expect("vectors-skip.toml parses")
-}
 
 /// The vector files this binary runs; every other file must be skipped as a whole.
 const RUN: &[&str] = &[
@@ -36,90 +27,13 @@ const RUN: &[&str] = &[
     "thumbprint",
 ];
 
-struct Vector {
-    id: String,
-    input: Value,
-    expect: Value,
-}
-
-fn load(stem: &str) -> Vec<Vector> {
-    let (_, text) = vectors::ALL
-        .iter()
-        .find(|(name, _)| *name == stem)
-        .unwrap_or_else(|| panic!("no vector file {stem}"));
-    let entries: Vec<Value> = serde_json::from_str(text).expect("vector file is a JSON array");
-    entries
-        .into_iter()
-        .map(|e| Vector {
-            id: e["id"].as_str().expect("id").to_owned(),
-            input: e["input"].clone(),
-            expect: e["expect"].clone(),
-        })
-        .collect()
-}
-
-fn field<'v>(v: &'v Value, name: &str) -> Result<&'v str, String> {
-    v[name]
-        .as_str()
-        .ok_or_else(|| format!("vector has no string {name:?}"))
-}
-
-/// Runs `check` on every vector of `stem`, honouring the skip list, and fails with a summary of
-/// unexpected failures and stale skips.
 fn run(stem: &str, check: impl Fn(&Vector) -> Result<(), String>) {
-    let skips = skips();
-    let skip = skips.get(stem);
-    assert!(
-        skip.is_none_or(|s| !s.contains_key("*")),
-        "{stem} is skipped as a whole but also run"
-    );
-    let mut failures = Vec::new();
-    let mut stale = Vec::new();
-    let mut skipped = 0;
-    for v in load(stem) {
-        let reason = skip.and_then(|s| s.get(&v.id));
-        match (check(&v), reason) {
-            (Ok(()), None) => {}
-            (Err(e), None) => failures.push(format!("{stem}/{}: {e}", v.id)),
-            (Ok(()), Some(_)) => stale.push(format!("{stem}/{}", v.id)),
-            (Err(e), Some(reason)) => {
-                skipped += 1;
-                eprintln!("skipped {stem}/{}: {reason} (fails with: {e})", v.id);
-            }
-        }
-    }
-    eprintln!("{stem}: {skipped} known failures skipped");
-    assert!(
-        failures.is_empty() && stale.is_empty(),
-        "vector failures:\n  {}\nskip entries that now pass (remove them from vectors-skip.toml):\n  {}",
-        failures.join("\n  "),
-        stale.join("\n  ")
-    );
+    Runner::new(include_str!("vectors-skip.toml"), RUN).run(stem, check);
 }
 
 #[test]
 fn every_vector_file_is_run_or_skipped_and_every_skip_names_a_vector() {
-    let skips = skips();
-    for (stem, _) in vectors::ALL {
-        let whole = skips.get(*stem).is_some_and(|s| s.contains_key("*"));
-        assert!(
-            RUN.contains(stem) != whole,
-            "{stem} must be either run by this test or skipped with \"*\" in vectors-skip.toml"
-        );
-    }
-    for (stem, entries) in &skips {
-        let ids: BTreeSet<String> = load(stem).into_iter().map(|v| v.id).collect();
-        for (id, reason) in entries {
-            assert!(
-                !reason.trim().is_empty(),
-                "{stem}/{id}: skip without a reason"
-            );
-            assert!(
-                id == "*" || ids.contains(id),
-                "{stem}/{id}: skip entry names no vector"
-            );
-        }
-    }
+    Runner::new(include_str!("vectors-skip.toml"), RUN).check_coverage();
 }
 
 /// SPEC §3.7, through the decoder every request field goes through.

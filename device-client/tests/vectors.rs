@@ -5,22 +5,13 @@
 //! whole file uses the key `"*"`. An entry for a single id records a known failure, so the run
 //! fails as soon as that vector passes, and the stale entry must go.
 
-use std::collections::BTreeMap;
-
 use device_client::enroll::pairing_code_for_thumbprint;
 use device_client::jws::{key_authorization, key_authorization_for_thumbprint};
 use device_client::key::Jwk;
 use device_client::trust::{fingerprint_text, sha256};
 use device_client::{Identifier, ProblemType, TrustAnchor};
-use protocol_spec::vectors;
+use protocol_spec::runner::{field, Runner, Vector};
 use serde_json::Value;
-
-/// File stem -> (vector id or `"*"`) -> reason.
-type Skips = BTreeMap<String, BTreeMap<String, String>>;
-
-fn skips() -> Skips {
-    toml::from_str(include_str!("vectors-skip.toml")).expect("vectors-skip.toml parses")
-}
 
 /// The vector files this binary runs; every other file must be skipped as a whole.
 const RUN: &[&str] = &[
@@ -32,61 +23,8 @@ const RUN: &[&str] = &[
     "thumbprint",
 ];
 
-struct Vector {
-    id: String,
-    input: Value,
-    expect: Value,
-}
-
-fn load(stem: &str) -> Vec<Vector> {
-    let (_, text) = vectors::ALL
-        .iter()
-        .find(|(name, _)| *name == stem)
-        .unwrap_or_else(|| panic!("no vector file {stem}"));
-    let entries: Vec<Value> = serde_json::from_str(text).expect("vector file is a JSON array");
-    entries
-        .into_iter()
-        .map(|e| Vector {
-            id: e["id"].as_str().expect("id").to_owned(),
-            input: e["input"].clone(),
-            expect: e["expect"].clone(),
-        })
-        .collect()
-}
-
-fn s<'v>(v: &'v Value, name: &str) -> Result<&'v str, String> {
-    v[name]
-        .as_str()
-        .ok_or_else(|| format!("vector has no string {name:?}"))
-}
-
 fn run(stem: &str, check: impl Fn(&Vector) -> Result<(), String>) {
-    let skips = skips();
-    let skip = skips.get(stem);
-    assert!(
-        skip.is_none_or(|s| !s.contains_key("*")),
-        "{stem} is skipped as a whole but also run"
-    );
-    let mut failures = Vec::new();
-    let mut stale = Vec::new();
-    for v in load(stem) {
-        match (check(&v), skip.and_then(|s| s.get(&v.id))) {
-            (Ok(()), None) => {}
-            (Err(e), None) => failures.push(format!("{stem}/{}: {e}", v.id)),
-            (Ok(()), Some(_)) => stale.push(format!("{stem}/{}", v.id)),
-            (Err(e), Some(reason)) => eprintln!("skipped {stem}/{}: {reason} ({e})", v.id),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "failing vectors:\n{}",
-        failures.join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "skipped vectors now pass; remove them from vectors-skip.toml:\n{}",
-        stale.join("\n")
-    );
+    Runner::new(include_str!("vectors-skip.toml"), RUN).run(stem, check);
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -105,7 +43,7 @@ fn ec_jwk(v: &Value) -> Result<Jwk, String> {
     if v["kty"] != "EC" {
         return Err(format!("kty {} is not EC", v["kty"]));
     }
-    let crv = match s(v, "crv")? {
+    let crv = match field(v, "crv")? {
         "P-256" => "P-256",
         "P-384" => "P-384",
         other => return Err(format!("curve {other}")),
@@ -113,21 +51,14 @@ fn ec_jwk(v: &Value) -> Result<Jwk, String> {
     Ok(Jwk {
         crv,
         kty: "EC",
-        x: s(v, "x")?.to_owned(),
-        y: s(v, "y")?.to_owned(),
+        x: field(v, "x")?.to_owned(),
+        y: field(v, "y")?.to_owned(),
     })
 }
 
 #[test]
 fn every_file_is_run_or_skipped() {
-    let skips = skips();
-    for (stem, _) in vectors::ALL {
-        let whole = skips.get(*stem).is_some_and(|s| s.contains_key("*"));
-        assert!(
-            RUN.contains(stem) != whole,
-            "{stem}: run it or skip it as a whole, not both or neither"
-        );
-    }
+    Runner::new(include_str!("vectors-skip.toml"), RUN).check_coverage();
 }
 
 /// SPEC §2.3: fingerprints computed from a certificate, and parsed from operator text.
@@ -137,7 +68,7 @@ fn fingerprint() {
         if let Some(der) = v.input["certificate_der_b64url"].as_str() {
             let der = b64url_decode(der);
             let got = fingerprint_text(&sha256(&der));
-            if got != s(&v.expect, "fingerprint")? {
+            if got != field(&v.expect, "fingerprint")? {
                 return Err(format!("computed {got}"));
             }
             let anchor = TrustAnchor::from_root_bytes(&der)?;
@@ -146,14 +77,15 @@ fn fingerprint() {
             }
             return Ok(());
         }
-        let text = s(&v.input, "text")?;
+        let text = field(&v.input, "text")?;
         match (
             TrustAnchor::from_fingerprint(text),
             v.expect["error"].as_str(),
         ) {
-            (Ok(TrustAnchor::Fingerprint(fp)), None) => (hex(&fp) == s(&v.expect, "sha256_hex")?)
-                .then_some(())
-                .ok_or_else(|| format!("parsed {}", hex(&fp))),
+            (Ok(TrustAnchor::Fingerprint(fp)), None) => (hex(&fp)
+                == field(&v.expect, "sha256_hex")?)
+            .then_some(())
+            .ok_or_else(|| format!("parsed {}", hex(&fp))),
             (Err(e), Some(kind)) => {
                 let want = match kind {
                     "length" => "32 hex pairs",
@@ -177,11 +109,11 @@ fn thumbprint() {
     run("thumbprint", |v| {
         let jwk = ec_jwk(&v.input["jwk"])?;
         let canonical = serde_json::to_string(&jwk).map_err(|e| e.to_string())?;
-        if canonical != s(&v.expect, "canonical")? {
+        if canonical != field(&v.expect, "canonical")? {
             return Err(format!("canonical JSON {canonical}"));
         }
         let tp = jwk.thumbprint().map_err(|e| e.to_string())?;
-        (tp == s(&v.expect, "thumbprint")?)
+        (tp == field(&v.expect, "thumbprint")?)
             .then_some(())
             .ok_or_else(|| format!("thumbprint {tp}"))
     });
@@ -191,19 +123,19 @@ fn thumbprint() {
 #[test]
 fn key_authorization_vectors() {
     run("key_authorization", |v| {
-        let token = s(&v.input, "token")?;
+        let token = field(&v.input, "token")?;
         let got = if v.input.get("jwk").is_some() {
             key_authorization(token, &ec_jwk(&v.input["jwk"])?)
         } else {
-            key_authorization_for_thumbprint(token, s(&v.input, "thumbprint")?)
+            key_authorization_for_thumbprint(token, field(&v.input, "thumbprint")?)
         };
         match (got, v.expect["error"].as_str()) {
             (Ok(ka), None) => {
-                if ka != s(&v.expect, "key_authorization")? {
+                if ka != field(&v.expect, "key_authorization")? {
                     return Err(format!("key authorization {ka}"));
                 }
                 let digest = sha256(ka.as_bytes());
-                (hex(&digest) == s(&v.expect, "sha256_hex")?)
+                (hex(&digest) == field(&v.expect, "sha256_hex")?)
                     .then_some(())
                     .ok_or_else(|| "digest differs".to_owned())
             }
@@ -222,8 +154,8 @@ fn key_authorization_vectors() {
 #[test]
 fn identifiers() {
     run("identifiers", |v| {
-        let value = s(&v.input, "value")?;
-        let got = match s(&v.input, "type")? {
+        let value = field(&v.input, "value")?;
+        let got = match field(&v.input, "type")? {
             "dns" => Identifier::dns(value),
             "ip" => Identifier::ip_text(value),
             "permanent-identifier" => Identifier::permanent(value),
@@ -261,7 +193,7 @@ fn identifiers() {
 #[test]
 fn problems() {
     run("problems", |v| {
-        let uri = s(&v.expect, "type")?;
+        let uri = field(&v.expect, "type")?;
         let t = ProblemType::from_uri(uri);
         match t.name() {
             Some(name) if uri.ends_with(&format!(":{name}")) => Ok(()),
@@ -274,8 +206,8 @@ fn problems() {
 #[test]
 fn pairing_code() {
     run("pairing_code", |v| {
-        let got = pairing_code_for_thumbprint(s(&v.input, "thumbprint")?);
-        (got == s(&v.expect, "pairing_code")?)
+        let got = pairing_code_for_thumbprint(field(&v.input, "thumbprint")?);
+        (got == field(&v.expect, "pairing_code")?)
             .then_some(())
             .ok_or_else(|| format!("pairing code {got}"))
     });

@@ -17,7 +17,9 @@
 //! crates' tests run the same bytes.
 #![no_std]
 
-#[cfg(test)]
+// std only for the crate's own tests and the test-only `runner` feature; the helpers above it
+// build without std or an allocator.
+#[cfg(any(test, feature = "runner"))]
 extern crate std;
 
 pub mod base64url;
@@ -26,6 +28,8 @@ pub mod fingerprint;
 pub mod identifier;
 pub mod jwk;
 mod punycode;
+#[cfg(feature = "runner")]
+pub mod runner;
 mod write;
 
 /// The shared test vectors, one JSON array per file (SPEC §1.5).

@@ -1,0 +1,127 @@
+//! Runs the shared vectors in an implementation's tests (SPEC §1.5), with that implementation's
+//! skip list: a TOML table per vector file, `"*"` skipping a whole file, a vector id recording a
+//! known failure with its reason. A skipped vector that starts passing fails the run, so skip
+//! lists cannot go stale. Test-only (std); the rest of the crate stays `no_std`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::format;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use serde_json::Value;
+
+use crate::vectors;
+
+/// One vector entry.
+pub struct Vector {
+    /// The entry's `id`.
+    pub id: String,
+    /// Its `input`.
+    pub input: Value,
+    /// Its `expect`.
+    pub expect: Value,
+}
+
+/// A skip list and the vector files an implementation runs.
+pub struct Runner {
+    skips: BTreeMap<String, BTreeMap<String, String>>,
+    run: &'static [&'static str],
+}
+
+/// A string member of a vector's `input` or `expect`.
+pub fn field<'v>(v: &'v Value, name: &str) -> Result<&'v str, String> {
+    v[name]
+        .as_str()
+        .ok_or_else(|| format!("vector has no string {name:?}"))
+}
+
+/// The entries of vector file `stem`.
+///
+/// # Panics
+/// If there is no such file or it is not an array of entries: the vectors are broken.
+pub fn load(stem: &str) -> Vec<Vector> {
+    let (_, text) = vectors::ALL
+        .iter()
+        .find(|(name, _)| *name == stem)
+        .unwrap_or_else(|| panic!("no vector file {stem}"));
+    let entries: Vec<Value> = serde_json::from_str(text).expect("vector file is a JSON array");
+    entries
+        .into_iter()
+        .map(|e| Vector {
+            id: e["id"].as_str().expect("vector id").to_string(),
+            input: e["input"].clone(),
+            expect: e["expect"].clone(),
+        })
+        .collect()
+}
+
+impl Runner {
+    /// A runner for the files in `run`, skipping as `skip_toml` says.
+    ///
+    /// # Panics
+    /// If the skip list is not valid TOML of that shape.
+    pub fn new(skip_toml: &str, run: &'static [&'static str]) -> Self {
+        Self {
+            skips: toml::from_str(skip_toml).expect("the skip list parses"),
+            run,
+        }
+    }
+
+    /// Runs `check` on every vector of `stem`, honouring the skip list.
+    ///
+    /// # Panics
+    /// With a summary, if a vector fails that is not skipped, or a skipped one passes.
+    pub fn run(&self, stem: &str, check: impl Fn(&Vector) -> Result<(), String>) {
+        let skip = self.skips.get(stem);
+        assert!(
+            skip.is_none_or(|s| !s.contains_key("*")),
+            "{stem} is skipped as a whole but also run"
+        );
+        let mut failures = Vec::new();
+        let mut stale = Vec::new();
+        for v in load(stem) {
+            match (check(&v), skip.and_then(|s| s.get(&v.id))) {
+                (Ok(()), None) => {}
+                (Err(e), None) => failures.push(format!("{stem}/{}: {e}", v.id)),
+                (Ok(()), Some(_)) => stale.push(format!("{stem}/{}", v.id)),
+                (Err(e), Some(reason)) => {
+                    std::eprintln!("skipped {stem}/{}: {reason} (fails with: {e})", v.id);
+                }
+            }
+        }
+        assert!(
+            failures.is_empty() && stale.is_empty(),
+            "vector failures:\n  {}\nskip entries that now pass (remove them from the skip list):\n  {}",
+            failures.join("\n  "),
+            stale.join("\n  ")
+        );
+    }
+
+    /// Every vector file is either run or skipped as a whole, and every skip names an existing
+    /// vector and gives a reason.
+    ///
+    /// # Panics
+    /// On the first file or entry that breaks this.
+    pub fn check_coverage(&self) {
+        for (stem, _) in vectors::ALL {
+            let whole = self.skips.get(*stem).is_some_and(|s| s.contains_key("*"));
+            assert!(
+                self.run.contains(stem) != whole,
+                "{stem} must be either run or skipped with \"*\", not both or neither"
+            );
+        }
+        for (stem, entries) in &self.skips {
+            let ids: BTreeSet<String> = load(stem).into_iter().map(|v| v.id).collect();
+            for (id, reason) in entries {
+                assert!(
+                    !reason.trim().is_empty(),
+                    "{stem}/{id}: skip without a reason"
+                );
+                assert!(
+                    id == "*" || ids.contains(id),
+                    "{stem}/{id}: skip entry names no vector"
+                );
+            }
+        }
+    }
+}
