@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use ca_server::keycheck::blocklist::BlocklistFile;
 use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
 use ca_server::storage::Table;
-use common::{b64, Account, Reply, TestServer};
+use common::{b64, csr, ready_order, Account, Reply, TestServer};
 use num_bigint::BigUint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -21,51 +21,6 @@ use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
 // ACME helpers (as in wfe.rs): ready orders and finalize.
-
-/// Marks every authorization of an order valid in the store, standing in for a challenge.
-fn validate_all(s: &TestServer, order: &Value) {
-    use ca_server::authz::Authz;
-    use ca_server::types::{AuthzStatus, ChallengeStatus};
-    for url in order["authorizations"].as_array().expect("authzs") {
-        let id = url.as_str().expect("url").rsplit('/').next().expect("id");
-        s.app
-            .db
-            .update(Table::Authzs, id, |mut a: Authz| {
-                a.status = AuthzStatus::Valid;
-                a.challenges[0].status = ChallengeStatus::Valid;
-                Ok(a)
-            })
-            .expect("validate");
-    }
-}
-
-/// A ready order for `names` (dns identifiers); returns the order with its `url`.
-async fn ready_order(s: &TestServer, acct: &Account, names: &[&str]) -> Value {
-    let ids: Vec<Value> = names
-        .iter()
-        .map(|n| json!({"type": "dns", "value": n}))
-        .collect();
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": ids})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let mut o = r.json();
-    validate_all(s, &o);
-    o["url"] = json!(r.header("location").expect("location"));
-    o
-}
-
-fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
-    let mut p =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .expect("params");
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.serialize_request(key).expect("csr").der().to_vec()
-}
 
 /// Orders `names` and finalizes with `key`.
 async fn order_and_finalize(

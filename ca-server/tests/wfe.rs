@@ -6,7 +6,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use ca_server::eab::NewCredential;
-use common::{b64, Key, TestServer};
+use common::{b64, csr, ready_order, Key, TestServer};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -699,47 +699,6 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     .assert_problem(403, "unauthorized");
 }
 
-/// Marks every authorization of an order valid in the store, standing in for a successful
-/// challenge so finalize can be tested on its own (validation has its own tests).
-fn validate_all(s: &TestServer, order: &Value) {
-    use ca_server::authz::Authz;
-    use ca_server::storage::Table;
-    use ca_server::types::{AuthzStatus, ChallengeStatus};
-    for url in order["authorizations"].as_array().expect("authzs") {
-        let id = url.as_str().expect("url").rsplit('/').next().expect("id");
-        s.app
-            .db
-            .update(Table::Authzs, id, |mut a: Authz| {
-                a.status = AuthzStatus::Valid;
-                a.challenges[0].status = ChallengeStatus::Valid;
-                Ok(a)
-            })
-            .expect("validate");
-    }
-}
-
-async fn ready_order(s: &TestServer, acct: &common::Account, names: &[&str]) -> Value {
-    let ids: Vec<Value> = names
-        .iter()
-        .map(|n| json!({"type": "dns", "value": n}))
-        .collect();
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": ids})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let mut o = r.json();
-    validate_all(s, &o);
-    let loc = r.header("location").expect("location");
-    o["url"] = json!(loc);
-    let now = s.post_as(acct, &loc, None).await.json();
-    assert_eq!(now["status"], "ready");
-    o
-}
-
 /// A certificate issued for one name through a ready order.
 struct Issued {
     pem: String,
@@ -772,14 +731,6 @@ async fn issue(s: &TestServer, acct: &common::Account, name: &str) -> Issued {
     let der =
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
     Issued { pem, der, key }
-}
-
-fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
-    let mut p =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .expect("params");
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.serialize_request(key).expect("csr").der().to_vec()
 }
 
 #[tokio::test]

@@ -263,3 +263,55 @@ pub fn eab_binding(key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
     );
     json!({"protected": protected, "payload": payload, "signature": b64(tag)})
 }
+
+/// Marks every authorization of an order valid in the store, standing in for a successful
+/// challenge so finalize and what follows can be tested on their own (validation has its own
+/// tests).
+pub fn validate_all(s: &TestServer, order: &Value) {
+    use ca_server::authz::Authz;
+    use ca_server::storage::Table;
+    use ca_server::types::{AuthzStatus, ChallengeStatus};
+    for url in order["authorizations"].as_array().expect("authzs") {
+        let id = url.as_str().expect("url").rsplit('/').next().expect("id");
+        s.app
+            .db
+            .update(Table::Authzs, id, |mut a: Authz| {
+                a.status = AuthzStatus::Valid;
+                a.challenges[0].status = ChallengeStatus::Valid;
+                Ok(a)
+            })
+            .expect("validate");
+    }
+}
+
+/// A ready order for `names` (dns identifiers); returns the order object with its `url`.
+pub async fn ready_order(s: &TestServer, acct: &Account, names: &[&str]) -> Value {
+    let ids: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"type": "dns", "value": n}))
+        .collect();
+    let r = s
+        .post_as(
+            acct,
+            &s.url("/acme/new-order"),
+            Some(&json!({"identifiers": ids})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut o = r.json();
+    validate_all(s, &o);
+    let loc = r.header("location").expect("location");
+    o["url"] = json!(loc);
+    let now = s.post_as(acct, &loc, None).await.json();
+    assert_eq!(now["status"], "ready");
+    o
+}
+
+/// A DER CSR for `names` with an empty subject.
+pub fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.serialize_request(key).expect("csr").der().to_vec()
+}
