@@ -1,0 +1,178 @@
+//! The device-attest-01 answer (SPEC §5.10): an `iiot-idevid` attestation object carrying the
+//! IDevID chain and the IDevID key's signature over the key authorization.
+//!
+//! The IDevID key usually lives in a secure element, so signing goes through [`IdevidSigner`].
+//! [`SoftwareIdevid`] is the implementation for an IDevID P-256 key held in memory.
+
+use crate::der::DerWriter;
+use crate::key::DeviceKey;
+use crate::Error;
+
+/// Why the IDevID signer failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignerError {
+    /// The secure element or key store refused or failed.
+    Device,
+    /// The signature does not fit the buffer offered.
+    BufferTooSmall,
+}
+
+/// Access to the manufacturer's IDevID: its certificate chain and its private key.
+pub trait IdevidSigner {
+    /// The COSE algorithm of [`IdevidSigner::sign`]: `-7` (ES256), `-35` (ES384) or `-257`
+    /// (RS256), SPEC §5.10.2.
+    fn cose_alg(&self) -> i32;
+
+    /// The DER certificate at `index` of the chain: 0 is the IDevID, then its issuer and so on
+    /// (1 to 5 certificates). `None` past the end.
+    fn certificate(&self, index: usize) -> Option<&[u8]>;
+
+    /// Signs `message` with the IDevID key as [`IdevidSigner::cose_alg`] says, writing the
+    /// signature into `out` (an ECDSA signature as a DER `Ecdsa-Sig-Value`, not r ‖ s) and
+    /// returning its length.
+    fn sign(&mut self, message: &[u8], out: &mut [u8]) -> Result<usize, SignerError>;
+}
+
+/// An IDevID whose P-256 key is in memory (development boards, or a key the firmware reads
+/// from protected flash).
+pub struct SoftwareIdevid<'a> {
+    key: DeviceKey,
+    chain: &'a [&'a [u8]],
+}
+
+impl<'a> SoftwareIdevid<'a> {
+    /// `chain`: the IDevID certificate first, then its issuers (DER).
+    pub fn new(key: DeviceKey, chain: &'a [&'a [u8]]) -> Self {
+        Self { key, chain }
+    }
+}
+
+impl IdevidSigner for SoftwareIdevid<'_> {
+    fn cose_alg(&self) -> i32 {
+        -7
+    }
+
+    fn certificate(&self, index: usize) -> Option<&[u8]> {
+        self.chain.get(index).copied()
+    }
+
+    fn sign(&mut self, message: &[u8], out: &mut [u8]) -> Result<usize, SignerError> {
+        let rs = self.key.sign(&[message]).map_err(|_| SignerError::Device)?;
+        let mut w = DerWriter::new(out);
+        crate::csr::ecdsa_sig_value(&mut w, &rs).map_err(|_| SignerError::BufferTooSmall)?;
+        Ok(w.len())
+    }
+}
+
+/// Most certificates SPEC §5.10.2 allows in `x5c`.
+pub const MAX_CHAIN: usize = 5;
+
+/// Writes the CBOR attestation object for `key_authorization` into `out` and returns its
+/// length. Members in CTAP2 canonical order, definite lengths (SPEC §5.10.2).
+pub fn attestation_object(
+    signer: &mut dyn IdevidSigner,
+    key_authorization: &str,
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    let mut signature = [0u8; 600];
+    let sig_len = signer
+        .sign(key_authorization.as_bytes(), &mut signature)
+        .map_err(|_| Error::Signer)?;
+    let signature = signature.get(..sig_len).ok_or(Error::Signer)?;
+    let count = (0..=MAX_CHAIN)
+        .take_while(|&i| signer.certificate(i).is_some())
+        .count();
+    if count == 0 || count > MAX_CHAIN {
+        return Err(Error::Signer);
+    }
+    let mut w = Cbor { out, len: 0 };
+    w.head(5, 2)?; // map of 2
+    w.text("fmt")?;
+    w.text("iiot-idevid")?;
+    w.text("attStmt")?;
+    w.head(5, 3)?; // map of 3
+    w.text("alg")?;
+    let alg = signer.cose_alg();
+    if alg < 0 {
+        w.head(1, u64::from((-1 - alg) as u32))?;
+    } else {
+        w.head(0, u64::from(alg as u32))?;
+    }
+    w.text("sig")?;
+    w.bytes(signature)?;
+    w.text("x5c")?;
+    w.head(4, count as u64)?;
+    for i in 0..count {
+        w.bytes(signer.certificate(i).ok_or(Error::Signer)?)?;
+    }
+    Ok(w.len)
+}
+
+struct Cbor<'o> {
+    out: &'o mut [u8],
+    len: usize,
+}
+
+impl Cbor<'_> {
+    fn raw(&mut self, b: &[u8]) -> Result<(), Error> {
+        let end = self.len + b.len();
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(Error::BufferTooSmall { needed: end })?
+            .copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+
+    /// RFC 8949 §3: major type and argument, shortest form.
+    fn head(&mut self, major: u8, arg: u64) -> Result<(), Error> {
+        let m = major << 5;
+        match arg {
+            0..=23 => self.raw(&[m | arg as u8]),
+            24..=0xff => self.raw(&[m | 24, arg as u8]),
+            0x100..=0xffff => self.raw(&[m | 25, (arg >> 8) as u8, arg as u8]),
+            _ => {
+                self.raw(&[m | 26])?;
+                self.raw(&(arg as u32).to_be_bytes())
+            }
+        }
+    }
+
+    fn text(&mut self, s: &str) -> Result<(), Error> {
+        self.head(3, s.len() as u64)?;
+        self.raw(s.as_bytes())
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<(), Error> {
+        self.head(2, b.len() as u64)?;
+        self.raw(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_shape_matches_spec() {
+        let chain: [&[u8]; 2] = [&[0x30, 0x01, 0xaa], &[0x30, 0x00]];
+        let mut signer = SoftwareIdevid::new(DeviceKey::from_bytes(&[5; 32]).expect("key"), &chain);
+        let mut out = [0u8; 256];
+        let n = attestation_object(&mut signer, "tok.thumb", &mut out).expect("fits");
+        let o = &out[..n];
+        // {"fmt": "iiot-idevid", "attStmt": {"alg": -7, "sig": h'30…', ...
+        assert_eq!(&o[..5], &[0xa2, 0x63, b'f', b'm', b't']);
+        assert_eq!(&o[5..17], b"\x6biiot-idevid");
+        assert_eq!(&o[17..26], b"\x67attStmt\xa3");
+        assert_eq!(&o[26..31], &[0x63, b'a', b'l', b'g', 0x26]);
+        assert_eq!(&o[31..35], &[0x63, b's', b'i', b'g']);
+        let sig_len = usize::from(o[36]);
+        assert_eq!(o[35], 0x58);
+        assert_eq!(o[37], 0x30);
+        let x5c = 37 + sig_len;
+        assert_eq!(
+            &o[x5c..],
+            &[0x63, b'x', b'5', b'c', 0x82, 0x43, 0x30, 0x01, 0xaa, 0x42, 0x30, 0x00]
+        );
+    }
+}

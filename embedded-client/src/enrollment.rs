@@ -1,0 +1,740 @@
+//! The enrollment state machine: one RFC 8555 flow from the directory to the certificate, by
+//! whichever path the server's authorizations allow (SPEC §5.1): pre-authorized by an
+//! allow-listed credential (§6.6), device-attest-01 (§5.10) or operator-approval-01 (§5.8).
+//!
+//! The caller alternates [`Enrollment::next_request`] (writes a request into its transmit
+//! buffer) and [`Enrollment::handle_response`] (reads the response from its receive buffer)
+//! until [`Event::Issued`], waiting where an [`Event`] says so.
+
+use core::ops::Range;
+
+use crate::attest::{self, IdevidSigner};
+use crate::http::{self, Response};
+use crate::json::{self, Value};
+use crate::jws::{self, KeyRef, Url};
+use crate::key::{AccountKey, CertificateKey, PairingCode};
+use crate::text::{Text, Writer};
+use crate::{csr, Error, ProblemKind};
+
+/// Most identifiers (and so authorizations) one enrollment handles.
+pub const MAX_AUTHORIZATIONS: usize = 4;
+
+/// Longest server path the client stores. ACME paths of this server are under 80 octets.
+const PATH_MAX: usize = 128;
+type Path = Text<PATH_MAX>;
+
+/// Longest `https://host:port` origin.
+const ORIGIN_MAX: usize = 96;
+
+/// Nonces of this server are 22-43 characters; RFC 8555 sets no limit, so leave room.
+const NONCE_MAX: usize = 96;
+
+/// Retries of one request after `badNonce` (SPEC §3.5 asks for one; a busy server may need
+/// more).
+const NONCE_RETRIES: u8 = 3;
+
+/// Polling interval when the server gives no `Retry-After`, and the ceiling on the ones it does.
+const DEFAULT_WAIT: u32 = 2;
+const MAX_WAIT: u32 = 3600;
+
+/// An identifier to enroll (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identifier<'a> {
+    Dns(&'a str),
+    Ip(&'a str),
+    /// `serial[/assignerOID]` (SPEC §4.5).
+    Permanent(&'a str),
+}
+
+impl Identifier<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Dns(_) => "dns",
+            Self::Ip(_) => "ip",
+            Self::Permanent(_) => "permanent-identifier",
+        }
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Self::Dns(v) | Self::Ip(v) | Self::Permanent(v) => v,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        use protocol_spec::identifier as id;
+        match *self {
+            Self::Dns(v) => {
+                let mut out = [0u8; id::DNS_NAME_MAX];
+                match id::normalize_dns(v, &mut out) {
+                    // The server compares normalised names, so send the name as it will be
+                    // compared: a differently written name would fail finalize (SPEC §7.4).
+                    Ok(n) if n == v => Ok(()),
+                    _ => Err(Error::Config("dns identifier not in normal form")),
+                }
+            }
+            Self::Ip(v) => id::check_ip(v)
+                .map(|_| ())
+                .map_err(|_| Error::Config("ip identifier")),
+            Self::Permanent(v) => id::check_permanent_identifier(v)
+                .map(|_| ())
+                .map_err(|_| Error::Config("permanent-identifier")),
+        }
+    }
+}
+
+/// An operator-issued external account binding credential (SPEC §6.2).
+#[derive(Clone, Copy, Debug)]
+pub struct Eab<'a> {
+    /// The key identifier.
+    pub kid: &'a str,
+    /// The HMAC key, base64url as `ca-server eab create` prints it.
+    pub hmac_key: &'a str,
+}
+
+/// What to enroll, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Config<'a> {
+    /// `https://host[:port]`, no path (SPEC §2.1).
+    pub base_url: &'a str,
+    /// 1 to [`MAX_AUTHORIZATIONS`] identifiers; all of them go into the CSR.
+    pub identifiers: &'a [Identifier<'a>],
+    pub eab: Option<Eab<'a>>,
+    /// A certificate profile from the directory's `meta.profiles` (SPEC §8.3).
+    pub profile: Option<&'a str>,
+    /// Renewal: the ARI certificate ID (RFC 9773 §4.1, see [`crate::renewal::cert_id`]) of the
+    /// certificate this one replaces. Dropped and retried without if the server answers
+    /// `alreadyReplaced`.
+    pub replaces: Option<&'a str>,
+    /// Sent as `termsOfServiceAgreed` when the operator configured terms (SPEC §6.1).
+    pub terms_of_service_agreed: bool,
+}
+
+/// What the caller does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Call [`Enrollment::next_request`] now.
+    Continue,
+    /// Wait this many seconds (the server's `Retry-After`), then call
+    /// [`Enrollment::next_request`].
+    Wait { seconds: u32 },
+    /// An operator must approve this device (SPEC §5.8): show `code` (display, log, serial
+    /// console), wait `seconds`, then call [`Enrollment::next_request`] to poll.
+    AwaitingApproval { code: PairingCode, seconds: u32 },
+    /// Done. The PEM certificate chain (end entity first) is `rx[pem]` of the buffer just passed
+    /// to [`Enrollment::handle_response`]; persist it before reusing the buffer.
+    Issued { pem: Range<usize> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Directory,
+    Account,
+    Order,
+    /// Read authorization `authz_index` and choose its challenge.
+    Authorization,
+    /// Respond to the chosen challenge.
+    Answer,
+    /// Poll the authorization until its challenge is decided.
+    PollAuthorization,
+    Finalize,
+    PollOrder,
+    Download,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Challenge {
+    DeviceAttest,
+    OperatorApproval,
+}
+
+/// One enrollment, from the directory to the certificate.
+pub struct Enrollment<'a> {
+    cfg: Config<'a>,
+    account: &'a AccountKey,
+    cert_key: &'a CertificateKey,
+    signer: Option<&'a mut dyn IdevidSigner>,
+    state: State,
+    /// A `newNonce` request is out instead of the state's own.
+    fetching_nonce: bool,
+    nonce_retries: u8,
+    replaces: Option<&'a str>,
+    origin: Text<ORIGIN_MAX>,
+    nonce: Text<NONCE_MAX>,
+    new_nonce: Path,
+    new_account: Path,
+    new_order: Path,
+    kid: Path,
+    order: Path,
+    finalize: Path,
+    certificate: Path,
+    authzs: [Path; MAX_AUTHORIZATIONS],
+    authz_count: usize,
+    authz_index: usize,
+    challenge: Path,
+    challenge_type: Challenge,
+    token: Text<64>,
+}
+
+impl<'a> Enrollment<'a> {
+    /// Checks `cfg` and prepares the flow. `account` and `cert_key` are the device's keys (the
+    /// certificate key must differ from the account key, SPEC §7.4). `signer` gives access to
+    /// the IDevID for device-attest-01; without it only the other paths work.
+    pub fn new(
+        cfg: Config<'a>,
+        account: &'a AccountKey,
+        cert_key: &'a CertificateKey,
+        signer: Option<&'a mut dyn IdevidSigner>,
+    ) -> Result<Self, Error> {
+        let rest = cfg
+            .base_url
+            .strip_prefix("https://")
+            .ok_or(Error::Config("base URL must be https://host[:port]"))?;
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(Error::Config("base URL must be https://host[:port]"));
+        }
+        if cfg.identifiers.is_empty() || cfg.identifiers.len() > MAX_AUTHORIZATIONS {
+            return Err(Error::Config("1 to 4 identifiers"));
+        }
+        for id in cfg.identifiers {
+            id.check()?;
+        }
+        if account.key().to_bytes() == cert_key.to_bytes() {
+            return Err(Error::Config("certificate key equals the account key"));
+        }
+        if let Some(eab) = cfg.eab {
+            let mut key = [0u8; 64];
+            protocol_spec::base64url::decode(eab.hmac_key, &mut key)
+                .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
+        }
+        Ok(Self {
+            cfg,
+            account,
+            cert_key,
+            signer,
+            state: State::Directory,
+            fetching_nonce: false,
+            nonce_retries: 0,
+            replaces: cfg.replaces,
+            origin: Text::copy_from(cfg.base_url).map_err(|_| Error::Config("base URL too long"))?,
+            nonce: Text::new(),
+            new_nonce: Text::new(),
+            new_account: Text::new(),
+            new_order: Text::new(),
+            kid: Text::new(),
+            order: Text::new(),
+            finalize: Text::new(),
+            certificate: Text::new(),
+            authzs: [Text::new(); MAX_AUTHORIZATIONS],
+            authz_count: 0,
+            authz_index: 0,
+            challenge: Text::new(),
+            challenge_type: Challenge::OperatorApproval,
+            token: Text::new(),
+        })
+    }
+
+    /// The pairing code of this device's account key (SPEC §5.9).
+    pub fn pairing_code(&self) -> PairingCode {
+        self.account.pairing_code()
+    }
+
+    /// Whether the certificate has been delivered.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn host(&self) -> &str {
+        self.origin
+            .as_str()
+            .get("https://".len()..)
+            .unwrap_or_default()
+    }
+
+    /// Writes the next request into `tx` and returns its length. `scratch` is working space
+    /// while the request is built (the receive buffer can serve: it is free at this point).
+    pub fn next_request(&mut self, tx: &mut [u8], scratch: &mut [u8]) -> Result<usize, Error> {
+        if self.state == State::Done {
+            return Err(Error::UnexpectedCall);
+        }
+        if self.state == State::Directory {
+            return http::get(tx, self.host(), "/directory");
+        }
+        if self.nonce.is_empty() {
+            self.fetching_nonce = true;
+            return http::get(tx, self.host(), self.new_nonce.as_str());
+        }
+        self.fetching_nonce = false;
+        let (path, payload_len) = match self.state {
+            State::Account => (self.new_account, self.account_payload(scratch)?),
+            State::Order => (self.new_order, self.order_payload(scratch)?),
+            State::Authorization | State::PollAuthorization => (self.authzs[self.authz_index], 0),
+            State::Answer => (self.challenge, self.answer_payload(scratch)?),
+            State::Finalize => (self.finalize, self.finalize_payload(scratch)?),
+            State::PollOrder => (self.order, 0),
+            State::Download => (self.certificate, 0),
+            State::Directory | State::Done => return Err(Error::UnexpectedCall),
+        };
+        let (payload, header) = split(scratch, payload_len)?;
+        let mut kid_url = [0u8; ORIGIN_MAX + PATH_MAX];
+        let key_ref = if self.state == State::Account {
+            KeyRef::Jwk
+        } else {
+            let mut w = Writer::new(&mut kid_url);
+            w.str(self.origin.as_str())?;
+            w.str(self.kid.as_str())?;
+            let n = w.len();
+            KeyRef::Kid(core::str::from_utf8(&kid_url[..n]).unwrap_or_default())
+        };
+        let url = Url {
+            origin: self.origin.as_str(),
+            path: path.as_str(),
+        };
+        let body_len = jws::write(
+            tx,
+            header,
+            self.account,
+            key_ref,
+            self.nonce.as_str(),
+            url,
+            payload,
+        )?;
+        // Each nonce is single-use (SPEC §3.5): the response brings the next one.
+        self.nonce.clear();
+        http::post_jose(tx, self.host(), path.as_str(), body_len)
+    }
+
+    fn account_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
+        let mut w = Writer::new(scratch);
+        w.byte(b'{')?;
+        let mut first = true;
+        if self.cfg.terms_of_service_agreed {
+            w.str("\"termsOfServiceAgreed\":true")?;
+            first = false;
+        }
+        if let Some(eab) = self.cfg.eab {
+            if !first {
+                w.byte(b',')?;
+            }
+            let mut key = [0u8; 64];
+            let key = protocol_spec::base64url::decode(eab.hmac_key, &mut key)
+                .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
+            w.str("\"externalAccountBinding\":")?;
+            let url = Url {
+                origin: self.origin.as_str(),
+                path: self.new_account.as_str(),
+            };
+            jws::eab(&mut w, self.account, eab.kid, key, url)?;
+        }
+        w.byte(b'}')?;
+        Ok(w.len())
+    }
+
+    fn order_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
+        let mut w = Writer::new(scratch);
+        w.str("{\"identifiers\":[")?;
+        for (i, id) in self.cfg.identifiers.iter().enumerate() {
+            if i > 0 {
+                w.byte(b',')?;
+            }
+            w.str("{\"type\":\"")?;
+            w.str(id.type_name())?;
+            w.str("\",\"value\":\"")?;
+            w.json_str(id.value())?;
+            w.str("\"}")?;
+        }
+        w.byte(b']')?;
+        for (name, value) in [("profile", self.cfg.profile), ("replaces", self.replaces)] {
+            if let Some(v) = value {
+                w.str(",\"")?;
+                w.str(name)?;
+                w.str("\":\"")?;
+                w.json_str(v)?;
+                w.byte(b'"')?;
+            }
+        }
+        w.byte(b'}')?;
+        Ok(w.len())
+    }
+
+    /// The challenge response. It is written after whatever the payload needs first (the
+    /// attestation object), so the payload is moved to the front of `scratch` at the end.
+    fn answer_payload(&mut self, scratch: &mut [u8]) -> Result<usize, Error> {
+        match self.challenge_type {
+            Challenge::OperatorApproval => {
+                let mut w = Writer::new(scratch);
+                w.str("{}")?;
+                Ok(w.len())
+            }
+            Challenge::DeviceAttest => {
+                let signer = self.signer.as_deref_mut().ok_or(Error::NoUsableChallenge)?;
+                let mut ka = [0u8; 128];
+                let ka = protocol_spec::challenge::key_authorization(
+                    self.token.as_str(),
+                    self.account.thumbprint(),
+                    &mut ka,
+                )
+                .map_err(|_| Error::BadJson("challenge token"))?;
+                let cbor_len = attest::attestation_object(signer, ka, scratch)?;
+                let (cbor, rest) = scratch.split_at_mut(cbor_len);
+                let mut w = Writer::new(rest);
+                w.str("{\"attObj\":\"")?;
+                w.base64url(cbor)?;
+                w.str("\"}")?;
+                let n = w.len();
+                scratch.copy_within(cbor_len..cbor_len + n, 0);
+                Ok(n)
+            }
+        }
+    }
+
+    fn finalize_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
+        let der_len = csr::build(self.cert_key, self.cfg.identifiers, scratch)?;
+        let (der, rest) = scratch.split_at_mut(der_len);
+        let mut w = Writer::new(rest);
+        w.str("{\"csr\":\"")?;
+        w.base64url(der)?;
+        w.str("\"}")?;
+        let n = w.len();
+        scratch.copy_within(der_len..der_len + n, 0);
+        Ok(n)
+    }
+
+    /// Reads the complete response (see [`http::framing`]) to the last request. `rx` is `mut`
+    /// because a chunked body is decoded in place.
+    pub fn handle_response(&mut self, rx: &mut [u8]) -> Result<Event, Error> {
+        if self.state == State::Done {
+            return Err(Error::UnexpectedCall);
+        }
+        let resp = http::parse(rx)?;
+        // Every response carries the next nonce (SPEC §3.1), errors included.
+        if let Some(n) = resp.header("replay-nonce") {
+            if !n.is_empty() && protocol_spec::base64url::validate(n).is_ok() {
+                self.nonce = Text::copy_from(n).unwrap_or_default();
+            }
+        }
+        if self.fetching_nonce {
+            self.fetching_nonce = false;
+            if !matches!(resp.status, 200 | 204) {
+                return Err(Error::UnexpectedStatus(resp.status));
+            }
+            if self.nonce.is_empty() {
+                return Err(Error::Http("newNonce without Replay-Nonce"));
+            }
+            return Ok(Event::Continue);
+        }
+        if resp.status >= 400 {
+            return self.on_problem(&resp);
+        }
+        self.nonce_retries = 0;
+        match self.state {
+            State::Directory => self.on_directory(&resp),
+            State::Account => self.on_account(&resp),
+            State::Order => {
+                expect_status(&resp, 201)?;
+                self.order =
+                    self.path_of(resp.header("location").ok_or(Error::Http("no Location"))?)?;
+                let body = json_body(&resp)?;
+                self.authz_count = 0;
+                for item in body
+                    .get("authorizations")
+                    .ok_or(Error::BadJson("authorizations"))?
+                    .items()
+                {
+                    let Value::Str(s) = item else {
+                        return Err(Error::BadJson("authorizations"));
+                    };
+                    let url = s.plain().ok_or(Error::BadJson("authorizations"))?;
+                    let slot = self
+                        .authzs
+                        .get_mut(self.authz_count)
+                        .ok_or(Error::TooManyAuthorizations)?;
+                    *slot = path_in(&self.origin, url)?;
+                    self.authz_count += 1;
+                }
+                self.authz_index = 0;
+                self.on_order(&resp, body)
+            }
+            State::Authorization => self.on_authorization(&resp),
+            State::Answer => {
+                expect_status(&resp, 200)?;
+                let body = json_body(&resp)?;
+                match body.get_str("status") {
+                    Some("valid") => Ok(self.next_authorization()),
+                    Some("invalid") => Err(Error::AuthorizationFailed(error_kind(body))),
+                    Some("pending" | "processing") => {
+                        self.state = State::PollAuthorization;
+                        Ok(self.wait(&resp))
+                    }
+                    _ => Err(Error::BadJson("challenge status")),
+                }
+            }
+            State::PollAuthorization => {
+                expect_status(&resp, 200)?;
+                let body = json_body(&resp)?;
+                match body.get_str("status") {
+                    Some("valid") => Ok(self.next_authorization()),
+                    Some("invalid" | "deactivated" | "expired" | "revoked") => {
+                        Err(Error::AuthorizationFailed(authz_error_kind(body)))
+                    }
+                    Some("pending") => Ok(self.wait(&resp)),
+                    _ => Err(Error::BadJson("authorization status")),
+                }
+            }
+            State::Finalize | State::PollOrder => {
+                expect_status(&resp, 200)?;
+                let body = json_body(&resp)?;
+                self.on_order(&resp, body)
+            }
+            State::Download => {
+                expect_status(&resp, 200)?;
+                if resp.content_type() != Some("application/pem-certificate-chain") {
+                    return Err(Error::WrongContentType);
+                }
+                if !resp.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
+                    return Err(Error::BadJson("certificate chain is not PEM"));
+                }
+                self.state = State::Done;
+                let start = resp.body_offset;
+                Ok(Event::Issued {
+                    pem: start..start + resp.body.len(),
+                })
+            }
+            State::Done => Err(Error::UnexpectedCall),
+        }
+    }
+
+    fn on_problem(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        let kind = if resp.content_type() == Some("application/problem+json") {
+            json::parse(resp.body)
+                .ok()
+                .and_then(|v| v.get_str("type"))
+                .map_or(ProblemKind::Other, ProblemKind::from_type)
+        } else {
+            return Err(Error::UnexpectedStatus(resp.status));
+        };
+        match kind {
+            // SPEC §3.5: retry with the nonce this response carried.
+            ProblemKind::BadNonce if !self.nonce.is_empty() => {
+                self.nonce_retries += 1;
+                if self.nonce_retries > NONCE_RETRIES {
+                    return Err(Error::NonceRetriesExhausted);
+                }
+                Ok(Event::Continue)
+            }
+            // RFC 9773 §5: the old certificate was already replaced; a plain order still works.
+            ProblemKind::AlreadyReplaced
+                if self.state == State::Order && self.replaces.is_some() =>
+            {
+                self.replaces = None;
+                Ok(Event::Continue)
+            }
+            _ => Err(Error::Problem {
+                kind,
+                status: resp.status,
+            }),
+        }
+    }
+
+    fn on_directory(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        expect_status(resp, 200)?;
+        let dir = json_body(resp)?;
+        let url = |name: &'static str| dir.get_str(name).ok_or(Error::BadJson(name));
+        self.new_nonce = path_in(&self.origin, url("newNonce")?)?;
+        self.new_account = path_in(&self.origin, url("newAccount")?)?;
+        self.new_order = path_in(&self.origin, url("newOrder")?)?;
+        let eab_required = dir
+            .get("meta")
+            .and_then(|m| m.get("externalAccountRequired"))
+            == Some(Value::Bool(true));
+        if eab_required && self.cfg.eab.is_none() {
+            return Err(Error::EabRequired);
+        }
+        self.state = State::Account;
+        Ok(Event::Continue)
+    }
+
+    fn on_account(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        if !matches!(resp.status, 200 | 201) {
+            return Err(Error::UnexpectedStatus(resp.status));
+        }
+        self.kid = self.path_of(resp.header("location").ok_or(Error::Http("no Location"))?)?;
+        let body = json_body(resp)?;
+        if body.get_str("status") != Some("valid") {
+            return Err(Error::Problem {
+                kind: ProblemKind::Unauthorized,
+                status: resp.status,
+            });
+        }
+        self.state = State::Order;
+        Ok(Event::Continue)
+    }
+
+    fn on_order(&mut self, resp: &Response<'_>, body: Value<'_>) -> Result<Event, Error> {
+        match body.get_str("status") {
+            Some("pending") if self.state == State::Order => {
+                self.state = State::Authorization;
+                Ok(Event::Continue)
+            }
+            Some("ready") if matches!(self.state, State::Order | State::PollOrder) => {
+                self.state = State::Finalize;
+                Ok(Event::Continue)
+            }
+            Some("processing") => {
+                self.state = State::PollOrder;
+                Ok(self.wait(resp))
+            }
+            Some("valid") => {
+                let url = body
+                    .get_str("certificate")
+                    .ok_or(Error::BadJson("certificate"))?;
+                self.certificate = path_in(&self.origin, url)?;
+                self.state = State::Download;
+                Ok(Event::Continue)
+            }
+            Some("invalid") => Err(Error::OrderFailed(error_kind(body))),
+            _ => Err(Error::BadJson("order status")),
+        }
+    }
+
+    fn on_authorization(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        expect_status(resp, 200)?;
+        let body = json_body(resp)?;
+        match body.get_str("status") {
+            Some("valid") => return Ok(self.next_authorization()),
+            Some("pending") => {}
+            Some("invalid" | "deactivated" | "expired" | "revoked") => {
+                return Err(Error::AuthorizationFailed(authz_error_kind(body)))
+            }
+            _ => return Err(Error::BadJson("authorization status")),
+        }
+        let permanent =
+            body.get("identifier").and_then(|i| i.get_str("type")) == Some("permanent-identifier");
+        let mut chosen = None;
+        for c in body
+            .get("challenges")
+            .ok_or(Error::BadJson("challenges"))?
+            .items()
+        {
+            let kind = match c.get_str("type") {
+                Some("device-attest-01") if permanent && self.signer.is_some() => {
+                    Challenge::DeviceAttest
+                }
+                Some("operator-approval-01") => Challenge::OperatorApproval,
+                _ => continue,
+            };
+            // Attestation proves more than an operator's word: prefer it when both are offered.
+            if chosen.is_none() || kind == Challenge::DeviceAttest {
+                chosen = Some((kind, c));
+            }
+        }
+        let (kind, c) = chosen.ok_or(Error::NoUsableChallenge)?;
+        self.challenge_type = kind;
+        self.challenge = path_in(
+            &self.origin,
+            c.get_str("url").ok_or(Error::BadJson("challenge url"))?,
+        )?;
+        self.token = Text::copy_from(
+            c.get_str("token")
+                .ok_or(Error::BadJson("challenge token"))?,
+        )
+        .map_err(|_| Error::BadJson("challenge token"))?;
+        match c.get_str("status") {
+            Some("pending") => {
+                self.state = State::Answer;
+                Ok(Event::Continue)
+            }
+            // Triggered before (e.g. by this device before a reboot): keep polling.
+            Some("processing") => {
+                self.state = State::PollAuthorization;
+                Ok(self.wait(resp))
+            }
+            _ => Err(Error::BadJson("challenge status")),
+        }
+    }
+
+    fn next_authorization(&mut self) -> Event {
+        self.authz_index += 1;
+        self.state = if self.authz_index < self.authz_count {
+            State::Authorization
+        } else {
+            State::Finalize
+        };
+        Event::Continue
+    }
+
+    fn wait(&self, resp: &Response<'_>) -> Event {
+        let seconds = resp
+            .retry_after()
+            .unwrap_or(DEFAULT_WAIT)
+            .clamp(1, MAX_WAIT);
+        if self.state == State::PollAuthorization
+            && self.challenge_type == Challenge::OperatorApproval
+        {
+            Event::AwaitingApproval {
+                code: self.pairing_code(),
+                seconds,
+            }
+        } else {
+            Event::Wait { seconds }
+        }
+    }
+
+    fn path_of(&self, url: &str) -> Result<Path, Error> {
+        path_in(&self.origin, url)
+    }
+}
+
+/// The path of `url` when it is on `origin` (SPEC §2.1: every URL comes from the server, and
+/// a device talks to no other host).
+fn path_in(origin: &Text<ORIGIN_MAX>, url: &str) -> Result<Path, Error> {
+    let path = url.strip_prefix(origin.as_str()).ok_or(Error::BadUrl)?;
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(Error::BadUrl);
+    }
+    Text::copy_from(path).map_err(|_| Error::BadUrl)
+}
+
+fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
+    if at > scratch.len() {
+        return Err(Error::BufferTooSmall { needed: at });
+    }
+    let (a, b) = scratch.split_at_mut(at);
+    Ok((a, b))
+}
+
+fn expect_status(resp: &Response<'_>, want: u16) -> Result<(), Error> {
+    if resp.status == want {
+        Ok(())
+    } else {
+        Err(Error::UnexpectedStatus(resp.status))
+    }
+}
+
+fn json_body<'r>(resp: &Response<'r>) -> Result<Value<'r>, Error> {
+    if resp.content_type() != Some("application/json") {
+        return Err(Error::WrongContentType);
+    }
+    match json::parse(resp.body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(Error::BadJson("body is not a JSON object")),
+    }
+}
+
+/// The problem type of an object's `error` member.
+fn error_kind(obj: Value<'_>) -> ProblemKind {
+    obj.get("error")
+        .and_then(|e| e.get_str("type"))
+        .map_or(ProblemKind::Other, ProblemKind::from_type)
+}
+
+/// The error of an invalid authorization: that of its failed challenge.
+fn authz_error_kind(authz: Value<'_>) -> ProblemKind {
+    authz
+        .get("challenges")
+        .into_iter()
+        .flat_map(|c| c.items())
+        .find(|c| c.get("error").is_some())
+        .map_or(ProblemKind::Other, error_kind)
+}

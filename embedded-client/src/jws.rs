@@ -1,0 +1,135 @@
+//! Flattened JWS (RFC 7515 §7.2.2) with ES256, as SPEC §3.2 requires, and the HS256 external
+//! account binding of SPEC §6.2. Everything is written straight into caller buffers; the
+//! signature is computed over the base64url text where it already lies.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::http::HEADROOM;
+use crate::key::AccountKey;
+use crate::text::Writer;
+use crate::Error;
+
+/// How the request names its key (SPEC §3.4).
+pub(crate) enum KeyRef<'a> {
+    /// newAccount: the public key itself.
+    Jwk,
+    /// Every other request: the account URL.
+    Kid(&'a str),
+}
+
+/// The `url` a request is for: the server's origin and a path on it.
+#[derive(Clone, Copy)]
+pub(crate) struct Url<'a> {
+    pub(crate) origin: &'a str,
+    pub(crate) path: &'a str,
+}
+
+/// Writes the JWS over `payload` at `tx[HEADROOM..]` and returns its length. `header` is
+/// scratch space for the protected header's JSON.
+pub(crate) fn write(
+    tx: &mut [u8],
+    header: &mut [u8],
+    account: &AccountKey,
+    key_ref: KeyRef<'_>,
+    nonce: &str,
+    url: Url<'_>,
+    payload: &[u8],
+) -> Result<usize, Error> {
+    let header = {
+        let mut h = Writer::new(header);
+        h.str("{\"alg\":\"ES256\",")?;
+        match key_ref {
+            KeyRef::Jwk => {
+                h.str("\"jwk\":")?;
+                jwk_json(&mut h, account)?;
+            }
+            KeyRef::Kid(kid) => {
+                h.str("\"kid\":\"")?;
+                h.json_str(kid)?;
+                h.byte(b'"')?;
+            }
+        }
+        h.str(",\"nonce\":\"")?;
+        h.json_str(nonce)?;
+        h.str("\",\"url\":\"")?;
+        h.json_str(url.origin)?;
+        h.json_str(url.path)?;
+        h.str("\"}")?;
+        h.into_written()
+    };
+    let body = tx.get_mut(HEADROOM..).ok_or(Error::BufferTooSmall {
+        needed: HEADROOM + 1,
+    })?;
+    let mut w = Writer::new(body);
+    w.str("{\"protected\":\"")?;
+    let h0 = w.len();
+    w.base64url(header)?;
+    let h1 = w.len();
+    w.str("\",\"payload\":\"")?;
+    let p0 = w.len();
+    w.base64url(payload)?;
+    let p1 = w.len();
+    let signature = {
+        let text = w.written();
+        account.key().sign(&[&text[h0..h1], b".", &text[p0..p1]])?
+    };
+    w.str("\",\"signature\":\"")?;
+    w.base64url(&signature)?;
+    w.str("\"}")?;
+    Ok(w.len())
+}
+
+/// The account key as a JWK object, members in RFC 7638 order.
+pub(crate) fn jwk_json(w: &mut Writer<'_>, account: &AccountKey) -> Result<(), Error> {
+    let mut canonical = [0u8; 128];
+    let json = protocol_spec::jwk::canonical_json(&account.jwk(), &mut canonical)
+        .map_err(|_| Error::Key)?;
+    w.str(json)
+}
+
+/// Writes the `externalAccountBinding` JWS object (SPEC §6.2): HS256 under the operator's
+/// credential over the account JWK, for the newAccount `url`.
+pub(crate) fn eab(
+    w: &mut Writer<'_>,
+    account: &AccountKey,
+    kid: &str,
+    hmac_key: &[u8],
+    url: Url<'_>,
+) -> Result<(), Error> {
+    let mut header = [0u8; 384];
+    let header = {
+        let mut h = Writer::new(&mut header);
+        h.str("{\"alg\":\"HS256\",\"kid\":\"")?;
+        h.json_str(kid)?;
+        h.str("\",\"url\":\"")?;
+        h.json_str(url.origin)?;
+        h.json_str(url.path)?;
+        h.str("\"}")?;
+        h.into_written()
+    };
+    let mut jwk = [0u8; 128];
+    let jwk = {
+        let mut j = Writer::new(&mut jwk);
+        jwk_json(&mut j, account)?;
+        j.into_written()
+    };
+    w.str("{\"protected\":\"")?;
+    let h0 = w.len();
+    w.base64url(header)?;
+    let h1 = w.len();
+    w.str("\",\"payload\":\"")?;
+    let p0 = w.len();
+    w.base64url(jwk)?;
+    let p1 = w.len();
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(hmac_key).map_err(|_| Error::Config("EAB HMAC key"))?;
+    let text = w.written();
+    mac.update(&text[h0..h1]);
+    mac.update(b".");
+    mac.update(&text[p0..p1]);
+    let tag = mac.finalize().into_bytes();
+    w.str("\",\"signature\":\"")?;
+    w.base64url(&tag)?;
+    w.str("\"}")
+}

@@ -1,0 +1,186 @@
+//! Fixed-capacity text, for the URLs and nonces the client keeps between requests.
+
+use crate::Error;
+
+/// Up to `N` octets of UTF-8 text stored inline.
+#[derive(Clone, Copy)]
+pub struct Text<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Text<N> {
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    /// Copies `s`; too long is an error, never a truncation.
+    pub fn copy_from(s: &str) -> Result<Self, Error> {
+        let mut t = Self::new();
+        t.push(s)?;
+        Ok(t)
+    }
+
+    pub fn push(&mut self, s: &str) -> Result<(), Error> {
+        let end = self.len + s.len();
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(Error::BufferTooSmall { needed: end })?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever pushed, so this is always valid UTF-8.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<const N: usize> Default for Text<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for Text<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl<const N: usize> PartialEq<str> for Text<N> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// Appends to a caller buffer; fails instead of truncating.
+pub(crate) struct Writer<'o> {
+    buf: &'o mut [u8],
+    len: usize,
+}
+
+impl<'o> Writer<'o> {
+    pub(crate) fn new(buf: &'o mut [u8]) -> Self {
+        Self { buf, len: 0 }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let end = self.len + bytes.len();
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(Error::BufferTooSmall { needed: end })?;
+        dst.copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    pub(crate) fn str(&mut self, s: &str) -> Result<(), Error> {
+        self.push(s.as_bytes())
+    }
+
+    pub(crate) fn byte(&mut self, b: u8) -> Result<(), Error> {
+        self.push(&[b])
+    }
+
+    /// A decimal number, without `core::fmt` (which costs flash on small targets).
+    pub(crate) fn decimal(&mut self, mut n: u64) -> Result<(), Error> {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..])
+    }
+
+    /// base64url of `bytes` (RFC 4648 §5, no padding).
+    pub(crate) fn base64url(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let rest = self.buf.get_mut(self.len..).unwrap_or_default();
+        let written =
+            protocol_spec::base64url::encode(bytes, rest).map_err(|e| Error::BufferTooSmall {
+                needed: self.len + e.needed,
+            })?;
+        self.len += written.len();
+        Ok(())
+    }
+
+    /// `s` as the content of a JSON string (RFC 8259 §7): quotes, backslashes and control
+    /// characters escaped.
+    pub(crate) fn json_str(&mut self, s: &str) -> Result<(), Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in s.as_bytes() {
+            match b {
+                b'"' => self.push(b"\\\"")?,
+                b'\\' => self.push(b"\\\\")?,
+                0..=0x1f => self.push(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ])?,
+                _ => self.byte(b)?,
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn written(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn into_written(self) -> &'o mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_refuses_instead_of_truncating() {
+        let mut t = Text::<4>::copy_from("abc").expect("test");
+        assert_eq!(t.push("de"), Err(Error::BufferTooSmall { needed: 5 }));
+        assert_eq!(t.as_str(), "abc");
+    }
+
+    #[test]
+    fn writer_escapes_json_and_writes_numbers() {
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf);
+        w.json_str("a\"b\\c\n").expect("test");
+        w.byte(b' ').expect("test");
+        w.decimal(0).expect("test");
+        w.byte(b' ').expect("test");
+        w.decimal(18_446_744_073_709_551_615).expect("test");
+        assert_eq!(
+            core::str::from_utf8(w.written()).expect("test"),
+            "a\\\"b\\\\c\\u000a 0 18446744073709551615"
+        );
+    }
+}
