@@ -160,6 +160,8 @@ pub struct Enrollment<'a> {
     fetching_nonce: bool,
     nonce_retries: u8,
     replaces: Option<&'a str>,
+    /// EAB is required and none is configured: newAccount may only find an existing account.
+    only_existing: bool,
     origin: Text<ORIGIN_MAX>,
     nonce: Text<NONCE_MAX>,
     new_nonce: Path,
@@ -217,7 +219,9 @@ impl<'a> Enrollment<'a> {
             fetching_nonce: false,
             nonce_retries: 0,
             replaces: cfg.replaces,
-            origin: Text::copy_from(cfg.base_url).map_err(|_| Error::Config("base URL too long"))?,
+            only_existing: false,
+            origin: Text::copy_from(cfg.base_url)
+                .map_err(|_| Error::Config("base URL too long"))?,
             nonce: Text::new(),
             new_nonce: Text::new(),
             new_account: Text::new(),
@@ -309,7 +313,14 @@ impl<'a> Enrollment<'a> {
         let mut w = Writer::new(scratch);
         w.byte(b'{')?;
         let mut first = true;
+        if self.only_existing {
+            w.str("\"onlyReturnExisting\":true")?;
+            first = false;
+        }
         if self.cfg.terms_of_service_agreed {
+            if !first {
+                w.byte(b',')?;
+            }
             w.str("\"termsOfServiceAgreed\":true")?;
             first = false;
         }
@@ -436,6 +447,8 @@ impl<'a> Enrollment<'a> {
                 self.order =
                     self.path_of(resp.header("location").ok_or(Error::Http("no Location"))?)?;
                 let body = json_body(&resp)?;
+                let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
+                self.finalize = path_in(&self.origin, finalize)?;
                 self.authz_count = 0;
                 for item in body
                     .get("authorizations")
@@ -523,6 +536,7 @@ impl<'a> Enrollment<'a> {
                 }
                 Ok(Event::Continue)
             }
+            ProblemKind::AccountDoesNotExist if self.only_existing => Err(Error::EabRequired),
             // RFC 9773 §5: the old certificate was already replaced; a plain order still works.
             ProblemKind::AlreadyReplaced
                 if self.state == State::Order && self.replaces.is_some() =>
@@ -548,9 +562,9 @@ impl<'a> Enrollment<'a> {
             .get("meta")
             .and_then(|m| m.get("externalAccountRequired"))
             == Some(Value::Bool(true));
-        if eab_required && self.cfg.eab.is_none() {
-            return Err(Error::EabRequired);
-        }
+        // Without a credential, only an existing account (a renewing device) can go on: ask
+        // for it with onlyReturnExisting instead of trying to create one that must fail.
+        self.only_existing = eab_required && self.cfg.eab.is_none();
         self.state = State::Account;
         Ok(Event::Continue)
     }

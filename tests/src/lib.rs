@@ -18,8 +18,10 @@
 //! client state) after the test, for post-mortems; their paths appear in error messages.
 
 pub mod ca_server;
+pub mod cli;
 pub mod clients;
 pub mod https;
+pub mod idevid;
 pub mod openssl;
 pub mod pebble;
 pub mod ports;

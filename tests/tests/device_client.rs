@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context as _, Result};
+use iiot_acme_tests::cli::{operator, pending_request};
+use iiot_acme_tests::idevid::Manufacturer;
 use iiot_acme_tests::process::{poll_until, run_with_timeout, Daemon, RunOutput};
 use iiot_acme_tests::{
     ca_server_bin, openssl_verify, openssl_verify_host, temp_dir, CaServer, CaServerOpts, Pebble,
@@ -308,22 +310,6 @@ impl Drop for Waiting {
     }
 }
 
-/// Runs `ca-server ARGS --data-dir <the server's>` as the operator would, and returns stdout.
-fn operator(server: &CaServer, args: &[&str]) -> String {
-    let out = Command::new(ca_server_bin().expect("ca-server binary"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(server.data_dir())
-        .output()
-        .expect("ca-server runs");
-    assert!(
-        out.status.success(),
-        "ca-server {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// Turns on operator-approval-01 in the server's config file and restarts it (same data, ports
 /// and root).
 fn enable_operator_approval(server: &mut CaServer) {
@@ -351,22 +337,6 @@ fn printed_pairing_code(waiting: &Waiting) -> String {
         },
     )
     .expect("the device shows its pairing code")
-}
-
-/// The operator's pending request whose pairing code is `code`, as `approval list --json` shows.
-fn pending_request(server: &CaServer, code: &str) -> serde_json::Value {
-    poll_until(
-        "pending approval request",
-        RUN_TIMEOUT,
-        Duration::from_millis(100),
-        |why| {
-            let list: Vec<serde_json::Value> =
-                serde_json::from_str(&operator(server, &["approval", "list", "--json"]))?;
-            *why = format!("{list:?}");
-            Ok(list.into_iter().find(|p| p["pairing_code"] == code))
-        },
-    )
-    .expect("the request is listed with the device's pairing code")
 }
 
 fn code(out: &RunOutput) -> i32 {
@@ -736,7 +706,7 @@ fn enrolls_by_operator_approval_and_stops_on_rejection() {
         &["--challenge", "operator-approval-01"],
     );
     let code = printed_pairing_code(&waiting);
-    let request = pending_request(&server, &code);
+    let request = pending_request(&server, &code, RUN_TIMEOUT);
     assert!(
         request["identifier"]
             .to_string()
@@ -763,7 +733,7 @@ fn enrolls_by_operator_approval_and_stops_on_rejection() {
     let mut waiting =
         device.spawn_oneshot("reject", "enroll", &["--challenge", "operator-approval-01"]);
     let code = printed_pairing_code(&waiting);
-    let request = pending_request(&server, &code);
+    let request = pending_request(&server, &code, RUN_TIMEOUT);
     let id = request["id"].as_str().expect("request id");
     operator(
         &server,
@@ -835,80 +805,6 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
     assert!(out.stderr.contains("rejectedIdentifier"), "{}", out.stderr);
 }
 
-/// A test manufacturer's IDevID CA (a self-signed root), made fresh for each test.
-struct Manufacturer {
-    root_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Manufacturer {
-    fn new(cn: &str) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::OrganizationName, "Example Devices Test");
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(9999, 1, 1);
-        let root = p.self_signed(&key).expect("manufacturer root");
-        Self {
-            root_pem: root.pem(),
-            issuer: rcgen::Issuer::new(p, key),
-        }
-    }
-
-    /// Writes an IDevID (subject serialNumber = `serial`, IEEE 802.1AR) with a key of `alg`
-    /// into `dir`, and returns the chain and key files.
-    fn idevid(
-        &self,
-        dir: &Path,
-        serial: &str,
-        alg: &'static rcgen::SignatureAlgorithm,
-    ) -> (PathBuf, PathBuf) {
-        use rcgen::{CertificateParams, DnType, DnValue, IsCa, KeyUsagePurpose};
-        let key = rcgen::KeyPair::generate_for(alg).expect("key");
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::OrganizationName, "Example Devices Test");
-        p.distinguished_name.push(DnType::CommonName, "PLC IDevID");
-        p.distinguished_name.push(
-            DnType::CustomDnType(vec![2, 5, 4, 5]),
-            DnValue::PrintableString(serial.try_into().expect("printable serial")),
-        );
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(9999, 12, 31);
-        p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &self.issuer).expect("IDevID");
-        fs::create_dir_all(dir).expect("idevid dir");
-        let chain = dir.join("idevid-chain.pem");
-        let key_path = dir.join("idevid-key.pem");
-        fs::write(&chain, cert.pem()).expect("write chain");
-        fs::write(&key_path, key.serialize_pem()).expect("write key");
-        (chain, key_path)
-    }
-
-    /// Installs the root as a trust anchor with `ca-server trust-anchor add`.
-    fn trust(&self, server: &CaServer, name: &str, assigner: Option<&str>) {
-        let path = server.data_dir().join(format!("{name}-root.pem"));
-        fs::write(&path, &self.root_pem).expect("write root");
-        let path = path.to_str().expect("utf-8 path");
-        let mut args = vec!["trust-anchor", "add", "--name", name];
-        if let Some(a) = assigner {
-            args.extend(["--assigner", a]);
-        }
-        args.push(path);
-        let out = operator(server, &args);
-        assert!(out.contains(name), "{out}");
-    }
-}
-
 /// A device that proves `serial` with device-attest-01 using the IDevID files.
 fn attesting_device(server: &CaServer, serial: &str, idevid: &(PathBuf, PathBuf)) -> Device {
     let mut device = Device::for_server(server, Pin::RootFile(server.root_pem_path()), &[]);
@@ -976,7 +872,9 @@ fn openssl_text(path: &Path) -> String {
 fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let maker = Manufacturer::new("Example Devices Root");
-    maker.trust(&server, "example-devices", None);
+    maker
+        .trust(&server, "example-devices", None)
+        .expect("trust anchor added");
 
     // permanent-identifier alone, IDevID key P-256.
     let serial = "SN-4711";
@@ -1039,7 +937,8 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     // With an assigner: the manufacturer's anchor is configured with its OID (SPEC §5.10.4),
     // and the certificate's PermanentIdentifier carries it.
     let pen = Manufacturer::new("Example PEN Devices Root");
-    pen.trust(&server, "example-pen", Some("1.3.6.1.4.1.32473"));
+    pen.trust(&server, "example-pen", Some("1.3.6.1.4.1.32473"))
+        .expect("trust anchor added");
     let idevid = pen.idevid(
         &scratch.path().join("pen"),
         "SN-4713",
@@ -1061,7 +960,9 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
 fn device_attestation_failures_are_reported_with_the_cas_detail() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let trusted = Manufacturer::new("Trusted Devices Root");
-    trusted.trust(&server, "trusted", None);
+    trusted
+        .trust(&server, "trusted", None)
+        .expect("trust anchor added");
     let untrusted = Manufacturer::new("Unknown Devices Root");
     let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
 
