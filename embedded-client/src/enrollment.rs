@@ -61,7 +61,10 @@ impl Identifier<'_> {
         }
     }
 
-    fn check(&self) -> Result<(), Error> {
+    /// Checks the identifier as the server will (SPEC §4). The client never rewrites it, so a
+    /// value must already be in the form the server stores: a DNS name in lowercase A-labels,
+    /// an IP address in its canonical text.
+    pub fn validate(&self) -> Result<(), Error> {
         use protocol_spec::identifier as id;
         match *self {
             Self::Dns(v) => {
@@ -200,7 +203,7 @@ impl<'a> Enrollment<'a> {
             return Err(Error::Config("1 to 4 identifiers"));
         }
         for id in cfg.identifiers {
-            id.check()?;
+            id.validate()?;
         }
         if account.key().to_bytes() == cert_key.to_bytes() {
             return Err(Error::Config("certificate key equals the account key"));

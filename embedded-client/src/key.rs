@@ -88,14 +88,8 @@ impl AccountKey {
             y: yb,
             thumbprint: [0; THUMBPRINT_LEN],
         };
-        let mut canonical = [0u8; 128];
-        let digest: [u8; 32] = match jwk::canonical_json(&k.jwk(), &mut canonical) {
-            Ok(json) => Sha256::digest(json.as_bytes()).into(),
-            Err(_) => [0; 32],
-        };
-        let mut t = [0u8; THUMBPRINT_LEN];
-        jwk::thumbprint_text(&digest, &mut t);
-        k.thumbprint = t;
+        // A P-256 JWK always fits and always validates.
+        k.thumbprint = thumbprint(&k.jwk()).unwrap_or([0; THUMBPRINT_LEN]);
         k
     }
 
@@ -121,6 +115,19 @@ impl AccountKey {
     pub fn pairing_code(&self) -> PairingCode {
         PairingCode::for_thumbprint(self.thumbprint())
     }
+}
+
+/// The RFC 7638 thumbprint of `jwk` as base64url text: SHA-256 over its canonical JSON. EC and
+/// OKP keys only: the canonical JSON of an RSA key would need a kilobyte of stack, and the
+/// device never holds one.
+pub fn thumbprint(jwk: &Jwk<'_>) -> Result<[u8; THUMBPRINT_LEN], Error> {
+    // A P-384 JWK, the largest accepted here, is 168 octets of canonical JSON.
+    let mut canonical = [0u8; 192];
+    let json = jwk::canonical_json(jwk, &mut canonical).map_err(|_| Error::Key)?;
+    let digest: [u8; 32] = Sha256::digest(json.as_bytes()).into();
+    let mut t = [0u8; THUMBPRINT_LEN];
+    jwk::thumbprint_text(&digest, &mut t);
+    Ok(t)
 }
 
 fn ascii(b: &[u8]) -> &str {

@@ -1,0 +1,142 @@
+//! Runs the shared test vectors (`protocol-spec/vectors`, SPEC §1.5) against the embedded
+//! client's own functions: the same bytes the server and the std client run.
+//!
+//! A vector the client cannot run is listed in `vectors-skip.toml` with the reason.
+
+use embedded_client::key::thumbprint;
+use embedded_client::{Error, Identifier, PairingCode, ProblemKind};
+use protocol_spec::jwk::{Curve, Jwk};
+use protocol_spec::runner::{field, Runner, Vector};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const RUN: &[&str] = &[
+    "identifiers",
+    "key_authorization",
+    "pairing_code",
+    "problems",
+    "thumbprint",
+];
+
+fn run(stem: &str, check: impl Fn(&Vector) -> Result<(), String>) {
+    Runner::new(include_str!("vectors-skip.toml"), RUN).run(stem, check);
+}
+
+#[test]
+fn every_file_is_run_or_skipped() {
+    Runner::new(include_str!("vectors-skip.toml"), RUN).check_coverage();
+}
+
+fn jwk(v: &Value) -> Result<Jwk<'_>, String> {
+    match (field(v, "kty")?, v["crv"].as_str()) {
+        ("EC", Some(crv)) => Ok(Jwk::Ec {
+            crv: match crv {
+                "P-256" => Curve::P256,
+                "P-384" => Curve::P384,
+                other => return Err(format!("curve {other}")),
+            },
+            x: field(v, "x")?,
+            y: field(v, "y")?,
+        }),
+        ("OKP", Some("Ed25519")) => Ok(Jwk::Ed25519 { x: field(v, "x")? }),
+        ("RSA", _) => Ok(Jwk::Rsa {
+            n: field(v, "n")?,
+            e: field(v, "e")?,
+        }),
+        (kty, crv) => Err(format!("kty {kty} crv {crv:?}")),
+    }
+}
+
+fn text(t: &[u8]) -> String {
+    String::from_utf8_lossy(t).into_owned()
+}
+
+/// SPEC §5.2: the thumbprint the key authorization and the pairing code are built from.
+#[test]
+fn thumbprints() {
+    run("thumbprint", |v| {
+        let got = thumbprint(&jwk(&v.input["jwk"])?).map_err(|e| e.to_string())?;
+        (text(&got) == field(&v.expect, "thumbprint")?)
+            .then_some(())
+            .ok_or_else(|| format!("thumbprint {}", text(&got)))
+    });
+}
+
+/// SPEC §5.2: key authorizations as device-attest-01 signs them.
+#[test]
+fn key_authorizations() {
+    run("key_authorization", |v| {
+        let token = field(&v.input, "token")?;
+        let tp = match v.input.get("jwk") {
+            Some(j) => text(&thumbprint(&jwk(j)?).map_err(|e| e.to_string())?),
+            None => field(&v.input, "thumbprint")?.to_owned(),
+        };
+        let mut out = [0u8; 128];
+        let got = protocol_spec::challenge::key_authorization(token, &tp, &mut out);
+        match (got, v.expect["error"].as_str()) {
+            (Ok(ka), None) => {
+                if ka != field(&v.expect, "key_authorization")? {
+                    return Err(format!("key authorization {ka}"));
+                }
+                let digest: String = Sha256::digest(ka.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                (digest == field(&v.expect, "sha256_hex")?)
+                    .then_some(())
+                    .ok_or_else(|| "digest differs".to_owned())
+            }
+            (Err(e), Some(kind)) => format!("{e:?}")
+                .to_lowercase()
+                .contains(kind)
+                .then_some(())
+                .ok_or_else(|| format!("refused with {e:?}, expected {kind}")),
+            (got, want) => Err(format!("got {got:?}, expected error {want:?}")),
+        }
+    });
+}
+
+/// SPEC §5.9: the code the device shows is the one the operator sees.
+#[test]
+fn pairing_codes() {
+    run("pairing_code", |v| {
+        let code = PairingCode::for_thumbprint(field(&v.input, "thumbprint")?);
+        (code.as_str() == field(&v.expect, "pairing_code")?)
+            .then_some(())
+            .ok_or_else(|| format!("code {code:?}"))
+    });
+}
+
+/// SPEC §3.8: every problem type the server uses is one the client tells apart.
+#[test]
+fn problems() {
+    run("problems", |v| {
+        let t = field(&v.expect, "type")?;
+        match ProblemKind::from_type(t) {
+            ProblemKind::Other => Err(format!("{t} is unknown to the client")),
+            _ => Ok(()),
+        }
+    });
+}
+
+/// SPEC §4: the client accepts exactly the identifiers the server keeps as written, and refuses
+/// the ones the server would refuse or rewrite, before sending anything.
+#[test]
+fn identifiers() {
+    run("identifiers", |v| {
+        let value = field(&v.input, "value")?;
+        let id = match field(&v.input, "type")? {
+            "dns" => Identifier::Dns(value),
+            "ip" => Identifier::Ip(value),
+            "permanent-identifier" => Identifier::Permanent(value),
+            other => return Err(format!("type {other}")),
+        };
+        let got = id.validate();
+        match (got, v.expect["value"].as_str()) {
+            (Ok(()), Some(want)) if want == value => Ok(()),
+            (Err(Error::Config(_)), Some(want)) if want != value => Ok(()),
+            (Err(Error::Config(_)), None) => Ok(()),
+            (got, want) => Err(format!("got {got:?}, server keeps {want:?}")),
+        }
+    });
+}
