@@ -1,6 +1,7 @@
 //! The embedded default backend: sled, one tree per table, in `<data_dir>/db`.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use super::{FlushFuture, Store, Table};
 use crate::{Error, Result};
@@ -12,25 +13,30 @@ pub struct SledStore {
     group: std::sync::Arc<GroupCommit>,
 }
 
-/// Group commit: one sled flush serves every caller waiting when it starts.
+/// Group commit: one sled flush serves every caller waiting when it starts, and a caller with
+/// nothing new to make durable waits for no flush at all.
 ///
 /// Every response waits for a flush, and a flush per response cost more CPU than the
 /// signatures (thread hand-offs to the blocking pool, one fsync each; see issue #6's profile).
-/// A caller takes a ticket; if no flush is running it leads one that covers every ticket taken
-/// so far, otherwise it waits for the running one and, if that did not cover its ticket, for
-/// the next. A flush covers a ticket because the ticket was taken after the caller's writes
-/// completed and before the flush started.
+/// Every completed write takes the next number of a write sequence. A caller's ticket is the
+/// sequence number when it asks: everything it may have written or read is at or below it.
+/// If the flushes so far covered the ticket, the caller returns at once (most reads: polls,
+/// downloads, the directory). Otherwise, if no flush is running it leads one that covers the
+/// sequence as it was when that flush started, else it waits for the running one and, if that
+/// did not cover its ticket, for the next.
 #[derive(Default)]
 struct GroupCommit {
+    /// Writes completed so far.
+    writes: std::sync::atomic::AtomicU64,
+    /// sled flushes started, for the tests that check reads cost none.
+    flushes: std::sync::atomic::AtomicU64,
     state: std::sync::Mutex<GroupState>,
     done: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct GroupState {
-    /// Tickets handed out.
-    requested: u64,
-    /// Every ticket up to this one is durable.
+    /// Every write up to this sequence number is durable.
     completed: u64,
     /// A flush is under way.
     running: bool,
@@ -71,12 +77,19 @@ impl SledStore {
         lock_state(&self.group)
     }
 
+    /// Records a completed write (after sled applied it).
+    fn wrote(&self) {
+        self.group.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// sled flushes started since the store was opened.
+    #[cfg(test)]
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.group.flushes.load(Ordering::SeqCst)
+    }
+
     async fn group_flush(&self) -> Result<()> {
-        let ticket = {
-            let mut st = self.lock();
-            st.requested += 1;
-            st.requested
-        };
+        let ticket = self.group.writes.load(Ordering::SeqCst);
         loop {
             // Registered before the state is read, so a flush finishing in between still wakes us.
             let finished = self.group.done.notified();
@@ -91,7 +104,9 @@ impl SledStore {
                     None
                 } else {
                     st.running = true;
-                    Some(st.requested)
+                    // Read after `running` is set and before the flush starts: every write
+                    // counted here completed before sled's flush begins, so it is covered.
+                    Some(self.group.writes.load(Ordering::SeqCst))
                 }
             };
             let Some(target) = lead else {
@@ -104,6 +119,7 @@ impl SledStore {
             // concurrent load `flush_async` was seen to never complete (a whole server stalled
             // with eight clients).
             let (db, group) = (self.db.clone(), self.group.clone());
+            group.flushes.fetch_add(1, Ordering::SeqCst);
             let flush = tokio::spawn(async move {
                 let result = tokio::task::spawn_blocking(move || db.flush())
                     .await
@@ -138,6 +154,7 @@ impl Store for SledStore {
 
     fn put(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
         self.tree(table).insert(key, value)?;
+        self.wrote();
         Ok(())
     }
 
@@ -148,7 +165,11 @@ impl Store for SledStore {
         old: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool> {
-        Ok(self.tree(table).compare_and_swap(key, old, new)?.is_ok())
+        let swapped = self.tree(table).compare_and_swap(key, old, new)?.is_ok();
+        if swapped {
+            self.wrote();
+        }
+        Ok(swapped)
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -163,5 +184,34 @@ impl Store for SledStore {
 
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(self.group_flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_wait_for_no_flush_and_writes_for_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 0, "nothing written: no flush");
+        store.put(Table::Orders, b"k", b"v").expect("put");
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 1);
+        // Reads, and a compare-and-swap that does not swap, leave nothing to flush.
+        store.get(Table::Orders, b"k").expect("get");
+        assert!(!store
+            .compare_and_swap(Table::Orders, b"k", Some(b"other"), Some(b"w"))
+            .expect("cas"));
+        store.flush().await.expect("flush");
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 1);
+        assert!(store
+            .compare_and_swap(Table::Orders, b"k", Some(b"v"), Some(b"w"))
+            .expect("cas"));
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 2);
     }
 }
