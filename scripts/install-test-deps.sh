@@ -6,14 +6,17 @@
 #   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test
 #   mosquitto-clients  mosquitto_pub, the device side of that test
 #   python3-venv    for .venv-tests: asyncua (PyPI, pinned) for the OPC UA interop test
+#   gcc libssl-dev  the C program that enrolls through the embedded client's C API over OpenSSL
+#                   (tests/c/enroll.c); python3 also reads the firmware ELF for the footprint
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
-PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv)
+PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
+    gcc libc6-dev libssl-dev)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
-BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub)
+BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub cc python3)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }

@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== embedded client: no_std link (thumbv7em firmware, or the host staticlib without the target)"
+./scripts/embedded-footprint.sh --check
 echo "== build binaries used by end-to-end tests"
 cargo build --workspace --bins --locked
 echo "== cargo test"

@@ -54,38 +54,11 @@ pub fn ca_server_bin() -> Result<PathBuf> {
 }
 
 fn build_ca_server() -> Result<PathBuf> {
-    let exe = env::current_exe().context("cannot find the test executable's path")?;
-    let exe_dir = exe
-        .parent()
-        .with_context(|| format!("{} has no parent directory", exe.display()))?;
-    // Integration tests live in <target>/<profile>/deps; binaries one level up.
-    let profile_dir = if exe_dir.file_name().is_some_and(|n| n == "deps") {
-        exe_dir.parent().unwrap_or(exe_dir)
-    } else {
-        exe_dir
-    };
+    let (profile_dir, target_dir, profile) = crate::cargo::build_dirs()?;
     let bin = profile_dir.join("ca-server");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("cannot tell the profile from {}", profile_dir.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .with_context(|| format!("{} has no parent directory", profile_dir.display()))?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the tests package has no parent directory")?;
-
-    // `cargo test` sets $CARGO for the processes it runs.
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    remove_crate_env(&mut cmd);
-    cmd.args(["build", "--workspace", "--bin", "ca-server"])
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
+    let mut cmd = crate::cargo::workspace_cargo("build", &target_dir)?;
+    cmd.args(["--workspace", "--bin", "ca-server"]);
+    match profile.as_str() {
         "debug" => {}
         "release" => {
             cmd.arg("--release");
@@ -124,31 +97,6 @@ fn build_ca_server() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
-}
-
-/// Removes the variables cargo sets for the crate it runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
-/// …) from `cmd`'s environment. Build scripts such as ring's declare `rerun-if-env-changed` on
-/// them, so a nested cargo that inherits this test's values reruns them and rebuilds ring,
-/// rustls and everything above, and the next outer build rebuilds them back.
-fn remove_crate_env(cmd: &mut Command) {
-    const EXACT: &[&str] = &[
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-        "CARGO_MANIFEST_LINKS",
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-        "OUT_DIR",
-    ];
-    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_CFG_", "CARGO_BIN_EXE_"];
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if EXACT.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p)) {
-            cmd.env_remove(key);
-        }
-    }
 }
 
 /// How to start a [`CaServer`].
@@ -423,13 +371,17 @@ impl CaServer {
 
     /// `ca-server eab create --data-dir <dir> --json [--single-use]`: a new EAB key.
     pub fn eab_create(&self, single_use: bool) -> Result<Eab> {
+        self.eab_create_with(if single_use { &["--single-use"] } else { &[] })
+    }
+
+    /// `ca-server eab create --data-dir <dir> --json ARGS…`, e.g. `["--allow", "dns:NAME"]`
+    /// for a credential that pre-authorizes NAME.
+    pub fn eab_create_with(&self, args: &[&str]) -> Result<Eab> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["eab", "create", "--data-dir"])
             .arg(&self.data_dir)
-            .arg("--json");
-        if single_use {
-            cmd.arg("--single-use");
-        }
+            .arg("--json")
+            .args(args);
         let out = run_with_timeout(
             "ca-server-eab-create",
             &mut cmd,

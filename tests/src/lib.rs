@@ -18,6 +18,7 @@
 //! client state) after the test, for post-mortems; their paths appear in error messages.
 
 pub mod ca_server;
+pub mod cargo;
 pub mod cli;
 pub mod clients;
 pub mod https;
