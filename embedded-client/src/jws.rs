@@ -2,7 +2,7 @@
 //! account binding of SPEC §6.2. Everything is written straight into caller buffers; the
 //! signature is computed over the base64url text where it already lies.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
 use crate::http::HEADROOM;
@@ -62,6 +62,26 @@ pub(crate) fn write(
         needed: HEADROOM + 1,
     })?;
     let mut w = Writer::new(body);
+    flattened(&mut w, header, payload, |input| {
+        account.key().sign(input).map(Mac::Es256)
+    })?;
+    Ok(w.len())
+}
+
+/// A signature or MAC over the JWS signing input.
+enum Mac {
+    Es256([u8; 64]),
+    Hs256([u8; 32]),
+}
+
+/// Writes `{"protected":…,"payload":…,"signature":…}`, signing the base64url text where it
+/// already lies in `w` (RFC 7515 §5.1: the signing input is `protected.payload`).
+fn flattened(
+    w: &mut Writer<'_>,
+    header: &[u8],
+    payload: &[u8],
+    sign: impl FnOnce(&[&[u8]]) -> Result<Mac, Error>,
+) -> Result<(), Error> {
     w.str("{\"protected\":\"")?;
     let h0 = w.len();
     w.base64url(header)?;
@@ -70,14 +90,16 @@ pub(crate) fn write(
     let p0 = w.len();
     w.base64url(payload)?;
     let p1 = w.len();
-    let signature = {
+    let mac = {
         let text = w.written();
-        account.key().sign(&[&text[h0..h1], b".", &text[p0..p1]])?
+        sign(&[&text[h0..h1], b".", &text[p0..p1]])?
     };
     w.str("\",\"signature\":\"")?;
-    w.base64url(&signature)?;
-    w.str("\"}")?;
-    Ok(w.len())
+    match mac {
+        Mac::Es256(s) => w.base64url(&s)?,
+        Mac::Hs256(t) => w.base64url(&t)?,
+    }
+    w.str("\"}")
 }
 
 /// The account key as a JWK object, members in RFC 7638 order.
@@ -114,22 +136,12 @@ pub(crate) fn eab(
         jwk_json(&mut j, account)?;
         j.into_written()
     };
-    w.str("{\"protected\":\"")?;
-    let h0 = w.len();
-    w.base64url(header)?;
-    let h1 = w.len();
-    w.str("\",\"payload\":\"")?;
-    let p0 = w.len();
-    w.base64url(jwk)?;
-    let p1 = w.len();
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(hmac_key).map_err(|_| Error::Config("EAB HMAC key"))?;
-    let text = w.written();
-    mac.update(&text[h0..h1]);
-    mac.update(b".");
-    mac.update(&text[p0..p1]);
-    let tag = mac.finalize().into_bytes();
-    w.str("\",\"signature\":\"")?;
-    w.base64url(&tag)?;
-    w.str("\"}")
+    flattened(w, header, jwk, |input| {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(hmac_key).map_err(|_| Error::Config("EAB HMAC key"))?;
+        for part in input {
+            mac.update(part);
+        }
+        Ok(Mac::Hs256(mac.finalize().into_bytes().into()))
+    })
 }

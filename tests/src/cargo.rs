@@ -57,7 +57,7 @@ pub fn workspace_cargo(subcommand: &str, target_dir: &Path) -> Result<Command> {
 /// …) from `cmd`'s environment. Build scripts such as ring's declare `rerun-if-env-changed` on
 /// them, so a nested cargo that inherits this test's values reruns them and rebuilds ring,
 /// rustls and everything above, and the next outer build rebuilds them back.
-fn remove_crate_env(cmd: &mut Command) {
+pub fn remove_crate_env(cmd: &mut Command) {
     const EXACT: &[&str] = &[
         "CARGO_MANIFEST_DIR",
         "CARGO_MANIFEST_PATH",

@@ -66,27 +66,7 @@ fn build_device_client() -> Result<PathBuf> {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // Like the server build: without cargo's per-crate variables, so ring's build script does
     // not see a changed environment and rebuild half the tree.
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_CFG_")
-            || key.starts_with("CARGO_BIN_EXE_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_MANIFEST_LINKS",
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&key)
-        {
-            cmd.env_remove(key);
-        }
-    }
+    iiot_acme_tests::cargo::remove_crate_env(&mut cmd);
     cmd.args(["build", "--workspace", "--bin", "device-client"])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
