@@ -189,7 +189,8 @@ impl CertificateAuthority {
                 .map_err(|e| file_error(&path, format!("cannot be checked: {e}")))?;
             present.push((name, exists));
         }
-        if present.iter().all(|(_, exists)| !exists) {
+        let new_ca = present.iter().all(|(_, exists)| !exists);
+        if new_ca {
             create_hierarchy(dir, cfg)?;
             tracing::info!(dir = %dir.display(), "created a new CA root and issuing intermediate");
         } else if let Some((missing, _)) = present.iter().find(|(_, exists)| !exists) {
@@ -201,17 +202,18 @@ impl CertificateAuthority {
             ));
         }
         let mut ca = Self::load(dir)?;
-        ca.rsa = Self::load_or_init_rsa(dir, &ca.root_der, cfg.rsa_intermediate_key)?;
+        ca.rsa = Self::load_or_init_rsa(dir, &ca.root_der, cfg.rsa_intermediate_key, new_ca)?;
         tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), rsa_intermediate = ca.rsa.is_some(), "CA loaded");
         Ok(ca)
     }
 
     /// The RSA intermediate: loaded if both its files exist, created if neither does (unless
-    /// `want` is `none`), refused if only one does.
+    /// `want` is `none`), refused if only one does. `new_ca`: the root was created just now.
     fn load_or_init_rsa(
         dir: &Path,
         root_der: &[u8],
         want: RsaIntermediateKey,
+        new_ca: bool,
     ) -> Result<Option<Intermediate>> {
         let cert_path = dir.join(RSA_INTERMEDIATE_CERT);
         let key_path = dir.join(RSA_INTERMEDIATE_KEY);
@@ -223,7 +225,13 @@ impl CertificateAuthority {
             (false, false, None) => return Ok(None),
             (false, false, Some(bits)) => {
                 create_rsa_intermediate(dir, root_der, bits)?;
-                tracing::info!(dir = %dir.display(), bits, "created an RSA issuing intermediate");
+                if new_ca {
+                    tracing::info!(dir = %dir.display(), bits, "created an RSA issuing intermediate");
+                } else {
+                    // An upgrade from a version without it, or both files were lost: the
+                    // operator must be able to tell the two apart, so this is not quiet.
+                    tracing::warn!(dir = %dir.display(), bits, "created a NEW RSA issuing intermediate for an existing CA root. Expected once after an upgrade; otherwise rsa-intermediate.pem/.key were lost, and certificates the old one issued can no longer be checked against its CRL");
+                }
             }
             (true, true, _) => {}
             (cert, _, _) => {
