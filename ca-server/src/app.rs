@@ -51,6 +51,8 @@ pub mod paths {
     pub const RENEWAL_INFO: &str = "/acme/renewal-info";
     /// The CRL (RFC 5280 §5), named in every certificate's CRL distribution point.
     pub const CRL: &str = "/crl";
+    /// The RSA intermediate's CRL, named in the CRL distribution point of what it issues.
+    pub const CRL_RSA: &str = "/crl/rsa";
 }
 
 /// Everything the handlers share.
@@ -73,7 +75,7 @@ pub struct Inner {
     pub approvals: crate::approval::ApprovalQueue,
     /// Serialises changes to the account key index (newAccount, keyChange).
     pub account_keys: tokio::sync::Mutex<()>,
-    /// The signed CRL, cached.
+    /// The signed CRLs, cached.
     pub crl: crate::crl::CrlCache,
     /// Certificate profiles (SPEC §8.3), checked at start.
     pub profiles: crate::profiles::Profiles,
@@ -142,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/cert/{id}", post(cert::download))
         .route(paths::REVOKE_CERT, post(cert::revoke))
         .route(paths::CRL, get(crate::crl::get))
+        .route(paths::CRL_RSA, get(crate::crl::get_rsa))
         .route("/acme/renewal-info/{id}", get(crate::renewal::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,23 +1,30 @@
 //! The certificate authority: a two-level hierarchy on disk and issuance from it.
 //!
-//! A self-signed root (pathlen 1) certifies one online issuing intermediate (pathlen 0), which
-//! signs every end-entity certificate and the server's own HTTPS certificate. Devices trust the
-//! root, so the intermediate can be replaced without touching them.
+//! A self-signed root (pathlen 1) certifies an online EC issuing intermediate (pathlen 0),
+//! which signs end-entity certificates and the server's own HTTPS certificate, and, unless the
+//! operator turns it off, an online RSA issuing intermediate (pathlen 0) for profiles whose RSA
+//! keys need an RSA signature along the chain (OPC UA Basic256Sha256). Devices trust the root,
+//! so an intermediate can be replaced without touching them.
 //!
 //! Files in the CA directory (`<data_dir>/ca`, mode 0700):
 //!
-//! | file               | contents                                   | mode |
-//! |--------------------|--------------------------------------------|------|
-//! | `root.pem`         | root certificate                           | 0644 |
-//! | `root.key`         | root private key, PKCS#8                   | 0600 |
-//! | `intermediate.pem` | issuing intermediate certificate           | 0644 |
-//! | `intermediate.key` | issuing intermediate private key, PKCS#8   | 0600 |
-//! | `server.pem`       | the server's HTTPS leaf + intermediate     | 0644 |
-//! | `server.key`       | the server's HTTPS private key, PKCS#8     | 0600 |
+//! | file                   | contents                                     | mode |
+//! |------------------------|----------------------------------------------|------|
+//! | `root.pem`             | root certificate                             | 0644 |
+//! | `root.key`             | root private key, PKCS#8                     | 0600 |
+//! | `intermediate.pem`     | EC issuing intermediate certificate          | 0644 |
+//! | `intermediate.key`     | EC issuing intermediate private key, PKCS#8  | 0600 |
+//! | `rsa-intermediate.pem` | RSA issuing intermediate certificate         | 0644 |
+//! | `rsa-intermediate.key` | RSA issuing intermediate private key, PKCS#8 | 0600 |
+//! | `server.pem`           | the server's HTTPS leaf + EC intermediate    | 0644 |
+//! | `server.key`           | the server's HTTPS private key, PKCS#8       | 0600 |
 //!
-//! The four CA files are created together on first start and never again: if some are present
-//! and others missing, loading fails and names the missing file. Silently creating a new root
-//! would orphan every device that trusts the old one, which is far worse than refusing to start.
+//! The four root and EC files are created together on first start and never again: if some are
+//! present and others missing, loading fails and names the missing file. Silently creating a new
+//! root would orphan every device that trusts the old one, which is far worse than refusing to
+//! start. The two RSA files are created on the first start that finds neither of them (the first
+//! start of a new CA, or the first after an upgrade), unless `issuance.rsa_intermediate_key` is
+//! `none`; after that they are reused, and one without the other is refused the same way.
 //! The server certificate is different: it is derived state, so it is re-issued whenever it is
 //! missing, unreadable, for other names, or past two thirds of its life.
 //!
@@ -46,6 +53,7 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -53,7 +61,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::attest::der;
 use crate::attest::identifier::PermanentId;
-use crate::config::{CaKeyType, IssuanceConfig};
+use crate::config::{CaKeyType, IssuanceConfig, RsaIntermediateKey};
 use crate::csr::ip_from_octets;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::key::PublicKey;
@@ -65,6 +73,8 @@ const ROOT_CERT: &str = "root.pem";
 const ROOT_KEY: &str = "root.key";
 const INTERMEDIATE_CERT: &str = "intermediate.pem";
 const INTERMEDIATE_KEY: &str = "intermediate.key";
+const RSA_INTERMEDIATE_CERT: &str = "rsa-intermediate.pem";
+const RSA_INTERMEDIATE_KEY: &str = "rsa-intermediate.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 
@@ -82,17 +92,51 @@ const CN_MAX_CHARS: usize = 64;
 /// A certificate chain and its private key, both PEM.
 type TlsIdentity = (String, String);
 
-/// The CA hierarchy, loaded once at start. The issuing key stays in memory, so signing a
+/// Which issuing intermediate signs a certificate (and its CRL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerKind {
+    /// The EC intermediate (P-256 by default): every certificate unless a profile says otherwise.
+    #[default]
+    Ec,
+    /// The RSA intermediate: RSA keys of profiles with `issuer = "rsa"`.
+    Rsa,
+}
+
+impl IssuerKind {
+    /// Both, EC first.
+    pub const ALL: [Self; 2] = [Self::Ec, Self::Rsa];
+}
+
+impl fmt::Display for IssuerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ec => "EC",
+            Self::Rsa => "RSA",
+        })
+    }
+}
+
+/// The CA hierarchy, loaded once at start. The issuing keys stay in memory, so signing a
 /// certificate never reads a file.
 pub struct CertificateAuthority {
     root_path: PathBuf,
     root_pem: String,
     root_der: Vec<u8>,
-    intermediate_pem: String,
-    intermediate_der: Vec<u8>,
-    intermediate_not_after: OffsetDateTime,
+    ec: Intermediate,
+    rsa: Option<Intermediate>,
+}
+
+/// One issuing intermediate, loaded and checked.
+struct Intermediate {
+    /// The certificate file, for messages.
+    path: PathBuf,
+    pem: String,
+    der: Vec<u8>,
+    not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
-    /// Where relying parties fetch the CRL; written into every certificate it issues.
+    /// Where relying parties fetch this intermediate's CRL; written into every certificate it
+    /// issues.
     crl_url: Option<String>,
 }
 
@@ -106,6 +150,8 @@ pub struct IssuedCert {
     /// The leaf PEM followed by the intermediate PEM: the `application/pem-certificate-chain`
     /// body of RFC 8555 §7.4.2.
     pub chain_pem: String,
+    /// The intermediate that signed it.
+    pub issuer: IssuerKind,
     /// notBefore, Unix seconds.
     pub not_before: i64,
     /// notAfter, Unix seconds.
@@ -126,10 +172,12 @@ impl CertificateAuthority {
     /// Loads the CA hierarchy from `dir` (e.g. `<data_dir>/ca`), creating it on first start: a
     /// self-signed root (`cfg.root_key`, 10 years, CA:true pathlen 1, keyCertSign + cRLSign)
     /// and an issuing intermediate signed by it (`cfg.intermediate_key`, 5 years, pathlen 0).
+    /// The RSA intermediate (`cfg.rsa_intermediate_key`, 5 years, pathlen 0) is created when
+    /// neither of its files exists, on first start or later, unless the config says `none`.
     ///
-    /// Restarting reuses everything; the key types in `cfg` only matter the first time. A
-    /// missing or corrupt file gives `Error::Internal` naming the file; a root is never
-    /// regenerated because one file of the set is missing.
+    /// Restarting reuses everything; the key types in `cfg` only matter when a key is created.
+    /// A missing or corrupt file gives `Error::Internal` naming the file; a root or an
+    /// intermediate is never regenerated because one file of its set is missing.
     pub fn load_or_init(dir: &Path, cfg: &IssuanceConfig) -> Result<Self> {
         ensure_private_dir(dir)?;
         let files = [ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY];
@@ -141,7 +189,8 @@ impl CertificateAuthority {
                 .map_err(|e| file_error(&path, format!("cannot be checked: {e}")))?;
             present.push((name, exists));
         }
-        if present.iter().all(|(_, exists)| !exists) {
+        let new_ca = present.iter().all(|(_, exists)| !exists);
+        if new_ca {
             create_hierarchy(dir, cfg)?;
             tracing::info!(dir = %dir.display(), "created a new CA root and issuing intermediate");
         } else if let Some((missing, _)) = present.iter().find(|(_, exists)| !exists) {
@@ -152,9 +201,79 @@ impl CertificateAuthority {
                  Restore the file from a backup, or empty the directory to start a new CA",
             ));
         }
-        let ca = Self::load(dir)?;
-        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), "CA loaded");
+        let mut ca = Self::load(dir)?;
+        ca.rsa = Self::load_or_init_rsa(dir, &ca.root_der, cfg.rsa_intermediate_key, new_ca)?;
+        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), rsa_intermediate = ca.rsa.is_some(), "CA loaded");
         Ok(ca)
+    }
+
+    /// The RSA intermediate: loaded if both its files exist, created if neither does (unless
+    /// `want` is `none`), refused if only one does. `new_ca`: the root was created just now.
+    fn load_or_init_rsa(
+        dir: &Path,
+        root_der: &[u8],
+        want: RsaIntermediateKey,
+        new_ca: bool,
+    ) -> Result<Option<Intermediate>> {
+        let cert_path = dir.join(RSA_INTERMEDIATE_CERT);
+        let key_path = dir.join(RSA_INTERMEDIATE_KEY);
+        let exists = |path: &Path| {
+            path.try_exists()
+                .map_err(|e| file_error(path, format!("cannot be checked: {e}")))
+        };
+        match (exists(&cert_path)?, exists(&key_path)?, want.bits()) {
+            (false, false, None) => return Ok(None),
+            (false, false, Some(bits)) => {
+                create_rsa_intermediate(dir, root_der, bits)?;
+                if new_ca {
+                    tracing::info!(dir = %dir.display(), bits, "created an RSA issuing intermediate");
+                } else {
+                    // An upgrade from a version without it, or both files were lost: the
+                    // operator must be able to tell the two apart, so this is not quiet.
+                    tracing::warn!(dir = %dir.display(), bits, "created a NEW RSA issuing intermediate for an existing CA root. Expected once after an upgrade; otherwise rsa-intermediate.pem/.key were lost, and certificates the old one issued can no longer be checked against its CRL");
+                }
+            }
+            (true, true, _) => {}
+            (cert, _, _) => {
+                let (missing, present) = if cert {
+                    (&key_path, &cert_path)
+                } else {
+                    (&cert_path, &key_path)
+                };
+                return Err(file_error(
+                    missing,
+                    format!(
+                        "is missing while {} exists; refusing to replace the RSA intermediate \
+                         (certificates it issued could no longer be checked against its CRL). \
+                         Restore the file from a backup, or remove {} too to create a new RSA \
+                         intermediate",
+                        present.display(),
+                        present.display()
+                    ),
+                ));
+            }
+        }
+        let root_path = dir.join(ROOT_CERT);
+        let root = parse_cert(&root_path, root_der)?;
+        let rsa = Intermediate::load(&cert_path, &key_path, &root, &root_path)?;
+        if rsa.issuer.key().algorithm() != &rcgen::PKCS_RSA_SHA256 {
+            return Err(file_error(&key_path, "is not an RSA key"));
+        }
+        let intermediate = parse_cert(&cert_path, &rsa.der)?;
+        let size = match intermediate.public_key().parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(key)) => key.key_size(),
+            _ => 0,
+        };
+        if !(2048..=4096).contains(&size) {
+            return Err(file_error(
+                &cert_path,
+                format!("has a {size}-bit key; the RSA intermediate needs 2048 to 4096 bits"),
+            ));
+        }
+        if want.bits().is_some_and(|bits| bits != size) {
+            tracing::warn!(file = %cert_path.display(), size, wanted = ?want, "the existing RSA intermediate is kept; issuance.rsa_intermediate_key only applies when one is created");
+        }
+        Ok(Some(rsa))
     }
 
     /// The root certificate, PEM.
@@ -179,12 +298,34 @@ impl CertificateAuthority {
             .join(":")
     }
 
-    /// The intermediate certificate, PEM: what follows a leaf in a chain.
+    /// The EC intermediate certificate, PEM: what follows a leaf it issued in a chain.
     pub fn intermediate_pem(&self) -> &str {
-        &self.intermediate_pem
+        &self.ec.pem
     }
 
-    /// The CA server's own HTTPS certificate, issued by the intermediate for `names` (an IP
+    /// The RSA intermediate certificate, PEM, if the CA has one.
+    pub fn rsa_intermediate_pem(&self) -> Option<&str> {
+        self.rsa.as_ref().map(|i| i.pem.as_str())
+    }
+
+    /// Whether the CA has the intermediate `kind`.
+    pub fn has(&self, kind: IssuerKind) -> bool {
+        self.intermediate(kind).is_ok()
+    }
+
+    fn intermediate(&self, kind: IssuerKind) -> Result<&Intermediate> {
+        match kind {
+            IssuerKind::Ec => Ok(&self.ec),
+            IssuerKind::Rsa => self.rsa.as_ref().ok_or_else(|| {
+                Error::Internal(
+                    "this CA has no RSA intermediate (issuance.rsa_intermediate_key = \"none\")"
+                        .to_owned(),
+                )
+            }),
+        }
+    }
+
+    /// The CA server's own HTTPS certificate, issued by the EC intermediate for `names` (an IP
     /// literal, optionally in brackets, becomes an iPAddress SAN, anything else a dNSName),
     /// with EKU serverAuth, stored as `server.pem` (leaf + intermediate) and `server.key` in
     /// `dir`. The stored one is reused while its names equal `names` and more than a third of
@@ -203,7 +344,7 @@ impl CertificateAuthority {
     /// critical SAN), SANs = `identifiers` (SPEC §8.2), a random
     /// 128-bit serial, AKI + SKI, keyUsage digitalSignature (+ keyEncipherment for RSA), EKU
     /// serverAuth + clientAuth, CA:false, notBefore = now - 1 minute, notAfter = now +
-    /// `validity` (never past the intermediate's notAfter).
+    /// `validity` (never past the intermediate's notAfter), signed by the EC intermediate.
     pub fn issue(
         &self,
         spki_der: &[u8],
@@ -216,7 +357,7 @@ impl CertificateAuthority {
 
     /// Issues from a certificate profile (SPEC §8.3): the names and serial as in `issue`, the
     /// rest (lifetime, CN or not, O, key usages, EKUs, a URI SAN after the order's names,
-    /// extra extensions) from `leaf`.
+    /// extra extensions, the signing intermediate) from `leaf`.
     pub fn issue_leaf(
         &self,
         spki_der: &[u8],
@@ -282,18 +423,33 @@ impl CertificateAuthority {
                 extensions: leaf.extensions.clone(),
             },
             leaf.validity,
+            leaf.issuer,
         )
     }
 
-    /// Sets the CRL distribution point URL written into certificates issued from now on.
-    pub fn set_crl_url(&mut self, url: String) {
-        self.crl_url = Some(url);
+    /// Sets the CRL distribution point URL written into certificates `kind` issues from now
+    /// on (nothing if the CA has no such intermediate).
+    pub fn set_crl_url(&mut self, kind: IssuerKind, url: String) {
+        let intermediate = match kind {
+            IssuerKind::Ec => Some(&mut self.ec),
+            IssuerKind::Rsa => self.rsa.as_mut(),
+        };
+        if let Some(i) = intermediate {
+            i.crl_url = Some(url);
+        }
     }
 
     /// Signs a CRL (RFC 5280 §5) over `revoked` (serial bytes, revocation time, reason code)
-    /// with the issuing intermediate, numbered `number`, and returns its DER.
+    /// with the issuing intermediate `kind`, numbered `number`, and returns its DER.
+    ///
+    /// > The CRL issuer is either the CA or an entity that has been authorized by the CA to
+    /// > issue CRLs.
+    ///
+    /// <https://www.rfc-editor.org/rfc/rfc5280#section-5>: each intermediate signs the CRL of
+    /// the certificates it issued, so `revoked` must hold only those.
     pub fn sign_crl(
         &self,
+        kind: IssuerKind,
         number: u64,
         this_update: i64,
         next_update: i64,
@@ -323,7 +479,7 @@ impl CertificateAuthority {
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         let crl = params
-            .signed_by(&self.issuer)
+            .signed_by(&self.intermediate(kind)?.issuer)
             .map_err(|e| Error::Internal(format!("cannot sign the CRL: {e}")))?;
         Ok(crl.der().to_vec())
     }
@@ -372,6 +528,8 @@ impl CertificateAuthority {
                 extended_key_usages: vec![ExtendedKeyUsagePurpose::ServerAuth],
             },
             validity,
+            // Clients of the CA's own API verify it with the EC chain, as they always have.
+            IssuerKind::Ec,
         )?;
         let key_pem = key.serialize_pem();
         // Key first: a crash between the two writes leaves a key that does not match the old
@@ -398,7 +556,7 @@ impl CertificateAuthority {
                 key_path.display()
             ));
         }
-        let (_, intermediate) = X509Certificate::from_der(&self.intermediate_der)
+        let (_, intermediate) = X509Certificate::from_der(&self.ec.der)
             .map_err(|e| format!("the intermediate does not parse: {e}"))?;
         if cert.issuer().as_raw() != intermediate.subject().as_raw()
             || cert
@@ -436,18 +594,20 @@ impl CertificateAuthority {
             return Err("less than a third of its lifetime remains".to_owned());
         }
         Ok((
-            pem_encode("CERTIFICATE", &der) + &self.intermediate_pem,
+            pem_encode("CERTIFICATE", &der) + &self.ec.pem,
             key.serialize_pem(),
         ))
     }
 
-    /// Signs an end-entity certificate with the intermediate.
+    /// Signs an end-entity certificate with the intermediate `kind`.
     fn sign_leaf(
         &self,
         subject_key: &impl PublicKeyData,
         profile: LeafProfile<'_>,
         validity: Duration,
+        kind: IssuerKind,
     ) -> Result<IssuedCert> {
+        let intermediate = self.intermediate(kind)?;
         let serial = random_serial()?;
         let now = now_whole_seconds()?;
         let validity = time::Duration::try_from(validity)
@@ -456,12 +616,13 @@ impl CertificateAuthority {
         // expires, so the intermediate's notAfter caps every leaf.
         let not_after = now
             .checked_add(validity)
-            .unwrap_or(self.intermediate_not_after)
-            .min(self.intermediate_not_after);
+            .unwrap_or(intermediate.not_after)
+            .min(intermediate.not_after);
         if not_after <= now {
-            return Err(Error::Internal(
-                "the issuing intermediate has expired: replace intermediate.pem/.key".to_owned(),
-            ));
+            return Err(Error::Internal(format!(
+                "the issuing intermediate {} has expired: replace it and its key",
+                intermediate.path.display()
+            )));
         }
 
         let mut params = CertificateParams::default();
@@ -499,36 +660,33 @@ impl CertificateAuthority {
         // <https://www.rfc-editor.org/rfc/rfc5280#section-4.2.1.1>
         params.use_authority_key_identifier_extension = true;
         // RFC 5280 §4.2.1.13: where the CRL covering this certificate is published.
-        if let Some(url) = &self.crl_url {
+        if let Some(url) = &intermediate.crl_url {
             params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
                 uris: vec![url.clone()],
             }];
         }
 
         let cert = params
-            .signed_by(subject_key, &self.issuer)
+            .signed_by(subject_key, &intermediate.issuer)
             .map_err(|e| Error::Internal(format!("cannot sign the certificate: {e}")))?;
         Ok(IssuedCert {
             serial_hex: hex::encode(serial),
             der: cert.der().to_vec(),
             // > The default format of the certificate is application/pem-certificate-chain
             // <https://www.rfc-editor.org/rfc/rfc8555#section-7.4.2>
-            chain_pem: pem_encode("CERTIFICATE", cert.der()) + &self.intermediate_pem,
+            chain_pem: pem_encode("CERTIFICATE", cert.der()) + &intermediate.pem,
+            issuer: kind,
             not_before: params.not_before.unix_timestamp(),
             not_after: params.not_after.unix_timestamp(),
         })
     }
 
-    /// Reads and cross-checks the four CA files.
+    /// Reads and cross-checks the root and EC files (the RSA intermediate comes after).
     fn load(dir: &Path) -> Result<Self> {
         let root_path = dir.join(ROOT_CERT);
         let root_key_path = dir.join(ROOT_KEY);
-        let intermediate_path = dir.join(INTERMEDIATE_CERT);
-        let intermediate_key_path = dir.join(INTERMEDIATE_KEY);
         let root_der = read_pem_cert(&root_path)?;
         let root_key = read_key(&root_key_path)?;
-        let intermediate_der = read_pem_cert(&intermediate_path)?;
-        let intermediate_key = read_key(&intermediate_key_path)?;
 
         let root = parse_cert(&root_path, &root_der)?;
         if !root.is_ca() {
@@ -543,44 +701,62 @@ impl CertificateAuthority {
         if root_key.subject_public_key_info() != root.public_key().raw {
             return Err(file_error(&root_key_path, "does not match root.pem"));
         }
-
-        let intermediate = parse_cert(&intermediate_path, &intermediate_der)?;
-        if !intermediate.is_ca() {
-            return Err(file_error(&intermediate_path, "is not a CA certificate"));
-        }
-        if intermediate.issuer().as_raw() != root.subject().as_raw()
-            || intermediate
-                .verify_signature(Some(root.public_key()))
-                .is_err()
-        {
-            return Err(file_error(&intermediate_path, "was not issued by root.pem"));
-        }
-        if intermediate_key.subject_public_key_info() != intermediate.public_key().raw {
-            return Err(file_error(
-                &intermediate_key_path,
-                "does not match intermediate.pem",
-            ));
-        }
-        let intermediate_not_after = intermediate.validity().not_after.to_datetime();
-        if intermediate_not_after <= OffsetDateTime::now_utc() {
-            tracing::error!(
-                file = %intermediate_path.display(),
-                "the issuing intermediate has expired: issuance will fail"
-            );
-        }
-
-        let issuer = Issuer::from_ca_cert_der(
-            &CertificateDer::from(intermediate_der.as_slice()),
-            intermediate_key,
-        )
-        .map_err(|e| file_error(&intermediate_path, format!("cannot be used to issue: {e}")))?;
+        let ec = Intermediate::load(
+            &dir.join(INTERMEDIATE_CERT),
+            &dir.join(INTERMEDIATE_KEY),
+            &root,
+            &root_path,
+        )?;
         Ok(Self {
             root_pem: pem_encode("CERTIFICATE", &root_der),
             root_path,
             root_der,
-            intermediate_pem: pem_encode("CERTIFICATE", &intermediate_der),
-            intermediate_der,
-            intermediate_not_after,
+            ec,
+            rsa: None,
+        })
+    }
+}
+
+impl Intermediate {
+    /// Reads an intermediate and its key and checks them against each other and the root.
+    fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        root: &X509Certificate<'_>,
+        root_path: &Path,
+    ) -> Result<Self> {
+        let der = read_pem_cert(cert_path)?;
+        let key = read_key(key_path)?;
+        let cert = parse_cert(cert_path, &der)?;
+        if !cert.is_ca() {
+            return Err(file_error(cert_path, "is not a CA certificate"));
+        }
+        if cert.issuer().as_raw() != root.subject().as_raw()
+            || cert.verify_signature(Some(root.public_key())).is_err()
+        {
+            return Err(file_error(
+                cert_path,
+                format!("was not issued by {}", root_path.display()),
+            ));
+        }
+        if key.subject_public_key_info() != cert.public_key().raw {
+            let name = cert_path.file_name().unwrap_or_default().to_string_lossy();
+            return Err(file_error(key_path, format!("does not match {name}")));
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        if not_after <= OffsetDateTime::now_utc() {
+            tracing::error!(
+                file = %cert_path.display(),
+                "the issuing intermediate has expired: issuance will fail"
+            );
+        }
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(der.as_slice()), key)
+            .map_err(|e| file_error(cert_path, format!("cannot be used to issue: {e}")))?;
+        Ok(Self {
+            path: cert_path.to_path_buf(),
+            pem: pem_encode("CERTIFICATE", &der),
+            der,
+            not_after,
             issuer,
             crl_url: None,
         })
@@ -742,23 +918,7 @@ fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot self-sign the root: {e}")))?;
 
     let intermediate_key = generate_ca_key(cfg.intermediate_key)?;
-    let mut intermediate_params = ca_params(
-        format!("iiot-acme Issuing CA {tag}"),
-        now,
-        INTERMEDIATE_LIFETIME,
-        0,
-    )?;
-    intermediate_params.use_authority_key_identifier_extension = true;
-    // digitalSignature lets the intermediate sign OCSP responses itself later.
-    intermediate_params
-        .key_usages
-        .push(KeyUsagePurpose::DigitalSignature);
-    // An EKU on the intermediate limits what anything it signs can be used for, even if the
-    // online key leaks.
-    intermediate_params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    let intermediate_params = intermediate_params(format!("iiot-acme Issuing CA {tag}"), now)?;
     let root_issuer = Issuer::from_params(&root_params, &root_key);
     let intermediate_cert = intermediate_params
         .signed_by(&intermediate_key, &root_issuer)
@@ -766,30 +926,71 @@ fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
 
     // Keys before certificates; if a crash interrupts this, the next start finds an
     // incomplete set and refuses to run instead of guessing.
-    write_atomic(
-        &dir.join(ROOT_KEY),
-        root_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_atomic(
-        &dir.join(INTERMEDIATE_KEY),
-        intermediate_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_atomic(
-        &dir.join(ROOT_CERT),
-        pem_encode("CERTIFICATE", root_cert.der()).as_bytes(),
-        0o644,
-    )?;
-    write_atomic(
-        &dir.join(INTERMEDIATE_CERT),
-        pem_encode("CERTIFICATE", intermediate_cert.der()).as_bytes(),
-        0o644,
-    )?;
-    Ok(())
+    write_key(&dir.join(ROOT_KEY), &root_key)?;
+    write_key(&dir.join(INTERMEDIATE_KEY), &intermediate_key)?;
+    write_cert(&dir.join(ROOT_CERT), root_cert.der())?;
+    write_cert(&dir.join(INTERMEDIATE_CERT), intermediate_cert.der())
 }
 
-/// Parameters shared by the root and the intermediate.
+/// Writes a private key, PKCS#8 PEM, mode 0600 from the start.
+fn write_key(path: &Path, key: &KeyPair) -> Result<()> {
+    write_atomic(path, key.serialize_pem().as_bytes(), 0o600)
+}
+
+/// Writes a certificate, PEM, mode 0644.
+fn write_cert(path: &Path, der: &[u8]) -> Result<()> {
+    write_atomic(path, pem_encode("CERTIFICATE", der).as_bytes(), 0o644)
+}
+
+/// Generates the RSA intermediate (`bits`, signed by the root in `dir`) and writes its two
+/// files, key first, as `create_hierarchy` does.
+fn create_rsa_intermediate(dir: &Path, root_der: &[u8], bits: usize) -> Result<()> {
+    let root_path = dir.join(ROOT_CERT);
+    let root = parse_cert(&root_path, root_der)?;
+    // The root's per-installation tag, so the RSA intermediate is named like its siblings.
+    let tag = root.subject().iter_common_name().find_map(|cn| {
+        cn.as_str()
+            .ok()?
+            .strip_prefix("iiot-acme Root CA ")
+            .map(str::to_owned)
+    });
+    let tag = match tag {
+        Some(tag) => tag,
+        None => hex::encode(random_bytes::<4>()?),
+    };
+    let root_issuer = Issuer::from_ca_cert_der(
+        &CertificateDer::from(root_der),
+        read_key(&dir.join(ROOT_KEY))?,
+    )
+    .map_err(|e| file_error(&root_path, format!("cannot be used to issue: {e}")))?;
+    let key = generate_rsa_key(bits)?;
+    let params = intermediate_params(
+        format!("iiot-acme RSA Issuing CA {tag}"),
+        now_whole_seconds()?,
+    )?;
+    let cert = params
+        .signed_by(&key, &root_issuer)
+        .map_err(|e| Error::Internal(format!("cannot sign the RSA intermediate: {e}")))?;
+    write_key(&dir.join(RSA_INTERMEDIATE_KEY), &key)?;
+    write_cert(&dir.join(RSA_INTERMEDIATE_CERT), cert.der())
+}
+
+/// An issuing intermediate's parameters: 5 years, pathlen 0, AKI, EKU serverAuth + clientAuth.
+fn intermediate_params(common_name: String, now: OffsetDateTime) -> Result<CertificateParams> {
+    let mut params = ca_params(common_name, now, INTERMEDIATE_LIFETIME, 0)?;
+    params.use_authority_key_identifier_extension = true;
+    // digitalSignature lets the intermediate sign OCSP responses itself later.
+    params.key_usages.push(KeyUsagePurpose::DigitalSignature);
+    // An EKU on the intermediate limits what anything it signs can be used for, even if the
+    // online key leaks.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
+/// Parameters shared by the root and the intermediates.
 fn ca_params(
     common_name: String,
     now: OffsetDateTime,
@@ -816,6 +1017,23 @@ fn generate_ca_key(kind: CaKeyType) -> Result<KeyPair> {
     };
     KeyPair::generate_for(alg)
         .map_err(|e| Error::Internal(format!("cannot generate a CA key: {e}")))
+}
+
+/// A new RSA key (public exponent 65537) that signs with sha256WithRSAEncryption. ring signs
+/// with RSA but cannot generate RSA keys, so the `rsa` crate generates it and hands it over as
+/// PKCS#8; only ring ever signs with it.
+fn generate_rsa_key(bits: usize) -> Result<KeyPair> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits)
+        .map_err(|e| Error::Internal(format!("cannot generate an RSA-{bits} key: {e}")))?;
+    let pkcs8 = key
+        .to_pkcs8_der()
+        .map_err(|e| Error::Internal(format!("cannot encode the RSA key: {e}")))?;
+    KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .map_err(|e| Error::Internal(format!("the generated RSA key is unusable: {e}")))
 }
 
 /// A 16-byte serial: 128 random bits with the top bit cleared so the DER INTEGER is positive.
@@ -967,9 +1185,20 @@ mod tests {
 
     /// `openssl verify` of `leaf_pem` against the CA, in strict RFC 5280 mode.
     fn openssl_verify(ca: &CertificateAuthority, leaf_pem: &str, extra: &[&str]) {
+        openssl_verify_with(ca, ca.intermediate_pem(), leaf_pem, extra);
+    }
+
+    /// `openssl verify` of `leaf_pem` against the root, with `untrusted` as the only other
+    /// certificates, in strict RFC 5280 mode.
+    fn openssl_verify_with(
+        ca: &CertificateAuthority,
+        untrusted: &str,
+        leaf_pem: &str,
+        extra: &[&str],
+    ) {
         let tmp = tempfile::tempdir().expect("tempdir");
         fs::write(tmp.path().join("root.pem"), ca.root_pem()).expect("write");
-        fs::write(tmp.path().join("intermediate.pem"), ca.intermediate_pem()).expect("write");
+        fs::write(tmp.path().join("intermediate.pem"), untrusted).expect("write");
         fs::write(tmp.path().join("leaf.pem"), leaf_pem).expect("write");
         let mut args = vec![
             "verify",
@@ -1012,7 +1241,9 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(ROOT_KEY)), 0o600);
         assert_eq!(mode(&dir.join(INTERMEDIATE_KEY)), 0o600);
+        assert_eq!(mode(&dir.join(RSA_INTERMEDIATE_KEY)), 0o600);
         assert_eq!(mode(&dir.join(ROOT_CERT)), 0o644);
+        assert_eq!(mode(&dir.join(RSA_INTERMEDIATE_CERT)), 0o644);
         assert_eq!(ca.root_path(), dir.join(ROOT_CERT));
         // No temporary files are left behind.
         let names: BTreeSet<String> = fs::read_dir(&dir)
@@ -1025,7 +1256,9 @@ mod tests {
                 "intermediate.key",
                 "intermediate.pem",
                 "root.key",
-                "root.pem"
+                "root.pem",
+                "rsa-intermediate.key",
+                "rsa-intermediate.pem",
             ]
             .map(str::to_owned)
             .into()
@@ -1419,7 +1652,7 @@ mod tests {
                 Duration::from_secs(20 * 365 * 86_400),
             )
             .expect("issued");
-        assert_eq!(issued.not_after, ca.intermediate_not_after.unix_timestamp());
+        assert_eq!(issued.not_after, ca.ec.not_after.unix_timestamp());
     }
 
     #[test]
@@ -1525,5 +1758,280 @@ mod tests {
         assert_eq!(lines.last(), Some(&"-----END CERTIFICATE-----"));
         assert_eq!(lines[1].len(), 64);
         assert_eq!(pem_der(&pem), vec![0xab; 100]);
+    }
+
+    const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+    const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
+
+    fn without_rsa() -> IssuanceConfig {
+        IssuanceConfig {
+            rsa_intermediate_key: RsaIntermediateKey::None,
+            ..IssuanceConfig::default()
+        }
+    }
+
+    fn rsa_key_bits(cert: &X509Certificate<'_>) -> usize {
+        match cert.public_key().parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(key)) => key.key_size(),
+            other => panic!("not an RSA key: {other:?}"),
+        }
+    }
+
+    /// The CRL distribution points extension, in its Debug form.
+    fn crl_distribution_points(cert: &X509Certificate<'_>) -> String {
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::CRLDistributionPoints(p) => Some(format!("{p:?}")),
+                _ => None,
+            })
+            .expect("CRL distribution points")
+    }
+
+    fn rsa_leaf() -> Leaf {
+        Leaf {
+            issuer: IssuerKind::Rsa,
+            ..Leaf::spec_default(WEEK, true)
+        }
+    }
+
+    #[test]
+    fn the_rsa_intermediate_is_rsa_3072_certified_by_the_root_with_pathlen_0() {
+        let (_tmp, dir, ca) = new_ca();
+        let root_der = pem_der(ca.root_pem());
+        let root = parse(&root_der);
+        let rsa_pem = ca.rsa_intermediate_pem().expect("created on first start");
+        assert_eq!(
+            fs::read_to_string(dir.join(RSA_INTERMEDIATE_CERT)).expect("file"),
+            rsa_pem
+        );
+        let int_der = pem_der(rsa_pem);
+        let int = parse(&int_der);
+        assert_eq!(rsa_key_bits(&int), 3072);
+        let bc = int.basic_constraints().expect("bc").expect("present");
+        assert!(bc.critical && bc.value.ca);
+        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let ku = int.key_usage().expect("ku").expect("present").value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && ku.digital_signature());
+        // Certified by the same root: its signature is the root's (ECDSA P-384).
+        assert_eq!(int.issuer().as_raw(), root.subject().as_raw());
+        assert!(int.verify_signature(Some(root.public_key())).is_ok());
+        assert_eq!(
+            int.signature_algorithm.algorithm.to_id_string(),
+            ECDSA_WITH_SHA384
+        );
+        let (aki, ski) = key_identifiers(&int);
+        assert!(ski.is_some());
+        assert_eq!(aki, key_identifiers(&root).1);
+        // Named like its siblings, and told apart from the EC intermediate.
+        let cn = |c: &X509Certificate<'_>| {
+            c.subject()
+                .iter_common_name()
+                .map(|a| a.as_str().expect("cn").to_owned())
+                .collect::<String>()
+        };
+        let tag = cn(&root).rsplit(' ').next().expect("tag").to_owned();
+        assert_eq!(cn(&int), format!("iiot-acme RSA Issuing CA {tag}"));
+        let ec_der = pem_der(ca.intermediate_pem());
+        assert_ne!(parse(&ec_der).subject().as_raw(), int.subject().as_raw());
+        // The key file is PKCS#8, private, and matches.
+        let key = KeyPair::from_pem(
+            &fs::read_to_string(dir.join(RSA_INTERMEDIATE_KEY)).expect("rsa-intermediate.key"),
+        )
+        .expect("PKCS#8");
+        assert_eq!(key.subject_public_key_info(), int.public_key().raw);
+        assert_eq!(mode(&dir.join(RSA_INTERMEDIATE_KEY)), 0o600);
+        openssl_verify_with(&ca, ca.root_pem(), rsa_pem, &[]);
+    }
+
+    #[test]
+    fn rsa_issuer_leaves_are_signed_sha256_with_rsa_by_the_rsa_intermediate() {
+        let (tmp, _dir, mut ca) = new_ca();
+        ca.set_crl_url(IssuerKind::Ec, "https://ca.example/crl".to_owned());
+        ca.set_crl_url(IssuerKind::Rsa, "https://ca.example/crl/rsa".to_owned());
+        openssl_rsa_key(tmp.path(), "rsa.pem", 2048);
+        let der = openssl_csr(tmp.path(), &["-key", "rsa.pem"], &[]);
+        let info = crate::csr::parse_and_verify(&der).expect("CSR accepted");
+        let issued = ca
+            .issue_leaf(&info.spki_der, &info.identifiers, &rsa_leaf())
+            .expect("issued");
+        assert_eq!(issued.issuer, IssuerKind::Rsa);
+        let cert = parse(&issued.der);
+        assert_eq!(
+            cert.signature_algorithm.algorithm.to_id_string(),
+            SHA256_WITH_RSA
+        );
+        let rsa_pem = ca.rsa_intermediate_pem().expect("rsa");
+        let int_der = pem_der(rsa_pem);
+        let int = parse(&int_der);
+        assert_eq!(cert.issuer().as_raw(), int.subject().as_raw());
+        assert!(cert.verify_signature(Some(int.public_key())).is_ok());
+        assert_eq!(key_identifiers(&cert).0, key_identifiers(&int).1);
+        // The chain is the leaf and the RSA intermediate, and it alone verifies.
+        assert!(issued.chain_pem.ends_with(rsa_pem));
+        assert!(!issued.chain_pem.contains(ca.intermediate_pem()));
+        openssl_verify_with(&ca, &issued.chain_pem, &issued.chain_pem, &[]);
+        let cdp = crl_distribution_points(&cert);
+        assert!(cdp.contains("https://ca.example/crl/rsa"), "{cdp}");
+
+        // The same key under an `ec` leaf: the EC intermediate, ECDSA, its own CRL.
+        let issued = ca
+            .issue(&info.spki_der, &info.identifiers, WEEK)
+            .expect("issued");
+        assert_eq!(issued.issuer, IssuerKind::Ec);
+        let cert = parse(&issued.der);
+        assert_eq!(
+            cert.signature_algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.4.3.2"
+        );
+        assert!(issued.chain_pem.ends_with(ca.intermediate_pem()));
+        let cdp = crl_distribution_points(&cert);
+        assert!(
+            cdp.contains("https://ca.example/crl\"") && !cdp.contains("/crl/rsa"),
+            "{cdp}"
+        );
+    }
+
+    #[test]
+    fn each_intermediate_signs_its_own_crl() {
+        let (_tmp, _dir, ca) = new_ca();
+        let serial = random_serial().expect("serial").to_vec();
+        for (kind, pem) in [
+            (IssuerKind::Ec, ca.intermediate_pem()),
+            (IssuerKind::Rsa, ca.rsa_intermediate_pem().expect("rsa")),
+        ] {
+            let der = ca
+                .sign_crl(
+                    kind,
+                    7,
+                    1_700_000_000,
+                    1_700_086_400,
+                    &[(serial.clone(), 1_699_999_000, 1)],
+                )
+                .expect("signed");
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                .expect("CRL parses");
+            let int_der = pem_der(pem);
+            let int = parse(&int_der);
+            assert_eq!(crl.issuer().as_raw(), int.subject().as_raw(), "{kind}");
+            assert!(crl.verify_signature(int.public_key()).is_ok(), "{kind}");
+            let listed: Vec<_> = crl
+                .iter_revoked_certificates()
+                .map(|r| r.raw_serial().to_vec())
+                .collect();
+            assert_eq!(listed, std::slice::from_ref(&serial));
+        }
+        let der = ca
+            .sign_crl(IssuerKind::Rsa, 8, 1_700_000_000, 1_700_086_400, &[])
+            .expect("signed");
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+            .expect("CRL parses");
+        assert_eq!(
+            crl.signature_algorithm.algorithm.to_id_string(),
+            SHA256_WITH_RSA
+        );
+    }
+
+    #[test]
+    fn restart_reuses_the_rsa_intermediate_whatever_size_is_configured() {
+        let (_tmp, dir, first) = new_ca();
+        let key_before = fs::read(dir.join(RSA_INTERMEDIATE_KEY)).expect("key");
+        for size in [RsaIntermediateKey::Rsa3072, RsaIntermediateKey::Rsa2048] {
+            let cfg = IssuanceConfig {
+                rsa_intermediate_key: size,
+                ..IssuanceConfig::default()
+            };
+            let again = CertificateAuthority::load_or_init(&dir, &cfg).expect("reload");
+            assert_eq!(again.rsa_intermediate_pem(), first.rsa_intermediate_pem());
+        }
+        // Turning it off later keeps the files (certificates it issued still need its CRL)
+        // and loads it, so nothing it issued is orphaned.
+        let again = CertificateAuthority::load_or_init(&dir, &without_rsa()).expect("reload");
+        assert_eq!(again.rsa_intermediate_pem(), first.rsa_intermediate_pem());
+        assert_eq!(
+            fs::read(dir.join(RSA_INTERMEDIATE_KEY)).expect("key"),
+            key_before
+        );
+    }
+
+    #[test]
+    fn a_later_start_creates_the_rsa_intermediate_when_the_config_asks() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ca");
+        let ec_only = CertificateAuthority::load_or_init(&dir, &without_rsa()).expect("new CA");
+        assert!(ec_only.rsa_intermediate_pem().is_none());
+        assert!(!ec_only.has(IssuerKind::Rsa));
+        assert!(!dir.join(RSA_INTERMEDIATE_KEY).exists());
+        // Without it, asking for an RSA signature is an error, not an EC signature.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        assert!(matches!(
+            ec_only.issue_leaf(
+                &key.subject_public_key_info(),
+                &[Identifier::dns("a.example")],
+                &rsa_leaf()
+            ),
+            Err(Error::Internal(_))
+        ));
+        assert!(ec_only.sign_crl(IssuerKind::Rsa, 1, 0, 1, &[]).is_err());
+
+        let cfg = IssuanceConfig {
+            rsa_intermediate_key: RsaIntermediateKey::Rsa2048,
+            ..IssuanceConfig::default()
+        };
+        let both = CertificateAuthority::load_or_init(&dir, &cfg).expect("upgraded");
+        assert_eq!(both.root_fingerprint(), ec_only.root_fingerprint());
+        assert_eq!(both.intermediate_pem(), ec_only.intermediate_pem());
+        let int_der = pem_der(both.rsa_intermediate_pem().expect("created"));
+        assert_eq!(rsa_key_bits(&parse(&int_der)), 2048);
+        assert_eq!(mode(&dir.join(RSA_INTERMEDIATE_KEY)), 0o600);
+        openssl_verify_with(
+            &both,
+            both.root_pem(),
+            both.rsa_intermediate_pem().expect("rsa"),
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_missing_or_wrong_rsa_file_is_an_error_and_nothing_is_regenerated() {
+        let (_tmp, dir, ca) = new_ca();
+        let cfg = IssuanceConfig::default();
+        for (gone, other) in [
+            (RSA_INTERMEDIATE_KEY, RSA_INTERMEDIATE_CERT),
+            (RSA_INTERMEDIATE_CERT, RSA_INTERMEDIATE_KEY),
+        ] {
+            let saved = fs::read(dir.join(gone)).expect("read");
+            let kept = fs::read(dir.join(other)).expect("read");
+            fs::remove_file(dir.join(gone)).expect("remove");
+            let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+            assert!(
+                detail.contains(gone) && detail.contains("is missing") && detail.contains(other),
+                "{detail}"
+            );
+            assert!(!dir.join(gone).exists(), "{gone} was recreated");
+            assert_eq!(fs::read(dir.join(other)).expect("read"), kept);
+            fs::write(dir.join(gone), saved).expect("restore");
+        }
+
+        // The EC intermediate in the RSA slot: refused, so RSA keys never get ECDSA chains.
+        let rsa_cert = fs::read(dir.join(RSA_INTERMEDIATE_CERT)).expect("read");
+        let rsa_key = fs::read(dir.join(RSA_INTERMEDIATE_KEY)).expect("read");
+        fs::copy(dir.join(INTERMEDIATE_CERT), dir.join(RSA_INTERMEDIATE_CERT)).expect("copy");
+        fs::copy(dir.join(INTERMEDIATE_KEY), dir.join(RSA_INTERMEDIATE_KEY)).expect("copy");
+        let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(
+            detail.contains("rsa-intermediate.key") && detail.contains("not an RSA key"),
+            "{detail}"
+        );
+        // A key that does not match the certificate.
+        fs::write(dir.join(RSA_INTERMEDIATE_CERT), &rsa_cert).expect("write");
+        let detail = internal(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(
+            detail.contains("rsa-intermediate.key") && detail.contains("does not match"),
+            "{detail}"
+        );
+        fs::write(dir.join(RSA_INTERMEDIATE_KEY), &rsa_key).expect("write");
+        let again = CertificateAuthority::load_or_init(&dir, &cfg).expect("restored");
+        assert_eq!(again.rsa_intermediate_pem(), ca.rsa_intermediate_pem());
     }
 }

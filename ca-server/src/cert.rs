@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{now, AppState};
 use crate::authz::Authz;
-use crate::ca::IssuedCert;
+use crate::ca::{IssuedCert, IssuerKind};
 use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
 use crate::storage::Table;
@@ -21,6 +21,10 @@ pub struct Revocation {
     pub reason: u8,
     /// Unix time.
     pub at: i64,
+    /// The intermediate that issued the certificate, whose CRL lists it (records from before
+    /// the RSA intermediate have none: EC).
+    #[serde(default)]
+    pub issuer: IssuerKind,
 }
 
 /// A stored certificate.
@@ -38,6 +42,10 @@ pub struct Certificate {
     pub der: String,
     /// Leaf + intermediate, PEM.
     pub chain_pem: String,
+    /// The intermediate that signed it (records from before the RSA intermediate have none:
+    /// EC).
+    #[serde(default)]
+    pub issuer: IssuerKind,
     /// Validity, Unix times.
     pub not_before: i64,
     /// Validity end.
@@ -67,6 +75,7 @@ impl Certificate {
             identifiers: order.identifiers.clone(),
             der: jwk::b64u(&issued.der),
             chain_pem: issued.chain_pem.clone(),
+            issuer: issued.issuer,
             not_before: issued.not_before,
             not_after: issued.not_after,
             revoked: None,
@@ -78,18 +87,26 @@ impl Certificate {
 }
 
 /// Marks a certificate revoked under compare-and-swap (`alreadyRevoked` if it was), adds it to
-/// the CRL's table and invalidates the cached CRL so the next one lists it. The caller flushes.
+/// the table its issuer's CRL is made from and invalidates the cached CRLs so the next one
+/// lists it. The caller flushes.
 pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<()> {
-    let entry = Revocation { reason, at: now() };
-    app.db
+    let at = now();
+    let revoked = app
+        .db
         .update(Table::Certificates, serial, |mut c: Certificate| {
             if c.revoked.is_some() {
                 return Err(Error::AlreadyRevoked);
             }
-            c.revoked = Some(entry.clone());
+            c.revoked = Some(Revocation {
+                reason,
+                at,
+                issuer: c.issuer,
+            });
             Ok(c)
-        })?;
-    app.db.put(Table::Revocations, serial, &entry)?;
+        })?
+        .revoked
+        .ok_or_else(|| Error::Storage(format!("revocation of {serial} was not stored")))?;
+    app.db.put(Table::Revocations, serial, &revoked)?;
     app.crl.invalidate();
     Ok(())
 }

@@ -70,6 +70,32 @@ pub enum CaKeyType {
     P384,
 }
 
+/// Key of the RSA issuing intermediate (SPEC §8.1), or `none` for no RSA intermediate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RsaIntermediateKey {
+    /// RSA 2048 bits.
+    Rsa2048,
+    /// RSA 3072 bits (the default).
+    Rsa3072,
+    /// RSA 4096 bits.
+    Rsa4096,
+    /// No RSA intermediate: every certificate is signed by the EC intermediate.
+    None,
+}
+
+impl RsaIntermediateKey {
+    /// The modulus size, or `None` for no RSA intermediate.
+    pub fn bits(self) -> Option<usize> {
+        match self {
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
+            Self::None => None,
+        }
+    }
+}
+
 /// Issuance policy.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,6 +107,9 @@ pub struct IssuanceConfig {
     pub root_key: CaKeyType,
     /// Issuing intermediate key type (generated on first start only).
     pub intermediate_key: CaKeyType,
+    /// RSA issuing intermediate (for profiles with `issuer = "rsa"`): created when the CA
+    /// starts without one, unless `none`; the size only matters then.
+    pub rsa_intermediate_key: RsaIntermediateKey,
     /// How long a new order stays usable.
     #[serde(deserialize_with = "de_duration")]
     pub order_lifetime: Duration,
@@ -95,6 +124,7 @@ impl Default for IssuanceConfig {
             cert_validity: Duration::from_secs(7 * 86_400),
             root_key: CaKeyType::P384,
             intermediate_key: CaKeyType::P256,
+            rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
         }
@@ -204,7 +234,17 @@ impl Config {
         if self.issuance.cert_validity > Duration::from_secs(398 * 86_400) {
             return Err("issuance.cert_validity must be at most 398d".into());
         }
-        crate::profiles::Profiles::from_config(&self.profiles, self.issuance.cert_validity)?;
+        let profiles =
+            crate::profiles::Profiles::from_config(&self.profiles, self.issuance.cert_validity)?;
+        if self.issuance.rsa_intermediate_key == RsaIntermediateKey::None {
+            if let Some(name) = profiles.rsa_issuer_profiles().next() {
+                return Err(format!(
+                    "profiles.{name}.issuer is \"rsa\" but issuance.rsa_intermediate_key is \
+                     \"none\": set profiles.{name}.issuer = \"ec\", or give the CA an RSA \
+                     intermediate (rsa2048, rsa3072 or rsa4096)"
+                ));
+            }
+        }
         if self.validation.timeout.is_zero() {
             return Err("validation.timeout must be positive".into());
         }
@@ -291,5 +331,35 @@ mod tests {
         let cfg = Config::from_toml("[issuance]\ncert_validity = \"2d\"").expect("ok");
         assert_eq!(cfg.issuance.cert_validity, Duration::from_secs(172_800));
         assert!(Config::from_toml("[issuance]\ncert_validity = \"1m\"").is_err());
+    }
+
+    #[test]
+    fn rsa_intermediate_settings_are_checked() {
+        let cfg = Config::from_toml("").expect("defaults");
+        assert_eq!(cfg.issuance.rsa_intermediate_key.bits(), Some(3072));
+        let cfg = Config::from_toml("[issuance]\nrsa_intermediate_key = \"rsa4096\"").expect("ok");
+        assert_eq!(cfg.issuance.rsa_intermediate_key.bits(), Some(4096));
+
+        let err = Config::from_toml("[issuance]\nrsa_intermediate_key = \"rsa1024\"")
+            .expect_err("too small");
+        assert!(err.contains("rsa1024") && err.contains("rsa3072"), "{err}");
+        let err = Config::from_toml("[profiles.opcua]\nissuer = \"dsa\"").expect_err("bad issuer");
+        assert!(err.contains("dsa") && err.contains("rsa"), "{err}");
+
+        // The built-in opcua profile signs RSA keys with the RSA intermediate, so turning the
+        // intermediate off needs the profile changed too, and the error says how.
+        let err = Config::from_toml("[issuance]\nrsa_intermediate_key = \"none\"")
+            .expect_err("opcua needs it");
+        assert!(err.contains("profiles.opcua.issuer"), "{err}");
+        Config::from_toml(
+            "[issuance]\nrsa_intermediate_key = \"none\"\n[profiles.opcua]\nissuer = \"ec\"",
+        )
+        .expect("no RSA issuer in use");
+        let err = Config::from_toml(
+            "[issuance]\nrsa_intermediate_key = \"none\"\n[profiles.opcua]\nissuer = \"ec\"\n\
+             [profiles.plc]\nissuer = \"rsa\"",
+        )
+        .expect_err("plc needs it");
+        assert!(err.contains("profiles.plc.issuer"), "{err}");
     }
 }

@@ -1,10 +1,19 @@
-//! The certificate revocation list (RFC 5280 §5) of the issuing intermediate.
+//! The certificate revocation lists (RFC 5280 §5) of the issuing intermediates.
 //!
-//! Served at `GET /crl` (DER, `application/pkix-crl`), the URL every certificate carries in its
-//! CRL distribution point, and also written to `<data_dir>/crl.pem` for relying parties that
-//! read a file (mosquitto's `crlfile`, `openssl verify -CRLfile`). A new CRL, with the next CRL
-//! number, is signed after each revocation (on the next request) and at least every
-//! [`REFRESH`], well before `nextUpdate`.
+//! Each intermediate signs the CRL of the certificates it issued (RFC 5280 §5: the CRL issuer
+//! is the certificate issuer unless the CRL is indirect, which this CA does not do):
+//!
+//! | issuer | URL         | file                    |
+//! |--------|-------------|-------------------------|
+//! | EC     | `/crl`      | `<data_dir>/crl.pem`     |
+//! | RSA    | `/crl/rsa`  | `<data_dir>/crl-rsa.pem` |
+//!
+//! The URL (DER, `application/pkix-crl`) is what every certificate of that issuer carries in
+//! its CRL distribution point; the file is for relying parties that read one (mosquitto's
+//! `crlfile`, `openssl verify -CRLfile`). A new CRL, with the next CRL number, is signed after
+//! each revocation (on the next request) and at least every [`REFRESH`], well before
+//! `nextUpdate`. The two CRLs draw their numbers from one counter, so each issuer's numbers
+//! still only increase.
 
 use std::sync::Mutex;
 
@@ -12,7 +21,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::{now, AppState};
+use crate::app::{now, paths, AppState};
+use crate::ca::IssuerKind;
 use crate::cert::Revocation;
 use crate::fsutil::write_atomic;
 use crate::storage::Table;
@@ -23,10 +33,11 @@ pub const REFRESH: i64 = 3600;
 /// `nextUpdate` − `thisUpdate`: relying parties treat the CRL as stale after this.
 pub const LIFETIME: i64 = 24 * 3600;
 
-/// The current CRL, cached.
+/// The current CRL of each intermediate, cached.
 #[derive(Default)]
 pub struct CrlCache {
-    current: Mutex<Option<Signed>>,
+    ec: Mutex<Option<Signed>>,
+    rsa: Mutex<Option<Signed>>,
 }
 
 #[derive(Clone)]
@@ -36,13 +47,22 @@ struct Signed {
 }
 
 impl CrlCache {
-    /// Forgets the cached CRL, so the next request signs one that includes a new revocation.
+    /// Forgets the cached CRLs, so the next request signs one that includes a new revocation.
     pub fn invalidate(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        for kind in IssuerKind::ALL {
+            *self.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
-    fn cached(&self, now: i64) -> Option<Vec<u8>> {
-        self.current
+    fn slot(&self, kind: IssuerKind) -> &Mutex<Option<Signed>> {
+        match kind {
+            IssuerKind::Ec => &self.ec,
+            IssuerKind::Rsa => &self.rsa,
+        }
+    }
+
+    fn cached(&self, kind: IssuerKind, now: i64) -> Option<Vec<u8>> {
+        self.slot(kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
@@ -51,17 +71,43 @@ impl CrlCache {
     }
 }
 
-/// The current CRL in DER, signing a new one if the cached one is missing or due.
-pub fn current(app: &AppState) -> Result<Vec<u8>> {
-    let now = now();
-    if let Some(der) = app.crl.cached(now) {
-        return Ok(der);
+/// Where the CRL of `kind` is served, below the base URL.
+pub fn path(kind: IssuerKind) -> &'static str {
+    match kind {
+        IssuerKind::Ec => paths::CRL,
+        IssuerKind::Rsa => paths::CRL_RSA,
     }
-    refresh(app, now)
 }
 
-/// Signs and publishes a new CRL.
-pub fn refresh(app: &AppState, now: i64) -> Result<Vec<u8>> {
+/// The file the CRL of `kind` is written to, in the data directory.
+pub fn file_name(kind: IssuerKind) -> &'static str {
+    match kind {
+        IssuerKind::Ec => "crl.pem",
+        IssuerKind::Rsa => "crl-rsa.pem",
+    }
+}
+
+/// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
+pub fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
+    let now = now();
+    if let Some(der) = app.crl.cached(kind, now) {
+        return Ok(der);
+    }
+    refresh(app, kind, now)
+}
+
+/// Signs and publishes a new CRL of every intermediate the CA has.
+pub fn refresh_all(app: &AppState, now: i64) -> Result<()> {
+    for kind in IssuerKind::ALL {
+        if app.ca.has(kind) {
+            refresh(app, kind, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Signs and publishes a new CRL of the intermediate `kind`.
+pub fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     // The CRL number MUST increase with every CRL (RFC 5280 §5.2.3), across restarts too, so
     // it lives in the store.
     if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
@@ -78,16 +124,24 @@ pub fn refresh(app: &AppState, now: i64) -> Result<Vec<u8>> {
             .map_err(|e| Error::Storage(format!("corrupt revocation record: {e}")))?;
         let serial = hex::decode(&serial)
             .map_err(|e| Error::Storage(format!("corrupt revocation key: {e}")))?;
-        revoked.push((serial, entry.at, entry.reason));
+        if entry.issuer == kind {
+            revoked.push((serial, entry.at, entry.reason));
+        }
     }
-    let der = app.ca.sign_crl(number, now, now + LIFETIME, &revoked)?;
+    let der = app
+        .ca
+        .sign_crl(kind, number, now, now + LIFETIME, &revoked)?;
     let pem = pem_encode("X509 CRL", &der);
-    write_atomic(&app.cfg.data_dir.join("crl.pem"), pem.as_bytes(), 0o644)?;
-    *app.crl.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
+    write_atomic(
+        &app.cfg.data_dir.join(file_name(kind)),
+        pem.as_bytes(),
+        0o644,
+    )?;
+    *app.crl.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
         der: der.clone(),
         this_update: now,
     });
-    tracing::info!(number, entries = revoked.len(), "CRL signed");
+    tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
 }
 
@@ -103,9 +157,22 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// `GET /crl` — the current CRL, DER (RFC 5280 §5; media type per RFC 2585 §4.2).
+/// `GET /crl` — the EC intermediate's current CRL, DER (RFC 5280 §5; media type per RFC 2585
+/// §4.2).
 pub async fn get(State(app): State<AppState>) -> Result<Response> {
-    let der = current(&app)?;
+    serve(&app, IssuerKind::Ec)
+}
+
+/// `GET /crl/rsa` — the RSA intermediate's current CRL, DER; 404 if the CA has none.
+pub async fn get_rsa(State(app): State<AppState>) -> Result<Response> {
+    serve(&app, IssuerKind::Rsa)
+}
+
+fn serve(app: &AppState, kind: IssuerKind) -> Result<Response> {
+    if !app.ca.has(kind) {
+        return Err(Error::NotFound("CRL"));
+    }
+    let der = current(app, kind)?;
     let mut resp = (StatusCode::OK, der).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -20,6 +20,8 @@
 //!   ApplicationUri, taken from the CSR's URI SAN and checked against
 //!   `application_uri_prefixes`; DNS/IP SANs from the order; keyUsage digitalSignature,
 //!   nonRepudiation, keyEncipherment, dataEncipherment for RSA; EKU serverAuth + clientAuth.
+//!   `issuer = "rsa"`: RSA keys are signed by the RSA intermediate (sha256WithRSAEncryption,
+//!   which Basic256Sha256 needs along the whole chain), ECC keys by the EC intermediate.
 //! - `modbus`: Modbus/TCP Security role extension (1.3.6.1.4.1.50316.802.1, UTF8String) with
 //!   the role granted by the operator: the `role` of the account's EAB credential, else the
 //!   profile's `role`. The CSR is never consulted for it.
@@ -43,6 +45,7 @@ use rcgen::{CustomExtension, ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use serde::Deserialize;
 
 use crate::attest::der;
+use crate::ca::IssuerKind;
 use crate::csr::CsrInfo;
 use crate::key::PublicKey;
 use crate::{Error, Result};
@@ -95,6 +98,10 @@ pub struct ProfileSpec {
     pub role: Option<String>,
     /// Extra extensions, copied as given.
     pub extensions: Option<Vec<ExtraExtension>>,
+    /// Which intermediate signs RSA keys: `ec` (the EC intermediate signs everything) or `rsa`
+    /// (the RSA intermediate signs RSA keys, sha256WithRSAEncryption; other keys stay on the
+    /// EC intermediate).
+    pub issuer: Option<IssuerKind>,
 }
 
 /// keyUsage bits (RFC 5280 §4.2.1.3), as written in the config.
@@ -180,6 +187,7 @@ pub struct Profile {
     modbus_role: bool,
     role: Option<String>,
     extensions: Vec<(Vec<u64>, bool, Vec<u8>)>,
+    issuer: IssuerKind,
 }
 
 /// What one certificate gets from its profile (and, for the ApplicationUri and the role, from
@@ -200,6 +208,8 @@ pub struct Leaf {
     pub uri: Option<String>,
     /// Further extensions.
     pub extensions: Vec<CustomExtension>,
+    /// The intermediate that signs it.
+    pub issuer: IssuerKind,
 }
 
 impl Leaf {
@@ -220,6 +230,7 @@ impl Leaf {
             ],
             uri: None,
             extensions: Vec::new(),
+            issuer: IssuerKind::Ec,
         }
     }
 }
@@ -249,6 +260,7 @@ fn builtin(name: &str) -> Option<ProfileSpec> {
         modbus_role: Some(false),
         role: None,
         extensions: Some(Vec::new()),
+        issuer: Some(IssuerKind::Ec),
     };
     let spec = match name {
         DEFAULT_PROFILE => ProfileSpec {
@@ -280,6 +292,8 @@ fn builtin(name: &str) -> Option<ProfileSpec> {
             ]),
             key_types: Some(vec![KeyType::Rsa, KeyType::P256, KeyType::P384]),
             application_uri: Some(true),
+            // Basic256Sha256 wants sha256WithRSAEncryption along the whole chain.
+            issuer: Some(IssuerKind::Rsa),
             ..base
         },
         "modbus" => ProfileSpec {
@@ -321,6 +335,7 @@ impl ProfileSpec {
             modbus_role: self.modbus_role.or(base.modbus_role),
             role: self.role.or(base.role),
             extensions: self.extensions.or(base.extensions),
+            issuer: self.issuer.or(base.issuer),
         }
     }
 
@@ -383,6 +398,7 @@ impl ProfileSpec {
             modbus_role: self.modbus_role.unwrap_or(false),
             role,
             extensions,
+            issuer: self.issuer.unwrap_or_default(),
         })
     }
 }
@@ -421,6 +437,14 @@ impl Profiles {
             ));
         }
         Ok(Self { by_name, default })
+    }
+
+    /// The profiles whose RSA keys the RSA intermediate signs (`issuer = "rsa"`).
+    pub fn rsa_issuer_profiles(&self) -> impl Iterator<Item = &str> {
+        self.by_name
+            .values()
+            .filter(|p| p.issuer == IssuerKind::Rsa)
+            .map(|p| p.name.as_str())
     }
 
     /// `meta.profiles`: name → description.
@@ -544,6 +568,7 @@ impl Profile {
             extended_key_usages: self.extended_key_usage.iter().map(|e| e.rcgen()).collect(),
             uri,
             extensions,
+            issuer: if rsa { self.issuer } else { IssuerKind::Ec },
         })
     }
 

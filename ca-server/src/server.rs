@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::app::{self, AppState, Inner};
-use crate::ca::CertificateAuthority;
+use crate::ca::{CertificateAuthority, IssuerKind};
 use crate::config::Config;
 use crate::eab::EabStore;
 use crate::fsutil::ensure_private_dir;
@@ -31,7 +31,12 @@ pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
     let store = SledStore::open(&cfg.data_dir.join("db"))?;
     let mut ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
-    ca.set_crl_url(format!("{}{}", cfg.base_url(), app::paths::CRL));
+    for kind in IssuerKind::ALL {
+        ca.set_crl_url(
+            kind,
+            format!("{}{}", cfg.base_url(), crate::crl::path(kind)),
+        );
+    }
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
         tracing::warn!(%addr, "LAB SETTING validation.lab_resolve_all_to is on: every dns identifier is validated against {addr}, not its DNS address. Never use this in production.");
     }
@@ -42,6 +47,15 @@ pub fn init(cfg: Config) -> Result<AppState> {
     let profiles =
         crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
             .map_err(Error::Internal)?;
+    // Config::check refuses this combination; a Config built in code may skip the check.
+    if !ca.has(IssuerKind::Rsa) {
+        if let Some(name) = profiles.rsa_issuer_profiles().next() {
+            return Err(Error::Internal(format!(
+                "profile {name:?} has issuer = \"rsa\" but the CA has no RSA intermediate \
+                 (issuance.rsa_intermediate_key = \"none\")"
+            )));
+        }
+    }
     Ok(AppState::new(Inner {
         profiles,
         base_url: cfg.base_url(),
@@ -123,14 +137,15 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
     let listen = app.cfg.listen;
     {
-        // A fresh CRL at start and every REFRESH, so crl.pem never passes its nextUpdate.
+        // Fresh CRLs at start and every REFRESH, so crl.pem and crl-rsa.pem never pass their
+        // nextUpdate.
         let signer = app.clone();
         tokio::spawn(async move {
             let period = std::time::Duration::from_secs(crate::crl::REFRESH.unsigned_abs());
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                if let Err(e) = crate::crl::refresh(&signer, app::now()) {
+                if let Err(e) = crate::crl::refresh_all(&signer, app::now()) {
                     tracing::error!(error = %e, "signing the CRL failed");
                 }
             }

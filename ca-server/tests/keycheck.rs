@@ -857,7 +857,11 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
             Table::Certificates,
             &used.serial,
             |mut c: ca_server::cert::Certificate| {
-                c.revoked = Some(ca_server::cert::Revocation { reason: 1, at: 0 });
+                c.revoked = Some(ca_server::cert::Revocation {
+                    reason: 1,
+                    at: 0,
+                    issuer: c.issuer,
+                });
                 Ok(c)
             },
         )

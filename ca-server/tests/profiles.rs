@@ -17,6 +17,10 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const MODBUS_ROLE_OID: &str = "1.3.6.1.4.1.50316.802.1";
+/// ecdsa-with-SHA256: the P-256 (EC) intermediate's signature.
+const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
+/// sha256WithRSAEncryption: the RSA intermediate's signature.
+const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
 
 fn server(profiles_toml: &str) -> TestServer {
     let profiles: ProfilesConfig = toml::from_str(profiles_toml).expect("profiles TOML");
@@ -131,6 +135,18 @@ async fn finalize(
     order: &Value,
     csr: String,
 ) -> Result<Vec<u8>, common::Reply> {
+    let chain = finalize_chain(s, acct, order, csr).await?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&chain).expect("PEM");
+    Ok(pem.contents)
+}
+
+/// Finalizes and downloads; returns the PEM chain or the problem reply.
+async fn finalize_chain(
+    s: &TestServer,
+    acct: &common::Account,
+    order: &Value,
+    csr: String,
+) -> Result<Vec<u8>, common::Reply> {
     let fin = s
         .post_as(
             acct,
@@ -146,8 +162,7 @@ async fn finalize(
     let chain = s
         .post_as(acct, o["certificate"].as_str().expect("cert url"), None)
         .await;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&chain.body).expect("PEM");
-    Ok(pem.contents)
+    Ok(chain.body)
 }
 
 async fn issue(
@@ -177,6 +192,8 @@ struct Contents {
     eku: Vec<&'static str>,
     role: Option<Vec<u8>>,
     lifetime: i64,
+    /// The signature algorithm OID.
+    signature: String,
 }
 
 fn contents(der: &[u8]) -> Contents {
@@ -193,13 +210,9 @@ fn contents(der: &[u8]) -> Contents {
             .next()
             .map(|a| a.as_str().expect("o").to_owned()),
         lifetime: cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        signature: cert.signature_algorithm.algorithm.to_id_string(),
         ..Contents::default()
     };
-    assert_eq!(
-        cert.signature_algorithm.algorithm.to_id_string(),
-        "1.2.840.10045.4.3.2",
-        "ecdsa-with-SHA256 from the P-256 intermediate"
-    );
     for ext in cert.extensions() {
         if ext.oid.to_id_string() == MODBUS_ROLE_OID {
             assert!(!ext.critical);
@@ -306,6 +319,7 @@ async fn no_profile_gets_the_default_certificate() {
     let s = server("");
     let acct = account(&s, None).await;
     let c = contents(&issue(&s, &acct, &["plc-1.plant.example"], None, &p256(), &[]).await);
+    assert_eq!(c.signature, ECDSA_WITH_SHA256, "the EC intermediate signs");
     assert_eq!(c.cn.as_deref(), Some("plc-1.plant.example"));
     assert_eq!(c.eku, ["serverAuth", "clientAuth"]);
     assert_eq!(c.key_usage, ["digitalSignature"]);
@@ -427,6 +441,7 @@ async fn opcua_rsa_certificate_carries_the_application_uri_and_the_four_key_usag
         ]
     );
     assert_eq!(c.eku, ["serverAuth", "clientAuth"]);
+    assert_eq!(c.signature, SHA256_WITH_RSA, "the RSA intermediate signs");
 }
 
 #[tokio::test]
@@ -445,6 +460,10 @@ async fn opcua_ecc_certificate_signs_only() {
     let c = contents(&der);
     assert_eq!(c.key_usage, ["digitalSignature", "nonRepudiation"]);
     assert_eq!(c.uris, ["urn:plant.example:hmi2"]);
+    assert_eq!(
+        c.signature, ECDSA_WITH_SHA256,
+        "ECC keys stay on the EC intermediate"
+    );
 }
 
 #[tokio::test]
@@ -632,4 +651,151 @@ async fn opcua_uri_follows_a_permanent_identifier_in_the_san() {
     assert_eq!(c.dns, ["plc-42.plant.example"]);
     assert_eq!(c.uris, ["urn:plant.example:plc42"]);
     assert_eq!(c.cn.as_deref(), Some("SN-0042"));
+}
+
+/// The AKI keyIdentifier of a certificate, or the SKI of a CA certificate.
+fn key_id(der: &[u8], aki: bool) -> Vec<u8> {
+    let (_, cert) = X509Certificate::from_der(der).expect("certificate");
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) if aki => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            ParsedExtension::SubjectKeyIdentifier(k) if !aki => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .expect("key identifier")
+}
+
+fn pem_blocks(pem: &[u8]) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .map(|p| p.expect("PEM").contents)
+        .collect()
+}
+
+async fn get(s: &TestServer, path: &str) -> common::Reply {
+    s.send(
+        axum::http::Request::get(s.url(path))
+            .body(axum::body::Body::empty())
+            .expect("request"),
+    )
+    .await
+}
+
+fn crl_serials(der: &[u8]) -> Vec<Vec<u8>> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL parses");
+    crl.iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect()
+}
+
+#[tokio::test]
+async fn opcua_rsa_certificates_have_the_rsa_chain_crl_and_ari() {
+    let s = server(OPCUA);
+    let acct = account(&s, None).await;
+    let names = ["plc-9.plant.example"];
+    let order = ready_order(&s, &acct, &names, Some("opcua")).await;
+    let csr = csr(&rsa_key(), &names, &["urn:plant.example:plc9"], Vec::new());
+    let chain = finalize_chain(&s, &acct, &order, csr)
+        .await
+        .unwrap_or_else(|r| panic!("finalize: {}", String::from_utf8_lossy(&r.body)));
+
+    // The chain is the leaf and the RSA intermediate (SPEC §7.5), the AKI names it.
+    let blocks = pem_blocks(&chain);
+    assert_eq!(blocks.len(), 2);
+    let rsa_pem = s.app.ca.rsa_intermediate_pem().expect("RSA intermediate");
+    assert_eq!(blocks[1], pem_blocks(rsa_pem.as_bytes())[0]);
+    let leaf = &blocks[0];
+    assert_eq!(contents(leaf).signature, SHA256_WITH_RSA);
+    assert_eq!(key_id(leaf, true), key_id(&blocks[1], false));
+    let (_, cert) = X509Certificate::from_der(leaf).expect("certificate");
+    let cdp = common::crl_distribution_points(leaf);
+    assert!(cdp.contains(&s.url("/crl/rsa")), "{cdp}");
+
+    // ARI finds it by the RSA intermediate's key identifier.
+    let cert_id = format!("{}.{}", b64(key_id(leaf, true)), b64(cert.raw_serial()));
+    let r = get(&s, &format!("/acme/renewal-info/{cert_id}")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let wrong_aki = format!(
+        "{}.{}",
+        b64(key_id(
+            &pem_blocks(s.app.ca.intermediate_pem().as_bytes())[0],
+            false
+        )),
+        b64(cert.raw_serial())
+    );
+    let r = get(&s, &format!("/acme/renewal-info/{wrong_aki}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Revoked: on the RSA intermediate's CRL, signed by it, and not on the EC one.
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/revoke-cert"),
+            Some(&json!({"certificate": b64(leaf), "reason": 1})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let rsa_crl = get(&s, "/crl/rsa").await;
+    assert_eq!(rsa_crl.status, StatusCode::OK);
+    assert_eq!(
+        rsa_crl.header("content-type").as_deref(),
+        Some("application/pkix-crl")
+    );
+    assert_eq!(crl_serials(&rsa_crl.body), [cert.raw_serial().to_vec()]);
+    let (_, crl) = x509_parser::parse_x509_crl(&rsa_crl.body).expect("CRL");
+    let (_, int) = X509Certificate::from_der(&blocks[1]).expect("intermediate");
+    assert_eq!(crl.issuer().as_raw(), int.subject().as_raw());
+    assert!(crl.verify_signature(int.public_key()).is_ok());
+    assert!(s.dir.path().join("crl-rsa.pem").is_file());
+    let ec_crl = get(&s, "/crl").await;
+    assert_eq!(ec_crl.status, StatusCode::OK);
+    assert!(crl_serials(&ec_crl.body).is_empty());
+}
+
+#[tokio::test]
+async fn rsa_keys_of_other_profiles_or_issuer_ec_stay_on_the_ec_intermediate() {
+    let s = server(&format!("{OPCUA}\nissuer = \"ec\""));
+    let acct = account(&s, None).await;
+    let der = issue(
+        &s,
+        &acct,
+        &["plc-10.plant.example"],
+        Some("opcua"),
+        &rsa_key(),
+        &["urn:plant.example:plc10"],
+    )
+    .await;
+    assert_eq!(contents(&der).signature, ECDSA_WITH_SHA256);
+    let der = issue(&s, &acct, &["plc-11.plant.example"], None, &rsa_key(), &[]).await;
+    assert_eq!(contents(&der).signature, ECDSA_WITH_SHA256);
+    assert_eq!(
+        key_id(&der, true),
+        key_id(
+            &pem_blocks(s.app.ca.intermediate_pem().as_bytes())[0],
+            false
+        )
+    );
+}
+
+#[tokio::test]
+async fn without_an_rsa_intermediate_its_crl_is_not_found() {
+    let s = TestServer::with(|c| {
+        c.issuance.rsa_intermediate_key = ca_server::config::RsaIntermediateKey::None;
+        c.profiles = toml::from_str("[opcua]\nissuer = \"ec\"").expect("profiles TOML");
+    });
+    assert!(s.app.ca.rsa_intermediate_pem().is_none());
+    assert_eq!(get(&s, "/crl/rsa").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&s, "/crl").await.status, StatusCode::OK);
 }

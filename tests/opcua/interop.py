@@ -2,6 +2,10 @@
 Basic256Sha256, each validating the other's certificate against a trust store that holds only
 the iiot-acme CA (TRUSTED_VALIDATION: chain, time, ApplicationUri, key usage, EKU).
 
+With --expect-rsa-chain it first checks what Basic256Sha256 asks of the certificates
+(CertificateSignatureAlgorithm RSA-PKCS15-SHA2-256): each is signed sha256WithRSAEncryption by an
+RSA CA certificate (2048-4096 bits) in the trust store, printing "CHAIN <role> ..." for each.
+
 Prints "OK <value>" and exits 0 when the client read a value over the secure channel; prints the
 error and exits 1 otherwise.
 """
@@ -15,6 +19,28 @@ from asyncua import Client, Server, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+
+def check_rsa_chain(role: str, cert_path: str, trust: Path) -> None:
+    """Raises unless the certificate is signed sha256WithRSAEncryption by an RSA CA in `trust`."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSA_WITH_SHA256:
+        raise ValueError(f"{role} certificate is signed {cert.signature_algorithm_oid.dotted_string}, "
+                         "not sha256WithRSAEncryption")
+    trusted = [c for f in sorted(trust.glob("*.pem")) for c in x509.load_pem_x509_certificates(f.read_bytes())]
+    issuers = [c for c in trusted if c.subject == cert.issuer]
+    if not issuers:
+        raise ValueError(f"{role} certificate's issuer {cert.issuer.rfc4514_string()} is not in the trust store")
+    key = issuers[0].public_key()
+    if not isinstance(key, rsa.RSAPublicKey) or not 2048 <= key.key_size <= 4096:
+        raise ValueError(f"{role} certificate's issuer has no RSA 2048-4096 key")
+    # Raises InvalidSignature unless this issuer made this signature with RSA PKCS#1 v1.5 SHA-256.
+    key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hashes.SHA256())
+    print(f"CHAIN {role} sha256WithRSAEncryption by RSA-{key.key_size} {issuers[0].subject.rfc4514_string()}")
 
 
 async def validator(trust: Path, peer: CertificateValidatorOptions) -> CertificateValidator:
@@ -24,6 +50,13 @@ async def validator(trust: Path, peer: CertificateValidatorOptions) -> Certifica
 
 
 async def main(a: argparse.Namespace) -> int:
+    if a.expect_rsa_chain:
+        try:
+            check_rsa_chain("server", a.server_cert, a.trust)
+            check_rsa_chain("client", a.client_cert, a.trust)
+        except Exception as e:  # noqa: BLE001 - any failure is the answer
+            print(f"FAILED chain: {type(e).__name__}: {e}")
+            return 1
     url = f"opc.tcp://127.0.0.1:{a.port}/"
     server = Server()
     await server.init()
@@ -69,4 +102,5 @@ if __name__ == "__main__":
     p.add_argument("--client-cert", required=True)
     p.add_argument("--client-key", required=True)
     p.add_argument("--client-uri", required=True)
+    p.add_argument("--expect-rsa-chain", action="store_true")
     sys.exit(asyncio.run(main(p.parse_args())))

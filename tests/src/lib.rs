@@ -30,7 +30,7 @@ pub mod process;
 
 pub use ca_server::{ca_server_bin, CaServer, CaServerOpts};
 pub use clients::{run_certbot, run_lego, AcmeClient, ClientRun, Eab, IssuedCert};
-pub use openssl::{openssl_verify, openssl_verify_host};
+pub use openssl::{openssl_text, openssl_verify, openssl_verify_crl, openssl_verify_host};
 pub use pebble::{Pebble, PebbleOpts};
 pub use ports::{free_port, free_tcp_udp_port};
 

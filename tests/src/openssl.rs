@@ -34,15 +34,43 @@ pub fn split_pem_certs(pem: &str) -> Vec<String> {
 /// `root_pem` through the certificates after it (the intermediates):
 /// `openssl verify -CAfile root -untrusted intermediates leaf` must print `OK`.
 pub fn openssl_verify(root_pem: &Path, chain_pem: &Path) -> Result<()> {
-    verify(root_pem, chain_pem, None)
+    verify(root_pem, chain_pem, Check::Chain).map(drop)
 }
 
 /// [`openssl_verify`], and also that the leaf is valid for `host` (`-verify_hostname`).
 pub fn openssl_verify_host(root_pem: &Path, chain_pem: &Path, host: &str) -> Result<()> {
-    verify(root_pem, chain_pem, Some(host))
+    verify(root_pem, chain_pem, Check::Host(host)).map(drop)
 }
 
-fn verify(root_pem: &Path, chain_pem: &Path, host: Option<&str>) -> Result<()> {
+/// `openssl verify -crl_check` of the leaf of `chain_pem` against `root_pem`, with the CRL of
+/// its issuer in `crl_pem`: Ok(true) if it verifies, Ok(false) if openssl reports it revoked,
+/// an error for any other failure (the chain itself, a CRL that does not verify).
+pub fn openssl_verify_crl(root_pem: &Path, chain_pem: &Path, crl_pem: &Path) -> Result<bool> {
+    verify(root_pem, chain_pem, Check::Crl(crl_pem))
+}
+
+/// `openssl x509 -noout -text` of the first certificate of `pem`.
+pub fn openssl_text(pem: &str) -> Result<String> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join("cert.pem");
+    fs::write(&path, pem).context("cannot write cert.pem")?;
+    let mut cmd = Command::new("openssl");
+    cmd.args(["x509", "-noout", "-text", "-in"]).arg(&path);
+    let out = run_with_timeout("openssl-x509", &mut cmd, dir.path(), OPENSSL_TIMEOUT)?;
+    ensure!(out.status.success(), "openssl x509 failed\n{}", out.tails());
+    Ok(out.stdout)
+}
+
+/// What `verify` checks beyond the chain.
+enum Check<'a> {
+    Chain,
+    Host(&'a str),
+    Crl(&'a Path),
+}
+
+/// Ok(true) if openssl verifies the chain, Ok(false) if it reports the leaf revoked (only
+/// with `Check::Crl`), an error otherwise.
+fn verify(root_pem: &Path, chain_pem: &Path, check: Check<'_>) -> Result<bool> {
     let chain = fs::read_to_string(chain_pem)
         .with_context(|| format!("cannot read chain {}", chain_pem.display()))?;
     let certs = split_pem_certs(&chain);
@@ -65,24 +93,37 @@ fn verify(root_pem: &Path, chain_pem: &Path, host: Option<&str>) -> Result<()> {
         fs::write(&inter_path, intermediates.concat()).context("cannot write intermediates")?;
         cmd.arg("-untrusted").arg(inter_path);
     }
-    if let Some(host) = host {
-        cmd.args(["-verify_hostname", host]);
-    }
+    let what = match check {
+        Check::Chain => String::new(),
+        Check::Host(host) => {
+            cmd.args(["-verify_hostname", host]);
+            format!(" for host {host}")
+        }
+        Check::Crl(crl) => {
+            cmd.arg("-crl_check").arg("-CRLfile").arg(crl);
+            format!(" with CRL {}", crl.display())
+        }
+    };
     cmd.arg(&leaf_path);
 
     let out = run_with_timeout("openssl-verify", &mut cmd, dir.path(), OPENSSL_TIMEOUT)?;
     let expected = format!("{}: OK", leaf_path.display());
-    ensure!(
-        out.status.success() && out.stdout.lines().any(|l| l.trim() == expected),
-        "openssl verify rejected {} ({} intermediate(s)) against root {}{}: {}\n{}",
+    if out.status.success() && out.stdout.lines().any(|l| l.trim() == expected) {
+        return Ok(true);
+    }
+    // "error 23 at 0 depth lookup: certificate revoked" (X509_V_ERR_CERT_REVOKED).
+    let revoked = format!("{}{}", out.stdout, out.stderr).contains("certificate revoked");
+    if matches!(check, Check::Crl(_)) && revoked {
+        return Ok(false);
+    }
+    bail!(
+        "openssl verify rejected {} ({} intermediate(s)) against root {}{what}: {}\n{}",
         chain_pem.display(),
         intermediates.len(),
         root_pem.display(),
-        host.map(|h| format!(" for host {h}")).unwrap_or_default(),
         out.status,
         out.tails()
-    );
-    Ok(())
+    )
 }
 
 #[cfg(test)]

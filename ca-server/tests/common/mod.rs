@@ -15,6 +15,20 @@ use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+/// The CRL distribution points extension of a certificate (DER), in its Debug form.
+pub fn crl_distribution_points(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("certificate");
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::CRLDistributionPoints(p) => {
+                Some(format!("{p:?}"))
+            }
+            _ => None,
+        })
+        .expect("CRL distribution points")
+}
+
 pub fn b64(b: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
