@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ca_server::app::now;
+use ca_server::ca::IssuerKind;
 use ca_server::cert::Revocation;
 use ca_server::storage::{Store, Table};
 use rustls_pki_types::pem::PemObject;
@@ -331,6 +332,7 @@ fn main() {
         let entry = Revocation {
             reason: [0, 1, 4, 5][i % 4],
             at,
+            issuer: IssuerKind::Ec,
         };
         s.app
             .db
@@ -340,7 +342,7 @@ fn main() {
     rt.block_on(s.app.db.flush()).expect("flush");
     for run in 1..=3 {
         let start = Instant::now();
-        let der = ca_server::crl::refresh(&s.app, now()).expect("CRL");
+        let der = ca_server::crl::refresh(&s.app, IssuerKind::Ec, now()).expect("CRL");
         println!(
             "CRL with {} revoked certificates (run {run}): {:.0} ms, {} bytes DER",
             args.revoked,
