@@ -18,8 +18,6 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ring::agreement;
-use ring::rand::SystemRandom;
 use ring::signature::{self as ring_sig, VerificationAlgorithm};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
@@ -107,7 +105,7 @@ pub fn parse_and_verify(der: &[u8]) -> Result<CsrInfo> {
 
     let signature_alg = signature_algorithm(&csr.signature_algorithm)?;
     let public_key = public_key_from_spki(&info.subject_pki)?;
-    check_point_on_curve(&public_key)?;
+    public_key.check_point()?;
 
     // > 2. The result of step 1 is signed with the certification request subject's private
     // > key under the specified signature algorithm, yielding a bit string, the signature.
@@ -483,24 +481,6 @@ fn uncompressed_point(curve: &str, len: usize, point: &[u8]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Checks that an EC public key is a point on its curve; other keys pass.
-fn check_point_on_curve(key: &PublicKey) -> Result<()> {
-    let (alg, curve, point) = match key {
-        PublicKey::P256(point) => (&agreement::ECDH_P256, "P-256", point),
-        PublicKey::P384(point) => (&agreement::ECDH_P384, "P-384", point),
-        PublicKey::Ed25519(_) | PublicKey::Rsa { .. } => return Ok(()),
-    };
-    // ring has no stand-alone public key validation, but its ECDH does the full check
-    // (SP 800-56A: coordinates in range, point on the curve) first, so one throwaway
-    // agreement answers the question without touching any long-lived secret. Without it an
-    // off-curve point would only surface as a failed signature (`badCSR`), which hides the
-    // actual problem from the client.
-    let ours = agreement::EphemeralPrivateKey::generate(alg, &SystemRandom::new())
-        .map_err(|_| Error::Internal("cannot generate an ephemeral EC key".to_owned()))?;
-    agreement::agree_ephemeral(ours, &agreement::UnparsedPublicKey::new(alg, point), |_| ())
-        .map_err(|_| Error::BadPublicKey(format!("EC public key is not a point on {curve}")))
 }
 
 /// Collects the identifiers a CSR asks for, from its subject CN and subjectAltName extension.

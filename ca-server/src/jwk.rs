@@ -104,24 +104,8 @@ pub fn parse(jwk: &Value) -> Result<PublicKey> {
             )))
         }
     };
-    check_point(&key)?;
+    key.check_point()?;
     Ok(key)
-}
-
-/// Rejects EC points that are not on their curve. ring has no standalone point check, but its
-/// ECDH peer-key parsing performs full public-key validation, so agree with a throwaway key.
-fn check_point(key: &PublicKey) -> Result<()> {
-    let (curve, point) = match key {
-        PublicKey::P256(p) => (&ring::agreement::ECDH_P256, p),
-        PublicKey::P384(p) => (&ring::agreement::ECDH_P384, p),
-        _ => return Ok(()),
-    };
-    let rng = ring::rand::SystemRandom::new();
-    let eph = ring::agreement::EphemeralPrivateKey::generate(curve, &rng)
-        .map_err(|_| Error::Internal("cannot generate ephemeral key".into()))?;
-    let peer = ring::agreement::UnparsedPublicKey::new(curve, point);
-    ring::agreement::agree_ephemeral(eph, &peer, |_| ())
-        .map_err(|_| Error::BadPublicKey("EC public key is not a point on its curve".into()))
 }
 
 /// The canonical JWK of a key: only the required members (RFC 7638 §3.2), used both for

@@ -30,6 +30,27 @@ impl PublicKey {
         }
     }
 
+    /// Refuses EC points that are not on their curve (or are the identity); other keys pass.
+    ///
+    /// ring would refuse such a point only when a signature is checked with it, as a failed
+    /// signature; decoding it here names the actual problem for the client. A SEC1 decode is
+    /// a few field multiplications, far cheaper than the throwaway ECDH agreement it replaces.
+    pub fn check_point(&self) -> crate::Result<()> {
+        let valid = match self {
+            Self::P256(point) => p256::PublicKey::from_sec1_bytes(point).is_ok(),
+            Self::P384(point) => p384::PublicKey::from_sec1_bytes(point).is_ok(),
+            Self::Ed25519(_) | Self::Rsa { .. } => return Ok(()),
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(crate::Error::BadPublicKey(format!(
+                "EC public key is not a point on {}",
+                self.describe().trim_start_matches("ECDSA ")
+            )))
+        }
+    }
+
     /// Short human-readable description, e.g. `"ECDSA P-256"` or `"RSA 2048"`.
     pub fn describe(&self) -> String {
         match self {
@@ -58,6 +79,47 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ec_point(alg: &'static ring::signature::EcdsaSigningAlgorithm) -> Vec<u8> {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("keygen");
+        let pair =
+            ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("parse");
+        pair.public_key().as_ref().to_vec()
+    }
+
+    #[test]
+    fn ec_points_are_checked_against_their_curve() {
+        let p256 = ec_point(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING);
+        let p384 = ec_point(&ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING);
+        assert!(PublicKey::P256(p256.clone()).check_point().is_ok());
+        assert!(PublicKey::P384(p384.clone()).check_point().is_ok());
+        let flip_y = |p: &[u8]| {
+            let mut p = p.to_vec();
+            if let Some(last) = p.last_mut() {
+                *last ^= 1;
+            }
+            p
+        };
+        let refused = [
+            PublicKey::P256(flip_y(&p256)),
+            PublicKey::P384(flip_y(&p384)),
+            // Points of the other curve's length, the all-zero encoding, a coordinate >= p.
+            PublicKey::P256(p384.clone()),
+            PublicKey::P384(p256.clone()),
+            PublicKey::P256([&[4u8][..], &[0; 64]].concat()),
+            PublicKey::P256([&[4u8][..], &[0xff; 64]].concat()),
+        ];
+        for key in refused {
+            let err = key.check_point().expect_err("off-curve point accepted");
+            assert!(
+                matches!(&err, crate::Error::BadPublicKey(m) if m.starts_with("EC public key is not a point on P-")),
+                "{err:?}"
+            );
+        }
+        assert!(PublicKey::Ed25519(vec![0; 32]).check_point().is_ok());
+    }
 
     #[test]
     fn rsa_keys_compare_equal_across_zero_padding() {
