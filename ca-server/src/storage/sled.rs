@@ -113,17 +113,18 @@ impl SledStore {
                 finished.await;
                 continue;
             };
-            // The flush runs in its own task, so a request whose future is dropped (its client
-            // went away) cannot leave `running` set and every later caller waiting.
-            // sled's synchronous flush on the blocking pool rather than `flush_async`: under
-            // concurrent load `flush_async` was seen to never complete (a whole server stalled
-            // with eight clients).
+            // The whole flush, state update included, runs on the blocking pool, which runs a
+            // task to completion even when its handle is dropped: a request whose future is
+            // dropped (its client went away) cannot leave `running` set and every later caller
+            // waiting. One hand-off per flush: the profile of issue #6 counted thread wake-ups
+            // as the largest cost after the signatures. sled's synchronous flush rather than
+            // `flush_async`: under concurrent load `flush_async` was seen to never complete (a
+            // whole server stalled with eight clients).
             let (db, group) = (self.db.clone(), self.group.clone());
             group.flushes.fetch_add(1, Ordering::SeqCst);
-            let flush = tokio::spawn(async move {
-                let result = tokio::task::spawn_blocking(move || db.flush())
-                    .await
-                    .map_err(|e| Error::Storage(format!("flush task failed: {e}")))
+            let flush = tokio::task::spawn_blocking(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()))
+                    .map_err(|_| Error::Storage("the database flush panicked".into()))
                     .and_then(|r| r.map(|_| ()).map_err(Error::from));
                 {
                     let mut st = lock_state(&group);
