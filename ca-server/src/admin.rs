@@ -110,10 +110,15 @@ async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Re
         ));
     }
     let mut revoked = Vec::new();
+    let mut issuers = std::collections::BTreeSet::new();
     for c in certificates(&app)? {
         if c.revoked.is_none() && r.select.matches(&c)? {
             match record_revocation(&app, &c.id, r.reason) {
-                Ok(()) | Err(Error::AlreadyRevoked) => revoked.push(c.id),
+                Ok(issuer) => {
+                    issuers.insert(issuer);
+                    revoked.push(c.id);
+                }
+                Err(Error::AlreadyRevoked) => revoked.push(c.id),
                 Err(e) => return Err(e),
             }
         }
@@ -124,6 +129,7 @@ async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Re
         reason = r.reason,
         "operator revoked certificates"
     );
+    crate::crl::publish(&app, issuers).await;
     Ok(Json(json!({"revoked": revoked})))
 }
 

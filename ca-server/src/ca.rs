@@ -93,7 +93,7 @@ const CN_MAX_CHARS: usize = 64;
 type TlsIdentity = (String, String);
 
 /// Which issuing intermediate signs a certificate (and its CRL).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IssuerKind {
     /// The EC intermediate (P-256 by default): every certificate unless a profile says otherwise.

@@ -88,8 +88,9 @@ impl Certificate {
 
 /// Marks a certificate revoked under compare-and-swap (`alreadyRevoked` if it was), adds it to
 /// the table its issuer's CRL is made from and invalidates the cached CRLs so the next one
-/// lists it. The caller flushes.
-pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<()> {
+/// lists it. Returns the issuing intermediate. The caller flushes, then publishes the CRL
+/// ([`crate::crl::publish`]).
+pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<IssuerKind> {
     let at = now();
     let revoked = app
         .db
@@ -108,7 +109,7 @@ pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<()>
         .ok_or_else(|| Error::Storage(format!("revocation of {serial} was not stored")))?;
     app.db.put(Table::Revocations, serial, &revoked)?;
     app.crl.invalidate();
-    Ok(())
+    Ok(revoked.issuer)
 }
 
 /// Whether `account_id` holds currently valid authorizations covering every identifier.
@@ -224,8 +225,9 @@ pub async fn revoke(
         }
     }
 
-    record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0))?;
+    let issuer = record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0))?;
     app.db.flush().await?;
     tracing::info!(serial = %serial, reason, "certificate revoked");
+    crate::crl::publish(&app, [issuer]).await;
     Ok(StatusCode::OK.into_response())
 }

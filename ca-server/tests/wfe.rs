@@ -1158,9 +1158,24 @@ async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    // By the time the revocation is answered the CRL file lists it, with no GET /crl in
+    // between: mosquitto's `crlfile` reads only the file.
+    let crl_pem = s.dir.path().join("crl.pem");
+    let file = std::fs::read(&crl_pem).expect("crl.pem");
+    let (_, file) = x509_parser::pem::parse_x509_pem(&file).expect("crl.pem is PEM");
+    let (n_file, in_file) = crl_number(&file.contents);
+    assert_eq!(in_file, vec![cert.raw_serial().to_vec()]);
+    let (_, crl) = x509_parser::parse_x509_crl(&file.contents).expect("CRL parses");
+    let next = crl.next_update().expect("nextUpdate (RFC 5280 §5.1.2.5)");
+    assert_eq!(
+        next.timestamp() - crl.last_update().timestamp(),
+        24 * 3600,
+        "nextUpdate is thisUpdate + 24 h"
+    );
     let (n2, after) = crl_number(&get_crl().await);
     assert_eq!(after, vec![cert.raw_serial().to_vec()]);
     assert_ne!(n1, n2, "a new CRL has a new number");
+    assert_eq!(n_file, n2, "the file and the URL serve the same CRL");
 
     // openssl, given the CRL file the server writes, reports the certificate revoked.
     let dir = tempfile::tempdir().expect("tmp");
@@ -1168,7 +1183,6 @@ async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
     std::fs::write(&chain, &pem).expect("write");
     let inter = dir.path().join("inter.pem");
     std::fs::write(&inter, s.app.ca.intermediate_pem()).expect("write");
-    let crl_pem = s.dir.path().join("crl.pem");
     let out = std::process::Command::new("openssl")
         .args(["verify", "-crl_check", "-CAfile"])
         .arg(s.app.ca.root_path())
