@@ -36,6 +36,8 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     /// Key hygiene at issuance.
     pub keys: KeysConfig,
+    /// The store.
+    pub storage: StorageConfig,
     /// Certificate profiles (`[profiles]`, SPEC §8.3): `default = "<name>"` and one
     /// `[profiles.<name>]` table per profile to add or adjust.
     pub profiles: crate::profiles::ProfilesConfig,
@@ -55,6 +57,7 @@ impl Default for Config {
             eab: EabConfig::default(),
             enrollment: EnrollmentConfig::default(),
             keys: KeysConfig::default(),
+            storage: StorageConfig::default(),
             profiles: crate::profiles::ProfilesConfig::default(),
         }
     }
@@ -195,6 +198,29 @@ impl Default for EnrollmentConfig {
             approval_ttl: Duration::from_secs(3600),
         }
     }
+}
+
+/// The store (`[storage]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// What a response waits for before it reports new state.
+    pub durability: Durability,
+}
+
+/// How far a write has gone before the response that reports it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// On stable storage: sled's flush, then `fdatasync` of its data file, which also empties
+    /// the disk's volatile write cache. Survives a power cut, a kernel crash and a killed process.
+    #[default]
+    PowerLoss,
+    /// Handed to the disk: sled's flush alone (Linux `sync_file_range`, which waits for the
+    /// write but neither flushes the disk's write cache nor syncs file metadata). Survives a
+    /// killed or crashed server process, not necessarily a power cut. For storage with a
+    /// battery- or capacitor-backed cache, or benchmarks.
+    ProcessCrash,
 }
 
 /// Key hygiene at issuance (`[keys]`; see `keycheck`).

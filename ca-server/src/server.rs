@@ -29,7 +29,10 @@ pub struct StartInfo {
 /// Opens (or on first start creates) everything under `cfg.data_dir` and builds the state.
 pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
-    let store = SledStore::open(&cfg.data_dir.join("db"))?;
+    let store = SledStore::open_with(&cfg.data_dir.join("db"), cfg.storage.durability)?;
+    if cfg.storage.durability == crate::config::Durability::ProcessCrash {
+        tracing::warn!("storage.durability = \"process-crash\": responses do not wait for the disk's write cache; a power cut can lose issued certificates and revocations");
+    }
     let mut ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
     for kind in IssuerKind::ALL {
         ca.set_crl_url(
