@@ -446,23 +446,20 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         }
     }
 
-    // Claimed before anything is written, so an order refused as alreadyReplaced leaves
-    // nothing behind.
-    let order_id = new_id()?;
-    if let Some(replaces) = &p.replaces {
-        crate::renewal::mark_replaced(&app, &r.account.id, replaces, &order_id)?;
-    }
     let created = now();
     let order_lifetime = secs(app.cfg.issuance.order_lifetime);
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
-    let mut authz_ids = Vec::new();
+    // Every check runs before anything is written, so a refused order leaves nothing behind.
+    let mut authzs = Vec::new();
     for id in &identifiers {
         if allow.is_some() {
             // Pre-authorization (RFC 8555 §7.4.1 in spirit): the operator vouched for these
             // identifiers when issuing the credential, so no challenge is needed.
-            let authz = Authz::pre_authorized(&r.account.id, id.clone(), created + authz_lifetime)?;
-            app.db.put(Table::Authzs, &authz.id, &authz)?;
-            authz_ids.push(authz.id);
+            authzs.push(Authz::pre_authorized(
+                &r.account.id,
+                id.clone(),
+                created + authz_lifetime,
+            )?);
             continue;
         }
         let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
@@ -475,28 +472,71 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 ),
             });
         }
-        let authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime, &kinds)?;
-        app.db.put(Table::Authzs, &authz.id, &authz)?;
-        authz_ids.push(authz.id);
+        authzs.push(Authz::new(
+            &r.account.id,
+            id.clone(),
+            created + authz_lifetime,
+            &kinds,
+        )?);
+    }
+    let replaced = match &p.replaces {
+        Some(replaces) => Some(crate::renewal::check_replaces(
+            &app,
+            &r.account.id,
+            replaces,
+            &identifiers,
+        )?),
+        None => None,
+    };
+    for authz in &authzs {
+        app.db.put(Table::Authzs, &authz.id, authz)?;
     }
     let order = Order {
-        id: order_id,
+        id: new_id()?,
         account_id: r.account.id.clone(),
         identifiers: identifiers.into_iter().collect(),
-        authzs: authz_ids,
+        authzs: authzs.into_iter().map(|a| a.id).collect(),
         expires: created + order_lifetime,
         stage: Stage::Open,
         profile: Some(profile),
     };
     app.db.put(Table::Orders, &order.id, &order)?;
-    app.db.put(
-        Table::AccountOrders,
-        &format!("{}\0{}", r.account.id, order.id),
-        &(),
-    )?;
-    app.db.flush().await?;
+    // The claim on the replaced certificate comes last, under compare-and-swap: an order
+    // that loses a race, or fails after claiming, is marked invalid, and RFC 9773 §5 ignores
+    // replacement by invalid orders, so the certificate stays replaceable.
+    let stored = async {
+        if let Some(cert) = &replaced {
+            crate::renewal::claim(&app, &cert.id, &order.id)?;
+        }
+        app.db.put(
+            Table::AccountOrders,
+            &format!("{}\0{}", r.account.id, order.id),
+            &(),
+        )?;
+        app.db.flush().await
+    }
+    .await;
+    if let Err(e) = stored {
+        abandon(&app, &order.id, &e);
+        return Err(e);
+    }
     tracing::info!(account = %r.account.id, order = %order.id, identifiers = ?order.identifiers, "order created");
     order_response(&app, &order, StatusCode::CREATED)
+}
+
+/// Marks an order newOrder is refusing after storing it as invalid, so nothing can finalize
+/// it and any claim it holds on a replaced certificate is void (RFC 9773 §5). Best effort: the
+/// caller is already answering with `cause`.
+fn abandon(app: &AppState, order_id: &str, cause: &Error) {
+    let marked = app.db.update(Table::Orders, order_id, |mut o: Order| {
+        o.stage = Stage::Invalid {
+            error: cause.to_problem(),
+        };
+        Ok(o)
+    });
+    if let Err(e) = marked {
+        tracing::error!(order = %order_id, error = %e, "cannot mark a refused order invalid");
+    }
 }
 
 /// The allow-list granted by the enrollment credential an account was bound with, if any
