@@ -1355,12 +1355,8 @@ async fn replacing_order(
     .await
 }
 
-fn assert_status(r: &common::Reply, status: StatusCode) {
-    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
-}
-
 fn assert_created(r: &common::Reply) {
-    assert_status(r, StatusCode::CREATED);
+    r.assert_status(StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -1402,7 +1398,7 @@ async fn replacement_by_an_invalid_or_missing_order_is_ignored() {
     let r = s
         .post_as(&acct, &authz, Some(&json!({"status": "deactivated"})))
         .await;
-    assert_status(&r, StatusCode::OK);
+    r.assert_status(StatusCode::OK);
     let order = s
         .post_as(&acct, &first.header("location").expect("location"), None)
         .await
