@@ -1,5 +1,5 @@
 //! Operator commands against a running CA (over its admin socket): revocation by device
-//! identifier, the audit report, pulling renewal forward (RFC 9773), and a
+//! identifier, serial and account, the audit report, pulling renewal forward (RFC 9773), and a
 //! clear error when no CA is running.
 
 use std::process::Command;
@@ -7,7 +7,8 @@ use std::process::Command;
 use std::path::{Path, PathBuf};
 
 use iiot_acme_tests::{
-    ca_server_bin, openssl_verify, temp_dir, AcmeClient, CaServer, CaServerOpts, ClientRun,
+    ca_server_bin, openssl_verify, openssl_verify_crl, temp_dir, AcmeClient, CaServer,
+    CaServerOpts, ClientRun,
 };
 
 fn ca(server: &CaServer, args: &[&str]) -> (bool, String) {
@@ -35,6 +36,23 @@ fn serial_of(chain: &Path) -> String {
         .trim()
         .trim_start_matches("serial=")
         .to_ascii_lowercase()
+}
+
+/// A certificate for `name` from lego, whose state (and so its ACME account) lives in `work`:
+/// runs with the same `work` share one account.
+fn lego_issue(server: &CaServer, name: &str, work: &Path) -> iiot_acme_tests::IssuedCert {
+    let run = ClientRun::new(
+        server.directory_url(),
+        server.root_pem_path(),
+        &[name],
+        server.http_port(),
+        work,
+    );
+    let issued = AcmeClient::Lego
+        .run(&run)
+        .unwrap_or_else(|e| panic!("lego: {e:#}\n{}", server.logs()));
+    openssl_verify(&server.root_pem_path(), &issued.chain_pem).expect("verifies");
+    issued
 }
 
 /// The account id (last part of the account URL) lego registered under `work`.
@@ -65,6 +83,11 @@ fn fresh_crl(server: &CaServer) -> PathBuf {
     .expect("GET /crl");
     assert_eq!(status, 200);
     server.data_dir().join("crl.pem")
+}
+
+/// Whether `openssl verify -crl_check` reports the leaf of `chain` revoked.
+fn revoked_on_crl(server: &CaServer, chain: &Path) -> bool {
+    !openssl_verify_crl(&server.root_pem_path(), chain, &fresh_crl(server)).expect("verify")
 }
 
 #[test]
@@ -236,6 +259,82 @@ fn operator_revokes_by_identifier_audits_and_pulls_renewal_forward() {
         !ok && out.contains("--serial, --identifier or --account"),
         "{out}"
     );
+}
+
+#[test]
+fn operator_revokes_by_serial_and_by_account() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    // One device on its own account, two on a second account (one lego state directory).
+    let solo = temp_dir("iiot-op-").expect("work");
+    let fleet = temp_dir("iiot-op-").expect("work");
+    let s1 = lego_issue(&server, "dev-s.plant.test", solo.path());
+    let t1 = lego_issue(&server, "dev-t.plant.test", fleet.path());
+    let u1 = lego_issue(&server, "dev-u.plant.test", fleet.path());
+    let fleet_account = lego_account_id(fleet.path());
+    assert_ne!(lego_account_id(solo.path()), fleet_account);
+    for chain in [&s1.chain_pem, &t1.chain_pem, &u1.chain_pem] {
+        assert!(!revoked_on_crl(&server, chain));
+    }
+
+    // --serial revokes that certificate only.
+    let serial = serial_of(&s1.chain_pem);
+    let (ok, out) = ca(
+        &server,
+        &["revoke", "--serial", &serial, "--reason", "superseded"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("revoked 1 certificate") && out.contains(&serial),
+        "{out}"
+    );
+    assert!(revoked_on_crl(&server, &s1.chain_pem));
+    assert!(!revoked_on_crl(&server, &t1.chain_pem));
+    assert!(!revoked_on_crl(&server, &u1.chain_pem));
+    // Revoking it again finds nothing left to revoke.
+    let (ok, out) = ca(&server, &["revoke", "--serial", &serial]);
+    assert!(ok && out.contains("revoked 0 certificate"), "{out}");
+
+    // --account revokes every certificate of the account, and nothing else.
+    let (ok, out) = ca(
+        &server,
+        &[
+            "revoke",
+            "--account",
+            &fleet_account,
+            "--reason",
+            "cessationOfOperation",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("revoked 2 certificate"), "{out}");
+    for chain in [&t1.chain_pem, &u1.chain_pem] {
+        assert!(out.contains(&serial_of(chain)), "{out}");
+        assert!(revoked_on_crl(&server, chain));
+    }
+    let (ok, out) = ca(&server, &["audit", "--json"]);
+    assert!(ok, "{out}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("audit JSON");
+    assert_eq!(report["certificates"]["revoked"], 3, "{report}");
+    assert_eq!(report["certificates"]["valid"], 0, "{report}");
+    let reasons: Vec<(String, u64)> = report["revoked"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            (
+                r["serial"].as_str().expect("serial").to_owned(),
+                r["reason"].as_u64().expect("reason"),
+            )
+        })
+        .collect();
+    assert!(reasons.contains(&(serial.clone(), 4)), "{report}");
+    assert!(reasons.contains(&(serial_of(&u1.chain_pem), 5)), "{report}");
+
+    // Revocation by account revokes the certificates it has, not the account: as the CA
+    // defines it, the account stays valid and a new certificate for it is not revoked.
+    let u2 = lego_issue(&server, "dev-u.plant.test", fleet.path());
+    assert_eq!(lego_account_id(fleet.path()), fleet_account);
+    assert!(!revoked_on_crl(&server, &u2.chain_pem));
 }
 
 #[test]
