@@ -60,6 +60,9 @@ pub struct Order {
     /// stored before profiles existed, which get the default profile.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The certificate this order replaces (RFC 9773 §5 `replaces`, an ARI certificate id).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// If issuance was interrupted (the process died between accepting finalize and storing the
@@ -145,6 +148,13 @@ impl Order {
         // draft-ietf-acme-profiles: the order object names the profile it will be issued under.
         if let Some(profile) = &self.profile {
             v["profile"] = json!(profile);
+        }
+        // > If the Server accepts a new-order request with a "replaces" field, it MUST reflect
+        // > that field in the response and in subsequent requests for the corresponding Order
+        // > object.
+        // <https://www.rfc-editor.org/rfc/rfc9773#section-5>
+        if let Some(replaces) = &self.replaces {
+            v["replaces"] = json!(replaces);
         }
         if let Stage::Valid { cert } = &self.stage {
             v["certificate"] = json!(app.url(&format!("{}{cert}", paths::CERT)));
@@ -499,6 +509,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         expires: created + order_lifetime,
         stage: Stage::Open,
         profile: Some(profile),
+        replaces: replaced.as_ref().and(p.replaces.clone()),
     };
     app.db.put(Table::Orders, &order.id, &order)?;
     // The claim on the replaced certificate comes last, under compare-and-swap: an order

@@ -1390,6 +1390,13 @@ async fn replacement_by_an_invalid_or_missing_order_is_ignored() {
     let name = json!([{"type": "dns", "value": "plc-21.plant.example"}]);
     let first = replacing_order(&s, &acct, name.clone(), &id).await;
     assert_created(&first);
+    // RFC 9773 §5: the accepted `replaces` is reflected in the response and later fetches.
+    assert_eq!(first.json()["replaces"], id);
+    let fetched = s
+        .post_as(&acct, &first.header("location").expect("location"), None)
+        .await
+        .json();
+    assert_eq!(fetched["replaces"], id, "{fetched}");
     // The replacing order becomes invalid (its authorization is deactivated, RFC 8555 §7.5.2).
     let authz = first.json()["authorizations"][0]
         .as_str()
