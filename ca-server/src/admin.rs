@@ -166,8 +166,10 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
     let certs = certificates(&app)?;
     let soon = at + 24 * 3600;
     let (mut valid, mut expired, mut revoked) = (0, 0, 0);
-    // Valid certificates per profile (SPEC §8.3); those issued before profiles are `default`.
+    // Profiles and key types in use: of valid certificates only (neither expired nor
+    // revoked). Certificates issued before profiles are `default`.
     let mut profiles: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut key_types: BTreeMap<String, usize> = BTreeMap::new();
     let mut expiring = Vec::new();
     let mut revoked_list = Vec::new();
     // Newest certificate per identifier set: a device whose newest certificate has expired
@@ -190,6 +192,7 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
                             .unwrap_or(crate::profiles::DEFAULT_PROFILE),
                     )
                     .or_default() += 1;
+                *key_types.entry(key_type(c)?).or_default() += 1;
                 if c.not_after <= soon {
                     expiring.push(json!({"serial": c.id, "identifiers": c.identifiers,
                         "notAfter": rfc3339(c.not_after)}));
@@ -214,13 +217,6 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
             "expired": rfc3339(c.not_after)})
         })
         .collect();
-    let mut key_types: BTreeMap<String, usize> = BTreeMap::new();
-    for u in app
-        .db
-        .values_with_prefix::<crate::keycheck::KeyUse>(Table::KeyUse, "")?
-    {
-        *key_types.entry(u.key_type).or_default() += 1;
-    }
     let reuse = crate::keycheck::KeyReuseAttempt::list(&app)?;
     let weak = crate::keycheck::WeakKeyAttempt::list(&app)?;
     Ok(Json(json!({
@@ -234,6 +230,14 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
         "keyTypes": key_types,
         "profiles": profiles,
     })))
+}
+
+/// The type of a stored certificate's key, e.g. "ECDSA P-256".
+fn key_type(c: &Certificate) -> Result<String> {
+    let der = crate::jwk::b64u_decode("stored certificate", &c.der)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", c.id)))?;
+    Ok(crate::csr::key_type(cert.public_key()))
 }
 
 /// The admin API's routes.

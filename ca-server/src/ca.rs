@@ -3,8 +3,10 @@
 //! A self-signed root (pathlen 1) certifies an online EC issuing intermediate (pathlen 0),
 //! which signs end-entity certificates and the server's own HTTPS certificate, and, unless the
 //! operator turns it off, an online RSA issuing intermediate (pathlen 0) for profiles whose RSA
-//! keys need an RSA signature along the chain (OPC UA Basic256Sha256). Devices trust the root,
-//! so an intermediate can be replaced without touching them.
+//! keys need an RSA signature on the certificate (OPC UA Basic256Sha256). The root signs both
+//! intermediates with its own algorithm, so under the default P-384 root the RSA intermediate
+//! is signed with ecdsa-with-SHA384: the chain is RSA below the root only. Devices trust the
+//! root, so an intermediate can be replaced without touching them.
 //!
 //! Files in the CA directory (`<data_dir>/ca`, mode 0700):
 //!

@@ -258,6 +258,12 @@ pub fn refused_key(der: &[u8]) -> Option<(String, String)> {
     })
 }
 
+/// The type of a key already certified, e.g. "ECDSA P-256" (for the operator's `audit`),
+/// described even if today's key policy would refuse it.
+pub fn key_type(spki: &SubjectPublicKeyInfo<'_>) -> String {
+    public_key_from_spki(spki).map_or_else(|_| refused_key_type(spki), |key| key.describe())
+}
+
 /// Describes a key the key policy refused.
 fn refused_key_type(spki: &SubjectPublicKeyInfo<'_>) -> String {
     match (

@@ -360,12 +360,15 @@ fn print_audit(v: &serde_json::Value) {
             i["reason"]
         )
     });
+    // Both identities (issue #5): who asked for the key, and who holds it.
     list("refused key reuse", "keyReuseAttempts", &|i| {
         format!(
-            "{}  key {} held by {}",
-            i["kind"],
-            i["spki_sha256"].as_str().unwrap_or_default(),
-            i["holder"]
+            "{}  {}  {}  key {}  held by {}",
+            ca_server::app::rfc3339(i["at"].as_i64().unwrap_or_default()),
+            i["kind"].as_str().unwrap_or_default(),
+            describe_holder(&i["attempted"]),
+            i["spkiSha256"].as_str().unwrap_or_default(),
+            describe_holder(&i["holder"])
         )
     });
     list(
@@ -386,8 +389,37 @@ fn print_audit(v: &serde_json::Value) {
             )
         },
     );
-    println!("key types in use: {}", v["keyTypes"]);
+    println!("key types in use (valid certificates): {}", v["keyTypes"]);
     println!("profiles in use (valid certificates): {}", v["profiles"]);
+}
+
+/// One side of a key-reuse attempt: `account A order O ["dns:x"] certificate S`, leaving out
+/// what is unknown (an account key has no identifiers, order or certificate).
+fn describe_holder(h: &serde_json::Value) -> String {
+    let mut text = format!("account {}", h["accountId"].as_str().unwrap_or("?"));
+    if let Some(order) = h["orderId"].as_str() {
+        text.push_str(&format!(" order {order}"));
+    }
+    match h["identifiers"].as_array() {
+        Some(ids) if !ids.is_empty() => {
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}:{}",
+                        i["type"].as_str().unwrap_or_default(),
+                        i["value"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            text.push_str(&format!(" {}", ids.join(",")));
+        }
+        _ => text.push_str(" (account key)"),
+    }
+    if let Some(serial) = h["serial"].as_str() {
+        text.push_str(&format!(" certificate {serial}"));
+    }
+    text
 }
 
 fn describe_uses(max: Option<u32>) -> String {

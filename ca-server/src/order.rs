@@ -60,6 +60,9 @@ pub struct Order {
     /// stored before profiles existed, which get the default profile.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The certificate this order replaces (RFC 9773 §5 `replaces`, an ARI certificate id).
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// If issuance was interrupted (the process died between accepting finalize and storing the
@@ -145,6 +148,13 @@ impl Order {
         // draft-ietf-acme-profiles: the order object names the profile it will be issued under.
         if let Some(profile) = &self.profile {
             v["profile"] = json!(profile);
+        }
+        // > If the Server accepts a new-order request with a "replaces" field, it MUST reflect
+        // > that field in the response and in subsequent requests for the corresponding Order
+        // > object.
+        // <https://www.rfc-editor.org/rfc/rfc9773#section-5>
+        if let Some(replaces) = &self.replaces {
+            v["replaces"] = json!(replaces);
         }
         if let Stage::Valid { cert } = &self.stage {
             v["certificate"] = json!(app.url(&format!("{}{cert}", paths::CERT)));
@@ -446,23 +456,20 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         }
     }
 
-    // Claimed before anything is written, so an order refused as alreadyReplaced leaves
-    // nothing behind.
-    let order_id = new_id()?;
-    if let Some(replaces) = &p.replaces {
-        crate::renewal::mark_replaced(&app, &r.account.id, replaces, &order_id)?;
-    }
     let created = now();
     let order_lifetime = secs(app.cfg.issuance.order_lifetime);
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
-    let mut authz_ids = Vec::new();
+    // Every check runs before anything is written, so a refused order leaves nothing behind.
+    let mut authzs = Vec::new();
     for id in &identifiers {
         if allow.is_some() {
             // Pre-authorization (RFC 8555 §7.4.1 in spirit): the operator vouched for these
             // identifiers when issuing the credential, so no challenge is needed.
-            let authz = Authz::pre_authorized(&r.account.id, id.clone(), created + authz_lifetime)?;
-            app.db.put(Table::Authzs, &authz.id, &authz)?;
-            authz_ids.push(authz.id);
+            authzs.push(Authz::pre_authorized(
+                &r.account.id,
+                id.clone(),
+                created + authz_lifetime,
+            )?);
             continue;
         }
         let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
@@ -475,28 +482,72 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 ),
             });
         }
-        let authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime, &kinds)?;
-        app.db.put(Table::Authzs, &authz.id, &authz)?;
-        authz_ids.push(authz.id);
+        authzs.push(Authz::new(
+            &r.account.id,
+            id.clone(),
+            created + authz_lifetime,
+            &kinds,
+        )?);
+    }
+    let replaced = match &p.replaces {
+        Some(replaces) => Some(crate::renewal::check_replaces(
+            &app,
+            &r.account.id,
+            replaces,
+            &identifiers,
+        )?),
+        None => None,
+    };
+    for authz in &authzs {
+        app.db.put(Table::Authzs, &authz.id, authz)?;
     }
     let order = Order {
-        id: order_id,
+        id: new_id()?,
         account_id: r.account.id.clone(),
         identifiers: identifiers.into_iter().collect(),
-        authzs: authz_ids,
+        authzs: authzs.into_iter().map(|a| a.id).collect(),
         expires: created + order_lifetime,
         stage: Stage::Open,
         profile: Some(profile),
+        replaces: replaced.as_ref().and(p.replaces.clone()),
     };
     app.db.put(Table::Orders, &order.id, &order)?;
-    app.db.put(
-        Table::AccountOrders,
-        &format!("{}\0{}", r.account.id, order.id),
-        &(),
-    )?;
-    app.db.flush().await?;
+    // The claim on the replaced certificate comes last, under compare-and-swap: an order
+    // that loses a race, or fails after claiming, is marked invalid, and RFC 9773 §5 ignores
+    // replacement by invalid orders, so the certificate stays replaceable.
+    let stored = async {
+        if let Some(cert) = &replaced {
+            crate::renewal::claim(&app, &cert.id, &order.id)?;
+        }
+        app.db.put(
+            Table::AccountOrders,
+            &format!("{}\0{}", r.account.id, order.id),
+            &(),
+        )?;
+        app.db.flush().await
+    }
+    .await;
+    if let Err(e) = stored {
+        abandon(&app, &order.id, &e);
+        return Err(e);
+    }
     tracing::info!(account = %r.account.id, order = %order.id, identifiers = ?order.identifiers, "order created");
     order_response(&app, &order, StatusCode::CREATED)
+}
+
+/// Marks an order newOrder is refusing after storing it as invalid, so nothing can finalize
+/// it and any claim it holds on a replaced certificate is void (RFC 9773 §5). Best effort: the
+/// caller is already answering with `cause`.
+fn abandon(app: &AppState, order_id: &str, cause: &Error) {
+    let marked = app.db.update(Table::Orders, order_id, |mut o: Order| {
+        o.stage = Stage::Invalid {
+            error: cause.to_problem(),
+        };
+        Ok(o)
+    });
+    if let Err(e) = marked {
+        tracing::error!(order = %order_id, error = %e, "cannot mark a refused order invalid");
+    }
 }
 
 /// The allow-list granted by the enrollment credential an account was bound with, if any

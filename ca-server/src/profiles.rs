@@ -20,8 +20,12 @@
 //!   ApplicationUri, taken from the CSR's URI SAN and checked against
 //!   `application_uri_prefixes`; DNS/IP SANs from the order; keyUsage digitalSignature,
 //!   nonRepudiation, keyEncipherment, dataEncipherment for RSA; EKU serverAuth + clientAuth.
-//!   `issuer = "rsa"`: RSA keys are signed by the RSA intermediate (sha256WithRSAEncryption,
-//!   which Basic256Sha256 needs along the whole chain), ECC keys by the EC intermediate.
+//!   Subject O = `organization`, which the profile must set (see below).
+//!   `issuer = "rsa"`: RSA keys are signed by the RSA intermediate with
+//!   sha256WithRSAEncryption, as Basic256Sha256 wants for the certificate's signature; ECC
+//!   keys by the EC intermediate. The chain is not RSA all the way up: the RSA intermediate
+//!   itself is signed by the root, with the root's algorithm (ecdsa-with-SHA384 for the
+//!   default P-384 root; SPEC §8.1).
 //! - `modbus`: Modbus/TCP Security role extension (1.3.6.1.4.1.50316.802.1, UTF8String) with
 //!   the role granted by the operator: the `role` of the account's EAB credential, else the
 //!   profile's `role`. The CSR is never consulted for it.
@@ -30,6 +34,13 @@
 //! network endpoint, so no ACME challenge can prove it. The operator's prefix list is the proof
 //! instead, and the built-in `opcua` profile has an empty list, so it refuses every URI until
 //! the operator says which ones the plant uses.
+//!
+//! The subject organizationName of an `opcua` certificate: OPC 10000-6 §6.2.2 (paraphrased)
+//! requires the O attribute, the organisation running the application. Only the operator
+//! knows it, and the CA must start with no config file, so the built-in `opcua` profile has
+//! none and, as with the prefixes, refuses to issue (`badCSR`, naming
+//! `profiles.opcua.organization`) until the operator sets it. This holds for every profile
+//! with `application_uri = true`.
 //!
 //! ECC keyUsage for `opcua`: OPC 10000-6 §6.2.2 lists digitalSignature, nonRepudiation,
 //! keyEncipherment and dataEncipherment, which are RSA operations in part. The ECC security
@@ -292,7 +303,9 @@ fn builtin(name: &str) -> Option<ProfileSpec> {
             ]),
             key_types: Some(vec![KeyType::Rsa, KeyType::P256, KeyType::P384]),
             application_uri: Some(true),
-            // Basic256Sha256 wants sha256WithRSAEncryption along the whole chain.
+            // Basic256Sha256 wants the certificate signed with sha256WithRSAEncryption, so RSA
+            // keys go to the RSA intermediate. That intermediate is signed by the (P-384) root
+            // with ecdsa-with-SHA384: the chain is RSA below the root only.
             issuer: Some(IssuerKind::Rsa),
             ..base
         },
@@ -526,6 +539,7 @@ impl Profile {
                 )));
             };
             self.check_application_uri(uri)?;
+            self.check_organization()?;
             Some(uri.clone())
         } else {
             if !csr.uris.is_empty() {
@@ -570,6 +584,20 @@ impl Profile {
             extensions,
             issuer: if rsa { self.issuer } else { IssuerKind::Ec },
         })
+    }
+
+    /// OPC 10000-6 §6.2.2 (paraphrased): an Application Instance Certificate's subject has an
+    /// O (organization) attribute. The operator's to set, like the ApplicationUri prefixes.
+    fn check_organization(&self) -> Result<()> {
+        if self.organization.as_deref().is_some_and(|o| !o.is_empty()) {
+            return Ok(());
+        }
+        Err(Error::BadCsr(format!(
+            "profile {:?} issues OPC UA application instance certificates, whose subject must \
+             name the organization (O, OPC 10000-6 §6.2.2), and none is configured: the \
+             operator sets profiles.{}.organization",
+            self.name, self.name
+        )))
     }
 
     /// OPC 10000-6 §6.2.2: "The URI shall be a valid URL (see RFC 3986) or a valid URN (see

@@ -1,6 +1,8 @@
 //! ACME Renewal Information (RFC 9773): when a device should renew, and which certificate a
 //! new order replaces.
 
+use std::collections::BTreeSet;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +12,9 @@ use serde_json::json;
 use crate::app::{now, rfc3339, AppState};
 use crate::cert::Certificate;
 use crate::jwk;
+use crate::order::Order;
 use crate::storage::Table;
+use crate::types::{Identifier, OrderStatus};
 use crate::{Error, Result};
 
 /// How often clients should ask again (RFC 9773 §4.3: Retry-After on every response).
@@ -38,9 +42,16 @@ fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
         return Ok(None);
     };
     let der = jwk::b64u_decode("stored certificate", &cert.der)?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", cert.id)))?;
-    let stored_aki = parsed
+    let (stored_aki, _) = aki_and_serial(&der)
+        .map_err(|e| Error::Storage(format!("stored certificate {}: {e}", cert.id)))?;
+    Ok((stored_aki.as_deref() == Some(aki.as_slice())).then_some(cert))
+}
+
+/// The AKI keyIdentifier (if any) and the serial's content octets of a DER certificate.
+fn aki_and_serial(der: &[u8]) -> core::result::Result<(Option<Vec<u8>>, Vec<u8>), String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("unparsable: {e}"))?;
+    let aki = parsed
         .extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
@@ -49,7 +60,18 @@ fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
             }
             _ => None,
         });
-    Ok((stored_aki.as_deref() == Some(aki.as_slice())).then_some(cert))
+    Ok((aki, parsed.raw_serial().to_vec()))
+}
+
+/// The ARI certificate identifier of a DER certificate (RFC 9773 §4.1), e.g. for a newOrder
+/// `replaces` value; an error if it has no AKI keyIdentifier.
+pub fn cert_id_of(der: &[u8]) -> Result<String> {
+    match aki_and_serial(der).map_err(Error::Malformed)? {
+        (Some(aki), serial) => Ok(cert_id(&aki, &serial)),
+        (None, _) => Err(Error::Malformed(
+            "the certificate has no authority key identifier".into(),
+        )),
+    }
 }
 
 /// The window in which the client should renew: the last third of the lifetime, from 2/3 to
@@ -84,20 +106,24 @@ pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<
     Ok(resp)
 }
 
-/// Checks a newOrder `replaces` value (RFC 9773 §5) and marks the certificate as replaced by
-/// `order_id` under compare-and-swap, so only one order can replace it.
+/// Checks a newOrder `replaces` value (RFC 9773 §5) without writing anything, so newOrder can
+/// run every other check before [`claim`] marks the certificate. Returns the certificate.
 ///
-/// > If the Server receives a newOrder request containing a "replaces" field which identifies
-/// > a certificate that has already been marked as replaced by another order, it SHOULD
-/// > return an HTTP 409 (Conflict) with a problem document of type "alreadyReplaced".
+/// > Servers SHOULD check that the identified certificate and the New Order request correspond
+/// > to the same ACME Account, that they share at least one identifier, and that the identified
+/// > certificate has not already been marked as replaced by a different Order that is not
+/// > "invalid". … If any of these checks fail, the Server SHOULD reject the new-order request.
+/// > If the Server rejects the request because the identified certificate has already been
+/// > marked as replaced, it MUST return an HTTP 409 (Conflict) with a problem document of type
+/// > "alreadyReplaced"
 ///
 /// <https://www.rfc-editor.org/rfc/rfc9773#section-5>
-pub fn mark_replaced(
+pub fn check_replaces(
     app: &AppState,
     account_id: &str,
     replaces: &str,
-    order_id: &str,
-) -> Result<()> {
+    identifiers: &BTreeSet<Identifier>,
+) -> Result<Certificate> {
     let cert = lookup(app, replaces)?.ok_or_else(|| {
         Error::Malformed(format!(
             "replaces: {replaces:?} names no certificate of this CA"
@@ -108,20 +134,65 @@ pub fn mark_replaced(
             "replaces: the certificate was ordered by another account".into(),
         ));
     }
-    app.db.update(
-        Table::Certificates,
-        &cert.id,
-        |mut c: Certificate| match &c.replaced_by {
-            Some(other) if other != order_id => Err(Error::AlreadyReplaced(format!(
-                "certificate {} was already replaced by another order",
-                c.id
-            ))),
-            _ => {
-                c.replaced_by = Some(order_id.to_owned());
-                Ok(c)
-            }
-        },
-    )?;
+    if !cert.identifiers.iter().any(|id| identifiers.contains(id)) {
+        let certified = cert
+            .identifiers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::Malformed(format!(
+            "replaces: certificate {} shares no identifier with this order (it certifies {certified}); \
+             a replacement must keep at least one of them",
+            cert.id
+        )));
+    }
+    // Checked here as well as in `claim` so a refused order writes nothing.
+    ensure_not_replaced(app, &cert, None)?;
+    Ok(cert)
+}
+
+/// Marks `cert_id` as replaced by `order_id` under compare-and-swap, so of two concurrent
+/// orders replacing one certificate only one succeeds; the other gets `alreadyReplaced`
+/// (RFC 9773 §5, quoted on [`check_replaces`]). newOrder calls this last, once the order is
+/// stored, so a refused order never leaves the certificate claimed.
+pub fn claim(app: &AppState, cert_id: &str, order_id: &str) -> Result<()> {
+    app.db
+        .update(Table::Certificates, cert_id, |mut c: Certificate| {
+            ensure_not_replaced(app, &c, Some(order_id))?;
+            c.replaced_by = Some(order_id.to_owned());
+            Ok(c)
+        })?;
+    Ok(())
+}
+
+/// `alreadyReplaced` unless the certificate is unclaimed, claimed by `by` itself, or claimed by
+/// an order that is gone or `invalid`.
+///
+/// > … has not already been marked as replaced by a different Order that is not "invalid".
+///
+/// <https://www.rfc-editor.org/rfc/rfc9773#section-5>
+///
+/// A missing order counts as invalid: releases before this check claimed the certificate
+/// before the order was stored, so a refused newOrder could leave a claim by an order that
+/// never existed.
+fn ensure_not_replaced(app: &AppState, cert: &Certificate, by: Option<&str>) -> Result<()> {
+    let Some(other) = cert.replaced_by.as_deref() else {
+        return Ok(());
+    };
+    if Some(other) == by {
+        return Ok(());
+    }
+    let live = match app.db.get::<Order>(Table::Orders, other)? {
+        Some(order) => order.status(app)? != OrderStatus::Invalid,
+        None => false,
+    };
+    if live {
+        return Err(Error::AlreadyReplaced(format!(
+            "certificate {} was already replaced by another order",
+            cert.id
+        )));
+    }
     Ok(())
 }
 

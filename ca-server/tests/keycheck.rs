@@ -468,6 +468,76 @@ async fn admin_audit(s: &TestServer) -> Value {
     r.json()
 }
 
+/// The stored certificate record for `name`.
+fn cert_for(s: &TestServer, name: &str) -> ca_server::cert::Certificate {
+    s.app
+        .db
+        .values_with_prefix::<ca_server::cert::Certificate>(Table::Certificates, "")
+        .expect("certificates")
+        .into_iter()
+        .find(|c| c.identifiers.iter().any(|i| i.value == name))
+        .expect("certificate")
+}
+
+/// `keyTypes` and `profiles` count certificates in use (neither expired nor revoked), and a
+/// device whose newest certificate expired is listed as stopped renewing.
+#[tokio::test]
+async fn audit_counts_what_is_in_use_and_lists_devices_that_stopped_renewing() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let p256 = || rcgen::KeyPair::generate().expect("key");
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+    let (_, r) = order_and_finalize(&s, &acct, &["live.plant.example"], &p256()).await;
+    assert_issued(&r);
+    let (_, r) = order_and_finalize(&s, &acct, &["gone.plant.example"], &p384).await;
+    assert_issued(&r);
+    let (_, r) = order_and_finalize(&s, &acct, &["revoked.plant.example"], &p256()).await;
+    assert_issued(&r);
+    let revoked = cert_for(&s, "revoked.plant.example");
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/revoke-cert"),
+            Some(&json!({"certificate": revoked.der})),
+        )
+        .await;
+    r.assert_status(StatusCode::OK);
+    // The P-384 device went offline: its only certificate has expired.
+    let gone = cert_for(&s, "gone.plant.example");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    s.app
+        .db
+        .update(
+            Table::Certificates,
+            &gone.id,
+            |mut c: ca_server::cert::Certificate| {
+                c.not_before = now - 7200;
+                c.not_after = now - 60;
+                Ok(c)
+            },
+        )
+        .expect("age");
+
+    let audit = admin_audit(&s).await;
+    assert_eq!(
+        audit["certificates"],
+        json!({"total": 3, "valid": 1, "expired": 1, "revoked": 1}),
+        "{audit}"
+    );
+    // Only the live certificate's key and profile are in use.
+    assert_eq!(audit["keyTypes"], json!({"ECDSA P-256": 1}), "{audit}");
+    assert_eq!(audit["profiles"], json!({"default": 1}), "{audit}");
+    let stopped = audit["stoppedRenewing"].as_array().expect("list");
+    assert_eq!(stopped.len(), 1, "{audit}");
+    assert_eq!(
+        stopped[0]["identifiers"], "dns:gone.plant.example",
+        "{audit}"
+    );
+    assert_eq!(stopped[0]["lastCertificate"], gone.id, "{audit}");
+    // 7-day certificates: none expires within 24 h.
+    assert_eq!(audit["expiringWithin24h"], json!([]), "{audit}");
+}
+
 /// An openssl CSR for `cn` (DER) made with `args` (key and digest options).
 fn openssl_req(dir: &Path, cn: &str, args: &[&str]) -> Vec<u8> {
     let subject = format!("/CN={cn}");

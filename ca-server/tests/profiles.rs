@@ -525,6 +525,32 @@ async fn opcua_refuses_uris_outside_policy_missing_uris_and_other_key_types() {
 }
 
 #[tokio::test]
+async fn opcua_without_an_organization_refuses_issuance_and_says_what_to_set() {
+    // The CA starts on the built-in opcua profile, which has no organization ...
+    let s = server("[opcua]\napplication_uri_prefixes = [\"urn:plant.example:\"]");
+    let acct = account(&s, None).await;
+    let names = ["plc-8.plant.example"];
+    let order = ready_order(&s, &acct, &names, Some("opcua")).await;
+    // ... but issues nothing under it: OPC 10000-6 §6.2.2 wants the subject O.
+    let r = finalize(
+        &s,
+        &acct,
+        &order,
+        csr(&p256(), &names, &["urn:plant.example:plc8"], Vec::new()),
+    )
+    .await
+    .expect_err("no organization");
+    let p = r.assert_problem(400, "badCSR");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("profiles.opcua.organization"), "{detail}");
+    // Other profiles need no organization.
+    let order = ready_order(&s, &acct, &names, Some("tls-server")).await;
+    finalize(&s, &acct, &order, csr(&p256(), &names, &[], Vec::new()))
+        .await
+        .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+}
+
+#[tokio::test]
 async fn modbus_role_comes_from_the_credential_never_from_the_csr() {
     let s = server("");
     // No role granted anywhere: the profile cannot be used.

@@ -699,6 +699,40 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     .assert_problem(403, "unauthorized");
 }
 
+/// Sends `n` copies of one request at once, each pre-signed with its own nonce so they race at
+/// the server, not at the client.
+async fn race(
+    s: &TestServer,
+    acct: &common::Account,
+    url: &str,
+    body: &Value,
+    n: usize,
+) -> Vec<common::Reply> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let protected =
+            json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "kid": acct.kid});
+        let req = Request::post(url)
+            .header("content-type", "application/jose+json")
+            .body(Body::from(acct.key.jws(&protected, Some(body)).to_string()))
+            .expect("req");
+        let router = s.router.clone();
+        tasks.push(tokio::spawn(async move {
+            common::Reply::read(
+                tower::ServiceExt::oneshot(router, req)
+                    .await
+                    .expect("infallible"),
+            )
+            .await
+        }));
+    }
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.expect("join"));
+    }
+    replies
+}
+
 /// A certificate issued for one name through a ready order.
 struct Issued {
     pem: String,
@@ -896,31 +930,7 @@ async fn concurrent_finalizes_issue_exactly_one_certificate() {
     let fin = o["finalize"].as_str().expect("fin").to_owned();
     let key = rcgen::KeyPair::generate().expect("key");
     let body = json!({"csr": b64(csr(&["plc-4.plant.example"], &key))});
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        // Pre-sign each request so all of them race at the server, not at the client.
-        let protected =
-            json!({"alg": "ES256", "nonce": s.nonce().await, "url": fin, "kid": acct.kid});
-        let req = Request::post(&fin)
-            .header("content-type", "application/jose+json")
-            .body(Body::from(
-                acct.key.jws(&protected, Some(&body)).to_string(),
-            ))
-            .expect("req");
-        let router = s.router.clone();
-        tasks.push(tokio::spawn(async move {
-            common::Reply::read(
-                tower::ServiceExt::oneshot(router, req)
-                    .await
-                    .expect("infallible"),
-            )
-            .await
-        }));
-    }
-    let mut replies = Vec::new();
-    for t in tasks {
-        replies.push(t.await.expect("join"));
-    }
+    let replies = race(&s, &acct, &fin, &body, 8).await;
     let ok = replies
         .iter()
         .filter(|r| r.status == StatusCode::OK)
@@ -1213,17 +1223,7 @@ async fn renewal_info_windows_and_replaces() {
     let acct = s.new_account().await;
     let Issued { der, .. } = issue(&s, &acct, "plc-8.plant.example").await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
-    let aki = cert
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                a.key_identifier.as_ref().map(|k| k.0.to_vec())
-            }
-            _ => None,
-        })
-        .expect("AKI");
-    let id = ca_server::renewal::cert_id(&aki, cert.raw_serial());
+    let id = ari_id(&der);
 
     // RFC 9773 §4.2: unauthenticated GET, suggestedWindow inside the validity, Retry-After.
     let r = s
@@ -1248,7 +1248,8 @@ async fn renewal_info_windows_and_replaces() {
     assert!(start > cert.validity().not_before.to_datetime());
     assert!(end < cert.validity().not_after.to_datetime());
     // Unknown certificate: 404; malformed identifier: 400.
-    let other = ca_server::renewal::cert_id(&aki, &[1, 2, 3]);
+    // Same AKI, serial 01 02 03 (base64url "AQID").
+    let other = format!("{}.AQID", id.split_once('.').expect("AKI.serial").0);
     s.send(
         Request::get(format!("{ri}/{other}"))
             .body(Body::empty())
@@ -1346,6 +1347,163 @@ async fn renewal_info_windows_and_replaces() {
         .await
         .json();
     assert!(t(&w["suggestedWindow"]["end"]) < time::OffsetDateTime::now_utc());
+}
+
+/// The RFC 9773 §4.1 certificate identifier of an issued leaf.
+fn ari_id(der: &[u8]) -> String {
+    ca_server::renewal::cert_id_of(der).expect("ARI certificate id")
+}
+
+/// A newOrder replacing `replaces`.
+async fn replacing_order(
+    s: &TestServer,
+    acct: &common::Account,
+    ids: Value,
+    replaces: &str,
+) -> common::Reply {
+    s.post_as(
+        acct,
+        &s.url("/acme/new-order"),
+        Some(&json!({"identifiers": ids, "replaces": replaces})),
+    )
+    .await
+}
+
+fn assert_created(r: &common::Reply) {
+    r.assert_status(StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_refused_replacing_order_does_not_claim_the_certificate() {
+    // No enrollment path for device identifiers, so an order naming one is refused.
+    let s = TestServer::with(|c| {
+        c.enrollment.device_attestation = false;
+        c.enrollment.operator_approval = false;
+    });
+    let acct = s.new_account().await;
+    let Issued { der, .. } = issue(&s, &acct, "plc-20.plant.example").await;
+    let id = ari_id(&der);
+    let name = json!({"type": "dns", "value": "plc-20.plant.example"});
+    let device = json!({"type": "permanent-identifier", "value": "PLC-0020"});
+    replacing_order(&s, &acct, json!([name, device]), &id)
+        .await
+        .assert_problem(400, "rejectedIdentifier");
+    // The refused order left no claim: a real replacement is accepted, and only once.
+    assert_created(&replacing_order(&s, &acct, json!([name]), &id).await);
+    replacing_order(&s, &acct, json!([name]), &id)
+        .await
+        .assert_problem(409, "alreadyReplaced");
+}
+
+#[tokio::test]
+async fn replacement_by_an_invalid_or_missing_order_is_ignored() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let Issued { der, .. } = issue(&s, &acct, "plc-21.plant.example").await;
+    let id = ari_id(&der);
+    let name = json!([{"type": "dns", "value": "plc-21.plant.example"}]);
+    let first = replacing_order(&s, &acct, name.clone(), &id).await;
+    assert_created(&first);
+    // RFC 9773 §5: the accepted `replaces` is reflected in the response and later fetches.
+    assert_eq!(first.json()["replaces"], id);
+    let fetched = s
+        .post_as(&acct, &first.header("location").expect("location"), None)
+        .await
+        .json();
+    assert_eq!(fetched["replaces"], id, "{fetched}");
+    // The replacing order becomes invalid (its authorization is deactivated, RFC 8555 §7.5.2).
+    let authz = first.json()["authorizations"][0]
+        .as_str()
+        .expect("authz url")
+        .to_owned();
+    let r = s
+        .post_as(&acct, &authz, Some(&json!({"status": "deactivated"})))
+        .await;
+    r.assert_status(StatusCode::OK);
+    let order = s
+        .post_as(&acct, &first.header("location").expect("location"), None)
+        .await
+        .json();
+    assert_eq!(order["status"], "invalid", "{order}");
+    // > … has not already been marked as replaced by a different Order that is not "invalid".
+    // <https://www.rfc-editor.org/rfc/rfc9773#section-5>
+    assert_created(&replacing_order(&s, &acct, name.clone(), &id).await);
+    replacing_order(&s, &acct, name.clone(), &id)
+        .await
+        .assert_problem(409, "alreadyReplaced");
+
+    // A claim by an order that was never stored (left by earlier releases) is ignored too.
+    let serial = id.rsplit('.').next().expect("serial");
+    let serial = hex::encode(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, serial)
+            .expect("serial"),
+    );
+    s.app
+        .db
+        .update(
+            ca_server::storage::Table::Certificates,
+            &serial,
+            |mut c: ca_server::cert::Certificate| {
+                c.replaced_by = Some("no-such-order".into());
+                Ok(c)
+            },
+        )
+        .expect("update");
+    assert_created(&replacing_order(&s, &acct, name, &id).await);
+}
+
+#[tokio::test]
+async fn a_replacing_order_must_share_an_identifier() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let Issued { der, .. } = issue(&s, &acct, "plc-22.plant.example").await;
+    let id = ari_id(&der);
+    let p = replacing_order(
+        &s,
+        &acct,
+        json!([{"type": "dns", "value": "hmi-3.plant.example"}]),
+        &id,
+    )
+    .await
+    .assert_problem(400, "malformed");
+    let detail = p["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("shares no identifier") && detail.contains("plc-22.plant.example"),
+        "{detail}"
+    );
+    // One shared identifier is enough; the refusal claimed nothing.
+    assert_created(
+        &replacing_order(
+            &s,
+            &acct,
+            json!([
+                {"type": "dns", "value": "plc-22.plant.example"},
+                {"type": "dns", "value": "hmi-3.plant.example"}
+            ]),
+            &id,
+        )
+        .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_replacing_orders_claim_the_certificate_once() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let Issued { der, .. } = issue(&s, &acct, "plc-23.plant.example").await;
+    let id = ari_id(&der);
+    let name = json!([{"type": "dns", "value": "plc-23.plant.example"}]);
+    let url = s.url("/acme/new-order");
+    let body = json!({"identifiers": name, "replaces": id});
+    let replies = race(&s, &acct, &url, &body, 8).await;
+    let won = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(won, 1, "exactly one order may replace the certificate");
+    for r in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "alreadyReplaced");
+    }
 }
 
 #[tokio::test]

@@ -49,6 +49,9 @@ pub struct ClientRun {
     pub work_dir: PathBuf,
     /// The client is killed after this long.
     pub timeout: Duration,
+    /// Send this CSR (PEM or DER) instead of generating a key (lego only); the domains come
+    /// from the CSR, `domains` then only names the output files.
+    pub csr: Option<PathBuf>,
 }
 
 impl ClientRun {
@@ -69,6 +72,7 @@ impl ClientRun {
             eab: None,
             work_dir: work_dir.into(),
             timeout: DEFAULT_CLIENT_TIMEOUT,
+            csr: None,
         }
     }
 
@@ -83,6 +87,14 @@ impl ClientRun {
     #[must_use]
     pub fn with_tls_alpn(mut self, port: u16) -> Self {
         self.tls_alpn_port = Some(port);
+        self
+    }
+
+    /// The same run sending an external CSR, e.g. one for a key another device holds (lego
+    /// only).
+    #[must_use]
+    pub fn with_csr(mut self, csr: impl Into<PathBuf>) -> Self {
+        self.csr = Some(csr.into());
         self
     }
 
@@ -146,6 +158,10 @@ pub fn run_certbot(run: &ClientRun) -> Result<IssuedCert> {
     anyhow::ensure!(
         run.tls_alpn_port.is_none(),
         "certbot has no tls-alpn-01 solver; use lego"
+    );
+    anyhow::ensure!(
+        run.csr.is_none(),
+        "the harness sends external CSRs with lego only"
     );
     let first = run.first_domain()?;
     let base = run.work_dir.join("certbot");
@@ -218,8 +234,15 @@ pub fn run_lego(run: &ClientRun) -> Result<IssuedCert> {
             .args(["--http.port", &format!("127.0.0.1:{}", run.http_port)]),
     };
     cmd.arg("--path").arg(&base);
-    for d in &run.domains {
-        cmd.args(["--domains", d]);
+    match &run.csr {
+        Some(csr) => {
+            cmd.arg("--csr").arg(csr);
+        }
+        None => {
+            for d in &run.domains {
+                cmd.args(["--domains", d]);
+            }
+        }
     }
     if let Some(eab) = &run.eab {
         cmd.args(["--eab", "--kid", &eab.kid, "--hmac", &eab.hmac_b64url]);

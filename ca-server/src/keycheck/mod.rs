@@ -149,15 +149,20 @@ fn weakness(key: &PublicKey, blocklist: Option<&Blocklist>) -> Option<(WeakKind,
 }
 
 /// Who a key belongs to, or who asked for it.
+///
+/// camelCase like every other name in the `audit` JSON; the aliases read records written
+/// before that, in snake_case.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Holder {
     /// Account id.
+    #[serde(alias = "account_id")]
     pub account_id: String,
     /// Identifiers certified or requested; empty for an account key.
     #[serde(default)]
     pub identifiers: Vec<Identifier>,
     /// The order concerned, if any.
-    #[serde(default)]
+    #[serde(default, alias = "order_id")]
     pub order_id: Option<String>,
     /// The certificate serial (hex), for a certified key.
     #[serde(default)]
@@ -202,10 +207,12 @@ pub enum ReuseKind {
 /// A refused reuse attempt: one [`Table::KeyReuseAttempts`] record, keyed by
 /// `{unix time in nanoseconds, 20 digits}.{random id}` so a scan lists them in time order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KeyReuseAttempt {
     /// Unix time.
     pub at: i64,
     /// [`spki_sha256`] of the key.
+    #[serde(alias = "spki_sha256")]
     pub spki_sha256: String,
     /// What kind of reuse.
     pub kind: ReuseKind,
@@ -482,6 +489,23 @@ mod tests {
 
     use super::*;
     use crate::csr::test_support::{openssl, openssl_csr, openssl_rsa_key};
+
+    /// Reuse attempts are camelCase in the audit JSON, like weak-key attempts, and records
+    /// stored in snake_case before that still read.
+    #[test]
+    fn reuse_attempts_are_camel_case_and_old_records_read() {
+        let old = serde_json::json!({"at": 1, "spki_sha256": "ab", "kind": "other-account",
+            "attempted": {"account_id": "a1", "identifiers": [], "order_id": "o1", "serial": null},
+            "holder": {"account_id": "a2", "identifiers": [], "order_id": null, "serial": "01"}});
+        let attempt: KeyReuseAttempt = serde_json::from_value(old).expect("old record reads");
+        assert_eq!(attempt.attempted.order_id.as_deref(), Some("o1"));
+        let v = serde_json::to_value(&attempt).expect("encode");
+        assert_eq!(v["spkiSha256"], "ab", "{v}");
+        assert_eq!(v["attempted"]["accountId"], "a1", "{v}");
+        assert_eq!(v["attempted"]["orderId"], "o1", "{v}");
+        assert_eq!(v["holder"]["accountId"], "a2", "{v}");
+        assert!(!v.to_string().contains('_'), "{v}");
+    }
 
     /// The canonical SPKI equals what rcgen and openssl write for the same key.
     #[test]

@@ -133,6 +133,16 @@ impl Reply {
             .map(str::to_owned)
     }
 
+    /// Asserts the status, quoting the body when it differs.
+    pub fn assert_status(&self, status: StatusCode) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// Asserts an RFC 7807 problem of `kind` with `status`.
     pub fn assert_problem(&self, status: u16, kind: &str) -> Value {
         assert_eq!(
