@@ -74,20 +74,15 @@ fn lego_account_id(work: &Path) -> String {
     panic!("no lego account under {}", work.display());
 }
 
-/// Refreshes and returns the CA's P-256 CRL (GET /crl writes `<data_dir>/crl.pem`).
-fn fresh_crl(server: &CaServer) -> PathBuf {
-    let (status, _) = iiot_acme_tests::https::get(
-        &format!("https://127.0.0.1:{}/crl", server.listen_port()),
-        &server.root_pem_path(),
-    )
-    .expect("GET /crl");
-    assert_eq!(status, 200);
+/// The CA's P-256 CRL file, `<data_dir>/crl.pem`. Read with no GET /crl first: the CA writes
+/// it before `revoke` returns, which is what a broker's `crlfile` relies on.
+fn crl_file(server: &CaServer) -> PathBuf {
     server.data_dir().join("crl.pem")
 }
 
 /// Whether `openssl verify -crl_check` reports the leaf of `chain` revoked.
 fn revoked_on_crl(server: &CaServer, chain: &Path) -> bool {
-    !openssl_verify_crl(&server.root_pem_path(), chain, &fresh_crl(server)).expect("verify")
+    !openssl_verify_crl(&server.root_pem_path(), chain, &crl_file(server)).expect("verify")
 }
 
 #[test]
@@ -159,10 +154,10 @@ fn operator_revokes_by_identifier_audits_and_pulls_renewal_forward() {
     assert!(out.contains("revoked 1 certificate"), "{out}");
     assert!(out.contains(&serials[0].0), "{out}");
 
-    // The CRL the CA publishes now lists it (GET /crl refreshes crl.pem).
+    // The CRL file the CA wrote before answering lists it.
     let crl = Command::new("openssl")
         .args(["crl", "-noout", "-text", "-in"])
-        .arg(fresh_crl(&server))
+        .arg(crl_file(&server))
         .output()
         .expect("openssl crl");
     let crl_text = String::from_utf8_lossy(&crl.stdout).to_ascii_lowercase();
