@@ -138,6 +138,16 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     let tls = RustlsConfig::from_pem(chain.into_bytes(), key.into_bytes())
         .await
         .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
+    // HTTP/1.1 only. An ACME client sends a short sequence of dependent requests (each needs
+    // the previous response's nonce), so HTTP/2's multiplexing and header compression buy
+    // nothing, and its framing cost 10-17 % of the server's CPU per certificate and as much of
+    // the client's (issue #6: loadgen C=8 and C=32 with ALPN h2 vs http/1.1). Every ACME client
+    // we test, and the embedded client, speaks HTTP/1.1.
+    let tls = {
+        let mut config = (*tls.get_inner()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        RustlsConfig::from_config(Arc::new(config))
+    };
     let listen = app.cfg.listen;
     {
         // Fresh CRLs at start and every REFRESH, so crl.pem and crl-rsa.pem never pass their

@@ -245,3 +245,46 @@ async fn instant_acme_with_external_account_binding() {
     };
     assert!(err.to_string().contains("unauthorized"), "{err}");
 }
+
+/// The server offers HTTP/1.1 only (server.rs explains why): a client offering h2 first gets
+/// http/1.1, and a client that names no protocol still connects.
+#[tokio::test]
+async fn tls_negotiates_http1_only() {
+    let ca = start_ca(1, false).await;
+    let port = ca
+        .directory
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("port in the directory URL");
+    let mut roots = rustls::RootCertStore::empty();
+    let root_pem = std::fs::read(&ca.root).expect("root");
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&root_pem) {
+        roots.add(cert.expect("root PEM")).expect("add root");
+    }
+    for (offered, expected) in [
+        (
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Some(&b"http/1.1"[..]),
+        ),
+        (Vec::new(), None),
+    ] {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        config.alpn_protocols = offered;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), expected);
+    }
+}
