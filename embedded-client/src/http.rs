@@ -33,7 +33,7 @@ pub(crate) fn post_jose(
         let mut w = Writer::new(room);
         head(&mut w, "POST", host, path)?;
         w.str("Content-Type: application/jose+json\r\nContent-Length: ")?;
-        w.decimal(body_len as u64)?;
+        w.decimal(body_len)?;
         w.str("\r\n\r\n")?;
         w.len()
     };
