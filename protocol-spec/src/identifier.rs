@@ -4,11 +4,9 @@
 //! A client runs these before newOrder so that it never sends a value the server will refuse, and
 //! so that the names in its CSR match the order exactly (SPEC §7.4).
 
-use core::fmt::Write as _;
 use core::net::IpAddr;
 
-use crate::punycode;
-use crate::write::Cursor;
+use crate::{ip, punycode};
 
 /// Longest `dns` name after normalisation, in octets.
 pub const DNS_NAME_MAX: usize = 253;
@@ -131,7 +129,7 @@ pub fn normalize_dns<'o>(value: &str, out: &'o mut [u8]) -> Result<&'o str, Iden
     }
     let name: &[u8] = name;
     let text = core::str::from_utf8(name).map_err(|_| Malformed(Reason::Character))?;
-    if text.parse::<IpAddr>().is_ok() {
+    if ip::parse(name).is_some() {
         return Err(Malformed(Reason::IpAddressAsDns));
     }
     if name.starts_with(b"*.") {
@@ -177,13 +175,12 @@ fn check_label(label: &[u8]) -> Result<(), Reason> {
 /// canonical text, and the address is returned.
 pub fn check_ip(value: &str) -> Result<IpAddr, IdentifierError> {
     use IdentifierError::{Malformed, Rejected};
-    let addr: IpAddr = value.parse().map_err(|_| Malformed(Reason::NotAnAddress))?;
+    let addr = ip::parse(value.as_bytes()).ok_or(Malformed(Reason::NotAnAddress))?;
+    // RFC 5952 §4 text, with the §5 mixed form for IPv4-mapped addresses: what `core`'s
+    // `Display` writes (see `ip`).
     let mut buf = [0u8; IP_TEXT_MAX];
-    let mut w = Cursor::new(&mut buf);
-    // `core`'s Display writes RFC 5952 §4 text, with the §5 mixed form for IPv4-mapped
-    // addresses; 45 octets always suffice.
-    write!(w, "{addr}").map_err(|_| Malformed(Reason::NotCanonical))?;
-    if w.written_str() != value {
+    let n = ip::write(&addr, &mut buf);
+    if buf.get(..n) != Some(value.as_bytes()) {
         return Err(Malformed(Reason::NotCanonical));
     }
     if addr.is_unspecified() {
@@ -285,6 +282,54 @@ mod tests {
         assert_eq!(r("A/2.40"), Ok(Some("2.40")));
         assert_eq!(r("A\u{85}"), Err(Reason::ControlCharacter));
         assert_eq!(r("A/2.18446744073709551600"), Err(Reason::AssignerRange));
+    }
+
+    /// `check_ip` as it was written over `core::net` (parse, print, compare), which `ip`
+    /// replaced to keep `core::fmt` out of microcontroller images: same results on every input.
+    #[test]
+    fn check_ip_is_unchanged_from_core_net() {
+        use std::string::ToString;
+        fn reference(value: &str) -> Result<IpAddr, IdentifierError> {
+            use IdentifierError::{Malformed, Rejected};
+            let addr: IpAddr = value.parse().map_err(|_| Malformed(Reason::NotAnAddress))?;
+            if addr.to_string() != value {
+                return Err(Malformed(Reason::NotCanonical));
+            }
+            if addr.is_unspecified() {
+                return Err(Rejected(Reason::Unspecified));
+            }
+            if addr.is_multicast() {
+                return Err(Rejected(Reason::Multicast));
+            }
+            Ok(addr)
+        }
+        // Short texts over the characters of addresses (xorshift, so a failure reproduces).
+        let mut seed = 0x5eed_u64;
+        let mut outcomes = std::collections::BTreeSet::new();
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 16) as usize;
+            let text: std::string::String = (0..len)
+                .map(|k| char::from(b"0f:.1F:2:.e"[((seed >> (4 + 4 * k)) % 11) as usize]))
+                .collect();
+            let (ours, theirs) = (check_ip(&text), reference(&text));
+            assert_eq!(ours, theirs, "{text:?}");
+            outcomes.insert(std::format!("{:?}", ours.map(|_| ())));
+        }
+        for text in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert_eq!(check_ip(text), reference(text), "{text:?}");
+        }
+        // Accepted, not an address, not canonical, unspecified and multicast all came up.
+        assert_eq!(outcomes.len(), 5, "{outcomes:?}");
     }
 
     #[test]
