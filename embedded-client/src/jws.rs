@@ -62,16 +62,16 @@ pub(crate) fn write(
         needed: HEADROOM + 1,
     })?;
     let mut w = Writer::new(body);
-    flattened(&mut w, header, payload, |input| {
-        account.key().sign(input).map(Mac::Es256)
-    })?;
+    flattened(&mut w, header, payload, SignWith::Es256(account))?;
     Ok(w.len())
 }
 
-/// A signature or MAC over the JWS signing input.
-enum Mac {
-    Es256([u8; 64]),
-    Hs256([u8; 32]),
+/// The key a JWS is signed with. An enum rather than a closure, so that [`flattened`] exists
+/// once in the image instead of once per caller.
+enum SignWith<'k> {
+    Es256(&'k AccountKey),
+    /// The EAB credential's HMAC key.
+    Hs256(&'k [u8]),
 }
 
 /// Writes `{"protected":…,"payload":…,"signature":…}`, signing the base64url text where it
@@ -80,7 +80,7 @@ fn flattened(
     w: &mut Writer<'_>,
     header: &[u8],
     payload: &[u8],
-    sign: impl FnOnce(&[&[u8]]) -> Result<Mac, Error>,
+    key: SignWith<'_>,
 ) -> Result<(), Error> {
     w.str("{\"protected\":\"")?;
     let h0 = w.len();
@@ -90,15 +90,28 @@ fn flattened(
     let p0 = w.len();
     w.base64url(payload)?;
     let p1 = w.len();
+    let mut mac = [0u8; 64];
     let mac = {
         let text = w.written();
-        sign(&[&text[h0..h1], b".", &text[p0..p1]])?
+        let input = [&text[h0..h1], b".", &text[p0..p1]];
+        match key {
+            SignWith::Es256(account) => {
+                mac = account.key().sign(&input)?;
+                &mac[..]
+            }
+            SignWith::Hs256(hmac_key) => {
+                let mut h = Hmac::<Sha256>::new_from_slice(hmac_key)
+                    .map_err(|_| Error::Config("EAB HMAC key"))?;
+                for part in input {
+                    h.update(part);
+                }
+                mac[..32].copy_from_slice(&h.finalize().into_bytes());
+                &mac[..32]
+            }
+        }
     };
     w.str("\",\"signature\":\"")?;
-    match mac {
-        Mac::Es256(s) => w.base64url(&s)?,
-        Mac::Hs256(t) => w.base64url(&t)?,
-    }
+    w.base64url(mac)?;
     w.str("\"}")
 }
 
@@ -136,12 +149,5 @@ pub(crate) fn eab(
         jwk_json(&mut j, account)?;
         j.into_written()
     };
-    flattened(w, header, jwk, |input| {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(hmac_key).map_err(|_| Error::Config("EAB HMAC key"))?;
-        for part in input {
-            mac.update(part);
-        }
-        Ok(Mac::Hs256(mac.finalize().into_bytes().into()))
-    })
+    flattened(w, header, jwk, SignWith::Hs256(hmac_key))
 }
