@@ -2,7 +2,7 @@
 //! reads responses from it. Only what an ACME exchange needs: `GET` and `POST`, responses framed
 //! by `Content-Length` or `chunked`, or (with `Connection: close`) by the end of the stream.
 
-use crate::text::Writer;
+use crate::text::{move_down, Writer};
 use crate::Error;
 
 /// Room left at the start of the transmit buffer while the body is written, so the request line
@@ -41,7 +41,7 @@ pub(crate) fn post_jose(
     if end > tx.len() {
         return Err(Error::BufferTooSmall { needed: end });
     }
-    tx.copy_within(HEADROOM..end, head_len);
+    move_down(tx, HEADROOM..end, head_len);
     Ok(head_len + body_len)
 }
 
@@ -134,17 +134,14 @@ impl<'a> Response<'a> {
     /// The media type of `Content-Type`, without parameters.
     pub fn content_type(&self) -> Option<&'a str> {
         let v = self.header("content-type")?;
-        Some(v.split(';').next().unwrap_or_default().trim())
+        // RFC 9110 §8.3.1: `type "/" subtype *( OWS ";" OWS parameter )`.
+        Some(trim_ows(v.split(';').next().unwrap_or_default()))
     }
 
     /// `Retry-After` in seconds (RFC 9110 §10.2.3). An HTTP-date, which a device without a
     /// clock cannot use, counts as absent.
     pub fn retry_after(&self) -> Option<u32> {
-        let v = self.header("retry-after")?;
-        if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        v.parse().ok()
+        short_decimal(self.header("retry-after")?)
     }
 }
 
@@ -205,11 +202,7 @@ impl<'a> Head<'a> {
         for l in lines(self.headers) {
             let (name, value) = split_header(l);
             if name.eq_ignore_ascii_case("content-length") {
-                if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit())
-                {
-                    return Err(Error::Http("Content-Length"));
-                }
-                let n: usize = value.parse().map_err(|_| Error::Http("Content-Length"))?;
+                let n = short_decimal(value).ok_or(Error::Http("Content-Length"))? as usize;
                 if length.is_some_and(|m| m != n) {
                     return Err(Error::Http("conflicting Content-Length"));
                 }
@@ -245,7 +238,40 @@ fn split_header(line: &[u8]) -> (&str, &str) {
     let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
     let name = core::str::from_utf8(&line[..colon]).unwrap_or_default();
     let value = core::str::from_utf8(line.get(colon + 1..).unwrap_or_default()).unwrap_or_default();
-    (name, value.trim_matches([' ', '\t']))
+    (name, trim_ows(value))
+}
+
+/// Without optional whitespace (SP, HTAB) around it (RFC 9110 §5.6.3).
+fn trim_ows(s: &str) -> &str {
+    // By octets: `str::trim_matches` decodes UTF-8 from both ends, which costs more code.
+    let not_ows = |&b: &u8| b != b' ' && b != b'\t';
+    let bytes = s.as_bytes();
+    let start = bytes.iter().position(not_ows).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(not_ows).map_or(start, |i| i + 1);
+    // SP and HTAB are ASCII, so both ends are on character boundaries.
+    s.get(start..end).unwrap_or_default()
+}
+
+/// 1 to 9 decimal digits, so that the value fits a `u32` (and a 32-bit `usize`) and cannot
+/// overflow.
+fn short_decimal(v: &str) -> Option<u32> {
+    if v.is_empty() || v.len() > 9 {
+        return None;
+    }
+    v.bytes().try_fold(0u32, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+    })
+}
+
+/// Whether the response says `Connection: close` (RFC 9112 §9.6).
+pub(crate) fn closes(response: &[u8]) -> bool {
+    let head = find(response, b"\r\n\r\n").map_or(response, |end| &response[..end]);
+    lines(head).map(split_header).any(|(name, value)| {
+        name.eq_ignore_ascii_case("connection")
+            && value
+                .split(',')
+                .any(|t| trim_ows(t).eq_ignore_ascii_case("close"))
+    })
 }
 
 fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
@@ -323,7 +349,7 @@ fn dechunk(body: &mut [u8]) -> Result<usize, Error> {
         if size == 0 {
             return Ok(out);
         }
-        body.copy_within(data..data + size, out);
+        move_down(body, data..data + size, out);
         out += size;
         at = data + size + 2;
     }
@@ -376,6 +402,25 @@ mod tests {
         assert_eq!(resp.header("Replay-Nonce"), Some("abc"));
         assert_eq!(resp.retry_after(), Some(7));
         assert_eq!(resp.content_type(), Some("application/json"));
+    }
+
+    #[test]
+    fn numbers_whitespace_and_connection_close() {
+        assert_eq!(short_decimal("0"), Some(0));
+        assert_eq!(short_decimal("999999999"), Some(999_999_999));
+        for bad in ["", "1000000000", "+1", "1 ", "\u{661}"] {
+            assert_eq!(short_decimal(bad), None, "{bad:?}");
+        }
+        assert_eq!(trim_ows(" \t a b\t "), "a b");
+        assert_eq!(trim_ows(" \t "), "");
+        assert_eq!(trim_ows("\u{a0}x\u{a0}"), "\u{a0}x\u{a0}");
+        assert!(closes(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive,\tClose \r\n\r\n"
+        ));
+        assert!(!closes(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nConnection: close"
+        ));
+        assert!(!closes(b"HTTP/1.1 200 OK\r\nX-Connection: close\r\n\r\n"));
     }
 
     #[test]
