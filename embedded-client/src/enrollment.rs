@@ -13,7 +13,7 @@ use crate::http::{self, Response};
 use crate::json::{self, Value};
 use crate::jws::{self, KeyRef, Url};
 use crate::key::{AccountKey, CertificateKey, PairingCode};
-use crate::text::{Text, Writer};
+use crate::text::{move_down, Text, Writer};
 use crate::{csr, Error, ProblemKind};
 
 /// Most identifiers (and so authorizations) one enrollment handles.
@@ -397,7 +397,7 @@ impl<'a> Enrollment<'a> {
                 w.base64url(cbor)?;
                 w.str("\"}")?;
                 let n = w.len();
-                scratch.copy_within(cbor_len..cbor_len + n, 0);
+                move_down(scratch, cbor_len..cbor_len + n, 0);
                 Ok(n)
             }
         }
@@ -411,7 +411,7 @@ impl<'a> Enrollment<'a> {
         w.base64url(der)?;
         w.str("\"}")?;
         let n = w.len();
-        scratch.copy_within(der_len..der_len + n, 0);
+        move_down(scratch, der_len..der_len + n, 0);
         Ok(n)
     }
 
