@@ -13,9 +13,9 @@ pub(crate) const HEADROOM: usize = 320;
 /// Writes `GET {path}` into `tx` and returns its length.
 pub(crate) fn get(tx: &mut [u8], host: &str, path: &str) -> Result<usize, Error> {
     let mut w = Writer::new(tx);
-    head(&mut w, "GET", host, path)?;
-    w.str("\r\n")?;
-    Ok(w.len())
+    head(&mut w, "GET", host, path);
+    w.str("\r\n");
+    w.finish()
 }
 
 /// Puts the head of `POST {path}` in front of a `application/jose+json` body of `body_len`
@@ -31,11 +31,11 @@ pub(crate) fn post_jose(
             needed: HEADROOM + body_len,
         })?;
         let mut w = Writer::new(room);
-        head(&mut w, "POST", host, path)?;
-        w.str("Content-Type: application/jose+json\r\nContent-Length: ")?;
-        w.decimal(body_len)?;
-        w.str("\r\n\r\n")?;
-        w.len()
+        head(&mut w, "POST", host, path);
+        w.str("Content-Type: application/jose+json\r\nContent-Length: ");
+        w.decimal(body_len);
+        w.str("\r\n\r\n");
+        w.finish()?
     };
     let end = HEADROOM + body_len;
     if end > tx.len() {
@@ -45,15 +45,15 @@ pub(crate) fn post_jose(
     Ok(head_len + body_len)
 }
 
-fn head(w: &mut Writer<'_>, method: &str, host: &str, path: &str) -> Result<(), Error> {
-    w.str(method)?;
-    w.byte(b' ')?;
-    w.str(path)?;
-    w.str(" HTTP/1.1\r\nHost: ")?;
-    w.str(host)?;
-    w.str("\r\nUser-Agent: iiot-acme-embedded/")?;
-    w.str(env!("CARGO_PKG_VERSION"))?;
-    w.str("\r\nAccept: */*\r\n")
+fn head(w: &mut Writer<'_>, method: &str, host: &str, path: &str) {
+    w.str(method);
+    w.byte(b' ');
+    w.str(path);
+    w.str(" HTTP/1.1\r\nHost: ");
+    w.str(host);
+    w.str("\r\nUser-Agent: iiot-acme-embedded/");
+    w.str(env!("CARGO_PKG_VERSION"));
+    w.str("\r\nAccept: */*\r\n");
 }
 
 /// How much of the receive buffer is the response.

@@ -52,8 +52,11 @@ impl<'a> Str<'a> {
         let s = self.0;
         let mut i = 0;
         while let Some(&b) = s.get(i) {
+            // The previous write is each iteration's last step, so checking here reports an
+            // overflow before anything later in the string can fail.
+            w.finish()?;
             if b != b'\\' {
-                w.byte(b)?;
+                w.byte(b);
                 i += 1;
                 continue;
             }
@@ -89,9 +92,9 @@ impl<'a> Str<'a> {
                 _ => return Err(crate::Error::BadJson("string escape")),
             };
             let mut utf8 = [0u8; 4];
-            w.str(c.encode_utf8(&mut utf8))?;
+            w.str(c.encode_utf8(&mut utf8));
         }
-        let out = w.into_written();
+        let out = w.into_written()?;
         core::str::from_utf8(out).map_err(|_| crate::Error::BadJson("string encoding"))
     }
 }
