@@ -35,6 +35,15 @@ impl<const N: usize> Text<N> {
         Ok(())
     }
 
+    /// Replaces the text with `s`; too long is an error, and leaves the text as it was.
+    pub fn set(&mut self, s: &str) -> Result<(), Error> {
+        if s.len() > N {
+            return Err(Error::BufferTooSmall { needed: s.len() });
+        }
+        self.clear();
+        self.push(s)
+    }
+
     pub fn clear(&mut self) {
         self.len = 0;
     }
