@@ -96,8 +96,11 @@ impl<'o> DerWriter<'o> {
     /// An OBJECT IDENTIFIER from dotted-decimal text (already checked by the caller).
     pub(crate) fn oid_text(&mut self, dotted: &str) {
         const BAD: Error = Error::Config("assigner OID");
-        let mut arcs = dotted.split('.').map(|a| a.parse::<u64>());
-        let (Some(Ok(a)), Some(Ok(b))) = (arcs.next(), arcs.next()) else {
+        let mut arcs = dotted
+            .as_bytes()
+            .split(|&b| b == b'.')
+            .map(protocol_spec::identifier::oid_arc);
+        let (Some(Some(a)), Some(Some(b))) = (arcs.next(), arcs.next()) else {
             return self.fail(BAD);
         };
         let Some(first) = a.checked_mul(40).and_then(|v| v.checked_add(b)) else {
@@ -107,8 +110,8 @@ impl<'o> DerWriter<'o> {
             w.base128(first);
             for arc in arcs {
                 match arc {
-                    Ok(arc) => w.base128(arc),
-                    Err(_) => w.fail(BAD),
+                    Some(arc) => w.base128(arc),
+                    None => w.fail(BAD),
                 }
             }
         });

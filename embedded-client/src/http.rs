@@ -135,7 +135,7 @@ impl<'a> Response<'a> {
     pub fn content_type(&self) -> Option<&'a str> {
         let v = self.header("content-type")?;
         // RFC 9110 §8.3.1: `type "/" subtype *( OWS ";" OWS parameter )`.
-        Some(trim_ows(v.split(';').next().unwrap_or_default()))
+        Some(trim_ows(before(v, b';')))
     }
 
     /// `Retry-After` in seconds (RFC 9110 §10.2.3). An HTTP-date, which a device without a
@@ -242,14 +242,29 @@ fn split_header(line: &[u8]) -> (&str, &str) {
 }
 
 /// Without optional whitespace (SP, HTAB) around it (RFC 9110 §5.6.3).
+// By octets, as `before`: `str` patterns decode UTF-8, which costs a microcontroller image
+// more code. SP, HTAB and the delimiters are ASCII, so every cut is on a character boundary.
 fn trim_ows(s: &str) -> &str {
-    // By octets: `str::trim_matches` decodes UTF-8 from both ends, which costs more code.
-    let not_ows = |&b: &u8| b != b' ' && b != b'\t';
-    let bytes = s.as_bytes();
-    let start = bytes.iter().position(not_ows).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(not_ows).map_or(start, |i| i + 1);
-    // SP and HTAB are ASCII, so both ends are on character boundaries.
+    let (start, end) = ows_bounds(s.as_bytes());
     s.get(start..end).unwrap_or_default()
+}
+
+fn trim_ows_octets(s: &[u8]) -> &[u8] {
+    let (start, end) = ows_bounds(s);
+    s.get(start..end).unwrap_or_default()
+}
+
+fn ows_bounds(s: &[u8]) -> (usize, usize) {
+    let not_ows = |&b: &u8| b != b' ' && b != b'\t';
+    let start = s.iter().position(not_ows).unwrap_or(s.len());
+    let end = s.iter().rposition(not_ows).map_or(start, |i| i + 1);
+    (start, end)
+}
+
+/// `s` up to the first `delimiter` (an ASCII octet), or all of it.
+fn before(s: &str, delimiter: u8) -> &str {
+    let end = s.bytes().position(|b| b == delimiter).unwrap_or(s.len());
+    s.get(..end).unwrap_or_default()
 }
 
 /// 1 to 9 decimal digits, so that the value fits a `u32` (and a 32-bit `usize`) and cannot
@@ -269,8 +284,9 @@ pub(crate) fn closes(response: &[u8]) -> bool {
     lines(head).map(split_header).any(|(name, value)| {
         name.eq_ignore_ascii_case("connection")
             && value
-                .split(',')
-                .any(|t| trim_ows(t).eq_ignore_ascii_case("close"))
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| trim_ows_octets(t).eq_ignore_ascii_case(b"close"))
     })
 }
 
