@@ -296,7 +296,9 @@ impl<'a> Enrollment<'a> {
             w.str(self.origin.as_str());
             w.str(self.kid.as_str());
             let n = w.finish()?;
-            KeyRef::Kid(core::str::from_utf8(&kid_url[..n]).unwrap_or_default())
+            KeyRef::Kid(
+                core::str::from_utf8(kid_url.get(..n).unwrap_or_default()).unwrap_or_default(),
+            )
         };
         let url = Url {
             origin: self.origin.as_str(),
@@ -396,28 +398,14 @@ impl<'a> Enrollment<'a> {
                 )
                 .map_err(|_| Error::BadJson("challenge token"))?;
                 let cbor_len = attest::attestation_object(signer, ka, scratch)?;
-                let (cbor, rest) = scratch.split_at_mut(cbor_len);
-                let mut w = Writer::new(rest);
-                w.str("{\"attObj\":\"");
-                w.base64url(cbor);
-                w.str("\"}");
-                let n = w.finish()?;
-                move_down(scratch, cbor_len..cbor_len + n, 0);
-                Ok(n)
+                base64url_member(scratch, cbor_len, "{\"attObj\":\"")
             }
         }
     }
 
     fn finalize_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
         let der_len = csr::build(self.cert_key, self.cfg.identifiers, scratch)?;
-        let (der, rest) = scratch.split_at_mut(der_len);
-        let mut w = Writer::new(rest);
-        w.str("{\"csr\":\"");
-        w.base64url(der);
-        w.str("\"}");
-        let n = w.finish()?;
-        move_down(scratch, der_len..der_len + n, 0);
-        Ok(n)
+        base64url_member(scratch, der_len, "{\"csr\":\"")
     }
 
     /// Reads the complete response (see [`http::framing`]) to the last request. `rx` is `mut`
@@ -731,11 +719,25 @@ fn set_path(dst: &mut Path, origin: &Text<ORIGIN_MAX>, url: &str) -> Result<(), 
 }
 
 fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
-    if at > scratch.len() {
-        return Err(Error::BufferTooSmall { needed: at });
-    }
-    let (a, b) = scratch.split_at_mut(at);
+    let (a, b) = scratch
+        .split_at_mut_checked(at)
+        .ok_or(Error::BufferTooSmall { needed: at })?;
     Ok((a, b))
+}
+
+/// The payload `{"<member>":"<base64url of scratch[..len]>"}`, for binary content built in
+/// `scratch` first: written after it, then moved to the front. `open` is `{"<member>":"`.
+fn base64url_member(scratch: &mut [u8], len: usize, open: &str) -> Result<usize, Error> {
+    let (binary, rest) = scratch
+        .split_at_mut_checked(len)
+        .ok_or(Error::BufferTooSmall { needed: len })?;
+    let mut w = Writer::new(rest);
+    w.str(open);
+    w.base64url(binary);
+    w.str("\"}");
+    let n = w.finish()?;
+    move_down(scratch, len..len + n, 0);
+    Ok(n)
 }
 
 fn expect_status(resp: &Response<'_>, want: u16) -> Result<(), Error> {
@@ -774,19 +776,21 @@ enum Status {
 impl Status {
     /// One table walk rather than a string comparison per `match` arm in every handler.
     fn of(obj: Value<'_>) -> Self {
-        const NAMES: [(&str, Status); 8] = [
-            ("pending", Status::Pending),
-            ("ready", Status::Ready),
-            ("processing", Status::Processing),
-            ("valid", Status::Valid),
-            ("invalid", Status::Invalid),
-            ("deactivated", Status::Deactivated),
-            ("expired", Status::Expired),
-            ("revoked", Status::Revoked),
+        const NAMES: &str = "pending;ready;processing;valid;invalid;deactivated;expired;revoked";
+        const STATUSES: [Status; 8] = [
+            Status::Pending,
+            Status::Ready,
+            Status::Processing,
+            Status::Valid,
+            Status::Invalid,
+            Status::Deactivated,
+            Status::Expired,
+            Status::Revoked,
         ];
         obj.get_str("status")
-            .and_then(|s| NAMES.iter().find(|(n, _)| *n == s))
-            .map_or(Self::Other, |&(_, status)| status)
+            .and_then(|s| crate::error::position_in(NAMES, s))
+            .and_then(|i| STATUSES.get(i).copied())
+            .unwrap_or(Self::Other)
     }
 }
 
@@ -805,4 +809,38 @@ fn authz_error_kind(authz: Value<'_>) -> ProblemKind {
         .flat_map(|c| c.items())
         .find(|c| c.get("error").is_some())
         .map_or(ProblemKind::Other, error_kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_read_by_name() {
+        let expect = [
+            ("pending", Status::Pending),
+            ("ready", Status::Ready),
+            ("processing", Status::Processing),
+            ("valid", Status::Valid),
+            ("invalid", Status::Invalid),
+            ("deactivated", Status::Deactivated),
+            ("expired", Status::Expired),
+            ("revoked", Status::Revoked),
+            ("Valid", Status::Other),
+            ("", Status::Other),
+            ("valid;", Status::Other),
+        ];
+        let mut doc = [0u8; 64];
+        for (name, status) in expect {
+            let mut w = Writer::new(&mut doc);
+            w.str("{\"status\":\"");
+            w.str(name);
+            w.str("\"}");
+            let n = w.finish().expect("fits");
+            let body = json::parse(&doc[..n]).expect("json");
+            assert_eq!(Status::of(body), status, "{name:?}");
+        }
+        let body = json::parse(b"{\"status\":1}").expect("json");
+        assert_eq!(Status::of(body), Status::Other);
+    }
 }

@@ -50,7 +50,7 @@ impl<const N: usize> Text<N> {
 
     pub fn as_str(&self) -> &str {
         // Only whole `&str`s are ever pushed, so this is always valid UTF-8.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,7 +214,7 @@ impl<'o> Writer<'o> {
     }
 
     pub(crate) fn written(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.get(..self.len).unwrap_or_default()
     }
 
     /// The length written, or the first failure.
