@@ -165,7 +165,6 @@ pub struct Enrollment<'a> {
     replaces: Option<&'a str>,
     /// EAB is required and none is configured: newAccount may only find an existing account.
     only_existing: bool,
-    origin: Text<ORIGIN_MAX>,
     nonce: Text<NONCE_MAX>,
     new_nonce: Path,
     new_account: Path,
@@ -213,6 +212,10 @@ impl<'a> Enrollment<'a> {
             protocol_spec::base64url::decode(eab.hmac_key, &mut key)
                 .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
         }
+        // The origin goes into the `kid` URL buffer and the request head (http::HEADROOM).
+        if cfg.base_url.len() > ORIGIN_MAX {
+            return Err(Error::Config("base URL too long"));
+        }
         Ok(Self {
             cfg,
             account,
@@ -223,8 +226,6 @@ impl<'a> Enrollment<'a> {
             nonce_retries: 0,
             replaces: cfg.replaces,
             only_existing: false,
-            origin: Text::copy_from(cfg.base_url)
-                .map_err(|_| Error::Config("base URL too long"))?,
             nonce: Text::new(),
             new_nonce: Text::new(),
             new_account: Text::new(),
@@ -253,8 +254,8 @@ impl<'a> Enrollment<'a> {
     }
 
     fn host(&self) -> &str {
-        self.origin
-            .as_str()
+        self.cfg
+            .base_url
             .get("https://".len()..)
             .unwrap_or_default()
     }
@@ -293,7 +294,7 @@ impl<'a> Enrollment<'a> {
             KeyRef::Jwk
         } else {
             let mut w = Writer::new(&mut kid_url);
-            w.str(self.origin.as_str());
+            w.str(self.cfg.base_url);
             w.str(self.kid.as_str());
             let n = w.finish()?;
             KeyRef::Kid(
@@ -301,7 +302,7 @@ impl<'a> Enrollment<'a> {
             )
         };
         let url = Url {
-            origin: self.origin.as_str(),
+            origin: self.cfg.base_url,
             path: path.as_str(),
         };
         let body_len = jws::write(
@@ -343,7 +344,7 @@ impl<'a> Enrollment<'a> {
                 .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
             w.str("\"externalAccountBinding\":");
             let url = Url {
-                origin: self.origin.as_str(),
+                origin: self.cfg.base_url,
                 path: self.new_account.as_str(),
             };
             jws::eab(&mut w, self.account, eab.kid, key, url)?;
@@ -447,12 +448,12 @@ impl<'a> Enrollment<'a> {
                 expect_status(&resp, 201)?;
                 set_path(
                     &mut self.order,
-                    &self.origin,
+                    self.cfg.base_url,
                     resp.header("location").ok_or(Error::Http("no Location"))?,
                 )?;
                 let body = json_body(&resp)?;
                 let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
-                set_path(&mut self.finalize, &self.origin, finalize)?;
+                set_path(&mut self.finalize, self.cfg.base_url, finalize)?;
                 self.authz_count = 0;
                 for item in body
                     .get("authorizations")
@@ -467,7 +468,7 @@ impl<'a> Enrollment<'a> {
                         .authzs
                         .get_mut(self.authz_count)
                         .ok_or(Error::TooManyAuthorizations)?;
-                    set_path(slot, &self.origin, url)?;
+                    set_path(slot, self.cfg.base_url, url)?;
                     self.authz_count += 1;
                 }
                 self.authz_index = 0;
@@ -560,9 +561,9 @@ impl<'a> Enrollment<'a> {
         expect_status(resp, 200)?;
         let dir = json_body(resp)?;
         let url = |name: &'static str| dir.get_str(name).ok_or(Error::BadJson(name));
-        set_path(&mut self.new_nonce, &self.origin, url("newNonce")?)?;
-        set_path(&mut self.new_account, &self.origin, url("newAccount")?)?;
-        set_path(&mut self.new_order, &self.origin, url("newOrder")?)?;
+        set_path(&mut self.new_nonce, self.cfg.base_url, url("newNonce")?)?;
+        set_path(&mut self.new_account, self.cfg.base_url, url("newAccount")?)?;
+        set_path(&mut self.new_order, self.cfg.base_url, url("newOrder")?)?;
         let eab_required = dir
             .get("meta")
             .and_then(|m| m.get("externalAccountRequired"))
@@ -580,7 +581,7 @@ impl<'a> Enrollment<'a> {
         }
         set_path(
             &mut self.kid,
-            &self.origin,
+            self.cfg.base_url,
             resp.header("location").ok_or(Error::Http("no Location"))?,
         )?;
         let body = json_body(resp)?;
@@ -612,7 +613,7 @@ impl<'a> Enrollment<'a> {
                 let url = body
                     .get_str("certificate")
                     .ok_or(Error::BadJson("certificate"))?;
-                set_path(&mut self.certificate, &self.origin, url)?;
+                set_path(&mut self.certificate, self.cfg.base_url, url)?;
                 self.state = State::Download;
                 Ok(Event::Continue)
             }
@@ -656,7 +657,7 @@ impl<'a> Enrollment<'a> {
         self.challenge_type = kind;
         set_path(
             &mut self.challenge,
-            &self.origin,
+            self.cfg.base_url,
             c.get_str("url").ok_or(Error::BadJson("challenge url"))?,
         )?;
         self.token
@@ -710,8 +711,8 @@ impl<'a> Enrollment<'a> {
 /// Stores the path of `url` in `dst` when it is on `origin` (SPEC §2.1: every URL comes from
 /// the server, and a device talks to no other host); on error `dst` is left as it was. In
 /// place rather than returned: a returned `Path` is a 136-octet copy at each of ten call sites.
-fn set_path(dst: &mut Path, origin: &Text<ORIGIN_MAX>, url: &str) -> Result<(), Error> {
-    let path = url.strip_prefix(origin.as_str()).ok_or(Error::BadUrl)?;
+fn set_path(dst: &mut Path, origin: &str, url: &str) -> Result<(), Error> {
+    let path = url.strip_prefix(origin).ok_or(Error::BadUrl)?;
     if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::BadUrl);
     }

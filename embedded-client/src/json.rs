@@ -237,24 +237,29 @@ impl<'a> Scanner<'a> {
         }
         let start = self.i;
         match self.peek().ok_or_else(|| self.err())? {
-            b'{' => {
+            // Objects and arrays share one loop: an object's members just have a key first.
+            open @ (b'{' | b'[') => {
+                let object = open == b'{';
+                let close = if object { b'}' } else { b']' };
                 self.i += 1;
                 self.ws();
-                if !self.eat(b'}') {
+                if !self.eat(close) {
                     loop {
                         self.ws();
-                        if self.peek() != Some(b'"') {
-                            return Err(self.err());
+                        if object {
+                            if self.peek() != Some(b'"') {
+                                return Err(self.err());
+                            }
+                            self.string()?;
+                            self.ws();
+                            if !self.eat(b':') {
+                                return Err(self.err());
+                            }
+                            self.ws();
                         }
-                        self.string()?;
-                        self.ws();
-                        if !self.eat(b':') {
-                            return Err(self.err());
-                        }
-                        self.ws();
                         self.value(depth + 1)?;
                         self.ws();
-                        if self.eat(b'}') {
+                        if self.eat(close) {
                             break;
                         }
                         if !self.eat(b',') {
@@ -262,25 +267,12 @@ impl<'a> Scanner<'a> {
                         }
                     }
                 }
-                Ok(Value::Object(self.s.get(start..self.i).unwrap_or_default()))
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if !self.eat(b']') {
-                    loop {
-                        self.ws();
-                        self.value(depth + 1)?;
-                        self.ws();
-                        if self.eat(b']') {
-                            break;
-                        }
-                        if !self.eat(b',') {
-                            return Err(self.err());
-                        }
-                    }
-                }
-                Ok(Value::Array(self.s.get(start..self.i).unwrap_or_default()))
+                let text = self.s.get(start..self.i).unwrap_or_default();
+                Ok(if object {
+                    Value::Object(text)
+                } else {
+                    Value::Array(text)
+                })
             }
             b'"' => self.string().map(Value::Str),
             b't' => self.literal(b"true", Value::Bool(true)),

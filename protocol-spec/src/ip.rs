@@ -111,21 +111,21 @@ fn digit(b: u8, radix: u8) -> Option<u8> {
 pub(crate) fn write(addr: &IpAddr, out: &mut [u8; TEXT_MAX]) -> usize {
     let mut w = Out { buf: out, len: 0 };
     match addr {
-        IpAddr::V4(a) => w.v4(a.octets()),
+        IpAddr::V4(a) => w.numbers(&a.octets().map(u16::from), 10, b'.'),
         IpAddr::V6(a) => {
             let s = a.segments();
             if s[..5] == [0; 5] && s[5] == 0xffff {
                 w.push(b"::ffff:");
                 let [.., a, b, c, d] = a.octets();
-                w.v4([a, b, c, d]);
+                w.numbers(&[a, b, c, d].map(u16::from), 10, b'.');
             } else {
                 let (start, len) = longest_zero_run(&s);
                 if len > 1 {
-                    w.hex_groups(&s[..start]);
+                    w.numbers(&s[..start], 16, b':');
                     w.push(b"::");
-                    w.hex_groups(&s[start + len..]);
+                    w.numbers(&s[start + len..], 16, b':');
                 } else {
-                    w.hex_groups(&s);
+                    w.numbers(&s, 16, b':');
                 }
             }
         }
@@ -163,37 +163,27 @@ impl Out<'_> {
         }
     }
 
-    fn v4(&mut self, octets: [u8; 4]) {
-        for (i, o) in octets.into_iter().enumerate() {
+    /// `values` in `radix` (10 or 16, lowercase), without leading zeros, between separators.
+    /// One routine for dotted quads and hex groups keeps the image small.
+    fn numbers(&mut self, values: &[u16], radix: u16, separator: u8) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, &v) in values.iter().enumerate() {
             if i > 0 {
-                self.push(b".");
+                self.push(&[separator]);
             }
-            let digits = [b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10];
-            let skip = if o >= 100 {
-                0
-            } else if o >= 10 {
-                1
-            } else {
-                2
-            };
-            self.push(digits.get(skip..).unwrap_or_default());
-        }
-    }
-
-    fn hex_groups(&mut self, groups: &[u16]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, &g) in groups.iter().enumerate() {
-            if i > 0 {
-                self.push(b":");
-            }
-            let mut started = false;
-            for shift in [12, 8, 4, 0] {
-                let nibble = usize::from((g >> shift) & 0xf);
-                if nibble != 0 || started || shift == 0 {
-                    started = true;
-                    self.push(&[HEX[nibble]]);
+            // At most 5 digits (65535); written from the right.
+            let mut digits = [0u8; 5];
+            let mut at = digits.len();
+            let mut v = v;
+            loop {
+                at -= 1;
+                digits[at] = DIGITS[usize::from(v % radix)];
+                v /= radix;
+                if v == 0 {
+                    break;
                 }
             }
+            self.push(digits.get(at..).unwrap_or_default());
         }
     }
 }
