@@ -382,6 +382,8 @@ impl<'a> Enrollment<'a> {
 
     /// The challenge response. It is written after whatever the payload needs first (the
     /// attestation object), so the payload is moved to the front of `scratch` at the end.
+    // Kept out of next_request: 48 octets smaller in the firmware (footprint script).
+    #[inline(never)]
     fn answer_payload(&mut self, scratch: &mut [u8]) -> Result<usize, Error> {
         match self.challenge_type {
             Challenge::OperatorApproval => {
@@ -442,85 +444,83 @@ impl<'a> Enrollment<'a> {
         }
         self.nonce_retries = 0;
         match self.state {
-            State::Directory => self.on_directory(&resp),
-            State::Account => self.on_account(&resp),
-            State::Order => {
-                expect_status(&resp, 201)?;
-                set_path(
-                    &mut self.order,
-                    self.cfg.base_url,
-                    resp.header("location").ok_or(Error::Http("no Location"))?,
-                )?;
-                let body = json_body(&resp)?;
-                let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
-                set_path(&mut self.finalize, self.cfg.base_url, finalize)?;
-                self.authz_count = 0;
-                for item in body
-                    .get("authorizations")
-                    .ok_or(Error::BadJson("authorizations"))?
-                    .items()
-                {
-                    let Value::Str(s) = item else {
-                        return Err(Error::BadJson("authorizations"));
-                    };
-                    let url = s.plain().ok_or(Error::BadJson("authorizations"))?;
-                    let slot = self
-                        .authzs
-                        .get_mut(self.authz_count)
-                        .ok_or(Error::TooManyAuthorizations)?;
-                    set_path(slot, self.cfg.base_url, url)?;
-                    self.authz_count += 1;
-                }
-                self.authz_index = 0;
-                self.on_order(&resp, body)
-            }
-            State::Authorization => self.on_authorization(&resp),
-            State::Answer => {
-                expect_status(&resp, 200)?;
-                let body = json_body(&resp)?;
-                match Status::of(body) {
-                    Status::Valid => Ok(self.next_authorization()),
-                    Status::Invalid => Err(Error::AuthorizationFailed(error_kind(body))),
-                    Status::Pending | Status::Processing => {
-                        self.state = State::PollAuthorization;
-                        Ok(self.wait(&resp))
-                    }
-                    _ => Err(Error::BadJson("challenge status")),
-                }
-            }
-            State::PollAuthorization => {
-                expect_status(&resp, 200)?;
-                let body = json_body(&resp)?;
-                match Status::of(body) {
-                    Status::Valid => Ok(self.next_authorization()),
-                    Status::Invalid | Status::Deactivated | Status::Expired | Status::Revoked => {
-                        Err(Error::AuthorizationFailed(authz_error_kind(body)))
-                    }
-                    Status::Pending => Ok(self.wait(&resp)),
-                    _ => Err(Error::BadJson("authorization status")),
-                }
-            }
-            State::Finalize | State::PollOrder => {
-                expect_status(&resp, 200)?;
-                let body = json_body(&resp)?;
-                self.on_order(&resp, body)
-            }
-            State::Download => {
-                expect_status(&resp, 200)?;
-                if resp.content_type() != Some("application/pem-certificate-chain") {
-                    return Err(Error::WrongContentType);
-                }
-                if !resp.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
-                    return Err(Error::BadJson("certificate chain is not PEM"));
-                }
-                self.state = State::Done;
-                let start = resp.body_offset;
-                Ok(Event::Issued {
-                    pem: start..start + resp.body.len(),
-                })
-            }
-            State::Done => Err(Error::UnexpectedCall),
+            State::Account => return self.on_account(&resp),
+            State::Order => return self.on_new_order(&resp),
+            State::Download => return self.on_certificate(&resp),
+            State::Done => return Err(Error::UnexpectedCall),
+            _ => {}
         }
+        // Every other step answers 200 with a JSON object.
+        expect_status(&resp, 200)?;
+        let body = json_body(&resp)?;
+        match self.state {
+            State::Directory => self.on_directory(body),
+            State::Authorization => self.on_authorization(&resp, body),
+            State::Answer => match Status::of(body) {
+                Status::Valid => Ok(self.next_authorization()),
+                Status::Invalid => Err(Error::AuthorizationFailed(error_kind(body))),
+                Status::Pending | Status::Processing => {
+                    self.state = State::PollAuthorization;
+                    Ok(self.wait(&resp))
+                }
+                _ => Err(Error::BadJson("challenge status")),
+            },
+            State::PollAuthorization => match Status::of(body) {
+                Status::Valid => Ok(self.next_authorization()),
+                Status::Invalid | Status::Deactivated | Status::Expired | Status::Revoked => {
+                    Err(Error::AuthorizationFailed(authz_error_kind(body)))
+                }
+                Status::Pending => Ok(self.wait(&resp)),
+                _ => Err(Error::BadJson("authorization status")),
+            },
+            _ => self.on_order(&resp, body), // Finalize, PollOrder
+        }
+    }
+
+    fn on_new_order(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        expect_status(resp, 201)?;
+        set_path(
+            &mut self.order,
+            self.cfg.base_url,
+            resp.header("location").ok_or(Error::Http("no Location"))?,
+        )?;
+        let body = json_body(resp)?;
+        let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
+        set_path(&mut self.finalize, self.cfg.base_url, finalize)?;
+        self.authz_count = 0;
+        for item in body
+            .get("authorizations")
+            .ok_or(Error::BadJson("authorizations"))?
+            .items()
+        {
+            let Value::Str(s) = item else {
+                return Err(Error::BadJson("authorizations"));
+            };
+            let url = s.plain().ok_or(Error::BadJson("authorizations"))?;
+            let slot = self
+                .authzs
+                .get_mut(self.authz_count)
+                .ok_or(Error::TooManyAuthorizations)?;
+            set_path(slot, self.cfg.base_url, url)?;
+            self.authz_count += 1;
+        }
+        self.authz_index = 0;
+        self.on_order(resp, body)
+    }
+
+    fn on_certificate(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
+        expect_status(resp, 200)?;
+        if resp.content_type() != Some("application/pem-certificate-chain") {
+            return Err(Error::WrongContentType);
+        }
+        if !resp.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
+            return Err(Error::BadJson("certificate chain is not PEM"));
+        }
+        self.state = State::Done;
+        let start = resp.body_offset;
+        Ok(Event::Issued {
+            pem: start..start + resp.body.len(),
+        })
     }
 
     fn on_problem(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
@@ -557,17 +557,16 @@ impl<'a> Enrollment<'a> {
     }
 
     #[inline(never)]
-    fn on_directory(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
-        expect_status(resp, 200)?;
-        let dir = json_body(resp)?;
+    fn on_directory(&mut self, dir: Value<'_>) -> Result<Event, Error> {
         let url = |name: &'static str| dir.get_str(name).ok_or(Error::BadJson(name));
         set_path(&mut self.new_nonce, self.cfg.base_url, url("newNonce")?)?;
         set_path(&mut self.new_account, self.cfg.base_url, url("newAccount")?)?;
         set_path(&mut self.new_order, self.cfg.base_url, url("newOrder")?)?;
-        let eab_required = dir
-            .get("meta")
-            .and_then(|m| m.get("externalAccountRequired"))
-            == Some(Value::Bool(true));
+        let eab_required = matches!(
+            dir.get("meta")
+                .and_then(|m| m.get("externalAccountRequired")),
+            Some(Value::Bool(true))
+        );
         // Without a credential, only an existing account (a renewing device) can go on: ask
         // for it with onlyReturnExisting instead of trying to create one that must fail.
         self.only_existing = eab_required && self.cfg.eab.is_none();
@@ -622,9 +621,7 @@ impl<'a> Enrollment<'a> {
         }
     }
 
-    fn on_authorization(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
-        expect_status(resp, 200)?;
-        let body = json_body(resp)?;
+    fn on_authorization(&mut self, resp: &Response<'_>, body: Value<'_>) -> Result<Event, Error> {
         match Status::of(body) {
             Status::Valid => return Ok(self.next_authorization()),
             Status::Pending => {}
