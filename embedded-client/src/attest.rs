@@ -95,14 +95,14 @@ pub fn attestation_object(
     w.text("alg");
     let alg = signer.cose_alg();
     if alg < 0 {
-        w.head(1, u64::from((-1 - alg) as u32));
+        w.head(1, (-1 - alg) as u32 as usize);
     } else {
-        w.head(0, u64::from(alg as u32));
+        w.head(0, alg as u32 as usize);
     }
     w.text("sig");
     w.bytes(signature);
     w.text("x5c");
-    w.head(4, count as u64);
+    w.head(4, count);
     for i in 0..count {
         w.bytes(signer.certificate(i).ok_or(Error::Signer)?);
     }
@@ -113,8 +113,9 @@ pub fn attestation_object(
 struct Cbor<'o>(Writer<'o>);
 
 impl Cbor<'_> {
-    /// RFC 8949 §3: major type and argument, shortest form.
-    fn head(&mut self, major: u8, arg: u64) {
+    /// RFC 8949 §3: major type and argument, shortest form. `usize`, not `u64`: nothing here
+    /// exceeds 32 bits, and 64-bit compares cost code on a 32-bit MCU.
+    fn head(&mut self, major: u8, arg: usize) {
         let m = major << 5;
         match arg {
             0..=23 => self.0.push(&[m | arg as u8]),
@@ -128,12 +129,12 @@ impl Cbor<'_> {
     }
 
     fn text(&mut self, s: &str) {
-        self.head(3, s.len() as u64);
+        self.head(3, s.len());
         self.0.push(s.as_bytes());
     }
 
     fn bytes(&mut self, b: &[u8]) {
-        self.head(2, b.len() as u64);
+        self.head(2, b.len());
         self.0.push(b);
     }
 }

@@ -59,23 +59,15 @@ impl<'o> DerWriter<'o> {
         let Some(n) = self.0.offset().checked_sub(placeholder.end) else {
             return;
         };
-        let mut length = [0u8; 3];
-        let length = match n {
-            0..=0x7f => {
-                length[0] = n as u8;
-                &length[..1]
-            }
-            0x80..=0xff => {
-                length[..2].copy_from_slice(&[0x81, n as u8]);
-                &length[..2]
-            }
-            0x100..=0xffff => {
-                length.copy_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
-                &length[..]
-            }
+        // X.690 §8.1.3: short form under 128, else 0x8N and N big-endian octets.
+        let (length, used) = match n {
+            0..=0x7f => ([n as u8, 0, 0], 1),
+            0x80..=0xff => ([0x81, n as u8, 0], 2),
+            0x100..=0xffff => ([0x82, (n >> 8) as u8, n as u8], 3),
             _ => return self.fail(Error::BufferTooSmall { needed: 0x10000 }),
         };
-        self.0.replace(placeholder, length);
+        self.0
+            .replace(placeholder, length.get(..used).unwrap_or_default());
     }
 
     /// A non-negative INTEGER from big-endian magnitude octets.

@@ -207,10 +207,12 @@ impl<'a> Enrollment<'a> {
         if account.key().to_bytes() == cert_key.to_bytes() {
             return Err(Error::Config("certificate key equals the account key"));
         }
+        // The key must decode into account_payload's 64-octet buffer.
         if let Some(eab) = cfg.eab {
-            let mut key = [0u8; 64];
-            protocol_spec::base64url::decode(eab.hmac_key, &mut key)
-                .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
+            match protocol_spec::base64url::validate(eab.hmac_key) {
+                Ok(len) if len <= 64 => {}
+                _ => return Err(Error::Config("EAB HMAC key is not base64url")),
+            }
         }
         // The origin goes into the `kid` URL buffer and the request head (http::HEADROOM).
         if cfg.base_url.len() > ORIGIN_MAX {
@@ -456,23 +458,24 @@ impl<'a> Enrollment<'a> {
         match self.state {
             State::Directory => self.on_directory(body),
             State::Authorization => self.on_authorization(&resp, body),
-            State::Answer => match Status::of(body) {
-                Status::Valid => Ok(self.next_authorization()),
-                Status::Invalid => Err(Error::AuthorizationFailed(error_kind(body))),
-                Status::Pending | Status::Processing => {
-                    self.state = State::PollAuthorization;
-                    Ok(self.wait(&resp))
+            // The challenge (Answer) or its authorization (PollAuthorization).
+            State::Answer | State::PollAuthorization => {
+                let answer = self.state == State::Answer;
+                match (Status::of(body), answer) {
+                    (Status::Valid, _) => Ok(self.next_authorization()),
+                    (Status::Invalid, true) => Err(Error::AuthorizationFailed(error_kind(body))),
+                    (
+                        Status::Invalid | Status::Deactivated | Status::Expired | Status::Revoked,
+                        false,
+                    ) => Err(Error::AuthorizationFailed(authz_error_kind(body))),
+                    (Status::Pending | Status::Processing, true) | (Status::Pending, false) => {
+                        self.state = State::PollAuthorization;
+                        Ok(self.wait(&resp))
+                    }
+                    (_, true) => Err(Error::BadJson("challenge status")),
+                    (_, false) => Err(Error::BadJson("authorization status")),
                 }
-                _ => Err(Error::BadJson("challenge status")),
-            },
-            State::PollAuthorization => match Status::of(body) {
-                Status::Valid => Ok(self.next_authorization()),
-                Status::Invalid | Status::Deactivated | Status::Expired | Status::Revoked => {
-                    Err(Error::AuthorizationFailed(authz_error_kind(body)))
-                }
-                Status::Pending => Ok(self.wait(&resp)),
-                _ => Err(Error::BadJson("authorization status")),
-            },
+            }
             _ => self.on_order(&resp, body), // Finalize, PollOrder
         }
     }
@@ -801,10 +804,11 @@ fn error_kind(obj: Value<'_>) -> ProblemKind {
 
 /// The error of an invalid authorization: that of its failed challenge.
 fn authz_error_kind(authz: Value<'_>) -> ProblemKind {
-    authz
-        .get("challenges")
-        .into_iter()
-        .flat_map(|c| c.items())
+    let Some(challenges) = authz.get("challenges") else {
+        return ProblemKind::Other;
+    };
+    challenges
+        .items()
         .find(|c| c.get("error").is_some())
         .map_or(ProblemKind::Other, error_kind)
 }

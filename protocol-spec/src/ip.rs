@@ -60,7 +60,7 @@ fn parse_v6(text: &[u8]) -> Option<[u16; 8]> {
 }
 
 fn find_double_colon(text: &[u8]) -> Option<usize> {
-    text.windows(2).position(|w| w == b"::")
+    text.windows(2).position(|w| matches!(w, [b':', b':']))
 }
 
 /// Reads `text`, colon-separated groups, into the front of `out`; returns how many it filled.
