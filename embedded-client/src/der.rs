@@ -26,6 +26,8 @@ impl<'o> DerWriter<'o> {
         self.0.push(bytes);
     }
 
+    // Out of line, as the hints in enrollment.rs: one call per failure site is smaller.
+    #[inline(never)]
     pub(crate) fn fail(&mut self, e: Error) {
         self.0.fail(e);
     }

@@ -64,6 +64,8 @@ impl Identifier<'_> {
     /// Checks the identifier as the server will (SPEC §4). The client never rewrites it, so a
     /// value must already be in the form the server stores: a DNS name in lowercase A-labels,
     /// an IP address in its canonical text.
+    // Out of line (as next_request below): 22 octets smaller in the firmware.
+    #[inline(never)]
     pub fn validate(&self) -> Result<(), Error> {
         use protocol_spec::identifier as id;
         match *self {
@@ -355,6 +357,8 @@ impl<'a> Enrollment<'a> {
         w.finish()
     }
 
+    // Out of line: 38 octets smaller in the firmware.
+    #[inline(never)]
     fn order_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
         let mut w = Writer::new(scratch);
         w.str("{\"identifiers\":[");
@@ -408,6 +412,8 @@ impl<'a> Enrollment<'a> {
         }
     }
 
+    // Out of line: 8 octets smaller in the firmware.
+    #[inline(never)]
     fn finalize_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
         let der_len = csr::build(self.cert_key, self.cfg.identifiers, scratch)?;
         base64url_member(scratch, der_len, "{\"csr\":\"")
