@@ -197,7 +197,11 @@ impl<'a> Enrollment<'a> {
             .base_url
             .strip_prefix("https://")
             .ok_or(Error::Config("base URL must be https://host[:port]"))?;
-        if rest.is_empty() || rest.bytes().any(|b| b"/?#@ ".contains(&b)) {
+        if rest.is_empty()
+            || rest
+                .bytes()
+                .any(|b| matches!(b, b'/' | b'?' | b'#' | b'@' | b' '))
+        {
             return Err(Error::Config("base URL must be https://host[:port]"));
         }
         if cfg.identifiers.is_empty() || cfg.identifiers.len() > MAX_AUTHORIZATIONS {
