@@ -6,6 +6,7 @@
 
 use crate::der::DerWriter;
 use crate::key::DeviceKey;
+use crate::text::Writer;
 use crate::Error;
 
 /// Why the IDevID signer failed.
@@ -59,8 +60,8 @@ impl IdevidSigner for SoftwareIdevid<'_> {
     fn sign(&mut self, message: &[u8], out: &mut [u8]) -> Result<usize, SignerError> {
         let rs = self.key.sign(&[message]).map_err(|_| SignerError::Device)?;
         let mut w = DerWriter::new(out);
-        crate::csr::ecdsa_sig_value(&mut w, &rs).map_err(|_| SignerError::BufferTooSmall)?;
-        Ok(w.len())
+        crate::csr::ecdsa_sig_value(&mut w, &rs);
+        w.finish().map_err(|_| SignerError::BufferTooSmall)
     }
 }
 
@@ -85,67 +86,56 @@ pub fn attestation_object(
     if count == 0 || count > MAX_CHAIN {
         return Err(Error::Signer);
     }
-    let mut w = Cbor { out, len: 0 };
-    w.head(5, 2)?; // map of 2
-    w.text("fmt")?;
-    w.text("iiot-idevid")?;
-    w.text("attStmt")?;
-    w.head(5, 3)?; // map of 3
-    w.text("alg")?;
+    let mut w = Cbor(Writer::new(out));
+    w.head(5, 2); // map of 2
+    w.text("fmt");
+    w.text("iiot-idevid");
+    w.text("attStmt");
+    w.head(5, 3); // map of 3
+    w.text("alg");
     let alg = signer.cose_alg();
     if alg < 0 {
-        w.head(1, u64::from((-1 - alg) as u32))?;
+        w.head(1, (-1 - alg) as u32 as usize);
     } else {
-        w.head(0, u64::from(alg as u32))?;
+        w.head(0, alg as u32 as usize);
     }
-    w.text("sig")?;
-    w.bytes(signature)?;
-    w.text("x5c")?;
-    w.head(4, count as u64)?;
+    w.text("sig");
+    w.bytes(signature);
+    w.text("x5c");
+    w.head(4, count);
     for i in 0..count {
-        w.bytes(signer.certificate(i).ok_or(Error::Signer)?)?;
+        w.bytes(signer.certificate(i).ok_or(Error::Signer)?);
     }
-    Ok(w.len)
+    w.0.finish()
 }
 
-struct Cbor<'o> {
-    out: &'o mut [u8],
-    len: usize,
-}
+/// Writes CBOR; failures are reported once, by the inner [`Writer::finish`].
+struct Cbor<'o>(Writer<'o>);
 
 impl Cbor<'_> {
-    fn raw(&mut self, b: &[u8]) -> Result<(), Error> {
-        let end = self.len + b.len();
-        self.out
-            .get_mut(self.len..end)
-            .ok_or(Error::BufferTooSmall { needed: end })?
-            .copy_from_slice(b);
-        self.len = end;
-        Ok(())
-    }
-
-    /// RFC 8949 §3: major type and argument, shortest form.
-    fn head(&mut self, major: u8, arg: u64) -> Result<(), Error> {
+    /// RFC 8949 §3: major type and argument, shortest form. `usize`, not `u64`: nothing here
+    /// exceeds 32 bits, and 64-bit compares cost code on a 32-bit MCU.
+    fn head(&mut self, major: u8, arg: usize) {
         let m = major << 5;
         match arg {
-            0..=23 => self.raw(&[m | arg as u8]),
-            24..=0xff => self.raw(&[m | 24, arg as u8]),
-            0x100..=0xffff => self.raw(&[m | 25, (arg >> 8) as u8, arg as u8]),
+            0..=23 => self.0.push(&[m | arg as u8]),
+            24..=0xff => self.0.push(&[m | 24, arg as u8]),
+            0x100..=0xffff => self.0.push(&[m | 25, (arg >> 8) as u8, arg as u8]),
             _ => {
-                self.raw(&[m | 26])?;
-                self.raw(&(arg as u32).to_be_bytes())
+                self.0.push(&[m | 26]);
+                self.0.push(&(arg as u32).to_be_bytes());
             }
         }
     }
 
-    fn text(&mut self, s: &str) -> Result<(), Error> {
-        self.head(3, s.len() as u64)?;
-        self.raw(s.as_bytes())
+    fn text(&mut self, s: &str) {
+        self.head(3, s.len());
+        self.0.push(s.as_bytes());
     }
 
-    fn bytes(&mut self, b: &[u8]) -> Result<(), Error> {
-        self.head(2, b.len() as u64)?;
-        self.raw(b)
+    fn bytes(&mut self, b: &[u8]) {
+        self.head(2, b.len());
+        self.0.push(b);
     }
 }
 

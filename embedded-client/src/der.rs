@@ -1,6 +1,7 @@
 //! The little DER (X.690) the client needs: writing a CSR, and reading a certificate's serial,
 //! validity and authority key identifier for renewal.
 
+use crate::text::Writer;
 use crate::Error;
 
 pub(crate) const SEQUENCE: u8 = 0x30;
@@ -12,99 +13,105 @@ pub(crate) const OID: u8 = 0x06;
 pub(crate) const UTF8_STRING: u8 = 0x0c;
 
 /// Writes DER into a caller buffer. Nested values reserve a 3-octet length and move their
-/// content down once its size is known, so nothing is encoded twice.
-pub(crate) struct DerWriter<'o> {
-    buf: &'o mut [u8],
-    len: usize,
-}
+/// content down once its size is known, so nothing is encoded twice. Failures are recorded,
+/// as in [`Writer`], and reported once by [`DerWriter::finish`].
+pub(crate) struct DerWriter<'o>(Writer<'o>);
 
 impl<'o> DerWriter<'o> {
     pub(crate) fn new(buf: &'o mut [u8]) -> Self {
-        Self { buf, len: 0 }
+        Self(Writer::new(buf))
     }
 
-    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let end = self.len + bytes.len();
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(Error::BufferTooSmall { needed: end })?
-            .copy_from_slice(bytes);
-        self.len = end;
-        Ok(())
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.0.push(bytes);
     }
 
-    pub(crate) fn tlv(&mut self, tag: u8, content: &[u8]) -> Result<(), Error> {
-        self.nested(tag, |w| w.raw(content))
+    // Out of line, as the hints in enrollment.rs: one call per failure site is smaller.
+    #[inline(never)]
+    pub(crate) fn fail(&mut self, e: Error) {
+        self.0.fail(e);
     }
 
-    pub(crate) fn nested(
-        &mut self,
-        tag: u8,
-        content: impl FnOnce(&mut Self) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let start = self.len;
-        self.raw(&[tag, 0x82, 0, 0])?;
-        let content_start = self.len;
-        content(self)?;
-        let n = self.len - content_start;
-        let mut length = [0u8; 3];
-        let length = match n {
-            0..=0x7f => {
-                length[0] = n as u8;
-                &length[..1]
-            }
-            0x80..=0xff => {
-                length[..2].copy_from_slice(&[0x81, n as u8]);
-                &length[..2]
-            }
-            0x100..=0xffff => {
-                length.copy_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
-                &length[..]
-            }
-            _ => return Err(Error::BufferTooSmall { needed: 0x10000 }),
+    pub(crate) fn tlv(&mut self, tag: u8, content: &[u8]) {
+        self.nested(tag, |w| w.raw(content));
+    }
+
+    /// Writes `tag`, then whatever `content` writes, then fixes up the length. Only this
+    /// wrapper is generic: inlined, it costs each caller two calls, while the length encoding
+    /// (about 150 octets of code) exists once rather than once per closure.
+    #[inline(always)]
+    pub(crate) fn nested(&mut self, tag: u8, content: impl FnOnce(&mut Self)) {
+        let start = self.open(tag);
+        content(self);
+        self.close(start);
+    }
+
+    /// Starts a value with a placeholder 3-octet length; returns where it starts.
+    fn open(&mut self, tag: u8) -> usize {
+        let start = self.0.offset();
+        self.raw(&[tag, 0x82, 0, 0]);
+        start
+    }
+
+    /// Ends the value `open` started at `start`: writes the real length and moves the content
+    /// down to follow it.
+    fn close(&mut self, start: usize) {
+        let placeholder = start + 1..start + 4;
+        // Short when the placeholder did not fit (and then nothing after it was written).
+        let Some(n) = self.0.offset().checked_sub(placeholder.end) else {
+            return;
         };
-        let new_start = start + 1 + length.len();
-        self.buf.copy_within(content_start..self.len, new_start);
-        self.buf[start + 1..new_start].copy_from_slice(length);
-        self.len = new_start + n;
-        Ok(())
+        // X.690 §8.1.3: short form under 128, else 0x8N and N big-endian octets.
+        let (length, used) = match n {
+            0..=0x7f => ([n as u8, 0, 0], 1),
+            0x80..=0xff => ([0x81, n as u8, 0], 2),
+            0x100..=0xffff => ([0x82, (n >> 8) as u8, n as u8], 3),
+            _ => return self.fail(Error::BufferTooSmall { needed: 0x10000 }),
+        };
+        self.0
+            .replace(placeholder, length.get(..used).unwrap_or_default());
     }
 
     /// A non-negative INTEGER from big-endian magnitude octets.
-    pub(crate) fn unsigned_integer(&mut self, magnitude: &[u8]) -> Result<(), Error> {
+    pub(crate) fn unsigned_integer(&mut self, magnitude: &[u8]) {
         let first = magnitude
             .iter()
             .position(|&b| b != 0)
             .unwrap_or(magnitude.len());
-        let m = &magnitude[first..];
+        let m = magnitude.get(first..).unwrap_or_default();
         self.nested(INTEGER, |w| {
             if m.first().is_none_or(|&b| b & 0x80 != 0) {
-                w.raw(&[0])?;
+                w.raw(&[0]);
             }
-            w.raw(m)
-        })
+            w.raw(m);
+        });
     }
 
     /// An OBJECT IDENTIFIER from dotted-decimal text (already checked by the caller).
-    pub(crate) fn oid_text(&mut self, dotted: &str) -> Result<(), Error> {
-        let mut arcs = dotted.split('.').map(|a| a.parse::<u64>());
-        let (Some(Ok(a)), Some(Ok(b))) = (arcs.next(), arcs.next()) else {
-            return Err(Error::Config("assigner OID"));
+    pub(crate) fn oid_text(&mut self, dotted: &str) {
+        const BAD: Error = Error::Config("assigner OID");
+        let mut arcs = dotted
+            .as_bytes()
+            .split(|&b| b == b'.')
+            .map(protocol_spec::identifier::oid_arc);
+        let (Some(Some(a)), Some(Some(b))) = (arcs.next(), arcs.next()) else {
+            return self.fail(BAD);
         };
-        let first = a
-            .checked_mul(40)
-            .and_then(|v| v.checked_add(b))
-            .ok_or(Error::Config("assigner OID"))?;
+        let Some(first) = a.checked_mul(40).and_then(|v| v.checked_add(b)) else {
+            return self.fail(BAD);
+        };
         self.nested(OID, |w| {
-            w.base128(first)?;
+            w.base128(first);
             for arc in arcs {
-                w.base128(arc.map_err(|_| Error::Config("assigner OID"))?)?;
+                match arc {
+                    Some(arc) => w.base128(arc),
+                    None => w.fail(BAD),
+                }
             }
-            Ok(())
-        })
+        });
     }
 
-    fn base128(&mut self, v: u64) -> Result<(), Error> {
+    fn base128(&mut self, v: u64) {
         let mut octets = [0u8; 10];
         let mut i = octets.len();
         let mut v = v;
@@ -116,15 +123,21 @@ impl<'o> DerWriter<'o> {
                 break;
             }
         }
-        self.raw(&octets[i..])
+        self.raw(&octets[i..]);
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.len
+    /// Where the next value goes (see [`Writer::offset`]).
+    pub(crate) fn offset(&self) -> usize {
+        self.0.offset()
     }
 
     pub(crate) fn written(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.0.written()
+    }
+
+    /// The length written, or the first failure.
+    pub(crate) fn finish(&self) -> Result<usize, Error> {
+        self.0.finish()
     }
 }
 
@@ -284,10 +297,10 @@ mod tests {
         let mut buf = [0u8; 400];
         let mut w = DerWriter::new(&mut buf);
         w.nested(SEQUENCE, |w| {
-            w.tlv(OCTET_STRING, &[7; 3])?;
-            w.tlv(OCTET_STRING, &[9; 200])
-        })
-        .expect("fits");
+            w.tlv(OCTET_STRING, &[7; 3]);
+            w.tlv(OCTET_STRING, &[9; 200]);
+        });
+        w.finish().expect("fits");
         let out = w.written();
         assert_eq!(&out[..7], &[0x30, 0x81, 0xd0, 0x04, 0x03, 7, 7]);
         assert_eq!(&out[8..11], &[0x04, 0x81, 0xc8]);
@@ -298,9 +311,10 @@ mod tests {
     fn integers_and_oids() {
         let mut buf = [0u8; 64];
         let mut w = DerWriter::new(&mut buf);
-        w.unsigned_integer(&[0, 0, 0x80, 1]).expect("fits");
-        w.unsigned_integer(&[0, 0]).expect("fits");
-        w.oid_text("1.3.6.1.4.1.32473").expect("fits");
+        w.unsigned_integer(&[0, 0, 0x80, 1]);
+        w.unsigned_integer(&[0, 0]);
+        w.oid_text("1.3.6.1.4.1.32473");
+        w.finish().expect("fits");
         assert_eq!(
             w.written(),
             &[

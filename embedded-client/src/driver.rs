@@ -122,30 +122,10 @@ fn round_trip<C: Read + Write>(
         let data = rx.get(..len).unwrap_or_default();
         match http::framing(data, n == 0).map_err(RoundTrip::Failed)? {
             Framing::Complete(total) => {
-                let keep = n != 0 && !closes(data);
+                let keep = n != 0 && !http::closes(data);
                 return Ok((total, keep));
             }
             Framing::Partial => {}
         }
     }
-}
-
-/// Whether the response says `Connection: close` (RFC 9112 §9.6).
-fn closes(response: &[u8]) -> bool {
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(response.len());
-    response[..head_end]
-        .split(|&b| b == b'\n')
-        .filter_map(|l| {
-            let colon = l.iter().position(|&b| b == b':')?;
-            Some((&l[..colon], &l[colon + 1..]))
-        })
-        .any(|(name, value)| {
-            name.eq_ignore_ascii_case(b"connection")
-                && value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
 }

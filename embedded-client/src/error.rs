@@ -40,34 +40,51 @@ impl ProblemKind {
         let Some(name) = problem_type.strip_prefix(Self::NAMESPACE) else {
             return Self::Other;
         };
-        match name {
-            "malformed" => Self::Malformed,
-            "badNonce" => Self::BadNonce,
-            "badSignatureAlgorithm" => Self::BadSignatureAlgorithm,
-            "badPublicKey" => Self::BadPublicKey,
-            "accountDoesNotExist" => Self::AccountDoesNotExist,
-            "unauthorized" => Self::Unauthorized,
-            "externalAccountRequired" => Self::ExternalAccountRequired,
-            "orderNotReady" => Self::OrderNotReady,
-            "badCSR" => Self::BadCsr,
-            "rejectedIdentifier" => Self::RejectedIdentifier,
-            "unsupportedIdentifier" => Self::UnsupportedIdentifier,
-            "compound" => Self::Compound,
-            "invalidContact" => Self::InvalidContact,
-            "unsupportedContact" => Self::UnsupportedContact,
-            "badRevocationReason" => Self::BadRevocationReason,
-            "alreadyRevoked" => Self::AlreadyRevoked,
-            "alreadyReplaced" => Self::AlreadyReplaced,
-            "invalidProfile" => Self::InvalidProfile,
-            "connection" => Self::Connection,
-            "dns" => Self::Dns,
-            "tls" => Self::Tls,
-            "incorrectResponse" => Self::IncorrectResponse,
-            "badAttestationStatement" => Self::BadAttestationStatement,
-            "serverInternal" => Self::ServerInternal,
-            _ => Self::Other,
-        }
+        position_in(PROBLEM_NAMES, name)
+            .and_then(|i| PROBLEM_KINDS.get(i).copied())
+            .unwrap_or(Self::Other)
     }
+}
+
+/// The names after [`ProblemKind::NAMESPACE`], `;`-separated, in the order of
+/// [`PROBLEM_KINDS`]. One string and a kind per name rather than a `match` (a comparison per
+/// arm) or a table of `(&str, kind)` pairs (12 octets an entry) keeps this small on a
+/// microcontroller; a unit test checks the two lists agree.
+const PROBLEM_NAMES: &str = "malformed;badNonce;badSignatureAlgorithm;badPublicKey;accountDoesNotExist;unauthorized;externalAccountRequired;orderNotReady;badCSR;rejectedIdentifier;unsupportedIdentifier;compound;invalidContact;unsupportedContact;badRevocationReason;alreadyRevoked;alreadyReplaced;invalidProfile;connection;dns;tls;incorrectResponse;badAttestationStatement;serverInternal";
+
+const PROBLEM_KINDS: [ProblemKind; 24] = [
+    ProblemKind::Malformed,
+    ProblemKind::BadNonce,
+    ProblemKind::BadSignatureAlgorithm,
+    ProblemKind::BadPublicKey,
+    ProblemKind::AccountDoesNotExist,
+    ProblemKind::Unauthorized,
+    ProblemKind::ExternalAccountRequired,
+    ProblemKind::OrderNotReady,
+    ProblemKind::BadCsr,
+    ProblemKind::RejectedIdentifier,
+    ProblemKind::UnsupportedIdentifier,
+    ProblemKind::Compound,
+    ProblemKind::InvalidContact,
+    ProblemKind::UnsupportedContact,
+    ProblemKind::BadRevocationReason,
+    ProblemKind::AlreadyRevoked,
+    ProblemKind::AlreadyReplaced,
+    ProblemKind::InvalidProfile,
+    ProblemKind::Connection,
+    ProblemKind::Dns,
+    ProblemKind::Tls,
+    ProblemKind::IncorrectResponse,
+    ProblemKind::BadAttestationStatement,
+    ProblemKind::ServerInternal,
+];
+
+/// Where `name` is in `names`, a `;`-separated list.
+pub(crate) fn position_in(names: &str, name: &str) -> Option<usize> {
+    names
+        .as_bytes()
+        .split(|&b| b == b';')
+        .position(|n| n == name.as_bytes())
 }
 
 /// Why an enrollment step failed.
@@ -150,6 +167,64 @@ impl core::fmt::Display for Error {
             Self::Key => f.write_str("invalid key or RNG failure"),
             Self::UnexpectedCall => f.write_str("state machine driven out of order"),
             Self::Transport => f.write_str("transport failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_name_maps_to_its_kind() {
+        let expect = [
+            ("malformed", ProblemKind::Malformed),
+            ("badNonce", ProblemKind::BadNonce),
+            ("badSignatureAlgorithm", ProblemKind::BadSignatureAlgorithm),
+            ("badPublicKey", ProblemKind::BadPublicKey),
+            ("accountDoesNotExist", ProblemKind::AccountDoesNotExist),
+            ("unauthorized", ProblemKind::Unauthorized),
+            (
+                "externalAccountRequired",
+                ProblemKind::ExternalAccountRequired,
+            ),
+            ("orderNotReady", ProblemKind::OrderNotReady),
+            ("badCSR", ProblemKind::BadCsr),
+            ("rejectedIdentifier", ProblemKind::RejectedIdentifier),
+            ("unsupportedIdentifier", ProblemKind::UnsupportedIdentifier),
+            ("compound", ProblemKind::Compound),
+            ("invalidContact", ProblemKind::InvalidContact),
+            ("unsupportedContact", ProblemKind::UnsupportedContact),
+            ("badRevocationReason", ProblemKind::BadRevocationReason),
+            ("alreadyRevoked", ProblemKind::AlreadyRevoked),
+            ("alreadyReplaced", ProblemKind::AlreadyReplaced),
+            ("invalidProfile", ProblemKind::InvalidProfile),
+            ("connection", ProblemKind::Connection),
+            ("dns", ProblemKind::Dns),
+            ("tls", ProblemKind::Tls),
+            ("incorrectResponse", ProblemKind::IncorrectResponse),
+            (
+                "badAttestationStatement",
+                ProblemKind::BadAttestationStatement,
+            ),
+            ("serverInternal", ProblemKind::ServerInternal),
+        ];
+        for (name, kind) in expect {
+            let urn = [ProblemKind::NAMESPACE, name].concat();
+            assert_eq!(ProblemKind::from_type(&urn), kind, "{name}");
+        }
+        assert_eq!(PROBLEM_NAMES.split(';').count(), PROBLEM_KINDS.len());
+        for other in [
+            "",
+            "urn:ietf:params:acme:error:",
+            "urn:ietf:params:acme:error:badnonce",
+            "badNonce",
+        ] {
+            assert_eq!(
+                ProblemKind::from_type(other),
+                ProblemKind::Other,
+                "{other:?}"
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 //! account binding of SPEC §6.2. Everything is written straight into caller buffers; the
 //! signature is computed over the base64url text where it already lies.
 
-use hmac::{Hmac, Mac as _};
+use hmac::{Mac as _, SimpleHmac};
 use sha2::Sha256;
 
 use crate::http::HEADROOM;
@@ -38,40 +38,45 @@ pub(crate) fn write(
 ) -> Result<usize, Error> {
     let header = {
         let mut h = Writer::new(header);
-        h.str("{\"alg\":\"ES256\",")?;
+        h.str("{\"alg\":\"ES256\",");
         match key_ref {
             KeyRef::Jwk => {
-                h.str("\"jwk\":")?;
+                h.str("\"jwk\":");
                 jwk_json(&mut h, account)?;
             }
             KeyRef::Kid(kid) => {
-                h.str("\"kid\":\"")?;
-                h.json_str(kid)?;
-                h.byte(b'"')?;
+                h.str("\"kid\":\"");
+                h.json_str(kid);
+                h.byte(b'"');
             }
         }
-        h.str(",\"nonce\":\"")?;
-        h.json_str(nonce)?;
-        h.str("\",\"url\":\"")?;
-        h.json_str(url.origin)?;
-        h.json_str(url.path)?;
-        h.str("\"}")?;
-        h.into_written()
+        h.str(",\"nonce\":\"");
+        h.json_str(nonce);
+        end_with_url(&mut h, url);
+        h.into_written()?
     };
     let body = tx.get_mut(HEADROOM..).ok_or(Error::BufferTooSmall {
         needed: HEADROOM + 1,
     })?;
     let mut w = Writer::new(body);
-    flattened(&mut w, header, payload, |input| {
-        account.key().sign(input).map(Mac::Es256)
-    })?;
-    Ok(w.len())
+    flattened(&mut w, header, payload, SignWith::Es256(account))?;
+    w.finish()
 }
 
-/// A signature or MAC over the JWS signing input.
-enum Mac {
-    Es256([u8; 64]),
-    Hs256([u8; 32]),
+/// Ends a protected header (the last member open is a string) with its `url` member.
+fn end_with_url(h: &mut Writer<'_>, url: Url<'_>) {
+    h.str("\",\"url\":\"");
+    h.json_str(url.origin);
+    h.json_str(url.path);
+    h.str("\"}");
+}
+
+/// The key a JWS is signed with. An enum rather than a closure, so that [`flattened`] exists
+/// once in the image instead of once per caller.
+enum SignWith<'k> {
+    Es256(&'k AccountKey),
+    /// The EAB credential's HMAC key.
+    Hs256(&'k [u8]),
 }
 
 /// Writes `{"protected":…,"payload":…,"signature":…}`, signing the base64url text where it
@@ -80,26 +85,44 @@ fn flattened(
     w: &mut Writer<'_>,
     header: &[u8],
     payload: &[u8],
-    sign: impl FnOnce(&[&[u8]]) -> Result<Mac, Error>,
+    key: SignWith<'_>,
 ) -> Result<(), Error> {
-    w.str("{\"protected\":\"")?;
-    let h0 = w.len();
-    w.base64url(header)?;
-    let h1 = w.len();
-    w.str("\",\"payload\":\"")?;
-    let p0 = w.len();
-    w.base64url(payload)?;
-    let p1 = w.len();
+    w.str("{\"protected\":\"");
+    let h0 = w.offset();
+    w.base64url(header);
+    let h1 = w.offset();
+    w.str("\",\"payload\":\"");
+    let p0 = w.offset();
+    w.base64url(payload);
+    let p1 = w.offset();
+    // Not worth signing a text that did not fit.
+    w.finish()?;
+    let mut mac = [0u8; 64];
     let mac = {
         let text = w.written();
-        sign(&[&text[h0..h1], b".", &text[p0..p1]])?
+        let input = [&text[h0..h1], b".", &text[p0..p1]];
+        match key {
+            SignWith::Es256(account) => {
+                mac = account.key().sign(&input)?;
+                &mac[..]
+            }
+            SignWith::Hs256(hmac_key) => {
+                // SimpleHmac, not Hmac: p256's RFC 6979 nonces already link it, so EAB adds no
+                // second HMAC implementation to the image.
+                let mut h = SimpleHmac::<Sha256>::new_from_slice(hmac_key)
+                    .map_err(|_| Error::Config("EAB HMAC key"))?;
+                for part in input {
+                    h.update(part);
+                }
+                mac[..32].copy_from_slice(&h.finalize().into_bytes());
+                &mac[..32]
+            }
+        }
     };
-    w.str("\",\"signature\":\"")?;
-    match mac {
-        Mac::Es256(s) => w.base64url(&s)?,
-        Mac::Hs256(t) => w.base64url(&t)?,
-    }
-    w.str("\"}")
+    w.str("\",\"signature\":\"");
+    w.base64url(mac);
+    w.str("\"}");
+    Ok(())
 }
 
 /// The account key as a JWK object, members in RFC 7638 order.
@@ -107,7 +130,8 @@ pub(crate) fn jwk_json(w: &mut Writer<'_>, account: &AccountKey) -> Result<(), E
     let mut canonical = [0u8; 128];
     let json = protocol_spec::jwk::canonical_json(&account.jwk(), &mut canonical)
         .map_err(|_| Error::Key)?;
-    w.str(json)
+    w.str(json);
+    Ok(())
 }
 
 /// Writes the `externalAccountBinding` JWS object (SPEC §6.2): HS256 under the operator's
@@ -122,26 +146,16 @@ pub(crate) fn eab(
     let mut header = [0u8; 384];
     let header = {
         let mut h = Writer::new(&mut header);
-        h.str("{\"alg\":\"HS256\",\"kid\":\"")?;
-        h.json_str(kid)?;
-        h.str("\",\"url\":\"")?;
-        h.json_str(url.origin)?;
-        h.json_str(url.path)?;
-        h.str("\"}")?;
-        h.into_written()
+        h.str("{\"alg\":\"HS256\",\"kid\":\"");
+        h.json_str(kid);
+        end_with_url(&mut h, url);
+        h.into_written()?
     };
     let mut jwk = [0u8; 128];
     let jwk = {
         let mut j = Writer::new(&mut jwk);
         jwk_json(&mut j, account)?;
-        j.into_written()
+        j.into_written()?
     };
-    flattened(w, header, jwk, |input| {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(hmac_key).map_err(|_| Error::Config("EAB HMAC key"))?;
-        for part in input {
-            mac.update(part);
-        }
-        Ok(Mac::Hs256(mac.finalize().into_bytes().into()))
-    })
+    flattened(w, header, jwk, SignWith::Hs256(hmac_key))
 }

@@ -35,14 +35,14 @@ impl DeviceKey {
 
     /// The uncompressed public point coordinates (x, y).
     pub fn public_xy(&self) -> ([u8; 32], [u8; 32]) {
+        // SEC 1 §2.3.3 uncompressed form: 0x04 ‖ x ‖ y, always 65 octets for P-256.
         let point = self.0.verifying_key().to_encoded_point(false);
-        let mut x = [0u8; 32];
-        let mut y = [0u8; 32];
-        if let (Some(px), Some(py)) = (point.x(), point.y()) {
-            x.copy_from_slice(px);
-            y.copy_from_slice(py);
-        }
-        (x, y)
+        let xy = point.as_bytes().get(1..65).unwrap_or(&[0; 64]);
+        let (x, y) = xy.split_at(32);
+        let mut out = ([0u8; 32], [0u8; 32]);
+        out.0.copy_from_slice(x);
+        out.1.copy_from_slice(y);
+        out
     }
 
     /// ES256 over the concatenation of `parts` (RFC 7518 §3.4): r ‖ s, 64 octets.
@@ -75,6 +75,8 @@ pub struct AccountKey {
 }
 
 impl AccountKey {
+    // Not inlined into its caller: 62 octets smaller in the firmware (footprint script).
+    #[inline(never)]
     pub fn new(key: DeviceKey) -> Self {
         let (x, y) = key.public_xy();
         let mut xb = [0u8; 43];
@@ -145,13 +147,14 @@ impl PairingCode {
             .chain_update(b"iiot-acme pairing code\0")
             .chain_update(thumbprint.as_bytes())
             .finalize();
-        let bits = digest[..5]
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        // The first 40 bits, 5 at a time from the most significant. Each group is read from
+        // the two octets it falls in: 16-bit arithmetic, no 64-bit shifts on a 32-bit MCU.
         let mut code = [b'-'; 9];
         for i in 0..8 {
-            let symbol = (bits >> (35 - 5 * i)) & 0x1f;
-            code[if i < 4 { i } else { i + 1 }] = CROCKFORD[symbol as usize];
+            let bit = 5 * i;
+            let pair = u16::from_be_bytes([digest[bit / 8], digest[bit / 8 + 1]]);
+            let symbol = (pair >> (11 - bit % 8)) & 0x1f;
+            code[if i < 4 { i } else { i + 1 }] = CROCKFORD[usize::from(symbol)];
         }
         Self(code)
     }

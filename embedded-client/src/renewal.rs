@@ -52,10 +52,10 @@ pub fn cert_id<'o>(cert_der: &[u8], out: &'o mut [u8]) -> Result<&'o str, Error>
         "certificate has no authority key identifier",
     ))?;
     let mut w = Writer::new(out);
-    w.base64url(aki)?;
-    w.byte(b'.')?;
-    w.base64url(info.serial)?;
-    let n = w.len();
+    w.base64url(aki);
+    w.byte(b'.');
+    w.base64url(info.serial);
+    let n = w.finish()?;
     Ok(core::str::from_utf8(&out[..n]).unwrap_or_default())
 }
 
@@ -128,10 +128,10 @@ impl<'a> RenewalCheck<'a> {
             Some(base) => {
                 let mut path = [0u8; 256];
                 let mut w = Writer::new(&mut path);
-                w.str(base.as_str())?;
-                w.byte(b'/')?;
-                w.str(self.cert_id)?;
-                let n = w.len();
+                w.str(base.as_str());
+                w.byte(b'/');
+                w.str(self.cert_id);
+                let n = w.finish()?;
                 http::get(
                     tx,
                     self.host,

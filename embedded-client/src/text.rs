@@ -35,13 +35,22 @@ impl<const N: usize> Text<N> {
         Ok(())
     }
 
+    /// Replaces the text with `s`; too long is an error, and leaves the text as it was.
+    pub fn set(&mut self, s: &str) -> Result<(), Error> {
+        if s.len() > N {
+            return Err(Error::BufferTooSmall { needed: s.len() });
+        }
+        self.clear();
+        self.push(s)
+    }
+
     pub fn clear(&mut self) {
         self.len = 0;
     }
 
     pub fn as_str(&self) -> &str {
         // Only whole `&str`s are ever pushed, so this is always valid UTF-8.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -67,38 +76,92 @@ impl<const N: usize> PartialEq<str> for Text<N> {
     }
 }
 
+/// Moves `buf[src]` down to start at `dst` (`dst <= src.start`); out-of-range parts are left
+/// alone. An octet loop instead of `copy_within`: that one is `memmove`, which is 1.5 KiB of
+/// compiler_builtins on a Cortex-M, to move a few kilobytes once per request.
+pub(crate) fn move_down(buf: &mut [u8], src: core::ops::Range<usize>, dst: usize) {
+    for (i, from) in src.enumerate() {
+        if let Some(&b) = buf.get(from) {
+            if let Some(to) = buf.get_mut(dst + i) {
+                *to = b;
+            }
+        }
+    }
+}
+
 /// Appends to a caller buffer; fails instead of truncating.
+///
+/// A write that does not fit is not made and leaves the writer failed: later writes do
+/// nothing, and [`Writer::finish`] reports the first failure (what the first failed write
+/// needed, or what [`Writer::fail`] recorded). One check at the end instead of one per write:
+/// requests and the CSR are written in dozens of pieces, and each `?` on a
+/// `Result<(), Error>` costs code on a Cortex-M.
 pub(crate) struct Writer<'o> {
     buf: &'o mut [u8],
     len: usize,
+    error: Option<Error>,
 }
 
 impl<'o> Writer<'o> {
+    // A call is smaller than the three field stores at each of the ~15 call sites: 54 octets
+    // in the firmware (footprint script).
+    #[inline(never)]
     pub(crate) fn new(buf: &'o mut [u8]) -> Self {
-        Self { buf, len: 0 }
+        Self {
+            buf,
+            len: 0,
+            error: None,
+        }
     }
 
-    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
         let end = self.len + bytes.len();
-        let dst = self
-            .buf
-            .get_mut(self.len..end)
-            .ok_or(Error::BufferTooSmall { needed: end })?;
-        dst.copy_from_slice(bytes);
-        self.len = end;
-        Ok(())
+        match self.buf.get_mut(self.len..end) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len = end;
+            }
+            None => self.fail(Error::BufferTooSmall { needed: end }),
+        }
     }
 
-    pub(crate) fn str(&mut self, s: &str) -> Result<(), Error> {
-        self.push(s.as_bytes())
+    /// Records a failure of what is being written; the first one is what [`Writer::finish`]
+    /// reports.
+    pub(crate) fn fail(&mut self, e: Error) {
+        self.error.get_or_insert(e);
     }
 
-    pub(crate) fn byte(&mut self, b: u8) -> Result<(), Error> {
-        self.push(&[b])
+    /// Replaces `range` of what was written with `bytes`, which are no longer, and moves what
+    /// follows down to close the gap.
+    pub(crate) fn replace(&mut self, range: core::ops::Range<usize>, bytes: &[u8]) {
+        let Some(gap) = range.len().checked_sub(bytes.len()) else {
+            return self.fail(Error::BufferTooSmall { needed: 0 });
+        };
+        if self.error.is_some() || range.end > self.len {
+            return;
+        }
+        let to = range.start + bytes.len();
+        move_down(self.buf, range.end..self.len, to);
+        if let Some(dst) = self.buf.get_mut(range.start..to) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len -= gap;
     }
 
-    /// A decimal number, without `core::fmt` (which costs flash on small targets).
-    pub(crate) fn decimal(&mut self, mut n: u64) -> Result<(), Error> {
+    pub(crate) fn str(&mut self, s: &str) {
+        self.push(s.as_bytes());
+    }
+
+    pub(crate) fn byte(&mut self, b: u8) {
+        self.push(&[b]);
+    }
+
+    /// A decimal number, without `core::fmt` (which costs flash on small targets). `usize`, not
+    /// `u64`: on a 32-bit MCU a 64-bit division pulls about 900 octets of compiler_builtins.
+    pub(crate) fn decimal(&mut self, mut n: usize) {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
@@ -109,28 +172,31 @@ impl<'o> Writer<'o> {
                 break;
             }
         }
-        self.push(&digits[i..])
+        self.push(&digits[i..]);
     }
 
     /// base64url of `bytes` (RFC 4648 §5, no padding).
-    pub(crate) fn base64url(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub(crate) fn base64url(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
         let rest = self.buf.get_mut(self.len..).unwrap_or_default();
-        let written =
-            protocol_spec::base64url::encode(bytes, rest).map_err(|e| Error::BufferTooSmall {
+        match protocol_spec::base64url::encode(bytes, rest) {
+            Ok(written) => self.len += written.len(),
+            Err(e) => self.fail(Error::BufferTooSmall {
                 needed: self.len + e.needed,
-            })?;
-        self.len += written.len();
-        Ok(())
+            }),
+        }
     }
 
     /// `s` as the content of a JSON string (RFC 8259 §7): quotes, backslashes and control
     /// characters escaped.
-    pub(crate) fn json_str(&mut self, s: &str) -> Result<(), Error> {
+    pub(crate) fn json_str(&mut self, s: &str) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for &b in s.as_bytes() {
             match b {
-                b'"' => self.push(b"\\\"")?,
-                b'\\' => self.push(b"\\\\")?,
+                b'"' => self.push(b"\\\""),
+                b'\\' => self.push(b"\\\\"),
                 0..=0x1f => self.push(&[
                     b'\\',
                     b'u',
@@ -138,23 +204,33 @@ impl<'o> Writer<'o> {
                     b'0',
                     HEX[usize::from(b >> 4)],
                     HEX[usize::from(b & 0xf)],
-                ])?,
-                _ => self.byte(b)?,
+                ]),
+                _ => self.byte(b),
             }
         }
-        Ok(())
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Where the next write goes: for marking parts of the output. Not a result, as it ignores
+    /// a failed write: that is [`Writer::finish`].
+    pub(crate) fn offset(&self) -> usize {
         self.len
     }
 
     pub(crate) fn written(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.get(..self.len).unwrap_or_default()
     }
 
-    pub(crate) fn into_written(self) -> &'o mut [u8] {
-        &mut self.buf[..self.len]
+    /// The length written, or the first failure.
+    pub(crate) fn finish(&self) -> Result<usize, Error> {
+        match self.error {
+            None => Ok(self.len),
+            Some(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn into_written(self) -> Result<&'o mut [u8], Error> {
+        let n = self.finish()?;
+        Ok(&mut self.buf[..n])
     }
 }
 
@@ -170,17 +246,47 @@ mod tests {
     }
 
     #[test]
+    fn move_down_moves_overlapping_ranges_and_ignores_what_is_outside() {
+        let mut buf = *b"..abcdef";
+        move_down(&mut buf, 2..8, 0);
+        assert_eq!(&buf, b"abcdefef");
+        move_down(&mut buf, 6..12, 5);
+        assert_eq!(&buf, b"abcdeeff");
+    }
+
+    #[test]
+    fn writer_reports_the_first_write_that_did_not_fit_and_writes_nothing_after() {
+        let mut buf = [0u8; 4];
+        let mut w = Writer::new(&mut buf);
+        w.str("abc");
+        w.str("de");
+        w.byte(b'f');
+        w.base64url(b"x");
+        assert_eq!(w.offset(), 3);
+        assert_eq!(w.finish(), Err(Error::BufferTooSmall { needed: 5 }));
+        assert_eq!(w.into_written(), Err(Error::BufferTooSmall { needed: 5 }));
+        let mut w = Writer::new(&mut buf);
+        w.str("ab");
+        w.base64url(b"xyz");
+        assert_eq!(w.finish(), Err(Error::BufferTooSmall { needed: 6 }));
+    }
+
+    #[test]
     fn writer_escapes_json_and_writes_numbers() {
         let mut buf = [0u8; 64];
         let mut w = Writer::new(&mut buf);
-        w.json_str("a\"b\\c\n").expect("test");
-        w.byte(b' ').expect("test");
-        w.decimal(0).expect("test");
-        w.byte(b' ').expect("test");
-        w.decimal(18_446_744_073_709_551_615).expect("test");
-        assert_eq!(
-            core::str::from_utf8(w.written()).expect("test"),
-            "a\\\"b\\\\c\\u000a 0 18446744073709551615"
-        );
+        w.json_str("a\"b\\c\n");
+        w.byte(b' ');
+        w.decimal(0);
+        w.byte(b' ');
+        w.decimal(usize::MAX);
+        w.finish().expect("test");
+        let max = if usize::BITS == 64 {
+            "18446744073709551615"
+        } else {
+            "4294967295"
+        };
+        let written = core::str::from_utf8(w.written()).expect("test");
+        assert_eq!(written.strip_suffix(max), Some("a\\\"b\\\\c\\u000a 0 "));
     }
 }

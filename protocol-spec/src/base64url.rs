@@ -100,21 +100,20 @@ pub fn encode<'o>(input: &[u8], out: &'o mut [u8]) -> Result<&'o str, BufferTooS
     let Some(out) = out.get_mut(..needed) else {
         return Err(BufferTooSmall { needed });
     };
-    for (chunk, dst) in input.chunks(3).zip(out.chunks_mut(4)) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let sextets = [
-            b[0] >> 2,
-            ((b[0] & 0x03) << 4) | (b[1] >> 4),
-            ((b[1] & 0x0f) << 2) | (b[2] >> 6),
-            b[2] & 0x3f,
-        ];
-        // A chunk of n octets becomes n + 1 characters; `dst` is exactly that long.
-        for (d, s) in dst.iter_mut().zip(sextets) {
-            *d = ALPHABET[usize::from(s)];
+    // Each group of up to 3 octets as a 24-bit number, written 6 bits at a time from the top:
+    // n octets give n + 1 characters. Plain indexing, no iterator adapters: this runs on
+    // microcontrollers, where they cost code.
+    let mut at = 0;
+    for group in input.chunks(3) {
+        let bits = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for k in 0..=group.len() {
+            if let Some(d) = out.get_mut(at) {
+                *d = ALPHABET[(bits >> (18 - 6 * k)) as usize & 0x3f];
+            }
+            at += 1;
         }
     }
     Ok(ascii(out))

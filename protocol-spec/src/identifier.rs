@@ -4,11 +4,9 @@
 //! A client runs these before newOrder so that it never sends a value the server will refuse, and
 //! so that the names in its CSR match the order exactly (SPEC §7.4).
 
-use core::fmt::Write as _;
 use core::net::IpAddr;
 
-use crate::punycode;
-use crate::write::Cursor;
+use crate::{ip, punycode};
 
 /// Longest `dns` name after normalisation, in octets.
 pub const DNS_NAME_MAX: usize = 253;
@@ -131,7 +129,7 @@ pub fn normalize_dns<'o>(value: &str, out: &'o mut [u8]) -> Result<&'o str, Iden
     }
     let name: &[u8] = name;
     let text = core::str::from_utf8(name).map_err(|_| Malformed(Reason::Character))?;
-    if text.parse::<IpAddr>().is_ok() {
+    if ip::parse(name).is_some() {
         return Err(Malformed(Reason::IpAddressAsDns));
     }
     if name.starts_with(b"*.") {
@@ -150,6 +148,9 @@ pub fn normalize_dns<'o>(value: &str, out: &'o mut [u8]) -> Result<&'o str, Iden
     Ok(text)
 }
 
+// Not inlined into normalize_dns: 50 octets smaller in the embedded firmware
+// (scripts/embedded-footprint.sh).
+#[inline(never)]
 fn check_label(label: &[u8]) -> Result<(), Reason> {
     if label.is_empty() || label.len() > 63 {
         return Err(Reason::LabelLength);
@@ -177,13 +178,12 @@ fn check_label(label: &[u8]) -> Result<(), Reason> {
 /// canonical text, and the address is returned.
 pub fn check_ip(value: &str) -> Result<IpAddr, IdentifierError> {
     use IdentifierError::{Malformed, Rejected};
-    let addr: IpAddr = value.parse().map_err(|_| Malformed(Reason::NotAnAddress))?;
+    let addr = ip::parse(value.as_bytes()).ok_or(Malformed(Reason::NotAnAddress))?;
+    // RFC 5952 §4 text, with the §5 mixed form for IPv4-mapped addresses: what `core`'s
+    // `Display` writes (see `ip`).
     let mut buf = [0u8; IP_TEXT_MAX];
-    let mut w = Cursor::new(&mut buf);
-    // `core`'s Display writes RFC 5952 §4 text, with the §5 mixed form for IPv4-mapped
-    // addresses; 45 octets always suffice.
-    write!(w, "{addr}").map_err(|_| Malformed(Reason::NotCanonical))?;
-    if w.written_str() != value {
+    let n = ip::write(&addr, &mut buf);
+    if buf.get(..n) != Some(value.as_bytes()) {
         return Err(Malformed(Reason::NotCanonical));
     }
     if addr.is_unspecified() {
@@ -210,8 +210,11 @@ pub struct PermanentIdentifier<'a> {
 /// never rewritten.
 pub fn check_permanent_identifier(value: &str) -> Result<PermanentIdentifier<'_>, IdentifierError> {
     use IdentifierError::{Malformed, Rejected};
-    let (serial, assigner) = match value.split_once('/') {
-        Some((serial, assigner)) => (serial, Some(assigner)),
+    // By octets, here and below: `str` patterns and `char` iteration cost a microcontroller
+    // image about a kilobyte, and every delimiter is ASCII (so every split is on a character
+    // boundary).
+    let (serial, assigner) = match value.bytes().position(|b| b == b'/') {
+        Some(i) => (value.get(..i).unwrap_or_default(), value.get(i + 1..)),
         None => (value, None),
     };
     if serial.is_empty() {
@@ -219,9 +222,9 @@ pub fn check_permanent_identifier(value: &str) -> Result<PermanentIdentifier<'_>
     }
     let mut arcs_fit = true;
     if let Some(a) = assigner {
-        arcs_fit = check_assigner(a).map_err(Malformed)?;
+        arcs_fit = check_assigner(a.as_bytes()).map_err(Malformed)?;
     }
-    if serial.chars().any(char::is_control) {
+    if has_control_character(serial.as_bytes()) {
         return Err(Rejected(Reason::ControlCharacter));
     }
     if serial.len() > SERIAL_MAX {
@@ -233,25 +236,49 @@ pub fn check_permanent_identifier(value: &str) -> Result<PermanentIdentifier<'_>
     Ok(PermanentIdentifier { serial, assigner })
 }
 
+/// Whether UTF-8 `text` has a character of general category Cc (`char::is_control`):
+/// U+0000–U+001F and U+007F, one octet each, or U+0080–U+009F, encoded as C2 80–C2 9F.
+fn has_control_character(text: &[u8]) -> bool {
+    text.iter().enumerate().any(|(i, &b)| {
+        b < 0x20
+            || b == 0x7f
+            || (b == 0xc2 && text.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
+
+/// The value of one dotted-decimal OID arc: `None` if it is empty, has anything but ASCII
+/// digits or does not fit in 64 bits. Leading zeros are the caller's to refuse.
+pub fn oid_arc(arc: &[u8]) -> Option<u64> {
+    if arc.is_empty() {
+        return None;
+    }
+    arc.iter().try_fold(0u64, |n, &b| {
+        let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+        n.checked_mul(10)?.checked_add(digit)
+    })
+}
+
 /// The assigner-value production; `Ok(false)` if it holds but an arc (or 80 plus the second
 /// arc under 2) does not fit in 64 bits.
-fn check_assigner(text: &str) -> Result<bool, Reason> {
+// Out of line: 12 octets smaller in the embedded firmware (scripts/embedded-footprint.sh).
+#[inline(never)]
+fn check_assigner(text: &[u8]) -> Result<bool, Reason> {
     let mut fits = true;
     let mut count = 0;
-    let mut first = "";
-    for (i, arc) in text.split('.').enumerate() {
+    let mut first: &[u8] = b"";
+    for (i, arc) in text.split(|&b| b == b'.').enumerate() {
         count += 1;
         if arc.is_empty()
-            || !arc.bytes().all(|b| b.is_ascii_digit())
-            || (arc.len() > 1 && arc.starts_with('0'))
+            || !arc.iter().all(u8::is_ascii_digit)
+            || (arc.len() > 1 && arc[0] == b'0')
         {
             return Err(Reason::AssignerSyntax);
         }
-        let n = arc.parse::<u64>().ok();
+        let n = oid_arc(arc);
         match i {
-            0 if !matches!(arc, "0" | "1" | "2") => return Err(Reason::AssignerSyntax),
+            0 if !matches!(arc, b"0" | b"1" | b"2") => return Err(Reason::AssignerSyntax),
             0 => first = arc,
-            1 if first != "2" && n.is_none_or(|n| n > 39) => return Err(Reason::AssignerSyntax),
+            1 if first != b"2" && n.is_none_or(|n| n > 39) => return Err(Reason::AssignerSyntax),
             1 => fits &= n.is_some_and(|n| n <= u64::MAX - 80),
             _ => fits &= n.is_some(),
         }
@@ -285,6 +312,160 @@ mod tests {
         assert_eq!(r("A/2.40"), Ok(Some("2.40")));
         assert_eq!(r("A\u{85}"), Err(Reason::ControlCharacter));
         assert_eq!(r("A/2.18446744073709551600"), Err(Reason::AssignerRange));
+    }
+
+    /// `check_ip` as it was written over `core::net` (parse, print, compare), which `ip`
+    /// replaced to keep `core::fmt` out of microcontroller images: same results on every input.
+    #[test]
+    fn check_ip_is_unchanged_from_core_net() {
+        use std::string::ToString;
+        fn reference(value: &str) -> Result<IpAddr, IdentifierError> {
+            use IdentifierError::{Malformed, Rejected};
+            let addr: IpAddr = value.parse().map_err(|_| Malformed(Reason::NotAnAddress))?;
+            if addr.to_string() != value {
+                return Err(Malformed(Reason::NotCanonical));
+            }
+            if addr.is_unspecified() {
+                return Err(Rejected(Reason::Unspecified));
+            }
+            if addr.is_multicast() {
+                return Err(Rejected(Reason::Multicast));
+            }
+            Ok(addr)
+        }
+        // Short texts over the characters of addresses (xorshift, so a failure reproduces).
+        let mut seed = 0x5eed_u64;
+        let mut outcomes = std::collections::BTreeSet::new();
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 16) as usize;
+            let text: std::string::String = (0..len)
+                .map(|k| char::from(b"0f:.1F:2:.e"[((seed >> (4 + 4 * k)) % 11) as usize]))
+                .collect();
+            let (ours, theirs) = (check_ip(&text), reference(&text));
+            assert_eq!(ours, theirs, "{text:?}");
+            outcomes.insert(std::format!("{:?}", ours.map(|_| ())));
+        }
+        for text in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert_eq!(check_ip(text), reference(text), "{text:?}");
+        }
+        // Accepted, not an address, not canonical, unspecified and multicast all came up.
+        assert_eq!(outcomes.len(), 5, "{outcomes:?}");
+    }
+
+    /// `check_permanent_identifier` as it was written over `str` patterns, `chars()` and
+    /// `str::parse`: same results on every input.
+    #[test]
+    fn permanent_identifier_check_is_unchanged_from_the_str_version() {
+        fn reference(value: &str) -> Result<PermanentIdentifier<'_>, IdentifierError> {
+            use IdentifierError::{Malformed, Rejected};
+            let (serial, assigner) = match value.split_once('/') {
+                Some((serial, assigner)) => (serial, Some(assigner)),
+                None => (value, None),
+            };
+            if serial.is_empty() {
+                return Err(Malformed(Reason::EmptySerial));
+            }
+            let mut arcs_fit = true;
+            if let Some(a) = assigner {
+                arcs_fit = reference_assigner(a).map_err(Malformed)?;
+            }
+            if serial.chars().any(char::is_control) {
+                return Err(Rejected(Reason::ControlCharacter));
+            }
+            if serial.len() > SERIAL_MAX {
+                return Err(Rejected(Reason::SerialLength));
+            }
+            if assigner.is_some_and(|a| a.len() > ASSIGNER_MAX) || !arcs_fit {
+                return Err(Rejected(Reason::AssignerRange));
+            }
+            Ok(PermanentIdentifier { serial, assigner })
+        }
+        fn reference_assigner(text: &str) -> Result<bool, Reason> {
+            let mut fits = true;
+            let mut count = 0;
+            let mut first = "";
+            for (i, arc) in text.split('.').enumerate() {
+                count += 1;
+                if arc.is_empty()
+                    || !arc.bytes().all(|b| b.is_ascii_digit())
+                    || (arc.len() > 1 && arc.starts_with('0'))
+                {
+                    return Err(Reason::AssignerSyntax);
+                }
+                let n = arc.parse::<u64>().ok();
+                match i {
+                    0 if !matches!(arc, "0" | "1" | "2") => return Err(Reason::AssignerSyntax),
+                    0 => first = arc,
+                    1 if first != "2" && n.is_none_or(|n| n > 39) => {
+                        return Err(Reason::AssignerSyntax)
+                    }
+                    1 => fits &= n.is_some_and(|n| n <= u64::MAX - 80),
+                    _ => fits &= n.is_some(),
+                }
+            }
+            if count < 2 {
+                return Err(Reason::AssignerSyntax);
+            }
+            Ok(fits)
+        }
+        // Pieces that reach every branch: serial characters (controls of one and two octets,
+        // their neighbours, other non-ASCII), separators, arcs near the 64-bit limit.
+        const PIECES: [&str; 20] = [
+            "A",
+            "/",
+            ".",
+            "0",
+            "1",
+            "2",
+            "39",
+            "40",
+            "07",
+            "18446744073709551535",
+            "18446744073709551615",
+            "18446744073709551616",
+            "\u{0}",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{80}",
+            "\u{9f}",
+            "\u{a0}",
+            "\u{100}",
+            "+1",
+        ];
+        let mut seed = 0x0bad_5eed_u64;
+        let mut outcomes = std::collections::BTreeSet::new();
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let text: std::string::String = (0..(seed % 8) as usize)
+                .map(|k| PIECES[((seed >> (4 + 5 * k)) % 20) as usize])
+                .collect();
+            let (ours, theirs) = (check_permanent_identifier(&text), reference(&text));
+            assert_eq!(ours, theirs, "{text:?}");
+            outcomes.insert(std::format!("{:?}", ours.map(|p| p.assigner.is_some())));
+        }
+        // Accepted with and without an assigner, and every reason but the serial's length.
+        assert_eq!(outcomes.len(), 6, "{outcomes:?}");
+        let long = "S".repeat(SERIAL_MAX + 1);
+        let long_assigner = std::format!("A/1.{}", "1".repeat(ASSIGNER_MAX));
+        for text in [long.as_str(), long_assigner.as_str()] {
+            assert_eq!(check_permanent_identifier(text), reference(text));
+        }
+        assert_eq!(
+            check_permanent_identifier(&long).map_err(IdentifierError::reason),
+            Err(Reason::SerialLength)
+        );
     }
 
     #[test]

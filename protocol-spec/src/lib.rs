@@ -26,6 +26,7 @@ pub mod base64url;
 pub mod challenge;
 pub mod fingerprint;
 pub mod identifier;
+mod ip;
 pub mod jwk;
 mod punycode;
 #[cfg(feature = "runner")]
