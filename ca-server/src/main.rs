@@ -74,7 +74,8 @@ struct AdminTarget {
     #[arg(long)]
     identifier: Option<String>,
     /// Every certificate of an account (its id, the last part of its URL).
-    #[arg(long)]
+    // Ids are random base64url, so one in 64 starts with '-'.
+    #[arg(long, allow_hyphen_values = true)]
     account: Option<String>,
 }
 
@@ -123,6 +124,7 @@ enum ApprovalCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The request id from `approval list`.
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Reject a request.
@@ -131,6 +133,7 @@ enum ApprovalCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The request id from `approval list`.
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// Why; shown to the device.
         #[arg(long)]
@@ -210,6 +213,7 @@ enum EabCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The key id.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -641,6 +645,43 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// Request, account and credential ids are random base64url: one in 64 starts with '-',
+    /// and an operator must still be able to type it.
+    #[test]
+    fn ids_starting_with_a_hyphen_are_values_not_flags() {
+        for args in [
+            &["ca-server", "approval", "approve", "-x9Yz"][..],
+            &[
+                "ca-server",
+                "approval",
+                "reject",
+                "-x9Yz",
+                "--reason",
+                "not ours",
+            ],
+            &["ca-server", "revoke", "--account", "-x9Yz"],
+            &["ca-server", "eab", "revoke", "-x9Yz"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let id = match cli.command {
+                Some(Command::Approval(
+                    ApprovalCommand::Approve { id, .. } | ApprovalCommand::Reject { id, .. },
+                )) => Some(id),
+                Some(Command::Revoke { target, .. }) => target.account,
+                Some(Command::Eab(EabCommand::Revoke { kid, .. })) => Some(kid),
+                _ => None,
+            };
+            assert_eq!(id.as_deref(), Some("-x9Yz"), "{args:?}");
         }
     }
 }
