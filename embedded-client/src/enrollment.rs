@@ -13,15 +13,28 @@ use crate::http::{self, Response};
 use crate::json::{self, Value};
 use crate::jws::{self, KeyRef, Url};
 use crate::key::{AccountKey, CertificateKey, PairingCode};
-use crate::text::{move_down, Text, Writer};
+use crate::text::{move_down, Text, Texts, Writer};
 use crate::{csr, Error, ProblemKind};
 
 /// Most identifiers (and so authorizations) one enrollment handles.
 pub const MAX_AUTHORIZATIONS: usize = 4;
 
-/// Longest server path the client stores. ACME paths of this server are under 80 octets.
+/// Longest server path the client stores. ACME paths of this server are under 60 octets.
 const PATH_MAX: usize = 128;
-type Path = Text<PATH_MAX>;
+
+/// The server paths the client keeps, in one store (ca-server's come to under 400 octets with
+/// four authorizations); indexes below.
+type Paths = Texts<512, { AUTHZ + MAX_AUTHORIZATIONS }, PATH_MAX>;
+const NEW_NONCE: usize = 0;
+const NEW_ACCOUNT: usize = 1;
+const NEW_ORDER: usize = 2;
+const KID: usize = 3;
+const ORDER: usize = 4;
+const FINALIZE: usize = 5;
+const CERTIFICATE: usize = 6;
+const CHALLENGE: usize = 7;
+/// The first of the authorizations.
+const AUTHZ: usize = 8;
 
 /// Longest `https://host:port` origin.
 const ORIGIN_MAX: usize = 96;
@@ -168,17 +181,9 @@ pub struct Enrollment<'a> {
     /// EAB is required and none is configured: newAccount may only find an existing account.
     only_existing: bool,
     nonce: Text<NONCE_MAX>,
-    new_nonce: Path,
-    new_account: Path,
-    new_order: Path,
-    kid: Path,
-    order: Path,
-    finalize: Path,
-    certificate: Path,
-    authzs: [Path; MAX_AUTHORIZATIONS],
+    paths: Paths,
     authz_count: usize,
     authz_index: usize,
-    challenge: Path,
     challenge_type: Challenge,
     token: Text<64>,
 }
@@ -235,17 +240,9 @@ impl<'a> Enrollment<'a> {
             replaces: cfg.replaces,
             only_existing: false,
             nonce: Text::new(),
-            new_nonce: Text::new(),
-            new_account: Text::new(),
-            new_order: Text::new(),
-            kid: Text::new(),
-            order: Text::new(),
-            finalize: Text::new(),
-            certificate: Text::new(),
-            authzs: [Text::new(); MAX_AUTHORIZATIONS],
+            paths: Texts::new(),
             authz_count: 0,
             authz_index: 0,
-            challenge: Text::new(),
             challenge_type: Challenge::OperatorApproval,
             token: Text::new(),
         })
@@ -283,17 +280,17 @@ impl<'a> Enrollment<'a> {
         }
         if self.nonce.is_empty() {
             self.fetching_nonce = true;
-            return http::get(tx, self.host(), self.new_nonce.as_str());
+            return http::get(tx, self.host(), self.paths.get(NEW_NONCE));
         }
         self.fetching_nonce = false;
         let (path, payload_len) = match self.state {
-            State::Account => (self.new_account, self.account_payload(scratch)?),
-            State::Order => (self.new_order, self.order_payload(scratch)?),
-            State::Authorization | State::PollAuthorization => (self.authzs[self.authz_index], 0),
-            State::Answer => (self.challenge, self.answer_payload(scratch)?),
-            State::Finalize => (self.finalize, self.finalize_payload(scratch)?),
-            State::PollOrder => (self.order, 0),
-            State::Download => (self.certificate, 0),
+            State::Account => (NEW_ACCOUNT, self.account_payload(scratch)?),
+            State::Order => (NEW_ORDER, self.order_payload(scratch)?),
+            State::Authorization | State::PollAuthorization => (AUTHZ + self.authz_index, 0),
+            State::Answer => (CHALLENGE, self.answer_payload(scratch)?),
+            State::Finalize => (FINALIZE, self.finalize_payload(scratch)?),
+            State::PollOrder => (ORDER, 0),
+            State::Download => (CERTIFICATE, 0),
             State::Directory | State::Done => return Err(Error::UnexpectedCall),
         };
         let (payload, header) = split(scratch, payload_len)?;
@@ -303,15 +300,16 @@ impl<'a> Enrollment<'a> {
         } else {
             let mut w = Writer::new(&mut kid_url);
             w.str(self.cfg.base_url);
-            w.str(self.kid.as_str());
+            w.str(self.paths.get(KID));
             let n = w.finish()?;
             KeyRef::Kid(
                 core::str::from_utf8(kid_url.get(..n).unwrap_or_default()).unwrap_or_default(),
             )
         };
+        let path = self.paths.get(path);
         let url = Url {
             origin: self.cfg.base_url,
-            path: path.as_str(),
+            path,
         };
         let body_len = jws::write(
             tx,
@@ -324,7 +322,7 @@ impl<'a> Enrollment<'a> {
         )?;
         // Each nonce is single-use (SPEC §3.5): the response brings the next one.
         self.nonce.clear();
-        http::post_jose(tx, self.host(), path.as_str(), body_len)
+        http::post_jose(tx, self.host(), path, body_len)
     }
 
     #[inline(never)]
@@ -353,7 +351,7 @@ impl<'a> Enrollment<'a> {
             w.str("\"externalAccountBinding\":");
             let url = Url {
                 origin: self.cfg.base_url,
-                path: self.new_account.as_str(),
+                path: self.paths.get(NEW_ACCOUNT),
             };
             jws::eab(&mut w, self.account, eab.kid, key, url)?;
         }
@@ -493,13 +491,14 @@ impl<'a> Enrollment<'a> {
     fn on_new_order(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
         expect_status(resp, 201)?;
         set_path(
-            &mut self.order,
+            &mut self.paths,
+            ORDER,
             self.cfg.base_url,
             resp.header("location").ok_or(Error::Http("no Location"))?,
         )?;
         let body = json_body(resp)?;
         let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
-        set_path(&mut self.finalize, self.cfg.base_url, finalize)?;
+        set_path(&mut self.paths, FINALIZE, self.cfg.base_url, finalize)?;
         self.authz_count = 0;
         for item in body
             .get("authorizations")
@@ -510,11 +509,15 @@ impl<'a> Enrollment<'a> {
                 return Err(Error::BadJson("authorizations"));
             };
             let url = s.plain().ok_or(Error::BadJson("authorizations"))?;
-            let slot = self
-                .authzs
-                .get_mut(self.authz_count)
-                .ok_or(Error::TooManyAuthorizations)?;
-            set_path(slot, self.cfg.base_url, url)?;
+            if self.authz_count >= MAX_AUTHORIZATIONS {
+                return Err(Error::TooManyAuthorizations);
+            }
+            set_path(
+                &mut self.paths,
+                AUTHZ + self.authz_count,
+                self.cfg.base_url,
+                url,
+            )?;
             self.authz_count += 1;
         }
         self.authz_index = 0;
@@ -572,9 +575,10 @@ impl<'a> Enrollment<'a> {
     #[inline(never)]
     fn on_directory(&mut self, dir: Value<'_>) -> Result<Event, Error> {
         let url = |name: &'static str| dir.get_str(name).ok_or(Error::BadJson(name));
-        set_path(&mut self.new_nonce, self.cfg.base_url, url("newNonce")?)?;
-        set_path(&mut self.new_account, self.cfg.base_url, url("newAccount")?)?;
-        set_path(&mut self.new_order, self.cfg.base_url, url("newOrder")?)?;
+        let base = self.cfg.base_url;
+        set_path(&mut self.paths, NEW_NONCE, base, url("newNonce")?)?;
+        set_path(&mut self.paths, NEW_ACCOUNT, base, url("newAccount")?)?;
+        set_path(&mut self.paths, NEW_ORDER, base, url("newOrder")?)?;
         let eab_required = matches!(
             dir.get("meta")
                 .and_then(|m| m.get("externalAccountRequired")),
@@ -592,7 +596,8 @@ impl<'a> Enrollment<'a> {
             return Err(Error::UnexpectedStatus(resp.status));
         }
         set_path(
-            &mut self.kid,
+            &mut self.paths,
+            KID,
             self.cfg.base_url,
             resp.header("location").ok_or(Error::Http("no Location"))?,
         )?;
@@ -625,7 +630,7 @@ impl<'a> Enrollment<'a> {
                 let url = body
                     .get_str("certificate")
                     .ok_or(Error::BadJson("certificate"))?;
-                set_path(&mut self.certificate, self.cfg.base_url, url)?;
+                set_path(&mut self.paths, CERTIFICATE, self.cfg.base_url, url)?;
                 self.state = State::Download;
                 Ok(Event::Continue)
             }
@@ -666,7 +671,8 @@ impl<'a> Enrollment<'a> {
         let (kind, c) = chosen.ok_or(Error::NoUsableChallenge)?;
         self.challenge_type = kind;
         set_path(
-            &mut self.challenge,
+            &mut self.paths,
+            CHALLENGE,
             self.cfg.base_url,
             c.get_str("url").ok_or(Error::BadJson("challenge url"))?,
         )?;
@@ -718,15 +724,15 @@ impl<'a> Enrollment<'a> {
     }
 }
 
-/// Stores the path of `url` in `dst` when it is on `origin` (SPEC §2.1: every URL comes from
-/// the server, and a device talks to no other host); on error `dst` is left as it was. In
-/// place rather than returned: a returned `Path` is a 136-octet copy at each of ten call sites.
-fn set_path(dst: &mut Path, origin: &str, url: &str) -> Result<(), Error> {
+/// Stores the path of `url` as path `i` when it is on `origin` (SPEC §2.1: every URL comes
+/// from the server, and a device talks to no other host); on error the paths are left as they
+/// were.
+fn set_path(paths: &mut Paths, i: usize, origin: &str, url: &str) -> Result<(), Error> {
     let path = url.strip_prefix(origin).ok_or(Error::BadUrl)?;
     if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::BadUrl);
     }
-    dst.set(path).map_err(|_| Error::BadUrl)
+    paths.set(i, path).map_err(|_| Error::BadUrl)
 }
 
 fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
