@@ -2,9 +2,15 @@
 //! with RFC 6979 deterministic signatures (so signing needs no RNG), and the pairing code
 //! derived from the account key (SPEC §5.9).
 
-use p256::ecdsa::signature::hazmat::PrehashSigner;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::elliptic_curve::group::Group as _;
+use p256::elliptic_curve::ops::{Invert as _, Reduce as _};
+use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::rand_core::CryptoRngCore;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::elliptic_curve::subtle::{Choice, ConditionallySelectable as _};
+use p256::elliptic_curve::zeroize::Zeroize as _;
+use p256::elliptic_curve::{Curve as _, Field as _, FieldBytesEncoding as _, PrimeField as _};
+use p256::{NistP256, NonZeroScalar, ProjectivePoint, Scalar};
 use protocol_spec::jwk::{self, Curve, Jwk, THUMBPRINT_LEN};
 use sha2::{Digest, Sha256};
 
@@ -12,31 +18,35 @@ use crate::Error;
 
 /// A P-256 private key. Generate it on the device; persist [`DeviceKey::to_bytes`] in the
 /// device's own protected storage and never send it anywhere.
+///
+/// The scalar alone rather than p256's `SigningKey`: that one multiplies by the generator with
+/// a table of 16 points (1.5 KiB of stack, 2 KiB with its frame), the deepest part of an
+/// enrollment's stack; [`base_mul`] needs a fraction of it.
 #[derive(Clone)]
-pub struct DeviceKey(SigningKey);
+pub struct DeviceKey(NonZeroScalar);
 
 impl DeviceKey {
     /// A new key from the integrator's cryptographically secure RNG.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self(SigningKey::random(rng))
+        Self(NonZeroScalar::random(rng))
     }
 
     /// A key from its 32-octet big-endian scalar, as [`DeviceKey::to_bytes`] wrote it.
     pub fn from_bytes(secret: &[u8; 32]) -> Result<Self, Error> {
-        SigningKey::from_bytes(secret.into())
+        Option::from(NonZeroScalar::from_repr((*secret).into()))
             .map(Self)
-            .map_err(|_| Error::Key)
+            .ok_or(Error::Key)
     }
 
     /// The private scalar, for the device's own persistent storage.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes().into()
+        self.0.to_repr().into()
     }
 
     /// The uncompressed public point coordinates (x, y).
     pub fn public_xy(&self) -> ([u8; 32], [u8; 32]) {
         // SEC 1 §2.3.3 uncompressed form: 0x04 ‖ x ‖ y, always 65 octets for P-256.
-        let point = self.0.verifying_key().to_encoded_point(false);
+        let point = base_mul(&self.0).to_affine().to_encoded_point(false);
         let xy = point.as_bytes().get(1..65).unwrap_or(&[0; 64]);
         let (x, y) = xy.split_at(32);
         let mut out = ([0u8; 32], [0u8; 32]);
@@ -45,14 +55,78 @@ impl DeviceKey {
         out
     }
 
-    /// ES256 over the concatenation of `parts` (RFC 7518 §3.4): r ‖ s, 64 octets.
+    /// ES256 over the concatenation of `parts` (RFC 7518 §3.4): r ‖ s, 64 octets. ECDSA as
+    /// FIPS 186-5 §6.4.1 with k from RFC 6979 §3.2, so the signature is the one p256's
+    /// `SigningKey` gives (a test checks that).
     pub fn sign(&self, parts: &[&[u8]]) -> Result<[u8; 64], Error> {
-        let mut h = Sha256::new();
-        for p in parts {
-            h.update(p);
+        let digest = digest(parts);
+        let k = rfc6979_k(&self.0, &digest);
+        let k: NonZeroScalar = Option::from(NonZeroScalar::from_repr(k)).ok_or(Error::Key)?;
+        let r = Scalar::reduce_bytes(&base_mul(&k).to_affine().x());
+        let z = Scalar::reduce_bytes(&digest);
+        let s = *k.invert() * (z + r * *self.0);
+        if bool::from(r.is_zero() | s.is_zero()) {
+            return Err(Error::Key);
         }
-        let sig: Signature = self.0.sign_prehash(&h.finalize()).map_err(|_| Error::Key)?;
-        Ok(sig.to_bytes().into())
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r.to_repr());
+        sig[32..].copy_from_slice(&s.to_repr());
+        Ok(sig)
+    }
+}
+
+// The hash and the HMAC_DRBG state in functions of their own, so that their frames are gone
+// before base_mul's (the deepest of an enrollment) begins.
+#[inline(never)]
+fn digest(parts: &[&[u8]]) -> p256::FieldBytes {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    // A SHA-256 digest is as long as the P-256 order, so it is used whole (bits2int).
+    h.finalize()
+}
+
+#[inline(never)]
+fn rfc6979_k(d: &NonZeroScalar, digest: &p256::FieldBytes) -> p256::FieldBytes {
+    rfc6979::generate_k::<Sha256, _>(
+        &d.to_repr(),
+        &NistP256::ORDER.encode_field_bytes(),
+        digest,
+        &[],
+    )
+}
+
+/// `k`×G by double-and-add over every bit of `k`, the sum kept or not by a constant-time
+/// select, so time and memory accesses do not depend on the secret. p256's addition formulas
+/// are complete, so the identity and doubling need no special case.
+fn base_mul(k: &Scalar) -> ProjectivePoint {
+    let mut acc = ProjectivePoint::IDENTITY;
+    for byte in k.to_repr() {
+        for bit in (0..8).rev() {
+            acc = double(&acc);
+            let sum = add_generator(&acc);
+            acc.conditional_assign(&sum, Choice::from((byte >> bit) & 1));
+        }
+    }
+    acc
+}
+
+// Out of line: inlined, the two formulas' temporaries share base_mul's frame (1.4 KiB).
+#[inline(never)]
+fn double(p: &ProjectivePoint) -> ProjectivePoint {
+    p.double()
+}
+
+#[inline(never)]
+fn add_generator(p: &ProjectivePoint) -> ProjectivePoint {
+    p + &ProjectivePoint::GENERATOR
+}
+
+impl Drop for DeviceKey {
+    // As p256's SigningKey did: no copy of the secret is left in memory that is reused.
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -177,17 +251,62 @@ mod tests {
     #[test]
     fn rfc6979_signatures_are_deterministic_and_verify() {
         use p256::ecdsa::signature::Verifier;
+        use p256::ecdsa::{Signature, SigningKey};
         let key = DeviceKey::from_bytes(&[7; 32]).expect("valid scalar");
         let a = key.sign(&[b"ab", b"c"]).expect("sign");
         let b = key.sign(&[b"abc"]).expect("sign");
         assert_eq!(a, b);
         let sig = Signature::from_slice(&a).expect("r||s");
-        key.0
+        let reference = SigningKey::from_bytes(&[7; 32].into()).expect("valid scalar");
+        reference
             .verifying_key()
             .verify(b"abc", &sig)
             .expect("verifies");
         assert!(DeviceKey::from_bytes(&[0; 32]).is_err());
         assert!(DeviceKey::from_bytes(&[0xff; 32]).is_err());
+    }
+
+    /// The same signatures and public keys as p256's SigningKey, which uses its own scalar
+    /// multiplication, for keys and messages from a simple generator.
+    #[test]
+    fn signatures_and_public_keys_match_p256() {
+        use p256::ecdsa::signature::Signer;
+        use p256::ecdsa::{Signature, SigningKey};
+        let mut seed = [0u8; 32];
+        let mut compared = 0;
+        for i in 0..24u8 {
+            for (j, b) in seed.iter_mut().enumerate() {
+                *b = b
+                    .wrapping_mul(31)
+                    .wrapping_add(i ^ j as u8)
+                    .wrapping_add(17);
+            }
+            // Small and large scalars too, where the leading bits are zero or one.
+            if i == 0 {
+                seed = [0; 32];
+                seed[31] = 1;
+            }
+            if i == 1 {
+                seed = [0xff; 32];
+                seed[0] = 0x7f;
+            }
+            let (Ok(key), Ok(reference)) = (
+                DeviceKey::from_bytes(&seed),
+                SigningKey::from_bytes(&seed.into()),
+            ) else {
+                continue;
+            };
+            let point = reference.verifying_key().to_encoded_point(false);
+            let (x, y) = key.public_xy();
+            assert_eq!(&point.as_bytes()[1..33], &x, "x of key {i}");
+            assert_eq!(&point.as_bytes()[33..], &y, "y of key {i}");
+            let message = [i; 40];
+            let expected: Signature = reference.sign(&message[..usize::from(i)]);
+            let got = key.sign(&[&message[..usize::from(i)]]).expect("sign");
+            assert_eq!(&got[..], &expected.to_bytes()[..], "signature {i}");
+            compared += 1;
+        }
+        assert!(compared >= 20, "{compared} keys compared");
     }
 
     #[test]
