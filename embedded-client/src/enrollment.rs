@@ -42,6 +42,10 @@ const ORIGIN_MAX: usize = 96;
 /// Nonces of this server are 22-43 characters; RFC 8555 sets no limit, so leave room.
 const NONCE_MAX: usize = 96;
 
+/// A key authorization: a token of up to 64 characters (`token`), a dot and a 43-character
+/// thumbprint.
+const KEY_AUTHORIZATION_MAX: usize = 128;
+
 /// Retries of one request after `badNonce` (SPEC §3.5 asks for one; a busy server may need
 /// more).
 const NONCE_RETRIES: u8 = 3;
@@ -225,7 +229,7 @@ impl<'a> Enrollment<'a> {
                 _ => return Err(Error::Config("EAB HMAC key is not base64url")),
             }
         }
-        // The origin goes into the `kid` URL buffer and the request head (http::HEADROOM).
+        // The origin goes into the request head (http::HEADROOM).
         if cfg.base_url.len() > ORIGIN_MAX {
             return Err(Error::Config("base URL too long"));
         }
@@ -294,17 +298,13 @@ impl<'a> Enrollment<'a> {
             State::Directory | State::Done => return Err(Error::UnexpectedCall),
         };
         let (payload, header) = split(scratch, payload_len)?;
-        let mut kid_url = [0u8; ORIGIN_MAX + PATH_MAX];
         let key_ref = if self.state == State::Account {
             KeyRef::Jwk
         } else {
-            let mut w = Writer::new(&mut kid_url);
-            w.str(self.cfg.base_url);
-            w.str(self.paths.get(KID));
-            let n = w.finish()?;
-            KeyRef::Kid(
-                core::str::from_utf8(kid_url.get(..n).unwrap_or_default()).unwrap_or_default(),
-            )
+            KeyRef::Kid(Url {
+                origin: self.cfg.base_url,
+                path: self.paths.get(KID),
+            })
         };
         let path = self.paths.get(path);
         let url = Url {
@@ -327,7 +327,17 @@ impl<'a> Enrollment<'a> {
 
     #[inline(never)]
     fn account_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
-        let mut w = Writer::new(scratch);
+        // The end of `scratch` holds what the EAB signs (key, header, JWK) rather than arrays on
+        // the stack: the payload needs well under a kilobyte of the rest.
+        let room = if self.cfg.eab.is_some() {
+            64 + jws::EAB_SCRATCH
+        } else {
+            0
+        };
+        let (out, eab_scratch) = scratch
+            .split_at_mut_checked(scratch.len().saturating_sub(room))
+            .ok_or(Error::BufferTooSmall { needed: room })?;
+        let mut w = Writer::new(out);
         w.byte(b'{');
         let mut first = true;
         if self.only_existing {
@@ -345,15 +355,17 @@ impl<'a> Enrollment<'a> {
             if !first {
                 w.byte(b',');
             }
-            let mut key = [0u8; 64];
-            let key = protocol_spec::base64url::decode(eab.hmac_key, &mut key)
+            let (key, eab_scratch) = eab_scratch
+                .split_at_mut_checked(64)
+                .ok_or(Error::BufferTooSmall { needed: room })?;
+            let key = protocol_spec::base64url::decode(eab.hmac_key, key)
                 .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
             w.str("\"externalAccountBinding\":");
             let url = Url {
                 origin: self.cfg.base_url,
                 path: self.paths.get(NEW_ACCOUNT),
             };
-            jws::eab(&mut w, self.account, eab.kid, key, url)?;
+            jws::eab(&mut w, self.account, eab.kid, key, url, eab_scratch)?;
         }
         w.byte(b'}');
         w.finish()
@@ -401,14 +413,20 @@ impl<'a> Enrollment<'a> {
             }
             Challenge::DeviceAttest => {
                 let signer = self.signer.as_deref_mut().ok_or(Error::NoUsableChallenge)?;
-                let mut ka = [0u8; 128];
+                // The key authorization goes at the end of `scratch`, out of the way of the
+                // attestation object, rather than in an array on the stack.
+                let (out, ka) = scratch
+                    .split_at_mut_checked(scratch.len().saturating_sub(KEY_AUTHORIZATION_MAX))
+                    .ok_or(Error::BufferTooSmall {
+                        needed: KEY_AUTHORIZATION_MAX,
+                    })?;
                 let ka = protocol_spec::challenge::key_authorization(
                     self.token.as_str(),
                     self.account.thumbprint(),
-                    &mut ka,
+                    ka,
                 )
                 .map_err(|_| Error::BadJson("challenge token"))?;
-                let cbor_len = attest::attestation_object(signer, ka, scratch)?;
+                let cbor_len = attest::attestation_object(signer, ka, out)?;
                 base64url_member(scratch, cbor_len, "{\"attObj\":\"")
             }
         }
