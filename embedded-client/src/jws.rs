@@ -2,11 +2,8 @@
 //! account binding of SPEC §6.2. Everything is written straight into caller buffers; the
 //! signature is computed over the base64url text where it already lies.
 
-use hmac::{Mac as _, SimpleHmac};
-use sha2::Sha256;
-
 use crate::http::HEADROOM;
-use crate::key::AccountKey;
+use crate::key::{hmac_sha256, AccountKey};
 use crate::text::Writer;
 use crate::Error;
 
@@ -108,7 +105,7 @@ fn flattened(
                 &mac[..]
             }
             SignWith::Hs256(hmac_key) => {
-                mac[..32].copy_from_slice(&hs256(hmac_key, &input)?);
+                mac[..32].copy_from_slice(&hmac_sha256(hmac_key, &input));
                 &mac[..32]
             }
         }
@@ -117,20 +114,6 @@ fn flattened(
     w.base64url(mac);
     w.str("\"}");
     Ok(())
-}
-
-// Out of line, so that the HMAC state is not part of `flattened`'s frame when it signs with
-// ES256 (the deepest path of an enrollment).
-#[inline(never)]
-fn hs256(key: &[u8], input: &[&[u8]]) -> Result<[u8; 32], Error> {
-    // SimpleHmac, not Hmac: the RFC 6979 nonces already link it, so EAB adds no second HMAC
-    // implementation to the image.
-    let mut h =
-        SimpleHmac::<Sha256>::new_from_slice(key).map_err(|_| Error::Config("EAB HMAC key"))?;
-    for part in input {
-        h.update(part);
-    }
-    Ok(h.finalize().into_bytes().into())
 }
 
 /// The account key as a JWK object, members in RFC 7638 order.

@@ -9,8 +9,8 @@ use p256::elliptic_curve::rand_core::CryptoRngCore;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::elliptic_curve::subtle::{Choice, ConditionallySelectable as _};
 use p256::elliptic_curve::zeroize::Zeroize as _;
-use p256::elliptic_curve::{Curve as _, Field as _, FieldBytesEncoding as _, PrimeField as _};
-use p256::{NistP256, NonZeroScalar, ProjectivePoint, Scalar};
+use p256::elliptic_curve::{Field as _, PrimeField as _};
+use p256::{NonZeroScalar, ProjectivePoint, Scalar};
 use protocol_spec::jwk::{self, Curve, Jwk, THUMBPRINT_LEN};
 use sha2::{Digest, Sha256};
 
@@ -60,8 +60,7 @@ impl DeviceKey {
     /// `SigningKey` gives (a test checks that).
     pub fn sign(&self, parts: &[&[u8]]) -> Result<[u8; 64], Error> {
         let digest = digest(parts);
-        let k = rfc6979_k(&self.0, &digest);
-        let k: NonZeroScalar = Option::from(NonZeroScalar::from_repr(k)).ok_or(Error::Key)?;
+        let k = rfc6979_k(&self.0, &digest).ok_or(Error::Key)?;
         let r = Scalar::reduce_bytes(&base_mul(&k).to_affine().x());
         let z = Scalar::reduce_bytes(&digest);
         let s = *k.invert() * (z + r * *self.0);
@@ -76,7 +75,7 @@ impl DeviceKey {
 }
 
 // The hash and the HMAC_DRBG state in functions of their own, so that their frames are gone
-// before base_mul's (the deepest of an enrollment) begins.
+// before base_mul's begins.
 #[inline(never)]
 fn digest(parts: &[&[u8]]) -> p256::FieldBytes {
     let mut h = Sha256::new();
@@ -87,14 +86,64 @@ fn digest(parts: &[&[u8]]) -> p256::FieldBytes {
     h.finalize()
 }
 
+/// The nonce k of RFC 6979 §3.2 for HMAC-SHA256 and P-256 (qlen = hlen = 256, so bits2int is
+/// the identity), with `h1` passed as the digest itself, not reduced mod q, as p256's
+/// `SigningKey` did: signatures stay the same, and k is as secret either way. Written out
+/// rather than the rfc6979 crate: its HMAC_DRBG keeps whole SimpleHmac states (1.5 KiB of
+/// stack); two 32-octet values and one pad block are all the algorithm needs.
 #[inline(never)]
-fn rfc6979_k(d: &NonZeroScalar, digest: &p256::FieldBytes) -> p256::FieldBytes {
-    rfc6979::generate_k::<Sha256, _>(
-        &d.to_repr(),
-        &NistP256::ORDER.encode_field_bytes(),
-        digest,
-        &[],
-    )
+fn rfc6979_k(x: &NonZeroScalar, h1: &p256::FieldBytes) -> Option<NonZeroScalar> {
+    let x = x.to_repr();
+    // Steps b to g.
+    let mut v = [0x01u8; 32];
+    let mut k = hmac_sha256(&[0; 32], &[&v, &[0x00], &x, h1]);
+    v = hmac_sha256(&k, &[&v]);
+    k = hmac_sha256(&k, &[&v, &[0x01], &x, h1]);
+    v = hmac_sha256(&k, &[&v]);
+    // Step h: a candidate in [1, q-1] is k; another one is needed with probability 2^-32.
+    for _ in 0..64 {
+        v = hmac_sha256(&k, &[&v]);
+        if let Some(nonce) = Option::from(NonZeroScalar::from_repr(v.into())) {
+            return Some(nonce);
+        }
+        k = hmac_sha256(&k, &[&v, &[0x00]]);
+        v = hmac_sha256(&k, &[&v]);
+    }
+    None
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`: the RFC 6979 nonces and the EAB's
+/// HS256. Written out rather than the hmac crate's, whose state took up to 1 KiB of stack
+/// where a 64-octet pad block is enough.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    const IPAD: u8 = 0x36;
+    const OPAD: u8 = 0x5c;
+    // RFC 2104 §2: a key longer than the block is hashed first.
+    let hashed;
+    let key = if key.len() > 64 {
+        hashed = Sha256::digest(key);
+        &hashed[..]
+    } else {
+        key
+    };
+    let mut pad = [IPAD; 64];
+    for (p, k) in pad.iter_mut().zip(key) {
+        *p ^= k;
+    }
+    let mut inner = Sha256::new();
+    inner.update(pad);
+    for part in parts {
+        inner.update(part);
+    }
+    let inner = inner.finalize();
+    for p in &mut pad {
+        *p ^= IPAD ^ OPAD;
+    }
+    Sha256::new()
+        .chain_update(pad)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// `k`×G by double-and-add over every bit of `k`, the sum kept or not by a constant-time
@@ -307,6 +356,51 @@ mod tests {
             compared += 1;
         }
         assert!(compared >= 20, "{compared} keys compared");
+    }
+
+    fn hex(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        out
+    }
+
+    /// RFC 6979 §A.2.5, ECDSA P-256 with SHA-256, message "sample": k, r and s.
+    #[test]
+    fn rfc6979_appendix_a_2_5() {
+        let x = hex("C9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721");
+        let key = DeviceKey::from_bytes(&x).expect("valid");
+        let k = rfc6979_k(&key.0, &digest(&[b"sample"])).expect("k");
+        assert_eq!(
+            k.to_repr()[..],
+            hex("A6E3C57DD01ABE90086538398355DD4C3B17AA873382B0F24D6129493D8AAD60")
+        );
+        let sig = key.sign(&[b"sample"]).expect("sign");
+        assert_eq!(
+            sig[..32],
+            hex("EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716")
+        );
+        assert_eq!(
+            sig[32..],
+            hex("F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8")
+        );
+    }
+
+    /// RFC 4231 §4.3 (test case 2) and §4.7 (test case 6: a key longer than the block).
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        assert_eq!(
+            hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]),
+            hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
+        assert_eq!(
+            hmac_sha256(
+                &[0xaa; 131],
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+            ),
+            hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+        );
     }
 
     #[test]
