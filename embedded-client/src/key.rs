@@ -44,9 +44,12 @@ impl DeviceKey {
     }
 
     /// The uncompressed public point coordinates (x, y).
+    // Out of line, as `public_point` and `thumbprint`: this runs under the caller's frame before
+    // an enrollment, and inlined, their buffers sat in the frames above base_mul's.
+    #[inline(never)]
     pub fn public_xy(&self) -> ([u8; 32], [u8; 32]) {
         // SEC 1 §2.3.3 uncompressed form: 0x04 ‖ x ‖ y, always 65 octets for P-256.
-        let point = base_mul(&self.0).to_affine().to_encoded_point(false);
+        let point = public_point(&self.0).to_encoded_point(false);
         let xy = point.as_bytes().get(1..65).unwrap_or(&[0; 64]);
         let (x, y) = xy.split_at(32);
         let mut out = ([0u8; 32], [0u8; 32]);
@@ -61,17 +64,34 @@ impl DeviceKey {
     pub fn sign(&self, parts: &[&[u8]]) -> Result<[u8; 64], Error> {
         let digest = digest(parts);
         let k = rfc6979_k(&self.0, &digest).ok_or(Error::Key)?;
-        let r = Scalar::reduce_bytes(&base_mul(&k).to_affine().x());
-        let z = Scalar::reduce_bytes(&digest);
-        let s = *k.invert() * (z + r * *self.0);
-        if bool::from(r.is_zero() | s.is_zero()) {
-            return Err(Error::Key);
-        }
-        let mut sig = [0u8; 64];
-        sig[..32].copy_from_slice(&r.to_repr());
-        sig[32..].copy_from_slice(&s.to_repr());
-        Ok(sig)
+        let r = r_of(&k);
+        s_of(&self.0, &k, &r, &digest)
     }
+}
+
+// Each step of the signature in a function of its own: inlined into `sign`, the scalar
+// inversion's temporaries stayed in the frame under base_mul (0.4 KiB).
+#[inline(never)]
+fn r_of(k: &NonZeroScalar) -> Scalar {
+    Scalar::reduce_bytes(&base_mul(k).to_affine().x())
+}
+
+#[inline(never)]
+fn s_of(
+    d: &NonZeroScalar,
+    k: &NonZeroScalar,
+    r: &Scalar,
+    digest: &p256::FieldBytes,
+) -> Result<[u8; 64], Error> {
+    let z = Scalar::reduce_bytes(digest);
+    let s = *k.invert() * (z + *r * **d);
+    if bool::from(r.is_zero() | s.is_zero()) {
+        return Err(Error::Key);
+    }
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&r.to_repr());
+    sig[32..].copy_from_slice(&s.to_repr());
+    Ok(sig)
 }
 
 // The hash and the HMAC_DRBG state in functions of their own, so that their frames are gone
@@ -144,6 +164,11 @@ pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         .chain_update(inner)
         .finalize()
         .into()
+}
+
+#[inline(never)]
+fn public_point(d: &NonZeroScalar) -> p256::AffinePoint {
+    base_mul(d).to_affine()
 }
 
 /// `k`×G by double-and-add over every bit of `k`, the sum kept or not by a constant-time
@@ -245,6 +270,7 @@ impl AccountKey {
 /// The RFC 7638 thumbprint of `jwk` as base64url text: SHA-256 over its canonical JSON. EC and
 /// OKP keys only: the canonical JSON of an RSA key would need a kilobyte of stack, and the
 /// device never holds one.
+#[inline(never)]
 pub fn thumbprint(jwk: &Jwk<'_>) -> Result<[u8; THUMBPRINT_LEN], Error> {
     // A P-384 JWK, the largest accepted here, is 168 octets of canonical JSON.
     let mut canonical = [0u8; 192];
