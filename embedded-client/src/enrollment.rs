@@ -13,7 +13,7 @@ use crate::http::{self, Response};
 use crate::json::{self, Value};
 use crate::jws::{self, KeyRef, Url};
 use crate::key::{AccountKey, CertificateKey, PairingCode};
-use crate::text::{move_down, Text, Texts, Writer};
+use crate::text::{Text, Texts, Writer};
 use crate::{csr, Error, ProblemKind};
 
 /// Most identifiers (and so authorizations) one enrollment handles.
@@ -760,19 +760,34 @@ fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
     Ok((a, b))
 }
 
-/// The payload `{"<member>":"<base64url of scratch[..len]>"}`, for binary content built in
-/// `scratch` first: written after it, then moved to the front. `open` is `{"<member>":"`.
+/// The payload `{"<member>":"<base64url of scratch[..len]>"}`, for binary content built at the
+/// front of `scratch`. `open` is `{"<member>":"`. Encoded in place, from the last group of
+/// three octets to the first: the text of group g starts at `open.len() + 4g`, past the end of
+/// the octets of groups up to g as long as `open` is 3 or more characters, so no octet is
+/// overwritten before it is read, and the binary needs no room beside its text (the
+/// attestation object is over a kilobyte).
 fn base64url_member(scratch: &mut [u8], len: usize, open: &str) -> Result<usize, Error> {
-    let (binary, rest) = scratch
-        .split_at_mut_checked(len)
-        .ok_or(Error::BufferTooSmall { needed: len })?;
-    let mut w = Writer::new(rest);
-    w.str(open);
-    w.base64url(binary);
-    w.str("\"}");
-    let n = w.finish()?;
-    move_down(scratch, len..len + n, 0);
-    Ok(n)
+    let at = open.len();
+    let text = protocol_spec::base64url::encoded_len(len);
+    let end = at + text + 2;
+    if end > scratch.len() || at < 3 || len > scratch.len() {
+        return Err(Error::BufferTooSmall { needed: end });
+    }
+    for g in (0..len.div_ceil(3)).rev() {
+        let octets = scratch.get(3 * g..len.min(3 * g + 3)).unwrap_or_default();
+        let mut group = [0u8; 3];
+        let group = group.get_mut(..octets.len()).unwrap_or_default();
+        group.copy_from_slice(octets);
+        let dst = scratch.get_mut(at + 4 * g..).unwrap_or_default();
+        let _ = protocol_spec::base64url::encode(group, dst);
+    }
+    if let Some(dst) = scratch.get_mut(..at) {
+        dst.copy_from_slice(open.as_bytes());
+    }
+    if let Some(dst) = scratch.get_mut(at + text..end) {
+        dst.copy_from_slice(b"\"}");
+    }
+    Ok(end)
 }
 
 fn expect_status(resp: &Response<'_>, want: u16) -> Result<(), Error> {
@@ -850,6 +865,30 @@ fn authz_error_kind(authz: Value<'_>) -> ProblemKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64url_member_encodes_in_place() {
+        let mut scratch = [0u8; 64];
+        let mut binary = [0u8; 20];
+        for (i, b) in binary.iter_mut().enumerate() {
+            *b = (i * 37 + 5) as u8;
+        }
+        for len in 0..=binary.len() {
+            for open in ["{\"csr\":\"", "{\"attObj\":\""] {
+                scratch.fill(0xee);
+                scratch[..len].copy_from_slice(&binary[..len]);
+                let n = base64url_member(&mut scratch, len, open).expect("fits");
+                let mut expected = [0u8; 64];
+                let mut w = Writer::new(&mut expected);
+                w.str(open);
+                w.base64url(&binary[..len]);
+                w.str("\"}");
+                let m = w.finish().expect("fits");
+                assert_eq!(&scratch[..n], &expected[..m], "{len} octets, {open}");
+            }
+        }
+        assert!(base64url_member(&mut scratch, 48, "{\"csr\":\"").is_err());
+    }
 
     #[test]
     fn statuses_are_read_by_name() {
