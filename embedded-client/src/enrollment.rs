@@ -327,15 +327,18 @@ impl<'a> Enrollment<'a> {
 
     #[inline(never)]
     fn account_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
-        // The end of `scratch` holds what the EAB signs (key, header, JWK) rather than arrays on
-        // the stack: the payload needs well under a kilobyte of the rest.
+        // What the EAB signs (key, header, JWK) goes into `scratch` after the payload's room
+        // rather than into arrays on the stack. The payload is under 900 octets: the header is
+        // at most 384 (jws::eab), so its base64url 512, and the JWK's 171.
+        const PAYLOAD_ROOM: usize = 1024;
         let room = if self.cfg.eab.is_some() {
             64 + jws::EAB_SCRATCH
         } else {
             0
         };
+        let split = scratch.len().saturating_sub(room).min(PAYLOAD_ROOM);
         let (out, eab_scratch) = scratch
-            .split_at_mut_checked(scratch.len().saturating_sub(room))
+            .split_at_mut_checked(split)
             .ok_or(Error::BufferTooSmall { needed: room })?;
         let mut w = Writer::new(out);
         w.byte(b'{');
