@@ -3,7 +3,8 @@
 # (embedded-client/firmware: one complete enrollment, EAB and IDevID paths reachable, no heap)
 # for thumbv7em-none-eabihf at opt-level "z" with LTO, and prints
 #   flash      = .vector_table + .text + .rodata + .data (its load image)
-#   static RAM = .data + .bss (the 4096-octet transmit and receive buffers live in .bss)
+#   static RAM = .data + .bss (the transmit and receive buffers, driver::TX_BUFFER and
+#                RX_BUFFER, live in .bss)
 # and the largest contributors by crate. Then, unless --check, the buffer use of a real
 # enrollment against ca-server, measured by the C API test (tests/tests/embedded_capi.rs).
 #
@@ -57,7 +58,7 @@ ram = get(".data") + get(".bss")
 for s in (".vector_table", ".text", ".rodata", ".data", ".bss"):
     print(f"footprint:   {s:<14} {get(s):>7} B")
 print(f"footprint: flash      {flash:>7} B ({flash / 1024:.1f} KiB; target 40 KiB)")
-print(f"footprint: static RAM {ram:>7} B ({ram / 1024:.1f} KiB, of which 8192 B are the tx/rx buffers;"
+print(f"footprint: static RAM {ram:>7} B ({ram / 1024:.1f} KiB, of which 4096 + 3072 B are the tx/rx buffers;"
       " the enrollment state and call frames are on the stack, not counted here)")
 PY
     if command -v nm >/dev/null 2>&1; then

@@ -6,7 +6,7 @@
 
 use crate::der::DerWriter;
 use crate::key::DeviceKey;
-use crate::text::Writer;
+use crate::text::{move_down, Writer};
 use crate::Error;
 
 /// Why the IDevID signer failed.
@@ -75,39 +75,63 @@ pub fn attestation_object(
     key_authorization: &str,
     out: &mut [u8],
 ) -> Result<usize, Error> {
-    let mut signature = [0u8; 600];
+    // The signer writes into `out`, past the room the CBOR before the signature needs, and the
+    // signature is then moved down into place: no buffer of its own on the stack (an RS256
+    // signature of a 4096-bit key is 512 octets).
+    let room = out
+        .get_mut(SIG_AT..)
+        .ok_or(Error::BufferTooSmall { needed: SIG_AT })?;
+    let room_len = room.len();
     let sig_len = signer
-        .sign(key_authorization.as_bytes(), &mut signature)
+        .sign(key_authorization.as_bytes(), room)
         .map_err(|_| Error::Signer)?;
-    let signature = signature.get(..sig_len).ok_or(Error::Signer)?;
+    if sig_len > room_len {
+        return Err(Error::Signer);
+    }
     let count = (0..=MAX_CHAIN)
         .take_while(|&i| signer.certificate(i).is_some())
         .count();
     if count == 0 || count > MAX_CHAIN {
         return Err(Error::Signer);
     }
-    let mut w = Cbor(Writer::new(out));
-    w.head(5, 2); // map of 2
-    w.text("fmt");
-    w.text("iiot-idevid");
-    w.text("attStmt");
-    w.head(5, 3); // map of 3
-    w.text("alg");
-    let alg = signer.cose_alg();
-    if alg < 0 {
-        w.head(1, (-1 - alg) as u32 as usize);
-    } else {
-        w.head(0, alg as u32 as usize);
-    }
-    w.text("sig");
-    w.bytes(signature);
+    let head = {
+        let mut w = Cbor(Writer::new(out.get_mut(..SIG_AT).unwrap_or_default()));
+        w.head(5, 2); // map of 2
+        w.text("fmt");
+        w.text("iiot-idevid");
+        w.text("attStmt");
+        w.head(5, 3); // map of 3
+        w.text("alg");
+        let alg = signer.cose_alg();
+        if alg < 0 {
+            w.head(1, (-1 - alg) as u32 as usize);
+        } else {
+            w.head(0, alg as u32 as usize);
+        }
+        w.text("sig");
+        w.head(2, sig_len);
+        w.0.finish()?
+    };
+    move_down(out, SIG_AT..SIG_AT + sig_len, head);
+    let done = head + sig_len;
+    let mut w = Cbor(Writer::new(out.get_mut(done..).unwrap_or_default()));
     w.text("x5c");
     w.head(4, count);
     for i in 0..count {
         w.bytes(signer.certificate(i).ok_or(Error::Signer)?);
     }
-    w.0.finish()
+    match w.0.finish() {
+        Ok(n) => Ok(done + n),
+        Err(Error::BufferTooSmall { needed }) => Err(Error::BufferTooSmall {
+            needed: done + needed,
+        }),
+        Err(e) => Err(e),
+    }
 }
+
+/// Where the signer writes: after the longest CBOR that precedes the signature (44 octets:
+/// the map and text heads, an `alg` of up to 5 octets and a 5-octet byte-string head).
+const SIG_AT: usize = 48;
 
 /// Writes CBOR; failures are reported once, by the inner [`Writer::finish`].
 struct Cbor<'o>(Writer<'o>);

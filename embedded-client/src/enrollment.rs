@@ -13,21 +13,38 @@ use crate::http::{self, Response};
 use crate::json::{self, Value};
 use crate::jws::{self, KeyRef, Url};
 use crate::key::{AccountKey, CertificateKey, PairingCode};
-use crate::text::{move_down, Text, Writer};
+use crate::text::{Text, Texts, Writer};
 use crate::{csr, Error, ProblemKind};
 
 /// Most identifiers (and so authorizations) one enrollment handles.
 pub const MAX_AUTHORIZATIONS: usize = 4;
 
-/// Longest server path the client stores. ACME paths of this server are under 80 octets.
+/// Longest server path the client stores. ACME paths of this server are under 60 octets.
 const PATH_MAX: usize = 128;
-type Path = Text<PATH_MAX>;
+
+/// The server paths the client keeps, in one store (ca-server's come to under 400 octets with
+/// four authorizations); indexes below.
+type Paths = Texts<512, { AUTHZ + MAX_AUTHORIZATIONS }, PATH_MAX>;
+const NEW_NONCE: usize = 0;
+const NEW_ACCOUNT: usize = 1;
+const NEW_ORDER: usize = 2;
+const KID: usize = 3;
+const ORDER: usize = 4;
+const FINALIZE: usize = 5;
+const CERTIFICATE: usize = 6;
+const CHALLENGE: usize = 7;
+/// The first of the authorizations.
+const AUTHZ: usize = 8;
 
 /// Longest `https://host:port` origin.
 const ORIGIN_MAX: usize = 96;
 
 /// Nonces of this server are 22-43 characters; RFC 8555 sets no limit, so leave room.
 const NONCE_MAX: usize = 96;
+
+/// A key authorization: a token of up to 64 characters (`token`), a dot and a 43-character
+/// thumbprint.
+const KEY_AUTHORIZATION_MAX: usize = 128;
 
 /// Retries of one request after `badNonce` (SPEC §3.5 asks for one; a busy server may need
 /// more).
@@ -168,17 +185,9 @@ pub struct Enrollment<'a> {
     /// EAB is required and none is configured: newAccount may only find an existing account.
     only_existing: bool,
     nonce: Text<NONCE_MAX>,
-    new_nonce: Path,
-    new_account: Path,
-    new_order: Path,
-    kid: Path,
-    order: Path,
-    finalize: Path,
-    certificate: Path,
-    authzs: [Path; MAX_AUTHORIZATIONS],
+    paths: Paths,
     authz_count: usize,
     authz_index: usize,
-    challenge: Path,
     challenge_type: Challenge,
     token: Text<64>,
 }
@@ -220,7 +229,7 @@ impl<'a> Enrollment<'a> {
                 _ => return Err(Error::Config("EAB HMAC key is not base64url")),
             }
         }
-        // The origin goes into the `kid` URL buffer and the request head (http::HEADROOM).
+        // The origin goes into the request head (http::HEADROOM).
         if cfg.base_url.len() > ORIGIN_MAX {
             return Err(Error::Config("base URL too long"));
         }
@@ -235,17 +244,9 @@ impl<'a> Enrollment<'a> {
             replaces: cfg.replaces,
             only_existing: false,
             nonce: Text::new(),
-            new_nonce: Text::new(),
-            new_account: Text::new(),
-            new_order: Text::new(),
-            kid: Text::new(),
-            order: Text::new(),
-            finalize: Text::new(),
-            certificate: Text::new(),
-            authzs: [Text::new(); MAX_AUTHORIZATIONS],
+            paths: Texts::new(),
             authz_count: 0,
             authz_index: 0,
-            challenge: Text::new(),
             challenge_type: Challenge::OperatorApproval,
             token: Text::new(),
         })
@@ -283,35 +284,32 @@ impl<'a> Enrollment<'a> {
         }
         if self.nonce.is_empty() {
             self.fetching_nonce = true;
-            return http::get(tx, self.host(), self.new_nonce.as_str());
+            return http::get(tx, self.host(), self.paths.get(NEW_NONCE));
         }
         self.fetching_nonce = false;
         let (path, payload_len) = match self.state {
-            State::Account => (self.new_account, self.account_payload(scratch)?),
-            State::Order => (self.new_order, self.order_payload(scratch)?),
-            State::Authorization | State::PollAuthorization => (self.authzs[self.authz_index], 0),
-            State::Answer => (self.challenge, self.answer_payload(scratch)?),
-            State::Finalize => (self.finalize, self.finalize_payload(scratch)?),
-            State::PollOrder => (self.order, 0),
-            State::Download => (self.certificate, 0),
+            State::Account => (NEW_ACCOUNT, self.account_payload(scratch)?),
+            State::Order => (NEW_ORDER, self.order_payload(scratch)?),
+            State::Authorization | State::PollAuthorization => (AUTHZ + self.authz_index, 0),
+            State::Answer => (CHALLENGE, self.answer_payload(scratch)?),
+            State::Finalize => (FINALIZE, self.finalize_payload(scratch)?),
+            State::PollOrder => (ORDER, 0),
+            State::Download => (CERTIFICATE, 0),
             State::Directory | State::Done => return Err(Error::UnexpectedCall),
         };
         let (payload, header) = split(scratch, payload_len)?;
-        let mut kid_url = [0u8; ORIGIN_MAX + PATH_MAX];
         let key_ref = if self.state == State::Account {
             KeyRef::Jwk
         } else {
-            let mut w = Writer::new(&mut kid_url);
-            w.str(self.cfg.base_url);
-            w.str(self.kid.as_str());
-            let n = w.finish()?;
-            KeyRef::Kid(
-                core::str::from_utf8(kid_url.get(..n).unwrap_or_default()).unwrap_or_default(),
-            )
+            KeyRef::Kid(Url {
+                origin: self.cfg.base_url,
+                path: self.paths.get(KID),
+            })
         };
+        let path = self.paths.get(path);
         let url = Url {
             origin: self.cfg.base_url,
-            path: path.as_str(),
+            path,
         };
         let body_len = jws::write(
             tx,
@@ -324,12 +322,25 @@ impl<'a> Enrollment<'a> {
         )?;
         // Each nonce is single-use (SPEC §3.5): the response brings the next one.
         self.nonce.clear();
-        http::post_jose(tx, self.host(), path.as_str(), body_len)
+        http::post_jose(tx, self.host(), path, body_len)
     }
 
     #[inline(never)]
     fn account_payload(&self, scratch: &mut [u8]) -> Result<usize, Error> {
-        let mut w = Writer::new(scratch);
+        // What the EAB signs (key, header, JWK) goes into `scratch` after the payload's room
+        // rather than into arrays on the stack. The payload is under 900 octets: the header is
+        // at most 384 (jws::eab), so its base64url 512, and the JWK's 171.
+        const PAYLOAD_ROOM: usize = 1024;
+        let room = if self.cfg.eab.is_some() {
+            64 + jws::EAB_SCRATCH
+        } else {
+            0
+        };
+        let split = scratch.len().saturating_sub(room).min(PAYLOAD_ROOM);
+        let (out, eab_scratch) = scratch
+            .split_at_mut_checked(split)
+            .ok_or(Error::BufferTooSmall { needed: room })?;
+        let mut w = Writer::new(out);
         w.byte(b'{');
         let mut first = true;
         if self.only_existing {
@@ -347,15 +358,17 @@ impl<'a> Enrollment<'a> {
             if !first {
                 w.byte(b',');
             }
-            let mut key = [0u8; 64];
-            let key = protocol_spec::base64url::decode(eab.hmac_key, &mut key)
+            let (key, eab_scratch) = eab_scratch
+                .split_at_mut_checked(64)
+                .ok_or(Error::BufferTooSmall { needed: room })?;
+            let key = protocol_spec::base64url::decode(eab.hmac_key, key)
                 .map_err(|_| Error::Config("EAB HMAC key is not base64url"))?;
             w.str("\"externalAccountBinding\":");
             let url = Url {
                 origin: self.cfg.base_url,
-                path: self.new_account.as_str(),
+                path: self.paths.get(NEW_ACCOUNT),
             };
-            jws::eab(&mut w, self.account, eab.kid, key, url)?;
+            jws::eab(&mut w, self.account, eab.kid, key, url, eab_scratch)?;
         }
         w.byte(b'}');
         w.finish()
@@ -403,14 +416,20 @@ impl<'a> Enrollment<'a> {
             }
             Challenge::DeviceAttest => {
                 let signer = self.signer.as_deref_mut().ok_or(Error::NoUsableChallenge)?;
-                let mut ka = [0u8; 128];
+                // The key authorization goes at the end of `scratch`, out of the way of the
+                // attestation object, rather than in an array on the stack.
+                let (out, ka) = scratch
+                    .split_at_mut_checked(scratch.len().saturating_sub(KEY_AUTHORIZATION_MAX))
+                    .ok_or(Error::BufferTooSmall {
+                        needed: KEY_AUTHORIZATION_MAX,
+                    })?;
                 let ka = protocol_spec::challenge::key_authorization(
                     self.token.as_str(),
                     self.account.thumbprint(),
-                    &mut ka,
+                    ka,
                 )
                 .map_err(|_| Error::BadJson("challenge token"))?;
-                let cbor_len = attest::attestation_object(signer, ka, scratch)?;
+                let cbor_len = attest::attestation_object(signer, ka, out)?;
                 base64url_member(scratch, cbor_len, "{\"attObj\":\"")
             }
         }
@@ -493,13 +512,14 @@ impl<'a> Enrollment<'a> {
     fn on_new_order(&mut self, resp: &Response<'_>) -> Result<Event, Error> {
         expect_status(resp, 201)?;
         set_path(
-            &mut self.order,
+            &mut self.paths,
+            ORDER,
             self.cfg.base_url,
             resp.header("location").ok_or(Error::Http("no Location"))?,
         )?;
         let body = json_body(resp)?;
         let finalize = body.get_str("finalize").ok_or(Error::BadJson("finalize"))?;
-        set_path(&mut self.finalize, self.cfg.base_url, finalize)?;
+        set_path(&mut self.paths, FINALIZE, self.cfg.base_url, finalize)?;
         self.authz_count = 0;
         for item in body
             .get("authorizations")
@@ -510,11 +530,15 @@ impl<'a> Enrollment<'a> {
                 return Err(Error::BadJson("authorizations"));
             };
             let url = s.plain().ok_or(Error::BadJson("authorizations"))?;
-            let slot = self
-                .authzs
-                .get_mut(self.authz_count)
-                .ok_or(Error::TooManyAuthorizations)?;
-            set_path(slot, self.cfg.base_url, url)?;
+            if self.authz_count >= MAX_AUTHORIZATIONS {
+                return Err(Error::TooManyAuthorizations);
+            }
+            set_path(
+                &mut self.paths,
+                AUTHZ + self.authz_count,
+                self.cfg.base_url,
+                url,
+            )?;
             self.authz_count += 1;
         }
         self.authz_index = 0;
@@ -572,9 +596,10 @@ impl<'a> Enrollment<'a> {
     #[inline(never)]
     fn on_directory(&mut self, dir: Value<'_>) -> Result<Event, Error> {
         let url = |name: &'static str| dir.get_str(name).ok_or(Error::BadJson(name));
-        set_path(&mut self.new_nonce, self.cfg.base_url, url("newNonce")?)?;
-        set_path(&mut self.new_account, self.cfg.base_url, url("newAccount")?)?;
-        set_path(&mut self.new_order, self.cfg.base_url, url("newOrder")?)?;
+        let base = self.cfg.base_url;
+        set_path(&mut self.paths, NEW_NONCE, base, url("newNonce")?)?;
+        set_path(&mut self.paths, NEW_ACCOUNT, base, url("newAccount")?)?;
+        set_path(&mut self.paths, NEW_ORDER, base, url("newOrder")?)?;
         let eab_required = matches!(
             dir.get("meta")
                 .and_then(|m| m.get("externalAccountRequired")),
@@ -592,7 +617,8 @@ impl<'a> Enrollment<'a> {
             return Err(Error::UnexpectedStatus(resp.status));
         }
         set_path(
-            &mut self.kid,
+            &mut self.paths,
+            KID,
             self.cfg.base_url,
             resp.header("location").ok_or(Error::Http("no Location"))?,
         )?;
@@ -625,7 +651,7 @@ impl<'a> Enrollment<'a> {
                 let url = body
                     .get_str("certificate")
                     .ok_or(Error::BadJson("certificate"))?;
-                set_path(&mut self.certificate, self.cfg.base_url, url)?;
+                set_path(&mut self.paths, CERTIFICATE, self.cfg.base_url, url)?;
                 self.state = State::Download;
                 Ok(Event::Continue)
             }
@@ -666,7 +692,8 @@ impl<'a> Enrollment<'a> {
         let (kind, c) = chosen.ok_or(Error::NoUsableChallenge)?;
         self.challenge_type = kind;
         set_path(
-            &mut self.challenge,
+            &mut self.paths,
+            CHALLENGE,
             self.cfg.base_url,
             c.get_str("url").ok_or(Error::BadJson("challenge url"))?,
         )?;
@@ -718,15 +745,15 @@ impl<'a> Enrollment<'a> {
     }
 }
 
-/// Stores the path of `url` in `dst` when it is on `origin` (SPEC §2.1: every URL comes from
-/// the server, and a device talks to no other host); on error `dst` is left as it was. In
-/// place rather than returned: a returned `Path` is a 136-octet copy at each of ten call sites.
-fn set_path(dst: &mut Path, origin: &str, url: &str) -> Result<(), Error> {
+/// Stores the path of `url` as path `i` when it is on `origin` (SPEC §2.1: every URL comes
+/// from the server, and a device talks to no other host); on error the paths are left as they
+/// were.
+fn set_path(paths: &mut Paths, i: usize, origin: &str, url: &str) -> Result<(), Error> {
     let path = url.strip_prefix(origin).ok_or(Error::BadUrl)?;
     if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(Error::BadUrl);
     }
-    dst.set(path).map_err(|_| Error::BadUrl)
+    paths.set(i, path).map_err(|_| Error::BadUrl)
 }
 
 fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
@@ -736,19 +763,34 @@ fn split(scratch: &mut [u8], at: usize) -> Result<(&[u8], &mut [u8]), Error> {
     Ok((a, b))
 }
 
-/// The payload `{"<member>":"<base64url of scratch[..len]>"}`, for binary content built in
-/// `scratch` first: written after it, then moved to the front. `open` is `{"<member>":"`.
+/// The payload `{"<member>":"<base64url of scratch[..len]>"}`, for binary content built at the
+/// front of `scratch`. `open` is `{"<member>":"`. Encoded in place, from the last group of
+/// three octets to the first: the text of group g starts at `open.len() + 4g`, past the end of
+/// the octets of groups up to g as long as `open` is 3 or more characters, so no octet is
+/// overwritten before it is read, and the binary needs no room beside its text (the
+/// attestation object is over a kilobyte).
 fn base64url_member(scratch: &mut [u8], len: usize, open: &str) -> Result<usize, Error> {
-    let (binary, rest) = scratch
-        .split_at_mut_checked(len)
-        .ok_or(Error::BufferTooSmall { needed: len })?;
-    let mut w = Writer::new(rest);
-    w.str(open);
-    w.base64url(binary);
-    w.str("\"}");
-    let n = w.finish()?;
-    move_down(scratch, len..len + n, 0);
-    Ok(n)
+    let at = open.len();
+    let text = protocol_spec::base64url::encoded_len(len);
+    let end = at + text + 2;
+    if end > scratch.len() || at < 3 || len > scratch.len() {
+        return Err(Error::BufferTooSmall { needed: end });
+    }
+    for g in (0..len.div_ceil(3)).rev() {
+        let octets = scratch.get(3 * g..len.min(3 * g + 3)).unwrap_or_default();
+        let mut group = [0u8; 3];
+        let group = group.get_mut(..octets.len()).unwrap_or_default();
+        group.copy_from_slice(octets);
+        let dst = scratch.get_mut(at + 4 * g..).unwrap_or_default();
+        let _ = protocol_spec::base64url::encode(group, dst);
+    }
+    if let Some(dst) = scratch.get_mut(..at) {
+        dst.copy_from_slice(open.as_bytes());
+    }
+    if let Some(dst) = scratch.get_mut(at + text..end) {
+        dst.copy_from_slice(b"\"}");
+    }
+    Ok(end)
 }
 
 fn expect_status(resp: &Response<'_>, want: u16) -> Result<(), Error> {
@@ -826,6 +868,30 @@ fn authz_error_kind(authz: Value<'_>) -> ProblemKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64url_member_encodes_in_place() {
+        let mut scratch = [0u8; 64];
+        let mut binary = [0u8; 20];
+        for (i, b) in binary.iter_mut().enumerate() {
+            *b = (i * 37 + 5) as u8;
+        }
+        for len in 0..=binary.len() {
+            for open in ["{\"csr\":\"", "{\"attObj\":\""] {
+                scratch.fill(0xee);
+                scratch[..len].copy_from_slice(&binary[..len]);
+                let n = base64url_member(&mut scratch, len, open).expect("fits");
+                let mut expected = [0u8; 64];
+                let mut w = Writer::new(&mut expected);
+                w.str(open);
+                w.base64url(&binary[..len]);
+                w.str("\"}");
+                let m = w.finish().expect("fits");
+                assert_eq!(&scratch[..n], &expected[..m], "{len} octets, {open}");
+            }
+        }
+        assert!(base64url_member(&mut scratch, 48, "{\"csr\":\"").is_err());
+    }
 
     #[test]
     fn statuses_are_read_by_name() {

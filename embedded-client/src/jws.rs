@@ -2,11 +2,8 @@
 //! account binding of SPEC §6.2. Everything is written straight into caller buffers; the
 //! signature is computed over the base64url text where it already lies.
 
-use hmac::{Mac as _, SimpleHmac};
-use sha2::Sha256;
-
 use crate::http::HEADROOM;
-use crate::key::AccountKey;
+use crate::key::{hmac_sha256, AccountKey};
 use crate::text::Writer;
 use crate::Error;
 
@@ -15,7 +12,7 @@ pub(crate) enum KeyRef<'a> {
     /// newAccount: the public key itself.
     Jwk,
     /// Every other request: the account URL.
-    Kid(&'a str),
+    Kid(Url<'a>),
 }
 
 /// The `url` a request is for: the server's origin and a path on it.
@@ -46,7 +43,8 @@ pub(crate) fn write(
             }
             KeyRef::Kid(kid) => {
                 h.str("\"kid\":\"");
-                h.json_str(kid);
+                h.json_str(kid.origin);
+                h.json_str(kid.path);
                 h.byte(b'"');
             }
         }
@@ -107,14 +105,7 @@ fn flattened(
                 &mac[..]
             }
             SignWith::Hs256(hmac_key) => {
-                // SimpleHmac, not Hmac: p256's RFC 6979 nonces already link it, so EAB adds no
-                // second HMAC implementation to the image.
-                let mut h = SimpleHmac::<Sha256>::new_from_slice(hmac_key)
-                    .map_err(|_| Error::Config("EAB HMAC key"))?;
-                for part in input {
-                    h.update(part);
-                }
-                mac[..32].copy_from_slice(&h.finalize().into_bytes());
+                mac[..32].copy_from_slice(&hmac_sha256(hmac_key, &input));
                 &mac[..32]
             }
         }
@@ -134,28 +125,34 @@ pub(crate) fn jwk_json(w: &mut Writer<'_>, account: &AccountKey) -> Result<(), E
     Ok(())
 }
 
+/// Room [`eab`] needs for the JSON it signs: the protected header and the JWK.
+pub(crate) const EAB_SCRATCH: usize = EAB_HEADER_MAX + 128;
+const EAB_HEADER_MAX: usize = 384;
+
 /// Writes the `externalAccountBinding` JWS object (SPEC §6.2): HS256 under the operator's
-/// credential over the account JWK, for the newAccount `url`.
+/// credential over the account JWK, for the newAccount `url`. `scratch` (at least
+/// [`EAB_SCRATCH`] octets) holds the JSON that is signed while it is encoded.
 pub(crate) fn eab(
     w: &mut Writer<'_>,
     account: &AccountKey,
     kid: &str,
     hmac_key: &[u8],
     url: Url<'_>,
+    scratch: &mut [u8],
 ) -> Result<(), Error> {
-    let mut header = [0u8; 384];
+    let (header, jwk) =
+        scratch
+            .split_at_mut_checked(EAB_HEADER_MAX)
+            .ok_or(Error::BufferTooSmall {
+                needed: EAB_SCRATCH,
+            })?;
     let header = {
-        let mut h = Writer::new(&mut header);
+        let mut h = Writer::new(header);
         h.str("{\"alg\":\"HS256\",\"kid\":\"");
         h.json_str(kid);
         end_with_url(&mut h, url);
         h.into_written()?
     };
-    let mut jwk = [0u8; 128];
-    let jwk = {
-        let mut j = Writer::new(&mut jwk);
-        jwk_json(&mut j, account)?;
-        j.into_written()?
-    };
-    flattened(w, header, jwk, SignWith::Hs256(hmac_key))
+    let jwk = protocol_spec::jwk::canonical_json(&account.jwk(), jwk).map_err(|_| Error::Key)?;
+    flattened(w, header, jwk.as_bytes(), SignWith::Hs256(hmac_key))
 }

@@ -76,6 +76,72 @@ impl<const N: usize> PartialEq<str> for Text<N> {
     }
 }
 
+/// `S` texts sharing one `N`-octet store, each at most `MAX` octets: the enrollment keeps a dozen
+/// server paths of a few dozen octets each, and a fixed-size buffer per path cost over a
+/// kilobyte of RAM for room no server uses. Text `i` lies right after text `i - 1`; setting
+/// one moves those that follow it.
+#[derive(Clone, Copy)]
+pub(crate) struct Texts<const N: usize, const S: usize, const MAX: usize> {
+    buf: [u8; N],
+    /// Where each text ends (`u16`: the store is far smaller than 64 KiB).
+    ends: [u16; S],
+}
+
+impl<const N: usize, const S: usize, const MAX: usize> Texts<N, S, MAX> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            ends: [0; S],
+        }
+    }
+
+    fn range(&self, i: usize) -> core::ops::Range<usize> {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p).copied().unwrap_or(0),
+            None => 0,
+        };
+        usize::from(start)..usize::from(self.ends.get(i).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &str {
+        // Only whole `&str`s are ever stored, so this is always valid UTF-8.
+        core::str::from_utf8(self.buf.get(self.range(i)).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Replaces text `i` with `s`; longer than `MAX`, or no room left, is an error and leaves
+    /// every text as it was.
+    pub(crate) fn set(&mut self, i: usize, s: &str) -> Result<(), Error> {
+        let old = self.range(i);
+        let used = usize::from(self.ends.last().copied().unwrap_or(0));
+        let total = used - old.len() + s.len();
+        if i >= S || s.len() > MAX || total > N {
+            return Err(Error::BufferTooSmall { needed: total });
+        }
+        let new_end = old.start + s.len();
+        if new_end <= old.end {
+            move_down(&mut self.buf, old.end..used, new_end);
+        } else {
+            // Moving up, so from the top down, not to overwrite what is still to be moved.
+            let shift = new_end - old.end;
+            for from in (old.end..used).rev() {
+                if let Some(&b) = self.buf.get(from) {
+                    if let Some(to) = self.buf.get_mut(from + shift) {
+                        *to = b;
+                    }
+                }
+            }
+        }
+        if let Some(dst) = self.buf.get_mut(old.start..new_end) {
+            dst.copy_from_slice(s.as_bytes());
+        }
+        for end in self.ends.iter_mut().skip(i) {
+            // Both fit in u16: they are at most N, checked above.
+            *end = (usize::from(*end) + new_end - old.end) as u16;
+        }
+        Ok(())
+    }
+}
+
 /// Moves `buf[src]` down to start at `dst` (`dst <= src.start`); out-of-range parts are left
 /// alone. An octet loop instead of `copy_within`: that one is `memmove`, which is 1.5 KiB of
 /// compiler_builtins on a Cortex-M, to move a few kilobytes once per request.
@@ -237,6 +303,27 @@ impl<'o> Writer<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn texts_move_their_neighbours_and_refuse_what_does_not_fit() {
+        let mut t = Texts::<16, 3, 8>::new();
+        t.set(1, "bbb").expect("fits");
+        t.set(0, "a").expect("fits");
+        t.set(2, "cc").expect("fits");
+        t.set(1, "bbbbbbb").expect("grows");
+        assert_eq!([t.get(0), t.get(1), t.get(2)], ["a", "bbbbbbb", "cc"]);
+        t.set(0, "").expect("shrinks");
+        t.set(1, "b").expect("shrinks");
+        assert_eq!([t.get(0), t.get(1), t.get(2)], ["", "b", "cc"]);
+        // Too long for one text, for the store, or no such text: nothing changes.
+        assert!(t.set(0, "aaaaaaaaa").is_err());
+        t.set(0, "aaaaaaaa").expect("fits");
+        t.set(2, "cccccc").expect("fits: 8 + 1 + 6");
+        assert!(t.set(1, "bbb").is_err());
+        assert!(t.set(3, "").is_err());
+        assert_eq!([t.get(0), t.get(1), t.get(2)], ["aaaaaaaa", "b", "cccccc"]);
+        assert_eq!(t.get(3), "");
+    }
 
     #[test]
     fn text_refuses_instead_of_truncating() {

@@ -222,6 +222,9 @@ pub unsafe extern "C" fn Reset() -> ! {
         b".bss: ",
         &raw const _ebss as usize - &raw const _sbss as usize,
     );
+    // The state the caller keeps for the whole enrollment (in the stack figure above).
+    print_num(b"size_of Enrollment: ", core::mem::size_of::<Enrollment>());
+    print_num(b"size_of AccountKey: ", core::mem::size_of::<AccountKey>());
     semihost(0x18, 0x20026);
     loop {}
 }
