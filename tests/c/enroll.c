@@ -2,9 +2,11 @@
  * OpenSSL as its TLS stack: what C firmware does with its own stack, on a host. Run by
  * tests/tests/embedded_capi.rs against the real CA.
  *
- *   enroll BASE_URL ROOT_PEM EAB_KID EAB_HMAC TYPE:VALUE OUT_PEM
+ *   enroll BASE_URL ROOT_PEM EAB_KID EAB_HMAC TYPE:VALUE OUT_PEM [IDEVID_CERT_PEM IDEVID_KEY_PEM]
  *
- * TYPE is dns, ip or permanent. The CA root is pinned: it is the only trust anchor, and the
+ * TYPE is dns, ip or permanent. EAB_KID and EAB_HMAC are "-" for no credential. With an IDevID
+ * certificate and its P-256 key (PEM), the enrollment may answer device-attest-01: the signer
+ * callback signs with OpenSSL, where a device would ask its secure element. The CA root is pinned: it is the only trust anchor, and the
  * server certificate must name the host of BASE_URL. Exit status: 0 issued (chain written to
  * OUT_PEM), 2 usage, 3 the enrollment failed (the status, problem type and detail are printed
  * as "enroll: failed: IIOT_STATUS_... problem=... http=... detail=..."), 4 TLS or I/O. */
@@ -19,6 +21,8 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -132,6 +136,41 @@ static int exchange(SSL_CTX *ctx, const char *host, const char *port, size_t req
     return 0;
 }
 
+/* The IDevID: its certificate (DER) and key. On a device the key stays in a secure element and
+ * `idevid_sign` is a call into it. */
+static unsigned char *idevid_der;
+static size_t idevid_der_len;
+static EVP_PKEY *idevid_key;
+
+static int load_idevid(const char *cert_path, const char *key_path) {
+    FILE *f = fopen(cert_path, "r");
+    X509 *cert = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    f = fopen(key_path, "r");
+    idevid_key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f) fclose(f);
+    int len = cert ? i2d_X509(cert, &idevid_der) : -1;
+    X509_free(cert);
+    if (len <= 0 || !idevid_key) return -1;
+    idevid_der_len = (size_t)len;
+    return 0;
+}
+
+/* IiotSignFn for ES256 (COSE -7): an ECDSA signature over SHA-256, DER-encoded, which is what
+ * OpenSSL produces. */
+static int32_t idevid_sign(void *ctx, const uint8_t *message, size_t message_len, uint8_t *out,
+                           size_t out_cap, size_t *out_len) {
+    (void)ctx;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t sig_len = out_cap;
+    int ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, idevid_key) == 1 &&
+             EVP_DigestSign(md, out, &sig_len, message, message_len) == 1;
+    EVP_MD_CTX_free(md);
+    if (!ok) return -1;
+    *out_len = sig_len;
+    return 0;
+}
+
 static int parse_identifier(char *arg, IiotIdentifier *id) {
     char *colon = strchr(arg, ':');
     if (!colon) return -1;
@@ -145,9 +184,15 @@ static int parse_identifier(char *arg, IiotIdentifier *id) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s BASE_URL ROOT_PEM EAB_KID EAB_HMAC TYPE:VALUE OUT_PEM\n",
+    if (argc != 7 && argc != 9) {
+        fprintf(stderr,
+                "usage: %s BASE_URL ROOT_PEM EAB_KID EAB_HMAC TYPE:VALUE OUT_PEM"
+                " [IDEVID_CERT_PEM IDEVID_KEY_PEM]\n",
                 argv[0]);
+        return 2;
+    }
+    if (argc == 9 && load_idevid(argv[7], argv[8]) != 0) {
+        fprintf(stderr, "enroll: cannot load the IDevID certificate and key\n");
         return 2;
     }
     const char *base_url = argv[1], *root = argv[2], *out_path = argv[6];
@@ -187,9 +232,20 @@ int main(int argc, char **argv) {
     config.base_url = base_url;
     config.identifiers = &id;
     config.identifier_count = 1;
-    config.eab_kid = argv[3];
-    config.eab_hmac_key = argv[4];
-    s = iiot_enrollment_init(&enrollment, &config, account_key, certificate_key, NULL);
+    if (strcmp(argv[3], "-") != 0) {
+        config.eab_kid = argv[3];
+        config.eab_hmac_key = argv[4];
+    }
+    const uint8_t *chain[1] = {idevid_der};
+    size_t chain_lens[1] = {idevid_der_len};
+    IiotIdevidSigner signer = {0};
+    signer.cose_alg = -7;
+    signer.chain = chain;
+    signer.chain_lens = chain_lens;
+    signer.chain_count = 1;
+    signer.sign = idevid_sign;
+    s = iiot_enrollment_init(&enrollment, &config, account_key, certificate_key,
+                             idevid_key ? &signer : NULL);
     if (s != IIOT_STATUS_OK) return report(s);
     char code[10];
     if (iiot_pairing_code(&enrollment, code) == IIOT_STATUS_OK)
@@ -257,5 +313,7 @@ int main(int argc, char **argv) {
     OPENSSL_cleanse(account_key, sizeof account_key);
     OPENSSL_cleanse(certificate_key, sizeof certificate_key);
     SSL_CTX_free(ctx);
+    EVP_PKEY_free(idevid_key);
+    OPENSSL_free(idevid_der);
     return rc;
 }

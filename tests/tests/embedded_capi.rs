@@ -100,13 +100,27 @@ fn build_c_program() -> Result<PathBuf> {
 
 /// Runs the C program: `enroll BASE_URL ROOT_PEM EAB_KID EAB_HMAC TYPE:VALUE OUT_PEM`.
 fn run_c(server: &CaServer, eab: &Eab, identifier: &str, out: &Path) -> RunOutput {
+    run_c_with(server, Some(eab), identifier, out, None)
+}
+
+/// The same, with `-` for no credential and optionally an IDevID (certificate, key PEM files).
+fn run_c_with(
+    server: &CaServer,
+    eab: Option<&Eab>,
+    identifier: &str,
+    out: &Path,
+    idevid: Option<(&Path, &Path)>,
+) -> RunOutput {
     let mut cmd = Command::new(c_enroll_program());
     cmd.arg(format!("https://127.0.0.1:{}", server.listen_port()))
         .arg(server.root_pem_path())
-        .arg(&eab.kid)
-        .arg(&eab.hmac_b64url)
+        .arg(eab.map_or("-", |e| &e.kid))
+        .arg(eab.map_or("-", |e| &e.hmac_b64url))
         .arg(identifier)
         .arg(out);
+    if let Some((cert, key)) = idevid {
+        cmd.arg(cert).arg(key);
+    }
     let dir = out.parent().expect("output in a directory");
     run_with_timeout("enroll-c", &mut cmd, dir, RUN_TIMEOUT).expect("the C program runs")
 }
@@ -181,4 +195,75 @@ fn c_program_reports_a_wrong_eab_key_as_unauthorized() {
         out.stderr
     );
     assert!(!chain.exists());
+}
+
+/// device-attest-01 from C (SPEC §5.10): the IDevID signature comes from the program's
+/// `IiotSignFn`, as it would from a secure element's driver; no credential. The certificate
+/// names the serial the IDevID certifies, and an IDevID of another serial is refused.
+#[test]
+fn c_program_enrolls_by_device_attestation() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let maker = iiot_acme_tests::idevid::Manufacturer::new("C Devices Root");
+    maker
+        .trust(&server, "c-devices", Some("1.3.6.1.4.1.32473"))
+        .expect("trust anchor added");
+    let dir = iiot_acme_tests::temp_dir("embedded-capi-").expect("temp dir");
+    let serial = "MCU-4411";
+    let identifier = format!("permanent:{serial}/1.3.6.1.4.1.32473");
+    let (cert, key) = maker.idevid(
+        &dir.path().join("idevid"),
+        serial,
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let chain = dir.path().join("chain.pem");
+
+    let out = run_c_with(&server, None, &identifier, &chain, Some((&cert, &key)));
+    assert!(
+        out.status.success(),
+        "the C program failed ({}):\n{}\n{}",
+        out.status,
+        out.tails(),
+        server.logs()
+    );
+    iiot_acme_tests::openssl::openssl_verify(&server.root_pem_path(), &chain)
+        .expect("openssl verify");
+    let pem = fs::read_to_string(&chain).expect("chain");
+    let leaf = split_pem_certs(&pem).into_iter().next().expect("a leaf");
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(leaf.as_bytes()).expect("leaf PEM");
+    let leaf = leaf.parse_x509().expect("leaf parses");
+    let san = leaf
+        .subject_alternative_name()
+        .expect("SAN parses")
+        .expect("SAN present");
+    let names = format!("{:?}", san.value.general_names);
+    let serial_bytes = format!("{:?}", serial.as_bytes());
+    assert!(
+        names.contains(&serial_bytes[1..serial_bytes.len() - 1]),
+        "the permanent identifier names {serial}: {names}"
+    );
+
+    // An IDevID for another serial: the CA's badAttestationStatement on the challenge, which
+    // the C API reports as a failed authorization with that problem type.
+    let (other_cert, other_key) = maker.idevid(
+        &dir.path().join("other"),
+        "MCU-9999",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let refused = dir.path().join("refused.pem");
+    let out = run_c_with(
+        &server,
+        None,
+        &identifier,
+        &refused,
+        Some((&other_cert, &other_key)),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", out.tails());
+    assert!(
+        out.stderr.contains(
+            "enroll: failed: IIOT_STATUS_AUTHORIZATION_FAILED problem=badAttestationStatement"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!refused.exists());
 }
