@@ -125,6 +125,18 @@ fn run_c_with(
     run_with_timeout("enroll-c", &mut cmd, dir, RUN_TIMEOUT).expect("the C program runs")
 }
 
+/// The C program exited 0 after writing a certificate.
+fn assert_issued(out: &RunOutput, server: &CaServer) {
+    assert!(
+        out.status.success(),
+        "the C program failed ({}):\n{}\n{}",
+        out.status,
+        out.tails(),
+        server.logs()
+    );
+    assert!(out.stderr.contains("enroll: issued"), "{}", out.stderr);
+}
+
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -144,14 +156,7 @@ fn c_program_enrolls_over_openssl() {
     let chain = dir.path().join("chain.pem");
 
     let out = run_c(&server, &eab, &format!("dns:{name}"), &chain);
-    assert!(
-        out.status.success(),
-        "the C program failed ({}):\n{}\n{}",
-        out.status,
-        out.tails(),
-        server.logs()
-    );
-    assert!(out.stderr.contains("enroll: issued"), "{}", out.stderr);
+    assert_issued(&out, &server);
     // For scripts/embedded-footprint.sh (run with --nocapture).
     for line in out.stderr.lines().filter(|l| l.contains("buffers used")) {
         println!("{line}");
@@ -218,13 +223,7 @@ fn c_program_enrolls_by_device_attestation() {
     let chain = dir.path().join("chain.pem");
 
     let out = run_c_with(&server, None, &identifier, &chain, Some((&cert, &key)));
-    assert!(
-        out.status.success(),
-        "the C program failed ({}):\n{}\n{}",
-        out.status,
-        out.tails(),
-        server.logs()
-    );
+    assert_issued(&out, &server);
     iiot_acme_tests::openssl::openssl_verify(&server.root_pem_path(), &chain)
         .expect("openssl verify");
     let pem = fs::read_to_string(&chain).expect("chain");
