@@ -99,24 +99,14 @@ pub fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
     refresh(app, kind, now)
 }
 
-/// Signs and publishes a new CRL of every intermediate the CA has.
-pub fn refresh_all(app: &AppState, now: i64) -> Result<()> {
-    for kind in IssuerKind::ALL {
-        if app.ca.has(kind) {
-            refresh(app, kind, now)?;
-        }
-    }
-    Ok(())
-}
-
-/// Signs and writes new CRLs of `issuers` once a revocation is durable, so `crl.pem` lists the
-/// certificate by the time the revocation is answered rather than at the next `GET /crl` or
-/// hourly tick: a broker reading the file must refuse the device at once. Signing a large CRL
-/// takes a while (0.5 s for 100,000 entries), so it runs on the blocking pool. A failure is
-/// logged, not returned: the revocation stands, the cached CRL stays invalid, and the next
-/// request or tick signs again.
+/// Signs and writes new CRLs of those of `issuers` the CA has: once a revocation is durable, so
+/// `crl.pem` lists the certificate by the time the revocation is answered (a broker reading the
+/// file must refuse the device at once), and on the [`REFRESH`] tick. Signing a large CRL takes
+/// a while (0.5 s for 100,000 entries), so it runs on the blocking pool, not on a request
+/// worker. A failure is logged, not returned: a revocation stands, the cached CRL stays
+/// invalid, and the next request or tick signs again.
 pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKind>) {
-    let issuers: Vec<IssuerKind> = issuers.into_iter().collect();
+    let issuers: Vec<IssuerKind> = issuers.into_iter().filter(|k| app.ca.has(*k)).collect();
     if issuers.is_empty() {
         return;
     }
@@ -130,7 +120,7 @@ pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKin
     .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))
     .and_then(|r| r);
     if let Err(e) = signed {
-        tracing::error!(error = %e, "signing the CRL after a revocation failed; the next request or the hourly refresh retries");
+        tracing::error!(error = %e, "signing the CRL failed; the next request or the hourly refresh retries");
     }
 }
 

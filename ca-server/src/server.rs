@@ -158,9 +158,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                if let Err(e) = crate::crl::refresh_all(&signer, app::now()) {
-                    tracing::error!(error = %e, "signing the CRL failed");
-                }
+                crate::crl::publish(&signer, IssuerKind::ALL).await;
             }
         });
     }
