@@ -190,6 +190,11 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 /// The directory `Link` with `rel="index"` goes on every response (§7.1), so clients can always
 /// find their way back.
 async fn acme_headers(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    // The request's durability ticket covers the handler and the flush below (storage docs).
+    crate::storage::request_scope(respond(app, req, next)).await
+}
+
+async fn respond(app: AppState, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     // Extractor rejections (a bad path segment or query string) come as plain text; every
     // error this server sends is a problem document (RFC 8555 §6.7).
@@ -210,6 +215,7 @@ async fn acme_headers(State(app): State<AppState>, req: Request, next: Next) -> 
     }
     // A read can race a write whose flush is still under way (a validation result, an issued
     // certificate): flush before answering so no response reports state a crash could undo.
+    // Only the writes this request made or read are waited for.
     if let Err(e) = app.db.flush().await {
         resp = e.into_response();
     }

@@ -106,9 +106,38 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// All entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Durability barrier: resolves once every write that completed before the call is on
-    /// stable storage.
+    /// Durability barrier. Inside [`request_scope`]: resolves once every write the request
+    /// made, and every write whose result it read, is on stable storage. Outside one: once
+    /// every write that completed before the call is.
     fn flush(&self) -> FlushFuture<'_>;
+}
+
+tokio::task_local! {
+    /// The write sequence number a request's response must wait for (see [`request_scope`]).
+    static TICKET: std::cell::Cell<u64>;
+}
+
+/// Runs one request with its own durability ticket.
+///
+/// A response must not report state a crash could take back, but it need not wait for the
+/// writes of other requests it never saw. Within the scope, the store raises the ticket to the
+/// sequence number of each write the request makes and of each not-yet-durable write whose key
+/// it reads, and [`Db::flush`] waits for that ticket only: a directory, a nonce or a poll of
+/// state already on disk answers without waiting for anyone's flush. Tasks spawned by the
+/// request run outside the scope and flush conservatively.
+pub async fn request_scope<F: Future>(f: F) -> F::Output {
+    TICKET.scope(std::cell::Cell::new(0), f).await
+}
+
+/// Raises the current request's ticket to `seq`; a no-op outside [`request_scope`].
+fn note_ticket(seq: u64) {
+    // Err only outside a scope, where the flush falls back to the global sequence.
+    let _ = TICKET.try_with(|t| t.set(t.get().max(seq)));
+}
+
+/// The current request's ticket, or `None` outside [`request_scope`].
+fn scoped_ticket() -> Option<u64> {
+    TICKET.try_with(std::cell::Cell::get).ok()
 }
 
 /// Typed access to a [`Store`]: values are JSON documents.
@@ -197,8 +226,9 @@ impl Db {
             .collect()
     }
 
-    /// Waits until everything written so far is durable. Handlers call this before answering,
-    /// so a client never sees state a crash could take back.
+    /// Waits until everything this request wrote or read is durable (everything written so
+    /// far, outside a [`request_scope`]). Handlers call this before answering, so a client
+    /// never sees state a crash could take back.
     pub async fn flush(&self) -> Result<()> {
         self.store.flush().await
     }

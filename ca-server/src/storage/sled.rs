@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::{FlushFuture, Store, Table};
+use std::collections::HashMap;
+
+use super::{note_ticket, scoped_ticket, FlushFuture, Store, Table};
 use crate::config::Durability;
 use crate::{Error, Result};
 
@@ -29,12 +31,12 @@ pub struct SledStore {
 /// Every response waits for a flush, and a flush per response cost more CPU than the
 /// signatures (thread hand-offs to the blocking pool, one fsync each; see issue #6's profile).
 /// Every completed write takes the next number of a write sequence. A caller's ticket is the
-/// sequence number when it asks: everything it may have written or read is at or below it.
-/// If the flushes so far covered the ticket, the caller returns at once (most reads: polls,
-/// downloads, the directory). Otherwise, if no flush is running it leads one that covers the
-/// sequence as it was when that flush started, else it waits for the running one and, if that
-/// did not cover its ticket, for the next.
-#[derive(Default)]
+/// highest sequence number it depends on: inside a request ([`super::request_scope`]), that of
+/// its own writes and of the not-yet-durable writes it read; outside one, the sequence number
+/// when it asks. If the flushes so far covered the ticket, the caller returns at once (the
+/// directory, nonces, polls of state already on disk). Otherwise, if no flush is running it
+/// leads one that covers the sequence as it was when that flush started, else it waits for the
+/// running one and, if that did not cover its ticket, for the next.
 struct GroupCommit {
     /// Writes completed so far.
     writes: std::sync::atomic::AtomicU64,
@@ -44,7 +46,26 @@ struct GroupCommit {
     syncs: std::sync::atomic::AtomicU64,
     state: std::sync::Mutex<GroupState>,
     done: tokio::sync::Notify,
+    /// Writes not yet known to be durable, per table (`Table as usize`): key → sequence number
+    /// of the key's last write. A writer holds the lock from before its sled write until its
+    /// entry is in, so a reader that saw the new value and then takes the lock finds it.
+    pending: std::sync::Mutex<Vec<HashMap<Vec<u8>, u64>>>,
 }
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            writes: Default::default(),
+            flushes: Default::default(),
+            syncs: Default::default(),
+            state: Default::default(),
+            done: Default::default(),
+            pending: std::sync::Mutex::new(vec![HashMap::new(); Table::ALL.len()]),
+        }
+    }
+}
+
+type Pending<'a> = std::sync::MutexGuard<'a, Vec<HashMap<Vec<u8>, u64>>>;
 
 #[derive(Default)]
 struct GroupState {
@@ -105,9 +126,24 @@ impl SledStore {
         lock_state(&self.group)
     }
 
-    /// Records a completed write (after sled applied it).
-    fn wrote(&self) {
-        self.group.writes.fetch_add(1, Ordering::SeqCst);
+    fn pending(&self) -> Pending<'_> {
+        lock_pending(&self.group)
+    }
+
+    /// Records a completed write (after sled applied it, under the `pending` lock).
+    fn wrote(&self, pending: &mut Pending<'_>, table: Table, key: &[u8]) {
+        let seq = self.group.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(map) = pending.get_mut(table as usize) {
+            map.insert(key.to_vec(), seq);
+        }
+        note_ticket(seq);
+    }
+
+    /// Makes the current request depend on the last write of `key`, if it is not durable yet.
+    fn read(&self, pending: &Pending<'_>, table: Table, key: &[u8]) {
+        if let Some(seq) = pending.get(table as usize).and_then(|m| m.get(key)) {
+            note_ticket(*seq);
+        }
     }
 
     /// sled flushes started since the store was opened.
@@ -123,7 +159,7 @@ impl SledStore {
     }
 
     async fn group_flush(&self) -> Result<()> {
-        let ticket = self.group.writes.load(Ordering::SeqCst);
+        let ticket = scoped_ticket().unwrap_or_else(|| self.group.writes.load(Ordering::SeqCst));
         loop {
             // Registered before the state is read, so a flush finishing in between still wakes us.
             let finished = self.group.done.notified();
@@ -178,6 +214,11 @@ impl SledStore {
                         st.completed = st.completed.max(target);
                     }
                 }
+                if result.is_ok() {
+                    for map in lock_pending(&group).iter_mut() {
+                        map.retain(|_, seq| *seq > target);
+                    }
+                }
                 group.done.notify_waiters();
                 result
             });
@@ -193,14 +234,21 @@ fn lock_state(group: &GroupCommit) -> std::sync::MutexGuard<'_, GroupState> {
     group.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock_pending(group: &GroupCommit) -> Pending<'_> {
+    group.pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store for SledStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
+        let value = self.tree(table).get(key)?.map(|v| v.to_vec());
+        self.read(&self.pending(), table, key);
+        Ok(value)
     }
 
     fn put(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut pending = self.pending();
         self.tree(table).insert(key, value)?;
-        self.wrote();
+        self.wrote(&mut pending, table, key);
         Ok(())
     }
 
@@ -211,21 +259,31 @@ impl Store for SledStore {
         old: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool> {
+        let mut pending = self.pending();
         let swapped = self.tree(table).compare_and_swap(key, old, new)?.is_ok();
         if swapped {
-            self.wrote();
+            self.wrote(&mut pending, table, key);
+        } else {
+            // The value that made it fail may not be durable yet.
+            self.read(&pending, table, key);
         }
         Ok(swapped)
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.tree(table)
+        let entries = self
+            .tree(table)
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((k.to_vec(), v.to_vec()))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // A scan also sees what is absent (a deleted entry), so it depends on every write so
+        // far; taking the lock first lets any write it saw finish counting itself.
+        let _pending = self.pending();
+        note_ticket(self.group.writes.load(Ordering::SeqCst));
+        Ok(entries)
     }
 
     fn flush(&self) -> FlushFuture<'_> {
@@ -249,6 +307,70 @@ mod tests {
             assert_eq!(store.flush_count(), 2, "{durability:?}");
             assert_eq!(store.sync_count(), syncs, "{durability:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_only_for_writes_it_made_or_read() {
+        use crate::storage::request_scope;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        // Another request's write, not yet durable.
+        store.put(Table::Orders, b"theirs", b"1").expect("put");
+        request_scope(async {
+            store.get(Table::Orders, b"mine").expect("get");
+            store.get(Table::Authzs, b"theirs").expect("get");
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(
+            store.flush_count(),
+            0,
+            "it read nothing that is not durable"
+        );
+        request_scope(async {
+            let v = store.get(Table::Orders, b"theirs").expect("get");
+            assert_eq!(v.as_deref(), Some(&b"1"[..]));
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(
+            store.flush_count(),
+            1,
+            "it read a write that was not durable"
+        );
+        request_scope(async {
+            store.get(Table::Orders, b"theirs").expect("get");
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(store.flush_count(), 1, "that write is durable now");
+        request_scope(async {
+            store.put(Table::Orders, b"mine", b"1").expect("put");
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(store.flush_count(), 2, "its own write");
+        // A compare-and-swap that fails on a value not yet durable depends on that value.
+        store.put(Table::Orders, b"theirs", b"2").expect("put");
+        request_scope(async {
+            assert!(!store
+                .compare_and_swap(Table::Orders, b"theirs", Some(b"1"), Some(b"3"))
+                .expect("cas"));
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(store.flush_count(), 3, "a failed compare-and-swap");
+        // A scan depends on every write so far, present or deleted.
+        assert!(store
+            .compare_and_swap(Table::Orders, b"theirs", Some(b"2"), None)
+            .expect("cas"));
+        request_scope(async {
+            let all = store.scan_prefix(Table::Orders, b"").expect("scan");
+            assert_eq!(all.len(), 1);
+            store.flush().await.expect("flush");
+        })
+        .await;
+        assert_eq!(store.flush_count(), 4, "a scan");
     }
 
     #[tokio::test]
