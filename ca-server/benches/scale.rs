@@ -8,14 +8,21 @@
 //!    values keep their real sizes), with a durable flush every [`BATCH`] devices.
 //! 3. `--revoked K` revocation records are written and a CRL is generated and signed from them
 //!    with `crl::refresh` (scan, decode, sign, write `crl.pem`), as `GET /crl` does.
-//! 4. The store is closed and the real `ca-server` binary is started on the data directory
+//! 4. The store takes the checkpoint a running server takes once it has been idle after such
+//!    a load (`storage::checkpoint_due`), timed: without it the next start replays every
+//!    record written since the store was opened. Then twice as many devices again as the
+//!    server lets pass between checkpoints under load, with the checkpoint it takes between
+//!    them timed: the second batch is left for the first restart to replay.
+//! 5. The store is closed and the real `ca-server` binary is started on the data directory
 //!    [`RESTARTS`] times: the time from spawning it until `GET /directory` answers over HTTPS,
-//!    its RSS then, and the data directory's size on disk are printed.
+//!    its RSS then, and the data directory's size on disk are printed. The first start is
+//!    ended with SIGKILL, as a power cut would end it; the others with SIGINT.
 //!
 //! `cargo bench -p ca-server --bench scale -- --devices 1000000 --revoked 100000`; `--dir D`
 //! puts the data directory under D (default: the system temporary directory); `--keep` keeps
-//! it and skips the restarts (to profile a start: `perf record ca-server --data-dir ...`). Without
-//! `--bench` (under `cargo test --benches`) it runs with a handful of records.
+//! it and skips the restarts (to profile a start: `perf record ca-server --data-dir ...`);
+//! `--no-checkpoint` skips step 4, for the start of a store that was never checkpointed.
+//! Without `--bench` (under `cargo test --benches`) it runs with a handful of records.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,6 +53,7 @@ struct Args {
     revoked: usize,
     dir: Option<std::path::PathBuf>,
     keep: bool,
+    checkpoint: bool,
 }
 
 fn args() -> Args {
@@ -71,6 +79,7 @@ fn args() -> Args {
         revoked: number("--revoked", if bench { 100_000 } else { 20 }),
         dir: value("--dir").map(Into::into),
         keep: argv.iter().any(|a| a == "--keep"),
+        checkpoint: !argv.iter().any(|a| a == "--no-checkpoint"),
     }
 }
 
@@ -281,30 +290,34 @@ fn main() {
     // 2. N devices.
     let store = s.app.db.store();
     let start = Instant::now();
-    let (mut key, mut value) = (String::new(), String::new());
-    for device in 1..args.devices {
-        let ids: Vec<String> = ids.iter().map(|id| device_id(id, device)).collect();
-        for t in &templates {
-            render(&t.key, &ids, &mut key);
-            render(&t.value, &ids, &mut value);
-            store
-                .put(t.table, key.as_bytes(), value.as_bytes())
-                .expect("put");
-        }
-        if device % BATCH == 0 {
-            rt.block_on(s.app.db.flush()).expect("flush");
-            if device % (BATCH * 10) == 0 {
-                println!("  {device} devices, {:.0} s", start.elapsed().as_secs_f64());
+    let write_devices = |devices: std::ops::Range<usize>| {
+        let (mut key, mut value) = (String::new(), String::new());
+        for device in devices {
+            let ids: Vec<String> = ids.iter().map(|id| device_id(id, device)).collect();
+            for t in &templates {
+                render(&t.key, &ids, &mut key);
+                render(&t.value, &ids, &mut value);
+                store
+                    .put(t.table, key.as_bytes(), value.as_bytes())
+                    .expect("put");
+            }
+            if device % BATCH == 0 {
+                rt.block_on(s.app.db.flush()).expect("flush");
+                if device % (BATCH * 10) == 0 {
+                    println!("  {device} devices, {:.0} s", start.elapsed().as_secs_f64());
+                }
             }
         }
-    }
-    rt.block_on(s.app.db.flush()).expect("flush");
+        rt.block_on(s.app.db.flush()).expect("flush");
+    };
+    write_devices(1..args.devices);
     let took = start.elapsed().as_secs_f64();
     // The last device's records are where they belong and decode as the server's types.
     let last: Vec<String> = ids
         .iter()
         .map(|id| device_id(id, args.devices - 1))
         .collect();
+    let mut key = String::new();
     for t in &templates {
         render(&t.key, &last, &mut key);
         let stored = store
@@ -351,7 +364,41 @@ fn main() {
         );
     }
 
-    // 4. Restarts of the real server on the store.
+    // 4. The checkpoint the server takes when idle; then, after as many more writes as the
+    //    server lets pass between checkpoints under load, the one it takes then (the pause a
+    //    sustained load sees); then as many writes again, not checkpointed, so the first
+    //    restart below replays the most a restart after a power cut can have to replay.
+    let mut total = args.devices;
+    if args.checkpoint {
+        let checkpoint = |what: &str| {
+            let start = Instant::now();
+            let took = rt
+                .block_on(s.app.db.checkpoint_if(|_, _| true))
+                .expect("checkpoint");
+            assert!(took, "the checkpoint did not run");
+            println!("{what}: {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+        };
+        checkpoint("checkpoint after the writes (the server takes it once idle)");
+        let more = usize::try_from(ca_server::storage::CHECKPOINT_MAX_WRITES)
+            .expect("usize")
+            .div_ceil(templates.len())
+            .min(args.devices);
+        write_devices(args.devices..args.devices + more);
+        total += more;
+        checkpoint(&format!(
+            "checkpoint after {more} more devices ({} records, the most the server lets pass \
+             between two checkpoints under load)",
+            more * templates.len()
+        ));
+        write_devices(total..total + more);
+        total += more;
+        println!(
+            "then {more} more devices, not checkpointed: restart 1 replays {} records",
+            more * templates.len()
+        );
+    }
+
+    // 5. Restarts of the real server on the store.
     let root = data_dir.join("ca").join("root.pem");
     drop(s);
     let (on_disk, apparent) = disk_usage(&data_dir);
@@ -359,7 +406,7 @@ fn main() {
         "data directory: {:.0} MiB on disk ({:.0} MiB apparent), {:.0} bytes/device",
         mib(on_disk),
         mib(apparent),
-        on_disk as f64 / args.devices as f64
+        on_disk as f64 / total as f64
     );
     if args.keep {
         // The first start after the writes is the slow one (see the README): keep it for a
@@ -407,9 +454,11 @@ fn main() {
             std::thread::sleep(Duration::from_millis(5));
         };
         let (rss, peak) = rss_mib(child.id());
-        // SIGINT, the server's graceful stop, so the next start is an ordinary restart.
+        // The first run ends as a power cut would (a checkpoint made at a graceful stop would
+        // not be there); the others with SIGINT, the server's graceful stop.
+        let signal = if run == 1 { "-KILL" } else { "-INT" };
         let stopped = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
         if !stopped {
@@ -419,7 +468,7 @@ fn main() {
         match ready {
             Some(t) => println!(
                 "restart {run} with {} devices: directory answered after {:.0} ms, RSS {rss:.0} MiB (peak {peak:.0} MiB)",
-                args.devices,
+                total,
                 t.as_secs_f64() * 1e3
             ),
             None => println!("restart {run}: the server did not answer"),

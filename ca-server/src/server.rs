@@ -163,6 +163,20 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         });
     }
     {
+        // sled replays its log since the last open at every start; a checkpoint when the CA is
+        // idle (or the replay would pass its budget) keeps a restart after a power cut short.
+        let store = app.db.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.checkpoint_if(crate::storage::checkpoint_due).await {
+                    tracing::error!(error = %e, "storage checkpoint failed");
+                }
+            }
+        });
+    }
+    {
         let admin = app.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(admin).await {

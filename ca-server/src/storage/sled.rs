@@ -1,9 +1,9 @@
 //! The embedded default backend: sled, one tree per table, in `<data_dir>/db`.
 
-use std::path::Path;
-use std::sync::atomic::Ordering;
-
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::{note_ticket, scoped_ticket, FlushFuture, Store, Table};
 use crate::config::Durability;
@@ -11,9 +11,16 @@ use crate::{Error, Result};
 
 /// sled-backed [`Store`].
 pub struct SledStore {
-    db: sled::Db,
-    trees: Vec<(Table, sled::Tree)>,
+    dir: PathBuf,
+    /// The open database. `None` only if a [`SledStore::checkpoint`] could not reopen it.
+    /// Lock order: this, then `GroupCommit::pending`.
+    open: std::sync::RwLock<Option<Open>>,
     group: std::sync::Arc<GroupCommit>,
+    /// The write sequence number at the last checkpoint (or open).
+    checkpointed: AtomicU64,
+    /// When the last write completed, in nanoseconds since `opened`.
+    last_write: AtomicU64,
+    opened: Instant,
     /// sled's data file, for `fdatasync` after each flush under [`Durability::PowerLoss`].
     ///
     /// sled 0.34 makes its log durable with `sync_file_range` on Linux, which waits for the
@@ -39,11 +46,11 @@ pub struct SledStore {
 /// running one and, if that did not cover its ticket, for the next.
 struct GroupCommit {
     /// Writes completed so far.
-    writes: std::sync::atomic::AtomicU64,
+    writes: AtomicU64,
     /// sled flushes started, for the tests that check reads cost none.
-    flushes: std::sync::atomic::AtomicU64,
+    flushes: AtomicU64,
     /// `fdatasync`s completed, for the test of [`Durability`].
-    syncs: std::sync::atomic::AtomicU64,
+    syncs: AtomicU64,
     state: std::sync::Mutex<GroupState>,
     done: tokio::sync::Notify,
     /// Writes not yet known to be durable, per table (`Table as usize`): key → sequence number
@@ -83,16 +90,7 @@ impl SledStore {
 
     /// Opens (creating if needed) the database in `dir` with the given durability.
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from explicit flushes before each response, not from a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| Error::Storage(format!("cannot open database {}: {e}", dir.display())))?;
-        let trees = Table::ALL
-            .iter()
-            .map(|t| Ok((*t, db.open_tree(t.name())?)))
-            .collect::<Result<Vec<_>>>()?;
+        let open = Open::new(dir)?;
         let sync_file = match durability {
             Durability::PowerLoss => {
                 let path = dir.join("db");
@@ -104,21 +102,135 @@ impl SledStore {
             Durability::ProcessCrash => None,
         };
         Ok(Self {
-            db,
-            trees,
+            dir: dir.to_path_buf(),
+            open: std::sync::RwLock::new(Some(open)),
             group: std::sync::Arc::default(),
+            checkpointed: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            opened: Instant::now(),
             sync_file,
         })
     }
 
+    /// Runs `f` on the open database; store calls made during a checkpoint wait for it.
+    fn with_open<R>(&self, f: impl FnOnce(&Open) -> Result<R>) -> Result<R> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        match open.as_ref() {
+            Some(o) => f(o),
+            None => Err(Error::Storage(format!(
+                "the database {} is closed: a checkpoint could not reopen it (see the log)",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Checkpoint: closes and reopens sled, which makes sled write a snapshot of its page
+    /// table, so the next start replays only what is written after this.
+    ///
+    /// sled 0.34 writes that snapshot only when a database is opened (`snapshot_after_ops`
+    /// has done nothing since 0.31), so a CA that ran for months would replay months of log at
+    /// its next start: 7.4 s for a million devices written since the last open (issue #6).
+    /// Reopening is the only way to get a snapshot. It costs what the replay would have cost,
+    /// paid now: every store call waits meanwhile, which is why the server does this when idle
+    /// (see `storage::checkpoint_due`). Blocking; run it off the async workers.
+    pub fn checkpoint(&self) -> Result<()> {
+        // Lead the flush, so no flush holds a handle on the database being closed (sled's file
+        // lock lasts as long as any handle does).
+        loop {
+            {
+                let mut st = self.lock();
+                if !st.running {
+                    st.running = true;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let result = self.reopen();
+        {
+            let mut st = self.lock();
+            st.running = false;
+            if let Ok(target) = result {
+                st.completed = st.completed.max(target);
+            }
+        }
+        self.group.done.notify_waiters();
+        result.map(|_| ())
+    }
+
+    /// Flushes, closes and reopens the database; returns the write sequence now durable.
+    fn reopen(&self) -> Result<u64> {
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        // No store call is under way and new ones wait: the sequence is final.
+        let target = self.group.writes.load(Ordering::SeqCst);
+        if let Some(o) = open.as_ref() {
+            o.db.flush()?;
+            sync(self.sync_file.as_deref(), &self.group)?;
+        }
+        drop(open.take());
+        // sled releases its file lock when its last I/O job lets go of the file, which can be
+        // a moment after the last handle is dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reopened = loop {
+            match Open::new(&self.dir) {
+                Ok(o) => break o,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint: cannot reopen the database");
+                    return Err(e);
+                }
+            }
+        };
+        *open = Some(reopened);
+        for map in self.pending().iter_mut() {
+            map.clear();
+        }
+        self.checkpointed.store(target, Ordering::SeqCst);
+        Ok(target)
+    }
+}
+
+/// One opening of the sled database.
+struct Open {
+    db: sled::Db,
+    trees: Vec<(Table, sled::Tree)>,
+}
+
+impl Open {
+    fn new(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from explicit flushes before each response, not from a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| Error::Storage(format!("cannot open database {}: {e}", dir.display())))?;
+        let trees = Table::ALL
+            .iter()
+            .map(|t| Ok((*t, db.open_tree(t.name())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { db, trees })
+    }
+
     fn tree(&self, table: Table) -> &sled::Tree {
-        // Every table is opened in `open`, so the lookup cannot miss; fall back to the default
+        // Every table is opened in `new`, so the lookup cannot miss; fall back to the default
         // tree rather than panic if a new table is ever added without opening it.
         self.trees
             .iter()
             .find(|(t, _)| *t == table)
             .map_or(&*self.db, |(_, tree)| tree)
     }
+}
+
+/// `fdatasync` of sled's data file under [`Durability::PowerLoss`] (see `sync_file`).
+fn sync(file: Option<&std::fs::File>, group: &GroupCommit) -> Result<()> {
+    if let Some(file) = file {
+        file.sync_data()
+            .map_err(|e| Error::Storage(format!("cannot sync the database to disk: {e}")))?;
+        group.syncs.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 impl SledStore {
@@ -137,6 +249,8 @@ impl SledStore {
             map.insert(key.to_vec(), seq);
         }
         note_ticket(seq);
+        let now = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_write.store(now, Ordering::Relaxed);
     }
 
     /// Makes the current request depend on the last write of `key`, if it is not durable yet.
@@ -190,23 +304,24 @@ impl SledStore {
             // as the largest cost after the signatures. sled's synchronous flush rather than
             // `flush_async`: under concurrent load `flush_async` was seen to never complete (a
             // whole server stalled with eight clients).
-            let (db, group) = (self.db.clone(), self.group.clone());
+            let group = self.group.clone();
+            let db = match self.with_open(|o| Ok(o.db.clone())) {
+                Ok(db) => db,
+                Err(e) => {
+                    lock_state(&group).running = false;
+                    group.done.notify_waiters();
+                    return Err(e);
+                }
+            };
             let sync_file = self.sync_file.clone();
             group.flushes.fetch_add(1, Ordering::SeqCst);
             let flush = tokio::task::spawn_blocking(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()))
                     .map_err(|_| Error::Storage("the database flush panicked".into()))
                     .and_then(|r| r.map(|_| ()).map_err(Error::from))
-                    .and_then(|()| match &sync_file {
-                        Some(file) => {
-                            file.sync_data().map_err(|e| {
-                                Error::Storage(format!("cannot sync the database to disk: {e}"))
-                            })?;
-                            group.syncs.fetch_add(1, Ordering::SeqCst);
-                            Ok(())
-                        }
-                        None => Ok(()),
-                    });
+                    .and_then(|()| sync(sync_file.as_deref(), &group));
+                // Let go of the database before another flush or a checkpoint may start.
+                drop(db);
                 {
                     let mut st = lock_state(&group);
                     st.running = false;
@@ -240,16 +355,20 @@ fn lock_pending(group: &GroupCommit) -> Pending<'_> {
 
 impl Store for SledStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let value = self.tree(table).get(key)?.map(|v| v.to_vec());
-        self.read(&self.pending(), table, key);
-        Ok(value)
+        self.with_open(|o| {
+            let value = o.tree(table).get(key)?.map(|v| v.to_vec());
+            self.read(&self.pending(), table, key);
+            Ok(value)
+        })
     }
 
     fn put(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut pending = self.pending();
-        self.tree(table).insert(key, value)?;
-        self.wrote(&mut pending, table, key);
-        Ok(())
+        self.with_open(|o| {
+            let mut pending = self.pending();
+            o.tree(table).insert(key, value)?;
+            self.wrote(&mut pending, table, key);
+            Ok(())
+        })
     }
 
     fn compare_and_swap(
@@ -259,35 +378,53 @@ impl Store for SledStore {
         old: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool> {
-        let mut pending = self.pending();
-        let swapped = self.tree(table).compare_and_swap(key, old, new)?.is_ok();
-        if swapped {
-            self.wrote(&mut pending, table, key);
-        } else {
-            // The value that made it fail may not be durable yet.
-            self.read(&pending, table, key);
-        }
-        Ok(swapped)
+        self.with_open(|o| {
+            let mut pending = self.pending();
+            let swapped = o.tree(table).compare_and_swap(key, old, new)?.is_ok();
+            if swapped {
+                self.wrote(&mut pending, table, key);
+            } else {
+                // The value that made it fail may not be durable yet.
+                self.read(&pending, table, key);
+            }
+            Ok(swapped)
+        })
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let entries = self
-            .tree(table)
-            .scan_prefix(prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // A scan also sees what is absent (a deleted entry), so it depends on every write so
-        // far; taking the lock first lets any write it saw finish counting itself.
-        let _pending = self.pending();
-        note_ticket(self.group.writes.load(Ordering::SeqCst));
-        Ok(entries)
+        self.with_open(|o| {
+            let entries = o
+                .tree(table)
+                .scan_prefix(prefix)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((k.to_vec(), v.to_vec()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // A scan also sees what is absent (a deleted entry), so it depends on every write
+            // so far; taking the lock first lets any write it saw finish counting itself.
+            let _pending = self.pending();
+            note_ticket(self.group.writes.load(Ordering::SeqCst));
+            Ok(entries)
+        })
     }
 
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(self.group_flush())
+    }
+
+    fn write_activity(&self) -> (u64, Duration) {
+        let writes = self
+            .group
+            .writes
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.checkpointed.load(Ordering::SeqCst));
+        let last = Duration::from_nanos(self.last_write.load(Ordering::Relaxed));
+        (writes, self.opened.elapsed().saturating_sub(last))
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        Self::checkpoint(self)
     }
 }
 
@@ -307,6 +444,84 @@ mod tests {
             assert_eq!(store.flush_count(), 2, "{durability:?}");
             assert_eq!(store.sync_count(), syncs, "{durability:?}");
         }
+    }
+
+    /// The newest sled snapshot in `dir`, by its name (`snap.{stable LSN in hex}`).
+    fn newest_snapshot(dir: &Path) -> Option<String> {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("snap.") && !n.ends_with(".generating"))
+            .max()
+    }
+
+    #[tokio::test]
+    async fn checkpoint_writes_a_snapshot_and_keeps_every_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        for i in 0..2000u32 {
+            store
+                .put(Table::Orders, &i.to_be_bytes(), &[7; 100])
+                .expect("put");
+        }
+        // Not flushed: the checkpoint itself makes the writes durable.
+        let (writes, _) = store.write_activity();
+        assert_eq!(writes, 2000);
+        let before = newest_snapshot(dir.path());
+        store.checkpoint().expect("checkpoint");
+        let after = newest_snapshot(dir.path());
+        assert!(after > before, "no newer snapshot: {before:?} -> {after:?}");
+        assert_eq!(store.write_activity().0, 0);
+        store.flush().await.expect("flush");
+        assert_eq!(
+            store.flush_count(),
+            0,
+            "the checkpoint made everything durable"
+        );
+        for i in 0..2000u32 {
+            let v = store.get(Table::Orders, &i.to_be_bytes()).expect("get");
+            assert_eq!(v.as_deref(), Some(&[7u8; 100][..]));
+        }
+        // The reopened database takes writes, flushes, and opens again with them.
+        store.put(Table::Orders, b"after", b"1").expect("put");
+        assert_eq!(store.write_activity().0, 1);
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 1);
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.scan_prefix(Table::Orders, b"").expect("scan").len(),
+            2001
+        );
+    }
+
+    #[test]
+    fn checkpoint_under_concurrent_writers_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        std::thread::scope(|s| {
+            for w in 0..4u32 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..500u32 {
+                        let key = [w.to_be_bytes(), i.to_be_bytes()].concat();
+                        store.put(Table::Authzs, &key, b"v").expect("put");
+                        let got = store.get(Table::Authzs, &key).expect("get");
+                        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+                    }
+                });
+            }
+            for _ in 0..3 {
+                store.checkpoint().expect("checkpoint");
+            }
+        });
+        store.checkpoint().expect("checkpoint");
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.scan_prefix(Table::Authzs, b"").expect("scan").len(),
+            2000
+        );
     }
 
     #[tokio::test]
