@@ -355,7 +355,9 @@ fn main() {
     rt.block_on(s.app.db.flush()).expect("flush");
     for run in 1..=3 {
         let start = Instant::now();
-        let der = ca_server::crl::refresh(&s.app, IssuerKind::Ec, now()).expect("CRL");
+        let der = rt
+            .block_on(ca_server::crl::refresh(&s.app, IssuerKind::Ec, now()))
+            .expect("CRL");
         println!(
             "CRL with {} revoked certificates (run {run}): {:.0} ms, {} bytes DER",
             args.revoked,

@@ -39,8 +39,9 @@ pub struct CrlCache {
     ec: Mutex<Option<Signed>>,
     rsa: Mutex<Option<Signed>>,
     /// Held while a CRL is numbered, signed and written, so two signings at once (a revocation
-    /// and the hourly tick) cannot leave an older-numbered CRL in the file.
-    signing: Mutex<()>,
+    /// and the hourly tick) cannot leave an older-numbered CRL in the file. A tokio mutex: it
+    /// is held across the flush that makes the number durable.
+    signing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -91,12 +92,12 @@ pub fn file_name(kind: IssuerKind) -> &'static str {
 }
 
 /// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
-pub fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
+pub async fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
     if let Some(der) = app.crl.cached(kind, now) {
         return Ok(der);
     }
-    refresh(app, kind, now)
+    refresh(app, kind, now).await
 }
 
 /// Signs and writes new CRLs of those of `issuers` the CA has: once a revocation is durable, so
@@ -110,25 +111,20 @@ pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKin
     if issuers.is_empty() {
         return;
     }
-    let signer = app.clone();
-    let signed = tokio::task::spawn_blocking(move || {
-        issuers
-            .into_iter()
-            .try_for_each(|kind| refresh(&signer, kind, now()).map(|_| ()))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))
-    .and_then(|r| r);
-    if let Err(e) = signed {
-        tracing::error!(error = %e, "signing the CRL failed; the next request or the hourly refresh retries");
+    for kind in issuers {
+        if let Err(e) = refresh(app, kind, now()).await {
+            tracing::error!(issuer = %kind, error = %e, "signing the CRL failed; the next request or the hourly refresh retries");
+        }
     }
 }
 
-/// Signs and publishes a new CRL of the intermediate `kind`.
-pub fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
-    let _one_at_a_time = app.crl.signing.lock().unwrap_or_else(|p| p.into_inner());
+/// Signs and publishes a new CRL of the intermediate `kind`: numbers it, makes the number
+/// durable, then signs and writes it on the blocking pool.
+pub async fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
+    let _one_at_a_time = app.crl.signing.lock().await;
     // The CRL number MUST increase with every CRL (RFC 5280 §5.2.3), across restarts too, so
-    // it lives in the store.
+    // it lives in the store, and it is on disk before any CRL carries it: a crash after the
+    // file is written must not let the next CRL reuse the number for other contents.
     if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
         app.db
             .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
@@ -137,6 +133,14 @@ pub fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
         .db
         .get(Table::Meta, "crl_number")?
         .ok_or_else(|| Error::Storage("CRL number vanished".into()))?;
+    app.db.flush().await?;
+    let signer = app.clone();
+    tokio::task::spawn_blocking(move || sign_and_write(&signer, kind, number, now))
+        .await
+        .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
+}
+
+fn sign_and_write(app: &AppState, kind: IssuerKind, number: u64, now: i64) -> Result<Vec<u8>> {
     let mut revoked = Vec::new();
     for (serial, value) in app.db.store().scan_prefix(Table::Revocations, b"")? {
         let entry: Revocation = serde_json::from_slice(&value)
@@ -179,19 +183,19 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 /// `GET /crl` — the EC intermediate's current CRL, DER (RFC 5280 §5; media type per RFC 2585
 /// §4.2).
 pub async fn get(State(app): State<AppState>) -> Result<Response> {
-    serve(&app, IssuerKind::Ec)
+    serve(&app, IssuerKind::Ec).await
 }
 
 /// `GET /crl/rsa` — the RSA intermediate's current CRL, DER; 404 if the CA has none.
 pub async fn get_rsa(State(app): State<AppState>) -> Result<Response> {
-    serve(&app, IssuerKind::Rsa)
+    serve(&app, IssuerKind::Rsa).await
 }
 
-fn serve(app: &AppState, kind: IssuerKind) -> Result<Response> {
+async fn serve(app: &AppState, kind: IssuerKind) -> Result<Response> {
     if !app.ca.has(kind) {
         return Err(Error::NotFound("CRL"));
     }
-    let der = current(app, kind)?;
+    let der = current(app, kind).await?;
     let mut resp = (StatusCode::OK, der).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
