@@ -122,9 +122,30 @@ pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKin
 /// durable, then signs and writes it on the blocking pool.
 pub async fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     let _one_at_a_time = app.crl.signing.lock().await;
-    // The CRL number MUST increase with every CRL (RFC 5280 §5.2.3), across restarts too, so
-    // it lives in the store, and it is on disk before any CRL carries it: a crash after the
-    // file is written must not let the next CRL reuse the number for other contents.
+    let reader = app.clone();
+    let (number, revoked) =
+        tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind))
+            .await
+            .map_err(|e| Error::Internal(format!("CRL task failed: {e}")))??;
+    // The number and every revocation read are durable before the CRL is signed, published
+    // and cached: a crash must not let the next CRL reuse the number for other contents
+    // (RFC 5280 §5.2.3), and a CRL must not list a revocation a crash could undo (the cache
+    // is served to later requests that read nothing from the store). The reads ran on the
+    // blocking pool, outside the request's durability ticket, so everything is flushed.
+    app.db.flush_all().await?;
+    let signer = app.clone();
+    tokio::task::spawn_blocking(move || sign_and_write(&signer, kind, number, now, &revoked))
+        .await
+        .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
+}
+
+/// Serial, revocation time and reason code, as `CertificateAuthority::sign_crl` takes them.
+type RevokedEntry = (Vec<u8>, i64, u8);
+
+/// The next CRL number (taken: the CRL number MUST increase with every CRL, across restarts
+/// too, so it lives in the store) and the revocations of `kind`. Scanning 100,000 revocations
+/// takes a while, hence the blocking pool.
+fn number_and_revocations(app: &AppState, kind: IssuerKind) -> Result<(u64, Vec<RevokedEntry>)> {
     if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
         app.db
             .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
@@ -133,14 +154,6 @@ pub async fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u
         .db
         .get(Table::Meta, "crl_number")?
         .ok_or_else(|| Error::Storage("CRL number vanished".into()))?;
-    app.db.flush().await?;
-    let signer = app.clone();
-    tokio::task::spawn_blocking(move || sign_and_write(&signer, kind, number, now))
-        .await
-        .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
-}
-
-fn sign_and_write(app: &AppState, kind: IssuerKind, number: u64, now: i64) -> Result<Vec<u8>> {
     let mut revoked = Vec::new();
     for (serial, value) in app.db.store().scan_prefix(Table::Revocations, b"")? {
         let entry: Revocation = serde_json::from_slice(&value)
@@ -151,9 +164,19 @@ fn sign_and_write(app: &AppState, kind: IssuerKind, number: u64, now: i64) -> Re
             revoked.push((serial, entry.at, entry.reason));
         }
     }
+    Ok((number, revoked))
+}
+
+fn sign_and_write(
+    app: &AppState,
+    kind: IssuerKind,
+    number: u64,
+    now: i64,
+    revoked: &[RevokedEntry],
+) -> Result<Vec<u8>> {
     let der = app
         .ca
-        .sign_crl(kind, number, now, now + LIFETIME, &revoked)?;
+        .sign_crl(kind, number, now, now + LIFETIME, revoked)?;
     let pem = pem_encode("X509 CRL", &der);
     write_atomic(
         &app.cfg.data_dir.join(file_name(kind)),

@@ -254,6 +254,16 @@ impl Db {
             .collect()
     }
 
+    /// Waits until every write completed so far is durable, whatever the current request's
+    /// ticket: for work whose reads ran outside the request's task (on the blocking pool).
+    pub async fn flush_all(&self) -> Result<()> {
+        let store = self.store.clone();
+        // A task of its own runs outside any request scope, where a flush covers every write.
+        tokio::spawn(async move { store.flush().await })
+            .await
+            .map_err(|e| Error::Storage(format!("flush task failed: {e}")))?
+    }
+
     /// Takes a checkpoint (on the blocking pool) if `due` says so given the store's
     /// [`Store::write_activity`]; the server passes [`checkpoint_due`]. Returns whether it did.
     pub async fn checkpoint_if(
@@ -324,6 +334,59 @@ mod tests {
         assert!(!db.checkpoint_if(due).await.expect("checkpoint"));
         assert_eq!(*seen.lock().expect("lock"), [0, 1, 2, 3, 0]);
         assert_eq!(db.get::<u32>(Table::Orders, "2").expect("get"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn flush_all_covers_writes_outside_the_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let db = Db::new(sled.clone());
+        db.put(Table::Revocations, "r", &1u32).expect("put");
+        request_scope(async {
+            db.flush().await.expect("flush");
+            assert_eq!(sled.flush_count(), 0, "the request read and wrote nothing");
+            db.flush_all().await.expect("flush all");
+            assert_eq!(sled.flush_count(), 1, "flush_all covers every write");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_amid_a_stream_of_flushes_finish_and_lose_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::new(Arc::new(SledStore::open(dir.path()).expect("open")));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (db, stop) = (db.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        db.put(Table::Orders, &format!("{w}-{n}"), &n).expect("put");
+                        db.flush().await.expect("flush");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for _ in 0..3 {
+            let checkpointed = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                db.checkpoint_if(|_, _| true),
+            )
+            .await
+            .expect("the checkpoint finished while writers kept flushing");
+            assert!(checkpointed.expect("checkpoint"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut written = 0;
+        for w in writers {
+            written += w.await.expect("writer");
+        }
+        let stored = db.keys_with_prefix(Table::Orders, "").expect("scan");
+        assert_eq!(stored.len(), written as usize);
     }
 
     #[test]

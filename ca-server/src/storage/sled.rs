@@ -78,8 +78,11 @@ type Pending<'a> = std::sync::MutexGuard<'a, Vec<HashMap<Vec<u8>, u64>>>;
 struct GroupState {
     /// Every write up to this sequence number is durable.
     completed: u64,
-    /// A flush is under way.
+    /// A flush (or a checkpoint) is under way.
     running: bool,
+    /// Checkpoints waiting for the running flush to end: no new flush starts meanwhile, so
+    /// under load a checkpoint cannot be starved by one flush leader after another.
+    checkpoints_waiting: u32,
 }
 
 impl SledStore {
@@ -136,17 +139,29 @@ impl SledStore {
     pub fn checkpoint(&self) -> Result<()> {
         // Lead the flush, so no flush holds a handle on the database being closed (sled's file
         // lock lasts as long as any handle does).
+        self.lock().checkpoints_waiting += 1;
         loop {
             {
                 let mut st = self.lock();
                 if !st.running {
                     st.running = true;
+                    st.checkpoints_waiting -= 1;
                     break;
                 }
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let result = self.reopen();
+        // sled panics on some I/O failures (`sync_all().unwrap()` when a log is dropped);
+        // `running` must be released whatever happens, or every later flush waits forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reopen()))
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    "checkpoint: sled panicked while closing or reopening the database"
+                );
+                Err(Error::Storage(
+                    "the database panicked during a checkpoint".into(),
+                ))
+            });
         {
             let mut st = self.lock();
             st.running = false;
@@ -284,7 +299,7 @@ impl SledStore {
                 if st.completed >= ticket {
                     return Ok(());
                 }
-                if st.running {
+                if st.running || st.checkpoints_waiting > 0 {
                     None
                 } else {
                     st.running = true;
