@@ -138,14 +138,21 @@ struct Opts {
     #[arg(long, value_name = "DURATION")]
     approval_timeout: Option<String>,
     /// EAB key identifier from the operator.
-    #[arg(long, env = "DEVICE_CLIENT_EAB_KID", value_name = "KID")]
+    // Key ids and base64url keys start with '-' one time in 64: values, not flags.
+    #[arg(
+        long,
+        env = "DEVICE_CLIENT_EAB_KID",
+        value_name = "KID",
+        allow_hyphen_values = true
+    )]
     eab_kid: Option<String>,
     /// EAB HMAC key (base64url) from the operator; prefer the environment or --eab-hmac-file.
     #[arg(
         long,
         env = "DEVICE_CLIENT_EAB_HMAC",
         hide_env_values = true,
-        value_name = "KEY"
+        value_name = "KEY",
+        allow_hyphen_values = true
     )]
     eab_hmac: Option<String>,
     /// File holding the EAB HMAC key.
@@ -453,5 +460,28 @@ async fn show(local: &LocalSettings, device: Option<&Device>) -> ExitCode {
         CertStatus::Valid { .. } => ExitCode::SUCCESS,
         CertStatus::RenewalDue { .. } => ExitCode::from(11),
         _ => ExitCode::from(10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eab_values_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "device-client",
+            "enroll",
+            "--eab-kid",
+            "-kid",
+            "--eab-hmac",
+            "-KEYbase64url",
+        ])
+        .expect("parses");
+        let Command::Enroll { opts, .. } = cli.command else {
+            panic!("not enroll: {:?}", cli.command);
+        };
+        assert_eq!(opts.eab_kid.as_deref(), Some("-kid"));
+        assert_eq!(opts.eab_hmac.as_deref(), Some("-KEYbase64url"));
     }
 }

@@ -192,7 +192,10 @@ pub fn run_certbot(run: &ClientRun) -> Result<IssuedCert> {
         cmd.args(["-d", d]);
     }
     if let Some(eab) = &run.eab {
-        cmd.args(["--eab-kid", &eab.kid, "--eab-hmac-key", &eab.hmac_b64url]);
+        // `--flag=value`: a base64url key or id may start with '-' (1 in 64), which argparse
+        // would take for an option ("--eab-hmac-key: expected one argument").
+        cmd.arg(format!("--eab-kid={}", eab.kid))
+            .arg(format!("--eab-hmac-key={}", eab.hmac_b64url));
     }
     // requests uses this bundle instead of certifi's for every HTTPS request certbot makes.
     cmd.env("REQUESTS_CA_BUNDLE", &run.ca_bundle);
@@ -245,7 +248,10 @@ pub fn run_lego(run: &ClientRun) -> Result<IssuedCert> {
         }
     }
     if let Some(eab) = &run.eab {
-        cmd.args(["--eab", "--kid", &eab.kid, "--hmac", &eab.hmac_b64url]);
+        // `--flag=value`, as for certbot: values may start with '-'.
+        cmd.arg("--eab")
+            .arg(format!("--kid={}", eab.kid))
+            .arg(format!("--hmac={}", eab.hmac_b64url));
     }
     cmd.arg("run");
     cmd.env("LEGO_CA_CERTIFICATES", &run.ca_bundle);
