@@ -47,8 +47,9 @@ use common::TestServer;
 /// JWS). Each further poll (when validation has not finished yet) adds one.
 const JWS_PER_ENROLLMENT: u32 = 8;
 
-/// Server CPU per certificate measured by `scripts/bench-vs-pebble.sh` (README table), ms.
-const SERVER_CPU_MS: [(u32, f64); 3] = [(8, 4.60), (32, 3.97), (128, 4.13)];
+/// Server CPU per certificate measured by `scripts/bench-vs-pebble.sh` (README table, at
+/// commit 085546d), ms. Update with the table.
+const SERVER_CPU_MS: [(u32, f64); 3] = [(8, 2.47), (32, 2.03), (128, 1.87)];
 
 /// Per-iteration times (seconds) of every `iter_custom` call, by benchmark id, with the
 /// group's sample count, so the summary is computed from the samples criterion measured.
