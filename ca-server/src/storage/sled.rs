@@ -51,6 +51,11 @@ struct GroupCommit {
     flushes: AtomicU64,
     /// `fdatasync`s completed, for the test of [`Durability`].
     syncs: AtomicU64,
+    /// An `fdatasync` failed. Linux may have dropped the dirty pages it could not write and
+    /// report success on the next sync, so no later flush can vouch for earlier writes: every
+    /// flush fails from then on, and the operator restarts the CA (sled then recovers from
+    /// what is on disk).
+    sync_failed: std::sync::atomic::AtomicBool,
     state: std::sync::Mutex<GroupState>,
     done: tokio::sync::Notify,
     /// Writes not yet known to be durable, per table (`Table as usize`): key → sequence number
@@ -65,6 +70,7 @@ impl Default for GroupCommit {
             writes: Default::default(),
             flushes: Default::default(),
             syncs: Default::default(),
+            sync_failed: Default::default(),
             state: Default::default(),
             done: Default::default(),
             pending: std::sync::Mutex::new(vec![HashMap::new(); Table::ALL.len()]),
@@ -241,9 +247,26 @@ impl Open {
 /// `fdatasync` of sled's data file under [`Durability::PowerLoss`] (see `sync_file`).
 fn sync(file: Option<&std::fs::File>, group: &GroupCommit) -> Result<()> {
     if let Some(file) = file {
-        file.sync_data()
-            .map_err(|e| Error::Storage(format!("cannot sync the database to disk: {e}")))?;
+        if let Err(e) = file.sync_data() {
+            group.sync_failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot sync the database to disk; every later write fails until the CA is restarted");
+            return Err(Error::Storage(format!(
+                "cannot sync the database to disk: {e}"
+            )));
+        }
         group.syncs.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// The error of every flush after a failed sync (see `GroupCommit::sync_failed`).
+fn fenced(group: &GroupCommit) -> Result<()> {
+    if group.sync_failed.load(Ordering::SeqCst) {
+        return Err(Error::Storage(
+            "an earlier sync of the database to disk failed, so recent writes may be lost: \
+             restart the CA"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -290,6 +313,7 @@ impl SledStore {
     async fn group_flush(&self) -> Result<()> {
         let ticket = scoped_ticket().unwrap_or_else(|| self.group.writes.load(Ordering::SeqCst));
         loop {
+            fenced(&self.group)?;
             // Registered before the state is read, so a flush finishing in between still wakes us.
             let finished = self.group.done.notified();
             tokio::pin!(finished);
@@ -601,6 +625,27 @@ mod tests {
         })
         .await;
         assert_eq!(store.flush_count(), 4, "a scan");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_every_flush_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SledStore::open(dir.path()).expect("open");
+        // fdatasync on a socket fails (EINVAL): a stand-in for a disk that reports an I/O error.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        store.sync_file = Some(std::sync::Arc::new(std::fs::File::from(
+            std::os::fd::OwnedFd::from(socket),
+        )));
+        store.put(Table::Orders, b"k", b"1").expect("put");
+        let first = store.flush().await.expect_err("the sync fails");
+        assert!(first.to_string().contains("cannot sync"), "{first}");
+        // Nothing new to flush, or a later sync that might succeed: still refused, because
+        // the kernel may have dropped the pages the failed sync could not write.
+        let again = store.flush().await.expect_err("fenced");
+        assert!(again.to_string().contains("restart the CA"), "{again}");
+        store.put(Table::Orders, b"k", b"2").expect("put");
+        assert!(store.flush().await.is_err());
+        assert_eq!(store.sync_count(), 0);
     }
 
     #[tokio::test]
