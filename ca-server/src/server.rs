@@ -165,12 +165,19 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     {
         // sled replays its log since the last open at every start; a checkpoint when the CA is
         // idle (or the replay would pass its budget) keeps a restart after a power cut short.
-        let store = app.db.clone();
+        let (store, policy) = (app.db.clone(), app.cfg.storage.clone());
+        let period = policy.checkpoint_idle.clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                if let Err(e) = store.checkpoint_if(crate::storage::checkpoint_due).await {
+                if let Err(e) = store
+                    .checkpoint_if(|w, idle| policy.checkpoint_due(w, idle))
+                    .await
+                {
                     tracing::error!(error = %e, "storage checkpoint failed");
                 }
             }

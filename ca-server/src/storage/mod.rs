@@ -112,7 +112,8 @@ pub trait Store: Send + Sync + 'static {
         (0, std::time::Duration::MAX)
     }
     /// Bounds the work the next start must do (sled: replaying its log). Blocking, and other
-    /// store calls may wait while it runs; see [`checkpoint_due`] for when the server calls it.
+    /// store calls may wait while it runs; `StorageConfig::checkpoint_due` says when the server
+    /// calls it.
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
@@ -122,23 +123,19 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> FlushFuture<'_>;
 }
 
-/// A checkpoint is not worth a pause below this many writes (a replay of about 50 ms).
+/// Default of `storage.checkpoint_writes`: a checkpoint is not worth a pause below this many
+/// writes (a replay of about 50 ms).
 pub const CHECKPOINT_MIN_WRITES: u64 = 50_000;
-/// How long the store must have seen no write before a checkpoint is taken.
+/// Default of `storage.checkpoint_idle`: how long the store must have seen no write before a
+/// checkpoint is taken.
 pub const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
-/// Past this many writes a checkpoint is taken even under load, so a restart after a power cut
+/// Default of `storage.checkpoint_max_writes`: past this many writes a checkpoint is taken
+/// even under load, so a restart after a power cut
 /// replays at most this many records. With a million devices in the store, an ordinary start
 /// took 0.5-1.1 s and a checkpoint after 700,000 writes 1.6 s (issue #6, `benches/scale.rs`):
 /// this keeps the worst restart within the 2 s target, at the price of a pause of about a
 /// second every ~70,000 enrollments of a sustained load.
 pub const CHECKPOINT_MAX_WRITES: u64 = 500_000;
-
-/// Whether the server should checkpoint the store now, given [`Store::write_activity`]: when
-/// enough was written and the store has been idle for a while (a line finished enrolling), or,
-/// under sustained load, when the replay would otherwise grow past the restart budget.
-pub fn checkpoint_due(writes: u64, idle: std::time::Duration) -> bool {
-    writes >= CHECKPOINT_MAX_WRITES || (writes >= CHECKPOINT_MIN_WRITES && idle >= CHECKPOINT_IDLE)
-}
 
 tokio::task_local! {
     /// The write sequence number a request's response must wait for (see [`request_scope`]).
@@ -265,7 +262,8 @@ impl Db {
     }
 
     /// Takes a checkpoint (on the blocking pool) if `due` says so given the store's
-    /// [`Store::write_activity`]; the server passes [`checkpoint_due`]. Returns whether it did.
+    /// [`Store::write_activity`]; the server passes `StorageConfig::checkpoint_due`. Returns
+    /// whether it did.
     pub async fn checkpoint_if(
         &self,
         due: impl Fn(u64, std::time::Duration) -> bool,
@@ -390,19 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_is_due_when_idle_after_enough_writes_or_past_the_budget() {
-        use std::time::Duration;
-        let busy = Duration::from_millis(5);
-        assert!(!checkpoint_due(CHECKPOINT_MIN_WRITES - 1, Duration::MAX));
-        assert!(!checkpoint_due(CHECKPOINT_MIN_WRITES, busy));
-        assert!(!checkpoint_due(
-            CHECKPOINT_MIN_WRITES,
-            CHECKPOINT_IDLE - Duration::from_millis(1)
-        ));
-        assert!(checkpoint_due(CHECKPOINT_MIN_WRITES, CHECKPOINT_IDLE));
-        assert!(!checkpoint_due(CHECKPOINT_MAX_WRITES - 1, busy));
-        assert!(checkpoint_due(CHECKPOINT_MAX_WRITES, busy));
-        // The in-memory store has nothing to replay.
+    fn the_memory_store_has_nothing_to_checkpoint() {
         let (writes, _) = MemoryStore::default().write_activity();
         assert_eq!(writes, 0);
     }
