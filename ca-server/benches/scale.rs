@@ -9,7 +9,7 @@
 //! 3. `--revoked K` revocation records are written and a CRL is generated and signed from them
 //!    with `crl::refresh` (scan, decode, sign, write `crl.pem`), as `GET /crl` does.
 //! 4. The store takes the checkpoint a running server takes once it has been idle after such
-//!    a load (`storage::checkpoint_due`), timed: without it the next start replays every
+//!    a load (`StorageConfig::checkpoint_due`), timed: without it the next start replays every
 //!    record written since the store was opened. Then twice as many devices again as the
 //!    server lets pass between checkpoints under load, with the checkpoint it takes between
 //!    them timed: the second batch is left for the first restart to replay.

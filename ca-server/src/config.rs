@@ -365,6 +365,8 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn storage_checkpoint_policy_defaults_and_settings() {
         use std::time::Duration;
@@ -389,8 +391,6 @@ mod tests {
                 .expect("parses");
         assert!(!off.storage.checkpoint_due(u64::MAX, Duration::MAX));
     }
-
-    use super::*;
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -141,7 +141,7 @@ impl SledStore {
     /// its next start: 7.4 s for a million devices written since the last open (issue #6).
     /// Reopening is the only way to get a snapshot. It costs what the replay would have cost,
     /// paid now: every store call waits meanwhile, which is why the server does this when idle
-    /// (see `storage::checkpoint_due`). Blocking; run it off the async workers.
+    /// (see `StorageConfig::checkpoint_due`). Blocking; run it off the async workers.
     pub fn checkpoint(&self) -> Result<()> {
         // Lead the flush, so no flush holds a handle on the database being closed (sled's file
         // lock lasts as long as any handle does).
