@@ -30,6 +30,10 @@ pub struct SledStore {
     /// cut cannot revoke the one and serves the other as good, so by default the flush ends
     /// with an `fdatasync` of the same file (any descriptor of the file will do).
     sync_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Test hook: the next [`SledStore::checkpoint`] panics after closing the database, as
+    /// sled does on some I/O failures while a log is dropped.
+    #[cfg(test)]
+    panic_after_close: std::sync::atomic::AtomicBool,
 }
 
 /// Group commit: one sled flush serves every caller waiting when it starts, and a caller with
@@ -118,12 +122,29 @@ impl SledStore {
             last_write: AtomicU64::new(0),
             opened: Instant::now(),
             sync_file,
+            #[cfg(test)]
+            panic_after_close: Default::default(),
         })
     }
 
     /// Runs `f` on the open database; store calls made during a checkpoint wait for it.
     fn with_open<R>(&self, f: impl FnOnce(&Open) -> Result<R>) -> Result<R> {
-        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        let open = match self.open.try_read() {
+            Ok(open) => open,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            // A checkpoint holds the database for up to a second with a million devices. On
+            // a worker of the multi-threaded runtime, wait in `block_in_place` so the worker's
+            // other tasks move to another thread: TLS handshakes, the directory and requests
+            // already past their store calls go on meanwhile.
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let wait = || self.open.read().unwrap_or_else(|p| p.into_inner());
+                if on_multi_thread_runtime() {
+                    tokio::task::block_in_place(wait)
+                } else {
+                    wait()
+                }
+            }
+        };
         match open.as_ref() {
             Some(o) => f(o),
             None => Err(Error::Storage(format!(
@@ -189,6 +210,10 @@ impl SledStore {
             sync(self.sync_file.as_deref(), &self.group)?;
         }
         drop(open.take());
+        #[cfg(test)]
+        if self.panic_after_close.swap(false, Ordering::SeqCst) {
+            panic!("test hook: sled panicked while closing the database");
+        }
         // sled releases its file lock when its last I/O job lets go of the file, which can be
         // a moment after the last handle is dropped.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -242,6 +267,13 @@ impl Open {
             .find(|(t, _)| *t == table)
             .map_or(&*self.db, |(_, tree)| tree)
     }
+}
+
+/// Whether `tokio::task::block_in_place` may be called here: on a multi-threaded runtime's
+/// thread (a worker or its blocking pool), not on a current-thread runtime, where it panics.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// `fdatasync` of sled's data file under [`Durability::PowerLoss`] (see `sync_file`).
@@ -678,5 +710,101 @@ mod tests {
             .expect("cas"));
         store.flush().await.expect("flush");
         assert_eq!(store.flush_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_panics_fails_cleanly_and_the_next_one_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        for i in 0..100u32 {
+            store
+                .put(Table::Orders, &i.to_be_bytes(), b"kept")
+                .expect("put");
+        }
+        store.panic_after_close.store(true, Ordering::SeqCst);
+        let err = store.checkpoint().expect_err("the checkpoint panicked");
+        assert!(err.to_string().contains("panicked"), "{err}");
+
+        // The database stays closed, and every call says so instead of hanging.
+        let err = store
+            .get(Table::Orders, &0u32.to_be_bytes())
+            .expect_err("closed");
+        assert!(err.to_string().contains("closed"), "{err}");
+        assert!(store.put(Table::Orders, b"new", b"1").is_err());
+        let flushed = tokio::time::timeout(Duration::from_secs(10), store.flush())
+            .await
+            .expect("a flush after the failed checkpoint returns");
+        assert!(flushed.is_err(), "nothing can be vouched for while closed");
+        // The writes still count against the last checkpoint, so the server's next tick
+        // (`StorageConfig::checkpoint_due`) tries again.
+        assert_eq!(store.write_activity().0, 100);
+
+        store.checkpoint().expect("the next checkpoint reopens");
+        assert_eq!(store.write_activity().0, 0);
+        store.flush().await.expect("flush");
+        assert_eq!(store.flush_count(), 0, "the checkpoint made them durable");
+        for i in 0..100u32 {
+            let v = store.get(Table::Orders, &i.to_be_bytes()).expect("get");
+            assert_eq!(v.as_deref(), Some(&b"kept"[..]), "record {i}");
+        }
+        store.put(Table::Orders, b"new", b"1").expect("put");
+        store.flush().await.expect("flush");
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("open again");
+        assert_eq!(
+            store.get(Table::Orders, &99u32.to_be_bytes()).expect("get"),
+            Some(b"kept".to_vec())
+        );
+        assert_eq!(
+            store.get(Table::Orders, b"new").expect("get"),
+            Some(b"1".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_store_call_waiting_for_a_checkpoint_frees_its_worker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).expect("open"));
+        store.put(Table::Orders, b"k", b"v").expect("put");
+        // One worker: if the waiting store call held it, nothing else could run.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // What a checkpoint holds while it closes and reopens the database.
+        let checkpoint = store.open.write().expect("lock");
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = rt.spawn({
+            let (store, started) = (store.clone(), started.clone());
+            async move {
+                started.store(true, Ordering::SeqCst);
+                store.get(Table::Orders, b"k")
+            }
+        });
+        while !started.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            tokio::task::yield_now().await;
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("another task ran while a store call waited for the checkpoint");
+        assert!(!waiting.is_finished());
+        // The blocking pool (CRL scans, checkpoints) waits in place too, without panicking.
+        let blocking = rt.spawn_blocking({
+            let store = store.clone();
+            move || store.get(Table::Orders, b"k")
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!blocking.is_finished());
+        drop(checkpoint);
+        for task in [waiting, blocking] {
+            let value = rt.block_on(task).expect("join").expect("get");
+            assert_eq!(value, Some(b"v".to_vec()));
+        }
     }
 }
