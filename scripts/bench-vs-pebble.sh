@@ -8,6 +8,8 @@
 # stall is reported as such instead of hanging the script.
 #
 # Usage: scripts/bench-vs-pebble.sh [DEVICES] [CONCURRENCY...]   (default: 300  1 8 32 128)
+# BENCH_LOADGEN_ARGS adds loadgen options to every run (e.g. --sleep-first); BENCH_RUN_TIMEOUT
+# (seconds, default 180) bounds each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +77,7 @@ wait_https "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem"
 run() { # name directory cafile pid concurrency
     timeout "$run_timeout" "$bin/loadgen" --directory "$2" --ca-file "$3" --devices "$devices" \
         --concurrency "$5" --server-pid "$4" --timeout-secs 60 --suffix "$1-c$5.bench.test" --json \
+        ${BENCH_LOADGEN_ARGS:-} \
         || echo '{"stalled": true}'
 }
 

@@ -115,6 +115,8 @@ pub struct CaServerOpts {
     /// `validation.lab_resolve_all_to`: every DNS name resolves here. 127.0.0.1 by default,
     /// because test clients listen on loopback for names that exist nowhere.
     pub lab_resolve_all_to: Option<IpAddr>,
+    /// `validation.lab_always_valid`: challenges pass without validation (load benchmarks).
+    pub lab_always_valid: bool,
     /// `issuance.cert_validity`, e.g. `"7d"`.
     pub cert_validity: String,
     /// `eab.required`.
@@ -134,6 +136,7 @@ impl Default for CaServerOpts {
             http_port: None,
             tls_alpn_port: None,
             lab_resolve_all_to: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            lab_always_valid: false,
             cert_validity: "7d".to_owned(),
             eab_required: false,
             startup_timeout: Duration::from_secs(30),
@@ -164,6 +167,8 @@ struct ValidationSection {
     tls_alpn_port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     lab_resolve_all_to: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    lab_always_valid: bool,
 }
 
 #[derive(Serialize)]
@@ -228,6 +233,7 @@ impl CaServer {
                 http_port,
                 tls_alpn_port,
                 lab_resolve_all_to: opts.lab_resolve_all_to.map(|ip| ip.to_string()),
+                lab_always_valid: opts.lab_always_valid,
             },
             eab: EabSection {
                 required: opts.eab_required,
@@ -334,6 +340,11 @@ impl CaServer {
         self.tls_alpn_port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Daemon::pid)
+    }
+
     /// Tails of the server's stdout and stderr.
     pub fn logs(&self) -> String {
         match &self.child {
@@ -425,6 +436,7 @@ mod tests {
                 http_port: 5002,
                 tls_alpn_port: 5001,
                 lab_resolve_all_to: Some("127.0.0.1".to_owned()),
+                lab_always_valid: true,
             },
             eab: EabSection { required: true },
         };
@@ -439,6 +451,7 @@ mod tests {
             http_port = 5002
             tls_alpn_port = 5001
             lab_resolve_all_to = "127.0.0.1"
+            lab_always_valid = true
             [eab]
             required = true
         "#

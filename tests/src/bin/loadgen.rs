@@ -6,6 +6,10 @@
 //! problem type, its own CPU time, and the server's CPU time and peak RSS when given its PID
 //! (read from /proc). `--json` prints one JSON object for scripts.
 //!
+//! Polling: after the challenge and after finalize it looks at the order once right away and
+//! backs off (5 ms, x1.5) only if it is not done, like the device-client; `--sleep-first`
+//! sleeps before the first look instead (instant-acme's own polling).
+//!
 //! Challenges: with `--http-port` it answers http-01 on 127.0.0.1:PORT (the port the CA dials);
 //! without it, it assumes the server validates nothing (iiot-acme's `lab_always_valid`, Pebble's
 //! `PEBBLE_VA_ALWAYS_VALID`) and just triggers the challenge.
@@ -54,6 +58,13 @@ struct Opts {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Sleep 5 ms before looking at the order after the challenge and after finalize
+    /// (instant-acme's `poll_ready` / `poll_certificate`). By default the order is looked at
+    /// once at once, as iiot-acme's device-client does, and the 5 ms (x1.5) back-off starts only
+    /// if it is not done yet: a fixed sleep puts a floor under every enrollment's latency that
+    /// hides how fast the server itself is (issue #6).
+    #[arg(long)]
+    sleep_first: bool,
 }
 
 const STEPS: [&str; 6] = [
@@ -160,7 +171,18 @@ async fn enroll(
         .initial_delay(Duration::from_millis(5))
         .backoff(1.5)
         .timeout(Duration::from_secs(opts.timeout_secs));
-    let status = order.poll_ready(&retry).await.map_err(describe)?;
+    let mut status = OrderStatus::Pending;
+    if !opts.sleep_first {
+        let state = order.refresh().await.map_err(describe)?;
+        // As `poll_ready` does: a failed order reports its problem, counted by type.
+        if let Some(problem) = &state.error {
+            return Err(describe(instant_acme::Error::Api(problem.clone())));
+        }
+        status = state.status;
+    }
+    if !matches!(status, OrderStatus::Ready | OrderStatus::Invalid) {
+        status = order.poll_ready(&retry).await.map_err(describe)?;
+    }
     if status != OrderStatus::Ready {
         return Err(format!("order became {status:?}"));
     }
@@ -171,7 +193,15 @@ async fn enroll(
     let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
     order.finalize_csr(csr.der()).await.map_err(describe)?;
     lap("finalize", &mut steps);
-    order.poll_certificate(&retry).await.map_err(describe)?;
+    // `certificate` uses the finalize response, refreshing once if it said processing.
+    let ready = if !opts.sleep_first {
+        order.certificate().await.map_err(describe)?
+    } else {
+        None
+    };
+    if ready.is_none() {
+        order.poll_certificate(&retry).await.map_err(describe)?;
+    }
     lap("certificate", &mut steps);
     Ok(steps)
 }
