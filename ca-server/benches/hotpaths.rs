@@ -49,7 +49,7 @@ use common::TestServer;
 const JWS_PER_ENROLLMENT: u32 = 7;
 
 /// Server CPU per certificate measured by `scripts/bench-vs-pebble.sh` (README table, at
-/// commit a47d3e7, loadgen looking at the order before it backs off), ms. Update with the table.
+/// a47d3e7, the run before the POSTs column), ms. Update with the table.
 const SERVER_CPU_MS: [(u32, f64); 3] = [(8, 1.90), (32, 1.57), (128, 1.73)];
 
 /// Per-iteration times (seconds) of every `iter_custom` call, by benchmark id, with the

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use iiot_acme_tests::process::run_with_timeout;
-use iiot_acme_tests::{temp_dir, CaServer, CaServerOpts};
+use iiot_acme_tests::{ca_server_bin, temp_dir, CaServer, CaServerOpts};
 
 fn start(lab_always_valid: bool) -> CaServer {
     CaServer::start(CaServerOpts {
@@ -43,13 +43,29 @@ fn loadgen(
         .unwrap_or_else(|e| panic!("loadgen printed no JSON report ({e}): {}", out.tails()))
 }
 
-/// Lines of the server's logs (whole files, not tails) that contain `what`.
-fn log_lines(server: &CaServer, what: &str) -> usize {
-    ["ca-server.stdout.log", "ca-server.stderr.log"]
-        .iter()
-        .map(|f| std::fs::read_to_string(server.data_dir().join(f)).unwrap_or_default())
-        .map(|text| text.lines().filter(|l| l.contains(what)).count())
-        .sum()
+/// Valid certificates in the CA's store, from the operator's `ca-server audit --json`.
+fn issued(server: &CaServer) -> u64 {
+    let out = Command::new(ca_server_bin().expect("ca-server binary"))
+        .args(["audit", "--json", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .expect("ca-server audit runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+    report["certificates"]["valid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no valid count: {report}"))
+}
+
+/// Signed requests per enrollment the loadgen counted in `step`.
+fn posts(report: &serde_json::Value, step: &str) -> f64 {
+    report["steps"][step]["posts_per_enrollment"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no POST count for {step}: {report:#}"))
 }
 
 #[test]
@@ -58,12 +74,7 @@ fn loadgen_enrolls_every_device_and_reports_the_server() {
     let report = loadgen(&server, 12, 4, &[]);
     assert_eq!(report["ok"], 12, "{report:#}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
-    assert_eq!(
-        log_lines(&server, "certificate issued"),
-        12,
-        "{}",
-        server.logs()
-    );
+    assert_eq!(issued(&server), 12, "{}", server.logs());
     for step in [
         "account",
         "order",
@@ -74,6 +85,20 @@ fn loadgen_enrolls_every_device_and_reports_the_server() {
     ] {
         assert_eq!(report["steps"][step]["n"], 12, "step {step}: {report:#}");
     }
+    // newAccount; newOrder; the authorization and the challenge; at least one look at the
+    // order; finalize. The CA issues before it answers finalize, so the loadgen downloads at
+    // once: exactly one POST, no look at the order and no sleep first.
+    let expected = [
+        ("account", 1.0),
+        ("order", 1.0),
+        ("challenge", 2.0),
+        ("finalize", 1.0),
+        ("certificate", 1.0),
+    ];
+    for (step, n) in expected {
+        assert_eq!(posts(&report, step), n, "step {step}: {report:#}");
+    }
+    assert!(posts(&report, "ready") >= 1.0, "{report:#}");
     let e = &report["enrollment"];
     let (p50, max) = (e["p50_ms"].as_f64(), e["max_ms"].as_f64());
     assert!(
@@ -93,7 +118,9 @@ fn loadgen_enrolls_every_device_and_reports_the_server() {
     // instant-acme's own polling, which sleeps before each look, enrolls too.
     let report = loadgen(&server, 3, 3, &["--sleep-first", "--suffix", "sleepy.test"]);
     assert_eq!(report["ok"], 3, "{report:#}");
-    assert_eq!(log_lines(&server, "certificate issued"), 15);
+    assert_eq!(issued(&server), 15);
+    // It polls the order after finalize before downloading.
+    assert!(posts(&report, "certificate") >= 2.0, "{report:#}");
 }
 
 #[test]
@@ -113,5 +140,5 @@ fn loadgen_counts_failed_enrollments_by_cause() {
             .all(|k| k == "urn:ietf:params:acme:error:connection"),
         "{report:#}"
     );
-    assert_eq!(log_lines(&server, "certificate issued"), 0);
+    assert_eq!(issued(&server), 0);
 }

@@ -82,7 +82,39 @@ type Tokens = Arc<Mutex<HashMap<String, String>>>;
 struct Results {
     total: Vec<Duration>,
     steps: BTreeMap<&'static str, Vec<Duration>>,
+    /// Signed requests (POSTs) per step, summed over the successful enrollments.
+    posts: BTreeMap<&'static str, usize>,
     errors: BTreeMap<String, usize>,
+}
+
+/// One step of an enrollment: its name, how long it took, and how many POSTs it sent.
+type Step = (&'static str, Duration, usize);
+
+/// Counts the POSTs (JWS-signed requests) an enrollment sends, so the report shows how many
+/// looks at the order each server needed: a server that finishes in the background makes the
+/// client look, and back off, more often.
+struct CountPosts {
+    inner: Box<dyn instant_acme::HttpClient>,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl instant_acme::HttpClient for CountPosts {
+    fn request(
+        &self,
+        req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        if req.method() == axum::http::Method::POST {
+            self.posts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.request(req)
+    }
 }
 
 /// An HTTPS client trusting only `ca_file`, with TCP_NODELAY (see Cargo.toml) and HTTP/2.
@@ -116,22 +148,23 @@ fn http_client(ca_file: &std::path::Path) -> anyhow::Result<Box<dyn instant_acme
 }
 
 /// One enrollment; returns per-step durations or the error's problem type (or text).
-async fn enroll(
-    opts: &Opts,
-    tokens: &Tokens,
-    i: usize,
-) -> Result<Vec<(&'static str, Duration)>, String> {
+async fn enroll(opts: &Opts, tokens: &Tokens, i: usize) -> Result<Vec<Step>, String> {
     let describe = |e: instant_acme::Error| match e {
         instant_acme::Error::Api(p) => p.r#type.unwrap_or_else(|| "problem without type".into()),
         other => format!("client error: {other}"),
     };
     let mut steps = Vec::with_capacity(STEPS.len());
     let mut t = Instant::now();
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut lap = |name: &'static str, steps: &mut Vec<_>| {
-        steps.push((name, t.elapsed()));
+        let n = posts.swap(0, std::sync::atomic::Ordering::Relaxed);
+        steps.push((name, t.elapsed(), n));
         t = Instant::now();
     };
-    let http = http_client(&opts.ca_file).map_err(|e| format!("client setup: {e:#}"))?;
+    let http = Box::new(CountPosts {
+        inner: http_client(&opts.ca_file).map_err(|e| format!("client setup: {e:#}"))?,
+        posts: posts.clone(),
+    });
     let (account, _) = Account::builder_with_http(http)
         .create(
             &NewAccount {
@@ -199,8 +232,13 @@ async fn enroll(
     } else {
         None
     };
-    if ready.is_none() {
-        order.poll_certificate(&retry).await.map_err(describe)?;
+    let chain = match ready {
+        Some(chain) => chain,
+        None => order.poll_certificate(&retry).await.map_err(describe)?,
+    };
+    // instant-acme takes any body as the certificate; an enrollment counts only with one.
+    if !chain.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("the certificate download is not a PEM chain".to_owned());
     }
     lap("certificate", &mut steps);
     Ok(steps)
@@ -293,8 +331,9 @@ async fn main() -> anyhow::Result<()> {
                     match outcome {
                         Ok(steps) => {
                             r.total.push(t0.elapsed());
-                            for (name, d) in steps {
+                            for (name, d, posts) in steps {
                                 r.steps.entry(name).or_default().push(d);
+                                *r.posts.entry(name).or_default() += posts;
                             }
                         }
                         Err(e) => *r.errors.entry(e).or_default() += 1,
@@ -322,15 +361,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let per_cert_ms = |cpu: Option<f64>| cpu.filter(|_| ok > 0).map(|c| c * 1000.0 / ok as f64);
     let mut steps = serde_json::Map::new();
+    let per_enrollment = |n: usize| (ok > 0).then(|| n as f64 / ok as f64);
     for name in STEPS {
         if let Some(v) = r.steps.get_mut(name) {
-            steps.insert(name.to_owned(), summary(v));
+            let mut s = summary(v);
+            s["posts_per_enrollment"] =
+                json!(per_enrollment(r.posts.get(name).copied().unwrap_or(0)));
+            steps.insert(name.to_owned(), s);
         }
     }
     let report = json!({
         "devices": opts.devices, "concurrency": opts.concurrency, "ok": ok,
         "errors": r.errors, "wall_s": wall, "certs_per_s": ok as f64 / wall,
         "enrollment": summary(&mut r.total), "steps": steps,
+        "posts_per_enrollment": per_enrollment(r.posts.values().sum()),
         "server_cpu_s": server_cpu, "server_cpu_ms_per_cert": per_cert_ms(server_cpu),
         "server_peak_rss_mib": server_pid.as_deref().and_then(peak_rss_mib),
         "loadgen_cpu_s": own_cpu, "loadgen_cpu_ms_per_cert": per_cert_ms(own_cpu),
