@@ -79,6 +79,8 @@ pub struct Inner {
     pub crl: crate::crl::CrlCache,
     /// Certificate profiles (SPEC §8.3), checked at start.
     pub profiles: crate::profiles::Profiles,
+    /// Rate limits (`[rate_limits]`).
+    pub limits: crate::ratelimit::RateLimiter,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

@@ -41,6 +41,10 @@ pub struct Config {
     /// Certificate profiles (`[profiles]`, SPEC §8.3): `default = "<name>"` and one
     /// `[profiles.<name>]` table per profile to add or adjust.
     pub profiles: crate::profiles::ProfilesConfig,
+    /// Connection limits of the HTTPS listener (`[limits]`).
+    pub limits: LimitsConfig,
+    /// Request rate limits (`[rate_limits]`).
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for Config {
@@ -59,6 +63,8 @@ impl Default for Config {
             keys: KeysConfig::default(),
             storage: StorageConfig::default(),
             profiles: crate::profiles::ProfilesConfig::default(),
+            limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -145,6 +151,17 @@ pub struct ValidationConfig {
     /// Overall timeout of one validation attempt.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Which http-01 redirects are followed (`va` module docs).
+    pub redirects: Redirects,
+    /// LAB/TEST ONLY: let validation dial loopback addresses (127.0.0.0/8, ::1), and accept
+    /// `ip` identifiers and CA names that are loopback. Off by default; the server logs a
+    /// warning at start when it is on.
+    pub allow_loopback: bool,
+    /// Most validations (http-01, tls-alpn-01) running at once; a challenge answered beyond
+    /// it gets `rateLimited` and stays pending.
+    pub max_in_flight: usize,
+    /// Most validations running at once for one account.
+    pub max_in_flight_per_account: usize,
     /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
     /// Off by default; the server logs a warning at start when it is set.
     pub lab_resolve_all_to: Option<IpAddr>,
@@ -160,10 +177,28 @@ impl Default for ValidationConfig {
             http_port: 80,
             tls_alpn_port: 443,
             timeout: Duration::from_secs(10),
+            redirects: Redirects::default(),
+            allow_loopback: false,
+            max_in_flight: 256,
+            max_in_flight_per_account: 8,
             lab_resolve_all_to: None,
             lab_always_valid: false,
         }
     }
+}
+
+/// Which redirects http-01 validation follows (`[validation] redirects`). The scheme and port
+/// rules apply in every mode: only `http://` on `http_port`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirects {
+    /// Only to the identifier's own host (the default).
+    #[default]
+    SameHost,
+    /// To any host the validator may dial.
+    Any,
+    /// None: a redirect fails the challenge.
+    None,
 }
 
 /// External account binding (RFC 8555 §7.3.4).
@@ -272,6 +307,237 @@ pub struct KeysConfig {
     pub allow_renewal_key_reuse: bool,
 }
 
+/// Connection limits of the HTTPS listener (`[limits]`): what a client that opens
+/// connections and then stalls can hold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Time a connection has for its TLS handshake and then for each request head (request
+    /// line and headers).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// Time one request has from its first byte until its response is sent, body included.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Time an idle keep-alive connection stays open between requests.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; further connections wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// A token bucket: `count` requests per `period`, refilled continuously.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Bucket size: requests allowed in one burst, and per period.
+    pub count: u32,
+    /// The period over which `count` requests are refilled.
+    #[serde(deserialize_with = "de_duration")]
+    pub period: Duration,
+}
+
+impl Rate {
+    /// `count` per `period`.
+    pub const fn new(count: u32, period: Duration) -> Self {
+        Self { count, period }
+    }
+}
+
+/// The rate limits (`[rate_limits]`), as token buckets keyed by source address, account or
+/// account and identifier, with per-key overrides (Boulder's model). See `ratelimit`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// BENCHMARK ONLY when off: every limit below is switched off. On by default; the server
+    /// logs a warning at start when it is off.
+    pub enabled: bool,
+    /// newAccount requests per source address.
+    pub new_account_per_address: Rate,
+    /// newOrder requests per account.
+    pub new_order_per_account: Rate,
+    /// Failed validations per account and identifier; newOrder for an identifier whose
+    /// bucket is empty is refused.
+    pub failed_validations_per_identifier: Rate,
+    /// Operator-approval requests waiting at once per account.
+    pub pending_approvals_per_account: u32,
+    /// Operator-approval requests waiting at once per source address.
+    pub pending_approvals_per_address: u32,
+    /// Per-key exceptions: `[[rate_limits.overrides]]` with `limit`, `key` and the new `count`
+    /// (and `period` for buckets).
+    pub overrides: Vec<RateOverride>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            new_account_per_address: Rate::new(100, Duration::from_secs(60)),
+            new_order_per_account: Rate::new(300, Duration::from_secs(3600)),
+            failed_validations_per_identifier: Rate::new(5, Duration::from_secs(3600)),
+            pending_approvals_per_account: 5,
+            pending_approvals_per_address: 50,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// The limits a `[[rate_limits.overrides]]` entry can change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitName {
+    /// `new_account_per_address`; the key is an address or a CIDR prefix.
+    NewAccountPerAddress,
+    /// `new_order_per_account`; the key is an account id.
+    NewOrderPerAccount,
+    /// `failed_validations_per_identifier`; the key is an account id (all its identifiers).
+    FailedValidationsPerIdentifier,
+    /// `pending_approvals_per_account`; the key is an account id.
+    PendingApprovalsPerAccount,
+    /// `pending_approvals_per_address`; the key is an address or a CIDR prefix.
+    PendingApprovalsPerAddress,
+}
+
+impl LimitName {
+    /// The config name, which problem details quote.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewAccountPerAddress => "new_account_per_address",
+            Self::NewOrderPerAccount => "new_order_per_account",
+            Self::FailedValidationsPerIdentifier => "failed_validations_per_identifier",
+            Self::PendingApprovalsPerAccount => "pending_approvals_per_account",
+            Self::PendingApprovalsPerAddress => "pending_approvals_per_address",
+        }
+    }
+
+    /// Whether the limit is keyed by source address (else by account).
+    pub fn by_address(self) -> bool {
+        matches!(
+            self,
+            Self::NewAccountPerAddress | Self::PendingApprovalsPerAddress
+        )
+    }
+
+    /// Whether the limit is a token bucket (else a cap on requests waiting at once).
+    pub fn is_bucket(self) -> bool {
+        !matches!(
+            self,
+            Self::PendingApprovalsPerAccount | Self::PendingApprovalsPerAddress
+        )
+    }
+}
+
+/// One `[[rate_limits.overrides]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverride {
+    /// Which limit.
+    pub limit: LimitName,
+    /// Whose: an account id, or for per-address limits an address or a CIDR prefix.
+    pub key: String,
+    /// The new bucket size or cap.
+    pub count: u32,
+    /// The new period (buckets only; default: the limit's own).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub period: Option<Duration>,
+}
+
+impl RateLimitsConfig {
+    /// Checks the buckets and the overrides' keys.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("new_account_per_address", self.new_account_per_address),
+            ("new_order_per_account", self.new_order_per_account),
+            (
+                "failed_validations_per_identifier",
+                self.failed_validations_per_identifier,
+            ),
+        ] {
+            if rate.count == 0 || rate.period.is_zero() {
+                return Err(format!(
+                    "rate_limits.{name} needs a count and a period above zero (to switch the \
+                     limits off, set rate_limits.enabled = false)"
+                ));
+            }
+        }
+        for o in &self.overrides {
+            let name = o.limit.as_str();
+            if o.limit.by_address() && parse_prefix(&o.key).is_none() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} key {:?} must be an IP address or a CIDR \
+                     prefix such as 10.20.0.0/16",
+                    o.key
+                ));
+            }
+            if !o.limit.by_address() && o.key.is_empty() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} needs an account id as its key"
+                ));
+            }
+            if o.limit.is_bucket() && o.count == 0 {
+                return Err(format!(
+                    "rate_limits.overrides: {name} for {:?} needs a count above zero",
+                    o.key
+                ));
+            }
+            if !o.limit.is_bucket() && o.period.is_some() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} is a cap on waiting requests and takes no \
+                     period"
+                ));
+            }
+            if o.period.is_some_and(|p| p.is_zero()) {
+                return Err(format!(
+                    "rate_limits.overrides: {name} for {:?} needs a period above zero",
+                    o.key
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ADDR` or `ADDR/LEN` as an address and a prefix length.
+pub fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((addr, len))
+}
+
+/// Whether `addr` lies in the prefix `net`/`len` (addresses of the other family never do).
+pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    let (a, n, bits) = match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    let len = u32::from(len).min(bits);
+    if len == 0 {
+        return true;
+    }
+    let shift = bits - len;
+    (a >> shift) == (n >> shift)
+}
+
 impl Config {
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, String> {
@@ -309,6 +575,27 @@ impl Config {
         if self.validation.timeout.is_zero() {
             return Err("validation.timeout must be positive".into());
         }
+        if self.validation.max_in_flight == 0 || self.validation.max_in_flight_per_account == 0 {
+            return Err(
+                "validation.max_in_flight and validation.max_in_flight_per_account must be \
+                 at least 1"
+                    .into(),
+            );
+        }
+        let l = &self.limits;
+        for (name, d) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("request_timeout", l.request_timeout),
+            ("idle_timeout", l.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("limits.{name} must be positive"));
+            }
+        }
+        if l.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".into());
+        }
+        self.rate_limits.check()?;
         if let Some(url) = &self.public_url {
             if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
                 return Err(format!(
@@ -361,6 +648,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 #[cfg(test)]

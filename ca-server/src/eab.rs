@@ -127,28 +127,10 @@ impl AllowRule {
             (Self::IpPrefix(net, len), IdentifierType::Ip) => id
                 .value
                 .parse::<IpAddr>()
-                .is_ok_and(|addr| in_prefix(addr, *net, *len)),
+                .is_ok_and(|addr| crate::config::in_prefix(addr, *net, *len)),
             _ => false,
         }
     }
-}
-
-fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
-    let (a, n): (Vec<u8>, Vec<u8>) = match (addr, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (a.octets().to_vec(), n.octets().to_vec()),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (a.octets().to_vec(), n.octets().to_vec()),
-        _ => return false,
-    };
-    let full = usize::from(len / 8);
-    let rest = len % 8;
-    if a[..full] != n[..full] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    a[full] & mask == n[full] & mask
 }
 
 impl std::fmt::Display for AllowRule {

@@ -102,6 +102,14 @@ pub enum Error {
     /// The revocation reason code is not allowed.
     #[error("bad revocation reason: {0}")]
     BadRevocationReason(String),
+    /// A rate limit was hit (RFC 8555 §6.6): 429 with `Retry-After`.
+    #[error("rate limited: {detail}")]
+    RateLimited {
+        /// Which limit, and what it allows.
+        detail: String,
+        /// When the client may try again.
+        retry_after: std::time::Duration,
+    },
     /// A device attestation did not verify (draft-ietf-acme-device-attest §5).
     #[error("bad attestation statement: {0}")]
     BadAttestationStatement(String),
@@ -156,6 +164,7 @@ impl Error {
             Self::AlreadyReplaced(_) => ProblemType::AlreadyReplaced,
             Self::BadRevocationReason(_) => ProblemType::BadRevocationReason,
             Self::BadAttestationStatement(_) => ProblemType::BadAttestationStatement,
+            Self::RateLimited { .. } => ProblemType::RateLimited,
             Self::Connection(_) => ProblemType::Connection,
             Self::IncorrectResponse(_) => ProblemType::IncorrectResponse,
             Self::Tls(_) => ProblemType::Tls,
@@ -201,7 +210,8 @@ impl Error {
             | Self::IncorrectResponse(d)
             | Self::Tls(d)
             | Self::Dns(d)
-            | Self::UnsupportedMediaType(d) => d.clone(),
+            | Self::UnsupportedMediaType(d)
+            | Self::RateLimited { detail: d, .. } => d.clone(),
             other => other.to_string(),
         };
         let mut problem = Problem::new(kind, detail);
@@ -270,6 +280,8 @@ pub enum ProblemType {
     Malformed,
     /// `orderNotReady`
     OrderNotReady,
+    /// `rateLimited`
+    RateLimited,
     /// `rejectedIdentifier`
     RejectedIdentifier,
     /// `serverInternal`
@@ -306,6 +318,7 @@ impl ProblemType {
             Self::InvalidProfile => "invalidProfile",
             Self::Malformed => "malformed",
             Self::OrderNotReady => "orderNotReady",
+            Self::RateLimited => "rateLimited",
             Self::RejectedIdentifier => "rejectedIdentifier",
             Self::ServerInternal => "serverInternal",
             Self::Tls => "tls",
@@ -328,6 +341,7 @@ impl ProblemType {
             }
             Self::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::AlreadyReplaced => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -387,6 +401,14 @@ impl IntoResponse for Error {
             if let Ok(v) = HeaderValue::from_str(location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
+        }
+        // > … the server … MAY include a Retry-After header field indicating how long to wait
+        // > before making the request again.  (RFC 8555 §6.6)
+        // Whole seconds, rounded up, so a client that waits that long finds a token.
+        if let Self::RateLimited { retry_after, .. } = &self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if matches!(self, Self::Storage(_) | Self::Internal(_)) {
             resp.extensions_mut()

@@ -26,6 +26,7 @@ pub mod keycheck;
 pub mod nonce;
 pub mod order;
 pub mod profiles;
+pub mod ratelimit;
 pub mod renewal;
 pub mod server;
 pub mod storage;

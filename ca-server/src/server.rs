@@ -46,6 +46,12 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.validation.lab_always_valid {
         tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
     }
+    if cfg.validation.allow_loopback {
+        tracing::warn!("LAB SETTING validation.allow_loopback is on: validation dials loopback addresses and loopback identifiers can be certified. For tests only; never in production.");
+    }
+    if !cfg.rate_limits.enabled {
+        tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
+    }
     let va = Validator::new(cfg.validation.clone())?;
     let profiles =
         crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
@@ -68,6 +74,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::crl::CrlCache::default(),
+        limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
         ca,
         va,
         cfg,

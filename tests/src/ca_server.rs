@@ -117,6 +117,11 @@ pub struct CaServerOpts {
     pub lab_resolve_all_to: Option<IpAddr>,
     /// `validation.lab_always_valid`: challenges pass without validation (load benchmarks).
     pub lab_always_valid: bool,
+    /// `validation.allow_loopback`: the CA may dial and certify loopback addresses. On by
+    /// default, because every test client listens on loopback.
+    pub allow_loopback: bool,
+    /// `rate_limits.enabled`; on by default, off for load tests.
+    pub rate_limits: bool,
     /// `issuance.cert_validity`, e.g. `"7d"`.
     pub cert_validity: String,
     /// `eab.required`.
@@ -137,6 +142,8 @@ impl Default for CaServerOpts {
             tls_alpn_port: None,
             lab_resolve_all_to: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             lab_always_valid: false,
+            allow_loopback: true,
+            rate_limits: true,
             cert_validity: "7d".to_owned(),
             eab_required: false,
             startup_timeout: Duration::from_secs(30),
@@ -154,6 +161,12 @@ struct ConfigFile<'a> {
     issuance: IssuanceSection<'a>,
     validation: ValidationSection,
     eab: EabSection,
+    rate_limits: RateLimitsSection,
+}
+
+#[derive(Serialize)]
+struct RateLimitsSection {
+    enabled: bool,
 }
 
 #[derive(Serialize)]
@@ -169,6 +182,7 @@ struct ValidationSection {
     lab_resolve_all_to: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     lab_always_valid: bool,
+    allow_loopback: bool,
 }
 
 #[derive(Serialize)]
@@ -234,9 +248,13 @@ impl CaServer {
                 tls_alpn_port,
                 lab_resolve_all_to: opts.lab_resolve_all_to.map(|ip| ip.to_string()),
                 lab_always_valid: opts.lab_always_valid,
+                allow_loopback: opts.allow_loopback,
             },
             eab: EabSection {
                 required: opts.eab_required,
+            },
+            rate_limits: RateLimitsSection {
+                enabled: opts.rate_limits,
             },
         };
         let config_path = data_dir.join("ca-server.test.toml");
@@ -437,8 +455,10 @@ mod tests {
                 tls_alpn_port: 5001,
                 lab_resolve_all_to: Some("127.0.0.1".to_owned()),
                 lab_always_valid: true,
+                allow_loopback: true,
             },
             eab: EabSection { required: true },
+            rate_limits: RateLimitsSection { enabled: false },
         };
         let text = toml::to_string(&config).expect("serializes");
         let value: toml::Table = text.parse().expect("valid TOML");
@@ -452,8 +472,11 @@ mod tests {
             tls_alpn_port = 5001
             lab_resolve_all_to = "127.0.0.1"
             lab_always_valid = true
+            allow_loopback = true
             [eab]
             required = true
+            [rate_limits]
+            enabled = false
         "#
         .parse()
         .expect("valid TOML");

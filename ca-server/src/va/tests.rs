@@ -29,8 +29,9 @@ fn config(http_port: u16, tls_alpn_port: u16) -> ValidationConfig {
         http_port,
         tls_alpn_port,
         timeout: Duration::from_secs(5),
-        lab_resolve_all_to: None,
-        lab_always_valid: false,
+        // The test peers listen on loopback.
+        allow_loopback: true,
+        ..ValidationConfig::default()
     }
 }
 

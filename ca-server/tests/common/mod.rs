@@ -52,6 +52,8 @@ impl TestServer {
             ..Config::default()
         };
         cfg.validation.timeout = std::time::Duration::from_secs(5);
+        // Test peers listen on loopback; tests of the refusal turn this off.
+        cfg.validation.allow_loopback = true;
         f(&mut cfg);
         let app = ca_server::server::init(cfg).expect("init");
         let router = app::router(app.clone());
