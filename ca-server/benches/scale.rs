@@ -346,6 +346,7 @@ fn main() {
             reason: [0, 1, 4, 5][i % 4],
             at,
             issuer: IssuerKind::Ec,
+            by: Some(ca_server::cert::RevokedBy::Operator),
         };
         s.app
             .db

@@ -37,6 +37,10 @@ pub struct Account {
     /// The EAB key id that bound this account, if any.
     #[serde(default)]
     pub eab_kid: Option<String>,
+    /// The `externalAccountBinding` JWS the account was created with, shown in the account
+    /// object (RFC 8555 §7.1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_account_binding: Option<Value>,
     /// Unix time of creation.
     pub created: i64,
 }
@@ -74,6 +78,13 @@ impl Account {
         });
         if self.terms_of_service_agreed {
             v["termsOfServiceAgreed"] = json!(true);
+        }
+        // > externalAccountBinding (optional, object): Including this field in a newAccount
+        // > request indicates approval by the holder of an existing non-ACME account to bind
+        // > that account to this ACME account.
+        // <https://www.rfc-editor.org/rfc/rfc8555#section-7.1.2>
+        if let Some(binding) = &self.external_account_binding {
+            v["externalAccountBinding"] = binding.clone();
         }
         v
     }
@@ -167,6 +178,14 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
     if p.only_return_existing == Some(true) {
         return Err(Error::AccountDoesNotExist);
     }
+    // Accounts are cheap to make and each one gets its own order and validation budgets, so
+    // their creation is limited per source address.
+    if let Some(peer) = r.req.peer {
+        app.limits.take(
+            crate::config::LimitName::NewAccountPerAddress,
+            &crate::ratelimit::Key::Address(peer.ip().to_canonical()),
+        )?;
+    }
     if app.cfg.terms_of_service.is_some() && p.terms_of_service_agreed != Some(true) {
         return Err(Error::Malformed(
             "the terms of service must be agreed to (termsOfServiceAgreed: true)".into(),
@@ -193,6 +212,7 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
         contact,
         terms_of_service_agreed: p.terms_of_service_agreed == Some(true),
         eab_kid: cred.as_ref().map(|c| c.kid.clone()),
+        external_account_binding: cred.as_ref().and(p.external_account_binding.clone()),
         created: now(),
     };
     // Spend the credential first: if that fails nothing else was written. Then the account,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::{now, rfc3339, AppState};
-use crate::cert::{record_revocation, Certificate};
+use crate::cert::{record_revocation, Certificate, RevokedBy};
 use crate::storage::Table;
 use crate::types::Identifier;
 use crate::{Error, Result};
@@ -113,7 +113,7 @@ async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Re
     let mut issuers = std::collections::BTreeSet::new();
     for c in certificates(&app)? {
         if c.revoked.is_none() && r.select.matches(&c)? {
-            match record_revocation(&app, &c.id, r.reason) {
+            match record_revocation(&app, &c.id, r.reason, RevokedBy::Operator) {
                 Ok(issuer) => {
                     issuers.insert(issuer);
                     revoked.push(c.id);
@@ -240,9 +240,41 @@ fn key_type(c: &Certificate) -> Result<String> {
     Ok(crate::csr::key_type(cert.public_key()))
 }
 
+#[derive(Deserialize)]
+struct IdentityRequest {
+    /// `type:value` or `uri:` + an ApplicationUri.
+    identity: String,
+}
+
+/// Who holds an identity (`identity` module).
+async fn identity_show(
+    State(app): State<AppState>,
+    Json(r): Json<IdentityRequest>,
+) -> Result<Json<Value>> {
+    let key = crate::identity::parse_key(&r.identity)?;
+    let held = crate::identity::get(&app, &key)?;
+    Ok(Json(json!({"identity": key, "holder": held})))
+}
+
+/// The operator releases an identity, so another account may be certified for it.
+async fn identity_release(
+    State(app): State<AppState>,
+    Json(r): Json<IdentityRequest>,
+) -> Result<Json<Value>> {
+    let key = crate::identity::parse_key(&r.identity)?;
+    let released = crate::identity::release(&app, &key)?;
+    app.db.flush().await?;
+    if let Some(h) = &released {
+        tracing::info!(identity = %key, holder = %h.account_id, "operator released an identity");
+    }
+    Ok(Json(json!({"identity": key, "released": released})))
+}
+
 /// The admin API's routes.
 pub fn router(app: AppState) -> Router {
     Router::new()
+        .route("/identity/show", post(identity_show))
+        .route("/identity/release", post(identity_release))
         .route("/revoke", post(revoke))
         .route("/renew-early", post(renew_early))
         .route("/audit", get(audit))

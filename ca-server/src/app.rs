@@ -81,6 +81,8 @@ pub struct Inner {
     pub profiles: crate::profiles::Profiles,
     /// Rate limits (`[rate_limits]`).
     pub limits: crate::ratelimit::RateLimiter,
+    /// The names and addresses the CA serves as, which no account may order (`policy`).
+    pub own_names: crate::policy::OwnNames,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

@@ -51,6 +51,10 @@ pub struct Authz {
     pub expires: i64,
     /// The offered challenges.
     pub challenges: Vec<Challenge>,
+    /// The enrollment credential (EAB key id) that pre-authorized it (SPEC §6.6); such an
+    /// authorization has no challenge and counts only while the credential stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_authorized_by: Option<String>,
 }
 
 impl Authz {
@@ -81,15 +85,39 @@ impl Authz {
             status: AuthzStatus::Pending,
             expires,
             challenges,
+            pre_authorized_by: None,
         })
     }
 
     /// An authorization that is valid from the start, without challenges: the identifier was
-    /// pre-authorized by the operator through an allow-listed enrollment credential (SPEC §6.6).
-    pub fn pre_authorized(account_id: &str, identifier: Identifier, expires: i64) -> Result<Self> {
+    /// pre-authorized by the operator through the allow-listed enrollment credential `kid`
+    /// (SPEC §6.6).
+    pub fn pre_authorized(
+        account_id: &str,
+        identifier: Identifier,
+        expires: i64,
+        kid: &str,
+    ) -> Result<Self> {
         let mut a = Self::new(account_id, identifier, expires, &[])?;
         a.status = AuthzStatus::Valid;
+        a.pre_authorized_by = Some(kid.to_owned());
         Ok(a)
+    }
+
+    /// Whether a challenge that proves control of the identifier made it valid: http-01,
+    /// tls-alpn-01 or device-attest-01. Pre-authorization and operator approval vouch for an
+    /// identifier without the account proving anything.
+    pub fn proven_by_challenge(&self) -> bool {
+        self.status() == AuthzStatus::Valid
+            && self.challenges.iter().any(|c| {
+                c.status == ChallengeStatus::Valid
+                    && matches!(
+                        c.kind,
+                        ChallengeType::Http01
+                            | ChallengeType::TlsAlpn01
+                            | ChallengeType::DeviceAttest01
+                    )
+            })
     }
 
     /// Status as of now (RFC 8555 §7.1.6: pending or valid turn expired).
@@ -265,7 +293,7 @@ pub async fn challenge(
         let payload: serde_json::Map<String, Value> = r.req.json()?;
         authz = match kind {
             ChallengeType::Http01 | ChallengeType::TlsAlpn01 => {
-                trigger_validation(&app, &authz_id, kind, &r.account.thumbprint).await?
+                trigger_validation(&app, authz, kind, &r.account).await?
             }
             ChallengeType::DeviceAttest01 => {
                 answer_attestation(&app, authz, &r.account.thumbprint, payload).await?
@@ -304,19 +332,46 @@ pub async fn apply_operator_decisions(app: &AppState) -> Result<()> {
 }
 
 /// Marks a network challenge `processing` and starts its validation in the background
-/// (RFC 8555 §7.5.1: the server validates asynchronously; the client polls).
+/// (RFC 8555 §7.5.1: the server validates asynchronously; the client polls). Validations in
+/// flight are bounded in all and per account (`Validator::admit`): beyond that the challenge
+/// stays pending and the client gets `rateLimited` with `Retry-After`.
 async fn trigger_validation(
     app: &AppState,
-    authz_id: &str,
+    current: Authz,
     kind: ChallengeType,
-    thumbprint: &str,
+    account: &crate::account::Account,
 ) -> Result<Authz> {
-    let (authz, triggered) = start_processing(app, authz_id, kind)?;
+    let admission = match app.va.admit(&account.id) {
+        Ok(admission) => admission,
+        // Answering a challenge that is not waiting to start changes nothing: report it.
+        Err(_) if !would_start(&current, kind) => return Ok(current),
+        Err(e) => return Err(e),
+    };
+    let (authz, triggered) = start_processing(app, &current.id, kind)?;
     app.db.flush().await?;
     if triggered {
-        spawn_validation(app.clone(), authz.clone(), kind, thumbprint.to_owned());
+        spawn_validation(
+            app.clone(),
+            authz.clone(),
+            kind,
+            account.thumbprint.clone(),
+            admission,
+        );
     }
     Ok(authz)
+}
+
+/// Whether answering challenge `kind` would start a validation now (see [`start_processing`]).
+fn would_start(authz: &Authz, kind: ChallengeType) -> bool {
+    authz.status() == AuthzStatus::Pending
+        && !authz
+            .challenges
+            .iter()
+            .any(|c| c.status == ChallengeStatus::Processing)
+        && authz
+            .challenges
+            .iter()
+            .any(|c| c.kind == kind && c.status == ChallengeStatus::Pending)
 }
 
 /// Moves challenge `kind` from `pending` to `processing` under compare-and-swap and says
@@ -382,9 +437,24 @@ async fn answer_attestation(
         &key_authz,
         &Value::Object(payload),
     );
+    if outcome.is_err() {
+        count_failure(app, &authz);
+    }
     let authz = record_outcome(app, &authz.id, kind, &outcome)?;
     app.db.flush().await?;
     Ok(authz)
+}
+
+/// Counts a failed validation against the account and identifier
+/// (`rate_limits.failed_validations_per_identifier`, checked at newOrder).
+fn count_failure(app: &AppState, authz: &Authz) {
+    app.limits.spend(
+        crate::config::LimitName::FailedValidationsPerIdentifier,
+        &crate::ratelimit::Key::AccountIdentifier(
+            authz.account_id.clone(),
+            authz.identifier.clone(),
+        ),
+    );
 }
 
 /// `keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))`
@@ -470,17 +540,27 @@ fn resume_stuck_validations(app: &AppState, authz: &Authz) {
                 continue;
             };
             if claimed {
-                spawn_validation(app.clone(), updated, kind, acct.thumbprint);
+                // Without a slot the restart waits for a later poll.
+                if let Ok(admission) = app.va.admit(&acct.id) {
+                    spawn_validation(app.clone(), updated, kind, acct.thumbprint, admission);
+                }
             }
         }
     }
 }
 
-fn spawn_validation(app: AppState, authz: Authz, kind: ChallengeType, thumbprint: String) {
+fn spawn_validation(
+    app: AppState,
+    authz: Authz,
+    kind: ChallengeType,
+    thumbprint: String,
+    admission: crate::va::Admission,
+) {
     tokio::spawn(async move {
         if let Err(e) = run_validation(&app, &authz, kind, &thumbprint).await {
             tracing::error!(authz = %authz.id, error = %e, "recording validation result failed");
         }
+        drop(admission);
     });
 }
 
@@ -512,7 +592,8 @@ async fn run_validation(
             tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, "challenge valid")
         }
         Err(e) => {
-            tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, error = %e, "challenge invalid")
+            tracing::info!(authz = %authz.id, identifier = %authz.identifier, %kind, error = %e, "challenge invalid");
+            count_failure(app, authz);
         }
     }
     record_outcome(app, &authz.id, kind, &outcome)?;

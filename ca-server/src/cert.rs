@@ -11,7 +11,7 @@ use crate::ca::{IssuedCert, IssuerKind};
 use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
 use crate::storage::Table;
-use crate::types::{AuthzStatus, Identifier};
+use crate::types::Identifier;
 use crate::{jwk, Error, Result};
 
 /// A revocation record.
@@ -25,7 +25,40 @@ pub struct Revocation {
     /// the RSA intermediate have none: EC).
     #[serde(default)]
     pub issuer: IssuerKind,
+    /// Who asked; `None` in records from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<RevokedBy>,
 }
+
+/// Who revoked a certificate (RFC 8555 §7.6 lists who may).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevokedBy {
+    /// The account that ordered it.
+    Account,
+    /// An account holding challenge-proven authorizations for all its identifiers.
+    AuthorizationHolder,
+    /// A request signed with the certificate's own key.
+    CertificateKey,
+    /// The operator, on the CA host.
+    Operator,
+}
+
+impl Revocation {
+    /// Whether this revocation shows that the key is compromised, so no certificate may
+    /// certify it again: reason keyCompromise, from someone who holds the key (a request
+    /// signed with it) or from the operator. An account's word alone does not put a key,
+    /// perhaps another device's, on that list. Records from before `by` was kept count.
+    pub fn proves_key_compromise(&self) -> bool {
+        self.reason == REASON_KEY_COMPROMISE
+            && self
+                .by
+                .is_none_or(|by| matches!(by, RevokedBy::CertificateKey | RevokedBy::Operator))
+    }
+}
+
+/// RFC 5280 §5.3.1 CRLReason keyCompromise.
+pub const REASON_KEY_COMPROMISE: u8 = 1;
 
 /// A stored certificate.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,7 +123,12 @@ impl Certificate {
 /// the table its issuer's CRL is made from and invalidates the cached CRLs so the next one
 /// lists it. Returns the issuing intermediate. The caller flushes, then publishes the CRL
 /// ([`crate::crl::publish`]).
-pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<IssuerKind> {
+pub fn record_revocation(
+    app: &AppState,
+    serial: &str,
+    reason: u8,
+    by: RevokedBy,
+) -> Result<IssuerKind> {
     let at = now();
     let revoked = app
         .db
@@ -102,6 +140,7 @@ pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<Iss
                 reason,
                 at,
                 issuer: c.issuer,
+                by: Some(by),
             });
             Ok(c)
         })?
@@ -112,7 +151,9 @@ pub fn record_revocation(app: &AppState, serial: &str, reason: u8) -> Result<Iss
     Ok(revoked.issuer)
 }
 
-/// Whether `account_id` holds currently valid authorizations covering every identifier.
+/// Whether `account_id` holds currently valid authorizations covering every identifier,
+/// each proven by a challenge ([`Authz::proven_by_challenge`]). An identifier an enrollment
+/// credential or an operator vouched for gives no right over another account's certificate.
 fn holds_authorizations(app: &AppState, account_id: &str, ids: &[Identifier]) -> Result<bool> {
     let mut covered = std::collections::BTreeSet::new();
     let prefix = format!("{account_id}\0");
@@ -127,7 +168,7 @@ fn holds_authorizations(app: &AppState, account_id: &str, ids: &[Identifier]) ->
         };
         for authz_id in &order.authzs {
             if let Some(a) = app.db.get::<Authz>(Table::Authzs, authz_id)? {
-                if a.status() == AuthzStatus::Valid {
+                if a.proven_by_challenge() {
                     covered.insert(a.identifier);
                 }
             }
@@ -206,14 +247,15 @@ pub async fn revoke(
         .filter(|c| jwk::b64u_decode("stored", &c.der).ok().as_deref() == Some(der.as_slice()))
         .ok_or(Error::NotFound("certificate issued by this CA"))?;
 
-    match &signer {
-        Signer::Account(acct) if acct.id == stored.account_id => {}
+    let by = match &signer {
+        Signer::Account(acct) if acct.id == stored.account_id => RevokedBy::Account,
         Signer::Account(acct) => {
             if !holds_authorizations(&app, &acct.id, &stored.identifiers)? {
                 return Err(Error::Unauthorized(
-                    "this account neither ordered the certificate nor holds valid authorizations for all its identifiers; sign with the certificate's key instead".into(),
+                    "this account neither ordered the certificate nor holds authorizations proven by a challenge for all its identifiers; sign with the certificate's key instead".into(),
                 ));
             }
+            RevokedBy::AuthorizationHolder
         }
         Signer::Key { key, .. } => {
             let cert_key = crate::csr::parse_spki(parsed.public_key().raw)?;
@@ -222,12 +264,13 @@ pub async fn revoke(
                     "the request is signed by neither the ordering account nor the certificate's key".into(),
                 ));
             }
+            RevokedBy::CertificateKey
         }
-    }
+    };
 
-    let issuer = record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0))?;
+    let issuer = record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0), by)?;
     app.db.flush().await?;
-    tracing::info!(serial = %serial, reason, "certificate revoked");
+    tracing::info!(serial = %serial, reason, ?by, "certificate revoked");
     crate::crl::publish(&app, [issuer]).await;
     Ok(StatusCode::OK.into_response())
 }

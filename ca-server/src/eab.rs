@@ -55,6 +55,41 @@ pub struct Credential {
     pub role: Option<String>,
 }
 
+impl Credential {
+    /// Whether the credential still vouches for the account `account_id` it bound: it is not
+    /// revoked, not expired, and its uses include that account. What it grants (pre-authorized
+    /// identifiers, a Modbus role) holds only while it stands. `Err` says why it does not.
+    pub fn standing(&self, db: &Db, account_id: &str) -> std::result::Result<(), String> {
+        if self.revoked {
+            return Err(format!("enrollment credential {} was revoked", self.kid));
+        }
+        if let Some(at) = self.expires.filter(|e| now() > *e) {
+            return Err(format!(
+                "enrollment credential {} expired at {}",
+                self.kid,
+                crate::app::rfc3339(at)
+            ));
+        }
+        let usage = db
+            .get::<Usage>(Table::EabUsage, &self.kid)
+            .map_err(|e| format!("cannot read the uses of credential {}: {e}", self.kid))?
+            .unwrap_or_default();
+        let position = usage.accounts.iter().position(|a| a == account_id);
+        match (position, self.max_uses) {
+            (Some(i), Some(max)) if i >= max as usize => Err(format!(
+                "enrollment credential {} is used up: this account is beyond its {max} \
+                 allowed account(s)",
+                self.kid
+            )),
+            (Some(_), _) => Ok(()),
+            (None, _) => Err(format!(
+                "enrollment credential {} has no use recorded for this account",
+                self.kid
+            )),
+        }
+    }
+}
+
 /// What the store remembers about a credential's use.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Usage {
@@ -154,6 +189,26 @@ impl<'de> Deserialize<'de> for AllowRule {
         let text = String::deserialize(d)?;
         Self::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// Refuses allow rules that cover one of the CA's own names (`policy`): a credential must
+/// never pre-authorize a certificate that would impersonate the CA to its devices. newOrder
+/// refuses those names anyway; this catches the operator's mistake when it is made.
+pub fn check_rules(rules: &[AllowRule], own: &crate::policy::OwnNames) -> Result<()> {
+    for rule in rules {
+        let covered: Vec<String> = own
+            .covered_by(|id| rule.matches(id))
+            .map(ToString::to_string)
+            .collect();
+        if !covered.is_empty() {
+            return Err(Error::Malformed(format!(
+                "allow rule {rule} covers {}, which this CA serves as: a certificate for it \
+                 would let its holder impersonate the CA to every device; use narrower rules",
+                covered.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What `ca-server eab create` asks for.

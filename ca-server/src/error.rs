@@ -225,8 +225,11 @@ impl Error {
                         .collect(),
                 );
             }
+            // > … the server MAY use the "identifier" field of a subproblem … (§6.7.1): the
+            // field belongs to subproblems, so the identifier goes into one.
+            // <https://www.rfc-editor.org/rfc/rfc8555#section-6.7.1>
             Self::RejectedIdentifier { identifier, .. } => {
-                problem.identifier = Some(identifier.clone());
+                problem.subproblems = vec![problem.clone().about(identifier.clone())];
             }
             Self::Compound { subproblems, .. } => problem.subproblems = subproblems.clone(),
             _ => {}
@@ -369,6 +372,23 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// This problem as a subproblem about `identifier` (RFC 8555 §6.7.1): the `identifier`
+    /// field is for subproblems only.
+    pub fn about(mut self, identifier: Identifier) -> Self {
+        self.identifier = Some(identifier);
+        self.subproblems.clear();
+        self
+    }
+
+    /// A top-level problem for a failure about one identifier: the same type, status and
+    /// detail, with the identifier in a subproblem.
+    pub fn wrapping(sub: Self) -> Self {
+        let mut top = sub.clone();
+        top.identifier = None;
+        top.subproblems = vec![sub];
+        top
+    }
+
     /// A problem of `kind` with `detail` and the type's default status.
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
         Self {

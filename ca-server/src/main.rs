@@ -59,6 +59,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or release which account holds an identity (asks the running CA).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// Manage the manufacturer trust anchors device attestations are verified against.
     #[command(subcommand)]
     TrustAnchor(TrustAnchorCommand),
@@ -111,6 +114,29 @@ fn admin_call(
             .map_or_else(|| v.to_string(), str::to_owned));
     }
     Ok(v)
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Which account holds an identity: dns:NAME, ip:ADDR, permanent-identifier:SERIAL or
+    /// uri:APPLICATION-URI.
+    Show {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The identity.
+        identity: String,
+    },
+    /// Release an identity from the account holding it, so another account may be certified
+    /// for it (an ApplicationUri, or an identifier a shared enrollment credential
+    /// pre-authorizes). The holder's certificates stay valid: revoke them if they must go.
+    Release {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The identity.
+        identity: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,7 +211,12 @@ enum EabCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// How long the credential stays usable, e.g. 30d (default: no expiry).
+        /// The CA's configuration file: allow rules are checked against the names it serves
+        /// as (without it, against those of the HTTPS certificate it last served).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long the credential stays usable, e.g. 30d (default: no expiry). Expiry ends
+        /// both the binding of new accounts and the pre-authorization of `--allow` rules.
         #[arg(long, value_parser = parse_duration)]
         expires: Option<std::time::Duration>,
         /// The credential binds one account only (same as --max-uses 1).
@@ -486,6 +517,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Some(Command::Identity(cmd)) => identity(cmd),
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
         Some(Command::Blocklist(cmd)) => cmd.run(),
     }
@@ -509,10 +541,56 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+fn identity(cmd: IdentityCommand) -> Result<(), String> {
+    let describe = |h: &serde_json::Value| {
+        format!(
+            "account {}{}",
+            h["accountId"].as_str().unwrap_or("?"),
+            h["serial"]
+                .as_str()
+                .map(|s| format!(", newest certificate {s}"))
+                .unwrap_or_default()
+        )
+    };
+    match cmd {
+        IdentityCommand::Show { data_dir, identity } => {
+            let v = admin_call(
+                data_dir,
+                "POST",
+                "/identity/show",
+                Some(&serde_json::json!({"identity": identity})),
+            )?;
+            let key = v["identity"].as_str().unwrap_or_default();
+            if v["holder"].is_null() {
+                println!("{key}: held by no account");
+            } else {
+                println!("{key}: held by {}", describe(&v["holder"]));
+            }
+            Ok(())
+        }
+        IdentityCommand::Release { data_dir, identity } => {
+            let v = admin_call(
+                data_dir,
+                "POST",
+                "/identity/release",
+                Some(&serde_json::json!({"identity": identity})),
+            )?;
+            let key = v["identity"].as_str().unwrap_or_default();
+            if v["released"].is_null() {
+                println!("{key}: held by no account; nothing to release");
+            } else {
+                println!("{key}: released from {}", describe(&v["released"]));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn eab(cmd: EabCommand) -> Result<(), String> {
     match cmd {
         EabCommand::Create {
             data_dir: d,
+            config,
             expires,
             single_use,
             max_uses,
@@ -520,7 +598,21 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             role,
             json,
         } => {
-            let store = EabStore::new(&data_dir(d));
+            let cfg = config.as_deref().map(Config::from_file).transpose()?;
+            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+            // An allow rule must not cover a name the CA serves as (SPEC §6.6).
+            let own = match &cfg {
+                Some(cfg) => Some(ca_server::policy::OwnNames::of(cfg)),
+                None => ca_server::policy::OwnNames::of_server_certificate(&dir)
+                    .map_err(|e| e.to_string())?,
+            };
+            if let Some(own) = &own {
+                ca_server::eab::check_rules(&allow, own).map_err(|e| match e {
+                    ca_server::Error::Malformed(m) => m,
+                    other => other.to_string(),
+                })?;
+            }
+            let store = EabStore::new(&dir);
             let c = store
                 .create(&NewCredential {
                     expires_in: expires,

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use crate::app::{new_id, now, paths, rfc3339, AppState};
 use crate::authz::Authz;
 use crate::cert::Certificate;
+use crate::config::LimitName;
 use crate::jws::AccountRequest;
+use crate::ratelimit::Key;
 use crate::storage::Table;
 use crate::types::{AuthzStatus, Identifier, IdentifierType, OrderStatus};
 use crate::{csr, jwk, Error, Problem, Result};
@@ -106,7 +108,7 @@ impl Order {
                 AuthzStatus::Valid => {}
                 AuthzStatus::Pending => all_valid = false,
                 _ => {
-                    let mut p = authz.error().unwrap_or_else(|| {
+                    let p = authz.error().unwrap_or_else(|| {
                         Problem::new(
                             crate::ProblemType::Unauthorized,
                             format!(
@@ -116,7 +118,8 @@ impl Order {
                             ),
                         )
                     });
-                    p.identifier = Some(authz.identifier.clone());
+                    // The identifier goes into a subproblem (RFC 8555 §6.7.1).
+                    let p = Problem::wrapping(p.about(authz.identifier.clone()));
                     return Ok((OrderStatus::Invalid, Some(p)));
                 }
             }
@@ -402,9 +405,14 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     // gets invalidProfile; none at all gets the CA's default profile (SPEC §8.3).
     // <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
     let profile = app.profiles.select(p.profile.as_deref())?;
-    profile.check_order(granted_role(&app, &r.account)?.as_deref())?;
+    app.limits.take(
+        LimitName::NewOrderPerAccount,
+        &Key::Account(r.account.id.clone()),
+    )?;
+    let grant = Grant::of(&app, &r.account)?;
+    profile.check_order(grant.role())?;
     let profile = profile.name.clone();
-    let allow = pre_authorization(&app, &r.account)?;
+    let allow = grant.allow_list()?;
     let mut identifiers = BTreeSet::new();
     let mut problems = Vec::new();
     for raw in &p.identifiers {
@@ -421,9 +429,26 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 )));
             }
         };
+        // Addresses no device has, and the CA's own names, whoever asks (`policy`).
+        let parsed = parsed.and_then(|id| {
+            match crate::policy::refused_identifier(
+                &id,
+                &app.own_names,
+                app.cfg.validation.allow_loopback,
+            ) {
+                Some(detail) => Err((
+                    id.clone(),
+                    Error::RejectedIdentifier {
+                        identifier: id,
+                        detail,
+                    },
+                )),
+                None => Ok(id),
+            }
+        });
         // SPEC §6.6: an account bound with an allow-listed credential may order nothing else.
-        let parsed = parsed.and_then(|id| match &allow {
-            Some(rules) if !rules.iter().any(|rule| rule.matches(&id)) => {
+        let parsed = parsed.and_then(|id| match allow {
+            Some(cred) if !cred.allow.iter().any(|rule| rule.matches(&id)) => {
                 let e = Error::RejectedIdentifier {
                     identifier: id.clone(),
                     detail: "not covered by the allow-list of the enrollment credential this account was created with".into(),
@@ -437,8 +462,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 identifiers.insert(id);
             }
             Err((id, e)) => {
-                let mut sub = e.to_problem();
-                sub.identifier = Some(id);
+                let sub = e.to_problem().about(id);
                 problems.push((e, sub));
             }
         }
@@ -456,31 +480,61 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         }
     }
 
+    // An account that keeps failing validation for an identifier waits before it may try it
+    // again.
+    for id in &identifiers {
+        app.limits.check(
+            LimitName::FailedValidationsPerIdentifier,
+            &Key::AccountIdentifier(r.account.id.clone(), id.clone()),
+        )?;
+    }
+
     let created = now();
     let order_lifetime = secs(app.cfg.issuance.order_lifetime);
     let authz_lifetime = secs(app.cfg.issuance.authz_lifetime);
     // Every check runs before anything is written, so a refused order leaves nothing behind.
     let mut authzs = Vec::new();
     for id in &identifiers {
-        if allow.is_some() {
+        let mut held = None;
+        if let Some(cred) = allow {
             // Pre-authorization (RFC 8555 §7.4.1 in spirit): the operator vouched for these
-            // identifiers when issuing the credential, so no challenge is needed.
-            authzs.push(Authz::pre_authorized(
-                &r.account.id,
-                id.clone(),
-                created + authz_lifetime,
-            )?);
-            continue;
+            // identifiers when issuing the credential, so no challenge is needed, unless
+            // another account holds a current certificate for one: a credential shared by
+            // many devices does not let one take its sibling's name (`identity`).
+            held = crate::identity::held_by_other(&app, id, &r.account.id)?;
+            if held.is_none() {
+                authzs.push(Authz::pre_authorized(
+                    &r.account.id,
+                    id.clone(),
+                    created + authz_lifetime,
+                    &cred.kid,
+                )?);
+                continue;
+            }
         }
         let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
         if kinds.is_empty() {
-            return Err(Error::RejectedIdentifier {
-                identifier: id.clone(),
-                detail: format!(
+            let detail = match &held {
+                Some(h) => format!(
+                    "account {} holds a current certificate for it, so the enrollment \
+                     credential does not pre-authorize it for this account, and no \
+                     enrollment path to prove control is enabled on this CA; the operator can \
+                     release it (ca-server identity release {id})",
+                    h.account_id
+                ),
+                None => format!(
                     "no enrollment path for {} identifiers is enabled on this CA",
                     id.kind
                 ),
+            };
+            return Err(Error::RejectedIdentifier {
+                identifier: id.clone(),
+                detail,
             });
+        }
+        if let Some(h) = &held {
+            tracing::info!(account = %r.account.id, holder = %h.account_id, identifier = %id,
+                "identifier held by another account: a challenge is required");
         }
         authzs.push(Authz::new(
             &r.account.id,
@@ -550,30 +604,100 @@ fn abandon(app: &AppState, order_id: &str, cause: &Error) {
     }
 }
 
-/// The allow-list granted by the enrollment credential an account was bound with, if any
-/// (SPEC §6.6). A revoked or deleted credential stops the account from ordering at all: the
-/// operator withdrew the vouching the account was created on.
-fn pre_authorization(
-    app: &AppState,
-    account: &crate::account::Account,
-) -> Result<Option<Vec<crate::eab::AllowRule>>> {
-    let Some(kid) = &account.eab_kid else {
-        return Ok(None);
-    };
-    match app.eab.get(kid)? {
-        Some(cred) if !cred.revoked => Ok(Some(cred.allow).filter(|a| !a.is_empty())),
-        _ => Err(Error::Unauthorized(format!(
-            "the enrollment credential {kid} this account was created with has been revoked"
-        ))),
+/// What the enrollment credential an account was bound with grants it (SPEC §6.6): an
+/// allow-list of pre-authorized identifiers and a Modbus role, each only while the credential
+/// stands ([`crate::eab::Credential::standing`]).
+struct Grant {
+    credential: Option<crate::eab::Credential>,
+    standing: std::result::Result<(), String>,
+}
+
+impl Grant {
+    /// The grant of `account`. A revoked or deleted credential stops the account from ordering
+    /// at all: the operator withdrew the vouching the account was created on.
+    fn of(app: &AppState, account: &crate::account::Account) -> Result<Self> {
+        let Some(kid) = &account.eab_kid else {
+            return Ok(Self {
+                credential: None,
+                standing: Ok(()),
+            });
+        };
+        match app.eab.get(kid)? {
+            Some(cred) if !cred.revoked => {
+                let standing = cred.standing(&app.db, &account.id);
+                Ok(Self {
+                    credential: Some(cred),
+                    standing,
+                })
+            }
+            _ => Err(Error::Unauthorized(format!(
+                "the enrollment credential {kid} this account was created with has been revoked"
+            ))),
+        }
+    }
+
+    /// The Modbus role granted by the operator, while the credential stands.
+    fn role(&self) -> Option<&str> {
+        self.credential
+            .as_ref()
+            .filter(|_| self.standing.is_ok())
+            .and_then(|c| c.role.as_deref())
+    }
+
+    /// The credential when it has an allow-list. Such an account may order nothing else, so
+    /// once the credential no longer stands (expired, used up) it may order nothing.
+    fn allow_list(&self) -> Result<Option<&crate::eab::Credential>> {
+        let Some(cred) = self.credential.as_ref().filter(|c| !c.allow.is_empty()) else {
+            return Ok(None);
+        };
+        match &self.standing {
+            Ok(()) => Ok(Some(cred)),
+            Err(why) => Err(Error::Unauthorized(format!(
+                "{why}: it no longer pre-authorizes identifiers, and an account bound with an \
+                 allow-listed credential may order nothing else"
+            ))),
+        }
     }
 }
 
-/// The Modbus role the operator granted the account through its enrollment credential.
-fn granted_role(app: &AppState, account: &crate::account::Account) -> Result<Option<String>> {
-    let Some(kid) = &account.eab_kid else {
-        return Ok(None);
-    };
-    Ok(app.eab.get(kid)?.and_then(|c| c.role))
+/// Pre-authorized identifiers hold only while the credential that vouched for them stands
+/// and no other account has since been certified for them. Finalize checks again, because
+/// both can change after newOrder: a pre-authorization that no longer holds is revoked, which
+/// makes the order invalid.
+async fn check_pre_authorizations(app: &AppState, order: &Order, account_id: &str) -> Result<()> {
+    for authz_id in &order.authzs {
+        let Some(authz) = app.db.get::<Authz>(Table::Authzs, authz_id)? else {
+            continue;
+        };
+        let Some(kid) = &authz.pre_authorized_by else {
+            continue;
+        };
+        let mut why = match app.eab.get(kid)? {
+            Some(cred) => cred.standing(&app.db, account_id).err(),
+            None => Some(format!("enrollment credential {kid} no longer exists")),
+        };
+        if why.is_none() {
+            why = crate::identity::held_by_other(app, &authz.identifier, account_id)?.map(|h| {
+                format!(
+                    "account {} has since been certified for {}",
+                    h.account_id, authz.identifier
+                )
+            });
+        }
+        let Some(why) = why else { continue };
+        app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+            a.status = AuthzStatus::Revoked;
+            Ok(a)
+        })?;
+        app.db.flush().await?;
+        tracing::info!(order = %order.id, authz = %authz_id, identifier = %authz.identifier, %why,
+            "pre-authorization withdrawn");
+        return Err(Error::Unauthorized(format!(
+            "the pre-authorization of {} no longer holds: {why}",
+            authz.identifier
+        )));
+    }
+    Ok(())
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -621,6 +745,7 @@ pub async fn finalize(
     if status != OrderStatus::Ready {
         return Err(Error::OrderNotReady(status.to_string()));
     }
+    check_pre_authorizations(&app, &order, &r.account.id).await?;
 
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
     let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
@@ -656,10 +781,11 @@ pub async fn finalize(
     }
     // The profile's key types, ApplicationUri policy and role (SPEC §8.3); its refusals
     // leave the order ready, like any other badCSR.
+    let grant = Grant::of(&app, &r.account)?;
     let leaf = app
         .profiles
         .of_order(order.profile.as_deref())?
-        .leaf(&info, granted_role(&app, &r.account)?.as_deref())?;
+        .leaf(&info, grant.role())?;
 
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
     let started = now();
@@ -671,7 +797,10 @@ pub async fn finalize(
         Ok(o)
     })?;
 
-    let reopen = |e: Error| -> Result<Response> {
+    let reopen = |e: Error, claim: Option<crate::identity::UriClaim>| -> Result<Response> {
+        if let Some(claim) = claim {
+            claim.abandon(&app);
+        }
         app.db.update(Table::Orders, &id, |mut o: Order| {
             o.stage = Stage::Open;
             Ok(o)
@@ -682,24 +811,36 @@ pub async fn finalize(
     // swap only guarded the stage, so look again now that no other finalize can run.
     let status = order.status(&app)?;
     if status != OrderStatus::Ready {
-        return reopen(Error::OrderNotReady(status.to_string()));
+        return reopen(Error::OrderNotReady(status.to_string()), None);
     }
+    // An ApplicationUri is bound to the first account certified for it (`identity`).
+    let claim = match leaf.uri.as_deref() {
+        Some(uri) => match crate::identity::claim_uri(&app, uri, &r.account.id) {
+            Ok(claim) => Some(claim),
+            Err(e) => return reopen(e, None),
+        },
+        None => None,
+    };
 
     let stage = match app.ca.issue_leaf(&info.spki_der, &order.identifiers, &leaf) {
         // The request's fault, found only while building the certificate: the order goes back
         // to ready and the client can send a better CSR (badCSR leaves the order as it was).
         Err(e @ (Error::BadCsr(_) | Error::BadPublicKey(_) | Error::RejectedIdentifier { .. })) => {
-            return reopen(e);
+            return reopen(e, claim);
         }
         Ok(issued) => {
             let cert = Certificate::new(&r.account.id, &order, &issued);
             app.db.put(Table::Certificates, &cert.id, &cert)?;
             key_use.record(&app, &cert)?;
+            crate::identity::record_issued(&app, &cert, leaf.uri.as_deref())?;
             tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
             Stage::Valid { cert: cert.id }
         }
         Err(e) => {
             tracing::error!(order = %id, error = %e, "issuance failed");
+            if let Some(claim) = claim {
+                claim.abandon(&app);
+            }
             Stage::Invalid {
                 error: Problem::new(crate::ProblemType::ServerInternal, "issuance failed"),
             }

@@ -52,7 +52,8 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }
-    let va = Validator::new(cfg.validation.clone())?;
+    let own_names = crate::policy::OwnNames::of(&cfg);
+    let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
     let profiles =
         crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
             .map_err(Error::Internal)?;
@@ -65,16 +66,25 @@ pub fn init(cfg: Config) -> Result<AppState> {
             )));
         }
     }
+    // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
+    // refuses such names whatever the credential says.
+    let eab = EabStore::new(&cfg.data_dir);
+    for cred in eab.list().unwrap_or_default() {
+        if let Err(e) = crate::eab::check_rules(&cred.allow, &own_names) {
+            tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");
+        }
+    }
     Ok(AppState::new(Inner {
         profiles,
         base_url: cfg.base_url(),
         db: Db::new(Arc::new(store)),
         nonces: NonceStore::new()?,
-        eab: EabStore::new(&cfg.data_dir),
+        eab,
         approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::crl::CrlCache::default(),
         limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
+        own_names,
         ca,
         va,
         cfg,

@@ -25,10 +25,24 @@
 //!   trailing whitespace to be ignored, but a key authorization contains no whitespace, so
 //!   trimming the front too cannot make a wrong answer pass. It only forgives sloppy servers,
 //!   as Pebble does.
+//! - **Where we never dial.** Every address is checked just before it is dialed, after
+//!   resolution and after each redirect: loopback, link-local, unspecified, multicast and
+//!   broadcast addresses and the CA's own addresses are refused (`policy`), so an account
+//!   cannot point the CA at itself, at its host, or at link-local services. Private plant
+//!   ranges are dialed: that is where devices live. `[validation] allow_loopback` (tests,
+//!   labs) lets loopback through, and nothing else.
 //! - **Redirects.** We follow at most 10 (RFC 8555 §8.3: the server SHOULD follow them), and
 //!   only to `http://` URLs on `http_port`, because that is the only port this validator is
-//!   configured to dial. A target URL seen before in the chain is reported as a loop. Host names
-//!   in redirect targets resolve like `dns` identifiers, including the lab override.
+//!   configured to dial. By default (`redirects = "same-host"`) only to the identifier's own
+//!   host: a redirect elsewhere would make the CA a tool for sending GETs, with whatever side
+//!   effects they have, to any host of the plant network. `"any"` follows to other hosts (still
+//!   only to addresses we may dial), `"none"` follows none. A target URL seen before in the
+//!   chain is reported as a loop. Host names in redirect targets resolve like `dns`
+//!   identifiers, including the lab override.
+//! - **What details say.** A detail never quotes a response body: the CA would otherwise show
+//!   the requester what some host served. It gives the status, the size, and that the body
+//!   was not the key authorization. A refused redirect quotes its `Location` only when the
+//!   identifier's own host sent it.
 //!   **`https://` redirects are refused.** Following them would mean a second TLS client
 //!   with no trust anchors (devices on a plant network have no publicly trusted certificates),
 //!   so it would add attack surface and no assurance. A client that redirects to HTTPS gets an
@@ -56,7 +70,8 @@
 //! - `serverInternal`: an input that should never reach the validator, such as a malformed
 //!   stored identifier or token.
 //!
-//! Every detail names the address dialed. Peer-supplied text is quoted, escaped and cut short.
+//! Every detail names the address dialed. Peer-supplied text (certificate names, an own-host
+//! `Location`) is quoted, escaped and cut short; bodies are never quoted.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -81,7 +96,8 @@ use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
-use crate::config::ValidationConfig;
+use crate::config::{Redirects, ValidationConfig};
+use crate::policy::{refused_address, OwnNames};
 use crate::types::{ChallengeType, Identifier, IdentifierType};
 use crate::{Error, Result};
 
@@ -105,13 +121,42 @@ const EXCERPT_CHARS: usize = 100;
 /// Most characters of an error chain (which may quote the peer) kept in an error detail.
 const CHAIN_CHARS: usize = 300;
 
-/// Runs challenge validations. Cloning is cheap: the HTTP client and the TLS config are
-/// shared, so one `Validator` serves every validation task.
+/// Runs challenge validations. Cloning is cheap: the HTTP client, the TLS config and the
+/// count of validations in flight are shared, so one `Validator` serves every validation task.
 #[derive(Clone)]
 pub struct Validator {
     cfg: ValidationConfig,
+    own: OwnNames,
     http: reqwest::Client,
     tls: TlsConnector,
+    in_flight: Arc<std::sync::Mutex<InFlight>>,
+}
+
+/// Validations running now: in all and per account.
+#[derive(Debug, Default)]
+struct InFlight {
+    total: usize,
+    per_account: std::collections::HashMap<String, usize>,
+}
+
+/// One admitted validation ([`Validator::admit`]); its slot is freed when it is dropped.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: Arc<std::sync::Mutex<InFlight>>,
+    account: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        f.total = f.total.saturating_sub(1);
+        if let Some(n) = f.per_account.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                f.per_account.remove(&self.account);
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Validator {
@@ -173,9 +218,59 @@ impl Validator {
 
         Ok(Self {
             cfg,
+            own: OwnNames::default(),
             http,
             tls: TlsConnector::from(Arc::new(tls)),
+            in_flight: Arc::default(),
         })
+    }
+
+    /// The CA's own names and addresses, which validation never dials.
+    pub fn with_own_names(mut self, own: OwnNames) -> Self {
+        self.own = own;
+        self
+    }
+
+    /// A slot for one validation of `account`, or `rateLimited` when `max_in_flight`
+    /// validations run already, or `max_in_flight_per_account` of this account's. The
+    /// challenge stays pending and the client may answer it again after `Retry-After`.
+    pub fn admit(&self, account: &str) -> Result<Admission> {
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = f.per_account.get(account).copied().unwrap_or(0);
+        let full = if f.total >= self.cfg.max_in_flight {
+            Some(format!(
+                "{} validations are running, the most this CA runs at once                  (validation.max_in_flight)",
+                f.total
+            ))
+        } else if mine >= self.cfg.max_in_flight_per_account {
+            Some(format!(
+                "{mine} validations of this account are running, the most one account may                  have at once (validation.max_in_flight_per_account)"
+            ))
+        } else {
+            None
+        };
+        if let Some(detail) = full {
+            return Err(Error::RateLimited {
+                detail: format!("{detail}; answer the challenge again after Retry-After"),
+                retry_after: std::time::Duration::from_secs(1),
+            });
+        }
+        f.total += 1;
+        *f.per_account.entry(account.to_owned()).or_default() += 1;
+        Ok(Admission {
+            in_flight: Arc::clone(&self.in_flight),
+            account: account.to_owned(),
+        })
+    }
+
+    /// Why `ip` must not be dialed, if it must not.
+    fn refused(&self, ip: IpAddr) -> Option<String> {
+        if let Some(why) = refused_address(ip, self.cfg.allow_loopback) {
+            return Some(format!("{ip} is {why}"));
+        }
+        self.own
+            .has_address(ip)
+            .then(|| format!("{ip} is an address of this CA"))
     }
 
     /// Runs one validation attempt for `identifier` by challenge `kind`, bounded by
@@ -243,7 +338,8 @@ impl Validator {
                 excerpt(token.as_bytes())
             )));
         }
-        let host = Target::of(identifier)?.url_host();
+        let origin = Target::of(identifier)?;
+        let host = origin.url_host();
         // > 1. Construct a URL by populating the URL template [RFC6570]
         // >    "http://{domain}/.well-known/acme-challenge/{token}" […]
         // <https://www.rfc-editor.org/rfc/rfc8555#section-8.3>
@@ -259,9 +355,11 @@ impl Validator {
             let (addr, response) = self.get(&url, deadline).await?;
             let status = response.status();
             let at = format!("{url} (dialed {addr})");
+            let own_host = url.host_str().map(Target::of_url_host).as_ref() == Some(&origin);
 
             if is_redirect(status) {
-                let next = self.redirect_target(&url, &at, status, &response)?;
+                let next = self.redirect_target(&url, &at, status, &response, own_host)?;
+                self.check_redirect_host(&origin, &at, status, &next)?;
                 // > The server SHOULD follow redirects when dereferencing the URL.
                 // <https://www.rfc-editor.org/rfc/rfc8555#section-8.3>
                 if redirects == MAX_REDIRECTS {
@@ -293,11 +391,11 @@ impl Validator {
             // >    authorization stored by the server.
             // <https://www.rfc-editor.org/rfc/rfc8555#section-8.3>
             // Leading whitespace is forgiven too: see the module docs.
+            // The body is never quoted: see the module docs.
             if body.trim_ascii() != key_authorization.as_bytes() {
                 return Err(Error::IncorrectResponse(format!(
-                    "{at} served {} ({} bytes), expected the key authorization \
-                     {key_authorization:?}",
-                    excerpt(&body),
+                    "{at} answered HTTP 200 with a body of {} bytes that is not the key \
+                     authorization of this challenge (expected {key_authorization:?})",
                     body.len(),
                 )));
             }
@@ -354,22 +452,34 @@ impl Validator {
     }
 
     /// The URL a redirect response points to, if it is one we follow (see the module docs).
+    /// `own_host`: whether the identifier's own host sent it, which decides whether a refusal
+    /// may quote the `Location`.
     fn redirect_target(
         &self,
         from: &Url,
         at: &str,
         status: StatusCode,
         response: &reqwest::Response,
+        own_host: bool,
     ) -> Result<Url> {
         let location = response.headers().get(LOCATION).ok_or_else(|| {
             Error::IncorrectResponse(format!("{at} answered HTTP {status} without a Location"))
         })?;
+        let shown = if own_host {
+            excerpt(location.as_bytes())
+        } else {
+            "(not shown: another host sent it)".to_owned()
+        };
         let refuse = |why: String| {
             Error::IncorrectResponse(format!(
-                "{at} answered HTTP {status} with Location {}: {why}",
-                excerpt(location.as_bytes())
+                "{at} answered HTTP {status} with Location {shown}: {why}"
             ))
         };
+        if self.cfg.redirects == Redirects::None {
+            return Err(refuse(
+                "redirects are not followed (validation.redirects = \"none\")".into(),
+            ));
+        }
         let location = location
             .to_str()
             .map_err(|_| refuse("not a valid header value".into()))?;
@@ -402,6 +512,34 @@ impl Validator {
             return Err(refuse("the URL has no host".into()));
         }
         Ok(next)
+    }
+
+    /// Under `redirects = "same-host"`, refuses a redirect to any host but the identifier's.
+    fn check_redirect_host(
+        &self,
+        origin: &Target,
+        at: &str,
+        status: StatusCode,
+        next: &Url,
+    ) -> Result<()> {
+        if self.cfg.redirects != Redirects::SameHost {
+            return Ok(());
+        }
+        let target = next.host_str().map(Target::of_url_host);
+        let same = match (&target, origin) {
+            (Some(Target::Name(a)), Target::Name(b)) => a.eq_ignore_ascii_case(b),
+            (Some(a), b) => a == b,
+            (None, _) => false,
+        };
+        if same {
+            return Ok(());
+        }
+        Err(Error::IncorrectResponse(format!(
+            "{at} answered HTTP {status} with a redirect to another host; redirects are \
+             followed only to the identifier's own host {} (validation.redirects = \
+             \"same-host\")",
+            origin.url_host()
+        )))
     }
 
     // ---------------------------------------------------------------------------------------
@@ -510,11 +648,22 @@ impl Validator {
             // > MUST be skipped, and the IP address used for validation MUST be the value of
             // > the identifier.
             // <https://www.rfc-editor.org/rfc/rfc8738#section-4>
-            Target::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
+            Target::Ip(ip) => {
+                if let Some(why) = self.refused(*ip) {
+                    return Err(Error::Connection(format!("not dialing {why}")));
+                }
+                return Ok(vec![SocketAddr::new(*ip, port)]);
+            }
             Target::Name(name) => name,
         };
         if let Some(ip) = self.cfg.lab_resolve_all_to {
             debug!(%name, %ip, "lab_resolve_all_to set: dialing the lab address instead of resolving");
+            if let Some(why) = self.refused(ip) {
+                return Err(Error::Dns(format!(
+                    "{name} resolves (validation.lab_resolve_all_to) to an address this CA \
+                     does not dial: {why}"
+                )));
+            }
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let found = timeout_at(deadline, tokio::net::lookup_host((name.as_str(), port)))
@@ -527,10 +676,21 @@ impl Validator {
             })?
             .map_err(|e| Error::Dns(format!("cannot resolve {name}: {e}")))?;
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut refused = Vec::new();
         for addr in found {
-            if !addrs.contains(&addr) {
+            if let Some(why) = self.refused(addr.ip()) {
+                if !refused.contains(&why) {
+                    refused.push(why);
+                }
+            } else if !addrs.contains(&addr) {
                 addrs.push(addr);
             }
+        }
+        if addrs.is_empty() && !refused.is_empty() {
+            return Err(Error::Dns(format!(
+                "{name} resolves only to addresses this CA does not dial: {}",
+                refused.join("; ")
+            )));
         }
         if addrs.is_empty() {
             return Err(Error::Dns(format!("{name} has no addresses")));

@@ -62,6 +62,8 @@ async fn start_ca(http_port: u16, eab_required: bool) -> Ca {
     };
     cfg.validation.http_port = http_port;
     cfg.validation.lab_resolve_all_to = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    // The test's http-01 responder and the CA listen on loopback.
+    cfg.validation.allow_loopback = true;
     cfg.eab.required = eab_required;
     let app = ca_server::server::init(cfg).expect("init");
     let info = ca_server::server::start_info(&app);

@@ -931,6 +931,7 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
                     reason: 1,
                     at: 0,
                     issuer: c.issuer,
+                    by: Some(ca_server::cert::RevokedBy::CertificateKey),
                 });
                 Ok(c)
             },

@@ -224,6 +224,7 @@ fn account(status: AccountStatus) -> Account {
         contact: Vec::new(),
         terms_of_service_agreed: false,
         eab_kid: None,
+        external_account_binding: None,
         created: 0,
     }
 }

@@ -49,9 +49,6 @@ use crate::storage::Table;
 use crate::types::Identifier;
 use crate::{jwk, Error, Result};
 
-/// RFC 5280 §5.3.1 CRLReason keyCompromise.
-const REASON_KEY_COMPROMISE: u8 = 1;
-
 /// The key's SubjectPublicKeyInfo in its one DER form (RFC 5280 §4.1.2.7 with the algorithm
 /// identifiers of RFC 3279 §2.3.1, RFC 5480 §2.1.1 and RFC 8410 §3). Built from the
 /// normalised key rather than copied from the CSR, so two encodings of one key cannot get two
@@ -326,7 +323,7 @@ pub fn check(
             .db
             .get::<Certificate>(Table::Certificates, &used.serial)?
             .and_then(|c| c.revoked)
-            .is_some_and(|r| r.reason == REASON_KEY_COMPROMISE);
+            .is_some_and(|r| r.proves_key_compromise());
         if compromised {
             return weak(
                 WeakKind::Compromised,

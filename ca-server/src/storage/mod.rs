@@ -48,11 +48,14 @@ pub enum Table {
     /// `{unix nanoseconds}.{id}` → `keycheck::WeakKeyAttempt` (refused weak keys and weak CSR
     /// signatures; bounded, see `keycheck::attempts`).
     WeakKeyAttempts,
+    /// `type:value` of an identifier, or `uri:` and an ApplicationUri → `identity::Holding`
+    /// (which account holds it).
+    Identities,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -65,6 +68,7 @@ impl Table {
         Self::KeyUse,
         Self::KeyReuseAttempts,
         Self::WeakKeyAttempts,
+        Self::Identities,
     ];
 
     /// A stable name for the table.
@@ -82,6 +86,7 @@ impl Table {
             Self::KeyUse => "key_use",
             Self::KeyReuseAttempts => "key_reuse_attempts",
             Self::WeakKeyAttempts => "weak_key_attempts",
+            Self::Identities => "identities",
         }
     }
 }
@@ -224,6 +229,21 @@ impl Db {
                 .compare_and_swap(table, key.as_bytes(), Some(&raw), Some(&new_raw))?
             {
                 return Ok(new);
+            }
+        }
+    }
+
+    /// Deletes `key`; `Ok(false)` if it was absent.
+    pub fn remove(&self, table: Table, key: &str) -> Result<bool> {
+        loop {
+            let Some(raw) = self.store.get(table, key.as_bytes())? else {
+                return Ok(false);
+            };
+            if self
+                .store
+                .compare_and_swap(table, key.as_bytes(), Some(&raw), None)?
+            {
+                return Ok(true);
             }
         }
     }

@@ -219,8 +219,8 @@ async fn http01_surrounding_whitespace_is_ignored() {
 }
 
 #[tokio::test]
-async fn http01_wrong_body_is_incorrect_response_quoting_both_values() {
-    let server = HttpServer::start(LOCALHOST, |_| ok("not-the-key-authorization\u{7}")).await;
+async fn http01_wrong_body_is_incorrect_response_without_quoting_the_body() {
+    let server = HttpServer::start(LOCALHOST, |_| ok("internal-page-content\u{7}")).await;
     let v = validator(config(server.port(), 1));
     let e = failure(http01(&v, &Identifier::ip(LOCALHOST)).await);
     let Error::IncorrectResponse(detail) = &e else {
@@ -230,8 +230,11 @@ async fn http01_wrong_body_is_incorrect_response_quoting_both_values() {
         detail.contains(&format!("127.0.0.1:{}", server.port())),
         "{detail}"
     );
+    // What some host served is never shown to the requester: status, size, and the expected
+    // key authorization (the requester's own) only.
+    assert!(!detail.contains("internal-page"), "{detail}");
     assert!(
-        detail.contains(r#""not-the-key-authorization\u{7}""#),
+        detail.contains("HTTP 200") && detail.contains("22 bytes"),
         "{detail}"
     );
     assert!(detail.contains(KEY_AUTH), "{detail}");
@@ -359,7 +362,7 @@ async fn http01_ipv6_identifier_dials_and_brackets_the_host() {
 }
 
 #[tokio::test]
-async fn http01_follows_redirects_on_the_configured_port() {
+async fn http01_follows_redirects_to_other_hosts_when_configured_to() {
     let port_cell = Arc::new(Mutex::new(0u16));
     let port_for_server = port_cell.clone();
     let server = HttpServer::start(LOCALHOST, move |target| {
@@ -375,7 +378,9 @@ async fn http01_follows_redirects_on_the_configured_port() {
     .await;
     *port_cell.lock().expect("port") = server.port();
 
-    let v = validator(lab(config(server.port(), 1)));
+    let mut cfg = lab(config(server.port(), 1));
+    cfg.redirects = Redirects::Any;
+    let v = validator(cfg);
     http01(&v, &Identifier::dns("device.plant.example"))
         .await
         .expect("valid after redirects");
@@ -470,6 +475,166 @@ async fn http01_refuses_redirects_elsewhere() {
         );
         assert_eq!(server.seen().len(), 1, "{location} must not be dialed");
     }
+}
+
+/// A redirect to another host, by default (`redirects = "same-host"`): refused before it is
+/// dialed, so the CA cannot be made to send a GET to any other host of the plant network.
+#[tokio::test]
+async fn http01_redirects_to_another_host_are_refused_by_default() {
+    let port_cell = Arc::new(Mutex::new(0u16));
+    let cell = port_cell.clone();
+    let server = HttpServer::start(LOCALHOST, move |target| {
+        let port = *cell.lock().expect("port");
+        match target {
+            CHALLENGE_PATH => redirect(&format!(
+                "http://internal.plant.example:{port}/internal/admin?x=1"
+            )),
+            _ => ok("admin page"),
+        }
+    })
+    .await;
+    *port_cell.lock().expect("port") = server.port();
+    let cfg = lab(config(server.port(), 1));
+    assert_eq!(cfg.redirects, Redirects::SameHost, "the default");
+    let v = validator(cfg);
+    // The same address under another name is another host too.
+    for identifier in [
+        Identifier::dns("device.plant.example"),
+        Identifier::ip(LOCALHOST),
+    ] {
+        let e = failure(http01(&v, &identifier).await);
+        assert!(
+            matches!(&e, Error::IncorrectResponse(d) if d.contains("another host")
+                && d.contains("same-host") && !d.contains("admin page")),
+            "{identifier}: {e:?}"
+        );
+    }
+    // Only the challenge requests reached the server; /internal/admin never did.
+    let targets: Vec<_> = server.seen().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, [CHALLENGE_PATH, CHALLENGE_PATH]);
+}
+
+#[tokio::test]
+async fn http01_same_host_redirects_are_followed_and_none_follows_none() {
+    let server = HttpServer::start(LOCALHOST, |target| match target {
+        CHALLENGE_PATH => redirect("/moved"),
+        "/moved" => ok(KEY_AUTH),
+        _ => not_found(),
+    })
+    .await;
+    let v = validator(lab(config(server.port(), 1)));
+    http01(&v, &Identifier::dns("Device.plant.example"))
+        .await
+        .expect("a redirect on the same host is followed");
+
+    let mut cfg = lab(config(server.port(), 1));
+    cfg.redirects = Redirects::None;
+    let e = failure(http01(&validator(cfg), &Identifier::dns("device.plant.example")).await);
+    assert!(
+        matches!(&e, Error::IncorrectResponse(d) if d.contains("redirects are not followed")),
+        "{e:?}"
+    );
+}
+
+/// Loopback, link-local and the CA's own addresses are never dialed: not for an `ip`
+/// identifier, not for what a name resolves to, not for a redirect target.
+#[tokio::test]
+async fn addresses_the_ca_must_not_dial_are_refused_before_dialing() {
+    let server = HttpServer::start(LOCALHOST, |_| ok(KEY_AUTH)).await;
+    let mut strict = config(server.port(), 1);
+    strict.allow_loopback = false;
+    let v = validator(strict.clone());
+    let e = failure(http01(&v, &Identifier::ip(LOCALHOST)).await);
+    assert!(
+        matches!(&e, Error::Connection(d) if d.contains("loopback") && d.contains("allow_loopback")),
+        "{e:?}"
+    );
+    let e = failure(
+        http01(
+            &validator(lab(strict.clone())),
+            &Identifier::dns("plc.example"),
+        )
+        .await,
+    );
+    assert!(
+        matches!(&e, Error::Dns(d) if d.contains("does not dial") && d.contains("loopback")),
+        "{e:?}"
+    );
+    // A name that resolves to loopback through the system resolver.
+    let e = failure(http01(&v, &Identifier::dns("localhost")).await);
+    assert!(
+        matches!(&e, Error::Dns(d) if d.contains("resolves only to addresses this CA does not dial")),
+        "{e:?}"
+    );
+    assert!(server.seen().is_empty(), "nothing was dialed");
+
+    // The CA's own address, and link-local, refused without a connection attempt.
+    let own = OwnNames::from_names(&["192.0.2.10".to_owned()], false);
+    let v = validator(config(server.port(), 1)).with_own_names(own);
+    let e = failure(http01(&v, &Identifier::ip("192.0.2.10".parse().expect("ip"))).await);
+    assert!(
+        matches!(&e, Error::Connection(d) if d.contains("address of this CA")),
+        "{e:?}"
+    );
+    let e = failure(http01(&v, &Identifier::ip("169.254.169.254".parse().expect("ip"))).await);
+    assert!(
+        matches!(&e, Error::Connection(d) if d.contains("link-local")),
+        "{e:?}"
+    );
+
+    // A redirect to a link-local address, even where redirects may go anywhere.
+    let port_cell = Arc::new(Mutex::new(0u16));
+    let cell = port_cell.clone();
+    let to_metadata = HttpServer::start(LOCALHOST, move |_| {
+        let port = *cell.lock().expect("port");
+        redirect(&format!("http://169.254.169.254:{port}/latest/meta-data/"))
+    })
+    .await;
+    *port_cell.lock().expect("port") = to_metadata.port();
+    let mut any = config(to_metadata.port(), 1);
+    any.redirects = Redirects::Any;
+    let e = failure(http01(&validator(any), &Identifier::ip(LOCALHOST)).await);
+    assert!(
+        matches!(&e, Error::Connection(d) if d.contains("link-local")),
+        "{e:?}"
+    );
+    assert_eq!(to_metadata.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn tls_alpn01_does_not_dial_refused_addresses() {
+    let mut strict = config(1, closed_port(LOCALHOST).await);
+    strict.allow_loopback = false;
+    let e = failure(tls_alpn01(&validator(strict), &Identifier::ip(LOCALHOST)).await);
+    assert!(
+        matches!(&e, Error::Connection(d) if d.contains("not dialing")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn validations_in_flight_are_bounded_in_all_and_per_account() {
+    let mut cfg = config(80, 443);
+    cfg.max_in_flight = 3;
+    cfg.max_in_flight_per_account = 2;
+    let v = validator(cfg);
+    let a1 = v.admit("a").expect("1st of a");
+    let a2 = v.admit("a").expect("2nd of a");
+    let e = v.admit("a").expect_err("3rd of a");
+    assert!(
+        matches!(&e, Error::RateLimited { detail, .. } if detail.contains("max_in_flight_per_account")),
+        "{e:?}"
+    );
+    let b1 = v.admit("b").expect("1st of b");
+    let e = v.admit("c").expect_err("4th in all");
+    assert!(
+        matches!(&e, Error::RateLimited { detail, .. } if detail.contains("validation.max_in_flight")),
+        "{e:?}"
+    );
+    drop(a1);
+    let _c = v.admit("c").expect("a slot came free");
+    drop((a2, b1));
+    let _a = v.admit("a").expect("a's slots came free");
 }
 
 #[tokio::test]
