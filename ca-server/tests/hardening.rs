@@ -341,7 +341,8 @@ fn edit_credential(s: &TestServer, kid: &str, f: impl FnOnce(&mut Credential)) {
 #[tokio::test]
 async fn finalize_stops_once_the_pre_authorizing_credential_no_longer_stands() {
     let s = TestServer::new();
-    let cases: [(&str, fn(&TestServer, &Credential, &str)); 3] = [
+    type Withdraw = fn(&TestServer, &Credential, &str);
+    let cases: [(&str, Withdraw); 3] = [
         ("was revoked", |s, c, _| {
             assert!(s.app.eab.revoke(&c.kid).expect("revoke"));
         }),
