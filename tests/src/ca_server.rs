@@ -120,8 +120,11 @@ pub struct CaServerOpts {
     /// `validation.allow_loopback`: the CA may dial and certify loopback addresses. On by
     /// default, because every test client listens on loopback.
     pub allow_loopback: bool,
-    /// `rate_limits.enabled`; on by default, off for load tests.
+    /// `rate_limits.enabled`; on by default, off for load tests. When on, the harness writes no
+    /// `[rate_limits]` table, so `extra_toml` may bring one with settings of its own.
     pub rate_limits: bool,
+    /// `tls_names`: further names the CA serves as (and so refuses to certify).
+    pub tls_names: Vec<String>,
     /// `issuance.cert_validity`, e.g. `"7d"`.
     pub cert_validity: String,
     /// `eab.required`.
@@ -144,6 +147,7 @@ impl Default for CaServerOpts {
             lab_always_valid: false,
             allow_loopback: true,
             rate_limits: true,
+            tls_names: Vec::new(),
             cert_validity: "7d".to_owned(),
             eab_required: false,
             startup_timeout: Duration::from_secs(30),
@@ -158,10 +162,13 @@ impl Default for CaServerOpts {
 struct ConfigFile<'a> {
     data_dir: &'a Path,
     listen: String,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tls_names: &'a [String],
     issuance: IssuanceSection<'a>,
     validation: ValidationSection,
     eab: EabSection,
-    rate_limits: RateLimitsSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<RateLimitsSection>,
 }
 
 #[derive(Serialize)]
@@ -240,6 +247,7 @@ impl CaServer {
         let config = ConfigFile {
             data_dir: &data_dir,
             listen: format!("127.0.0.1:{listen_port}"),
+            tls_names: &opts.tls_names,
             issuance: IssuanceSection {
                 cert_validity: &opts.cert_validity,
             },
@@ -253,9 +261,7 @@ impl CaServer {
             eab: EabSection {
                 required: opts.eab_required,
             },
-            rate_limits: RateLimitsSection {
-                enabled: opts.rate_limits,
-            },
+            rate_limits: (!opts.rate_limits).then_some(RateLimitsSection { enabled: false }),
         };
         let config_path = data_dir.join("ca-server.test.toml");
         let mut text = toml::to_string(&config).context("cannot serialize the server config")?;
@@ -447,6 +453,7 @@ mod tests {
         let config = ConfigFile {
             data_dir: Path::new("/tmp/iiot \"quoted\" dir"),
             listen: "127.0.0.1:14000".to_owned(),
+            tls_names: &["ca.plant.example".to_owned()],
             issuance: IssuanceSection {
                 cert_validity: "7d",
             },
@@ -458,13 +465,14 @@ mod tests {
                 allow_loopback: true,
             },
             eab: EabSection { required: true },
-            rate_limits: RateLimitsSection { enabled: false },
+            rate_limits: Some(RateLimitsSection { enabled: false }),
         };
         let text = toml::to_string(&config).expect("serializes");
         let value: toml::Table = text.parse().expect("valid TOML");
         let expected: toml::Table = r#"
             data_dir = '/tmp/iiot "quoted" dir'
             listen = "127.0.0.1:14000"
+            tls_names = ["ca.plant.example"]
             [issuance]
             cert_validity = "7d"
             [validation]
