@@ -5,7 +5,9 @@
 //! challenge with an attestation object (SPEC §5.10.2) whose statement carries its IDevID chain
 //! and a signature by the IDevID key over the challenge's key authorization. The CA accepts it
 //! when the chain leads to a manufacturer trust anchor the operator configured ([`anchors`]),
-//! the IDevID names exactly the ordered serial, and the signature verifies (SPEC §5.10.3).
+//! the IDevID names exactly the ordered serial, the identifier carries that anchor's assigner
+//! (serials are unique only per manufacturer), the anchor accepts the IDevID's hardware type
+//! if it names one, and the signature verifies (SPEC §5.10.3).
 //!
 //! | module         | what                                                        |
 //! |----------------|-------------------------------------------------------------|
@@ -148,14 +150,16 @@ pub fn verify_attestation(
     let ordered = PermanentId::parse(&identifier.value)
         .map_err(|r| bad(format!("ordered identifier: {}", r.detail())))?;
 
-    // Steps 1-3: the object, its format and statement.
+    // Checks 2-5: the object, its format and statement.
     let obj = object::decode(att_obj).map_err(bad)?;
-    // Steps 4-6: the chain to a configured anchor, valid now.
+    // Checks 6-8: the chain to a configured anchor, valid now.
     let path = chain::build(&obj.x5c, anchors, now).map_err(bad)?;
     let idevid = &path.idevid;
+    let anchor = path.anchor;
+    let modules = hardware_modules(idevid).map_err(bad)?;
 
-    // Step 7: the serial, octet for octet.
-    let (source, serial) = idevid_serial(idevid).map_err(bad)?;
+    // Check 9: the serial, octet for octet.
+    let (source, serial) = idevid_serial(idevid, &modules).map_err(bad)?;
     if serial != ordered.serial.as_bytes() {
         return Err(bad(format!(
             "IDevID serial {} ({source}) does not match the ordered identifier {:?}",
@@ -163,28 +167,52 @@ pub fn verify_attestation(
             ordered.serial
         )));
     }
-    // Step 8: the assigner, when ordered, is the one configured for the anchor.
-    if let Some(assigner) = ordered.assigner {
-        match &path.anchor.assigner {
-            Some(a) if a == assigner => {}
-            Some(a) => {
-                return Err(bad(format!(
-                    "the ordered identifier names assigner {assigner}, but the IDevID chain \
-                     leads to trust anchor {:?}, whose assigner is {a}",
-                    path.anchor.name
-                )))
-            }
-            None => {
-                return Err(bad(format!(
-                    "the ordered identifier names assigner {assigner}, but trust anchor {:?} \
-                     has no assigner configured (ca-server trust-anchor add --assigner)",
-                    path.anchor.name
-                )))
-            }
+    // Check 10: the identifier names the assigner of the anchor that vouched for the serial.
+    // A serial is unique only per manufacturer, so a bare serial, or another manufacturer's
+    // assigner, would let this device take another manufacturer's device's identity.
+    let wanted = format!("{}/{}", ordered.serial, anchor.assigner);
+    match ordered.assigner {
+        Some(assigner) if assigner == anchor.assigner => {}
+        Some(assigner) => {
+            return Err(bad(format!(
+                "the ordered identifier names assigner {assigner}, but the IDevID chain leads \
+                 to trust anchor {:?}, whose assigner is {}: order {wanted:?}",
+                anchor.name, anchor.assigner
+            )))
+        }
+        None => {
+            return Err(bad(format!(
+                "device-attest-01 proves a serial qualified by its manufacturer's assigner, and \
+                 the ordered identifier {:?} has none: the IDevID chain leads to trust anchor \
+                 {:?}, whose assigner is {}, so order {wanted:?}",
+                identifier.value, anchor.name, anchor.assigner
+            )))
+        }
+    }
+    // Check 11: every hardware type the IDevID names is one the anchor accepts. RFC 4108
+    // serials are unique only per hwType, so a manufacturer's other product lines stay out
+    // until the operator accepts them.
+    for (hw_type, _) in &modules {
+        if !anchor.hw_types.iter().any(|t| t == hw_type) {
+            return Err(bad(format!(
+                "the IDevID's hardwareModuleName has hwType {hw_type}, which trust anchor {:?} \
+                 does not accept (accepted: {}); the operator accepts it by adding the anchor \
+                 again: ca-server trust-anchor add --name {} --assigner {}{} --hw-type \
+                 {hw_type} FILE",
+                anchor.name,
+                anchor.describe_hw_types(),
+                anchor.name,
+                anchor.assigner,
+                anchor
+                    .hw_types
+                    .iter()
+                    .map(|t| format!(" --hw-type {t}"))
+                    .collect::<String>(),
+            )));
         }
     }
 
-    // Step 9: the IDevID key signed this challenge's key authorization.
+    // Check 12: the IDevID key signed this challenge's key authorization.
     let key = crate::csr::public_key_from_spki(idevid.public_key()).map_err(|e| {
         bad(format!(
             "the IDevID key is not accepted: {}",
@@ -210,7 +238,7 @@ pub fn verify_attestation(
         })?;
 
     Ok(Attested {
-        anchor: path.anchor.name.clone(),
+        anchor: anchor.name.clone(),
         idevid_subject: idevid.subject().to_string(),
         serial_source: source,
     })
@@ -227,11 +255,36 @@ fn signature_verifier(alg: i64, key: &PublicKey) -> Option<&'static dyn Verifica
     })
 }
 
-/// The IDevID's serial number and where it was found (SPEC §5.10.3 step 7): the subject
+/// The `(hwType, hwSerialNum)` of every subjectAltName otherName hardwareModuleName
+/// (RFC 4108 §5) of the IDevID, in order. A malformed one is refused: its serial and type could
+/// not be checked.
+fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'c [u8])>, String> {
+    let mut modules = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::OtherName(oid, value) = name {
+                if oid.to_id_string() == identifier::OID_HARDWARE_MODULE_NAME {
+                    modules.push(identifier::hardware_module_name(value).ok_or_else(|| {
+                        format!(
+                            "the IDevID ({}) has a malformed hardwareModuleName",
+                            cert.subject()
+                        )
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(modules)
+}
+
+/// The IDevID's serial number and where it was found (SPEC §5.10.3 check 9): the subject
 /// serialNumber attribute (IEEE 802.1AR; RFC 8995 §2.3.1) if there is one, otherwise the
-/// hwSerialNum of a subjectAltName otherName hardwareModuleName (RFC 4108 §5). More than one
-/// value in the deciding place is ambiguous and refused.
-fn idevid_serial<'c>(cert: &'c X509Certificate<'c>) -> Result<(&'static str, &'c [u8]), String> {
+/// hwSerialNum of its hardwareModuleName (`modules`, RFC 4108 §5). More than one value in the
+/// deciding place is ambiguous and refused.
+fn idevid_serial<'c>(
+    cert: &'c X509Certificate<'c>,
+    modules: &[(String, &'c [u8])],
+) -> Result<(&'static str, &'c [u8]), String> {
     let mut attributes = Vec::new();
     for rdn in cert.subject().iter() {
         for atv in rdn.iter() {
@@ -254,24 +307,8 @@ fn idevid_serial<'c>(cert: &'c X509Certificate<'c>) -> Result<(&'static str, &'c
             ))
         }
     }
-    let mut modules = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::OtherName(oid, value) = name {
-                if oid.to_id_string() == identifier::OID_HARDWARE_MODULE_NAME {
-                    let (_, serial) = identifier::hardware_module_name(value).ok_or_else(|| {
-                        format!(
-                            "the IDevID ({}) has a malformed hardwareModuleName",
-                            cert.subject()
-                        )
-                    })?;
-                    modules.push(serial);
-                }
-            }
-        }
-    }
-    match modules.as_slice() {
-        [one] => Ok(("hardwareModuleName", one)),
+    match modules {
+        [(_, serial)] => Ok(("hardwareModuleName", serial)),
         [] => Err(format!(
             "the IDevID ({}) carries no serial number: expected a subject serialNumber attribute \
              (2.5.4.5) or a subjectAltName otherName hardwareModuleName (1.3.6.1.5.5.7.8.4)",

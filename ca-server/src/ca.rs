@@ -341,8 +341,8 @@ impl CertificateAuthority {
     /// Issues an end-entity certificate for `spki_der`, a SubjectPublicKeyInfo taken from a
     /// verified CSR (`csr::parse_and_verify`).
     ///
-    /// Built from CA policy only: subject CN = the serial of the first `permanent-identifier`,
-    /// or else the first identifier, if it fits in 64 characters (else an empty subject and a
+    /// Built from CA policy only: subject CN = the value (`serial["/"assigner]`) of the first
+    /// `permanent-identifier`, or else the first identifier, if it fits in 64 characters (else an empty subject and a
     /// critical SAN), SANs = `identifiers` (SPEC §8.2), a random
     /// 128-bit serial, AKI + SKI, keyUsage digitalSignature (+ keyEncipherment for RSA), EKU
     /// serverAuth + clientAuth, CA:false, notBefore = now - 1 minute, notAfter = now +
@@ -405,14 +405,13 @@ impl CertificateAuthority {
         } else {
             (Vec::new(), Some(general_names_der(&sans)?))
         };
-        // A device's certificate is named after the device: its serial, not a network name.
+        // A device's certificate is named after the device, not a network name: the whole
+        // `serial/assigner` value, because a serial alone is unique only per manufacturer and
+        // the CN becomes identities such as the MQTT username (SPEC §8.2, §8.3).
         let device = identifiers
             .iter()
             .find(|i| i.kind == IdentifierType::PermanentIdentifier);
-        let cn_source = match device {
-            Some(d) => d.value.split('/').next().unwrap_or_default(),
-            None => first.value.as_str(),
-        };
+        let cn_source = device.map_or(first.value.as_str(), |d| d.value.as_str());
         self.sign_leaf(
             &subject_key,
             LeafProfile {
@@ -1533,7 +1532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_device_certificate_carries_a_permanent_identifier_and_its_serial_as_cn() {
+    fn a_device_certificate_carries_a_permanent_identifier_and_its_value_as_cn() {
         let (_tmp, _dir, ca) = new_ca();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let ids = vec![
@@ -1550,7 +1549,8 @@ mod tests {
             .iter_common_name()
             .map(|a| a.as_str().expect("cn"))
             .collect();
-        assert_eq!(cn, ["Sn-0042"]);
+        // The whole value: another manufacturer's "Sn-0042" is another device (SPEC §8.2).
+        assert_eq!(cn, ["Sn-0042/1.3.6.1.4.1.32473"]);
         let san = cert
             .subject_alternative_name()
             .expect("san")
@@ -1595,6 +1595,25 @@ mod tests {
         assert!(san.critical);
         assert_eq!(san.value.general_names.len(), 1);
         openssl_verify(&ca, &issued.chain_pem, &[]);
+
+        // A serial that would fit, but whose value with the assigner does not: no CN rather
+        // than the bare serial, which another manufacturer's device may share.
+        let value = format!("{}/1.3.6.1.4.1.32473", "S".repeat(50));
+        let issued = ca
+            .issue(&key.subject_public_key_info(), &[device(&value)], WEEK)
+            .expect("issued");
+        assert_eq!(parse(&issued.der).subject().iter().count(), 0);
+        // Without an assigner (proven by EAB or operator approval) the value is the serial.
+        let issued = ca
+            .issue(&key.subject_public_key_info(), &[device("Sn-0042")], WEEK)
+            .expect("issued");
+        let cert = parse(&issued.der);
+        let cn: Vec<_> = cert
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().expect("cn"))
+            .collect();
+        assert_eq!(cn, ["Sn-0042"]);
     }
 
     #[test]

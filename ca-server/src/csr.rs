@@ -42,8 +42,8 @@ pub struct CsrInfo {
     /// Identifiers the CSR asks for: every SAN dNSName (lowercased) as `dns`, every SAN
     /// iPAddress as `ip` (canonical text), every SAN otherName PermanentIdentifier as
     /// `permanent-identifier` (octet for octet), plus the subject CN if present (an IP-literal
-    /// CN counts as `ip`, a CN equal to the serial of a PermanentIdentifier in the SAN counts
-    /// as that identifier, anything else as `dns`); sorted and deduplicated. May be empty: a
+    /// CN counts as `ip`, a CN equal to the serial or the whole value of a PermanentIdentifier
+    /// in the SAN counts as that identifier, anything else as `dns`); sorted and deduplicated. May be empty: a
     /// CSR for an order of permanent identifiers only may name nothing (SPEC §7.4).
     pub identifiers: Vec<Identifier>,
     /// The CSR's URI subjectAltNames, as written. They are not identifiers: only a profile
@@ -545,12 +545,13 @@ fn requested_identifiers(
         let text = cn
             .as_str()
             .map_err(|_| Error::BadCsr("subject commonName is not a text string".to_owned()))?;
-        // A device CSR may repeat its serial as the CN, as issued certificates do (SPEC §8.2).
-        let is_serial = ids.iter().any(|id: &Identifier| {
+        // A device CSR may name its device in the CN: by the whole value, as issued
+        // certificates do (SPEC §8.2), or by the serial alone.
+        let names_device = ids.iter().any(|id: &Identifier| {
             id.kind == IdentifierType::PermanentIdentifier
-                && id.value.split('/').next() == Some(text)
+                && (id.value == text || id.value.split('/').next() == Some(text))
         });
-        if !is_serial {
+        if !names_device {
             ids.insert(identifier_from_common_name(text)?);
         }
     }
@@ -1154,6 +1155,13 @@ mod tests {
                 device("Sn-0001/1.3.6.1.4.1.32473")
             ]
         );
+        // So may the whole value, as issued certificates carry it.
+        let der = csr_with_general_names(
+            Some("Sn-0001/1.3.6.1.4.1.32473"),
+            &[permanent("Sn-0001/1.3.6.1.4.1.32473")],
+        );
+        let info = parse_and_verify(&der).expect("accepted");
+        assert_eq!(info.identifiers, vec![device("Sn-0001/1.3.6.1.4.1.32473")]);
         // A CN that is not the serial (here: differing in case) is a dns name as before.
         let der = csr_with_general_names(Some("SN-0001"), &[permanent("Sn-0001")]);
         let info = parse_and_verify(&der).expect("accepted");

@@ -265,10 +265,16 @@ enum TrustAnchorCommand {
         /// Name of the anchor (default: from its SHA-256 fingerprint).
         #[arg(long)]
         name: Option<String>,
-        /// The manufacturer's assigner OID, for identifiers of the form serial/OID.
-        #[arg(long)]
+        /// Required. The OID the manufacturer qualifies its serial numbers with (e.g. an arc
+        /// under its IANA Private Enterprise Number): its devices order `SERIAL/OID`.
+        #[arg(long, value_name = "OID")]
         assigner: Option<String>,
-        /// The CA certificate file.
+        /// An RFC 4108 hardware type (hwType OID) whose IDevIDs this anchor accepts
+        /// (repeatable). IDevIDs whose hardwareModuleName names another type are refused.
+        #[arg(long = "hw-type", value_name = "OID")]
+        hw_types: Vec<String>,
+        /// The CA certificate file (PEM or DER). Adding an anchor's certificate again under its
+        /// name replaces its assigner and hardware types.
         file: PathBuf,
     },
     /// List the trust anchors.
@@ -530,6 +536,14 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
+    if app.cfg.enrollment.device_attestation {
+        // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
+        // an operator sees it at start and not only when a device is refused.
+        let anchors = ca_server::attest::anchors::TrustAnchorStore::new(&app.cfg.data_dir);
+        if let Err(e) = anchors.load() {
+            tracing::warn!(error = %e, "trust anchors cannot be read");
+        }
+    }
     let info = server::start_info(&app);
     println!("iiot-acme CA listening on https://{listen}");
     println!("  directory:        {}", info.directory_url);
@@ -682,14 +696,27 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             data_dir: d,
             name,
             assigner,
+            hw_types,
             file,
         } => {
+            let assigner = assigner.ok_or(
+                "--assigner OID is required: a serial number is unique only per manufacturer, \
+                 so each trust anchor names the OID its manufacturer qualifies serials with \
+                 (e.g. an arc under its IANA Private Enterprise Number, 1.3.6.1.4.1.N), and its \
+                 devices order SERIAL/OID",
+            )?;
             let input =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let (anchor, path) = TrustAnchorStore::new(&data_dir(d))
-                .add(&input, name.as_deref(), assigner.as_deref())
+            let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
+            let added = TrustAnchorStore::new(&data_dir(d))
+                .add(&input, name.as_deref(), &assigner, &hw_types)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
-            println!("trust anchor added: {}", path.display());
+            let anchor = &added.anchor;
+            if added.replaced {
+                println!("trust anchor replaced: {}", added.path.display());
+            } else {
+                println!("trust anchor added: {}", added.path.display());
+            }
             println!("  name:     {}", anchor.name);
             println!("  subject:  {}", anchor.subject());
             println!("  SHA-256:  {}", anchor.fingerprint());
@@ -698,8 +725,17 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                 ca_server::app::rfc3339(anchor.not_after())
             );
             println!(
-                "  assigner: {}",
-                anchor.assigner.as_deref().unwrap_or("none")
+                "  assigner: {} (devices order SERIAL/{})",
+                anchor.assigner, anchor.assigner
+            );
+            println!(
+                "  hw types: {}{}",
+                anchor.describe_hw_types(),
+                if anchor.hw_types.is_empty() {
+                    " (IDevIDs that name a hardware type are refused)"
+                } else {
+                    ""
+                }
             );
             println!("  (compare the SHA-256 with the one the manufacturer publishes)");
             Ok(())
@@ -714,11 +750,12 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             for (name, loaded) in list {
                 match loaded {
                     Ok(a) => println!(
-                        "{name}  {}  SHA-256 {}  expires {}  assigner {}",
+                        "{name}  {}  SHA-256 {}  expires {}  assigner {}  hw types {}",
                         a.subject(),
                         a.fingerprint(),
                         ca_server::app::rfc3339(a.not_after()),
-                        a.assigner.as_deref().unwrap_or("none")
+                        a.assigner,
+                        a.describe_hw_types()
                     ),
                     Err(why) => println!("{name}  UNUSABLE: {why}"),
                 }

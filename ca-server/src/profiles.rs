@@ -14,8 +14,9 @@
 //! - `default`: SPEC §8.2 as before.
 //! - `tls-server`: EKU serverAuth only.
 //! - `mqtt-client`: EKU clientAuth only, CN = the device identity (mosquitto's
-//!   `use_identity_as_username` makes it the MQTT username, so it must be the validated first
-//!   identifier and nothing the device chose).
+//!   `use_identity_as_username` makes it the MQTT username, so it must be a validated
+//!   identifier and nothing the device chose): the whole `serial/assigner` value of a
+//!   permanent identifier, so two manufacturers' devices with the same serial are two clients.
 //! - `opcua`: an OPC UA Application Instance Certificate (OPC 10000-6 §6.2.2): SAN URI = the
 //!   ApplicationUri, taken from the CSR's URI SAN and checked against
 //!   `application_uri_prefixes`; DNS/IP SANs from the order; keyUsage digitalSignature,
@@ -95,7 +96,7 @@ pub struct ProfileSpec {
     pub extended_key_usage: Option<Vec<Eku>>,
     /// Key types the profile certifies.
     pub key_types: Option<Vec<KeyType>>,
-    /// Subject commonName: the first identifier (or device serial), or none.
+    /// Subject commonName: the device's permanent identifier or the first identifier, or none.
     pub common_name: Option<CommonName>,
     /// Subject organizationName (OPC 10000-6 §6.2.2: the organisation running the application).
     pub organization: Option<String>,
@@ -159,7 +160,8 @@ pub enum KeyType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommonName {
-    /// SPEC §8.2: the device serial or the first identifier.
+    /// SPEC §8.2: the value of the first permanent identifier (`serial["/"assigner]`), else
+    /// the first identifier.
     FirstIdentifier,
     /// Empty subject (the SAN becomes critical).
     None,

@@ -25,6 +25,13 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 // ---------------------------------------------------------------------------------------------
 // A simulated manufacturer and its devices.
 
+/// The assigner of most test manufacturers: the RFC 5612 documentation enterprise number.
+const PEN: &str = "1.3.6.1.4.1.32473";
+/// A second manufacturer's assigner, under the X.660 example arc.
+const OTHER_PEN: &str = "2.999.2";
+/// The hwType of `device_with_hardware_module_name`: 1.3.6.1.4.1.32473.1.
+const HW_TYPE: &str = "1.3.6.1.4.1.32473.1";
+
 /// DER TLV, for the few structures rcgen cannot write.
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
@@ -104,24 +111,15 @@ impl Manufacturer {
         })
     }
 
-    /// An IDevID whose serial is only in a hardwareModuleName otherName (RFC 4108 §5).
+    /// An IDevID whose serial is only in a hardwareModuleName otherName (RFC 4108 §5) of
+    /// hwType [`HW_TYPE`].
     fn device_with_hardware_module_name(
         &self,
         serial: &str,
         alg: &'static SignatureAlgorithm,
     ) -> Device {
         self.device_with(alg, |p| {
-            // hwType 1.3.6.1.4.1.32473.1 (the RFC 5612 documentation enterprise number).
-            let hw_type = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59, 1]);
-            let module = tlv(0x30, &[hw_type, tlv(0x04, serial.as_bytes())].concat());
-            let other_name = tlv(
-                0xa0,
-                &[tlv(0x06, &[0x2b, 6, 1, 5, 5, 7, 8, 4]), tlv(0xa0, &module)].concat(),
-            );
-            p.custom_extensions = vec![CustomExtension::from_oid_content(
-                &[2, 5, 29, 17],
-                tlv(0x30, &other_name),
-            )];
+            p.custom_extensions = vec![hardware_module_name(1, serial)];
         })
     }
 
@@ -150,11 +148,30 @@ impl Manufacturer {
         Device { key, chain }
     }
 
-    fn add_to(&self, s: &TestServer, name: &str, assigner: Option<&str>) {
+    /// Trusts the root under `name` with `assigner`, accepting no hardware types.
+    fn add_to(&self, s: &TestServer, name: &str, assigner: &str) {
+        self.add_with_hw_types(s, name, assigner, &[]);
+    }
+
+    /// Trusts the root under `name` with `assigner` and the hardware types `hw_types`; adding
+    /// it again under the same name replaces them.
+    fn add_with_hw_types(&self, s: &TestServer, name: &str, assigner: &str, hw_types: &[&str]) {
         TrustAnchorStore::new(s.dir.path())
-            .add(self.root_pem.as_bytes(), Some(name), assigner)
+            .add(self.root_pem.as_bytes(), Some(name), assigner, hw_types)
             .expect("trust anchor added");
     }
+}
+
+/// A subjectAltName extension holding one otherName hardwareModuleName (RFC 4108 §5) with
+/// hwType 1.3.6.1.4.1.32473.`last_arc` and hwSerialNum `serial`.
+fn hardware_module_name(last_arc: u8, serial: &str) -> CustomExtension {
+    let hw_type = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59, last_arc]);
+    let module = tlv(0x30, &[hw_type, tlv(0x04, serial.as_bytes())].concat());
+    let other_name = tlv(
+        0xa0,
+        &[tlv(0x06, &[0x2b, 6, 1, 5, 5, 7, 8, 4]), tlv(0xa0, &module)].concat(),
+    );
+    CustomExtension::from_oid_content(&[2, 5, 29, 17], tlv(0x30, &other_name))
 }
 
 /// A device: its IDevID key and chain (IDevID first).
@@ -373,11 +390,11 @@ fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
 async fn es256_idevid_enrolls_and_the_certificate_carries_the_permanent_identifier() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("Sn-0042", &rcgen::PKCS_ECDSA_P256_SHA256);
 
     let acct = s.new_account().await;
-    let id = device_id("Sn-0042");
+    let id = device_id("Sn-0042/1.3.6.1.4.1.32473");
     let (order_url, order) = new_order(&s, &acct, json!([id])).await;
     assert_eq!(order["identifiers"], json!([id]));
     let (authz_url, c) = attest_challenge(&s, &acct, &order, &id).await;
@@ -413,13 +430,23 @@ async fn es256_idevid_enrolls_and_the_certificate_carries_the_permanent_identifi
         .iter_common_name()
         .map(|a| a.as_str().expect("cn"))
         .collect();
-    assert_eq!(cn, ["Sn-0042"]);
-    // otherName PermanentIdentifier: [0] { SEQUENCE { UTF8String "Sn-0042" } }, no assigner.
+    // The CN is the whole identifier (SPEC §8.2): the serial alone may be another
+    // manufacturer's device's.
+    assert_eq!(cn, ["Sn-0042/1.3.6.1.4.1.32473"]);
+    // otherName PermanentIdentifier:
+    // [0] { SEQUENCE { UTF8String "Sn-0042", OID 1.3.6.1.4.1.32473 } }.
     let values = other_names(&der, "1.3.6.1.5.5.7.8.3");
-    assert_eq!(values, vec![tlv(0xa0, &tlv(0x30, &tlv(0x0c, b"Sn-0042")))]);
+    let assigner = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59]);
+    assert_eq!(
+        values,
+        vec![tlv(
+            0xa0,
+            &tlv(0x30, &[tlv(0x0c, b"Sn-0042"), assigner].concat())
+        )]
+    );
 
     // openssl names the extension, and its own encoder writes the same bytes.
-    assert_eq!(openssl_permanent_identifier("Sn-0042", None), values);
+    assert_eq!(openssl_permanent_identifier("Sn-0042", Some(PEN)), values);
     let tmp = tempfile::tempdir().expect("tmp");
     std::fs::write(tmp.path().join("leaf.pem"), &pem).expect("write");
     let text = openssl(tmp.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
@@ -472,7 +499,8 @@ async fn es384_idevid_via_intermediate_with_hardware_module_name_and_assigner() 
     let s = TestServer::new();
     let maker =
         Manufacturer::with_intermediate("Example P-384 Root", &rcgen::PKCS_ECDSA_P384_SHA384);
-    maker.add_to(&s, "example-384", Some("1.3.6.1.4.1.32473"));
+    // The IDevID names its hardware type, which the anchor accepts (SPEC §5.10.3 check 11).
+    maker.add_with_hw_types(&s, "example-384", PEN, &[HW_TYPE]);
     let device = maker.device_with_hardware_module_name("HM-7781", &rcgen::PKCS_ECDSA_P384_SHA384);
     assert_eq!(device.chain.len(), 2);
 
@@ -483,12 +511,20 @@ async fn es384_idevid_via_intermediate_with_hardware_module_name_and_assigner() 
     let r = answer(&s, &acct, &c, &device.attest(&key_authorization(&acct, &c))).await;
     assert_eq!(r.json()["status"], "valid", "{}", r.json());
 
-    // This time the CSR carries the identifier (as it SHOULD) and repeats the serial as CN.
+    // This time the CSR carries the identifier (as it SHOULD) and repeats it as CN, as the
+    // certificate will.
     let (_, request) = csr(
-        Some("HM-7781"),
+        Some("HM-7781/1.3.6.1.4.1.32473"),
         &[permanent_name("HM-7781/1.3.6.1.4.1.32473")],
     );
     let (der, pem) = finalize(&s, &acct, &order, &request).await;
+    let (_, cert) = X509Certificate::from_der(&der).expect("cert");
+    let cn: Vec<_> = cert
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().expect("cn"))
+        .collect();
+    assert_eq!(cn, ["HM-7781/1.3.6.1.4.1.32473"]);
     let values = other_names(&der, "1.3.6.1.5.5.7.8.3");
     let assigner = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59]);
     assert_eq!(
@@ -514,10 +550,10 @@ async fn es384_idevid_via_intermediate_with_hardware_module_name_and_assigner() 
 async fn a_mixed_device_and_dns_order_gets_both_names() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("PLC-0007", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let id = device_id("PLC-0007");
+    let id = device_id("PLC-0007/1.3.6.1.4.1.32473");
     let dns = json!({"type": "dns", "value": "plc-7.plant.example"});
     let ip = json!({"type": "ip", "value": "10.0.0.7"});
     let (_, order) = new_order(&s, &acct, json!([id, dns, ip])).await;
@@ -549,7 +585,13 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
     let dns_name = tlv(0x82, b"plc-7.plant.example");
     let ip_name = tlv(0x87, &[10, 0, 0, 7]);
     // A CSR missing the dns name is refused, and the order stays ready.
-    let (_, wrong) = csr(None, &[ip_name.clone(), permanent_name("PLC-0007")]);
+    let (_, wrong) = csr(
+        None,
+        &[
+            ip_name.clone(),
+            permanent_name("PLC-0007/1.3.6.1.4.1.32473"),
+        ],
+    );
     let r = s
         .post_as(
             &acct,
@@ -564,7 +606,7 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
         &[
             dns_name.clone(),
             ip_name.clone(),
-            permanent_name("PLC-0008"),
+            permanent_name("PLC-0008/1.3.6.1.4.1.32473"),
         ],
     );
     let r = s
@@ -590,7 +632,7 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
         .collect();
     assert_eq!(
         cn,
-        ["PLC-0007"],
+        ["PLC-0007/1.3.6.1.4.1.32473"],
         "a device certificate is named after the device"
     );
     let san = cert
@@ -644,14 +686,14 @@ async fn device_order(s: &TestServer, acct: &Account, value: &str) -> (String, S
 async fn an_idevid_from_an_unconfigured_manufacturer_is_refused() {
     let s = TestServer::new();
     let trusted = Manufacturer::new("Trusted Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    trusted.add_to(&s, "trusted", None);
+    trusted.add_to(&s, "trusted", PEN);
     // Same subject name as the trusted root, different key: name matching alone must not do.
     let impostor = Manufacturer::new("Trusted Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256);
     let other = Manufacturer::new("Unknown Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
     let device = other.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let detail = refused(
         &s,
         &acct,
@@ -668,7 +710,7 @@ async fn an_idevid_from_an_unconfigured_manufacturer_is_refused() {
     );
 
     let device = impostor.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let detail = refused(
         &s,
         &acct,
@@ -689,7 +731,7 @@ async fn no_trust_anchors_means_no_attestation_succeeds() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let detail = refused(
         &s,
@@ -701,7 +743,7 @@ async fn no_trust_anchors_means_no_attestation_succeeds() {
     )
     .await;
     assert!(
-        detail.contains("no manufacturer trust anchors are configured"),
+        detail.contains("no usable manufacturer trust anchors are configured"),
         "{detail}"
     );
 }
@@ -710,10 +752,10 @@ async fn no_trust_anchors_means_no_attestation_succeeds() {
 async fn an_idevid_serial_other_than_the_ordered_one_is_refused() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN123", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN124").await;
+    let (o, a, c) = device_order(&s, &acct, "SN124/1.3.6.1.4.1.32473").await;
     let detail = refused(
         &s,
         &acct,
@@ -728,7 +770,7 @@ async fn an_idevid_serial_other_than_the_ordered_one_is_refused() {
         "IDevID serial \"SN123\" (subject serialNumber) does not match the ordered identifier \"SN124\""
     );
     // Octet for octet: case matters.
-    let (o, a, c) = device_order(&s, &acct, "sn123").await;
+    let (o, a, c) = device_order(&s, &acct, "sn123/1.3.6.1.4.1.32473").await;
     let detail = refused(
         &s,
         &acct,
@@ -744,14 +786,150 @@ async fn an_idevid_serial_other_than_the_ordered_one_is_refused() {
     );
 }
 
+/// Issues a certificate for `value` to the device: a new order, the attestation, finalize with
+/// a CSR naming nothing. Returns the certificate DER.
+async fn enroll(s: &TestServer, device: &Device, value: &str) -> Vec<u8> {
+    let acct = s.new_account().await;
+    let id = device_id(value);
+    let (_, order) = new_order(s, &acct, json!([id])).await;
+    let (_, c) = attest_challenge(s, &acct, &order, &id).await;
+    let r = answer(s, &acct, &c, &device.attest(&key_authorization(&acct, &c))).await;
+    assert_eq!(r.json()["status"], "valid", "{value}: {}", r.json());
+    let (_, request) = csr(None, &[]);
+    finalize(s, &acct, &order, &request).await.0
+}
+
+fn common_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = X509Certificate::from_der(der).expect("cert");
+    let names = cert
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().expect("cn").to_owned())
+        .collect();
+    names
+}
+
+/// SPEC §5.10.3 check 10, §8.2, §10.8: a serial is unique only per manufacturer. Two trusted
+/// manufacturers both ship a device "0042": each proves only its own manufacturer's
+/// `0042/assigner`, and their certificates name two different devices.
 #[tokio::test]
-async fn an_assigner_must_be_the_one_configured_for_the_manufacturer() {
+async fn two_manufacturers_devices_with_the_same_serial_are_two_devices() {
+    let s = TestServer::new();
+    let vendor_a = Manufacturer::new("Vendor A IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    vendor_a.add_to(&s, "vendor-a", PEN);
+    let vendor_b = Manufacturer::new("Vendor B IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    vendor_b.add_to(&s, "vendor-b", OTHER_PEN);
+    let device_a = vendor_a.device("0042", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let device_b = vendor_b.device("0042", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let acct = s.new_account().await;
+
+    // Vendor B's device cannot take vendor A's device's identifier...
+    let (o, a, c) = device_order(&s, &acct, "0042/1.3.6.1.4.1.32473").await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &device_b.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert_eq!(
+        detail,
+        "the ordered identifier names assigner 1.3.6.1.4.1.32473, but the IDevID chain leads \
+         to trust anchor \"vendor-b\", whose assigner is 2.999.2: order \"0042/2.999.2\""
+    );
+    // ...nor the bare serial, which is no particular manufacturer's device.
+    let (o, a, c) = device_order(&s, &acct, "0042").await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &device_b.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert!(detail.contains("order \"0042/2.999.2\""), "{detail}");
+
+    // Each enrolls as its own manufacturer's device, and the certificates' CNs (the MQTT
+    // username of the mqtt-client profile) differ.
+    let cert_a = enroll(&s, &device_a, "0042/1.3.6.1.4.1.32473").await;
+    let cert_b = enroll(&s, &device_b, "0042/2.999.2").await;
+    assert_eq!(common_names(&cert_a), ["0042/1.3.6.1.4.1.32473"]);
+    assert_eq!(common_names(&cert_b), ["0042/2.999.2"]);
+    // The otherName PermanentIdentifier carries the assigner too (SPEC §8.2).
+    let value = |der: &[u8]| {
+        other_names(der, "1.3.6.1.5.5.7.8.3")
+            .iter()
+            .map(|v| ca_server::attest::identifier::from_other_name(v).expect("valid"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(value(&cert_a), ["0042/1.3.6.1.4.1.32473"]);
+    assert_eq!(value(&cert_b), ["0042/2.999.2"]);
+}
+
+/// SPEC §5.10.3 check 10: device-attest-01 proves `serial/assigner` only; the detail tells the
+/// device what to order.
+#[tokio::test]
+async fn an_identifier_without_an_assigner_is_refused_for_device_attestation() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN-5", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-5/1.3.6.1.4.1.32473").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-5").await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &device.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert_eq!(
+        detail,
+        "device-attest-01 proves a serial qualified by its manufacturer's assigner, and the \
+         ordered identifier \"SN-5\" has none: the IDevID chain leads to trust anchor \
+         \"example\", whose assigner is 1.3.6.1.4.1.32473, so order \
+         \"SN-5/1.3.6.1.4.1.32473\""
+    );
+}
+
+/// SPEC §5.10.3 check 11: an IDevID that names its hardware type (RFC 4108 hwType) is accepted
+/// only through an anchor that lists that type, whichever place its serial comes from.
+#[tokio::test]
+async fn a_hardware_type_the_anchor_does_not_accept_is_refused() {
+    let s = TestServer::new();
+    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    maker.add_to(&s, "example", PEN);
+    let device = maker.device_with_hardware_module_name("HM-1", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let acct = s.new_account().await;
+    let id = "HM-1/1.3.6.1.4.1.32473";
+
+    // No hardware types accepted.
+    let (o, a, c) = device_order(&s, &acct, id).await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &device.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert_eq!(
+        detail,
+        "the IDevID's hardwareModuleName has hwType 1.3.6.1.4.1.32473.1, which trust anchor \
+         \"example\" does not accept (accepted: none); the operator accepts it by adding the \
+         anchor again: ca-server trust-anchor add --name example --assigner 1.3.6.1.4.1.32473 \
+         --hw-type 1.3.6.1.4.1.32473.1 FILE"
+    );
+
+    // Another product line of the manufacturer accepted, not this one.
+    maker.add_with_hw_types(&s, "example", PEN, &["1.3.6.1.4.1.32473.2"]);
+    let (o, a, c) = device_order(&s, &acct, id).await;
     let detail = refused(
         &s,
         &acct,
@@ -762,25 +940,162 @@ async fn an_assigner_must_be_the_one_configured_for_the_manufacturer() {
     )
     .await;
     assert!(
-        detail.contains("names assigner 1.3.6.1.4.1.32473")
-            && detail.contains("has no assigner configured"),
+        detail.contains("(accepted: 1.3.6.1.4.1.32473.2)")
+            && detail.contains("--hw-type 1.3.6.1.4.1.32473.2 --hw-type 1.3.6.1.4.1.32473.1 FILE"),
         "{detail}"
     );
+
+    // A serial from the subject serialNumber does not exempt a hardwareModuleName's type.
+    let both = maker.device_with(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+        p.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            DnValue::PrintableString("SN-6".try_into().expect("printable")),
+        );
+        p.custom_extensions = vec![hardware_module_name(3, "SN-6")];
+    });
+    let (o, a, c) = device_order(&s, &acct, "SN-6/1.3.6.1.4.1.32473").await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &both.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert!(detail.contains("hwType 1.3.6.1.4.1.32473.3"), "{detail}");
+
+    // Once the operator accepts the type, the device enrolls.
+    maker.add_with_hw_types(&s, "example", PEN, &["1.3.6.1.4.1.32473.2", HW_TYPE]);
+    let cert = enroll(&s, &device, id).await;
+    assert_eq!(common_names(&cert), [id]);
+}
+
+/// SPEC §5.10.4: an anchor file without an `Assigner:` line (what `trust-anchor add` wrote
+/// when the assigner was optional) is skipped by the verifier, so no identifier at all is
+/// proven through it, until the operator adds it again with an assigner.
+#[tokio::test]
+async fn an_anchor_file_without_an_assigner_is_not_used() {
+    let s = TestServer::new();
+    let maker = Manufacturer::new("Legacy IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let dir = s.dir.path().join("trust-anchors");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let legacy = format!(
+        "Manufacturer trust anchor for iiot-acme device-attest-01 (SPEC 5.10.4)\n{}",
+        maker.root_pem
+    );
+    std::fs::write(dir.join("legacy.pem"), &legacy).expect("write");
+    let device = maker.device("SN-7", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let acct = s.new_account().await;
+
+    let (o, a, c) = device_order(&s, &acct, "SN-7/1.3.6.1.4.1.32473").await;
+    let detail = refused(
+        &s,
+        &acct,
+        &o,
+        &a,
+        &c,
+        &device.attest(&key_authorization(&acct, &c)),
+    )
+    .await;
+    assert!(
+        detail.starts_with("no usable manufacturer trust anchors are configured"),
+        "{detail}"
+    );
+    // With another manufacturer's usable anchor next to it, the chain leads nowhere.
+    Manufacturer::new("Other IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256)
+        .add_to(&s, "other", OTHER_PEN);
+    for value in ["SN-7/1.3.6.1.4.1.32473", "SN-7"] {
+        let (o, a, c) = device_order(&s, &acct, value).await;
+        let detail = refused(
+            &s,
+            &acct,
+            &o,
+            &a,
+            &c,
+            &device.attest(&key_authorization(&acct, &c)),
+        )
+        .await;
+        assert!(
+            detail.contains("does not lead to a configured manufacturer trust anchor"),
+            "{value}: {detail}"
+        );
+    }
+
+    // The fix `trust-anchor list` names: the same certificate, the same name, an assigner.
+    let added = TrustAnchorStore::new(s.dir.path())
+        .add(legacy.as_bytes(), Some("legacy"), PEN, &[])
+        .expect("re-added");
+    assert!(added.replaced);
+    enroll(&s, &device, "SN-7/1.3.6.1.4.1.32473").await;
+}
+
+/// Permanent identifiers the operator vouched for (an EAB allow rule, SPEC §6.6) need no
+/// trust anchor and no assigner; the certificate names the whole value either way.
+#[tokio::test]
+async fn pre_authorized_serials_are_certified_with_or_without_an_assigner() {
+    use ca_server::eab::{AllowRule, NewCredential};
+    let s = TestServer::new();
+    let cred = s
+        .app
+        .eab
+        .create(&NewCredential {
+            allow: ["serial:Sn-0099", "serial:Sn-0100/1.3.6.1.4.1.32473"]
+                .iter()
+                .map(|t| AllowRule::parse(t).expect("rule"))
+                .collect(),
+            ..NewCredential::default()
+        })
+        .expect("credential");
+    let key = common::Key::generate();
+    let url = s.url("/acme/new-account");
+    let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": binding})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let acct = Account {
+        kid: r.header("location").expect("location"),
+        key,
+    };
+    for value in ["Sn-0099", "Sn-0100/1.3.6.1.4.1.32473"] {
+        let (order_url, order) = new_order(&s, &acct, json!([device_id(value)])).await;
+        assert_eq!(
+            s.post_as(&acct, &order_url, None).await.json()["status"],
+            "ready"
+        );
+        let (_, request) = csr(None, &[]);
+        let (der, _) = finalize(&s, &acct, &order, &request).await;
+        assert_eq!(common_names(&der), [value]);
+        let values = other_names(&der, "1.3.6.1.5.5.7.8.3");
+        if value == "Sn-0099" {
+            // [0] { SEQUENCE { UTF8String "Sn-0099" } }, no assigner, as openssl writes it.
+            assert_eq!(values, vec![tlv(0xa0, &tlv(0x30, &tlv(0x0c, b"Sn-0099")))]);
+            assert_eq!(openssl_permanent_identifier("Sn-0099", None), values);
+        } else {
+            assert_eq!(openssl_permanent_identifier("Sn-0100", Some(PEN)), values);
+        }
+    }
 }
 
 #[tokio::test]
 async fn an_attestation_for_another_challenge_is_refused() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN-9", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
     // Captured from the device's enrollment of a first order...
-    let (_, _, first) = device_order(&s, &acct, "SN-9").await;
+    let (_, _, first) = device_order(&s, &acct, "SN-9/1.3.6.1.4.1.32473").await;
     let captured = device.attest(&key_authorization(&acct, &first));
     // ...and played back on a second one: the token differs, so the signature fails.
-    let (o, a, c) = device_order(&s, &acct, "SN-9").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-9/1.3.6.1.4.1.32473").await;
     let detail = refused(&s, &acct, &o, &a, &c, &captured).await;
     assert!(
         detail.starts_with("signature does not verify over this challenge's key authorization"),
@@ -789,7 +1104,7 @@ async fn an_attestation_for_another_challenge_is_refused() {
 
     // An attestation for the right token but another account's key authorization fails too.
     let thief = s.new_account().await;
-    let (o, a, c) = device_order(&s, &thief, "SN-9").await;
+    let (o, a, c) = device_order(&s, &thief, "SN-9/1.3.6.1.4.1.32473").await;
     let made_for_acct = device.attest(&format!(
         "{}.{}",
         c["token"].as_str().expect("token"),
@@ -803,12 +1118,12 @@ async fn an_attestation_for_another_challenge_is_refused() {
 async fn an_answered_challenge_cannot_be_answered_again() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN-3", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
     // Valid, then replayed: the challenge stays as it was decided.
-    let (_, a, c) = device_order(&s, &acct, "SN-3").await;
+    let (_, a, c) = device_order(&s, &acct, "SN-3/1.3.6.1.4.1.32473").await;
     let good = device.attest(&key_authorization(&acct, &c));
     assert_eq!(answer(&s, &acct, &c, &good).await.json()["status"], "valid");
     let again = answer(&s, &acct, &c, &good).await;
@@ -820,7 +1135,7 @@ async fn an_answered_challenge_cannot_be_answered_again() {
     assert_eq!(s.post_as(&acct, &a, None).await.json(), before);
 
     // Failed, then answered correctly: one answer per challenge, the failure stands.
-    let (o, a, c) = device_order(&s, &acct, "SN-3").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-3/1.3.6.1.4.1.32473").await;
     refused(&s, &acct, &o, &a, &c, b"not cbor").await;
     let late = answer(&s, &acct, &c, &device.attest(&key_authorization(&acct, &c))).await;
     assert_eq!(late.json()["status"], "invalid");
@@ -831,7 +1146,7 @@ async fn an_answered_challenge_cannot_be_answered_again() {
 async fn an_expired_idevid_is_refused() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device_with(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
         p.distinguished_name.push(
             DnType::CustomDnType(vec![2, 5, 4, 5]),
@@ -841,7 +1156,7 @@ async fn an_expired_idevid_is_refused() {
         p.not_after = rcgen::date_time_ymd(2020, 6, 30);
     });
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-OLD").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-OLD/1.3.6.1.4.1.32473").await;
     let detail = refused(
         &s,
         &acct,
@@ -861,15 +1176,15 @@ async fn an_expired_idevid_is_refused() {
 async fn malformed_responses_and_other_formats_are_refused() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let detail = refused(&s, &acct, &o, &a, &c, &[0xa2, 0x63, b'f']).await;
     assert!(detail.starts_with("attObj is not valid CBOR"), "{detail}");
 
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let packed = device.attest_as("packed", &key_authorization(&acct, &c));
     let detail = refused(&s, &acct, &o, &a, &c, &packed).await;
     assert!(
@@ -879,7 +1194,7 @@ async fn malformed_responses_and_other_formats_are_refused() {
 
     // `{}` as for http-01, and attObj that is not base64url.
     for payload in [json!({}), json!({"attObj": "a+b/"})] {
-        let (_, a, c) = device_order(&s, &acct, "SN-1").await;
+        let (_, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
         let r = s
             .post_as(&acct, c["url"].as_str().expect("url"), Some(&payload))
             .await;
@@ -893,7 +1208,7 @@ async fn malformed_responses_and_other_formats_are_refused() {
     }
 
     // Unknown fields next to attObj are ignored (draft-ietf-acme-device-attest §5).
-    let (_, _, c) = device_order(&s, &acct, "SN-1").await;
+    let (_, _, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let r = s
         .post_as(
             &acct,
@@ -946,10 +1261,10 @@ async fn turning_attestation_off_refuses_pending_challenges() {
     // The switch is read at verification too, not only when the authorization was created.
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", None);
+    maker.add_to(&s, "example", PEN);
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-1").await;
+    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let mut cfg = s.app.cfg.clone();
     cfg.enrollment.device_attestation = false;
     let att = device.attest(&key_authorization(&acct, &c));
@@ -959,7 +1274,7 @@ async fn turning_attestation_off_refuses_pending_challenges() {
         &att,
         &ca_server::types::Identifier {
             kind: ca_server::types::IdentifierType::PermanentIdentifier,
-            value: "SN-1".into(),
+            value: "SN-1/1.3.6.1.4.1.32473".into(),
         },
         &key_authorization(&acct, &c),
         &anchors,
@@ -1026,6 +1341,26 @@ fn trust_anchor_commands_add_and_list() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no trust anchors"));
 
+    // The assigner is required, with a message saying why and what devices then order.
+    let out = run(&[
+        "trust-anchor",
+        "add",
+        "--data-dir",
+        data_arg,
+        "--name",
+        "cli",
+        root_arg,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "error: --assigner OID is required: a serial number is unique only per manufacturer"
+        ) && stderr.contains("devices order SERIAL/OID"),
+        "{stderr}"
+    );
+    assert!(!data.join("trust-anchors/cli.pem").exists());
+
     let out = run(&[
         "trust-anchor",
         "add",
@@ -1035,6 +1370,10 @@ fn trust_anchor_commands_add_and_list() {
         "cli",
         "--assigner",
         "1.3.6.1.4.1.32473",
+        "--hw-type",
+        "1.3.6.1.4.1.32473.1",
+        "--hw-type",
+        "1.3.6.1.4.1.32473.2",
         root_arg,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1043,12 +1382,14 @@ fn trust_anchor_commands_add_and_list() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let anchor = TrustAnchor {
-        name: "cli".into(),
-        der: maker.root_der.clone(),
-        assigner: None,
-    };
+    let anchor =
+        TrustAnchor::from_parts("cli", maker.root_der.clone(), Some(PEN), &[]).expect("anchor");
     assert!(stdout.contains("CN=CLI Devices Root"), "{stdout}");
+    assert!(
+        stdout.contains("assigner: 1.3.6.1.4.1.32473 (devices order SERIAL/1.3.6.1.4.1.32473)")
+            && stdout.contains("hw types: 1.3.6.1.4.1.32473.1,1.3.6.1.4.1.32473.2\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains(&anchor.fingerprint()), "{stdout}");
     assert!(data.join("trust-anchors/cli.pem").exists());
     // openssl reads the stored file as it is.
@@ -1071,7 +1412,56 @@ fn trust_anchor_commands_add_and_list() {
         stdout.starts_with("cli  O=Example Devices Test, CN=CLI Devices Root  SHA-256 "),
         "{stdout}"
     );
-    assert!(stdout.contains("assigner 1.3.6.1.4.1.32473"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "  assigner 1.3.6.1.4.1.32473  hw types 1.3.6.1.4.1.32473.1,1.3.6.1.4.1.32473.2\n"
+        ),
+        "{stdout}"
+    );
+
+    // An anchor file without an assigner is listed as unusable, with the command that fixes
+    // it; running that command makes it usable.
+    let legacy = Manufacturer::new("Legacy Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let legacy_path = data.join("trust-anchors/legacy.pem");
+    std::fs::write(&legacy_path, &legacy.root_pem).expect("write");
+    let out = run(&["trust-anchor", "list", "--data-dir", data_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fix = format!(
+        "ca-server trust-anchor add --data-dir {data_arg} --name legacy --assigner OID \
+         [--hw-type OID]... {}",
+        legacy_path.display()
+    );
+    assert!(
+        stdout.contains("legacy  UNUSABLE: no Assigner: line, so it is not used")
+            && stdout.contains(&fix),
+        "{stdout}"
+    );
+    let legacy_arg = legacy_path.to_str().expect("utf8 path");
+    let out = run(&[
+        "trust-anchor",
+        "add",
+        "--data-dir",
+        data_arg,
+        "--name",
+        "legacy",
+        "--assigner",
+        OTHER_PEN,
+        legacy_arg,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("trust anchor replaced: "),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["trust-anchor", "list", "--data-dir", data_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CN=Legacy Devices Root  SHA-256 ")
+            && stdout.contains("  assigner 2.999.2  hw types none\n")
+            && !stdout.contains("UNUSABLE"),
+        "{stdout}"
+    );
 
     // A device certificate is not a CA: refused, with the reason, and a failing exit code.
     let leaf = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
@@ -1081,6 +1471,8 @@ fn trust_anchor_commands_add_and_list() {
         "add",
         "--data-dir",
         data_arg,
+        "--assigner",
+        PEN,
         tmp.path().join("leaf.der").to_str().expect("utf8"),
     ]);
     assert!(!out.status.success());
@@ -1180,8 +1572,13 @@ mod vectors {
         }
     }
 
-    fn anchor(name: &str, der: &[u8], assigner: Option<&str>) -> Value {
-        json!({"name": name, "certificate_der_b64url": b64(der), "assigner": assigner})
+    fn anchor(name: &str, der: &[u8], assigner: Option<&str>, hw_types: &[&str]) -> Value {
+        json!({
+            "name": name,
+            "certificate_der_b64url": b64(der),
+            "assigner": assigner,
+            "hardware_types": hw_types,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1208,7 +1605,7 @@ mod vectors {
         let att_obj = object::encode(fmt, alg, &sig, x5c);
         Entry {
             id: id.to_owned(),
-            rfc: "draft-ietf-acme-device-attest-10 §3, §5; W3C WebAuthn Level 2 §6.5.4; IEEE 802.1AR; RFC 8995 §2.3.1"
+            rfc: "draft-ietf-acme-device-attest-10 §3, §5; W3C WebAuthn Level 2 §6.5.4; IEEE 802.1AR; RFC 8995 §2.3.1; RFC 4108 §5"
                 .to_owned(),
             spec: "§4.5, §5.10".to_owned(),
             provenance: format!("{PROVENANCE} {what}"),
@@ -1248,72 +1645,94 @@ mod vectors {
             json!([anchor(
                 "test-vector-manufacturer",
                 &f.root,
-                Some("1.3.6.1.4.1.32473")
+                Some(PEN),
+                &[HW_TYPE]
             )])
         };
+        let other = || anchor("other-manufacturer", &f.other_root, Some(OTHER_PEN), &[]);
         let bad =
             |hint: &str| json!({"problem": "badAttestationStatement", "detail_contains": hint});
         let (k256, c256) = (&f.es256.0, f.es256.1.as_slice());
         let (k384, c384) = (&f.es384.0, f.es384.1.as_slice());
+        let id1 = "IIOT-TEST-0001/1.3.6.1.4.1.32473";
+        let id2 = "IIOT-TEST-0002/1.3.6.1.4.1.32473";
         let mut entries = vec![
             entry(
                 "es256-serial-number-attribute",
-                "An ES256 IDevID issued by the root, serial in the subject serialNumber attribute, notAfter 99991231235959Z.",
-                vendor(), "IIOT-TEST-0001", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                "An ES256 IDevID issued by the root, serial in the subject serialNumber attribute, notAfter 99991231235959Z, identifier qualified by the anchor's assigner. The IDevID names no hardware type.",
+                vendor(), id1, TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
                 json!({"valid": true, "anchor": "test-vector-manufacturer", "serial_source": "subject serialNumber"}),
             ),
             entry(
                 "es384-intermediate-hardware-module-name-assigner",
-                "An ES384 IDevID issued by an intermediate (notAfter 2036-01-01), serial in a hardwareModuleName otherName, identifier qualified by the anchor's assigner.",
-                vendor(), "IIOT-TEST-0002/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], AT,
+                "An ES384 IDevID issued by an intermediate (notAfter 2036-01-01), serial in a hardwareModuleName otherName of hwType 1.3.6.1.4.1.32473.1, which the anchor accepts; identifier qualified by the anchor's assigner.",
+                vendor(), id2, TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], AT,
                 json!({"valid": true, "anchor": "test-vector-manufacturer", "serial_source": "hardwareModuleName"}),
             ),
             entry(
                 "serial-mismatch",
                 "The first entry's attestation for another serial.",
-                vendor(), "IIOT-TEST-0009", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                vendor(), "IIOT-TEST-0009/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
                 bad("does not match the ordered identifier"),
             ),
             entry(
                 "serial-case-differs",
                 "Serials are compared octet for octet: lower case is another serial.",
-                vendor(), "iiot-test-0001", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                vendor(), "iiot-test-0001/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
                 bad("does not match the ordered identifier"),
             ),
             entry(
                 "signed-for-another-token",
                 "A genuine attestation made for another challenge's token, replayed on this one.",
-                vendor(), "IIOT-TEST-0001", TOKEN, FORMAT, COSE_ES256, k256, OTHER_TOKEN, &[c256], AT,
+                vendor(), id1, TOKEN, FORMAT, COSE_ES256, k256, OTHER_TOKEN, &[c256], AT,
                 bad("signature does not verify"),
             ),
             entry(
                 "unknown-manufacturer",
                 "The first entry's attestation with only another manufacturer's root configured.",
-                json!([anchor("other-manufacturer", &f.other_root, None)]), "IIOT-TEST-0001", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                json!([other()]), id1, TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
                 bad("does not lead to a configured manufacturer trust anchor"),
             ),
             entry(
-                "assigner-not-configured",
-                "An identifier with an assigner, verified against an anchor configured without one.",
-                json!([anchor("test-vector-manufacturer", &f.root, None)]), "IIOT-TEST-0002/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], AT,
-                bad("has no assigner configured"),
+                "identifier-without-assigner",
+                "The first entry's attestation for the bare serial: device-attest-01 proves serial/assigner only, and the detail names the value to order.",
+                vendor(), "IIOT-TEST-0001", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                bad("so order \"IIOT-TEST-0001/1.3.6.1.4.1.32473\""),
+            ),
+            entry(
+                "assigner-of-another-manufacturer",
+                "Two manufacturers trusted; the first entry's IDevID (first manufacturer) claims the same serial under the other manufacturer's assigner.",
+                json!([vendor()[0].clone(), other()]), "IIOT-TEST-0001/2.999.2", TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                bad("whose assigner is 1.3.6.1.4.1.32473: order \"IIOT-TEST-0001/1.3.6.1.4.1.32473\""),
+            ),
+            entry(
+                "anchor-without-assigner",
+                "The first entry's attestation with the manufacturer's root configured without an assigner, which makes the anchor unusable (it is skipped), and another manufacturer's root.",
+                json!([anchor("test-vector-manufacturer", &f.root, None, &[]), other()]), id1, TOKEN, FORMAT, COSE_ES256, k256, TOKEN, &[c256], AT,
+                bad("does not lead to a configured manufacturer trust anchor"),
+            ),
+            entry(
+                "hardware-type-not-accepted",
+                "The second entry's attestation with the anchor accepting no hardware types: the IDevID's hwType 1.3.6.1.4.1.32473.1 is refused.",
+                json!([anchor("test-vector-manufacturer", &f.root, Some(PEN), &[])]), id2, TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], AT,
+                bad("hwType 1.3.6.1.4.1.32473.1, which trust anchor \"test-vector-manufacturer\" does not accept"),
             ),
             entry(
                 "intermediate-expired",
                 "The second entry verified in 2040, after the intermediate's notAfter (2036-01-01).",
-                vendor(), "IIOT-TEST-0002/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], "2040-01-01T00:00:00Z",
+                vendor(), id2, TOKEN, FORMAT, COSE_ES384, k384, TOKEN, &[c384, &f.intermediate], "2040-01-01T00:00:00Z",
                 bad("expired at 2036-01-01T00:00:00Z"),
             ),
             entry(
                 "alg-does-not-fit-key",
                 "An ES384 key's signature labelled -7 (ES256).",
-                vendor(), "IIOT-TEST-0002/1.3.6.1.4.1.32473", TOKEN, FORMAT, COSE_ES256, k384, TOKEN, &[c384, &f.intermediate], AT,
+                vendor(), id2, TOKEN, FORMAT, COSE_ES256, k384, TOKEN, &[c384, &f.intermediate], AT,
                 bad("does not fit the IDevID key"),
             ),
             entry(
                 "fmt-packed",
                 "The first entry's statement under the WebAuthn format name \"packed\".",
-                vendor(), "IIOT-TEST-0001", TOKEN, "packed", COSE_ES256, k256, TOKEN, &[c256], AT,
+                vendor(), id1, TOKEN, "packed", COSE_ES256, k256, TOKEN, &[c256], AT,
                 bad("is not supported"),
             ),
         ];

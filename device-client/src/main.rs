@@ -295,7 +295,8 @@ fn fail(e: &Error) -> ExitCode {
             eprintln!(
                 "device-client: hint: the CA refused the IDevID attestation (SPEC §5.10.3): \
                  check that the manufacturer's root is a trust anchor on the CA \
-                 (`ca-server trust-anchor list`) and that --permanent-id is the IDevID's serial"
+                 (`ca-server trust-anchor list`) and that --permanent-id is the IDevID's serial \
+                 followed by /ASSIGNER, the assigner OID of that trust anchor"
             )
         }
         ErrorKind::Trust => eprintln!(

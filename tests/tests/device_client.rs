@@ -785,8 +785,9 @@ fn a_pre_authorizing_credential_needs_no_challenge() {
     assert!(out.stderr.contains("rejectedIdentifier"), "{}", out.stderr);
 }
 
-/// A device that proves `serial` with device-attest-01 using the IDevID files.
-fn attesting_device(server: &CaServer, serial: &str, idevid: &(PathBuf, PathBuf)) -> Device {
+/// A device that proves the permanent identifier `value` (`SERIAL/ASSIGNER`, or anything a
+/// test wants refused) with device-attest-01 using the IDevID files.
+fn attesting_device(server: &CaServer, value: &str, idevid: &(PathBuf, PathBuf)) -> Device {
     let mut device = Device::for_server(server, Pin::RootFile(server.root_pem_path()), &[]);
     device.extra = vec![
         "--challenge".into(),
@@ -796,7 +797,7 @@ fn attesting_device(server: &CaServer, serial: &str, idevid: &(PathBuf, PathBuf)
         "--idevid-key".into(),
         idevid.1.display().to_string(),
         "--permanent-id".into(),
-        serial.into(),
+        value.into(),
     ];
     device
 }
@@ -848,30 +849,36 @@ fn openssl_text(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The test manufacturers' assigner: the RFC 5612 documentation enterprise number.
+const PEN: &str = "1.3.6.1.4.1.32473";
+/// Its DER content, for the expected PermanentIdentifier.
+const PEN_DER: [u8; 8] = [0x2b, 0x06, 0x01, 0x04, 0x01, 0x81, 0xfd, 0x59];
+
 #[test]
 fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let maker = Manufacturer::new("Example Devices Root");
     maker
-        .trust(&server, "example-devices", None)
+        .trust(&server, "example-devices", PEN)
         .expect("trust anchor added");
 
     // permanent-identifier alone, IDevID key P-256.
     let serial = "SN-4711";
+    let value = format!("{serial}/{PEN}");
     let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
     let idevid = maker.idevid(scratch.path(), serial, &rcgen::PKCS_ECDSA_P256_SHA256);
-    let device = attesting_device(&server, serial, &idevid);
+    let device = attesting_device(&server, &value, &idevid);
     let out = device.run("enroll", &[]);
     expect_code(&out, 0, "enroll by device-attest-01", &server.logs());
     verify_issued(&server, &device);
     let der = first_cert_der(&device.cert());
-    let general_name = permanent_identifier_general_name(serial, None);
+    let general_name = permanent_identifier_general_name(serial, Some(&PEN_DER));
     assert!(
         der.windows(general_name.len()).any(|w| w == general_name),
-        "the certificate carries the PermanentIdentifier otherName"
+        "the certificate carries the PermanentIdentifier otherName with the assigner"
     );
     let text = openssl_text(&device.cert());
-    assert!(text.contains(&format!("CN = {serial}")), "{text}");
+    assert!(text.contains(&format!("CN = {value}\n")), "{text}");
     // The certificate key is new, not the IDevID key.
     assert_ne!(
         fs::read(device.key()).expect("key"),
@@ -881,7 +888,7 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
     expect_code(&show, 0, "show", "");
     assert!(
         show.stdout
-            .contains(&format!("identifiers  permanent-identifier:{serial}")),
+            .contains(&format!("identifiers  permanent-identifier:{value}")),
         "{}",
         show.stdout
     );
@@ -892,48 +899,128 @@ fn enrolls_by_device_attestation_alone_and_mixed_with_an_ip() {
 
     // Mixed with an ip identifier (answered by http-01), IDevID key P-384.
     let serial = "SN-4712";
+    let value = format!("{serial}/{PEN}");
     let idevid = maker.idevid(scratch.path(), serial, &rcgen::PKCS_ECDSA_P384_SHA384);
-    let mut device = attesting_device(&server, serial, &idevid);
+    let mut device = attesting_device(&server, &value, &idevid);
     device.ip.push("127.0.0.1".to_owned());
     let out = device.run("enroll", &[]);
     expect_code(&out, 0, "enroll mixed", &server.logs());
     verify_issued(&server, &device);
     let der = first_cert_der(&device.cert());
-    let general_name = permanent_identifier_general_name(serial, None);
+    let general_name = permanent_identifier_general_name(serial, Some(&PEN_DER));
     assert!(der.windows(general_name.len()).any(|w| w == general_name));
     let text = openssl_text(&device.cert());
-    assert!(text.contains(&format!("CN = {serial}")), "{text}");
+    assert!(text.contains(&format!("CN = {value}\n")), "{text}");
     assert!(text.contains("IP Address:127.0.0.1"), "{text}");
     let show = device.run("show", &[]);
     expect_code(&show, 0, "show mixed", "");
     assert!(
         show.stdout.contains(&format!(
-            "identifiers  ip:127.0.0.1, permanent-identifier:{serial}"
+            "identifiers  ip:127.0.0.1, permanent-identifier:{value}"
         )),
         "{}",
         show.stdout
     );
+}
 
-    // With an assigner: the manufacturer's anchor is configured with its OID (SPEC §5.10.4),
-    // and the certificate's PermanentIdentifier carries it.
-    let pen = Manufacturer::new("Example PEN Devices Root");
-    pen.trust(&server, "example-pen", Some("1.3.6.1.4.1.32473"))
+/// SPEC §5.10.3 check 10, §5.10.4, §8.2: vendor A and vendor B both ship a device with serial
+/// "0042". B's device cannot enroll as A's, nor as the bare serial; each enrolls as its own
+/// manufacturer's `0042/ASSIGNER`, and the certificates' CNs differ. An anchor file without an
+/// assigner admits nobody.
+#[test]
+fn devices_of_two_manufacturers_with_the_same_serial_are_two_devices() {
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let vendor_a = Manufacturer::new("Vendor A Devices Root");
+    vendor_a
+        .trust(&server, "vendor-a", PEN)
         .expect("trust anchor added");
-    let idevid = pen.idevid(
-        &scratch.path().join("pen"),
-        "SN-4713",
+    let vendor_b = Manufacturer::new("Vendor B Devices Root");
+    vendor_b
+        .trust(&server, "vendor-b", "2.999.2")
+        .expect("trust anchor added");
+    let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
+    let idevid_a = vendor_a.idevid(
+        &scratch.path().join("a"),
+        "0042",
         &rcgen::PKCS_ECDSA_P256_SHA256,
     );
-    let device = attesting_device(&server, "SN-4713/1.3.6.1.4.1.32473", &idevid);
-    let out = device.run("enroll", &[]);
-    expect_code(&out, 0, "enroll with an assigner", &server.logs());
-    let general_name = permanent_identifier_general_name(
-        "SN-4713",
-        Some(&[0x2b, 0x06, 0x01, 0x04, 0x01, 0x81, 0xfd, 0x59]),
+    let idevid_b = vendor_b.idevid(
+        &scratch.path().join("b"),
+        "0042",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
     );
-    let der = first_cert_der(&device.cert());
-    assert!(der.windows(general_name.len()).any(|w| w == general_name));
-    assert!(openssl_text(&device.cert()).contains("CN = SN-4713"));
+
+    // B's device claiming A's device's identifier: refused, validation failed (6), and the
+    // CA's detail names what B's device may order.
+    let device = attesting_device(&server, "0042/1.3.6.1.4.1.32473", &idevid_b);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 6, "vendor B's device as vendor A's", &server.logs());
+    assert!(
+        out.stderr.contains("badAttestationStatement")
+            && out.stderr.contains(
+                "trust anchor \"vendor-b\", whose assigner is 2.999.2: order \"0042/2.999.2\""
+            ),
+        "{}",
+        out.tails()
+    );
+    assert!(!device.cert().exists());
+    // The bare serial is refused as well.
+    let device = attesting_device(&server, "0042", &idevid_b);
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 6, "bare serial", &server.logs());
+    assert!(
+        out.stderr.contains("has none") && out.stderr.contains("so order \"0042/2.999.2\""),
+        "{}",
+        out.tails()
+    );
+
+    // Each as its own manufacturer's device: two certificates, two names.
+    let mut cns = Vec::new();
+    for (value, idevid) in [
+        ("0042/1.3.6.1.4.1.32473", &idevid_a),
+        ("0042/2.999.2", &idevid_b),
+    ] {
+        let device = attesting_device(&server, value, idevid);
+        let out = device.run("enroll", &[]);
+        expect_code(&out, 0, value, &server.logs());
+        verify_issued(&server, &device);
+        let text = openssl_text(&device.cert());
+        let cn = text
+            .lines()
+            .find_map(|l| l.strip_prefix("subject=CN = "))
+            .unwrap_or_else(|| panic!("no CN: {text}"))
+            .to_owned();
+        assert_eq!(cn, value, "{text}");
+        cns.push(cn);
+    }
+    assert_ne!(cns[0], cns[1]);
+
+    // A manufacturer root in an anchor file without an Assigner: line is not used.
+    let vendor_c = Manufacturer::new("Vendor C Devices Root");
+    let legacy = server.data_dir().join("trust-anchors/vendor-c.pem");
+    fs::write(&legacy, vendor_c.root_pem()).expect("write anchor file");
+    let list = operator(&server, &["trust-anchor", "list"]);
+    assert!(
+        list.contains("vendor-c  UNUSABLE: no Assigner: line")
+            && list.contains("--name vendor-c --assigner OID"),
+        "{list}"
+    );
+    let idevid_c = vendor_c.idevid(
+        &scratch.path().join("c"),
+        "0042",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    for value in ["0042", "0042/1.3.6.1.4.1.32473"] {
+        let device = attesting_device(&server, value, &idevid_c);
+        let out = device.run("enroll", &[]);
+        expect_code(&out, 6, "anchor file without an assigner", &server.logs());
+        assert!(
+            out.stderr
+                .contains("does not lead to a configured manufacturer trust anchor"),
+            "{}",
+            out.tails()
+        );
+    }
 }
 
 #[test]
@@ -941,7 +1028,7 @@ fn device_attestation_failures_are_reported_with_the_cas_detail() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let trusted = Manufacturer::new("Trusted Devices Root");
     trusted
-        .trust(&server, "trusted", None)
+        .trust(&server, "trusted", PEN)
         .expect("trust anchor added");
     let untrusted = Manufacturer::new("Unknown Devices Root");
     let scratch = temp_dir("iiot-idevid-").expect("idevid dir");
@@ -952,7 +1039,7 @@ fn device_attestation_failures_are_reported_with_the_cas_detail() {
         "SN-1",
         &rcgen::PKCS_ECDSA_P256_SHA256,
     );
-    let device = attesting_device(&server, "SN-1", &idevid);
+    let device = attesting_device(&server, "SN-1/1.3.6.1.4.1.32473", &idevid);
     let out = device.run("enroll", &[]);
     expect_code(&out, 6, "untrusted manufacturer", &server.logs());
     assert!(
@@ -969,7 +1056,7 @@ fn device_attestation_failures_are_reported_with_the_cas_detail() {
         "SN-2",
         &rcgen::PKCS_ECDSA_P256_SHA256,
     );
-    let device = attesting_device(&server, "SN-3", &idevid);
+    let device = attesting_device(&server, "SN-3/1.3.6.1.4.1.32473", &idevid);
     let out = device.run("enroll", &[]);
     expect_code(&out, 6, "serial mismatch", &server.logs());
     assert!(
@@ -985,13 +1072,17 @@ fn device_attestation_failures_are_reported_with_the_cas_detail() {
         "SN-3",
         &rcgen::PKCS_ECDSA_P256_SHA256,
     );
-    let device = attesting_device(&server, "SN-3", &(idevid.0.clone(), other.1.clone()));
+    let device = attesting_device(
+        &server,
+        "SN-3/1.3.6.1.4.1.32473",
+        &(idevid.0.clone(), other.1.clone()),
+    );
     let out = device.run("enroll", &[]);
     expect_code(&out, 2, "key of another IDevID", "");
     assert!(out.stderr.contains("does not belong"), "{}", out.tails());
     let device = attesting_device(
         &server,
-        "SN-3",
+        "SN-3/1.3.6.1.4.1.32473",
         &(scratch.path().join("missing.pem"), other.1.clone()),
     );
     let out = device.run("enroll", &[]);

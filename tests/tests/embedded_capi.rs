@@ -210,7 +210,7 @@ fn c_program_enrolls_by_device_attestation() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let maker = iiot_acme_tests::idevid::Manufacturer::new("C Devices Root");
     maker
-        .trust(&server, "c-devices", Some("1.3.6.1.4.1.32473"))
+        .trust(&server, "c-devices", "1.3.6.1.4.1.32473")
         .expect("trust anchor added");
     let dir = iiot_acme_tests::temp_dir("embedded-capi-").expect("temp dir");
     let serial = "MCU-4411";
@@ -234,6 +234,13 @@ fn c_program_enrolls_by_device_attestation() {
         .subject_alternative_name()
         .expect("SAN parses")
         .expect("SAN present");
+    // The CN is the whole identifier, assigner included (SPEC §8.2).
+    let cn: Vec<_> = leaf
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().expect("text"))
+        .collect();
+    assert_eq!(cn, [format!("{serial}/1.3.6.1.4.1.32473")]);
     let names = format!("{:?}", san.value.general_names);
     let serial_bytes = format!("{:?}", serial.as_bytes());
     assert!(

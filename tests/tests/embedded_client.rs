@@ -334,7 +334,7 @@ fn enrolls_by_device_attestation_with_an_idevid() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let maker = Manufacturer::new("Embedded Devices Root");
     maker
-        .trust(&server, "embedded-devices", Some("1.3.6.1.4.1.32473"))
+        .trust(&server, "embedded-devices", "1.3.6.1.4.1.32473")
         .expect("trust anchor added");
     let url = base_url(&server);
     let serial = "MCU-7731";
@@ -364,6 +364,14 @@ fn enrolls_by_device_attestation_with_an_idevid() {
         leaf_names(&leaf, &cert_key),
         [format!("1.3.6.1.5.5.7.8.3:{serial}")]
     );
+    // The CN is the whole identifier, assigner included (SPEC §8.2).
+    let (_, cert) = X509Certificate::from_der(&leaf).expect("leaf parses");
+    let cn: Vec<_> = cert
+        .subject()
+        .iter_common_name()
+        .map(|a| a.as_str().expect("text"))
+        .collect();
+    assert_eq!(cn, [identifier]);
 
     // An IDevID for another serial is refused with the server's badAttestationStatement.
     let other_cert = maker.issue("MCU-9999", &spki(&idevid_key));

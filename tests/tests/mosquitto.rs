@@ -10,6 +10,9 @@
 //! - the broker's own `tls-server` certificate (serverAuth only) is refused as a client;
 //! - after the device certificate is revoked, mosquitto restarted with `crlfile` =
 //!   `<data_dir>/crl.pem` (written by the CA when it records the revocation) refuses it.
+//!
+//! And with device-attest-01 (SPEC §5.10): two manufacturers' devices that share the serial
+//! `0042` are two MQTT clients, because the username is the whole `serial/assigner`.
 
 #[path = "common/acme.rs"]
 mod acme;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 use acme::Tokens;
 use anyhow::{ensure, Context as _, Result};
+use iiot_acme_tests::idevid::{attestation_object, Manufacturer};
 use iiot_acme_tests::process::{run_with_timeout, Daemon};
 use iiot_acme_tests::{free_port, CaServer, CaServerOpts};
 use instant_acme::{Account, Identifier, RevocationRequest};
@@ -306,6 +310,96 @@ fn mosquitto_accepts_the_device_certificate_and_refuses_others() -> Result<()> {
         publish(dir, &broker, &root, &fresh.chain, &fresh.key, "fresh")?,
         "a valid device certificate was refused with the CRL loaded\n{}",
         broker.daemon.logs()
+    );
+    Ok(())
+}
+
+/// SPEC §8.3, §10.8: vendor A's and vendor B's devices both carry serial `0042` in their
+/// IDevIDs. Each enrolls by device-attest-01 under `mqtt-client` as its own manufacturer's
+/// `0042/ASSIGNER`, and the broker sees two usernames, so neither device can act as the other.
+#[test]
+fn same_serial_from_two_manufacturers_gives_two_mqtt_usernames() -> Result<()> {
+    let server = CaServer::start(CaServerOpts::default())?;
+    let dir = iiot_acme_tests::temp_dir("iiot-mosquitto-")?;
+    let dir = dir.path();
+    let root = server.root_pem_path();
+    let vendors = [("vendor-a", "1.3.6.1.4.1.32473"), ("vendor-b", "2.999.2")];
+    let mut idevids = Vec::new();
+    for (name, assigner) in vendors {
+        let maker = Manufacturer::new(&format!("{name} IDevID Root"));
+        maker.trust(&server, name, assigner)?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = maker.issue("0042", &key);
+        idevids.push((format!("0042/{assigner}"), cert, key));
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let tokens = Tokens::default();
+    let (broker_cert, devices) = rt
+        .block_on(async {
+            acme::serve_http01(server.http_port(), tokens.clone()).await?;
+            let account = acme::account(server.directory_url(), &root).await?;
+            let broker_cert = enroll(
+                &account,
+                &tokens,
+                &[
+                    Identifier::Ip("127.0.0.1".parse()?),
+                    Identifier::Dns("localhost".to_owned()),
+                ],
+                "tls-server",
+                dir,
+                "broker",
+            )
+            .await?;
+            let mut devices = Vec::new();
+            for (i, (value, idevid, idevid_key)) in idevids.iter().enumerate() {
+                let account = acme::account(server.directory_url(), &root).await?;
+                let key = rcgen::KeyPair::generate()?;
+                let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+                p.distinguished_name = rcgen::DistinguishedName::new();
+                let chain = acme::issue_attested(
+                    &account,
+                    value,
+                    "mqtt-client",
+                    p.serialize_request(&key)?.der(),
+                    |ka| attestation_object(idevid, idevid_key, ka),
+                )
+                .await
+                .with_context(|| format!("enroll {value}"))?;
+                let label = format!("device-{i}");
+                let key_path = dir.join(format!("{label}.key"));
+                let chain_path = dir.join(format!("{label}.pem"));
+                fs::write(&key_path, key.serialize_pem())?;
+                fs::write(&chain_path, &chain)?;
+                devices.push((label, key_path, chain_path));
+            }
+            anyhow::Ok((broker_cert, devices))
+        })
+        .with_context(|| server.logs())?;
+
+    let cafile = dir.join("ca-bundle.pem");
+    let intermediate = acme::split_chain(&fs::read_to_string(&broker_cert.chain)?)
+        .into_iter()
+        .nth(1)
+        .context("chain without intermediate")?;
+    fs::write(&cafile, fs::read_to_string(&root)? + &intermediate)?;
+    let broker = start_broker(dir, &cafile, &broker_cert, None)?;
+    for (label, key, chain) in &devices {
+        ensure!(
+            publish(dir, &broker, &root, chain, key, label)?,
+            "{label}: the device certificate was refused\n{}",
+            broker.daemon.logs()
+        );
+    }
+    let logs = broker.daemon.logs();
+    for username in ["0042/1.3.6.1.4.1.32473", "0042/2.999.2"] {
+        ensure!(
+            logs.contains(&format!("u'{username}'")),
+            "the broker did not log the username {username}:\n{logs}"
+        );
+    }
+    ensure!(
+        !logs.contains("u'0042'"),
+        "a device was named by its bare serial:\n{logs}"
     );
     Ok(())
 }

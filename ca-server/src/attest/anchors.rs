@@ -8,8 +8,15 @@
 //! no stale state to reason about.
 //!
 //! A file is RFC 7468 text: explanatory lines, then one `CERTIFICATE` block. Of the explanatory
-//! lines only `Assigner: <OID>` is read back (SPEC §5.10.4); `Subject:` and `SHA-256:` are
-//! written for the operator's benefit. `openssl x509 -in <name>.pem` reads the files as they are.
+//! lines the server reads back `Assigner: <OID>` (exactly one) and `Hardware-Type: <OID>` (any
+//! number); `Subject:` and `SHA-256:` are written for the operator's benefit.
+//! `openssl x509 -in <name>.pem` reads the files as they are.
+//!
+//! Why every anchor needs an assigner: a serial number is unique only within its manufacturer
+//! (and, for RFC 4108 hardware module names, its product type). Two manufacturers may both ship
+//! a device "0042", and the certificate's identity must tell them apart, so a device proves
+//! `serial/assigner`, and the assigner is the one the operator gave its manufacturer's anchor
+//! (SPEC §5.10.3 check 10, §10.8). A file without one is listed as unusable and skipped.
 
 use std::fs;
 use std::io;
@@ -29,6 +36,11 @@ pub const DIR: &str = "trust-anchors";
 /// Longest anchor name.
 const NAME_MAX: usize = 64;
 
+/// The explanatory line naming the assigner.
+const ASSIGNER_LINE: &str = "Assigner";
+/// The explanatory line naming an accepted hardware type (RFC 4108 hwType).
+const HW_TYPE_LINE: &str = "Hardware-Type";
+
 /// One configured manufacturer trust anchor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustAnchor {
@@ -36,33 +48,51 @@ pub struct TrustAnchor {
     pub name: String,
     /// The certificate, DER.
     pub der: Vec<u8>,
-    /// The assigner OID this manufacturer's serial numbers are qualified with, if configured.
-    pub assigner: Option<String>,
+    /// The assigner OID this manufacturer's serial numbers are qualified with: a device proves
+    /// `serial/assigner` through this anchor and no other value (SPEC §5.10.3 check 10).
+    pub assigner: String,
+    /// The RFC 4108 hardware types (hwType OIDs) whose IDevIDs this anchor accepts, in the
+    /// order configured. An IDevID naming a hwType outside this list is refused (SPEC §5.10.3
+    /// check 11); one naming none is not affected.
+    pub hw_types: Vec<String>,
 }
 
 impl TrustAnchor {
-    /// Parses the text of an anchor file and checks that it holds a usable CA certificate.
-    pub fn from_file_text(name: &str, text: &[u8]) -> std::result::Result<Self, String> {
-        let der = single_certificate(text)?;
+    /// An anchor from its parts, with the checks a file gets: a usable CA certificate, an
+    /// assigner (required), and OIDs in dotted-decimal form.
+    pub fn from_parts(
+        name: &str,
+        der: Vec<u8>,
+        assigner: Option<&str>,
+        hw_types: &[&str],
+    ) -> std::result::Result<Self, String> {
         check_ca_certificate(&der)?;
-        let mut assigner = None;
-        for line in String::from_utf8_lossy(text).lines() {
-            if line.starts_with("-----BEGIN") {
-                break;
-            }
-            if let Some((key, value)) = line.split_once(':') {
-                if key.trim().eq_ignore_ascii_case("assigner") {
-                    let value = value.trim();
-                    identifier::check_assigner(value)?;
-                    assigner = Some(value.to_owned());
-                }
+        let assigner = assigner.ok_or_else(|| {
+            "it names no assigner, so it is not used: serial numbers are unique only per              manufacturer, and devices prove serial/assigner with the assigner of their              manufacturer's anchor"
+                .to_owned()
+        })?;
+        identifier::check_assigner(assigner).map_err(|e| format!("assigner: {e}"))?;
+        let mut types: Vec<String> = Vec::new();
+        for t in hw_types {
+            identifier::check_assigner(t).map_err(|e| format!("hardware type: {e}"))?;
+            if !types.iter().any(|known| known == t) {
+                types.push((*t).to_owned());
             }
         }
         Ok(Self {
             name: name.to_owned(),
             der,
-            assigner,
+            assigner: assigner.to_owned(),
+            hw_types: types,
         })
+    }
+
+    /// Parses the text of an anchor file (SPEC §5.10.4) and checks that it holds a usable CA
+    /// certificate and an assigner.
+    pub fn from_file_text(name: &str, text: &[u8]) -> std::result::Result<Self, String> {
+        let file = AnchorFile::parse(text)?;
+        let hw_types: Vec<&str> = file.hw_types.iter().map(String::as_str).collect();
+        Self::from_parts(name, file.der, file.assigner.as_deref(), &hw_types)
     }
 
     /// SHA-256 of the certificate DER, as uppercase hex pairs joined by `:` (SPEC §2.3 form).
@@ -84,19 +114,83 @@ impl TrustAnchor {
             .unwrap_or_default()
     }
 
-    /// The file text: informational header lines, `Assigner:` if set, then the PEM block.
+    /// The accepted hardware types for a listing: the OIDs joined by `,`, or `none`.
+    pub fn describe_hw_types(&self) -> String {
+        if self.hw_types.is_empty() {
+            "none".to_owned()
+        } else {
+            self.hw_types.join(",")
+        }
+    }
+
+    /// The file text: informational header lines, `Assigner:`, one `Hardware-Type:` per
+    /// accepted type, then the PEM block.
     fn file_text(&self) -> String {
         let mut text = format!(
             "Manufacturer trust anchor for iiot-acme device-attest-01 (SPEC 5.10.4)\n\
-             Subject: {}\nSHA-256: {}\n",
+             Subject: {}\nSHA-256: {}\n{ASSIGNER_LINE}: {}\n",
             self.subject(),
-            self.fingerprint()
+            self.fingerprint(),
+            self.assigner
         );
-        if let Some(a) = &self.assigner {
-            text.push_str(&format!("Assigner: {a}\n"));
+        for t in &self.hw_types {
+            text.push_str(&format!("{HW_TYPE_LINE}: {t}\n"));
         }
         text + &pem_encode(&self.der)
     }
+}
+
+/// What an anchor file says, before the checks that make it usable.
+struct AnchorFile {
+    der: Vec<u8>,
+    assigner: Option<String>,
+    hw_types: Vec<String>,
+}
+
+impl AnchorFile {
+    /// The certificate and the `Assigner:` and `Hardware-Type:` lines before it. Keys are
+    /// matched without regard to case; other lines are the operator's.
+    fn parse(text: &[u8]) -> std::result::Result<Self, String> {
+        let der = single_certificate(text)?;
+        let mut assigner = None;
+        let mut hw_types = Vec::new();
+        for line in String::from_utf8_lossy(text).lines() {
+            if line.starts_with("-----BEGIN") {
+                break;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if key.eq_ignore_ascii_case(ASSIGNER_LINE) {
+                if assigner.is_some() {
+                    return Err(format!(
+                        "it has more than one {ASSIGNER_LINE}: line; an anchor has one assigner"
+                    ));
+                }
+                assigner = Some(value.to_owned());
+            } else if key.eq_ignore_ascii_case(HW_TYPE_LINE) {
+                hw_types.push(value.to_owned());
+            }
+        }
+        Ok(Self {
+            der,
+            assigner,
+            hw_types,
+        })
+    }
+}
+
+/// What `trust-anchor add` did.
+#[derive(Debug)]
+pub struct Added {
+    /// The anchor as written.
+    pub anchor: TrustAnchor,
+    /// The file.
+    pub path: PathBuf,
+    /// Whether an anchor of the same name and certificate was there before and its settings
+    /// (assigner, hardware types) were replaced.
+    pub replaced: bool,
 }
 
 /// The anchor directory of a data directory.
@@ -118,17 +212,21 @@ impl TrustAnchorStore {
     }
 
     /// Adds a CA certificate (PEM with exactly one `CERTIFICATE` block, or DER) as an anchor
-    /// named `name` (default: the first 16 hex digits of its SHA-256 fingerprint), optionally
-    /// bound to an assigner OID. Refuses anything that is not a usable, unexpired CA
-    /// certificate, a name already in use, and a certificate that is already an anchor.
+    /// named `name` (default: the first 16 hex digits of its SHA-256 fingerprint), bound to the
+    /// manufacturer's `assigner` OID and accepting the RFC 4108 hardware types `hw_types`.
+    /// Refuses anything that is not a usable, unexpired CA certificate, a name in use by
+    /// another certificate, and a certificate that is already an anchor under another name.
     ///
-    /// Returns the anchor and the file written.
+    /// Adding the certificate of an existing anchor under the same name replaces that anchor's
+    /// settings: this is how an operator gives an anchor file without an assigner its assigner,
+    /// or changes the hardware types, and the anchor file itself may be the input.
     pub fn add(
         &self,
         input: &[u8],
         name: Option<&str>,
-        assigner: Option<&str>,
-    ) -> std::result::Result<(TrustAnchor, PathBuf), String> {
+        assigner: &str,
+        hw_types: &[&str],
+    ) -> std::result::Result<Added, String> {
         let der = if input.starts_with(&[0x30]) {
             input.to_vec()
         } else {
@@ -144,72 +242,62 @@ impl TrustAnchorStore {
                 crate::app::rfc3339(not_after)
             ));
         }
-        if let Some(a) = assigner {
-            identifier::check_assigner(a)?;
-        }
         let name = match name {
             Some(n) => n.to_owned(),
             None => fingerprint(&der).replace(':', "")[..16].to_ascii_lowercase(),
         };
         check_name(&name)?;
-        let anchor = TrustAnchor {
-            name,
-            der,
-            assigner: assigner.map(str::to_owned),
-        };
-        for (existing, loaded) in self.list().map_err(|e| e.to_string())? {
+        let anchor = TrustAnchor::from_parts(&name, der, Some(assigner), hw_types)?;
+        let mut replaced = false;
+        for existing in self.names().map_err(|e| e.to_string())? {
+            let held = fs::read(self.path(&existing))
+                .ok()
+                .and_then(|text| AnchorFile::parse(&text).ok())
+                .map(|f| f.der);
+            let same_certificate = held.as_deref() == Some(anchor.der.as_slice());
             if existing == anchor.name {
+                if !same_certificate {
+                    return Err(format!(
+                        "a trust anchor named {existing:?} exists already and does not hold \
+                         this certificate: choose another --name, or delete {} first",
+                        self.path(&existing).display()
+                    ));
+                }
+                replaced = true;
+            } else if same_certificate {
                 return Err(format!(
-                    "a trust anchor named {existing:?} exists already: choose another --name, or \
-                     delete {} first",
-                    self.path(&existing).display()
-                ));
-            }
-            if loaded.is_ok_and(|a| a.der == anchor.der) {
-                return Err(format!(
-                    "this certificate is already a trust anchor, named {existing:?}"
+                    "this certificate is already a trust anchor, named {existing:?}: to change \
+                     its assigner or hardware types, add it again with --name {existing}"
                 ));
             }
         }
         ensure_private_dir(&self.dir).map_err(|e| e.to_string())?;
         let path = self.path(&anchor.name);
         write_atomic(&path, anchor.file_text().as_bytes(), 0o644).map_err(|e| e.to_string())?;
-        Ok((anchor, path))
+        Ok(Added {
+            anchor,
+            path,
+            replaced,
+        })
     }
 
     /// Every anchor file by name, parsed or with the reason it cannot be used; sorted by name.
     /// A missing directory means no anchors.
     pub fn list(&self) -> Result<Vec<(String, std::result::Result<TrustAnchor, String>)>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "{} cannot be read: {e}",
-                    self.dir.display()
-                )))
-            }
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                Error::Internal(format!("{} cannot be read: {e}", self.dir.display()))
-            })?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".pem"))
-                .filter(|n| !n.starts_with('.'))
-            else {
-                // Temporary files of write_atomic start with "."; anything else is not ours.
-                continue;
-            };
-            let loaded = fs::read(entry.path())
+        for name in self.names()? {
+            let path = self.path(&name);
+            let loaded = fs::read(&path)
                 .map_err(|e| format!("cannot be read: {e}"))
-                .and_then(|text| TrustAnchor::from_file_text(name, &text));
-            out.push((name.to_owned(), loaded));
+                .and_then(|text| {
+                    let file = AnchorFile::parse(&text)?;
+                    if file.assigner.is_none() {
+                        return Err(self.no_assigner(&name, &path));
+                    }
+                    TrustAnchor::from_file_text(&name, &text)
+                });
+            out.push((name, loaded));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
@@ -227,6 +315,50 @@ impl TrustAnchorStore {
                     .ok()
             })
             .collect())
+    }
+
+    /// The names of the anchor files, sorted.
+    fn names(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "{} cannot be read: {e}",
+                    self.dir.display()
+                )))
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                Error::Internal(format!("{} cannot be read: {e}", self.dir.display()))
+            })?;
+            let file_name = entry.file_name();
+            // Temporary files of write_atomic start with "."; anything else is not ours.
+            if let Some(name) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pem"))
+                .filter(|n| !n.starts_with('.'))
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Why a file without an `Assigner:` line is not used, and the command that fixes it.
+    fn no_assigner(&self, name: &str, path: &Path) -> String {
+        let data_dir = self.dir.parent().unwrap_or(&self.dir);
+        format!(
+            "no {ASSIGNER_LINE}: line, so it is not used (serial numbers are unique only per \
+             manufacturer, and devices prove serial/assigner). Add it again with its \
+             manufacturer's assigner OID: ca-server trust-anchor add --data-dir {} --name {name} \
+             --assigner OID [--hw-type OID]... {}",
+            data_dir.display(),
+            path.display()
+        )
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -344,30 +476,45 @@ mod tests {
             .expect("cert")
     }
 
+    const PEN: &str = "1.3.6.1.4.1.32473";
+
     #[test]
-    fn add_list_and_reload_with_assigner() {
+    fn add_list_and_reload_with_assigner_and_hardware_types() {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = TrustAnchorStore::new(tmp.path());
         assert!(store.load().expect("empty").is_empty());
 
         let root = ca_cert("Example IDevID Root");
-        let (anchor, path) = store
+        let added = store
             .add(
                 root.pem().as_bytes(),
                 Some("example"),
-                Some("1.3.6.1.4.1.32473"),
+                PEN,
+                &[
+                    "1.3.6.1.4.1.32473.1",
+                    "1.3.6.1.4.1.32473.2",
+                    "1.3.6.1.4.1.32473.1",
+                ],
             )
             .expect("added");
-        assert_eq!(path, tmp.path().join("trust-anchors/example.pem"));
-        assert_eq!(anchor.subject(), "CN=Example IDevID Root");
-        assert_eq!(anchor.fingerprint().len(), 95);
-        let text = fs::read_to_string(&path).expect("file");
-        assert!(text.contains("Assigner: 1.3.6.1.4.1.32473\n"), "{text}");
+        assert!(!added.replaced);
+        assert_eq!(added.path, tmp.path().join("trust-anchors/example.pem"));
+        assert_eq!(added.anchor.subject(), "CN=Example IDevID Root");
+        assert_eq!(added.anchor.fingerprint().len(), 95);
+        let text = fs::read_to_string(&added.path).expect("file");
+        assert!(
+            text.contains(
+                "Assigner: 1.3.6.1.4.1.32473\nHardware-Type: 1.3.6.1.4.1.32473.1\n\
+                 Hardware-Type: 1.3.6.1.4.1.32473.2\n-----BEGIN CERTIFICATE-----"
+            ),
+            "{text}"
+        );
 
         // DER input and the default name.
         let other = ca_cert("Other Root");
-        let (anchor2, _) = store.add(other.der(), None, None).expect("added");
-        assert_eq!(anchor2.name.len(), 16);
+        let added2 = store.add(other.der(), None, "2.999.7", &[]).expect("added");
+        assert_eq!(added2.anchor.name.len(), 16);
+        assert_eq!(added2.anchor.describe_hw_types(), "none");
 
         let loaded = store.load().expect("load");
         assert_eq!(loaded.len(), 2);
@@ -375,21 +522,42 @@ mod tests {
             .iter()
             .find(|a| a.name == "example")
             .expect("example");
-        assert_eq!(example.assigner.as_deref(), Some("1.3.6.1.4.1.32473"));
+        assert_eq!(example.assigner, PEN);
+        assert_eq!(
+            example.hw_types,
+            ["1.3.6.1.4.1.32473.1", "1.3.6.1.4.1.32473.2"]
+        );
         assert_eq!(example.der, root.der().to_vec());
 
         // Duplicates by name and by certificate are refused.
         let err = store
-            .add(root.pem().as_bytes(), Some("again"), None)
+            .add(root.pem().as_bytes(), Some("again"), PEN, &[])
             .expect_err("same certificate");
         assert!(
-            err.contains("already a trust anchor, named \"example\""),
+            err.contains("already a trust anchor, named \"example\"")
+                && err.contains("--name example"),
             "{err}"
         );
         let err = store
-            .add(ca_cert("Third").pem().as_bytes(), Some("example"), None)
+            .add(ca_cert("Third").pem().as_bytes(), Some("example"), PEN, &[])
             .expect_err("same name");
         assert!(err.contains("exists already"), "{err}");
+
+        // The same certificate under the same name replaces the settings; the anchor file
+        // itself is a valid input.
+        let again = store
+            .add(text.as_bytes(), Some("example"), "2.999.8", &[])
+            .expect("replaced");
+        assert!(again.replaced);
+        let loaded = store.load().expect("load");
+        let example = loaded
+            .iter()
+            .find(|a| a.name == "example")
+            .expect("example");
+        assert_eq!(
+            (example.assigner.as_str(), example.hw_types.len()),
+            ("2.999.8", 0)
+        );
     }
 
     #[test]
@@ -401,7 +569,7 @@ mod tests {
             .self_signed(&KeyPair::generate().expect("key"))
             .expect("cert");
         let err = store
-            .add(leaf.pem().as_bytes(), None, None)
+            .add(leaf.pem().as_bytes(), None, PEN, &[])
             .expect_err("not a CA");
         assert!(err.contains("is not a CA certificate"), "{err}");
 
@@ -412,7 +580,7 @@ mod tests {
             .self_signed(&KeyPair::generate().expect("key"))
             .expect("cert");
         let err = store
-            .add(no_cert_sign.pem().as_bytes(), None, None)
+            .add(no_cert_sign.pem().as_bytes(), None, PEN, &[])
             .expect_err("no keyCertSign");
         assert!(err.contains("keyCertSign"), "{err}");
 
@@ -424,22 +592,39 @@ mod tests {
             .self_signed(&KeyPair::generate().expect("key"))
             .expect("cert");
         let err = store
-            .add(expired.pem().as_bytes(), None, None)
+            .add(expired.pem().as_bytes(), None, PEN, &[])
             .expect_err("expired");
         assert!(err.contains("expired at 2002-01-01"), "{err}");
 
         let two = ca_cert("A").pem() + &ca_cert("B").pem();
-        let err = store.add(two.as_bytes(), None, None).expect_err("bundle");
-        assert!(err.contains("2 PEM blocks"), "{err}");
-        assert!(store.add(b"nonsense", None, None).is_err());
         let err = store
-            .add(ca_cert("C").pem().as_bytes(), Some("../x"), None)
+            .add(two.as_bytes(), None, PEN, &[])
+            .expect_err("bundle");
+        assert!(err.contains("2 PEM blocks"), "{err}");
+        assert!(store.add(b"nonsense", None, PEN, &[]).is_err());
+        let err = store
+            .add(ca_cert("C").pem().as_bytes(), Some("../x"), PEN, &[])
             .expect_err("name");
         assert!(err.contains("must be 1-64 characters"), "{err}");
         let err = store
-            .add(ca_cert("D").pem().as_bytes(), None, Some("1.2.x"))
+            .add(ca_cert("D").pem().as_bytes(), None, "1.2.x", &[])
             .expect_err("assigner");
-        assert!(err.contains("not a dotted-decimal OID"), "{err}");
+        assert!(
+            err.contains("assigner: \"1.2.x\" is not a dotted-decimal OID"),
+            "{err}"
+        );
+        let err = store
+            .add(
+                ca_cert("E").pem().as_bytes(),
+                None,
+                PEN,
+                &["1.3.6.1.4.1.32473.1", "x"],
+            )
+            .expect_err("hardware type");
+        assert!(
+            err.contains("hardware type: \"x\" is not a dotted-decimal OID"),
+            "{err}"
+        );
         assert!(store.list().expect("list").is_empty());
     }
 
@@ -448,17 +633,83 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = TrustAnchorStore::new(tmp.path());
         store
-            .add(ca_cert("Good").pem().as_bytes(), Some("good"), None)
+            .add(ca_cert("Good").pem().as_bytes(), Some("good"), PEN, &[])
             .expect("added");
         fs::write(store.dir().join("broken.pem"), "not a certificate").expect("write");
         fs::write(store.dir().join(".good.pem.1234.tmp"), "partial").expect("write");
         fs::write(store.dir().join("README"), "notes").expect("write");
+        let twice = format!(
+            "Assigner: {PEN}\nAssigner: 2.999.1\n{}",
+            ca_cert("Twice").pem()
+        );
+        fs::write(store.dir().join("twice.pem"), twice).expect("write");
+        let bad_type = format!(
+            "Assigner: {PEN}\nHardware-Type: 1.2.3.\n{}",
+            ca_cert("Bad type").pem()
+        );
+        fs::write(store.dir().join("bad-type.pem"), bad_type).expect("write");
         let list = store.list().expect("list");
         let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["broken", "good"]);
-        assert!(list[0].1.is_err());
+        assert_eq!(names, ["bad-type", "broken", "good", "twice"]);
+        let why = |i: usize| list[i].1.clone().expect_err("unusable");
+        assert!(why(0).contains("hardware type: \"1.2.3.\""), "{}", why(0));
+        assert!(why(1).contains("PEM"), "{}", why(1));
+        assert!(
+            why(3).contains("more than one Assigner: line"),
+            "{}",
+            why(3)
+        );
         let loaded = store.load().expect("load");
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].name, "good");
+    }
+
+    /// A file without an `Assigner:` line, as `trust-anchor add` wrote them when the assigner
+    /// was optional: listed as unusable with the command that fixes it, skipped by `load`, and
+    /// fixed by adding the same certificate again under the same name with an assigner.
+    #[test]
+    fn an_anchor_file_without_an_assigner_is_not_used_until_it_is_added_again() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = TrustAnchorStore::new(tmp.path());
+        fs::create_dir_all(store.dir()).expect("dir");
+        let root = ca_cert("Legacy Root");
+        let path = store.dir().join("legacy.pem");
+        let text = format!(
+            "Manufacturer trust anchor for iiot-acme device-attest-01 (SPEC 5.10.4)\n\
+             Subject: CN=Legacy Root\n{}",
+            root.pem()
+        );
+        fs::write(&path, &text).expect("write");
+
+        let list = store.list().expect("list");
+        assert_eq!(list.len(), 1);
+        let why = list[0].1.clone().expect_err("unusable");
+        assert!(
+            why.starts_with("no Assigner: line, so it is not used")
+                && why.contains(&format!(
+                    "ca-server trust-anchor add --data-dir {} --name legacy --assigner OID",
+                    tmp.path().display()
+                ))
+                && why.ends_with(&path.display().to_string()),
+            "{why}"
+        );
+        assert!(store.load().expect("load").is_empty());
+        assert!(TrustAnchor::from_file_text("legacy", text.as_bytes())
+            .expect_err("no assigner")
+            .contains("names no assigner"));
+
+        // Adding the certificate under another name would leave two files for one anchor.
+        let err = store
+            .add(root.pem().as_bytes(), Some("renamed"), PEN, &[])
+            .expect_err("another name");
+        assert!(err.contains("--name legacy"), "{err}");
+        // The fix the listing names: the file itself as input, the same name, an assigner.
+        let added = store
+            .add(text.as_bytes(), Some("legacy"), PEN, &[])
+            .expect("fixed");
+        assert!(added.replaced);
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].assigner, PEN);
     }
 }

@@ -1,4 +1,4 @@
-//! Certification path checks for an IDevID chain (SPEC §5.10.3 steps 4–6): from `x5c[0]` up to
+//! Certification path checks for an IDevID chain (SPEC §5.10.3 checks 6–8): from `x5c[0]` up to
 //! a configured manufacturer trust anchor, in the spirit of RFC 5280 §6.1 but only as far as
 //! device attestation needs: signatures, validity, CA flags, key usage, path length and
 //! unknown critical extensions. No name constraints, policies or revocation: IDevID PKIs do
@@ -42,8 +42,9 @@ pub(crate) fn build<'c, 'a>(
         .collect::<Result<Vec<_>, _>>()?;
     if anchors.is_empty() {
         return Err(
-            "no manufacturer trust anchors are configured on this CA (the operator adds \
-                    them with `ca-server trust-anchor add`)"
+            "no usable manufacturer trust anchors are configured on this CA (the operator adds \
+             them with `ca-server trust-anchor add`; `ca-server trust-anchor list` names the \
+             files it cannot use)"
                 .to_owned(),
         );
     }
@@ -316,7 +317,8 @@ mod tests {
         let anchor = TrustAnchor {
             name: "root".into(),
             der: root_cert.der().to_vec(),
-            assigner: None,
+            assigner: "1.3.6.1.4.1.32473".into(),
+            hw_types: Vec::new(),
         };
         (
             anchor,

@@ -13,7 +13,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
 use axum::Router;
 use instant_acme::{
-    Account, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, ChallengeType, DeviceAttestation, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 
 /// http-01 key authorizations by token.
@@ -90,6 +91,41 @@ pub(crate) async fn issue(
             .expect("lock")
             .insert(ch.token.clone(), ch.key_authorization().as_str().to_owned());
         ch.set_ready().await?;
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .timeout(Duration::from_secs(20));
+    let status = order.poll_ready(&retry).await?;
+    ensure!(status == OrderStatus::Ready, "order {status:?}");
+    order.finalize_csr(csr_der).await?;
+    Ok(order.poll_certificate(&retry).await?)
+}
+
+/// Orders the permanent identifier `value` under `profile`, answers device-attest-01 with the
+/// attestation object `attest` makes from the challenge's key authorization, finalizes with
+/// `csr_der` and returns the PEM chain.
+pub(crate) async fn issue_attested(
+    account: &Account,
+    value: &str,
+    profile: &str,
+    csr_der: &[u8],
+    attest: impl Fn(&str) -> Vec<u8>,
+) -> Result<String> {
+    let ids = [Identifier::PermanentIdentifier(value.to_owned())];
+    let mut order = account
+        .new_order(&NewOrder::new(&ids).profile(profile))
+        .await?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut a = a?;
+        let mut ch = a
+            .challenge(ChallengeType::DeviceAttest01)
+            .context("no device-attest-01 challenge")?;
+        let att_obj = attest(ch.key_authorization().as_str());
+        ch.send_device_attestation(&DeviceAttestation {
+            att_obj: att_obj.into(),
+        })
+        .await?;
     }
     let retry = RetryPolicy::new()
         .initial_delay(Duration::from_millis(50))
