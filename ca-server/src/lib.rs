@@ -24,6 +24,7 @@ pub mod jwk;
 pub mod jws;
 pub mod key;
 pub mod keycheck;
+pub mod listener;
 pub mod nonce;
 pub mod order;
 pub mod policy;

@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum_server::tls_rustls::RustlsConfig;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::app::{self, AppState, Inner};
 use crate::ca::{CertificateAuthority, IssuerKind};
@@ -134,7 +135,7 @@ pub fn start_info(app: &AppState) -> StartInfo {
     }
 }
 
-/// Serves HTTPS on `cfg.listen` until the process is stopped.
+/// Serves HTTPS on `cfg.listen` until Ctrl-C (see `serve_on`).
 pub async fn serve(app: AppState) -> Result<()> {
     let listener = std::net::TcpListener::bind(app.cfg.listen)
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", app.cfg.listen)))?;
@@ -142,7 +143,8 @@ pub async fn serve(app: AppState) -> Result<()> {
 }
 
 /// Serves HTTPS on an already bound listener (tests bind port 0 first, then build the config
-/// with the real port so URLs are right).
+/// with the real port so URLs are right), under `[limits]` (see `listener`), until Ctrl-C;
+/// then open requests get up to 5 s to finish.
 pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<()> {
     let names = tls_names(&app.cfg);
     let (chain, key) = app
@@ -152,20 +154,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     // pinned to the root's fingerprint (SPEC §2.3) can then take the root from the handshake,
     // check its hash against the pin and validate the chain, with no other provisioning.
     let chain = format!("{chain}{}", app.ca.root_pem());
-    let tls = RustlsConfig::from_pem(chain.into_bytes(), key.into_bytes())
-        .await
-        .map_err(|e| Error::Internal(format!("cannot load the server TLS certificate: {e}")))?;
-    // HTTP/1.1 only. An ACME client sends a short sequence of dependent requests (each needs
-    // the previous response's nonce), so HTTP/2's multiplexing and header compression buy
-    // nothing, and its framing cost 10-17 % of the server's CPU per certificate and as much of
-    // the client's (issue #6: loadgen C=8 and C=32 with ALPN h2 vs http/1.1). Every ACME client
-    // we test, and the embedded client, speaks HTTP/1.1.
-    let tls = {
-        let mut config = (*tls.get_inner()).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        RustlsConfig::from_config(Arc::new(config))
-    };
-    let listen = app.cfg.listen;
+    let tls = tls_config(&chain, &key)?;
     {
         // Fresh CRLs at start and every REFRESH, so crl.pem and crl-rsa.pem never pass their
         // nextUpdate.
@@ -222,27 +211,46 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
             }
         });
     }
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::Internal(format!("cannot configure listener: {e}")))?;
+    let limits = app.cfg.limits.clone();
     let router = app::router(app);
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-    });
-    // TCP_NODELAY: ACME exchanges are small request/response pairs, and with Nagle's
-    // algorithm each response can wait ~40 ms for the client's delayed ACK.
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
-    axum_server::from_tcp(listener)
-        .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))?
-        .acceptor(acceptor)
-        .handle(handle)
-        .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await
-        .map_err(|e| Error::Internal(format!("cannot serve on {listen}: {e}")))
+    crate::listener::serve(listener, Arc::new(tls), router, &limits, ctrl_c()).await
+}
+
+/// The HTTPS server's TLS configuration: `chain_pem` (leaf first) and its PKCS#8 key, TLS 1.2
+/// and 1.3 with ring.
+fn tls_config(chain_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig> {
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::Internal(format!("cannot load the server TLS certificate: {e}"))
+    };
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(&e))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| bad(&e))?;
+    // HTTP/1.1 only. An ACME client sends a short sequence of dependent requests (each needs
+    // the previous response's nonce), so HTTP/2's multiplexing and header compression buy
+    // nothing, and its framing cost 10-17 % of the server's CPU per certificate and as much of
+    // the client's (issue #6: loadgen C=8 and C=32 with ALPN h2 vs http/1.1). Every ACME client
+    // we test, and the embedded client, speaks HTTP/1.1. The listener serves nothing else
+    // either, whatever ALPN says.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Completes at Ctrl-C (SIGINT). If that signal cannot be watched, never: the server then
+/// runs until it is killed.
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot watch for Ctrl-C; stop the server with SIGTERM or SIGKILL");
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(test)]
