@@ -23,6 +23,9 @@ pub enum Error {
     /// The request body is larger than the server accepts.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The request was not complete within `limits.request_timeout` (RFC 9110 §15.5.9: 408).
+    #[error("the request was not complete within {0:?} (limits.request_timeout)")]
+    RequestTimeout(std::time::Duration),
     /// The nonce is unknown, used or expired (RFC 8555 §6.5).
     #[error("bad nonce: {0}")]
     BadNonce(&'static str),
@@ -143,6 +146,7 @@ impl Error {
             Self::Malformed(_)
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge
+            | Self::RequestTimeout(_)
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
             | Self::Conflict { .. } => ProblemType::Malformed,
@@ -179,6 +183,7 @@ impl Error {
         match self {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -417,6 +422,15 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // > The 408 (Request Timeout) status code indicates that the server did not receive
+        // > a complete request message within the time that it was prepared to wait.
+        // <https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9>
+        // The rest of the body may still arrive, so the connection cannot carry another
+        // request: `Connection: close` makes hyper close it after this response.
+        if let Self::RequestTimeout(_) = &self {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Self::Conflict { location, .. } = &self {
             if let Ok(v) = HeaderValue::from_str(location) {
                 resp.headers_mut().insert(header::LOCATION, v);

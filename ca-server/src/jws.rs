@@ -208,7 +208,7 @@ async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(
         .map(|c| c.0);
     let body: Bytes = axum::body::to_bytes(req.into_body(), app.cfg.max_body_bytes)
         .await
-        .map_err(|_| Error::PayloadTooLarge)?;
+        .map_err(body_error)?;
     let jws = Parsed::from_json(&body)?;
     let alg = jws.alg()?.to_owned();
 
@@ -330,4 +330,16 @@ impl FromRequest<AppState> for AnyRequest {
         let (signer, req) = verify_request(req, app, KeyMode::Either).await?;
         Ok(Self(signer, req))
     }
+}
+
+/// A body that could not be read: too large, or cut off by the client or the connection.
+fn body_error(e: axum::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Error::PayloadTooLarge;
+        }
+        source = cause.source();
+    }
+    Error::Malformed(format!("the request body could not be read: {e}"))
 }

@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::http::{Request, Response};
+use axum::response::IntoResponse as _;
 use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -52,7 +53,6 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::config::LimitsConfig;
-use crate::error::{Problem, ProblemType};
 use crate::{Error, Result};
 
 /// How long open connections may finish their requests after shutdown starts.
@@ -503,29 +503,10 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
 }
 
 /// The answer to a request that is not done at its deadline (a stalled body, or a handler
-/// that takes too long).
+/// that takes too long): a 408 problem document that closes the connection. No Replay-Nonce:
+/// the request's JWS was not read, so its nonce is still unused.
 fn request_timeout(limit: Duration) -> Response<Body> {
-    // > The 408 (Request Timeout) status code indicates that the server did not receive a
-    // > complete request message within the time that it was prepared to wait.
-    // <https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9>
-    // The rest of the body may still arrive, so the connection cannot carry another request:
-    // `Connection: close` makes hyper close it after this response. No Replay-Nonce: the
-    // request's JWS was not read, so its nonce is still unused.
-    let mut problem = Problem::new(
-        ProblemType::Malformed,
-        format!("the request was not complete within {limit:?} (limits.request_timeout)"),
-    );
-    problem.status = StatusCode::REQUEST_TIMEOUT.as_u16();
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+    Error::RequestTimeout(limit).into_response()
 }
 
 /// A response body that tells the clock when hyper is done with it: hyper drops a body once
