@@ -287,6 +287,33 @@ mod tests {
         ));
     }
 
+    /// An Ed25519 account key of small order is refused before any signature is checked:
+    /// under the identity point, R = identity and s = 0 verify every message.
+    #[test]
+    fn small_order_ed25519_jwks_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = PublicKey::Ed25519(identity.to_vec());
+        // What the check stands between: ring accepts this forged signature.
+        let forged = [identity.as_slice(), &[0; 32]].concat();
+        assert!(verify("EdDSA", &key, b"any message", &forged).is_ok());
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(identity)});
+        match parse(&jwk) {
+            Err(Error::BadPublicKey(detail)) => {
+                assert!(detail.contains("small order"), "{detail}");
+            }
+            other => panic!("expected badPublicKey, got {other:?}"),
+        }
+        // An x that is no point at all (y = 2 has no x on the curve).
+        let mut y2 = [0u8; 32];
+        y2[0] = 2;
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(y2)});
+        assert!(
+            matches!(parse(&jwk), Err(Error::BadPublicKey(d)) if d.contains("not a point")),
+            "{jwk}"
+        );
+    }
+
     #[test]
     fn bad_jwks_are_refused() {
         for jwk in [

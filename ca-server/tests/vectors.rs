@@ -266,6 +266,9 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "jws-signature-invalid" => refused(jwk::verify("ES256", &p256_key(), b"x", &[1; 64]))?,
         "jwk-private-key"
         | "jwk-point-not-on-curve"
+        | "jwk-ed25519-small-order"
+        | "jwk-ed25519-small-order-non-canonical"
+        | "jwk-ed25519-not-on-curve"
         | "jwk-p256-short-coordinate"
         | "jwk-unsupported-curve"
         | "jwk-symmetric"
