@@ -255,7 +255,7 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
                 .map_err(|e| format!("JWS refused before alg: {e}"))?;
             refused(jws.alg())?
         }
-        "alg-key-mismatch" => {
+        "alg-key-mismatch" | "alg-key-mismatch-es256-p384" | "alg-key-type-mismatch" => {
             let key = jwk::parse(&v.input["jwk"]).map_err(|e| e.to_string())?;
             refused(jwk::verify(field(&v.input, "alg")?, &key, b"x", &[0; 96]))?
         }

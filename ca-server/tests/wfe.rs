@@ -292,6 +292,43 @@ async fn unsupported_algorithms_are_bad_signature_algorithm_with_the_list() {
     }
 }
 
+/// A P-256 key under ES384 is on the wrong curve for a supported algorithm: `badPublicKey`.
+/// A P-256 key under EdDSA or RS256 is the wrong key type: `badSignatureAlgorithm`, with the
+/// list of algorithms.
+#[tokio::test]
+async fn wrong_curve_for_alg_is_bad_public_key_and_wrong_key_type_bad_signature_algorithm() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let send = |alg: &'static str| {
+        let (s, key, url) = (&s, &key, &url);
+        async move {
+            let protected =
+                json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+            s.post_raw(url, key.jws(&protected, Some(&json!({}))).to_string())
+                .await
+        }
+    };
+    let p = send("ES384").await.assert_problem(400, "badPublicKey");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ES384 needs a P-384 key"),
+        "{p}"
+    );
+    assert!(p.get("algorithms").is_none(), "{p}");
+    for alg in ["EdDSA", "RS256"] {
+        let p = send(alg).await.assert_problem(400, "badSignatureAlgorithm");
+        assert!(
+            p["algorithms"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("ES256"))),
+            "{alg}: {p}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_signatures_and_garbage_never_panic() {
     let s = TestServer::new();
