@@ -1578,3 +1578,33 @@ async fn lab_always_valid_passes_challenges_without_dialing() {
     }
     assert_eq!(status, "ready");
 }
+
+/// A data directory that group or others may open is restricted to 0700 at start, and the
+/// admin socket in it is the CA user's only.
+#[tokio::test]
+async fn the_data_directory_and_the_admin_socket_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o7777;
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = ca_server::config::Config {
+        data_dir: data.clone(),
+        ..ca_server::config::Config::default()
+    };
+    let app = ca_server::server::init(cfg).expect("init");
+    assert_eq!(mode(&data), 0o700);
+
+    let server = tokio::spawn(ca_server::admin::serve(app));
+    let sock = ca_server::admin::socket_path(&data);
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(mode(&sock), 0o600);
+    server.abort();
+}
