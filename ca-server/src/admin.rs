@@ -286,13 +286,29 @@ pub async fn serve(app: AppState) -> Result<()> {
     let path = socket_path(&app.cfg.data_dir);
     // A socket file left by a killed server would make bind fail.
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
+    let listener = bind_private(&path)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
         .map_err(|e| Error::Internal(format!("cannot bind {}: {e}", path.display())))?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
     axum::serve(listener, router(app))
         .await
         .map_err(|e| Error::Internal(format!("admin socket failed: {e}")))
+}
+
+/// Binds a Unix socket at `path` with mode 0600 from the moment it exists.
+///
+/// bind(2) gives the socket file mode 0777 minus the umask, and a chmod afterwards would leave
+/// a moment in which another local user could connect. So the socket is created under a 0177
+/// umask, which is put back at once. The umask belongs to the process: a file another thread
+/// creates in that window gets fewer permission bits than it asked for, never more.
+pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use rustix::fs::Mode;
+    let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    rustix::process::umask(previous);
+    bound
 }
 
 /// Client side, for the CLI: one request over the socket, HTTP/1.1 with `Connection: close`.
@@ -335,4 +351,32 @@ pub fn call(
     // axum answers with a fixed Content-Length here, so the body is not chunked.
     let json = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
     Ok((status, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// The process umask, read without changing it: the mode a new 0777 directory gets.
+    fn umask() -> u32 {
+        let probe = tempfile::tempdir().expect("tempdir");
+        let dir = probe.path().join("d");
+        std::fs::DirBuilder::new().create(&dir).expect("mkdir");
+        0o777 & !std::fs::metadata(&dir).expect("meta").permissions().mode()
+    }
+
+    /// The socket is 0600 as soon as bind returns (nothing else touched it), whatever the
+    /// process umask, and the umask is back as it was.
+    #[test]
+    fn the_socket_is_created_owner_only_and_the_umask_is_restored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.sock");
+        let before = umask();
+        let _listener = bind_private(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert_eq!(umask(), before);
+    }
 }

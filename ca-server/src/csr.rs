@@ -970,6 +970,58 @@ mod tests {
         assert!(bad_public_key(&csr_with_point(compressed)).starts_with("compressed P-256 points"));
     }
 
+    /// An Ed25519 "key" that is the identity point, with the signature that verifies under it
+    /// for every message: R = the identity, s = 0.
+    struct IdentityPointKey;
+
+    const ED25519_IDENTITY: [u8; 32] = {
+        let mut e = [0u8; 32];
+        e[0] = 1;
+        e
+    };
+
+    impl PublicKeyData for IdentityPointKey {
+        fn der_bytes(&self) -> &[u8] {
+            &ED25519_IDENTITY
+        }
+
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_ED25519
+        }
+    }
+
+    impl SigningKey for IdentityPointKey {
+        fn sign(&self, _msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+            Ok([ED25519_IDENTITY.as_slice(), &[0; 32]].concat())
+        }
+    }
+
+    #[test]
+    fn refuses_a_small_order_ed25519_key_whose_forged_signature_verifies() {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![dns("dev.example")];
+        let der = params
+            .serialize_request(&IdentityPointKey)
+            .expect("CSR")
+            .der()
+            .to_vec();
+        // The signature itself verifies: only the key check stands in the way.
+        let (_, csr) = X509CertificationRequest::from_der(&der).expect("DER");
+        let info = &csr.certification_request_info;
+        assert!(ring_sig::UnparsedPublicKey::new(
+            &ring_sig::ED25519,
+            &info.subject_pki.subject_public_key.data
+        )
+        .verify(info.raw, &csr.signature_value.data)
+        .is_ok());
+        let detail = bad_public_key(&der);
+        assert!(
+            detail.starts_with("Ed25519 public key is a point of small order"),
+            "{detail}"
+        );
+    }
+
     #[test]
     fn refuses_tampered_csrs() {
         let (_, der) = rcgen_csr(

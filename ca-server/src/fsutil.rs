@@ -17,10 +17,13 @@ fn file_error(path: &Path, what: impl fmt::Display) -> Error {
     Error::Internal(format!("{}: {what}", path.display()))
 }
 
-/// Creates `dir` (and missing parents) with mode 0700 if it does not exist.
+/// Creates `dir` (and missing parents) with mode 0700 if it does not exist. An existing `dir`
+/// that group or others may access is restricted to 0700 with a logged warning, or refused
+/// when that fails: everything the CA keeps in its directories (keys, the store, enrollment
+/// credentials, the admin socket) is for its own user only.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => restrict(dir, &meta),
         Ok(_) => Err(file_error(dir, "exists but is not a directory")),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut builder = fs::DirBuilder::new();
@@ -33,6 +36,36 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         }
         Err(e) => Err(file_error(dir, format!("cannot be checked: {e}"))),
     }
+}
+
+/// Restricts an existing directory to 0700 if group or others have any permission on it.
+#[cfg(unix)]
+fn restrict(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+        file_error(
+            dir,
+            format!(
+                "is open to group or others (mode {mode:04o}) and cannot be restricted to 0700: \
+                 {e}; run `chmod 700` on it, or run the CA as the directory's owner"
+            ),
+        )
+    })?;
+    tracing::warn!(
+        dir = %dir.display(),
+        was = %format!("{mode:04o}"),
+        "directory was open to group or others: restricted to 0700"
+    );
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict(_dir: &Path, _meta: &fs::Metadata) -> Result<()> {
+    Ok(())
 }
 
 /// Replaces `path` with `contents` atomically; the file is created with `mode` from the start.
@@ -68,4 +101,52 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         file_error(path, format!("cannot be written: {e}"))
     })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("meta").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_directory_is_created_0700_and_an_open_one_is_restricted() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let new = tmp.path().join("a").join("b");
+        ensure_private_dir(&new).expect("create");
+        assert_eq!(mode(&new), 0o700);
+        for open in [0o755, 0o750, 0o707, 0o2770] {
+            let dir = tmp.path().join(format!("open{open:o}"));
+            fs::create_dir(&dir).expect("mkdir");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(open)).expect("chmod");
+            ensure_private_dir(&dir).expect("restricted");
+            assert_eq!(mode(&dir), 0o700, "{open:o}");
+        }
+        // Already private: left as it is, owner bits included.
+        let dir = tmp.path().join("private");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).expect("chmod");
+        ensure_private_dir(&dir).expect("private");
+        assert_eq!(mode(&dir), 0o500);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+
+    /// procfs refuses every chmod of a process directory, even root's: the error names the
+    /// directory, its mode and what to do.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_that_cannot_be_restricted_is_refused() {
+        let err = ensure_private_dir(Path::new("/proc/self"))
+            .expect_err("procfs directories cannot be chmodded")
+            .to_string();
+        assert!(
+            err.contains("/proc/self: is open to group or others (mode 0555)")
+                && err.contains("chmod 700"),
+            "{err}"
+        );
+    }
 }

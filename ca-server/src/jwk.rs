@@ -131,9 +131,25 @@ pub fn thumbprint(key: &PublicKey) -> String {
 }
 
 /// Verifies a JWS signature made with `alg` by `key` over `signing_input`.
+///
+/// An EC key on the other curve than `alg` names (a P-384 key under ES256, a P-256 key under
+/// ES384) is `badPublicKey`: the algorithm is one the server supports, and what it cannot use
+/// is the key, which RFC 8555 §6.7 defines as "The JWS was signed by a public key the server
+/// does not support". Any other mismatch of key type and `alg` (an RSA key under ES256, an EC
+/// key under EdDSA) stays `badSignatureAlgorithm`, whose list of algorithms tells the client
+/// what its key type needs (SPEC §3.3).
+///
+/// <https://www.rfc-editor.org/rfc/rfc8555#section-6.7>
 pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> Result<()> {
     let mismatch = || {
         Error::BadSignatureAlgorithm(format!("{alg} (does not match the {} key)", key.describe()))
+    };
+    let wrong_curve = |curve: &str| {
+        Error::BadPublicKey(format!(
+            "the JWS alg {alg} needs a {curve} key, and this key is {}: sign with the \
+             algorithm of the key's curve (ES256 for P-256, ES384 for P-384)",
+            key.describe()
+        ))
     };
     let bad_sig = || Error::Unauthorized("JWS signature does not verify".into());
     match (alg, key) {
@@ -153,6 +169,8 @@ pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> R
         ("RS256", PublicKey::Rsa { n, e }) => RsaPublicKeyComponents { n, e }
             .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signing_input, sig)
             .map_err(|_| bad_sig()),
+        ("ES256", PublicKey::P384(_)) => Err(wrong_curve("P-256")),
+        ("ES384", PublicKey::P256(_)) => Err(wrong_curve("P-384")),
         ("ES256" | "ES384" | "EdDSA" | "RS256", _) => Err(mismatch()),
         (other, _) => Err(Error::BadSignatureAlgorithm(other.to_owned())),
     }
@@ -194,9 +212,10 @@ mod tests {
         let sig = kp.sign(&rng, b"hello").expect("sign");
         assert!(verify("ES256", &key, b"hello", sig.as_ref()).is_ok());
         assert!(verify("ES256", &key, b"hellO", sig.as_ref()).is_err());
+        // A P-256 key under ES384: the key is on the wrong curve for the algorithm.
         assert!(matches!(
             verify("ES384", &key, b"hello", sig.as_ref()),
-            Err(Error::BadSignatureAlgorithm(_))
+            Err(Error::BadPublicKey(_))
         ));
         assert!(matches!(
             verify("HS256", &key, b"hello", sig.as_ref()),
@@ -206,6 +225,59 @@ mod tests {
             verify("none", &key, b"hello", b""),
             Err(Error::BadSignatureAlgorithm(_))
         ));
+    }
+
+    /// ES256/ES384 with a key of the other curve is `badPublicKey`; every other pairing of a
+    /// supported alg with the wrong key type is `badSignatureAlgorithm`.
+    #[test]
+    fn wrong_curve_for_alg_is_bad_public_key_other_mismatches_bad_signature_algorithm() {
+        use ring::signature::{
+            EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+            ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let ec = |alg| {
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("gen");
+            let kp = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("kp");
+            kp.public_key().as_ref().to_vec()
+        };
+        let p256 = PublicKey::P256(ec(&ECDSA_P256_SHA256_FIXED_SIGNING));
+        let p384 = PublicKey::P384(ec(&ECDSA_P384_SHA384_FIXED_SIGNING));
+        let ed =
+            Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).expect("gen").as_ref())
+                .expect("kp");
+        let ed25519 = PublicKey::Ed25519(ed.public_key().as_ref().to_vec());
+        let rsa = PublicKey::rsa(&[0xc5; 256], &[1, 0, 1]);
+        for (alg, key, curve) in [("ES256", &p384, "P-256"), ("ES384", &p256, "P-384")] {
+            match verify(alg, key, b"x", &[0; 96]) {
+                Err(Error::BadPublicKey(detail)) => assert!(
+                    detail.starts_with(&format!("the JWS alg {alg} needs a {curve} key")),
+                    "{detail}"
+                ),
+                other => panic!("{alg} with {}: {other:?}", key.describe()),
+            }
+        }
+        for (alg, key) in [
+            ("ES256", &ed25519),
+            ("ES256", &rsa),
+            ("ES384", &ed25519),
+            ("ES384", &rsa),
+            ("EdDSA", &p256),
+            ("EdDSA", &p384),
+            ("EdDSA", &rsa),
+            ("RS256", &p256),
+            ("RS256", &p384),
+            ("RS256", &ed25519),
+        ] {
+            assert!(
+                matches!(
+                    verify(alg, key, b"x", &[0; 96]),
+                    Err(Error::BadSignatureAlgorithm(_))
+                ),
+                "{alg} with {}",
+                key.describe()
+            );
+        }
     }
 
     #[test]
@@ -224,7 +296,10 @@ mod tests {
         .expect("P-384 JWK");
         let sig = kp.sign(&rng, b"msg").expect("sign");
         assert!(verify("ES384", &key, b"msg", sig.as_ref()).is_ok());
-        assert!(verify("ES256", &key, b"msg", sig.as_ref()).is_err());
+        assert!(matches!(
+            verify("ES256", &key, b"msg", sig.as_ref()),
+            Err(Error::BadPublicKey(_))
+        ));
 
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("gen");
         let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("kp");
@@ -285,6 +360,33 @@ mod tests {
             verify("ES256", &key, b"signing input", &sig),
             Err(Error::BadSignatureAlgorithm(_))
         ));
+    }
+
+    /// An Ed25519 account key of small order is refused before any signature is checked:
+    /// under the identity point, R = identity and s = 0 verify every message.
+    #[test]
+    fn small_order_ed25519_jwks_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = PublicKey::Ed25519(identity.to_vec());
+        // What the check stands between: ring accepts this forged signature.
+        let forged = [identity.as_slice(), &[0; 32]].concat();
+        assert!(verify("EdDSA", &key, b"any message", &forged).is_ok());
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(identity)});
+        match parse(&jwk) {
+            Err(Error::BadPublicKey(detail)) => {
+                assert!(detail.contains("small order"), "{detail}");
+            }
+            other => panic!("expected badPublicKey, got {other:?}"),
+        }
+        // An x that is no point at all (y = 2 has no x on the curve).
+        let mut y2 = [0u8; 32];
+        y2[0] = 2;
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(y2)});
+        assert!(
+            matches!(parse(&jwk), Err(Error::BadPublicKey(d)) if d.contains("not a point")),
+            "{jwk}"
+        );
     }
 
     #[test]

@@ -30,16 +30,27 @@ impl PublicKey {
         }
     }
 
-    /// Refuses EC points that are not on their curve (or are the identity); other keys pass.
+    /// Refuses EC points that are not on their curve (or are the identity), and Ed25519 keys
+    /// that are not the canonical encoding of a curve point or whose point has small order;
+    /// RSA keys pass.
     ///
     /// ring would refuse such a point only when a signature is checked with it, as a failed
     /// signature; decoding it here names the actual problem for the client. A SEC1 decode is
     /// a few field multiplications, far cheaper than the throwaway ECDH agreement it replaces.
+    ///
+    /// An Ed25519 key of small order (one of the eight torsion points: order 1, 2, 4 or 8) is
+    /// not a key at all: ring verifies a signature by comparing R with sB - hA, and hA takes
+    /// at most eight values, so anyone can make "signatures" that verify under it for any
+    /// message (with A the identity, R = the identity and s = 0 verify everything). A
+    /// non-canonical encoding (y >= p, or a sign bit set on x = 0) is refused as RFC 8032
+    /// §5.1.3 says, so one key cannot enter the key-reuse index and the thumbprints under two
+    /// encodings.
     pub fn check_point(&self) -> crate::Result<()> {
         let valid = match self {
             Self::P256(point) => p256::PublicKey::from_sec1_bytes(point).is_ok(),
             Self::P384(point) => p384::PublicKey::from_sec1_bytes(point).is_ok(),
-            Self::Ed25519(_) | Self::Rsa { .. } => return Ok(()),
+            Self::Ed25519(raw) => return check_ed25519(raw),
+            Self::Rsa { .. } => return Ok(()),
         };
         if valid {
             Ok(())
@@ -60,6 +71,37 @@ impl PublicKey {
             Self::Rsa { n, .. } => format!("RSA {}", rsa_bits(n)),
         }
     }
+}
+
+/// The Ed25519 half of [`PublicKey::check_point`]: decode (RFC 8032 §5.1.3), then refuse
+/// small order, then refuse a non-canonical encoding.
+///
+/// <https://www.rfc-editor.org/rfc/rfc8032#section-5.1.3>
+fn check_ed25519(raw: &[u8]) -> crate::Result<()> {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    let refuse = |why: &str| {
+        Err(crate::Error::BadPublicKey(format!(
+            "Ed25519 public key {why}"
+        )))
+    };
+    let Ok(encoded) = CompressedEdwardsY::from_slice(raw) else {
+        return refuse(&format!("is {} bytes, not 32", raw.len()));
+    };
+    let Some(point) = encoded.decompress() else {
+        return refuse("is not a point on the curve");
+    };
+    // Checked before canonicity, so every encoding of a torsion point gets this detail.
+    if point.is_small_order() {
+        return refuse(
+            "is a point of small order (order 1, 2, 4 or 8): signatures under it can be \
+             forged without a private key; generate a new key",
+        );
+    }
+    // decompress reads y modulo p and accepts a sign bit on x = 0; re-encoding shows both.
+    if point.compress() != encoded {
+        return refuse("is not canonically encoded (y must be below 2^255 - 19, RFC 8032 §5.1.2)");
+    }
+    Ok(())
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -118,7 +160,109 @@ mod tests {
                 "{err:?}"
             );
         }
-        assert!(PublicKey::Ed25519(vec![0; 32]).check_point().is_ok());
+    }
+
+    fn ed25519_detail(raw: &[u8]) -> String {
+        match PublicKey::Ed25519(raw.to_vec()).check_point() {
+            Err(crate::Error::BadPublicKey(detail)) => detail,
+            other => panic!("{}: expected badPublicKey, got {other:?}", hex::encode(raw)),
+        }
+    }
+
+    /// `y + p` for an encoding whose y is below 19, keeping the sign bit: the only other
+    /// 255-bit value that reads as the same y modulo p = 2^255 - 19.
+    fn plus_p(encoding: &[u8; 32]) -> Option<[u8; 32]> {
+        let small_y = encoding[1..31].iter().all(|&b| b == 0) && encoding[31] & 0x7f == 0;
+        (small_y && encoding[0] < 19).then(|| {
+            let mut out = [0xff; 32];
+            out[0] = 0xed + encoding[0];
+            out[31] = 0x7f | (encoding[31] & 0x80);
+            out
+        })
+    }
+
+    /// Every encoding of the eight torsion points, canonical or not, is refused as small
+    /// order; a generated key passes.
+    #[test]
+    fn ed25519_small_order_keys_are_refused_in_every_encoding() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut encodings = std::collections::BTreeSet::new();
+        for point in EIGHT_TORSION {
+            let canonical = point.compress().to_bytes();
+            let mut sign_flipped = canonical;
+            sign_flipped[31] ^= 0x80;
+            for e in [Some(canonical), Some(sign_flipped), plus_p(&canonical)]
+                .into_iter()
+                .flatten()
+                .chain(plus_p(&sign_flipped))
+            {
+                // Keep only the encodings that decode to a torsion point at all (flipping the
+                // sign of a point with x != 0 gives its negation, another torsion point).
+                let decoded = curve25519_dalek::edwards::CompressedEdwardsY(e).decompress();
+                if decoded.is_some_and(|p| p.is_small_order()) {
+                    encodings.insert(e);
+                }
+            }
+        }
+        // 8 canonical encodings, plus: the identity (y = 1) with the sign bit, as y = p + 1,
+        // and as y = p + 1 with the sign bit; (0, -1) with the sign bit; the two points of
+        // order 4 (y = 0) as y = p.
+        assert_eq!(encodings.len(), 14, "{encodings:x?}");
+        for e in &encodings {
+            let detail = ed25519_detail(e);
+            assert!(
+                detail.starts_with("Ed25519 public key is a point of small order"),
+                "{}: {detail}",
+                hex::encode(e)
+            );
+        }
+
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("parse");
+        let public = ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec();
+        assert!(PublicKey::Ed25519(public).check_point().is_ok());
+    }
+
+    /// A y with no x on the curve, and a large-order point written as y + p, are refused
+    /// with their own details.
+    #[test]
+    fn ed25519_off_curve_and_non_canonical_keys_are_refused() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let small_y = |y: u8| {
+            let mut e = [0u8; 32];
+            e[0] = y;
+            e
+        };
+        let off_curve = (2..=u8::MAX)
+            .map(small_y)
+            .find(|e| CompressedEdwardsY(*e).decompress().is_none())
+            .expect("some small y is not on the curve");
+        assert_eq!(
+            ed25519_detail(&off_curve),
+            "Ed25519 public key is not a point on the curve"
+        );
+        let on_curve = (2..19)
+            .map(small_y)
+            .find(|e| {
+                CompressedEdwardsY(*e)
+                    .decompress()
+                    .is_some_and(|p| !p.is_small_order())
+            })
+            .expect("some y below 19 is on the curve");
+        assert!(PublicKey::Ed25519(on_curve.to_vec()).check_point().is_ok());
+        let non_canonical = plus_p(&on_curve).expect("y + p");
+        assert!(
+            ed25519_detail(&non_canonical).starts_with("Ed25519 public key is not canonically"),
+            "{}",
+            ed25519_detail(&non_canonical)
+        );
+        assert_eq!(
+            ed25519_detail(&[0; 31]),
+            "Ed25519 public key is 31 bytes, not 32"
+        );
     }
 
     #[test]

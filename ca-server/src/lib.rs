@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod renewal;
 pub mod server;
 pub mod storage;
+pub mod text;
 pub mod types;
 pub mod va;
 

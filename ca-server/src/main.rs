@@ -7,6 +7,7 @@ use ca_server::approval::{ApprovalQueue, Decision};
 use ca_server::config::{parse_duration, Config};
 use ca_server::eab::{AllowRule, EabStore, NewCredential};
 use ca_server::server;
+use ca_server::text::{escape, escape_lines};
 use clap::{Args, Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: allocation was about 7.5 % of the server's CPU per
@@ -337,11 +338,11 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             for p in pending {
                 println!(
                     "{}  {}  pairing code {}  from {}  account key {}  expires {}",
-                    p.id,
-                    p.identifier,
-                    p.pairing_code,
-                    p.source.as_deref().unwrap_or("unknown"),
-                    p.thumbprint,
+                    escape(&p.id),
+                    escape(&p.identifier.to_string()),
+                    escape(&p.pairing_code),
+                    escape(p.source.as_deref().unwrap_or("unknown")),
+                    escape(&p.thumbprint),
                     ca_server::app::rfc3339(p.expires)
                 );
             }
@@ -353,7 +354,9 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!(
                 "approved {} ({}, pairing code {})",
-                p.id, p.identifier, p.pairing_code
+                escape(&p.id),
+                escape(&p.identifier.to_string()),
+                escape(&p.pairing_code)
             );
             Ok(())
         }
@@ -365,7 +368,11 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             let p = ApprovalQueue::new(&data_dir(d))
                 .decide(&id, &Decision::Reject { reason })
                 .map_err(|e| e.to_string())?;
-            println!("rejected {} ({})", p.id, p.identifier);
+            println!(
+                "rejected {} ({})",
+                escape(&p.id),
+                escape(&p.identifier.to_string())
+            );
             Ok(())
         }
     }
@@ -381,7 +388,7 @@ fn print_audit(v: &serde_json::Value) {
         let items = v[key].as_array().cloned().unwrap_or_default();
         println!("{title}: {}", items.len());
         for i in items {
-            println!("  {}", fmt(&i));
+            println!("  {}", escape(&fmt(&i)));
         }
     };
     list("expiring within 24 h", "expiringWithin24h", &|i| {
@@ -436,8 +443,14 @@ fn print_audit(v: &serde_json::Value) {
             )
         },
     );
-    println!("key types in use (valid certificates): {}", v["keyTypes"]);
-    println!("profiles in use (valid certificates): {}", v["profiles"]);
+    println!(
+        "key types in use (valid certificates): {}",
+        escape(&v["keyTypes"].to_string())
+    );
+    println!(
+        "profiles in use (valid certificates): {}",
+        escape(&v["profiles"].to_string())
+    );
 }
 
 /// One side of a key-reuse attempt: `account A order O ["dns:x"] certificate S`, leaving out
@@ -500,7 +513,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let serials = v["revoked"].as_array().cloned().unwrap_or_default();
             println!("revoked {} certificate(s)", serials.len());
             for s in serials {
-                println!("  {}", s.as_str().unwrap_or_default());
+                println!("  {}", escape(s.as_str().unwrap_or_default()));
             }
             Ok(())
         }
@@ -574,7 +587,7 @@ fn identity(cmd: IdentityCommand) -> Result<(), String> {
                 "/identity/show",
                 Some(&serde_json::json!({"identity": identity})),
             )?;
-            let key = v["identity"].as_str().unwrap_or_default();
+            let key = escape(v["identity"].as_str().unwrap_or_default());
             if v["holder"].is_null() {
                 println!("{key}: held by no account");
             } else {
@@ -589,7 +602,7 @@ fn identity(cmd: IdentityCommand) -> Result<(), String> {
                 "/identity/release",
                 Some(&serde_json::json!({"identity": identity})),
             )?;
-            let key = v["identity"].as_str().unwrap_or_default();
+            let key = escape(v["identity"].as_str().unwrap_or_default());
             if v["released"].is_null() {
                 println!("{key}: held by no account; nothing to release");
             } else {
@@ -645,13 +658,13 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 );
             } else {
                 println!("EAB credential created");
-                println!("  key id:     {}", c.kid);
+                println!("  key id:     {}", escape(&c.kid));
                 println!("  hmac key:   {}", c.hmac_key);
                 println!("  expires:    {}", exp.as_deref().unwrap_or("never"));
                 println!("  max uses:   {}", describe_uses(c.max_uses));
-                println!("  allow:      {}", describe_allow(&allow));
+                println!("  allow:      {}", escape(&describe_allow(&allow)));
                 if let Some(role) = &c.role {
-                    println!("  role:       {role}");
+                    println!("  role:       {}", escape(role));
                 }
             }
             Ok(())
@@ -666,12 +679,12 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
                 println!(
                     "{}  created {}  expires {}  max uses {}  allow {}{}",
-                    c.kid,
+                    escape(&c.kid),
                     ca_server::app::rfc3339(c.created),
                     c.expires
                         .map_or_else(|| "never".to_owned(), ca_server::app::rfc3339),
                     describe_uses(c.max_uses),
-                    describe_allow(&allow),
+                    escape(&describe_allow(&allow)),
                     if c.revoked { "  REVOKED" } else { "" }
                 );
             }
@@ -680,7 +693,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
         EabCommand::Revoke { data_dir: d, kid } => {
             let store = EabStore::new(&data_dir(d));
             if store.revoke(&kid).map_err(|e| e.to_string())? {
-                println!("EAB credential {kid} revoked");
+                println!("EAB credential {} revoked", escape(&kid));
                 Ok(())
             } else {
                 Err(format!("no EAB credential with key id {kid:?}"))
@@ -712,13 +725,15 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                 .add(&input, name.as_deref(), &assigner, &hw_types)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             let anchor = &added.anchor;
+            let path = added.path.display().to_string();
+            let shown = escape(&path);
             if added.replaced {
-                println!("trust anchor replaced: {}", added.path.display());
+                println!("trust anchor replaced: {shown}");
             } else {
-                println!("trust anchor added: {}", added.path.display());
+                println!("trust anchor added: {shown}");
             }
-            println!("  name:     {}", anchor.name);
-            println!("  subject:  {}", anchor.subject());
+            println!("  name:     {}", escape(&anchor.name));
+            println!("  subject:  {}", escape(&anchor.subject()));
             println!("  SHA-256:  {}", anchor.fingerprint());
             println!(
                 "  expires:  {}",
@@ -750,14 +765,15 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             for (name, loaded) in list {
                 match loaded {
                     Ok(a) => println!(
-                        "{name}  {}  SHA-256 {}  expires {}  assigner {}  hw types {}",
-                        a.subject(),
+                        "{}  {}  SHA-256 {}  expires {}  assigner {}  hw types {}",
+                        escape(&name),
+                        escape(&a.subject()),
                         a.fingerprint(),
                         ca_server::app::rfc3339(a.not_after()),
                         a.assigner,
                         a.describe_hw_types()
                     ),
-                    Err(why) => println!("{name}  UNUSABLE: {why}"),
+                    Err(why) => println!("{}  UNUSABLE: {}", escape(&name), escape(&why)),
                 }
             }
             Ok(())
@@ -778,7 +794,7 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_lines(&e));
             ExitCode::FAILURE
         }
     }

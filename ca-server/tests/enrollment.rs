@@ -347,3 +347,58 @@ async fn no_enabled_path_is_rejected_identifier() {
         .await;
     r.assert_problem(400, "rejectedIdentifier");
 }
+
+/// A permanent identifier may hold a bidirectional override (SPEC §4.5 refuses only the C0
+/// and C1 controls). `ca-server approval list` prints it escaped, so the operator reads the
+/// serial the device sent and not a reordered one; `--json` keeps the character as it is.
+#[tokio::test]
+async fn approval_list_escapes_bidi_controls_in_a_stored_identifier() {
+    let s = approval_server("1h");
+    let acct = s.new_account().await;
+    // Shown as "SN-TSET-0042" by a terminal that applies the override.
+    let serial = "SN-\u{202e}2400-TEST";
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("permanent-identifier", serial)])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+    let authz_url = r.json()["authorizations"][0]
+        .as_str()
+        .expect("authz")
+        .to_owned();
+    let a = s.post_as(&acct, &authz_url, None).await.json();
+    let chall = a["challenges"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "operator-approval-01"))
+        .and_then(|c| c["url"].as_str())
+        .expect("operator-approval-01 offered")
+        .to_owned();
+    s.post_as(&acct, &chall, Some(&json!({}))).await;
+
+    let list = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"));
+        cmd.args(["approval", "list", "--data-dir"])
+            .arg(s.dir.path());
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("ca-server runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let text = list(false);
+    assert!(
+        text.contains("permanent-identifier:SN-\\u{202e}2400-TEST"),
+        "{text:?}"
+    );
+    assert!(!text.contains('\u{202e}'), "{text:?}");
+    let pending: Value = serde_json::from_str(&list(true)).expect("JSON");
+    assert_eq!(pending[0]["identifier"]["value"], serial, "{pending}");
+}

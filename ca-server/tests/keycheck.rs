@@ -787,6 +787,38 @@ async fn another_accounts_key_is_refused_and_recorded() {
     assert!(owner.kid.ends_with(&a[0].holder.account_id));
 }
 
+/// A client that keeps trying another account's key fills only its own share of the
+/// key-reuse table; an earlier attempt by another account stays listed.
+#[tokio::test]
+async fn key_reuse_attempts_are_bounded_per_account() {
+    let s = TestServer::new();
+    let owner = s.new_account().await;
+    let quiet = s.new_account().await;
+    let flood = s.new_account().await;
+    let owner_key = rcgen::KeyPair::try_from(owner.key.pkcs8.as_slice()).expect("rcgen key");
+    let (_, r) = order_and_finalize(&s, &quiet, &["quiet-1.plant.example"], &owner_key).await;
+    r.assert_problem(400, "badCSR");
+    let names = ["loop-1.plant.example"];
+    let o = ready_order(&s, &flood, &names).await;
+    let der = csr(&names, &owner_key);
+    let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
+    for _ in 0..max + 5 {
+        finalize(&s, &flood, &o, &der)
+            .await
+            .assert_problem(400, "badCSR");
+    }
+    let a = attempts(&s);
+    let of = |acct: &Account| {
+        a.iter()
+            .filter(|x| acct.kid.ends_with(&format!("/{}", x.attempted.account_id)))
+            .count()
+    };
+    assert_eq!(of(&flood), max);
+    assert_eq!(of(&quiet), 1);
+    assert_eq!(a.len(), max + 1);
+    assert_eq!(a[0].attempted.identifiers[0].value, "quiet-1.plant.example");
+}
+
 #[tokio::test]
 async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     let s = TestServer::new();

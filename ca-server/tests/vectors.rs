@@ -269,7 +269,7 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
                 .map_err(|e| format!("JWS refused before alg: {e}"))?;
             refused(jws.alg())?
         }
-        "alg-key-mismatch" => {
+        "alg-key-mismatch" | "alg-key-mismatch-es256-p384" | "alg-key-type-mismatch" => {
             let key = jwk::parse(&v.input["jwk"]).map_err(|e| e.to_string())?;
             refused(jwk::verify(field(&v.input, "alg")?, &key, b"x", &[0; 96]))?
         }
@@ -280,6 +280,9 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "jws-signature-invalid" => refused(jwk::verify("ES256", &p256_key(), b"x", &[1; 64]))?,
         "jwk-private-key"
         | "jwk-point-not-on-curve"
+        | "jwk-ed25519-small-order"
+        | "jwk-ed25519-small-order-non-canonical"
+        | "jwk-ed25519-not-on-curve"
         | "jwk-p256-short-coordinate"
         | "jwk-unsupported-curve"
         | "jwk-symmetric"

@@ -292,6 +292,43 @@ async fn unsupported_algorithms_are_bad_signature_algorithm_with_the_list() {
     }
 }
 
+/// A P-256 key under ES384 is on the wrong curve for a supported algorithm: `badPublicKey`.
+/// A P-256 key under EdDSA or RS256 is the wrong key type: `badSignatureAlgorithm`, with the
+/// list of algorithms.
+#[tokio::test]
+async fn wrong_curve_for_alg_is_bad_public_key_and_wrong_key_type_bad_signature_algorithm() {
+    let s = TestServer::new();
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let send = |alg: &'static str| {
+        let (s, key, url) = (&s, &key, &url);
+        async move {
+            let protected =
+                json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+            s.post_raw(url, key.jws(&protected, Some(&json!({}))).to_string())
+                .await
+        }
+    };
+    let p = send("ES384").await.assert_problem(400, "badPublicKey");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ES384 needs a P-384 key"),
+        "{p}"
+    );
+    assert!(p.get("algorithms").is_none(), "{p}");
+    for alg in ["EdDSA", "RS256"] {
+        let p = send(alg).await.assert_problem(400, "badSignatureAlgorithm");
+        assert!(
+            p["algorithms"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("ES256"))),
+            "{alg}: {p}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_signatures_and_garbage_never_panic() {
     let s = TestServer::new();
@@ -1540,4 +1577,34 @@ async fn lab_always_valid_passes_challenges_without_dialing() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(status, "ready");
+}
+
+/// A data directory that group or others may open is restricted to 0700 at start, and the
+/// admin socket in it is the CA user's only.
+#[tokio::test]
+async fn the_data_directory_and_the_admin_socket_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o7777;
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = ca_server::config::Config {
+        data_dir: data.clone(),
+        ..ca_server::config::Config::default()
+    };
+    let app = ca_server::server::init(cfg).expect("init");
+    assert_eq!(mode(&data), 0o700);
+
+    let server = tokio::spawn(ca_server::admin::serve(app));
+    let sock = ca_server::admin::socket_path(&data);
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(mode(&sock), 0o600);
+    server.abort();
 }

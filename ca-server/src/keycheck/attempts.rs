@@ -11,24 +11,32 @@
 //! reuse has its own table ([`super::KeyReuseAttempt`]).
 //!
 //! The table is bounded, so a misbehaving client cannot grow it without limit: each account
-//! keeps its newest [`MAX_PER_ACCOUNT`] attempts, and the table its newest [`MAX_TOTAL`]; older
-//! records are dropped as new ones arrive. A device stuck in a retry loop thus shows up with
-//! its latest attempts without crowding out every other account's.
+//! keeps its newest [`MAX_PER_ACCOUNT`] attempts, and the table at most [`MAX_TOTAL`]. When it
+//! is full, the account holding the most records gives one up (see [`super::bounded`]), so a
+//! device stuck in a retry loop, or a client with many accounts, shows up with its latest
+//! attempts without crowding out any other account's. The key-reuse table has the same caps.
 
 use serde::{Deserialize, Serialize};
 
+use super::bounded::{self, Audited, Caps};
 use crate::account::Account;
-use crate::app::{new_id, now, AppState};
+use crate::app::{now, AppState};
 use crate::key::PublicKey;
 use crate::order::Order;
-use crate::storage::{Db, Table};
+use crate::storage::Table;
 use crate::types::Identifier;
 use crate::{Error, Result};
 
-/// Newest attempts kept per account.
+/// Newest attempts kept per account, in this table and in the key-reuse table.
 pub const MAX_PER_ACCOUNT: usize = 100;
-/// Newest attempts kept in all.
+/// Attempts kept in all, in this table and in the key-reuse table.
 pub const MAX_TOTAL: usize = 2000;
+
+/// [`MAX_PER_ACCOUNT`] and [`MAX_TOTAL`].
+pub(crate) const CAPS: Caps = Caps {
+    per_account: MAX_PER_ACCOUNT,
+    total: MAX_TOTAL,
+};
 
 /// Why the key or CSR was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +86,13 @@ pub struct WeakKeyAttempt {
     pub detail: String,
 }
 
+impl Audited for WeakKeyAttempt {
+    const TABLE: Table = Table::WeakKeyAttempts;
+    fn account(&self) -> &str {
+        &self.account_id
+    }
+}
+
 impl WeakKeyAttempt {
     /// All recorded attempts, oldest first.
     pub fn list(app: &AppState) -> Result<Vec<Self>> {
@@ -115,7 +130,7 @@ pub(crate) fn record(
         spki_sha256 = attempt.spki_sha256.as_deref().unwrap_or("-"),
         "weak key or CSR refused"
     );
-    if let Err(e) = store(app, &attempt) {
+    if let Err(e) = bounded::append(app, CAPS, &attempt) {
         tracing::error!(error = %e, "cannot record a weak-key attempt");
     }
 }
@@ -149,89 +164,4 @@ pub(crate) fn record_csr_refusal(
         crate::csr::refused_key(der),
         error,
     );
-}
-
-fn store(app: &AppState, attempt: &WeakKeyAttempt) -> Result<()> {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let key = format!("{nanos:020}.{}", new_id()?);
-    app.db.put(Table::WeakKeyAttempts, &key, attempt)?;
-    prune(&app.db, MAX_PER_ACCOUNT, MAX_TOTAL)
-}
-
-/// Drops the oldest records beyond `per_account` per account and `total` in all. Runs after
-/// every insert, so the table holds at most `total` records plus those being inserted
-/// concurrently; a record another pruner removed first is skipped.
-fn prune(db: &Db, per_account_cap: usize, total: usize) -> Result<()> {
-    let store = db.store();
-    let all = store.scan_prefix(Table::WeakKeyAttempts, b"")?;
-    let mut per_account: std::collections::HashMap<String, usize> = Default::default();
-    let mut kept = 0;
-    // Newest first: a record is kept while its account and the table are under their caps.
-    for (key, raw) in all.iter().rev() {
-        let account = serde_json::from_slice::<WeakKeyAttempt>(raw)
-            .map(|a| a.account_id)
-            .unwrap_or_default();
-        let n = per_account.entry(account).or_default();
-        if *n < per_account_cap && kept < total {
-            *n += 1;
-            kept += 1;
-        } else {
-            store.compare_and_swap(Table::WeakKeyAttempts, key, Some(raw), None)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::storage::MemoryStore;
-
-    fn attempt(account: &str, n: i64) -> WeakKeyAttempt {
-        WeakKeyAttempt {
-            at: n,
-            account_id: account.into(),
-            order_id: format!("o{n}"),
-            identifiers: Vec::new(),
-            kind: WeakKind::WeakSignature,
-            key_type: None,
-            spki_sha256: None,
-            problem: "badCSR".into(),
-            detail: String::new(),
-        }
-    }
-
-    #[test]
-    fn prune_keeps_the_newest_per_account_and_in_all() {
-        let db = Db::new(Arc::new(MemoryStore::default()));
-        let put = |account: &str, n: i64| {
-            db.put(
-                Table::WeakKeyAttempts,
-                &format!("{n:020}.x"),
-                &attempt(account, n),
-            )
-            .expect("put");
-            prune(&db, 3, 5).expect("prune");
-        };
-        // A noisy account keeps only its newest three.
-        for n in 0..10 {
-            put("noisy", n);
-        }
-        let orders = |db: &Db| -> Vec<String> {
-            db.values_with_prefix::<WeakKeyAttempt>(Table::WeakKeyAttempts, "")
-                .expect("list")
-                .into_iter()
-                .map(|a| a.order_id)
-                .collect()
-        };
-        assert_eq!(orders(&db), ["o7", "o8", "o9"]);
-        // Others still get their share, and the table as a whole keeps its newest five.
-        put("a", 10);
-        put("b", 11);
-        assert_eq!(orders(&db), ["o7", "o8", "o9", "o10", "o11"]);
-        put("c", 12);
-        assert_eq!(orders(&db), ["o8", "o9", "o10", "o11", "o12"]);
-    }
 }

@@ -406,7 +406,9 @@ impl BlocklistCommand {
                             }
                             None => "not listed".to_owned(),
                         };
-                        println!("{}: {label}: {verdict}", path.display());
+                        // Paths and PEM labels come from files that may be anyone's.
+                        let line = format!("{}: {label}: {verdict}", path.display());
+                        println!("{}", crate::text::escape(&line));
                     }
                 }
                 if listed > 0 {

@@ -19,14 +19,15 @@
 //! product line, or a key copied from a decommissioned device. Every certified key is indexed
 //! by the SHA-256 of its SubjectPublicKeyInfo ([`Table::KeyUse`]), and every refused attempt to
 //! reuse a key is kept with both identities ([`Table::KeyReuseAttempts`]) for the operator.
-//! Refused weak keys and weak CSR signatures are kept too, in a bounded table
-//! ([`Table::WeakKeyAttempts`], see [`attempts`]).
+//! Refused weak keys and weak CSR signatures are kept too ([`Table::WeakKeyAttempts`], see
+//! [`attempts`]). Both tables are bounded per account and in all ([`bounded`]).
 //! A renewal (same account, same identifiers) may certify the previous key only when
 //! `[keys] allow_renewal_key_reuse` is on; by default every certificate needs a new key, as
 //! device-client generates one on every renewal.
 
 pub mod attempts;
 pub mod blocklist;
+mod bounded;
 mod der;
 pub mod weak;
 
@@ -38,9 +39,10 @@ use serde::{Deserialize, Serialize};
 
 pub use self::attempts::{WeakKeyAttempt, WeakKind};
 use self::blocklist::Blocklist;
+use self::bounded::Audited;
 use self::weak::Weakness;
 use crate::account::Account;
-use crate::app::{new_id, now, AppState};
+use crate::app::{now, AppState};
 use crate::cert::Certificate;
 use crate::csr::CsrInfo;
 use crate::key::PublicKey;
@@ -203,6 +205,8 @@ pub enum ReuseKind {
 
 /// A refused reuse attempt: one [`Table::KeyReuseAttempts`] record, keyed by
 /// `{unix time in nanoseconds, 20 digits}.{random id}` so a scan lists them in time order.
+/// The table keeps the newest [`attempts::MAX_PER_ACCOUNT`] per requesting account and
+/// [`attempts::MAX_TOTAL`] in all ([`bounded`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyReuseAttempt {
@@ -217,6 +221,14 @@ pub struct KeyReuseAttempt {
     pub attempted: Holder,
     /// Whom the key belongs to.
     pub holder: Holder,
+}
+
+impl Audited for KeyReuseAttempt {
+    const TABLE: Table = Table::KeyReuseAttempts;
+    /// The account that asked: the one whose requests could flood the table.
+    fn account(&self) -> &str {
+        &self.attempted.account_id
+    }
 }
 
 impl KeyReuseAttempt {
@@ -234,9 +246,7 @@ fn record_attempt(app: &AppState, attempt: &KeyReuseAttempt) -> Result<()> {
         spki_sha256 = %attempt.spki_sha256,
         "key reuse refused"
     );
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let key = format!("{nanos:020}.{}", new_id()?);
-    app.db.put(Table::KeyReuseAttempts, &key, attempt)
+    bounded::append(app, attempts::CAPS, attempt)
 }
 
 /// The account whose account key is `key`, if any (whatever its status: a deactivated
