@@ -2,10 +2,11 @@
 //!
 //! For devices with neither a manufacturer identity nor an enrollment credential. The device
 //! triggers the challenge; it stays `processing` until an operator approves or rejects it, or
-//! until it expires. Device and operator both see a pairing code derived from the account key
-//! (the device computes it from its own key, the operator reads it from `ca-server approval
-//! list`), so the operator can tell that the request they approve is the one from the device
-//! in front of them and not a look-alike request from elsewhere on the network.
+//! until it expires. Device and operator both see a pairing code derived from the challenge
+//! token and the account key (SPEC §5.9: the device computes it from its own key, the operator
+//! reads it from `ca-server approval list`), so the operator can tell that the request they
+//! approve is the one from the device in front of them and not a look-alike request from
+//! elsewhere on the network. The token makes the code fresh for every request.
 //!
 //! Pending requests and decisions are files under `<data_dir>/approvals/`, like EAB
 //! credentials, so the operator commands work while the server runs (sled locks the store to
@@ -27,28 +28,22 @@ use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;
 
-/// Crockford's base32 alphabet: no I, L, O or U, so codes read aloud or off a small display
-/// are not misread.
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-/// The pairing code for an account key thumbprint (SPEC §5.9): the first 40 bits of
-/// SHA-256("iiot-acme pairing code" ‖ 0x00 ‖ thumbprint) in Crockford base32, as `XXXX-XXXX`.
-pub fn pairing_code(thumbprint: &str) -> String {
-    let mut input = b"iiot-acme pairing code\0".to_vec();
-    input.extend_from_slice(thumbprint.as_bytes());
-    let d = ring::digest::digest(&ring::digest::SHA256, &input);
-    let bits = d.as_ref()[..5]
-        .iter()
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-    let mut code = String::with_capacity(9);
-    for i in 0..8 {
-        if i == 4 {
-            code.push('-');
-        }
-        let index = (bits >> (35 - 5 * i)) & 31;
-        code.push(char::from(CROCKFORD[index as usize]));
+/// The pairing code of a request (SPEC §5.9): the first 40 bits of
+/// SHA-256("iiot-acme pairing code" ‖ 0x00 ‖ token ‖ "." ‖ thumbprint) in Crockford base32,
+/// as `XXXX-XXXX`. `token` is the operator-approval-01 challenge's token, `thumbprint` the
+/// account key's RFC 7638 thumbprint.
+pub fn pairing_code(token: &str, thumbprint: &str) -> Result<String> {
+    let parts = protocol_spec::pairing::digest_input(token, thumbprint)
+        .map_err(|e| Error::Internal(format!("no pairing code: {e}")))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
     }
-    code
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ctx.finish().as_ref());
+    Ok(protocol_spec::pairing::PairingCode::from_digest(&digest)
+        .as_str()
+        .to_owned())
 }
 
 /// A request waiting for the operator.
@@ -200,13 +195,19 @@ impl ApprovalQueue {
 pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
     let (authz, triggered) = start_processing(app, authz_id, KIND)?;
     if triggered {
+        let token = authz
+            .challenges
+            .iter()
+            .find(|c| c.kind == KIND)
+            .map(|c| c.token.as_str())
+            .ok_or(Error::NotFound("challenge"))?;
         let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
         let pending = Pending {
             id: authz.id.clone(),
             identifier: authz.identifier.clone(),
             account_id: r.account.id.clone(),
             thumbprint: r.account.thumbprint.clone(),
-            pairing_code: pairing_code(&r.account.thumbprint),
+            pairing_code: pairing_code(token, &r.account.thumbprint)?,
             source: r.req.peer.map(|a| a.ip().to_string()),
             requested: now(),
             expires: now() + ttl,
@@ -261,23 +262,31 @@ pub async fn apply(app: &AppState) -> Result<()> {
 mod tests {
     use super::*;
 
+    const TOKEN: &str = "hAuW5Ak5pwOYj9bWGSUbgA";
+    const THUMBPRINT: &str = "VJfSzL4hUAWCLxLmyqlEzZifphbmhOkF0nOyxVIRMXg";
+
     #[test]
-    fn pairing_codes_are_stable_readable_and_key_dependent() {
-        let a = pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
-        assert_eq!(
+    fn pairing_codes_are_readable_and_depend_on_token_and_key() {
+        let a = pairing_code(TOKEN, THUMBPRINT).expect("code");
+        assert_eq!(a, "GKPJ-92D8", "SPEC vector p256-account");
+        assert_eq!(a, pairing_code(TOKEN, THUMBPRINT).expect("code"));
+        // Another request of the same account: another token, another code.
+        assert_ne!(
             a,
-            pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+            pairing_code("70JfMqfX-uRXMPCUc97GHQ", THUMBPRINT).expect("code")
         );
         assert_ne!(
             a,
-            pairing_code("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xt")
+            pairing_code(TOKEN, "VJfSzL4hUAWCLxLmyqlEzZifphbmhOkF0nOyxVIRMXw").expect("code")
         );
         assert_eq!(a.len(), 9);
         assert_eq!(a.as_bytes()[4], b'-');
         assert!(a
             .chars()
             .filter(|c| *c != '-')
-            .all(|c| CROCKFORD.contains(&(c as u8))));
+            .all(|c| protocol_spec::pairing::ALPHABET.contains(&(c as u8))));
+        assert!(pairing_code("../x", THUMBPRINT).is_err());
+        assert!(pairing_code(TOKEN, "short").is_err());
     }
 
     #[test]
@@ -290,8 +299,8 @@ mod tests {
             id: "abc".into(),
             identifier: Identifier::dns("plc-1"),
             account_id: "acct".into(),
-            thumbprint: "tp".into(),
-            pairing_code: pairing_code("tp"),
+            thumbprint: THUMBPRINT.into(),
+            pairing_code: pairing_code(TOKEN, THUMBPRINT).expect("code"),
             source: None,
             requested: 1,
             expires: 2,

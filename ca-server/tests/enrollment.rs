@@ -246,10 +246,11 @@ async fn operator_approval_with_pairing_code() {
         pending[0].identifier,
         ca_server::types::Identifier::dns("plc-9")
     );
-    // The operator's code is the one the device derives from its own key.
+    // The operator's code is the one the device derives from its own key and the token.
+    let token = a["challenges"][0]["token"].as_str().expect("token");
     assert_eq!(
         pending[0].pairing_code,
-        pairing_code(&acct.key.thumbprint())
+        pairing_code(token, &acct.key.thumbprint()).expect("code")
     );
 
     // Still processing until decided; then valid, order ready, queue empty.
@@ -346,4 +347,74 @@ async fn no_enabled_path_is_rejected_identifier() {
         )
         .await;
     r.assert_problem(400, "rejectedIdentifier");
+}
+
+/// Triggers the operator-approval-01 challenge of authorization `authz_url`, with the request
+/// coming from `from` when given; returns the reply and the challenge URL.
+async fn trigger(
+    s: &TestServer,
+    acct: &common::Account,
+    authz_url: &str,
+    from: Option<std::net::SocketAddr>,
+) -> (common::Reply, String, Value) {
+    let a = s.post_as(acct, authz_url, None).await.json();
+    let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+    let r = match from {
+        None => s.post_as(acct, &chall, Some(&json!({}))).await,
+        Some(addr) => post_from(s, acct, &chall, addr).await,
+    };
+    (r, chall, a)
+}
+
+/// POSTs `{}` to `url` as `acct`, as if from `addr` (what the server's listener records).
+async fn post_from(
+    s: &TestServer,
+    acct: &common::Account,
+    url: &str,
+    addr: std::net::SocketAddr,
+) -> common::Reply {
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "kid": acct.kid});
+    let mut req = axum::http::Request::post(url)
+        .header(axum::http::header::CONTENT_TYPE, "application/jose+json")
+        .body(axum::body::Body::from(
+            acct.key.jws(&protected, Some(&json!({}))).to_string(),
+        ))
+        .expect("request");
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    s.send(req).await
+}
+
+/// SPEC §5.9: the code depends on the request's token, so one account's requests each get
+/// their own, and each is the one the device computes from its key and that token.
+#[tokio::test]
+async fn each_request_of_one_account_gets_its_own_pairing_code() {
+    let s = approval_server("1h");
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-9"), ("dns", "plc-10")])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut expected = Vec::new();
+    for authz_url in r.json()["authorizations"].as_array().expect("authzs") {
+        let (reply, _, a) = trigger(&s, &acct, authz_url.as_str().expect("url"), None).await;
+        assert_eq!(reply.json()["status"], "processing");
+        let token = a["challenges"][0]["token"].as_str().expect("token");
+        expected.push(pairing_code(token, &acct.key.thumbprint()).expect("code"));
+    }
+    let mut listed: Vec<String> = ApprovalQueue::new(s.dir.path())
+        .list_pending()
+        .expect("list")
+        .into_iter()
+        .map(|p| p.pairing_code)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert_ne!(listed[0], listed[1], "one account, two requests, two codes");
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
 }

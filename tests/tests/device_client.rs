@@ -319,6 +319,30 @@ fn printed_pairing_code(waiting: &Waiting) -> String {
     .expect("the device shows its pairing code")
 }
 
+/// The pairing codes a waiting device printed for each identifier ("operator approval of ID
+/// needed; pairing code CODE"), once it has printed `n`.
+fn printed_pairing_codes(waiting: &Waiting, n: usize) -> Vec<(String, String)> {
+    poll_until(
+        "pairing codes on the device",
+        RUN_TIMEOUT,
+        Duration::from_millis(100),
+        |why| {
+            let err = waiting.stderr();
+            *why = err.clone();
+            let codes: Vec<(String, String)> = err
+                .lines()
+                .filter_map(|l| {
+                    let rest = l.strip_prefix("device-client: operator approval of ")?;
+                    let (id, code) = rest.split_once(" needed; pairing code ")?;
+                    Some((id.to_owned(), code.chars().take(9).collect()))
+                })
+                .collect();
+            Ok((codes.len() >= n).then_some(codes))
+        },
+    )
+    .expect("the device shows its pairing codes")
+}
+
 fn code(out: &RunOutput) -> i32 {
     out.status.code().unwrap_or(-1)
 }
@@ -729,6 +753,48 @@ fn enrolls_by_operator_approval_and_stops_on_rejection() {
     assert_eq!(status, 6, "{stderr}\n{}", server.logs());
     assert!(stderr.contains("not on the asset list"), "{stderr}");
     assert!(!device.cert().exists());
+}
+
+/// SPEC §5.9: the code mixes in each request's token, so one device (one account) asking for
+/// two identifiers shows two codes, and each is the code the operator sees for that request.
+#[test]
+fn each_request_of_one_device_shows_its_own_pairing_code() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    enable_operator_approval(&mut server);
+    let device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-10.plant.test", "device-11.plant.test"],
+    );
+    let mut waiting = device.spawn_oneshot(
+        "two-codes",
+        "enroll",
+        &["--challenge", "operator-approval-01"],
+    );
+    let codes = printed_pairing_codes(&waiting, 2);
+    assert_eq!(codes.len(), 2, "{codes:?}");
+    assert_ne!(
+        codes[0].1, codes[1].1,
+        "one account, two requests, two codes"
+    );
+    let mut accounts = Vec::new();
+    for (identifier, code) in &codes {
+        let request = pending_request(&server, code, RUN_TIMEOUT);
+        let name = identifier.strip_prefix("dns:").expect("dns identifier");
+        assert_eq!(request["identifier"]["value"], name, "{request}");
+        accounts.push(request["account_id"].clone());
+        operator(
+            &server,
+            &["approval", "approve", request["id"].as_str().expect("id")],
+        );
+    }
+    assert_eq!(
+        accounts[0], accounts[1],
+        "both requests come from one account"
+    );
+    let (status, _, stderr) = waiting.finish();
+    assert_eq!(status, 0, "{stderr}\n{}", server.logs());
+    verify_issued(&server, &device);
 }
 
 #[test]
