@@ -321,6 +321,13 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "challenge-tls" => Error::Tls(s("handshake failed")),
         "challenge-incorrect-response" => Error::IncorrectResponse(s("wrong body")),
         "challenge-bad-attestation" => Error::BadAttestationStatement(s("unknown manufacturer")),
+        // Decided by approval::request through the limiter's caps.
+        "approval-cap-reached" => ca_server::ratelimit::RateLimiter::cap_reached(
+            ca_server::config::LimitName::PendingApprovalsPerAccount,
+            &ca_server::ratelimit::Key::Account(s("acct")),
+            5,
+            std::time::Duration::from_secs(3000),
+        ),
         // Decided by order::normalize_identifier.
         "order-permanent-identifier-malformed" => {
             let id: Identifier =
@@ -363,11 +370,14 @@ fn problems() {
         if v.expect.get("detail_is_generic").is_some() && problem.detail.contains("secret") {
             return Err(format!("detail leaks the cause: {}", problem.detail));
         }
-        if v.expect.get("location").is_some() {
-            let resp = e.into_response();
-            if resp.headers().get(header::LOCATION).is_none() {
-                return Err("no Location header".to_owned());
-            }
+        let resp = e.into_response();
+        if v.expect.get("location").is_some() && resp.headers().get(header::LOCATION).is_none() {
+            return Err("no Location header".to_owned());
+        }
+        if v.expect.get("retry_after").is_some()
+            && resp.headers().get(header::RETRY_AFTER).is_none()
+        {
+            return Err("no Retry-After header".to_owned());
         }
         Ok(())
     });
