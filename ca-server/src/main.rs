@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ca_server::approval::{ApprovalQueue, Decision};
+use ca_server::approval::{mark_duplicates, ApprovalQueue, Decision};
 use ca_server::config::{parse_duration, Config};
 use ca_server::eab::{AllowRule, EabStore, NewCredential};
 use ca_server::server;
@@ -142,7 +142,8 @@ enum IdentityCommand {
 
 #[derive(Subcommand)]
 enum ApprovalCommand {
-    /// List devices waiting for approval, with their pairing codes.
+    /// List devices waiting for approval, with their pairing codes; requests that name the
+    /// same identifier as another are marked ALSO REQUESTED (`also_requested` in JSON).
     List {
         /// Data directory of the CA.
         #[arg(long)]
@@ -325,26 +326,40 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             let pending = ApprovalQueue::new(&data_dir(d))
                 .list_pending()
                 .map_err(|e| e.to_string())?;
+            let listed = mark_duplicates(pending);
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string(&pending).map_err(|e| e.to_string())?
+                    serde_json::to_string(&listed).map_err(|e| e.to_string())?
                 );
                 return Ok(());
             }
-            if pending.is_empty() {
+            if listed.is_empty() {
                 println!("no devices waiting for approval");
             }
-            for p in pending {
+            for l in listed {
+                let p = &l.request;
                 println!(
-                    "{}  {}  pairing code {}  from {}  account key {}  expires {}",
+                    "{}  {}  pairing code {}  from {}  account {}  account key {}  expires {}",
                     escape(&p.id),
                     escape(&p.identifier.to_string()),
                     escape(&p.pairing_code),
                     escape(p.source.as_deref().unwrap_or("unknown")),
+                    escape(&p.account_id),
                     escape(&p.thumbprint),
                     ca_server::app::rfc3339(p.expires)
                 );
+                // At most one request for an identifier comes from the device the operator
+                // sees; say so next to each of them.
+                for o in &l.also_requested {
+                    println!(
+                        "    ALSO REQUESTED by request {} from {}, account {}: approve at most \
+                         one, the one whose code the device shows",
+                        escape(&o.id),
+                        escape(o.source.as_deref().unwrap_or("unknown")),
+                        escape(&o.account_id)
+                    );
+                }
             }
             Ok(())
         }

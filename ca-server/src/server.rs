@@ -81,7 +81,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         db: Db::new(Arc::new(store)),
         nonces: NonceStore::new()?,
         eab,
-        approvals: crate::approval::ApprovalQueue::new(&cfg.data_dir),
+        approvals: crate::approval::ApprovalQueue::open(&cfg.data_dir)?,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::crl::CrlCache::default(),
         limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),

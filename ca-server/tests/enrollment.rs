@@ -4,7 +4,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::approval::{pairing_code, ApprovalQueue, Decision};
+use ca_server::approval::{mark_duplicates, pairing_code, ApprovalQueue, Decision};
 use ca_server::eab::{AllowRule, NewCredential};
 use common::{b64, Key, TestServer};
 use serde_json::{json, Value};
@@ -246,10 +246,11 @@ async fn operator_approval_with_pairing_code() {
         pending[0].identifier,
         ca_server::types::Identifier::dns("plc-9")
     );
-    // The operator's code is the one the device derives from its own key.
+    // The operator's code is the one the device derives from its own key and the token.
+    let token = a["challenges"][0]["token"].as_str().expect("token");
     assert_eq!(
         pending[0].pairing_code,
-        pairing_code(&acct.key.thumbprint())
+        pairing_code(token, &acct.key.thumbprint()).expect("code")
     );
 
     // Still processing until decided; then valid, order ready, queue empty.
@@ -346,6 +347,319 @@ async fn no_enabled_path_is_rejected_identifier() {
         )
         .await;
     r.assert_problem(400, "rejectedIdentifier");
+}
+
+/// Triggers the operator-approval-01 challenge of authorization `authz_url`, with the request
+/// coming from `from` when given; returns the reply and the challenge URL.
+async fn trigger(
+    s: &TestServer,
+    acct: &common::Account,
+    authz_url: &str,
+    from: Option<std::net::SocketAddr>,
+) -> (common::Reply, String, Value) {
+    let a = s.post_as(acct, authz_url, None).await.json();
+    let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+    let r = match from {
+        None => s.post_as(acct, &chall, Some(&json!({}))).await,
+        Some(addr) => post_from(s, acct, &chall, addr).await,
+    };
+    (r, chall, a)
+}
+
+/// POSTs `{}` to `url` as `acct`, as if from `addr` (what the server's listener records).
+async fn post_from(
+    s: &TestServer,
+    acct: &common::Account,
+    url: &str,
+    addr: std::net::SocketAddr,
+) -> common::Reply {
+    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "kid": acct.kid});
+    let mut req = axum::http::Request::post(url)
+        .header(axum::http::header::CONTENT_TYPE, "application/jose+json")
+        .body(axum::body::Body::from(
+            acct.key.jws(&protected, Some(&json!({}))).to_string(),
+        ))
+        .expect("request");
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    s.send(req).await
+}
+
+/// An order for `name` from `acct`; the URL of its one authorization.
+async fn approval_authz(s: &TestServer, acct: &common::Account, name: &str) -> String {
+    let r = s
+        .post_as(
+            acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", name)])),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["authorizations"][0]
+        .as_str()
+        .expect("authz")
+        .to_owned()
+}
+
+/// The challenge's status, read back with POST-as-GET.
+async fn challenge_status(s: &TestServer, acct: &common::Account, chall: &str) -> Value {
+    s.post_as(acct, chall, None).await.json()["status"].clone()
+}
+
+/// SPEC §5.9: the code depends on the request's token, so one account's requests each get
+/// their own, and each is the one the device computes from its key and that token.
+#[tokio::test]
+async fn each_request_of_one_account_gets_its_own_pairing_code() {
+    let s = approval_server("1h");
+    let acct = s.new_account().await;
+    let r = s
+        .post_as(
+            &acct,
+            &s.url("/acme/new-order"),
+            Some(&ids(&[("dns", "plc-9"), ("dns", "plc-10")])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut expected = Vec::new();
+    for authz_url in r.json()["authorizations"].as_array().expect("authzs") {
+        let (reply, _, a) = trigger(&s, &acct, authz_url.as_str().expect("url"), None).await;
+        assert_eq!(reply.json()["status"], "processing");
+        let token = a["challenges"][0]["token"].as_str().expect("token");
+        expected.push(pairing_code(token, &acct.key.thumbprint()).expect("code"));
+    }
+    let mut listed: Vec<String> = ApprovalQueue::new(s.dir.path())
+        .list_pending()
+        .expect("list")
+        .into_iter()
+        .map(|p| p.pairing_code)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert_ne!(listed[0], listed[1], "one account, two requests, two codes");
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+/// SPEC §5.8: beyond `pending_approvals_per_account` (5) waiting requests, the challenge POST
+/// is refused with rateLimited and Retry-After, and the challenge stays pending, so the device
+/// can ask again once a request is decided.
+#[tokio::test]
+async fn the_sixth_waiting_request_of_an_account_is_rate_limited() {
+    let s = approval_server("1h");
+    let acct = s.new_account().await;
+    for i in 0..5 {
+        let authz = approval_authz(&s, &acct, &format!("plc-{i}")).await;
+        let (r, _, _) = trigger(&s, &acct, &authz, None).await;
+        assert_eq!(r.json()["status"], "processing", "request {i}");
+    }
+    let authz = approval_authz(&s, &acct, "plc-5").await;
+    let (r, chall, _) = trigger(&s, &acct, &authz, None).await;
+    let p = r.assert_problem(429, "rateLimited");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("pending_approvals_per_account"), "{p}");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (3000..=3601).contains(&retry),
+        "until the first request expires: {retry}"
+    );
+    assert_eq!(challenge_status(&s, &acct, &chall).await, "pending");
+    let q = ApprovalQueue::new(s.dir.path());
+    let pending = q.list_pending().expect("list");
+    assert_eq!(pending.len(), 5, "nothing recorded for the refused request");
+
+    // Another account is not held back by this one's cap.
+    let other = s.new_account().await;
+    let authz_other = approval_authz(&s, &other, "plc-5").await;
+    let (r, _, _) = trigger(&s, &other, &authz_other, None).await;
+    assert_eq!(r.json()["status"], "processing");
+
+    // Once one is decided there is room again, and the same challenge can be triggered.
+    q.decide(&pending[0].id, &Decision::Approve)
+        .expect("approve");
+    let r = s.post_as(&acct, &chall, Some(&json!({}))).await;
+    assert_eq!(
+        r.json()["status"],
+        "processing",
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// SPEC §5.8: the per-address cap counts requests of every account from one address; the
+/// test lowers it from 50 to 3 rather than making 51 requests.
+#[tokio::test]
+async fn waiting_requests_from_one_address_are_capped() {
+    let s = TestServer::with(|c| {
+        c.enrollment.operator_approval = true;
+        c.enrollment.network_challenges = false;
+        c.rate_limits.pending_approvals_per_address = 3;
+    });
+    let addr: std::net::SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+    for i in 0..3 {
+        let acct = s.new_account().await;
+        let authz = approval_authz(&s, &acct, &format!("hmi-{i}")).await;
+        let (r, _, _) = trigger(&s, &acct, &authz, Some(addr)).await;
+        assert_eq!(r.json()["status"], "processing", "request {i}");
+    }
+    let acct = s.new_account().await;
+    let authz = approval_authz(&s, &acct, "hmi-3").await;
+    let (r, chall, _) = trigger(&s, &acct, &authz, Some(addr)).await;
+    let p = r.assert_problem(429, "rateLimited");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("pending_approvals_per_address") && detail.contains("192.0.2.7"),
+        "{p}"
+    );
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(challenge_status(&s, &acct, &chall).await, "pending");
+    let pending = ApprovalQueue::new(s.dir.path())
+        .list_pending()
+        .expect("list");
+    assert_eq!(pending.len(), 3);
+    assert!(pending
+        .iter()
+        .all(|p| p.source.as_deref() == Some("192.0.2.7")));
+
+    // The same account from another address is within both caps.
+    let r = post_from(&s, &acct, &chall, "192.0.2.8:40000".parse().expect("addr")).await;
+    assert_eq!(r.json()["status"], "processing");
+}
+
+/// Racing challenge POSTs are counted and added under one lock: with a cap of 2, exactly two
+/// of eight concurrent requests of one account wait, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_requests_do_not_overshoot_the_cap() {
+    let s = std::sync::Arc::new(TestServer::with(|c| {
+        c.enrollment.operator_approval = true;
+        c.enrollment.network_challenges = false;
+        c.rate_limits.pending_approvals_per_account = 2;
+    }));
+    let acct = std::sync::Arc::new(s.new_account().await);
+    let mut posts = Vec::new();
+    for i in 0..8 {
+        let authz = approval_authz(&s, &acct, &format!("rtu-{i}")).await;
+        let a = s.post_as(&acct, &authz, None).await.json();
+        let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
+        // Signed ahead, so that the POSTs themselves start together.
+        let protected =
+            json!({"alg": "ES256", "nonce": s.nonce().await, "url": chall, "kid": acct.kid});
+        posts.push((
+            chall,
+            acct.key.jws(&protected, Some(&json!({}))).to_string(),
+        ));
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(posts.len()));
+    let tasks: Vec<_> = posts
+        .into_iter()
+        .map(|(chall, body)| {
+            let (s, start) = (s.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.post_raw(&chall, body).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (2, 6), "{statuses:?}");
+    assert_eq!(
+        ApprovalQueue::new(s.dir.path())
+            .list_pending()
+            .expect("list")
+            .len(),
+        2
+    );
+}
+
+/// `approval list` marks requests that name the same identifier as another, with the other's
+/// id, address and account.
+#[tokio::test]
+async fn requests_for_the_same_identifier_are_marked() {
+    let s = approval_server("1h");
+    let device = s.new_account().await;
+    let lookalike = s.new_account().await;
+    for acct in [&device, &lookalike] {
+        let authz = approval_authz(&s, acct, "plc-9").await;
+        trigger(&s, acct, &authz, None).await;
+    }
+    let other = s.new_account().await;
+    let authz = approval_authz(&s, &other, "plc-10").await;
+    trigger(&s, &other, &authz, None).await;
+
+    let listed = mark_duplicates(
+        ApprovalQueue::new(s.dir.path())
+            .list_pending()
+            .expect("list"),
+    );
+    assert_eq!(listed.len(), 3);
+    let of = |name: &str| {
+        listed
+            .iter()
+            .filter(|l| l.request.identifier == ca_server::types::Identifier::dns(name))
+            .collect::<Vec<_>>()
+    };
+    let plc9 = of("plc-9");
+    assert_eq!(plc9.len(), 2);
+    assert_eq!(plc9[0].also_requested.len(), 1);
+    assert_eq!(plc9[0].also_requested[0].id, plc9[1].request.id);
+    assert_eq!(
+        plc9[0].also_requested[0].account_id,
+        plc9[1].request.account_id
+    );
+    assert_eq!(plc9[1].also_requested[0].id, plc9[0].request.id);
+    assert!(of("plc-10")[0].also_requested.is_empty());
+}
+
+/// Applying decisions reads `decisions/` and the in-memory index, never the queue of pending
+/// files: a poll does not depend on how many requests wait, and the server still decides a
+/// request whose file it no longer reads.
+#[tokio::test]
+async fn applying_decisions_does_not_read_the_pending_files() {
+    let s = approval_server("1h");
+    let acct = s.new_account().await;
+    let authz = approval_authz(&s, &acct, "plc-9").await;
+    let (_, chall, _) = trigger(&s, &acct, &authz, None).await;
+    let q = ApprovalQueue::new(s.dir.path());
+    let request = q.list_pending().expect("list").remove(0);
+
+    let approvals = s.dir.path().join("approvals");
+    std::fs::write(
+        approvals.join(format!("pending/{}.json", request.id)),
+        b"unreadable",
+    )
+    .expect("overwrite");
+    assert_eq!(challenge_status(&s, &acct, &chall).await, "processing");
+
+    // What `approval approve` writes; it reads the request's file first, so write it here.
+    std::fs::create_dir_all(approvals.join("decisions")).expect("mkdir");
+    std::fs::write(
+        approvals.join(format!("decisions/{}.json", request.id)),
+        br#"{"decision":"approve"}"#,
+    )
+    .expect("decision");
+    assert_eq!(challenge_status(&s, &acct, &chall).await, "valid");
+    assert!(!approvals
+        .join(format!("pending/{}.json", request.id))
+        .exists());
+    assert!(!approvals
+        .join(format!("decisions/{}.json", request.id))
+        .exists());
 }
 
 /// A permanent identifier may hold a bidirectional override (SPEC §4.5 refuses only the C0

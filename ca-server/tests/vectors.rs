@@ -338,6 +338,13 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "challenge-tls" => Error::Tls(s("handshake failed")),
         "challenge-incorrect-response" => Error::IncorrectResponse(s("wrong body")),
         "challenge-bad-attestation" => Error::BadAttestationStatement(s("unknown manufacturer")),
+        // Decided by approval::request through the limiter's caps.
+        "approval-cap-reached" => ca_server::ratelimit::RateLimiter::cap_reached(
+            ca_server::config::LimitName::PendingApprovalsPerAccount,
+            &ca_server::ratelimit::Key::Account(s("acct")),
+            5,
+            std::time::Duration::from_secs(3000),
+        ),
         // Decided by order::normalize_identifier.
         "order-permanent-identifier-malformed" => {
             let id: Identifier =
@@ -380,11 +387,14 @@ fn problems() {
         if v.expect.get("detail_is_generic").is_some() && problem.detail.contains("secret") {
             return Err(format!("detail leaks the cause: {}", problem.detail));
         }
-        if v.expect.get("location").is_some() {
-            let resp = e.into_response();
-            if resp.headers().get(header::LOCATION).is_none() {
-                return Err("no Location header".to_owned());
-            }
+        let resp = e.into_response();
+        if v.expect.get("location").is_some() && resp.headers().get(header::LOCATION).is_none() {
+            return Err("no Location header".to_owned());
+        }
+        if v.expect.get("retry_after").is_some()
+            && resp.headers().get(header::RETRY_AFTER).is_none()
+        {
+            return Err("no Retry-After header".to_owned());
         }
         Ok(())
     });
@@ -393,12 +403,14 @@ fn problems() {
 #[test]
 fn pairing_code() {
     run("pairing_code", |v| {
-        let got = ca_server::approval::pairing_code(field(&v.input, "thumbprint")?);
-        let want = field(&v.expect, "pairing_code")?;
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!("got {got}, want {want}"))
+        let got = ca_server::approval::pairing_code(
+            field(&v.input, "token")?,
+            field(&v.input, "thumbprint")?,
+        );
+        match (got, v.expect.get("error")) {
+            (Err(_), Some(_)) => Ok(()),
+            (Ok(code), None) if code == field(&v.expect, "pairing_code")? => Ok(()),
+            (got, _) => Err(format!("got {got:?}")),
         }
     });
 }

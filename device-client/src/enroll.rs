@@ -17,6 +17,7 @@
 //!
 //! [`Signer`]: crate::attest::Signer
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,9 +41,10 @@ pub enum Enrollment {
         /// Address and port to listen on, e.g. `0.0.0.0:80`.
         listen: SocketAddr,
     },
-    /// `operator-approval-01` (SPEC §5.8): the device triggers the challenge, shows its pairing
-    /// code (SPEC §5.9) and waits, up to `wait`, until an operator who compared the code
-    /// approves or rejects it.
+    /// `operator-approval-01` (SPEC §5.8): the device triggers the challenge, shows the pairing
+    /// code of that request (SPEC §5.9: from its account key and the challenge's token, so each
+    /// identifier and each run has its own) and waits, up to `wait`, until an operator who
+    /// compared the code approves or rejects it.
     OperatorApproval {
         /// How long to wait for the operator's decision.
         wait: Duration,
@@ -95,7 +97,7 @@ impl Enrollment {
 
     /// What the device is waiting for, for progress messages.
     pub(crate) fn waiting_for(&self, identifier: &str, session: &ChallengeSession) -> String {
-        match (self, &session.pairing_code) {
+        match (self, session.pairing_codes.get(identifier)) {
             (Self::OperatorApproval { .. }, Some(code)) => {
                 format!("operator approval of {identifier} (pairing code {code})")
             }
@@ -103,10 +105,12 @@ impl Enrollment {
         }
     }
 
-    /// Makes the device ready to answer `challenge` (before the client POSTs to it).
+    /// Makes the device ready to answer `challenge`, the chosen challenge for `identifier`
+    /// (before the client POSTs to it).
     pub(crate) async fn prepare(
         &self,
         session: &mut ChallengeSession,
+        identifier: &str,
         challenge: &Challenge,
         account_jwk: &Jwk,
     ) -> Result<(), Error> {
@@ -128,16 +132,21 @@ impl Enrollment {
                 Ok(())
             }
             Self::OperatorApproval { .. } => {
-                // SPEC §5.9: the code comes from our own key, never from the server.
-                let code = pairing_code(account_jwk)?;
-                if session.pairing_code.as_deref() != Some(code.as_str()) {
+                // SPEC §5.9: the code comes from our own key and the token, never from the
+                // server.
+                let token = challenge.token.as_deref().ok_or_else(|| {
+                    Error::protocol("authorization", "operator-approval-01 without a token")
+                })?;
+                let code = pairing_code(token, account_jwk)?;
+                if session.pairing_codes.get(identifier) != Some(&code) {
                     // Printed, not only logged, so it shows on a console whatever the log level.
                     eprintln!(
-                        "device-client: operator approval needed; pairing code {code}\n\
+                        "device-client: operator approval of {identifier} needed; pairing code \
+                         {code}\n\
                          device-client: ask the operator to check this code in \
                          `ca-server approval list` and approve it"
                     );
-                    session.pairing_code = Some(code);
+                    session.pairing_codes.insert(identifier.to_owned(), code);
                 }
                 Ok(())
             }
@@ -172,36 +181,33 @@ impl Enrollment {
 #[derive(Debug, Default)]
 pub(crate) struct ChallengeSession {
     http01: Option<Http01Responder>,
-    pairing_code: Option<String>,
+    /// The pairing code shown for each identifier awaiting approval.
+    pairing_codes: HashMap<String, String>,
 }
 
-/// The pairing code of the account with key `account_jwk` (SPEC §5.9): SHA-256 over
-/// `"iiot-acme pairing code" ‖ 0x00 ‖ thumbprint`, its first 40 bits as 8 Crockford base32
-/// symbols, written `XXXX-XXXX`. The operator compares it with what the CA lists.
-pub fn pairing_code(account_jwk: &Jwk) -> Result<String, Error> {
-    Ok(pairing_code_for_thumbprint(&account_jwk.thumbprint()?))
+/// The pairing code of the approval request whose operator-approval-01 challenge has `token`,
+/// from the account with key `account_jwk` (SPEC §5.9): SHA-256 over
+/// `"iiot-acme pairing code" ‖ 0x00 ‖ token ‖ "." ‖ thumbprint`, its first 40 bits as 8
+/// Crockford base32 symbols, written `XXXX-XXXX`. The operator compares it with what the CA
+/// lists.
+pub fn pairing_code(token: &str, account_jwk: &Jwk) -> Result<String, Error> {
+    pairing_code_for_thumbprint(token, &account_jwk.thumbprint()?)
 }
 
-/// [`pairing_code`] for a known thumbprint (the base64url text).
-pub fn pairing_code_for_thumbprint(thumbprint: &str) -> String {
-    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut input = b"iiot-acme pairing code\0".to_vec();
-    input.extend_from_slice(thumbprint.as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-    let d = digest.as_ref();
-    // The first 40 bits, most significant first.
-    let bits = d[..5]
-        .iter()
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-    let mut code = String::with_capacity(9);
-    for i in 0..8 {
-        if i == 4 {
-            code.push('-');
-        }
-        let symbol = (bits >> (35 - 5 * i)) & 0x1f;
-        code.push(char::from(CROCKFORD[symbol as usize]));
+/// [`pairing_code`] for a known thumbprint (the base64url text). A token that is not
+/// base64url (SPEC §5.2) is refused.
+pub fn pairing_code_for_thumbprint(token: &str, thumbprint: &str) -> Result<String, Error> {
+    let parts = protocol_spec::pairing::digest_input(token, thumbprint)
+        .map_err(|e| Error::protocol("challenge", e))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
     }
-    code
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ctx.finish().as_ref());
+    Ok(protocol_spec::pairing::PairingCode::from_digest(&digest)
+        .as_str()
+        .to_owned())
 }
 
 /// An operator-issued EAB credential (SPEC §6.2): a key identifier and an HMAC key.
@@ -251,10 +257,21 @@ mod tests {
 
     #[test]
     fn pairing_code_shape() {
-        let code = pairing_code_for_thumbprint("0000000000000000000000000000000000000000000");
-        assert_eq!(code, "JRM8-8R2Z", "SPEC vector pairing-code-3");
+        let code = pairing_code_for_thumbprint(
+            "hAuW5Ak5pwOYj9bWGSUbgA",
+            "0000000000000000000000000000000000000000000",
+        )
+        .expect("code");
+        assert_eq!(code, "SB61-BQ72", "SPEC vector zero-thumbprint");
         let key = crate::key::KeyPair::generate(crate::key::KeyAlgorithm::P256).expect("key");
-        let code = pairing_code(&crate::key::Signer::public_jwk(&key)).expect("code");
+        let jwk = crate::key::Signer::public_jwk(&key);
+        let code = pairing_code("hAuW5Ak5pwOYj9bWGSUbgA", &jwk).expect("code");
+        assert_ne!(
+            code,
+            pairing_code("70JfMqfX-uRXMPCUc97GHQ", &jwk).expect("code"),
+            "another request, another code"
+        );
+        assert!(pairing_code("../x", &jwk).is_err());
         assert_eq!(code.len(), 9);
         assert_eq!(code.as_bytes()[4], b'-');
         assert!(code

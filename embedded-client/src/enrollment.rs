@@ -141,7 +141,8 @@ pub enum Event {
     /// [`Enrollment::next_request`].
     Wait { seconds: u32 },
     /// An operator must approve this device (SPEC §5.8): show `code` (display, log, serial
-    /// console), wait `seconds`, then call [`Enrollment::next_request`] to poll.
+    /// console), wait `seconds`, then call [`Enrollment::next_request`] to poll. The code
+    /// belongs to this request (SPEC §5.9): each authorization, and each enrollment, has its own.
     AwaitingApproval { code: PairingCode, seconds: u32 },
     /// Done. The PEM certificate chain (end entity first) is `rx[pem]` of the buffer just passed
     /// to [`Enrollment::handle_response`]; persist it before reusing the buffer.
@@ -252,9 +253,17 @@ impl<'a> Enrollment<'a> {
         })
     }
 
-    /// The pairing code of this device's account key (SPEC §5.9).
-    pub fn pairing_code(&self) -> PairingCode {
-        self.account.pairing_code()
+    /// The pairing code of the approval this enrollment is waiting for (SPEC §5.9), from the
+    /// account key and the operator-approval-01 challenge's token. `None` before an
+    /// operator-approval-01 challenge has been chosen, and between authorizations: the code
+    /// exists only once the server has created the request's token.
+    pub fn pairing_code(&self) -> Option<PairingCode> {
+        if self.challenge_type != Challenge::OperatorApproval
+            || !matches!(self.state, State::Answer | State::PollAuthorization)
+        {
+            return None;
+        }
+        self.account.pairing_code(self.token.as_str()).ok()
     }
 
     /// Whether the certificate has been delivered.
@@ -697,11 +706,12 @@ impl<'a> Enrollment<'a> {
             self.cfg.base_url,
             c.get_str("url").ok_or(Error::BadJson("challenge url"))?,
         )?;
+        let token = c
+            .get_str("token")
+            .filter(|t| protocol_spec::challenge::check_token(t).is_ok())
+            .ok_or(Error::BadJson("challenge token"))?;
         self.token
-            .set(
-                c.get_str("token")
-                    .ok_or(Error::BadJson("challenge token"))?,
-            )
+            .set(token)
             .map_err(|_| Error::BadJson("challenge token"))?;
         match Status::of(c) {
             Status::Pending => {
@@ -732,15 +742,12 @@ impl<'a> Enrollment<'a> {
             .retry_after()
             .unwrap_or(DEFAULT_WAIT)
             .clamp(1, MAX_WAIT);
-        if self.state == State::PollAuthorization
-            && self.challenge_type == Challenge::OperatorApproval
-        {
-            Event::AwaitingApproval {
-                code: self.pairing_code(),
-                seconds,
+        match self.pairing_code() {
+            // The token was checked when the challenge was chosen, so the code exists.
+            Some(code) if self.state == State::PollAuthorization => {
+                Event::AwaitingApproval { code, seconds }
             }
-        } else {
-            Event::Wait { seconds }
+            _ => Event::Wait { seconds },
         }
     }
 }

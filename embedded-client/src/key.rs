@@ -1,6 +1,6 @@
 //! Keys generated on the device: the ACME account key and the certificate key, both ECDSA P-256
-//! with RFC 6979 deterministic signatures (so signing needs no RNG), and the pairing code
-//! derived from the account key (SPEC §5.9).
+//! with RFC 6979 deterministic signatures (so signing needs no RNG), and the pairing code of an
+//! approval request, derived from the account key and the challenge's token (SPEC §5.9).
 
 use p256::elliptic_curve::group::Group as _;
 use p256::elliptic_curve::ops::{Invert as _, Reduce as _};
@@ -12,6 +12,7 @@ use p256::elliptic_curve::zeroize::Zeroize as _;
 use p256::elliptic_curve::{Field as _, PrimeField as _};
 use p256::{NonZeroScalar, ProjectivePoint, Scalar};
 use protocol_spec::jwk::{self, Curve, Jwk, THUMBPRINT_LEN};
+pub use protocol_spec::pairing::PairingCode;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -261,9 +262,10 @@ impl AccountKey {
         ascii(&self.thumbprint)
     }
 
-    /// The pairing code an operator compares before approving this device (SPEC §5.9).
-    pub fn pairing_code(&self) -> PairingCode {
-        PairingCode::for_thumbprint(self.thumbprint())
+    /// The pairing code an operator compares before approving the request whose
+    /// operator-approval-01 challenge has `token` (SPEC §5.9).
+    pub fn pairing_code(&self, token: &str) -> Result<PairingCode, Error> {
+        pairing_code(token, self.thumbprint())
     }
 }
 
@@ -285,38 +287,19 @@ fn ascii(b: &[u8]) -> &str {
     core::str::from_utf8(b).unwrap_or_default()
 }
 
-/// `XXXX-XXXX` in Crockford's base32 (SPEC §5.9).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PairingCode([u8; 9]);
-
-impl PairingCode {
-    pub fn for_thumbprint(thumbprint: &str) -> Self {
-        const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-        let digest = Sha256::new()
-            .chain_update(b"iiot-acme pairing code\0")
-            .chain_update(thumbprint.as_bytes())
-            .finalize();
-        // The first 40 bits, 5 at a time from the most significant. Each group is read from
-        // the two octets it falls in: 16-bit arithmetic, no 64-bit shifts on a 32-bit MCU.
-        let mut code = [b'-'; 9];
-        for i in 0..8 {
-            let bit = 5 * i;
-            let pair = u16::from_be_bytes([digest[bit / 8], digest[bit / 8 + 1]]);
-            let symbol = (pair >> (11 - bit % 8)) & 0x1f;
-            code[if i < 4 { i } else { i + 1 }] = CROCKFORD[usize::from(symbol)];
-        }
-        Self(code)
+/// The pairing code (SPEC §5.9) of the request with challenge token `token` from the account
+/// whose key has thumbprint `thumbprint`: SHA-256 over the label and the key authorization,
+/// whose first 40 bits are the code. A token that is not base64url is refused.
+pub fn pairing_code(token: &str, thumbprint: &str) -> Result<PairingCode, Error> {
+    let parts = protocol_spec::pairing::digest_input(token, thumbprint).map_err(|e| match e {
+        protocol_spec::challenge::KeyAuthorizationError::Token => Error::BadJson("challenge token"),
+        _ => Error::Key,
+    })?;
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part);
     }
-
-    pub fn as_str(&self) -> &str {
-        ascii(&self.0)
-    }
-}
-
-impl core::fmt::Debug for PairingCode {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(self.as_str())
-    }
+    Ok(PairingCode::from_digest(&h.finalize().into()))
 }
 
 #[cfg(test)]
@@ -435,6 +418,31 @@ mod tests {
         assert_eq!(key.to_bytes(), [9; 32]);
         let account = AccountKey::new(key);
         assert_eq!(account.thumbprint().len(), 43);
-        assert_eq!(account.pairing_code().as_str().len(), 9);
+        assert_eq!(account.pairing_code("tok").expect("code").as_str().len(), 9);
+    }
+
+    #[test]
+    fn pairing_codes_follow_the_token() {
+        let account = AccountKey::new(DeviceKey::from_bytes(&[9; 32]).expect("valid"));
+        let a = account
+            .pairing_code("hAuW5Ak5pwOYj9bWGSUbgA")
+            .expect("code");
+        let b = account
+            .pairing_code("70JfMqfX-uRXMPCUc97GHQ")
+            .expect("code");
+        assert_ne!(a, b, "another request, another code");
+        assert_eq!(
+            a,
+            pairing_code("hAuW5Ak5pwOYj9bWGSUbgA", account.thumbprint()).expect("code")
+        );
+        assert_eq!(
+            account.pairing_code("../x"),
+            Err(Error::BadJson("challenge token"))
+        );
+        assert_eq!(
+            pairing_code("tok", "short"),
+            Err(Error::Key),
+            "not a thumbprint"
+        );
     }
 }

@@ -9,8 +9,7 @@
 use embedded_client::driver::{self, Platform};
 use embedded_client::http::{framing, Framing};
 use embedded_client::{
-    AccountKey, Config, DeviceKey, Eab, Enrollment, Error, Event, Identifier, PairingCode,
-    ProblemKind,
+    AccountKey, Config, DeviceKey, Eab, Enrollment, Error, Event, Identifier, ProblemKind,
 };
 
 const BASE: &str = "https://ca.plant.test:8443";
@@ -227,7 +226,11 @@ fn payload(request: &str) -> serde_json::Value {
 fn the_scripted_flows_complete() {
     let r = run(&approval_script(), false, None);
     assert_eq!(r.result, Some(Ok(PEM.as_bytes().to_vec())), "{r:?}");
-    let code = PairingCode::for_thumbprint(keys().account.thumbprint());
+    // The code of this request: from the account key and the challenge's token (SPEC §5.9).
+    let code = keys()
+        .account
+        .pairing_code("tok1tok1tok1tok1tok1tA")
+        .expect("code");
     assert_eq!(
         r.events,
         [
@@ -261,6 +264,70 @@ fn the_scripted_flows_complete() {
     assert_eq!(r.result, Some(Ok(PEM.as_bytes().to_vec())), "{r:?}");
     let eab = &payload(&r.requests[2])["externalAccountBinding"];
     assert!(eab["protected"].is_string() && eab["signature"].is_string());
+}
+
+/// SPEC §5.9: the enrollment has a pairing code only once it has chosen the
+/// operator-approval-01 challenge, and it is the one the event carries.
+#[test]
+fn the_pairing_code_exists_once_the_request_has_a_token() {
+    let k = keys();
+    let mut e = Enrollment::new(config(false, None), &k.account, &k.cert, None).expect("config");
+    let want = k
+        .account
+        .pairing_code("tok1tok1tok1tok1tok1tA")
+        .expect("code");
+    let mut tx = [0u8; 4096];
+    let mut rx = [0u8; 4096];
+    let mut seen = Vec::new();
+    for resp in &approval_script()[..7] {
+        seen.push(e.pairing_code());
+        e.next_request(&mut tx, &mut rx).expect("request");
+        rx[..resp.len()].copy_from_slice(resp);
+        if let Event::AwaitingApproval { code, .. } =
+            e.handle_response(&mut rx[..resp.len()]).expect("response")
+        {
+            assert_eq!(code, want);
+        }
+    }
+    seen.push(e.pairing_code());
+    // Directory, nonce, account, order, authorization: no request yet. Then the challenge is
+    // chosen (answer, polls): the request's code.
+    assert_eq!(
+        seen,
+        [
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(want),
+            Some(want),
+            Some(want)
+        ]
+    );
+}
+
+/// SPEC §5.9: a token that fails the §5.2 check gets no pairing code; the enrollment stops
+/// instead of showing one.
+#[test]
+fn a_challenge_token_that_is_not_base64url_stops_the_enrollment() {
+    let mut script = approval_script();
+    let bad = String::from_utf8(script[4].clone())
+        .expect("utf-8")
+        .replace("tok1tok1tok1tok1tok1tA", "tok1/../tok1tok1tok1tA");
+    script[4] = bad.into_bytes();
+    let r = run(&script, false, None);
+    assert_eq!(
+        r.result,
+        Some(Err(Error::BadJson("challenge token"))),
+        "{r:?}"
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| matches!(e, Event::AwaitingApproval { .. })),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -64,6 +64,15 @@ pub fn check_token(token: &str) -> Result<(), KeyAuthorizationError> {
     }
 }
 
+/// Checks a thumbprint text: 43 characters of strict base64url.
+pub(crate) fn check_thumbprint(thumbprint: &str) -> Result<(), KeyAuthorizationError> {
+    if thumbprint.len() == THUMBPRINT_LEN && base64url::validate(thumbprint).is_ok() {
+        Ok(())
+    } else {
+        Err(KeyAuthorizationError::Thumbprint)
+    }
+}
+
 /// Writes `token.thumbprint` into `out` (RFC 8555 §8.1) after checking both parts.
 ///
 /// `thumbprint` is the base64url RFC 7638 thumbprint of the account key
@@ -74,9 +83,7 @@ pub fn key_authorization<'o>(
     out: &'o mut [u8],
 ) -> Result<&'o str, KeyAuthorizationError> {
     check_token(token)?;
-    if thumbprint.len() != THUMBPRINT_LEN || base64url::validate(thumbprint).is_err() {
-        return Err(KeyAuthorizationError::Thumbprint);
-    }
+    check_thumbprint(thumbprint)?;
     let mut w = Cursor::new(out);
     for part in [token, ".", thumbprint] {
         w.push(part.as_bytes()).map_err(|_| {

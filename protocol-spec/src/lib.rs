@@ -12,6 +12,7 @@
 //! | [`challenge`]   | key authorization, tls-alpn-01 extension, reverse names     | §5.2, §5.4 |
 //! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
 //! | [`fingerprint`] | root certificate fingerprint text                           | §2.3       |
+//! | [`pairing`]     | operator-approval pairing codes                             | §5.9       |
 //!
 //! With the `vectors` feature, [`vectors`] exposes the vector files as strings so that other
 //! crates' tests run the same bytes.
@@ -28,6 +29,7 @@ pub mod fingerprint;
 pub mod identifier;
 mod ip;
 pub mod jwk;
+pub mod pairing;
 mod punycode;
 #[cfg(feature = "runner")]
 pub mod runner;
@@ -50,7 +52,8 @@ pub mod vectors {
     pub const IDENTIFIERS: &str = include_str!("../vectors/identifiers.json");
     /// Key authorizations and tls-alpn-01 digests (SPEC §5.2, §5.4).
     pub const KEY_AUTHORIZATION: &str = include_str!("../vectors/key_authorization.json");
-    /// Operator-approval pairing codes from account key thumbprints (SPEC §5.9).
+    /// Operator-approval pairing codes from challenge tokens and account key thumbprints
+    /// (SPEC §5.9).
     pub const PAIRING_CODE: &str = include_str!("../vectors/pairing_code.json");
     /// Situations and the problem type and HTTP status they produce (SPEC §3.8).
     pub const PROBLEMS: &str = include_str!("../vectors/problems.json");

@@ -8,7 +8,7 @@ use std::vec::Vec;
 
 use serde_json::Value;
 
-use crate::{base64url, challenge, fingerprint, identifier, jwk, vectors};
+use crate::{base64url, challenge, fingerprint, identifier, jwk, pairing, vectors};
 
 const SPEC: &str = include_str!("../SPEC.md");
 
@@ -363,4 +363,60 @@ fn reverse_dns_vectors() {
             v.id
         );
     }
+}
+
+/// SPEC §5.9: the code is the helper's encoding of SHA-256 over the parts it names.
+#[test]
+fn pairing_code_vectors() {
+    for v in load("pairing_code") {
+        let token = str_of(&v.input, "token", &v.id);
+        let tp = str_of(&v.input, "thumbprint", &v.id);
+        let got = pairing::digest_input(token, tp);
+        if let Some(err) = v.expect.get("error") {
+            let want = match err.as_str() {
+                Some("token") => challenge::KeyAuthorizationError::Token,
+                Some("thumbprint") => challenge::KeyAuthorizationError::Thumbprint,
+                other => panic!("{}: unknown error {other:?}", v.id),
+            };
+            assert_eq!(got, Err(want), "{}", v.id);
+            continue;
+        }
+        let parts = got.unwrap_or_else(|e| panic!("{}: {e}", v.id));
+        let input: Vec<u8> = parts.concat();
+        // The input is the label and the key authorization of §5.2.
+        let mut ka = [0u8; 128];
+        let ka = challenge::key_authorization(token, tp, &mut ka).expect("key authorization");
+        assert_eq!(input, [pairing::LABEL, ka.as_bytes()].concat(), "{}", v.id);
+        let code = pairing::PairingCode::from_digest(&sha256(&input));
+        assert_eq!(
+            code.as_str(),
+            str_of(&v.expect, "pairing_code", &v.id),
+            "{}",
+            v.id
+        );
+    }
+}
+
+#[test]
+fn pairing_codes_use_every_symbol_position_and_only_the_alphabet() {
+    // All-ones and all-zeros digests: each of the 8 symbols reads its own 5 bits.
+    assert_eq!(
+        pairing::PairingCode::from_digest(&[0xff; 32]).as_str(),
+        "ZZZZ-ZZZZ"
+    );
+    assert_eq!(
+        pairing::PairingCode::from_digest(&[0; 32]).as_str(),
+        "0000-0000"
+    );
+    // 40 bits 00001 00010 … 01000: symbol i is i + 1.
+    let mut d = [0u8; 32];
+    d[..5].copy_from_slice(&[0x08, 0x86, 0x42, 0x98, 0xe8]);
+    assert_eq!(pairing::PairingCode::from_digest(&d).as_str(), "1234-5678");
+    // Only the first 40 bits count.
+    d[5..].fill(0xff);
+    assert_eq!(pairing::PairingCode::from_digest(&d).as_str(), "1234-5678");
+    assert_eq!(
+        std::format!("{}", pairing::PairingCode::from_digest(&d)),
+        "1234-5678"
+    );
 }

@@ -247,10 +247,6 @@ int main(int argc, char **argv) {
     s = iiot_enrollment_init(&enrollment, &config, account_key, certificate_key,
                              idevid_key ? &signer : NULL);
     if (s != IIOT_STATUS_OK) return report(s);
-    char code[10];
-    if (iiot_pairing_code(&enrollment, code) == IIOT_STATUS_OK)
-        fprintf(stderr, "enroll: pairing code %s\n", code);
-
     /* ENROLL_TRACE=1: print each request line and response. */
     const char *trace_env = getenv("ENROLL_TRACE");
     int trace = trace_env && strcmp(trace_env, "0") != 0;

@@ -319,6 +319,38 @@ fn printed_pairing_code(waiting: &Waiting) -> String {
     .expect("the device shows its pairing code")
 }
 
+/// The pairing codes a waiting device printed for each identifier ("operator approval of ID
+/// needed; pairing code CODE"), once it has printed `n`.
+fn printed_pairing_codes(waiting: &Waiting, n: usize) -> Vec<(String, String)> {
+    poll_until(
+        "pairing codes on the device",
+        RUN_TIMEOUT,
+        Duration::from_millis(100),
+        |why| {
+            let err = waiting.stderr();
+            *why = err.clone();
+            let codes: Vec<(String, String)> = err
+                .lines()
+                .filter_map(|l| {
+                    let rest = l.strip_prefix("device-client: operator approval of ")?;
+                    let (id, code) = rest.split_once(" needed; pairing code ")?;
+                    Some((id.to_owned(), code.chars().take(9).collect()))
+                })
+                .collect();
+            Ok((codes.len() >= n).then_some(codes))
+        },
+    )
+    .expect("the device shows its pairing codes")
+}
+
+/// Everything the server logged so far (the harness's `logs` shows only the tail).
+fn server_log(server: &CaServer) -> String {
+    ["ca-server.stdout.log", "ca-server.stderr.log"]
+        .iter()
+        .map(|f| fs::read_to_string(server.data_dir().join(f)).unwrap_or_default())
+        .collect()
+}
+
 fn code(out: &RunOutput) -> i32 {
     out.status.code().unwrap_or(-1)
 }
@@ -729,6 +761,162 @@ fn enrolls_by_operator_approval_and_stops_on_rejection() {
     assert_eq!(status, 6, "{stderr}\n{}", server.logs());
     assert!(stderr.contains("not on the asset list"), "{stderr}");
     assert!(!device.cert().exists());
+}
+
+/// SPEC §5.9: the code mixes in each request's token, so one device (one account) asking for
+/// two identifiers shows two codes, and each is the code the operator sees for that request.
+#[test]
+fn each_request_of_one_device_shows_its_own_pairing_code() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    enable_operator_approval(&mut server);
+    let device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-10.plant.test", "device-11.plant.test"],
+    );
+    let mut waiting = device.spawn_oneshot(
+        "two-codes",
+        "enroll",
+        &["--challenge", "operator-approval-01"],
+    );
+    let codes = printed_pairing_codes(&waiting, 2);
+    assert_eq!(codes.len(), 2, "{codes:?}");
+    assert_ne!(
+        codes[0].1, codes[1].1,
+        "one account, two requests, two codes"
+    );
+    let mut accounts = Vec::new();
+    for (identifier, code) in &codes {
+        let request = pending_request(&server, code, RUN_TIMEOUT);
+        let name = identifier.strip_prefix("dns:").expect("dns identifier");
+        assert_eq!(request["identifier"]["value"], name, "{request}");
+        accounts.push(request["account_id"].clone());
+        operator(
+            &server,
+            &["approval", "approve", request["id"].as_str().expect("id")],
+        );
+    }
+    assert_eq!(
+        accounts[0], accounts[1],
+        "both requests come from one account"
+    );
+    let (status, _, stderr) = waiting.finish();
+    assert_eq!(status, 0, "{stderr}\n{}", server.logs());
+    verify_issued(&server, &device);
+}
+
+/// Two devices (two accounts) ask for the same identifier: `approval list` marks each request
+/// with the other, in text and JSON, and the server logs a warning when the second arrives.
+#[test]
+fn look_alike_requests_for_one_identifier_are_flagged() {
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    enable_operator_approval(&mut server);
+    let mut requests = Vec::new();
+    let mut running = Vec::new();
+    for name in ["first", "second"] {
+        let device = Device::for_server(
+            &server,
+            Pin::RootFile(server.root_pem_path()),
+            &["device-12.plant.test"],
+        );
+        let waiting =
+            device.spawn_oneshot(name, "enroll", &["--challenge", "operator-approval-01"]);
+        let code = printed_pairing_code(&waiting);
+        requests.push(pending_request(&server, &code, RUN_TIMEOUT));
+        running.push((device, waiting));
+    }
+    let (a, b) = (&requests[0], &requests[1]);
+    assert_ne!(a["account_id"], b["account_id"]);
+
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&operator(&server, &["approval", "list", "--json"])).expect("JSON");
+    for (this, other) in [(a, b), (b, a)] {
+        let listed = list.iter().find(|p| p["id"] == this["id"]).expect("listed");
+        assert_eq!(
+            listed["also_requested"],
+            serde_json::json!([{
+                "id": other["id"],
+                "source": "127.0.0.1",
+                "account_id": other["account_id"],
+            }]),
+            "{listed}"
+        );
+    }
+    let text = operator(&server, &["approval", "list"]);
+    for other in [a, b] {
+        let flag = format!(
+            "ALSO REQUESTED by request {} from 127.0.0.1, account {}",
+            other["id"].as_str().expect("id"),
+            other["account_id"].as_str().expect("account")
+        );
+        assert!(text.contains(&flag), "{flag}\n{text}");
+    }
+    let log = server_log(&server);
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("another pending request names")
+            && l.contains(b["id"].as_str().expect("id"))
+            && l.contains(a["id"].as_str().expect("id"))),
+        "{log}"
+    );
+    for r in &requests {
+        operator(
+            &server,
+            &["approval", "reject", r["id"].as_str().expect("id")],
+        );
+    }
+    for (_, mut waiting) in running {
+        assert_eq!(waiting.finish().0, 6);
+    }
+}
+
+/// SPEC §5.8: a device over the cap of waiting requests from its address is told so by name
+/// (the test lowers the cap for loopback to 1 rather than making 51 requests).
+#[test]
+fn a_device_over_the_address_cap_is_refused_with_the_limit_named() {
+    let mut server = CaServer::start(CaServerOpts {
+        extra_toml: "[[rate_limits.overrides]]\nlimit = \"pending_approvals_per_address\"\n\
+                     key = \"127.0.0.0/8\"\ncount = 1\n"
+            .to_owned(),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    enable_operator_approval(&mut server);
+    let first = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-13.plant.test"],
+    );
+    let mut waiting =
+        first.spawn_oneshot("first", "enroll", &["--challenge", "operator-approval-01"]);
+    let shown = printed_pairing_code(&waiting);
+    let request = pending_request(&server, &shown, RUN_TIMEOUT);
+
+    let second = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-14.plant.test"],
+    );
+    let out = second.run("enroll", &["--challenge", "operator-approval-01"]);
+    assert_ne!(code(&out), 0, "{}", out.tails());
+    assert!(
+        out.stderr.contains("rateLimited") && out.stderr.contains("pending_approvals_per_address"),
+        "{}",
+        out.stderr
+    );
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&operator(&server, &["approval", "list", "--json"])).expect("JSON");
+    assert_eq!(
+        list.len(),
+        1,
+        "nothing recorded for the refused device: {list:?}"
+    );
+
+    operator(
+        &server,
+        &["approval", "approve", request["id"].as_str().expect("id")],
+    );
+    assert_eq!(waiting.finish().0, 0);
 }
 
 #[test]

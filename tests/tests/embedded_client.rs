@@ -53,6 +53,8 @@ struct TestPlatform {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     codes: Option<mpsc::Sender<PairingCode>>,
+    /// The codes shown so far, each once.
+    shown: Vec<PairingCode>,
     connections: usize,
     waits: Vec<u32>,
 }
@@ -74,6 +76,7 @@ impl TestPlatform {
             addr: SocketAddr::from(([127, 0, 0, 1], server.listen_port())),
             tls: Arc::new(tls),
             codes: None,
+            shown: Vec::new(),
             connections: 0,
             waits: Vec::new(),
         }
@@ -106,8 +109,12 @@ impl Platform for TestPlatform {
     }
 
     fn show_pairing_code(&mut self, code: &PairingCode) {
-        if let Some(tx) = self.codes.take() {
-            let _ = tx.send(*code);
+        // Each new code once: the driver shows the code again at every poll.
+        if self.shown.last() != Some(code) {
+            self.shown.push(*code);
+            if let Some(tx) = &self.codes {
+                let _ = tx.send(*code);
+            }
         }
     }
 }
@@ -471,6 +478,59 @@ fn enrolls_by_operator_approval_and_stops_on_rejection() {
     );
     let err = device.join().expect("thread").expect_err("rejected");
     assert_eq!(err, Error::AuthorizationFailed(ProblemKind::Unauthorized));
+}
+
+/// SPEC §5.9: one device (one account key) enrolling two identifiers waits for two approval
+/// requests, each with its own code, and each code is the one the operator sees listed for it.
+#[test]
+fn each_request_of_one_device_shows_its_own_pairing_code() {
+    let server = approval_server();
+    let (tx, rx) = mpsc::channel();
+    let mut platform = TestPlatform::new(&server);
+    platform.codes = Some(tx);
+    let url = base_url(&server);
+    let device = thread::spawn(move || {
+        let ids = [
+            Identifier::Dns("sensor-9.plant.test"),
+            Identifier::Dns("sensor-10.plant.test"),
+        ];
+        let account = AccountKey::new(new_key());
+        let cert_key = new_key();
+        let pem = enroll(&mut platform, config(&url, &ids), &account, &cert_key, None)?;
+        Ok::<_, Error>((pem, cert_key, platform.shown))
+    });
+    let (mut codes, mut names) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        // The client asks for one authorization at a time, in the order's order.
+        let code = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the device shows the code of its next request");
+        let request = pending_request(&server, code.as_str(), Duration::from_secs(30));
+        names.push(request["identifier"]["value"].clone());
+        codes.push(code);
+        operator(
+            &server,
+            &["approval", "approve", request["id"].as_str().expect("id")],
+        );
+    }
+    assert_ne!(codes[0], codes[1], "one account, two requests, two codes");
+    names.sort_by_key(ToString::to_string);
+    assert_eq!(
+        names,
+        [
+            serde_json::json!("sensor-10.plant.test"),
+            serde_json::json!("sensor-9.plant.test")
+        ]
+    );
+    let (pem, key, shown) = device.join().expect("thread").expect("approved enrollment");
+    assert_eq!(shown, codes);
+    let leaf = verify_chain(&server, &pem);
+    let mut sans = leaf_names(&leaf, &key);
+    sans.sort();
+    assert_eq!(
+        sans,
+        ["dns:sensor-10.plant.test", "dns:sensor-9.plant.test"]
+    );
 }
 
 #[test]

@@ -85,7 +85,8 @@ typedef enum IiotEventKind {
   // Wait `seconds`, then call `iiot_next_request`.
   IIOT_EVENT_KIND_WAIT = 1,
   // Show `pairing_code` to the person at the device, wait `seconds`, then call
-  // `iiot_next_request` to poll (SPEC §5.8).
+  // `iiot_next_request` to poll (SPEC §5.8). The code is that of this approval request
+  // (SPEC §5.9): each authorization, and each enrollment, has its own.
   IIOT_EVENT_KIND_AWAITING_APPROVAL = 2,
   // Done: the PEM chain is `rx[pem_offset .. pem_offset + pem_len]` of the buffer just
   // passed to `iiot_handle_response`. Persist it before reusing the buffer.
@@ -196,7 +197,8 @@ typedef struct IiotIdevidSigner {
 typedef struct IiotEvent {
   enum IiotEventKind kind;
   uint32_t seconds;
-  // `XXXX-XXXX` and a NUL, for `IIOT_EVENT_KIND_AWAITING_APPROVAL`; else empty.
+  // `XXXX-XXXX` and a NUL, the code of the request waiting for approval, for
+  // `IIOT_EVENT_KIND_AWAITING_APPROVAL`; else empty.
   char pairing_code[10];
   size_t pem_offset;
   size_t pem_len;
@@ -283,8 +285,11 @@ enum IiotStatus iiot_handle_response(struct IiotEnrollment *e,
                                      size_t rx_len,
                                      struct IiotEvent *event);
 
-// The pairing code (`XXXX-XXXX` and a NUL) an operator compares before approving this device
-// (SPEC §5.9), e.g. to print on a label or console before enrolling.
+// The pairing code (`XXXX-XXXX` and a NUL) of the approval the enrollment is waiting for
+// (SPEC §5.9), as the last `IIOT_EVENT_KIND_AWAITING_APPROVAL` event carried it. The code is
+// fresh for every request, from the account key and the challenge's token, so there is none
+// before the enrollment has chosen an operator-approval-01 challenge: then
+// `IIOT_STATUS_UNEXPECTED_CALL`, and `out` is left as it was.
 //
 // # Safety
 // `e` comes from `iiot_enrollment_init`; `out` addresses 10 writable chars.

@@ -563,8 +563,11 @@ fn copy_code(code: &str, out: &mut [c_char; 10]) {
     }
 }
 
-/// The pairing code (`XXXX-XXXX` and a NUL) an operator compares before approving this device
-/// (SPEC §5.9), e.g. to print on a label or console before enrolling.
+/// The pairing code (`XXXX-XXXX` and a NUL) of the approval the enrollment is waiting for
+/// (SPEC §5.9), as the last `IIOT_EVENT_KIND_AWAITING_APPROVAL` event carried it. The code is
+/// fresh for every request, from the account key and the challenge's token, so there is none
+/// before the enrollment has chosen an operator-approval-01 challenge: then
+/// `IIOT_STATUS_UNEXPECTED_CALL`, and `out` is left as it was.
 ///
 /// # Safety
 /// `e` comes from `iiot_enrollment_init`; `out` addresses 10 writable chars.
@@ -577,12 +580,16 @@ pub unsafe extern "C" fn iiot_pairing_code(e: *mut IiotEnrollment, out: *mut c_c
     if out.is_null() {
         return misuse(p, IiotStatus::NullPointer, "out");
     }
-    let mut code = [0; 10];
-    copy_code(
-        (*addr_of!((*p).enrollment)).pairing_code().as_str(),
-        &mut code,
-    );
-    out.cast::<[c_char; 10]>().write_unaligned(code);
+    let Some(code) = (*addr_of!((*p).enrollment)).pairing_code() else {
+        return misuse(
+            p,
+            IiotStatus::UnexpectedCall,
+            "no approval request yet, so no pairing code",
+        );
+    };
+    let mut text = [0; 10];
+    copy_code(code.as_str(), &mut text);
+    out.cast::<[c_char; 10]>().write_unaligned(text);
     IiotStatus::Ok
 }
 

@@ -264,12 +264,20 @@ fn requests_and_responses_refuse_bad_buffers() {
             iiot_enrollment_init(&mut *e, &config(&ids), a.as_ptr(), b.as_ptr(), ptr::null()),
             IiotStatus::Ok
         );
-        let mut code = [0 as c_char; 10];
+        // The code belongs to an approval request, and there is none before the enrollment
+        // has chosen an operator-approval-01 challenge (SPEC §5.9).
+        let mut code = [b'x' as c_char; 10];
         assert_eq!(
             iiot_pairing_code(&mut *e, code.as_mut_ptr()),
-            IiotStatus::Ok
+            IiotStatus::UnexpectedCall
         );
-        assert_eq!(CStr::from_ptr(code.as_ptr()).to_bytes().len(), 9);
+        assert_eq!(code, [b'x' as c_char; 10], "out is left as it was");
+        assert_eq!(last_error(&e).status, IiotStatus::UnexpectedCall);
+        assert!(detail(&last_error(&e)).contains("pairing code"));
+        assert_eq!(
+            iiot_pairing_code(&mut *e, ptr::null_mut()),
+            IiotStatus::NullPointer
+        );
 
         let mut tx = [0u8; 4096];
         let mut n = 0;

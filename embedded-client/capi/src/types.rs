@@ -214,7 +214,8 @@ pub enum IiotEventKind {
     /// Wait `seconds`, then call `iiot_next_request`.
     Wait = 1,
     /// Show `pairing_code` to the person at the device, wait `seconds`, then call
-    /// `iiot_next_request` to poll (SPEC §5.8).
+    /// `iiot_next_request` to poll (SPEC §5.8). The code is that of this approval request
+    /// (SPEC §5.9): each authorization, and each enrollment, has its own.
     AwaitingApproval = 2,
     /// Done: the PEM chain is `rx[pem_offset .. pem_offset + pem_len]` of the buffer just
     /// passed to `iiot_handle_response`. Persist it before reusing the buffer.
@@ -227,7 +228,8 @@ pub enum IiotEventKind {
 pub struct IiotEvent {
     pub kind: IiotEventKind,
     pub seconds: u32,
-    /// `XXXX-XXXX` and a NUL, for `IIOT_EVENT_KIND_AWAITING_APPROVAL`; else empty.
+    /// `XXXX-XXXX` and a NUL, the code of the request waiting for approval, for
+    /// `IIOT_EVENT_KIND_AWAITING_APPROVAL`; else empty.
     pub pairing_code: [c_char; 10],
     pub pem_offset: usize,
     pub pem_len: usize,
