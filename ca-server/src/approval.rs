@@ -532,6 +532,23 @@ fn undo_start(app: &AppState, authz_id: &str) -> Result<()> {
 /// The device triggers its operator-approval-01 challenge (POST `{}`). Beyond a cap on waiting
 /// requests the answer is `rateLimited` and the challenge stays `pending` (SPEC §5.8).
 pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
+    // The pairing code is a function of the token and the account key. A key chosen after the
+    // token is known could be ground offline until its code matches the one a waiting device
+    // shows; so the request must come from the key the authorization was created with.
+    if let Some(created_with) = app
+        .db
+        .get::<Authz>(Table::Authzs, authz_id)?
+        .and_then(|a| a.account_thumbprint)
+    {
+        if created_with != r.account.thumbprint {
+            return Err(Error::Unauthorized(
+                "the account key changed after this authorization was created; an operator \
+                 approval must be requested with the key the order was made with: create a \
+                 new order"
+                    .into(),
+            ));
+        }
+    }
     let (authz, added) = app.approvals.admit(app, authz_id, r)?;
     if let Some(p) = added {
         tracing::info!(request = %p.id, identifier = %p.identifier,

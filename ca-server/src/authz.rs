@@ -55,6 +55,10 @@ pub struct Authz {
     /// authorization has no challenge and counts only while the credential stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_authorized_by: Option<String>,
+    /// The thumbprint of the account key when the authorization was created (after its
+    /// token). An operator-approval-01 request must come from that same key (`approval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_thumbprint: Option<String>,
 }
 
 impl Authz {
@@ -86,6 +90,7 @@ impl Authz {
             expires,
             challenges,
             pre_authorized_by: None,
+            account_thumbprint: None,
         })
     }
 

@@ -536,12 +536,9 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             tracing::info!(account = %r.account.id, holder = %h.account_id, identifier = %id,
                 "identifier held by another account: a challenge is required");
         }
-        authzs.push(Authz::new(
-            &r.account.id,
-            id.clone(),
-            created + authz_lifetime,
-            &kinds,
-        )?);
+        let mut authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime, &kinds)?;
+        authz.account_thumbprint = Some(r.account.thumbprint.clone());
+        authzs.push(authz);
     }
     let replaced = match &p.replaces {
         Some(replaces) => Some(crate::renewal::check_replaces(

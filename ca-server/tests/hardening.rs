@@ -732,3 +732,78 @@ async fn validations_beyond_the_in_flight_bound_are_rate_limited_and_stay_pendin
         .await
         .assert_status(StatusCode::OK);
 }
+
+/// A pairing code is a function of the request's token and the account key. An account that
+/// rolls its key over after its order exists could grind a key whose code matches the one a
+/// waiting device shows; so the approval must be requested with the key the order was made
+/// with.
+#[tokio::test]
+async fn operator_approval_needs_the_key_the_order_was_made_with() {
+    let s = TestServer::with(|c| {
+        c.enrollment.operator_approval = true;
+        c.enrollment.network_challenges = false;
+    });
+    let acct = s.new_account().await;
+    let order = new_order(&s, &acct, &identifiers(&["plc-1.plant.example"]))
+        .await
+        .json();
+    let authz = s
+        .post_as(
+            &acct,
+            order["authorizations"][0].as_str().expect("authz"),
+            None,
+        )
+        .await
+        .json();
+    let chall = authz["challenges"][0]["url"]
+        .as_str()
+        .expect("challenge")
+        .to_owned();
+
+    // keyChange (RFC 8555 §7.3.5) to a key chosen after the token was known.
+    let new_key = Key::generate();
+    let url = s.url("/acme/key-change");
+    let inner = new_key.jws(
+        &json!({"alg": "ES256", "jwk": new_key.jwk(), "url": url}),
+        Some(&json!({"account": acct.kid, "oldKey": acct.key.jwk()})),
+    );
+    s.post_as(&acct, &url, Some(&inner))
+        .await
+        .assert_status(StatusCode::OK);
+    let rolled = common::Account {
+        kid: acct.kid.clone(),
+        key: new_key,
+    };
+    let p = s
+        .post_as(&rolled, &chall, Some(&json!({})))
+        .await
+        .assert_problem(403, "unauthorized");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("key changed")),
+        "{p}"
+    );
+    let c = s.post_as(&rolled, &chall, None).await.json();
+    assert_eq!(c["status"], "pending", "{c}");
+    assert!(ca_server::approval::ApprovalQueue::new(s.dir.path())
+        .list_pending()
+        .expect("list")
+        .is_empty());
+
+    // A new order made with the new key may ask.
+    let order = new_order(&s, &rolled, &identifiers(&["plc-1.plant.example"]))
+        .await
+        .json();
+    let authz = s
+        .post_as(
+            &rolled,
+            order["authorizations"][0].as_str().expect("authz"),
+            None,
+        )
+        .await
+        .json();
+    let chall = authz["challenges"][0]["url"].as_str().expect("challenge");
+    let c = s.post_as(&rolled, chall, Some(&json!({}))).await.json();
+    assert_eq!(c["status"], "processing", "{c}");
+}
