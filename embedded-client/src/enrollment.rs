@@ -49,6 +49,8 @@ const KEY_AUTHORIZATION_MAX: usize = 128;
 /// Retries of one request after `badNonce` (SPEC §3.5 asks for one; a busy server may need
 /// more).
 const NONCE_RETRIES: u8 = 3;
+/// Rate-limited answers (SPEC §7.6) waited out in a row before the client gives up.
+const RATE_LIMIT_RETRIES: u8 = 8;
 
 /// Polling interval when the server gives no `Retry-After`, and the ceiling on the ones it does.
 const DEFAULT_WAIT: u32 = 2;
@@ -182,6 +184,7 @@ pub struct Enrollment<'a> {
     /// A `newNonce` request is out instead of the state's own.
     fetching_nonce: bool,
     nonce_retries: u8,
+    rate_limited: u8,
     replaces: Option<&'a str>,
     /// EAB is required and none is configured: newAccount may only find an existing account.
     only_existing: bool,
@@ -242,6 +245,7 @@ impl<'a> Enrollment<'a> {
             state: State::Directory,
             fetching_nonce: false,
             nonce_retries: 0,
+            rate_limited: 0,
             replaces: cfg.replaces,
             only_existing: false,
             nonce: Text::new(),
@@ -483,6 +487,7 @@ impl<'a> Enrollment<'a> {
             return self.on_problem(&resp);
         }
         self.nonce_retries = 0;
+        self.rate_limited = 0;
         match self.state {
             State::Account => return self.on_account(&resp),
             State::Order => return self.on_new_order(&resp),
@@ -588,6 +593,16 @@ impl<'a> Enrollment<'a> {
                 Ok(Event::Continue)
             }
             ProblemKind::AccountDoesNotExist if self.only_existing => Err(Error::EabRequired),
+            // SPEC §7.6: wait at least Retry-After, then send the same request again (the state
+            // is unchanged, and this response carried the next nonce).
+            ProblemKind::RateLimited if self.rate_limited < RATE_LIMIT_RETRIES => {
+                self.rate_limited += 1;
+                let seconds = resp
+                    .retry_after()
+                    .unwrap_or(DEFAULT_WAIT)
+                    .clamp(1, MAX_WAIT);
+                Ok(Event::Wait { seconds })
+            }
             // RFC 9773 §5: the old certificate was already replaced; a plain order still works.
             ProblemKind::AlreadyReplaced
                 if self.state == State::Order && self.replaces.is_some() =>

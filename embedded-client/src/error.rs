@@ -28,6 +28,8 @@ pub enum ProblemKind {
     IncorrectResponse,
     BadAttestationStatement,
     ServerInternal,
+    /// A rate limit (SPEC §7.6); the client waits out `Retry-After` and asks again.
+    RateLimited,
     /// A type outside the `urn:ietf:params:acme:error:` namespace or not listed in SPEC §3.8.
     Other,
 }
@@ -50,9 +52,9 @@ impl ProblemKind {
 /// [`PROBLEM_KINDS`]. One string and a kind per name rather than a `match` (a comparison per
 /// arm) or a table of `(&str, kind)` pairs (12 octets an entry) keeps this small on a
 /// microcontroller; a unit test checks the two lists agree.
-const PROBLEM_NAMES: &str = "malformed;badNonce;badSignatureAlgorithm;badPublicKey;accountDoesNotExist;unauthorized;externalAccountRequired;orderNotReady;badCSR;rejectedIdentifier;unsupportedIdentifier;compound;invalidContact;unsupportedContact;badRevocationReason;alreadyRevoked;alreadyReplaced;invalidProfile;connection;dns;tls;incorrectResponse;badAttestationStatement;serverInternal";
+const PROBLEM_NAMES: &str = "malformed;badNonce;badSignatureAlgorithm;badPublicKey;accountDoesNotExist;unauthorized;externalAccountRequired;orderNotReady;badCSR;rejectedIdentifier;unsupportedIdentifier;compound;invalidContact;unsupportedContact;badRevocationReason;alreadyRevoked;alreadyReplaced;invalidProfile;connection;dns;tls;incorrectResponse;badAttestationStatement;serverInternal;rateLimited";
 
-const PROBLEM_KINDS: [ProblemKind; 24] = [
+const PROBLEM_KINDS: [ProblemKind; 25] = [
     ProblemKind::Malformed,
     ProblemKind::BadNonce,
     ProblemKind::BadSignatureAlgorithm,
@@ -77,6 +79,7 @@ const PROBLEM_KINDS: [ProblemKind; 24] = [
     ProblemKind::IncorrectResponse,
     ProblemKind::BadAttestationStatement,
     ProblemKind::ServerInternal,
+    ProblemKind::RateLimited,
 ];
 
 /// Where `name` is in `names`, a `;`-separated list.
@@ -208,6 +211,7 @@ mod tests {
                 ProblemKind::BadAttestationStatement,
             ),
             ("serverInternal", ProblemKind::ServerInternal),
+            ("rateLimited", ProblemKind::RateLimited),
         ];
         for (name, kind) in expect {
             let urn = [ProblemKind::NAMESPACE, name].concat();

@@ -1450,3 +1450,66 @@ fn an_expired_certificate_is_enrolled_again() {
         "the stored account is used again"
     );
 }
+
+/// The number after `prefix` in `text`, up to the first character that is no part of it.
+fn number_after(text: &str, prefix: &str) -> Option<f64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].trim_end_matches('.').parse().ok()
+}
+
+/// SPEC §7.6: a device that meets a rate limit waits at least the CA's Retry-After, then
+/// enrolls.
+#[test]
+fn run_waits_out_a_rate_limit_and_enrolls() {
+    let server = CaServer::start(CaServerOpts {
+        extra_toml: "[rate_limits]\nnew_account_per_address = { count = 1, period = \"8s\" }\n"
+            .into(),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    // The first device from this address takes the one account the limit allows.
+    let first = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-8.plant.test"],
+    );
+    let out = first.run("enroll", &[]);
+    expect_code(&out, 0, "first enroll", &server.logs());
+
+    let second = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["device-9.plant.test"],
+    );
+    let started = std::time::Instant::now();
+    let mut run = second.spawn_run(
+        "run-rate-limited",
+        &["--retry-min", "1s", "--retry-max", "2s"],
+    );
+    poll_until(
+        "enrollment after the rate limit",
+        RUN_TIMEOUT,
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            *why = "no certificate yet".into();
+            Ok((second.post_install_runs().len() == 1).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", run.logs(), server.logs()));
+    verify_issued(&server, &second);
+    let log = fs::read_to_string(run.stderr_path()).expect("log");
+    assert!(log.contains("new_account_per_address"), "{log}");
+    // It waited what the CA asked, not its own 1-2 s back-off.
+    let asked = number_after(&log, "retry after ").unwrap_or_else(|| panic!("{log}"));
+    let waited = number_after(&log, "trying again in ").unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        asked >= 2.0 && waited >= asked,
+        "asked {asked} s, waited {waited} s: {log}"
+    );
+    assert!(started.elapsed().as_secs_f64() >= asked, "{log}");
+    run.kill().expect("stop run");
+}

@@ -57,6 +57,8 @@ struct TestPlatform {
     shown: Vec<PairingCode>,
     connections: usize,
     waits: Vec<u32>,
+    /// Sleep for as long as the driver asks (else 200 ms, which most tests need no more of).
+    real_sleep: bool,
 }
 
 impl TestPlatform {
@@ -79,6 +81,7 @@ impl TestPlatform {
             shown: Vec::new(),
             connections: 0,
             waits: Vec::new(),
+            real_sleep: false,
         }
     }
 }
@@ -103,8 +106,12 @@ impl Platform for TestPlatform {
         if self.waits.len() > 200 {
             return Err(Error::Transport);
         }
-        // The server's Retry-After is honoured in spirit; the test need not wait it out fully.
-        thread::sleep(Duration::from_millis(200));
+        // The server's Retry-After is honoured in spirit; most tests need not wait it out.
+        if self.real_sleep {
+            thread::sleep(Duration::from_secs(seconds.into()));
+        } else {
+            thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     }
 
@@ -615,6 +622,42 @@ fn a_nonce_lost_to_a_server_restart_is_retried() {
             }
             Event::Continue => {}
             other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// SPEC §7.6: a device that meets a rate limit waits the CA's Retry-After and sends the same
+/// request again, then enrolls.
+#[test]
+fn waits_out_a_rate_limit_and_enrolls() {
+    let server = CaServer::start(CaServerOpts {
+        extra_toml: "[rate_limits]\nnew_account_per_address = { count = 1, period = \"6s\" }\n"
+            .into(),
+        ..CaServerOpts::default()
+    })
+    .expect("ca-server starts");
+    let (kid, hmac) = eab_create(&server, &["dns:line-4.plant.test"]);
+    let url = base_url(&server);
+    let mut platform = TestPlatform::new(&server);
+    platform.real_sleep = true;
+    for (n, name) in ["gw-1.line-4.plant.test", "gw-2.line-4.plant.test"]
+        .into_iter()
+        .enumerate()
+    {
+        let ids = [Identifier::Dns(name)];
+        let (account, cert_key) = (AccountKey::new(new_key()), new_key());
+        let started = std::time::Instant::now();
+        let cfg = with_eab(config(&url, &ids), &kid, &hmac);
+        let pem = enroll(&mut platform, cfg, &account, &cert_key, None)
+            .unwrap_or_else(|e| panic!("device {n}: {e:?}\n{}", server.logs()));
+        verify_chain(&server, &pem);
+        if n == 1 {
+            // The second account from this address waited for the bucket to refill.
+            let asked = platform.waits.last().copied().expect("a wait");
+            assert!((1..=6).contains(&asked), "{:?}", platform.waits);
+            assert!(started.elapsed() >= Duration::from_secs(asked.into()));
+        } else {
+            assert!(platform.waits.is_empty(), "{:?}", platform.waits);
         }
     }
 }

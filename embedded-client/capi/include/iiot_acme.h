@@ -125,6 +125,8 @@ typedef enum IiotProblem {
   IIOT_PROBLEM_SERVER_INTERNAL = 24,
   // A type outside SPEC §3.8.
   IIOT_PROBLEM_OTHER = 25,
+  // A rate limit the client waited out too often in a row (SPEC §7.6).
+  IIOT_PROBLEM_RATE_LIMITED = 26,
 } IiotProblem;
 
 // Fills `buf` with `len` octets from a cryptographically secure RNG; returns 0 on success.

@@ -189,6 +189,8 @@ pub enum IiotProblem {
     ServerInternal = 24,
     /// A type outside SPEC §3.8.
     Other = 25,
+    /// A rate limit the client waited out too often in a row (SPEC §7.6).
+    RateLimited = 26,
 }
 
 /// Details of the last failed call on an enrollment.
@@ -330,6 +332,7 @@ impl IiotProblem {
             ProblemKind::IncorrectResponse => Self::IncorrectResponse,
             ProblemKind::BadAttestationStatement => Self::BadAttestationStatement,
             ProblemKind::ServerInternal => Self::ServerInternal,
+            ProblemKind::RateLimited => Self::RateLimited,
             ProblemKind::Other => Self::Other,
         }
     }
@@ -362,6 +365,7 @@ impl IiotProblem {
             22 => c"incorrectResponse",
             23 => c"badAttestationStatement",
             24 => c"serverInternal",
+            26 => c"rateLimited",
             _ => c"other",
         }
     }
