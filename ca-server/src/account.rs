@@ -183,7 +183,7 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
     if let Some(peer) = r.req.peer {
         app.limits.take(
             crate::config::LimitName::NewAccountPerAddress,
-            &crate::ratelimit::Key::Address(peer.ip().to_canonical()),
+            &crate::ratelimit::Key::address(peer.ip()),
         )?;
     }
     if app.cfg.terms_of_service.is_some() && p.terms_of_service_agreed != Some(true) {

@@ -38,7 +38,7 @@ use crate::authz::{record_outcome, start_processing, Authz};
 use crate::config::LimitName;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jws::AccountRequest;
-use crate::ratelimit::{Key, RateLimiter};
+use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
 use crate::{Error, Result};
@@ -168,6 +168,14 @@ struct Index {
     by_identifier: HashMap<Identifier, BTreeSet<(i64, String)>>,
 }
 
+/// The key of a source address in the index: as rate limits key it (`ratelimit::address_key`),
+/// so IPv4 behind an IPv6 listener and the addresses of one IPv6 /64 count together.
+fn source_key(source: &str) -> String {
+    source
+        .parse::<IpAddr>()
+        .map_or_else(|_| source.to_owned(), |ip| address_key(ip).to_string())
+}
+
 fn add_to<K: std::hash::Hash + Eq>(
     map: &mut HashMap<K, BTreeSet<(i64, String)>>,
     key: K,
@@ -196,7 +204,7 @@ impl Index {
         self.by_expiry.insert(entry.clone());
         add_to(&mut self.by_account, p.account_id.clone(), entry.clone());
         if let Some(source) = &p.source {
-            add_to(&mut self.by_address, source.clone(), entry.clone());
+            add_to(&mut self.by_address, source_key(source), entry.clone());
         }
         add_to(&mut self.by_identifier, p.identifier.clone(), entry);
         self.requests.insert(p.id.clone(), p);
@@ -208,7 +216,7 @@ impl Index {
         self.by_expiry.remove(&entry);
         remove_from(&mut self.by_account, &p.account_id, &entry);
         if let Some(source) = &p.source {
-            remove_from(&mut self.by_address, source, &entry);
+            remove_from(&mut self.by_address, &source_key(source), &entry);
         }
         remove_from(&mut self.by_identifier, &p.identifier, &entry);
         Some(p)
@@ -413,6 +421,24 @@ impl ApprovalQueue {
         ttl: i64,
     ) -> Result<()> {
         let index = lock(&self.index);
+        let total = limits.cap(
+            LimitName::PendingApprovalsTotal,
+            &Key::Account(String::new()),
+        );
+        if u32::try_from(index.requests.len()).unwrap_or(u32::MAX) >= total {
+            let retry = index
+                .by_expiry
+                .first()
+                .map_or(ttl, |(expires, _)| expires - now() + 1)
+                .max(1);
+            return Err(Error::RateLimited {
+                detail: format!(
+                    "rate limit pending_approvals_total reached: {total} requests wait for an \
+                     operator, the most this CA keeps at once"
+                ),
+                retry_after: Duration::from_secs(retry.unsigned_abs()),
+            });
+        }
         let mut counted = vec![(
             LimitName::PendingApprovalsPerAccount,
             Key::Account(account_id.to_owned()),
@@ -421,8 +447,8 @@ impl ApprovalQueue {
         if let Some(ip) = source {
             counted.push((
                 LimitName::PendingApprovalsPerAddress,
-                Key::Address(ip),
-                index.by_address.get(&ip.to_string()),
+                Key::address(ip),
+                index.by_address.get(&address_key(ip).to_string()),
             ));
         }
         for (limit, key, waiting) in counted {
@@ -467,7 +493,7 @@ impl ApprovalQueue {
             return Ok((authz, None));
         };
         let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
-        let source = r.req.peer.map(|a| a.ip());
+        let source = r.req.peer.map(|a| a.ip().to_canonical());
         self.check_caps(&app.limits, &r.account.id, source, ttl)?;
         let requested = now();
         let pending = Pending {

@@ -298,7 +298,8 @@ pub async fn challenge(
         let payload: serde_json::Map<String, Value> = r.req.json()?;
         authz = match kind {
             ChallengeType::Http01 | ChallengeType::TlsAlpn01 => {
-                trigger_validation(&app, authz, kind, &r.account).await?
+                trigger_validation(&app, authz, kind, &r.account, r.req.peer.map(|p| p.ip()))
+                    .await?
             }
             ChallengeType::DeviceAttest01 => {
                 answer_attestation(&app, authz, &r.account.thumbprint, payload).await?
@@ -345,8 +346,9 @@ async fn trigger_validation(
     current: Authz,
     kind: ChallengeType,
     account: &crate::account::Account,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Authz> {
-    let admission = match app.va.admit(&account.id) {
+    let admission = match app.va.admit(&account.id, source) {
         Ok(admission) => admission,
         // Answering a challenge that is not waiting to start changes nothing: report it.
         Err(_) if !would_start(&current, kind) => return Ok(current),
@@ -546,7 +548,7 @@ fn resume_stuck_validations(app: &AppState, authz: &Authz) {
             };
             if claimed {
                 // Without a slot the restart waits for a later poll.
-                if let Ok(admission) = app.va.admit(&acct.id) {
+                if let Ok(admission) = app.va.admit(&acct.id, None) {
                     spawn_validation(app.clone(), updated, kind, acct.thumbprint, admission);
                 }
             }

@@ -162,6 +162,9 @@ pub struct ValidationConfig {
     pub max_in_flight: usize,
     /// Most validations running at once for one account.
     pub max_in_flight_per_account: usize,
+    /// Most validations running at once that were asked for from one source address (an
+    /// IPv6 /64 counts as one).
+    pub max_in_flight_per_address: usize,
     /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
     /// Off by default; the server logs a warning at start when it is set.
     pub lab_resolve_all_to: Option<IpAddr>,
@@ -181,6 +184,7 @@ impl Default for ValidationConfig {
             allow_loopback: false,
             max_in_flight: 256,
             max_in_flight_per_account: 8,
+            max_in_flight_per_address: 32,
             lab_resolve_all_to: None,
             lab_always_valid: false,
         }
@@ -374,6 +378,8 @@ pub struct RateLimitsConfig {
     pub pending_approvals_per_account: u32,
     /// Operator-approval requests waiting at once per source address.
     pub pending_approvals_per_address: u32,
+    /// Operator-approval requests waiting at once in all.
+    pub pending_approvals_total: u32,
     /// Per-key exceptions: `[[rate_limits.overrides]]` with `limit`, `key` and the new `count`
     /// (and `period` for buckets).
     pub overrides: Vec<RateOverride>,
@@ -388,6 +394,7 @@ impl Default for RateLimitsConfig {
             failed_validations_per_identifier: Rate::new(5, Duration::from_secs(3600)),
             pending_approvals_per_account: 5,
             pending_approvals_per_address: 50,
+            pending_approvals_total: 1000,
             overrides: Vec::new(),
         }
     }
@@ -407,6 +414,8 @@ pub enum LimitName {
     PendingApprovalsPerAccount,
     /// `pending_approvals_per_address`; the key is an address or a CIDR prefix.
     PendingApprovalsPerAddress,
+    /// `pending_approvals_total`; set it there, it takes no override.
+    PendingApprovalsTotal,
 }
 
 impl LimitName {
@@ -418,6 +427,7 @@ impl LimitName {
             Self::FailedValidationsPerIdentifier => "failed_validations_per_identifier",
             Self::PendingApprovalsPerAccount => "pending_approvals_per_account",
             Self::PendingApprovalsPerAddress => "pending_approvals_per_address",
+            Self::PendingApprovalsTotal => "pending_approvals_total",
         }
     }
 
@@ -433,7 +443,9 @@ impl LimitName {
     pub fn is_bucket(self) -> bool {
         !matches!(
             self,
-            Self::PendingApprovalsPerAccount | Self::PendingApprovalsPerAddress
+            Self::PendingApprovalsPerAccount
+                | Self::PendingApprovalsPerAddress
+                | Self::PendingApprovalsTotal
         )
     }
 }
@@ -473,6 +485,13 @@ impl RateLimitsConfig {
         }
         for o in &self.overrides {
             let name = o.limit.as_str();
+            if o.limit == LimitName::PendingApprovalsTotal {
+                return Err(
+                    "rate_limits.overrides: pending_approvals_total has no key; set \
+                     rate_limits.pending_approvals_total itself"
+                        .into(),
+                );
+            }
             if o.limit.by_address() && parse_prefix(&o.key).is_none() {
                 return Err(format!(
                     "rate_limits.overrides: {name} key {:?} must be an IP address or a CIDR \
@@ -575,12 +594,14 @@ impl Config {
         if self.validation.timeout.is_zero() {
             return Err("validation.timeout must be positive".into());
         }
-        if self.validation.max_in_flight == 0 || self.validation.max_in_flight_per_account == 0 {
-            return Err(
-                "validation.max_in_flight and validation.max_in_flight_per_account must be \
-                 at least 1"
-                    .into(),
-            );
+        let v = &self.validation;
+        if v.max_in_flight == 0
+            || v.max_in_flight_per_account == 0
+            || v.max_in_flight_per_address == 0
+        {
+            return Err("validation.max_in_flight, max_in_flight_per_account and \
+                 max_in_flight_per_address must be at least 1"
+                .into());
         }
         let l = &self.limits;
         for (name, d) in [

@@ -14,6 +14,7 @@ use crate::app::{new_id, now, paths, rfc3339, AppState};
 use crate::authz::Authz;
 use crate::cert::Certificate;
 use crate::config::LimitName;
+use crate::identity::{Claim, Hold};
 use crate::jws::AccountRequest;
 use crate::ratelimit::Key;
 use crate::storage::Table;
@@ -660,41 +661,74 @@ impl Grant {
 /// Pre-authorized identifiers hold only while the credential that vouched for them stands
 /// and no other account has since been certified for them. Finalize checks again, because
 /// both can change after newOrder: a pre-authorization that no longer holds is revoked, which
-/// makes the order invalid.
-async fn check_pre_authorizations(app: &AppState, order: &Order, account_id: &str) -> Result<()> {
+/// makes the order invalid. Returns the order's pre-authorized identifiers.
+///
+/// An authorization without challenges from before authorizations recorded their credential
+/// counts as pre-authorized by the account's credential.
+async fn check_pre_authorizations(
+    app: &AppState,
+    order: &Order,
+    account: &crate::account::Account,
+) -> Result<Vec<Identifier>> {
+    let mut pre_authorized = Vec::new();
     for authz_id in &order.authzs {
         let Some(authz) = app.db.get::<Authz>(Table::Authzs, authz_id)? else {
             continue;
         };
-        let Some(kid) = &authz.pre_authorized_by else {
+        let kid = authz.pre_authorized_by.clone().or_else(|| {
+            authz
+                .challenges
+                .is_empty()
+                .then(|| account.eab_kid.clone())
+                .flatten()
+        });
+        let Some(kid) = kid else {
             continue;
         };
-        let mut why = match app.eab.get(kid)? {
-            Some(cred) => cred.standing(&app.db, account_id).err(),
+        let mut why = match app.eab.get(&kid)? {
+            Some(cred) => cred.standing(&app.db, &account.id).err(),
             None => Some(format!("enrollment credential {kid} no longer exists")),
         };
         if why.is_none() {
-            why = crate::identity::held_by_other(app, &authz.identifier, account_id)?.map(|h| {
-                format!(
-                    "account {} has since been certified for {}",
-                    h.account_id, authz.identifier
-                )
-            });
+            why = crate::identity::held_by_other(app, &authz.identifier, &account.id)?
+                .map(|h| held_since(&authz.identifier, &h));
         }
-        let Some(why) = why else { continue };
-        app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
-            a.status = AuthzStatus::Revoked;
-            Ok(a)
-        })?;
+        let Some(why) = why else {
+            pre_authorized.push(authz.identifier);
+            continue;
+        };
+        withdraw(app, order, authz_id, &authz.identifier, &why)?;
         app.db.flush().await?;
-        tracing::info!(order = %order.id, authz = %authz_id, identifier = %authz.identifier, %why,
-            "pre-authorization withdrawn");
-        return Err(Error::Unauthorized(format!(
-            "the pre-authorization of {} no longer holds: {why}",
-            authz.identifier
-        )));
+        return Err(withdrawn(&authz.identifier, &why));
     }
+    Ok(pre_authorized)
+}
+
+fn held_since(id: &Identifier, h: &crate::identity::Holding) -> String {
+    format!("account {} has since been certified for {id}", h.account_id)
+}
+
+/// Revokes the pre-authorization `authz_id`, which no longer holds because of `why`.
+fn withdraw(
+    app: &AppState,
+    order: &Order,
+    authz_id: &str,
+    id: &Identifier,
+    why: &str,
+) -> Result<()> {
+    app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+        a.status = AuthzStatus::Revoked;
+        Ok(a)
+    })?;
+    tracing::info!(order = %order.id, authz = %authz_id, identifier = %id, %why,
+        "pre-authorization withdrawn");
     Ok(())
+}
+
+fn withdrawn(id: &Identifier, why: &str) -> Error {
+    Error::Unauthorized(format!(
+        "the pre-authorization of {id} no longer holds: {why}"
+    ))
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -742,7 +776,7 @@ pub async fn finalize(
     if status != OrderStatus::Ready {
         return Err(Error::OrderNotReady(status.to_string()));
     }
-    check_pre_authorizations(&app, &order, &r.account.id).await?;
+    let pre_authorized = check_pre_authorizations(&app, &order, &r.account).await?;
 
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
     let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
@@ -794,8 +828,8 @@ pub async fn finalize(
         Ok(o)
     })?;
 
-    let reopen = |e: Error, claim: Option<crate::identity::UriClaim>| -> Result<Response> {
-        if let Some(claim) = claim {
+    let reopen = |e: Error, claims: Vec<Claim>| -> Result<Response> {
+        for claim in claims {
             claim.abandon(&app);
         }
         app.db.update(Table::Orders, &id, |mut o: Order| {
@@ -808,25 +842,51 @@ pub async fn finalize(
     // swap only guarded the stage, so look again now that no other finalize can run.
     let status = order.status(&app)?;
     if status != OrderStatus::Ready {
-        return reopen(Error::OrderNotReady(status.to_string()), None);
+        return reopen(Error::OrderNotReady(status.to_string()), Vec::new());
     }
-    // An ApplicationUri is bound to the first account certified for it (`identity`).
-    let claim = match leaf.uri.as_deref() {
-        Some(uri) => match crate::identity::claim_uri(&app, uri, &r.account.id) {
-            Ok(claim) => Some(claim),
-            Err(e) => return reopen(e, None),
-        },
-        None => None,
-    };
+    // Claim what is bound to one account (`identity`): the pre-authorized identifiers while
+    // no other account holds a current certificate for them, and an ApplicationUri for good.
+    // Under compare-and-swap, so of two accounts racing for one identity one wins.
+    let mut claims = Vec::new();
+    for identifier in &pre_authorized {
+        let key = crate::identity::key(identifier);
+        match crate::identity::claim(&app, &key, &r.account.id, Hold::WhileCurrent) {
+            Ok(Ok(claim)) => claims.push(claim),
+            Ok(Err(held)) => {
+                let why = held_since(identifier, &held);
+                let authz_id = order
+                    .authzs
+                    .iter()
+                    .zip(&order.identifiers)
+                    .find(|(_, i)| *i == identifier)
+                    .map(|(a, _)| a.clone());
+                if let Some(authz_id) = authz_id {
+                    withdraw(&app, &order, &authz_id, identifier, &why)?;
+                }
+                return reopen(withdrawn(identifier, &why), claims);
+            }
+            Err(e) => return reopen(e, claims),
+        }
+    }
+    if let Some(uri) = leaf.uri.as_deref() {
+        let key = crate::identity::uri_key(uri);
+        match crate::identity::claim(&app, &key, &r.account.id, Hold::UntilReleased) {
+            Ok(Ok(claim)) => claims.push(claim),
+            Ok(Err(held)) => return reopen(crate::identity::uri_held(uri, &held), claims),
+            Err(e) => return reopen(e, claims),
+        }
+    }
 
     let stage = match app.ca.issue_leaf(&info.spki_der, &order.identifiers, &leaf) {
         // The request's fault, found only while building the certificate: the order goes back
         // to ready and the client can send a better CSR (badCSR leaves the order as it was).
         Err(e @ (Error::BadCsr(_) | Error::BadPublicKey(_) | Error::RejectedIdentifier { .. })) => {
-            return reopen(e, claim);
+            return reopen(e, claims);
         }
         Ok(issued) => {
             let cert = Certificate::new(&r.account.id, &order, &issued);
+            // A failure here leaves the order processing until it is reported stuck, and the
+            // claims lapse (`identity::CLAIM_LAPSES`).
             app.db.put(Table::Certificates, &cert.id, &cert)?;
             key_use.record(&app, &cert)?;
             crate::identity::record_issued(&app, &cert, leaf.uri.as_deref())?;
@@ -835,7 +895,7 @@ pub async fn finalize(
         }
         Err(e) => {
             tracing::error!(order = %id, error = %e, "issuance failed");
-            if let Some(claim) = claim {
+            for claim in claims {
                 claim.abandon(&app);
             }
             Stage::Invalid {

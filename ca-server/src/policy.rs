@@ -7,9 +7,10 @@
 //!   fe80::/10), unspecified ("this network" 0.0.0.0/8, ::), multicast and the limited
 //!   broadcast address are no device's address on a plant network. Dialing them would let an
 //!   account reach the CA host itself or link-local services (cloud metadata, printers,
-//!   router admin pages); certifying them would certify nothing. An IPv4 address mapped into
-//!   IPv6 (::ffff:a.b.c.d) is judged as the IPv4 address. `[validation] allow_loopback` lets
-//!   tests and labs use loopback, and only loopback.
+//!   router admin pages); certifying them would certify nothing. An IPv6 address that carries
+//!   an IPv4 address (IPv4-mapped ::ffff:a.b.c.d, IPv4-compatible ::a.b.c.d, NAT64
+//!   64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16) is refused when that IPv4 address is.
+//!   `[validation] allow_loopback` lets tests and labs use loopback, and only loopback.
 //! - **The CA's own names.** A certificate for a name or address the CA serves as would pass
 //!   every device's pin check of the CA (SPEC §2.3): a man in the middle for all enrollments.
 //!   Those are the names of the CA's own HTTPS certificate (`server::tls_names`: `tls_names`,
@@ -21,9 +22,35 @@ use std::net::IpAddr;
 use crate::config::Config;
 use crate::types::{Identifier, IdentifierType};
 
+/// The IPv4 address an IPv6 address carries, by the translation and tunnelling schemes that
+/// reach it: IPv4-compatible (::a.b.c.d, but for :: and ::1), NAT64 (64:ff9b::/96, RFC 6052;
+/// 64:ff9b:1::/48, RFC 8215) and 6to4 (2002::/16, RFC 3056). IPv4-mapped addresses are
+/// handled by `to_canonical`.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = u32::from(s[6]) << 16 | u32::from(s[7]);
+    if s[..6] == [0; 6] && low > 1 {
+        return Some(low.into());
+    }
+    if (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+        return Some(low.into());
+    }
+    if s[0] == 0x2002 {
+        return Some((u32::from(s[1]) << 16 | u32::from(s[2])).into());
+    }
+    None
+}
+
 /// Why an address is never dialed or certified; `None` for an address that may be.
 pub fn refused_address(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
     let ip = ip.to_canonical();
+    if let IpAddr::V6(v6) = ip {
+        if let Some(v4) = embedded_v4(v6) {
+            return refused_address(IpAddr::V4(v4), allow_loopback).map(|_| {
+                "an IPv6 address that carries an IPv4 address this CA does not dial or certify"
+            });
+        }
+    }
     if ip.is_loopback() {
         return (!allow_loopback)
             .then_some("a loopback address (validation.allow_loopback is off)");
@@ -87,6 +114,46 @@ impl OwnNames {
             names: ids,
             allow_loopback,
         }
+    }
+
+    /// The CA's own names under `cfg` (as [`Self::of`]) and every address the CA host
+    /// answers on: the addresses its DNS names resolve to now, and, when it listens on an
+    /// unspecified address, the addresses of the host's interfaces. Validation must not dial
+    /// the CA's host, whatever the configuration names. A name that does not resolve within a
+    /// few seconds adds nothing.
+    pub fn of_host(cfg: &Config) -> Self {
+        let mut names = crate::server::tls_names(cfg);
+        if cfg.listen.ip().is_unspecified() {
+            match if_addrs::get_if_addrs() {
+                Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the host's interface addresses; validation may dial them")
+                }
+            }
+        }
+        let lookups: Vec<_> = names
+            .iter()
+            .filter(|n| n.parse::<IpAddr>().is_err())
+            .map(|name| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let host = format!("{name}:0");
+                std::thread::spawn(move || {
+                    let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&host)
+                        .map(|a| a.map(|a| a.ip()).collect())
+                        .unwrap_or_default();
+                    let _ = tx.send(found);
+                });
+                rx
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        for rx in lookups {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(found) = rx.recv_timeout(left) {
+                names.extend(found.iter().map(ToString::to_string));
+            }
+        }
+        Self::from_names(&names, cfg.validation.allow_loopback)
     }
 
     /// The names of the HTTPS certificate a CA with data directory `data_dir` last served
@@ -184,6 +251,16 @@ pub fn refused_identifier(id: &Identifier, own: &OwnNames, allow_loopback: bool)
         ));
     }
     if id.kind == IdentifierType::Ip {
+        // An IPv4 address written as IPv4-mapped IPv6 would be certified as a 16-octet
+        // iPAddress, which clients match against the IPv4 address, and bound apart from it.
+        if let Ok(IpAddr::V6(v6)) = id.value.parse::<IpAddr>() {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Some(format!(
+                    "{} is an IPv4-mapped IPv6 address: order the IPv4 address {v4}",
+                    id.value
+                ));
+            }
+        }
         if let Some(why) = id
             .value
             .parse::<IpAddr>()
@@ -224,6 +301,13 @@ mod tests {
             "ff02::1",
             "255.255.255.255",
             "::ffff:169.254.1.1",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
         ] {
             assert!(refused(ip), "{ip} must be refused");
         }
@@ -235,6 +319,9 @@ mod tests {
             "2001:db8::1",
             "fd00::7",
             "fec0::1",
+            "::ffff:10.20.0.5",
+            "64:ff9b::a14:5",
+            "2002:a14:5::1",
         ] {
             assert!(!refused(ip), "{ip} must be allowed");
         }
@@ -273,5 +360,27 @@ mod tests {
             .covered_by(|id| id.value.ends_with("plant.example"))
             .collect();
         assert_eq!(covered, [&ca]);
+    }
+
+    #[test]
+    fn the_hosts_addresses_are_its_own_when_it_listens_on_all_of_them() {
+        let cfg = Config {
+            listen: "0.0.0.0:14000".parse().expect("addr"),
+            ..Config::default()
+        };
+        let own = OwnNames::of_host(&cfg);
+        let interfaces = if_addrs::get_if_addrs().expect("interfaces");
+        assert!(!interfaces.is_empty());
+        for i in interfaces {
+            assert!(
+                own.has_address(i.ip()),
+                "{} ({}) is not own",
+                i.ip(),
+                i.name
+            );
+        }
+        // `localhost` resolves to a loopback address, which is the CA's as well.
+        let lo = OwnNames::of_host(&Config::default());
+        assert!(lo.has_address("127.0.0.1".parse().expect("ip")));
     }
 }

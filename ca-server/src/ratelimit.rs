@@ -15,7 +15,10 @@
 //! | `pending_approvals_per_account`     | account              | operator-approval-01 (a cap on requests waiting at once) |
 //! | `pending_approvals_per_address`     | source address       | operator-approval-01 (likewise) |
 //!
-//! Requests without a known source address (in-process tests) are not limited by address.
+//! Requests without a known source address (in-process tests) are not limited by address. An
+//! address is keyed as the client's network sees it: an IPv4 address mapped into IPv6 as the
+//! IPv4 address, and an IPv6 address by its /64, since one host usually has a whole /64 to
+//! pick addresses from.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,8 +29,11 @@ use crate::config::{in_prefix, parse_prefix, LimitName, Rate, RateLimitsConfig};
 use crate::types::Identifier;
 use crate::{Error, Result};
 
-/// Buckets kept before idle (full) ones are swept out.
+/// Buckets kept before refilled ones are swept out.
 const SWEEP_AT: usize = 100_000;
+/// Least time between two sweeps, so a map that stays large costs one scan per interval, not
+/// one per request.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Whose bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -41,8 +47,14 @@ pub enum Key {
 }
 
 impl Key {
+    /// The key of a source address: IPv4-mapped IPv6 as IPv4, IPv6 by its /64.
+    pub fn address(ip: IpAddr) -> Self {
+        Self::Address(address_key(ip))
+    }
+
     fn describe(&self) -> String {
         match self {
+            Self::Address(IpAddr::V6(v6)) => format!("addresses {v6}/64"),
             Self::Address(ip) => format!("address {ip}"),
             Self::Account(id) => format!("account {id}"),
             Self::AccountIdentifier(id, identifier) => {
@@ -59,17 +71,42 @@ impl Key {
     }
 }
 
+/// `ip` as rate limits key it: IPv4-mapped IPv6 as IPv4, IPv6 by its /64 (host bits zero).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
+/// One token bucket, with its own rate so that a sweep judges it by it.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    capacity: f64,
+    per_token: f64,
+}
+
+impl Bucket {
+    /// The tokens it holds at `now`.
+    fn level(&self, now: Instant) -> f64 {
+        let refill = now.duration_since(self.updated).as_secs_f64() / self.per_token;
+        (self.tokens + refill).min(self.capacity)
+    }
+}
+
+#[derive(Debug)]
+struct Buckets {
+    map: HashMap<(LimitName, Key), Bucket>,
+    swept: Option<Instant>,
 }
 
 /// The rate limiter of a running CA.
 #[derive(Debug)]
 pub struct RateLimiter {
     cfg: RateLimitsConfig,
-    buckets: Mutex<HashMap<(LimitName, Key), Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
 impl RateLimiter {
@@ -77,7 +114,10 @@ impl RateLimiter {
     pub fn new(cfg: RateLimitsConfig) -> Self {
         Self {
             cfg,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: None,
+            }),
         }
     }
 
@@ -111,6 +151,7 @@ impl RateLimiter {
         let default = match limit {
             LimitName::PendingApprovalsPerAccount => self.cfg.pending_approvals_per_account,
             LimitName::PendingApprovalsPerAddress => self.cfg.pending_approvals_per_address,
+            LimitName::PendingApprovalsTotal => return self.cfg.pending_approvals_total,
             _ => u32::MAX,
         };
         self.overridden(limit, key)
@@ -136,9 +177,9 @@ impl RateLimiter {
             LimitName::NewOrderPerAccount => self.cfg.new_order_per_account,
             LimitName::FailedValidationsPerIdentifier => self.cfg.failed_validations_per_identifier,
             // Caps, not buckets: see `cap`.
-            LimitName::PendingApprovalsPerAccount | LimitName::PendingApprovalsPerAddress => {
-                Rate::new(u32::MAX, Duration::from_secs(1))
-            }
+            LimitName::PendingApprovalsPerAccount
+            | LimitName::PendingApprovalsPerAddress
+            | LimitName::PendingApprovalsTotal => Rate::new(u32::MAX, Duration::from_secs(1)),
         };
         match self.overridden(limit, key) {
             Some((count, period)) => Rate::new(count, period.unwrap_or(default.period)),
@@ -175,29 +216,42 @@ impl RateLimiter {
         let per_token = rate.period.as_secs_f64() / capacity.max(1.0);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= SWEEP_AT {
+        let due = buckets
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY);
+        if buckets.map.len() >= SWEEP_AT && due {
             // A bucket that has refilled is the same as no bucket.
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() / per_token < capacity
-            });
+            buckets.map.retain(|_, b| b.level(now) < b.capacity);
+            buckets.swept = Some(now);
         }
-        let bucket = buckets.entry((limit, key.clone())).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
-        let refill = now.duration_since(bucket.updated).as_secs_f64() / per_token;
-        bucket.tokens = (bucket.tokens + refill).min(capacity);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
+        let slot = (limit, key.clone());
+        let level = match buckets.map.get(&slot) {
+            Some(b) => b.level(now),
+            None => capacity,
+        };
+        if level >= 1.0 {
             if take {
-                bucket.tokens -= 1.0;
+                buckets.map.insert(
+                    slot,
+                    Bucket {
+                        tokens: level - 1.0,
+                        updated: now,
+                        capacity,
+                        per_token,
+                    },
+                );
             }
             return Ok(());
+        }
+        // An empty bucket exists already (a full one is never stored empty).
+        if let Some(b) = buckets.map.get_mut(&slot) {
+            b.tokens = level;
+            b.updated = now;
         }
         if !refuse {
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) * per_token);
+        let wait = Duration::from_secs_f64((1.0 - level) * per_token);
         Err(Error::RateLimited {
             detail: format!(
                 "rate limit {} reached for {}: {} per {}; retry after {} s",
@@ -322,6 +376,72 @@ mod tests {
         };
         assert_eq!(cap("gateway"), 40);
         assert_eq!(cap("other"), 5);
+    }
+
+    #[test]
+    fn checks_store_nothing_and_sweeps_judge_each_bucket_by_its_own_rate() {
+        let l = limiter(
+            "[rate_limits]\nnew_order_per_account = { count = 300, period = \"1h\" }\n\
+             failed_validations_per_identifier = { count = 1, period = \"1s\" }",
+        );
+        let orders = Key::Account("a".into());
+        for _ in 0..290 {
+            l.take(LimitName::NewOrderPerAccount, &orders)
+                .expect("within 300");
+        }
+        // Checking 200,000 identifiers stores no bucket.
+        for i in 0..200_000 {
+            let k = Key::AccountIdentifier("a".into(), Identifier::dns(format!("d{i}")));
+            l.check(LimitName::FailedValidationsPerIdentifier, &k)
+                .expect("none failed");
+        }
+        assert_eq!(lock(&l).map.len(), 1);
+        // Fill past the sweep threshold with failure buckets of a fast rate, which refill in a
+        // second, then sweep: the half-used order bucket, of its slow rate, is kept.
+        for i in 0..SWEEP_AT - 1 {
+            let k = Key::AccountIdentifier("a".into(), Identifier::dns(format!("d{i}")));
+            l.spend(LimitName::FailedValidationsPerIdentifier, &k);
+        }
+        assert_eq!(lock(&l).map.len(), SWEEP_AT, "no sweep yet");
+        std::thread::sleep(Duration::from_millis(1100));
+        l.spend(
+            LimitName::FailedValidationsPerIdentifier,
+            &Key::AccountIdentifier("a".into(), Identifier::dns("last")),
+        );
+        assert!(lock(&l).map.len() <= 2, "{}", lock(&l).map.len());
+        let left = (0..20)
+            .take_while(|_| l.take(LimitName::NewOrderPerAccount, &orders).is_ok())
+            .count();
+        assert_eq!(left, 10, "the sweep refilled a bucket it should have kept");
+    }
+
+    fn lock(l: &RateLimiter) -> std::sync::MutexGuard<'_, Buckets> {
+        l.buckets.lock().expect("lock")
+    }
+
+    #[test]
+    fn addresses_are_keyed_as_their_network_sees_them() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:a:b:c:d")),
+            ip("2001:db8:1:2::")
+        );
+        let l = limiter("[rate_limits]\nnew_account_per_address = { count = 2, period = \"1h\" }");
+        let limit = LimitName::NewAccountPerAddress;
+        l.take(limit, &Key::address(ip("2001:db8:1:2::1")))
+            .expect("1");
+        l.take(limit, &Key::address(ip("2001:db8:1:2::2")))
+            .expect("2");
+        let e = l
+            .take(limit, &Key::address(ip("2001:db8:1:2:ffff::3")))
+            .expect_err("the same /64");
+        assert!(
+            matches!(&e, Error::RateLimited { detail, .. } if detail.contains("2001:db8:1:2::/64")),
+            "{e:?}"
+        );
+        l.take(limit, &Key::address(ip("2001:db8:1:3::1")))
+            .expect("another /64");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }
-    let own_names = crate::policy::OwnNames::of(&cfg);
+    let own_names = crate::policy::OwnNames::of_host(&cfg);
     let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
     let profiles =
         crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
@@ -69,16 +69,27 @@ pub fn init(cfg: Config) -> Result<AppState> {
     }
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
+    let db = Db::new(Arc::new(store));
     let eab = EabStore::new(&cfg.data_dir);
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::eab::check_rules(&cred.allow, &own_names) {
             tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");
         }
+        // What an allow-listed credential pre-authorizes ends with it (SPEC §6.6).
+        if !cred.allow.is_empty() && !cred.revoked && cred.expires.is_some_and(|e| e < app::now()) {
+            let accounts = eab.uses(&db, &cred.kid).unwrap_or(0);
+            if accounts > 0 {
+                tracing::warn!(kid = %cred.kid, accounts,
+                    "enrollment credential has expired: the accounts it bound can no longer order \
+                     what it pre-authorized; give them a credential without expiry (or a later one) \
+                     if they are to keep renewing");
+            }
+        }
     }
-    Ok(AppState::new(Inner {
+    let state = AppState::new(Inner {
         profiles,
         base_url: cfg.base_url(),
-        db: Db::new(Arc::new(store)),
+        db,
         nonces: NonceStore::new()?,
         eab,
         approvals: crate::approval::ApprovalQueue::open(&cfg.data_dir)?,
@@ -89,7 +100,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
         ca,
         va,
         cfg,
-    }))
+    });
+    // A store from before identities were indexed gets its index once (`identity`).
+    crate::identity::index_existing(&state)?;
+    Ok(state)
 }
 
 /// Names the server's own certificate must carry: loopback, the public URL's host and the

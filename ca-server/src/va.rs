@@ -132,11 +132,13 @@ pub struct Validator {
     in_flight: Arc<std::sync::Mutex<InFlight>>,
 }
 
-/// Validations running now: in all and per account.
+/// Validations running now: in all, per account, and per source address of the request that
+/// started them (keyed as rate limits key addresses).
 #[derive(Debug, Default)]
 struct InFlight {
     total: usize,
     per_account: std::collections::HashMap<String, usize>,
+    per_address: std::collections::HashMap<IpAddr, usize>,
 }
 
 /// One admitted validation ([`Validator::admit`]); its slot is freed when it is dropped.
@@ -144,17 +146,25 @@ struct InFlight {
 pub struct Admission {
     in_flight: Arc<std::sync::Mutex<InFlight>>,
     account: String,
+    address: Option<IpAddr>,
+}
+
+fn release<K: std::hash::Hash + Eq>(map: &mut std::collections::HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         f.total = f.total.saturating_sub(1);
-        if let Some(n) = f.per_account.get_mut(&self.account) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                f.per_account.remove(&self.account);
-            }
+        release(&mut f.per_account, &self.account);
+        if let Some(address) = &self.address {
+            release(&mut f.per_address, address);
         }
     }
 }
@@ -231,20 +241,33 @@ impl Validator {
         self
     }
 
-    /// A slot for one validation of `account`, or `rateLimited` when `max_in_flight`
-    /// validations run already, or `max_in_flight_per_account` of this account's. The
-    /// challenge stays pending and the client may answer it again after `Retry-After`.
-    pub fn admit(&self, account: &str) -> Result<Admission> {
+    /// A slot for one validation of `account`, asked for from `source`, or `rateLimited` when
+    /// `max_in_flight` validations run already, or `max_in_flight_per_account` of this
+    /// account's, or `max_in_flight_per_address` started from this address (so many accounts
+    /// from one host cannot take every slot). The challenge stays pending and the client may
+    /// answer it again after `Retry-After`.
+    pub fn admit(&self, account: &str, source: Option<IpAddr>) -> Result<Admission> {
+        let address = source.map(crate::ratelimit::address_key);
         let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let mine = f.per_account.get(account).copied().unwrap_or(0);
+        let from_here = address
+            .and_then(|a| f.per_address.get(&a).copied())
+            .unwrap_or(0);
         let full = if f.total >= self.cfg.max_in_flight {
             Some(format!(
-                "{} validations are running, the most this CA runs at once                  (validation.max_in_flight)",
+                "{} validations are running, the most this CA runs at once \
+                 (validation.max_in_flight)",
                 f.total
             ))
         } else if mine >= self.cfg.max_in_flight_per_account {
             Some(format!(
-                "{mine} validations of this account are running, the most one account may                  have at once (validation.max_in_flight_per_account)"
+                "{mine} validations of this account are running, the most one account may \
+                 have at once (validation.max_in_flight_per_account)"
+            ))
+        } else if from_here >= self.cfg.max_in_flight_per_address {
+            Some(format!(
+                "{from_here} validations asked for from this address are running, the most \
+                 one address may have at once (validation.max_in_flight_per_address)"
             ))
         } else {
             None
@@ -257,9 +280,13 @@ impl Validator {
         }
         f.total += 1;
         *f.per_account.entry(account.to_owned()).or_default() += 1;
+        if let Some(a) = address {
+            *f.per_address.entry(a).or_default() += 1;
+        }
         Ok(Admission {
             in_flight: Arc::clone(&self.in_flight),
             account: account.to_owned(),
+            address,
         })
     }
 
@@ -351,30 +378,54 @@ impl Validator {
 
         let mut seen = HashSet::from([url.clone()]);
         let mut redirects = 0;
+        // Under `same-host`, every hop after the first dials the address that answered the
+        // first: a name that resolves elsewhere between two hops (a TTL of 0) cannot steer a
+        // redirect to another machine.
+        let mut pinned = None;
+        // Whether the identifier's own host (or the identifier itself) gave the current URL;
+        // a URL another host gave is not shown in details, only its host.
+        let mut url_from_origin = true;
         loop {
-            let (addr, response) = self.get(&url, deadline).await?;
+            let (addr, response) = self.get(&url, deadline, pinned).await?;
+            if self.cfg.redirects == Redirects::SameHost {
+                pinned = Some(addr.ip());
+            }
             let status = response.status();
-            let at = format!("{url} (dialed {addr})");
-            let own_host = url.host_str().map(Target::of_url_host).as_ref() == Some(&origin);
+            let at = if url_from_origin {
+                format!("{url} (dialed {addr})")
+            } else {
+                format!(
+                    "a URL on {} that another host redirected to (dialed {addr})",
+                    url.host_str().unwrap_or("?")
+                )
+            };
+            let own_host = url.host_str().map(Target::of_url_host).as_ref() == Some(&origin)
+                || pinned == Some(addr.ip());
 
             if is_redirect(status) {
                 let next = self.redirect_target(&url, &at, status, &response, own_host)?;
-                self.check_redirect_host(&origin, &at, status, &next)?;
+                self.check_redirect_host(&origin, pinned, &at, status, &next)?;
+                let shown = if own_host {
+                    next.to_string()
+                } else {
+                    format!("a URL on {}", next.host_str().unwrap_or("?"))
+                };
                 // > The server SHOULD follow redirects when dereferencing the URL.
                 // <https://www.rfc-editor.org/rfc/rfc8555#section-8.3>
                 if redirects == MAX_REDIRECTS {
                     return Err(Error::IncorrectResponse(format!(
-                        "too many redirects: {at} redirected to {next} after {MAX_REDIRECTS} \
+                        "too many redirects: {at} redirected to {shown} after {MAX_REDIRECTS} \
                          redirects already followed"
                     )));
                 }
                 if !seen.insert(next.clone()) {
                     return Err(Error::IncorrectResponse(format!(
-                        "redirect loop: {at} redirected to {next}, which was already requested"
+                        "redirect loop: {at} redirected to {shown}, which was already requested"
                     )));
                 }
                 debug!(from = %url, to = %next, "following redirect");
                 redirects += 1;
+                url_from_origin = own_host;
                 url = next;
                 continue;
             }
@@ -405,15 +456,23 @@ impl Validator {
 
     /// Sends one GET for `url` to the first address of its host that accepts a connection.
     /// The Host header is the URL's host, whichever address is dialed.
-    async fn get(&self, url: &Url, deadline: Instant) -> Result<(SocketAddr, reqwest::Response)> {
+    /// With `pinned`, dials that address instead of resolving the URL's host.
+    async fn get(
+        &self,
+        url: &Url,
+        deadline: Instant,
+        pinned: Option<IpAddr>,
+    ) -> Result<(SocketAddr, reqwest::Response)> {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return Err(Error::Internal(format!("{url} has no host or port")));
         };
         let host_header = HeaderValue::from_str(host)
             .map_err(|e| Error::Internal(format!("host {host:?} is not a header value: {e}")))?;
-        let addrs = self
-            .resolve(&Target::of_url_host(host), port, deadline)
-            .await?;
+        let target = match pinned {
+            Some(ip) => Target::Ip(ip),
+            None => Target::of_url_host(host),
+        };
+        let addrs = self.resolve(&target, port, deadline).await?;
 
         let mut refused = Vec::new();
         for addr in addrs {
@@ -514,10 +573,13 @@ impl Validator {
         Ok(next)
     }
 
-    /// Under `redirects = "same-host"`, refuses a redirect to any host but the identifier's.
+    /// Under `redirects = "same-host"`, refuses a redirect to any host but the identifier's:
+    /// its name (in any case, with or without a trailing dot) or the address that answered
+    /// the first request (`pinned`), which devices' web servers often redirect to.
     fn check_redirect_host(
         &self,
         origin: &Target,
+        pinned: Option<IpAddr>,
         at: &str,
         status: StatusCode,
         next: &Url,
@@ -525,9 +587,11 @@ impl Validator {
         if self.cfg.redirects != Redirects::SameHost {
             return Ok(());
         }
+        let bare = |name: &str| name.trim_end_matches('.').to_ascii_lowercase();
         let target = next.host_str().map(Target::of_url_host);
         let same = match (&target, origin) {
-            (Some(Target::Name(a)), Target::Name(b)) => a.eq_ignore_ascii_case(b),
+            (Some(Target::Name(a)), Target::Name(b)) => bare(a) == bare(b),
+            (Some(Target::Ip(a)), _) if pinned == Some(*a) => true,
             (Some(a), b) => a == b,
             (None, _) => false,
         };

@@ -807,3 +807,159 @@ async fn operator_approval_needs_the_key_the_order_was_made_with() {
     let c = s.post_as(&rolled, chall, Some(&json!({}))).await.json();
     assert_eq!(c["status"], "processing", "{c}");
 }
+
+/// Deletes every identity record and the mark that the store was indexed, as in a store from
+/// before the index.
+fn forget_identities(s: &TestServer) {
+    for key in s
+        .app
+        .db
+        .keys_with_prefix(Table::Identities, "")
+        .expect("keys")
+    {
+        s.app.db.remove(Table::Identities, &key).expect("remove");
+    }
+    s.app
+        .db
+        .remove(Table::Meta, "identities_indexed")
+        .expect("remove mark");
+}
+
+/// A store from before identities were indexed is indexed at start, so the certificates issued
+/// before still bind their identities.
+#[tokio::test]
+async fn certificates_issued_before_the_index_still_bind_their_identities() {
+    let s = TestServer::with(opcua);
+    let cred = credential(&s, &["dns:line2.plant.example", "ip:10.20.0.0/16"], None);
+    let first = bound(&s, &cred).await;
+    issue(&s, &first, &["plc-1.line2.plant.example"]).await;
+    let mut p = identifiers(&["10.20.0.1"]);
+    p["profile"] = json!("opcua");
+    let o = new_order(&s, &first, &p).await.json();
+    let uri = "urn:plant.example:scada-1";
+    finalize(&s, &first, &o, &["10.20.0.1"], &[uri])
+        .await
+        .0
+        .assert_status(StatusCode::OK);
+
+    forget_identities(&s);
+    ca_server::identity::index_existing(&s.app).expect("index");
+
+    let second = bound(&s, &cred).await;
+    let o = new_order(&s, &second, &identifiers(&["plc-1.line2.plant.example"]))
+        .await
+        .json();
+    assert_eq!(o["status"], "pending", "{o}");
+    let mut p = identifiers(&["10.20.0.7"]);
+    p["profile"] = json!("opcua");
+    let o = new_order(&s, &second, &p).await.json();
+    let (r, _) = finalize(&s, &second, &o, &["10.20.0.7"], &[uri]).await;
+    r.assert_problem(400, "badCSR");
+    // Indexing again changes nothing: it ran once.
+    ca_server::identity::release(&s.app, &ca_server::identity::uri_key(uri)).expect("release");
+    ca_server::identity::index_existing(&s.app).expect("index");
+    let (r, _) = finalize(&s, &second, &o, &["10.20.0.7"], &[uri]).await;
+    r.assert_status(StatusCode::OK);
+}
+
+/// Devices sharing a credential finalize pre-authorized orders for the same name at the same
+/// moment: one certificate is issued. (Without the claim under compare-and-swap, two or more
+/// were issued in most runs of this test with 8 racers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_finalizes_for_one_pre_authorized_name_issue_once() {
+    let s = std::sync::Arc::new(TestServer::new());
+    let cred = credential(&s, &["dns:line2.plant.example"], None);
+    let name = "plc-5.line2.plant.example";
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        let acct = bound(&s, &cred).await;
+        let o = pre_authorized(&s, &acct, &[name]).await;
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec![name.to_owned()]).expect("params");
+        p.distinguished_name = DistinguishedName::new();
+        let csr = p.serialize_request(&key).expect("csr");
+        let url = o["finalize"].as_str().expect("finalize").to_owned();
+        let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url,
+            "kid": acct.kid});
+        let body = acct
+            .key
+            .jws(&protected, Some(&json!({"csr": b64(csr.der())})))
+            .to_string();
+        requests.push((url, body));
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(url, body)| {
+            let (s, start) = (s.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.post_raw(&url, body).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    let issued = statuses.iter().filter(|st| **st == StatusCode::OK).count();
+    assert_eq!(issued, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|st| *st == StatusCode::OK || *st == StatusCode::FORBIDDEN),
+        "{statuses:?}"
+    );
+}
+
+/// A claim whose certificate never came lapses, so a crash between claim and issuance does not
+/// bind an ApplicationUri for good.
+#[tokio::test]
+async fn a_lapsed_claim_gives_way() {
+    let s = TestServer::with(opcua);
+    let uri = "urn:plant.example:hmi-2";
+    s.app
+        .db
+        .put(
+            Table::Identities,
+            &ca_server::identity::uri_key(uri),
+            &ca_server::identity::Holding {
+                account_id: "crashed".into(),
+                serial: None,
+                not_after: 0,
+                since: ca_server::app::now() - ca_server::identity::CLAIM_LAPSES - 1,
+            },
+        )
+        .expect("put");
+    let cred = credential(&s, &["ip:10.20.0.0/16"], None);
+    let acct = bound(&s, &cred).await;
+    let mut p = identifiers(&["10.20.0.9"]);
+    p["profile"] = json!("opcua");
+    let o = new_order(&s, &acct, &p).await.json();
+    let (r, _) = finalize(&s, &acct, &o, &["10.20.0.9"], &[uri]).await;
+    r.assert_status(StatusCode::OK);
+}
+
+/// An authorization pre-authorized before authorizations recorded their credential is checked
+/// against the account's credential.
+#[tokio::test]
+async fn a_pre_authorization_from_before_its_credential_was_recorded_is_checked() {
+    let s = TestServer::new();
+    let cred = credential(&s, &["dns:plant.example"], None);
+    let acct = bound(&s, &cred).await;
+    let o = pre_authorized(&s, &acct, &["plc-3.plant.example"]).await;
+    let authz_id = o["authorizations"][0]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("authz id");
+    s.app
+        .db
+        .update(Table::Authzs, authz_id, |mut a: ca_server::authz::Authz| {
+            a.pre_authorized_by = None;
+            Ok(a)
+        })
+        .expect("strip");
+    assert!(s.app.eab.revoke(&cred.kid).expect("revoke"));
+    let (r, _) = finalize(&s, &acct, &o, &["plc-3.plant.example"], &[]).await;
+    r.assert_problem(403, "unauthorized");
+}

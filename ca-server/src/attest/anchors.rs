@@ -68,7 +68,9 @@ impl TrustAnchor {
     ) -> std::result::Result<Self, String> {
         check_ca_certificate(&der)?;
         let assigner = assigner.ok_or_else(|| {
-            "it names no assigner, so it is not used: serial numbers are unique only per              manufacturer, and devices prove serial/assigner with the assigner of their              manufacturer's anchor"
+            "it names no assigner, so it is not used: serial numbers are unique only per \
+             manufacturer, and devices prove serial/assigner with the assigner of their \
+             manufacturer's anchor"
                 .to_owned()
         })?;
         identifier::check_assigner(assigner).map_err(|e| format!("assigner: {e}"))?;

@@ -59,6 +59,26 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn scan_after(
+        &self,
+        table: Table,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        Ok(self.with(table, |t| {
+            let start = if after.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(after.to_vec())
+            };
+            t.range((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }))
+    }
+
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async { Ok(()) })
     }

@@ -111,6 +111,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// All entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// At most `limit` entries whose key sorts after `after` (from the first with an empty
+    /// `after`), in key order: for walking a large table a page at a time.
+    fn scan_after(
+        &self,
+        table: Table,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Writes since the last [`Store::checkpoint`] (or since the store was opened), and the
     /// time since the last write. A backend with no restart work to bound reports none.
     fn write_activity(&self) -> (u64, std::time::Duration) {

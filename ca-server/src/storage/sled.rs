@@ -482,6 +482,35 @@ impl Store for SledStore {
         })
     }
 
+    fn scan_after(
+        &self,
+        table: Table,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        self.with_open(|o| {
+            let start = if after.is_empty() {
+                Bound::Unbounded
+            } else {
+                Bound::Excluded(after)
+            };
+            let entries = o
+                .tree(table)
+                .range::<&[u8], _>((start, Bound::Unbounded))
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((k.to_vec(), v.to_vec()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // As for a prefix scan: it depends on every write so far.
+            let _pending = self.pending();
+            note_ticket(self.group.writes.load(Ordering::SeqCst));
+            Ok(entries)
+        })
+    }
+
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(self.group_flush())
     }

@@ -618,23 +618,45 @@ fn validations_in_flight_are_bounded_in_all_and_per_account() {
     cfg.max_in_flight = 3;
     cfg.max_in_flight_per_account = 2;
     let v = validator(cfg);
-    let a1 = v.admit("a").expect("1st of a");
-    let a2 = v.admit("a").expect("2nd of a");
-    let e = v.admit("a").expect_err("3rd of a");
+    let a1 = v.admit("a", None).expect("1st of a");
+    let a2 = v.admit("a", None).expect("2nd of a");
+    let e = v.admit("a", None).expect_err("3rd of a");
     assert!(
         matches!(&e, Error::RateLimited { detail, .. } if detail.contains("max_in_flight_per_account")),
         "{e:?}"
     );
-    let b1 = v.admit("b").expect("1st of b");
-    let e = v.admit("c").expect_err("4th in all");
+    let b1 = v.admit("b", None).expect("1st of b");
+    let e = v.admit("c", None).expect_err("4th in all");
     assert!(
         matches!(&e, Error::RateLimited { detail, .. } if detail.contains("validation.max_in_flight")),
         "{e:?}"
     );
     drop(a1);
-    let _c = v.admit("c").expect("a slot came free");
+    let _c = v.admit("c", None).expect("a slot came free");
     drop((a2, b1));
-    let _a = v.admit("a").expect("a's slots came free");
+    let _a = v.admit("a", None).expect("a's slots came free");
+}
+
+#[test]
+fn validations_in_flight_are_bounded_per_source_address() {
+    let mut cfg = config(80, 443);
+    cfg.max_in_flight_per_address = 2;
+    let v = validator(cfg);
+    let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+    // Two accounts from one host, the second through another address of its IPv6 /64.
+    let first = v.admit("a", ip("2001:db8:7::1")).expect("1st from the /64");
+    let _second = v.admit("b", ip("2001:db8:7::2")).expect("2nd from the /64");
+    let e = v
+        .admit("c", ip("2001:db8:7::3"))
+        .expect_err("3rd from the /64");
+    assert!(
+        matches!(&e, Error::RateLimited { detail, .. } if detail.contains("max_in_flight_per_address")),
+        "{e:?}"
+    );
+    let _other_net = v.admit("c", ip("2001:db8:8::1")).expect("another /64");
+    let _unknown = v.admit("d", None).expect("no address known");
+    drop(first);
+    let _again = v.admit("c", ip("2001:db8:7::3")).expect("a slot came free");
 }
 
 #[tokio::test]
@@ -1093,4 +1115,62 @@ fn validator_is_cheap_to_share_and_checks_its_config() {
         Validator::new(config(0, 443)),
         Err(Error::Internal(_))
     ));
+}
+
+/// Under `same-host`, a redirect may name the identifier's host with a trailing dot, or the
+/// address that answered the first request (device web servers often redirect to their own
+/// address); both are followed, to that same address.
+#[tokio::test]
+async fn http01_same_host_redirects_to_the_answering_address_or_a_dotted_name() {
+    let port_cell = Arc::new(Mutex::new(0u16));
+    let cell = port_cell.clone();
+    let server = HttpServer::start(LOCALHOST, move |target| {
+        let port = *cell.lock().expect("port");
+        match target {
+            CHALLENGE_PATH => redirect(&format!("http://127.0.0.1:{port}/by-address")),
+            "/by-address" => redirect(&format!("http://device.plant.example.:{port}/dotted")),
+            "/dotted" => ok(KEY_AUTH),
+            _ => not_found(),
+        }
+    })
+    .await;
+    *port_cell.lock().expect("port") = server.port();
+    let v = validator(lab(config(server.port(), 1)));
+    http01(&v, &Identifier::dns("device.plant.example"))
+        .await
+        .expect("valid after same-host redirects");
+    let targets: Vec<_> = server.seen().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, [CHALLENGE_PATH, "/by-address", "/dotted"]);
+}
+
+/// After the first hop the validator dials the address that answered it, not what the name
+/// resolves to now: here the name would resolve (lab setting) to an address where nothing
+/// listens, and the pinned address is the one that is dialed.
+#[tokio::test]
+async fn a_pinned_address_is_dialed_instead_of_resolving_again() {
+    let server = HttpServer::start(LOCALHOST, |_| ok(KEY_AUTH)).await;
+    let mut cfg = config(server.port(), 1);
+    cfg.lab_resolve_all_to = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
+    let v = validator(cfg);
+    let url = Url::parse(&format!(
+        "http://device.plant.example:{}{CHALLENGE_PATH}",
+        server.port()
+    ))
+    .expect("url");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (addr, response) = v
+        .get(&url, deadline, Some(LOCALHOST))
+        .await
+        .expect("the pinned address answers");
+    assert_eq!(addr.ip(), LOCALHOST);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        server.seen()[0].host.as_deref(),
+        Some("device.plant.example")
+    );
+    let e = v
+        .get(&url, deadline, None)
+        .await
+        .expect_err("127.0.0.9 refuses");
+    assert!(matches!(e, Error::Connection(_)), "{e:?}");
 }
