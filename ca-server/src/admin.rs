@@ -297,18 +297,34 @@ pub async fn serve(app: AppState) -> Result<()> {
         .map_err(|e| Error::Internal(format!("admin socket failed: {e}")))
 }
 
-/// Binds a Unix socket at `path` with mode 0600 from the moment it exists.
+/// Binds a Unix socket at `path`, owner-only from the moment it exists and mode 0600 once this
+/// returns.
 ///
-/// bind(2) gives the socket file mode 0777 minus the umask, and a chmod afterwards would leave
-/// a moment in which another local user could connect. So the socket is created under a 0177
-/// umask, which is put back at once. The umask belongs to the process: a file another thread
-/// creates in that window gets fewer permission bits than it asked for, never more.
+/// bind(2) gives the socket file mode 0777 minus the umask, so binding under a loose umask and
+/// tightening with chmod afterwards would leave a moment in which another local user could
+/// connect. So the socket is created under [`BIND_UMASK`], which is put back at once, and then
+/// loses the execute bit that umask leaves (meaningless on a socket: connecting needs write
+/// permission). The umask belongs to the process: a file or directory another thread creates in
+/// that window gets at most owner permissions, and a directory keeps its owner's search bit.
 pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let listener = under_umask(BIND_UMASK, || std::os::unix::net::UnixListener::bind(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The process umask while the admin socket is bound: no group or other permissions, the
+/// owner's kept.
+const BIND_UMASK: u32 = 0o077;
+
+/// Runs `f` with the process umask set to `mask`, then puts the previous umask back.
+fn under_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     use rustix::fs::Mode;
-    let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
+    let previous = rustix::process::umask(Mode::from_raw_mode(mask));
+    let result = f();
     rustix::process::umask(previous);
-    bound
+    result
 }
 
 /// Client side, for the CLI: one request over the socket, HTTP/1.1 with `Connection: close`.
@@ -367,8 +383,10 @@ mod tests {
         0o777 & !std::fs::metadata(&dir).expect("meta").permissions().mode()
     }
 
-    /// The socket is 0600 as soon as bind returns (nothing else touched it), whatever the
-    /// process umask, and the umask is back as it was.
+    /// The socket is 0600 once `bind_private` returns (nothing else touched it), whatever the
+    /// process umask, and the umask is back as it was. While the socket is bound, a directory
+    /// another thread creates gets no group or other permissions but keeps its owner's
+    /// permissions, search included.
     #[test]
     fn the_socket_is_created_owner_only_and_the_umask_is_restored() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -377,6 +395,12 @@ mod tests {
         let _listener = bind_private(&path).expect("bind");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        assert_eq!(umask(), before);
+
+        let made = dir.path().join("made-meanwhile");
+        under_umask(BIND_UMASK, || std::fs::DirBuilder::new().create(&made)).expect("mkdir");
+        let mode = std::fs::metadata(&made).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "directory mode {mode:o}");
         assert_eq!(umask(), before);
     }
 }

@@ -328,6 +328,25 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// Most connections open at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Most connections open at once from one source address (an IPv6 address counts by its
+    /// /64); further ones from it are closed as soon as they are accepted. Unset: the smaller
+    /// of [`DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`] and `max_connections`.
+    pub max_connections_per_address: Option<usize>,
+}
+
+/// `max_connections_per_address` when the configuration does not set it (and
+/// `max_connections` is not lower).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+impl LimitsConfig {
+    /// The per-address connection cap the listener applies: at least 1, at most
+    /// `max_connections`.
+    pub fn per_address_cap(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+            .min(self.max_connections)
+            .max(1)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -337,6 +356,7 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_address: None,
         }
     }
 }
@@ -616,6 +636,15 @@ impl Config {
         if l.max_connections == 0 {
             return Err("limits.max_connections must be at least 1".into());
         }
+        if let Some(per_address) = l.max_connections_per_address {
+            if per_address == 0 || per_address > l.max_connections {
+                return Err(format!(
+                    "limits.max_connections_per_address must be between 1 and \
+                     limits.max_connections ({}); it is {per_address}",
+                    l.max_connections
+                ));
+            }
+        }
         self.rate_limits.check()?;
         if let Some(url) = &self.public_url {
             if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
@@ -729,6 +758,28 @@ mod tests {
         let cfg = Config::from_toml("[issuance]\ncert_validity = \"2d\"").expect("ok");
         assert_eq!(cfg.issuance.cert_validity, Duration::from_secs(172_800));
         assert!(Config::from_toml("[issuance]\ncert_validity = \"1m\"").is_err());
+    }
+
+    #[test]
+    fn max_connections_per_address_is_checked_and_defaults_below_max_connections() {
+        let cfg = Config::from_toml("").expect("defaults");
+        assert_eq!(cfg.limits.per_address_cap(), 256);
+        let cfg = Config::from_toml("[limits]\nmax_connections = 10").expect("ok");
+        assert_eq!(
+            cfg.limits.per_address_cap(),
+            10,
+            "unset: at most max_connections"
+        );
+        let cfg = Config::from_toml("[limits]\nmax_connections_per_address = 4").expect("ok");
+        assert_eq!(cfg.limits.per_address_cap(), 4);
+        for bad in [
+            "[limits]\nmax_connections_per_address = 0",
+            "[limits]\nmax_connections = 10\nmax_connections_per_address = 11",
+        ] {
+            let err = Config::from_toml(bad).expect_err(bad);
+            assert!(err.contains("limits.max_connections_per_address"), "{err}");
+        }
+        assert!(Config::from_toml("[limits]\nmax_connections_per_address = -1").is_err());
     }
 
     #[test]

@@ -24,13 +24,29 @@
 //! before it calls `accept`, so further connections wait in the kernel's backlog instead of
 //! being accepted and then dropped.
 //!
+//! One source address holds at most `max_connections_per_address` of them, so a single client
+//! cannot take every permit and leave devices waiting in the backlog. An IPv4-mapped IPv6
+//! address counts as its IPv4 address, and an IPv6 address counts by its /64, since one host
+//! usually has a whole /64 to pick source addresses from. A connection beyond its address's
+//! cap is closed as soon as it is accepted, before the TLS handshake, and its permit goes to
+//! the next connection.
+//!
+//! Idle keep-alive connections give way first. Once fewer than 1/16 of the permits are free,
+//! every permit the accept loop takes closes one idle connection, the one idle longest
+//! (connections wait for that in a [`Notify`] queue from the moment they go idle, and
+//! [`Notify::notify_one`] wakes the oldest waiter). With no connection idle, the next one to go
+//! idle closes. So a client that keeps connections alive with a request now and then loses
+//! them to new connections instead of holding them for `idle_timeout` at a time; a client
+//! between requests reconnects, as it would after `idle_timeout`.
+//!
 //! HTTP/1.1 only, with no fallback: a client that opens with the HTTP/2 connection preface
 //! gets no HTTP/2 (hyper's HTTP/1 parser recognises the preface and closes the connection).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -46,7 +62,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -235,6 +251,7 @@ pub async fn serve(
         request_timeout = ?limits.request_timeout,
         idle_timeout = ?limits.idle_timeout,
         max_connections = limits.max_connections,
+        max_connections_per_address = limits.per_address_cap(),
         "connection limits"
     );
     if let Some(files) = open_files_limit() {
@@ -251,25 +268,31 @@ pub async fn serve(
         }
     }
 
-    let permits = Arc::new(Semaphore::new(
-        limits.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
+    let slots = Arc::new(Slots::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::new(limits.per_address_cap()));
     let conn = Conn {
         acceptor: TlsAcceptor::from(tls),
         router,
         limits: Limits::from(limits),
+        slots: Arc::clone(&slots),
     };
     // Shutdown is announced on `stop`; each connection task holds an `open` sender, so
     // `recv` on the receiver ends when the last connection is gone.
     let (stop_tx, stop_rx) = watch::channel(());
     let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
     let mut shutdown = pin!(shutdown);
+    // A permit not used by the last round (a failed accept, a connection over its address's
+    // cap) serves the next one.
+    let mut unused: Option<OwnedSemaphorePermit> = None;
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break, // never closed
+        let permit = match unused.take() {
+            Some(permit) => permit,
+            None => tokio::select! {
+                () = &mut shutdown => break,
+                permit = slots.acquire() => match permit {
+                    Some(permit) => permit,
+                    None => break, // never closed
+                },
             },
         };
         let (tcp, peer) = tokio::select! {
@@ -277,15 +300,26 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    unused = Some(permit);
                     accept_failed(e).await;
                     continue;
                 }
             },
         };
+        let Some(counted) = per_address.claim(peer.ip()) else {
+            // Dropping the stream closes it.
+            tracing::debug!(
+                %peer,
+                "closing connection: max_connections_per_address ({}) reached",
+                per_address.cap
+            );
+            unused = Some(permit);
+            continue;
+        };
         let (conn, stop, open) = (conn.clone(), stop_rx.clone(), open_tx.clone());
         tokio::spawn(async move {
             conn.serve(tcp, peer, stop).await;
-            drop((permit, open));
+            drop((permit, counted, open));
         });
     }
     drop(listener);
@@ -331,12 +365,116 @@ fn parse_open_files_limit(proc_limits: &str) -> Option<u64> {
     line.split_whitespace().next()?.parse().ok()
 }
 
+/// The `max_connections` permits, and the queue of idle connections that give theirs up when
+/// few are left.
+struct Slots {
+    permits: Arc<Semaphore>,
+    total: usize,
+    /// Idle connections wait here, in the order they went idle.
+    idle: Notify,
+}
+
+impl Slots {
+    fn new(max_connections: usize) -> Self {
+        let total = max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+            idle: Notify::new(),
+        }
+    }
+
+    /// Fewer than 1/16 of the permits are free.
+    fn scarce(&self) -> bool {
+        self.permits.available_permits().saturating_mul(16) < self.total
+    }
+
+    /// Takes a permit for the next connection; when permits are scarce, also asks the
+    /// connection idle longest (or, with none idle, the next to go idle) to close. `None` if
+    /// the semaphore is closed, which it never is.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        if self.scarce() {
+            self.idle.notify_one();
+        }
+        Some(permit)
+    }
+}
+
+/// Open connections per source address, for `max_connections_per_address`. An address has an
+/// entry only while it has a connection open, so the map holds at most `max_connections`
+/// entries.
+struct PerAddress {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Every update is a whole one under the lock, so a poisoned map is still consistent.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a new connection from `peer`, or returns `None` if its address already has `cap`
+    /// connections open. The count goes down when the returned value is dropped.
+    fn claim(self: &Arc<Self>, peer: IpAddr) -> Option<Counted> {
+        let key = address_key(peer);
+        let mut open = self.open();
+        let count = open.entry(key).or_insert(0);
+        // `cap` is at least 1, so a refusal never leaves a zero count behind.
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            table: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One open connection in [`PerAddress`].
+struct Counted {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.table.open();
+        if let Entry::Occupied(mut entry) = open.entry(self.key) {
+            let count = entry.get_mut();
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// The address a connection from `ip` counts against: IPv4-mapped IPv6 addresses as their
+/// IPv4 address, other IPv6 addresses by their /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
 /// What every connection needs from the listener.
 #[derive(Clone)]
 struct Conn {
     acceptor: TlsAcceptor,
     router: Router,
     limits: Limits,
+    slots: Arc<Slots>,
 }
 
 impl Conn {
@@ -377,10 +515,13 @@ impl Conn {
             .header_read_timeout(None)
             .serve_connection(io, service));
 
+        let slots = self.slots;
         let mut stop = pin!(stop.changed());
         let mut stopping = false;
+        // While the connection is idle: its place in the queue of idle connections.
+        let mut queued = pin!(None);
         let mut watchdog = pin!(tokio::time::sleep_until(clock.deadline()));
-        let expired = poll_fn(|cx| {
+        let expired = poll_fn(|cx| loop {
             if !stopping && stop.as_mut().poll(cx).is_ready() {
                 // Idle connections close now, busy ones after their current response.
                 stopping = true;
@@ -392,15 +533,33 @@ impl Conn {
                 }
                 return Poll::Ready(None);
             }
-            // Polling the connection is what moves the phase, so its deadline is current here.
+            // Polling the connection is what moves the phase, so the phase is current here.
+            let idle = matches!(clock.phase(), Phase::Idle { .. });
+            if stopping || !idle {
+                queued.set(None);
+            } else {
+                if queued.is_none() {
+                    queued.set(Some(slots.idle.notified()));
+                }
+                if let Some(Poll::Ready(())) = queued.as_mut().as_pin_mut().map(|q| q.poll(cx)) {
+                    queued.set(None);
+                    if slots.scarce() {
+                        tracing::debug!(%peer, "closing idle connection: few connections left");
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    // Poll the connection again, to close it or to queue it again.
+                    continue;
+                }
+            }
             let deadline = clock.deadline();
             if watchdog.deadline() != deadline {
                 watchdog.as_mut().reset(deadline);
             }
-            match watchdog.as_mut().poll(cx) {
+            return match watchdog.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(clock.phase())),
                 Poll::Pending => Poll::Pending,
-            }
+            };
         })
         .await;
         if let Some(phase) = expired {

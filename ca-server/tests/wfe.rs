@@ -1599,9 +1599,15 @@ async fn the_data_directory_and_the_admin_socket_are_private() {
 
     let server = tokio::spawn(ca_server::admin::serve(app));
     let sock = ca_server::admin::socket_path(&data);
+    // Owner-only from the moment it exists (0700 for the instant between bind and chmod),
+    // then 0600.
     for _ in 0..500 {
         if sock.exists() {
-            break;
+            let m = mode(&sock);
+            assert_eq!(m & 0o077, 0, "mode {m:o}");
+            if m == 0o600 {
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -102,6 +102,28 @@ struct Conn {
 impl Conn {
     fn open(server: &CaServer, cfg: &Arc<ClientConfig>) -> Result<Self> {
         let tcp = TcpStream::connect(("127.0.0.1", server.listen_port())).context("connect")?;
+        Self::handshake(tcp, cfg)
+    }
+
+    /// Like [`Conn::open`], from source address `from` (any 127.0.0.0/8 address is local).
+    fn open_from(server: &CaServer, cfg: &Arc<ClientConfig>, from: Ipv4Addr) -> Result<Self> {
+        // std cannot bind a socket before connecting it; tokio's TcpSocket can.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let to = SocketAddr::from((Ipv4Addr::LOCALHOST, server.listen_port()));
+        let tcp = rt
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((from, 0)))?;
+                socket.connect(to).await?.into_std()
+            })
+            .with_context(|| format!("connect from {from}"))?;
+        tcp.set_nonblocking(false)?;
+        Self::handshake(tcp, cfg)
+    }
+
+    fn handshake(tcp: TcpStream, cfg: &Arc<ClientConfig>) -> Result<Self> {
         tcp.set_read_timeout(Some(Duration::from_secs(15)))?;
         let name = ServerName::try_from("localhost")?;
         let mut tls = StreamOwned::new(ClientConnection::new(Arc::clone(cfg), name)?, tcp);
@@ -234,12 +256,13 @@ fn ensure_fd_headroom(who: &str, pid: &str, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// 300 connections that sent a whole head and one byte of a 1000-byte body are all closed
+/// 250 connections that sent a whole head and one byte of a 1000-byte body are all closed
 /// within 40 s under the default limits (request_timeout 30 s), each after a 408 problem
-/// document or at least closed; meanwhile a new client is served.
+/// document or at least closed; meanwhile a new client is served. (They all come from
+/// 127.0.0.1, so they stay below max_connections_per_address, 256.)
 #[test]
 fn stalled_bodies_are_closed_under_the_default_limits() -> Result<()> {
-    const STALLED: usize = 300;
+    const STALLED: usize = 250;
     const WITHIN: Duration = Duration::from_secs(40);
     // Sockets, plus what the server (store, logs) and the other tests in this process use.
     let needed = STALLED as u64 + 200;
@@ -447,7 +470,9 @@ fn timeouts_close_stalled_connections_and_spare_busy_ones() -> Result<()> {
 }
 
 /// With max_connections = 3 and three connections open and stalled, a fourth is not served
-/// (its TLS handshake waits in the backlog) until one of the three closes; then it is.
+/// (its TLS handshake waits in the backlog) until one of the three closes; then it is. The
+/// fourth comes from 127.0.0.2: from 127.0.0.1 it would be over max_connections_per_address
+/// (at most max_connections, so 3) and closed at once.
 #[test]
 fn max_connections_holds() -> Result<()> {
     let server = CaServer::start(CaServerOpts {
@@ -469,7 +494,7 @@ fn max_connections_holds() -> Result<()> {
         let (server, cfg) = (&server, Arc::clone(&cfg));
         let start = Instant::now();
         move || {
-            let served = Conn::open(server, &cfg)
+            let served = Conn::open_from(server, &cfg, Ipv4Addr::new(127, 0, 0, 2))
                 .and_then(|mut c| c.get("/directory"))
                 .map(|r| (r.status, start.elapsed()));
             let _ = tx.send(served);
@@ -492,4 +517,66 @@ fn max_connections_holds() -> Result<()> {
         Ok(())
     })
     .with_context(|| server.logs())
+}
+
+/// With max_connections_per_address = 4 and four connections open from 127.0.0.1, a fifth from
+/// 127.0.0.1 is closed at once (its TLS handshake fails well within header_read_timeout, 10 s),
+/// however often it tries, while 127.0.0.2 is served; once one of the four closes, 127.0.0.1 is
+/// served again.
+#[test]
+fn max_connections_per_address_holds() -> Result<()> {
+    let server = CaServer::start(CaServerOpts {
+        extra_toml: "[limits]\nmax_connections_per_address = 4\n".into(),
+        ..CaServerOpts::default()
+    })?;
+    let cfg = client_config(&server, &[b"http/1.1"])?;
+    let local = Ipv4Addr::LOCALHOST;
+    let outcome = (|| -> Result<()> {
+        // The readiness probe's connection may still be closing: allow it a moment.
+        let served = |from: Ipv4Addr| -> Result<Conn> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let attempt = Conn::open_from(&server, &cfg, from).and_then(|mut c| {
+                    let r = c.get("/directory")?;
+                    ensure!(r.status == 200, "GET /directory: {r:?}");
+                    Ok(c)
+                });
+                match attempt {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(e).with_context(|| format!("a connection from {from}"))
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        };
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(served(local)?);
+        }
+        for i in 0..10 {
+            let start = Instant::now();
+            let fifth = Conn::open_from(&server, &cfg, local).and_then(|mut c| c.get("/directory"));
+            ensure!(
+                fifth.is_err(),
+                "attempt {i}: a fifth connection from 127.0.0.1 was served: {fifth:?}"
+            );
+            ensure!(
+                start.elapsed() < Duration::from_secs(3),
+                "attempt {i}: the fifth connection was closed only after {:?}",
+                start.elapsed()
+            );
+        }
+        served(Ipv4Addr::new(127, 0, 0, 2)).context("another address")?;
+        for (i, conn) in open.iter_mut().enumerate() {
+            let r = conn
+                .get("/directory")
+                .with_context(|| format!("connection {i}"))?;
+            ensure!(r.status == 200, "connection {i}: {r:?}");
+        }
+        drop(open.pop());
+        served(local).context("after one of the four closed")?;
+        Ok(())
+    })();
+    outcome.with_context(|| server.logs())
 }

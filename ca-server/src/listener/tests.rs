@@ -73,6 +73,7 @@ fn huge_limits_are_capped_instead_of_overflowing() {
         request_timeout: Duration::MAX,
         idle_timeout: Duration::from_secs(1 << 62),
         max_connections: usize::MAX,
+        max_connections_per_address: None,
     };
     let limits = Limits::from(&cfg);
     assert_eq!(limits.header_read, LONGEST);
@@ -163,12 +164,36 @@ impl TestServer {
     }
 
     async fn connect(&self) -> ClientTls<TcpStream> {
-        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        self.connect_from(LOCALHOST).await.expect("TLS handshake")
+    }
+
+    /// A connection from source address `from` (any 127.0.0.0/8 address is local), handshake
+    /// done.
+    async fn connect_from(&self, from: IpAddr) -> io::Result<ClientTls<TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = socket.connect(self.addr).await?;
         self.client
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
             .await
-            .expect("TLS handshake")
     }
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// Sends `GET /` and reads the response; whether it was a 200.
+async fn served(tls: &mut ClientTls<TcpStream>) -> bool {
+    if tls
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    read_response(tls)
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200 "))
 }
 
 fn ms(n: u64) -> Duration {
@@ -181,6 +206,7 @@ fn short_limits() -> LimitsConfig {
         request_timeout: ms(600),
         idle_timeout: ms(2000),
         max_connections: 16,
+        max_connections_per_address: None,
     }
 }
 
@@ -383,6 +409,130 @@ async fn max_connections_holds_further_connections_in_the_backlog() {
         .await
         .expect("response")
         .starts_with("HTTP/1.1 200 "));
+}
+
+#[test]
+fn connections_count_against_the_ipv4_address_or_the_ipv6_slash_64() {
+    let key = |s: &str| address_key(s.parse().expect("address"));
+    assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+    assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+    assert_eq!(
+        key("2001:db8:1:2::1"),
+        key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+    );
+    assert_eq!(key("2001:db8:1:2:abcd::1"), key("2001:db8:1:2::"));
+    assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+}
+
+#[tokio::test]
+async fn max_connections_per_address_closes_one_address_s_extra_connections_at_once() {
+    // header_read_timeout stays 10 s: a close within a second is the cap, not a timeout.
+    let server = TestServer::start(LimitsConfig {
+        max_connections: 16,
+        max_connections_per_address: Some(2),
+        ..LimitsConfig::default()
+    })
+    .await;
+    let mut first = server.connect().await;
+    let mut second = server.connect().await;
+    assert!(served(&mut first).await && served(&mut second).await);
+
+    // More connections from 127.0.0.1 than the global cap has: each is closed at once, and
+    // none holds a permit afterwards.
+    for i in 0..20 {
+        let start = Instant::now();
+        let third = tokio::time::timeout(ms(2000), server.connect_from(LOCALHOST)).await;
+        let third = third.unwrap_or_else(|_| panic!("attempt {i}: neither served nor closed"));
+        assert!(
+            third.is_err(),
+            "attempt {i}: a third connection from 127.0.0.1 was accepted"
+        );
+        assert!(
+            start.elapsed() < ms(1000),
+            "attempt {i}: closed after {:?}",
+            start.elapsed()
+        );
+    }
+
+    // Another address has a cap of its own.
+    let mut other = server
+        .connect_from(OTHER)
+        .await
+        .expect("127.0.0.2 is served");
+    assert!(served(&mut other).await);
+    assert!(
+        served(&mut first).await,
+        "the first connection is still open"
+    );
+
+    // Closing a connection frees its slot; the server notices the close on its next read.
+    drop(second);
+    let mut again = None;
+    for _ in 0..40 {
+        if let Ok(mut tls) = server.connect_from(LOCALHOST).await {
+            if served(&mut tls).await {
+                again = Some(tls);
+                break;
+            }
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(
+        again.is_some(),
+        "no slot for 127.0.0.1 after one of its connections closed"
+    );
+}
+
+#[tokio::test]
+async fn when_connections_run_short_the_longest_idle_one_closes_first() {
+    // Four permits: with the one the accept loop holds, a third connection leaves none free.
+    let server = TestServer::start(LimitsConfig {
+        max_connections: 4,
+        ..LimitsConfig::default()
+    })
+    .await;
+    let mut oldest = server.connect().await;
+    assert!(served(&mut oldest).await);
+    tokio::time::sleep(ms(100)).await;
+    let mut newer = server.connect().await;
+    assert!(served(&mut newer).await);
+    tokio::time::sleep(ms(100)).await;
+
+    let mut third = server.connect().await;
+    // idle_timeout is 60 s: a close now is the shortage.
+    closed_after(&mut oldest, ms(1000)).await;
+    assert!(served(&mut third).await);
+    assert!(
+        served(&mut newer).await,
+        "the newer idle connection was closed too"
+    );
+}
+
+#[tokio::test]
+async fn connections_that_are_not_idle_are_not_closed_for_a_shortage() {
+    let server = TestServer::start(LimitsConfig {
+        max_connections: 4,
+        ..LimitsConfig::default()
+    })
+    .await;
+    // Waiting for its first request, and in the middle of a request body.
+    let mut fresh = server.connect().await;
+    let mut busy = server.connect().await;
+    busy.write_all(b"POST /body HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nx")
+        .await
+        .expect("write");
+    let mut third = server.connect().await;
+    assert!(served(&mut third).await);
+    tokio::time::sleep(ms(300)).await;
+    busy.write_all(b"y").await.expect("write");
+    let response = read_response(&mut busy)
+        .await
+        .expect("a response to the body");
+    assert!(
+        response.starts_with("HTTP/1.1 200 ") && response.ends_with('2'),
+        "{response}"
+    );
+    assert!(served(&mut fresh).await);
 }
 
 #[tokio::test]
