@@ -47,6 +47,9 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.validation.lab_always_valid {
         tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
     }
+    if cfg.validation.redirects == crate::config::Redirects::Any {
+        tracing::warn!("validation.redirects = \"any\": http-01 redirects are followed to other hosts, so an account can make the CA send GETs to any host it may dial. The default is \"same-host\".");
+    }
     if cfg.validation.allow_loopback {
         tracing::warn!("LAB SETTING validation.allow_loopback is on: validation dials loopback addresses and loopback identifiers can be certified. For tests only; never in production.");
     }
