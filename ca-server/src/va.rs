@@ -130,6 +130,10 @@ pub struct Validator {
     http: reqwest::Client,
     tls: TlsConnector,
     in_flight: Arc<std::sync::Mutex<InFlight>>,
+    /// Tests: answers name lookups in place of DNS, so that a name can change its address
+    /// between two lookups.
+    #[cfg(test)]
+    lookup: Option<Arc<dyn Fn(&str) -> IpAddr + Send + Sync>>,
 }
 
 /// Validations running now: in all, per account, and per source address of the request that
@@ -232,6 +236,8 @@ impl Validator {
             http,
             tls: TlsConnector::from(Arc::new(tls)),
             in_flight: Arc::default(),
+            #[cfg(test)]
+            lookup: None,
         })
     }
 
@@ -720,6 +726,14 @@ impl Validator {
             }
             Target::Name(name) => name,
         };
+        #[cfg(test)]
+        if let Some(lookup) = &self.lookup {
+            let ip = lookup(name);
+            if let Some(why) = self.refused(ip) {
+                return Err(Error::Dns(format!("{name}: {why}")));
+            }
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         if let Some(ip) = self.cfg.lab_resolve_all_to {
             debug!(%name, %ip, "lab_resolve_all_to set: dialing the lab address instead of resolving");
             if let Some(why) = self.refused(ip) {

@@ -1174,3 +1174,40 @@ async fn a_pinned_address_is_dialed_instead_of_resolving_again() {
         .expect_err("127.0.0.9 refuses");
     assert!(matches!(e, Error::Connection(_)), "{e:?}");
 }
+
+/// A name whose DNS answer changes between the first request and a redirect (a TTL of 0)
+/// cannot steer a same-host redirect to another machine: every hop after the first dials the
+/// address that answered the first.
+#[tokio::test]
+async fn a_same_host_redirect_goes_to_the_first_address_whatever_dns_says_next() {
+    let device = HttpServer::start(LOCALHOST, |target| match target {
+        CHALLENGE_PATH => redirect("/moved"),
+        "/moved" => ok(KEY_AUTH),
+        _ => not_found(),
+    })
+    .await;
+    let port = device.port();
+    // The machine the name points at after the first lookup, on the same port.
+    let other_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let other = HttpServer::on(
+        TcpListener::bind(SocketAddr::new(other_ip, port))
+            .await
+            .expect("bind 127.0.0.2"),
+        |_| ok("plc admin page"),
+    );
+    let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = lookups.clone();
+    let mut v = validator(config(port, 1));
+    v.lookup = Some(Arc::new(move |_name: &str| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            LOCALHOST
+        } else {
+            other_ip
+        }
+    }));
+    http01(&v, &Identifier::dns("device.plant.example"))
+        .await
+        .expect("valid on the first address");
+    assert!(other.seen().is_empty(), "the redirect reached {other_ip}");
+    assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
