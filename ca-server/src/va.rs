@@ -133,8 +133,12 @@ pub struct Validator {
     /// Tests: answers name lookups in place of DNS, so that a name can change its address
     /// between two lookups.
     #[cfg(test)]
-    lookup: Option<Arc<dyn Fn(&str) -> IpAddr + Send + Sync>>,
+    lookup: Option<Lookup>,
 }
+
+/// A stand-in for DNS in tests.
+#[cfg(test)]
+type Lookup = Arc<dyn Fn(&str) -> IpAddr + Send + Sync>;
 
 /// Validations running now: in all, per account, and per source address of the request that
 /// started them (keyed as rate limits key addresses).
