@@ -254,9 +254,9 @@ fn tls_config(chain_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig> {
     // HTTP/1.1 only. An ACME client sends a short sequence of dependent requests (each needs
     // the previous response's nonce), so HTTP/2's multiplexing and header compression buy
     // nothing, and its framing cost 10-17 % of the server's CPU per certificate and as much of
-    // the client's (issue #6: loadgen C=8 and C=32 with ALPN h2 vs http/1.1). Every ACME client
-    // we test, and the embedded client, speaks HTTP/1.1. The listener serves nothing else
-    // either, whatever ALPN says.
+    // the client's (measured with the loadgen at C=8 and C=32, ALPN h2 against http/1.1).
+    // Every ACME client we test, and the embedded client, speaks HTTP/1.1. The listener serves
+    // nothing else either, whatever ALPN says.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
