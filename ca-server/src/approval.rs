@@ -50,17 +50,20 @@ const KIND: ChallengeType = ChallengeType::OperatorApproval01;
 /// as `XXXX-XXXX`. `token` is the operator-approval-01 challenge's token, `thumbprint` the
 /// account key's RFC 7638 thumbprint.
 pub fn pairing_code(token: &str, thumbprint: &str) -> Result<String> {
-    let parts = protocol_spec::pairing::digest_input(token, thumbprint)
-        .map_err(|e| Error::Internal(format!("no pairing code: {e}")))?;
+    protocol_spec::pairing::PairingCode::compute(token, thumbprint, sha256)
+        .map(|code| code.as_str().to_owned())
+        .map_err(|e| Error::Internal(format!("no pairing code: {e}")))
+}
+
+/// SHA-256 over `parts` in order, with ring.
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for part in parts {
         ctx.update(part);
     }
     let mut digest = [0u8; 32];
     digest.copy_from_slice(ctx.finish().as_ref());
-    Ok(protocol_spec::pairing::PairingCode::from_digest(&digest)
-        .as_str()
-        .to_owned())
+    digest
 }
 
 /// A request waiting for the operator.

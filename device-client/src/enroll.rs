@@ -197,17 +197,20 @@ pub fn pairing_code(token: &str, account_jwk: &Jwk) -> Result<String, Error> {
 /// [`pairing_code`] for a known thumbprint (the base64url text). A token that is not
 /// base64url (SPEC §5.2) is refused.
 pub fn pairing_code_for_thumbprint(token: &str, thumbprint: &str) -> Result<String, Error> {
-    let parts = protocol_spec::pairing::digest_input(token, thumbprint)
-        .map_err(|e| Error::protocol("challenge", e))?;
+    protocol_spec::pairing::PairingCode::compute(token, thumbprint, sha256)
+        .map(|code| code.as_str().to_owned())
+        .map_err(|e| Error::protocol("challenge", e))
+}
+
+/// SHA-256 over `parts` in order, with ring.
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for part in parts {
         ctx.update(part);
     }
     let mut digest = [0u8; 32];
     digest.copy_from_slice(ctx.finish().as_ref());
-    Ok(protocol_spec::pairing::PairingCode::from_digest(&digest)
-        .as_str()
-        .to_owned())
+    digest
 }
 
 /// An operator-issued EAB credential (SPEC §6.2): a key identifier and an HMAC key.

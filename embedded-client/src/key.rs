@@ -291,15 +291,17 @@ fn ascii(b: &[u8]) -> &str {
 /// whose key has thumbprint `thumbprint`: SHA-256 over the label and the key authorization,
 /// whose first 40 bits are the code. A token that is not base64url is refused.
 pub fn pairing_code(token: &str, thumbprint: &str) -> Result<PairingCode, Error> {
-    let parts = protocol_spec::pairing::digest_input(token, thumbprint).map_err(|e| match e {
+    PairingCode::compute(token, thumbprint, |parts| {
+        let mut h = Sha256::new();
+        for part in parts {
+            h.update(part);
+        }
+        h.finalize().into()
+    })
+    .map_err(|e| match e {
         protocol_spec::challenge::KeyAuthorizationError::Token => Error::BadJson("challenge token"),
         _ => Error::Key,
-    })?;
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update(part);
-    }
-    Ok(PairingCode::from_digest(&h.finalize().into()))
+    })
 }
 
 #[cfg(test)]

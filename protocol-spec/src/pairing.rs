@@ -8,8 +8,8 @@
 //! printed on a label, and anyone who read it there could search offline for an account key of
 //! their own with the same code.
 //!
-//! As elsewhere in this crate the caller hashes: feed the parts of [`digest_input`] to SHA-256
-//! in order, then pass the digest to [`PairingCode::from_digest`].
+//! As elsewhere in this crate the caller brings SHA-256: [`PairingCode::compute`] takes it as a
+//! function over the parts of [`digest_input`].
 
 use crate::challenge::{check_thumbprint, check_token, KeyAuthorizationError};
 use crate::write::ascii;
@@ -43,6 +43,17 @@ pub fn digest_input<'a>(
 pub struct PairingCode([u8; CODE_LEN]);
 
 impl PairingCode {
+    /// The code of the request with challenge token `token` from the account whose key has
+    /// thumbprint `thumbprint`, given `sha256`, which hashes its parts in order.
+    pub fn compute(
+        token: &str,
+        thumbprint: &str,
+        sha256: impl FnOnce(&[&[u8]]) -> [u8; 32],
+    ) -> Result<Self, KeyAuthorizationError> {
+        let parts = digest_input(token, thumbprint)?;
+        Ok(Self::from_digest(&sha256(&parts)))
+    }
+
     /// The code for the SHA-256 digest of [`digest_input`]'s parts: its first 40 bits, 5 at a
     /// time from the most significant, one symbol each.
     pub fn from_digest(digest: &[u8; 32]) -> Self {

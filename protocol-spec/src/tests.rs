@@ -394,6 +394,8 @@ fn pairing_code_vectors() {
             "{}",
             v.id
         );
+        let computed = pairing::PairingCode::compute(token, tp, |parts| sha256(&parts.concat()));
+        assert_eq!(computed, Ok(code), "{}", v.id);
     }
 }
 
