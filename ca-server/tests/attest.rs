@@ -1034,35 +1034,10 @@ async fn an_anchor_file_without_an_assigner_is_not_used() {
 /// trust anchor and no assigner; the certificate names the whole value either way.
 #[tokio::test]
 async fn pre_authorized_serials_are_certified_with_or_without_an_assigner() {
-    use ca_server::eab::{AllowRule, NewCredential};
     let s = TestServer::new();
-    let cred = s
-        .app
-        .eab
-        .create(&NewCredential {
-            allow: ["serial:Sn-0099", "serial:Sn-0100/1.3.6.1.4.1.32473"]
-                .iter()
-                .map(|t| AllowRule::parse(t).expect("rule"))
-                .collect(),
-            ..NewCredential::default()
-        })
-        .expect("credential");
-    let key = common::Key::generate();
-    let url = s.url("/acme/new-account");
-    let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
-    let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": binding})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let acct = Account {
-        kid: r.header("location").expect("location"),
-        key,
-    };
+    let allow = ["serial:Sn-0099", "serial:Sn-0100/1.3.6.1.4.1.32473"];
+    let cred = common::credential(&s, &allow, None);
+    let acct = common::bound_account(&s, &cred).await;
     for value in ["Sn-0099", "Sn-0100/1.3.6.1.4.1.32473"] {
         let (order_url, order) = new_order(&s, &acct, json!([device_id(value)])).await;
         assert_eq!(

@@ -6,47 +6,14 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::eab::{AllowRule, Credential, NewCredential};
+use ca_server::eab::Credential;
 use ca_server::profiles::ProfilesConfig;
 use ca_server::storage::Table;
 use common::{b64, Key, Reply, TestServer};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use serde_json::{json, Value};
 
-/// A credential with `allow` rules (and `role`), made as `ca-server eab create` does.
-fn credential(s: &TestServer, allow: &[&str], role: Option<&str>) -> Credential {
-    s.app
-        .eab
-        .create(&NewCredential {
-            allow: allow
-                .iter()
-                .map(|t| AllowRule::parse(t).expect("rule"))
-                .collect(),
-            role: role.map(str::to_owned),
-            ..NewCredential::default()
-        })
-        .expect("credential")
-}
-
-/// A new account bound with `cred`.
-async fn bound(s: &TestServer, cred: &Credential) -> common::Account {
-    let key = Key::generate();
-    let url = s.url("/acme/new-account");
-    let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
-    let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": binding})),
-        )
-        .await;
-    r.assert_status(StatusCode::CREATED);
-    common::Account {
-        kid: r.header("location").expect("location"),
-        key,
-    }
-}
+use common::{bound_account as bound, credential};
 
 fn identifiers(names: &[&str]) -> Value {
     let ids: Vec<Value> = names
@@ -289,14 +256,7 @@ async fn a_shared_credential_does_not_pre_authorize_a_siblings_name() {
     r.assert_status(StatusCode::CREATED);
     let o = r.json();
     assert_eq!(o["status"], "pending", "{o}");
-    let authz = s
-        .post_as(
-            &second,
-            o["authorizations"][0].as_str().expect("authz"),
-            None,
-        )
-        .await
-        .json();
+    let authz = first_authz(&s, &second, &o).await;
     assert_eq!(authz["status"], "pending");
     assert!(
         authz["challenges"]
@@ -595,16 +555,20 @@ async fn new_orders_are_rate_limited_per_account() {
         .assert_status(StatusCode::CREATED);
 }
 
+/// The first authorization of `order`, fetched by POST-as-GET.
+async fn first_authz(s: &TestServer, acct: &common::Account, order: &Value) -> Value {
+    s.post_as(
+        acct,
+        order["authorizations"][0].as_str().expect("authz"),
+        None,
+    )
+    .await
+    .json()
+}
+
 /// Triggers `kind` on the first authorization of `order` and returns the reply.
 async fn answer(s: &TestServer, acct: &common::Account, order: &Value, kind: &str) -> Reply {
-    let authz = s
-        .post_as(
-            acct,
-            order["authorizations"][0].as_str().expect("authz"),
-            None,
-        )
-        .await
-        .json();
+    let authz = first_authz(s, acct, order).await;
     let url = authz["challenges"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == kind))
@@ -617,14 +581,7 @@ async fn answer(s: &TestServer, acct: &common::Account, order: &Value, kind: &st
 /// Polls the first authorization of `order` until it leaves `pending`.
 async fn settled(s: &TestServer, acct: &common::Account, order: &Value) -> Value {
     for _ in 0..200 {
-        let a = s
-            .post_as(
-                acct,
-                order["authorizations"][0].as_str().expect("authz"),
-                None,
-            )
-            .await
-            .json();
+        let a = first_authz(s, acct, order).await;
         if a["status"] != "pending" {
             return a;
         }
@@ -708,14 +665,7 @@ async fn validations_beyond_the_in_flight_bound_are_rate_limited_and_stay_pendin
         "{p}"
     );
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    let authz = s
-        .post_as(
-            &acct,
-            second["authorizations"][0].as_str().expect("a"),
-            None,
-        )
-        .await
-        .json();
+    let authz = first_authz(&s, &acct, &second).await;
     assert_eq!(authz["status"], "pending");
     assert!(
         authz["challenges"]
@@ -747,14 +697,7 @@ async fn operator_approval_needs_the_key_the_order_was_made_with() {
     let order = new_order(&s, &acct, &identifiers(&["plc-1.plant.example"]))
         .await
         .json();
-    let authz = s
-        .post_as(
-            &acct,
-            order["authorizations"][0].as_str().expect("authz"),
-            None,
-        )
-        .await
-        .json();
+    let authz = first_authz(&s, &acct, &order).await;
     let chall = authz["challenges"][0]["url"]
         .as_str()
         .expect("challenge")
@@ -795,14 +738,7 @@ async fn operator_approval_needs_the_key_the_order_was_made_with() {
     let order = new_order(&s, &rolled, &identifiers(&["plc-1.plant.example"]))
         .await
         .json();
-    let authz = s
-        .post_as(
-            &rolled,
-            order["authorizations"][0].as_str().expect("authz"),
-            None,
-        )
-        .await
-        .json();
+    let authz = first_authz(&s, &rolled, &order).await;
     let chall = authz["challenges"][0]["url"].as_str().expect("challenge");
     let c = s.post_as(&rolled, chall, Some(&json!({}))).await.json();
     assert_eq!(c["status"], "processing", "{c}");

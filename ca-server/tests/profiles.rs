@@ -8,9 +8,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::eab::{AllowRule, NewCredential};
 use ca_server::profiles::ProfilesConfig;
-use common::{b64, Key, TestServer};
+use common::{b64, TestServer};
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};
 use serde_json::{json, Value};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -32,39 +31,9 @@ fn server(profiles_toml: &str) -> TestServer {
 
 /// An account bound with a credential that pre-authorizes `*.plant.example` and 10.20/16.
 async fn account(s: &TestServer, role: Option<&str>) -> common::Account {
-    let cred = s
-        .app
-        .eab
-        .create(&NewCredential {
-            allow: ["dns:plant.example", "ip:10.20.0.0/16", "serial:SN-0042"]
-                .iter()
-                .map(|t| AllowRule::parse(t).expect("rule"))
-                .collect(),
-            role: role.map(str::to_owned),
-            ..NewCredential::default()
-        })
-        .expect("credential");
-    let key = Key::generate();
-    let url = s.url("/acme/new-account");
-    let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
-    let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": binding})),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    common::Account {
-        kid: r.header("location").expect("location"),
-        key,
-    }
+    let allow = ["dns:plant.example", "ip:10.20.0.0/16", "serial:SN-0042"];
+    let cred = common::credential(s, &allow, role);
+    common::bound_account(s, &cred).await
 }
 
 fn new_order(names: &[&str], profile: Option<&str>) -> Value {

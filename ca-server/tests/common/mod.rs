@@ -341,3 +341,43 @@ pub fn csr(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.serialize_request(key).expect("csr").der().to_vec()
 }
+
+/// An enrollment credential with allow rules (`serial:…`, `dns:…`, `ip:…`) and a Modbus
+/// `role`, made as `ca-server eab create` makes it.
+pub fn credential(
+    s: &TestServer,
+    allow: &[&str],
+    role: Option<&str>,
+) -> ca_server::eab::Credential {
+    s.app
+        .eab
+        .create(&ca_server::eab::NewCredential {
+            allow: allow
+                .iter()
+                .map(|t| ca_server::eab::AllowRule::parse(t).expect("rule"))
+                .collect(),
+            role: role.map(str::to_owned),
+            ..ca_server::eab::NewCredential::default()
+        })
+        .expect("credential")
+}
+
+/// A new account bound with `cred` (RFC 8555 §7.3.4); panics unless it is created.
+pub async fn bound_account(s: &TestServer, cred: &ca_server::eab::Credential) -> Account {
+    let key = Key::generate();
+    let url = s.url("/acme/new-account");
+    let binding = eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
+    let r = s
+        .post(
+            &key,
+            None,
+            &url,
+            Some(&json!({"externalAccountBinding": binding})),
+        )
+        .await;
+    r.assert_status(StatusCode::CREATED);
+    Account {
+        kid: r.header("location").expect("location"),
+        key,
+    }
+}
