@@ -584,48 +584,46 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
 }
 
 fn identity(cmd: IdentityCommand) -> Result<(), String> {
-    let describe = |h: &serde_json::Value| {
-        format!(
-            "account {}{}",
-            h["accountId"].as_str().unwrap_or("?"),
-            h["serial"]
-                .as_str()
-                .map(|s| format!(", newest certificate {s}"))
-                .unwrap_or_default()
-        )
+    // The admin call, the field naming the holding in its answer, and what to print with it.
+    let (data_dir, identity, path, field, held, free) = match cmd {
+        IdentityCommand::Show { data_dir, identity } => (
+            data_dir,
+            identity,
+            "/identity/show",
+            "holder",
+            "held by",
+            "held by no account",
+        ),
+        IdentityCommand::Release { data_dir, identity } => (
+            data_dir,
+            identity,
+            "/identity/release",
+            "released",
+            "released from",
+            "held by no account; nothing to release",
+        ),
     };
-    match cmd {
-        IdentityCommand::Show { data_dir, identity } => {
-            let v = admin_call(
-                data_dir,
-                "POST",
-                "/identity/show",
-                Some(&serde_json::json!({"identity": identity})),
-            )?;
-            let key = escape(v["identity"].as_str().unwrap_or_default());
-            if v["holder"].is_null() {
-                println!("{key}: held by no account");
-            } else {
-                println!("{key}: held by {}", describe(&v["holder"]));
-            }
-            Ok(())
-        }
-        IdentityCommand::Release { data_dir, identity } => {
-            let v = admin_call(
-                data_dir,
-                "POST",
-                "/identity/release",
-                Some(&serde_json::json!({"identity": identity})),
-            )?;
-            let key = escape(v["identity"].as_str().unwrap_or_default());
-            if v["released"].is_null() {
-                println!("{key}: held by no account; nothing to release");
-            } else {
-                println!("{key}: released from {}", describe(&v["released"]));
-            }
-            Ok(())
-        }
+    let v = admin_call(
+        data_dir,
+        "POST",
+        path,
+        Some(&serde_json::json!({ "identity": identity })),
+    )?;
+    let key = escape(v["identity"].as_str().unwrap_or_default());
+    let h = &v[field];
+    if h.is_null() {
+        println!("{key}: {free}");
+    } else {
+        let newest = h["serial"]
+            .as_str()
+            .map(|s| format!(", newest certificate {s}"))
+            .unwrap_or_default();
+        println!(
+            "{key}: {held} account {}{newest}",
+            escape(h["accountId"].as_str().unwrap_or("?"))
+        );
     }
+    Ok(())
 }
 
 fn eab(cmd: EabCommand) -> Result<(), String> {

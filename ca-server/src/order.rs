@@ -661,7 +661,8 @@ impl Grant {
 /// Pre-authorized identifiers hold only while the credential that vouched for them stands
 /// and no other account has since been certified for them. Finalize checks again, because
 /// both can change after newOrder: a pre-authorization that no longer holds is revoked, which
-/// makes the order invalid. Returns the order's pre-authorized identifiers.
+/// makes the order invalid. This checks the credential and returns the order's pre-authorized
+/// identifiers; finalize claims them (`identity::claim`), which checks the holders.
 ///
 /// An authorization without challenges from before authorizations recorded their credential
 /// counts as pre-authorized by the account's credential.
@@ -685,14 +686,10 @@ async fn check_pre_authorizations(
         let Some(kid) = kid else {
             continue;
         };
-        let mut why = match app.eab.get(&kid)? {
+        let why = match app.eab.get(&kid)? {
             Some(cred) => cred.standing(&app.db, &account.id).err(),
             None => Some(format!("enrollment credential {kid} no longer exists")),
         };
-        if why.is_none() {
-            why = crate::identity::held_by_other(app, &authz.identifier, &account.id)?
-                .map(|h| held_since(&authz.identifier, &h));
-        }
         let Some(why) = why else {
             pre_authorized.push(authz.identifier);
             continue;

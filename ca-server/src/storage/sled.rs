@@ -96,6 +96,24 @@ struct GroupState {
 }
 
 impl SledStore {
+    /// The entries of a scan, copied out. A scan also sees what is absent (a deleted entry), so
+    /// it depends on every write so far; taking the lock first lets any write it saw finish
+    /// counting itself.
+    fn scanned(
+        &self,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let entries = entries
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let _pending = self.pending();
+        note_ticket(self.group.writes.load(Ordering::SeqCst));
+        Ok(entries)
+    }
+
     /// Opens (creating if needed) the database in `dir`, durable against power loss.
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with(dir, Durability::PowerLoss)
@@ -465,21 +483,7 @@ impl Store for SledStore {
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.with_open(|o| {
-            let entries = o
-                .tree(table)
-                .scan_prefix(prefix)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    Ok((k.to_vec(), v.to_vec()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // A scan also sees what is absent (a deleted entry), so it depends on every write
-            // so far; taking the lock first lets any write it saw finish counting itself.
-            let _pending = self.pending();
-            note_ticket(self.group.writes.load(Ordering::SeqCst));
-            Ok(entries)
-        })
+        self.with_open(|o| self.scanned(o.tree(table).scan_prefix(prefix)))
     }
 
     fn scan_after(
@@ -489,25 +493,17 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         use std::ops::Bound;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after)
+        };
         self.with_open(|o| {
-            let start = if after.is_empty() {
-                Bound::Unbounded
-            } else {
-                Bound::Excluded(after)
-            };
-            let entries = o
-                .tree(table)
-                .range::<&[u8], _>((start, Bound::Unbounded))
-                .take(limit)
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    Ok((k.to_vec(), v.to_vec()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // As for a prefix scan: it depends on every write so far.
-            let _pending = self.pending();
-            note_ticket(self.group.writes.load(Ordering::SeqCst));
-            Ok(entries)
+            self.scanned(
+                o.tree(table)
+                    .range::<&[u8], _>((start, Bound::Unbounded))
+                    .take(limit),
+            )
         })
     }
 
