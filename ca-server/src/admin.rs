@@ -234,7 +234,7 @@ async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
 
 /// The type of a stored certificate's key, e.g. "ECDSA P-256".
 fn key_type(c: &Certificate) -> Result<String> {
-    let der = crate::jwk::b64u_decode("stored certificate", &c.der)?;
+    let der = crate::wire::b64u_decode("stored certificate", &c.der)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", c.id)))?;
     Ok(crate::csr::key_type(cert.public_key()))

@@ -258,5 +258,5 @@ pub fn new_id() -> Result<String> {
     let mut b = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
         .map_err(|_| Error::Internal("system RNG failed".into()))?;
-    Ok(crate::jwk::b64u(b))
+    Ok(crate::wire::b64u(b))
 }

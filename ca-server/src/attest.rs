@@ -38,37 +38,11 @@ use crate::key::PublicKey;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 use anchors::{TrustAnchor, TrustAnchorStore};
-use identifier::{PermanentId, Refusal};
+use identifier::PermanentId;
 use object::{COSE_ES256, COSE_ES384, COSE_RS256};
 
 /// `id-at-serialNumber` (X.520), where 802.1AR and RFC 8995 §2.3.1 put the device serial.
 const OID_AT_SERIAL_NUMBER: &str = "2.5.4.5";
-
-/// Checks the syntax of a `permanent-identifier` value (SPEC §4.5) and returns it unchanged:
-/// identifiers are compared octet for octet, never normalised.
-///
-/// > The Server MUST verify that identifier values in newOrder requests conform to the
-/// > permanent-identifier-value production rule and MUST reject requests containing
-/// > non-conforming values with a "malformed" error.
-///
-/// <https://datatracker.ietf.org/doc/html/draft-ietf-acme-device-attest#section-3.1>
-///
-/// Whether any enrollment path for the type is enabled is decided by newOrder through
-/// `authz::challenge_types` (`rejectedIdentifier` if none is), not here: the syntax does not
-/// depend on the configuration, and operator approval may prove these identifiers too.
-pub fn normalize_permanent_identifier(value: &str) -> Result<String> {
-    match PermanentId::parse(value) {
-        Ok(_) => Ok(value.to_owned()),
-        Err(Refusal::Malformed(detail)) => Err(Error::Malformed(detail)),
-        Err(Refusal::Rejected(detail)) => Err(Error::RejectedIdentifier {
-            identifier: Identifier {
-                kind: IdentifierType::PermanentIdentifier,
-                value: value.to_owned(),
-            },
-            detail,
-        }),
-    }
-}
 
 /// What a verified attestation established, for the log and the tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +77,7 @@ pub fn verify(
     let encoded = payload.get("attObj").and_then(Value::as_str).ok_or_else(|| {
         bad("the challenge response has no \"attObj\" string: send {\"attObj\": base64url(CBOR attestation object)}".to_owned())
     })?;
-    let att_obj = crate::jwk::b64u_decode("attObj", encoded).map_err(|e| {
+    let att_obj = crate::wire::b64u_decode("attObj", encoded).map_err(|e| {
         bad(match e {
             Error::Malformed(d) => d,
             other => other.to_string(),
@@ -328,31 +302,5 @@ fn show(serial: &[u8]) -> String {
     match std::str::from_utf8(serial) {
         Ok(s) => format!("{s:?}"),
         Err(_) => format!("0x{}", hex::encode(serial)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalize_keeps_values_octet_for_octet() {
-        for v in [
-            "SN-0001",
-            "sn-0001",
-            "ABCDEF123456/1.2.3.4",
-            " spaced ",
-            "Gerät-7",
-        ] {
-            assert_eq!(normalize_permanent_identifier(v).ok().as_deref(), Some(v));
-        }
-        assert!(matches!(
-            normalize_permanent_identifier("A/B/C"),
-            Err(Error::Malformed(_))
-        ));
-        assert!(matches!(
-            normalize_permanent_identifier("A\u{1}"),
-            Err(Error::RejectedIdentifier { .. })
-        ));
     }
 }

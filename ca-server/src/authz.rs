@@ -436,7 +436,7 @@ async fn answer_attestation(
     {
         return Ok(authz);
     }
-    let key_authz = key_authorization(&challenge.token, thumbprint);
+    let key_authz = crate::wire::key_authorization(&challenge.token, thumbprint)?;
     let outcome = crate::attest::verify(
         app,
         &authz.identifier,
@@ -462,12 +462,6 @@ fn count_failure(app: &AppState, authz: &Authz) {
             authz.identifier.clone(),
         ),
     );
-}
-
-/// `keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))`
-/// <https://www.rfc-editor.org/rfc/rfc8555#section-8.1>
-pub fn key_authorization(token: &str, thumbprint: &str) -> String {
-    format!("{token}.{thumbprint}")
 }
 
 /// Records a challenge outcome on the authorization under compare-and-swap. Only a challenge
@@ -586,7 +580,7 @@ async fn run_validation(
     else {
         return Ok(());
     };
-    let key_authz = key_authorization(&token, thumbprint);
+    let key_authz = crate::wire::key_authorization(&token, thumbprint)?;
     let outcome = if app.cfg.validation.lab_always_valid {
         Ok(())
     } else {

@@ -291,13 +291,7 @@ impl CertificateAuthority {
     /// SHA-256 over the root certificate DER as uppercase hex pairs joined by `:`, the way
     /// `openssl x509 -fingerprint -sha256` prints it.
     pub fn root_fingerprint(&self) -> String {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &self.root_der);
-        digest
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        crate::wire::fingerprint(&self.root_der)
     }
 
     /// The EC intermediate certificate, PEM: what follows a leaf it issued in a chain.

@@ -12,7 +12,7 @@ use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
 use crate::storage::Table;
 use crate::types::Identifier;
-use crate::{jwk, Error, Result};
+use crate::{Error, Result};
 
 /// A revocation record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,7 +106,7 @@ impl Certificate {
             account_id: account_id.to_owned(),
             order_id: order.id.clone(),
             identifiers: order.identifiers.clone(),
-            der: jwk::b64u(&issued.der),
+            der: crate::wire::b64u(&issued.der),
             chain_pem: issued.chain_pem.clone(),
             issuer: issued.issuer,
             not_before: issued.not_before,
@@ -237,14 +237,16 @@ pub async fn revoke(
             "reason code {reason} is not accepted; use one of {ALLOWED_REASONS:?}"
         )));
     }
-    let der = jwk::b64u_decode("certificate", &p.certificate)?;
+    let der = crate::wire::b64u_decode("certificate", &p.certificate)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| Error::Malformed(format!("certificate is not valid DER X.509: {e}")))?;
     let serial = hex::encode(parsed.raw_serial());
     let stored = app
         .db
         .get::<Certificate>(Table::Certificates, &serial)?
-        .filter(|c| jwk::b64u_decode("stored", &c.der).ok().as_deref() == Some(der.as_slice()))
+        .filter(|c| {
+            crate::wire::b64u_decode("stored", &c.der).ok().as_deref() == Some(der.as_slice())
+        })
         .ok_or(Error::NotFound("certificate issued by this CA"))?;
 
     let by = match &signer {

@@ -257,8 +257,8 @@ impl EabStore {
             .map_err(|_| Error::Internal("system RNG failed".into()))?;
         let created = now();
         let cred = Credential {
-            kid: jwk::b64u(kid),
-            hmac_key: jwk::b64u(key),
+            kid: crate::wire::b64u(kid),
+            hmac_key: crate::wire::b64u(key),
             created,
             expires: new
                 .expires_in
@@ -380,7 +380,7 @@ impl EabStore {
         let cred = self
             .get(kid)?
             .ok_or_else(|| Error::Unauthorized(format!("unknown EAB key id {kid:?}")))?;
-        let key = jwk::b64u_decode("EAB HMAC key", &cred.hmac_key)
+        let key = crate::wire::b64u_decode("EAB HMAC key", &cred.hmac_key)
             .map_err(|_| Error::Internal(format!("EAB credential {kid} has a bad key")))?;
         hmac::verify(
             &hmac::Key::new(alg, &key),

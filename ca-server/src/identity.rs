@@ -313,7 +313,7 @@ pub fn index_existing(app: &AppState) -> Result<()> {
             if cert.revoked.is_some() || cert.not_after <= at {
                 continue;
             }
-            let der = crate::jwk::b64u_decode("stored certificate", &cert.der).unwrap_or_default();
+            let der = crate::wire::b64u_decode("stored certificate", &cert.der).unwrap_or_default();
             let keys: Vec<String> = cert
                 .identifiers
                 .iter()

@@ -1,25 +1,13 @@
 //! JSON Web Keys (RFC 7517/7518/8037): parsing into [`PublicKey`], RFC 7638 thumbprints and
 //! signature verification for the JWS algorithms ACME accepts.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use protocol_spec::jwk::{Curve, Jwk};
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::key::{rsa_bits, PublicKey};
-use crate::{Error, Result};
-
-/// Decodes unpadded base64url strictly (RFC 8555 §6.1: padding MUST be refused).
-pub fn b64u_decode(field: &str, s: &str) -> Result<Vec<u8>> {
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|e| Error::Malformed(format!("{field} is not unpadded base64url: {e}")))
-}
-
-/// Encodes unpadded base64url.
-pub fn b64u(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
+use crate::wire::{b64u, b64u_decode};
+use crate::{wire, Error, Result};
 
 fn member<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<&'a str> {
     jwk.get(name)
@@ -108,26 +96,44 @@ pub fn parse(jwk: &Value) -> Result<PublicKey> {
     Ok(key)
 }
 
-/// The canonical JWK of a key: only the required members (RFC 7638 §3.2), used both for
-/// thumbprints and to show the account key back to the client.
-pub fn canonical(key: &PublicKey) -> Value {
-    match key {
+/// The RFC 7638 canonical JSON of a key (SPEC §5.2): only the required members, sorted, no
+/// white space. Written by the shared helper, so the server, the clients and the vectors
+/// agree octet for octet.
+pub fn canonical_text(key: &PublicKey) -> String {
+    let (a, b) = match key {
         PublicKey::P256(p) | PublicKey::P384(p) => {
             let half = (p.len() - 1) / 2;
-            let crv = if half == 32 { "P-256" } else { "P-384" };
-            json!({"crv": crv, "kty": "EC", "x": b64u(&p[1..1 + half]), "y": b64u(&p[1 + half..])})
+            (b64u(&p[1..1 + half]), b64u(&p[1 + half..]))
         }
-        PublicKey::Ed25519(x) => json!({"crv": "Ed25519", "kty": "OKP", "x": b64u(x)}),
-        PublicKey::Rsa { n, e } => json!({"e": b64u(e), "kty": "RSA", "n": b64u(n)}),
-    }
+        PublicKey::Ed25519(x) => (b64u(x), String::new()),
+        PublicKey::Rsa { n, e } => (b64u(n), b64u(e)),
+    };
+    let jwk = match key {
+        PublicKey::P256(_) => Jwk::Ec {
+            crv: Curve::P256,
+            x: &a,
+            y: &b,
+        },
+        PublicKey::P384(_) => Jwk::Ec {
+            crv: Curve::P384,
+            x: &a,
+            y: &b,
+        },
+        PublicKey::Ed25519(_) => Jwk::Ed25519 { x: &a },
+        PublicKey::Rsa { .. } => Jwk::Rsa { n: &a, e: &b },
+    };
+    // A parsed key always has a canonical form: the members are base64url the server wrote.
+    wire::canonical_jwk(&jwk).unwrap_or_default()
+}
+
+/// The canonical JWK of a key as JSON, to show the account key back to the client.
+pub fn canonical(key: &PublicKey) -> Value {
+    serde_json::from_str(&canonical_text(key)).unwrap_or(Value::Null)
 }
 
 /// RFC 7638 thumbprint: base64url(SHA-256(canonical JWK with members in lexicographic order)).
 pub fn thumbprint(key: &PublicKey) -> String {
-    // serde_json's Map is a BTreeMap (no `preserve_order` feature), so members serialise sorted
-    // and without whitespace, which is exactly RFC 7638's canonical form.
-    let text = canonical(key).to_string();
-    b64u(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+    wire::thumbprint_of_canonical(&canonical_text(key))
 }
 
 /// Verifies a JWS signature made with `alg` by `key` over `signing_input`.
@@ -179,6 +185,7 @@ pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     // RFC 7638 §3.1 example key and its thumbprint.
     // <https://www.rfc-editor.org/rfc/rfc7638#section-3.1>

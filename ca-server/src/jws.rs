@@ -59,7 +59,7 @@ impl Parsed {
 
     /// Decodes a flattened JWS already parsed from JSON.
     pub fn from_flattened(jws: &Flattened) -> Result<Self> {
-        let header_bytes = jwk::b64u_decode("JWS protected header", &jws.protected)?;
+        let header_bytes = crate::wire::b64u_decode("JWS protected header", &jws.protected)?;
         let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&header_bytes) else {
             return Err(Error::Malformed(
                 "JWS protected header is not a JSON object".into(),
@@ -72,8 +72,8 @@ impl Parsed {
             ));
         }
         Ok(Self {
-            payload: jwk::b64u_decode("JWS payload", &jws.payload)?,
-            signature: jwk::b64u_decode("JWS signature", &jws.signature)?,
+            payload: crate::wire::b64u_decode("JWS payload", &jws.payload)?,
+            signature: crate::wire::b64u_decode("JWS signature", &jws.signature)?,
             signing_input: format!("{}.{}", jws.protected, jws.payload).into_bytes(),
             header,
         })

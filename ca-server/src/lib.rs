@@ -36,5 +36,6 @@ pub mod storage;
 pub mod text;
 pub mod types;
 pub mod va;
+pub mod wire;
 
 pub use error::{Error, Problem, ProblemType, Result};

@@ -275,6 +275,10 @@ enum TrustAnchorCommand {
         /// (repeatable). IDevIDs whose hardwareModuleName names another type are refused.
         #[arg(long = "hw-type", value_name = "OID")]
         hw_types: Vec<String>,
+        /// The certificate's SHA-256 fingerprint as the manufacturer published it, out of band
+        /// (`AB:CD:…`, 32 hex pairs): the file is refused unless it matches.
+        #[arg(long, value_name = "FINGERPRINT")]
+        sha256: Option<String>,
         /// The CA certificate file (PEM or DER). Adding an anchor's certificate again under its
         /// name replaces its assigner and hardware types.
         file: PathBuf,
@@ -723,6 +727,7 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             name,
             assigner,
             hw_types,
+            sha256,
             file,
         } => {
             let assigner = assigner.ok_or(
@@ -733,6 +738,19 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             )?;
             let input =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if let Some(expected) = sha256 {
+                let expected = ca_server::wire::parse_fingerprint(&expected)?;
+                let der = ca_server::attest::anchors::certificate_der(&input)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let got = ca_server::wire::fingerprint(&der);
+                if ca_server::wire::parse_fingerprint(&got)? != expected {
+                    return Err(format!(
+                        "{}: its SHA-256 fingerprint is {got}, not the one given with --sha256: \
+                         this is not the certificate the manufacturer published",
+                        file.display()
+                    ));
+                }
+            }
             let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
             let added = TrustAnchorStore::new(&data_dir(d))
                 .add(&input, name.as_deref(), &assigner, &hw_types)

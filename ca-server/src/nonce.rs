@@ -8,8 +8,6 @@
 
 use std::sync::Mutex;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use ring::hmac;
 use ring::rand::SystemRandom;
 
@@ -62,7 +60,7 @@ impl NonceStore {
         raw[..8].copy_from_slice(&counter.to_be_bytes());
         let tag = hmac::sign(&self.key, &raw[..8]);
         raw[8..].copy_from_slice(&tag.as_ref()[..TAG_LEN]);
-        URL_SAFE_NO_PAD.encode(raw)
+        crate::wire::b64u(raw)
     }
 
     /// Consumes `nonce`; fails with `badNonce` if it is forged, unknown, expired or used.
@@ -70,9 +68,7 @@ impl NonceStore {
         // > If the value of a "nonce" header parameter is not valid according to this
         // > encoding, then the server MUST reject the JWS as malformed.
         // <https://www.rfc-editor.org/rfc/rfc8555#section-6.5.2>
-        let raw = URL_SAFE_NO_PAD.decode(nonce).map_err(|_| {
-            Error::Malformed("JWS nonce is not unpadded base64url (RFC 8555 §6.5.2)".into())
-        })?;
+        let raw = crate::wire::b64u_decode("JWS nonce (RFC 8555 §6.5.2)", nonce)?;
         if raw.len() != NONCE_LEN {
             return Err(Error::BadNonce("not issued by this server"));
         }
@@ -124,9 +120,9 @@ mod tests {
         let b = NonceStore::new().expect("store");
         let n = a.issue();
         assert!(b.redeem(&n).is_err(), "other server's nonce");
-        let mut raw = URL_SAFE_NO_PAD.decode(&n).expect("b64");
+        let mut raw = crate::wire::b64u_decode("n", &n).expect("b64");
         raw[7] ^= 1;
-        assert!(a.redeem(&URL_SAFE_NO_PAD.encode(&raw)).is_err());
+        assert!(a.redeem(&crate::wire::b64u(raw)).is_err());
         assert!(a.redeem("").is_err());
         assert!(matches!(a.redeem("!!!"), Err(Error::Malformed(_))));
         assert!(

@@ -1,7 +1,6 @@
 //! Orders: newOrder (RFC 8555 §7.4), order objects (§7.1.3) and finalize (§7.4).
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -19,7 +18,7 @@ use crate::jws::AccountRequest;
 use crate::ratelimit::Key;
 use crate::storage::Table;
 use crate::types::{AuthzStatus, Identifier, IdentifierType, OrderStatus};
-use crate::{csr, jwk, Error, Problem, Result};
+use crate::{csr, Error, Problem, Result};
 
 /// How far an order has got beyond what its authorizations say.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,169 +195,41 @@ fn own_order(app: &AppState, r: &AccountRequest, id: &str) -> Result<Order> {
         .ok_or(Error::NotFound("order"))
 }
 
-/// Checks one requested identifier and returns its canonical form.
+/// Checks one requested identifier and returns its canonical form, by the shared profile
+/// rules (SPEC §4; `protocol_spec::identifier`, which the clients and the vectors run too).
 ///
-/// `dns`: LDH labels (RFC 1123), at most 253 octets, lower-cased; single-label plant names
-/// (`plc-7`) are allowed because devices on a plant network often have nothing else. A `dns`
+/// `dns`: LDH labels (RFC 1123), at most 253 octets, lower-cased, one trailing dot dropped;
+/// single-label plant names (`plc-7`) are allowed because devices on a plant network often
+/// have nothing else. An `xn--` label must be well-formed Punycode (RFC 5890 §2.3.2.1). A `dns`
 /// value that is an IP address is refused: RFC 8738 gives addresses their own type.
 /// `ip`: the RFC 8738 §3 textual form (RFC 1123 for IPv4, RFC 5952 for IPv6).
+/// `permanent-identifier`: `serial["/"assignerOID]`, never rewritten (SPEC §4.5).
 pub fn normalize_identifier(id: &Identifier) -> Result<Identifier> {
+    use protocol_spec::identifier::{self as rules, IdentifierError};
+    let refused = |e: IdentifierError| {
+        let detail = format!("{} {:?}: {}", id.kind, id.value, e.reason().explain());
+        match e {
+            IdentifierError::Malformed(_) => Error::Malformed(detail),
+            IdentifierError::Rejected(_) => Error::RejectedIdentifier {
+                identifier: id.clone(),
+                detail,
+            },
+        }
+    };
     match id.kind {
         IdentifierType::Dns => {
-            let v = id.value.to_ascii_lowercase();
-            let v = v.strip_suffix('.').unwrap_or(&v).to_owned();
-            if v.parse::<IpAddr>().is_ok() {
-                return Err(Error::Malformed(format!(
-                    "{:?} is an IP address: send it as an identifier of type \"ip\" (RFC 8738)",
-                    id.value
-                )));
-            }
-            if v.starts_with("*.") {
-                return Err(Error::RejectedIdentifier {
-                    identifier: id.clone(),
-                    detail: "wildcard names need dns-01, which this CA does not offer".into(),
-                });
-            }
-            check_dns_name(&v).map_err(|why| {
-                Error::Malformed(format!("{:?} is not a valid DNS name: {why}", id.value))
-            })?;
-            Ok(Identifier::dns(v))
+            let mut out = [0u8; rules::DNS_NAME_MAX];
+            let name = rules::normalize_dns(&id.value, &mut out).map_err(refused)?;
+            Ok(Identifier::dns(name))
         }
-        IdentifierType::PermanentIdentifier => Ok(Identifier {
-            kind: IdentifierType::PermanentIdentifier,
-            value: crate::attest::normalize_permanent_identifier(&id.value)?,
-        }),
-        IdentifierType::Ip => {
-            let addr: IpAddr = id
-                .value
-                .parse()
-                .map_err(|_| Error::Malformed(format!("{:?} is not an IP address", id.value)))?;
-            let canonical = addr.to_string();
-            // > The value field MUST contain the textual form of the address as defined in
-            // > RFC 1123, Section 2.1 for IPv4 and in RFC 5952, Section 4 for IPv6.
-            // <https://www.rfc-editor.org/rfc/rfc8738#section-3>
-            if canonical != id.value {
-                return Err(Error::Malformed(format!(
-                    "IP identifier {:?} is not in canonical form; send {canonical:?}",
-                    id.value
-                )));
-            }
-            if addr.is_unspecified() || addr.is_multicast() {
-                return Err(Error::RejectedIdentifier {
-                    identifier: id.clone(),
-                    detail: "unspecified and multicast addresses cannot be certified".into(),
-                });
-            }
-            Ok(Identifier::ip(addr))
+        IdentifierType::Ip => rules::check_ip(&id.value)
+            .map(Identifier::ip)
+            .map_err(refused),
+        IdentifierType::PermanentIdentifier => {
+            rules::check_permanent_identifier(&id.value).map_err(refused)?;
+            Ok(id.clone())
         }
     }
-}
-
-fn check_dns_name(v: &str) -> std::result::Result<(), String> {
-    if v.is_empty() || v.len() > 253 {
-        return Err("length must be 1-253".into());
-    }
-    for label in v.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("each label must be 1-63 characters".into());
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(format!(
-                "label {label:?} has characters other than a-z, 0-9 and '-'"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-        if let Some(encoded) = label.strip_prefix("xn--") {
-            // An A-label must decode to a U-label (RFC 5890 §2.3.2.1); refusing undecodable
-            // ones avoids certifying names no resolver or TLS stack treats consistently.
-            match punycode_decode(encoded) {
-                // Not full IDNA2008 (no code point tables here): require some non-ASCII and
-                // no control or white space characters, which catches undecodable garbage.
-                Some(u)
-                    if u.iter().any(|c| !c.is_ascii())
-                        && !u.iter().any(|c| c.is_control() || c.is_whitespace()) => {}
-                _ => return Err(format!("label {label:?} is not a valid A-label")),
-            }
-        } else if label.len() >= 4 && label[2..4] == *"--" {
-            return Err(format!(
-                "label {label:?} has '--' in positions 3-4 but is not an A-label"
-            ));
-        }
-    }
-    if v.rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err("the last label must not be all digits".into());
-    }
-    Ok(())
-}
-
-/// Punycode decoding (RFC 3492 §6.2), enough to tell a well-formed A-label from garbage.
-fn punycode_decode(input: &str) -> Option<Vec<char>> {
-    const BASE: u32 = 36;
-    const TMIN: u32 = 1;
-    const TMAX: u32 = 26;
-    fn adapt(delta: u32, points: u32, first: bool) -> u32 {
-        let mut delta = if first { delta / 700 } else { delta / 2 };
-        delta += delta / points;
-        let mut k = 0;
-        while delta > ((BASE - TMIN) * TMAX) / 2 {
-            delta /= BASE - TMIN;
-            k += BASE;
-        }
-        k + (BASE - TMIN + 1) * delta / (delta + 38)
-    }
-    let (basic, rest) = match input.rfind('-') {
-        Some(p) => (&input[..p], &input[p + 1..]),
-        None => ("", input),
-    };
-    if !basic.is_ascii() {
-        return None;
-    }
-    let mut out: Vec<char> = basic.chars().collect();
-    let (mut n, mut i, mut bias) = (128u32, 0u32, 72u32);
-    let mut digits = rest.bytes();
-    let mut next = digits.next();
-    while next.is_some() {
-        let old_i = i;
-        let mut w = 1u32;
-        let mut k = BASE;
-        loop {
-            let digit = match next? {
-                b @ b'a'..=b'z' => u32::from(b - b'a'),
-                b @ b'0'..=b'9' => u32::from(b - b'0') + 26,
-                _ => return None,
-            };
-            next = digits.next();
-            i = i.checked_add(digit.checked_mul(w)?)?;
-            let t = if k <= bias {
-                TMIN
-            } else if k >= bias + TMAX {
-                TMAX
-            } else {
-                k - bias
-            };
-            if digit < t {
-                break;
-            }
-            w = w.checked_mul(BASE - t)?;
-            k += BASE;
-        }
-        let len = u32::try_from(out.len()).ok()? + 1;
-        bias = adapt(i - old_i, len, old_i == 0);
-        n = n.checked_add(i / len)?;
-        i %= len;
-        let c = char::from_u32(n).filter(|c| !c.is_ascii())?;
-        out.insert(usize::try_from(i).ok()?, c);
-        i += 1;
-    }
-    Some(out)
 }
 
 /// newOrder payload, RFC 8555 §7.4.
@@ -776,7 +647,7 @@ pub async fn finalize(
     let pre_authorized = check_pre_authorizations(&app, &order, &r.account).await?;
 
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
-    let der = jwk::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
+    let der = crate::wire::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
     let info = csr::parse_and_verify(&der).inspect_err(|e| {
         // Key-policy and weak-signature refusals are kept for the audit.
         crate::keycheck::attempts::record_csr_refusal(&app, &r.account, &order, &der, e);
@@ -918,6 +789,13 @@ mod tests {
         normalize_identifier(&Identifier::dns(v))
     }
 
+    fn permanent(v: &str) -> Result<Identifier> {
+        normalize_identifier(&Identifier {
+            kind: IdentifierType::PermanentIdentifier,
+            value: v.into(),
+        })
+    }
+
     fn ip(v: &str) -> Result<Identifier> {
         normalize_identifier(&Identifier {
             kind: IdentifierType::Ip,
@@ -973,6 +851,24 @@ mod tests {
         assert!(ip("plc.example").is_err());
         assert!(matches!(
             ip("0.0.0.0"),
+            Err(Error::RejectedIdentifier { .. })
+        ));
+    }
+
+    #[test]
+    fn normalize_keeps_values_octet_for_octet() {
+        for v in [
+            "SN-0001",
+            "sn-0001",
+            "ABCDEF123456/1.2.3.4",
+            " spaced ",
+            "Gerät-7",
+        ] {
+            assert_eq!(permanent(v).ok().map(|i| i.value).as_deref(), Some(v));
+        }
+        assert!(matches!(permanent("A/B/C"), Err(Error::Malformed(_))));
+        assert!(matches!(
+            permanent("A\u{1}"),
             Err(Error::RejectedIdentifier { .. })
         ));
     }

@@ -11,7 +11,6 @@ use serde_json::json;
 
 use crate::app::{now, rfc3339, AppState};
 use crate::cert::Certificate;
-use crate::jwk;
 use crate::order::Order;
 use crate::storage::Table;
 use crate::types::{Identifier, OrderStatus};
@@ -23,7 +22,7 @@ const POLL_SECS: u64 = 6 * 3600;
 /// The ARI certificate identifier: `base64url(AKI keyIdentifier) "." base64url(serial)`, where
 /// the serial is the DER INTEGER's content octets (RFC 9773 §4.1).
 pub fn cert_id(aki: &[u8], serial: &[u8]) -> String {
-    format!("{}.{}", jwk::b64u(aki), jwk::b64u(serial))
+    format!("{}.{}", crate::wire::b64u(aki), crate::wire::b64u(serial))
 }
 
 /// Finds the certificate an ARI identifier names; `None` if this CA did not issue it.
@@ -33,15 +32,15 @@ fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
             "{id:?} is not an ARI certificate identifier (AKI.serial)"
         ))
     })?;
-    let aki = jwk::b64u_decode("certificate identifier AKI", aki)?;
-    let serial = jwk::b64u_decode("certificate identifier serial", serial)?;
+    let aki = crate::wire::b64u_decode("certificate identifier AKI", aki)?;
+    let serial = crate::wire::b64u_decode("certificate identifier serial", serial)?;
     let Some(cert) = app
         .db
         .get::<Certificate>(Table::Certificates, &hex::encode(&serial))?
     else {
         return Ok(None);
     };
-    let der = jwk::b64u_decode("stored certificate", &cert.der)?;
+    let der = crate::wire::b64u_decode("stored certificate", &cert.der)?;
     let (stored_aki, _) = aki_and_serial(&der)
         .map_err(|e| Error::Storage(format!("stored certificate {}: {e}", cert.id)))?;
     Ok((stored_aki.as_deref() == Some(aki.as_slice())).then_some(cert))

@@ -80,7 +80,6 @@ use std::sync::Arc;
 
 use reqwest::header::{HeaderValue, HOST, LOCATION};
 use reqwest::{StatusCode, Url};
-use ring::digest::{digest, SHA256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -102,10 +101,10 @@ use crate::types::{ChallengeType, Identifier, IdentifierType};
 use crate::{Error, Result};
 
 /// The ALPN protocol id of tls-alpn-01 (RFC 8737 §6.2).
-const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+const ACME_TLS_ALPN: &[u8] = protocol_spec::challenge::ACME_TLS_ALPN_PROTOCOL;
 
 /// DER contents of id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31 (RFC 8737 §6.1).
-const ID_PE_ACME_IDENTIFIER: &[u8] = &[0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1F];
+const ID_PE_ACME_IDENTIFIER: &[u8] = &protocol_spec::challenge::ACME_IDENTIFIER_OID;
 
 /// Largest http-01 body we read. A key authorization is under 100 bytes. The cap stops a
 /// client from making us buffer without limit.
@@ -853,31 +852,10 @@ impl Target {
             // > IP6.ARPA [RFC3596] reverse mapping of the IP address as the HostName field
             // > value instead of the IP address string representation itself.
             // <https://www.rfc-editor.org/rfc/rfc8738#section-6>
-            Self::Ip(ip) => reverse_dns_name(*ip),
+            Self::Ip(ip) => crate::wire::reverse_dns_name(*ip),
         };
         DnsName::try_from(name)
             .map_err(|e| Error::Internal(format!("cannot use {self:?} as a TLS SNI name: {e}")))
-    }
-}
-
-/// The `in-addr.arpa` / `ip6.arpa` name of `ip`, without a trailing dot.
-fn reverse_dns_name(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
-        }
-        IpAddr::V6(v6) => {
-            // Nibbles, least significant first: 2001:db8::1 -> 1.0.0.[…].8.b.d.0.1.0.0.2.ip6.arpa
-            let nibbles: Vec<String> = v6
-                .octets()
-                .iter()
-                .rev()
-                .flat_map(|byte| [byte & 0x0F, byte >> 4])
-                .map(|nibble| format!("{nibble:x}"))
-                .collect();
-            format!("{}.ip6.arpa", nibbles.join("."))
-        }
     }
 }
 
@@ -962,7 +940,7 @@ fn check_acme_identifier(
     // > key authorization for the challenge.
     // <https://www.rfc-editor.org/rfc/rfc8737#section-3>
     // Authorization ::= OCTET STRING (SIZE (32)), so the DER is 04 20 followed by the digest.
-    let expected = digest(&SHA256, key_authorization.as_bytes());
+    let expected = crate::wire::acme_identifier_value(key_authorization);
     let received = match ext.value {
         [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
         other => {
@@ -974,11 +952,11 @@ fn check_acme_identifier(
             ))
         }
     };
-    if received != expected.as_ref() {
+    if ext.value != expected {
         return Err(format!(
             "has acmeIdentifier {}, expected SHA-256 of the key authorization {}",
             hex::encode(received),
-            hex::encode(expected.as_ref())
+            hex::encode(&expected[2..])
         ));
     }
     Ok(())

@@ -1336,6 +1336,34 @@ fn trust_anchor_commands_add_and_list() {
     );
     assert!(!data.join("trust-anchors/cli.pem").exists());
 
+    // A fingerprint given with --sha256 that the file does not have refuses the file; so does
+    // text that is no fingerprint.
+    let anchor =
+        TrustAnchor::from_parts("cli", maker.root_der.clone(), Some(PEN), &[]).expect("anchor");
+    let other = Manufacturer::new("Other Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let other_fp = TrustAnchor::from_parts("o", other.root_der.clone(), Some(PEN), &[])
+        .expect("anchor")
+        .fingerprint();
+    for (given, says) in [
+        (other_fp.as_str(), "not the one given with --sha256"),
+        ("AB:CD", "is not a SHA-256 fingerprint"),
+    ] {
+        let out = run(&[
+            "trust-anchor",
+            "add",
+            "--data-dir",
+            data_arg,
+            "--assigner",
+            "1.3.6.1.4.1.32473",
+            "--sha256",
+            given,
+            root_arg,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    }
+    assert!(!data.join("trust-anchors").exists());
+
     let out = run(&[
         "trust-anchor",
         "add",
@@ -1343,6 +1371,8 @@ fn trust_anchor_commands_add_and_list() {
         data_arg,
         "--name",
         "cli",
+        "--sha256",
+        &anchor.fingerprint().to_ascii_lowercase(),
         "--assigner",
         "1.3.6.1.4.1.32473",
         "--hw-type",
@@ -1357,8 +1387,6 @@ fn trust_anchor_commands_add_and_list() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let anchor =
-        TrustAnchor::from_parts("cli", maker.root_der.clone(), Some(PEN), &[]).expect("anchor");
     assert!(stdout.contains("CN=CLI Devices Root"), "{stdout}");
     assert!(
         stdout.contains("assigner: 1.3.6.1.4.1.32473 (devices order SERIAL/1.3.6.1.4.1.32473)")

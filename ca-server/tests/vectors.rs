@@ -13,7 +13,7 @@ use ca_server::key::PublicKey;
 use ca_server::nonce::NonceStore;
 use ca_server::order::normalize_identifier;
 use ca_server::types::{AccountStatus, Identifier, IdentifierType};
-use ca_server::{jwk, Error, Problem, ProblemType};
+use ca_server::{jwk, wire, Error, Problem, ProblemType};
 use protocol_spec::runner::{field, load, Runner, Vector};
 use serde_json::{json, Value};
 
@@ -21,9 +21,12 @@ use serde_json::{json, Value};
 const RUN: &[&str] = &[
     "base64url",
     "device_attest",
+    "fingerprint",
     "identifiers",
+    "key_authorization",
     "pairing_code",
     "problems",
+    "reverse_dns",
     "thumbprint",
 ];
 
@@ -41,7 +44,7 @@ fn every_vector_file_is_run_or_skipped_and_every_skip_names_a_vector() {
 fn base64url() {
     run("base64url", |v| {
         let encoded = field(&v.input, "encoded")?;
-        let got = jwk::b64u_decode("vector", encoded);
+        let got = wire::b64u_decode("vector", encoded);
         match v.expect.get("decoded_hex") {
             Some(h) => {
                 let want =
@@ -50,8 +53,8 @@ fn base64url() {
                 if bytes != want {
                     return Err(format!("decoded {}", hex::encode(bytes)));
                 }
-                if jwk::b64u(&want) != encoded {
-                    return Err(format!("re-encodes to {}", jwk::b64u(&want)));
+                if wire::b64u(&want) != encoded {
+                    return Err(format!("re-encodes to {}", wire::b64u(&want)));
                 }
                 Ok(())
             }
@@ -81,6 +84,75 @@ fn thumbprint() {
             return Err(format!("thumbprint {tp}"));
         }
         Ok(())
+    });
+}
+
+/// SPEC §2.3: the fingerprint the server prints for its root and its trust anchors, and the
+/// parser `trust-anchor add --sha256` reads an operator's copy with.
+#[test]
+fn fingerprint() {
+    run("fingerprint", |v| {
+        if let Some(cert) = v.input.get("certificate_der_b64url") {
+            let der = wire::b64u_decode("vector", cert.as_str().unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            let got = wire::fingerprint(&der);
+            return match got == field(&v.expect, "fingerprint")? {
+                true => Ok(()),
+                false => Err(format!("fingerprint {got}")),
+            };
+        }
+        let got = wire::parse_fingerprint(field(&v.input, "text")?);
+        match (got, v.expect.get("sha256_hex")) {
+            (Ok(d), Some(want)) if want.as_str() == Some(hex::encode_upper(d).as_str()) => Ok(()),
+            (Ok(d), Some(want)) if want.as_str() == Some(hex::encode(d).as_str()) => Ok(()),
+            (Ok(d), _) => Err(format!("parsed as {}", hex::encode(d))),
+            (Err(e), Some(_)) => Err(format!("refused: {e}")),
+            (Err(_), None) => Ok(()),
+        }
+    });
+}
+
+/// SPEC §5.2, §5.4: the key authorization the validator expects, and the acmeIdentifier
+/// extension value it compares a tls-alpn-01 certificate's with.
+#[test]
+fn key_authorization() {
+    run("key_authorization", |v| {
+        let token = field(&v.input, "token")?;
+        let thumbprint = match v.input.get("jwk") {
+            Some(j) => jwk::thumbprint(&jwk::parse(j).map_err(|e| format!("JWK refused: {e}"))?),
+            None => field(&v.input, "thumbprint")?.to_owned(),
+        };
+        let got = wire::key_authorization(token, &thumbprint);
+        let Some(want) = v.expect.get("key_authorization") else {
+            return match got {
+                Ok(ka) => Err(format!("accepted as {ka}")),
+                Err(_) => Ok(()),
+            };
+        };
+        let ka = got.map_err(|e| format!("refused: {e}"))?;
+        if want.as_str() != Some(ka.as_str()) {
+            return Err(format!("key authorization {ka}"));
+        }
+        let ext = hex::encode(wire::acme_identifier_value(&ka));
+        if ext != field(&v.expect, "acme_identifier_der_hex")? {
+            return Err(format!("acmeIdentifier {ext}"));
+        }
+        Ok(())
+    });
+}
+
+/// SPEC §5.4: the SNI the validator sends for an `ip` identifier's tls-alpn-01 challenge.
+#[test]
+fn reverse_dns() {
+    run("reverse_dns", |v| {
+        let ip = field(&v.input, "ip")?
+            .parse()
+            .map_err(|e| format!("vector address: {e}"))?;
+        let got = wire::reverse_dns_name(ip);
+        match got == field(&v.expect, "name")? {
+            true => Ok(()),
+            false => Err(format!("name {got}")),
+        }
     });
 }
 
@@ -117,7 +189,7 @@ fn device_attest() {
     use ca_server::attest::anchors::TrustAnchor;
     use ca_server::attest::object;
     run("device_attest", |v| {
-        let b64 = |s: &Value| jwk::b64u_decode("vector", s.as_str().unwrap_or_default());
+        let b64 = |s: &Value| wire::b64u_decode("vector", s.as_str().unwrap_or_default());
         // Each anchor goes through the checks an anchor file gets; one the server cannot use
         // (no assigner, SPEC §5.10.4) is skipped, as the server skips its file.
         let mut anchors = Vec::new();
@@ -264,7 +336,7 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "nonce-missing" => Error::BadNonce("JWS header has no \"nonce\""),
         // Decided by jws::Parsed and jwk::{parse, verify}.
         "alg-none" | "alg-hs256" | "alg-es512" => {
-            let protected = jwk::b64u(json!({"alg": field(&v.input, "alg")?}).to_string());
+            let protected = wire::b64u(json!({"alg": field(&v.input, "alg")?}).to_string());
             let jws = flattened(&json!({"protected": protected, "payload": "", "signature": ""}))
                 .map_err(|e| format!("JWS refused before alg: {e}"))?;
             refused(jws.alg())?

@@ -87,29 +87,35 @@ impl IdentifierError {
     }
 }
 
+impl Reason {
+    /// The rule, in words, for a problem detail or a log line.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::NameLength => "name must be 1-253 octets",
+            Self::LabelLength => "each label must be 1-63 octets",
+            Self::Character => "only a-z, 0-9, '-' and '.' are allowed",
+            Self::Hyphen => "a label must not start or end with '-'",
+            Self::ReservedLabel => "'--' in positions 3-4 is reserved for xn-- labels",
+            Self::ALabel => "xn-- label is not well-formed Punycode",
+            Self::NumericLastLabel => "the last label must not be all digits",
+            Self::IpAddressAsDns => "an IP address must be sent as type ip",
+            Self::Wildcard => "wildcard names are not issued",
+            Self::NotAnAddress => "not an IP address",
+            Self::NotCanonical => "IP address is not in canonical text form",
+            Self::Unspecified => "the unspecified address cannot be certified",
+            Self::Multicast => "a multicast address cannot be certified",
+            Self::EmptySerial => "the serial before the '/' must not be empty",
+            Self::AssignerSyntax => "the part after '/' must be a dotted-decimal OID",
+            Self::ControlCharacter => "the serial must not contain control characters",
+            Self::SerialLength => "the serial must be at most 128 octets",
+            Self::AssignerRange => "the assigner OID is too long or has an arc over 64 bits",
+        }
+    }
+}
+
 impl core::fmt::Display for IdentifierError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let why = match self.reason() {
-            Reason::NameLength => "name must be 1-253 octets",
-            Reason::LabelLength => "each label must be 1-63 octets",
-            Reason::Character => "only a-z, 0-9, '-' and '.' are allowed",
-            Reason::Hyphen => "a label must not start or end with '-'",
-            Reason::ReservedLabel => "'--' in positions 3-4 is reserved for xn-- labels",
-            Reason::ALabel => "xn-- label is not well-formed Punycode",
-            Reason::NumericLastLabel => "the last label must not be all digits",
-            Reason::IpAddressAsDns => "an IP address must be sent as type ip",
-            Reason::Wildcard => "wildcard names are not issued",
-            Reason::NotAnAddress => "not an IP address",
-            Reason::NotCanonical => "IP address is not in canonical text form",
-            Reason::Unspecified => "the unspecified address cannot be certified",
-            Reason::Multicast => "a multicast address cannot be certified",
-            Reason::EmptySerial => "the serial before the '/' must not be empty",
-            Reason::AssignerSyntax => "the part after '/' must be a dotted-decimal OID",
-            Reason::ControlCharacter => "the serial must not contain control characters",
-            Reason::SerialLength => "the serial must be at most 128 octets",
-            Reason::AssignerRange => "the assigner OID is too long or has an arc over 64 bits",
-        };
-        write!(f, "{}: {why}", self.problem_type())
+        write!(f, "{}: {}", self.problem_type(), self.reason().explain())
     }
 }
 

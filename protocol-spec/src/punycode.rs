@@ -54,7 +54,8 @@ fn digit_char(d: u32) -> u8 {
 }
 
 /// True if `encoded` (the part of a lower-case label after `xn--`) decodes to a string with at
-/// least one non-ASCII scalar value and encodes back to exactly `encoded`.
+/// least one non-ASCII scalar value and no control or white-space character, and encodes back
+/// to exactly `encoded`.
 pub(crate) fn is_canonical(encoded: &[u8]) -> bool {
     let mut points = [0u32; MAX_POINTS];
     let Some(len) = decode(encoded, &mut points) else {
@@ -64,8 +65,22 @@ pub(crate) fn is_canonical(encoded: &[u8]) -> bool {
     if points.iter().all(|&c| c < INITIAL_N) {
         return false;
     }
+    if points.iter().any(|&c| control_or_space(c)) {
+        return false;
+    }
     let mut again = [0u8; MAX_POINTS];
     encode(points, &mut again) == Some(encoded)
+}
+
+/// Whether a decoded code point is a control character (Cc) or Unicode White_Space, which no
+/// resolver or TLS stack treats alike. Decoding only inserts code points from U+0080 up, so
+/// the ASCII ones cannot occur; the rest are listed rather than taken from `char`'s tables,
+/// which would cost the embedded firmware about 400 octets.
+fn control_or_space(c: u32) -> bool {
+    matches!(
+        c,
+        0x80..=0xA0 | 0x1680 | 0x2000..=0x200A | 0x2028 | 0x2029 | 0x202F | 0x205F | 0x3000
+    )
 }
 
 /// RFC 3492 §6.2, failing on overflow, bad digits, truncated input and non-scalar results.
@@ -172,6 +187,14 @@ fn encode<'o>(input: &[u32], out: &'o mut [u8; MAX_POINTS]) -> Option<&'o [u8]> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listed_code_points_are_cores_controls_and_white_space() {
+        for c in INITIAL_N..=0x10FFFF {
+            let by_table = char::from_u32(c).is_some_and(|c| c.is_control() || c.is_whitespace());
+            assert_eq!(control_or_space(c), by_table, "U+{c:04X}");
+        }
+    }
 
     #[test]
     fn known_labels() {

@@ -99,7 +99,7 @@ impl TrustAnchor {
 
     /// SHA-256 of the certificate DER, as uppercase hex pairs joined by `:` (SPEC §2.3 form).
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.der)
+        crate::wire::fingerprint(&self.der)
     }
 
     /// The subject, e.g. `CN=Example Devices IDevID Root CA, O=Example`.
@@ -229,11 +229,7 @@ impl TrustAnchorStore {
         assigner: &str,
         hw_types: &[&str],
     ) -> std::result::Result<Added, String> {
-        let der = if input.starts_with(&[0x30]) {
-            input.to_vec()
-        } else {
-            single_certificate(input)?
-        };
+        let der = certificate_der(input)?;
         check_ca_certificate(&der)?;
         let cert = parse(&der)?;
         let now = crate::app::now();
@@ -246,7 +242,7 @@ impl TrustAnchorStore {
         }
         let name = match name {
             Some(n) => n.to_owned(),
-            None => fingerprint(&der).replace(':', "")[..16].to_ascii_lowercase(),
+            None => crate::wire::fingerprint(&der).replace(':', "")[..16].to_ascii_lowercase(),
         };
         check_name(&name)?;
         let anchor = TrustAnchor::from_parts(&name, der, Some(assigner), hw_types)?;
@@ -441,14 +437,14 @@ pub(crate) fn check_ca_certificate(der: &[u8]) -> std::result::Result<(), String
     Ok(())
 }
 
-/// SHA-256 as uppercase hex pairs joined by `:`.
-pub(crate) fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// The certificate DER of an anchor input: DER as it is, or PEM with exactly one
+/// `CERTIFICATE` block.
+pub fn certificate_der(input: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if input.starts_with(&[0x30]) {
+        Ok(input.to_vec())
+    } else {
+        single_certificate(input)
+    }
 }
 
 fn pem_encode(der: &[u8]) -> String {

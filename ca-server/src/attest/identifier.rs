@@ -13,10 +13,8 @@ pub const OID_HARDWARE_MODULE_NAME: &str = "1.3.6.1.5.5.7.8.4";
 
 const OID_PERMANENT_IDENTIFIER_ARCS: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 8, 3];
 
-/// Longest serial this CA certifies, in octets (SPEC §4.5).
-pub const SERIAL_MAX: usize = 128;
-/// Longest assigner OID text this CA accepts, in octets (SPEC §4.5).
-pub const ASSIGNER_MAX: usize = 128;
+/// Longest serial and assigner this CA certifies, in octets (SPEC §4.5).
+pub use protocol_spec::identifier::{ASSIGNER_MAX, SERIAL_MAX};
 
 /// Why a value is refused, and as which problem type (SPEC §4.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,54 +62,26 @@ impl<'a> PermanentId<'a> {
     ///
     /// <https://datatracker.ietf.org/doc/html/draft-ietf-acme-device-attest#section-3.1>
     pub fn parse(value: &'a str) -> Result<Self, Refusal> {
-        let (serial, assigner) = match value.split_once('/') {
-            Some((serial, assigner)) => (serial, Some(assigner)),
-            None => (value, None),
-        };
-        if serial.is_empty() {
-            return Err(Refusal::Malformed(format!(
-                "permanent-identifier {value:?} has an empty serial"
-            )));
-        }
-        let arcs = match assigner {
-            Some(a) => parse_assigner(a).map_err(|why| {
-                Refusal::Malformed(format!(
-                    "permanent-identifier {value:?}: the part after \"/\" must be a dotted-decimal \
-                     assigner OID such as 1.3.6.1.4.1.32473: {why}"
-                ))
-            })?,
-            None => Vec::new(),
-        };
-        // Policy (SPEC §4.5): these values fit the ABNF but are not put into certificates.
-        if let Some(c) = serial.chars().find(|c| c.is_control()) {
-            return Err(Refusal::Rejected(format!(
-                "permanent-identifier serial {serial:?} contains the control character U+{:04X}",
-                u32::from(c)
-            )));
-        }
-        if serial.len() > SERIAL_MAX {
-            return Err(Refusal::Rejected(format!(
-                "permanent-identifier serial is {} octets long; this CA certifies at most {SERIAL_MAX}",
-                serial.len()
-            )));
-        }
-        if let Some(a) = assigner {
-            if a.len() > ASSIGNER_MAX {
-                return Err(Refusal::Rejected(format!(
-                    "permanent-identifier assigner is {} octets long; this CA accepts at most {ASSIGNER_MAX}",
-                    a.len()
-                )));
+        use protocol_spec::identifier::{check_permanent_identifier, oid_arc, IdentifierError};
+        let parts = check_permanent_identifier(value).map_err(|e| {
+            let detail = format!("permanent-identifier {value:?}: {}", e.reason().explain());
+            match e {
+                IdentifierError::Malformed(_) => Refusal::Malformed(detail),
+                IdentifierError::Rejected(_) => Refusal::Rejected(detail),
             }
-            if arcs.len() < a.split('.').count() {
-                return Err(Refusal::Rejected(format!(
-                    "permanent-identifier assigner {a} has an arc above 2^64-1, which this CA \
-                     does not support"
-                )));
-            }
-        }
+        })?;
+        // The shared check has proven every arc a dotted-decimal number that fits 64 bits.
+        let arcs = parts
+            .assigner
+            .map(|a| {
+                a.split('.')
+                    .filter_map(|arc| oid_arc(arc.as_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
-            serial,
-            assigner,
+            serial: parts.serial,
+            assigner: parts.assigner,
             arcs,
         })
     }
@@ -150,38 +120,6 @@ pub fn check_assigner(text: &str) -> Result<(), String> {
             }
             Refusal::Rejected(d) => d,
         })
-}
-
-/// Checks the assigner-value production and returns the arcs. An arc too large for 64 bits is
-/// left out, so the caller can tell "not the grammar" (error) from "too large" (fewer arcs).
-fn parse_assigner(text: &str) -> Result<Vec<u64>, &'static str> {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() < 2 {
-        return Err("an OID has at least two arcs");
-    }
-    for p in &parts {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("arcs are decimal numbers separated by single dots");
-        }
-        if p.len() > 1 && p.starts_with('0') {
-            return Err("arcs have no leading zeros");
-        }
-    }
-    match parts[0] {
-        "0" | "1" => {
-            if parts[1].len() > 2 || parts[1].parse::<u8>().is_ok_and(|n| n > 39) {
-                return Err("under arcs 0 and 1 the second arc is at most 39");
-            }
-        }
-        "2" => {}
-        _ => return Err("the first arc is 0, 1 or 2"),
-    }
-    let arcs: Vec<u64> = parts.iter().filter_map(|p| p.parse().ok()).collect();
-    // 2.x is encoded as 80 + x in one sub-identifier, which must fit as well.
-    if parts[0] == "2" && arcs.get(1).is_some_and(|&x| x > u64::MAX - 80) {
-        return Ok(Vec::new());
-    }
-    Ok(arcs)
 }
 
 /// The identifier value (`serial["/"oid]`) carried by an otherName PermanentIdentifier whose

@@ -1068,11 +1068,11 @@ fn reverse_dns_names_follow_rfc_8738_section_6() {
     // RFC 8738 §6 example.
     let ip: IpAddr = "2001:db8::1".parse().expect("ip");
     assert_eq!(
-        reverse_dns_name(ip),
+        crate::wire::reverse_dns_name(ip),
         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
     );
     assert_eq!(
-        reverse_dns_name(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5))),
+        crate::wire::reverse_dns_name(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5))),
         "5.2.0.192.in-addr.arpa"
     );
 }

@@ -1,0 +1,107 @@
+//! The wire profile (SPEC §3–§5) as the server uses it: owned-value adapters over the
+//! `protocol_spec` helpers, which the device and embedded clients run too. Nothing here encodes
+//! or checks a wire value itself; each function sizes a buffer, calls the shared helper and
+//! turns its refusal into the server's [`Error`].
+
+use std::net::IpAddr;
+
+use protocol_spec::{base64url, challenge, fingerprint, jwk as spec_jwk};
+use ring::digest::{digest, SHA256};
+
+use crate::{Error, Result};
+
+/// Encodes unpadded base64url (SPEC §3.7).
+pub fn b64u(bytes: impl AsRef<[u8]>) -> String {
+    let bytes = bytes.as_ref();
+    let mut out = vec![0u8; base64url::encoded_len(bytes.len())];
+    match base64url::encode(bytes, &mut out) {
+        Ok(text) => text.to_owned(),
+        // encoded_len is the exact length encode writes.
+        Err(_) => unreachable!("base64url::encoded_len sized the buffer"),
+    }
+}
+
+/// Decodes unpadded base64url strictly: padding, whitespace and non-zero trailing bits are
+/// `malformed` (RFC 8555 §6.1; SPEC §3.7). `field` names the value in the problem detail.
+pub fn b64u_decode(field: &str, text: &str) -> Result<Vec<u8>> {
+    let refused = |e: base64url::DecodeError| {
+        Error::Malformed(format!("{field} is not unpadded base64url: {e}"))
+    };
+    let len = base64url::validate(text).map_err(refused)?;
+    let mut out = vec![0u8; len];
+    let n = base64url::decode(text, &mut out).map_err(refused)?.len();
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The RFC 7638 canonical JSON of a JWK (SPEC §5.2): required members only, sorted, no
+/// white space.
+pub fn canonical_jwk(jwk: &spec_jwk::Jwk<'_>) -> Result<String> {
+    let mut out = vec![0u8; jwk.canonical_len()];
+    spec_jwk::canonical_json(jwk, &mut out)
+        .map(str::to_owned)
+        .map_err(|e| Error::BadPublicKey(format!("JWK has no canonical form: {e}")))
+}
+
+/// The RFC 7638 thumbprint text of a canonical JWK: base64url(SHA-256(canonical JSON)).
+pub fn thumbprint_of_canonical(canonical: &str) -> String {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest(&SHA256, canonical.as_bytes()).as_ref());
+    let mut out = [0u8; spec_jwk::THUMBPRINT_LEN];
+    spec_jwk::thumbprint_text(&hash, &mut out).to_owned()
+}
+
+/// `keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))` (RFC 8555 §8.1,
+/// SPEC §5.2). A token or thumbprint of the wrong shape is an internal error: the server made
+/// both.
+pub fn key_authorization(token: &str, thumbprint: &str) -> Result<String> {
+    let mut out = vec![0u8; challenge::key_authorization_len(token.len())];
+    challenge::key_authorization(token, thumbprint, &mut out)
+        .map(str::to_owned)
+        .map_err(|e| Error::Internal(format!("cannot form a key authorization: {e}")))
+}
+
+/// The extnValue of the tls-alpn-01 acmeIdentifier extension for `key_authorization`: the DER
+/// OCTET STRING of its SHA-256 digest (RFC 8737 §3, SPEC §5.4).
+pub fn acme_identifier_value(key_authorization: &str) -> [u8; 34] {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest(&SHA256, key_authorization.as_bytes()).as_ref());
+    challenge::acme_identifier_value(&hash)
+}
+
+/// The `in-addr.arpa` / `ip6.arpa` name of `ip`, without a trailing dot: the tls-alpn-01 SNI
+/// for an `ip` identifier (RFC 8738 §6, SPEC §5.4).
+pub fn reverse_dns_name(ip: IpAddr) -> String {
+    let mut out = [0u8; challenge::REVERSE_DNS_NAME_MAX];
+    challenge::reverse_dns_name(ip, &mut out).to_owned()
+}
+
+/// SHA-256 over a certificate's DER as uppercase hex pairs joined by `:`, the way
+/// `openssl x509 -fingerprint -sha256` prints it (SPEC §2.3).
+pub fn fingerprint(der: &[u8]) -> String {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest(&SHA256, der).as_ref());
+    let mut out = [0u8; fingerprint::FINGERPRINT_TEXT_LEN];
+    fingerprint::format(&hash, &mut out).to_owned()
+}
+
+/// Reads a SHA-256 fingerprint in the form [`fingerprint`] writes (colons optional, either
+/// case), as an operator copies it from a manufacturer's documentation (SPEC §2.3).
+pub fn parse_fingerprint(text: &str) -> std::result::Result<[u8; 32], String> {
+    fingerprint::parse(text).map_err(|e| format!("{text:?} is not a SHA-256 fingerprint: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_round_trips_and_refuses_padding() {
+        for n in 0..8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i * 37).collect();
+            assert_eq!(b64u_decode("t", &b64u(&bytes)).expect("decodes"), bytes);
+        }
+        assert!(matches!(b64u_decode("t", "AA=="), Err(Error::Malformed(_))));
+        assert!(matches!(b64u_decode("t", "A+"), Err(Error::Malformed(_))));
+    }
+}
