@@ -48,8 +48,8 @@ use common::TestServer;
 /// one; `--sleep-first` always polls the order after finalize too (8).
 const JWS_PER_ENROLLMENT: u32 = 7;
 
-/// Server CPU per certificate measured by `scripts/bench-vs-pebble.sh` (README table, at
-/// a47d3e7, the run before the POSTs column), ms. Update with the table.
+/// Server CPU per certificate measured by `scripts/bench-vs-pebble.sh` (a run at a47d3e7 of the
+/// same build as the table in docs/performance.md), ms. Update with the table.
 const SERVER_CPU_MS: [(u32, f64); 3] = [(8, 1.90), (32, 1.57), (128, 1.73)];
 
 /// Per-iteration times (seconds) of every `iter_custom` call, by benchmark id, with the
@@ -374,8 +374,8 @@ fn summary() {
     );
     for (c, ms) in SERVER_CPU_MS {
         println!(
-            "  server CPU per certificate at C={c}: {ms:.2} ms (README table): signatures are \
-             {:.0} % of it",
+            "  server CPU per certificate at C={c}: {ms:.2} ms (docs/performance.md): \
+             signatures are {:.0} % of it",
             100.0 * crypto * 1e3 / ms
         );
     }

@@ -412,7 +412,7 @@ fn main() {
         on_disk as f64 / total as f64
     );
     if args.keep {
-        // The first start after the writes is the slow one (see the README): keep it for a
+        // The first start after the writes is the slow one (docs/performance.md): keep it for a
         // profiler instead of using it up here.
         println!("kept {}; no restarts", dir.keep().display());
         return;

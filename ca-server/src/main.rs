@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: allocation was about 7.5 % of the server's CPU per
 /// certificate (issue #6 profile), and with mimalloc the server used 15 % less CPU per
-/// certificate at C=32 and 4 % less at C=8, for a higher RSS (see the README, "Scale").
+/// certificate at C=32 and 4 % less at C=8, for a higher RSS (docs/performance.md, "Scale").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -26,7 +26,7 @@ pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:80";
 pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
 
 /// The configuration as written: every field optional, so a file and flags can be merged.
-/// See `device-client --help` and the README for what each means.
+/// See `device-client --help` and device-client/README.md ("Usage") for what each means.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {

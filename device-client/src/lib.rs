@@ -26,7 +26,9 @@
 //! a rustls config with [`trust::PinnedVerifier`]; no root store is compiled in), and its
 //! challenge handling is an enum ([`enroll::Enrollment`]: http-01, operator-approval-01
 //! and device-attest-01) that the profile's own challenge types extend with new
-//! variants, which a general-purpose client would not let us do without forking it. The embedded client will mirror this structure without allocation.
+//! variants, which a general-purpose client would not let us do without forking it. The embedded
+//! client (`embedded-client`: no_std, no heap, sans-IO, with a C ABI) mirrors this structure
+//! without allocation.
 //!
 //! **Trust.** Exactly one anchor (SPEC §2.3). With a fingerprint, the root comes from the end
 //! of the server's own chain and is checked against the pin inside the TLS handshake, before

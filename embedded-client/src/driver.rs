@@ -29,7 +29,8 @@ pub trait Platform {
 }
 
 /// Buffer sizes that fit every request and response of an enrollment against ca-server with
-/// P-256 keys and an IDevID chain of up to about 1.4 KB: see the footprint report in the README.
+/// P-256 keys and an IDevID chain of up to about 1.4 KB: see the footprint report in
+/// embedded-client/README.md.
 /// The largest request is the device-attest-01 answer (the chain, base64url twice: about 3.4 KB
 /// for a 1.4 KB chain). The receive buffer holds the responses, the largest being the
 /// certificate chain (1.85 KB with its head from ca-server), and serves as scratch, where the
