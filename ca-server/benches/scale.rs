@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ca_server::app::now;
+use ca_server::types::now;
 use ca_server::ca::IssuerKind;
 use ca_server::cert::Revocation;
 use ca_server::storage::{Store, Table};

@@ -8,7 +8,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::{new_id, now, paths, AppState};
+use crate::app::AppState;
+use crate::wire::paths;
+use crate::types::new_id;
+use crate::types::now;
 use crate::jwk;
 use crate::jws::{AccountRequest, KeyRequest, Parsed};
 use crate::key::PublicKey;
@@ -74,7 +77,7 @@ impl Account {
             "contact": self.contact,
             "orders": app.url(&format!("{}{}/orders", paths::ACCOUNT, self.id)),
             "key": self.key,
-            "createdAt": crate::app::rfc3339(self.created),
+            "createdAt": crate::types::rfc3339(self.created),
         });
         if self.terms_of_service_agreed {
             v["termsOfServiceAgreed"] = json!(true);

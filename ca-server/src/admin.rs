@@ -15,7 +15,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::{now, rfc3339, AppState};
+use crate::app::AppState;
+use crate::types::rfc3339;
+use crate::types::now;
 use crate::cert::{record_revocation, Certificate, RevokedBy};
 use crate::storage::Table;
 use crate::types::Identifier;

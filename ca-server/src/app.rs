@@ -19,41 +19,9 @@ use crate::eab::EabStore;
 use crate::error::InternalCause;
 use crate::nonce::NonceStore;
 use crate::storage::{Db, Table};
+use crate::wire::paths;
 use crate::va::Validator;
 use crate::{authz, cert, directory, order, Error, Result};
-
-/// Paths of the ACME resources. Clients must discover them from the directory; they are
-/// listed here once so every module builds URLs the same way.
-pub mod paths {
-    /// RFC 8555 §7.1.1.
-    pub const DIRECTORY: &str = "/directory";
-    /// RFC 8555 §7.2.
-    pub const NEW_NONCE: &str = "/acme/new-nonce";
-    /// RFC 8555 §7.3.
-    pub const NEW_ACCOUNT: &str = "/acme/new-account";
-    /// RFC 8555 §7.4.
-    pub const NEW_ORDER: &str = "/acme/new-order";
-    /// RFC 8555 §7.6.
-    pub const REVOKE_CERT: &str = "/acme/revoke-cert";
-    /// RFC 8555 §7.3.5.
-    pub const KEY_CHANGE: &str = "/acme/key-change";
-    /// Prefix of account URLs.
-    pub const ACCOUNT: &str = "/acme/acct/";
-    /// Prefix of order URLs.
-    pub const ORDER: &str = "/acme/order/";
-    /// Prefix of authorization URLs.
-    pub const AUTHZ: &str = "/acme/authz/";
-    /// Prefix of challenge URLs.
-    pub const CHALLENGE: &str = "/acme/chall/";
-    /// Prefix of certificate URLs.
-    pub const CERT: &str = "/acme/cert/";
-    /// RFC 9773 renewal information; the certificate identifier follows.
-    pub const RENEWAL_INFO: &str = "/acme/renewal-info";
-    /// The CRL (RFC 5280 §5), named in every certificate's CRL distribution point.
-    pub const CRL: &str = "/crl";
-    /// The RSA intermediate's CRL, named in the CRL distribution point of what it issues.
-    pub const CRL_RSA: &str = "/crl/rsa";
-}
 
 /// Everything the handlers share.
 pub struct Inner {
@@ -235,28 +203,4 @@ async fn respond(app: AppState, req: Request, next: Next) -> Response {
         headers.append(header::LINK, v);
     }
     resp
-}
-
-/// Current Unix time in seconds.
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// RFC 3339 text for a Unix time, as ACME's timestamp fields use.
-pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
-}
-
-/// A new random identifier for a resource: 128 bits, base64url.
-pub fn new_id() -> Result<String> {
-    let mut b = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .map_err(|_| Error::Internal("system RNG failed".into()))?;
-    Ok(crate::wire::b64u(b))
 }

@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{now, AppState};
+use crate::app::AppState;
+use crate::types::now;
 use crate::authz::{record_outcome, start_processing, Authz};
 use crate::config::LimitName;
 use crate::fsutil::{ensure_private_dir, write_atomic};

@@ -89,7 +89,7 @@ pub fn verify(
         identifier,
         key_authorization,
         &anchors,
-        crate::app::now(),
+        crate::types::now(),
     );
     match &outcome {
         Ok(a) => tracing::info!(

@@ -8,7 +8,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::{new_id, now, paths, rfc3339, AppState};
+use crate::app::AppState;
+use crate::wire::paths;
+use crate::types::new_id;
+use crate::types::rfc3339;
+use crate::types::now;
 use crate::config::EnrollmentConfig;
 use crate::jws::AccountRequest;
 use crate::storage::Table;

@@ -5,7 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{now, AppState};
+use crate::app::AppState;
+use crate::types::now;
 use crate::authz::Authz;
 use crate::ca::{IssuedCert, IssuerKind};
 use crate::jws::{AccountRequest, AnyRequest, Signer};

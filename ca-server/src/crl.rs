@@ -21,7 +21,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::{now, paths, AppState};
+use crate::app::AppState;
+use crate::wire::paths;
+use crate::types::now;
 use crate::ca::IssuerKind;
 use crate::cert::Revocation;
 use crate::fsutil::write_atomic;

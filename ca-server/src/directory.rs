@@ -6,7 +6,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::app::{paths, AppState};
+use crate::app::AppState;
+use crate::wire::paths;
 use crate::jws::AccountRequest;
 
 /// `GET /directory` — RFC 8555 §7.1.1.

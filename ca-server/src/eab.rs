@@ -17,7 +17,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::app::now;
+use crate::types::now;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jwk;
 use crate::jws::{Flattened, Parsed};
@@ -67,7 +67,7 @@ impl Credential {
             return Err(format!(
                 "enrollment credential {} expired at {}",
                 self.kid,
-                crate::app::rfc3339(at)
+                crate::types::rfc3339(at)
             ));
         }
         let usage = db

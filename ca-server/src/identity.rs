@@ -27,7 +27,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{now, AppState};
+use crate::app::AppState;
+use crate::types::now;
 use crate::cert::Certificate;
 use crate::storage::Table;
 use crate::types::Identifier;

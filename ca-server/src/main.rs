@@ -351,7 +351,7 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
                     escape(p.source.as_deref().unwrap_or("unknown")),
                     escape(&p.account_id),
                     escape(&p.thumbprint),
-                    ca_server::app::rfc3339(p.expires)
+                    ca_server::types::rfc3339(p.expires)
                 );
                 // At most one request for an identifier comes from the device the operator
                 // sees; say so next to each of them.
@@ -437,7 +437,7 @@ fn print_audit(v: &serde_json::Value) {
     list("refused key reuse", "keyReuseAttempts", &|i| {
         format!(
             "{}  {}  {}  key {}  held by {}",
-            ca_server::app::rfc3339(i["at"].as_i64().unwrap_or_default()),
+            ca_server::types::rfc3339(i["at"].as_i64().unwrap_or_default()),
             i["kind"].as_str().unwrap_or_default(),
             describe_holder(&i["attempted"]),
             i["spkiSha256"].as_str().unwrap_or_default(),
@@ -450,7 +450,7 @@ fn print_audit(v: &serde_json::Value) {
         &|i| {
             format!(
                 "{}  {}  account {} order {}  {}  key {} {}  {}: {}",
-                ca_server::app::rfc3339(i["at"].as_i64().unwrap_or_default()),
+                ca_server::types::rfc3339(i["at"].as_i64().unwrap_or_default()),
                 i["kind"].as_str().unwrap_or_default(),
                 i["accountId"].as_str().unwrap_or_default(),
                 i["orderId"].as_str().unwrap_or_default(),
@@ -665,7 +665,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                     role,
                 })
                 .map_err(|e| e.to_string())?;
-            let exp = c.expires.map(ca_server::app::rfc3339);
+            let exp = c.expires.map(ca_server::types::rfc3339);
             let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
             if json {
                 println!(
@@ -697,9 +697,9 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 println!(
                     "{}  created {}  expires {}  max uses {}  allow {}{}",
                     escape(&c.kid),
-                    ca_server::app::rfc3339(c.created),
+                    ca_server::types::rfc3339(c.created),
                     c.expires
-                        .map_or_else(|| "never".to_owned(), ca_server::app::rfc3339),
+                        .map_or_else(|| "never".to_owned(), ca_server::types::rfc3339),
                     describe_uses(c.max_uses),
                     escape(&describe_allow(&allow)),
                     if c.revoked { "  REVOKED" } else { "" }
@@ -768,7 +768,7 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             println!("  SHA-256:  {}", anchor.fingerprint());
             println!(
                 "  expires:  {}",
-                ca_server::app::rfc3339(anchor.not_after())
+                ca_server::types::rfc3339(anchor.not_after())
             );
             println!(
                 "  assigner: {} (devices order SERIAL/{})",
@@ -800,7 +800,7 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                         escape(&name),
                         escape(&a.subject()),
                         a.fingerprint(),
-                        ca_server::app::rfc3339(a.not_after()),
+                        ca_server::types::rfc3339(a.not_after()),
                         a.assigner,
                         a.describe_hw_types()
                     ),

@@ -9,7 +9,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::{new_id, now, paths, rfc3339, AppState};
+use crate::app::AppState;
+use crate::wire::paths;
+use crate::types::new_id;
+use crate::types::rfc3339;
+use crate::types::now;
 use crate::authz::Authz;
 use crate::cert::Certificate;
 use crate::config::LimitName;

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::app::{now, rfc3339, AppState};
+use crate::app::AppState;
+use crate::types::rfc3339;
+use crate::types::now;
 use crate::cert::Certificate;
 use crate::order::Order;
 use crate::storage::Table;

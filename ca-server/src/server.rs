@@ -79,7 +79,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
             tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");
         }
         // What an allow-listed credential pre-authorizes ends with it (SPEC §6.6).
-        if !cred.allow.is_empty() && !cred.revoked && cred.expires.is_some_and(|e| e < app::now()) {
+        if !cred.allow.is_empty() && !cred.revoked && cred.expires.is_some_and(|e| e < crate::types::now()) {
             let accounts = eab.uses(&db, &cred.kid).unwrap_or(0);
             if accounts > 0 {
                 tracing::warn!(kid = %cred.kid, accounts,
@@ -146,7 +146,7 @@ pub fn tls_names(cfg: &Config) -> Vec<String> {
 /// Start information for printing.
 pub fn start_info(app: &AppState) -> StartInfo {
     StartInfo {
-        directory_url: app.url(app::paths::DIRECTORY),
+        directory_url: app.url(crate::wire::paths::DIRECTORY),
         root_path: app.ca.root_path().to_path_buf(),
         root_fingerprint: app.ca.root_fingerprint(),
     }

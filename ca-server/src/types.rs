@@ -175,3 +175,27 @@ impl fmt::Display for ChallengeType {
         f.write_str(self.as_str())
     }
 }
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// RFC 3339 text for a Unix time, as ACME's timestamp fields use.
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// A new random identifier for a resource: 128 bits, base64url.
+pub fn new_id() -> crate::Result<String> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| crate::Error::Internal("system RNG failed".into()))?;
+    Ok(crate::wire::b64u(b))
+}

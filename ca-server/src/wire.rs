@@ -10,6 +10,39 @@ use ring::digest::{digest, SHA256};
 
 use crate::{Error, Result};
 
+/// Paths of the ACME resources. Clients must discover them from the directory; they are
+/// listed here once so every module builds URLs the same way.
+pub mod paths {
+    /// RFC 8555 §7.1.1.
+    pub const DIRECTORY: &str = "/directory";
+    /// RFC 8555 §7.2.
+    pub const NEW_NONCE: &str = "/acme/new-nonce";
+    /// RFC 8555 §7.3.
+    pub const NEW_ACCOUNT: &str = "/acme/new-account";
+    /// RFC 8555 §7.4.
+    pub const NEW_ORDER: &str = "/acme/new-order";
+    /// RFC 8555 §7.6.
+    pub const REVOKE_CERT: &str = "/acme/revoke-cert";
+    /// RFC 8555 §7.3.5.
+    pub const KEY_CHANGE: &str = "/acme/key-change";
+    /// Prefix of account URLs.
+    pub const ACCOUNT: &str = "/acme/acct/";
+    /// Prefix of order URLs.
+    pub const ORDER: &str = "/acme/order/";
+    /// Prefix of authorization URLs.
+    pub const AUTHZ: &str = "/acme/authz/";
+    /// Prefix of challenge URLs.
+    pub const CHALLENGE: &str = "/acme/chall/";
+    /// Prefix of certificate URLs.
+    pub const CERT: &str = "/acme/cert/";
+    /// RFC 9773 renewal information; the certificate identifier follows.
+    pub const RENEWAL_INFO: &str = "/acme/renewal-info";
+    /// The CRL (RFC 5280 §5), named in every certificate's CRL distribution point.
+    pub const CRL: &str = "/crl";
+    /// The RSA intermediate's CRL, named in the CRL distribution point of what it issues.
+    pub const CRL_RSA: &str = "/crl/rsa";
+}
+
 /// Encodes unpadded base64url (SPEC §3.7).
 pub fn b64u(bytes: impl AsRef<[u8]>) -> String {
     let bytes = bytes.as_ref();

@@ -1253,7 +1253,7 @@ async fn turning_attestation_off_refuses_pending_challenges() {
         },
         &key_authorization(&acct, &c),
         &anchors,
-        ca_server::app::now(),
+        ca_server::types::now(),
     )
     .expect("valid attestation");
     // ...and a server started with the switch off over the same data refuses it. sled lets go

@@ -863,7 +863,7 @@ async fn a_lapsed_claim_gives_way() {
                 account_id: "crashed".into(),
                 serial: None,
                 not_after: 0,
-                since: ca_server::app::now() - ca_server::identity::CLAIM_LAPSES - 1,
+                since: ca_server::types::now() - ca_server::identity::CLAIM_LAPSES - 1,
             },
         )
         .expect("put");

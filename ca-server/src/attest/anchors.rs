@@ -232,12 +232,12 @@ impl TrustAnchorStore {
         let der = certificate_der(input)?;
         check_ca_certificate(&der)?;
         let cert = parse(&der)?;
-        let now = crate::app::now();
+        let now = crate::types::now();
         let not_after = cert.validity().not_after.timestamp();
         if not_after < now {
             return Err(format!(
                 "the certificate expired at {}",
-                crate::app::rfc3339(not_after)
+                crate::types::rfc3339(not_after)
             ));
         }
         let name = match name {

@@ -11,7 +11,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Version};
 
 use super::anchors::TrustAnchor;
-use crate::app::rfc3339;
+use crate::types::rfc3339;
 use crate::csr;
 
 /// A path that checked out: the IDevID (as `x5c[0]`) and the anchor it leads to.

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::bounded::{self, Audited, Caps};
 use crate::account::Account;
-use crate::app::{now, AppState};
+use crate::app::AppState;
+use crate::types::now;
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;

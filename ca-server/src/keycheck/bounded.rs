@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::{new_id, AppState};
+use crate::app::AppState;
+use crate::types::new_id;
 use crate::storage::{Store, Table};
 use crate::{Error, Result};
 
