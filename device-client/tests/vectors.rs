@@ -19,6 +19,7 @@ const RUN: &[&str] = &[
     "identifiers",
     "key_authorization",
     "pairing_code",
+    "problem_types",
     "problems",
     "thumbprint",
 ];
@@ -194,10 +195,9 @@ fn identifiers() {
 fn problems() {
     run("problems", |v| {
         let uri = field(&v.expect, "type")?;
-        let t = ProblemType::from_uri(uri);
-        match t.name() {
-            Some(name) if uri.ends_with(&format!(":{name}")) => Ok(()),
-            _ => Err(format!("{uri} is {t:?} to the client")),
+        match ProblemType::from_urn(uri) {
+            Some(t) if t.urn() == uri => Ok(()),
+            t => Err(format!("{uri} is {t:?} to the client")),
         }
     });
 }
@@ -213,5 +213,20 @@ fn pairing_code() {
             (Ok(code), None) if code == field(&v.expect, "pairing_code")? => Ok(()),
             (got, _) => Err(format!("pairing code {got:?}")),
         }
+    });
+}
+
+/// SPEC §3.8: the client reads each type URN as its type, and any other text as no type.
+#[test]
+fn problem_types() {
+    run("problem_types", |v| {
+        let problem = device_client::Problem {
+            type_uri: field(&v.input, "urn")?.to_owned(),
+            ..Default::default()
+        };
+        let got = problem.kind().map(ProblemType::name);
+        (got == v.expect["name"].as_str())
+            .then_some(())
+            .ok_or_else(|| format!("the client reads it as {got:?}"))
     });
 }

@@ -14,6 +14,7 @@ const RUN: &[&str] = &[
     "identifiers",
     "key_authorization",
     "pairing_code",
+    "problem_types",
     "problems",
     "thumbprint",
 ];
@@ -139,6 +140,20 @@ fn identifiers() {
             (Err(Error::Config(_)), Some(want)) if want != value => Ok(()),
             (Err(Error::Config(_)), None) => Ok(()),
             (got, want) => Err(format!("got {got:?}, server keeps {want:?}")),
+        }
+    });
+}
+
+/// SPEC §3.8: each type URN maps to its kind, and any other text to `Other`.
+#[test]
+fn problem_types() {
+    run("problem_types", |v| {
+        let kind = ProblemKind::from_type(field(&v.input, "urn")?);
+        match (kind, v.expect["name"].as_str()) {
+            (ProblemKind::Other, None) => Ok(()),
+            (ProblemKind::Other, Some(name)) => Err(format!("{name} is unknown to the client")),
+            (kind, None) => Err(format!("mapped to {kind:?}")),
+            (_, Some(_)) => Ok(()),
         }
     });
 }

@@ -8,6 +8,7 @@
 //! | module          | what                                                        | SPEC       |
 //! |-----------------|-------------------------------------------------------------|------------|
 //! | [`base64url`]   | strict unpadded base64url                                   | §3.7       |
+//! | [`problem`]     | problem type URNs and names, one table                      | §3.8       |
 //! | [`jwk`]         | RFC 7638 canonical JWK JSON, thumbprint text                | §5.2       |
 //! | [`challenge`]   | key authorization, tls-alpn-01 extension, reverse names     | §5.2, §5.4 |
 //! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
@@ -30,6 +31,7 @@ pub mod identifier;
 mod ip;
 pub mod jwk;
 pub mod pairing;
+pub mod problem;
 mod punycode;
 #[cfg(feature = "runner")]
 pub mod runner;
@@ -55,6 +57,8 @@ pub mod vectors {
     /// Operator-approval pairing codes from challenge tokens and account key thumbprints
     /// (SPEC §5.9).
     pub const PAIRING_CODE: &str = include_str!("../vectors/pairing_code.json");
+    /// Problem type URNs and their names, and URNs that name no type (SPEC §3.8).
+    pub const PROBLEM_TYPES: &str = include_str!("../vectors/problem_types.json");
     /// Situations and the problem type and HTTP status they produce (SPEC §3.8).
     pub const PROBLEMS: &str = include_str!("../vectors/problems.json");
     /// Reverse-mapping names used as tls-alpn-01 SNI for `ip` identifiers (SPEC §5.4).
@@ -70,6 +74,7 @@ pub mod vectors {
         ("identifiers", IDENTIFIERS),
         ("key_authorization", KEY_AUTHORIZATION),
         ("pairing_code", PAIRING_CODE),
+        ("problem_types", PROBLEM_TYPES),
         ("problems", PROBLEMS),
         ("reverse_dns", REVERSE_DNS),
         ("thumbprint", THUMBPRINT),

@@ -8,7 +8,7 @@ use std::vec::Vec;
 
 use serde_json::Value;
 
-use crate::{base64url, challenge, fingerprint, identifier, jwk, pairing, vectors};
+use crate::{base64url, challenge, fingerprint, identifier, jwk, pairing, problem, vectors};
 
 const SPEC: &str = include_str!("../SPEC.md");
 
@@ -127,6 +127,61 @@ fn problem_vectors_use_only_types_from_the_spec_table() {
             v.id
         );
     }
+}
+
+/// Every type SPEC §3.8's table lists, and every type problems.json expects, is in the one
+/// table of `problem::Type`, and so are the types the identifier checks name.
+#[test]
+fn problem_types_of_the_spec_and_the_vectors_are_in_the_table() {
+    let section = SPEC
+        .split("### 3.8 Errors")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("SPEC §3.8");
+    let mut listed = 0;
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).expect("first cell");
+        for name in first.split('`').skip(1).step_by(2) {
+            assert!(
+                problem::Type::from_name(name).is_some(),
+                "SPEC §3.8 lists {name}, which problem::Type lacks"
+            );
+            listed += 1;
+        }
+    }
+    assert!(listed > 25, "read only {listed} types from SPEC §3.8");
+    for v in load("problems") {
+        let urn = str_of(&v.expect, "type", &v.id);
+        assert!(problem::Type::from_urn(urn).is_some(), "{}: {urn}", v.id);
+    }
+    for e in [
+        identifier::IdentifierError::Malformed(identifier::Reason::NameLength),
+        identifier::IdentifierError::Rejected(identifier::Reason::NameLength),
+    ] {
+        assert!(problem::Type::from_name(e.problem_type()).is_some(), "{e}");
+    }
+}
+
+/// SPEC §3.8: each URN maps to its type and back; other text maps to none.
+#[test]
+fn problem_type_vectors() {
+    let mut seen = BTreeSet::new();
+    for v in load("problem_types") {
+        let urn = str_of(&v.input, "urn", &v.id);
+        let got = problem::Type::from_urn(urn);
+        assert_eq!(
+            got.map(problem::Type::name),
+            v.expect["name"].as_str(),
+            "{}",
+            v.id
+        );
+        if let Some(t) = got {
+            assert_eq!(t.urn(), urn, "{}", v.id);
+            seen.insert(t);
+        }
+    }
+    // The file lists every type of the table.
+    assert_eq!(seen.len(), problem::Type::ALL.len());
 }
 
 #[test]
