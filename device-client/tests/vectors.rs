@@ -5,16 +5,18 @@
 //! whole file uses the key `"*"`. An entry for a single id records a known failure, so the run
 //! fails as soon as that vector passes, and the stale entry must go.
 
+use device_client::cert::ari_cert_id;
 use device_client::enroll::pairing_code_for_thumbprint;
 use device_client::jws::{key_authorization, key_authorization_for_thumbprint};
 use device_client::key::Jwk;
 use device_client::trust::{fingerprint_text, sha256};
 use device_client::{Identifier, ProblemType, TrustAnchor};
-use protocol_spec::runner::{field, Runner, Vector};
+use protocol_spec::runner::{field, hex_field, Runner, Vector};
 use serde_json::Value;
 
 /// The vector files this binary runs; every other file must be skipped as a whole.
 const RUN: &[&str] = &[
+    "ari_cert_id",
     "fingerprint",
     "identifiers",
     "key_authorization",
@@ -228,5 +230,21 @@ fn problem_types() {
         (got == v.expect["name"].as_str())
             .then_some(())
             .ok_or_else(|| format!("the client reads it as {got:?}"))
+    });
+}
+
+/// SPEC §9.2: the certificate identifier the client asks the CA about and puts in `replaces`.
+#[test]
+fn ari_cert_id_vectors() {
+    run("ari_cert_id", |v| {
+        let Some(want) = v.expect["cert_id"].as_str() else {
+            return Err("the client writes certificate identifiers and never reads one".into());
+        };
+        let aki = hex_field(&v.input, "aki_hex")?;
+        let serial = hex_field(&v.input, "serial_hex")?;
+        match ari_cert_id(&aki, &serial) {
+            Some(id) if id == want => Ok(()),
+            got => Err(format!("certificate identifier {got:?}")),
+        }
     });
 }

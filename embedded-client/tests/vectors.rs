@@ -4,6 +4,7 @@
 //! A vector the client cannot run is listed in `vectors-skip.toml` with the reason.
 
 use embedded_client::key::{pairing_code, thumbprint};
+use embedded_client::renewal::RenewalCheck;
 use embedded_client::{Error, Identifier, ProblemKind};
 use protocol_spec::jwk::{Curve, Jwk};
 use protocol_spec::runner::{field, Runner, Vector};
@@ -11,6 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const RUN: &[&str] = &[
+    "ari_cert_id",
     "identifiers",
     "key_authorization",
     "pairing_code",
@@ -154,6 +156,22 @@ fn problem_types() {
             (ProblemKind::Other, Some(name)) => Err(format!("{name} is unknown to the client")),
             (kind, None) => Err(format!("mapped to {kind:?}")),
             (_, Some(_)) => Ok(()),
+        }
+    });
+}
+
+/// SPEC §9.2: [`RenewalCheck`] takes exactly the well-formed certificate identifiers.
+#[test]
+fn ari_cert_ids() {
+    run("ari_cert_id", |v| {
+        let id = match v.expect["cert_id"].as_str() {
+            Some(id) => id,
+            None => field(&v.input, "cert_id")?,
+        };
+        let got = RenewalCheck::new("https://ca.example:14000", id).map(|_| ());
+        match (got, v.expect.get("cert_id")) {
+            (Ok(()), Some(_)) | (Err(Error::Config(_)), None) => Ok(()),
+            (got, _) => Err(format!("RenewalCheck::new gives {got:?}")),
         }
     });
 }

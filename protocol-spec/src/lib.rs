@@ -14,6 +14,7 @@
 //! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
 //! | [`fingerprint`] | root certificate fingerprint text                           | §2.3       |
 //! | [`pairing`]     | operator-approval pairing codes                             | §5.9       |
+//! | [`ari`]         | ARI certificate identifier: write, split, decode            | §9.2       |
 //!
 //! With the `vectors` feature, [`vectors`] exposes the vector files as strings so that other
 //! crates' tests run the same bytes.
@@ -24,6 +25,7 @@
 #[cfg(any(test, feature = "runner"))]
 extern crate std;
 
+pub mod ari;
 pub mod base64url;
 pub mod challenge;
 pub mod fingerprint;
@@ -43,6 +45,9 @@ mod write;
 /// entry lists its id, with the reason, in its own skip file.
 #[cfg(any(test, feature = "vectors"))]
 pub mod vectors {
+    /// ARI certificate identifiers from key identifiers and serials, and malformed ones
+    /// (SPEC §9.2).
+    pub const ARI_CERT_ID: &str = include_str!("../vectors/ari_cert_id.json");
     /// Strict base64url decoding and encoding (SPEC §3.7).
     pub const BASE64URL: &str = include_str!("../vectors/base64url.json");
     /// device-attest-01 attestation objects and their verification outcome (SPEC §4.5, §5.10).
@@ -68,6 +73,7 @@ pub mod vectors {
 
     /// Every vector file as (file stem, contents).
     pub const ALL: &[(&str, &str)] = &[
+        ("ari_cert_id", ARI_CERT_ID),
         ("base64url", BASE64URL),
         ("device_attest", DEVICE_ATTEST),
         ("fingerprint", FINGERPRINT),

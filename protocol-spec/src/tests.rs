@@ -8,7 +8,7 @@ use std::vec::Vec;
 
 use serde_json::Value;
 
-use crate::{base64url, challenge, fingerprint, identifier, jwk, pairing, problem, vectors};
+use crate::{ari, base64url, challenge, fingerprint, identifier, jwk, pairing, problem, vectors};
 
 const SPEC: &str = include_str!("../SPEC.md");
 
@@ -182,6 +182,48 @@ fn problem_type_vectors() {
     }
     // The file lists every type of the table.
     assert_eq!(seen.len(), problem::Type::ALL.len());
+}
+
+/// SPEC §9.2 (RFC 9773 §4.1): identifiers written from their octets, and malformed ones
+/// refused for the reason the vector names.
+#[test]
+fn ari_cert_id_vectors() {
+    for v in load("ari_cert_id") {
+        let mut out = [0u8; 128];
+        if let Some(want) = v.expect.get("cert_id") {
+            let aki = unhex(str_of(&v.input, "aki_hex", &v.id));
+            let serial = unhex(str_of(&v.input, "serial_hex", &v.id));
+            let id =
+                ari::cert_id(&aki, &serial, &mut out).unwrap_or_else(|e| panic!("{}: {e}", v.id));
+            assert_eq!(Some(id), want.as_str(), "{}", v.id);
+            assert_eq!(
+                id.len(),
+                ari::cert_id_len(aki.len(), serial.len()),
+                "{}",
+                v.id
+            );
+            let id = id.to_string();
+            let mut back = [0u8; 128];
+            let (a, s) = ari::decode(&id, &mut back).unwrap_or_else(|e| panic!("{}: {e}", v.id));
+            assert_eq!((a, s), (&aki[..], &serial[..]), "{}", v.id);
+            continue;
+        }
+        let id = str_of(&v.input, "cert_id", &v.id);
+        let err = ari::CertId::parse(id).expect_err(&v.id);
+        assert_eq!(ari::decode(id, &mut out), Err(err), "{}", v.id);
+        assert_eq!(err.name(), str_of(&v.expect, "error", &v.id), "{}", v.id);
+        assert_eq!(
+            err.part().map(ari::Part::name),
+            v.expect["part"].as_str(),
+            "{}",
+            v.id
+        );
+        let b64 = match err {
+            ari::CertIdError::Encoding(_, e) => Some(e.name()),
+            _ => None,
+        };
+        assert_eq!(b64, v.expect["base64url"].as_str(), "{}", v.id);
+    }
 }
 
 #[test]
