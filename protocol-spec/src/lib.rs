@@ -14,6 +14,7 @@
 //! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
 //! | [`fingerprint`] | root certificate fingerprint text                           | §2.3       |
 //! | [`pairing`]     | operator-approval pairing codes                             | §5.9       |
+//! | [`attestation`] | device-attest-01 attestation object (CBOR) encoder          | §5.10.2    |
 //! | [`ari`]         | ARI certificate identifier: write, split, decode            | §9.2       |
 //!
 //! With the `vectors` feature, [`vectors`] exposes the vector files as strings so that other
@@ -26,6 +27,7 @@
 extern crate std;
 
 pub mod ari;
+pub mod attestation;
 pub mod base64url;
 pub mod challenge;
 pub mod fingerprint;
@@ -48,6 +50,9 @@ pub mod vectors {
     /// ARI certificate identifiers from key identifiers and serials, and malformed ones
     /// (SPEC §9.2).
     pub const ARI_CERT_ID: &str = include_str!("../vectors/ari_cert_id.json");
+    /// device-attest-01 attestation objects from their statements, octet for octet
+    /// (SPEC §5.10.2).
+    pub const ATTESTATION_OBJECT: &str = include_str!("../vectors/attestation_object.json");
     /// Strict base64url decoding and encoding (SPEC §3.7).
     pub const BASE64URL: &str = include_str!("../vectors/base64url.json");
     /// device-attest-01 attestation objects and their verification outcome (SPEC §4.5, §5.10).
@@ -74,6 +79,7 @@ pub mod vectors {
     /// Every vector file as (file stem, contents).
     pub const ALL: &[(&str, &str)] = &[
         ("ari_cert_id", ARI_CERT_ID),
+        ("attestation_object", ATTESTATION_OBJECT),
         ("base64url", BASE64URL),
         ("device_attest", DEVICE_ATTEST),
         ("fingerprint", FINGERPRINT),
