@@ -197,7 +197,7 @@ impl AcmeClient {
             .await
         {
             Err(Error::Problem { problem, .. })
-                if replaces.is_some() && problem.kind() == ProblemType::AlreadyReplaced =>
+                if replaces.is_some() && problem.kind() == Some(ProblemType::AlreadyReplaced) =>
             {
                 tracing::warn!(
                     replaces = replaces.unwrap_or_default(),

@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use protocol_spec::attestation;
 use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -29,10 +30,10 @@ use crate::b64;
 use crate::error::Error;
 
 /// The attestation statement format (SPEC §5.10.2).
-pub const FORMAT: &str = "iiot-idevid";
+pub use protocol_spec::attestation::FORMAT;
 
 /// Most certificates `x5c` may hold (SPEC §5.10.2): the IDevID and four issuers.
-pub const X5C_MAX: usize = 5;
+pub use protocol_spec::attestation::X5C_MAX;
 
 /// The signature algorithm of an IDevID key, named as COSE does (RFC 9053 §2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +48,8 @@ impl AttestAlgorithm {
     /// The COSE algorithm identifier written into `attStmt.alg`.
     pub fn cose(self) -> i64 {
         match self {
-            Self::Es256 => -7,
-            Self::Es384 => -35,
+            Self::Es256 => attestation::COSE_ES256,
+            Self::Es384 => attestation::COSE_ES384,
         }
     }
 
@@ -227,7 +228,13 @@ impl Idevid {
     /// The attestation object (CBOR) for a key authorization: its UTF-8 octets are signed.
     pub fn attestation_object(&self, key_authorization: &str) -> Result<Vec<u8>, Error> {
         let sig = self.signer.sign(key_authorization.as_bytes())?;
-        Ok(encode(self.signer.algorithm().cose(), &sig, &self.chain))
+        let x5c: Vec<&[u8]> = self.chain.iter().map(Vec::as_slice).collect();
+        let stmt = attestation::Statement::iiot_idevid(self.signer.algorithm().cose(), &sig, &x5c);
+        let mut obj = vec![0u8; stmt.encoded_len()];
+        // The buffer has exactly the encoded length, so this cannot fail.
+        attestation::encode(&stmt, &mut obj)
+            .map_err(|e| Error::Crypto(format!("cannot encode the attestation object: {e}")))?;
+        Ok(obj)
     }
 
     /// The challenge response payload: `{"attObj": base64url(CBOR)}` (SPEC §5.10.1).
@@ -236,23 +243,6 @@ impl Idevid {
         serde_json::to_vec(&serde_json::json!({ "attObj": b64::encode(&obj) }))
             .map_err(|e| Error::Crypto(format!("cannot encode the challenge response: {e}")))
     }
-}
-
-/// Encodes the attestation object in CTAP2 canonical order with `authData` left out.
-fn encode(alg: i64, sig: &[u8], x5c: &[Vec<u8>]) -> Vec<u8> {
-    let mut e = minicbor::Encoder::new(Vec::new());
-    let write = |e: &mut minicbor::Encoder<Vec<u8>>| -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-        e.map(2)?.str("fmt")?.str(FORMAT)?.str("attStmt")?.map(3)?;
-        e.str("alg")?.i64(alg)?.str("sig")?.bytes(sig)?.str("x5c")?;
-        e.array(x5c.len() as u64)?;
-        for cert in x5c {
-            e.bytes(cert)?;
-        }
-        Ok(())
-    };
-    // Writing to a Vec cannot fail.
-    let _ = write(&mut e);
-    e.into_writer()
 }
 
 #[cfg(test)]
@@ -272,32 +262,47 @@ mod tests {
         (cert.der().to_vec(), key.serialize_pem())
     }
 
+    /// A file key that keeps its last signature, so a test can rebuild the object it went into
+    /// (ECDSA signatures are randomised).
+    struct Recording {
+        key: FileSigner,
+        last: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl Signer for Recording {
+        fn algorithm(&self) -> AttestAlgorithm {
+            self.key.algorithm()
+        }
+
+        fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
+            let sig = self.key.sign(msg)?;
+            sig.clone_into(&mut self.last.lock().expect("not poisoned"));
+            Ok(sig)
+        }
+    }
+
     #[test]
-    fn attestation_object_is_what_the_server_decodes() {
+    fn attestation_object_is_the_spec_encoding_of_a_signature_over_the_key_authorization() {
         for (alg, verify, cose) in [
             (&rcgen::PKCS_ECDSA_P256_SHA256, &ECDSA_P256_SHA256_ASN1, -7),
             (&rcgen::PKCS_ECDSA_P384_SHA384, &ECDSA_P384_SHA384_ASN1, -35),
         ] {
             let (der, key_pem) = idevid("SN-1", alg);
-            let signer = FileSigner::from_pem(key_pem.as_bytes()).expect("key");
-            let id = Idevid::new(vec![der.clone()], Arc::new(signer)).expect("idevid");
+            let signer = Arc::new(Recording {
+                key: FileSigner::from_pem(key_pem.as_bytes()).expect("key"),
+                last: std::sync::Mutex::default(),
+            });
+            let id = Idevid::new(vec![der.clone()], signer.clone()).expect("idevid");
             assert_eq!(id.serial(), Some("SN-1"));
             let obj = id.attestation_object("tok.thumb").expect("obj");
+            let sig = signer.last.lock().expect("not poisoned").clone();
             // a2 63 "fmt" 6b "iiot-idevid" 67 "attStmt" a3 63 "alg" ...
-            let mut d = minicbor::Decoder::new(&obj);
-            assert_eq!(d.map().expect("map"), Some(2));
-            assert_eq!(d.str().expect("k"), "fmt");
-            assert_eq!(d.str().expect("v"), FORMAT);
-            assert_eq!(d.str().expect("k"), "attStmt");
-            assert_eq!(d.map().expect("map"), Some(3));
-            assert_eq!(d.str().expect("k"), "alg");
-            assert_eq!(d.i64().expect("alg"), cose);
-            assert_eq!(d.str().expect("k"), "sig");
-            let sig = d.bytes().expect("sig").to_vec();
-            assert_eq!(d.str().expect("k"), "x5c");
-            assert_eq!(d.array().expect("x5c"), Some(1));
-            assert_eq!(d.bytes().expect("cert"), &der[..]);
-            assert_eq!(d.position(), obj.len());
+            assert_eq!(&obj[..17], b"\xa2\x63fmt\x6biiot-idevid");
+            let x5c = [der.as_slice()];
+            let stmt = attestation::Statement::iiot_idevid(cose, &sig, &x5c);
+            let mut want = vec![0u8; stmt.encoded_len()];
+            attestation::encode(&stmt, &mut want).expect("sized");
+            assert_eq!(obj, want);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
             UnparsedPublicKey::new(verify, &cert.public_key().subject_public_key.data)
                 .verify(b"tok.thumb", &sig)

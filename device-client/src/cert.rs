@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
+use protocol_spec::ari;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -34,7 +35,7 @@ pub struct CertInfo {
     pub public_key: Vec<u8>,
     /// The ACME Renewal Information certificate identifier (RFC 9773 §4.1):
     /// `base64url(AKI keyIdentifier) "." base64url(serial)`; `None` without an AKI key
-    /// identifier.
+    /// identifier, or with an empty one.
     pub cert_id: Option<String>,
 }
 
@@ -89,7 +90,7 @@ impl CertInfo {
                 }
                 _ => None,
             });
-        let cert_id = aki.map(|aki| ari_cert_id(&aki, cert.raw_serial()));
+        let cert_id = aki.and_then(|aki| ari_cert_id(&aki, cert.raw_serial()));
         Ok(Self {
             serial: hex(cert.raw_serial()),
             subject: cert.subject().to_string(),
@@ -112,14 +113,14 @@ impl CertInfo {
     }
 }
 
-/// The ARI certificate identifier (RFC 9773 §4.1) from the AKI keyIdentifier and the serial's
-/// DER content octets (a leading zero octet included).
-pub fn ari_cert_id(aki_key_id: &[u8], serial_content: &[u8]) -> String {
-    format!(
-        "{}.{}",
-        crate::b64::encode(aki_key_id),
-        crate::b64::encode(serial_content)
-    )
+/// The ARI certificate identifier (RFC 9773 §4.1, SPEC §9.2) from the AKI keyIdentifier and
+/// the serial's DER content octets (a leading zero octet included); `None` if either is empty,
+/// which no server would accept.
+pub fn ari_cert_id(aki_key_id: &[u8], serial_content: &[u8]) -> Option<String> {
+    let mut out = vec![0u8; ari::cert_id_len(aki_key_id.len(), serial_content.len())];
+    ari::cert_id(aki_key_id, serial_content, &mut out)
+        .ok()
+        .map(str::to_owned)
 }
 
 /// Where the installed certificate stands.

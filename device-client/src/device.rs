@@ -419,7 +419,8 @@ impl Device {
                 Ok(chain) => break chain,
                 // The CA lost the account (a reset CA): register the same key again, once.
                 Err(Error::Problem { problem, .. })
-                    if problem.kind() == ProblemType::AccountDoesNotExist && !registered_now =>
+                    if problem.kind() == Some(ProblemType::AccountDoesNotExist)
+                        && !registered_now =>
                 {
                     tracing::warn!(
                         account = %account_url,

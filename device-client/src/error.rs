@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use protocol_spec::problem;
 use serde::Deserialize;
 
 use crate::types::Identifier;
@@ -209,7 +210,11 @@ impl Error {
 }
 
 /// The prefix of every ACME problem type (RFC 8555 §6.7).
-pub const ACME_ERROR_PREFIX: &str = "urn:ietf:params:acme:error:";
+pub const ACME_ERROR_PREFIX: &str = problem::NAMESPACE;
+
+/// ACME problem types (RFC 8555 §6.7) and this profile's extension types: the profile's one
+/// table (SPEC §3.8), which the server and the embedded client map through too.
+pub use protocol_spec::problem::Type as ProblemType;
 
 /// A problem document (RFC 7807) as ACME uses it (RFC 8555 §6.7, SPEC §3.8).
 ///
@@ -239,9 +244,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// The problem type.
-    pub fn kind(&self) -> ProblemType {
-        ProblemType::from_uri(&self.type_uri)
+    /// The problem type; `None` for a type the profile does not list (SPEC §3.8).
+    pub fn kind(&self) -> Option<ProblemType> {
+        ProblemType::from_urn(&self.type_uri)
     }
 }
 
@@ -272,93 +277,6 @@ impl fmt::Display for Problem {
     }
 }
 
-macro_rules! problem_types {
-    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
-        /// ACME problem types (RFC 8555 §6.7 and the IANA registry), plus those of the
-        /// extensions this profile plans (SPEC §11).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        #[non_exhaustive]
-        pub enum ProblemType {
-            $($(#[$doc])* $variant,)*
-            /// A type this client does not know; see [`Problem::type_uri`].
-            Other,
-        }
-
-        impl ProblemType {
-            /// The type for a type URI.
-            pub fn from_uri(uri: &str) -> Self {
-                match uri.strip_prefix(ACME_ERROR_PREFIX) {
-                    $(Some($name) => Self::$variant,)*
-                    _ => Self::Other,
-                }
-            }
-
-            /// The short name (after `urn:ietf:params:acme:error:`), or `None` for `Other`.
-            pub fn name(self) -> Option<&'static str> {
-                match self {
-                    $(Self::$variant => Some($name),)*
-                    Self::Other => None,
-                }
-            }
-        }
-    };
-}
-
-problem_types! {
-    /// Unknown account, or `onlyReturnExisting` with an unknown key.
-    AccountDoesNotExist = "accountDoesNotExist",
-    /// The certificate is already revoked.
-    AlreadyRevoked = "alreadyRevoked",
-    /// The certificate named in `replaces` was already replaced (RFC 9773 §7.4).
-    AlreadyReplaced = "alreadyReplaced",
-    /// An attestation statement was refused (draft-ietf-acme-device-attest).
-    BadAttestationStatement = "badAttestationStatement",
-    /// The CSR was refused.
-    BadCsr = "badCSR",
-    /// The nonce was refused; retry with the fresh one (RFC 8555 §6.5).
-    BadNonce = "badNonce",
-    /// The key was refused.
-    BadPublicKey = "badPublicKey",
-    /// The revocation reason was refused.
-    BadRevocationReason = "badRevocationReason",
-    /// The JWS algorithm was refused.
-    BadSignatureAlgorithm = "badSignatureAlgorithm",
-    /// CAA forbids issuance.
-    Caa = "caa",
-    /// Several problems; see `subproblems`.
-    Compound = "compound",
-    /// The CA could not connect to the device for validation.
-    Connection = "connection",
-    /// DNS lookup failed during validation.
-    Dns = "dns",
-    /// The CA requires external account binding.
-    ExternalAccountRequired = "externalAccountRequired",
-    /// The challenge response was wrong.
-    IncorrectResponse = "incorrectResponse",
-    /// A contact was refused.
-    InvalidContact = "invalidContact",
-    /// The request was malformed.
-    Malformed = "malformed",
-    /// The order is not ready for finalization.
-    OrderNotReady = "orderNotReady",
-    /// A rate limit was hit; see Retry-After.
-    RateLimited = "rateLimited",
-    /// The identifier is refused by policy.
-    RejectedIdentifier = "rejectedIdentifier",
-    /// The server failed.
-    ServerInternal = "serverInternal",
-    /// TLS failed during validation.
-    Tls = "tls",
-    /// Not authorized.
-    Unauthorized = "unauthorized",
-    /// The contact scheme is not supported.
-    UnsupportedContact = "unsupportedContact",
-    /// The identifier type is not supported.
-    UnsupportedIdentifier = "unsupportedIdentifier",
-    /// The user must visit the terms of service.
-    UserActionRequired = "userActionRequired",
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,8 +301,11 @@ mod tests {
             ]
         }"#;
         let p: Problem = serde_json::from_str(json).expect("parses");
-        assert_eq!(p.kind(), ProblemType::Malformed);
-        assert_eq!(p.subproblems[1].kind(), ProblemType::RejectedIdentifier);
+        assert_eq!(p.kind(), Some(ProblemType::Malformed));
+        assert_eq!(
+            p.subproblems[1].kind(),
+            Some(ProblemType::RejectedIdentifier)
+        );
         let text = p.to_string();
         assert!(
             text.starts_with("malformed: Some of the identifiers"),
@@ -398,12 +319,19 @@ mod tests {
 
     #[test]
     fn unknown_and_foreign_types() {
-        assert_eq!(ProblemType::from_uri("about:blank"), ProblemType::Other);
+        let kind = |uri: &str| {
+            Problem {
+                type_uri: uri.into(),
+                ..Problem::default()
+            }
+            .kind()
+        };
+        assert_eq!(kind("about:blank"), None);
+        assert_eq!(kind("urn:ietf:params:acme:error:nope"), None);
         assert_eq!(
-            ProblemType::from_uri("urn:ietf:params:acme:error:nope"),
-            ProblemType::Other
+            kind("urn:ietf:params:acme:error:badCSR"),
+            Some(ProblemType::BadCsr)
         );
-        assert_eq!(ProblemType::BadCsr.name(), Some("badCSR"));
         let p = Problem {
             type_uri: "urn:ietf:params:acme:error:badSignatureAlgorithm".into(),
             algorithms: vec!["ES256".into(), "EdDSA".into()],

@@ -279,7 +279,7 @@ fn fail(e: &Error) -> ExitCode {
     match e.kind() {
         ErrorKind::Validation
             if matches!(
-                e.problem().map(|p| p.kind()),
+                e.problem().and_then(|p| p.kind()),
                 Some(ProblemType::Connection | ProblemType::IncorrectResponse | ProblemType::Dns)
             ) =>
         {
@@ -290,7 +290,7 @@ fn fail(e: &Error) -> ExitCode {
             )
         }
         ErrorKind::Validation
-            if e.problem().map(|p| p.kind()) == Some(ProblemType::BadAttestationStatement) =>
+            if e.problem().and_then(|p| p.kind()) == Some(ProblemType::BadAttestationStatement) =>
         {
             eprintln!(
                 "device-client: hint: the CA refused the IDevID attestation (SPEC §5.10.3): \

@@ -237,7 +237,7 @@ impl Transport {
             // <https://www.rfc-editor.org/rfc/rfc8555#section-6.5>
             let bad_nonce = err
                 .problem()
-                .is_some_and(|p| p.kind() == ProblemType::BadNonce);
+                .is_some_and(|p| p.kind() == Some(ProblemType::BadNonce));
             if bad_nonce && attempt < BAD_NONCE_RETRIES {
                 attempt += 1;
                 tracing::debug!(request, attempt, "badNonce: retrying with the fresh nonce");

@@ -5,20 +5,23 @@
 //! whole file uses the key `"*"`. An entry for a single id records a known failure, so the run
 //! fails as soon as that vector passes, and the stale entry must go.
 
+use device_client::cert::ari_cert_id;
 use device_client::enroll::pairing_code_for_thumbprint;
 use device_client::jws::{key_authorization, key_authorization_for_thumbprint};
 use device_client::key::Jwk;
 use device_client::trust::{fingerprint_text, sha256};
 use device_client::{Identifier, ProblemType, TrustAnchor};
-use protocol_spec::runner::{field, Runner, Vector};
+use protocol_spec::runner::{field, hex_field, Runner, Vector};
 use serde_json::Value;
 
 /// The vector files this binary runs; every other file must be skipped as a whole.
 const RUN: &[&str] = &[
+    "ari_cert_id",
     "fingerprint",
     "identifiers",
     "key_authorization",
     "pairing_code",
+    "problem_types",
     "problems",
     "thumbprint",
 ];
@@ -194,10 +197,9 @@ fn identifiers() {
 fn problems() {
     run("problems", |v| {
         let uri = field(&v.expect, "type")?;
-        let t = ProblemType::from_uri(uri);
-        match t.name() {
-            Some(name) if uri.ends_with(&format!(":{name}")) => Ok(()),
-            _ => Err(format!("{uri} is {t:?} to the client")),
+        match ProblemType::from_urn(uri) {
+            Some(t) if t.urn() == uri => Ok(()),
+            t => Err(format!("{uri} is {t:?} to the client")),
         }
     });
 }
@@ -212,6 +214,37 @@ fn pairing_code() {
             (Err(_), Some(_)) => Ok(()),
             (Ok(code), None) if code == field(&v.expect, "pairing_code")? => Ok(()),
             (got, _) => Err(format!("pairing code {got:?}")),
+        }
+    });
+}
+
+/// SPEC §3.8: the client reads each type URN as its type, and any other text as no type.
+#[test]
+fn problem_types() {
+    run("problem_types", |v| {
+        let problem = device_client::Problem {
+            type_uri: field(&v.input, "urn")?.to_owned(),
+            ..Default::default()
+        };
+        let got = problem.kind().map(ProblemType::name);
+        (got == v.expect["name"].as_str())
+            .then_some(())
+            .ok_or_else(|| format!("the client reads it as {got:?}"))
+    });
+}
+
+/// SPEC §9.2: the certificate identifier the client asks the CA about and puts in `replaces`.
+#[test]
+fn ari_cert_id_vectors() {
+    run("ari_cert_id", |v| {
+        let Some(want) = v.expect["cert_id"].as_str() else {
+            return Err("the client writes certificate identifiers and never reads one".into());
+        };
+        let aki = hex_field(&v.input, "aki_hex")?;
+        let serial = hex_field(&v.input, "serial_hex")?;
+        match ari_cert_id(&aki, &serial) {
+            Some(id) if id == want => Ok(()),
+            got => Err(format!("certificate identifier {got:?}")),
         }
     });
 }

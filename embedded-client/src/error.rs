@@ -1,6 +1,8 @@
 //! The one error type of the crate. Small and `Copy`, so firmware can store, log and compare it
 //! without an allocator; each variant says which side failed.
 
+use protocol_spec::problem;
+
 /// The ACME problem types this profile uses (SPEC §3.8), as a `Copy` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProblemKind {
@@ -30,57 +32,53 @@ pub enum ProblemKind {
     ServerInternal,
     /// A rate limit (SPEC §7.6); the client waits out `Retry-After` and asks again.
     RateLimited,
-    /// A type outside the `urn:ietf:params:acme:error:` namespace or not listed in SPEC §3.8.
+    /// A type outside the `urn:ietf:params:acme:error:` namespace, one the profile does not
+    /// list (SPEC §3.8), or `caa` or `userActionRequired`, which this server never sends.
     Other,
 }
 
 impl ProblemKind {
-    const NAMESPACE: &'static str = "urn:ietf:params:acme:error:";
-
-    /// Maps a problem document's `type` member.
+    /// Maps a problem document's `type` member, through the profile's one table of types.
     pub fn from_type(problem_type: &str) -> Self {
-        let Some(name) = problem_type.strip_prefix(Self::NAMESPACE) else {
-            return Self::Other;
-        };
-        position_in(PROBLEM_NAMES, name)
-            .and_then(|i| PROBLEM_KINDS.get(i).copied())
-            .unwrap_or(Self::Other)
+        problem::Type::from_urn(problem_type).map_or(Self::Other, Self::from)
     }
 }
 
-/// The names after [`ProblemKind::NAMESPACE`], `;`-separated, in the order of
-/// [`PROBLEM_KINDS`]. One string and a kind per name rather than a `match` (a comparison per
-/// arm) or a table of `(&str, kind)` pairs (12 octets an entry) keeps this small on a
-/// microcontroller; a unit test checks the two lists agree.
-const PROBLEM_NAMES: &str = "malformed;badNonce;badSignatureAlgorithm;badPublicKey;accountDoesNotExist;unauthorized;externalAccountRequired;orderNotReady;badCSR;rejectedIdentifier;unsupportedIdentifier;compound;invalidContact;unsupportedContact;badRevocationReason;alreadyRevoked;alreadyReplaced;invalidProfile;connection;dns;tls;incorrectResponse;badAttestationStatement;serverInternal;rateLimited";
-
-const PROBLEM_KINDS: [ProblemKind; 25] = [
-    ProblemKind::Malformed,
-    ProblemKind::BadNonce,
-    ProblemKind::BadSignatureAlgorithm,
-    ProblemKind::BadPublicKey,
-    ProblemKind::AccountDoesNotExist,
-    ProblemKind::Unauthorized,
-    ProblemKind::ExternalAccountRequired,
-    ProblemKind::OrderNotReady,
-    ProblemKind::BadCsr,
-    ProblemKind::RejectedIdentifier,
-    ProblemKind::UnsupportedIdentifier,
-    ProblemKind::Compound,
-    ProblemKind::InvalidContact,
-    ProblemKind::UnsupportedContact,
-    ProblemKind::BadRevocationReason,
-    ProblemKind::AlreadyRevoked,
-    ProblemKind::AlreadyReplaced,
-    ProblemKind::InvalidProfile,
-    ProblemKind::Connection,
-    ProblemKind::Dns,
-    ProblemKind::Tls,
-    ProblemKind::IncorrectResponse,
-    ProblemKind::BadAttestationStatement,
-    ProblemKind::ServerInternal,
-    ProblemKind::RateLimited,
-];
+impl From<problem::Type> for ProblemKind {
+    fn from(t: problem::Type) -> Self {
+        use problem::Type as T;
+        match t {
+            T::Malformed => Self::Malformed,
+            T::BadNonce => Self::BadNonce,
+            T::BadSignatureAlgorithm => Self::BadSignatureAlgorithm,
+            T::BadPublicKey => Self::BadPublicKey,
+            T::AccountDoesNotExist => Self::AccountDoesNotExist,
+            T::Unauthorized => Self::Unauthorized,
+            T::ExternalAccountRequired => Self::ExternalAccountRequired,
+            T::OrderNotReady => Self::OrderNotReady,
+            T::BadCsr => Self::BadCsr,
+            T::RejectedIdentifier => Self::RejectedIdentifier,
+            T::UnsupportedIdentifier => Self::UnsupportedIdentifier,
+            T::Compound => Self::Compound,
+            T::InvalidContact => Self::InvalidContact,
+            T::UnsupportedContact => Self::UnsupportedContact,
+            T::BadRevocationReason => Self::BadRevocationReason,
+            T::AlreadyRevoked => Self::AlreadyRevoked,
+            T::AlreadyReplaced => Self::AlreadyReplaced,
+            T::InvalidProfile => Self::InvalidProfile,
+            T::Connection => Self::Connection,
+            T::Dns => Self::Dns,
+            T::Tls => Self::Tls,
+            T::IncorrectResponse => Self::IncorrectResponse,
+            T::BadAttestationStatement => Self::BadAttestationStatement,
+            T::ServerInternal => Self::ServerInternal,
+            T::RateLimited => Self::RateLimited,
+            // RFC 8555 types this server never sends (SPEC §3.8), so the client has no kind of
+            // its own for them.
+            T::Caa | T::UserActionRequired => Self::Other,
+        }
+    }
+}
 
 /// Where `name` is in `names`, a `;`-separated list.
 pub(crate) fn position_in(names: &str, name: &str) -> Option<usize> {
@@ -179,49 +177,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_problem_name_maps_to_its_kind() {
-        let expect = [
-            ("malformed", ProblemKind::Malformed),
-            ("badNonce", ProblemKind::BadNonce),
-            ("badSignatureAlgorithm", ProblemKind::BadSignatureAlgorithm),
-            ("badPublicKey", ProblemKind::BadPublicKey),
-            ("accountDoesNotExist", ProblemKind::AccountDoesNotExist),
-            ("unauthorized", ProblemKind::Unauthorized),
-            (
-                "externalAccountRequired",
-                ProblemKind::ExternalAccountRequired,
-            ),
-            ("orderNotReady", ProblemKind::OrderNotReady),
-            ("badCSR", ProblemKind::BadCsr),
-            ("rejectedIdentifier", ProblemKind::RejectedIdentifier),
-            ("unsupportedIdentifier", ProblemKind::UnsupportedIdentifier),
-            ("compound", ProblemKind::Compound),
-            ("invalidContact", ProblemKind::InvalidContact),
-            ("unsupportedContact", ProblemKind::UnsupportedContact),
-            ("badRevocationReason", ProblemKind::BadRevocationReason),
-            ("alreadyRevoked", ProblemKind::AlreadyRevoked),
-            ("alreadyReplaced", ProblemKind::AlreadyReplaced),
-            ("invalidProfile", ProblemKind::InvalidProfile),
-            ("connection", ProblemKind::Connection),
-            ("dns", ProblemKind::Dns),
-            ("tls", ProblemKind::Tls),
-            ("incorrectResponse", ProblemKind::IncorrectResponse),
-            (
-                "badAttestationStatement",
-                ProblemKind::BadAttestationStatement,
-            ),
-            ("serverInternal", ProblemKind::ServerInternal),
-            ("rateLimited", ProblemKind::RateLimited),
-        ];
-        for (name, kind) in expect {
-            let urn = [ProblemKind::NAMESPACE, name].concat();
-            assert_eq!(ProblemKind::from_type(&urn), kind, "{name}");
+    fn every_problem_type_maps_to_its_kind() {
+        for &t in problem::Type::ALL {
+            let kind = ProblemKind::from_type(t.urn());
+            assert_eq!(kind, ProblemKind::from(t), "{t:?}");
+            let never_sent = matches!(t, problem::Type::Caa | problem::Type::UserActionRequired);
+            assert_eq!(kind == ProblemKind::Other, never_sent, "{t:?} is {kind:?}");
         }
-        assert_eq!(PROBLEM_NAMES.split(';').count(), PROBLEM_KINDS.len());
+        assert_eq!(
+            ProblemKind::from_type("urn:ietf:params:acme:error:badCSR"),
+            ProblemKind::BadCsr
+        );
         for other in [
             "",
             "urn:ietf:params:acme:error:",
             "urn:ietf:params:acme:error:badnonce",
+            "urn:ietf:params:acme:error:caa",
             "badNonce",
         ] {
             assert_eq!(

@@ -3,6 +3,8 @@
 //! the std client does). A renewal is a new [`crate::Enrollment`] with a fresh certificate key
 //! and [`crate::Config::replaces`] set to the certificate ID.
 
+use protocol_spec::ari::{self, CertId, CertIdError};
+
 use crate::der::{self, digits, unix_seconds, CertInfo};
 use crate::http::{self, Response};
 use crate::json::{self, Value};
@@ -45,18 +47,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The ARI certificate ID (RFC 9773 §4.1): base64url(AKI keyIdentifier) `.` base64url(serial).
+/// The ARI certificate ID (RFC 9773 §4.1, SPEC §9.2): base64url(AKI keyIdentifier) `.`
+/// base64url(serial).
 pub fn cert_id<'o>(cert_der: &[u8], out: &'o mut [u8]) -> Result<&'o str, Error> {
     let info = der::cert_info(cert_der)?;
     let aki = info.authority_key_id.ok_or(Error::BadJson(
         "certificate has no authority key identifier",
     ))?;
-    let mut w = Writer::new(out);
-    w.base64url(aki);
-    w.byte(b'.');
-    w.base64url(info.serial);
-    let n = w.finish()?;
-    Ok(core::str::from_utf8(&out[..n]).unwrap_or_default())
+    ari::cert_id(aki, info.serial, out).map_err(|e| match e {
+        CertIdError::BufferTooSmall(e) => e.into(),
+        _ => Error::BadJson("certificate has an empty authority key identifier or serial"),
+    })
 }
 
 /// The certificate's validity, for renewal without ARI.
@@ -106,12 +107,7 @@ impl<'a> RenewalCheck<'a> {
             .strip_prefix("https://")
             .filter(|h| !h.is_empty() && !h.contains('/'))
             .ok_or(Error::Config("base URL must be https://host[:port]"))?;
-        let parts_ok = cert_id.split_once('.').is_some_and(|(aki, serial)| {
-            [aki, serial]
-                .iter()
-                .all(|p| !p.is_empty() && protocol_spec::base64url::validate(p).is_ok())
-        });
-        if !parts_ok {
+        if CertId::parse(cert_id).is_err() {
             return Err(Error::Config("certificate ID"));
         }
         Ok(Self {

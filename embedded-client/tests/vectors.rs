@@ -3,17 +3,22 @@
 //!
 //! A vector the client cannot run is listed in `vectors-skip.toml` with the reason.
 
+use embedded_client::attest::{attestation_object, IdevidSigner, SignerError};
 use embedded_client::key::{pairing_code, thumbprint};
+use embedded_client::renewal::RenewalCheck;
 use embedded_client::{Error, Identifier, ProblemKind};
 use protocol_spec::jwk::{Curve, Jwk};
-use protocol_spec::runner::{field, Runner, Vector};
+use protocol_spec::runner::{field, hex, hex_field, Runner, Vector};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const RUN: &[&str] = &[
+    "ari_cert_id",
+    "attestation_object",
     "identifiers",
     "key_authorization",
     "pairing_code",
+    "problem_types",
     "problems",
     "thumbprint",
 ];
@@ -140,5 +145,94 @@ fn identifiers() {
             (Err(Error::Config(_)), None) => Ok(()),
             (got, want) => Err(format!("got {got:?}, server keeps {want:?}")),
         }
+    });
+}
+
+/// SPEC §3.8: each type URN maps to its kind, and any other text to `Other`.
+#[test]
+fn problem_types() {
+    run("problem_types", |v| {
+        let kind = ProblemKind::from_type(field(&v.input, "urn")?);
+        match (kind, v.expect["name"].as_str()) {
+            (ProblemKind::Other, None) => Ok(()),
+            (ProblemKind::Other, Some(name)) => Err(format!("{name} is unknown to the client")),
+            (kind, None) => Err(format!("mapped to {kind:?}")),
+            (_, Some(_)) => Ok(()),
+        }
+    });
+}
+
+/// SPEC §9.2: [`RenewalCheck`] takes exactly the well-formed certificate identifiers.
+#[test]
+fn ari_cert_ids() {
+    run("ari_cert_id", |v| {
+        let id = match v.expect["cert_id"].as_str() {
+            Some(id) => id,
+            None => field(&v.input, "cert_id")?,
+        };
+        let got = RenewalCheck::new("https://ca.example:14000", id).map(|_| ());
+        match (got, v.expect.get("cert_id")) {
+            (Ok(()), Some(_)) | (Err(Error::Config(_)), None) => Ok(()),
+            (got, _) => Err(format!("RenewalCheck::new gives {got:?}")),
+        }
+    });
+}
+
+/// A signer that hands out a vector's statement.
+struct Fixed {
+    alg: i32,
+    sig: Vec<u8>,
+    x5c: Vec<Vec<u8>>,
+}
+
+impl IdevidSigner for Fixed {
+    fn cose_alg(&self) -> i32 {
+        self.alg
+    }
+
+    fn certificate(&self, index: usize) -> Option<&[u8]> {
+        self.x5c.get(index).map(Vec::as_slice)
+    }
+
+    fn sign(&mut self, _: &[u8], out: &mut [u8]) -> Result<usize, SignerError> {
+        let dst = out
+            .get_mut(..self.sig.len())
+            .ok_or(SignerError::BufferTooSmall)?;
+        dst.copy_from_slice(&self.sig);
+        Ok(self.sig.len())
+    }
+}
+
+/// SPEC §5.10.2: the client's CBOR writer produces each vector's object octet for octet.
+#[test]
+fn attestation_objects() {
+    run("attestation_object", |v| {
+        if field(&v.input, "fmt")? != "iiot-idevid" {
+            return Err("the client writes only the iiot-idevid format".into());
+        }
+        let alg = v.input["alg"].as_i64().ok_or("no alg")?;
+        let x5c = v.input["x5c_hex"]
+            .as_array()
+            .ok_or("no x5c_hex")?
+            .iter()
+            .map(|c| {
+                c.as_str()
+                    .ok_or("a certificate is not a string")
+                    .map_err(String::from)
+                    .and_then(hex)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut signer = Fixed {
+            alg: i32::try_from(alg).map_err(|e| e.to_string())?,
+            sig: hex_field(&v.input, "sig_hex")?,
+            x5c,
+        };
+        let mut out = vec![0u8; 2048];
+        let n = attestation_object(&mut signer, "token.thumbprint", &mut out)
+            .map_err(|e| format!("refused: {e:?}"))?;
+        let want = hex_field(&v.expect, "att_obj_hex")?;
+        (out[..n] == want[..])
+            .then_some(())
+            .ok_or_else(|| "the client writes other octets".to_owned())
     });
 }

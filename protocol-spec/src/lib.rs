@@ -8,11 +8,14 @@
 //! | module          | what                                                        | SPEC       |
 //! |-----------------|-------------------------------------------------------------|------------|
 //! | [`base64url`]   | strict unpadded base64url                                   | §3.7       |
+//! | [`problem`]     | problem type URNs and names, one table                      | §3.8       |
 //! | [`jwk`]         | RFC 7638 canonical JWK JSON, thumbprint text                | §5.2       |
 //! | [`challenge`]   | key authorization, tls-alpn-01 extension, reverse names     | §5.2, §5.4 |
 //! | [`identifier`]  | `dns` normalisation, `ip` and `permanent-identifier` checks | §4         |
 //! | [`fingerprint`] | root certificate fingerprint text                           | §2.3       |
 //! | [`pairing`]     | operator-approval pairing codes                             | §5.9       |
+//! | [`attestation`] | device-attest-01 attestation object (CBOR) encoder          | §5.10.2    |
+//! | [`ari`]         | ARI certificate identifier: write, split, decode            | §9.2       |
 //!
 //! With the `vectors` feature, [`vectors`] exposes the vector files as strings so that other
 //! crates' tests run the same bytes.
@@ -23,6 +26,8 @@
 #[cfg(any(test, feature = "runner"))]
 extern crate std;
 
+pub mod ari;
+pub mod attestation;
 pub mod base64url;
 pub mod challenge;
 pub mod fingerprint;
@@ -30,6 +35,7 @@ pub mod identifier;
 mod ip;
 pub mod jwk;
 pub mod pairing;
+pub mod problem;
 mod punycode;
 #[cfg(feature = "runner")]
 pub mod runner;
@@ -41,6 +47,12 @@ mod write;
 /// entry lists its id, with the reason, in its own skip file.
 #[cfg(any(test, feature = "vectors"))]
 pub mod vectors {
+    /// ARI certificate identifiers from key identifiers and serials, and malformed ones
+    /// (SPEC §9.2).
+    pub const ARI_CERT_ID: &str = include_str!("../vectors/ari_cert_id.json");
+    /// device-attest-01 attestation objects from their statements, octet for octet
+    /// (SPEC §5.10.2).
+    pub const ATTESTATION_OBJECT: &str = include_str!("../vectors/attestation_object.json");
     /// Strict base64url decoding and encoding (SPEC §3.7).
     pub const BASE64URL: &str = include_str!("../vectors/base64url.json");
     /// device-attest-01 attestation objects and their verification outcome (SPEC §4.5, §5.10).
@@ -55,6 +67,8 @@ pub mod vectors {
     /// Operator-approval pairing codes from challenge tokens and account key thumbprints
     /// (SPEC §5.9).
     pub const PAIRING_CODE: &str = include_str!("../vectors/pairing_code.json");
+    /// Problem type URNs and their names, and URNs that name no type (SPEC §3.8).
+    pub const PROBLEM_TYPES: &str = include_str!("../vectors/problem_types.json");
     /// Situations and the problem type and HTTP status they produce (SPEC §3.8).
     pub const PROBLEMS: &str = include_str!("../vectors/problems.json");
     /// Reverse-mapping names used as tls-alpn-01 SNI for `ip` identifiers (SPEC §5.4).
@@ -64,12 +78,15 @@ pub mod vectors {
 
     /// Every vector file as (file stem, contents).
     pub const ALL: &[(&str, &str)] = &[
+        ("ari_cert_id", ARI_CERT_ID),
+        ("attestation_object", ATTESTATION_OBJECT),
         ("base64url", BASE64URL),
         ("device_attest", DEVICE_ATTEST),
         ("fingerprint", FINGERPRINT),
         ("identifiers", IDENTIFIERS),
         ("key_authorization", KEY_AUTHORIZATION),
         ("pairing_code", PAIRING_CODE),
+        ("problem_types", PROBLEM_TYPES),
         ("problems", PROBLEMS),
         ("reverse_dns", REVERSE_DNS),
         ("thumbprint", THUMBPRINT),

@@ -35,6 +35,27 @@ pub fn field<'v>(v: &'v Value, name: &str) -> Result<&'v str, String> {
         .ok_or_else(|| format!("vector has no string {name:?}"))
 }
 
+/// The octets of hex text, as the vectors write octets (`*_hex` members).
+pub fn hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err(format!("{text:?} has an odd number of hex digits"));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .filter(|pair| pair.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{text:?} is not hex"))
+        })
+        .collect()
+}
+
+/// The octets of a hex string member of a vector's `input` or `expect`.
+pub fn hex_field(v: &Value, name: &str) -> Result<Vec<u8>, String> {
+    hex(field(v, name)?)
+}
+
 /// The entries of vector file `stem`.
 ///
 /// # Panics

@@ -383,3 +383,19 @@ fn names_cover_every_value() {
     assert_eq!(name(iiot_problem_str(1000)), "other");
     assert_eq!(iiot_enrollment_size(), IIOT_ENROLLMENT_WORDS * 8);
 }
+
+/// The C names of the problem codes are the profile's names of the types (SPEC §3.8); a type
+/// the client has no kind for is `IIOT_PROBLEM_OTHER`.
+#[test]
+fn problem_names_are_the_profiles() {
+    let name = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_str().expect("ascii");
+    for &t in protocol_spec::problem::Type::ALL {
+        let kind = embedded_client::ProblemKind::from(t);
+        let code = IiotProblem::of(&embedded_client::Error::Problem { kind, status: 400 });
+        let want = match code {
+            IiotProblem::Other => "other",
+            _ => t.name(),
+        };
+        assert_eq!(name(iiot_problem_str(code as i32)), want, "{t:?}");
+    }
+}
