@@ -31,10 +31,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ca_server::types::now;
 use ca_server::ca::IssuerKind;
 use ca_server::cert::Revocation;
 use ca_server::storage::{Store, Table};
+use ca_server::types::now;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};

@@ -9,15 +9,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::wire::paths;
-use crate::types::new_id;
-use crate::types::now;
 use crate::jwk;
 use crate::jws::{AccountRequest, KeyRequest, Parsed};
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;
+use crate::types::new_id;
+use crate::types::now;
 use crate::types::{AccountStatus, OrderStatus};
+use crate::wire::paths;
 use crate::{Error, Result};
 
 /// A stored account.

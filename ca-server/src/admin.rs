@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::types::rfc3339;
-use crate::types::now;
 use crate::cert::{record_revocation, Certificate, RevokedBy};
 use crate::storage::Table;
+use crate::types::now;
+use crate::types::rfc3339;
 use crate::types::Identifier;
 use crate::{Error, Result};
 

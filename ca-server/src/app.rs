@@ -19,8 +19,8 @@ use crate::eab::EabStore;
 use crate::error::InternalCause;
 use crate::nonce::NonceStore;
 use crate::storage::{Db, Table};
-use crate::wire::paths;
 use crate::va::Validator;
+use crate::wire::paths;
 use crate::{authz, cert, directory, order, Error, Result};
 
 /// Everything the handlers share.

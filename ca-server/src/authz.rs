@@ -9,14 +9,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::wire::paths;
-use crate::types::new_id;
-use crate::types::rfc3339;
-use crate::types::now;
 use crate::config::EnrollmentConfig;
 use crate::jws::AccountRequest;
 use crate::storage::Table;
+use crate::types::new_id;
+use crate::types::now;
+use crate::types::rfc3339;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, IdentifierType};
+use crate::wire::paths;
 use crate::{Error, Problem, Result};
 
 /// A challenge inside an authorization.

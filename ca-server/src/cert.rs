@@ -6,12 +6,12 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
-use crate::types::now;
 use crate::authz::Authz;
 use crate::ca::{IssuedCert, IssuerKind};
 use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
 use crate::storage::Table;
+use crate::types::now;
 use crate::types::Identifier;
 use crate::{Error, Result};
 

@@ -22,12 +22,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
-use crate::wire::paths;
-use crate::types::now;
 use crate::ca::IssuerKind;
 use crate::cert::Revocation;
 use crate::fsutil::write_atomic;
 use crate::storage::Table;
+use crate::types::now;
+use crate::wire::paths;
 use crate::{Error, Result};
 
 /// How long a signed CRL is served before a fresh one is signed.

@@ -7,8 +7,8 @@ use axum::Json;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::wire::paths;
 use crate::jws::AccountRequest;
+use crate::wire::paths;
 
 /// `GET /directory` — RFC 8555 §7.1.1.
 ///

@@ -17,10 +17,10 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::types::now;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jwk;
 use crate::jws::{Flattened, Parsed};
+use crate::types::now;
 use std::net::IpAddr;
 
 use crate::key::PublicKey;

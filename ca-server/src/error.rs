@@ -188,7 +188,7 @@ impl Error {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::AccountNotValid(_) => StatusCode::UNAUTHORIZED,
-            other => other.problem_type().status(),
+            other => default_status(other.problem_type()),
         }
     }
 
@@ -249,109 +249,21 @@ impl From<sled::Error> for Error {
     }
 }
 
-/// The ACME problem types, RFC 8555 §6.7, each with its default HTTP status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProblemType {
-    /// `accountDoesNotExist`
-    AccountDoesNotExist,
-    /// `alreadyReplaced` (RFC 9773 §5)
-    AlreadyReplaced,
-    /// `alreadyRevoked`
-    AlreadyRevoked,
-    /// `badAttestationStatement` (draft-ietf-acme-device-attest)
-    BadAttestationStatement,
-    /// `badCSR`
-    BadCsr,
-    /// `badNonce`
-    BadNonce,
-    /// `badPublicKey`
-    BadPublicKey,
-    /// `badRevocationReason`
-    BadRevocationReason,
-    /// `badSignatureAlgorithm`
-    BadSignatureAlgorithm,
-    /// `compound`
-    Compound,
-    /// `connection`
-    Connection,
-    /// `dns`
-    Dns,
-    /// `externalAccountRequired`
-    ExternalAccountRequired,
-    /// `incorrectResponse`
-    IncorrectResponse,
-    /// `invalidContact`
-    InvalidContact,
-    /// `invalidProfile` (draft-ietf-acme-profiles)
-    InvalidProfile,
-    /// `malformed`
-    Malformed,
-    /// `orderNotReady`
-    OrderNotReady,
-    /// `rateLimited`
-    RateLimited,
-    /// `rejectedIdentifier`
-    RejectedIdentifier,
-    /// `serverInternal`
-    ServerInternal,
-    /// `tls`
-    Tls,
-    /// `unauthorized`
-    Unauthorized,
-    /// `unsupportedContact`
-    UnsupportedContact,
-    /// `unsupportedIdentifier`
-    UnsupportedIdentifier,
-}
+/// The ACME problem types (RFC 8555 §6.7 and the extensions this profile uses, SPEC §3.8): the
+/// shared table, so the server, the clients and the vectors spell every URN alike.
+pub use protocol_spec::problem::Type as ProblemType;
 
-impl ProblemType {
-    /// The name after `urn:ietf:params:acme:error:`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::AccountDoesNotExist => "accountDoesNotExist",
-            Self::AlreadyReplaced => "alreadyReplaced",
-            Self::AlreadyRevoked => "alreadyRevoked",
-            Self::BadAttestationStatement => "badAttestationStatement",
-            Self::BadCsr => "badCSR",
-            Self::BadNonce => "badNonce",
-            Self::BadPublicKey => "badPublicKey",
-            Self::BadRevocationReason => "badRevocationReason",
-            Self::BadSignatureAlgorithm => "badSignatureAlgorithm",
-            Self::Compound => "compound",
-            Self::Connection => "connection",
-            Self::Dns => "dns",
-            Self::ExternalAccountRequired => "externalAccountRequired",
-            Self::IncorrectResponse => "incorrectResponse",
-            Self::InvalidContact => "invalidContact",
-            Self::InvalidProfile => "invalidProfile",
-            Self::Malformed => "malformed",
-            Self::OrderNotReady => "orderNotReady",
-            Self::RateLimited => "rateLimited",
-            Self::RejectedIdentifier => "rejectedIdentifier",
-            Self::ServerInternal => "serverInternal",
-            Self::Tls => "tls",
-            Self::Unauthorized => "unauthorized",
-            Self::UnsupportedContact => "unsupportedContact",
-            Self::UnsupportedIdentifier => "unsupportedIdentifier",
-        }
-    }
-
-    /// The full URN.
-    pub fn urn(self) -> String {
-        format!("urn:ietf:params:acme:error:{}", self.name())
-    }
-
-    /// The default HTTP status for this type.
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::Unauthorized | Self::OrderNotReady | Self::ExternalAccountRequired => {
-                StatusCode::FORBIDDEN
-            }
-            Self::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::AlreadyReplaced => StatusCode::CONFLICT,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::BAD_REQUEST,
-        }
+/// The HTTP status a problem of type `kind` gets when nothing more specific applies
+/// (SPEC §3.8).
+pub fn default_status(kind: ProblemType) -> StatusCode {
+    match kind {
+        ProblemType::Unauthorized
+        | ProblemType::OrderNotReady
+        | ProblemType::ExternalAccountRequired => StatusCode::FORBIDDEN,
+        ProblemType::ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
+        ProblemType::AlreadyReplaced => StatusCode::CONFLICT,
+        ProblemType::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -397,9 +309,9 @@ impl Problem {
     /// A problem of `kind` with `detail` and the type's default status.
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
         Self {
-            kind: kind.urn(),
+            kind: kind.urn().to_owned(),
             detail: detail.into(),
-            status: kind.status().as_u16(),
+            status: default_status(kind).as_u16(),
             identifier: None,
             subproblems: Vec::new(),
             algorithms: None,

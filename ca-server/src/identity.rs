@@ -28,9 +28,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
-use crate::types::now;
 use crate::cert::Certificate;
 use crate::storage::Table;
+use crate::types::now;
 use crate::types::Identifier;
 use crate::{Error, Result};
 

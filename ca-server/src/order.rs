@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::wire::paths;
-use crate::types::new_id;
-use crate::types::rfc3339;
-use crate::types::now;
 use crate::authz::Authz;
 use crate::cert::Certificate;
 use crate::config::LimitName;
@@ -21,7 +17,11 @@ use crate::identity::{Claim, Hold};
 use crate::jws::AccountRequest;
 use crate::ratelimit::Key;
 use crate::storage::Table;
+use crate::types::new_id;
+use crate::types::now;
+use crate::types::rfc3339;
 use crate::types::{AuthzStatus, Identifier, IdentifierType, OrderStatus};
+use crate::wire::paths;
 use crate::{csr, Error, Problem, Result};
 
 /// How far an order has got beyond what its authorizations say.

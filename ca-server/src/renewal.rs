@@ -10,32 +10,20 @@ use axum::Json;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::types::rfc3339;
-use crate::types::now;
 use crate::cert::Certificate;
 use crate::order::Order;
 use crate::storage::Table;
+use crate::types::now;
+use crate::types::rfc3339;
 use crate::types::{Identifier, OrderStatus};
 use crate::{Error, Result};
 
 /// How often clients should ask again (RFC 9773 §4.3: Retry-After on every response).
 const POLL_SECS: u64 = 6 * 3600;
 
-/// The ARI certificate identifier: `base64url(AKI keyIdentifier) "." base64url(serial)`, where
-/// the serial is the DER INTEGER's content octets (RFC 9773 §4.1).
-pub fn cert_id(aki: &[u8], serial: &[u8]) -> String {
-    format!("{}.{}", crate::wire::b64u(aki), crate::wire::b64u(serial))
-}
-
 /// Finds the certificate an ARI identifier names; `None` if this CA did not issue it.
 fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
-    let (aki, serial) = id.split_once('.').ok_or_else(|| {
-        Error::Malformed(format!(
-            "{id:?} is not an ARI certificate identifier (AKI.serial)"
-        ))
-    })?;
-    let aki = crate::wire::b64u_decode("certificate identifier AKI", aki)?;
-    let serial = crate::wire::b64u_decode("certificate identifier serial", serial)?;
+    let (aki, serial) = crate::wire::parse_ari_cert_id(id)?;
     let Some(cert) = app
         .db
         .get::<Certificate>(Table::Certificates, &hex::encode(&serial))?
@@ -68,7 +56,7 @@ fn aki_and_serial(der: &[u8]) -> core::result::Result<(Option<Vec<u8>>, Vec<u8>)
 /// `replaces` value; an error if it has no AKI keyIdentifier.
 pub fn cert_id_of(der: &[u8]) -> Result<String> {
     match aki_and_serial(der).map_err(Error::Malformed)? {
-        (Some(aki), serial) => Ok(cert_id(&aki, &serial)),
+        (Some(aki), serial) => crate::wire::ari_cert_id(&aki, &serial),
         (None, _) => Err(Error::Malformed(
             "the certificate has no authority key identifier".into(),
         )),
@@ -195,21 +183,4 @@ fn ensure_not_replaced(app: &AppState, cert: &Certificate, by: Option<&str>) -> 
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // RFC 9773 §4.1 example: AKI keyIdentifier 69:88:5B:…:C8:D4, serial 00:87:65:43:21.
-    // <https://www.rfc-editor.org/rfc/rfc9773#section-4.1>
-    #[test]
-    fn rfc9773_cert_id_example() {
-        let aki = hex::decode("69885B6B87464041E1B37B847BA0AE2CDE01C8D4").expect("hex");
-        let serial = hex::decode("0087654321").expect("hex");
-        assert_eq!(
-            cert_id(&aki, &serial),
-            "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
-        );
-    }
 }

@@ -79,7 +79,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
             tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");
         }
         // What an allow-listed credential pre-authorizes ends with it (SPEC §6.6).
-        if !cred.allow.is_empty() && !cred.revoked && cred.expires.is_some_and(|e| e < crate::types::now()) {
+        if !cred.allow.is_empty()
+            && !cred.revoked
+            && cred.expires.is_some_and(|e| e < crate::types::now())
+        {
             let accounts = eab.uses(&db, &cred.kid).unwrap_or(0);
             if accounts > 0 {
                 tracing::warn!(kid = %cred.kid, accounts,

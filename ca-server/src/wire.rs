@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use protocol_spec::{base64url, challenge, fingerprint, jwk as spec_jwk};
+use protocol_spec::{ari, base64url, challenge, fingerprint, jwk as spec_jwk};
 use ring::digest::{digest, SHA256};
 
 use crate::{Error, Result};
@@ -118,6 +118,30 @@ pub fn fingerprint(der: &[u8]) -> String {
     fingerprint::format(&hash, &mut out).to_owned()
 }
 
+/// The ARI certificate identifier, `base64url(AKI keyIdentifier) "." base64url(serial)`, where
+/// the serial is the DER INTEGER's content octets (RFC 9773 §4.1, SPEC §9.2). An empty part is
+/// `malformed`: no certificate of this CA has one.
+pub fn ari_cert_id(aki: &[u8], serial: &[u8]) -> Result<String> {
+    let mut out = vec![0u8; ari::cert_id_len(aki.len(), serial.len())];
+    ari::cert_id(aki, serial, &mut out)
+        .map(str::to_owned)
+        .map_err(|e| Error::Malformed(format!("no ARI certificate identifier: {e}")))
+}
+
+/// The key identifier and serial an ARI certificate identifier names; `malformed` unless it is
+/// two non-empty strict base64url parts joined by one `.` (SPEC §9.2).
+pub fn parse_ari_cert_id(id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    let refused = |e: ari::CertIdError| {
+        Error::Malformed(format!(
+            "{id:?} is not an ARI certificate identifier (base64url AKI \".\" base64url serial): {e}"
+        ))
+    };
+    let parts = ari::CertId::parse(id).map_err(refused)?;
+    let mut out = vec![0u8; parts.decoded_len()];
+    let (aki, serial) = ari::decode(id, &mut out).map_err(refused)?;
+    Ok((aki.to_vec(), serial.to_vec()))
+}
+
 /// Reads a SHA-256 fingerprint in the form [`fingerprint`] writes (colons optional, either
 /// case), as an operator copies it from a manufacturer's documentation (SPEC §2.3).
 pub fn parse_fingerprint(text: &str) -> std::result::Result<[u8; 32], String> {
@@ -136,5 +160,17 @@ mod tests {
         }
         assert!(matches!(b64u_decode("t", "AA=="), Err(Error::Malformed(_))));
         assert!(matches!(b64u_decode("t", "A+"), Err(Error::Malformed(_))));
+    }
+
+    // RFC 9773 §4.1 example: AKI keyIdentifier 69:88:5B:…:C8:D4, serial 00:87:65:43:21.
+    // <https://www.rfc-editor.org/rfc/rfc9773#section-4.1>
+    #[test]
+    fn rfc9773_cert_id_example() {
+        let aki = hex::decode("69885B6B87464041E1B37B847BA0AE2CDE01C8D4").expect("hex");
+        let serial = hex::decode("0087654321").expect("hex");
+        assert_eq!(
+            ari_cert_id(&aki, &serial).ok().as_deref(),
+            Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use axum::http::StatusCode;
 use ca_server::attest::anchors::{TrustAnchor, TrustAnchorStore};
 use ca_server::attest::identifier::PermanentId;
-use ca_server::attest::object::{self, COSE_ES256, COSE_ES384, FORMAT};
+use ca_server::attest::object::{COSE_ES256, COSE_ES384, FORMAT};
 use common::{b64, Account, TestServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, IsCa,
@@ -195,7 +195,7 @@ impl Device {
         // rcgen signs ECDSA as an ASN.1 DER Ecdsa-Sig-Value, the WebAuthn form.
         let sig = self.key.sign(key_authorization.as_bytes()).expect("sign");
         let x5c: Vec<&[u8]> = self.chain.iter().map(Vec::as_slice).collect();
-        object::encode(fmt, alg, &sig, &x5c)
+        protocol_spec::runner::attestation_object(fmt, alg, &sig, &x5c)
     }
 }
 
@@ -1605,7 +1605,7 @@ mod vectors {
         let sig = key
             .sign(format!("{signed_token}.{thumbprint}").as_bytes())
             .expect("sign");
-        let att_obj = object::encode(fmt, alg, &sig, x5c);
+        let att_obj = protocol_spec::runner::attestation_object(fmt, alg, &sig, x5c);
         Entry {
             id: id.to_owned(),
             rfc: "draft-ietf-acme-device-attest-10 §3, §5; W3C WebAuthn Level 2 §6.5.4; IEEE 802.1AR; RFC 8995 §2.3.1; RFC 4108 §5"

@@ -56,6 +56,18 @@ pub fn hex_field(v: &Value, name: &str) -> Result<Vec<u8>, String> {
     hex(field(v, name)?)
 }
 
+/// An attestation object written by [`crate::attestation::encode`] into a vector of the size
+/// it needs: for tests that build objects, including ones a verifier must refuse.
+pub fn attestation_object(fmt: &str, alg: i64, sig: &[u8], x5c: &[&[u8]]) -> Vec<u8> {
+    let stmt = crate::attestation::Statement { fmt, alg, sig, x5c };
+    let mut out = std::vec![0u8; stmt.encoded_len()];
+    let n = crate::attestation::encode(&stmt, &mut out)
+        .map(<[u8]>::len)
+        .unwrap_or_default();
+    out.truncate(n);
+    out
+}
+
 /// The entries of vector file `stem`.
 ///
 /// # Panics

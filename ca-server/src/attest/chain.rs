@@ -11,8 +11,8 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Version};
 
 use super::anchors::TrustAnchor;
-use crate::types::rfc3339;
 use crate::csr;
+use crate::types::rfc3339;
 
 /// A path that checked out: the IDevID (as `x5c[0]`) and the anchor it leads to.
 pub(crate) struct Path<'c, 'a> {

@@ -15,22 +15,14 @@
 //! ```
 //!
 //! Decoding is strict: definite lengths only, text keys, no duplicate or unknown keys, no bytes
-//! after the map. Key order is free (CTAP2 canonical order is what [`encode`] writes).
+//! after the map. Key order is free (CTAP2 canonical order is what
+//! `protocol_spec::attestation::encode` writes).
 
-use minicbor::{Decoder, Encoder};
+use minicbor::Decoder;
 
-/// The attestation statement format identifier this CA verifies (SPEC §5.10.2).
-pub const FORMAT: &str = "iiot-idevid";
-
-/// COSE algorithm ES256: ECDSA P-256 with SHA-256 (RFC 9053 §2.1).
-pub const COSE_ES256: i64 = -7;
-/// COSE algorithm ES384: ECDSA P-384 with SHA-384 (RFC 9053 §2.1).
-pub const COSE_ES384: i64 = -35;
-/// COSE algorithm RS256: RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8812 §2).
-pub const COSE_RS256: i64 = -257;
-
-/// Most certificates in `x5c`: the IDevID and up to four issuers.
-pub const X5C_MAX: usize = 5;
+/// The format identifier, the COSE algorithms and the certificate count limit (SPEC §5.10.2),
+/// from the shared profile.
+pub use protocol_spec::attestation::{COSE_ES256, COSE_ES384, COSE_RS256, FORMAT, X5C_MAX};
 
 /// A decoded attestation object; the byte slices borrow from the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,28 +149,12 @@ pub fn alg_name(alg: i64) -> &'static str {
     }
 }
 
-/// Encodes an attestation object in CTAP2 canonical form (keys by length, then bytewise), with
-/// `authData` omitted. This is the reference encoder for SPEC §5.10.2, used by the tests and the
-/// vector generator; `fmt` is a parameter so tests can write other formats.
-pub fn encode(fmt: &str, alg: i64, sig: &[u8], x5c: &[&[u8]]) -> Vec<u8> {
-    let mut e = Encoder::new(Vec::new());
-    let write = |e: &mut Encoder<Vec<u8>>| -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-        e.map(2)?.str("fmt")?.str(fmt)?.str("attStmt")?.map(3)?;
-        e.str("alg")?.i64(alg)?.str("sig")?.bytes(sig)?.str("x5c")?;
-        e.array(x5c.len() as u64)?;
-        for cert in x5c {
-            e.bytes(cert)?;
-        }
-        Ok(())
-    };
-    // Writing to a Vec cannot fail.
-    let _ = write(&mut e);
-    e.into_writer()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use minicbor::Encoder;
+
+    use protocol_spec::runner::attestation_object as encode;
 
     #[test]
     fn round_trips_and_reports_each_defect() {

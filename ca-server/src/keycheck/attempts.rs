@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::bounded::{self, Audited, Caps};
 use crate::account::Account;
 use crate::app::AppState;
-use crate::types::now;
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;
+use crate::types::now;
 use crate::types::Identifier;
 use crate::{Error, Result};
 

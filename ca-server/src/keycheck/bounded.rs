@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::AppState;
-use crate::types::new_id;
 use crate::storage::{Store, Table};
+use crate::types::new_id;
 use crate::{Error, Result};
 
 /// A record of a bounded audit table.

@@ -43,12 +43,12 @@ use self::bounded::Audited;
 use self::weak::Weakness;
 use crate::account::Account;
 use crate::app::AppState;
-use crate::types::now;
 use crate::cert::Certificate;
 use crate::csr::CsrInfo;
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;
+use crate::types::now;
 use crate::types::Identifier;
 use crate::{jwk, Error, Result};
 
