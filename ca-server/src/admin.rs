@@ -20,7 +20,7 @@ use crate::cert::{record_revocation, Certificate, RevokedBy};
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::rfc3339;
-use crate::types::Identifier;
+use crate::wire::parse_identifier;
 use crate::{Error, Result};
 
 /// The socket's path in a data directory.
@@ -60,18 +60,6 @@ impl Selector {
     fn is_empty(&self) -> bool {
         self.serial.is_none() && self.identifier.is_none() && self.account.is_none()
     }
-}
-
-/// `dns:plc-1`, `ip:10.0.0.7`, `permanent-identifier:SN-1` → an identifier, as the CA stores it.
-pub fn parse_identifier(text: &str) -> Result<Identifier> {
-    let (kind, value) = text.split_once(':').ok_or_else(|| {
-        Error::Malformed(format!(
-            "identifier {text:?} must be type:value, e.g. dns:plc-1"
-        ))
-    })?;
-    let id: Identifier = serde_json::from_value(json!({"type": kind, "value": value}))
-        .map_err(|_| Error::Malformed(format!("unknown identifier type {kind:?}")))?;
-    crate::order::normalize_identifier(&id)
 }
 
 fn certificates(app: &AppState) -> Result<Vec<Certificate>> {

@@ -24,8 +24,6 @@
 
 pub mod anchors;
 mod chain;
-pub(crate) mod der;
-pub mod identifier;
 pub mod object;
 
 use ring::signature::{self as ring_sig, UnparsedPublicKey, VerificationAlgorithm};
@@ -34,11 +32,11 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use crate::app::AppState;
+use crate::der::names::PermanentId;
 use crate::key::PublicKey;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 use anchors::{TrustAnchor, TrustAnchorStore};
-use identifier::PermanentId;
 use object::{COSE_ES256, COSE_ES384, COSE_RS256};
 
 /// `id-at-serialNumber` (X.520), where 802.1AR and RFC 8995 §2.3.1 put the device serial.
@@ -237,13 +235,15 @@ fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             if let GeneralName::OtherName(oid, value) = name {
-                if oid.to_id_string() == identifier::OID_HARDWARE_MODULE_NAME {
-                    modules.push(identifier::hardware_module_name(value).ok_or_else(|| {
-                        format!(
-                            "the IDevID ({}) has a malformed hardwareModuleName",
-                            cert.subject()
-                        )
-                    })?);
+                if oid.to_id_string() == crate::der::names::OID_HARDWARE_MODULE_NAME {
+                    modules.push(crate::der::names::hardware_module_name(value).ok_or_else(
+                        || {
+                            format!(
+                                "the IDevID ({}) has a malformed hardwareModuleName",
+                                cert.subject()
+                            )
+                        },
+                    )?);
                 }
             }
         }

@@ -46,7 +46,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
@@ -61,10 +60,11 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::attest::der;
-use crate::attest::identifier::PermanentId;
 use crate::config::{CaKeyType, IssuanceConfig, RsaIntermediateKey};
 use crate::csr::ip_from_octets;
+use crate::der;
+use crate::der::names::PermanentId;
+use crate::der::pem_encode;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::key::PublicKey;
 use crate::profiles::Leaf;
@@ -1120,19 +1120,6 @@ fn warn_if_exposed(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_exposed(_: &Path) {}
 
-/// PEM with 64-character lines, as RFC 7468 §2 generators do.
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    // Base64 output is ASCII, so every 64-byte chunk is valid UTF-8.
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -1570,7 +1557,7 @@ mod tests {
             )
         );
         assert_eq!(
-            crate::attest::identifier::from_other_name(value).as_deref(),
+            der::names::from_other_name(value).as_deref(),
             Ok("Sn-0042/1.3.6.1.4.1.32473")
         );
         openssl_verify(&ca, &issued.chain_pem, &["-purpose", "sslclient"]);

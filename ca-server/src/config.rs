@@ -704,6 +704,40 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     de_duration(d).map(Some)
 }
 
+/// Names the server's own certificate must carry: loopback, the public URL's host and the
+/// configured extras.
+pub fn tls_names(cfg: &Config) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ip = cfg.listen.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    if let Some(host) = cfg
+        .public_url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("https://"))
+        .map(|h| h.trim_end_matches('/'))
+    {
+        let host = if let Some(v6) = host.strip_prefix('[') {
+            v6.split(']').next().unwrap_or(v6)
+        } else {
+            host.rsplit_once(':').map_or(host, |(h, _)| h)
+        };
+        names.push(
+            host.parse::<IpAddr>()
+                .map_or_else(|_| host.to_ascii_lowercase(), |a| a.to_string()),
+        );
+    }
+    names.extend(cfg.tls_names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

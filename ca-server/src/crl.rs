@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::ca::IssuerKind;
 use crate::cert::Revocation;
+use crate::der::pem_encode;
 use crate::fsutil::write_atomic;
 use crate::storage::Table;
 use crate::types::now;
@@ -191,18 +192,6 @@ fn sign_and_write(
     });
     tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// `GET /crl` — the EC intermediate's current CRL, DER (RFC 5280 §5; media type per RFC 2585

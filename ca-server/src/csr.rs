@@ -585,9 +585,9 @@ pub fn matches_order(requested: &[Identifier], ordered: &[Identifier]) -> bool {
 fn identifier_from_san(name: &GeneralName<'_>) -> Result<Identifier> {
     let kind = match name {
         GeneralName::OtherName(oid, value)
-            if oid.to_id_string() == crate::attest::identifier::OID_PERMANENT_IDENTIFIER =>
+            if oid.to_id_string() == crate::der::names::OID_PERMANENT_IDENTIFIER =>
         {
-            return crate::attest::identifier::from_other_name(value)
+            return crate::der::names::from_other_name(value)
                 .map(|value| Identifier {
                     kind: IdentifierType::PermanentIdentifier,
                     value,
@@ -1181,20 +1181,20 @@ mod tests {
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, cn);
         }
-        let san = crate::attest::der::tlv(crate::attest::der::SEQUENCE, &names.concat());
+        let san = crate::der::tlv(crate::der::SEQUENCE, &names.concat());
         params.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
         params.serialize_request(&key).expect("CSR").der().to_vec()
     }
 
     fn permanent(value: &str) -> Vec<u8> {
-        crate::attest::identifier::PermanentId::parse(value)
+        crate::der::names::PermanentId::parse(value)
             .expect("valid")
             .general_name_der()
     }
 
     #[test]
     fn permanent_identifiers_are_read_octet_for_octet_and_may_repeat_as_cn() {
-        let dns_name = crate::attest::der::tlv(crate::attest::der::DNS_NAME, b"plc-9.example");
+        let dns_name = crate::der::tlv(crate::der::DNS_NAME, b"plc-9.example");
         let der = csr_with_general_names(
             Some("Sn-0001"),
             &[permanent("Sn-0001/1.3.6.1.4.1.32473"), dns_name],
@@ -1241,15 +1241,15 @@ mod tests {
     #[test]
     fn malformed_permanent_identifiers_in_a_csr_are_bad_csr() {
         // identifierValue with a "/" cannot be an ACME value.
-        let mut value = crate::attest::der::tlv(crate::attest::der::UTF8_STRING, b"A/B");
-        value = crate::attest::der::tlv(crate::attest::der::SEQUENCE, &value);
-        value = crate::attest::der::tlv(crate::attest::der::CONTEXT_0, &value);
-        let mut other = crate::attest::der::tlv(
-            crate::attest::der::OID,
-            &crate::attest::der::oid_content(&[1, 3, 6, 1, 5, 5, 7, 8, 3]),
+        let mut value = crate::der::tlv(crate::der::UTF8_STRING, b"A/B");
+        value = crate::der::tlv(crate::der::SEQUENCE, &value);
+        value = crate::der::tlv(crate::der::CONTEXT_0, &value);
+        let mut other = crate::der::tlv(
+            crate::der::OID,
+            &crate::der::oid_content(&[1, 3, 6, 1, 5, 5, 7, 8, 3]),
         );
         other.extend(value);
-        let name = crate::attest::der::tlv(crate::attest::der::CONTEXT_0, &other);
+        let name = crate::der::tlv(crate::der::CONTEXT_0, &other);
         let detail = bad_csr(&csr_with_general_names(None, &[name]));
         assert!(detail.contains("otherName"), "{detail}");
         // rcgen's bare UTF8String otherName.

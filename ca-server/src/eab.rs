@@ -123,7 +123,7 @@ impl AllowRule {
             "serial" if !value.is_empty() => Ok(Self::Serial(value.to_owned())),
             "dns" => {
                 let name = value.trim_start_matches('.').to_ascii_lowercase();
-                let id = crate::order::normalize_identifier(&Identifier::dns(name))
+                let id = crate::wire::normalize_identifier(&Identifier::dns(name))
                     .map_err(|e| format!("allow rule {text:?}: {e}"))?;
                 Ok(Self::DnsSuffix(id.value))
             }

@@ -224,7 +224,7 @@ impl Error {
         match self {
             Self::BadSignatureAlgorithm(_) => {
                 problem.algorithms = Some(
-                    crate::jws::SUPPORTED_ALGORITHMS
+                    crate::jwk::SUPPORTED_ALGORITHMS
                         .iter()
                         .map(|a| (*a).to_owned())
                         .collect(),

@@ -105,7 +105,7 @@ pub fn parse_key(text: &str) -> Result<String> {
             "uri: needs the ApplicationUri after it".into(),
         )),
         Some(uri) => Ok(uri_key(uri)),
-        None => crate::admin::parse_identifier(text).map(|id| key(&id)),
+        None => crate::wire::parse_identifier(text).map(|id| key(&id)),
     }
 }
 

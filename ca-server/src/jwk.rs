@@ -182,6 +182,9 @@ pub fn verify(alg: &str, key: &PublicKey, signing_input: &[u8], sig: &[u8]) -> R
     }
 }
 
+/// `alg` values accepted on JWS requests, also sent with `badSignatureAlgorithm`.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &["ES256", "ES384", "EdDSA", "RS256"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

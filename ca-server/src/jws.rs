@@ -11,11 +11,9 @@ use serde_json::Value;
 use crate::account::Account;
 use crate::app::AppState;
 use crate::jwk;
+use crate::jwk::SUPPORTED_ALGORITHMS;
 use crate::key::PublicKey;
 use crate::{Error, Result};
-
-/// `alg` values accepted on JWS requests, also sent with `badSignatureAlgorithm`.
-pub const SUPPORTED_ALGORITHMS: &[&str] = &["ES256", "ES384", "EdDSA", "RS256"];
 
 /// A JWS in flattened JSON serialization.
 ///

@@ -15,6 +15,7 @@ pub mod cert;
 pub mod config;
 pub mod crl;
 pub mod csr;
+pub mod der;
 pub mod directory;
 pub mod eab;
 pub mod error;

@@ -20,7 +20,8 @@ use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
 use crate::types::rfc3339;
-use crate::types::{AuthzStatus, Identifier, IdentifierType, OrderStatus};
+use crate::types::{AuthzStatus, Identifier, OrderStatus};
+use crate::wire::normalize_identifier;
 use crate::wire::paths;
 use crate::{csr, Error, Problem, Result};
 
@@ -197,43 +198,6 @@ fn own_order(app: &AppState, r: &AccountRequest, id: &str) -> Result<Order> {
         .get::<Order>(Table::Orders, id)?
         .filter(|o| o.account_id == r.account.id)
         .ok_or(Error::NotFound("order"))
-}
-
-/// Checks one requested identifier and returns its canonical form, by the shared profile
-/// rules (SPEC §4; `protocol_spec::identifier`, which the clients and the vectors run too).
-///
-/// `dns`: LDH labels (RFC 1123), at most 253 octets, lower-cased, one trailing dot dropped;
-/// single-label plant names (`plc-7`) are allowed because devices on a plant network often
-/// have nothing else. An `xn--` label must be well-formed Punycode (RFC 5890 §2.3.2.1). A `dns`
-/// value that is an IP address is refused: RFC 8738 gives addresses their own type.
-/// `ip`: the RFC 8738 §3 textual form (RFC 1123 for IPv4, RFC 5952 for IPv6).
-/// `permanent-identifier`: `serial["/"assignerOID]`, never rewritten (SPEC §4.5).
-pub fn normalize_identifier(id: &Identifier) -> Result<Identifier> {
-    use protocol_spec::identifier::{self as rules, IdentifierError};
-    let refused = |e: IdentifierError| {
-        let detail = format!("{} {:?}: {}", id.kind, id.value, e.reason().explain());
-        match e {
-            IdentifierError::Malformed(_) => Error::Malformed(detail),
-            IdentifierError::Rejected(_) => Error::RejectedIdentifier {
-                identifier: id.clone(),
-                detail,
-            },
-        }
-    };
-    match id.kind {
-        IdentifierType::Dns => {
-            let mut out = [0u8; rules::DNS_NAME_MAX];
-            let name = rules::normalize_dns(&id.value, &mut out).map_err(refused)?;
-            Ok(Identifier::dns(name))
-        }
-        IdentifierType::Ip => rules::check_ip(&id.value)
-            .map(Identifier::ip)
-            .map_err(refused),
-        IdentifierType::PermanentIdentifier => {
-            rules::check_permanent_identifier(&id.value).map_err(refused)?;
-            Ok(id.clone())
-        }
-    }
 }
 
 /// newOrder payload, RFC 8555 §7.4.
@@ -783,97 +747,4 @@ pub async fn finalize(
     // them: a client that saw "valid" can always download its certificate.
     app.db.flush().await?;
     order_response(&app, &order, StatusCode::OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dns(v: &str) -> Result<Identifier> {
-        normalize_identifier(&Identifier::dns(v))
-    }
-
-    fn permanent(v: &str) -> Result<Identifier> {
-        normalize_identifier(&Identifier {
-            kind: IdentifierType::PermanentIdentifier,
-            value: v.into(),
-        })
-    }
-
-    fn ip(v: &str) -> Result<Identifier> {
-        normalize_identifier(&Identifier {
-            kind: IdentifierType::Ip,
-            value: v.into(),
-        })
-    }
-
-    #[test]
-    fn dns_identifiers() {
-        assert_eq!(
-            dns("PLC-7.Plant.Example.").ok(),
-            Some(Identifier::dns("plc-7.plant.example"))
-        );
-        assert!(dns("plc-7").is_ok(), "single-label plant names");
-        assert!(dns("xn--bcher-kva.example").is_ok());
-        // RFC 3492 §7.1 sample (L): "3年B組金八先生".
-        assert!(dns("xn--3b-ww4c5e180e575a65lsy2b.example").is_ok());
-        for bad in [
-            "xn--.example",
-            "xn--abc.example",
-            "xn--a-.example",
-            "xn--zzzzzzzzzzzzzz.example",
-        ] {
-            assert!(dns(bad).is_err(), "{bad:?}");
-        }
-        for bad in [
-            "",
-            "a..b",
-            "-a.example",
-            "a_b.example",
-            "ab--cd.example",
-            "1.2.3.4",
-            "::1",
-            "example.123",
-            &"a".repeat(64),
-        ] {
-            assert!(dns(bad).is_err(), "{bad:?}");
-        }
-        assert!(matches!(
-            dns("*.example.com"),
-            Err(Error::RejectedIdentifier { .. })
-        ));
-        assert!(matches!(dns("10.0.0.1"), Err(Error::Malformed(_))));
-    }
-
-    #[test]
-    fn ip_identifiers_must_be_canonical() {
-        assert!(ip("192.0.2.7").is_ok());
-        assert!(ip("2001:db8::1").is_ok());
-        assert!(ip("2001:DB8::1").is_err());
-        assert!(ip("2001:db8:0:0:0:0:0:1").is_err());
-        assert!(ip("192.0.2.07").is_err());
-        assert!(ip("plc.example").is_err());
-        assert!(matches!(
-            ip("0.0.0.0"),
-            Err(Error::RejectedIdentifier { .. })
-        ));
-    }
-
-    #[test]
-    fn normalize_keeps_values_octet_for_octet() {
-        for v in [
-            "SN-0001",
-            "sn-0001",
-            "ABCDEF123456/1.2.3.4",
-            " spaced ",
-            "Gerät-7",
-        ] {
-            assert_eq!(permanent(v).ok().map(|i| i.value).as_deref(), Some(v));
-        }
-        assert!(matches!(permanent("A/B/C"), Err(Error::Malformed(_))));
-        assert!(matches!(
-            permanent("A\u{1}"),
-            Err(Error::RejectedIdentifier { .. })
-        ));
-    }
 }

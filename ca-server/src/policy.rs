@@ -94,7 +94,7 @@ impl OwnNames {
     /// The CA's own names under `cfg`.
     pub fn of(cfg: &Config) -> Self {
         Self::from_names(
-            &crate::server::tls_names(cfg),
+            &crate::config::tls_names(cfg),
             cfg.validation.allow_loopback,
         )
     }
@@ -122,7 +122,7 @@ impl OwnNames {
     /// the CA's host, whatever the configuration names. A name that does not resolve within a
     /// few seconds adds nothing.
     pub fn of_host(cfg: &Config) -> Self {
-        let mut names = crate::server::tls_names(cfg);
+        let mut names = crate::config::tls_names(cfg);
         if cfg.listen.ip().is_unspecified() {
             match if_addrs::get_if_addrs() {
                 Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),

@@ -56,9 +56,9 @@ use std::time::Duration;
 use rcgen::{CustomExtension, ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use serde::Deserialize;
 
-use crate::attest::der;
 use crate::ca::IssuerKind;
 use crate::csr::CsrInfo;
+use crate::der;
 use crate::key::PublicKey;
 use crate::{Error, Result};
 

@@ -1,7 +1,6 @@
 //! Wiring: store, then issuance, then validation, then the router and the TLS listener
 //! (in that order, as Pebble's `cmd/pebble/main.go`).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -9,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::app::{self, AppState, Inner};
 use crate::ca::{CertificateAuthority, IssuerKind};
+use crate::config::tls_names;
 use crate::config::Config;
 use crate::eab::EabStore;
 use crate::fsutil::ensure_private_dir;
@@ -110,40 +110,6 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // A store from before identities were indexed gets its index once (`identity`).
     crate::identity::index_existing(&state)?;
     Ok(state)
-}
-
-/// Names the server's own certificate must carry: loopback, the public URL's host and the
-/// configured extras.
-pub fn tls_names(cfg: &Config) -> Vec<String> {
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let ip = cfg.listen.ip();
-    if !ip.is_unspecified() {
-        names.push(ip.to_string());
-    }
-    if let Some(host) = cfg
-        .public_url
-        .as_deref()
-        .and_then(|u| u.strip_prefix("https://"))
-        .map(|h| h.trim_end_matches('/'))
-    {
-        let host = if let Some(v6) = host.strip_prefix('[') {
-            v6.split(']').next().unwrap_or(v6)
-        } else {
-            host.rsplit_once(':').map_or(host, |(h, _)| h)
-        };
-        names.push(
-            host.parse::<IpAddr>()
-                .map_or_else(|_| host.to_ascii_lowercase(), |a| a.to_string()),
-        );
-    }
-    names.extend(cfg.tls_names.iter().cloned());
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// Start information for printing.

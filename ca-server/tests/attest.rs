@@ -11,8 +11,8 @@ use std::process::Command;
 
 use axum::http::StatusCode;
 use ca_server::attest::anchors::{TrustAnchor, TrustAnchorStore};
-use ca_server::attest::identifier::PermanentId;
 use ca_server::attest::object::{COSE_ES256, COSE_ES384, FORMAT};
+use ca_server::der::names::PermanentId;
 use common::{b64, Account, TestServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, IsCa,
@@ -862,7 +862,7 @@ async fn two_manufacturers_devices_with_the_same_serial_are_two_devices() {
     let value = |der: &[u8]| {
         other_names(der, "1.3.6.1.5.5.7.8.3")
             .iter()
-            .map(|v| ca_server::attest::identifier::from_other_name(v).expect("valid"))
+            .map(|v| ca_server::der::names::from_other_name(v).expect("valid"))
             .collect::<Vec<_>>()
     };
     assert_eq!(value(&cert_a), ["0042/1.3.6.1.4.1.32473"]);

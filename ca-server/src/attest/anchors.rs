@@ -26,7 +26,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
-use super::identifier;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::{Error, Result};
 
@@ -73,10 +72,10 @@ impl TrustAnchor {
              manufacturer's anchor"
                 .to_owned()
         })?;
-        identifier::check_assigner(assigner).map_err(|e| format!("assigner: {e}"))?;
+        crate::der::names::check_assigner(assigner).map_err(|e| format!("assigner: {e}"))?;
         let mut types: Vec<String> = Vec::new();
         for t in hw_types {
-            identifier::check_assigner(t).map_err(|e| format!("hardware type: {e}"))?;
+            crate::der::names::check_assigner(t).map_err(|e| format!("hardware type: {e}"))?;
             if !types.iter().any(|known| known == t) {
                 types.push((*t).to_owned());
             }
@@ -138,7 +137,7 @@ impl TrustAnchor {
         for t in &self.hw_types {
             text.push_str(&format!("{HW_TYPE_LINE}: {t}\n"));
         }
-        text + &pem_encode(&self.der)
+        text + &crate::der::pem_encode("CERTIFICATE", &self.der)
     }
 }
 
@@ -445,17 +444,6 @@ pub fn certificate_der(input: &[u8]) -> std::result::Result<Vec<u8>, String> {
     } else {
         single_certificate(input)
     }
-}
-
-fn pem_encode(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = "-----BEGIN CERTIFICATE-----\n".to_owned();
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out + "-----END CERTIFICATE-----\n"
 }
 
 #[cfg(test)]

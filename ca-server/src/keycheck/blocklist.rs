@@ -33,7 +33,7 @@ use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::der;
+use crate::der;
 use crate::key::PublicKey;
 
 /// Bytes per record.
@@ -218,9 +218,9 @@ fn sec1_x(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
     der::expect(&mut body, der::INTEGER, "ECPrivateKey version")?;
     der::expect(&mut body, der::OCTET_STRING, "EC private key")?;
     while !body.is_empty() {
-        let (tag, value) = der::read(&mut body)?;
-        if tag == 0xa1 {
-            let mut inner = value;
+        let field = der::next(&mut body, "EC private key")?;
+        if field.tag == 0xa1 {
+            let mut inner = field.content;
             let bits = der::expect(&mut inner, der::BIT_STRING, "EC public key")?;
             let point = bits.get(1..).ok_or("empty EC public key")?;
             return Ok(ec_point_x(point)?.to_vec());
@@ -257,10 +257,10 @@ fn pkcs8_number(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
     let private_key = der::expect(&mut body, der::OCTET_STRING, "PKCS#8 private key")?;
     let mut public_field = None;
     while !body.is_empty() {
-        let (tag, value) = der::read(&mut body)?;
+        let field = der::next(&mut body, "PKCS#8 private key")?;
         // [1] IMPLICIT BIT STRING, primitive (0x81) as RFC 5958 encodes it.
-        if tag == 0x81 {
-            public_field = Some(value);
+        if field.tag == 0x81 {
+            public_field = Some(field.content);
         }
     }
     match oid {

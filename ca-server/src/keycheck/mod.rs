@@ -28,7 +28,6 @@
 pub mod attempts;
 pub mod blocklist;
 mod bounded;
-mod der;
 pub mod weak;
 
 use std::collections::BTreeMap;
@@ -45,6 +44,7 @@ use crate::account::Account;
 use crate::app::AppState;
 use crate::cert::Certificate;
 use crate::csr::CsrInfo;
+use crate::der;
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;

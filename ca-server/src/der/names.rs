@@ -4,7 +4,7 @@
 //! Values are compared octet for octet and never normalised: serial numbering schemes may be
 //! case-sensitive, and the certificate must carry exactly what was proven.
 
-use super::der;
+use crate::der;
 
 /// `id-on-permanentIdentifier` (RFC 4043 §3).
 pub const OID_PERMANENT_IDENTIFIER: &str = "1.3.6.1.5.5.7.8.3";

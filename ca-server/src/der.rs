@@ -1,8 +1,12 @@
-//! Just enough DER (X.690) for the names of SPEC §8.2 that rcgen cannot write and x509-parser
-//! does not decode: otherName PermanentIdentifier (RFC 4043) and HardwareModuleName (RFC 4108).
+//! The server's one DER (ITU-T X.690) and PEM (RFC 7468) toolkit, for what rcgen cannot write
+//! and x509-parser does not decode: the otherName forms of SPEC §8.2 (`der::names`), the key
+//! containers the blocklist reads (PKCS#1, SEC 1, PKCS#8) and a canonical SubjectPublicKeyInfo,
+//! and the PEM text of certificates and CRLs.
 //!
 //! The reader accepts single-octet tags and minimal (DER) lengths only, which is all these
 //! structures use; anything else is refused rather than guessed at.
+
+pub mod names;
 
 /// `UTF8String`.
 pub(crate) const UTF8_STRING: u8 = 0x0c;
@@ -12,6 +16,12 @@ pub(crate) const OID: u8 = 0x06;
 pub(crate) const OCTET_STRING: u8 = 0x04;
 /// `SEQUENCE` (constructed).
 pub(crate) const SEQUENCE: u8 = 0x30;
+/// `INTEGER`.
+pub(crate) const INTEGER: u8 = 0x02;
+/// `BIT STRING`.
+pub(crate) const BIT_STRING: u8 = 0x03;
+/// `NULL`.
+pub(crate) const NULL: u8 = 0x05;
 /// `[0]` constructed, context-specific: GeneralName otherName, and the EXPLICIT tag around its
 /// value.
 pub(crate) const CONTEXT_0: u8 = 0xa0;
@@ -92,6 +102,73 @@ pub(crate) fn write(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 4);
     write(&mut out, tag, content);
+    out
+}
+
+/// Reads the next TLV from `input` and advances it; the error names `what` was being read.
+pub(crate) fn next<'a>(input: &mut &'a [u8], what: &str) -> Result<Tlv<'a>, String> {
+    let (tlv, rest) = read(input).ok_or_else(|| format!("{what}: not valid DER"))?;
+    *input = rest;
+    Ok(tlv)
+}
+
+/// Reads the next TLV from `input`, which must have `tag`, and returns its contents.
+pub(crate) fn expect<'a>(input: &mut &'a [u8], tag: u8, what: &str) -> Result<&'a [u8], String> {
+    match next(input, what)? {
+        t if t.tag == tag => Ok(t.content),
+        t => Err(format!(
+            "{what}: expected DER tag 0x{tag:02x}, found 0x{:02x}",
+            t.tag
+        )),
+    }
+}
+
+/// The contents of a SEQUENCE that must fill `input` exactly.
+pub(crate) fn sequence<'a>(input: &'a [u8], what: &str) -> Result<&'a [u8], String> {
+    let mut rest = input;
+    let body = expect(&mut rest, SEQUENCE, what)?;
+    if !rest.is_empty() {
+        return Err(format!("{what}: trailing bytes after the SEQUENCE"));
+    }
+    Ok(body)
+}
+
+/// A non-negative INTEGER from big-endian magnitude bytes: minimal, with a 0x00 octet where the
+/// top bit would otherwise make it negative (X.690 §8.3.2).
+pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+    let start = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(magnitude.len());
+    let m = &magnitude[start..];
+    let mut contents = Vec::with_capacity(m.len() + 1);
+    if m.first().is_none_or(|&b| b & 0x80 != 0) {
+        contents.push(0);
+    }
+    contents.extend_from_slice(m);
+    tlv(INTEGER, &contents)
+}
+
+/// A BIT STRING with no unused bits.
+pub(crate) fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    let mut contents = Vec::with_capacity(bytes.len() + 1);
+    contents.push(0);
+    contents.extend_from_slice(bytes);
+    tlv(BIT_STRING, &contents)
+}
+
+/// PEM text (RFC 7468 §2): `label` between the encapsulation boundaries, base64 in lines of 64
+/// characters.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    // Base64 output is ASCII, so every 64-byte chunk is valid UTF-8.
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 
@@ -186,6 +263,28 @@ mod tests {
         assert_eq!(oid_text(&[0x80, 0x01]), None, "non-minimal");
         assert_eq!(oid_text(&[0x2b, 0x86]), None, "truncated");
         assert_eq!(oid_text(&[]), None);
+    }
+
+    #[test]
+    fn integers_are_minimal_and_positive() {
+        assert_eq!(unsigned_integer(&[0, 0, 0x7f]), vec![2, 1, 0x7f]);
+        assert_eq!(unsigned_integer(&[0x80]), vec![2, 2, 0, 0x80]);
+        assert_eq!(unsigned_integer(&[]), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn truncation_and_bad_lengths_are_errors() {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 1, 2],
+            &[0x30, 0x80],
+            &[0x30, 0x85, 1, 1, 1, 1, 1],
+            &[0x1f, 0x01, 0x00],
+        ] {
+            let mut input = bad;
+            assert!(next(&mut input, "t").is_err(), "{bad:?}");
+        }
     }
 
     #[test]
