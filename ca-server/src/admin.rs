@@ -227,7 +227,7 @@ fn key_type(c: &Certificate) -> Result<String> {
     let der = crate::wire::b64u_decode("stored certificate", &c.der)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", c.id)))?;
-    Ok(crate::csr::key_type(cert.public_key()))
+    Ok(crate::key::policy::key_type(cert.public_key()))
 }
 
 #[derive(Deserialize)]

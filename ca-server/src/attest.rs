@@ -185,7 +185,7 @@ pub fn verify_attestation(
     }
 
     // Check 12: the IDevID key signed this challenge's key authorization.
-    let key = crate::csr::public_key_from_spki(idevid.public_key()).map_err(|e| {
+    let key = crate::key::policy::public_key_from_spki(idevid.public_key()).map_err(|e| {
         bad(format!(
             "the IDevID key is not accepted: {}",
             e.to_problem().detail

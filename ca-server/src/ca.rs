@@ -347,7 +347,10 @@ impl CertificateAuthority {
         identifiers: &[Identifier],
         validity: Duration,
     ) -> Result<IssuedCert> {
-        let rsa = matches!(crate::csr::parse_spki(spki_der)?, PublicKey::Rsa { .. });
+        let rsa = matches!(
+            crate::key::policy::parse_spki(spki_der)?,
+            PublicKey::Rsa { .. }
+        );
         self.issue_leaf(spki_der, identifiers, &Leaf::spec_default(validity, rsa))
     }
 
@@ -365,7 +368,7 @@ impl CertificateAuthority {
         };
         // The key policy runs again here, at the last point before a signature, so nothing
         // can reach it without passing.
-        crate::csr::parse_spki(spki_der)?;
+        crate::key::policy::parse_spki(spki_der)?;
         let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| Error::BadPublicKey(format!("unusable SubjectPublicKeyInfo: {e}")))?;
         // rcgen re-encodes the key from its parts. Make sure what it writes is byte for byte
@@ -1129,7 +1132,7 @@ mod tests {
     use x509_parser::extensions::ParsedExtension;
 
     use super::*;
-    use crate::csr::test_support::{dns, openssl, openssl_csr, openssl_rsa_key, rcgen_csr};
+    use crate::testutil::{dns, openssl, openssl_csr, openssl_rsa_key, rcgen_csr};
 
     const WEEK: Duration = Duration::from_secs(7 * 86_400);
 

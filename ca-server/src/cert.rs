@@ -261,7 +261,7 @@ pub async fn revoke(
             RevokedBy::AuthorizationHolder
         }
         Signer::Key { key, .. } => {
-            let cert_key = crate::csr::parse_spki(parsed.public_key().raw)?;
+            let cert_key = crate::key::policy::parse_spki(parsed.public_key().raw)?;
             if *key != cert_key {
                 return Err(Error::Unauthorized(
                     "the request is signed by neither the ordering account nor the certificate's key".into(),

@@ -304,7 +304,7 @@ pub struct KeysConfig {
     /// Compromised-key blocklist in the badkeys format (e.g. badkeys' `blocklist.dat`, or one
     /// built with `ca-server blocklist build`). Read while the configuration is parsed: a
     /// missing or malformed file stops the server at start.
-    pub blocklist: Option<crate::keycheck::blocklist::BlocklistFile>,
+    pub blocklist: Option<crate::key::blocklist::BlocklistFile>,
     /// Let a renewal (same account, same identifiers) certify the key of the previous
     /// certificate. Off by default: every certificate needs a new key, as device-client makes
     /// one on every renewal.

@@ -34,6 +34,8 @@ pub mod ratelimit;
 pub mod renewal;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod testutil;
 pub mod text;
 pub mod types;
 pub mod va;

@@ -68,7 +68,7 @@ enum Command {
     TrustAnchor(TrustAnchorCommand),
     /// Build or query compromised-key blocklists (badkeys format).
     #[command(subcommand)]
-    Blocklist(ca_server::keycheck::blocklist::BlocklistCommand),
+    Blocklist(ca_server::key::blocklist::BlocklistCommand),
 }
 
 /// Which certificates an operator command acts on.

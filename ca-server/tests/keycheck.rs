@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use axum::http::StatusCode;
-use ca_server::keycheck::blocklist::BlocklistFile;
+use ca_server::key::blocklist::BlocklistFile;
 use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
 use ca_server::storage::Table;
 use common::{b64, csr, ready_order, Account, Reply, TestServer};
@@ -833,9 +833,11 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
         .and_then(|u| u.rsplit('/').next())
         .expect("cert url")
         .to_owned();
-    let fingerprint = ca_server::keycheck::spki_sha256(
-        &ca_server::csr::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&shared))
-            .expect("spki"),
+    let fingerprint = ca_server::key::spki_sha256(
+        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(
+            &shared,
+        ))
+        .expect("spki"),
     );
     let used: KeyUse = s
         .app
@@ -924,8 +926,8 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
     assert_ne!(first.json()["certificate"], second.json()["certificate"]);
     assert!(attempts(&s).is_empty());
     // The index follows the newest certificate.
-    let fingerprint = ca_server::keycheck::spki_sha256(
-        &ca_server::csr::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
+    let fingerprint = ca_server::key::spki_sha256(
+        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
             .expect("spki"),
     );
     let used: KeyUse = s

@@ -431,7 +431,7 @@ pub(crate) fn check_ca_certificate(der: &[u8]) -> std::result::Result<(), String
             cert.subject()
         ));
     }
-    crate::csr::public_key_from_spki(cert.public_key())
+    crate::key::policy::public_key_from_spki(cert.public_key())
         .map_err(|e| format!("{}: {}", cert.subject(), e.to_problem().detail))?;
     Ok(())
 }

@@ -11,7 +11,6 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Version};
 
 use super::anchors::TrustAnchor;
-use crate::csr;
 use crate::types::rfc3339;
 
 /// A path that checked out: the IDevID (as `x5c[0]`) and the anchor it leads to.
@@ -154,12 +153,14 @@ fn check_signature(
     if cert.signature_algorithm != cert.tbs_certificate.signature {
         return Err("its signature algorithm differs from the one in its signed part".to_owned());
     }
-    let alg = csr::signature_algorithm_by_oid(&oid)
-        .filter(|_| csr::absent_or_null(cert.signature_algorithm.parameters.as_ref()))
+    let alg = crate::key::policy::signature_algorithm_by_oid(&oid)
+        .filter(|_| {
+            crate::key::policy::absent_or_null(cert.signature_algorithm.parameters.as_ref())
+        })
         .ok_or_else(|| format!("signature algorithm {oid} is not accepted"))?;
-    let key = csr::public_key_from_spki(issuer_key)
+    let key = crate::key::policy::public_key_from_spki(issuer_key)
         .map_err(|e| format!("issuer key: {}", e.to_problem().detail))?;
-    let verifier = csr::ring_verifier(alg, &key).ok_or_else(|| {
+    let verifier = crate::key::policy::ring_verifier(alg, &key).ok_or_else(|| {
         format!(
             "it is signed with {} but the issuer key is {}",
             alg.name(),

@@ -26,9 +26,7 @@
 //! device-client generates one on every renewal.
 
 pub mod attempts;
-pub mod blocklist;
 mod bounded;
-pub mod weak;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,64 +35,20 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use self::attempts::{WeakKeyAttempt, WeakKind};
-use self::blocklist::Blocklist;
 use self::bounded::Audited;
-use self::weak::Weakness;
 use crate::account::Account;
 use crate::app::AppState;
 use crate::cert::Certificate;
 use crate::csr::CsrInfo;
-use crate::der;
+use crate::key::blocklist::Blocklist;
+use crate::key::spki_sha256;
+use crate::key::weak::{self, Weakness};
 use crate::key::PublicKey;
 use crate::order::Order;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
 use crate::{jwk, Error, Result};
-
-/// The key's SubjectPublicKeyInfo in its one DER form (RFC 5280 §4.1.2.7 with the algorithm
-/// identifiers of RFC 3279 §2.3.1, RFC 5480 §2.1.1 and RFC 8410 §3). Built from the
-/// normalised key rather than copied from the CSR, so two encodings of one key cannot get two
-/// index entries.
-pub fn spki_der(key: &PublicKey) -> Vec<u8> {
-    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-    const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-    const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-    const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
-    let (algorithm, key_bits) = match key {
-        PublicKey::Rsa { n, e } => (
-            [der::tlv(der::OID, RSA_ENCRYPTION), der::tlv(der::NULL, &[])].concat(),
-            der::tlv(
-                der::SEQUENCE,
-                &[der::unsigned_integer(n), der::unsigned_integer(e)].concat(),
-            ),
-        ),
-        PublicKey::P256(point) => (
-            [der::tlv(der::OID, EC_PUBLIC_KEY), der::tlv(der::OID, P256)].concat(),
-            point.clone(),
-        ),
-        PublicKey::P384(point) => (
-            [der::tlv(der::OID, EC_PUBLIC_KEY), der::tlv(der::OID, P384)].concat(),
-            point.clone(),
-        ),
-        PublicKey::Ed25519(raw) => (der::tlv(der::OID, ED25519), raw.clone()),
-    };
-    der::tlv(
-        der::SEQUENCE,
-        &[
-            der::tlv(der::SEQUENCE, &algorithm),
-            der::bit_string(&key_bits),
-        ]
-        .concat(),
-    )
-}
-
-/// Lowercase hex SHA-256 of [`spki_der`]: the key of [`Table::KeyUse`], and the same value as
-/// `openssl pkey -pubin -outform DER | sha256sum` for the key.
-pub fn spki_sha256(key: &PublicKey) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki_der(key)))
-}
 
 /// The checks on the key alone: refuses (with `badPublicKey`) keys whose private half is
 /// known or computable.
@@ -493,10 +447,12 @@ impl Drop for Reservation {
 
 #[cfg(test)]
 mod tests {
+    use crate::key::blocklist;
+    use crate::key::spki_der;
     use rcgen::PublicKeyData;
 
     use super::*;
-    use crate::csr::test_support::{openssl, openssl_csr, openssl_rsa_key};
+    use crate::testutil::{openssl, openssl_csr, openssl_rsa_key};
 
     /// Reuse attempts are camelCase in the audit JSON, like weak-key attempts, and records
     /// stored in snake_case before that still read.
@@ -525,7 +481,7 @@ mod tests {
         ] {
             let key = rcgen::KeyPair::generate_for(alg).expect("key");
             let spki = key.subject_public_key_info();
-            let parsed = crate::csr::parse_spki(&spki).expect("SPKI");
+            let parsed = crate::key::policy::parse_spki(&spki).expect("SPKI");
             assert_eq!(spki_der(&parsed), spki, "{alg:?}");
         }
         let dir = tempfile::tempdir().expect("tmp");
@@ -537,7 +493,7 @@ mod tests {
             ],
         );
         let spki = std::fs::read(dir.path().join("k.der")).expect("der");
-        let parsed = crate::csr::parse_spki(&spki).expect("SPKI");
+        let parsed = crate::key::policy::parse_spki(&spki).expect("SPKI");
         assert_eq!(spki_der(&parsed), spki);
         let csr = openssl_csr(dir.path(), &["-key", "k.pem"], &[]);
         let info = crate::csr::parse_and_verify(&csr).expect("CSR");
@@ -551,7 +507,7 @@ mod tests {
     #[test]
     fn check_key_refuses_listed_keys_and_passes_others() {
         let key = rcgen::KeyPair::generate().expect("key");
-        let parsed = crate::csr::parse_spki(&key.subject_public_key_info()).expect("SPKI");
+        let parsed = crate::key::policy::parse_spki(&key.subject_public_key_info()).expect("SPKI");
         let mut record = [0u8; blocklist::RECORD_LEN];
         record[..blocklist::HASH_LEN]
             .copy_from_slice(&blocklist::bkhash(blocklist::key_number(&parsed)));
@@ -564,7 +520,7 @@ mod tests {
         );
         assert!(check_key(&parsed, None).is_ok());
         let other = rcgen::KeyPair::generate().expect("key");
-        let other = crate::csr::parse_spki(&other.subject_public_key_info()).expect("SPKI");
+        let other = crate::key::policy::parse_spki(&other.subject_public_key_info()).expect("SPKI");
         assert!(check_key(&other, Some(&list)).is_ok());
     }
 }

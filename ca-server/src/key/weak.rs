@@ -183,7 +183,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::csr::test_support::{openssl, openssl_rsa_key};
+    use crate::testutil::{openssl, openssl_rsa_key};
 
     fn random_odd(rng: &mut StdRng, bytes: usize) -> BigUint {
         let mut b = vec![0u8; bytes];

@@ -2,6 +2,14 @@
 //!
 //! Comparing keys across encodings (the account JWK against a CSR's SPKI, RFC 8555 §11.1) only
 //! works if both sides reduce to the same bytes, so every parser in the crate produces this type.
+//! The submodules hold what is decided about a key alone: the algorithm policy, factorable RSA
+//! moduli, and the compromised-key blocklist.
+
+pub mod blocklist;
+pub mod policy;
+pub mod weak;
+
+use crate::der;
 
 /// A public key this CA understands.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +124,50 @@ pub fn rsa_bits(n: &[u8]) -> usize {
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[start..]
+}
+
+/// The key's SubjectPublicKeyInfo in its one DER form (RFC 5280 §4.1.2.7 with the algorithm
+/// identifiers of RFC 3279 §2.3.1, RFC 5480 §2.1.1 and RFC 8410 §3). Built from the
+/// normalised key rather than copied from the CSR, so two encodings of one key cannot get two
+/// index entries.
+pub fn spki_der(key: &PublicKey) -> Vec<u8> {
+    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+    let (algorithm, key_bits) = match key {
+        PublicKey::Rsa { n, e } => (
+            [der::tlv(der::OID, RSA_ENCRYPTION), der::tlv(der::NULL, &[])].concat(),
+            der::tlv(
+                der::SEQUENCE,
+                &[der::unsigned_integer(n), der::unsigned_integer(e)].concat(),
+            ),
+        ),
+        PublicKey::P256(point) => (
+            [der::tlv(der::OID, EC_PUBLIC_KEY), der::tlv(der::OID, P256)].concat(),
+            point.clone(),
+        ),
+        PublicKey::P384(point) => (
+            [der::tlv(der::OID, EC_PUBLIC_KEY), der::tlv(der::OID, P384)].concat(),
+            point.clone(),
+        ),
+        PublicKey::Ed25519(raw) => (der::tlv(der::OID, ED25519), raw.clone()),
+    };
+    der::tlv(
+        der::SEQUENCE,
+        &[
+            der::tlv(der::SEQUENCE, &algorithm),
+            der::bit_string(&key_bits),
+        ]
+        .concat(),
+    )
+}
+
+/// Lowercase hex SHA-256 of [`spki_der`]: the key of [`Table::KeyUse`], and the same value as
+/// `openssl pkey -pubin -outform DER | sha256sum` for the key.
+pub fn spki_sha256(key: &PublicKey) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki_der(key)))
 }
 
 #[cfg(test)]

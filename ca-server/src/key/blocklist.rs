@@ -428,7 +428,7 @@ fn read_pem_hashes(path: &Path) -> Result<Vec<(String, [u8; HASH_LEN])>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csr::test_support::{openssl, openssl_rsa_key};
+    use crate::testutil::{openssl, openssl_rsa_key};
 
     fn record(hash: [u8; HASH_LEN], id: u8) -> [u8; RECORD_LEN] {
         let mut r = [0u8; RECORD_LEN];
@@ -553,7 +553,7 @@ mod tests {
             ("ec8.pem", &["ec.pem", "ecc.pem"]),
             ("ed.pem", &["edpub.pem"]),
         ] {
-            let csr = crate::csr::test_support::openssl_csr(d, &["-key", key], &[]);
+            let csr = crate::testutil::openssl_csr(d, &["-key", key], &[]);
             let info = crate::csr::parse_and_verify(&csr).expect("CSR");
             let want = bkhash(key_number(&info.public_key));
             for file in std::iter::once(&key).chain(forms) {
