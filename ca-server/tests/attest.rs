@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use ca_server::attest::anchors::{TrustAnchor, TrustAnchorStore};
 use ca_server::attest::object::{COSE_ES256, COSE_ES384, FORMAT};
 use ca_server::der::names::PermanentId;
-use common::{b64, Account, TestServer};
+use common::{b64, openssl, tlv, Account, TestServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SignatureAlgorithm, SigningKey,
@@ -31,20 +31,6 @@ const PEN: &str = "1.3.6.1.4.1.32473";
 const OTHER_PEN: &str = "2.999.2";
 /// The hwType of `device_with_hardware_module_name`: 1.3.6.1.4.1.32473.1.
 const HW_TYPE: &str = "1.3.6.1.4.1.32473.1";
-
-/// DER TLV, for the few structures rcgen cannot write.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    if content.len() < 0x80 {
-        out.push(content.len() as u8);
-    } else if content.len() < 0x100 {
-        out.extend([0x81, content.len() as u8]);
-    } else {
-        out.extend([0x82, (content.len() >> 8) as u8, content.len() as u8]);
-    }
-    out.extend_from_slice(content);
-    out
-}
 
 /// A manufacturer's IDevID CA: a root, optionally with an issuing intermediate.
 struct Manufacturer {
@@ -70,6 +56,13 @@ fn ca_params(cn: &str, years: (i32, i32)) -> CertificateParams {
 }
 
 impl Manufacturer {
+    /// The P-256 "Example IDevID Root", trusted by `s` as "example" with the assigner [`PEN`].
+    fn example(s: &TestServer) -> Self {
+        let maker = Self::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+        maker.add_to(s, "example", PEN);
+        maker
+    }
+
     /// A root issuing IDevIDs directly.
     fn new(cn: &str, alg: &'static SignatureAlgorithm) -> Self {
         let key = KeyPair::generate_for(alg).expect("key");
@@ -208,20 +201,7 @@ fn device_id(value: &str) -> Value {
 
 /// A new order; returns (order URL, order object).
 async fn new_order(s: &TestServer, acct: &Account, ids: Value) -> (String, Value) {
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": ids})),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    (r.header("location").expect("location"), r.json())
+    s.create_order(acct, &json!({ "identifiers": ids })).await
 }
 
 /// The authorization of `order` for `identifier`, and its device-attest-01 challenge.
@@ -282,12 +262,7 @@ async fn refused(
     att_obj: &[u8],
 ) -> String {
     let r = answer(s, acct, challenge, att_obj).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     let c = r.json();
     assert_eq!(c["status"], "invalid", "{c}");
     assert_eq!(
@@ -325,31 +300,12 @@ fn permanent_name(value: &str) -> Vec<u8> {
 
 /// Finalizes and downloads; returns the leaf certificate DER and the chain PEM.
 async fn finalize(s: &TestServer, acct: &Account, order: &Value, csr: &[u8]) -> (Vec<u8>, String) {
-    let r = s
-        .post_as(
-            acct,
-            order["finalize"].as_str().expect("finalize"),
-            Some(&json!({"csr": b64(csr)})),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    let r = s.finalize(acct, order, csr).await;
+    r.assert_status(StatusCode::OK);
     let o = r.json();
     assert_eq!(o["status"], "valid", "{o}");
-    let c = s
-        .post_as(acct, o["certificate"].as_str().expect("cert url"), None)
-        .await;
-    assert_eq!(c.status, StatusCode::OK);
-    let pem = String::from_utf8(c.body).expect("utf8");
-    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .expect("pem")
-        .1
-        .contents;
-    (der, pem)
+    let pem = s.certificate_chain(acct, &o).await;
+    (common::leaf_der(&pem), pem)
 }
 
 /// The otherName values (after the type-id) of a certificate's SAN with `oid`.
@@ -369,28 +325,13 @@ fn other_names(der: &[u8], oid: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command must be installed for these tests");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Positive paths.
 
 #[tokio::test]
 async fn es256_idevid_enrolls_and_the_certificate_carries_the_permanent_identifier() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("Sn-0042", &rcgen::PKCS_ECDSA_P256_SHA256);
 
     let acct = s.new_account().await;
@@ -404,12 +345,7 @@ async fn es256_idevid_enrolls_and_the_certificate_carries_the_permanent_identifi
     assert!(c["token"].as_str().is_some_and(|t| t.len() >= 22), "{c}");
 
     let r = answer(&s, &acct, &c, &device.attest(&key_authorization(&acct, &c))).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     assert_eq!(r.json()["status"], "valid", "{}", r.json());
     assert!(r.header("link").is_some_and(|l| l.contains("rel=\"up\"")));
     assert_eq!(
@@ -424,31 +360,28 @@ async fn es256_idevid_enrolls_and_the_certificate_carries_the_permanent_identifi
     // The CSR may leave the permanent identifier out (SPEC §7.4): the certificate has it anyway.
     let (_, request) = csr(None, &[]);
     let (der, pem) = finalize(&s, &acct, &order, &request).await;
-    let (_, cert) = X509Certificate::from_der(&der).expect("cert");
-    let cn: Vec<_> = cert
-        .subject()
-        .iter_common_name()
-        .map(|a| a.as_str().expect("cn"))
-        .collect();
     // The CN is the whole identifier (SPEC §8.2): the serial alone may be another
     // manufacturer's device's.
-    assert_eq!(cn, ["Sn-0042/1.3.6.1.4.1.32473"]);
-    // otherName PermanentIdentifier:
-    // [0] { SEQUENCE { UTF8String "Sn-0042", OID 1.3.6.1.4.1.32473 } }.
-    let values = other_names(&der, "1.3.6.1.5.5.7.8.3");
+    assert_eq!(common_names(&der), ["Sn-0042/1.3.6.1.4.1.32473"]);
+    assert_permanent_identifier(&der, &pem, "Sn-0042");
+}
+
+/// Asserts that the leaf `der` (PEM `pem`) holds one otherName PermanentIdentifier,
+/// `[0] { SEQUENCE { UTF8String serial, OID PEN } }`, in the bytes openssl's own encoder
+/// writes, and that openssl names the extension.
+fn assert_permanent_identifier(der: &[u8], pem: &str, serial: &str) {
+    let values = other_names(der, "1.3.6.1.5.5.7.8.3");
     let assigner = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59]);
     assert_eq!(
         values,
         vec![tlv(
             0xa0,
-            &tlv(0x30, &[tlv(0x0c, b"Sn-0042"), assigner].concat())
+            &tlv(0x30, &[tlv(0x0c, serial.as_bytes()), assigner].concat())
         )]
     );
-
-    // openssl names the extension, and its own encoder writes the same bytes.
-    assert_eq!(openssl_permanent_identifier("Sn-0042", Some(PEN)), values);
+    assert_eq!(openssl_permanent_identifier(serial, Some(PEN)), values);
     let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::write(tmp.path().join("leaf.pem"), &pem).expect("write");
+    std::fs::write(tmp.path().join("leaf.pem"), pem).expect("write");
     let text = openssl(tmp.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
     assert!(text.contains("Permanent Identifier"), "{text}");
 }
@@ -518,39 +451,14 @@ async fn es384_idevid_via_intermediate_with_hardware_module_name_and_assigner() 
         &[permanent_name("HM-7781/1.3.6.1.4.1.32473")],
     );
     let (der, pem) = finalize(&s, &acct, &order, &request).await;
-    let (_, cert) = X509Certificate::from_der(&der).expect("cert");
-    let cn: Vec<_> = cert
-        .subject()
-        .iter_common_name()
-        .map(|a| a.as_str().expect("cn"))
-        .collect();
-    assert_eq!(cn, ["HM-7781/1.3.6.1.4.1.32473"]);
-    let values = other_names(&der, "1.3.6.1.5.5.7.8.3");
-    let assigner = tlv(0x06, &[0x2b, 6, 1, 4, 1, 0x81, 0xfd, 0x59]);
-    assert_eq!(
-        values,
-        vec![tlv(
-            0xa0,
-            &tlv(0x30, &[tlv(0x0c, b"HM-7781"), assigner].concat())
-        )]
-    );
-
-    // The same PermanentIdentifier written by openssl's own encoder has the same bytes.
-    assert_eq!(
-        openssl_permanent_identifier("HM-7781", Some("1.3.6.1.4.1.32473")),
-        values
-    );
-    let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::write(tmp.path().join("leaf.pem"), &pem).expect("write");
-    let text = openssl(tmp.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
-    assert!(text.contains("Permanent Identifier"), "{text}");
+    assert_eq!(common_names(&der), ["HM-7781/1.3.6.1.4.1.32473"]);
+    assert_permanent_identifier(&der, &pem, "HM-7781");
 }
 
 #[tokio::test]
 async fn a_mixed_device_and_dns_order_gets_both_names() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("PLC-0007", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
     let id = device_id("PLC-0007/1.3.6.1.4.1.32473");
@@ -592,14 +500,9 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
             permanent_name("PLC-0007/1.3.6.1.4.1.32473"),
         ],
     );
-    let r = s
-        .post_as(
-            &acct,
-            order["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(&wrong)})),
-        )
-        .await;
-    r.assert_problem(400, "badCSR");
+    s.finalize(&acct, &order, &wrong)
+        .await
+        .assert_problem(400, "badCSR");
     // So is one with a different serial.
     let (_, wrong) = csr(
         None,
@@ -609,29 +512,15 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
             permanent_name("PLC-0008/1.3.6.1.4.1.32473"),
         ],
     );
-    let r = s
-        .post_as(
-            &acct,
-            order["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(&wrong)})),
-        )
-        .await;
-    let p = r.assert_problem(400, "badCSR");
-    assert!(
-        p["detail"].as_str().is_some_and(|d| d.contains("PLC-0008")),
-        "{p}"
-    );
+    s.finalize(&acct, &order, &wrong)
+        .await
+        .assert_problem_detail(400, "badCSR", "PLC-0008");
 
     let (_, request) = csr(None, &[dns_name, ip_name]);
     let (der, pem) = finalize(&s, &acct, &order, &request).await;
     let (_, cert) = X509Certificate::from_der(&der).expect("cert");
-    let cn: Vec<_> = cert
-        .subject()
-        .iter_common_name()
-        .map(|a| a.as_str().expect("cn"))
-        .collect();
     assert_eq!(
-        cn,
+        common_names(&der),
         ["PLC-0007/1.3.6.1.4.1.32473"],
         "a device certificate is named after the device"
     );
@@ -682,6 +571,21 @@ async fn device_order(s: &TestServer, acct: &Account, value: &str) -> (String, S
     (order_url, authz_url, c)
 }
 
+/// Orders `value` as `acct`, answers with `device`'s attestation for that challenge and
+/// returns the detail of the refusal, checked as [`refused`] checks it.
+async fn refused_device(s: &TestServer, acct: &Account, device: &Device, value: &str) -> String {
+    let (o, a, c) = device_order(s, acct, value).await;
+    refused(
+        s,
+        acct,
+        &o,
+        &a,
+        &c,
+        &device.attest(&key_authorization(acct, &c)),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn an_idevid_from_an_unconfigured_manufacturer_is_refused() {
     let s = TestServer::new();
@@ -693,16 +597,7 @@ async fn an_idevid_from_an_unconfigured_manufacturer_is_refused() {
     let acct = s.new_account().await;
 
     let device = other.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-1/1.3.6.1.4.1.32473").await;
     assert!(
         detail.contains("does not lead to a configured manufacturer trust anchor")
             && detail.contains("CN=Unknown Devices Root"),
@@ -710,16 +605,7 @@ async fn an_idevid_from_an_unconfigured_manufacturer_is_refused() {
     );
 
     let device = impostor.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-1/1.3.6.1.4.1.32473").await;
     assert!(
         detail.contains("trust anchor \"trusted\" has the name") && detail.contains("did not sign"),
         "{detail}"
@@ -731,17 +617,8 @@ async fn no_trust_anchors_means_no_attestation_succeeds() {
     let s = TestServer::new();
     let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-1/1.3.6.1.4.1.32473").await;
     assert!(
         detail.contains("no usable manufacturer trust anchors are configured"),
         "{detail}"
@@ -751,35 +628,16 @@ async fn no_trust_anchors_means_no_attestation_succeeds() {
 #[tokio::test]
 async fn an_idevid_serial_other_than_the_ordered_one_is_refused() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN123", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN124/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN124/1.3.6.1.4.1.32473").await;
     assert_eq!(
         detail,
         "IDevID serial \"SN123\" (subject serialNumber) does not match the ordered identifier \"SN124\""
     );
     // Octet for octet: case matters.
-    let (o, a, c) = device_order(&s, &acct, "sn123/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "sn123/1.3.6.1.4.1.32473").await;
     assert!(
         detail.contains("does not match the ordered identifier \"sn123\""),
         "{detail}"
@@ -824,32 +682,14 @@ async fn two_manufacturers_devices_with_the_same_serial_are_two_devices() {
     let acct = s.new_account().await;
 
     // Vendor B's device cannot take vendor A's device's identifier...
-    let (o, a, c) = device_order(&s, &acct, "0042/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device_b.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device_b, "0042/1.3.6.1.4.1.32473").await;
     assert_eq!(
         detail,
         "the ordered identifier names assigner 1.3.6.1.4.1.32473, but the IDevID chain leads \
          to trust anchor \"vendor-b\", whose assigner is 2.999.2: order \"0042/2.999.2\""
     );
     // ...nor the bare serial, which is no particular manufacturer's device.
-    let (o, a, c) = device_order(&s, &acct, "0042").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device_b.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device_b, "0042").await;
     assert!(detail.contains("order \"0042/2.999.2\""), "{detail}");
 
     // Each enrolls as its own manufacturer's device, and the certificates' CNs (the MQTT
@@ -874,20 +714,10 @@ async fn two_manufacturers_devices_with_the_same_serial_are_two_devices() {
 #[tokio::test]
 async fn an_identifier_without_an_assigner_is_refused_for_device_attestation() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN-5", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-5").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-5").await;
     assert_eq!(
         detail,
         "device-attest-01 proves a serial qualified by its manufacturer's assigner, and the \
@@ -902,23 +732,13 @@ async fn an_identifier_without_an_assigner_is_refused_for_device_attestation() {
 #[tokio::test]
 async fn a_hardware_type_the_anchor_does_not_accept_is_refused() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device_with_hardware_module_name("HM-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
     let id = "HM-1/1.3.6.1.4.1.32473";
 
     // No hardware types accepted.
-    let (o, a, c) = device_order(&s, &acct, id).await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, id).await;
     assert_eq!(
         detail,
         "the IDevID's hardwareModuleName has hwType 1.3.6.1.4.1.32473.1, which trust anchor \
@@ -929,16 +749,7 @@ async fn a_hardware_type_the_anchor_does_not_accept_is_refused() {
 
     // Another product line of the manufacturer accepted, not this one.
     maker.add_with_hw_types(&s, "example", PEN, &["1.3.6.1.4.1.32473.2"]);
-    let (o, a, c) = device_order(&s, &acct, id).await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, id).await;
     assert!(
         detail.contains("(accepted: 1.3.6.1.4.1.32473.2)")
             && detail.contains("--hw-type 1.3.6.1.4.1.32473.2 --hw-type 1.3.6.1.4.1.32473.1 FILE"),
@@ -953,16 +764,7 @@ async fn a_hardware_type_the_anchor_does_not_accept_is_refused() {
         );
         p.custom_extensions = vec![hardware_module_name(3, "SN-6")];
     });
-    let (o, a, c) = device_order(&s, &acct, "SN-6/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &both.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &both, "SN-6/1.3.6.1.4.1.32473").await;
     assert!(detail.contains("hwType 1.3.6.1.4.1.32473.3"), "{detail}");
 
     // Once the operator accepts the type, the device enrolls.
@@ -988,16 +790,7 @@ async fn an_anchor_file_without_an_assigner_is_not_used() {
     let device = maker.device("SN-7", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
-    let (o, a, c) = device_order(&s, &acct, "SN-7/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-7/1.3.6.1.4.1.32473").await;
     assert!(
         detail.starts_with("no usable manufacturer trust anchors are configured"),
         "{detail}"
@@ -1006,16 +799,7 @@ async fn an_anchor_file_without_an_assigner_is_not_used() {
     Manufacturer::new("Other IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256)
         .add_to(&s, "other", OTHER_PEN);
     for value in ["SN-7/1.3.6.1.4.1.32473", "SN-7"] {
-        let (o, a, c) = device_order(&s, &acct, value).await;
-        let detail = refused(
-            &s,
-            &acct,
-            &o,
-            &a,
-            &c,
-            &device.attest(&key_authorization(&acct, &c)),
-        )
-        .await;
+        let detail = refused_device(&s, &acct, &device, value).await;
         assert!(
             detail.contains("does not lead to a configured manufacturer trust anchor"),
             "{value}: {detail}"
@@ -1061,8 +845,7 @@ async fn pre_authorized_serials_are_certified_with_or_without_an_assigner() {
 #[tokio::test]
 async fn an_attestation_for_another_challenge_is_refused() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN-9", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
@@ -1092,8 +875,7 @@ async fn an_attestation_for_another_challenge_is_refused() {
 #[tokio::test]
 async fn an_answered_challenge_cannot_be_answered_again() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN-3", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
@@ -1120,8 +902,7 @@ async fn an_answered_challenge_cannot_be_answered_again() {
 #[tokio::test]
 async fn an_expired_idevid_is_refused() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device_with(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
         p.distinguished_name.push(
             DnType::CustomDnType(vec![2, 5, 4, 5]),
@@ -1131,16 +912,7 @@ async fn an_expired_idevid_is_refused() {
         p.not_after = rcgen::date_time_ymd(2020, 6, 30);
     });
     let acct = s.new_account().await;
-    let (o, a, c) = device_order(&s, &acct, "SN-OLD/1.3.6.1.4.1.32473").await;
-    let detail = refused(
-        &s,
-        &acct,
-        &o,
-        &a,
-        &c,
-        &device.attest(&key_authorization(&acct, &c)),
-    )
-    .await;
+    let detail = refused_device(&s, &acct, &device, "SN-OLD/1.3.6.1.4.1.32473").await;
     assert!(
         detail.starts_with("IDevID (") && detail.ends_with("expired at 2020-06-30T00:00:00Z"),
         "{detail}"
@@ -1150,8 +922,7 @@ async fn an_expired_idevid_is_refused() {
 #[tokio::test]
 async fn malformed_responses_and_other_formats_are_refused() {
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
 
@@ -1201,7 +972,6 @@ async fn malformed_responses_and_other_formats_are_refused() {
 async fn permanent_identifier_syntax_and_the_enrollment_switch() {
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let url = s.url("/acme/new-order");
     for (value, kind) in [
         ("A/B/1.2", "malformed"),
         ("/1.2.3", "malformed"),
@@ -1209,11 +979,7 @@ async fn permanent_identifier_syntax_and_the_enrollment_switch() {
         ("SN\u{1}", "rejectedIdentifier"),
     ] {
         let r = s
-            .post_as(
-                &acct,
-                &url,
-                Some(&json!({"identifiers": [device_id(value)]})),
-            )
+            .post_new_order(&acct, &json!({"identifiers": [device_id(value)]}))
             .await;
         r.assert_problem(400, kind);
     }
@@ -1222,11 +988,7 @@ async fn permanent_identifier_syntax_and_the_enrollment_switch() {
     let off = TestServer::with(|cfg| cfg.enrollment.device_attestation = false);
     let acct = off.new_account().await;
     let r = off
-        .post_as(
-            &acct,
-            &off.url("/acme/new-order"),
-            Some(&json!({"identifiers": [device_id("SN-1")]})),
-        )
+        .post_new_order(&acct, &json!({"identifiers": [device_id("SN-1")]}))
         .await;
     r.assert_problem(400, "rejectedIdentifier");
 }
@@ -1235,8 +997,7 @@ async fn permanent_identifier_syntax_and_the_enrollment_switch() {
 async fn turning_attestation_off_refuses_pending_challenges() {
     // The switch is read at verification too, not only when the authorization was created.
     let s = TestServer::new();
-    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
-    maker.add_to(&s, "example", PEN);
+    let maker = Manufacturer::example(&s);
     let device = maker.device("SN-1", &rcgen::PKCS_ECDSA_P256_SHA256);
     let acct = s.new_account().await;
     let (o, a, c) = device_order(&s, &acct, "SN-1/1.3.6.1.4.1.32473").await;
@@ -1281,9 +1042,7 @@ async fn turning_attestation_off_refuses_pending_challenges() {
     let r = answer(&off, &acct, &c, &att).await;
     let got = r.json();
     assert_eq!(got["status"], "invalid", "{got}");
-    assert!(got["error"]["detail"]
-        .as_str()
-        .is_some_and(|d| d.contains("turned off")));
+    common::assert_detail_contains(&got["error"], "turned off");
     assert_eq!(
         off.post_as(&acct, &a, None).await.json()["status"],
         "invalid"

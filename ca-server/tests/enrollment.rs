@@ -6,19 +6,14 @@ mod common;
 use axum::http::StatusCode;
 use ca_server::approval::{mark_duplicates, pairing_code, ApprovalQueue, Decision};
 use ca_server::eab::{AllowRule, NewCredential};
-use common::{b64, Key, TestServer};
+use common::{Key, TestServer};
 use serde_json::{json, Value};
 
 async fn bound_account(s: &TestServer, kid: &str, hmac: &str) -> Result<common::Account, Value> {
     let key = Key::generate();
-    let url = s.url("/acme/new-account");
+    let binding = common::eab_binding(&key, kid, hmac, &s.url("/acme/new-account"));
     let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": common::eab_binding(&key, kid, hmac, &url)})),
-        )
+        .post_new_account(&key, &json!({"externalAccountBinding": binding}))
         .await;
     if r.status != StatusCode::CREATED {
         return Err(r.json());
@@ -77,20 +72,12 @@ async fn allow_listed_credential_pre_authorizes_and_refuses_the_rest() {
         .expect("account");
 
     // Allowed identifiers: authorizations are valid at once, the order is ready.
-    let r = s
-        .post_as(
+    let (_, o) = s
+        .create_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-1.plant.example"), ("ip", "10.20.3.4")])),
+            &ids(&[("dns", "plc-1.plant.example"), ("ip", "10.20.3.4")]),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let o = r.json();
     assert_eq!(o["status"], "ready", "{o}");
     for a in o["authorizations"].as_array().expect("authzs") {
         let a = s
@@ -108,13 +95,7 @@ async fn allow_listed_credential_pre_authorizes_and_refuses_the_rest() {
     .expect("params");
     p.distinguished_name = rcgen::DistinguishedName::new();
     let csr = p.serialize_request(&key).expect("csr");
-    let fin = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr.der())})),
-        )
-        .await;
+    let fin = s.finalize(&acct, &o, csr.der()).await;
     assert_eq!(
         fin.json()["status"],
         "valid",
@@ -124,22 +105,17 @@ async fn allow_listed_credential_pre_authorizes_and_refuses_the_rest() {
 
     // Outside the allow-list: rejectedIdentifier, one subproblem per identifier.
     let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-1.other.example")])),
-        )
+        .post_new_order(&acct, &ids(&[("dns", "plc-1.other.example")]))
         .await;
     r.assert_problem(400, "rejectedIdentifier");
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[
+            &ids(&[
                 ("dns", "x.other.example"),
                 ("ip", "10.30.0.1"),
                 ("dns", "ok.plant.example"),
-            ])),
+            ]),
         )
         .await;
     let p = r.assert_problem(400, "compound");
@@ -160,28 +136,14 @@ async fn allow_listed_credential_pre_authorizes_and_refuses_the_rest() {
         .err()
         .expect("third refused");
     assert_eq!(p["type"], "urn:ietf:params:acme:error:unauthorized", "{p}");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("2 allowed account"),
-        "{p}"
-    );
+    common::assert_detail_contains(&p, "2 allowed account");
 
     // Revoking the credential stops its accounts from ordering.
     assert!(s.app.eab.revoke(&cred.kid).expect("revoke"));
     let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-1.plant.example")])),
-        )
+        .post_new_order(&acct, &ids(&[("dns", "plc-1.plant.example")]))
         .await;
-    let p = r.assert_problem(403, "unauthorized");
-    assert!(
-        p["detail"].as_str().unwrap_or_default().contains("revoked"),
-        "{p}"
-    );
+    r.assert_problem_detail(403, "unauthorized", "revoked");
 }
 
 #[tokio::test]
@@ -192,11 +154,7 @@ async fn credential_without_allow_list_still_requires_challenges() {
         .await
         .expect("account");
     let o = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "anything.example")])),
-        )
+        .post_new_order(&acct, &ids(&[("dns", "anything.example")]))
         .await
         .json();
     assert_eq!(o["status"], "pending");
@@ -204,15 +162,7 @@ async fn credential_without_allow_list_still_requires_challenges() {
 
 async fn approval_order(s: &TestServer) -> (common::Account, Value, String) {
     let acct = s.new_account().await;
-    let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-9")])),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let o = r.json();
+    let (_, o) = s.create_order(&acct, &ids(&[("dns", "plc-9")])).await;
     let authz_url = o["authorizations"][0].as_str().expect("authz").to_owned();
     (acct, o, authz_url)
 }
@@ -306,13 +256,7 @@ async fn operator_rejection_and_expiry_fail_the_authorization() {
         c["error"]["type"],
         "urn:ietf:params:acme:error:unauthorized"
     );
-    assert!(
-        c["error"]["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("commissioning list"),
-        "{c}"
-    );
+    common::assert_detail_contains(&c["error"], "commissioning list");
     assert!(
         q.decide(&id, &Decision::Approve).is_err(),
         "decided requests are gone"
@@ -326,26 +270,14 @@ async fn operator_rejection_and_expiry_fail_the_authorization() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let c = s.post_as(&acct, &chall, None).await.json();
     assert_eq!(c["status"], "invalid", "{c}");
-    assert!(
-        c["error"]["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("expired"),
-        "{c}"
-    );
+    common::assert_detail_contains(&c["error"], "expired");
 }
 
 #[tokio::test]
 async fn no_enabled_path_is_rejected_identifier() {
     let s = TestServer::with(|c| c.enrollment.network_challenges = false);
     let acct = s.new_account().await;
-    let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-1")])),
-        )
-        .await;
+    let r = s.post_new_order(&acct, &ids(&[("dns", "plc-1")])).await;
     r.assert_problem(400, "rejectedIdentifier");
 }
 
@@ -373,13 +305,7 @@ async fn post_from(
     url: &str,
     addr: std::net::SocketAddr,
 ) -> common::Reply {
-    let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "kid": acct.kid});
-    let mut req = axum::http::Request::post(url)
-        .header(axum::http::header::CONTENT_TYPE, "application/jose+json")
-        .body(axum::body::Body::from(
-            acct.key.jws(&protected, Some(&json!({}))).to_string(),
-        ))
-        .expect("request");
+    let mut req = s.signed_post(acct, url, Some(&json!({}))).await;
     req.extensions_mut()
         .insert(axum::extract::ConnectInfo(addr));
     s.send(req).await
@@ -387,23 +313,8 @@ async fn post_from(
 
 /// An order for `name` from `acct`; the URL of its one authorization.
 async fn approval_authz(s: &TestServer, acct: &common::Account, name: &str) -> String {
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", name)])),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()["authorizations"][0]
-        .as_str()
-        .expect("authz")
-        .to_owned()
+    let (_, o) = s.create_order(acct, &ids(&[("dns", name)])).await;
+    o["authorizations"][0].as_str().expect("authz").to_owned()
 }
 
 /// The challenge's status, read back with POST-as-GET.
@@ -417,16 +328,11 @@ async fn challenge_status(s: &TestServer, acct: &common::Account, chall: &str) -
 async fn each_request_of_one_account_gets_its_own_pairing_code() {
     let s = approval_server("1h");
     let acct = s.new_account().await;
-    let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("dns", "plc-9"), ("dns", "plc-10")])),
-        )
+    let (_, o) = s
+        .create_order(&acct, &ids(&[("dns", "plc-9"), ("dns", "plc-10")]))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
     let mut expected = Vec::new();
-    for authz_url in r.json()["authorizations"].as_array().expect("authzs") {
+    for authz_url in o["authorizations"].as_array().expect("authzs") {
         let (reply, _, a) = trigger(&s, &acct, authz_url.as_str().expect("url"), None).await;
         assert_eq!(reply.json()["status"], "processing");
         let token = a["challenges"][0]["token"].as_str().expect("token");
@@ -459,9 +365,7 @@ async fn the_sixth_waiting_request_of_an_account_is_rate_limited() {
     }
     let authz = approval_authz(&s, &acct, "plc-5").await;
     let (r, chall, _) = trigger(&s, &acct, &authz, None).await;
-    let p = r.assert_problem(429, "rateLimited");
-    let detail = p["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("pending_approvals_per_account"), "{p}");
+    r.assert_problem_detail(429, "rateLimited", "pending_approvals_per_account");
     let retry: u64 = r
         .header("retry-after")
         .expect("Retry-After")
@@ -513,12 +417,8 @@ async fn waiting_requests_from_one_address_are_capped() {
     let acct = s.new_account().await;
     let authz = approval_authz(&s, &acct, "hmi-3").await;
     let (r, chall, _) = trigger(&s, &acct, &authz, Some(addr)).await;
-    let p = r.assert_problem(429, "rateLimited");
-    let detail = p["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains("pending_approvals_per_address") && detail.contains("192.0.2.7"),
-        "{p}"
-    );
+    let p = r.assert_problem_detail(429, "rateLimited", "pending_approvals_per_address");
+    common::assert_detail_contains(&p, "192.0.2.7");
     assert!(r.header("retry-after").is_some());
     assert_eq!(challenge_status(&s, &acct, &chall).await, "pending");
     let pending = ApprovalQueue::new(s.dir.path())
@@ -538,40 +438,22 @@ async fn waiting_requests_from_one_address_are_capped() {
 /// of eight concurrent requests of one account wait, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_requests_do_not_overshoot_the_cap() {
-    let s = std::sync::Arc::new(TestServer::with(|c| {
+    let s = TestServer::with(|c| {
         c.enrollment.operator_approval = true;
         c.enrollment.network_challenges = false;
         c.rate_limits.pending_approvals_per_account = 2;
-    }));
-    let acct = std::sync::Arc::new(s.new_account().await);
+    });
+    let acct = s.new_account().await;
     let mut posts = Vec::new();
     for i in 0..8 {
         let authz = approval_authz(&s, &acct, &format!("rtu-{i}")).await;
         let a = s.post_as(&acct, &authz, None).await.json();
         let chall = a["challenges"][0]["url"].as_str().expect("url").to_owned();
         // Signed ahead, so that the POSTs themselves start together.
-        let protected =
-            json!({"alg": "ES256", "nonce": s.nonce().await, "url": chall, "kid": acct.kid});
-        posts.push((
-            chall,
-            acct.key.jws(&protected, Some(&json!({}))).to_string(),
-        ));
+        posts.push(s.signed_post(&acct, &chall, Some(&json!({}))).await);
     }
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(posts.len()));
-    let tasks: Vec<_> = posts
-        .into_iter()
-        .map(|(chall, body)| {
-            let (s, start) = (s.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                s.post_raw(&chall, body).await.status
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.expect("task"));
-    }
+    let replies = common::send_concurrently(&s, posts).await;
+    let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     let limited = statuses
         .iter()
@@ -671,18 +553,10 @@ async fn approval_list_escapes_bidi_controls_in_a_stored_identifier() {
     let acct = s.new_account().await;
     // Shown as "SN-TSET-0042" by a terminal that applies the override.
     let serial = "SN-\u{202e}2400-TEST";
-    let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&ids(&[("permanent-identifier", serial)])),
-        )
+    let (_, o) = s
+        .create_order(&acct, &ids(&[("permanent-identifier", serial)]))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
-    let authz_url = r.json()["authorizations"][0]
-        .as_str()
-        .expect("authz")
-        .to_owned();
+    let authz_url = o["authorizations"][0].as_str().expect("authz").to_owned();
     let a = s.post_as(&acct, &authz_url, None).await.json();
     let chall = a["challenges"]
         .as_array()

@@ -34,10 +34,7 @@ async fn new_order(s: &TestServer, acct: &common::Account, payload: &Value) -> R
 /// A ready order's object with its `url`: pre-authorized, or else with its authorizations
 /// marked valid as a passed http-01 challenge would (`common::validate_all`).
 async fn ready(s: &TestServer, acct: &common::Account, names: &[&str]) -> Value {
-    let r = new_order(s, acct, &identifiers(names)).await;
-    r.assert_status(StatusCode::CREATED);
-    let url = r.header("location").expect("location");
-    let mut o = r.json();
+    let (url, mut o) = s.create_order(acct, &identifiers(names)).await;
     if o["status"] == "pending" {
         common::validate_all(s, &o);
         o = s.post_as(acct, &url, None).await.json();
@@ -49,11 +46,9 @@ async fn ready(s: &TestServer, acct: &common::Account, names: &[&str]) -> Value 
 
 /// A ready order that an allow-listed credential pre-authorized: no challenge was needed.
 async fn pre_authorized(s: &TestServer, acct: &common::Account, names: &[&str]) -> Value {
-    let r = new_order(s, acct, &identifiers(names)).await;
-    r.assert_status(StatusCode::CREATED);
-    let mut o = r.json();
+    let (url, mut o) = s.create_order(acct, &identifiers(names)).await;
     assert_eq!(o["status"], "ready", "not pre-authorized: {o}");
-    o["url"] = json!(r.header("location").expect("location"));
+    o["url"] = json!(url);
     o
 }
 
@@ -75,29 +70,12 @@ async fn finalize(
             .push(SanType::URI((*uri).try_into().expect("ia5")));
     }
     let csr = p.serialize_request(&key).expect("csr");
-    let r = s
-        .post_as(
-            acct,
-            order["finalize"].as_str().expect("finalize"),
-            Some(&json!({"csr": b64(csr.der())})),
-        )
-        .await;
-    (r, key)
+    (s.finalize(acct, order, csr.der()).await, key)
 }
 
 /// The DER of the leaf a valid order's certificate URL serves.
 async fn leaf_der(s: &TestServer, acct: &common::Account, order: &Value) -> Vec<u8> {
-    let pem = s
-        .post_as(acct, order["certificate"].as_str().expect("cert url"), None)
-        .await
-        .body;
-    let text = String::from_utf8(pem).expect("pem");
-    let b64: String = text
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("der")
+    common::leaf_der(&s.certificate_chain(acct, order).await)
 }
 
 /// Issues a certificate for `names` to `acct` through a ready order.
@@ -213,13 +191,9 @@ async fn an_application_uri_is_bound_to_the_first_account_until_released() {
     let plc = bound(&s, &cred).await;
     let o = new_order(&s, &plc, &order_for("10.20.0.7")).await.json();
     let (r, _) = finalize(&s, &plc, &o, &["10.20.0.7"], &[uri]).await;
-    let p = r.assert_problem(400, "badCSR");
     let scada_id = scada.kid.rsplit('/').next().expect("id");
-    let detail = p["detail"].as_str().expect("detail");
-    assert!(
-        detail.contains(scada_id) && detail.contains("identity release"),
-        "{p}"
-    );
+    let p = r.assert_problem_detail(400, "badCSR", scada_id);
+    common::assert_detail_contains(&p, "identity release");
     // Its own URI is fine, and the order stayed ready for it.
     let (r, _) = finalize(&s, &plc, &o, &["10.20.0.7"], &["urn:plant.example:plc-7"]).await;
     r.assert_status(StatusCode::OK);
@@ -271,19 +245,13 @@ async fn a_shared_credential_does_not_pre_authorize_a_siblings_name() {
     let first = bound(&closed, &cred).await;
     issue(&closed, &first, &["plc-1.line2.plant.example"]).await;
     let second = bound(&closed, &cred).await;
-    let p = new_order(
+    new_order(
         &closed,
         &second,
         &identifiers(&["plc-1.line2.plant.example"]),
     )
     .await
-    .assert_problem(400, "rejectedIdentifier");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("identity release")),
-        "{p}"
-    );
+    .assert_problem_detail(400, "rejectedIdentifier", "identity release");
     // Once the operator releases it, the credential vouches for it again.
     let key = ca_server::identity::parse_key("dns:plc-1.line2.plant.example").expect("key");
     ca_server::identity::release(&closed.app, &key).expect("release");
@@ -330,11 +298,7 @@ async fn finalize_stops_once_the_pre_authorizing_credential_no_longer_stands() {
         let acct_id = acct.kid.rsplit('/').next().expect("id").to_owned();
         withdraw(&s, &cred, &acct_id);
         let (r, _) = finalize(&s, &acct, &o, &[&name], &[]).await;
-        let p = r.assert_problem(403, "unauthorized");
-        assert!(
-            p["detail"].as_str().is_some_and(|d| d.contains(why)),
-            "{why}: {p}"
-        );
+        r.assert_problem_detail(403, "unauthorized", why);
         // The authorization is withdrawn: the order is invalid, not ready.
         let now = s
             .post_as(&acct, o["url"].as_str().expect("url"), None)
@@ -392,12 +356,7 @@ async fn vouched_for_authorizations_do_not_entitle_revocation() {
 
     // An operator-approved authorization does not either.
     let approved = s.new_account().await;
-    let o = s
-        .post_as(
-            &approved,
-            &s.url("/acme/new-order"),
-            Some(&identifiers(&["plc-1.plant.example"])),
-        )
+    let o = new_order(&s, &approved, &identifiers(&["plc-1.plant.example"]))
         .await
         .json();
     let authz_id = o["authorizations"][0]
@@ -422,12 +381,7 @@ async fn vouched_for_authorizations_do_not_entitle_revocation() {
 
     // An account that proved control by a challenge may (RFC 8555 §7.6).
     let prover = s.new_account().await;
-    let o = s
-        .post_as(
-            &prover,
-            &s.url("/acme/new-order"),
-            Some(&identifiers(&["plc-1.plant.example"])),
-        )
+    let o = new_order(&s, &prover, &identifiers(&["plc-1.plant.example"]))
         .await
         .json();
     common::validate_all(&s, &o);
@@ -457,13 +411,7 @@ async fn key_compromise_blocks_the_key_only_when_its_holder_or_the_operator_says
         p.distinguished_name = DistinguishedName::new();
         p.serialize_request(&key).expect("csr").der().to_vec()
     };
-    let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("f"),
-            Some(&json!({"csr": b64(&csr)})),
-        )
-        .await;
+    let r = s.finalize(&acct, &o, &csr).await;
     r.assert_status(StatusCode::OK);
     let der = leaf_der(&s, &acct, &r.json()).await;
 
@@ -478,20 +426,8 @@ async fn key_compromise_blocks_the_key_only_when_its_holder_or_the_operator_says
     .await
     .assert_status(StatusCode::OK);
     let o = ready(&s, &acct, &[name]).await;
-    let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("f"),
-            Some(&json!({"csr": b64(&csr)})),
-        )
-        .await;
-    let p = r.assert_problem(400, "badPublicKey");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("compromised")),
-        "{p}"
-    );
+    let r = s.finalize(&acct, &o, &csr).await;
+    r.assert_problem_detail(400, "badPublicKey", "compromised");
 }
 
 #[tokio::test]
@@ -502,12 +438,7 @@ async fn the_account_object_carries_its_external_account_binding() {
     let url = s.url("/acme/new-account");
     let binding = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
     let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": binding})),
-        )
+        .post_new_account(&key, &json!({"externalAccountBinding": binding}))
         .await;
     r.assert_status(StatusCode::CREATED);
     assert_eq!(r.json()["externalAccountBinding"], binding);
@@ -536,13 +467,7 @@ async fn new_orders_are_rate_limited_per_account() {
             .assert_status(StatusCode::CREATED);
     }
     let r = new_order(&s, &acct, &identifiers(&["plc-1.plant.example"])).await;
-    let p = r.assert_problem(429, "rateLimited");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("new_order_per_account")),
-        "{p}"
-    );
+    r.assert_problem_detail(429, "rateLimited", "new_order_per_account");
     let wait: u64 = r
         .header("retry-after")
         .and_then(|v| v.parse().ok())
@@ -612,14 +537,8 @@ async fn failed_validations_limit_new_orders_for_the_identifier() {
         assert_eq!(settled(&s, &acct, &o).await["status"], "invalid");
     }
     let r = new_order(&s, &acct, &payload).await;
-    let p = r.assert_problem(429, "rateLimited");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("failed_validations_per_identifier")
-                && d.contains("flaky.plant.example")),
-        "{p}"
-    );
+    let p = r.assert_problem_detail(429, "rateLimited", "failed_validations_per_identifier");
+    common::assert_detail_contains(&p, "flaky.plant.example");
     assert!(r.header("retry-after").is_some());
     // Other identifiers are not held back.
     new_order(&s, &acct, &identifiers(&["steady.plant.example"]))
@@ -657,13 +576,7 @@ async fn validations_beyond_the_in_flight_bound_are_rate_limited_and_stay_pendin
         .await
         .json();
     let r = answer(&s, &acct, &second, "http-01").await;
-    let p = r.assert_problem(429, "rateLimited");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("max_in_flight_per_account")),
-        "{p}"
-    );
+    r.assert_problem_detail(429, "rateLimited", "max_in_flight_per_account");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     let authz = first_authz(&s, &acct, &second).await;
     assert_eq!(authz["status"], "pending");
@@ -717,16 +630,9 @@ async fn operator_approval_needs_the_key_the_order_was_made_with() {
         kid: acct.kid.clone(),
         key: new_key,
     };
-    let p = s
-        .post_as(&rolled, &chall, Some(&json!({})))
+    s.post_as(&rolled, &chall, Some(&json!({})))
         .await
-        .assert_problem(403, "unauthorized");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("key changed")),
-        "{p}"
-    );
+        .assert_problem_detail(403, "unauthorized", "key changed");
     let c = s.post_as(&rolled, &chall, None).await.json();
     assert_eq!(c["status"], "pending", "{c}");
     assert!(ca_server::approval::ApprovalQueue::new(s.dir.path())
@@ -803,7 +709,7 @@ async fn certificates_issued_before_the_index_still_bind_their_identities() {
 /// were issued in most runs of this test with 8 racers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_finalizes_for_one_pre_authorized_name_issue_once() {
-    let s = std::sync::Arc::new(TestServer::new());
+    let s = TestServer::new();
     let cred = credential(&s, &["dns:line2.plant.example"], None);
     let name = "plc-5.line2.plant.example";
     let mut requests = Vec::new();
@@ -814,30 +720,12 @@ async fn racing_finalizes_for_one_pre_authorized_name_issue_once() {
         let mut p = CertificateParams::new(vec![name.to_owned()]).expect("params");
         p.distinguished_name = DistinguishedName::new();
         let csr = p.serialize_request(&key).expect("csr");
-        let url = o["finalize"].as_str().expect("finalize").to_owned();
-        let protected = json!({"alg": "ES256", "nonce": s.nonce().await, "url": url,
-            "kid": acct.kid});
-        let body = acct
-            .key
-            .jws(&protected, Some(&json!({"csr": b64(csr.der())})))
-            .to_string();
-        requests.push((url, body));
+        let url = o["finalize"].as_str().expect("finalize");
+        let payload = json!({"csr": b64(csr.der())});
+        requests.push(s.signed_post(&acct, url, Some(&payload)).await);
     }
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
-    let tasks: Vec<_> = requests
-        .into_iter()
-        .map(|(url, body)| {
-            let (s, start) = (s.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                s.post_raw(&url, body).await.status
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.expect("task"));
-    }
+    let replies = common::send_concurrently(&s, requests).await;
+    let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
     let issued = statuses.iter().filter(|st| **st == StatusCode::OK).count();
     assert_eq!(issued, 1, "{statuses:?}");
     assert!(

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use ca_server::key::blocklist::BlocklistFile;
 use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
 use ca_server::storage::Table;
-use common::{b64, csr, ready_order, Account, Reply, TestServer};
+use common::{b64, csr, openssl, ready_order, tlv, Account, Reply, TestServer};
 use num_bigint::BigUint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,26 +30,12 @@ async fn order_and_finalize(
     key: &rcgen::KeyPair,
 ) -> (Value, Reply) {
     let o = ready_order(s, acct, names).await;
-    let r = finalize(s, acct, &o, &csr(names, key)).await;
+    let r = s.finalize(acct, &o, &csr(names, key)).await;
     (o, r)
 }
 
-async fn finalize(s: &TestServer, acct: &Account, order: &Value, der: &[u8]) -> Reply {
-    s.post_as(
-        acct,
-        order["finalize"].as_str().expect("finalize"),
-        Some(&json!({"csr": b64(der)})),
-    )
-    .await
-}
-
 fn assert_issued(r: &Reply) {
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     assert_eq!(r.json()["status"], "valid");
 }
 
@@ -63,9 +49,7 @@ async fn assert_refused(
     kind: &str,
     needle: &str,
 ) {
-    let p = r.assert_problem(400, kind);
-    let detail = p["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains(needle), "{detail:?} lacks {needle:?}");
+    r.assert_problem_detail(400, kind, needle);
     let now = s
         .post_as(acct, order["url"].as_str().expect("url"), None)
         .await
@@ -113,20 +97,6 @@ fn is_probable_prime(n: &BigUint, rng: &mut StdRng) -> bool {
         return false;
     }
     true
-}
-
-/// A DER TLV.
-fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    if body.len() < 0x80 {
-        out.push(body.len() as u8);
-    } else if body.len() < 0x100 {
-        out.extend([0x81, body.len() as u8]);
-    } else {
-        out.extend([0x82, (body.len() >> 8) as u8, body.len() as u8]);
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 fn int(v: &BigUint) -> Vec<u8> {
@@ -225,19 +195,6 @@ fn fermat_key_pair() -> rcgen::KeyPair {
     rsa_key_pair(&p, &q)
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed by scripts/install-test-deps.sh");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// An ordinary 2048-bit RSA key from openssl.
 fn openssl_rsa_key_pair(dir: &Path, name: &str) -> rcgen::KeyPair {
     openssl(
@@ -323,7 +280,9 @@ async fn algorithm_policy_from_csr_rs_reaches_the_client() {
         all.extend_from_slice(args);
         openssl(d, &all);
         let o = ready_order(&s, &acct, &["old-1.plant.example"]).await;
-        let r = finalize(&s, &acct, &o, &std::fs::read(d.join("r.der")).expect("csr")).await;
+        let r = s
+            .finalize(&acct, &o, &std::fs::read(d.join("r.der")).expect("csr"))
+            .await;
         assert_refused(&s, &acct, &o, &r, kind, needle).await;
     }
 }
@@ -333,6 +292,16 @@ async fn algorithm_policy_from_csr_rs_reaches_the_client() {
 
 fn ca_server_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ca-server"))
+}
+
+/// Runs `cmd` and asserts that it exits successfully, quoting its stderr if not.
+fn assert_runs(cmd: &mut Command) {
+    let out = cmd.output().expect("run ca-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -352,35 +321,25 @@ async fn blocklisted_p256_and_rsa_keys_are_refused() {
         .expect("cert");
     std::fs::write(d.join("fw.crt"), cert.pem()).expect("write");
 
-    let out = ca_server_bin()
-        .args(["blocklist", "build", "--out"])
-        .arg(d.join("local.dat"))
-        .args(["--list-id", "42"])
-        .args([d.join("p256.pem"), d.join("rsa.pem"), d.join("fw.crt")])
-        .output()
-        .expect("run ca-server");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_runs(
+        ca_server_bin()
+            .args(["blocklist", "build", "--out"])
+            .arg(d.join("local.dat"))
+            .args(["--list-id", "42"])
+            .args([d.join("p256.pem"), d.join("rsa.pem"), d.join("fw.crt")]),
     );
     assert_eq!(
         std::fs::metadata(d.join("local.dat")).expect("file").len(),
         3 * 16
     );
     // Merging it into another list and building again keeps three unique records.
-    let out = ca_server_bin()
-        .args(["blocklist", "build", "--out"])
-        .arg(d.join("merged.dat"))
-        .arg("--merge")
-        .arg(d.join("local.dat"))
-        .arg(d.join("p256.pem"))
-        .output()
-        .expect("run ca-server");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_runs(
+        ca_server_bin()
+            .args(["blocklist", "build", "--out"])
+            .arg(d.join("merged.dat"))
+            .arg("--merge")
+            .arg(d.join("local.dat"))
+            .arg(d.join("p256.pem")),
     );
     assert_eq!(
         std::fs::metadata(d.join("merged.dat")).expect("file").len(),
@@ -560,17 +519,12 @@ async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
     let d = dir.path();
     let leaked = rcgen::KeyPair::generate().expect("key");
     std::fs::write(d.join("leaked.pem"), leaked.serialize_pem()).expect("write");
-    let out = ca_server_bin()
-        .args(["blocklist", "build", "--out"])
-        .arg(d.join("list.dat"))
-        .args(["--list-id", "7"])
-        .arg(d.join("leaked.pem"))
-        .output()
-        .expect("run ca-server");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_runs(
+        ca_server_bin()
+            .args(["blocklist", "build", "--out"])
+            .arg(d.join("list.dat"))
+            .args(["--list-id", "7"])
+            .arg(d.join("leaked.pem")),
     );
     let list = BlocklistFile::load(&d.join("list.dat")).expect("load");
     let s = TestServer::with(|cfg| cfg.keys.blocklist = Some(list));
@@ -597,7 +551,7 @@ async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
             "-sha1",
         ],
     );
-    let r = finalize(&s, &other, &o3, &sha1).await;
+    let r = s.finalize(&other, &o3, &sha1).await;
     assert_refused(&s, &other, &o3, &r, "badCSR", "ecdsa-with-SHA1").await;
     let sha1_spki = {
         openssl(
@@ -613,17 +567,21 @@ async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
         "old-1.plant.example",
         &["-newkey", "rsa:1024", "-sha256"],
     );
-    let r = finalize(&s, &other, &o3, &small).await;
+    let r = s.finalize(&other, &o3, &small).await;
     assert_refused(&s, &other, &o3, &r, "badPublicKey", "RSA 1024-bit").await;
 
     // Not key hygiene, not recorded: a malformed CSR, a CSR for other names; and a good key is
     // issued.
-    let r = finalize(&s, &other, &o3, b"not a CSR").await;
+    let r = s.finalize(&other, &o3, b"not a CSR").await;
     r.assert_problem(400, "badCSR");
     let fresh = rcgen::KeyPair::generate().expect("key");
-    let r = finalize(&s, &other, &o3, &csr(&["elsewhere.example"], &fresh)).await;
+    let r = s
+        .finalize(&other, &o3, &csr(&["elsewhere.example"], &fresh))
+        .await;
     r.assert_problem(400, "badCSR");
-    let r = finalize(&s, &other, &o3, &csr(&["old-1.plant.example"], &fresh)).await;
+    let r = s
+        .finalize(&other, &o3, &csr(&["old-1.plant.example"], &fresh))
+        .await;
     assert_issued(&r);
 
     let id = |v: &Value, what: &str| -> String {
@@ -753,7 +711,7 @@ async fn weak_key_attempts_are_bounded_per_account() {
     );
     let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
     for _ in 0..max + 5 {
-        finalize(&s, &acct, &o, &sha1)
+        s.finalize(&acct, &o, &sha1)
             .await
             .assert_problem(400, "badCSR");
     }
@@ -803,7 +761,7 @@ async fn key_reuse_attempts_are_bounded_per_account() {
     let der = csr(&names, &owner_key);
     let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
     for _ in 0..max + 5 {
-        finalize(&s, &flood, &o, &der)
+        s.finalize(&flood, &o, &der)
             .await
             .assert_problem(400, "badCSR");
     }
@@ -911,7 +869,10 @@ async fn renewal_with_the_same_key_is_refused_by_default() {
     assert_eq!(attempts(&s)[0].kind, ReuseKind::Renewal);
     // A new key renews.
     let fresh = rcgen::KeyPair::generate().expect("key");
-    assert_issued(&finalize(&s, &acct, &o, &csr(&["plc-5.plant.example"], &fresh)).await);
+    assert_issued(
+        &s.finalize(&acct, &o, &csr(&["plc-5.plant.example"], &fresh))
+            .await,
+    );
 }
 
 #[tokio::test]
@@ -994,8 +955,6 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
 /// the reservation itself.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_finalizes_of_one_key_for_different_devices_issue_once() {
-    use axum::body::Body;
-    use axum::http::Request;
     let s = TestServer::new();
     let acct = s.new_account().await;
     let shared = rcgen::KeyPair::generate().expect("key");
@@ -1005,34 +964,10 @@ async fn concurrent_finalizes_of_one_key_for_different_devices_issue_once() {
         let o = ready_order(&s, &acct, &[name.as_str()]).await;
         let fin = o["finalize"].as_str().expect("fin").to_owned();
         let body = json!({"csr": b64(csr(&[name.as_str()], &shared))});
-        let protected =
-            json!({"alg": "ES256", "nonce": s.nonce().await, "url": fin, "kid": acct.kid});
-        requests.push(
-            Request::post(&fin)
-                .header("content-type", "application/jose+json")
-                .body(Body::from(
-                    acct.key.jws(&protected, Some(&body)).to_string(),
-                ))
-                .expect("req"),
-        );
+        requests.push(s.signed_post(&acct, &fin, Some(&body)).await);
     }
-    let tasks: Vec<_> = requests
-        .into_iter()
-        .map(|req| {
-            let router = s.router.clone();
-            tokio::spawn(async move {
-                Reply::read(
-                    tower::ServiceExt::oneshot(router, req)
-                        .await
-                        .expect("infallible"),
-                )
-                .await
-            })
-        })
-        .collect();
     let mut issued = 0;
-    for t in tasks {
-        let r = t.await.expect("join");
+    for r in common::send_concurrently(&s, requests).await {
         if r.status == StatusCode::OK {
             issued += 1;
         } else {

@@ -57,8 +57,8 @@ fn new_order(names: &[&str], profile: Option<&str>) -> Value {
     p
 }
 
-/// A CSR for `names` (CN = the first) plus URI SANs and extra requested extensions.
-fn csr(key: &KeyPair, names: &[&str], uris: &[&str], extensions: Vec<CustomExtension>) -> String {
+/// A DER CSR for `names` (CN = the first) plus URI SANs and extra requested extensions.
+fn csr(key: &KeyPair, names: &[&str], uris: &[&str], extensions: Vec<CustomExtension>) -> Vec<u8> {
     let mut p = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
         .expect("params");
     p.distinguished_name = DistinguishedName::new();
@@ -68,7 +68,7 @@ fn csr(key: &KeyPair, names: &[&str], uris: &[&str], extensions: Vec<CustomExten
             .push(SanType::URI((*uri).try_into().expect("ia5")));
     }
     p.custom_extensions = extensions;
-    b64(p.serialize_request(key).expect("csr").der())
+    p.serialize_request(key).expect("csr").der().to_vec()
 }
 
 /// Creates an order and checks it is ready and names its profile.
@@ -78,20 +78,7 @@ async fn ready_order(
     names: &[&str],
     profile: Option<&str>,
 ) -> Value {
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&new_order(names, profile)),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let o = r.json();
+    let (_, o) = s.create_order(acct, &new_order(names, profile)).await;
     assert_eq!(o["status"], "ready", "{o}");
     assert_eq!(o["profile"], profile.unwrap_or("default"), "{o}");
     o
@@ -102,11 +89,18 @@ async fn finalize(
     s: &TestServer,
     acct: &common::Account,
     order: &Value,
-    csr: String,
+    csr: Vec<u8>,
 ) -> Result<Vec<u8>, common::Reply> {
     let chain = finalize_chain(s, acct, order, csr).await?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&chain).expect("PEM");
     Ok(pem.contents)
+}
+
+/// Finalizes and downloads; returns the leaf DER, or panics with the problem.
+async fn issued(s: &TestServer, acct: &common::Account, order: &Value, csr: Vec<u8>) -> Vec<u8> {
+    finalize(s, acct, order, csr)
+        .await
+        .unwrap_or_else(|r| panic!("finalize: {}", String::from_utf8_lossy(&r.body)))
 }
 
 /// Finalizes and downloads; returns the PEM chain or the problem reply.
@@ -114,24 +108,15 @@ async fn finalize_chain(
     s: &TestServer,
     acct: &common::Account,
     order: &Value,
-    csr: String,
+    csr: Vec<u8>,
 ) -> Result<Vec<u8>, common::Reply> {
-    let fin = s
-        .post_as(
-            acct,
-            order["finalize"].as_str().expect("finalize"),
-            Some(&json!({"csr": csr})),
-        )
-        .await;
+    let fin = s.finalize(acct, order, &csr).await;
     if fin.status != StatusCode::OK {
         return Err(fin);
     }
     let o = fin.json();
     assert_eq!(o["status"], "valid", "{o}");
-    let chain = s
-        .post_as(acct, o["certificate"].as_str().expect("cert url"), None)
-        .await;
-    Ok(chain.body)
+    Ok(s.certificate_chain(acct, &o).await.into_bytes())
 }
 
 async fn issue(
@@ -143,9 +128,7 @@ async fn issue(
     uris: &[&str],
 ) -> Vec<u8> {
     let order = ready_order(s, acct, names, profile).await;
-    finalize(s, acct, &order, csr(key, names, uris, Vec::new()))
-        .await
-        .unwrap_or_else(|r| panic!("finalize: {}", String::from_utf8_lossy(&r.body)))
+    issued(s, acct, &order, csr(key, names, uris, Vec::new())).await
 }
 
 /// What a test looks at in a certificate.
@@ -268,19 +251,12 @@ async fn an_unknown_profile_is_invalid_profile() {
     let s = server("");
     let acct = account(&s, None).await;
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&new_order(&["plc-1.plant.example"], Some("shortlived"))),
+            &new_order(&["plc-1.plant.example"], Some("shortlived")),
         )
         .await;
-    let p = r.assert_problem(400, "invalidProfile");
-    assert!(
-        p["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("shortlived")),
-        "{p}"
-    );
+    r.assert_problem_detail(400, "invalidProfile", "shortlived");
 }
 
 #[tokio::test]
@@ -300,11 +276,7 @@ async fn the_configured_default_applies_to_orders_without_profile() {
     let s = server("default = \"mqtt-client\"");
     let acct = account(&s, None).await;
     let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&new_order(&["plc-1.plant.example"], None)),
-        )
+        .post_new_order(&acct, &new_order(&["plc-1.plant.example"], None))
         .await;
     assert_eq!(r.json()["profile"], "mqtt-client");
 }
@@ -364,14 +336,13 @@ async fn mqtt_client_has_the_device_identity_as_cn_and_client_auth_only() {
     .await
     .expect_err("URI refused");
     r.assert_problem(400, "badCSR");
-    let der = finalize(
+    let der = issued(
         &s,
         &acct,
         &order,
         csr(&key, &["sensor-18.plant.example"], &[], Vec::new()),
     )
-    .await
-    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    .await;
     assert_eq!(
         contents(&der).cn.as_deref(),
         Some("sensor-18.plant.example")
@@ -450,13 +421,7 @@ async fn opcua_refuses_uris_outside_policy_missing_uris_and_other_key_types() {
         let r = finalize(&s, &acct, &order, csr(&key, &names, uris, Vec::new()))
             .await
             .expect_err("refused");
-        let p = r.assert_problem(400, "badCSR");
-        assert!(
-            p["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("ApplicationUri")),
-            "{p}"
-        );
+        r.assert_problem_detail(400, "badCSR", "ApplicationUri");
     }
     let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
     let r = finalize(
@@ -469,14 +434,13 @@ async fn opcua_refuses_uris_outside_policy_missing_uris_and_other_key_types() {
     .expect_err("ed25519 refused");
     r.assert_problem(400, "badPublicKey");
     // The order is still ready after all of that.
-    finalize(
+    issued(
         &s,
         &acct,
         &order,
         csr(&key, &names, &["urn:plant.example:plc8"], Vec::new()),
     )
-    .await
-    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    .await;
 
     // The built-in opcua profile allows no URI until the operator configures prefixes.
     let s = server("");
@@ -509,14 +473,10 @@ async fn opcua_without_an_organization_refuses_issuance_and_says_what_to_set() {
     )
     .await
     .expect_err("no organization");
-    let p = r.assert_problem(400, "badCSR");
-    let detail = p["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("profiles.opcua.organization"), "{detail}");
+    r.assert_problem_detail(400, "badCSR", "profiles.opcua.organization");
     // Other profiles need no organization.
     let order = ready_order(&s, &acct, &names, Some("tls-server")).await;
-    finalize(&s, &acct, &order, csr(&p256(), &names, &[], Vec::new()))
-        .await
-        .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    issued(&s, &acct, &order, csr(&p256(), &names, &[], Vec::new())).await;
 }
 
 #[tokio::test]
@@ -525,11 +485,7 @@ async fn modbus_role_comes_from_the_credential_never_from_the_csr() {
     // No role granted anywhere: the profile cannot be used.
     let acct = account(&s, None).await;
     let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&new_order(&["plc-9.plant.example"], Some("modbus"))),
-        )
+        .post_new_order(&acct, &new_order(&["plc-9.plant.example"], Some("modbus")))
         .await;
     r.assert_problem(400, "invalidProfile");
 
@@ -541,14 +497,13 @@ async fn modbus_role_comes_from_the_credential_never_from_the_csr() {
         [&[0x0c, 8][..], b"engineer"].concat(),
     );
     let key = p256();
-    let der = finalize(
+    let der = issued(
         &s,
         &acct,
         &order,
         csr(&key, &["plc-9.plant.example"], &[], vec![wanted]),
     )
-    .await
-    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    .await;
     let c = contents(&der);
     // a UTF8String (tag 0x0c), not an OCTET STRING.
     assert_eq!(
@@ -628,7 +583,7 @@ async fn opcua_uri_follows_a_permanent_identifier_in_the_san() {
     )
     .await;
     let key = p256();
-    let der = finalize(
+    let der = issued(
         &s,
         &acct,
         &order,
@@ -639,8 +594,7 @@ async fn opcua_uri_follows_a_permanent_identifier_in_the_san() {
             Vec::new(),
         ),
     )
-    .await
-    .unwrap_or_else(|r| panic!("{}", String::from_utf8_lossy(&r.body)));
+    .await;
     let c = contents(&der);
     assert_eq!(c.other_names, 1);
     assert_eq!(c.dns, ["plc-42.plant.example"]);
@@ -670,12 +624,7 @@ fn pem_blocks(pem: &[u8]) -> Vec<Vec<u8>> {
 }
 
 async fn get(s: &TestServer, path: &str) -> common::Reply {
-    s.send(
-        axum::http::Request::get(s.url(path))
-            .body(axum::body::Body::empty())
-            .expect("request"),
-    )
-    .await
+    s.get(&s.url(path)).await
 }
 
 fn crl_serials(der: &[u8]) -> Vec<Vec<u8>> {
@@ -711,12 +660,7 @@ async fn opcua_rsa_certificates_have_the_rsa_chain_crl_and_ari() {
     // ARI finds it by the RSA intermediate's key identifier.
     let cert_id = format!("{}.{}", b64(key_id(leaf, true)), b64(cert.raw_serial()));
     let r = get(&s, &format!("/acme/renewal-info/{cert_id}")).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     let wrong_aki = format!(
         "{}.{}",
         b64(key_id(
@@ -736,12 +680,7 @@ async fn opcua_rsa_certificates_have_the_rsa_chain_crl_and_ari() {
             Some(&json!({"certificate": b64(leaf), "reason": 1})),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     let rsa_crl = get(&s, "/crl/rsa").await;
     assert_eq!(rsa_crl.status, StatusCode::OK);
     assert_eq!(

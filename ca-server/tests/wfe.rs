@@ -4,7 +4,7 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use ca_server::eab::NewCredential;
 use common::{b64, csr, ready_order, Key, TestServer};
 use serde_json::{json, Value};
@@ -12,13 +12,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn directory_lists_resources_and_every_response_has_acme_headers() {
     let s = TestServer::new();
-    let r = s
-        .send(
-            Request::get(s.url("/directory"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.get(&s.url("/directory")).await;
     assert_eq!(r.status, StatusCode::OK);
     let d = r.json();
     for k in [
@@ -44,22 +38,10 @@ async fn directory_lists_resources_and_every_response_has_acme_headers() {
 #[tokio::test]
 async fn new_nonce_head_and_get() {
     let s = TestServer::new();
-    let h = s
-        .send(
-            Request::head(s.url("/acme/new-nonce"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let h = s.send_empty(Method::HEAD, &s.url("/acme/new-nonce")).await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.header("cache-control").as_deref(), Some("no-store"));
-    let g = s
-        .send(
-            Request::get(s.url("/acme/new-nonce"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let g = s.get(&s.url("/acme/new-nonce")).await;
     assert_eq!(g.status, StatusCode::NO_CONTENT);
     assert_eq!(g.header("cache-control").as_deref(), Some("no-store"));
     assert_ne!(h.header("replay-nonce"), g.header("replay-nonce"));
@@ -68,21 +50,9 @@ async fn new_nonce_head_and_get() {
 #[tokio::test]
 async fn unknown_paths_and_methods_get_problem_documents() {
     let s = TestServer::new();
-    let r = s
-        .send(
-            Request::get(s.url("/nope"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.get(&s.url("/nope")).await;
     r.assert_problem(404, "malformed");
-    let r = s
-        .send(
-            Request::get(s.url("/acme/new-order"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.get(&s.url("/acme/new-order")).await;
     r.assert_problem(405, "malformed");
 }
 
@@ -90,19 +60,13 @@ async fn unknown_paths_and_methods_get_problem_documents() {
 async fn new_account_create_reuse_and_only_return_existing() {
     let s = TestServer::new();
     let key = Key::generate();
-    let url = s.url("/acme/new-account");
     let r = s
-        .post(&key, None, &url, Some(&json!({"onlyReturnExisting": true})))
+        .post_new_account(&key, &json!({"onlyReturnExisting": true}))
         .await;
     r.assert_problem(400, "accountDoesNotExist");
 
     let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"contact": ["mailto:ops@plant.example"]})),
-        )
+        .post_new_account(&key, &json!({"contact": ["mailto:ops@plant.example"]}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let loc = r.header("location").expect("location");
@@ -111,11 +75,11 @@ async fn new_account_create_reuse_and_only_return_existing() {
     assert_eq!(r.json()["contact"], json!(["mailto:ops@plant.example"]));
 
     // Same key again: 200 and the same Location (RFC 8555 §7.3.1).
-    let r = s.post(&key, None, &url, Some(&json!({}))).await;
+    let r = s.post_new_account(&key, &json!({})).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("location"), Some(loc.clone()));
     let r = s
-        .post(&key, None, &url, Some(&json!({"onlyReturnExisting": true})))
+        .post_new_account(&key, &json!({"onlyReturnExisting": true}))
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("location"), Some(loc));
@@ -124,22 +88,14 @@ async fn new_account_create_reuse_and_only_return_existing() {
 #[tokio::test]
 async fn bad_contacts_are_refused() {
     let s = TestServer::new();
-    let url = s.url("/acme/new-account");
     let r = s
-        .post(
-            &Key::generate(),
-            None,
-            &url,
-            Some(&json!({"contact": ["tel:+123"]})),
-        )
+        .post_new_account(&Key::generate(), &json!({"contact": ["tel:+123"]}))
         .await;
     r.assert_problem(400, "unsupportedContact");
     let r = s
-        .post(
+        .post_new_account(
             &Key::generate(),
-            None,
-            &url,
-            Some(&json!({"contact": ["mailto:a@b.example,c@d.example"]})),
+            &json!({"contact": ["mailto:a@b.example,c@d.example"]}),
         )
         .await;
     r.assert_problem(400, "invalidContact");
@@ -211,11 +167,7 @@ async fn jwk_where_kid_is_required_and_kid_where_jwk_is_required() {
             Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
         )
         .await;
-    let p = r.assert_problem(400, "malformed");
-    assert!(
-        p["detail"].as_str().unwrap_or_default().contains("kid"),
-        "{p}"
-    );
+    r.assert_problem_detail(400, "malformed", "kid");
 
     let r = s
         .post(
@@ -262,34 +214,35 @@ async fn padded_base64_is_malformed() {
     let padded = format!("{}==", jws["payload"].as_str().expect("payload"));
     jws["payload"] = json!(padded);
     let r = s.post_raw(&url, jws.to_string()).await;
-    let p = r.assert_problem(400, "malformed");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("base64url"),
-        "{p}"
-    );
+    r.assert_problem_detail(400, "malformed", "base64url");
 }
 
 #[tokio::test]
 async fn unsupported_algorithms_are_bad_signature_algorithm_with_the_list() {
     let s = TestServer::new();
     let key = Key::generate();
-    let url = s.url("/acme/new-account");
     for alg in ["none", "HS256", "ES512"] {
-        let protected = json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
-        let r = s
-            .post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
-            .await;
-        let p = r.assert_problem(400, "badSignatureAlgorithm");
-        assert!(
-            p["algorithms"]
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("ES256"))),
-            "{p}"
-        );
+        assert_bad_signature_algorithm(&post_with_alg(&s, &key, alg).await);
     }
+}
+
+/// POSTs `{}` to newAccount signed with `key` (a P-256 key) but naming `alg` as its algorithm.
+async fn post_with_alg(s: &TestServer, key: &Key, alg: &str) -> common::Reply {
+    let url = s.url("/acme/new-account");
+    let protected = json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
+    s.post_raw(&url, key.jws(&protected, Some(&json!({}))).to_string())
+        .await
+}
+
+/// Asserts a badSignatureAlgorithm problem whose `algorithms` list ES256.
+fn assert_bad_signature_algorithm(r: &common::Reply) {
+    let p = r.assert_problem(400, "badSignatureAlgorithm");
+    assert!(
+        p["algorithms"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("ES256"))),
+        "{p}"
+    );
 }
 
 /// A P-256 key under ES384 is on the wrong curve for a supported algorithm: `badPublicKey`.
@@ -299,33 +252,12 @@ async fn unsupported_algorithms_are_bad_signature_algorithm_with_the_list() {
 async fn wrong_curve_for_alg_is_bad_public_key_and_wrong_key_type_bad_signature_algorithm() {
     let s = TestServer::new();
     let key = Key::generate();
-    let url = s.url("/acme/new-account");
-    let send = |alg: &'static str| {
-        let (s, key, url) = (&s, &key, &url);
-        async move {
-            let protected =
-                json!({"alg": alg, "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
-            s.post_raw(url, key.jws(&protected, Some(&json!({}))).to_string())
-                .await
-        }
-    };
-    let p = send("ES384").await.assert_problem(400, "badPublicKey");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ES384 needs a P-384 key"),
-        "{p}"
-    );
+    let p = post_with_alg(&s, &key, "ES384")
+        .await
+        .assert_problem_detail(400, "badPublicKey", "ES384 needs a P-384 key");
     assert!(p.get("algorithms").is_none(), "{p}");
     for alg in ["EdDSA", "RS256"] {
-        let p = send(alg).await.assert_problem(400, "badSignatureAlgorithm");
-        assert!(
-            p["algorithms"]
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("ES256"))),
-            "{alg}: {p}"
-        );
+        assert_bad_signature_algorithm(&post_with_alg(&s, &key, alg).await);
     }
 }
 
@@ -392,10 +324,9 @@ async fn account_update_and_deactivation() {
     assert_eq!(r.json()["status"], "deactivated");
     // > … MUST NOT accept further requests authorized by that account's key (401)
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
+            &json!({"identifiers": [{"type": "dns", "value": "a.example"}]}),
         )
         .await;
     r.assert_problem(401, "unauthorized");
@@ -423,12 +354,7 @@ async fn key_change_rolls_the_key_over() {
     let acct = s.new_account().await;
     let new_key = Key::generate();
     let r = key_change_request(&s, &acct, &new_key, None).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
 
     // The old key no longer works; the new one does, for the same account.
     s.post_as(&acct, &acct.kid, None)
@@ -437,21 +363,11 @@ async fn key_change_rolls_the_key_over() {
     let r = s.post(&new_key, Some(&acct.kid), &acct.kid, None).await;
     assert_eq!(r.status, StatusCode::OK);
     let r = s
-        .post(
-            &new_key,
-            None,
-            &s.url("/acme/new-account"),
-            Some(&json!({"onlyReturnExisting": true})),
-        )
+        .post_new_account(&new_key, &json!({"onlyReturnExisting": true}))
         .await;
     assert_eq!(r.header("location"), Some(acct.kid.clone()));
     let r = s
-        .post(
-            &acct.key,
-            None,
-            &s.url("/acme/new-account"),
-            Some(&json!({"onlyReturnExisting": true})),
-        )
+        .post_new_account(&acct.key, &json!({"onlyReturnExisting": true}))
         .await;
     r.assert_problem(400, "accountDoesNotExist");
 }
@@ -479,43 +395,38 @@ async fn key_change_to_a_key_in_use_is_409_with_location() {
 async fn new_order_identifier_checks() {
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let url = s.url("/acme/new-order");
     let order = |ids: Value| json!({"identifiers": ids});
 
     // A dns identifier holding an IP address is refused (RFC 8738 has type ip for that).
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &url,
-            Some(&order(json!([{"type": "dns", "value": "127.0.0.1"}]))),
+            &order(json!([{"type": "dns", "value": "127.0.0.1"}])),
         )
         .await;
     r.assert_problem(400, "malformed");
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &url,
-            Some(&order(json!([{"type": "email", "value": "a@b.example"}]))),
+            &order(json!([{"type": "email", "value": "a@b.example"}])),
         )
         .await;
     r.assert_problem(400, "unsupportedIdentifier");
-    let r = s.post_as(&acct, &url, Some(&order(json!([])))).await;
+    let r = s.post_new_order(&acct, &order(json!([]))).await;
     r.assert_problem(400, "malformed");
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &url,
-            Some(&order(json!([{"type": "dns", "value": "*.example.com"}]))),
+            &order(json!([{"type": "dns", "value": "*.example.com"}])),
         )
         .await;
     r.assert_problem(400, "rejectedIdentifier");
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &url,
-            Some(&order(
+            &order(
                 json!([{"type": "dns", "value": "bad_name"}, {"type": "ip", "value": "::FFFF"}]),
-            )),
+            ),
         )
         .await;
     let p = r.assert_problem(400, "compound");
@@ -527,16 +438,12 @@ async fn new_order_identifier_checks() {
 async fn new_order_creates_pending_order_with_authorizations() {
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let r = s
-        .post_as(
+    let (order_url, o) = s
+        .create_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": [{"type": "dns", "value": "PLC-1.Plant.Example"}, {"type": "ip", "value": "192.0.2.7"}]})),
+            &json!({"identifiers": [{"type": "dns", "value": "PLC-1.Plant.Example"}, {"type": "ip", "value": "192.0.2.7"}]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let order_url = r.header("location").expect("location");
-    let o = r.json();
     assert_eq!(o["status"], "pending");
     assert_eq!(
         o["identifiers"],
@@ -584,10 +491,7 @@ async fn new_order_creates_pending_order_with_authorizations() {
         .assert_problem(404, "malformed");
 
     // Finalize before ready.
-    let fin = o["finalize"].as_str().expect("finalize");
-    let r = s
-        .post_as(&acct, fin, Some(&json!({"csr": b64(b"whatever")})))
-        .await;
+    let r = s.finalize(&acct, &o, b"whatever").await;
     r.assert_problem(403, "orderNotReady");
 
     // Deactivating an authorization makes the order invalid (never "deactivated").
@@ -612,14 +516,7 @@ async fn new_order_creates_pending_order_with_authorizations() {
 async fn eab_required_refuses_unbound_accounts() {
     let s = TestServer::with(|c| c.eab.required = true);
     assert_eq!(s.directory().await["meta"]["externalAccountRequired"], true);
-    let r = s
-        .post(
-            &Key::generate(),
-            None,
-            &s.url("/acme/new-account"),
-            Some(&json!({})),
-        )
-        .await;
+    let r = s.post_new_account(&Key::generate(), &json!({})).await;
     r.assert_problem(403, "externalAccountRequired");
 }
 
@@ -639,36 +536,21 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     // Wrong HMAC key.
     let key = Key::generate();
     let bad = common::eab_binding(&key, &cred.kid, &b64([7u8; 32]), &url);
-    s.post(
-        &key,
-        None,
-        &url,
-        Some(&json!({"externalAccountBinding": bad})),
-    )
-    .await
-    .assert_problem(403, "unauthorized");
+    s.post_new_account(&key, &json!({"externalAccountBinding": bad}))
+        .await
+        .assert_problem(403, "unauthorized");
 
     // Binding made for another account key.
     let other = Key::generate();
     let wrong = common::eab_binding(&other, &cred.kid, &cred.hmac_key, &url);
-    s.post(
-        &key,
-        None,
-        &url,
-        Some(&json!({"externalAccountBinding": wrong})),
-    )
-    .await
-    .assert_problem(403, "unauthorized");
+    s.post_new_account(&key, &json!({"externalAccountBinding": wrong}))
+        .await
+        .assert_problem(403, "unauthorized");
 
     // Good, then spent.
     let good = common::eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
     let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": good})),
-        )
+        .post_new_account(&key, &json!({"externalAccountBinding": good}))
         .await;
     assert_eq!(
         r.status,
@@ -678,22 +560,9 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     );
     let key2 = Key::generate();
     let again = common::eab_binding(&key2, &cred.kid, &cred.hmac_key, &url);
-    let p = s
-        .post(
-            &key2,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": again})),
-        )
+    s.post_new_account(&key2, &json!({"externalAccountBinding": again}))
         .await
-        .assert_problem(403, "unauthorized");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already used"),
-        "{p}"
-    );
+        .assert_problem_detail(403, "unauthorized", "already used");
 
     // Expired.
     let short = s
@@ -707,33 +576,18 @@ async fn eab_binding_single_use_expiry_and_wrong_key() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let key3 = Key::generate();
     let b = common::eab_binding(&key3, &short.kid, &short.hmac_key, &url);
-    let p = s
-        .post(
-            &key3,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": b})),
-        )
+    s.post_new_account(&key3, &json!({"externalAccountBinding": b}))
         .await
-        .assert_problem(403, "unauthorized");
-    assert!(
-        p["detail"].as_str().unwrap_or_default().contains("expired"),
-        "{p}"
-    );
+        .assert_problem_detail(403, "unauthorized", "expired");
 
     // Revoked.
     let multi = s.app.eab.create(&NewCredential::default()).expect("create");
     assert!(s.app.eab.revoke(&multi.kid).expect("revoke"));
     let key4 = Key::generate();
     let b = common::eab_binding(&key4, &multi.kid, &multi.hmac_key, &url);
-    s.post(
-        &key4,
-        None,
-        &url,
-        Some(&json!({"externalAccountBinding": b})),
-    )
-    .await
-    .assert_problem(403, "unauthorized");
+    s.post_new_account(&key4, &json!({"externalAccountBinding": b}))
+        .await
+        .assert_problem(403, "unauthorized");
 }
 
 /// Sends `n` copies of one request at once, each pre-signed with its own nonce so they race at
@@ -745,29 +599,11 @@ async fn race(
     body: &Value,
     n: usize,
 ) -> Vec<common::Reply> {
-    let mut tasks = Vec::new();
+    let mut requests = Vec::new();
     for _ in 0..n {
-        let protected =
-            json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "kid": acct.kid});
-        let req = Request::post(url)
-            .header("content-type", "application/jose+json")
-            .body(Body::from(acct.key.jws(&protected, Some(body)).to_string()))
-            .expect("req");
-        let router = s.router.clone();
-        tasks.push(tokio::spawn(async move {
-            common::Reply::read(
-                tower::ServiceExt::oneshot(router, req)
-                    .await
-                    .expect("infallible"),
-            )
-            .await
-        }));
+        requests.push(s.signed_post(acct, url, Some(body)).await);
     }
-    let mut replies = Vec::new();
-    for t in tasks {
-        replies.push(t.await.expect("join"));
-    }
-    replies
+    common::send_concurrently(s, requests).await
 }
 
 /// A certificate issued for one name through a ready order.
@@ -780,27 +616,9 @@ struct Issued {
 async fn issue(s: &TestServer, acct: &common::Account, name: &str) -> Issued {
     let o = ready_order(s, acct, &[name]).await;
     let key = rcgen::KeyPair::generate().expect("key");
-    let fin = s
-        .post_as(
-            acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&[name], &key))})),
-        )
-        .await
-        .json();
-    let pem = String::from_utf8(
-        s.post_as(acct, fin["certificate"].as_str().expect("url"), None)
-            .await
-            .body,
-    )
-    .expect("pem");
-    let leaf_b64: String = pem
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der =
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, leaf_b64).expect("der");
+    let fin = s.finalize(acct, &o, &csr(&[name], &key)).await.json();
+    let pem = s.certificate_chain(acct, &fin).await;
+    let der = common::leaf_der(&pem);
     Issued { pem, der, key }
 }
 
@@ -811,18 +629,9 @@ async fn finalize_issues_and_certificate_downloads_as_pem_chain() {
     let o = ready_order(&s, &acct, &["plc-1.plant.example"]).await;
     let key = rcgen::KeyPair::generate().expect("key");
     let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-1.plant.example"], &key))})),
-        )
+        .finalize(&acct, &o, &csr(&["plc-1.plant.example"], &key))
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     let fin = r.json();
     assert_eq!(fin["status"], "valid");
     let cert_url = fin["certificate"].as_str().expect("certificate url");
@@ -841,16 +650,10 @@ async fn finalize_issues_and_certificate_downloads_as_pem_chain() {
     s.post_as(&other, cert_url, None)
         .await
         .assert_problem(404, "malformed");
-    s.send(Request::get(cert_url).body(Body::empty()).expect("req"))
-        .await
-        .assert_problem(405, "malformed");
+    s.get(cert_url).await.assert_problem(405, "malformed");
     // A second finalize of a valid order is orderNotReady.
     let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-1.plant.example"], &key))})),
-        )
+        .finalize(&acct, &o, &csr(&["plc-1.plant.example"], &key))
         .await;
     r.assert_problem(403, "orderNotReady");
 }
@@ -867,15 +670,13 @@ async fn finalize_with_wrong_identifiers_is_bad_csr_and_order_stays_ready() {
         &["a.plant.example", "b.plant.example", "c.plant.example"],
         &["a.plant.example", "x.plant.example"],
     ] {
-        let r = s
-            .post_as(&acct, fin, Some(&json!({"csr": b64(csr(names, &key))})))
-            .await;
+        let r = s.finalize(&acct, &o, &csr(names, &key)).await;
         r.assert_problem(400, "badCSR");
     }
     s.post_as(&acct, fin, Some(&json!({"csr": "!!"})))
         .await
         .assert_problem(400, "badCSR");
-    s.post_as(&acct, fin, Some(&json!({"csr": b64(b"garbage")})))
+    s.finalize(&acct, &o, b"garbage")
         .await
         .assert_problem(400, "badCSR");
     assert_eq!(
@@ -894,20 +695,9 @@ async fn finalize_refuses_the_account_key_as_certificate_key() {
     let account_key =
         rcgen::KeyPair::try_from(acct.key.pkcs8.as_slice()).expect("same key in rcgen");
     let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(csr(&["plc-2.plant.example"], &account_key))})),
-        )
+        .finalize(&acct, &o, &csr(&["plc-2.plant.example"], &account_key))
         .await;
-    let p = r.assert_problem(400, "badCSR");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("account key"),
-        "{p}"
-    );
+    r.assert_problem_detail(400, "badCSR", "account key");
 }
 
 #[tokio::test]
@@ -941,13 +731,7 @@ async fn finalize_refuses_sha1_signed_csr() {
         .expect("openssl is installed by scripts/install-test-deps.sh");
     assert!(st.success());
     let der = std::fs::read(&out).expect("csr");
-    let r = s
-        .post_as(
-            &acct,
-            o["finalize"].as_str().expect("fin"),
-            Some(&json!({"csr": b64(der)})),
-        )
-        .await;
+    let r = s.finalize(&acct, &o, &der).await;
     let p = r.assert_problem(400, "badCSR");
     assert!(
         p["detail"]
@@ -1020,12 +804,7 @@ async fn revocation_by_owner_by_certificate_key_and_refusals() {
             Some(&json!({"certificate": b64(&der), "reason": 1})),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_status(StatusCode::OK);
     s.post_as(&acct, &url, Some(&json!({"certificate": b64(&der)})))
         .await
         .assert_problem(400, "alreadyRevoked");
@@ -1038,22 +817,10 @@ async fn directory_allows_post_as_get_and_405_names_allowed_methods() {
     let r = s.post_as(&acct, &s.url("/directory"), None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.json()["newOrder"].is_string());
-    let r = s
-        .send(
-            Request::put(s.url("/directory"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.send_empty(Method::PUT, &s.url("/directory")).await;
     r.assert_problem(405, "malformed");
     assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD, POST"));
-    let r = s
-        .send(
-            Request::get(s.url("/acme/new-order"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.get(&s.url("/acme/new-order")).await;
     assert_eq!(r.header("allow").as_deref(), Some("POST"));
 }
 
@@ -1064,12 +831,7 @@ async fn new_account_with_a_deactivated_key_is_401() {
     s.post_as(&acct, &acct.kid, Some(&json!({"status": "deactivated"})))
         .await;
     let r = s
-        .post(
-            &acct.key,
-            None,
-            &s.url("/acme/new-account"),
-            Some(&json!({"onlyReturnExisting": true})),
-        )
+        .post_new_account(&acct.key, &json!({"onlyReturnExisting": true}))
         .await;
     r.assert_problem(401, "unauthorized");
 }
@@ -1085,33 +847,12 @@ async fn concurrent_new_accounts_with_one_key_create_one_account() {
         for _ in 0..12 {
             let protected =
                 json!({"alg": "ES256", "nonce": s.nonce().await, "url": url, "jwk": key.jwk()});
-            reqs.push(
-                Request::post(&url)
-                    .header("content-type", "application/jose+json")
-                    .body(Body::from(
-                        key.jws(&protected, Some(&json!({}))).to_string(),
-                    ))
-                    .expect("req"),
-            );
+            let jws = key.jws(&protected, Some(&json!({})));
+            reqs.push(common::jose_post(&url, jws.to_string()));
         }
-        let tasks: Vec<_> = reqs
-            .into_iter()
-            .map(|req| {
-                let router = s.router.clone();
-                tokio::spawn(async move {
-                    common::Reply::read(
-                        tower::ServiceExt::oneshot(router, req)
-                            .await
-                            .expect("infallible"),
-                    )
-                    .await
-                })
-            })
-            .collect();
         let mut locations = std::collections::BTreeSet::new();
         let mut created = 0;
-        for t in tasks {
-            let r = t.await.expect("join");
+        for r in common::send_concurrently(&s, reqs).await {
             created += usize::from(r.status == StatusCode::CREATED);
             locations.insert(r.header("location").expect("location"));
         }
@@ -1135,10 +876,9 @@ async fn orders_cannot_be_posted_to_and_deactivation_cancels_them() {
     let s = TestServer::new();
     let acct = s.new_account().await;
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example"}]})),
+            &json!({"identifiers": [{"type": "dns", "value": "a.example"}]}),
         )
         .await;
     let order_url = r.header("location").expect("location");
@@ -1180,13 +920,7 @@ async fn revoked_certificates_appear_on_the_crl_named_in_every_certificate() {
         (crl.crl_number().map(|n| n.to_string()), serials)
     };
     let get_crl = || async {
-        let r = s
-            .send(
-                Request::get(s.url("/crl"))
-                    .body(Body::empty())
-                    .expect("req"),
-            )
-            .await;
+        let r = s.get(&s.url("/crl")).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(
             r.header("content-type").as_deref(),
@@ -1263,13 +997,7 @@ async fn renewal_info_windows_and_replaces() {
     let id = ari_id(&der);
 
     // RFC 9773 §4.2: unauthenticated GET, suggestedWindow inside the validity, Retry-After.
-    let r = s
-        .send(
-            Request::get(format!("{ri}/{id}"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await;
+    let r = s.get(&format!("{ri}/{id}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("retry-after").is_some());
     let w = &r.json()["suggestedWindow"];
@@ -1287,52 +1015,26 @@ async fn renewal_info_windows_and_replaces() {
     // Unknown certificate: 404; malformed identifier: 400.
     // Same AKI, serial 01 02 03 (base64url "AQID").
     let other = format!("{}.AQID", id.split_once('.').expect("AKI.serial").0);
-    s.send(
-        Request::get(format!("{ri}/{other}"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await
-    .assert_problem(404, "malformed");
-    s.send(
-        Request::get(format!("{ri}/nodot"))
-            .body(Body::empty())
-            .expect("req"),
-    )
-    .await
-    .assert_problem(400, "malformed");
+    s.get(&format!("{ri}/{other}"))
+        .await
+        .assert_problem(404, "malformed");
+    s.get(&format!("{ri}/nodot"))
+        .await
+        .assert_problem(400, "malformed");
 
     // One order may replace it; a second one is 409 alreadyReplaced.
     let new_order = |replaces: String| json!({"identifiers": [{"type": "dns", "value": "plc-8.plant.example"}], "replaces": replaces});
-    let r = s
-        .post_as(
-            &acct,
-            &s.url("/acme/new-order"),
-            Some(&new_order(id.clone())),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    s.post_as(
-        &acct,
-        &s.url("/acme/new-order"),
-        Some(&new_order(id.clone())),
-    )
-    .await
-    .assert_problem(409, "alreadyReplaced");
+    s.post_new_order(&acct, &new_order(id.clone()))
+        .await
+        .assert_status(StatusCode::CREATED);
+    s.post_new_order(&acct, &new_order(id.clone()))
+        .await
+        .assert_problem(409, "alreadyReplaced");
     // Another account cannot claim it.
     let stranger = s.new_account().await;
-    s.post_as(
-        &stranger,
-        &s.url("/acme/new-order"),
-        Some(&new_order(id.clone())),
-    )
-    .await
-    .assert_problem(403, "unauthorized");
+    s.post_new_order(&stranger, &new_order(id.clone()))
+        .await
+        .assert_problem(403, "unauthorized");
 
     // The operator pulls renewal forward (ca-server renew-early, over the admin API): the
     // window starts now.
@@ -1355,14 +1057,7 @@ async fn renewal_info_windows_and_replaces() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    let w = s
-        .send(
-            Request::get(format!("{ri}/{id}"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await
-        .json();
+    let w = s.get(&format!("{ri}/{id}")).await.json();
     assert!(
         t(&w["suggestedWindow"]["start"]) <= time::OffsetDateTime::now_utc(),
         "{w}"
@@ -1375,14 +1070,7 @@ async fn renewal_info_windows_and_replaces() {
         Some(&json!({"certificate": b64(&der)})),
     )
     .await;
-    let w = s
-        .send(
-            Request::get(format!("{ri}/{id}"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await
-        .json();
+    let w = s.get(&format!("{ri}/{id}")).await.json();
     assert!(t(&w["suggestedWindow"]["end"]) < time::OffsetDateTime::now_utc());
 }
 
@@ -1398,12 +1086,8 @@ async fn replacing_order(
     ids: Value,
     replaces: &str,
 ) -> common::Reply {
-    s.post_as(
-        acct,
-        &s.url("/acme/new-order"),
-        Some(&json!({"identifiers": ids, "replaces": replaces})),
-    )
-    .await
+    s.post_new_order(acct, &json!({"identifiers": ids, "replaces": replaces}))
+        .await
 }
 
 fn assert_created(r: &common::Reply) {
@@ -1552,10 +1236,9 @@ async fn lab_always_valid_passes_challenges_without_dialing() {
     });
     let acct = s.new_account().await;
     let r = s
-        .post_as(
+        .post_new_order(
             &acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": [{"type": "dns", "value": "bench.plant.test"}]})),
+            &json!({"identifiers": [{"type": "dns", "value": "bench.plant.test"}]}),
         )
         .await;
     let order_url = r.header("location").expect("location");

@@ -1,6 +1,10 @@
-//! Validator tests against real sockets on loopback (127.0.0.1, and ::1 where it can be bound).
+//! Validator tests against real sockets on loopback (127.0.0.1, and ::1 for the IPv6 tests).
 //! Every server listens on an ephemeral port, and the validator config points at that port.
+//!
+//! The IPv6 tests fail where `[::1]` cannot be bound, unless `IIOT_ACME_SKIP_IPV6=1` says to
+//! skip them on such a machine; a skip is then announced in the test output.
 
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,15 +62,28 @@ async fn closed_port(ip: IpAddr) -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// Binds `[::1]:0`, or says why the IPv6 tests are skipped.
-async fn bind_ipv6() -> Option<TcpListener> {
-    match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
-        Ok(listener) => Some(listener),
-        Err(e) => {
-            eprintln!("skipping: cannot bind [::1]: {e}");
-            None
-        }
-    }
+/// Set to `1` to skip the IPv6 tests on a machine where `[::1]` cannot be bound.
+const SKIP_IPV6: &str = "IIOT_ACME_SKIP_IPV6";
+
+/// Binds `[::1]:0` for an IPv6 test. Where that fails the test fails, unless [`SKIP_IPV6`] is
+/// `1`: then it announces the skip and returns None, and the test returns at once.
+async fn bind_ipv6(test: &str) -> Option<TcpListener> {
+    let e = match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
+        Ok(listener) => return Some(listener),
+        Err(e) => e,
+    };
+    assert!(
+        std::env::var(SKIP_IPV6).is_ok_and(|v| v == "1"),
+        "cannot bind [::1]: {e}; on a machine without IPv6 loopback, set {SKIP_IPV6}=1 to skip \
+         the IPv6 tests"
+    );
+    // Straight to the process's stderr: libtest captures what eprintln! writes and shows it
+    // only for failed tests, and a skipped test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: SKIPPED, cannot bind [::1] ({e}) and {SKIP_IPV6}=1"
+    );
+    None
 }
 
 /// A listener that accepts connections and never says anything.
@@ -350,7 +367,8 @@ async fn http01_unresolvable_name_is_a_dns_error() {
 
 #[tokio::test]
 async fn http01_ipv6_identifier_dials_and_brackets_the_host() {
-    let Some(listener) = bind_ipv6().await else {
+    let Some(listener) = bind_ipv6("http01_ipv6_identifier_dials_and_brackets_the_host").await
+    else {
         return;
     };
     let server = HttpServer::on(listener, |_| ok(KEY_AUTH));
@@ -994,7 +1012,7 @@ async fn tls_alpn01_ipv4_identifier_uses_reverse_dns_sni() {
 
 #[tokio::test]
 async fn tls_alpn01_ipv6_identifier_uses_reverse_dns_sni() {
-    let Some(listener) = bind_ipv6().await else {
+    let Some(listener) = bind_ipv6("tls_alpn01_ipv6_identifier_uses_reverse_dns_sni").await else {
         return;
     };
     let setup = TlsSetup::new(challenge_cert(&["::1"], vec![acme_identifier(KEY_AUTH)]));

@@ -3,8 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod acme;
+
+pub use acme::*;
+
 use axum::body::Body;
-use axum::http::{header, Request, Response, StatusCode};
+use axum::http::{Method, Request, Response, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -31,6 +35,33 @@ pub fn crl_distribution_points(der: &[u8]) -> String {
 
 pub fn b64(b: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(b)
+}
+
+/// DER TLV, for the few structures rcgen cannot write.
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    if content.len() < 0x80 {
+        out.push(content.len() as u8);
+    } else if content.len() < 0x100 {
+        out.extend([0x81, content.len() as u8]);
+    } else {
+        out.extend([0x82, (content.len() >> 8) as u8, content.len() as u8]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// Runs `openssl ARGS` in `dir` and asserts that it succeeds, quoting its stderr if not;
+/// returns its stdout.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed by scripts/install-test-deps.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openssl {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A server instance with its own temporary data directory.
@@ -71,34 +102,18 @@ impl TestServer {
 
     pub async fn nonce(&self) -> String {
         let r = self
-            .send(
-                Request::head(self.url("/acme/new-nonce"))
-                    .body(Body::empty())
-                    .expect("req"),
-            )
+            .send_empty(Method::HEAD, &self.url("/acme/new-nonce"))
             .await;
         r.header("replay-nonce").expect("nonce")
     }
 
     pub async fn directory(&self) -> Value {
-        self.send(
-            Request::get(self.url("/directory"))
-                .body(Body::empty())
-                .expect("req"),
-        )
-        .await
-        .json()
+        self.get(&self.url("/directory")).await.json()
     }
 
     /// POSTs a raw body with the JOSE content type.
     pub async fn post_raw(&self, url: &str, body: impl Into<Body>) -> Reply {
-        self.send(
-            Request::post(url)
-                .header(header::CONTENT_TYPE, "application/jose+json")
-                .body(body.into())
-                .expect("req"),
-        )
-        .await
+        self.send(jose_post(url, body)).await
     }
 }
 
@@ -254,19 +269,9 @@ impl TestServer {
     pub async fn new_account(&self) -> Account {
         let key = Key::generate();
         let r = self
-            .post(
-                &key,
-                None,
-                &self.url("/acme/new-account"),
-                Some(&json!({"termsOfServiceAgreed": true})),
-            )
+            .post_new_account(&key, &json!({"termsOfServiceAgreed": true}))
             .await;
-        assert_eq!(
-            r.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_status(StatusCode::CREATED);
         let kid = r.header("location").expect("location");
         Account { key, kid }
     }
@@ -316,17 +321,8 @@ pub async fn ready_order(s: &TestServer, acct: &Account, names: &[&str]) -> Valu
         .iter()
         .map(|n| json!({"type": "dns", "value": n}))
         .collect();
-    let r = s
-        .post_as(
-            acct,
-            &s.url("/acme/new-order"),
-            Some(&json!({"identifiers": ids})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    let mut o = r.json();
+    let (loc, mut o) = s.create_order(acct, &json!({ "identifiers": ids })).await;
     validate_all(s, &o);
-    let loc = r.header("location").expect("location");
     o["url"] = json!(loc);
     let now = s.post_as(acct, &loc, None).await.json();
     assert_eq!(now["status"], "ready");
@@ -365,15 +361,9 @@ pub fn credential(
 /// A new account bound with `cred` (RFC 8555 §7.3.4); panics unless it is created.
 pub async fn bound_account(s: &TestServer, cred: &ca_server::eab::Credential) -> Account {
     let key = Key::generate();
-    let url = s.url("/acme/new-account");
-    let binding = eab_binding(&key, &cred.kid, &cred.hmac_key, &url);
+    let binding = eab_binding(&key, &cred.kid, &cred.hmac_key, &s.url("/acme/new-account"));
     let r = s
-        .post(
-            &key,
-            None,
-            &url,
-            Some(&json!({"externalAccountBinding": binding})),
-        )
+        .post_new_account(&key, &json!({"externalAccountBinding": binding}))
         .await;
     r.assert_status(StatusCode::CREATED);
     Account {
