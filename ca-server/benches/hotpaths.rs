@@ -118,7 +118,7 @@ impl Fixture {
     fn order_poll(&self) -> Request<Body> {
         let protected = json!({
             "alg": "ES256",
-            "nonce": self.s.app.nonces.issue(),
+            "nonce": self.s.app.nonces().issue(),
             "url": self.order_url,
             "kid": self.acct.kid,
         });
@@ -130,7 +130,7 @@ impl Fixture {
         let url = self.s.url("/acme/new-account");
         let protected = json!({
             "alg": "ES256",
-            "nonce": self.s.app.nonces.issue(),
+            "nonce": self.s.app.nonces().issue(),
             "url": url,
             "jwk": self.acct.key.jwk(),
         });

@@ -13,6 +13,7 @@ use crate::jwk;
 use crate::jws::{AccountRequest, KeyRequest, Parsed};
 use crate::key::PublicKey;
 use crate::order::Order;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
@@ -71,7 +72,7 @@ impl Account {
         }
     }
 
-    fn to_json(&self, app: &AppState) -> Value {
+    fn to_json(&self, app: &Ra) -> Value {
         let mut v = json!({
             "status": self.status,
             "contact": self.contact,
@@ -93,7 +94,7 @@ impl Account {
     }
 }
 
-fn account_response(app: &AppState, acct: &Account, status: StatusCode) -> Response {
+fn account_response(app: &Ra, acct: &Account, status: StatusCode) -> Response {
     let mut resp = (status, Json(acct.to_json(app))).into_response();
     if let Ok(v) = HeaderValue::from_str(&app.url(&format!("{}{}", paths::ACCOUNT, acct.id))) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -146,7 +147,7 @@ fn check_contacts(contact: &[String]) -> Result<()> {
 
 /// The account a key is registered to, if any. The key index is written before the account
 /// record, so an index entry without a matching account (a crash in between) counts as absent.
-fn account_by_thumbprint(app: &AppState, thumbprint: &str) -> Result<Option<Account>> {
+fn account_by_thumbprint(app: &Ra, thumbprint: &str) -> Result<Option<Account>> {
     let Some(id) = app.db.get::<String>(Table::AccountKeys, thumbprint)? else {
         return Ok(None);
     };
@@ -309,7 +310,7 @@ pub async fn account(
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6>
 ///
 /// Deactivating its pending authorizations makes every open order of the account invalid.
-fn cancel_pending_authorizations(app: &AppState, account_id: &str) -> Result<()> {
+fn cancel_pending_authorizations(app: &Ra, account_id: &str) -> Result<()> {
     let prefix = format!("{account_id}\0");
     for key in app.db.keys_with_prefix(Table::AccountOrders, &prefix)? {
         let Some(order_id) = key.strip_prefix(&prefix) else {

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::cert::{record_revocation, Certificate, RevokedBy};
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::rfc3339;
@@ -62,7 +62,7 @@ impl Selector {
     }
 }
 
-fn certificates(app: &AppState) -> Result<Vec<Certificate>> {
+fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
     app.db.values_with_prefix(Table::Certificates, "")
 }
 
@@ -93,7 +93,7 @@ struct RevokeRequest {
 }
 
 /// Revokes every matching certificate that is not revoked yet.
-async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Result<Json<Value>> {
+async fn revoke(State(app): State<Ra>, Json(r): Json<RevokeRequest>) -> Result<Json<Value>> {
     if r.select.is_empty() {
         return Err(Error::Malformed(
             "say which certificates: serial, identifier or account".into(),
@@ -125,10 +125,7 @@ async fn revoke(State(app): State<AppState>, Json(r): Json<RevokeRequest>) -> Re
 
 /// Makes the renewal window of every matching certificate start now (RFC 9773): devices that
 /// ask for renewal information renew at once, e.g. after a key incident.
-async fn renew_early(
-    State(app): State<AppState>,
-    Json(select): Json<Selector>,
-) -> Result<Json<Value>> {
+async fn renew_early(State(app): State<Ra>, Json(select): Json<Selector>) -> Result<Json<Value>> {
     if select.is_empty() {
         return Err(Error::Malformed(
             "say which certificates: serial, identifier or account".into(),
@@ -151,7 +148,7 @@ async fn renew_early(
 }
 
 /// The audit report: what an operator checks on a fleet.
-async fn audit(State(app): State<AppState>) -> Result<Json<Value>> {
+async fn audit(State(app): State<Ra>) -> Result<Json<Value>> {
     let at = now();
     let certs = certificates(&app)?;
     let soon = at + 24 * 3600;
@@ -238,7 +235,7 @@ struct IdentityRequest {
 
 /// Who holds an identity (`identity` module).
 async fn identity_show(
-    State(app): State<AppState>,
+    State(app): State<Ra>,
     Json(r): Json<IdentityRequest>,
 ) -> Result<Json<Value>> {
     let key = crate::identity::parse_key(&r.identity)?;
@@ -248,7 +245,7 @@ async fn identity_show(
 
 /// The operator releases an identity, so another account may be certified for it.
 async fn identity_release(
-    State(app): State<AppState>,
+    State(app): State<Ra>,
     Json(r): Json<IdentityRequest>,
 ) -> Result<Json<Value>> {
     let key = crate::identity::parse_key(&r.identity)?;
@@ -261,7 +258,7 @@ async fn identity_release(
 }
 
 /// The admin API's routes.
-pub fn router(app: AppState) -> Router {
+pub fn router(app: Ra) -> Router {
     Router::new()
         .route("/identity/show", post(identity_show))
         .route("/identity/release", post(identity_release))
@@ -272,7 +269,7 @@ pub fn router(app: AppState) -> Router {
 }
 
 /// Serves the admin API on `<data_dir>/admin.sock` until the process ends.
-pub async fn serve(app: AppState) -> Result<()> {
+pub async fn serve(app: Ra) -> Result<()> {
     let path = socket_path(&app.cfg.data_dir);
     // A socket file left by a killed server would make bind fail.
     let _ = std::fs::remove_file(&path);

@@ -12,82 +12,42 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::account::{self, Account};
-use crate::ca::CertificateAuthority;
-use crate::config::Config;
-use crate::eab::EabStore;
+use crate::account::{self};
 use crate::error::InternalCause;
 use crate::nonce::NonceStore;
-use crate::storage::{Db, Table};
-use crate::va::Validator;
+use crate::ra::Ra;
 use crate::wire::paths;
-use crate::{authz, cert, directory, order, Error, Result};
+use crate::{authz, cert, directory, order, Error};
 
-/// Everything the handlers share.
+/// The web front end's state: the registration authority it serves and the nonces it issues.
 pub struct Inner {
-    /// The checked configuration.
-    pub cfg: Config,
-    /// `cfg.base_url()`, computed once.
-    pub base_url: String,
-    /// The store.
-    pub db: Db,
-    /// Nonces.
+    /// Accounts, orders, authorizations and everything behind them.
+    pub ra: Ra,
+    /// Replay nonces (RFC 8555 §6.5).
     pub nonces: NonceStore,
-    /// Issuance.
-    pub ca: CertificateAuthority,
-    /// Validation.
-    pub va: Validator,
-    /// External account binding credentials.
-    pub eab: EabStore,
-    /// Operator approval requests and decisions.
-    pub approvals: crate::approval::ApprovalQueue,
-    /// Serialises changes to the account key index (newAccount, keyChange).
-    pub account_keys: tokio::sync::Mutex<()>,
-    /// The signed CRLs, cached.
-    pub crl: crate::crl::CrlCache,
-    /// Certificate profiles (SPEC §8.3), checked at start.
-    pub profiles: crate::profiles::Profiles,
-    /// Rate limits (`[rate_limits]`).
-    pub limits: crate::ratelimit::RateLimiter,
-    /// The names and addresses the CA serves as, which no account may order (`policy`).
-    pub own_names: crate::policy::OwnNames,
 }
 
-/// Cheaply cloneable handle on [`Inner`].
+/// Cheaply cloneable handle on [`Inner`]; dereferences to the [`Ra`], so handlers read
+/// `app.db`, `app.cfg` and so on directly and pass `&app` wherever the RA is wanted.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
+    type Target = Ra;
+    fn deref(&self) -> &Ra {
+        &self.0.ra
     }
 }
 
 impl AppState {
     /// Wraps the parts.
-    pub fn new(inner: Inner) -> Self {
-        Self(Arc::new(inner))
+    pub fn new(ra: Ra, nonces: NonceStore) -> Self {
+        Self(Arc::new(Inner { ra, nonces }))
     }
 
-    /// Absolute URL for a path.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    /// The account a `kid` names, which must be valid.
-    pub fn account_by_kid(&self, kid: &str) -> Result<Account> {
-        let id = kid
-            .strip_prefix(&self.base_url)
-            .and_then(|p| p.strip_prefix(paths::ACCOUNT))
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .ok_or(Error::AccountDoesNotExist)?;
-        let acct: Account = self
-            .db
-            .get(Table::Accounts, id)?
-            .ok_or(Error::AccountDoesNotExist)?;
-        acct.require_valid()?;
-        Ok(acct)
+    /// The nonce store.
+    pub fn nonces(&self) -> &NonceStore {
+        &self.0.nonces
     }
 }
 
@@ -195,7 +155,7 @@ async fn respond(app: AppState, req: Request, next: Next) -> Response {
         tracing::error!(cause = %cause.0, "internal error");
     }
     let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&app.nonces.issue()) {
+    if let Ok(v) = HeaderValue::from_str(&app.nonces().issue()) {
         headers.insert("replay-nonce", v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", app.url(paths::DIRECTORY)))

@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::authz::{record_outcome, start_processing, Authz};
 use crate::config::LimitName;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jws::AccountRequest;
+use crate::ra::Ra;
 use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::now;
@@ -483,7 +483,7 @@ impl ApprovalQueue {
     /// request, if this call made one.
     fn admit(
         &self,
-        app: &AppState,
+        app: &Ra,
         authz_id: &str,
         r: &AccountRequest,
     ) -> Result<(Authz, Option<Pending>)> {
@@ -544,7 +544,7 @@ fn would_start(authz: &Authz) -> Option<String> {
 }
 
 /// Moves the challenge from `processing` back to `pending`.
-fn undo_start(app: &AppState, authz_id: &str) -> Result<()> {
+fn undo_start(app: &Ra, authz_id: &str) -> Result<()> {
     app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
         if let Some(c) = a
             .challenges
@@ -561,7 +561,7 @@ fn undo_start(app: &AppState, authz_id: &str) -> Result<()> {
 
 /// The device triggers its operator-approval-01 challenge (POST `{}`). Beyond a cap on waiting
 /// requests the answer is `rateLimited` and the challenge stays `pending` (SPEC §5.8).
-pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
+pub async fn request(app: &Ra, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
     // The pairing code is a function of the token and the account key. A key chosen after the
     // token is known could be ground offline until its code matches the one a waiting device
     // shows; so the request must come from the key the authorization was created with.
@@ -603,7 +603,7 @@ pub async fn request(app: &AppState, authz_id: &str, r: &AccountRequest) -> Resu
 
 /// Applies operator decisions and expiry to the store. Runs periodically and before the
 /// server reports an authorization, so a device polling sees a decision at once.
-pub async fn apply(app: &AppState) -> Result<()> {
+pub async fn apply(app: &Ra) -> Result<()> {
     let q = &app.approvals;
     let _applying = q.applying.lock().await;
     let now = now();

@@ -31,9 +31,9 @@ use serde_json::Value;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::app::AppState;
 use crate::der::names::PermanentId;
 use crate::key::PublicKey;
+use crate::ra::Ra;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 use anchors::{TrustAnchor, TrustAnchorStore};
@@ -57,7 +57,7 @@ pub struct Attested {
 /// `identifier` (SPEC §5.10.3). Every failure is `badAttestationStatement` with a detail naming
 /// what did not match.
 pub fn verify(
-    app: &AppState,
+    app: &Ra,
     identifier: &Identifier,
     _token: &str,
     key_authorization: &str,

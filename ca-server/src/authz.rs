@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::app::AppState;
 use crate::config::EnrollmentConfig;
 use crate::jws::AccountRequest;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
@@ -144,7 +145,7 @@ impl Authz {
         self.challenges.iter().find_map(|c| c.error.clone())
     }
 
-    fn challenge_json(&self, app: &AppState, c: &Challenge) -> Value {
+    fn challenge_json(&self, app: &Ra, c: &Challenge) -> Value {
         let mut v = json!({
             "type": c.kind,
             "url": challenge_url(app, &self.id, c.kind),
@@ -161,7 +162,7 @@ impl Authz {
     }
 
     /// The authorization object, RFC 8555 §7.1.4.
-    pub fn to_json(&self, app: &AppState) -> Value {
+    pub fn to_json(&self, app: &Ra) -> Value {
         let status = self.status();
         // > For final authorizations ("valid" …), the server MUST … include only the
         // > challenge that was completed.  (RFC 8555 §7.1.4: the "challenges" field)
@@ -213,11 +214,11 @@ pub fn challenge_types(cfg: &EnrollmentConfig, identifier: &Identifier) -> Vec<C
     kinds
 }
 
-fn challenge_url(app: &AppState, authz: &str, kind: ChallengeType) -> String {
+fn challenge_url(app: &Ra, authz: &str, kind: ChallengeType) -> String {
     app.url(&format!("{}{authz}/{kind}", paths::CHALLENGE))
 }
 
-fn own_authz(app: &AppState, r: &AccountRequest, id: &str) -> Result<Authz> {
+fn own_authz(app: &Ra, r: &AccountRequest, id: &str) -> Result<Authz> {
     app.db
         .get::<Authz>(Table::Authzs, id)?
         .filter(|a| a.account_id == r.account.id)
@@ -334,7 +335,7 @@ pub async fn challenge(
 }
 
 /// Applies pending operator decisions first, so a polling device sees them at once.
-pub async fn apply_operator_decisions(app: &AppState) -> Result<()> {
+pub async fn apply_operator_decisions(app: &Ra) -> Result<()> {
     if app.cfg.enrollment.operator_approval {
         crate::approval::apply(app).await?;
     }
@@ -346,7 +347,7 @@ pub async fn apply_operator_decisions(app: &AppState) -> Result<()> {
 /// flight are bounded in all and per account (`Validator::admit`): beyond that the challenge
 /// stays pending and the client gets `rateLimited` with `Retry-After`.
 async fn trigger_validation(
-    app: &AppState,
+    app: &Ra,
     current: Authz,
     kind: ChallengeType,
     account: &crate::account::Account,
@@ -390,11 +391,7 @@ fn would_start(authz: &Authz, kind: ChallengeType) -> bool {
 /// authorization was decided already (answering it again is harmless: its state is reported)
 /// or when another challenge is processing: one attempt at a time, or the second would be left
 /// "processing" forever once the first decides the authorization.
-pub fn start_processing(
-    app: &AppState,
-    authz_id: &str,
-    kind: ChallengeType,
-) -> Result<(Authz, bool)> {
+pub fn start_processing(app: &Ra, authz_id: &str, kind: ChallengeType) -> Result<(Authz, bool)> {
     let started = now();
     let mut triggered = false;
     let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
@@ -422,7 +419,7 @@ pub fn start_processing(
 /// recorded before answering. A challenge is answered once: a failed attestation fails the
 /// authorization (SPEC §5), so a captured attestation cannot be retried against it.
 async fn answer_attestation(
-    app: &AppState,
+    app: &Ra,
     authz: Authz,
     thumbprint: &str,
     payload: serde_json::Map<String, Value>,
@@ -458,7 +455,7 @@ async fn answer_attestation(
 
 /// Counts a failed validation against the account and identifier
 /// (`rate_limits.failed_validations_per_identifier`, checked at newOrder).
-fn count_failure(app: &AppState, authz: &Authz) {
+fn count_failure(app: &Ra, authz: &Authz) {
     app.limits.spend(
         crate::config::LimitName::FailedValidationsPerIdentifier,
         &crate::ratelimit::Key::AccountIdentifier(
@@ -472,7 +469,7 @@ fn count_failure(app: &AppState, authz: &Authz) {
 /// still pending or processing on a pending authorization changes; anything else was decided
 /// already and is returned as it is.
 pub fn record_outcome(
-    app: &AppState,
+    app: &Ra,
     authz_id: &str,
     kind: ChallengeType,
     outcome: &Result<()>,
@@ -513,7 +510,7 @@ pub fn record_outcome(
 
 /// A validation whose task died with the process stays `processing` in the store; restart it
 /// once it is clearly older than any live attempt could be.
-fn resume_stuck_validations(app: &AppState, authz: &Authz) {
+fn resume_stuck_validations(app: &Ra, authz: &Authz) {
     let limit = i64::try_from(app.cfg.validation.timeout.as_secs()).unwrap_or(60) * 2 + 5;
     if authz.status() != AuthzStatus::Pending {
         return;
@@ -555,7 +552,7 @@ fn resume_stuck_validations(app: &AppState, authz: &Authz) {
 }
 
 fn spawn_validation(
-    app: AppState,
+    app: Ra,
     authz: Authz,
     kind: ChallengeType,
     thumbprint: String,
@@ -571,7 +568,7 @@ fn spawn_validation(
 
 /// Runs one validation and records the outcome on the challenge and the authorization.
 async fn run_validation(
-    app: &AppState,
+    app: &Ra,
     authz: &Authz,
     kind: ChallengeType,
     thumbprint: &str,

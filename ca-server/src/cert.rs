@@ -10,6 +10,7 @@ use crate::authz::Authz;
 use crate::ca::{IssuedCert, IssuerKind};
 use crate::jws::{AccountRequest, AnyRequest, Signer};
 use crate::order::Order;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
@@ -124,12 +125,7 @@ impl Certificate {
 /// the table its issuer's CRL is made from and invalidates the cached CRLs so the next one
 /// lists it. Returns the issuing intermediate. The caller flushes, then publishes the CRL
 /// ([`crate::crl::publish`]).
-pub fn record_revocation(
-    app: &AppState,
-    serial: &str,
-    reason: u8,
-    by: RevokedBy,
-) -> Result<IssuerKind> {
+pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> Result<IssuerKind> {
     let at = now();
     let revoked = app
         .db
@@ -155,7 +151,7 @@ pub fn record_revocation(
 /// Whether `account_id` holds currently valid authorizations covering every identifier,
 /// each proven by a challenge ([`Authz::proven_by_challenge`]). An identifier an enrollment
 /// credential or an operator vouched for gives no right over another account's certificate.
-fn holds_authorizations(app: &AppState, account_id: &str, ids: &[Identifier]) -> Result<bool> {
+fn holds_authorizations(app: &Ra, account_id: &str, ids: &[Identifier]) -> Result<bool> {
     let mut covered = std::collections::BTreeSet::new();
     let prefix = format!("{account_id}\0");
     for key in app.db.keys_with_prefix(Table::AccountOrders, &prefix)? {

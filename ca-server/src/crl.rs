@@ -26,6 +26,7 @@ use crate::ca::IssuerKind;
 use crate::cert::Revocation;
 use crate::der::pem_encode;
 use crate::fsutil::write_atomic;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::wire::paths;
@@ -95,7 +96,7 @@ pub fn file_name(kind: IssuerKind) -> &'static str {
 }
 
 /// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
-pub async fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
+pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
     if let Some(der) = app.crl.cached(kind, now) {
         return Ok(der);
@@ -109,7 +110,7 @@ pub async fn current(app: &AppState, kind: IssuerKind) -> Result<Vec<u8>> {
 /// a while (0.5 s for 100,000 entries), so it runs on the blocking pool, not on a request
 /// worker. A failure is logged, not returned: a revocation stands, the cached CRL stays
 /// invalid, and the next request or tick signs again.
-pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKind>) {
+pub async fn publish(app: &Ra, issuers: impl IntoIterator<Item = IssuerKind>) {
     let issuers: Vec<IssuerKind> = issuers.into_iter().filter(|k| app.ca.has(*k)).collect();
     if issuers.is_empty() {
         return;
@@ -123,7 +124,7 @@ pub async fn publish(app: &AppState, issuers: impl IntoIterator<Item = IssuerKin
 
 /// Signs and publishes a new CRL of the intermediate `kind`: numbers it, makes the number
 /// durable, then signs and writes it on the blocking pool.
-pub async fn refresh(app: &AppState, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
+pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     let _one_at_a_time = app.crl.signing.lock().await;
     let reader = app.clone();
     let (number, revoked) =
@@ -148,7 +149,7 @@ type RevokedEntry = (Vec<u8>, i64, u8);
 /// The next CRL number (taken: the CRL number MUST increase with every CRL, across restarts
 /// too, so it lives in the store) and the revocations of `kind`. Scanning 100,000 revocations
 /// takes a while, hence the blocking pool.
-fn number_and_revocations(app: &AppState, kind: IssuerKind) -> Result<(u64, Vec<RevokedEntry>)> {
+fn number_and_revocations(app: &Ra, kind: IssuerKind) -> Result<(u64, Vec<RevokedEntry>)> {
     if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
         app.db
             .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
@@ -171,7 +172,7 @@ fn number_and_revocations(app: &AppState, kind: IssuerKind) -> Result<(u64, Vec<
 }
 
 fn sign_and_write(
-    app: &AppState,
+    app: &Ra,
     kind: IssuerKind,
     number: u64,
     now: i64,
@@ -205,7 +206,7 @@ pub async fn get_rsa(State(app): State<AppState>) -> Result<Response> {
     serve(&app, IssuerKind::Rsa).await
 }
 
-async fn serve(app: &AppState, kind: IssuerKind) -> Result<Response> {
+async fn serve(app: &Ra, kind: IssuerKind) -> Result<Response> {
     if !app.ca.has(kind) {
         return Err(Error::NotFound("CRL"));
     }

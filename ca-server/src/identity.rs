@@ -27,8 +27,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::cert::Certificate;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
@@ -110,12 +110,12 @@ pub fn parse_key(text: &str) -> Result<String> {
 }
 
 /// The holder of `key`, if any.
-pub fn get(app: &AppState, key: &str) -> Result<Option<Holding>> {
+pub fn get(app: &Ra, key: &str) -> Result<Option<Holding>> {
     app.db.get(Table::Identities, key)
 }
 
 /// The operator's release: forgets who holds `key`. Returns the holding it removed.
-pub fn release(app: &AppState, key: &str) -> Result<Option<Holding>> {
+pub fn release(app: &Ra, key: &str) -> Result<Option<Holding>> {
     let held = get(app, key)?;
     if held.is_some() {
         app.db.remove(Table::Identities, key)?;
@@ -125,7 +125,7 @@ pub fn release(app: &AppState, key: &str) -> Result<Option<Holding>> {
 
 /// Whether a holding is current at `at`: a claim being issued, or a certificate that is
 /// unexpired and unrevoked.
-fn current(app: &AppState, h: &Holding, at: i64) -> Result<bool> {
+fn current(app: &Ra, h: &Holding, at: i64) -> Result<bool> {
     let Some(serial) = &h.serial else {
         return Ok(!h.lapsed(at));
     };
@@ -139,7 +139,7 @@ fn current(app: &AppState, h: &Holding, at: i64) -> Result<bool> {
 }
 
 /// The holding of another account than `account_id` with a current certificate for `id`.
-pub fn held_by_other(app: &AppState, id: &Identifier, account_id: &str) -> Result<Option<Holding>> {
+pub fn held_by_other(app: &Ra, id: &Identifier, account_id: &str) -> Result<Option<Holding>> {
     match get(app, &key(id))? {
         Some(h) if h.account_id != account_id && current(app, &h, now())? => Ok(Some(h)),
         _ => Ok(None),
@@ -157,7 +157,7 @@ pub struct Claim {
 
 impl Claim {
     /// Gives the identity back when issuance failed and this claim wrote the record.
-    pub fn abandon(self, app: &AppState) {
+    pub fn abandon(self, app: &Ra) {
         if !self.new {
             return;
         }
@@ -185,7 +185,7 @@ pub enum Hold {
 /// Claims `key` for `account_id` before its certificate is signed. `Ok(Err(holding))` when
 /// another account holds it under `hold`.
 pub fn claim(
-    app: &AppState,
+    app: &Ra,
     key: &str,
     account_id: &str,
     hold: Hold,
@@ -250,7 +250,7 @@ pub fn uri_held(uri: &str, held: &Holding) -> Error {
 }
 
 /// Records `cert`'s account as the holder of its identifiers and of `uri`.
-pub fn record_issued(app: &AppState, cert: &Certificate, uri: Option<&str>) -> Result<()> {
+pub fn record_issued(app: &Ra, cert: &Certificate, uri: Option<&str>) -> Result<()> {
     let keys = cert.identifiers.iter().map(key).chain(uri.map(uri_key));
     for k in keys {
         let since = match get(app, &k)? {
@@ -293,7 +293,7 @@ fn certificate_uris(der: &[u8]) -> Vec<String> {
 /// unrevoked certificate makes its account the holder of its identifiers and of its
 /// ApplicationUri, where no newer holding is recorded. Walks the certificates a page at a
 /// time, so a large store is not held in memory.
-pub fn index_existing(app: &AppState) -> Result<()> {
+pub fn index_existing(app: &Ra) -> Result<()> {
     if app.db.get::<bool>(Table::Meta, INDEXED)?.is_some() {
         return Ok(());
     }

@@ -264,7 +264,7 @@ async fn verify_request(req: Request, app: &AppState, mode: KeyMode) -> Result<(
     // Checked after the signature so that forged requests cannot burn other clients' nonces.
     // <https://www.rfc-editor.org/rfc/rfc8555#section-6.5>
     match jws.header_str("nonce")? {
-        Some(n) => app.nonces.redeem(n)?,
+        Some(n) => app.nonces().redeem(n)?,
         None => return Err(Error::BadNonce("JWS header has no \"nonce\"")),
     }
 

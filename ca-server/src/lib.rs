@@ -30,6 +30,7 @@ pub mod nonce;
 pub mod order;
 pub mod policy;
 pub mod profiles;
+pub mod ra;
 pub mod ratelimit;
 pub mod renewal;
 pub mod server;

@@ -15,6 +15,7 @@ use crate::cert::Certificate;
 use crate::config::LimitName;
 use crate::identity::{Claim, Hold};
 use crate::jws::AccountRequest;
+use crate::ra::Ra;
 use crate::ratelimit::Key;
 use crate::storage::Table;
 use crate::types::new_id;
@@ -79,11 +80,11 @@ const STUCK_PROCESSING_SECS: i64 = 120;
 impl Order {
     /// The order's status, derived from its stage and its authorizations so it can never
     /// disagree with them (as Pebble's `Order.GetStatus`; RFC 8555 §7.1.6).
-    pub fn status(&self, app: &AppState) -> Result<OrderStatus> {
+    pub fn status(&self, app: &Ra) -> Result<OrderStatus> {
         Ok(self.status_and_error(app)?.0)
     }
 
-    fn status_and_error(&self, app: &AppState) -> Result<(OrderStatus, Option<Problem>)> {
+    fn status_and_error(&self, app: &Ra) -> Result<(OrderStatus, Option<Problem>)> {
         match &self.stage {
             Stage::Valid { .. } => return Ok((OrderStatus::Valid, None)),
             Stage::Invalid { error } => return Ok((OrderStatus::Invalid, Some(error.clone()))),
@@ -140,7 +141,7 @@ impl Order {
     }
 
     /// The order object, RFC 8555 §7.1.3.
-    pub fn to_json(&self, app: &AppState) -> Result<Value> {
+    pub fn to_json(&self, app: &Ra) -> Result<Value> {
         let (status, error) = self.status_and_error(app)?;
         let mut v = json!({
             "status": status,
@@ -170,12 +171,12 @@ impl Order {
         Ok(v)
     }
 
-    fn url(&self, app: &AppState) -> String {
+    fn url(&self, app: &Ra) -> String {
         app.url(&format!("{}{}", paths::ORDER, self.id))
     }
 }
 
-fn order_response(app: &AppState, order: &Order, status: StatusCode) -> Result<Response> {
+fn order_response(app: &Ra, order: &Order, status: StatusCode) -> Result<Response> {
     let body = order.to_json(app)?;
     let processing = body["status"] == json!(OrderStatus::Processing);
     let mut resp = (status, Json(body)).into_response();
@@ -193,7 +194,7 @@ fn order_response(app: &AppState, order: &Order, status: StatusCode) -> Result<R
 
 /// Loads an order that the requesting account owns. Another account's order is reported as
 /// not found, so order ids cannot be probed.
-fn own_order(app: &AppState, r: &AccountRequest, id: &str) -> Result<Order> {
+fn own_order(app: &Ra, r: &AccountRequest, id: &str) -> Result<Order> {
     app.db
         .get::<Order>(Table::Orders, id)?
         .filter(|o| o.account_id == r.account.id)
@@ -429,7 +430,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
 /// Marks an order newOrder is refusing after storing it as invalid, so nothing can finalize
 /// it and any claim it holds on a replaced certificate is void (RFC 9773 §5). Best effort: the
 /// caller is already answering with `cause`.
-fn abandon(app: &AppState, order_id: &str, cause: &Error) {
+fn abandon(app: &Ra, order_id: &str, cause: &Error) {
     let marked = app.db.update(Table::Orders, order_id, |mut o: Order| {
         o.stage = Stage::Invalid {
             error: cause.to_problem(),
@@ -452,7 +453,7 @@ struct Grant {
 impl Grant {
     /// The grant of `account`. A revoked or deleted credential stops the account from ordering
     /// at all: the operator withdrew the vouching the account was created on.
-    fn of(app: &AppState, account: &crate::account::Account) -> Result<Self> {
+    fn of(app: &Ra, account: &crate::account::Account) -> Result<Self> {
         let Some(kid) = &account.eab_kid else {
             return Ok(Self {
                 credential: None,
@@ -506,7 +507,7 @@ impl Grant {
 /// An authorization without challenges from before authorizations recorded their credential
 /// counts as pre-authorized by the account's credential.
 async fn check_pre_authorizations(
-    app: &AppState,
+    app: &Ra,
     order: &Order,
     account: &crate::account::Account,
 ) -> Result<Vec<Identifier>> {
@@ -545,13 +546,7 @@ fn held_since(id: &Identifier, h: &crate::identity::Holding) -> String {
 }
 
 /// Revokes the pre-authorization `authz_id`, which no longer holds because of `why`.
-fn withdraw(
-    app: &AppState,
-    order: &Order,
-    authz_id: &str,
-    id: &Identifier,
-    why: &str,
-) -> Result<()> {
+fn withdraw(app: &Ra, order: &Order, authz_id: &str, id: &Identifier, why: &str) -> Result<()> {
     app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
         a.status = AuthzStatus::Revoked;
         Ok(a)

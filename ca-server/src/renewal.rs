@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::cert::Certificate;
 use crate::order::Order;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::rfc3339;
@@ -22,7 +23,7 @@ use crate::{Error, Result};
 const POLL_SECS: u64 = 6 * 3600;
 
 /// Finds the certificate an ARI identifier names; `None` if this CA did not issue it.
-fn lookup(app: &AppState, id: &str) -> Result<Option<Certificate>> {
+fn lookup(app: &Ra, id: &str) -> Result<Option<Certificate>> {
     let (aki, serial) = crate::wire::parse_ari_cert_id(id)?;
     let Some(cert) = app
         .db
@@ -108,7 +109,7 @@ pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<
 ///
 /// <https://www.rfc-editor.org/rfc/rfc9773#section-5>
 pub fn check_replaces(
-    app: &AppState,
+    app: &Ra,
     account_id: &str,
     replaces: &str,
     identifiers: &BTreeSet<Identifier>,
@@ -145,7 +146,7 @@ pub fn check_replaces(
 /// orders replacing one certificate only one succeeds; the other gets `alreadyReplaced`
 /// (RFC 9773 §5, quoted on [`check_replaces`]). newOrder calls this last, once the order is
 /// stored, so a refused order never leaves the certificate claimed.
-pub fn claim(app: &AppState, cert_id: &str, order_id: &str) -> Result<()> {
+pub fn claim(app: &Ra, cert_id: &str, order_id: &str) -> Result<()> {
     app.db
         .update(Table::Certificates, cert_id, |mut c: Certificate| {
             ensure_not_replaced(app, &c, Some(order_id))?;
@@ -165,7 +166,7 @@ pub fn claim(app: &AppState, cert_id: &str, order_id: &str) -> Result<()> {
 /// A missing order counts as invalid: releases before this check claimed the certificate
 /// before the order was stored, so a refused newOrder could leave a claim by an order that
 /// never existed.
-fn ensure_not_replaced(app: &AppState, cert: &Certificate, by: Option<&str>) -> Result<()> {
+fn ensure_not_replaced(app: &Ra, cert: &Certificate, by: Option<&str>) -> Result<()> {
     let Some(other) = cert.replaced_by.as_deref() else {
         return Ok(());
     };

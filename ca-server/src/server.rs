@@ -6,13 +6,14 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::app::{self, AppState, Inner};
+use crate::app::{self, AppState};
 use crate::ca::{CertificateAuthority, IssuerKind};
 use crate::config::tls_names;
 use crate::config::Config;
 use crate::eab::EabStore;
 use crate::fsutil::ensure_private_dir;
 use crate::nonce::NonceStore;
+use crate::ra::{Inner, Ra};
 use crate::storage::{Db, SledStore};
 use crate::va::Validator;
 use crate::{Error, Result};
@@ -92,11 +93,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
             }
         }
     }
-    let state = AppState::new(Inner {
+    let ra = Ra::new(Inner {
         profiles,
         base_url: cfg.base_url(),
         db,
-        nonces: NonceStore::new()?,
         eab,
         approvals: crate::approval::ApprovalQueue::open(&cfg.data_dir)?,
         account_keys: tokio::sync::Mutex::new(()),
@@ -108,8 +108,8 @@ pub fn init(cfg: Config) -> Result<AppState> {
         cfg,
     });
     // A store from before identities were indexed gets its index once (`identity`).
-    crate::identity::index_existing(&state)?;
-    Ok(state)
+    crate::identity::index_existing(&ra)?;
+    Ok(AppState::new(ra, NonceStore::new()?))
 }
 
 /// Start information for printing.
@@ -176,7 +176,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         });
     }
     {
-        let admin = app.clone();
+        let admin = Ra::clone(&app);
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(admin).await {
                 tracing::error!(error = %e, "operator admin socket unavailable");

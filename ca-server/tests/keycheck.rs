@@ -418,9 +418,12 @@ async fn admin_audit(s: &TestServer) -> Value {
         .body(axum::body::Body::empty())
         .expect("req");
     let r = Reply::read(
-        tower::ServiceExt::oneshot(ca_server::admin::router(s.app.clone()), req)
-            .await
-            .expect("infallible"),
+        tower::ServiceExt::oneshot(
+            ca_server::admin::router(ca_server::ra::Ra::clone(&s.app)),
+            req,
+        )
+        .await
+        .expect("infallible"),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);

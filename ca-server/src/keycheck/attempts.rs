@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bounded::{self, Audited, Caps};
 use crate::account::Account;
-use crate::app::AppState;
 use crate::key::PublicKey;
 use crate::order::Order;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
@@ -96,7 +96,7 @@ impl Audited for WeakKeyAttempt {
 
 impl WeakKeyAttempt {
     /// All recorded attempts, oldest first.
-    pub fn list(app: &AppState) -> Result<Vec<Self>> {
+    pub fn list(app: &Ra) -> Result<Vec<Self>> {
         app.db.values_with_prefix(Table::WeakKeyAttempts, "")
     }
 }
@@ -104,7 +104,7 @@ impl WeakKeyAttempt {
 /// Records a refusal of `kind` for `error` (whose problem type and detail are kept). A storage
 /// failure is logged, not returned: the client still gets the refusal it earned.
 pub(crate) fn record(
-    app: &AppState,
+    app: &Ra,
     account: &Account,
     order: &Order,
     kind: WeakKind,
@@ -144,7 +144,7 @@ pub(crate) fn key_facts(key: &PublicKey) -> Option<(String, String)> {
 /// Records a `csr::parse_and_verify` refusal of `der` when it is about the key (`badPublicKey`)
 /// or a weak signature digest; other refusals are not recorded.
 pub(crate) fn record_csr_refusal(
-    app: &AppState,
+    app: &Ra,
     account: &Account,
     order: &Order,
     der: &[u8],

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::ra::Ra;
 use crate::storage::{Store, Table};
 use crate::types::new_id;
 use crate::{Error, Result};
@@ -52,7 +52,7 @@ pub(crate) struct Caps {
 }
 
 /// Appends `record` to its table in `app`'s store, evicting as the module docs say.
-pub(crate) fn append<T: Audited>(app: &AppState, caps: Caps, record: &T) -> Result<()> {
+pub(crate) fn append<T: Audited>(app: &Ra, caps: Caps, record: &T) -> Result<()> {
     let log = log_for(app.cfg.data_dir.clone(), T::TABLE);
     let mut guard = lock(&log);
     let store = app.db.store();

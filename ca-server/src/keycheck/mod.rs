@@ -37,7 +37,6 @@ use serde::{Deserialize, Serialize};
 pub use self::attempts::{WeakKeyAttempt, WeakKind};
 use self::bounded::Audited;
 use crate::account::Account;
-use crate::app::AppState;
 use crate::cert::Certificate;
 use crate::csr::CsrInfo;
 use crate::key::blocklist::Blocklist;
@@ -45,6 +44,7 @@ use crate::key::spki_sha256;
 use crate::key::weak::{self, Weakness};
 use crate::key::PublicKey;
 use crate::order::Order;
+use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
@@ -188,12 +188,12 @@ impl Audited for KeyReuseAttempt {
 
 impl KeyReuseAttempt {
     /// All recorded attempts, oldest first.
-    pub fn list(app: &AppState) -> Result<Vec<Self>> {
+    pub fn list(app: &Ra) -> Result<Vec<Self>> {
         app.db.values_with_prefix(Table::KeyReuseAttempts, "")
     }
 }
 
-fn record_attempt(app: &AppState, attempt: &KeyReuseAttempt) -> Result<()> {
+fn record_attempt(app: &Ra, attempt: &KeyReuseAttempt) -> Result<()> {
     tracing::warn!(
         kind = ?attempt.kind,
         account = %attempt.attempted.account_id,
@@ -207,7 +207,7 @@ fn record_attempt(app: &AppState, attempt: &KeyReuseAttempt) -> Result<()> {
 /// The account whose account key is `key`, if any (whatever its status: a deactivated
 /// account's key has still been used to sign requests by someone). The key index is written
 /// before the account, so an entry the account does not confirm is ignored, as account.rs does.
-fn account_with_key(app: &AppState, key: &PublicKey) -> Result<Option<String>> {
+fn account_with_key(app: &Ra, key: &PublicKey) -> Result<Option<String>> {
     let thumbprint = jwk::thumbprint(key);
     let Some(id) = app.db.get::<String>(Table::AccountKeys, &thumbprint)? else {
         return Ok(None);
@@ -224,12 +224,7 @@ fn account_with_key(app: &AppState, key: &PublicKey) -> Result<Option<String>> {
 /// are recorded. On success the key is reserved for this order until the returned guard is
 /// dropped, so two orders cannot certify one key concurrently; call [`Reservation::record`]
 /// once the certificate is stored.
-pub fn check(
-    app: &AppState,
-    account: &Account,
-    order: &Order,
-    csr: &CsrInfo,
-) -> Result<Reservation> {
+pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Result<Reservation> {
     let key = &csr.public_key;
     // Weak and compromised keys are refused with `badPublicKey` and recorded for the audit.
     let weak = |kind: WeakKind, detail: String| -> Result<Reservation> {
@@ -365,7 +360,7 @@ pub struct Reservation {
 
 impl Reservation {
     fn take(
-        app: &AppState,
+        app: &Ra,
         fingerprint: String,
         order: &Order,
         key: &PublicKey,
@@ -409,7 +404,7 @@ impl Reservation {
     }
 
     /// Records the issued certificate as the key's holder in [`Table::KeyUse`].
-    pub fn record(&self, app: &AppState, cert: &Certificate) -> Result<()> {
+    pub fn record(&self, app: &Ra, cert: &Certificate) -> Result<()> {
         let fingerprint = &self.slot.1;
         let at = now();
         let first_certified = app

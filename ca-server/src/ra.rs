@@ -1,0 +1,81 @@
+//! The registration authority: the rules of RFC 8555 over the store, without HTTP. Accounts,
+//! orders, authorizations, enrollment credentials, operator approval, identity binding,
+//! renewal and key hygiene each have a module; [`Ra`] is the state they share.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::account::Account;
+use crate::ca::CertificateAuthority;
+use crate::config::Config;
+use crate::eab::EabStore;
+use crate::storage::{Db, Table};
+use crate::va::Validator;
+use crate::wire::paths;
+use crate::{Error, Result};
+
+/// Everything the registration authority works with.
+pub struct Inner {
+    /// The checked configuration.
+    pub cfg: Config,
+    /// `cfg.base_url()`, computed once.
+    pub base_url: String,
+    /// The store.
+    pub db: Db,
+    /// Issuance.
+    pub ca: CertificateAuthority,
+    /// Validation.
+    pub va: Validator,
+    /// External account binding credentials.
+    pub eab: EabStore,
+    /// Operator approval requests and decisions.
+    pub approvals: crate::approval::ApprovalQueue,
+    /// Serialises changes to the account key index (newAccount, keyChange).
+    pub account_keys: tokio::sync::Mutex<()>,
+    /// The signed CRLs, cached.
+    pub crl: crate::crl::CrlCache,
+    /// Certificate profiles (SPEC §8.3), checked at start.
+    pub profiles: crate::profiles::Profiles,
+    /// Rate limits (`[rate_limits]`).
+    pub limits: crate::ratelimit::RateLimiter,
+    /// The names and addresses the CA serves as, which no account may order (`policy`).
+    pub own_names: crate::policy::OwnNames,
+}
+
+/// Cheaply cloneable handle on [`Inner`].
+#[derive(Clone)]
+pub struct Ra(Arc<Inner>);
+
+impl Deref for Ra {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Ra {
+    /// Wraps the parts.
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Absolute URL for a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The account a `kid` names, which must be valid.
+    pub fn account_by_kid(&self, kid: &str) -> Result<Account> {
+        let id = kid
+            .strip_prefix(&self.base_url)
+            .and_then(|p| p.strip_prefix(paths::ACCOUNT))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .ok_or(Error::AccountDoesNotExist)?;
+        let acct: Account = self
+            .db
+            .get(Table::Accounts, id)?
+            .ok_or(Error::AccountDoesNotExist)?;
+        acct.require_valid()?;
+        Ok(acct)
+    }
+}
