@@ -31,8 +31,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ca_server::ca::cert::Revocation;
 use ca_server::ca::IssuerKind;
-use ca_server::cert::Revocation;
 use ca_server::storage::{Store, Table};
 use ca_server::types::now;
 use rustls_pki_types::pem::PemObject;
@@ -346,7 +346,7 @@ fn main() {
             reason: [0, 1, 4, 5][i % 4],
             at,
             issuer: IssuerKind::Ec,
-            by: Some(ca_server::cert::RevokedBy::Operator),
+            by: Some(ca_server::ca::cert::RevokedBy::Operator),
         };
         s.app
             .db
@@ -357,7 +357,7 @@ fn main() {
     for run in 1..=3 {
         let start = Instant::now();
         let der = rt
-            .block_on(ca_server::crl::refresh(&s.app, IssuerKind::Ec, now()))
+            .block_on(ca_server::ca::crl::refresh(&s.app, IssuerKind::Ec, now()))
             .expect("CRL");
         println!(
             "CRL with {} revoked certificates (run {run}): {:.0} ms, {} bytes DER",

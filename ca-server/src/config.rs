@@ -40,7 +40,7 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Certificate profiles (`[profiles]`, SPEC §8.3): `default = "<name>"` and one
     /// `[profiles.<name>]` table per profile to add or adjust.
-    pub profiles: crate::profiles::ProfilesConfig,
+    pub profiles: crate::ca::profiles::ProfilesConfig,
     /// Connection limits of the HTTPS listener (`[limits]`).
     pub limits: LimitsConfig,
     /// Request rate limits (`[rate_limits]`).
@@ -62,7 +62,7 @@ impl Default for Config {
             enrollment: EnrollmentConfig::default(),
             keys: KeysConfig::default(),
             storage: StorageConfig::default(),
-            profiles: crate::profiles::ProfilesConfig::default(),
+            profiles: crate::ca::profiles::ProfilesConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
         }
@@ -600,8 +600,10 @@ impl Config {
         if self.issuance.cert_validity > Duration::from_secs(398 * 86_400) {
             return Err("issuance.cert_validity must be at most 398d".into());
         }
-        let profiles =
-            crate::profiles::Profiles::from_config(&self.profiles, self.issuance.cert_validity)?;
+        let profiles = crate::ca::profiles::Profiles::from_config(
+            &self.profiles,
+            self.issuance.cert_validity,
+        )?;
         if self.issuance.rsa_intermediate_key == RsaIntermediateKey::None {
             if let Some(name) = profiles.rsa_issuer_profiles().next() {
                 return Err(format!(

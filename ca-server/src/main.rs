@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ca_server::approval::{mark_duplicates, ApprovalQueue, Decision};
 use ca_server::config::{parse_duration, Config};
-use ca_server::eab::{AllowRule, EabStore, NewCredential};
+use ca_server::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
+use ca_server::ra::eab::{AllowRule, EabStore, NewCredential};
 use ca_server::server;
 use ca_server::text::{escape, escape_lines};
 use clap::{Args, Parser, Subcommand};
@@ -571,7 +571,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     if app.cfg.enrollment.device_attestation {
         // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
         // an operator sees it at start and not only when a device is refused.
-        let anchors = ca_server::attest::anchors::TrustAnchorStore::new(&app.cfg.data_dir);
+        let anchors = ca_server::va::attest::anchors::TrustAnchorStore::new(&app.cfg.data_dir);
         if let Err(e) = anchors.load() {
             tracing::warn!(error = %e, "trust anchors cannot be read");
         }
@@ -646,12 +646,12 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
             // An allow rule must not cover a name the CA serves as (SPEC §6.6).
             let own = match &cfg {
-                Some(cfg) => Some(ca_server::policy::OwnNames::of(cfg)),
-                None => ca_server::policy::OwnNames::of_server_certificate(&dir)
+                Some(cfg) => Some(ca_server::va::policy::OwnNames::of(cfg)),
+                None => ca_server::va::policy::OwnNames::of_server_certificate(&dir)
                     .map_err(|e| e.to_string())?,
             };
             if let Some(own) = &own {
-                ca_server::eab::check_rules(&allow, own).map_err(|e| match e {
+                ca_server::ra::eab::check_rules(&allow, own).map_err(|e| match e {
                     ca_server::Error::Malformed(m) => m,
                     other => other.to_string(),
                 })?;
@@ -720,7 +720,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
 }
 
 fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
-    use ca_server::attest::anchors::TrustAnchorStore;
+    use ca_server::va::attest::anchors::TrustAnchorStore;
     match cmd {
         TrustAnchorCommand::Add {
             data_dir: d,
@@ -740,7 +740,7 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             if let Some(expected) = sha256 {
                 let expected = ca_server::wire::parse_fingerprint(&expected)?;
-                let der = ca_server::attest::anchors::certificate_der(&input)
+                let der = ca_server::va::attest::anchors::certificate_der(&input)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
                 let got = ca_server::wire::fingerprint(&der);
                 if ca_server::wire::parse_fingerprint(&got)? != expected {

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::app::{self, AppState};
 use crate::ca::{CertificateAuthority, IssuerKind};
 use crate::config::tls_names;
 use crate::config::Config;
-use crate::eab::EabStore;
 use crate::fsutil::ensure_private_dir;
-use crate::nonce::NonceStore;
+use crate::ra::eab::EabStore;
 use crate::ra::{Inner, Ra};
 use crate::storage::{Db, SledStore};
 use crate::va::Validator;
+use crate::wfe::nonce::NonceStore;
+use crate::wfe::{self, AppState};
 use crate::{Error, Result};
 
 /// What an operator needs to know after start.
@@ -39,7 +39,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     for kind in IssuerKind::ALL {
         ca.set_crl_url(
             kind,
-            format!("{}{}", cfg.base_url(), crate::crl::path(kind)),
+            format!("{}{}", cfg.base_url(), crate::ca::crl::path(kind)),
         );
     }
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
@@ -57,10 +57,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }
-    let own_names = crate::policy::OwnNames::of_host(&cfg);
+    let own_names = crate::va::policy::OwnNames::of_host(&cfg);
     let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
     let profiles =
-        crate::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
+        crate::ca::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
             .map_err(Error::Internal)?;
     // Config::check refuses this combination; a Config built in code may skip the check.
     if !ca.has(IssuerKind::Rsa) {
@@ -76,7 +76,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     let db = Db::new(Arc::new(store));
     let eab = EabStore::new(&cfg.data_dir);
     for cred in eab.list().unwrap_or_default() {
-        if let Err(e) = crate::eab::check_rules(&cred.allow, &own_names) {
+        if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {
             tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");
         }
         // What an allow-listed credential pre-authorizes ends with it (SPEC §6.6).
@@ -98,9 +98,9 @@ pub fn init(cfg: Config) -> Result<AppState> {
         base_url: cfg.base_url(),
         db,
         eab,
-        approvals: crate::approval::ApprovalQueue::open(&cfg.data_dir)?,
+        approvals: crate::ra::approval::ApprovalQueue::open(&cfg.data_dir)?,
         account_keys: tokio::sync::Mutex::new(()),
-        crl: crate::crl::CrlCache::default(),
+        crl: crate::ca::crl::CrlCache::default(),
         limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
         own_names,
         ca,
@@ -108,7 +108,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         cfg,
     });
     // A store from before identities were indexed gets its index once (`identity`).
-    crate::identity::index_existing(&ra)?;
+    crate::ra::identity::index_existing(&ra)?;
     Ok(AppState::new(ra, NonceStore::new()?))
 }
 
@@ -146,11 +146,11 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
         // nextUpdate.
         let signer = app.clone();
         tokio::spawn(async move {
-            let period = std::time::Duration::from_secs(crate::crl::REFRESH.unsigned_abs());
+            let period = std::time::Duration::from_secs(crate::ca::crl::REFRESH.unsigned_abs());
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                crate::crl::publish(&signer, IssuerKind::ALL).await;
+                crate::ca::crl::publish(&signer, IssuerKind::ALL).await;
             }
         });
     }
@@ -191,15 +191,15 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = crate::approval::apply(&sweeper).await {
+                if let Err(e) = crate::ra::approval::apply(&sweeper).await {
                     tracing::error!(error = %e, "applying operator decisions failed");
                 }
             }
         });
     }
     let limits = app.cfg.limits.clone();
-    let router = app::router(app);
-    crate::listener::serve(listener, Arc::new(tls), router, &limits, ctrl_c()).await
+    let router = wfe::router(app);
+    wfe::listener::serve(listener, Arc::new(tls), router, &limits, ctrl_c()).await
 }
 
 /// The HTTPS server's TLS configuration: `chain_pem` (leaf first) and its PKCS#8 key, TLS 1.2

@@ -10,9 +10,9 @@ mod common;
 use std::process::Command;
 
 use axum::http::StatusCode;
-use ca_server::attest::anchors::{TrustAnchor, TrustAnchorStore};
-use ca_server::attest::object::{COSE_ES256, COSE_ES384, FORMAT};
 use ca_server::der::names::PermanentId;
+use ca_server::va::attest::anchors::{TrustAnchor, TrustAnchorStore};
+use ca_server::va::attest::object::{COSE_ES256, COSE_ES384, FORMAT};
 use common::{b64, openssl, tlv, Account, TestServer};
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, IsCa,
@@ -479,7 +479,7 @@ async fn a_mixed_device_and_dns_order_gets_both_names() {
             .update(
                 ca_server::storage::Table::Authzs,
                 authz_id,
-                |mut a: ca_server::authz::Authz| {
+                |mut a: ca_server::ra::authz::Authz| {
                     if a.identifier.kind != ca_server::types::IdentifierType::PermanentIdentifier {
                         a.status = ca_server::types::AuthzStatus::Valid;
                         a.challenges[0].status = ca_server::types::ChallengeStatus::Valid;
@@ -1006,7 +1006,7 @@ async fn turning_attestation_off_refuses_pending_challenges() {
     let att = device.attest(&key_authorization(&acct, &c));
     let anchors = TrustAnchorStore::new(s.dir.path()).load().expect("anchors");
     // Same checks without the configuration: the attestation itself is fine...
-    ca_server::attest::verify_attestation(
+    ca_server::va::attest::verify_attestation(
         &att,
         &ca_server::types::Identifier {
             kind: ca_server::types::IdentifierType::PermanentIdentifier,
@@ -1035,7 +1035,7 @@ async fn turning_attestation_off_refuses_pending_challenges() {
         }
     };
     let off = TestServer {
-        router: ca_server::app::router(app.clone()),
+        router: ca_server::wfe::router(app.clone()),
         app,
         dir,
     };

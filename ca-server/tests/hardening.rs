@@ -6,8 +6,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::eab::Credential;
-use ca_server::profiles::ProfilesConfig;
+use ca_server::ca::profiles::ProfilesConfig;
+use ca_server::ra::eab::Credential;
 use ca_server::storage::Table;
 use common::{b64, Key, Reply, TestServer};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
@@ -203,8 +203,8 @@ async fn an_application_uri_is_bound_to_the_first_account_until_released() {
     let o = new_order(&s, &scada, &order_for("10.20.0.1")).await.json();
     let (r, _) = finalize(&s, &scada, &o, &["10.20.0.1"], &[uri]).await;
     r.assert_status(StatusCode::OK);
-    let key = ca_server::identity::parse_key(&format!("uri:{uri}")).expect("key");
-    let released = ca_server::identity::release(&s.app, &key).expect("release");
+    let key = ca_server::ra::identity::parse_key(&format!("uri:{uri}")).expect("key");
+    let released = ca_server::ra::identity::release(&s.app, &key).expect("release");
     assert_eq!(
         released.map(|h| h.account_id).as_deref(),
         Some(scada_id),
@@ -253,8 +253,8 @@ async fn a_shared_credential_does_not_pre_authorize_a_siblings_name() {
     .await
     .assert_problem_detail(400, "rejectedIdentifier", "identity release");
     // Once the operator releases it, the credential vouches for it again.
-    let key = ca_server::identity::parse_key("dns:plc-1.line2.plant.example").expect("key");
-    ca_server::identity::release(&closed.app, &key).expect("release");
+    let key = ca_server::ra::identity::parse_key("dns:plc-1.line2.plant.example").expect("key");
+    ca_server::ra::identity::release(&closed.app, &key).expect("release");
     pre_authorized(&closed, &second, &["plc-1.line2.plant.example"]).await;
 }
 
@@ -280,7 +280,7 @@ async fn finalize_stops_once_the_pre_authorizing_credential_no_longer_stands() {
         ("used up", |s, c, acct| {
             // Its one use went to another account first (a race the count lost).
             edit_credential(s, &c.kid, |c| c.max_uses = Some(1));
-            let usage = ca_server::eab::Usage {
+            let usage = ca_server::ra::eab::Usage {
                 accounts: vec!["someone-else".into(), acct.to_owned()],
                 last_used: 0,
             };
@@ -365,15 +365,19 @@ async fn vouched_for_authorizations_do_not_entitle_revocation() {
         .expect("authz id");
     s.app
         .db
-        .update(Table::Authzs, authz_id, |mut a: ca_server::authz::Authz| {
-            a.status = ca_server::types::AuthzStatus::Valid;
-            for c in &mut a.challenges {
-                if c.kind == ca_server::types::ChallengeType::OperatorApproval01 {
-                    c.status = ca_server::types::ChallengeStatus::Valid;
+        .update(
+            Table::Authzs,
+            authz_id,
+            |mut a: ca_server::ra::authz::Authz| {
+                a.status = ca_server::types::AuthzStatus::Valid;
+                for c in &mut a.challenges {
+                    if c.kind == ca_server::types::ChallengeType::OperatorApproval01 {
+                        c.status = ca_server::types::ChallengeStatus::Valid;
+                    }
                 }
-            }
-            Ok(a)
-        })
+                Ok(a)
+            },
+        )
         .expect("approve");
     s.post_as(&approved, &url, Some(&json!({"certificate": b64(&der)})))
         .await
@@ -635,7 +639,7 @@ async fn operator_approval_needs_the_key_the_order_was_made_with() {
         .assert_problem_detail(403, "unauthorized", "key changed");
     let c = s.post_as(&rolled, &chall, None).await.json();
     assert_eq!(c["status"], "pending", "{c}");
-    assert!(ca_server::approval::ApprovalQueue::new(s.dir.path())
+    assert!(ca_server::ra::approval::ApprovalQueue::new(s.dir.path())
         .list_pending()
         .expect("list")
         .is_empty());
@@ -685,7 +689,7 @@ async fn certificates_issued_before_the_index_still_bind_their_identities() {
         .assert_status(StatusCode::OK);
 
     forget_identities(&s);
-    ca_server::identity::index_existing(&s.app).expect("index");
+    ca_server::ra::identity::index_existing(&s.app).expect("index");
 
     let second = bound(&s, &cred).await;
     let o = new_order(&s, &second, &identifiers(&["plc-1.line2.plant.example"]))
@@ -698,8 +702,9 @@ async fn certificates_issued_before_the_index_still_bind_their_identities() {
     let (r, _) = finalize(&s, &second, &o, &["10.20.0.7"], &[uri]).await;
     r.assert_problem(400, "badCSR");
     // Indexing again changes nothing: it ran once.
-    ca_server::identity::release(&s.app, &ca_server::identity::uri_key(uri)).expect("release");
-    ca_server::identity::index_existing(&s.app).expect("index");
+    ca_server::ra::identity::release(&s.app, &ca_server::ra::identity::uri_key(uri))
+        .expect("release");
+    ca_server::ra::identity::index_existing(&s.app).expect("index");
     let (r, _) = finalize(&s, &second, &o, &["10.20.0.7"], &[uri]).await;
     r.assert_status(StatusCode::OK);
 }
@@ -746,12 +751,12 @@ async fn a_lapsed_claim_gives_way() {
         .db
         .put(
             Table::Identities,
-            &ca_server::identity::uri_key(uri),
-            &ca_server::identity::Holding {
+            &ca_server::ra::identity::uri_key(uri),
+            &ca_server::ra::identity::Holding {
                 account_id: "crashed".into(),
                 serial: None,
                 not_after: 0,
-                since: ca_server::types::now() - ca_server::identity::CLAIM_LAPSES - 1,
+                since: ca_server::types::now() - ca_server::ra::identity::CLAIM_LAPSES - 1,
             },
         )
         .expect("put");
@@ -778,10 +783,14 @@ async fn a_pre_authorization_from_before_its_credential_was_recorded_is_checked(
         .expect("authz id");
     s.app
         .db
-        .update(Table::Authzs, authz_id, |mut a: ca_server::authz::Authz| {
-            a.pre_authorized_by = None;
-            Ok(a)
-        })
+        .update(
+            Table::Authzs,
+            authz_id,
+            |mut a: ca_server::ra::authz::Authz| {
+                a.pre_authorized_by = None;
+                Ok(a)
+            },
+        )
         .expect("strip");
     assert!(s.app.eab.revoke(&cred.kid).expect("revoke"));
     let (r, _) = finalize(&s, &acct, &o, &["plc-3.plant.example"], &[]).await;

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use ca_server::config::Config;
-use ca_server::eab::NewCredential;
+use ca_server::ra::eab::NewCredential;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
@@ -47,7 +47,7 @@ async fn http01_responder() -> (u16, Tokens) {
 struct Ca {
     directory: String,
     root: std::path::PathBuf,
-    app: ca_server::app::AppState,
+    app: ca_server::wfe::AppState,
     _dir: tempfile::TempDir,
 }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use axum::http::StatusCode;
 use ca_server::key::blocklist::BlocklistFile;
-use ca_server::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
+use ca_server::ra::keycheck::{KeyReuseAttempt, KeyUse, ReuseKind, WeakKind};
 use ca_server::storage::Table;
 use common::{b64, csr, openssl, ready_order, tlv, Account, Reply, TestServer};
 use num_bigint::BigUint;
@@ -431,10 +431,10 @@ async fn admin_audit(s: &TestServer) -> Value {
 }
 
 /// The stored certificate record for `name`.
-fn cert_for(s: &TestServer, name: &str) -> ca_server::cert::Certificate {
+fn cert_for(s: &TestServer, name: &str) -> ca_server::ca::cert::Certificate {
     s.app
         .db
-        .values_with_prefix::<ca_server::cert::Certificate>(Table::Certificates, "")
+        .values_with_prefix::<ca_server::ca::cert::Certificate>(Table::Certificates, "")
         .expect("certificates")
         .into_iter()
         .find(|c| c.identifiers.iter().any(|i| i.value == name))
@@ -472,7 +472,7 @@ async fn audit_counts_what_is_in_use_and_lists_devices_that_stopped_renewing() {
         .update(
             Table::Certificates,
             &gone.id,
-            |mut c: ca_server::cert::Certificate| {
+            |mut c: ca_server::ca::cert::Certificate| {
                 c.not_before = now - 7200;
                 c.not_after = now - 60;
                 Ok(c)
@@ -600,7 +600,7 @@ async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
         acct.kid.rsplit('/').next().expect("id"),
         other.kid.rsplit('/').next().expect("id"),
     );
-    let recorded = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    let recorded = ca_server::ra::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
     let summary: Vec<_> = recorded
         .iter()
         .map(|a| {
@@ -712,13 +712,13 @@ async fn weak_key_attempts_are_bounded_per_account() {
             "-sha1",
         ],
     );
-    let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
+    let max = ca_server::ra::keycheck::attempts::MAX_PER_ACCOUNT;
     for _ in 0..max + 5 {
         s.finalize(&acct, &o, &sha1)
             .await
             .assert_problem(400, "badCSR");
     }
-    let recorded = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    let recorded = ca_server::ra::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
     assert_eq!(recorded.len(), max);
 }
 
@@ -762,7 +762,7 @@ async fn key_reuse_attempts_are_bounded_per_account() {
     let names = ["loop-1.plant.example"];
     let o = ready_order(&s, &flood, &names).await;
     let der = csr(&names, &owner_key);
-    let max = ca_server::keycheck::attempts::MAX_PER_ACCOUNT;
+    let max = ca_server::ra::keycheck::attempts::MAX_PER_ACCOUNT;
     for _ in 0..max + 5 {
         s.finalize(&flood, &o, &der)
             .await
@@ -924,12 +924,12 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
         .update(
             Table::Certificates,
             &used.serial,
-            |mut c: ca_server::cert::Certificate| {
-                c.revoked = Some(ca_server::cert::Revocation {
+            |mut c: ca_server::ca::cert::Certificate| {
+                c.revoked = Some(ca_server::ca::cert::Revocation {
                     reason: 1,
                     at: 0,
                     issuer: c.issuer,
-                    by: Some(ca_server::cert::RevokedBy::CertificateKey),
+                    by: Some(ca_server::ca::cert::RevokedBy::CertificateKey),
                 });
                 Ok(c)
             },
@@ -946,7 +946,7 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
     )
     .await;
     // Recorded as a weak-key attempt (not as reuse) for the audit.
-    let weak = ca_server::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
+    let weak = ca_server::ra::keycheck::WeakKeyAttempt::list(&s.app).expect("list");
     assert_eq!(weak.len(), 1);
     assert_eq!(weak[0].kind, WeakKind::Compromised);
     assert_eq!(weak[0].spki_sha256.as_deref(), Some(fingerprint.as_str()));
@@ -989,10 +989,10 @@ async fn concurrent_finalizes_of_one_key_for_different_devices_issue_once() {
 /// with the same key until the first has recorded its certificate or given up.
 #[tokio::test]
 async fn a_key_is_reserved_between_check_and_issuance() {
-    use ca_server::order::Order;
+    use ca_server::ra::order::Order;
     let s = TestServer::new();
     let acct = s.new_account().await;
-    let account: ca_server::account::Account = s
+    let account: ca_server::ra::account::Account = s
         .app
         .db
         .get(Table::Accounts, acct.kid.rsplit('/').next().expect("id"))
@@ -1012,10 +1012,11 @@ async fn a_key_is_reserved_between_check_and_issuance() {
             .get(Table::Orders, id)
             .expect("get")
             .expect("order");
-        let info = ca_server::csr::parse_and_verify(&csr(&[name], &key)).expect("csr");
+        let info = ca_server::ca::csr::parse_and_verify(&csr(&[name], &key)).expect("csr");
         orders.push((order, info));
     }
-    let check = |i: usize| ca_server::keycheck::check(&s.app, &account, &orders[i].0, &orders[i].1);
+    let check =
+        |i: usize| ca_server::ra::keycheck::check(&s.app, &account, &orders[i].0, &orders[i].1);
 
     let first = check(0).expect("first order passes");
     let again = check(0).expect("the same order may be finalized twice at once");

@@ -8,7 +8,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::profiles::ProfilesConfig;
+use ca_server::ca::profiles::ProfilesConfig;
 use common::{b64, TestServer};
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, SanType};
 use serde_json::{json, Value};

@@ -7,11 +7,11 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use ca_server::account::Account;
-use ca_server::jws::Parsed;
 use ca_server::key::PublicKey;
-use ca_server::nonce::NonceStore;
+use ca_server::ra::account::Account;
 use ca_server::types::{AccountStatus, Identifier, IdentifierType};
+use ca_server::wfe::jws::Parsed;
+use ca_server::wfe::nonce::NonceStore;
 use ca_server::wire::normalize_identifier;
 use ca_server::{jwk, wire, Error, Problem, ProblemType};
 use protocol_spec::runner::{field, hex_field, load, Runner, Vector};
@@ -196,7 +196,9 @@ fn ari_cert_id() {
 /// `X5C_MAX` certificates) and refuses the others.
 #[test]
 fn attestation_object() {
-    use ca_server::attest::object::{self, COSE_ES256, COSE_ES384, COSE_RS256, FORMAT, X5C_MAX};
+    use ca_server::va::attest::object::{
+        self, COSE_ES256, COSE_ES384, COSE_RS256, FORMAT, X5C_MAX,
+    };
     run("attestation_object", |v| {
         let fmt = field(&v.input, "fmt")?;
         let alg = v.input["alg"].as_i64().ok_or("no alg")?;
@@ -278,7 +280,7 @@ fn identifiers() {
 /// the vector's `attObj` byte for byte from its statement.
 #[test]
 fn device_attest() {
-    use ca_server::attest::anchors::TrustAnchor;
+    use ca_server::va::attest::anchors::TrustAnchor;
     run("device_attest", |v| {
         let b64 = |s: &Value| wire::b64u_decode("vector", s.as_str().unwrap_or_default());
         // Each anchor goes through the checks an anchor file gets; one the server cannot use
@@ -342,7 +344,7 @@ fn device_attest() {
             kind: IdentifierType::PermanentIdentifier,
             value: field(&v.input["identifier"], "value")?.to_owned(),
         };
-        let got = ca_server::attest::verify_attestation(
+        let got = ca_server::va::attest::verify_attestation(
             &att_obj,
             &identifier,
             key_authorization,
@@ -568,7 +570,7 @@ fn problems() {
 #[test]
 fn pairing_code() {
     run("pairing_code", |v| {
-        let got = ca_server::approval::pairing_code(
+        let got = ca_server::ra::approval::pairing_code(
             field(&v.input, "token")?,
             field(&v.input, "thumbprint")?,
         );

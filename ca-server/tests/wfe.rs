@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use ca_server::eab::NewCredential;
+use ca_server::ra::eab::NewCredential;
 use common::{b64, csr, ready_order, Key, TestServer};
 use serde_json::{json, Value};
 
@@ -887,7 +887,7 @@ async fn orders_cannot_be_posted_to_and_deactivation_cancels_them() {
         .assert_problem(400, "malformed");
     s.post_as(&acct, &acct.kid, Some(&json!({"status": "deactivated"})))
         .await;
-    let order: ca_server::order::Order = s
+    let order: ca_server::ra::order::Order = s
         .app
         .db
         .get(
@@ -1076,7 +1076,7 @@ async fn renewal_info_windows_and_replaces() {
 
 /// The RFC 9773 §4.1 certificate identifier of an issued leaf.
 fn ari_id(der: &[u8]) -> String {
-    ca_server::renewal::cert_id_of(der).expect("ARI certificate id")
+    ca_server::ra::renewal::cert_id_of(der).expect("ARI certificate id")
 }
 
 /// A newOrder replacing `replaces`.
@@ -1164,7 +1164,7 @@ async fn replacement_by_an_invalid_or_missing_order_is_ignored() {
         .update(
             ca_server::storage::Table::Certificates,
             &serial,
-            |mut c: ca_server::cert::Certificate| {
+            |mut c: ca_server::ca::cert::Certificate| {
                 c.replaced_by = Some("no-such-order".into());
                 Ok(c)
             },

@@ -554,7 +554,7 @@ mod tests {
             ("ed.pem", &["edpub.pem"]),
         ] {
             let csr = crate::testutil::openssl_csr(d, &["-key", key], &[]);
-            let info = crate::csr::parse_and_verify(&csr).expect("CSR");
+            let info = crate::ca::csr::parse_and_verify(&csr).expect("CSR");
             let want = bkhash(key_number(&info.public_key));
             for file in std::iter::once(&key).chain(forms) {
                 let got = hashes_from_pem(&std::fs::read(d.join(file)).expect("read")).expect(file);

@@ -12,8 +12,8 @@ use axum::http::{Method, Request, Response, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ca_server::app::{self, AppState};
 use ca_server::config::Config;
+use ca_server::wfe::{self, AppState};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -87,7 +87,7 @@ impl TestServer {
         cfg.validation.allow_loopback = true;
         f(&mut cfg);
         let app = ca_server::server::init(cfg).expect("init");
-        let router = app::router(app.clone());
+        let router = wfe::router(app.clone());
         Self { app, router, dir }
     }
 
@@ -299,7 +299,7 @@ pub fn eab_binding(key: &Key, kid: &str, hmac_b64: &str, url: &str) -> Value {
 /// challenge so finalize and what follows can be tested on their own (validation has its own
 /// tests).
 pub fn validate_all(s: &TestServer, order: &Value) {
-    use ca_server::authz::Authz;
+    use ca_server::ra::authz::Authz;
     use ca_server::storage::Table;
     use ca_server::types::{AuthzStatus, ChallengeStatus};
     for url in order["authorizations"].as_array().expect("authzs") {
@@ -344,22 +344,22 @@ pub fn credential(
     s: &TestServer,
     allow: &[&str],
     role: Option<&str>,
-) -> ca_server::eab::Credential {
+) -> ca_server::ra::eab::Credential {
     s.app
         .eab
-        .create(&ca_server::eab::NewCredential {
+        .create(&ca_server::ra::eab::NewCredential {
             allow: allow
                 .iter()
-                .map(|t| ca_server::eab::AllowRule::parse(t).expect("rule"))
+                .map(|t| ca_server::ra::eab::AllowRule::parse(t).expect("rule"))
                 .collect(),
             role: role.map(str::to_owned),
-            ..ca_server::eab::NewCredential::default()
+            ..ca_server::ra::eab::NewCredential::default()
         })
         .expect("credential")
 }
 
 /// A new account bound with `cred` (RFC 8555 §7.3.4); panics unless it is created.
-pub async fn bound_account(s: &TestServer, cred: &ca_server::eab::Credential) -> Account {
+pub async fn bound_account(s: &TestServer, cred: &ca_server::ra::eab::Credential) -> Account {
     let key = Key::generate();
     let binding = eab_binding(&key, &cred.kid, &cred.hmac_key, &s.url("/acme/new-account"));
     let r = s

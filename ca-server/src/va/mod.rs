@@ -73,6 +73,9 @@
 //! Every detail names the address dialed. Peer-supplied text (certificate names, an own-host
 //! `Location`) is quoted, escaped and cut short; bodies are never quoted.
 
+pub mod attest;
+pub mod policy;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -96,8 +99,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
 use crate::config::{Redirects, ValidationConfig};
-use crate::policy::{refused_address, OwnNames};
 use crate::types::{ChallengeType, Identifier, IdentifierType};
+use crate::va::policy::{refused_address, OwnNames};
 use crate::{Error, Result};
 
 /// The ALPN protocol id of tls-alpn-01 (RFC 8737 §6.2).

@@ -19,9 +19,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::bounded::{self, Audited, Caps};
-use crate::account::Account;
 use crate::key::PublicKey;
-use crate::order::Order;
+use crate::ra::account::Account;
+use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
@@ -152,7 +152,7 @@ pub(crate) fn record_csr_refusal(
 ) {
     let kind = match error {
         Error::BadPublicKey(_) => WeakKind::KeyPolicy,
-        Error::BadCsr(_) if crate::csr::weak_signature_algorithm(der).is_some() => {
+        Error::BadCsr(_) if crate::ca::csr::weak_signature_algorithm(der).is_some() => {
             WeakKind::WeakSignature
         }
         _ => return,
@@ -162,7 +162,7 @@ pub(crate) fn record_csr_refusal(
         account,
         order,
         kind,
-        crate::csr::refused_key(der),
+        crate::ca::csr::refused_key(der),
         error,
     );
 }

@@ -9,12 +9,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
-use crate::authz::Authz;
-use crate::cert::Certificate;
+use crate::ca::cert::Certificate;
 use crate::config::LimitName;
-use crate::identity::{Claim, Hold};
-use crate::jws::AccountRequest;
+use crate::ra::authz::Authz;
+use crate::ra::identity::{Claim, Hold};
 use crate::ra::Ra;
 use crate::ratelimit::Key;
 use crate::storage::Table;
@@ -22,9 +20,11 @@ use crate::types::new_id;
 use crate::types::now;
 use crate::types::rfc3339;
 use crate::types::{AuthzStatus, Identifier, OrderStatus};
+use crate::wfe::jws::AccountRequest;
+use crate::wfe::AppState;
 use crate::wire::normalize_identifier;
 use crate::wire::paths;
-use crate::{csr, Error, Problem, Result};
+use crate::{ca::csr, Error, Problem, Result};
 
 /// How far an order has got beyond what its authorizations say.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,7 +272,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         };
         // Addresses no device has, and the CA's own names, whoever asks (`policy`).
         let parsed = parsed.and_then(|id| {
-            match crate::policy::refused_identifier(
+            match crate::va::policy::refused_identifier(
                 &id,
                 &app.own_names,
                 app.cfg.validation.allow_loopback,
@@ -342,7 +342,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             // identifiers when issuing the credential, so no challenge is needed, unless
             // another account holds a current certificate for one: a credential shared by
             // many devices does not let one take its sibling's name (`identity`).
-            held = crate::identity::held_by_other(&app, id, &r.account.id)?;
+            held = crate::ra::identity::held_by_other(&app, id, &r.account.id)?;
             if held.is_none() {
                 authzs.push(Authz::pre_authorized(
                     &r.account.id,
@@ -353,7 +353,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
                 continue;
             }
         }
-        let kinds = crate::authz::challenge_types(&app.cfg.enrollment, id);
+        let kinds = crate::ra::authz::challenge_types(&app.cfg.enrollment, id);
         if kinds.is_empty() {
             let detail = match &held {
                 Some(h) => format!(
@@ -382,7 +382,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
         authzs.push(authz);
     }
     let replaced = match &p.replaces {
-        Some(replaces) => Some(crate::renewal::check_replaces(
+        Some(replaces) => Some(crate::ra::renewal::check_replaces(
             &app,
             &r.account.id,
             replaces,
@@ -409,7 +409,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     // replacement by invalid orders, so the certificate stays replaceable.
     let stored = async {
         if let Some(cert) = &replaced {
-            crate::renewal::claim(&app, &cert.id, &order.id)?;
+            crate::ra::renewal::claim(&app, &cert.id, &order.id)?;
         }
         app.db.put(
             Table::AccountOrders,
@@ -444,16 +444,16 @@ fn abandon(app: &Ra, order_id: &str, cause: &Error) {
 
 /// What the enrollment credential an account was bound with grants it (SPEC §6.6): an
 /// allow-list of pre-authorized identifiers and a Modbus role, each only while the credential
-/// stands ([`crate::eab::Credential::standing`]).
+/// stands ([`crate::ra::eab::Credential::standing`]).
 struct Grant {
-    credential: Option<crate::eab::Credential>,
+    credential: Option<crate::ra::eab::Credential>,
     standing: std::result::Result<(), String>,
 }
 
 impl Grant {
     /// The grant of `account`. A revoked or deleted credential stops the account from ordering
     /// at all: the operator withdrew the vouching the account was created on.
-    fn of(app: &Ra, account: &crate::account::Account) -> Result<Self> {
+    fn of(app: &Ra, account: &crate::ra::account::Account) -> Result<Self> {
         let Some(kid) = &account.eab_kid else {
             return Ok(Self {
                 credential: None,
@@ -484,7 +484,7 @@ impl Grant {
 
     /// The credential when it has an allow-list. Such an account may order nothing else, so
     /// once the credential no longer stands (expired, used up) it may order nothing.
-    fn allow_list(&self) -> Result<Option<&crate::eab::Credential>> {
+    fn allow_list(&self) -> Result<Option<&crate::ra::eab::Credential>> {
         let Some(cred) = self.credential.as_ref().filter(|c| !c.allow.is_empty()) else {
             return Ok(None);
         };
@@ -509,7 +509,7 @@ impl Grant {
 async fn check_pre_authorizations(
     app: &Ra,
     order: &Order,
-    account: &crate::account::Account,
+    account: &crate::ra::account::Account,
 ) -> Result<Vec<Identifier>> {
     let mut pre_authorized = Vec::new();
     for authz_id in &order.authzs {
@@ -541,7 +541,7 @@ async fn check_pre_authorizations(
     Ok(pre_authorized)
 }
 
-fn held_since(id: &Identifier, h: &crate::identity::Holding) -> String {
+fn held_since(id: &Identifier, h: &crate::ra::identity::Holding) -> String {
     format!("account {} has since been certified for {id}", h.account_id)
 }
 
@@ -572,7 +572,7 @@ pub async fn get_order(
     Path(id): Path<String>,
     r: AccountRequest,
 ) -> Result<Response> {
-    crate::authz::apply_operator_decisions(&app).await?;
+    crate::ra::authz::apply_operator_decisions(&app).await?;
     if !r.req.is_post_as_get() {
         return Err(Error::Malformed(
             "orders are fetched with POST-as-GET (empty payload); they cannot be updated".into(),
@@ -613,10 +613,10 @@ pub async fn finalize(
     let der = crate::wire::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
     let info = csr::parse_and_verify(&der).inspect_err(|e| {
         // Key-policy and weak-signature refusals are kept for the audit.
-        crate::keycheck::attempts::record_csr_refusal(&app, &r.account, &order, &der, e);
+        crate::ra::keycheck::attempts::record_csr_refusal(&app, &r.account, &order, &der, e);
     })?;
     // Weak, blocklisted, account and already-certified keys (keycheck module docs).
-    let key_use = crate::keycheck::check(&app, &r.account, &order, &info)?;
+    let key_use = crate::ra::keycheck::check(&app, &r.account, &order, &info)?;
 
     // > The CSR MUST indicate the exact same set of requested identifiers as the initial
     // > newOrder request.
@@ -680,8 +680,8 @@ pub async fn finalize(
     // Under compare-and-swap, so of two accounts racing for one identity one wins.
     let mut claims = Vec::new();
     for identifier in &pre_authorized {
-        let key = crate::identity::key(identifier);
-        match crate::identity::claim(&app, &key, &r.account.id, Hold::WhileCurrent) {
+        let key = crate::ra::identity::key(identifier);
+        match crate::ra::identity::claim(&app, &key, &r.account.id, Hold::WhileCurrent) {
             Ok(Ok(claim)) => claims.push(claim),
             Ok(Err(held)) => {
                 let why = held_since(identifier, &held);
@@ -700,10 +700,10 @@ pub async fn finalize(
         }
     }
     if let Some(uri) = leaf.uri.as_deref() {
-        let key = crate::identity::uri_key(uri);
-        match crate::identity::claim(&app, &key, &r.account.id, Hold::UntilReleased) {
+        let key = crate::ra::identity::uri_key(uri);
+        match crate::ra::identity::claim(&app, &key, &r.account.id, Hold::UntilReleased) {
             Ok(Ok(claim)) => claims.push(claim),
-            Ok(Err(held)) => return reopen(crate::identity::uri_held(uri, &held), claims),
+            Ok(Err(held)) => return reopen(crate::ra::identity::uri_held(uri, &held), claims),
             Err(e) => return reopen(e, claims),
         }
     }
@@ -720,7 +720,7 @@ pub async fn finalize(
             // claims lapse (`identity::CLAIM_LAPSES`).
             app.db.put(Table::Certificates, &cert.id, &cert)?;
             key_use.record(&app, &cert)?;
-            crate::identity::record_issued(&app, &cert, leaf.uri.as_deref())?;
+            crate::ra::identity::record_issued(&app, &cert, leaf.uri.as_deref())?;
             tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
             Stage::Valid { cert: cert.id }
         }

@@ -27,7 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cert::Certificate;
+use crate::ca::cert::Certificate;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;

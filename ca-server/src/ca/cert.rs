@@ -5,15 +5,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::authz::Authz;
 use crate::ca::{IssuedCert, IssuerKind};
-use crate::jws::{AccountRequest, AnyRequest, Signer};
-use crate::order::Order;
+use crate::ra::authz::Authz;
+use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::Identifier;
+use crate::wfe::jws::{AccountRequest, AnyRequest, Signer};
+use crate::wfe::AppState;
 use crate::{Error, Result};
 
 /// A revocation record.
@@ -124,7 +124,7 @@ impl Certificate {
 /// Marks a certificate revoked under compare-and-swap (`alreadyRevoked` if it was), adds it to
 /// the table its issuer's CRL is made from and invalidates the cached CRLs so the next one
 /// lists it. Returns the issuing intermediate. The caller flushes, then publishes the CRL
-/// ([`crate::crl::publish`]).
+/// ([`crate::ca::crl::publish`]).
 pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> Result<IssuerKind> {
     let at = now();
     let revoked = app
@@ -270,6 +270,6 @@ pub async fn revoke(
     let issuer = record_revocation(&app, &serial, u8::try_from(reason).unwrap_or(0), by)?;
     app.db.flush().await?;
     tracing::info!(serial = %serial, reason, ?by, "certificate revoked");
-    crate::crl::publish(&app, [issuer]).await;
+    crate::ca::crl::publish(&app, [issuer]).await;
     Ok(StatusCode::OK.into_response())
 }

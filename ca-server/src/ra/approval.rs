@@ -33,15 +33,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authz::{record_outcome, start_processing, Authz};
 use crate::config::LimitName;
 use crate::fsutil::{ensure_private_dir, write_atomic};
-use crate::jws::AccountRequest;
+use crate::ra::authz::{record_outcome, start_processing, Authz};
 use crate::ra::Ra;
 use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
+use crate::wfe::jws::AccountRequest;
 use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;

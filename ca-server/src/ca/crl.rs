@@ -21,14 +21,14 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use crate::ca::cert::Revocation;
 use crate::ca::IssuerKind;
-use crate::cert::Revocation;
 use crate::der::pem_encode;
 use crate::fsutil::write_atomic;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
+use crate::wfe::AppState;
 use crate::wire::paths;
 use crate::{Error, Result};
 

@@ -36,14 +36,14 @@ use serde::{Deserialize, Serialize};
 
 pub use self::attempts::{WeakKeyAttempt, WeakKind};
 use self::bounded::Audited;
-use crate::account::Account;
-use crate::cert::Certificate;
-use crate::csr::CsrInfo;
+use crate::ca::cert::Certificate;
+use crate::ca::csr::CsrInfo;
 use crate::key::blocklist::Blocklist;
 use crate::key::spki_sha256;
 use crate::key::weak::{self, Weakness};
 use crate::key::PublicKey;
-use crate::order::Order;
+use crate::ra::account::Account;
+use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
@@ -491,7 +491,7 @@ mod tests {
         let parsed = crate::key::policy::parse_spki(&spki).expect("SPKI");
         assert_eq!(spki_der(&parsed), spki);
         let csr = openssl_csr(dir.path(), &["-key", "k.pem"], &[]);
-        let info = crate::csr::parse_and_verify(&csr).expect("CSR");
+        let info = crate::ca::csr::parse_and_verify(&csr).expect("CSR");
         assert_eq!(spki_der(&info.public_key), info.spki_der);
         assert_eq!(
             spki_sha256(&info.public_key),

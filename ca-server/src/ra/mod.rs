@@ -2,13 +2,22 @@
 //! orders, authorizations, enrollment credentials, operator approval, identity binding,
 //! renewal and key hygiene each have a module; [`Ra`] is the state they share.
 
+pub mod account;
+pub mod approval;
+pub mod authz;
+pub mod eab;
+pub mod identity;
+pub mod keycheck;
+pub mod order;
+pub mod renewal;
+
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::account::Account;
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
-use crate::eab::EabStore;
+use crate::ra::account::Account;
+use crate::ra::eab::EabStore;
 use crate::storage::{Db, Table};
 use crate::va::Validator;
 use crate::wire::paths;
@@ -29,17 +38,17 @@ pub struct Inner {
     /// External account binding credentials.
     pub eab: EabStore,
     /// Operator approval requests and decisions.
-    pub approvals: crate::approval::ApprovalQueue,
+    pub approvals: approval::ApprovalQueue,
     /// Serialises changes to the account key index (newAccount, keyChange).
     pub account_keys: tokio::sync::Mutex<()>,
     /// The signed CRLs, cached.
-    pub crl: crate::crl::CrlCache,
+    pub crl: crate::ca::crl::CrlCache,
     /// Certificate profiles (SPEC §8.3), checked at start.
-    pub profiles: crate::profiles::Profiles,
+    pub profiles: crate::ca::profiles::Profiles,
     /// Rate limits (`[rate_limits]`).
     pub limits: crate::ratelimit::RateLimiter,
     /// The names and addresses the CA serves as, which no account may order (`policy`).
-    pub own_names: crate::policy::OwnNames,
+    pub own_names: crate::va::policy::OwnNames,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

@@ -8,11 +8,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::account::Account;
-use crate::app::AppState;
 use crate::jwk;
 use crate::jwk::SUPPORTED_ALGORITHMS;
 use crate::key::PublicKey;
+use crate::ra::account::Account;
+use crate::wfe::AppState;
 use crate::{Error, Result};
 
 /// A JWS in flattened JSON serialization.

@@ -8,15 +8,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::config::EnrollmentConfig;
-use crate::jws::AccountRequest;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
 use crate::types::rfc3339;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, IdentifierType};
+use crate::wfe::jws::AccountRequest;
+use crate::wfe::AppState;
 use crate::wire::paths;
 use crate::{Error, Problem, Result};
 
@@ -310,7 +310,7 @@ pub async fn challenge(
                 answer_attestation(&app, authz, &r.account.thumbprint, payload).await?
             }
             ChallengeType::OperatorApproval01 => {
-                crate::approval::request(&app, &authz_id, &r).await?
+                crate::ra::approval::request(&app, &authz_id, &r).await?
             }
         };
     }
@@ -337,7 +337,7 @@ pub async fn challenge(
 /// Applies pending operator decisions first, so a polling device sees them at once.
 pub async fn apply_operator_decisions(app: &Ra) -> Result<()> {
     if app.cfg.enrollment.operator_approval {
-        crate::approval::apply(app).await?;
+        crate::ra::approval::apply(app).await?;
     }
     Ok(())
 }
@@ -350,7 +350,7 @@ async fn trigger_validation(
     app: &Ra,
     current: Authz,
     kind: ChallengeType,
-    account: &crate::account::Account,
+    account: &crate::ra::account::Account,
     source: Option<std::net::IpAddr>,
 ) -> Result<Authz> {
     let admission = match app.va.admit(&account.id, source) {
@@ -438,7 +438,7 @@ async fn answer_attestation(
         return Ok(authz);
     }
     let key_authz = crate::wire::key_authorization(&challenge.token, thumbprint)?;
-    let outcome = crate::attest::verify(
+    let outcome = crate::va::attest::verify(
         app,
         &authz.identifier,
         &challenge.token,
@@ -537,7 +537,7 @@ fn resume_stuck_validations(app: &Ra, authz: &Authz) {
             let Ok(updated) = updated else { continue };
             let Ok(Some(acct)) = app
                 .db
-                .get::<crate::account::Account>(Table::Accounts, &authz.account_id)
+                .get::<crate::ra::account::Account>(Table::Accounts, &authz.account_id)
             else {
                 continue;
             };

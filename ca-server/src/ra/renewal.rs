@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::cert::Certificate;
-use crate::order::Order;
+use crate::ca::cert::Certificate;
+use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::rfc3339;
 use crate::types::{Identifier, OrderStatus};
+use crate::wfe::AppState;
 use crate::{Error, Result};
 
 /// How often clients should ask again (RFC 9773 §4.3: Retry-After on every response).

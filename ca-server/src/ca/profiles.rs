@@ -56,8 +56,8 @@ use std::time::Duration;
 use rcgen::{CustomExtension, ExtendedKeyUsagePurpose, KeyUsagePurpose};
 use serde::Deserialize;
 
+use crate::ca::csr::CsrInfo;
 use crate::ca::IssuerKind;
-use crate::csr::CsrInfo;
 use crate::der;
 use crate::key::PublicKey;
 use crate::{Error, Result};

@@ -38,6 +38,11 @@
 //! random 128-bit serials, AKI and SKI on everything (RFC 9773 ARI needs the AKI), a one-minute
 //! backdate for devices whose clocks run slow, and no lifetime beyond the intermediate's.
 
+pub mod cert;
+pub mod crl;
+pub mod csr;
+pub mod profiles;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
@@ -60,14 +65,14 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use crate::ca::csr::ip_from_octets;
+use crate::ca::profiles::Leaf;
 use crate::config::{CaKeyType, IssuanceConfig, RsaIntermediateKey};
-use crate::csr::ip_from_octets;
 use crate::der;
 use crate::der::names::PermanentId;
 use crate::der::pem_encode;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::key::PublicKey;
-use crate::profiles::Leaf;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 
@@ -1488,7 +1493,7 @@ mod tests {
         csrs.push(openssl_csr(tmp.path(), &["-key", "rsa.pem"], &[]));
 
         for der in csrs {
-            let info = crate::csr::parse_and_verify(&der).expect("CSR accepted");
+            let info = csr::parse_and_verify(&der).expect("CSR accepted");
             let issued = ca
                 .issue(&info.spki_der, &info.identifiers, WEEK)
                 .expect("issued");
@@ -1856,7 +1861,7 @@ mod tests {
         ca.set_crl_url(IssuerKind::Rsa, "https://ca.example/crl/rsa".to_owned());
         openssl_rsa_key(tmp.path(), "rsa.pem", 2048);
         let der = openssl_csr(tmp.path(), &["-key", "rsa.pem"], &[]);
-        let info = crate::csr::parse_and_verify(&der).expect("CSR accepted");
+        let info = csr::parse_and_verify(&der).expect("CSR accepted");
         let issued = ca
             .issue_leaf(&info.spki_der, &info.identifiers, &rsa_leaf())
             .expect("issued");

@@ -6,8 +6,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
-use crate::jws::AccountRequest;
+use crate::wfe::jws::AccountRequest;
+use crate::wfe::AppState;
 use crate::wire::paths;
 
 /// `GET /directory` — RFC 8555 §7.1.1.

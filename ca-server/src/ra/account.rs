@@ -8,16 +8,16 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::jwk;
-use crate::jws::{AccountRequest, KeyRequest, Parsed};
 use crate::key::PublicKey;
-use crate::order::Order;
+use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
 use crate::types::{AccountStatus, OrderStatus};
+use crate::wfe::jws::{AccountRequest, KeyRequest, Parsed};
+use crate::wfe::AppState;
 use crate::wire::paths;
 use crate::{Error, Result};
 
@@ -321,7 +321,7 @@ fn cancel_pending_authorizations(app: &Ra, account_id: &str) -> Result<()> {
         };
         for authz_id in &order.authzs {
             app.db
-                .update(Table::Authzs, authz_id, |mut a: crate::authz::Authz| {
+                .update(Table::Authzs, authz_id, |mut a: crate::ra::authz::Authz| {
                     if a.status() == crate::types::AuthzStatus::Pending {
                         a.status = crate::types::AuthzStatus::Deactivated;
                     }

@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::jwk;
-use crate::jws::{Flattened, Parsed};
 use crate::types::now;
+use crate::wfe::jws::{Flattened, Parsed};
 use std::net::IpAddr;
 
 use crate::key::PublicKey;
@@ -194,7 +194,7 @@ impl<'de> Deserialize<'de> for AllowRule {
 /// Refuses allow rules that cover one of the CA's own names (`policy`): a credential must
 /// never pre-authorize a certificate that would impersonate the CA to its devices. newOrder
 /// refuses those names anyway; this catches the operator's mistake when it is made.
-pub fn check_rules(rules: &[AllowRule], own: &crate::policy::OwnNames) -> Result<()> {
+pub fn check_rules(rules: &[AllowRule], own: &crate::va::policy::OwnNames) -> Result<()> {
     for rule in rules {
         let covered: Vec<String> = own
             .covered_by(|id| rule.matches(id))

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cert::{record_revocation, Certificate, RevokedBy};
+use crate::ca::cert::{record_revocation, Certificate, RevokedBy};
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
@@ -119,7 +119,7 @@ async fn revoke(State(app): State<Ra>, Json(r): Json<RevokeRequest>) -> Result<J
         reason = r.reason,
         "operator revoked certificates"
     );
-    crate::crl::publish(&app, issuers).await;
+    crate::ca::crl::publish(&app, issuers).await;
     Ok(Json(json!({"revoked": revoked})))
 }
 
@@ -176,7 +176,7 @@ async fn audit(State(app): State<Ra>) -> Result<Json<Value>> {
                     .entry(
                         c.profile
                             .as_deref()
-                            .unwrap_or(crate::profiles::DEFAULT_PROFILE),
+                            .unwrap_or(crate::ca::profiles::DEFAULT_PROFILE),
                     )
                     .or_default() += 1;
                 *key_types.entry(key_type(c)?).or_default() += 1;
@@ -204,8 +204,8 @@ async fn audit(State(app): State<Ra>) -> Result<Json<Value>> {
             "expired": rfc3339(c.not_after)})
         })
         .collect();
-    let reuse = crate::keycheck::KeyReuseAttempt::list(&app)?;
-    let weak = crate::keycheck::WeakKeyAttempt::list(&app)?;
+    let reuse = crate::ra::keycheck::KeyReuseAttempt::list(&app)?;
+    let weak = crate::ra::keycheck::WeakKeyAttempt::list(&app)?;
     Ok(Json(json!({
         "generated": rfc3339(at),
         "certificates": {"total": certs.len(), "valid": valid, "expired": expired, "revoked": revoked},
@@ -238,8 +238,8 @@ async fn identity_show(
     State(app): State<Ra>,
     Json(r): Json<IdentityRequest>,
 ) -> Result<Json<Value>> {
-    let key = crate::identity::parse_key(&r.identity)?;
-    let held = crate::identity::get(&app, &key)?;
+    let key = crate::ra::identity::parse_key(&r.identity)?;
+    let held = crate::ra::identity::get(&app, &key)?;
     Ok(Json(json!({"identity": key, "holder": held})))
 }
 
@@ -248,8 +248,8 @@ async fn identity_release(
     State(app): State<Ra>,
     Json(r): Json<IdentityRequest>,
 ) -> Result<Json<Value>> {
-    let key = crate::identity::parse_key(&r.identity)?;
-    let released = crate::identity::release(&app, &key)?;
+    let key = crate::ra::identity::parse_key(&r.identity)?;
+    let released = crate::ra::identity::release(&app, &key)?;
     app.db.flush().await?;
     if let Some(h) = &released {
         tracing::info!(identity = %key, holder = %h.account_id, "operator released an identity");
