@@ -7,7 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use crate::ca::IssuanceConfig;
+use crate::ca::RsaIntermediateKey;
+use crate::ratelimit::RateLimitsConfig;
+use crate::storage::StorageConfig;
+use crate::va::policy::OwnNames;
+use crate::va::ValidationConfig;
+use serde::Deserialize;
 
 /// The whole server configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -69,142 +75,6 @@ impl Default for Config {
     }
 }
 
-/// Key algorithm for a CA key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CaKeyType {
-    /// ECDSA P-256 with SHA-256.
-    P256,
-    /// ECDSA P-384 with SHA-384.
-    P384,
-}
-
-/// Key of the RSA issuing intermediate (SPEC §8.1), or `none` for no RSA intermediate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RsaIntermediateKey {
-    /// RSA 2048 bits.
-    Rsa2048,
-    /// RSA 3072 bits (the default).
-    Rsa3072,
-    /// RSA 4096 bits.
-    Rsa4096,
-    /// No RSA intermediate: every certificate is signed by the EC intermediate.
-    None,
-}
-
-impl RsaIntermediateKey {
-    /// The modulus size, or `None` for no RSA intermediate.
-    pub fn bits(self) -> Option<usize> {
-        match self {
-            Self::Rsa2048 => Some(2048),
-            Self::Rsa3072 => Some(3072),
-            Self::Rsa4096 => Some(4096),
-            Self::None => None,
-        }
-    }
-}
-
-/// Issuance policy.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IssuanceConfig {
-    /// Lifetime of issued end-entity certificates. Short by default: devices renew.
-    #[serde(deserialize_with = "de_duration")]
-    pub cert_validity: Duration,
-    /// Root CA key type (generated on first start only).
-    pub root_key: CaKeyType,
-    /// Issuing intermediate key type (generated on first start only).
-    pub intermediate_key: CaKeyType,
-    /// RSA issuing intermediate (for profiles with `issuer = "rsa"`): created when the CA
-    /// starts without one, unless `none`; the size only matters then.
-    pub rsa_intermediate_key: RsaIntermediateKey,
-    /// How long a new order stays usable.
-    #[serde(deserialize_with = "de_duration")]
-    pub order_lifetime: Duration,
-    /// How long a pending authorization stays usable.
-    #[serde(deserialize_with = "de_duration")]
-    pub authz_lifetime: Duration,
-}
-
-impl Default for IssuanceConfig {
-    fn default() -> Self {
-        Self {
-            cert_validity: Duration::from_secs(7 * 86_400),
-            root_key: CaKeyType::P384,
-            intermediate_key: CaKeyType::P256,
-            rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
-            order_lifetime: Duration::from_secs(86_400),
-            authz_lifetime: Duration::from_secs(86_400),
-        }
-    }
-}
-
-/// Challenge validation settings.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ValidationConfig {
-    /// Port dialed for http-01 (RFC 8555 §8.3 says 80; a lab may use e.g. 5002).
-    pub http_port: u16,
-    /// Port dialed for tls-alpn-01 (RFC 8737 says 443; a lab may use e.g. 5001).
-    pub tls_alpn_port: u16,
-    /// Overall timeout of one validation attempt.
-    #[serde(deserialize_with = "de_duration")]
-    pub timeout: Duration,
-    /// Which http-01 redirects are followed (`va` module docs).
-    pub redirects: Redirects,
-    /// LAB/TEST ONLY: let validation dial loopback addresses (127.0.0.0/8, ::1), and accept
-    /// `ip` identifiers and CA names that are loopback. Off by default; the server logs a
-    /// warning at start when it is on.
-    pub allow_loopback: bool,
-    /// Most validations (http-01, tls-alpn-01) running at once; a challenge answered beyond
-    /// it gets `rateLimited` and stays pending.
-    pub max_in_flight: usize,
-    /// Most validations running at once for one account.
-    pub max_in_flight_per_account: usize,
-    /// Most validations running at once that were asked for from one source address (an
-    /// IPv6 /64 counts as one).
-    pub max_in_flight_per_address: usize,
-    /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
-    /// Off by default; the server logs a warning at start when it is set.
-    pub lab_resolve_all_to: Option<IpAddr>,
-    /// LAB/BENCHMARK ONLY: every http-01 and tls-alpn-01 challenge passes without dialing out
-    /// (as Pebble's PEBBLE_VA_ALWAYS_VALID), so a benchmark measures the CA, not the network.
-    /// Off by default; the server logs a warning at start when it is on.
-    pub lab_always_valid: bool,
-}
-
-impl Default for ValidationConfig {
-    fn default() -> Self {
-        Self {
-            http_port: 80,
-            tls_alpn_port: 443,
-            timeout: Duration::from_secs(10),
-            redirects: Redirects::default(),
-            allow_loopback: false,
-            max_in_flight: 256,
-            max_in_flight_per_account: 8,
-            max_in_flight_per_address: 32,
-            lab_resolve_all_to: None,
-            lab_always_valid: false,
-        }
-    }
-}
-
-/// Which redirects http-01 validation follows (`[validation] redirects`). The scheme and port
-/// rules apply in every mode: only `http://` on `http_port`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Redirects {
-    /// Only to the identifier's own host (the default).
-    #[default]
-    SameHost,
-    /// To any host the validator may dial.
-    Any,
-    /// None: a redirect fails the challenge.
-    None,
-}
-
 /// External account binding (RFC 8555 §7.3.4).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -224,7 +94,7 @@ pub struct EnrollmentConfig {
     /// Offer operator-approval-01 for every identifier type.
     pub operator_approval: bool,
     /// How long a triggered approval waits for the operator before it fails.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::types::de_duration")]
     pub approval_ttl: Duration,
 }
 
@@ -237,64 +107,6 @@ impl Default for EnrollmentConfig {
             approval_ttl: Duration::from_secs(3600),
         }
     }
-}
-
-/// The store (`[storage]`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// What a response waits for before it reports new state.
-    pub durability: Durability,
-    /// Checkpoint the store (bound what the next start replays) once this many writes are in
-    /// and it has been idle for `checkpoint_idle`. 0: never when idle.
-    pub checkpoint_writes: u64,
-    /// How long without a write counts as idle for a checkpoint.
-    #[serde(deserialize_with = "de_duration")]
-    pub checkpoint_idle: Duration,
-    /// Checkpoint after this many writes even under load, so a restart after a power cut
-    /// replays at most this many records (about 1.5 s for 500,000 with a million devices in
-    /// the store). 0: never under load.
-    pub checkpoint_max_writes: u64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            durability: Durability::default(),
-            checkpoint_writes: crate::storage::CHECKPOINT_MIN_WRITES,
-            checkpoint_idle: crate::storage::CHECKPOINT_IDLE,
-            checkpoint_max_writes: crate::storage::CHECKPOINT_MAX_WRITES,
-        }
-    }
-}
-
-impl StorageConfig {
-    /// Whether the server should checkpoint the store now, given [`crate::storage::Store::write_activity`]:
-    /// when enough was written and the store has been idle for a while (a line finished
-    /// enrolling), or, under sustained load, when the replay would otherwise grow past the
-    /// restart budget.
-    pub fn checkpoint_due(&self, writes: u64, idle: Duration) -> bool {
-        let idle_due = self.checkpoint_writes > 0
-            && writes >= self.checkpoint_writes
-            && idle >= self.checkpoint_idle;
-        let load_due = self.checkpoint_max_writes > 0 && writes >= self.checkpoint_max_writes;
-        idle_due || load_due
-    }
-}
-
-/// How far a write has gone before the response that reports it is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// On stable storage: sled's flush, then `fdatasync` of its data file, which also empties
-    /// the disk's volatile write cache. Survives a power cut, a kernel crash and a killed process.
-    #[default]
-    PowerLoss,
-    /// Handed to the disk: sled's flush alone (Linux `sync_file_range`, which waits for the
-    /// write but neither flushes the disk's write cache nor syncs file metadata). Survives a
-    /// killed or crashed server process, not necessarily a power cut. For storage with a
-    /// battery- or capacitor-backed cache, or benchmarks.
-    ProcessCrash,
 }
 
 /// Key hygiene at issuance (`[keys]`; see `keycheck`).
@@ -318,13 +130,13 @@ pub struct KeysConfig {
 pub struct LimitsConfig {
     /// Time a connection has for its TLS handshake and then for each request head (request
     /// line and headers).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::types::de_duration")]
     pub header_read_timeout: Duration,
     /// Time one request has from its first byte until its response is sent, body included.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::types::de_duration")]
     pub request_timeout: Duration,
     /// Time an idle keep-alive connection stays open between requests.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::types::de_duration")]
     pub idle_timeout: Duration,
     /// Most connections open at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,
@@ -359,222 +171,6 @@ impl Default for LimitsConfig {
             max_connections_per_address: None,
         }
     }
-}
-
-/// A token bucket: `count` requests per `period`, refilled continuously.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rate {
-    /// Bucket size: requests allowed in one burst, and per period.
-    pub count: u32,
-    /// The period over which `count` requests are refilled.
-    #[serde(deserialize_with = "de_duration")]
-    pub period: Duration,
-}
-
-impl Rate {
-    /// `count` per `period`.
-    pub const fn new(count: u32, period: Duration) -> Self {
-        Self { count, period }
-    }
-}
-
-/// The rate limits (`[rate_limits]`), as token buckets keyed by source address, account or
-/// account and identifier, with per-key overrides (Boulder's model). See `ratelimit`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitsConfig {
-    /// BENCHMARK ONLY when off: every limit below is switched off. On by default; the server
-    /// logs a warning at start when it is off.
-    pub enabled: bool,
-    /// newAccount requests per source address.
-    pub new_account_per_address: Rate,
-    /// newOrder requests per account.
-    pub new_order_per_account: Rate,
-    /// Failed validations per account and identifier; newOrder for an identifier whose
-    /// bucket is empty is refused.
-    pub failed_validations_per_identifier: Rate,
-    /// Operator-approval requests waiting at once per account.
-    pub pending_approvals_per_account: u32,
-    /// Operator-approval requests waiting at once per source address.
-    pub pending_approvals_per_address: u32,
-    /// Operator-approval requests waiting at once in all.
-    pub pending_approvals_total: u32,
-    /// Per-key exceptions: `[[rate_limits.overrides]]` with `limit`, `key` and the new `count`
-    /// (and `period` for buckets).
-    pub overrides: Vec<RateOverride>,
-}
-
-impl Default for RateLimitsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            new_account_per_address: Rate::new(100, Duration::from_secs(60)),
-            new_order_per_account: Rate::new(300, Duration::from_secs(3600)),
-            failed_validations_per_identifier: Rate::new(5, Duration::from_secs(3600)),
-            pending_approvals_per_account: 5,
-            pending_approvals_per_address: 50,
-            pending_approvals_total: 1000,
-            overrides: Vec::new(),
-        }
-    }
-}
-
-/// The limits a `[[rate_limits.overrides]]` entry can change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitName {
-    /// `new_account_per_address`; the key is an address or a CIDR prefix.
-    NewAccountPerAddress,
-    /// `new_order_per_account`; the key is an account id.
-    NewOrderPerAccount,
-    /// `failed_validations_per_identifier`; the key is an account id (all its identifiers).
-    FailedValidationsPerIdentifier,
-    /// `pending_approvals_per_account`; the key is an account id.
-    PendingApprovalsPerAccount,
-    /// `pending_approvals_per_address`; the key is an address or a CIDR prefix.
-    PendingApprovalsPerAddress,
-    /// `pending_approvals_total`; set it there, it takes no override.
-    PendingApprovalsTotal,
-}
-
-impl LimitName {
-    /// The config name, which problem details quote.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NewAccountPerAddress => "new_account_per_address",
-            Self::NewOrderPerAccount => "new_order_per_account",
-            Self::FailedValidationsPerIdentifier => "failed_validations_per_identifier",
-            Self::PendingApprovalsPerAccount => "pending_approvals_per_account",
-            Self::PendingApprovalsPerAddress => "pending_approvals_per_address",
-            Self::PendingApprovalsTotal => "pending_approvals_total",
-        }
-    }
-
-    /// Whether the limit is keyed by source address (else by account).
-    pub fn by_address(self) -> bool {
-        matches!(
-            self,
-            Self::NewAccountPerAddress | Self::PendingApprovalsPerAddress
-        )
-    }
-
-    /// Whether the limit is a token bucket (else a cap on requests waiting at once).
-    pub fn is_bucket(self) -> bool {
-        !matches!(
-            self,
-            Self::PendingApprovalsPerAccount
-                | Self::PendingApprovalsPerAddress
-                | Self::PendingApprovalsTotal
-        )
-    }
-}
-
-/// One `[[rate_limits.overrides]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateOverride {
-    /// Which limit.
-    pub limit: LimitName,
-    /// Whose: an account id, or for per-address limits an address or a CIDR prefix.
-    pub key: String,
-    /// The new bucket size or cap.
-    pub count: u32,
-    /// The new period (buckets only; default: the limit's own).
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub period: Option<Duration>,
-}
-
-impl RateLimitsConfig {
-    /// Checks the buckets and the overrides' keys.
-    pub fn check(&self) -> Result<(), String> {
-        for (name, rate) in [
-            ("new_account_per_address", self.new_account_per_address),
-            ("new_order_per_account", self.new_order_per_account),
-            (
-                "failed_validations_per_identifier",
-                self.failed_validations_per_identifier,
-            ),
-        ] {
-            if rate.count == 0 || rate.period.is_zero() {
-                return Err(format!(
-                    "rate_limits.{name} needs a count and a period above zero (to switch the \
-                     limits off, set rate_limits.enabled = false)"
-                ));
-            }
-        }
-        for o in &self.overrides {
-            let name = o.limit.as_str();
-            if o.limit == LimitName::PendingApprovalsTotal {
-                return Err(
-                    "rate_limits.overrides: pending_approvals_total has no key; set \
-                     rate_limits.pending_approvals_total itself"
-                        .into(),
-                );
-            }
-            if o.limit.by_address() && parse_prefix(&o.key).is_none() {
-                return Err(format!(
-                    "rate_limits.overrides: {name} key {:?} must be an IP address or a CIDR \
-                     prefix such as 10.20.0.0/16",
-                    o.key
-                ));
-            }
-            if !o.limit.by_address() && o.key.is_empty() {
-                return Err(format!(
-                    "rate_limits.overrides: {name} needs an account id as its key"
-                ));
-            }
-            if o.limit.is_bucket() && o.count == 0 {
-                return Err(format!(
-                    "rate_limits.overrides: {name} for {:?} needs a count above zero",
-                    o.key
-                ));
-            }
-            if !o.limit.is_bucket() && o.period.is_some() {
-                return Err(format!(
-                    "rate_limits.overrides: {name} is a cap on waiting requests and takes no \
-                     period"
-                ));
-            }
-            if o.period.is_some_and(|p| p.is_zero()) {
-                return Err(format!(
-                    "rate_limits.overrides: {name} for {:?} needs a period above zero",
-                    o.key
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `ADDR` or `ADDR/LEN` as an address and a prefix length.
-pub fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
-    let (addr, len) = match text.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
-        None => max,
-    };
-    Some((addr, len))
-}
-
-/// Whether `addr` lies in the prefix `net`/`len` (addresses of the other family never do).
-pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
-    let (a, n, bits) = match (addr, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
-        _ => return false,
-    };
-    let len = u32::from(len).min(bits);
-    if len == 0 {
-        return true;
-    }
-    let shift = bits - len;
-    (a >> shift) == (n >> shift)
 }
 
 impl Config {
@@ -675,37 +271,6 @@ impl Config {
     }
 }
 
-/// Parses `"90s"`, `"30m"`, `"12h"`, `"7d"` (a bare number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 12h, 7d"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
-}
-
 /// Names the server's own certificate must carry: loopback, the public URL's host and the
 /// configured extras.
 pub fn tls_names(cfg: &Config) -> Vec<String> {
@@ -740,9 +305,60 @@ pub fn tls_names(cfg: &Config) -> Vec<String> {
     names
 }
 
+/// The CA's own names (`va::policy`) come from its configuration: the names of its HTTPS
+/// certificate, and the addresses its host answers on.
+impl OwnNames {
+    /// The CA's own names under `cfg`.
+    pub fn of(cfg: &Config) -> Self {
+        Self::from_names(&tls_names(cfg), cfg.validation.allow_loopback)
+    }
+
+    /// The CA's own names under `cfg` (as [`Self::of`]) and every address the CA host
+    /// answers on: the addresses its DNS names resolve to now, and, when it listens on an
+    /// unspecified address, the addresses of the host's interfaces. Validation must not dial
+    /// the CA's host, whatever the configuration names. A name that does not resolve within a
+    /// few seconds adds nothing.
+    pub fn of_host(cfg: &Config) -> Self {
+        let mut names = tls_names(cfg);
+        if cfg.listen.ip().is_unspecified() {
+            match if_addrs::get_if_addrs() {
+                Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the host's interface addresses; validation may dial them")
+                }
+            }
+        }
+        let lookups: Vec<_> = names
+            .iter()
+            .filter(|n| n.parse::<IpAddr>().is_err())
+            .map(|name| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let host = format!("{name}:0");
+                std::thread::spawn(move || {
+                    let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&host)
+                        .map(|a| a.map(|a| a.ip()).collect())
+                        .unwrap_or_default();
+                    let _ = tx.send(found);
+                });
+                rx
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        for rx in lookups {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(found) = rx.recv_timeout(left) {
+                names.extend(found.iter().map(ToString::to_string));
+            }
+        }
+        Self::from_names(&names, cfg.validation.allow_loopback)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StorageConfig;
+    use crate::types::parse_duration;
 
     #[test]
     fn storage_checkpoint_policy_defaults_and_settings() {

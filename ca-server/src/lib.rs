@@ -10,6 +10,7 @@ pub mod config;
 pub mod der;
 pub mod error;
 pub mod fsutil;
+pub mod jose;
 pub mod jwk;
 pub mod key;
 pub mod ra;

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ca_server::config::{parse_duration, Config};
+use ca_server::config::Config;
 use ca_server::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
 use ca_server::ra::eab::{AllowRule, EabStore, NewCredential};
 use ca_server::server;
 use ca_server::text::{escape, escape_lines};
+use ca_server::types::parse_duration;
 use clap::{Args, Parser, Subcommand};
 
 /// mimalloc instead of glibc's malloc: allocation was about 7.5 % of the server's CPU per

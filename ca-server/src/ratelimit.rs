@@ -20,12 +20,12 @@
 //! IPv4 address, and an IPv6 address by its /64, since one host usually has a whole /64 to
 //! pick addresses from.
 
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::{in_prefix, parse_prefix, LimitName, Rate, RateLimitsConfig};
 use crate::types::Identifier;
 use crate::{Error, Result};
 
@@ -276,10 +276,226 @@ fn describe_period(d: Duration) -> String {
     }
 }
 
+/// A token bucket: `count` requests per `period`, refilled continuously.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Bucket size: requests allowed in one burst, and per period.
+    pub count: u32,
+    /// The period over which `count` requests are refilled.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub period: Duration,
+}
+
+impl Rate {
+    /// `count` per `period`.
+    pub const fn new(count: u32, period: Duration) -> Self {
+        Self { count, period }
+    }
+}
+
+/// The rate limits (`[rate_limits]`), as token buckets keyed by source address, account or
+/// account and identifier, with per-key overrides (Boulder's model). See `ratelimit`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// BENCHMARK ONLY when off: every limit below is switched off. On by default; the server
+    /// logs a warning at start when it is off.
+    pub enabled: bool,
+    /// newAccount requests per source address.
+    pub new_account_per_address: Rate,
+    /// newOrder requests per account.
+    pub new_order_per_account: Rate,
+    /// Failed validations per account and identifier; newOrder for an identifier whose
+    /// bucket is empty is refused.
+    pub failed_validations_per_identifier: Rate,
+    /// Operator-approval requests waiting at once per account.
+    pub pending_approvals_per_account: u32,
+    /// Operator-approval requests waiting at once per source address.
+    pub pending_approvals_per_address: u32,
+    /// Operator-approval requests waiting at once in all.
+    pub pending_approvals_total: u32,
+    /// Per-key exceptions: `[[rate_limits.overrides]]` with `limit`, `key` and the new `count`
+    /// (and `period` for buckets).
+    pub overrides: Vec<RateOverride>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            new_account_per_address: Rate::new(100, Duration::from_secs(60)),
+            new_order_per_account: Rate::new(300, Duration::from_secs(3600)),
+            failed_validations_per_identifier: Rate::new(5, Duration::from_secs(3600)),
+            pending_approvals_per_account: 5,
+            pending_approvals_per_address: 50,
+            pending_approvals_total: 1000,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    /// Checks the buckets and the overrides' keys.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("new_account_per_address", self.new_account_per_address),
+            ("new_order_per_account", self.new_order_per_account),
+            (
+                "failed_validations_per_identifier",
+                self.failed_validations_per_identifier,
+            ),
+        ] {
+            if rate.count == 0 || rate.period.is_zero() {
+                return Err(format!(
+                    "rate_limits.{name} needs a count and a period above zero (to switch the \
+                     limits off, set rate_limits.enabled = false)"
+                ));
+            }
+        }
+        for o in &self.overrides {
+            let name = o.limit.as_str();
+            if o.limit == LimitName::PendingApprovalsTotal {
+                return Err(
+                    "rate_limits.overrides: pending_approvals_total has no key; set \
+                     rate_limits.pending_approvals_total itself"
+                        .into(),
+                );
+            }
+            if o.limit.by_address() && parse_prefix(&o.key).is_none() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} key {:?} must be an IP address or a CIDR \
+                     prefix such as 10.20.0.0/16",
+                    o.key
+                ));
+            }
+            if !o.limit.by_address() && o.key.is_empty() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} needs an account id as its key"
+                ));
+            }
+            if o.limit.is_bucket() && o.count == 0 {
+                return Err(format!(
+                    "rate_limits.overrides: {name} for {:?} needs a count above zero",
+                    o.key
+                ));
+            }
+            if !o.limit.is_bucket() && o.period.is_some() {
+                return Err(format!(
+                    "rate_limits.overrides: {name} is a cap on waiting requests and takes no \
+                     period"
+                ));
+            }
+            if o.period.is_some_and(|p| p.is_zero()) {
+                return Err(format!(
+                    "rate_limits.overrides: {name} for {:?} needs a period above zero",
+                    o.key
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The limits a `[[rate_limits.overrides]]` entry can change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitName {
+    /// `new_account_per_address`; the key is an address or a CIDR prefix.
+    NewAccountPerAddress,
+    /// `new_order_per_account`; the key is an account id.
+    NewOrderPerAccount,
+    /// `failed_validations_per_identifier`; the key is an account id (all its identifiers).
+    FailedValidationsPerIdentifier,
+    /// `pending_approvals_per_account`; the key is an account id.
+    PendingApprovalsPerAccount,
+    /// `pending_approvals_per_address`; the key is an address or a CIDR prefix.
+    PendingApprovalsPerAddress,
+    /// `pending_approvals_total`; set it there, it takes no override.
+    PendingApprovalsTotal,
+}
+
+impl LimitName {
+    /// The config name, which problem details quote.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewAccountPerAddress => "new_account_per_address",
+            Self::NewOrderPerAccount => "new_order_per_account",
+            Self::FailedValidationsPerIdentifier => "failed_validations_per_identifier",
+            Self::PendingApprovalsPerAccount => "pending_approvals_per_account",
+            Self::PendingApprovalsPerAddress => "pending_approvals_per_address",
+            Self::PendingApprovalsTotal => "pending_approvals_total",
+        }
+    }
+
+    /// Whether the limit is keyed by source address (else by account).
+    pub fn by_address(self) -> bool {
+        matches!(
+            self,
+            Self::NewAccountPerAddress | Self::PendingApprovalsPerAddress
+        )
+    }
+
+    /// Whether the limit is a token bucket (else a cap on requests waiting at once).
+    pub fn is_bucket(self) -> bool {
+        !matches!(
+            self,
+            Self::PendingApprovalsPerAccount
+                | Self::PendingApprovalsPerAddress
+                | Self::PendingApprovalsTotal
+        )
+    }
+}
+
+/// One `[[rate_limits.overrides]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverride {
+    /// Which limit.
+    pub limit: LimitName,
+    /// Whose: an account id, or for per-address limits an address or a CIDR prefix.
+    pub key: String,
+    /// The new bucket size or cap.
+    pub count: u32,
+    /// The new period (buckets only; default: the limit's own).
+    #[serde(default, deserialize_with = "crate::types::de_opt_duration")]
+    pub period: Option<Duration>,
+}
+
+/// `ADDR` or `ADDR/LEN` as an address and a prefix length.
+pub fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((addr, len))
+}
+
+/// Whether `addr` lies in the prefix `net`/`len` (addresses of the other family never do).
+pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    let (a, n, bits) = match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    let len = u32::from(len).min(bits);
+    if len == 0 {
+        return true;
+    }
+    let shift = bits - len;
+    (a >> shift) == (n >> shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateOverride;
+    use crate::ratelimit::RateOverride;
 
     fn limiter(toml: &str) -> RateLimiter {
         let cfg: crate::config::Config = toml::from_str(toml).expect("config");

@@ -32,7 +32,7 @@ pub struct StartInfo {
 pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
     let store = SledStore::open_with(&cfg.data_dir.join("db"), cfg.storage.durability)?;
-    if cfg.storage.durability == crate::config::Durability::ProcessCrash {
+    if cfg.storage.durability == crate::storage::Durability::ProcessCrash {
         tracing::warn!("storage.durability = \"process-crash\": responses do not wait for the disk's write cache; a power cut can lose issued certificates and revocations");
     }
     let mut ca = CertificateAuthority::load_or_init(&cfg.data_dir.join("ca"), &cfg.issuance)?;
@@ -48,7 +48,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.validation.lab_always_valid {
         tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
     }
-    if cfg.validation.redirects == crate::config::Redirects::Any {
+    if cfg.validation.redirects == crate::va::Redirects::Any {
         tracing::warn!("validation.redirects = \"any\": http-01 redirects are followed to other hosts, so an account can make the CA send GETs to any host it may dial. The default is \"same-host\".");
     }
     if cfg.validation.allow_loopback {

@@ -168,7 +168,7 @@ async fn approval_order(s: &TestServer) -> (common::Account, Value, String) {
 }
 
 fn approval_server(ttl: &str) -> TestServer {
-    let ttl = ca_server::config::parse_duration(ttl).expect("ttl");
+    let ttl = ca_server::types::parse_duration(ttl).expect("ttl");
     TestServer::with(|c| {
         c.enrollment.operator_approval = true;
         c.enrollment.network_challenges = false;

@@ -462,7 +462,7 @@ async fn the_account_object_carries_its_external_account_binding() {
 async fn new_orders_are_rate_limited_per_account() {
     let s = TestServer::with(|c| {
         c.rate_limits.new_order_per_account =
-            ca_server::config::Rate::new(2, std::time::Duration::from_secs(3600));
+            ca_server::ratelimit::Rate::new(2, std::time::Duration::from_secs(3600));
     });
     let acct = s.new_account().await;
     for _ in 0..2 {
@@ -529,7 +529,7 @@ async fn failed_validations_limit_new_orders_for_the_identifier() {
         c.validation.http_port = port;
         c.validation.lab_resolve_all_to = Some("127.0.0.1".parse().expect("ip"));
         c.rate_limits.failed_validations_per_identifier =
-            ca_server::config::Rate::new(2, std::time::Duration::from_secs(3600));
+            ca_server::ratelimit::Rate::new(2, std::time::Duration::from_secs(3600));
     });
     let acct = s.new_account().await;
     let payload = identifiers(&["flaky.plant.example"]);

@@ -726,7 +726,7 @@ async fn rsa_keys_of_other_profiles_or_issuer_ec_stay_on_the_ec_intermediate() {
 #[tokio::test]
 async fn without_an_rsa_intermediate_its_crl_is_not_found() {
     let s = TestServer::with(|c| {
-        c.issuance.rsa_intermediate_key = ca_server::config::RsaIntermediateKey::None;
+        c.issuance.rsa_intermediate_key = ca_server::ca::RsaIntermediateKey::None;
         c.profiles = toml::from_str("[opcua]\nissuer = \"ec\"").expect("profiles TOML");
     });
     assert!(s.app.ca.rsa_intermediate_pem().is_none());

@@ -7,10 +7,10 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use ca_server::jose::Parsed;
 use ca_server::key::PublicKey;
 use ca_server::ra::account::Account;
 use ca_server::types::{AccountStatus, Identifier, IdentifierType};
-use ca_server::wfe::jws::Parsed;
 use ca_server::wfe::nonce::NonceStore;
 use ca_server::wire::normalize_identifier;
 use ca_server::{jwk, wire, Error, Problem, ProblemType};
@@ -507,7 +507,7 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         "challenge-bad-attestation" => Error::BadAttestationStatement(s("unknown manufacturer")),
         // Decided by approval::request through the limiter's caps.
         "approval-cap-reached" => ca_server::ratelimit::RateLimiter::cap_reached(
-            ca_server::config::LimitName::PendingApprovalsPerAccount,
+            ca_server::ratelimit::LimitName::PendingApprovalsPerAccount,
             &ca_server::ratelimit::Key::Account(s("acct")),
             5,
             std::time::Duration::from_secs(3000),

@@ -67,7 +67,6 @@ use x509_parser::prelude::FromDer;
 
 use crate::ca::csr::ip_from_octets;
 use crate::ca::profiles::Leaf;
-use crate::config::{CaKeyType, IssuanceConfig, RsaIntermediateKey};
 use crate::der;
 use crate::der::names::PermanentId;
 use crate::der::pem_encode;
@@ -1127,6 +1126,77 @@ fn warn_if_exposed(path: &Path) {
 
 #[cfg(not(unix))]
 fn warn_if_exposed(_: &Path) {}
+
+/// Key algorithm for a CA key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaKeyType {
+    /// ECDSA P-256 with SHA-256.
+    P256,
+    /// ECDSA P-384 with SHA-384.
+    P384,
+}
+
+/// Key of the RSA issuing intermediate (SPEC §8.1), or `none` for no RSA intermediate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RsaIntermediateKey {
+    /// RSA 2048 bits.
+    Rsa2048,
+    /// RSA 3072 bits (the default).
+    Rsa3072,
+    /// RSA 4096 bits.
+    Rsa4096,
+    /// No RSA intermediate: every certificate is signed by the EC intermediate.
+    None,
+}
+
+impl RsaIntermediateKey {
+    /// The modulus size, or `None` for no RSA intermediate.
+    pub fn bits(self) -> Option<usize> {
+        match self {
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
+            Self::None => None,
+        }
+    }
+}
+
+/// Issuance policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuanceConfig {
+    /// Lifetime of issued end-entity certificates. Short by default: devices renew.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub cert_validity: Duration,
+    /// Root CA key type (generated on first start only).
+    pub root_key: CaKeyType,
+    /// Issuing intermediate key type (generated on first start only).
+    pub intermediate_key: CaKeyType,
+    /// RSA issuing intermediate (for profiles with `issuer = "rsa"`): created when the CA
+    /// starts without one, unless `none`; the size only matters then.
+    pub rsa_intermediate_key: RsaIntermediateKey,
+    /// How long a new order stays usable.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub order_lifetime: Duration,
+    /// How long a pending authorization stays usable.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub authz_lifetime: Duration,
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self {
+            cert_validity: Duration::from_secs(7 * 86_400),
+            root_key: CaKeyType::P384,
+            intermediate_key: CaKeyType::P256,
+            rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
+            order_lifetime: Duration::from_secs(86_400),
+            authz_lifetime: Duration::from_secs(86_400),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -360,7 +360,7 @@ impl ProfileSpec {
             return Err(err("profile names use a-z, 0-9 and '-'".into()));
         }
         let validity = match &self.validity {
-            Some(v) => crate::config::parse_duration(v).map_err(err)?,
+            Some(v) => crate::types::parse_duration(v).map_err(err)?,
             None => default_validity,
         };
         if validity < Duration::from_secs(3600) || validity > Duration::from_secs(398 * 86_400) {

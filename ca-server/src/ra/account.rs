@@ -8,6 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::jose::Parsed;
 use crate::jwk;
 use crate::key::PublicKey;
 use crate::ra::order::Order;
@@ -16,7 +17,7 @@ use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
 use crate::types::{AccountStatus, OrderStatus};
-use crate::wfe::jws::{AccountRequest, KeyRequest, Parsed};
+use crate::wfe::jws::{AccountRequest, KeyRequest};
 use crate::wfe::AppState;
 use crate::wire::paths;
 use crate::{Error, Result};
@@ -186,7 +187,7 @@ pub async fn new_account(State(app): State<AppState>, r: KeyRequest) -> Result<R
     // their creation is limited per source address.
     if let Some(peer) = r.req.peer {
         app.limits.take(
-            crate::config::LimitName::NewAccountPerAddress,
+            crate::ratelimit::LimitName::NewAccountPerAddress,
             &crate::ratelimit::Key::address(peer.ip()),
         )?;
     }

@@ -33,10 +33,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LimitName;
 use crate::fsutil::{ensure_private_dir, write_atomic};
 use crate::ra::authz::{record_outcome, start_processing, Authz};
 use crate::ra::Ra;
+use crate::ratelimit::LimitName;
 use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::now;

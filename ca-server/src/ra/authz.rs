@@ -439,7 +439,8 @@ async fn answer_attestation(
     }
     let key_authz = crate::wire::key_authorization(&challenge.token, thumbprint)?;
     let outcome = crate::va::attest::verify(
-        app,
+        app.cfg.enrollment.device_attestation,
+        &app.cfg.data_dir,
         &authz.identifier,
         &challenge.token,
         &key_authz,
@@ -457,7 +458,7 @@ async fn answer_attestation(
 /// (`rate_limits.failed_validations_per_identifier`, checked at newOrder).
 fn count_failure(app: &Ra, authz: &Authz) {
     app.limits.spend(
-        crate::config::LimitName::FailedValidationsPerIdentifier,
+        crate::ratelimit::LimitName::FailedValidationsPerIdentifier,
         &crate::ratelimit::Key::AccountIdentifier(
             authz.account_id.clone(),
             authz.identifier.clone(),

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::jose::Flattened;
+use crate::jose::Parsed;
 use crate::jwk;
 use crate::types::now;
-use crate::wfe::jws::{Flattened, Parsed};
 use std::net::IpAddr;
 
 use crate::key::PublicKey;
@@ -162,7 +163,7 @@ impl AllowRule {
             (Self::IpPrefix(net, len), IdentifierType::Ip) => id
                 .value
                 .parse::<IpAddr>()
-                .is_ok_and(|addr| crate::config::in_prefix(addr, *net, *len)),
+                .is_ok_and(|addr| crate::ratelimit::in_prefix(addr, *net, *len)),
             _ => false,
         }
     }

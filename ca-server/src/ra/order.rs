@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ca::cert::Certificate;
-use crate::config::LimitName;
 use crate::ra::authz::Authz;
 use crate::ra::identity::{Claim, Hold};
 use crate::ra::Ra;
 use crate::ratelimit::Key;
+use crate::ratelimit::LimitName;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;

@@ -14,11 +14,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 use crate::{Error, Result};
+use std::time::Duration;
 
 /// The logical tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,8 +122,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Writes since the last [`Store::checkpoint`] (or since the store was opened), and the
     /// time since the last write. A backend with no restart work to bound reports none.
-    fn write_activity(&self) -> (u64, std::time::Duration) {
-        (0, std::time::Duration::MAX)
+    fn write_activity(&self) -> (u64, Duration) {
+        (0, Duration::MAX)
     }
     /// Bounds the work the next start must do (sled: replaying its log). Blocking, and other
     /// store calls may wait while it runs; `StorageConfig::checkpoint_due` says when the server
@@ -141,7 +142,7 @@ pub trait Store: Send + Sync + 'static {
 pub const CHECKPOINT_MIN_WRITES: u64 = 50_000;
 /// Default of `storage.checkpoint_idle`: how long the store must have seen no write before a
 /// checkpoint is taken.
-pub const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(10);
 /// Default of `storage.checkpoint_max_writes`: past this many writes a checkpoint is taken
 /// even under load, so a restart after a power cut
 /// replays at most this many records. With a million devices in the store, an ordinary start
@@ -292,10 +293,7 @@ impl Db {
     /// Takes a checkpoint (on the blocking pool) if `due` says so given the store's
     /// [`Store::write_activity`]; the server passes `StorageConfig::checkpoint_due`. Returns
     /// whether it did.
-    pub async fn checkpoint_if(
-        &self,
-        due: impl Fn(u64, std::time::Duration) -> bool,
-    ) -> Result<bool> {
+    pub async fn checkpoint_if(&self, due: impl Fn(u64, Duration) -> bool) -> Result<bool> {
         let (writes, idle) = self.store.write_activity();
         if !due(writes, idle) {
             return Ok(false);
@@ -330,6 +328,64 @@ fn decode<T: DeserializeOwned>(table: Table, raw: &[u8]) -> Result<T> {
         .map_err(|e| Error::Storage(format!("corrupt record in table {}: {e}", table.name())))
 }
 
+/// The store (`[storage]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// What a response waits for before it reports new state.
+    pub durability: Durability,
+    /// Checkpoint the store (bound what the next start replays) once this many writes are in
+    /// and it has been idle for `checkpoint_idle`. 0: never when idle.
+    pub checkpoint_writes: u64,
+    /// How long without a write counts as idle for a checkpoint.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub checkpoint_idle: Duration,
+    /// Checkpoint after this many writes even under load, so a restart after a power cut
+    /// replays at most this many records (about 1.5 s for 500,000 with a million devices in
+    /// the store). 0: never under load.
+    pub checkpoint_max_writes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            checkpoint_writes: CHECKPOINT_MIN_WRITES,
+            checkpoint_idle: CHECKPOINT_IDLE,
+            checkpoint_max_writes: CHECKPOINT_MAX_WRITES,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Whether the server should checkpoint the store now, given [`crate::storage::Store::write_activity`]:
+    /// when enough was written and the store has been idle for a while (a line finished
+    /// enrolling), or, under sustained load, when the replay would otherwise grow past the
+    /// restart budget.
+    pub fn checkpoint_due(&self, writes: u64, idle: Duration) -> bool {
+        let idle_due = self.checkpoint_writes > 0
+            && writes >= self.checkpoint_writes
+            && idle >= self.checkpoint_idle;
+        let load_due = self.checkpoint_max_writes > 0 && writes >= self.checkpoint_max_writes;
+        idle_due || load_due
+    }
+}
+
+/// How far a write has gone before the response that reports it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// On stable storage: sled's flush, then `fdatasync` of its data file, which also empties
+    /// the disk's volatile write cache. Survives a power cut, a kernel crash and a killed process.
+    #[default]
+    PowerLoss,
+    /// Handed to the disk: sled's flush alone (Linux `sync_file_range`, which waits for the
+    /// write but neither flushes the disk's write cache nor syncs file metadata). Survives a
+    /// killed or crashed server process, not necessarily a power cut. For storage with a
+    /// battery- or capacitor-backed cache, or benchmarks.
+    ProcessCrash,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,7 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::new(Arc::new(SledStore::open(dir.path()).expect("open")));
         let seen = std::sync::Mutex::new(Vec::new());
-        let due = |writes: u64, _idle: std::time::Duration| {
+        let due = |writes: u64, _idle: Duration| {
             seen.lock().expect("lock").push(writes);
             writes >= 3
         };
@@ -396,14 +452,12 @@ mod tests {
                 })
             })
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         for _ in 0..3 {
-            let checkpointed = tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                db.checkpoint_if(|_, _| true),
-            )
-            .await
-            .expect("the checkpoint finished while writers kept flushing");
+            let checkpointed =
+                tokio::time::timeout(Duration::from_secs(60), db.checkpoint_if(|_, _| true))
+                    .await
+                    .expect("the checkpoint finished while writers kept flushing");
             assert!(checkpointed.expect("checkpoint"));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{note_ticket, scoped_ticket, FlushFuture, Store, Table};
-use crate::config::Durability;
+use crate::storage::Durability;
 use crate::{Error, Result};
 
 /// sled-backed [`Store`].

@@ -33,7 +33,6 @@ use x509_parser::extensions::GeneralName;
 
 use crate::der::names::PermanentId;
 use crate::key::PublicKey;
-use crate::ra::Ra;
 use crate::types::{Identifier, IdentifierType};
 use crate::{Error, Result};
 use anchors::{TrustAnchor, TrustAnchorStore};
@@ -54,17 +53,19 @@ pub struct Attested {
 }
 
 /// Verifies a device-attest-01 challenge response (`payload`, the JWS payload object) for
-/// `identifier` (SPEC §5.10.3). Every failure is `badAttestationStatement` with a detail naming
-/// what did not match.
+/// `identifier` (SPEC §5.10.3), with the trust anchors under `data_dir`; `enabled` is
+/// `[enrollment] device_attestation`. Every failure is `badAttestationStatement` with a detail
+/// naming what did not match.
 pub fn verify(
-    app: &Ra,
+    enabled: bool,
+    data_dir: &std::path::Path,
     identifier: &Identifier,
     _token: &str,
     key_authorization: &str,
     payload: &Value,
 ) -> Result<()> {
     let bad = Error::BadAttestationStatement;
-    if !app.cfg.enrollment.device_attestation {
+    if !enabled {
         return Err(bad(
             "device attestation has been turned off on this CA".to_owned()
         ));
@@ -81,7 +82,7 @@ pub fn verify(
             other => other.to_string(),
         })
     })?;
-    let anchors = TrustAnchorStore::new(&app.cfg.data_dir).load()?;
+    let anchors = TrustAnchorStore::new(data_dir).load()?;
     let outcome = verify_attestation(
         &att_obj,
         identifier,

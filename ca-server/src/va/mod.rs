@@ -76,6 +76,7 @@
 pub mod attest;
 pub mod policy;
 
+use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -98,10 +99,10 @@ use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
-use crate::config::{Redirects, ValidationConfig};
 use crate::types::{ChallengeType, Identifier, IdentifierType};
 use crate::va::policy::{refused_address, OwnNames};
 use crate::{Error, Result};
+use std::time::Duration;
 
 /// The ALPN protocol id of tls-alpn-01 (RFC 8737 §6.2).
 const ACME_TLS_ALPN: &[u8] = protocol_spec::challenge::ACME_TLS_ALPN_PROTOCOL;
@@ -287,7 +288,7 @@ impl Validator {
         if let Some(detail) = full {
             return Err(Error::RateLimited {
                 detail: format!("{detail}; answer the challenge again after Retry-After"),
-                retry_after: std::time::Duration::from_secs(1),
+                retry_after: Duration::from_secs(1),
             });
         }
         f.total += 1;
@@ -1166,6 +1167,71 @@ fn chain(error: &dyn std::error::Error) -> String {
         Some((cut, _)) => format!("{}…", &out[..cut]),
         None => out,
     }
+}
+
+/// Challenge validation settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Port dialed for http-01 (RFC 8555 §8.3 says 80; a lab may use e.g. 5002).
+    pub http_port: u16,
+    /// Port dialed for tls-alpn-01 (RFC 8737 says 443; a lab may use e.g. 5001).
+    pub tls_alpn_port: u16,
+    /// Overall timeout of one validation attempt.
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub timeout: Duration,
+    /// Which http-01 redirects are followed (`va` module docs).
+    pub redirects: Redirects,
+    /// LAB/TEST ONLY: let validation dial loopback addresses (127.0.0.0/8, ::1), and accept
+    /// `ip` identifiers and CA names that are loopback. Off by default; the server logs a
+    /// warning at start when it is on.
+    pub allow_loopback: bool,
+    /// Most validations (http-01, tls-alpn-01) running at once; a challenge answered beyond
+    /// it gets `rateLimited` and stays pending.
+    pub max_in_flight: usize,
+    /// Most validations running at once for one account.
+    pub max_in_flight_per_account: usize,
+    /// Most validations running at once that were asked for from one source address (an
+    /// IPv6 /64 counts as one).
+    pub max_in_flight_per_address: usize,
+    /// LAB/TEST ONLY: resolve every `dns` identifier to this address instead of asking DNS.
+    /// Off by default; the server logs a warning at start when it is set.
+    pub lab_resolve_all_to: Option<IpAddr>,
+    /// LAB/BENCHMARK ONLY: every http-01 and tls-alpn-01 challenge passes without dialing out
+    /// (as Pebble's PEBBLE_VA_ALWAYS_VALID), so a benchmark measures the CA, not the network.
+    /// Off by default; the server logs a warning at start when it is on.
+    pub lab_always_valid: bool,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            http_port: 80,
+            tls_alpn_port: 443,
+            timeout: Duration::from_secs(10),
+            redirects: Redirects::default(),
+            allow_loopback: false,
+            max_in_flight: 256,
+            max_in_flight_per_account: 8,
+            max_in_flight_per_address: 32,
+            lab_resolve_all_to: None,
+            lab_always_valid: false,
+        }
+    }
+}
+
+/// Which redirects http-01 validation follows (`[validation] redirects`). The scheme and port
+/// rules apply in every mode: only `http://` on `http_port`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirects {
+    /// Only to the identifier's own host (the default).
+    #[default]
+    SameHost,
+    /// To any host the validator may dial.
+    Any,
+    /// None: a redirect fails the challenge.
+    None,
 }
 
 #[cfg(test)]

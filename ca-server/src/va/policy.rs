@@ -19,7 +19,6 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
 use crate::types::{Identifier, IdentifierType};
 
 /// The IPv4 address an IPv6 address carries, by the translation and tunnelling schemes that
@@ -91,14 +90,6 @@ pub struct OwnNames {
 }
 
 impl OwnNames {
-    /// The CA's own names under `cfg`.
-    pub fn of(cfg: &Config) -> Self {
-        Self::from_names(
-            &crate::config::tls_names(cfg),
-            cfg.validation.allow_loopback,
-        )
-    }
-
     /// From the names of the CA's HTTPS certificate (DNS names or IP addresses).
     pub fn from_names(names: &[String], allow_loopback: bool) -> Self {
         let mut ids: Vec<Identifier> = names
@@ -114,46 +105,6 @@ impl OwnNames {
             names: ids,
             allow_loopback,
         }
-    }
-
-    /// The CA's own names under `cfg` (as [`Self::of`]) and every address the CA host
-    /// answers on: the addresses its DNS names resolve to now, and, when it listens on an
-    /// unspecified address, the addresses of the host's interfaces. Validation must not dial
-    /// the CA's host, whatever the configuration names. A name that does not resolve within a
-    /// few seconds adds nothing.
-    pub fn of_host(cfg: &Config) -> Self {
-        let mut names = crate::config::tls_names(cfg);
-        if cfg.listen.ip().is_unspecified() {
-            match if_addrs::get_if_addrs() {
-                Ok(interfaces) => names.extend(interfaces.iter().map(|i| i.ip().to_string())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the host's interface addresses; validation may dial them")
-                }
-            }
-        }
-        let lookups: Vec<_> = names
-            .iter()
-            .filter(|n| n.parse::<IpAddr>().is_err())
-            .map(|name| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let host = format!("{name}:0");
-                std::thread::spawn(move || {
-                    let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&host)
-                        .map(|a| a.map(|a| a.ip()).collect())
-                        .unwrap_or_default();
-                    let _ = tx.send(found);
-                });
-                rx
-            })
-            .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        for rx in lookups {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if let Ok(found) = rx.recv_timeout(left) {
-                names.extend(found.iter().map(ToString::to_string));
-            }
-        }
-        Self::from_names(&names, cfg.validation.allow_loopback)
     }
 
     /// The names of the HTTPS certificate a CA with data directory `data_dir` last served
@@ -279,6 +230,7 @@ pub fn refused_identifier(id: &Identifier, own: &OwnNames, allow_loopback: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn refused(ip: &str) -> bool {
         refused_address(ip.parse().expect("ip"), false).is_some()
