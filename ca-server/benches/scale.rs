@@ -357,7 +357,7 @@ fn main() {
     for run in 1..=3 {
         let start = Instant::now();
         let der = rt
-            .block_on(ca_server::ca::crl::refresh(&s.app, IssuerKind::Ec, now()))
+            .block_on(ca_server::ra::crl::refresh(&s.app, IssuerKind::Ec, now()))
             .expect("CRL");
         println!(
             "CRL with {} revoked certificates (run {run}): {:.0} ms, {} bytes DER",

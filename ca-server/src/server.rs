@@ -150,7 +150,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                crate::ca::crl::publish(&signer, IssuerKind::ALL).await;
+                crate::ra::crl::publish(&signer, IssuerKind::ALL).await;
             }
         });
     }

@@ -15,7 +15,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::ca::cert::{record_revocation, Certificate, RevokedBy};
+use crate::ca::cert::{Certificate, RevokedBy};
+use crate::ra::revocation::record_revocation;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
@@ -119,7 +120,7 @@ async fn revoke(State(app): State<Ra>, Json(r): Json<RevokeRequest>) -> Result<J
         reason = r.reason,
         "operator revoked certificates"
     );
-    crate::ca::crl::publish(&app, issuers).await;
+    crate::ra::crl::publish(&app, issuers).await;
     Ok(Json(json!({"revoked": revoked})))
 }
 

@@ -5,11 +5,13 @@
 pub mod account;
 pub mod approval;
 pub mod authz;
+pub mod crl;
 pub mod eab;
 pub mod identity;
 pub mod keycheck;
 pub mod order;
 pub mod renewal;
+pub mod revocation;
 
 use std::ops::Deref;
 use std::sync::Arc;

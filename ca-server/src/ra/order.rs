@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ca::cert::Certificate;
+use crate::ca::IssuedCert;
 use crate::ra::authz::Authz;
 use crate::ra::identity::{Claim, Hold};
 use crate::ra::Ra;
@@ -742,4 +743,26 @@ pub async fn finalize(
     // them: a client that saw "valid" can always download its certificate.
     app.db.flush().await?;
     order_response(&app, &order, StatusCode::OK)
+}
+
+/// The stored record of a certificate is made when an order is finalized.
+impl Certificate {
+    /// The record for a freshly issued certificate.
+    pub fn new(account_id: &str, order: &Order, issued: &IssuedCert) -> Self {
+        Self {
+            id: issued.serial_hex.clone(),
+            account_id: account_id.to_owned(),
+            order_id: order.id.clone(),
+            identifiers: order.identifiers.clone(),
+            der: crate::wire::b64u(&issued.der),
+            chain_pem: issued.chain_pem.clone(),
+            issuer: issued.issuer,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            revoked: None,
+            replaced_by: None,
+            renew_after: None,
+            profile: order.profile.clone(),
+        }
+    }
 }

@@ -3,24 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
-
 use crate::ca::cert::Certificate;
 use crate::ra::order::Order;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::now;
-use crate::types::rfc3339;
 use crate::types::{Identifier, OrderStatus};
-use crate::wfe::AppState;
 use crate::{Error, Result};
-
-/// How often clients should ask again (RFC 9773 §4.3: Retry-After on every response).
-const POLL_SECS: u64 = 6 * 3600;
 
 /// Finds the certificate an ARI identifier names; `None` if this CA did not issue it.
 fn lookup(app: &Ra, id: &str) -> Result<Option<Certificate>> {
@@ -82,18 +71,11 @@ pub fn suggested_window(cert: &Certificate, now: i64) -> (i64, i64) {
     )
 }
 
-/// `GET {renewalInfo}/{certID}` — RFC 9773 §4.2. Unauthenticated, as the RFC specifies.
-pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    let cert = lookup(&app, &id)?.ok_or(Error::NotFound("certificate"))?;
-    let (start, end) = suggested_window(&cert, now());
-    let mut resp = (
-        StatusCode::OK,
-        Json(json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}})),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(POLL_SECS));
-    Ok(resp)
+/// The suggested renewal window of the certificate an ARI identifier names, as Unix times
+/// (RFC 9773 §4.2); `notFound` if this CA did not issue it.
+pub fn window(app: &Ra, id: &str) -> Result<(i64, i64)> {
+    let cert = lookup(app, id)?.ok_or(Error::NotFound("certificate"))?;
+    Ok(suggested_window(&cert, now()))
 }
 
 /// Checks a newOrder `replaces` value (RFC 9773 §5) without writing anything, so newOrder can

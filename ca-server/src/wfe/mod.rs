@@ -1,10 +1,13 @@
 //! The web front end: shared state, the whole route table in one place, and the rules every
 //! response follows (Replay-Nonce, `Link: rel="index"`, problem documents for every failure).
 
+pub mod cert;
+pub mod crl;
 pub mod directory;
 pub mod jws;
 pub mod listener;
 pub mod nonce;
+pub mod renewal;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use crate::ra::account::{self};
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
 use crate::wire::paths;
-use crate::{ca::cert, ra::authz, ra::order, Error};
+use crate::{ra::authz, ra::order, Error};
 
 /// The web front end's state: the registration authority it serves and the nonces it issues.
 pub struct Inner {
@@ -80,9 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/acme/chall/{authz}/{kind}", post(authz::challenge))
         .route("/acme/cert/{id}", post(cert::download))
         .route(paths::REVOKE_CERT, post(cert::revoke))
-        .route(paths::CRL, get(crate::ca::crl::get))
-        .route(paths::CRL_RSA, get(crate::ca::crl::get_rsa))
-        .route("/acme/renewal-info/{id}", get(crate::ra::renewal::get))
+        .route(paths::CRL, get(crl::get))
+        .route(paths::CRL_RSA, get(crl::get_rsa))
+        .route("/acme/renewal-info/{id}", get(renewal::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), acme_headers))

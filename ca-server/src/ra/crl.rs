@@ -1,0 +1,113 @@
+//! Publishing the CRLs (RFC 5280 §5; `ca::crl` says which issuer signs which and where they are
+//! served): numbering each CRL from the store, collecting the issuer's revocations, having the
+//! CA sign it, then writing the file and caching it.
+
+use crate::ca::cert::Revocation;
+use crate::ca::crl::{file_name, Signed, LIFETIME};
+use crate::ca::IssuerKind;
+use crate::der::pem_encode;
+use crate::fsutil::write_atomic;
+use crate::ra::Ra;
+use crate::storage::Table;
+use crate::types::now;
+use crate::{Error, Result};
+
+/// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
+pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
+    let now = now();
+    if let Some(der) = app.crl.cached(kind, now) {
+        return Ok(der);
+    }
+    refresh(app, kind, now).await
+}
+
+/// Signs and writes new CRLs of those of `issuers` the CA has: once a revocation is durable, so
+/// `crl.pem` lists the certificate by the time the revocation is answered (a broker reading the
+/// file must refuse the device at once), and on the [`REFRESH`] tick. Signing a large CRL takes
+/// a while (0.5 s for 100,000 entries), so it runs on the blocking pool, not on a request
+/// worker. A failure is logged, not returned: a revocation stands, the cached CRL stays
+/// invalid, and the next request or tick signs again.
+pub async fn publish(app: &Ra, issuers: impl IntoIterator<Item = IssuerKind>) {
+    let issuers: Vec<IssuerKind> = issuers.into_iter().filter(|k| app.ca.has(*k)).collect();
+    if issuers.is_empty() {
+        return;
+    }
+    for kind in issuers {
+        if let Err(e) = refresh(app, kind, now()).await {
+            tracing::error!(issuer = %kind, error = %e, "signing the CRL failed; the next request or the hourly refresh retries");
+        }
+    }
+}
+
+/// Signs and publishes a new CRL of the intermediate `kind`: numbers it, makes the number
+/// durable, then signs and writes it on the blocking pool.
+pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
+    let _one_at_a_time = app.crl.signing.lock().await;
+    let reader = app.clone();
+    let (number, revoked) =
+        tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind))
+            .await
+            .map_err(|e| Error::Internal(format!("CRL task failed: {e}")))??;
+    // The number and every revocation read are durable before the CRL is signed, published
+    // and cached: a crash must not let the next CRL reuse the number for other contents
+    // (RFC 5280 §5.2.3), and a CRL must not list a revocation a crash could undo (the cache
+    // is served to later requests that read nothing from the store). The reads ran on the
+    // blocking pool, outside the request's durability ticket, so everything is flushed.
+    app.db.flush_all().await?;
+    let signer = app.clone();
+    tokio::task::spawn_blocking(move || sign_and_write(&signer, kind, number, now, &revoked))
+        .await
+        .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
+}
+
+/// Serial, revocation time and reason code, as `CertificateAuthority::sign_crl` takes them.
+type RevokedEntry = (Vec<u8>, i64, u8);
+
+/// The next CRL number (taken: the CRL number MUST increase with every CRL, across restarts
+/// too, so it lives in the store) and the revocations of `kind`. Scanning 100,000 revocations
+/// takes a while, hence the blocking pool.
+fn number_and_revocations(app: &Ra, kind: IssuerKind) -> Result<(u64, Vec<RevokedEntry>)> {
+    if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
+        app.db
+            .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
+    }
+    let number: u64 = app
+        .db
+        .get(Table::Meta, "crl_number")?
+        .ok_or_else(|| Error::Storage("CRL number vanished".into()))?;
+    let mut revoked = Vec::new();
+    for (serial, value) in app.db.store().scan_prefix(Table::Revocations, b"")? {
+        let entry: Revocation = serde_json::from_slice(&value)
+            .map_err(|e| Error::Storage(format!("corrupt revocation record: {e}")))?;
+        let serial = hex::decode(&serial)
+            .map_err(|e| Error::Storage(format!("corrupt revocation key: {e}")))?;
+        if entry.issuer == kind {
+            revoked.push((serial, entry.at, entry.reason));
+        }
+    }
+    Ok((number, revoked))
+}
+
+fn sign_and_write(
+    app: &Ra,
+    kind: IssuerKind,
+    number: u64,
+    now: i64,
+    revoked: &[RevokedEntry],
+) -> Result<Vec<u8>> {
+    let der = app
+        .ca
+        .sign_crl(kind, number, now, now + LIFETIME, revoked)?;
+    let pem = pem_encode("X509 CRL", &der);
+    write_atomic(
+        &app.cfg.data_dir.join(file_name(kind)),
+        pem.as_bytes(),
+        0o644,
+    )?;
+    *app.crl.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
+        der: der.clone(),
+        this_update: now,
+    });
+    tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
+    Ok(der)
+}
