@@ -1,6 +1,7 @@
 //! The web front end: shared state, the whole route table in one place, and the rules every
 //! response follows (Replay-Nonce, `Link: rel="index"`, problem documents for every failure).
 
+pub mod account;
 pub mod cert;
 pub mod crl;
 pub mod directory;
@@ -21,7 +22,6 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::error::InternalCause;
-use crate::ra::account::{self};
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
 use crate::wire::paths;
