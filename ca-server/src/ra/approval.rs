@@ -34,6 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::ra::account::Account;
 use crate::ra::authz::{record_outcome, start_processing, Authz};
 use crate::ra::Ra;
 use crate::ratelimit::LimitName;
@@ -41,7 +42,6 @@ use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
-use crate::wfe::jws::AccountRequest;
 use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;
@@ -485,7 +485,8 @@ impl ApprovalQueue {
         &self,
         app: &Ra,
         authz_id: &str,
-        r: &AccountRequest,
+        account: &Account,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<(Authz, Option<Pending>)> {
         let _admission = lock(&self.admission);
         let authz = app
@@ -497,15 +498,15 @@ impl ApprovalQueue {
             return Ok((authz, None));
         };
         let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
-        let source = r.req.peer.map(|a| a.ip().to_canonical());
-        self.check_caps(&app.limits, &r.account.id, source, ttl)?;
+        let source = peer.map(|a| a.ip().to_canonical());
+        self.check_caps(&app.limits, &account.id, source, ttl)?;
         let requested = now();
         let pending = Pending {
             id: authz.id.clone(),
             identifier: authz.identifier.clone(),
-            account_id: r.account.id.clone(),
-            thumbprint: r.account.thumbprint.clone(),
-            pairing_code: pairing_code(&token, &r.account.thumbprint)?,
+            account_id: account.id.clone(),
+            thumbprint: account.thumbprint.clone(),
+            pairing_code: pairing_code(&token, &account.thumbprint)?,
             source: source.map(|ip| ip.to_string()),
             requested,
             expires: requested + ttl,
@@ -561,7 +562,12 @@ fn undo_start(app: &Ra, authz_id: &str) -> Result<()> {
 
 /// The device triggers its operator-approval-01 challenge (POST `{}`). Beyond a cap on waiting
 /// requests the answer is `rateLimited` and the challenge stays `pending` (SPEC §5.8).
-pub async fn request(app: &Ra, authz_id: &str, r: &AccountRequest) -> Result<Authz> {
+pub async fn request(
+    app: &Ra,
+    authz_id: &str,
+    account: &Account,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Authz> {
     // The pairing code is a function of the token and the account key. A key chosen after the
     // token is known could be ground offline until its code matches the one a waiting device
     // shows; so the request must come from the key the authorization was created with.
@@ -570,7 +576,7 @@ pub async fn request(app: &Ra, authz_id: &str, r: &AccountRequest) -> Result<Aut
         .get::<Authz>(Table::Authzs, authz_id)?
         .and_then(|a| a.account_thumbprint)
     {
-        if created_with != r.account.thumbprint {
+        if created_with != account.thumbprint {
             return Err(Error::Unauthorized(
                 "the account key changed after this authorization was created; an operator \
                  approval must be requested with the key the order was made with: create a \
@@ -579,7 +585,7 @@ pub async fn request(app: &Ra, authz_id: &str, r: &AccountRequest) -> Result<Aut
             ));
         }
     }
-    let (authz, added) = app.approvals.admit(app, authz_id, r)?;
+    let (authz, added) = app.approvals.admit(app, authz_id, account, peer)?;
     if let Some(p) = added {
         tracing::info!(request = %p.id, identifier = %p.identifier,
             pairing_code = %p.pairing_code, source = ?p.source, account = %p.account_id,

@@ -1,22 +1,17 @@
 //! Authorizations (RFC 8555 §7.5) and their challenges (§7.5.1, §8), including the
 //! asynchronous validation that a challenge response triggers.
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::EnrollmentConfig;
+use crate::ra::account::Account;
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::new_id;
 use crate::types::now;
 use crate::types::rfc3339;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier, IdentifierType};
-use crate::wfe::jws::AccountRequest;
-use crate::wfe::AppState;
 use crate::wire::paths;
 use crate::{Error, Problem, Result};
 
@@ -145,7 +140,7 @@ impl Authz {
         self.challenges.iter().find_map(|c| c.error.clone())
     }
 
-    fn challenge_json(&self, app: &Ra, c: &Challenge) -> Value {
+    pub fn challenge_json(&self, app: &Ra, c: &Challenge) -> Value {
         let mut v = json!({
             "type": c.kind,
             "url": challenge_url(app, &self.id, c.kind),
@@ -214,43 +209,41 @@ pub fn challenge_types(cfg: &EnrollmentConfig, identifier: &Identifier) -> Vec<C
     kinds
 }
 
-fn challenge_url(app: &Ra, authz: &str, kind: ChallengeType) -> String {
+pub fn challenge_url(app: &Ra, authz: &str, kind: ChallengeType) -> String {
     app.url(&format!("{}{authz}/{kind}", paths::CHALLENGE))
 }
 
-fn own_authz(app: &Ra, r: &AccountRequest, id: &str) -> Result<Authz> {
+/// The authorization `id` of `account`; another account's is reported as not found, so ids
+/// cannot be probed.
+pub fn own_authz(app: &Ra, account: &Account, id: &str) -> Result<Authz> {
     app.db
         .get::<Authz>(Table::Authzs, id)?
-        .filter(|a| a.account_id == r.account.id)
+        .filter(|a| a.account_id == account.id)
         .ok_or(Error::NotFound("authorization"))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthzUpdate {
-    #[serde(default)]
-    status: Option<String>,
-}
-
-/// `POST /acme/authz/{id}` — fetch (POST-as-GET) or deactivate (RFC 8555 §7.5.2).
+/// An authorization as its account fetches it (POST-as-GET, `status` `None`) or deactivates it
+/// (`status` `"deactivated"`; RFC 8555 §7.5.2). Operator decisions are applied first, and a
+/// validation stuck in `processing` is restarted. A `status` that could not be read is reported
+/// only once the authorization is known to exist.
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.2>
-pub async fn authz(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    r: AccountRequest,
-) -> Result<Response> {
-    apply_operator_decisions(&app).await?;
-    let mut authz = own_authz(&app, &r, &id)?;
-    let update: AuthzUpdate = r.req.json_or_default()?;
-    match update.status.as_deref() {
-        None => resume_stuck_validations(&app, &authz),
+pub async fn fetch_or_deactivate(
+    app: &Ra,
+    account: &Account,
+    id: &str,
+    status: Result<Option<String>>,
+) -> Result<Authz> {
+    apply_operator_decisions(app).await?;
+    let mut authz = own_authz(app, account, id)?;
+    match status?.as_deref() {
+        None => resume_stuck_validations(app, &authz),
         Some("deactivated") => {
             // > If the client wishes to relinquish its authorization … it can request that the
             // > server deactivate … {"status": "deactivated"} … only "pending" or "valid"
             authz = app
                 .db
-                .update(Table::Authzs, &id, |mut a: Authz| match a.status() {
+                .update(Table::Authzs, id, |mut a: Authz| match a.status() {
                     AuthzStatus::Pending | AuthzStatus::Valid => {
                         a.status = AuthzStatus::Deactivated;
                         Ok(a)
@@ -267,71 +260,48 @@ pub async fn authz(
             )))
         }
     }
-    let mut resp = Json(authz.to_json(&app)).into_response();
-    if authz
-        .challenges
-        .iter()
-        .any(|c| c.status == ChallengeStatus::Processing)
-    {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    Ok(resp)
+    Ok(authz)
 }
 
-/// `POST /acme/chall/{authz}/{type}` — respond to a challenge (RFC 8555 §7.5.1) or fetch it.
+/// A challenge of `account`'s authorization `authz_id`: answered with `answer`, the payload
+/// of the client's POST (RFC 8555 §7.5.1), or fetched (`None`, POST-as-GET). Returns the
+/// authorization as it is afterwards. A payload that could not be read is reported only once
+/// the authorization and challenge are known to exist.
 ///
 /// > The client indicates to the server that it is ready for the challenge validation by
 /// > sending an empty JSON body ("{}") carried in a POST request to the challenge URL
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1>
-pub async fn challenge(
-    State(app): State<AppState>,
-    Path((authz_id, kind)): Path<(String, String)>,
-    r: AccountRequest,
-) -> Result<Response> {
-    let kind: ChallengeType =
-        serde_json::from_value(Value::String(kind)).map_err(|_| Error::NotFound("challenge"))?;
-    apply_operator_decisions(&app).await?;
-    let mut authz = own_authz(&app, &r, &authz_id)?;
+pub async fn respond(
+    app: &Ra,
+    account: &Account,
+    authz_id: &str,
+    kind: ChallengeType,
+    answer: Option<Result<serde_json::Map<String, Value>>>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Authz> {
+    apply_operator_decisions(app).await?;
+    let mut authz = own_authz(app, account, authz_id)?;
     if !authz.challenges.iter().any(|c| c.kind == kind) {
         return Err(Error::NotFound("challenge"));
     }
-    if r.req.is_post_as_get() {
-        resume_stuck_validations(&app, &authz);
-    } else {
-        let payload: serde_json::Map<String, Value> = r.req.json()?;
+    if let Some(payload) = answer {
+        let payload = payload?;
         authz = match kind {
             ChallengeType::Http01 | ChallengeType::TlsAlpn01 => {
-                trigger_validation(&app, authz, kind, &r.account, r.req.peer.map(|p| p.ip()))
-                    .await?
+                trigger_validation(app, authz, kind, account, peer.map(|p| p.ip())).await?
             }
             ChallengeType::DeviceAttest01 => {
-                answer_attestation(&app, authz, &r.account.thumbprint, payload).await?
+                answer_attestation(app, authz, &account.thumbprint, payload).await?
             }
             ChallengeType::OperatorApproval01 => {
-                crate::ra::approval::request(&app, &authz_id, &r).await?
+                crate::ra::approval::request(app, authz_id, account, peer).await?
             }
         };
+    } else {
+        resume_stuck_validations(app, &authz);
     }
-    let c = authz
-        .challenges
-        .iter()
-        .find(|c| c.kind == kind)
-        .ok_or(Error::NotFound("challenge"))?;
-    let mut resp = (StatusCode::OK, Json(authz.challenge_json(&app, c))).into_response();
-    let h = resp.headers_mut();
-    // > The server MUST … include a Link header field with relation "up" to the authorization
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "<{}>;rel=\"up\"",
-        app.url(&format!("{}{}", paths::AUTHZ, authz.id))
-    )) {
-        h.append(header::LINK, v);
-    }
-    if c.status == ChallengeStatus::Processing {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    Ok(resp)
+    Ok(authz)
 }
 
 /// Applies pending operator decisions first, so a polling device sees them at once.
@@ -350,7 +320,7 @@ async fn trigger_validation(
     app: &Ra,
     current: Authz,
     kind: ChallengeType,
-    account: &crate::ra::account::Account,
+    account: &Account,
     source: Option<std::net::IpAddr>,
 ) -> Result<Authz> {
     let admission = match app.va.admit(&account.id, source) {
@@ -536,10 +506,7 @@ fn resume_stuck_validations(app: &Ra, authz: &Authz) {
                 Ok(a)
             });
             let Ok(updated) = updated else { continue };
-            let Ok(Some(acct)) = app
-                .db
-                .get::<crate::ra::account::Account>(Table::Accounts, &authz.account_id)
-            else {
+            let Ok(Some(acct)) = app.db.get::<Account>(Table::Accounts, &authz.account_id) else {
                 continue;
             };
             if claimed {

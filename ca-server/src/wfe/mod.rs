@@ -2,6 +2,7 @@
 //! response follows (Replay-Nonce, `Link: rel="index"`, problem documents for every failure).
 
 pub mod account;
+pub mod authz;
 pub mod cert;
 pub mod crl;
 pub mod directory;
@@ -25,7 +26,7 @@ use crate::error::InternalCause;
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
 use crate::wire::paths;
-use crate::{ra::authz, ra::order, Error};
+use crate::{ra::order, Error};
 
 /// The web front end's state: the registration authority it serves and the nonces it issues.
 pub struct Inner {
