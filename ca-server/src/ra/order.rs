@@ -2,10 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -13,6 +9,7 @@ use crate::ca::cert::Certificate;
 use crate::ca::IssuedCert;
 use crate::ra::authz::Authz;
 use crate::ra::identity::{Claim, Hold};
+use crate::ra::Account;
 use crate::ra::Ra;
 use crate::ratelimit::Key;
 use crate::ratelimit::LimitName;
@@ -21,8 +18,6 @@ use crate::types::new_id;
 use crate::types::now;
 use crate::types::rfc3339;
 use crate::types::{AuthzStatus, Identifier, OrderStatus};
-use crate::wfe::jws::AccountRequest;
-use crate::wfe::AppState;
 use crate::wire::normalize_identifier;
 use crate::wire::paths;
 use crate::{ca::csr, Error, Problem, Result};
@@ -172,34 +167,9 @@ impl Order {
         Ok(v)
     }
 
-    fn url(&self, app: &Ra) -> String {
+    pub fn url(&self, app: &Ra) -> String {
         app.url(&format!("{}{}", paths::ORDER, self.id))
     }
-}
-
-fn order_response(app: &Ra, order: &Order, status: StatusCode) -> Result<Response> {
-    let body = order.to_json(app)?;
-    let processing = body["status"] == json!(OrderStatus::Processing);
-    let mut resp = (status, Json(body)).into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&order.url(app)) {
-        h.insert(header::LOCATION, v);
-    }
-    // > … the server … SHOULD include a Retry-After header field in "processing" responses
-    // <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
-    if processing {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    Ok(resp)
-}
-
-/// Loads an order that the requesting account owns. Another account's order is reported as
-/// not found, so order ids cannot be probed.
-fn own_order(app: &Ra, r: &AccountRequest, id: &str) -> Result<Order> {
-    app.db
-        .get::<Order>(Table::Orders, id)?
-        .filter(|o| o.account_id == r.account.id)
-        .ok_or(Error::NotFound("order"))
 }
 
 /// newOrder payload, RFC 8555 §7.4.
@@ -207,7 +177,7 @@ fn own_order(app: &Ra, r: &AccountRequest, id: &str) -> Result<Order> {
 /// newer clients do not fail orders that need nothing from them.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NewOrder {
+pub struct NewOrder {
     identifiers: Vec<Value>,
     /// RFC 9773 §5: the ARI identifier of the certificate this order replaces.
     #[serde(default)]
@@ -223,11 +193,20 @@ struct NewOrder {
 
 const MAX_IDENTIFIERS: usize = 100;
 
-/// `POST /acme/new-order` — RFC 8555 §7.4.
+/// Loads an order that `account` owns. Another account's order is reported as not found, so
+/// order ids cannot be probed.
+pub fn own_order(app: &Ra, account: &Account, id: &str) -> Result<Order> {
+    app.db
+        .get::<Order>(Table::Orders, id)?
+        .filter(|o| o.account_id == account.id)
+        .ok_or(Error::NotFound("order"))
+}
+
+/// newOrder (RFC 8555 §7.4) for `account`: checks every identifier, binds what it can and
+/// stores the order with its authorizations.
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
-pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result<Response> {
-    let p: NewOrder = r.req.json()?;
+pub async fn create(app: &Ra, account: &Account, p: NewOrder) -> Result<Order> {
     if p.not_before.is_some() || p.not_after.is_some() {
         return Err(Error::Malformed(
             "notBefore/notAfter are not supported: validity is set by CA policy".into(),
@@ -249,9 +228,9 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     let profile = app.profiles.select(p.profile.as_deref())?;
     app.limits.take(
         LimitName::NewOrderPerAccount,
-        &Key::Account(r.account.id.clone()),
+        &Key::Account(account.id.clone()),
     )?;
-    let grant = Grant::of(&app, &r.account)?;
+    let grant = Grant::of(app, account)?;
     profile.check_order(grant.role())?;
     let profile = profile.name.clone();
     let allow = grant.allow_list()?;
@@ -327,7 +306,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     for id in &identifiers {
         app.limits.check(
             LimitName::FailedValidationsPerIdentifier,
-            &Key::AccountIdentifier(r.account.id.clone(), id.clone()),
+            &Key::AccountIdentifier(account.id.clone(), id.clone()),
         )?;
     }
 
@@ -343,10 +322,10 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             // identifiers when issuing the credential, so no challenge is needed, unless
             // another account holds a current certificate for one: a credential shared by
             // many devices does not let one take its sibling's name (`identity`).
-            held = crate::ra::identity::held_by_other(&app, id, &r.account.id)?;
+            held = crate::ra::identity::held_by_other(app, id, &account.id)?;
             if held.is_none() {
                 authzs.push(Authz::pre_authorized(
-                    &r.account.id,
+                    &account.id,
                     id.clone(),
                     created + authz_lifetime,
                     &cred.kid,
@@ -375,17 +354,17 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
             });
         }
         if let Some(h) = &held {
-            tracing::info!(account = %r.account.id, holder = %h.account_id, identifier = %id,
+            tracing::info!(account = %account.id, holder = %h.account_id, identifier = %id,
                 "identifier held by another account: a challenge is required");
         }
-        let mut authz = Authz::new(&r.account.id, id.clone(), created + authz_lifetime, &kinds)?;
-        authz.account_thumbprint = Some(r.account.thumbprint.clone());
+        let mut authz = Authz::new(&account.id, id.clone(), created + authz_lifetime, &kinds)?;
+        authz.account_thumbprint = Some(account.thumbprint.clone());
         authzs.push(authz);
     }
     let replaced = match &p.replaces {
         Some(replaces) => Some(crate::ra::renewal::check_replaces(
-            &app,
-            &r.account.id,
+            app,
+            &account.id,
             replaces,
             &identifiers,
         )?),
@@ -396,7 +375,7 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     }
     let order = Order {
         id: new_id()?,
-        account_id: r.account.id.clone(),
+        account_id: account.id.clone(),
         identifiers: identifiers.into_iter().collect(),
         authzs: authzs.into_iter().map(|a| a.id).collect(),
         expires: created + order_lifetime,
@@ -410,22 +389,22 @@ pub async fn new_order(State(app): State<AppState>, r: AccountRequest) -> Result
     // replacement by invalid orders, so the certificate stays replaceable.
     let stored = async {
         if let Some(cert) = &replaced {
-            crate::ra::renewal::claim(&app, &cert.id, &order.id)?;
+            crate::ra::renewal::claim(app, &cert.id, &order.id)?;
         }
         app.db.put(
             Table::AccountOrders,
-            &format!("{}\0{}", r.account.id, order.id),
+            &format!("{}\0{}", account.id, order.id),
             &(),
         )?;
         app.db.flush().await
     }
     .await;
     if let Err(e) = stored {
-        abandon(&app, &order.id, &e);
+        abandon(app, &order.id, &e);
         return Err(e);
     }
-    tracing::info!(account = %r.account.id, order = %order.id, identifiers = ?order.identifiers, "order created");
-    order_response(&app, &order, StatusCode::CREATED)
+    tracing::info!(account = %account.id, order = %order.id, identifiers = ?order.identifiers, "order created");
+    Ok(order)
 }
 
 /// Marks an order newOrder is refusing after storing it as invalid, so nothing can finalize
@@ -454,7 +433,7 @@ struct Grant {
 impl Grant {
     /// The grant of `account`. A revoked or deleted credential stops the account from ordering
     /// at all: the operator withdrew the vouching the account was created on.
-    fn of(app: &Ra, account: &crate::ra::account::Account) -> Result<Self> {
+    fn of(app: &Ra, account: &Account) -> Result<Self> {
         let Some(kid) = &account.eab_kid else {
             return Ok(Self {
                 credential: None,
@@ -510,7 +489,7 @@ impl Grant {
 async fn check_pre_authorizations(
     app: &Ra,
     order: &Order,
-    account: &crate::ra::account::Account,
+    account: &Account,
 ) -> Result<Vec<Identifier>> {
     let mut pre_authorized = Vec::new();
     for authz_id in &order.authzs {
@@ -567,57 +546,32 @@ fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
-/// `POST /acme/order/{id}` (POST-as-GET) — RFC 8555 §7.1.3.
-pub async fn get_order(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    r: AccountRequest,
-) -> Result<Response> {
-    crate::ra::authz::apply_operator_decisions(&app).await?;
-    if !r.req.is_post_as_get() {
-        return Err(Error::Malformed(
-            "orders are fetched with POST-as-GET (empty payload); they cannot be updated".into(),
-        ));
-    }
-    let order = own_order(&app, &r, &id)?;
-    order_response(&app, &order, StatusCode::OK)
-}
-
-/// finalize payload.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Finalize {
-    csr: String,
-}
-
-/// `POST /acme/order/{id}/finalize` — RFC 8555 §7.4.
+/// Finalizes `account`'s order `id` with the base64url DER CSR `csr` (RFC 8555 §7.4): checks
+/// the order is ready, the CSR, its key and names, binds the identities and issues. `csr` is a
+/// payload that could not be read, reported once the order is known to exist.
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
-pub async fn finalize(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    r: AccountRequest,
-) -> Result<Response> {
-    let order = own_order(&app, &r, &id)?;
-    let p: Finalize = r.req.json()?;
+pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>) -> Result<Order> {
+    let order = own_order(app, account, id)?;
+    let csr = &csr?;
 
     // > A request to finalize an order will result in error if the order is not in the
     // > "ready" state. In such cases, the server MUST return a 403 (Forbidden) error with a
     // > problem document of type "orderNotReady".
-    let status = order.status(&app)?;
+    let status = order.status(app)?;
     if status != OrderStatus::Ready {
         return Err(Error::OrderNotReady(status.to_string()));
     }
-    let pre_authorized = check_pre_authorizations(&app, &order, &r.account).await?;
+    let pre_authorized = check_pre_authorizations(app, &order, account).await?;
 
     // badCSR leaves the order "ready" so the client can fix the CSR and try again.
-    let der = crate::wire::b64u_decode("csr", &p.csr).map_err(|e| Error::BadCsr(e.to_string()))?;
+    let der = crate::wire::b64u_decode("csr", csr).map_err(|e| Error::BadCsr(e.to_string()))?;
     let info = csr::parse_and_verify(&der).inspect_err(|e| {
         // Key-policy and weak-signature refusals are kept for the audit.
-        crate::ra::keycheck::attempts::record_csr_refusal(&app, &r.account, &order, &der, e);
+        crate::ra::keycheck::attempts::record_csr_refusal(app, account, &order, &der, e);
     })?;
     // Weak, blocklisted, account and already-certified keys (keycheck module docs).
-    let key_use = crate::ra::keycheck::check(&app, &r.account, &order, &info)?;
+    let key_use = crate::ra::keycheck::check(app, account, &order, &info)?;
 
     // > The CSR MUST indicate the exact same set of requested identifiers as the initial
     // > newOrder request.
@@ -637,14 +591,14 @@ pub async fn finalize(
     }
     // The certificate key must not be the account key (RFC 8555 §11.1): reuse would let
     // whoever holds the TLS key act as the account.
-    if info.public_key == r.account.public_key()? {
+    if info.public_key == account.public_key()? {
         return Err(Error::BadCsr(
             "the CSR key is the account key: use a separate key for the certificate".into(),
         ));
     }
     // The profile's key types, ApplicationUri policy and role (SPEC §8.3); its refusals
     // leave the order ready, like any other badCSR.
-    let grant = Grant::of(&app, &r.account)?;
+    let grant = Grant::of(app, account)?;
     let leaf = app
         .profiles
         .of_order(order.profile.as_deref())?
@@ -652,7 +606,7 @@ pub async fn finalize(
 
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
     let started = now();
-    app.db.update(Table::Orders, &id, |mut o: Order| {
+    app.db.update(Table::Orders, id, |mut o: Order| {
         if o.stage != Stage::Open {
             return Err(Error::OrderNotReady("processing".into()));
         }
@@ -660,11 +614,11 @@ pub async fn finalize(
         Ok(o)
     })?;
 
-    let reopen = |e: Error, claims: Vec<Claim>| -> Result<Response> {
+    let reopen = |e: Error, claims: Vec<Claim>| -> Result<Order> {
         for claim in claims {
-            claim.abandon(&app);
+            claim.abandon(app);
         }
-        app.db.update(Table::Orders, &id, |mut o: Order| {
+        app.db.update(Table::Orders, id, |mut o: Order| {
             o.stage = Stage::Open;
             Ok(o)
         })?;
@@ -672,7 +626,7 @@ pub async fn finalize(
     };
     // An authorization may have been deactivated or expired since the readiness check; the
     // swap only guarded the stage, so look again now that no other finalize can run.
-    let status = order.status(&app)?;
+    let status = order.status(app)?;
     if status != OrderStatus::Ready {
         return reopen(Error::OrderNotReady(status.to_string()), Vec::new());
     }
@@ -682,7 +636,7 @@ pub async fn finalize(
     let mut claims = Vec::new();
     for identifier in &pre_authorized {
         let key = crate::ra::identity::key(identifier);
-        match crate::ra::identity::claim(&app, &key, &r.account.id, Hold::WhileCurrent) {
+        match crate::ra::identity::claim(app, &key, &account.id, Hold::WhileCurrent) {
             Ok(Ok(claim)) => claims.push(claim),
             Ok(Err(held)) => {
                 let why = held_since(identifier, &held);
@@ -693,7 +647,7 @@ pub async fn finalize(
                     .find(|(_, i)| *i == identifier)
                     .map(|(a, _)| a.clone());
                 if let Some(authz_id) = authz_id {
-                    withdraw(&app, &order, &authz_id, identifier, &why)?;
+                    withdraw(app, &order, &authz_id, identifier, &why)?;
                 }
                 return reopen(withdrawn(identifier, &why), claims);
             }
@@ -702,7 +656,7 @@ pub async fn finalize(
     }
     if let Some(uri) = leaf.uri.as_deref() {
         let key = crate::ra::identity::uri_key(uri);
-        match crate::ra::identity::claim(&app, &key, &r.account.id, Hold::UntilReleased) {
+        match crate::ra::identity::claim(app, &key, &account.id, Hold::UntilReleased) {
             Ok(Ok(claim)) => claims.push(claim),
             Ok(Err(held)) => return reopen(crate::ra::identity::uri_held(uri, &held), claims),
             Err(e) => return reopen(e, claims),
@@ -716,33 +670,33 @@ pub async fn finalize(
             return reopen(e, claims);
         }
         Ok(issued) => {
-            let cert = Certificate::new(&r.account.id, &order, &issued);
+            let cert = Certificate::new(&account.id, &order, &issued);
             // A failure here leaves the order processing until it is reported stuck, and the
             // claims lapse (`identity::CLAIM_LAPSES`).
             app.db.put(Table::Certificates, &cert.id, &cert)?;
-            key_use.record(&app, &cert)?;
-            crate::ra::identity::record_issued(&app, &cert, leaf.uri.as_deref())?;
-            tracing::info!(account = %r.account.id, order = %id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
+            key_use.record(app, &cert)?;
+            crate::ra::identity::record_issued(app, &cert, leaf.uri.as_deref())?;
+            tracing::info!(account = %account.id, order = %order.id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
             Stage::Valid { cert: cert.id }
         }
         Err(e) => {
-            tracing::error!(order = %id, error = %e, "issuance failed");
+            tracing::error!(order = %order.id, error = %e, "issuance failed");
             for claim in claims {
-                claim.abandon(&app);
+                claim.abandon(app);
             }
             Stage::Invalid {
                 error: Problem::new(crate::ProblemType::ServerInternal, "issuance failed"),
             }
         }
     };
-    let order = app.db.update(Table::Orders, &id, |mut o: Order| {
+    let order = app.db.update(Table::Orders, id, |mut o: Order| {
         o.stage = stage.clone();
         Ok(o)
     })?;
     // The certificate and the order's valid state are on disk before the client hears of
     // them: a client that saw "valid" can always download its certificate.
     app.db.flush().await?;
-    order_response(&app, &order, StatusCode::OK)
+    Ok(order)
 }
 
 /// The stored record of a certificate is made when an order is finalized.

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod jws;
 pub mod listener;
 pub mod nonce;
+pub mod order;
 pub mod renewal;
 
 use std::ops::Deref;
@@ -26,7 +27,7 @@ use crate::error::InternalCause;
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
 use crate::wire::paths;
-use crate::{ra::order, Error};
+use crate::Error;
 
 /// The web front end's state: the registration authority it serves and the nonces it issues.
 pub struct Inner {
