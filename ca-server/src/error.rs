@@ -1,11 +1,9 @@
-//! The crate's one error type and its single mapping to RFC 7807 problem documents.
-//!
-//! Every handler returns `Result<_, Error>`; `impl IntoResponse for Error` is the only place an
-//! internal error becomes a wire status and a `urn:ietf:params:acme:error:*` type.
+//! The crate's one error type and its single mapping to RFC 7807 problem documents: each
+//! variant's `urn:ietf:params:acme:error:*` type and HTTP status are decided here
+//! ([`Error::to_problem`], [`Error::status`]); `wfe::problem` writes the response.
 //! <https://www.rfc-editor.org/rfc/rfc8555#section-6.7>
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::types::Identifier;
@@ -316,53 +314,6 @@ impl Problem {
             subproblems: Vec::new(),
             algorithms: None,
         }
-    }
-}
-
-/// The cause of a `serverInternal` response, attached as an extension so the logging
-/// middleware can record it without the response body revealing it.
-#[derive(Clone, Debug)]
-pub struct InternalCause(pub String);
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let problem = self.to_problem();
-        let status = self.status();
-        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-        let mut resp = (status, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        // > The 408 (Request Timeout) status code indicates that the server did not receive
-        // > a complete request message within the time that it was prepared to wait.
-        // <https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9>
-        // The rest of the body may still arrive, so the connection cannot carry another
-        // request: `Connection: close` makes hyper close it after this response.
-        if let Self::RequestTimeout(_) = &self {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if let Self::Conflict { location, .. } = &self {
-            if let Ok(v) = HeaderValue::from_str(location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-        }
-        // > … the server … MAY include a Retry-After header field indicating how long to wait
-        // > before making the request again.  (RFC 8555 §6.6)
-        // Whole seconds, rounded up, so a client that waits that long finds a token.
-        if let Self::RateLimited { retry_after, .. } = &self {
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        if matches!(self, Self::Storage(_) | Self::Internal(_)) {
-            resp.extensions_mut()
-                .insert(InternalCause(self.to_string()));
-        } else {
-            tracing::debug!(error = %self, "client error");
-        }
-        resp
     }
 }
 

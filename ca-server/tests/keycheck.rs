@@ -414,7 +414,7 @@ fn a_missing_or_malformed_blocklist_stops_the_server_at_start() {
 
 /// The operator's audit report, over the admin API as `ca-server audit --json` gets it.
 async fn admin_audit(s: &TestServer) -> Value {
-    let req = axum::http::Request::get("/audit")
+    let req = http::Request::get("/audit")
         .body(axum::body::Body::empty())
         .expect("req");
     let r = Reply::read(

@@ -10,6 +10,7 @@ pub mod jws;
 pub mod listener;
 pub mod nonce;
 pub mod order;
+pub mod problem;
 pub mod renewal;
 
 use std::ops::Deref;
@@ -23,9 +24,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::error::InternalCause;
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
+use crate::wfe::problem::InternalCause;
 use crate::wire::paths;
 use crate::Error;
 
@@ -110,7 +111,7 @@ async fn not_found() -> Error {
 ///
 /// Every other resource is fetched by POST-as-GET only.
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-6.3>
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
     let allow = if uri.path() == paths::DIRECTORY || uri.path() == paths::NEW_NONCE {
         "GET, HEAD, POST"
     } else {

@@ -120,7 +120,7 @@ impl TestServer {
 /// A response, read fully.
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: axum::http::HeaderMap,
+    pub headers: http::HeaderMap,
     pub body: Vec<u8>,
 }
 
