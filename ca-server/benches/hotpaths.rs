@@ -1,6 +1,6 @@
 //! Microbenchmarks of the server's hot paths (issue #6), each calling the server's own code:
 //!
-//! - `jws/*`: an ES256 request as the extractors in `jws.rs` verify it (`AccountRequest` for a
+//! - `jws/*`: an ES256 request as the extractors in `wfe::jws` verify it (`AccountRequest` for a
 //!   `kid` POST-as-GET order poll, `KeyRequest` for newAccount), and the signature check alone;
 //! - `csr/*`: a P-256 CSR through `csr::parse_and_verify` and then the key checks finalize runs
 //!   (`keycheck::check`), and the CSR signature check alone;

@@ -245,7 +245,7 @@ async fn ordinary_openssl_rsa_key_is_issued() {
     assert_issued(&r);
 }
 
-/// csr.rs already refuses the algorithm-level problems; they reach the client unchanged.
+/// `ca::csr` already refuses the algorithm-level problems; they reach the client unchanged.
 #[tokio::test]
 async fn algorithm_policy_from_csr_rs_reaches_the_client() {
     let s = TestServer::new();
@@ -540,7 +540,7 @@ async fn weak_keys_and_signatures_are_refused_recorded_and_audited() {
     let fermat = fermat_key_pair();
     let (o2, r) = order_and_finalize(&s, &acct, &["plc-9.plant.example"], &fermat).await;
     assert_refused(&s, &acct, &o2, &r, "badPublicKey", "Fermat").await;
-    // A SHA-1 CSR (badCSR) and a 1024-bit RSA key (badPublicKey) from csr.rs, from another
+    // A SHA-1 CSR (badCSR) and a 1024-bit RSA key (badPublicKey) from `ca::csr`, from another
     // account.
     let o3 = ready_order(&s, &other, &["old-1.plant.example"]).await;
     let sha1 = openssl_req(

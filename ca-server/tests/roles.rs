@@ -20,7 +20,10 @@ const ROLES: &[(&str, &[&str])] = &[
     ("ra", &["storage", "ca", "va", "config"]),
     ("wfe", &["storage", "ca", "va", "config", "ra"]),
     ("admin", &["storage", "ca", "va", "config", "ra"]),
-    ("server", &["storage", "ca", "va", "config", "ra", "wfe", "admin"]),
+    (
+        "server",
+        &["storage", "ca", "va", "config", "ra", "wfe", "admin"],
+    ),
 ];
 
 /// The roles that may use axum.
@@ -141,7 +144,9 @@ fn roles_depend_only_on_the_roles_below_them() {
             if used == module || !roles.contains_key(used.as_str()) {
                 continue;
             }
-            let allowed = roles.get(module).is_some_and(|may| may.contains(&used.as_str()));
+            let allowed = roles
+                .get(module)
+                .is_some_and(|may| may.contains(&used.as_str()));
             if !allowed {
                 breaches.push(format!("{} uses {used}", rel.display()));
             }
@@ -150,7 +155,11 @@ fn roles_depend_only_on_the_roles_below_them() {
             breaches.push(format!("{} uses axum", rel.display()));
         }
     }
-    assert!(checked > 40, "only {checked} source files found under {}", src.display());
+    assert!(
+        checked > 40,
+        "only {checked} source files found under {}",
+        src.display()
+    );
     assert!(
         breaches.is_empty(),
         "dependencies against the role order:\n  {}",

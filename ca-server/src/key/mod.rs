@@ -164,7 +164,7 @@ pub fn spki_der(key: &PublicKey) -> Vec<u8> {
     )
 }
 
-/// Lowercase hex SHA-256 of [`spki_der`]: the key of [`Table::KeyUse`], and the same value as
+/// Lowercase hex SHA-256 of [`spki_der`]: the key of [`Table::KeyUse`](crate::storage::Table::KeyUse), and the same value as
 /// `openssl pkey -pubin -outform DER | sha256sum` for the key.
 pub fn spki_sha256(key: &PublicKey) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki_der(key)))

@@ -23,7 +23,7 @@ pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
 
 /// Signs and writes new CRLs of those of `issuers` the CA has: once a revocation is durable, so
 /// `crl.pem` lists the certificate by the time the revocation is answered (a broker reading the
-/// file must refuse the device at once), and on the [`REFRESH`] tick. Signing a large CRL takes
+/// file must refuse the device at once), and on the [`REFRESH`](crate::ca::crl::REFRESH) tick. Signing a large CRL takes
 /// a while (0.5 s for 100,000 entries), so it runs on the blocking pool, not on a request
 /// worker. A failure is logged, not returned: a revocation stands, the cached CRL stays
 /// invalid, and the next request or tick signs again.

@@ -11,11 +11,12 @@
 //!
 //! | module         | what                                                        |
 //! |----------------|-------------------------------------------------------------|
-//! | [`identifier`] | `permanent-identifier` syntax, otherName PermanentIdentifier |
 //! | [`object`]     | the CBOR attestation object, format `iiot-idevid`           |
 //! | [`anchors`]    | manufacturer trust anchors in `<data_dir>/trust-anchors/`    |
 //! | `chain`        | the certification path from the IDevID to an anchor         |
-//! | `der`          | the little DER the otherName forms need                     |
+//!
+//! The `permanent-identifier` otherName forms are in [`crate::der::names`]; the key and
+//! signature algorithms it accepts are [`crate::key::policy`]'s.
 //!
 //! What a success proves, and what it does not, is in SPEC §10.8: possession of a
 //! manufacturer-issued IDevID key at enrollment time, bound to the ACME account by the key

@@ -1,5 +1,6 @@
-//! The web front end: shared state, the whole route table in one place, and the rules every
-//! response follows (Replay-Nonce, `Link: rel="index"`, problem documents for every failure).
+//! The web front end: the whole route table in one place, the rules every response follows
+//! (Replay-Nonce, `Link: rel="index"`, problem documents for every failure), and one module
+//! per resource that reads the verified request, calls the RA and writes the response.
 
 pub mod account;
 pub mod authz;

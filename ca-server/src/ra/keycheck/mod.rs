@@ -6,13 +6,13 @@
 //!
 //! - `badPublicKey` when the key itself is unusable by anyone: its private half is public or
 //!   computable. That covers keys on a compromised-key blocklist (badkeys format, see
-//!   [`blocklist`]), RSA moduli with the ROCA fingerprint, moduli Fermat's method factors, and
+//!   [`blocklist`](crate::key::blocklist)), RSA moduli with the ROCA fingerprint, moduli Fermat's method factors, and
 //!   moduli with small prime factors (see [`weak`]); also any key whose certificate was revoked
 //!   for keyCompromise.
 //! - `badCSR` when the key is sound but this request may not bind it: it is the account key of
 //!   another account, or it is already certified for another account or other identifiers
 //!   (another device). The key is fine for its holder; what is refused is the binding, which is
-//!   what "The CSR is unacceptable" says. order.rs refuses the requester's own account key
+//!   what "The CSR is unacceptable" says. `ra::order` refuses the requester's own account key
 //!   with `badCSR` for the same reason.
 //!
 //! Fleet-wide reuse is the industrial failure mode: one key image flashed onto every unit of a
@@ -206,7 +206,7 @@ fn record_attempt(app: &Ra, attempt: &KeyReuseAttempt) -> Result<()> {
 
 /// The account whose account key is `key`, if any (whatever its status: a deactivated
 /// account's key has still been used to sign requests by someone). The key index is written
-/// before the account, so an entry the account does not confirm is ignored, as account.rs does.
+/// before the account, so an entry the account does not confirm is ignored, as `ra::account` does.
 fn account_with_key(app: &Ra, key: &PublicKey) -> Result<Option<String>> {
     let thumbprint = jwk::thumbprint(key);
     let Some(id) = app.db.get::<String>(Table::AccountKeys, &thumbprint)? else {
@@ -257,7 +257,7 @@ pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Resul
         Err(Error::BadCsr(detail))
     };
 
-    // The requester's own account key is refused by order.rs with its own message.
+    // The requester's own account key is refused by `ra::order` with its own message.
     if let Some(other) = account_with_key(app, key)?.filter(|id| *id != account.id) {
         let holder = Holder {
             account_id: other,
