@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Footprint report of the embedded client (issue #4): builds the minimal firmware
+# Footprint report of the embedded client: builds the minimal firmware
 # (embedded-client/firmware: one complete enrollment, EAB and IDevID paths reachable, no heap)
 # for thumbv7em-none-eabihf at opt-level "z" with LTO, and prints
 #   flash      = .vector_table + .text + .rodata + .data (its load image)
@@ -10,7 +10,7 @@
 #
 #   scripts/embedded-footprint.sh            full report (builds ca-server and the tests: minutes)
 #   scripts/embedded-footprint.sh --check    the no_std link and the size figures only (test.sh);
-#                                            fails if flash or static RAM outgrow issue #4's budget
+#                                            fails if flash or static RAM outgrow the budget
 #
 # Where the target cannot be installed (rustup reaches static.rust-lang.org, which a machine
 # limited to package registries may not), it falls back to the host no_std staticlib build of
@@ -67,7 +67,7 @@ print(f"footprint: static RAM {ram:>7} B ({ram / 1024:.1f} KiB, of which 4096 + 
 over = [f"{what} {got} B > {limit} B" for what, got, limit in
         (("flash", flash, 40 * 1024), ("static RAM", ram, 7168)) if got > limit]
 if over:
-    sys.exit("footprint: over the issue #4 budget: " + "; ".join(over))
+    sys.exit("footprint: over the budget: " + "; ".join(over))
 PY
     if command -v nm >/dev/null 2>&1; then
         log "code by crate (nm --size-sort; functions inlined into another are counted there):"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stack high-water mark of one complete enrollment (issue #4's RAM target counts it with the
+# Stack high-water mark of one complete enrollment (the RAM budget counts it with the
 # buffers): builds embedded-client/stackprobe for thumbv7em-none-eabihf with the firmware's
 # profile and runs it on QEMU's mps2-an386 (Cortex-M4), which prints the figures.
 #

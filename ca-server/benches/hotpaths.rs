@@ -1,4 +1,4 @@
-//! Microbenchmarks of the server's hot paths (issue #6), each calling the server's own code:
+//! Microbenchmarks of the server's hot paths, each calling the server's own code:
 //!
 //! - `jws/*`: an ES256 request as the extractors in `wfe::jws` verify it (`AccountRequest` for a
 //!   `kid` POST-as-GET order poll, `KeyRequest` for newAccount), and the signature check alone;

@@ -1,4 +1,4 @@
-//! Scale figures (issue #6): the server with many devices in its store, and a large CRL.
+//! Scale figures: the server with many devices in its store, and a large CRL.
 //!
 //! 1. One device enrolls through the server's router (account, order, finalize), which writes
 //!    every record an enrollment leaves in the store (account, account key, order, the

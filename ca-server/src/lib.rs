@@ -4,13 +4,14 @@
 //! one direction only (checked by `tests/roles.rs`):
 //!
 //! ```text
-//! server ─▶ wfe, admin ─▶ ra ─▶ config ─▶ ca, va ─▶ storage ─▶ shared modules
+//! cli ─▶ server ─▶ wfe, admin ─▶ ra ─▶ config ─▶ ca, va ─▶ storage ─▶ shared modules
 //! ```
 //!
 //! | role       | what                                                                     |
 //! |------------|--------------------------------------------------------------------------|
 //! | [`wfe`]    | web front end: HTTPS listener, routes, JWS requests, nonces, problem documents; the only ACME user of axum |
-//! | [`admin`]  | the operator's socket API (the `ca-server` subcommands talk to it)       |
+//! | [`cli`]    | the `ca-server` command line: runs the server, or the operator's commands |
+//! | [`admin`]  | the operator's socket API, which those commands talk to                  |
 //! | [`ra`]     | registration authority: the rules over the store, no HTTP               |
 //! | [`config`] | the configuration file, composed of the roles' settings                  |
 //! | [`ca`]     | CA hierarchy and keys, issuance, profiles, CSRs, CRL signing             |
@@ -39,6 +40,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod der;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The server's modules depend on each other in one direction only (see `src/lib.rs`):
 //!
 //! ```text
-//! server ─▶ wfe, admin ─▶ ra ─▶ config ─▶ ca, va ─▶ storage ─▶ (shared modules)
+//! cli ─▶ server ─▶ wfe, admin ─▶ ra ─▶ config ─▶ ca, va ─▶ storage ─▶ (shared modules)
 //! ```
 //!
 //! A role may use the roles below it and the shared modules, never a role beside or above it;
@@ -24,10 +24,16 @@ const ROLES: &[(&str, &[&str])] = &[
         "server",
         &["storage", "ca", "va", "config", "ra", "wfe", "admin"],
     ),
+    (
+        "cli",
+        &[
+            "storage", "ca", "va", "config", "ra", "wfe", "admin", "server",
+        ],
+    ),
 ];
 
 /// The roles that may use axum.
-const HTTP_ROLES: &[&str] = &["wfe", "admin", "server"];
+const HTTP_ROLES: &[&str] = &["wfe", "admin", "server", "cli"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -1,4 +1,4 @@
-//! The load generator of issue #6 (`tests/src/bin/loadgen.rs`) against the real CA: every
+//! The load generator (`tests/src/bin/loadgen.rs`) against the real CA: every
 //! device enrolls, the JSON report counts them and the server's CPU, and failures are counted
 //! by cause instead of aborting the run.
 

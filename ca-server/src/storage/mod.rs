@@ -146,7 +146,7 @@ pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(10);
 /// Default of `storage.checkpoint_max_writes`: past this many writes a checkpoint is taken
 /// even under load, so a restart after a power cut
 /// replays at most this many records. With a million devices in the store, an ordinary start
-/// took 0.5-1.1 s and a checkpoint after 700,000 writes 1.6 s (issue #6, `benches/scale.rs`):
+/// took 0.5-1.1 s and a checkpoint after 700,000 writes 1.6 s (`benches/scale.rs`):
 /// this keeps the worst restart within the 2 s target, at the price of a pause of about a
 /// second every ~70,000 enrollments of a sustained load.
 pub const CHECKPOINT_MAX_WRITES: u64 = 500_000;

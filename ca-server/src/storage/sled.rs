@@ -40,7 +40,7 @@ pub struct SledStore {
 /// nothing new to make durable waits for no flush at all.
 ///
 /// Every response waits for a flush, and a flush per response cost more CPU than the
-/// signatures (thread hand-offs to the blocking pool, one fsync each; see issue #6's profile).
+/// signatures (thread hand-offs to the blocking pool, one fsync each, in a perf profile).
 /// Every completed write takes the next number of a write sequence. A caller's ticket is the
 /// highest sequence number it depends on: inside a request ([`super::request_scope`]), that of
 /// its own writes and of the not-yet-durable writes it read; outside one, the sequence number
@@ -177,7 +177,7 @@ impl SledStore {
     ///
     /// sled 0.34 writes that snapshot only when a database is opened (`snapshot_after_ops`
     /// has done nothing since 0.31), so a CA that ran for months would replay months of log at
-    /// its next start: 7.4 s for a million devices written since the last open (issue #6).
+    /// its next start: 7.4 s for a million devices written since the last open (`benches/scale.rs`).
     /// Reopening is the only way to get a snapshot. It costs what the replay would have cost,
     /// paid now: every store call waits meanwhile, which is why the server does this when idle
     /// (see `StorageConfig::checkpoint_due`). Blocking; run it off the async workers.
@@ -391,7 +391,7 @@ impl SledStore {
             // The whole flush, state update included, runs on the blocking pool, which runs a
             // task to completion even when its handle is dropped: a request whose future is
             // dropped (its client went away) cannot leave `running` set and every later caller
-            // waiting. One hand-off per flush: the profile of issue #6 counted thread wake-ups
+            // waiting. One hand-off per flush: a perf profile under load counted thread wake-ups
             // as the largest cost after the signatures. sled's synchronous flush rather than
             // `flush_async`: under concurrent load `flush_async` was seen to never complete (a
             // whole server stalled with eight clients).

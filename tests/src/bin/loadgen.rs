@@ -62,7 +62,7 @@ struct Opts {
     /// (instant-acme's `poll_ready` / `poll_certificate`). By default the order is looked at
     /// once at once, as iiot-acme's device-client does, and the 5 ms (x1.5) back-off starts only
     /// if it is not done yet: a fixed sleep puts a floor under every enrollment's latency that
-    /// hides how fast the server itself is (issue #6).
+    /// hides how fast the server itself is.
     #[arg(long)]
     sleep_first: bool,
 }

@@ -1,0 +1,863 @@
+//! The `ca-server` command line: run the CA (the default), or manage it from the CA host.
+//! Commands that need the running CA's store go through its admin socket (`admin`); the
+//! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
+use crate::ra::eab::{AllowRule, EabStore, NewCredential};
+use crate::server;
+use crate::text::{escape, escape_lines};
+use crate::types::parse_duration;
+use clap::{Args, Parser, Subcommand};
+
+/// iiot-acme: an on-site ACME certificate authority for industrial IoT devices.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA (the default when no command is given).
+    Serve(ServeArgs),
+    /// Manage external account binding (enrollment) credentials.
+    #[command(subcommand)]
+    Eab(EabCommand),
+    /// Approve or reject devices waiting for operator approval.
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
+    /// Revoke certificates by serial, device identifier or account (asks the running CA).
+    Revoke {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn, cACompromise, aACompromise.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Make devices renew now (RFC 9773 renewal window starts immediately), e.g. after a key
+    /// incident; asks the running CA.
+    RenewEarly {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Fleet report: expiring, stopped renewing, revoked, key-reuse attempts, key types.
+    Audit {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or release which account holds an identity (asks the running CA).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Manage the manufacturer trust anchors device attestations are verified against.
+    #[command(subcommand)]
+    TrustAnchor(TrustAnchorCommand),
+    /// Build or query compromised-key blocklists (badkeys format).
+    #[command(subcommand)]
+    Blocklist(crate::key::blocklist::BlocklistCommand),
+}
+
+/// Which certificates an operator command acts on.
+#[derive(Args)]
+struct AdminTarget {
+    /// Data directory of the CA.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// One certificate, by serial number (hex).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Every certificate for a device identifier: dns:NAME, ip:ADDR or permanent-identifier:SERIAL.
+    #[arg(long)]
+    identifier: Option<String>,
+    /// Every certificate of an account (its id, the last part of its URL).
+    // Ids are random base64url, so one in 64 starts with '-'.
+    #[arg(long, allow_hyphen_values = true)]
+    account: Option<String>,
+}
+
+impl AdminTarget {
+    fn selector(&self) -> Result<serde_json::Value, String> {
+        if self.serial.is_none() && self.identifier.is_none() && self.account.is_none() {
+            return Err("say which certificates: --serial, --identifier or --account".into());
+        }
+        Ok(
+            serde_json::json!({"serial": self.serial, "identifier": self.identifier,
+            "account": self.account}),
+        )
+    }
+}
+
+/// Sends one request to the running CA and turns a problem document into an error message.
+fn admin_call(
+    data_dir: Option<PathBuf>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)?;
+    if status >= 400 {
+        return Err(v["detail"]
+            .as_str()
+            .map_or_else(|| v.to_string(), str::to_owned));
+    }
+    Ok(v)
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Which account holds an identity: dns:NAME, ip:ADDR, permanent-identifier:SERIAL or
+    /// uri:APPLICATION-URI.
+    Show {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The identity.
+        identity: String,
+    },
+    /// Release an identity from the account holding it, so another account may be certified
+    /// for it (an ApplicationUri, or an identifier a shared enrollment credential
+    /// pre-authorizes). The holder's certificates stay valid: revoke them if they must go.
+    Release {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The identity.
+        identity: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// List devices waiting for approval, with their pairing codes; requests that name the
+    /// same identifier as another are marked ALSO REQUESTED (`also_requested` in JSON).
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: check first that the pairing code matches the device's display.
+    Approve {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The request id from `approval list`.
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+    /// Reject a request.
+    Reject {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The request id from `approval list`.
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        /// Why; shown to the device.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:443.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (store, CA keys, certificates).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Base URL clients use, e.g. https://ca.plant.example:8443.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Lifetime of issued certificates, e.g. 7d or 36h.
+    #[arg(long, value_parser = parse_duration)]
+    cert_validity: Option<std::time::Duration>,
+    /// Port dialed for http-01 validation (default 80).
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Port dialed for tls-alpn-01 validation (default 443).
+    #[arg(long)]
+    tls_alpn_port: Option<u16>,
+    /// Refuse new accounts without an external account binding.
+    #[arg(long)]
+    eab_required: bool,
+    /// Offer operator-approval-01: devices wait until `ca-server approval approve`.
+    #[arg(long)]
+    operator_approval: bool,
+}
+
+#[derive(Subcommand)]
+enum EabCommand {
+    /// Create a credential and print its key id and HMAC key.
+    Create {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The CA's configuration file: allow rules are checked against the names it serves
+        /// as (without it, against those of the HTTPS certificate it last served).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long the credential stays usable, e.g. 30d (default: no expiry). Expiry ends
+        /// both the binding of new accounts and the pre-authorization of `--allow` rules.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// The credential binds one account only (same as --max-uses 1).
+        #[arg(long, conflicts_with = "max_uses")]
+        single_use: bool,
+        /// How many device accounts the credential may bind (default: unlimited).
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// Pre-authorize identifiers for accounts bound with this credential; repeatable:
+        /// serial:SN-0042 (exact permanent-identifier), dns:plant.example (name and subdomains),
+        /// ip:10.20.0.0/16 (prefix). Other identifiers are then refused.
+        #[arg(long = "allow", value_parser = AllowRule::parse)]
+        allow: Vec<AllowRule>,
+        /// Modbus/TCP Security role (e.g. "operator") written into certificates of the
+        /// `modbus` profile for accounts bound with this credential.
+        #[arg(long)]
+        role: Option<String>,
+        /// Print JSON {"kid", "hmac", "expires"} for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List credentials.
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke a credential so it can no longer bind accounts.
+    Revoke {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The key id.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustAnchorCommand {
+    /// Trust a manufacturer's IDevID CA certificate (PEM or DER) for device-attest-01.
+    Add {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Name of the anchor (default: from its SHA-256 fingerprint).
+        #[arg(long)]
+        name: Option<String>,
+        /// Required. The OID the manufacturer qualifies its serial numbers with (e.g. an arc
+        /// under its IANA Private Enterprise Number): its devices order `SERIAL/OID`.
+        #[arg(long, value_name = "OID")]
+        assigner: Option<String>,
+        /// An RFC 4108 hardware type (hwType OID) whose IDevIDs this anchor accepts
+        /// (repeatable). IDevIDs whose hardwareModuleName names another type are refused.
+        #[arg(long = "hw-type", value_name = "OID")]
+        hw_types: Vec<String>,
+        /// The certificate's SHA-256 fingerprint as the manufacturer published it, out of band
+        /// (`AB:CD:…`, 32 hex pairs): the file is refused unless it matches.
+        #[arg(long, value_name = "FINGERPRINT")]
+        sha256: Option<String>,
+        /// The CA certificate file (PEM or DER). Adding an anchor's certificate again under its
+        /// name replaces its assigner and hardware types.
+        file: PathBuf,
+    },
+    /// List the trust anchors.
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn load_config(a: &ServeArgs) -> Result<Config, String> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = &a.data_dir {
+        cfg.data_dir.clone_from(v);
+    }
+    if let Some(v) = &a.public_url {
+        cfg.public_url = Some(v.clone());
+    }
+    if let Some(v) = a.cert_validity {
+        cfg.issuance.cert_validity = v;
+    }
+    if let Some(v) = a.http_port {
+        cfg.validation.http_port = v;
+    }
+    if let Some(v) = a.tls_alpn_port {
+        cfg.validation.tls_alpn_port = v;
+    }
+    if a.eab_required {
+        cfg.eab.required = true;
+    }
+    if a.operator_approval {
+        cfg.enrollment.operator_approval = true;
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
+fn approval(cmd: ApprovalCommand) -> Result<(), String> {
+    match cmd {
+        ApprovalCommand::List { data_dir: d, json } => {
+            let pending = ApprovalQueue::new(&data_dir(d))
+                .list_pending()
+                .map_err(|e| e.to_string())?;
+            let listed = mark_duplicates(pending);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&listed).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
+            if listed.is_empty() {
+                println!("no devices waiting for approval");
+            }
+            for l in listed {
+                let p = &l.request;
+                println!(
+                    "{}  {}  pairing code {}  from {}  account {}  account key {}  expires {}",
+                    escape(&p.id),
+                    escape(&p.identifier.to_string()),
+                    escape(&p.pairing_code),
+                    escape(p.source.as_deref().unwrap_or("unknown")),
+                    escape(&p.account_id),
+                    escape(&p.thumbprint),
+                    crate::types::rfc3339(p.expires)
+                );
+                // At most one request for an identifier comes from the device the operator
+                // sees; say so next to each of them.
+                for o in &l.also_requested {
+                    println!(
+                        "    ALSO REQUESTED by request {} from {}, account {}: approve at most \
+                         one, the one whose code the device shows",
+                        escape(&o.id),
+                        escape(o.source.as_deref().unwrap_or("unknown")),
+                        escape(&o.account_id)
+                    );
+                }
+            }
+            Ok(())
+        }
+        ApprovalCommand::Approve { data_dir: d, id } => {
+            let p = ApprovalQueue::new(&data_dir(d))
+                .decide(&id, &Decision::Approve)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "approved {} ({}, pairing code {})",
+                escape(&p.id),
+                escape(&p.identifier.to_string()),
+                escape(&p.pairing_code)
+            );
+            Ok(())
+        }
+        ApprovalCommand::Reject {
+            data_dir: d,
+            id,
+            reason,
+        } => {
+            let p = ApprovalQueue::new(&data_dir(d))
+                .decide(&id, &Decision::Reject { reason })
+                .map_err(|e| e.to_string())?;
+            println!(
+                "rejected {} ({})",
+                escape(&p.id),
+                escape(&p.identifier.to_string())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_audit(v: &serde_json::Value) {
+    let c = &v["certificates"];
+    println!(
+        "certificates: {} total, {} valid, {} expired, {} revoked",
+        c["total"], c["valid"], c["expired"], c["revoked"]
+    );
+    let list = |title: &str, key: &str, fmt: &dyn Fn(&serde_json::Value) -> String| {
+        let items = v[key].as_array().cloned().unwrap_or_default();
+        println!("{title}: {}", items.len());
+        for i in items {
+            println!("  {}", escape(&fmt(&i)));
+        }
+    };
+    list("expiring within 24 h", "expiringWithin24h", &|i| {
+        format!(
+            "{}  {}  until {}",
+            i["serial"].as_str().unwrap_or_default(),
+            i["identifiers"],
+            i["notAfter"].as_str().unwrap_or_default()
+        )
+    });
+    list("devices that stopped renewing", "stoppedRenewing", &|i| {
+        format!(
+            "{}  expired {}",
+            i["identifiers"].as_str().unwrap_or_default(),
+            i["expired"].as_str().unwrap_or_default()
+        )
+    });
+    list("revoked", "revoked", &|i| {
+        format!(
+            "{}  {}  reason {}",
+            i["serial"].as_str().unwrap_or_default(),
+            i["identifiers"],
+            i["reason"]
+        )
+    });
+    // Both identities: who asked for the key, and who holds it.
+    list("refused key reuse", "keyReuseAttempts", &|i| {
+        format!(
+            "{}  {}  {}  key {}  held by {}",
+            crate::types::rfc3339(i["at"].as_i64().unwrap_or_default()),
+            i["kind"].as_str().unwrap_or_default(),
+            describe_holder(&i["attempted"]),
+            i["spkiSha256"].as_str().unwrap_or_default(),
+            describe_holder(&i["holder"])
+        )
+    });
+    list(
+        "refused weak keys and CSR signatures",
+        "weakKeyAttempts",
+        &|i| {
+            format!(
+                "{}  {}  account {} order {}  {}  key {} {}  {}: {}",
+                crate::types::rfc3339(i["at"].as_i64().unwrap_or_default()),
+                i["kind"].as_str().unwrap_or_default(),
+                i["accountId"].as_str().unwrap_or_default(),
+                i["orderId"].as_str().unwrap_or_default(),
+                i["identifiers"],
+                i["keyType"].as_str().unwrap_or("?"),
+                i["spkiSha256"].as_str().unwrap_or("-"),
+                i["problem"].as_str().unwrap_or_default(),
+                i["detail"].as_str().unwrap_or_default()
+            )
+        },
+    );
+    println!(
+        "key types in use (valid certificates): {}",
+        escape(&v["keyTypes"].to_string())
+    );
+    println!(
+        "profiles in use (valid certificates): {}",
+        escape(&v["profiles"].to_string())
+    );
+}
+
+/// One side of a key-reuse attempt: `account A order O ["dns:x"] certificate S`, leaving out
+/// what is unknown (an account key has no identifiers, order or certificate).
+fn describe_holder(h: &serde_json::Value) -> String {
+    let mut text = format!("account {}", h["accountId"].as_str().unwrap_or("?"));
+    if let Some(order) = h["orderId"].as_str() {
+        text.push_str(&format!(" order {order}"));
+    }
+    match h["identifiers"].as_array() {
+        Some(ids) if !ids.is_empty() => {
+            let ids: Vec<String> = ids
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}:{}",
+                        i["type"].as_str().unwrap_or_default(),
+                        i["value"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            text.push_str(&format!(" {}", ids.join(",")));
+        }
+        _ => text.push_str(" (account key)"),
+    }
+    if let Some(serial) = h["serial"].as_str() {
+        text.push_str(&format!(" certificate {serial}"));
+    }
+    text
+}
+
+fn describe_uses(max: Option<u32>) -> String {
+    max.map_or_else(|| "unlimited".to_owned(), |m| m.to_string())
+}
+
+fn describe_allow(rules: &[String]) -> String {
+    if rules.is_empty() {
+        "(none: identifiers are proven by challenges)".to_owned()
+    } else {
+        rules.join(", ")
+    }
+}
+
+fn data_dir(d: Option<PathBuf>) -> PathBuf {
+    d.unwrap_or_else(|| Config::default().data_dir)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(a)) => serve(a).await,
+        Some(Command::Eab(cmd)) => eab(cmd),
+        Some(Command::Approval(cmd)) => approval(cmd),
+        Some(Command::Revoke { target, reason }) => {
+            let mut body = target.selector()?;
+            body["reason"] =
+                serde_json::json!(crate::admin::reason_code(&reason).map_err(|e| e.to_string())?);
+            let v = admin_call(target.data_dir, "POST", "/revoke", Some(&body))?;
+            let serials = v["revoked"].as_array().cloned().unwrap_or_default();
+            println!("revoked {} certificate(s)", serials.len());
+            for s in serials {
+                println!("  {}", escape(s.as_str().unwrap_or_default()));
+            }
+            Ok(())
+        }
+        Some(Command::RenewEarly { target }) => {
+            let body = target.selector()?;
+            let v = admin_call(target.data_dir, "POST", "/renew-early", Some(&body))?;
+            let serials = v["renewNow"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{} certificate(s) are due for renewal now (devices see it in renewalInfo)",
+                serials.len()
+            );
+            Ok(())
+        }
+        Some(Command::Audit { data_dir, json }) => {
+            let v = admin_call(data_dir, "GET", "/audit", None)?;
+            if json {
+                println!("{v}");
+            } else {
+                print_audit(&v);
+            }
+            Ok(())
+        }
+        Some(Command::Identity(cmd)) => identity(cmd),
+        Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
+        Some(Command::Blocklist(cmd)) => cmd.run(),
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<(), String> {
+    let cfg = load_config(&a)?;
+    let listen = cfg.listen;
+    // Bind before printing, so "listening" is never printed by a server that cannot listen.
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let app = server::init(cfg).map_err(|e| e.to_string())?;
+    if app.cfg.enrollment.device_attestation {
+        // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
+        // an operator sees it at start and not only when a device is refused.
+        let anchors = crate::va::attest::anchors::TrustAnchorStore::new(&app.cfg.data_dir);
+        if let Err(e) = anchors.load() {
+            tracing::warn!(error = %e, "trust anchors cannot be read");
+        }
+    }
+    let info = server::start_info(&app);
+    println!("iiot-acme CA listening on https://{listen}");
+    println!("  directory:        {}", info.directory_url);
+    println!("  root certificate: {}", info.root_path.display());
+    println!("  root SHA-256:     {}", info.root_fingerprint);
+    println!("  (give devices the root certificate or its SHA-256 fingerprint to pin)");
+    server::serve_on(app, listener)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn identity(cmd: IdentityCommand) -> Result<(), String> {
+    // The admin call, the field naming the holding in its answer, and what to print with it.
+    let (data_dir, identity, path, field, held, free) = match cmd {
+        IdentityCommand::Show { data_dir, identity } => (
+            data_dir,
+            identity,
+            "/identity/show",
+            "holder",
+            "held by",
+            "held by no account",
+        ),
+        IdentityCommand::Release { data_dir, identity } => (
+            data_dir,
+            identity,
+            "/identity/release",
+            "released",
+            "released from",
+            "held by no account; nothing to release",
+        ),
+    };
+    let v = admin_call(
+        data_dir,
+        "POST",
+        path,
+        Some(&serde_json::json!({ "identity": identity })),
+    )?;
+    let key = escape(v["identity"].as_str().unwrap_or_default());
+    let h = &v[field];
+    if h.is_null() {
+        println!("{key}: {free}");
+    } else {
+        let newest = h["serial"]
+            .as_str()
+            .map(|s| format!(", newest certificate {s}"))
+            .unwrap_or_default();
+        println!(
+            "{key}: {held} account {}{newest}",
+            escape(h["accountId"].as_str().unwrap_or("?"))
+        );
+    }
+    Ok(())
+}
+
+fn eab(cmd: EabCommand) -> Result<(), String> {
+    match cmd {
+        EabCommand::Create {
+            data_dir: d,
+            config,
+            expires,
+            single_use,
+            max_uses,
+            allow,
+            role,
+            json,
+        } => {
+            let cfg = config.as_deref().map(Config::from_file).transpose()?;
+            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+            // An allow rule must not cover a name the CA serves as (SPEC §6.6).
+            let own = match &cfg {
+                Some(cfg) => Some(crate::va::policy::OwnNames::of(cfg)),
+                None => crate::va::policy::OwnNames::of_server_certificate(&dir)
+                    .map_err(|e| e.to_string())?,
+            };
+            if let Some(own) = &own {
+                crate::ra::eab::check_rules(&allow, own).map_err(|e| match e {
+                    crate::Error::Malformed(m) => m,
+                    other => other.to_string(),
+                })?;
+            }
+            let store = EabStore::new(&dir);
+            let c = store
+                .create(&NewCredential {
+                    expires_in: expires,
+                    max_uses: if single_use { Some(1) } else { max_uses },
+                    allow,
+                    role,
+                })
+                .map_err(|e| e.to_string())?;
+            let exp = c.expires.map(crate::types::rfc3339);
+            let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"kid": c.kid, "hmac": c.hmac_key, "expires": exp,
+                        "maxUses": c.max_uses, "allow": allow, "role": c.role})
+                );
+            } else {
+                println!("EAB credential created");
+                println!("  key id:     {}", escape(&c.kid));
+                println!("  hmac key:   {}", c.hmac_key);
+                println!("  expires:    {}", exp.as_deref().unwrap_or("never"));
+                println!("  max uses:   {}", describe_uses(c.max_uses));
+                println!("  allow:      {}", escape(&describe_allow(&allow)));
+                if let Some(role) = &c.role {
+                    println!("  role:       {}", escape(role));
+                }
+            }
+            Ok(())
+        }
+        EabCommand::List { data_dir: d } => {
+            let store = EabStore::new(&data_dir(d));
+            let list = store.list().map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("no EAB credentials");
+            }
+            for c in list {
+                let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
+                println!(
+                    "{}  created {}  expires {}  max uses {}  allow {}{}",
+                    escape(&c.kid),
+                    crate::types::rfc3339(c.created),
+                    c.expires
+                        .map_or_else(|| "never".to_owned(), crate::types::rfc3339),
+                    describe_uses(c.max_uses),
+                    escape(&describe_allow(&allow)),
+                    if c.revoked { "  REVOKED" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        EabCommand::Revoke { data_dir: d, kid } => {
+            let store = EabStore::new(&data_dir(d));
+            if store.revoke(&kid).map_err(|e| e.to_string())? {
+                println!("EAB credential {} revoked", escape(&kid));
+                Ok(())
+            } else {
+                Err(format!("no EAB credential with key id {kid:?}"))
+            }
+        }
+    }
+}
+
+fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
+    use crate::va::attest::anchors::TrustAnchorStore;
+    match cmd {
+        TrustAnchorCommand::Add {
+            data_dir: d,
+            name,
+            assigner,
+            hw_types,
+            sha256,
+            file,
+        } => {
+            let assigner = assigner.ok_or(
+                "--assigner OID is required: a serial number is unique only per manufacturer, \
+                 so each trust anchor names the OID its manufacturer qualifies serials with \
+                 (e.g. an arc under its IANA Private Enterprise Number, 1.3.6.1.4.1.N), and its \
+                 devices order SERIAL/OID",
+            )?;
+            let input =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if let Some(expected) = sha256 {
+                let expected = crate::wire::parse_fingerprint(&expected)?;
+                let der = crate::va::attest::anchors::certificate_der(&input)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let got = crate::wire::fingerprint(&der);
+                if crate::wire::parse_fingerprint(&got)? != expected {
+                    return Err(format!(
+                        "{}: its SHA-256 fingerprint is {got}, not the one given with --sha256: \
+                         this is not the certificate the manufacturer published",
+                        file.display()
+                    ));
+                }
+            }
+            let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
+            let added = TrustAnchorStore::new(&data_dir(d))
+                .add(&input, name.as_deref(), &assigner, &hw_types)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let anchor = &added.anchor;
+            let path = added.path.display().to_string();
+            let shown = escape(&path);
+            if added.replaced {
+                println!("trust anchor replaced: {shown}");
+            } else {
+                println!("trust anchor added: {shown}");
+            }
+            println!("  name:     {}", escape(&anchor.name));
+            println!("  subject:  {}", escape(&anchor.subject()));
+            println!("  SHA-256:  {}", anchor.fingerprint());
+            println!("  expires:  {}", crate::types::rfc3339(anchor.not_after()));
+            println!(
+                "  assigner: {} (devices order SERIAL/{})",
+                anchor.assigner, anchor.assigner
+            );
+            println!(
+                "  hw types: {}{}",
+                anchor.describe_hw_types(),
+                if anchor.hw_types.is_empty() {
+                    " (IDevIDs that name a hardware type are refused)"
+                } else {
+                    ""
+                }
+            );
+            println!("  (compare the SHA-256 with the one the manufacturer publishes)");
+            Ok(())
+        }
+        TrustAnchorCommand::List { data_dir: d } => {
+            let list = TrustAnchorStore::new(&data_dir(d))
+                .list()
+                .map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("no trust anchors: device attestations cannot succeed");
+            }
+            for (name, loaded) in list {
+                match loaded {
+                    Ok(a) => println!(
+                        "{}  {}  SHA-256 {}  expires {}  assigner {}  hw types {}",
+                        escape(&name),
+                        escape(&a.subject()),
+                        a.fingerprint(),
+                        crate::types::rfc3339(a.not_after()),
+                        a.assigner,
+                        a.describe_hw_types()
+                    ),
+                    Err(why) => println!("{}  UNUSABLE: {}", escape(&name), escape(&why)),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses the command line, runs the command and turns its error into a message on stderr and
+/// a failure exit status.
+pub async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", escape_lines(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// Request, account and credential ids are random base64url: one in 64 starts with '-',
+    /// and an operator must still be able to type it.
+    #[test]
+    fn ids_starting_with_a_hyphen_are_values_not_flags() {
+        for args in [
+            &["ca-server", "approval", "approve", "-x9Yz"][..],
+            &[
+                "ca-server",
+                "approval",
+                "reject",
+                "-x9Yz",
+                "--reason",
+                "not ours",
+            ],
+            &["ca-server", "revoke", "--account", "-x9Yz"],
+            &["ca-server", "eab", "revoke", "-x9Yz"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let id = match cli.command {
+                Some(Command::Approval(
+                    ApprovalCommand::Approve { id, .. } | ApprovalCommand::Reject { id, .. },
+                )) => Some(id),
+                Some(Command::Revoke { target, .. }) => target.account,
+                Some(Command::Eab(EabCommand::Revoke { kid, .. })) => Some(kid),
+                _ => None,
+            };
+            assert_eq!(id.as_deref(), Some("-x9Yz"), "{args:?}");
+        }
+    }
+}
