@@ -797,7 +797,9 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                         a.assigner,
                         a.describe_hw_types()
                     ),
-                    Err(why) => println!("{}  UNUSABLE: {}", escape(&name), escape(&why)),
+                    Err(why) => {
+                        println!("{}  UNUSABLE: {}", escape(&name), escape(&why.to_string()))
+                    }
                 }
             }
             Ok(())
