@@ -553,7 +553,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Identity(cmd)) => identity(cmd),
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
-        Some(Command::Blocklist(cmd)) => cmd.run(),
+        Some(Command::Blocklist(cmd)) => cmd.run().map_err(|e| e.to_string()),
     }
 }
 
