@@ -290,7 +290,7 @@ enum TrustAnchorCommand {
 
 fn load_config(a: &ServeArgs) -> Result<Config, String> {
     let mut cfg = match &a.config {
-        Some(p) => Config::from_file(p)?,
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     if let Some(v) = a.listen {
@@ -317,7 +317,7 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
     if a.operator_approval {
         cfg.enrollment.operator_approval = true;
     }
-    cfg.check()?;
+    cfg.check().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 
@@ -638,7 +638,11 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             role,
             json,
         } => {
-            let cfg = config.as_deref().map(Config::from_file).transpose()?;
+            let cfg = config
+                .as_deref()
+                .map(Config::from_file)
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
             // An allow rule must not cover a name the CA serves as (SPEC §6.6).
             let own = match &cfg {
@@ -735,11 +739,12 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             let input =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             if let Some(expected) = sha256 {
-                let expected = crate::wire::parse_fingerprint(&expected)?;
+                let expected =
+                    crate::wire::parse_fingerprint(&expected).map_err(|e| e.to_string())?;
                 let der = crate::va::attest::anchors::certificate_der(&input)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
                 let got = crate::wire::fingerprint(&der);
-                if crate::wire::parse_fingerprint(&got)? != expected {
+                if crate::wire::parse_fingerprint(&got).map_err(|e| e.to_string())? != expected {
                     return Err(format!(
                         "{}: its SHA-256 fingerprint is {got}, not the one given with --sha256: \
                          this is not the certificate the manufacturer published",
