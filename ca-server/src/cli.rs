@@ -105,7 +105,8 @@ fn admin_call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)?;
+    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)
+        .map_err(|e| e.to_string())?;
     if status >= 400 {
         return Err(v["detail"]
             .as_str()
