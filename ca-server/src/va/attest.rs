@@ -125,7 +125,7 @@ pub fn verify_attestation(
         .map_err(|r| bad(format!("ordered identifier: {}", r.detail())))?;
 
     // Checks 2-5: the object, its format and statement.
-    let obj = object::decode(att_obj).map_err(bad)?;
+    let obj = object::decode(att_obj)?;
     // Checks 6-8: the chain to a configured anchor, valid now.
     let path = chain::build(&obj.x5c, anchors, now)?;
     let idevid = &path.idevid;
