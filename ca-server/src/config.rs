@@ -177,7 +177,14 @@ impl Default for LimitsConfig {
 /// range. `Display` is the message the operator reads, naming the file and the setting.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub(crate) String);
+pub struct ConfigError(String);
+
+/// The rate limits are part of the configuration; their message names the setting.
+impl From<crate::ratelimit::RateLimitsError> for ConfigError {
+    fn from(e: crate::ratelimit::RateLimitsError) -> Self {
+        Self(e.to_string())
+    }
+}
 
 /// A profile definition is part of the configuration; its message names the profile.
 impl From<crate::ca::profiles::ProfileError> for ConfigError {
