@@ -105,7 +105,8 @@ fn admin_call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)?;
+    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)
+        .map_err(|e| e.to_string())?;
     if status >= 400 {
         return Err(v["detail"]
             .as_str()
@@ -290,7 +291,7 @@ enum TrustAnchorCommand {
 
 fn load_config(a: &ServeArgs) -> Result<Config, String> {
     let mut cfg = match &a.config {
-        Some(p) => Config::from_file(p)?,
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     if let Some(v) = a.listen {
@@ -317,7 +318,7 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
     if a.operator_approval {
         cfg.enrollment.operator_approval = true;
     }
-    cfg.check()?;
+    cfg.check().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 
@@ -553,7 +554,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Identity(cmd)) => identity(cmd),
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
-        Some(Command::Blocklist(cmd)) => cmd.run(),
+        Some(Command::Blocklist(cmd)) => cmd.run().map_err(|e| e.to_string()),
     }
 }
 
@@ -638,7 +639,11 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             role,
             json,
         } => {
-            let cfg = config.as_deref().map(Config::from_file).transpose()?;
+            let cfg = config
+                .as_deref()
+                .map(Config::from_file)
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
             // An allow rule must not cover a name the CA serves as (SPEC §6.6).
             let own = match &cfg {
@@ -735,11 +740,12 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             let input =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             if let Some(expected) = sha256 {
-                let expected = crate::wire::parse_fingerprint(&expected)?;
+                let expected =
+                    crate::wire::parse_fingerprint(&expected).map_err(|e| e.to_string())?;
                 let der = crate::va::attest::anchors::certificate_der(&input)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
                 let got = crate::wire::fingerprint(&der);
-                if crate::wire::parse_fingerprint(&got)? != expected {
+                if crate::wire::parse_fingerprint(&got).map_err(|e| e.to_string())? != expected {
                     return Err(format!(
                         "{}: its SHA-256 fingerprint is {got}, not the one given with --sha256: \
                          this is not the certificate the manufacturer published",
@@ -797,7 +803,9 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                         a.assigner,
                         a.describe_hw_types()
                     ),
-                    Err(why) => println!("{}  UNUSABLE: {}", escape(&name), escape(&why)),
+                    Err(why) => {
+                        println!("{}  UNUSABLE: {}", escape(&name), escape(&why.to_string()))
+                    }
                 }
             }
             Ok(())

@@ -173,28 +173,53 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Why a configuration cannot be used: a file that cannot be read or parsed, or a setting out of
+/// range. `Display` is the message the operator reads, naming the file and the setting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The rate limits are part of the configuration; their message names the setting.
+impl From<crate::ratelimit::RateLimitsError> for ConfigError {
+    fn from(e: crate::ratelimit::RateLimitsError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// A profile definition is part of the configuration; its message names the profile.
+impl From<crate::ca::profiles::ProfileError> for ConfigError {
+    fn from(e: crate::ca::profiles::ProfileError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 impl Config {
     /// Reads and checks a TOML file.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
     }
 
     /// Parses and checks TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let cfg: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         cfg.check()?;
         Ok(cfg)
     }
 
     /// Checks cross-field constraints.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.issuance.cert_validity < Duration::from_secs(3600) {
-            return Err("issuance.cert_validity must be at least 1h".into());
+            return Err(ConfigError(
+                "issuance.cert_validity must be at least 1h".to_owned(),
+            ));
         }
         if self.issuance.cert_validity > Duration::from_secs(398 * 86_400) {
-            return Err("issuance.cert_validity must be at most 398d".into());
+            return Err(ConfigError(
+                "issuance.cert_validity must be at most 398d".to_owned(),
+            ));
         }
         let profiles = crate::ca::profiles::Profiles::from_config(
             &self.profiles,
@@ -202,24 +227,28 @@ impl Config {
         )?;
         if self.issuance.rsa_intermediate_key == RsaIntermediateKey::None {
             if let Some(name) = profiles.rsa_issuer_profiles().next() {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "profiles.{name}.issuer is \"rsa\" but issuance.rsa_intermediate_key is \
                      \"none\": set profiles.{name}.issuer = \"ec\", or give the CA an RSA \
                      intermediate (rsa2048, rsa3072 or rsa4096)"
-                ));
+                )));
             }
         }
         if self.validation.timeout.is_zero() {
-            return Err("validation.timeout must be positive".into());
+            return Err(ConfigError(
+                "validation.timeout must be positive".to_owned(),
+            ));
         }
         let v = &self.validation;
         if v.max_in_flight == 0
             || v.max_in_flight_per_account == 0
             || v.max_in_flight_per_address == 0
         {
-            return Err("validation.max_in_flight, max_in_flight_per_account and \
+            return Err(ConfigError(
+                "validation.max_in_flight, max_in_flight_per_account and \
                  max_in_flight_per_address must be at least 1"
-                .into());
+                    .to_owned(),
+            ));
         }
         let l = &self.limits;
         for (name, d) in [
@@ -228,27 +257,29 @@ impl Config {
             ("idle_timeout", l.idle_timeout),
         ] {
             if d.is_zero() {
-                return Err(format!("limits.{name} must be positive"));
+                return Err(ConfigError(format!("limits.{name} must be positive")));
             }
         }
         if l.max_connections == 0 {
-            return Err("limits.max_connections must be at least 1".into());
+            return Err(ConfigError(
+                "limits.max_connections must be at least 1".to_owned(),
+            ));
         }
         if let Some(per_address) = l.max_connections_per_address {
             if per_address == 0 || per_address > l.max_connections {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "limits.max_connections_per_address must be between 1 and \
                      limits.max_connections ({}); it is {per_address}",
                     l.max_connections
-                ));
+                )));
             }
         }
         self.rate_limits.check()?;
         if let Some(url) = &self.public_url {
             if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "public_url {url:?} must be https://host[:port] with no path"
-                ));
+                )));
             }
         }
         Ok(())
@@ -395,9 +426,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name() {
-        let err = Config::from_toml("listne = \"0.0.0.0:1\"").expect_err("typo");
+        let err = Config::from_toml("listne = \"0.0.0.0:1\"")
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("listne"), "{err}");
-        let err = Config::from_toml("[validation]\nhttp_prot = 5002").expect_err("typo");
+        let err = Config::from_toml("[validation]\nhttp_prot = 5002")
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("http_prot"), "{err}");
     }
 
@@ -428,7 +463,7 @@ mod tests {
             "[limits]\nmax_connections_per_address = 0",
             "[limits]\nmax_connections = 10\nmax_connections_per_address = 11",
         ] {
-            let err = Config::from_toml(bad).expect_err(bad);
+            let err = Config::from_toml(bad).expect_err(bad).to_string();
             assert!(err.contains("limits.max_connections_per_address"), "{err}");
         }
         assert!(Config::from_toml("[limits]\nmax_connections_per_address = -1").is_err());
@@ -442,15 +477,19 @@ mod tests {
         assert_eq!(cfg.issuance.rsa_intermediate_key.bits(), Some(4096));
 
         let err = Config::from_toml("[issuance]\nrsa_intermediate_key = \"rsa1024\"")
-            .expect_err("too small");
+            .expect_err("too small")
+            .to_string();
         assert!(err.contains("rsa1024") && err.contains("rsa3072"), "{err}");
-        let err = Config::from_toml("[profiles.opcua]\nissuer = \"dsa\"").expect_err("bad issuer");
+        let err = Config::from_toml("[profiles.opcua]\nissuer = \"dsa\"")
+            .expect_err("bad issuer")
+            .to_string();
         assert!(err.contains("dsa") && err.contains("rsa"), "{err}");
 
         // The built-in opcua profile signs RSA keys with the RSA intermediate, so turning the
         // intermediate off needs the profile changed too, and the error says how.
         let err = Config::from_toml("[issuance]\nrsa_intermediate_key = \"none\"")
-            .expect_err("opcua needs it");
+            .expect_err("opcua needs it")
+            .to_string();
         assert!(err.contains("profiles.opcua.issuer"), "{err}");
         Config::from_toml(
             "[issuance]\nrsa_intermediate_key = \"none\"\n[profiles.opcua]\nissuer = \"ec\"",
@@ -460,7 +499,8 @@ mod tests {
             "[issuance]\nrsa_intermediate_key = \"none\"\n[profiles.opcua]\nissuer = \"ec\"\n\
              [profiles.plc]\nissuer = \"rsa\"",
         )
-        .expect_err("plc needs it");
+        .expect_err("plc needs it")
+        .to_string();
         assert!(err.contains("profiles.plc.issuer"), "{err}");
     }
 }

@@ -105,30 +105,38 @@ pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why DER input, or a value carried in it, could not be read; `Display` names what was being
+/// read and what was wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DerError(pub(crate) String);
+
 /// Reads the next TLV from `input` and advances it; the error names `what` was being read.
-pub(crate) fn next<'a>(input: &mut &'a [u8], what: &str) -> Result<Tlv<'a>, String> {
-    let (tlv, rest) = read(input).ok_or_else(|| format!("{what}: not valid DER"))?;
+pub(crate) fn next<'a>(input: &mut &'a [u8], what: &str) -> Result<Tlv<'a>, DerError> {
+    let (tlv, rest) = read(input).ok_or_else(|| DerError(format!("{what}: not valid DER")))?;
     *input = rest;
     Ok(tlv)
 }
 
 /// Reads the next TLV from `input`, which must have `tag`, and returns its contents.
-pub(crate) fn expect<'a>(input: &mut &'a [u8], tag: u8, what: &str) -> Result<&'a [u8], String> {
+pub(crate) fn expect<'a>(input: &mut &'a [u8], tag: u8, what: &str) -> Result<&'a [u8], DerError> {
     match next(input, what)? {
         t if t.tag == tag => Ok(t.content),
-        t => Err(format!(
+        t => Err(DerError(format!(
             "{what}: expected DER tag 0x{tag:02x}, found 0x{:02x}",
             t.tag
-        )),
+        ))),
     }
 }
 
 /// The contents of a SEQUENCE that must fill `input` exactly.
-pub(crate) fn sequence<'a>(input: &'a [u8], what: &str) -> Result<&'a [u8], String> {
+pub(crate) fn sequence<'a>(input: &'a [u8], what: &str) -> Result<&'a [u8], DerError> {
     let mut rest = input;
     let body = expect(&mut rest, SEQUENCE, what)?;
     if !rest.is_empty() {
-        return Err(format!("{what}: trailing bytes after the SEQUENCE"));
+        return Err(DerError(format!(
+            "{what}: trailing bytes after the SEQUENCE"
+        )));
     }
     Ok(body)
 }

@@ -335,9 +335,14 @@ impl Default for RateLimitsConfig {
     }
 }
 
+/// A `[rate_limits]` setting that cannot be used; `Display` names the setting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RateLimitsError(String);
+
 impl RateLimitsConfig {
     /// Checks the buckets and the overrides' keys.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), RateLimitsError> {
         for (name, rate) in [
             ("new_account_per_address", self.new_account_per_address),
             ("new_order_per_account", self.new_order_per_account),
@@ -347,50 +352,50 @@ impl RateLimitsConfig {
             ),
         ] {
             if rate.count == 0 || rate.period.is_zero() {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.{name} needs a count and a period above zero (to switch the \
                      limits off, set rate_limits.enabled = false)"
-                ));
+                )));
             }
         }
         for o in &self.overrides {
             let name = o.limit.as_str();
             if o.limit == LimitName::PendingApprovalsTotal {
-                return Err(
+                return Err(RateLimitsError(
                     "rate_limits.overrides: pending_approvals_total has no key; set \
                      rate_limits.pending_approvals_total itself"
-                        .into(),
-                );
+                        .to_owned(),
+                ));
             }
             if o.limit.by_address() && parse_prefix(&o.key).is_none() {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.overrides: {name} key {:?} must be an IP address or a CIDR \
                      prefix such as 10.20.0.0/16",
                     o.key
-                ));
+                )));
             }
             if !o.limit.by_address() && o.key.is_empty() {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.overrides: {name} needs an account id as its key"
-                ));
+                )));
             }
             if o.limit.is_bucket() && o.count == 0 {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.overrides: {name} for {:?} needs a count above zero",
                     o.key
-                ));
+                )));
             }
             if !o.limit.is_bucket() && o.period.is_some() {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.overrides: {name} is a cap on waiting requests and takes no \
                      period"
-                ));
+                )));
             }
             if o.period.is_some_and(|p| p.is_zero()) {
-                return Err(format!(
+                return Err(RateLimitsError(format!(
                     "rate_limits.overrides: {name} for {:?} needs a period above zero",
                     o.key
-                ));
+                )));
             }
         }
         Ok(())
@@ -692,7 +697,9 @@ mod tests {
                 "new_orders",
             ),
         ] {
-            let err = crate::config::Config::from_toml(toml).expect_err(toml);
+            let err = crate::config::Config::from_toml(toml)
+                .expect_err(toml)
+                .to_string();
             assert!(err.contains(needle), "{toml}: {err}");
         }
     }

@@ -61,7 +61,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
     let profiles =
         crate::ca::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
-            .map_err(Error::Internal)?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
     // Config::check refuses this combination; a Config built in code may skip the check.
     if !ca.has(IssuerKind::Rsa) {
         if let Some(name) = profiles.rsa_issuer_profiles().next() {

@@ -201,26 +201,37 @@ pub fn new_id() -> crate::Result<String> {
     Ok(crate::wire::b64u(b))
 }
 
+/// A duration that [`parse_duration`] cannot read; `Display` says what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses `"90s"`, `"30m"`, `"12h"`, `"7d"` (a bare number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 12h, 7d"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        DurationError(format!(
+            "invalid duration {s:?}: expected e.g. 90s, 30m, 12h, 7d"
+        ))
+    })?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+        _ => {
+            return Err(DurationError(format!(
+                "invalid duration unit in {s:?}: use s, m, h or d"
+            )))
+        }
     };
     n.checked_mul(mult)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+        .ok_or_else(|| DurationError(format!("duration {s:?} is too large")))
 }
 
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -146,8 +146,21 @@ pub fn parse_ari_cert_id(id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
 
 /// Reads a SHA-256 fingerprint in the form [`fingerprint`] writes (colons optional, either
 /// case), as an operator copies it from a manufacturer's documentation (SPEC §2.3).
-pub fn parse_fingerprint(text: &str) -> std::result::Result<[u8; 32], String> {
-    fingerprint::parse(text).map_err(|e| format!("{text:?} is not a SHA-256 fingerprint: {e}"))
+pub fn parse_fingerprint(text: &str) -> std::result::Result<[u8; 32], BadFingerprint> {
+    fingerprint::parse(text).map_err(|reason| BadFingerprint {
+        text: text.to_owned(),
+        reason,
+    })
+}
+
+/// Text that [`parse_fingerprint`] cannot read as a SHA-256 fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a SHA-256 fingerprint: {reason}")]
+pub struct BadFingerprint {
+    /// The text as given.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: fingerprint::FingerprintError,
 }
 
 /// Checks one requested identifier and returns its canonical form, by the shared profile

@@ -376,13 +376,17 @@ fn a_missing_or_malformed_blocklist_stops_the_server_at_start() {
     let dir = tempfile::tempdir().expect("tmp");
     let missing = dir.path().join("no-such-blocklist.dat");
     let toml = format!("[keys]\nblocklist = {:?}\n", missing.display().to_string());
-    let err = ca_server::config::Config::from_toml(&toml).expect_err("missing file");
+    let err = ca_server::config::Config::from_toml(&toml)
+        .expect_err("missing file")
+        .to_string();
     assert!(err.contains("no-such-blocklist.dat"), "{err}");
 
     let bad = dir.path().join("bad.dat");
     std::fs::write(&bad, [0u8; 20]).expect("write");
     let toml = format!("[keys]\nblocklist = {:?}\n", bad.display().to_string());
-    let err = ca_server::config::Config::from_toml(&toml).expect_err("bad file");
+    let err = ca_server::config::Config::from_toml(&toml)
+        .expect_err("bad file")
+        .to_string();
     assert!(err.contains("16-byte records"), "{err}");
 
     // The binary exits with the error before it listens.

@@ -315,6 +315,12 @@ fn under_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// Why the CLI's admin request got no answer it can read: the socket cannot be reached or the
+/// exchange failed. `Display` is the message printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CallError(String);
+
 /// Client side, for the CLI: one request over the socket, HTTP/1.1 with `Connection: close`.
 /// Returns the status code and the JSON body.
 pub fn call(
@@ -322,14 +328,14 @@ pub fn call(
     method: &str,
     path: &str,
     body: Option<&Value>,
-) -> std::result::Result<(u16, Value), String> {
+) -> std::result::Result<(u16, Value), CallError> {
     let sock = socket_path(data_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&sock).map_err(|e| {
-        format!(
+        CallError(format!(
             "cannot reach the CA at {}: {e} (is ca-server running with --data-dir {}?)",
             sock.display(),
             data_dir.display()
-        )
+        ))
     })?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
@@ -338,20 +344,20 @@ pub fn call(
     );
     stream
         .write_all(req.as_bytes())
-        .map_err(|e| format!("admin request failed: {e}"))?;
+        .map_err(|e| CallError(format!("admin request failed: {e}")))?;
     let mut resp = Vec::new();
     stream
         .read_to_end(&mut resp)
-        .map_err(|e| format!("admin response failed: {e}"))?;
+        .map_err(|e| CallError(format!("admin response failed: {e}")))?;
     let text = String::from_utf8_lossy(&resp);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or("malformed admin response")?;
+        .ok_or_else(|| CallError("malformed admin response".to_owned()))?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or("malformed admin status line")?;
+        .ok_or_else(|| CallError("malformed admin status line".to_owned()))?;
     // axum answers with a fixed Content-Length here, so the body is not chunked.
     let json = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
     Ok((status, json))

@@ -354,13 +354,13 @@ impl ProfileSpec {
         }
     }
 
-    fn check(self, name: &str, default_validity: Duration) -> Result<Profile, String> {
-        let err = |what: String| format!("profiles.{name}: {what}");
+    fn check(self, name: &str, default_validity: Duration) -> Result<Profile, ProfileError> {
+        let err = |what: String| ProfileError(format!("profiles.{name}: {what}"));
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(err("profile names use a-z, 0-9 and '-'".into()));
         }
         let validity = match &self.validity {
-            Some(v) => crate::types::parse_duration(v).map_err(err)?,
+            Some(v) => crate::types::parse_duration(v).map_err(|e| err(e.to_string()))?,
             None => default_validity,
         };
         if validity < Duration::from_secs(3600) || validity > Duration::from_secs(398 * 86_400) {
@@ -418,9 +418,18 @@ impl ProfileSpec {
     }
 }
 
+/// Why a profile definition (`[profiles]`) cannot be used; `Display` names the profile and the
+/// field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProfileError(String);
+
 impl Profiles {
     /// The built-in profiles merged with the configured ones; errors name the bad field.
-    pub fn from_config(cfg: &ProfilesConfig, default_validity: Duration) -> Result<Self, String> {
+    pub fn from_config(
+        cfg: &ProfilesConfig,
+        default_validity: Duration,
+    ) -> Result<Self, ProfileError> {
         let mut by_name = BTreeMap::new();
         for name in BUILTIN_NAMES {
             let base = builtin(name).unwrap_or_default();
@@ -447,9 +456,9 @@ impl Profiles {
             .clone()
             .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
         if !by_name.contains_key(&default) {
-            return Err(format!(
+            return Err(ProfileError(format!(
                 "profiles.default names unknown profile {default:?}"
-            ));
+            )));
         }
         Ok(Self { by_name, default })
     }
@@ -659,7 +668,7 @@ mod tests {
 
     fn profiles(toml_text: &str) -> Result<Profiles, String> {
         let cfg: ProfilesConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        Profiles::from_config(&cfg, Duration::from_secs(7 * 86_400))
+        Profiles::from_config(&cfg, Duration::from_secs(7 * 86_400)).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -76,25 +76,27 @@ impl CertificateAuthority {
         cert_path: &Path,
         key_path: &Path,
         wanted: &BTreeSet<SanName>,
-    ) -> std::result::Result<TlsIdentity, String> {
-        let der = read_pem_cert(cert_path).map_err(|e| e.to_string())?;
-        let key = read_key(key_path).map_err(|e| e.to_string())?;
+    ) -> std::result::Result<TlsIdentity, NotReusable> {
+        let der = read_pem_cert(cert_path).map_err(|e| NotReusable(e.to_string()))?;
+        let key = read_key(key_path).map_err(|e| NotReusable(e.to_string()))?;
         let (_, cert) = X509Certificate::from_der(&der)
-            .map_err(|e| format!("{} does not parse: {e}", cert_path.display()))?;
+            .map_err(|e| NotReusable(format!("{} does not parse: {e}", cert_path.display())))?;
         if key.subject_public_key_info() != cert.public_key().raw {
-            return Err(format!(
+            return Err(NotReusable(format!(
                 "{} does not match the certificate",
                 key_path.display()
-            ));
+            )));
         }
         let (_, intermediate) = X509Certificate::from_der(&self.ec.der)
-            .map_err(|e| format!("the intermediate does not parse: {e}"))?;
+            .map_err(|e| NotReusable(format!("the intermediate does not parse: {e}")))?;
         if cert.issuer().as_raw() != intermediate.subject().as_raw()
             || cert
                 .verify_signature(Some(intermediate.public_key()))
                 .is_err()
         {
-            return Err("it was issued by another intermediate".to_owned());
+            return Err(NotReusable(
+                "it was issued by another intermediate".to_owned(),
+            ));
         }
         let mut have = BTreeSet::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -104,25 +106,34 @@ impl CertificateAuthority {
                         have.insert(SanName::Dns(dns.to_ascii_lowercase()));
                     }
                     GeneralName::IPAddress(octets) => {
-                        have.insert(SanName::Ip(ip_from_octets(octets).ok_or("bad iPAddress")?));
+                        have.insert(SanName::Ip(
+                            ip_from_octets(octets)
+                                .ok_or_else(|| NotReusable("bad iPAddress".to_owned()))?,
+                        ));
                     }
-                    other => return Err(format!("it has an unexpected SAN {other:?}")),
+                    other => {
+                        return Err(NotReusable(format!("it has an unexpected SAN {other:?}")))
+                    }
                 }
             }
         }
         if have != *wanted {
-            return Err("its names differ from the configured ones".to_owned());
+            return Err(NotReusable(
+                "its names differ from the configured ones".to_owned(),
+            ));
         }
         let not_before = cert.validity().not_before.timestamp();
         let not_after = cert.validity().not_after.timestamp();
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if now < not_before {
-            return Err("it is not valid yet".to_owned());
+            return Err(NotReusable("it is not valid yet".to_owned()));
         }
         // Renew with a third of the lifetime left, as ACME clients commonly do, so a server
         // that restarts rarely still never serves an expired certificate.
         if (not_after - now).saturating_mul(3) <= not_after - not_before {
-            return Err("less than a third of its lifetime remains".to_owned());
+            return Err(NotReusable(
+                "less than a third of its lifetime remains".to_owned(),
+            ));
         }
         Ok((
             pem_encode("CERTIFICATE", &der) + &self.ec.pem,
@@ -130,6 +141,12 @@ impl CertificateAuthority {
         ))
     }
 }
+
+/// Why the stored HTTPS certificate of the CA server is not reused, and a new one is issued;
+/// `Display` is the reason logged.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct NotReusable(String);
 
 /// One name in the server certificate, in the form used to compare name sets.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -4,7 +4,7 @@
 //! Values are compared octet for octet and never normalised: serial numbering schemes may be
 //! case-sensitive, and the certificate must carry exactly what was proven.
 
-use crate::der;
+use crate::der::{self, DerError};
 
 /// `id-on-permanentIdentifier` (RFC 4043 §3).
 pub const OID_PERMANENT_IDENTIFIER: &str = "1.3.6.1.5.5.7.8.3";
@@ -111,14 +111,16 @@ impl<'a> PermanentId<'a> {
 
 /// Checks an assigner OID as [`PermanentId::parse`] does (the grammar, 64-bit arcs, length),
 /// for configuration such as a trust anchor's assigner.
-pub fn check_assigner(text: &str) -> Result<(), String> {
+pub fn check_assigner(text: &str) -> Result<(), DerError> {
     PermanentId::parse(&format!("x/{text}"))
         .map(|_| ())
-        .map_err(|r| match r {
-            Refusal::Malformed(_) => {
-                format!("{text:?} is not a dotted-decimal OID such as 1.3.6.1.4.1.32473")
-            }
-            Refusal::Rejected(d) => d,
+        .map_err(|r| {
+            DerError(match r {
+                Refusal::Malformed(_) => {
+                    format!("{text:?} is not a dotted-decimal OID such as 1.3.6.1.4.1.32473")
+                }
+                Refusal::Rejected(d) => d,
+            })
         })
 }
 
@@ -127,26 +129,36 @@ pub fn check_assigner(text: &str) -> Result<(), String> {
 ///
 /// Per draft-ietf-acme-device-attest §3.2 identifierValue MUST be present; the value must also
 /// be a valid `permanent-identifier` (no "/" in the serial, and so on).
-pub fn from_other_name(explicit_value: &[u8]) -> Result<String, String> {
+pub fn from_other_name(explicit_value: &[u8]) -> Result<String, DerError> {
     let seq = der::read_only(explicit_value, der::CONTEXT_0)
         .and_then(|inner| der::read_only(inner, der::SEQUENCE))
-        .ok_or("PermanentIdentifier is not a DER SEQUENCE in an explicit [0] tag")?;
-    let (first, rest) = der::read(seq).ok_or("PermanentIdentifier is not valid DER")?;
+        .ok_or_else(|| {
+            DerError("PermanentIdentifier is not a DER SEQUENCE in an explicit [0] tag".to_owned())
+        })?;
+    let (first, rest) = der::read(seq)
+        .ok_or_else(|| DerError("PermanentIdentifier is not valid DER".to_owned()))?;
     if first.tag != der::UTF8_STRING {
-        return Err("PermanentIdentifier has no identifierValue (UTF8String)".to_owned());
+        return Err(DerError(
+            "PermanentIdentifier has no identifierValue (UTF8String)".to_owned(),
+        ));
     }
     let serial = std::str::from_utf8(first.content)
-        .map_err(|_| "PermanentIdentifier identifierValue is not UTF-8".to_owned())?;
+        .map_err(|_| DerError("PermanentIdentifier identifierValue is not UTF-8".to_owned()))?;
     let value = match rest {
         [] => serial.to_owned(),
         _ => {
             let oid = der::read_only(rest, der::OID)
                 .and_then(der::oid_text)
-                .ok_or("PermanentIdentifier assigner is not a single valid OBJECT IDENTIFIER")?;
+                .ok_or_else(|| {
+                    DerError(
+                        "PermanentIdentifier assigner is not a single valid OBJECT IDENTIFIER"
+                            .to_owned(),
+                    )
+                })?;
             format!("{serial}/{oid}")
         }
     };
-    PermanentId::parse(&value).map_err(|r| r.detail().to_owned())?;
+    PermanentId::parse(&value).map_err(|r| DerError(r.detail().to_owned()))?;
     Ok(value)
 }
 

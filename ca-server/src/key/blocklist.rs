@@ -67,6 +67,19 @@ pub fn key_number(key: &PublicKey) -> &[u8] {
     }
 }
 
+/// Why a blocklist file, or a key file given to the `blocklist` tool, cannot be used;
+/// `Display` is the message the operator reads.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BlocklistError(String);
+
+/// Key containers are read with the DER toolkit; its messages name what was being read.
+impl From<der::DerError> for BlocklistError {
+    fn from(e: der::DerError) -> Self {
+        Self(e.0)
+    }
+}
+
 /// A loaded blocklist: sorted 16-byte records.
 #[derive(Clone, Default)]
 pub struct Blocklist {
@@ -75,31 +88,33 @@ pub struct Blocklist {
 
 impl Blocklist {
     /// Checks and wraps the contents of a blocklist file: whole records, sorted by hash.
-    pub fn from_bytes(records: Vec<u8>) -> Result<Self, String> {
+    pub fn from_bytes(records: Vec<u8>) -> Result<Self, BlocklistError> {
         if records.len() % RECORD_LEN != 0 {
-            return Err(format!(
+            return Err(BlocklistError(format!(
                 "{} bytes is not a whole number of {RECORD_LEN}-byte records: not a badkeys \
                  blocklist.dat (an .xz download must be unpacked first)",
                 records.len()
-            ));
+            )));
         }
         let list = Self { records };
         if let Some(i) = (1..list.len()).find(|&i| list.hash(i - 1) > list.hash(i)) {
-            return Err(format!(
+            return Err(BlocklistError(format!(
                 "records {} and {} are out of order: a blocklist must be sorted for binary \
                  search (rebuild it with `ca-server blocklist build`)",
                 i - 1,
                 i
-            ));
+            )));
         }
         Ok(list)
     }
 
     /// Reads and checks a blocklist file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let data = std::fs::read(path)
-            .map_err(|e| format!("cannot read blocklist {}: {e}", path.display()))?;
-        Self::from_bytes(data).map_err(|e| format!("blocklist {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, BlocklistError> {
+        let data = std::fs::read(path).map_err(|e| {
+            BlocklistError(format!("cannot read blocklist {}: {e}", path.display()))
+        })?;
+        Self::from_bytes(data)
+            .map_err(|e| BlocklistError(format!("blocklist {}: {e}", path.display())))
     }
 
     /// Number of records.
@@ -161,7 +176,7 @@ pub struct BlocklistFile {
 
 impl BlocklistFile {
     /// Reads `path`.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, BlocklistError> {
         Ok(Self {
             path: path.to_path_buf(),
             list: Arc::new(Blocklist::load(path)?),
@@ -195,16 +210,18 @@ const DER_OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]
 const DER_OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 
 /// The x coordinate of a SEC1 point, compressed (0x02/0x03 ‖ x) or uncompressed (0x04 ‖ x ‖ y).
-fn ec_point_x(point: &[u8]) -> Result<&[u8], String> {
+fn ec_point_x(point: &[u8]) -> Result<&[u8], BlocklistError> {
     match point.split_first() {
         Some((0x02 | 0x03, x)) if !x.is_empty() => Ok(x),
         Some((0x04, xy)) if !xy.is_empty() && xy.len() % 2 == 0 => Ok(&xy[..xy.len() / 2]),
-        _ => Err("EC public key is not a SEC1 point".into()),
+        _ => Err(BlocklistError(
+            "EC public key is not a SEC1 point".to_owned(),
+        )),
     }
 }
 
 /// N from a PKCS#1 RSAPublicKey or RSAPrivateKey (RFC 8017 §A.1.1, §A.1.2).
-fn pkcs1_modulus(der_bytes: &[u8], private: bool) -> Result<Vec<u8>, String> {
+fn pkcs1_modulus(der_bytes: &[u8], private: bool) -> Result<Vec<u8>, BlocklistError> {
     let mut body = der::sequence(der_bytes, "PKCS#1 RSA key")?;
     if private {
         der::expect(&mut body, der::INTEGER, "RSAPrivateKey version")?;
@@ -213,7 +230,7 @@ fn pkcs1_modulus(der_bytes: &[u8], private: bool) -> Result<Vec<u8>, String> {
 }
 
 /// The x coordinate from a SEC 1 ECPrivateKey (SEC 1 v2 §C.4), which must carry its public key.
-fn sec1_x(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
+fn sec1_x(der_bytes: &[u8]) -> Result<Vec<u8>, BlocklistError> {
     let mut body = der::sequence(der_bytes, "EC private key")?;
     der::expect(&mut body, der::INTEGER, "ECPrivateKey version")?;
     der::expect(&mut body, der::OCTET_STRING, "EC private key")?;
@@ -222,34 +239,39 @@ fn sec1_x(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
         if field.tag == 0xa1 {
             let mut inner = field.content;
             let bits = der::expect(&mut inner, der::BIT_STRING, "EC public key")?;
-            let point = bits.get(1..).ok_or("empty EC public key")?;
+            let point = bits
+                .get(1..)
+                .ok_or_else(|| BlocklistError("empty EC public key".to_owned()))?;
             return Ok(ec_point_x(point)?.to_vec());
         }
     }
-    Err(
+    Err(BlocklistError(
         "the EC private key does not include its public key; export the public key \
          (`openssl ec -in KEY -pubout`) and add that instead"
-            .into(),
-    )
+            .to_owned(),
+    ))
 }
 
 /// The Ed25519 public key for a PKCS#8 private key (RFC 8410 §7): the optional public key
 /// field if present, otherwise derived from the seed.
-fn ed25519_public(private_key: &[u8], public_field: Option<&[u8]>) -> Result<Vec<u8>, String> {
+fn ed25519_public(
+    private_key: &[u8],
+    public_field: Option<&[u8]>,
+) -> Result<Vec<u8>, BlocklistError> {
     if let Some(bits) = public_field {
         return Ok(bits.get(1..).unwrap_or_default().to_vec());
     }
     let mut inner = private_key;
     let seed = der::expect(&mut inner, der::OCTET_STRING, "Ed25519 private key")?;
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
-        .map_err(|e| format!("Ed25519 private key: {e}"))?;
+        .map_err(|e| BlocklistError(format!("Ed25519 private key: {e}")))?;
     Ok(ring::signature::KeyPair::public_key(&pair)
         .as_ref()
         .to_vec())
 }
 
 /// The number to hash from a PKCS#8 PrivateKeyInfo / OneAsymmetricKey (RFC 5958 §2).
-fn pkcs8_number(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
+fn pkcs8_number(der_bytes: &[u8]) -> Result<Vec<u8>, BlocklistError> {
     let mut body = der::sequence(der_bytes, "PKCS#8 private key")?;
     der::expect(&mut body, der::INTEGER, "PKCS#8 version")?;
     let mut alg = der::expect(&mut body, der::SEQUENCE, "PKCS#8 algorithm")?;
@@ -267,43 +289,47 @@ fn pkcs8_number(der_bytes: &[u8]) -> Result<Vec<u8>, String> {
         DER_OID_RSA_ENCRYPTION | DER_OID_RSASSA_PSS => pkcs1_modulus(private_key, true),
         DER_OID_EC_PUBLIC_KEY => sec1_x(private_key),
         DER_OID_ED25519 => ed25519_public(private_key, public_field),
-        _ => Err("PKCS#8 key of an unsupported algorithm (RSA, EC and Ed25519 are read)".into()),
+        _ => Err(BlocklistError(
+            "PKCS#8 key of an unsupported algorithm (RSA, EC and Ed25519 are read)".to_owned(),
+        )),
     }
 }
 
 /// The number to hash from a SubjectPublicKeyInfo.
-fn spki_number(spki: &SubjectPublicKeyInfo<'_>) -> Result<Vec<u8>, String> {
+fn spki_number(spki: &SubjectPublicKeyInfo<'_>) -> Result<Vec<u8>, BlocklistError> {
     let key: &[u8] = &spki.subject_public_key.data;
     let oid = spki.algorithm.algorithm.to_id_string();
     match oid.as_str() {
         OID_RSA_ENCRYPTION | OID_RSASSA_PSS => pkcs1_modulus(key, false),
         OID_EC_PUBLIC_KEY => Ok(ec_point_x(key)?.to_vec()),
         o if OIDS_RFC8410.contains(&o) => Ok(key.to_vec()),
-        other => Err(format!("public key algorithm {other} is not supported")),
+        other => Err(BlocklistError(format!(
+            "public key algorithm {other} is not supported"
+        ))),
     }
 }
 
 /// The BKHASH of every key in a PEM text (public keys, private keys, certificates and CSRs),
 /// with each block's label.
-pub fn hashes_from_pem(text: &[u8]) -> Result<Vec<(String, [u8; HASH_LEN])>, String> {
+pub fn hashes_from_pem(text: &[u8]) -> Result<Vec<(String, [u8; HASH_LEN])>, BlocklistError> {
     let mut out = Vec::new();
     for (i, pem) in Pem::iter_from_buffer(text).enumerate() {
-        let pem = pem.map_err(|e| format!("PEM block {}: {e}", i + 1))?;
+        let pem = pem.map_err(|e| BlocklistError(format!("PEM block {}: {e}", i + 1)))?;
         let der_bytes = pem.contents.as_slice();
         let number = match pem.label.as_str() {
             "CERTIFICATE" => {
                 let (_, cert) = x509_parser::parse_x509_certificate(der_bytes)
-                    .map_err(|e| format!("certificate: {e}"))?;
+                    .map_err(|e| BlocklistError(format!("certificate: {e}")))?;
                 spki_number(cert.public_key())
             }
             "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => {
                 let (_, csr) = X509CertificationRequest::from_der(der_bytes)
-                    .map_err(|e| format!("CSR: {e}"))?;
+                    .map_err(|e| BlocklistError(format!("CSR: {e}")))?;
                 spki_number(&csr.certification_request_info.subject_pki)
             }
             "PUBLIC KEY" => {
                 let (_, spki) = SubjectPublicKeyInfo::from_der(der_bytes)
-                    .map_err(|e| format!("public key: {e}"))?;
+                    .map_err(|e| BlocklistError(format!("public key: {e}")))?;
                 spki_number(&spki)
             }
             "RSA PUBLIC KEY" => pkcs1_modulus(der_bytes, false),
@@ -311,14 +337,18 @@ pub fn hashes_from_pem(text: &[u8]) -> Result<Vec<(String, [u8; HASH_LEN])>, Str
             "EC PRIVATE KEY" => sec1_x(der_bytes),
             "PRIVATE KEY" => pkcs8_number(der_bytes),
             "EC PARAMETERS" => continue,
-            "ENCRYPTED PRIVATE KEY" => Err("the key is encrypted: decrypt it first".into()),
-            other => Err(format!("unsupported PEM block {other:?}")),
+            "ENCRYPTED PRIVATE KEY" => Err(BlocklistError(
+                "the key is encrypted: decrypt it first".to_owned(),
+            )),
+            other => Err(BlocklistError(format!("unsupported PEM block {other:?}"))),
         }
-        .map_err(|e| format!("PEM block {} ({}): {e}", i + 1, pem.label))?;
+        .map_err(|e| BlocklistError(format!("PEM block {} ({}): {e}", i + 1, pem.label)))?;
         out.push((pem.label.clone(), bkhash(&number)));
     }
     if out.is_empty() {
-        return Err("no PEM key, certificate or CSR found".into());
+        return Err(BlocklistError(
+            "no PEM key, certificate or CSR found".to_owned(),
+        ));
     }
     Ok(out)
 }
@@ -356,7 +386,7 @@ pub enum BlocklistCommand {
 
 impl BlocklistCommand {
     /// Runs the command, printing a summary.
-    pub fn run(self) -> Result<(), String> {
+    pub fn run(self) -> Result<(), BlocklistError> {
         match self {
             Self::Build {
                 out,
@@ -384,7 +414,8 @@ impl BlocklistCommand {
                 }
                 let added = records.len() - merged;
                 let data = build(records);
-                crate::fsutil::write_atomic(&out, &data, 0o644).map_err(|e| e.to_string())?;
+                crate::fsutil::write_atomic(&out, &data, 0o644)
+                    .map_err(|e| BlocklistError(e.to_string()))?;
                 println!(
                     "wrote {} ({} keys: {added} from {} PEM files, {merged} merged, duplicates \
                      removed)",
@@ -412,7 +443,9 @@ impl BlocklistCommand {
                     }
                 }
                 if listed > 0 {
-                    return Err(format!("{listed} key(s) are on the blocklist"));
+                    return Err(BlocklistError(format!(
+                        "{listed} key(s) are on the blocklist"
+                    )));
                 }
                 Ok(())
             }
@@ -420,9 +453,10 @@ impl BlocklistCommand {
     }
 }
 
-fn read_pem_hashes(path: &Path) -> Result<Vec<(String, [u8; HASH_LEN])>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    hashes_from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn read_pem_hashes(path: &Path) -> Result<Vec<(String, [u8; HASH_LEN])>, BlocklistError> {
+    let text = std::fs::read(path)
+        .map_err(|e| BlocklistError(format!("cannot read {}: {e}", path.display())))?;
+    hashes_from_pem(&text).map_err(|e| BlocklistError(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -467,14 +501,21 @@ mod tests {
 
     #[test]
     fn malformed_files_are_refused_with_a_reason() {
-        let err = Blocklist::from_bytes(vec![0; 17]).err().unwrap_or_default();
+        let err = Blocklist::from_bytes(vec![0; 17])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("16-byte records"), "{err}");
         let mut unsorted = record([9; HASH_LEN], 1).to_vec();
         unsorted.extend(record([1; HASH_LEN], 1));
-        let err = Blocklist::from_bytes(unsorted).err().unwrap_or_default();
+        let err = Blocklist::from_bytes(unsorted)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("out of order"), "{err}");
         let err = Blocklist::load(Path::new("/nonexistent/bl.dat"))
             .err()
+            .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("/nonexistent/bl.dat"), "{err}");
     }
@@ -579,7 +620,10 @@ mod tests {
         assert!(hashes_from_pem(b"nothing here").is_err());
         let enc =
             b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        let err = hashes_from_pem(enc).err().unwrap_or_default();
+        let err = hashes_from_pem(enc)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("encrypted"), "{err}");
     }
 }

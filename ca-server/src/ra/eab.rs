@@ -56,37 +56,52 @@ pub struct Credential {
     pub role: Option<String>,
 }
 
+/// Why an enrollment credential no longer vouches for an account ([`Credential::standing`]), or
+/// why an allow rule cannot be read ([`AllowRule::parse`]); `Display` is the reason, which
+/// refusals quote and the command line prints.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EabError(String);
+
 impl Credential {
     /// Whether the credential still vouches for the account `account_id` it bound: it is not
     /// revoked, not expired, and its uses include that account. What it grants (pre-authorized
     /// identifiers, a Modbus role) holds only while it stands. `Err` says why it does not.
-    pub fn standing(&self, db: &Db, account_id: &str) -> std::result::Result<(), String> {
+    pub fn standing(&self, db: &Db, account_id: &str) -> std::result::Result<(), EabError> {
         if self.revoked {
-            return Err(format!("enrollment credential {} was revoked", self.kid));
+            return Err(EabError(format!(
+                "enrollment credential {} was revoked",
+                self.kid
+            )));
         }
         if let Some(at) = self.expires.filter(|e| now() > *e) {
-            return Err(format!(
+            return Err(EabError(format!(
                 "enrollment credential {} expired at {}",
                 self.kid,
                 crate::types::rfc3339(at)
-            ));
+            )));
         }
         let usage = db
             .get::<Usage>(Table::EabUsage, &self.kid)
-            .map_err(|e| format!("cannot read the uses of credential {}: {e}", self.kid))?
+            .map_err(|e| {
+                EabError(format!(
+                    "cannot read the uses of credential {}: {e}",
+                    self.kid
+                ))
+            })?
             .unwrap_or_default();
         let position = usage.accounts.iter().position(|a| a == account_id);
         match (position, self.max_uses) {
-            (Some(i), Some(max)) if i >= max as usize => Err(format!(
+            (Some(i), Some(max)) if i >= max as usize => Err(EabError(format!(
                 "enrollment credential {} is used up: this account is beyond its {max} \
                  allowed account(s)",
                 self.kid
-            )),
+            ))),
             (Some(_), _) => Ok(()),
-            (None, _) => Err(format!(
+            (None, _) => Err(EabError(format!(
                 "enrollment credential {} has no use recorded for this account",
                 self.kid
-            )),
+            ))),
         }
     }
 }
@@ -117,15 +132,19 @@ pub enum AllowRule {
 
 impl AllowRule {
     /// Parses the textual form.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let usage = || format!("allow rule {text:?} must be serial:VALUE, dns:NAME or ip:CIDR");
+    pub fn parse(text: &str) -> std::result::Result<Self, EabError> {
+        let usage = || {
+            EabError(format!(
+                "allow rule {text:?} must be serial:VALUE, dns:NAME or ip:CIDR"
+            ))
+        };
         let (kind, value) = text.split_once(':').ok_or_else(usage)?;
         match kind {
             "serial" if !value.is_empty() => Ok(Self::Serial(value.to_owned())),
             "dns" => {
                 let name = value.trim_start_matches('.').to_ascii_lowercase();
                 let id = crate::wire::normalize_identifier(&Identifier::dns(name))
-                    .map_err(|e| format!("allow rule {text:?}: {e}"))?;
+                    .map_err(|e| EabError(format!("allow rule {text:?}: {e}")))?;
                 Ok(Self::DnsSuffix(id.value))
             }
             "ip" => {
@@ -133,13 +152,17 @@ impl AllowRule {
                     Some((a, l)) => (a, Some(l)),
                     None => (value, None),
                 };
-                let addr: IpAddr = addr
-                    .parse()
-                    .map_err(|_| format!("allow rule {text:?}: {addr:?} is not an IP address"))?;
+                let addr: IpAddr = addr.parse().map_err(|_| {
+                    EabError(format!(
+                        "allow rule {text:?}: {addr:?} is not an IP address"
+                    ))
+                })?;
                 let max = if addr.is_ipv4() { 32 } else { 128 };
                 let len = match len {
                     Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
-                        format!("allow rule {text:?}: prefix length must be 0-{max}")
+                        EabError(format!(
+                            "allow rule {text:?}: prefix length must be 0-{max}"
+                        ))
                     })?,
                     None => max,
                 };

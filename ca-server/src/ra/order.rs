@@ -427,7 +427,7 @@ fn abandon(app: &Ra, order_id: &str, cause: &Error) {
 /// stands ([`crate::ra::eab::Credential::standing`]).
 struct Grant {
     credential: Option<crate::ra::eab::Credential>,
-    standing: std::result::Result<(), String>,
+    standing: std::result::Result<(), crate::ra::eab::EabError>,
 }
 
 impl Grant {
@@ -507,7 +507,10 @@ async fn check_pre_authorizations(
             continue;
         };
         let why = match app.eab.get(&kid)? {
-            Some(cred) => cred.standing(&app.db, &account.id).err(),
+            Some(cred) => cred
+                .standing(&app.db, &account.id)
+                .err()
+                .map(|e| e.to_string()),
             None => Some(format!("enrollment credential {kid} no longer exists")),
         };
         let Some(why) = why else {

@@ -21,15 +21,21 @@ fn lookup(app: &Ra, id: &str) -> Result<Option<Certificate>> {
         return Ok(None);
     };
     let der = crate::wire::b64u_decode("stored certificate", &cert.der)?;
-    let (stored_aki, _) = aki_and_serial(&der)
-        .map_err(|e| Error::Storage(format!("stored certificate {}: {e}", cert.id)))?;
+    let (stored_aki, _) = aki_and_serial(&der).map_err(|e| {
+        Error::Storage(format!(
+            "stored certificate {}: {}",
+            cert.id,
+            e.to_problem().detail
+        ))
+    })?;
     Ok((stored_aki.as_deref() == Some(aki.as_slice())).then_some(cert))
 }
 
-/// The AKI keyIdentifier (if any) and the serial's content octets of a DER certificate.
-fn aki_and_serial(der: &[u8]) -> core::result::Result<(Option<Vec<u8>>, Vec<u8>), String> {
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| format!("unparsable: {e}"))?;
+/// The AKI keyIdentifier (if any) and the serial's content octets of a DER certificate; a
+/// certificate that does not parse is `malformed`.
+fn aki_and_serial(der: &[u8]) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::Malformed(format!("unparsable: {e}")))?;
     let aki = parsed
         .extensions()
         .iter()
@@ -45,7 +51,7 @@ fn aki_and_serial(der: &[u8]) -> core::result::Result<(Option<Vec<u8>>, Vec<u8>)
 /// The ARI certificate identifier of a DER certificate (RFC 9773 §4.1), e.g. for a newOrder
 /// `replaces` value; an error if it has no AKI keyIdentifier.
 pub fn cert_id_of(der: &[u8]) -> Result<String> {
-    match aki_and_serial(der).map_err(Error::Malformed)? {
+    match aki_and_serial(der)? {
         (Some(aki), serial) => crate::wire::ari_cert_id(&aki, &serial),
         (None, _) => Err(Error::Malformed(
             "the certificate has no authority key identifier".into(),

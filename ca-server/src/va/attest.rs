@@ -125,15 +125,15 @@ pub fn verify_attestation(
         .map_err(|r| bad(format!("ordered identifier: {}", r.detail())))?;
 
     // Checks 2-5: the object, its format and statement.
-    let obj = object::decode(att_obj).map_err(bad)?;
+    let obj = object::decode(att_obj)?;
     // Checks 6-8: the chain to a configured anchor, valid now.
-    let path = chain::build(&obj.x5c, anchors, now).map_err(bad)?;
+    let path = chain::build(&obj.x5c, anchors, now)?;
     let idevid = &path.idevid;
     let anchor = path.anchor;
-    let modules = hardware_modules(idevid).map_err(bad)?;
+    let modules = hardware_modules(idevid)?;
 
     // Check 9: the serial, octet for octet.
-    let (source, serial) = idevid_serial(idevid, &modules).map_err(bad)?;
+    let (source, serial) = idevid_serial(idevid, &modules)?;
     if serial != ordered.serial.as_bytes() {
         return Err(bad(format!(
             "IDevID serial {} ({source}) does not match the ordered identifier {:?}",
@@ -232,7 +232,7 @@ fn signature_verifier(alg: i64, key: &PublicKey) -> Option<&'static dyn Verifica
 /// The `(hwType, hwSerialNum)` of every subjectAltName otherName hardwareModuleName
 /// (RFC 4108 §5) of the IDevID, in order. A malformed one is refused: its serial and type could
 /// not be checked.
-fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'c [u8])>, String> {
+fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'c [u8])>> {
     let mut modules = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -240,10 +240,10 @@ fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'
                 if oid.to_id_string() == crate::der::names::OID_HARDWARE_MODULE_NAME {
                     modules.push(crate::der::names::hardware_module_name(value).ok_or_else(
                         || {
-                            format!(
+                            Error::BadAttestationStatement(format!(
                                 "the IDevID ({}) has a malformed hardwareModuleName",
                                 cert.subject()
-                            )
+                            ))
                         },
                     )?);
                 }
@@ -260,7 +260,7 @@ fn hardware_modules<'c>(cert: &'c X509Certificate<'c>) -> Result<Vec<(String, &'
 fn idevid_serial<'c>(
     cert: &'c X509Certificate<'c>,
     modules: &[(String, &'c [u8])],
-) -> Result<(&'static str, &'c [u8]), String> {
+) -> Result<(&'static str, &'c [u8])> {
     let mut attributes = Vec::new();
     for rdn in cert.subject().iter() {
         for atv in rdn.iter() {
@@ -275,27 +275,27 @@ fn idevid_serial<'c>(
         [one] => return Ok(("subject serialNumber", one)),
         [] => {}
         _ => {
-            return Err(format!(
+            return Err(Error::BadAttestationStatement(format!(
                 "the IDevID ({}) has {} serialNumber attributes; which one is the device serial \
                  is ambiguous",
                 cert.subject(),
                 attributes.len()
-            ))
+            )))
         }
     }
     match modules {
         [(_, serial)] => Ok(("hardwareModuleName", serial)),
-        [] => Err(format!(
+        [] => Err(Error::BadAttestationStatement(format!(
             "the IDevID ({}) carries no serial number: expected a subject serialNumber attribute \
              (2.5.4.5) or a subjectAltName otherName hardwareModuleName (1.3.6.1.5.5.7.8.4)",
             cert.subject()
-        )),
-        more => Err(format!(
+        ))),
+        more => Err(Error::BadAttestationStatement(format!(
             "the IDevID ({}) has {} hardwareModuleName entries; which one is the device serial \
              is ambiguous",
             cert.subject(),
             more.len()
-        )),
+        ))),
     }
 }
 

@@ -679,8 +679,7 @@ impl Validator {
                 "{at} presented no certificate"
             )));
         };
-        check_challenge_certificate(&leaf, &target, key_authorization)
-            .map_err(|why| Error::IncorrectResponse(format!("certificate from {at} {why}")))
+        check_challenge_certificate(&leaf, &target, key_authorization, &at)
     }
 
     /// Opens a TCP connection to the first of `addrs` that accepts one.
@@ -863,15 +862,22 @@ impl Target {
     }
 }
 
-/// Checks the tls-alpn-01 certificate against the target and the key authorization. The
-/// error is the end of a sentence starting "certificate from {address} ".
+/// The refusal of the tls-alpn-01 certificate `at` (the address and SNI) presented: `why`
+/// ends the sentence "certificate from {at} ".
+fn bad_certificate(at: &str, why: impl fmt::Display) -> Error {
+    Error::IncorrectResponse(format!("certificate from {at} {why}"))
+}
+
+/// Checks the tls-alpn-01 certificate presented `at` (the address and SNI) against the target
+/// and the key authorization.
 fn check_challenge_certificate(
     der: &CertificateDer<'_>,
     target: &Target,
     key_authorization: &str,
-) -> std::result::Result<(), String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| format!("cannot be parsed: {e}"))?;
+    at: &str,
+) -> Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| bad_certificate(at, format!("cannot be parsed: {e}")))?;
 
     // > The subjectAlternativeName extension MUST contain a single dNSName entry where the
     // > value is the domain name being validated.
@@ -881,8 +887,8 @@ fn check_challenge_certificate(
     // <https://www.rfc-editor.org/rfc/rfc8738#section-6>
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("has an unusable subjectAltName extension: {e}"))?
-        .ok_or("has no subjectAltName extension")?;
+        .map_err(|e| bad_certificate(at, format!("has an unusable subjectAltName extension: {e}")))?
+        .ok_or_else(|| bad_certificate(at, "has no subjectAltName extension"))?;
     let names = &san.value.general_names;
     let shown = || {
         names
@@ -892,11 +898,14 @@ fn check_challenge_certificate(
             .join(", ")
     };
     let [only] = names.as_slice() else {
-        return Err(format!(
-            "has {} subjectAltName entries ({}), expected exactly one for {}",
-            names.len(),
-            shown(),
-            target.url_host()
+        return Err(bad_certificate(
+            at,
+            format!(
+                "has {} subjectAltName entries ({}), expected exactly one for {}",
+                names.len(),
+                shown(),
+                target.url_host()
+            ),
         ));
     };
     let matches = match (target, only) {
@@ -912,32 +921,42 @@ fn check_challenge_certificate(
             Target::Name(name) => format!("dNSName {name:?}"),
             Target::Ip(ip) => format!("iPAddress {ip}"),
         };
-        return Err(format!("names {}, expected {expected}", shown()));
+        return Err(bad_certificate(
+            at,
+            format!("names {}, expected {expected}", shown()),
+        ));
     }
 
-    check_acme_identifier(&cert, key_authorization)
+    check_acme_identifier(&cert, key_authorization, at)
 }
 
-/// Checks the acmeIdentifier extension.
+/// Checks the acmeIdentifier extension of the certificate presented `at`.
 fn check_acme_identifier(
     cert: &X509Certificate<'_>,
     key_authorization: &str,
-) -> std::result::Result<(), String> {
+    at: &str,
+) -> Result<()> {
     let mut found = cert
         .extensions()
         .iter()
         .filter(|ext| ext.oid.as_bytes() == ID_PE_ACME_IDENTIFIER);
-    let ext = found
-        .next()
-        .ok_or("has no acmeIdentifier extension (1.3.6.1.5.5.7.1.31)")?;
+    let ext = found.next().ok_or_else(|| {
+        bad_certificate(at, "has no acmeIdentifier extension (1.3.6.1.5.5.7.1.31)")
+    })?;
     if found.next().is_some() {
-        return Err("has more than one acmeIdentifier extension".into());
+        return Err(bad_certificate(
+            at,
+            "has more than one acmeIdentifier extension",
+        ));
     }
     // > The acmeIdentifier extension MUST be critical so that the certificate isn't
     // > inadvertently used by non-ACME software.
     // <https://www.rfc-editor.org/rfc/rfc8737#section-3>
     if !ext.critical {
-        return Err("has an acmeIdentifier extension that is not marked critical".into());
+        return Err(bad_certificate(
+            at,
+            "has an acmeIdentifier extension that is not marked critical",
+        ));
     }
     // > The extnValue of the id-pe-acmeIdentifier extension is the ASN.1 DER encoding
     // > [X.690] of the Authorization structure, which contains the SHA-256 digest of the
@@ -948,19 +967,25 @@ fn check_acme_identifier(
     let received = match ext.value {
         [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
         other => {
-            return Err(format!(
-                "has a malformed acmeIdentifier extension: expected a DER OCTET STRING of 32 \
+            return Err(bad_certificate(
+                at,
+                format!(
+                    "has a malformed acmeIdentifier extension: expected a DER OCTET STRING of 32 \
                  bytes, got {} bytes starting {}",
-                other.len(),
-                hex::encode(other.get(..4).unwrap_or(other))
+                    other.len(),
+                    hex::encode(other.get(..4).unwrap_or(other))
+                ),
             ))
         }
     };
     if ext.value != expected {
-        return Err(format!(
-            "has acmeIdentifier {}, expected SHA-256 of the key authorization {}",
-            hex::encode(received),
-            hex::encode(&expected[2..])
+        return Err(bad_certificate(
+            at,
+            format!(
+                "has acmeIdentifier {}, expected SHA-256 of the key authorization {}",
+                hex::encode(received),
+                hex::encode(&expected[2..])
+            ),
         ));
     }
     Ok(())

@@ -40,6 +40,12 @@ const ASSIGNER_LINE: &str = "Assigner";
 /// The explanatory line naming an accepted hardware type (RFC 4108 hwType).
 const HW_TYPE_LINE: &str = "Hardware-Type";
 
+/// Why a certificate or an anchor file cannot be a trust anchor, or why adding one failed;
+/// `Display` is the reason, as the operator reads it from `trust-anchor add` and `list`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AnchorError(String);
+
 /// One configured manufacturer trust anchor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustAnchor {
@@ -64,18 +70,22 @@ impl TrustAnchor {
         der: Vec<u8>,
         assigner: Option<&str>,
         hw_types: &[&str],
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, AnchorError> {
         check_ca_certificate(&der)?;
         let assigner = assigner.ok_or_else(|| {
-            "it names no assigner, so it is not used: serial numbers are unique only per \
-             manufacturer, and devices prove serial/assigner with the assigner of their \
-             manufacturer's anchor"
-                .to_owned()
+            AnchorError(
+                "it names no assigner, so it is not used: serial numbers are unique only per \
+                 manufacturer, and devices prove serial/assigner with the assigner of their \
+                 manufacturer's anchor"
+                    .to_owned(),
+            )
         })?;
-        crate::der::names::check_assigner(assigner).map_err(|e| format!("assigner: {e}"))?;
+        crate::der::names::check_assigner(assigner)
+            .map_err(|e| AnchorError(format!("assigner: {e}")))?;
         let mut types: Vec<String> = Vec::new();
         for t in hw_types {
-            crate::der::names::check_assigner(t).map_err(|e| format!("hardware type: {e}"))?;
+            crate::der::names::check_assigner(t)
+                .map_err(|e| AnchorError(format!("hardware type: {e}")))?;
             if !types.iter().any(|known| known == t) {
                 types.push((*t).to_owned());
             }
@@ -90,7 +100,7 @@ impl TrustAnchor {
 
     /// Parses the text of an anchor file (SPEC §5.10.4) and checks that it holds a usable CA
     /// certificate and an assigner.
-    pub fn from_file_text(name: &str, text: &[u8]) -> std::result::Result<Self, String> {
+    pub fn from_file_text(name: &str, text: &[u8]) -> std::result::Result<Self, AnchorError> {
         let file = AnchorFile::parse(text)?;
         let hw_types: Vec<&str> = file.hw_types.iter().map(String::as_str).collect();
         Self::from_parts(name, file.der, file.assigner.as_deref(), &hw_types)
@@ -151,7 +161,7 @@ struct AnchorFile {
 impl AnchorFile {
     /// The certificate and the `Assigner:` and `Hardware-Type:` lines before it. Keys are
     /// matched without regard to case; other lines are the operator's.
-    fn parse(text: &[u8]) -> std::result::Result<Self, String> {
+    fn parse(text: &[u8]) -> std::result::Result<Self, AnchorError> {
         let der = single_certificate(text)?;
         let mut assigner = None;
         let mut hw_types = Vec::new();
@@ -165,9 +175,9 @@ impl AnchorFile {
             let (key, value) = (key.trim(), value.trim());
             if key.eq_ignore_ascii_case(ASSIGNER_LINE) {
                 if assigner.is_some() {
-                    return Err(format!(
+                    return Err(AnchorError(format!(
                         "it has more than one {ASSIGNER_LINE}: line; an anchor has one assigner"
-                    ));
+                    )));
                 }
                 assigner = Some(value.to_owned());
             } else if key.eq_ignore_ascii_case(HW_TYPE_LINE) {
@@ -227,17 +237,17 @@ impl TrustAnchorStore {
         name: Option<&str>,
         assigner: &str,
         hw_types: &[&str],
-    ) -> std::result::Result<Added, String> {
+    ) -> std::result::Result<Added, AnchorError> {
         let der = certificate_der(input)?;
         check_ca_certificate(&der)?;
         let cert = parse(&der)?;
         let now = crate::types::now();
         let not_after = cert.validity().not_after.timestamp();
         if not_after < now {
-            return Err(format!(
+            return Err(AnchorError(format!(
                 "the certificate expired at {}",
                 crate::types::rfc3339(not_after)
-            ));
+            )));
         }
         let name = match name {
             Some(n) => n.to_owned(),
@@ -246,7 +256,7 @@ impl TrustAnchorStore {
         check_name(&name)?;
         let anchor = TrustAnchor::from_parts(&name, der, Some(assigner), hw_types)?;
         let mut replaced = false;
-        for existing in self.names().map_err(|e| e.to_string())? {
+        for existing in self.names().map_err(|e| AnchorError(e.to_string()))? {
             let held = fs::read(self.path(&existing))
                 .ok()
                 .and_then(|text| AnchorFile::parse(&text).ok())
@@ -254,23 +264,24 @@ impl TrustAnchorStore {
             let same_certificate = held.as_deref() == Some(anchor.der.as_slice());
             if existing == anchor.name {
                 if !same_certificate {
-                    return Err(format!(
+                    return Err(AnchorError(format!(
                         "a trust anchor named {existing:?} exists already and does not hold \
                          this certificate: choose another --name, or delete {} first",
                         self.path(&existing).display()
-                    ));
+                    )));
                 }
                 replaced = true;
             } else if same_certificate {
-                return Err(format!(
+                return Err(AnchorError(format!(
                     "this certificate is already a trust anchor, named {existing:?}: to change \
                      its assigner or hardware types, add it again with --name {existing}"
-                ));
+                )));
             }
         }
-        ensure_private_dir(&self.dir).map_err(|e| e.to_string())?;
+        ensure_private_dir(&self.dir).map_err(|e| AnchorError(e.to_string()))?;
         let path = self.path(&anchor.name);
-        write_atomic(&path, anchor.file_text().as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        write_atomic(&path, anchor.file_text().as_bytes(), 0o644)
+            .map_err(|e| AnchorError(e.to_string()))?;
         Ok(Added {
             anchor,
             path,
@@ -280,12 +291,12 @@ impl TrustAnchorStore {
 
     /// Every anchor file by name, parsed or with the reason it cannot be used; sorted by name.
     /// A missing directory means no anchors.
-    pub fn list(&self) -> Result<Vec<(String, std::result::Result<TrustAnchor, String>)>> {
+    pub fn list(&self) -> Result<Vec<(String, std::result::Result<TrustAnchor, AnchorError>)>> {
         let mut out = Vec::new();
         for name in self.names()? {
             let path = self.path(&name);
             let loaded = fs::read(&path)
-                .map_err(|e| format!("cannot be read: {e}"))
+                .map_err(|e| AnchorError(format!("cannot be read: {e}")))
                 .and_then(|text| {
                     let file = AnchorFile::parse(&text)?;
                     if file.assigner.is_none() {
@@ -346,16 +357,16 @@ impl TrustAnchorStore {
     }
 
     /// Why a file without an `Assigner:` line is not used, and the command that fixes it.
-    fn no_assigner(&self, name: &str, path: &Path) -> String {
+    fn no_assigner(&self, name: &str, path: &Path) -> AnchorError {
         let data_dir = self.dir.parent().unwrap_or(&self.dir);
-        format!(
+        AnchorError(format!(
             "no {ASSIGNER_LINE}: line, so it is not used (serial numbers are unique only per \
              manufacturer, and devices prove serial/assigner). Add it again with its \
              manufacturer's assigner OID: ca-server trust-anchor add --data-dir {} --name {name} \
              --assigner OID [--hw-type OID]... {}",
             data_dir.display(),
             path.display()
-        )
+        ))
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -364,7 +375,7 @@ impl TrustAnchorStore {
 }
 
 /// Names become file names: keep them to a portable, unambiguous set.
-fn check_name(name: &str) -> std::result::Result<(), String> {
+fn check_name(name: &str) -> std::result::Result<(), AnchorError> {
     let ok = !name.is_empty()
         && name.len() <= NAME_MAX
         && !name.starts_with('.')
@@ -374,71 +385,75 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
+        Err(AnchorError(format!(
             "trust anchor name {name:?} must be 1-{NAME_MAX} characters of A-Z, a-z, 0-9, '-', \
              '_' and '.', not starting with '.'"
-        ))
+        )))
     }
 }
 
-fn parse(der: &[u8]) -> std::result::Result<X509Certificate<'_>, String> {
+fn parse(der: &[u8]) -> std::result::Result<X509Certificate<'_>, AnchorError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
-        Ok(_) => Err("trailing bytes after the certificate".to_owned()),
-        Err(e) => Err(format!("not a DER X.509 certificate: {e}")),
+        Ok(_) => Err(AnchorError(
+            "trailing bytes after the certificate".to_owned(),
+        )),
+        Err(e) => Err(AnchorError(format!("not a DER X.509 certificate: {e}"))),
     }
 }
 
 /// The one `CERTIFICATE` block of a PEM text.
-fn single_certificate(text: &[u8]) -> std::result::Result<Vec<u8>, String> {
+fn single_certificate(text: &[u8]) -> std::result::Result<Vec<u8>, AnchorError> {
     let mut blocks = Vec::new();
     for pem in Pem::iter_from_buffer(text) {
-        blocks.push(pem.map_err(|e| format!("not valid PEM: {e}"))?);
+        blocks.push(pem.map_err(|e| AnchorError(format!("not valid PEM: {e}")))?);
     }
     match blocks.as_slice() {
         [one] if one.label == "CERTIFICATE" => Ok(one.contents.clone()),
-        [one] => Err(format!(
+        [one] => Err(AnchorError(format!(
             "the PEM block is a {:?}, not a CERTIFICATE",
             one.label
-        )),
-        [] => Err("no PEM CERTIFICATE block found".to_owned()),
-        more => Err(format!(
+        ))),
+        [] => Err(AnchorError("no PEM CERTIFICATE block found".to_owned())),
+        more => Err(AnchorError(format!(
             "{} PEM blocks found: give one CA certificate per trust anchor",
             more.len()
-        )),
+        ))),
     }
 }
 
 /// What makes a certificate usable as an anchor, whatever its validity period: a v3 CA
 /// certificate (basicConstraints cA TRUE) that may sign certificates (keyUsage keyCertSign, if
 /// keyUsage is present) with a key this CA accepts.
-pub(crate) fn check_ca_certificate(der: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_ca_certificate(der: &[u8]) -> std::result::Result<(), AnchorError> {
     let cert = parse(der)?;
     let is_ca = cert
         .basic_constraints()
-        .map_err(|e| format!("basicConstraints: {e}"))?
+        .map_err(|e| AnchorError(format!("basicConstraints: {e}")))?
         .is_some_and(|bc| bc.value.ca);
     if !is_ca {
-        return Err(format!(
+        return Err(AnchorError(format!(
             "{} is not a CA certificate (no basicConstraints cA TRUE)",
             cert.subject()
-        ));
+        )));
     }
-    let key_usage = cert.key_usage().map_err(|e| format!("keyUsage: {e}"))?;
+    let key_usage = cert
+        .key_usage()
+        .map_err(|e| AnchorError(format!("keyUsage: {e}")))?;
     if key_usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
-        return Err(format!(
+        return Err(AnchorError(format!(
             "{}: its keyUsage does not allow keyCertSign",
             cert.subject()
-        ));
+        )));
     }
     crate::key::policy::public_key_from_spki(cert.public_key())
-        .map_err(|e| format!("{}: {}", cert.subject(), e.to_problem().detail))?;
+        .map_err(|e| AnchorError(format!("{}: {}", cert.subject(), e.to_problem().detail)))?;
     Ok(())
 }
 
 /// The certificate DER of an anchor input: DER as it is, or PEM with exactly one
 /// `CERTIFICATE` block.
-pub fn certificate_der(input: &[u8]) -> std::result::Result<Vec<u8>, String> {
+pub fn certificate_der(input: &[u8]) -> std::result::Result<Vec<u8>, AnchorError> {
     if input.starts_with(&[0x30]) {
         Ok(input.to_vec())
     } else {
@@ -518,7 +533,8 @@ mod tests {
         // Duplicates by name and by certificate are refused.
         let err = store
             .add(root.pem().as_bytes(), Some("again"), PEN, &[])
-            .expect_err("same certificate");
+            .expect_err("same certificate")
+            .to_string();
         assert!(
             err.contains("already a trust anchor, named \"example\"")
                 && err.contains("--name example"),
@@ -526,7 +542,8 @@ mod tests {
         );
         let err = store
             .add(ca_cert("Third").pem().as_bytes(), Some("example"), PEN, &[])
-            .expect_err("same name");
+            .expect_err("same name")
+            .to_string();
         assert!(err.contains("exists already"), "{err}");
 
         // The same certificate under the same name replaces the settings; the anchor file
@@ -556,7 +573,8 @@ mod tests {
             .expect("cert");
         let err = store
             .add(leaf.pem().as_bytes(), None, PEN, &[])
-            .expect_err("not a CA");
+            .expect_err("not a CA")
+            .to_string();
         assert!(err.contains("is not a CA certificate"), "{err}");
 
         let mut p = CertificateParams::default();
@@ -567,7 +585,8 @@ mod tests {
             .expect("cert");
         let err = store
             .add(no_cert_sign.pem().as_bytes(), None, PEN, &[])
-            .expect_err("no keyCertSign");
+            .expect_err("no keyCertSign")
+            .to_string();
         assert!(err.contains("keyCertSign"), "{err}");
 
         let mut p = CertificateParams::default();
@@ -579,22 +598,26 @@ mod tests {
             .expect("cert");
         let err = store
             .add(expired.pem().as_bytes(), None, PEN, &[])
-            .expect_err("expired");
+            .expect_err("expired")
+            .to_string();
         assert!(err.contains("expired at 2002-01-01"), "{err}");
 
         let two = ca_cert("A").pem() + &ca_cert("B").pem();
         let err = store
             .add(two.as_bytes(), None, PEN, &[])
-            .expect_err("bundle");
+            .expect_err("bundle")
+            .to_string();
         assert!(err.contains("2 PEM blocks"), "{err}");
         assert!(store.add(b"nonsense", None, PEN, &[]).is_err());
         let err = store
             .add(ca_cert("C").pem().as_bytes(), Some("../x"), PEN, &[])
-            .expect_err("name");
+            .expect_err("name")
+            .to_string();
         assert!(err.contains("must be 1-64 characters"), "{err}");
         let err = store
             .add(ca_cert("D").pem().as_bytes(), None, "1.2.x", &[])
-            .expect_err("assigner");
+            .expect_err("assigner")
+            .to_string();
         assert!(
             err.contains("assigner: \"1.2.x\" is not a dotted-decimal OID"),
             "{err}"
@@ -606,7 +629,8 @@ mod tests {
                 PEN,
                 &["1.3.6.1.4.1.32473.1", "x"],
             )
-            .expect_err("hardware type");
+            .expect_err("hardware type")
+            .to_string();
         assert!(
             err.contains("hardware type: \"x\" is not a dotted-decimal OID"),
             "{err}"
@@ -637,7 +661,7 @@ mod tests {
         let list = store.list().expect("list");
         let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["bad-type", "broken", "good", "twice"]);
-        let why = |i: usize| list[i].1.clone().expect_err("unusable");
+        let why = |i: usize| list[i].1.clone().expect_err("unusable").to_string();
         assert!(why(0).contains("hardware type: \"1.2.3.\""), "{}", why(0));
         assert!(why(1).contains("PEM"), "{}", why(1));
         assert!(
@@ -669,7 +693,7 @@ mod tests {
 
         let list = store.list().expect("list");
         assert_eq!(list.len(), 1);
-        let why = list[0].1.clone().expect_err("unusable");
+        let why = list[0].1.clone().expect_err("unusable").to_string();
         assert!(
             why.starts_with("no Assigner: line, so it is not used")
                 && why.contains(&format!(
@@ -682,12 +706,14 @@ mod tests {
         assert!(store.load().expect("load").is_empty());
         assert!(TrustAnchor::from_file_text("legacy", text.as_bytes())
             .expect_err("no assigner")
+            .to_string()
             .contains("names no assigner"));
 
         // Adding the certificate under another name would leave two files for one anchor.
         let err = store
             .add(root.pem().as_bytes(), Some("renamed"), PEN, &[])
-            .expect_err("another name");
+            .expect_err("another name")
+            .to_string();
         assert!(err.contains("--name legacy"), "{err}");
         // The fix the listing names: the file itself as input, the same name, an assigner.
         let added = store

@@ -12,6 +12,7 @@ use x509_parser::x509::{SubjectPublicKeyInfo, X509Version};
 
 use super::anchors::TrustAnchor;
 use crate::types::rfc3339;
+use crate::{Error, Result};
 
 /// A path that checked out: the IDevID (as `x5c[0]`) and the anchor it leads to.
 pub(crate) struct Path<'c, 'a> {
@@ -29,23 +30,27 @@ pub(crate) fn build<'c, 'a>(
     x5c: &[&'c [u8]],
     anchors: &'a [TrustAnchor],
     now: i64,
-) -> Result<Path<'c, 'a>, String> {
+) -> Result<Path<'c, 'a>> {
     let certs = x5c
         .iter()
         .enumerate()
         .map(|(i, der)| match X509Certificate::from_der(der) {
             Ok(([], cert)) => Ok(cert),
-            Ok(_) => Err(format!("x5c[{i}] has trailing bytes after the certificate")),
-            Err(e) => Err(format!("x5c[{i}] is not a DER X.509 certificate: {e}")),
+            Ok(_) => Err(Error::BadAttestationStatement(format!(
+                "x5c[{i}] has trailing bytes after the certificate"
+            ))),
+            Err(e) => Err(Error::BadAttestationStatement(format!(
+                "x5c[{i}] is not a DER X.509 certificate: {e}"
+            ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     if anchors.is_empty() {
-        return Err(
+        return Err(Error::BadAttestationStatement(
             "no usable manufacturer trust anchors are configured on this CA (the operator adds \
              them with `ca-server trust-anchor add`; `ca-server trust-anchor list` names the \
              files it cannot use)"
                 .to_owned(),
-        );
+        ));
     }
     let parsed_anchors: Vec<(&TrustAnchor, X509Certificate<'_>)> = anchors
         .iter()
@@ -69,7 +74,7 @@ pub(crate) fn build<'c, 'a>(
             let same_name = parsed_anchors
                 .iter()
                 .find(|(_, a)| a.subject().as_raw() == cert.issuer().as_raw());
-            return Err(match same_name {
+            return Err(Error::BadAttestationStatement(match same_name {
                 Some((a, _)) => format!(
                     "IDevID chain does not lead to a configured manufacturer trust anchor: \
                      trust anchor {:?} has the name {} but did not sign {}",
@@ -83,24 +88,25 @@ pub(crate) fn build<'c, 'a>(
                     cert.issuer(),
                     describe(depth, cert)
                 ),
-            });
+            }));
         };
         if next.subject().as_raw() != cert.issuer().as_raw() {
-            return Err(format!(
+            return Err(Error::BadAttestationStatement(format!(
                 "x5c[{}] ({}) is not the issuer of {} (issuer {}): send the IDevID first, then \
                  each issuer in order",
                 depth + 1,
                 next.subject(),
                 describe(depth, cert),
                 cert.issuer()
-            ));
+            )));
         }
         check_signature(cert, next.public_key()).map_err(|why| {
-            format!(
-                "the signature of x5c[{}] on {} does not verify: {why}",
+            Error::BadAttestationStatement(format!(
+                "the signature of x5c[{}] on {} does not verify: {}",
                 depth + 1,
-                describe(depth, cert)
-            )
+                describe(depth, cert),
+                why.to_problem().detail
+            ))
         })?;
         depth += 1;
     };
@@ -130,7 +136,10 @@ pub(crate) fn build<'c, 'a>(
     }
     drop(path);
 
-    let idevid = certs.into_iter().next().ok_or("x5c is empty")?;
+    let idevid = certs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::BadAttestationStatement("x5c is empty".to_owned()))?;
     Ok(Path { idevid, anchor })
 }
 
@@ -147,71 +156,81 @@ fn describe(i: usize, cert: &X509Certificate<'_>) -> String {
 fn check_signature(
     cert: &X509Certificate<'_>,
     issuer_key: &SubjectPublicKeyInfo<'_>,
-) -> Result<(), String> {
+) -> Result<()> {
     let oid = cert.signature_algorithm.algorithm.to_id_string();
     // RFC 5280 §4.1.1.2: the outer algorithm MUST equal the one inside the signed part.
     if cert.signature_algorithm != cert.tbs_certificate.signature {
-        return Err("its signature algorithm differs from the one in its signed part".to_owned());
+        return Err(Error::BadAttestationStatement(
+            "its signature algorithm differs from the one in its signed part".to_owned(),
+        ));
     }
     let alg = crate::key::policy::signature_algorithm_by_oid(&oid)
         .filter(|_| {
             crate::key::policy::absent_or_null(cert.signature_algorithm.parameters.as_ref())
         })
-        .ok_or_else(|| format!("signature algorithm {oid} is not accepted"))?;
-    let key = crate::key::policy::public_key_from_spki(issuer_key)
-        .map_err(|e| format!("issuer key: {}", e.to_problem().detail))?;
+        .ok_or_else(|| {
+            Error::BadAttestationStatement(format!("signature algorithm {oid} is not accepted"))
+        })?;
+    let key = crate::key::policy::public_key_from_spki(issuer_key).map_err(|e| {
+        Error::BadAttestationStatement(format!("issuer key: {}", e.to_problem().detail))
+    })?;
     let verifier = crate::key::policy::ring_verifier(alg, &key).ok_or_else(|| {
-        format!(
+        Error::BadAttestationStatement(format!(
             "it is signed with {} but the issuer key is {}",
             alg.name(),
             key.describe()
-        )
+        ))
     })?;
     if cert.signature_value.unused_bits != 0 {
-        return Err("the signature BIT STRING has unused bits".to_owned());
+        return Err(Error::BadAttestationStatement(
+            "the signature BIT STRING has unused bits".to_owned(),
+        ));
     }
     UnparsedPublicKey::new(verifier, &issuer_key.subject_public_key.data)
         .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-        .map_err(|_| "bad signature".to_owned())
+        .map_err(|_| Error::BadAttestationStatement("bad signature".to_owned()))
 }
 
 /// notBefore <= now <= notAfter. 802.1AR IDevIDs that never expire carry notAfter
 /// 99991231235959Z (RFC 5280 §4.1.2.5), which is simply a time far ahead.
-fn check_validity(name: &str, cert: &X509Certificate<'_>, now: i64) -> Result<(), String> {
+fn check_validity(name: &str, cert: &X509Certificate<'_>, now: i64) -> Result<()> {
     let not_before = cert.validity().not_before.timestamp();
     let not_after = cert.validity().not_after.timestamp();
     if now < not_before {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "{name} is not valid before {} (check the CA's clock)",
             rfc3339(not_before)
-        ));
+        )));
     }
     if now > not_after {
         let name = name.strip_prefix("the ").unwrap_or(name);
-        return Err(format!("{name} expired at {}", rfc3339(not_after)));
+        return Err(Error::BadAttestationStatement(format!(
+            "{name} expired at {}",
+            rfc3339(not_after)
+        )));
     }
     Ok(())
 }
 
 /// RFC 5280 §4.2: a certificate with a critical extension the verifier does not know must be
 /// refused.
-fn check_critical_extensions(name: &str, cert: &X509Certificate<'_>) -> Result<(), String> {
+fn check_critical_extensions(name: &str, cert: &X509Certificate<'_>) -> Result<()> {
     for ext in cert.extensions() {
         if !ext.critical {
             continue;
         }
         match ext.parsed_extension() {
             ParsedExtension::UnsupportedExtension { .. } => {
-                return Err(format!(
+                return Err(Error::BadAttestationStatement(format!(
                     "{name} has the unknown critical extension {}",
                     ext.oid.to_id_string()
-                ))
+                )))
             }
             ParsedExtension::ParseError { error } => {
-                return Err(format!(
+                return Err(Error::BadAttestationStatement(format!(
                     "{name} has the critical extension {} that does not parse: {error}",
                     ext.oid.to_id_string()
-                ))
+                )))
             }
             _ => {}
         }
@@ -221,53 +240,55 @@ fn check_critical_extensions(name: &str, cert: &X509Certificate<'_>) -> Result<(
 
 /// An issuer in the path: a v3 CA certificate allowed to sign certificates, whose
 /// pathLenConstraint admits the `below` intermediate CA certificates under it.
-fn check_issuer(name: &str, cert: &X509Certificate<'_>, below: usize) -> Result<(), String> {
+fn check_issuer(name: &str, cert: &X509Certificate<'_>, below: usize) -> Result<()> {
     let bc = cert
         .basic_constraints()
-        .map_err(|e| format!("{name}: basicConstraints: {e}"))?
+        .map_err(|e| Error::BadAttestationStatement(format!("{name}: basicConstraints: {e}")))?
         .map(|bc| bc.value);
     if cert.version() != X509Version::V3 || !bc.is_some_and(|bc| bc.ca) {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "{name} issued a certificate of the chain but is not a CA certificate \
              (basicConstraints cA TRUE)"
-        ));
+        )));
     }
     if let Some(limit) = bc.and_then(|bc| bc.path_len_constraint) {
         if usize::try_from(limit).is_ok_and(|limit| limit < below) {
-            return Err(format!(
+            return Err(Error::BadAttestationStatement(format!(
                 "{name} allows {limit} intermediate CA certificates below it \
                  (pathLenConstraint), the chain has {below}"
-            ));
+            )));
         }
     }
     let key_usage = cert
         .key_usage()
-        .map_err(|e| format!("{name}: keyUsage: {e}"))?;
+        .map_err(|e| Error::BadAttestationStatement(format!("{name}: keyUsage: {e}")))?;
     if key_usage.is_some_and(|ku| !ku.value.key_cert_sign()) {
-        return Err(format!("{name} has a keyUsage without keyCertSign"));
+        return Err(Error::BadAttestationStatement(format!(
+            "{name} has a keyUsage without keyCertSign"
+        )));
     }
     Ok(())
 }
 
 /// The IDevID signs the key authorization: an end-entity certificate whose keyUsage, if
 /// present, allows digitalSignature.
-fn check_end_entity(cert: &X509Certificate<'_>) -> Result<(), String> {
+fn check_end_entity(cert: &X509Certificate<'_>) -> Result<()> {
     let name = describe(0, cert);
     let bc = cert
         .basic_constraints()
-        .map_err(|e| format!("{name}: basicConstraints: {e}"))?;
+        .map_err(|e| Error::BadAttestationStatement(format!("{name}: basicConstraints: {e}")))?;
     if bc.is_some_and(|bc| bc.value.ca) {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "{name} is a CA certificate, not a device identity (IDevID)"
-        ));
+        )));
     }
     let key_usage = cert
         .key_usage()
-        .map_err(|e| format!("{name}: keyUsage: {e}"))?;
+        .map_err(|e| Error::BadAttestationStatement(format!("{name}: keyUsage: {e}")))?;
     if key_usage.is_some_and(|ku| !ku.value.digital_signature()) {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "{name} has a keyUsage without digitalSignature, so it cannot sign attestations"
-        ));
+        )));
     }
     Ok(())
 }
@@ -331,7 +352,7 @@ mod tests {
         let x5c: Vec<&[u8]> = x5c.iter().map(Vec::as_slice).collect();
         match build(&x5c, std::slice::from_ref(anchor), NOW) {
             Ok(_) => panic!("accepted"),
-            Err(e) => e,
+            Err(e) => e.to_problem().detail,
         }
     }
 
@@ -431,6 +452,7 @@ mod tests {
         let x5c: Vec<&[u8]> = vec![b"\x30\x03\x02\x01\x00"];
         let e = build(&x5c, std::slice::from_ref(&anchor), NOW)
             .err()
+            .map(|e| e.to_problem().detail)
             .unwrap_or_default();
         assert!(
             e.starts_with("x5c[0] is not a DER X.509 certificate"),

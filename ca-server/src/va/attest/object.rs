@@ -20,6 +20,8 @@
 
 use minicbor::Decoder;
 
+use crate::{Error, Result};
+
 /// The format identifier, the COSE algorithms and the certificate count limit (SPEC §5.10.2),
 /// from the shared profile.
 pub use protocol_spec::attestation::{COSE_ES256, COSE_ES384, COSE_RS256, FORMAT, X5C_MAX};
@@ -37,17 +39,18 @@ pub struct AttestationObject<'a> {
     pub x5c: Vec<&'a [u8]>,
 }
 
-/// Decodes an attestation object. The error says what is wrong, for the problem detail.
+/// Decodes an attestation object. The error, a `badAttestationStatement`, says what is wrong.
 ///
 /// The format is checked first, so that an object of another format is reported as such
 /// rather than as a malformed `iiot-idevid` statement.
-pub fn decode(bytes: &[u8]) -> Result<AttestationObject<'_>, String> {
+pub fn decode(bytes: &[u8]) -> Result<AttestationObject<'_>> {
     let mut d = Decoder::new(bytes);
-    let cbor = |e: minicbor::decode::Error| format!("attObj is not valid CBOR: {e}");
-    let n = d
-        .map()
-        .map_err(cbor)?
-        .ok_or("attObj must be a definite-length CBOR map")?;
+    let cbor = |e: minicbor::decode::Error| {
+        Error::BadAttestationStatement(format!("attObj is not valid CBOR: {e}"))
+    };
+    let n = d.map().map_err(cbor)?.ok_or_else(|| {
+        Error::BadAttestationStatement("attObj must be a definite-length CBOR map".to_owned())
+    })?;
     let (mut fmt, mut stmt, mut auth_data) = (None, None, None);
     for _ in 0..n {
         let key = d.str().map_err(cbor)?;
@@ -60,46 +63,55 @@ pub fn decode(bytes: &[u8]) -> Result<AttestationObject<'_>, String> {
                 stmt.replace(&bytes[start..d.position()]).is_some()
             }
             "authData" => auth_data.replace(d.bytes().map_err(cbor)?).is_some(),
-            other => return Err(format!("attObj has an unknown member {other:?} at {at}")),
+            other => {
+                return Err(Error::BadAttestationStatement(format!(
+                    "attObj has an unknown member {other:?} at {at}"
+                )))
+            }
         };
         if seen {
-            return Err(format!("attObj has member {key:?} twice"));
+            return Err(Error::BadAttestationStatement(format!(
+                "attObj has member {key:?} twice"
+            )));
         }
     }
     if d.position() != bytes.len() {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "attObj has {} bytes after the CBOR map",
             bytes.len() - d.position()
-        ));
+        )));
     }
-    let fmt = fmt.ok_or("attObj has no \"fmt\"")?;
+    let fmt =
+        fmt.ok_or_else(|| Error::BadAttestationStatement("attObj has no \"fmt\"".to_owned()))?;
     if fmt != FORMAT {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "attestation format {fmt:?} is not supported: this CA verifies {FORMAT:?} \
              (IEEE 802.1AR IDevID) attestations only"
-        ));
+        )));
     }
     if auth_data.is_some_and(|a| !a.is_empty()) {
-        return Err(
+        return Err(Error::BadAttestationStatement(
             "attObj authData must be omitted or empty: the key authorization is signed, not \
              WebAuthn authenticator data"
                 .to_owned(),
-        );
+        ));
     }
-    let stmt = stmt.ok_or("attObj has no \"attStmt\"")?;
+    let stmt =
+        stmt.ok_or_else(|| Error::BadAttestationStatement("attObj has no \"attStmt\"".to_owned()))?;
     let (alg, sig, x5c) = decode_statement(stmt)?;
     Ok(AttestationObject { fmt, alg, sig, x5c })
 }
 
 type Statement<'a> = (i64, &'a [u8], Vec<&'a [u8]>);
 
-fn decode_statement(bytes: &[u8]) -> Result<Statement<'_>, String> {
+fn decode_statement(bytes: &[u8]) -> Result<Statement<'_>> {
     let mut d = Decoder::new(bytes);
-    let cbor = |e: minicbor::decode::Error| format!("attStmt is not valid: {e}");
-    let n = d
-        .map()
-        .map_err(cbor)?
-        .ok_or("attStmt must be a definite-length CBOR map")?;
+    let cbor = |e: minicbor::decode::Error| {
+        Error::BadAttestationStatement(format!("attStmt is not valid: {e}"))
+    };
+    let n = d.map().map_err(cbor)?.ok_or_else(|| {
+        Error::BadAttestationStatement("attStmt must be a definite-length CBOR map".to_owned())
+    })?;
     let (mut alg, mut sig, mut x5c) = (None, None, None);
     for _ in 0..n {
         let key = d.str().map_err(cbor)?;
@@ -107,35 +119,48 @@ fn decode_statement(bytes: &[u8]) -> Result<Statement<'_>, String> {
             "alg" => alg.replace(d.i64().map_err(cbor)?).is_some(),
             "sig" => sig.replace(d.bytes().map_err(cbor)?).is_some(),
             "x5c" => {
-                let len = d
-                    .array()
-                    .map_err(cbor)?
-                    .ok_or("attStmt x5c must be a definite-length array")?;
+                let len = d.array().map_err(cbor)?.ok_or_else(|| {
+                    Error::BadAttestationStatement(
+                        "attStmt x5c must be a definite-length array".to_owned(),
+                    )
+                })?;
                 if len == 0 || len > X5C_MAX as u64 {
-                    return Err(format!(
+                    return Err(Error::BadAttestationStatement(format!(
                         "attStmt x5c holds {len} certificates: send the IDevID and its issuers, \
                          1 to {X5C_MAX} certificates"
-                    ));
+                    )));
                 }
                 let certs = (0..len)
                     .map(|_| d.bytes().map_err(cbor))
                     .collect::<Result<Vec<_>, _>>()?;
                 x5c.replace(certs).is_some()
             }
-            other => return Err(format!("attStmt has an unknown member {other:?}")),
+            other => {
+                return Err(Error::BadAttestationStatement(format!(
+                    "attStmt has an unknown member {other:?}"
+                )))
+            }
         };
         if seen {
-            return Err(format!("attStmt has member {key:?} twice"));
+            return Err(Error::BadAttestationStatement(format!(
+                "attStmt has member {key:?} twice"
+            )));
         }
     }
-    let alg = alg.ok_or("attStmt has no \"alg\"")?;
+    let alg =
+        alg.ok_or_else(|| Error::BadAttestationStatement("attStmt has no \"alg\"".to_owned()))?;
     if ![COSE_ES256, COSE_ES384, COSE_RS256].contains(&alg) {
-        return Err(format!(
+        return Err(Error::BadAttestationStatement(format!(
             "attStmt alg {alg} is not supported: use -7 (ES256), -35 (ES384) or -257 (RS256)"
-        ));
+        )));
     }
-    let sig = sig.ok_or("attStmt has no \"sig\"")?;
-    let x5c = x5c.ok_or("attStmt has no \"x5c\": the IDevID certificate chain is required")?;
+    let sig =
+        sig.ok_or_else(|| Error::BadAttestationStatement("attStmt has no \"sig\"".to_owned()))?;
+    let x5c = x5c.ok_or_else(|| {
+        Error::BadAttestationStatement(
+            "attStmt has no \"x5c\": the IDevID certificate chain is required".to_owned(),
+        )
+    })?;
     Ok((alg, sig, x5c))
 }
 
@@ -167,7 +192,7 @@ mod tests {
         assert_eq!(got.sig, &[1, 2, 3]);
         assert_eq!(got.x5c, vec![&[0x30, 0][..], &[0x30, 1][..]]);
 
-        let err = |bytes: &[u8]| decode(bytes).expect_err("refused");
+        let err = |bytes: &[u8]| decode(bytes).expect_err("refused").to_problem().detail;
         assert!(
             err(&encode("packed", -7, &[1], &[&[0x30]])).contains("\"packed\" is not supported")
         );
