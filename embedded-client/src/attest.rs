@@ -4,9 +4,11 @@
 //! The IDevID key usually lives in a secure element, so signing goes through [`IdevidSigner`].
 //! [`SoftwareIdevid`] is the implementation for an IDevID P-256 key held in memory.
 
+use protocol_spec::attestation;
+
 use crate::der::DerWriter;
 use crate::key::DeviceKey;
-use crate::text::{move_down, Writer};
+use crate::text::move_down;
 use crate::Error;
 
 /// Why the IDevID signer failed.
@@ -94,74 +96,30 @@ pub fn attestation_object(
     if count == 0 || count > MAX_CHAIN {
         return Err(Error::Signer);
     }
-    let head = {
-        let mut w = Cbor(Writer::new(out.get_mut(..SIG_AT).unwrap_or_default()));
-        w.head(5, 2); // map of 2
-        w.text("fmt");
-        w.text("iiot-idevid");
-        w.text("attStmt");
-        w.head(5, 3); // map of 3
-        w.text("alg");
-        let alg = signer.cose_alg();
-        if alg < 0 {
-            w.head(1, (-1 - alg) as u32 as usize);
-        } else {
-            w.head(0, alg as u32 as usize);
-        }
-        w.text("sig");
-        w.head(2, sig_len);
-        w.0.finish()?
-    };
+    // The shared encoder writes what goes around the signature (SPEC §5.10.2).
+    let head = attestation::encode_before_sig(
+        attestation::FORMAT,
+        i64::from(signer.cose_alg()),
+        sig_len,
+        out.get_mut(..SIG_AT).unwrap_or_default(),
+    )
+    .map_err(|_| Error::BufferTooSmall { needed: SIG_AT })?
+    .len();
     move_down(out, SIG_AT..SIG_AT + sig_len, head);
     let done = head + sig_len;
-    let mut w = Cbor(Writer::new(out.get_mut(done..).unwrap_or_default()));
-    w.text("x5c");
-    w.head(4, count);
-    for i in 0..count {
-        w.bytes(signer.certificate(i).ok_or(Error::Signer)?);
-    }
-    match w.0.finish() {
-        Ok(n) => Ok(done + n),
-        Err(Error::BufferTooSmall { needed }) => Err(Error::BufferTooSmall {
-            needed: done + needed,
+    let signer = &*signer;
+    let chain = (0..count).map(|i| signer.certificate(i).unwrap_or_default());
+    match attestation::encode_x5c(chain, out.get_mut(done..).unwrap_or_default()) {
+        Ok(tail) => Ok(done + tail.len()),
+        Err(e) => Err(Error::BufferTooSmall {
+            needed: done + e.needed,
         }),
-        Err(e) => Err(e),
     }
 }
 
 /// Where the signer writes: after the longest CBOR that precedes the signature (44 octets:
 /// the map and text heads, an `alg` of up to 5 octets and a 5-octet byte-string head).
 const SIG_AT: usize = 48;
-
-/// Writes CBOR; failures are reported once, by the inner [`Writer::finish`].
-struct Cbor<'o>(Writer<'o>);
-
-impl Cbor<'_> {
-    /// RFC 8949 §3: major type and argument, shortest form. `usize`, not `u64`: nothing here
-    /// exceeds 32 bits, and 64-bit compares cost code on a 32-bit MCU.
-    fn head(&mut self, major: u8, arg: usize) {
-        let m = major << 5;
-        match arg {
-            0..=23 => self.0.push(&[m | arg as u8]),
-            24..=0xff => self.0.push(&[m | 24, arg as u8]),
-            0x100..=0xffff => self.0.push(&[m | 25, (arg >> 8) as u8, arg as u8]),
-            _ => {
-                self.0.push(&[m | 26]);
-                self.0.push(&(arg as u32).to_be_bytes());
-            }
-        }
-    }
-
-    fn text(&mut self, s: &str) {
-        self.head(3, s.len());
-        self.0.push(s.as_bytes());
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        self.head(2, b.len());
-        self.0.push(b);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,10 @@
 //! `sig`, `x5c`), and `authData` left out, as SPEC §5.10.2 asks of encoders. The device signs the
 //! key authorization and encodes the result; the server's tests encode objects to verify.
 //!
+//! [`encode`] is [`encode_before_sig`], the signature octets and [`encode_x5c`]. A device short of
+//! RAM (the embedded client) calls the two parts itself around a signature made straight into
+//! its output buffer, and writes the same octets without a buffer for the signature.
+//!
 //! The encoder writes what it is given: another `fmt`, any `alg`, an empty or overlong `x5c`.
 //! Verification (SPEC §5.10.3) refuses those; writing them lets tests check that it does.
 //!
@@ -92,20 +96,48 @@ pub fn encode<'o>(stmt: &Statement<'_>, out: &'o mut [u8]) -> Result<&'o [u8], B
     let Some(out) = out.get_mut(..needed) else {
         return Err(BufferTooSmall { needed });
     };
+    let before = encode_before_sig(stmt.fmt, stmt.alg, stmt.sig.len(), out)?.len();
+    let (_, rest) = out.split_at_mut(before);
+    let (sig, rest) = rest.split_at_mut(stmt.sig.len());
+    sig.copy_from_slice(stmt.sig);
+    encode_x5c(stmt.x5c.iter().copied(), rest)?;
+    Ok(out)
+}
+
+/// Writes the part of the object before the signature octets: the map, `fmt`, the `attStmt`
+/// map, `alg`, the `sig` key and the head of a byte string of `sig_len` octets. With
+/// [`encode_x5c`], for a device that signs straight into its output buffer: it writes this,
+/// then the signature, then the rest, and the octets are those of [`encode`].
+pub fn encode_before_sig<'o>(
+    fmt: &str,
+    alg: i64,
+    sig_len: usize,
+    out: &'o mut [u8],
+) -> Result<&'o [u8], BufferTooSmall> {
     let mut w = Cursor::new(out);
     head(&mut w, MAP, 2)?;
     text(&mut w, "fmt")?;
-    text(&mut w, stmt.fmt)?;
+    text(&mut w, fmt)?;
     text(&mut w, "attStmt")?;
     head(&mut w, MAP, 3)?;
     text(&mut w, "alg")?;
-    let (major, arg) = int_arg(stmt.alg);
+    let (major, arg) = int_arg(alg);
     head(&mut w, major, arg)?;
     text(&mut w, "sig")?;
-    bytes(&mut w, stmt.sig)?;
+    head(&mut w, BYTES, sig_len as u64)?;
+    Ok(w.written())
+}
+
+/// Writes the part of the object after the signature octets: the `x5c` key and the array of
+/// the certificates (DER, the IDevID first). See [`encode_before_sig`].
+pub fn encode_x5c<'c, 'o>(
+    x5c: impl ExactSizeIterator<Item = &'c [u8]>,
+    out: &'o mut [u8],
+) -> Result<&'o [u8], BufferTooSmall> {
+    let mut w = Cursor::new(out);
     text(&mut w, "x5c")?;
-    head(&mut w, ARRAY, stmt.x5c.len() as u64)?;
-    for cert in stmt.x5c {
+    head(&mut w, ARRAY, x5c.len() as u64)?;
+    for cert in x5c {
         bytes(&mut w, cert)?;
     }
     Ok(w.written())
