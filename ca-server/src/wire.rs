@@ -144,6 +144,24 @@ pub fn parse_ari_cert_id(id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((aki.to_vec(), serial.to_vec()))
 }
 
+/// The operator-approval pairing code (SPEC §5.9): SHA-256("iiot-acme pairing code" ‖ 0x00 ‖
+/// token ‖ "." ‖ thumbprint) in Crockford base32, as `XXXX-XXXX`. `token` is the
+/// operator-approval-01 challenge's token, `thumbprint` the account key's RFC 7638 thumbprint.
+pub fn pairing_code(token: &str, thumbprint: &str) -> Result<String> {
+    let sha256 = |parts: &[&[u8]]| {
+        let mut ctx = ring::digest::Context::new(&SHA256);
+        for part in parts {
+            ctx.update(part);
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(ctx.finish().as_ref());
+        hash
+    };
+    protocol_spec::pairing::PairingCode::compute(token, thumbprint, sha256)
+        .map(|code| code.as_str().to_owned())
+        .map_err(|e| Error::Internal(format!("no pairing code: {e}")))
+}
+
 /// Reads a SHA-256 fingerprint in the form [`fingerprint`] writes (colons optional, either
 /// case), as an operator copies it from a manufacturer's documentation (SPEC §2.3).
 pub fn parse_fingerprint(text: &str) -> std::result::Result<[u8; 32], BadFingerprint> {

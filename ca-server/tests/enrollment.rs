@@ -4,8 +4,9 @@
 mod common;
 
 use axum::http::StatusCode;
-use ca_server::ra::approval::{mark_duplicates, pairing_code, ApprovalQueue, Decision};
+use ca_server::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
 use ca_server::ra::eab::{AllowRule, NewCredential};
+use ca_server::wire::pairing_code;
 use common::{Key, TestServer};
 use serde_json::{json, Value};
 

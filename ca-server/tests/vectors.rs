@@ -570,10 +570,7 @@ fn problems() {
 #[test]
 fn pairing_code() {
     run("pairing_code", |v| {
-        let got = ca_server::ra::approval::pairing_code(
-            field(&v.input, "token")?,
-            field(&v.input, "thumbprint")?,
-        );
+        let got = wire::pairing_code(field(&v.input, "token")?, field(&v.input, "thumbprint")?);
         match (got, v.expect.get("error")) {
             (Err(_), Some(_)) => Ok(()),
             (Ok(code), None) if code == field(&v.expect, "pairing_code")? => Ok(()),

@@ -42,31 +42,12 @@ use crate::ratelimit::{address_key, Key, RateLimiter};
 use crate::storage::Table;
 use crate::types::now;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
+use crate::wire::pairing_code;
 use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;
 
 /// The pairing code of a request (SPEC §5.9): the first 40 bits of
-/// SHA-256("iiot-acme pairing code" ‖ 0x00 ‖ token ‖ "." ‖ thumbprint) in Crockford base32,
-/// as `XXXX-XXXX`. `token` is the operator-approval-01 challenge's token, `thumbprint` the
-/// account key's RFC 7638 thumbprint.
-pub fn pairing_code(token: &str, thumbprint: &str) -> Result<String> {
-    protocol_spec::pairing::PairingCode::compute(token, thumbprint, sha256)
-        .map(|code| code.as_str().to_owned())
-        .map_err(|e| Error::Internal(format!("no pairing code: {e}")))
-}
-
-/// SHA-256 over `parts` in order, with ring.
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in parts {
-        ctx.update(part);
-    }
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(ctx.finish().as_ref());
-    digest
-}
-
 /// A request waiting for the operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -666,6 +647,7 @@ pub async fn apply(app: &Ra) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::pairing_code;
 
     const TOKEN: &str = "hAuW5Ak5pwOYj9bWGSUbgA";
     const THUMBPRINT: &str = "VJfSzL4hUAWCLxLmyqlEzZifphbmhOkF0nOyxVIRMXg";
