@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
+use crate::ra::audit::Actor;
 use crate::ra::eab::{AllowRule, EabStore, NewCredential};
 use crate::server;
 use crate::text::{escape, escape_lines};
@@ -48,7 +49,8 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Fleet report: expiring, stopped renewing, revoked, key-reuse attempts, key types.
+    /// Fleet report: expiring, stopped renewing, revoked, key-reuse attempts, key types; or,
+    /// with --log, the audit log of operator changes.
     Audit {
         /// Data directory of the CA.
         #[arg(long)]
@@ -56,6 +58,10 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print the audit log (who changed what, when, from where) and check its hash chain,
+        /// instead of the fleet report; works whether or not the CA runs.
+        #[arg(long)]
+        log: bool,
     },
     /// Show or release which account holds an identity (asks the running CA).
     #[command(subcommand)]
@@ -66,6 +72,49 @@ enum Command {
     /// Build or query compromised-key blocklists (badkeys format).
     #[command(subcommand)]
     Blocklist(crate::key::blocklist::BlocklistCommand),
+    /// Manage the operators of the console and their client certificates.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Add an operator: issues a client certificate from the operator CA and writes
+    /// DIR/NAME.key, DIR/NAME.pem and DIR/NAME.p12 (for browsers; its passphrase is printed).
+    Add {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The CA's configuration file (for `[admin] operator_validity`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// viewer (reads), approver (also approves and renews early) or admin (also revokes
+        /// and manages credentials, trust anchors, identities and operators).
+        #[arg(long)]
+        role: String,
+        /// Where to write the key, certificate and PKCS#12 file (created 0700 if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The PKCS#12 passphrase, from this file (default: a new one, printed).
+        #[arg(long)]
+        p12_passphrase_file: Option<PathBuf>,
+        /// The operator's name: 1 to 64 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// List operators.
+    List {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Revoke an operator: its certificate stops working with the next request.
+    Revoke {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The operator's name.
+        name: String,
+    },
 }
 
 /// Which certificates an operator command acts on.
@@ -105,7 +154,7 @@ fn admin_call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, String> {
-    let (status, v) = crate::admin::call(&self::data_dir(data_dir), method, path, body)
+    let (status, v) = crate::admin::socket::call(&self::data_dir(data_dir), method, path, body)
         .map_err(|e| e.to_string())?;
     if status >= 400 {
         return Err(v["detail"]
@@ -366,9 +415,17 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             Ok(())
         }
         ApprovalCommand::Approve { data_dir: d, id } => {
-            let p = ApprovalQueue::new(&data_dir(d))
+            let dir = data_dir(d);
+            let p = ApprovalQueue::new(&dir)
                 .decide(&id, &Decision::Approve)
                 .map_err(|e| e.to_string())?;
+            audit(
+                &dir,
+                "approval.approve",
+                &p.id,
+                serde_json::json!({"identifier": p.identifier.to_string(),
+                    "pairingCode": p.pairing_code, "source": p.source}),
+            )?;
             println!(
                 "approved {} ({}, pairing code {})",
                 escape(&p.id),
@@ -382,9 +439,22 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             id,
             reason,
         } => {
-            let p = ApprovalQueue::new(&data_dir(d))
-                .decide(&id, &Decision::Reject { reason })
+            let dir = data_dir(d);
+            let p = ApprovalQueue::new(&dir)
+                .decide(
+                    &id,
+                    &Decision::Reject {
+                        reason: reason.clone(),
+                    },
+                )
                 .map_err(|e| e.to_string())?;
+            audit(
+                &dir,
+                "approval.reject",
+                &p.id,
+                serde_json::json!({"identifier": p.identifier.to_string(),
+                    "pairingCode": p.pairing_code, "source": p.source, "reason": reason}),
+            )?;
             println!(
                 "rejected {} ({})",
                 escape(&p.id),
@@ -523,8 +593,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Approval(cmd)) => approval(cmd),
         Some(Command::Revoke { target, reason }) => {
             let mut body = target.selector()?;
-            body["reason"] =
-                serde_json::json!(crate::admin::reason_code(&reason).map_err(|e| e.to_string())?);
+            body["reason"] = serde_json::json!(
+                crate::admin::fleet::reason_code(&reason).map_err(|e| e.to_string())?
+            );
             let v = admin_call(target.data_dir, "POST", "/revoke", Some(&body))?;
             let serials = v["revoked"].as_array().cloned().unwrap_or_default();
             println!("revoked {} certificate(s)", serials.len());
@@ -543,7 +614,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Some(Command::Audit { data_dir, json }) => {
+        Some(Command::Audit {
+            data_dir,
+            json,
+            log: true,
+        }) => audit_log(&self::data_dir(data_dir), json),
+        Some(Command::Audit { data_dir, json, .. }) => {
             let v = admin_call(data_dir, "GET", "/audit", None)?;
             if json {
                 println!("{v}");
@@ -555,6 +631,198 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Identity(cmd)) => identity(cmd),
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
         Some(Command::Blocklist(cmd)) => cmd.run().map_err(|e| e.to_string()),
+        Some(Command::Operator(cmd)) => operator(cmd),
+    }
+}
+
+/// Appends what the command line did to the audit log of `data_dir`.
+fn audit(
+    data_dir: &std::path::Path,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), String> {
+    crate::ra::audit::append(data_dir, &Actor::local_user(), action, target, detail)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn audit_log(data_dir: &std::path::Path, json: bool) -> Result<(), String> {
+    let (entries, chain) = crate::ra::audit::read_checked(data_dir).map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"chain": chain.as_ref().err(), "entries": entries})
+        );
+    } else {
+        if entries.is_empty() {
+            println!("the audit log is empty");
+        }
+        for e in &entries {
+            let detail = if e.detail.is_null() {
+                String::new()
+            } else {
+                format!("  {}", e.detail)
+            };
+            println!(
+                "{:>6}  {}  {}  from {}  {}  {}{}",
+                e.seq,
+                e.at,
+                escape(&e.actor),
+                escape(&e.from),
+                escape(&e.action),
+                escape(&e.target),
+                escape(&detail)
+            );
+        }
+    }
+    match chain {
+        Ok(()) => {
+            if !json {
+                println!("hash chain intact ({} entries)", entries.len());
+            }
+            Ok(())
+        }
+        Err(why) => Err(format!(
+            "the audit log has been altered: {why} (crate::ra::audit explains the chain)"
+        )),
+    }
+}
+
+fn operator(cmd: OperatorCommand) -> Result<(), String> {
+    use crate::ra::operator::{OperatorStore, Role};
+    match cmd {
+        OperatorCommand::Add {
+            data_dir: d,
+            config,
+            role,
+            out,
+            p12_passphrase_file,
+            name,
+        } => {
+            let cfg = config
+                .as_deref()
+                .map(Config::from_file)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let validity = cfg.as_ref().map_or_else(
+                || crate::config::AdminConfig::default().operator_validity,
+                |c| c.admin.operator_validity,
+            );
+            let dir = d.unwrap_or_else(|| cfg.unwrap_or_default().data_dir);
+            let role = Role::parse(&role).map_err(|e| e.to_string())?;
+            let passphrase = match &p12_passphrase_file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                    let p = text.trim_end_matches(['\r', '\n']).to_owned();
+                    if p.is_empty() {
+                        return Err(format!("{}: the passphrase is empty", f.display()));
+                    }
+                    Some(p)
+                }
+                None => None,
+            };
+            crate::ra::operator::check_name(&name).map_err(|e| e.to_string())?;
+            crate::fsutil::ensure_private_dir(&out).map_err(|e| e.to_string())?;
+            let by = Actor::local_user().name;
+            let (op, credential) = crate::ra::operator::create(&dir, &name, role, validity, &by)
+                .map_err(|e| e.to_string())?;
+            let generated = passphrase.is_none();
+            let passphrase = match passphrase {
+                Some(p) => p,
+                None => crate::ra::operator::new_passphrase().map_err(|e| e.to_string())?,
+            };
+            let ca = crate::ca::operator::OperatorCa::load(&dir.join("ca"))
+                .map_err(|e| e.to_string())?;
+            let p12 = credential
+                .pkcs12(&ca, &name, &passphrase)
+                .map_err(|e| e.to_string())?;
+            let write = |file: String, data: &[u8], mode: u32| {
+                crate::fsutil::write_atomic(&out.join(file), data, mode).map_err(|e| e.to_string())
+            };
+            write(
+                format!("{name}.key"),
+                credential.key_pem().as_bytes(),
+                0o600,
+            )?;
+            write(
+                format!("{name}.pem"),
+                credential.cert_pem().as_bytes(),
+                0o644,
+            )?;
+            write(format!("{name}.p12"), &p12, 0o600)?;
+            audit(
+                &dir,
+                "operator.add",
+                &op.name,
+                serde_json::json!({"role": op.role, "serial": op.serial, "sha256": op.sha256}),
+            )?;
+            println!("operator {} added with role {}", op.name, op.role);
+            println!(
+                "  certificate: {}",
+                out.join(format!("{name}.pem")).display()
+            );
+            println!(
+                "  key:         {}",
+                out.join(format!("{name}.key")).display()
+            );
+            println!(
+                "  PKCS#12:     {}",
+                out.join(format!("{name}.p12")).display()
+            );
+            if generated {
+                println!("  PKCS#12 passphrase: {passphrase}");
+            }
+            println!("  valid until: {}", crate::types::rfc3339(op.not_after));
+            println!("  SHA-256:     {}", op.sha256);
+            println!("  (import the .p12 into the operator's browser, then open the console)");
+            Ok(())
+        }
+        OperatorCommand::List { data_dir: d } => {
+            let list = OperatorStore::new(&data_dir(d))
+                .list()
+                .map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("no operators: add one with `ca-server operator add NAME --role admin --out DIR`");
+            }
+            let at = crate::types::now();
+            for op in list {
+                let state = match &op.revoked {
+                    Some(r) => format!(
+                        "REVOKED {} by {}",
+                        crate::types::rfc3339(r.at),
+                        escape(&r.by)
+                    ),
+                    None if !op.active(at) => "EXPIRED".to_owned(),
+                    None => "active".to_owned(),
+                };
+                println!(
+                    "{}  {}  {}  until {}  added by {}",
+                    op.name,
+                    op.role,
+                    state,
+                    crate::types::rfc3339(op.not_after),
+                    escape(&op.created_by)
+                );
+            }
+            Ok(())
+        }
+        OperatorCommand::Revoke { data_dir: d, name } => {
+            let dir = data_dir(d);
+            let by = Actor::local_user().name;
+            match OperatorStore::new(&dir)
+                .revoke(&name, &by)
+                .map_err(|e| e.to_string())?
+            {
+                Some(op) => {
+                    audit(&dir, "operator.revoke", &op.name, serde_json::Value::Null)?;
+                    println!("operator {} revoked", op.name);
+                    Ok(())
+                }
+                None => Err(format!("no operator named {name:?}")),
+            }
+        }
     }
 }
 
@@ -562,8 +830,8 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let cfg = load_config(&a)?;
     let listen = cfg.listen;
     // Bind before printing, so "listening" is never printed by a server that cannot listen.
-    let listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = server::bind(listen, "the ACME server").map_err(|e| e.to_string())?;
+    let console = server::bind_console(&cfg).map_err(|e| e.to_string())?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
     if app.cfg.enrollment.device_attestation {
         // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
@@ -579,7 +847,10 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     println!("  root certificate: {}", info.root_path.display());
     println!("  root SHA-256:     {}", info.root_fingerprint);
     println!("  (give devices the root certificate or its SHA-256 fingerprint to pin)");
-    server::serve_on(app, listener)
+    if let Some(addr) = console.as_ref().and_then(|c| c.local_addr().ok()) {
+        println!("  operator console: https://{addr}/ (client certificate from `ca-server operator add`)");
+    }
+    server::serve_with_console(app, listener, console)
         .await
         .map_err(|e| e.to_string())
 }
@@ -668,6 +939,13 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let exp = c.expires.map(crate::types::rfc3339);
             let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
+            audit(
+                &dir,
+                "credential.create",
+                &c.kid,
+                serde_json::json!({"expires": exp, "maxUses": c.max_uses, "allow": allow,
+                    "role": c.role}),
+            )?;
             if json {
                 println!(
                     "{}",
@@ -709,8 +987,10 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             Ok(())
         }
         EabCommand::Revoke { data_dir: d, kid } => {
-            let store = EabStore::new(&data_dir(d));
+            let dir = data_dir(d);
+            let store = EabStore::new(&dir);
             if store.revoke(&kid).map_err(|e| e.to_string())? {
+                audit(&dir, "credential.revoke", &kid, serde_json::Value::Null)?;
                 println!("EAB credential {} revoked", escape(&kid));
                 Ok(())
             } else {
@@ -739,25 +1019,27 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             )?;
             let input =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            if let Some(expected) = sha256 {
-                let expected =
-                    crate::wire::parse_fingerprint(&expected).map_err(|e| e.to_string())?;
-                let der = crate::va::attest::anchors::certificate_der(&input)
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-                let got = crate::wire::fingerprint(&der);
-                if crate::wire::parse_fingerprint(&got).map_err(|e| e.to_string())? != expected {
-                    return Err(format!(
-                        "{}: its SHA-256 fingerprint is {got}, not the one given with --sha256: \
-                         this is not the certificate the manufacturer published",
-                        file.display()
-                    ));
-                }
+            if let Some(published) = sha256 {
+                crate::va::attest::anchors::check_published_fingerprint(
+                    &input,
+                    &published,
+                    "with --sha256",
+                )
+                .map_err(|e| format!("{}: {e}", file.display()))?;
             }
             let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
-            let added = TrustAnchorStore::new(&data_dir(d))
+            let dir = data_dir(d);
+            let added = TrustAnchorStore::new(&dir)
                 .add(&input, name.as_deref(), &assigner, &hw_types)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             let anchor = &added.anchor;
+            audit(
+                &dir,
+                "trust-anchor.add",
+                &anchor.name,
+                serde_json::json!({"sha256": anchor.fingerprint(), "subject": anchor.subject(),
+                    "assigner": anchor.assigner, "replaced": added.replaced}),
+            )?;
             let path = added.path.display().to_string();
             let shown = escape(&path);
             if added.replaced {

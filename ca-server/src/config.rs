@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Request rate limits (`[rate_limits]`).
     pub rate_limits: RateLimitsConfig,
+    /// The operator console (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -71,6 +73,34 @@ impl Default for Config {
             profiles: crate::ca::profiles::ProfilesConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// The operator console: the HTTPS admin API and web UI, for operators with client
+/// certificates from the operator CA (`ca-server operator add`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether the console listens at all. The admin socket, for the command line on the CA
+    /// host, is always there.
+    pub enabled: bool,
+    /// Address the console binds: loopback by default; an address on the plant network to
+    /// reach it from the control room.
+    pub listen: SocketAddr,
+    /// Lifetime of operator certificates made by `operator add` or the console (at most
+    /// 825 days).
+    #[serde(deserialize_with = "crate::types::de_duration")]
+    pub operator_validity: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
+            operator_validity: Duration::from_secs(365 * 86_400),
         }
     }
 }

@@ -39,6 +39,15 @@ pub enum Error {
     /// The signature does not verify, or the account may not do this.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The console needs an operator's client certificate and got none it knows (401).
+    #[error("operator certificate required: {0}")]
+    OperatorRequired(String),
+    /// The operator's role may not do this (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// What the request would create exists already (409).
+    #[error("{0}")]
+    Exists(String),
     /// The account is deactivated or revoked (RFC 8555 §7.3.6: 401 unauthorized).
     #[error("account is not valid: {0}")]
     AccountNotValid(String),
@@ -147,12 +156,16 @@ impl Error {
             | Self::RequestTimeout(_)
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_)
-            | Self::Conflict { .. } => ProblemType::Malformed,
+            | Self::Conflict { .. }
+            | Self::Exists(_) => ProblemType::Malformed,
             Self::BadNonce(_) => ProblemType::BadNonce,
             Self::BadSignatureAlgorithm(_) => ProblemType::BadSignatureAlgorithm,
             Self::BadPublicKey(_) => ProblemType::BadPublicKey,
             Self::BadCsr(_) => ProblemType::BadCsr,
-            Self::Unauthorized(_) | Self::AccountNotValid(_) => ProblemType::Unauthorized,
+            Self::Unauthorized(_)
+            | Self::AccountNotValid(_)
+            | Self::OperatorRequired(_)
+            | Self::Forbidden(_) => ProblemType::Unauthorized,
             Self::AccountDoesNotExist => ProblemType::AccountDoesNotExist,
             Self::ExternalAccountRequired(_) => ProblemType::ExternalAccountRequired,
             Self::OrderNotReady(_) => ProblemType::OrderNotReady,
@@ -185,7 +198,9 @@ impl Error {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::AccountNotValid(_) => StatusCode::UNAUTHORIZED,
+            Self::AccountNotValid(_) | Self::OperatorRequired(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Exists(_) => StatusCode::CONFLICT,
             other => default_status(other.problem_type()),
         }
     }
@@ -214,6 +229,9 @@ impl Error {
             | Self::Tls(d)
             | Self::Dns(d)
             | Self::UnsupportedMediaType(d)
+            | Self::OperatorRequired(d)
+            | Self::Forbidden(d)
+            | Self::Exists(d)
             | Self::RateLimited { detail: d, .. } => d.clone(),
             other => other.to_string(),
         };

@@ -150,3 +150,29 @@ mod tests {
         );
     }
 }
+/// Reads a JSON record (`what` names it in errors); `None` if the file does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| file_error(path, format_args!("corrupt {what}: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_error(path, format_args!("cannot read: {e}"))),
+    }
+}
+
+/// The names, without `.json`, of the `*.json` files in `dir`; none if `dir` does not exist.
+pub fn json_file_stems(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(file_error(dir, format_args!("cannot list: {e}"))),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            file.strip_suffix(".json").map(str::to_owned)
+        })
+        .collect())
+}

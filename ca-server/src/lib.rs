@@ -11,7 +11,7 @@
 //! |------------|--------------------------------------------------------------------------|
 //! | [`wfe`]    | web front end: HTTPS listener, routes, JWS requests, nonces, problem documents; the only ACME user of axum |
 //! | [`cli`]    | the `ca-server` command line: runs the server, or the operator's commands |
-//! | [`admin`]  | the operator's socket API, which those commands talk to                  |
+//! | [`admin`]  | the operator's channels: the socket the commands talk to, and the HTTPS console (REST API, OpenAPI), with roles and the audit log |
 //! | [`ra`]     | registration authority: the rules over the store, no HTTP               |
 //! | [`config`] | the configuration file, composed of the roles' settings                  |
 //! | [`ca`]     | CA hierarchy and keys, issuance, profiles, CSRs, CRL signing             |

@@ -121,17 +121,42 @@ pub fn start_info(app: &AppState) -> StartInfo {
     }
 }
 
-/// Serves HTTPS on `cfg.listen` until Ctrl-C (see `serve_on`).
+/// Serves HTTPS on `cfg.listen`, and the console on `admin.listen` if it is enabled, until
+/// Ctrl-C (see `serve_with_console`).
 pub async fn serve(app: AppState) -> Result<()> {
-    let listener = std::net::TcpListener::bind(app.cfg.listen)
-        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", app.cfg.listen)))?;
-    serve_on(app, listener).await
+    let listener = bind(app.cfg.listen, "the ACME server")?;
+    let console = bind_console(&app.cfg)?;
+    serve_with_console(app, listener, console).await
+}
+
+/// Binds `addr` for `what`.
+pub fn bind(addr: std::net::SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Internal(format!("cannot listen on {addr} for {what}: {e}")))
+}
+
+/// Binds the console's `admin.listen`, if the console is enabled.
+pub fn bind_console(cfg: &Config) -> Result<Option<std::net::TcpListener>> {
+    cfg.admin
+        .enabled
+        .then(|| bind(cfg.admin.listen, "the operator console ([admin] listen)"))
+        .transpose()
+}
+
+/// Serves HTTPS on an already bound listener, without the console (see `serve_with_console`).
+pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<()> {
+    serve_with_console(app, listener, None).await
 }
 
 /// Serves HTTPS on an already bound listener (tests bind port 0 first, then build the config
-/// with the real port so URLs are right), under `[limits]` (see `listener`), until Ctrl-C;
-/// then open requests get up to 5 s to finish.
-pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<()> {
+/// with the real port so URLs are right), and the operator console on `console` if given,
+/// both under `[limits]` (see `listener`), until Ctrl-C; then open requests get up to 5 s to
+/// finish.
+pub async fn serve_with_console(
+    app: AppState,
+    listener: std::net::TcpListener,
+    console: Option<std::net::TcpListener>,
+) -> Result<()> {
     let names = tls_names(&app.cfg);
     let (chain, key) = app
         .ca
@@ -140,7 +165,25 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     // pinned to the root's fingerprint (SPEC §2.3) can then take the root from the handshake,
     // check its hash against the pin and validate the chain, with no other provisioning.
     let chain = format!("{chain}{}", app.ca.root_pem());
-    let tls = tls_config(&chain, &key)?;
+    let tls = tls_config(&chain, &key, None)?;
+    if let Some(console) = console {
+        // Operators only: client certificates are checked against the operator CA alone, so
+        // no device certificate can open a session.
+        let operators =
+            crate::ca::operator::OperatorCa::load_or_init(&app.cfg.data_dir.join("ca"))?;
+        let tls = Arc::new(tls_config(&chain, &key, Some(operators.cert_der()))?);
+        let router = crate::admin::api::router(Ra::clone(&app));
+        let limits = app.cfg.limits.clone();
+        let addr = console
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("console listener: {e}")))?;
+        tracing::info!(%addr, "operator console listening (client certificates from the operator CA)");
+        tokio::spawn(async move {
+            if let Err(e) = wfe::listener::serve(console, tls, router, &limits, ctrl_c()).await {
+                tracing::error!(error = %e, "operator console stopped");
+            }
+        });
+    }
     {
         // Fresh CRLs at start and every REFRESH, so crl.pem and crl-rsa.pem never pass their
         // nextUpdate.
@@ -178,7 +221,7 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
     {
         let admin = Ra::clone(&app);
         tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(admin).await {
+            if let Err(e) = crate::admin::socket::serve(admin).await {
                 tracing::error!(error = %e, "operator admin socket unavailable");
             }
         });
@@ -203,8 +246,13 @@ pub async fn serve_on(app: AppState, listener: std::net::TcpListener) -> Result<
 }
 
 /// The HTTPS server's TLS configuration: `chain_pem` (leaf first) and its PKCS#8 key, TLS 1.2
-/// and 1.3 with ring.
-fn tls_config(chain_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig> {
+/// and 1.3 with ring. With `client_ca`, clients may present a certificate, which must chain to
+/// that CA; a client without one still connects (and the console answers 401).
+fn tls_config(
+    chain_pem: &str,
+    key_pem: &str,
+    client_ca: Option<&[u8]>,
+) -> Result<rustls::ServerConfig> {
     let bad = |e: &dyn std::fmt::Display| {
         Error::Internal(format!("cannot load the server TLS certificate: {e}"))
     };
@@ -212,14 +260,28 @@ fn tls_config(chain_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| bad(&e))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| bad(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(ca.to_vec()))
+                .map_err(|e| bad(&e))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| bad(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| bad(&e))?;
     // HTTP/1.1 only. An ACME client sends a short sequence of dependent requests (each needs
     // the previous response's nonce), so HTTP/2's multiplexing and header compression buy
     // nothing, and its framing cost 10-17 % of the server's CPU per certificate and as much of

@@ -423,7 +423,7 @@ async fn admin_audit(s: &TestServer) -> Value {
         .expect("req");
     let r = Reply::read(
         tower::ServiceExt::oneshot(
-            ca_server::admin::router(ca_server::ra::Ra::clone(&s.app)),
+            ca_server::admin::socket::router(ca_server::ra::Ra::clone(&s.app)),
             req,
         )
         .await

@@ -1038,7 +1038,7 @@ async fn renewal_info_windows_and_replaces() {
 
     // The operator pulls renewal forward (ca-server renew-early, over the admin API): the
     // window starts now.
-    let admin = ca_server::admin::router(ca_server::ra::Ra::clone(&s.app));
+    let admin = ca_server::admin::socket::router(ca_server::ra::Ra::clone(&s.app));
     let req = Request::post("/renew-early")
         .header("content-type", "application/json")
         .body(Body::from(
@@ -1280,8 +1280,10 @@ async fn the_data_directory_and_the_admin_socket_are_private() {
     let app = ca_server::server::init(cfg).expect("init");
     assert_eq!(mode(&data), 0o700);
 
-    let server = tokio::spawn(ca_server::admin::serve(ca_server::ra::Ra::clone(&app)));
-    let sock = ca_server::admin::socket_path(&data);
+    let server = tokio::spawn(ca_server::admin::socket::serve(ca_server::ra::Ra::clone(
+        &app,
+    )));
+    let sock = ca_server::admin::socket::socket_path(&data);
     // Owner-only from the moment it exists (0700 for the instant between bind and chmod),
     // then 0600.
     for _ in 0..500 {

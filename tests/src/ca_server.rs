@@ -169,6 +169,14 @@ struct ConfigFile<'a> {
     eab: EabSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limits: Option<RateLimitsSection>,
+    admin: AdminSection,
+}
+
+/// The operator console listens on a free port of its own, so CAs started side by side do not
+/// compete for the default one.
+#[derive(Serialize)]
+struct AdminSection {
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -216,6 +224,7 @@ pub struct CaServer {
     config_path: PathBuf,
     data_dir: PathBuf,
     listen_port: u16,
+    admin_port: u16,
     http_port: u16,
     tls_alpn_port: u16,
     startup_timeout: Duration,
@@ -243,6 +252,7 @@ impl CaServer {
         let listen_port = pick(opts.listen_port)?;
         let http_port = pick(opts.http_port)?;
         let tls_alpn_port = pick(opts.tls_alpn_port)?;
+        let admin_port = free_port()?;
 
         let config = ConfigFile {
             data_dir: &data_dir,
@@ -262,6 +272,9 @@ impl CaServer {
                 required: opts.eab_required,
             },
             rate_limits: (!opts.rate_limits).then_some(RateLimitsSection { enabled: false }),
+            admin: AdminSection {
+                listen: format!("127.0.0.1:{admin_port}"),
+            },
         };
         let config_path = data_dir.join("ca-server.test.toml");
         let mut text = toml::to_string(&config).context("cannot serialize the server config")?;
@@ -276,6 +289,7 @@ impl CaServer {
             config_path,
             data_dir,
             listen_port,
+            admin_port,
             http_port,
             tls_alpn_port,
             startup_timeout: opts.startup_timeout,
@@ -352,6 +366,11 @@ impl CaServer {
     /// Port of the HTTPS listener.
     pub fn listen_port(&self) -> u16 {
         self.listen_port
+    }
+
+    /// Port of the operator console (HTTPS with client certificates).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     /// Port the CA dials for http-01: the client under test must listen there.
@@ -466,6 +485,9 @@ mod tests {
             },
             eab: EabSection { required: true },
             rate_limits: Some(RateLimitsSection { enabled: false }),
+            admin: AdminSection {
+                listen: "127.0.0.1:9443".to_owned(),
+            },
         };
         let text = toml::to_string(&config).expect("serializes");
         let value: toml::Table = text.parse().expect("valid TOML");
@@ -485,6 +507,8 @@ mod tests {
             required = true
             [rate_limits]
             enabled = false
+            [admin]
+            listen = "127.0.0.1:9443"
         "#
         .parse()
         .expect("valid TOML");

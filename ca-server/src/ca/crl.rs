@@ -59,6 +59,15 @@ impl CrlCache {
         }
     }
 
+    /// thisUpdate of the CRL of `kind` this process last signed, if any.
+    pub fn this_update(&self, kind: IssuerKind) -> Option<i64> {
+        self.slot(kind)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.this_update)
+    }
+
     pub(crate) fn cached(&self, kind: IssuerKind, now: i64) -> Option<Vec<u8>> {
         self.slot(kind)
             .lock()

@@ -47,12 +47,14 @@
 //! | [`csr`]      | PKCS#10 parsing and the names a CSR asks for                    |
 //! | [`profiles`] | certificate profiles (SPEC §8.3)                                |
 //! | [`cert`]     | the stored certificate record and its revocation                |
+//! | [`operator`] | the operator CA and the console's client certificates           |
 
 pub mod cert;
 pub mod crl;
 pub mod csr;
 mod issue;
 mod keystore;
+pub mod operator;
 pub mod profiles;
 mod tls;
 

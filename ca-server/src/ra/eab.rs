@@ -10,14 +10,13 @@
 //! spent is recorded in the store with compare-and-swap, so two racing newAccount requests
 //! cannot both use it.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::fsutil::{ensure_private_dir, json_file_stems, read_json, write_atomic};
 use crate::jose::Flattened;
 use crate::jose::Parsed;
 use crate::jwk;
@@ -308,40 +307,18 @@ impl EabStore {
 
     /// Loads one credential.
     pub fn get(&self, kid: &str) -> Result<Option<Credential>> {
-        let Some(path) = self.path(kid) else {
-            return Ok(None);
-        };
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::Internal(format!("corrupt EAB credential {}: {e}", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Internal(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))),
+        match self.path(kid) {
+            Some(path) => read_json(&path, "EAB credential"),
+            None => Ok(None),
         }
     }
 
     /// All credentials, sorted by creation time.
     pub fn list(&self) -> Result<Vec<Credential>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "cannot list {}: {e}",
-                    self.dir.display()
-                )))
-            }
-        };
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(kid) = name.strip_suffix(".json") {
-                if let Some(c) = self.get(kid)? {
-                    out.push(c);
-                }
+        for kid in json_file_stems(&self.dir)? {
+            if let Some(c) = self.get(&kid)? {
+                out.push(c);
             }
         }
         out.sort_by_key(|c| c.created);

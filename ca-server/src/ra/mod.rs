@@ -4,11 +4,13 @@
 
 pub mod account;
 pub mod approval;
+pub mod audit;
 pub mod authz;
 pub mod crl;
 pub mod eab;
 pub mod identity;
 pub mod keycheck;
+pub mod operator;
 pub mod order;
 pub mod renewal;
 pub mod revocation;

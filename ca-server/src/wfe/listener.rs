@@ -68,6 +68,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::ca::operator::ClientCertificate;
 use crate::config::LimitsConfig;
 use crate::{Error, Result};
 
@@ -499,6 +500,14 @@ impl Conn {
                 return;
             }
         };
+        // Verified by the TLS configuration's client verifier, if it asks for one (the
+        // console's listener); handlers see it as an extension of every request.
+        let client_certificate = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| ClientCertificate(Arc::new(leaf.clone().into_owned())));
         let clock = Arc::new(Clock::new(self.limits, Instant::now()));
         let io = TokioIo::new(Watched {
             inner: tls,
@@ -507,6 +516,7 @@ impl Conn {
         let service = Handler {
             router: self.router,
             peer,
+            client_certificate,
             clock: Arc::clone(&clock),
         };
         let mut conn = pin!(http1::Builder::new()
@@ -623,11 +633,14 @@ impl AsyncWrite for Watched {
 }
 
 /// hyper's service for one connection: the router, with the client's address in each
-/// request (`ConnectInfo`, which `jws` reads) and the request deadline around the handler.
+/// request (`ConnectInfo`, which `jws` reads) and its verified TLS client certificate if any
+/// (`ClientCertificate`, which the console reads), and the request deadline around the
+/// handler.
 #[derive(Clone)]
 struct Handler {
     router: Router,
     peer: SocketAddr,
+    client_certificate: Option<ClientCertificate>,
     clock: Arc<Clock>,
 }
 
@@ -641,6 +654,9 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let deadline = self.clock.head_complete();
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(cert) = &self.client_certificate {
+            request.extensions_mut().insert(cert.clone());
+        }
         let router = self.router.clone();
         let (clock, peer) = (Arc::clone(&self.clock), self.peer);
         Box::pin(async move {

@@ -451,6 +451,26 @@ pub(crate) fn check_ca_certificate(der: &[u8]) -> std::result::Result<(), Anchor
     Ok(())
 }
 
+/// Checks that `input` (PEM or DER) is the certificate whose SHA-256 fingerprint the
+/// manufacturer published out of band (`AB:CD:…` or plain hex), before it is trusted.
+/// `given_as` says where the operator gave it, for the message (e.g. `with --sha256`).
+pub fn check_published_fingerprint(
+    input: &[u8],
+    published: &str,
+    given_as: &str,
+) -> std::result::Result<(), AnchorError> {
+    let expected =
+        crate::wire::parse_fingerprint(published).map_err(|e| AnchorError(e.to_string()))?;
+    let got = crate::wire::fingerprint(&certificate_der(input)?);
+    if crate::wire::parse_fingerprint(&got).map_err(|e| AnchorError(e.to_string()))? != expected {
+        return Err(AnchorError(format!(
+            "its SHA-256 fingerprint is {got}, not the one given {given_as}: this is not the \
+             certificate the manufacturer published"
+        )));
+    }
+    Ok(())
+}
+
 /// The certificate DER of an anchor input: DER as it is, or PEM with exactly one
 /// `CERTIFICATE` block.
 pub fn certificate_der(input: &[u8]) -> std::result::Result<Vec<u8>, AnchorError> {
