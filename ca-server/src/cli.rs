@@ -564,6 +564,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     // Bind before printing, so "listening" is never printed by a server that cannot listen.
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let metrics = server::metrics::bind(&cfg.metrics).map_err(|e| e.to_string())?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
     if app.cfg.enrollment.device_attestation {
         // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
@@ -579,6 +580,12 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     println!("  root certificate: {}", info.root_path.display());
     println!("  root SHA-256:     {}", info.root_fingerprint);
     println!("  (give devices the root certificate or its SHA-256 fingerprint to pin)");
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            println!("  metrics:          http://{addr}/metrics (/health, /ready)");
+        }
+        server::metrics::spawn(&app, listener);
+    }
     server::serve_on(app, listener)
         .await
         .map_err(|e| e.to_string())

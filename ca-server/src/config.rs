@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Request rate limits (`[rate_limits]`).
     pub rate_limits: RateLimitsConfig,
+    /// The metrics, health and readiness listener (`[metrics]`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             profiles: crate::ca::profiles::ProfilesConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -275,6 +278,18 @@ impl Config {
             }
         }
         self.rate_limits.check()?;
+        if self.metrics.scan_interval.is_zero() {
+            return Err(ConfigError(
+                "metrics.scan_interval must be positive".to_owned(),
+            ));
+        }
+        if self.metrics.enabled && self.metrics.listen == self.listen {
+            return Err(ConfigError(format!(
+                "metrics.listen and listen are both {}: give the metrics listener its own \
+                 port, or set metrics.enabled = false",
+                self.listen
+            )));
+        }
         if let Some(url) = &self.public_url {
             if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
                 return Err(ConfigError(format!(

@@ -169,6 +169,14 @@ struct ConfigFile<'a> {
     eab: EabSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limits: Option<RateLimitsSection>,
+    metrics: MetricsSection,
+}
+
+/// `[metrics]`: a port of its own, so servers running side by side do not all bind the
+/// default 127.0.0.1:9090.
+#[derive(Serialize)]
+struct MetricsSection {
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -243,6 +251,7 @@ impl CaServer {
         let listen_port = pick(opts.listen_port)?;
         let http_port = pick(opts.http_port)?;
         let tls_alpn_port = pick(opts.tls_alpn_port)?;
+        let metrics_port = free_port()?;
 
         let config = ConfigFile {
             data_dir: &data_dir,
@@ -262,6 +271,9 @@ impl CaServer {
                 required: opts.eab_required,
             },
             rate_limits: (!opts.rate_limits).then_some(RateLimitsSection { enabled: false }),
+            metrics: MetricsSection {
+                listen: format!("127.0.0.1:{metrics_port}"),
+            },
         };
         let config_path = data_dir.join("ca-server.test.toml");
         let mut text = toml::to_string(&config).context("cannot serialize the server config")?;
@@ -466,6 +478,9 @@ mod tests {
             },
             eab: EabSection { required: true },
             rate_limits: Some(RateLimitsSection { enabled: false }),
+            metrics: MetricsSection {
+                listen: "127.0.0.1:9191".to_owned(),
+            },
         };
         let text = toml::to_string(&config).expect("serializes");
         let value: toml::Table = text.parse().expect("valid TOML");
@@ -485,6 +500,8 @@ mod tests {
             required = true
             [rate_limits]
             enabled = false
+            [metrics]
+            listen = "127.0.0.1:9191"
         "#
         .parse()
         .expect("valid TOML");
