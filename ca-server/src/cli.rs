@@ -202,6 +202,28 @@ struct ServeArgs {
     /// Offer operator-approval-01: devices wait until `ca-server approval approve`.
     #[arg(long)]
     operator_approval: bool,
+    /// Log format on stderr: text, or json (one JSON object a line, for log collectors).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+/// How the server writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (tracing-subscriber's json formatter), event fields at the top.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -823,20 +845,35 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
 /// Parses the command line, runs the command and turns its error into a message on stderr and
 /// a failure exit status.
 pub async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Some(Command::Serve(a)) => a.log_format,
+        _ => cli.serve.log_format,
+    };
+    init_logging(log_format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", escape_lines(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default: the server's info).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Event fields at the top level (`"message"`, `"serial"`, …), no colour codes.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 
