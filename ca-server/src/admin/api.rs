@@ -594,7 +594,7 @@ pub(super) async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<
                 .iter()
                 .filter(|c| c.revoked.as_ref().is_some_and(|r| r.issuer == kind))
                 .count();
-            let this_update = app.crl.this_update(kind);
+            let this_update = app.crl.published(kind);
             json!({
                 "issuer": kind.to_string().to_ascii_lowercase(),
                 "url": app.url(crate::ca::crl::path(kind)),
