@@ -13,10 +13,10 @@ use crate::ratelimit::RateLimitsConfig;
 use crate::storage::StorageConfig;
 use crate::va::policy::OwnNames;
 use crate::va::ValidationConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole server configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the store, the CA keys and certificates live.
@@ -83,7 +83,7 @@ impl Default for Config {
 
 /// The operator console: the HTTPS admin API and web UI, for operators with client
 /// certificates from the operator CA (`ca-server operator add`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Whether the console listens at all. The admin socket, for the command line on the CA
@@ -94,7 +94,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Lifetime of operator certificates made by `operator add` or the console (at most
     /// 825 days).
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub operator_validity: Duration,
 }
 
@@ -109,7 +112,7 @@ impl Default for AdminConfig {
 }
 
 /// External account binding (RFC 8555 §7.3.4).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EabConfig {
     /// Refuse new accounts without a valid binding (`meta.externalAccountRequired`).
@@ -117,7 +120,7 @@ pub struct EabConfig {
 }
 
 /// Enrollment paths the CA offers (SPEC §5).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrollmentConfig {
     /// Offer http-01 and tls-alpn-01 for `dns` and `ip` identifiers.
@@ -127,7 +130,10 @@ pub struct EnrollmentConfig {
     /// Offer operator-approval-01 for every identifier type.
     pub operator_approval: bool,
     /// How long a triggered approval waits for the operator before it fails.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub approval_ttl: Duration,
 }
 
@@ -143,7 +149,7 @@ impl Default for EnrollmentConfig {
 }
 
 /// Key hygiene at issuance (`[keys]`; see `keycheck`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// Compromised-key blocklist in the badkeys format (e.g. badkeys' `blocklist.dat`, or one
@@ -158,18 +164,27 @@ pub struct KeysConfig {
 
 /// Connection limits of the HTTPS listener (`[limits]`): what a client that opens
 /// connections and then stalls can hold.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Time a connection has for its TLS handshake and then for each request head (request
     /// line and headers).
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub header_read_timeout: Duration,
     /// Time one request has from its first byte until its response is sent, body included.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub request_timeout: Duration,
     /// Time an idle keep-alive connection stays open between requests.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub idle_timeout: Duration,
     /// Most connections open at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,
@@ -364,6 +379,88 @@ impl Config {
     }
 }
 
+/// What the console shows in place of a secret setting.
+pub const REDACTED: &str = "[redacted]";
+
+/// Settings whose names end in `_key` but that choose a key algorithm (`root_key = "p384"`),
+/// not a key: shown.
+const KEY_ALGORITHM_SETTINGS: [&str; 3] = ["root_key", "intermediate_key", "rsa_intermediate_key"];
+
+/// Whether a setting named `name` may hold a secret, which the console never shows.
+///
+/// The rule goes by the name, so a secret setting added later is hidden without anyone having
+/// to remember it: a name that contains `password`, `secret`, `token` or `hmac`, or ends in
+/// `_key`, is secret, except
+///
+/// - a name ending in `_file`, `_path` or `_dir`: it says where a secret lies, not what it is,
+///   and the operator needs to see which file is in use (its permissions protect it);
+/// - [`KEY_ALGORITHM_SETTINGS`], which name an algorithm.
+///
+/// No setting holds a secret today: the CA's keys and the EAB HMAC keys live in the data
+/// directory, never in the configuration.
+pub fn is_secret_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if ["_file", "_path", "_dir"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+        || KEY_ALGORITHM_SETTINGS.contains(&name.as_str())
+    {
+        return false;
+    }
+    ["password", "secret", "token", "hmac"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name.ends_with("_key")
+}
+
+impl Config {
+    /// The configuration as the console shows it: every setting, in the file's syntax (TOML
+    /// values; durations as `"7d"`), with the value of each secret setting
+    /// ([`is_secret_setting`]) replaced by [`REDACTED`]. Unset optional settings are left out.
+    /// Fails only for a duration with a fraction of a second, which no file can set.
+    pub fn redacted(&self) -> Result<toml::Table, ConfigError> {
+        let mut table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => t,
+            Ok(other) => {
+                return Err(ConfigError(format!(
+                    "the configuration rendered as a {}, not a table",
+                    other.type_str()
+                )))
+            }
+            Err(e) => return Err(ConfigError(format!("cannot render the configuration: {e}"))),
+        };
+        redact(&mut table, true);
+        Ok(table)
+    }
+}
+
+/// Replaces the values of secret settings in `table` (the whole configuration when `top`) and
+/// in the tables within it.
+fn redact(table: &mut toml::Table, top: bool) {
+    for (name, value) in table.iter_mut() {
+        if is_secret_setting(name) {
+            *value = toml::Value::String(REDACTED.to_owned());
+        } else if top && name == "profiles" {
+            // `[profiles.<name>]`: the names are the operator's, not settings; their tables are.
+            if let toml::Value::Table(profiles) = value {
+                profiles
+                    .iter_mut()
+                    .for_each(|(_, spec)| redact_within(spec));
+            }
+        } else {
+            redact_within(value);
+        }
+    }
+}
+
+fn redact_within(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => redact(t, false),
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_within),
+        _ => {}
+    }
+}
+
 /// Names the server's own certificate must carry: loopback, the public URL's host and the
 /// configured extras.
 pub fn tls_names(cfg: &Config) -> Vec<String> {
@@ -452,9 +549,320 @@ impl OwnNames {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::storage::StorageConfig;
     use crate::types::parse_duration;
+
+    /// A configuration that sets every section to something other than its default.
+    fn every_section(blocklist: &Path) -> String {
+        format!(
+            r#"
+data_dir = "/var/lib/iiot-acme"
+listen = "0.0.0.0:14443"
+public_url = "https://ca.plant.example:14443"
+tls_names = ["ca.plant.example", "10.0.0.5"]
+terms_of_service = "https://plant.example/tos"
+max_body_bytes = 32768
+
+[issuance]
+cert_validity = "36h"
+root_key = "p256"
+intermediate_key = "p384"
+rsa_intermediate_key = "rsa4096"
+order_lifetime = "90m"
+authz_lifetime = "2d"
+
+[validation]
+http_port = 5002
+tls_alpn_port = 5001
+timeout = "15s"
+redirects = "any"
+allow_loopback = true
+max_in_flight = 10
+max_in_flight_per_account = 2
+max_in_flight_per_address = 3
+lab_resolve_all_to = "127.0.0.1"
+lab_always_valid = true
+
+[eab]
+required = true
+
+[enrollment]
+network_challenges = false
+device_attestation = false
+operator_approval = true
+approval_ttl = "45m"
+
+[keys]
+blocklist = {blocklist:?}
+allow_renewal_key_reuse = true
+
+[storage]
+durability = "process-crash"
+checkpoint_writes = 10
+checkpoint_idle = "2m"
+checkpoint_max_writes = 100
+
+[profiles]
+default = "plc"
+
+[profiles.plc]
+description = "PLCs"
+validity = "30d"
+key_usage = ["digital-signature", "key-agreement"]
+rsa_key_usage = ["digital-signature", "key-encipherment"]
+extended_key_usage = ["server-auth", "client-auth"]
+key_types = ["rsa", "p256", "p384", "ed25519"]
+common_name = "none"
+organization = "Plant"
+application_uri = true
+application_uri_prefixes = ["urn:plant.example:"]
+modbus_role = true
+role = "operator"
+issuer = "rsa"
+extensions = [{{ oid = "1.2.3.4", critical = true, value_hex = "0500" }}]
+
+[profiles.opcua]
+issuer = "ec"
+
+[limits]
+header_read_timeout = "5s"
+request_timeout = "1m"
+idle_timeout = "2m"
+max_connections = 100
+max_connections_per_address = 10
+
+[rate_limits]
+enabled = false
+new_account_per_address = {{ count = 5, period = "1d" }}
+new_order_per_account = {{ count = 6, period = "12h" }}
+failed_validations_per_identifier = {{ count = 7, period = "10s" }}
+pending_approvals_per_account = 1
+pending_approvals_per_address = 2
+pending_approvals_total = 3
+
+[[rate_limits.overrides]]
+limit = "new_account_per_address"
+key = "10.20.0.0/16"
+count = 50
+period = "1h"
+
+[[rate_limits.overrides]]
+limit = "pending_approvals_per_account"
+key = "acct-1"
+count = 9
+
+[admin]
+enabled = true
+listen = "127.0.0.1:9444"
+operator_validity = "30d"
+
+[metrics]
+enabled = false
+listen = "127.0.0.1:9091"
+scan_interval = "1m"
+"#
+        )
+    }
+
+    /// A blocklist file with no keys, in a directory that lives as long as the first value.
+    fn empty_blocklist() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let blocklist = dir.path().join("blocklist.dat");
+        std::fs::write(&blocklist, []).expect("empty blocklist");
+        (dir, blocklist)
+    }
+
+    /// The rendering of `cfg`, read back, renders the same: what the console shows is what
+    /// the server runs with.
+    fn assert_round_trip(cfg: &Config) -> String {
+        let text = toml::to_string(&cfg.redacted().expect("renders")).expect("TOML");
+        let again = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let text_again = toml::to_string(&again.redacted().expect("renders")).expect("TOML");
+        assert_eq!(text, text_again);
+        text
+    }
+
+    #[test]
+    fn the_rendered_configuration_reads_back_the_same() {
+        let text = assert_round_trip(&Config::default());
+        assert!(text.contains("cert_validity = \"7d\""), "{text}");
+        assert!(text.contains("[admin]"), "{text}");
+        assert!(!text.contains("public_url"), "unset: left out: {text}");
+
+        let (_dir, blocklist) = empty_blocklist();
+        let cfg = Config::from_toml(&every_section(&blocklist)).expect("every section");
+        let text = assert_round_trip(&cfg);
+        for line in [
+            "cert_validity = \"36h\"",
+            "order_lifetime = \"90m\"",
+            "authz_lifetime = \"2d\"",
+            "rsa_intermediate_key = \"rsa4096\"",
+            "redirects = \"any\"",
+            "durability = \"process-crash\"",
+            "lab_resolve_all_to = \"127.0.0.1\"",
+            "lab_always_valid = true",
+            "[profiles.plc]",
+            "key_usage = [\"digital-signature\", \"key-agreement\"]",
+            "limit = \"pending_approvals_per_account\"",
+            "period = \"10s\"",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            text.contains(&format!(
+                "blocklist = {:?}",
+                blocklist.display().to_string()
+            )),
+            "{text}"
+        );
+        // Every setting is there: the rendering holds every key of the file.
+        let file: toml::Table = toml::from_str(&every_section(&blocklist)).expect("file");
+        let rendered: toml::Table = toml::from_str(&text).expect("rendered");
+        assert_eq!(toml::Value::Table(file), toml::Value::Table(rendered));
+    }
+
+    #[test]
+    fn durations_render_in_the_largest_exact_unit_and_fractions_are_refused() {
+        use crate::types::format_duration;
+        for (secs, text) in [
+            (0, "0s"),
+            (59, "59s"),
+            (60, "1m"),
+            (90, "90s"),
+            (5400, "90m"),
+            (36 * 3600, "36h"),
+            (7 * 86_400, "7d"),
+            (86_401, "86401s"),
+        ] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(format_duration(d).as_deref(), Some(text));
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+        assert_eq!(format_duration(Duration::from_millis(250)), None);
+        let mut cfg = Config::default();
+        cfg.limits.request_timeout = Duration::from_millis(1500);
+        let err = cfg.redacted().expect_err("1.5s").to_string();
+        assert!(err.contains("fraction of a second"), "{err}");
+    }
+
+    #[test]
+    fn secret_settings_are_named_by_the_rule() {
+        for name in [
+            "hmac_key",
+            "eab_hmac",
+            "admin_password",
+            "client_secret",
+            "api_token",
+            "signing_key",
+            "Bootstrap_Token",
+        ] {
+            assert!(is_secret_setting(name), "{name}");
+        }
+        for name in [
+            "root_key",
+            "intermediate_key",
+            "rsa_intermediate_key",
+            "key_usage",
+            "rsa_key_usage",
+            "key_types",
+            "key",
+            "keys",
+            "hmac_key_file",
+            "tls_key_path",
+            "secret_dir",
+            "blocklist",
+            "listen",
+        ] {
+            assert!(!is_secret_setting(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn secret_values_are_redacted_wherever_they_are() {
+        #[derive(Serialize)]
+        struct WithSecrets {
+            listen: &'static str,
+            root_key: &'static str,
+            hmac_key: &'static str,
+            hmac_key_file: &'static str,
+            upstream: Upstream,
+            accounts: Vec<Upstream>,
+            profiles: BTreeMap<&'static str, Upstream>,
+        }
+        #[derive(Serialize)]
+        struct Upstream {
+            url: &'static str,
+            password: &'static str,
+        }
+        let up = || Upstream {
+            url: "https://up.example",
+            password: "hunter2",
+        };
+        let mut table = match toml::Value::try_from(WithSecrets {
+            listen: "127.0.0.1:1",
+            root_key: "p384",
+            hmac_key: "c2VjcmV0",
+            hmac_key_file: "/etc/iiot-acme/hmac",
+            upstream: up(),
+            accounts: vec![up(), up()],
+            profiles: BTreeMap::from([("token", up())]),
+        }) {
+            Ok(toml::Value::Table(t)) => t,
+            other => panic!("{other:?}"),
+        };
+        redact(&mut table, true);
+        let text = toml::to_string(&table).expect("TOML");
+        assert!(
+            !text.contains("hunter2") && !text.contains("c2VjcmV0"),
+            "{text}"
+        );
+        assert_eq!(text.matches(REDACTED).count(), 5, "{text}");
+        for shown in [
+            "root_key = \"p384\"",
+            "hmac_key_file = \"/etc/iiot-acme/hmac\"",
+            "[profiles.token]",
+            "url = \"https://up.example\"",
+        ] {
+            assert!(text.contains(shown), "{shown} in {text}");
+        }
+    }
+
+    #[test]
+    fn no_setting_of_the_configuration_is_secret_today() {
+        fn names(value: &toml::Value, out: &mut Vec<String>) {
+            match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        out.push(k.clone());
+                        names(v, out);
+                    }
+                }
+                toml::Value::Array(items) => items.iter().for_each(|v| names(v, out)),
+                _ => {}
+            }
+        }
+        let (_dir, blocklist) = empty_blocklist();
+        let cfg = Config::from_toml(&every_section(&blocklist)).expect("every section");
+        let rendered = cfg.redacted().expect("renders");
+        assert_eq!(
+            rendered,
+            match toml::Value::try_from(&cfg) {
+                Ok(toml::Value::Table(t)) => t,
+                other => panic!("{other:?}"),
+            },
+            "nothing redacted"
+        );
+        let mut all = Vec::new();
+        names(&toml::Value::Table(rendered), &mut all);
+        assert!(all.iter().all(|n| !is_secret_setting(n)), "{all:?}");
+        assert!(
+            all.iter().any(|n| n == "root_key"),
+            "looked at the key algorithms"
+        );
+    }
 
     #[test]
     fn storage_checkpoint_policy_defaults_and_settings() {

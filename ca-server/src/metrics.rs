@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::types::ChallengeType;
 use crate::ProblemType;
@@ -38,7 +38,7 @@ use crate::ProblemType;
 /// The metrics listener (`[metrics]`): plain HTTP, no authentication, as Boulder's and
 /// step-ca's debug addresses. It tells anyone who reaches it the size of the fleet, hence
 /// loopback by default.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `/metrics`, `/health` and `/ready` at all.
@@ -47,7 +47,10 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// How often the gauges that need a scan of the store (certificates expiring within
     /// 24 h) are computed.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub scan_interval: Duration,
 }
 

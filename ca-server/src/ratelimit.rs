@@ -20,7 +20,7 @@
 //! IPv4 address, and an IPv6 address by its /64, since one host usually has a whole /64 to
 //! pick addresses from.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -267,23 +267,20 @@ impl RateLimiter {
 }
 
 fn describe_period(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        _ if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
-        _ if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        _ if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        _ => format!("{}s", d.as_secs_f64()),
-    }
+    crate::types::format_duration(d).unwrap_or_else(|| format!("{}s", d.as_secs_f64()))
 }
 
 /// A token bucket: `count` requests per `period`, refilled continuously.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// Bucket size: requests allowed in one burst, and per period.
     pub count: u32,
     /// The period over which `count` requests are refilled.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub period: Duration,
 }
 
@@ -296,7 +293,7 @@ impl Rate {
 
 /// The rate limits (`[rate_limits]`), as token buckets keyed by source address, account or
 /// account and identifier, with per-key overrides (Boulder's model). See `ratelimit`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     /// BENCHMARK ONLY when off: every limit below is switched off. On by default; the server
@@ -403,7 +400,7 @@ impl RateLimitsConfig {
 }
 
 /// The limits a `[[rate_limits.overrides]]` entry can change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitName {
     /// `new_account_per_address`; the key is an address or a CIDR prefix.
@@ -453,7 +450,7 @@ impl LimitName {
 }
 
 /// One `[[rate_limits.overrides]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
     /// Which limit.
@@ -463,7 +460,11 @@ pub struct RateOverride {
     /// The new bucket size or cap.
     pub count: u32,
     /// The new period (buckets only; default: the limit's own).
-    #[serde(default, deserialize_with = "crate::types::de_opt_duration")]
+    #[serde(
+        default,
+        serialize_with = "crate::types::ser_opt_duration",
+        deserialize_with = "crate::types::de_opt_duration"
+    )]
     pub period: Option<Duration>,
 }
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;
 
 /// Identifier types this CA accepts in orders.
@@ -243,4 +243,41 @@ pub(crate) fn de_opt_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+/// `d` as [`parse_duration`] reads it, in the largest unit that divides it exactly (`"7d"`,
+/// `"36h"`, `"90s"`), or `None` when it has a fraction of a second, which the configuration's
+/// syntax cannot express.
+pub fn format_duration(d: Duration) -> Option<String> {
+    if d.subsec_nanos() != 0 {
+        return None;
+    }
+    let s = d.as_secs();
+    let (n, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(mult, _)| s != 0 && s % mult == 0)
+        .map_or((s, "s"), |(mult, unit)| (s / mult, unit));
+    Some(format!("{n}{unit}"))
+}
+
+/// Writes a duration as [`format_duration`] does; a fraction of a second is an error rather
+/// than a rounded value.
+pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    match format_duration(*d) {
+        Some(text) => s.serialize_str(&text),
+        None => Err(serde::ser::Error::custom(format!(
+            "duration {d:?} has a fraction of a second, which a configuration cannot express"
+        ))),
+    }
+}
+
+/// [`ser_duration`] for an optional duration.
+pub(crate) fn ser_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }

@@ -766,3 +766,72 @@ async fn the_pages_show_what_the_api_says_and_escape_what_others_wrote() {
         assert_eq!(status, 200, "{path}");
     }
 }
+
+/// Every operator sees the configuration the server runs with, in the file's syntax, on the API
+/// and on its page; without an operator certificate, nothing.
+#[tokio::test]
+async fn operators_see_the_running_configuration() {
+    let c = Console::start(|cfg| {
+        cfg.issuance.cert_validity = std::time::Duration::from_secs(36 * 3600);
+    })
+    .await;
+    let viewer = c.operator("vera", Role::Viewer);
+    use reqwest::Method;
+
+    let (status, body) = c.call(None, Method::GET, "/api/config", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["type"], "urn:ietf:params:acme:error:unauthorized");
+
+    let (status, cfg) = c
+        .call(Some(&viewer), Method::GET, "/api/config", None)
+        .await;
+    assert_eq!(status, 200, "{cfg}");
+    assert_eq!(cfg["issuance"]["cert_validity"], "36h", "{cfg}");
+    assert_eq!(
+        cfg["issuance"]["root_key"], "p384",
+        "a key algorithm is shown"
+    );
+    assert_eq!(
+        cfg["admin"]["listen"].as_str(),
+        Some(c.s.app.cfg.admin.listen.to_string().as_str()),
+        "{cfg}"
+    );
+    assert_eq!(cfg["validation"]["allow_loopback"], true, "{cfg}");
+    assert_eq!(
+        cfg["data_dir"].as_str(),
+        c.s.dir.path().to_str(),
+        "what the server runs with, not the file's default"
+    );
+    assert!(cfg.get("public_url").is_none(), "unset: left out: {cfg}");
+
+    let page = |who: Option<&Identity>| {
+        let request = c.client(who).get(c.url("/config")).send();
+        async move {
+            let r = request.await.expect("page");
+            (r.status().as_u16(), r.text().await.expect("html"))
+        }
+    };
+    let (status, html) = page(None).await;
+    assert_eq!(status, 401, "{html}");
+    assert!(!html.contains("cert_validity"), "{html}");
+    let (status, html) = page(Some(&viewer)).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains(r#"<a id="nav-config" href="/config" aria-current="page">"#),
+        "{html}"
+    );
+    let pre = html
+        .split_once(r#"<pre id="config">"#)
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(pre, _)| pre)
+        .expect("pre#config");
+    assert!(
+        pre.contains("[issuance]\ncert_validity = &quot;36h&quot;"),
+        "{pre}"
+    );
+    assert!(pre.contains("[admin]"), "{pre}");
+    assert!(
+        html.contains("[redacted]"),
+        "the page says how secrets look"
+    );
+}

@@ -46,7 +46,8 @@ use crate::{Error, Result};
     tags(
         (name = "fleet"), (name = "certificates"), (name = "approvals"),
         (name = "credentials"), (name = "trust-anchors"), (name = "operators"),
-        (name = "identities"), (name = "audit"), (name = "crl"), (name = "console")
+        (name = "identities"), (name = "audit"), (name = "crl"), (name = "console"),
+        (name = "config")
     )
 )]
 struct ApiDoc;
@@ -72,6 +73,7 @@ pub fn routes() -> OpenApiRouter<Ra> {
         .routes(routes!(revoke_operator))
         .routes(routes!(audit_log))
         .routes(routes!(crl_status))
+        .routes(routes!(config))
 }
 
 /// The console router: the API, its OpenAPI document, behind [`authenticate`].
@@ -628,4 +630,24 @@ pub(super) async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<
         })
         .collect();
     Ok(Json(json!({ "crlNumber": number, "issuers": issuers })))
+}
+
+/// The configuration the server runs with (file, flags and defaults), as the configuration
+/// file spells it (durations as `"7d"`), secret settings replaced by `"[redacted]"`
+/// (`config::is_secret_setting`); unset optional settings are left out.
+#[utoipa::path(get, path = "/api/config", tag = "config",
+    responses((status = 200, description = "the effective configuration, one member per \
+        section (`issuance`, `admin`, …)"),
+        (status = 401, description = "no operator certificate")))]
+pub(super) async fn config(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+    serde_json::to_value(effective_config(&app)?)
+        .map(Json)
+        .map_err(|e| Error::Internal(format!("cannot encode the configuration: {e}")))
+}
+
+/// What [`config`] answers, in the configuration file's form and order, for the page.
+pub(super) fn effective_config(app: &Ra) -> Result<toml::Table> {
+    app.cfg
+        .redacted()
+        .map_err(|e| Error::Internal(e.to_string()))
 }

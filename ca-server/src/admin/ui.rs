@@ -46,6 +46,7 @@ pub fn routes() -> Router<Ra> {
         .route("/operators", get(operators).post(add_operator))
         .route("/operators/{name}/revoke", post(revoke_operator))
         .route("/audit", get(audit))
+        .route("/config", get(config))
         .route("/console.css", get(stylesheet))
 }
 
@@ -85,7 +86,7 @@ impl IntoResponse for UiError {
 }
 
 /// The sections, in the navigation's order: id, path, label.
-const NAV: [(&str, &str, &str); 7] = [
+const NAV: [(&str, &str, &str); 8] = [
     ("dashboard", "/", "Dashboard"),
     ("devices", "/devices", "Devices"),
     ("approvals", "/approvals", "Approvals"),
@@ -93,6 +94,7 @@ const NAV: [(&str, &str, &str); 7] = [
     ("trust-anchors", "/trust-anchors", "Trust anchors"),
     ("operators", "/operators", "Operators"),
     ("audit", "/audit", "Audit log"),
+    ("config", "/config", "Configuration"),
 ];
 
 /// What a redirect after a change reports: `?done=KIND&target=WHAT`. Only these fixed texts are
@@ -1033,6 +1035,22 @@ async fn audit(
         (pager("/audit", None, page["page"].as_u64().unwrap_or(1) as usize, page["perPage"].as_u64().unwrap_or(100) as usize, page["total"].as_u64().unwrap_or(0) as usize))
     };
     Ok(layout(&caller, "audit", "Audit log", None, body))
+}
+
+/// The configuration the server runs with, as a TOML file (what `GET /api/config` says).
+async fn config(State(app): State<Ra>, caller: Result<Viewer, Error>) -> Page {
+    let Viewer(caller) = caller?;
+    let table = api::effective_config(&app)?;
+    let text = toml::to_string(&table)
+        .map_err(|e| Error::Internal(format!("cannot render the configuration: {e}")))?;
+    let body = html! {
+        p #config-note {
+            "The configuration the server runs with: its file, its command-line flags and the defaults, in the file's syntax. Secret settings are shown as "
+            code { (crate::config::REDACTED) } "; unset optional settings are left out."
+        }
+        pre #config { (text) }
+    };
+    Ok(layout(&caller, "config", "Configuration", None, body))
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ impl CertificateAuthority {
 impl Intermediate {}
 
 /// Key algorithm for a CA key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CaKeyType {
     /// ECDSA P-256 with SHA-256.
@@ -249,7 +249,7 @@ pub enum CaKeyType {
 }
 
 /// Key of the RSA issuing intermediate (SPEC §8.1), or `none` for no RSA intermediate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RsaIntermediateKey {
     /// RSA 2048 bits.
@@ -275,11 +275,14 @@ impl RsaIntermediateKey {
 }
 
 /// Issuance policy.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuanceConfig {
     /// Lifetime of issued end-entity certificates. Short by default: devices renew.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub cert_validity: Duration,
     /// Root CA key type (generated on first start only).
     pub root_key: CaKeyType,
@@ -289,10 +292,16 @@ pub struct IssuanceConfig {
     /// starts without one, unless `none`; the size only matters then.
     pub rsa_intermediate_key: RsaIntermediateKey,
     /// How long a new order stays usable.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub order_lifetime: Duration,
     /// How long a pending authorization stays usable.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub authz_lifetime: Duration,
 }
 

@@ -54,7 +54,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rcgen::{CustomExtension, ExtendedKeyUsagePurpose, KeyUsagePurpose};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ca::csr::CsrInfo;
 use crate::ca::IssuerKind;
@@ -69,10 +69,10 @@ pub const OID_MODBUS_ROLE: &[u64] = &[1, 3, 6, 1, 4, 1, 50316, 802, 1];
 pub const DEFAULT_PROFILE: &str = "default";
 
 /// `[profiles]`: `default = "<name>"` plus one table per profile.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ProfilesConfig {
     /// The profile used for orders without `profile`. Default: `default`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
     /// `[profiles.<name>]` tables.
     #[serde(flatten)]
@@ -81,7 +81,7 @@ pub struct ProfilesConfig {
 
 /// One `[profiles.<name>]` table. Unset fields come from the built-in profile of the same
 /// name, or from `default`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
     /// Human-readable text for the directory's `meta.profiles`.
@@ -117,7 +117,7 @@ pub struct ProfileSpec {
 }
 
 /// keyUsage bits (RFC 5280 §4.2.1.3), as written in the config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyUsage {
     /// digitalSignature
@@ -133,7 +133,7 @@ pub enum KeyUsage {
 }
 
 /// extendedKeyUsage purposes (RFC 5280 §4.2.1.12).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Eku {
     /// id-kp-serverAuth
@@ -143,7 +143,7 @@ pub enum Eku {
 }
 
 /// Key types, matched against the CSR key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     /// RSA (size and exponent per SPEC §7.4).
@@ -157,7 +157,7 @@ pub enum KeyType {
 }
 
 /// Subject commonName rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommonName {
     /// SPEC §8.2: the value of the first permanent identifier (`serial["/"assigner]`), else
@@ -168,7 +168,7 @@ pub enum CommonName {
 }
 
 /// An extension written into every certificate of a profile.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtraExtension {
     /// Dotted OID.

@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
@@ -187,6 +187,13 @@ impl BlocklistFile {
 impl std::fmt::Debug for BlocklistFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({} keys)", self.path.display(), self.list.len())
+    }
+}
+
+/// Written as the configured path, which is what the configuration reads back.
+impl Serialize for BlocklistFile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(s)
     }
 }
 

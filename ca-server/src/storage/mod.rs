@@ -329,7 +329,7 @@ fn decode<T: DeserializeOwned>(table: Table, raw: &[u8]) -> Result<T> {
 }
 
 /// The store (`[storage]`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// What a response waits for before it reports new state.
@@ -338,7 +338,10 @@ pub struct StorageConfig {
     /// and it has been idle for `checkpoint_idle`. 0: never when idle.
     pub checkpoint_writes: u64,
     /// How long without a write counts as idle for a checkpoint.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub checkpoint_idle: Duration,
     /// Checkpoint after this many writes even under load, so a restart after a power cut
     /// replays at most this many records (about 1.5 s for 500,000 with a million devices in
@@ -372,7 +375,7 @@ impl StorageConfig {
 }
 
 /// How far a write has gone before the response that reports it is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// On stable storage: sled's flush, then `fdatasync` of its data file, which also empties

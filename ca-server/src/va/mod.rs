@@ -76,7 +76,7 @@
 pub mod attest;
 pub mod policy;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -1195,7 +1195,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Challenge validation settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationConfig {
     /// Port dialed for http-01 (RFC 8555 §8.3 says 80; a lab may use e.g. 5002).
@@ -1203,7 +1203,10 @@ pub struct ValidationConfig {
     /// Port dialed for tls-alpn-01 (RFC 8737 says 443; a lab may use e.g. 5001).
     pub tls_alpn_port: u16,
     /// Overall timeout of one validation attempt.
-    #[serde(deserialize_with = "crate::types::de_duration")]
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
     pub timeout: Duration,
     /// Which http-01 redirects are followed (`va` module docs).
     pub redirects: Redirects,
@@ -1247,7 +1250,7 @@ impl Default for ValidationConfig {
 
 /// Which redirects http-01 validation follows (`[validation] redirects`). The scheme and port
 /// rules apply in every mode: only `http://` on `http_port`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Redirects {
     /// Only to the identifier's own host (the default).
