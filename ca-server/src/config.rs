@@ -51,6 +51,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Request rate limits (`[rate_limits]`).
     pub rate_limits: RateLimitsConfig,
+    /// The file this configuration was read from, if any (a backup includes it); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             profiles: crate::ca::profiles::ProfilesConfig::default(),
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            source: None,
         }
     }
 }
@@ -198,8 +202,10 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Self::from_toml(&text)
-            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+        let mut cfg = Self::from_toml(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
     }
 
     /// Parses and checks TOML text.

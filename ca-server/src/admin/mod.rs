@@ -5,6 +5,8 @@
 //! renewal) cannot open it while the CA runs; they ask the CA instead. File-based state that
 //! the operator owns (EAB credentials, trust anchors, approval decisions) stays in files.
 
+mod backup;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -266,6 +268,7 @@ pub fn router(app: Ra) -> Router {
         .route("/revoke", post(revoke))
         .route("/renew-early", post(renew_early))
         .route("/audit", get(audit))
+        .route("/backup", post(backup::backup))
         .with_state(app)
 }
 

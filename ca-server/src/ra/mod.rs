@@ -5,6 +5,7 @@
 pub mod account;
 pub mod approval;
 pub mod authz;
+pub mod backup;
 pub mod crl;
 pub mod eab;
 pub mod identity;
