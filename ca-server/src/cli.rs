@@ -2,6 +2,8 @@
 //! Commands that need the running CA's store go through its admin socket (`admin`); the
 //! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly.
 
+mod backup;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,6 +77,11 @@ enum Command {
     /// Manage the operators of the console and their client certificates.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Write an encrypted backup of the CA (store, keys, configuration, every file of the data
+    /// directory), consistent while it runs.
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -654,6 +661,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::TrustAnchor(cmd)) => trust_anchor(cmd),
         Some(Command::Blocklist(cmd)) => cmd.run().map_err(|e| e.to_string()),
         Some(Command::Operator(cmd)) => operator(cmd),
+        Some(Command::Backup(a)) => backup::backup(a).await,
+        Some(Command::Restore(a)) => backup::restore(a).await,
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The metrics, health and readiness listener (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// The file this configuration was read from, if any (a backup includes it); not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             admin: AdminConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            source: None,
         }
     }
 }
@@ -246,8 +250,10 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        Self::from_toml(&text)
-            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+        let mut cfg = Self::from_toml(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
     }
 
     /// Parses and checks TOML text.

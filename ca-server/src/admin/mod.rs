@@ -19,6 +19,7 @@
 //! files, which the command line also edits directly.
 
 pub mod api;
+mod backup;
 pub mod fleet;
 pub mod socket;
 pub mod ui;

@@ -37,6 +37,7 @@ pub fn router(app: Ra) -> Router {
         .route("/revoke", post(fleet::revoke))
         .route("/renew-early", post(fleet::renew_early))
         .route("/audit", get(fleet::report))
+        .route("/backup", post(super::backup::backup))
         .layer(axum::middleware::from_fn(local_admin))
         .with_state(app)
 }

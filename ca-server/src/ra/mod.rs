@@ -6,6 +6,7 @@ pub mod account;
 pub mod approval;
 pub mod audit;
 pub mod authz;
+pub mod backup;
 pub mod crl;
 pub mod eab;
 pub mod identity;

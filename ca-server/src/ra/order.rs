@@ -606,6 +606,8 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
     let profile = app.profiles.of_order(order.profile.as_deref())?;
     let leaf = profile.leaf(&info, grant.role())?;
 
+    // From here to the order's final state, a backup sees all of this issuance or none.
+    let group = app.db.write_group();
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
     let started = now();
     app.db.update(Table::Orders, id, |mut o: Order| {
@@ -697,6 +699,7 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
         o.stage = stage.clone();
         Ok(o)
     })?;
+    drop(group);
     // The certificate and the order's valid state are on disk before the client hears of
     // them: a client that saw "valid" can always download its certificate.
     app.db.flush().await?;

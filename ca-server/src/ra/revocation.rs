@@ -90,6 +90,8 @@ pub async fn revoke(app: &Ra, revoker: Revoker<'_>, der: &[u8], reason: Option<i
 /// lists it. Returns the issuing intermediate. The caller flushes, then publishes the CRL
 /// ([`crate::ra::crl::publish`]).
 pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> Result<IssuerKind> {
+    // A backup has both records or neither: a certificate marked revoked is on the CRL.
+    let _group = app.db.write_group();
     let at = now();
     let revoked = app
         .db

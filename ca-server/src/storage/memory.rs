@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{FlushFuture, Store, Table};
+use super::{FlushFuture, SnapshotSink, Store, Table};
 use crate::Result;
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -81,5 +81,15 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn snapshot(&self, each: &mut SnapshotSink<'_>) -> Result<()> {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        for table in Table::ALL {
+            for (key, value) in tables.get(&table).into_iter().flatten() {
+                each(table, key, value)?;
+            }
+        }
+        Ok(())
     }
 }

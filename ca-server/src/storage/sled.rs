@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{note_ticket, scoped_ticket, FlushFuture, Store, Table};
+use super::{note_ticket, scoped_ticket, FlushFuture, SnapshotSink, Store, Table};
 use crate::storage::Durability;
 use crate::{Error, Result};
 
@@ -289,7 +289,7 @@ impl Open {
 
 /// Whether `tokio::task::block_in_place` may be called here: on a multi-threaded runtime's
 /// thread (a worker or its blocking pool), not on a current-thread runtime, where it panics.
-fn on_multi_thread_runtime() -> bool {
+pub(super) fn on_multi_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
@@ -523,6 +523,24 @@ impl Store for SledStore {
 
     fn checkpoint(&self) -> Result<()> {
         Self::checkpoint(self)
+    }
+
+    fn snapshot(&self, each: &mut SnapshotSink<'_>) -> Result<()> {
+        // The lock a checkpoint takes: no store call runs while this holds it, new ones wait.
+        let open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        let Some(o) = open.as_ref() else {
+            return Err(Error::Storage(format!(
+                "the database {} is closed: a checkpoint could not reopen it (see the log)",
+                self.dir.display()
+            )));
+        };
+        for (table, tree) in &o.trees {
+            for entry in tree.iter() {
+                let (key, value) = entry?;
+                each(*table, &key, &value)?;
+            }
+        }
+        Ok(())
     }
 }
 
