@@ -557,6 +557,30 @@ async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // A decision is final and applied at once: the request is no longer listed, and a
+    // rejection after the approval finds nothing to reject.
+    let (_, pending) = c
+        .call(
+            Some(&approver),
+            reqwest::Method::GET,
+            "/api/approvals",
+            None,
+        )
+        .await;
+    assert_eq!(
+        pending["pending"].as_array().map(Vec::len),
+        Some(0),
+        "{pending}"
+    );
+    let (status, _) = c
+        .call(
+            Some(&approver),
+            reqwest::Method::POST,
+            &format!("/api/approvals/{id}/reject"),
+            Some(json!({"reason": "changed my mind"})),
+        )
+        .await;
+    assert_eq!(status, 404);
 
     // The device finishes: valid challenge, certificate issued.
     let mut valid = false;

@@ -248,7 +248,7 @@ pub(super) async fn approve(
     Approver(caller): Approver,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    decide(&app, &caller, &id, &Decision::Approve)
+    decide(&app, &caller, &id, &Decision::Approve).await
 }
 
 /// The longest rejection reason: it is shown to the device and kept in the audit log.
@@ -283,15 +283,20 @@ pub(super) async fn reject(
             "the reason is longer than {MAX_REASON} characters"
         )));
     }
-    decide(&app, &caller, &id, &Decision::Reject { reason })
+    decide(&app, &caller, &id, &Decision::Reject { reason }).await
 }
 
-fn decide(app: &Ra, caller: &Caller, id: &str, decision: &Decision) -> Result<Json<Value>> {
+async fn decide(app: &Ra, caller: &Caller, id: &str, decision: &Decision) -> Result<Json<Value>> {
     let queue = ApprovalQueue::new(&app.cfg.data_dir);
     if !queue.list_pending()?.iter().any(|p| p.id == id) {
         return Err(Error::NotFound("pending approval request"));
     }
     let p = queue.decide(id, decision)?;
+    // Applied now, not at the next tick: the device's next poll sees it, and the list the
+    // operator returns to no longer shows the request.
+    if let Err(e) = crate::ra::approval::apply(app).await {
+        tracing::error!(error = %e, "applying operator decisions failed; the next tick retries");
+    }
     let (action, detail) = match decision {
         Decision::Approve => ("approval.approve", json!({})),
         Decision::Reject { reason } => ("approval.reject", json!({ "reason": reason })),

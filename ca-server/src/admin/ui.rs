@@ -313,6 +313,13 @@ fn cert_list(list: &Value, when: &str, label: &str) -> Markup {
     }
 }
 
+/// An RFC 5280 reason code by its name (`keyCompromise`), or its number if it has none here.
+fn reason_name(code: &Value) -> String {
+    code.as_u64()
+        .and_then(|c| fleet::REASONS.iter().find(|(_, r)| u64::from(*r) == c))
+        .map_or_else(|| format!("reason {code}"), |(name, _)| (*name).to_owned())
+}
+
 /// Text a device or a client chose, as shown on a page: maud escapes the markup, and this
 /// escapes control and bidirectional characters, so a device cannot make its identifier read
 /// as another one (as on the command line).
@@ -450,7 +457,7 @@ async fn device(
             dt { "valid until" } dd { (text(&c["notAfter"])) }
             dt { "renewal window (ARI)" } dd { (text(&v["renewalWindow"]["start"])) " to " (text(&v["renewalWindow"]["end"])) }
             dt { "account" } dd.mono { (text(&c["account"])) }
-            @if let Some(r) = c.get("revoked") { dt { "revoked" } dd { (text(&r["at"])) ", reason " (r["reason"]) } }
+            @if let Some(r) = c.get("revoked") { dt { "revoked" } dd { (text(&r["at"])) ", " (reason_name(&r["reason"])) } }
         }
         @if status == "valid" {
             p {

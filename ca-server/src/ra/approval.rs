@@ -346,10 +346,14 @@ impl ApprovalQueue {
         lock(&self.index).requests.len()
     }
 
-    /// Requests waiting for a decision, oldest first, read from the files.
+    /// Requests waiting for a decision, oldest first, read from the files. A request decided
+    /// but not applied yet (the server applies decisions within a second) is not listed.
     pub fn list_pending(&self) -> Result<Vec<Pending>> {
         let mut out = Vec::new();
         for id in Self::ids(&self.pending)? {
+            if Self::file(&self.decisions, &id)?.exists() {
+                continue;
+            }
             if let Some(p) = read_json::<Pending>(&Self::file(&self.pending, &id)?)? {
                 out.push(p);
             }
@@ -358,10 +362,17 @@ impl ApprovalQueue {
         Ok(out)
     }
 
-    /// Records the operator's decision on a pending request; the server applies it.
+    /// Records the operator's decision on a pending request; the server applies it. A
+    /// decision is final: a second one for the same request is refused, so an approval cannot
+    /// turn into a rejection (or the reverse) before the server has applied it.
     pub fn decide(&self, id: &str, decision: &Decision) -> Result<Pending> {
         let pending = read_json::<Pending>(&Self::file(&self.pending, id)?)?
             .ok_or_else(|| Error::Malformed(format!("no pending approval request {id:?}")))?;
+        if Self::file(&self.decisions, id)?.exists() {
+            return Err(Error::Exists(format!(
+                "request {id:?} is already decided; the CA applies the decision within a second"
+            )));
+        }
         ensure_private_dir(&self.decisions)?;
         let data = serde_json::to_vec_pretty(decision)
             .map_err(|e| Error::Internal(format!("cannot encode decision: {e}")))?;
