@@ -15,6 +15,8 @@
 //!   by default, run with `cargo test -p iiot-acme-tests --test pebble_harness -- --ignored`.
 //! - `tests/device_client.rs`: the `device-client` binary as a simulated device
 //!   ([`device_client::Device`]).
+//! - `tests/console_browser.rs`: the operator console's web UI in headless Chromium
+//!   ([`console`]).
 //!
 //! Set `IIOT_KEEP_TEST_DIRS=1` to keep every temporary directory (data directories, logs,
 //! client state) after the test, for post-mortems; their paths appear in error messages.
@@ -23,6 +25,7 @@ pub mod ca_server;
 pub mod cargo;
 pub mod cli;
 pub mod clients;
+pub mod console;
 pub mod device_client;
 pub mod https;
 pub mod idevid;
