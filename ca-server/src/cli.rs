@@ -251,6 +251,28 @@ struct ServeArgs {
     /// Offer operator-approval-01: devices wait until `ca-server approval approve`.
     #[arg(long)]
     operator_approval: bool,
+    /// Log format on stderr: text, or json (one JSON object a line, for log collectors).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+/// How the server writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (tracing-subscriber's json formatter), event fields at the top.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -832,6 +854,7 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     // Bind before printing, so "listening" is never printed by a server that cannot listen.
     let listener = server::bind(listen, "the ACME server").map_err(|e| e.to_string())?;
     let console = server::bind_console(&cfg).map_err(|e| e.to_string())?;
+    let metrics = server::metrics::bind(&cfg.metrics).map_err(|e| e.to_string())?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
     if app.cfg.enrollment.device_attestation {
         // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
@@ -849,6 +872,12 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     println!("  (give devices the root certificate or its SHA-256 fingerprint to pin)");
     if let Some(addr) = console.as_ref().and_then(|c| c.local_addr().ok()) {
         println!("  operator console: https://{addr}/ (client certificate from `ca-server operator add`)");
+    }
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            println!("  metrics:          http://{addr}/metrics (/health, /ready)");
+        }
+        server::metrics::spawn(&app, listener);
     }
     server::serve_with_console(app, listener, console)
         .await
@@ -1098,20 +1127,35 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
 /// Parses the command line, runs the command and turns its error into a message on stderr and
 /// a failure exit status.
 pub async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Some(Command::Serve(a)) => a.log_format,
+        _ => cli.serve.log_format,
+    };
+    init_logging(log_format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", escape_lines(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default: the server's info).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Event fields at the top level (`"message"`, `"serial"`, …), no colour codes.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// The operator console (`[admin]`).
     pub admin: AdminConfig,
+    /// The metrics, health and readiness listener (`[metrics]`).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             admin: AdminConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -305,6 +308,35 @@ impl Config {
             }
         }
         self.rate_limits.check()?;
+        if self.metrics.scan_interval.is_zero() {
+            return Err(ConfigError(
+                "metrics.scan_interval must be positive".to_owned(),
+            ));
+        }
+        if self.metrics.enabled && self.metrics.listen == self.listen {
+            return Err(ConfigError(format!(
+                "metrics.listen and listen are both {}: give the metrics listener its own \
+                 port, or set metrics.enabled = false",
+                self.listen
+            )));
+        }
+        if self.admin.enabled
+            && (self.admin.listen == self.listen
+                || (self.metrics.enabled && self.admin.listen == self.metrics.listen))
+        {
+            return Err(ConfigError(format!(
+                "admin.listen is {}, which another listener uses: give the console its own \
+                 port, or set admin.enabled = false",
+                self.admin.listen
+            )));
+        }
+        if self.admin.operator_validity < Duration::from_secs(3600)
+            || self.admin.operator_validity > crate::ca::operator::MAX_OPERATOR_VALIDITY
+        {
+            return Err(ConfigError(
+                "admin.operator_validity must be between 1h and 825d".to_owned(),
+            ));
+        }
         if let Some(url) = &self.public_url {
             if !url.starts_with("https://") || url.trim_end_matches('/').matches('/').count() != 2 {
                 return Err(ConfigError(format!(
@@ -452,6 +484,23 @@ mod tests {
         assert_eq!(cfg.validation.http_port, 80);
         assert_eq!(cfg.base_url(), "https://127.0.0.1:14000");
         assert!(cfg.validation.lab_resolve_all_to.is_none());
+    }
+
+    #[test]
+    fn the_console_needs_a_port_of_its_own_and_a_sane_certificate_lifetime() {
+        let cfg = Config::from_toml("").expect("defaults");
+        assert!(cfg.admin.enabled);
+        assert_eq!(cfg.admin.listen, SocketAddr::from(([127, 0, 0, 1], 9443)));
+        for text in [
+            "listen = \"127.0.0.1:9443\"",
+            "[admin]\nlisten = \"127.0.0.1:9090\"",
+            "[admin]\noperator_validity = \"900d\"",
+        ] {
+            assert!(Config::from_toml(text).is_err(), "{text}");
+        }
+        let off = Config::from_toml("listen = \"127.0.0.1:9443\"\n[admin]\nenabled = false")
+            .expect("no console, no clash");
+        assert!(!off.admin.enabled);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! |------------|--------------------------------------------------------------------------|
 //! | [`wfe`]    | web front end: HTTPS listener, routes, JWS requests, nonces, problem documents; the only ACME user of axum |
 //! | [`cli`]    | the `ca-server` command line: runs the server, or the operator's commands |
+//! | [`server`] | starts everything; [`server::metrics`]: `/metrics`, `/health`, `/ready` (plain HTTP) |
 //! | [`admin`]  | the operator's channels: the socket the commands talk to, and the HTTPS console (REST API, OpenAPI), with roles and the audit log |
 //! | [`ra`]     | registration authority: the rules over the store, no HTTP               |
 //! | [`config`] | the configuration file, composed of the roles' settings                  |
@@ -21,7 +22,8 @@
 //! Shared by every role: [`error`] (the one error type and its problem types), [`types`]
 //! (identifiers, statuses, times, ids), [`wire`] (the protocol-spec helpers), [`jose`] and
 //! [`jwk`] (JWS and keys), [`key`] (key and signature algorithm policy), [`der`] (DER and
-//! PEM), [`ratelimit`], [`text`], [`fsutil`].
+//! PEM), [`ratelimit`], [`text`], [`fsutil`], [`metrics`] (the counters, gauges and histograms
+//! every role records, and their Prometheus text).
 //!
 //! Where each part of RFC 8555 is:
 //!
@@ -48,6 +50,7 @@ pub mod fsutil;
 pub mod jose;
 pub mod jwk;
 pub mod key;
+pub mod metrics;
 pub mod ra;
 pub mod ratelimit;
 pub mod server;

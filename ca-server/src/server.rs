@@ -1,6 +1,8 @@
 //! Wiring: store, then issuance, then validation, then the router and the TLS listener
 //! (in that order, as Pebble's `cmd/pebble/main.go`).
 
+pub mod metrics;
+
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -106,7 +108,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
         ca,
         va,
         cfg,
+        metrics: crate::metrics::Metrics::default(),
     });
+    ra.metrics
+        .register_profiles(ra.profiles.directory_meta().into_keys());
     // A store from before identities were indexed gets its index once (`identity`).
     crate::ra::identity::index_existing(&ra)?;
     Ok(AppState::new(ra, NonceStore::new()?))
@@ -200,7 +205,7 @@ pub async fn serve_with_console(
     {
         // sled replays its log since the last open at every start; a checkpoint when the CA is
         // idle (or the replay would pass its budget) keeps a restart after a power cut short.
-        let (store, policy) = (app.db.clone(), app.cfg.storage.clone());
+        let (store, policy, ra) = (app.db.clone(), app.cfg.storage.clone(), Ra::clone(&app));
         let period = policy.checkpoint_idle.clamp(
             std::time::Duration::from_millis(100),
             std::time::Duration::from_secs(5),
@@ -209,11 +214,14 @@ pub async fn serve_with_console(
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                if let Err(e) = store
+                let started = std::time::Instant::now();
+                match store
                     .checkpoint_if(|w, idle| policy.checkpoint_due(w, idle))
                     .await
                 {
-                    tracing::error!(error = %e, "storage checkpoint failed");
+                    Ok(true) => ra.metrics.checkpoint_taken(started.elapsed()),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "storage checkpoint failed"),
                 }
             }
         });

@@ -65,8 +65,55 @@ impl Console {
         }
     }
 
+    /// A CA whose devices wait for operator approval.
+    async fn with_approval() -> Self {
+        Self::start(|cfg| {
+            cfg.enrollment.operator_approval = true;
+            cfg.enrollment.network_challenges = false;
+        })
+        .await
+    }
+
+    /// A device that orders `name` and waits for an operator: its account, order, challenge
+    /// URL and the pairing code it shows.
+    async fn waiting_device(&self, name: &str) -> (common::Account, Value, String, String) {
+        let s = &self.s;
+        let acct = s.new_account().await;
+        let (_, order) = s
+            .create_order(
+                &acct,
+                &json!({"identifiers": [{"type": "dns", "value": name}]}),
+            )
+            .await;
+        let authz = s
+            .post_as(
+                &acct,
+                order["authorizations"][0].as_str().expect("authz"),
+                None,
+            )
+            .await
+            .json();
+        let chall = authz["challenges"][0]["url"]
+            .as_str()
+            .expect("url")
+            .to_owned();
+        let token = authz["challenges"][0]["token"].as_str().expect("token");
+        s.post_as(&acct, &chall, Some(&json!({}))).await;
+        let code = ca_server::wire::pairing_code(token, &acct.key.thumbprint()).expect("code");
+        (acct, order, chall, code)
+    }
+
     /// An HTTPS client trusting the CA's root, presenting `identity` if given.
     fn client(&self, identity: Option<&Identity>) -> reqwest::Client {
+        self.client_with(identity, reqwest::redirect::Policy::default())
+    }
+
+    /// `client`, following redirects as `redirects` says.
+    fn client_with(
+        &self,
+        identity: Option<&Identity>,
+        redirects: reqwest::redirect::Policy,
+    ) -> reqwest::Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -89,6 +136,7 @@ impl Console {
         };
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            .redirect(redirects)
             .build()
             .expect("client")
     }
@@ -427,35 +475,11 @@ async fn the_openapi_document_lists_exactly_the_routes() {
 
 #[tokio::test]
 async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_it() {
-    let c = Console::start(|cfg| {
-        cfg.enrollment.operator_approval = true;
-        cfg.enrollment.network_challenges = false;
-    })
-    .await;
+    let c = Console::with_approval().await;
     let approver = c.operator("arno", Role::Approver);
     let admin = c.operator("ada", Role::Admin);
     let s = &c.s;
-    let acct = s.new_account().await;
-    let (_, order) = s
-        .create_order(
-            &acct,
-            &json!({"identifiers": [{"type": "dns", "value": "plc-7"}]}),
-        )
-        .await;
-    let authz = s
-        .post_as(
-            &acct,
-            order["authorizations"][0].as_str().expect("authz"),
-            None,
-        )
-        .await
-        .json();
-    let chall = authz["challenges"][0]["url"]
-        .as_str()
-        .expect("url")
-        .to_owned();
-    let token = authz["challenges"][0]["token"].as_str().expect("token");
-    s.post_as(&acct, &chall, Some(&json!({}))).await;
+    let (acct, order, chall, code) = c.waiting_device("plc-7").await;
 
     // The console shows the code the device shows.
     let (_, pending) = c
@@ -467,7 +491,6 @@ async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_
         )
         .await;
     let p = &pending["pending"][0];
-    let code = ca_server::wire::pairing_code(token, &acct.key.thumbprint()).expect("code");
     assert_eq!(p["pairingCode"].as_str(), Some(code.as_str()), "{pending}");
     assert_eq!(p["identifier"], "dns:plc-7");
     let id = p["id"].as_str().expect("id");
@@ -593,4 +616,86 @@ fn pem_body(pem: &str) -> Vec<u8> {
         .expect("PKCS#8 PEM")
         .secret_pkcs8_der()
         .to_vec()
+}
+
+/// The web pages: who sees what, forms that act through the API's checks, and device-chosen
+/// text (a rejection reason in the audit log) shown as text, never as markup.
+#[tokio::test]
+async fn the_pages_show_what_the_api_says_and_escape_what_others_wrote() {
+    let c = Console::with_approval().await;
+    let viewer = c.operator("vera", Role::Viewer);
+    let approver = c.operator("arno", Role::Approver);
+    let s = &c.s;
+    let (_, _, _, code) = c.waiting_device("plc-3").await;
+
+    let page = |who: Option<&Identity>, path: &str| {
+        let client = c.client(who);
+        let url = c.url(path);
+        async move {
+            let r = client.get(url).send().await.expect("page");
+            (r.status().as_u16(), r.text().await.expect("html"))
+        }
+    };
+    let (status, html) = page(None, "/").await;
+    assert_eq!(status, 401);
+    assert!(html.contains("id=\"error\""), "{html}");
+
+    let (status, html) = page(Some(&viewer), "/approvals").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&code),
+        "the viewer sees the pairing code: {html}"
+    );
+    assert!(html.contains("vera (viewer)"));
+    assert!(!html.contains("class=\"approve\""), "but no approve button");
+    let (status, html) = page(Some(&viewer), "/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"count-pending\">1<"), "{html}");
+
+    let id = ca_server::ra::approval::ApprovalQueue::new(s.dir.path())
+        .list_pending()
+        .expect("pending")[0]
+        .id
+        .clone();
+    let form = "decision=reject&reason=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let post = |who: &Identity| {
+        c.client_with(Some(who), reqwest::redirect::Policy::none())
+            .post(c.url(&format!("/approvals/{id}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(form)
+            .send()
+    };
+    let r = post(&viewer).await.expect("answer");
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().await.expect("html").contains("id=\"error\""));
+    assert_eq!(
+        ca_server::ra::approval::ApprovalQueue::new(s.dir.path())
+            .list_pending()
+            .expect("pending")
+            .len(),
+        1,
+        "the viewer's rejection changed nothing"
+    );
+    let r = post(&approver).await.expect("answer");
+    assert_eq!(r.status().as_u16(), 303);
+    let to = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(to, format!("/approvals?done=rejected&target={id}"));
+    let (_, html) = page(Some(&approver), &to).await;
+    assert!(html.contains("id=\"flash\""), "{html}");
+
+    let (_, html) = page(Some(&viewer), "/audit").await;
+    assert!(html.contains("approval.reject"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
+
+    // A made-up flash says nothing.
+    let (_, html) = page(Some(&viewer), "/approvals?done=pwned&target=x").await;
+    assert!(!html.contains("id=\"flash\""));
 }

@@ -170,12 +170,20 @@ struct ConfigFile<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limits: Option<RateLimitsSection>,
     admin: AdminSection,
+    metrics: MetricsSection,
 }
 
 /// The operator console listens on a free port of its own, so CAs started side by side do not
 /// compete for the default one.
 #[derive(Serialize)]
 struct AdminSection {
+    listen: String,
+}
+
+/// `[metrics]`: a port of its own, so servers running side by side do not all bind the
+/// default 127.0.0.1:9090.
+#[derive(Serialize)]
+struct MetricsSection {
     listen: String,
 }
 
@@ -253,6 +261,7 @@ impl CaServer {
         let http_port = pick(opts.http_port)?;
         let tls_alpn_port = pick(opts.tls_alpn_port)?;
         let admin_port = free_port()?;
+        let metrics_port = free_port()?;
 
         let config = ConfigFile {
             data_dir: &data_dir,
@@ -274,6 +283,9 @@ impl CaServer {
             rate_limits: (!opts.rate_limits).then_some(RateLimitsSection { enabled: false }),
             admin: AdminSection {
                 listen: format!("127.0.0.1:{admin_port}"),
+            },
+            metrics: MetricsSection {
+                listen: format!("127.0.0.1:{metrics_port}"),
             },
         };
         let config_path = data_dir.join("ca-server.test.toml");
@@ -488,6 +500,9 @@ mod tests {
             admin: AdminSection {
                 listen: "127.0.0.1:9443".to_owned(),
             },
+            metrics: MetricsSection {
+                listen: "127.0.0.1:9191".to_owned(),
+            },
         };
         let text = toml::to_string(&config).expect("serializes");
         let value: toml::Table = text.parse().expect("valid TOML");
@@ -509,6 +524,8 @@ mod tests {
             enabled = false
             [admin]
             listen = "127.0.0.1:9443"
+            [metrics]
+            listen = "127.0.0.1:9191"
         "#
         .parse()
         .expect("valid TOML");

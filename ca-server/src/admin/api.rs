@@ -85,6 +85,7 @@ pub fn router(app: Ra) -> Router {
             async move { Json(doc.as_ref().clone()) }
         }),
     )
+    .merge(super::ui::routes())
     .fallback(|| async { Error::NotFound("console resource") })
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
@@ -188,7 +189,7 @@ pub async fn authenticate(
 #[utoipa::path(get, path = "/api/whoami", tag = "console",
     responses((status = 200, description = "`{\"name\", \"role\", \"from\"}`"),
         (status = 401, description = "no operator certificate")))]
-async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
+pub(super) async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
     Json(json!({"name": caller.actor.name, "role": caller.role, "from": caller.actor.from}))
 }
 
@@ -197,7 +198,7 @@ async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
 /// of the operator).
 #[utoipa::path(get, path = "/api/approvals", tag = "approvals",
     responses((status = 200, description = "pending requests")))]
-async fn approvals(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+pub(super) async fn approvals(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let pending = ApprovalQueue::new(&app.cfg.data_dir).list_pending()?;
     let listed: Vec<Value> = mark_duplicates(pending)
         .into_iter()
@@ -227,7 +228,7 @@ async fn approvals(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     params(("id" = String, Path, description = "the request id")),
     responses((status = 200, description = "the decided request"),
         (status = 404, description = "no such pending request")))]
-async fn approve(
+pub(super) async fn approve(
     State(app): State<Ra>,
     Approver(caller): Approver,
     Path(id): Path<String>,
@@ -240,7 +241,7 @@ async fn approve(
 pub struct RejectRequest {
     /// Shown to the device in the challenge error.
     #[serde(default)]
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
 }
 
 /// Rejects a request.
@@ -249,7 +250,7 @@ pub struct RejectRequest {
     request_body = RejectRequest,
     responses((status = 200, description = "the decided request"),
         (status = 404, description = "no such pending request")))]
-async fn reject(
+pub(super) async fn reject(
     State(app): State<Ra>,
     Approver(caller): Approver,
     Path(id): Path<String>,
@@ -285,7 +286,7 @@ fn decide(app: &Ra, caller: &Caller, id: &str, decision: &Decision) -> Result<Js
 /// Enrollment (EAB) credentials, without their HMAC keys.
 #[utoipa::path(get, path = "/api/credentials", tag = "credentials",
     responses((status = 200, description = "every credential")))]
-async fn credentials(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+pub(super) async fn credentials(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let list: Vec<Value> = app
         .eab
         .list()?
@@ -313,23 +314,23 @@ async fn credentials(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
 pub struct NewCredentialRequest {
     /// How long it stays usable, e.g. `30d` (default: no expiry).
     #[serde(default)]
-    expires: Option<String>,
+    pub(super) expires: Option<String>,
     /// How many device accounts it may bind (default: unlimited).
     #[serde(default)]
-    max_uses: Option<u32>,
+    pub(super) max_uses: Option<u32>,
     /// Pre-authorized identifiers: `serial:SN-0042`, `dns:plant.example`, `ip:10.20.0.0/16`.
     #[serde(default)]
-    allow: Vec<String>,
+    pub(super) allow: Vec<String>,
     /// Modbus/TCP Security role for certificates of the `modbus` profile.
     #[serde(default)]
-    role: Option<String>,
+    pub(super) role: Option<String>,
 }
 
 /// Creates an enrollment credential. Its HMAC key is in this response only.
 #[utoipa::path(post, path = "/api/credentials", tag = "credentials",
     request_body = NewCredentialRequest,
     responses((status = 200, description = "`{\"kid\", \"hmac\", …}`: the HMAC key, shown once")))]
-async fn create_credential(
+pub(super) async fn create_credential(
     State(app): State<Ra>,
     Admin(caller): Admin,
     Json(r): Json<NewCredentialRequest>,
@@ -381,7 +382,7 @@ async fn create_credential(
 #[utoipa::path(post, path = "/api/credentials/{kid}/revoke", tag = "credentials",
     params(("kid" = String, Path, description = "the key id")),
     responses((status = 200, description = "revoked"), (status = 404, description = "no such credential")))]
-async fn revoke_credential(
+pub(super) async fn revoke_credential(
     State(app): State<Ra>,
     Admin(caller): Admin,
     Path(kid): Path<String>,
@@ -396,7 +397,7 @@ async fn revoke_credential(
 /// The manufacturer trust anchors device attestations are verified against.
 #[utoipa::path(get, path = "/api/trust-anchors", tag = "trust-anchors",
     responses((status = 200, description = "every anchor, with its SHA-256 fingerprint")))]
-async fn trust_anchors(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+pub(super) async fn trust_anchors(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let list: Vec<Value> = TrustAnchorStore::new(&app.cfg.data_dir)
         .list()?
         .into_iter()
@@ -420,26 +421,26 @@ async fn trust_anchors(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> 
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTrustAnchor {
     /// The certificate, PEM.
-    certificate: String,
+    pub(super) certificate: String,
     /// The OID the manufacturer qualifies its serial numbers with.
-    assigner: String,
+    pub(super) assigner: String,
     /// Name of the anchor (default: from its fingerprint).
     #[serde(default)]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     /// RFC 4108 hardware types (hwType OIDs) whose IDevIDs it accepts.
     #[serde(default)]
-    hw_types: Vec<String>,
+    pub(super) hw_types: Vec<String>,
     /// The SHA-256 fingerprint the manufacturer published: the certificate is refused unless
     /// it matches.
     #[serde(default)]
-    sha256: Option<String>,
+    pub(super) sha256: Option<String>,
 }
 
 /// Trusts a manufacturer's IDevID CA certificate for device-attest-01.
 #[utoipa::path(post, path = "/api/trust-anchors", tag = "trust-anchors",
     request_body = NewTrustAnchor,
     responses((status = 200, description = "the anchor, with its fingerprint to compare")))]
-async fn add_trust_anchor(
+pub(super) async fn add_trust_anchor(
     State(app): State<Ra>,
     Admin(caller): Admin,
     Json(r): Json<NewTrustAnchor>,
@@ -478,7 +479,7 @@ async fn add_trust_anchor(
 /// The console's operators.
 #[utoipa::path(get, path = "/api/operators", tag = "operators",
     responses((status = 200, description = "every operator")))]
-async fn operators(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+pub(super) async fn operators(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let list = OperatorStore::new(&app.cfg.data_dir).list()?;
     Ok(Json(json!({ "operators": list })))
 }
@@ -488,9 +489,9 @@ async fn operators(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
     /// 1 to 64 of a-z, 0-9, '.', '_', '-'.
-    name: String,
+    pub(super) name: String,
     /// `viewer`, `approver` or `admin`.
-    role: String,
+    pub(super) role: String,
 }
 
 /// Adds an operator: issues its client certificate and key, which are in this response only
@@ -499,7 +500,7 @@ pub struct NewOperator {
     responses((status = 200, description = "`{\"operator\", \"certificatePem\", \"keyPem\", \
         \"pkcs12\" (base64), \"pkcs12Passphrase\"}`"),
         (status = 409, description = "an active operator has that name")))]
-async fn add_operator(
+pub(super) async fn add_operator(
     State(app): State<Ra>,
     Admin(caller): Admin,
     Json(r): Json<NewOperator>,
@@ -537,7 +538,7 @@ async fn add_operator(
     params(("name" = String, Path, description = "the operator")),
     responses((status = 200, description = "the revoked record"),
         (status = 404, description = "no such operator")))]
-async fn revoke_operator(
+pub(super) async fn revoke_operator(
     State(app): State<Ra>,
     Admin(caller): Admin,
     Path(name): Path<String>,
@@ -563,7 +564,7 @@ pub struct AuditQuery {
 /// The audit log, newest first, and whether its hash chain is intact.
 #[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, description = "`{\"chain\": \"intact\" | reason, \"entries\": page}`")))]
-async fn audit_log(
+pub(super) async fn audit_log(
     State(app): State<Ra>,
     _: Viewer,
     Query(q): Query<AuditQuery>,
@@ -581,7 +582,7 @@ async fn audit_log(
 /// due, where it is served and how many certificates it lists.
 #[utoipa::path(get, path = "/api/crl", tag = "crl",
     responses((status = 200, description = "CRL status per issuer")))]
-async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
+pub(super) async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let number: Option<u64> = app.db.get(Table::Meta, "crl_number")?;
     let certs: Vec<crate::ca::cert::Certificate> =
         app.db.values_with_prefix(Table::Certificates, "")?;
@@ -593,7 +594,7 @@ async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
                 .iter()
                 .filter(|c| c.revoked.as_ref().is_some_and(|r| r.issuer == kind))
                 .count();
-            let this_update = app.crl.this_update(kind);
+            let this_update = app.crl.published(kind);
             json!({
                 "issuer": kind.to_string().to_ascii_lowercase(),
                 "url": app.url(crate::ca::crl::path(kind)),

@@ -68,37 +68,42 @@ impl Selector {
     }
 }
 
-fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
+pub(super) fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
     app.db.values_with_prefix(Table::Certificates, "")
 }
 
-/// RFC 5280 §5.3.1 reason names an operator may give.
+/// RFC 5280 §5.3.1 reasons an operator may give, by name.
+pub const REASONS: [(&str, u8); 8] = [
+    ("unspecified", 0),
+    ("keyCompromise", 1),
+    ("cACompromise", 2),
+    ("affiliationChanged", 3),
+    ("superseded", 4),
+    ("cessationOfOperation", 5),
+    ("privilegeWithdrawn", 9),
+    ("aACompromise", 10),
+];
+
+/// The code of an RFC 5280 §5.3.1 reason name an operator may give.
 pub fn reason_code(name: &str) -> Result<u8> {
-    Ok(match name {
-        "unspecified" => 0,
-        "keyCompromise" => 1,
-        "cACompromise" => 2,
-        "affiliationChanged" => 3,
-        "superseded" => 4,
-        "cessationOfOperation" => 5,
-        "privilegeWithdrawn" => 9,
-        "aACompromise" => 10,
-        other => {
-            return Err(Error::BadRevocationReason(format!(
-                "unknown or unsupported reason {other:?}"
-            )))
-        }
-    })
+    REASONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
+        .ok_or_else(|| {
+            Error::BadRevocationReason(format!("unknown or unsupported reason {name:?}"))
+        })
 }
 
 /// Which certificates to revoke, and why.
 #[derive(Deserialize, ToSchema)]
 pub struct RevokeRequest {
+    /// Which certificates.
     #[serde(flatten)]
-    select: Selector,
+    pub select: Selector,
     /// RFC 5280 §5.3.1 reason code (0 unspecified, 1 keyCompromise, 4 superseded, 5
     /// cessationOfOperation, …).
-    reason: u8,
+    pub reason: u8,
 }
 
 /// Revokes every matching certificate that is not revoked yet, and publishes new CRLs.
@@ -330,11 +335,21 @@ pub enum Status {
 }
 
 impl Status {
-    fn of(c: &Certificate, at: i64) -> Self {
+    /// The state of `c` at `at`.
+    pub fn of(c: &Certificate, at: i64) -> Self {
         match (&c.revoked, c.not_after <= at) {
             (Some(_), _) => Self::Revoked,
             (None, true) => Self::Expired,
             (None, false) => Self::Valid,
+        }
+    }
+
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
         }
     }
 }

@@ -4,7 +4,7 @@
 //!   CA's user only, which the command line on the CA host talks to. Whoever can open it is
 //!   the CA's owner, so it acts with the admin role.
 //! - [`api`]: the console, HTTPS with client certificates on its own listener (`[admin]`):
-//!   the REST API, its OpenAPI document and the web UI. A request is an operator's when its
+//!   the REST API and its OpenAPI document, and [`ui`], the web pages over the same handlers. A request is an operator's when its
 //!   TLS client certificate is that of an active operator record
 //!   ([`crate::ra::operator`]); its role decides what it may do.
 //!
@@ -21,6 +21,7 @@
 pub mod api;
 pub mod fleet;
 pub mod socket;
+pub mod ui;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

@@ -36,6 +36,9 @@ pub struct CrlCache {
     /// and the hourly tick) cannot leave an older-numbered CRL in the file. A tokio mutex: it
     /// is held across the flush that makes the number durable.
     pub(crate) signing: tokio::sync::Mutex<()>,
+    /// `thisUpdate` of the last CRL of each intermediate written to its file (0: none yet),
+    /// which a revocation does not reset: for `/ready` and the CRL age metric.
+    published: [std::sync::atomic::AtomicI64; 2],
 }
 
 #[derive(Clone)]
@@ -59,13 +62,15 @@ impl CrlCache {
         }
     }
 
-    /// thisUpdate of the CRL of `kind` this process last signed, if any.
-    pub fn this_update(&self, kind: IssuerKind) -> Option<i64> {
-        self.slot(kind)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.this_update)
+    /// `thisUpdate` of the last CRL of `kind` published since the server started.
+    pub fn published(&self, kind: IssuerKind) -> Option<i64> {
+        let at = self.published[kind as usize].load(std::sync::atomic::Ordering::Relaxed);
+        (at != 0).then_some(at)
+    }
+
+    /// Notes that the CRL of `kind` with `this_update` is published.
+    pub fn mark_published(&self, kind: IssuerKind, this_update: i64) {
+        self.published[kind as usize].fetch_max(this_update, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn cached(&self, kind: IssuerKind, now: i64) -> Option<Vec<u8>> {

@@ -341,6 +341,11 @@ impl ApprovalQueue {
         Ok(ids)
     }
 
+    /// How many requests wait for a decision, from the server's index (no file is read).
+    pub fn pending_count(&self) -> usize {
+        lock(&self.index).requests.len()
+    }
+
     /// Requests waiting for a decision, oldest first, read from the files.
     pub fn list_pending(&self) -> Result<Vec<Pending>> {
         let mut out = Vec::new();

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::EnrollmentConfig;
+use crate::metrics::Enrollment;
 use crate::ra::account::Account;
 use crate::ra::Ra;
 use crate::storage::Table;
@@ -122,6 +123,17 @@ impl Authz {
                             | ChallengeType::TlsAlpn01
                             | ChallengeType::DeviceAttest01
                     )
+            })
+    }
+
+    /// How this authorization was made valid: by the challenge that is valid, or, with none,
+    /// by pre-authorization.
+    pub fn enrollment(&self) -> Enrollment {
+        self.challenges
+            .iter()
+            .find(|c| c.status == ChallengeStatus::Valid)
+            .map_or(Enrollment::PreAuthorized, |c| {
+                Enrollment::of_challenge(c.kind)
             })
     }
 
@@ -446,7 +458,9 @@ pub fn record_outcome(
     outcome: &Result<()>,
 ) -> Result<Authz> {
     let finished = now();
-    app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+    let mut decided = false;
+    let authz = app.db.update(Table::Authzs, authz_id, |mut a: Authz| {
+        decided = false;
         if a.status() != AuthzStatus::Pending {
             return Ok(a);
         }
@@ -460,6 +474,7 @@ pub fn record_outcome(
             return Ok(a);
         }
         c.processing_since = None;
+        decided = true;
         match outcome {
             Ok(()) => {
                 c.status = ChallengeStatus::Valid;
@@ -476,7 +491,11 @@ pub fn record_outcome(
             }
         }
         Ok(a)
-    })
+    })?;
+    if decided {
+        app.metrics.validation_decided(kind, outcome.is_ok());
+    }
+    Ok(authz)
 }
 
 /// A validation whose task died with the process stays `processing` in the store; restart it

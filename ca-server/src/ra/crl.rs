@@ -108,6 +108,7 @@ fn sign_and_write(
         der: der.clone(),
         this_update: now,
     });
+    app.crl.mark_published(kind, now);
     tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
 }

@@ -53,6 +53,8 @@ pub struct Inner {
     pub limits: crate::ratelimit::RateLimiter,
     /// The names and addresses the CA serves as, which no account may order (`policy`).
     pub own_names: crate::va::policy::OwnNames,
+    /// What the server counts and times (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Cheaply cloneable handle on [`Inner`].

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::ca::cert::Certificate;
 use crate::ca::IssuedCert;
+use crate::metrics::Enrollment;
 use crate::ra::authz::Authz;
 use crate::ra::identity::{Claim, Hold};
 use crate::ra::Account;
@@ -602,10 +603,8 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
     // The profile's key types, ApplicationUri policy and role (SPEC §8.3); its refusals
     // leave the order ready, like any other badCSR.
     let grant = Grant::of(app, account)?;
-    let leaf = app
-        .profiles
-        .of_order(order.profile.as_deref())?
-        .leaf(&info, grant.role())?;
+    let profile = app.profiles.of_order(order.profile.as_deref())?;
+    let leaf = profile.leaf(&info, grant.role())?;
 
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
     let started = now();
@@ -680,6 +679,8 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
             key_use.record(app, &cert)?;
             crate::ra::identity::record_issued(app, &cert, leaf.uri.as_deref())?;
             tracing::info!(account = %account.id, order = %order.id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
+            app.metrics
+                .certificate_issued(&profile.name, enrollment(app, &order));
             Stage::Valid { cert: cert.id }
         }
         Err(e) => {
@@ -700,6 +701,17 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
     // them: a client that saw "valid" can always download its certificate.
     app.db.flush().await?;
     Ok(order)
+}
+
+/// How the authorizations of `order` were made valid (the `enrollment` label of the issued
+/// certificates metric).
+fn enrollment(app: &Ra, order: &Order) -> Enrollment {
+    let paths = order
+        .authzs
+        .iter()
+        .filter_map(|id| app.db.get::<Authz>(Table::Authzs, id).ok().flatten())
+        .map(|a| a.enrollment());
+    Enrollment::combine(paths).unwrap_or(Enrollment::Mixed)
 }
 
 /// The stored record of a certificate is made when an order is finalized.

@@ -17,7 +17,7 @@ pub mod renewal;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
-use crate::wfe::problem::InternalCause;
+use crate::wfe::problem::{InternalCause, ProblemSent};
 use crate::wire::paths;
 use crate::Error;
 
@@ -96,8 +96,8 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let matched = req
                 .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .map(axum::extract::MatchedPath::as_str);
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str);
             tracing::debug_span!("request", method = %req.method(), matched_path = matched)
         }))
         .with_state(state)
@@ -133,10 +133,24 @@ async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
 ///
 /// The directory `Link` with `rel="index"` goes on every response (§7.1), so clients can always
 /// find their way back.
+///
+/// It also times each request by its route template (never the request path, whose ids would
+/// make a series per order) and counts the problem documents sent.
 async fn acme_headers(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     // The request's durability ticket covers the handler and the flush below (storage docs).
-    crate::storage::request_scope(respond(app, req, next)).await
+    let resp = crate::storage::request_scope(respond(app.clone(), req, next)).await;
+    if let Some(ProblemSent(kind)) = resp.extensions().get::<ProblemSent>() {
+        app.metrics.problem_sent(*kind);
+    }
+    let endpoint = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    app.metrics.request_answered(endpoint, started.elapsed());
+    resp
 }
+
+/// The `endpoint` label of requests no route matched.
+const UNMATCHED: &str = "unmatched";
 
 async fn respond(app: AppState, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;

@@ -5,12 +5,17 @@
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use crate::Error;
+use crate::{Error, ProblemType};
 
 /// The cause of a `serverInternal` response, attached as an extension so the logging
 /// middleware can record it without the response body revealing it.
 #[derive(Clone, Debug)]
 pub struct InternalCause(pub String);
+
+/// The type of the problem document a response carries, attached as an extension so the
+/// middleware counts it (`iiot_acme_problems_total`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProblemSent(pub ProblemType);
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -18,6 +23,8 @@ impl IntoResponse for Error {
         let status = self.status();
         let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (status, body).into_response();
+        resp.extensions_mut()
+            .insert(ProblemSent(self.problem_type()));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -131,6 +131,7 @@ pub(crate) fn record(
         spki_sha256 = attempt.spki_sha256.as_deref().unwrap_or("-"),
         "weak key or CSR refused"
     );
+    app.metrics.weak_key_refused();
     if let Err(e) = bounded::append(app, CAPS, &attempt) {
         tracing::error!(error = %e, "cannot record a weak-key attempt");
     }

@@ -201,6 +201,7 @@ fn record_attempt(app: &Ra, attempt: &KeyReuseAttempt) -> Result<()> {
         spki_sha256 = %attempt.spki_sha256,
         "key reuse refused"
     );
+    app.metrics.key_reuse_refused();
     bounded::append(app, attempts::CAPS, attempt)
 }
 
