@@ -7,8 +7,10 @@ One run is one journey of one operator in one browser session:
     journeys.py JOURNEY --url https://127.0.0.1:PORT --root ROOT.pem --p12 OP.p12
         --p12-passphrase-file PASS --cn OPERATOR --screenshots DIR [journey options]
 
-    approve            --code CODE            find the waiting device by its pairing code on
-                                              /approvals and approve it
+    approve            --code CODE [--wait-gone S]
+                                              find the waiting device by its pairing code on
+                                              /approvals and approve it; reload until it is
+                                              no longer listed
     viewer-approvals   --code CODE            look at /approvals as a viewer; try to approve
                                               anyway (fetch and a form post): both refused?
     create-credential  --allow RULE... --max-uses N --expires D [--role R]
@@ -136,10 +138,12 @@ class Browser:
 
     def screenshot(self, name):
         path = os.path.join(self.shots, f"{len(self.pages) + 1:02d}-{name}.png")
-        height = self.d.execute_script(
-            "return Math.max(document.body ? document.body.scrollHeight : 0, "
-            "document.documentElement.scrollHeight)") or 800
-        self.d.set_window_size(1280, min(max(int(height), 800), MAX_SHOT_HEIGHT))
+        # The window is taller than its viewport by the browser's own frame.
+        height, frame = self.d.execute_script(
+            "return [Math.max(document.body ? document.body.scrollHeight : 0, "
+            "document.documentElement.scrollHeight), window.outerHeight - window.innerHeight]")
+        self.d.set_window_size(1280, min(max(int(height or 0), 700) + int(frame or 0),
+                                         MAX_SHOT_HEIGHT))
         self.d.save_screenshot(path)
         return path
 
@@ -256,10 +260,24 @@ def journey_approve(b, args):
     out["flash"] = page["flash"]
     out["error"] = page["error"]
     out["url_after"] = page["url"]
-    # The list as it is now, whatever page the POST led to.
+    # The list right after the POST, whatever page it led to.
     if urlparse(page["url"]).path != "/approvals":
         b.get("/approvals", "approvals-after")
-    out["after"] = approvals(b)
+    out["after"] = out["after_post"] = approvals(b)
+    # The CA applies a decision when the device next asks (or on its timer): until then the
+    # request may still be listed. Reload until it is gone, or --wait-gone seconds pass.
+    deadline = time.monotonic() + args.wait_gone
+    reloads = 0
+    while (any(norm_code(a["pairing_code"]) == norm_code(args.code) for a in out["after"])
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+        b.d.get(b.base + "/approvals")
+        reloads += 1
+        out["after"] = approvals(b)
+    if reloads:
+        b.loaded("approvals-reloaded")
+    out["reloads"] = reloads
+    out["gone_after_s"] = round(time.monotonic() - deadline + args.wait_gone, 2)
     return out
 
 
@@ -358,6 +376,8 @@ def main():
     p.add_argument("--cn", required=True, help="subject CN of the operator's certificate")
     p.add_argument("--screenshots", required=True, help="directory for NN-page.png")
     p.add_argument("--code", help="pairing code of the waiting device")
+    p.add_argument("--wait-gone", type=float, default=0,
+                   help="approve: reload /approvals up to this many seconds until it is gone")
     p.add_argument("--allow", action="append", default=[], help="allow-list rule, repeatable")
     p.add_argument("--max-uses")
     p.add_argument("--expires")
