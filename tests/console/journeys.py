@@ -43,14 +43,14 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-PAGE_LOAD_TIMEOUT = 15
-WAIT = 10
+# Generous: CI machines are loaded; a hang (no certificate auto-selected) fails after this.
+PAGE_LOAD_TIMEOUT = 30
+WAIT = 30
 # Full-page screenshots: the window grows to the page's height, up to this.
 MAX_SHOT_HEIGHT = 4000
 NAV = ["dashboard", "devices", "approvals", "credentials", "trust-anchors", "operators", "audit"]
@@ -81,6 +81,14 @@ class Browser:
         self.pages = []
         self.keep = os.environ.get("IIOT_KEEP_TEST_DIRS", "0") != "0"
         self.root = tempfile.mkdtemp(prefix="iiot-console-browser-")
+        try:
+            self.d = self.start(args)
+        except BaseException:
+            self.remove_profile()
+            raise
+        self.d.set_page_load_timeout(PAGE_LOAD_TIMEOUT)
+
+    def start(self, args):
         home, udd = f"{self.root}/home", f"{self.root}/udd"
         db = f"sql:{home}/.pki/nssdb"
         os.makedirs(f"{home}/.pki/nssdb")
@@ -102,17 +110,19 @@ class Browser:
             opts.add_argument(a)
         # HOME in chromedriver's environment, which Chromium inherits: where the NSS db is.
         env = dict(os.environ, HOME=home)
-        self.d = webdriver.Chrome(
-            service=Service(CHROMEDRIVER, env=env, log_output=f"{self.root}/chromedriver.log"),
-            options=opts)
-        self.d.set_page_load_timeout(PAGE_LOAD_TIMEOUT)
+        log = os.path.join(self.shots, "chromedriver.log")
+        return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env, log_output=log),
+                                options=opts)
+
+    def remove_profile(self):
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def close(self):
         try:
             self.d.quit()
         finally:
-            if not self.keep:
-                shutil.rmtree(self.root, ignore_errors=True)
+            self.remove_profile()
 
     # Pages.
 
@@ -153,10 +163,16 @@ class Browser:
         return self.loaded(name or to)
 
     def click_and_wait(self, element):
-        """Clicks a link or submit button and waits until the next page replaced this one."""
-        html = self.d.find_element(By.TAG_NAME, "html")
+        """Clicks a link or submit button and waits until the next page replaced this one: a
+        mark left in this page's window object is gone and the new page has loaded. (Waiting
+        for an element to go stale races with the navigation: chromedriver may then answer
+        "Node with given id does not belong to the document" instead of "stale element".)"""
+        self.d.execute_script("window.__journeyOldPage = true;")
         element.click()
-        WebDriverWait(self.d, WAIT).until(EC.staleness_of(html))
+        WebDriverWait(self.d, WAIT, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.execute_script(
+                "return window.__journeyOldPage === undefined"
+                " && document.readyState === 'complete'"))
 
     # Elements.
 

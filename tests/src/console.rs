@@ -31,7 +31,7 @@ const PROGRAMS: &[&str] = &[
 ];
 
 /// One journey: browser start (~1-2 s), a handful of pages, quit. Generous for a loaded CI
-/// machine; the driver's own page-load timeout (15 s) fires first on a hang.
+/// machine; the driver's own page-load timeout (30 s) fires first on a hang.
 const JOURNEY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Whether the browser tests can run: `Ok(true)` when Chromium, chromedriver, the NSS tools and

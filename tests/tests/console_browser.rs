@@ -16,16 +16,18 @@
 //!   (`certutil`, `pk12util`), and a user-data-dir whose `Default/Preferences` auto-selects the
 //!   certificate with subject CN=NAME for `https://127.0.0.1:*`. Headless Chromium never shows
 //!   the certificate dialog: without that entry a page load would hang, which the driver's page
-//!   load timeout (15 s) turns into a failure.
+//!   load timeout (30 s) turns into a failure.
 //! - The driver clicks through the pages as an operator would (nav links, forms, buttons),
 //!   saves a full-page screenshot of every page it visits, and prints what the pages showed as
 //!   JSON. The assertions are here, against what the device, the CA's CRL, its audit log and
 //!   its command line really show, never against the driver's word alone.
 //!
-//! Screenshots: `<target>/console-screenshots/<test>/<journey>-<operator>/NN-page.png`
-//! (`target/debug/..` is `target/`; not committed), replaced on every run.
+//! Screenshots: `target/console-screenshots/<test>/<journey>-<operator>/NN-page.png` (the
+//! cargo target directory, not committed), next to the driver's stdout and stderr, replaced on
+//! every run.
 //!
-//! Each test is one CA and two browser sessions (~3-6 s each); the two tests run in parallel.
+//! Each test is one CA and two browser sessions (5-10 s each on 2 cores with the two tests in
+//! parallel, of which 1-3 s is the browser's start); the file takes 20-25 s.
 //! Without Chromium the tests fail, unless `IIOT_ACME_SKIP_BROWSER=1` (then they are skipped,
 //! with a line on stderr). `IIOT_KEEP_TEST_DIRS=1` keeps the browser profiles and CA data.
 
