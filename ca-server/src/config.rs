@@ -372,9 +372,12 @@ pub fn tls_names(cfg: &Config) -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let ip = cfg.listen.ip();
-    if !ip.is_unspecified() {
-        names.push(ip.to_string());
+    // The console's address too, when it is a specific one: operators open it by address.
+    let console = cfg.admin.enabled.then_some(cfg.admin.listen.ip());
+    for ip in std::iter::once(cfg.listen.ip()).chain(console) {
+        if !ip.is_unspecified() {
+            names.push(ip.to_string());
+        }
     }
     if let Some(host) = cfg
         .public_url

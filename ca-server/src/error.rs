@@ -143,6 +143,11 @@ pub enum Error {
     Internal(String),
 }
 
+/// The cause of a `serverInternal` response, attached to the response as an extension so a
+/// logging middleware can record it without the response body revealing it.
+#[derive(Clone, Debug)]
+pub struct InternalCause(pub String);
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -234,6 +234,19 @@ async fn only_active_operators_get_in_and_roles_limit_what_they_do() {
         .await;
     assert_eq!(status, 403);
 
+    // Reasons are the RFC 5280 ones an operator may give (not certificateHold, not 255).
+    for reason in [6, 8, 255] {
+        let (status, body) = c
+            .call(
+                Some(&admin),
+                Method::POST,
+                "/api/revoke",
+                Some(json!({"serial": "01", "reason": reason})),
+            )
+            .await;
+        assert_eq!(status, 400, "{reason}: {body}");
+    }
+
     // An admin creates a credential; the HMAC key is in that answer only.
     let (status, cred) = c
         .call(
@@ -383,6 +396,15 @@ async fn requests_a_browser_marks_cross_site_change_nothing() {
             Some(&b"DENY"[..])
         );
     }
+    // A form a page of another site posts, from a browser too old to say where it comes from.
+    let r = client
+        .post(c.url("/operators"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=mallory&role=admin")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 403);
     let (status, ops) = c
         .call(Some(&admin), reqwest::Method::GET, "/api/operators", None)
         .await;
@@ -392,6 +414,38 @@ async fn requests_a_browser_marks_cross_site_change_nothing() {
     let origin = c.base.clone();
     let r = post(&[("origin", origin.as_str())]).await.expect("answer");
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// The console speaks TLS 1.3 only, so the client certificate naming the operator is never
+/// sent in the clear.
+#[tokio::test]
+async fn the_console_refuses_tls_1_2() {
+    let c = Console::start(|_| {}).await;
+    let admin = c.operator("ada", Role::Admin);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(c.root_der.clone()))
+        .expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![admin.cert.clone().into()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(admin.key.clone()).into(),
+    )
+    .expect("cert");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("client");
+    assert!(client.get(c.url("/api/whoami")).send().await.is_err());
+    let (status, _) = c
+        .call(Some(&admin), reqwest::Method::GET, "/api/whoami", None)
+        .await;
+    assert_eq!(status, 200, "TLS 1.3 works");
 }
 
 #[tokio::test]
@@ -695,7 +749,20 @@ async fn the_pages_show_what_the_api_says_and_escape_what_others_wrote() {
     );
     assert!(!html.contains("<script>"), "{html}");
 
-    // A made-up flash says nothing.
-    let (_, html) = page(Some(&viewer), "/approvals?done=pwned&target=x").await;
-    assert!(!html.contains("id=\"flash\""));
+    // A made-up flash says nothing, nor does a real one with words of a link's own.
+    for path in [
+        "/approvals?done=pwned&target=x",
+        "/approvals?done=approved&target=SN-1.+URGENT:+read+the+code+to+the+caller",
+    ] {
+        let (_, html) = page(Some(&viewer), path).await;
+        assert!(!html.contains("id=\"flash\""), "{path}");
+    }
+    // Page numbers out of range are an empty page, not an error.
+    for path in [
+        "/devices?page=18446744073709551615",
+        "/audit?page=18446744073709551615",
+    ] {
+        let (status, _) = page(Some(&viewer), path).await;
+        assert_eq!(status, 200, "{path}");
+    }
 }

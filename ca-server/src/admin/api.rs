@@ -109,12 +109,22 @@ async fn refuse_cross_site(request: Request, next: Next) -> Result<Response> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         let headers = request.headers();
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        // Forms are what a page of another site can send without asking (a cross-site JSON
+        // request needs a CORS preflight, which the console never grants); browsers too old
+        // to say where a form comes from are not served forms.
+        let form = text(header::CONTENT_TYPE.as_str()).is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t.starts_with("application/x-www-form-urlencoded")
+                || t.starts_with("multipart/form-data")
+                || t.starts_with("text/plain")
+        });
         let refused = match text("sec-fetch-site") {
             Some("same-origin" | "none") => None,
             Some(site) => Some(format!("Sec-Fetch-Site: {site}")),
             None => match (text(header::ORIGIN.as_str()), text(header::HOST.as_str())) {
                 (Some(origin), Some(host)) if origin == format!("https://{host}") => None,
                 (Some(origin), _) => Some(format!("Origin: {origin}")),
+                (None, _) if form => Some("a form without Origin".to_owned()),
                 (None, _) => None,
             },
         };
@@ -132,6 +142,9 @@ async fn refuse_cross_site(request: Request, next: Next) -> Result<Response> {
 async fn security_headers(request: Request, next: Next) -> Response {
     use axum::http::header::{self, HeaderValue};
     let mut response = next.run(request).await;
+    if let Some(cause) = response.extensions().get::<crate::error::InternalCause>() {
+        tracing::error!(cause = %cause.0, "console request failed");
+    }
     let h = response.headers_mut();
     for (name, value) in [
         (
@@ -236,6 +249,9 @@ pub(super) async fn approve(
     decide(&app, &caller, &id, &Decision::Approve)
 }
 
+/// The longest rejection reason: it is shown to the device and kept in the audit log.
+const MAX_REASON: usize = 500;
+
 /// Why a request is rejected.
 #[derive(Default, Deserialize, ToSchema)]
 pub struct RejectRequest {
@@ -257,6 +273,14 @@ pub(super) async fn reject(
     body: Option<Json<RejectRequest>>,
 ) -> Result<Json<Value>> {
     let reason = body.and_then(|Json(b)| b.reason).filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(Error::Malformed(format!(
+            "the reason is longer than {MAX_REASON} characters"
+        )));
+    }
     decide(&app, &caller, &id, &Decision::Reject { reason })
 }
 
@@ -584,8 +608,7 @@ pub(super) async fn audit_log(
     responses((status = 200, description = "CRL status per issuer")))]
 pub(super) async fn crl_status(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let number: Option<u64> = app.db.get(Table::Meta, "crl_number")?;
-    let certs: Vec<crate::ca::cert::Certificate> =
-        app.db.values_with_prefix(Table::Certificates, "")?;
+    let certs = fleet::certificates(&app).await?;
     let issuers: Vec<Value> = IssuerKind::ALL
         .into_iter()
         .filter(|k| app.ca.has(*k))

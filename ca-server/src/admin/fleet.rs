@@ -68,8 +68,20 @@ impl Selector {
     }
 }
 
-pub(super) fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
-    app.db.values_with_prefix(Table::Certificates, "")
+/// Every stored certificate. A console request that needs them all reads them on the blocking
+/// pool, one such read at a time, so operators (or a page in an operator's browser firing
+/// requests) cannot tie up the workers that serve devices or hold many copies of a large
+/// store in memory at once.
+pub(super) async fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
+    static ONE_SCAN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = ONE_SCAN
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(format!("scan queue closed: {e}")))?;
+    let reader = app.clone();
+    tokio::task::spawn_blocking(move || reader.db.values_with_prefix(Table::Certificates, ""))
+        .await
+        .map_err(|e| Error::Internal(format!("certificate scan failed: {e}")))?
 }
 
 /// RFC 5280 §5.3.1 reasons an operator may give, by name.
@@ -119,9 +131,20 @@ pub async fn revoke(
             "say which certificates: serial, identifier or account".into(),
         ));
     }
+    if !REASONS.iter().any(|(_, code)| *code == r.reason) {
+        return Err(Error::BadRevocationReason(format!(
+            "reason {} is not one an operator may give: {}",
+            r.reason,
+            REASONS
+                .iter()
+                .map(|(name, code)| format!("{code} {name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut revoked = Vec::new();
     let mut issuers = std::collections::BTreeSet::new();
-    for c in certificates(&app)? {
+    for c in certificates(&app).await? {
         if c.revoked.is_none() && r.select.matches(&c)? {
             match record_revocation(&app, &c.id, r.reason, RevokedBy::Operator) {
                 Ok(issuer) => {
@@ -140,6 +163,8 @@ pub async fn revoke(
         operator = %caller.actor.name,
         "operator revoked certificates"
     );
+    // The CRLs first: brokers read them, and the revocation stands whatever the log says.
+    crate::ra::crl::publish(&app, issuers).await;
     for serial in &revoked {
         record(
             &app,
@@ -149,7 +174,6 @@ pub async fn revoke(
             json!({"reason": r.reason}),
         )?;
     }
-    crate::ra::crl::publish(&app, issuers).await;
     Ok(Json(json!({"revoked": revoked})))
 }
 
@@ -169,7 +193,7 @@ pub async fn renew_early(
     }
     let at = now();
     let mut marked = Vec::new();
-    for c in certificates(&app)? {
+    for c in certificates(&app).await? {
         if c.revoked.is_none() && c.not_after > at && select.matches(&c)? {
             app.db
                 .update(Table::Certificates, &c.id, |mut c: Certificate| {
@@ -196,10 +220,10 @@ pub async fn renew_early(
 #[utoipa::path(get, path = "/api/report", tag = "fleet",
     responses((status = 200, description = "certificates by status, expiring within 24 h, \
         devices that stopped renewing, revoked, key-reuse and weak-key attempts, key types, \
-        profiles")))]
+        profiles, certificates issued per hour over the last 24 h")))]
 pub async fn report(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     let at = now();
-    let certs = certificates(&app)?;
+    let certs = certificates(&app).await?;
     let soon = at + 24 * 3600;
     let (mut valid, mut expired, mut revoked) = (0, 0, 0);
     // Profiles and key types in use: of valid certificates only (neither expired nor
@@ -211,7 +235,14 @@ pub async fn report(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
     // Newest certificate per identifier set: a device whose newest certificate has expired
     // stopped renewing.
     let mut newest: BTreeMap<String, &Certificate> = BTreeMap::new();
+    // Certificates issued in each of the last 24 hours, oldest hour first.
+    let mut per_hour = [0usize; 24];
     for c in &certs {
+        if let Ok(hours) = usize::try_from((at - c.not_before) / 3600) {
+            if let Some(slot) = per_hour.len().checked_sub(hours + 1) {
+                per_hour[slot] += 1;
+            }
+        }
         match (&c.revoked, c.not_after <= at) {
             (Some(r), _) => {
                 revoked += 1;
@@ -265,6 +296,7 @@ pub async fn report(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
         "weakKeyAttempts": weak,
         "keyTypes": key_types,
         "profiles": profiles,
+        "issuedPerHour": per_hour,
     })))
 }
 
@@ -455,11 +487,15 @@ pub struct Page<T> {
 /// The default and the largest page size.
 const PER_PAGE: (usize, usize) = (50, 500);
 
+/// The highest page number asked for that is taken as such.
+const MAX_PAGE: usize = 1 << 30;
+
 impl<T> Page<T> {
     /// The `page`-th page (from 1) of `per_page` items of `all`.
     pub fn of(all: Vec<T>, page: Option<usize>, per_page: Option<usize>) -> Self {
         let per_page = per_page.unwrap_or(PER_PAGE.0).clamp(1, PER_PAGE.1);
-        let page = page.unwrap_or(1).max(1);
+        // Past the last page is an empty page; the cap keeps page arithmetic in range.
+        let page = page.unwrap_or(1).clamp(1, MAX_PAGE);
         let total = all.len();
         let items = all
             .into_iter()
@@ -490,7 +526,7 @@ pub async fn list_certificates(
         account: q.account.clone(),
     };
     let mut matching = Vec::new();
-    for c in certificates(&app)? {
+    for c in certificates(&app).await? {
         if select.matches(&c)?
             && q.profile.as_deref().is_none_or(|p| p == profile_of(&c))
             && q.status.is_none_or(|s| s == Status::of(&c, at))
@@ -524,7 +560,8 @@ pub async fn certificate(
         .ok_or(Error::NotFound("certificate"))?;
     let at = now();
     let (start, end) = crate::ra::renewal::suggested_window(&c, at);
-    let mut history: Vec<CertificateSummary> = certificates(&app)?
+    let mut history: Vec<CertificateSummary> = certificates(&app)
+        .await?
         .iter()
         .filter(|o| o.identifiers == c.identifiers)
         .map(|o| CertificateSummary::of(o, at))

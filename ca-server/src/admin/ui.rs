@@ -105,14 +105,22 @@ struct Done {
 
 impl Done {
     fn message(&self) -> Option<String> {
+        // Targets are ids, serials and names: nothing else is shown.
         let target = self.target.as_deref().unwrap_or("");
+        let plain = target.len() <= 80
+            && target
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !plain {
+            return None;
+        }
         let what = match self.done.as_deref()? {
             "approved" => "Approved request",
             "rejected" => "Rejected request",
             "revoked" => "Revoked certificate",
             "renew-early" => "Renewal due now for certificate",
             "credential-revoked" => "Revoked credential",
-            "anchor-added" => "Trust anchor added:",
+            "anchor-added" => "Trust anchor added (compare its SHA-256 below):",
             "operator-revoked" => "Revoked operator",
             _ => return None,
         };
@@ -201,15 +209,12 @@ async fn dashboard(State(app): State<Ra>, caller: Result<Viewer, Error>) -> Page
     let pending = api::approvals(State(app.clone()), Viewer(caller.clone()))
         .await?
         .0;
-    // Enrollments per hour over the last 24 hours, oldest first.
-    let at = now();
-    let mut per_hour = [0usize; 24];
-    for c in fleet::certificates(&app)? {
-        let age = at - c.not_before;
-        if (0..24 * 3600).contains(&age) {
-            per_hour[23 - usize::try_from(age / 3600).unwrap_or(0).min(23)] += 1;
-        }
-    }
+    let per_hour: Vec<u64> = report["issuedPerHour"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| n.as_u64().unwrap_or(0))
+        .collect();
     let certs = &report["certificates"];
     let cards = [
         (
@@ -251,6 +256,7 @@ async fn dashboard(State(app): State<Ra>, caller: Result<Viewer, Error>) -> Page
         ),
     ];
     let peak = per_hour.iter().copied().max().unwrap_or(0).max(1);
+    let hours = per_hour.len();
     let body = html! {
         section #dashboard {
             div.cards {
@@ -268,7 +274,7 @@ async fn dashboard(State(app): State<Ra>, caller: Result<Viewer, Error>) -> Page
                 @for (i, n) in per_hour.iter().enumerate() {
                     @let h = n * 100 / peak;
                     rect x=(i * 20 + 2) y=(100 - h) width="16" height=(h) {
-                        title { (n) " issued " (23 - i) " to " (24 - i) " h ago" }
+                        title { (n) " issued " (hours - 1 - i) " to " (hours - i) " h ago" }
                     }
                 }
                 text x="0" y="115" { "24 h ago" }
@@ -280,7 +286,7 @@ async fn dashboard(State(app): State<Ra>, caller: Result<Viewer, Error>) -> Page
             @if count(&report["stoppedRenewing"]) == 0 { p { "None." } } @else {
                 table { tr { th { "identifiers" } th { "last certificate" } th { "expired" } }
                     @for d in report["stoppedRenewing"].as_array().into_iter().flatten() {
-                        tr { td { (text(&d["identifiers"])) }
+                        tr { td { (shown(text(&d["identifiers"]))) }
                             td.mono { a href=(format!("/devices/{}", text(&d["lastCertificate"]))) { (text(&d["lastCertificate"])) } }
                             td { (text(&d["expired"])) } }
                     }
@@ -297,7 +303,7 @@ fn cert_list(list: &Value, when: &str, label: &str) -> Markup {
             table { tr { th { "serial" } th { "identifiers" } th { (label) } }
                 @for c in list.as_array().into_iter().flatten() {
                     tr { td.mono { a href=(format!("/devices/{}", text(&c["serial"]))) { (text(&c["serial"])) } }
-                        td { (c["identifiers"].as_array().into_iter().flatten().filter_map(Value::as_str).map(identifier_text).collect::<Vec<_>>().join(", ")) }
+                        td { (identifiers(&c["identifiers"])) }
                         td { (text(&c[when])) } }
                 }
             }
@@ -305,9 +311,28 @@ fn cert_list(list: &Value, when: &str, label: &str) -> Markup {
     }
 }
 
-/// An identifier as stored in a report (`{"type", "value"}`) or as text.
-fn identifier_text(v: &str) -> String {
-    v.to_owned()
+/// Text a device or a client chose, as shown on a page: maud escapes the markup, and this
+/// escapes control and bidirectional characters, so a device cannot make its identifier read
+/// as another one (as on the command line).
+fn shown(text: &str) -> String {
+    crate::text::escape(text).into_owned()
+}
+
+/// A list of identifiers, as text (`dns:plc-1`) or as objects (`{"type", "value"}`), shown.
+fn identifiers(list: &Value) -> String {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| match i {
+            Value::String(s) => shown(s),
+            other => shown(&format!(
+                "{}:{}",
+                text(&other["type"]),
+                text(&other["value"])
+            )),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Default, Deserialize)]
@@ -325,7 +350,7 @@ async fn devices(
     let Viewer(caller) = caller?;
     let at = now();
     let mut newest: BTreeMap<String, (Certificate, usize)> = BTreeMap::new();
-    for c in fleet::certificates(&app)? {
+    for c in fleet::certificates(&app).await? {
         let key = c
             .identifiers
             .iter()
@@ -374,7 +399,7 @@ async fn devices(
             @for (ids, c, n) in &page.items {
                 @let status = fleet::Status::of(c, at);
                 tr.device data-serial=(c.id) {
-                    td { a.device-link href=(format!("/devices/{}", c.id)) { (ids) } }
+                    td { a.device-link href=(format!("/devices/{}", c.id)) { (shown(ids)) } }
                     td class=(status_class(status.as_str())) { (status.as_str()) }
                     td { (c.profile.as_deref().unwrap_or(crate::ca::profiles::DEFAULT_PROFILE)) }
                     td { (rfc3339(c.not_before)) }
@@ -411,15 +436,10 @@ async fn device(
         .0;
     let c = &v["certificate"];
     let status = text(&c["status"]);
-    let ids: Vec<&str> = c["identifiers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let ids = identifiers(&c["identifiers"]);
     let body = html! {
         dl.facts {
-            dt { "identifiers" } dd #identifiers { (ids.join(", ")) }
+            dt { "identifiers" } dd #identifiers { (ids) }
             dt { "status" } dd #status class=(status_class(status)) { (status) }
             dt { "serial" } dd.mono { (text(&c["serial"])) }
             dt { "profile" } dd { (text(&c["profile"])) }
@@ -449,7 +469,7 @@ async fn device(
     Ok(layout(
         &caller,
         "devices",
-        &format!("Device {}", ids.join(", ")),
+        &format!("Device {ids}"),
         done.message(),
         body,
     ))
@@ -464,7 +484,7 @@ async fn revoke_page(
     let v = fleet::certificate(State(app), Viewer(caller.clone()), Path(serial.clone()))
         .await?
         .0;
-    let ids = v["certificate"]["identifiers"].to_string();
+    let ids = identifiers(&v["certificate"]["identifiers"]);
     let body = html! {
         p.warning { "Revoking is final: the certificate goes on the CRL and the device stops being trusted where CRLs are checked. Devices renew with a new certificate only if their account may still order." }
         dl.facts { dt { "identifiers" } dd { (ids) } dt { "serial" } dd.mono { (serial) } }
@@ -522,7 +542,7 @@ async fn renew_early_page(
         .0;
     let body = html! {
         p { "The device's renewal window (RFC 9773 renewal information) starts now: it renews the next time it asks, with a new key if it makes one." }
-        dl.facts { dt { "identifiers" } dd { (v["certificate"]["identifiers"].to_string()) } dt { "serial" } dd.mono { (serial) } }
+        dl.facts { dt { "identifiers" } dd { (identifiers(&v["certificate"]["identifiers"])) } dt { "serial" } dd.mono { (serial) } }
         form.stack method="post" action=(format!("/devices/{serial}/renew-early")) {
             div { button #confirm-renew-early type="submit" { "Make it renew now" } " " a href=(format!("/devices/{serial}")) { "Cancel" } }
         }
@@ -568,8 +588,8 @@ async fn approvals(
                 }
                 div {
                     dl.facts {
-                        dt { "identifier" } dd.identifier { (text(&p["identifier"])) }
-                        dt { "from" } dd.source { (p["source"].as_str().unwrap_or("unknown")) }
+                        dt { "identifier" } dd.identifier { (shown(text(&p["identifier"]))) }
+                        dt { "from" } dd.source { (shown(p["source"].as_str().unwrap_or("unknown"))) }
                         dt { "account" } dd.mono { (text(&p["account"])) }
                         dt { "requested" } dd { (text(&p["requested"])) }
                         dt { "expires" } dd { (text(&p["expires"])) }
@@ -1005,12 +1025,36 @@ async fn audit(
             @for e in page["items"].as_array().into_iter().flatten() {
                 tr.audit-entry {
                     td { (e["seq"]) } td { (text(&e["at"])) } td { (text(&e["actor"])) } td { (text(&e["from"])) }
-                    td { (text(&e["action"])) } td.mono { (text(&e["target"])) }
-                    td.mono { @if !e["detail"].is_null() { (e["detail"].to_string()) } }
+                    td { (text(&e["action"])) } td.mono { (shown(text(&e["target"]))) }
+                    td.mono { @if !e["detail"].is_null() { (shown(&e["detail"].to_string())) } }
                 }
             }
         }
         (pager("/audit", None, page["page"].as_u64().unwrap_or(1) as usize, page["perPage"].as_u64().unwrap_or(100) as usize, page["total"].as_u64().unwrap_or(0) as usize))
     };
     Ok(layout(&caller, "audit", "Audit log", None, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Identifiers a device chose are shown with control and bidirectional characters
+    /// escaped, in both forms the API returns them.
+    #[test]
+    fn identifiers_cannot_reorder_what_the_operator_reads() {
+        let list = serde_json::json!([
+            "permanent-identifier:SN-1\u{202e}2-NS",
+            {"type": "permanent-identifier", "value": "SN\u{200f}-9"},
+        ]);
+        let shown = identifiers(&list);
+        assert!(
+            !shown.contains('\u{202e}') && !shown.contains('\u{200f}'),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\\u{202e}") && shown.contains("\\u{200f}"),
+            "{shown}"
+        );
+    }
 }

@@ -94,19 +94,14 @@ pub fn append(
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| io("lock", e.into()))?;
     // The lock goes with the file descriptor when `file` is dropped.
-    let (seq, prev) = match last_line(&mut file).map_err(|e| io("read", e))? {
-        Some(line) => {
-            let last: Entry = serde_json::from_slice(&line).map_err(|e| {
-                Error::Storage(format!(
-                    "audit log {}: the last line is not an entry ({e}); not appending to a \
-                     damaged log",
-                    path.display()
-                ))
-            })?;
-            (last.seq + 1, hash(&line))
-        }
-        None => (1, GENESIS.to_owned()),
-    };
+    let (seq, prev) = next_link(&mut file).map_err(|e| match e {
+        Tail::Io(e) => io("read", e),
+        Tail::Damaged => Error::Storage(format!(
+            "audit log {}: its last {TAIL_WINDOW} bytes hold no entry; not appending to a \
+             damaged log",
+            path.display()
+        )),
+    })?;
     let entry = Entry {
         seq,
         at: rfc3339(now()),
@@ -134,32 +129,49 @@ fn hash(line: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, line))
 }
 
-/// The last complete line (without its newline), reading backwards from the end.
-fn last_line(file: &mut File) -> std::io::Result<Option<Vec<u8>>> {
-    let len = file.seek(SeekFrom::End(0))?;
+/// How far back from the end `append` looks for the last entry.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+enum Tail {
+    Io(std::io::Error),
+    Damaged,
+}
+
+/// The `seq` and `prev` of the entry to append.
+///
+/// A line is one entry, so `seq` is the new line's number, and `prev` the hash of the line
+/// before it, whatever that line holds. A crash in the middle of a write can leave a line
+/// without its newline: that fragment is sealed with a newline and counted as a line, so the
+/// log stays appendable, and [`read_checked`] reports the damaged line.
+fn next_link(file: &mut File) -> std::result::Result<(u64, String), Tail> {
+    let len = file.seek(SeekFrom::End(0)).map_err(Tail::Io)?;
     if len == 0 {
-        return Ok(None);
+        return Ok((1, GENESIS.to_owned()));
     }
-    let mut tail = Vec::new();
-    let mut pos = len;
-    let chunk = 4096u64;
-    loop {
-        let start = pos.saturating_sub(chunk);
-        let mut buf = vec![0; usize::try_from(pos - start).unwrap_or(0)];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut buf)?;
-        buf.extend_from_slice(&tail);
-        tail = buf;
-        // Skip the final newline, then look for the one before the last line.
-        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
-        if let Some(i) = body.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(body[i + 1..].to_vec()));
-        }
-        if start == 0 {
-            return Ok(Some(body.to_vec()));
-        }
-        pos = start;
+    let start = len.saturating_sub(TAIL_WINDOW);
+    let mut tail = vec![0; usize::try_from(len - start).map_err(|_| Tail::Damaged)?];
+    file.seek(SeekFrom::Start(start)).map_err(Tail::Io)?;
+    file.read_exact(&mut tail).map_err(Tail::Io)?;
+    if !tail.ends_with(b"\n") {
+        file.write_all(b"\n").map_err(Tail::Io)?;
+        tail.push(b'\n');
     }
+    let body = &tail[..tail.len() - 1];
+    let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    if start > 0 {
+        // The window's first piece may be the end of a longer line.
+        lines.remove(0);
+    }
+    let last = *lines.last().ok_or(Tail::Damaged)?;
+    // The newest line that is an entry, and how many lines follow it.
+    let (after, entry) = lines
+        .iter()
+        .rev()
+        .enumerate()
+        .find_map(|(i, line)| serde_json::from_slice::<Entry>(line).ok().map(|e| (i, e)))
+        .ok_or(Tail::Damaged)?;
+    let after = u64::try_from(after).map_err(|_| Tail::Damaged)?;
+    Ok((entry.seq + after + 1, hash(last)))
 }
 
 /// Every entry, oldest first.
@@ -293,6 +305,40 @@ mod tests {
             .1
             .expect_err("broken");
         assert!(why.contains("line 1"), "{why}");
+    }
+
+    /// A crash in the middle of a write leaves a fragment without its newline: the log stays
+    /// appendable, and the check names the damaged line.
+    #[test]
+    fn a_torn_write_is_sealed_reported_and_does_not_stop_the_log() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        append(dir.path(), &actor(), "operator.add", "bob", Value::Null).expect("1");
+        OpenOptions::new()
+            .append(true)
+            .open(path(dir.path()))
+            .expect("open")
+            .write_all(b"{\"seq\":2,\"at\":\"20")
+            .expect("tear");
+        let third = append(
+            dir.path(),
+            &actor(),
+            "certificate.revoke",
+            "0a",
+            Value::Null,
+        )
+        .expect("appends after a torn write");
+        assert_eq!(third.seq, 3, "the fragment is line 2");
+        let fourth = append(dir.path(), &actor(), "credential.create", "k", Value::Null)
+            .expect("and goes on");
+        assert_eq!(fourth.seq, 4);
+        let (entries, chain) = read_checked(dir.path()).expect("read");
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
+        let why = chain.expect_err("the damage is reported");
+        assert!(why.contains("line 2"), "{why}");
     }
 
     #[test]

@@ -103,7 +103,46 @@ pub async fn serve(app: Ra, listener: TcpListener) -> Result<()> {
     let bad = |e: std::io::Error| Error::Internal(format!("metrics listener on {addr}: {e}"));
     listener.set_nonblocking(true).map_err(bad)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(bad)?;
-    axum::serve(listener, router(app)).await.map_err(bad)
+    serve_bounded(listener, router(app)).await;
+    Ok(())
+}
+
+/// Connections the metrics listener serves at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a metrics connection may stay open, request and response included.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `router` one request per connection, at most [`MAX_CONNECTIONS`] at once, each
+/// closed after [`CONNECTION_DEADLINE`]: the listener has no authentication, so whoever
+/// reaches it must not be able to hold connections (and the process's file descriptors)
+/// open.
+async fn serve_bounded(listener: tokio::net::TcpListener, router: Router) {
+    use tower::ServiceExt as _;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = std::sync::Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Recomputes the gauges that need a scan of the store (certificates expiring within 24 h), on

@@ -25,9 +25,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use crate::error::InternalCause;
 use crate::ra::Ra;
 use crate::wfe::nonce::NonceStore;
-use crate::wfe::problem::{InternalCause, ProblemSent};
+use crate::wfe::problem::ProblemSent;
 use crate::wire::paths;
 use crate::Error;
 

@@ -5,12 +5,8 @@
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use crate::error::InternalCause;
 use crate::{Error, ProblemType};
-
-/// The cause of a `serverInternal` response, attached as an extension so the logging
-/// middleware can record it without the response body revealing it.
-#[derive(Clone, Debug)]
-pub struct InternalCause(pub String);
 
 /// The type of the problem document a response carries, attached as an extension so the
 /// middleware counts it (`iiot_acme_problems_total`).
