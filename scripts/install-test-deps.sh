@@ -5,7 +5,12 @@
 #   openssl         test certificates for Pebble and `openssl verify` of issued chains
 #   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test
 #   mosquitto-clients  mosquitto_pub, the device side of that test
-#   python3-venv    for .venv-tests: asyncua (PyPI, pinned) for the OPC UA interop test
+#   python3-venv    for .venv-tests: asyncua (PyPI, pinned) for the OPC UA interop test, and
+#                   selenium (PyPI, pinned), which drives the browser of the console tests
+#   chromium chromium-driver  headless Chromium and chromedriver: the operator console's web UI
+#                   in a real browser (tests/tests/console_browser.rs)
+#   libnss3-tools   certutil and pk12util: the browser's NSS database with the CA root and the
+#                   operator's PKCS#12 client certificate
 #   gcc libssl-dev  the C program that enrolls through the embedded client's C API over OpenSSL
 #                   (tests/c/enroll.c); python3 also reads the firmware ELF for the footprint
 #
@@ -14,9 +19,10 @@
 set -euo pipefail
 
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
-    gcc libc6-dev libssl-dev)
+    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
-BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub cc python3)
+BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub cc python3
+    chromium chromedriver certutil pk12util)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }
@@ -66,9 +72,11 @@ fi
 for bin in "${BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin is not on PATH"
 done
-# asyncua is not packaged by Debian: a virtualenv in the repository (git-ignored), which
-# tests/tests/opcua.rs finds by path. $IIOT_PYTHON overrides it for both.
+# asyncua is not packaged by Debian, and Debian's selenium is older: a virtualenv in the
+# repository (git-ignored), which tests/tests/opcua.rs and console_browser.rs find by path.
+# $IIOT_PYTHON overrides it for all of them.
 ASYNCUA_VERSION=2.1.0
+SELENIUM_VERSION=4.51.0
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${repo_root}/.venv-tests"
 python="${IIOT_PYTHON:-${venv}/bin/python}"
@@ -82,4 +90,10 @@ else
     log "installing asyncua ${ASYNCUA_VERSION} into ${python}"
     "$python" -m pip install -q "asyncua==${ASYNCUA_VERSION}"
 fi
-log "done: ${BINARIES[*]} and asyncua available"
+if "$python" -c "import selenium, sys; sys.exit(selenium.__version__ != '${SELENIUM_VERSION}')" 2>/dev/null; then
+    log "already installed: selenium ${SELENIUM_VERSION} (${python})"
+else
+    log "installing selenium ${SELENIUM_VERSION} into ${python}"
+    "$python" -m pip install -q "selenium==${SELENIUM_VERSION}"
+fi
+log "done: ${BINARIES[*]}, asyncua and selenium available"

@@ -13,6 +13,10 @@
 //! - `tests/interop.rs`: certbot and lego against [`CaServer`].
 //! - `tests/pebble_harness.rs`: the same drivers against [`Pebble`], proving the harness; ignored
 //!   by default, run with `cargo test -p iiot-acme-tests --test pebble_harness -- --ignored`.
+//! - `tests/device_client.rs`: the `device-client` binary as a simulated device
+//!   ([`device_client::Device`]).
+//! - `tests/console_browser.rs`: the operator console's web UI in headless Chromium
+//!   ([`console`]).
 //!
 //! Set `IIOT_KEEP_TEST_DIRS=1` to keep every temporary directory (data directories, logs,
 //! client state) after the test, for post-mortems; their paths appear in error messages.
@@ -21,6 +25,8 @@ pub mod ca_server;
 pub mod cargo;
 pub mod cli;
 pub mod clients;
+pub mod console;
+pub mod device_client;
 pub mod https;
 pub mod idevid;
 pub mod openssl;
@@ -36,6 +42,20 @@ pub use ports::{free_port, free_tcp_udp_port};
 
 /// Environment variable that keeps temporary directories when set to anything but `0`.
 pub const KEEP_DIRS_ENV: &str = "IIOT_KEEP_TEST_DIRS";
+
+/// The Python with the test virtualenv's packages (asyncua, selenium): `$IIOT_PYTHON`, else the
+/// repository's `.venv-tests` (`scripts/install-test-deps.sh`), else `python3`.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("IIOT_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tests/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
 
 /// A new temporary directory named `<prefix>XXXXXX`, removed on drop unless
 /// [`KEEP_DIRS_ENV`] is set.

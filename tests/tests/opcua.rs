@@ -36,19 +36,6 @@ const CLIENT_URI: &str = "urn:plant.example:line1:hmi";
 const OPCUA_TOML: &str = "[profiles.opcua]\napplication_uri_prefixes = [\"urn:plant.example:\"]\n\
                           organization = \"Plant Example Ltd\"\n";
 
-/// The Python with asyncua: `$IIOT_PYTHON`, else the repository's `.venv-tests`, else `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("IIOT_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tests/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 /// An RSA-2048 key (asyncua 2.1 has no ECC policies; ring cannot generate RSA keys).
 fn rsa_key(dir: &Path, name: &str) -> Result<(rcgen::KeyPair, PathBuf)> {
     // asyncua picks PEM or DER by the file extension.
@@ -181,7 +168,7 @@ impl Run<'_> {
         label: &str,
     ) -> Result<(bool, String)> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("opcua/interop.py");
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(iiot_acme_tests::python());
         cmd.arg(script);
         if rsa_chain {
             cmd.arg("--expect-rsa-chain");
