@@ -315,7 +315,7 @@ fn storage(c: &mut Criterion, fx: &Fixture) {
             .ca
             .issue_leaf(&info.spki_der, &fx.order.identifiers, &fx.leaf)
             .expect("issued");
-    let record = Certificate::new(&fx.account.id, &fx.order, &issued);
+    let record = Certificate::new(&fx.account.id, &fx.order, &issued, None);
     let mut n = 0u64;
     let mut next = move || {
         n += 1;

@@ -593,10 +593,21 @@ async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_
     }
     assert!(valid, "approved through the console");
     let key = rcgen::KeyPair::generate().expect("key");
-    let done = s
-        .finalize(&acct, &order, &common::csr(&["plc-7"], &key))
-        .await
-        .json();
+    // Finalized from a plant address, as the listener reports it.
+    let mut finalize = s
+        .signed_post(
+            &acct,
+            order["finalize"].as_str().expect("finalize"),
+            Some(&json!({"csr": common::b64(common::csr(&["plc-7"], &key))})),
+        )
+        .await;
+    finalize
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [10, 20, 0, 7],
+            5555,
+        ))));
+    let done = s.send(finalize).await.json();
     let mut order_now = done;
     for _ in 0..50 {
         if order_now["status"] == "valid" {
@@ -671,6 +682,7 @@ async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_
         )
         .await;
     assert_eq!(page["certificate"]["status"], "revoked", "{page}");
+    assert_eq!(page["source"], "10.20.0.7", "{page}");
 
     // The audit log says who approved (with the pairing code) and who revoked.
     let (_, log) = c

@@ -542,8 +542,9 @@ pub async fn list_certificates(
     Ok(Json(Page::of(summaries, q.page, q.per_page)))
 }
 
-/// One certificate in full: its summary, key type, chain, renewal window, and the device's
-/// other certificates (same identifiers), newest first.
+/// One certificate in full: its summary, key type, chain, renewal window, the address its
+/// finalize request came from, and the device's other certificates (same identifiers), newest
+/// first.
 #[utoipa::path(get, path = "/api/certificates/{serial}", tag = "certificates",
     params(("serial" = String, Path, description = "serial number, hex")),
     responses((status = 200, description = "the certificate"),
@@ -571,6 +572,7 @@ pub async fn certificate(
         "certificate": CertificateSummary::of(&c, at),
         "keyType": key_type(&c)?,
         "orderId": c.order_id,
+        "source": c.source,
         "replacedBy": c.replaced_by,
         "renewalWindow": {"start": rfc3339(start), "end": rfc3339(end)},
         "chainPem": c.chain_pem,

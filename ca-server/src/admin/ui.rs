@@ -457,6 +457,7 @@ async fn device(
             dt { "valid until" } dd { (text(&c["notAfter"])) }
             dt { "renewal window (ARI)" } dd { (text(&v["renewalWindow"]["start"])) " to " (text(&v["renewalWindow"]["end"])) }
             dt { "account" } dd.mono { (text(&c["account"])) }
+            dt { "source address" } dd #source { (shown(v["source"].as_str().unwrap_or("not recorded"))) }
             @if let Some(r) = c.get("revoked") { dt { "revoked" } dd { (text(&r["at"])) ", " (reason_name(&r["reason"])) } }
         }
         @if status == "valid" {

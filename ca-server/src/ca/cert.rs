@@ -87,4 +87,8 @@ pub struct Certificate {
     /// issued before profiles existed.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The address the finalize request came from; `None` for certificates issued before it
+    /// was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }

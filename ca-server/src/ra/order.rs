@@ -555,7 +555,13 @@ fn secs(d: std::time::Duration) -> i64 {
 /// payload that could not be read, reported once the order is known to exist.
 ///
 /// <https://www.rfc-editor.org/rfc/rfc8555#section-7.4>
-pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>) -> Result<Order> {
+pub async fn finalize(
+    app: &Ra,
+    account: &Account,
+    id: &str,
+    csr: Result<String>,
+    source: Option<std::net::IpAddr>,
+) -> Result<Order> {
     let order = own_order(app, account, id)?;
     let csr = &csr?;
 
@@ -674,7 +680,7 @@ pub async fn finalize(app: &Ra, account: &Account, id: &str, csr: Result<String>
             return reopen(e, claims);
         }
         Ok(issued) => {
-            let cert = Certificate::new(&account.id, &order, &issued);
+            let cert = Certificate::new(&account.id, &order, &issued, source);
             // A failure here leaves the order processing until it is reported stuck, and the
             // claims lapse (`identity::CLAIM_LAPSES`).
             app.db.put(Table::Certificates, &cert.id, &cert)?;
@@ -719,8 +725,13 @@ fn enrollment(app: &Ra, order: &Order) -> Enrollment {
 
 /// The stored record of a certificate is made when an order is finalized.
 impl Certificate {
-    /// The record for a freshly issued certificate.
-    pub fn new(account_id: &str, order: &Order, issued: &IssuedCert) -> Self {
+    /// The record for a freshly issued certificate, finalized from `source`.
+    pub fn new(
+        account_id: &str,
+        order: &Order,
+        issued: &IssuedCert,
+        source: Option<std::net::IpAddr>,
+    ) -> Self {
         Self {
             id: issued.serial_hex.clone(),
             account_id: account_id.to_owned(),
@@ -735,6 +746,7 @@ impl Certificate {
             replaced_by: None,
             renew_after: None,
             profile: order.profile.clone(),
+            source: source.map(|ip| ip.to_string()),
         }
     }
 }

@@ -72,6 +72,7 @@ pub async fn finalize(
     r: AccountRequest,
 ) -> Result<Response> {
     let csr = r.req.json().map(|p: Finalize| p.csr);
-    let order = order::finalize(&app, &r.account, &id, csr).await?;
+    let source = r.req.peer.map(|p| p.ip());
+    let order = order::finalize(&app, &r.account, &id, csr, source).await?;
     order_response(&app, &order, StatusCode::OK)
 }
