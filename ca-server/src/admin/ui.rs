@@ -74,11 +74,19 @@ impl IntoResponse for UiError {
             html lang="en" {
                 head { meta charset="utf-8"; title { "iiot-acme console: error" }
                     link rel="stylesheet" href="/console.css"; }
-                body { main {
-                    h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
-                    p #error { (problem.detail) }
-                    p { a href="/" { "Back to the dashboard" } }
-                } }
+                body {
+                    header {
+                        span.brand { "iiot-acme" }
+                        nav aria-label="sections" {
+                            @for (id, href, label) in NAV { a id=(format!("nav-{id}")) href=(href) { (label) } }
+                        }
+                    }
+                    main {
+                        h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                        p #error role="alert" { (problem.detail) }
+                        p { a href="/" { "Back to the dashboard" } }
+                    }
+                }
             }
         };
         (status, Html(body.into_string())).into_response()
