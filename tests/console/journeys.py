@@ -371,6 +371,12 @@ def journey_revoke(b, args):
     out["flash"] = page["flash"]
     out["error"] = page["error"]
     out["status_after"] = b.text_or_none("#status")
+    # The rest of the console, by its navigation, a screenshot of each page.
+    for section in ["trust-anchors", "operators", "audit", "config"]:
+        b.nav(section)
+        if section == "audit":
+            out["audit_rows"] = [r.text for r in b.all("tr.audit-entry")]
+    out["config_text"] = b.text_or_none("#config")
     return out
 
 

@@ -334,6 +334,18 @@ fn an_admin_creates_a_credential_a_device_enrolls_with_it_and_the_admin_revokes_
         "a flash names the revoked certificate: {ctx}"
     );
 
+    // The audit page shows the revocation by the admin, newest first; the configuration page
+    // shows the running configuration.
+    let first_row = r.str_at("/audit_rows/0");
+    assert!(
+        first_row.contains("certificate.revoke") && first_row.contains("ada"),
+        "the audit page's newest row: {first_row}\n{ctx}"
+    );
+    assert!(
+        r.str_at("/config_text").contains("[admin]"),
+        "the configuration page: {ctx}"
+    );
+
     // The CRL, as a relying party fetches it, lists the serial with the reason chosen.
     let crl_url = format!("https://127.0.0.1:{}/crl", server.listen_port());
     let resp = https::client_trusting(&server.root_pem_path())
