@@ -445,6 +445,7 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
         }
         ApprovalCommand::Approve { data_dir: d, id } => {
             let dir = data_dir(d);
+            as_data_owner(&dir)?;
             let p = ApprovalQueue::new(&dir)
                 .decide(&id, &Decision::Approve)
                 .map_err(|e| e.to_string())?;
@@ -469,6 +470,7 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             reason,
         } => {
             let dir = data_dir(d);
+            as_data_owner(&dir)?;
             let p = ApprovalQueue::new(&dir)
                 .decide(
                     &id,
@@ -610,6 +612,27 @@ fn describe_allow(rules: &[String]) -> String {
     }
 }
 
+/// Refuses to change the operator's files of `dir` as any user but the one owning it (the CA's
+/// user): files another user makes there (root, through sudo) are private to that user, so
+/// the CA could not read them and the console would fail on every request.
+fn as_data_owner(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        // Not there yet: whoever makes it owns it.
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, and this command runs as uid {me}: run it as the CA's user \
+             (e.g. sudo -u <that user> ca-server …), so the CA can read what it writes",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
 fn data_dir(d: Option<PathBuf>) -> PathBuf {
     d.unwrap_or_else(|| Config::default().data_dir)
 }
@@ -741,6 +764,7 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
                 |c| c.admin.operator_validity,
             );
             let dir = d.unwrap_or_else(|| cfg.unwrap_or_default().data_dir);
+            as_data_owner(&dir)?;
             let role = Role::parse(&role).map_err(|e| e.to_string())?;
             let passphrase = match &p12_passphrase_file {
                 Some(f) => {
@@ -841,6 +865,7 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
         }
         OperatorCommand::Revoke { data_dir: d, name } => {
             let dir = data_dir(d);
+            as_data_owner(&dir)?;
             let by = Actor::local_user().name;
             match OperatorStore::new(&dir)
                 .revoke(&name, &by)
@@ -954,6 +979,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 .transpose()
                 .map_err(|e| e.to_string())?;
             let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+            as_data_owner(&dir)?;
             // An allow rule must not cover a name the CA serves as (SPEC §6.6).
             let own = match &cfg {
                 Some(cfg) => Some(crate::va::policy::OwnNames::of(cfg)),
@@ -1026,6 +1052,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
         }
         EabCommand::Revoke { data_dir: d, kid } => {
             let dir = data_dir(d);
+            as_data_owner(&dir)?;
             let store = EabStore::new(&dir);
             if store.revoke(&kid).map_err(|e| e.to_string())? {
                 audit(&dir, "credential.revoke", &kid, serde_json::Value::Null)?;
@@ -1067,6 +1094,7 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             }
             let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
             let dir = data_dir(d);
+            as_data_owner(&dir)?;
             let added = TrustAnchorStore::new(&dir)
                 .add(&input, name.as_deref(), &assigner, &hw_types)
                 .map_err(|e| format!("{}: {e}", file.display()))?;

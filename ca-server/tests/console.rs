@@ -871,3 +871,43 @@ async fn operators_see_the_running_configuration() {
         "the page says how secrets look"
     );
 }
+
+/// The command line refuses to write the operator's files as another user than the data
+/// directory's owner: the CA could not read them (they are private to their owner).
+#[test]
+fn operator_files_are_written_only_as_the_data_directorys_owner() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let me = std::fs::metadata(&data).expect("meta").uid();
+    let run = |data: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+            .args(["operator", "add", "ada", "--role", "admin", "--data-dir"])
+            .arg(data)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .expect("run ca-server")
+    };
+    let out = run(&data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if me != 0 {
+        // Giving the directory to another user needs root.
+        return;
+    }
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    std::os::unix::fs::chown(&other, Some(65534), Some(65534)).expect("chown");
+    let out = run(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("run it as the CA's user"),
+        "{stderr}"
+    );
+    assert!(!other.join("operators").exists());
+}
