@@ -167,10 +167,11 @@ struct Opts {
     /// Renew after this fraction of the certificate's lifetime [default: 0.6667].
     #[arg(long, value_name = "FRACTION")]
     renew_at: Option<f64>,
-    /// Certificate key algorithm: p256 or p384 [default: p256].
+    /// Certificate key algorithm: p256, p384, ed25519, rsa2048 or rsa3072 (RSA for OPC UA's
+    /// Basic256Sha256) [default: p256].
     #[arg(long, value_name = "ALG")]
     key_algorithm: Option<KeyAlgorithm>,
-    /// Account key algorithm: p256 or p384 [default: p256].
+    /// Account key algorithm: p256 or p384 (account keys are ECDSA) [default: p256].
     #[arg(long, value_name = "ALG")]
     account_key_algorithm: Option<KeyAlgorithm>,
     /// Keep the certificate key across renewals (default: a new key per certificate).
@@ -191,6 +192,13 @@ struct Opts {
     /// run: longest wait after failures [default: 1h].
     #[arg(long, value_name = "DURATION")]
     retry_max: Option<String>,
+    /// Certificate profile to ask the CA for (e.g. tls-server, mqtt-client, opcua, modbus);
+    /// checked against the profiles the CA's directory lists [default: the CA's default].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
+    #[arg(long, value_name = "URI")]
+    application_uri: Option<String>,
     /// More log output (debug).
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -238,6 +246,8 @@ impl Opts {
             poll_timeout: self.poll_timeout.clone(),
             retry_min: self.retry_min.clone(),
             retry_max: self.retry_max.clone(),
+            profile: self.profile.clone(),
+            application_uri: self.application_uri.clone(),
         };
         Ok(file.merge(flags))
     }
