@@ -8,6 +8,9 @@
 //!   serverAuth + clientAuth; its renewal keeps profile and algorithm, `--reuse-key` keeps the
 //!   key, and a stored key of another algorithm than configured is replaced.
 //! - P-384 and Ed25519 certificate keys under the default profile.
+//! - `--profile modbus` with an EAB credential that grants a role (`ca-server eab create
+//!   --role`): the Modbus/TCP Security role extension (1.3.6.1.4.1.50316.802.1, UTF8String)
+//!   carries it; without a granted role the CA refuses the order.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -25,6 +28,7 @@ const OPCUA_TOML: &str = "[profiles.opcua]\napplication_uri_prefixes = [\"urn:pl
                           organization = \"Plant Example Ltd\"\n";
 
 const OID_SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+const OID_MODBUS_ROLE: &str = "1.3.6.1.4.1.50316.802.1";
 
 /// A CA whose `opcua` profile accepts `urn:plant.example:` ApplicationUris, and which lets a
 /// renewal certify the previous key (`--reuse-key`; by default it wants a new key every time).
@@ -80,6 +84,8 @@ struct Leaf {
     ekus: Vec<&'static str>,
     key_encipherment: bool,
     uris: Vec<String>,
+    /// The extnValue of the Modbus role extension, if there is one.
+    modbus_role: Option<Vec<u8>>,
 }
 
 fn leaf(device: &Device) -> Leaf {
@@ -98,7 +104,11 @@ fn leaf(device: &Device) -> Leaf {
     let mut ekus = Vec::new();
     let mut uris = Vec::new();
     let mut key_encipherment = false;
+    let mut modbus_role = None;
     for ext in cert.extensions() {
+        if ext.oid.to_id_string() == OID_MODBUS_ROLE {
+            modbus_role = Some(ext.value.to_vec());
+        }
         match ext.parsed_extension() {
             ParsedExtension::ExtendedKeyUsage(e) => {
                 if e.server_auth {
@@ -127,6 +137,7 @@ fn leaf(device: &Device) -> Leaf {
         ekus,
         key_encipherment,
         uris,
+        modbus_role,
     }
 }
 
@@ -256,4 +267,56 @@ fn p384_and_ed25519_certificate_keys() {
         expect_ok(&out, "second enroll", &server);
         assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
     }
+}
+
+#[test]
+fn modbus_profile_carries_the_role_of_the_eab_credential() {
+    let server = start_ca();
+    let eab = server
+        .eab_create_with(&["--role", "operator"])
+        .expect("eab create --role");
+    let d = device(&server, "rtu-4.plant.test");
+    let out = d.run(
+        "enroll",
+        &[
+            "--profile",
+            "modbus",
+            "--eab-kid",
+            &eab.kid,
+            "--eab-hmac",
+            &eab.hmac_b64url,
+        ],
+    );
+    expect_ok(&out, "enroll --profile modbus", &server);
+    verify_issued(&server, &d);
+    let l = leaf(&d);
+    // R-21/R-22: a UTF8String (tag 12) holding the role, not an OCTET STRING.
+    assert_eq!(
+        l.modbus_role.as_deref(),
+        Some(&b"\x0c\x08operator"[..]),
+        "{l:?}"
+    );
+    assert_eq!(l.ekus, ["serverAuth", "clientAuth"], "{l:?}");
+
+    // An account whose credential grants no role gets no modbus certificate.
+    let plain = server.eab_create_with(&[]).expect("eab create");
+    let other = device(&server, "rtu-5.plant.test");
+    let out = other.run(
+        "enroll",
+        &[
+            "--profile",
+            "modbus",
+            "--eab-kid",
+            &plain.kid,
+            "--eab-hmac",
+            &plain.hmac_b64url,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", out.tails());
+    assert!(
+        out.stderr.contains("invalidProfile") && out.stderr.contains("Modbus role"),
+        "{}",
+        out.stderr
+    );
+    assert!(!other.cert().exists());
 }
