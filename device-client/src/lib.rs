@@ -11,6 +11,7 @@
 //! | [`enroll`]    | how identifiers are proven ([`enroll::Enrollment`]), EAB, pairing code | SPEC §5, §6.2 |
 //! | [`attest`]    | device-attest-01: IDevID chain, [`attest::Signer`], attestation object | SPEC §5.10 |
 //! | [`http01`]    | the built-in http-01 responder                                  | SPEC §5.3            |
+//! | [`tlsalpn01`] | the built-in tls-alpn-01 responder                              | RFC 8737, RFC 8738 §6 |
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
 //! | [`device`]    | enroll / install / post-install / run-forever                   |                      |
 //! | [`files`]     | atomic writes with modes, the state file                       |                      |
@@ -60,6 +61,7 @@ pub mod http01;
 pub mod jws;
 pub mod key;
 pub mod schedule;
+pub mod tlsalpn01;
 mod transport;
 pub mod trust;
 pub mod types;

@@ -119,7 +119,7 @@ struct Opts {
     /// Where the account key and state live [default: /var/lib/iiot-device-client].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Challenge to answer: http-01, operator-approval-01 (show a pairing code and wait for
+    /// Challenge to answer: http-01, tls-alpn-01 (TLS on port 443), operator-approval-01 (show a pairing code and wait for
     /// an operator), or device-attest-01 (prove --permanent-id with the IDevID; --dns/--ip of
     /// the same order answer http-01) [default: http-01].
     #[arg(long, value_name = "TYPE")]
@@ -199,6 +199,9 @@ struct Opts {
     /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
     #[arg(long, value_name = "URI")]
     application_uri: Option<String>,
+    /// Address:port the tls-alpn-01 responder listens on [default: 0.0.0.0:443].
+    #[arg(long = "tls-alpn01-listen", value_name = "ADDR")]
+    tls_alpn01_listen: Option<String>,
     /// More log output (debug).
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -248,6 +251,7 @@ impl Opts {
             retry_max: self.retry_max.clone(),
             profile: self.profile.clone(),
             application_uri: self.application_uri.clone(),
+            tls_alpn01_listen: self.tls_alpn01_listen.clone(),
         };
         Ok(file.merge(flags))
     }
@@ -295,8 +299,9 @@ fn fail(e: &Error) -> ExitCode {
         {
             eprintln!(
                 "device-client: hint: the CA must reach this device on the challenge port it is \
-             configured to dial (http-01: port 80 unless the operator changed it, SPEC §5.5); \
-             check --http01-listen, firewalls and the identifiers' addresses"
+             configured to dial (http-01: port 80, tls-alpn-01: port 443, unless the operator \
+             changed it, SPEC §5.5); check --http01-listen or --tls-alpn01-listen, firewalls \
+             and the identifiers' addresses"
             )
         }
         ErrorKind::Validation
