@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use iiot_acme_tests::device_client::{verify_issued, Device, Pin};
-use iiot_acme_tests::process::RunOutput;
+use iiot_acme_tests::device_client::{expect_exit, verify_issued, Device, Pin};
 use iiot_acme_tests::{free_port, CaServer, CaServerOpts};
 
 fn tls_alpn_device(server: &CaServer, dns: &str, listen_port: u16) -> Device {
@@ -31,23 +30,13 @@ fn tls_alpn_device(server: &CaServer, dns: &str, listen_port: u16) -> Device {
     d
 }
 
-fn expect_code(out: &RunOutput, want: i32, what: &str, server: &CaServer) {
-    assert_eq!(
-        out.status.code(),
-        Some(want),
-        "{what}\n{}{}",
-        out.tails(),
-        server.logs()
-    );
-}
-
 #[test]
 fn enrolls_a_name_and_an_address_by_tls_alpn_01_only() {
     let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let mut device = tls_alpn_device(&server, "alpn-1.plant.test", server.tls_alpn_port());
     device.ip.push("127.0.0.1".to_owned());
     let out = device.run("enroll", &[]);
-    expect_code(&out, 0, "enroll by tls-alpn-01", &server);
+    expect_exit(&out, 0, "enroll by tls-alpn-01", &server);
     verify_issued(&server, &device);
     assert!(
         out.stderr.contains("answering tls-alpn-01 challenges")
@@ -68,7 +57,7 @@ fn a_responder_where_the_ca_does_not_dial_fails_with_a_clear_error() {
     let elsewhere = free_port().expect("port");
     let device = tls_alpn_device(&server, "alpn-2.plant.test", elsewhere);
     let out = device.run("enroll", &[]);
-    expect_code(&out, 6, "nothing answers on the CA's port", &server);
+    expect_exit(&out, 6, "nothing answers on the CA's port", &server);
     for want in [
         "authorization of dns:alpn-2.plant.test failed",
         "connection",
@@ -154,7 +143,7 @@ fn a_wrong_key_authorization_on_the_ca_port_fails_with_the_cas_reason() {
     let out = device.run("enroll", &[]);
     stop.store(true, Ordering::SeqCst);
     responder.join().expect("responder thread");
-    expect_code(&out, 6, "a wrong acmeIdentifier", &server);
+    expect_exit(&out, 6, "a wrong acmeIdentifier", &server);
     for want in [
         "authorization of dns:alpn-3.plant.test failed",
         "incorrectResponse",
