@@ -18,18 +18,18 @@ Exit codes:
       show found a valid certificate; run was stopped by SIGTERM/SIGINT
   1   unexpected internal error
   2   usage or configuration error (including: the CA requires EAB or agreement to
-      its terms, and none is configured)
+      its terms, and none is configured; the CA does not offer --profile)
   3   trust failure: the CA's TLS certificate does not match the pinned root or
       fingerprint; nothing was sent to it
   4   the CA could not be reached or did not answer in time (try again later)
   5   the CA refused a request or answered with something that is not ACME; the
       message names the ACME problem type
   6   the CA could not validate the device (the challenge failed: check that the
-      CA can reach the http-01 address and port; device-attest-01: the CA's detail
-      says what it refused in the attestation), or the operator rejected it or did
-      not decide in time
+      CA can reach the http-01 or tls-alpn-01 address and port; device-attest-01:
+      the CA's detail says what it refused in the attestation), or the operator
+      rejected it or did not decide in time
   7   local error: a file or directory cannot be read or written, or the http-01
-      port cannot be bound
+      or tls-alpn-01 port cannot be bound
   8   a certificate was installed, but the post-install command failed
   10  show: no usable certificate (missing, expired, not matching the key or the
       configured identifiers)
