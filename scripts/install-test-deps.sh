@@ -15,16 +15,25 @@
 #                   operator's PKCS#12 client certificate
 #   gcc libssl-dev  the C program that enrolls through the embedded client's C API over OpenSSL
 #                   (tests/c/enroll.c); python3 also reads the firmware ELF for the footprint
+#   dpkg-dev        dpkg-shlibdeps, with which cargo-deb works out the packages' library
+#                   dependencies (tests/tests/packages.rs)
+#   systemd adduser systemd-analyze, which verifies the packages' units (systemd need not run),
+#                   and adduser, which the packages' postinst scripts call
+#   cargo-deb       (crates.io, a build tool, not a Debian package) `cargo deb`, which builds the
+#                   Debian packages of ca-server and device-client; pinned, built by
+#                   `cargo install` (about a minute on 2 cores) only when missing or at another
+#                   version
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
-    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools)
+    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools dpkg-dev systemd adduser)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
 BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub mosquitto_sub cc python3
-    chromium chromedriver certutil pk12util)
+    chromium chromedriver certutil pk12util dpkg-deb dpkg-shlibdeps systemd-analyze setpriv runuser
+    adduser)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }
@@ -74,6 +83,17 @@ fi
 for bin in "${BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin is not on PATH"
 done
+# cargo-deb: 3.8.0 declares rust-version 1.85, as this workspace does. `--locked`: the
+# dependency versions its authors released it with.
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null || true)" = "cargo-deb ${CARGO_DEB_VERSION}" ]; then
+    log "already installed: cargo-deb ${CARGO_DEB_VERSION}"
+else
+    log "installing cargo-deb ${CARGO_DEB_VERSION} (cargo install, about a minute)"
+    cargo install cargo-deb --locked --version "${CARGO_DEB_VERSION}"
+    [ "$(cargo deb --version)" = "cargo-deb ${CARGO_DEB_VERSION}" ] ||
+        die "cargo-deb ${CARGO_DEB_VERSION} is still not what \`cargo deb\` runs"
+fi
 # asyncua is not packaged by Debian, and Debian's selenium is older: a virtualenv in the
 # repository (git-ignored), which tests/tests/opcua.rs and console_browser.rs find by path.
 # $IIOT_PYTHON overrides it for all of them.
@@ -98,4 +118,4 @@ else
     log "installing selenium ${SELENIUM_VERSION} into ${python}"
     "$python" -m pip install -q "selenium==${SELENIUM_VERSION}"
 fi
-log "done: ${BINARIES[*]}, asyncua and selenium available"
+log "done: ${BINARIES[*]}, cargo-deb, asyncua and selenium available"
