@@ -184,7 +184,8 @@ pub async fn serve_with_console(
             .map_err(|e| Error::Internal(format!("console listener: {e}")))?;
         tracing::info!(%addr, "operator console listening (client certificates from the operator CA)");
         tokio::spawn(async move {
-            if let Err(e) = wfe::listener::serve(console, tls, router, &limits, ctrl_c()).await {
+            if let Err(e) = wfe::listener::serve(console, tls, router, &limits, stop_signal()).await
+            {
                 tracing::error!(error = %e, "operator console stopped");
             }
         });
@@ -250,7 +251,7 @@ pub async fn serve_with_console(
     }
     let limits = app.cfg.limits.clone();
     let router = wfe::router(app);
-    wfe::listener::serve(listener, Arc::new(tls), router, &limits, ctrl_c()).await
+    wfe::listener::serve(listener, Arc::new(tls), router, &limits, stop_signal()).await
 }
 
 /// The HTTPS server's TLS configuration: `chain_pem` (leaf first) and its PKCS#8 key, TLS 1.2
@@ -306,12 +307,30 @@ fn tls_config(
     Ok(config)
 }
 
-/// Completes at Ctrl-C (SIGINT). If that signal cannot be watched, never: the server then
-/// runs until it is killed.
-async fn ctrl_c() {
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot watch for Ctrl-C; stop the server with SIGTERM or SIGKILL");
-        std::future::pending::<()>().await;
+/// Completes at SIGTERM (how systemd, Docker and Kubernetes stop a service) or SIGINT (Ctrl-C).
+/// A signal that cannot be watched is logged, and the server then stops only on the other one.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch for SIGTERM; stop the server with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot watch for SIGINT; stop the server with SIGTERM");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        () = int => {}
     }
 }
 
