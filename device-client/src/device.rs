@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::os::fd::AsFd as _;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject as _;
@@ -17,6 +18,7 @@ use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
 use crate::key::{self, KeyPair};
+use crate::output;
 use crate::schedule;
 use crate::types::Identifier;
 
@@ -81,12 +83,24 @@ pub struct Installed {
 #[derive(Debug)]
 pub struct Device {
     s: Settings,
+    /// When the OPC UA PKI directory's CRLs are due again.
+    crls: Mutex<CrlSchedule>,
+}
+
+/// When the CRLs are refreshed next, and how many refreshes in a row failed.
+#[derive(Debug, Default)]
+struct CrlSchedule {
+    due: Option<tokio::time::Instant>,
+    failures: u32,
 }
 
 impl Device {
     /// A device with checked settings.
     pub fn new(settings: Settings) -> Self {
-        Self { s: settings }
+        Self {
+            s: settings,
+            crls: Mutex::new(CrlSchedule::default()),
+        }
     }
 
     /// The settings.
@@ -105,6 +119,16 @@ impl Device {
             l.renew_at,
             OffsetDateTime::now_utc(),
         )?;
+        if let (
+            CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. },
+            Some(missing),
+        ) = (&status, self.missing_output())
+        {
+            return Ok(CertStatus::Unusable {
+                reason: format!("the configured output {} is missing", missing.display()),
+                info: Some(info.clone()),
+            });
+        }
         let state = State::load(&l.state_dir)?;
         if let (Some(info), Some(dir)) = (status.info(), &state.directory_url) {
             if *dir != self.s.directory_url {
@@ -118,6 +142,23 @@ impl Device {
             }
         }
         Ok(status)
+    }
+
+    /// The first configured output besides the PEM files that does not exist: a device that
+    /// was given a new output enrolls again, so every output holds the same certificate.
+    fn missing_output(&self) -> Option<std::path::PathBuf> {
+        let o = &self.s.outputs;
+        let l = &self.s.local;
+        let mut wanted = Vec::new();
+        if o.der {
+            let (cert, key) = output::der_paths(&l.cert_path, &l.key_path);
+            wanted.extend([cert, key]);
+        }
+        wanted.extend(o.pkcs12.iter().map(|p| p.path.clone()));
+        if let Some(pki) = &o.opcua_pki {
+            wanted.extend([pki.own_cert(), pki.own_key()]);
+        }
+        wanted.into_iter().find(|p| !p.is_file())
     }
 
     /// One-shot enrollment: gets and installs a certificate unless the installed one is still
@@ -236,6 +277,7 @@ impl Device {
         let mut announced: Option<OffsetDateTime> = None;
         let mut plan: Option<AriPlan> = None;
         loop {
+            self.refresh_crls_if_due().await;
             let status = match self.status() {
                 Ok(s) => s,
                 Err(e) => {
@@ -279,7 +321,8 @@ impl Device {
                     }
                     let left = Duration::try_from(due - now).unwrap_or(Duration::ZERO);
                     let check = Duration::try_from(next_check - now).unwrap_or(Duration::ZERO);
-                    tokio::time::sleep(left.min(check).min(MAX_SLEEP)).await;
+                    let sleep = left.min(check).min(self.crl_wait()).min(MAX_SLEEP);
+                    tokio::time::sleep(sleep).await;
                     continue;
                 }
                 tracing::info!(
@@ -432,7 +475,7 @@ impl Device {
             }
         };
 
-        let installed = self.install(&cert_key, &chain)?;
+        let installed = self.install(&cert_key, &chain, client.pinned_root().as_ref())?;
         state.certificate_serial = Some(installed.serial.clone());
         state.installed_at = Some(rfc3339(OffsetDateTime::now_utc()));
         state.save(&l.state_dir)?;
@@ -443,6 +486,11 @@ impl Device {
             "installed a new certificate; renewal due at {}",
             rfc3339(renew_at)
         );
+        // The CRLs of a new chain, before the hook: a failed fetch is logged and retried by
+        // `run`, and does not hold back the certificate.
+        if s.outputs.opcua_pki.is_some() {
+            self.refresh_crls_scheduled(&client).await;
+        }
         let post_install_error = match &s.post_install {
             Some(cmd) => run_post_install(cmd, s, &installed).await.err(),
             None => None,
@@ -475,7 +523,12 @@ impl Device {
     /// certificate, chain and full chain, each atomically. The key goes first: a power cut
     /// between two renames leaves a key and certificate that do not match, which the next start
     /// notices ([`cert::status`]) and repairs by enrolling again.
-    fn install(&self, key: &KeyPair, chain_pem: &str) -> Result<CertInfo, Error> {
+    fn install(
+        &self,
+        key: &KeyPair,
+        chain_pem: &str,
+        root: Option<&CertificateDer<'static>>,
+    ) -> Result<CertInfo, Error> {
         let l = &self.s.local;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -517,7 +570,125 @@ impl Device {
         if let Some(p) = &l.fullchain_path {
             write_public(p, &pem_of(&certs))?;
         }
+        output::write(
+            &self.s.outputs,
+            &l.cert_path,
+            &l.key_path,
+            key,
+            &certs,
+            root,
+        )?;
         Ok(info)
+    }
+
+    /// Fetches, checks and installs the CRLs of the OPC UA PKI directory's chain (SPEC §9.1)
+    /// over `client`'s pinned HTTPS. Every CRL is tried; the first failure is returned, and a
+    /// CRL that failed keeps its previously installed version.
+    pub async fn refresh_crls(&self, client: &AcmeClient) -> Result<usize, Error> {
+        let Some(pki) = &self.s.outputs.opcua_pki else {
+            return Ok(0);
+        };
+        let root = client.pinned_root();
+        let targets = pki.crl_targets(root.as_deref())?;
+        if targets.is_empty() {
+            tracing::warn!(
+                "the installed certificate names no CRL distribution point; {} gets no CRL",
+                pki.dir().display()
+            );
+        }
+        let mut first_error = None;
+        let mut written = 0;
+        for target in &targets {
+            let mut error = None;
+            for url in &target.urls {
+                let result = match client.fetch_crl(url).await {
+                    Ok(der) => pki.write_crl(target, &der),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(info) => {
+                        tracing::info!(
+                            issuer = %target.issuer_name,
+                            crl_number = info.number.as_deref().unwrap_or("none"),
+                            revoked = info.revoked,
+                            path = %target.path.display(),
+                            "installed the CRL from {url}"
+                        );
+                        error = None;
+                        written += 1;
+                        break;
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            if let Some(e) = error {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+
+    /// [`Self::refresh_crls`], then schedules the next refresh: after `crl_refresh`, or after
+    /// a failure sooner, with the same backoff as enrollment (never later than `crl_refresh`).
+    async fn refresh_crls_scheduled(&self, client: &AcmeClient) {
+        let result = self.refresh_crls(client).await;
+        self.crls_done(result.err());
+    }
+
+    fn crls_done(&self, error: Option<Error>) {
+        let mut sched = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = match error {
+            None => {
+                sched.failures = 0;
+                self.s.crl_refresh
+            }
+            Some(e) => {
+                sched.failures += 1;
+                let wait = self
+                    .s
+                    .retry
+                    .delay(sched.failures, schedule::jitter(), e.retry_after())
+                    .min(self.s.crl_refresh);
+                tracing::warn!(
+                    attempt = sched.failures,
+                    "cannot refresh the CRLs ({e}); the installed CRLs stay; trying again in \
+                     {:.1}s",
+                    wait.as_secs_f64()
+                );
+                wait
+            }
+        };
+        sched.due = Some(tokio::time::Instant::now() + wait);
+    }
+
+    /// How long until the CRLs are due; the longest sleep if there are none to keep.
+    fn crl_wait(&self) -> Duration {
+        if self.s.outputs.opcua_pki.is_none() {
+            return MAX_SLEEP;
+        }
+        let sched = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        sched.due.map_or(Duration::ZERO, |due| {
+            due.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
+    /// In `run`: refreshes the CRLs when they are due and a certificate is installed in the
+    /// OPC UA PKI directory (an enrollment brings its own).
+    async fn refresh_crls_if_due(&self) {
+        let Some(pki) = &self.s.outputs.opcua_pki else {
+            return;
+        };
+        if !self.crl_wait().is_zero() || !pki.own_cert().is_file() {
+            return;
+        }
+        let s = &self.s;
+        match AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await {
+            Ok(client) => self.refresh_crls_scheduled(&client).await,
+            Err(e) => self.crls_done(Some(e)),
+        }
     }
 }
 
@@ -606,6 +777,12 @@ async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<()
     }
     if let Some(p) = &l.fullchain_path {
         c.env("DEVICE_CLIENT_FULLCHAIN", p);
+    }
+    if let Some(p) = &s.outputs.pkcs12 {
+        c.env("DEVICE_CLIENT_PKCS12", &p.path);
+    }
+    if let Some(pki) = &s.outputs.opcua_pki {
+        c.env("DEVICE_CLIENT_OPCUA_PKI", pki.dir());
     }
     let fail = |detail: String| Error::PostInstall {
         command: cmd.to_owned(),

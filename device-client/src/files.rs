@@ -69,6 +69,12 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     create_dir(dir, 0o700)
 }
 
+/// Creates `dir` and its missing parents with mode 0755, for certificates a service running as
+/// another user reads. An existing directory is left as it is.
+pub fn create_public_dir(dir: &Path) -> Result<(), Error> {
+    create_dir(dir, 0o755)
+}
+
 fn create_dir(dir: &Path, mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt as _;
     if dir.is_dir() {

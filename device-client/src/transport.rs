@@ -94,6 +94,11 @@ impl Transport {
         })
     }
 
+    /// The pinned root the connection was validated to, once a handshake has been made.
+    pub(crate) fn pinned_root(&self) -> Option<rustls_pki_types::CertificateDer<'static>> {
+        self.verifier.root()
+    }
+
     fn send_error(&self, url: &str, e: &reqwest::Error) -> Error {
         if let Some(why) = self.verifier.take_failure() {
             return Error::Trust(why);

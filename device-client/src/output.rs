@@ -1,0 +1,760 @@
+//! The formats other software on the device reads, written beside the PEM files: DER, PKCS #12
+//! and the OPC UA PKI directory with its trust lists and CRLs.
+//!
+//! Every file is written atomically ([`files::write_atomic`]), private keys with mode 0600 in
+//! directories created 0700. Nothing here talks to the CA: the device fetches CRLs
+//! ([`crate::acme::AcmeClient::fetch_crl`]) and hands the bytes to [`OpcuaPki::write_crl`],
+//! which checks them first.
+//!
+//! # The OPC UA PKI directory
+//!
+//! OPC 10000-12 (GDS) Annex F recommends one directory layout for applications that keep their
+//! certificates in files; the OPC Foundation .NET stack (`DirectoryCertificateStore`), open62541
+//! (its file certificate group) and asyncua (its `TrustStore`, given folders) read it:
+//!
+//! ```text
+//! DIR/own/certs/device.der           the device's certificate, DER
+//! DIR/own/private/device.pem         its key, PKCS #8 PEM, 0600 (directory 0700)
+//! DIR/trusted/certs/root-<id>.der    the pinned CA root: the one trust anchor
+//! DIR/trusted/crl/                   the root's CRL, if an intermediate names one
+//! DIR/issuer/certs/ca-<id>.der       the issuing intermediate(s) from the CA's chain
+//! DIR/issuer/crl/ca-<id>.crl         each intermediate's CRL, DER
+//! DIR/issuer/crl/ca-<id>.crl.der     the same bytes, for readers that pick files by `.der`
+//! DIR/rejected/certs/                created empty; stacks put refused certificates there
+//! ```
+//!
+//! `<id>` is the first 8 octets of the certificate's SHA-256, in hex. The root goes to `trusted`
+//! and the intermediates to `issuer`: a trusted CA certificate trusts everything below it, so
+//! trusting the root trusts every certificate of this CA and nothing else, while the
+//! intermediates are only needed to build the chain from a peer's certificate (which OPC UA
+//! peers usually send alone) up to the root. Putting an intermediate in `trusted` would make it
+//! an anchor of its own that stays trusted whatever the root says.
+//!
+//! Certificates are DER with a `.der` extension and CRLs DER with a `.crl` extension, as Annex F
+//! says; the .NET stack reads only `crl/*.crl`. asyncua reads only files whose names contain
+//! `der` or `pem` and picks the parser by the extension, so each CRL is also written as
+//! `.crl.der` (open62541 reads every file of the folder and gets the same CRL twice, which is
+//! harmless). The file names are fixed or derived from hashes, never from certificate names, so
+//! a renewal replaces files instead of adding new ones.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer as _;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::error::Error;
+use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
+use crate::key::KeyPair;
+
+/// The base name of the device's own certificate and key in the OPC UA PKI directory.
+pub const OPCUA_OWN_NAME: &str = "device";
+
+/// PBKDF2 iterations of the PKCS #12 file (OpenSSL 3's default for its own files).
+const PKCS12_ITERATIONS: u32 = 2048;
+
+/// The outputs besides the PEM key, certificate, chain and full chain.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Also write the certificate and the key as DER, next to their PEM files.
+    pub der: bool,
+    /// A PKCS #12 file with key, certificate and chain.
+    pub pkcs12: Option<Pkcs12Output>,
+    /// An OPC UA PKI directory.
+    pub opcua_pki: Option<OpcuaPki>,
+}
+
+/// Where the PKCS #12 file goes, and its passphrase.
+#[derive(Clone)]
+pub struct Pkcs12Output {
+    /// The file (mode 0600).
+    pub path: PathBuf,
+    passphrase: String,
+}
+
+impl fmt::Debug for Pkcs12Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs12Output")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs12Output {
+    /// The output at `path`, protected with the passphrase in `passphrase_file` (its first
+    /// line, without the line break). A missing or empty passphrase is a configuration error:
+    /// a PKCS #12 file without one would hold the key in the clear.
+    pub fn from_passphrase_file(path: PathBuf, passphrase_file: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(passphrase_file).map_err(|e| {
+            Error::Config(format!(
+                "cannot read the PKCS #12 passphrase file {}: {e}",
+                passphrase_file.display()
+            ))
+        })?;
+        let passphrase = text.lines().next().unwrap_or("");
+        if passphrase.is_empty() {
+            return Err(Error::Config(format!(
+                "the PKCS #12 passphrase file {} is empty: put the passphrase on its first line",
+                passphrase_file.display()
+            )));
+        }
+        Ok(Self {
+            path,
+            passphrase: passphrase.to_owned(),
+        })
+    }
+}
+
+/// The DER certificate and key files next to the PEM ones: the same names with the extension
+/// `.der` (`cert.pem` → `cert.der`, `cert.key.pem` → `cert.key.der`).
+pub fn der_paths(cert_path: &Path, key_path: &Path) -> (PathBuf, PathBuf) {
+    (
+        cert_path.with_extension("der"),
+        key_path.with_extension("der"),
+    )
+}
+
+/// Writes every configured output for a newly issued certificate. `certs` is the chain as the
+/// CA sent it (leaf first), `root` the pinned root.
+pub fn write(
+    outputs: &Outputs,
+    cert_path: &Path,
+    key_path: &Path,
+    key: &KeyPair,
+    certs: &[CertificateDer<'_>],
+    root: Option<&CertificateDer<'_>>,
+) -> Result<(), Error> {
+    let Some((leaf, issuers)) = certs.split_first() else {
+        return Err(Error::protocol(
+            "certificate",
+            "the chain holds no certificate",
+        ));
+    };
+    if outputs.der {
+        let (cert_der, key_der) = der_paths(cert_path, key_path);
+        files::write_atomic(&key_der, key.pkcs8_der(), PRIVATE_MODE)?;
+        files::write_atomic(&cert_der, leaf, PUBLIC_MODE)?;
+    }
+    if let Some(p) = &outputs.pkcs12 {
+        let der = pkcs12(key.pkcs8_der(), certs, &p.passphrase)?;
+        files::write_atomic(&p.path, &der, PRIVATE_MODE)?;
+    }
+    if let Some(pki) = &outputs.opcua_pki {
+        pki.install(key, leaf, issuers, root)?;
+    }
+    Ok(())
+}
+
+/// A PKCS #12 file (RFC 7292) holding the key and the chain (leaf first): PBES2 with
+/// PBKDF2-HMAC-SHA256 and AES-256-CBC for the key and the certificates, and an HMAC-SHA256
+/// integrity MAC. No legacy RC2/3DES/SHA-1 algorithms.
+pub fn pkcs12(
+    key_pkcs8: &[u8],
+    certs: &[CertificateDer<'_>],
+    passphrase: &str,
+) -> Result<Vec<u8>, Error> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    let bad = |e: p12_keystore::error::Error| {
+        Error::Crypto(format!("cannot build the PKCS #12 file: {e}"))
+    };
+    let chain = certs
+        .iter()
+        .map(|c| Certificate::from_der(c).map_err(bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Error::Crypto("a PKCS #12 file needs a certificate".into()))?;
+    let key = PrivateKey::from_der(key_pkcs8).map_err(bad)?;
+    // The localKeyId pairs the key with its certificate (RFC 7292 §4.2); the certificate's
+    // SHA-256 is unique and stable.
+    let local_key_id = crate::trust::sha256(leaf).to_vec();
+    let mut store = KeyStore::new();
+    store.add_entry(
+        OPCUA_OWN_NAME,
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, chain)),
+    );
+    store
+        .writer(passphrase)
+        .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+        .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
+        .encryption_iterations(PKCS12_ITERATIONS)
+        .mac_iterations(PKCS12_ITERATIONS)
+        .write()
+        .map_err(bad)
+}
+
+/// The file stem of a CA certificate in the PKI directory: `prefix-` and the first 8 octets of
+/// its SHA-256 in hex (hex cannot spell `der` or `pem`, which matters to asyncua).
+fn ca_stem(prefix: &str, der: &[u8]) -> String {
+    let digest = crate::trust::sha256(der);
+    let mut out = format!("{prefix}-");
+    for b in &digest[..8] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// An OPC UA PKI directory (see the module documentation for the layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpcuaPki {
+    dir: PathBuf,
+}
+
+/// What the device fetches to keep one CRL of the PKI directory current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlTarget {
+    /// The CRL distribution point URLs of the certificate below the issuer, in order.
+    pub urls: Vec<String>,
+    /// The CA certificate that signs the CRL (DER).
+    pub issuer: Vec<u8>,
+    /// The issuer's subject, for messages.
+    pub issuer_name: String,
+    /// The `.crl` file; the `.crl.der` copy sits beside it.
+    pub path: PathBuf,
+}
+
+/// What a checked CRL says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The cRLNumber, decimal, if present.
+    pub number: Option<String>,
+    /// How many certificates it lists as revoked.
+    pub revoked: usize,
+    /// Its nextUpdate, if present.
+    pub next_update: Option<time::OffsetDateTime>,
+}
+
+impl OpcuaPki {
+    /// The PKI directory at `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device's certificate (DER).
+    pub fn own_cert(&self) -> PathBuf {
+        self.dir
+            .join("own/certs")
+            .join(format!("{OPCUA_OWN_NAME}.der"))
+    }
+
+    /// The device's key (PKCS #8 PEM).
+    pub fn own_key(&self) -> PathBuf {
+        self.dir
+            .join("own/private")
+            .join(format!("{OPCUA_OWN_NAME}.pem"))
+    }
+
+    fn sub(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Creates the layout: public folders 0755, `own/private` 0700. Existing folders are left
+    /// as they are.
+    fn create_dirs(&self) -> Result<(), Error> {
+        for rel in [
+            "own/certs",
+            "trusted/certs",
+            "trusted/crl",
+            "issuer/certs",
+            "issuer/crl",
+            "rejected/certs",
+        ] {
+            files::create_public_dir(&self.sub(rel))?;
+        }
+        files::create_private_dir(&self.sub("own/private"))
+    }
+
+    /// Writes the key, the certificate, the intermediates and the pinned root.
+    pub fn install(
+        &self,
+        key: &KeyPair,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        root: Option<&CertificateDer<'_>>,
+    ) -> Result<(), Error> {
+        self.create_dirs()?;
+        files::write_atomic(&self.own_key(), key.to_pem().as_bytes(), PRIVATE_MODE)?;
+        files::write_atomic(&self.own_cert(), leaf, PUBLIC_MODE)?;
+        for ca in intermediates {
+            let path = self
+                .sub("issuer/certs")
+                .join(format!("{}.der", ca_stem("ca", ca)));
+            files::write_atomic(&path, ca, PUBLIC_MODE)?;
+        }
+        match root {
+            Some(root) => {
+                let path = self
+                    .sub("trusted/certs")
+                    .join(format!("{}.der", ca_stem("root", root)));
+                files::write_atomic(&path, root, PUBLIC_MODE)?;
+            }
+            None => tracing::warn!(
+                "the pinned root is not known yet, so {} has no trusted root",
+                self.dir.display()
+            ),
+        }
+        Ok(())
+    }
+
+    /// The certificates in the directory that the CRLs belong to: the device's certificate,
+    /// the intermediates this client wrote, and `root`.
+    fn installed(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
+        let leaf_path = self.own_cert();
+        let leaf = files::read_optional(&leaf_path)?
+            .ok_or_else(|| Error::bad_file(&leaf_path, "no certificate is installed yet"))?;
+        let dir = self.sub("issuer/certs");
+        let mut cas = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((leaf, cas)),
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("ca-") && name.ends_with(".der") {
+                let path = entry.path();
+                if let Some(der) = files::read_optional(&path)? {
+                    cas.push(der);
+                }
+            }
+        }
+        Ok((leaf, cas))
+    }
+
+    /// The CRLs to keep current: for the device's certificate and each CA certificate above it
+    /// (up to `root`) that names a CRL distribution point, the CRL of its issuer, stored with
+    /// the issuer (`issuer/crl` for an intermediate, `trusted/crl` for the root).
+    pub fn crl_targets(&self, root: Option<&[u8]>) -> Result<Vec<CrlTarget>, Error> {
+        let (leaf, cas) = self.installed()?;
+        let parse = |der: &[u8], path: &Path| -> Result<(), Error> {
+            X509Certificate::from_der(der)
+                .map(|_| ())
+                .map_err(|e| Error::bad_file(path, format!("not a DER certificate: {e}")))
+        };
+        parse(&leaf, &self.own_cert())?;
+        for ca in &cas {
+            parse(ca, &self.sub("issuer/certs"))?;
+        }
+        let mut targets = Vec::new();
+        let mut current = leaf;
+        // A chain of this CA is leaf, intermediate, root; the bound only stops a loop.
+        for _ in 0..8 {
+            let (issuer, folder, prefix) = {
+                let (_, cert) = X509Certificate::from_der(&current)
+                    .map_err(|e| Error::Crypto(format!("certificate: {e}")))?;
+                let wanted = cert.issuer().as_raw();
+                let is_issuer = |der: &[u8]| {
+                    X509Certificate::from_der(der)
+                        .is_ok_and(|(_, c)| c.subject().as_raw() == wanted && der != current)
+                };
+                if let Some(ca) = cas.iter().find(|ca| is_issuer(ca)) {
+                    (ca.clone(), "issuer/crl", "ca")
+                } else if let Some(root) = root.filter(|r| is_issuer(r)) {
+                    (root.to_vec(), "trusted/crl", "root")
+                } else {
+                    break;
+                }
+            };
+            let urls = crl_urls(&current)?;
+            if !urls.is_empty() {
+                let issuer_name = X509Certificate::from_der(&issuer)
+                    .map(|(_, c)| c.subject().to_string())
+                    .unwrap_or_default();
+                targets.push(CrlTarget {
+                    urls,
+                    path: self
+                        .sub(folder)
+                        .join(format!("{}.crl", ca_stem(prefix, &issuer))),
+                    issuer: issuer.clone(),
+                    issuer_name,
+                });
+            }
+            if prefix == "root" {
+                break;
+            }
+            current = issuer;
+        }
+        Ok(targets)
+    }
+
+    /// Checks `crl` against the target's issuer ([`check_crl`]) and against the CRL already
+    /// installed (a CRL with a smaller cRLNumber is older and refused), then writes it as
+    /// `.crl` and `.crl.der`. A CRL that fails a check is not written, and the installed one
+    /// stays.
+    pub fn write_crl(&self, target: &CrlTarget, crl: &[u8]) -> Result<CrlInfo, Error> {
+        let info = check_crl(crl, &target.issuer)
+            .map_err(|e| Error::protocol("CRL", format!("for {}: {e}", target.issuer_name)))?;
+        if let Some(old) = files::read_optional(&target.path)? {
+            if let (Ok((_, old)), Ok((_, new))) = (
+                CertificateRevocationList::from_der(&old),
+                CertificateRevocationList::from_der(crl),
+            ) {
+                if let (Some(o), Some(n)) = (old.crl_number(), new.crl_number()) {
+                    if n < o {
+                        return Err(Error::protocol(
+                            "CRL",
+                            format!(
+                                "for {}: cRLNumber {n} is older than the installed {o}",
+                                target.issuer_name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        self.create_dirs()?;
+        files::write_atomic(&target.path, crl, PUBLIC_MODE)?;
+        let mut copy = target.path.clone().into_os_string();
+        copy.push(".der");
+        files::write_atomic(Path::new(&copy), crl, PUBLIC_MODE)?;
+        Ok(info)
+    }
+}
+
+/// The URIs of a certificate's CRL distribution points, in order.
+pub fn crl_urls(cert_der: &[u8]) -> Result<Vec<String>, Error> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| Error::Crypto(format!("certificate: {e}")))?;
+    let mut urls = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for point in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    for name in names {
+                        if let GeneralName::URI(uri) = name {
+                            urls.push((*uri).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(urls)
+}
+
+/// Checks a CRL (RFC 5280 §5) before it is installed: it parses as DER, its issuer is the
+/// subject of `issuer_der`, and its signature verifies with that certificate's key.
+pub fn check_crl(crl: &[u8], issuer_der: &[u8]) -> Result<CrlInfo, String> {
+    let (rest, parsed) =
+        CertificateRevocationList::from_der(crl).map_err(|e| format!("not a DER CRL: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the CRL".into());
+    }
+    let (_, issuer) = X509Certificate::from_der(issuer_der)
+        .map_err(|e| format!("the issuer certificate does not parse: {e}"))?;
+    if parsed.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(format!(
+            "it is issued by {}, not by {}",
+            parsed.issuer(),
+            issuer.subject()
+        ));
+    }
+    parsed.verify_signature(issuer.public_key()).map_err(|e| {
+        format!(
+            "its signature does not verify with {}: {e}",
+            issuer.subject()
+        )
+    })?;
+    Ok(CrlInfo {
+        number: parsed.crl_number().map(ToString::to_string),
+        revoked: parsed.iter_revoked_certificates().count(),
+        next_update: parsed.next_update().map(|t| t.to_datetime()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+        DnType, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+
+    use super::*;
+    use crate::key::KeyAlgorithm;
+
+    /// A root, an intermediate that signs CRLs, and a device certificate naming the
+    /// intermediate's CRL, like the CA's hierarchy (SPEC §8.1, §9.1).
+    struct TestCa {
+        root: CertificateDer<'static>,
+        intermediate: CertificateDer<'static>,
+        intermediate_params: CertificateParams,
+        intermediate_key: rcgen::KeyPair,
+        leaf: CertificateDer<'static>,
+        key: KeyPair,
+    }
+
+    fn ca_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    }
+
+    fn test_ca() -> TestCa {
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let root_params = ca_params("Test Root");
+        let root = root_params.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(root_params, root_key);
+        let intermediate_key = rcgen::KeyPair::generate().expect("key");
+        let intermediate_params = ca_params("Test Issuing CA");
+        let intermediate = intermediate_params
+            .signed_by(&intermediate_key, &root_issuer)
+            .expect("intermediate");
+        let key = KeyPair::generate(KeyAlgorithm::P256).expect("device key");
+        let mut leaf_params =
+            CertificateParams::new(vec!["plc-7.plant.test".to_owned()]).expect("params");
+        leaf_params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec!["https://ca.plant.test/crl".to_owned()],
+        }];
+        let leaf_key = rcgen::KeyPair::try_from(key.pkcs8_der()).expect("rcgen key");
+        let issuer = Issuer::from_params(&intermediate_params, &intermediate_key);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+        TestCa {
+            root: root.der().clone(),
+            intermediate: intermediate.der().clone(),
+            intermediate_params,
+            intermediate_key,
+            leaf: leaf.der().clone(),
+            key,
+        }
+    }
+
+    fn crl(
+        params: &CertificateParams,
+        key: &rcgen::KeyPair,
+        number: u64,
+        revoked: &[u64],
+    ) -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc();
+        let p = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::hours(24),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        p.signed_by(&Issuer::from_params(params, key))
+            .expect("crl")
+            .der()
+            .to_vec()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn opcua_pki_layout_modes_and_crls() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = OpcuaPki::new(dir.path().join("pki"));
+        pki.install(
+            &ca.key,
+            &ca.leaf,
+            std::slice::from_ref(&ca.intermediate),
+            Some(&ca.root),
+        )
+        .expect("install");
+
+        assert_eq!(
+            fs::read(pki.own_cert()).expect("own cert"),
+            ca.leaf.as_ref()
+        );
+        assert_eq!(
+            KeyPair::from_pem(&fs::read(pki.own_key()).expect("own key"))
+                .expect("PEM key")
+                .public_key_sec1(),
+            ca.key.public_key_sec1()
+        );
+        assert_eq!(mode(&pki.own_key()), 0o600);
+        assert_eq!(mode(&dir.path().join("pki/own/private")), 0o700);
+        let root_file = dir
+            .path()
+            .join("pki/trusted/certs")
+            .join(format!("{}.der", ca_stem("root", &ca.root)));
+        let ca_file = dir
+            .path()
+            .join("pki/issuer/certs")
+            .join(format!("{}.der", ca_stem("ca", &ca.intermediate)));
+        assert_eq!(fs::read(&root_file).expect("root"), ca.root.as_ref());
+        assert_eq!(
+            fs::read(&ca_file).expect("intermediate"),
+            ca.intermediate.as_ref()
+        );
+        for rel in ["own/certs", "trusted/crl", "issuer/crl", "rejected/certs"] {
+            assert!(dir.path().join("pki").join(rel).is_dir(), "{rel}");
+        }
+        // Names never spell "der" or "pem" before the extension (asyncua picks files by that).
+        let stem = ca_stem("ca", &ca.intermediate);
+        assert!(stem.len() == 19 && !stem.contains("der") && !stem.contains("pem"));
+
+        // The device certificate's distribution point, for the intermediate's CRL.
+        let targets = pki.crl_targets(Some(&ca.root)).expect("targets");
+        assert_eq!(targets.len(), 1, "{targets:?}");
+        let t = &targets[0];
+        assert_eq!(t.urls, ["https://ca.plant.test/crl"]);
+        assert_eq!(t.issuer, ca.intermediate.as_ref());
+        assert_eq!(
+            t.path,
+            dir.path()
+                .join("pki/issuer/crl")
+                .join(format!("{stem}.crl"))
+        );
+
+        let good = crl(&ca.intermediate_params, &ca.intermediate_key, 7, &[0x42]);
+        let info = pki.write_crl(t, &good).expect("a good CRL is installed");
+        assert_eq!(info.number.as_deref(), Some("7"));
+        assert_eq!(info.revoked, 1);
+        assert!(info.next_update.is_some());
+        assert_eq!(fs::read(&t.path).expect("crl"), good);
+        let copy = t.path.with_extension("crl.der");
+        assert_eq!(fs::read(&copy).expect("crl.der"), good);
+        assert_eq!(mode(&t.path), 0o644);
+
+        // Refused, each leaving the installed CRL as it was: an older CRL, garbage, a CRL of
+        // the same name signed by another key, and one from another issuer.
+        let older = crl(&ca.intermediate_params, &ca.intermediate_key, 6, &[]);
+        let e = pki.write_crl(t, &older).expect_err("older").to_string();
+        assert!(e.contains("older than the installed 7"), "{e}");
+        let e = pki
+            .write_crl(t, b"not a crl")
+            .expect_err("garbage")
+            .to_string();
+        assert!(e.contains("not a DER CRL"), "{e}");
+        let forger = rcgen::KeyPair::generate().expect("key");
+        let forged = crl(&ca.intermediate_params, &forger, 8, &[]);
+        let e = pki.write_crl(t, &forged).expect_err("forged").to_string();
+        assert!(e.contains("signature does not verify"), "{e}");
+        let other_params = ca_params("Another CA");
+        let other = crl(&other_params, &forger, 9, &[]);
+        let e = pki
+            .write_crl(t, &other)
+            .expect_err("other issuer")
+            .to_string();
+        assert!(e.contains("not by"), "{e}");
+        assert_eq!(fs::read(&t.path).expect("crl"), good);
+        assert_eq!(fs::read(&copy).expect("crl.der"), good);
+
+        // A newer one replaces it.
+        let newer = crl(
+            &ca.intermediate_params,
+            &ca.intermediate_key,
+            8,
+            &[0x42, 0x43],
+        );
+        assert_eq!(pki.write_crl(t, &newer).expect("newer").revoked, 2);
+        assert_eq!(fs::read(&t.path).expect("crl"), newer);
+    }
+
+    #[test]
+    fn crl_targets_need_an_installed_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = OpcuaPki::new(dir.path().to_path_buf());
+        let e = pki
+            .crl_targets(None)
+            .expect_err("nothing installed")
+            .to_string();
+        assert!(e.contains("no certificate is installed yet"), "{e}");
+    }
+
+    #[test]
+    fn der_and_pkcs12_outputs() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("p12.pass");
+        fs::write(&pass, "correct horse\n").expect("pass");
+        let outputs = Outputs {
+            der: true,
+            pkcs12: Some(
+                Pkcs12Output::from_passphrase_file(dir.path().join("device.p12"), &pass)
+                    .expect("passphrase"),
+            ),
+            opcua_pki: None,
+        };
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("cert.key.pem");
+        let chain = [ca.leaf.clone(), ca.intermediate.clone()];
+        write(
+            &outputs,
+            &cert_path,
+            &key_path,
+            &ca.key,
+            &chain,
+            Some(&ca.root),
+        )
+        .expect("write");
+
+        let (cert_der, key_der) = der_paths(&cert_path, &key_path);
+        assert_eq!(cert_der, dir.path().join("cert.der"));
+        assert_eq!(key_der, dir.path().join("cert.key.der"));
+        assert_eq!(fs::read(&cert_der).expect("cert.der"), ca.leaf.as_ref());
+        assert_eq!(fs::read(&key_der).expect("key.der"), ca.key.pkcs8_der());
+        assert_eq!(mode(&key_der), 0o600);
+
+        let p12_path = dir.path().join("device.p12");
+        assert_eq!(mode(&p12_path), 0o600);
+        let p12 = fs::read(&p12_path).expect("p12");
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            &p12,
+            "correct horse",
+            p12_keystore::Pkcs12ImportPolicy::default(),
+        )
+        .expect("opens with the passphrase");
+        let (_, chain_entry) = store.private_key_chain().expect("a key with its chain");
+        assert_eq!(chain_entry.key().as_der(), ca.key.pkcs8_der());
+        let certs: Vec<&[u8]> = chain_entry.certs().iter().map(|c| c.as_der()).collect();
+        assert_eq!(certs, [ca.leaf.as_ref(), ca.intermediate.as_ref()]);
+        assert!(p12_keystore::KeyStore::from_pkcs12(
+            &p12,
+            "wrong",
+            p12_keystore::Pkcs12ImportPolicy::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pkcs12_passphrase_file_must_hold_a_passphrase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing");
+        let e = Pkcs12Output::from_passphrase_file("x.p12".into(), &missing)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("cannot read the PKCS #12 passphrase file"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "\n").expect("write");
+        let e = Pkcs12Output::from_passphrase_file("x.p12".into(), &empty)
+            .expect_err("empty")
+            .to_string();
+        assert!(e.contains("is empty"), "{e}");
+        // The passphrase is never printed.
+        fs::write(&empty, "s3cret\n").expect("write");
+        let out = Pkcs12Output::from_passphrase_file("x.p12".into(), &empty).expect("ok");
+        assert!(!format!("{out:?}").contains("s3cret"));
+    }
+}
