@@ -12,7 +12,7 @@ use x509_parser::extensions::GeneralName;
 
 use crate::error::Error;
 use crate::files;
-use crate::key::KeyPair;
+use crate::key::CertKey;
 use crate::types::Identifier;
 
 /// What the client reads from a certificate.
@@ -229,7 +229,7 @@ pub fn status(
                 Some(info),
             ))
         }
-        Some(pem) => match KeyPair::from_pem(&pem) {
+        Some(pem) => match CertKey::from_pem(&pem) {
             Ok(k) => k,
             Err(e) => {
                 return Ok(unusable(
@@ -241,7 +241,7 @@ pub fn status(
     };
     // Keys and certificates are installed one rename after the other; a power cut in between
     // leaves a pair that does not match, and this is where it is noticed and repaired.
-    if key.public_key_sec1() != info.public_key.as_slice() {
+    if key.public_key_bits() != info.public_key.as_slice() {
         return Ok(unusable(
             "the certificate does not belong to the key file".into(),
             Some(info),
@@ -300,7 +300,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyAlgorithm;
+    use crate::key::{KeyAlgorithm, KeyPair};
     use time::Duration;
 
     fn issue(key: &KeyPair, names: &[&str], nb: OffsetDateTime, na: OffsetDateTime) -> String {

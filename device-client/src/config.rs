@@ -103,6 +103,11 @@ pub struct FileConfig {
     pub pkcs12_passphrase_file: Option<PathBuf>,
     /// Also write the certificate and the key as DER next to the PEM files.
     pub der: Option<bool>,
+    // Certificate profile and identity (draft-ietf-acme-profiles, SPEC §8.3).
+    /// Certificate profile to ask for, a name from the CA directory's `meta.profiles`.
+    pub profile: Option<String>,
+    /// OPC UA ApplicationUri: a URI subjectAltName in the CSR (the `opcua` profile).
+    pub application_uri: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -165,7 +170,9 @@ impl FileConfig {
             crl_refresh,
             pkcs12,
             pkcs12_passphrase_file,
-            der
+            der,
+            profile,
+            application_uri
         )
     }
 
@@ -386,6 +393,32 @@ impl FileConfig {
             return Err(Error::Config("retry_max must be at least retry_min".into()));
         }
         let post_install = self.post_install.clone().filter(|c| !c.trim().is_empty());
+        let account_key_algorithm = self.account_key_algorithm.unwrap_or_default();
+        if !account_key_algorithm.is_ecdsa() {
+            return Err(Error::Config(format!(
+                "account_key_algorithm {account_key_algorithm}: account keys are ECDSA, use p256 \
+                 or p384 (RSA and Ed25519 are for the certificate key, key_algorithm)"
+            )));
+        }
+        let profile = match self.profile.as_deref().map(str::trim) {
+            None => None,
+            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_graphic()) => {
+                Some(p.to_owned())
+            }
+            Some(p) => {
+                return Err(Error::Config(format!(
+                    "profile {p:?} is not a profile name (the CA lists its profiles in its \
+                     directory's meta.profiles)"
+                )))
+            }
+        };
+        let application_uri = match &self.application_uri {
+            None => None,
+            Some(uri) => {
+                crate::device::check_application_uri(uri)?;
+                Some(uri.clone())
+            }
+        };
         let (outputs, crl_refresh) =
             self.outputs(&local, dur("crl_refresh", &self.crl_refresh, 3600)?)?;
         Ok(Settings {
@@ -397,7 +430,7 @@ impl FileConfig {
             post_install,
             post_install_timeout,
             key_algorithm: self.key_algorithm.unwrap_or_default(),
-            account_key_algorithm: self.account_key_algorithm.unwrap_or_default(),
+            account_key_algorithm,
             reuse_key: self.reuse_key.unwrap_or(false),
             agree_terms: self.agree_terms.unwrap_or(false),
             request_timeout,
@@ -405,6 +438,8 @@ impl FileConfig {
             retry,
             outputs,
             crl_refresh,
+            profile,
+            application_uri,
         })
     }
 
@@ -535,6 +570,10 @@ pub struct Settings {
     pub outputs: Outputs,
     /// How often `run` refreshes the OPC UA PKI directory's CRLs.
     pub crl_refresh: Duration,
+    /// Certificate profile sent in newOrder (checked against `meta.profiles` first).
+    pub profile: Option<String>,
+    /// OPC UA ApplicationUri put into the CSR as a URI subjectAltName.
+    pub application_uri: Option<String>,
 }
 
 #[cfg(test)]
@@ -582,6 +621,44 @@ mod tests {
         );
         assert_eq!(s.trust.fingerprint_text(), FP);
         assert!(s.eab.is_none());
+    }
+
+    #[test]
+    fn profile_key_algorithm_and_application_uri() {
+        let base = format!(
+            r#"
+            directory_url = "https://ca.plant:14000/directory"
+            root_fingerprint = "{FP}"
+            dns = ["plc-7.plant"]
+            "#
+        );
+        let s = FileConfig::from_toml(&format!(
+            "{base}profile = \"opcua\"\nkey_algorithm = \"rsa2048\"\n\
+             application_uri = \"urn:plant.example:plc7\"\n"
+        ))
+        .expect("parses")
+        .into_settings()
+        .expect("valid");
+        assert_eq!(s.profile.as_deref(), Some("opcua"));
+        assert_eq!(s.key_algorithm, KeyAlgorithm::Rsa2048);
+        assert_eq!(s.application_uri.as_deref(), Some("urn:plant.example:plc7"));
+        for alg in ["p256", "p384", "ed25519", "rsa3072"] {
+            let s = FileConfig::from_toml(&format!("{base}key_algorithm = \"{alg}\"\n"))
+                .expect("parses")
+                .into_settings()
+                .expect("valid");
+            assert_eq!(s.key_algorithm.to_string(), alg);
+        }
+        let refused = |extra: &str| {
+            FileConfig::from_toml(&format!("{base}{extra}\n"))
+                .and_then(FileConfig::into_settings)
+                .expect_err(extra)
+                .to_string()
+        };
+        assert!(refused("key_algorithm = \"rsa1024\"").contains("unknown variant"));
+        assert!(refused("account_key_algorithm = \"rsa2048\"").contains("account keys are ECDSA"));
+        assert!(refused("application_uri = \"plc 7\"").contains("whitespace"));
+        assert!(refused("profile = \"\"").contains("not a profile name"));
     }
 
     #[test]

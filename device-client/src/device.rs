@@ -17,7 +17,7 @@ use crate::cert::{self, rfc3339, CertInfo, CertStatus};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
-use crate::key::{self, KeyPair};
+use crate::key::{self, CertKey, KeyPair};
 use crate::output;
 use crate::schedule;
 use crate::types::Identifier;
@@ -418,6 +418,8 @@ impl Device {
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
             AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
+        // A profile the CA does not offer fails here, before an account or order is made.
+        client.check_profile(s.profile.as_deref())?;
 
         let account_key_path = State::account_key_path(&l.state_dir);
         let (account_key, created) =
@@ -430,7 +432,7 @@ impl Device {
         }
 
         let cert_key = self.certificate_key()?;
-        let csr = csr_der(&cert_key, &l.identifiers)?;
+        let csr = csr_der(&cert_key, &l.identifiers, s.application_uri.as_deref())?;
 
         let mut registered_now = false;
         let chain = loop {
@@ -453,6 +455,7 @@ impl Device {
                     &account_url,
                     &l.identifiers,
                     replaces,
+                    s.profile.as_deref(),
                     &s.enrollment,
                     &csr,
                     s.poll_timeout,
@@ -502,13 +505,23 @@ impl Device {
         })
     }
 
-    /// A new key for every certificate, unless `reuse_key` is set and the key file holds one.
-    fn certificate_key(&self) -> Result<KeyPair, Error> {
+    /// A new key for every certificate, unless `reuse_key` is set and the key file holds one
+    /// of the configured algorithm. A stored key of another algorithm is not reused: the
+    /// configured `key_algorithm` wins, and a new key is made (with a warning), so changing the
+    /// algorithm in the configuration takes effect at the next certificate.
+    fn certificate_key(&self) -> Result<CertKey, Error> {
         let path = &self.s.local.key_path;
+        let alg = self.s.key_algorithm;
         if self.s.reuse_key {
             if let Some(pem) = files::read_optional(path)? {
-                match KeyPair::from_pem(&pem) {
-                    Ok(k) => return Ok(k),
+                match CertKey::from_pem(&pem) {
+                    Ok(k) if k.algorithm() == alg => return Ok(k),
+                    Ok(k) => tracing::warn!(
+                        path = %path.display(),
+                        "the key file holds a {} key, but key_algorithm is {alg}; generating \
+                         a new {alg} key",
+                        k.algorithm()
+                    ),
                     Err(e) => tracing::warn!(
                         path = %path.display(),
                         "cannot reuse the key file ({e}); generating a new key"
@@ -516,7 +529,10 @@ impl Device {
                 }
             }
         }
-        KeyPair::generate(self.s.key_algorithm)
+        if alg.rsa_bits().is_some() {
+            tracing::info!("generating an {alg} certificate key (this takes a moment)");
+        }
+        CertKey::generate(alg)
     }
 
     /// Checks what the CA sent against the key and the identifiers, then writes key,
@@ -525,7 +541,7 @@ impl Device {
     /// notices ([`cert::status`]) and repairs by enrolling again.
     fn install(
         &self,
-        key: &KeyPair,
+        key: &CertKey,
         chain_pem: &str,
         root: Option<&CertificateDer<'static>>,
     ) -> Result<CertInfo, Error> {
@@ -541,7 +557,7 @@ impl Device {
             ));
         };
         let info = CertInfo::from_der(leaf).map_err(|e| Error::protocol("certificate", e))?;
-        if info.public_key != key.public_key_sec1() {
+        if info.public_key != key.public_key_bits() {
             return Err(Error::protocol(
                 "certificate",
                 "the issued certificate is not for the key in the CSR",
@@ -698,14 +714,22 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
 
 /// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
 /// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
+/// `application_uri` adds a uniformResourceIdentifier subjectAltName, the OPC UA
+/// ApplicationUri that the `opcua` profile copies from the CSR (SPEC §8.3).
 ///
 /// With a `permanent-identifier` the CSR follows the certificate's shape (SPEC §7.4 check 5,
 /// §8.2): CN = the serial of the first one, and every identifier in the subjectAltName, the
 /// permanent identifiers as otherName PermanentIdentifier (which rcgen cannot write, so the
 /// extension is encoded here).
-pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
-    let kp = rcgen::KeyPair::try_from(key.pkcs8_der())
-        .map_err(|e| Error::Crypto(format!("cannot use the certificate key for a CSR: {e}")))?;
+pub fn csr_der(
+    key: &CertKey,
+    identifiers: &[Identifier],
+    application_uri: Option<&str>,
+) -> Result<Vec<u8>, Error> {
+    let kp = key.rcgen()?;
+    if let Some(uri) = application_uri {
+        check_application_uri(uri)?;
+    }
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     if let Some(serial) = identifiers.iter().find_map(Identifier::serial) {
@@ -717,6 +741,9 @@ pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Err
         let mut names = Vec::new();
         for id in identifiers {
             names.extend(id.general_name_der()?);
+        }
+        if let Some(uri) = application_uri {
+            names.extend(crate::der::tlv(crate::der::URI, uri.as_bytes()));
         }
         let san = crate::der::tlv(crate::der::SEQUENCE, &names);
         params
@@ -747,11 +774,52 @@ pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Err
             };
             params.subject_alt_names.push(san);
         }
+        if let Some(uri) = application_uri {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                uri.to_owned()
+                    .try_into()
+                    .map_err(|e| Error::Config(format!("application_uri {uri:?}: {e}")))?,
+            ));
+        }
     }
     let csr = params
         .serialize_request(&kp)
         .map_err(|e| Error::Crypto(format!("cannot make the CSR: {e}")))?;
     Ok(csr.der().to_vec())
+}
+
+/// Checks that `uri` is an absolute URI (RFC 3986 §4.3: a scheme, `:`, and more), written in
+/// printable ASCII without spaces, as an IA5String subjectAltName and OPC 10000-6 §6.2.2 ("a
+/// valid URL … or a valid URN") need. Which prefixes the CA accepts is the CA's policy.
+pub fn check_application_uri(uri: &str) -> Result<(), Error> {
+    let bad = |why: &str| Err(Error::Config(format!("application_uri {uri:?}: {why}")));
+    if let Some(c) = uri.chars().find(|c| !c.is_ascii_graphic()) {
+        return bad(&format!(
+            "contains {}; write it in printable ASCII without spaces (percent-encode the rest)",
+            if c.is_whitespace() {
+                "whitespace".to_owned()
+            } else {
+                format!("U+{:04X}", u32::from(c))
+            }
+        ));
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return bad("not an absolute URI: it has no scheme (e.g. urn:plant.example:line1:plc7)");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return bad("not an absolute URI: the scheme must start with a letter");
+    }
+    if rest.is_empty() {
+        return bad("not an absolute URI: nothing follows the scheme");
+    }
+    if uri.contains('#') {
+        return bad("an absolute URI has no fragment (#)");
+    }
+    Ok(())
 }
 
 /// Runs the post-install command with `sh -c`, with the installed paths in the environment,
@@ -810,13 +878,13 @@ mod tests {
 
     #[test]
     fn csr_names_exactly_the_identifiers() {
-        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
         let ids = [
             Identifier::parse("plc-7.plant").expect("dns"),
             Identifier::parse("10.0.0.7").expect("ip"),
             Identifier::parse("2001:db8::7").expect("ip6"),
         ];
-        let der = csr_der(&key, &ids).expect("csr");
+        let der = csr_der(&key, &ids, None).expect("csr");
         use x509_parser::prelude::FromDer as _;
         let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
@@ -828,7 +896,7 @@ mod tests {
                 .subject_public_key
                 .data
                 .as_ref(),
-            key.public_key_sec1()
+            key.public_key_bits()
         );
         let mut names = Vec::new();
         for ext in csr.requested_extensions().into_iter().flatten() {
@@ -850,12 +918,12 @@ mod tests {
 
     #[test]
     fn csr_for_a_permanent_identifier_has_cn_serial_and_other_name() {
-        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
         let ids = [
             Identifier::parse("127.0.0.1").expect("ip"),
             Identifier::permanent("Sn-0042/1.3.6.1.4.1.32473").expect("permanent"),
         ];
-        let der = csr_der(&key, &ids).expect("csr");
+        let der = csr_der(&key, &ids, None).expect("csr");
         use x509_parser::prelude::FromDer as _;
         let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
@@ -904,6 +972,72 @@ mod tests {
                 "1.3.6.1.5.5.7.8.3=Sn-0042/1.3.6.1.4.1.32473"
             ]
         );
+    }
+
+    /// The URI subjectAltNames of a CSR, and its key's algorithm OID.
+    fn csr_uris(der: &[u8]) -> (Vec<String>, String) {
+        use x509_parser::prelude::FromDer as _;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+            .expect("parses");
+        csr.verify_signature().expect("self-signed by the key");
+        let mut uris = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    if let x509_parser::extensions::GeneralName::URI(u) = n {
+                        uris.push((*u).to_owned());
+                    }
+                }
+            }
+        }
+        let alg = csr.signature_algorithm.algorithm.to_id_string();
+        (uris, alg)
+    }
+
+    #[test]
+    fn csr_carries_the_application_uri_and_is_signed_by_each_key_type() {
+        let uri = "urn:plant.example:line1:plc7";
+        let dns = [Identifier::parse("plc-7.plant").expect("dns")];
+        for (alg, sig_oid) in [
+            (KeyAlgorithm::Rsa2048, "1.2.840.113549.1.1.11"), // sha256WithRSAEncryption
+            (KeyAlgorithm::Ed25519, "1.3.101.112"),
+            (KeyAlgorithm::P384, "1.2.840.10045.4.3.3"), // ecdsa-with-SHA384
+        ] {
+            let key = CertKey::generate(alg).expect("key");
+            let der = csr_der(&key, &dns, Some(uri)).expect("csr");
+            assert_eq!(csr_uris(&der), (vec![uri.to_owned()], sig_oid.to_owned()));
+        }
+        // The hand-encoded SAN of a permanent identifier carries it too.
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
+        let ids = [Identifier::permanent("SN-9/1.3.6.1.4.1.32473").expect("permanent")];
+        let der = csr_der(&key, &ids, Some(uri)).expect("csr");
+        assert_eq!(csr_uris(&der).0, [uri]);
+        let der = csr_der(&key, &dns, None).expect("csr");
+        assert!(csr_uris(&der).0.is_empty());
+    }
+
+    #[test]
+    fn application_uris_must_be_absolute_printable_ascii() {
+        for ok in [
+            "urn:plant.example:line1:plc7",
+            "http://plant.example/opcua/plc7",
+            "urn:a",
+        ] {
+            check_application_uri(ok).expect(ok);
+        }
+        for (bad, why) in [
+            ("plc7", "no scheme"),
+            ("1urn:x", "start with a letter"),
+            ("urn:", "nothing follows"),
+            ("urn:a b", "whitespace"),
+            ("urn:a\u{7}", "U+0007"),
+            ("urn:ä", "U+00E4"),
+            ("urn:a#b", "fragment"),
+            ("", "no scheme"),
+        ] {
+            let err = check_application_uri(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]

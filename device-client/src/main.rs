@@ -168,10 +168,11 @@ struct Opts {
     /// Renew after this fraction of the certificate's lifetime [default: 0.6667].
     #[arg(long, value_name = "FRACTION")]
     renew_at: Option<f64>,
-    /// Certificate key algorithm: p256 or p384 [default: p256].
+    /// Certificate key algorithm: p256, p384, ed25519, rsa2048 or rsa3072 (RSA for OPC UA's
+    /// Basic256Sha256) [default: p256].
     #[arg(long, value_name = "ALG")]
     key_algorithm: Option<KeyAlgorithm>,
-    /// Account key algorithm: p256 or p384 [default: p256].
+    /// Account key algorithm: p256 or p384 (account keys are ECDSA) [default: p256].
     #[arg(long, value_name = "ALG")]
     account_key_algorithm: Option<KeyAlgorithm>,
     /// Keep the certificate key across renewals (default: a new key per certificate).
@@ -209,6 +210,13 @@ struct Opts {
     /// (same names with the extension .der).
     #[arg(long)]
     der: bool,
+    /// Certificate profile to ask the CA for (e.g. tls-server, mqtt-client, opcua, modbus);
+    /// checked against the profiles the CA's directory lists [default: the CA's default].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
+    #[arg(long, value_name = "URI")]
+    application_uri: Option<String>,
     /// More log output (debug).
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -261,6 +269,8 @@ impl Opts {
             pkcs12: self.pkcs12.clone(),
             pkcs12_passphrase_file: self.pkcs12_passphrase_file.clone(),
             der: self.der.then_some(true),
+            profile: self.profile.clone(),
+            application_uri: self.application_uri.clone(),
         };
         Ok(file.merge(flags))
     }

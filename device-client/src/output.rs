@@ -48,7 +48,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::Error;
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
-use crate::key::KeyPair;
+use crate::key::CertKey;
 
 /// The base name of the device's own certificate and key in the OPC UA PKI directory.
 pub const OPCUA_OWN_NAME: &str = "device";
@@ -123,7 +123,7 @@ pub fn write(
     outputs: &Outputs,
     cert_path: &Path,
     key_path: &Path,
-    key: &KeyPair,
+    key: &CertKey,
     certs: &[CertificateDer<'_>],
     root: Option<&CertificateDer<'_>>,
 ) -> Result<(), Error> {
@@ -275,7 +275,7 @@ impl OpcuaPki {
     /// Writes the key, the certificate, the intermediates and the pinned root.
     pub fn install(
         &self,
-        key: &KeyPair,
+        key: &CertKey,
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         root: Option<&CertificateDer<'_>>,
@@ -493,7 +493,7 @@ mod tests {
         intermediate_params: CertificateParams,
         intermediate_key: rcgen::KeyPair,
         leaf: CertificateDer<'static>,
-        key: KeyPair,
+        key: CertKey,
     }
 
     fn ca_params(cn: &str) -> CertificateParams {
@@ -514,7 +514,7 @@ mod tests {
         let intermediate = intermediate_params
             .signed_by(&intermediate_key, &root_issuer)
             .expect("intermediate");
-        let key = KeyPair::generate(KeyAlgorithm::P256).expect("device key");
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("device key");
         let mut leaf_params =
             CertificateParams::new(vec!["plc-7.plant.test".to_owned()]).expect("params");
         leaf_params.crl_distribution_points = vec![CrlDistributionPoint {
@@ -584,10 +584,10 @@ mod tests {
             ca.leaf.as_ref()
         );
         assert_eq!(
-            KeyPair::from_pem(&fs::read(pki.own_key()).expect("own key"))
+            CertKey::from_pem(&fs::read(pki.own_key()).expect("own key"))
                 .expect("PEM key")
-                .public_key_sec1(),
-            ca.key.public_key_sec1()
+                .public_key_bits(),
+            ca.key.public_key_bits()
         );
         assert_eq!(mode(&pki.own_key()), 0o600);
         assert_eq!(mode(&dir.path().join("pki/own/private")), 0o700);
