@@ -9,8 +9,9 @@
 //! # The OPC UA PKI directory
 //!
 //! OPC 10000-12 (GDS) Annex F recommends one directory layout for applications that keep their
-//! certificates in files; the OPC Foundation .NET stack (`DirectoryCertificateStore`), open62541
-//! (its file certificate group) and asyncua (its `TrustStore`, given folders) read it:
+//! certificates in files; the OPC Foundation .NET stack (`DirectoryCertificateStore`),
+//! open62541 (its file certificate group, below `<root>/ApplCerts`) and asyncua (its
+//! `TrustStore`, given folders) read it:
 //!
 //! ```text
 //! DIR/own/certs/device.der           the device's certificate, DER
@@ -26,16 +27,16 @@
 //! `<id>` is the first 8 octets of the certificate's SHA-256, in hex. The root goes to `trusted`
 //! and the intermediates to `issuer`: a trusted CA certificate trusts everything below it, so
 //! trusting the root trusts every certificate of this CA and nothing else, while the
-//! intermediates are only needed to build the chain from a peer's certificate (which OPC UA
-//! peers usually send alone) up to the root. Putting an intermediate in `trusted` would make it
+//! intermediates are only needed to build the chain from a peer's certificate (which a peer
+//! may send alone) up to the root. Putting an intermediate in `trusted` would make it
 //! an anchor of its own that stays trusted whatever the root says.
 //!
 //! Certificates are DER with a `.der` extension and CRLs DER with a `.crl` extension, as Annex F
 //! says; the .NET stack reads only `crl/*.crl`. asyncua reads only files whose names contain
 //! `der` or `pem` and picks the parser by the extension, so each CRL is also written as
-//! `.crl.der` (open62541 reads every file of the folder and gets the same CRL twice, which is
-//! harmless). The file names are fixed or derived from hashes, never from certificate names, so
-//! a renewal replaces files instead of adding new ones.
+//! `.crl.der` (open62541 reads every file of the folder, so it reads the CRL twice). The file
+//! names are fixed or derived from hashes, never from certificate names, so a renewal replaces
+//! files instead of adding new ones.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
