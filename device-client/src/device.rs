@@ -57,7 +57,8 @@ fn replaced(status: &CertStatus) -> Option<String> {
 /// What `enroll` did.
 #[derive(Debug)]
 pub enum EnrollOutcome {
-    /// The installed certificate is still good; nothing was sent to the CA.
+    /// The installed certificate is still good; nothing was ordered (with an OPC UA PKI
+    /// directory, its CRLs were fetched again).
     StillValid {
         /// The certificate.
         info: Box<CertInfo>,
@@ -167,6 +168,19 @@ impl Device {
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
         let status = self.status()?;
         if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
+            // A one-shot `enroll` from a timer keeps the CRLs fresh too; a failure is logged
+            // and the installed CRLs stay.
+            if self.s.outputs.opcua_pki.is_some() {
+                let s = &self.s;
+                let result =
+                    AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await;
+                if let Err(e) = match result {
+                    Ok(client) => self.refresh_crls(&client).await.map(drop),
+                    Err(e) => Err(e),
+                } {
+                    tracing::warn!("cannot refresh the CRLs ({e}); the installed CRLs stay");
+                }
+            }
             return Ok(EnrollOutcome::StillValid {
                 info: info.clone(),
                 renew_at: *renew_at,

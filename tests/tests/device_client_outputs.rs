@@ -2,8 +2,9 @@
 //! http-01 on loopback): `--der`, `--pkcs12` (read back by `openssl pkcs12`), and
 //! `--opcua-pki` (the layout, the CA root taken from the TLS chain with a fingerprint pin, and
 //! the issuing intermediate's CRL, which `openssl crl` verifies and `openssl verify -crl_check`
-//! uses). `run --crl-refresh 1s` picks up the revocation of another device. The post-install
-//! hook sees every output in place, and a failed output write means an error and no hook.
+//! uses). `run --crl-refresh 1s`, and `enroll` with a valid certificate, pick up the
+//! revocation of other devices. The post-install hook sees every output in place, and a failed
+//! output write means an error and no hook.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -424,6 +425,21 @@ fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
     run.check_running().expect("run keeps running");
     run.kill().expect("stop run");
+    // A one-shot enroll with a still valid certificate refreshes the CRLs too (a timer can
+    // keep them current without `run`).
+    let third = Dev::new(&server, "plc-10.plant.test");
+    let out = third.run("enroll", "enroll", &[]);
+    expect_code(&out, 0, "enroll the third device", &server);
+    let text = operator(
+        &server,
+        &["revoke", "--identifier", "dns:plc-10.plant.test"],
+    );
+    assert!(text.contains("revoked 1 certificate"), "{text}");
+    let out = dev.run("enroll-again", "enroll", &every_output);
+    expect_code(&out, 0, "enroll with a valid certificate", &server);
+    assert!(out.stdout.contains("still valid"), "{}", out.tails());
+    assert!(crl_text(&crl).contains(&third.serial()), "{}", out.tails());
+
     // Still the same certificate: refreshing CRLs is no enrollment, and no hook ran again.
     assert_eq!(dev.serial(), serial);
     assert_eq!(dev.hook_runs(), std::slice::from_ref(&serial));
