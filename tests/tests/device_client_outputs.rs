@@ -3,7 +3,7 @@
 //! `--opcua-pki` (the layout, the CA root taken from the TLS chain with a fingerprint pin, and
 //! the issuing intermediate's CRL, which `openssl crl` verifies and `openssl verify -crl_check`
 //! uses). `run --crl-refresh 1s`, and `enroll` with a valid certificate, pick up the
-//! revocation of other devices. The post-install hook sees every output in place, and a failed
+//! revocation of other devices; while the CA is down the installed CRL stays. The post-install hook sees every output in place, and a failed
 //! output write means an error and no hook.
 
 use std::fs;
@@ -206,7 +206,7 @@ fn crl_text(crl: &Path) -> String {
 
 #[test]
 fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
-    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let dev = Dev::new(&server, "plc-7.plant.test");
     let pass = dev.path("p12.pass");
     fs::write(&pass, "correct horse battery\n").expect("passphrase");
@@ -420,6 +420,44 @@ fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
             let text = crl_text(&crl);
             *why = text.clone();
             Ok(text.contains(&revoked).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+
+    // The CA goes away: the refreshes fail and are logged, and the installed CRL stays; once
+    // the CA is back, a refresh installs its CRL again.
+    let stderr = run.stderr_path().to_owned();
+    let log = || fs::read_to_string(&stderr).unwrap_or_default();
+    let installed = |log: &str| log.matches("installed the CRL").count();
+    let before = fs::read(&crl).expect("crl");
+    server.kill_9().expect("stop the CA");
+    let after_failure = poll_until(
+        "a failed CRL refresh is logged",
+        RUN_TIMEOUT,
+        Duration::from_millis(300),
+        |why| {
+            let log = log();
+            *why = log.lines().last().unwrap_or("").to_owned();
+            Ok(log
+                .contains("cannot refresh the CRLs")
+                .then(|| installed(&log)))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+    assert_eq!(fs::read(&crl).expect("crl"), before);
+    assert_eq!(
+        fs::read(crl.with_extension("crl.der")).expect("copy"),
+        before
+    );
+    server.restart().expect("the CA restarts");
+    poll_until(
+        "the CRL is installed again after the CA is back",
+        RUN_TIMEOUT,
+        Duration::from_millis(300),
+        |why| {
+            let log = log();
+            *why = log.lines().last().unwrap_or("").to_owned();
+            Ok((installed(&log) > after_failure).then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
