@@ -365,7 +365,9 @@ impl AcmeClient {
             };
             match challenge.status {
                 ChallengeStatus::Pending => {
-                    method.prepare(&mut session, &id, challenge, &jwk).await?;
+                    method
+                        .prepare(&mut session, &authz.identifier, challenge, &jwk)
+                        .await?;
                     let payload = method.respond_payload(challenge, &jwk)?;
                     self.post(
                         key,
@@ -380,7 +382,9 @@ impl AcmeClient {
                 // Triggered by an earlier run whose response was lost: the CA may be dialing
                 // right now, so answer again, but do not trigger twice.
                 ChallengeStatus::Processing => {
-                    method.prepare(&mut session, &id, challenge, &jwk).await?;
+                    method
+                        .prepare(&mut session, &authz.identifier, challenge, &jwk)
+                        .await?;
                 }
                 ChallengeStatus::Valid => {}
                 ChallengeStatus::Invalid => return Err(failed(&authz)),

@@ -23,6 +23,8 @@ use crate::types::Identifier;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/iiot-device-client";
 /// Default http-01 listen address: every IPv4 address, port 80 (RFC 8555 §8.3).
 pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:80";
+/// Default tls-alpn-01 listen address: every IPv4 address, port 443 (RFC 8737 §3).
+pub const DEFAULT_TLS_ALPN01_LISTEN: &str = "0.0.0.0:443";
 /// Default renewal point: two thirds of the lifetime.
 pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
 
@@ -53,8 +55,8 @@ pub struct FileConfig {
     pub fullchain: Option<PathBuf>,
     /// Account key and state.
     pub state_dir: Option<PathBuf>,
-    /// The challenge the device answers: `http-01` (default), `operator-approval-01` or
-    /// `device-attest-01`.
+    /// The challenge the device answers: `http-01` (default), `tls-alpn-01`,
+    /// `operator-approval-01` or `device-attest-01`.
     pub challenge: Option<String>,
     /// device-attest-01: the IDevID certificate chain (PEM, IDevID first, then intermediates).
     pub idevid_chain: Option<PathBuf>,
@@ -108,6 +110,8 @@ pub struct FileConfig {
     pub profile: Option<String>,
     /// OPC UA ApplicationUri: a URI subjectAltName in the CSR (the `opcua` profile).
     pub application_uri: Option<String>,
+    /// Address the tls-alpn-01 responder listens on.
+    pub tls_alpn01_listen: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -172,7 +176,8 @@ impl FileConfig {
             pkcs12_passphrase_file,
             der,
             profile,
-            application_uri
+            application_uri,
+            tls_alpn01_listen
         )
     }
 
@@ -322,6 +327,19 @@ impl FileConfig {
         };
         let enrollment = match self.challenge.as_deref().unwrap_or("http-01") {
             "http-01" => Enrollment::Http01 { listen },
+            "tls-alpn-01" => {
+                let listen = self
+                    .tls_alpn01_listen
+                    .as_deref()
+                    .unwrap_or(DEFAULT_TLS_ALPN01_LISTEN);
+                Enrollment::TlsAlpn01 {
+                    listen: listen.parse().map_err(|_| {
+                        Error::Config(format!(
+                            "tls_alpn01_listen {listen:?} is not an address:port like 0.0.0.0:443"
+                        ))
+                    })?,
+                }
+            }
             "operator-approval-01" => Enrollment::OperatorApproval {
                 wait: dur("approval_timeout", &self.approval_timeout, 3600)?,
             },
@@ -340,7 +358,8 @@ impl FileConfig {
             }
             other => {
                 return Err(Error::Config(format!(
-                    "challenge {other:?}: use http-01, operator-approval-01 or device-attest-01"
+                    "challenge {other:?}: use http-01, tls-alpn-01, operator-approval-01 or \
+                     device-attest-01"
                 )))
             }
         };
@@ -369,7 +388,7 @@ impl FileConfig {
                     }
                 }
             }
-            Enrollment::Http01 { .. } if has_permanent => {
+            Enrollment::Http01 { .. } | Enrollment::TlsAlpn01 { .. } if has_permanent => {
                 return Err(Error::Config(
                     "a permanent identifier is proven with device-attest-01: add \
                      --challenge device-attest-01 --idevid-chain FILE --idevid-key FILE"
@@ -721,7 +740,27 @@ mod tests {
             challenge: Some("dns-01".into()),
             ..FileConfig::default()
         })
-        .contains("use http-01, operator-approval-01 or device-attest-01"));
+        .contains("use http-01, tls-alpn-01, operator-approval-01 or"));
+        let alpn = base
+            .clone()
+            .merge(FileConfig {
+                challenge: Some("tls-alpn-01".into()),
+                ..FileConfig::default()
+            })
+            .into_settings()
+            .expect("tls-alpn-01");
+        assert_eq!(
+            alpn.enrollment,
+            Enrollment::TlsAlpn01 {
+                listen: "0.0.0.0:443".parse().expect("addr")
+            }
+        );
+        assert!(err(FileConfig {
+            challenge: Some("tls-alpn-01".into()),
+            tls_alpn01_listen: Some("443".into()),
+            ..FileConfig::default()
+        })
+        .contains("tls_alpn01_listen \"443\" is not an address:port"));
         let approval = base
             .clone()
             .merge(FileConfig {

@@ -98,6 +98,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The tls-alpn-01 responder could not listen on its address.
+    #[error("cannot listen for tls-alpn-01 on {addr}: {source}")]
+    TlsAlpn01Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A local file could not be read or written.
     #[error("cannot {action} {}: {source}", .path.display())]
     Io {
@@ -180,7 +188,10 @@ impl Error {
                 ErrorKind::Refused
             }
             Self::AuthorizationFailed { .. } | Self::OrderInvalid { .. } => ErrorKind::Validation,
-            Self::Http01Listen { .. } | Self::Io { .. } | Self::BadFile { .. } => ErrorKind::Local,
+            Self::Http01Listen { .. }
+            | Self::TlsAlpn01Listen { .. }
+            | Self::Io { .. }
+            | Self::BadFile { .. } => ErrorKind::Local,
             Self::PostInstall { .. } => ErrorKind::PostInstall,
             Self::Crypto(_) => ErrorKind::Internal,
         }
