@@ -54,8 +54,10 @@ use crate::key::CertKey;
 /// The base name of the device's own certificate and key in the OPC UA PKI directory.
 pub const OPCUA_OWN_NAME: &str = "device";
 
-/// PBKDF2 iterations of the PKCS #12 file (OpenSSL 3's default for its own files).
-const PKCS12_ITERATIONS: u32 = 2048;
+/// PBKDF2-HMAC-SHA256 iterations of the PKCS #12 file's key encryption and MAC: OWASP's
+/// 2023 recommendation for PBKDF2-SHA256 (the file may be copied off the device and attacked
+/// offline). It costs a fraction of a second once per certificate.
+const PKCS12_ITERATIONS: u32 = 600_000;
 
 /// The outputs besides the PEM key, certificate, chain and full chain.
 #[derive(Clone, Debug, Default)]
@@ -87,8 +89,19 @@ impl fmt::Debug for Pkcs12Output {
 impl Pkcs12Output {
     /// The output at `path`, protected with the passphrase in `passphrase_file` (its first
     /// line, without the line break). A missing or empty passphrase is a configuration error:
-    /// a PKCS #12 file without one would hold the key in the clear.
+    /// a PKCS #12 file without one would hold the key in the clear. A passphrase file that
+    /// group or others may read is logged as a warning.
     pub fn from_passphrase_file(path: PathBuf, passphrase_file: &Path) -> Result<Self, Error> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(passphrase_file) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "the PKCS #12 passphrase file {} has mode {:o}: group and others should not read it (chmod 600)",
+                    passphrase_file.display(),
+                    meta.permissions().mode() & 0o777
+                );
+            }
+        }
         let text = std::fs::read_to_string(passphrase_file).map_err(|e| {
             Error::Config(format!(
                 "cannot read the PKCS #12 passphrase file {}: {e}",
