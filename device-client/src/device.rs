@@ -20,7 +20,11 @@ use crate::files::{self, State};
 use crate::key::{self, CertKey, KeyPair};
 use crate::output;
 use crate::schedule;
+use crate::trust::TrustAnchor;
 use crate::types::Identifier;
+
+/// The state directory's copy of the installed certificate's chain (leaf first, PEM).
+const ISSUED_CHAIN: &str = "issued-chain.pem";
 
 /// Longest single sleep in `run`: the installed files are re-checked at least this often, so a
 /// deleted or replaced certificate is noticed, and a suspended device that wakes up late does
@@ -86,6 +90,8 @@ pub struct Device {
     s: Settings,
     /// When the OPC UA PKI directory's CRLs are due again.
     crls: Mutex<CrlSchedule>,
+    /// The PKCS #12 output as last found current.
+    p12_checked: Mutex<Option<output::Pkcs12Stamp>>,
 }
 
 /// When the CRLs are refreshed next, and how many refreshes in a row failed.
@@ -101,6 +107,7 @@ impl Device {
         Self {
             s: settings,
             crls: Mutex::new(CrlSchedule::default()),
+            p12_checked: Mutex::new(None),
         }
     }
 
@@ -120,15 +127,13 @@ impl Device {
             l.renew_at,
             OffsetDateTime::now_utc(),
         )?;
-        if let (
-            CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. },
-            Some(missing),
-        ) = (&status, self.missing_output())
-        {
-            return Ok(CertStatus::Unusable {
-                reason: format!("the configured output {} is missing", missing.display()),
-                info: Some(info.clone()),
-            });
+        if let CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. } = &status {
+            if let Some(why) = self.stale_output()? {
+                return Ok(CertStatus::Unusable {
+                    reason: format!("the configured output {why}"),
+                    info: Some(info.clone()),
+                });
+            }
         }
         let state = State::load(&l.state_dir)?;
         if let (Some(info), Some(dir)) = (status.info(), &state.directory_url) {
@@ -145,27 +150,143 @@ impl Device {
         Ok(status)
     }
 
-    /// The first configured output besides the PEM files that does not exist: a device that
-    /// was given a new output enrolls again, so every output holds the same certificate.
-    fn missing_output(&self) -> Option<std::path::PathBuf> {
-        let o = &self.s.outputs;
+    /// The installed PEM key and certificate with the chain below them (leaf first), if both
+    /// are there and belong together; otherwise the status says why and the device enrolls.
+    fn installed_pem(&self) -> Result<Option<(CertKey, Vec<CertificateDer<'static>>)>, Error> {
         let l = &self.s.local;
-        let mut wanted = Vec::new();
-        if o.der {
-            let (cert, key) = output::der_paths(&l.cert_path, &l.key_path);
-            wanted.extend([cert, key]);
+        let (Some(cert_pem), Some(key_pem)) = (
+            files::read_optional(&l.cert_path)?,
+            files::read_optional(&l.key_path)?,
+        ) else {
+            return Ok(None);
+        };
+        let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&cert_pem).next() else {
+            return Ok(None);
+        };
+        let Ok(key) = CertKey::from_pem(&key_pem) else {
+            return Ok(None);
+        };
+        if CertInfo::from_der(&leaf)
+            .map(|i| i.public_key)
+            .ok()
+            .as_deref()
+            != Some(key.public_key_bits())
+        {
+            return Ok(None);
         }
-        wanted.extend(o.pkcs12.iter().map(|p| p.path.clone()));
-        if let Some(pki) = &o.opcua_pki {
-            wanted.extend([pki.own_cert(), pki.own_key()]);
+        // The intermediates as issued with this certificate: the state directory's copy, or
+        // the configured full chain or chain file.
+        let mut chain = vec![leaf];
+        let candidates = [
+            Some(l.state_dir.join(ISSUED_CHAIN)),
+            l.fullchain_path.clone(),
+        ];
+        for path in candidates.iter().flatten() {
+            if let Some(pem) = files::read_optional(path)? {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .collect();
+                if certs.first() == chain.first() {
+                    chain.extend(certs.into_iter().skip(1));
+                    return Ok(Some((key, chain)));
+                }
+            }
         }
-        wanted.into_iter().find(|p| !p.is_file())
+        if let Some(path) = &l.chain_path {
+            if let Some(pem) = files::read_optional(path)? {
+                chain.extend(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+            }
+        }
+        Ok(Some((key, chain)))
+    }
+
+    /// Why a configured output besides the PEM files does not hold the installed key and
+    /// certificate ([`output::stale`]), if one does not.
+    fn stale_output(&self) -> Result<Option<String>, Error> {
+        let l = &self.s.local;
+        let o = &self.s.outputs;
+        if !o.der && o.pkcs12.is_none() && o.opcua_pki.is_none() {
+            return Ok(None);
+        }
+        let Some((key, chain)) = self.installed_pem()? else {
+            return Ok(None);
+        };
+        let mut checked = self
+            .p12_checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        output::stale(o, &l.cert_path, &l.key_path, &key, &chain[0], &mut checked)
+    }
+
+    /// Rebuilds the outputs besides the PEM files from the installed PEM key and certificate
+    /// when one is missing or holds another certificate or key, without asking the CA for a
+    /// new certificate, then runs the post-install command: the outputs are in place only now.
+    /// Returns whether anything was rebuilt; a failed write is an error (retried by `run`
+    /// with backoff), never a reason to enroll again.
+    pub async fn repair_outputs(&self) -> Result<bool, Error> {
+        let Some(why) = self.stale_output()? else {
+            return Ok(false);
+        };
+        let Some((key, chain)) = self.installed_pem()? else {
+            return Ok(false);
+        };
+        let info = CertInfo::from_der(&chain[0]).map_err(|e| Error::protocol("certificate", e))?;
+        if info.not_after <= OffsetDateTime::now_utc() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            serial = %info.serial,
+            "the configured output {why}; rebuilding the outputs from the installed certificate"
+        );
+        // The OPC UA directory's root and CRLs come from the CA; without it the installed root
+        // and CRLs stay, and `run` fetches the CRLs on its schedule.
+        let s = &self.s;
+        let client = match &s.outputs.opcua_pki {
+            Some(_) => {
+                match AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout)
+                    .await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!("cannot reach the CA ({e}); the installed CRLs stay");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let root = match (&s.trust, &client) {
+            (TrustAnchor::Root(root), _) => Some(root.clone()),
+            (TrustAnchor::Fingerprint(_), Some(c)) => c.pinned_root(),
+            (TrustAnchor::Fingerprint(_), None) => None,
+        };
+        let l = &s.local;
+        output::write(
+            &s.outputs,
+            &l.cert_path,
+            &l.key_path,
+            &key,
+            &chain,
+            root.as_ref(),
+        )?;
+        if let Some(client) = &client {
+            self.refresh_crls_scheduled(client).await;
+        }
+        if let Some(cmd) = &self.s.post_install {
+            if let Err(e) = run_post_install(cmd, &self.s, &info).await {
+                tracing::error!("outputs rebuilt, but {e}");
+            }
+        }
+        Ok(true)
     }
 
     /// One-shot enrollment: gets and installs a certificate unless the installed one is still
     /// valid and not due for renewal (or `force`). Renewing a certificate that is still valid
     /// names it in `replaces` (RFC 9773 §5); an expired one is simply enrolled again.
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
+        if !force {
+            self.repair_outputs().await?;
+        }
         let status = self.status()?;
         if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
             // A one-shot `enroll` from a timer keeps the CRLs fresh too; a failure is logged
@@ -291,6 +412,14 @@ impl Device {
         let mut announced: Option<OffsetDateTime> = None;
         let mut plan: Option<AriPlan> = None;
         loop {
+            if let Err(e) = self.repair_outputs().await {
+                if e.kind() == ErrorKind::Config {
+                    return Err(e);
+                }
+                failures += 1;
+                self.back_off(failures, &e, None).await;
+                continue;
+            }
             self.refresh_crls_if_due().await;
             let status = match self.status() {
                 Ok(s) => s,
@@ -600,6 +729,8 @@ impl Device {
         if let Some(p) = &l.fullchain_path {
             write_public(p, &pem_of(&certs))?;
         }
+        // The chain as issued, so the outputs can be rebuilt without the CA.
+        write_public(&l.state_dir.join(ISSUED_CHAIN), &pem_of(&certs))?;
         output::write(
             &self.s.outputs,
             &l.cert_path,

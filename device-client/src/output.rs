@@ -162,6 +162,112 @@ pub fn write(
     Ok(())
 }
 
+/// A PKCS #12 file as found to hold a certificate and key: its inode, modification time and
+/// content hash, and theirs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs12Stamp {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+    digest: [u8; 32],
+}
+
+impl Pkcs12Stamp {
+    fn of(path: &Path, der: &[u8], key: &CertKey, leaf: &[u8]) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        let mut all = Vec::with_capacity(96);
+        all.extend(crate::trust::sha256(der));
+        all.extend(crate::trust::sha256(key.pkcs8_der()));
+        all.extend(crate::trust::sha256(leaf));
+        Some(Self {
+            inode: meta.ino(),
+            modified: meta.modified().ok(),
+            digest: crate::trust::sha256(&all),
+        })
+    }
+}
+
+/// Why the configured outputs do not hold `leaf` and `key` (the installed PEM certificate and
+/// key), or `None` when every one does: a missing file, or one that holds another certificate
+/// or key (left by a failed write or a power cut between two renames, or replaced by hand).
+/// The PKCS #12 file is opened with its passphrase and compared; in the OPC UA directory the
+/// certificate and the key are compared with each other and with the PEM files. `checked`
+/// remembers the PKCS #12 file last found current, so it is opened again only when it changed.
+pub fn stale(
+    outputs: &Outputs,
+    cert_path: &Path,
+    key_path: &Path,
+    key: &CertKey,
+    leaf: &[u8],
+    checked: &mut Option<Pkcs12Stamp>,
+) -> Result<Option<String>, Error> {
+    let differs = |path: &Path, what: &str| Some(format!("{} holds {what}", path.display()));
+    let missing = |path: &Path| Some(format!("{} is missing", path.display()));
+    if outputs.der {
+        let (cert_der, key_der) = der_paths(cert_path, key_path);
+        match files::read_optional(&cert_der)? {
+            None => return Ok(missing(&cert_der)),
+            Some(d) if d != leaf => return Ok(differs(&cert_der, "another certificate")),
+            Some(_) => {}
+        }
+        match files::read_optional(&key_der)? {
+            None => return Ok(missing(&key_der)),
+            Some(d) if d != key.pkcs8_der() => return Ok(differs(&key_der, "another key")),
+            Some(_) => {}
+        }
+    }
+    if let Some(p) = &outputs.pkcs12 {
+        let Some(der) = files::read_optional(&p.path)? else {
+            return Ok(missing(&p.path));
+        };
+        // Opening the file costs its 600,000 iterations twice: skip it while the file is the
+        // one already found to hold this certificate and key.
+        let stamp = Pkcs12Stamp::of(&p.path, &der, key, leaf);
+        if stamp.is_some() && *checked == stamp {
+            return Ok(None);
+        }
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            &der,
+            &p.passphrase,
+            p12_keystore::Pkcs12ImportPolicy::default(),
+        );
+        let same = store.ok().is_some_and(|store| {
+            store.private_key_chain().is_some_and(|(_, chain)| {
+                chain.key().as_der() == key.pkcs8_der()
+                    && chain.certs().first().is_some_and(|c| c.as_der() == leaf)
+            })
+        });
+        if !same {
+            return Ok(differs(
+                &p.path,
+                "another key or certificate, or does not open with the passphrase",
+            ));
+        }
+        *checked = stamp;
+    }
+    if let Some(pki) = &outputs.opcua_pki {
+        match files::read_optional(&pki.own_cert())? {
+            None => return Ok(missing(&pki.own_cert())),
+            Some(d) if d != leaf => return Ok(differs(&pki.own_cert(), "another certificate")),
+            Some(_) => {}
+        }
+        match files::read_optional(&pki.own_key())? {
+            None => return Ok(missing(&pki.own_key())),
+            Some(pem) => {
+                let same = CertKey::from_pem(&pem)
+                    .is_ok_and(|k| k.public_key_bits() == key.public_key_bits());
+                if !same {
+                    return Ok(differs(
+                        &pki.own_key(),
+                        "a key that does not match the certificate",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A PKCS #12 file (RFC 7292) holding the key and the chain (leaf first): PBES2 with
 /// PBKDF2-HMAC-SHA256 and AES-256-CBC for the key and the certificates, and an HMAC-SHA256
 /// integrity MAC. No legacy RC2/3DES/SHA-1 algorithms.
@@ -310,12 +416,30 @@ impl OpcuaPki {
                     .join(format!("{}.der", ca_stem("root", root)));
                 files::write_atomic(&path, root, PUBLIC_MODE)?;
             }
+            // Rebuilding the outputs without a connection, with a fingerprint pin: the root
+            // written at enrollment stays.
+            None if self.has_root()? => {}
             None => tracing::warn!(
                 "the pinned root is not known yet, so {} has no trusted root",
                 self.dir.display()
             ),
         }
         Ok(())
+    }
+
+    /// Whether `trusted/certs` holds a root this client wrote.
+    fn has_root(&self) -> Result<bool, Error> {
+        let dir = self.sub("trusted/certs");
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("root-") && name.ends_with(".der") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The certificates in the directory that the CRLs belong to: the device's certificate,
@@ -694,20 +818,25 @@ mod tests {
         assert!(e.contains("no certificate is installed yet"), "{e}");
     }
 
+    /// DER and PKCS #12 outputs in `dir` (passphrase "correct horse"), and `opcua_pki`.
+    fn der_and_pkcs12(dir: &Path, opcua_pki: Option<OpcuaPki>) -> Outputs {
+        let pass = dir.join("p12.pass");
+        fs::write(&pass, "correct horse\n").expect("pass");
+        Outputs {
+            der: true,
+            pkcs12: Some(
+                Pkcs12Output::from_passphrase_file(dir.join("device.p12"), &pass)
+                    .expect("passphrase"),
+            ),
+            opcua_pki,
+        }
+    }
+
     #[test]
     fn der_and_pkcs12_outputs() {
         let ca = test_ca();
         let dir = tempfile::tempdir().expect("tempdir");
-        let pass = dir.path().join("p12.pass");
-        fs::write(&pass, "correct horse\n").expect("pass");
-        let outputs = Outputs {
-            der: true,
-            pkcs12: Some(
-                Pkcs12Output::from_passphrase_file(dir.path().join("device.p12"), &pass)
-                    .expect("passphrase"),
-            ),
-            opcua_pki: None,
-        };
+        let outputs = der_and_pkcs12(dir.path(), None);
         let cert_path = dir.path().join("cert.pem");
         let key_path = dir.path().join("cert.key.pem");
         let chain = [ca.leaf.clone(), ca.intermediate.clone()];
@@ -747,6 +876,56 @@ mod tests {
             p12_keystore::Pkcs12ImportPolicy::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn stale_outputs_are_found() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outputs = der_and_pkcs12(dir.path(), Some(OpcuaPki::new(dir.path().join("pki"))));
+        let pki = outputs.opcua_pki.clone().expect("pki");
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("cert.key.pem");
+        let chain = [ca.leaf.clone(), ca.intermediate.clone()];
+        let stale = || {
+            stale(
+                &outputs, &cert_path, &key_path, &ca.key, &ca.leaf, &mut None,
+            )
+            .expect("stale")
+        };
+        assert!(stale().expect("nothing written").contains("is missing"));
+        let write_all = || {
+            write(
+                &outputs,
+                &cert_path,
+                &key_path,
+                &ca.key,
+                &chain,
+                Some(&ca.root),
+            )
+            .expect("write")
+        };
+        write_all();
+        assert_eq!(stale(), None);
+
+        // Each output holding another certificate or key is found.
+        let (cert_der, key_der) = der_paths(&cert_path, &key_path);
+        let other = CertKey::generate(KeyAlgorithm::P256).expect("key");
+        for (path, bytes) in [
+            (cert_der.clone(), ca.intermediate.to_vec()),
+            (key_der.clone(), other.pkcs8_der().to_vec()),
+            (pki.own_cert(), ca.intermediate.to_vec()),
+            (pki.own_key(), other.to_pem().into_bytes()),
+        ] {
+            fs::write(&path, bytes).expect("tamper");
+            let why = stale().expect("stale");
+            assert!(why.starts_with(&path.display().to_string()), "{why}");
+            write_all();
+            assert_eq!(stale(), None);
+        }
+        let p12 = pkcs12(other.pkcs8_der(), &chain, "correct horse").expect("p12");
+        fs::write(dir.path().join("device.p12"), p12).expect("tamper");
+        assert!(stale().expect("stale").contains("device.p12 holds"));
     }
 
     #[test]

@@ -531,8 +531,9 @@ fn a_failed_output_means_an_error_and_no_hook() {
     );
     assert!(dev.path("tls/cert.pem").exists());
 
-    // Once the output can be written, the next enroll sees it missing and enrolls again;
-    // the hook runs with everything in place. (HOOK checks the OPC UA directory too.)
+    // Once the output can be written, the next enroll sees it missing and rebuilds it from
+    // the installed PEM files, without a new certificate; the hook runs with everything in
+    // place. (HOOK checks the OPC UA directory too.)
     fs::remove_file(dev.path("out")).expect("remove blocker");
     let pki = dev.path("opcua");
     let mut args = args.clone();
@@ -541,11 +542,48 @@ fn a_failed_output_means_an_error_and_no_hook() {
     let out = dev.run("repaired", "enroll", &args);
     expect_code(&out, 0, "enroll with the output writable", &server);
     assert!(
-        out.stderr.contains("is missing"),
-        "the missing output is why it enrolled\n{}",
+        out.stderr.contains("is missing; rebuilding the outputs"),
+        "the missing output is rebuilt\n{}",
         out.tails()
     );
-    assert_ne!(dev.serial(), first);
-    assert_eq!(dev.hook_runs(), [dev.serial()]);
+    assert_eq!(dev.serial(), first, "no new certificate\n{}", out.tails());
+    assert_eq!(dev.hook_runs(), std::slice::from_ref(&first));
     assert!(p12.is_file());
+
+    // Outputs left at an older certificate (a power cut between renames, a failed write) are
+    // rebuilt from the installed one at the next start; the CA issues nothing.
+    let own = pki.join("own/certs/device.der");
+    let old_der = fs::read(&own).expect("own cert");
+    let out = dev.run("force", "enroll", &[&args[..], &["--force"]].concat());
+    expect_code(&out, 0, "enroll --force", &server);
+    let second = dev.serial();
+    assert_ne!(second, first);
+    fs::write(&own, &old_der).expect("tamper");
+    fs::write(dev.path("tls/cert.der"), &old_der).expect("tamper");
+    let out = dev.run("stale", "enroll", &args);
+    expect_code(&out, 0, "enroll with stale outputs", &server);
+    assert!(
+        out.stderr.contains("holds another certificate; rebuilding"),
+        "{}",
+        out.tails()
+    );
+    assert_eq!(dev.serial(), second, "no new certificate\n{}", out.tails());
+    let own_serial = openssl(
+        &[
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-serial",
+            "-in",
+            path_str(&own),
+        ],
+        None,
+    );
+    assert_eq!(own_serial.trim(), format!("serial={second}"));
+    assert_eq!(
+        fs::read(&own).expect("own cert"),
+        fs::read(dev.path("tls/cert.der")).expect("cert.der")
+    );
+    assert_eq!(dev.hook_runs(), [first, second.clone(), second]);
 }
