@@ -718,6 +718,11 @@ impl Device {
                 ),
             ));
         }
+        // The chain must link up; with an OPC UA PKI directory, whose trust anchor is the
+        // pinned root, it must also reach that root. (Without one, a standard CA such as Pebble
+        // may issue under a root other than the one its HTTPS is pinned to.)
+        let pinned = root.filter(|_| self.s.outputs.opcua_pki.is_some());
+        output::verify_chain(&certs, pinned.map(|r| r.as_ref()))?;
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };

@@ -18,7 +18,7 @@
 //! DIR/own/private/device.pem         its key, PKCS #8 PEM, 0600 (directory 0700)
 //! DIR/trusted/certs/root-<id>.der    the pinned CA root: the one trust anchor
 //! DIR/trusted/crl/                   the root's CRL, if an intermediate names one
-//! DIR/issuer/certs/ca-<id>.der       the issuing intermediate(s) from the CA's chain
+//! DIR/issuer/certs/ca-<id>.der       the issuing intermediate(s) of the installed chain
 //! DIR/issuer/crl/ca-<id>.crl         each intermediate's CRL, DER
 //! DIR/issuer/crl/ca-<id>.crl.der     the same bytes, for readers that pick files by `.der`
 //! DIR/rejected/certs/                created empty; stacks put refused certificates there
@@ -403,12 +403,15 @@ impl OpcuaPki {
         self.create_dirs()?;
         files::write_atomic(&self.own_key(), key.to_pem().as_bytes(), PRIVATE_MODE)?;
         files::write_atomic(&self.own_cert(), leaf, PUBLIC_MODE)?;
-        for ca in intermediates {
-            let path = self
-                .sub("issuer/certs")
-                .join(format!("{}.der", ca_stem("ca", ca)));
+        let stems: Vec<String> = intermediates.iter().map(|ca| ca_stem("ca", ca)).collect();
+        for (ca, stem) in intermediates.iter().zip(&stems) {
+            let path = self.sub("issuer/certs").join(format!("{stem}.der"));
             files::write_atomic(&path, ca, PUBLIC_MODE)?;
         }
+        // The intermediates of an earlier chain, and their CRLs, go: a chain builder could
+        // otherwise pick an old intermediate of the same name.
+        self.remove_own_except("issuer/certs", &stems, &[".der"])?;
+        self.remove_own_except("issuer/crl", &stems, &[".crl", ".crl.der"])?;
         match root {
             Some(root) => {
                 let path = self
@@ -423,6 +426,41 @@ impl OpcuaPki {
                 "the pinned root is not known yet, so {} has no trusted root",
                 self.dir.display()
             ),
+        }
+        Ok(())
+    }
+
+    /// Removes the files in `rel` that this client names (`ca-<16 hex digits>` and one of
+    /// `suffixes`) whose stem is not in `keep`. Other files are the operator's and stay.
+    fn remove_own_except(
+        &self,
+        rel: &str,
+        keep: &[String],
+        suffixes: &[&str],
+    ) -> Result<(), Error> {
+        let dir = self.sub(rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = suffixes.iter().find_map(|s| name.strip_suffix(s)) else {
+                continue;
+            };
+            let ours = stem.strip_prefix("ca-").is_some_and(|h| {
+                h.len() == 16
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            if ours && !keep.iter().any(|k| k == stem) {
+                let path = entry.path();
+                tracing::info!(file = %path.display(), "removing a CA file of an earlier chain");
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            }
         }
         Ok(())
     }
@@ -490,10 +528,11 @@ impl OpcuaPki {
             let (issuer, folder, prefix) = {
                 let (_, cert) = X509Certificate::from_der(&current)
                     .map_err(|e| Error::Crypto(format!("certificate: {e}")))?;
-                let wanted = cert.issuer().as_raw();
+                // The CA certificate that signed this one, not just one with its issuer's name:
+                // an earlier intermediate may have the same subject.
                 let is_issuer = |der: &[u8]| {
-                    X509Certificate::from_der(der)
-                        .is_ok_and(|(_, c)| c.subject().as_raw() == wanted && der != current)
+                    der != current
+                        && X509Certificate::from_der(der).is_ok_and(|(_, c)| signed_by(&cert, &c))
                 };
                 if let Some(ca) = cas.iter().find(|ca| is_issuer(ca)) {
                     (ca.clone(), "issuer/crl", "ca")
@@ -557,6 +596,71 @@ impl OpcuaPki {
         files::write_atomic(Path::new(&copy), crl, PUBLIC_MODE)?;
         Ok(info)
     }
+}
+
+/// Whether `issuer` issued `cert`: its subject is `cert`'s issuer, its subject key identifier
+/// is `cert`'s authority key identifier when both are present, it is a CA, and `cert`'s
+/// signature verifies with its key.
+fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        });
+    let ski = issuer
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        });
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && !matches!((aki, ski), (Some(a), Some(s)) if a != s)
+        && issuer.is_ca()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Checks the chain the CA returned (leaf first) before anything of it is installed: each
+/// certificate is signed by the next ([`signed_by`]), and the last by `root`, the pinned root,
+/// when it is known.
+pub fn verify_chain(certs: &[CertificateDer<'_>], root: Option<&[u8]>) -> Result<(), Error> {
+    let parsed = certs
+        .iter()
+        .map(|c| {
+            X509Certificate::from_der(c)
+                .map(|(_, c)| c)
+                .map_err(|e| Error::protocol("certificate", format!("bad chain: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let root = root
+        .map(|r| {
+            X509Certificate::from_der(r)
+                .map(|(_, c)| c)
+                .map_err(|e| Error::protocol("certificate", format!("the pinned root: {e}")))
+        })
+        .transpose()?;
+    for (i, cert) in parsed.iter().enumerate() {
+        let issuer = match parsed.get(i + 1) {
+            Some(next) => next,
+            None => match &root {
+                Some(root) => root,
+                None => break,
+            },
+        };
+        if !signed_by(cert, issuer) {
+            return Err(Error::protocol(
+                "certificate",
+                format!(
+                    "the chain does not verify: {} is not signed by {}",
+                    cert.subject(),
+                    issuer.subject()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The URIs of a certificate's CRL distribution points, in order.
@@ -805,6 +909,73 @@ mod tests {
         );
         assert_eq!(pki.write_crl(t, &newer).expect("newer").revoked, 2);
         assert_eq!(fs::read(&t.path).expect("crl"), newer);
+    }
+
+    #[test]
+    fn the_crl_issuer_is_the_intermediate_that_signed_the_certificate() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = OpcuaPki::new(dir.path().join("pki"));
+        pki.install(
+            &ca.key,
+            &ca.leaf,
+            std::slice::from_ref(&ca.intermediate),
+            Some(&ca.root),
+        )
+        .expect("install");
+        let old_stem = ca_stem("ca", &ca.intermediate);
+        let old_crl = dir.path().join(format!("pki/issuer/crl/{old_stem}.crl"));
+        fs::write(&old_crl, b"crl").expect("old crl");
+        fs::write(old_crl.with_extension("crl.der"), b"crl").expect("old crl");
+        let operators = dir.path().join("pki/issuer/certs/operator-ca.der");
+        fs::write(&operators, b"kept").expect("operator's file");
+
+        // The intermediate is rotated: a new key under the same name (and a root of the same
+        // name, to show the pinned root is checked by its key), and a new
+        // device certificate from it.
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let root_params = ca_params("Test Root");
+        let root = root_params.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(root_params, root_key);
+        let new_key = rcgen::KeyPair::generate().expect("key");
+        let new_params = ca_params("Test Issuing CA");
+        let new_ca = new_params
+            .signed_by(&new_key, &root_issuer)
+            .expect("new ca");
+        let mut leaf_params =
+            CertificateParams::new(vec!["plc-7.plant.test".to_owned()]).expect("params");
+        leaf_params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec!["https://ca.plant.test/crl".to_owned()],
+        }];
+        let leaf_key = rcgen::KeyPair::try_from(ca.key.pkcs8_der()).expect("rcgen key");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &Issuer::from_params(&new_params, &new_key))
+            .expect("leaf");
+        let chain = [leaf.der().clone(), new_ca.der().clone()];
+        // Against another root, or with the old intermediate, the chain does not verify.
+        let e = verify_chain(&chain, Some(&ca.root)).expect_err("other root");
+        assert!(e.to_string().contains("not signed by"), "{e}");
+        let mixed = [leaf.der().clone(), ca.intermediate.clone()];
+        assert!(verify_chain(&mixed, Some(root.der())).is_err());
+        verify_chain(&chain, Some(root.der())).expect("chain verifies");
+
+        pki.install(&ca.key, &chain[0], &chain[1..], Some(root.der()))
+            .expect("install");
+        // Our earlier intermediate and its CRLs are gone; the operator's file stays.
+        let certs_dir = dir.path().join("pki/issuer/certs");
+        assert!(!certs_dir.join(format!("{old_stem}.der")).exists());
+        assert!(!old_crl.exists() && !old_crl.with_extension("crl.der").exists());
+        assert!(operators.exists());
+
+        // Even with the old intermediate back under another name, the CRL issuer is the one
+        // that signed the certificate, whatever the directory order.
+        for name in ["ca-0000000000000000.der", "ca-ffffffffffffffff.der"] {
+            fs::write(certs_dir.join(name), &ca.intermediate).expect("old intermediate");
+            let targets = pki.crl_targets(Some(root.der())).expect("targets");
+            assert_eq!(targets.len(), 1, "{targets:?}");
+            assert_eq!(targets[0].issuer, new_ca.der().as_ref());
+            fs::remove_file(certs_dir.join(name)).expect("remove");
+        }
     }
 
     #[test]
