@@ -377,8 +377,27 @@ impl OpcuaPki {
     }
 
     /// Creates the layout: public folders 0755, `own/private` 0700. Existing folders are left
-    /// as they are.
+    /// as they are, but those below the directory must be real directories (not symbolic
+    /// links) owned by the user the client runs as: otherwise someone else decides where the
+    /// key and the trust lists go. (The directory itself may be a link, e.g. to a data
+    /// partition.)
     fn create_dirs(&self) -> Result<(), Error> {
+        let uid = rustix::process::geteuid().as_raw();
+        for rel in [
+            "own",
+            "own/certs",
+            "own/private",
+            "trusted",
+            "trusted/certs",
+            "trusted/crl",
+            "issuer",
+            "issuer/certs",
+            "issuer/crl",
+            "rejected",
+            "rejected/certs",
+        ] {
+            check_own_dir(&self.sub(rel), uid)?;
+        }
         for rel in [
             "own/certs",
             "trusted/certs",
@@ -659,6 +678,37 @@ pub fn verify_chain(certs: &[CertificateDer<'_>], root: Option<&[u8]>) -> Result
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses an existing `dir` that is a symbolic link, not a directory, or owned by another user
+/// than `uid`; a missing one is fine (it is created). The link itself is looked at, never
+/// followed.
+fn check_own_dir(dir: &Path, uid: u32) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("inspect", dir, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(Error::bad_file(
+            dir,
+            "is a symbolic link; the OPC UA PKI directory's folders must be real directories",
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(Error::bad_file(dir, "is not a directory"));
+    }
+    if meta.uid() != uid {
+        return Err(Error::bad_file(
+            dir,
+            format!(
+                "is owned by uid {}, not by the user device-client runs as (uid {uid})",
+                meta.uid()
+            ),
+        ));
     }
     Ok(())
 }
@@ -975,6 +1025,48 @@ mod tests {
             assert_eq!(targets.len(), 1, "{targets:?}");
             assert_eq!(targets[0].issuer, new_ca.der().as_ref());
             fs::remove_file(certs_dir.join(name)).expect("remove");
+        }
+    }
+
+    #[test]
+    fn symlinked_or_foreign_folders_are_refused() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        let pki = OpcuaPki::new(dir.path().join("pki"));
+        fs::create_dir_all(dir.path().join("pki/own")).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("pki/own/private"))
+            .expect("symlink");
+        let install = || {
+            pki.install(
+                &ca.key,
+                &ca.leaf,
+                std::slice::from_ref(&ca.intermediate),
+                Some(&ca.root),
+            )
+        };
+        let e = install().expect_err("symlink").to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).expect("dir").count(),
+            0,
+            "nothing written there"
+        );
+        fs::remove_file(dir.path().join("pki/own/private")).expect("unlink");
+        install().expect("real directories");
+
+        // Another user's folder (only testable as root: chown it to nobody).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(dir.path().join("pki/issuer/certs"), Some(65534), None)
+                .expect("chown");
+            let e = install().expect_err("foreign owner").to_string();
+            assert!(e.contains("is owned by uid 65534"), "{e}");
+        } else {
+            let e = check_own_dir(dir.path(), rustix::process::geteuid().as_raw() + 1)
+                .expect_err("another uid")
+                .to_string();
+            assert!(e.contains("not by the user device-client runs as"), "{e}");
         }
     }
 
