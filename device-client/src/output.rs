@@ -22,6 +22,7 @@
 //! DIR/issuer/crl/ca-<id>.crl         each intermediate's CRL, DER
 //! DIR/issuer/crl/ca-<id>.crl.der     the same bytes, for readers that pick files by `.der`
 //! DIR/rejected/certs/                created empty; stacks put refused certificates there
+//! DIR/.tmp/                          0700: temporary files, renamed into place from here
 //! ```
 //!
 //! `<id>` is the first 8 octets of the certificate's SHA-256, in hex. The root goes to `trusted`
@@ -50,6 +51,9 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use crate::error::Error;
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 use crate::key::CertKey;
+
+/// The OPC UA PKI directory's folder for temporary files, outside every folder a stack reads.
+const TMP_DIR: &str = ".tmp";
 
 /// The base name of the device's own certificate and key in the OPC UA PKI directory.
 pub const OPCUA_OWN_NAME: &str = "device";
@@ -376,6 +380,48 @@ impl OpcuaPki {
         self.dir.join(rel)
     }
 
+    /// Writes a file of the directory atomically, with the temporary file in `DIR/.tmp`
+    /// (0700): open62541 reads every regular file of a trust-list folder and asyncua every
+    /// name containing `der`, so a temporary must never appear in those folders, even for a
+    /// moment or after a power cut.
+    fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+        files::write_atomic_via(path, data, mode, Some(&self.sub(TMP_DIR)))
+    }
+
+    /// Removes left-over temporary files: everything in `DIR/.tmp`, and `.<name>.tmp-<nonce>`
+    /// files in the folders (which earlier versions wrote there). A power cut during a write
+    /// leaves them; nothing else writes there.
+    fn remove_temporaries(&self) -> Result<(), Error> {
+        for rel in [
+            TMP_DIR,
+            "own/certs",
+            "own/private",
+            "trusted/certs",
+            "trusted/crl",
+            "issuer/certs",
+            "issuer/crl",
+        ] {
+            let dir = self.sub(rel);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("read directory", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let temporary = name.starts_with('.') && name.contains(".tmp-");
+                if (rel == TMP_DIR || temporary) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let path = entry.path();
+                    tracing::info!(file = %path.display(), "removing a left-over temporary file");
+                    std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the layout: public folders 0755, `own/private` 0700. Existing folders are left
     /// as they are, but those below the directory must be real directories (not symbolic
     /// links) owned by the user the client runs as: otherwise someone else decides where the
@@ -395,6 +441,7 @@ impl OpcuaPki {
             "issuer/crl",
             "rejected",
             "rejected/certs",
+            TMP_DIR,
         ] {
             check_own_dir(&self.sub(rel), uid)?;
         }
@@ -408,7 +455,13 @@ impl OpcuaPki {
         ] {
             files::create_public_dir(&self.sub(rel))?;
         }
-        files::create_private_dir(&self.sub("own/private"))
+        files::create_private_dir(&self.sub("own/private"))?;
+        // The temporaries hold private keys before their rename: 0700 even if it existed.
+        let tmp = self.sub(TMP_DIR);
+        files::create_private_dir(&tmp)?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| Error::io("chmod 0700", &tmp, e))?;
+        self.remove_temporaries()
     }
 
     /// Writes the key, the certificate, the intermediates and the pinned root.
@@ -420,12 +473,12 @@ impl OpcuaPki {
         root: Option<&CertificateDer<'_>>,
     ) -> Result<(), Error> {
         self.create_dirs()?;
-        files::write_atomic(&self.own_key(), key.to_pem().as_bytes(), PRIVATE_MODE)?;
-        files::write_atomic(&self.own_cert(), leaf, PUBLIC_MODE)?;
+        self.write(&self.own_key(), key.to_pem().as_bytes(), PRIVATE_MODE)?;
+        self.write(&self.own_cert(), leaf, PUBLIC_MODE)?;
         let stems: Vec<String> = intermediates.iter().map(|ca| ca_stem("ca", ca)).collect();
         for (ca, stem) in intermediates.iter().zip(&stems) {
             let path = self.sub("issuer/certs").join(format!("{stem}.der"));
-            files::write_atomic(&path, ca, PUBLIC_MODE)?;
+            self.write(&path, ca, PUBLIC_MODE)?;
         }
         // The intermediates of an earlier chain, and their CRLs, go: a chain builder could
         // otherwise pick an old intermediate of the same name.
@@ -436,7 +489,7 @@ impl OpcuaPki {
                 let path = self
                     .sub("trusted/certs")
                     .join(format!("{}.der", ca_stem("root", root)));
-                files::write_atomic(&path, root, PUBLIC_MODE)?;
+                self.write(&path, root, PUBLIC_MODE)?;
             }
             // Rebuilding the outputs without a connection, with a fingerprint pin: the root
             // written at enrollment stays.
@@ -609,10 +662,10 @@ impl OpcuaPki {
             }
         }
         self.create_dirs()?;
-        files::write_atomic(&target.path, crl, PUBLIC_MODE)?;
+        self.write(&target.path, crl, PUBLIC_MODE)?;
         let mut copy = target.path.clone().into_os_string();
         copy.push(".der");
-        files::write_atomic(Path::new(&copy), crl, PUBLIC_MODE)?;
+        self.write(Path::new(&copy), crl, PUBLIC_MODE)?;
         Ok(info)
     }
 }
@@ -788,6 +841,18 @@ mod tests {
         key: CertKey,
     }
 
+    impl TestCa {
+        /// Installs the device certificate, the intermediate and the root into `pki`.
+        fn install(&self, pki: &OpcuaPki) -> Result<(), Error> {
+            pki.install(
+                &self.key,
+                &self.leaf,
+                std::slice::from_ref(&self.intermediate),
+                Some(&self.root),
+            )
+        }
+    }
+
     fn ca_params(cn: &str) -> CertificateParams {
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
         p.distinguished_name.push(DnType::CommonName, cn);
@@ -863,13 +928,7 @@ mod tests {
         let ca = test_ca();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = OpcuaPki::new(dir.path().join("pki"));
-        pki.install(
-            &ca.key,
-            &ca.leaf,
-            std::slice::from_ref(&ca.intermediate),
-            Some(&ca.root),
-        )
-        .expect("install");
+        ca.install(&pki).expect("install");
 
         assert_eq!(
             fs::read(pki.own_cert()).expect("own cert"),
@@ -966,13 +1025,7 @@ mod tests {
         let ca = test_ca();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = OpcuaPki::new(dir.path().join("pki"));
-        pki.install(
-            &ca.key,
-            &ca.leaf,
-            std::slice::from_ref(&ca.intermediate),
-            Some(&ca.root),
-        )
-        .expect("install");
+        ca.install(&pki).expect("install");
         let old_stem = ca_stem("ca", &ca.intermediate);
         let old_crl = dir.path().join(format!("pki/issuer/crl/{old_stem}.crl"));
         fs::write(&old_crl, b"crl").expect("old crl");
@@ -1038,14 +1091,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("pki/own")).expect("mkdir");
         std::os::unix::fs::symlink(&elsewhere, dir.path().join("pki/own/private"))
             .expect("symlink");
-        let install = || {
-            pki.install(
-                &ca.key,
-                &ca.leaf,
-                std::slice::from_ref(&ca.intermediate),
-                Some(&ca.root),
-            )
-        };
+        let install = || ca.install(&pki);
         let e = install().expect_err("symlink").to_string();
         assert!(e.contains("is a symbolic link"), "{e}");
         assert_eq!(
@@ -1067,6 +1113,40 @@ mod tests {
                 .expect_err("another uid")
                 .to_string();
             assert!(e.contains("not by the user device-client runs as"), "{e}");
+        }
+    }
+
+    #[test]
+    fn temporaries_stay_out_of_the_folders_stacks_read() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = OpcuaPki::new(dir.path().join("pki"));
+        // Left over by a power cut: one in .tmp, one of the old kind in a trust-list folder.
+        fs::create_dir_all(dir.path().join("pki/.tmp")).expect("mkdir");
+        fs::create_dir_all(dir.path().join("pki/issuer/certs")).expect("mkdir");
+        let old_tmp = dir.path().join("pki/.tmp/.device.der.tmp-AAAAAAAA");
+        let old_in_folder = dir.path().join("pki/issuer/certs/.ca-1.der.tmp-AAAAAAAA");
+        let operators = dir.path().join("pki/issuer/certs/.hidden-operator.der");
+        for f in [&old_tmp, &old_in_folder, &operators] {
+            fs::write(f, b"half").expect("write");
+        }
+        ca.install(&pki).expect("install");
+        assert!(!old_tmp.exists() && !old_in_folder.exists());
+        assert!(operators.exists(), "only temporaries are removed");
+        assert_eq!(mode(&dir.path().join("pki/.tmp")), 0o700);
+        assert_eq!(
+            fs::read_dir(dir.path().join("pki/.tmp"))
+                .expect("dir")
+                .count(),
+            0
+        );
+        // No folder a stack reads holds anything but the installed files.
+        for rel in ["own/certs", "own/private", "trusted/certs", "issuer/certs"] {
+            for entry in fs::read_dir(dir.path().join("pki").join(rel)).expect("dir") {
+                let name = entry.expect("entry").file_name();
+                let name = name.to_string_lossy();
+                assert!(!name.contains(".tmp-"), "{rel}/{name}");
+            }
         }
     }
 
