@@ -273,7 +273,7 @@ impl Device {
             self.refresh_crls_scheduled(client).await;
         }
         if let Some(cmd) = &self.s.post_install {
-            if let Err(e) = run_post_install(cmd, &self.s, &info).await {
+            if let Err(e) = run_post_install(cmd, &self.s, &info, HookEvent::Certificate).await {
                 tracing::error!("outputs rebuilt, but {e}");
             }
         }
@@ -295,12 +295,14 @@ impl Device {
                 let s = &self.s;
                 let result =
                     AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await;
-                if let Err(e) = match result {
-                    Ok(client) => self.refresh_crls(&client).await.map(drop),
-                    Err(e) => Err(e),
-                } {
+                let (changed, error) = match result {
+                    Ok(client) => self.refresh_crls_counting(&client).await,
+                    Err(e) => (0, Some(e)),
+                };
+                if let Some(e) = error {
                     tracing::warn!("cannot refresh the CRLs ({e}); the installed CRLs stay");
                 }
+                self.crls_changed(changed).await;
             }
             return Ok(EnrollOutcome::StillValid {
                 info: info.clone(),
@@ -638,7 +640,9 @@ impl Device {
             self.refresh_crls_scheduled(&client).await;
         }
         let post_install_error = match &s.post_install {
-            Some(cmd) => run_post_install(cmd, s, &installed).await.err(),
+            Some(cmd) => run_post_install(cmd, s, &installed, HookEvent::Certificate)
+                .await
+                .err(),
             None => None,
         };
         Ok(Installed {
@@ -751,8 +755,24 @@ impl Device {
     /// over `client`'s pinned HTTPS. Every CRL is tried; the first failure is returned, and a
     /// CRL that failed keeps its previously installed version.
     pub async fn refresh_crls(&self, client: &AcmeClient) -> Result<usize, Error> {
+        let (changed, error) = self.refresh_crls_counting(client).await;
+        match error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+
+    /// [`Self::refresh_crls`], returning how many CRLs changed even when another failed.
+    async fn refresh_crls_counting(&self, client: &AcmeClient) -> (usize, Option<Error>) {
+        match self.try_refresh_crls(client).await {
+            Ok(r) => r,
+            Err(e) => (0, Some(e)),
+        }
+    }
+
+    async fn try_refresh_crls(&self, client: &AcmeClient) -> Result<(usize, Option<Error>), Error> {
         let Some(pki) = &self.s.outputs.opcua_pki else {
-            return Ok(0);
+            return Ok((0, None));
         };
         let root = client.pinned_root();
         let targets = pki.crl_targets(root.as_deref())?;
@@ -763,7 +783,7 @@ impl Device {
             );
         }
         let mut first_error = None;
-        let mut written = 0;
+        let mut changed = 0;
         for target in &targets {
             let mut error = None;
             for url in &target.urls {
@@ -781,7 +801,7 @@ impl Device {
                             "installed the CRL from {url}"
                         );
                         error = None;
-                        written += 1;
+                        changed += usize::from(info.changed);
                         break;
                     }
                     Err(e) => error = Some(e),
@@ -791,17 +811,38 @@ impl Device {
                 first_error.get_or_insert(e);
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(written),
-        }
+        Ok((changed, first_error))
     }
 
     /// [`Self::refresh_crls`], then schedules the next refresh: after `crl_refresh`, or after
     /// a failure sooner, with the same backoff as enrollment (never later than `crl_refresh`).
-    async fn refresh_crls_scheduled(&self, client: &AcmeClient) {
-        let result = self.refresh_crls(client).await;
-        self.crls_done(result.err());
+    /// Returns how many CRLs changed.
+    async fn refresh_crls_scheduled(&self, client: &AcmeClient) -> usize {
+        let (changed, error) = self.refresh_crls_counting(client).await;
+        self.crls_done(error);
+        changed
+    }
+
+    /// After a CRL refresh outside an enrollment: when a CRL changed, runs the post-install
+    /// command with `DEVICE_CLIENT_EVENT=crl`, so a stack that reads its trust lists only at
+    /// start (asyncua's `TrustStore.load()`) can reload them. A failure is logged.
+    async fn crls_changed(&self, changed: usize) {
+        let Some(cmd) = &self.s.post_install else {
+            return;
+        };
+        if changed == 0 {
+            return;
+        }
+        let info = match self.installed_pem() {
+            Ok(Some((_, chain))) => CertInfo::from_der(&chain[0]).ok(),
+            _ => None,
+        };
+        let Some(info) = info else {
+            return;
+        };
+        if let Err(e) = run_post_install(cmd, &self.s, &info, HookEvent::Crl).await {
+            tracing::error!("{changed} CRL(s) installed, but {e}");
+        }
     }
 
     fn crls_done(&self, error: Option<Error>) {
@@ -852,7 +893,10 @@ impl Device {
         }
         let s = &self.s;
         match AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await {
-            Ok(client) => self.refresh_crls_scheduled(&client).await,
+            Ok(client) => {
+                let changed = self.refresh_crls_scheduled(&client).await;
+                self.crls_changed(changed).await;
+            }
             Err(e) => self.crls_done(Some(e)),
         }
     }
@@ -972,9 +1016,32 @@ pub fn check_application_uri(uri: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Why the post-install command runs, in its `DEVICE_CLIENT_EVENT`.
+#[derive(Clone, Copy, Debug)]
+enum HookEvent {
+    /// A new certificate, or outputs rebuilt from the installed one.
+    Certificate,
+    /// A refreshed CRL whose bytes changed.
+    Crl,
+}
+
+impl HookEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Crl => "crl",
+        }
+    }
+}
+
 /// Runs the post-install command with `sh -c`, with the installed paths in the environment,
 /// and waits for it, up to the configured limit.
-async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<(), Error> {
+async fn run_post_install(
+    cmd: &str,
+    s: &Settings,
+    info: &CertInfo,
+    event: HookEvent,
+) -> Result<(), Error> {
     let l = &s.local;
     tracing::info!(command = cmd, "running the post-install command");
     let mut c = tokio::process::Command::new("/bin/sh");
@@ -984,6 +1051,7 @@ async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<()
         .env("DEVICE_CLIENT_KEY", &l.key_path)
         .env("DEVICE_CLIENT_SERIAL", &info.serial)
         .env("DEVICE_CLIENT_NOT_AFTER", rfc3339(info.not_after))
+        .env("DEVICE_CLIENT_EVENT", event.as_str())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     // Its output goes to our stderr, with the logs: stdout is the client's own summary.

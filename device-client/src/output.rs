@@ -349,6 +349,8 @@ pub struct CrlInfo {
     pub revoked: usize,
     /// Its nextUpdate, if present.
     pub next_update: Option<time::OffsetDateTime>,
+    /// Whether installing it replaced other bytes (false: the same CRL was fetched again).
+    pub changed: bool,
 }
 
 impl OpcuaPki {
@@ -641,9 +643,11 @@ impl OpcuaPki {
     /// `.crl` and `.crl.der`. A CRL that fails a check is not written, and the installed one
     /// stays.
     pub fn write_crl(&self, target: &CrlTarget, crl: &[u8]) -> Result<CrlInfo, Error> {
-        let info = check_crl(crl, &target.issuer)
+        let mut info = check_crl(crl, &target.issuer)
             .map_err(|e| Error::protocol("CRL", format!("for {}: {e}", target.issuer_name)))?;
-        if let Some(old) = files::read_optional(&target.path)? {
+        let installed = files::read_optional(&target.path)?;
+        info.changed = installed.as_deref() != Some(crl);
+        if let Some(old) = installed {
             if let (Ok((_, old)), Ok((_, new))) = (
                 CertificateRevocationList::from_der(&old),
                 CertificateRevocationList::from_der(crl),
@@ -814,6 +818,7 @@ pub fn check_crl(crl: &[u8], issuer_der: &[u8]) -> Result<CrlInfo, String> {
         number: parsed.crl_number().map(ToString::to_string),
         revoked: parsed.iter_revoked_certificates().count(),
         next_update: parsed.next_update().map(|t| t.to_datetime()),
+        changed: false,
     })
 }
 
@@ -977,6 +982,11 @@ mod tests {
 
         let good = crl(&ca.intermediate_params, &ca.intermediate_key, 7, &[0x42]);
         let info = pki.write_crl(t, &good).expect("a good CRL is installed");
+        assert!(info.changed);
+        assert!(
+            !pki.write_crl(t, &good).expect("again").changed,
+            "the same bytes"
+        );
         assert_eq!(info.number.as_deref(), Some("7"));
         assert_eq!(info.revoked, 1);
         assert!(info.next_update.is_some());

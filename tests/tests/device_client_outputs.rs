@@ -3,7 +3,9 @@
 //! `--opcua-pki` (the layout, the CA root taken from the TLS chain with a fingerprint pin, and
 //! the issuing intermediate's CRL, which `openssl crl` verifies and `openssl verify -crl_check`
 //! uses). `run --crl-refresh 1s`, and `enroll` with a valid certificate, pick up the
-//! revocation of other devices; while the CA is down the installed CRL stays. The post-install hook sees every output in place, and a failed
+//! revocation of other devices (running the hook with `DEVICE_CLIENT_EVENT=crl` when a CRL changed,
+//! not when it did not); while the CA is down the installed CRL stays. The post-install hook sees
+//! every output in place; outputs left missing or stale are rebuilt without a new order; a failed
 //! output write means an error and no hook.
 
 use std::fs;
@@ -18,13 +20,13 @@ use iiot_acme_tests::openssl::split_pem_certs;
 use iiot_acme_tests::process::{poll_until, run_with_timeout, Daemon, RunOutput};
 use iiot_acme_tests::{openssl_verify_crl, temp_dir, CaServer, CaServerOpts};
 
-/// The hook: checks that every output is in place, then logs the serial.
+/// The hook: checks that every output is in place, then logs its event and the serial.
 const HOOK: &str = r#"for f in "$DEVICE_CLIENT_CERT" "$DEVICE_CLIENT_PKCS12" \
   "$DEVICE_CLIENT_OPCUA_PKI/own/certs/device.der" "$DEVICE_CLIENT_OPCUA_PKI/own/private/device.pem"; do
   test -s "$f" || { echo "missing $f" >&2; exit 1; }; done
 ls "$DEVICE_CLIENT_OPCUA_PKI"/issuer/crl/ca-*.crl "$DEVICE_CLIENT_OPCUA_PKI"/trusted/certs/root-*.der >/dev/null || exit 1
 test -s "${DEVICE_CLIENT_CERT%.pem}.der" || exit 1
-printf '%s\n' "$DEVICE_CLIENT_SERIAL" >> hook.log"#;
+printf '%s %s\n' "$DEVICE_CLIENT_EVENT" "$DEVICE_CLIENT_SERIAL" >> hook.log"#;
 
 /// `openssl x509 -fingerprint -sha256` of the CA root.
 fn root_fingerprint(server: &CaServer) -> String {
@@ -150,13 +152,26 @@ impl Dev {
         .expect("device-client runs")
     }
 
-    /// The serials the hook logged, uppercase like openssl prints them.
+    /// The serials the hook logged for new certificates (`DEVICE_CLIENT_EVENT=certificate`),
+    /// uppercase like openssl prints them.
     fn hook_runs(&self) -> Vec<String> {
-        fs::read_to_string(self.path("hook.log"))
-            .unwrap_or_default()
+        self.hook_log()
             .lines()
+            .filter_map(|l| l.strip_prefix("certificate "))
             .map(str::to_ascii_uppercase)
             .collect()
+    }
+
+    /// How often the hook ran for a changed CRL (`DEVICE_CLIENT_EVENT=crl`).
+    fn crl_hook_runs(&self) -> usize {
+        self.hook_log()
+            .lines()
+            .filter(|l| l.starts_with("crl "))
+            .count()
+    }
+
+    fn hook_log(&self) -> String {
+        fs::read_to_string(self.path("hook.log")).unwrap_or_default()
     }
 
     /// The serial of the installed certificate, as openssl prints it (uppercase hex).
@@ -424,11 +439,37 @@ fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
 
-    // The CA goes away: the refreshes fail and are logged, and the installed CRL stays; once
-    // the CA is back, a refresh installs its CRL again.
+    // The changed CRL ran the hook with DEVICE_CLIENT_EVENT=crl; refreshes that fetch the same
+    // CRL again do not.
     let stderr = run.stderr_path().to_owned();
     let log = || fs::read_to_string(&stderr).unwrap_or_default();
     let installed = |log: &str| log.matches("installed the CRL").count();
+    let crl_hooks = poll_until(
+        "the hook runs for the changed CRL",
+        RUN_TIMEOUT,
+        Duration::from_millis(300),
+        |why| {
+            *why = dev.hook_log();
+            Ok((dev.crl_hook_runs() > 0).then(|| dev.crl_hook_runs()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+    let seen = installed(&log());
+    poll_until(
+        "two more refreshes of the unchanged CRL",
+        RUN_TIMEOUT,
+        Duration::from_millis(300),
+        |why| {
+            *why = log().lines().last().unwrap_or("").to_owned();
+            Ok((installed(&log()) >= seen + 2).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+    assert_eq!(dev.crl_hook_runs(), crl_hooks, "{}", dev.hook_log());
+    assert_eq!(dev.hook_runs(), std::slice::from_ref(&serial));
+
+    // The CA goes away: the refreshes fail and are logged, and the installed CRL stays; once
+    // the CA is back, a refresh installs its CRL again.
     let before = fs::read(&crl).expect("crl");
     server.kill_9().expect("stop the CA");
     let after_failure = poll_until(
@@ -473,12 +514,18 @@ fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
         &["revoke", "--identifier", "dns:plc-10.plant.test"],
     );
     assert!(text.contains("revoked 1 certificate"), "{text}");
+    let crl_hooks = dev.crl_hook_runs();
     let out = dev.run("enroll-again", "enroll", &every_output);
     expect_code(&out, 0, "enroll with a valid certificate", &server);
     assert!(out.stdout.contains("still valid"), "{}", out.tails());
     assert!(crl_text(&crl).contains(&third.serial()), "{}", out.tails());
+    assert_eq!(dev.crl_hook_runs(), crl_hooks + 1, "{}", dev.hook_log());
+    // Once more, with nothing new: the CRL is the same, and the hook does not run.
+    let out = dev.run("enroll-same", "enroll", &every_output);
+    expect_code(&out, 0, "enroll with a valid certificate", &server);
+    assert_eq!(dev.crl_hook_runs(), crl_hooks + 1, "{}", dev.hook_log());
 
-    // Still the same certificate: refreshing CRLs is no enrollment, and no hook ran again.
+    // Still the same certificate: refreshing CRLs is no enrollment, and the hook ran only for CRLs.
     assert_eq!(dev.serial(), serial);
     assert_eq!(dev.hook_runs(), std::slice::from_ref(&serial));
 }
