@@ -23,6 +23,10 @@ use crate::types::{
     NewAccount, NewOrder, Order, OrderStatus, RenewalInfo,
 };
 
+/// The largest CRL the client downloads: a CA with a few hundred thousand revocations publishes
+/// CRLs of several MiB, far above the limit for ACME responses.
+const MAX_CRL_BODY: usize = 16 << 20;
+
 /// A suggested renewal window (RFC 9773 §4.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenewalWindow {
@@ -88,7 +92,11 @@ impl AcmeClient {
                 format!("{url} is not an https:// URL; CRLs are fetched only over the pinned HTTPS client"),
             ));
         }
-        Ok(self.transport.get(url, "CRL").await?.body)
+        Ok(self
+            .transport
+            .get_limited(url, "CRL", MAX_CRL_BODY)
+            .await?
+            .body)
     }
 
     /// The CA's suggested renewal window for the certificate `cert_id` (RFC 9773 §4.2) and its

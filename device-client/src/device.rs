@@ -808,6 +808,22 @@ impl Device {
                 }
             }
             if let Some(e) = error {
+                // Stacks refuse every peer of an issuer whose CRL has expired (or, worse,
+                // ignore it): say so loudly, every time.
+                let expired = files::read_optional(&target.path)
+                    .ok()
+                    .flatten()
+                    .and_then(|old| output::crl_next_update(&old))
+                    .filter(|next| *next < OffsetDateTime::now_utc());
+                if let Some(next) = expired {
+                    tracing::error!(
+                        issuer = %target.issuer_name,
+                        path = %target.path.display(),
+                        "the installed CRL expired at {} (its nextUpdate) and no newer one could \
+                         be installed ({e}); OPC UA peers of this issuer may be refused",
+                        rfc3339(next)
+                    );
+                }
                 first_error.get_or_insert(e);
             }
         }

@@ -638,32 +638,19 @@ impl OpcuaPki {
         Ok(targets)
     }
 
-    /// Checks `crl` against the target's issuer ([`check_crl`]) and against the CRL already
-    /// installed (a CRL with a smaller cRLNumber is older and refused), then writes it as
-    /// `.crl` and `.crl.der`. A CRL that fails a check is not written, and the installed one
-    /// stays.
+    /// Checks `crl` against the target's issuer and the clock ([`check_crl`]) and against the
+    /// CRL already installed (not an older cRLNumber or thisUpdate; the same cRLNumber only
+    /// with the same bytes), then writes it as `.crl` and `.crl.der`. A CRL that fails a check
+    /// is not written, and the installed one stays.
     pub fn write_crl(&self, target: &CrlTarget, crl: &[u8]) -> Result<CrlInfo, Error> {
-        let mut info = check_crl(crl, &target.issuer)
-            .map_err(|e| Error::protocol("CRL", format!("for {}: {e}", target.issuer_name)))?;
+        let for_issuer =
+            |e: String| Error::protocol("CRL", format!("for {}: {e}", target.issuer_name));
+        let mut info =
+            check_crl(crl, &target.issuer, time::OffsetDateTime::now_utc()).map_err(for_issuer)?;
         let installed = files::read_optional(&target.path)?;
         info.changed = installed.as_deref() != Some(crl);
-        if let Some(old) = installed {
-            if let (Ok((_, old)), Ok((_, new))) = (
-                CertificateRevocationList::from_der(&old),
-                CertificateRevocationList::from_der(crl),
-            ) {
-                if let (Some(o), Some(n)) = (old.crl_number(), new.crl_number()) {
-                    if n < o {
-                        return Err(Error::protocol(
-                            "CRL",
-                            format!(
-                                "for {}: cRLNumber {n} is older than the installed {o}",
-                                target.issuer_name
-                            ),
-                        ));
-                    }
-                }
-            }
+        if let Some(old) = &installed {
+            check_crl_succession(old, crl).map_err(for_issuer)?;
         }
         self.create_dirs()?;
         self.write(&target.path, crl, PUBLIC_MODE)?;
@@ -675,8 +662,8 @@ impl OpcuaPki {
 }
 
 /// Whether `issuer` issued `cert`: its subject is `cert`'s issuer, its subject key identifier
-/// is `cert`'s authority key identifier when both are present, it is a CA, and `cert`'s
-/// signature verifies with its key.
+/// is `cert`'s authority key identifier when both are present, it is a CA whose key usage (if
+/// it has one) includes keyCertSign, and `cert`'s signature verifies with its key.
 fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     let aki = cert
         .extensions()
@@ -692,9 +679,15 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
             ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
             _ => None,
         });
+    let may_sign = match issuer.key_usage() {
+        Ok(Some(ku)) => ku.value.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
     cert.issuer().as_raw() == issuer.subject().as_raw()
         && !matches!((aki, ski), (Some(a), Some(s)) if a != s)
         && issuer.is_ca()
+        && may_sign
         && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
@@ -791,9 +784,43 @@ pub fn crl_urls(cert_der: &[u8]) -> Result<Vec<String>, Error> {
     Ok(urls)
 }
 
-/// Checks a CRL (RFC 5280 §5) before it is installed: it parses as DER, its issuer is the
-/// subject of `issuer_der`, and its signature verifies with that certificate's key.
-pub fn check_crl(crl: &[u8], issuer_der: &[u8]) -> Result<CrlInfo, String> {
+/// How far a CRL's thisUpdate may lie ahead of the device clock (clock skew).
+const CRL_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The CRL signature algorithms accepted: ecdsa-with-SHA256/384 and
+/// sha256/384/512WithRSAEncryption (no SHA-1, no MD5).
+const CRL_SIGNATURE_ALGORITHMS: [&str; 5] = [
+    "1.2.840.10045.4.3.2",
+    "1.2.840.10045.4.3.3",
+    "1.2.840.113549.1.1.11",
+    "1.2.840.113549.1.1.12",
+    "1.2.840.113549.1.1.13",
+];
+
+/// CRL extensions understood here (RFC 5280 §5.2): authorityKeyIdentifier and cRLNumber. A
+/// critical extension outside these is refused, and so are the deltaCRLIndicator (a delta CRL
+/// lists only changes since a base CRL) and the issuingDistributionPoint (a partitioned or
+/// indirect CRL covers another scope than "every certificate of this issuer").
+const CRL_EXTENSIONS: [&str; 2] = ["2.5.29.35", "2.5.29.20"];
+const DELTA_CRL_INDICATOR: &str = "2.5.29.27";
+const ISSUING_DISTRIBUTION_POINT: &str = "2.5.29.28";
+/// CRL entry extensions understood here: reasonCode and invalidityDate. A certificateIssuer
+/// entry (2.5.29.29) belongs to an indirect CRL and is refused like any unknown critical one.
+const CRL_ENTRY_EXTENSIONS: [&str; 2] = ["2.5.29.21", "2.5.29.24"];
+const CERTIFICATE_ISSUER: &str = "2.5.29.29";
+
+/// Checks a CRL (RFC 5280 §5) before it is installed, at time `now`: it parses as DER, its
+/// issuer is the subject of `issuer_der`, which may sign CRLs (cRLSign, when the certificate
+/// has a key usage), its signature algorithm is one of [`CRL_SIGNATURE_ALGORITHMS`] and
+/// verifies with that certificate's key, it is a complete CRL of its issuer (no delta CRL, no
+/// issuing distribution point, no indirect entries, no unknown critical extension), it has a
+/// cRLNumber and a nextUpdate, nextUpdate has not passed, and thisUpdate is not more than
+/// [`CRL_CLOCK_SKEW`] ahead.
+pub fn check_crl(
+    crl: &[u8],
+    issuer_der: &[u8],
+    now: time::OffsetDateTime,
+) -> Result<CrlInfo, String> {
     let (rest, parsed) =
         CertificateRevocationList::from_der(crl).map_err(|e| format!("not a DER CRL: {e}"))?;
     if !rest.is_empty() {
@@ -808,18 +835,120 @@ pub fn check_crl(crl: &[u8], issuer_der: &[u8]) -> Result<CrlInfo, String> {
             issuer.subject()
         ));
     }
+    match issuer.key_usage() {
+        Ok(Some(ku)) if !ku.value.crl_sign() => {
+            return Err(format!(
+                "{} has a key usage without cRLSign, so it may not sign CRLs",
+                issuer.subject()
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("the issuer's key usage does not parse: {e}")),
+    }
+    let alg = parsed.signature_algorithm.algorithm.to_id_string();
+    if !CRL_SIGNATURE_ALGORITHMS.contains(&alg.as_str())
+        || parsed.tbs_cert_list.signature.algorithm != parsed.signature_algorithm.algorithm
+    {
+        return Err(format!(
+            "its signature algorithm {alg} is not one of ecdsa-with-SHA256/384 or \
+             sha256/384/512WithRSAEncryption"
+        ));
+    }
     parsed.verify_signature(issuer.public_key()).map_err(|e| {
         format!(
             "its signature does not verify with {}: {e}",
             issuer.subject()
         )
     })?;
+    for ext in parsed.extensions() {
+        let oid = ext.oid.to_id_string();
+        if oid == DELTA_CRL_INDICATOR {
+            return Err("it is a delta CRL; only complete CRLs are installed".into());
+        }
+        if oid == ISSUING_DISTRIBUTION_POINT {
+            return Err(
+                "it has an issuing distribution point (a partitioned or indirect CRL); only \
+                 complete CRLs of the issuer are installed"
+                    .into(),
+            );
+        }
+        if ext.critical && !CRL_EXTENSIONS.contains(&oid.as_str()) {
+            return Err(format!("it has an unknown critical extension {oid}"));
+        }
+    }
+    for entry in parsed.iter_revoked_certificates() {
+        for ext in entry.extensions() {
+            let oid = ext.oid.to_id_string();
+            if oid == CERTIFICATE_ISSUER {
+                return Err("it is an indirect CRL (an entry names a certificate issuer)".into());
+            }
+            if ext.critical && !CRL_ENTRY_EXTENSIONS.contains(&oid.as_str()) {
+                return Err(format!("an entry has an unknown critical extension {oid}"));
+            }
+        }
+    }
+    let number = parsed
+        .crl_number()
+        .ok_or("it has no cRLNumber, so a replayed older CRL could not be told apart")?;
+    let this_update = parsed.last_update().to_datetime();
+    let next_update = parsed
+        .next_update()
+        .ok_or("it has no nextUpdate")?
+        .to_datetime();
+    if next_update < now {
+        return Err(format!(
+            "it expired: its nextUpdate {} has passed",
+            crate::cert::rfc3339(next_update)
+        ));
+    }
+    if this_update > now + CRL_CLOCK_SKEW {
+        return Err(format!(
+            "its thisUpdate {} is in the future (check the device clock)",
+            crate::cert::rfc3339(this_update)
+        ));
+    }
     Ok(CrlInfo {
-        number: parsed.crl_number().map(ToString::to_string),
+        number: Some(number.to_string()),
         revoked: parsed.iter_revoked_certificates().count(),
-        next_update: parsed.next_update().map(|t| t.to_datetime()),
+        next_update: Some(next_update),
         changed: false,
     })
+}
+
+/// Checks a new CRL against the one installed at the same place: its cRLNumber is not lower,
+/// an equal cRLNumber comes with the same bytes (a CRL number names one CRL), and its
+/// thisUpdate is not earlier. An installed CRL that does not parse is simply replaced.
+fn check_crl_succession(old: &[u8], new: &[u8]) -> Result<(), String> {
+    let (Ok((_, old_crl)), Ok((_, new_crl))) = (
+        CertificateRevocationList::from_der(old),
+        CertificateRevocationList::from_der(new),
+    ) else {
+        return Ok(());
+    };
+    if let (Some(o), Some(n)) = (old_crl.crl_number(), new_crl.crl_number()) {
+        if n < o {
+            return Err(format!("cRLNumber {n} is older than the installed {o}"));
+        }
+        if n == o && old != new {
+            return Err(format!(
+                "cRLNumber {n} is the installed CRL's, but its contents differ"
+            ));
+        }
+    }
+    if new_crl.last_update() < old_crl.last_update() {
+        return Err(format!(
+            "its thisUpdate {} is older than the installed CRL's {}",
+            crate::cert::rfc3339(new_crl.last_update().to_datetime()),
+            crate::cert::rfc3339(old_crl.last_update().to_datetime())
+        ));
+    }
+    Ok(())
+}
+
+/// The nextUpdate of an installed CRL, if it has one and parses.
+pub fn crl_next_update(crl: &[u8]) -> Option<time::OffsetDateTime> {
+    let (_, parsed) = CertificateRevocationList::from_der(crl).ok()?;
+    parsed.next_update().map(|t| t.to_datetime())
 }
 
 #[cfg(test)]
@@ -895,15 +1024,16 @@ mod tests {
         }
     }
 
-    fn crl(
-        params: &CertificateParams,
-        key: &rcgen::KeyPair,
+    /// CRL parameters: `number`, issued now (thisUpdate `this_update`), valid for a day,
+    /// listing `revoked`.
+    fn crl_params(
         number: u64,
+        this_update: time::OffsetDateTime,
         revoked: &[u64],
-    ) -> Vec<u8> {
+    ) -> CertificateRevocationListParams {
         let now = time::OffsetDateTime::now_utc();
-        let p = CertificateRevocationListParams {
-            this_update: now,
+        CertificateRevocationListParams {
+            this_update,
             next_update: now + time::Duration::hours(24),
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
@@ -917,11 +1047,29 @@ mod tests {
                 })
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
-        };
+        }
+    }
+
+    /// `p` signed by the CA of `params` and `key`, DER.
+    fn sign_crl(
+        p: &CertificateRevocationListParams,
+        params: &CertificateParams,
+        key: &rcgen::KeyPair,
+    ) -> Vec<u8> {
         p.signed_by(&Issuer::from_params(params, key))
             .expect("crl")
             .der()
             .to_vec()
+    }
+
+    fn crl(
+        params: &CertificateParams,
+        key: &rcgen::KeyPair,
+        number: u64,
+        revoked: &[u64],
+    ) -> Vec<u8> {
+        let p = crl_params(number, time::OffsetDateTime::now_utc(), revoked);
+        sign_crl(&p, params, key)
     }
 
     fn mode(path: &Path) -> u32 {
@@ -1158,6 +1306,167 @@ mod tests {
                 assert!(!name.contains(".tmp-"), "{rel}/{name}");
             }
         }
+    }
+
+    /// A CRL of the test intermediate whose extensions are replaced by `extensions` (each a
+    /// whole Extension TLV), signed again: what rcgen cannot make (no cRLNumber, a delta CRL,
+    /// an unknown critical extension).
+    fn crl_with_extensions(ca: &TestCa, extensions: &[Vec<u8>]) -> Vec<u8> {
+        use rcgen::SigningKey as _;
+        let base = crl(&ca.intermediate_params, &ca.intermediate_key, 9, &[]);
+        let (_, outer, _) = crate::der::read(&base).expect("CRL");
+        let (_, tbs, rest) = crate::der::read(outer).expect("tbs");
+        let (_, alg, _) = crate::der::read(rest).expect("algorithm");
+        let mut fields = Vec::new();
+        let mut input = tbs;
+        while let Some((tag, content, after)) = crate::der::read(input) {
+            if tag != 0xa0 {
+                crate::der::write(&mut fields, tag, content);
+            }
+            input = after;
+        }
+        let exts = crate::der::tlv(0x30, &extensions.concat());
+        fields.extend(crate::der::tlv(0xa0, &exts));
+        let tbs = crate::der::tlv(0x30, &fields);
+        let sig = ca.intermediate_key.sign(&tbs).expect("sign");
+        let mut body = tbs;
+        crate::der::write(&mut body, 0x30, alg);
+        crate::der::write(&mut body, 0x03, &[&[0u8][..], &sig].concat());
+        crate::der::tlv(0x30, &body)
+    }
+
+    /// One Extension TLV: `arcs`, critical or not, and the DER `value`.
+    fn extension(arcs: &[u64], critical: bool, value: &[u8]) -> Vec<u8> {
+        let mut ext = crate::der::tlv(0x06, &crate::der::oid_content(arcs));
+        if critical {
+            ext.extend([0x01, 0x01, 0xff]);
+        }
+        crate::der::write(&mut ext, 0x04, value);
+        crate::der::tlv(0x30, &ext)
+    }
+
+    #[test]
+    fn crls_that_are_not_current_complete_and_well_signed_are_refused() {
+        let ca = test_ca();
+        let now = time::OffsetDateTime::now_utc();
+        let check = |crl: &[u8], issuer: &[u8]| check_crl(crl, issuer, now);
+        let refused = |crl: &[u8], want: &str| {
+            let e = check(crl, &ca.intermediate).expect_err(want);
+            assert!(e.contains(want), "{e}");
+        };
+        let with = |f: &dyn Fn(&mut CertificateRevocationListParams)| {
+            let mut p = crl_params(5, now, &[]);
+            f(&mut p);
+            sign_crl(&p, &ca.intermediate_params, &ca.intermediate_key)
+        };
+        check(&with(&|_| {}), &ca.intermediate).expect("a current CRL");
+
+        // Time: expired, or issued in the future beyond the clock skew.
+        refused(
+            &with(&|p| {
+                p.this_update = now - time::Duration::days(2);
+                p.next_update = now - time::Duration::days(1);
+            }),
+            "nextUpdate",
+        );
+        refused(
+            &with(&|p| p.this_update = now + time::Duration::minutes(10)),
+            "is in the future",
+        );
+        check(
+            &with(&|p| p.this_update = now + time::Duration::minutes(4)),
+            &ca.intermediate,
+        )
+        .expect("within the clock skew");
+
+        // Scope: a partitioned CRL (issuing distribution point), a delta CRL, an unknown
+        // critical extension, no cRLNumber.
+        refused(
+            &with(&|p| {
+                p.issuing_distribution_point = Some(rcgen::CrlIssuingDistributionPoint {
+                    distribution_point: CrlDistributionPoint {
+                        uris: vec!["https://ca.plant.test/crl/part1".to_owned()],
+                    },
+                    scope: None,
+                });
+            }),
+            "issuing distribution point",
+        );
+        let number = extension(&[2, 5, 29, 20], false, &[0x02, 0x01, 0x09]);
+        let crafted = crl_with_extensions(&ca, std::slice::from_ref(&number));
+        check(&crafted, &ca.intermediate).expect("the crafting itself is sound");
+        let delta = extension(&[2, 5, 29, 27], true, &[0x02, 0x01, 0x08]);
+        refused(
+            &crl_with_extensions(&ca, &[number.clone(), delta]),
+            "delta CRL",
+        );
+        let unknown = extension(&[1, 3, 6, 1, 4, 1, 99999, 1], true, &[0x05, 0x00]);
+        refused(
+            &crl_with_extensions(&ca, &[number, unknown]),
+            "unknown critical extension 1.3.6.1.4.1.99999.1",
+        );
+        let unknown = extension(&[1, 3, 6, 1, 4, 1, 99999, 1], false, &[0x05, 0x00]);
+        refused(&crl_with_extensions(&ca, &[unknown]), "no cRLNumber");
+
+        // The issuer: a certificate of the same name and key whose key usage lacks cRLSign.
+        let mut params = ca.intermediate_params.clone();
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let no_crl_sign = params
+            .self_signed(&ca.intermediate_key)
+            .expect("certificate");
+        let e = check(&with(&|_| {}), no_crl_sign.der()).expect_err("no cRLSign");
+        assert!(e.contains("without cRLSign"), "{e}");
+        // Likewise a CA certificate without keyCertSign signs no certificates.
+        params.key_usages = vec![KeyUsagePurpose::CrlSign];
+        let no_cert_sign = params
+            .self_signed(&ca.intermediate_key)
+            .expect("certificate");
+        verify_chain(&[ca.leaf.clone(), ca.intermediate.clone()], None).expect("chain");
+        assert!(verify_chain(&[ca.leaf.clone(), no_cert_sign.der().clone()], None).is_err());
+
+        // The signature algorithm: Ed25519 is not among those accepted.
+        let ed_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let ed_params = ca_params("Ed CA");
+        let ed_ca = ed_params.self_signed(&ed_key).expect("ca");
+        let ed_crl = sign_crl(&crl_params(1, now, &[]), &ed_params, &ed_key);
+        let e = check(&ed_crl, ed_ca.der()).expect_err("ed25519");
+        assert!(e.contains("signature algorithm 1.3.101.112"), "{e}");
+    }
+
+    #[test]
+    fn a_crl_must_succeed_the_installed_one() {
+        let ca = test_ca();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = OpcuaPki::new(dir.path().join("pki"));
+        ca.install(&pki).expect("install");
+        let targets = pki.crl_targets(Some(&ca.root)).expect("targets");
+        let t = &targets[0];
+        let now = time::OffsetDateTime::now_utc();
+        let at = |number: u64, this_update: time::OffsetDateTime, revoked: &[u64]| {
+            let p = crl_params(number, this_update, revoked);
+            sign_crl(&p, &ca.intermediate_params, &ca.intermediate_key)
+        };
+        let installed = at(7, now - time::Duration::minutes(10), &[1]);
+        pki.write_crl(t, &installed).expect("first");
+        // The same number with other contents, and a higher number with an older thisUpdate.
+        let e = pki
+            .write_crl(t, &at(7, now - time::Duration::minutes(10), &[1, 2]))
+            .expect_err("same number")
+            .to_string();
+        assert!(e.contains("contents differ"), "{e}");
+        let e = pki
+            .write_crl(t, &at(8, now - time::Duration::hours(1), &[1, 2]))
+            .expect_err("older thisUpdate")
+            .to_string();
+        assert!(e.contains("older than the installed CRL's"), "{e}");
+        assert_eq!(fs::read(&t.path).expect("crl"), installed);
+        // The same bytes again, and a real successor, are fine.
+        assert!(!pki.write_crl(t, &installed).expect("same").changed);
+        assert!(
+            pki.write_crl(t, &at(8, now, &[1, 2]))
+                .expect("next")
+                .changed
+        );
     }
 
     #[test]
