@@ -346,6 +346,8 @@ fn der_pkcs12_and_opcua_pki_outputs_from_the_real_ca() {
         info.contains("PBES2") && info.contains("AES-256-CBC") && info.contains("sha256"),
         "{info}"
     );
+    // 600,000 iterations for the key, the certificates and the MAC.
+    assert_eq!(info.matches("Iteration 600000").count(), 3, "{info}");
 
     // --opcua-pki: the layout, modes, and the CA root although only its fingerprint was given.
     let own_cert = pki.join("own/certs/device.der");
