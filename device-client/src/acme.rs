@@ -23,6 +23,10 @@ use crate::types::{
     NewAccount, NewOrder, Order, OrderStatus, RenewalInfo,
 };
 
+/// The largest CRL the client downloads: a CA with a few hundred thousand revocations publishes
+/// CRLs of several MiB, far above the limit for ACME responses.
+const MAX_CRL_BODY: usize = 16 << 20;
+
 /// A suggested renewal window (RFC 9773 §4.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenewalWindow {
@@ -71,6 +75,28 @@ impl AcmeClient {
     /// The CA's directory.
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// The pinned root certificate the CA's TLS chain was validated to (SPEC §2.3); with a
+    /// fingerprint pin, the root the CA presented whose hash matched.
+    pub fn pinned_root(&self) -> Option<rustls_pki_types::CertificateDer<'static>> {
+        self.transport.pinned_root()
+    }
+
+    /// `GET` a CRL (SPEC §9.1: DER, a plain GET) over the same pinned HTTPS client. The bytes
+    /// are not checked here; see [`crate::output::check_crl`].
+    pub async fn fetch_crl(&self, url: &str) -> Result<Vec<u8>, Error> {
+        if !url.starts_with("https://") {
+            return Err(Error::protocol(
+                "CRL",
+                format!("{url} is not an https:// URL; CRLs are fetched only over the pinned HTTPS client"),
+            ));
+        }
+        Ok(self
+            .transport
+            .get_limited(url, "CRL", MAX_CRL_BODY)
+            .await?
+            .body)
     }
 
     /// The CA's suggested renewal window for the certificate `cert_id` (RFC 9773 §4.2) and its

@@ -14,6 +14,7 @@ use crate::attest::Idevid;
 use crate::enroll::{EabCredential, Enrollment};
 use crate::error::Error;
 use crate::key::KeyAlgorithm;
+use crate::output::{der_paths, OpcuaPki, Outputs, Pkcs12Output};
 use crate::schedule::{parse_duration, Backoff};
 use crate::trust::TrustAnchor;
 use crate::types::Identifier;
@@ -93,6 +94,17 @@ pub struct FileConfig {
     pub retry_min: Option<String>,
     /// Longest wait after failed attempts in `run`.
     pub retry_max: Option<String>,
+    // Outputs besides PEM (see `crate::output`).
+    /// Write an OPC UA PKI directory here.
+    pub opcua_pki: Option<PathBuf>,
+    /// How often `run` refreshes the OPC UA PKI directory's CRLs.
+    pub crl_refresh: Option<String>,
+    /// Write key, certificate and chain as PKCS #12 here.
+    pub pkcs12: Option<PathBuf>,
+    /// The file holding the PKCS #12 passphrase.
+    pub pkcs12_passphrase_file: Option<PathBuf>,
+    /// Also write the certificate and the key as DER next to the PEM files.
+    pub der: Option<bool>,
     // Certificate profile and identity (draft-ietf-acme-profiles, SPEC §8.3).
     /// Certificate profile to ask for, a name from the CA directory's `meta.profiles`.
     pub profile: Option<String>,
@@ -158,6 +170,11 @@ impl FileConfig {
             poll_timeout,
             retry_min,
             retry_max,
+            opcua_pki,
+            crl_refresh,
+            pkcs12,
+            pkcs12_passphrase_file,
+            der,
             profile,
             application_uri,
             tls_alpn01_listen
@@ -421,6 +438,8 @@ impl FileConfig {
                 Some(uri.clone())
             }
         };
+        let (outputs, crl_refresh) =
+            self.outputs(&local, dur("crl_refresh", &self.crl_refresh, 3600)?)?;
         Ok(Settings {
             local,
             directory_url,
@@ -436,9 +455,72 @@ impl FileConfig {
             request_timeout,
             poll_timeout,
             retry,
+            outputs,
+            crl_refresh,
             profile,
             application_uri,
         })
+    }
+
+    /// The outputs besides PEM, checked: a PKCS #12 file needs its passphrase, and no two
+    /// outputs may share a file.
+    fn outputs(
+        &self,
+        local: &LocalSettings,
+        crl_refresh: Duration,
+    ) -> Result<(Outputs, Duration), Error> {
+        if crl_refresh.is_zero() {
+            return Err(Error::Config("crl_refresh must be positive".into()));
+        }
+        let pkcs12 = match (&self.pkcs12, &self.pkcs12_passphrase_file) {
+            (None, None) => None,
+            (Some(path), Some(pass)) => {
+                Some(Pkcs12Output::from_passphrase_file(path.clone(), pass)?)
+            }
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "pkcs12 needs a passphrase: give --pkcs12-passphrase-file FILE".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "pkcs12_passphrase_file is set but pkcs12 (the file to write) is not".into(),
+                ))
+            }
+        };
+        let outputs = Outputs {
+            der: self.der.unwrap_or(false),
+            pkcs12,
+            opcua_pki: self.opcua_pki.clone().map(OpcuaPki::new),
+        };
+        let mut paths = vec![local.key_path.clone(), local.cert_path.clone()];
+        paths.extend(local.chain_path.iter().cloned());
+        paths.extend(local.fullchain_path.iter().cloned());
+        if outputs.der {
+            let (c, k) = der_paths(&local.cert_path, &local.key_path);
+            paths.extend([c, k]);
+        }
+        paths.extend(outputs.pkcs12.iter().map(|p| p.path.clone()));
+        for (i, a) in paths.iter().enumerate() {
+            if paths[i + 1..].contains(a) {
+                return Err(Error::Config(format!(
+                    "{} is configured for two different files (with der, the DER files are the \
+                     PEM paths with the extension .der)",
+                    a.display()
+                )));
+            }
+        }
+        if let Some(pki) = &outputs.opcua_pki {
+            if let Some(p) = paths.iter().find(|p| p.starts_with(pki.dir())) {
+                return Err(Error::Config(format!(
+                    "{} is inside the OPC UA PKI directory {}, which device-client lays out by \
+                     itself; put the other files elsewhere",
+                    p.display(),
+                    pki.dir().display()
+                )));
+            }
+        }
+        Ok((outputs, crl_refresh))
     }
 }
 
@@ -503,6 +585,10 @@ pub struct Settings {
     pub poll_timeout: Duration,
     /// Backoff in `run`.
     pub retry: Backoff,
+    /// DER, PKCS #12 and OPC UA PKI outputs.
+    pub outputs: Outputs,
+    /// How often `run` refreshes the OPC UA PKI directory's CRLs.
+    pub crl_refresh: Duration,
     /// Certificate profile sent in newOrder (checked against `meta.profiles` first).
     pub profile: Option<String>,
     /// OPC UA ApplicationUri put into the CSR as a URI subjectAltName.
@@ -689,6 +775,52 @@ mod tests {
             Enrollment::OperatorApproval {
                 wait: Duration::from_secs(7200)
             }
+        );
+        assert!(err(FileConfig {
+            pkcs12: Some("/d/device.p12".into()),
+            ..FileConfig::default()
+        })
+        .contains("--pkcs12-passphrase-file"));
+        assert!(err(FileConfig {
+            pkcs12: Some("/d/device.p12".into()),
+            pkcs12_passphrase_file: Some("/nonexistent/pass".into()),
+            ..FileConfig::default()
+        })
+        .contains("cannot read the PKCS #12 passphrase file /nonexistent/pass"));
+        // cert.pem and cert.der are the DER files of --cert cert.pem --key cert.der.
+        assert!(err(FileConfig {
+            cert: Some("/d/cert.pem".into()),
+            key: Some("/d/cert.key".into()),
+            der: Some(true),
+            ..FileConfig::default()
+        })
+        .contains("/d/cert.der is configured for two different files"));
+        assert!(err(FileConfig {
+            cert: Some("/d/pki/own/certs/cert.pem".into()),
+            opcua_pki: Some("/d/pki".into()),
+            ..FileConfig::default()
+        })
+        .contains("inside the OPC UA PKI directory"));
+        assert!(err(FileConfig {
+            crl_refresh: Some("0s".into()),
+            ..FileConfig::default()
+        })
+        .contains("crl_refresh"));
+        let outputs = base
+            .clone()
+            .merge(FileConfig {
+                opcua_pki: Some("/d/pki".into()),
+                crl_refresh: Some("10m".into()),
+                der: Some(true),
+                ..FileConfig::default()
+            })
+            .into_settings()
+            .expect("outputs");
+        assert_eq!(outputs.crl_refresh, Duration::from_secs(600));
+        assert!(outputs.outputs.der);
+        assert_eq!(
+            outputs.outputs.opcua_pki.as_ref().map(|p| p.dir()),
+            Some(Path::new("/d/pki"))
         );
         let mut none = base.clone();
         none.root_fingerprint = None;

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::os::fd::AsFd as _;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject as _;
@@ -17,8 +18,13 @@ use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
 use crate::key::{self, CertKey, KeyPair};
+use crate::output;
 use crate::schedule;
+use crate::trust::TrustAnchor;
 use crate::types::Identifier;
+
+/// The state directory's copy of the installed certificate's chain (leaf first, PEM).
+const ISSUED_CHAIN: &str = "issued-chain.pem";
 
 /// Longest single sleep in `run`: the installed files are re-checked at least this often, so a
 /// deleted or replaced certificate is noticed, and a suspended device that wakes up late does
@@ -55,7 +61,8 @@ fn replaced(status: &CertStatus) -> Option<String> {
 /// What `enroll` did.
 #[derive(Debug)]
 pub enum EnrollOutcome {
-    /// The installed certificate is still good; nothing was sent to the CA.
+    /// The installed certificate is still good; nothing was ordered (with an OPC UA PKI
+    /// directory, its CRLs were fetched again).
     StillValid {
         /// The certificate.
         info: Box<CertInfo>,
@@ -81,12 +88,27 @@ pub struct Installed {
 #[derive(Debug)]
 pub struct Device {
     s: Settings,
+    /// When the OPC UA PKI directory's CRLs are due again.
+    crls: Mutex<CrlSchedule>,
+    /// The PKCS #12 output as last found current.
+    p12_checked: Mutex<Option<output::Pkcs12Stamp>>,
+}
+
+/// When the CRLs are refreshed next, and how many refreshes in a row failed.
+#[derive(Debug, Default)]
+struct CrlSchedule {
+    due: Option<tokio::time::Instant>,
+    failures: u32,
 }
 
 impl Device {
     /// A device with checked settings.
     pub fn new(settings: Settings) -> Self {
-        Self { s: settings }
+        Self {
+            s: settings,
+            crls: Mutex::new(CrlSchedule::default()),
+            p12_checked: Mutex::new(None),
+        }
     }
 
     /// The settings.
@@ -105,6 +127,14 @@ impl Device {
             l.renew_at,
             OffsetDateTime::now_utc(),
         )?;
+        if let CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. } = &status {
+            if let Some(why) = self.stale_output()? {
+                return Ok(CertStatus::Unusable {
+                    reason: format!("the configured output {why}"),
+                    info: Some(info.clone()),
+                });
+            }
+        }
         let state = State::load(&l.state_dir)?;
         if let (Some(info), Some(dir)) = (status.info(), &state.directory_url) {
             if *dir != self.s.directory_url {
@@ -120,12 +150,160 @@ impl Device {
         Ok(status)
     }
 
+    /// The installed PEM key and certificate with the chain below them (leaf first), if both
+    /// are there and belong together; otherwise the status says why and the device enrolls.
+    fn installed_pem(&self) -> Result<Option<(CertKey, Vec<CertificateDer<'static>>)>, Error> {
+        let l = &self.s.local;
+        let (Some(cert_pem), Some(key_pem)) = (
+            files::read_optional(&l.cert_path)?,
+            files::read_optional(&l.key_path)?,
+        ) else {
+            return Ok(None);
+        };
+        let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&cert_pem).next() else {
+            return Ok(None);
+        };
+        let Ok(key) = CertKey::from_pem(&key_pem) else {
+            return Ok(None);
+        };
+        if CertInfo::from_der(&leaf)
+            .map(|i| i.public_key)
+            .ok()
+            .as_deref()
+            != Some(key.public_key_bits())
+        {
+            return Ok(None);
+        }
+        // The intermediates as issued with this certificate: the state directory's copy, or
+        // the configured full chain or chain file.
+        let mut chain = vec![leaf];
+        let candidates = [
+            Some(l.state_dir.join(ISSUED_CHAIN)),
+            l.fullchain_path.clone(),
+        ];
+        for path in candidates.iter().flatten() {
+            if let Some(pem) = files::read_optional(path)? {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .collect();
+                if certs.first() == chain.first() {
+                    chain.extend(certs.into_iter().skip(1));
+                    return Ok(Some((key, chain)));
+                }
+            }
+        }
+        if let Some(path) = &l.chain_path {
+            if let Some(pem) = files::read_optional(path)? {
+                chain.extend(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+            }
+        }
+        Ok(Some((key, chain)))
+    }
+
+    /// Why a configured output besides the PEM files does not hold the installed key and
+    /// certificate ([`output::stale`]), if one does not.
+    fn stale_output(&self) -> Result<Option<String>, Error> {
+        let l = &self.s.local;
+        let o = &self.s.outputs;
+        if !o.der && o.pkcs12.is_none() && o.opcua_pki.is_none() {
+            return Ok(None);
+        }
+        let Some((key, chain)) = self.installed_pem()? else {
+            return Ok(None);
+        };
+        let mut checked = self
+            .p12_checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        output::stale(o, &l.cert_path, &l.key_path, &key, &chain[0], &mut checked)
+    }
+
+    /// Rebuilds the outputs besides the PEM files from the installed PEM key and certificate
+    /// when one is missing or holds another certificate or key, without asking the CA for a
+    /// new certificate, then runs the post-install command: the outputs are in place only now.
+    /// Returns whether anything was rebuilt; a failed write is an error (retried by `run`
+    /// with backoff), never a reason to enroll again.
+    pub async fn repair_outputs(&self) -> Result<bool, Error> {
+        let Some(why) = self.stale_output()? else {
+            return Ok(false);
+        };
+        let Some((key, chain)) = self.installed_pem()? else {
+            return Ok(false);
+        };
+        let info = CertInfo::from_der(&chain[0]).map_err(|e| Error::protocol("certificate", e))?;
+        if info.not_after <= OffsetDateTime::now_utc() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            serial = %info.serial,
+            "the configured output {why}; rebuilding the outputs from the installed certificate"
+        );
+        // The OPC UA directory's root and CRLs come from the CA; without it the installed root
+        // and CRLs stay, and `run` fetches the CRLs on its schedule.
+        let s = &self.s;
+        let client = match &s.outputs.opcua_pki {
+            Some(_) => {
+                match AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout)
+                    .await
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!("cannot reach the CA ({e}); the installed CRLs stay");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let root = match (&s.trust, &client) {
+            (TrustAnchor::Root(root), _) => Some(root.clone()),
+            (TrustAnchor::Fingerprint(_), Some(c)) => c.pinned_root(),
+            (TrustAnchor::Fingerprint(_), None) => None,
+        };
+        let l = &s.local;
+        output::write(
+            &s.outputs,
+            &l.cert_path,
+            &l.key_path,
+            &key,
+            &chain,
+            root.as_ref(),
+        )?;
+        if let Some(client) = &client {
+            self.refresh_crls_scheduled(client).await;
+        }
+        if let Some(cmd) = &self.s.post_install {
+            if let Err(e) = run_post_install(cmd, &self.s, &info, HookEvent::Certificate).await {
+                tracing::error!("outputs rebuilt, but {e}");
+            }
+        }
+        Ok(true)
+    }
+
     /// One-shot enrollment: gets and installs a certificate unless the installed one is still
     /// valid and not due for renewal (or `force`). Renewing a certificate that is still valid
     /// names it in `replaces` (RFC 9773 §5); an expired one is simply enrolled again.
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
+        if !force {
+            self.repair_outputs().await?;
+        }
         let status = self.status()?;
         if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
+            // A one-shot `enroll` from a timer keeps the CRLs fresh too; a failure is logged
+            // and the installed CRLs stay.
+            if self.s.outputs.opcua_pki.is_some() {
+                let s = &self.s;
+                let result =
+                    AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await;
+                let (changed, error) = match result {
+                    Ok(client) => self.refresh_crls_counting(&client).await,
+                    Err(e) => (0, Some(e)),
+                };
+                if let Some(e) = error {
+                    tracing::warn!("cannot refresh the CRLs ({e}); the installed CRLs stay");
+                }
+                self.crls_changed(changed).await;
+            }
             return Ok(EnrollOutcome::StillValid {
                 info: info.clone(),
                 renew_at: *renew_at,
@@ -236,6 +414,15 @@ impl Device {
         let mut announced: Option<OffsetDateTime> = None;
         let mut plan: Option<AriPlan> = None;
         loop {
+            if let Err(e) = self.repair_outputs().await {
+                if e.kind() == ErrorKind::Config {
+                    return Err(e);
+                }
+                failures += 1;
+                self.back_off(failures, &e, None).await;
+                continue;
+            }
+            self.refresh_crls_if_due().await;
             let status = match self.status() {
                 Ok(s) => s,
                 Err(e) => {
@@ -279,7 +466,8 @@ impl Device {
                     }
                     let left = Duration::try_from(due - now).unwrap_or(Duration::ZERO);
                     let check = Duration::try_from(next_check - now).unwrap_or(Duration::ZERO);
-                    tokio::time::sleep(left.min(check).min(MAX_SLEEP)).await;
+                    let sleep = left.min(check).min(self.crl_wait()).min(MAX_SLEEP);
+                    tokio::time::sleep(sleep).await;
                     continue;
                 }
                 tracing::info!(
@@ -435,7 +623,7 @@ impl Device {
             }
         };
 
-        let installed = self.install(&cert_key, &chain)?;
+        let installed = self.install(&cert_key, &chain, client.pinned_root().as_ref())?;
         state.certificate_serial = Some(installed.serial.clone());
         state.installed_at = Some(rfc3339(OffsetDateTime::now_utc()));
         state.save(&l.state_dir)?;
@@ -446,8 +634,15 @@ impl Device {
             "installed a new certificate; renewal due at {}",
             rfc3339(renew_at)
         );
+        // The CRLs of a new chain, before the hook: a failed fetch is logged and retried by
+        // `run`, and does not hold back the certificate.
+        if s.outputs.opcua_pki.is_some() {
+            self.refresh_crls_scheduled(&client).await;
+        }
         let post_install_error = match &s.post_install {
-            Some(cmd) => run_post_install(cmd, s, &installed).await.err(),
+            Some(cmd) => run_post_install(cmd, s, &installed, HookEvent::Certificate)
+                .await
+                .err(),
             None => None,
         };
         Ok(Installed {
@@ -491,7 +686,12 @@ impl Device {
     /// certificate, chain and full chain, each atomically. The key goes first: a power cut
     /// between two renames leaves a key and certificate that do not match, which the next start
     /// notices ([`cert::status`]) and repairs by enrolling again.
-    fn install(&self, key: &CertKey, chain_pem: &str) -> Result<CertInfo, Error> {
+    fn install(
+        &self,
+        key: &CertKey,
+        chain_pem: &str,
+        root: Option<&CertificateDer<'static>>,
+    ) -> Result<CertInfo, Error> {
         let l = &self.s.local;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -522,6 +722,11 @@ impl Device {
                 ),
             ));
         }
+        // The chain must link up; with an OPC UA PKI directory, whose trust anchor is the
+        // pinned root, it must also reach that root. (Without one, a standard CA such as Pebble
+        // may issue under a root other than the one its HTTPS is pinned to.)
+        let pinned = root.filter(|_| self.s.outputs.opcua_pki.is_some());
+        output::verify_chain(&certs, pinned.map(|r| r.as_ref()))?;
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
@@ -533,7 +738,183 @@ impl Device {
         if let Some(p) = &l.fullchain_path {
             write_public(p, &pem_of(&certs))?;
         }
+        // The chain as issued, so the outputs can be rebuilt without the CA.
+        write_public(&l.state_dir.join(ISSUED_CHAIN), &pem_of(&certs))?;
+        output::write(
+            &self.s.outputs,
+            &l.cert_path,
+            &l.key_path,
+            key,
+            &certs,
+            root,
+        )?;
         Ok(info)
+    }
+
+    /// Fetches, checks and installs the CRLs of the OPC UA PKI directory's chain (SPEC §9.1)
+    /// over `client`'s pinned HTTPS. Every CRL is tried; the first failure is returned, and a
+    /// CRL that failed keeps its previously installed version.
+    pub async fn refresh_crls(&self, client: &AcmeClient) -> Result<usize, Error> {
+        let (changed, error) = self.refresh_crls_counting(client).await;
+        match error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
+    }
+
+    /// [`Self::refresh_crls`], returning how many CRLs changed even when another failed.
+    async fn refresh_crls_counting(&self, client: &AcmeClient) -> (usize, Option<Error>) {
+        match self.try_refresh_crls(client).await {
+            Ok(r) => r,
+            Err(e) => (0, Some(e)),
+        }
+    }
+
+    async fn try_refresh_crls(&self, client: &AcmeClient) -> Result<(usize, Option<Error>), Error> {
+        let Some(pki) = &self.s.outputs.opcua_pki else {
+            return Ok((0, None));
+        };
+        let root = client.pinned_root();
+        let targets = pki.crl_targets(root.as_deref())?;
+        if targets.is_empty() {
+            tracing::warn!(
+                "the installed certificate names no CRL distribution point; {} gets no CRL",
+                pki.dir().display()
+            );
+        }
+        let mut first_error = None;
+        let mut changed = 0;
+        for target in &targets {
+            let mut error = None;
+            for url in &target.urls {
+                let result = match client.fetch_crl(url).await {
+                    Ok(der) => pki.write_crl(target, &der),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(info) => {
+                        tracing::info!(
+                            issuer = %target.issuer_name,
+                            crl_number = info.number.as_deref().unwrap_or("none"),
+                            revoked = info.revoked,
+                            path = %target.path.display(),
+                            "installed the CRL from {url}"
+                        );
+                        error = None;
+                        changed += usize::from(info.changed);
+                        break;
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            if let Some(e) = error {
+                // Stacks refuse every peer of an issuer whose CRL has expired (or, worse,
+                // ignore it): say so loudly, every time.
+                let expired = files::read_optional(&target.path)
+                    .ok()
+                    .flatten()
+                    .and_then(|old| output::crl_next_update(&old))
+                    .filter(|next| *next < OffsetDateTime::now_utc());
+                if let Some(next) = expired {
+                    tracing::error!(
+                        issuer = %target.issuer_name,
+                        path = %target.path.display(),
+                        "the installed CRL expired at {} (its nextUpdate) and no newer one could \
+                         be installed ({e}); OPC UA peers of this issuer may be refused",
+                        rfc3339(next)
+                    );
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        Ok((changed, first_error))
+    }
+
+    /// [`Self::refresh_crls`], then schedules the next refresh: after `crl_refresh`, or after
+    /// a failure sooner, with the same backoff as enrollment (never later than `crl_refresh`).
+    /// Returns how many CRLs changed.
+    async fn refresh_crls_scheduled(&self, client: &AcmeClient) -> usize {
+        let (changed, error) = self.refresh_crls_counting(client).await;
+        self.crls_done(error);
+        changed
+    }
+
+    /// After a CRL refresh outside an enrollment: when a CRL changed, runs the post-install
+    /// command with `DEVICE_CLIENT_EVENT=crl`, so a stack that reads its trust lists only at
+    /// start (asyncua's `TrustStore.load()`) can reload them. A failure is logged.
+    async fn crls_changed(&self, changed: usize) {
+        let Some(cmd) = &self.s.post_install else {
+            return;
+        };
+        if changed == 0 {
+            return;
+        }
+        let info = match self.installed_pem() {
+            Ok(Some((_, chain))) => CertInfo::from_der(&chain[0]).ok(),
+            _ => None,
+        };
+        let Some(info) = info else {
+            return;
+        };
+        if let Err(e) = run_post_install(cmd, &self.s, &info, HookEvent::Crl).await {
+            tracing::error!("{changed} CRL(s) installed, but {e}");
+        }
+    }
+
+    fn crls_done(&self, error: Option<Error>) {
+        let mut sched = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        let wait = match error {
+            None => {
+                sched.failures = 0;
+                self.s.crl_refresh
+            }
+            Some(e) => {
+                sched.failures += 1;
+                let wait = self
+                    .s
+                    .retry
+                    .delay(sched.failures, schedule::jitter(), e.retry_after())
+                    .min(self.s.crl_refresh);
+                tracing::warn!(
+                    attempt = sched.failures,
+                    "cannot refresh the CRLs ({e}); the installed CRLs stay; trying again in \
+                     {:.1}s",
+                    wait.as_secs_f64()
+                );
+                wait
+            }
+        };
+        sched.due = Some(tokio::time::Instant::now() + wait);
+    }
+
+    /// How long until the CRLs are due; the longest sleep if there are none to keep.
+    fn crl_wait(&self) -> Duration {
+        if self.s.outputs.opcua_pki.is_none() {
+            return MAX_SLEEP;
+        }
+        let sched = self.crls.lock().unwrap_or_else(PoisonError::into_inner);
+        sched.due.map_or(Duration::ZERO, |due| {
+            due.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
+    /// In `run`: refreshes the CRLs when they are due and a certificate is installed in the
+    /// OPC UA PKI directory (an enrollment brings its own).
+    async fn refresh_crls_if_due(&self) {
+        let Some(pki) = &self.s.outputs.opcua_pki else {
+            return;
+        };
+        if !self.crl_wait().is_zero() || !pki.own_cert().is_file() {
+            return;
+        }
+        let s = &self.s;
+        match AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await {
+            Ok(client) => {
+                let changed = self.refresh_crls_scheduled(&client).await;
+                self.crls_changed(changed).await;
+            }
+            Err(e) => self.crls_done(Some(e)),
+        }
     }
 }
 
@@ -651,9 +1032,32 @@ pub fn check_application_uri(uri: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Why the post-install command runs, in its `DEVICE_CLIENT_EVENT`.
+#[derive(Clone, Copy, Debug)]
+enum HookEvent {
+    /// A new certificate, or outputs rebuilt from the installed one.
+    Certificate,
+    /// A refreshed CRL whose bytes changed.
+    Crl,
+}
+
+impl HookEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Crl => "crl",
+        }
+    }
+}
+
 /// Runs the post-install command with `sh -c`, with the installed paths in the environment,
 /// and waits for it, up to the configured limit.
-async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<(), Error> {
+async fn run_post_install(
+    cmd: &str,
+    s: &Settings,
+    info: &CertInfo,
+    event: HookEvent,
+) -> Result<(), Error> {
     let l = &s.local;
     tracing::info!(command = cmd, "running the post-install command");
     let mut c = tokio::process::Command::new("/bin/sh");
@@ -663,6 +1067,7 @@ async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<()
         .env("DEVICE_CLIENT_KEY", &l.key_path)
         .env("DEVICE_CLIENT_SERIAL", &info.serial)
         .env("DEVICE_CLIENT_NOT_AFTER", rfc3339(info.not_after))
+        .env("DEVICE_CLIENT_EVENT", event.as_str())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     // Its output goes to our stderr, with the logs: stdout is the client's own summary.
@@ -674,6 +1079,12 @@ async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<()
     }
     if let Some(p) = &l.fullchain_path {
         c.env("DEVICE_CLIENT_FULLCHAIN", p);
+    }
+    if let Some(p) = &s.outputs.pkcs12 {
+        c.env("DEVICE_CLIENT_PKCS12", &p.path);
+    }
+    if let Some(pki) = &s.outputs.opcua_pki {
+        c.env("DEVICE_CLIENT_OPCUA_PKI", pki.dir());
     }
     let fail = |detail: String| Error::PostInstall {
         command: cmd.to_owned(),

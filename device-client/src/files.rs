@@ -24,6 +24,19 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// 0755 for a public one (a service running as another user must be able to reach its
 /// certificate). Existing directories are left as they are.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+    write_atomic_via(path, data, mode, None)
+}
+
+/// [`write_atomic`] with the temporary file in `tmp_dir` instead of next to `path`: for
+/// folders whose readers take every file they find (an OPC UA stack's trust list), which must
+/// never see a half-written or left-over temporary. `tmp_dir` must be on the same filesystem
+/// (a rename cannot cross filesystems) and should be private (0700).
+pub fn write_atomic_via(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    tmp_dir: Option<&Path>,
+) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -36,7 +49,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     let mut nonce = [0u8; 6];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
         .map_err(|_| Error::Crypto("the system random generator failed".into()))?;
-    let tmp = dir.join(format!(
+    let tmp = tmp_dir.unwrap_or(&dir).join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
         crate::b64::encode(&nonce)
@@ -67,6 +80,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
 /// Creates `dir` and its missing parents with mode 0700. An existing directory is left as it is.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     create_dir(dir, 0o700)
+}
+
+/// Creates `dir` and its missing parents with mode 0755, for certificates a service running as
+/// another user reads. An existing directory is left as it is.
+pub fn create_public_dir(dir: &Path) -> Result<(), Error> {
+    create_dir(dir, 0o755)
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), Error> {

@@ -15,6 +15,7 @@
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
 //! | [`device`]    | enroll / install / post-install / run-forever                   |                      |
 //! | [`files`]     | atomic writes with modes, the state file                       |                      |
+//! | [`output`]    | DER, PKCS #12, the OPC UA PKI directory and its CRLs            | OPC 10000-12 F, SPEC §9.1 |
 //! | [`schedule`]  | backoff with jitter, durations                                  |                      |
 //! | [`config`]    | TOML + flags → checked [`config::Settings`]                     |                      |
 //!
@@ -61,6 +62,7 @@ pub mod files;
 pub mod http01;
 pub mod jws;
 pub mod key;
+pub mod output;
 pub mod schedule;
 pub mod tlsalpn01;
 mod transport;

@@ -41,7 +41,8 @@ permanent_id, key, cert, chain, fullchain, state_dir, challenge, idevid_chain,
 idevid_key, http01_listen, approval_timeout, eab_kid,
 eab_hmac, eab_hmac_file, post_install, post_install_timeout, renew_at, key_algorithm,
 account_key_algorithm, reuse_key, agree_terms, request_timeout, poll_timeout, retry_min,
-retry_max). Unknown keys are refused.";
+retry_max, opcua_pki, crl_refresh, pkcs12, pkcs12_passphrase_file, der). Unknown keys are
+refused.";
 
 /// Enroll this device with an iiot-acme CA (RFC 8555 ACME) and keep its certificate renewed.
 ///
@@ -192,6 +193,23 @@ struct Opts {
     /// run: longest wait after failures [default: 1h].
     #[arg(long, value_name = "DURATION")]
     retry_max: Option<String>,
+    /// Also write an OPC UA PKI directory: own/certs (DER) and own/private, the CA root in
+    /// trusted/certs, the intermediates in issuer/certs, their CRLs in the crl folders.
+    #[arg(long, value_name = "DIR")]
+    opcua_pki: Option<PathBuf>,
+    /// run: how often the OPC UA PKI directory's CRLs are fetched again [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    crl_refresh: Option<String>,
+    /// Also write key, certificate and chain as PKCS #12 (PBES2, AES-256, PBKDF2-SHA256).
+    #[arg(long, value_name = "FILE", requires = "pkcs12_passphrase_file")]
+    pkcs12: Option<PathBuf>,
+    /// File whose first line is the PKCS #12 passphrase.
+    #[arg(long, value_name = "FILE")]
+    pkcs12_passphrase_file: Option<PathBuf>,
+    /// Also write the certificate and the key (PKCS #8) as DER, next to the PEM files
+    /// (same names with the extension .der).
+    #[arg(long)]
+    der: bool,
     /// Certificate profile to ask the CA for (e.g. tls-server, mqtt-client, opcua, modbus);
     /// checked against the profiles the CA's directory lists [default: the CA's default].
     #[arg(long, value_name = "NAME")]
@@ -249,6 +267,11 @@ impl Opts {
             poll_timeout: self.poll_timeout.clone(),
             retry_min: self.retry_min.clone(),
             retry_max: self.retry_max.clone(),
+            opcua_pki: self.opcua_pki.clone(),
+            crl_refresh: self.crl_refresh.clone(),
+            pkcs12: self.pkcs12.clone(),
+            pkcs12_passphrase_file: self.pkcs12_passphrase_file.clone(),
+            der: self.der.then_some(true),
             profile: self.profile.clone(),
             application_uri: self.application_uri.clone(),
             tls_alpn01_listen: self.tls_alpn01_listen.clone(),

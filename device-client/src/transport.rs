@@ -94,6 +94,11 @@ impl Transport {
         })
     }
 
+    /// The pinned root the connection was validated to, once a handshake has been made.
+    pub(crate) fn pinned_root(&self) -> Option<rustls_pki_types::CertificateDer<'static>> {
+        self.verifier.root()
+    }
+
     fn send_error(&self, url: &str, e: &reqwest::Error) -> Error {
         if let Some(why) = self.verifier.take_failure() {
             return Error::Trust(why);
@@ -116,15 +121,35 @@ impl Transport {
     }
 
     async fn read(&self, url: &str, resp: reqwest::Response) -> Result<Response, Error> {
+        self.read_limited(url, resp, MAX_BODY).await
+    }
+
+    /// Reads a response whose body may hold at most `limit` bytes; a longer one is refused as
+    /// soon as it is known to be (by its Content-Length, or while it is read).
+    async fn read_limited(
+        &self,
+        url: &str,
+        mut resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Response, Error> {
         let status = resp.status();
         let headers = resp.headers().clone();
         self.remember_nonce(&headers);
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(Error::protocol(url, "response body is too large"));
+        let too_large = || {
+            Error::protocol(
+                url,
+                format!("response body is too large (more than {limit} bytes)"),
+            )
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
         }
-        let body = resp.bytes().await.map_err(|e| self.send_error(url, &e))?;
-        if body.len() > MAX_BODY {
-            return Err(Error::protocol(url, "response body is too large"));
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.send_error(url, &e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         let header = |name| {
             headers
@@ -137,7 +162,7 @@ impl Transport {
             location: header(LOCATION),
             retry_after: header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now())),
             content_type: header(CONTENT_TYPE),
-            body: body.to_vec(),
+            body,
         })
     }
 
@@ -158,13 +183,23 @@ impl Transport {
 
     /// An unauthenticated `GET` (RFC 9773 §4.2: renewal information); errors as for POSTs.
     pub(crate) async fn get(&self, url: &str, request: &str) -> Result<Response, Error> {
+        self.get_limited(url, request, MAX_BODY).await
+    }
+
+    /// [`Self::get`] for a body of at most `limit` bytes.
+    pub(crate) async fn get_limited(
+        &self,
+        url: &str,
+        request: &str,
+        limit: usize,
+    ) -> Result<Response, Error> {
         let resp = self
             .http
             .get(url)
             .send()
             .await
             .map_err(|e| self.send_error(url, &e))?;
-        let resp = self.read(url, resp).await?;
+        let resp = self.read_limited(url, resp, limit).await?;
         if !resp.status.is_success() {
             return Err(failure(request, resp));
         }

@@ -105,6 +105,9 @@ pub struct PinnedVerifier {
     inner: Mutex<Option<Arc<WebPkiServerVerifier>>>,
     /// Why the last handshake was refused, for an error message better than rustls's alert.
     last_failure: Mutex<Option<String>>,
+    /// The root a handshake was validated to: the pinned root itself, or with a fingerprint the
+    /// root the server presented that matched it.
+    root: Mutex<Option<CertificateDer<'static>>>,
 }
 
 impl fmt::Debug for PinnedVerifier {
@@ -119,16 +122,29 @@ impl PinnedVerifier {
     /// A verifier for `anchor`, using ring.
     pub fn new(anchor: TrustAnchor) -> Result<Self, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner = match &anchor {
-            TrustAnchor::Root(der) => Some(webpki_for(der.clone(), &provider)?),
-            TrustAnchor::Fingerprint(_) => None,
+        let (inner, root) = match &anchor {
+            TrustAnchor::Root(der) => {
+                (Some(webpki_for(der.clone(), &provider)?), Some(der.clone()))
+            }
+            TrustAnchor::Fingerprint(_) => (None, None),
         };
         Ok(Self {
             anchor,
             provider,
             inner: Mutex::new(inner),
             last_failure: Mutex::new(None),
+            root: Mutex::new(root),
         })
+    }
+
+    /// The pinned root certificate: the configured one, or with a fingerprint the one the CA
+    /// presented at the end of its chain and whose hash matched (known after the first
+    /// handshake). Relying parties on the device get their trust anchor from here.
+    pub fn root(&self) -> Option<CertificateDer<'static>> {
+        self.root
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Takes the reason the last handshake was refused, if one was.
@@ -186,6 +202,7 @@ impl PinnedVerifier {
         let v = webpki_for(root.clone().into_owned(), &self.provider)
             .map_err(|e| self.fail(e.to_string()))?;
         *guard = Some(v.clone());
+        *self.root.lock().unwrap_or_else(PoisonError::into_inner) = Some(root.clone().into_owned());
         Ok(v)
     }
 }

@@ -157,6 +157,9 @@ async fn serve(chain_pem: String, key_pem: String) -> (String, Arc<Mutex<Seen>>)
         .route("/directory", get(directory))
         .route("/nonce", get(nonce).head(nonce))
         .route("/new-acct", post(new_account))
+        // CRL downloads: larger than an ACME response may be, and larger than a CRL may be.
+        .route("/crl/3mib", get(|| async { vec![0x30u8; 3 << 20] }))
+        .route("/crl/17mib", get(|| async { vec![0x30u8; 17 << 20] }))
         .with_state(mock);
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         chain_pem.into_bytes(),
@@ -271,4 +274,26 @@ async fn plain_http_directory_is_refused() {
         .err()
         .expect("refused");
     assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[tokio::test]
+async fn crl_downloads_may_exceed_the_acme_body_limit_up_to_16_mib() {
+    let pki = make_pki();
+    let chain = format!("{}{}{}", pki.leaf_pem, pki.inter_pem, pki.root_pem);
+    let (base, _) = serve(chain, pki.leaf_key_pem.clone()).await;
+    let pin = TrustAnchor::from_root_bytes(pki.root_pem.as_bytes()).expect("root");
+    let client = AcmeClient::connect(&format!("{base}/directory"), pin, TIMEOUT)
+        .await
+        .expect("connects");
+    let crl = client
+        .fetch_crl(&format!("{base}/crl/3mib"))
+        .await
+        .expect("3 MiB is within the CRL limit");
+    assert_eq!(crl.len(), 3 << 20);
+    let e = client
+        .fetch_crl(&format!("{base}/crl/17mib"))
+        .await
+        .expect_err("17 MiB is not")
+        .to_string();
+    assert!(e.contains("too large"), "{e}");
 }

@@ -1,11 +1,19 @@
-"""OPC UA interop for tests/tests/opcua.rs: an asyncua server and client, SignAndEncrypt with
-Basic256Sha256, each validating the other's certificate against a trust store that holds only
-the iiot-acme CA (TRUSTED_VALIDATION: chain, time, ApplicationUri, key usage, EKU).
+"""OPC UA interop for tests/tests/opcua.rs and opcua_device_client.rs: an asyncua server and
+client, SignAndEncrypt with Basic256Sha256, each validating the other's certificate against a
+trust store that holds only the iiot-acme CA (TRUSTED_VALIDATION: chain, time, ApplicationUri,
+key usage, EKU, revocation).
+
+Each side takes its certificate, key and trust store either from files (--trust DIR, shared,
+and --server-cert/--server-key, --client-cert/--client-key) or from an OPC UA PKI directory
+that device-client wrote (--server-pki DIR, --client-pki DIR): own/certs/device.der and
+own/private/device.pem, trust locations trusted/certs and issuer/certs (asyncua builds no
+chains, so the intermediate must be among them), CRL locations trusted/crl and issuer/crl.
 
 With --expect-rsa-chain it first checks what Basic256Sha256 asks of the certificates
 (CertificateSignatureAlgorithm RSA-PKCS15-SHA2-256): each is signed sha256WithRSAEncryption by an
 RSA CA certificate (2048-4096 bits) in the trust store, printing "CHAIN <role> ..." for each.
 
+Prints "SERVER REJECTED <error>" when the server's validator refuses the client's certificate.
 Prints "OK <value>" and exits 0 when the client read a value over the secure channel; prints the
 error and exits 1 otherwise.
 """
@@ -43,10 +51,29 @@ def check_rsa_chain(role: str, cert_path: str, trust: Path) -> None:
     print(f"CHAIN {role} sha256WithRSAEncryption by RSA-{key.key_size} {issuers[0].subject.rfc4514_string()}")
 
 
-async def validator(trust: Path, peer: CertificateValidatorOptions) -> CertificateValidator:
-    store = TrustStore([trust], [])
-    await store.load()
-    return CertificateValidator(CertificateValidatorOptions.TRUSTED_VALIDATION | peer, store)
+class Side:
+    """One application's certificate, key and trust store locations."""
+
+    def __init__(self, cert: str, key: str, trust: list[Path], crls: list[Path]) -> None:
+        self.cert, self.key, self.trust, self.crls = cert, key, trust, crls
+
+    @staticmethod
+    def of(pki: Path | None, cert: str | None, key: str | None, trust: Path | None) -> "Side":
+        if pki is None:
+            if not (cert and key and trust):
+                raise SystemExit("give --*-pki DIR, or the certificate, key and --trust")
+            return Side(cert, key, [trust], [])
+        return Side(
+            str(pki / "own" / "certs" / "device.der"),
+            str(pki / "own" / "private" / "device.pem"),
+            [pki / "trusted" / "certs", pki / "issuer" / "certs"],
+            [pki / "trusted" / "crl", pki / "issuer" / "crl"],
+        )
+
+    async def validator(self, peer: CertificateValidatorOptions) -> CertificateValidator:
+        store = TrustStore(self.trust, self.crls)
+        await store.load()
+        return CertificateValidator(CertificateValidatorOptions.TRUSTED_VALIDATION | peer, store)
 
 
 async def main(a: argparse.Namespace) -> int:
@@ -57,15 +84,26 @@ async def main(a: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 - any failure is the answer
             print(f"FAILED chain: {type(e).__name__}: {e}")
             return 1
+    srv = Side.of(a.server_pki, a.server_cert, a.server_key, a.trust)
+    cli = Side.of(a.client_pki, a.client_cert, a.client_key, a.trust)
     url = f"opc.tcp://127.0.0.1:{a.port}/"
     server = Server()
     await server.init()
     server.set_endpoint(url)
     await server.set_application_uri(a.server_uri)
     server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-    await server.load_certificate(a.server_cert)
-    await server.load_private_key(a.server_key)
-    server.set_certificate_validator(await validator(a.trust, CertificateValidatorOptions.PEER_CLIENT))
+    await server.load_certificate(srv.cert)
+    await server.load_private_key(srv.key)
+    server_validator = await srv.validator(CertificateValidatorOptions.PEER_CLIENT)
+
+    async def checked(cert, app_description):
+        try:
+            await server_validator(cert, app_description)
+        except Exception as e:  # noqa: BLE001 - reported, then raised again
+            print(f"SERVER REJECTED {type(e).__name__}: {e}", flush=True)
+            raise
+
+    server.set_certificate_validator(checked)
     idx = await server.register_namespace("urn:iiot-acme:test")
     obj = await server.nodes.objects.add_object(idx, "Line1")
     var = await obj.add_variable(idx, "Temperature", 21.5)
@@ -73,12 +111,12 @@ async def main(a: argparse.Namespace) -> int:
     async with server:
         client = Client(url, timeout=10)
         client.application_uri = a.client_uri
-        client.certificate_validator = await validator(a.trust, CertificateValidatorOptions.PEER_SERVER)
+        client.certificate_validator = await cli.validator(CertificateValidatorOptions.PEER_SERVER)
         await client.set_security(
             SecurityPolicyBasic256Sha256,
-            a.client_cert,
-            a.client_key,
-            server_certificate=a.server_cert,
+            cli.cert,
+            cli.key,
+            server_certificate=srv.cert,
             mode=ua.MessageSecurityMode.SignAndEncrypt,
         )
         try:
@@ -95,12 +133,14 @@ async def main(a: argparse.Namespace) -> int:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--trust", type=Path, required=True)
-    p.add_argument("--server-cert", required=True)
-    p.add_argument("--server-key", required=True)
+    p.add_argument("--trust", type=Path)
+    p.add_argument("--server-pki", type=Path)
+    p.add_argument("--server-cert")
+    p.add_argument("--server-key")
     p.add_argument("--server-uri", required=True)
-    p.add_argument("--client-cert", required=True)
-    p.add_argument("--client-key", required=True)
+    p.add_argument("--client-pki", type=Path)
+    p.add_argument("--client-cert")
+    p.add_argument("--client-key")
     p.add_argument("--client-uri", required=True)
     p.add_argument("--expect-rsa-chain", action="store_true")
     sys.exit(asyncio.run(main(p.parse_args())))
