@@ -13,16 +13,19 @@
 #                   operator's PKCS#12 client certificate
 #   gcc libssl-dev  the C program that enrolls through the embedded client's C API over OpenSSL
 #                   (tests/c/enroll.c); python3 also reads the firmware ELF for the footprint
+#   softhsm2        a software PKCS #11 token (module /usr/lib/softhsm/libsofthsm2.so and
+#                   softhsm2-util): device-client's certificate and IDevID keys in a token
+#                   (device-client/tests/pkcs11_softhsm.rs, tests/tests/device_client_pkcs11.rs)
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
-    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools)
+    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools softhsm2)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
 BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub cc python3
-    chromium chromedriver certutil pk12util)
+    chromium chromedriver certutil pk12util softhsm2-util)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }

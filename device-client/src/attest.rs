@@ -28,6 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::b64;
 use crate::error::Error;
+use crate::pkcs11::{Pkcs11Uri, TokenKey};
 
 /// The attestation statement format (SPEC §5.10.2).
 pub use protocol_spec::attestation::FORMAT;
@@ -204,7 +205,8 @@ impl Idevid {
         })
     }
 
-    /// Reads the chain (PEM, IDevID first, then intermediates) and a PKCS #8 key from files.
+    /// Reads the chain (PEM, IDevID first, then intermediates) from a file, and the key from a
+    /// PKCS #8 file or, when `key_path` is a `pkcs11:` URI, a token ([`TokenKey`]).
     pub fn from_files(chain_path: &Path, key_path: &Path) -> Result<Self, Error> {
         let pem = std::fs::read(chain_path)
             .map_err(|e| Error::io("read the IDevID chain", chain_path, e))?;
@@ -215,8 +217,15 @@ impl Idevid {
         if chain.is_empty() {
             return Err(Error::bad_file(chain_path, "no CERTIFICATE PEM block"));
         }
-        let signer = FileSigner::from_file(key_path)?;
-        Self::new(chain, Arc::new(signer))
+        let signer: Arc<dyn Signer> = match key_path.to_str() {
+            Some(k) if Pkcs11Uri::is_uri(k) => {
+                let uri = Pkcs11Uri::parse(k)
+                    .map_err(|e| Error::Config(format!("IDevID key {k:?}: {e}")))?;
+                Arc::new(TokenKey::open(&uri)?)
+            }
+            _ => Arc::new(FileSigner::from_file(key_path)?),
+        };
+        Self::new(chain, signer)
     }
 
     /// The subject serialNumber of the IDevID, if it has one (what the CA compares with the

@@ -10,9 +10,11 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
+use crate::config::LocalSettings;
 use crate::error::Error;
 use crate::files;
 use crate::key::KeyPair;
+use crate::pkcs11::TokenKey;
 use crate::types::Identifier;
 
 /// What the client reads from a certificate.
@@ -205,6 +207,52 @@ pub fn status(
     fraction: f64,
     now: OffsetDateTime,
 ) -> Result<CertStatus, Error> {
+    let key = || match files::read_optional(key_path)? {
+        None => Ok(Err(format!("key file {} is missing", key_path.display()))),
+        Some(pem) => Ok(KeyPair::from_pem(&pem)
+            .map(|k| k.public_key_sec1().to_vec())
+            .map_err(|e| format!("key file {}: {e}", key_path.display()))),
+    };
+    status_with_key(cert_path, key, identifiers, fraction, now)
+}
+
+/// [`status`] for the configured certificate and key, the key in a file or in a PKCS #11
+/// token.
+pub fn local_status(local: &LocalSettings, now: OffsetDateTime) -> Result<CertStatus, Error> {
+    let Some(uri) = &local.key_uri else {
+        return status(
+            &local.cert_path,
+            &local.key_path,
+            &local.identifiers,
+            local.renew_at,
+            now,
+        );
+    };
+    let key = || match TokenKey::find(uri)? {
+        None => Ok(Err(format!("the token has no key {uri}"))),
+        Some(k) => Ok(k
+            .public_key_sec1()
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("the token has no public key for {uri}"))),
+    };
+    status_with_key(
+        &local.cert_path,
+        key,
+        &local.identifiers,
+        local.renew_at,
+        now,
+    )
+}
+
+/// [`status`] with the key's public point from `key`: `Err(reason)` inside makes the
+/// certificate unusable, an outer error is returned.
+fn status_with_key(
+    cert_path: &Path,
+    key: impl FnOnce() -> Result<Result<Vec<u8>, String>, Error>,
+    identifiers: &[Identifier],
+    fraction: f64,
+    now: OffsetDateTime,
+) -> Result<CertStatus, Error> {
     let Some(pem) = files::read_optional(cert_path)? else {
         return Ok(CertStatus::Missing);
     };
@@ -222,28 +270,15 @@ pub fn status(
         Ok(i) => i,
         Err(e) => return Ok(unusable(format!("{}: {e}", cert_path.display()), None)),
     };
-    let key = match files::read_optional(key_path)? {
-        None => {
-            return Ok(unusable(
-                format!("key file {} is missing", key_path.display()),
-                Some(info),
-            ))
-        }
-        Some(pem) => match KeyPair::from_pem(&pem) {
-            Ok(k) => k,
-            Err(e) => {
-                return Ok(unusable(
-                    format!("key file {}: {e}", key_path.display()),
-                    Some(info),
-                ))
-            }
-        },
+    let public_key = match key()? {
+        Ok(k) => k,
+        Err(reason) => return Ok(unusable(reason, Some(info))),
     };
     // Keys and certificates are installed one rename after the other; a power cut in between
     // leaves a pair that does not match, and this is where it is noticed and repaired.
-    if key.public_key_sec1() != info.public_key.as_slice() {
+    if public_key != info.public_key {
         return Ok(unusable(
-            "the certificate does not belong to the key file".into(),
+            "the certificate does not belong to the key".into(),
             Some(info),
         ));
     }
@@ -369,7 +404,7 @@ mod tests {
         std::fs::write(&cert, issue(&other, &["plc-7", "10.0.0.7"], nb, na)).expect("write");
         assert_eq!(
             st(0.66).to_string(),
-            "unusable: the certificate does not belong to the key file"
+            "unusable: the certificate does not belong to the key"
         );
 
         std::fs::write(&cert, "junk").expect("write");

@@ -14,6 +14,7 @@ use crate::attest::Idevid;
 use crate::enroll::{EabCredential, Enrollment};
 use crate::error::Error;
 use crate::key::KeyAlgorithm;
+use crate::pkcs11::Pkcs11Uri;
 use crate::schedule::{parse_duration, Backoff};
 use crate::trust::TrustAnchor;
 use crate::types::Identifier;
@@ -42,7 +43,8 @@ pub struct FileConfig {
     pub ip: Option<Vec<String>>,
     /// `permanent-identifier` identifiers (SPEC §4.5): `SERIAL` or `SERIAL/ASSIGNER-OID`.
     pub permanent_id: Option<Vec<String>>,
-    /// Where the certificate key goes (PKCS #8 PEM, mode 0600).
+    /// Where the certificate key goes (PKCS #8 PEM, mode 0600), or a `pkcs11:` URI (RFC 7512)
+    /// naming it in a token.
     pub key: Option<PathBuf>,
     /// Where the certificate goes (PEM, leaf only).
     pub cert: Option<PathBuf>,
@@ -57,7 +59,8 @@ pub struct FileConfig {
     pub challenge: Option<String>,
     /// device-attest-01: the IDevID certificate chain (PEM, IDevID first, then intermediates).
     pub idevid_chain: Option<PathBuf>,
-    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384).
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384), or a `pkcs11:`
+    /// URI naming it in a token.
     pub idevid_key: Option<PathBuf>,
     /// Address the http-01 responder listens on.
     pub http01_listen: Option<String>,
@@ -190,10 +193,21 @@ impl FileConfig {
                 "renew_at {renew_at} must be a fraction of the lifetime between 0 and 1"
             )));
         }
-        let key_path = self
-            .key
-            .clone()
-            .unwrap_or_else(|| state_dir.join("cert.key.pem"));
+        let key_uri = match self.key.as_deref().and_then(Path::to_str) {
+            Some(k) if Pkcs11Uri::is_uri(k) => {
+                Some(Pkcs11Uri::parse(k).map_err(|e| Error::Config(format!("key {k:?}: {e}")))?)
+            }
+            _ => None,
+        };
+        // For a token key: the URI, `pin-value` redacted, for messages and the post-install
+        // command's DEVICE_CLIENT_KEY.
+        let key_path = match &key_uri {
+            Some(uri) => PathBuf::from(uri.to_string()),
+            None => self
+                .key
+                .clone()
+                .unwrap_or_else(|| state_dir.join("cert.key.pem")),
+        };
         let cert_path = self
             .cert
             .clone()
@@ -212,6 +226,7 @@ impl FileConfig {
         Ok(LocalSettings {
             identifiers,
             key_path,
+            key_uri,
             cert_path,
             chain_path: self.chain.clone(),
             fullchain_path: self.fullchain.clone(),
@@ -401,8 +416,11 @@ fn strip(e: &Error) -> String {
 pub struct LocalSettings {
     /// The identifiers the certificate must name, sorted.
     pub identifiers: Vec<Identifier>,
-    /// Certificate key file.
+    /// Certificate key file (for a token key, its URI with `pin-value` redacted).
     pub key_path: PathBuf,
+    /// The certificate key's PKCS #11 URI, when it is in a token (`key` is a `pkcs11:` URI):
+    /// no key file is written then, and the key stays the same across renewals.
+    pub key_uri: Option<Pkcs11Uri>,
     /// Certificate file (leaf).
     pub cert_path: PathBuf,
     /// Issuer chain file.

@@ -16,7 +16,8 @@ use crate::cert::{self, rfc3339, CertInfo, CertStatus};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
-use crate::key::{self, KeyPair};
+use crate::key::{self, KeyAlgorithm, KeyPair};
+use crate::pkcs11::{Curve, TokenKey};
 use crate::schedule;
 use crate::types::Identifier;
 
@@ -98,13 +99,7 @@ impl Device {
     /// (another directory URL in the state) counts as unusable.
     pub fn status(&self) -> Result<CertStatus, Error> {
         let l = &self.s.local;
-        let status = cert::status(
-            &l.cert_path,
-            &l.key_path,
-            &l.identifiers,
-            l.renew_at,
-            OffsetDateTime::now_utc(),
-        )?;
+        let status = cert::local_status(l, OffsetDateTime::now_utc())?;
         let state = State::load(&l.state_dir)?;
         if let (Some(info), Some(dir)) = (status.info(), &state.directory_url) {
             if *dir != self.s.directory_url {
@@ -238,6 +233,8 @@ impl Device {
         loop {
             let status = match self.status() {
                 Ok(s) => s,
+                // A token that refuses the PIN is not asked again: it would lock the PIN.
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
                 Err(e) => {
                     failures += 1;
                     self.back_off(failures, &e, None).await;
@@ -387,7 +384,7 @@ impl Device {
         }
 
         let cert_key = self.certificate_key()?;
-        let csr = csr_der(&cert_key, &l.identifiers)?;
+        let csr = cert_key.csr_der(&l.identifiers)?;
 
         let mut registered_now = false;
         let chain = loop {
@@ -455,7 +452,21 @@ impl Device {
     }
 
     /// A new key for every certificate, unless `reuse_key` is set and the key file holds one.
-    fn certificate_key(&self) -> Result<KeyPair, Error> {
+    /// A key in a PKCS #11 token is always the token's: generated there the first time, then
+    /// reused for every certificate.
+    fn certificate_key(&self) -> Result<CertKey, Error> {
+        if let Some(uri) = &self.s.local.key_uri {
+            let curve = token_curve(self.s.key_algorithm)?;
+            let (key, created) = TokenKey::open_or_generate(uri, curve)?;
+            if created {
+                tracing::info!(key = %key.uri(), "generated the certificate key in the token");
+            }
+            return Ok(CertKey::Token(key));
+        }
+        self.file_certificate_key().map(CertKey::File)
+    }
+
+    fn file_certificate_key(&self) -> Result<KeyPair, Error> {
         let path = &self.s.local.key_path;
         if self.s.reuse_key {
             if let Some(pem) = files::read_optional(path)? {
@@ -475,7 +486,7 @@ impl Device {
     /// certificate, chain and full chain, each atomically. The key goes first: a power cut
     /// between two renames leaves a key and certificate that do not match, which the next start
     /// notices ([`cert::status`]) and repairs by enrolling again.
-    fn install(&self, key: &KeyPair, chain_pem: &str) -> Result<CertInfo, Error> {
+    fn install(&self, key: &CertKey, chain_pem: &str) -> Result<CertInfo, Error> {
         let l = &self.s.local;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -509,7 +520,9 @@ impl Device {
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
-        key.store(&l.key_path)?;
+        if let CertKey::File(key) = key {
+            key.store(&l.key_path)?;
+        }
         write_public(&l.cert_path, &pem_of(std::slice::from_ref(leaf)))?;
         if let Some(p) = &l.chain_path {
             write_public(p, &pem_of(issuers))?;
@@ -525,6 +538,49 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
     files::write_atomic(path, text.as_bytes(), files::PUBLIC_MODE)
 }
 
+/// The certificate key: made here and stored in the key file, or kept in a PKCS #11 token.
+#[derive(Debug)]
+pub enum CertKey {
+    /// A key in memory, written to the key file when its certificate is installed.
+    File(KeyPair),
+    /// A key in a token; no key file is written.
+    Token(TokenKey),
+}
+
+impl CertKey {
+    /// The public key as an uncompressed SEC1 point, to compare with a certificate's.
+    pub fn public_key_sec1(&self) -> &[u8] {
+        match self {
+            Self::File(k) => k.public_key_sec1(),
+            Self::Token(k) => k.public_key_sec1().unwrap_or_default(),
+        }
+    }
+
+    /// The CSR for `identifiers`, signed with this key (in the token for a token key).
+    pub fn csr_der(&self, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
+        match self {
+            Self::File(k) => csr_der(k, identifiers),
+            Self::Token(k) => {
+                let signer = k.csr_signer()?;
+                csr_der_with(&signer, identifiers).map_err(|e| signer.take_error().unwrap_or(e))
+            }
+        }
+    }
+}
+
+/// The token curve for the configured certificate key algorithm.
+fn token_curve(alg: KeyAlgorithm) -> Result<Curve, Error> {
+    if alg == KeyAlgorithm::P256 {
+        Ok(Curve::P256)
+    } else if alg == KeyAlgorithm::P384 {
+        Ok(Curve::P384)
+    } else {
+        Err(Error::Config(format!(
+            "a certificate key in a PKCS #11 token is ECDSA p256 or p384, not {alg}"
+        )))
+    }
+}
+
 /// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
 /// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
 ///
@@ -535,6 +591,14 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
 pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
     let kp = rcgen::KeyPair::try_from(key.pkcs8_der())
         .map_err(|e| Error::Crypto(format!("cannot use the certificate key for a CSR: {e}")))?;
+    csr_der_with(&kp, identifiers)
+}
+
+/// [`csr_der`] for any key rcgen can sign with, such as a key in a PKCS #11 token.
+pub fn csr_der_with(
+    kp: &impl rcgen::SigningKey,
+    identifiers: &[Identifier],
+) -> Result<Vec<u8>, Error> {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     if let Some(serial) = identifiers.iter().find_map(Identifier::serial) {
@@ -578,7 +642,7 @@ pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Err
         }
     }
     let csr = params
-        .serialize_request(&kp)
+        .serialize_request(kp)
         .map_err(|e| Error::Crypto(format!("cannot make the CSR: {e}")))?;
     Ok(csr.der().to_vec())
 }

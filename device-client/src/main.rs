@@ -104,8 +104,10 @@ struct Opts {
     /// optional assigner OID, proven with device-attest-01 (repeatable).
     #[arg(long = "permanent-id", value_name = "SERIAL[/OID]")]
     permanent_id: Vec<String>,
-    /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem].
-    #[arg(long, value_name = "PATH")]
+    /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem], or a
+    /// PKCS #11 URI (pkcs11:token=…;object=…?module-path=…&pin-source=file:…): the key is
+    /// generated in the token if it is not there, and stays there.
+    #[arg(long, value_name = "PATH|URI")]
     key: Option<PathBuf>,
     /// Certificate file (PEM, leaf only) [default: STATE_DIR/cert.pem].
     #[arg(long, value_name = "PATH")]
@@ -127,9 +129,9 @@ struct Opts {
     /// device-attest-01: the IDevID certificate chain (PEM: IDevID first, then intermediates).
     #[arg(long = "idevid-chain", value_name = "FILE")]
     idevid_chain: Option<PathBuf>,
-    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384); it only signs
-    /// the challenge, the certificate key is a new one.
-    #[arg(long = "idevid-key", value_name = "FILE")]
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384), or a PKCS #11
+    /// URI naming it in a token; it only signs the challenge, the certificate key is another.
+    #[arg(long = "idevid-key", value_name = "FILE|URI")]
     idevid_key: Option<PathBuf>,
     /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
     #[arg(long = "http01-listen", value_name = "ADDR")]
@@ -409,13 +411,7 @@ fn names(ids: &[device_client::Identifier]) -> String {
 }
 
 async fn show(local: &LocalSettings, device: Option<&Device>) -> ExitCode {
-    let status = match cert::status(
-        &local.cert_path,
-        &local.key_path,
-        &local.identifiers,
-        local.renew_at,
-        time::OffsetDateTime::now_utc(),
-    ) {
+    let status = match cert::local_status(local, time::OffsetDateTime::now_utc()) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };

@@ -1,0 +1,642 @@
+//! Keys in a PKCS #11 token: a hardware security module, a smart card, or a TPM through
+//! tpm2-pkcs11. The key is named by an RFC 7512 URI ([`uri`]); its private half never enters
+//! this process, which only asks the token for signatures (`C_Sign` with `CKM_ECDSA` over the
+//! message's digest).
+//!
+//! - The certificate key ([`TokenKey::open_or_generate`]): looked up by the URI's `object`
+//!   (CKA_LABEL) and `id` (CKA_ID); if the token has none, it is generated there with
+//!   `C_GenerateKeyPair`: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN true and
+//!   CKA_EXTRACTABLE false, so the token never lets it out. It signs the CSR through
+//!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
+//! - The IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the manufacturer,
+//!   never generated here; [`TokenKey`] implements [`crate::attest::Signer`].
+//!
+//! ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same as the key files.
+//!
+//! The module is loaded with `dlopen` when a URI names it (`module-path`), once per process,
+//! and initialised for several threads; nothing links against a vendor library.
+
+pub mod uri;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+pub use uri::Pkcs11Uri;
+
+use crate::attest::AttestAlgorithm;
+use crate::der;
+use crate::error::Error;
+
+/// DER of the named-curve OID in CKA_EC_PARAMS for P-256 (prime256v1, 1.2.840.10045.3.1.7).
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of the named-curve OID for P-384 (secp384r1, 1.3.132.0.34).
+const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// The curve of a token key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    /// P-256, signed over SHA-256.
+    P256,
+    /// P-384, signed over SHA-384.
+    P384,
+}
+
+impl Curve {
+    fn params(self) -> &'static [u8] {
+        match self {
+            Self::P256 => P256_PARAMS,
+            Self::P384 => P384_PARAMS,
+        }
+    }
+
+    fn from_params(params: &[u8]) -> Option<Self> {
+        [Self::P256, Self::P384]
+            .into_iter()
+            .find(|c| c.params() == params)
+    }
+
+    /// Octets of one coordinate (and of r and s).
+    fn len(self) -> usize {
+        match self {
+            Self::P256 => 32,
+            Self::P384 => 48,
+        }
+    }
+
+    fn digest(self, msg: &[u8]) -> ring::digest::Digest {
+        let alg = match self {
+            Self::P256 => &ring::digest::SHA256,
+            Self::P384 => &ring::digest::SHA384,
+        };
+        ring::digest::digest(alg, msg)
+    }
+
+    fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Self::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        }
+    }
+}
+
+/// The process's loaded modules by path. A module is initialised once and never finalised:
+/// `C_Finalize` would end every other user's sessions, and the process needs it until it ends.
+fn module(path: &Path) -> Result<Pkcs11, String> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut loaded = MODULES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = loaded.get(path) {
+        return Ok(m.clone());
+    }
+    if !path.exists() {
+        return Err(format!(
+            "the PKCS #11 module {} does not exist (module-path)",
+            path.display()
+        ));
+    }
+    let m = Pkcs11::new(path)
+        .map_err(|e| format!("cannot load the PKCS #11 module {}: {e}", path.display()))?;
+    match m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        // Someone else in this process initialised it already: that works for us too.
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot initialise the PKCS #11 module {}: {e}",
+                path.display()
+            ))
+        }
+    }
+    loaded.insert(path.to_owned(), m.clone());
+    Ok(m)
+}
+
+/// Whether the module and slot information match the URI's library and slot attributes, and
+/// the token information its token attributes (RFC 7512 §3.3: every attribute given must
+/// match; blank padding does not count).
+fn slot_matches(m: &Pkcs11, slot: Slot, uri: &Pkcs11Uri) -> Result<bool, CkError> {
+    let same =
+        |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have.trim_end());
+    if uri.slot_id.is_some_and(|id| id != slot.id()) {
+        return Ok(false);
+    }
+    if uri.slot_description.is_some() || uri.slot_manufacturer.is_some() {
+        let info = m.get_slot_info(slot)?;
+        if !same(&uri.slot_description, info.slot_description())
+            || !same(&uri.slot_manufacturer, info.manufacturer_id())
+        {
+            return Ok(false);
+        }
+    }
+    let t = m.get_token_info(slot)?;
+    Ok(same(&uri.token, t.label())
+        && same(&uri.manufacturer, t.manufacturer_id())
+        && same(&uri.serial, t.serial_number())
+        && same(&uri.model, t.model()))
+}
+
+/// Reads the PIN the URI points to: the first line of the `pin-source` file, or `pin-value`.
+fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>, String> {
+    match &uri.pin {
+        None => Ok(None),
+        Some(uri::PinSource::Value(v)) => Ok(Some(AuthPin::from(v.clone()))),
+        Some(uri::PinSource::File(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the PIN file {}: {e}", path.display()))?;
+            let line = text.lines().next().unwrap_or_default();
+            Ok(Some(AuthPin::from(line.to_owned())))
+        }
+    }
+}
+
+/// Opens a logged-in read-write session on the one token the URI names.
+fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
+    let m = module(uri.module()?)?;
+    if uri.library_manufacturer.is_some()
+        || uri.library_description.is_some()
+        || uri.library_version.is_some()
+    {
+        let info = m
+            .get_library_info()
+            .map_err(|e| format!("cannot read the module information: {e}"))?;
+        let v = info.library_version();
+        if uri
+            .library_manufacturer
+            .as_deref()
+            .is_some_and(|w| w != info.manufacturer_id().trim_end())
+            || uri
+                .library_description
+                .as_deref()
+                .is_some_and(|w| w != info.library_description().trim_end())
+            || uri
+                .library_version
+                .is_some_and(|w| w != (v.major(), v.minor()))
+        {
+            return Err("the module does not match the URI's library attributes".into());
+        }
+    }
+    let slots = m
+        .get_slots_with_token()
+        .map_err(|e| format!("cannot list the module's slots: {e}"))?;
+    let mut found = Vec::new();
+    let mut labels = Vec::new();
+    for slot in slots {
+        if let Ok(t) = m.get_token_info(slot) {
+            labels.push(format!("{:?}", t.label().trim_end()));
+        }
+        if slot_matches(&m, slot, uri).map_err(|e| format!("cannot read slot {slot}: {e}"))? {
+            found.push(slot);
+        }
+    }
+    let slot = match found.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(format!(
+                "no token matches (tokens present: {})",
+                if labels.is_empty() {
+                    "none".to_owned()
+                } else {
+                    labels.join(", ")
+                }
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{} tokens match ({}): name one with token= or serial=",
+                found.len(),
+                labels.join(", ")
+            ))
+        }
+    };
+    let info = m
+        .get_token_info(slot)
+        .map_err(|e| format!("cannot read the token information: {e}"))?;
+    let session = m
+        .open_rw_session(slot)
+        .map_err(|e| format!("cannot open a session with the token: {e}"))?;
+    if info.login_required() {
+        let pin = pin(uri)?;
+        if pin.is_none() && !info.protected_authentication_path() {
+            return Err(format!(
+                "token {:?} needs its user PIN: add ?pin-source=file:/path/to/pin to the URI",
+                info.label().trim_end()
+            ));
+        }
+        match session.login(UserType::User, pin.as_ref()) {
+            // Logins belong to the application, not the session: another session did it.
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(format!(
+                    "wrong PIN for token {:?} (not tried again, so that the token does not \
+                     lock the PIN)",
+                    info.label().trim_end()
+                ))
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(format!(
+                    "the user PIN of token {:?} is locked",
+                    info.label().trim_end()
+                ))
+            }
+            Err(e) => return Err(format!("cannot log in to the token: {e}")),
+        }
+    }
+    Ok(session)
+}
+
+/// The search template for the URI's key: class, `object` as CKA_LABEL, `id` as CKA_ID.
+fn template(uri: &Pkcs11Uri, class: ObjectClass) -> Vec<Attribute> {
+    let mut t = vec![Attribute::Class(class)];
+    if let Some(label) = &uri.object {
+        t.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &uri.id {
+        t.push(Attribute::Id(id.clone()));
+    }
+    t
+}
+
+/// An ECDSA key in a token, with the session that uses it.
+pub struct TokenKey {
+    uri: String,
+    session: Mutex<Session>,
+    key: ObjectHandle,
+    curve: Curve,
+    /// The uncompressed point, if the token has the public key (it has for keys made here).
+    public: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("uri", &self.uri)
+            .field("curve", &self.curve)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKey {
+    /// Opens the existing private key the URI names (the IDevID key). An error if the token or
+    /// the key is not there.
+    pub fn open(uri: &Pkcs11Uri) -> Result<Self, Error> {
+        Self::find(uri)?.ok_or_else(|| {
+            Error::Config(format!(
+                "PKCS #11 key {uri}: the token has no private key with these attributes"
+            ))
+        })
+    }
+
+    /// Opens the private key the URI names, or `None` if the token has none.
+    pub fn find(uri: &Pkcs11Uri) -> Result<Option<Self>, Error> {
+        let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
+        check_key_uri(uri).map_err(config)?;
+        let session = open_session(uri).map_err(config)?;
+        let keys = session
+            .find_objects(&template(uri, ObjectClass::PRIVATE_KEY))
+            .map_err(|e| config(format!("cannot search the token: {e}")))?;
+        let key = match keys.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(config(format!(
+                    "{} private keys match: name one with object= and id=",
+                    keys.len()
+                )))
+            }
+        };
+        Self::from_handle(uri, session, key).map(Some)
+    }
+
+    fn from_handle(uri: &Pkcs11Uri, session: Session, key: ObjectHandle) -> Result<Self, Error> {
+        let fail = |e: String| Error::Crypto(format!("PKCS #11 key {uri}: {e}"));
+        let attrs = session
+            .get_attributes(key, &[AttributeType::KeyType, AttributeType::EcParams])
+            .map_err(|e| fail(format!("cannot read the key's attributes: {e}")))?;
+        let mut curve = None;
+        let mut ec = false;
+        for a in attrs {
+            match a {
+                Attribute::KeyType(t) => ec = t == KeyType::EC,
+                Attribute::EcParams(p) => curve = Curve::from_params(&p),
+                _ => {}
+            }
+        }
+        let curve = match (ec, curve) {
+            (true, Some(c)) => c,
+            (false, _) => return Err(fail("not an EC key; ECDSA P-256 or P-384 is needed".into())),
+            (true, None) => {
+                return Err(fail(
+                    "an EC key on a curve other than P-256 or P-384".into(),
+                ))
+            }
+        };
+        let public = public_point(&session, uri, curve);
+        Ok(Self {
+            uri: uri.to_string(),
+            session: Mutex::new(session),
+            key,
+            curve,
+            public,
+        })
+    }
+
+    /// The certificate key: the one the URI names, or a new one generated in the token
+    /// (non-extractable) if there is none. Returns the key and whether it was generated.
+    pub fn open_or_generate(uri: &Pkcs11Uri, curve: Curve) -> Result<(Self, bool), Error> {
+        if let Some(key) = Self::find(uri)? {
+            if key.public.is_none() {
+                return Err(Error::Config(format!(
+                    "PKCS #11 key {uri}: the token has the private key but no public key with \
+                     the same label and id, so the certificate cannot be checked against it"
+                )));
+            }
+            if key.curve != curve {
+                tracing::warn!(
+                    key = %key.uri,
+                    "the token's key is {:?}, not the configured {curve:?}; using it",
+                    key.curve
+                );
+            }
+            return Ok((key, false));
+        }
+        if uri.object.is_none() && uri.id.is_none() {
+            return Err(Error::Config(format!(
+                "PKCS #11 key {uri}: name the key to generate with object= (its label)"
+            )));
+        }
+        let session =
+            open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
+        let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: {e}"));
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(curve.params().to_vec()),
+        ];
+        let mut private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+        ];
+        for t in [&mut public, &mut private] {
+            if let Some(label) = &uri.object {
+                t.push(Attribute::Label(label.as_bytes().to_vec()));
+            }
+            if let Some(id) = &uri.id {
+                t.push(Attribute::Id(id.clone()));
+            }
+        }
+        let (pub_handle, key) = session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .map_err(&fail)?;
+        if uri.id.is_none() {
+            // Other tools pair a key's halves by CKA_ID; give both the point's SHA-1, as
+            // pkcs11-tool and OpenSC do.
+            if let Some(point) = public_point(&session, uri, curve) {
+                let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &point);
+                for h in [pub_handle, key] {
+                    session
+                        .update_attributes(h, &[Attribute::Id(id.as_ref().to_vec())])
+                        .map_err(&fail)?;
+                }
+            }
+        }
+        let key = Self::from_handle(uri, session, key)?;
+        if key.public.is_none() {
+            return Err(Error::Crypto(format!(
+                "PKCS #11 key {uri}: the generated public key has no readable CKA_EC_POINT"
+            )));
+        }
+        Ok((key, true))
+    }
+
+    /// The curve.
+    pub fn curve(&self) -> Curve {
+        self.curve
+    }
+
+    /// The public key as an uncompressed SEC1 point (`04 ‖ x ‖ y`), if the token has it.
+    pub fn public_key_sec1(&self) -> Option<&[u8]> {
+        self.public.as_deref()
+    }
+
+    /// The URI, `pin-value` redacted.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Signs `msg` in the token: ECDSA over its SHA-256 (P-256) or SHA-384 (P-384) digest.
+    /// Returns the DER `Ecdsa-Sig-Value` (RFC 3279 §2.2.3), as X.509 and device-attest-01 use.
+    pub fn sign_der(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
+        let digest = self.curve.digest(msg);
+        let raw = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
+            .map_err(|e| {
+                Error::Crypto(format!("PKCS #11 key {}: signing failed: {e}", self.uri))
+            })?;
+        ecdsa_der(&raw, self.curve.len()).ok_or_else(|| {
+            Error::Crypto(format!(
+                "PKCS #11 key {}: the token's signature has {} octets, not r ‖ s of {} each",
+                self.uri,
+                raw.len(),
+                self.curve.len()
+            ))
+        })
+    }
+
+    /// The key as an [`rcgen::SigningKey`], for signing the CSR in the token.
+    pub fn csr_signer(&self) -> Result<CsrSigner<'_>, Error> {
+        let public = self
+            .public
+            .as_deref()
+            .ok_or_else(|| Error::Crypto(format!("PKCS #11 key {}: no public key", self.uri)))?;
+        Ok(CsrSigner {
+            key: self,
+            public,
+            error: Mutex::new(None),
+        })
+    }
+}
+
+impl crate::attest::Signer for TokenKey {
+    fn algorithm(&self) -> AttestAlgorithm {
+        match self.curve {
+            Curve::P256 => AttestAlgorithm::Es256,
+            Curve::P384 => AttestAlgorithm::Es384,
+        }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
+        self.sign_der(msg)
+    }
+}
+
+/// A [`TokenKey`] as rcgen wants a CSR's key. rcgen's error for a failed remote signature
+/// carries no text, so the cause is kept here for [`CsrSigner::take_error`].
+pub struct CsrSigner<'a> {
+    key: &'a TokenKey,
+    public: &'a [u8],
+    error: Mutex<Option<Error>>,
+}
+
+impl CsrSigner<'_> {
+    /// Why the last signature failed, if it did.
+    pub fn take_error(&self) -> Option<Error> {
+        self.error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl rcgen::PublicKeyData for CsrSigner<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.key.curve.rcgen()
+    }
+}
+
+impl rcgen::SigningKey for CsrSigner<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.key.sign_der(msg).map_err(|e| {
+            *self
+                .error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}
+
+/// The URI must name a private key: no other `type`, and at least a label or an id.
+fn check_key_uri(uri: &Pkcs11Uri) -> Result<(), String> {
+    if uri
+        .object_type
+        .is_some_and(|t| t != uri::ObjectType::Private)
+    {
+        return Err("the URI names an object of another type than private".into());
+    }
+    if uri.object.is_none() && uri.id.is_none() {
+        return Err("name the key with object= (its label) or id=".into());
+    }
+    for name in &uri.ignored {
+        tracing::warn!("PKCS #11 URI {uri}: ignoring the unknown query attribute {name}");
+    }
+    Ok(())
+}
+
+/// The public key's CKA_EC_POINT: the public key object with the same label and id, else the
+/// private key's own (some tokens keep it there). PKCS #11 says it is a DER OCTET STRING around
+/// the point; a few tokens return the bare point, which is accepted too.
+fn public_point(session: &Session, uri: &Pkcs11Uri, curve: Curve) -> Option<Vec<u8>> {
+    let mut candidates = session
+        .find_objects(&template(uri, ObjectClass::PUBLIC_KEY))
+        .unwrap_or_default();
+    candidates.extend(
+        session
+            .find_objects(&template(uri, ObjectClass::PRIVATE_KEY))
+            .unwrap_or_default(),
+    );
+    let point_len = 1 + 2 * curve.len();
+    for h in candidates {
+        let Ok(attrs) = session.get_attributes(h, &[AttributeType::EcPoint]) else {
+            continue;
+        };
+        for a in attrs {
+            if let Attribute::EcPoint(v) = a {
+                let point = match der::read(&v) {
+                    Some((0x04, inner, [])) if inner.len() == point_len => inner.to_vec(),
+                    _ if v.len() == point_len => v,
+                    _ => continue,
+                };
+                if point.first() == Some(&0x04) {
+                    return Some(point);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// DER `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from the fixed-width `r ‖ s`
+/// that CKM_ECDSA returns (PKCS #11 §2.3.1). `None` if the length is not twice `n`.
+fn ecdsa_der(raw: &[u8], n: usize) -> Option<Vec<u8>> {
+    if raw.len() != 2 * n {
+        return None;
+    }
+    let (r, s) = raw.split_at(n);
+    let integer = |v: &[u8]| {
+        // Minimal encoding: no leading zero octets, then one 0x00 if the top bit is set.
+        let start = v.iter().position(|&b| b != 0).unwrap_or(v.len() - 1);
+        let v = &v[start..];
+        let mut content = Vec::with_capacity(v.len() + 1);
+        if v[0] & 0x80 != 0 {
+            content.push(0);
+        }
+        content.extend_from_slice(v);
+        der::tlv(0x02, &content)
+    };
+    let mut body = integer(r);
+    body.extend(integer(s));
+    Some(der::tlv(der::SEQUENCE, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_signatures_become_minimal_der_that_ring_verifies() {
+        use ring::signature::{
+            EcdsaKeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1,
+            ECDSA_P256_SHA256_FIXED_SIGNING,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("generate");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
+            .expect("key");
+        for _ in 0..32 {
+            let raw = key.sign(&rng, b"msg").expect("sign");
+            let der = ecdsa_der(raw.as_ref(), 32).expect("length");
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref())
+                .verify(b"msg", &der)
+                .expect("verifies");
+        }
+        // Leading zeros go, a set top bit gets a zero octet.
+        let mut raw = vec![0u8; 64];
+        raw[31] = 1;
+        raw[32] = 0x80;
+        let der = ecdsa_der(&raw, 32).expect("length");
+        assert_eq!(&der[..5], &[0x30, 0x26, 0x02, 0x01, 0x01]);
+        assert_eq!(&der[5..8], &[0x02, 0x21, 0x00]);
+        assert_eq!(der.len(), 2 + 3 + 35);
+        assert!(ecdsa_der(&raw[..63], 32).is_none());
+    }
+
+    #[test]
+    fn curves_by_their_parameters() {
+        assert_eq!(Curve::from_params(P256_PARAMS), Some(Curve::P256));
+        assert_eq!(Curve::from_params(P384_PARAMS), Some(Curve::P384));
+        assert_eq!(Curve::from_params(&[0x06, 0x03, 0x2b, 0x65, 0x70]), None);
+    }
+}
