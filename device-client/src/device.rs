@@ -369,6 +369,10 @@ impl Device {
         let l = &s.local;
         files::create_private_dir(&l.state_dir)?;
         let mut state = State::load(&l.state_dir)?;
+        // Before the CA is asked anything: a token that cannot be used (wrong PIN, missing) is
+        // a configuration error whatever the CA's state.
+        let cert_key = self.certificate_key()?;
+        let csr = cert_key.csr_der(&l.identifiers)?;
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
             AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
@@ -382,9 +386,6 @@ impl Device {
         if state.directory_url.as_deref() != Some(&s.directory_url) {
             state.account_url = None;
         }
-
-        let cert_key = self.certificate_key()?;
-        let csr = cert_key.csr_der(&l.identifiers)?;
 
         let mut registered_now = false;
         let chain = loop {

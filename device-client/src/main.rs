@@ -301,6 +301,18 @@ fn fail(e: &Error) -> ExitCode {
                  followed by /ASSIGNER, the assigner OID of that trust anchor"
             )
         }
+        ErrorKind::Refused
+            if e.problem().and_then(|p| p.kind()) == Some(ProblemType::BadCsr)
+                && e.problem()
+                    .and_then(|p| p.detail.as_deref())
+                    .is_some_and(|d| d.contains("already certified")) =>
+        {
+            eprintln!(
+                "device-client: hint: a certificate key kept across renewals (--reuse-key, or a \
+                 key in a PKCS #11 token) needs a CA that allows it: [keys] \
+                 allow_renewal_key_reuse = true on the CA"
+            )
+        }
         ErrorKind::Trust => eprintln!(
             "device-client: hint: check the pinned root or fingerprint against what the CA \
              prints at start (SPEC §2.3); nothing was sent to this server"

@@ -15,6 +15,7 @@
 //!   by default, run with `cargo test -p iiot-acme-tests --test pebble_harness -- --ignored`.
 //! - `tests/device_client.rs`: the `device-client` binary as a simulated device
 //!   ([`device_client::Device`]).
+//! - `tests/device_client_pkcs11.rs`: `device-client` with its keys in SoftHSM2 ([`softhsm`]).
 //! - `tests/console_browser.rs`: the operator console's web UI in headless Chromium
 //!   ([`console`]).
 //!
@@ -33,6 +34,7 @@ pub mod openssl;
 pub mod pebble;
 pub mod ports;
 pub mod process;
+pub mod softhsm;
 
 pub use ca_server::{ca_server_bin, CaServer, CaServerOpts};
 pub use clients::{run_certbot, run_lego, AcmeClient, ClientRun, Eab, IssuedCert};

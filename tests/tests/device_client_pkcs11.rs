@@ -1,0 +1,256 @@
+//! `device-client` with its keys in a PKCS #11 token (SoftHSM2), against the real CA: the
+//! certificate key is generated in the token and the CSR signed there, the certificate is for
+//! the token's key, renewal keeps it, device-attest-01 signs with an IDevID key imported into
+//! the token, and a wrong PIN or a missing token stops the client with a configuration error.
+//!
+//! All tests of this file share one SoftHSM token directory of their own (SOFTHSM2_CONF is
+//! read per process), with one token per test.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use iiot_acme_tests::device_client::{verify_issued, Device, Pin};
+use iiot_acme_tests::idevid::Manufacturer;
+use iiot_acme_tests::openssl_text;
+use iiot_acme_tests::process::RunOutput;
+use iiot_acme_tests::softhsm::{public_point, SoftHsm};
+use iiot_acme_tests::{CaServer, CaServerOpts};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
+
+/// The test manufacturers' assigner: the RFC 5612 documentation enterprise number.
+const PEN: &str = "1.3.6.1.4.1.32473";
+/// A root fingerprint for runs that fail before they reach a CA.
+const FINGERPRINT: &str = "41:62:35:04:B6:97:B5:F4:C1:E9:A3:87:4A:7E:68:68:BA:F6:9F:10:DF:89:F4:C2:E0:48:7F:7C:BD:45:97:9E";
+
+fn hsm() -> &'static SoftHsm {
+    static HSM: OnceLock<SoftHsm> = OnceLock::new();
+    HSM.get_or_init(|| {
+        let hsm = SoftHsm::new(&["device", "attest", "pin"]).expect("SoftHSM tokens");
+        hsm.use_in_this_process();
+        hsm
+    })
+}
+
+fn expect_code(out: &RunOutput, want: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "{what}: expected exit {want}\n{}",
+        out.tails()
+    );
+    assert!(!out.stderr.contains("panicked"), "{what}\n{}", out.tails());
+}
+
+/// Serial and public key (uncompressed point) of the installed leaf.
+fn installed(device: &Device) -> (String, Vec<u8>) {
+    let pem = std::fs::read(device.cert()).expect("certificate");
+    let der = CertificateDer::from_pem_slice(&pem).expect("PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("X.509");
+    (
+        cert.raw_serial_as_string(),
+        cert.public_key().subject_public_key.data.to_vec(),
+    )
+}
+
+#[test]
+fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_it() {
+    let hsm = hsm();
+    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let mut device = Device::for_server(
+        &server,
+        Pin::RootFile(server.root_pem_path()),
+        &["plc-11.plant.test"],
+    );
+    device.key_arg = Some(hsm.uri("device", "cert-key"));
+    let run = |sub: &str, extra: &[&str]| device.run(sub, extra);
+
+    let show = run("show", &[]);
+    expect_code(&show, 10, "show before enrolling");
+
+    let out = run("enroll", &[]);
+    expect_code(&out, 0, "enroll with the key in the token");
+    assert!(
+        out.stderr
+            .contains("generated the certificate key in the token"),
+        "{}",
+        out.tails()
+    );
+    verify_issued(&server, &device);
+    let (serial, public) = installed(&device);
+    assert_eq!(
+        public,
+        public_point("device", "cert-key").expect("token key"),
+        "the certificate is for the token's key"
+    );
+    // No key file anywhere: the key is in the token only.
+    assert!(!device.key().exists());
+    let pem_keys = walk(device.dir.path())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .is_ok_and(|t| t.contains("PRIVATE KEY") && !p.ends_with("account.key.pem"))
+        })
+        .collect::<Vec<_>>();
+    assert!(pem_keys.is_empty(), "private keys in files: {pem_keys:?}");
+
+    let show = run("show", &[]);
+    expect_code(&show, 0, "show");
+    assert!(
+        show.stdout.contains("status       valid"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("key          pkcs11:token=device;object=cert-key?module-path="),
+        "{}",
+        show.stdout
+    );
+    let out = run("enroll", &[]);
+    expect_code(&out, 0, "enroll again");
+    assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
+
+    // The token key stays the same, which a CA refuses by default (a new key for every
+    // certificate); the client says what the CA must allow.
+    let out = run("enroll", &["--force"]);
+    expect_code(&out, 5, "renewal with the same key, refused");
+    assert!(
+        out.stderr.contains("allow_renewal_key_reuse = true"),
+        "{}",
+        out.tails()
+    );
+    let mut config = std::fs::read_to_string(server.config_path()).expect("config");
+    config.push_str("\n[keys]\nallow_renewal_key_reuse = true\n");
+    std::fs::write(server.config_path(), config).expect("write config");
+    server.restart().expect("ca-server restarts");
+
+    // Renewal: a new certificate for the same token key.
+    let out = run("enroll", &["--force"]);
+    expect_code(&out, 0, "renew");
+    assert!(
+        !out.stderr.contains("generated the certificate key"),
+        "{}",
+        out.tails()
+    );
+    verify_issued(&server, &device);
+    let (renewed, renewed_public) = installed(&device);
+    assert_ne!(renewed, serial);
+    assert_eq!(renewed_public, public);
+}
+
+#[test]
+fn device_attest_01_signs_with_the_idevid_key_in_the_token() {
+    let hsm = hsm();
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let maker = Manufacturer::new("Example Devices Root");
+    maker
+        .trust(&server, "example-devices", PEN)
+        .expect("trust anchor added");
+    let serial = "SN-1107";
+    let idevid_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let idevid = maker.issue(serial, &idevid_key);
+    hsm.import_pkcs8("attest", "idevid", "01", &idevid_key.serialize_pem())
+        .expect("IDevID key imported");
+    let chain = hsm.path().join("idevid-chain.pem");
+    std::fs::write(&chain, idevid.pem()).expect("chain");
+
+    let mut device = Device::for_server(&server, Pin::RootFile(server.root_pem_path()), &[]);
+    device.key_arg = Some(hsm.uri("attest", "cert-key"));
+    let value = format!("{serial}/{PEN}");
+    let idevid_uri = hsm.uri("attest", "idevid");
+    let out = device.run(
+        "enroll",
+        &[
+            "--challenge",
+            "device-attest-01",
+            "--idevid-chain",
+            chain.to_str().expect("utf-8"),
+            "--idevid-key",
+            &idevid_uri,
+            "--permanent-id",
+            &value,
+        ],
+    );
+    expect_code(
+        &out,
+        0,
+        "enroll by device-attest-01 with the IDevID key in the token",
+    );
+    verify_issued(&server, &device);
+    let text =
+        openssl_text(&std::fs::read_to_string(device.cert()).expect("cert")).expect("openssl x509");
+    assert!(text.contains(&format!("CN = {value}")), "{text}");
+    let (_, public) = installed(&device);
+    assert_eq!(
+        public,
+        public_point("attest", "cert-key").expect("cert key")
+    );
+    assert_ne!(
+        public,
+        public_point("attest", "idevid").expect("IDevID key")
+    );
+}
+
+#[test]
+fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
+    let hsm = hsm();
+    // Nothing reaches a CA: the token is checked first.
+    let url = "https://127.0.0.1:9/directory";
+    let mut device = Device::new(
+        url.into(),
+        Pin::Fingerprint(FINGERPRINT.into()),
+        9,
+        &["plc-12.plant.test"],
+    );
+    let wrong_pin = hsm.path().join("wrong.pin");
+    std::fs::write(&wrong_pin, "0000\n").expect("PIN file");
+    let wrong = hsm.uri_with_pin_file("pin", "cert-key", &wrong_pin);
+
+    let absent = hsm.uri("absent", "cert-key");
+    for (sub, key, what, want) in [
+        (
+            "enroll",
+            wrong.as_str(),
+            "wrong PIN",
+            "wrong PIN for token \"pin\"",
+        ),
+        // `run` stops too instead of trying again: each try would count against the PIN.
+        (
+            "run",
+            wrong.as_str(),
+            "wrong PIN",
+            "wrong PIN for token \"pin\"",
+        ),
+        (
+            "enroll",
+            absent.as_str(),
+            "missing token",
+            "no token matches (tokens present: ",
+        ),
+        (
+            "enroll",
+            "pkcs11:token=pin;object=k;x-a=1",
+            "unknown path attribute",
+            "matches no object",
+        ),
+    ] {
+        device.key_arg = Some(key.to_owned());
+        let out = device.run(sub, &[]);
+        expect_code(&out, 2, &format!("{sub}: {what}"));
+        assert!(out.stderr.contains(want), "{}", out.tails());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
