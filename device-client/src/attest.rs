@@ -28,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::b64;
 use crate::error::Error;
-use crate::pkcs11::{Pkcs11Uri, TokenKey};
+use crate::pkcs11::{self, Pkcs11Uri, TokenKey};
 
 /// The attestation statement format (SPEC §5.10.2).
 pub use protocol_spec::attestation::FORMAT;
@@ -219,9 +219,7 @@ impl Idevid {
         }
         let signer: Arc<dyn Signer> = match key_path.to_str() {
             Some(k) if Pkcs11Uri::is_uri(k) => {
-                let uri = Pkcs11Uri::parse(k)
-                    .map_err(|e| Error::Config(format!("IDevID key {k:?}: {e}")))?;
-                Arc::new(TokenKey::open(&uri)?)
+                Arc::new(TokenKey::open(&pkcs11::parse_key_uri(k, "IDevID key")?)?)
             }
             _ => Arc::new(FileSigner::from_file(key_path)?),
         };

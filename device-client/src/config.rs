@@ -14,7 +14,7 @@ use crate::attest::Idevid;
 use crate::enroll::{EabCredential, Enrollment};
 use crate::error::Error;
 use crate::key::KeyAlgorithm;
-use crate::pkcs11::Pkcs11Uri;
+use crate::pkcs11::{self, Pkcs11Uri};
 use crate::schedule::{parse_duration, Backoff};
 use crate::trust::TrustAnchor;
 use crate::types::Identifier;
@@ -194,9 +194,7 @@ impl FileConfig {
             )));
         }
         let key_uri = match self.key.as_deref().and_then(Path::to_str) {
-            Some(k) if Pkcs11Uri::is_uri(k) => {
-                Some(Pkcs11Uri::parse(k).map_err(|e| Error::Config(format!("key {k:?}: {e}")))?)
-            }
+            Some(k) if Pkcs11Uri::is_uri(k) => Some(pkcs11::parse_key_uri(k, "key")?),
             _ => None,
         };
         // For a token key: the URI, `pin-value` redacted, for messages and the post-install

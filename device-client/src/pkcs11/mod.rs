@@ -538,10 +538,18 @@ fn check_key_uri(uri: &Pkcs11Uri) -> Result<(), String> {
     if uri.object.is_none() && uri.id.is_none() {
         return Err("name the key with object= (its label) or id=".into());
     }
-    for name in &uri.ignored {
-        tracing::warn!("PKCS #11 URI {uri}: ignoring the unknown query attribute {name}");
-    }
     Ok(())
+}
+
+/// Parses the configured URI of a key (`what`: "key", "IDevID key"), as a configuration
+/// error, and warns once about query attributes it ignores.
+pub fn parse_key_uri(text: &str, what: &str) -> Result<Pkcs11Uri, Error> {
+    // Not the text itself in the message: it may hold a pin-value.
+    let uri = Pkcs11Uri::parse(text).map_err(|e| Error::Config(format!("{what} URI: {e}")))?;
+    for name in &uri.ignored {
+        tracing::warn!("{what} {uri}: ignoring the unknown query attribute {name}");
+    }
+    Ok(uri)
 }
 
 /// The public key's CKA_EC_POINT: the public key object with the same label and id, else the
@@ -631,6 +639,19 @@ mod tests {
         assert_eq!(&der[5..8], &[0x02, 0x21, 0x00]);
         assert_eq!(der.len(), 2 + 3 + 35);
         assert!(ecdsa_der(&raw[..63], 32).is_none());
+    }
+
+    #[test]
+    fn configuration_errors_never_quote_a_pin_value() {
+        let e = parse_key_uri("pkcs11:token=a;token=b?pin-value=s3cret", "key").expect_err("dup");
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(e.to_string().contains("token appears twice"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let uri = parse_key_uri("pkcs11:object=k?pin-value=s3cret&x-y=1", "key").expect("ok");
+        assert_eq!(uri.ignored, ["x-y"]);
+        let e =
+            check_key_uri(&Pkcs11Uri::parse("pkcs11:token=a").expect("uri")).expect_err("no key");
+        assert!(e.contains("object="), "{e}");
     }
 
     #[test]
