@@ -11,7 +11,8 @@
 //!
 //! The IDevID key is used for nothing else: the certificate key stays a fresh key made on the
 //! device. The key sits behind [`Signer`], so a secure element or TPM can hold it and only
-//! signatures enter this process; [`FileSigner`] is the implementation for a PKCS #8 file.
+//! signatures enter this process; [`FileSigner`] is the implementation for a PKCS #8 file,
+//! [`crate::pkcs11::TokenKey`] the one for a key in a PKCS #11 token.
 
 use std::fmt;
 use std::path::Path;

@@ -291,7 +291,9 @@ fn wrong_pin_missing_token_and_missing_module_are_clear_configuration_errors() {
     assert_eq!(e.kind(), ErrorKind::Config);
     let text = e.to_string();
     assert!(
-        text.contains("no token matches (tokens present: ") && text.contains("\"csr-p256\""),
+        text.contains("no token matches (tokens present: ")
+            && text.contains("\"csr-p256\"")
+            && !text.contains("\"\""),
         "{text}"
     );
 

@@ -192,8 +192,9 @@ fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
     let mut found = Vec::new();
     let mut labels = Vec::new();
     for slot in slots {
-        if let Ok(t) = m.get_token_info(slot) {
-            labels.push(format!("{:?}", t.label().trim_end()));
+        match m.get_token_info(slot) {
+            Ok(t) if t.token_initialized() => labels.push(format!("{:?}", t.label().trim_end())),
+            _ => {}
         }
         if slot_matches(&m, slot, uri).map_err(|e| format!("cannot read slot {slot}: {e}"))? {
             found.push(slot);
