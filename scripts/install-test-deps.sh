@@ -3,8 +3,10 @@
 #   certbot, lego   real ACME clients run against the CA
 #   pebble          Let's Encrypt's test CA (and pebble-challtestsrv), for the harness self-check
 #   openssl         test certificates for Pebble and `openssl verify` of issued chains
-#   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test
-#   mosquitto-clients  mosquitto_pub, the device side of that test
+#   mosquitto       MQTT broker with mutual TLS, for the certificate-profile interop test and
+#                   device-client's renewal with reconnect (tests/tests/device_client_mqtt.rs)
+#   mosquitto-clients  mosquitto_pub, the device side of those tests; mosquitto_sub, the
+#                   subscriber that sees the renewed device's messages arrive
 #   python3-venv    for .venv-tests: asyncua (PyPI, pinned) for the OPC UA interop test, and
 #                   selenium (PyPI, pinned), which drives the browser of the console tests
 #   chromium chromium-driver  headless Chromium and chromedriver: the operator console's web UI
@@ -24,7 +26,7 @@ set -euo pipefail
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
     gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools softhsm2)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
-BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub cc python3
+BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub mosquitto_sub cc python3
     chromium chromedriver certutil pk12util softhsm2-util)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }

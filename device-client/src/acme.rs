@@ -163,9 +163,27 @@ impl AcmeClient {
         Ok(account)
     }
 
+    /// Checks that the CA offers the certificate profile `profile` in its directory's
+    /// `meta.profiles` (draft-ietf-acme-profiles §3), so a wrong name fails before any order,
+    /// with the list of what the CA offers.
+    pub fn check_profile(&self, profile: Option<&str>) -> Result<(), Error> {
+        let Some(name) = profile else {
+            return Ok(());
+        };
+        let offered = &self.directory.meta.profiles;
+        if offered.contains_key(name) {
+            return Ok(());
+        }
+        Err(Error::ProfileNotOffered {
+            profile: name.to_owned(),
+            offered: offered.iter().map(|(n, d)| format!("{n} ({d})")).collect(),
+        })
+    }
+
     /// Orders a certificate for `identifiers`, satisfies its authorizations with `enrollment`,
     /// finalizes with `csr_der`, and returns the PEM chain (leaf first). Each wait (validation,
-    /// issuance) gives up after `poll_timeout`.
+    /// issuance) gives up after `poll_timeout`. `profile`, if given, is checked against the
+    /// directory first ([`Self::check_profile`]) and sent in newOrder.
     ///
     /// `replaces` is the ARI identifier of the certificate being renewed (RFC 9773 §5); it is
     /// sent only if the CA offers renewal information. If the CA answers `alreadyReplaced` (an
@@ -178,16 +196,19 @@ impl AcmeClient {
         account_url: &str,
         identifiers: &[Identifier],
         replaces: Option<&str>,
+        profile: Option<&str>,
         enrollment: &Enrollment,
         csr_der: &[u8],
         poll_timeout: Duration,
     ) -> Result<String, Error> {
+        self.check_profile(profile)?;
         let kid = KeyRef::Kid(account_url);
         let replaces = replaces.filter(|_| self.directory.renewal_info.is_some());
         let new_order = |replaces| {
             serde_json::to_vec(&NewOrder {
                 identifiers,
                 replaces,
+                profile,
             })
             .map_err(|e| Error::Crypto(format!("cannot serialize newOrder: {e}")))
         };
@@ -326,7 +347,9 @@ impl AcmeClient {
             };
             match challenge.status {
                 ChallengeStatus::Pending => {
-                    method.prepare(&mut session, &id, challenge, &jwk).await?;
+                    method
+                        .prepare(&mut session, &authz.identifier, challenge, &jwk)
+                        .await?;
                     let payload = method.respond_payload(challenge, &jwk)?;
                     self.post(
                         key,
@@ -341,7 +364,9 @@ impl AcmeClient {
                 // Triggered by an earlier run whose response was lost: the CA may be dialing
                 // right now, so answer again, but do not trigger twice.
                 ChallengeStatus::Processing => {
-                    method.prepare(&mut session, &id, challenge, &jwk).await?;
+                    method
+                        .prepare(&mut session, &authz.identifier, challenge, &jwk)
+                        .await?;
                 }
                 ChallengeStatus::Valid => {}
                 ChallengeStatus::Invalid => return Err(failed(&authz)),

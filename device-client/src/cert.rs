@@ -13,7 +13,7 @@ use x509_parser::extensions::GeneralName;
 use crate::config::LocalSettings;
 use crate::error::Error;
 use crate::files;
-use crate::key::KeyPair;
+use crate::key::CertKey;
 use crate::pkcs11::TokenKey;
 use crate::types::Identifier;
 
@@ -209,8 +209,8 @@ pub fn status(
 ) -> Result<CertStatus, Error> {
     let key = || match files::read_optional(key_path)? {
         None => Ok(Err(format!("key file {} is missing", key_path.display()))),
-        Some(pem) => Ok(KeyPair::from_pem(&pem)
-            .map(|k| k.public_key_sec1().to_vec())
+        Some(pem) => Ok(CertKey::from_pem(&pem)
+            .map(|k| k.public_key_bits().to_vec())
             .map_err(|e| format!("key file {}: {e}", key_path.display()))),
     };
     status_with_key(cert_path, key, identifiers, fraction, now)
@@ -335,7 +335,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyAlgorithm;
+    use crate::key::{KeyAlgorithm, KeyPair};
     use time::Duration;
 
     fn issue(key: &KeyPair, names: &[&str], nb: OffsetDateTime, na: OffsetDateTime) -> String {

@@ -23,6 +23,8 @@ use crate::types::Identifier;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/iiot-device-client";
 /// Default http-01 listen address: every IPv4 address, port 80 (RFC 8555 §8.3).
 pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:80";
+/// Default tls-alpn-01 listen address: every IPv4 address, port 443 (RFC 8737 §3).
+pub const DEFAULT_TLS_ALPN01_LISTEN: &str = "0.0.0.0:443";
 /// Default renewal point: two thirds of the lifetime.
 pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
 
@@ -54,8 +56,8 @@ pub struct FileConfig {
     pub fullchain: Option<PathBuf>,
     /// Account key and state.
     pub state_dir: Option<PathBuf>,
-    /// The challenge the device answers: `http-01` (default), `operator-approval-01` or
-    /// `device-attest-01`.
+    /// The challenge the device answers: `http-01` (default), `tls-alpn-01`,
+    /// `operator-approval-01` or `device-attest-01`.
     pub challenge: Option<String>,
     /// device-attest-01: the IDevID certificate chain (PEM, IDevID first, then intermediates).
     pub idevid_chain: Option<PathBuf>,
@@ -94,6 +96,13 @@ pub struct FileConfig {
     pub retry_min: Option<String>,
     /// Longest wait after failed attempts in `run`.
     pub retry_max: Option<String>,
+    // Certificate profile and identity (draft-ietf-acme-profiles, SPEC §8.3).
+    /// Certificate profile to ask for, a name from the CA directory's `meta.profiles`.
+    pub profile: Option<String>,
+    /// OPC UA ApplicationUri: a URI subjectAltName in the CSR (the `opcua` profile).
+    pub application_uri: Option<String>,
+    /// Address the tls-alpn-01 responder listens on.
+    pub tls_alpn01_listen: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -151,7 +160,10 @@ impl FileConfig {
             request_timeout,
             poll_timeout,
             retry_min,
-            retry_max
+            retry_max,
+            profile,
+            application_uri,
+            tls_alpn01_listen
         )
     }
 
@@ -311,6 +323,19 @@ impl FileConfig {
         };
         let enrollment = match self.challenge.as_deref().unwrap_or("http-01") {
             "http-01" => Enrollment::Http01 { listen },
+            "tls-alpn-01" => {
+                let listen = self
+                    .tls_alpn01_listen
+                    .as_deref()
+                    .unwrap_or(DEFAULT_TLS_ALPN01_LISTEN);
+                Enrollment::TlsAlpn01 {
+                    listen: listen.parse().map_err(|_| {
+                        Error::Config(format!(
+                            "tls_alpn01_listen {listen:?} is not an address:port like 0.0.0.0:443"
+                        ))
+                    })?,
+                }
+            }
             "operator-approval-01" => Enrollment::OperatorApproval {
                 wait: dur("approval_timeout", &self.approval_timeout, 3600)?,
             },
@@ -329,7 +354,8 @@ impl FileConfig {
             }
             other => {
                 return Err(Error::Config(format!(
-                    "challenge {other:?}: use http-01, operator-approval-01 or device-attest-01"
+                    "challenge {other:?}: use http-01, tls-alpn-01, operator-approval-01 or \
+                     device-attest-01"
                 )))
             }
         };
@@ -358,7 +384,7 @@ impl FileConfig {
                     }
                 }
             }
-            Enrollment::Http01 { .. } if has_permanent => {
+            Enrollment::Http01 { .. } | Enrollment::TlsAlpn01 { .. } if has_permanent => {
                 return Err(Error::Config(
                     "a permanent identifier is proven with device-attest-01: add \
                      --challenge device-attest-01 --idevid-chain FILE --idevid-key FILE"
@@ -382,6 +408,36 @@ impl FileConfig {
             return Err(Error::Config("retry_max must be at least retry_min".into()));
         }
         let post_install = self.post_install.clone().filter(|c| !c.trim().is_empty());
+        let account_key_algorithm = self.account_key_algorithm.unwrap_or_default();
+        if !account_key_algorithm.is_ecdsa() {
+            return Err(Error::Config(format!(
+                "account_key_algorithm {account_key_algorithm}: account keys are ECDSA, use p256 \
+                 or p384 (RSA and Ed25519 are for the certificate key, key_algorithm)"
+            )));
+        }
+        let profile = match self.profile.as_deref().map(str::trim) {
+            None => None,
+            Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_graphic()) => {
+                Some(p.to_owned())
+            }
+            Some(p) => {
+                return Err(Error::Config(format!(
+                    "profile {p:?} is not a profile name (the CA lists its profiles in its \
+                     directory's meta.profiles)"
+                )))
+            }
+        };
+        let key_algorithm = self.key_algorithm.unwrap_or_default();
+        if local.key_uri.is_some() {
+            crate::device::token_curve(key_algorithm)?;
+        }
+        let application_uri = match &self.application_uri {
+            None => None,
+            Some(uri) => {
+                crate::device::check_application_uri(uri)?;
+                Some(uri.clone())
+            }
+        };
         Ok(Settings {
             local,
             directory_url,
@@ -390,13 +446,15 @@ impl FileConfig {
             eab,
             post_install,
             post_install_timeout,
-            key_algorithm: self.key_algorithm.unwrap_or_default(),
-            account_key_algorithm: self.account_key_algorithm.unwrap_or_default(),
+            key_algorithm,
+            account_key_algorithm,
             reuse_key: self.reuse_key.unwrap_or(false),
             agree_terms: self.agree_terms.unwrap_or(false),
             request_timeout,
             poll_timeout,
             retry,
+            profile,
+            application_uri,
         })
     }
 }
@@ -465,6 +523,10 @@ pub struct Settings {
     pub poll_timeout: Duration,
     /// Backoff in `run`.
     pub retry: Backoff,
+    /// Certificate profile sent in newOrder (checked against `meta.profiles` first).
+    pub profile: Option<String>,
+    /// OPC UA ApplicationUri put into the CSR as a URI subjectAltName.
+    pub application_uri: Option<String>,
 }
 
 #[cfg(test)]
@@ -512,6 +574,56 @@ mod tests {
         );
         assert_eq!(s.trust.fingerprint_text(), FP);
         assert!(s.eab.is_none());
+    }
+
+    #[test]
+    fn profile_key_algorithm_and_application_uri() {
+        let base = format!(
+            r#"
+            directory_url = "https://ca.plant:14000/directory"
+            root_fingerprint = "{FP}"
+            dns = ["plc-7.plant"]
+            "#
+        );
+        let s = FileConfig::from_toml(&format!(
+            "{base}profile = \"opcua\"\nkey_algorithm = \"rsa2048\"\n\
+             application_uri = \"urn:plant.example:plc7\"\n"
+        ))
+        .expect("parses")
+        .into_settings()
+        .expect("valid");
+        assert_eq!(s.profile.as_deref(), Some("opcua"));
+        assert_eq!(s.key_algorithm, KeyAlgorithm::Rsa2048);
+        assert_eq!(s.application_uri.as_deref(), Some("urn:plant.example:plc7"));
+        for alg in ["p256", "p384", "ed25519", "rsa3072"] {
+            let s = FileConfig::from_toml(&format!("{base}key_algorithm = \"{alg}\"\n"))
+                .expect("parses")
+                .into_settings()
+                .expect("valid");
+            assert_eq!(s.key_algorithm.to_string(), alg);
+        }
+        let refused = |extra: &str| {
+            FileConfig::from_toml(&format!("{base}{extra}\n"))
+                .and_then(FileConfig::into_settings)
+                .expect_err(extra)
+                .to_string()
+        };
+        assert!(refused("key_algorithm = \"rsa1024\"").contains("unknown variant"));
+        assert!(refused("account_key_algorithm = \"rsa2048\"").contains("account keys are ECDSA"));
+        assert!(refused("application_uri = \"plc 7\"").contains("whitespace"));
+        assert!(refused("profile = \"\"").contains("not a profile name"));
+        // A token key is ECDSA: the other certificate key algorithms are refused with it.
+        let token = "key = \"pkcs11:token=t;object=k?module-path=/m.so\"";
+        for alg in ["p256", "p384"] {
+            let s = FileConfig::from_toml(&format!("{base}{token}\nkey_algorithm = \"{alg}\"\n"))
+                .and_then(FileConfig::into_settings)
+                .expect("a token key of p256 or p384");
+            assert!(s.local.key_uri.is_some());
+        }
+        for alg in ["ed25519", "rsa2048", "rsa3072"] {
+            let e = refused(&format!("{token}\nkey_algorithm = \"{alg}\""));
+            assert!(e.contains("cannot be used with a pkcs11: key"), "{e}");
+        }
     }
 
     #[test]
@@ -574,7 +686,27 @@ mod tests {
             challenge: Some("dns-01".into()),
             ..FileConfig::default()
         })
-        .contains("use http-01, operator-approval-01 or device-attest-01"));
+        .contains("use http-01, tls-alpn-01, operator-approval-01 or"));
+        let alpn = base
+            .clone()
+            .merge(FileConfig {
+                challenge: Some("tls-alpn-01".into()),
+                ..FileConfig::default()
+            })
+            .into_settings()
+            .expect("tls-alpn-01");
+        assert_eq!(
+            alpn.enrollment,
+            Enrollment::TlsAlpn01 {
+                listen: "0.0.0.0:443".parse().expect("addr")
+            }
+        );
+        assert!(err(FileConfig {
+            challenge: Some("tls-alpn-01".into()),
+            tls_alpn01_listen: Some("443".into()),
+            ..FileConfig::default()
+        })
+        .contains("tls_alpn01_listen \"443\" is not an address:port"));
         let approval = base
             .clone()
             .merge(FileConfig {

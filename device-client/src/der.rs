@@ -10,6 +10,8 @@ pub(crate) const CONTEXT_0: u8 = 0xa0;
 pub(crate) const DNS_NAME: u8 = 0x82;
 /// GeneralName `[7] iPAddress`.
 pub(crate) const IP_ADDRESS: u8 = 0x87;
+/// GeneralName `[6] uniformResourceIdentifier` IA5String (RFC 5280 §4.2.1.6), implicit.
+pub(crate) const URI: u8 = 0x86;
 
 /// `id-on-permanentIdentifier` (RFC 4043 §3), 1.3.6.1.5.5.7.8.3.
 pub(crate) const PERMANENT_IDENTIFIER_ARCS: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 8, 3];

@@ -16,7 +16,7 @@ use crate::cert::{self, rfc3339, CertInfo, CertStatus};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
-use crate::key::{self, KeyAlgorithm, KeyPair};
+use crate::key::{self, CertKey, KeyAlgorithm, KeyPair};
 use crate::pkcs11::{Curve, TokenKey};
 use crate::schedule;
 use crate::types::Identifier;
@@ -372,10 +372,12 @@ impl Device {
         // Before the CA is asked anything: a token that cannot be used (wrong PIN, missing) is
         // a configuration error whatever the CA's state.
         let cert_key = self.certificate_key()?;
-        let csr = cert_key.csr_der(&l.identifiers)?;
+        let csr = cert_key.csr_der(&l.identifiers, s.application_uri.as_deref())?;
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
             AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
+        // A profile the CA does not offer fails here, before an account or order is made.
+        client.check_profile(s.profile.as_deref())?;
 
         let account_key_path = State::account_key_path(&l.state_dir);
         let (account_key, created) =
@@ -408,6 +410,7 @@ impl Device {
                     &account_url,
                     &l.identifiers,
                     replaces,
+                    s.profile.as_deref(),
                     &s.enrollment,
                     &csr,
                     s.poll_timeout,
@@ -455,24 +458,35 @@ impl Device {
     /// A new key for every certificate, unless `reuse_key` is set and the key file holds one.
     /// A key in a PKCS #11 token is always the token's: generated there the first time, then
     /// reused for every certificate.
-    fn certificate_key(&self) -> Result<CertKey, Error> {
+    fn certificate_key(&self) -> Result<CertificateKey, Error> {
         if let Some(uri) = &self.s.local.key_uri {
             let curve = token_curve(self.s.key_algorithm)?;
             let (key, created) = TokenKey::open_or_generate(uri, curve)?;
             if created {
                 tracing::info!(key = %key.uri(), "generated the certificate key in the token");
             }
-            return Ok(CertKey::Token(key));
+            return Ok(CertificateKey::Token(key));
         }
-        self.file_certificate_key().map(CertKey::File)
+        self.file_certificate_key().map(CertificateKey::File)
     }
 
-    fn file_certificate_key(&self) -> Result<KeyPair, Error> {
+    /// A new file key for every certificate, unless `reuse_key` is set and the key file holds
+    /// one of the configured algorithm. A stored key of another algorithm is not reused: the
+    /// configured `key_algorithm` wins, and a new key is made (with a warning), so changing the
+    /// algorithm in the configuration takes effect at the next certificate.
+    fn file_certificate_key(&self) -> Result<CertKey, Error> {
         let path = &self.s.local.key_path;
+        let alg = self.s.key_algorithm;
         if self.s.reuse_key {
             if let Some(pem) = files::read_optional(path)? {
-                match KeyPair::from_pem(&pem) {
-                    Ok(k) => return Ok(k),
+                match CertKey::from_pem(&pem) {
+                    Ok(k) if k.algorithm() == alg => return Ok(k),
+                    Ok(k) => tracing::warn!(
+                        path = %path.display(),
+                        "the key file holds a {} key, but key_algorithm is {alg}; generating \
+                         a new {alg} key",
+                        k.algorithm()
+                    ),
                     Err(e) => tracing::warn!(
                         path = %path.display(),
                         "cannot reuse the key file ({e}); generating a new key"
@@ -480,14 +494,17 @@ impl Device {
                 }
             }
         }
-        KeyPair::generate(self.s.key_algorithm)
+        if alg.rsa_bits().is_some() {
+            tracing::info!("generating an {alg} certificate key (this takes a moment)");
+        }
+        CertKey::generate(alg)
     }
 
     /// Checks what the CA sent against the key and the identifiers, then writes key,
     /// certificate, chain and full chain, each atomically. The key goes first: a power cut
     /// between two renames leaves a key and certificate that do not match, which the next start
     /// notices ([`cert::status`]) and repairs by enrolling again.
-    fn install(&self, key: &CertKey, chain_pem: &str) -> Result<CertInfo, Error> {
+    fn install(&self, key: &CertificateKey, chain_pem: &str) -> Result<CertInfo, Error> {
         let l = &self.s.local;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -500,7 +517,7 @@ impl Device {
             ));
         };
         let info = CertInfo::from_der(leaf).map_err(|e| Error::protocol("certificate", e))?;
-        if info.public_key != key.public_key_sec1() {
+        if info.public_key != key.public_key_bits() {
             return Err(Error::protocol(
                 "certificate",
                 "the issued certificate is not for the key in the CSR",
@@ -521,7 +538,7 @@ impl Device {
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
-        if let CertKey::File(key) = key {
+        if let CertificateKey::File(key) = key {
             key.store(&l.key_path)?;
         }
         write_public(&l.cert_path, &pem_of(std::slice::from_ref(leaf)))?;
@@ -539,67 +556,86 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
     files::write_atomic(path, text.as_bytes(), files::PUBLIC_MODE)
 }
 
-/// The certificate key: made here and stored in the key file, or kept in a PKCS #11 token.
+/// The certificate key wherever it is held: key material made here ([`CertKey`], any
+/// [`KeyAlgorithm`]) and written to the key file when its certificate is installed, or a key in
+/// a PKCS #11 token ([`TokenKey`], P-256 or P-384), of which no key file is written.
 #[derive(Debug)]
-pub enum CertKey {
-    /// A key in memory, written to the key file when its certificate is installed.
-    File(KeyPair),
-    /// A key in a token; no key file is written.
+pub enum CertificateKey {
+    /// Made here; stored in the key file at installation.
+    File(CertKey),
+    /// In a token; only signatures leave it.
     Token(TokenKey),
 }
 
-impl CertKey {
-    /// The public key as an uncompressed SEC1 point, to compare with a certificate's.
-    pub fn public_key_sec1(&self) -> &[u8] {
+impl CertificateKey {
+    /// The certified public key: the subjectPublicKey bits, for EC keys the uncompressed SEC1
+    /// point. Compared with a certificate's.
+    pub fn public_key_bits(&self) -> &[u8] {
         match self {
-            Self::File(k) => k.public_key_sec1(),
+            Self::File(k) => k.public_key_bits(),
             Self::Token(k) => k.public_key_sec1().unwrap_or_default(),
         }
     }
 
-    /// The CSR for `identifiers`, signed with this key (in the token for a token key).
-    pub fn csr_der(&self, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
+    /// The CSR for `identifiers` (and the ApplicationUri, if any), signed with this key: by
+    /// rcgen for a file key, inside the token for a token key.
+    pub fn csr_der(
+        &self,
+        identifiers: &[Identifier],
+        application_uri: Option<&str>,
+    ) -> Result<Vec<u8>, Error> {
         match self {
-            Self::File(k) => csr_der(k, identifiers),
+            Self::File(k) => csr_der(k, identifiers, application_uri),
             Self::Token(k) => {
                 let signer = k.csr_signer()?;
-                csr_der_with(&signer, identifiers).map_err(|e| signer.take_error().unwrap_or(e))
+                csr_der_with(&signer, identifiers, application_uri)
+                    .map_err(|e| signer.take_error().unwrap_or(e))
             }
         }
     }
 }
 
-/// The token curve for the configured certificate key algorithm.
-fn token_curve(alg: KeyAlgorithm) -> Result<Curve, Error> {
-    if alg == KeyAlgorithm::P256 {
-        Ok(Curve::P256)
-    } else if alg == KeyAlgorithm::P384 {
-        Ok(Curve::P384)
-    } else {
-        Err(Error::Config(format!(
-            "a certificate key in a PKCS #11 token is ECDSA p256 or p384, not {alg}"
-        )))
+/// The token curve for the configured certificate key algorithm: P-256 or P-384, a
+/// configuration error for the others.
+pub(crate) fn token_curve(alg: KeyAlgorithm) -> Result<Curve, Error> {
+    match alg {
+        KeyAlgorithm::P256 => Ok(Curve::P256),
+        KeyAlgorithm::P384 => Ok(Curve::P384),
+        KeyAlgorithm::Ed25519 | KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+            Err(Error::Config(format!(
+                "key_algorithm {alg} cannot be used with a pkcs11: key: a certificate key in a \
+                 PKCS #11 token is p256 or p384 (or keep {alg} in a key file)"
+            )))
+        }
     }
 }
 
 /// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
 /// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
+/// `application_uri` adds a uniformResourceIdentifier subjectAltName, the OPC UA
+/// ApplicationUri that the `opcua` profile copies from the CSR (SPEC §8.3).
 ///
 /// With a `permanent-identifier` the CSR follows the certificate's shape (SPEC §7.4 check 5,
 /// §8.2): CN = the serial of the first one, and every identifier in the subjectAltName, the
 /// permanent identifiers as otherName PermanentIdentifier (which rcgen cannot write, so the
 /// extension is encoded here).
-pub fn csr_der(key: &KeyPair, identifiers: &[Identifier]) -> Result<Vec<u8>, Error> {
-    let kp = rcgen::KeyPair::try_from(key.pkcs8_der())
-        .map_err(|e| Error::Crypto(format!("cannot use the certificate key for a CSR: {e}")))?;
-    csr_der_with(&kp, identifiers)
+pub fn csr_der(
+    key: &CertKey,
+    identifiers: &[Identifier],
+    application_uri: Option<&str>,
+) -> Result<Vec<u8>, Error> {
+    csr_der_with(&key.rcgen()?, identifiers, application_uri)
 }
 
 /// [`csr_der`] for any key rcgen can sign with, such as a key in a PKCS #11 token.
 pub fn csr_der_with(
     kp: &impl rcgen::SigningKey,
     identifiers: &[Identifier],
+    application_uri: Option<&str>,
 ) -> Result<Vec<u8>, Error> {
+    if let Some(uri) = application_uri {
+        check_application_uri(uri)?;
+    }
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     if let Some(serial) = identifiers.iter().find_map(Identifier::serial) {
@@ -611,6 +647,9 @@ pub fn csr_der_with(
         let mut names = Vec::new();
         for id in identifiers {
             names.extend(id.general_name_der()?);
+        }
+        if let Some(uri) = application_uri {
+            names.extend(crate::der::tlv(crate::der::URI, uri.as_bytes()));
         }
         let san = crate::der::tlv(crate::der::SEQUENCE, &names);
         params
@@ -641,11 +680,52 @@ pub fn csr_der_with(
             };
             params.subject_alt_names.push(san);
         }
+        if let Some(uri) = application_uri {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                uri.to_owned()
+                    .try_into()
+                    .map_err(|e| Error::Config(format!("application_uri {uri:?}: {e}")))?,
+            ));
+        }
     }
     let csr = params
         .serialize_request(kp)
         .map_err(|e| Error::Crypto(format!("cannot make the CSR: {e}")))?;
     Ok(csr.der().to_vec())
+}
+
+/// Checks that `uri` is an absolute URI (RFC 3986 §4.3: a scheme, `:`, and more), written in
+/// printable ASCII without spaces, as an IA5String subjectAltName and OPC 10000-6 §6.2.2 ("a
+/// valid URL … or a valid URN") need. Which prefixes the CA accepts is the CA's policy.
+pub fn check_application_uri(uri: &str) -> Result<(), Error> {
+    let bad = |why: &str| Err(Error::Config(format!("application_uri {uri:?}: {why}")));
+    if let Some(c) = uri.chars().find(|c| !c.is_ascii_graphic()) {
+        return bad(&format!(
+            "contains {}; write it in printable ASCII without spaces (percent-encode the rest)",
+            if c.is_whitespace() {
+                "whitespace".to_owned()
+            } else {
+                format!("U+{:04X}", u32::from(c))
+            }
+        ));
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return bad("not an absolute URI: it has no scheme (e.g. urn:plant.example:line1:plc7)");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return bad("not an absolute URI: the scheme must start with a letter");
+    }
+    if rest.is_empty() {
+        return bad("not an absolute URI: nothing follows the scheme");
+    }
+    if uri.contains('#') {
+        return bad("an absolute URI has no fragment (#)");
+    }
+    Ok(())
 }
 
 /// Runs the post-install command with `sh -c`, with the installed paths in the environment,
@@ -698,13 +778,13 @@ mod tests {
 
     #[test]
     fn csr_names_exactly_the_identifiers() {
-        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
         let ids = [
             Identifier::parse("plc-7.plant").expect("dns"),
             Identifier::parse("10.0.0.7").expect("ip"),
             Identifier::parse("2001:db8::7").expect("ip6"),
         ];
-        let der = csr_der(&key, &ids).expect("csr");
+        let der = csr_der(&key, &ids, None).expect("csr");
         use x509_parser::prelude::FromDer as _;
         let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
@@ -716,7 +796,7 @@ mod tests {
                 .subject_public_key
                 .data
                 .as_ref(),
-            key.public_key_sec1()
+            key.public_key_bits()
         );
         let mut names = Vec::new();
         for ext in csr.requested_extensions().into_iter().flatten() {
@@ -738,12 +818,12 @@ mod tests {
 
     #[test]
     fn csr_for_a_permanent_identifier_has_cn_serial_and_other_name() {
-        let key = KeyPair::generate(KeyAlgorithm::P256).expect("key");
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
         let ids = [
             Identifier::parse("127.0.0.1").expect("ip"),
             Identifier::permanent("Sn-0042/1.3.6.1.4.1.32473").expect("permanent"),
         ];
-        let der = csr_der(&key, &ids).expect("csr");
+        let der = csr_der(&key, &ids, None).expect("csr");
         use x509_parser::prelude::FromDer as _;
         let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
@@ -792,6 +872,72 @@ mod tests {
                 "1.3.6.1.5.5.7.8.3=Sn-0042/1.3.6.1.4.1.32473"
             ]
         );
+    }
+
+    /// The URI subjectAltNames of a CSR, and its key's algorithm OID.
+    fn csr_uris(der: &[u8]) -> (Vec<String>, String) {
+        use x509_parser::prelude::FromDer as _;
+        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+            .expect("parses");
+        csr.verify_signature().expect("self-signed by the key");
+        let mut uris = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    if let x509_parser::extensions::GeneralName::URI(u) = n {
+                        uris.push((*u).to_owned());
+                    }
+                }
+            }
+        }
+        let alg = csr.signature_algorithm.algorithm.to_id_string();
+        (uris, alg)
+    }
+
+    #[test]
+    fn csr_carries_the_application_uri_and_is_signed_by_each_key_type() {
+        let uri = "urn:plant.example:line1:plc7";
+        let dns = [Identifier::parse("plc-7.plant").expect("dns")];
+        for (alg, sig_oid) in [
+            (KeyAlgorithm::Rsa2048, "1.2.840.113549.1.1.11"), // sha256WithRSAEncryption
+            (KeyAlgorithm::Ed25519, "1.3.101.112"),
+            (KeyAlgorithm::P384, "1.2.840.10045.4.3.3"), // ecdsa-with-SHA384
+        ] {
+            let key = CertKey::generate(alg).expect("key");
+            let der = csr_der(&key, &dns, Some(uri)).expect("csr");
+            assert_eq!(csr_uris(&der), (vec![uri.to_owned()], sig_oid.to_owned()));
+        }
+        // The hand-encoded SAN of a permanent identifier carries it too.
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
+        let ids = [Identifier::permanent("SN-9/1.3.6.1.4.1.32473").expect("permanent")];
+        let der = csr_der(&key, &ids, Some(uri)).expect("csr");
+        assert_eq!(csr_uris(&der).0, [uri]);
+        let der = csr_der(&key, &dns, None).expect("csr");
+        assert!(csr_uris(&der).0.is_empty());
+    }
+
+    #[test]
+    fn application_uris_must_be_absolute_printable_ascii() {
+        for ok in [
+            "urn:plant.example:line1:plc7",
+            "http://plant.example/opcua/plc7",
+            "urn:a",
+        ] {
+            check_application_uri(ok).expect(ok);
+        }
+        for (bad, why) in [
+            ("plc7", "no scheme"),
+            ("1urn:x", "start with a letter"),
+            ("urn:", "nothing follows"),
+            ("urn:a b", "whitespace"),
+            ("urn:a\u{7}", "U+0007"),
+            ("urn:ä", "U+00E4"),
+            ("urn:a#b", "fragment"),
+            ("", "no scheme"),
+        ] {
+            let err = check_application_uri(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Two independent choices:
 //!
 //! - [`Enrollment`]: the challenge the device answers for each pending authorization:
-//!   `http-01` (SPEC §5.3) or `operator-approval-01` (SPEC §5.8: the device shows its pairing
+//!   `http-01` (SPEC §5.3), `tls-alpn-01` (RFC 8737, for a device that answers on 443 but not
+//!   on 80), `operator-approval-01` (SPEC §5.8: the device shows its pairing
 //!   code and waits for an operator), or `device-attest-01` (SPEC §5.10: an IEEE 802.1AR
 //!   IDevID, from files or a [`Signer`] in a secure element, signs the key authorization). The
 //!   order flow in [`crate::acme`] asks the variant for the method of each authorization
@@ -28,6 +29,7 @@ use crate::error::Error;
 use crate::http01::Http01Responder;
 use crate::jws;
 use crate::key::Jwk;
+use crate::tlsalpn01::TlsAlpn01Responder;
 use crate::types::{Challenge, Identifier};
 
 /// The challenge type a device answers.
@@ -39,6 +41,14 @@ pub enum Enrollment {
     /// operator says otherwise, SPEC §5.5), so `listen` must be reachable there.
     Http01 {
         /// Address and port to listen on, e.g. `0.0.0.0:80`.
+        listen: SocketAddr,
+    },
+    /// `tls-alpn-01` (RFC 8737; RFC 8738 §6 for `ip`): the built-in responder listens on
+    /// `listen` while authorizations are pending and presents the validation certificate for
+    /// ALPN `acme-tls/1`. The CA dials its configured `tls_alpn_port` (443 unless the operator
+    /// says otherwise), so `listen` must be reachable there.
+    TlsAlpn01 {
+        /// Address and port to listen on, e.g. `0.0.0.0:443`.
         listen: SocketAddr,
     },
     /// `operator-approval-01` (SPEC §5.8): the device triggers the challenge, shows the pairing
@@ -65,6 +75,7 @@ impl Enrollment {
     pub fn challenge_type(&self) -> &'static str {
         match self {
             Self::Http01 { .. } => "http-01",
+            Self::TlsAlpn01 { .. } => "tls-alpn-01",
             Self::OperatorApproval { .. } => "operator-approval-01",
             Self::DeviceAttest { .. } => "device-attest-01",
         }
@@ -90,7 +101,9 @@ impl Enrollment {
     /// (longer) time an operator may take.
     pub(crate) fn wait_limit(&self, poll_timeout: Duration) -> Duration {
         match self {
-            Self::Http01 { .. } | Self::DeviceAttest { .. } => poll_timeout,
+            Self::Http01 { .. } | Self::TlsAlpn01 { .. } | Self::DeviceAttest { .. } => {
+                poll_timeout
+            }
             Self::OperatorApproval { wait } => *wait,
         }
     }
@@ -110,16 +123,26 @@ impl Enrollment {
     pub(crate) async fn prepare(
         &self,
         session: &mut ChallengeSession,
-        identifier: &str,
+        identifier: &Identifier,
         challenge: &Challenge,
         account_jwk: &Jwk,
     ) -> Result<(), Error> {
         match self {
+            Self::TlsAlpn01 { listen } => {
+                // The token is checked to be base64url (SPEC §5.2) on the way.
+                let ka = jws::key_authorization(token(challenge)?, account_jwk)?;
+                if session.tls_alpn01.is_none() {
+                    let r = TlsAlpn01Responder::bind(*listen).await?;
+                    tracing::info!(listen = %r.local_addr(), "answering tls-alpn-01 challenges");
+                    session.tls_alpn01 = Some(r);
+                }
+                if let Some(r) = &session.tls_alpn01 {
+                    r.add(identifier, &ka)?;
+                }
+                Ok(())
+            }
             Self::Http01 { listen } => {
-                let token = challenge
-                    .token
-                    .as_deref()
-                    .ok_or_else(|| Error::protocol("authorization", "http-01 without a token"))?;
+                let token = token(challenge)?;
                 let ka = jws::key_authorization(token, account_jwk)?;
                 if session.http01.is_none() {
                     let r = Http01Responder::bind(*listen).await?;
@@ -134,11 +157,9 @@ impl Enrollment {
             Self::OperatorApproval { .. } => {
                 // SPEC §5.9: the code comes from our own key and the token, never from the
                 // server.
-                let token = challenge.token.as_deref().ok_or_else(|| {
-                    Error::protocol("authorization", "operator-approval-01 without a token")
-                })?;
-                let code = pairing_code(token, account_jwk)?;
-                if session.pairing_codes.get(identifier) != Some(&code) {
+                let code = pairing_code(token(challenge)?, account_jwk)?;
+                let identifier = identifier.to_string();
+                if session.pairing_codes.get(&identifier) != Some(&code) {
                     // Printed, not only logged, so it shows on a console whatever the log level.
                     eprintln!(
                         "device-client: operator approval of {identifier} needed; pairing code \
@@ -146,7 +167,7 @@ impl Enrollment {
                          device-client: ask the operator to check this code in \
                          `ca-server approval list` and approve it"
                     );
-                    session.pairing_codes.insert(identifier.to_owned(), code);
+                    session.pairing_codes.insert(identifier, code);
                 }
                 Ok(())
             }
@@ -164,16 +185,25 @@ impl Enrollment {
         account_jwk: &Jwk,
     ) -> Result<Vec<u8>, Error> {
         match self {
-            Self::Http01 { .. } | Self::OperatorApproval { .. } => Ok(b"{}".to_vec()),
+            Self::Http01 { .. } | Self::TlsAlpn01 { .. } | Self::OperatorApproval { .. } => {
+                Ok(b"{}".to_vec())
+            }
             Self::DeviceAttest { idevid, .. } => {
-                let token = challenge.token.as_deref().ok_or_else(|| {
-                    Error::protocol("authorization", "device-attest-01 without a token")
-                })?;
-                let ka = jws::key_authorization(token, account_jwk)?;
+                let ka = jws::key_authorization(token(challenge)?, account_jwk)?;
                 idevid.response_payload(&ka)
             }
         }
     }
+}
+
+/// The token of `challenge`, which every challenge type this client answers has.
+fn token(challenge: &Challenge) -> Result<&str, Error> {
+    challenge.token.as_deref().ok_or_else(|| {
+        Error::protocol(
+            "authorization",
+            format!("a {} challenge without a token", challenge.kind),
+        )
+    })
 }
 
 /// Whatever a method keeps running while authorizations are pending; dropped (and so stopped)
@@ -181,6 +211,7 @@ impl Enrollment {
 #[derive(Debug, Default)]
 pub(crate) struct ChallengeSession {
     http01: Option<Http01Responder>,
+    tls_alpn01: Option<TlsAlpn01Responder>,
     /// The pairing code shown for each identifier awaiting approval.
     pairing_codes: HashMap<String, String>,
 }

@@ -81,9 +81,26 @@ pub enum Error {
         /// The types the authorization offers.
         offered: Vec<String>,
     },
+    /// The configured certificate profile is not in the directory's `meta.profiles`
+    /// (draft-ietf-acme-profiles §3); checked before any order is placed.
+    #[error("{}", profile_not_offered(.profile, .offered))]
+    ProfileNotOffered {
+        /// The configured profile.
+        profile: String,
+        /// What the CA offers, `name (description)`; empty if it advertises no profiles.
+        offered: Vec<String>,
+    },
     /// The http-01 responder could not listen on its address.
     #[error("cannot listen for http-01 on {addr}: {source}")]
     Http01Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The tls-alpn-01 responder could not listen on its address.
+    #[error("cannot listen for tls-alpn-01 on {addr}: {source}")]
+    TlsAlpn01Listen {
         /// The configured address.
         addr: std::net::SocketAddr,
         /// Why.
@@ -120,6 +137,20 @@ pub enum Error {
     },
 }
 
+fn profile_not_offered(profile: &str, offered: &[String]) -> String {
+    if offered.is_empty() {
+        format!(
+            "configuration: the CA offers no certificate profiles (its directory has no \
+             meta.profiles), so profile {profile:?} cannot be used: remove --profile"
+        )
+    } else {
+        format!(
+            "configuration: the CA does not offer profile {profile:?}; it offers: {}",
+            offered.join(", ")
+        )
+    }
+}
+
 fn fmt_problem(p: &Option<Box<Problem>>) -> String {
     p.as_ref().map_or_else(String::new, |p| format!(": {p}"))
 }
@@ -150,14 +181,17 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Config(_) => ErrorKind::Config,
+            Self::Config(_) | Self::ProfileNotOffered { .. } => ErrorKind::Config,
             Self::Trust(_) => ErrorKind::Trust,
             Self::Unreachable { .. } | Self::Timeout { .. } => ErrorKind::Unreachable,
             Self::Problem { .. } | Self::Protocol { .. } | Self::NoChallenge { .. } => {
                 ErrorKind::Refused
             }
             Self::AuthorizationFailed { .. } | Self::OrderInvalid { .. } => ErrorKind::Validation,
-            Self::Http01Listen { .. } | Self::Io { .. } | Self::BadFile { .. } => ErrorKind::Local,
+            Self::Http01Listen { .. }
+            | Self::TlsAlpn01Listen { .. }
+            | Self::Io { .. }
+            | Self::BadFile { .. } => ErrorKind::Local,
             Self::PostInstall { .. } => ErrorKind::PostInstall,
             Self::Crypto(_) => ErrorKind::Internal,
         }
@@ -341,6 +375,29 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "badSignatureAlgorithm (400) (the CA accepts ES256, EdDSA)"
+        );
+    }
+
+    #[test]
+    fn profile_not_offered_lists_the_offer_or_says_there_is_none() {
+        let e = Error::ProfileNotOffered {
+            profile: "opc-ua".into(),
+            offered: vec!["default (TLS)".into(), "opcua (OPC UA)".into()],
+        };
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert_eq!(
+            e.to_string(),
+            "configuration: the CA does not offer profile \"opc-ua\"; it offers: default (TLS), \
+             opcua (OPC UA)"
+        );
+        let none = Error::ProfileNotOffered {
+            profile: "opcua".into(),
+            offered: Vec::new(),
+        };
+        assert!(
+            none.to_string()
+                .contains("the CA offers no certificate profiles"),
+            "{none}"
         );
     }
 

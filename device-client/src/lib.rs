@@ -12,6 +12,7 @@
 //! | [`attest`]    | device-attest-01: IDevID chain, [`attest::Signer`], attestation object | SPEC §5.10 |
 //! | [`pkcs11`]    | certificate and IDevID keys in a PKCS #11 token (RFC 7512 URIs) | RFC 7512             |
 //! | [`http01`]    | the built-in http-01 responder                                  | SPEC §5.3            |
+//! | [`tlsalpn01`] | the built-in tls-alpn-01 responder                              | RFC 8737, RFC 8738 §6 |
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
 //! | [`device`]    | enroll / install / post-install / run-forever                   |                      |
 //! | [`files`]     | atomic writes with modes, the state file                       |                      |
@@ -25,8 +26,8 @@
 //! thumbprint and key-authorization helpers, so the device client, the embedded client and the
 //! server agree byte for byte and run the same vectors. It owns the TLS setup (reqwest is handed
 //! a rustls config with [`trust::PinnedVerifier`]; no root store is compiled in), and its
-//! challenge handling is an enum ([`enroll::Enrollment`]: http-01, operator-approval-01
-//! and device-attest-01) that the profile's own challenge types extend with new
+//! challenge handling is an enum ([`enroll::Enrollment`]: http-01, tls-alpn-01,
+//! operator-approval-01 and device-attest-01) that the profile's own challenge types extend with new
 //! variants, which a general-purpose client would not let us do without forking it. The embedded
 //! client (`embedded-client`: no_std, no heap, sans-IO, with a C ABI) mirrors this structure
 //! without allocation.
@@ -35,10 +36,11 @@
 //! of the server's own chain and is checked against the pin inside the TLS handshake, before
 //! any HTTP request. Never a system store, never a fallback.
 //!
-//! **Keys.** Made on the device with ring, P-256 by default, stored as PKCS #8 PEM in files
-//! created 0600, never sent. A new certificate key per certificate unless `reuse_key`. Or in a
-//! PKCS #11 token named by an RFC 7512 URI ([`pkcs11`]): generated there, non-extractable,
-//! signing the CSR and the device-attest-01 statement inside the token.
+//! **Keys.** Made on the device from the system CSPRNG, P-256 by default (ring; RSA certificate
+//! keys with the `rsa` crate), stored as PKCS #8 PEM in files created 0600, never sent. A new
+//! certificate key per certificate unless `reuse_key`. Or in a PKCS #11 token named by an
+//! RFC 7512 URI ([`pkcs11`]): generated there, non-extractable, signing the CSR and the
+//! device-attest-01 statement inside the token.
 //!
 //! **Files are the truth.** At every start the installed certificate and key are read back and
 //! checked (parse, key match, identifiers, validity, renewal point). A still-good certificate
@@ -64,6 +66,7 @@ pub mod jws;
 pub mod key;
 pub mod pkcs11;
 pub mod schedule;
+pub mod tlsalpn01;
 mod transport;
 pub mod trust;
 pub mod types;

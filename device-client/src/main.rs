@@ -18,18 +18,18 @@ Exit codes:
       show found a valid certificate; run was stopped by SIGTERM/SIGINT
   1   unexpected internal error
   2   usage or configuration error (including: the CA requires EAB or agreement to
-      its terms, and none is configured)
+      its terms, and none is configured; the CA does not offer --profile)
   3   trust failure: the CA's TLS certificate does not match the pinned root or
       fingerprint; nothing was sent to it
   4   the CA could not be reached or did not answer in time (try again later)
   5   the CA refused a request or answered with something that is not ACME; the
       message names the ACME problem type
   6   the CA could not validate the device (the challenge failed: check that the
-      CA can reach the http-01 address and port; device-attest-01: the CA's detail
-      says what it refused in the attestation), or the operator rejected it or did
-      not decide in time
+      CA can reach the http-01 or tls-alpn-01 address and port; device-attest-01:
+      the CA's detail says what it refused in the attestation), or the operator
+      rejected it or did not decide in time
   7   local error: a file or directory cannot be read or written, or the http-01
-      port cannot be bound
+      or tls-alpn-01 port cannot be bound
   8   a certificate was installed, but the post-install command failed
   10  show: no usable certificate (missing, expired, not matching the key or the
       configured identifiers)
@@ -121,7 +121,7 @@ struct Opts {
     /// Where the account key and state live [default: /var/lib/iiot-device-client].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Challenge to answer: http-01, operator-approval-01 (show a pairing code and wait for
+    /// Challenge to answer: http-01, tls-alpn-01 (TLS on port 443), operator-approval-01 (show a pairing code and wait for
     /// an operator), or device-attest-01 (prove --permanent-id with the IDevID; --dns/--ip of
     /// the same order answer http-01) [default: http-01].
     #[arg(long, value_name = "TYPE")]
@@ -169,10 +169,11 @@ struct Opts {
     /// Renew after this fraction of the certificate's lifetime [default: 0.6667].
     #[arg(long, value_name = "FRACTION")]
     renew_at: Option<f64>,
-    /// Certificate key algorithm: p256 or p384 [default: p256].
+    /// Certificate key algorithm: p256, p384, ed25519, rsa2048 or rsa3072 (RSA for OPC UA's
+    /// Basic256Sha256) [default: p256].
     #[arg(long, value_name = "ALG")]
     key_algorithm: Option<KeyAlgorithm>,
-    /// Account key algorithm: p256 or p384 [default: p256].
+    /// Account key algorithm: p256 or p384 (account keys are ECDSA) [default: p256].
     #[arg(long, value_name = "ALG")]
     account_key_algorithm: Option<KeyAlgorithm>,
     /// Keep the certificate key across renewals (default: a new key per certificate).
@@ -193,6 +194,16 @@ struct Opts {
     /// run: longest wait after failures [default: 1h].
     #[arg(long, value_name = "DURATION")]
     retry_max: Option<String>,
+    /// Certificate profile to ask the CA for (e.g. tls-server, mqtt-client, opcua, modbus);
+    /// checked against the profiles the CA's directory lists [default: the CA's default].
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
+    #[arg(long, value_name = "URI")]
+    application_uri: Option<String>,
+    /// Address:port the tls-alpn-01 responder listens on [default: 0.0.0.0:443].
+    #[arg(long = "tls-alpn01-listen", value_name = "ADDR")]
+    tls_alpn01_listen: Option<String>,
     /// More log output (debug).
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -240,6 +251,9 @@ impl Opts {
             poll_timeout: self.poll_timeout.clone(),
             retry_min: self.retry_min.clone(),
             retry_max: self.retry_max.clone(),
+            profile: self.profile.clone(),
+            application_uri: self.application_uri.clone(),
+            tls_alpn01_listen: self.tls_alpn01_listen.clone(),
         };
         Ok(file.merge(flags))
     }
@@ -287,8 +301,9 @@ fn fail(e: &Error) -> ExitCode {
         {
             eprintln!(
                 "device-client: hint: the CA must reach this device on the challenge port it is \
-             configured to dial (http-01: port 80 unless the operator changed it, SPEC §5.5); \
-             check --http01-listen, firewalls and the identifiers' addresses"
+             configured to dial (http-01: port 80, tls-alpn-01: port 443, unless the operator \
+             changed it, SPEC §5.5); check --http01-listen or --tls-alpn01-listen, firewalls \
+             and the identifiers' addresses"
             )
         }
         ErrorKind::Validation

@@ -47,6 +47,12 @@ pub struct DirectoryMeta {
     /// Whether newAccount needs an external account binding (RFC 8555 §7.3.4).
     #[serde(default)]
     pub external_account_required: bool,
+    /// The certificate profiles the CA offers, name → description (draft-ietf-acme-profiles
+    /// §3; SPEC §8.3). Empty when the CA has none.
+    ///
+    /// <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, String>,
 }
 
 /// An identifier object (RFC 8555 §7.1.4, RFC 8738 §3).
@@ -385,6 +391,10 @@ pub(crate) struct NewOrder<'a> {
     /// The ARI certificate identifier of the certificate this order replaces (RFC 9773 §5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) replaces: Option<&'a str>,
+    /// The certificate profile, a name from the directory's `meta.profiles`
+    /// (draft-ietf-acme-profiles §4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) profile: Option<&'a str>,
 }
 
 /// A renewal information response (RFC 9773 §4.2).

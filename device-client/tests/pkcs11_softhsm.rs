@@ -16,7 +16,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use device_client::attest::{Idevid, Signer as _};
-use device_client::device::CertKey;
+use device_client::device::CertificateKey;
 use device_client::pkcs11::{Curve, Pkcs11Uri, TokenKey};
 use device_client::{ErrorKind, Identifier};
 use x509_parser::prelude::FromDer as _;
@@ -208,8 +208,10 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
             Identifier::parse("plc-7.plant").expect("dns"),
             Identifier::parse("10.0.0.7").expect("ip"),
         ];
-        let cert_key = CertKey::Token(key);
-        let der = cert_key.csr_der(&ids).expect("csr signed in the token");
+        let cert_key = CertificateKey::Token(key);
+        let der = cert_key
+            .csr_der(&ids, None)
+            .expect("csr signed in the token");
         let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
             .expect("parses");
         csr.verify_signature()

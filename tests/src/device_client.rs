@@ -105,6 +105,8 @@ pub struct Device {
     pub extra: Vec<String>,
     /// `--key` instead of the key file [`Device::key`], e.g. a `pkcs11:` URI.
     pub key_arg: Option<String>,
+    /// `--post-install` instead of the one that logs serials to [`Self::post_install_log`].
+    pub post_install: Option<String>,
     runs: AtomicUsize,
 }
 
@@ -119,6 +121,7 @@ impl Device {
             ip: Vec::new(),
             extra: Vec::new(),
             key_arg: None,
+            post_install: None,
             runs: AtomicUsize::new(0),
         }
     }
@@ -182,10 +185,12 @@ impl Device {
             .arg("--http01-listen")
             .arg(&self.listen)
             .arg("--post-install")
-            .arg(format!(
-                "printf '%s\\n' \"$DEVICE_CLIENT_SERIAL\" >> '{}'",
-                self.post_install_log().display()
-            ))
+            .arg(self.post_install.clone().unwrap_or_else(|| {
+                format!(
+                    "printf '%s\\n' \"$DEVICE_CLIENT_SERIAL\" >> '{}'",
+                    self.post_install_log().display()
+                )
+            }))
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
         match &self.pin {
@@ -335,6 +340,17 @@ pub fn printed_pairing_codes(waiting: &Waiting, n: usize) -> Vec<(String, String
         },
     )
     .expect("the device shows its pairing codes")
+}
+
+/// Fails the test unless `out` exited with `want`, showing the client's and the server's logs.
+pub fn expect_exit(out: &RunOutput, want: i32, what: &str, server: &CaServer) {
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "{what}: expected exit {want}\n{}{}",
+        out.tails(),
+        server.logs()
+    );
 }
 
 /// The device's full chain verifies against the CA root, and its leaf names each of its DNS

@@ -14,7 +14,9 @@
 //! - `tests/pebble_harness.rs`: the same drivers against [`Pebble`], proving the harness; ignored
 //!   by default, run with `cargo test -p iiot-acme-tests --test pebble_harness -- --ignored`.
 //! - `tests/device_client.rs`: the `device-client` binary as a simulated device
-//!   ([`device_client::Device`]).
+//!   ([`device_client::Device`]); `device_client_profiles.rs`, `device_client_tls_alpn.rs` and
+//!   `device_client_mqtt.rs` (with [`mosquitto`]) for its profiles, key algorithms,
+//!   tls-alpn-01 and an MQTT device renewing while connected.
 //! - `tests/device_client_pkcs11.rs`: `device-client` with its keys in SoftHSM2 ([`softhsm`]).
 //! - `tests/console_browser.rs`: the operator console's web UI in headless Chromium
 //!   ([`console`]).
@@ -30,6 +32,7 @@ pub mod console;
 pub mod device_client;
 pub mod https;
 pub mod idevid;
+pub mod mosquitto;
 pub mod openssl;
 pub mod pebble;
 pub mod ports;

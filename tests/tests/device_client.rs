@@ -373,6 +373,15 @@ fn enrolls_by_http01_with_pebble() {
     let out = device.run("enroll", &[]);
     expect_code(&out, 2, "enroll without --agree-terms", &pebble.logs());
     assert!(out.stderr.contains("terms of service"), "{}", out.stderr);
+    // Pebble has no certificate profiles: --profile fails before any account or order.
+    let out = device.run("enroll", &["--agree-terms", "--profile", "opcua"]);
+    expect_code(&out, 2, "enroll --profile against Pebble", &pebble.logs());
+    assert!(
+        out.stderr.contains("the CA offers no certificate profiles"),
+        "{}",
+        out.stderr
+    );
+    assert!(!device.state_dir().join("state.json").exists());
 
     let out = device.run("enroll", &["--agree-terms"]);
     expect_code(&out, 0, "enroll against Pebble", &pebble.logs());

@@ -18,7 +18,6 @@
 mod acme;
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,8 +25,9 @@ use std::time::Duration;
 use acme::Tokens;
 use anyhow::{ensure, Context as _, Result};
 use iiot_acme_tests::idevid::{attestation_object, Manufacturer};
-use iiot_acme_tests::process::{run_with_timeout, Daemon};
-use iiot_acme_tests::{free_port, CaServer, CaServerOpts};
+use iiot_acme_tests::mosquitto::{self, Broker};
+use iiot_acme_tests::process::run_with_timeout;
+use iiot_acme_tests::{CaServer, CaServerOpts};
 use instant_acme::{Account, Identifier, RevocationRequest};
 
 const DEVICE: &str = "sensor-17.plant.example";
@@ -92,45 +92,9 @@ fn foreign_client(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((chain, key_path))
 }
 
-struct Broker {
-    daemon: Daemon,
-    port: u16,
-}
-
+/// Starts the broker with its `tls-server` certificate, trusting `cafile` for clients.
 fn start_broker(dir: &Path, cafile: &Path, server: &Issued, crl: Option<&Path>) -> Result<Broker> {
-    let port = free_port()?;
-    let mut conf = format!(
-        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n\
-         log_type all\nuser root\n",
-        cafile.display(),
-        server.chain.display(),
-        server.key.display()
-    );
-    if let Some(crl) = crl {
-        conf += &format!("crlfile {}\n", crl.display());
-    }
-    let conf_path = dir.join("mosquitto.conf");
-    fs::write(&conf_path, conf)?;
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let mut daemon = Daemon::spawn(
-        "mosquitto",
-        Command::new(bin).arg("-c").arg(&conf_path),
-        dir,
-    )?;
-    daemon.wait_ready(Duration::from_secs(10), |why| {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(_) => Ok(Some(())),
-            Err(e) => {
-                *why = e.to_string();
-                Ok(None)
-            }
-        }
-    })?;
-    Ok(Broker { daemon, port })
+    mosquitto::start_broker(dir, cafile, &server.chain, &server.key, crl)
 }
 
 /// `mosquitto_pub` with a client certificate; Ok(true) when the broker took the message.
