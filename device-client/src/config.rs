@@ -428,8 +428,12 @@ impl FileConfig {
             }
         };
         let key_algorithm = self.key_algorithm.unwrap_or_default();
-        if local.key_uri.is_some() {
+        let reuse_key = self.reuse_key.unwrap_or(false);
+        if let Some(uri) = &local.key_uri {
             crate::device::token_curve(key_algorithm)?;
+            if uri.object.is_none() && !reuse_key {
+                return Err(crate::device::rotation_needs_object());
+            }
         }
         let application_uri = match &self.application_uri {
             None => None,
@@ -448,7 +452,7 @@ impl FileConfig {
             post_install_timeout,
             key_algorithm,
             account_key_algorithm,
-            reuse_key: self.reuse_key.unwrap_or(false),
+            reuse_key,
             agree_terms: self.agree_terms.unwrap_or(false),
             request_timeout,
             poll_timeout,
@@ -624,6 +628,12 @@ mod tests {
             let e = refused(&format!("{token}\nkey_algorithm = \"{alg}\""));
             assert!(e.contains("cannot be used with a pkcs11: key"), "{e}");
         }
+        // A rotated token key needs a label; one kept with reuse_key may be named by id.
+        let by_id = "key = \"pkcs11:token=t;id=%01?module-path=/m.so\"";
+        assert!(refused(by_id).contains("name the key with object="));
+        FileConfig::from_toml(&format!("{base}{by_id}\nreuse_key = true\n"))
+            .and_then(FileConfig::into_settings)
+            .expect("an id-only token key with reuse_key");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
 use crate::key::{self, CertKey, KeyAlgorithm, KeyPair};
-use crate::pkcs11::{Curve, TokenKey};
+use crate::pkcs11::{self, Curve, Pkcs11Uri, TokenKey};
 use crate::schedule;
 use crate::types::Identifier;
 
@@ -119,6 +119,7 @@ impl Device {
     /// valid and not due for renewal (or `force`). Renewing a certificate that is still valid
     /// names it in `replaces` (RFC 9773 §5); an expired one is simply enrolled again.
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
+        self.settle_token_key()?;
         let status = self.status()?;
         if let (CertStatus::Valid { info, renew_at }, false) = (&status, force) {
             return Ok(EnrollOutcome::StillValid {
@@ -231,7 +232,7 @@ impl Device {
         let mut announced: Option<OffsetDateTime> = None;
         let mut plan: Option<AriPlan> = None;
         loop {
-            let status = match self.status() {
+            let status = match self.settle_token_key().and_then(|()| self.status()) {
                 Ok(s) => s,
                 // A token that refuses the PIN is not asked again: it would lock the PIN.
                 Err(e) if e.kind() == ErrorKind::Config => return Err(e),
@@ -371,7 +372,8 @@ impl Device {
         let mut state = State::load(&l.state_dir)?;
         // Before the CA is asked anything: a token that cannot be used (wrong PIN, missing) is
         // a configuration error whatever the CA's state.
-        let cert_key = self.certificate_key()?;
+        self.settle_token_key()?;
+        let (cert_key, rotation) = self.certificate_key(&State::load(&l.state_dir)?)?;
         let csr = cert_key.csr_der(&l.identifiers, s.application_uri.as_deref())?;
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
@@ -437,6 +439,15 @@ impl Device {
         state.certificate_serial = Some(installed.serial.clone());
         state.installed_at = Some(rfc3339(OffsetDateTime::now_utc()));
         state.save(&l.state_dir)?;
+        if let (Some((current, next)), Some(uri)) = (rotation, &l.key_uri) {
+            drop(cert_key);
+            if let Err(e) = self.promote_token_key(uri, &mut state, &current, &next) {
+                tracing::warn!(
+                    "the new certificate is installed, but the token still holds the old key \
+                     ({e}); the rotation is completed at the next start"
+                );
+            }
+        }
         let renew_at = installed.renewal_time(l.renew_at);
         tracing::info!(
             serial = %installed.serial,
@@ -455,19 +466,108 @@ impl Device {
         })
     }
 
-    /// A new key for every certificate, unless `reuse_key` is set and the key file holds one.
-    /// A key in a PKCS #11 token is always the token's: generated there the first time, then
-    /// reused for every certificate.
-    fn certificate_key(&self) -> Result<CertificateKey, Error> {
-        if let Some(uri) = &self.s.local.key_uri {
-            let curve = token_curve(self.s.key_algorithm)?;
-            let (key, created) = TokenKey::open_or_generate(uri, curve)?;
+    /// A new key for every certificate, unless `reuse_key` is set and the key holds one. In a
+    /// PKCS #11 token the new key is generated under the next label, and the labels of the
+    /// rotation (current, next) are returned with it, for [`Self::promote_token_key`] once
+    /// its certificate is installed. With `reuse_key` the token's key is generated once, then
+    /// kept.
+    fn certificate_key(
+        &self,
+        state: &State,
+    ) -> Result<(CertificateKey, Option<(String, String)>), Error> {
+        let Some(uri) = &self.s.local.key_uri else {
+            return Ok((self.file_certificate_key().map(CertificateKey::File)?, None));
+        };
+        let curve = token_curve(self.s.key_algorithm)?;
+        let (current, next) = cert::token_key_labels(uri, state);
+        if self.s.reuse_key {
+            let (key, created) = TokenKey::open_or_generate(uri, current.as_deref(), curve)?;
             if created {
                 tracing::info!(key = %key.uri(), "generated the certificate key in the token");
             }
-            return Ok(CertificateKey::Token(key));
+            return Ok((CertificateKey::Token(key), None));
         }
-        self.file_certificate_key().map(CertificateKey::File)
+        let (Some(current), Some(next)) = (current, next) else {
+            return Err(rotation_needs_object());
+        };
+        let stale = pkcs11::destroy(uri, &next)?;
+        if stale > 0 {
+            tracing::warn!("destroyed {stale} key objects labelled {next:?} left in the token");
+        }
+        let key = TokenKey::generate(uri, Some(&next), curve)?;
+        tracing::info!(
+            key = %key.uri(),
+            "generated a new certificate key in the token, labelled {next:?} until its \
+             certificate is installed"
+        );
+        Ok((CertificateKey::Token(key), Some((current, next))))
+    }
+
+    /// Completes or undoes a rotation of the certificate key in a token that a stop
+    /// interrupted. A new key whose certificate is installed replaces the old one
+    /// ([`Self::promote_token_key`]); a new key without a certificate (the order did not
+    /// complete) is destroyed, so the next order gets a fresh key, one the CA has never seen in
+    /// a CSR. Nothing to do for key files or with `reuse_key`.
+    pub fn settle_token_key(&self) -> Result<(), Error> {
+        let l = &self.s.local;
+        let Some(uri) = &l.key_uri else {
+            return Ok(());
+        };
+        if self.s.reuse_key {
+            return Ok(());
+        }
+        let mut state = State::load(&l.state_dir)?;
+        let (Some(current), Some(next)) = cert::token_key_labels(uri, &state) else {
+            return Ok(());
+        };
+        let Some(new) = TokenKey::find_labelled(uri, Some(&next))? else {
+            return Ok(());
+        };
+        let certified = cert::installed_public_key(&l.cert_path)?;
+        let installed = certified.is_some() && new.public_key_sec1() == certified.as_deref();
+        drop(new);
+        if installed {
+            tracing::info!(
+                "the certificate for the key labelled {next:?} is installed; completing the \
+                 key rotation in the token"
+            );
+            self.promote_token_key(uri, &mut state, &current, &next)
+        } else {
+            let n = pkcs11::destroy(uri, &next)?;
+            tracing::warn!(
+                "destroyed the new key labelled {next:?} ({n} objects): its order did not \
+                 complete, and every order gets a new key"
+            );
+            Ok(())
+        }
+    }
+
+    /// After the certificate for the key under `next` is installed: destroys the old key
+    /// under `current` and gives the new one the configured label. A token that refuses the
+    /// relabelling keeps the new key under `next`, which the state records as current.
+    fn promote_token_key(
+        &self,
+        uri: &Pkcs11Uri,
+        state: &mut State,
+        current: &str,
+        next: &str,
+    ) -> Result<(), Error> {
+        let object = uri.object.as_deref().ok_or_else(rotation_needs_object)?;
+        let old = pkcs11::destroy(uri, current)?;
+        if old > 0 {
+            tracing::info!("destroyed the previous certificate key {current:?} in the token");
+        }
+        state.token_key_label = if next == object || pkcs11::relabel(uri, next, object)? {
+            None
+        } else {
+            tracing::warn!(
+                "the token does not let key labels change: the certificate key stays labelled \
+                 {next:?}, recorded in the state file, and the next one is generated as \
+                 {object:?}"
+            );
+            Some(next.to_owned())
+        };
+        state.save(&self.s.local.state_dir)
     }
 
     /// A new file key for every certificate, unless `reuse_key` is set and the key file holds
@@ -593,6 +693,16 @@ impl CertificateKey {
             }
         }
     }
+}
+
+/// The error for a token key without `object=` and without `reuse_key`.
+pub(crate) fn rotation_needs_object() -> Error {
+    Error::Config(
+        "a certificate key in a PKCS #11 token is replaced by a new one for every certificate, \
+         generated under the URI's object= with \".next\" and then relabelled: name the key \
+         with object= (or set reuse_key to keep one key)"
+            .into(),
+    )
 }
 
 /// The token curve for the configured certificate key algorithm: P-256 or P-384, a

@@ -105,8 +105,9 @@ struct Opts {
     #[arg(long = "permanent-id", value_name = "SERIAL[/OID]")]
     permanent_id: Vec<String>,
     /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem], or a
-    /// PKCS #11 URI (pkcs11:token=…;object=…?module-path=…&pin-source=file:…): the key is
-    /// generated in the token if it is not there, and stays there.
+    /// PKCS #11 URI (pkcs11:token=…;object=…?module-path=…&pin-source=file:…): a new key is
+    /// generated in the token for every certificate (as OBJECT.next, relabelled OBJECT once
+    /// installed; the old one is destroyed), or kept with --reuse-key.
     #[arg(long, value_name = "PATH|URI")]
     key: Option<PathBuf>,
     /// Certificate file (PEM, leaf only) [default: STATE_DIR/cert.pem].
@@ -323,9 +324,9 @@ fn fail(e: &Error) -> ExitCode {
                     .is_some_and(|d| d.contains("already certified")) =>
         {
             eprintln!(
-                "device-client: hint: a certificate key kept across renewals (--reuse-key, or a \
-                 key in a PKCS #11 token) needs a CA that allows it: [keys] \
-                 allow_renewal_key_reuse = true on the CA"
+                "device-client: hint: a certificate key kept across renewals (--reuse-key) needs \
+                 a CA that allows it: [keys] allow_renewal_key_reuse = true on the CA, or leave \
+                 out --reuse-key for a new key per certificate"
             )
         }
         ErrorKind::Trust => eprintln!(

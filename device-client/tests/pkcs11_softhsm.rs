@@ -183,7 +183,8 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
         ("csr-p384", Curve::P384, "1.2.840.10045.4.3.3"),
     ] {
         let uri = uri(token, "cert-key");
-        let (key, created) = TokenKey::open_or_generate(&uri, curve).expect("generated");
+        let (key, created) =
+            TokenKey::open_or_generate(&uri, uri.object.as_deref(), curve).expect("generated");
         assert!(created);
         assert_eq!(key.curve(), curve);
         let public = key.public_key_sec1().expect("public key").to_vec();
@@ -228,7 +229,8 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
         drop(cert_key);
 
         // The next run finds the same key instead of making another.
-        let (again, created) = TokenKey::open_or_generate(&uri, Curve::P256).expect("found");
+        let (again, created) =
+            TokenKey::open_or_generate(&uri, uri.object.as_deref(), Curve::P256).expect("found");
         assert!(!created);
         assert_eq!(again.public_key_sec1(), Some(public.as_slice()));
     }
@@ -284,7 +286,8 @@ fn wrong_pin_missing_token_and_missing_module_are_clear_configuration_errors() {
     let hsm = hsm();
     // A wrong PIN first, on a token no other test has logged in to.
     let wrong = Pkcs11Uri::parse(&uri_text("pin", "k", &hsm.wrong_pin_file)).expect("uri");
-    let e = TokenKey::open_or_generate(&wrong, Curve::P256).expect_err("wrong PIN");
+    let e = TokenKey::open_or_generate(&wrong, wrong.object.as_deref(), Curve::P256)
+        .expect_err("wrong PIN");
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("wrong PIN for token \"pin\""), "{e}");
     assert!(!e.to_string().contains("0000"), "{e}");
@@ -355,8 +358,9 @@ fn status_reads_the_public_key_from_the_token() {
     );
 
     // A certificate for another key than the token's is unusable.
+    let uri = local.key_uri.as_ref().expect("uri");
     let (key, _) =
-        TokenKey::open_or_generate(local.key_uri.as_ref().expect("uri"), Curve::P256).expect("key");
+        TokenKey::open_or_generate(uri, uri.object.as_deref(), Curve::P256).expect("key");
     let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let params = rcgen::CertificateParams::new(vec!["plc-7.plant".to_owned()]).expect("params");
     let cert = params.self_signed(&other).expect("cert");

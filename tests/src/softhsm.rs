@@ -134,18 +134,14 @@ impl SoftHsm {
     }
 }
 
-/// The uncompressed EC point of the public key labelled `label` in `token`, read through the
-/// module of this process (after [`SoftHsm::use_in_this_process`]).
-pub fn public_point(token: &str, label: &str) -> Result<Vec<u8>> {
+/// A logged-in session on `token`, through the module of this process (after
+/// [`SoftHsm::use_in_this_process`]).
+fn session(token: &str) -> Result<cryptoki::session::Session> {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::error::{Error as CkError, RvError};
     let m = Pkcs11::new(MODULE).context("load SoftHSM")?;
     match m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(
-            cryptoki::error::RvError::CryptokiAlreadyInitialized,
-            _,
-        )) => {}
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => bail!("C_Initialize: {e}"),
     }
     let mut found = None;
@@ -156,6 +152,18 @@ pub fn public_point(token: &str, label: &str) -> Result<Vec<u8>> {
     }
     let slot = found.with_context(|| format!("no token {token}"))?;
     let session = m.open_ro_session(slot)?;
+    let pin = cryptoki::types::AuthPin::from(USER_PIN.to_owned());
+    match session.login(cryptoki::session::UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => bail!("C_Login: {e}"),
+    }
+    Ok(session)
+}
+
+/// The uncompressed EC point of the one public key labelled `label` in `token`.
+pub fn public_point(token: &str, label: &str) -> Result<Vec<u8>> {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let session = session(token)?;
     let keys = session.find_objects(&[
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Label(label.as_bytes().to_vec()),
@@ -176,4 +184,14 @@ pub fn public_point(token: &str, label: &str) -> Result<Vec<u8>> {
         }
     }
     bail!("the public key has no CKA_EC_POINT")
+}
+
+/// How many objects of any class (private ones included) `token` holds under `label`.
+pub fn object_count(token: &str, label: &str) -> Result<usize> {
+    let session = session(token)?;
+    Ok(session
+        .find_objects(&[cryptoki::object::Attribute::Label(
+            label.as_bytes().to_vec(),
+        )])?
+        .len())
 }

@@ -1,6 +1,7 @@
 //! `device-client` with its keys in a PKCS #11 token (SoftHSM2), against the real CA: the
 //! certificate key is generated in the token and the CSR signed there, the certificate is for
-//! the token's key, renewal keeps it, device-attest-01 signs with an IDevID key imported into
+//! the token's key, renewal replaces it with a new token key (the CA's default: no key reuse),
+//! device-attest-01 signs with an IDevID key imported into
 //! the token, and a wrong PIN or a missing token stops the client with a configuration error.
 //!
 //! All tests of this file share one SoftHSM token directory of their own (SOFTHSM2_CONF is
@@ -13,7 +14,7 @@ use iiot_acme_tests::device_client::{verify_issued, Device, Pin};
 use iiot_acme_tests::idevid::Manufacturer;
 use iiot_acme_tests::openssl_text;
 use iiot_acme_tests::process::RunOutput;
-use iiot_acme_tests::softhsm::{public_point, SoftHsm};
+use iiot_acme_tests::softhsm::{object_count, public_point, SoftHsm};
 use iiot_acme_tests::{CaServer, CaServerOpts};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
@@ -54,9 +55,9 @@ fn installed(device: &Device) -> (String, Vec<u8>) {
 }
 
 #[test]
-fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_it() {
+fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_a_new_one() {
     let hsm = hsm();
-    let mut server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
+    let server = CaServer::start(CaServerOpts::default()).expect("ca-server starts");
     let mut device = Device::for_server(
         &server,
         Pin::RootFile(server.root_pem_path()),
@@ -72,17 +73,13 @@ fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_it() 
     expect_code(&out, 0, "enroll with the key in the token");
     assert!(
         out.stderr
-            .contains("generated the certificate key in the token"),
+            .contains("generated a new certificate key in the token"),
         "{}",
         out.tails()
     );
     verify_issued(&server, &device);
     let (serial, public) = installed(&device);
-    assert_eq!(
-        public,
-        public_point("device", "cert-key").expect("token key"),
-        "the certificate is for the token's key"
-    );
+    assert_current_token_key(&public);
     // No key file anywhere: the key is in the token only.
     assert!(!device.key().exists());
     let pem_keys = walk(device.dir.path())
@@ -111,32 +108,49 @@ fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_it() 
     expect_code(&out, 0, "enroll again");
     assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
 
-    // The token key stays the same, which a CA refuses by default (a new key for every
-    // certificate); the client says what the CA must allow.
-    let out = run("enroll", &["--force"]);
+    // With reuse_key the token key stays, which this CA refuses (a new key for every
+    // certificate, its default); the client says what the CA must allow.
+    let out = run("enroll", &["--force", "--reuse-key"]);
     expect_code(&out, 5, "renewal with the same key, refused");
     assert!(
         out.stderr.contains("allow_renewal_key_reuse = true"),
         "{}",
         out.tails()
     );
-    let mut config = std::fs::read_to_string(server.config_path()).expect("config");
-    config.push_str("\n[keys]\nallow_renewal_key_reuse = true\n");
-    std::fs::write(server.config_path(), config).expect("write config");
-    server.restart().expect("ca-server restarts");
+    assert_eq!(public_point("device", "cert-key").expect("key"), public);
 
-    // Renewal: a new certificate for the same token key.
+    // A new key left by an order that did not complete (a stop between generating and
+    // installing) is destroyed, not used: the next order gets a key of its own.
+    let leftover = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    hsm.import_pkcs8("device", "cert-key.next", "77", &leftover.serialize_pem())
+        .expect("leftover key imported");
+
+    // Renewal against the CA's default settings: a new key in the token, the old one gone.
     let out = run("enroll", &["--force"]);
-    expect_code(&out, 0, "renew");
+    expect_code(&out, 0, "renew with a new token key");
     assert!(
-        !out.stderr.contains("generated the certificate key"),
+        out.stderr
+            .contains("destroyed the new key labelled \"cert-key.next\""),
         "{}",
         out.tails()
     );
     verify_issued(&server, &device);
     let (renewed, renewed_public) = installed(&device);
     assert_ne!(renewed, serial);
-    assert_eq!(renewed_public, public);
+    assert_ne!(
+        renewed_public, public,
+        "the renewed certificate has a new key"
+    );
+    assert_ne!(renewed_public, leftover.public_key_raw());
+    assert_current_token_key(&renewed_public);
+    let show = run("show", &[]);
+    expect_code(&show, 0, "show after renewal");
+    assert!(
+        show.stdout.contains("status       valid"),
+        "{}",
+        show.stdout
+    );
+    drop(server);
 }
 
 #[test]
@@ -240,6 +254,18 @@ fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
         expect_code(&out, 2, &format!("{sub}: {what}"));
         assert!(out.stderr.contains(want), "{}", out.tails());
     }
+}
+
+/// The token "device" holds one key pair labelled cert-key, whose public key is `public`, and
+/// nothing labelled cert-key.next.
+fn assert_current_token_key(public: &[u8]) {
+    assert_eq!(
+        public,
+        public_point("device", "cert-key").expect("token key"),
+        "the certificate is for the token's current key"
+    );
+    assert_eq!(object_count("device", "cert-key").expect("count"), 2);
+    assert_eq!(object_count("device", "cert-key.next").expect("count"), 0);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

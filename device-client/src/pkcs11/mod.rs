@@ -3,11 +3,13 @@
 //! this process, which only asks the token for signatures (`C_Sign` with `CKM_ECDSA` over the
 //! message's digest).
 //!
-//! - The certificate key ([`TokenKey::open_or_generate`]): looked up by the URI's `object`
-//!   (CKA_LABEL) and `id` (CKA_ID); if the token has none, it is generated there with
-//!   `C_GenerateKeyPair`: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN true and
-//!   CKA_EXTRACTABLE false, so the token never lets it out. It signs the CSR through
-//!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
+//! - The certificate key: a new one for every certificate, generated in the token with
+//!   `C_GenerateKeyPair` ([`TokenKey::generate`]: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
+//!   CKA_SIGN true and CKA_EXTRACTABLE false, so the token never lets it out) under the URI's
+//!   `object` with [`NEXT_SUFFIX`] as CKA_LABEL, and the URI's `id` as CKA_ID. Once its
+//!   certificate is installed the old key is destroyed and the new one relabelled to `object`.
+//!   With `reuse_key`, [`TokenKey::open_or_generate`] keeps the one key. It signs the CSR
+//!   through [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
 //! - The IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the manufacturer,
 //!   never generated here; [`TokenKey`] implements [`crate::attest::Signer`].
 //!
@@ -256,10 +258,11 @@ fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
     Ok(session)
 }
 
-/// The search template for the URI's key: class, `object` as CKA_LABEL, `id` as CKA_ID.
-fn template(uri: &Pkcs11Uri, class: ObjectClass) -> Vec<Attribute> {
+/// The search template for the URI's key: class, `label` as CKA_LABEL (the URI's `object`, or
+/// another label of the same key's rotation), `id` as CKA_ID.
+fn template(uri: &Pkcs11Uri, label: Option<&str>, class: ObjectClass) -> Vec<Attribute> {
     let mut t = vec![Attribute::Class(class)];
-    if let Some(label) = &uri.object {
+    if let Some(label) = label {
         t.push(Attribute::Label(label.as_bytes().to_vec()));
     }
     if let Some(id) = &uri.id {
@@ -300,11 +303,17 @@ impl TokenKey {
 
     /// Opens the private key the URI names, or `None` if the token has none.
     pub fn find(uri: &Pkcs11Uri) -> Result<Option<Self>, Error> {
+        Self::find_labelled(uri, uri.object.as_deref())
+    }
+
+    /// [`TokenKey::find`] with `label` as CKA_LABEL instead of the URI's `object` (the
+    /// certificate key while it is rotated: [`NEXT_SUFFIX`]).
+    pub fn find_labelled(uri: &Pkcs11Uri, label: Option<&str>) -> Result<Option<Self>, Error> {
         let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
         check_key_uri(uri).map_err(config)?;
         let session = open_session(uri).map_err(config)?;
         let keys = session
-            .find_objects(&template(uri, ObjectClass::PRIVATE_KEY))
+            .find_objects(&template(uri, label, ObjectClass::PRIVATE_KEY))
             .map_err(|e| config(format!("cannot search the token: {e}")))?;
         let key = match keys.as_slice() {
             [] => return Ok(None),
@@ -316,10 +325,15 @@ impl TokenKey {
                 )))
             }
         };
-        Self::from_handle(uri, session, key).map(Some)
+        Self::from_handle(uri, label, session, key).map(Some)
     }
 
-    fn from_handle(uri: &Pkcs11Uri, session: Session, key: ObjectHandle) -> Result<Self, Error> {
+    fn from_handle(
+        uri: &Pkcs11Uri,
+        label: Option<&str>,
+        session: Session,
+        key: ObjectHandle,
+    ) -> Result<Self, Error> {
         let fail = |e: String| Error::Crypto(format!("PKCS #11 key {uri}: {e}"));
         let attrs = session
             .get_attributes(key, &[AttributeType::KeyType, AttributeType::EcParams])
@@ -342,7 +356,7 @@ impl TokenKey {
                 ))
             }
         };
-        let public = public_point(&session, uri, curve);
+        let public = public_point(&session, uri, label, curve);
         Ok(Self {
             uri: uri.to_string(),
             session: Mutex::new(session),
@@ -352,10 +366,15 @@ impl TokenKey {
         })
     }
 
-    /// The certificate key: the one the URI names, or a new one generated in the token
-    /// (non-extractable) if there is none. Returns the key and whether it was generated.
-    pub fn open_or_generate(uri: &Pkcs11Uri, curve: Curve) -> Result<(Self, bool), Error> {
-        if let Some(key) = Self::find(uri)? {
+    /// The certificate key kept for every certificate (`reuse_key`): the one under `label`, or
+    /// a new one generated in the token (non-extractable) if there is none. Returns the key
+    /// and whether it was generated.
+    pub fn open_or_generate(
+        uri: &Pkcs11Uri,
+        label: Option<&str>,
+        curve: Curve,
+    ) -> Result<(Self, bool), Error> {
+        if let Some(key) = Self::find_labelled(uri, label)? {
             if key.public.is_none() {
                 return Err(Error::Config(format!(
                     "PKCS #11 key {uri}: the token has the private key but no public key with \
@@ -371,7 +390,14 @@ impl TokenKey {
             }
             return Ok((key, false));
         }
-        if uri.object.is_none() && uri.id.is_none() {
+        Self::generate(uri, label, curve).map(|k| (k, true))
+    }
+
+    /// Generates a new key pair of `curve` in the token under `label` (CKA_LABEL of both
+    /// halves; CKA_ID the URI's `id`): CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE and CKA_SIGN
+    /// true, CKA_EXTRACTABLE false, so the token never lets the private key out.
+    pub fn generate(uri: &Pkcs11Uri, label: Option<&str>, curve: Curve) -> Result<Self, Error> {
+        if label.is_none() && uri.id.is_none() {
             return Err(Error::Config(format!(
                 "PKCS #11 key {uri}: name the key to generate with object= (its label)"
             )));
@@ -393,7 +419,7 @@ impl TokenKey {
             Attribute::Sign(true),
         ];
         for t in [&mut public, &mut private] {
-            if let Some(label) = &uri.object {
+            if let Some(label) = label {
                 t.push(Attribute::Label(label.as_bytes().to_vec()));
             }
             if let Some(id) = &uri.id {
@@ -406,7 +432,7 @@ impl TokenKey {
         if uri.id.is_none() {
             // Other tools pair a key's halves by CKA_ID; give both the point's SHA-1, as
             // pkcs11-tool and OpenSC do.
-            if let Some(point) = public_point(&session, uri, curve) {
+            if let Some(point) = public_point(&session, uri, label, curve) {
                 let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &point);
                 for h in [pub_handle, key] {
                     session
@@ -415,13 +441,13 @@ impl TokenKey {
                 }
             }
         }
-        let key = Self::from_handle(uri, session, key)?;
+        let key = Self::from_handle(uri, label, session, key)?;
         if key.public.is_none() {
             return Err(Error::Crypto(format!(
                 "PKCS #11 key {uri}: the generated public key has no readable CKA_EC_POINT"
             )));
         }
-        Ok((key, true))
+        Ok(key)
     }
 
     /// The curve.
@@ -528,6 +554,53 @@ impl rcgen::SigningKey for CsrSigner<'_> {
     }
 }
 
+/// The suffix of the label a new certificate key is generated under, in the same token with
+/// the same `id`, until its certificate is installed; then the old key is destroyed and the new
+/// one takes the configured label ([`destroy`], [`relabel`]).
+pub const NEXT_SUFFIX: &str = ".next";
+
+/// Destroys the private and public key objects under `label` (and the URI's `id`). Returns
+/// how many there were.
+pub fn destroy(uri: &Pkcs11Uri, label: &str) -> Result<usize, Error> {
+    let session =
+        open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
+    let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: destroying {label}: {e}"));
+    let mut n = 0;
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        for h in session
+            .find_objects(&template(uri, Some(label), class))
+            .map_err(fail)?
+        {
+            session.destroy_object(h).map_err(fail)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Gives the key objects under `from` (and the URI's `id`) the CKA_LABEL `to`. `Ok(false)` if
+/// the token does not let labels change (CKA_LABEL read-only, as on some tokens).
+pub fn relabel(uri: &Pkcs11Uri, from: &str, to: &str) -> Result<bool, Error> {
+    let session =
+        open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
+    let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: relabelling {from}: {e}"));
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        for h in session
+            .find_objects(&template(uri, Some(from), class))
+            .map_err(fail)?
+        {
+            match session.update_attributes(h, &[Attribute::Label(to.as_bytes().to_vec())]) {
+                Ok(()) => {}
+                Err(CkError::Pkcs11(RvError::AttributeReadOnly | RvError::ActionProhibited, _)) => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// The URI must name a private key: no other `type`, and at least a label or an id.
 fn check_key_uri(uri: &Pkcs11Uri) -> Result<(), String> {
     if uri
@@ -556,13 +629,18 @@ pub fn parse_key_uri(text: &str, what: &str) -> Result<Pkcs11Uri, Error> {
 /// The public key's CKA_EC_POINT: the public key object with the same label and id, else the
 /// private key's own (some tokens keep it there). PKCS #11 says it is a DER OCTET STRING around
 /// the point; a few tokens return the bare point, which is accepted too.
-fn public_point(session: &Session, uri: &Pkcs11Uri, curve: Curve) -> Option<Vec<u8>> {
+fn public_point(
+    session: &Session,
+    uri: &Pkcs11Uri,
+    label: Option<&str>,
+    curve: Curve,
+) -> Option<Vec<u8>> {
     let mut candidates = session
-        .find_objects(&template(uri, ObjectClass::PUBLIC_KEY))
+        .find_objects(&template(uri, label, ObjectClass::PUBLIC_KEY))
         .unwrap_or_default();
     candidates.extend(
         session
-            .find_objects(&template(uri, ObjectClass::PRIVATE_KEY))
+            .find_objects(&template(uri, label, ObjectClass::PRIVATE_KEY))
             .unwrap_or_default(),
     );
     let point_len = 1 + 2 * curve.len();
