@@ -29,7 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::b64;
 use crate::error::Error;
-use crate::pkcs11::{self, Pkcs11Uri, TokenKey};
+use crate::pkcs11::{self, TokenKey};
 
 /// The attestation statement format (SPEC §5.10.2).
 pub use protocol_spec::attestation::FORMAT;
@@ -218,11 +218,9 @@ impl Idevid {
         if chain.is_empty() {
             return Err(Error::bad_file(chain_path, "no CERTIFICATE PEM block"));
         }
-        let signer: Arc<dyn Signer> = match key_path.to_str() {
-            Some(k) if Pkcs11Uri::is_uri(k) => {
-                Arc::new(TokenKey::open(&pkcs11::parse_key_uri(k, "IDevID key")?)?)
-            }
-            _ => Arc::new(FileSigner::from_file(key_path)?),
+        let signer: Arc<dyn Signer> = match pkcs11::key_location(key_path, "IDevID key")? {
+            Some(uri) => Arc::new(TokenKey::open(&uri)?),
+            None => Arc::new(FileSigner::from_file(key_path)?),
         };
         Self::new(chain, signer)
     }

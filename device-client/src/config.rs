@@ -205,9 +205,9 @@ impl FileConfig {
                 "renew_at {renew_at} must be a fraction of the lifetime between 0 and 1"
             )));
         }
-        let key_uri = match self.key.as_deref().and_then(Path::to_str) {
-            Some(k) if Pkcs11Uri::is_uri(k) => Some(pkcs11::parse_key_uri(k, "key")?),
-            _ => None,
+        let key_uri = match &self.key {
+            Some(k) => pkcs11::key_location(k, "key")?,
+            None => None,
         };
         // For a token key: the URI, `pin-value` redacted, for messages and the post-install
         // command's DEVICE_CLIENT_KEY.
@@ -628,6 +628,17 @@ mod tests {
             let e = refused(&format!("{token}\nkey_algorithm = \"{alg}\""));
             assert!(e.contains("cannot be used with a pkcs11: key"), "{e}");
         }
+        // A pin-value in the configuration file is used but never shown.
+        let s = FileConfig::from_toml(&format!(
+            "{base}key = \"pkcs11:token=t;object=k?module-path=/m.so&pin-value=s3cret\"\n"
+        ))
+        .and_then(FileConfig::into_settings)
+        .expect("a pin-value in the file");
+        let shown = s.local.key_path.display().to_string();
+        assert!(shown.contains("pin-value=REDACTED"), "{shown}");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let e = refused("key = \"pkcs:object=k?pin-value=s3cret\"");
+        assert!(!e.contains("s3cret"), "{e}");
         // A rotated token key needs a label; one kept with reuse_key may be named by id.
         let by_id = "key = \"pkcs11:token=t;id=%01?module-path=/m.so\"";
         assert!(refused(by_id).contains("name the key with object="));

@@ -220,6 +220,19 @@ impl Opts {
             Some(path) => FileConfig::from_file(path)?,
             None => FileConfig::default(),
         };
+        // Every local user can read a process's arguments (/proc/PID/cmdline, ps).
+        for (flag, key) in [("--key", &self.key), ("--idevid-key", &self.idevid_key)] {
+            if key
+                .as_deref()
+                .is_some_and(|k| device_client::pkcs11::holds_pin_value(&k.to_string_lossy()))
+            {
+                return Err(Error::Config(format!(
+                    "{flag}: a pin-value on the command line can be read by every local user \
+                     (/proc/PID/cmdline, ps); use pin-source=file:/path/to/pin (mode 0600), or \
+                     put the URI in the configuration file"
+                )));
+            }
+        }
         let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let flags = FileConfig {
             directory_url: self.directory_url.clone(),

@@ -222,6 +222,10 @@ fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
     let wrong = hsm.uri_with_pin_file("pin", "cert-key", &wrong_pin);
 
     let absent = hsm.uri("absent", "cert-key");
+    let pin_on_command_line = format!(
+        "pkcs11:token=pin;object=cert-key?module-path={}&pin-value=s3cret",
+        iiot_acme_tests::softhsm::MODULE
+    );
     for (sub, key, what, want) in [
         (
             "enroll",
@@ -248,11 +252,29 @@ fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
             "unknown path attribute",
             "matches no object",
         ),
+        // A PIN on the command line is readable by every local user: refused, unquoted.
+        (
+            "enroll",
+            pin_on_command_line.as_str(),
+            "pin-value on the command line",
+            "--key: a pin-value on the command line can be read by every local user",
+        ),
+        (
+            "enroll",
+            "pkcs11:token=pin;object=k?module-path=/m.so&pin-value=s3cret%zz",
+            "pin-value on the command line",
+            "pin-value on the command line",
+        ),
     ] {
         device.key_arg = Some(key.to_owned());
         let out = device.run(sub, &[]);
         expect_code(&out, 2, &format!("{sub}: {what}"));
         assert!(out.stderr.contains(want), "{}", out.tails());
+        assert!(
+            !out.stderr.contains("s3cret") && !out.stdout.contains("s3cret"),
+            "{}",
+            out.tails()
+        );
     }
 }
 

@@ -615,6 +615,29 @@ fn check_key_uri(uri: &Pkcs11Uri) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `text`, a key as configured, carries a PIN: a `pin-value` attribute, in any case.
+pub fn holds_pin_value(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("pin-value")
+}
+
+/// A configured key (`what`: "key", "IDevID key"): `Some` URI for a `pkcs11:` URI
+/// ([`parse_key_uri`]), `None` for a file. Text that is not a `pkcs11:` URI but holds a
+/// `pin-value` (a misspelt scheme) is refused without being quoted, so that the PIN does not
+/// end up in a message about a file that does not exist.
+pub fn key_location(path: &Path, what: &str) -> Result<Option<Pkcs11Uri>, Error> {
+    let text = path.to_string_lossy();
+    if Pkcs11Uri::is_uri(&text) {
+        return parse_key_uri(&text, what).map(Some);
+    }
+    if holds_pin_value(&text) {
+        return Err(Error::Config(format!(
+            "{what}: holds a pin-value but does not start with pkcs11: (not shown, since it \
+             holds a PIN)"
+        )));
+    }
+    Ok(None)
+}
+
 /// Parses the configured URI of a key (`what`: "key", "IDevID key"), as a configuration
 /// error, and warns once about query attributes it ignores.
 pub fn parse_key_uri(text: &str, what: &str) -> Result<Pkcs11Uri, Error> {
@@ -727,6 +750,13 @@ mod tests {
         assert!(e.to_string().contains("token appears twice"), "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let uri = parse_key_uri("pkcs11:object=k?pin-value=s3cret&x-y=1", "key").expect("ok");
+        assert!(!uri.to_string().contains("s3cret"));
+        let e = key_location(Path::new("pkcs:object=k?pin-value=s3cret"), "key").expect_err("typo");
+        assert!(e.to_string().contains("does not start with pkcs11:"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(key_location(Path::new("/etc/iiot/key.pem"), "key")
+            .expect("a file")
+            .is_none());
         assert_eq!(uri.ignored, ["x-y"]);
         let e =
             check_key_uri(&Pkcs11Uri::parse("pkcs11:token=a").expect("uri")).expect_err("no key");

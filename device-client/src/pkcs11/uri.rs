@@ -136,14 +136,28 @@ fn decode(name: &str, raw: &str, query: bool) -> Result<Vec<u8>, String> {
             out.push(c);
             i += 1;
         } else {
+            let component = if query { "query" } else { "path" };
+            if names_a_pin(name) {
+                // Not the character: it is part of a PIN.
+                return Err(format!(
+                    "{name}: a character of the value must be percent-encoded in the \
+                     {component} component (not shown: the value is a PIN)"
+                ));
+            }
             let shown = raw[i..].chars().next().unwrap_or('?');
             return Err(format!(
-                "{name}: {shown:?} must be percent-encoded in the {} component",
-                if query { "query" } else { "path" }
+                "{name}: {shown:?} must be percent-encoded in the {component} component"
             ));
         }
     }
     Ok(out)
+}
+
+/// Whether a query attribute's value may be a PIN (`pin-value`, or a misspelling of it such as
+/// `PIN-VALUE` or `pin`): never shown in messages or in [`fmt::Display`].
+fn names_a_pin(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("pin") && name != "pin-source"
 }
 
 fn text(name: &str, value: Vec<u8>) -> Result<String, String> {
@@ -192,12 +206,13 @@ impl Pkcs11Uri {
                 return Err("empty query after '?'".into());
             }
             let mut seen: Vec<&str> = Vec::new();
-            for attr in query.split('&') {
+            // Malformed attributes are named by position only: their text may be a PIN.
+            for (n, attr) in query.split('&').enumerate() {
                 let (name, raw) = attr
                     .split_once('=')
-                    .ok_or_else(|| format!("query attribute {attr:?} has no '='"))?;
+                    .ok_or_else(|| format!("query attribute {} has no '=' (name=value)", n + 1))?;
                 if name.is_empty() {
-                    return Err(format!("query attribute {attr:?} has no name"));
+                    return Err(format!("query attribute {} has no name", n + 1));
                 }
                 let standard = matches!(
                     name,
@@ -218,10 +233,11 @@ impl Pkcs11Uri {
                             .or_else(|| source.strip_prefix("file:"))
                             .unwrap_or(&source);
                         if !path.starts_with('/') {
-                            return Err(format!(
-                                "pin-source {source:?}: give a file: URI with an absolute path, \
-                                 like file:/etc/iiot-acme/token.pin"
-                            ));
+                            // Not the value: someone may have put the PIN itself there.
+                            return Err("pin-source is not a file: URI with an absolute path; \
+                                 give one like file:/etc/iiot-acme/token.pin (the value is not \
+                                 shown, in case it is the PIN)"
+                                .into());
                         }
                         set(&mut uri.pin, "pin", PinSource::File(PathBuf::from(path)))?;
                     }
@@ -240,7 +256,13 @@ impl Pkcs11Uri {
                         uri.module_path = Some(PathBuf::from(p));
                     }
                     "module-name" => uri.module_name = Some(text(name, value)?),
-                    other => uri.ignored.push(other.to_owned()),
+                    other => {
+                        uri.ignored.push(other.to_owned());
+                        if names_a_pin(other) {
+                            text_query.push(format!("{other}=REDACTED"));
+                            continue;
+                        }
+                    }
                 }
                 text_query.push(attr.to_owned());
             }
@@ -450,6 +472,34 @@ mod tests {
         ] {
             let e = Pkcs11Uri::parse(uri).expect_err(uri);
             assert!(e.contains(why), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_error_and_no_display_shows_a_pin() {
+        for uri in [
+            "pkcs11:object=k?pin-value=s3cr\u{e9}t",
+            "pkcs11:object=k?pin-value=s3cr\"t",
+            "pkcs11:object=k?pin-value=s3cr%zzt",
+            "pkcs11:object=k?pin-source=s3cret",
+            "pkcs11:object=k?=s3cret",
+            "pkcs11:object=k?s3cret",
+            "pkcs11:object=k?module-path=/m.so&s3cret",
+            "pkcs11:object=k?pin-value=s3cret&pin-value=s3cret",
+            "pkcs11:object=k?pin-value=s3cret&pin-source=file:/p",
+        ] {
+            let e = Pkcs11Uri::parse(uri).expect_err(uri);
+            assert!(!e.contains("s3cr") && !e.contains('\u{e9}'), "{uri}: {e}");
+        }
+        // Misspelt pin attributes are ignored, and redacted like pin-value.
+        for uri in [
+            "pkcs11:object=k?module-path=/m.so&PIN-VALUE=s3cret",
+            "pkcs11:object=k?module-path=/m.so&pin=s3cret",
+            "pkcs11:object=k?module-path=/m.so&pin_value=s3cret",
+        ] {
+            let u = Pkcs11Uri::parse(uri).expect(uri);
+            assert!(!u.to_string().contains("s3cret"), "{u}");
+            assert!(!format!("{u:?}").contains("s3cret"), "{u:?}");
         }
     }
 
