@@ -233,10 +233,8 @@ pub fn local_status(local: &LocalSettings, now: OffsetDateTime) -> Result<CertSt
     let (current, next) = token_key_labels(uri, &files::State::load(&local.state_dir)?);
     let key = |certified: &[u8]| {
         if let Some(next) = &next {
-            if let Some(k) = TokenKey::find_labelled(uri, Some(next))? {
-                if k.public_key_sec1() == Some(certified) {
-                    return Ok(Ok(certified.to_vec()));
-                }
+            if crate::pkcs11::public_key_labelled(uri, next)?.as_deref() == Some(certified) {
+                return Ok(Ok(certified.to_vec()));
             }
         }
         match TokenKey::find_labelled(uri, current.as_deref())? {

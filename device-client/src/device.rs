@@ -520,13 +520,9 @@ impl Device {
         let (Some(current), Some(next)) = cert::token_key_labels(uri, &state) else {
             return Ok(());
         };
-        let Some(new) = TokenKey::find_labelled(uri, Some(&next))? else {
-            return Ok(());
-        };
+        let new = pkcs11::public_key_labelled(uri, &next)?;
         let certified = cert::installed_public_key(&l.cert_path)?;
-        let installed = certified.is_some() && new.public_key_sec1() == certified.as_deref();
-        drop(new);
-        if installed {
+        if new.is_some() && new == certified {
             tracing::info!(
                 "the certificate for the key labelled {next:?} is installed; completing the \
                  key rotation in the token"
@@ -534,10 +530,12 @@ impl Device {
             self.promote_token_key(uri, &mut state, &current, &next)
         } else {
             let n = pkcs11::destroy(uri, &next)?;
-            tracing::warn!(
-                "destroyed the new key labelled {next:?} ({n} objects): its order did not \
-                 complete, and every order gets a new key"
-            );
+            if n > 0 {
+                tracing::warn!(
+                    "destroyed the new key labelled {next:?} ({n} objects): its order did not \
+                     complete, and every order gets a new key"
+                );
+            }
             Ok(())
         }
     }

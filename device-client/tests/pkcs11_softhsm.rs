@@ -24,13 +24,15 @@ use x509_parser::prelude::FromDer as _;
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "1234";
 /// One token per test, so that the tests can run at the same time.
-const TOKENS: &[&str] = &["csr-p256", "csr-p384", "idevid", "pin", "status"];
+const TOKENS: &[&str] = &["csr-p256", "csr-p384", "idevid", "pin", "status", "checks"];
 
 struct Hsm {
     _dir: tempfile::TempDir,
     pin_file: PathBuf,
     wrong_pin_file: PathBuf,
     idevid_chain: PathBuf,
+    /// The public key of the key imported into token "checks" as "imported".
+    imported_public: Vec<u8>,
 }
 
 fn softhsm2_util(conf: &Path, args: &[&str]) {
@@ -107,6 +109,26 @@ fn hsm() -> &'static Hsm {
             ],
         );
         std::fs::remove_file(key_file).expect("the key file goes; the token keeps the key");
+        // Another imported key, for the checks of how a key came into the token.
+        let imported = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let file = dir.path().join("imported.pem");
+        std::fs::write(&file, imported.serialize_pem()).expect("key file");
+        softhsm2_util(
+            &conf,
+            &[
+                "--import",
+                file.to_str().expect("utf-8"),
+                "--token",
+                "checks",
+                "--label",
+                "imported",
+                "--id",
+                "02",
+                "--pin",
+                PIN,
+            ],
+        );
+        std::fs::remove_file(&file).expect("the key file goes");
         let idevid_chain = dir.path().join("idevid.pem");
         std::fs::write(&idevid_chain, cert.pem()).expect("chain");
         let pin_file = dir.path().join("pin");
@@ -115,11 +137,13 @@ fn hsm() -> &'static Hsm {
         std::fs::write(&wrong_pin_file, "0000\n").expect("pin");
         // Before the module is loaded by anyone in this process.
         std::env::set_var("SOFTHSM2_CONF", &conf);
+        module_here();
         Hsm {
             _dir: dir,
             pin_file,
             wrong_pin_file,
             idevid_chain,
+            imported_public: imported.public_key_raw().to_vec(),
         }
     })
 }
@@ -135,24 +159,68 @@ fn uri(token: &str, object: &str) -> Pkcs11Uri {
     Pkcs11Uri::parse(&uri_text(token, object, &hsm().pin_file)).expect("uri")
 }
 
-/// Reads a private key's attributes the way another application of the token would.
-fn private_key_flags(token: &str, label: &str) -> Vec<Attribute> {
-    let m = Pkcs11::new(MODULE).expect("module");
-    // This process has initialised the module already (TokenKey did).
-    let _ = m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+/// The module, loaded and initialised once by [`hsm`] before any test uses the token (two
+/// threads in C_Initialize at once can reset SoftHSM under the other's sessions), and never
+/// dropped, which could finalise it.
+fn module_here() -> &'static Pkcs11 {
+    static MODULE_HERE: OnceLock<Pkcs11> = OnceLock::new();
+    MODULE_HERE.get_or_init(|| {
+        let m = Pkcs11::new(MODULE).expect("module");
+        m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        m
+    })
+}
+
+/// A logged-in session on `token`, as another application of the token would open it.
+fn session(token: &str) -> cryptoki::session::Session {
+    let m = module_here();
     let slot = m
         .get_slots_with_token()
         .expect("slots")
         .into_iter()
         .find(|s| m.get_token_info(*s).expect("info").label().trim_end() == token)
         .expect("token");
-    let session = m.open_ro_session(slot).expect("session");
+    let session = m.open_rw_session(slot).expect("session");
     match session.login(UserType::User, Some(&AuthPin::from(PIN.to_owned()))) {
         Ok(())
         | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
         }
         Err(e) => panic!("login: {e}"),
     }
+    session
+}
+
+/// Generates a P-256 pair in `token` with the private half labelled `private_label` and the
+/// public half `public_label`, CKA_SENSITIVE and CKA_EXTRACTABLE as given.
+fn make_pair(token: &str, private_label: &str, public_label: &str, exportable: bool) {
+    let session = session(token);
+    session
+        .generate_key_pair(
+            &cryptoki::mechanism::Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Verify(true),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+                Attribute::Label(public_label.as_bytes().to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sign(true),
+                Attribute::Sensitive(!exportable),
+                Attribute::Extractable(exportable),
+                Attribute::Label(private_label.as_bytes().to_vec()),
+            ],
+        )
+        .expect("generate");
+}
+
+/// Reads a private key's attributes the way another application of the token would.
+fn private_key_flags(token: &str, label: &str) -> Vec<Attribute> {
+    let session = session(token);
     let keys = session
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -377,4 +445,51 @@ fn status_reads_the_public_key_from_the_token() {
     std::fs::write(&local.cert_path, cert.pem()).expect("cert");
     let status = local_status(&local, now).expect("status");
     assert!(matches!(status, CertStatus::Valid { .. }), "{status}");
+}
+
+#[test]
+fn keys_that_may_have_left_the_token_or_do_not_pair_are_refused() {
+    let hsm = hsm();
+    let refused = |label: &str| {
+        let uri = uri("checks", label);
+        let e = TokenKey::open_or_generate(&uri, Some(label), Curve::P256)
+            .expect_err("refused as the certificate key");
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        e.to_string()
+    };
+    // Made extractable and not sensitive: refused for either use.
+    make_pair("checks", "exportable", "exportable", true);
+    let e = refused("exportable");
+    assert!(e.contains("not sensitive"), "{e}");
+    let e = TokenKey::open(&uri("checks", "exportable")).expect_err("nor as the IDevID key");
+    assert!(e.to_string().contains("not sensitive"), "{e}");
+
+    // Imported: not a certificate key, but an IDevID key may be (with a warning).
+    let e = refused("imported");
+    assert!(e.contains("has been outside the token"), "{e}");
+    let idevid = TokenKey::open(&uri("checks", "imported")).expect("an imported IDevID key");
+    assert_eq!(
+        idevid.public_key_sec1(),
+        Some(hsm.imported_public.as_slice())
+    );
+
+    // Two public keys under one label: which one is the certificate's is unknown.
+    make_pair("checks", "two-publics", "two-publics", false);
+    make_pair("checks", "two-publics-other", "two-publics", false);
+    let e = refused("two-publics");
+    assert!(e.contains("2 public keys match"), "{e}");
+
+    // A public key of another pair under the private key's label: the probe signature fails.
+    make_pair("checks", "mismatch", "mismatch-own-public", false);
+    make_pair("checks", "mismatch-other", "mismatch", false);
+    let e = refused("mismatch");
+    assert!(e.contains("not its pair"), "{e}");
+
+    // A generated key passes every check.
+    let (_, created) =
+        TokenKey::open_or_generate(&uri("checks", "good"), Some("good"), Curve::P256).expect("ok");
+    assert!(created);
+    let (_, created) =
+        TokenKey::open_or_generate(&uri("checks", "good"), Some("good"), Curve::P256).expect("ok");
+    assert!(!created);
 }

@@ -112,10 +112,21 @@ impl SoftHsm {
         let file = self.dir.path().join(format!("{label}.import.pem"));
         fs::write(&file, pem).context("key file to import")?;
         let path = file.to_str().context("UTF-8 path")?.to_owned();
-        let result = self.util(&[
+        let args = [
             "--import", &path, "--token", token, "--label", label, "--id", id_hex, "--pin",
             USER_PIN,
-        ]);
+        ];
+        // Up to three tries: softhsm2-util reads every token of the directory, and fails when
+        // a device-client of another test writes one at that moment. An import that failed
+        // added nothing.
+        let mut result = self.util(&args);
+        for _ in 0..2 {
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            result = self.util(&args);
+        }
         fs::remove_file(&file).context("remove the imported key file")?;
         result
     }

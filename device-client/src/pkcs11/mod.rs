@@ -91,6 +91,18 @@ impl Curve {
     }
 }
 
+/// How a key found in a token must have come there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Generated in the token and never out of it: CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE and
+    /// CKA_NEVER_EXTRACTABLE true, CKA_EXTRACTABLE false. The certificate key.
+    Generated,
+    /// Possibly imported (the IDevID key a manufacturer installs): CKA_SENSITIVE true and
+    /// CKA_EXTRACTABLE false, with a warning if CKA_ALWAYS_SENSITIVE or CKA_NEVER_EXTRACTABLE
+    /// is false.
+    MayBeImported,
+}
+
 /// The process's loaded modules by path. A module is initialised once and never finalised:
 /// `C_Finalize` would end every other user's sessions, and the process needs it until it ends.
 fn module(path: &Path) -> Result<Pkcs11, String> {
@@ -291,24 +303,30 @@ impl fmt::Debug for TokenKey {
 }
 
 impl TokenKey {
-    /// Opens the existing private key the URI names (the IDevID key). An error if the token or
-    /// the key is not there.
+    /// Opens the existing private key the URI names (the IDevID key, which may have been
+    /// imported: [`KeyOrigin::MayBeImported`]). An error if the token or the key is not there.
     pub fn open(uri: &Pkcs11Uri) -> Result<Self, Error> {
-        Self::find(uri)?.ok_or_else(|| {
+        Self::find_as(uri, uri.object.as_deref(), KeyOrigin::MayBeImported)?.ok_or_else(|| {
             Error::Config(format!(
                 "PKCS #11 key {uri}: the token has no private key with these attributes"
             ))
         })
     }
 
-    /// Opens the private key the URI names, or `None` if the token has none.
-    pub fn find(uri: &Pkcs11Uri) -> Result<Option<Self>, Error> {
-        Self::find_labelled(uri, uri.object.as_deref())
+    /// The certificate key under `label` as CKA_LABEL (the URI's `object`, or the other label
+    /// of its rotation, [`NEXT_SUFFIX`]) and the URI's `id`, or `None` if the token has none.
+    /// It must never have left the token ([`KeyOrigin::Generated`]).
+    pub fn find_labelled(uri: &Pkcs11Uri, label: Option<&str>) -> Result<Option<Self>, Error> {
+        Self::find_as(uri, label, KeyOrigin::Generated)
     }
 
-    /// [`TokenKey::find`] with `label` as CKA_LABEL instead of the URI's `object` (the
-    /// certificate key while it is rotated: [`NEXT_SUFFIX`]).
-    pub fn find_labelled(uri: &Pkcs11Uri, label: Option<&str>) -> Result<Option<Self>, Error> {
+    /// The private key under `label` and the URI's `id`, checked for `origin`, with its
+    /// public key proven to be its pair by a signature (when the token has the public key).
+    fn find_as(
+        uri: &Pkcs11Uri,
+        label: Option<&str>,
+        origin: KeyOrigin,
+    ) -> Result<Option<Self>, Error> {
         let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
         check_key_uri(uri).map_err(config)?;
         let session = open_session(uri).map_err(config)?;
@@ -325,7 +343,89 @@ impl TokenKey {
                 )))
             }
         };
-        Self::from_handle(uri, label, session, key).map(Some)
+        let key = Self::from_handle(uri, label, session, key)?;
+        key.check(origin).map_err(config)?;
+        Ok(Some(key))
+    }
+
+    /// Refuses a key that may have left the token (see [`KeyOrigin`]), and proves that the
+    /// public key found next to it is its pair: a signature over a random message verifies.
+    fn check(&self, origin: KeyOrigin) -> Result<(), String> {
+        let attrs = self
+            .session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_attributes(
+                self.key,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::AlwaysSensitive,
+                ],
+            )
+            .map_err(|e| format!("cannot read the key's attributes: {e}"))?;
+        // An attribute the token does not report counts as not set.
+        let (mut sensitive, mut extractable, mut never_extractable, mut always_sensitive) =
+            (false, true, false, false);
+        for a in attrs {
+            match a {
+                Attribute::Sensitive(v) => sensitive = v,
+                Attribute::Extractable(v) => extractable = v,
+                Attribute::NeverExtractable(v) => never_extractable = v,
+                Attribute::AlwaysSensitive(v) => always_sensitive = v,
+                _ => {}
+            }
+        }
+        if !sensitive || extractable {
+            return Err(format!(
+                "the private key is {}: a key the token lets out is not used; generate or \
+                 import it with CKA_SENSITIVE true and CKA_EXTRACTABLE false",
+                if sensitive {
+                    "extractable"
+                } else {
+                    "not sensitive"
+                }
+            ));
+        }
+        match origin {
+            KeyOrigin::Generated if !never_extractable || !always_sensitive => {
+                return Err(
+                    "the certificate key has been outside the token (CKA_NEVER_EXTRACTABLE or \
+                     CKA_ALWAYS_SENSITIVE is false: imported or once extractable); delete it \
+                     so that the client generates one in the token, or name another object="
+                        .into(),
+                )
+            }
+            KeyOrigin::MayBeImported if !never_extractable || !always_sensitive => {
+                tracing::warn!(
+                    key = %self.uri,
+                    "the key was imported into the token or was once extractable \
+                     (CKA_ALWAYS_SENSITIVE or CKA_NEVER_EXTRACTABLE is false): a copy of it \
+                     may exist outside the token"
+                );
+            }
+            _ => {}
+        }
+        if let Some(public) = &self.public {
+            let challenge: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+                .map_err(|_| "the system random generator failed".to_owned())?
+                .expose();
+            let sig = self.sign_der(&challenge).map_err(|e| e.to_string())?;
+            let alg = match self.curve {
+                Curve::P256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                Curve::P384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
+            };
+            ring::signature::UnparsedPublicKey::new(alg, public)
+                .verify(&challenge, &sig)
+                .map_err(|_| {
+                    "the public key found with the private key is not its pair (a test \
+                     signature does not verify); the token holds mismatched objects under this \
+                     label and id"
+                        .to_owned()
+                })?;
+        }
+        Ok(())
     }
 
     fn from_handle(
@@ -356,7 +456,8 @@ impl TokenKey {
                 ))
             }
         };
-        let public = public_point(&session, uri, label, curve);
+        let public = public_point(&session, uri, label, curve)
+            .map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
         Ok(Self {
             uri: uri.to_string(),
             session: Mutex::new(session),
@@ -432,7 +533,7 @@ impl TokenKey {
         if uri.id.is_none() {
             // Other tools pair a key's halves by CKA_ID; give both the point's SHA-1, as
             // pkcs11-tool and OpenSC do.
-            if let Some(point) = public_point(&session, uri, label, curve) {
+            if let Ok(Some(point)) = public_point(&session, uri, label, curve) {
                 let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &point);
                 for h in [pub_handle, key] {
                     session
@@ -447,6 +548,8 @@ impl TokenKey {
                 "PKCS #11 key {uri}: the generated public key has no readable CKA_EC_POINT"
             )));
         }
+        key.check(KeyOrigin::Generated)
+            .map_err(|e| Error::Crypto(format!("PKCS #11 key {uri}: the generated key: {e}")))?;
         Ok(key)
     }
 
@@ -578,6 +681,21 @@ pub fn destroy(uri: &Pkcs11Uri, label: &str) -> Result<usize, Error> {
     Ok(n)
 }
 
+/// The public key (uncompressed point) stored under `label` and the URI's `id`, without
+/// opening or checking the private key: to compare a new key of a rotation with the installed
+/// certificate. `None` if the token has none.
+pub fn public_key_labelled(uri: &Pkcs11Uri, label: &str) -> Result<Option<Vec<u8>>, Error> {
+    let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
+    let session = open_session(uri).map_err(config)?;
+    let mut found = None;
+    for curve in [Curve::P256, Curve::P384] {
+        if let Some(point) = public_point(&session, uri, Some(label), curve).map_err(config)? {
+            found = Some(point);
+        }
+    }
+    Ok(found)
+}
+
 /// Gives the key objects under `from` (and the URI's `id`) the CKA_LABEL `to`. `Ok(false)` if
 /// the token does not let labels change (CKA_LABEL read-only, as on some tokens).
 pub fn relabel(uri: &Pkcs11Uri, from: &str, to: &str) -> Result<bool, Error> {
@@ -649,18 +767,25 @@ pub fn parse_key_uri(text: &str, what: &str) -> Result<Pkcs11Uri, Error> {
     Ok(uri)
 }
 
-/// The public key's CKA_EC_POINT: the public key object with the same label and id, else the
-/// private key's own (some tokens keep it there). PKCS #11 says it is a DER OCTET STRING around
-/// the point; a few tokens return the bare point, which is accepted too.
+/// The public key's CKA_EC_POINT: the one public key object with the same label and id, else
+/// the private key's own (some tokens keep it there); an error if several public keys match.
+/// PKCS #11 says it is a DER OCTET STRING around the point; a few tokens return the bare
+/// point, which is accepted too.
 fn public_point(
     session: &Session,
     uri: &Pkcs11Uri,
     label: Option<&str>,
     curve: Curve,
-) -> Option<Vec<u8>> {
+) -> Result<Option<Vec<u8>>, String> {
     let mut candidates = session
         .find_objects(&template(uri, label, ObjectClass::PUBLIC_KEY))
-        .unwrap_or_default();
+        .map_err(|e| format!("cannot search the token: {e}"))?;
+    if candidates.len() > 1 {
+        return Err(format!(
+            "{} public keys match: name one with object= and id=",
+            candidates.len()
+        ));
+    }
     candidates.extend(
         session
             .find_objects(&template(uri, label, ObjectClass::PRIVATE_KEY))
@@ -679,12 +804,12 @@ fn public_point(
                     _ => continue,
                 };
                 if point.first() == Some(&0x04) {
-                    return Some(point);
+                    return Ok(Some(point));
                 }
             }
         }
     }
-    None
+    Ok(None)
 }
 
 /// DER `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from the fixed-width `r ‖ s`
