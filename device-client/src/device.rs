@@ -485,7 +485,7 @@ impl Device {
             if created {
                 tracing::info!(key = %key.uri(), "generated the certificate key in the token");
             }
-            return Ok((CertificateKey::Token(key), None));
+            return Ok((CertificateKey::Token(Box::new(key)), None));
         }
         let (Some(current), Some(next)) = (current, next) else {
             return Err(rotation_needs_object());
@@ -500,7 +500,7 @@ impl Device {
             "generated a new certificate key in the token, labelled {next:?} until its \
              certificate is installed"
         );
-        Ok((CertificateKey::Token(key), Some((current, next))))
+        Ok((CertificateKey::Token(Box::new(key)), Some((current, next))))
     }
 
     /// Completes or undoes a rotation of the certificate key in a token that a stop
@@ -662,7 +662,7 @@ pub enum CertificateKey {
     /// Made here; stored in the key file at installation.
     File(CertKey),
     /// In a token; only signatures leave it.
-    Token(TokenKey),
+    Token(Box<TokenKey>),
 }
 
 impl CertificateKey {

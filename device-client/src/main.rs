@@ -28,8 +28,9 @@ Exit codes:
       CA can reach the http-01 or tls-alpn-01 address and port; device-attest-01:
       the CA's detail says what it refused in the attestation), or the operator
       rejected it or did not decide in time
-  7   local error: a file or directory cannot be read or written, or the http-01
-      or tls-alpn-01 port cannot be bound
+  7   local error: a file or directory cannot be read or written, the http-01
+      or tls-alpn-01 port cannot be bound, or a PKCS #11 token is not there or
+      fails for now (run tries again)
   8   a certificate was installed, but the post-install command failed
   10  show: no usable certificate (missing, expired, not matching the key or the
       configured identifiers)

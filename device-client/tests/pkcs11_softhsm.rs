@@ -1,7 +1,9 @@
 //! Keys in a PKCS #11 token, against SoftHSM2 (Debian `softhsm2`, installed by
 //! scripts/install-test-deps.sh): the certificate key is generated in the token and cannot
 //! leave it, the CSR is signed there, the IDevID key imported into the token signs
-//! device-attest-01, and a wrong PIN or a missing token is a clear configuration error.
+//! device-attest-01, keys that may have left the token or do not pair are refused, a wrong
+//! PIN is a configuration error and a missing token a temporary one, and a lost session is
+//! opened again.
 //!
 //! The tokens live in a temporary directory of this test process (its own SOFTHSM2_CONF),
 //! never in the system's. They are all made before the module is loaded, since SoftHSM reads
@@ -277,7 +279,7 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
             Identifier::parse("plc-7.plant").expect("dns"),
             Identifier::parse("10.0.0.7").expect("ip"),
         ];
-        let cert_key = CertificateKey::Token(key);
+        let cert_key = CertificateKey::Token(Box::new(key));
         let der = cert_key
             .csr_der(&ids, None)
             .expect("csr signed in the token");
@@ -350,7 +352,7 @@ fn the_idevid_key_in_the_token_signs_device_attest_01() {
 }
 
 #[test]
-fn wrong_pin_missing_token_and_missing_module_are_clear_configuration_errors() {
+fn wrong_pin_and_missing_module_are_configuration_errors_a_missing_token_is_temporary() {
     let hsm = hsm();
     // A wrong PIN first, on a token no other test has logged in to.
     let wrong = Pkcs11Uri::parse(&uri_text("pin", "k", &hsm.wrong_pin_file)).expect("uri");
@@ -360,8 +362,9 @@ fn wrong_pin_missing_token_and_missing_module_are_clear_configuration_errors() {
     assert!(e.to_string().contains("wrong PIN for token \"pin\""), "{e}");
     assert!(!e.to_string().contains("0000"), "{e}");
 
+    // A token that is not there (yet: a TPM at boot) is tried again by `run`.
     let e = TokenKey::open(&uri("no-such-token", "k")).expect_err("no token");
-    assert_eq!(e.kind(), ErrorKind::Config);
+    assert_eq!(e.kind(), ErrorKind::Local, "{e}");
     let text = e.to_string();
     assert!(
         text.contains("no token matches (tokens present: ")
@@ -486,9 +489,14 @@ fn keys_that_may_have_left_the_token_or_do_not_pair_are_refused() {
     assert!(e.contains("not its pair"), "{e}");
 
     // A generated key passes every check.
-    let (_, created) =
+    let (good, created) =
         TokenKey::open_or_generate(&uri("checks", "good"), Some("good"), Curve::P256).expect("ok");
     assert!(created);
+    // A logout (by any application: logins are the token's) takes the key's session with it;
+    // the key logs in on a new session and signs.
+    session("checks").logout().expect("logout");
+    good.sign_der(b"after a logout")
+        .expect("signs on a new session");
     let (_, created) =
         TokenKey::open_or_generate(&uri("checks", "good"), Some("good"), Curve::P256).expect("ok");
     assert!(!created);

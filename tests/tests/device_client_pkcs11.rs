@@ -1,19 +1,20 @@
 //! `device-client` with its keys in a PKCS #11 token (SoftHSM2), against the real CA: the
 //! certificate key is generated in the token and the CSR signed there, the certificate is for
 //! the token's key, renewal replaces it with a new token key (the CA's default: no key reuse),
-//! device-attest-01 signs with an IDevID key imported into
-//! the token, and a wrong PIN or a missing token stops the client with a configuration error.
+//! device-attest-01 signs with an IDevID key imported into the token, a wrong PIN stops the
+//! client with a configuration error, and a missing token is tried again by `run`.
 //!
 //! All tests of this file share one SoftHSM token directory of their own (SOFTHSM2_CONF is
 //! read per process), with one token per test.
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use iiot_acme_tests::device_client::{verify_issued, Device, Pin};
 use iiot_acme_tests::idevid::Manufacturer;
 use iiot_acme_tests::openssl_text;
-use iiot_acme_tests::process::RunOutput;
+use iiot_acme_tests::process::{poll_until, RunOutput};
 use iiot_acme_tests::softhsm::{object_count, public_point, SoftHsm};
 use iiot_acme_tests::{CaServer, CaServerOpts};
 use rustls_pki_types::pem::PemObject as _;
@@ -207,7 +208,7 @@ fn device_attest_01_signs_with_the_idevid_key_in_the_token() {
 }
 
 #[test]
-fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
+fn a_wrong_pin_is_a_configuration_error_a_missing_token_is_tried_again() {
     let hsm = hsm();
     // Nothing reaches a CA: the token is checked first.
     let url = "https://127.0.0.1:9/directory";
@@ -242,12 +243,6 @@ fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
         ),
         (
             "enroll",
-            absent.as_str(),
-            "missing token",
-            "no token matches (tokens present: ",
-        ),
-        (
-            "enroll",
             "pkcs11:token=pin;object=k;x-a=1",
             "unknown path attribute",
             "matches no object",
@@ -276,6 +271,35 @@ fn a_wrong_pin_or_a_missing_token_is_a_configuration_error() {
             out.tails()
         );
     }
+
+    // A token that is not there (a TPM not ready at boot) is not a configuration error:
+    // `enroll` fails with exit 7, and `run` keeps trying with its backoff.
+    device.key_arg = Some(absent.clone());
+    let out = device.run("enroll", &[]);
+    expect_code(&out, 7, "enroll: missing token");
+    assert!(
+        out.stderr.contains("no token matches (tokens present: "),
+        "{}",
+        out.tails()
+    );
+    let mut run = device.spawn_run("run-no-token", &["--retry-min", "1s", "--retry-max", "1s"]);
+    poll_until(
+        "run tries again while the token is missing",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        |why| {
+            run.check_running()?;
+            let logs = run.logs();
+            *why = logs.clone();
+            Ok(
+                (logs.matches("no token matches").count() >= 2 && logs.contains("trying again"))
+                    .then_some(()),
+            )
+        },
+    )
+    .expect("run retries");
+    run.check_running().expect("run is still running");
+    run.kill().expect("stop run");
 }
 
 /// The token "device" holds one key pair labelled cert-key, whose public key is `public`, and

@@ -91,6 +91,54 @@ impl Curve {
     }
 }
 
+/// Why the token could not be used: the configuration (the URI, the PIN), or the token for now.
+#[derive(Debug)]
+enum Failure {
+    /// Needs the operator: exit 2, and `run` stops.
+    Config(String),
+    /// May pass: a token not present yet, a device or session error. `run` tries again.
+    Token(String),
+}
+
+impl Failure {
+    /// The crate error, the message prefixed with the key's URI (its PIN redacted).
+    fn into_error(self, uri: &Pkcs11Uri) -> Error {
+        match self {
+            Self::Config(e) => Error::Config(format!("PKCS #11 key {uri}: {e}")),
+            Self::Token(e) => Error::Token(format!("PKCS #11 key {uri}: {e}")),
+        }
+    }
+}
+
+/// A token error of an operation (`what`): a wrong, locked or expired PIN is a configuration
+/// error, anything else the token's for now.
+fn token_failure(what: &str, e: &CkError) -> Failure {
+    match e {
+        CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired, _) => {
+            Failure::Config(format!("{what}: {e}"))
+        }
+        _ => Failure::Token(format!("{what}: {e}")),
+    }
+}
+
+/// Whether a token error means that the session is gone (closed, logged out, token removed
+/// and back): worth one new session before failing. After a logout some tokens (SoftHSM)
+/// report the private key's handle as invalid rather than the user as not logged in.
+fn session_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+            _
+        )
+    )
+}
+
 /// How a key found in a token must have come there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyOrigin {
@@ -105,7 +153,9 @@ pub enum KeyOrigin {
 
 /// The process's loaded modules by path. A module is initialised once and never finalised:
 /// `C_Finalize` would end every other user's sessions, and the process needs it until it ends.
-fn module(path: &Path) -> Result<Pkcs11, String> {
+/// A module file that does not exist is a configuration error (the URI's `module-path`); one
+/// that fails to load or initialise is tried again later (a TPM stack not ready at boot).
+fn module(path: &Path) -> Result<Pkcs11, Failure> {
     static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
     let mut loaded = MODULES
         .get_or_init(Mutex::default)
@@ -115,21 +165,25 @@ fn module(path: &Path) -> Result<Pkcs11, String> {
         return Ok(m.clone());
     }
     if !path.exists() {
-        return Err(format!(
+        return Err(Failure::Config(format!(
             "the PKCS #11 module {} does not exist (module-path)",
             path.display()
-        ));
+        )));
     }
-    let m = Pkcs11::new(path)
-        .map_err(|e| format!("cannot load the PKCS #11 module {}: {e}", path.display()))?;
+    let m = Pkcs11::new(path).map_err(|e| {
+        Failure::Token(format!(
+            "cannot load the PKCS #11 module {}: {e}",
+            path.display()
+        ))
+    })?;
     match m.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Someone else in this process initialised it already: that works for us too.
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => {
-            return Err(format!(
+            return Err(Failure::Token(format!(
                 "cannot initialise the PKCS #11 module {}: {e}",
                 path.display()
-            ))
+            )))
         }
     }
     loaded.insert(path.to_owned(), m.clone());
@@ -174,16 +228,18 @@ fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>, String> {
     }
 }
 
-/// Opens a logged-in read-write session on the one token the URI names.
-fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
-    let m = module(uri.module()?)?;
+/// Opens a logged-in read-write session on the one token the URI names. No token matching
+/// (not inserted, or a TPM not ready yet) is a [`Failure::Token`]; a URI that cannot match
+/// (several tokens, the library attributes) or a PIN problem is a [`Failure::Config`].
+fn open_session(uri: &Pkcs11Uri) -> Result<Session, Failure> {
+    let m = module(uri.module().map_err(Failure::Config)?)?;
     if uri.library_manufacturer.is_some()
         || uri.library_description.is_some()
         || uri.library_version.is_some()
     {
         let info = m
             .get_library_info()
-            .map_err(|e| format!("cannot read the module information: {e}"))?;
+            .map_err(|e| token_failure("cannot read the module information", &e))?;
         let v = info.library_version();
         if uri
             .library_manufacturer
@@ -197,12 +253,14 @@ fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
                 .library_version
                 .is_some_and(|w| w != (v.major(), v.minor()))
         {
-            return Err("the module does not match the URI's library attributes".into());
+            return Err(Failure::Config(
+                "the module does not match the URI's library attributes".into(),
+            ));
         }
     }
     let slots = m
         .get_slots_with_token()
-        .map_err(|e| format!("cannot list the module's slots: {e}"))?;
+        .map_err(|e| token_failure("cannot list the module's slots", &e))?;
     let mut found = Vec::new();
     let mut labels = Vec::new();
     for slot in slots {
@@ -210,61 +268,63 @@ fn open_session(uri: &Pkcs11Uri) -> Result<Session, String> {
             Ok(t) if t.token_initialized() => labels.push(format!("{:?}", t.label().trim_end())),
             _ => {}
         }
-        if slot_matches(&m, slot, uri).map_err(|e| format!("cannot read slot {slot}: {e}"))? {
+        if slot_matches(&m, slot, uri)
+            .map_err(|e| token_failure(&format!("cannot read slot {slot}"), &e))?
+        {
             found.push(slot);
         }
     }
     let slot = match found.as_slice() {
         [one] => *one,
         [] => {
-            return Err(format!(
+            return Err(Failure::Token(format!(
                 "no token matches (tokens present: {})",
                 if labels.is_empty() {
                     "none".to_owned()
                 } else {
                     labels.join(", ")
                 }
-            ))
+            )))
         }
         _ => {
-            return Err(format!(
+            return Err(Failure::Config(format!(
                 "{} tokens match ({}): name one with token= or serial=",
                 found.len(),
                 labels.join(", ")
-            ))
+            )))
         }
     };
     let info = m
         .get_token_info(slot)
-        .map_err(|e| format!("cannot read the token information: {e}"))?;
+        .map_err(|e| token_failure("cannot read the token information", &e))?;
     let session = m
         .open_rw_session(slot)
-        .map_err(|e| format!("cannot open a session with the token: {e}"))?;
+        .map_err(|e| token_failure("cannot open a session with the token", &e))?;
     if info.login_required() {
-        let pin = pin(uri)?;
+        let pin = pin(uri).map_err(Failure::Config)?;
         if pin.is_none() && !info.protected_authentication_path() {
-            return Err(format!(
+            return Err(Failure::Config(format!(
                 "token {:?} needs its user PIN: add ?pin-source=file:/path/to/pin to the URI",
                 info.label().trim_end()
-            ));
+            )));
         }
         match session.login(UserType::User, pin.as_ref()) {
             // Logins belong to the application, not the session: another session did it.
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(format!(
+                return Err(Failure::Config(format!(
                     "wrong PIN for token {:?} (not tried again, so that the token does not \
                      lock the PIN)",
                     info.label().trim_end()
-                ))
+                )))
             }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
-                return Err(format!(
+                return Err(Failure::Config(format!(
                     "the user PIN of token {:?} is locked",
                     info.label().trim_end()
-                ))
+                )))
             }
-            Err(e) => return Err(format!("cannot log in to the token: {e}")),
+            Err(e) => return Err(token_failure("cannot log in to the token", &e)),
         }
     }
     Ok(session)
@@ -283,11 +343,14 @@ fn template(uri: &Pkcs11Uri, label: Option<&str>, class: ObjectClass) -> Vec<Att
     t
 }
 
-/// An ECDSA key in a token, with the session that uses it.
+/// An ECDSA key in a token, with the session that uses it. A session the token lost (closed,
+/// logged out, the token removed and back) is opened again once, and the key found again, before
+/// a signature fails.
 pub struct TokenKey {
     uri: String,
-    session: Mutex<Session>,
-    key: ObjectHandle,
+    parsed: Pkcs11Uri,
+    label: Option<String>,
+    live: Mutex<(Session, ObjectHandle)>,
     curve: Curve,
     /// The uncompressed point, if the token has the public key (it has for keys made here).
     public: Option<Vec<u8>>,
@@ -329,10 +392,10 @@ impl TokenKey {
     ) -> Result<Option<Self>, Error> {
         let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
         check_key_uri(uri).map_err(config)?;
-        let session = open_session(uri).map_err(config)?;
+        let session = open_session(uri).map_err(|e| e.into_error(uri))?;
         let keys = session
             .find_objects(&template(uri, label, ObjectClass::PRIVATE_KEY))
-            .map_err(|e| config(format!("cannot search the token: {e}")))?;
+            .map_err(|e| token_failure("cannot search the token", &e).into_error(uri))?;
         let key = match keys.as_slice() {
             [] => return Ok(None),
             [one] => *one,
@@ -351,12 +414,14 @@ impl TokenKey {
     /// Refuses a key that may have left the token (see [`KeyOrigin`]), and proves that the
     /// public key found next to it is its pair: a signature over a random message verifies.
     fn check(&self, origin: KeyOrigin) -> Result<(), String> {
-        let attrs = self
-            .session
+        let live = self
+            .live
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let attrs = live
+            .0
             .get_attributes(
-                self.key,
+                live.1,
                 &[
                     AttributeType::Sensitive,
                     AttributeType::Extractable,
@@ -365,6 +430,7 @@ impl TokenKey {
                 ],
             )
             .map_err(|e| format!("cannot read the key's attributes: {e}"))?;
+        drop(live);
         // An attribute the token does not report counts as not set.
         let (mut sensitive, mut extractable, mut never_extractable, mut always_sensitive) =
             (false, true, false, false);
@@ -460,8 +526,9 @@ impl TokenKey {
             .map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
         Ok(Self {
             uri: uri.to_string(),
-            session: Mutex::new(session),
-            key,
+            parsed: uri.clone(),
+            label: label.map(str::to_owned),
+            live: Mutex::new((session, key)),
             curve,
             public,
         })
@@ -503,9 +570,8 @@ impl TokenKey {
                 "PKCS #11 key {uri}: name the key to generate with object= (its label)"
             )));
         }
-        let session =
-            open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
-        let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: {e}"));
+        let session = open_session(uri).map_err(|e| e.into_error(uri))?;
+        let fail = |e: CkError| token_failure("cannot generate the key", &e).into_error(uri);
         let mut public = vec![
             Attribute::Token(true),
             Attribute::Private(false),
@@ -572,14 +638,39 @@ impl TokenKey {
     /// Returns the DER `Ecdsa-Sig-Value` (RFC 3279 §2.2.3), as X.509 and device-attest-01 use.
     pub fn sign_der(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
         let digest = self.curve.digest(msg);
-        let raw = self
-            .session
+        let uri = &self.parsed;
+        let failed = |e: &CkError| token_failure("signing failed", e).into_error(uri);
+        let mut live = self
+            .live
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
-            .map_err(|e| {
-                Error::Crypto(format!("PKCS #11 key {}: signing failed: {e}", self.uri))
-            })?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let raw = match live.0.sign(&Mechanism::Ecdsa, live.1, digest.as_ref()) {
+            Ok(raw) => raw,
+            Err(e) if session_lost(&e) => {
+                tracing::warn!(key = %self.uri, "the token session is gone ({e}); opening a new one");
+                let session = open_session(uri).map_err(|f| f.into_error(uri))?;
+                let keys = session
+                    .find_objects(&template(
+                        uri,
+                        self.label.as_deref(),
+                        ObjectClass::PRIVATE_KEY,
+                    ))
+                    .map_err(|e| token_failure("cannot search the token", &e).into_error(uri))?;
+                let [key] = keys.as_slice() else {
+                    return Err(Error::Token(format!(
+                        "PKCS #11 key {uri}: after a new session the token has {} such private \
+                         keys, not one",
+                        keys.len()
+                    )));
+                };
+                *live = (session, *key);
+                live.0
+                    .sign(&Mechanism::Ecdsa, live.1, digest.as_ref())
+                    .map_err(|e| failed(&e))?
+            }
+            Err(e) => return Err(failed(&e)),
+        };
+        drop(live);
         ecdsa_der(&raw, self.curve.len()).ok_or_else(|| {
             Error::Crypto(format!(
                 "PKCS #11 key {}: the token's signature has {} octets, not r ‖ s of {} each",
@@ -665,9 +756,8 @@ pub const NEXT_SUFFIX: &str = ".next";
 /// Destroys the private and public key objects under `label` (and the URI's `id`). Returns
 /// how many there were.
 pub fn destroy(uri: &Pkcs11Uri, label: &str) -> Result<usize, Error> {
-    let session =
-        open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
-    let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: destroying {label}: {e}"));
+    let session = open_session(uri).map_err(|e| e.into_error(uri))?;
+    let fail = |e: CkError| token_failure(&format!("cannot destroy {label}"), &e).into_error(uri);
     let mut n = 0;
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
         for h in session
@@ -686,7 +776,7 @@ pub fn destroy(uri: &Pkcs11Uri, label: &str) -> Result<usize, Error> {
 /// certificate. `None` if the token has none.
 pub fn public_key_labelled(uri: &Pkcs11Uri, label: &str) -> Result<Option<Vec<u8>>, Error> {
     let config = |e: String| Error::Config(format!("PKCS #11 key {uri}: {e}"));
-    let session = open_session(uri).map_err(config)?;
+    let session = open_session(uri).map_err(|e| e.into_error(uri))?;
     let mut found = None;
     for curve in [Curve::P256, Curve::P384] {
         if let Some(point) = public_point(&session, uri, Some(label), curve).map_err(config)? {
@@ -699,9 +789,8 @@ pub fn public_key_labelled(uri: &Pkcs11Uri, label: &str) -> Result<Option<Vec<u8
 /// Gives the key objects under `from` (and the URI's `id`) the CKA_LABEL `to`. `Ok(false)` if
 /// the token does not let labels change (CKA_LABEL read-only, as on some tokens).
 pub fn relabel(uri: &Pkcs11Uri, from: &str, to: &str) -> Result<bool, Error> {
-    let session =
-        open_session(uri).map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
-    let fail = |e: CkError| Error::Crypto(format!("PKCS #11 key {uri}: relabelling {from}: {e}"));
+    let session = open_session(uri).map_err(|e| e.into_error(uri))?;
+    let fail = |e: CkError| token_failure(&format!("cannot relabel {from}"), &e).into_error(uri);
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
         for h in session
             .find_objects(&template(uri, Some(from), class))
