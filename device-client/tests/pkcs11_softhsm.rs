@@ -271,9 +271,29 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
         ] {
             assert!(flags.contains(&want), "{token}: {want:?} not in {flags:?}");
         }
-        // Without id= in the URI, both halves get the point's SHA-1 as CKA_ID.
-        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &public);
-        assert!(flags.contains(&Attribute::Id(sha1.as_ref().to_vec())));
+        // Without id= in the URI, both halves get one random 20-octet CKA_ID, set when they
+        // are generated.
+        let id = flags
+            .iter()
+            .find_map(|a| match a {
+                Attribute::Id(id) => Some(id.clone()),
+                _ => None,
+            })
+            .expect("CKA_ID");
+        assert_eq!(id.len(), 20);
+        let session = session(token);
+        let publics = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(b"cert-key".to_vec()),
+            ])
+            .expect("find");
+        assert_eq!(
+            session
+                .get_attributes(publics[0], &[AttributeType::Id])
+                .expect("id"),
+            [Attribute::Id(id)]
+        );
 
         let ids = [
             Identifier::parse("plc-7.plant").expect("dns"),

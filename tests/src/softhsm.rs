@@ -50,6 +50,12 @@ impl SoftHsm {
         .context("softhsm2.conf")?;
         let pin_file = dir.path().join("user.pin");
         fs::write(&pin_file, format!("{USER_PIN}\n")).context("PIN file")?;
+        // As an operator should keep it: the client warns about a PIN file others can read.
+        fs::set_permissions(
+            &pin_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .context("PIN file mode")?;
         let hsm = Self {
             dir,
             conf,

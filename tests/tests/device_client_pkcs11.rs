@@ -73,6 +73,11 @@ fn enrolls_with_the_certificate_key_generated_in_the_token_and_renews_with_a_new
     let out = run("enroll", &[]);
     expect_code(&out, 0, "enroll with the key in the token");
     assert!(
+        !out.stderr.contains("PIN file"),
+        "a 0600 PIN file: {}",
+        out.tails()
+    );
+    assert!(
         out.stderr
             .contains("generated a new certificate key in the token"),
         "{}",
@@ -220,6 +225,11 @@ fn a_wrong_pin_is_a_configuration_error_a_missing_token_is_tried_again() {
     );
     let wrong_pin = hsm.path().join("wrong.pin");
     std::fs::write(&wrong_pin, "0000\n").expect("PIN file");
+    std::fs::set_permissions(
+        &wrong_pin,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("PIN file mode");
     let wrong = hsm.uri_with_pin_file("pin", "cert-key", &wrong_pin);
 
     let absent = hsm.uri("absent", "cert-key");
@@ -233,6 +243,13 @@ fn a_wrong_pin_is_a_configuration_error_a_missing_token_is_tried_again() {
             wrong.as_str(),
             "wrong PIN",
             "wrong PIN for token \"pin\"",
+        ),
+        // The wrong PIN's file is 0644 here: other users could read it.
+        (
+            "enroll",
+            wrong.as_str(),
+            "a PIN file others can read",
+            "has mode 0644: other users can read it",
         ),
         // `run` stops too instead of trying again: each try would count against the PIN.
         (

@@ -32,6 +32,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
 
 pub use uri::Pkcs11Uri;
 
@@ -215,16 +216,39 @@ fn slot_matches(m: &Pkcs11, slot: Slot, uri: &Pkcs11Uri) -> Result<bool, CkError
 }
 
 /// Reads the PIN the URI points to: the first line of the `pin-source` file, or `pin-value`.
+/// The copies made here are wiped when dropped (the file's text, [`AuthPin`]); a PIN file that
+/// other users may read is warned about, once per process.
 fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>, String> {
     match &uri.pin {
         None => Ok(None),
-        Some(uri::PinSource::Value(v)) => Ok(Some(AuthPin::from(v.clone()))),
+        Some(uri::PinSource::Value(v)) => Ok(Some(AuthPin::from(v.as_str().to_owned()))),
         Some(uri::PinSource::File(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the PIN file {}: {e}", path.display()))?;
+            warn_if_readable_by_others(path);
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the PIN file {}: {e}", path.display()))?,
+            );
             let line = text.lines().next().unwrap_or_default();
             Ok(Some(AuthPin::from(line.to_owned())))
         }
+    }
+}
+
+/// Warns (once per process) if the PIN file's mode lets its group or others read or change
+/// it: the PIN belongs to the client's user only (mode 0600 or 0400).
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "the PIN file {} has mode {mode:04o}: other users can read it; make it 0600 \
+             (chmod 600), owned by the client's user",
+            path.display()
+        );
     }
 }
 
@@ -585,29 +609,24 @@ impl TokenKey {
             Attribute::Extractable(false),
             Attribute::Sign(true),
         ];
+        // Other tools pair a key's halves by CKA_ID. It goes into the templates: some tokens
+        // (tpm2-pkcs11) refuse to change it afterwards. Without the URI's `id`, a random one.
+        let id = match &uri.id {
+            Some(id) => id.clone(),
+            None => ring::rand::generate::<[u8; 20]>(&ring::rand::SystemRandom::new())
+                .map_err(|_| Error::Crypto("the system random generator failed".into()))?
+                .expose()
+                .to_vec(),
+        };
         for t in [&mut public, &mut private] {
             if let Some(label) = label {
                 t.push(Attribute::Label(label.as_bytes().to_vec()));
             }
-            if let Some(id) = &uri.id {
-                t.push(Attribute::Id(id.clone()));
-            }
+            t.push(Attribute::Id(id.clone()));
         }
-        let (pub_handle, key) = session
+        let (_, key) = session
             .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
             .map_err(&fail)?;
-        if uri.id.is_none() {
-            // Other tools pair a key's halves by CKA_ID; give both the point's SHA-1, as
-            // pkcs11-tool and OpenSC do.
-            if let Ok(Some(point)) = public_point(&session, uri, label, curve) {
-                let id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &point);
-                for h in [pub_handle, key] {
-                    session
-                        .update_attributes(h, &[Attribute::Id(id.as_ref().to_vec())])
-                        .map_err(&fail)?;
-                }
-            }
-        }
         let key = Self::from_handle(uri, label, session, key)?;
         if key.public.is_none() {
             return Err(Error::Crypto(format!(

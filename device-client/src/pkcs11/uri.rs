@@ -15,6 +15,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use zeroize::Zeroizing;
+
 /// The URI scheme, compared without regard to case (RFC 3986 §3.1).
 pub const SCHEME: &str = "pkcs11:";
 
@@ -40,7 +42,7 @@ pub enum PinSource {
     File(PathBuf),
     /// `pin-value=…`: the PIN in the URI itself. Discouraged: the URI ends up in configuration
     /// files and process lists.
-    Value(String),
+    Value(Zeroizing<String>),
 }
 
 impl fmt::Debug for PinSource {
@@ -242,7 +244,14 @@ impl Pkcs11Uri {
                         set(&mut uri.pin, "pin", PinSource::File(PathBuf::from(path)))?;
                     }
                     "pin-value" => {
-                        set(&mut uri.pin, "pin", PinSource::Value(text(name, value)?))?;
+                        let pin = Zeroizing::new(value);
+                        let pin = std::str::from_utf8(&pin)
+                            .map_err(|_| format!("{name}: the value is not UTF-8"))?;
+                        set(
+                            &mut uri.pin,
+                            "pin",
+                            PinSource::Value(Zeroizing::new(pin.to_owned())),
+                        )?;
                         text_query.push("pin-value=REDACTED".to_owned());
                         continue;
                     }
@@ -407,7 +416,10 @@ mod tests {
              ?pin-value=the-pin",
         )
         .expect("parses");
-        assert_eq!(u.pin, Some(PinSource::Value("the-pin".into())));
+        assert_eq!(
+            u.pin,
+            Some(PinSource::Value(Zeroizing::new("the-pin".into())))
+        );
         let u = Pkcs11Uri::parse("pkcs11:object=my-sign-key;type=private?module-name=mypkcs11")
             .expect("parses");
         assert_eq!(u.module_name.as_deref(), Some("mypkcs11"));
@@ -508,7 +520,7 @@ mod tests {
         let u =
             Pkcs11Uri::parse("pkcs11:token=dev;object=k?module-path=/m.so&pin-value=12%2034&x-a=b")
                 .expect("parses");
-        assert_eq!(u.pin, Some(PinSource::Value("12 34".into())));
+        assert_eq!(u.pin, Some(PinSource::Value(String::from("12 34").into())));
         let shown = u.to_string();
         assert_eq!(
             shown,
