@@ -636,6 +636,9 @@ impl Device {
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
+        // A token key has no bytes to write: only a file key is stored. Any output that needs
+        // the private key's bytes (DER or PKCS #12 files, an OPC UA PKI directory's private
+        // key) must refuse a CertificateKey::Token with a configuration error, never export.
         if let CertificateKey::File(key) = key {
             key.store(&l.key_path)?;
         }
