@@ -505,7 +505,7 @@ impl Device {
 
     /// Completes or undoes a rotation of the certificate key in a token that a stop
     /// interrupted. A new key whose certificate is installed replaces the old one
-    /// ([`Self::promote_token_key`]); a new key without a certificate (the order did not
+    /// (by `promote_token_key`); a new key without a certificate (the order did not
     /// complete) is destroyed, so the next order gets a fresh key, one the CA has never seen in
     /// a CSR. Nothing to do for key files or with `reuse_key`.
     pub fn settle_token_key(&self) -> Result<(), Error> {

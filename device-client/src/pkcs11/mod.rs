@@ -6,12 +6,19 @@
 //! - The certificate key: a new one for every certificate, generated in the token with
 //!   `C_GenerateKeyPair` ([`TokenKey::generate`]: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
 //!   CKA_SIGN true and CKA_EXTRACTABLE false, so the token never lets it out) under the URI's
-//!   `object` with [`NEXT_SUFFIX`] as CKA_LABEL, and the URI's `id` as CKA_ID. Once its
-//!   certificate is installed the old key is destroyed and the new one relabelled to `object`.
-//!   With `reuse_key`, [`TokenKey::open_or_generate`] keeps the one key. It signs the CSR
-//!   through [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
+//!   `object` with [`NEXT_SUFFIX`] as CKA_LABEL, and the URI's `id` (or a random one) as
+//!   CKA_ID. Once its certificate is installed the old key is destroyed and the new one
+//!   relabelled to `object` ([`destroy`], [`relabel`]). With `reuse_key`,
+//!   [`TokenKey::open_or_generate`] keeps the one key. It signs the CSR through
+//!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
 //! - The IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the manufacturer,
 //!   never generated here; [`TokenKey`] implements [`crate::attest::Signer`].
+//!
+//! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, for the certificate
+//! key never out of the token), must match one private and at most one public object, and
+//! must sign a random message that its public key verifies. A wrong, locked or expired PIN or
+//! a bad URI is a configuration error; a token that is missing or failing is
+//! [`Error::Token`], which `run` tries again.
 //!
 //! ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same as the key files.
 //!
