@@ -23,17 +23,20 @@
 #                   Debian packages of ca-server and device-client; pinned, built by
 #                   `cargo install` (about a minute on 2 cores) only when missing or at another
 #                   version
+#   softhsm2        a software PKCS #11 token (module /usr/lib/softhsm/libsofthsm2.so and
+#                   softhsm2-util): device-client's certificate and IDevID keys in a token
+#                   (device-client/tests/pkcs11_softhsm.rs, tests/tests/device_client_pkcs11.rs)
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
-    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools dpkg-dev systemd adduser)
+    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools dpkg-dev systemd adduser softhsm2)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
 BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub mosquitto_sub cc python3
     chromium chromedriver certutil pk12util dpkg-deb dpkg-shlibdeps systemd-analyze setpriv runuser
-    adduser)
+    adduser softhsm2-util)
 
 log() { printf 'install-test-deps: %s\n' "$*"; }
 die() { log "error: $*" >&2; exit 1; }

@@ -11,7 +11,8 @@
 //!
 //! The IDevID key is used for nothing else: the certificate key stays a fresh key made on the
 //! device. The key sits behind [`Signer`], so a secure element or TPM can hold it and only
-//! signatures enter this process; [`FileSigner`] is the implementation for a PKCS #8 file.
+//! signatures enter this process; [`FileSigner`] is the implementation for a PKCS #8 file,
+//! [`crate::pkcs11::TokenKey`] the one for a key in a PKCS #11 token.
 
 use std::fmt;
 use std::path::Path;
@@ -28,6 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::b64;
 use crate::error::Error;
+use crate::pkcs11::{self, TokenKey};
 
 /// The attestation statement format (SPEC §5.10.2).
 pub use protocol_spec::attestation::FORMAT;
@@ -204,7 +206,8 @@ impl Idevid {
         })
     }
 
-    /// Reads the chain (PEM, IDevID first, then intermediates) and a PKCS #8 key from files.
+    /// Reads the chain (PEM, IDevID first, then intermediates) from a file, and the key from a
+    /// PKCS #8 file or, when `key_path` is a `pkcs11:` URI, a token ([`TokenKey`]).
     pub fn from_files(chain_path: &Path, key_path: &Path) -> Result<Self, Error> {
         let pem = std::fs::read(chain_path)
             .map_err(|e| Error::io("read the IDevID chain", chain_path, e))?;
@@ -215,8 +218,11 @@ impl Idevid {
         if chain.is_empty() {
             return Err(Error::bad_file(chain_path, "no CERTIFICATE PEM block"));
         }
-        let signer = FileSigner::from_file(key_path)?;
-        Self::new(chain, Arc::new(signer))
+        let signer: Arc<dyn Signer> = match pkcs11::key_location(key_path, "IDevID key")? {
+            Some(uri) => Arc::new(TokenKey::open(&uri)?),
+            None => Arc::new(FileSigner::from_file(key_path)?),
+        };
+        Self::new(chain, signer)
     }
 
     /// The subject serialNumber of the IDevID, if it has one (what the CA compares with the

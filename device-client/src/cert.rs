@@ -10,9 +10,11 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
+use crate::config::LocalSettings;
 use crate::error::Error;
 use crate::files;
 use crate::key::CertKey;
+use crate::pkcs11::{Pkcs11Uri, TokenKey};
 use crate::types::Identifier;
 
 /// What the client reads from a certificate.
@@ -205,6 +207,90 @@ pub fn status(
     fraction: f64,
     now: OffsetDateTime,
 ) -> Result<CertStatus, Error> {
+    let key = |_: &[u8]| match files::read_optional(key_path)? {
+        None => Ok(Err(format!("key file {} is missing", key_path.display()))),
+        Some(pem) => Ok(CertKey::from_pem(&pem)
+            .map(|k| k.public_key_bits().to_vec())
+            .map_err(|e| format!("key file {}: {e}", key_path.display()))),
+    };
+    status_with_key(cert_path, key, identifiers, fraction, now)
+}
+
+/// [`status`] for the configured certificate and key, the key in a file or in a PKCS #11
+/// token. In a token, the key under the current label ([`token_key_labels`]) or, where a
+/// rotation was interrupted after the certificate was installed, the new key under the other
+/// label.
+pub fn local_status(local: &LocalSettings, now: OffsetDateTime) -> Result<CertStatus, Error> {
+    let Some(uri) = &local.key_uri else {
+        return status(
+            &local.cert_path,
+            &local.key_path,
+            &local.identifiers,
+            local.renew_at,
+            now,
+        );
+    };
+    let (current, next) = token_key_labels(uri, &files::State::load(&local.state_dir)?);
+    let key = |certified: &[u8]| {
+        if let Some(next) = &next {
+            if crate::pkcs11::public_key_labelled(uri, next)?.as_deref() == Some(certified) {
+                return Ok(Ok(certified.to_vec()));
+            }
+        }
+        match TokenKey::find_labelled(uri, current.as_deref())? {
+            None => Ok(Err(format!("the token has no key {uri}"))),
+            Some(k) => Ok(k
+                .public_key_sec1()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("the token has no public key for {uri}"))),
+        }
+    };
+    status_with_key(
+        &local.cert_path,
+        key,
+        &local.identifiers,
+        local.renew_at,
+        now,
+    )
+}
+
+/// The public key (subjectPublicKey bits) of the certificate at `cert_path`, `None` if there
+/// is none or it does not parse.
+pub fn installed_public_key(cert_path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let Some(pem) = files::read_optional(cert_path)? else {
+        return Ok(None);
+    };
+    Ok(match CertificateDer::pem_slice_iter(&pem).next() {
+        Some(Ok(der)) => CertInfo::from_der(&der).ok().map(|i| i.public_key),
+        _ => None,
+    })
+}
+
+/// The CKA_LABELs of the certificate key in a token: the current key's (the URI's `object`,
+/// or the one the state records) and the one a new key is generated under, until its
+/// certificate is installed (`None` for a URI without `object`, whose key is not rotated).
+pub fn token_key_labels(uri: &Pkcs11Uri, state: &files::State) -> (Option<String>, Option<String>) {
+    let Some(object) = &uri.object else {
+        return (None, None);
+    };
+    match &state.token_key_label {
+        Some(current) if current != object => (Some(current.clone()), Some(object.clone())),
+        _ => (
+            Some(object.clone()),
+            Some(format!("{object}{}", crate::pkcs11::NEXT_SUFFIX)),
+        ),
+    }
+}
+
+/// [`status`] with the key's public point from `key`, given the certificate's: `Err(reason)`
+/// inside makes the certificate unusable, an outer error is returned.
+fn status_with_key(
+    cert_path: &Path,
+    key: impl FnOnce(&[u8]) -> Result<Result<Vec<u8>, String>, Error>,
+    identifiers: &[Identifier],
+    fraction: f64,
+    now: OffsetDateTime,
+) -> Result<CertStatus, Error> {
     let Some(pem) = files::read_optional(cert_path)? else {
         return Ok(CertStatus::Missing);
     };
@@ -222,28 +308,15 @@ pub fn status(
         Ok(i) => i,
         Err(e) => return Ok(unusable(format!("{}: {e}", cert_path.display()), None)),
     };
-    let key = match files::read_optional(key_path)? {
-        None => {
-            return Ok(unusable(
-                format!("key file {} is missing", key_path.display()),
-                Some(info),
-            ))
-        }
-        Some(pem) => match CertKey::from_pem(&pem) {
-            Ok(k) => k,
-            Err(e) => {
-                return Ok(unusable(
-                    format!("key file {}: {e}", key_path.display()),
-                    Some(info),
-                ))
-            }
-        },
+    let public_key = match key(&info.public_key)? {
+        Ok(k) => k,
+        Err(reason) => return Ok(unusable(reason, Some(info))),
     };
     // Keys and certificates are installed one rename after the other; a power cut in between
     // leaves a pair that does not match, and this is where it is noticed and repaired.
-    if key.public_key_bits() != info.public_key.as_slice() {
+    if public_key != info.public_key {
         return Ok(unusable(
-            "the certificate does not belong to the key file".into(),
+            "the certificate does not belong to the key".into(),
             Some(info),
         ));
     }
@@ -314,6 +387,24 @@ mod tests {
     }
 
     #[test]
+    fn token_key_labels_alternate_when_the_token_keeps_the_next_label() {
+        let uri =
+            Pkcs11Uri::parse("pkcs11:token=t;object=cert-key?module-path=/m.so").expect("uri");
+        let mut state = files::State::default();
+        let labels = |s: &files::State| token_key_labels(&uri, s);
+        let pair = |a: &str, b: &str| (Some(a.to_owned()), Some(b.to_owned()));
+        assert_eq!(labels(&state), pair("cert-key", "cert-key.next"));
+        // A token that refused the relabelling: the key stays cert-key.next, the next is
+        // generated as cert-key.
+        state.token_key_label = Some("cert-key.next".into());
+        assert_eq!(labels(&state), pair("cert-key.next", "cert-key"));
+        state.token_key_label = Some("cert-key".into());
+        assert_eq!(labels(&state), pair("cert-key", "cert-key.next"));
+        let by_id = Pkcs11Uri::parse("pkcs11:token=t;id=%01?module-path=/m.so").expect("uri");
+        assert_eq!(token_key_labels(&by_id, &state), (None, None));
+    }
+
+    #[test]
     fn status_covers_every_case() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = dir.path().join("cert.pem");
@@ -369,7 +460,7 @@ mod tests {
         std::fs::write(&cert, issue(&other, &["plc-7", "10.0.0.7"], nb, na)).expect("write");
         assert_eq!(
             st(0.66).to_string(),
-            "unusable: the certificate does not belong to the key file"
+            "unusable: the certificate does not belong to the key"
         );
 
         std::fs::write(&cert, "junk").expect("write");

@@ -15,6 +15,7 @@ use crate::enroll::{EabCredential, Enrollment};
 use crate::error::Error;
 use crate::key::KeyAlgorithm;
 use crate::output::{der_paths, OpcuaPki, Outputs, Pkcs12Output};
+use crate::pkcs11::{self, Pkcs11Uri};
 use crate::schedule::{parse_duration, Backoff};
 use crate::trust::TrustAnchor;
 use crate::types::Identifier;
@@ -45,7 +46,8 @@ pub struct FileConfig {
     pub ip: Option<Vec<String>>,
     /// `permanent-identifier` identifiers (SPEC §4.5): `SERIAL` or `SERIAL/ASSIGNER-OID`.
     pub permanent_id: Option<Vec<String>>,
-    /// Where the certificate key goes (PKCS #8 PEM, mode 0600).
+    /// Where the certificate key goes (PKCS #8 PEM, mode 0600), or a `pkcs11:` URI (RFC 7512)
+    /// naming it in a token.
     pub key: Option<PathBuf>,
     /// Where the certificate goes (PEM, leaf only).
     pub cert: Option<PathBuf>,
@@ -60,7 +62,8 @@ pub struct FileConfig {
     pub challenge: Option<String>,
     /// device-attest-01: the IDevID certificate chain (PEM, IDevID first, then intermediates).
     pub idevid_chain: Option<PathBuf>,
-    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384).
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384), or a `pkcs11:`
+    /// URI naming it in a token.
     pub idevid_key: Option<PathBuf>,
     /// Address the http-01 responder listens on.
     pub http01_listen: Option<String>,
@@ -219,10 +222,19 @@ impl FileConfig {
                 "renew_at {renew_at} must be a fraction of the lifetime between 0 and 1"
             )));
         }
-        let key_path = self
-            .key
-            .clone()
-            .unwrap_or_else(|| state_dir.join("cert.key.pem"));
+        let key_uri = match &self.key {
+            Some(k) => pkcs11::key_location(k, "key")?,
+            None => None,
+        };
+        // For a token key: the URI, `pin-value` redacted, for messages and the post-install
+        // command's DEVICE_CLIENT_KEY.
+        let key_path = match &key_uri {
+            Some(uri) => PathBuf::from(uri.to_string()),
+            None => self
+                .key
+                .clone()
+                .unwrap_or_else(|| state_dir.join("cert.key.pem")),
+        };
         let cert_path = self
             .cert
             .clone()
@@ -241,6 +253,7 @@ impl FileConfig {
         Ok(LocalSettings {
             identifiers,
             key_path,
+            key_uri,
             cert_path,
             chain_path: self.chain.clone(),
             fullchain_path: self.fullchain.clone(),
@@ -431,6 +444,14 @@ impl FileConfig {
                 )))
             }
         };
+        let key_algorithm = self.key_algorithm.unwrap_or_default();
+        let reuse_key = self.reuse_key.unwrap_or(false);
+        if let Some(uri) = &local.key_uri {
+            crate::device::token_curve(key_algorithm)?;
+            if uri.object.is_none() && !reuse_key {
+                return Err(crate::device::rotation_needs_object());
+            }
+        }
         let application_uri = match &self.application_uri {
             None => None,
             Some(uri) => {
@@ -448,9 +469,9 @@ impl FileConfig {
             eab,
             post_install,
             post_install_timeout,
-            key_algorithm: self.key_algorithm.unwrap_or_default(),
+            key_algorithm,
             account_key_algorithm,
-            reuse_key: self.reuse_key.unwrap_or(false),
+            reuse_key,
             agree_terms: self.agree_terms.unwrap_or(false),
             request_timeout,
             poll_timeout,
@@ -493,6 +514,22 @@ impl FileConfig {
             pkcs12,
             opcua_pki: self.opcua_pki.clone().map(OpcuaPki::new),
         };
+        // A key in a token never leaves it, and these outputs all hold the private key.
+        if local.key_uri.is_some() && (outputs.der || outputs.pkcs12.is_some()) {
+            return Err(Error::Config(
+                "der and pkcs12 write the private key into a file, and a pkcs11: key never \
+                 leaves its token; use a key file, or point the application at the token"
+                    .into(),
+            ));
+        }
+        if local.key_uri.is_some() && outputs.opcua_pki.is_some() {
+            return Err(Error::Config(
+                "opcua_pki writes the private key into own/private, and a pkcs11: key never \
+                 leaves its token; use a key file for an OPC UA stack that reads its PKI \
+                 directory"
+                    .into(),
+            ));
+        }
         let mut paths = vec![local.key_path.clone(), local.cert_path.clone()];
         paths.extend(local.chain_path.iter().cloned());
         paths.extend(local.fullchain_path.iter().cloned());
@@ -537,8 +574,11 @@ fn strip(e: &Error) -> String {
 pub struct LocalSettings {
     /// The identifiers the certificate must name, sorted.
     pub identifiers: Vec<Identifier>,
-    /// Certificate key file.
+    /// Certificate key file (for a token key, its URI with `pin-value` redacted).
     pub key_path: PathBuf,
+    /// The certificate key's PKCS #11 URI, when it is in a token (`key` is a `pkcs11:` URI):
+    /// no key file is written then, and the key stays the same across renewals.
+    pub key_uri: Option<Pkcs11Uri>,
     /// Certificate file (leaf).
     pub cert_path: PathBuf,
     /// Issuer chain file.
@@ -678,6 +718,40 @@ mod tests {
         assert!(refused("account_key_algorithm = \"rsa2048\"").contains("account keys are ECDSA"));
         assert!(refused("application_uri = \"plc 7\"").contains("whitespace"));
         assert!(refused("profile = \"\"").contains("not a profile name"));
+        // A token key is ECDSA: the other certificate key algorithms are refused with it.
+        let token = "key = \"pkcs11:token=t;object=k?module-path=/m.so\"";
+        for alg in ["p256", "p384"] {
+            let s = FileConfig::from_toml(&format!("{base}{token}\nkey_algorithm = \"{alg}\"\n"))
+                .and_then(FileConfig::into_settings)
+                .expect("a token key of p256 or p384");
+            assert!(s.local.key_uri.is_some());
+        }
+        for alg in ["ed25519", "rsa2048", "rsa3072"] {
+            let e = refused(&format!("{token}\nkey_algorithm = \"{alg}\""));
+            assert!(e.contains("cannot be used with a pkcs11: key"), "{e}");
+        }
+        // The outputs that hold the private key cannot be made from a key in a token.
+        for output in ["der = true", "opcua_pki = \"/d/pki\""] {
+            let e = refused(&format!("{token}\n{output}"));
+            assert!(e.contains("never leaves its token"), "{output}: {e}");
+        }
+        // A pin-value in the configuration file is used but never shown.
+        let s = FileConfig::from_toml(&format!(
+            "{base}key = \"pkcs11:token=t;object=k?module-path=/m.so&pin-value=s3cret\"\n"
+        ))
+        .and_then(FileConfig::into_settings)
+        .expect("a pin-value in the file");
+        let shown = s.local.key_path.display().to_string();
+        assert!(shown.contains("pin-value=REDACTED"), "{shown}");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let e = refused("key = \"pkcs:object=k?pin-value=s3cret\"");
+        assert!(!e.contains("s3cret"), "{e}");
+        // A rotated token key needs a label; one kept with reuse_key may be named by id.
+        let by_id = "key = \"pkcs11:token=t;id=%01?module-path=/m.so\"";
+        assert!(refused(by_id).contains("name the key with object="));
+        FileConfig::from_toml(&format!("{base}{by_id}\nreuse_key = true\n"))
+            .and_then(FileConfig::into_settings)
+            .expect("an id-only token key with reuse_key");
     }
 
     #[test]

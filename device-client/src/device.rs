@@ -17,8 +17,9 @@ use crate::cert::{self, rfc3339, CertInfo, CertStatus};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, ProblemType};
 use crate::files::{self, State};
-use crate::key::{self, CertKey, KeyPair};
+use crate::key::{self, CertKey, KeyAlgorithm, KeyPair};
 use crate::output;
+use crate::pkcs11::{self, Curve, Pkcs11Uri, TokenKey};
 use crate::schedule;
 use crate::trust::TrustAnchor;
 use crate::types::Identifier;
@@ -120,13 +121,7 @@ impl Device {
     /// (another directory URL in the state) counts as unusable.
     pub fn status(&self) -> Result<CertStatus, Error> {
         let l = &self.s.local;
-        let status = cert::status(
-            &l.cert_path,
-            &l.key_path,
-            &l.identifiers,
-            l.renew_at,
-            OffsetDateTime::now_utc(),
-        )?;
+        let status = cert::local_status(l, OffsetDateTime::now_utc())?;
         if let CertStatus::Valid { info, .. } | CertStatus::RenewalDue { info, .. } = &status {
             if let Some(why) = self.stale_output()? {
                 return Ok(CertStatus::Unusable {
@@ -284,6 +279,7 @@ impl Device {
     /// valid and not due for renewal (or `force`). Renewing a certificate that is still valid
     /// names it in `replaces` (RFC 9773 §5); an expired one is simply enrolled again.
     pub async fn enroll(&self, force: bool) -> Result<EnrollOutcome, Error> {
+        self.settle_token_key()?;
         if !force {
             self.repair_outputs().await?;
         }
@@ -414,6 +410,15 @@ impl Device {
         let mut announced: Option<OffsetDateTime> = None;
         let mut plan: Option<AriPlan> = None;
         loop {
+            if let Err(e) = self.settle_token_key() {
+                // A token that refuses the PIN is not asked again: it would lock the PIN.
+                if e.kind() == ErrorKind::Config {
+                    return Err(e);
+                }
+                failures += 1;
+                self.back_off(failures, &e, None).await;
+                continue;
+            }
             if let Err(e) = self.repair_outputs().await {
                 if e.kind() == ErrorKind::Config {
                     return Err(e);
@@ -425,6 +430,8 @@ impl Device {
             self.refresh_crls_if_due().await;
             let status = match self.status() {
                 Ok(s) => s,
+                // A token that refuses the PIN is not asked again: it would lock the PIN.
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
                 Err(e) => {
                     failures += 1;
                     self.back_off(failures, &e, None).await;
@@ -560,6 +567,11 @@ impl Device {
         let l = &s.local;
         files::create_private_dir(&l.state_dir)?;
         let mut state = State::load(&l.state_dir)?;
+        // Before the CA is asked anything: a token that cannot be used (wrong PIN, missing) is
+        // a configuration error whatever the CA's state.
+        self.settle_token_key()?;
+        let (cert_key, rotation) = self.certificate_key(&State::load(&l.state_dir)?)?;
+        let csr = cert_key.csr_der(&l.identifiers, s.application_uri.as_deref())?;
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
             AcmeClient::connect(&s.directory_url, s.trust.clone(), s.request_timeout).await?;
@@ -575,9 +587,6 @@ impl Device {
         if state.directory_url.as_deref() != Some(&s.directory_url) {
             state.account_url = None;
         }
-
-        let cert_key = self.certificate_key()?;
-        let csr = csr_der(&cert_key, &l.identifiers, s.application_uri.as_deref())?;
 
         let mut registered_now = false;
         let chain = loop {
@@ -627,6 +636,15 @@ impl Device {
         state.certificate_serial = Some(installed.serial.clone());
         state.installed_at = Some(rfc3339(OffsetDateTime::now_utc()));
         state.save(&l.state_dir)?;
+        if let (Some((current, next)), Some(uri)) = (rotation, &l.key_uri) {
+            drop(cert_key);
+            if let Err(e) = self.promote_token_key(uri, &mut state, &current, &next) {
+                tracing::warn!(
+                    "the new certificate is installed, but the token still holds the old key \
+                     ({e}); the rotation is completed at the next start"
+                );
+            }
+        }
         let renew_at = installed.renewal_time(l.renew_at);
         tracing::info!(
             serial = %installed.serial,
@@ -652,11 +670,113 @@ impl Device {
         })
     }
 
-    /// A new key for every certificate, unless `reuse_key` is set and the key file holds one
-    /// of the configured algorithm. A stored key of another algorithm is not reused: the
+    /// A new key for every certificate, unless `reuse_key` is set and the key holds one. In a
+    /// PKCS #11 token the new key is generated under the next label, and the labels of the
+    /// rotation (current, next) are returned with it, for [`Self::promote_token_key`] once
+    /// its certificate is installed. With `reuse_key` the token's key is generated once, then
+    /// kept.
+    fn certificate_key(
+        &self,
+        state: &State,
+    ) -> Result<(CertificateKey, Option<(String, String)>), Error> {
+        let Some(uri) = &self.s.local.key_uri else {
+            return Ok((self.file_certificate_key().map(CertificateKey::File)?, None));
+        };
+        let curve = token_curve(self.s.key_algorithm)?;
+        let (current, next) = cert::token_key_labels(uri, state);
+        if self.s.reuse_key {
+            let (key, created) = TokenKey::open_or_generate(uri, current.as_deref(), curve)?;
+            if created {
+                tracing::info!(key = %key.uri(), "generated the certificate key in the token");
+            }
+            return Ok((CertificateKey::Token(Box::new(key)), None));
+        }
+        let (Some(current), Some(next)) = (current, next) else {
+            return Err(rotation_needs_object());
+        };
+        let stale = pkcs11::destroy(uri, &next)?;
+        if stale > 0 {
+            tracing::warn!("destroyed {stale} key objects labelled {next:?} left in the token");
+        }
+        let key = TokenKey::generate(uri, Some(&next), curve)?;
+        tracing::info!(
+            key = %key.uri(),
+            "generated a new certificate key in the token, labelled {next:?} until its \
+             certificate is installed"
+        );
+        Ok((CertificateKey::Token(Box::new(key)), Some((current, next))))
+    }
+
+    /// Completes or undoes a rotation of the certificate key in a token that a stop
+    /// interrupted. A new key whose certificate is installed replaces the old one
+    /// (by `promote_token_key`); a new key without a certificate (the order did not
+    /// complete) is destroyed, so the next order gets a fresh key, one the CA has never seen in
+    /// a CSR. Nothing to do for key files or with `reuse_key`.
+    pub fn settle_token_key(&self) -> Result<(), Error> {
+        let l = &self.s.local;
+        let Some(uri) = &l.key_uri else {
+            return Ok(());
+        };
+        if self.s.reuse_key {
+            return Ok(());
+        }
+        let mut state = State::load(&l.state_dir)?;
+        let (Some(current), Some(next)) = cert::token_key_labels(uri, &state) else {
+            return Ok(());
+        };
+        let new = pkcs11::public_key_labelled(uri, &next)?;
+        let certified = cert::installed_public_key(&l.cert_path)?;
+        if new.is_some() && new == certified {
+            tracing::info!(
+                "the certificate for the key labelled {next:?} is installed; completing the \
+                 key rotation in the token"
+            );
+            self.promote_token_key(uri, &mut state, &current, &next)
+        } else {
+            let n = pkcs11::destroy(uri, &next)?;
+            if n > 0 {
+                tracing::warn!(
+                    "destroyed the new key labelled {next:?} ({n} objects): its order did not \
+                     complete, and every order gets a new key"
+                );
+            }
+            Ok(())
+        }
+    }
+
+    /// After the certificate for the key under `next` is installed: destroys the old key
+    /// under `current` and gives the new one the configured label. A token that refuses the
+    /// relabelling keeps the new key under `next`, which the state records as current.
+    fn promote_token_key(
+        &self,
+        uri: &Pkcs11Uri,
+        state: &mut State,
+        current: &str,
+        next: &str,
+    ) -> Result<(), Error> {
+        let object = uri.object.as_deref().ok_or_else(rotation_needs_object)?;
+        let old = pkcs11::destroy(uri, current)?;
+        if old > 0 {
+            tracing::info!("destroyed the previous certificate key {current:?} in the token");
+        }
+        state.token_key_label = if next == object || pkcs11::relabel(uri, next, object)? {
+            None
+        } else {
+            tracing::warn!(
+                "the token does not let key labels change: the certificate key stays labelled \
+                 {next:?}, recorded in the state file, and the next one is generated as \
+                 {object:?}"
+            );
+            Some(next.to_owned())
+        };
+        state.save(&self.s.local.state_dir)
+    }
+
+    /// A new file key for every certificate, unless `reuse_key` is set and the key file holds
+    /// one of the configured algorithm. A stored key of another algorithm is not reused: the
     /// configured `key_algorithm` wins, and a new key is made (with a warning), so changing the
     /// algorithm in the configuration takes effect at the next certificate.
-    fn certificate_key(&self) -> Result<CertKey, Error> {
+    fn file_certificate_key(&self) -> Result<CertKey, Error> {
         let path = &self.s.local.key_path;
         let alg = self.s.key_algorithm;
         if self.s.reuse_key {
@@ -688,7 +808,7 @@ impl Device {
     /// notices ([`cert::status`]) and repairs by enrolling again.
     fn install(
         &self,
-        key: &CertKey,
+        key: &CertificateKey,
         chain_pem: &str,
         root: Option<&CertificateDer<'static>>,
     ) -> Result<CertInfo, Error> {
@@ -730,7 +850,16 @@ impl Device {
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
-        key.store(&l.key_path)?;
+        // A token key has no bytes to write: only a file key is stored, and the outputs that
+        // hold the private key (DER, PKCS #12, OPC UA PKI) are refused with a token key when
+        // the configuration is read.
+        let file_key = match key {
+            CertificateKey::File(key) => Some(key),
+            CertificateKey::Token(_) => None,
+        };
+        if let Some(key) = file_key {
+            key.store(&l.key_path)?;
+        }
         write_public(&l.cert_path, &pem_of(std::slice::from_ref(leaf)))?;
         if let Some(p) = &l.chain_path {
             write_public(p, &pem_of(issuers))?;
@@ -740,14 +869,16 @@ impl Device {
         }
         // The chain as issued, so the outputs can be rebuilt without the CA.
         write_public(&l.state_dir.join(ISSUED_CHAIN), &pem_of(&certs))?;
-        output::write(
-            &self.s.outputs,
-            &l.cert_path,
-            &l.key_path,
-            key,
-            &certs,
-            root,
-        )?;
+        if let Some(key) = file_key {
+            output::write(
+                &self.s.outputs,
+                &l.cert_path,
+                &l.key_path,
+                key,
+                &certs,
+                root,
+            )?;
+        }
         Ok(info)
     }
 
@@ -922,6 +1053,70 @@ fn write_public(path: &Path, text: &str) -> Result<(), Error> {
     files::write_atomic(path, text.as_bytes(), files::PUBLIC_MODE)
 }
 
+/// The certificate key wherever it is held: key material made here ([`CertKey`], any
+/// [`KeyAlgorithm`]) and written to the key file when its certificate is installed, or a key in
+/// a PKCS #11 token ([`TokenKey`], P-256 or P-384), of which no key file is written.
+#[derive(Debug)]
+pub enum CertificateKey {
+    /// Made here; stored in the key file at installation.
+    File(CertKey),
+    /// In a token; only signatures leave it.
+    Token(Box<TokenKey>),
+}
+
+impl CertificateKey {
+    /// The certified public key: the subjectPublicKey bits, for EC keys the uncompressed SEC1
+    /// point. Compared with a certificate's.
+    pub fn public_key_bits(&self) -> &[u8] {
+        match self {
+            Self::File(k) => k.public_key_bits(),
+            Self::Token(k) => k.public_key_sec1().unwrap_or_default(),
+        }
+    }
+
+    /// The CSR for `identifiers` (and the ApplicationUri, if any), signed with this key: by
+    /// rcgen for a file key, inside the token for a token key.
+    pub fn csr_der(
+        &self,
+        identifiers: &[Identifier],
+        application_uri: Option<&str>,
+    ) -> Result<Vec<u8>, Error> {
+        match self {
+            Self::File(k) => csr_der(k, identifiers, application_uri),
+            Self::Token(k) => {
+                let signer = k.csr_signer()?;
+                csr_der_with(&signer, identifiers, application_uri)
+                    .map_err(|e| signer.take_error().unwrap_or(e))
+            }
+        }
+    }
+}
+
+/// The error for a token key without `object=` and without `reuse_key`.
+pub(crate) fn rotation_needs_object() -> Error {
+    Error::Config(
+        "a certificate key in a PKCS #11 token is replaced by a new one for every certificate, \
+         generated under the URI's object= with \".next\" and then relabelled: name the key \
+         with object= (or set reuse_key to keep one key)"
+            .into(),
+    )
+}
+
+/// The token curve for the configured certificate key algorithm: P-256 or P-384, a
+/// configuration error for the others.
+pub(crate) fn token_curve(alg: KeyAlgorithm) -> Result<Curve, Error> {
+    match alg {
+        KeyAlgorithm::P256 => Ok(Curve::P256),
+        KeyAlgorithm::P384 => Ok(Curve::P384),
+        KeyAlgorithm::Ed25519 | KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+            Err(Error::Config(format!(
+                "key_algorithm {alg} cannot be used with a pkcs11: key: a certificate key in a \
+                 PKCS #11 token is p256 or p384 (or keep {alg} in a key file)"
+            )))
+        }
+    }
+}
+
 /// A PKCS #10 CSR for `identifiers`, signed by `key`: the names as subjectAltNames and an empty
 /// subject, since the CA takes the names from the order anyway (SPEC §7.4, §8.2).
 /// `application_uri` adds a uniformResourceIdentifier subjectAltName, the OPC UA
@@ -936,7 +1131,15 @@ pub fn csr_der(
     identifiers: &[Identifier],
     application_uri: Option<&str>,
 ) -> Result<Vec<u8>, Error> {
-    let kp = key.rcgen()?;
+    csr_der_with(&key.rcgen()?, identifiers, application_uri)
+}
+
+/// [`csr_der`] for any key rcgen can sign with, such as a key in a PKCS #11 token.
+pub fn csr_der_with(
+    kp: &impl rcgen::SigningKey,
+    identifiers: &[Identifier],
+    application_uri: Option<&str>,
+) -> Result<Vec<u8>, Error> {
     if let Some(uri) = application_uri {
         check_application_uri(uri)?;
     }
@@ -993,7 +1196,7 @@ pub fn csr_der(
         }
     }
     let csr = params
-        .serialize_request(&kp)
+        .serialize_request(kp)
         .map_err(|e| Error::Crypto(format!("cannot make the CSR: {e}")))?;
     Ok(csr.der().to_vec())
 }

@@ -127,6 +127,10 @@ pub enum Error {
     /// A cryptographic operation failed (key generation, signing, CSR).
     #[error("crypto: {0}")]
     Crypto(String),
+    /// A PKCS #11 token could not be used for now: not present (yet), its slot or device
+    /// failing, a session lost. Tried again by `run`; a wrong PIN is [`Error::Config`].
+    #[error("{0}")]
+    Token(String),
     /// The certificate was installed but the post-install command failed.
     #[error("post-install command `{command}` {detail}")]
     PostInstall {
@@ -191,7 +195,8 @@ impl Error {
             Self::Http01Listen { .. }
             | Self::TlsAlpn01Listen { .. }
             | Self::Io { .. }
-            | Self::BadFile { .. } => ErrorKind::Local,
+            | Self::BadFile { .. }
+            | Self::Token(_) => ErrorKind::Local,
             Self::PostInstall { .. } => ErrorKind::PostInstall,
             Self::Crypto(_) => ErrorKind::Internal,
         }

@@ -127,6 +127,11 @@ pub struct State {
     /// When it was installed, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<String>,
+    /// The CKA_LABEL of the certificate key in a PKCS #11 token when it is not the configured
+    /// `object`: a token that refuses to relabel keys keeps the new key under the label it was
+    /// generated with (`object` + `.next`), and the next one is generated under `object`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key_label: Option<String>,
 }
 
 impl State {

@@ -10,6 +10,7 @@
 //! | [`acme`]      | directory, account, order flow driven by the order's status    | RFC 8555 §7          |
 //! | [`enroll`]    | how identifiers are proven ([`enroll::Enrollment`]), EAB, pairing code | SPEC §5, §6.2 |
 //! | [`attest`]    | device-attest-01: IDevID chain, [`attest::Signer`], attestation object | SPEC §5.10 |
+//! | [`pkcs11`]    | certificate and IDevID keys in a PKCS #11 token (RFC 7512 URIs) | RFC 7512             |
 //! | [`http01`]    | the built-in http-01 responder                                  | SPEC §5.3            |
 //! | [`tlsalpn01`] | the built-in tls-alpn-01 responder                              | RFC 8737, RFC 8738 §6 |
 //! | [`cert`]      | installed certificate: status, renewal time                     |                      |
@@ -38,7 +39,9 @@
 //!
 //! **Keys.** Made on the device from the system CSPRNG, P-256 by default (ring; RSA certificate
 //! keys with the `rsa` crate), stored as PKCS #8 PEM in files created 0600, never sent. A new
-//! certificate key per certificate unless `reuse_key`.
+//! certificate key per certificate unless `reuse_key`. Or in a PKCS #11 token named by an
+//! RFC 7512 URI ([`pkcs11`]): generated there, non-extractable, signing the CSR and the
+//! device-attest-01 statement inside the token.
 //!
 //! **Files are the truth.** At every start the installed certificate and key are read back and
 //! checked (parse, key match, identifiers, validity, renewal point). A still-good certificate
@@ -63,6 +66,7 @@ pub mod http01;
 pub mod jws;
 pub mod key;
 pub mod output;
+pub mod pkcs11;
 pub mod schedule;
 pub mod tlsalpn01;
 mod transport;

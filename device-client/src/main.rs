@@ -28,8 +28,9 @@ Exit codes:
       CA can reach the http-01 or tls-alpn-01 address and port; device-attest-01:
       the CA's detail says what it refused in the attestation), or the operator
       rejected it or did not decide in time
-  7   local error: a file or directory cannot be read or written, or the http-01
-      or tls-alpn-01 port cannot be bound
+  7   local error: a file or directory cannot be read or written, the http-01
+      or tls-alpn-01 port cannot be bound, or a PKCS #11 token is not there or
+      fails for now (run tries again)
   8   a certificate was installed, but the post-install command failed
   10  show: no usable certificate (missing, expired, not matching the key or the
       configured identifiers)
@@ -105,8 +106,11 @@ struct Opts {
     /// optional assigner OID, proven with device-attest-01 (repeatable).
     #[arg(long = "permanent-id", value_name = "SERIAL[/OID]")]
     permanent_id: Vec<String>,
-    /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem].
-    #[arg(long, value_name = "PATH")]
+    /// Certificate key file (PKCS #8 PEM, mode 0600) [default: STATE_DIR/cert.key.pem], or a
+    /// PKCS #11 URI (pkcs11:token=…;object=…?module-path=…&pin-source=file:…): a new key is
+    /// generated in the token for every certificate (as OBJECT.next, relabelled OBJECT once
+    /// installed; the old one is destroyed), or kept with --reuse-key.
+    #[arg(long, value_name = "PATH|URI")]
     key: Option<PathBuf>,
     /// Certificate file (PEM, leaf only) [default: STATE_DIR/cert.pem].
     #[arg(long, value_name = "PATH")]
@@ -128,9 +132,9 @@ struct Opts {
     /// device-attest-01: the IDevID certificate chain (PEM: IDevID first, then intermediates).
     #[arg(long = "idevid-chain", value_name = "FILE")]
     idevid_chain: Option<PathBuf>,
-    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384); it only signs
-    /// the challenge, the certificate key is a new one.
-    #[arg(long = "idevid-key", value_name = "FILE")]
+    /// device-attest-01: the IDevID private key (PKCS #8 PEM, P-256 or P-384), or a PKCS #11
+    /// URI naming it in a token; it only signs the challenge, the certificate key is another.
+    #[arg(long = "idevid-key", value_name = "FILE|URI")]
     idevid_key: Option<PathBuf>,
     /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
     #[arg(long = "http01-listen", value_name = "ADDR")]
@@ -235,6 +239,19 @@ impl Opts {
             Some(path) => FileConfig::from_file(path)?,
             None => FileConfig::default(),
         };
+        // Every local user can read a process's arguments (/proc/PID/cmdline, ps).
+        for (flag, key) in [("--key", &self.key), ("--idevid-key", &self.idevid_key)] {
+            if key
+                .as_deref()
+                .is_some_and(|k| device_client::pkcs11::holds_pin_value(&k.to_string_lossy()))
+            {
+                return Err(Error::Config(format!(
+                    "{flag}: a pin-value on the command line can be read by every local user \
+                     (/proc/PID/cmdline, ps); use pin-source=file:/path/to/pin (mode 0600), or \
+                     put the URI in the configuration file"
+                )));
+            }
+        }
         let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         let flags = FileConfig {
             directory_url: self.directory_url.clone(),
@@ -335,6 +352,18 @@ fn fail(e: &Error) -> ExitCode {
                  check that the manufacturer's root is a trust anchor on the CA \
                  (`ca-server trust-anchor list`) and that --permanent-id is the IDevID's serial \
                  followed by /ASSIGNER, the assigner OID of that trust anchor"
+            )
+        }
+        ErrorKind::Refused
+            if e.problem().and_then(|p| p.kind()) == Some(ProblemType::BadCsr)
+                && e.problem()
+                    .and_then(|p| p.detail.as_deref())
+                    .is_some_and(|d| d.contains("already certified")) =>
+        {
+            eprintln!(
+                "device-client: hint: a certificate key kept across renewals (--reuse-key) needs \
+                 a CA that allows it: [keys] allow_renewal_key_reuse = true on the CA, or leave \
+                 out --reuse-key for a new key per certificate"
             )
         }
         ErrorKind::Trust => eprintln!(
@@ -447,13 +476,7 @@ fn names(ids: &[device_client::Identifier]) -> String {
 }
 
 async fn show(local: &LocalSettings, device: Option<&Device>) -> ExitCode {
-    let status = match cert::status(
-        &local.cert_path,
-        &local.key_path,
-        &local.identifiers,
-        local.renew_at,
-        time::OffsetDateTime::now_utc(),
-    ) {
+    let status = match cert::local_status(local, time::OffsetDateTime::now_utc()) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };

@@ -103,6 +103,8 @@ pub struct Device {
     pub ip: Vec<String>,
     /// Extra flags for every command.
     pub extra: Vec<String>,
+    /// `--key` instead of the key file [`Device::key`], e.g. a `pkcs11:` URI.
+    pub key_arg: Option<String>,
     /// `--post-install` instead of the one that logs serials to [`Self::post_install_log`].
     pub post_install: Option<String>,
     runs: AtomicUsize,
@@ -118,6 +120,7 @@ impl Device {
             dns: dns.iter().map(|s| (*s).to_owned()).collect(),
             ip: Vec::new(),
             extra: Vec::new(),
+            key_arg: None,
             post_install: None,
             runs: AtomicUsize::new(0),
         }
@@ -168,7 +171,11 @@ impl Device {
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--key")
-            .arg(self.key())
+            .arg(
+                self.key_arg
+                    .clone()
+                    .map_or_else(|| self.key(), PathBuf::from),
+            )
             .arg("--cert")
             .arg(self.cert())
             .arg("--chain")

@@ -17,6 +17,7 @@
 //!   ([`device_client::Device`]); `device_client_profiles.rs`, `device_client_tls_alpn.rs` and
 //!   `device_client_mqtt.rs` (with [`mosquitto`]) for its profiles, key algorithms,
 //!   tls-alpn-01 and an MQTT device renewing while connected.
+//! - `tests/device_client_pkcs11.rs`: `device-client` with its keys in SoftHSM2 ([`softhsm`]).
 //! - `tests/console_browser.rs`: the operator console's web UI in headless Chromium
 //!   ([`console`]).
 //!
@@ -36,6 +37,7 @@ pub mod openssl;
 pub mod pebble;
 pub mod ports;
 pub mod process;
+pub mod softhsm;
 
 pub use ca_server::{ca_server_bin, CaServer, CaServerOpts};
 pub use clients::{run_certbot, run_lego, AcmeClient, ClientRun, Eab, IssuedCert};
