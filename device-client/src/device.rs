@@ -52,6 +52,21 @@ fn replaced(status: &CertStatus) -> Option<String> {
     }
 }
 
+/// Whether `run` gives up on `e`, met while renewing from `status`. Configuration errors need
+/// the operator, except those that come from the CA's current offer (a profile the CA dropped
+/// or renamed): with a usable certificate installed, `run` keeps it and tries again later, so
+/// a change at the CA does not stop a device that still has months of certificate left.
+fn fatal_in_run(e: &Error, status: &CertStatus) -> bool {
+    let usable = matches!(
+        status,
+        CertStatus::Valid { .. } | CertStatus::RenewalDue { .. }
+    );
+    match e {
+        Error::ProfileNotOffered { .. } => !usable,
+        e => e.kind() == ErrorKind::Config,
+    }
+}
+
 /// What `enroll` did.
 #[derive(Debug)]
 pub enum EnrollOutcome {
@@ -230,7 +245,8 @@ impl Device {
     /// information (RFC 9773) says, or at the configured point of the lifetime if the CA offers
     /// none, and retrying failures with exponential backoff and jitter, honouring Retry-After.
     /// An expired certificate (a device that was offline longer than its lifetime) is enrolled
-    /// again. Returns only for configuration errors, which need the operator.
+    /// again. Returns only for configuration errors, which need the operator; a profile the CA
+    /// no longer offers is one only while no usable certificate is installed.
     pub async fn run(&self) -> Result<Infallible, Error> {
         let mut failures = 0u32;
         let mut announced: Option<OffsetDateTime> = None;
@@ -319,7 +335,14 @@ impl Device {
                         failures = 0;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
+                Err(e) if fatal_in_run(&e, &status) => return Err(e),
+                Err(e) if e.kind() == ErrorKind::Config => {
+                    failures += 1;
+                    tracing::error!("{e}");
+                    let why = "cannot renew until the CA offers the profile again or the \
+                               configuration changes";
+                    self.back_off(failures, &why, None).await;
+                }
                 Err(e) => {
                     failures += 1;
                     let retry_after = e.retry_after();
@@ -698,6 +721,54 @@ async fn run_post_install(cmd: &str, s: &Settings, info: &CertInfo) -> Result<()
 mod tests {
     use super::*;
     use crate::key::KeyAlgorithm;
+
+    #[test]
+    fn run_survives_a_dropped_profile_only_with_a_usable_certificate() {
+        let info = Box::new(CertInfo {
+            serial: "01".into(),
+            subject: String::new(),
+            issuer: String::new(),
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after: OffsetDateTime::now_utc() + time::Duration::days(30),
+            identifiers: Vec::new(),
+            public_key: Vec::new(),
+            cert_id: None,
+        });
+        let renew_at = OffsetDateTime::now_utc();
+        let dropped = Error::ProfileNotOffered {
+            profile: "opcua".into(),
+            offered: vec!["default (TLS)".into()],
+        };
+        for usable in [
+            CertStatus::Valid {
+                info: info.clone(),
+                renew_at,
+            },
+            CertStatus::RenewalDue {
+                info: info.clone(),
+                renew_at,
+            },
+        ] {
+            assert!(!fatal_in_run(&dropped, &usable), "{usable:?}");
+            // A configuration error of the device itself still stops it.
+            assert!(fatal_in_run(&Error::Config("x".into()), &usable));
+        }
+        for unusable in [
+            CertStatus::Missing,
+            CertStatus::Expired { info },
+            CertStatus::Unusable {
+                reason: "x".into(),
+                info: None,
+            },
+        ] {
+            assert!(fatal_in_run(&dropped, &unusable), "{unusable:?}");
+        }
+        let down = Error::Timeout {
+            what: "order".into(),
+            waited: Duration::from_secs(1),
+        };
+        assert!(!fatal_in_run(&down, &CertStatus::Missing));
+    }
 
     #[test]
     fn csr_names_exactly_the_identifiers() {
