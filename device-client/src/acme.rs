@@ -240,8 +240,15 @@ impl AcmeClient {
         loop {
             match order.status {
                 OrderStatus::Pending => {
-                    self.authorize(key, account_url, &order, enrollment, poll_timeout)
-                        .await?;
+                    self.authorize(
+                        key,
+                        account_url,
+                        identifiers,
+                        &order,
+                        enrollment,
+                        poll_timeout,
+                    )
+                    .await?;
                     let (o, ra) = self.order(key, account_url, &order_url).await?;
                     if o.status == OrderStatus::Pending {
                         // All authorizations are valid, but the CA has not caught up yet.
@@ -311,10 +318,14 @@ impl AcmeClient {
     }
 
     /// Triggers the challenge of every pending authorization, then waits until each is valid.
+    /// An authorization for an identifier that is not in `identifiers` (what the device
+    /// ordered) is refused before any challenge is answered: whatever the challenge type, the
+    /// device proves only its own names.
     async fn authorize(
         &self,
         key: &dyn Signer,
         account_url: &str,
+        identifiers: &[Identifier],
         order: &Order,
         enrollment: &Enrollment,
         poll_timeout: Duration,
@@ -326,6 +337,7 @@ impl AcmeClient {
         let mut pending = Vec::new();
         for url in &order.authorizations {
             let (authz, _) = self.authz(key, account_url, url).await?;
+            check_ordered(&authz.identifier, identifiers)?;
             let id = authz.identifier.to_string();
             // A mixed order may need two methods (device-attest-01 and http-01).
             let method = enrollment.for_identifier(&authz.identifier);
@@ -439,6 +451,37 @@ impl AcmeClient {
     }
 }
 
+/// Refuses an authorization whose identifier is not one of `ordered`: a CA that asks the
+/// device to prove some other name gets no challenge answer (no responder is started, no
+/// certificate made for it). Names compare as the CA normalises them: `dns` case-insensitively,
+/// `ip` by address.
+fn check_ordered(identifier: &Identifier, ordered: &[Identifier]) -> Result<(), Error> {
+    let same = |o: &Identifier| {
+        o.kind == identifier.kind
+            && match identifier.kind.as_str() {
+                "dns" => o.value.eq_ignore_ascii_case(&identifier.value),
+                "ip" => match (
+                    o.value.parse::<std::net::IpAddr>(),
+                    identifier.value.parse::<std::net::IpAddr>(),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => false,
+                },
+                _ => o.value == identifier.value,
+            }
+    };
+    if ordered.iter().any(same) {
+        return Ok(());
+    }
+    Err(Error::protocol(
+        "authorization",
+        format!(
+            "the CA asks this device to prove {}, which it did not order; refusing",
+            crate::error::printable(&identifier.to_string())
+        ),
+    ))
+}
+
 fn failed(authz: &Authorization) -> Error {
     let problem = authz
         .challenges
@@ -513,6 +556,40 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorizations_for_names_the_device_did_not_order_are_refused() {
+        let ordered = [
+            Identifier::parse("plc-7.plant").expect("dns"),
+            Identifier::parse("2001:db8::7").expect("ip"),
+            Identifier::permanent("SN-1/1.2.3").expect("permanent"),
+        ];
+        let id = |kind: &str, value: &str| Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        };
+        for ok in [
+            id("dns", "PLC-7.plant"),
+            id("ip", "2001:0db8:0:0::7"),
+            id("permanent-identifier", "SN-1/1.2.3"),
+        ] {
+            check_ordered(&ok, &ordered).expect("ordered");
+        }
+        for foreign in [
+            id("dns", "other.plant"),
+            id("ip", "plc-7.plant"),
+            id("dns", "2001:db8::7"),
+            id("ip", "10.0.0.7"),
+            id("permanent-identifier", "SN-2/1.2.3"),
+            id("dns", "evil\u{1b}[2J.plant"),
+        ] {
+            let e = check_ordered(&foreign, &ordered).expect_err("foreign");
+            // Retried like any bad answer from the CA, never a configuration error.
+            assert_eq!(e.kind(), crate::error::ErrorKind::Refused, "{e}");
+            assert!(e.to_string().contains("did not order"), "{e}");
+            assert!(!e.to_string().contains('\u{1b}'), "{e}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn poller_honours_retry_after_and_times_out() {

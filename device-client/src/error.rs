@@ -151,6 +151,22 @@ fn profile_not_offered(profile: &str, offered: &[String]) -> String {
     }
 }
 
+/// `text` from the CA (a problem detail, a profile description, an identifier) made safe to
+/// print on a terminal or into a log line: control characters, including ESC and line breaks,
+/// and the bidirectional overrides that reorder what a reader sees, are written as escapes
+/// (`\u{1b}`, `\n`, `\u{202e}`), the rest as it is.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn fmt_problem(p: &Option<Box<Problem>>) -> String {
     p.as_ref().map_or_else(String::new, |p| format!(": {p}"))
 }

@@ -109,14 +109,21 @@ pub fn sni_name(identifier: &Identifier) -> Result<String, Error> {
             let ip: IpAddr = identifier
                 .value
                 .parse()
-                .map_err(|_| Error::Config(format!("{identifier}: not an IP address")))?;
+                .map_err(|_| challenge_error(format!("{identifier}: not an IP address")))?;
             let mut buf = [0u8; protocol_spec::challenge::REVERSE_DNS_NAME_MAX];
             Ok(protocol_spec::challenge::reverse_dns_name(ip, &mut buf).to_owned())
         }
-        other => Err(Error::Config(format!(
+        other => Err(challenge_error(format!(
             "tls-alpn-01 proves dns and ip identifiers, not {other}"
         ))),
     }
+}
+
+/// An identifier in the CA's authorization that tls-alpn-01 cannot answer for: the CA's
+/// answer is at fault (the device's own identifiers were checked when it was configured), so
+/// it is a protocol error, which `run` retries.
+fn challenge_error(detail: String) -> Error {
+    Error::protocol("tls-alpn-01 challenge", crate::error::printable(&detail))
 }
 
 /// The self-signed validation certificate of RFC 8737 §3 for `identifier`, with a new P-256
@@ -133,14 +140,14 @@ fn validation_certificate(
             identifier
                 .value
                 .parse()
-                .map_err(|_| Error::Config(format!("{identifier}: not an IP address")))?,
+                .map_err(|_| challenge_error(format!("{identifier}: not an IP address")))?,
         ),
         _ => rcgen::SanType::DnsName(
             identifier
                 .value
                 .clone()
                 .try_into()
-                .map_err(|e| Error::Config(format!("{identifier}: {e}")))?,
+                .map_err(|e| challenge_error(format!("{identifier}: {e}")))?,
         ),
     };
     let crypto = |what: &str, e: &dyn fmt::Display| {
