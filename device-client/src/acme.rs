@@ -175,8 +175,8 @@ impl AcmeClient {
             return Ok(());
         }
         Err(Error::ProfileNotOffered {
-            profile: name.to_owned(),
-            offered: offered.iter().map(|(n, d)| format!("{n} ({d})")).collect(),
+            profile: crate::error::printable(name),
+            offered: offered_profiles(offered),
         })
     }
 
@@ -451,6 +451,34 @@ impl AcmeClient {
     }
 }
 
+/// At most this many of the CA's profiles are listed in an error.
+const MAX_LISTED_PROFILES: usize = 20;
+/// A profile's `name (description)` is cut to this many characters in an error.
+const MAX_PROFILE_TEXT: usize = 64;
+
+/// The CA's profiles as `name (description)` for an error message: control characters
+/// escaped, each cut to [`MAX_PROFILE_TEXT`] characters, and at most [`MAX_LISTED_PROFILES`] of
+/// them, with a last entry saying how many more there are.
+fn offered_profiles(offered: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut list: Vec<String> = offered
+        .iter()
+        .take(MAX_LISTED_PROFILES)
+        .map(|(name, description)| {
+            let text = crate::error::printable(&format!("{name} ({description})"));
+            if text.chars().count() > MAX_PROFILE_TEXT {
+                let cut: String = text.chars().take(MAX_PROFILE_TEXT - 1).collect();
+                format!("{cut}…")
+            } else {
+                text
+            }
+        })
+        .collect();
+    if offered.len() > MAX_LISTED_PROFILES {
+        list.push(format!("and {} more", offered.len() - MAX_LISTED_PROFILES));
+    }
+    list
+}
+
 /// Refuses an authorization whose identifier is not one of `ordered`: a CA that asks the
 /// device to prove some other name gets no challenge answer (no responder is started, no
 /// certificate made for it). Names compare as the CA normalises them: `dns` case-insensitively,
@@ -556,6 +584,29 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offered_profiles_are_escaped_and_capped() {
+        let mut offered = std::collections::BTreeMap::new();
+        offered.insert(
+            "opcua".to_owned(),
+            "OPC UA\n\u{1b}[2Japplication instance".to_owned(),
+        );
+        let list = offered_profiles(&offered);
+        assert_eq!(list, ["opcua (OPC UA\\n\\u{1b}[2Japplication instance)"]);
+        offered.insert("long".to_owned(), "x".repeat(500));
+        for i in 0..30 {
+            offered.insert(format!("p{i:02}"), String::new());
+        }
+        let list = offered_profiles(&offered);
+        assert_eq!(list.len(), MAX_LISTED_PROFILES + 1);
+        assert!(list
+            .iter()
+            .all(|p| p.chars().count() <= MAX_PROFILE_TEXT && !p.chars().any(char::is_control)));
+        assert_eq!(list[0].chars().count(), MAX_PROFILE_TEXT);
+        assert!(list[0].starts_with("long (xxx") && list[0].ends_with('…'));
+        assert_eq!(list[MAX_LISTED_PROFILES], "and 12 more");
+    }
 
     #[test]
     fn authorizations_for_names_the_device_did_not_order_are_refused() {

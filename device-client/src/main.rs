@@ -289,7 +289,10 @@ fn init_logging(opts: &Opts) {
 }
 
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("device-client: error: {e}");
+    eprintln!(
+        "device-client: error: {}",
+        device_client::error::printable(&e.to_string())
+    );
     match e.kind() {
         ErrorKind::Validation
             if matches!(
