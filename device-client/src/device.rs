@@ -671,6 +671,27 @@ pub fn check_application_uri(uri: &str) -> Result<(), Error> {
     if uri.contains('#') {
         return bad("an absolute URI has no fragment (#)");
     }
+    // RFC 3986 §2: only unreserved and reserved characters, and `%` with two hex digits.
+    let bytes = uri.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return bad("a % must start a percent-escape of two hex digits (RFC 3986 §2.1)");
+            }
+            i += 3;
+            continue;
+        }
+        let allowed = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
+        if !allowed {
+            return bad(&format!(
+                "contains {:?}, which a URI may hold only percent-encoded (RFC 3986 §2)",
+                char::from(b)
+            ));
+        }
+        i += 1;
+    }
     Ok(())
 }
 
@@ -916,6 +937,8 @@ mod tests {
             "urn:plant.example:line1:plc7",
             "http://plant.example/opcua/plc7",
             "urn:a",
+            "urn:plant.example:Z%C3%A4hler",
+            "http://[2001:db8::7]:4840/ua?x=1&y=%2F;z=(a)*'b'~!$,@",
         ] {
             check_application_uri(ok).expect(ok);
         }
@@ -928,6 +951,16 @@ mod tests {
             ("urn:ä", "U+00E4"),
             ("urn:a#b", "fragment"),
             ("", "no scheme"),
+            ("urn:a%", "percent-escape"),
+            ("urn:a%4", "percent-escape"),
+            ("urn:a%zz", "percent-escape"),
+            ("urn:a<b>", "'<'"),
+            ("urn:a\"b", "'\"'"),
+            ("urn:a\\b", "'\\\\'"),
+            ("urn:a^b", "'^'"),
+            ("urn:a`b", "'`'"),
+            ("urn:a{b}", "'{'"),
+            ("urn:a|b", "'|'"),
         ] {
             let err = check_application_uri(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
