@@ -411,7 +411,7 @@ impl Device {
             state.account_url = None;
         }
 
-        let cert_key = self.certificate_key()?;
+        let cert_key = self.certificate_key().await?;
         let csr = csr_der(&cert_key, &l.identifiers, s.application_uri.as_deref())?;
 
         let mut registered_now = false;
@@ -484,7 +484,7 @@ impl Device {
     /// of the configured algorithm. A stored key of another algorithm is not reused: the
     /// configured `key_algorithm` wins, and a new key is made (with a warning), so changing the
     /// algorithm in the configuration takes effect at the next certificate.
-    fn certificate_key(&self) -> Result<CertKey, Error> {
+    async fn certificate_key(&self) -> Result<CertKey, Error> {
         let path = &self.s.local.key_path;
         let alg = self.s.key_algorithm;
         if self.s.reuse_key {
@@ -507,7 +507,11 @@ impl Device {
         if alg.rsa_bits().is_some() {
             tracing::info!("generating an {alg} certificate key (this takes a moment)");
         }
-        CertKey::generate(alg)
+        // RSA key generation takes up to seconds of CPU: off the (single-threaded) runtime, so
+        // the responders and timers keep running meanwhile.
+        tokio::task::spawn_blocking(move || CertKey::generate(alg))
+            .await
+            .map_err(|e| Error::Crypto(format!("{alg} key generation failed: {e}")))?
     }
 
     /// Checks what the CA sent against the key and the identifiers, then writes key,
