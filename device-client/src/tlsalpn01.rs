@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,8 +28,13 @@ use crate::types::Identifier;
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737 §6.2).
 pub const ACME_TLS_ALPN: &[u8] = protocol_spec::challenge::ACME_TLS_ALPN_PROTOCOL;
-/// A validator that does not finish its handshake within this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that is not answered and closed within this time (handshake and shutdown) is
+/// dropped.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many connections are served at once; more are closed as soon as they are
+/// accepted, so idle connections cannot use up the device's memory or file descriptors. A CA
+/// validates from a few vantage points, far fewer.
+pub const MAX_CONNECTIONS: usize = 32;
 
 type Certs = Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>;
 
@@ -68,6 +74,9 @@ impl TlsAlpn01Responder {
         // RFC 8737 §4: the response "MUST" negotiate acme-tls/1; rustls refuses a ClientHello
         // whose ALPN list does not contain it (no_application_protocol).
         config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        // Each validation is one handshake: nothing to resume, so no tickets and no cache.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let task = tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(config))));
         tracing::debug!(%local, "tls-alpn-01 responder listening");
         Ok(Self {
@@ -204,14 +213,27 @@ impl ResolvesServerCert for Resolver {
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "tls-alpn-01: too many connections; closed this one");
+                    drop(stream);
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &acceptor).await {
-                        tracing::debug!(%peer, error = %e, "tls-alpn-01 connection failed");
+                    let answered =
+                        tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, peer, &acceptor)).await;
+                    match answered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "tls-alpn-01 connection failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "tls-alpn-01 connection timed out"),
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -225,11 +247,13 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
 
 /// One validation: the handshake is the whole answer (RFC 8737 §3), then the connection is
 /// closed.
-async fn answer(stream: TcpStream, acceptor: &TlsAcceptor) -> std::io::Result<()> {
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
-    tracing::info!("answered the CA's tls-alpn-01 handshake");
+async fn answer(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+) -> std::io::Result<()> {
+    let mut tls = acceptor.accept(stream).await?;
+    tracing::info!(%peer, "answered a tls-alpn-01 handshake");
     tls.shutdown().await
 }
 
@@ -348,5 +372,43 @@ mod tests {
         assert!(handshake(addr, "plc-7.plant", b"http/1.1").await.is_err());
         assert!(handshake(addr, "other.plant", ACME_TLS_ALPN).await.is_err());
         assert!(sni_name(&Identifier::permanent("SN-1").expect("permanent")).is_err());
+    }
+
+    /// The critical acmeIdentifier extension's value.
+    fn acme_identifier(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<u8> {
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(ext.critical);
+        ext.value.to_vec()
+    }
+
+    /// The DER OCTET STRING of SHA-256(`key_authorization`) (RFC 8737 §3).
+    fn digest_octets(key_authorization: &str) -> Vec<u8> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+        let mut want = vec![0x04, 0x20];
+        want.extend_from_slice(digest.as_ref());
+        want
+    }
+
+    /// Connections beyond [`MAX_CONNECTIONS`] are closed at once; the idle ones that hold the
+    /// slots are closed after [`ANSWER_TIMEOUT`], and then a validation gets through again.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_timed_out() {
+        let r = TlsAlpn01Responder::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let dns = Identifier::dns("plc-7.plant").expect("dns");
+        r.add(&dns, "tok.thumb").expect("add");
+        let addr = r.local_addr();
+        crate::http01::tests::assert_idle_connections_capped(addr, MAX_CONNECTIONS, ANSWER_TIMEOUT)
+            .await;
+        let der = handshake(addr, "plc-7.plant", ACME_TLS_ALPN)
+            .await
+            .expect("a validation after the idle connections");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+        assert_eq!(acme_identifier(&cert), digest_octets("tok.thumb"));
     }
 }
