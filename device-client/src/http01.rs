@@ -6,7 +6,7 @@
 //! path is compared, never used to open anything.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,10 +37,39 @@ pub struct Http01Responder {
     task: JoinHandle<()>,
 }
 
+/// Binds a challenge responder's `addr`. The unspecified IPv6 address `[::]` is bound
+/// dual-stack (IPV6_V6ONLY off), so validators reach it over IPv4 too; where the host has no
+/// IPv6 it falls back to `0.0.0.0` on the same port. A port that is taken or not allowed fails
+/// as it is.
+pub(crate) async fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::io::ErrorKind::{AddrInUse, PermissionDenied};
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        match listen_dual_stack(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if matches!(e.kind(), AddrInUse | PermissionDenied) => return Err(e),
+            Err(e) => {
+                let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+                tracing::debug!(error = %e, "cannot listen on {addr} (no IPv6?); listening on {v4}");
+                return TcpListener::bind(v4).await;
+            }
+        }
+    }
+    TcpListener::bind(addr).await
+}
+
+fn listen_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v6()?;
+    socket2::SockRef::from(&socket).set_only_v6(false)?;
+    // As TcpListener::bind does: a restarted client can listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 impl Http01Responder {
     /// Binds `addr` and starts answering.
     pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr)
+        let listener = listen(addr)
             .await
             .map_err(|source| Error::Http01Listen { addr, source })?;
         let local = listener
@@ -205,6 +234,27 @@ pub(crate) mod tests {
         assert_eq!(closed_at_once, 40 - max);
         let (closed_later, _) = closed_within(open, timeout + Duration::from_secs(2)).await;
         assert_eq!(closed_later, max);
+    }
+
+    #[tokio::test]
+    async fn the_unspecified_ipv6_address_takes_ipv4_too() {
+        let r = Http01Responder::bind("[::]:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        r.add("tok_1-A", "tok_1-A.thumb").expect("add");
+        let port = r.local_addr().port();
+        let mut clients = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))];
+        if r.local_addr().is_ipv6() {
+            clients.push(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+        }
+        for client in clients {
+            let ok = get(
+                client,
+                "GET /.well-known/acme-challenge/tok_1-A HTTP/1.1\r\n\r\n",
+            )
+            .await;
+            assert!(ok.ends_with("tok_1-A.thumb"), "{client}: {ok}");
+        }
     }
 
     /// Connections beyond [`MAX_CONNECTIONS`] are closed at once; the idle ones that hold the

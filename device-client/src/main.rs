@@ -131,7 +131,7 @@ struct Opts {
     /// the challenge, the certificate key is a new one.
     #[arg(long = "idevid-key", value_name = "FILE")]
     idevid_key: Option<PathBuf>,
-    /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
+    /// Address:port the http-01 responder listens on [default: [::]:80, IPv6 and IPv4; 0.0.0.0:80 without IPv6].
     #[arg(long = "http01-listen", value_name = "ADDR")]
     http01_listen: Option<String>,
     /// How long to wait for an operator's approval [default: 1h].
@@ -199,7 +199,7 @@ struct Opts {
     /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
     #[arg(long, value_name = "URI")]
     application_uri: Option<String>,
-    /// Address:port the tls-alpn-01 responder listens on [default: 0.0.0.0:443].
+    /// Address:port the tls-alpn-01 responder listens on [default: [::]:443, IPv6 and IPv4; 0.0.0.0:443 without IPv6].
     #[arg(long = "tls-alpn01-listen", value_name = "ADDR")]
     tls_alpn01_listen: Option<String>,
     /// More log output (debug).

@@ -56,7 +56,7 @@ impl fmt::Debug for TlsAlpn01Responder {
 impl TlsAlpn01Responder {
     /// Binds `addr` and starts answering.
     pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr)
+        let listener = crate::http01::listen(addr)
             .await
             .map_err(|source| Error::TlsAlpn01Listen { addr, source })?;
         let local = listener
