@@ -304,6 +304,17 @@ mod tests {
 
     /// A handshake as the CA's validator makes it; the presented certificate, or the error.
     async fn handshake(addr: SocketAddr, sni: &str, alpn: &[u8]) -> Result<Vec<u8>, String> {
+        handshake_with(addr, sni, Some(alpn), true).await
+    }
+
+    /// A handshake offering `alpn` (none at all with `None`), and sending `sni` only with
+    /// `send_sni`.
+    async fn handshake_with(
+        addr: SocketAddr,
+        sni: &str,
+        alpn: Option<&[u8]>,
+        send_sni: bool,
+    ) -> Result<Vec<u8>, String> {
         let capture = Arc::new(Capture::default());
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -313,7 +324,8 @@ mod tests {
         .dangerous()
         .with_custom_certificate_verifier(capture.clone())
         .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+        config.enable_sni = send_sni;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = ServerName::try_from(sni.to_owned()).expect("name");
@@ -346,16 +358,7 @@ mod tests {
             san.value.general_names,
             [GeneralName::DNSName("plc-7.plant")]
         );
-        let ext = cert
-            .extensions()
-            .iter()
-            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
-            .expect("acmeIdentifier");
-        assert!(ext.critical);
-        let digest = ring::digest::digest(&ring::digest::SHA256, b"tok.thumb");
-        let mut want = vec![0x04, 0x20];
-        want.extend_from_slice(digest.as_ref());
-        assert_eq!(ext.value, want.as_slice());
+        assert_eq!(acme_identifier(&cert), digest_octets("tok.thumb"));
 
         // RFC 8738 §6: an address is asked for by its reverse name, and named by iPAddress.
         let der = handshake(addr, "7.2.0.192.in-addr.arpa", ACME_TLS_ALPN)
@@ -367,11 +370,27 @@ mod tests {
             san.value.general_names,
             [GeneralName::IPAddress(&[192, 0, 2, 7])]
         );
+        assert_eq!(acme_identifier(&cert), digest_octets("tok2.thumb"));
 
-        // No certificate for another ALPN or an unknown name.
+        // No certificate for another ALPN, no ALPN, no SNI or an unknown name.
         assert!(handshake(addr, "plc-7.plant", b"http/1.1").await.is_err());
+        assert!(handshake_with(addr, "plc-7.plant", None, true)
+            .await
+            .is_err());
+        assert!(
+            handshake_with(addr, "plc-7.plant", Some(ACME_TLS_ALPN), false)
+                .await
+                .is_err()
+        );
         assert!(handshake(addr, "other.plant", ACME_TLS_ALPN).await.is_err());
-        assert!(sni_name(&Identifier::permanent("SN-1").expect("permanent")).is_err());
+        // An identifier tls-alpn-01 cannot prove is the CA's mistake: retried, not fatal.
+        let e = sni_name(&Identifier::permanent("SN-1").expect("permanent")).expect_err("perm");
+        assert_eq!(e.kind(), crate::error::ErrorKind::Refused, "{e}");
+
+        // Stopped when dropped: nothing listens any more.
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "stopped on drop");
     }
 
     /// The critical acmeIdentifier extension's value.
