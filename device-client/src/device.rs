@@ -132,6 +132,16 @@ impl Device {
                 });
             }
         }
+        // A changed --application-uri is renewed at once, like changed identifiers.
+        if let Some(info) = status.info() {
+            if let Some(reason) = application_uri_mismatch(info, self.s.application_uri.as_deref())
+            {
+                return Ok(CertStatus::Unusable {
+                    reason,
+                    info: Some(Box::new(info.clone())),
+                });
+            }
+        }
         Ok(status)
     }
 
@@ -549,6 +559,9 @@ impl Device {
                 ),
             ));
         }
+        if let Some(reason) = application_uri_mismatch(&info, self.s.application_uri.as_deref()) {
+            return Err(Error::protocol("certificate", reason));
+        }
         let pem_of = |certs: &[CertificateDer<'_>]| -> String {
             certs.iter().map(|c| key::pem("CERTIFICATE", c)).collect()
         };
@@ -562,6 +575,23 @@ impl Device {
         }
         Ok(info)
     }
+}
+
+/// Why `info` does not carry the configured ApplicationUri, if it does not: with
+/// `application_uri` set, the certificate's URI subjectAltNames must be exactly that one URI.
+fn application_uri_mismatch(info: &CertInfo, application_uri: Option<&str>) -> Option<String> {
+    let uri = application_uri?;
+    if info.uris.len() == 1 && info.uris[0] == uri {
+        return None;
+    }
+    let found = if info.uris.is_empty() {
+        "no URI subjectAltName".to_owned()
+    } else {
+        crate::error::printable(&format!("the URIs {}", info.uris.join(", ")))
+    };
+    Some(format!(
+        "the certificate carries {found}, but application_uri is {uri:?}"
+    ))
 }
 
 fn write_public(path: &Path, text: &str) -> Result<(), Error> {
@@ -748,6 +778,42 @@ mod tests {
     use crate::key::KeyAlgorithm;
 
     #[test]
+    fn the_certificate_must_carry_exactly_the_configured_application_uri() {
+        let uri = "urn:plant.example:line1:plc7";
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
+        let dns = [Identifier::parse("plc-7.plant").expect("dns")];
+        let cert_for = |uris: &[&str]| {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["plc-7.plant".to_owned()]).expect("params");
+            for u in uris {
+                params
+                    .subject_alt_names
+                    .push(rcgen::SanType::URI((*u).try_into().expect("uri")));
+            }
+            let der = params
+                .self_signed(&key.rcgen().expect("rcgen"))
+                .expect("cert");
+            CertInfo::from_der(der.der()).expect("parses")
+        };
+        let with = cert_for(&[uri]);
+        assert_eq!(with.uris, [uri]);
+        assert_eq!(with.identifiers, dns);
+        assert_eq!(application_uri_mismatch(&with, Some(uri)), None);
+        // Without application_uri, whatever the CA put there is not the device's business.
+        assert_eq!(application_uri_mismatch(&with, None), None);
+        let changed = application_uri_mismatch(&with, Some("urn:plant.example:line2:plc7"))
+            .expect("mismatch");
+        assert!(
+            changed.contains(uri) && changed.contains("line2"),
+            "{changed}"
+        );
+        let none = application_uri_mismatch(&cert_for(&[]), Some(uri)).expect("mismatch");
+        assert!(none.contains("no URI subjectAltName"), "{none}");
+        let two = cert_for(&[uri, "urn:other"]);
+        assert!(application_uri_mismatch(&two, Some(uri)).is_some());
+    }
+
+    #[test]
     fn run_survives_a_dropped_profile_only_with_a_usable_certificate() {
         let info = Box::new(CertInfo {
             serial: "01".into(),
@@ -756,6 +822,7 @@ mod tests {
             not_before: OffsetDateTime::UNIX_EPOCH,
             not_after: OffsetDateTime::now_utc() + time::Duration::days(30),
             identifiers: Vec::new(),
+            uris: Vec::new(),
             public_key: Vec::new(),
             cert_id: None,
         });
