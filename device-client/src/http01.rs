@@ -6,6 +6,7 @@
 //! path is compared, never used to open anything.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,10 +22,11 @@ const PREFIX: &str = "/.well-known/acme-challenge/";
 /// A request head larger than this is not a validation request.
 const MAX_HEAD: usize = 8 * 1024;
 /// A connection that is not answered and closed within this time (request, response and
-/// shutdown) is dropped.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// At most this many connections are served at once; more are closed as soon as they are
-/// accepted, so idle connections cannot use up the device's memory or file descriptors.
+/// shutdown; for tls-alpn-01 handshake and shutdown) is dropped.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many connections are served at once, by each responder; more are closed as
+/// soon as they are accepted, so idle connections cannot use up the device's memory or file
+/// descriptors. A CA validates from a few vantage points, far fewer.
 pub const MAX_CONNECTIONS: usize = 32;
 
 type Tokens = Arc<Mutex<HashMap<String, String>>>;
@@ -109,31 +111,46 @@ impl Drop for Http01Responder {
 }
 
 async fn serve(listener: TcpListener, tokens: Tokens) {
+    serve_capped(listener, "http-01", move |stream, peer| {
+        let tokens = tokens.clone();
+        async move { answer(stream, peer, &tokens).await }
+    })
+    .await;
+}
+
+/// The accept loop of a challenge responder (`what`: `http-01`, `tls-alpn-01`): each connection
+/// is answered by `answer` in its own task, at most [`MAX_CONNECTIONS`] at once (more are
+/// closed as soon as they are accepted), and dropped if the answer, shutdown included, takes
+/// longer than [`ANSWER_TIMEOUT`].
+pub(crate) async fn serve_capped<F, A>(listener: TcpListener, what: &'static str, answer: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> A,
+    A: Future<Output = std::io::Result<()>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "http-01: too many connections; closed this one");
+                    tracing::debug!(%peer, "{what}: too many connections; closed this one");
                     drop(stream);
                     continue;
                 };
-                let tokens = tokens.clone();
+                let answered = answer(stream, peer);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, peer, &tokens)).await
-                    {
+                    match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "http-01 connection failed")
+                            tracing::debug!(%peer, error = %e, "{what} connection failed")
                         }
-                        Err(_) => tracing::debug!(%peer, "http-01 connection timed out"),
+                        Err(_) => tracing::debug!(%peer, "{what} connection timed out"),
                     }
                     drop(slot);
                 });
             }
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "http-01 responder cannot accept");
+                tracing::warn!(error = %e, "{what} responder cannot accept");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

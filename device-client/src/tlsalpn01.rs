@@ -6,20 +6,19 @@
 //! names exactly that identifier and carries the critical acmeIdentifier extension with the
 //! SHA-256 of the key authorization. Any other handshake fails: no certificate is presented
 //! for another ALPN, no SNI, or an unknown name. Like the http-01 responder, it only runs while
-//! an order has pending authorizations.
+//! an order has pending authorizations, and shares its connection cap and timeout
+//! ([`crate::http01::MAX_CONNECTIONS`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -28,13 +27,6 @@ use crate::types::Identifier;
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737 §6.2).
 pub const ACME_TLS_ALPN: &[u8] = protocol_spec::challenge::ACME_TLS_ALPN_PROTOCOL;
-/// A connection that is not answered and closed within this time (handshake and shutdown) is
-/// dropped.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// At most this many connections are served at once; more are closed as soon as they are
-/// accepted, so idle connections cannot use up the device's memory or file descriptors. A CA
-/// validates from a few vantage points, far fewer.
-pub const MAX_CONNECTIONS: usize = 32;
 
 type Certs = Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>;
 
@@ -213,36 +205,11 @@ impl ResolvesServerCert for Resolver {
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "tls-alpn-01: too many connections; closed this one");
-                    drop(stream);
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let answered =
-                        tokio::time::timeout(ANSWER_TIMEOUT, answer(stream, peer, &acceptor)).await;
-                    match answered {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "tls-alpn-01 connection failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "tls-alpn-01 connection timed out"),
-                    }
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "tls-alpn-01 responder cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::http01::serve_capped(listener, "tls-alpn-01", move |stream, peer| {
+        let acceptor = acceptor.clone();
+        async move { answer(stream, peer, &acceptor).await }
+    })
+    .await;
 }
 
 /// One validation: the handshake is the whole answer (RFC 8737 §3), then the connection is
@@ -261,6 +228,7 @@ async fn answer(
 mod tests {
     use super::*;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::time::Duration;
     use x509_parser::extensions::GeneralName;
 
     /// Accepts any certificate and keeps the one the server presented.
@@ -412,8 +380,8 @@ mod tests {
         want
     }
 
-    /// Connections beyond [`MAX_CONNECTIONS`] are closed at once; the idle ones that hold the
-    /// slots are closed after [`ANSWER_TIMEOUT`], and then a validation gets through again.
+    /// Connections beyond the cap are closed at once; the idle ones that hold the slots are
+    /// closed after the answer timeout, and then a validation gets through again.
     #[tokio::test]
     async fn idle_connections_are_capped_and_timed_out() {
         let r = TlsAlpn01Responder::bind("127.0.0.1:0".parse().expect("addr"))
@@ -422,8 +390,12 @@ mod tests {
         let dns = Identifier::dns("plc-7.plant").expect("dns");
         r.add(&dns, "tok.thumb").expect("add");
         let addr = r.local_addr();
-        crate::http01::tests::assert_idle_connections_capped(addr, MAX_CONNECTIONS, ANSWER_TIMEOUT)
-            .await;
+        crate::http01::tests::assert_idle_connections_capped(
+            addr,
+            crate::http01::MAX_CONNECTIONS,
+            crate::http01::ANSWER_TIMEOUT,
+        )
+        .await;
         let der = handshake(addr, "plc-7.plant", ACME_TLS_ALPN)
             .await
             .expect("a validation after the idle connections");
