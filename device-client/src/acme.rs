@@ -201,8 +201,8 @@ impl AcmeClient {
             return Ok(());
         }
         Err(Error::ProfileNotOffered {
-            profile: name.to_owned(),
-            offered: offered.iter().map(|(n, d)| format!("{n} ({d})")).collect(),
+            profile: crate::error::printable(name),
+            offered: offered_profiles(offered),
         })
     }
 
@@ -266,8 +266,15 @@ impl AcmeClient {
         loop {
             match order.status {
                 OrderStatus::Pending => {
-                    self.authorize(key, account_url, &order, enrollment, poll_timeout)
-                        .await?;
+                    self.authorize(
+                        key,
+                        account_url,
+                        identifiers,
+                        &order,
+                        enrollment,
+                        poll_timeout,
+                    )
+                    .await?;
                     let (o, ra) = self.order(key, account_url, &order_url).await?;
                     if o.status == OrderStatus::Pending {
                         // All authorizations are valid, but the CA has not caught up yet.
@@ -337,10 +344,14 @@ impl AcmeClient {
     }
 
     /// Triggers the challenge of every pending authorization, then waits until each is valid.
+    /// An authorization for an identifier that is not in `identifiers` (what the device
+    /// ordered) is refused before any challenge is answered: whatever the challenge type, the
+    /// device proves only its own names.
     async fn authorize(
         &self,
         key: &dyn Signer,
         account_url: &str,
+        identifiers: &[Identifier],
         order: &Order,
         enrollment: &Enrollment,
         poll_timeout: Duration,
@@ -352,6 +363,7 @@ impl AcmeClient {
         let mut pending = Vec::new();
         for url in &order.authorizations {
             let (authz, _) = self.authz(key, account_url, url).await?;
+            check_ordered(&authz.identifier, identifiers)?;
             let id = authz.identifier.to_string();
             // A mixed order may need two methods (device-attest-01 and http-01).
             let method = enrollment.for_identifier(&authz.identifier);
@@ -465,6 +477,65 @@ impl AcmeClient {
     }
 }
 
+/// At most this many of the CA's profiles are listed in an error.
+const MAX_LISTED_PROFILES: usize = 20;
+/// A profile's `name (description)` is cut to this many characters in an error.
+const MAX_PROFILE_TEXT: usize = 64;
+
+/// The CA's profiles as `name (description)` for an error message: control characters
+/// escaped, each cut to [`MAX_PROFILE_TEXT`] characters, and at most [`MAX_LISTED_PROFILES`] of
+/// them, with a last entry saying how many more there are.
+fn offered_profiles(offered: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut list: Vec<String> = offered
+        .iter()
+        .take(MAX_LISTED_PROFILES)
+        .map(|(name, description)| {
+            let text = crate::error::printable(&format!("{name} ({description})"));
+            if text.chars().count() > MAX_PROFILE_TEXT {
+                let cut: String = text.chars().take(MAX_PROFILE_TEXT - 1).collect();
+                format!("{cut}…")
+            } else {
+                text
+            }
+        })
+        .collect();
+    if offered.len() > MAX_LISTED_PROFILES {
+        list.push(format!("and {} more", offered.len() - MAX_LISTED_PROFILES));
+    }
+    list
+}
+
+/// Refuses an authorization whose identifier is not one of `ordered`: a CA that asks the
+/// device to prove some other name gets no challenge answer (no responder is started, no
+/// certificate made for it). Names compare as the CA normalises them: `dns` case-insensitively,
+/// `ip` by address.
+fn check_ordered(identifier: &Identifier, ordered: &[Identifier]) -> Result<(), Error> {
+    let same = |o: &Identifier| {
+        o.kind == identifier.kind
+            && match identifier.kind.as_str() {
+                "dns" => o.value.eq_ignore_ascii_case(&identifier.value),
+                "ip" => match (
+                    o.value.parse::<std::net::IpAddr>(),
+                    identifier.value.parse::<std::net::IpAddr>(),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => false,
+                },
+                _ => o.value == identifier.value,
+            }
+    };
+    if ordered.iter().any(same) {
+        return Ok(());
+    }
+    Err(Error::protocol(
+        "authorization",
+        format!(
+            "the CA asks this device to prove {}, which it did not order; refusing",
+            crate::error::printable(&identifier.to_string())
+        ),
+    ))
+}
+
 fn failed(authz: &Authorization) -> Error {
     let problem = authz
         .challenges
@@ -539,6 +610,63 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offered_profiles_are_escaped_and_capped() {
+        let mut offered = std::collections::BTreeMap::new();
+        offered.insert(
+            "opcua".to_owned(),
+            "OPC UA\n\u{1b}[2Japplication instance".to_owned(),
+        );
+        let list = offered_profiles(&offered);
+        assert_eq!(list, ["opcua (OPC UA\\n\\u{1b}[2Japplication instance)"]);
+        offered.insert("long".to_owned(), "x".repeat(500));
+        for i in 0..30 {
+            offered.insert(format!("p{i:02}"), String::new());
+        }
+        let list = offered_profiles(&offered);
+        assert_eq!(list.len(), MAX_LISTED_PROFILES + 1);
+        assert!(list
+            .iter()
+            .all(|p| p.chars().count() <= MAX_PROFILE_TEXT && !p.chars().any(char::is_control)));
+        assert_eq!(list[0].chars().count(), MAX_PROFILE_TEXT);
+        assert!(list[0].starts_with("long (xxx") && list[0].ends_with('…'));
+        assert_eq!(list[MAX_LISTED_PROFILES], "and 12 more");
+    }
+
+    #[test]
+    fn authorizations_for_names_the_device_did_not_order_are_refused() {
+        let ordered = [
+            Identifier::parse("plc-7.plant").expect("dns"),
+            Identifier::parse("2001:db8::7").expect("ip"),
+            Identifier::permanent("SN-1/1.2.3").expect("permanent"),
+        ];
+        let id = |kind: &str, value: &str| Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        };
+        for ok in [
+            id("dns", "PLC-7.plant"),
+            id("ip", "2001:0db8:0:0::7"),
+            id("permanent-identifier", "SN-1/1.2.3"),
+        ] {
+            check_ordered(&ok, &ordered).expect("ordered");
+        }
+        for foreign in [
+            id("dns", "other.plant"),
+            id("ip", "plc-7.plant"),
+            id("dns", "2001:db8::7"),
+            id("ip", "10.0.0.7"),
+            id("permanent-identifier", "SN-2/1.2.3"),
+            id("dns", "evil\u{1b}[2J.plant"),
+        ] {
+            let e = check_ordered(&foreign, &ordered).expect_err("foreign");
+            // Retried like any bad answer from the CA, never a configuration error.
+            assert_eq!(e.kind(), crate::error::ErrorKind::Refused, "{e}");
+            assert!(e.to_string().contains("did not order"), "{e}");
+            assert!(!e.to_string().contains('\u{1b}'), "{e}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn poller_honours_retry_after_and_times_out() {

@@ -33,6 +33,8 @@ pub struct CertInfo {
     /// The `dns`, `ip` and `permanent-identifier` (otherName PermanentIdentifier)
     /// subjectAltNames, sorted.
     pub identifiers: Vec<Identifier>,
+    /// The uniformResourceIdentifier subjectAltNames as written (the OPC UA ApplicationUri).
+    pub uris: Vec<String>,
     /// The DER SubjectPublicKeyInfo's public key bits (for comparing with the key file).
     pub public_key: Vec<u8>,
     /// The ACME Renewal Information certificate identifier (RFC 9773 §4.1):
@@ -47,9 +49,11 @@ impl CertInfo {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
         let mut identifiers = Vec::new();
+        let mut uris = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
                     GeneralName::DNSName(d) => identifiers.push(Identifier {
                         kind: "dns".into(),
                         value: d.to_ascii_lowercase(),
@@ -100,6 +104,7 @@ impl CertInfo {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             identifiers,
+            uris,
             public_key: cert.public_key().subject_public_key.data.to_vec(),
             cert_id,
         })

@@ -22,10 +22,12 @@ use crate::types::Identifier;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/iiot-device-client";
-/// Default http-01 listen address: every IPv4 address, port 80 (RFC 8555 §8.3).
-pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:80";
-/// Default tls-alpn-01 listen address: every IPv4 address, port 443 (RFC 8737 §3).
-pub const DEFAULT_TLS_ALPN01_LISTEN: &str = "0.0.0.0:443";
+/// Default http-01 listen address: every address, IPv6 and IPv4, port 80 (RFC 8555 §8.3);
+/// `0.0.0.0:80` on a host without IPv6 ([`crate::http01::listen`]).
+pub const DEFAULT_HTTP01_LISTEN: &str = "[::]:80";
+/// Default tls-alpn-01 listen address: every address, IPv6 and IPv4, port 443 (RFC 8737 §3);
+/// `0.0.0.0:443` on a host without IPv6.
+pub const DEFAULT_TLS_ALPN01_LISTEN: &str = "[::]:443";
 /// Default renewal point: two thirds of the lifetime.
 pub const DEFAULT_RENEW_AT: f64 = 2.0 / 3.0;
 
@@ -826,7 +828,7 @@ mod tests {
         assert_eq!(
             alpn.enrollment,
             Enrollment::TlsAlpn01 {
-                listen: "0.0.0.0:443".parse().expect("addr")
+                listen: "[::]:443".parse().expect("addr")
             }
         );
         assert!(err(FileConfig {

@@ -59,6 +59,21 @@ fn replaced(status: &CertStatus) -> Option<String> {
     }
 }
 
+/// Whether `run` gives up on `e`, met while renewing from `status`. Configuration errors need
+/// the operator, except those that come from the CA's current offer (a profile the CA dropped
+/// or renamed): with a usable certificate installed, `run` keeps it and tries again later, so
+/// a change at the CA does not stop a device that still has months of certificate left.
+fn fatal_in_run(e: &Error, status: &CertStatus) -> bool {
+    let usable = matches!(
+        status,
+        CertStatus::Valid { .. } | CertStatus::RenewalDue { .. }
+    );
+    match e {
+        Error::ProfileNotOffered { .. } => !usable,
+        e => e.kind() == ErrorKind::Config,
+    }
+}
+
 /// What `enroll` did.
 #[derive(Debug)]
 pub enum EnrollOutcome {
@@ -138,6 +153,16 @@ impl Device {
                         "it was issued through {dir}, and the device is now configured for {}",
                         self.s.directory_url
                     ),
+                    info: Some(Box::new(info.clone())),
+                });
+            }
+        }
+        // A changed --application-uri is renewed at once, like changed identifiers.
+        if let Some(info) = status.info() {
+            if let Some(reason) = application_uri_mismatch(info, self.s.application_uri.as_deref())
+            {
+                return Ok(CertStatus::Unusable {
+                    reason,
                     info: Some(Box::new(info.clone())),
                 });
             }
@@ -404,7 +429,8 @@ impl Device {
     /// information (RFC 9773) says, or at the configured point of the lifetime if the CA offers
     /// none, and retrying failures with exponential backoff and jitter, honouring Retry-After.
     /// An expired certificate (a device that was offline longer than its lifetime) is enrolled
-    /// again. Returns only for configuration errors, which need the operator.
+    /// again. Returns only for configuration errors, which need the operator; a profile the CA
+    /// no longer offers is one only while no usable certificate is installed.
     pub async fn run(&self) -> Result<Infallible, Error> {
         let mut failures = 0u32;
         let mut announced: Option<OffsetDateTime> = None;
@@ -514,7 +540,14 @@ impl Device {
                         failures = 0;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
+                Err(e) if fatal_in_run(&e, &status) => return Err(e),
+                Err(e) if e.kind() == ErrorKind::Config => {
+                    failures += 1;
+                    tracing::error!("{e}");
+                    let why = "cannot renew until the CA offers the profile again or the \
+                               configuration changes";
+                    self.back_off(failures, &why, None).await;
+                }
                 Err(e) => {
                     failures += 1;
                     let retry_after = e.retry_after();
@@ -570,7 +603,7 @@ impl Device {
         // Before the CA is asked anything: a token that cannot be used (wrong PIN, missing) is
         // a configuration error whatever the CA's state.
         self.settle_token_key()?;
-        let (cert_key, rotation) = self.certificate_key(&State::load(&l.state_dir)?)?;
+        let (cert_key, rotation) = self.certificate_key(&State::load(&l.state_dir)?).await?;
         let csr = cert_key.csr_der(&l.identifiers, s.application_uri.as_deref())?;
         // The first request: a CA that fails the pin is refused here (SPEC §2.3).
         let client =
@@ -675,12 +708,13 @@ impl Device {
     /// rotation (current, next) are returned with it, for [`Self::promote_token_key`] once
     /// its certificate is installed. With `reuse_key` the token's key is generated once, then
     /// kept.
-    fn certificate_key(
+    async fn certificate_key(
         &self,
         state: &State,
     ) -> Result<(CertificateKey, Option<(String, String)>), Error> {
         let Some(uri) = &self.s.local.key_uri else {
-            return Ok((self.file_certificate_key().map(CertificateKey::File)?, None));
+            let key = self.file_certificate_key().await?;
+            return Ok((CertificateKey::File(key), None));
         };
         let curve = token_curve(self.s.key_algorithm)?;
         let (current, next) = cert::token_key_labels(uri, state);
@@ -776,7 +810,7 @@ impl Device {
     /// one of the configured algorithm. A stored key of another algorithm is not reused: the
     /// configured `key_algorithm` wins, and a new key is made (with a warning), so changing the
     /// algorithm in the configuration takes effect at the next certificate.
-    fn file_certificate_key(&self) -> Result<CertKey, Error> {
+    async fn file_certificate_key(&self) -> Result<CertKey, Error> {
         let path = &self.s.local.key_path;
         let alg = self.s.key_algorithm;
         if self.s.reuse_key {
@@ -799,7 +833,11 @@ impl Device {
         if alg.rsa_bits().is_some() {
             tracing::info!("generating an {alg} certificate key (this takes a moment)");
         }
-        CertKey::generate(alg)
+        // RSA key generation takes up to seconds of CPU: off the (single-threaded) runtime, so
+        // the responders and timers keep running meanwhile.
+        tokio::task::spawn_blocking(move || CertKey::generate(alg))
+            .await
+            .map_err(|e| Error::Crypto(format!("{alg} key generation failed: {e}")))?
     }
 
     /// Checks what the CA sent against the key and the identifiers, then writes key,
@@ -841,6 +879,9 @@ impl Device {
                         .collect::<Vec<_>>()
                 ),
             ));
+        }
+        if let Some(reason) = application_uri_mismatch(&info, self.s.application_uri.as_deref()) {
+            return Err(Error::protocol("certificate", reason));
         }
         // The chain must link up; with an OPC UA PKI directory, whose trust anchor is the
         // pinned root, it must also reach that root. (Without one, a standard CA such as Pebble
@@ -1049,6 +1090,23 @@ impl Device {
     }
 }
 
+/// Why `info` does not carry the configured ApplicationUri, if it does not: with
+/// `application_uri` set, the certificate's URI subjectAltNames must be exactly that one URI.
+fn application_uri_mismatch(info: &CertInfo, application_uri: Option<&str>) -> Option<String> {
+    let uri = application_uri?;
+    if info.uris.len() == 1 && info.uris[0] == uri {
+        return None;
+    }
+    let found = if info.uris.is_empty() {
+        "no URI subjectAltName".to_owned()
+    } else {
+        crate::error::printable(&format!("the URIs {}", info.uris.join(", ")))
+    };
+    Some(format!(
+        "the certificate carries {found}, but application_uri is {uri:?}"
+    ))
+}
+
 fn write_public(path: &Path, text: &str) -> Result<(), Error> {
     files::write_atomic(path, text.as_bytes(), files::PUBLIC_MODE)
 }
@@ -1232,6 +1290,27 @@ pub fn check_application_uri(uri: &str) -> Result<(), Error> {
     if uri.contains('#') {
         return bad("an absolute URI has no fragment (#)");
     }
+    // RFC 3986 §2: only unreserved and reserved characters, and `%` with two hex digits.
+    let bytes = uri.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return bad("a % must start a percent-escape of two hex digits (RFC 3986 §2.1)");
+            }
+            i += 3;
+            continue;
+        }
+        let allowed = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
+        if !allowed {
+            return bad(&format!(
+                "contains {:?}, which a URI may hold only percent-encoded (RFC 3986 §2)",
+                char::from(b)
+            ));
+        }
+        i += 1;
+    }
     Ok(())
 }
 
@@ -1312,6 +1391,91 @@ async fn run_post_install(
 mod tests {
     use super::*;
     use crate::key::KeyAlgorithm;
+
+    #[test]
+    fn the_certificate_must_carry_exactly_the_configured_application_uri() {
+        let uri = "urn:plant.example:line1:plc7";
+        let key = CertKey::generate(KeyAlgorithm::P256).expect("key");
+        let dns = [Identifier::parse("plc-7.plant").expect("dns")];
+        let cert_for = |uris: &[&str]| {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["plc-7.plant".to_owned()]).expect("params");
+            for u in uris {
+                params
+                    .subject_alt_names
+                    .push(rcgen::SanType::URI((*u).try_into().expect("uri")));
+            }
+            let der = params
+                .self_signed(&key.rcgen().expect("rcgen"))
+                .expect("cert");
+            CertInfo::from_der(der.der()).expect("parses")
+        };
+        let with = cert_for(&[uri]);
+        assert_eq!(with.uris, [uri]);
+        assert_eq!(with.identifiers, dns);
+        assert_eq!(application_uri_mismatch(&with, Some(uri)), None);
+        // Without application_uri, whatever the CA put there is not the device's business.
+        assert_eq!(application_uri_mismatch(&with, None), None);
+        let changed = application_uri_mismatch(&with, Some("urn:plant.example:line2:plc7"))
+            .expect("mismatch");
+        assert!(
+            changed.contains(uri) && changed.contains("line2"),
+            "{changed}"
+        );
+        let none = application_uri_mismatch(&cert_for(&[]), Some(uri)).expect("mismatch");
+        assert!(none.contains("no URI subjectAltName"), "{none}");
+        let two = cert_for(&[uri, "urn:other"]);
+        assert!(application_uri_mismatch(&two, Some(uri)).is_some());
+    }
+
+    #[test]
+    fn run_survives_a_dropped_profile_only_with_a_usable_certificate() {
+        let info = Box::new(CertInfo {
+            serial: "01".into(),
+            subject: String::new(),
+            issuer: String::new(),
+            not_before: OffsetDateTime::UNIX_EPOCH,
+            not_after: OffsetDateTime::now_utc() + time::Duration::days(30),
+            identifiers: Vec::new(),
+            uris: Vec::new(),
+            public_key: Vec::new(),
+            cert_id: None,
+        });
+        let renew_at = OffsetDateTime::now_utc();
+        let dropped = Error::ProfileNotOffered {
+            profile: "opcua".into(),
+            offered: vec!["default (TLS)".into()],
+        };
+        for usable in [
+            CertStatus::Valid {
+                info: info.clone(),
+                renew_at,
+            },
+            CertStatus::RenewalDue {
+                info: info.clone(),
+                renew_at,
+            },
+        ] {
+            assert!(!fatal_in_run(&dropped, &usable), "{usable:?}");
+            // A configuration error of the device itself still stops it.
+            assert!(fatal_in_run(&Error::Config("x".into()), &usable));
+        }
+        for unusable in [
+            CertStatus::Missing,
+            CertStatus::Expired { info },
+            CertStatus::Unusable {
+                reason: "x".into(),
+                info: None,
+            },
+        ] {
+            assert!(fatal_in_run(&dropped, &unusable), "{unusable:?}");
+        }
+        let down = Error::Timeout {
+            what: "order".into(),
+            waited: Duration::from_secs(1),
+        };
+        assert!(!fatal_in_run(&down, &CertStatus::Missing));
+    }
 
     #[test]
     fn csr_names_exactly_the_identifiers() {
@@ -1459,6 +1623,8 @@ mod tests {
             "urn:plant.example:line1:plc7",
             "http://plant.example/opcua/plc7",
             "urn:a",
+            "urn:plant.example:Z%C3%A4hler",
+            "http://[2001:db8::7]:4840/ua?x=1&y=%2F;z=(a)*'b'~!$,@",
         ] {
             check_application_uri(ok).expect(ok);
         }
@@ -1471,6 +1637,16 @@ mod tests {
             ("urn:ä", "U+00E4"),
             ("urn:a#b", "fragment"),
             ("", "no scheme"),
+            ("urn:a%", "percent-escape"),
+            ("urn:a%4", "percent-escape"),
+            ("urn:a%zz", "percent-escape"),
+            ("urn:a<b>", "'<'"),
+            ("urn:a\"b", "'\"'"),
+            ("urn:a\\b", "'\\\\'"),
+            ("urn:a^b", "'^'"),
+            ("urn:a`b", "'`'"),
+            ("urn:a{b}", "'{'"),
+            ("urn:a|b", "'|'"),
         ] {
             let err = check_application_uri(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad:?}: {err}");

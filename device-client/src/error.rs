@@ -155,6 +155,22 @@ fn profile_not_offered(profile: &str, offered: &[String]) -> String {
     }
 }
 
+/// `text` from the CA (a problem detail, a profile description, an identifier) made safe to
+/// print on a terminal or into a log line: control characters, including ESC and line breaks,
+/// and the bidirectional overrides that reorder what a reader sees, are written as escapes
+/// (`\u{1b}`, `\n`, `\u{202e}`), the rest as it is.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn fmt_problem(p: &Option<Box<Problem>>) -> String {
     p.as_ref().map_or_else(String::new, |p| format!(": {p}"))
 }
@@ -296,21 +312,26 @@ impl fmt::Display for Problem {
             .strip_prefix(ACME_ERROR_PREFIX)
             .unwrap_or(&self.type_uri);
         let short = if short.is_empty() { "problem" } else { short };
-        f.write_str(short)?;
+        // Everything here comes from the CA: printed with its control characters escaped.
+        f.write_str(&printable(short))?;
         if let Some(status) = self.status {
             write!(f, " ({status})")?;
         }
         if let Some(id) = &self.identifier {
-            write!(f, " for {id}")?;
+            write!(f, " for {}", printable(&id.to_string()))?;
         }
         if let Some(detail) = self.detail.as_deref().filter(|d| !d.is_empty()) {
-            write!(f, ": {detail}")?;
+            write!(f, ": {}", printable(detail))?;
         }
         for sub in &self.subproblems {
             write!(f, "; {sub}")?;
         }
         if !self.algorithms.is_empty() {
-            write!(f, " (the CA accepts {})", self.algorithms.join(", "))?;
+            write!(
+                f,
+                " (the CA accepts {})",
+                printable(&self.algorithms.join(", "))
+            )?;
         }
         Ok(())
     }
@@ -404,6 +425,27 @@ mod tests {
                 .contains("the CA offers no certificate profiles"),
             "{none}"
         );
+    }
+
+    #[test]
+    fn text_from_the_ca_is_printed_with_control_characters_escaped() {
+        let p = Problem {
+            type_uri: "urn:ietf:params:acme:error:malformed\u{1b}[31m".into(),
+            detail: Some("line one\nline two \u{1b}]0;owned\u{7} \u{202e}txt".into()),
+            identifier: Some(Identifier {
+                kind: "dns".into(),
+                value: "a\rb".into(),
+            }),
+            ..Problem::default()
+        };
+        let text = p.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "malformed\\u{1b}[31m for dns:a\\rb: line one\\nline two \\u{1b}]0;owned\\u{7} \
+             \\u{202e}txt"
+        );
+        assert_eq!(printable("Zähler (OPC UA)"), "Zähler (OPC UA)");
     }
 
     #[test]

@@ -136,7 +136,7 @@ struct Opts {
     /// URI naming it in a token; it only signs the challenge, the certificate key is another.
     #[arg(long = "idevid-key", value_name = "FILE|URI")]
     idevid_key: Option<PathBuf>,
-    /// Address:port the http-01 responder listens on [default: 0.0.0.0:80].
+    /// Address:port the http-01 responder listens on [default: [::]:80, IPv6 and IPv4; 0.0.0.0:80 without IPv6].
     #[arg(long = "http01-listen", value_name = "ADDR")]
     http01_listen: Option<String>,
     /// How long to wait for an operator's approval [default: 1h].
@@ -221,7 +221,7 @@ struct Opts {
     /// OPC UA ApplicationUri for the certificate (a URI subjectAltName; the opcua profile).
     #[arg(long, value_name = "URI")]
     application_uri: Option<String>,
-    /// Address:port the tls-alpn-01 responder listens on [default: 0.0.0.0:443].
+    /// Address:port the tls-alpn-01 responder listens on [default: [::]:443, IPv6 and IPv4; 0.0.0.0:443 without IPv6].
     #[arg(long = "tls-alpn01-listen", value_name = "ADDR")]
     tls_alpn01_listen: Option<String>,
     /// More log output (debug).
@@ -329,7 +329,10 @@ fn init_logging(opts: &Opts) {
 }
 
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("device-client: error: {e}");
+    eprintln!(
+        "device-client: error: {}",
+        device_client::error::printable(&e.to_string())
+    );
     match e.kind() {
         ErrorKind::Validation
             if matches!(

@@ -6,13 +6,13 @@
 //! names exactly that identifier and carries the critical acmeIdentifier extension with the
 //! SHA-256 of the key authorization. Any other handshake fails: no certificate is presented
 //! for another ALPN, no SNI, or an unknown name. Like the http-01 responder, it only runs while
-//! an order has pending authorizations.
+//! an order has pending authorizations, and shares its connection cap and timeout
+//! ([`crate::http01::MAX_CONNECTIONS`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,8 +27,6 @@ use crate::types::Identifier;
 
 /// The ALPN protocol of tls-alpn-01 (RFC 8737 §6.2).
 pub const ACME_TLS_ALPN: &[u8] = protocol_spec::challenge::ACME_TLS_ALPN_PROTOCOL;
-/// A validator that does not finish its handshake within this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Certs = Arc<Mutex<HashMap<String, Arc<CertifiedKey>>>>;
 
@@ -50,7 +48,7 @@ impl fmt::Debug for TlsAlpn01Responder {
 impl TlsAlpn01Responder {
     /// Binds `addr` and starts answering.
     pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr)
+        let listener = crate::http01::listen(addr)
             .await
             .map_err(|source| Error::TlsAlpn01Listen { addr, source })?;
         let local = listener
@@ -68,6 +66,9 @@ impl TlsAlpn01Responder {
         // RFC 8737 §4: the response "MUST" negotiate acme-tls/1; rustls refuses a ClientHello
         // whose ALPN list does not contain it (no_application_protocol).
         config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        // Each validation is one handshake: nothing to resume, so no tickets and no cache.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let task = tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(config))));
         tracing::debug!(%local, "tls-alpn-01 responder listening");
         Ok(Self {
@@ -109,14 +110,21 @@ pub fn sni_name(identifier: &Identifier) -> Result<String, Error> {
             let ip: IpAddr = identifier
                 .value
                 .parse()
-                .map_err(|_| Error::Config(format!("{identifier}: not an IP address")))?;
+                .map_err(|_| challenge_error(format!("{identifier}: not an IP address")))?;
             let mut buf = [0u8; protocol_spec::challenge::REVERSE_DNS_NAME_MAX];
             Ok(protocol_spec::challenge::reverse_dns_name(ip, &mut buf).to_owned())
         }
-        other => Err(Error::Config(format!(
+        other => Err(challenge_error(format!(
             "tls-alpn-01 proves dns and ip identifiers, not {other}"
         ))),
     }
+}
+
+/// An identifier in the CA's authorization that tls-alpn-01 cannot answer for: the CA's
+/// answer is at fault (the device's own identifiers were checked when it was configured), so
+/// it is a protocol error, which `run` retries.
+fn challenge_error(detail: String) -> Error {
+    Error::protocol("tls-alpn-01 challenge", crate::error::printable(&detail))
 }
 
 /// The self-signed validation certificate of RFC 8737 §3 for `identifier`, with a new P-256
@@ -133,14 +141,14 @@ fn validation_certificate(
             identifier
                 .value
                 .parse()
-                .map_err(|_| Error::Config(format!("{identifier}: not an IP address")))?,
+                .map_err(|_| challenge_error(format!("{identifier}: not an IP address")))?,
         ),
         _ => rcgen::SanType::DnsName(
             identifier
                 .value
                 .clone()
                 .try_into()
-                .map_err(|e| Error::Config(format!("{identifier}: {e}")))?,
+                .map_err(|e| challenge_error(format!("{identifier}: {e}")))?,
         ),
     };
     let crypto = |what: &str, e: &dyn fmt::Display| {
@@ -197,32 +205,22 @@ impl ResolvesServerCert for Resolver {
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &acceptor).await {
-                        tracing::debug!(%peer, error = %e, "tls-alpn-01 connection failed");
-                    }
-                });
-            }
-            Err(e) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "tls-alpn-01 responder cannot accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::http01::serve_capped(listener, "tls-alpn-01", move |stream, peer| {
+        let acceptor = acceptor.clone();
+        async move { answer(stream, peer, &acceptor).await }
+    })
+    .await;
 }
 
 /// One validation: the handshake is the whole answer (RFC 8737 §3), then the connection is
 /// closed.
-async fn answer(stream: TcpStream, acceptor: &TlsAcceptor) -> std::io::Result<()> {
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
-    tracing::info!("answered the CA's tls-alpn-01 handshake");
+async fn answer(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+) -> std::io::Result<()> {
+    let mut tls = acceptor.accept(stream).await?;
+    tracing::info!(%peer, "answered a tls-alpn-01 handshake");
     tls.shutdown().await
 }
 
@@ -230,6 +228,7 @@ async fn answer(stream: TcpStream, acceptor: &TlsAcceptor) -> std::io::Result<()
 mod tests {
     use super::*;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::time::Duration;
     use x509_parser::extensions::GeneralName;
 
     /// Accepts any certificate and keeps the one the server presented.
@@ -273,6 +272,17 @@ mod tests {
 
     /// A handshake as the CA's validator makes it; the presented certificate, or the error.
     async fn handshake(addr: SocketAddr, sni: &str, alpn: &[u8]) -> Result<Vec<u8>, String> {
+        handshake_with(addr, sni, Some(alpn), true).await
+    }
+
+    /// A handshake offering `alpn` (none at all with `None`), and sending `sni` only with
+    /// `send_sni`.
+    async fn handshake_with(
+        addr: SocketAddr,
+        sni: &str,
+        alpn: Option<&[u8]>,
+        send_sni: bool,
+    ) -> Result<Vec<u8>, String> {
         let capture = Arc::new(Capture::default());
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -282,7 +292,8 @@ mod tests {
         .dangerous()
         .with_custom_certificate_verifier(capture.clone())
         .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+        config.enable_sni = send_sni;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let name = ServerName::try_from(sni.to_owned()).expect("name");
@@ -315,16 +326,7 @@ mod tests {
             san.value.general_names,
             [GeneralName::DNSName("plc-7.plant")]
         );
-        let ext = cert
-            .extensions()
-            .iter()
-            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
-            .expect("acmeIdentifier");
-        assert!(ext.critical);
-        let digest = ring::digest::digest(&ring::digest::SHA256, b"tok.thumb");
-        let mut want = vec![0x04, 0x20];
-        want.extend_from_slice(digest.as_ref());
-        assert_eq!(ext.value, want.as_slice());
+        assert_eq!(acme_identifier(&cert), digest_octets("tok.thumb"));
 
         // RFC 8738 §6: an address is asked for by its reverse name, and named by iPAddress.
         let der = handshake(addr, "7.2.0.192.in-addr.arpa", ACME_TLS_ALPN)
@@ -336,10 +338,68 @@ mod tests {
             san.value.general_names,
             [GeneralName::IPAddress(&[192, 0, 2, 7])]
         );
+        assert_eq!(acme_identifier(&cert), digest_octets("tok2.thumb"));
 
-        // No certificate for another ALPN or an unknown name.
+        // No certificate for another ALPN, no ALPN, no SNI or an unknown name.
         assert!(handshake(addr, "plc-7.plant", b"http/1.1").await.is_err());
+        assert!(handshake_with(addr, "plc-7.plant", None, true)
+            .await
+            .is_err());
+        assert!(
+            handshake_with(addr, "plc-7.plant", Some(ACME_TLS_ALPN), false)
+                .await
+                .is_err()
+        );
         assert!(handshake(addr, "other.plant", ACME_TLS_ALPN).await.is_err());
-        assert!(sni_name(&Identifier::permanent("SN-1").expect("permanent")).is_err());
+        // An identifier tls-alpn-01 cannot prove is the CA's mistake: retried, not fatal.
+        let e = sni_name(&Identifier::permanent("SN-1").expect("permanent")).expect_err("perm");
+        assert_eq!(e.kind(), crate::error::ErrorKind::Refused, "{e}");
+
+        // Stopped when dropped: nothing listens any more.
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "stopped on drop");
+    }
+
+    /// The critical acmeIdentifier extension's value.
+    fn acme_identifier(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<u8> {
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(ext.critical);
+        ext.value.to_vec()
+    }
+
+    /// The DER OCTET STRING of SHA-256(`key_authorization`) (RFC 8737 §3).
+    fn digest_octets(key_authorization: &str) -> Vec<u8> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+        let mut want = vec![0x04, 0x20];
+        want.extend_from_slice(digest.as_ref());
+        want
+    }
+
+    /// Connections beyond the cap are closed at once; the idle ones that hold the slots are
+    /// closed after the answer timeout, and then a validation gets through again.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_timed_out() {
+        let r = TlsAlpn01Responder::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let dns = Identifier::dns("plc-7.plant").expect("dns");
+        r.add(&dns, "tok.thumb").expect("add");
+        let addr = r.local_addr();
+        crate::http01::tests::assert_idle_connections_capped(
+            addr,
+            crate::http01::MAX_CONNECTIONS,
+            crate::http01::ANSWER_TIMEOUT,
+        )
+        .await;
+        let der = handshake(addr, "plc-7.plant", ACME_TLS_ALPN)
+            .await
+            .expect("a validation after the idle connections");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+        assert_eq!(acme_identifier(&cert), digest_octets("tok.thumb"));
     }
 }

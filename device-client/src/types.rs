@@ -51,8 +51,32 @@ pub struct DirectoryMeta {
     /// §3; SPEC §8.3). Empty when the CA has none.
     ///
     /// <https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/>
-    #[serde(default)]
+    ///
+    /// Read leniently: an entry whose description is not a string is left out, and a
+    /// `profiles` that is not an object reads as empty, so a CA's extension there does not
+    /// break the directory for every device; only a device that asks for a profile the CA does
+    /// not list fails ([`crate::acme::AcmeClient::check_profile`]).
+    #[serde(default, deserialize_with = "lenient_profiles")]
     pub profiles: std::collections::BTreeMap<String, String>,
+}
+
+fn lenient_profiles<'de, D>(
+    deserializer: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    let serde_json::Value::Object(entries) = value else {
+        return Ok(std::collections::BTreeMap::new());
+    };
+    Ok(entries
+        .into_iter()
+        .filter_map(|(name, description)| match description {
+            serde_json::Value::String(d) => Some((name, d)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// An identifier object (RFC 8555 §7.1.4, RFC 8738 §3).
@@ -420,6 +444,30 @@ pub(crate) struct Finalize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directory_profiles_with_non_string_values_still_parse() {
+        let json = r#"{
+            "newNonce": "https://ca/nonce", "newAccount": "https://ca/acct",
+            "newOrder": "https://ca/order", "revokeCert": "https://ca/revoke",
+            "meta": {"profiles": {
+                "opcua": "OPC UA application instance",
+                "fancy": {"description": "an extension", "maxLifetime": 90},
+                "number": 7
+            }}
+        }"#;
+        let d: Directory = serde_json::from_str(json).expect("parses");
+        assert_eq!(
+            d.meta.profiles.into_iter().collect::<Vec<_>>(),
+            [("opcua".to_owned(), "OPC UA application instance".to_owned())]
+        );
+        let list: Directory = serde_json::from_str(
+            r#"{"newNonce": "n", "newAccount": "a", "newOrder": "o",
+                "meta": {"profiles": ["opcua"]}}"#,
+        )
+        .expect("parses");
+        assert!(list.meta.profiles.is_empty());
+    }
 
     /// RFC 8555 §7.1.3: the example order object.
     #[test]

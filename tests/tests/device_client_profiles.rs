@@ -147,6 +147,18 @@ fn an_unknown_profile_fails_before_any_order_naming_what_the_ca_offers() {
     assert_eq!(server_log_count(&server, "order created"), 0);
     assert_eq!(server_log_count(&server, "account created"), 0);
     assert!(!device.cert().exists());
+    // Nothing on the device either: no account key was even made.
+    let state: Vec<_> = fs::read_dir(device.state_dir())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(state.is_empty(), "{state:?}");
+
+    // The positive control: the same device and CA without the bad profile, so the counts
+    // above cannot pass only because the server's log says nothing of the kind.
+    let out = device.run("enroll", &[]);
+    expect_exit(&out, 0, "enroll without --profile", &server);
+    assert_eq!(server_log_count(&server, "order created"), 1);
+    assert_eq!(server_log_count(&server, "account created"), 1);
 }
 
 #[test]
