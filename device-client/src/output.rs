@@ -653,10 +653,12 @@ impl OpcuaPki {
             check_crl_succession(old, crl).map_err(for_issuer)?;
         }
         self.create_dirs()?;
-        self.write(&target.path, crl, PUBLIC_MODE)?;
+        // The copy first: the `.crl` file is what the next refresh compares against, so a
+        // stop between the two writes leaves an old `.crl` and the next refresh writes both.
         let mut copy = target.path.clone().into_os_string();
         copy.push(".der");
         self.write(Path::new(&copy), crl, PUBLIC_MODE)?;
+        self.write(&target.path, crl, PUBLIC_MODE)?;
         Ok(info)
     }
 }

@@ -98,6 +98,20 @@ fn crl_text(dir: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether every `.crl` file in `dir` has a `.crl.der` copy with the same bytes.
+fn crl_copies_agree(dir: &Path) -> Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "crl") {
+            let copy = path.with_extension("crl.der");
+            if !copy.is_file() || fs::read(&copy)? != fs::read(&path)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// The serial of a PEM certificate file, uppercase hex as openssl prints it.
 fn serial(cert: &Path) -> Result<String> {
     let out = Command::new("openssl")
@@ -166,7 +180,8 @@ fn asyncua_from_device_client_pki_directories_and_revocation() -> Result<()> {
         |why| {
             let text = crl_text(&crl_dir)?;
             *why = text.clone();
-            Ok(text.contains(&client_serial).then_some(()))
+            // asyncua reads the `.crl.der` copy: it must hold the same CRL.
+            Ok((text.contains(&client_serial) && crl_copies_agree(&crl_dir)?).then_some(()))
         },
     )
     .with_context(|| run.logs())?;
