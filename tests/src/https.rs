@@ -1,7 +1,9 @@
-//! HTTPS GETs that trust one test CA file, for readiness probes and Pebble's management API.
+//! HTTPS GETs that trust one test CA file, for readiness probes and Pebble's management API,
+//! and a raw rustls client configuration for tests that write HTTP by hand.
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -40,4 +42,24 @@ pub fn get(url: &str, ca_pem: &Path) -> Result<(u16, String)> {
         .text()
         .with_context(|| format!("GET {url}: reading the body"))?;
     Ok((status, body))
+}
+
+/// A rustls client configuration trusting exactly the certificates in the PEM file `ca_pem`,
+/// offering the ALPN protocols `alpn` (none if empty), for tests that speak HTTP/1.1 by hand
+/// and must see every byte.
+pub fn rustls_client(ca_pem: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let pem = fs::read(ca_pem).with_context(|| format!("cannot read {}", ca_pem.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.with_context(|| format!("cannot parse {}", ca_pem.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
 }

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use iiot_acme_tests::https;
 use iiot_acme_tests::{CaServer, CaServerOpts};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// Short limits for the timing tests: distinct values, so each close shows which limit did it.
 const SHORT_LIMITS: &str = r#"
@@ -30,18 +29,7 @@ idle_timeout = "4s"
 
 /// A client that trusts the server's root, HTTP/1.1 (or no ALPN at all).
 fn client_config(server: &CaServer, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
-    let pem = fs::read(server.root_pem_path()).context("reading the root")?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.context("parsing the root")?)?;
-    }
-    let mut cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(cfg))
+    https::rustls_client(&server.root_pem_path(), alpn)
 }
 
 /// An HTTP/1.1 response.

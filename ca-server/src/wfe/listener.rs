@@ -41,6 +41,10 @@
 //!
 //! HTTP/1.1 only, with no fallback: a client that opens with the HTTP/2 connection preface
 //! gets no HTTP/2 (hyper's HTTP/1 parser recognises the preface and closes the connection).
+//!
+//! A request head hyper cannot parse never reaches the router: hyper answers it itself with a
+//! bare 400, 414 or 431. The IO wrapper writes a problem document with that status in its
+//! place, so every error the server sends is one (RFC 8555 §6.7).
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::convert::Infallible;
@@ -512,6 +516,7 @@ impl Conn {
         let io = TokioIo::new(Watched {
             inner: tls,
             clock: Arc::clone(&clock),
+            replacement: Vec::new(),
         });
         let service = Handler {
             router: self.router,
@@ -580,10 +585,95 @@ impl Conn {
 }
 
 /// The TLS stream under hyper, marking the first byte of each request on the connection's
-/// clock.
+/// clock, and putting a problem document in place of hyper's own answer to a request it
+/// cannot parse (see [`problem_for_parse_error`]).
 struct Watched {
     inner: TlsStream<TcpStream>,
     clock: Arc<Clock>,
+    /// A problem document that replaces hyper's answer, still to be written: it goes out
+    /// before anything else.
+    replacement: Vec<u8>,
+}
+
+impl Watched {
+    /// Writes out what is left of the replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.replacement.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.replacement))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.replacement.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether `buf`, which hyper is writing, is its own answer to an unparsable request; if
+    /// so, the problem document to send instead is queued (and started).
+    fn replaced(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> io::Result<bool> {
+        // Only while no request is with the service: then nothing but hyper writes.
+        if !matches!(self.clock.phase(), Phase::Head { .. } | Phase::Idle { .. }) {
+            return Ok(false);
+        }
+        let Some(replacement) = problem_for_parse_error(buf) else {
+            return Ok(false);
+        };
+        self.replacement = replacement;
+        if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
+
+/// hyper answers a request head it cannot parse (a bad request line or header, a head over its
+/// buffer, too many headers) on its own, before any service sees a request: a bare `400`,
+/// `414` or `431` with `content-length: 0`, and then it closes the connection. Every error this
+/// server sends is a problem document (RFC 8555 §6.7), so such an answer, written whole as
+/// `head`, is turned into one with the same status line (type `malformed`). Returns `None` for
+/// anything else.
+fn problem_for_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let text = text.strip_suffix("\r\n\r\n")?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next()?;
+    let code: u16 = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let detail = match code {
+        400 => "the request is not valid HTTP/1.1",
+        414 => "the request target is too long",
+        431 => "the request head is too large",
+        _ => return None,
+    };
+    let (empty, rest): (Vec<&str>, Vec<&str>) =
+        lines.partition(|l| l.eq_ignore_ascii_case("content-length: 0"));
+    if empty.len() != 1 || rest.iter().any(|l| l.is_empty() || !l.contains(':')) {
+        return None;
+    }
+    let mut problem = Error::Malformed(detail.to_owned()).to_problem();
+    problem.status = code;
+    let body = serde_json::to_vec(&problem).ok()?;
+    let mut out = format!(
+        "{status_line}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         connection: close\r\n",
+        body.len()
+    );
+    // hyper's own `date` stays; the connection closes either way.
+    for line in rest
+        .iter()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+    {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
 }
 
 impl AsyncRead for Watched {
@@ -608,7 +698,13 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        if this.replaced(cx, buf)? {
+            // hyper's bytes count as written: the replacement stands for them.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -616,7 +712,14 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if this.replaced(cx, first)? {
+                return Poll::Ready(Ok(first.len()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -624,11 +727,15 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

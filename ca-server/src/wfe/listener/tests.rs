@@ -555,3 +555,84 @@ async fn shutdown_closes_idle_connections_and_returns() {
         "still accepting"
     );
 }
+
+#[test]
+fn hypers_bare_answer_to_an_unparsable_request_becomes_a_problem_document() {
+    let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\
+                 date: Mon, 07 Dec 2026 14:00:00 GMT\r\n\r\n";
+    let out = String::from_utf8(problem_for_parse_error(bare).expect("replaced")).expect("utf-8");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{out}"
+    );
+    for line in [
+        "content-type: application/problem+json".to_owned(),
+        "connection: close".to_owned(),
+        "date: Mon, 07 Dec 2026 14:00:00 GMT".to_owned(),
+        format!("content-length: {}", body.len()),
+    ] {
+        assert!(head.lines().any(|l| l == line), "no {line:?} in {out}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(doc["type"], "urn:ietf:params:acme:error:malformed");
+    assert_eq!(doc["status"], 431);
+    assert!(doc["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    // Anything else passes through as it is.
+    for other in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\n\r\n",
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n{}",
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+        b"HTTP/1.1 400 Bad",
+    ] {
+        assert!(
+            problem_for_parse_error(other).is_none(),
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unparsable_request_gets_a_problem_document_and_the_connection_closes() {
+    let server = TestServer::start(short_limits()).await;
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    for (request, status) in [
+        (
+            "GET / HTTP/1.1\r\nHost: localhost\r\nNo-Colon\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "GET /a b HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: localhost\r\n{many_headers}\r\n"),
+            431,
+        ),
+    ] {
+        let mut tls = server.connect().await;
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let response = read_response(&mut tls).await.expect("an answer");
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{response}"
+        );
+        let lower = response.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json")
+                && lower.contains("connection: close"),
+            "{response}"
+        );
+        assert!(
+            response.contains("urn:ietf:params:acme:error:malformed")
+                && response.contains(&format!("\"status\":{status}")),
+            "{response}"
+        );
+        closed_after(&mut tls, ms(1500)).await;
+    }
+    let mut tls = server.connect().await;
+    assert!(served(&mut tls).await, "a good request after them");
+}
