@@ -25,17 +25,11 @@ cargo build --release --locked -q -p ca-server -p iiot-acme-tests --bin ca-serve
 bin=target/release
 work=$(mktemp -d /tmp/iiot-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}" ${ca_pid:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_https() { # url cafile
-    for _ in $(seq 1 100); do
-        curl -fsS --cacert "$2" "$1" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "server at $1 did not come up" >&2; return 1
-}
+# shellcheck source=scripts/lab-ca.sh
+. scripts/lab-ca.sh
 
 # --- Pebble -----------------------------------------------------------------------------------
 mkdir -p "$work/pebble"
@@ -62,20 +56,8 @@ pebble_pid=$!; pids+=("$pebble_pid")
 wait_https "https://127.0.0.1:$pp/dir" "$work/pebble/ca.pem"
 
 # --- ca-server ----------------------------------------------------------------------------------
-cp_=$(free_port)
-cat >"$work/ca.toml" <<TOML
-data_dir = "$work/ca"
-listen = "127.0.0.1:$cp_"
-[validation]
-lab_always_valid = true
-# The load generator opens every account from one address, far past the default limits.
-[rate_limits]
-enabled = false
-TOML
-"$bin/ca-server" --config "$work/ca.toml" >"$work/ca.log" 2>&1 &
-ca_pid=$!; pids+=("$ca_pid")
-for _ in $(seq 1 100); do [ -f "$work/ca/ca/root.pem" ] && break; sleep 0.1; done
-wait_https "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem"
+start_lab_ca "$bin" "$work"
+cp_=$ca_port
 
 run() { # name directory cafile pid concurrency
     timeout "$run_timeout" "$bin/loadgen" --directory "$2" --ca-file "$3" --devices "$devices" \

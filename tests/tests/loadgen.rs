@@ -111,6 +111,48 @@ fn loadgen_enrolls_every_device_and_reports_the_server() {
 }
 
 #[test]
+fn loadgen_reports_a_soak_curve_with_slopes() {
+    let server = start(true);
+    let dir = server
+        .data_dir()
+        .to_str()
+        .expect("UTF-8 data dir")
+        .to_owned();
+    let report = loadgen(
+        &server,
+        12,
+        3,
+        &["--report-every", "4", "--server-data-dir", &dir],
+    );
+    assert_eq!(report["ok"], 12, "{report:#}");
+    let rows = report["intervals"].as_array().expect("intervals");
+    let finished: Vec<u64> = rows.iter().filter_map(|r| r["finished"].as_u64()).collect();
+    assert_eq!(finished, [4, 8, 12], "{report:#}");
+    let ok: u64 = rows.iter().filter_map(|r| r["ok"].as_u64()).sum();
+    assert_eq!(ok, 12, "{report:#}");
+    for row in rows {
+        for key in ["certs_per_s", "p99_ms", "server_rss_mib"] {
+            assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {row}");
+        }
+        // The store's blocks on disk, spread over the enrollments so far.
+        let bytes = row["store_bytes"].as_u64().expect("store size");
+        let per = row["store_bytes_per_enrollment"]
+            .as_f64()
+            .expect("per enrollment");
+        let n = row["finished"].as_f64().expect("finished");
+        assert!(bytes > 0 && (per * n - bytes as f64).abs() < 1.0, "{row}");
+    }
+    for key in [
+        "certs_per_s",
+        "p99_ms",
+        "server_rss_mib",
+        "store_bytes_per_enrollment",
+    ] {
+        assert!(report["slopes_per_100k"][key].is_f64(), "{key}: {report:#}");
+    }
+}
+
+#[test]
 fn loadgen_counts_failed_enrollments_by_cause() {
     // A CA that validates for real, and a loadgen that answers no challenge: every http-01
     // validation fails (nothing listens where the CA dials).

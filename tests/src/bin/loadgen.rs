@@ -65,6 +65,15 @@ struct Opts {
     /// hides how fast the server itself is.
     #[arg(long)]
     sleep_first: bool,
+    /// Print a line every N finished enrollments (a soak's curve): the interval's
+    /// certificates/s and p99, the server's current RSS (needs --server-pid) and the store's
+    /// bytes on disk per enrollment so far (needs --server-data-dir); the final report adds
+    /// each figure's least-squares slope per 100,000 enrollments. 0: no intervals.
+    #[arg(long, default_value_t = 0)]
+    report_every: usize,
+    /// The server's data directory, to report the store's size on disk with --report-every.
+    #[arg(long)]
+    server_data_dir: Option<PathBuf>,
 }
 
 const STEPS: [&str; 6] = [
@@ -85,6 +94,12 @@ struct Results {
     /// Signed requests (POSTs) per step, summed over the successful enrollments.
     posts: BTreeMap<&'static str, usize>,
     errors: BTreeMap<String, usize>,
+    /// Enrollments finished, successfully or not.
+    finished: usize,
+    /// The current interval of `--report-every`: its latencies and errors, since when.
+    interval: Vec<Duration>,
+    interval_errors: usize,
+    interval_start: Option<Instant>,
 }
 
 /// One step of an enrollment: its name, how long it took, and how many POSTs it sent.
@@ -261,6 +276,60 @@ fn peak_rss_mib(pid: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+fn current_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Bytes a directory tree occupies on disk (allocated blocks, not apparent sizes).
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Least-squares slope of `y` over `x`, or `None` with fewer than two distinct `x`.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// One `--report-every` line, as JSON: taken when an interval's last enrollment finishes.
+fn interval_row(
+    opts: &Opts,
+    finished: usize,
+    lat: &mut [Duration],
+    errors: usize,
+    secs: f64,
+) -> serde_json::Value {
+    lat.sort();
+    let pid = opts.server_pid.map(|p| p.to_string());
+    let store = opts.server_data_dir.as_deref().map(disk_bytes);
+    json!({
+        "finished": finished, "ok": lat.len(), "errors": errors,
+        "certs_per_s": lat.len() as f64 / secs.max(1e-9),
+        "p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99),
+        "server_rss_mib": pid.as_deref().and_then(current_rss_mib),
+        "store_bytes": store,
+        "store_bytes_per_enrollment": store.map(|b| b as f64 / finished.max(1) as f64),
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -311,11 +380,17 @@ async fn main() -> anyhow::Result<()> {
 
     let results = Arc::new(Mutex::new(Results::default()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let intervals: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
     let started = Instant::now();
     let workers: Vec<_> = (0..opts.concurrency)
         .map(|_| {
-            let (opts, tokens, results, next) =
-                (opts.clone(), tokens.clone(), results.clone(), next.clone());
+            let (opts, tokens, results, next, intervals) = (
+                opts.clone(),
+                tokens.clone(),
+                results.clone(),
+                next.clone(),
+                intervals.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -331,12 +406,31 @@ async fn main() -> anyhow::Result<()> {
                     match outcome {
                         Ok(steps) => {
                             r.total.push(t0.elapsed());
+                            r.interval.push(t0.elapsed());
                             for (name, d, posts) in steps {
                                 r.steps.entry(name).or_default().push(d);
                                 *r.posts.entry(name).or_default() += posts;
                             }
                         }
-                        Err(e) => *r.errors.entry(e).or_default() += 1,
+                        Err(e) => {
+                            *r.errors.entry(e).or_default() += 1;
+                            r.interval_errors += 1;
+                        }
+                    }
+                    r.finished += 1;
+                    if opts.report_every > 0 && r.finished % opts.report_every == 0 {
+                        let finished = r.finished;
+                        let mut lat = std::mem::take(&mut r.interval);
+                        let errors = std::mem::take(&mut r.interval_errors);
+                        let since = r.interval_start.replace(Instant::now());
+                        drop(r);
+                        let secs = since.unwrap_or(started).elapsed().as_secs_f64();
+                        let row = interval_row(&opts, finished, &mut lat, errors, secs);
+                        print_interval(&row, opts.json);
+                        intervals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(row);
                     }
                 }
             })
@@ -370,7 +464,7 @@ async fn main() -> anyhow::Result<()> {
             steps.insert(name.to_owned(), s);
         }
     }
-    let report = json!({
+    let mut report = json!({
         "devices": opts.devices, "concurrency": opts.concurrency, "ok": ok,
         "errors": r.errors, "wall_s": wall, "certs_per_s": ok as f64 / wall,
         "enrollment": summary(&mut r.total), "steps": steps,
@@ -379,6 +473,12 @@ async fn main() -> anyhow::Result<()> {
         "server_peak_rss_mib": server_pid.as_deref().and_then(peak_rss_mib),
         "loadgen_cpu_s": own_cpu, "loadgen_cpu_ms_per_cert": per_cert_ms(own_cpu),
     });
+    let intervals = std::mem::take(&mut *intervals.lock().unwrap_or_else(|p| p.into_inner()));
+    if !intervals.is_empty() {
+        let slopes = interval_slopes(&intervals);
+        report["slopes_per_100k"] = slopes;
+        report["intervals"] = json!(intervals);
+    }
     if opts.json {
         println!("{report}");
         return Ok(());
@@ -422,5 +522,55 @@ async fn main() -> anyhow::Result<()> {
     for (kind, n) in &r.errors {
         println!("error x{n}: {kind}");
     }
+    if let Some(slopes) = report.get("slopes_per_100k") {
+        println!("slopes per 100,000 enrollments, least squares over the intervals:");
+        for (name, unit) in [
+            ("certs_per_s", "certificates/s"),
+            ("p99_ms", "ms"),
+            ("server_rss_mib", "MiB"),
+            ("store_bytes_per_enrollment", "bytes"),
+        ] {
+            if let Some(v) = slopes[name].as_f64() {
+                println!("  {name:<27} {v:>+10.2} {unit}");
+            }
+        }
+    }
     Ok(())
+}
+
+fn print_interval(row: &serde_json::Value, as_json: bool) {
+    // With --json, stdout carries only the final report; the curve goes to stderr as it runs.
+    if as_json {
+        eprintln!("{}", json!({ "interval": row }));
+        return;
+    }
+    let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{:>9} finished  {:>7.1} certs/s  p50 {:>6.1} ms  p99 {:>6.1} ms  errors {:>4}  RSS {:>7.1} MiB  store {:>7.0} B/enrollment",
+        row["finished"].as_u64().unwrap_or(0),
+        f("certs_per_s"),
+        f("p50_ms"),
+        f("p99_ms"),
+        row["errors"].as_u64().unwrap_or(0),
+        f("server_rss_mib"),
+        f("store_bytes_per_enrollment"),
+    );
+}
+
+/// Each interval figure's slope per 100,000 finished enrollments.
+fn interval_slopes(rows: &[serde_json::Value]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for key in [
+        "certs_per_s",
+        "p99_ms",
+        "server_rss_mib",
+        "store_bytes_per_enrollment",
+    ] {
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["finished"].as_f64()? / 100_000.0, r[key].as_f64()?)))
+            .collect();
+        out.insert(key.to_owned(), json!(slope(&points)));
+    }
+    serde_json::Value::Object(out)
 }
