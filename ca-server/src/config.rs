@@ -288,6 +288,12 @@ impl Config {
                 )));
             }
         }
+        if self.storage.cache_mib < crate::storage::CACHE_MIB_MIN {
+            return Err(ConfigError(format!(
+                "storage.cache_mib must be at least {}",
+                crate::storage::CACHE_MIB_MIN
+            )));
+        }
         if self.validation.timeout.is_zero() {
             return Err(ConfigError(
                 "validation.timeout must be positive".to_owned(),
@@ -607,6 +613,7 @@ allow_renewal_key_reuse = true
 
 [storage]
 durability = "process-crash"
+cache_mib = 128
 checkpoint_writes = 10
 checkpoint_idle = "2m"
 checkpoint_max_writes = 100
@@ -867,6 +874,19 @@ scan_interval = "1m"
         assert!(
             all.iter().any(|n| n == "root_key"),
             "looked at the key algorithms"
+        );
+    }
+
+    #[test]
+    fn storage_cache_defaults_and_floor() {
+        assert_eq!(Config::default().storage.cache_mib, 256);
+        let cfg = Config::from_toml("[storage]\ncache_mib = 64\n").expect("64 MiB is accepted");
+        assert_eq!(cfg.storage.cache_mib, 64);
+        let err = Config::from_toml("[storage]\ncache_mib = 8\n").expect_err("below the floor");
+        assert!(
+            err.to_string()
+                .contains("storage.cache_mib must be at least 16"),
+            "{err}"
         );
     }
 

@@ -33,7 +33,11 @@ pub struct StartInfo {
 /// Opens (or on first start creates) everything under `cfg.data_dir` and builds the state.
 pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
-    let store = SledStore::open_with(&cfg.data_dir.join("db"), cfg.storage.durability)?;
+    let store = SledStore::open_with(
+        &cfg.data_dir.join("db"),
+        cfg.storage.durability,
+        cfg.storage.cache_mib,
+    )?;
     if cfg.storage.durability == crate::storage::Durability::ProcessCrash {
         tracing::warn!("storage.durability = \"process-crash\": responses do not wait for the disk's write cache; a power cut can lose issued certificates and revocations");
     }

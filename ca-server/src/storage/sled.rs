@@ -12,6 +12,8 @@ use crate::{Error, Result};
 /// sled-backed [`Store`].
 pub struct SledStore {
     dir: PathBuf,
+    /// sled's page cache, kept for the reopen at each checkpoint.
+    cache_bytes: u64,
     /// The open database. `None` only if a [`SledStore::checkpoint`] could not reopen it.
     /// Lock order: this, then `GroupCommit::pending`.
     open: std::sync::RwLock<Option<Open>>,
@@ -116,12 +118,14 @@ impl SledStore {
 
     /// Opens (creating if needed) the database in `dir`, durable against power loss.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, Durability::PowerLoss)
+        Self::open_with(dir, Durability::PowerLoss, super::CACHE_MIB)
     }
 
-    /// Opens (creating if needed) the database in `dir` with the given durability.
-    pub fn open_with(dir: &Path, durability: Durability) -> Result<Self> {
-        let open = Open::new(dir)?;
+    /// Opens (creating if needed) the database in `dir` with the given durability and a page
+    /// cache of `cache_mib` MiB.
+    pub fn open_with(dir: &Path, durability: Durability, cache_mib: u64) -> Result<Self> {
+        let cache_bytes = cache_mib.saturating_mul(1 << 20);
+        let open = Open::new(dir, cache_bytes)?;
         let sync_file = match durability {
             Durability::PowerLoss => {
                 let path = dir.join("db");
@@ -134,6 +138,7 @@ impl SledStore {
         };
         Ok(Self {
             dir: dir.to_path_buf(),
+            cache_bytes,
             open: std::sync::RwLock::new(Some(open)),
             group: std::sync::Arc::default(),
             checkpointed: AtomicU64::new(0),
@@ -236,7 +241,7 @@ impl SledStore {
         // a moment after the last handle is dropped.
         let deadline = Instant::now() + Duration::from_secs(5);
         let reopened = loop {
-            match Open::new(&self.dir) {
+            match Open::new(&self.dir, self.cache_bytes) {
                 Ok(o) => break o,
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -263,9 +268,10 @@ struct Open {
 }
 
 impl Open {
-    fn new(dir: &Path) -> Result<Self> {
+    fn new(dir: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Durability comes from explicit flushes before each response, not from a timer.
             .flush_every_ms(None)
             .open()
@@ -552,7 +558,8 @@ mod tests {
     async fn power_loss_durability_syncs_the_data_file_after_each_flush() {
         for (durability, syncs) in [(Durability::PowerLoss, 2), (Durability::ProcessCrash, 0)] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = SledStore::open_with(dir.path(), durability).expect("open");
+            let store = SledStore::open_with(dir.path(), durability, super::super::CACHE_MIB)
+                .expect("open");
             for value in [&b"1"[..], b"2"] {
                 store.put(Table::Orders, b"k", value).expect("put");
                 store.flush().await.expect("flush");
