@@ -1186,7 +1186,12 @@ fn init_logging(format: LogFormat) {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When stderr cannot be written (its disk is full), tracing-subscriber would report
+        // that with `eprintln!` to the same stderr, which panics, and the panic ends whatever
+        // request task was logging: the client sees its connection closed instead of an
+        // answer. A log line that cannot be written is dropped instead.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

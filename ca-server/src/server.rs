@@ -215,6 +215,12 @@ pub async fn serve_with_console(
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
+                // A store that failed (a full disk) is reopened here once it can be, so
+                // service resumes without a restart; meanwhile requests get 503.
+                if let Err(e) = store.recover().await {
+                    tracing::error!(error = %e, "storage failed and cannot be reopened yet");
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 match store
                     .checkpoint_if(|w, idle| policy.checkpoint_due(w, idle))
