@@ -55,6 +55,11 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The metrics, health and readiness listener (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// LAB/TEST ONLY: a clock of the CA's own that `ca-server lab clock-step` (over the admin
+    /// socket, never the network) steps forward or back, for testing what clock steps do to
+    /// expiry, CRLs and renewal windows. Off by default; the server logs a warning at start
+    /// when it is on.
+    pub lab_clock: bool,
     /// The file this configuration was read from, if any (a backup includes it); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -80,6 +85,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             admin: AdminConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            lab_clock: false,
             source: None,
         }
     }
