@@ -64,6 +64,14 @@ pub fn rustls_client(ca_pem: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::Client
     Ok(Arc::new(cfg))
 }
 
+/// What an [`instant_acme::HttpClient`] returns: for wrappers around [`acme_http_client`].
+pub type AcmeResponseFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<instant_acme::BytesResponse, instant_acme::Error>>
+            + Send,
+    >,
+>;
+
 /// An HTTP client for instant-acme trusting only `ca_file`, with TCP_NODELAY (instant-acme's
 /// own leaves Nagle on, which adds ~40 ms to every request on loopback) and HTTP/2. Wrap it to
 /// watch the raw responses (statuses, headers) that instant-acme does not expose.

@@ -102,13 +102,7 @@ impl instant_acme::HttpClient for CountPosts {
     fn request(
         &self,
         req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
-                > + Send,
-        >,
-    > {
+    ) -> iiot_acme_tests::https::AcmeResponseFuture {
         if req.method() == axum::http::Method::POST {
             self.posts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

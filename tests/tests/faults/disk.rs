@@ -105,13 +105,7 @@ impl instant_acme::HttpClient for Watch {
     fn request(
         &self,
         req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
-                > + Send,
-        >,
-    > {
+    ) -> iiot_acme_tests::https::AcmeResponseFuture {
         let fut = self.inner.request(req);
         let errors = self.errors.clone();
         Box::pin(async move {
