@@ -78,7 +78,8 @@ async fn account(root: &Path, credentials: &str) -> Result<Account> {
 /// How an order ended.
 enum Settled {
     Valid(String),
-    Invalid,
+    /// With the order's `error` detail, if it has one.
+    Invalid(String),
 }
 
 /// Drives the order at `order_url` to `valid` or `invalid` with a client's own steps only
@@ -114,7 +115,13 @@ async fn settle(
                     .context("a valid order without a certificate")?;
                 return Ok((first, Settled::Valid(chain)));
             }
-            OrderStatus::Invalid => return Ok((first, Settled::Invalid)),
+            OrderStatus::Invalid => {
+                let why = order.state().error.as_ref().map_or_else(
+                    || "no error (expired, or an authorization failed)".to_owned(),
+                    |p| p.detail.clone().unwrap_or_default(),
+                );
+                return Ok((first, Settled::Invalid(why)));
+            }
             OrderStatus::Pending => answer_challenges(&mut order, tokens).await?,
             OrderStatus::Ready if !finalized => {
                 order.finalize_csr(&csr(name)).await?;
@@ -343,7 +350,8 @@ async fn kill_9_at_random_points_loses_no_certificate_and_leaves_no_order_stuck(
                         received: at.chain_pem.is_some(),
                     });
                 }
-                Settled::Invalid => {
+                Settled::Invalid(why) => {
+                    eprintln!("round {round}: {order_url} found {first:?}, ended invalid: {why}");
                     assert!(
                         at.chain_pem.is_none(),
                         "round {round}: {order_url} is invalid but its client received a certificate"
