@@ -577,6 +577,7 @@ public_url = "https://ca.plant.example:14443"
 tls_names = ["ca.plant.example", "10.0.0.5"]
 terms_of_service = "https://plant.example/tos"
 max_body_bytes = 32768
+lab_clock = true
 
 [issuance]
 cert_validity = "36h"
@@ -716,6 +717,7 @@ scan_interval = "1m"
             "durability = \"process-crash\"",
             "lab_resolve_all_to = \"127.0.0.1\"",
             "lab_always_valid = true",
+            "lab_clock = true",
             "[profiles.plc]",
             "key_usage = [\"digital-signature\", \"key-agreement\"]",
             "limit = \"pending_approvals_per_account\"",
