@@ -82,6 +82,35 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory.
     Restore(backup::RestoreArgs),
+    /// Lab and test tools; each needs a `lab_*` setting in the running CA's configuration.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Step the running CA's clock (needs `lab_clock = true`): +1h, -30m, 2d (forward without
+    /// a sign).
+    ClockStep {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The step: [+|-]DURATION, e.g. +1h, -90s, 2d.
+        #[arg(allow_hyphen_values = true)]
+        step: String,
+    },
+}
+
+/// `+1h` → 3600, `-30m` → -1800, `2d` → 172800.
+fn clock_step_seconds(step: &str) -> Result<i64, String> {
+    let (sign, rest) = match step.trim().strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, step.trim().strip_prefix('+').unwrap_or(step.trim())),
+    };
+    let d = parse_duration(rest).map_err(|e| e.to_string())?;
+    i64::try_from(d.as_secs())
+        .map(|s| sign * s)
+        .map_err(|_| format!("clock step {step:?} is too large"))
 }
 
 #[derive(Subcommand)]
@@ -686,6 +715,16 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Operator(cmd)) => operator(cmd),
         Some(Command::Backup(a)) => backup::backup(a).await,
         Some(Command::Restore(a)) => backup::restore(a).await,
+        Some(Command::Lab(LabCommand::ClockStep { data_dir, step })) => {
+            let body = serde_json::json!({ "seconds": clock_step_seconds(&step)? });
+            let v = admin_call(data_dir, "POST", "/lab/clock-step", Some(&body))?;
+            println!(
+                "lab clock: {} (offset {} s from the system clock)",
+                escape(v["now"].as_str().unwrap_or_default()),
+                v["offset_seconds"]
+            );
+            Ok(())
+        }
     }
 }
 
@@ -1186,7 +1225,12 @@ fn init_logging(format: LogFormat) {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When stderr cannot be written (its disk is full), tracing-subscriber would report
+        // that with `eprintln!` to the same stderr, which panics, and the panic ends whatever
+        // request task was logging: the client sees its connection closed instead of an
+        // answer. A log line that cannot be written is dropped instead.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -1201,6 +1245,20 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn lab_clock_steps_take_a_sign_and_a_duration() {
+        assert_eq!(clock_step_seconds("+1h"), Ok(3600));
+        assert_eq!(clock_step_seconds("-30m"), Ok(-1800));
+        assert_eq!(clock_step_seconds("2d"), Ok(172_800));
+        assert!(clock_step_seconds("-").is_err());
+        assert!(clock_step_seconds("+1y").is_err());
+        let cli = Cli::try_parse_from(["ca-server", "lab", "clock-step", "-1h"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Lab(LabCommand::ClockStep { step, .. })) if step == "-1h"
+        ));
+    }
 
     /// Request, account and credential ids are random base64url: one in 64 starts with '-',
     /// and an operator must still be able to type it.

@@ -55,6 +55,11 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The metrics, health and readiness listener (`[metrics]`).
     pub metrics: crate::metrics::MetricsConfig,
+    /// LAB/TEST ONLY: a clock of the CA's own that `ca-server lab clock-step` (over the admin
+    /// socket, never the network) steps forward or back, for testing what clock steps do to
+    /// expiry, CRLs and renewal windows. Off by default; the server logs a warning at start
+    /// when it is on.
+    pub lab_clock: bool,
     /// The file this configuration was read from, if any (a backup includes it); not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -80,6 +85,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             admin: AdminConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
+            lab_clock: false,
             source: None,
         }
     }
@@ -577,6 +583,7 @@ public_url = "https://ca.plant.example:14443"
 tls_names = ["ca.plant.example", "10.0.0.5"]
 terms_of_service = "https://plant.example/tos"
 max_body_bytes = 32768
+lab_clock = true
 
 [issuance]
 cert_validity = "36h"
@@ -717,6 +724,7 @@ scan_interval = "1m"
             "durability = \"process-crash\"",
             "lab_resolve_all_to = \"127.0.0.1\"",
             "lab_always_valid = true",
+            "lab_clock = true",
             "[profiles.plc]",
             "key_usage = [\"digital-signature\", \"key-agreement\"]",
             "limit = \"pending_approvals_per_account\"",

@@ -135,13 +135,18 @@ pub enum Error {
     /// Validation could not resolve the name.
     #[error("dns error: {0}")]
     Dns(String),
-    /// The persistent store failed.
+    /// The persistent store failed (a full disk, an I/O error, an unreadable record): 503 with
+    /// `Retry-After` ([`STORAGE_RETRY_AFTER`]), because the store may recover without a
+    /// restart (see `storage::Store::recover`).
     #[error("storage error: {0}")]
     Storage(String),
     /// Any other failure on our side; the cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// `Retry-After` of a storage error's 503: how often the server tries to recover the store.
+pub const STORAGE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The cause of a `serverInternal` response, attached to the response as an extension so a
 /// logging middleware can record it without the response body revealing it.
@@ -206,6 +211,7 @@ impl Error {
             Self::AccountNotValid(_) | Self::OperatorRequired(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Exists(_) => StatusCode::CONFLICT,
+            Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             other => default_status(other.problem_type()),
         }
     }
@@ -214,7 +220,10 @@ impl Error {
     pub fn to_problem(&self) -> Problem {
         let kind = self.problem_type();
         let detail = match self {
-            Self::Storage(_) | Self::Internal(_) => "the server hit an internal error".to_owned(),
+            Self::Storage(_) => {
+                "the server cannot use its store at the moment; try again later".to_owned()
+            }
+            Self::Internal(_) => "the server hit an internal error".to_owned(),
             Self::BadNonce(why) => format!("JWS has an invalid anti-replay nonce: {why}"),
             Self::Malformed(d)
             | Self::BadPublicKey(d)
@@ -370,6 +379,16 @@ mod tests {
         assert_eq!(p.kind, "urn:ietf:params:acme:error:serverInternal");
         assert!(!p.detail.contains("secret"));
         assert_eq!(p.status, 500);
+    }
+
+    #[test]
+    fn storage_errors_are_503_server_internal_without_their_cause() {
+        let e = Error::Storage("No space left on device (os error 28)".into());
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let p = e.to_problem();
+        assert_eq!(p.kind, "urn:ietf:params:acme:error:serverInternal");
+        assert_eq!(p.status, 503);
+        assert!(!p.detail.contains("space"), "{}", p.detail);
     }
 
     #[test]

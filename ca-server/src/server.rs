@@ -51,6 +51,9 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if let Some(addr) = cfg.validation.lab_resolve_all_to {
         tracing::warn!(%addr, "LAB SETTING validation.lab_resolve_all_to is on: every dns identifier is validated against {addr}, not its DNS address. Never use this in production.");
     }
+    if cfg.lab_clock {
+        tracing::warn!("LAB SETTING lab_clock is on: `ca-server lab clock-step` can step this CA's clock, which decides expiry, certificate validity and CRL dates. For tests only; never in production.");
+    }
     if cfg.validation.lab_always_valid {
         tracing::warn!("LAB SETTING validation.lab_always_valid is on: http-01 and tls-alpn-01 challenges pass WITHOUT validation. For benchmarks only; never in production.");
     }
@@ -219,6 +222,12 @@ pub async fn serve_with_console(
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
+                // A store that failed (a full disk) is reopened here once it can be, so
+                // service resumes without a restart; meanwhile requests get 503.
+                if let Err(e) = store.recover().await {
+                    tracing::error!(error = %e, "storage failed and cannot be reopened yet");
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 match store
                     .checkpoint_if(|w, idle| policy.checkpoint_due(w, idle))

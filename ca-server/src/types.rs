@@ -177,9 +177,32 @@ impl fmt::Display for ChallengeType {
     }
 }
 
-/// Current Unix time in seconds.
+/// Current Unix time in seconds: the system clock plus the lab clock's offset (zero unless
+/// `lab_clock` is on and an operator stepped it). Every decision the protocol makes from the
+/// time (expiry of orders, authorizations and approvals, certificate validity, CRL dates,
+/// renewal windows) reads it here.
 pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .saturating_add(LAB_CLOCK_OFFSET.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Seconds the lab clock runs ahead of the system clock (negative: behind). Not persisted: a
+/// restart runs on the system clock again.
+static LAB_CLOCK_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Steps [`now`] by `seconds` (forward if positive) and returns the new offset from the
+/// system clock. Only the admin socket's `/lab/clock-step` calls this, and only with
+/// `lab_clock = true` in the configuration, so the clock steps of a test lab can be played
+/// without touching the machine's clock.
+pub fn lab_clock_step(seconds: i64) -> i64 {
+    use std::sync::atomic::Ordering;
+    let before = LAB_CLOCK_OFFSET
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+            Some(o.saturating_add(seconds))
+        })
+        .unwrap_or_else(|o| o);
+    before.saturating_add(seconds)
 }
 
 /// RFC 3339 text for a Unix time, as ACME's timestamp fields use.

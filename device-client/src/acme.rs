@@ -275,7 +275,16 @@ impl AcmeClient {
                         poll_timeout,
                     )
                     .await?;
-                    let (o, ra) = self.order(key, account_url, &order_url).await?;
+                    let (o, ra) = match self.order(key, account_url, &order_url).await {
+                        Ok(got) => got,
+                        Err(e) => {
+                            waiting
+                                .get_or_insert_with(|| Poller::new("the order", poll_timeout))
+                                .wait_out(e)
+                                .await?;
+                            continue;
+                        }
+                    };
                     if o.status == OrderStatus::Pending {
                         // All authorizations are valid, but the CA has not caught up yet.
                         waiting
@@ -298,11 +307,13 @@ impl AcmeClient {
                     order = resp.json("finalize")?;
                 }
                 OrderStatus::Processing => {
-                    waiting
-                        .get_or_insert_with(|| Poller::new("the order", poll_timeout))
-                        .wait(retry_after, "processing")
-                        .await?;
-                    (order, retry_after) = self.order(key, account_url, &order_url).await?;
+                    let poller =
+                        waiting.get_or_insert_with(|| Poller::new("the order", poll_timeout));
+                    poller.wait(retry_after, "processing").await?;
+                    match self.order(key, account_url, &order_url).await {
+                        Ok(got) => (order, retry_after) = got,
+                        Err(e) => poller.wait_out(e).await?,
+                    }
                 }
                 OrderStatus::Valid => {
                     let url = order.certificate.as_deref().ok_or_else(|| {
@@ -415,7 +426,13 @@ impl AcmeClient {
             let limit = method.wait_limit(poll_timeout);
             let mut poll = Poller::new(&method.waiting_for(&id, &session), limit);
             loop {
-                let (authz, retry_after) = self.authz(key, account_url, url).await?;
+                let (authz, retry_after) = match self.authz(key, account_url, url).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        poll.wait_out(e).await?;
+                        continue;
+                    }
+                };
                 match authz.status {
                     AuthorizationStatus::Valid => {
                         tracing::info!(identifier = %id, "validated");
@@ -605,6 +622,24 @@ impl Poller {
         tokio::time::sleep(wait).await;
         Ok(())
     }
+
+    /// A failed poll: a CA that cannot be reached or answers 503 (restarting, its disk full)
+    /// is waited out within the same limit, as a `pending` status is, so a device waiting for
+    /// an operator or a validation does not give up its order when the CA restarts. Any other
+    /// error ends the wait.
+    async fn wait_out(&mut self, e: Error) -> Result<(), Error> {
+        let retry_after = match &e {
+            Error::Unreachable { .. } => None,
+            Error::Problem {
+                problem,
+                retry_after,
+                ..
+            } if problem.status == Some(503) => *retry_after,
+            _ => return Err(e),
+        };
+        tracing::warn!("{e}; still waiting for {}", self.what);
+        self.wait(retry_after, "the CA is unavailable").await
+    }
 }
 
 #[cfg(test)]
@@ -666,6 +701,41 @@ mod tests {
             assert!(e.to_string().contains("did not order"), "{e}");
             assert!(!e.to_string().contains('\u{1b}'), "{e}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poller_waits_out_an_unreachable_or_unavailable_ca_but_not_a_refusal() {
+        let problem = |status: u16| Error::Problem {
+            request: "authorization".into(),
+            problem: Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "type": "urn:ietf:params:acme:error:serverInternal",
+                    "status": status,
+                }))
+                .expect("problem"),
+            ),
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        let mut p = Poller::new("x", Duration::from_secs(30));
+        let t0 = Instant::now();
+        p.wait_out(Error::Unreachable {
+            url: "https://ca/authz/1".into(),
+            detail: "connection refused".into(),
+        })
+        .await
+        .expect("an unreachable CA is waited out");
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        p.wait_out(problem(503)).await.expect("a 503 is waited out");
+        assert_eq!(t0.elapsed(), Duration::from_secs(6), "its Retry-After");
+        let e = p
+            .wait_out(problem(500))
+            .await
+            .expect_err("a 500 ends the wait");
+        assert!(matches!(e, Error::Problem { .. }), "{e}");
+        let mut p = Poller::new("y", Duration::from_secs(2));
+        p.wait_out(problem(503)).await.expect("within the limit");
+        let e = p.wait_out(problem(503)).await.expect_err("past the limit");
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
     }
 
     #[tokio::test(start_paused = true)]

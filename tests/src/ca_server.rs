@@ -129,6 +129,8 @@ pub struct CaServerOpts {
     pub cert_validity: String,
     /// `eab.required`.
     pub eab_required: bool,
+    /// `lab_clock`: `ca-server lab clock-step` may step the server's clock.
+    pub lab_clock: bool,
     /// Give up waiting for the directory after this long.
     pub startup_timeout: Duration,
     /// TOML appended to the config file as written, for sections the harness does not model
@@ -150,6 +152,7 @@ impl Default for CaServerOpts {
             tls_names: Vec::new(),
             cert_validity: "7d".to_owned(),
             eab_required: false,
+            lab_clock: false,
             startup_timeout: Duration::from_secs(30),
             extra_toml: String::new(),
         }
@@ -164,6 +167,8 @@ struct ConfigFile<'a> {
     listen: String,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     tls_names: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    lab_clock: bool,
     issuance: IssuanceSection<'a>,
     validation: ValidationSection,
     eab: EabSection,
@@ -267,6 +272,7 @@ impl CaServer {
             data_dir: &data_dir,
             listen: format!("127.0.0.1:{listen_port}"),
             tls_names: &opts.tls_names,
+            lab_clock: opts.lab_clock,
             issuance: IssuanceSection {
                 cert_validity: &opts.cert_validity,
             },
@@ -428,6 +434,24 @@ impl CaServer {
         }
     }
 
+    /// SIGTERM, as systemd stops the service, and wait (up to 30 s) until the process is gone.
+    /// Errors if it does not exit in time or exits with a failure.
+    pub fn stop(&mut self) -> Result<()> {
+        match self.child.as_mut() {
+            Some(child) => {
+                let status = child.terminate(Duration::from_secs(30))?;
+                self.child = None;
+                ensure!(
+                    status.success(),
+                    "ca-server exited with {status} after SIGTERM\n{}",
+                    self.logs()
+                );
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Starts the server again on the same data directory, config and ports, and waits until it
     /// is ready. Kills the running one first (SIGKILL) if there is one.
     pub fn restart(&mut self) -> Result<()> {
@@ -485,6 +509,7 @@ mod tests {
             data_dir: Path::new("/tmp/iiot \"quoted\" dir"),
             listen: "127.0.0.1:14000".to_owned(),
             tls_names: &["ca.plant.example".to_owned()],
+            lab_clock: true,
             issuance: IssuanceSection {
                 cert_validity: "7d",
             },
@@ -510,6 +535,7 @@ mod tests {
             data_dir = '/tmp/iiot "quoted" dir'
             listen = "127.0.0.1:14000"
             tls_names = ["ca.plant.example"]
+            lab_clock = true
             [issuance]
             cert_validity = "7d"
             [validation]

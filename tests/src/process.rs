@@ -100,6 +100,34 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGTERM, as systemd stops a service, and wait up to `timeout` for the process to exit;
+    /// returns its exit status. SIGKILL and an error if it is still running then.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{} is not running (killed)", self.name);
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("cannot run kill -TERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM (kill: {sent})\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The tails of the captured stdout and stderr, labelled, for error messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

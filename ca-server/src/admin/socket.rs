@@ -38,8 +38,42 @@ pub fn router(app: Ra) -> Router {
         .route("/renew-early", post(fleet::renew_early))
         .route("/audit", get(fleet::report))
         .route("/backup", post(super::backup::backup))
+        .route("/lab/clock-step", post(lab_clock_step))
         .layer(axum::middleware::from_fn(local_admin))
         .with_state(app)
+}
+
+/// A step of the lab clock (`lab_clock`), in seconds; negative steps back.
+#[derive(serde::Deserialize)]
+struct ClockStep {
+    seconds: i64,
+}
+
+/// `POST /lab/clock-step {"seconds": N}`: steps the lab clock ([`crate::types::lab_clock_step`])
+/// and answers the new offset from the system clock and the CA's time. Refused unless the
+/// configuration turns `lab_clock` on; only here, on the owner-only socket, never on the
+/// console or the ACME listener.
+async fn lab_clock_step(
+    axum::extract::State(app): axum::extract::State<Ra>,
+    axum::Json(step): axum::Json<ClockStep>,
+) -> Result<axum::Json<Value>> {
+    if !app.cfg.lab_clock {
+        return Err(Error::Forbidden(
+            "the lab clock is off: set lab_clock = true in the configuration (tests only)".into(),
+        ));
+    }
+    let offset = crate::types::lab_clock_step(step.seconds);
+    let now = crate::types::now();
+    tracing::warn!(
+        step = step.seconds,
+        offset,
+        now = %crate::types::rfc3339(now),
+        "LAB clock stepped"
+    );
+    Ok(axum::Json(serde_json::json!({
+        "offset_seconds": offset,
+        "now": crate::types::rfc3339(now),
+    })))
 }
 
 /// Every request on the socket comes from the CA's owner: the admin role, named after the

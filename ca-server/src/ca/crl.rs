@@ -73,12 +73,16 @@ impl CrlCache {
         self.published[kind as usize].fetch_max(this_update, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The cached CRL of `kind`, unless it is due: older than [`REFRESH`], or dated after
+    /// `now`. A CRL from the future is one signed before the clock stepped back; relying
+    /// parties with the right time would refuse it (its thisUpdate has not come yet), so a new
+    /// one is signed with the current time.
     pub(crate) fn cached(&self, kind: IssuerKind, now: i64) -> Option<Vec<u8>> {
         self.slot(kind)
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .filter(|s| now - s.this_update < REFRESH)
+            .filter(|s| (0..REFRESH).contains(&(now - s.this_update)))
             .map(|s| s.der.clone())
     }
 }
@@ -173,5 +177,30 @@ pub(super) fn crl_reason(code: u8) -> Option<rcgen::RevocationReason> {
         9 => Some(R::PrivilegeWithdrawn),
         10 => Some(R::AaCompromise),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_crl_is_due_when_old_or_dated_after_now() {
+        let cache = CrlCache::default();
+        let t = 1_800_000_000;
+        assert!(cache.cached(IssuerKind::Ec, t).is_none(), "nothing signed");
+        *cache.slot(IssuerKind::Ec).lock().expect("lock") = Some(Signed {
+            der: vec![1],
+            this_update: t,
+        });
+        assert_eq!(cache.cached(IssuerKind::Ec, t), Some(vec![1]));
+        assert!(cache.cached(IssuerKind::Ec, t + REFRESH - 1).is_some());
+        assert!(cache.cached(IssuerKind::Ec, t + REFRESH).is_none(), "old");
+        // The clock stepped back past the CRL's thisUpdate.
+        assert!(
+            cache.cached(IssuerKind::Ec, t - 1).is_none(),
+            "from the future"
+        );
+        assert!(cache.cached(IssuerKind::Rsa, t).is_none(), "per issuer");
     }
 }

@@ -291,6 +291,6 @@ pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 /// Now, truncated to whole seconds: certificates carry seconds only, and the Unix times
 /// returned in `IssuedCert` must equal what is in the certificate.
 pub(super) fn now_whole_seconds() -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+    OffsetDateTime::from_unix_timestamp(crate::types::now())
         .map_err(|e| Error::Internal(format!("system clock out of range: {e}")))
 }

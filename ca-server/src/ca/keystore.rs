@@ -176,7 +176,7 @@ impl Intermediate {
             return Err(file_error(key_path, format!("does not match {name}")));
         }
         let not_after = cert.validity().not_after.to_datetime();
-        if not_after <= OffsetDateTime::now_utc() {
+        if not_after.unix_timestamp() <= crate::types::now() {
             tracing::error!(
                 file = %cert_path.display(),
                 "the issuing intermediate has expired: issuance will fail"

@@ -124,7 +124,7 @@ impl CertificateAuthority {
         }
         let not_before = cert.validity().not_before.timestamp();
         let not_after = cert.validity().not_after.timestamp();
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let now = crate::types::now();
         if now < not_before {
             return Err(NotReusable("it is not valid yet".to_owned()));
         }

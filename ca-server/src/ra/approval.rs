@@ -551,6 +551,7 @@ fn undo_start(app: &Ra, authz_id: &str) -> Result<()> {
         {
             c.status = ChallengeStatus::Pending;
             c.processing_since = None;
+            c.processing_by = None;
         }
         Ok(a)
     })?;

@@ -29,6 +29,9 @@ pub struct Challenge {
     /// When validation started, while `Processing`.
     #[serde(default)]
     pub processing_since: Option<i64>,
+    /// The server process running the validation, while `Processing` ([`super::process_id`]).
+    #[serde(default)]
+    pub processing_by: Option<String>,
     /// When it became valid.
     #[serde(default)]
     pub validated: Option<i64>,
@@ -78,6 +81,7 @@ impl Authz {
                     token: new_id()?,
                     status: ChallengeStatus::Pending,
                     processing_since: None,
+                    processing_by: None,
                     validated: None,
                     error: None,
                 })
@@ -389,6 +393,7 @@ pub fn start_processing(app: &Ra, authz_id: &str, kind: ChallengeType) -> Result
             if c.status == ChallengeStatus::Pending {
                 c.status = ChallengeStatus::Processing;
                 c.processing_since = Some(started);
+                c.processing_by = Some(super::process_id().to_owned());
                 triggered = true;
             }
         }
@@ -474,6 +479,7 @@ pub fn record_outcome(
             return Ok(a);
         }
         c.processing_since = None;
+        c.processing_by = None;
         decided = true;
         match outcome {
             Ok(()) => {
@@ -499,26 +505,35 @@ pub fn record_outcome(
 }
 
 /// A validation whose task died with the process stays `processing` in the store; restart it
-/// once it is clearly older than any live attempt could be.
+/// at once if another server process started it (that process is gone: see
+/// [`super::process_id`]), else once it is clearly older than any live attempt could be.
 fn resume_stuck_validations(app: &Ra, authz: &Authz) {
     let limit = i64::try_from(app.cfg.validation.timeout.as_secs()).unwrap_or(60) * 2 + 5;
     if authz.status() != AuthzStatus::Pending {
         return;
     }
+    let me = super::process_id();
     for c in &authz.challenges {
         if matches!(c.kind, ChallengeType::Http01 | ChallengeType::TlsAlpn01)
             && c.status == ChallengeStatus::Processing
-            && c.processing_since.is_some_and(|t| now() - t > limit)
+            && (c.processing_by.as_deref() != Some(me)
+                || c.processing_since.is_some_and(|t| now() - t > limit))
         {
-            // Claim the restart by moving `processing_since` forward under compare-and-swap,
-            // so concurrent polls start one validation, not one each.
-            let (kind, seen, restarted) = (c.kind, c.processing_since, now());
+            // Claim the restart by moving `processing_since` forward and recording this
+            // process under compare-and-swap, so concurrent polls start one validation, not
+            // one each.
+            let (kind, seen, seen_by, restarted) =
+                (c.kind, c.processing_since, c.processing_by.clone(), now());
             let mut claimed = false;
             let updated = app.db.update(Table::Authzs, &authz.id, |mut a: Authz| {
                 claimed = false;
                 if let Some(ch) = a.challenges.iter_mut().find(|ch| ch.kind == kind) {
-                    if ch.status == ChallengeStatus::Processing && ch.processing_since == seen {
+                    if ch.status == ChallengeStatus::Processing
+                        && ch.processing_since == seen
+                        && ch.processing_by == seen_by
+                    {
                         ch.processing_since = Some(restarted);
+                        ch.processing_by = Some(me.to_owned());
                         claimed = true;
                     }
                 }

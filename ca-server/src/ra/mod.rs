@@ -58,6 +58,18 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// This server process, as recorded with the work it has under way (a validation, an
+/// issuance). Only one process serves a data directory (sled locks it), so work recorded by
+/// another process was cut off when that process stopped and will never finish: a poll after a
+/// restart takes it up again, or reports it failed, at once instead of after a timeout.
+pub fn process_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    // Without the system RNG the time of the start tells processes apart as well.
+    ID.get_or_init(|| {
+        crate::types::new_id().unwrap_or_else(|_| format!("t{}", crate::types::now()))
+    })
+}
+
 /// Cheaply cloneable handle on [`Inner`].
 #[derive(Clone)]
 pub struct Ra(Arc<Inner>);

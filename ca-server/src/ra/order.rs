@@ -33,6 +33,10 @@ pub enum Stage {
     Processing {
         /// When finalize started.
         since: i64,
+        /// The server process issuing ([`super::process_id`]); `None` in orders stored
+        /// before it was recorded.
+        #[serde(default)]
+        by: Option<String>,
     },
     /// Issued.
     Valid {
@@ -71,7 +75,8 @@ pub struct Order {
 }
 
 /// If issuance was interrupted (the process died between accepting finalize and storing the
-/// certificate), the order is reported invalid after this long so the client can start over.
+/// certificate), the order is reported invalid so the client can start over: at once when
+/// another server process accepted the finalize, and in any case after this long.
 const STUCK_PROCESSING_SECS: i64 = 120;
 
 impl Order {
@@ -85,8 +90,10 @@ impl Order {
         match &self.stage {
             Stage::Valid { .. } => return Ok((OrderStatus::Valid, None)),
             Stage::Invalid { error } => return Ok((OrderStatus::Invalid, Some(error.clone()))),
-            Stage::Processing { since } => {
-                if now() - since > STUCK_PROCESSING_SECS {
+            Stage::Processing { since, by } => {
+                if by.as_deref() != Some(super::process_id())
+                    || now() - since > STUCK_PROCESSING_SECS
+                {
                     let p = Problem::new(
                         crate::ProblemType::ServerInternal,
                         "issuance was interrupted; create a new order",
@@ -620,7 +627,10 @@ pub async fn finalize(
         if o.stage != Stage::Open {
             return Err(Error::OrderNotReady("processing".into()));
         }
-        o.stage = Stage::Processing { since: started };
+        o.stage = Stage::Processing {
+            since: started,
+            by: Some(super::process_id().to_owned()),
+        };
         Ok(o)
     })?;
 

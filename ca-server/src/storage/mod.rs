@@ -134,6 +134,12 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
+    /// Brings a backend that failed (an I/O error, a full disk) back into service once the
+    /// cause is gone, without a restart; `Ok(false)` when nothing had failed. Blocking; the
+    /// server calls it from its storage tick ([`Db::recover`]).
+    fn recover(&self) -> Result<bool> {
+        Ok(false)
+    }
     /// Durability barrier. Inside [`request_scope`]: resolves once every write the request
     /// made, and every write whose result it read, is on stable storage. Outside one: once
     /// every write that completed before the call is.
@@ -373,6 +379,14 @@ impl Db {
             "storage checkpoint: the next start replays nothing written before it"
         );
         Ok(true)
+    }
+
+    /// [`Store::recover`] on the blocking pool: whether the store had failed and is back.
+    pub async fn recover(&self) -> Result<bool> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.recover())
+            .await
+            .map_err(|e| Error::Storage(format!("recovery task failed: {e}")))?
     }
 
     /// Waits until everything this request wrote or read is durable (everything written so

@@ -62,6 +62,10 @@ struct GroupCommit {
     /// flush fails from then on, and the operator restarts the CA (sled then recovers from
     /// what is on disk).
     sync_failed: std::sync::atomic::AtomicBool,
+    /// A sled call or flush failed. sled 0.34 keeps the first I/O error of its log writer
+    /// (`ENOSPC` on a full disk, say) and fails every later call with it until the database
+    /// is opened again, so [`SledStore::recover`] reopens it.
+    failed: std::sync::atomic::AtomicBool,
     state: std::sync::Mutex<GroupState>,
     done: tokio::sync::Notify,
     /// Writes not yet known to be durable, per table (`Table as usize`): key → sequence number
@@ -77,6 +81,7 @@ impl Default for GroupCommit {
             flushes: Default::default(),
             syncs: Default::default(),
             sync_failed: Default::default(),
+            failed: Default::default(),
             state: Default::default(),
             done: Default::default(),
             pending: std::sync::Mutex::new(vec![HashMap::new(); Table::ALL.len()]),
@@ -95,6 +100,10 @@ struct GroupState {
     /// Checkpoints waiting for the running flush to end: no new flush starts meanwhile, so
     /// under load a checkpoint cannot be starved by one flush leader after another.
     checkpoints_waiting: u32,
+    /// Write sequence ranges `(after, up_to]` that a failed database lost when
+    /// [`SledStore::recover`] reopened it: a caller whose ticket falls in one gets an error,
+    /// never an answer that vouches for a lost write. One entry per recovery.
+    lost: Vec<(u64, u64)>,
 }
 
 impl SledStore {
@@ -169,7 +178,14 @@ impl SledStore {
             }
         };
         match open.as_ref() {
-            Some(o) => f(o),
+            Some(o) => {
+                // `f` makes sled calls only: any error is the database's.
+                let result = f(o);
+                if result.is_err() {
+                    self.group.failed.store(true, Ordering::SeqCst);
+                }
+                result
+            }
             None => Err(Error::Storage(format!(
                 "the database {} is closed: a checkpoint could not reopen it (see the log)",
                 self.dir.display()
@@ -187,6 +203,51 @@ impl SledStore {
     /// paid now: every store call waits meanwhile, which is why the server does this when idle
     /// (see `StorageConfig::checkpoint_due`). Blocking; run it off the async workers.
     pub fn checkpoint(&self) -> Result<()> {
+        self.exclusive("checkpoint", || self.reopen(true))
+            .map(|_| ())
+    }
+
+    /// Reopens the database after a failed sled call or flush, as a server does from its
+    /// storage tick; `Ok(false)` when nothing failed. Blocking.
+    ///
+    /// After an I/O error sled fails every call until the database is opened again (see
+    /// `GroupCommit::failed`). Reopening reads what is on disk, which holds every write a
+    /// flush vouched for; writes after the last good flush may be gone, so callers waiting for
+    /// them get an error (`GroupState::lost`). While the cause lasts (the disk is still full)
+    /// the reopen fails, the database stays closed and every call is a storage error, and the
+    /// next call of this tries again.
+    pub fn recover(&self) -> Result<bool> {
+        let closed = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if !closed && !self.group.failed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let mut lost = 0;
+        self.exclusive("recovery", || {
+            let target = self.reopen(false)?;
+            // Recorded before `exclusive` releases the flush: no waiter may see its ticket
+            // settled without seeing it lost.
+            let mut st = self.lock();
+            if target > st.completed {
+                lost = target - st.completed;
+                let range = (st.completed, target);
+                st.lost.push(range);
+            }
+            Ok(target)
+        })?;
+        tracing::warn!(
+            lost_writes = lost,
+            "storage recovered: the database was reopened after a failure"
+        );
+        Ok(true)
+    }
+
+    /// Runs `work` (a close and reopen) with no flush running and none starting, and marks the
+    /// writes up to the sequence number it returns as settled.
+    fn exclusive(&self, what: &str, work: impl FnOnce() -> Result<u64>) -> Result<u64> {
         // Lead the flush, so no flush holds a handle on the database being closed (sled's file
         // lock lasts as long as any handle does).
         self.lock().checkpoints_waiting += 1;
@@ -203,14 +264,12 @@ impl SledStore {
         }
         // sled panics on some I/O failures (`sync_all().unwrap()` when a log is dropped);
         // `running` must be released whatever happens, or every later flush waits forever.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reopen()))
-            .unwrap_or_else(|_| {
-                tracing::error!(
-                    "checkpoint: sled panicked while closing or reopening the database"
-                );
-                Err(Error::Storage(
-                    "the database panicked during a checkpoint".into(),
-                ))
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+                tracing::error!("{what}: sled panicked while closing or reopening the database");
+                Err(Error::Storage(format!(
+                    "the database panicked during a {what}"
+                )))
             });
         {
             let mut st = self.lock();
@@ -220,15 +279,16 @@ impl SledStore {
             }
         }
         self.group.done.notify_waiters();
-        result.map(|_| ())
+        result
     }
 
-    /// Flushes, closes and reopens the database; returns the write sequence now durable.
-    fn reopen(&self) -> Result<u64> {
+    /// Closes and reopens the database, flushing it first if `flush`; returns the write
+    /// sequence settled: durable after a flush, durable or lost after a failure.
+    fn reopen(&self, flush: bool) -> Result<u64> {
         let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
         // No store call is under way and new ones wait: the sequence is final.
         let target = self.group.writes.load(Ordering::SeqCst);
-        if let Some(o) = open.as_ref() {
+        if let Some(o) = open.as_ref().filter(|_| flush) {
             o.db.flush()?;
             sync(self.sync_file.as_deref(), &self.group)?;
         }
@@ -253,6 +313,7 @@ impl SledStore {
             }
         };
         *open = Some(reopened);
+        self.group.failed.store(false, Ordering::SeqCst);
         for map in self.pending().iter_mut() {
             map.clear();
         }
@@ -375,6 +436,15 @@ impl SledStore {
             finished.as_mut().enable();
             let lead = {
                 let mut st = self.lock();
+                if st
+                    .lost
+                    .iter()
+                    .any(|&(after, up_to)| ticket > after && ticket <= up_to)
+                {
+                    return Err(Error::Storage(
+                        "a storage failure lost a write this request depends on".into(),
+                    ));
+                }
                 if st.completed >= ticket {
                     return Ok(());
                 }
@@ -416,6 +486,7 @@ impl SledStore {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()))
                     .map_err(|_| Error::Storage("the database flush panicked".into()))
                     .and_then(|r| r.map(|_| ()).map_err(Error::from))
+                    .inspect_err(|_| group.failed.store(true, Ordering::SeqCst))
                     .and_then(|()| sync(sync_file.as_deref(), &group));
                 // Let go of the database before another flush or a checkpoint may start.
                 drop(db);
@@ -529,6 +600,10 @@ impl Store for SledStore {
 
     fn checkpoint(&self) -> Result<()> {
         Self::checkpoint(self)
+    }
+
+    fn recover(&self) -> Result<bool> {
+        Self::recover(self)
     }
 
     fn snapshot(&self, each: &mut SnapshotSink<'_>) -> Result<()> {
@@ -736,6 +811,45 @@ mod tests {
             store.flush().await.expect("nothing to vouch for");
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn recover_reopens_a_failed_database_and_fails_callers_of_lost_writes() {
+        use crate::storage::request_scope;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        assert!(!store.recover().expect("recover"), "nothing failed");
+        store.put(Table::Orders, b"durable", b"1").expect("put");
+        store.flush().await.expect("flush");
+        // A request writes; before its flush the database fails (as sled does on ENOSPC)
+        // and the server's tick reopens it.
+        let answered = request_scope(async {
+            store.put(Table::Orders, b"unflushed", b"1").expect("put");
+            store.group.failed.store(true, Ordering::SeqCst);
+            assert!(store.recover().expect("recover"), "reopened");
+            store.flush().await
+        })
+        .await;
+        let err = answered.expect_err("the write was not vouched for before the failure");
+        assert!(err.to_string().contains("lost"), "{err}");
+        assert!(matches!(err, Error::Storage(_)));
+        // What was durable is there, and the store takes and flushes new writes.
+        assert_eq!(
+            store.get(Table::Orders, b"durable").expect("get"),
+            Some(b"1".to_vec())
+        );
+        request_scope(async {
+            store.put(Table::Orders, b"after", b"1").expect("put");
+            store.flush().await.expect("flush after recovery");
+        })
+        .await;
+        assert!(!store.recover().expect("recover"), "healthy again");
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.get(Table::Orders, b"after").expect("get"),
+            Some(b"1".to_vec())
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,15 @@ impl IntoResponse for Error {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        // > The server is currently unable to handle the request due to a temporary overload
+        // > or scheduled maintenance … The server MAY send a Retry-After header field …
+        // <https://www.rfc-editor.org/rfc/rfc9110#section-15.6.4>
+        if let Self::Storage(_) = &self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::STORAGE_RETRY_AFTER.as_secs()),
+            );
+        }
         if matches!(self, Self::Storage(_) | Self::Internal(_)) {
             resp.extensions_mut()
                 .insert(InternalCause(self.to_string()));

@@ -117,49 +117,13 @@ impl instant_acme::HttpClient for CountPosts {
     fn request(
         &self,
         req: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
-                > + Send,
-        >,
-    > {
+    ) -> iiot_acme_tests::https::AcmeResponseFuture {
         if req.method() == axum::http::Method::POST {
             self.posts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.inner.request(req)
     }
-}
-
-/// An HTTPS client trusting only `ca_file`, with TCP_NODELAY (see Cargo.toml) and HTTP/2.
-fn http_client(ca_file: &std::path::Path) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("cannot read {}", ca_file.display()))?
-    {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    let client: hyper_util::client::legacy::Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
-    Ok(Box::new(client))
 }
 
 /// One enrollment; returns per-step durations or the error's problem type (or text).
@@ -177,7 +141,8 @@ async fn enroll(opts: &Opts, tokens: &Tokens, i: usize) -> Result<Vec<Step>, Str
         t = Instant::now();
     };
     let http = Box::new(CountPosts {
-        inner: http_client(&opts.ca_file).map_err(|e| format!("client setup: {e:#}"))?,
+        inner: iiot_acme_tests::https::acme_http_client(&opts.ca_file)
+            .map_err(|e| format!("client setup: {e:#}"))?,
         posts: posts.clone(),
     });
     let (account, _) = Account::builder_with_http(http)
