@@ -329,6 +329,7 @@ impl Config {
             }
         }
         self.rate_limits.check()?;
+        self.storage.check_retention().map_err(ConfigError)?;
         if self.metrics.scan_interval.is_zero() {
             return Err(ConfigError(
                 "metrics.scan_interval must be positive".to_owned(),
@@ -610,6 +611,7 @@ durability = "process-crash"
 checkpoint_writes = 10
 checkpoint_idle = "2m"
 checkpoint_max_writes = 100
+retention = "7d"
 
 [profiles]
 default = "plc"
@@ -893,6 +895,23 @@ scan_interval = "1m"
             toml::from_str("[storage]\ncheckpoint_writes = 0\ncheckpoint_max_writes = 0\n")
                 .expect("parses");
         assert!(!off.storage.checkpoint_due(u64::MAX, Duration::MAX));
+    }
+
+    #[test]
+    fn storage_retention_defaults_to_30_days_and_refuses_zero_and_absurd_values() {
+        use std::time::Duration;
+        let d = Config::from_toml("").expect("defaults");
+        assert_eq!(d.storage.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(d.storage.prune_interval(), Duration::from_secs(300));
+        let short = Config::from_toml("[storage]\nretention = \"5s\"\n").expect("parses");
+        assert_eq!(short.storage.retention, Duration::from_secs(5));
+        assert_eq!(short.storage.prune_interval(), Duration::from_secs(1));
+        for bad in ["0s", "0d", "36501d"] {
+            let err = Config::from_toml(&format!("[storage]\nretention = \"{bad}\"\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("storage.retention"), "{bad}: {err}");
+        }
     }
 
     #[test]

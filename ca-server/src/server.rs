@@ -56,6 +56,9 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.validation.allow_loopback {
         tracing::warn!("LAB SETTING validation.allow_loopback is on: validation dials loopback addresses and loopback identifiers can be certified. For tests only; never in production.");
     }
+    if cfg.storage.retention < crate::storage::RETENTION_WARN_BELOW {
+        tracing::warn!(retention = ?cfg.storage.retention, "storage.retention is under an hour: orders and authorizations are removed that long after they end, so a client that polls one later gets 404. For labs and tests.");
+    }
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }
@@ -227,6 +230,8 @@ pub async fn serve_with_console(
             }
         });
     }
+    // Retention (`ra::retention`): once at start, then every `storage.prune_interval()`.
+    tokio::spawn(crate::ra::retention::run(Ra::clone(&app)));
     {
         let admin = Ra::clone(&app);
         tokio::spawn(async move {

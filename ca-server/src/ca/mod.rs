@@ -108,7 +108,7 @@ const INTERMEDIATE_LIFETIME: time::Duration = time::Duration::days(1826);
 /// Lifetime of the server's own HTTPS certificate.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 /// notBefore is backdated by this much, for devices whose clocks run a little slow.
-const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
+pub(crate) const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
 /// `ub-common-name` (RFC 5280 Appendix A.1): a longer CN cannot be encoded.
 const CN_MAX_CHARS: usize = 64;
 
