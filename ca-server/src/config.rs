@@ -330,6 +330,15 @@ impl Config {
         }
         self.rate_limits.check()?;
         self.storage.check_retention().map_err(ConfigError)?;
+        if self
+            .issuance
+            .lab_cert_validity
+            .is_some_and(|v| v < Duration::from_secs(1) || v > Duration::from_secs(398 * 86_400))
+        {
+            return Err(ConfigError(
+                "issuance.lab_cert_validity must be between 1s and 398d".to_owned(),
+            ));
+        }
         if self.metrics.scan_interval.is_zero() {
             return Err(ConfigError(
                 "metrics.scan_interval must be positive".to_owned(),
@@ -912,6 +921,12 @@ scan_interval = "1m"
                 .to_string();
             assert!(err.contains("storage.retention"), "{bad}: {err}");
         }
+        let lab = Config::from_toml("[issuance]\nlab_cert_validity = \"3s\"\n").expect("parses");
+        assert_eq!(lab.issuance.lab_cert_validity, Some(Duration::from_secs(3)));
+        let err = Config::from_toml("[issuance]\nlab_cert_validity = \"0s\"\n")
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("lab_cert_validity"), "{err}");
     }
 
     #[test]

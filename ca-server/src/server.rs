@@ -64,9 +64,13 @@ pub fn init(cfg: Config) -> Result<AppState> {
     }
     let own_names = crate::va::policy::OwnNames::of_host(&cfg);
     let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
-    let profiles =
+    let mut profiles =
         crate::ca::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
             .map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(validity) = cfg.issuance.lab_cert_validity {
+        tracing::warn!(?validity, "LAB SETTING issuance.lab_cert_validity is set: every certificate is issued for {validity:?}, whatever cert_validity and the profiles say. For tests only; never in production.");
+        profiles.lab_set_validity(validity);
+    }
     // Config::check refuses this combination; a Config built in code may skip the check.
     if !ca.has(IssuerKind::Rsa) {
         if let Some(name) = profiles.rsa_issuer_profiles().next() {

@@ -127,6 +127,9 @@ pub struct CaServerOpts {
     pub tls_names: Vec<String>,
     /// `issuance.cert_validity`, e.g. `"7d"`.
     pub cert_validity: String,
+    /// Further `[issuance]` settings as (name, TOML string value), e.g.
+    /// `("lab_cert_validity", "20s")`. Empty by default.
+    pub issuance_extra: Vec<(String, String)>,
     /// `eab.required`.
     pub eab_required: bool,
     /// Give up waiting for the directory after this long.
@@ -149,6 +152,7 @@ impl Default for CaServerOpts {
             rate_limits: true,
             tls_names: Vec::new(),
             cert_validity: "7d".to_owned(),
+            issuance_extra: Vec::new(),
             eab_required: false,
             startup_timeout: Duration::from_secs(30),
             extra_toml: String::new(),
@@ -195,6 +199,8 @@ struct RateLimitsSection {
 #[derive(Serialize)]
 struct IssuanceSection<'a> {
     cert_validity: &'a str,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +275,7 @@ impl CaServer {
             tls_names: &opts.tls_names,
             issuance: IssuanceSection {
                 cert_validity: &opts.cert_validity,
+                extra: opts.issuance_extra.iter().cloned().collect(),
             },
             validation: ValidationSection {
                 http_port,
@@ -487,6 +494,7 @@ mod tests {
             tls_names: &["ca.plant.example".to_owned()],
             issuance: IssuanceSection {
                 cert_validity: "7d",
+                extra: Default::default(),
             },
             validation: ValidationSection {
                 http_port: 5002,

@@ -303,6 +303,15 @@ pub struct IssuanceConfig {
         deserialize_with = "crate::types::de_duration"
     )]
     pub authz_lifetime: Duration,
+    /// LAB/TEST ONLY: every certificate is issued for this long, whatever `cert_validity` and
+    /// the profiles say, down to a second (for tests of expiry and retention).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::types::ser_opt_duration",
+        deserialize_with = "crate::types::de_opt_duration"
+    )]
+    pub lab_cert_validity: Option<Duration>,
 }
 
 impl Default for IssuanceConfig {
@@ -314,6 +323,7 @@ impl Default for IssuanceConfig {
             rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
+            lab_cert_validity: None,
         }
     }
 }
