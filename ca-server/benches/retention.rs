@@ -17,7 +17,7 @@
 //!    does), and the round's records, the store's size on disk and its record count are printed.
 //!
 //! `cargo bench -p ca-server --bench retention -- --devices 10000 --rounds 50`; `--dir D` puts
-//! the data directory under D. Without `--bench` (under `cargo test --benches`) it runs a
+//! the data directory under D; `--no-checkpoint` leaves out the checkpoints. Without `--bench` (under `cargo test --benches`) it runs a
 //! handful of devices and rounds.
 
 use std::path::Path;
@@ -41,6 +41,7 @@ struct Args {
     validity_days: i64,
     revoke_every: usize,
     dir: Option<std::path::PathBuf>,
+    checkpoint: bool,
 }
 
 fn args() -> Args {
@@ -72,6 +73,7 @@ fn args() -> Args {
         validity_days: number("--validity-days", 2) as i64,
         revoke_every: number("--revoke-every", 100).max(1),
         dir: value("--dir").map(Into::into),
+        checkpoint: !argv.iter().any(|a| a == "--no-checkpoint"),
     }
 }
 
@@ -299,8 +301,10 @@ fn main() {
         let pruned = ca_server::ra::retention::prune(&s.app, at).expect("prune");
         let prune_s = prune_start.elapsed().as_secs_f64();
         rt.block_on(s.app.db.flush_all()).expect("flush");
-        rt.block_on(s.app.db.checkpoint_if(|_, _| true))
-            .expect("checkpoint");
+        if args.checkpoint {
+            rt.block_on(s.app.db.checkpoint_if(|_, _| true))
+                .expect("checkpoint");
+        }
         let (records, kv) = count(store);
         let disk = disk_usage(&data_dir.join("db"));
         sizes.push((records, disk));
