@@ -147,28 +147,25 @@ fn renewals_with_short_retention_keep_the_store_flat_and_certificates_findable()
         total(last)
     );
 
-    // Orders, authorizations and the orders lists stop growing: only the last rounds' are kept.
+    // Orders, authorizations and the orders lists stop growing: only those that ended within
+    // the last seconds are kept (how many depends on the machine's speed, never half of them).
     for table in ["orders", "authzs", "account_orders"] {
         assert!(
-            count(last, table) <= count(fifth, table) + DEVICES as u64,
-            "{table}: {} after round 5, {} after round {ROUNDS}",
-            count(fifth, table),
-            count(last, table)
-        );
-        assert!(
             count(last, table) < (ROUNDS * DEVICES) as u64 / 2,
-            "{table} keeps {} of {} renewals",
+            "{table} keeps {} of {} renewals ({} after round 5)",
             count(last, table),
-            ROUNDS * DEVICES
+            ROUNDS * DEVICES,
+            count(fifth, table)
         );
     }
-    // What each renewal keeps for good is its reduced certificate and its key-use record.
-    let kept = 2 * (ROUNDS * DEVICES) as u64 - count(last, "certificates") - count(last, "key_use");
-    assert_eq!(kept, 0, "every certificate and certified key stays indexed");
-    assert!(
-        total(last) <= total(fifth) + 2 * ((ROUNDS - 5) * DEVICES) as u64 + DEVICES as u64,
-        "the store grew by more than two index records per renewal"
-    );
+    // What each renewal keeps for good is its reduced certificate and its key-use record;
+    // accounts and identities are per device.
+    for table in ["certificates", "key_use"] {
+        assert_eq!(count(last, table), (ROUNDS * DEVICES) as u64, "{table}");
+    }
+    for table in ["accounts", "account_keys", "identities"] {
+        assert_eq!(count(last, table), count(fifth, table), "{table}");
+    }
 
     // Every certificate is still found, expired ones as reduced entries: the audit counts
     // them all and lists the one revoked in the first round, long since reduced.
