@@ -347,6 +347,7 @@ fn main() {
             at,
             issuer: IssuerKind::Ec,
             by: Some(ca_server::ca::cert::RevokedBy::Operator),
+            not_after: None,
         };
         s.app
             .db

@@ -341,6 +341,16 @@ impl Config {
             }
         }
         self.rate_limits.check()?;
+        self.storage.check_retention().map_err(ConfigError)?;
+        if self
+            .issuance
+            .lab_cert_validity
+            .is_some_and(|v| v < Duration::from_secs(1) || v > Duration::from_secs(398 * 86_400))
+        {
+            return Err(ConfigError(
+                "issuance.lab_cert_validity must be between 1s and 398d".to_owned(),
+            ));
+        }
         if self.metrics.scan_interval.is_zero() {
             return Err(ConfigError(
                 "metrics.scan_interval must be positive".to_owned(),
@@ -624,6 +634,7 @@ cache_mib = 128
 checkpoint_writes = 10
 checkpoint_idle = "2m"
 checkpoint_max_writes = 100
+retention = "7d"
 
 [profiles]
 default = "plc"
@@ -921,6 +932,29 @@ scan_interval = "1m"
             toml::from_str("[storage]\ncheckpoint_writes = 0\ncheckpoint_max_writes = 0\n")
                 .expect("parses");
         assert!(!off.storage.checkpoint_due(u64::MAX, Duration::MAX));
+    }
+
+    #[test]
+    fn storage_retention_defaults_to_30_days_and_refuses_zero_and_absurd_values() {
+        use std::time::Duration;
+        let d = Config::from_toml("").expect("defaults");
+        assert_eq!(d.storage.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(d.storage.prune_interval(), Duration::from_secs(300));
+        let short = Config::from_toml("[storage]\nretention = \"5s\"\n").expect("parses");
+        assert_eq!(short.storage.retention, Duration::from_secs(5));
+        assert_eq!(short.storage.prune_interval(), Duration::from_secs(1));
+        for bad in ["0s", "0d", "36501d"] {
+            let err = Config::from_toml(&format!("[storage]\nretention = \"{bad}\"\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("storage.retention"), "{bad}: {err}");
+        }
+        let lab = Config::from_toml("[issuance]\nlab_cert_validity = \"3s\"\n").expect("parses");
+        assert_eq!(lab.issuance.lab_cert_validity, Some(Duration::from_secs(3)));
+        let err = Config::from_toml("[issuance]\nlab_cert_validity = \"0s\"\n")
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("lab_cert_validity"), "{err}");
     }
 
     #[test]

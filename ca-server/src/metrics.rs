@@ -16,6 +16,7 @@
 //! | `iiot_acme_key_reuse_refused_total` | counter | |
 //! | `iiot_acme_request_duration_seconds` | histogram | `endpoint` (route template) |
 //! | `iiot_acme_checkpoint_duration_seconds` | histogram | |
+//! | `iiot_acme_records_pruned_total` | counter | `record` |
 //! | `iiot_acme_pending_approvals` | gauge | |
 //! | `iiot_acme_certificates_expiring_24h` | gauge | |
 //! | `iiot_acme_store_size_bytes` | gauge | |
@@ -53,6 +54,9 @@ pub struct MetricsConfig {
     )]
     pub scan_interval: Duration,
 }
+
+/// The `record` labels of `iiot_acme_records_pruned_total`.
+pub const PRUNED_RECORDS: [&str; 4] = ["order", "authorization", "certificate", "revocation"];
 
 /// Default of `metrics.listen`.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -153,6 +157,9 @@ struct Counter(AtomicU64);
 impl Counter {
     fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
     fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -263,6 +270,7 @@ pub struct Metrics {
     key_reuse: Counter,
     requests: Family<Histogram>,
     checkpoints: Histogram,
+    pruned: Family<Counter>,
     pending_approvals: Gauge,
     expiring: Gauge,
     store_bytes: Gauge,
@@ -282,6 +290,7 @@ impl Default for Metrics {
             key_reuse: Counter::default(),
             requests: Family::new(|| Histogram::new(REQUEST_BUCKETS)),
             checkpoints: Histogram::new(CHECKPOINT_BUCKETS),
+            pruned: Family::new(Counter::default),
             pending_approvals: Gauge::default(),
             expiring: Gauge::default(),
             store_bytes: Gauge::default(),
@@ -292,6 +301,9 @@ impl Default for Metrics {
             for result in ["valid", "invalid"] {
                 m.validations.with(&[kind.as_str(), result], |_| ());
             }
+        }
+        for record in PRUNED_RECORDS {
+            m.pruned.with(&[record], |_| ());
         }
         m
     }
@@ -341,6 +353,14 @@ impl Metrics {
     /// answered after `took`.
     pub fn request_answered(&self, endpoint: &str, took: Duration) {
         self.requests.with(&[endpoint], |h| h.observe(took));
+    }
+
+    /// Retention removed (or, for `certificate`, reduced) `n` records of kind `record`, one of
+    /// [`PRUNED_RECORDS`].
+    pub fn records_pruned(&self, record: &str, n: u64) {
+        if n > 0 {
+            self.pruned.with(&[record], |c| c.add(n));
+        }
     }
 
     /// A store checkpoint took `took`.
@@ -445,6 +465,18 @@ impl Metrics {
             &[],
             &self.checkpoints,
         );
+        out.head(
+            "iiot_acme_records_pruned_total",
+            "Records removed by retention, by kind (certificate: reduced to an index entry).",
+            "counter",
+        );
+        self.pruned.each(|l, c| {
+            out.sample(
+                "iiot_acme_records_pruned_total",
+                &[("record", &l[0])],
+                c.get(),
+            );
+        });
         for (name, help, g) in [
             (
                 "iiot_acme_pending_approvals",

@@ -63,14 +63,21 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.validation.allow_loopback {
         tracing::warn!("LAB SETTING validation.allow_loopback is on: validation dials loopback addresses and loopback identifiers can be certified. For tests only; never in production.");
     }
+    if cfg.storage.retention < crate::storage::RETENTION_WARN_BELOW {
+        tracing::warn!(retention = ?cfg.storage.retention, "storage.retention is under an hour: orders and authorizations are removed that long after they end, so a client that polls one later gets 404. For labs and tests.");
+    }
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }
     let own_names = crate::va::policy::OwnNames::of_host(&cfg);
     let va = Validator::new(cfg.validation.clone())?.with_own_names(own_names.clone());
-    let profiles =
+    let mut profiles =
         crate::ca::profiles::Profiles::from_config(&cfg.profiles, cfg.issuance.cert_validity)
             .map_err(|e| Error::Internal(e.to_string()))?;
+    if let Some(validity) = cfg.issuance.lab_cert_validity {
+        tracing::warn!(?validity, "LAB SETTING issuance.lab_cert_validity is set: every certificate is issued for {validity:?}, whatever cert_validity and the profiles say. For tests only; never in production.");
+        profiles.lab_set_validity(validity);
+    }
     // Config::check refuses this combination; a Config built in code may skip the check.
     if !ca.has(IssuerKind::Rsa) {
         if let Some(name) = profiles.rsa_issuer_profiles().next() {
@@ -240,6 +247,8 @@ pub async fn serve_with_console(
             }
         });
     }
+    // Retention (`ra::retention`): once at start, then every `storage.prune_interval()`.
+    tokio::spawn(crate::ra::retention::run(Ra::clone(&app)));
     {
         let admin = Ra::clone(&app);
         tokio::spawn(async move {

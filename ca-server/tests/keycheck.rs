@@ -934,6 +934,7 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
                     at: 0,
                     issuer: c.issuer,
                     by: Some(ca_server::ca::cert::RevokedBy::CertificateKey),
+                    not_after: Some(c.not_after),
                 });
                 Ok(c)
             },

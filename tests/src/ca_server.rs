@@ -127,6 +127,9 @@ pub struct CaServerOpts {
     pub tls_names: Vec<String>,
     /// `issuance.cert_validity`, e.g. `"7d"`.
     pub cert_validity: String,
+    /// Further `[issuance]` settings as (name, TOML string value), e.g.
+    /// `("lab_cert_validity", "20s")`. Empty by default.
+    pub issuance_extra: Vec<(String, String)>,
     /// `eab.required`.
     pub eab_required: bool,
     /// `lab_clock`: `ca-server lab clock-step` may step the server's clock.
@@ -151,6 +154,7 @@ impl Default for CaServerOpts {
             rate_limits: true,
             tls_names: Vec::new(),
             cert_validity: "7d".to_owned(),
+            issuance_extra: Vec::new(),
             eab_required: false,
             lab_clock: false,
             startup_timeout: Duration::from_secs(30),
@@ -200,6 +204,8 @@ struct RateLimitsSection {
 #[derive(Serialize)]
 struct IssuanceSection<'a> {
     cert_validity: &'a str,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -275,6 +281,7 @@ impl CaServer {
             lab_clock: opts.lab_clock,
             issuance: IssuanceSection {
                 cert_validity: &opts.cert_validity,
+                extra: opts.issuance_extra.iter().cloned().collect(),
             },
             validation: ValidationSection {
                 http_port,
@@ -512,6 +519,7 @@ mod tests {
             lab_clock: true,
             issuance: IssuanceSection {
                 cert_validity: "7d",
+                extra: Default::default(),
             },
             validation: ValidationSection {
                 http_port: 5002,

@@ -259,7 +259,7 @@ pub async fn report(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
                             .unwrap_or(crate::ca::profiles::DEFAULT_PROFILE),
                     )
                     .or_default() += 1;
-                *key_types.entry(key_type(c)?).or_default() += 1;
+                *key_types.entry(c.key_type()?).or_default() += 1;
                 if c.not_after <= soon {
                     expiring.push(json!({"serial": c.id, "identifiers": c.identifiers,
                         "notAfter": rfc3339(c.not_after)}));
@@ -298,14 +298,6 @@ pub async fn report(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
         "profiles": profiles,
         "issuedPerHour": per_hour,
     })))
-}
-
-/// The type of a stored certificate's key, e.g. "ECDSA P-256".
-fn key_type(c: &Certificate) -> Result<String> {
-    let der = crate::wire::b64u_decode("stored certificate", &c.der)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| Error::Storage(format!("stored certificate {} unparsable: {e}", c.id)))?;
-    Ok(crate::key::policy::key_type(cert.public_key()))
 }
 
 /// An identity: `type:value` or `uri:` + an ApplicationUri.
@@ -433,6 +425,9 @@ pub struct CertificateSummary {
     /// Set when an operator made it renew early: its renewal window starts here (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_after: Option<String>,
+    /// Retention reduced its record to this index entry: the certificate itself is gone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reduced: bool,
 }
 
 /// A revocation in a list.
@@ -460,6 +455,7 @@ impl CertificateSummary {
                 at: rfc3339(r.at),
             }),
             renew_after: c.renew_after.map(rfc3339),
+            reduced: c.is_reduced(),
         }
     }
 }
@@ -570,7 +566,7 @@ pub async fn certificate(
     history.sort_by(|a, b| b.not_before.cmp(&a.not_before));
     Ok(Json(json!({
         "certificate": CertificateSummary::of(&c, at),
-        "keyType": key_type(&c)?,
+        "keyType": c.key_type()?,
         "orderId": c.order_id,
         "source": c.source,
         "replacedBy": c.replaced_by,

@@ -12,6 +12,11 @@ pub struct Revocation {
     pub reason: u8,
     /// Unix time.
     pub at: i64,
+    /// The revoked certificate's notAfter (Unix time): the CRL drops the entry once it has been
+    /// listed past it (`ra::crl`). `None` in records from before it was kept, whose
+    /// certificate record says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
     /// The intermediate that issued the certificate, whose CRL lists it (records from before
     /// the RSA intermediate have none: EC).
     #[serde(default)]
@@ -58,13 +63,16 @@ pub struct Certificate {
     pub id: String,
     /// Account that ordered it.
     pub account_id: String,
-    /// Order it was issued for.
+    /// Order it was issued for; empty in a reduced record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub order_id: String,
     /// Certified identifiers.
     pub identifiers: Vec<Identifier>,
-    /// Leaf DER, base64url.
+    /// Leaf DER, base64url; empty in a reduced record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub der: String,
-    /// Leaf + intermediate, PEM.
+    /// Leaf + intermediate, PEM; empty in a reduced record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chain_pem: String,
     /// The intermediate that signed it (records from before the RSA intermediate have none:
     /// EC).
@@ -75,13 +83,13 @@ pub struct Certificate {
     /// Validity end.
     pub not_after: i64,
     /// Set once revoked.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revocation>,
     /// The order that replaces it (RFC 9773 `replaces`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<String>,
     /// Set by the operator (`ca-server renew-early`): the renewal window starts here.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_after: Option<i64>,
     /// The certificate profile it was issued under (SPEC §8.3); `None` for certificates
     /// issued before profiles existed.
@@ -91,4 +99,59 @@ pub struct Certificate {
     /// was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Set when retention reduced the record to an index entry, past notAfter plus
+    /// `storage.retention` (`ra::retention`): the certificate itself (`der`, `chain_pem`), its
+    /// order and source are gone; who, what, when and whether it was revoked remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduced: Option<Reduced>,
+}
+
+/// What a reduced certificate record keeps that its DER said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reduced {
+    /// The certified key's type, e.g. "ECDSA P-256".
+    pub key_type: String,
+}
+
+impl Certificate {
+    /// The index entry retention keeps once the certificate is past notAfter plus the
+    /// retention: serial, account, identifiers, validity, issuer, profile and revocation.
+    pub fn reduce(&self, key_type: String) -> Self {
+        Self {
+            id: self.id.clone(),
+            account_id: self.account_id.clone(),
+            order_id: String::new(),
+            identifiers: self.identifiers.clone(),
+            der: String::new(),
+            chain_pem: String::new(),
+            issuer: self.issuer,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            revoked: self.revoked.clone(),
+            replaced_by: None,
+            renew_after: None,
+            profile: self.profile.clone(),
+            source: None,
+            reduced: Some(Reduced { key_type }),
+        }
+    }
+
+    /// Whether the record is a reduced index entry, without the certificate.
+    pub fn is_reduced(&self) -> bool {
+        self.reduced.is_some()
+    }
+
+    /// The type of the certified key, e.g. "ECDSA P-256": from the DER, or as the reduced
+    /// record kept it.
+    pub fn key_type(&self) -> crate::Result<String> {
+        if let Some(reduced) = &self.reduced {
+            return Ok(reduced.key_type.clone());
+        }
+        let der = crate::wire::b64u_decode("stored certificate", &self.der)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+            crate::Error::Storage(format!("stored certificate {} unparsable: {e}", self.id))
+        })?;
+        Ok(crate::key::policy::key_type(cert.public_key()))
+    }
 }

@@ -108,7 +108,7 @@ const INTERMEDIATE_LIFETIME: time::Duration = time::Duration::days(1826);
 /// Lifetime of the server's own HTTPS certificate.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 /// notBefore is backdated by this much, for devices whose clocks run a little slow.
-const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
+pub(crate) const CLOCK_SKEW: time::Duration = time::Duration::minutes(1);
 /// `ub-common-name` (RFC 5280 Appendix A.1): a longer CN cannot be encoded.
 const CN_MAX_CHARS: usize = 64;
 
@@ -303,6 +303,15 @@ pub struct IssuanceConfig {
         deserialize_with = "crate::types::de_duration"
     )]
     pub authz_lifetime: Duration,
+    /// LAB/TEST ONLY: every certificate is issued for this long, whatever `cert_validity` and
+    /// the profiles say, down to a second (for tests of expiry and retention).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::types::ser_opt_duration",
+        deserialize_with = "crate::types::de_opt_duration"
+    )]
+    pub lab_cert_validity: Option<Duration>,
 }
 
 impl Default for IssuanceConfig {
@@ -314,6 +323,7 @@ impl Default for IssuanceConfig {
             rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
+            lab_cert_validity: None,
         }
     }
 }

@@ -425,6 +425,13 @@ impl ProfileSpec {
 pub struct ProfileError(String);
 
 impl Profiles {
+    /// Every profile issues for `validity` (`issuance.lab_cert_validity`).
+    pub fn lab_set_validity(&mut self, validity: Duration) {
+        for profile in self.by_name.values_mut() {
+            profile.validity = validity;
+        }
+    }
+
     /// The built-in profiles merged with the configured ones; errors name the bad field.
     pub fn from_config(
         cfg: &ProfilesConfig,

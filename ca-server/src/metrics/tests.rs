@@ -182,6 +182,8 @@ fn recorded() -> Metrics {
     }
     m.request_answered("/directory", Duration::from_micros(300));
     m.checkpoint_taken(Duration::from_millis(1600));
+    m.records_pruned("order", 3);
+    m.records_pruned("order", 2);
     m.set_pending_approvals(4);
     m.set_crl_age("ec", 12);
     m.set_crl_age("rsa", 13);
@@ -196,7 +198,14 @@ fn the_exposition_parses_back_with_help_and_type_for_every_family() {
         assert_eq!(name.ends_with("_total"), kind == "counter", "{name} {kind}");
         assert!(name.starts_with("iiot_acme_"), "{name}");
     }
-    assert_eq!(types.len(), 11, "{types:?}");
+    assert_eq!(types.len(), 12, "{types:?}");
+    let pruned = |r| value(&samples, "iiot_acme_records_pruned_total", &[("record", r)]);
+    assert_eq!(pruned("order"), Some(5.0));
+    assert_eq!(
+        pruned("certificate"),
+        Some(0.0),
+        "every kind starts at zero"
+    );
     let issued = "iiot_acme_certificates_issued_total";
     let of = |p, e| value(&samples, issued, &[("profile", p), ("enrollment", e)]);
     assert_eq!(of("default", "eab_preauthorized"), Some(2.0));

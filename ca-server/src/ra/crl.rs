@@ -1,6 +1,19 @@
 //! Publishing the CRLs (RFC 5280 §5; `ca::crl` says which issuer signs which and where they are
 //! served): numbering each CRL from the store, collecting the issuer's revocations, having the
 //! CA sign it, then writing the file and caching it.
+//!
+//! An entry leaves the CRL once its certificate has expired and one CRL published after that
+//! listed it:
+//!
+//! > An entry MUST NOT be removed from the CRL until it appears on one regularly scheduled CRL
+//! > issued beyond the revoked certificate's validity period.
+//!
+//! <https://www.rfc-editor.org/rfc/rfc5280#section-5.1.2.6> (and §3.3). Each CRL's thisUpdate
+//! is kept in the store once its file is written ([`published_key`]); the next CRL leaves out
+//! the certificates that expired before it. Such a certificate expired after the CRL before
+//! that one, so the CRL whose thisUpdate is kept listed it, past its notAfter. A CRL that was
+//! signed but not written does not count. Retention (`ra::retention`) removes a revocation
+//! record only once it is off the CRL.
 
 use crate::ca::cert::Revocation;
 use crate::ca::crl::{file_name, Signed, LIFETIME};
@@ -45,7 +58,7 @@ pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     let _one_at_a_time = app.crl.signing.lock().await;
     let reader = app.clone();
     let (number, revoked) =
-        tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind))
+        tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind, now))
             .await
             .map_err(|e| Error::Internal(format!("CRL task failed: {e}")))??;
     // The number and every revocation read are durable before the CRL is signed, published
@@ -66,7 +79,11 @@ type RevokedEntry = (Vec<u8>, i64, u8);
 /// The next CRL number (taken: the CRL number MUST increase with every CRL, across restarts
 /// too, so it lives in the store) and the revocations of `kind`. Scanning 100,000 revocations
 /// takes a while, hence the blocking pool.
-fn number_and_revocations(app: &Ra, kind: IssuerKind) -> Result<(u64, Vec<RevokedEntry>)> {
+fn number_and_revocations(
+    app: &Ra,
+    kind: IssuerKind,
+    now: i64,
+) -> Result<(u64, Vec<RevokedEntry>)> {
     if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
         app.db
             .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
@@ -75,17 +92,55 @@ fn number_and_revocations(app: &Ra, kind: IssuerKind) -> Result<(u64, Vec<Revoke
         .db
         .get(Table::Meta, "crl_number")?
         .ok_or_else(|| Error::Storage("CRL number vanished".into()))?;
+    let last = last_published(app, kind)?;
     let mut revoked = Vec::new();
     for (serial, value) in app.db.store().scan_prefix(Table::Revocations, b"")? {
         let entry: Revocation = serde_json::from_slice(&value)
             .map_err(|e| Error::Storage(format!("corrupt revocation record: {e}")))?;
+        if entry.issuer != kind {
+            continue;
+        }
+        let serial_hex = String::from_utf8_lossy(&serial);
+        if !listed(not_after(app, &serial_hex, &entry)?, last, now) {
+            continue;
+        }
         let serial = hex::decode(&serial)
             .map_err(|e| Error::Storage(format!("corrupt revocation key: {e}")))?;
-        if entry.issuer == kind {
-            revoked.push((serial, entry.at, entry.reason));
-        }
+        revoked.push((serial, entry.at, entry.reason));
     }
     Ok((number, revoked))
+}
+
+/// The `Meta` key of the thisUpdate of the last CRL of `kind` written to its file.
+pub fn published_key(kind: IssuerKind) -> String {
+    format!("crl_published.{}", file_name(kind))
+}
+
+/// The thisUpdate of the last CRL of `kind` written to its file, if any.
+pub fn last_published(app: &Ra, kind: IssuerKind) -> Result<Option<i64>> {
+    app.db.get(Table::Meta, &published_key(kind))
+}
+
+/// The notAfter of a revoked certificate: in the revocation record, or, for records from
+/// before it was kept there, in the certificate's. `None` if neither says.
+pub fn not_after(app: &Ra, serial: &str, entry: &Revocation) -> Result<Option<i64>> {
+    if let Some(t) = entry.not_after {
+        return Ok(Some(t));
+    }
+    Ok(app
+        .db
+        .get::<crate::ca::cert::Certificate>(Table::Certificates, serial)?
+        .map(|c| c.not_after))
+}
+
+/// Whether a CRL signed at `now` lists a revocation whose certificate expires at `not_after`,
+/// when the last CRL published had thisUpdate `last`: unless the certificate expired before
+/// both (a thisUpdate from a clock that ran ahead must not drop a certificate still valid).
+pub fn listed(not_after: Option<i64>, last: Option<i64>, now: i64) -> bool {
+    match (not_after, last) {
+        (Some(not_after), Some(last)) => not_after >= last.min(now),
+        _ => true,
+    }
 }
 
 fn sign_and_write(
@@ -109,6 +164,8 @@ fn sign_and_write(
         this_update: now,
     });
     app.crl.mark_published(kind, now);
+    // Durable with the next flush; lost in a crash, an older value only keeps entries longer.
+    app.db.put(Table::Meta, &published_key(kind), &now)?;
     tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
 }

@@ -1,6 +1,6 @@
 //! The registration authority: the rules of RFC 8555 over the store, without HTTP. Accounts,
 //! orders, authorizations, enrollment credentials, operator approval, identity binding,
-//! renewal and key hygiene each have a module; [`Ra`] is the state they share.
+//! renewal, key hygiene and retention each have a module; [`Ra`] is the state they share.
 
 pub mod account;
 pub mod approval;
@@ -14,6 +14,7 @@ pub mod keycheck;
 pub mod operator;
 pub mod order;
 pub mod renewal;
+pub mod retention;
 pub mod revocation;
 
 use std::ops::Deref;

@@ -77,7 +77,7 @@ pub struct Order {
 /// If issuance was interrupted (the process died between accepting finalize and storing the
 /// certificate), the order is reported invalid so the client can start over: at once when
 /// another server process accepted the finalize, and in any case after this long.
-const STUCK_PROCESSING_SECS: i64 = 120;
+pub(crate) const STUCK_PROCESSING_SECS: i64 = 120;
 
 impl Order {
     /// The order's status, derived from its stage and its authorizations so it can never
@@ -757,6 +757,7 @@ impl Certificate {
             renew_after: None,
             profile: order.profile.clone(),
             source: source.map(|ip| ip.to_string()),
+            reduced: None,
         }
     }
 }

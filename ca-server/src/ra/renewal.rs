@@ -20,6 +20,10 @@ fn lookup(app: &Ra, id: &str) -> Result<Option<Certificate>> {
     else {
         return Ok(None);
     };
+    // Past notAfter plus the retention only an index entry is left, without the AKI.
+    if cert.is_reduced() {
+        return Ok(None);
+    }
     let der = crate::wire::b64u_decode("stored certificate", &cert.der)?;
     let (stored_aki, _) = aki_and_serial(&der).map_err(|e| {
         Error::Storage(format!(

@@ -26,10 +26,18 @@ pub enum Revoker<'a> {
 
 /// The certificate `id` as its account downloads it; `notFound` for another account's.
 pub fn certificate_of(app: &Ra, account_id: &str, id: &str) -> Result<Certificate> {
-    app.db
+    let cert = app
+        .db
         .get::<Certificate>(Table::Certificates, id)?
         .filter(|c| c.account_id == account_id)
-        .ok_or(Error::NotFound("certificate"))
+        .ok_or(Error::NotFound("certificate"))?;
+    if cert.is_reduced() {
+        return Err(Error::NotFound(
+            "certificate: it expired longer ago than the CA's retention, which keeps only its \
+             index entry",
+        ));
+    }
+    Ok(cert)
 }
 
 /// Revokes the certificate `der` for `revoker` with RFC 5280 `reason` (default 0).
@@ -104,6 +112,7 @@ pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> R
                 at,
                 issuer: c.issuer,
                 by: Some(by),
+                not_after: Some(c.not_after),
             });
             Ok(c)
         })?

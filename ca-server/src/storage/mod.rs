@@ -428,7 +428,24 @@ pub struct StorageConfig {
     /// replays at most this many records (about 1.5 s for 500,000 with a million devices in
     /// the store). 0: never under load.
     pub checkpoint_max_writes: u64,
+    /// How long orders and authorizations are kept after they expired or completed, and a
+    /// certificate's full record after its notAfter, before the pruner removes them (the
+    /// certificate is reduced to an index entry; `ra::retention`).
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
+    pub retention: Duration,
 }
+
+/// Default of `storage.retention`.
+pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// The longest `storage.retention` accepted: past this nothing is ever pruned in practice, and
+/// a typo (`"30000d"`) should not pass silently.
+pub const RETENTION_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Below this `storage.retention` is for labs: a client polling an order or an authorization
+/// later than that gets 404 (the server warns at start).
+pub const RETENTION_WARN_BELOW: Duration = Duration::from_secs(3600);
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -438,11 +455,30 @@ impl Default for StorageConfig {
             checkpoint_writes: CHECKPOINT_MIN_WRITES,
             checkpoint_idle: CHECKPOINT_IDLE,
             checkpoint_max_writes: CHECKPOINT_MAX_WRITES,
+            retention: RETENTION,
         }
     }
 }
 
 impl StorageConfig {
+    /// Refuses a retention that is zero, has a fraction of a second, or is longer than
+    /// [`RETENTION_MAX`].
+    pub fn check_retention(&self) -> std::result::Result<(), String> {
+        let r = self.retention;
+        if r < Duration::from_secs(1) || r.subsec_nanos() != 0 || r > RETENTION_MAX {
+            return Err(format!(
+                "storage.retention must be whole seconds between 1s and 36500d (100 years), \
+                 e.g. \"30d\"; it is {r:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// How often the pruner runs: a tenth of the retention, between 1 s and 5 minutes.
+    pub fn prune_interval(&self) -> Duration {
+        (self.retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(300))
+    }
+
     /// Whether the server should checkpoint the store now, given [`crate::storage::Store::write_activity`]:
     /// when enough was written and the store has been idle for a while (a line finished
     /// enrolling), or, under sustained load, when the replay would otherwise grow past the

@@ -1,0 +1,339 @@
+//! Retention figures: the store's size while a fleet renews round after round with short-lived
+//! certificates and a short `storage.retention`.
+//!
+//! 1. One device enrolls through the server's router (account, order, finalize): the records
+//!    of a first enrollment, of which an order, its authorization, its entry in the account's
+//!    orders list, the certificate and its key-use record are what each renewal adds.
+//! 2. Round `r` (of `--rounds R`) happens at simulated time `T0 + r days`. In round 1 every
+//!    device (`--devices N`) gets all the records of an enrollment; in each later round a
+//!    renewal's records, each id replaced by one of the same length that is unique to the
+//!    device and round (as `benches/scale.rs` copies records), with the order's and the
+//!    authorization's `expires` and the certificate's validity moved to the round's time:
+//!    certificates valid for `--validity-days` (default 2), orders and authorizations for a
+//!    day. Every `--revoke-every K`th certificate of a round is revoked
+//!    (`revocation::record_revocation`) and both CRLs are signed at the round's time.
+//! 3. After each round the pruner (`ra::retention::prune`) runs at the round's time with
+//!    `--retention-days` (default 2), the store is flushed and checkpointed (as the idle server
+//!    does), and the round's records, the store's size on disk and its record count are printed.
+//!
+//! `cargo bench -p ca-server --bench retention -- --devices 10000 --rounds 50`; `--dir D` puts
+//! the data directory under D; `--no-checkpoint` leaves out the checkpoints. Without `--bench` (under `cargo test --benches`) it runs a
+//! handful of devices and rounds.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ca_server::ca::cert::RevokedBy;
+use ca_server::ca::IssuerKind;
+use ca_server::storage::{Store, Table};
+use ca_server::types::now;
+use serde_json::{json, Value};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const DAY: i64 = 86_400;
+
+struct Args {
+    devices: usize,
+    rounds: usize,
+    retention_days: u64,
+    validity_days: i64,
+    revoke_every: usize,
+    dir: Option<std::path::PathBuf>,
+    checkpoint: bool,
+}
+
+fn args() -> Args {
+    let argv: Vec<String> = std::env::args().collect();
+    let bench = argv.iter().any(|a| a == "--bench");
+    let value = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let number = |name: &str, default: usize| {
+        value(name).map_or(default, |v| {
+            v.replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number, got {v:?}"))
+        })
+    };
+    let devices = number("--devices", if bench { 10_000 } else { 20 });
+    let rounds = number("--rounds", if bench { 50 } else { 8 });
+    assert!(
+        devices * (rounds + 1) < 100_000_000,
+        "ids hold 8 digits: fewer devices or rounds"
+    );
+    Args {
+        devices,
+        rounds,
+        retention_days: number("--retention-days", 2) as u64,
+        validity_days: number("--validity-days", 2) as i64,
+        revoke_every: number("--revoke-every", 100).max(1),
+        dir: value("--dir").map(Into::into),
+        checkpoint: !argv.iter().any(|a| a == "--no-checkpoint"),
+    }
+}
+
+/// Which part of an enrollment a record is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Written once per device (account, its key, the identities it holds).
+    Device,
+    /// Written by every renewal.
+    Renewal,
+}
+
+struct Template {
+    table: Table,
+    kind: Kind,
+    key: String,
+    value: String,
+}
+
+/// The records of the one real enrollment, except `meta`, and the ids in them: those written
+/// once per device and those each renewal makes anew.
+fn templates(store: &dyn Store, name: &str) -> (Vec<Template>, Vec<String>, Vec<String>) {
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8 record");
+    let mut records = Vec::new();
+    let (mut device_ids, mut renewal_ids) = (vec![name.to_owned()], Vec::new());
+    for table in Table::ALL {
+        if table == Table::Meta {
+            continue;
+        }
+        for (k, v) in store.scan_prefix(table, b"").expect("scan") {
+            let (key, value) = (text(k), text(v));
+            let kind = match table {
+                Table::Orders
+                | Table::Authzs
+                | Table::Certificates
+                | Table::KeyUse
+                | Table::AccountOrders => Kind::Renewal,
+                _ => Kind::Device,
+            };
+            match table {
+                Table::Accounts | Table::AccountKeys => device_ids.push(key.clone()),
+                Table::Orders | Table::Authzs | Table::Certificates | Table::KeyUse => {
+                    renewal_ids.push(key.clone());
+                }
+                _ => {}
+            }
+            records.push(Template {
+                table,
+                kind,
+                key,
+                value,
+            });
+        }
+    }
+    (records, device_ids, renewal_ids)
+}
+
+/// `id` with its last 8 characters replaced by `n` (same length and alphabet: every id is hex
+/// or base64url, and both have the digits).
+fn numbered(id: &str, n: usize) -> String {
+    let keep = id.len().saturating_sub(8);
+    format!("{}{n:0>8}", &id[..keep])
+}
+
+/// Replaces every id in `s` by its numbered form.
+fn render(s: &str, ids: &[(String, String)]) -> String {
+    let mut out = s.to_owned();
+    for (from, to) in ids {
+        out = out.replace(from.as_str(), to);
+    }
+    out
+}
+
+/// Moves the times of an order, authorization or certificate record to `at`.
+fn retime(table: Table, value: &str, at: i64, validity: i64) -> String {
+    let mut v: Value = serde_json::from_str(value).expect("JSON record");
+    match table {
+        Table::Orders | Table::Authzs => v["expires"] = json!(at + DAY),
+        Table::Certificates => {
+            v["not_before"] = json!(at - 60);
+            v["not_after"] = json!(at + validity);
+        }
+        _ => return value.to_owned(),
+    }
+    v.to_string()
+}
+
+/// Size of everything under `dir` on disk, bytes.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() {
+            disk_usage(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    total
+}
+
+/// Records in the store, and their keys' and values' bytes.
+fn count(store: &dyn Store) -> (usize, usize) {
+    let (mut records, mut bytes) = (0, 0);
+    for table in Table::ALL {
+        let mut after = Vec::new();
+        loop {
+            let page = store.scan_after(table, &after, 10_000).expect("scan");
+            records += page.len();
+            bytes += page.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            match page.last() {
+                Some((k, _)) if page.len() == 10_000 => after.clone_from(k),
+                _ => break,
+            }
+        }
+    }
+    (records, bytes)
+}
+
+fn main() {
+    let args = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("data directory");
+    let data_dir = dir.path().to_path_buf();
+    let retention = Duration::from_secs(args.retention_days * DAY as u64);
+    let s = common::TestServer::with(|cfg| {
+        cfg.data_dir = data_dir.clone();
+        cfg.storage.retention = retention;
+    });
+
+    // 1. One real enrollment.
+    let device = "dev-00000000";
+    let name = format!("{device}.plant.example");
+    rt.block_on(async {
+        let acct = s.new_account().await;
+        let order = common::ready_order(&s, &acct, &[&name]).await;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let csr = common::b64(common::csr(&[&name], &key));
+        let url = order["finalize"].as_str().expect("finalize url");
+        let r = s.post_as(&acct, url, Some(&json!({ "csr": csr }))).await;
+        let done: Value = r.json();
+        assert_eq!(done["status"], "valid", "finalize: {done}");
+    });
+    let store = s.app.db.store();
+    let (templates, device_ids, renewal_ids) = templates(store, device);
+    let per_renewal: usize = templates
+        .iter()
+        .filter(|t| t.kind == Kind::Renewal)
+        .map(|t| t.key.len() + t.value.len())
+        .sum();
+    println!(
+        "devices {}, rounds {} (one simulated day apart), certificates valid {} days, \
+         retention {} days, every {}th certificate revoked; a renewal writes {} bytes of keys \
+         and values",
+        args.devices,
+        args.rounds,
+        args.validity_days,
+        args.retention_days,
+        args.revoke_every,
+        per_renewal
+    );
+    println!("round,records_written,store_records,store_kv_bytes,disk_bytes,pruned_orders,pruned_authzs,reduced_certificates,pruned_revocations,round_s,prune_s");
+
+    let t0 = now() - (args.rounds as i64 + 1) * DAY;
+    let validity = args.validity_days * DAY;
+    let mut sizes = Vec::new();
+    let started = Instant::now();
+    for round in 1..=args.rounds {
+        let at = t0 + round as i64 * DAY;
+        let round_start = Instant::now();
+        let mut written = 0;
+        for d in 0..args.devices {
+            let n = round * args.devices + d;
+            let ids: Vec<(String, String)> = device_ids
+                .iter()
+                .map(|id| (id.clone(), numbered(id, d)))
+                .chain(renewal_ids.iter().map(|id| (id.clone(), numbered(id, n))))
+                .collect();
+            for t in &templates {
+                if t.kind == Kind::Device && round > 1 {
+                    continue;
+                }
+                let key = render(&t.key, &ids);
+                let value = retime(t.table, &render(&t.value, &ids), at, validity);
+                store
+                    .put(t.table, key.as_bytes(), value.as_bytes())
+                    .expect("put");
+                written += 1;
+            }
+            if d % args.revoke_every == 0 {
+                let serial = numbered(
+                    templates
+                        .iter()
+                        .find(|t| t.table == Table::Certificates)
+                        .map(|t| t.key.as_str())
+                        .expect("certificate"),
+                    n,
+                );
+                ca_server::ra::revocation::record_revocation(
+                    &s.app,
+                    &serial,
+                    4,
+                    RevokedBy::Operator,
+                )
+                .expect("revoke");
+            }
+        }
+        for kind in IssuerKind::ALL {
+            if s.app.ca.has(kind) {
+                rt.block_on(ca_server::ra::crl::refresh(&s.app, kind, at))
+                    .expect("CRL");
+            }
+        }
+        let round_s = round_start.elapsed().as_secs_f64();
+        let prune_start = Instant::now();
+        let pruned = ca_server::ra::retention::prune(&s.app, at).expect("prune");
+        let prune_s = prune_start.elapsed().as_secs_f64();
+        rt.block_on(s.app.db.flush_all()).expect("flush");
+        if args.checkpoint {
+            rt.block_on(s.app.db.checkpoint_if(|_, _| true))
+                .expect("checkpoint");
+        }
+        let (records, kv) = count(store);
+        let disk = disk_usage(&data_dir.join("db"));
+        sizes.push((records, disk));
+        println!(
+            "{round},{written},{records},{kv},{disk},{},{},{},{},{round_s:.1},{prune_s:.1}",
+            pruned.orders, pruned.authzs, pruned.certificates, pruned.revocations
+        );
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    // What each renewal leaves for good: its reduced certificate and its key-use record.
+    for table in [Table::Certificates, Table::KeyUse] {
+        let (key, value) = store
+            .scan_after(table, b"", 1)
+            .expect("scan")
+            .pop()
+            .expect("a record");
+        println!(
+            "a {} record kept for good: {} bytes of key and value: {}",
+            table.name(),
+            key.len() + value.len(),
+            String::from_utf8_lossy(&value)
+        );
+    }
+    if let (Some(fifth), Some(last)) = (sizes.get(4), sizes.last()) {
+        println!(
+            "after round {} / after round 5: disk {:.2}x, records {:.2}x",
+            args.rounds,
+            last.1 as f64 / fifth.1 as f64,
+            last.0 as f64 / fifth.0 as f64
+        );
+    }
+}
