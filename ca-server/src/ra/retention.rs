@@ -218,7 +218,7 @@ fn order_ended(app: &Ra, order: &Order) -> Result<i64> {
             .map_or(order.expires, |c| {
                 c.not_before + crate::ca::CLOCK_SKEW.whole_seconds()
             }),
-        Stage::Processing { since } => since + crate::ra::order::STUCK_PROCESSING_SECS,
+        Stage::Processing { since, .. } => since + crate::ra::order::STUCK_PROCESSING_SECS,
         Stage::Open | Stage::Invalid { .. } => order.expires,
     })
 }
@@ -456,7 +456,10 @@ mod tests {
         let read = raw(&app, Table::Orders, &o.id);
         app.db
             .update(Table::Orders, &o.id, |mut o: Order| {
-                o.stage = Stage::Processing { since: now() };
+                o.stage = Stage::Processing {
+                    since: now(),
+                    by: Some(crate::ra::process_id().to_owned()),
+                };
                 Ok(o)
             })
             .expect("update");
