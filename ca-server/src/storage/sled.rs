@@ -845,7 +845,18 @@ mod tests {
         .await;
         assert!(!store.recover().expect("recover"), "healthy again");
         drop(store);
-        let store = SledStore::open(dir.path()).expect("reopen");
+        // sled lets go of its file lock when its last I/O job ends, a moment after the drop
+        // (the reopen in `SledStore::reopen` waits for it the same way).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let store = loop {
+            match SledStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopen: {e:?}"),
+            }
+        };
         assert_eq!(
             store.get(Table::Orders, b"after").expect("get"),
             Some(b"1".to_vec())
