@@ -47,6 +47,9 @@ pub mod config;
 pub mod der;
 pub mod error;
 pub mod fsutil;
+// Entry points of the fuzz targets (`fuzz/`) and of the corpus replay test; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jose;
 pub mod jwk;
 pub mod key;

@@ -62,6 +62,9 @@ pub mod device;
 pub mod enroll;
 pub mod error;
 pub mod files;
+// Entry points of the fuzz targets (`fuzz/`) and of the corpus replay test; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http01;
 pub mod jws;
 pub mod key;

@@ -17,6 +17,9 @@ pub mod der;
 pub mod driver;
 mod enrollment;
 mod error;
+// Entry points of the fuzz targets (`fuzz/`) and of the corpus replay test; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod json;
 mod jws;

@@ -31,6 +31,9 @@ pub mod attestation;
 pub mod base64url;
 pub mod challenge;
 pub mod fingerprint;
+// Entry points of the fuzz targets (`fuzz/`) and of the corpus replay test; not API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identifier;
 mod ip;
 pub mod jwk;

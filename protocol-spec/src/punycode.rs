@@ -11,7 +11,7 @@ const INITIAL_BIAS: u32 = 72;
 const INITIAL_N: u32 = 0x80;
 
 /// Most code points a 59-octet encoded part can decode to.
-const MAX_POINTS: usize = 63;
+pub(crate) const MAX_POINTS: usize = 63;
 
 fn adapt(delta: u32, points: u32, first: bool) -> u32 {
     let mut delta = if first { delta / DAMP } else { delta / 2 };
@@ -84,7 +84,7 @@ fn control_or_space(c: u32) -> bool {
 }
 
 /// RFC 3492 §6.2, failing on overflow, bad digits, truncated input and non-scalar results.
-fn decode(input: &[u8], out: &mut [u32; MAX_POINTS]) -> Option<usize> {
+pub(crate) fn decode(input: &[u8], out: &mut [u32; MAX_POINTS]) -> Option<usize> {
     let (basic, rest) = match input.iter().rposition(|&c| c == b'-') {
         Some(d) => (&input[..d], &input[d + 1..]),
         None => (&input[..0], input),
@@ -134,7 +134,7 @@ fn decode(input: &[u8], out: &mut [u32; MAX_POINTS]) -> Option<usize> {
 }
 
 /// RFC 3492 §6.3 into `out`; `None` if it does not fit or overflows.
-fn encode<'o>(input: &[u32], out: &'o mut [u8; MAX_POINTS]) -> Option<&'o [u8]> {
+pub(crate) fn encode<'o>(input: &[u32], out: &'o mut [u8; MAX_POINTS]) -> Option<&'o [u8]> {
     let mut w = 0;
     let mut push = |c: u8, w: &mut usize| -> Option<()> {
         *out.get_mut(*w)? = c;

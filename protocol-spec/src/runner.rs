@@ -158,3 +158,50 @@ impl Runner {
         }
     }
 }
+
+/// Replays a fuzz target's committed inputs through `run`, the function the target calls:
+/// every file of `fuzz_dir/corpus/<target>/` and, if it exists, `fuzz_dir/regressions/<target>/`
+/// (inputs that once failed, kept after the fix). Fails naming the file whose input fails,
+/// and fails if the corpus directory is missing or empty, so that a moved or emptied corpus
+/// cannot pass unnoticed. Returns how many inputs ran.
+pub fn replay_fuzz_corpus(fuzz_dir: &std::path::Path, target: &str, run: impl Fn(&[u8])) -> usize {
+    let mut ran = 0;
+    for kind in ["corpus", "regressions"] {
+        let dir = fuzz_dir.join(kind).join(target);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(_) if kind == "regressions" => continue,
+            Err(e) => panic!("{}: {e}", dir.display()),
+        };
+        let mut paths: Vec<_> = entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        paths.sort();
+        if kind == "corpus" {
+            assert!(!paths.is_empty(), "{}: no corpus files", dir.display());
+        }
+        for path in paths {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&data)));
+            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
+            ran += 1;
+        }
+    }
+    ran
+}
+
+/// One `#[test]` per fuzz target that replays its committed inputs with
+/// [`replay_fuzz_corpus`] from the calling crate's `fuzz/` directory: `target => entry`, where
+/// `entry` is the function the target calls (an expression, evaluated once per test, so a
+/// block can set up state for a closure).
+#[macro_export]
+macro_rules! fuzz_corpus_tests {
+    ($($target:ident => $entry:expr),* $(,)?) => {$(
+        #[test]
+        fn $target() {
+            let fuzz_dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+            $crate::runner::replay_fuzz_corpus(&fuzz_dir, stringify!($target), $entry);
+        }
+    )*};
+}

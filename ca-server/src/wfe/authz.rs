@@ -17,7 +17,7 @@ use crate::{Error, Result};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuthzUpdate {
+pub(crate) struct AuthzUpdate {
     #[serde(default)]
     status: Option<String>,
 }

@@ -38,7 +38,7 @@ pub async fn download(
 /// revokeCert payload (RFC 8555 §7.6).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Revoke {
+pub(crate) struct Revoke {
     certificate: String,
     #[serde(default)]
     reason: Option<i64>,

@@ -59,7 +59,7 @@ pub async fn get_order(
 /// finalize payload.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Finalize {
+pub(crate) struct Finalize {
     csr: String,
 }
 
