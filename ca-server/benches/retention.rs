@@ -45,21 +45,9 @@ struct Args {
 }
 
 fn args() -> Args {
-    let argv: Vec<String> = std::env::args().collect();
-    let bench = argv.iter().any(|a| a == "--bench");
-    let value = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let number = |name: &str, default: usize| {
-        value(name).map_or(default, |v| {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, got {v:?}"))
-        })
-    };
+    let cli = common::bench::BenchArgs::from_env();
+    let bench = cli.bench();
+    let number = |name: &str, default: usize| cli.number(name, default);
     let devices = number("--devices", if bench { 10_000 } else { 20 });
     let rounds = number("--rounds", if bench { 50 } else { 8 });
     assert!(
@@ -72,8 +60,8 @@ fn args() -> Args {
         retention_days: number("--retention-days", 2) as u64,
         validity_days: number("--validity-days", 2) as i64,
         revoke_every: number("--revoke-every", 100).max(1),
-        dir: value("--dir").map(Into::into),
-        checkpoint: !argv.iter().any(|a| a == "--no-checkpoint"),
+        dir: cli.value("--dir").map(Into::into),
+        checkpoint: !cli.flag("--no-checkpoint"),
     }
 }
 

@@ -57,29 +57,17 @@ struct Args {
 }
 
 fn args() -> Args {
-    let argv: Vec<String> = std::env::args().collect();
-    let bench = argv.iter().any(|a| a == "--bench");
-    let value = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let number = |name: &str, default: usize| {
-        value(name).map_or(default, |v| {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number, got {v:?}"))
-        })
-    };
+    let cli = common::bench::BenchArgs::from_env();
+    let bench = cli.bench();
+    let number = |name: &str, default: usize| cli.number(name, default);
     let devices = number("--devices", if bench { 10_000 } else { 20 });
     assert!(devices >= 2, "--devices must be at least 2");
     Args {
         devices,
         revoked: number("--revoked", if bench { 100_000 } else { 20 }),
-        dir: value("--dir").map(Into::into),
-        keep: argv.iter().any(|a| a == "--keep"),
-        checkpoint: !argv.iter().any(|a| a == "--no-checkpoint"),
+        dir: cli.value("--dir").map(Into::into),
+        keep: cli.flag("--keep"),
+        checkpoint: !cli.flag("--no-checkpoint"),
     }
 }
 

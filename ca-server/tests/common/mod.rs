@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 mod acme;
+pub mod bench;
 
 pub use acme::*;
 
