@@ -75,6 +75,17 @@ pub fn parse(jwk: &Value) -> Result<PublicKey> {
                     "RSA JWK n and e must not have leading zero octets (RFC 7518 §6.3.1)".into(),
                 ));
             }
+            // RFC 8017 §3.1: an RSA public exponent is odd and at least 3. RS256 verification
+            // (ring) also caps it at 2^33 - 1, so a larger one could never sign a request.
+            let exponent = (e.len() <= 8)
+                .then(|| e.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+                .filter(|v| (3..1 << 33).contains(v) && v % 2 == 1);
+            if exponent.is_none() {
+                return Err(Error::BadPublicKey(
+                    "RSA JWK e must be an odd public exponent from 3 to 2^33 - 1 (RFC 8017 §3.1)"
+                        .into(),
+                ));
+            }
             let key = PublicKey::rsa(&n, &e);
             if let PublicKey::Rsa { n, .. } = &key {
                 let bits = rsa_bits(n);
@@ -407,6 +418,11 @@ mod tests {
             json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),
             json!({"kty": "oct", "k": "AAAA"}),
             json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"}),
+            // A 2048-bit n with exponents that are empty (0), 1, even, or above 2^33 - 1.
+            json!({"kty": "RSA", "n": b64u([0xc5; 256]), "e": ""}),
+            json!({"kty": "RSA", "n": b64u([0xc5; 256]), "e": "AQ"}),
+            json!({"kty": "RSA", "n": b64u([0xc5; 256]), "e": "AQAA"}),
+            json!({"kty": "RSA", "n": b64u([0xc5; 256]), "e": b64u([2, 0, 0, 0, 1])}),
             // A point not on the curve: x = y = 1.
             json!({"kty": "EC", "crv": "P-256",
                    "x": b64u([[0u8; 31].as_slice(), &[1]].concat()),

@@ -454,6 +454,7 @@ fn problem_for(v: &Vector) -> Result<Error, String> {
         | "jwk-unsupported-curve"
         | "jwk-symmetric"
         | "jwk-rsa-1024"
+        | "jwk-rsa-exponent-empty"
         | "jwk-member-padded" => refused(jwk::parse(&v.input["jwk"]))?,
         // Decided by Account::require_valid.
         "account-deactivated" => refused(account(AccountStatus::Deactivated).require_valid())?,
