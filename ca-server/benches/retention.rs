@@ -13,12 +13,14 @@
 //!    day. Every `--revoke-every K`th certificate of a round is revoked
 //!    (`revocation::record_revocation`) and both CRLs are signed at the round's time.
 //! 3. After each round the pruner (`ra::retention::prune`) runs at the round's time with
-//!    `--retention-days` (default 2), the store is flushed and checkpointed (as the idle server
-//!    does), and the round's records, the store's size on disk and its record count are printed.
+//!    `--retention-days` (default 2), the store is flushed, checkpointed and compacted if its
+//!    files have grown enough (as the server's storage tick does), and the round's records, the
+//!    store's size on disk and its record count are printed.
 //!
 //! `cargo bench -p ca-server --bench retention -- --devices 10000 --rounds 50`; `--dir D` puts
-//! the data directory under D; `--no-checkpoint` leaves out the checkpoints. Without `--bench` (under `cargo test --benches`) it runs a
-//! handful of devices and rounds.
+//! the data directory under D; `--no-checkpoint` leaves out the checkpoints, `--no-compaction`
+//! the compactions. Without `--bench` (under `cargo test --benches`) it runs a handful of
+//! devices and rounds.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,6 +44,7 @@ struct Args {
     revoke_every: usize,
     dir: Option<std::path::PathBuf>,
     checkpoint: bool,
+    compaction: bool,
 }
 
 fn args() -> Args {
@@ -62,6 +65,7 @@ fn args() -> Args {
         revoke_every: number("--revoke-every", 100).max(1),
         dir: cli.value("--dir").map(Into::into),
         checkpoint: !cli.flag("--no-checkpoint"),
+        compaction: !cli.flag("--no-compaction"),
     }
 }
 
@@ -232,7 +236,7 @@ fn main() {
         args.revoke_every,
         per_renewal
     );
-    println!("round,records_written,store_records,store_kv_bytes,disk_bytes,pruned_orders,pruned_authzs,reduced_certificates,pruned_revocations,round_s,prune_s");
+    println!("round,records_written,store_records,store_kv_bytes,disk_bytes,pruned_orders,pruned_authzs,reduced_certificates,pruned_revocations,round_s,prune_s,compaction_s,compaction_pause_ms");
 
     let t0 = now() - (args.rounds as i64 + 1) * DAY;
     let validity = args.validity_days * DAY;
@@ -293,11 +297,19 @@ fn main() {
             rt.block_on(s.app.db.checkpoint_if(|_, _| true))
                 .expect("checkpoint");
         }
+        let compacted = if args.compaction {
+            rt.block_on(s.app.db.compact_if_grown())
+                .expect("compaction")
+        } else {
+            None
+        };
+        let (compaction_s, pause_ms) =
+            compacted.map_or((0.0, 0), |c| (c.took.as_secs_f64(), c.paused.as_millis()));
         let (records, kv) = count(store);
         let disk = disk_usage(&data_dir.join("db"));
         sizes.push((records, disk));
         println!(
-            "{round},{written},{records},{kv},{disk},{},{},{},{},{round_s:.1},{prune_s:.1}",
+            "{round},{written},{records},{kv},{disk},{},{},{},{},{round_s:.1},{prune_s:.1},{compaction_s:.1},{pause_ms}",
             pruned.orders, pruned.authzs, pruned.certificates, pruned.revocations
         );
     }

@@ -244,6 +244,9 @@ pub async fn serve_with_console(
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "storage checkpoint failed"),
                 }
+                if let Err(e) = store.compact_if_grown().await {
+                    tracing::error!(error = %e, "storage compaction failed");
+                }
             }
         });
     }

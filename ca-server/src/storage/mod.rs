@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
-pub use self::sled::SledStore;
+pub use self::sled::{Compacted, SledStore};
 use crate::{Error, Result};
 use std::time::Duration;
 
@@ -133,6 +133,12 @@ pub trait Store: Send + Sync + 'static {
     /// calls it.
     fn checkpoint(&self) -> Result<()> {
         Ok(())
+    }
+    /// Gives back the space of removed records if the backend's files have grown enough
+    /// since it last did (sled: a copy and a swap, see `storage::sled::compact`); `Ok(None)`
+    /// when it did nothing. Blocking; the server calls it from its storage tick.
+    fn compact_if_grown(&self) -> Result<Option<Compacted>> {
+        Ok(None)
     }
     /// Brings a backend that failed (an I/O error, a full disk) back into service once the
     /// cause is gone, without a restart; `Ok(false)` when nothing had failed. Blocking; the
@@ -379,6 +385,26 @@ impl Db {
             "storage checkpoint: the next start replays nothing written before it"
         );
         Ok(true)
+    }
+
+    /// [`Store::compact_if_grown`] on the blocking pool.
+    pub async fn compact_if_grown(&self) -> Result<Option<Compacted>> {
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || store.compact_if_grown())
+            .await
+            .map_err(|e| Error::Storage(format!("compaction task failed: {e}")))??;
+        if let Some(c) = &done {
+            tracing::info!(
+                before_bytes = c.before,
+                after_bytes = c.after,
+                records = c.records,
+                rewritten = c.rewritten,
+                paused_ms = c.paused.as_millis(),
+                took_ms = c.took.as_millis(),
+                "storage compacted: the space of removed records is free again"
+            );
+        }
+        Ok(done)
     }
 
     /// [`Store::recover`] on the blocking pool: whether the store had failed and is back.

@@ -9,6 +9,10 @@ use super::{note_ticket, scoped_ticket, FlushFuture, SnapshotSink, Store, Table}
 use crate::storage::Durability;
 use crate::{Error, Result};
 
+mod compact;
+
+pub use self::compact::Compacted;
+
 /// sled-backed [`Store`].
 pub struct SledStore {
     dir: PathBuf,
@@ -31,7 +35,16 @@ pub struct SledStore {
     /// after a crash"). A CA that forgets an issued certificate or a revocation after a power
     /// cut cannot revoke the one and serves the other as good, so by default the flush ends
     /// with an `fdatasync` of the same file (any descriptor of the file will do).
-    sync_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Replaced when a compaction swaps the database for its copy.
+    sync_file: std::sync::Mutex<Option<std::sync::Arc<std::fs::File>>>,
+    /// Durability, for reopening `sync_file` after a compaction.
+    durability: Durability,
+    /// Keys written while a compaction copies the database (`compact`); `None` otherwise.
+    dirty: std::sync::Mutex<Option<compact::Dirty>>,
+    /// The size of sled's files after the last compaction.
+    compaction: std::sync::Mutex<compact::Baseline>,
+    /// Held by a compaction, a checkpoint and a recovery: one at a time.
+    maintenance: std::sync::Mutex<()>,
     /// Test hook: the next [`SledStore::checkpoint`] panics after closing the database, as
     /// sled does on some I/O failures while a log is dropped.
     #[cfg(test)]
@@ -134,17 +147,10 @@ impl SledStore {
     /// cache of `cache_mib` MiB.
     pub fn open_with(dir: &Path, durability: Durability, cache_mib: u64) -> Result<Self> {
         let cache_bytes = cache_mib.saturating_mul(1 << 20);
+        compact::settle(dir)?;
         let open = Open::new(dir, cache_bytes)?;
-        let sync_file = match durability {
-            Durability::PowerLoss => {
-                let path = dir.join("db");
-                let file = std::fs::File::open(&path).map_err(|e| {
-                    Error::Storage(format!("cannot open {} to sync it: {e}", path.display()))
-                })?;
-                Some(std::sync::Arc::new(file))
-            }
-            Durability::ProcessCrash => None,
-        };
+        let baseline = compact::Baseline::read(&open.db);
+        let sync_file = open_sync_file(dir, durability)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             cache_bytes,
@@ -153,7 +159,11 @@ impl SledStore {
             checkpointed: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             opened: Instant::now(),
-            sync_file,
+            sync_file: std::sync::Mutex::new(sync_file),
+            durability,
+            dirty: std::sync::Mutex::new(None),
+            compaction: std::sync::Mutex::new(baseline),
+            maintenance: std::sync::Mutex::new(()),
             #[cfg(test)]
             panic_after_close: Default::default(),
         })
@@ -203,6 +213,7 @@ impl SledStore {
     /// paid now: every store call waits meanwhile, which is why the server does this when idle
     /// (see `StorageConfig::checkpoint_due`). Blocking; run it off the async workers.
     pub fn checkpoint(&self) -> Result<()> {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         self.exclusive("checkpoint", || self.reopen(true))
             .map(|_| ())
     }
@@ -225,6 +236,7 @@ impl SledStore {
         if !closed && !self.group.failed.load(Ordering::SeqCst) {
             return Ok(false);
         }
+        let _maintenance = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         let mut lost = 0;
         self.exclusive("recovery", || {
             let target = self.reopen(false)?;
@@ -290,35 +302,32 @@ impl SledStore {
         let target = self.group.writes.load(Ordering::SeqCst);
         if let Some(o) = open.as_ref().filter(|_| flush) {
             o.db.flush()?;
-            sync(self.sync_file.as_deref(), &self.group)?;
+            sync(self.sync_file().as_deref(), &self.group)?;
         }
         drop(open.take());
         #[cfg(test)]
         if self.panic_after_close.swap(false, Ordering::SeqCst) {
             panic!("test hook: sled panicked while closing the database");
         }
-        // sled releases its file lock when its last I/O job lets go of the file, which can be
-        // a moment after the last handle is dropped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let reopened = loop {
-            match Open::new(&self.dir, self.cache_bytes) {
-                Ok(o) => break o,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "checkpoint: cannot reopen the database");
-                    return Err(e);
-                }
-            }
-        };
+        self.reopen_closed(&mut open, target)?;
+        Ok(target)
+    }
+
+    /// Opens the closed database again (into `open`, which the caller holds locked) and
+    /// marks the writes up to `target` as checkpointed.
+    fn reopen_closed(&self, open: &mut Option<Open>, target: u64) -> Result<()> {
+        let reopened = compact::open_when_released(&self.dir, self.cache_bytes)
+            .inspect_err(|e| tracing::error!(error = %e, "storage: cannot reopen the database"))?;
+        // A compaction replaces the data file; the same file after a checkpoint.
+        *self.sync_file.lock().unwrap_or_else(|p| p.into_inner()) =
+            open_sync_file(&self.dir, self.durability)?;
         *open = Some(reopened);
         self.group.failed.store(false, Ordering::SeqCst);
         for map in self.pending().iter_mut() {
             map.clear();
         }
         self.checkpointed.store(target, Ordering::SeqCst);
-        Ok(target)
+        Ok(())
     }
 }
 
@@ -361,6 +370,23 @@ pub(super) fn on_multi_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// sled's data file, opened for `fdatasync` under [`Durability::PowerLoss`] (see `sync_file`).
+fn open_sync_file(
+    dir: &Path,
+    durability: Durability,
+) -> Result<Option<std::sync::Arc<std::fs::File>>> {
+    match durability {
+        Durability::PowerLoss => {
+            let path = dir.join("db");
+            let file = std::fs::File::open(&path).map_err(|e| {
+                Error::Storage(format!("cannot open {} to sync it: {e}", path.display()))
+            })?;
+            Ok(Some(std::sync::Arc::new(file)))
+        }
+        Durability::ProcessCrash => Ok(None),
+    }
+}
+
 /// `fdatasync` of sled's data file under [`Durability::PowerLoss`] (see `sync_file`).
 fn sync(file: Option<&std::fs::File>, group: &GroupCommit) -> Result<()> {
     if let Some(file) = file {
@@ -389,6 +415,13 @@ fn fenced(group: &GroupCommit) -> Result<()> {
 }
 
 impl SledStore {
+    fn sync_file(&self) -> Option<std::sync::Arc<std::fs::File>> {
+        self.sync_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
         lock_state(&self.group)
     }
@@ -404,6 +437,14 @@ impl SledStore {
             map.insert(key.to_vec(), seq);
         }
         note_ticket(seq);
+        if let Some(dirty) = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            dirty.insert(table, key);
+        }
         let now = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_write.store(now, Ordering::Relaxed);
     }
@@ -480,7 +521,7 @@ impl SledStore {
                     return Err(e);
                 }
             };
-            let sync_file = self.sync_file.clone();
+            let sync_file = self.sync_file();
             group.flushes.fetch_add(1, Ordering::SeqCst);
             let flush = tokio::task::spawn_blocking(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()))
@@ -604,6 +645,10 @@ impl Store for SledStore {
 
     fn recover(&self) -> Result<bool> {
         Self::recover(self)
+    }
+
+    fn compact_if_grown(&self) -> Result<Option<Compacted>> {
+        Self::compact_if_grown(self)
     }
 
     fn snapshot(&self, each: &mut SnapshotSink<'_>) -> Result<()> {
@@ -792,7 +837,7 @@ mod tests {
         let mut store = SledStore::open(dir.path()).expect("open");
         // fdatasync on a socket fails (EINVAL): a stand-in for a disk that reports an I/O error.
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-        store.sync_file = Some(std::sync::Arc::new(std::fs::File::from(
+        *store.sync_file.get_mut().expect("lock") = Some(std::sync::Arc::new(std::fs::File::from(
             std::os::fd::OwnedFd::from(socket),
         )));
         store.put(Table::Orders, b"k", b"1").expect("put");
