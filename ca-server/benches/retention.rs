@@ -153,6 +153,60 @@ fn retime(table: Table, value: &str, at: i64, validity: i64) -> String {
     v.to_string()
 }
 
+/// The enrollment's certificate with its key replaced by a new one, for each renewal: the
+/// pruner finds a certificate's key-use record by the key in its DER. The signature no longer
+/// verifies, which nothing here checks.
+struct KeySwap {
+    der: Vec<u8>,
+    /// Where the SubjectPublicKeyInfo is in `der`.
+    spki: std::ops::Range<usize>,
+    /// The key-use key of the enrollment's certificate.
+    fingerprint: String,
+}
+
+impl KeySwap {
+    fn new(templates: &[Template]) -> Self {
+        let cert = templates
+            .iter()
+            .find(|t| t.table == Table::Certificates)
+            .expect("certificate");
+        let v: Value = serde_json::from_str(&cert.value).expect("JSON record");
+        let der = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v["der"].as_str().expect("der"))
+                .expect("base64url")
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+        let raw = parsed.public_key().raw;
+        let start = raw.as_ptr() as usize - der.as_ptr() as usize;
+        let spki = start..start + raw.len();
+        let fingerprint = sha256_hex(raw);
+        let key_use = templates.iter().find(|t| t.table == Table::KeyUse);
+        assert_eq!(key_use.map(|t| t.key.as_str()), Some(fingerprint.as_str()));
+        Self {
+            der,
+            spki,
+            fingerprint,
+        }
+    }
+
+    /// A certificate DER (base64url) with a new P-256 key, and that key's fingerprint.
+    fn fresh(&self) -> (String, String) {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let spki = key.subject_public_key_info();
+        assert_eq!(spki.len(), self.spki.len(), "P-256 keys only");
+        let mut der = self.der.clone();
+        der[self.spki.clone()].copy_from_slice(&spki);
+        (common::b64(&der), sha256_hex(&spki))
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
+}
+
 /// Size of everything under `dir` on disk, bytes.
 fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -240,6 +294,7 @@ fn main() {
 
     let t0 = now() - (args.rounds as i64 + 1) * DAY;
     let validity = args.validity_days * DAY;
+    let key_swap = KeySwap::new(&templates);
     let mut sizes = Vec::new();
     let started = Instant::now();
     for round in 1..=args.rounds {
@@ -248,17 +303,31 @@ fn main() {
         let mut written = 0;
         for d in 0..args.devices {
             let n = round * args.devices + d;
+            // Every certificate gets a key of its own, and its key-use record that key's
+            // fingerprint, as finalize records them.
+            let (der, fingerprint) = key_swap.fresh();
             let ids: Vec<(String, String)> = device_ids
                 .iter()
                 .map(|id| (id.clone(), numbered(id, d)))
-                .chain(renewal_ids.iter().map(|id| (id.clone(), numbered(id, n))))
+                .chain(renewal_ids.iter().map(|id| {
+                    if *id == key_swap.fingerprint {
+                        (id.clone(), fingerprint.clone())
+                    } else {
+                        (id.clone(), numbered(id, n))
+                    }
+                }))
                 .collect();
             for t in &templates {
                 if t.kind == Kind::Device && round > 1 {
                     continue;
                 }
                 let key = render(&t.key, &ids);
-                let value = retime(t.table, &render(&t.value, &ids), at, validity);
+                let mut value = retime(t.table, &render(&t.value, &ids), at, validity);
+                if t.table == Table::Certificates {
+                    let mut v: Value = serde_json::from_str(&value).expect("JSON record");
+                    v["der"] = json!(der);
+                    value = v.to_string();
+                }
                 store
                     .put(t.table, key.as_bytes(), value.as_bytes())
                     .expect("put");
@@ -314,19 +383,25 @@ fn main() {
         );
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
-    // What each renewal leaves for good: its reduced certificate and its key-use record.
-    for table in [Table::Certificates, Table::KeyUse] {
-        let (key, value) = store
-            .scan_after(table, b"", 1)
-            .expect("scan")
-            .pop()
-            .expect("a record");
-        println!(
-            "a {} record kept for good: {} bytes of key and value: {}",
-            table.name(),
-            key.len() + value.len(),
-            String::from_utf8_lossy(&value)
-        );
+    // What each renewal leaves for good: its reduced certificate and its retired key-use
+    // record (the first of each among the first 10,000 records of their tables).
+    for (table, kept) in [
+        (Table::Certificates, "\"reduced\""),
+        (Table::KeyUse, "\"account_id\""),
+    ] {
+        let page = store.scan_after(table, b"", 10_000).expect("scan");
+        let sample = page.iter().find(|(_, v)| {
+            let text = String::from_utf8_lossy(v);
+            (table == Table::Certificates) == text.contains(kept)
+        });
+        if let Some((key, value)) = sample {
+            println!(
+                "a {} record kept for good: {} bytes of key and value: {}",
+                table.name(),
+                key.len() + value.len(),
+                String::from_utf8_lossy(value)
+            );
+        }
     }
     if let (Some(fifth), Some(last)) = (sizes.get(4), sizes.last()) {
         println!(

@@ -142,6 +142,20 @@ impl Certificate {
         self.reduced.is_some()
     }
 
+    /// The key-use index key of the certified key ([`crate::key::spki_sha256`]); `None` for a
+    /// reduced record, which has no DER.
+    pub fn key_fingerprint(&self) -> crate::Result<Option<String>> {
+        if self.is_reduced() {
+            return Ok(None);
+        }
+        let der = crate::wire::b64u_decode("stored certificate", &self.der)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+            crate::Error::Storage(format!("stored certificate {} unparsable: {e}", self.id))
+        })?;
+        let key = crate::key::policy::parse_spki(cert.public_key().raw)?;
+        Ok(Some(crate::key::spki_sha256(&key)))
+    }
+
     /// The type of the certified key, e.g. "ECDSA P-256": from the DER, or as the reduced
     /// record kept it.
     pub fn key_type(&self) -> crate::Result<String> {

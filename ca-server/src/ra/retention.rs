@@ -5,7 +5,7 @@
 //! | record | kept until | then |
 //! |--------|------------|------|
 //! | order, its authorizations and challenges, its entry in the account's orders list | every one of them ended, plus the retention | removed |
-//! | certificate | notAfter plus the retention | reduced to an index entry ([`Certificate::reduce`]) |
+//! | certificate | notAfter plus the retention | reduced to an index entry ([`Certificate::reduce`]); its key-use record retired to the serial ([`KeyUse::retire`]) |
 //! | revocation (the CRL's source) | notAfter plus the retention, and off the CRL (`ra::crl`) | removed; the reduced certificate keeps the revocation |
 //!
 //! An order ends when its certificate is issued (notBefore plus the backdating), when
@@ -28,6 +28,7 @@
 
 use crate::ca::cert::{Certificate, Revocation};
 use crate::ra::authz::Authz;
+use crate::ra::keycheck::KeyUse;
 use crate::ra::order::{Order, Stage};
 use crate::ra::Ra;
 use crate::storage::Table;
@@ -232,9 +233,37 @@ fn reduce_certificate(app: &Ra, key: &[u8], raw: &[u8], cutoff: i64) -> Result<b
         return Ok(false);
     }
     let key_type = cert.key_type().unwrap_or_else(|_| "unknown".to_owned());
+    // The key-use record first: retired, it reads its holder from the certificate record,
+    // full or reduced, so a crash between the two changes leaves both readable.
+    if let Ok(Some(fingerprint)) = cert.key_fingerprint() {
+        retire_key_use(app, &fingerprint, &cert.id)?;
+    }
     let reduced = serde_json::to_vec(&cert.reduce(key_type))
         .map_err(|e| crate::Error::Internal(format!("cannot encode record: {e}")))?;
     swap(app, Table::Certificates, key, raw, Some(&reduced))
+}
+
+/// Retires the key-use record of `fingerprint` ([`KeyUse::retire`]) if its latest
+/// certificate is `serial`; a later certificate for the same key keeps it whole.
+fn retire_key_use(app: &Ra, fingerprint: &str, serial: &str) -> Result<()> {
+    let Some(raw) = app.db.store().get(Table::KeyUse, fingerprint.as_bytes())? else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<KeyUse>(&raw) {
+        Ok(used) if used.serial == serial && !used.is_retired() => {
+            let retired = serde_json::to_vec(&used.retire())
+                .map_err(|e| crate::Error::Internal(format!("cannot encode record: {e}")))?;
+            swap(
+                app,
+                Table::KeyUse,
+                fingerprint.as_bytes(),
+                &raw,
+                Some(&retired),
+            )
+            .map(|_| ())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -448,6 +477,65 @@ mod tests {
 
     /// A record that changed after the pruner read it is left alone: the compare-and-swap
     /// removes only the version that had ended.
+    /// The key-use record of `c`, as finalize records it.
+    fn key_use(app: &Ra, c: &Certificate) -> String {
+        let fingerprint = c.key_fingerprint().expect("key").expect("full record");
+        let used = KeyUse {
+            account_id: c.account_id.clone(),
+            identifiers: c.identifiers.clone(),
+            serial: c.id.clone(),
+            order_id: "o".into(),
+            key_type: "ECDSA P-256".into(),
+            first_certified: c.not_before,
+            last_certified: c.not_before,
+        };
+        app.db.put(Table::KeyUse, &fingerprint, &used).expect("put");
+        fingerprint
+    }
+
+    #[test]
+    fn a_reduced_certificate_retires_its_key_use_record_and_the_key_stays_refused() {
+        let (app, _dir) = ca();
+        let t = now();
+        let old = certificate(&app, "old", t - 10 * DAY, t - 5 * DAY);
+        let old_key = key_use(&app, &old);
+        // Revoked for keyCompromise before it was reduced.
+        crate::ra::revocation::record_revocation(&app, &old.id, 1, RevokedBy::Operator)
+            .expect("revoke");
+        let live = certificate(&app, "live", t - DAY, t + DAY);
+        let live_key = key_use(&app, &live);
+        let whole = raw(&app, Table::KeyUse, &old_key);
+
+        let p = prune(&app, t).expect("prune");
+        assert_eq!(p.certificates, 1);
+        let retired = raw(&app, Table::KeyUse, &old_key);
+        let text = String::from_utf8_lossy(&retired);
+        assert!(
+            retired.len() * 2 < whole.len() && !text.contains("account_id"),
+            "not retired: {text}"
+        );
+        // Read through `lookup`, as finalize reads it: the holder comes from the reduced
+        // certificate, and so does the keyCompromise revocation.
+        let (used, cert) = crate::ra::keycheck::lookup(&app, &old_key)
+            .expect("lookup")
+            .expect("kept for good");
+        assert_eq!(used.account_id, "acct");
+        assert_eq!(used.identifiers, vec![dns("old")]);
+        assert_eq!(used.serial, old.id);
+        let cert = cert.expect("reduced certificate");
+        assert!(cert.is_reduced());
+        assert!(cert.revoked.is_some_and(|r| r.proves_key_compromise()));
+        // A live certificate's record stays whole.
+        let (used, _) = crate::ra::keycheck::lookup(&app, &live_key)
+            .expect("lookup")
+            .expect("record");
+        assert!(!used.is_retired());
+        assert_eq!(used.order_id, "o");
+        // A second pass changes nothing more.
+        assert_eq!(prune(&app, t).expect("prune"), Pruned::default());
+        assert_eq!(raw(&app, Table::KeyUse, &old_key), retired);
+    }
+
     #[test]
     fn a_record_changed_after_it_was_read_is_left_alone() {
         let (app, _dir) = ca();

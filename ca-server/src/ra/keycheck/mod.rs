@@ -124,22 +124,69 @@ pub struct Holder {
 }
 
 /// A certified key: one [`Table::KeyUse`] record, keyed by [`spki_sha256`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// Kept for good, so once retention reduces the certificate the record is retired
+/// ([`KeyUse::retire`]) to its serial and first time: the account and identifiers are then
+/// read from the reduced certificate ([`lookup`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyUse {
-    /// Account the key is certified for.
+    /// Account the key is certified for; empty in a retired record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub account_id: String,
-    /// Identifiers the key is certified for.
+    /// Identifiers the key is certified for; empty in a retired record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifiers: Vec<Identifier>,
     /// The latest certificate for the key (serial hex).
     pub serial: String,
-    /// The order of that certificate.
+    /// The order of that certificate; empty in a retired record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub order_id: String,
-    /// Key type, e.g. "ECDSA P-256".
+    /// Key type, e.g. "ECDSA P-256"; empty in a retired record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_type: String,
     /// Unix time of the first certificate for this key and binding.
     pub first_certified: i64,
-    /// Unix time of the latest.
+    /// Unix time of the latest; 0 in a retired record.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub last_certified: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl KeyUse {
+    /// The record retention keeps once the certificate `serial` names is reduced.
+    pub fn retire(&self) -> Self {
+        Self {
+            serial: self.serial.clone(),
+            first_certified: self.first_certified,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the record is retired: its holder is in the certificate record.
+    pub fn is_retired(&self) -> bool {
+        self.account_id.is_empty()
+    }
+}
+
+/// The [`KeyUse`] record of `fingerprint` with its certificate record, a retired one with the
+/// holder filled in from that certificate.
+pub fn lookup(app: &Ra, fingerprint: &str) -> Result<Option<(KeyUse, Option<Certificate>)>> {
+    let Some(mut used) = app.db.get::<KeyUse>(Table::KeyUse, fingerprint)? else {
+        return Ok(None);
+    };
+    let cert = app
+        .db
+        .get::<Certificate>(Table::Certificates, &used.serial)?;
+    if used.is_retired() {
+        if let Some(c) = &cert {
+            used.account_id = c.account_id.clone();
+            used.identifiers = c.identifiers.clone();
+        }
+    }
+    Ok(Some((used, cert)))
 }
 
 /// Why a key was refused as reused.
@@ -275,14 +322,12 @@ pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Resul
         );
     }
 
-    if let Some(used) = app.db.get::<KeyUse>(Table::KeyUse, &fingerprint)? {
+    if let Some((used, cert)) = lookup(app, &fingerprint)? {
         if used.order_id == order.id {
             // A concurrent finalize of this very order won and recorded the key.
             return Err(Error::OrderNotReady("valid".into()));
         }
-        let compromised = app
-            .db
-            .get::<Certificate>(Table::Certificates, &used.serial)?
+        let compromised = cert
             .and_then(|c| c.revoked)
             .is_some_and(|r| r.proves_key_compromise());
         if compromised {
@@ -408,9 +453,8 @@ impl Reservation {
     pub fn record(&self, app: &Ra, cert: &Certificate) -> Result<()> {
         let fingerprint = &self.slot.1;
         let at = now();
-        let first_certified = app
-            .db
-            .get::<KeyUse>(Table::KeyUse, fingerprint)?
+        let first_certified = lookup(app, fingerprint)?
+            .map(|(u, _)| u)
             .filter(|u| u.account_id == cert.account_id && u.identifiers == cert.identifiers)
             .map_or(at, |u| u.first_certified);
         app.db.put(
