@@ -856,6 +856,82 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     assert_eq!(used.serial, serial);
 }
 
+/// Serial (hex) of an issued certificate, from its URL in the finalize answer.
+fn issued_serial(r: &Reply) -> String {
+    r.json()["certificate"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("cert url")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_key_stays_refused_after_retention_reduced_its_certificate() {
+    let s = TestServer::new();
+    let vendor = s.new_account().await;
+    let other = s.new_account().await;
+    let shared = rcgen::KeyPair::generate().expect("key");
+    let leaked = rcgen::KeyPair::generate().expect("key");
+    let (_, r) = order_and_finalize(&s, &vendor, &["unit-1.plant.example"], &shared).await;
+    assert_issued(&r);
+    let (_, r) = order_and_finalize(&s, &vendor, &["unit-9.plant.example"], &leaked).await;
+    assert_issued(&r);
+    ca_server::ra::revocation::record_revocation(
+        &s.app,
+        &issued_serial(&r),
+        1,
+        ca_server::ca::cert::RevokedBy::Operator,
+    )
+    .expect("revoke for keyCompromise");
+
+    // Long after both certificates expired: reduced, and their key-use records retired.
+    let later = ca_server::types::now() + 400 * 86_400;
+    let pruned = ca_server::ra::retention::prune(&s.app, later).expect("prune");
+    assert_eq!(pruned.certificates, 2, "{pruned:?}");
+    let fingerprint = ca_server::key::spki_sha256(
+        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(
+            &shared,
+        ))
+        .expect("spki"),
+    );
+    let used: KeyUse = s
+        .app
+        .db
+        .get(Table::KeyUse, &fingerprint)
+        .expect("get")
+        .expect("kept for good");
+    assert!(used.is_retired(), "{used:?}");
+
+    // Refused as before: the holder comes from the reduced certificate.
+    let (o, r) = order_and_finalize(&s, &vendor, &["unit-2.plant.example"], &shared).await;
+    assert_refused(
+        &s,
+        &vendor,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for [dns:unit-1.plant.example]",
+    )
+    .await;
+    let (o, r) = order_and_finalize(&s, &other, &["unit-1.plant.example"], &shared).await;
+    assert_refused(
+        &s,
+        &other,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for another account",
+    )
+    .await;
+    let (o, r) = order_and_finalize(&s, &other, &["unit-3.plant.example"], &leaked).await;
+    assert_refused(&s, &other, &o, &r, "badPublicKey", "key was compromised").await;
+    let a = attempts(&s);
+    assert_eq!(a[0].kind, ReuseKind::OtherDevice);
+    assert_eq!(a[0].holder.identifiers[0].value, "unit-1.plant.example");
+    assert_eq!(a[1].kind, ReuseKind::OtherAccount);
+    assert!(vendor.kid.ends_with(&a[1].holder.account_id));
+}
+
 #[tokio::test]
 async fn renewal_with_the_same_key_is_refused_by_default() {
     let s = TestServer::new();
