@@ -793,17 +793,8 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     let shared = rcgen::KeyPair::generate().expect("key");
     let (_, r) = order_and_finalize(&s, &vendor, &["unit-1.plant.example"], &shared).await;
     assert_issued(&r);
-    let serial = r.json()["certificate"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .expect("cert url")
-        .to_owned();
-    let fingerprint = ca_server::key::spki_sha256(
-        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(
-            &shared,
-        ))
-        .expect("spki"),
-    );
+    let serial = issued_serial(&r);
+    let fingerprint = fingerprint_of(&shared);
     let used: KeyUse = s
         .app
         .db
@@ -813,28 +804,7 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     assert_eq!(used.serial, serial);
     assert_eq!(used.key_type, "ECDSA P-256");
 
-    // Same account, another device.
-    let (o, r) = order_and_finalize(&s, &vendor, &["unit-2.plant.example"], &shared).await;
-    assert_refused(
-        &s,
-        &vendor,
-        &o,
-        &r,
-        "badCSR",
-        "already certified for [dns:unit-1.plant.example]",
-    )
-    .await;
-    // Another account, even for the same identifier.
-    let (o, r) = order_and_finalize(&s, &other, &["unit-1.plant.example"], &shared).await;
-    assert_refused(
-        &s,
-        &other,
-        &o,
-        &r,
-        "badCSR",
-        "already certified for another account",
-    )
-    .await;
+    refused_to_unit_2_and_to_other(&s, &vendor, &other, &shared).await;
 
     let a = attempts(&s);
     assert_eq!(a.len(), 2, "{a:?}");
@@ -854,6 +824,44 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
         .expect("get")
         .expect("use");
     assert_eq!(used.serial, serial);
+}
+
+/// `shared`, certified for `vendor`'s unit-1, is refused for `vendor`'s unit-2 (another
+/// device) and for `other`, even for unit-1 (another account).
+async fn refused_to_unit_2_and_to_other(
+    s: &TestServer,
+    vendor: &Account,
+    other: &Account,
+    shared: &rcgen::KeyPair,
+) {
+    let (o, r) = order_and_finalize(s, vendor, &["unit-2.plant.example"], shared).await;
+    assert_refused(
+        s,
+        vendor,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for [dns:unit-1.plant.example]",
+    )
+    .await;
+    let (o, r) = order_and_finalize(s, other, &["unit-1.plant.example"], shared).await;
+    assert_refused(
+        s,
+        other,
+        &o,
+        &r,
+        "badCSR",
+        "already certified for another account",
+    )
+    .await;
+}
+
+/// The key-use key of `key` ([`ca_server::key::spki_sha256`]).
+fn fingerprint_of(key: &rcgen::KeyPair) -> String {
+    ca_server::key::spki_sha256(
+        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(key))
+            .expect("spki"),
+    )
 }
 
 /// Serial (hex) of an issued certificate, from its URL in the finalize answer.
@@ -888,12 +896,7 @@ async fn a_key_stays_refused_after_retention_reduced_its_certificate() {
     let later = ca_server::types::now() + 400 * 86_400;
     let pruned = ca_server::ra::retention::prune(&s.app, later).expect("prune");
     assert_eq!(pruned.certificates, 2, "{pruned:?}");
-    let fingerprint = ca_server::key::spki_sha256(
-        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(
-            &shared,
-        ))
-        .expect("spki"),
-    );
+    let fingerprint = fingerprint_of(&shared);
     let used: KeyUse = s
         .app
         .db
@@ -903,26 +906,7 @@ async fn a_key_stays_refused_after_retention_reduced_its_certificate() {
     assert!(used.is_retired(), "{used:?}");
 
     // Refused as before: the holder comes from the reduced certificate.
-    let (o, r) = order_and_finalize(&s, &vendor, &["unit-2.plant.example"], &shared).await;
-    assert_refused(
-        &s,
-        &vendor,
-        &o,
-        &r,
-        "badCSR",
-        "already certified for [dns:unit-1.plant.example]",
-    )
-    .await;
-    let (o, r) = order_and_finalize(&s, &other, &["unit-1.plant.example"], &shared).await;
-    assert_refused(
-        &s,
-        &other,
-        &o,
-        &r,
-        "badCSR",
-        "already certified for another account",
-    )
-    .await;
+    refused_to_unit_2_and_to_other(&s, &vendor, &other, &shared).await;
     let (o, r) = order_and_finalize(&s, &other, &["unit-3.plant.example"], &leaked).await;
     assert_refused(&s, &other, &o, &r, "badPublicKey", "key was compromised").await;
     let a = attempts(&s);
@@ -970,10 +954,7 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
     assert_ne!(first.json()["certificate"], second.json()["certificate"]);
     assert!(attempts(&s).is_empty());
     // The index follows the newest certificate.
-    let fingerprint = ca_server::key::spki_sha256(
-        &ca_server::key::policy::parse_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
-            .expect("spki"),
-    );
+    let fingerprint = fingerprint_of(&key);
     let used: KeyUse = s
         .app
         .db
