@@ -3,6 +3,7 @@
 //! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly.
 
 mod backup;
+mod offline_root;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,13 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory.
     Restore(backup::RestoreArgs),
+    /// An offline root: create it and sign intermediates with it, on a machine that is not the
+    /// CA host.
+    #[command(subcommand)]
+    Root(offline_root::RootCommand),
+    /// Request and install an issuing intermediate signed by an offline root.
+    #[command(subcommand)]
+    Intermediate(offline_root::IntermediateCommand),
     /// Lab and test tools; each needs a `lab_*` setting in the running CA's configuration.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -715,6 +723,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Operator(cmd)) => operator(cmd),
         Some(Command::Backup(a)) => backup::backup(a).await,
         Some(Command::Restore(a)) => backup::restore(a).await,
+        Some(Command::Root(cmd)) => offline_root::root(cmd),
+        Some(Command::Intermediate(cmd)) => offline_root::intermediate(cmd),
         Some(Command::Lab(LabCommand::ClockStep { data_dir, step })) => {
             let body = serde_json::json!({ "seconds": clock_step_seconds(&step)? });
             let v = admin_call(data_dir, "POST", "/lab/clock-step", Some(&body))?;

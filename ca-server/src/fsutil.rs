@@ -73,6 +73,12 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(file_error(path, "is not a file path"));
     };
+    // A bare file name (`--out ec.pem`) has an empty parent, which cannot be opened to fsync.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let mut tag = [0u8; 8];
     SystemRandom::new()
         .fill(&mut tag)

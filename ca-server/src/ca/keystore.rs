@@ -12,12 +12,18 @@ impl CertificateAuthority {
     /// The RSA intermediate (`cfg.rsa_intermediate_key`, 5 years, pathlen 0) is created when
     /// neither of its files exists, on first start or later, unless the config says `none`.
     ///
+    /// With `root.pem` and the EC intermediate present but no `root.key`, the root key is
+    /// offline (`offline`): everything else is loaded and checked as usual, and nothing that
+    /// needs the root key is created, so a missing RSA intermediate is then an error.
+    ///
     /// Restarting reuses everything; the key types in `cfg` only matter when a key is created.
     /// A missing or corrupt file gives `Error::Internal` naming the file; a root or an
     /// intermediate is never regenerated because one file of its set is missing.
     pub fn load_or_init(dir: &Path, cfg: &IssuanceConfig) -> Result<Self> {
         ensure_private_dir(dir)?;
-        let files = [ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY];
+        // The root key last: with the others all there, its absence means an offline root,
+        // and any other missing file is the one to name.
+        let files = [ROOT_CERT, INTERMEDIATE_CERT, INTERMEDIATE_KEY, ROOT_KEY];
         let mut present = Vec::with_capacity(files.len());
         for name in files {
             let path = dir.join(name);
@@ -27,30 +33,56 @@ impl CertificateAuthority {
             present.push((name, exists));
         }
         let new_ca = present.iter().all(|(_, exists)| !exists);
+        let root_key_offline = present
+            .iter()
+            .all(|(name, exists)| *exists == (*name != ROOT_KEY));
         if new_ca {
+            if let Some(pending) = offline::pending_key(dir)? {
+                return Err(file_error(
+                    &pending,
+                    "is an issuing key waiting for its certificate from an offline root \
+                     (`ca-server intermediate request`); refusing to create a self-signed CA \
+                     beside it. Finish with `ca-server root sign` on the root's machine and \
+                     `ca-server intermediate install` here, or remove the file to let the CA \
+                     create its own root",
+                ));
+            }
             create_hierarchy(dir, cfg)?;
             tracing::info!(dir = %dir.display(), "created a new CA root and issuing intermediate");
-        } else if let Some((missing, _)) = present.iter().find(|(_, exists)| !exists) {
-            return Err(file_error(
-                &dir.join(missing),
-                "is missing while other CA files exist; refusing to create a new CA over an \
-                 existing one (every device trusting the old root would stop validating). \
-                 Restore the file from a backup, or empty the directory to start a new CA",
-            ));
+        } else if !root_key_offline {
+            if let Some((missing, _)) = present.iter().find(|(_, exists)| !exists) {
+                return Err(file_error(
+                    &dir.join(missing),
+                    "is missing while other CA files exist; refusing to create a new CA over an \
+                     existing one (every device trusting the old root would stop validating). \
+                     Restore the file from a backup, or empty the directory to start a new CA",
+                ));
+            }
         }
-        let mut ca = Self::load(dir)?;
-        ca.rsa = Self::load_or_init_rsa(dir, &ca.root_der, cfg.rsa_intermediate_key, new_ca)?;
-        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), rsa_intermediate = ca.rsa.is_some(), "CA loaded");
+        let mut ca = Self::load(dir, !root_key_offline)?;
+        ca.rsa = Self::load_or_init_rsa(
+            dir,
+            &ca.root_der,
+            cfg.rsa_intermediate_key,
+            new_ca,
+            !root_key_offline,
+        )?;
+        if root_key_offline {
+            tracing::info!(dir = %dir.display(), "the root key is offline (no root.key in the CA directory): new intermediates are signed on the root's machine and installed with `ca-server intermediate install`. If root.key was lost rather than taken offline, restore it from a backup");
+        }
+        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), rsa_intermediate = ca.rsa.is_some(), root_key_offline, "CA loaded");
         Ok(ca)
     }
 
     /// The RSA intermediate: loaded if both its files exist, created if neither does (unless
-    /// `want` is `none`), refused if only one does. `new_ca`: the root was created just now.
+    /// `want` is `none`), refused if only one does. `new_ca`: the root was created just now;
+    /// `root_key_online`: `root.key` is in `dir`, so the CA can create the RSA intermediate.
     pub(super) fn load_or_init_rsa(
         dir: &Path,
         root_der: &[u8],
         want: RsaIntermediateKey,
         new_ca: bool,
+        root_key_online: bool,
     ) -> Result<Option<Intermediate>> {
         let cert_path = dir.join(RSA_INTERMEDIATE_CERT);
         let key_path = dir.join(RSA_INTERMEDIATE_KEY);
@@ -60,6 +92,25 @@ impl CertificateAuthority {
         };
         match (exists(&cert_path)?, exists(&key_path)?, want.bits()) {
             (false, false, None) => return Ok(None),
+            (false, false, Some(_)) if !root_key_online => {
+                let pending = dir.join(offline::RSA_INTERMEDIATE_PENDING_KEY);
+                let next = if pending.exists() {
+                    "A request is pending: sign it with `ca-server root sign` on the root's \
+                     machine and install the certificate with `ca-server intermediate install`"
+                } else {
+                    "Make one with `ca-server intermediate request --kind rsa`, sign it with \
+                     `ca-server root sign` on the root's machine and install it with \
+                     `ca-server intermediate install`"
+                };
+                return Err(file_error(
+                    &cert_path,
+                    format!(
+                        "is missing and the root key is offline, so the CA cannot create its \
+                         RSA intermediate. {next}; or set issuance.rsa_intermediate_key = \
+                         \"none\" to run without one"
+                    ),
+                ));
+            }
             (false, false, Some(bits)) => {
                 create_rsa_intermediate(dir, root_der, bits)?;
                 if new_ca {
@@ -113,25 +164,15 @@ impl CertificateAuthority {
         Ok(Some(rsa))
     }
 
-    /// Reads and cross-checks the root and EC files (the RSA intermediate comes after).
-    pub(super) fn load(dir: &Path) -> Result<Self> {
+    /// Reads and cross-checks the root and EC files (the RSA intermediate comes after);
+    /// `root.key` too when `with_root_key`.
+    pub(super) fn load(dir: &Path, with_root_key: bool) -> Result<Self> {
         let root_path = dir.join(ROOT_CERT);
-        let root_key_path = dir.join(ROOT_KEY);
         let root_der = read_pem_cert(&root_path)?;
-        let root_key = read_key(&root_key_path)?;
-
         let root = parse_cert(&root_path, &root_der)?;
-        if !root.is_ca() {
-            return Err(file_error(&root_path, "is not a CA certificate"));
-        }
-        if root.verify_signature(None).is_err() {
-            return Err(file_error(
-                &root_path,
-                "is not self-signed (its signature does not verify with its own key)",
-            ));
-        }
-        if root_key.subject_public_key_info() != root.public_key().raw {
-            return Err(file_error(&root_key_path, "does not match root.pem"));
+        check_root(&root_path, &root)?;
+        if with_root_key {
+            check_root_key(&dir.join(ROOT_KEY), &read_key(&dir.join(ROOT_KEY))?, &root)?;
         }
         let ec = Intermediate::load(
             &dir.join(INTERMEDIATE_CERT),
@@ -195,6 +236,38 @@ impl Intermediate {
     }
 }
 
+/// Refuses a root certificate that is not a self-signed CA.
+pub(super) fn check_root(path: &Path, root: &X509Certificate<'_>) -> Result<()> {
+    if !root.is_ca() {
+        return Err(file_error(path, "is not a CA certificate"));
+    }
+    if root.issuer().as_raw() != root.subject().as_raw() || root.verify_signature(None).is_err() {
+        return Err(file_error(
+            path,
+            "is not self-signed (its signature does not verify with its own key)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a root key that is not the key of `root`.
+pub(super) fn check_root_key(path: &Path, key: &KeyPair, root: &X509Certificate<'_>) -> Result<()> {
+    if key.subject_public_key_info() != root.public_key().raw {
+        return Err(file_error(path, "does not match root.pem"));
+    }
+    Ok(())
+}
+
+/// The per-installation tag in a root's name (`iiot-acme Root CA <tag>`), if it has one.
+pub(super) fn root_tag(root: &X509Certificate<'_>) -> Option<String> {
+    root.subject().iter_common_name().find_map(|cn| {
+        cn.as_str()
+            .ok()?
+            .strip_prefix(ROOT_CN_PREFIX)
+            .map(str::to_owned)
+    })
+}
+
 /// Generates the root and intermediate and writes the four files.
 pub(super) fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
     let now = now_whole_seconds()?;
@@ -203,13 +276,13 @@ pub(super) fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
     let tag = hex::encode(random_bytes::<4>()?);
 
     let root_key = generate_ca_key(cfg.root_key)?;
-    let root_params = ca_params(format!("iiot-acme Root CA {tag}"), now, ROOT_LIFETIME, 1)?;
+    let root_params = root_params(&tag, now)?;
     let root_cert = root_params
         .self_signed(&root_key)
         .map_err(|e| Error::Internal(format!("cannot self-sign the root: {e}")))?;
 
     let intermediate_key = generate_ca_key(cfg.intermediate_key)?;
-    let intermediate_params = intermediate_params(format!("iiot-acme Issuing CA {tag}"), now)?;
+    let intermediate_params = intermediate_params(intermediate_cn(IssuerKind::Ec, &tag), now)?;
     let root_issuer = Issuer::from_params(&root_params, &root_key);
     let intermediate_cert = intermediate_params
         .signed_by(&intermediate_key, &root_issuer)
@@ -239,13 +312,7 @@ pub(super) fn create_rsa_intermediate(dir: &Path, root_der: &[u8], bits: usize) 
     let root_path = dir.join(ROOT_CERT);
     let root = parse_cert(&root_path, root_der)?;
     // The root's per-installation tag, so the RSA intermediate is named like its siblings.
-    let tag = root.subject().iter_common_name().find_map(|cn| {
-        cn.as_str()
-            .ok()?
-            .strip_prefix("iiot-acme Root CA ")
-            .map(str::to_owned)
-    });
-    let tag = match tag {
+    let tag = match root_tag(&root) {
         Some(tag) => tag,
         None => hex::encode(random_bytes::<4>()?),
     };
@@ -255,15 +322,25 @@ pub(super) fn create_rsa_intermediate(dir: &Path, root_der: &[u8], bits: usize) 
     )
     .map_err(|e| file_error(&root_path, format!("cannot be used to issue: {e}")))?;
     let key = generate_rsa_key(bits)?;
-    let params = intermediate_params(
-        format!("iiot-acme RSA Issuing CA {tag}"),
-        now_whole_seconds()?,
-    )?;
+    let params = intermediate_params(intermediate_cn(IssuerKind::Rsa, &tag), now_whole_seconds()?)?;
     let cert = params
         .signed_by(&key, &root_issuer)
         .map_err(|e| Error::Internal(format!("cannot sign the RSA intermediate: {e}")))?;
     write_key(&dir.join(RSA_INTERMEDIATE_KEY), &key)?;
     write_cert(&dir.join(RSA_INTERMEDIATE_CERT), cert.der())
+}
+
+/// The root's parameters: 10 years, pathlen 1, named with the installation's `tag`.
+pub(super) fn root_params(tag: &str, now: OffsetDateTime) -> Result<CertificateParams> {
+    ca_params(format!("{ROOT_CN_PREFIX}{tag}"), now, ROOT_LIFETIME, 1)
+}
+
+/// The common name of the intermediate `kind` under a root tagged `tag`.
+pub(super) fn intermediate_cn(kind: IssuerKind, tag: &str) -> String {
+    match kind {
+        IssuerKind::Ec => format!("iiot-acme Issuing CA {tag}"),
+        IssuerKind::Rsa => format!("iiot-acme RSA Issuing CA {tag}"),
+    }
 }
 
 /// An issuing intermediate's parameters: 5 years, pathlen 0, AKI, EKU serverAuth + clientAuth.

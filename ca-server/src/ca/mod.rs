@@ -27,6 +27,9 @@
 //! start. The two RSA files are created on the first start that finds neither of them (the first
 //! start of a new CA, or the first after an upgrade), unless `issuance.rsa_intermediate_key` is
 //! `none`; after that they are reused, and one without the other is refused the same way.
+//! Without `root.key` (and with the rest of the root and EC files there) the root key is
+//! offline: the CA loads and checks everything else and never creates what needs the root key;
+//! [`offline`] makes and installs intermediates for it.
 //! The server certificate is different: it is derived state, so it is re-issued whenever it is
 //! missing, unreadable, for other names, or past two thirds of its life.
 //!
@@ -42,6 +45,7 @@
 //! |--------------|-----------------------------------------------------------------|
 //! | `keystore`   | creating and loading the hierarchy and its key files            |
 //! | `issue`      | device certificates from a CSR and a profile                    |
+//! | [`offline`]  | an offline root: root, intermediate requests, signing, install  |
 //! | `tls`        | the server's own HTTPS certificate                              |
 //! | [`crl`]      | CRL signing, the cache, where each issuer's CRL is served       |
 //! | [`csr`]      | PKCS#10 parsing and the names a CSR asks for                    |
@@ -54,6 +58,7 @@ pub mod crl;
 pub mod csr;
 mod issue;
 mod keystore;
+pub mod offline;
 pub mod operator;
 pub mod profiles;
 mod tls;
@@ -100,6 +105,8 @@ const RSA_INTERMEDIATE_CERT: &str = "rsa-intermediate.pem";
 const RSA_INTERMEDIATE_KEY: &str = "rsa-intermediate.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
+/// The root's common name is this and the installation's tag.
+const ROOT_CN_PREFIX: &str = "iiot-acme Root CA ";
 
 /// Root lifetime: ten years (3652 days covers the leap days).
 const ROOT_LIFETIME: time::Duration = time::Duration::days(3652);
