@@ -11,9 +11,10 @@ wait_https() { # url cafile
     echo "server at $1 did not come up" >&2; return 1
 }
 
-# start_lab_ca BIN WORK: starts BIN/ca-server on WORK/ca with challenge validation skipped
-# (validation.lab_always_valid) and no rate limits, so load figures are the CA's own and not
-# the network's; logs to WORK/ca.log. Sets ca_pid and ca_port and waits for its directory.
+# start_lab_ca BIN WORK [TOML]: starts BIN/ca-server on WORK/ca with challenge validation
+# skipped (validation.lab_always_valid) and no rate limits, so load figures are the CA's own
+# and not the network's, and TOML (more sections) appended to its configuration; logs to
+# WORK/ca.log. Sets ca_pid and ca_port and waits for its directory.
 start_lab_ca() {
     ca_port=$(free_port)
     cat >"$2/ca.toml" <<TOML
@@ -24,6 +25,7 @@ lab_always_valid = true
 # The load generator opens every account from one address, far past the default limits.
 [rate_limits]
 enabled = false
+${3:-}
 TOML
     "$1/ca-server" --config "$2/ca.toml" >"$2/ca.log" 2>&1 &
     ca_pid=$!

@@ -10,6 +10,7 @@
 #
 # Usage: scripts/soak.sh [ENROLLMENTS] [CONCURRENCY] [REPORT_EVERY]   (default: 200000 32 10000)
 # SOAK_DIR puts the data directory under that directory (default: the system temporary one).
+# SOAK_STORAGE: settings of the server's [storage] section, one per line (e.g. "cache_mib = 64").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,13 +28,20 @@ trap cleanup EXIT
 
 # shellcheck source=scripts/lab-ca.sh
 . scripts/lab-ca.sh
-start_lab_ca "$bin" "$work"
+start_lab_ca "$bin" "$work" "${SOAK_STORAGE:+[storage]
+$SOAK_STORAGE}"
 
 echo "soak: $enrollments enrollments at concurrency $concurrency on $(git rev-parse --short HEAD)," \
-    "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), loadgen on the same machine"
+    "[storage] $(printf '%s' "${SOAK_STORAGE:-defaults}" | tr '\n' ';'), $(nproc) cores," \
+    "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), loadgen on the same machine"
 "$bin/loadgen" --directory "https://127.0.0.1:$ca_port/directory" --ca-file "$work/ca/ca/root.pem" \
     --devices "$enrollments" --concurrency "$concurrency" --server-pid "$ca_pid" \
     --server-data-dir "$work/ca" --report-every "$every" --timeout-secs 60 --suffix soak.test
+# Once the load stops the server checkpoints after checkpoint_idle (10 s by default), which
+# closes and reopens sled: the RSS then is the server's with sled's page cache empty.
+sleep 20
+echo "soak: server RSS 20 s after the load, past its idle checkpoint:" \
+    "$(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$ca_pid/status")"
 if grep -E "panicked|ERROR" "$work/ca.log"; then
     echo "soak: the server logged the lines above" >&2
     exit 1
