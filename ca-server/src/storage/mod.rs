@@ -158,6 +158,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// Default of `storage.cache_mib`. sled's own default, 1 GiB, let the server grow to 1.3 GiB
 /// of RSS in a soak; the store's hot records (recent orders, nonces aside) fit in far less.
+/// sled holds memory beyond its cache too, growing with the writes since it was opened
+/// (docs/reliability.md, "Where the memory goes").
 pub const CACHE_MIB: u64 = 256;
 /// The smallest `storage.cache_mib`: below it sled evicts pages it is still writing.
 pub const CACHE_MIB_MIN: u64 = 16;
@@ -438,8 +440,10 @@ fn decode<T: DeserializeOwned>(table: Table, raw: &[u8]) -> Result<T> {
 pub struct StorageConfig {
     /// What a response waits for before it reports new state.
     pub durability: Durability,
-    /// The sled page cache, in MiB (at least [`CACHE_MIB_MIN`]). The process's memory
-    /// follows it: sled fills the cache under a sustained load and lets it go at a checkpoint.
+    /// The sled page cache, in MiB (at least [`CACHE_MIB_MIN`]). It bounds one part of the
+    /// process's memory: sled fills the cache under a sustained load, and uses some multiple
+    /// of it, since it counts a page by its serialized size. The rest sled holds grows with
+    /// the writes since it was opened, and an idle checkpoint (a reopen) gives most of it back.
     pub cache_mib: u64,
     /// Checkpoint the store (bound what the next start replays) once this many writes are in
     /// and it has been idle for `checkpoint_idle`. 0: never when idle.
