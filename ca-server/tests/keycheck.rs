@@ -795,12 +795,7 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     assert_issued(&r);
     let serial = issued_serial(&r);
     let fingerprint = fingerprint_of(&shared);
-    let used: KeyUse = s
-        .app
-        .db
-        .get(Table::KeyUse, &fingerprint)
-        .expect("get")
-        .expect("certified key recorded");
+    let used = key_use(&s, &fingerprint);
     assert_eq!(used.serial, serial);
     assert_eq!(used.key_type, "ECDSA P-256");
 
@@ -817,12 +812,7 @@ async fn reuse_across_devices_and_accounts_is_refused_and_recorded() {
     assert!(vendor.kid.ends_with(&a[1].holder.account_id));
     assert!(a.iter().all(|x| x.spki_sha256 == fingerprint));
     // The KeyUse record still names the first holder.
-    let used: KeyUse = s
-        .app
-        .db
-        .get(Table::KeyUse, &fingerprint)
-        .expect("get")
-        .expect("use");
+    let used = key_use(&s, &fingerprint);
     assert_eq!(used.serial, serial);
 }
 
@@ -854,6 +844,15 @@ async fn refused_to_unit_2_and_to_other(
         "already certified for another account",
     )
     .await;
+}
+
+/// The key-use record of `fingerprint`, which must be there.
+fn key_use(s: &TestServer, fingerprint: &str) -> KeyUse {
+    s.app
+        .db
+        .get(Table::KeyUse, fingerprint)
+        .expect("get")
+        .expect("key-use record")
 }
 
 /// The key-use key of `key` ([`ca_server::key::spki_sha256`]).
@@ -897,12 +896,7 @@ async fn a_key_stays_refused_after_retention_reduced_its_certificate() {
     let pruned = ca_server::ra::retention::prune(&s.app, later).expect("prune");
     assert_eq!(pruned.certificates, 2, "{pruned:?}");
     let fingerprint = fingerprint_of(&shared);
-    let used: KeyUse = s
-        .app
-        .db
-        .get(Table::KeyUse, &fingerprint)
-        .expect("get")
-        .expect("kept for good");
+    let used = key_use(&s, &fingerprint);
     assert!(used.is_retired(), "{used:?}");
 
     // Refused as before: the holder comes from the reduced certificate.
@@ -955,12 +949,7 @@ async fn renewal_with_the_same_key_is_allowed_by_config_but_not_across_devices()
     assert!(attempts(&s).is_empty());
     // The index follows the newest certificate.
     let fingerprint = fingerprint_of(&key);
-    let used: KeyUse = s
-        .app
-        .db
-        .get(Table::KeyUse, &fingerprint)
-        .expect("get")
-        .expect("use");
+    let used = key_use(&s, &fingerprint);
     assert!(second.json()["certificate"]
         .as_str()
         .unwrap_or_default()
