@@ -316,7 +316,7 @@ impl SledStore {
     /// Opens the closed database again (into `open`, which the caller holds locked) and
     /// marks the writes up to `target` as checkpointed.
     fn reopen_closed(&self, open: &mut Option<Open>, target: u64) -> Result<()> {
-        let reopened = compact::open_when_released(&self.dir, self.cache_bytes)
+        let reopened = Open::when_released(&self.dir, self.cache_bytes)
             .inspect_err(|e| tracing::error!(error = %e, "storage: cannot reopen the database"))?;
         // A compaction replaces the data file; the same file after a checkpoint.
         *self.sync_file.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -351,6 +351,21 @@ impl Open {
             .map(|t| Ok((*t, db.open_tree(t.name())?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { db, trees })
+    }
+
+    /// Opens the database in `dir`, retrying while sled's file lock from the last handle is
+    /// released (a moment after the handle is dropped).
+    fn when_released(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::new(dir, cache_bytes) {
+                Ok(o) => return Ok(o),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -891,7 +906,7 @@ mod tests {
         assert!(!store.recover().expect("recover"), "healthy again");
         drop(store);
         // sled lets go of its file lock when its last I/O job ends, a moment after the drop
-        // (the reopen in `SledStore::reopen` waits for it the same way).
+        // (`Open::when_released` waits for it the same way).
         let deadline = Instant::now() + Duration::from_secs(5);
         let store = loop {
             match SledStore::open(dir.path()) {

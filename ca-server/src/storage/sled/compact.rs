@@ -242,7 +242,7 @@ impl SledStore {
         drop((db, trees));
         drop(copy);
         // Opened again, sled writes the copy's snapshot now, not while store calls wait.
-        let copy = open_when_released(&p.copying, COPY_CACHE_BYTES)?;
+        let copy = Open::when_released(&p.copying, COPY_CACHE_BYTES)?;
         Ok((copy, before, records))
     }
 
@@ -317,19 +317,6 @@ fn private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io("create", dir, e))
-}
-
-/// Opens the database in `dir`, retrying while sled's file lock from the last handle is
-/// released (a moment after the handle is dropped).
-pub(super) fn open_when_released(dir: &Path, cache_bytes: u64) -> Result<Open> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match Open::new(dir, cache_bytes) {
-            Ok(o) => return Ok(o),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
