@@ -26,13 +26,17 @@
 #   softhsm2        a software PKCS #11 token (module /usr/lib/softhsm/libsofthsm2.so and
 #                   softhsm2-util): device-client's certificate and IDevID keys in a token
 #                   (device-client/tests/pkcs11_softhsm.rs, tests/tests/device_client_pkcs11.rs)
+#   postgresql      the PostgreSQL server binaries (/usr/lib/postgresql/N/bin): the tests make a
+#                   throwaway cluster with initdb in a temporary directory, on a loopback port
+#                   (ca-server's storage tests, tests/tests/postgres*.rs); the cluster the
+#                   package itself may create is not used
 #
 # Idempotent: installs only what is missing, and runs `apt-get update` only then. Works as root
 # (CI on a bare Debian 12 machine) or through sudo when not root.
 set -euo pipefail
 
 PACKAGES=(certbot lego pebble openssl ca-certificates mosquitto mosquitto-clients python3 python3-venv
-    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools dpkg-dev systemd adduser softhsm2)
+    gcc libc6-dev libssl-dev chromium chromium-driver libnss3-tools dpkg-dev systemd adduser softhsm2 postgresql)
 # What the tests run by name; checked at the end so a broken install fails here, not in a test.
 BINARIES=(certbot lego pebble pebble-challtestsrv openssl mosquitto mosquitto_pub mosquitto_sub cc python3
     chromium chromedriver certutil pk12util dpkg-deb dpkg-shlibdeps systemd-analyze setpriv runuser
@@ -86,6 +90,11 @@ fi
 for bin in "${BINARIES[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || die "$bin is not on PATH"
 done
+# The PostgreSQL server binaries are not on PATH; the tests look for them here.
+for bin in initdb postgres pg_isready psql; do
+    compgen -G "/usr/lib/postgresql/*/bin/$bin" >/dev/null || die "no /usr/lib/postgresql/*/bin/$bin"
+done
+id -u postgres >/dev/null 2>&1 || die "no postgres user (the tests run PostgreSQL as it when root)"
 # cargo-deb: 3.8.0 declares rust-version 1.85, as this workspace does. `--locked`: the
 # dependency versions its authors released it with.
 CARGO_DEB_VERSION=3.8.0

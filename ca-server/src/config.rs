@@ -342,6 +342,9 @@ impl Config {
         }
         self.rate_limits.check()?;
         self.storage.check_retention().map_err(ConfigError)?;
+        if let Some(pg) = self.storage.postgres().map_err(ConfigError)? {
+            pg.connect_config().map_err(ConfigError)?;
+        }
         if self
             .issuance
             .lab_cert_validity
@@ -629,6 +632,8 @@ blocklist = {blocklist:?}
 allow_renewal_key_reuse = true
 
 [storage]
+backend = "sled"
+pool_size = 16
 durability = "process-crash"
 cache_mib = 128
 checkpoint_writes = 10
@@ -894,6 +899,33 @@ scan_interval = "1m"
             all.iter().any(|n| n == "root_key"),
             "looked at the key algorithms"
         );
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_a_url_without_a_password() {
+        let d = Config::default();
+        assert_eq!(d.storage.backend, crate::storage::Backend::Sled);
+        let ok = Config::from_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ca@127.0.0.1:5432/iiot\"\npool_size = 4\n",
+        )
+        .expect("a loopback URL is accepted");
+        let pg = ok.storage.postgres().expect("postgres").expect("some");
+        assert_eq!(pg.pool_size, 4);
+        for (toml, want) in [
+            ("backend = \"postgres\"\n", "needs storage.url"),
+            ("url = \"postgres://ca@127.0.0.1/iiot\"\n", "the backend is \"sled\""),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://ca:pw@127.0.0.1/iiot\"\n",
+                "must not contain a password",
+            ),
+            ("backend = \"mysql\"\n", "unknown variant"),
+        ] {
+            let err = Config::from_toml(&format!("[storage]\n{toml}"))
+                .expect_err(toml)
+                .to_string();
+            assert!(err.contains(want), "{toml}: {err}");
+            assert!(!err.contains(":pw@"), "{err}");
+        }
     }
 
     #[test]

@@ -279,6 +279,19 @@ impl From<sled::Error> for Error {
     }
 }
 
+impl From<tokio_postgres::Error> for Error {
+    /// The database's own message when it sent one (tokio-postgres's `Display` says only
+    /// "db error"), else the client's with its cause (a refused or dropped connection).
+    fn from(e: tokio_postgres::Error) -> Self {
+        let why = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => format!("PostgreSQL: {} ({})", db.message(), db.code().code()),
+            (None, Some(cause)) => format!("PostgreSQL: {e}: {cause}"),
+            (None, None) => format!("PostgreSQL: {e}"),
+        };
+        Self::Storage(why)
+    }
+}
+
 /// The ACME problem types (RFC 8555 §6.7 and the extensions this profile uses, SPEC §3.8): the
 /// shared table, so the server, the clients and the vectors spell every URN alike.
 pub use protocol_spec::problem::Type as ProblemType;

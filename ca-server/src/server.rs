@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::fsutil::ensure_private_dir;
 use crate::ra::eab::EabStore;
 use crate::ra::{Inner, Ra};
-use crate::storage::{Db, SledStore};
+use crate::storage::Db;
 use crate::va::Validator;
 use crate::wfe::nonce::NonceStore;
 use crate::wfe::{self, AppState};
@@ -33,11 +33,7 @@ pub struct StartInfo {
 /// Opens (or on first start creates) everything under `cfg.data_dir` and builds the state.
 pub fn init(cfg: Config) -> Result<AppState> {
     ensure_private_dir(&cfg.data_dir)?;
-    let store = SledStore::open_with(
-        &cfg.data_dir.join("db"),
-        cfg.storage.durability,
-        cfg.storage.cache_mib,
-    )?;
+    let store = cfg.storage.open(&cfg.data_dir)?;
     if cfg.storage.durability == crate::storage::Durability::ProcessCrash {
         tracing::warn!("storage.durability = \"process-crash\": responses do not wait for the disk's write cache; a power cut can lose issued certificates and revocations");
     }
@@ -89,7 +85,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
     }
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
-    let db = Db::new(Arc::new(store));
+    let db = Db::new(store);
     let eab = EabStore::new(&cfg.data_dir);
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {

@@ -7,6 +7,7 @@
 //! read-modify-write, so two requests racing on one object (two finalizes) cannot both win.
 
 mod memory;
+pub mod postgres;
 mod sled;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
+pub use self::postgres::{PgStore, PostgresConfig};
 pub use self::sled::{Compacted, SledStore};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -438,6 +440,15 @@ fn decode<T: DeserializeOwned>(table: Table, raw: &[u8]) -> Result<T> {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Where records live: `sled` in `<data_dir>/db`, or a `postgres` database that several
+    /// CA instances share.
+    pub backend: Backend,
+    /// With `backend = "postgres"`: `postgres://user@host:port/database`, without a password.
+    pub url: Option<String>,
+    /// With `backend = "postgres"`: a file holding the database password (else `PGPASSWORD`).
+    pub password_file: Option<std::path::PathBuf>,
+    /// With `backend = "postgres"`: connections each CA instance keeps.
+    pub pool_size: usize,
     /// What a response waits for before it reports new state.
     pub durability: Durability,
     /// The sled page cache, in MiB (at least [`CACHE_MIB_MIN`]). It bounds one part of the
@@ -480,6 +491,10 @@ pub const RETENTION_WARN_BELOW: Duration = Duration::from_secs(3600);
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::default(),
+            url: None,
+            password_file: None,
+            pool_size: postgres::POOL_SIZE,
             durability: Durability::default(),
             cache_mib: CACHE_MIB,
             checkpoint_writes: CHECKPOINT_MIN_WRITES,
@@ -491,6 +506,40 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
+    /// The PostgreSQL settings with `backend = "postgres"`; refuses them with `sled`, where
+    /// they would be silently ignored, and a `postgres` backend without a URL.
+    pub fn postgres(&self) -> std::result::Result<Option<PostgresConfig>, String> {
+        match (self.backend, &self.url) {
+            (Backend::Postgres, Some(url)) => Ok(Some(PostgresConfig {
+                url: url.clone(),
+                password_file: self.password_file.clone(),
+                pool_size: self.pool_size,
+            })),
+            (Backend::Postgres, None) => Err(
+                "storage.backend = \"postgres\" needs storage.url = \"postgres://user@host:port/database\""
+                    .to_owned(),
+            ),
+            (Backend::Sled, _) if self.url.is_some() || self.password_file.is_some() => Err(
+                "storage.url and storage.password_file are for storage.backend = \"postgres\"; \
+                 the backend is \"sled\""
+                    .to_owned(),
+            ),
+            (Backend::Sled, _) => Ok(None),
+        }
+    }
+
+    /// Opens the configured backend (`data_dir` holds sled's files).
+    pub fn open(&self, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+        match self.postgres().map_err(Error::Internal)? {
+            Some(pg) => Ok(Arc::new(PgStore::open(&pg, self.durability)?)),
+            None => Ok(Arc::new(SledStore::open_with(
+                &data_dir.join("db"),
+                self.durability,
+                self.cache_mib,
+            )?)),
+        }
+    }
+
     /// Refuses a retention that is zero, has a fraction of a second, or is longer than
     /// [`RETENTION_MAX`].
     pub fn check_retention(&self) -> std::result::Result<(), String> {
@@ -522,6 +571,17 @@ impl StorageConfig {
     }
 }
 
+/// The storage backend (`storage.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The embedded store in `<data_dir>/db`, for one CA process.
+    #[default]
+    Sled,
+    /// A PostgreSQL database several CA instances share ([`PgStore`]).
+    Postgres,
+}
+
 /// How far a write has gone before the response that reports it is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -547,7 +607,88 @@ mod tests {
         vec![
             ("memory", Db::new(Arc::new(MemoryStore::default())), None),
             ("sled", Db::new(Arc::new(sled)), Some(dir)),
+            (
+                "postgres",
+                Db::new(Arc::new(postgres::tests::fresh_store())),
+                None,
+            ),
         ]
+    }
+
+    /// The raw operations, the same on every backend: compare-and-swap in its four forms,
+    /// prefix scans up to keys ending in 0xff, and paging.
+    #[test]
+    fn every_backend_implements_the_same_store() {
+        for (name, db, _dir) in backends() {
+            let s = db.store();
+            let t = Table::Orders;
+            assert!(
+                s.compare_and_swap(t, b"k", None, None).expect("cas"),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap(t, b"k", None, Some(b"1")).expect("cas"),
+                "{name}"
+            );
+            assert!(
+                !s.compare_and_swap(t, b"k", None, Some(b"2")).expect("cas"),
+                "{name}"
+            );
+            assert!(
+                !s.compare_and_swap(t, b"k", None, None).expect("cas"),
+                "{name}"
+            );
+            assert!(
+                !s.compare_and_swap(t, b"k", Some(b"2"), Some(b"3"))
+                    .expect("cas"),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap(t, b"k", Some(b"1"), Some(b"3"))
+                    .expect("cas"),
+                "{name}"
+            );
+            assert!(
+                !s.compare_and_swap(t, b"k", Some(b"1"), None).expect("cas"),
+                "{name}"
+            );
+            assert_eq!(
+                s.get(t, b"k").expect("get").as_deref(),
+                Some(&b"3"[..]),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap(t, b"k", Some(b"3"), None).expect("cas"),
+                "{name}"
+            );
+            assert_eq!(s.get(t, b"k").expect("get"), None, "{name}");
+            for key in [&b"a\xff"[..], b"a\xff\xff", b"a\xfe", b"b", b"a", b"ab"] {
+                s.put(t, key, key).expect("put");
+            }
+            s.put(Table::Authzs, b"a1", b"other table").expect("put");
+            let keys = |pairs: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<Vec<u8>> {
+                pairs.into_iter().map(|(k, _)| k).collect()
+            };
+            let want: Vec<Vec<u8>> = [&b"a\xff"[..], b"a\xff\xff"].map(<[u8]>::to_vec).to_vec();
+            assert_eq!(
+                keys(s.scan_prefix(t, b"a\xff").expect("scan")),
+                want,
+                "{name}"
+            );
+            assert_eq!(
+                keys(s.scan_prefix(t, b"").expect("scan")).len(),
+                6,
+                "{name}"
+            );
+            let page = keys(s.scan_after(t, b"a", 2).expect("page"));
+            assert_eq!(page, [b"ab".to_vec(), b"a\xfe".to_vec()], "{name}");
+            let first = keys(s.scan_after(t, b"", 1).expect("page"));
+            assert_eq!(first, [b"a".to_vec()], "{name}");
+            assert!(
+                s.scan_after(t, b"b", 10).expect("page").is_empty(),
+                "{name}"
+            );
+        }
     }
 
     #[tokio::test]

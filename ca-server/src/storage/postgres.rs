@@ -1,0 +1,762 @@
+//! The shared backend: PostgreSQL, for several CA instances on one database.
+//!
+//! Every table is a slice of one relation, `kv (tbl, k, v)`, keyed by the table's name and the
+//! record's key, so the five [`Store`] operations map onto single statements:
+//! compare-and-swap is an `INSERT … ON CONFLICT DO NOTHING`, an `UPDATE … WHERE v = $old` or a
+//! `DELETE … WHERE v = $old`, each atomic in PostgreSQL whichever instance sends it, and a prefix
+//! scan is a range over the primary key (`bytea` sorts bytewise, as sled's keys do).
+//!
+//! A committed statement is durable with PostgreSQL's default `synchronous_commit = on`, so
+//! [`Store::flush`] has nothing left to wait for. `storage.durability = "process-crash"` sets
+//! `synchronous_commit = off` for the CA's sessions: a killed CA loses nothing, a crash of the
+//! database can lose its last commits.
+//!
+//! The [`Store`] calls are blocking, as sled's are. The pool and its connections live on a
+//! small runtime of their own; a call hands its statement to it and waits, inside
+//! `block_in_place` when it runs on a worker of the server's runtime, so the worker's other
+//! tasks move on meanwhile. Each call is bounded by [`STATEMENT_DEADLINE`]: a database that is
+//! down or unreachable is a storage error (503 with `Retry-After`), and the pool reconnects
+//! once it is back.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{Durability, FlushFuture, SnapshotSink, Store, Table};
+use crate::{Error, Result};
+
+/// How long one store call may take, waiting for a connection included, before it fails as a
+/// storage error.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long opening a connection may take.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+/// Rows per round trip of a snapshot.
+const SNAPSHOT_PAGE: i64 = 1000;
+/// Default of `storage.pool_size`.
+pub const POOL_SIZE: usize = 16;
+/// The advisory lock two instances starting at once take around the migrations.
+const MIGRATION_LOCK: i64 = 0x1107_acbe;
+
+/// The schema, one migration per version, applied in order inside one transaction each. A
+/// released migration is never edited: a change is a new entry.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE kv (
+         tbl text NOT NULL,
+         k bytea NOT NULL,
+         v bytea NOT NULL,
+         PRIMARY KEY (tbl, k)
+     )",
+)];
+
+/// Where the shared store is: `storage.url`, `storage.password_file`, `storage.pool_size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/database`, without a password (libpq's URL form; the
+    /// parameters tokio-postgres knows, such as `connect_timeout`, may follow `?`).
+    pub url: String,
+    /// A file holding the password (mode 0600 or stricter is advised). Without it the password
+    /// comes from the environment variable `PGPASSWORD`, if set.
+    pub password_file: Option<PathBuf>,
+    /// Connections per CA instance.
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// The connection settings: the URL, then the password from the file or the environment.
+    /// Refuses a password inside the URL (configuration files get copied and shown; the console
+    /// renders this one), a URL that does not parse, and a host that is neither a Unix socket
+    /// nor a loopback address, since this build speaks to PostgreSQL without TLS.
+    pub fn connect_config(&self) -> std::result::Result<tokio_postgres::Config, String> {
+        let mut cfg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            format!(
+                "storage.url {:?} is not a PostgreSQL URL: {e}",
+                redact(&self.url)
+            )
+        })?;
+        if cfg.get_password().is_some() {
+            return Err("storage.url must not contain a password: put it in \
+                        storage.password_file or the PGPASSWORD environment variable"
+                .to_owned());
+        }
+        if cfg.get_user().is_none() {
+            return Err("storage.url names no user (postgres://USER@host/db)".to_owned());
+        }
+        if cfg.get_dbname().is_none() {
+            return Err("storage.url names no database (postgres://user@host/DATABASE)".to_owned());
+        }
+        for host in cfg.get_hosts() {
+            if let tokio_postgres::config::Host::Tcp(name) = host {
+                let loopback = name == "localhost"
+                    || name
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "storage.url names the host {name:?}: this build connects to \
+                         PostgreSQL without TLS, so only a Unix socket directory or a loopback \
+                         address is accepted (run the CA beside the database, or reach it \
+                         through a local TLS tunnel)"
+                    ));
+                }
+            }
+        }
+        if let Some(file) = &self.password_file {
+            let raw = std::fs::read_to_string(file).map_err(|e| {
+                format!(
+                    "storage.password_file {} cannot be read: {e}",
+                    file.display()
+                )
+            })?;
+            let password = raw.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(format!("storage.password_file {} is empty", file.display()));
+            }
+            cfg.password(password);
+        } else if let Ok(password) = std::env::var("PGPASSWORD") {
+            cfg.password(password);
+        }
+        if self.pool_size == 0 || self.pool_size > 1024 {
+            return Err(format!(
+                "storage.pool_size must be between 1 and 1024; it is {}",
+                self.pool_size
+            ));
+        }
+        cfg.connect_timeout(CONNECT_DEADLINE);
+        cfg.application_name("iiot-acme ca-server");
+        Ok(cfg)
+    }
+}
+
+/// The URL for messages, with anything after `:` in the user part hidden.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            match user.split_once(':') {
+                Some((name, _)) => format!("{}{name}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    /// The runtime the pool's connections live on; `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which a worker of another runtime may not do.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects, checks the database and brings its schema up to date. Two instances starting
+    /// together take turns (an advisory lock); a schema newer than this binary's is refused.
+    pub fn open(cfg: &PostgresConfig, durability: Durability) -> Result<Self> {
+        let mut pg = cfg.connect_config().map_err(Error::Internal)?;
+        if durability == Durability::ProcessCrash {
+            pg.options("-c synchronous_commit=off");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the PostgreSQL runtime: {e}")))?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _entered = rt.enter();
+            Pool::builder(manager)
+                .max_size(cfg.pool_size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(STATEMENT_DEADLINE))
+                .create_timeout(Some(CONNECT_DEADLINE))
+                .recycle_timeout(Some(CONNECT_DEADLINE))
+                .build()
+                .map_err(|e| Error::Internal(format!("cannot build the PostgreSQL pool: {e}")))?
+        };
+        let store = Self { rt: Some(rt), pool };
+        let applied = store
+            .run(migrate(store.pool.clone()))
+            .map_err(|e| match e {
+                Error::Storage(why) => Error::Internal(format!(
+                    "cannot open the PostgreSQL store at {}: {why}",
+                    redact(&cfg.url)
+                )),
+                other => other,
+            })?;
+        if applied > 0 {
+            tracing::info!(
+                applied,
+                version = latest_version(),
+                "PostgreSQL schema migrated"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it, bounded by [`STATEMENT_DEADLINE`].
+    fn run<T, F>(&self, fut: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the PostgreSQL store is closed".into()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let out = match tokio::time::timeout(STATEMENT_DEADLINE, fut).await {
+                Ok(out) => out,
+                Err(_) => Err(Error::Storage(format!(
+                    "PostgreSQL did not answer within {} s",
+                    STATEMENT_DEADLINE.as_secs()
+                ))),
+            };
+            // The caller only goes away with its thread; nothing to tell then.
+            let _ = tx.send(out);
+        });
+        let wait = || {
+            rx.recv()
+                .unwrap_or_else(|_| Err(Error::Storage("the PostgreSQL task ended".into())))
+        };
+        if super::sled::on_multi_thread_runtime() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        }
+    }
+
+    /// One statement with a connection from the pool; `f` gets the client and owned inputs.
+    fn with_client<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            f(client).await
+        })
+    }
+}
+
+/// The newest schema version this binary knows.
+fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// Applies the missing migrations; returns how many.
+async fn migrate(pool: Pool) -> Result<usize> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS iiot_schema (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM iiot_schema", &[])
+        .await?
+        .get(0);
+    if current > latest_version() {
+        return Err(Error::Storage(format!(
+            "the database's schema is at version {current}, newer than this ca-server knows \
+             ({}): run the newer ca-server, or restore a backup made for this one",
+            latest_version()
+        )));
+    }
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO iiot_schema (version) VALUES ($1)", &[version])
+            .await?;
+        applied += 1;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::Storage(format!("no PostgreSQL connection: {e}"))
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` when there is none
+/// (an empty prefix, or one of only 0xff bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn rows_to_pairs(rows: Vec<tokio_postgres::Row>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    rows.into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+impl Store for PgStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.with_client(move |c| async move {
+            let row = c
+                .query_opt(
+                    "SELECT v FROM kv WHERE tbl = $1 AND k = $2",
+                    &[&table.name(), &key],
+                )
+                .await?;
+            row.map(|r| r.try_get(0)).transpose().map_err(Error::from)
+        })
+    }
+
+    fn put(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.with_client(move |c| async move {
+            c.execute(
+                "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
+                 ON CONFLICT (tbl, k) DO UPDATE SET v = excluded.v",
+                &[&table.name(), &key, &value],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool> {
+        let (key, old, new) = (
+            key.to_vec(),
+            old.map(<[u8]>::to_vec),
+            new.map(<[u8]>::to_vec),
+        );
+        self.with_client(move |c| async move {
+            let t = table.name();
+            let changed = match (old, new) {
+                (None, Some(new)) => {
+                    c.execute(
+                        "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
+                         ON CONFLICT (tbl, k) DO NOTHING",
+                        &[&t, &key, &new],
+                    )
+                    .await?
+                }
+                (Some(old), Some(new)) => {
+                    c.execute(
+                        "UPDATE kv SET v = $4 WHERE tbl = $1 AND k = $2 AND v = $3",
+                        &[&t, &key, &old, &new],
+                    )
+                    .await?
+                }
+                (Some(old), None) => {
+                    c.execute(
+                        "DELETE FROM kv WHERE tbl = $1 AND k = $2 AND v = $3",
+                        &[&t, &key, &old],
+                    )
+                    .await?
+                }
+                (None, None) => {
+                    let present = c
+                        .query_opt("SELECT 1 FROM kv WHERE tbl = $1 AND k = $2", &[&t, &key])
+                        .await?;
+                    u64::from(present.is_none())
+                }
+            };
+            Ok(changed == 1)
+        })
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (start, end) = (prefix.to_vec(), prefix_end(prefix));
+        self.with_client(move |c| async move {
+            let t = table.name();
+            let rows = match end {
+                Some(end) => {
+                    c.query(
+                        "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k",
+                        &[&t, &start, &end],
+                    )
+                    .await?
+                }
+                None => {
+                    c.query(
+                        "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 ORDER BY k",
+                        &[&t, &start],
+                    )
+                    .await?
+                }
+            };
+            rows_to_pairs(rows)
+        })
+    }
+
+    fn scan_after(
+        &self,
+        table: Table,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let after = after.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_client(move |c| async move {
+            // An empty `after` sorts before every key, the empty key included only through
+            // `>=`; no record has an empty key.
+            let rows = c
+                .query(
+                    "SELECT k, v FROM kv WHERE tbl = $1 AND k > $2 ORDER BY k LIMIT $3",
+                    &[&table.name(), &after, &limit],
+                )
+                .await?;
+            rows_to_pairs(rows)
+        })
+    }
+
+    fn flush(&self) -> FlushFuture<'_> {
+        // Every store call returned after its statement committed.
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Reads every table inside one `REPEATABLE READ` transaction, a page at a time, so the
+    /// tables agree with each other as of one instant whatever other instances write meanwhile.
+    fn snapshot(&self, each: &mut SnapshotSink<'_>) -> Result<()> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the PostgreSQL store is closed".into()))?;
+        type Page = Result<Option<(Table, Vec<(Vec<u8>, Vec<u8>)>)>>;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Page>(2);
+        let pool = self.pool.clone();
+        let reader = rt.spawn(async move {
+            let send = |page: Page| {
+                let tx = tx.clone();
+                // A full channel waits for the caller; not on this runtime's worker.
+                tokio::task::spawn_blocking(move || tx.send(page).is_ok())
+            };
+            let result: Result<()> = async {
+                let mut client = pool.get().await.map_err(pool_error)?;
+                let txn = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                for table in Table::ALL {
+                    let mut after: Vec<u8> = Vec::new();
+                    loop {
+                        let rows = txn
+                            .query(
+                                "SELECT k, v FROM kv WHERE tbl = $1 AND k > $2 \
+                                 ORDER BY k LIMIT $3",
+                                &[&table.name(), &after, &SNAPSHOT_PAGE],
+                            )
+                            .await?;
+                        let page = rows_to_pairs(rows)?;
+                        let full = page.len() as i64 == SNAPSHOT_PAGE;
+                        if let Some((last, _)) = page.last() {
+                            after = last.clone();
+                        }
+                        if !page.is_empty() && !send(Ok(Some((table, page)))).await.unwrap_or(false)
+                        {
+                            return Ok(());
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                }
+                txn.commit().await?;
+                Ok(())
+            }
+            .await;
+            let _ = send(result.map(|()| None)).await;
+        });
+        let mut drain = || -> Result<()> {
+            loop {
+                match rx.recv_timeout(STATEMENT_DEADLINE) {
+                    Ok(Ok(Some((table, page)))) => {
+                        for (k, v) in page {
+                            each(table, &k, &v)?;
+                        }
+                    }
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(Error::Storage(
+                            "PostgreSQL stopped answering during a snapshot".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        let out = if super::sled::on_multi_thread_runtime() {
+            tokio::task::block_in_place(&mut drain)
+        } else {
+            drain()
+        };
+        // On an early return the reader sees the channel closed and rolls back.
+        drop(rx);
+        drop(reader);
+        out
+    }
+}
+
+#[cfg(any(test, feature = "test-cluster"))]
+pub mod test_cluster;
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::test_cluster::TestCluster;
+    use super::*;
+    use std::sync::Arc;
+
+    /// A store on a new, empty database of the test process's shared cluster.
+    pub(in crate::storage) fn fresh_store() -> PgStore {
+        let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+        let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+        PgStore::open(&cfg(&cluster.url(&db)), Durability::PowerLoss)
+            .unwrap_or_else(|e| panic!("open {db}: {e}"))
+    }
+
+    /// Two instances on one database: of two finalizes racing on one order, exactly one wins,
+    /// however many times they race.
+    #[test]
+    fn two_instances_racing_compare_and_swap_never_both_win() {
+        let cluster = TestCluster::shared().expect("cluster");
+        let db = cluster.fresh_database().expect("database");
+        let a = Arc::new(PgStore::open(&cfg(&cluster.url(&db)), Durability::PowerLoss).expect("a"));
+        let b = Arc::new(PgStore::open(&cfg(&cluster.url(&db)), Durability::PowerLoss).expect("b"));
+        for round in 0..50u32 {
+            let key = format!("order-{round}");
+            a.put(Table::Orders, key.as_bytes(), b"ready").expect("put");
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let racers: Vec<_> = [a.clone(), b.clone()]
+                .into_iter()
+                .enumerate()
+                .map(|(i, store)| {
+                    let (key, barrier) = (key.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let new = format!("valid by {i}");
+                        store
+                            .compare_and_swap(
+                                Table::Orders,
+                                key.as_bytes(),
+                                Some(b"ready"),
+                                Some(new.as_bytes()),
+                            )
+                            .expect("cas")
+                    })
+                })
+                .collect();
+            let wins: Vec<bool> = racers
+                .into_iter()
+                .map(|r| r.join().expect("join"))
+                .collect();
+            assert_eq!(
+                wins.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {wins:?}"
+            );
+            let winner = wins.iter().position(|w| *w).expect("a winner");
+            let stored = b.get(Table::Orders, key.as_bytes()).expect("get");
+            assert_eq!(stored, Some(format!("valid by {winner}").into_bytes()));
+        }
+    }
+
+    #[test]
+    fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let cluster = TestCluster::shared().expect("cluster");
+        let db = cluster.fresh_database().expect("database");
+        let c = cfg(&cluster.url(&db));
+        drop(PgStore::open(&c, Durability::PowerLoss).expect("first open migrates"));
+        drop(PgStore::open(&c, Durability::PowerLoss).expect("second open has nothing to do"));
+        let versions = cluster
+            .psql(
+                &db,
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM iiot_schema",
+            )
+            .expect("psql");
+        assert_eq!(versions, latest_version().to_string());
+        cluster
+            .psql(&db, "INSERT INTO iiot_schema (version) VALUES (999)")
+            .expect("psql");
+        let err = PgStore::open(&c, Durability::PowerLoss)
+            .err()
+            .expect("a newer schema");
+        assert!(
+            err.to_string().contains("newer than this ca-server"),
+            "{err}"
+        );
+    }
+
+    /// A database that goes away fails store calls as storage errors (503), within the
+    /// deadline, and the same store works again once the database is back.
+    #[test]
+    fn a_stopped_database_is_a_storage_error_until_it_returns() {
+        let cluster = TestCluster::start(&["fsync=off"]).expect("cluster");
+        let store =
+            PgStore::open(&cfg(&cluster.url("postgres")), Durability::PowerLoss).expect("open");
+        store.put(Table::Accounts, b"a", b"1").expect("put");
+        cluster.stop();
+        let started = std::time::Instant::now();
+        let err = store.get(Table::Accounts, b"a").expect_err("database down");
+        assert!(matches!(err, Error::Storage(_)), "{err:?}");
+        assert!(started.elapsed() < STATEMENT_DEADLINE + Duration::from_secs(2));
+        cluster.start_again().expect("restart");
+        let back = (0..50).find_map(|_| match store.get(Table::Accounts, b"a") {
+            Ok(v) => Some(v),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        });
+        assert_eq!(back, Some(Some(b"1".to_vec())), "the store came back");
+    }
+
+    /// A snapshot is one instant: writes made by another instance while it runs are not in it,
+    /// and it pages through tables larger than one page.
+    #[test]
+    fn a_snapshot_pages_through_large_tables_as_of_one_instant() {
+        let cluster = TestCluster::shared().expect("cluster");
+        let db = cluster.fresh_database().expect("database");
+        let store = PgStore::open(&cfg(&cluster.url(&db)), Durability::PowerLoss).expect("open");
+        let other = PgStore::open(&cfg(&cluster.url(&db)), Durability::PowerLoss).expect("open");
+        let n = 2 * SNAPSHOT_PAGE as usize + 7;
+        for i in 0..n {
+            store
+                .put(Table::Certificates, format!("c{i:05}").as_bytes(), b"x")
+                .expect("put");
+        }
+        let mut seen = 0usize;
+        store
+            .snapshot(&mut |table, key, _| {
+                assert_eq!(table, Table::Certificates);
+                if seen == 0 {
+                    // Written after the snapshot began: must not appear in it.
+                    other
+                        .put(Table::Certificates, b"c99999", b"late")
+                        .expect("put");
+                    other
+                        .put(Table::Revocations, b"late", b"late")
+                        .expect("put");
+                }
+                assert_ne!(key, b"c99999");
+                seen += 1;
+                Ok(())
+            })
+            .expect("snapshot");
+        assert_eq!(seen, n);
+    }
+
+    #[test]
+    fn prefix_ends_are_the_next_key_range() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    fn cfg(url: &str) -> PostgresConfig {
+        PostgresConfig {
+            url: url.to_owned(),
+            password_file: None,
+            pool_size: POOL_SIZE,
+        }
+    }
+
+    #[test]
+    fn urls_with_a_password_or_a_remote_host_are_refused() {
+        let err = cfg("postgres://ca:secret@127.0.0.1:5432/ca")
+            .connect_config()
+            .expect_err("password in the URL");
+        assert!(err.contains("must not contain a password"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = cfg("postgres://ca@db.plant.example:5432/ca")
+            .connect_config()
+            .expect_err("remote host without TLS");
+        assert!(err.contains("without TLS"), "{err}");
+        let err = cfg("postgres://127.0.0.1/ca")
+            .connect_config()
+            .expect_err("no user");
+        assert!(err.contains("no user"), "{err}");
+        let err = cfg("mysql://ca@127.0.0.1/ca")
+            .connect_config()
+            .expect_err("scheme");
+        assert!(err.contains("is not a PostgreSQL URL"), "{err}");
+        for ok in [
+            "postgres://ca@127.0.0.1:5432/ca",
+            "postgres://ca@[::1]:5432/ca",
+            "postgres://ca@localhost/ca",
+            "postgresql://ca@%2Frun%2Fpostgresql/ca",
+        ] {
+            cfg(ok)
+                .connect_config()
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let mut c = cfg("postgres://ca@127.0.0.1/ca");
+        c.password_file = Some(file.clone());
+        let pg = c.connect_config().expect("config");
+        assert_eq!(pg.get_password(), Some(&b"s3cret"[..]));
+        std::fs::write(&file, "\n").expect("write");
+        let err = c.connect_config().expect_err("empty file");
+        assert!(err.contains("is empty"), "{err}");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_clear_start_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        // Nothing listens there once the listener above is dropped.
+        let c = cfg(&format!("postgres://ca@127.0.0.1:{port}/ca"));
+        let err = PgStore::open(&c, Durability::PowerLoss)
+            .err()
+            .expect("nothing listens");
+        let msg = err.to_string();
+        assert!(msg.contains("cannot open the PostgreSQL store"), "{msg}");
+    }
+}
