@@ -913,7 +913,10 @@ scan_interval = "1m"
         assert_eq!(pg.pool_size, 4);
         for (toml, want) in [
             ("backend = \"postgres\"\n", "needs storage.url"),
-            ("url = \"postgres://ca@127.0.0.1/iiot\"\n", "the backend is \"sled\""),
+            (
+                "url = \"postgres://ca@127.0.0.1/iiot\"\n",
+                "the backend is \"sled\"",
+            ),
             (
                 "backend = \"postgres\"\nurl = \"postgres://ca:pw@127.0.0.1/iiot\"\n",
                 "must not contain a password",

@@ -124,7 +124,12 @@ pub fn init(cfg: Config) -> Result<AppState> {
         .register_profiles(ra.profiles.directory_meta().into_keys());
     // A store from before identities were indexed gets its index once (`identity`).
     crate::ra::identity::index_existing(&ra)?;
-    Ok(AppState::new(ra, NonceStore::new()?))
+    // Several instances on one database accept each other's nonces.
+    let nonces = match ra.cfg.storage.backend {
+        crate::storage::Backend::Postgres => NonceStore::shared(ra.db.clone())?,
+        crate::storage::Backend::Sled => NonceStore::new()?,
+    };
+    Ok(AppState::new(ra, nonces))
 }
 
 /// Start information for printing.
@@ -210,6 +215,23 @@ pub async fn serve_with_console(
             loop {
                 tick.tick().await;
                 crate::ra::crl::publish(&signer, IssuerKind::ALL).await;
+            }
+        });
+    }
+    {
+        // Redemption records of shared nonces (several instances) end with the nonces' life.
+        let state = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let pruner = state.clone();
+                let pruned =
+                    tokio::task::spawn_blocking(move || pruner.nonces().prune(crate::types::now()))
+                        .await;
+                if let Ok(Err(e)) = pruned {
+                    tracing::warn!(error = %e, "pruning used nonces failed; the next minute retries");
+                }
             }
         });
     }

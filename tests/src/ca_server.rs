@@ -134,6 +134,8 @@ pub struct CaServerOpts {
     pub eab_required: bool,
     /// `lab_clock`: `ca-server lab clock-step` may step the server's clock.
     pub lab_clock: bool,
+    /// `public_url`: what the CA puts in its URLs, e.g. a front several instances share.
+    pub public_url: Option<String>,
     /// Give up waiting for the directory after this long.
     pub startup_timeout: Duration,
     /// TOML appended to the config file as written, for sections the harness does not model
@@ -157,6 +159,7 @@ impl Default for CaServerOpts {
             issuance_extra: Vec::new(),
             eab_required: false,
             lab_clock: false,
+            public_url: None,
             startup_timeout: Duration::from_secs(30),
             extra_toml: String::new(),
         }
@@ -169,6 +172,8 @@ impl Default for CaServerOpts {
 struct ConfigFile<'a> {
     data_dir: &'a Path,
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     tls_names: &'a [String],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -277,6 +282,7 @@ impl CaServer {
         let config = ConfigFile {
             data_dir: &data_dir,
             listen: format!("127.0.0.1:{listen_port}"),
+            public_url: opts.public_url.as_deref(),
             tls_names: &opts.tls_names,
             lab_clock: opts.lab_clock,
             issuance: IssuanceSection {
@@ -515,6 +521,7 @@ mod tests {
         let config = ConfigFile {
             data_dir: Path::new("/tmp/iiot \"quoted\" dir"),
             listen: "127.0.0.1:14000".to_owned(),
+            public_url: Some("https://ca.plant.example:14000"),
             tls_names: &["ca.plant.example".to_owned()],
             lab_clock: true,
             issuance: IssuanceSection {
@@ -542,6 +549,7 @@ mod tests {
         let expected: toml::Table = r#"
             data_dir = '/tmp/iiot "quoted" dir'
             listen = "127.0.0.1:14000"
+            public_url = "https://ca.plant.example:14000"
             tls_names = ["ca.plant.example"]
             lab_clock = true
             [issuance]

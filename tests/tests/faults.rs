@@ -1,5 +1,6 @@
 //! Fault injection against the `ca-server` binary: `kill -9` at seeded random points under load,
-//! a full disk, restarts while devices wait, and (with the lab clock) clock steps.
+//! a full disk, restarts while devices wait, (with the lab clock) clock steps, and two instances
+//! on PostgreSQL losing one of them and, for a while, the database.
 //!
 //! `durability.rs` kills the server once and checks the certificates received before the kill.
 //! `faults/kill.rs` goes further: many kills at random points, each followed by a check that no
@@ -15,6 +16,8 @@ mod clock;
 mod common;
 #[path = "faults/disk.rs"]
 mod disk;
+#[path = "faults/instances.rs"]
+mod instances;
 #[path = "faults/kill.rs"]
 mod kill;
 #[path = "faults/waiting.rs"]

@@ -143,6 +143,47 @@ fn account_by_thumbprint(app: &Ra, thumbprint: &str) -> Result<Option<Account>> 
         .filter(|a| a.thumbprint == thumbprint))
 }
 
+/// Points the key index entry of `thumbprint` at the account `id`, unless another account holds
+/// the key: that account is returned then, and nothing is written. Compare-and-swap, so when
+/// CA instances sharing a store register one key at once (each under its own process lock),
+/// exactly one wins. An entry naming no account that holds the key (a leftover of an
+/// interrupted registration or of a key change) is replaced.
+fn claim_key(app: &Ra, thumbprint: &str, id: &str) -> Result<Option<Account>> {
+    let ours = serde_json::to_vec(id)
+        .map_err(|e| Error::Internal(format!("cannot encode account id: {e}")))?;
+    for _ in 0..16 {
+        let current = app
+            .db
+            .store()
+            .get(Table::AccountKeys, thumbprint.as_bytes())?;
+        if let Some(raw) = &current {
+            let holder: String = serde_json::from_slice(raw)
+                .map_err(|e| Error::Storage(format!("corrupt account key index: {e}")))?;
+            if holder == id {
+                return Ok(None);
+            }
+            if let Some(account) = app
+                .db
+                .get::<Account>(Table::Accounts, &holder)?
+                .filter(|a| a.thumbprint == thumbprint)
+            {
+                return Ok(Some(account));
+            }
+        }
+        if app.db.store().compare_and_swap(
+            Table::AccountKeys,
+            thumbprint.as_bytes(),
+            current.as_deref(),
+            Some(&ours),
+        )? {
+            return Ok(None);
+        }
+    }
+    Err(Error::Storage(
+        "the account key index kept changing; try again".into(),
+    ))
+}
+
 /// Account update payload, RFC 8555 §7.3.2 and §7.3.6.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -224,8 +265,9 @@ pub async fn register(app: &Ra, r: Applicant<'_>, p: NewAccount) -> Result<(Acco
     // > MUST return a response with status code 200 (OK) and provide the URL of that account
     // > in the Location header field.
     // <https://www.rfc-editor.org/rfc/rfc8555#section-7.3.1>
-    // Registration and key changes check and then write the key index; one lock makes that
-    // atomic (sled admits a single process, so a process-wide lock is enough).
+    // Registration and key changes check and then write the key index. Within a process one
+    // lock orders them; CA instances sharing a store settle it with compare-and-swap
+    // (`claim_key`).
     let _index = app.account_keys.lock().await;
     if let Some(existing) = account_by_thumbprint(app, r.thumbprint)? {
         // > If the server receives a POST or POST-as-GET from a deactivated account, it MUST
@@ -277,14 +319,20 @@ pub async fn register(app: &Ra, r: Applicant<'_>, p: NewAccount) -> Result<(Acco
         created: now(),
     };
     // Spend the credential first: if that fails nothing else was written. Then the account,
-    // then its key index entry, so the index never names a missing account. Under the lock
-    // nothing else registers this key; an index entry without its account is a leftover of an
-    // interrupted registration (account_by_thumbprint ignores it) and is overwritten.
+    // then its key index entry, so the index never names a missing account. An index entry
+    // without its account is a leftover of an interrupted registration (account_by_thumbprint
+    // ignores it) and is replaced. If another instance registered the key meanwhile, its
+    // account is the one (§7.3.1's 200), and this one, never announced, is removed.
     if let Some(cred) = &cred {
         app.eab.spend(&app.db, cred, &acct.id)?;
     }
     app.db.put(Table::Accounts, &acct.id, &acct)?;
-    app.db.put(Table::AccountKeys, &acct.thumbprint, &acct.id)?;
+    if let Some(existing) = claim_key(app, &acct.thumbprint, &acct.id)? {
+        app.db.remove(Table::Accounts, &acct.id)?;
+        app.db.flush().await?;
+        existing.require_valid()?;
+        return Ok((existing, false));
+    }
     app.db.flush().await?;
     tracing::info!(account = %acct.id, eab = ?acct.eab_kid, "account created");
     Ok((acct, true))
@@ -369,10 +417,9 @@ pub async fn change_key(
         detail: "the new key is already in use by another account".into(),
         location: app.url(&format!("{}{}", paths::ACCOUNT, other.id)),
     };
-    if let Some(other) = account_by_thumbprint(app, &new_tp)? {
+    if let Some(other) = claim_key(app, &new_tp, &account.id)? {
         return Err(conflict(&other));
     }
-    app.db.put(Table::AccountKeys, &new_tp, &account.id)?;
     let old_tp = account.thumbprint.clone();
     let acct = app
         .db

@@ -14,6 +14,11 @@
 //! that one, so the CRL whose thisUpdate is kept listed it, past its notAfter. A CRL that was
 //! signed but not written does not count. Retention (`ra::retention`) removes a revocation
 //! record only once it is off the CRL.
+//!
+//! CA instances sharing a database ([`shared`]) serve one CRL: each signed CRL is also kept in
+//! the store ([`SharedCrl`], only ever replaced by a higher number), and an instance serves
+//! the stored one while it is fresh, so a revocation made at one instance is on the CRL every
+//! instance serves as soon as that instance has signed it.
 
 use crate::ca::cert::Revocation;
 use crate::ca::crl::{file_name, Signed, LIFETIME};
@@ -25,9 +30,46 @@ use crate::storage::Table;
 use crate::types::now;
 use crate::{Error, Result};
 
+/// A CRL as the instances sharing a store keep it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct SharedCrl {
+    number: u64,
+    this_update: i64,
+    /// The DER, base64url.
+    der: String,
+}
+
+/// Whether other CA instances share this store.
+fn shared(app: &Ra) -> bool {
+    app.cfg.storage.backend == crate::storage::Backend::Postgres
+}
+
+fn shared_key(kind: IssuerKind) -> String {
+    format!("crl_signed.{}", file_name(kind))
+}
+
+/// The stored CRL of `kind`, if one is not yet due (as [`crate::ca::crl::CrlCache`] decides).
+fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
+    let Some(crl) = app.db.get::<SharedCrl>(Table::Meta, &shared_key(kind))? else {
+        return Ok(None);
+    };
+    if !(0..crate::ca::crl::REFRESH).contains(&(now - crl.this_update)) {
+        return Ok(None);
+    }
+    crate::wire::b64u_decode("stored CRL", &crl.der)
+        .map(Some)
+        .map_err(|_| Error::Storage("corrupt stored CRL".into()))
+}
+
 /// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
 pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
+    if shared(app) {
+        if let Some(der) = stored(app, kind, now)? {
+            return Ok(der);
+        }
+        return refresh(app, kind, now).await;
+    }
     if let Some(der) = app.crl.cached(kind, now) {
         return Ok(der);
     }
@@ -166,6 +208,24 @@ fn sign_and_write(
     app.crl.mark_published(kind, now);
     // Durable with the next flush; lost in a crash, an older value only keeps entries longer.
     app.db.put(Table::Meta, &published_key(kind), &now)?;
+    if shared(app) {
+        let signed = SharedCrl {
+            number,
+            this_update: now,
+            der: crate::wire::b64u(&der),
+        };
+        // Another instance may have signed a later number meanwhile: that one stays.
+        if !app.db.insert_new(Table::Meta, &shared_key(kind), &signed)? {
+            app.db
+                .update(Table::Meta, &shared_key(kind), |old: SharedCrl| {
+                    Ok(if old.number < signed.number {
+                        signed.clone()
+                    } else {
+                        old
+                    })
+                })?;
+        }
+    }
     tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
 }

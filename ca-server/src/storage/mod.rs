@@ -54,11 +54,14 @@ pub enum Table {
     /// `type:value` of an identifier, or `uri:` and an ApplicationUri → `identity::Holding`
     /// (which account holds it).
     Identities,
+    /// `hex(issue time ‖ random)` → empty: nonces redeemed, when several instances share the
+    /// store (`wfe::nonce`), until they expire.
+    Nonces,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -72,6 +75,7 @@ impl Table {
         Self::KeyReuseAttempts,
         Self::WeakKeyAttempts,
         Self::Identities,
+        Self::Nonces,
     ];
 
     /// A stable name for the table.
@@ -90,6 +94,7 @@ impl Table {
             Self::KeyReuseAttempts => "key_reuse_attempts",
             Self::WeakKeyAttempts => "weak_key_attempts",
             Self::Identities => "identities",
+            Self::Nonces => "nonces",
         }
     }
 }

@@ -78,7 +78,11 @@ impl TestServer {
     }
 
     pub fn with(f: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::with_dir(tempfile::tempdir().expect("tempdir"), f)
+    }
+
+    /// As [`TestServer::with`], in a data directory the test has prepared.
+    pub fn with_dir(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config {
             data_dir: dir.path().to_path_buf(),
             ..Config::default()

@@ -33,12 +33,12 @@ const SETTLE: Duration = Duration::from_secs(30);
 type Attempts = Arc<Mutex<Vec<Arc<Mutex<Attempt>>>>>;
 
 /// A certificate seen valid, for the checks after later restarts.
-struct Issued {
-    credentials: String,
-    order_url: String,
-    chain_pem: String,
+pub(crate) struct Issued {
+    pub(crate) credentials: String,
+    pub(crate) order_url: String,
+    pub(crate) chain_pem: String,
     /// A client received it (rather than the settling after a restart).
-    received: bool,
+    pub(crate) received: bool,
 }
 
 /// xorshift64*: the kill points, reproducible from the seed.
@@ -138,7 +138,7 @@ async fn settle(
 }
 
 /// The leaf's serial number, as encoded.
-fn serial(chain_pem: &str) -> Result<Vec<u8>> {
+pub(crate) fn serial(chain_pem: &str) -> Result<Vec<u8>> {
     let der = first_cert_der(chain_pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow::anyhow!("cannot parse an issued certificate: {e}"))?;
@@ -152,7 +152,7 @@ async fn check_crl(server: &CaServer, revoked: &[Vec<u8>]) -> Result<()> {
     tokio::task::spawn_blocking(move || crl_lists(&url, &root, &revoked)).await?
 }
 
-fn crl_lists(url: &str, root: &Path, revoked: &[Vec<u8>]) -> Result<()> {
+pub(crate) fn crl_lists(url: &str, root: &Path, revoked: &[Vec<u8>]) -> Result<()> {
     let resp = iiot_acme_tests::https::client_trusting(root)?
         .get(url)
         .send()
@@ -179,7 +179,7 @@ fn crl_lists(url: &str, root: &Path, revoked: &[Vec<u8>]) -> Result<()> {
 }
 
 /// Fetches the certificate of an order seen valid, which must be byte for byte the same.
-async fn check_served(root: &Path, issued: &Issued) -> Result<()> {
+pub(crate) async fn check_served(root: &Path, issued: &Issued) -> Result<()> {
     let account = account(root, &issued.credentials).await?;
     let mut order = account.order(issued.order_url.clone()).await?;
     ensure!(
@@ -197,7 +197,7 @@ async fn check_served(root: &Path, issued: &Issued) -> Result<()> {
     Ok(())
 }
 
-async fn start(opts: CaServerOpts) -> CaServer {
+pub(crate) async fn start(opts: CaServerOpts) -> CaServer {
     tokio::task::spawn_blocking(|| CaServer::start(opts))
         .await
         .expect("join")

@@ -308,3 +308,19 @@ impl Drop for TestCluster {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// Copies the directory `from` into `to`, recursively: a second CA instance's data directory
+/// gets the first one's `ca` directory this way, as an operator copies it.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Two CA instances on one PostgreSQL database, in one process: what one instance does, the
+//! other sees and honours. Each instance has its own data directory holding a copy of the same
+//! CA files, as an operator sets them up (docs/operating.md, "Several instances").
+
+mod common;
+
+use axum::http::StatusCode;
+use ca_server::storage::postgres::test_cluster::{copy_dir, TestCluster};
+use ca_server::storage::Backend;
+use common::*;
+use serde_json::{json, Value};
+
+/// Two instances of one CA on a fresh database of the shared test cluster.
+fn pair() -> (TestServer, TestServer) {
+    let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.url(&db);
+    let on_postgres = |cfg: &mut ca_server::config::Config| {
+        cfg.storage.backend = Backend::Postgres;
+        cfg.storage.url = Some(url.clone());
+    };
+    let a = TestServer::with(on_postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&a.dir.path().join("ca"), &dir.path().join("ca")).expect("copy the CA");
+    let b = TestServer::with_dir(dir, on_postgres);
+    assert_eq!(a.app.ca.root_pem(), b.app.ca.root_pem(), "one CA");
+    (a, b)
+}
+
+/// A nonce fetched from one instance is spent at the other, and then at neither again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_from_one_instance_is_good_at_the_other_once() {
+    let (a, b) = pair();
+    let key = Key::generate();
+    let url = b.url("/acme/new-account");
+    let protected = json!({"alg": "ES256", "nonce": a.nonce().await, "url": url, "jwk": key.jwk()});
+    let body = key
+        .jws(&protected, Some(&json!({"termsOfServiceAgreed": true})))
+        .to_string();
+    b.post_raw(&url, body.clone())
+        .await
+        .assert_status(StatusCode::CREATED);
+    let replay = a.post_raw(&a.url("/acme/new-account"), body.clone()).await;
+    replay.assert_problem(400, "badNonce");
+    let replay = b.post_raw(&url, body).await;
+    replay.assert_problem(400, "badNonce");
+}
+
+/// RFC 8555 §7.3: one account per key, also when the instances register one key at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_key_registers_one_account_however_the_instances_race() {
+    let (a, b) = pair();
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    for round in 0..30 {
+        let key = std::sync::Arc::new(Key::generate());
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let key = key.clone();
+                tokio::spawn(async move {
+                    s.post_new_account(&key, &json!({"termsOfServiceAgreed": true}))
+                        .await
+                })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for r in racers {
+            replies.push(r.await.expect("join"));
+        }
+        let created = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::CREATED)
+            .count();
+        let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+        assert_eq!(created, 1, "round {round}: {statuses:?}");
+        let locations: std::collections::BTreeSet<_> =
+            replies.iter().map(|r| r.header("location")).collect();
+        assert_eq!(locations.len(), 1, "round {round}: {locations:?}");
+    }
+}
+
+/// An order made at one instance is finalized at the other; the certificate is served by both,
+/// and its revocation at one is on the CRL the other serves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_moves_between_instances_and_a_revocation_reaches_both_crls() {
+    let (a, b) = pair();
+    let acct = a.new_account().await;
+    let order = ready_order(&a, &acct, &["line-1.plant.example"]).await;
+    // Both instances sign a CRL before the revocation, so each has one cached.
+    let serials = |der: &[u8]| -> (String, Vec<Vec<u8>>) {
+        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL parses");
+        let n = crl.crl_number().map(|n| n.to_string()).unwrap_or_default();
+        (
+            n,
+            crl.iter_revoked_certificates()
+                .map(|r| r.raw_serial().to_vec())
+                .collect(),
+        )
+    };
+    let (n_a, before) = serials(&a.get(&a.url("/crl")).await.body);
+    assert!(before.is_empty());
+    let (n_b, _) = serials(&b.get(&b.url("/crl")).await.body);
+    assert!(n_b.parse::<u64>().expect("n") >= n_a.parse::<u64>().expect("n"));
+
+    let key = rcgen::KeyPair::generate().expect("key");
+    let r = b
+        .finalize(&acct, &order, &csr(&["line-1.plant.example"], &key))
+        .await;
+    r.assert_status(StatusCode::OK);
+    let done: Value = b
+        .post_as(&acct, order["url"].as_str().expect("url"), None)
+        .await
+        .json();
+    assert_eq!(done["status"], "valid", "{done}");
+    let from_b = b.certificate_chain(&acct, &done).await;
+    let from_a = a.certificate_chain(&acct, &done).await;
+    assert_eq!(from_a, from_b, "both instances serve the one certificate");
+    let der = leaf_der(&from_a);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let serial = cert.raw_serial().to_vec();
+
+    let r = b
+        .post_as(
+            &acct,
+            &b.url("/acme/revoke-cert"),
+            Some(&json!({"certificate": b64(&der), "reason": 4})),
+        )
+        .await;
+    r.assert_status(StatusCode::OK);
+    let (n_after, listed) = serials(&a.get(&a.url("/crl")).await.body);
+    assert_eq!(
+        listed,
+        vec![serial.clone()],
+        "instance a serves b's revocation"
+    );
+    let (n_b_after, listed_b) = serials(&b.get(&b.url("/crl")).await.body);
+    assert_eq!(listed_b, vec![serial]);
+    assert_eq!(n_after, n_b_after, "one current CRL");
+    assert!(n_after.parse::<u64>().expect("n") > n_b.parse::<u64>().expect("n"));
+}
