@@ -332,7 +332,8 @@ impl Store for PgStore {
         self.with_client(move |c| async move {
             let row = c
                 .query_opt(
-                    "SELECT v FROM kv WHERE tbl = $1 AND k = $2",
+                    &c.prepare_cached("SELECT v FROM kv WHERE tbl = $1 AND k = $2")
+                        .await?,
                     &[&table.name(), &key],
                 )
                 .await?;
@@ -344,8 +345,11 @@ impl Store for PgStore {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.with_client(move |c| async move {
             c.execute(
-                "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
+                &c.prepare_cached(
+                    "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
                  ON CONFLICT (tbl, k) DO UPDATE SET v = excluded.v",
+                )
+                .await?,
                 &[&table.name(), &key, &value],
             )
             .await?;
@@ -370,29 +374,40 @@ impl Store for PgStore {
             let changed = match (old, new) {
                 (None, Some(new)) => {
                     c.execute(
-                        "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
+                        &c.prepare_cached(
+                            "INSERT INTO kv (tbl, k, v) VALUES ($1, $2, $3)
                          ON CONFLICT (tbl, k) DO NOTHING",
+                        )
+                        .await?,
                         &[&t, &key, &new],
                     )
                     .await?
                 }
                 (Some(old), Some(new)) => {
                     c.execute(
-                        "UPDATE kv SET v = $4 WHERE tbl = $1 AND k = $2 AND v = $3",
+                        &c.prepare_cached(
+                            "UPDATE kv SET v = $4 WHERE tbl = $1 AND k = $2 AND v = $3",
+                        )
+                        .await?,
                         &[&t, &key, &old, &new],
                     )
                     .await?
                 }
                 (Some(old), None) => {
                     c.execute(
-                        "DELETE FROM kv WHERE tbl = $1 AND k = $2 AND v = $3",
+                        &c.prepare_cached("DELETE FROM kv WHERE tbl = $1 AND k = $2 AND v = $3")
+                            .await?,
                         &[&t, &key, &old],
                     )
                     .await?
                 }
                 (None, None) => {
                     let present = c
-                        .query_opt("SELECT 1 FROM kv WHERE tbl = $1 AND k = $2", &[&t, &key])
+                        .query_opt(
+                            &c.prepare_cached("SELECT 1 FROM kv WHERE tbl = $1 AND k = $2")
+                                .await?,
+                            &[&t, &key],
+                        )
                         .await?;
                     u64::from(present.is_none())
                 }
@@ -408,14 +423,20 @@ impl Store for PgStore {
             let rows = match end {
                 Some(end) => {
                     c.query(
-                        "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k",
+                        &c.prepare_cached(
+                            "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k",
+                        )
+                        .await?,
                         &[&t, &start, &end],
                     )
                     .await?
                 }
                 None => {
                     c.query(
-                        "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 ORDER BY k",
+                        &c.prepare_cached(
+                            "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 ORDER BY k",
+                        )
+                        .await?,
                         &[&t, &start],
                     )
                     .await?
@@ -438,7 +459,10 @@ impl Store for PgStore {
             // `>=`; no record has an empty key.
             let rows = c
                 .query(
-                    "SELECT k, v FROM kv WHERE tbl = $1 AND k > $2 ORDER BY k LIMIT $3",
+                    &c.prepare_cached(
+                        "SELECT k, v FROM kv WHERE tbl = $1 AND k > $2 ORDER BY k LIMIT $3",
+                    )
+                    .await?,
                     &[&table.name(), &after, &limit],
                 )
                 .await?;
