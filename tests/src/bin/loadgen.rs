@@ -31,9 +31,10 @@ use serde_json::json;
 #[derive(Parser, Clone)]
 #[command(about = "ACME enrollment load generator")]
 struct Opts {
-    /// ACME directory URL.
-    #[arg(long)]
-    directory: String,
+    /// ACME directory URL. Given more than once (several CA instances), device i enrolls at
+    /// the (i mod n)-th.
+    #[arg(long, required = true)]
+    directory: Vec<String>,
     /// PEM file with the CA certificate to trust for the server's HTTPS.
     #[arg(long)]
     ca_file: PathBuf,
@@ -152,7 +153,7 @@ async fn enroll(opts: &Opts, tokens: &Tokens, i: usize) -> Result<Vec<Step>, Str
                 terms_of_service_agreed: true,
                 only_return_existing: false,
             },
-            opts.directory.clone(),
+            opts.directory[i % opts.directory.len()].clone(),
             None,
         )
         .await
