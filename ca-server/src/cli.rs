@@ -5,7 +5,7 @@
 mod backup;
 mod offline_root;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::Config;
@@ -358,12 +358,18 @@ enum EabCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Revoke a credential so it can no longer bind accounts.
     Revoke {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The key id.
         #[arg(allow_hyphen_values = true)]
         kid: String,
@@ -652,7 +658,7 @@ fn describe_allow(rules: &[String]) -> String {
 /// Refuses to change the operator's files of `dir` as any user but the one owning it (the CA's
 /// user): files another user makes there (root, through sudo) are private to that user, so
 /// the CA could not read them and the console would fail on every request.
-fn as_data_owner(dir: &std::path::Path) -> Result<(), String> {
+fn as_data_owner(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(meta) = std::fs::metadata(dir) else {
         // Not there yet: whoever makes it owns it.
@@ -740,7 +746,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 /// Appends what the command line did to the audit log of `data_dir`.
 fn audit(
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     action: &str,
     target: &str,
     detail: serde_json::Value,
@@ -750,7 +756,7 @@ fn audit(
         .map_err(|e| e.to_string())
 }
 
-fn audit_log(data_dir: &std::path::Path, json: bool) -> Result<(), String> {
+fn audit_log(data_dir: &Path, json: bool) -> Result<(), String> {
     let (entries, chain) = crate::ra::audit::read_checked(data_dir).map_err(|e| e.to_string())?;
     if json {
         println!(
@@ -1010,6 +1016,30 @@ fn identity(cmd: IdentityCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// The credentials of the CA in `dir`: files there, or the records of the PostgreSQL store
+/// its configuration `cfg` names. Refuses to write files beside a CA that reads its
+/// credentials from PostgreSQL (`storage::SHARED_MARKER`): they would be ignored.
+fn eab_store(dir: &Path, cfg: Option<&Config>) -> Result<EabStore, String> {
+    match cfg {
+        Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
+            let store = cfg.storage.open(dir).map_err(|e| e.to_string())?;
+            EabStore::in_store(dir, crate::storage::Db::new(store)).map_err(|e| e.to_string())
+        }
+        _ if dir.join(crate::storage::SHARED_MARKER).exists() => Err(format!(
+            "the CA in {} keeps its enrollment credentials in PostgreSQL (storage.backend = \
+             \"postgres\"): pass its configuration file with --config",
+            dir.display()
+        )),
+        _ => Ok(EabStore::new(dir)),
+    }
+}
+
+fn read_config(path: Option<&Path>) -> Result<Option<Config>, String> {
+    path.map(Config::from_file)
+        .transpose()
+        .map_err(|e| e.to_string())
+}
+
 fn eab(cmd: EabCommand) -> Result<(), String> {
     match cmd {
         EabCommand::Create {
@@ -1041,7 +1071,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                     other => other.to_string(),
                 })?;
             }
-            let store = EabStore::new(&dir);
+            let store = eab_store(&dir, cfg.as_ref())?;
             let c = store
                 .create(&NewCredential {
                     expires_in: expires,
@@ -1078,8 +1108,13 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        EabCommand::List { data_dir: d } => {
-            let store = EabStore::new(&data_dir(d));
+        EabCommand::List {
+            data_dir: d,
+            config,
+        } => {
+            let cfg = read_config(config.as_deref())?;
+            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+            let store = eab_store(&dir, cfg.as_ref())?;
             let list = store.list().map_err(|e| e.to_string())?;
             if list.is_empty() {
                 println!("no EAB credentials");
@@ -1099,10 +1134,15 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        EabCommand::Revoke { data_dir: d, kid } => {
-            let dir = data_dir(d);
+        EabCommand::Revoke {
+            data_dir: d,
+            config,
+            kid,
+        } => {
+            let cfg = read_config(config.as_deref())?;
+            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
             as_data_owner(&dir)?;
-            let store = EabStore::new(&dir);
+            let store = eab_store(&dir, cfg.as_ref())?;
             if store.revoke(&kid).map_err(|e| e.to_string())? {
                 audit(&dir, "credential.revoke", &kid, serde_json::Value::Null)?;
                 println!("EAB credential {} revoked", escape(&kid));

@@ -86,7 +86,18 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
     let db = Db::new(store);
-    let eab = EabStore::new(&cfg.data_dir);
+    let eab = match cfg.storage.backend {
+        crate::storage::Backend::Postgres => {
+            crate::fsutil::write_atomic(
+                &cfg.data_dir.join(crate::storage::SHARED_MARKER),
+                b"This CA keeps its records, enrollment credentials included, in PostgreSQL \
+                  (storage.backend = \"postgres\"). Give `ca-server eab` its --config.\n",
+                0o644,
+            )?;
+            EabStore::in_store(&cfg.data_dir, db.clone())?
+        }
+        crate::storage::Backend::Sled => EabStore::new(&cfg.data_dir),
+    };
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {
             tracing::warn!(kid = %cred.kid, "enrollment credential: {e}; newOrder refuses those names");

@@ -5,6 +5,7 @@
 mod common;
 
 use axum::http::StatusCode;
+use ca_server::ra::eab::NewCredential;
 use ca_server::storage::postgres::test_cluster::{copy_dir, TestCluster};
 use ca_server::storage::Backend;
 use common::*;
@@ -137,4 +138,64 @@ async fn an_order_moves_between_instances_and_a_revocation_reaches_both_crls() {
     assert_eq!(listed_b, vec![serial]);
     assert_eq!(n_after, n_b_after, "one current CRL");
     assert!(n_after.parse::<u64>().expect("n") > n_b.parse::<u64>().expect("n"));
+}
+
+/// An enrollment credential made at one instance binds accounts at the other, and a
+/// single-use one is spent once across both; a revocation at one holds at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_made_at_one_instance_holds_at_the_other() {
+    let (a, b) = pair();
+    let bind = |s: &TestServer, kid: &str, hmac: &str| {
+        let key = Key::generate();
+        let binding = eab_binding(&key, kid, hmac, &s.url("/acme/new-account"));
+        (key, json!({"externalAccountBinding": binding}))
+    };
+    let once = a
+        .app
+        .eab
+        .create(&NewCredential {
+            max_uses: Some(1),
+            ..NewCredential::default()
+        })
+        .expect("create");
+    let (key, payload) = bind(&b, &once.kid, &once.hmac_key);
+    b.post_new_account(&key, &payload)
+        .await
+        .assert_status(StatusCode::CREATED);
+    let (key, payload) = bind(&a, &once.kid, &once.hmac_key);
+    let spent = a.post_new_account(&key, &payload).await;
+    let doc = spent.assert_problem(403, "unauthorized");
+    assert_detail_contains(&doc, "already used");
+
+    let many = b.app.eab.create(&NewCredential::default()).expect("create");
+    assert!(a.app.eab.revoke(&many.kid).expect("revoke"));
+    let (key, payload) = bind(&b, &many.kid, &many.hmac_key);
+    let revoked = b.post_new_account(&key, &payload).await;
+    let doc = revoked.assert_problem(403, "unauthorized");
+    assert_detail_contains(&doc, "revoked");
+    assert_eq!(a.app.eab.list().expect("list").len(), 2);
+    assert_eq!(b.app.eab.list().expect("list").len(), 2);
+}
+
+/// Credential files a CA made before it moved to PostgreSQL are in force once it has.
+#[tokio::test]
+async fn credential_files_are_copied_into_the_shared_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = ca_server::ra::eab::EabStore::new(dir.path())
+        .create(&NewCredential::default())
+        .expect("file credential");
+    let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.url(&db);
+    let s = TestServer::with_dir(dir, |cfg| {
+        cfg.storage.backend = Backend::Postgres;
+        cfg.storage.url = Some(url.clone());
+    });
+    let kept = s.app.eab.get(&old.kid).expect("get").expect("copied");
+    assert_eq!(kept.hmac_key, old.hmac_key);
+    assert!(s
+        .dir
+        .path()
+        .join(ca_server::storage::SHARED_MARKER)
+        .exists());
 }

@@ -4,11 +4,14 @@
 //! gets already-valid authorizations for those identifiers (pre-authorization, no challenge)
 //! and is refused everything else. It may also limit how many accounts it binds.
 //!
-//! A credential is a file `<data_dir>/eab/<kid>.json` (mode 0600) written atomically by the
-//! `ca-server eab` commands, so an operator can create or revoke credentials while the server
-//! runs (sled locks its database to one process). Whether a single-use credential has been
-//! spent is recorded in the store with compare-and-swap, so two racing newAccount requests
-//! cannot both use it.
+//! With the embedded store a credential is a file `<data_dir>/eab/<kid>.json` (mode 0600)
+//! written atomically by the `ca-server eab` commands, so an operator can create or revoke
+//! credentials while the server runs (sled locks its database to one process). With a store
+//! that several CA instances share (PostgreSQL), credentials are records of that store
+//! ([`Table::Credentials`]), which the commands reach through the CA's configuration, so every
+//! instance honours every credential. Whether a single-use credential has been spent is
+//! recorded in the store with compare-and-swap, so two racing newAccount requests cannot both
+//! use it.
 
 use std::path::{Path, PathBuf};
 
@@ -247,9 +250,20 @@ pub struct NewCredential {
     pub role: Option<String>,
 }
 
-/// The credential directory.
+/// Where credentials are kept: the credential directory, or the shared store.
 pub struct EabStore {
     dir: PathBuf,
+    /// The store shared by several CA instances; `None`: files in `dir`.
+    shared: Option<Db>,
+}
+
+/// Key ids are ours (base64url), so anything else cannot name a credential of ours.
+fn valid_kid(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= 64
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl EabStore {
@@ -257,17 +271,34 @@ impl EabStore {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("eab"),
+            shared: None,
         }
     }
 
+    /// Credentials live in `db`, which several CA instances share. Credential files found in
+    /// `<data_dir>/eab` (made before the CA moved to the shared store) are copied into it once;
+    /// a credential already in the store is kept as it is there.
+    pub fn in_store(data_dir: &Path, db: Db) -> Result<Self> {
+        let files = Self::new(data_dir);
+        let imported = files
+            .list()?
+            .into_iter()
+            .map(|c| db.insert_new(Table::Credentials, &c.kid, &c))
+            .collect::<Result<Vec<bool>>>()?
+            .into_iter()
+            .filter(|new| *new)
+            .count();
+        if imported > 0 {
+            tracing::info!(imported, dir = %files.dir.display(), "enrollment credential files copied into the shared store; the store's copy is the one in force from now on");
+        }
+        Ok(Self {
+            shared: Some(db),
+            ..files
+        })
+    }
+
     fn path(&self, kid: &str) -> Option<PathBuf> {
-        // Key ids are ours (base64url), so anything else cannot name a file of ours.
-        let ok = !kid.is_empty()
-            && kid.len() <= 64
-            && kid
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        ok.then(|| self.dir.join(format!("{kid}.json")))
+        valid_kid(kid).then(|| self.dir.join(format!("{kid}.json")))
     }
 
     /// Creates and stores a new credential.
@@ -296,6 +327,12 @@ impl EabStore {
     }
 
     fn write(&self, cred: &Credential) -> Result<()> {
+        if let Some(db) = &self.shared {
+            if !valid_kid(&cred.kid) {
+                return Err(Error::Internal("invalid key id".into()));
+            }
+            return db.put(Table::Credentials, &cred.kid, cred);
+        }
         let path = self
             .path(&cred.kid)
             .ok_or_else(|| Error::Internal("invalid key id".into()))?;
@@ -307,6 +344,13 @@ impl EabStore {
 
     /// Loads one credential.
     pub fn get(&self, kid: &str) -> Result<Option<Credential>> {
+        if let Some(db) = &self.shared {
+            return if valid_kid(kid) {
+                db.get(Table::Credentials, kid)
+            } else {
+                Ok(None)
+            };
+        }
         match self.path(kid) {
             Some(path) => read_json(&path, "EAB credential"),
             None => Ok(None),
@@ -315,6 +359,11 @@ impl EabStore {
 
     /// All credentials, sorted by creation time.
     pub fn list(&self) -> Result<Vec<Credential>> {
+        if let Some(db) = &self.shared {
+            let mut out: Vec<Credential> = db.values_with_prefix(Table::Credentials, "")?;
+            out.sort_by_key(|c| c.created);
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for kid in json_file_stems(&self.dir)? {
             if let Some(c) = self.get(&kid)? {
@@ -330,6 +379,13 @@ impl EabStore {
         let Some(mut cred) = self.get(kid)? else {
             return Ok(false);
         };
+        if let Some(db) = &self.shared {
+            db.update(Table::Credentials, kid, |mut c: Credential| {
+                c.revoked = true;
+                Ok(c)
+            })?;
+            return Ok(true);
+        }
         cred.revoked = true;
         self.write(&cred)?;
         Ok(true)

@@ -57,11 +57,14 @@ pub enum Table {
     /// `hex(issue time ‖ random)` → empty: nonces redeemed, when several instances share the
     /// store (`wfe::nonce`), until they expire.
     Nonces,
+    /// EAB key id → `eab::Credential`, when several instances share the store (with the
+    /// embedded store credentials are files, `ra::eab`).
+    Credentials,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -76,6 +79,7 @@ impl Table {
         Self::WeakKeyAttempts,
         Self::Identities,
         Self::Nonces,
+        Self::Credentials,
     ];
 
     /// A stable name for the table.
@@ -95,6 +99,7 @@ impl Table {
             Self::WeakKeyAttempts => "weak_key_attempts",
             Self::Identities => "identities",
             Self::Nonces => "nonces",
+            Self::Credentials => "credentials",
         }
     }
 }
@@ -575,6 +580,10 @@ impl StorageConfig {
         idle_due || load_due
     }
 }
+
+/// A file in the data directory of a CA that keeps its records in PostgreSQL, so commands
+/// that would otherwise write files there (`ca-server eab`) know to ask for the configuration.
+pub const SHARED_MARKER: &str = "storage-is-postgres";
 
 /// The storage backend (`storage.backend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -96,6 +96,51 @@ async fn two_instances_share_the_load_survive_each_other_and_wait_out_the_databa
     .await;
     let root = a.root_pem_path();
 
+    // Credentials are records of the shared store: `ca-server eab` reaches it through the
+    // configuration, and refuses to write a file the instances would not read.
+    let eab = |args: &[&std::ffi::OsStr]| {
+        let bin = iiot_acme_tests::ca_server_bin().expect("ca-server");
+        std::process::Command::new(bin)
+            .arg("eab")
+            .args(args)
+            .output()
+            .expect("ca-server eab")
+    };
+    let without = eab(&[
+        "create".as_ref(),
+        "--data-dir".as_ref(),
+        b.data_dir().as_os_str(),
+    ]);
+    let refusal = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        !without.status.success() && refusal.contains("--config"),
+        "{refusal}"
+    );
+    let made = eab(&[
+        "create".as_ref(),
+        "--json".as_ref(),
+        "--config".as_ref(),
+        b.config_path().as_os_str(),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let kid = serde_json::from_slice::<serde_json::Value>(&made.stdout).expect("json")["kid"]
+        .as_str()
+        .expect("kid")
+        .to_owned();
+    let listed = eab(&[
+        "list".as_ref(),
+        "--config".as_ref(),
+        a.config_path().as_os_str(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&kid),
+        "instance a lists b's credential"
+    );
+
     let served: Arc<Vec<AtomicUsize>> = Arc::new(vec![AtomicUsize::new(0), AtomicUsize::new(0)]);
     let listener = TcpListener::bind(("127.0.0.1", front_port))
         .await
