@@ -294,6 +294,7 @@ impl Config {
                 )));
             }
         }
+        crate::ca::check_key_uris(&self.issuance).map_err(ConfigError)?;
         if self.storage.cache_mib < crate::storage::CACHE_MIB_MIN {
             return Err(ConfigError(format!(
                 "storage.cache_mib must be at least {}",
