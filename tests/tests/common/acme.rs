@@ -101,6 +101,18 @@ pub(crate) async fn issue(
     Ok(order.poll_certificate(&retry).await?)
 }
 
+/// One device `name` enrolled over http-01 on a CA that passes it without dialing
+/// (`lab_always_valid`), with a new account and key; its PEM chain.
+pub(crate) async fn enroll_dns(server: &iiot_acme_tests::CaServer, name: &str) -> Result<String> {
+    let account = account(server.directory_url(), &server.root_pem_path()).await?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    let ids = [Identifier::Dns(name.to_owned())];
+    issue(&account, &Tokens::default(), &ids, "default", csr.der()).await
+}
+
 /// Orders the permanent identifier `value` under `profile`, answers device-attest-01 with the
 /// attestation object `attest` makes from the challenge's key authorization, finalizes with
 /// `csr_der` and returns the PEM chain.
