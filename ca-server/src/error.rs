@@ -141,8 +141,8 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(String),
     /// The CA's signing key in its PKCS #11 token failed (token removed, session lost, the
-    /// token busy or failing): 503 with `Retry-After`, like [`Error::Storage`], because the
-    /// token may come back without a restart.
+    /// token busy or failing): 503 with `Retry-After` ([`STORAGE_RETRY_AFTER`]), like
+    /// [`Error::Storage`], because the token may come back without a restart.
     #[error("signing key: {0}")]
     SigningKey(String),
     /// Any other failure on our side; the cause is logged, never sent.

@@ -3,7 +3,8 @@
 //! certificates, the CA enrolls a device with instant-acme (the chain verifies to root.pem with
 //! openssl), revokes it and serves a CRL whose signature verifies with the intermediate's key,
 //! restarts with the keys only in the token and enrolls again. No file under the data directory
-//! holds a CA private key; a wrong PIN stops the CA at start with a message that says so.
+//! holds a CA private key; a wrong PIN stops the CA at start with a message that says so; a key
+//! gone from the token under the running CA makes a finalize a 503 that leaves the order ready.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use iiot_acme_tests::process::run_with_timeout;
-use iiot_acme_tests::softhsm::{object_count, public_point, SoftHsm};
+use iiot_acme_tests::softhsm::{destroy_objects, object_count, public_point, SoftHsm};
 use iiot_acme_tests::{
     ca_server_bin, files_under, https, openssl_verify, openssl_verify_crl, CaServer, CaServerOpts,
 };
+use instant_acme::{Identifier, OrderStatus};
 use x509_parser::prelude::FromDer as _;
 
 #[path = "common/acme.rs"]
@@ -250,6 +252,48 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
     ensure!(!out.status.success(), "the CA started with a wrong PIN");
     ensure!(
         out.stderr.contains("wrong PIN") && !out.stderr.contains("panicked"),
+        "{}",
+        out.tails()
+    );
+
+    // The token fails under the running CA: another application of the token destroys the
+    // issuing key. A finalize gets a 503 (serverInternal) and its order stays ready, for the
+    // client to send again; without the key, the CA does not start.
+    server.restart()?;
+    let account = rt.block_on(acme::account(server.directory_url(), &root))?;
+    let name = "device-3.plant.example";
+    let ids = [Identifier::Dns(name.to_owned())];
+    let mut order = rt.block_on(acme::ready_order(
+        &account,
+        &acme::Tokens::default(),
+        &ids,
+        "default",
+    ))?;
+    ensure!(
+        destroy_objects(TOKEN, "issuing-p256")? == 2,
+        "the key's two halves"
+    );
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    match rt.block_on(order.finalize_csr(csr.der())) {
+        Err(instant_acme::Error::Api(problem)) => ensure!(
+            problem.status == Some(503)
+                && problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:serverInternal"),
+            "{problem:?}"
+        ),
+        other => anyhow::bail!("finalize without the CA's key: {other:?}"),
+    }
+    let status = rt.block_on(order.refresh())?.status;
+    ensure!(status == OrderStatus::Ready, "the order is {status:?}");
+    server.stop()?;
+    let mut cmd = Command::new(ca_server_bin()?);
+    cmd.args(["serve", "--config", path(server.config_path())]);
+    let out = run_with_timeout("no-key", &mut cmd, &work, Duration::from_secs(60))?;
+    ensure!(!out.status.success(), "the CA started without its key");
+    ensure!(
+        out.stderr.contains("has no such private key") && !out.stderr.contains("panicked"),
         "{}",
         out.tails()
     );

@@ -629,8 +629,19 @@ mod tests {
             .sign_crl(IssuerKind::Ec, 2, 0, 1, &[])
             .expect_err("no key");
         assert!(matches!(e, Error::SigningKey(_)), "{e:?}");
-        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.to_string().contains("cannot sign the CRL"), "{e}");
+        let resp = axum::response::IntoResponse::into_response(e);
+        assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after = resp.headers().get(http::header::RETRY_AFTER);
+        assert_eq!(
+            retry_after.and_then(|v| v.to_str().ok()),
+            Some(
+                crate::error::STORAGE_RETRY_AFTER
+                    .as_secs()
+                    .to_string()
+                    .as_str()
+            )
+        );
         let leaf = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let e = ca
             .issue(

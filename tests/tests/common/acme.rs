@@ -77,6 +77,21 @@ pub(crate) async fn issue(
     profile: &str,
     csr_der: &[u8],
 ) -> Result<String> {
+    let mut order = ready_order(account, tokens, ids, profile).await?;
+    order.finalize_csr(csr_der).await?;
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .timeout(Duration::from_secs(20));
+    Ok(order.poll_certificate(&retry).await?)
+}
+
+/// Orders `ids` under `profile` and answers http-01; the order, ready to finalize.
+pub(crate) async fn ready_order(
+    account: &Account,
+    tokens: &Tokens,
+    ids: &[Identifier],
+    profile: &str,
+) -> Result<instant_acme::Order> {
     let mut order = account
         .new_order(&NewOrder::new(ids).profile(profile))
         .await?;
@@ -97,8 +112,7 @@ pub(crate) async fn issue(
         .timeout(Duration::from_secs(20));
     let status = order.poll_ready(&retry).await?;
     ensure!(status == OrderStatus::Ready, "order {status:?}");
-    order.finalize_csr(csr_der).await?;
-    Ok(order.poll_certificate(&retry).await?)
+    Ok(order)
 }
 
 /// One device `name` enrolled over http-01 on a CA that passes it without dialing
