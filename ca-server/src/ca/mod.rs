@@ -297,9 +297,9 @@ pub struct IssuanceConfig {
         deserialize_with = "crate::types::de_duration"
     )]
     pub cert_validity: Duration,
-    /// Root CA key type (generated on first start only).
+    /// Root CA key type (generated on first start only, or by `init --hsm` in a token).
     pub root_key: CaKeyType,
-    /// Issuing intermediate key type (generated on first start only).
+    /// Issuing intermediate key type (generated on first start only, or by `init --hsm`).
     pub intermediate_key: CaKeyType,
     /// RSA issuing intermediate (for profiles with `issuer = "rsa"`): created when the CA
     /// starts without one, unless `none`; the size only matters then.
