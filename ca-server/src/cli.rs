@@ -1286,7 +1286,8 @@ fn init_logging(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
+                // pkcs11_key: the CA's keys in a token (a PIN file others can read).
+                .unwrap_or_else(|_| "ca_server=info,pkcs11_key=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         // When stderr cannot be written (its disk is full), tracing-subscriber would report

@@ -259,7 +259,7 @@ fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>, String> {
 }
 
 /// Warns (once per process) if the PIN file's mode lets its group or others read or change
-/// it: the PIN belongs to the client's user only (mode 0600 or 0400).
+/// it: the PIN belongs to the user of the token only (mode 0600 or 0400).
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -270,7 +270,7 @@ fn warn_if_readable_by_others(path: &Path) {
     if mode & 0o077 != 0 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             "the PIN file {} has mode {mode:04o}: other users can read it; make it 0600 \
-             (chmod 600), owned by the client's user",
+             (chmod 600), owned by the user that runs this program",
             path.display()
         );
     }

@@ -232,10 +232,11 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
         }
     }
 
-    // A wrong PIN: the CA does not start, and says why.
+    // A wrong PIN: the CA does not start, and says why. Its file is 0644 here, which the CA
+    // warns about.
     let wrong = work.join("wrong.pin");
     std::fs::write(&wrong, "0000\n")?;
-    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let (_, wrong_toml) = token_settings(&hsm, &wrong);
     let wrong_config = work.join("wrong-pin.toml");
     std::fs::write(
@@ -252,6 +253,11 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
     ensure!(!out.status.success(), "the CA started with a wrong PIN");
     ensure!(
         out.stderr.contains("wrong PIN") && !out.stderr.contains("panicked"),
+        "{}",
+        out.tails()
+    );
+    ensure!(
+        out.stderr.contains("has mode 0644: other users can read it"),
         "{}",
         out.tails()
     );
