@@ -3,7 +3,7 @@
 //! this process, which only asks the token for signatures (`C_Sign` with `CKM_ECDSA` over the
 //! message's digest).
 //!
-//! - The certificate key: a new one for every certificate, generated in the token with
+//! - The device client's certificate key: a new one for every certificate, generated in the token with
 //!   `C_GenerateKeyPair` ([`TokenKey::generate`]: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
 //!   CKA_SIGN true and CKA_EXTRACTABLE false, so the token never lets it out) under the URI's
 //!   `object` with [`NEXT_SUFFIX`] as CKA_LABEL, and the URI's `id` (or a random one) as
@@ -11,16 +11,17 @@
 //!   relabelled to `object` ([`destroy`], [`relabel`]). With `reuse_key`,
 //!   [`TokenKey::open_or_generate`] keeps the one key. It signs the CSR through
 //!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
-//! - The IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the manufacturer,
-//!   never generated here.
+//! - The device client's IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the
+//!   manufacturer, never generated here.
 //! - The CA's root and issuing keys: generated in the token by `ca-server init --hsm`
 //!   ([`TokenKey::generate`]), then found with [`TokenKey::find_labelled`].
 //!
-//! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, for the certificate
-//! key never out of the token), must match one private and at most one public object, and
+//! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, and for generated
+//! keys never out of the token), must match one private and at most one public object, and
 //! must sign a random message that its public key verifies. A wrong, locked or expired PIN or
-//! a bad URI is a configuration error; a token that is missing or failing is
-//! [`Error::Token`], which `run` tries again.
+//! a bad URI is a configuration error ([`Error::Config`]); a token that is missing or failing is
+//! [`Error::Token`], which the device client's `run` tries again and the running CA answers
+//! with a 503.
 //!
 //! ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same as the key files.
 //!
@@ -119,9 +120,10 @@ impl Curve {
 /// Why the token could not be used: the configuration (the URI, the PIN), or the token for now.
 #[derive(Debug)]
 enum Failure {
-    /// Needs the operator: exit 2, and `run` stops.
+    /// Needs the operator (the device client exits 2, and its `run` stops).
     Config(String),
-    /// May pass: a token not present yet, a device or session error. `run` tries again.
+    /// May pass: a token not present yet, a device or session error (the device client's `run`
+    /// tries again).
     Token(String),
 }
 

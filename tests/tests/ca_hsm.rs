@@ -257,7 +257,8 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
         out.tails()
     );
     ensure!(
-        out.stderr.contains("has mode 0644: other users can read it"),
+        out.stderr
+            .contains("has mode 0644: other users can read it"),
         "{}",
         out.tails()
     );
