@@ -316,28 +316,25 @@ pub(super) fn root_tag(root: &X509Certificate<'_>) -> Option<String> {
 
 /// Generates the root and intermediate and writes the four files.
 pub(super) fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
-    let root_key = CaKey::File(generate_ca_key(cfg.root_key)?);
-    let intermediate_key = CaKey::File(generate_ca_key(cfg.intermediate_key)?);
-    let (root_der, intermediate_der) = sign_hierarchy(&root_key, &intermediate_key)?;
-    let (CaKey::File(root_key), CaKey::File(intermediate_key)) = (&root_key, &intermediate_key)
-    else {
-        return Err(Error::Internal(
-            "the new CA keys are not key files".to_owned(),
-        ));
-    };
+    let root_key = generate_ca_key(cfg.root_key)?;
+    let intermediate_key = generate_ca_key(cfg.intermediate_key)?;
+    let (root_der, intermediate_der) = sign_hierarchy(&root_key, &intermediate_key, |what, e| {
+        Error::Internal(format!("{what}: {e}"))
+    })?;
     // Keys before certificates; if a crash interrupts this, the next start finds an
     // incomplete set and refuses to run instead of guessing.
-    write_key(&dir.join(ROOT_KEY), root_key)?;
-    write_key(&dir.join(INTERMEDIATE_KEY), intermediate_key)?;
+    write_key(&dir.join(ROOT_KEY), &root_key)?;
+    write_key(&dir.join(INTERMEDIATE_KEY), &intermediate_key)?;
     write_cert(&dir.join(ROOT_CERT), &root_der)?;
     write_cert(&dir.join(INTERMEDIATE_CERT), &intermediate_der)
 }
 
 /// A new root self-signed with `root_key` and the EC intermediate for `intermediate_key`
-/// signed by it: their DER.
+/// signed by it: their DER. `failed` makes the error of a signature that failed.
 pub(super) fn sign_hierarchy(
-    root_key: &CaKey,
-    intermediate_key: &CaKey,
+    root_key: &impl rcgen::SigningKey,
+    intermediate_key: &impl PublicKeyData,
+    failed: impl Fn(&str, &rcgen::Error) -> Error,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     let now = now_whole_seconds()?;
     // A per-installation tag in the names, so two sites' CAs are told apart in a trust store
@@ -346,12 +343,12 @@ pub(super) fn sign_hierarchy(
     let root_params = root_params(&tag, now)?;
     let root_cert = root_params
         .self_signed(root_key)
-        .map_err(|e| root_key.signing_error("cannot self-sign the root", &e))?;
+        .map_err(|e| failed("cannot self-sign the root", &e))?;
     let intermediate_params = intermediate_params(intermediate_cn(IssuerKind::Ec, &tag), now)?;
     let root_issuer = Issuer::from_params(&root_params, root_key);
     let intermediate_cert = intermediate_params
         .signed_by(intermediate_key, &root_issuer)
-        .map_err(|e| root_key.signing_error("cannot sign the intermediate", &e))?;
+        .map_err(|e| failed("cannot sign the intermediate", &e))?;
     Ok((root_cert.der().to_vec(), intermediate_cert.der().to_vec()))
 }
 

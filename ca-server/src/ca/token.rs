@@ -256,7 +256,10 @@ impl CertificateAuthority {
             &intermediate_uri,
             cfg.intermediate_key,
         )?;
-        let (root_der, intermediate_der) = sign_hierarchy(&root_key, &intermediate_key)?;
+        let (root_der, intermediate_der) =
+            sign_hierarchy(&root_key, &intermediate_key, |what, e| {
+                root_key.signing_error(what, e)
+            })?;
         write_cert(&dir.join(ROOT_CERT), &root_der)?;
         write_cert(&dir.join(INTERMEDIATE_CERT), &intermediate_der)?;
         tracing::info!(dir = %dir.display(), root_key = %root_uri, intermediate_key = %intermediate_uri, "created a new CA with its keys in a PKCS #11 token");
