@@ -28,17 +28,14 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temporary paths")
 }
 
-/// The `[issuance]` and `[profiles]` settings of a CA with its keys in `hsm`'s token, the PIN
-/// read from `pin_file`: as (name, value) for the harness, and as TOML.
-fn token_settings(hsm: &SoftHsm, pin_file: &Path) -> (Vec<(String, String)>, String) {
+/// The `[issuance]` and `[profiles]` settings of a CA with its keys in `hsm`'s token: as
+/// (name, value) for the harness, and as TOML.
+fn token_settings(hsm: &SoftHsm) -> (Vec<(String, String)>, String) {
     let issuance = vec![
-        (
-            "root_key_uri".to_owned(),
-            hsm.uri_with_pin_file(TOKEN, "root", pin_file),
-        ),
+        ("root_key_uri".to_owned(), hsm.uri(TOKEN, "root")),
         (
             "intermediate_key_uri".to_owned(),
-            hsm.uri_with_pin_file(TOKEN, "issuing-p256", pin_file),
+            hsm.uri(TOKEN, "issuing-p256"),
         ),
         // The RSA intermediate has no token form.
         ("rsa_intermediate_key".to_owned(), "none".to_owned()),
@@ -84,7 +81,7 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
     let data = tmp.path().join("data");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work)?;
-    let (issuance, toml) = token_settings(&hsm, hsm.pin_file());
+    let (issuance, toml) = token_settings(&hsm);
     let config = work.join("ca-server.toml");
     std::fs::write(&config, format!("data_dir = \"{}\"\n{toml}", path(&data)))?;
 
@@ -237,15 +234,14 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
     let wrong = work.join("wrong.pin");
     std::fs::write(&wrong, "0000\n")?;
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    let (_, wrong_toml) = token_settings(&hsm, &wrong);
+    // The stopped server's configuration (its own free ports) with the other PIN file.
     let wrong_config = work.join("wrong-pin.toml");
+    let text = std::fs::read_to_string(server.config_path())?;
+    let pin_source = format!("pin-source=file:{}", path(hsm.pin_file()));
+    ensure!(text.contains(&pin_source), "{text}");
     std::fs::write(
         &wrong_config,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\n{wrong_toml}",
-            path(&data),
-            iiot_acme_tests::free_port()?
-        ),
+        text.replace(&pin_source, &format!("pin-source=file:{}", path(&wrong))),
     )?;
     let mut cmd = Command::new(ca_server_bin()?);
     cmd.args(["serve", "--config", path(&wrong_config)]);
