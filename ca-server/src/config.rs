@@ -425,8 +425,9 @@ const KEY_ALGORITHM_SETTINGS: [&str; 3] = ["root_key", "intermediate_key", "rsa_
 ///   and the operator needs to see which file is in use (its permissions protect it);
 /// - [`KEY_ALGORITHM_SETTINGS`], which name an algorithm.
 ///
-/// No setting holds a secret today: the CA's keys and the EAB HMAC keys live in the data
-/// directory, never in the configuration.
+/// No setting holds a secret today: the CA's keys live in the data directory or in a PKCS #11
+/// token (whose PIN is in a file: a `pin-value` in a key URI is refused), the EAB HMAC keys in
+/// the data directory, never in the configuration.
 pub fn is_secret_setting(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     if ["_file", "_path", "_dir"]
