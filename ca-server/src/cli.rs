@@ -83,6 +83,21 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into a new data directory.
     Restore(backup::RestoreArgs),
+    /// Create a new CA whose root and issuing keys are generated in a PKCS #11 token
+    /// (`--hsm`, with `issuance.root_key_uri` and `issuance.intermediate_key_uri` in the
+    /// configuration); only the certificates are written to the data directory.
+    Init {
+        /// Generate the keys in the token the configuration names. (Without a token the CA
+        /// creates its key files itself on first start.)
+        #[arg(long)]
+        hsm: bool,
+        /// The CA's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Data directory of the CA (default: the configuration's `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// An offline root: create it and sign intermediates with it, on a machine that is not the
     /// CA host.
     #[command(subcommand)]
@@ -729,6 +744,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Operator(cmd)) => operator(cmd),
         Some(Command::Backup(a)) => backup::backup(a).await,
         Some(Command::Restore(a)) => backup::restore(a).await,
+        Some(Command::Init {
+            hsm,
+            config,
+            data_dir,
+        }) => init(hsm, &config, data_dir),
         Some(Command::Root(cmd)) => offline_root::root(cmd),
         Some(Command::Intermediate(cmd)) => offline_root::intermediate(cmd),
         Some(Command::Lab(LabCommand::ClockStep { data_dir, step })) => {
@@ -745,6 +765,39 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 /// Appends what the command line did to the audit log of `data_dir`.
+/// `ca-server init --hsm`: a new CA with its keys in a token.
+fn init(hsm: bool, config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<(), String> {
+    if !hsm {
+        return Err(
+            "init only creates a CA with its keys in a PKCS #11 token (--hsm); a CA \
+                    with key files creates them itself on first start"
+                .to_owned(),
+        );
+    }
+    let cfg = Config::from_file(config).map_err(|e| e.to_string())?;
+    let dir = data_dir.unwrap_or_else(|| cfg.data_dir.clone());
+    as_data_owner(&dir)?;
+    let ca_dir = dir.join("ca");
+    let fingerprint = crate::ca::CertificateAuthority::init_in_token(&ca_dir, &cfg.issuance)
+        .map_err(|e| match e {
+            crate::Error::Internal(m) => m,
+            other => other.to_string(),
+        })?;
+    audit(
+        &dir,
+        "ca.init",
+        "hsm",
+        serde_json::json!({"rootSha256": fingerprint}),
+    )?;
+    println!("CA created; its root and issuing keys are in the token");
+    println!(
+        "  root:         {}",
+        escape(&ca_dir.join("root.pem").display().to_string())
+    );
+    println!("  root SHA-256: {fingerprint}");
+    Ok(())
+}
+
 fn audit(
     data_dir: &Path,
     action: &str,
@@ -1273,7 +1326,8 @@ fn init_logging(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "ca_server=info,tower_http=warn".into()),
+                // pkcs11_key: the CA's keys in a token (a PIN file others can read).
+                .unwrap_or_else(|_| "ca_server=info,pkcs11_key=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         // When stderr cannot be written (its disk is full), tracing-subscriber would report

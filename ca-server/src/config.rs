@@ -294,6 +294,7 @@ impl Config {
                 )));
             }
         }
+        crate::ca::check_key_uris(&self.issuance).map_err(ConfigError)?;
         if self.storage.cache_mib < crate::storage::CACHE_MIB_MIN {
             return Err(ConfigError(format!(
                 "storage.cache_mib must be at least {}",
@@ -427,8 +428,9 @@ const KEY_ALGORITHM_SETTINGS: [&str; 3] = ["root_key", "intermediate_key", "rsa_
 ///   and the operator needs to see which file is in use (its permissions protect it);
 /// - [`KEY_ALGORITHM_SETTINGS`], which name an algorithm.
 ///
-/// No setting holds a secret today: the CA's keys and the EAB HMAC keys live in the data
-/// directory, never in the configuration.
+/// No setting holds a secret today: the CA's keys live in the data directory or in a PKCS #11
+/// token (whose PIN is in a file: a `pin-value` in a key URI is refused), the EAB HMAC keys in
+/// the data directory, never in the configuration.
 pub fn is_secret_setting(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     if ["_file", "_path", "_dir"]

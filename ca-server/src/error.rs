@@ -140,6 +140,11 @@ pub enum Error {
     /// restart (see `storage::Store::recover`).
     #[error("storage error: {0}")]
     Storage(String),
+    /// The CA's signing key in its PKCS #11 token failed (token removed, session lost, the
+    /// token busy or failing): 503 with `Retry-After` ([`STORAGE_RETRY_AFTER`]), like
+    /// [`Error::Storage`], because the token may come back without a restart.
+    #[error("signing key: {0}")]
+    SigningKey(String),
     /// Any other failure on our side; the cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -194,7 +199,9 @@ impl Error {
             Self::IncorrectResponse(_) => ProblemType::IncorrectResponse,
             Self::Tls(_) => ProblemType::Tls,
             Self::Dns(_) => ProblemType::Dns,
-            Self::Storage(_) | Self::Internal(_) => ProblemType::ServerInternal,
+            Self::Storage(_) | Self::SigningKey(_) | Self::Internal(_) => {
+                ProblemType::ServerInternal
+            }
         }
     }
 
@@ -211,7 +218,7 @@ impl Error {
             Self::AccountNotValid(_) | Self::OperatorRequired(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Exists(_) => StatusCode::CONFLICT,
-            Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage(_) | Self::SigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
             other => default_status(other.problem_type()),
         }
     }
@@ -222,6 +229,9 @@ impl Error {
         let detail = match self {
             Self::Storage(_) => {
                 "the server cannot use its store at the moment; try again later".to_owned()
+            }
+            Self::SigningKey(_) => {
+                "the server cannot use its signing key at the moment; try again later".to_owned()
             }
             Self::Internal(_) => "the server hit an internal error".to_owned(),
             Self::BadNonce(why) => format!("JWS has an invalid anti-replay nonce: {why}"),

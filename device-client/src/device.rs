@@ -1144,7 +1144,7 @@ impl CertificateKey {
             Self::Token(k) => {
                 let signer = k.csr_signer()?;
                 csr_der_with(&signer, identifiers, application_uri)
-                    .map_err(|e| signer.take_error().unwrap_or(e))
+                    .map_err(|e| signer.take_error().map_or(e, Error::from))
             }
         }
     }

@@ -197,6 +197,20 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// A token key's error as this crate's, with the same text: a configuration problem stays one
+/// (exit 2), a token not there for now is tried again.
+impl From<pkcs11_key::Error> for Error {
+    fn from(e: pkcs11_key::Error) -> Self {
+        match e {
+            pkcs11_key::Error::Config(m) => Self::Config(m),
+            pkcs11_key::Error::Token(m) => Self::Token(m),
+            pkcs11_key::Error::Crypto(m) => Self::Crypto(m),
+            // The enum is non_exhaustive: anything newer is the token's for now.
+            other => Self::Token(other.to_string()),
+        }
+    }
+}
+
 impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {

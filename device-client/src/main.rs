@@ -311,12 +311,13 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 fn init_logging(opts: &Opts) {
+    // pkcs11_key: the token code (a PIN file others can read, a key imported into the token).
     let default = if opts.verbose {
-        "device_client=debug"
+        "device_client=debug,pkcs11_key=debug"
     } else if opts.quiet {
-        "device_client=warn"
+        "device_client=warn,pkcs11_key=warn"
     } else {
-        "device_client=info"
+        "device_client=info,pkcs11_key=info"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

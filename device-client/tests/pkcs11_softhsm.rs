@@ -378,12 +378,16 @@ fn wrong_pin_and_missing_module_are_configuration_errors_a_missing_token_is_temp
     let wrong = Pkcs11Uri::parse(&uri_text("pin", "k", &hsm.wrong_pin_file)).expect("uri");
     let e = TokenKey::open_or_generate(&wrong, wrong.object.as_deref(), Curve::P256)
         .expect_err("wrong PIN");
+    // The token code is the pkcs11-key crate's; the client classifies its errors.
+    let e = device_client::Error::from(e);
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.to_string().contains("wrong PIN for token \"pin\""), "{e}");
     assert!(!e.to_string().contains("0000"), "{e}");
 
     // A token that is not there (yet: a TPM at boot) is tried again by `run`.
     let e = TokenKey::open(&uri("no-such-token", "k")).expect_err("no token");
+    // The token code is the pkcs11-key crate's; the client classifies its errors.
+    let e = device_client::Error::from(e);
     assert_eq!(e.kind(), ErrorKind::Local, "{e}");
     let text = e.to_string();
     assert!(
@@ -402,6 +406,8 @@ fn wrong_pin_and_missing_module_are_configuration_errors_a_missing_token_is_temp
         Pkcs11Uri::parse("pkcs11:token=pin;object=k?module-path=/nonexistent/libnone.so")
             .expect("uri");
     let e = TokenKey::open(&no_module).expect_err("no module");
+    // The token code is the pkcs11-key crate's; the client classifies its errors.
+    let e = device_client::Error::from(e);
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(
         e.to_string()
@@ -477,6 +483,8 @@ fn keys_that_may_have_left_the_token_or_do_not_pair_are_refused() {
         let uri = uri("checks", label);
         let e = TokenKey::open_or_generate(&uri, Some(label), Curve::P256)
             .expect_err("refused as the certificate key");
+        // The token code is the pkcs11-key crate's; the client classifies its errors.
+        let e = device_client::Error::from(e);
         assert_eq!(e.kind(), ErrorKind::Config, "{e}");
         e.to_string()
     };

@@ -75,3 +75,18 @@ pub fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     }
     Ok(dir)
 }
+
+/// Every regular file under `dir`, in every subdirectory (for scans of a data directory).
+pub fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            out.extend(files_under(&entry.path())?);
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}

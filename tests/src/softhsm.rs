@@ -168,7 +168,7 @@ fn session(token: &str) -> Result<cryptoki::session::Session> {
         }
     }
     let slot = found.with_context(|| format!("no token {token}"))?;
-    let session = m.open_ro_session(slot)?;
+    let session = m.open_rw_session(slot)?;
     let pin = cryptoki::types::AuthPin::from(USER_PIN.to_owned());
     match session.login(cryptoki::session::UserType::User, Some(&pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -201,6 +201,19 @@ pub fn public_point(token: &str, label: &str) -> Result<Vec<u8>> {
         }
     }
     bail!("the public key has no CKA_EC_POINT")
+}
+
+/// Destroys every object (private and public key) `token` holds under `label`, as another
+/// application of the token would; returns how many there were.
+pub fn destroy_objects(token: &str, label: &str) -> Result<usize> {
+    let session = session(token)?;
+    let found = session.find_objects(&[cryptoki::object::Attribute::Label(
+        label.as_bytes().to_vec(),
+    )])?;
+    for h in &found {
+        session.destroy_object(*h)?;
+    }
+    Ok(found.len())
 }
 
 /// How many objects of any class (private ones included) `token` holds under `label`.

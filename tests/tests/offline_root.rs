@@ -5,17 +5,17 @@
 //! (openssl), the CA says at start that its root key is offline, and no file under the data
 //! directory holds the root's private key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context as _, Result};
 use iiot_acme_tests::{ca_server_bin, openssl_verify, CaServer, CaServerOpts};
-use instant_acme::Identifier;
 
 #[path = "common/acme.rs"]
 mod acme;
 
-use acme::Tokens;
+use acme::enroll_dns as enroll;
+use iiot_acme_tests::files_under as files;
 
 /// Runs `ca-server ARGS` in `cwd` and returns its output, whatever its exit status.
 fn ca_server_in(cwd: &Path, args: &[&str]) -> Result<Output> {
@@ -109,33 +109,6 @@ fn ec_scalar(pkcs8: &[u8]) -> Option<&[u8]> {
         .position(|w| w == [0x02, 0x01, 0x01, 0x04])?;
     let len = usize::from(*pkcs8.get(at + 4)?);
     pkcs8.get(at + 5..at + 5 + len)
-}
-
-/// Every regular file under `dir`.
-fn files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            out.extend(files(&entry.path())?);
-        } else if kind.is_file() {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
-}
-
-/// One device enrolled over http-01, which the CA passes without dialing
-/// (`lab_always_valid`); its PEM chain.
-async fn enroll(server: &CaServer, name: &str) -> Result<String> {
-    let account = acme::account(server.directory_url(), &server.root_pem_path()).await?;
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = params.serialize_request(&key)?;
-    let ids = [Identifier::Dns(name.to_owned())];
-    acme::issue(&account, &Tokens::default(), &ids, "default", csr.der()).await
 }
 
 #[test]

@@ -155,9 +155,10 @@ impl CertificateAuthority {
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
+        let issuer = &self.intermediate(kind)?.issuer;
         let crl = params
-            .signed_by(&self.intermediate(kind)?.issuer)
-            .map_err(|e| Error::Internal(format!("cannot sign the CRL: {e}")))?;
+            .signed_by(issuer)
+            .map_err(|e| issuer.key().signing_error("cannot sign the CRL", &e))?;
         Ok(crl.der().to_vec())
     }
 }

@@ -168,7 +168,12 @@ impl CertificateAuthority {
 
         let cert = params
             .signed_by(subject_key, &intermediate.issuer)
-            .map_err(|e| Error::Internal(format!("cannot sign the certificate: {e}")))?;
+            .map_err(|e| {
+                intermediate
+                    .issuer
+                    .key()
+                    .signing_error("cannot sign the certificate", &e)
+            })?;
         Ok(IssuedCert {
             serial_hex: hex::encode(serial),
             der: cert.der().to_vec(),

@@ -19,8 +19,21 @@ impl CertificateAuthority {
     /// Restarting reuses everything; the key types in `cfg` only matter when a key is created.
     /// A missing or corrupt file gives `Error::Internal` naming the file; a root or an
     /// intermediate is never regenerated because one file of its set is missing.
+    ///
+    /// With `cfg.intermediate_key_uri` the issuing key (and with `cfg.root_key_uri` the root
+    /// key) is in a PKCS #11 token instead: nothing is created, see [`token`].
     pub fn load_or_init(dir: &Path, cfg: &IssuanceConfig) -> Result<Self> {
         ensure_private_dir(dir)?;
+        match token::configured(
+            token::INTERMEDIATE_KEY_URI,
+            cfg.intermediate_key_uri.as_deref(),
+        )? {
+            Some(uri) => return Self::load_with_token(dir, cfg, &uri),
+            None if cfg.root_key_uri.is_some() => {
+                return Err(Error::Internal(token::root_without_intermediate()))
+            }
+            None => {}
+        }
         // The root key last: with the others all there, its absence means an offline root,
         // and any other missing file is the one to name.
         let files = [ROOT_CERT, INTERMEDIATE_CERT, INTERMEDIATE_KEY, ROOT_KEY];
@@ -143,7 +156,14 @@ impl CertificateAuthority {
         }
         let root_path = dir.join(ROOT_CERT);
         let root = parse_cert(&root_path, root_der)?;
-        let rsa = Intermediate::load(&cert_path, &key_path, &root, &root_path)?;
+        let key = CaKey::File(read_key(&key_path)?);
+        let rsa = Intermediate::load(
+            &cert_path,
+            key,
+            &format!("CA file {}", key_path.display()),
+            &root,
+            &root_path,
+        )?;
         if rsa.issuer.key().algorithm() != &rcgen::PKCS_RSA_SHA256 {
             return Err(file_error(&key_path, "is not an RSA key"));
         }
@@ -167,16 +187,39 @@ impl CertificateAuthority {
     /// Reads and cross-checks the root and EC files (the RSA intermediate comes after);
     /// `root.key` too when `with_root_key`.
     pub(super) fn load(dir: &Path, with_root_key: bool) -> Result<Self> {
+        let root_key_path = dir.join(ROOT_KEY);
+        Self::load_with(
+            dir,
+            |root| match with_root_key {
+                true => check_root_key(&root_key_path, &read_key(&root_key_path)?, root),
+                false => Ok(()),
+            },
+            || {
+                let key_path = dir.join(INTERMEDIATE_KEY);
+                let key = CaKey::File(read_key(&key_path)?);
+                Ok((key, format!("CA file {}", key_path.display())))
+            },
+        )
+    }
+
+    /// Reads `root.pem` and checks it (`check_root_key` checks its key, wherever that is),
+    /// then `intermediate.pem` against the root and the EC issuing key `ec_key` gives (with its
+    /// name for messages).
+    pub(super) fn load_with(
+        dir: &Path,
+        check_root_key: impl FnOnce(&X509Certificate<'_>) -> Result<()>,
+        ec_key: impl FnOnce() -> Result<(CaKey, String)>,
+    ) -> Result<Self> {
         let root_path = dir.join(ROOT_CERT);
         let root_der = read_pem_cert(&root_path)?;
         let root = parse_cert(&root_path, &root_der)?;
         check_root(&root_path, &root)?;
-        if with_root_key {
-            check_root_key(&dir.join(ROOT_KEY), &read_key(&dir.join(ROOT_KEY))?, &root)?;
-        }
+        check_root_key(&root)?;
+        let (key, key_name) = ec_key()?;
         let ec = Intermediate::load(
             &dir.join(INTERMEDIATE_CERT),
-            &dir.join(INTERMEDIATE_KEY),
+            key,
+            &key_name,
             &root,
             &root_path,
         )?;
@@ -191,15 +234,16 @@ impl CertificateAuthority {
 }
 
 impl Intermediate {
-    /// Reads an intermediate and its key and checks them against each other and the root.
+    /// Reads an intermediate and checks it against its key (a key file's, or a token's;
+    /// `key_name` names it in messages) and the root.
     pub(super) fn load(
         cert_path: &Path,
-        key_path: &Path,
+        key: CaKey,
+        key_name: &str,
         root: &X509Certificate<'_>,
         root_path: &Path,
     ) -> Result<Self> {
         let der = read_pem_cert(cert_path)?;
-        let key = read_key(key_path)?;
         let cert = parse_cert(cert_path, &der)?;
         if !cert.is_ca() {
             return Err(file_error(cert_path, "is not a CA certificate"));
@@ -214,7 +258,9 @@ impl Intermediate {
         }
         if key.subject_public_key_info() != cert.public_key().raw {
             let name = cert_path.file_name().unwrap_or_default().to_string_lossy();
-            return Err(file_error(key_path, format!("does not match {name}")));
+            return Err(Error::Internal(format!(
+                "{key_name}: does not match {name}"
+            )));
         }
         let not_after = cert.validity().not_after.to_datetime();
         if not_after.unix_timestamp() <= crate::types::now() {
@@ -270,30 +316,40 @@ pub(super) fn root_tag(root: &X509Certificate<'_>) -> Option<String> {
 
 /// Generates the root and intermediate and writes the four files.
 pub(super) fn create_hierarchy(dir: &Path, cfg: &IssuanceConfig) -> Result<()> {
-    let now = now_whole_seconds()?;
-    // A per-installation tag in the names, so two sites' CAs are told apart in a trust store
-    // or a log, and path builders matching on names never confuse them.
-    let tag = hex::encode(random_bytes::<4>()?);
-
     let root_key = generate_ca_key(cfg.root_key)?;
-    let root_params = root_params(&tag, now)?;
-    let root_cert = root_params
-        .self_signed(&root_key)
-        .map_err(|e| Error::Internal(format!("cannot self-sign the root: {e}")))?;
-
     let intermediate_key = generate_ca_key(cfg.intermediate_key)?;
-    let intermediate_params = intermediate_params(intermediate_cn(IssuerKind::Ec, &tag), now)?;
-    let root_issuer = Issuer::from_params(&root_params, &root_key);
-    let intermediate_cert = intermediate_params
-        .signed_by(&intermediate_key, &root_issuer)
-        .map_err(|e| Error::Internal(format!("cannot sign the intermediate: {e}")))?;
-
+    let (root_der, intermediate_der) = sign_hierarchy(&root_key, &intermediate_key, |what, e| {
+        Error::Internal(format!("{what}: {e}"))
+    })?;
     // Keys before certificates; if a crash interrupts this, the next start finds an
     // incomplete set and refuses to run instead of guessing.
     write_key(&dir.join(ROOT_KEY), &root_key)?;
     write_key(&dir.join(INTERMEDIATE_KEY), &intermediate_key)?;
-    write_cert(&dir.join(ROOT_CERT), root_cert.der())?;
-    write_cert(&dir.join(INTERMEDIATE_CERT), intermediate_cert.der())
+    write_cert(&dir.join(ROOT_CERT), &root_der)?;
+    write_cert(&dir.join(INTERMEDIATE_CERT), &intermediate_der)
+}
+
+/// A new root self-signed with `root_key` and the EC intermediate for `intermediate_key`
+/// signed by it: their DER. `failed` makes the error of a signature that failed.
+pub(super) fn sign_hierarchy(
+    root_key: &impl rcgen::SigningKey,
+    intermediate_key: &impl PublicKeyData,
+    failed: impl Fn(&str, &rcgen::Error) -> Error,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let now = now_whole_seconds()?;
+    // A per-installation tag in the names, so two sites' CAs are told apart in a trust store
+    // or a log, and path builders matching on names never confuse them.
+    let tag = hex::encode(random_bytes::<4>()?);
+    let root_params = root_params(&tag, now)?;
+    let root_cert = root_params
+        .self_signed(root_key)
+        .map_err(|e| failed("cannot self-sign the root", &e))?;
+    let intermediate_params = intermediate_params(intermediate_cn(IssuerKind::Ec, &tag), now)?;
+    let root_issuer = Issuer::from_params(&root_params, root_key);
+    let intermediate_cert = intermediate_params
+        .signed_by(intermediate_key, &root_issuer)
+        .map_err(|e| failed("cannot sign the intermediate", &e))?;
+    Ok((root_cert.der().to_vec(), intermediate_cert.der().to_vec()))
 }
 
 /// Writes a private key, PKCS#8 PEM, mode 0600 from the start.

@@ -30,6 +30,8 @@
 //! Without `root.key` (and with the rest of the root and EC files there) the root key is
 //! offline: the CA loads and checks everything else and never creates what needs the root key;
 //! [`offline`] makes and installs intermediates for it.
+//! With `issuance.intermediate_key_uri` (and `root_key_uri`) the keys are in a PKCS #11 token
+//! instead, and the directory holds only their certificates (`token`).
 //! The server certificate is different: it is derived state, so it is re-issued whenever it is
 //! missing, unreadable, for other names, or past two thirds of its life.
 //!
@@ -47,6 +49,7 @@
 //! | `issue`      | device certificates from a CSR and a profile                    |
 //! | [`offline`]  | an offline root: root, intermediate requests, signing, install  |
 //! | `tls`        | the server's own HTTPS certificate                              |
+//! | `token`      | root and issuing keys in a PKCS #11 token; `init --hsm`         |
 //! | [`crl`]      | CRL signing, the cache, where each issuer's CRL is served       |
 //! | [`csr`]      | PKCS#10 parsing and the names a CSR asks for                    |
 //! | [`profiles`] | certificate profiles (SPEC §8.3)                                |
@@ -62,6 +65,7 @@ pub mod offline;
 pub mod operator;
 pub mod profiles;
 mod tls;
+mod token;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -87,6 +91,8 @@ use x509_parser::prelude::FromDer;
 
 use self::issue::*;
 use self::keystore::*;
+pub use self::token::check_key_uris;
+use self::token::CaKey;
 use crate::ca::csr::ip_from_octets;
 use crate::ca::profiles::Leaf;
 use crate::der;
@@ -164,7 +170,7 @@ struct Intermediate {
     pem: String,
     der: Vec<u8>,
     not_after: OffsetDateTime,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     /// Where relying parties fetch this intermediate's CRL; written into every certificate it
     /// issues.
     crl_url: Option<String>,
@@ -291,13 +297,21 @@ pub struct IssuanceConfig {
         deserialize_with = "crate::types::de_duration"
     )]
     pub cert_validity: Duration,
-    /// Root CA key type (generated on first start only).
+    /// Root CA key type (generated on first start only, or by `init --hsm` in a token).
     pub root_key: CaKeyType,
-    /// Issuing intermediate key type (generated on first start only).
+    /// Issuing intermediate key type (generated on first start only, or by `init --hsm`).
     pub intermediate_key: CaKeyType,
     /// RSA issuing intermediate (for profiles with `issuer = "rsa"`): created when the CA
     /// starts without one, unless `none`; the size only matters then.
     pub rsa_intermediate_key: RsaIntermediateKey,
+    /// The root key in a PKCS #11 token (an RFC 7512 `pkcs11:` URI with `module-path` and
+    /// `pin-source`) instead of `root.key`; `ca-server init --hsm` generates it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_uri: Option<String>,
+    /// The EC issuing key in a PKCS #11 token instead of `intermediate.key` (see
+    /// `root_key_uri`). Needs `rsa_intermediate_key = "none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_key_uri: Option<String>,
     /// How long a new order stays usable.
     #[serde(
         serialize_with = "crate::types::ser_duration",
@@ -328,6 +342,8 @@ impl Default for IssuanceConfig {
             root_key: CaKeyType::P384,
             intermediate_key: CaKeyType::P256,
             rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
+            root_key_uri: None,
+            intermediate_key_uri: None,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
             lab_cert_validity: None,

@@ -689,6 +689,9 @@ pub async fn finalize(
         Err(e @ (Error::BadCsr(_) | Error::BadPublicKey(_) | Error::RejectedIdentifier { .. })) => {
             return reopen(e, claims);
         }
+        // The CA's key in its token failed for now (503 with Retry-After): the order goes back
+        // to ready, so the client sends the same finalize again instead of starting over.
+        Err(e @ Error::SigningKey(_)) => return reopen(e, claims),
         Ok(issued) => {
             let cert = Certificate::new(&account.id, &order, &issued, source);
             // A failure here leaves the order processing until it is reported stuck, and the

@@ -50,13 +50,16 @@ impl IntoResponse for Error {
         // > The server is currently unable to handle the request due to a temporary overload
         // > or scheduled maintenance … The server MAY send a Retry-After header field …
         // <https://www.rfc-editor.org/rfc/rfc9110#section-15.6.4>
-        if let Self::Storage(_) = &self {
+        if let Self::Storage(_) | Self::SigningKey(_) = &self {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(crate::error::STORAGE_RETRY_AFTER.as_secs()),
             );
         }
-        if matches!(self, Self::Storage(_) | Self::Internal(_)) {
+        if matches!(
+            self,
+            Self::Storage(_) | Self::SigningKey(_) | Self::Internal(_)
+        ) {
             resp.extensions_mut()
                 .insert(InternalCause(self.to_string()));
         } else {

@@ -77,6 +77,21 @@ pub(crate) async fn issue(
     profile: &str,
     csr_der: &[u8],
 ) -> Result<String> {
+    let mut order = ready_order(account, tokens, ids, profile).await?;
+    order.finalize_csr(csr_der).await?;
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(50))
+        .timeout(Duration::from_secs(20));
+    Ok(order.poll_certificate(&retry).await?)
+}
+
+/// Orders `ids` under `profile` and answers http-01; the order, ready to finalize.
+pub(crate) async fn ready_order(
+    account: &Account,
+    tokens: &Tokens,
+    ids: &[Identifier],
+    profile: &str,
+) -> Result<instant_acme::Order> {
     let mut order = account
         .new_order(&NewOrder::new(ids).profile(profile))
         .await?;
@@ -97,8 +112,19 @@ pub(crate) async fn issue(
         .timeout(Duration::from_secs(20));
     let status = order.poll_ready(&retry).await?;
     ensure!(status == OrderStatus::Ready, "order {status:?}");
-    order.finalize_csr(csr_der).await?;
-    Ok(order.poll_certificate(&retry).await?)
+    Ok(order)
+}
+
+/// One device `name` enrolled over http-01 on a CA that passes it without dialing
+/// (`lab_always_valid`), with a new account and key; its PEM chain.
+pub(crate) async fn enroll_dns(server: &iiot_acme_tests::CaServer, name: &str) -> Result<String> {
+    let account = account(server.directory_url(), &server.root_pem_path()).await?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?;
+    let ids = [Identifier::Dns(name.to_owned())];
+    issue(&account, &Tokens::default(), &ids, "default", csr.der()).await
 }
 
 /// Orders the permanent identifier `value` under `profile`, answers device-attest-01 with the

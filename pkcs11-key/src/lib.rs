@@ -3,7 +3,7 @@
 //! this process, which only asks the token for signatures (`C_Sign` with `CKM_ECDSA` over the
 //! message's digest).
 //!
-//! - The certificate key: a new one for every certificate, generated in the token with
+//! - The device client's certificate key: a new one for every certificate, generated in the token with
 //!   `C_GenerateKeyPair` ([`TokenKey::generate`]: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
 //!   CKA_SIGN true and CKA_EXTRACTABLE false, so the token never lets it out) under the URI's
 //!   `object` with [`NEXT_SUFFIX`] as CKA_LABEL, and the URI's `id` (or a random one) as
@@ -11,14 +11,17 @@
 //!   relabelled to `object` ([`destroy`], [`relabel`]). With `reuse_key`,
 //!   [`TokenKey::open_or_generate`] keeps the one key. It signs the CSR through
 //!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
-//! - The IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the manufacturer,
-//!   never generated here; [`TokenKey`] implements [`crate::attest::Signer`].
+//! - The device client's IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the
+//!   manufacturer, never generated here.
+//! - The CA's root and issuing keys: generated in the token by `ca-server init --hsm`
+//!   ([`TokenKey::generate`]), then found with [`TokenKey::find_labelled`].
 //!
-//! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, for the certificate
-//! key never out of the token), must match one private and at most one public object, and
+//! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, and for generated
+//! keys never out of the token), must match one private and at most one public object, and
 //! must sign a random message that its public key verifies. A wrong, locked or expired PIN or
-//! a bad URI is a configuration error; a token that is missing or failing is
-//! [`Error::Token`], which `run` tries again.
+//! a bad URI is a configuration error ([`Error::Config`]); a token that is missing or failing is
+//! [`Error::Token`], which the device client's `run` tries again and the running CA answers
+//! with a 503.
 //!
 //! ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same as the key files.
 //!
@@ -43,9 +46,24 @@ use zeroize::Zeroizing;
 
 pub use uri::Pkcs11Uri;
 
-use crate::attest::AttestAlgorithm;
-use crate::der;
-use crate::error::Error;
+/// Why a key in a token cannot be used. Each message starts with the key's URI, its PIN
+/// redacted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Needs the operator: a bad URI, a wrong, locked or missing PIN, a key that may have left
+    /// the token, objects that do not pair.
+    #[error("{0}")]
+    Config(String),
+    /// May pass: the token is not present (yet), its slot or device is failing, a session was
+    /// lost.
+    #[error("{0}")]
+    Token(String),
+    /// The token did something a key cannot be used with: an unsupported curve, a malformed
+    /// signature, no readable public key.
+    #[error("{0}")]
+    Crypto(String),
+}
 
 /// DER of the named-curve OID in CKA_EC_PARAMS for P-256 (prime256v1, 1.2.840.10045.3.1.7).
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -102,9 +120,10 @@ impl Curve {
 /// Why the token could not be used: the configuration (the URI, the PIN), or the token for now.
 #[derive(Debug)]
 enum Failure {
-    /// Needs the operator: exit 2, and `run` stops.
+    /// Needs the operator (the device client exits 2, and its `run` stops).
     Config(String),
-    /// May pass: a token not present yet, a device or session error. `run` tries again.
+    /// May pass: a token not present yet, a device or session error (the device client's `run`
+    /// tries again).
     Token(String),
 }
 
@@ -242,7 +261,7 @@ fn pin(uri: &Pkcs11Uri) -> Result<Option<AuthPin>, String> {
 }
 
 /// Warns (once per process) if the PIN file's mode lets its group or others read or change
-/// it: the PIN belongs to the client's user only (mode 0600 or 0400).
+/// it: the PIN belongs to the user of the token only (mode 0600 or 0400).
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -253,7 +272,7 @@ fn warn_if_readable_by_others(path: &Path) {
     if mode & 0o077 != 0 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             "the PIN file {} has mode {mode:04o}: other users can read it; make it 0600 \
-             (chmod 600), owned by the client's user",
+             (chmod 600), owned by the user that runs this program",
             path.display()
         );
     }
@@ -721,19 +740,6 @@ impl TokenKey {
     }
 }
 
-impl crate::attest::Signer for TokenKey {
-    fn algorithm(&self) -> AttestAlgorithm {
-        match self.curve {
-            Curve::P256 => AttestAlgorithm::Es256,
-            Curve::P384 => AttestAlgorithm::Es384,
-        }
-    }
-
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
-        self.sign_der(msg)
-    }
-}
-
 /// A [`TokenKey`] as rcgen wants a CSR's key. rcgen's error for a failed remote signature
 /// carries no text, so the cause is kept here for [`CsrSigner::take_error`].
 pub struct CsrSigner<'a> {
@@ -913,8 +919,13 @@ fn public_point(
         };
         for a in attrs {
             if let Attribute::EcPoint(v) = a {
-                let point = match der::read(&v) {
-                    Some((0x04, inner, [])) if inner.len() == point_len => inner.to_vec(),
+                // OCTET STRING, short-form length: a point of P-384 has 97 octets.
+                let point = match v.as_slice() {
+                    [0x04, len, inner @ ..]
+                        if usize::from(*len) == point_len && inner.len() == point_len =>
+                    {
+                        inner.to_vec()
+                    }
                     _ if v.len() == point_len => v,
                     _ => continue,
                 };
@@ -943,11 +954,22 @@ fn ecdsa_der(raw: &[u8], n: usize) -> Option<Vec<u8>> {
             content.push(0);
         }
         content.extend_from_slice(v);
-        der::tlv(0x02, &content)
+        short_tlv(0x02, content)
     };
     let mut body = integer(r);
     body.extend(integer(s));
-    Some(der::tlv(der::SEQUENCE, &body))
+    Some(short_tlv(0x30, body))
+}
+
+/// One DER TLV whose content is shorter than 128 octets (short-form length), as every part of
+/// a P-256 or P-384 `Ecdsa-Sig-Value` is (at most 2 × 51 octets).
+fn short_tlv(tag: u8, content: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 2);
+    out.push(tag);
+    // Content of at most 102 octets: the cast cannot truncate.
+    out.push(content.len() as u8);
+    out.extend(content);
+    out
 }
 
 #[cfg(test)]
@@ -986,7 +1008,7 @@ mod tests {
     #[test]
     fn configuration_errors_never_quote_a_pin_value() {
         let e = parse_key_uri("pkcs11:token=a;token=b?pin-value=s3cret", "key").expect_err("dup");
-        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(matches!(e, Error::Config(_)), "{e}");
         assert!(e.to_string().contains("token appears twice"), "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let uri = parse_key_uri("pkcs11:object=k?pin-value=s3cret&x-y=1", "key").expect("ok");

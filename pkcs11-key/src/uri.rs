@@ -7,7 +7,7 @@
 //! The parser is strict: every character outside the RFC's unreserved and allowed sets must be
 //! percent-encoded, a path attribute appears at most once, and a value that should be text must
 //! decode to UTF-8. Unknown path attributes make the URI match nothing (RFC 7512 §3.3), which
-//! this client reports as an error instead of searching; unknown query attributes are ignored
+//! this crate reports as an error instead of searching; unknown query attributes are ignored
 //! and listed in [`Pkcs11Uri::ignored`] for a warning.
 //!
 //! <https://www.rfc-editor.org/rfc/rfc7512>
@@ -91,7 +91,7 @@ pub struct Pkcs11Uri {
     pub module_name: Option<String>,
     /// `pin-source` or `pin-value`.
     pub pin: Option<PinSource>,
-    /// Query attributes this client does not know, ignored as RFC 7512 §3.3 says.
+    /// Query attributes this crate does not know, ignored as RFC 7512 §3.3 says.
     pub ignored: Vec<String>,
     /// The URI as given, `pin-value` redacted.
     text: String,
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn rfc7512_examples_parse() {
-        // RFC 7512 §3.3 examples (those with attributes this client knows).
+        // RFC 7512 §3.3 examples (those with attributes this crate knows).
         let u = Pkcs11Uri::parse("pkcs11:").expect("empty");
         assert_eq!(
             u,
