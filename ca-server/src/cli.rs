@@ -766,7 +766,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 /// Appends what the command line did to the audit log of `data_dir`.
 /// `ca-server init --hsm`: a new CA with its keys in a token.
-fn init(hsm: bool, config: &std::path::Path, data_dir: Option<PathBuf>) -> Result<(), String> {
+fn init(hsm: bool, config: &Path, data_dir: Option<PathBuf>) -> Result<(), String> {
     if !hsm {
         return Err(
             "init only creates a CA with its keys in a PKCS #11 token (--hsm); a CA \
