@@ -52,11 +52,15 @@ pub enum Table {
     /// `type:value` of an identifier, or `uri:` and an ApplicationUri → `identity::Holding`
     /// (which account holds it).
     Identities,
+    /// Binary records retention keeps for good once a certificate is reduced
+    /// (`ra::history`): `h` ‖ device id → a device's reduced certificates, `s` ‖ serial bytes
+    /// → device id, `k` ‖ SHA-256 of a key's SubjectPublicKeyInfo → its retired key use.
+    History,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -70,6 +74,7 @@ impl Table {
         Self::KeyReuseAttempts,
         Self::WeakKeyAttempts,
         Self::Identities,
+        Self::History,
     ];
 
     /// A stable name for the table.
@@ -88,6 +93,7 @@ impl Table {
             Self::KeyReuseAttempts => "key_reuse_attempts",
             Self::WeakKeyAttempts => "weak_key_attempts",
             Self::Identities => "identities",
+            Self::History => "history",
         }
     }
 }
