@@ -112,10 +112,15 @@ impl History {
         self.entries.iter_mut().find(|e| e.serial == serial)
     }
 
-    /// Adds `entry`, or replaces the one with its serial.
+    /// Adds `entry`, or replaces the one with its serial. A revocation is never undone: one
+    /// the entry has stays when `entry` (copied from a record read before it) has none.
     fn put(&mut self, entry: Entry) {
         match self.entry_mut(&entry.serial) {
-            Some(e) => *e = entry,
+            Some(e) => {
+                let revoked = entry.revoked.clone().or_else(|| e.revoked.take());
+                *e = entry;
+                e.revoked = revoked;
+            }
             None => self.entries.push(entry),
         }
     }

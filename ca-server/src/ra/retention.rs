@@ -648,6 +648,10 @@ mod tests {
         let r = stored(&app, &c.id).revoked.expect("revoked");
         assert!(r.proves_key_compromise());
         assert_eq!(r.not_after, Some(c.not_after));
+        // A second pruner that read the record before it was removed and copies it again
+        // leaves the revocation standing.
+        assert!(history::fold(&app, &c, "ECDSA P-256".into()).expect("fold"));
+        assert!(stored(&app, &c.id).revoked.is_some());
         assert!(matches!(
             crate::ra::revocation::record_revocation(&app, &c.id, 4, RevokedBy::Operator),
             Err(crate::Error::AlreadyRevoked)

@@ -176,14 +176,13 @@ impl KeyUse {
 /// [`Table::History`]) with its certificate record, a retired one with the holder filled in
 /// from that certificate.
 pub fn lookup(app: &Ra, fingerprint: &str) -> Result<Option<(KeyUse, Option<Certificate>)>> {
-    let used = match app.db.get::<KeyUse>(Table::KeyUse, fingerprint)? {
+    let mut used = match app.db.get::<KeyUse>(Table::KeyUse, fingerprint)? {
         Some(used) => used,
         None => match crate::ra::history::retired_key(app, fingerprint)? {
             Some(used) => used,
             None => return Ok(None),
         },
     };
-    let mut used = used;
     let cert = crate::ra::history::certificate(app, &used.serial)?;
     if used.is_retired() {
         if let Some(c) = &cert {
