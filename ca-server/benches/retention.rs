@@ -384,15 +384,15 @@ fn main() {
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     // What each renewal leaves for good, in the history table (`ra::history`): an entry in its
-    // device's record, its serial's index entry and its retired key-use record (the first of
-    // each among the table's first 10,000 records).
-    let page = store.scan_after(Table::History, b"", 10_000).expect("scan");
+    // device's record, its serial's index entry and its retired key-use record (the first
+    // record of each kind: every key of a kind sorts after the kind's byte alone).
     for (kind, what) in [
         (b'h', "a device's history record"),
         (b's', "a serial's index entry"),
         (b'k', "a retired key-use record"),
     ] {
-        if let Some((key, value)) = page.iter().find(|(k, _)| k.first() == Some(&kind)) {
+        let first = store.scan_after(Table::History, &[kind], 1).expect("scan");
+        if let Some((key, value)) = first.iter().find(|(k, _)| k.first() == Some(&kind)) {
             let entries = ca_server::ra::history::History::decode(value)
                 .map(|h| format!(", {} certificates", h.entries.len()))
                 .unwrap_or_default();
