@@ -383,23 +383,22 @@ fn main() {
         );
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
-    // What each renewal leaves for good: its reduced certificate and its retired key-use
-    // record (the first of each among the first 10,000 records of their tables).
-    for (table, kept) in [
-        (Table::Certificates, "\"reduced\""),
-        (Table::KeyUse, "\"account_id\""),
+    // What each renewal leaves for good, in the history table (`ra::history`): an entry in its
+    // device's record, its serial's index entry and its retired key-use record (the first
+    // record of each kind: every key of a kind sorts after the kind's byte alone).
+    for (kind, what) in [
+        (b'h', "a device's history record"),
+        (b's', "a serial's index entry"),
+        (b'k', "a retired key-use record"),
     ] {
-        let page = store.scan_after(table, b"", 10_000).expect("scan");
-        let sample = page.iter().find(|(_, v)| {
-            let text = String::from_utf8_lossy(v);
-            (table == Table::Certificates) == text.contains(kept)
-        });
-        if let Some((key, value)) = sample {
+        let first = store.scan_after(Table::History, &[kind], 1).expect("scan");
+        if let Some((key, value)) = first.iter().find(|(k, _)| k.first() == Some(&kind)) {
+            let entries = ca_server::ra::history::History::decode(value)
+                .map(|h| format!(", {} certificates", h.entries.len()))
+                .unwrap_or_default();
             println!(
-                "a {} record kept for good: {} bytes of key and value: {}",
-                table.name(),
-                key.len() + value.len(),
-                String::from_utf8_lossy(value)
+                "{what}: {} bytes of key and value{entries}",
+                key.len() + value.len()
             );
         }
     }

@@ -891,12 +891,17 @@ async fn a_key_stays_refused_after_retention_reduced_its_certificate() {
     )
     .expect("revoke for keyCompromise");
 
-    // Long after both certificates expired: reduced, and their key-use records retired.
+    // Long after both certificates expired: reduced into the history, and their key-use
+    // records retired there.
     let later = ca_server::types::now() + 400 * 86_400;
     let pruned = ca_server::ra::retention::prune(&s.app, later).expect("prune");
     assert_eq!(pruned.certificates, 2, "{pruned:?}");
     let fingerprint = fingerprint_of(&shared);
-    let used = key_use(&s, &fingerprint);
+    let whole: Option<KeyUse> = s.app.db.get(Table::KeyUse, &fingerprint).expect("get");
+    assert!(whole.is_none(), "{whole:?}");
+    let used = ca_server::ra::history::retired_key(&s.app, &fingerprint)
+        .expect("read")
+        .expect("retired key-use record");
     assert!(used.is_retired(), "{used:?}");
 
     // Refused as before: the holder comes from the reduced certificate.

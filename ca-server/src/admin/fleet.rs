@@ -68,7 +68,7 @@ impl Selector {
     }
 }
 
-/// Every stored certificate. A console request that needs them all reads them on the blocking
+/// Every stored certificate, reduced ones in the history too (`ra::history`). A console request that needs them all reads them on the blocking
 /// pool, one such read at a time, so operators (or a page in an operator's browser firing
 /// requests) cannot tie up the workers that serve devices or hold many copies of a large
 /// store in memory at once.
@@ -79,9 +79,17 @@ pub(super) async fn certificates(app: &Ra) -> Result<Vec<Certificate>> {
         .await
         .map_err(|e| Error::Internal(format!("scan queue closed: {e}")))?;
     let reader = app.clone();
-    tokio::task::spawn_blocking(move || reader.db.values_with_prefix(Table::Certificates, ""))
-        .await
-        .map_err(|e| Error::Internal(format!("certificate scan failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        let mut all: Vec<Certificate> = reader.db.values_with_prefix(Table::Certificates, "")?;
+        // A certificate the pruner has copied to the history but not yet removed is listed
+        // once, from its record.
+        let listed: std::collections::HashSet<String> = all.iter().map(|c| c.id.clone()).collect();
+        let reduced = crate::ra::history::all(&reader)?;
+        all.extend(reduced.into_iter().filter(|c| !listed.contains(&c.id)));
+        Ok(all)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("certificate scan failed: {e}")))?
 }
 
 /// RFC 5280 §5.3.1 reasons an operator may give, by name.
@@ -551,10 +559,8 @@ pub async fn certificate(
     Path(serial): Path<String>,
 ) -> Result<Json<Value>> {
     let serial = serial.to_ascii_lowercase();
-    let c: Certificate = app
-        .db
-        .get(Table::Certificates, &serial)?
-        .ok_or(Error::NotFound("certificate"))?;
+    let c: Certificate =
+        crate::ra::history::certificate(&app, &serial)?.ok_or(Error::NotFound("certificate"))?;
     let at = now();
     let (start, end) = crate::ra::renewal::suggested_window(&c, at);
     let mut history: Vec<CertificateSummary> = certificates(&app)

@@ -169,10 +169,7 @@ pub fn not_after(app: &Ra, serial: &str, entry: &Revocation) -> Result<Option<i6
     if let Some(t) = entry.not_after {
         return Ok(Some(t));
     }
-    Ok(app
-        .db
-        .get::<crate::ca::cert::Certificate>(Table::Certificates, serial)?
-        .map(|c| c.not_after))
+    Ok(crate::ra::history::certificate(app, serial)?.map(|c| c.not_after))
 }
 
 /// Whether a CRL signed at `now` lists a revocation whose certificate expires at `not_after`,

@@ -132,10 +132,7 @@ fn current(app: &Ra, h: &Holding, at: i64) -> Result<bool> {
     if h.not_after <= at {
         return Ok(false);
     }
-    Ok(app
-        .db
-        .get::<Certificate>(Table::Certificates, serial)?
-        .is_some_and(|c| c.revoked.is_none()))
+    Ok(crate::ra::history::certificate(app, serial)?.is_some_and(|c| c.revoked.is_none()))
 }
 
 /// The holding of another account than `account_id` with a current certificate for `id`.

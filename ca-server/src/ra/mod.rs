@@ -9,6 +9,7 @@ pub mod authz;
 pub mod backup;
 pub mod crl;
 pub mod eab;
+pub mod history;
 pub mod identity;
 pub mod keycheck;
 pub mod operator;

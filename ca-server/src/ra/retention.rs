@@ -5,7 +5,7 @@
 //! | record | kept until | then |
 //! |--------|------------|------|
 //! | order, its authorizations and challenges, its entry in the account's orders list | every one of them ended, plus the retention | removed |
-//! | certificate | notAfter plus the retention | reduced to an index entry ([`Certificate::reduce`]); its key-use record retired to the serial ([`KeyUse::retire`]) |
+//! | certificate | notAfter plus the retention | reduced to an entry of its device's history ([`history`]); its key-use record retired to the serial and moved there too ([`history::retire_key`]) |
 //! | revocation (the CRL's source) | notAfter plus the retention, and off the CRL (`ra::crl`) | removed; the reduced certificate keeps the revocation |
 //!
 //! An order ends when its certificate is issued (notBefore plus the backdating), when
@@ -14,9 +14,10 @@
 //! then. An authorization whose order is gone (a crash between the two removals) is removed
 //! once no order could still refer to it: `issuance.order_lifetime` after it ended.
 //!
-//! Kept for good: accounts and their key index, the key-use index (a key certified once is
-//! refused to other devices and, after a keyCompromise revocation, to everyone, for as long as
-//! the CA runs: it reads the revocation from the reduced certificate), who holds which identity
+//! Kept for good: accounts and their key index, the history of reduced certificates and the
+//! retired key-use index (a key certified once is refused to other devices and, after a
+//! keyCompromise revocation, to everyone, for as long as the CA runs: it reads the revocation
+//! from the reduced certificate), who holds which identity
 //! (`ra::identity`; one record per identity, not per renewal), enrollment credential usage and
 //! the bounded audit tables of refused keys.
 //!
@@ -25,9 +26,13 @@
 //! so no lock is held across a page and requests go on between its calls. Every change is a
 //! compare-and-swap from the exact version it read: a record a request changed meanwhile (a
 //! finalize, a revocation, a challenge answer) is left alone until the next pass looks again.
+//!
+//! Records an older version reduced in place (a reduced certificate record, a retired key-use
+//! record) are moved into the history by the same pass.
 
 use crate::ca::cert::{Certificate, Revocation};
 use crate::ra::authz::Authz;
+use crate::ra::history;
 use crate::ra::keycheck::KeyUse;
 use crate::ra::order::{Order, Stage};
 use crate::ra::Ra;
@@ -45,7 +50,8 @@ pub struct Pruned {
     pub orders: u64,
     /// Authorizations removed (with their challenges).
     pub authzs: u64,
-    /// Certificate records reduced to index entries.
+    /// Certificate records reduced into the history (with those an older version reduced in
+    /// place and this pass moved there).
     pub certificates: u64,
     /// Revocation records removed (their certificates are off the CRL).
     pub revocations: u64,
@@ -114,6 +120,19 @@ pub fn prune(app: &Ra, now: i64) -> Result<Pruned> {
     p.certificates = walk(app, Table::Certificates, |key, raw| {
         reduce_certificate(app, key, raw, cutoff)
     })?;
+    // Key-use records an older version retired in place.
+    walk(
+        app,
+        Table::KeyUse,
+        |key, raw| match serde_json::from_slice::<KeyUse>(raw) {
+            Ok(used) if used.is_retired() => {
+                let fingerprint = String::from_utf8_lossy(key);
+                Ok(history::retire_key(app, &fingerprint, &used)?
+                    && swap(app, Table::KeyUse, key, raw, None)?)
+            }
+            _ => Ok(false),
+        },
+    )?;
     let last = [
         crate::ra::crl::last_published(app, crate::ca::IssuerKind::Ec)?,
         crate::ra::crl::last_published(app, crate::ca::IssuerKind::Rsa)?,
@@ -224,43 +243,62 @@ fn order_ended(app: &Ra, order: &Order) -> Result<i64> {
     })
 }
 
-/// Reduces a certificate past notAfter plus the retention to its index entry.
+/// Moves a certificate past notAfter plus the retention, or one an older version reduced in
+/// place, into its device's history.
 fn reduce_certificate(app: &Ra, key: &[u8], raw: &[u8], cutoff: i64) -> Result<bool> {
     let Ok(cert) = serde_json::from_slice::<Certificate>(raw) else {
         return Ok(false);
     };
-    if cert.is_reduced() || cert.not_after > cutoff {
+    if !cert.is_reduced() && cert.not_after > cutoff {
         return Ok(false);
     }
-    let key_type = cert.key_type().unwrap_or_else(|_| "unknown".to_owned());
-    // The key-use record first: retired, it reads its holder from the certificate record,
-    // full or reduced, so a crash between the two changes leaves both readable.
+    let key_type = match &cert.reduced {
+        Some(r) => r.key_type.clone(),
+        None => cert.key_type().unwrap_or_else(|_| "unknown".to_owned()),
+    };
+    // The key-use record first: retired, it reads its holder from the certificate, in its
+    // record or in the history, so a crash between the steps leaves everything readable.
     if let Ok(Some(fingerprint)) = cert.key_fingerprint() {
         retire_key_use(app, &fingerprint, &cert.id)?;
+    }
+    // Then the history entry and its serial index; the record goes last, and readers read
+    // the record first ([`history::certificate`]), so a revocation that changed the record
+    // meanwhile makes the removal fail and the next pass copies the entry again.
+    if history::fold(app, &cert, key_type.clone())? {
+        return swap(app, Table::Certificates, key, raw, None);
+    }
+    // A serial that is not hex has no history entry: reduced in place.
+    if cert.is_reduced() {
+        return Ok(false);
     }
     let reduced = serde_json::to_vec(&cert.reduce(key_type))
         .map_err(|e| crate::Error::Internal(format!("cannot encode record: {e}")))?;
     swap(app, Table::Certificates, key, raw, Some(&reduced))
 }
 
-/// Retires the key-use record of `fingerprint` ([`KeyUse::retire`]) if its latest
-/// certificate is `serial`; a later certificate for the same key keeps it whole.
+/// Moves the key-use record of `fingerprint` into the history, retired
+/// ([`history::retire_key`]), if its latest certificate is `serial`; a later certificate for
+/// the same key keeps it whole.
 fn retire_key_use(app: &Ra, fingerprint: &str, serial: &str) -> Result<()> {
     let Some(raw) = app.db.store().get(Table::KeyUse, fingerprint.as_bytes())? else {
         return Ok(());
     };
     match serde_json::from_slice::<KeyUse>(&raw) {
-        Ok(used) if used.serial == serial && !used.is_retired() => {
-            let retired = serde_json::to_vec(&used.retire())
-                .map_err(|e| crate::Error::Internal(format!("cannot encode record: {e}")))?;
-            swap(
-                app,
-                Table::KeyUse,
-                fingerprint.as_bytes(),
-                &raw,
-                Some(&retired),
-            )
-            .map(|_| ())
+        Ok(used) if used.serial == serial => {
+            if history::retire_key(app, fingerprint, &used)? {
+                swap(app, Table::KeyUse, fingerprint.as_bytes(), &raw, None)?;
+            } else if !used.is_retired() {
+                let retired = serde_json::to_vec(&used.retire())
+                    .map_err(|e| crate::Error::Internal(format!("cannot encode record: {e}")))?;
+                swap(
+                    app,
+                    Table::KeyUse,
+                    fingerprint.as_bytes(),
+                    &raw,
+                    Some(&retired),
+                )?;
+            }
+            Ok(())
         }
         _ => Ok(()),
     }
@@ -373,10 +411,20 @@ mod tests {
     }
 
     fn stored(app: &Ra, id: &str) -> Certificate {
-        app.db
-            .get(Table::Certificates, id)
+        history::certificate(app, id)
             .expect("get")
             .expect("certificate record")
+    }
+
+    /// Keys and values of the history table, in bytes.
+    fn history_bytes(app: &Ra) -> usize {
+        app.db
+            .store()
+            .scan_prefix(Table::History, b"")
+            .expect("scan")
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum()
     }
 
     #[test]
@@ -460,8 +508,10 @@ mod tests {
             (&old.account_id, &old.identifiers, old.not_after)
         );
         assert_eq!(reduced.key_type().expect("key type"), "ECDSA P-256");
-        let raw = raw(&app, Table::Certificates, &old.id);
-        assert!(raw.len() < 400, "reduced entry is {} bytes", raw.len());
+        assert_eq!(reduced.profile.as_deref(), Some("default"));
+        assert_eq!(reduced.not_before, old.not_before);
+        // Only the device's history holds it now.
+        assert!(!exists(&app, Table::Certificates, &old.id));
         assert!(!stored(&app, &new.id).is_reduced());
         // The account's certificate download says why the certificate is gone.
         let err =
@@ -504,15 +554,18 @@ mod tests {
             .expect("revoke");
         let live = certificate(&app, "live", t - DAY, t + DAY);
         let live_key = key_use(&app, &live);
-        let whole = raw(&app, Table::KeyUse, &old_key);
 
         let p = prune(&app, t).expect("prune");
         assert_eq!(p.certificates, 1);
-        let retired = raw(&app, Table::KeyUse, &old_key);
-        let text = String::from_utf8_lossy(&retired);
-        assert!(
-            retired.len() * 2 < whole.len() && !text.contains("account_id"),
-            "not retired: {text}"
+        // Moved into the history, retired.
+        assert!(!exists(&app, Table::KeyUse, &old_key));
+        let retired = history::retired_key(&app, &old_key)
+            .expect("read")
+            .expect("retired record");
+        assert!(retired.is_retired());
+        assert_eq!(
+            (retired.serial.as_str(), retired.first_certified),
+            (old.id.as_str(), old.not_before)
         );
         // Read through `lookup`, as finalize reads it: the holder comes from the reduced
         // certificate, and so does the keyCompromise revocation.
@@ -532,8 +585,131 @@ mod tests {
         assert!(!used.is_retired());
         assert_eq!(used.order_id, "o");
         // A second pass changes nothing more.
+        let before = history_bytes(&app);
         assert_eq!(prune(&app, t).expect("prune"), Pruned::default());
-        assert_eq!(raw(&app, Table::KeyUse, &old_key), retired);
+        assert_eq!(history_bytes(&app), before);
+    }
+
+    /// Each further renewal of a device adds its history entry, serial index and retired
+    /// key-use record: well under 180 bytes of keys and values in all, and nothing else.
+    #[test]
+    fn each_reduced_renewal_adds_little_to_the_store() {
+        let (app, _dir) = ca();
+        let t = now();
+        let total = |app: &Ra| {
+            let mut n = 0;
+            for table in Table::ALL {
+                for (k, v) in app.db.store().scan_prefix(table, b"").expect("scan") {
+                    n += k.len() + v.len();
+                }
+            }
+            n
+        };
+        let mut serials = Vec::new();
+        let mut sizes = Vec::new();
+        for round in 0..6 {
+            let c = certificate(&app, "dev", t - (20 - round) * DAY, t - (10 - round) * DAY);
+            key_use(&app, &c);
+            serials.push(c.id);
+            prune(&app, t).expect("prune");
+            sizes.push(total(&app));
+        }
+        for pair in sizes.windows(2).skip(1) {
+            let grew = pair[1] - pair[0];
+            assert!(grew <= 130, "a renewal kept {grew} bytes: {sizes:?}");
+        }
+        for s in &serials {
+            let c = stored(&app, s);
+            assert!(c.is_reduced() && c.identifiers == vec![dns("dev")], "{s}");
+        }
+        // One history record for the device, the serial index and the retired keys.
+        let records = app
+            .db
+            .store()
+            .scan_prefix(Table::History, b"")
+            .expect("scan");
+        assert_eq!(records.len(), 1 + 2 * serials.len());
+        assert_eq!(history::all(&app).expect("all").len(), serials.len());
+    }
+
+    /// A reduced certificate can still be revoked: the history keeps the revocation, a second
+    /// one is `alreadyRevoked`.
+    #[test]
+    fn a_certificate_in_the_history_is_revoked_and_reported() {
+        let (app, _dir) = ca();
+        let t = now();
+        let c = certificate(&app, "late", t - 10 * DAY, t - 5 * DAY);
+        prune(&app, t).expect("prune");
+        assert!(!exists(&app, Table::Certificates, &c.id));
+        assert!(stored(&app, &c.id).revoked.is_none());
+        let issuer = crate::ra::revocation::record_revocation(&app, &c.id, 1, RevokedBy::Operator)
+            .expect("revoke");
+        assert_eq!(issuer, c.issuer);
+        let r = stored(&app, &c.id).revoked.expect("revoked");
+        assert!(r.proves_key_compromise());
+        assert_eq!(r.not_after, Some(c.not_after));
+        // A second pruner that read the record before it was removed and copies it again
+        // leaves the revocation standing.
+        assert!(history::fold(&app, &c, "ECDSA P-256".into()).expect("fold"));
+        assert!(stored(&app, &c.id).revoked.is_some());
+        assert!(matches!(
+            crate::ra::revocation::record_revocation(&app, &c.id, 4, RevokedBy::Operator),
+            Err(crate::Error::AlreadyRevoked)
+        ));
+        assert!(matches!(
+            crate::ra::revocation::record_revocation(&app, "00ff", 4, RevokedBy::Operator),
+            Err(crate::Error::NotFound(_))
+        ));
+    }
+
+    /// Records an older version reduced in place are read as they are, then moved into the
+    /// history by the next pass, and read the same from there.
+    #[test]
+    fn records_reduced_in_place_by_an_older_version_are_read_and_moved() {
+        let (app, _dir) = ca();
+        let t = now();
+        let c = certificate(&app, "old-format", t - 10 * DAY, t - 5 * DAY);
+        let fingerprint = key_use(&app, &c);
+        crate::ra::revocation::record_revocation(&app, &c.id, 1, RevokedBy::CertificateKey)
+            .expect("revoke");
+        let full = stored(&app, &c.id);
+        // As the older version left them.
+        let reduced = full.reduce("ECDSA P-256".into());
+        app.db
+            .put(Table::Certificates, &c.id, &reduced)
+            .expect("put");
+        let used: KeyUse = app
+            .db
+            .get(Table::KeyUse, &fingerprint)
+            .expect("get")
+            .expect("key use");
+        app.db
+            .put(Table::KeyUse, &fingerprint, &used.retire())
+            .expect("put");
+        let check = |app: &Ra| {
+            let c2 = stored(app, &c.id);
+            assert!(c2.is_reduced());
+            assert_eq!(
+                serde_json::to_value(&c2).expect("json"),
+                serde_json::to_value(&reduced).expect("json")
+            );
+            let (used, cert) = crate::ra::keycheck::lookup(app, &fingerprint)
+                .expect("lookup")
+                .expect("key use");
+            assert_eq!(
+                (used.account_id.as_str(), used.serial.as_str()),
+                ("acct", c.id.as_str())
+            );
+            assert!(cert
+                .and_then(|c| c.revoked)
+                .is_some_and(|r| r.proves_key_compromise()));
+        };
+        check(&app);
+        let p = prune(&app, t).expect("prune");
+        assert_eq!(p.certificates, 1);
+        assert!(!exists(&app, Table::Certificates, &c.id));
+        assert!(!exists(&app, Table::KeyUse, &fingerprint));
+        check(&app);
     }
 
     #[test]

@@ -26,9 +26,7 @@ pub enum Revoker<'a> {
 
 /// The certificate `id` as its account downloads it; `notFound` for another account's.
 pub fn certificate_of(app: &Ra, account_id: &str, id: &str) -> Result<Certificate> {
-    let cert = app
-        .db
-        .get::<Certificate>(Table::Certificates, id)?
+    let cert = crate::ra::history::certificate(app, id)?
         .filter(|c| c.account_id == account_id)
         .ok_or(Error::NotFound("certificate"))?;
     if cert.is_reduced() {
@@ -101,23 +99,29 @@ pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> R
     // A backup has both records or neither: a certificate marked revoked is on the CRL.
     let _group = app.db.write_group();
     let at = now();
-    let revoked = app
-        .db
-        .update(Table::Certificates, serial, |mut c: Certificate| {
-            if c.revoked.is_some() {
-                return Err(Error::AlreadyRevoked);
-            }
-            c.revoked = Some(Revocation {
-                reason,
-                at,
-                issuer: c.issuer,
-                by: Some(by),
-                not_after: Some(c.not_after),
-            });
-            Ok(c)
-        })?
-        .revoked
-        .ok_or_else(|| Error::Storage(format!("revocation of {serial} was not stored")))?;
+    let mark = |mut c: Certificate| {
+        if c.revoked.is_some() {
+            return Err(Error::AlreadyRevoked);
+        }
+        c.revoked = Some(Revocation {
+            reason,
+            at,
+            issuer: c.issuer,
+            by: Some(by),
+            not_after: Some(c.not_after),
+        });
+        Ok(c)
+    };
+    // A certificate past notAfter plus the retention is in the history; the pruner may move
+    // it there between the two reads, after which the first finds nothing.
+    let revoked = match app.db.update(Table::Certificates, serial, mark) {
+        Err(Error::NotFound(_)) => {
+            crate::ra::history::update(app, serial, mark)?.ok_or(Error::NotFound("certificate"))?
+        }
+        other => other?,
+    }
+    .revoked
+    .ok_or_else(|| Error::Storage(format!("revocation of {serial} was not stored")))?;
     app.db.put(Table::Revocations, serial, &revoked)?;
     app.crl.invalidate();
     Ok(revoked.issuer)

@@ -60,11 +60,15 @@ pub enum Table {
     /// EAB key id → `eab::Credential`, when several instances share the store (with the
     /// embedded store credentials are files, `ra::eab`).
     Credentials,
+    /// Binary records retention keeps for good once a certificate is reduced
+    /// (`ra::history`): `h` ‖ device id → a device's reduced certificates, `s` ‖ serial bytes
+    /// → device id, `k` ‖ SHA-256 of a key's SubjectPublicKeyInfo → its retired key use.
+    History,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -80,6 +84,7 @@ impl Table {
         Self::Identities,
         Self::Nonces,
         Self::Credentials,
+        Self::History,
     ];
 
     /// A stable name for the table.
@@ -100,6 +105,7 @@ impl Table {
             Self::Identities => "identities",
             Self::Nonces => "nonces",
             Self::Credentials => "credentials",
+            Self::History => "history",
         }
     }
 }

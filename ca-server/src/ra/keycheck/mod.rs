@@ -125,9 +125,10 @@ pub struct Holder {
 
 /// A certified key: one [`Table::KeyUse`] record, keyed by [`spki_sha256`].
 ///
-/// Kept for good, so once retention reduces the certificate the record is retired
-/// ([`KeyUse::retire`]) to its serial and first time: the account and identifiers are then
-/// read from the reduced certificate ([`lookup`]).
+/// Kept for good, so once retention reduces the certificate the record is retired to its
+/// serial and first time, in [`Table::History`] ([`crate::ra::history::retire_key`]; older
+/// versions kept it here, [`KeyUse::retire`]): the account and identifiers are then read from
+/// the reduced certificate ([`lookup`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyUse {
     /// Account the key is certified for; empty in a retired record.
@@ -171,15 +172,18 @@ impl KeyUse {
     }
 }
 
-/// The [`KeyUse`] record of `fingerprint` with its certificate record, a retired one with the
-/// holder filled in from that certificate.
+/// The [`KeyUse`] record of `fingerprint` (whole in [`Table::KeyUse`], or retired there or in
+/// [`Table::History`]) with its certificate record, a retired one with the holder filled in
+/// from that certificate.
 pub fn lookup(app: &Ra, fingerprint: &str) -> Result<Option<(KeyUse, Option<Certificate>)>> {
-    let Some(mut used) = app.db.get::<KeyUse>(Table::KeyUse, fingerprint)? else {
-        return Ok(None);
+    let mut used = match app.db.get::<KeyUse>(Table::KeyUse, fingerprint)? {
+        Some(used) => used,
+        None => match crate::ra::history::retired_key(app, fingerprint)? {
+            Some(used) => used,
+            None => return Ok(None),
+        },
     };
-    let cert = app
-        .db
-        .get::<Certificate>(Table::Certificates, &used.serial)?;
+    let cert = crate::ra::history::certificate(app, &used.serial)?;
     if used.is_retired() {
         if let Some(c) = &cert {
             used.account_id = c.account_id.clone();
