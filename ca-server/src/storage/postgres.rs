@@ -89,6 +89,14 @@ impl PostgresConfig {
         if cfg.get_dbname().is_none() {
             return Err("storage.url names no database (postgres://user@host/DATABASE)".to_owned());
         }
+        for addr in cfg.get_hostaddrs() {
+            if !addr.is_loopback() {
+                return Err(format!(
+                    "storage.url names the address {addr} (hostaddr): this build connects to \
+                     PostgreSQL without TLS, so only a loopback address is accepted"
+                ));
+            }
+        }
         for host in cfg.get_hosts() {
             if let tokio_postgres::config::Host::Tcp(name) = host {
                 let loopback = name == "localhost"
@@ -128,13 +136,20 @@ impl PostgresConfig {
             ));
         }
         cfg.connect_timeout(CONNECT_DEADLINE);
+        // A connection whose peer vanished (a host that crashed, a partition) is noticed in
+        // seconds, not after the kernel's retransmissions run out.
+        cfg.keepalives(true);
+        cfg.keepalives_idle(Duration::from_secs(10));
+        cfg.tcp_user_timeout(STATEMENT_DEADLINE);
         cfg.application_name("iiot-acme ca-server");
         Ok(cfg)
     }
 }
 
-/// The URL for messages, with anything after `:` in the user part hidden.
+/// The URL for messages: the query (which may hold `password=`) left out, and anything
+/// after `:` in the user part hidden.
 fn redact(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
     match (url.find("://"), url.find('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let user = &url[scheme + 3..at];
@@ -168,9 +183,11 @@ impl PgStore {
     /// together take turns (an advisory lock); a schema newer than this binary's is refused.
     pub fn open(cfg: &PostgresConfig, durability: Durability) -> Result<Self> {
         let mut pg = cfg.connect_config().map_err(Error::Internal)?;
-        if durability == Durability::ProcessCrash {
-            pg.options("-c synchronous_commit=off");
-        }
+        // Set either way: a database or role default of `off` must not weaken `power-loss`.
+        pg.options(match durability {
+            Durability::PowerLoss => "-c synchronous_commit=on",
+            Durability::ProcessCrash => "-c synchronous_commit=off",
+        });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("postgres")
@@ -226,13 +243,19 @@ impl PgStore {
             .as_ref()
             .ok_or_else(|| Error::Storage("the PostgreSQL store is closed".into()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let pool = self.pool.clone();
         rt.spawn(async move {
             let out = match tokio::time::timeout(STATEMENT_DEADLINE, fut).await {
                 Ok(out) => out,
-                Err(_) => Err(Error::Storage(format!(
-                    "PostgreSQL did not answer within {} s",
-                    STATEMENT_DEADLINE.as_secs()
-                ))),
+                Err(_) => {
+                    // The connection the statement was on went back to the pool; it, and any
+                    // other idle one, may be dead (a stalled database): new ones are made.
+                    pool.retain(|_, _| false);
+                    Err(Error::Storage(format!(
+                        "PostgreSQL did not answer within {} s",
+                        STATEMENT_DEADLINE.as_secs()
+                    )))
+                }
             };
             // The caller only goes away with its thread; nothing to tell then.
             let _ = tx.send(out);
@@ -738,6 +761,14 @@ pub(super) mod tests {
             .connect_config()
             .expect_err("no user");
         assert!(err.contains("no user"), "{err}");
+        let err = cfg("postgres://ca@localhost/ca?hostaddr=10.0.0.5")
+            .connect_config()
+            .expect_err("a remote hostaddr behind a loopback name");
+        assert!(err.contains("10.0.0.5"), "{err}");
+        let err = cfg("postgres://ca@127.0.0.1/ca?password=s3cret&bogus=1")
+            .connect_config()
+            .expect_err("unknown parameter");
+        assert!(!err.contains("s3cret"), "{err}");
         let err = cfg("mysql://ca@127.0.0.1/ca")
             .connect_config()
             .expect_err("scheme");
