@@ -34,6 +34,10 @@ const CLOCK_SKEW: i64 = 60;
 const SHARED_LEN: usize = 16 + TAG_LEN;
 /// The store's record of the shared key.
 const KEY_RECORD: &str = "nonce_key";
+/// The store's record of the issue time (Unix seconds) below which redemption records may have
+/// been pruned, and so below which no nonce is accepted, whatever a redeeming instance's clock
+/// says.
+const PRUNED_BELOW: &str = "nonce_pruned_below";
 
 /// How many most recently issued nonces stay redeemable.
 pub const WINDOW: u64 = 1 << 20;
@@ -181,6 +185,14 @@ impl NonceStore {
         {
             return Err(Error::BadNonce("already used"));
         }
+        // Read after the insert: a pruner raises the mark before it deletes, so a nonce whose
+        // record may be gone (an instance with a clock far ahead pruned it) is refused here.
+        if db
+            .get::<i64>(Table::Meta, PRUNED_BELOW)?
+            .is_some_and(|below| issued < below)
+        {
+            return Err(Error::BadNonce("expired"));
+        }
         Ok(())
     }
 
@@ -191,6 +203,16 @@ impl NonceStore {
             return Ok(0);
         };
         let cutoff = now.saturating_sub(SHARED_LIFETIME.as_secs() as i64 + CLOCK_SKEW);
+        // The mark first, then the deletions below it (see `redeem_shared`).
+        let cutoff = if db.insert_new(Table::Meta, PRUNED_BELOW, &cutoff)? {
+            cutoff
+        } else {
+            db.update(
+                Table::Meta,
+                PRUNED_BELOW,
+                |below: i64| Ok(below.max(cutoff)),
+            )?
+        };
         let mut removed = 0;
         loop {
             let page = db.store().scan_after(Table::Nonces, b"", 1000)?;
@@ -332,6 +354,15 @@ mod tests {
             .scan_prefix(Table::Nonces, b"")
             .expect("scan")
             .is_empty());
+        // The pruner's clock was far ahead: the records are gone, and a redeemer whose clock
+        // still accepts the nonces must refuse them all the same.
+        for n in &used {
+            let raw = crate::wire::b64u_decode("n", n).expect("b64");
+            assert!(matches!(
+                b.redeem_shared(&db, &raw, now()),
+                Err(Error::BadNonce("expired"))
+            ));
+        }
     }
 
     #[test]
