@@ -89,6 +89,12 @@ impl Ra {
         Self(Arc::new(inner))
     }
 
+    /// Whether other CA instances share this store (`storage.backend = "postgres"`), so what
+    /// one process keeps in memory does not bind them.
+    pub fn shared_store(&self) -> bool {
+        self.cfg.storage.backend == crate::storage::Backend::Postgres
+    }
+
     /// Absolute URL for a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)

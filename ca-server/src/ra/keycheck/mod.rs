@@ -279,13 +279,13 @@ fn account_with_key(app: &Ra, key: &PublicKey) -> Result<Option<String>> {
 pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Result<Reservation> {
     let key = &csr.public_key;
     // Weak and compromised keys are refused with `badPublicKey` and recorded for the audit.
-    let weak = |kind: WeakKind, detail: String| -> Result<Reservation> {
+    let weak = |kind: WeakKind, detail: String| -> Error {
         let error = Error::BadPublicKey(detail);
         attempts::record(app, account, order, kind, attempts::key_facts(key), &error);
-        Err(error)
+        error
     };
     if let Some((kind, detail)) = weakness(key, app.cfg.keys.blocklist.as_ref().map(|b| &*b.list)) {
-        return weak(kind, detail);
+        return Err(weak(kind, detail));
     }
 
     let fingerprint = spki_sha256(key);
@@ -295,7 +295,7 @@ pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Resul
         order_id: Some(order.id.clone()),
         serial: None,
     };
-    let refuse = |kind: ReuseKind, holder: Holder, detail: String| -> Result<Reservation> {
+    let refuse = |kind: ReuseKind, holder: Holder, detail: String| -> Error {
         record_attempt(
             app,
             &KeyReuseAttempt {
@@ -305,8 +305,9 @@ pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Resul
                 attempted: attempted.clone(),
                 holder,
             },
-        )?;
-        Err(Error::BadCsr(detail))
+        )
+        .err()
+        .unwrap_or(Error::BadCsr(detail))
     };
 
     // The requester's own account key is refused by `ra::order` with its own message.
@@ -317,83 +318,93 @@ pub fn check(app: &Ra, account: &Account, order: &Order, csr: &CsrInfo) -> Resul
             order_id: None,
             serial: None,
         };
-        return refuse(
+        return Err(refuse(
             ReuseKind::AccountKey,
             holder,
             "the certificate key is the account key of another account: generate a new key \
              for the certificate"
                 .into(),
-        );
+        ));
     }
 
-    if let Some((used, cert)) = lookup(app, &fingerprint)? {
-        if used.order_id == order.id {
-            // A concurrent finalize of this very order won and recorded the key.
-            return Err(Error::OrderNotReady("valid".into()));
+    // The reuse rules, on what the key-use index says about this key.
+    let rules = |found: Option<(KeyUse, Option<Certificate>)>| -> Result<()> {
+        if let Some((used, cert)) = found {
+            if used.order_id == order.id {
+                // A concurrent finalize of this very order won and recorded the key.
+                return Err(Error::OrderNotReady("valid".into()));
+            }
+            let compromised = cert
+                .and_then(|c| c.revoked)
+                .is_some_and(|r| r.proves_key_compromise());
+            if compromised {
+                return Err(weak(
+                    WeakKind::Compromised,
+                    format!(
+                        "certificate {} for this key was revoked because the key was compromised; \
+                     generate a new key",
+                        used.serial
+                    ),
+                ));
+            }
+            let holder = Holder {
+                account_id: used.account_id.clone(),
+                identifiers: used.identifiers.clone(),
+                order_id: Some(used.order_id.clone()),
+                serial: Some(used.serial.clone()),
+            };
+            if used.account_id != account.id {
+                return Err(refuse(
+                    ReuseKind::OtherAccount,
+                    holder,
+                    "this key is already certified for another account: every device needs a key \
+                     of its own; generate a new key on the device"
+                        .into(),
+                ));
+            }
+            if used.identifiers != order.identifiers {
+                let ids = used
+                    .identifiers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(refuse(
+                    ReuseKind::OtherDevice,
+                    holder,
+                    format!(
+                        "this key is already certified for [{ids}] (certificate {}): every device \
+                         needs a key of its own; generate a new key on the device",
+                        used.serial
+                    ),
+                ));
+            }
+            if !app.cfg.keys.allow_renewal_key_reuse {
+                return Err(refuse(
+                    ReuseKind::Renewal,
+                    holder,
+                    format!(
+                        "this key is already certified for these identifiers (certificate {}): \
+                         this CA requires a new key for every certificate; generate a new key",
+                        used.serial
+                    ),
+                ));
+            }
         }
-        let compromised = cert
-            .and_then(|c| c.revoked)
-            .is_some_and(|r| r.proves_key_compromise());
-        if compromised {
-            return weak(
-                WeakKind::Compromised,
-                format!(
-                    "certificate {} for this key was revoked because the key was compromised; \
-                 generate a new key",
-                    used.serial
-                ),
-            );
-        }
-        let holder = Holder {
-            account_id: used.account_id.clone(),
-            identifiers: used.identifiers.clone(),
-            order_id: Some(used.order_id.clone()),
-            serial: Some(used.serial.clone()),
-        };
-        if used.account_id != account.id {
-            return refuse(
-                ReuseKind::OtherAccount,
-                holder,
-                "this key is already certified for another account: every device needs a key \
-                 of its own; generate a new key on the device"
-                    .into(),
-            );
-        }
-        if used.identifiers != order.identifiers {
-            let ids = used
-                .identifiers
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return refuse(
-                ReuseKind::OtherDevice,
-                holder,
-                format!(
-                    "this key is already certified for [{ids}] (certificate {}): every device \
-                     needs a key of its own; generate a new key on the device",
-                    used.serial
-                ),
-            );
-        }
-        if !app.cfg.keys.allow_renewal_key_reuse {
-            return refuse(
-                ReuseKind::Renewal,
-                holder,
-                format!(
-                    "this key is already certified for these identifiers (certificate {}): \
-                     this CA requires a new key for every certificate; generate a new key",
-                    used.serial
-                ),
-            );
-        }
-    }
-    Reservation::take(app, fingerprint.clone(), order, key, &refuse)
+        Ok(())
+    };
+    rules(lookup(app, &fingerprint)?)?;
+    let reservation = Reservation::take(app, fingerprint.clone(), order, key, &refuse)?;
+    // Again with the key reserved: a finalize that recorded this key after the first look (and
+    // then released its reservation) is seen now, so the two cannot both issue.
+    rules(lookup(app, &fingerprint)?)?;
+    Ok(reservation)
 }
 
-/// Keys being certified right now: (data directory, SPKI hash) → (order id, holders). The CA
-/// is one process (sled admits one), so process memory is the right scope; the data directory
-/// keeps instances in one process (tests) apart.
+/// Keys being certified right now in this process: (data directory, SPKI hash) → (order id,
+/// holders). With the embedded store the CA is one process (sled admits one), so process memory
+/// is the right scope; the data directory keeps instances in one process (tests) apart. CA
+/// instances sharing a store also reserve the key there ([`SharedReservation`]).
 type InFlight = BTreeMap<(PathBuf, String), (String, usize)>;
 static IN_FLIGHT: Mutex<InFlight> = Mutex::new(BTreeMap::new());
 
@@ -406,6 +417,58 @@ fn in_flight() -> std::sync::MutexGuard<'static, InFlight> {
 pub struct Reservation {
     slot: (PathBuf, String),
     key_type: String,
+    /// The reservation in a store other instances share: the record written, to remove it.
+    shared: Option<(crate::storage::Db, String, Vec<u8>)>,
+}
+
+/// A key reserved in a shared store (`Table::Meta`, `key_in_flight.{SPKI hash}`), so that CA
+/// instances finalizing orders with one key at once do not both issue.
+#[derive(Serialize, Deserialize)]
+struct SharedReservation {
+    order_id: String,
+    since: i64,
+}
+
+/// How long a shared reservation holds when its instance never removes it (killed while
+/// issuing): far longer than an issuance takes.
+const RESERVATION_LAPSES: i64 = 120;
+
+/// Reserves `fingerprint` for `order` in the shared store; `Ok(Err(other order))` when another
+/// order holds it. The record is kept in `shared` for [`Reservation`]'s drop to remove.
+fn reserve_shared(
+    app: &Ra,
+    fingerprint: &str,
+    order: &Order,
+) -> Result<std::result::Result<(String, Vec<u8>), String>> {
+    let key = format!("key_in_flight.{fingerprint}");
+    let mine = serde_json::to_vec(&SharedReservation {
+        order_id: order.id.clone(),
+        since: now(),
+    })
+    .map_err(|e| Error::Internal(format!("cannot encode a key reservation: {e}")))?;
+    for _ in 0..8 {
+        let current = app.db.store().get(Table::Meta, key.as_bytes())?;
+        if let Some(raw) = &current {
+            let held: SharedReservation = serde_json::from_slice(raw)
+                .map_err(|e| Error::Storage(format!("corrupt key reservation: {e}")))?;
+            if held.order_id == order.id {
+                // The other finalize of this order: the order's own compare-and-swap decides.
+                return Ok(Ok((key, Vec::new())));
+            }
+            if now() - held.since <= RESERVATION_LAPSES {
+                return Ok(Err(held.order_id));
+            }
+        }
+        if app.db.store().compare_and_swap(
+            Table::Meta,
+            key.as_bytes(),
+            current.as_deref(),
+            Some(&mine),
+        )? {
+            return Ok(Ok((key, mine)));
+        }
+    }
+    Err(Error::Storage("a key reservation kept changing".into()))
 }
 
 impl Reservation {
@@ -414,7 +477,7 @@ impl Reservation {
         fingerprint: String,
         order: &Order,
         key: &PublicKey,
-        refuse: &dyn Fn(ReuseKind, Holder, String) -> Result<Self>,
+        refuse: &dyn Fn(ReuseKind, Holder, String) -> Error,
     ) -> Result<Self> {
         let slot = (app.cfg.data_dir.clone(), fingerprint);
         let other = {
@@ -429,12 +492,28 @@ impl Reservation {
                 Some(entry.0.clone())
             }
         };
+        let mut reservation = Self {
+            slot,
+            key_type: key.describe(),
+            shared: None,
+        };
+        let other = match other {
+            Some(other) => Some(other),
+            None if app.shared_store() => match reserve_shared(app, &reservation.slot.1, order)? {
+                Ok((key, record)) => {
+                    reservation.shared = Some((app.db.clone(), key, record));
+                    None
+                }
+                Err(other) => Some(other),
+            },
+            None => None,
+        };
         if let Some(other) = other {
             let other_account = app
                 .db
                 .get::<Order>(Table::Orders, &other)?
                 .map_or_else(String::new, |o| o.account_id);
-            return refuse(
+            return Err(refuse(
                 ReuseKind::Concurrent,
                 Holder {
                     account_id: other_account,
@@ -445,12 +524,9 @@ impl Reservation {
                 "another order is being finalized with this key right now: every device needs \
                  a key of its own; generate a new key on the device"
                     .into(),
-            );
+            ));
         }
-        Ok(Self {
-            slot,
-            key_type: key.describe(),
-        })
+        Ok(reservation)
     }
 
     /// Records the issued certificate as the key's holder in [`Table::KeyUse`].
@@ -479,6 +555,14 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if let Some((db, key, record)) = self.shared.take().filter(|(_, _, r)| !r.is_empty()) {
+            let removed =
+                db.store()
+                    .compare_and_swap(Table::Meta, key.as_bytes(), Some(&record), None);
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "a key reservation could not be removed; it lapses in {RESERVATION_LAPSES} s");
+            }
+        }
         let mut map = in_flight();
         if let Some(entry) = map.get_mut(&self.slot) {
             entry.1 = entry.1.saturating_sub(1);
