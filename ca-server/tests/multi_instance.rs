@@ -199,3 +199,89 @@ async fn credential_files_are_copied_into_the_shared_store() {
         .join(ca_server::storage::SHARED_MARKER)
         .exists());
 }
+
+/// One key, two devices, two instances at once: one certificate, never two (the key-reuse
+/// check holds across instances, however the finalizes interleave).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_key_is_certified_once_when_two_instances_finalize_with_it_at_once() {
+    let (a, b) = pair();
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    let accounts = std::sync::Arc::new((a.new_account().await, b.new_account().await));
+    for round in 0..8 {
+        let (name_a, name_b) = (
+            format!("a-{round}.plant.example"),
+            format!("b-{round}.plant.example"),
+        );
+        let order_a = ready_order(&a, &accounts.0, &[&name_a]).await;
+        let order_b = ready_order(&b, &accounts.1, &[&name_b]).await;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let (csr_a, csr_b) = (csr(&[&name_a], &key), csr(&[&name_b], &key));
+        // Each finalize on a task of its own, so they run on two workers at once.
+        let fa = {
+            let (a, accounts) = (a.clone(), accounts.clone());
+            tokio::spawn(async move { a.finalize(&accounts.0, &order_a, &csr_a).await })
+        };
+        let fb = {
+            let (b, accounts) = (b.clone(), accounts.clone());
+            tokio::spawn(async move { b.finalize(&accounts.1, &order_b, &csr_b).await })
+        };
+        let (ra, rb) = (fa.await.expect("join"), fb.await.expect("join"));
+        let issued = [&ra, &rb]
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count();
+        assert_eq!(
+            issued,
+            1,
+            "round {round}: {} {} / {} {}",
+            ra.status,
+            String::from_utf8_lossy(&ra.body),
+            rb.status,
+            String::from_utf8_lossy(&rb.body)
+        );
+        let refused = if ra.status == StatusCode::OK {
+            &rb
+        } else {
+            &ra
+        };
+        refused.assert_problem(400, "badCSR");
+    }
+}
+
+/// A revocation whose instance did not get to sign the next CRL (it died, or signing failed)
+/// still makes every instance's CRL list it: the stored CRL is stale once a revocation is
+/// counted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_crl_even_when_its_instance_never_signs() {
+    let (a, b) = pair();
+    let acct = a.new_account().await;
+    let order = ready_order(&a, &acct, &["line-2.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let done = a
+        .finalize(&acct, &order, &csr(&["line-2.plant.example"], &key))
+        .await
+        .json();
+    let der = leaf_der(&a.certificate_chain(&acct, &done).await);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let listed = |crl: &[u8]| {
+        let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
+        let found = crl
+            .iter_revoked_certificates()
+            .any(|r| r.raw_serial() == cert.raw_serial());
+        found
+    };
+    assert!(!listed(&a.get(&a.url("/crl")).await.body));
+    // B records the revocation but publishes nothing, as if it died right after.
+    ca_server::ra::revocation::record_revocation(
+        &b.app,
+        &hex::encode(cert.raw_serial()),
+        1,
+        ca_server::ca::cert::RevokedBy::Account,
+    )
+    .expect("revocation recorded");
+    assert!(
+        listed(&a.get(&a.url("/crl")).await.body),
+        "A's CRL lists it"
+    );
+    assert!(listed(&b.get(&b.url("/crl")).await.body), "B's too");
+}

@@ -1299,3 +1299,42 @@ async fn the_data_directory_and_the_admin_socket_are_private() {
     assert_eq!(mode(&sock), 0o600);
     server.abort();
 }
+
+/// A revocation cut off between marking the certificate and writing the record the CRL is made
+/// from (a crash, a store call that timed out) is completed by the client's retry: the retry
+/// gets `alreadyRevoked`, and the certificate is on the CRL.
+#[tokio::test]
+async fn a_retried_revocation_puts_a_half_recorded_one_on_the_crl() {
+    let s = TestServer::new();
+    let acct = s.new_account().await;
+    let Issued { der, .. } = issue(&s, &acct, "plc-7.plant.example").await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let serial_hex = hex::encode(cert.raw_serial());
+    let url = s.url("/acme/revoke-cert");
+    let body = json!({"certificate": b64(&der), "reason": 1});
+    let revoke = || s.post_as(&acct, &url, Some(&body));
+    revoke().await.assert_status(StatusCode::OK);
+    // The second write lost.
+    assert!(s
+        .app
+        .db
+        .remove(ca_server::storage::Table::Revocations, &serial_hex)
+        .expect("remove"));
+    s.app.crl.invalidate();
+    let listed = |crl: &[u8]| {
+        let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
+        let found = crl
+            .iter_revoked_certificates()
+            .any(|r| r.raw_serial() == cert.raw_serial());
+        found
+    };
+    assert!(
+        !listed(&s.get(&s.url("/crl")).await.body),
+        "the cut-off state"
+    );
+    revoke().await.assert_problem(400, "alreadyRevoked");
+    assert!(
+        listed(&s.get(&s.url("/crl")).await.body),
+        "on the CRL after the retry"
+    );
+}

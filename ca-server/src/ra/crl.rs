@@ -15,7 +15,7 @@
 //! signed but not written does not count. Retention (`ra::retention`) removes a revocation
 //! record only once it is off the CRL.
 //!
-//! CA instances sharing a database ([`shared`]) serve one CRL: each signed CRL is also kept in
+//! CA instances sharing a database ([`Ra::shared_store`]) serve one CRL: each signed CRL is also kept in
 //! the store ([`SharedCrl`], only ever replaced by a higher number), and an instance serves
 //! the stored one while it is fresh, so a revocation made at one instance is on the CRL every
 //! instance serves as soon as that instance has signed it.
@@ -35,13 +35,29 @@ use crate::{Error, Result};
 struct SharedCrl {
     number: u64,
     this_update: i64,
+    /// The count of revocations ([`REVOCATIONS_KEY`]) before the CRL's revocations were read:
+    /// a later revocation makes the CRL stale at once, even if the instance that made it
+    /// failed to sign the next one.
+    revocations: u64,
     /// The DER, base64url.
     der: String,
 }
 
-/// Whether other CA instances share this store.
-fn shared(app: &Ra) -> bool {
-    app.cfg.storage.backend == crate::storage::Backend::Postgres
+/// `Table::Meta` key of the count of revocations ever recorded ([`count_revocation`]).
+const REVOCATIONS_KEY: &str = "revocations_recorded";
+
+/// Counts a revocation just recorded, for the instances that serve the stored CRL.
+pub fn count_revocation(app: &Ra) -> Result<()> {
+    if !app.db.insert_new(Table::Meta, REVOCATIONS_KEY, &1u64)? {
+        app.db.update(Table::Meta, REVOCATIONS_KEY, |n: u64| {
+            Ok(n.saturating_add(1))
+        })?;
+    }
+    Ok(())
+}
+
+fn revocations_recorded(app: &Ra) -> Result<u64> {
+    Ok(app.db.get(Table::Meta, REVOCATIONS_KEY)?.unwrap_or(0))
 }
 
 fn shared_key(kind: IssuerKind) -> String {
@@ -53,7 +69,9 @@ fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
     let Some(crl) = app.db.get::<SharedCrl>(Table::Meta, &shared_key(kind))? else {
         return Ok(None);
     };
-    if !(0..crate::ca::crl::REFRESH).contains(&(now - crl.this_update)) {
+    if !(0..crate::ca::crl::REFRESH).contains(&(now - crl.this_update))
+        || crl.revocations < revocations_recorded(app)?
+    {
         return Ok(None);
     }
     crate::wire::b64u_decode("stored CRL", &crl.der)
@@ -64,7 +82,7 @@ fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
 /// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
 pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
-    if shared(app) {
+    if app.shared_store() {
         if let Some(der) = stored(app, kind, now)? {
             return Ok(der);
         }
@@ -99,7 +117,7 @@ pub async fn publish(app: &Ra, issuers: impl IntoIterator<Item = IssuerKind>) {
 pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     let _one_at_a_time = app.crl.signing.lock().await;
     let reader = app.clone();
-    let (number, revoked) =
+    let (number, revoked, counted) =
         tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind, now))
             .await
             .map_err(|e| Error::Internal(format!("CRL task failed: {e}")))??;
@@ -110,9 +128,11 @@ pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     // blocking pool, outside the request's durability ticket, so everything is flushed.
     app.db.flush_all().await?;
     let signer = app.clone();
-    tokio::task::spawn_blocking(move || sign_and_write(&signer, kind, number, now, &revoked))
-        .await
-        .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        sign_and_write(&signer, kind, (number, counted), now, &revoked)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("CRL signing task failed: {e}")))?
 }
 
 /// Serial, revocation time and reason code, as `CertificateAuthority::sign_crl` takes them.
@@ -125,15 +145,17 @@ fn number_and_revocations(
     app: &Ra,
     kind: IssuerKind,
     now: i64,
-) -> Result<(u64, Vec<RevokedEntry>)> {
-    if !app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
+) -> Result<(u64, Vec<RevokedEntry>, u64)> {
+    // Before the revocations are read: what is counted by then is on this CRL.
+    let counted = revocations_recorded(app)?;
+    // The number this call wrote, not a later read: another instance may have taken the
+    // next one meanwhile, and two CRLs must never share a number (RFC 5280 §5.2.3).
+    let number: u64 = if app.db.insert_new(Table::Meta, "crl_number", &1u64)? {
+        1
+    } else {
         app.db
-            .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?;
-    }
-    let number: u64 = app
-        .db
-        .get(Table::Meta, "crl_number")?
-        .ok_or_else(|| Error::Storage("CRL number vanished".into()))?;
+            .update(Table::Meta, "crl_number", |n: u64| Ok(n.saturating_add(1)))?
+    };
     let last = last_published(app, kind)?;
     let mut revoked = Vec::new();
     for (serial, value) in app.db.store().scan_prefix(Table::Revocations, b"")? {
@@ -150,7 +172,7 @@ fn number_and_revocations(
             .map_err(|e| Error::Storage(format!("corrupt revocation key: {e}")))?;
         revoked.push((serial, entry.at, entry.reason));
     }
-    Ok((number, revoked))
+    Ok((number, revoked, counted))
 }
 
 /// The `Meta` key of the thisUpdate of the last CRL of `kind` written to its file.
@@ -185,7 +207,7 @@ pub fn listed(not_after: Option<i64>, last: Option<i64>, now: i64) -> bool {
 fn sign_and_write(
     app: &Ra,
     kind: IssuerKind,
-    number: u64,
+    (number, counted): (u64, u64),
     now: i64,
     revoked: &[RevokedEntry],
 ) -> Result<Vec<u8>> {
@@ -205,10 +227,11 @@ fn sign_and_write(
     app.crl.mark_published(kind, now);
     // Durable with the next flush; lost in a crash, an older value only keeps entries longer.
     app.db.put(Table::Meta, &published_key(kind), &now)?;
-    if shared(app) {
+    if app.shared_store() {
         let signed = SharedCrl {
             number,
             this_update: now,
+            revocations: counted,
             der: crate::wire::b64u(&der),
         };
         // Another instance may have signed a later number meanwhile: that one stays.

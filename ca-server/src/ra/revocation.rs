@@ -84,7 +84,18 @@ pub async fn revoke(app: &Ra, revoker: Revoker<'_>, der: &[u8], reason: Option<i
         }
     };
 
-    let issuer = record_revocation(app, &serial, u8::try_from(reason).unwrap_or(0), by)?;
+    let issuer = match record_revocation(app, &serial, u8::try_from(reason).unwrap_or(0), by) {
+        Err(Error::AlreadyRevoked) => {
+            // A revocation cut off between its two writes (a crash, a store call that timed
+            // out) left the certificate marked but off the CRL; the retry puts it on.
+            if let Some(issuer) = ensure_listed(app, &serial)? {
+                app.db.flush().await?;
+                crate::ra::crl::publish(app, [issuer]).await;
+            }
+            return Err(Error::AlreadyRevoked);
+        }
+        other => other?,
+    };
     app.db.flush().await?;
     tracing::info!(serial = %serial, reason, ?by, "certificate revoked");
     crate::ra::crl::publish(app, [issuer]).await;
@@ -123,8 +134,39 @@ pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> R
     .revoked
     .ok_or_else(|| Error::Storage(format!("revocation of {serial} was not stored")))?;
     app.db.put(Table::Revocations, serial, &revoked)?;
+    crate::ra::crl::count_revocation(app)?;
     app.crl.invalidate();
     Ok(revoked.issuer)
+}
+
+/// For a certificate marked revoked: writes its record in the table the CRL is made from if it
+/// is missing, and returns the issuer whose CRL must then be published again.
+fn ensure_listed(app: &Ra, serial: &str) -> Result<Option<IssuerKind>> {
+    if app
+        .db
+        .get::<Revocation>(Table::Revocations, serial)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    // An expired certificate's revocation leaves the CRL's table on purpose (`ra::crl`).
+    let Some(revoked) = crate::ra::history::certificate(app, serial)?
+        .filter(|c| c.not_after >= now())
+        .and_then(|c| c.revoked)
+    else {
+        return Ok(None);
+    };
+    let _group = app.db.write_group();
+    if !app.db.insert_new(Table::Revocations, serial, &revoked)? {
+        return Ok(None);
+    }
+    crate::ra::crl::count_revocation(app)?;
+    app.crl.invalidate();
+    tracing::warn!(
+        serial,
+        "a revocation was missing from the CRL's table and is added now"
+    );
+    Ok(Some(revoked.issuer))
 }
 
 /// Whether `account_id` holds currently valid authorizations covering every identifier,
