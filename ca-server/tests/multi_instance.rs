@@ -87,7 +87,7 @@ async fn an_order_moves_between_instances_and_a_revocation_reaches_both_crls() {
     let (a, b) = pair();
     let acct = a.new_account().await;
     let order = ready_order(&a, &acct, &["line-1.plant.example"]).await;
-    // Both instances sign a CRL before the revocation, so each has one cached.
+    // A CRL before the revocation: A signs it, B serves the one A stored.
     let serials = |der: &[u8]| -> (String, Vec<Vec<u8>>) {
         let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL parses");
         let n = crl.crl_number().map(|n| n.to_string()).unwrap_or_default();
