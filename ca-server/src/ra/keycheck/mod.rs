@@ -492,28 +492,12 @@ impl Reservation {
                 Some(entry.0.clone())
             }
         };
-        let mut reservation = Self {
-            slot,
-            key_type: key.describe(),
-            shared: None,
-        };
-        let other = match other {
-            Some(other) => Some(other),
-            None if app.shared_store() => match reserve_shared(app, &reservation.slot.1, order)? {
-                Ok((key, record)) => {
-                    reservation.shared = Some((app.db.clone(), key, record));
-                    None
-                }
-                Err(other) => Some(other),
-            },
-            None => None,
-        };
-        if let Some(other) = other {
+        let concurrent = |other: String| -> Result<Error> {
             let other_account = app
                 .db
                 .get::<Order>(Table::Orders, &other)?
                 .map_or_else(String::new, |o| o.account_id);
-            return Err(refuse(
+            Ok(refuse(
                 ReuseKind::Concurrent,
                 Holder {
                     account_id: other_account,
@@ -524,7 +508,24 @@ impl Reservation {
                 "another order is being finalized with this key right now: every device needs \
                  a key of its own; generate a new key on the device"
                     .into(),
-            ));
+            ))
+        };
+        // Refused before a reservation exists: dropping one gives back a hold, and this one
+        // is the other order's.
+        if let Some(other) = other {
+            return Err(concurrent(other)?);
+        }
+        let mut reservation = Self {
+            slot,
+            key_type: key.describe(),
+            shared: None,
+        };
+        if app.shared_store() {
+            match reserve_shared(app, &reservation.slot.1, order)? {
+                Ok((key, record)) => reservation.shared = Some((app.db.clone(), key, record)),
+                // Dropping `reservation` gives back this order's own hold in this process.
+                Err(other) => return Err(concurrent(other)?),
+            }
         }
         Ok(reservation)
     }
