@@ -99,13 +99,12 @@ for c in "${levels[@]}"; do
         "https://127.0.0.1:$ca_port/directory" >"$work/res-pg2-$c.json"
 done
 
-python3 - "$work" "${levels[@]}" <<'PY'
-import json, sys
+PYTHONPATH=scripts python3 - "$work" "${levels[@]}" <<'PY'
+import sys
+import bench_results
 work, levels = sys.argv[1], sys.argv[2:]
 def load(name, c):
-    raw = open(f"{work}/res-{name}-{c}.json").read().strip().splitlines()
-    r = json.loads(raw[-1]) if raw else {"stalled": True}
-    return None if r.get("stalled") else r
+    return bench_results.load(work, name, c)
 names = {"sled": "sled, 1 instance", "pg1": "PostgreSQL, 1 instance", "pg2": "PostgreSQL, 2 instances"}
 print(f"{'C':>4} | {'store':<24} {'certs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>6}")
 for c in levels:

@@ -70,13 +70,12 @@ for c in "${levels[@]}"; do
     run pebble "https://127.0.0.1:$pp/dir" "$work/pebble/ca.pem" "$pebble_pid" "$c" >"$work/res-pebble-$c.json"
     run iiot "https://127.0.0.1:$cp_/directory" "$work/ca/ca/root.pem" "$ca_pid" "$c" >"$work/res-iiot-$c.json"
 done
-python3 - "$work" "${levels[@]}" <<'PY'
-import json, sys
+PYTHONPATH=scripts python3 - "$work" "${levels[@]}" <<'PY'
+import sys
+import bench_results
 work, levels = sys.argv[1], sys.argv[2:]
 def load(name, c):
-    raw = open(f"{work}/res-{name}-{c}.json").read().strip().splitlines()
-    r = json.loads(raw[-1]) if raw else {"stalled": True}
-    return None if r.get("stalled") else r
+    return bench_results.load(work, name, c)
 # POSTs: signed requests per enrollment; more than 7 means the client looked at an order that
 # was not done yet (and backed off 5 ms, x1.5, before looking again). loadgen: its own CPU.
 print(f"{'C':>4} | {'server':<8} {'certs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU ms/cert':>11} {'errors':>6} {'POSTs':>5} {'loadgen':>7} | {'iiot/pebble certs/s':>19} {'CPU ratio':>9}")
