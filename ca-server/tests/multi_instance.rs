@@ -285,3 +285,82 @@ async fn a_revocation_reaches_the_crl_even_when_its_instance_never_signs() {
     );
     assert!(listed(&b.get(&b.url("/crl")).await.body), "B's too");
 }
+
+/// Work another instance has under way is its own: an order it is issuing reads `processing`
+/// here, not `invalid`, and a validation it runs is not started again by a poll here, until
+/// the work is older than any live attempt could be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other() {
+    use ca_server::ra::authz::Authz;
+    use ca_server::ra::order::{Order, Stage};
+    use ca_server::storage::Table;
+    use ca_server::types::{ChallengeStatus, ChallengeType};
+    let (a, b) = pair();
+    let acct = a.new_account().await;
+    let now = ca_server::types::now();
+
+    let order = ready_order(&a, &acct, &["line-3.plant.example"]).await;
+    let url = order["url"].as_str().expect("url");
+    let id = url.rsplit('/').next().expect("id");
+    let processing = |since: i64| {
+        a.app
+            .db
+            .update(Table::Orders, id, |mut o: Order| {
+                o.stage = Stage::Processing {
+                    since,
+                    by: Some("another-instance".into()),
+                };
+                Ok(o)
+            })
+            .expect("processing");
+    };
+    processing(now);
+    let seen: Value = b.post_as(&acct, url, None).await.json();
+    assert_eq!(seen["status"], "processing", "{seen}");
+    processing(now - 3600);
+    let seen: Value = b.post_as(&acct, url, None).await.json();
+    assert_eq!(
+        seen["status"], "invalid",
+        "an issuance an hour old is abandoned"
+    );
+
+    let (_, pending) = a
+        .create_order(
+            &acct,
+            &json!({"identifiers": [{"type": "dns", "value": "line-4.plant.example"}]}),
+        )
+        .await;
+    let authz_url = pending["authorizations"][0].as_str().expect("authz");
+    let authz_id = authz_url.rsplit('/').next().expect("id");
+    a.app
+        .db
+        .update(Table::Authzs, authz_id, |mut z: Authz| {
+            let c = z
+                .challenges
+                .iter_mut()
+                .find(|c| c.kind == ChallengeType::Http01)
+                .expect("http-01");
+            c.status = ChallengeStatus::Processing;
+            c.processing_since = Some(now);
+            c.processing_by = Some("another-instance".into());
+            Ok(z)
+        })
+        .expect("processing");
+    b.post_as(&acct, authz_url, None).await;
+    let stored: Authz = a
+        .app
+        .db
+        .get(Table::Authzs, authz_id)
+        .expect("get")
+        .expect("authz");
+    let http = stored
+        .challenges
+        .iter()
+        .find(|c| c.kind == ChallengeType::Http01)
+        .expect("http-01");
+    assert_eq!(
+        http.processing_by.as_deref(),
+        Some("another-instance"),
+        "the poll at the other instance started the validation again"
+    );
+}

@@ -505,8 +505,9 @@ pub fn record_outcome(
 }
 
 /// A validation whose task died with the process stays `processing` in the store; restart it
-/// at once if another server process started it (that process is gone: see
-/// [`super::process_id`]), else once it is clearly older than any live attempt could be.
+/// at once if another server process started it and no other instance shares the store (that
+/// process is gone: see [`Ra::cut_off`]), else once it is clearly older than any live attempt
+/// could be.
 fn resume_stuck_validations(app: &Ra, authz: &Authz) {
     let limit = i64::try_from(app.cfg.validation.timeout.as_secs()).unwrap_or(60) * 2 + 5;
     if authz.status() != AuthzStatus::Pending {
@@ -516,7 +517,7 @@ fn resume_stuck_validations(app: &Ra, authz: &Authz) {
     for c in &authz.challenges {
         if matches!(c.kind, ChallengeType::Http01 | ChallengeType::TlsAlpn01)
             && c.status == ChallengeStatus::Processing
-            && (c.processing_by.as_deref() != Some(me)
+            && (app.cut_off(c.processing_by.as_deref())
                 || c.processing_since.is_some_and(|t| now() - t > limit))
         {
             // Claim the restart by moving `processing_since` forward and recording this

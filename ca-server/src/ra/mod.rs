@@ -61,9 +61,11 @@ pub struct Inner {
 }
 
 /// This server process, as recorded with the work it has under way (a validation, an
-/// issuance). Only one process serves a data directory (sled locks it), so work recorded by
-/// another process was cut off when that process stopped and will never finish: a poll after a
-/// restart takes it up again, or reports it failed, at once instead of after a timeout.
+/// issuance). With the embedded store only one process serves a data directory (sled locks
+/// it), so work recorded by another process was cut off when that process stopped and will
+/// never finish: a poll after a restart takes it up again, or reports it failed, at once
+/// instead of after a timeout ([`Ra::cut_off`]). With a shared store another process is most
+/// likely another instance still at work, so only the age of the work counts.
 pub fn process_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     // Without the system RNG the time of the start tells processes apart as well.
@@ -93,6 +95,12 @@ impl Ra {
     /// one process keeps in memory does not bind them.
     pub fn shared_store(&self) -> bool {
         self.cfg.storage.backend == crate::storage::Backend::Postgres
+    }
+
+    /// Whether work recorded as under way by the process `by` ([`process_id`]) was cut off by
+    /// that process's end: it is another process's, and no other instance shares the store.
+    pub fn cut_off(&self, by: Option<&str>) -> bool {
+        by != Some(process_id()) && !self.shared_store()
     }
 
     /// Absolute URL for a path.

@@ -91,9 +91,7 @@ impl Order {
             Stage::Valid { .. } => return Ok((OrderStatus::Valid, None)),
             Stage::Invalid { error } => return Ok((OrderStatus::Invalid, Some(error.clone()))),
             Stage::Processing { since, by } => {
-                if by.as_deref() != Some(super::process_id())
-                    || now() - since > STUCK_PROCESSING_SECS
-                {
+                if app.cut_off(by.as_deref()) || now() - since > STUCK_PROCESSING_SECS {
                     let p = Problem::new(
                         crate::ProblemType::ServerInternal,
                         "issuance was interrupted; create a new order",
