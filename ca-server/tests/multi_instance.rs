@@ -364,3 +364,28 @@ async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other(
         "the poll at the other instance started the validation again"
     );
 }
+
+/// An instance whose hourly CRL tick comes after another instance signed serves and writes
+/// that CRL rather than signing one more; its `crl.pem` follows the CRL it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_tick_after_another_instance_signed_writes_that_crl() {
+    use ca_server::ca::IssuerKind;
+    let (a, b) = pair();
+    let number = |der: &[u8]| {
+        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL");
+        crl.crl_number().map(|n| n.to_string()).expect("number")
+    };
+    let signed = number(&a.get(&a.url("/crl")).await.body);
+    ca_server::ra::crl::publish(&b.app, [IssuerKind::Ec]).await;
+    let file = std::fs::read(b.dir.path().join("crl.pem")).expect("b's crl.pem");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&file).expect("PEM");
+    assert_eq!(
+        number(&pem.contents),
+        signed,
+        "b wrote a's CRL, not a new one"
+    );
+    assert!(
+        b.app.crl.published(IssuerKind::Ec).is_some(),
+        "b counts as published"
+    );
+}

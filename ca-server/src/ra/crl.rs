@@ -64,8 +64,9 @@ fn shared_key(kind: IssuerKind) -> String {
     format!("crl_signed.{}", file_name(kind))
 }
 
-/// The stored CRL of `kind`, if one is not yet due (as [`crate::ca::crl::CrlCache`] decides).
-fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
+/// The stored CRL of `kind` and its thisUpdate, if one is not yet due (as
+/// [`crate::ca::crl::CrlCache`] decides).
+fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<(Vec<u8>, i64)>> {
     let Some(crl) = app.db.get::<SharedCrl>(Table::Meta, &shared_key(kind))? else {
         return Ok(None);
     };
@@ -75,7 +76,7 @@ fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     crate::wire::b64u_decode("stored CRL", &crl.der)
-        .map(Some)
+        .map(|der| Some((der, crl.this_update)))
         .map_err(|_| Error::Storage("corrupt stored CRL".into()))
 }
 
@@ -83,7 +84,7 @@ fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
 pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
     if app.shared_store() {
-        if let Some(der) = stored(app, kind, now)? {
+        if let Some((der, _)) = stored(app, kind, now)? {
             return Ok(der);
         }
         return refresh(app, kind, now).await;
@@ -116,6 +117,21 @@ pub async fn publish(app: &Ra, issuers: impl IntoIterator<Item = IssuerKind>) {
 /// durable, then signs and writes it on the blocking pool.
 pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     let _one_at_a_time = app.crl.signing.lock().await;
+    // Requests that found the stored CRL due queue here; once one has signed, the rest serve
+    // its CRL, as does an instance whose hourly tick comes after another instance's.
+    if app.shared_store() {
+        if let Some((der, this_update)) = stored(app, kind, now)? {
+            // This instance's file and readiness follow the CRL it serves.
+            let pem = pem_encode("X509 CRL", &der);
+            write_atomic(
+                &app.cfg.data_dir.join(file_name(kind)),
+                pem.as_bytes(),
+                0o644,
+            )?;
+            app.crl.mark_published(kind, this_update);
+            return Ok(der);
+        }
+    }
     let reader = app.clone();
     let (number, revoked, counted) =
         tokio::task::spawn_blocking(move || number_and_revocations(&reader, kind, now))
