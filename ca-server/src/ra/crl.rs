@@ -122,12 +122,7 @@ pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     if app.shared_store() {
         if let Some((der, this_update)) = stored(app, kind, now)? {
             // This instance's file and readiness follow the CRL it serves.
-            let pem = pem_encode("X509 CRL", &der);
-            write_atomic(
-                &app.cfg.data_dir.join(file_name(kind)),
-                pem.as_bytes(),
-                0o644,
-            )?;
+            write_file(app, kind, &der)?;
             app.crl.mark_published(kind, this_update);
             return Ok(der);
         }
@@ -220,6 +215,17 @@ pub fn listed(not_after: Option<i64>, last: Option<i64>, now: i64) -> bool {
     }
 }
 
+/// Writes the CRL `der` of `kind` to its file in the data directory (PEM, mode 0644), where
+/// brokers that read a CRL file find it.
+fn write_file(app: &Ra, kind: IssuerKind, der: &[u8]) -> Result<()> {
+    let pem = pem_encode("X509 CRL", der);
+    write_atomic(
+        &app.cfg.data_dir.join(file_name(kind)),
+        pem.as_bytes(),
+        0o644,
+    )
+}
+
 fn sign_and_write(
     app: &Ra,
     kind: IssuerKind,
@@ -230,12 +236,7 @@ fn sign_and_write(
     let der = app
         .ca
         .sign_crl(kind, number, now, now + LIFETIME, revoked)?;
-    let pem = pem_encode("X509 CRL", &der);
-    write_atomic(
-        &app.cfg.data_dir.join(file_name(kind)),
-        pem.as_bytes(),
-        0o644,
-    )?;
+    write_file(app, kind, &der)?;
     *app.crl.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
         der: der.clone(),
         this_update: now,
