@@ -877,7 +877,7 @@ mod tests {
             }
         }
         // Reopened: every value a flush reported durable is there.
-        let db = Db::new(Arc::new(SledStore::open(dir.path()).expect("reopen")));
+        let db = Db::new(Arc::new(SledStore::reopen_in_test(dir.path())));
         for i in 0..64u32 {
             assert_eq!(
                 db.get::<u32>(Table::Orders, &format!("k{i:02}"))

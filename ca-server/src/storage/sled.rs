@@ -143,6 +143,21 @@ impl SledStore {
         Self::open_with(dir, Durability::PowerLoss, super::CACHE_MIB)
     }
 
+    /// For tests that open a store again right after dropping it in the same process: sled's
+    /// background threads may hold the file lock a moment longer, as the store's own reopens
+    /// expect (`Open::when_released`).
+    #[cfg(test)]
+    pub(crate) fn reopen_in_test(dir: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::open(dir) {
+                Ok(store) => return store,
+                Err(e) if Instant::now() > deadline => panic!("reopen {}: {e}", dir.display()),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
     /// Opens (creating if needed) the database in `dir` with the given durability and a page
     /// cache of `cache_mib` MiB.
     pub fn open_with(dir: &Path, durability: Durability, cache_mib: u64) -> Result<Self> {
@@ -746,7 +761,7 @@ mod tests {
         store.flush().await.expect("flush");
         assert_eq!(store.flush_count(), 1);
         drop(store);
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = SledStore::reopen_in_test(dir.path());
         assert_eq!(
             store.scan_prefix(Table::Orders, b"").expect("scan").len(),
             2001
@@ -775,7 +790,7 @@ mod tests {
         });
         store.checkpoint().expect("checkpoint");
         drop(store);
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = SledStore::reopen_in_test(dir.path());
         assert_eq!(
             store.scan_prefix(Table::Authzs, b"").expect("scan").len(),
             2000
@@ -985,7 +1000,7 @@ mod tests {
         store.put(Table::Orders, b"new", b"1").expect("put");
         store.flush().await.expect("flush");
         drop(store);
-        let store = SledStore::open(dir.path()).expect("open again");
+        let store = SledStore::reopen_in_test(dir.path());
         assert_eq!(
             store.get(Table::Orders, &99u32.to_be_bytes()).expect("get"),
             Some(b"kept".to_vec())

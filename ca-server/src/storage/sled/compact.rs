@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(store.sync_count(), syncs + 1);
         // Everything is there after a restart, and so is the size the next check compares.
         drop(store);
-        let store = reopen(&dir);
+        let store = SledStore::reopen_in_test(&dir);
         assert_eq!(records(&store, Table::Orders).len(), 1001);
         assert_eq!(
             store
@@ -446,22 +446,8 @@ mod tests {
         );
         let live = records(&store, Table::Authzs);
         drop(store);
-        let store = reopen(&dir);
+        let store = SledStore::reopen_in_test(&dir);
         assert_eq!(records(&store, Table::Authzs), live);
-    }
-
-    /// Opens the store again right after this process dropped it: sled's background threads
-    /// may hold the file lock a moment longer (as `Open::when_released` waits for in the
-    /// store's own reopens).
-    fn reopen(dir: &Path) -> SledStore {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match SledStore::open(dir) {
-                Ok(store) => return store,
-                Err(e) if Instant::now() > deadline => panic!("reopen: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
     }
 
     fn store_with(dir: &Path, value: &[u8]) {
