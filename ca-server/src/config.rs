@@ -913,6 +913,21 @@ scan_interval = "1m"
         .expect("a loopback URL is accepted");
         let pg = ok.storage.postgres().expect("postgres").expect("some");
         assert_eq!(pg.pool_size, 4);
+        let remote = Config::from_toml(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://ca@db.plant.example/iiot\"\n\
+             tls_ca_file = \"/etc/iiot-acme/db-ca.pem\"\n",
+        )
+        .expect("a remote host with TLS is accepted");
+        let tls = remote
+            .storage
+            .postgres()
+            .expect("postgres")
+            .expect("some")
+            .tls;
+        assert_eq!(
+            tls.map(|t| t.ca_file),
+            Some("/etc/iiot-acme/db-ca.pem".into())
+        );
         for (toml, want) in [
             ("backend = \"postgres\"\n", "needs storage.url"),
             (
@@ -924,6 +939,24 @@ scan_interval = "1m"
                 "must not contain a password",
             ),
             ("backend = \"mysql\"\n", "unknown variant"),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://ca@db.plant.example/iiot\"\n",
+                "set storage.tls_ca_file",
+            ),
+            (
+                "tls_ca_file = \"/etc/iiot-acme/db-ca.pem\"\n",
+                "the backend is \"sled\"",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://ca@db.plant.example/iiot\"\n\
+                 tls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\n",
+                "go together",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://ca@127.0.0.1/iiot\"\n\
+                 tls_cert_file = \"/c.pem\"\ntls_key_file = \"/c.key\"\n",
+                "needs storage.tls_ca_file",
+            ),
         ] {
             let err = Config::from_toml(&format!("[storage]\n{toml}"))
                 .expect_err(toml)

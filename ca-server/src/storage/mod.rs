@@ -465,6 +465,15 @@ pub struct StorageConfig {
     pub password_file: Option<std::path::PathBuf>,
     /// With `backend = "postgres"`: connections each CA instance keeps.
     pub pool_size: usize,
+    /// With `backend = "postgres"`: TLS to the database, required once this is set. PEM file
+    /// of the certificates that may sign the database's certificate, which must also name the
+    /// URL's host. Without it the database must be on a Unix socket or a loopback address.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// With `tls_ca_file`: the CA's client certificate chain (PEM), for a database that
+    /// authenticates clients by certificate.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// With `tls_cert_file`: its private key (PEM).
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// What a response waits for before it reports new state.
     pub durability: Durability,
     /// The sled page cache, in MiB (at least [`CACHE_MIB_MIN`]). It bounds one part of the
@@ -511,6 +520,9 @@ impl Default for StorageConfig {
             url: None,
             password_file: None,
             pool_size: postgres::POOL_SIZE,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             durability: Durability::default(),
             cache_mib: CACHE_MIB,
             checkpoint_writes: CHECKPOINT_MIN_WRITES,
@@ -530,17 +542,53 @@ impl StorageConfig {
                 url: url.clone(),
                 password_file: self.password_file.clone(),
                 pool_size: self.pool_size,
+                tls: self.postgres_tls()?,
             })),
             (Backend::Postgres, None) => Err(
                 "storage.backend = \"postgres\" needs storage.url = \"postgres://user@host:port/database\""
                     .to_owned(),
             ),
-            (Backend::Sled, _) if self.url.is_some() || self.password_file.is_some() => Err(
-                "storage.url and storage.password_file are for storage.backend = \"postgres\"; \
-                 the backend is \"sled\""
+            (Backend::Sled, _)
+                if self.url.is_some()
+                    || self.password_file.is_some()
+                    || self.tls_ca_file.is_some()
+                    || self.tls_cert_file.is_some()
+                    || self.tls_key_file.is_some() =>
+            {
+                Err(
+                    "storage.url, storage.password_file and storage.tls_* are for \
+                     storage.backend = \"postgres\"; the backend is \"sled\""
+                        .to_owned(),
+                )
+            }
+            (Backend::Sled, _) => Ok(None),
+        }
+    }
+
+    /// `tls_ca_file` and the client certificate, which come as a pair and only with it.
+    fn postgres_tls(&self) -> std::result::Result<Option<postgres::PostgresTls>, String> {
+        let client = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "storage.tls_cert_file and storage.tls_key_file go together: set both or \
+                     neither"
+                        .to_owned(),
+                )
+            }
+        };
+        match (&self.tls_ca_file, client) {
+            (Some(ca_file), client) => Ok(Some(postgres::PostgresTls {
+                ca_file: ca_file.clone(),
+                client,
+            })),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(
+                "storage.tls_cert_file needs storage.tls_ca_file: the database's certificate \
+                 is verified whenever the CA presents its own"
                     .to_owned(),
             ),
-            (Backend::Sled, _) => Ok(None),
         }
     }
 

@@ -24,7 +24,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Durability, FlushFuture, SnapshotSink, Store, Table};
 use crate::{Error, Result};
@@ -64,13 +68,79 @@ pub struct PostgresConfig {
     pub password_file: Option<PathBuf>,
     /// Connections per CA instance.
     pub pool_size: usize,
+    /// TLS to the database, required when it is set.
+    pub tls: Option<PostgresTls>,
+}
+
+/// TLS to the database: `storage.tls_ca_file`, and for client-certificate authentication
+/// `storage.tls_cert_file` and `storage.tls_key_file`. The server's certificate must chain to a
+/// certificate in `ca_file` and name the URL's host (libpq's `sslmode=verify-full`); nothing
+/// weaker is offered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresTls {
+    /// PEM: the certificates that may sign the database server's certificate.
+    pub ca_file: PathBuf,
+    /// PEM: the CA's certificate chain and its key, when the database authenticates clients by
+    /// certificate (`hostssl … cert` in `pg_hba.conf`).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl PostgresTls {
+    /// The rustls connector: roots from `ca_file`, the client certificate if configured.
+    fn connector(&self) -> std::result::Result<MakeRustlsConnect, String> {
+        let file_error = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+            format!("storage.{what} {}: {e}", path.display())
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(&self.ca_file)
+            .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
+            .map_err(|e| file_error("tls_ca_file", &self.ca_file, &e))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "storage.tls_ca_file {} holds no CERTIFICATE block",
+                self.ca_file.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| file_error("tls_ca_file", &self.ca_file, &e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS to PostgreSQL: {e}"))?
+        .with_root_certificates(roots);
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let chain = CertificateDer::pem_file_iter(cert_file)
+                    .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
+                    .map_err(|e| file_error("tls_cert_file", cert_file, &e))?;
+                if chain.is_empty() {
+                    return Err(format!(
+                        "storage.tls_cert_file {} holds no CERTIFICATE block",
+                        cert_file.display()
+                    ));
+                }
+                let key = PrivateKeyDer::from_pem_file(key_file)
+                    .map_err(|e| file_error("tls_key_file", key_file, &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| file_error("tls_cert_file", cert_file, &e))?
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
 }
 
 impl PostgresConfig {
     /// The connection settings: the URL, then the password from the file or the environment.
     /// Refuses a password inside the URL (configuration files get copied and shown; the console
-    /// renders this one), a URL that does not parse, and a host that is neither a Unix socket
-    /// nor a loopback address, since this build speaks to PostgreSQL without TLS.
+    /// renders this one) and a URL that does not parse. Without [`PostgresTls`] the host must
+    /// be a Unix socket or a loopback address: nothing else may carry the CA's records and
+    /// password in the clear. With it, TLS is required and the host must be reached over TCP.
     pub fn connect_config(&self) -> std::result::Result<tokio_postgres::Config, String> {
         let mut cfg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
             format!(
@@ -89,30 +159,10 @@ impl PostgresConfig {
         if cfg.get_dbname().is_none() {
             return Err("storage.url names no database (postgres://user@host/DATABASE)".to_owned());
         }
-        for addr in cfg.get_hostaddrs() {
-            if !addr.is_loopback() {
-                return Err(format!(
-                    "storage.url names the address {addr} (hostaddr): this build connects to \
-                     PostgreSQL without TLS, so only a loopback address is accepted"
-                ));
-            }
-        }
-        for host in cfg.get_hosts() {
-            if let tokio_postgres::config::Host::Tcp(name) = host {
-                let loopback = name == "localhost"
-                    || name
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
-                    return Err(format!(
-                        "storage.url names the host {name:?}: this build connects to \
-                         PostgreSQL without TLS, so only a Unix socket directory or a loopback \
-                         address is accepted (run the CA beside the database, or reach it \
-                         through a local TLS tunnel)"
-                    ));
-                }
-            }
+        if self.tls.is_some() {
+            Self::check_tls_hosts(&mut cfg)?;
+        } else {
+            Self::check_local_hosts(&cfg)?;
         }
         if let Some(file) = &self.password_file {
             let raw = std::fs::read_to_string(file).map_err(|e| {
@@ -143,6 +193,68 @@ impl PostgresConfig {
         cfg.tcp_user_timeout(STATEMENT_DEADLINE);
         cfg.application_name("iiot-acme ca-server");
         Ok(cfg)
+    }
+
+    /// Without TLS: only a Unix socket or a loopback address.
+    fn check_local_hosts(cfg: &tokio_postgres::Config) -> std::result::Result<(), String> {
+        if cfg.get_ssl_mode() == SslMode::Require {
+            return Err(
+                "storage.url asks for sslmode=require: set storage.tls_ca_file to the \
+                        certificates that sign the database's certificate"
+                    .to_owned(),
+            );
+        }
+        for addr in cfg.get_hostaddrs() {
+            if !addr.is_loopback() {
+                return Err(format!(
+                    "storage.url names the address {addr} (hostaddr): without TLS only a \
+                     loopback address is accepted; set storage.tls_ca_file to reach a database \
+                     on another host"
+                ));
+            }
+        }
+        for host in cfg.get_hosts() {
+            if let tokio_postgres::config::Host::Tcp(name) = host {
+                let loopback = name == "localhost"
+                    || name
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "storage.url names the host {name:?}: without TLS only a Unix socket \
+                         directory or a loopback address is accepted; set storage.tls_ca_file \
+                         to reach a database on another host"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// With TLS: every host is reached over TCP, and TLS is required, not preferred (a
+    /// `prefer` connection falls back to plain text when the server declines).
+    fn check_tls_hosts(cfg: &mut tokio_postgres::Config) -> std::result::Result<(), String> {
+        if cfg.get_ssl_mode() == SslMode::Disable {
+            return Err(
+                "storage.url says sslmode=disable, but storage.tls_ca_file asks for TLS: \
+                        remove one of them"
+                    .to_owned(),
+            );
+        }
+        if cfg
+            .get_hosts()
+            .iter()
+            .any(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)))
+        {
+            return Err(
+                "storage.url names a Unix socket, which does not carry TLS: with \
+                        storage.tls_ca_file, name the database's host"
+                    .to_owned(),
+            );
+        }
+        cfg.ssl_mode(SslMode::Require);
+        Ok(())
     }
 }
 
@@ -183,6 +295,12 @@ impl PgStore {
     /// together take turns (an advisory lock); a schema newer than this binary's is refused.
     pub fn open(cfg: &PostgresConfig, durability: Durability) -> Result<Self> {
         let mut pg = cfg.connect_config().map_err(Error::Internal)?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(PostgresTls::connector)
+            .transpose()
+            .map_err(Error::Internal)?;
         // Set either way: a database or role default of `off` must not weaken `power-loss`.
         pg.options(match durability {
             Durability::PowerLoss => "-c synchronous_commit=on",
@@ -194,13 +312,13 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the PostgreSQL runtime: {e}")))?;
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(pg, tls, manager_config),
+            None => Manager::from_config(pg, NoTls, manager_config),
+        };
         let pool = {
             let _entered = rt.enter();
             Pool::builder(manager)
@@ -327,7 +445,15 @@ async fn migrate(pool: Pool) -> Result<usize> {
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    Error::Storage(format!("no PostgreSQL connection: {e}"))
+    match e {
+        // The server's own reason (`pg_hba.conf` refusing the CA, a TLS failure) rather than
+        // tokio-postgres's bare "db error".
+        deadpool_postgres::PoolError::Backend(e) => match Error::from(e) {
+            Error::Storage(why) => Error::Storage(format!("no PostgreSQL connection: {why}")),
+            other => other,
+        },
+        e => Error::Storage(format!("no PostgreSQL connection: {e}")),
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`; `None` when there is none
@@ -587,8 +713,9 @@ pub mod test_cluster;
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::test_cluster::TestCluster;
+    use super::test_cluster::{TestCluster, SUPERUSER};
     use super::*;
+    use std::path::Path;
     use std::sync::Arc;
 
     /// A store on a new, empty database of the test process's shared cluster.
@@ -743,6 +870,7 @@ pub(super) mod tests {
             url: url.to_owned(),
             password_file: None,
             pool_size: POOL_SIZE,
+            tls: None,
         }
     }
 
@@ -797,6 +925,209 @@ pub(super) mod tests {
         std::fs::write(&file, "\n").expect("write");
         let err = c.connect_config().expect_err("empty file");
         assert!(err.contains("is empty"), "{err}");
+    }
+
+    /// A CA certificate (PEM) and its issuer, for the TLS tests.
+    fn test_ca(cn: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let pem = p.self_signed(&key).expect("ca").pem();
+        (pem, rcgen::Issuer::new(p, key))
+    }
+
+    /// A leaf certificate and key (PEM) for `names`, issued by `issuer`; `cn` is its common
+    /// name (PostgreSQL's `cert` authentication maps it to the user).
+    fn test_leaf(
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        cn: &str,
+        names: &[&str],
+    ) -> (String, String) {
+        let mut p = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("names");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, issuer).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Whether the store's connection to the database is encrypted, as the server sees it.
+    fn connection_is_tls(store: &PgStore) -> bool {
+        store
+            .with_client(|client| async move {
+                let row = client
+                    .query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .expect("pg_stat_ssl")
+    }
+
+    /// `storage.tls_ca_file`: the CA reaches a database that accepts only TLS, verifies its
+    /// certificate against the configured roots and the URL's host, and authenticates with a
+    /// client certificate where the database asks for one.
+    #[test]
+    fn tls_to_the_database_is_verified_and_required() {
+        let (ca_pem, ca) = test_ca("db test CA");
+        let (other_ca_pem, _) = test_ca("someone else's CA");
+        let (server_cert, server_key) = test_leaf(&ca, "db", &["localhost", "127.0.0.1"]);
+        let (client_cert, client_key) = test_leaf(&ca, SUPERUSER, &[]);
+        // Plain TCP is refused by the server; the `postgres` database takes a password-less TLS
+        // client, the `certonly` one a client certificate whose name is the user's.
+        let hba = "local all all trust\n\
+                   hostssl certonly all 127.0.0.1/32 cert\n\
+                   hostssl all all 127.0.0.1/32 trust\n";
+        let cluster = TestCluster::start_with_files(
+            &[
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+                "ssl_ca_file=root.crt",
+            ],
+            &[
+                ("server.crt", server_cert.as_bytes()),
+                ("server.key", server_key.as_bytes()),
+                ("root.crt", ca_pem.as_bytes()),
+                ("pg_hba.conf", hba.as_bytes()),
+            ],
+        )
+        .expect("cluster with TLS");
+        cluster
+            .psql("postgres", "CREATE DATABASE certonly")
+            .expect("database");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, contents: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).expect("write");
+            path
+        };
+        let roots = file("roots.pem", &ca_pem);
+        let other_roots = file("other-roots.pem", &other_ca_pem);
+        let client = (
+            file("client.pem", &client_cert),
+            file("client.key", &client_key),
+        );
+        let with_tls = |url: String, ca_file: &Path, client: Option<(PathBuf, PathBuf)>| {
+            let mut c = cfg(&url);
+            c.tls = Some(PostgresTls {
+                ca_file: ca_file.to_owned(),
+                client,
+            });
+            c
+        };
+        let port = cluster.port();
+
+        // Without TLS the server turns the CA away.
+        let err = PgStore::open(&cfg(&cluster.url("postgres")), Durability::PowerLoss)
+            .err()
+            .expect("plain TCP refused");
+        assert!(err.to_string().contains("no encryption"), "{err}");
+
+        // With it, by name and by address, the connection is encrypted and the store works.
+        for url in [
+            format!("postgres://{SUPERUSER}@localhost:{port}/postgres"),
+            cluster.url("postgres"),
+        ] {
+            let store = PgStore::open(&with_tls(url.clone(), &roots, None), Durability::PowerLoss)
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(connection_is_tls(&store), "{url}");
+            store.put(Table::Meta, b"tls", b"yes").expect("put");
+            assert_eq!(
+                store.get(Table::Meta, b"tls").expect("get").as_deref(),
+                Some(&b"yes"[..])
+            );
+        }
+
+        // A server certificate from other roots, or for another name, is refused.
+        let err = PgStore::open(
+            &with_tls(cluster.url("postgres"), &other_roots, None),
+            Durability::PowerLoss,
+        )
+        .err()
+        .expect("unknown issuer refused");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        let err = PgStore::open(
+            &with_tls(
+                format!(
+                    "postgres://{SUPERUSER}@db.plant.example:{port}/postgres\
+                     ?hostaddr=127.0.0.1"
+                ),
+                &roots,
+                None,
+            ),
+            Durability::PowerLoss,
+        )
+        .err()
+        .expect("wrong name refused");
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+
+        // A database that authenticates by client certificate: refused without one, open with.
+        let certonly = format!("postgres://{SUPERUSER}@localhost:{port}/certonly");
+        let err = PgStore::open(
+            &with_tls(certonly.clone(), &roots, None),
+            Durability::PowerLoss,
+        )
+        .err()
+        .expect("no client certificate refused");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        let store = PgStore::open(
+            &with_tls(certonly, &roots, Some(client)),
+            Durability::PowerLoss,
+        )
+        .expect("client certificate accepted");
+        assert!(connection_is_tls(&store));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_before_connecting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = |ca_file: PathBuf| {
+            Some(PostgresTls {
+                ca_file,
+                client: None,
+            })
+        };
+        // A remote host is fine with TLS, and TLS is then required, not merely preferred.
+        let mut c = cfg("postgres://ca@db.plant.example:5432/ca");
+        c.tls = tls(dir.path().join("roots.pem"));
+        let pg = c.connect_config().expect("remote host with TLS");
+        assert_eq!(pg.get_ssl_mode(), SslMode::Require);
+        let mut c = cfg("postgres://ca@db.plant.example:5432/ca?sslmode=disable");
+        c.tls = tls(dir.path().join("roots.pem"));
+        let err = c.connect_config().expect_err("sslmode=disable with TLS");
+        assert!(err.contains("sslmode=disable"), "{err}");
+        let mut c = cfg("postgresql://ca@%2Frun%2Fpostgresql/ca");
+        c.tls = tls(dir.path().join("roots.pem"));
+        let err = c.connect_config().expect_err("Unix socket with TLS");
+        assert!(err.contains("Unix socket"), "{err}");
+        let err = cfg("postgres://ca@127.0.0.1/ca?sslmode=require")
+            .connect_config()
+            .expect_err("sslmode=require without roots");
+        assert!(err.contains("tls_ca_file"), "{err}");
+        // Roots that are missing or hold no certificate are a start error, not a fallback.
+        let mut c = cfg("postgres://ca@127.0.0.1/ca");
+        c.tls = tls(dir.path().join("missing.pem"));
+        let err = PgStore::open(&c, Durability::PowerLoss)
+            .err()
+            .expect("missing roots");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").expect("write");
+        c.tls = tls(empty);
+        let err = PgStore::open(&c, Durability::PowerLoss)
+            .err()
+            .expect("empty roots");
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
     }
 
     #[test]

@@ -104,7 +104,14 @@ impl TestCluster {
     /// Creates and starts a cluster with PostgreSQL's defaults plus `settings` (`name=value`,
     /// e.g. `fsync=off`), stopped and removed when dropped.
     pub fn start(settings: &[&str]) -> Result<Self, String> {
-        Self::create(settings, false)
+        Self::create(settings, &[], false)
+    }
+
+    /// As [`TestCluster::start`], with `files` (name, contents) written into the data directory
+    /// first, readable only by the server: a server certificate and key for `ssl=on`, or a
+    /// `pg_hba.conf` that replaces initdb's. Settings name them relative to the data directory.
+    pub fn start_with_files(settings: &[&str], files: &[(&str, &[u8])]) -> Result<Self, String> {
+        Self::create(settings, files, false)
     }
 
     /// One cluster for the whole test process (`fsync=off`: its tests are about semantics, not
@@ -113,12 +120,16 @@ impl TestCluster {
     pub fn shared() -> Result<&'static Self, String> {
         static SHARED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
         SHARED
-            .get_or_init(|| Self::create(&["fsync=off"], true))
+            .get_or_init(|| Self::create(&["fsync=off"], &[], true))
             .as_ref()
             .map_err(Clone::clone)
     }
 
-    fn create(settings: &[&str], remove_on_exit: bool) -> Result<Self, String> {
+    fn create(
+        settings: &[&str],
+        files: &[(&str, &[u8])],
+        remove_on_exit: bool,
+    ) -> Result<Self, String> {
         let bin = bin_dir()?;
         let run_as = run_as()?;
         let root = tempfile::Builder::new()
@@ -156,6 +167,16 @@ impl TestCluster {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
+        }
+        for (name, contents) in files {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = data.join(name);
+            std::fs::write(&path, contents).map_err(fail)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(fail)?;
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(fail)?;
+            }
         }
         let cluster = Self {
             root,
