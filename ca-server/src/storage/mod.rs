@@ -141,6 +141,28 @@ pub trait Store: Send + Sync + 'static {
         after: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Removes every entry of `table` whose key sorts before `end`; returns how many. A page
+    /// at a time by compare-and-swap, unless the backend does it in one statement.
+    fn remove_before(&self, table: Table, end: &[u8]) -> Result<usize> {
+        const PAGE: usize = 1000;
+        let mut removed = 0;
+        loop {
+            let page = self.scan_after(table, b"", PAGE)?;
+            let mut last = page.len() < PAGE;
+            for (key, value) in &page {
+                if key.as_slice() >= end {
+                    last = true;
+                    break;
+                }
+                if self.compare_and_swap(table, key, Some(value), None)? {
+                    removed += 1;
+                }
+            }
+            if last {
+                return Ok(removed);
+            }
+        }
+    }
     /// Writes since the last [`Store::checkpoint`] (or since the store was opened), and the
     /// time since the last write. A backend with no restart work to bound reports none.
     fn write_activity(&self) -> (u64, Duration) {
@@ -755,6 +777,18 @@ mod tests {
             assert!(
                 s.scan_after(t, b"b", 10).expect("page").is_empty(),
                 "{name}"
+            );
+            assert_eq!(s.remove_before(t, b"a\xfe").expect("remove"), 2, "{name}");
+            assert_eq!(
+                keys(s.scan_prefix(t, b"").expect("scan")),
+                [&b"a\xfe"[..], b"a\xff", b"a\xff\xff", b"b"].map(<[u8]>::to_vec),
+                "{name}: a and ab went, the rest stayed"
+            );
+            assert_eq!(s.remove_before(t, b"").expect("remove"), 0, "{name}");
+            assert_eq!(
+                s.get(Table::Authzs, b"a1").expect("get").as_deref(),
+                Some(&b"other table"[..]),
+                "{name}: other tables are untouched"
             );
         }
     }

@@ -619,6 +619,20 @@ impl Store for PgStore {
         })
     }
 
+    fn remove_before(&self, table: Table, end: &[u8]) -> Result<usize> {
+        let end = end.to_vec();
+        self.with_client(move |c| async move {
+            let n = c
+                .execute(
+                    &c.prepare_cached("DELETE FROM kv WHERE tbl = $1 AND k < $2")
+                        .await?,
+                    &[&table.name(), &end],
+                )
+                .await?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
     fn flush(&self) -> FlushFuture<'_> {
         // Every store call returned after its statement committed.
         Box::pin(async { Ok(()) })

@@ -196,8 +196,8 @@ impl NonceStore {
         Ok(())
     }
 
-    /// Removes redemption records of nonces past their lifetime, a page at a time; returns how
-    /// many. Nothing to do for one process.
+    /// Removes redemption records of nonces past their lifetime (one statement with
+    /// PostgreSQL); returns how many. Nothing to do for one process.
     pub fn prune(&self, now: i64) -> Result<usize> {
         let Some(db) = &self.shared else {
             return Ok(0);
@@ -213,32 +213,9 @@ impl NonceStore {
                 |below: i64| Ok(below.max(cutoff)),
             )?
         };
-        let mut removed = 0;
-        loop {
-            let page = db.store().scan_after(Table::Nonces, b"", 1000)?;
-            let mut stale = 0;
-            for (key, value) in &page {
-                let issued = std::str::from_utf8(key)
-                    .ok()
-                    .and_then(|k| k.get(..16))
-                    .and_then(|t| u64::from_str_radix(t, 16).ok())
-                    .map(|t| t as i64);
-                if issued.is_some_and(|t| t >= cutoff) {
-                    return Ok(removed);
-                }
-                // An unreadable key is no nonce of ours: removed with the stale ones.
-                if db
-                    .store()
-                    .compare_and_swap(Table::Nonces, key, Some(value), None)?
-                {
-                    removed += 1;
-                }
-                stale += 1;
-            }
-            if stale < 1000 {
-                return Ok(removed);
-            }
-        }
+        // Keys start with the issue time in 16 hex digits: the stale ones sort first.
+        let end = format!("{:016x}", u64::try_from(cutoff).unwrap_or(0));
+        db.store().remove_before(Table::Nonces, end.as_bytes())
     }
 }
 
