@@ -389,3 +389,48 @@ async fn a_crl_tick_after_another_instance_signed_writes_that_crl() {
         "b counts as published"
     );
 }
+
+/// An instance serves its own copy of the stored CRL while the store's head record names it:
+/// the CRL crosses from the database once per instance and CRL, not on every fetch. A newer
+/// CRL signed by the other instance replaces the copy at the next fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_serves_its_copy_of_the_stored_crl_until_a_newer_one_is_signed() {
+    use ca_server::ca::IssuerKind;
+    use ca_server::storage::Table;
+    let (a, b) = pair();
+    let number = |der: &[u8]| {
+        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL");
+        crl.crl_number().map(|n| n.to_string()).expect("number")
+    };
+    let first = a.get(&a.url("/crl")).await.body;
+    assert_eq!(b.get(&b.url("/crl")).await.body, first, "b serves a's CRL");
+    // The stored CRL is unreadable now; b does not read it while the head names its copy.
+    let stored = format!(
+        "crl_signed.{}",
+        ca_server::ca::crl::file_name(IssuerKind::Ec)
+    );
+    let original: Value = b
+        .app
+        .db
+        .get(Table::Meta, &stored)
+        .expect("get")
+        .expect("stored");
+    b.app
+        .db
+        .put(Table::Meta, &stored, &json!({"unreadable": true}))
+        .expect("put");
+    for _ in 0..3 {
+        let got = b.get(&b.url("/crl")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, first, "b's own copy");
+    }
+    b.app
+        .db
+        .put(Table::Meta, &stored, &original)
+        .expect("restore");
+    // A revocation counted makes the stored CRL stale: a signs a newer one, which b serves.
+    ca_server::ra::crl::count_revocation(&a.app).expect("counted");
+    let newer = a.get(&a.url("/crl")).await.body;
+    assert_ne!(number(&newer), number(&first));
+    assert_eq!(b.get(&b.url("/crl")).await.body, newer, "b follows");
+}

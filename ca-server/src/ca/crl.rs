@@ -45,6 +45,8 @@ pub struct CrlCache {
 pub(crate) struct Signed {
     pub(crate) der: Vec<u8>,
     pub(crate) this_update: i64,
+    /// Its CRL number, by which instances sharing a store tell whether theirs is current.
+    pub(crate) number: u64,
 }
 
 impl CrlCache {
@@ -84,6 +86,21 @@ impl CrlCache {
             .as_ref()
             .filter(|s| (0..REFRESH).contains(&(now - s.this_update)))
             .map(|s| s.der.clone())
+    }
+
+    /// The cached CRL of `kind` if it is the one numbered `number`.
+    pub(crate) fn numbered(&self, kind: IssuerKind, number: u64) -> Option<Vec<u8>> {
+        self.slot(kind)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| s.number == number)
+            .map(|s| s.der.clone())
+    }
+
+    /// Keeps `signed` as the CRL of `kind`.
+    pub(crate) fn keep(&self, kind: IssuerKind, signed: Signed) {
+        *self.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(signed);
     }
 }
 
@@ -190,10 +207,16 @@ mod tests {
         let cache = CrlCache::default();
         let t = 1_800_000_000;
         assert!(cache.cached(IssuerKind::Ec, t).is_none(), "nothing signed");
-        *cache.slot(IssuerKind::Ec).lock().expect("lock") = Some(Signed {
-            der: vec![1],
-            this_update: t,
-        });
+        cache.keep(
+            IssuerKind::Ec,
+            Signed {
+                der: vec![1],
+                this_update: t,
+                number: 7,
+            },
+        );
+        assert_eq!(cache.numbered(IssuerKind::Ec, 7), Some(vec![1]));
+        assert_eq!(cache.numbered(IssuerKind::Ec, 8), None);
         assert_eq!(cache.cached(IssuerKind::Ec, t), Some(vec![1]));
         assert!(cache.cached(IssuerKind::Ec, t + REFRESH - 1).is_some());
         assert!(cache.cached(IssuerKind::Ec, t + REFRESH).is_none(), "old");

@@ -18,7 +18,10 @@
 //! CA instances sharing a database ([`Ra::shared_store`]) serve one CRL: each signed CRL is also kept in
 //! the store ([`SharedCrl`], only ever replaced by a higher number), and an instance serves
 //! the stored one while it is fresh, so a revocation made at one instance is on the CRL every
-//! instance serves as soon as that instance has signed it.
+//! instance serves as soon as that instance has signed it. A small head record ([`CrlHead`])
+//! beside it says which CRL that is: a fetch reads the head and serves the instance's own copy
+//! when the numbers match, so the CRL itself (megabytes with 100,000 revocations) crosses from
+//! the database once per instance and CRL, not once per fetch.
 
 use crate::ca::cert::Revocation;
 use crate::ca::crl::{file_name, Signed, LIFETIME};
@@ -43,6 +46,15 @@ struct SharedCrl {
     der: String,
 }
 
+/// Which CRL the stored [`SharedCrl`] is, and whether it is still fresh, without its DER.
+/// Written after the CRL, and like it only ever replaced by a higher number.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct CrlHead {
+    number: u64,
+    this_update: i64,
+    revocations: u64,
+}
+
 /// `Table::Meta` key of the count of revocations ever recorded ([`count_revocation`]).
 const REVOCATIONS_KEY: &str = "revocations_recorded";
 
@@ -64,28 +76,83 @@ fn shared_key(kind: IssuerKind) -> String {
     format!("crl_signed.{}", file_name(kind))
 }
 
-/// The stored CRL of `kind` and its thisUpdate, if one is not yet due (as
-/// [`crate::ca::crl::CrlCache`] decides).
-fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<(Vec<u8>, i64)>> {
+fn head_key(kind: IssuerKind) -> String {
+    format!("crl_head.{}", file_name(kind))
+}
+
+/// Whether a stored CRL is not yet due (as [`crate::ca::crl::CrlCache`] decides) and lists
+/// every revocation recorded so far.
+fn fresh(this_update: i64, revocations: u64, now: i64, recorded: u64) -> bool {
+    (0..crate::ca::crl::REFRESH).contains(&(now - this_update)) && revocations >= recorded
+}
+
+/// The stored CRL of `kind`, if it is fresh; kept in this instance's cache.
+fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Signed>> {
     let Some(crl) = app.db.get::<SharedCrl>(Table::Meta, &shared_key(kind))? else {
         return Ok(None);
     };
-    if !(0..crate::ca::crl::REFRESH).contains(&(now - crl.this_update))
-        || crl.revocations < revocations_recorded(app)?
-    {
+    if !fresh(
+        crl.this_update,
+        crl.revocations,
+        now,
+        revocations_recorded(app)?,
+    ) {
         return Ok(None);
     }
-    crate::wire::b64u_decode("stored CRL", &crl.der)
-        .map(|der| Some((der, crl.this_update)))
-        .map_err(|_| Error::Storage("corrupt stored CRL".into()))
+    let der = crate::wire::b64u_decode("stored CRL", &crl.der)
+        .map_err(|_| Error::Storage("corrupt stored CRL".into()))?;
+    let signed = Signed {
+        der,
+        this_update: crl.this_update,
+        number: crl.number,
+    };
+    app.crl.keep(kind, signed.clone());
+    Ok(Some(signed))
+}
+
+/// This instance's copy of the stored CRL of `kind`, if the head record says it is the
+/// stored one and fresh.
+fn stored_copy(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Vec<u8>>> {
+    let Some(head) = app.db.get::<CrlHead>(Table::Meta, &head_key(kind))? else {
+        return Ok(None);
+    };
+    if !fresh(
+        head.this_update,
+        head.revocations,
+        now,
+        revocations_recorded(app)?,
+    ) {
+        return Ok(None);
+    }
+    Ok(app.crl.numbered(kind, head.number))
+}
+
+/// Stores `value` under `key` unless the record there has a number at least as high.
+fn keep_highest<T>(app: &Ra, key: &str, value: &T, number: impl Fn(&T) -> u64) -> Result<()>
+where
+    T: Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
+    if !app.db.insert_new(Table::Meta, key, value)? {
+        app.db.update(Table::Meta, key, |old: T| {
+            Ok(if number(&old) < number(value) {
+                value.clone()
+            } else {
+                old
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// The current CRL of `kind` in DER, signing a new one if the cached one is missing or due.
 pub async fn current(app: &Ra, kind: IssuerKind) -> Result<Vec<u8>> {
     let now = now();
     if app.shared_store() {
-        if let Some((der, _)) = stored(app, kind, now)? {
+        if let Some(der) = stored_copy(app, kind, now)? {
             return Ok(der);
+        }
+        if let Some(signed) = stored(app, kind, now)? {
+            return Ok(signed.der);
         }
         return refresh(app, kind, now).await;
     }
@@ -120,11 +187,11 @@ pub async fn refresh(app: &Ra, kind: IssuerKind, now: i64) -> Result<Vec<u8>> {
     // Requests that found the stored CRL due queue here; once one has signed, the rest serve
     // its CRL, as does an instance whose hourly tick comes after another instance's.
     if app.shared_store() {
-        if let Some((der, this_update)) = stored(app, kind, now)? {
+        if let Some(signed) = stored(app, kind, now)? {
             // This instance's file and readiness follow the CRL it serves.
-            write_file(app, kind, &der)?;
-            app.crl.mark_published(kind, this_update);
-            return Ok(der);
+            write_file(app, kind, &signed.der)?;
+            app.crl.mark_published(kind, signed.this_update);
+            return Ok(signed.der);
         }
     }
     let reader = app.clone();
@@ -237,10 +304,14 @@ fn sign_and_write(
         .ca
         .sign_crl(kind, number, now, now + LIFETIME, revoked)?;
     write_file(app, kind, &der)?;
-    *app.crl.slot(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(Signed {
-        der: der.clone(),
-        this_update: now,
-    });
+    app.crl.keep(
+        kind,
+        Signed {
+            der: der.clone(),
+            this_update: now,
+            number,
+        },
+    );
     app.crl.mark_published(kind, now);
     // Durable with the next flush; lost in a crash, an older value only keeps entries longer.
     app.db.put(Table::Meta, &published_key(kind), &now)?;
@@ -251,17 +322,15 @@ fn sign_and_write(
             revocations: counted,
             der: crate::wire::b64u(&der),
         };
-        // Another instance may have signed a later number meanwhile: that one stays.
-        if !app.db.insert_new(Table::Meta, &shared_key(kind), &signed)? {
-            app.db
-                .update(Table::Meta, &shared_key(kind), |old: SharedCrl| {
-                    Ok(if old.number < signed.number {
-                        signed.clone()
-                    } else {
-                        old
-                    })
-                })?;
-        }
+        // Another instance may have signed a later number meanwhile: that one stays. The
+        // head goes second, so it never names a CRL the store does not hold yet.
+        keep_highest(app, &shared_key(kind), &signed, |c| c.number)?;
+        let head = CrlHead {
+            number,
+            this_update: now,
+            revocations: counted,
+        };
+        keep_highest(app, &head_key(kind), &head, |h| h.number)?;
     }
     tracing::info!(issuer = %kind, number, entries = revoked.len(), "CRL signed");
     Ok(der)
