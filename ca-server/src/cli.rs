@@ -1,6 +1,8 @@
 //! The `ca-server` command line: run the CA (the default), or manage it from the CA host.
 //! Commands that need the running CA's store go through its admin socket (`admin`); the
-//! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly.
+//! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly,
+//! and with a CA that keeps them in PostgreSQL, credentials and approvals are records reached
+//! through its configuration (`--config`).
 
 mod backup;
 mod offline_root;
@@ -254,6 +256,9 @@ enum ApprovalCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -263,6 +268,9 @@ enum ApprovalCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The request id from `approval list`.
         #[arg(allow_hyphen_values = true)]
         id: String,
@@ -272,6 +280,9 @@ enum ApprovalCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The request id from `approval list`.
         #[arg(allow_hyphen_values = true)]
         id: String,
@@ -460,10 +471,13 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
 
 fn approval(cmd: ApprovalCommand) -> Result<(), String> {
     match cmd {
-        ApprovalCommand::List { data_dir: d, json } => {
-            let pending = ApprovalQueue::new(&data_dir(d))
-                .list_pending()
-                .map_err(|e| e.to_string())?;
+        ApprovalCommand::List {
+            data_dir: d,
+            config,
+            json,
+        } => {
+            let (_, queue) = approval_queue(d, config.as_deref())?;
+            let pending = queue.list_pending().map_err(|e| e.to_string())?;
             let listed = mark_duplicates(pending);
             if json {
                 println!(
@@ -501,10 +515,14 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        ApprovalCommand::Approve { data_dir: d, id } => {
-            let dir = data_dir(d);
+        ApprovalCommand::Approve {
+            data_dir: d,
+            config,
+            id,
+        } => {
+            let (dir, queue) = approval_queue(d, config.as_deref())?;
             as_data_owner(&dir)?;
-            let p = ApprovalQueue::new(&dir)
+            let p = queue
                 .decide(&id, &Decision::Approve)
                 .map_err(|e| e.to_string())?;
             audit(
@@ -524,12 +542,13 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
         }
         ApprovalCommand::Reject {
             data_dir: d,
+            config,
             id,
             reason,
         } => {
-            let dir = data_dir(d);
+            let (dir, queue) = approval_queue(d, config.as_deref())?;
             as_data_owner(&dir)?;
-            let p = ApprovalQueue::new(&dir)
+            let p = queue
                 .decide(
                     &id,
                     &Decision::Reject {
@@ -1085,6 +1104,34 @@ fn eab_store(dir: &Path, cfg: Option<&Config>) -> Result<EabStore, String> {
         )),
         _ => Ok(EabStore::new(dir)),
     }
+}
+
+/// The data directory of the CA (`--data-dir`, else that of the configuration file `config`,
+/// else the default) and its approval requests: files there, or the records of the PostgreSQL
+/// store the configuration names. Refuses to read or write files beside a CA that keeps its
+/// requests in PostgreSQL (`storage::SHARED_MARKER`): none would be there, and a decision
+/// written there would never be applied.
+fn approval_queue(
+    data_dir: Option<PathBuf>,
+    config: Option<&Path>,
+) -> Result<(PathBuf, ApprovalQueue), String> {
+    let cfg = read_config(config)?;
+    let dir = data_dir.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+    let queue = match cfg {
+        Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
+            let store = cfg.storage.open(&dir).map_err(|e| e.to_string())?;
+            ApprovalQueue::in_store(&dir, crate::storage::Db::new(store))
+        }
+        _ if dir.join(crate::storage::SHARED_MARKER).exists() => {
+            return Err(format!(
+                "the CA in {} keeps its operator approval requests in PostgreSQL \
+                 (storage.backend = \"postgres\"): pass its configuration file with --config",
+                dir.display()
+            ))
+        }
+        _ => ApprovalQueue::new(&dir),
+    };
+    Ok((dir, queue))
 }
 
 fn read_config(path: Option<&Path>) -> Result<Option<Config>, String> {

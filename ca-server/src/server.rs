@@ -12,6 +12,7 @@ use crate::ca::{CertificateAuthority, IssuerKind};
 use crate::config::tls_names;
 use crate::config::Config;
 use crate::fsutil::ensure_private_dir;
+use crate::ra::approval::ApprovalQueue;
 use crate::ra::eab::EabStore;
 use crate::ra::{Inner, Ra};
 use crate::storage::Db;
@@ -86,17 +87,24 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
     let db = Db::new(store);
-    let eab = match cfg.storage.backend {
+    let (eab, approvals) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
                 &cfg.data_dir.join(crate::storage::SHARED_MARKER),
-                b"This CA keeps its records, enrollment credentials included, in PostgreSQL \
-                  (storage.backend = \"postgres\"). Give `ca-server eab` its --config.\n",
+                b"This CA keeps its records, enrollment credentials and operator approvals \
+                  included, in PostgreSQL (storage.backend = \"postgres\"). Give \
+                  `ca-server eab` and `ca-server approval` their --config.\n",
                 0o644,
             )?;
-            EabStore::in_store(&cfg.data_dir, db.clone())?
+            (
+                EabStore::in_store(&cfg.data_dir, db.clone())?,
+                ApprovalQueue::open_in_store(&cfg.data_dir, db.clone())?,
+            )
         }
-        crate::storage::Backend::Sled => EabStore::new(&cfg.data_dir),
+        crate::storage::Backend::Sled => (
+            EabStore::new(&cfg.data_dir),
+            ApprovalQueue::open(&cfg.data_dir)?,
+        ),
     };
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {
@@ -121,7 +129,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         base_url: cfg.base_url(),
         db,
         eab,
-        approvals: crate::ra::approval::ApprovalQueue::open(&cfg.data_dir)?,
+        approvals,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::ca::crl::CrlCache::default(),
         limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),

@@ -19,7 +19,11 @@ struct Console {
 
 impl Console {
     async fn start(f: impl FnOnce(&mut ca_server::config::Config)) -> Self {
-        let s = TestServer::with(f);
+        Self::on(TestServer::with(f)).await
+    }
+
+    /// The console of `s`.
+    async fn on(s: TestServer) -> Self {
         let acme = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let console = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("https://{}", console.local_addr().expect("addr"));
@@ -77,30 +81,29 @@ impl Console {
     /// A device that orders `name` and waits for an operator: its account, order, challenge
     /// URL and the pairing code it shows.
     async fn waiting_device(&self, name: &str) -> (common::Account, Value, String, String) {
-        let s = &self.s;
-        let acct = s.new_account().await;
-        let (_, order) = s
-            .create_order(
-                &acct,
-                &json!({"identifiers": [{"type": "dns", "value": name}]}),
-            )
+        waiting_device(&self.s, name).await
+    }
+
+    /// Lists the waiting devices as `approver`, checks that the first is the one showing
+    /// `code`, and approves it; returns its entry in the list.
+    async fn approve_first(&self, approver: &Identity, code: &str) -> Value {
+        let (status, pending) = self
+            .call(Some(approver), reqwest::Method::GET, "/api/approvals", None)
             .await;
-        let authz = s
-            .post_as(
-                &acct,
-                order["authorizations"][0].as_str().expect("authz"),
+        assert_eq!(status, 200, "{pending}");
+        let p = pending["pending"][0].clone();
+        assert_eq!(p["pairingCode"].as_str(), Some(code), "{pending}");
+        let id = p["id"].as_str().expect("id");
+        let (status, body) = self
+            .call(
+                Some(approver),
+                reqwest::Method::POST,
+                &format!("/api/approvals/{id}/approve"),
                 None,
             )
-            .await
-            .json();
-        let chall = authz["challenges"][0]["url"]
-            .as_str()
-            .expect("url")
-            .to_owned();
-        let token = authz["challenges"][0]["token"].as_str().expect("token");
-        s.post_as(&acct, &chall, Some(&json!({}))).await;
-        let code = ca_server::wire::pairing_code(token, &acct.key.thumbprint()).expect("code");
-        (acct, order, chall, code)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        p
     }
 
     /// An HTTPS client trusting the CA's root, presenting `identity` if given.
@@ -162,6 +165,34 @@ impl Console {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+}
+
+/// A device that orders `name` at `s` and waits for an operator: its account, order,
+/// challenge URL and the pairing code it shows.
+async fn waiting_device(s: &TestServer, name: &str) -> (common::Account, Value, String, String) {
+    let acct = s.new_account().await;
+    let (_, order) = s
+        .create_order(
+            &acct,
+            &json!({"identifiers": [{"type": "dns", "value": name}]}),
+        )
+        .await;
+    let authz = s
+        .post_as(
+            &acct,
+            order["authorizations"][0].as_str().expect("authz"),
+            None,
+        )
+        .await
+        .json();
+    let chall = authz["challenges"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let token = authz["challenges"][0]["token"].as_str().expect("token");
+    s.post_as(&acct, &chall, Some(&json!({}))).await;
+    let code = ca_server::wire::pairing_code(token, &acct.key.thumbprint()).expect("code");
+    (acct, order, chall, code)
 }
 
 struct Identity {
@@ -536,27 +567,9 @@ async fn an_operator_approves_a_waiting_device_and_revokes_it_and_the_crl_lists_
     let (acct, order, chall, code) = c.waiting_device("plc-7").await;
 
     // The console shows the code the device shows.
-    let (_, pending) = c
-        .call(
-            Some(&approver),
-            reqwest::Method::GET,
-            "/api/approvals",
-            None,
-        )
-        .await;
-    let p = &pending["pending"][0];
-    assert_eq!(p["pairingCode"].as_str(), Some(code.as_str()), "{pending}");
+    let p = c.approve_first(&approver, &code).await;
     assert_eq!(p["identifier"], "dns:plc-7");
     let id = p["id"].as_str().expect("id");
-    let (status, body) = c
-        .call(
-            Some(&approver),
-            reqwest::Method::POST,
-            &format!("/api/approvals/{id}/approve"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
     // A decision is final and applied at once: the request is no longer listed, and a
     // rejection after the approval finds nothing to reject.
     let (_, pending) = c
@@ -910,4 +923,30 @@ fn operator_files_are_written_only_as_the_data_directorys_owner() {
         "{stderr}"
     );
     assert!(!other.join("operators").exists());
+}
+
+/// With PostgreSQL, the console of one instance lists a device that asked at another, and
+/// approves it there; the device polling the instance it asked gets `valid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_decides_a_request_made_at_another_instance() {
+    use ca_server::storage::postgres::test_cluster::{copy_dir, TestCluster};
+    let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.url(&db);
+    let on_postgres = |cfg: &mut ca_server::config::Config| {
+        cfg.enrollment.operator_approval = true;
+        cfg.enrollment.network_challenges = false;
+        cfg.storage.backend = ca_server::storage::Backend::Postgres;
+        cfg.storage.url = Some(url.clone());
+    };
+    let device_side = TestServer::with(on_postgres);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&device_side.dir.path().join("ca"), &dir.path().join("ca")).expect("copy the CA");
+    let c = Console::on(TestServer::with_dir(dir, on_postgres)).await;
+    let approver = c.operator("arno", Role::Approver);
+    let (acct, _, chall, code) = waiting_device(&device_side, "plc-7").await;
+
+    c.approve_first(&approver, &code).await;
+    let polled = device_side.post_as(&acct, &chall, None).await.json();
+    assert_eq!(polled["status"], "valid", "{polled}");
 }

@@ -13,12 +13,18 @@ use serde_json::{json, Value};
 
 /// Two instances of one CA on a fresh database of the shared test cluster.
 fn pair() -> (TestServer, TestServer) {
+    pair_with(|_| {})
+}
+
+/// [`pair`], with `f` applied to both configurations.
+fn pair_with(f: impl Fn(&mut ca_server::config::Config)) -> (TestServer, TestServer) {
     let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
     let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
     let url = cluster.url(&db);
     let on_postgres = |cfg: &mut ca_server::config::Config| {
         cfg.storage.backend = Backend::Postgres;
         cfg.storage.url = Some(url.clone());
+        f(cfg);
     };
     let a = TestServer::with(on_postgres);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -433,4 +439,361 @@ async fn an_instance_serves_its_copy_of_the_stored_crl_until_a_newer_one_is_sign
     let newer = a.get(&a.url("/crl")).await.body;
     assert_ne!(number(&newer), number(&first));
     assert_eq!(b.get(&b.url("/crl")).await.body, newer, "b follows");
+}
+
+/// Devices wait for an operator; no network challenge is offered.
+fn with_approval(cfg: &mut ca_server::config::Config) {
+    cfg.enrollment.operator_approval = true;
+    cfg.enrollment.network_challenges = false;
+}
+
+/// A device of `acct` orders `name` at `s` and asks for operator approval there: the order's
+/// URL and object, the challenge URL and the pairing code the device shows.
+async fn waiting_device(
+    s: &TestServer,
+    acct: &Account,
+    name: &str,
+) -> (String, Value, String, String) {
+    let (url, order) = s
+        .create_order(
+            acct,
+            &json!({"identifiers": [{"type": "dns", "value": name}]}),
+        )
+        .await;
+    let (chall, code) = ask_operator(s, acct, &order).await.unwrap_or_else(|r| {
+        panic!(
+            "the request does not wait: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        )
+    });
+    (url, order, chall, code)
+}
+
+/// Triggers the operator-approval-01 challenge of `order`'s authorization at `s`: the challenge
+/// URL and pairing code if the request waits, else the refusal.
+async fn ask_operator(
+    s: &TestServer,
+    acct: &Account,
+    order: &Value,
+) -> Result<(String, String), Reply> {
+    let authz_url = order["authorizations"][0].as_str().expect("authz");
+    let authz = s.post_as(acct, authz_url, None).await.json();
+    let chall = authz["challenges"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let token = authz["challenges"][0]["token"].as_str().expect("token");
+    let code = ca_server::wire::pairing_code(token, &acct.key.thumbprint()).expect("code");
+    let r = s.post_as(acct, &chall, Some(&json!({}))).await;
+    if r.status != StatusCode::OK {
+        return Err(r);
+    }
+    assert_eq!(r.json()["status"], "processing");
+    Ok((chall, code))
+}
+
+/// A device that asked at one instance is listed at the other with its pairing code, approved
+/// there, and the decision reaches the device polling the first, which gets its certificate.
+/// The decision is final at both: a second one at the first instance is refused, and the
+/// gauge of waiting requests counts the request once at each instance while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_waiting_at_one_instance_is_approved_at_the_other() {
+    use ca_server::ra::approval::{apply, Decision};
+    let (a, b) = pair_with(with_approval);
+    let acct = a.new_account().await;
+    let (order_url, order, chall, code) = waiting_device(&a, &acct, "plc-1").await;
+
+    let listed = b.app.approvals.list_pending().expect("list at b");
+    assert_eq!(listed.len(), 1, "b lists the request made at a");
+    assert_eq!(listed[0].pairing_code, code);
+    apply(&b.app).await.expect("apply at b");
+    apply(&a.app).await.expect("apply at a");
+    assert_eq!(b.app.approvals.pending_count(), 1, "b counts a's request");
+    assert_eq!(a.app.approvals.pending_count(), 1, "a counts it once");
+
+    let id = listed[0].id.clone();
+    b.app
+        .approvals
+        .decide(&id, &Decision::Approve)
+        .expect("approved at b");
+    let second = a.app.approvals.decide(
+        &id,
+        &Decision::Reject {
+            reason: Some("not ours".into()),
+        },
+    );
+    assert!(
+        matches!(second, Err(ca_server::Error::Exists(_))),
+        "a second decision at a: {second:?}"
+    );
+
+    let c = a.post_as(&acct, &chall, None).await.json();
+    assert_eq!(
+        c["status"], "valid",
+        "the device polling a sees b's decision: {c}"
+    );
+    let ready = a.post_as(&acct, &order_url, None).await.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let key = rcgen::KeyPair::generate().expect("key");
+    a.finalize(&acct, &order, &csr(&["plc-1"], &key))
+        .await
+        .assert_status(StatusCode::OK);
+    let done = a.post_as(&acct, &order_url, None).await.json();
+    assert_eq!(done["status"], "valid", "{done}");
+    assert!(a
+        .certificate_chain(&acct, &done)
+        .await
+        .contains("CERTIFICATE"));
+
+    // Each instance reads the list of waiting requests at most twice a second.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    for s in [&a, &b] {
+        apply(&s.app).await.expect("apply");
+        assert!(s.app.approvals.list_pending().expect("list").is_empty());
+        assert_eq!(s.app.approvals.pending_count(), 0);
+    }
+    let late = b.app.approvals.decide(&id, &Decision::Approve);
+    assert!(late.is_err(), "nothing waits any more: {late:?}");
+}
+
+/// The caps on waiting requests count the requests at every instance: with two allowed per
+/// account, one at each instance fills them, and a third is refused at either; and when
+/// requests race at both instances for the last places, no more than the cap wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_caps_on_waiting_requests_count_every_instance() {
+    let (a, b) = pair_with(|cfg| {
+        with_approval(cfg);
+        cfg.rate_limits.pending_approvals_per_account = 2;
+    });
+    let acct = a.new_account().await;
+    waiting_device(&a, &acct, "plc-1").await;
+    waiting_device(&b, &acct, "plc-2").await;
+    for (s, name) in [(&a, "plc-3"), (&b, "plc-4")] {
+        let (_, order) = s
+            .create_order(
+                &acct,
+                &json!({"identifiers": [{"type": "dns", "value": name}]}),
+            )
+            .await;
+        let refused = ask_operator(s, &acct, &order)
+            .await
+            .expect_err("over the cap");
+        refused.assert_problem_detail(429, "rateLimited", "pending_approvals_per_account");
+    }
+
+    // Another account, eight requests signed ahead, four at each instance, sent together.
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    let other = a.new_account().await;
+    let mut posts = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let (_, order) = s
+            .create_order(
+                &other,
+                &json!({"identifiers": [{"type": "dns", "value": format!("rtu-{i}")}]}),
+            )
+            .await;
+        let authz_url = order["authorizations"][0].as_str().expect("authz");
+        let authz = s.post_as(&other, authz_url, None).await.json();
+        let chall = authz["challenges"][0]["url"].as_str().expect("url");
+        posts.push((
+            s.clone(),
+            s.signed_post(&other, chall, Some(&json!({}))).await,
+        ));
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(posts.len()));
+    let tasks: Vec<_> = posts
+        .into_iter()
+        .map(|(s, req)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                s.send(req).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("join"));
+    }
+    let count = |status: StatusCode| statuses.iter().filter(|s| **s == status).count();
+    assert_eq!(
+        (count(StatusCode::OK), count(StatusCode::TOO_MANY_REQUESTS)),
+        (2, 6),
+        "{statuses:?}"
+    );
+    assert_eq!(a.app.approvals.list_pending().expect("list").len(), 4);
+}
+
+/// A request that expired at one instance is failed by the other, where the device polls; when
+/// both instances apply the expiry at once it is applied once; and an operator can no longer
+/// decide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_is_failed_once_by_any_instance() {
+    use ca_server::ra::approval::{apply, Decision};
+    let (a, b) = pair_with(|cfg| {
+        with_approval(cfg);
+        cfg.enrollment.approval_ttl = std::time::Duration::from_secs(1);
+    });
+    let failed = |s: &TestServer| {
+        s.app
+            .metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("iiot_acme_validations_total")
+                    && l.contains("operator-approval-01")
+                    && l.contains("invalid")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let acct = a.new_account().await;
+
+    let (_, _, chall, _) = waiting_device(&a, &acct, "plc-1").await;
+    let id = a.app.approvals.list_pending().expect("list")[0].id.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let c = b.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "invalid", "b fails a's request: {c}");
+    assert_detail_contains(&c["error"], "expired");
+    assert_eq!((failed(&a), failed(&b)), (0, 1));
+    assert!(a.app.approvals.decide(&id, &Decision::Approve).is_err());
+
+    let (_, _, chall, _) = waiting_device(&a, &acct, "plc-2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (ra, rb) = tokio::join!(apply(&a.app), apply(&b.app));
+    ra.expect("apply at a");
+    rb.expect("apply at b");
+    let c = a.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "invalid", "{c}");
+    assert_eq!(failed(&a) + failed(&b), 2, "the expiry is applied once");
+    assert!(b.app.approvals.list_pending().expect("list").is_empty());
+}
+
+/// `ca-server approval list|approve` with `--config` reach the requests in PostgreSQL; without
+/// it they refuse, since the data directory says the CA keeps them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_commands_reach_the_shared_store_with_the_configuration() {
+    let (a, _b) = pair_with(with_approval);
+    let acct = a.new_account().await;
+    let (_, _, chall, code) = waiting_device(&a, &acct, "plc-1").await;
+    let url = a.app.cfg.storage.url.clone().expect("url");
+    let config = a.dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n",
+            a.dir.path().display().to_string()
+        ),
+    )
+    .expect("config");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+            .args(args)
+            .output()
+            .expect("ca-server runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = a.dir.path().to_str().expect("utf-8 path");
+    let config = config.to_str().expect("utf-8 path");
+
+    let (ok, _, err) = run(&["approval", "list", "--data-dir", dir]);
+    assert!(!ok && err.contains("--config"), "{err}");
+    let (ok, out, err) = run(&["approval", "list", "--config", config, "--json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed[0]["pairing_code"], code.as_str(), "{listed}");
+    let id = listed[0]["id"].as_str().expect("id");
+    let (ok, _, err) = run(&["approval", "approve", "--data-dir", dir, id]);
+    assert!(!ok && err.contains("--config"), "{err}");
+    let (ok, out, err) = run(&["approval", "approve", "--config", config, id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("approved"), "{out}");
+
+    let c = a.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "valid", "{c}");
+}
+
+/// Request files a CA made before it moved to PostgreSQL are copied into the store at start
+/// and removed; a file whose authorization no longer waits for an operator is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_files_are_moved_into_the_shared_store() {
+    use ca_server::ra::authz::Authz;
+    use ca_server::storage::Table;
+    use ca_server::types::{ChallengeStatus, ChallengeType};
+    let (a, _b) = pair_with(with_approval);
+    let acct = a.new_account().await;
+    let (order_url, order) = a
+        .create_order(
+            &acct,
+            &json!({"identifiers": [{"type": "dns", "value": "plc-1"}]}),
+        )
+        .await;
+    let authz_id = order["authorizations"][0]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("authz id")
+        .to_owned();
+    // What a CA on the embedded store recorded: the challenge processing, the request a file.
+    a.app
+        .db
+        .update(Table::Authzs, &authz_id, |mut z: Authz| {
+            let c = z
+                .challenges
+                .iter_mut()
+                .find(|c| c.kind == ChallengeType::OperatorApproval01)
+                .expect("operator-approval-01");
+            c.status = ChallengeStatus::Processing;
+            Ok(z)
+        })
+        .expect("processing");
+    let now = ca_server::types::now();
+    let request = |id: &str| {
+        json!({"id": id, "identifier": {"type": "dns", "value": "plc-1"},
+            "account_id": acct.kid.rsplit('/').next(), "thumbprint": acct.key.thumbprint(),
+            "pairing_code": "GKPJ-92D8", "source": null, "requested": now, "expires": now + 3600})
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&a.dir.path().join("ca"), &dir.path().join("ca")).expect("copy the CA");
+    let pending = dir.path().join("approvals/pending");
+    std::fs::create_dir_all(&pending).expect("mkdir");
+    for id in [authz_id.as_str(), "no-such-authorization"] {
+        std::fs::write(pending.join(format!("{id}.json")), request(id).to_string())
+            .expect("request file");
+    }
+    let url = a.app.cfg.storage.url.clone().expect("url");
+    let c = TestServer::with_dir(dir, |cfg| {
+        cfg.storage.backend = Backend::Postgres;
+        cfg.storage.url = Some(url.clone());
+        with_approval(cfg);
+    });
+    let ids = |s: &TestServer| -> Vec<String> {
+        s.app
+            .approvals
+            .list_pending()
+            .expect("list")
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    };
+    assert_eq!(ids(&c), [authz_id.as_str()]);
+    assert_eq!(ids(&a), [authz_id.as_str()], "every instance sees it");
+    assert_eq!(c.app.approvals.pending_count(), 1);
+    assert_eq!(
+        std::fs::read_dir(&pending).expect("dir").count(),
+        0,
+        "the files are gone"
+    );
+    a.app
+        .approvals
+        .decide(&authz_id, &ca_server::ra::approval::Decision::Approve)
+        .expect("approve");
+    let ready = c.post_as(&acct, &order_url, None).await.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
 }

@@ -23,7 +23,7 @@ use super::fleet::{self, record, Page};
 use super::{Admin, Approver, Caller, Viewer};
 use crate::ca::operator::ClientCertificate;
 use crate::ca::IssuerKind;
-use crate::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
+use crate::ra::approval::{mark_duplicates, Decision};
 use crate::ra::audit::{self, Actor};
 use crate::ra::eab::{AllowRule, NewCredential};
 use crate::ra::operator::{self, OperatorStore, Role};
@@ -214,7 +214,7 @@ pub(super) async fn whoami(Viewer(caller): Viewer) -> Json<Value> {
 #[utoipa::path(get, path = "/api/approvals", tag = "approvals",
     responses((status = 200, description = "pending requests")))]
 pub(super) async fn approvals(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
-    let pending = ApprovalQueue::new(&app.cfg.data_dir).list_pending()?;
+    let pending = app.approvals.list_pending()?;
     let listed: Vec<Value> = mark_duplicates(pending)
         .into_iter()
         .map(|l| {
@@ -287,7 +287,7 @@ pub(super) async fn reject(
 }
 
 async fn decide(app: &Ra, caller: &Caller, id: &str, decision: &Decision) -> Result<Json<Value>> {
-    let queue = ApprovalQueue::new(&app.cfg.data_dir);
+    let queue = &app.approvals;
     if !queue.list_pending()?.iter().any(|p| p.id == id) {
         return Err(Error::NotFound("pending approval request"));
     }

@@ -16,7 +16,9 @@
 //! sled admits one process per store, so commands that need the store (revocation, audit,
 //! renewal) cannot open it while the CA runs; they ask the CA instead. File-based state that
 //! the operator owns (EAB credentials, trust anchors, approval decisions, operators) stays in
-//! files, which the command line also edits directly.
+//! files, which the command line also edits directly; with a CA on PostgreSQL, credentials and
+//! approvals are records of the shared store, which the command line reaches through the CA's
+//! configuration.
 
 pub mod api;
 mod backup;

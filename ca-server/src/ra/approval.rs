@@ -10,10 +10,10 @@
 //! name the same identifier are marked in the list and logged, since at most one of them is
 //! that device.
 //!
-//! Pending requests and decisions are files under `<data_dir>/approvals/`, like EAB
-//! credentials, so the operator commands work while the server runs (sled locks the store to
-//! one process). The server applies decisions and expiry to the store, which stays the
-//! authority on the challenge's state.
+//! With the embedded store, pending requests and decisions are files under
+//! `<data_dir>/approvals/`, like EAB credentials, so the operator commands work while the server
+//! runs (sled locks the store to one process). The server applies decisions and expiry to the
+//! store, which stays the authority on the challenge's state.
 //!
 //! The server does not read the pending files once it runs: it loads them at start into an
 //! in-memory index (by id, expiry, account, source address and identifier) and keeps the index
@@ -23,13 +23,37 @@
 //! the length of the queue. The caps on waiting requests per account and per source address
 //! (SPEC §5.8) are counted in the index, and a request is counted and added under one lock so
 //! that racing requests cannot overshoot a cap.
+//!
+//! With a store that several CA instances share (PostgreSQL), requests and decisions are
+//! records of that store ([`Table::Approvals`]), which the operator commands reach through the
+//! CA's configuration, so every instance lists, decides and applies every request:
+//!
+//! - One record, the ledger, names the waiting requests with their expiry, account and source
+//!   address. A request is counted against the caps and added to it in one compare-and-swap,
+//!   so two instances racing for the last place cannot both admit; the request itself is a
+//!   record of its own.
+//! - How a request ended is a record inserted only if absent: the operator's decision, or its
+//!   expiry, whichever comes first, from any instance. A second decision is refused.
+//! - Applying that outcome to the authorization is a compare-and-swap that changes a
+//!   challenge still waiting, so when two instances apply one outcome at once, one changes the
+//!   authorization and the other finds it done. The instance that takes the request off the
+//!   ledger logs it.
+//! - The in-memory index is a cache of the ledger, for the pending-requests gauge and the
+//!   warning about requests for one identifier. Applying decisions reads the ledger at most
+//!   twice a second, to bring the index in line and to record the expiry of requests past
+//!   their time; otherwise a poll costs a prefix scan of the outcomes waiting to be applied.
+//!   Reading the ledger costs in proportion to the queue, which `pending_approvals_total`
+//!   caps.
+//! - Request files found in `<data_dir>/approvals/` when the server starts (made before the CA
+//!   moved to the shared store) are copied into it and then removed: left in place, a request
+//!   decided since would be copied in again, as waiting, at the next start.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +63,7 @@ use crate::ra::authz::{record_outcome, start_processing, Authz};
 use crate::ra::Ra;
 use crate::ratelimit::LimitName;
 use crate::ratelimit::{address_key, Key, RateLimiter};
-use crate::storage::Table;
+use crate::storage::{Db, Table};
 use crate::types::now;
 use crate::types::{AuthzStatus, ChallengeStatus, ChallengeType, Identifier};
 use crate::wire::pairing_code;
@@ -47,7 +71,6 @@ use crate::{Error, Result};
 
 const KIND: ChallengeType = ChallengeType::OperatorApproval01;
 
-/// The pairing code of a request (SPEC §5.9): the first 40 bits of
 /// A request waiting for the operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
@@ -229,13 +252,186 @@ impl Index {
         others.sort_by(|a, b| (a.requested, &a.id).cmp(&(b.requested, &b.id)));
         others
     }
+
+    /// What the caps count for a request of `account_id` from `address` (a `source_key`).
+    fn counts(&self, account_id: &str, address: Option<&str>) -> Counts {
+        let of = |set: Option<&BTreeSet<(i64, String)>>| Waiting {
+            count: set.map_or(0, BTreeSet::len),
+            first_expires: set.and_then(BTreeSet::first).map(|(expires, _)| *expires),
+        };
+        Counts {
+            total: Waiting {
+                count: self.requests.len(),
+                first_expires: self.by_expiry.first().map(|(expires, _)| *expires),
+            },
+            account: of(self.by_account.get(account_id)),
+            address: address.map(|a| of(self.by_address.get(a))),
+        }
+    }
 }
 
-/// The files under `<data_dir>/approvals/`, and in the server the index of pending requests.
+/// The requests one cap counts, and the soonest expiry among them.
+#[derive(Debug, Default)]
+struct Waiting {
+    count: usize,
+    first_expires: Option<i64>,
+}
+
+impl Waiting {
+    fn add(&mut self, expires: i64) {
+        self.count += 1;
+        self.first_expires = Some(self.first_expires.map_or(expires, |e| e.min(expires)));
+    }
+}
+
+/// What the caps on waiting requests count for a new request (SPEC §5.8): every request, the
+/// account's, and those from its source address if it is known.
+#[derive(Debug, Default)]
+struct Counts {
+    total: Waiting,
+    account: Waiting,
+    address: Option<Waiting>,
+}
+
+/// The key of the ledger in [`Table::Approvals`].
+const LEDGER: &str = "queue";
+/// The prefix of request records in [`Table::Approvals`].
+const REQUEST: &str = "request/";
+/// The prefix of outcome records in [`Table::Approvals`].
+const DECISION: &str = "decision/";
+/// How often applying decisions reads the ledger of a shared store at most.
+const REFRESH: Duration = Duration::from_millis(500);
+
+/// The requests waiting in a shared store, by id, with what the caps count of each: one
+/// record, so that counting a request against the caps and adding it is one compare-and-swap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Ledger {
+    waiting: BTreeMap<String, Place>,
+}
+
+/// A request's place in the [`Ledger`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Place {
+    /// Unix time after which it fails unless decided.
+    expires: i64,
+    /// Account id.
+    account: String,
+    /// The source address as the index keys it (`source_key`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+}
+
+impl Ledger {
+    /// What the caps count for a request of `account_id` from `address`.
+    fn counts(&self, account_id: &str, address: Option<&str>) -> Counts {
+        let mut counts = Counts {
+            address: address.map(|_| Waiting::default()),
+            ..Counts::default()
+        };
+        for place in self.waiting.values() {
+            counts.total.add(place.expires);
+            if place.account == account_id {
+                counts.account.add(place.expires);
+            }
+            if let (Some(waiting), Some(a)) = (counts.address.as_mut(), address) {
+                if place.address.as_deref() == Some(a) {
+                    waiting.add(place.expires);
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// How a request ended, in a shared store: the operator's decision, or `None` when it expired
+/// first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Outcome {
+    decision: Option<Decision>,
+}
+
+/// Reads and changes the ledger of `db` with compare-and-swap (see `Db::update`); a store
+/// without one starts with an empty ledger.
+fn update_ledger(db: &Db, mut f: impl FnMut(Ledger) -> Result<Ledger>) -> Result<Ledger> {
+    match db.update(Table::Approvals, LEDGER, &mut f) {
+        Err(Error::NotFound(_)) => {
+            db.insert_new(Table::Approvals, LEDGER, &Ledger::default())?;
+            db.update(Table::Approvals, LEDGER, f)
+        }
+        done => done,
+    }
+}
+
+fn read_ledger(db: &Db) -> Result<Ledger> {
+    Ok(db
+        .get::<Ledger>(Table::Approvals, LEDGER)?
+        .unwrap_or_default())
+}
+
+/// Refuses a new request of `account_id` (and from `source`, if known) when a cap on waiting
+/// requests is reached (SPEC §5.8), given what the caps count.
+fn check_caps(
+    limits: &RateLimiter,
+    account_id: &str,
+    source: Option<IpAddr>,
+    ttl: i64,
+    counts: &Counts,
+) -> Result<()> {
+    // A request expires in the first sweep after its `expires` second; with a cap of zero
+    // nothing waits, and a client is told to come back after one request's time.
+    let retry = |waiting: &Waiting| {
+        let secs = waiting
+            .first_expires
+            .map_or(ttl, |expires| expires - now() + 1)
+            .max(1);
+        Duration::from_secs(secs.unsigned_abs())
+    };
+    let total = limits.cap(
+        LimitName::PendingApprovalsTotal,
+        &Key::Account(String::new()),
+    );
+    if u32::try_from(counts.total.count).unwrap_or(u32::MAX) >= total {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "rate limit pending_approvals_total reached: {total} requests wait for an \
+                 operator, the most this CA keeps at once"
+            ),
+            retry_after: retry(&counts.total),
+        });
+    }
+    let mut counted = vec![(
+        LimitName::PendingApprovalsPerAccount,
+        Key::Account(account_id.to_owned()),
+        &counts.account,
+    )];
+    if let (Some(ip), Some(waiting)) = (source, &counts.address) {
+        counted.push((
+            LimitName::PendingApprovalsPerAddress,
+            Key::address(ip),
+            waiting,
+        ));
+    }
+    for (limit, key, waiting) in counted {
+        let cap = limits.cap(limit, &key);
+        if u32::try_from(waiting.count).unwrap_or(u32::MAX) < cap {
+            continue;
+        }
+        return Err(RateLimiter::cap_reached(limit, &key, cap, retry(waiting)));
+    }
+    Ok(())
+}
+
+/// Where requests and decisions are kept: the files under `<data_dir>/approvals/`, or the
+/// records of a store that several CA instances share; and in the server the index of pending
+/// requests.
 pub struct ApprovalQueue {
     pending: PathBuf,
     decisions: PathBuf,
+    /// The store several CA instances share; `None`: the files above.
+    shared: Option<Db>,
     index: Mutex<Index>,
+    /// When the index was last brought in line with the shared store's ledger.
+    refreshed: Mutex<Option<Instant>>,
     /// Held while a request is counted against the caps and added, so two racing requests
     /// cannot both see room for one.
     admission: Mutex<()>,
@@ -282,6 +478,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn request_key(id: &str) -> String {
+    format!("{REQUEST}{id}")
+}
+
+fn outcome_key(id: &str) -> String {
+    format!("{DECISION}{id}")
+}
+
+impl Place {
+    fn of(p: &Pending) -> Self {
+        Self {
+            expires: p.expires,
+            account: p.account_id.clone(),
+            address: p.source.as_deref().map(source_key),
+        }
+    }
+}
+
 impl ApprovalQueue {
     /// The files of a data directory, for the operator commands, which read them directly.
     /// The index stays empty: the server uses [`ApprovalQueue::open`].
@@ -290,7 +504,9 @@ impl ApprovalQueue {
         Self {
             pending: root.join("pending"),
             decisions: root.join("decisions"),
+            shared: None,
             index: Mutex::new(Index::default()),
+            refreshed: Mutex::new(None),
             admission: Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
         }
@@ -307,6 +523,66 @@ impl ApprovalQueue {
             }
         }
         Ok(q)
+    }
+
+    /// The requests and decisions in `db`, which several CA instances share, for the operator
+    /// commands. The index stays empty: the server uses [`ApprovalQueue::open_in_store`].
+    pub fn in_store(data_dir: &Path, db: Db) -> Self {
+        Self {
+            shared: Some(db),
+            ..Self::new(data_dir)
+        }
+    }
+
+    /// The queue in `db` for the server, with its index loaded from the store. Request files
+    /// under `<data_dir>/approvals/` (made before the CA moved to the shared store) are copied
+    /// into the store, with their decisions, and removed.
+    pub fn open_in_store(data_dir: &Path, db: Db) -> Result<Self> {
+        let q = Self::in_store(data_dir, db.clone());
+        q.import_files(&db)?;
+        q.sync(&db, &read_ledger(&db)?)?;
+        Ok(q)
+    }
+
+    /// Copies the request files into `db` and removes them. A request whose authorization no
+    /// longer waits for an operator (decided or expired meanwhile) is not copied: it would
+    /// wait again. The files go once copied, or they would be copied again at the next start,
+    /// as waiting, after the request was decided in the store.
+    fn import_files(&self, db: &Db) -> Result<()> {
+        let mut imported = 0usize;
+        for id in Self::ids(&self.pending)? {
+            let file = Self::file(&self.pending, &id)?;
+            let decision_file = Self::file(&self.decisions, &id)?;
+            let waits = db
+                .get::<Authz>(Table::Authzs, &id)?
+                .is_some_and(|a| waits_for_operator(&a));
+            if let (true, Some(p)) = (waits, read_json::<Pending>(&file)?) {
+                let place = Place::of(&p);
+                db.insert_new(Table::Approvals, &request_key(&p.id), &p)?;
+                update_ledger(db, |mut l| {
+                    l.waiting
+                        .entry(p.id.clone())
+                        .or_insert_with(|| place.clone());
+                    Ok(l)
+                })?;
+                if let Some(decision) = read_json::<Decision>(&decision_file)? {
+                    let outcome = Outcome {
+                        decision: Some(decision),
+                    };
+                    db.insert_new(Table::Approvals, &outcome_key(&p.id), &outcome)?;
+                }
+                imported += 1;
+            }
+            remove(&decision_file)?;
+            remove(&file)?;
+        }
+        for id in Self::ids(&self.decisions)? {
+            remove(&Self::file(&self.decisions, &id)?)?;
+        }
+        if imported > 0 {
+            tracing::info!(imported, dir = %self.pending.display(), "operator approval requests copied from files into the shared store, and the files removed");
+        }
+        Ok(())
     }
 
     fn file(dir: &Path, id: &str) -> Result<PathBuf> {
@@ -341,21 +617,37 @@ impl ApprovalQueue {
         Ok(ids)
     }
 
-    /// How many requests wait for a decision, from the server's index (no file is read).
+    /// How many requests wait for a decision, from the server's index (nothing is read; with
+    /// a shared store the index follows the store within a second).
     pub fn pending_count(&self) -> usize {
         lock(&self.index).requests.len()
     }
 
-    /// Requests waiting for a decision, oldest first, read from the files. A request decided
-    /// but not applied yet (the server applies decisions within a second) is not listed.
+    /// Requests waiting for a decision, oldest first, read from the files or the shared store.
+    /// A request decided but not applied yet (the server applies decisions within a second) is
+    /// not listed.
     pub fn list_pending(&self) -> Result<Vec<Pending>> {
         let mut out = Vec::new();
-        for id in Self::ids(&self.pending)? {
-            if Self::file(&self.decisions, &id)?.exists() {
-                continue;
-            }
-            if let Some(p) = read_json::<Pending>(&Self::file(&self.pending, &id)?)? {
-                out.push(p);
+        if let Some(db) = &self.shared {
+            let ledger = read_ledger(db)?;
+            let decided: std::collections::HashSet<String> = db
+                .keys_with_prefix(Table::Approvals, DECISION)?
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(DECISION).map(str::to_owned))
+                .collect();
+            out = db
+                .values_with_prefix::<Pending>(Table::Approvals, REQUEST)?
+                .into_iter()
+                .filter(|p| ledger.waiting.contains_key(&p.id) && !decided.contains(&p.id))
+                .collect();
+        } else {
+            for id in Self::ids(&self.pending)? {
+                if Self::file(&self.decisions, &id)?.exists() {
+                    continue;
+                }
+                if let Some(p) = read_json::<Pending>(&Self::file(&self.pending, &id)?)? {
+                    out.push(p);
+                }
             }
         }
         out.sort_by(|a, b| (a.requested, &a.id).cmp(&(b.requested, &b.id)));
@@ -364,14 +656,43 @@ impl ApprovalQueue {
 
     /// Records the operator's decision on a pending request; the server applies it. A
     /// decision is final: a second one for the same request is refused, so an approval cannot
-    /// turn into a rejection (or the reverse) before the server has applied it.
+    /// turn into a rejection (or the reverse) before the server has applied it. With a shared
+    /// store this holds across instances (the decision is inserted only if none is there), and
+    /// a request that expired meanwhile cannot be decided.
     pub fn decide(&self, id: &str, decision: &Decision) -> Result<Pending> {
-        let pending = read_json::<Pending>(&Self::file(&self.pending, id)?)?
-            .ok_or_else(|| Error::Malformed(format!("no pending approval request {id:?}")))?;
-        if Self::file(&self.decisions, id)?.exists() {
-            return Err(Error::Exists(format!(
+        let not_pending = || Error::Malformed(format!("no pending approval request {id:?}"));
+        let already = || {
+            Error::Exists(format!(
                 "request {id:?} is already decided; the CA applies the decision within a second"
-            )));
+            ))
+        };
+        if let Some(db) = &self.shared {
+            if !valid_id(id) {
+                return Err(Error::Malformed(format!("{id:?} is not a request id")));
+            }
+            if !read_ledger(db)?.waiting.contains_key(id) {
+                return Err(not_pending());
+            }
+            let pending = db
+                .get::<Pending>(Table::Approvals, &request_key(id))?
+                .ok_or_else(not_pending)?;
+            let outcome = Outcome {
+                decision: Some(decision.clone()),
+            };
+            if db.insert_new(Table::Approvals, &outcome_key(id), &outcome)? {
+                return Ok(pending);
+            }
+            return match db.get::<Outcome>(Table::Approvals, &outcome_key(id))? {
+                Some(Outcome { decision: None }) => Err(Error::Malformed(format!(
+                    "request {id:?} has expired; the device must ask again with a new order"
+                ))),
+                _ => Err(already()),
+            };
+        }
+        let pending =
+            read_json::<Pending>(&Self::file(&self.pending, id)?)?.ok_or_else(not_pending)?;
+        if Self::file(&self.decisions, id)?.exists() {
+            return Err(already());
         }
         ensure_private_dir(&self.decisions)?;
         let data = serde_json::to_vec_pretty(decision)
@@ -398,11 +719,90 @@ impl ApprovalQueue {
         Ok(())
     }
 
-    /// The request `id` if it is pending: from the index, or else from its file (one the
-    /// index has not seen, e.g. restored by hand while the server ran), which is then indexed.
+    /// Forgets a request whose outcome is applied, in the shared store: its place in the
+    /// ledger, then its record and its outcome (the outcome last, so the request cannot look
+    /// undecided again). Whether this call took it off the ledger (another instance applying
+    /// the same outcome at once finds it gone).
+    fn finish_in_store(&self, db: &Db, id: &str) -> Result<bool> {
+        let removed = self.unplace(db, id)?;
+        db.remove(Table::Approvals, &request_key(id))?;
+        db.remove(Table::Approvals, &outcome_key(id))?;
+        lock(&self.index).remove(id);
+        Ok(removed)
+    }
+
+    /// Takes request `id` off the ledger; whether it was there.
+    fn unplace(&self, db: &Db, id: &str) -> Result<bool> {
+        let mut removed = false;
+        update_ledger(db, |mut l| {
+            removed = l.waiting.remove(id).is_some();
+            Ok(l)
+        })?;
+        Ok(removed)
+    }
+
+    /// Brings the index in line with the shared store's `ledger`: drops what left it, and
+    /// reads the records of requests it gained (one by one when they are few, else in one scan).
+    fn sync(&self, db: &Db, ledger: &Ledger) -> Result<()> {
+        let missing: Vec<String> = {
+            let mut index = lock(&self.index);
+            let gone: Vec<String> = index
+                .requests
+                .keys()
+                .filter(|id| !ledger.waiting.contains_key(*id))
+                .cloned()
+                .collect();
+            for id in gone {
+                index.remove(&id);
+            }
+            ledger
+                .waiting
+                .keys()
+                .filter(|id| !index.requests.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        let found: Vec<Pending> = if missing.len() <= 8 {
+            let mut found = Vec::new();
+            for id in &missing {
+                found.extend(db.get::<Pending>(Table::Approvals, &request_key(id))?);
+            }
+            found
+        } else {
+            db.values_with_prefix::<Pending>(Table::Approvals, REQUEST)?
+                .into_iter()
+                .filter(|p| ledger.waiting.contains_key(&p.id))
+                .collect()
+        };
+        let mut index = lock(&self.index);
+        for p in found {
+            if !index.requests.contains_key(&p.id) {
+                index.insert(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether applying decisions should read the shared store's ledger now: at most once per
+    /// [`REFRESH`].
+    fn refresh_due(&self) -> bool {
+        let mut last = lock(&self.refreshed);
+        let due = last.is_none_or(|t| t.elapsed() >= REFRESH);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// The request `id` if it is pending: from the index, or else from its file or record
+    /// (one the index has not seen: with files, e.g. restored by hand while the server ran, and
+    /// then indexed; with a shared store, one another instance added since the last refresh).
     fn pending_request(&self, id: &str) -> Result<Option<Pending>> {
         if let Some(p) = lock(&self.index).requests.get(id) {
             return Ok(Some(p.clone()));
+        }
+        if let Some(db) = &self.shared {
+            return db.get::<Pending>(Table::Approvals, &request_key(id));
         }
         let p = read_json::<Pending>(&Self::file(&self.pending, id)?)?;
         if let Some(p) = &p {
@@ -411,72 +811,10 @@ impl ApprovalQueue {
         Ok(p)
     }
 
-    /// Refuses a new request from `account_id` (and `source`, if known) when either already
-    /// has as many requests waiting as its cap allows (SPEC §5.8). The caller holds the
-    /// admission lock.
-    fn check_caps(
-        &self,
-        limits: &RateLimiter,
-        account_id: &str,
-        source: Option<IpAddr>,
-        ttl: i64,
-    ) -> Result<()> {
-        let index = lock(&self.index);
-        let total = limits.cap(
-            LimitName::PendingApprovalsTotal,
-            &Key::Account(String::new()),
-        );
-        if u32::try_from(index.requests.len()).unwrap_or(u32::MAX) >= total {
-            let retry = index
-                .by_expiry
-                .first()
-                .map_or(ttl, |(expires, _)| expires - now() + 1)
-                .max(1);
-            return Err(Error::RateLimited {
-                detail: format!(
-                    "rate limit pending_approvals_total reached: {total} requests wait for an \
-                     operator, the most this CA keeps at once"
-                ),
-                retry_after: Duration::from_secs(retry.unsigned_abs()),
-            });
-        }
-        let mut counted = vec![(
-            LimitName::PendingApprovalsPerAccount,
-            Key::Account(account_id.to_owned()),
-            index.by_account.get(account_id),
-        )];
-        if let Some(ip) = source {
-            counted.push((
-                LimitName::PendingApprovalsPerAddress,
-                Key::address(ip),
-                index.by_address.get(&address_key(ip).to_string()),
-            ));
-        }
-        for (limit, key, waiting) in counted {
-            let cap = limits.cap(limit, &key);
-            let count = waiting.map_or(0, BTreeSet::len);
-            if u32::try_from(count).unwrap_or(u32::MAX) < cap {
-                continue;
-            }
-            // A request expires in the first sweep after its `expires` second; with a cap of
-            // zero nothing waits, and a client is told to come back after one request's time.
-            let retry = waiting
-                .and_then(|w| w.first())
-                .map_or(ttl, |(expires, _)| expires - now() + 1)
-                .max(1);
-            return Err(RateLimiter::cap_reached(
-                limit,
-                &key,
-                cap,
-                Duration::from_secs(retry.unsigned_abs()),
-            ));
-        }
-        Ok(())
-    }
-
     /// Starts the approval of authorization `authz_id` for `r` if its challenge is still
     /// `pending` and the caps allow: the challenge becomes `processing` and the request is
-    /// written and indexed, all under the admission lock. Returns the authorization and the
+    /// recorded and indexed, all under the admission lock (and with a shared store, counted
+    /// and placed in the ledger in one compare-and-swap). Returns the authorization and the
     /// request, if this call made one.
     fn admit(
         &self,
@@ -496,7 +834,11 @@ impl ApprovalQueue {
         };
         let ttl = i64::try_from(app.cfg.enrollment.approval_ttl.as_secs()).unwrap_or(3600);
         let source = peer.map(|a| a.ip().to_canonical());
-        self.check_caps(&app.limits, &account.id, source, ttl)?;
+        let address = source.map(|ip| address_key(ip).to_string());
+        if self.shared.is_none() {
+            let counts = lock(&self.index).counts(&account.id, address.as_deref());
+            check_caps(&app.limits, &account.id, source, ttl, &counts)?;
+        }
         let requested = now();
         let pending = Pending {
             id: authz.id.clone(),
@@ -508,6 +850,9 @@ impl ApprovalQueue {
             requested,
             expires: requested + ttl,
         };
+        if let Some(db) = &self.shared {
+            return self.admit_in_store(app, db, pending, source, ttl);
+        }
         let (authz, triggered) = start_processing(app, authz_id, KIND)?;
         if !triggered {
             return Ok((authz, None));
@@ -520,6 +865,76 @@ impl ApprovalQueue {
         }
         Ok((authz, Some(pending)))
     }
+
+    /// [`ApprovalQueue::admit`] with a shared store: the request takes its place in the ledger
+    /// if the caps, counted over every instance's requests, allow; then the challenge becomes
+    /// `processing` and the request's record is written. Each later step that fails gives the
+    /// place back.
+    fn admit_in_store(
+        &self,
+        app: &Ra,
+        db: &Db,
+        pending: Pending,
+        source: Option<IpAddr>,
+        ttl: i64,
+    ) -> Result<(Authz, Option<Pending>)> {
+        let id = pending.id.clone();
+        let place = Place::of(&pending);
+        let mut placed = false;
+        let ledger = update_ledger(db, |mut l| {
+            placed = false;
+            if l.waiting.contains_key(&id) {
+                return Ok(l);
+            }
+            let counts = l.counts(&place.account, place.address.as_deref());
+            check_caps(&app.limits, &place.account, source, ttl, &counts)?;
+            l.waiting.insert(id.clone(), place.clone());
+            placed = true;
+            Ok(l)
+        })?;
+        let give_back = |why: &str| {
+            if let Err(e) = self.unplace(db, &id) {
+                tracing::error!(request = %id, error = %e, "{why}, and its place among the waiting requests could not be given back; it counts against the caps until it expires");
+            }
+        };
+        if !placed {
+            // Another instance is starting this very request.
+            let authz = app
+                .db
+                .get::<Authz>(Table::Authzs, &id)?
+                .ok_or(Error::NotFound("authorization"))?;
+            return Ok((authz, None));
+        }
+        let (authz, triggered) = match start_processing(app, &id, KIND) {
+            Ok(started) => started,
+            Err(e) => {
+                give_back("the approval request could not start");
+                return Err(e);
+            }
+        };
+        if !triggered {
+            give_back("the approval request was started elsewhere");
+            return Ok((authz, None));
+        }
+        if let Err(e) = db.put(Table::Approvals, &request_key(&id), &pending) {
+            // Without its record no operator can see the request: put the challenge back to
+            // `pending` so that the device can ask again.
+            give_back("the approval request could not be recorded");
+            undo_start(app, &id)?;
+            return Err(e);
+        }
+        self.sync(db, &ledger)?;
+        Ok((authz, Some(pending)))
+    }
+}
+
+/// Whether `authz` waits for an operator: its operator-approval-01 challenge is `processing`.
+fn waits_for_operator(authz: &Authz) -> bool {
+    authz.status() == AuthzStatus::Pending
+        && authz
+            .challenges
+            .iter()
+            .any(|c| c.kind == KIND && c.status == ChallengeStatus::Processing)
 }
 
 /// The token of `authz`'s operator-approval-01 challenge if a POST to it now would start an
@@ -610,6 +1025,9 @@ pub async fn request(
 pub async fn apply(app: &Ra) -> Result<()> {
     let q = &app.approvals;
     let _applying = q.applying.lock().await;
+    if let Some(db) = &q.shared {
+        return apply_in_store(app, q, db).await;
+    }
     let now = now();
     let mut due: Vec<(Pending, Option<Decision>)> = Vec::new();
     for id in ApprovalQueue::ids(&q.decisions)? {
@@ -633,30 +1051,87 @@ pub async fn apply(app: &Ra) -> Result<()> {
         }
     }
     for (p, decision) in due {
-        let outcome = match &decision {
-            Some(Decision::Approve) => Ok(()),
-            Some(Decision::Reject { reason }) => Err(Error::Unauthorized(format!(
-                "the operator rejected this device{}",
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ))),
-            None => Err(Error::Unauthorized(
-                "no operator approved this request before it expired".into(),
-            )),
-        };
-        match app.db.get::<Authz>(Table::Authzs, &p.id)? {
-            Some(_) => {
-                record_outcome(app, &p.id, KIND, &outcome)?;
-                app.db.flush().await?;
-            }
-            None => tracing::warn!(request = %p.id, "approval for an unknown authorization"),
-        }
+        let outcome = outcome_of(decision.as_ref());
+        record(app, &p.id, &outcome).await?;
         tracing::info!(request = %p.id, identifier = %p.identifier, approved = outcome.is_ok(),
             expired = decision.is_none(), "approval request decided");
         // The store holds the outcome now; the files have done their job.
         q.finish(&p.id)?;
+    }
+    Ok(())
+}
+
+/// What a decision, or the expiry (`None`), makes of the challenge.
+fn outcome_of(decision: Option<&Decision>) -> Result<()> {
+    match decision {
+        Some(Decision::Approve) => Ok(()),
+        Some(Decision::Reject { reason }) => Err(Error::Unauthorized(format!(
+            "the operator rejected this device{}",
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))),
+        None => Err(Error::Unauthorized(
+            "no operator approved this request before it expired".into(),
+        )),
+    }
+}
+
+/// Records `outcome` on the challenge of authorization `id`, if it still exists; a challenge
+/// no longer waiting is left as it is (`record_outcome`).
+async fn record(app: &Ra, id: &str, outcome: &Result<()>) -> Result<()> {
+    match app.db.get::<Authz>(Table::Authzs, id)? {
+        Some(_) => {
+            record_outcome(app, id, KIND, outcome)?;
+            app.db.flush().await?;
+        }
+        None => tracing::warn!(request = %id, "approval for an unknown authorization"),
+    }
+    Ok(())
+}
+
+/// [`apply`] with a shared store. Reading the ledger (at most once per [`REFRESH`]) brings the
+/// index in line and records the expiry of each request past its time, unless an outcome is
+/// there already; then every recorded outcome is applied, whichever instance recorded it.
+async fn apply_in_store(app: &Ra, q: &ApprovalQueue, db: &Db) -> Result<()> {
+    if q.refresh_due() {
+        let ledger = read_ledger(db)?;
+        q.sync(db, &ledger)?;
+        let now = now();
+        for (id, place) in &ledger.waiting {
+            if place.expires < now {
+                // First come: an operator's decision recorded earlier stands.
+                db.insert_new(
+                    Table::Approvals,
+                    &outcome_key(id),
+                    &Outcome { decision: None },
+                )?;
+            }
+        }
+    }
+    for (key, raw) in db
+        .store()
+        .scan_prefix(Table::Approvals, DECISION.as_bytes())?
+    {
+        let key = String::from_utf8_lossy(&key);
+        let Some(id) = key.strip_prefix(DECISION).filter(|id| valid_id(id)) else {
+            continue;
+        };
+        let decision = serde_json::from_slice::<Outcome>(&raw)
+            .map_err(|e| Error::Storage(format!("corrupt approval outcome {id}: {e}")))?
+            .decision;
+        let request = q.pending_request(id)?;
+        let outcome = outcome_of(decision.as_ref());
+        // Another instance may apply the same outcome at once: one of the two changes the
+        // challenge, the other finds it decided.
+        record(app, id, &outcome).await?;
+        if q.finish_in_store(db, id)? {
+            tracing::info!(request = %id,
+                identifier = %request.map(|p| p.identifier.to_string()).unwrap_or_default(),
+                approved = outcome.is_ok(), expired = decision.is_none(),
+                "approval request decided");
+        }
     }
     Ok(())
 }

@@ -64,11 +64,16 @@ pub enum Table {
     /// (`ra::history`): `h` ‖ device id → a device's reduced certificates, `s` ‖ serial bytes
     /// → device id, `k` ‖ SHA-256 of a key's SubjectPublicKeyInfo → its retired key use.
     History,
+    /// Operator-approval requests, when several instances share the store (with the embedded
+    /// store they are files, `ra::approval`): `queue` → the requests waiting and what the caps
+    /// count of each, `request/` ‖ id → `approval::Pending`, `decision/` ‖ id → how the
+    /// request ended (the operator's decision, or its expiry).
+    Approvals,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -85,6 +90,7 @@ impl Table {
         Self::Nonces,
         Self::Credentials,
         Self::History,
+        Self::Approvals,
     ];
 
     /// A stable name for the table.
@@ -106,6 +112,7 @@ impl Table {
             Self::Nonces => "nonces",
             Self::Credentials => "credentials",
             Self::History => "history",
+            Self::Approvals => "approvals",
         }
     }
 }
