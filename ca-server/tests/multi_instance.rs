@@ -53,27 +53,37 @@ async fn a_nonce_from_one_instance_is_good_at_the_other_once() {
     replay.assert_problem(400, "badNonce");
 }
 
+/// Six newAccount requests for one new key at once, alternating between `a` and `b`, each
+/// with the payload `payload` makes for its instance and the key.
+async fn race_registrations(
+    a: &std::sync::Arc<TestServer>,
+    b: &std::sync::Arc<TestServer>,
+    payload: impl Fn(&TestServer, &Key) -> Value,
+) -> Vec<Reply> {
+    let key = std::sync::Arc::new(Key::generate());
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let payload = payload(&s, &key);
+            let key = key.clone();
+            tokio::spawn(async move { s.post_new_account(&key, &payload).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for r in racers {
+        replies.push(r.await.expect("join"));
+    }
+    replies
+}
+
 /// RFC 8555 §7.3: one account per key, also when the instances register one key at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_key_registers_one_account_however_the_instances_race() {
     let (a, b) = pair();
     let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
     for round in 0..30 {
-        let key = std::sync::Arc::new(Key::generate());
-        let racers: Vec<_> = (0..6)
-            .map(|i| {
-                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-                let key = key.clone();
-                tokio::spawn(async move {
-                    s.post_new_account(&key, &json!({"termsOfServiceAgreed": true}))
-                        .await
-                })
-            })
-            .collect();
-        let mut replies = Vec::new();
-        for r in racers {
-            replies.push(r.await.expect("join"));
-        }
+        let replies =
+            race_registrations(&a, &b, |_, _| json!({"termsOfServiceAgreed": true})).await;
         let created = replies
             .iter()
             .filter(|r| r.status == StatusCode::CREATED)
@@ -144,6 +154,33 @@ async fn an_order_moves_between_instances_and_a_revocation_reaches_both_crls() {
     assert_eq!(listed_b, vec![serial]);
     assert_eq!(n_after, n_b_after, "one current CRL");
     assert!(n_after.parse::<u64>().expect("n") > n_b.parse::<u64>().expect("n"));
+}
+
+/// A registration that loses the race for its key to another instance gives back the use of
+/// its enrollment credential: one account per key, one use per account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registration_that_loses_the_race_for_its_key_spends_no_credential_use() {
+    let (a, b) = pair();
+    let cred = credential(&a, &[], None);
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    for round in 0..10 {
+        let replies = race_registrations(&a, &b, |s, key| {
+            let url = s.url("/acme/new-account");
+            json!({"externalAccountBinding": eab_binding(key, &cred.kid, &cred.hmac_key, &url)})
+        })
+        .await;
+        let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
+        assert_eq!(created, 1, "round {round}: {statuses:?}");
+        assert_eq!(
+            a.app.eab.uses(&a.app.db, &cred.kid).expect("uses"),
+            round + 1,
+            "round {round}: one use per account ({statuses:?})"
+        );
+    }
 }
 
 /// An enrollment credential made at one instance binds accounts at the other, and a

@@ -322,13 +322,32 @@ pub async fn register(app: &Ra, r: Applicant<'_>, p: NewAccount) -> Result<(Acco
     // then its key index entry, so the index never names a missing account. An index entry
     // without its account is a leftover of an interrupted registration (account_by_thumbprint
     // ignores it) and is replaced. If another instance registered the key meanwhile, its
-    // account is the one (§7.3.1's 200), and this one, never announced, is removed.
+    // account is the one (§7.3.1's 200), and this one, never announced, is removed and its
+    // credential use given back.
     if let Some(cred) = &cred {
         app.eab.spend(&app.db, cred, &acct.id)?;
     }
-    app.db.put(Table::Accounts, &acct.id, &acct)?;
-    if let Some(existing) = claim_key(app, &acct.thumbprint, &acct.id)? {
+    let claimed = app
+        .db
+        .put(Table::Accounts, &acct.id, &acct)
+        .and_then(|()| claim_key(app, &acct.thumbprint, &acct.id));
+    let existing = match claimed {
+        Ok(None) => None,
+        Ok(Some(existing)) => Some(existing),
+        Err(e) => {
+            if let Some(cred) = &cred {
+                if let Err(again) = app.eab.give_back(&app.db, &cred.kid, &acct.id) {
+                    tracing::error!(kid = %cred.kid, error = %again, "cannot give back the credential use of a registration that failed");
+                }
+            }
+            return Err(e);
+        }
+    };
+    if let Some(existing) = existing {
         app.db.remove(Table::Accounts, &acct.id)?;
+        if let Some(cred) = &cred {
+            app.eab.give_back(&app.db, &cred.kid, &acct.id)?;
+        }
         app.db.flush().await?;
         existing.require_valid()?;
         return Ok((existing, false));

@@ -493,6 +493,18 @@ impl EabStore {
         .map(|_| ())
     }
 
+    /// Gives back the use of `kid` that `account_id` took, for an account that was never
+    /// created after all (another instance registered the same key first).
+    pub fn give_back(&self, db: &Db, kid: &str, account_id: &str) -> Result<()> {
+        match db.update(Table::EabUsage, kid, |mut u: Usage| {
+            u.accounts.retain(|a| a != account_id);
+            Ok(u)
+        }) {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How many accounts a credential has bound so far.
     pub fn uses(&self, db: &Db, kid: &str) -> Result<usize> {
         Ok(db
