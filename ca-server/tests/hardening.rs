@@ -769,6 +769,86 @@ async fn a_lapsed_claim_gives_way() {
     r.assert_status(StatusCode::OK);
 }
 
+/// An issuance that stalled past its claim's lapse while another account was certified for
+/// the ApplicationUri records nothing and hands out nothing: the other account keeps it.
+#[tokio::test]
+async fn an_issuance_that_lost_its_claim_while_stalled_records_nothing() {
+    use ca_server::ra::identity::{self, Hold, Holding};
+    let s = TestServer::with(opcua);
+    let uri = "urn:plant.example:hmi-3";
+    let key = identity::uri_key(uri);
+    // A finalize of account "stalled" claims the URI, then stalls past the lapse.
+    let stalled = identity::claim(&s.app, &key, "stalled", Hold::UntilReleased)
+        .expect("claim")
+        .expect("free");
+    s.app
+        .db
+        .update(Table::Identities, &key, |mut h: Holding| {
+            h.since -= identity::CLAIM_LAPSES + 1;
+            Ok(h)
+        })
+        .expect("backdate");
+    // Meanwhile another account is certified for it.
+    let cred = credential(&s, &["ip:10.20.0.0/16"], None);
+    let acct = bound(&s, &cred).await;
+    let mut p = identifiers(&["10.20.0.10"]);
+    p["profile"] = json!("opcua");
+    let o = new_order(&s, &acct, &p).await.json();
+    let (r, _) = finalize(&s, &acct, &o, &["10.20.0.10"], &[uri]).await;
+    r.assert_status(StatusCode::OK);
+    let holder = identity::get(&s.app, &key).expect("get").expect("held");
+    assert_ne!(holder.account_id, "stalled");
+    // The stalled finalize wakes up with its certificate signed: recording it fails.
+    let theirs: ca_server::ca::cert::Certificate = s
+        .app
+        .db
+        .get(
+            Table::Certificates,
+            holder.serial.as_deref().expect("serial"),
+        )
+        .expect("get")
+        .expect("certificate");
+    let mut late = theirs.clone();
+    late.account_id = "stalled".into();
+    late.id = "0badc0de".into();
+    let err = identity::record_issued(&s.app, &late, Some(uri), std::slice::from_ref(&stalled))
+        .expect_err("the claim was lost");
+    assert!(err.to_string().contains("finalize again"), "{err}");
+    assert_eq!(
+        identity::get(&s.app, &key).expect("get"),
+        Some(holder),
+        "the certified account still holds the URI"
+    );
+}
+
+/// A certificate recorded for an identity but never stored (its issuing process died between
+/// the two writes) may have been signed: it holds the identity until its notAfter, and a
+/// sibling's pre-authorization does not cover it.
+#[tokio::test]
+async fn a_recorded_certificate_that_was_never_stored_still_holds_its_identity() {
+    use ca_server::ra::identity::{self, Holding};
+    let s = TestServer::new();
+    let name = "plc-8.plant.example";
+    let now = ca_server::types::now();
+    s.app
+        .db
+        .put(
+            Table::Identities,
+            &identity::key(&ca_server::types::Identifier::dns(name)),
+            &Holding {
+                account_id: "crashed".into(),
+                serial: Some("0badc0de".into()),
+                not_after: now + 3600,
+                since: now,
+            },
+        )
+        .expect("put");
+    let cred = credential(&s, &["dns:plant.example"], None);
+    let acct = bound(&s, &cred).await;
+    let (_, o) = s.create_order(&acct, &identifiers(&[name])).await;
+    assert_eq!(o["status"], "pending", "a challenge is needed: {o}");
+}
+
 /// An authorization pre-authorized before authorizations recorded their credential is checked
 /// against the account's credential.
 #[tokio::test]

@@ -19,9 +19,13 @@
 //!
 //! Both are claimed under compare-and-swap before the certificate is signed, so of two
 //! accounts racing for one identity one wins. A claim whose certificate never came (a failed
-//! issuance, a crash) is given back, or lapses after [`CLAIM_LAPSES`]. Identifiers proven by a
-//! challenge, an attestation or an operator's approval move to the account that proved them
-//! when its certificate is issued.
+//! issuance, a crash) is given back, or lapses after [`CLAIM_LAPSES`]. The certificate is
+//! recorded against the claim by compare-and-swap too, before the certificate is stored: an
+//! issuance that stalled past the lapse while another account took the identity fails there,
+//! and its certificate is never handed out. A holding is recorded before its certificate is
+//! stored, so one whose certificate is missing (a crash between the two) still counts, until
+//! its notAfter or the operator's release. Identifiers proven by a challenge, an attestation or
+//! an operator's approval move to the account that proved them when its certificate is issued.
 //!
 //! A store from before this index existed is indexed once at start ([`index_existing`]).
 
@@ -124,7 +128,8 @@ pub fn release(app: &Ra, key: &str) -> Result<Option<Holding>> {
 }
 
 /// Whether a holding is current at `at`: a claim being issued, or a certificate that is
-/// unexpired and unrevoked.
+/// unexpired and unrevoked. A certificate recorded but not stored (the issuing process died
+/// between the two writes) counts until its notAfter: it may have been signed.
 fn current(app: &Ra, h: &Holding, at: i64) -> Result<bool> {
     let Some(serial) = &h.serial else {
         return Ok(!h.lapsed(at));
@@ -132,7 +137,7 @@ fn current(app: &Ra, h: &Holding, at: i64) -> Result<bool> {
     if h.not_after <= at {
         return Ok(false);
     }
-    Ok(crate::ra::history::certificate(app, serial)?.is_some_and(|c| c.revoked.is_none()))
+    Ok(crate::ra::history::certificate(app, serial)?.is_none_or(|c| c.revoked.is_none()))
 }
 
 /// The holding of another account than `account_id` with a current certificate for `id`.
@@ -246,26 +251,75 @@ pub fn uri_held(uri: &str, held: &Holding) -> Error {
     ))
 }
 
-/// Records `cert`'s account as the holder of its identifiers and of `uri`.
-pub fn record_issued(app: &Ra, cert: &Certificate, uri: Option<&str>) -> Result<()> {
+/// The holding that records `cert` for its account, given the record it replaces.
+fn issued_holding(cert: &Certificate, before: Option<&Holding>) -> Holding {
+    Holding {
+        account_id: cert.account_id.clone(),
+        serial: Some(cert.id.clone()),
+        not_after: cert.not_after,
+        since: before
+            .filter(|h| h.account_id == cert.account_id)
+            .map_or_else(now, |h| h.since),
+    }
+}
+
+/// Records `cert`'s account as the holder of its identifiers and of `uri`, before the
+/// certificate is stored. The identities `claims` took are recorded only while the claim still
+/// holds: when another account has taken one since (this issuance stalled past
+/// [`CLAIM_LAPSES`]), nothing stays recorded and the answer is an error, and the caller must
+/// not hand out the certificate. The others, proven by this order, move to the account.
+pub fn record_issued(
+    app: &Ra,
+    cert: &Certificate,
+    uri: Option<&str>,
+    claims: &[Claim],
+) -> Result<()> {
+    let mut recorded: Vec<(&str, Holding, Holding)> = Vec::new();
+    for claim in claims {
+        let mut replaced = None;
+        let outcome = app.db.update(Table::Identities, &claim.key, |h: Holding| {
+            if h.account_id != claim.account_id {
+                return Err(lost_claim(&claim.key, &h.account_id));
+            }
+            let after = issued_holding(cert, Some(&h));
+            replaced = Some(h);
+            Ok(after)
+        });
+        match (outcome, replaced) {
+            (Ok(after), Some(before)) => recorded.push((&claim.key, before, after)),
+            (outcome, _) => {
+                // Put back what this call recorded, unless it changed again since.
+                for (key, before, after) in recorded {
+                    let _ = app.db.update(Table::Identities, key, |h: Holding| {
+                        Ok(if h == after { before.clone() } else { h })
+                    });
+                }
+                return Err(match outcome {
+                    Err(Error::NotFound(_)) | Ok(_) => lost_claim(&claim.key, "nobody"),
+                    Err(e) => e,
+                });
+            }
+        }
+    }
+    let claimed: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
     let keys = cert.identifiers.iter().map(key).chain(uri.map(uri_key));
-    for k in keys {
-        let since = match get(app, &k)? {
-            Some(h) if h.account_id == cert.account_id => h.since,
-            _ => now(),
-        };
+    for k in keys.filter(|k| !claimed.contains(&k.as_str())) {
+        let before = get(app, &k)?;
         app.db.put(
             Table::Identities,
             &k,
-            &Holding {
-                account_id: cert.account_id.clone(),
-                serial: Some(cert.id.clone()),
-                not_after: cert.not_after,
-                since,
-            },
+            &issued_holding(cert, before.as_ref()),
         )?;
     }
     Ok(())
+}
+
+/// The error of an issuance whose claim on `key` was taken over by `holder` meanwhile.
+fn lost_claim(key: &str, holder: &str) -> Error {
+    Error::Unauthorized(format!(
+        "{key} is held by {holder} since this certificate's issuance began, which took longer \
+         than a claim lasts; the certificate was not issued: finalize again"
+    ))
 }
 
 /// The URIs in the subjectAltName of a certificate (DER).

@@ -692,11 +692,21 @@ pub async fn finalize(
         Err(e @ Error::SigningKey(_)) => return reopen(e, claims),
         Ok(issued) => {
             let cert = Certificate::new(&account.id, &order, &issued, source);
-            // A failure here leaves the order processing until it is reported stuck, and the
-            // claims lapse (`identity::CLAIM_LAPSES`).
+            // The identities first, against this finalize's claims: an issuance that stalled
+            // until another account took one hands nothing out, and the order is ready again.
+            match crate::ra::identity::record_issued(app, &cert, leaf.uri.as_deref(), &claims) {
+                Ok(()) => {}
+                Err(e @ Error::Unauthorized(_)) => {
+                    tracing::warn!(order = %order.id, serial = %cert.id, error = %e,
+                        "signed certificate discarded: an identity claim was lost");
+                    return reopen(e, claims);
+                }
+                Err(e) => return Err(e),
+            }
+            // A failure here leaves the order processing until it is reported stuck; the
+            // identities stay recorded for the certificate, which may have been signed.
             app.db.put(Table::Certificates, &cert.id, &cert)?;
             key_use.record(app, &cert)?;
-            crate::ra::identity::record_issued(app, &cert, leaf.uri.as_deref())?;
             tracing::info!(account = %account.id, order = %order.id, serial = %cert.id, profile = ?cert.profile, "certificate issued");
             app.metrics
                 .certificate_issued(&profile.name, enrollment(app, &order));
