@@ -12,9 +12,11 @@ use crate::ca::{CertificateAuthority, IssuerKind};
 use crate::config::tls_names;
 use crate::config::Config;
 use crate::fsutil::ensure_private_dir;
+use crate::ra::audit::AuditLog;
 use crate::ra::eab::EabStore;
 use crate::ra::{Inner, Ra};
 use crate::storage::Db;
+use crate::va::attest::anchors::TrustAnchorStore;
 use crate::va::Validator;
 use crate::wfe::nonce::NonceStore;
 use crate::wfe::{self, AppState};
@@ -86,17 +88,27 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
     let db = Db::new(store);
-    let eab = match cfg.storage.backend {
+    let (eab, anchors, audit) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
                 &cfg.data_dir.join(crate::storage::SHARED_MARKER),
-                b"This CA keeps its records, enrollment credentials included, in PostgreSQL \
-                  (storage.backend = \"postgres\"). Give `ca-server eab` its --config.\n",
+                b"This CA keeps its records, enrollment credentials, trust anchors and audit \
+                  log included, in PostgreSQL (storage.backend = \"postgres\"). Give \
+                  `ca-server eab`, `trust-anchor`, `audit --log` and the commands that record \
+                  to the audit log its --config.\n",
                 0o644,
             )?;
-            EabStore::in_store(&cfg.data_dir, db.clone())?
+            (
+                EabStore::in_store(&cfg.data_dir, db.clone())?,
+                TrustAnchorStore::in_store(&cfg.data_dir, db.clone())?,
+                AuditLog::in_store(&cfg.data_dir, db.clone())?,
+            )
         }
-        crate::storage::Backend::Sled => EabStore::new(&cfg.data_dir),
+        crate::storage::Backend::Sled => (
+            EabStore::new(&cfg.data_dir),
+            TrustAnchorStore::new(&cfg.data_dir),
+            AuditLog::file(&cfg.data_dir),
+        ),
     };
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {
@@ -121,6 +133,8 @@ pub fn init(cfg: Config) -> Result<AppState> {
         base_url: cfg.base_url(),
         db,
         eab,
+        anchors,
+        audit,
         approvals: crate::ra::approval::ApprovalQueue::open(&cfg.data_dir)?,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::ca::crl::CrlCache::default(),

@@ -64,11 +64,18 @@ pub enum Table {
     /// (`ra::history`): `h` ‖ device id → a device's reduced certificates, `s` ‖ serial bytes
     /// → device id, `k` ‖ SHA-256 of a key's SubjectPublicKeyInfo → its retired key use.
     History,
+    /// Trust anchor name → the anchor's RFC 7468 file text, when several instances share the
+    /// store (with the embedded store anchors are files, `va::attest::anchors`).
+    TrustAnchors,
+    /// Audit log entry number, 20 zero-padded decimal digits → the entry's JSON bytes, when
+    /// several instances share the store (with the embedded store the log is a file,
+    /// `ra::audit`).
+    AuditLog,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -85,6 +92,8 @@ impl Table {
         Self::Nonces,
         Self::Credentials,
         Self::History,
+        Self::TrustAnchors,
+        Self::AuditLog,
     ];
 
     /// A stable name for the table.
@@ -106,6 +115,8 @@ impl Table {
             Self::Nonces => "nonces",
             Self::Credentials => "credentials",
             Self::History => "history",
+            Self::TrustAnchors => "trust_anchors",
+            Self::AuditLog => "audit_log",
         }
     }
 }
@@ -588,7 +599,8 @@ impl StorageConfig {
 }
 
 /// A file in the data directory of a CA that keeps its records in PostgreSQL, so commands
-/// that would otherwise write files there (`ca-server eab`) know to ask for the configuration.
+/// that would otherwise read or write files there (`ca-server eab`, `trust-anchor`,
+/// `audit --log`, and those that record to the audit log) know to ask for the configuration.
 pub const SHARED_MARKER: &str = "storage-is-postgres";
 
 /// The storage backend (`storage.backend`).
