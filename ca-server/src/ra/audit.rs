@@ -70,10 +70,10 @@ impl Actor {
     }
 }
 
-/// One line of the log.
+/// One entry of the log: a line of the file, a record of the store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    /// 1 for the first line, then one more per line.
+    /// 1 for the first entry, then one more per entry (per line of the file, whatever it holds).
     pub seq: u64,
     /// When, RFC 3339.
     pub at: String,
@@ -88,7 +88,7 @@ pub struct Entry {
     /// Anything else worth keeping (a reason, a role, a count).
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub detail: Value,
-    /// SHA-256 (hex) of the previous line.
+    /// SHA-256 (hex) of the previous entry's bytes (line, record).
     pub prev: String,
 }
 
