@@ -1,8 +1,8 @@
 //! The `ca-server` command line: run the CA (the default), or manage it from the CA host.
 //! Commands that need the running CA's store go through its admin socket (`admin`); the
-//! operator's files (EAB credentials, trust anchors, approval decisions) are edited directly,
-//! and with a CA that keeps them in PostgreSQL, credentials and approvals are records reached
-//! through its configuration (`--config`).
+//! operator's records (EAB credentials, trust anchors, approval decisions, the audit log) are
+//! edited directly: files in the data directory, or, for a CA on PostgreSQL, the records of the
+//! store its configuration (`--config`) names.
 
 mod backup;
 mod offline_root;
@@ -12,11 +12,12 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
-use crate::ra::audit::Actor;
+use crate::ra::audit::{Actor, AuditLog};
 use crate::ra::eab::{AllowRule, EabStore, NewCredential};
 use crate::server;
 use crate::text::{escape, escape_lines};
 use crate::types::parse_duration;
+use crate::va::attest::anchors::TrustAnchorStore;
 use clap::{Args, Parser, Subcommand};
 
 /// iiot-acme: an on-site ACME certificate authority for industrial IoT devices.
@@ -67,6 +68,10 @@ enum Command {
         /// instead of the fleet report; works whether or not the CA runs.
         #[arg(long)]
         log: bool,
+        /// With --log: the CA's configuration file; needed when the CA keeps its records in
+        /// PostgreSQL.
+        #[arg(long, short, requires = "log")]
+        config: Option<PathBuf>,
     },
     /// Show or release which account holds an identity (asks the running CA).
     #[command(subcommand)]
@@ -173,6 +178,10 @@ enum OperatorCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records (the audit log)
+        /// in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The operator's name.
         name: String,
     },
@@ -409,6 +418,9 @@ enum TrustAnchorCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Name of the anchor (default: from its SHA-256 fingerprint).
         #[arg(long)]
         name: Option<String>,
@@ -433,6 +445,9 @@ enum TrustAnchorCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -476,7 +491,7 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             config,
             json,
         } => {
-            let (_, queue) = approval_queue(d, config.as_deref())?;
+            let queue = Records::for_reading(d, config.as_deref())?.approvals();
             let pending = queue.list_pending().map_err(|e| e.to_string())?;
             let listed = mark_duplicates(pending);
             if json {
@@ -520,13 +535,12 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             config,
             id,
         } => {
-            let (dir, queue) = approval_queue(d, config.as_deref())?;
-            as_data_owner(&dir)?;
-            let p = queue
+            let records = Records::for_writing(d, config.as_deref())?;
+            let p = records
+                .approvals()
                 .decide(&id, &Decision::Approve)
                 .map_err(|e| e.to_string())?;
-            audit(
-                &dir,
+            records.record(
                 "approval.approve",
                 &p.id,
                 serde_json::json!({"identifier": p.identifier.to_string(),
@@ -546,9 +560,9 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             id,
             reason,
         } => {
-            let (dir, queue) = approval_queue(d, config.as_deref())?;
-            as_data_owner(&dir)?;
-            let p = queue
+            let records = Records::for_writing(d, config.as_deref())?;
+            let p = records
+                .approvals()
                 .decide(
                     &id,
                     &Decision::Reject {
@@ -556,8 +570,7 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
                     },
                 )
                 .map_err(|e| e.to_string())?;
-            audit(
-                &dir,
+            records.record(
                 "approval.reject",
                 &p.id,
                 serde_json::json!({"identifier": p.identifier.to_string(),
@@ -747,7 +760,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             json,
             log: true,
-        }) => audit_log(&self::data_dir(data_dir), json),
+            config,
+        }) => audit_log(
+            &Records::for_reading(data_dir, config.as_deref())?.audit,
+            json,
+        ),
         Some(Command::Audit { data_dir, json, .. }) => {
             let v = admin_call(data_dir, "GET", "/audit", None)?;
             if json {
@@ -783,7 +800,6 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// Appends what the command line did to the audit log of `data_dir`.
 /// `ca-server init --hsm`: a new CA with its keys in a token.
 fn init(hsm: bool, config: &Path, data_dir: Option<PathBuf>) -> Result<(), String> {
     if !hsm {
@@ -796,14 +812,14 @@ fn init(hsm: bool, config: &Path, data_dir: Option<PathBuf>) -> Result<(), Strin
     let cfg = Config::from_file(config).map_err(|e| e.to_string())?;
     let dir = data_dir.unwrap_or_else(|| cfg.data_dir.clone());
     as_data_owner(&dir)?;
+    let records = Records::open(&dir, Some(&cfg))?;
     let ca_dir = dir.join("ca");
     let fingerprint = crate::ca::CertificateAuthority::init_in_token(&ca_dir, &cfg.issuance)
         .map_err(|e| match e {
             crate::Error::Internal(m) => m,
             other => other.to_string(),
         })?;
-    audit(
-        &dir,
+    records.record(
         "ca.init",
         "hsm",
         serde_json::json!({"rootSha256": fingerprint}),
@@ -817,19 +833,8 @@ fn init(hsm: bool, config: &Path, data_dir: Option<PathBuf>) -> Result<(), Strin
     Ok(())
 }
 
-fn audit(
-    data_dir: &Path,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), String> {
-    crate::ra::audit::append(data_dir, &Actor::local_user(), action, target, detail)
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
-fn audit_log(data_dir: &Path, json: bool) -> Result<(), String> {
-    let (entries, chain) = crate::ra::audit::read_checked(data_dir).map_err(|e| e.to_string())?;
+fn audit_log(log: &AuditLog, json: bool) -> Result<(), String> {
+    let (entries, chain) = log.read_checked().map_err(|e| e.to_string())?;
     if json {
         println!(
             "{}",
@@ -890,8 +895,9 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
                 || crate::config::AdminConfig::default().operator_validity,
                 |c| c.admin.operator_validity,
             );
-            let dir = d.unwrap_or_else(|| cfg.unwrap_or_default().data_dir);
+            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
             as_data_owner(&dir)?;
+            let records = Records::open(&dir, cfg.as_ref())?;
             let role = Role::parse(&role).map_err(|e| e.to_string())?;
             let passphrase = match &p12_passphrase_file {
                 Some(f) => {
@@ -934,8 +940,7 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
                 0o644,
             )?;
             write(format!("{name}.p12"), &p12, 0o600)?;
-            audit(
-                &dir,
+            records.record(
                 "operator.add",
                 &op.name,
                 serde_json::json!({"role": op.role, "serial": op.serial, "sha256": op.sha256}),
@@ -990,16 +995,20 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        OperatorCommand::Revoke { data_dir: d, name } => {
-            let dir = data_dir(d);
-            as_data_owner(&dir)?;
+        OperatorCommand::Revoke {
+            data_dir: d,
+            config,
+            name,
+        } => {
+            let records = Records::for_writing(d, config.as_deref())?;
+            let dir = records.dir.clone();
             let by = Actor::local_user().name;
             match OperatorStore::new(&dir)
                 .revoke(&name, &by)
                 .map_err(|e| e.to_string())?
             {
                 Some(op) => {
-                    audit(&dir, "operator.revoke", &op.name, serde_json::Value::Null)?;
+                    records.record("operator.revoke", &op.name, serde_json::Value::Null)?;
                     println!("operator {} revoked", op.name);
                     Ok(())
                 }
@@ -1018,10 +1027,9 @@ async fn serve(a: ServeArgs) -> Result<(), String> {
     let metrics = server::metrics::bind(&cfg.metrics).map_err(|e| e.to_string())?;
     let app = server::init(cfg).map_err(|e| e.to_string())?;
     if app.cfg.enrollment.device_attestation {
-        // Logs each trust anchor file the verifier will skip, with the reason and the fix, so
+        // Logs each trust anchor the verifier will skip, with the reason and the fix, so
         // an operator sees it at start and not only when a device is refused.
-        let anchors = crate::va::attest::anchors::TrustAnchorStore::new(&app.cfg.data_dir);
-        if let Err(e) = anchors.load() {
+        if let Err(e) = app.anchors.load() {
             tracing::warn!(error = %e, "trust anchors cannot be read");
         }
     }
@@ -1088,50 +1096,94 @@ fn identity(cmd: IdentityCommand) -> Result<(), String> {
     Ok(())
 }
 
-/// The credentials of the CA in `dir`: files there, or the records of the PostgreSQL store
-/// its configuration `cfg` names. Refuses to write files beside a CA that reads its
-/// credentials from PostgreSQL (`storage::SHARED_MARKER`): they would be ignored.
-fn eab_store(dir: &Path, cfg: Option<&Config>) -> Result<EabStore, String> {
-    match cfg {
-        Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
-            let store = cfg.storage.open(dir).map_err(|e| e.to_string())?;
-            EabStore::in_store(dir, crate::storage::Db::new(store)).map_err(|e| e.to_string())
-        }
-        _ if dir.join(crate::storage::SHARED_MARKER).exists() => Err(format!(
-            "the CA in {} keeps its enrollment credentials in PostgreSQL (storage.backend = \
-             \"postgres\"): pass its configuration file with --config",
-            dir.display()
-        )),
-        _ => Ok(EabStore::new(dir)),
-    }
+/// What the commands edit for the CA in a data directory: its enrollment credentials, operator
+/// approvals, trust anchors and audit log, which are files there, or records of the PostgreSQL store its
+/// configuration names.
+struct Records {
+    dir: PathBuf,
+    /// The shared store; `None`: the files in `dir`.
+    shared: Option<crate::storage::Db>,
+    /// The audit log the command records what it did in.
+    audit: AuditLog,
 }
 
-/// The data directory of the CA (`--data-dir`, else that of the configuration file `config`,
-/// else the default) and its approval requests: files there, or the records of the PostgreSQL
-/// store the configuration names. Refuses to read or write files beside a CA that keeps its
-/// requests in PostgreSQL (`storage::SHARED_MARKER`): none would be there, and a decision
-/// written there would never be applied.
-fn approval_queue(
-    data_dir: Option<PathBuf>,
-    config: Option<&Path>,
-) -> Result<(PathBuf, ApprovalQueue), String> {
-    let cfg = read_config(config)?;
-    let dir = data_dir.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
-    let queue = match cfg {
-        Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
-            let store = cfg.storage.open(&dir).map_err(|e| e.to_string())?;
-            ApprovalQueue::in_store(&dir, crate::storage::Db::new(store))
-        }
-        _ if dir.join(crate::storage::SHARED_MARKER).exists() => {
-            return Err(format!(
-                "the CA in {} keeps its operator approval requests in PostgreSQL \
-                 (storage.backend = \"postgres\"): pass its configuration file with --config",
+impl Records {
+    /// The records of the CA in `dir` with the configuration `cfg`. Refuses to go on with files
+    /// beside a CA that keeps its records in PostgreSQL (`storage::SHARED_MARKER`) when its
+    /// configuration is not given: they would be ignored. Opened before the command changes
+    /// anything, so a refusal leaves nothing half done.
+    fn open(dir: &Path, cfg: Option<&Config>) -> Result<Self, String> {
+        match cfg {
+            Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
+                let store = cfg.storage.open(dir).map_err(|e| e.to_string())?;
+                let db = crate::storage::Db::new(store);
+                Ok(Self {
+                    dir: dir.to_path_buf(),
+                    audit: AuditLog::in_store(dir, db.clone()).map_err(|e| e.to_string())?,
+                    shared: Some(db),
+                })
+            }
+            _ if dir.join(crate::storage::SHARED_MARKER).exists() => Err(format!(
+                "the CA in {} keeps its records (enrollment credentials, operator approvals, \
+                 trust anchors, the audit log) in PostgreSQL (storage.backend = \"postgres\"): pass its \
+                 configuration file with --config",
                 dir.display()
-            ))
+            )),
+            _ => Ok(Self {
+                dir: dir.to_path_buf(),
+                shared: None,
+                audit: AuditLog::file(dir),
+            }),
         }
-        _ => ApprovalQueue::new(&dir),
-    };
-    Ok((dir, queue))
+    }
+
+    /// The records of the CA that `--data-dir` names (default: the one `--config` names, or
+    /// the default data directory), for a command that only reads them.
+    fn for_reading(data_dir: Option<PathBuf>, config: Option<&Path>) -> Result<Self, String> {
+        let cfg = read_config(config)?;
+        let dir = data_dir.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+        Self::open(&dir, cfg.as_ref())
+    }
+
+    /// As [`Records::for_reading`], for a command that changes them, run as the owner of the
+    /// data directory.
+    fn for_writing(data_dir: Option<PathBuf>, config: Option<&Path>) -> Result<Self, String> {
+        let cfg = read_config(config)?;
+        let dir = data_dir.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
+        as_data_owner(&dir)?;
+        Self::open(&dir, cfg.as_ref())
+    }
+
+    fn eab(&self) -> Result<EabStore, String> {
+        match &self.shared {
+            Some(db) => EabStore::in_store(&self.dir, db.clone()).map_err(|e| e.to_string()),
+            None => Ok(EabStore::new(&self.dir)),
+        }
+    }
+
+    fn approvals(&self) -> ApprovalQueue {
+        match &self.shared {
+            Some(db) => ApprovalQueue::in_store(&self.dir, db.clone()),
+            None => ApprovalQueue::new(&self.dir),
+        }
+    }
+
+    fn anchors(&self) -> Result<TrustAnchorStore, String> {
+        match &self.shared {
+            Some(db) => {
+                TrustAnchorStore::in_store(&self.dir, db.clone()).map_err(|e| e.to_string())
+            }
+            None => Ok(TrustAnchorStore::new(&self.dir)),
+        }
+    }
+
+    /// Appends what the command line did to the audit log.
+    fn record(&self, action: &str, target: &str, detail: serde_json::Value) -> Result<(), String> {
+        self.audit
+            .append(&Actor::local_user(), action, target, detail)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn read_config(path: Option<&Path>) -> Result<Option<Config>, String> {
@@ -1171,8 +1223,9 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                     other => other.to_string(),
                 })?;
             }
-            let store = eab_store(&dir, cfg.as_ref())?;
-            let c = store
+            let records = Records::open(&dir, cfg.as_ref())?;
+            let c = records
+                .eab()?
                 .create(&NewCredential {
                     expires_in: expires,
                     max_uses: if single_use { Some(1) } else { max_uses },
@@ -1182,8 +1235,7 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             let exp = c.expires.map(crate::types::rfc3339);
             let allow: Vec<String> = c.allow.iter().map(ToString::to_string).collect();
-            audit(
-                &dir,
+            records.record(
                 "credential.create",
                 &c.kid,
                 serde_json::json!({"expires": exp, "maxUses": c.max_uses, "allow": allow,
@@ -1212,10 +1264,10 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             data_dir: d,
             config,
         } => {
-            let cfg = read_config(config.as_deref())?;
-            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
-            let store = eab_store(&dir, cfg.as_ref())?;
-            let list = store.list().map_err(|e| e.to_string())?;
+            let list = Records::for_reading(d, config.as_deref())?
+                .eab()?
+                .list()
+                .map_err(|e| e.to_string())?;
             if list.is_empty() {
                 println!("no EAB credentials");
             }
@@ -1239,12 +1291,9 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
             config,
             kid,
         } => {
-            let cfg = read_config(config.as_deref())?;
-            let dir = d.unwrap_or_else(|| cfg.clone().unwrap_or_default().data_dir);
-            as_data_owner(&dir)?;
-            let store = eab_store(&dir, cfg.as_ref())?;
-            if store.revoke(&kid).map_err(|e| e.to_string())? {
-                audit(&dir, "credential.revoke", &kid, serde_json::Value::Null)?;
+            let records = Records::for_writing(d, config.as_deref())?;
+            if records.eab()?.revoke(&kid).map_err(|e| e.to_string())? {
+                records.record("credential.revoke", &kid, serde_json::Value::Null)?;
                 println!("EAB credential {} revoked", escape(&kid));
                 Ok(())
             } else {
@@ -1255,10 +1304,10 @@ fn eab(cmd: EabCommand) -> Result<(), String> {
 }
 
 fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
-    use crate::va::attest::anchors::TrustAnchorStore;
     match cmd {
         TrustAnchorCommand::Add {
             data_dir: d,
+            config,
             name,
             assigner,
             hw_types,
@@ -1282,20 +1331,22 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             }
             let hw_types: Vec<&str> = hw_types.iter().map(String::as_str).collect();
-            let dir = data_dir(d);
-            as_data_owner(&dir)?;
-            let added = TrustAnchorStore::new(&dir)
+            let records = Records::for_writing(d, config.as_deref())?;
+            let added = records
+                .anchors()?
                 .add(&input, name.as_deref(), &assigner, &hw_types)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             let anchor = &added.anchor;
-            audit(
-                &dir,
+            records.record(
                 "trust-anchor.add",
                 &anchor.name,
                 serde_json::json!({"sha256": anchor.fingerprint(), "subject": anchor.subject(),
                     "assigner": anchor.assigner, "replaced": added.replaced}),
             )?;
-            let path = added.path.display().to_string();
+            let path = added.path.as_ref().map_or_else(
+                || "in the shared store".to_owned(),
+                |p| p.display().to_string(),
+            );
             let shown = escape(&path);
             if added.replaced {
                 println!("trust anchor replaced: {shown}");
@@ -1322,8 +1373,12 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
             println!("  (compare the SHA-256 with the one the manufacturer publishes)");
             Ok(())
         }
-        TrustAnchorCommand::List { data_dir: d } => {
-            let list = TrustAnchorStore::new(&data_dir(d))
+        TrustAnchorCommand::List {
+            data_dir: d,
+            config,
+        } => {
+            let list = Records::for_reading(d, config.as_deref())?
+                .anchors()?
                 .list()
                 .map_err(|e| e.to_string())?;
             if list.is_empty() {

@@ -13,9 +13,11 @@ use crate::config::tls_names;
 use crate::config::Config;
 use crate::fsutil::ensure_private_dir;
 use crate::ra::approval::ApprovalQueue;
+use crate::ra::audit::AuditLog;
 use crate::ra::eab::EabStore;
 use crate::ra::{Inner, Ra};
 use crate::storage::Db;
+use crate::va::attest::anchors::TrustAnchorStore;
 use crate::va::Validator;
 use crate::wfe::nonce::NonceStore;
 use crate::wfe::{self, AppState};
@@ -87,23 +89,28 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
     let db = Db::new(store);
-    let (eab, approvals) = match cfg.storage.backend {
+    let (eab, approvals, anchors, audit) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
                 &cfg.data_dir.join(crate::storage::SHARED_MARKER),
-                b"This CA keeps its records, enrollment credentials and operator approvals \
-                  included, in PostgreSQL (storage.backend = \"postgres\"). Give \
-                  `ca-server eab` and `ca-server approval` their --config.\n",
+                b"This CA keeps its records, enrollment credentials, operator approvals, trust \
+                  anchors and audit log included, in PostgreSQL (storage.backend = \"postgres\"). \
+                  Give `ca-server eab`, `approval`, `trust-anchor`, `audit --log` and the \
+                  commands that record to the audit log their --config.\n",
                 0o644,
             )?;
             (
                 EabStore::in_store(&cfg.data_dir, db.clone())?,
                 ApprovalQueue::open_in_store(&cfg.data_dir, db.clone())?,
+                TrustAnchorStore::in_store(&cfg.data_dir, db.clone())?,
+                AuditLog::in_store(&cfg.data_dir, db.clone())?,
             )
         }
         crate::storage::Backend::Sled => (
             EabStore::new(&cfg.data_dir),
             ApprovalQueue::open(&cfg.data_dir)?,
+            TrustAnchorStore::new(&cfg.data_dir),
+            AuditLog::file(&cfg.data_dir),
         ),
     };
     for cred in eab.list().unwrap_or_default() {
@@ -130,6 +137,8 @@ pub fn init(cfg: Config) -> Result<AppState> {
         db,
         eab,
         approvals,
+        anchors,
+        audit,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::ca::crl::CrlCache::default(),
         limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),

@@ -4,12 +4,13 @@
 
 mod common;
 
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use ca_server::ra::eab::NewCredential;
 use ca_server::storage::postgres::test_cluster::{copy_dir, TestCluster};
 use ca_server::storage::Backend;
 use common::*;
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 /// Two instances of one CA on a fresh database of the shared test cluster.
 fn pair() -> (TestServer, TestServer) {
@@ -32,6 +33,26 @@ fn pair_with(f: impl Fn(&mut ca_server::config::Config)) -> (TestServer, TestSer
     let b = TestServer::with_dir(dir, on_postgres);
     assert_eq!(a.app.ca.root_pem(), b.app.ca.root_pem(), "one CA");
     (a, b)
+}
+
+/// One instance with the data directory `dir`, on a fresh database of the shared test cluster.
+fn alone_on_postgres(dir: tempfile::TempDir) -> TestServer {
+    let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
+    let url = cluster.url(&db);
+    TestServer::with_dir(dir, |cfg| {
+        cfg.storage.backend = Backend::Postgres;
+        cfg.storage.url = Some(url);
+    })
+}
+
+/// A certificate for `name` issued by `s` to a new account: its DER.
+async fn issued(s: &TestServer, name: &str) -> Vec<u8> {
+    let acct = s.new_account().await;
+    let order = ready_order(s, &acct, &[name]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let done = s.finalize(&acct, &order, &csr(&[name], &key)).await.json();
+    leaf_der(&s.certificate_chain(&acct, &done).await)
 }
 
 /// A nonce fetched from one instance is spent at the other, and then at neither again.
@@ -227,13 +248,7 @@ async fn credential_files_are_copied_into_the_shared_store() {
     let old = ca_server::ra::eab::EabStore::new(dir.path())
         .create(&NewCredential::default())
         .expect("file credential");
-    let cluster = TestCluster::shared().unwrap_or_else(|e| panic!("{e}"));
-    let db = cluster.fresh_database().unwrap_or_else(|e| panic!("{e}"));
-    let url = cluster.url(&db);
-    let s = TestServer::with_dir(dir, |cfg| {
-        cfg.storage.backend = Backend::Postgres;
-        cfg.storage.url = Some(url.clone());
-    });
+    let s = alone_on_postgres(dir);
     let kept = s.app.eab.get(&old.kid).expect("get").expect("copied");
     assert_eq!(kept.hmac_key, old.hmac_key);
     assert!(s
@@ -297,14 +312,7 @@ async fn one_key_is_certified_once_when_two_instances_finalize_with_it_at_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_the_crl_even_when_its_instance_never_signs() {
     let (a, b) = pair();
-    let acct = a.new_account().await;
-    let order = ready_order(&a, &acct, &["line-2.plant.example"]).await;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let done = a
-        .finalize(&acct, &order, &csr(&["line-2.plant.example"], &key))
-        .await
-        .json();
-    let der = leaf_der(&a.certificate_chain(&acct, &done).await);
+    let der = issued(&a, "line-2.plant.example").await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
     let listed = |crl: &[u8]| {
         let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
@@ -833,4 +841,306 @@ async fn approval_files_are_moved_into_the_shared_store() {
         .expect("approve");
     let ready = c.post_as(&acct, &order_url, None).await.json();
     assert_eq!(ready["status"], "ready", "{ready}");
+}
+
+/// The assigner of the test manufacturer: the RFC 5612 documentation enterprise number.
+const PEN: &str = "1.3.6.1.4.1.32473";
+
+/// A manufacturer's self-signed IDevID root: its PEM and the issuer of its devices' IDevIDs.
+fn manufacturer(cn: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(9999, 1, 1);
+    let root = p.self_signed(&key).expect("root");
+    (root.pem(), rcgen::Issuer::new(p, key))
+}
+
+/// The attestation object (SPEC §5.10.2) of a device with serial `serial` in its IDevID's
+/// subject serialNumber, issued by `maker`, over `key_authorization`.
+fn attestation(
+    maker: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    serial: &str,
+    key_authorization: &str,
+) -> Vec<u8> {
+    use rcgen::{CertificateParams, DnType, DnValue, IsCa, KeyPair, KeyUsagePurpose, SigningKey};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "PLC IDevID");
+    p.distinguished_name.push(
+        DnType::CustomDnType(vec![2, 5, 4, 5]),
+        DnValue::PrintableString(serial.try_into().expect("printable")),
+    );
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(9999, 1, 1);
+    p.use_authority_key_identifier_extension = true;
+    let idevid = p.signed_by(&key, maker).expect("IDevID");
+    let sig = key.sign(key_authorization.as_bytes()).expect("sign");
+    protocol_spec::runner::attestation_object(
+        ca_server::va::attest::object::FORMAT,
+        ca_server::va::attest::object::COSE_ES256,
+        &sig,
+        &[idevid.der().as_ref()],
+    )
+}
+
+/// A trust anchor added at one instance is the one the other verifies a device attestation
+/// against, and its name is taken at both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_anchor_added_at_one_instance_verifies_devices_at_the_other() {
+    let (a, b) = pair();
+    let (root_pem, maker) = manufacturer("Example IDevID Root");
+    let added = a
+        .app
+        .anchors
+        .add(root_pem.as_bytes(), Some("example"), PEN, &[])
+        .expect("added at a");
+
+    let acct = b.new_account().await;
+    let id = json!({"type": "permanent-identifier", "value": format!("SN-0042/{PEN}")});
+    let (_, order) = b.create_order(&acct, &json!({"identifiers": [id]})).await;
+    let authz_url = order["authorizations"][0].as_str().expect("authz");
+    let authz = b.post_as(&acct, authz_url, None).await.json();
+    let challenge = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "device-attest-01")
+        .expect("device-attest-01")
+        .clone();
+    let key_authz = format!(
+        "{}.{}",
+        challenge["token"].as_str().expect("token"),
+        acct.key.thumbprint()
+    );
+    let att = attestation(&maker, "SN-0042", &key_authz);
+    let r = b
+        .post_as(
+            &acct,
+            challenge["url"].as_str().expect("url"),
+            Some(&json!({"attObj": b64(&att)})),
+        )
+        .await;
+    r.assert_status(StatusCode::OK);
+    assert_eq!(r.json()["status"], "valid", "{}", r.json());
+
+    let (other_pem, _) = manufacturer("Other Root");
+    let err = b
+        .app
+        .anchors
+        .add(other_pem.as_bytes(), Some("example"), PEN, &[])
+        .expect_err("the name is taken")
+        .to_string();
+    assert!(err.contains("exists already"), "{err}");
+    assert!(added.path.is_none(), "a record of the shared store");
+    assert!(!b.dir.path().join("trust-anchors").exists());
+}
+
+/// One audit log for every instance: what an operator does at one instance is in the log the
+/// other reads, and appends from both at once make one gap-free chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_one_chain_for_every_instance() {
+    let (a, b) = pair();
+    let der = issued(&a, "line-5.plant.example").await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let serial = hex::encode(cert.raw_serial());
+
+    // An operator at B makes the certificate renew early, through B's admin socket API.
+    let socket = ca_server::admin::socket::router(ca_server::ra::Ra::clone(&b.app));
+    let request = Request::post("/renew-early")
+        .header("content-type", "application/json")
+        .header(ca_server::admin::socket::ACTOR_HEADER, "cli:bob")
+        .body(axum::body::Body::from(
+            json!({ "serial": serial }).to_string(),
+        ))
+        .expect("request");
+    let reply = Reply::read(socket.oneshot(request).await.expect("call")).await;
+    reply.assert_status(StatusCode::OK);
+    let (entries, chain) = a.app.audit.read_checked().expect("read at a");
+    assert_eq!(chain, Ok(()));
+    let last = entries.last().expect("an entry");
+    assert_eq!(
+        (
+            last.action.as_str(),
+            last.target.as_str(),
+            last.actor.as_str()
+        ),
+        ("certificate.renew-early", serial.as_str(), "cli:bob")
+    );
+    let before = entries.len();
+
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let log = if t % 2 == 0 {
+                &a.app.audit
+            } else {
+                &b.app.audit
+            };
+            s.spawn(move || {
+                let actor = ca_server::ra::audit::Actor {
+                    name: format!("op-{t}"),
+                    from: "local".into(),
+                };
+                for i in 0..25 {
+                    log.append(&actor, "test", &format!("{t}-{i}"), Value::Null)
+                        .expect("append");
+                }
+            });
+        }
+    });
+    let (entries, chain) = b.app.audit.read_checked().expect("read at b");
+    assert_eq!(chain, Ok(()));
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    let want: Vec<u64> = (1..=u64::try_from(before + 100).expect("n")).collect();
+    assert_eq!(seqs, want);
+    assert_eq!(a.app.audit.read_all().expect("read at a"), entries);
+}
+
+/// Trust anchor files and the audit log a CA made before it moved to PostgreSQL are in the
+/// shared store once it has: the anchors in force, the log with its numbers and chain, new
+/// entries after it.
+#[tokio::test]
+async fn trust_anchor_files_and_the_audit_log_are_copied_into_the_shared_store() {
+    use ca_server::ra::audit::{Actor, AuditLog};
+    use ca_server::va::attest::anchors::TrustAnchorStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root_pem, _) = manufacturer("Example IDevID Root");
+    TrustAnchorStore::new(dir.path())
+        .add(root_pem.as_bytes(), Some("example"), PEN, &[])
+        .expect("file anchor");
+    let file_log = AuditLog::file(dir.path());
+    let actor = Actor::local_user();
+    for target in ["one", "two"] {
+        file_log
+            .append(&actor, "credential.create", target, Value::Null)
+            .expect("file entry");
+    }
+    let (old, _) = file_log.read_checked().expect("read the file");
+    let s = alone_on_postgres(dir);
+    let anchors = s.app.anchors.load().expect("anchors");
+    assert_eq!(anchors.len(), 1);
+    assert_eq!(anchors[0].name, "example");
+    let (entries, chain) = s.app.audit.read_checked().expect("read");
+    assert_eq!((entries, chain), (old.clone(), Ok(())));
+    let third = s
+        .app
+        .audit
+        .append(&actor, "credential.revoke", "one", Value::Null)
+        .expect("append");
+    assert_eq!(third.seq, 3);
+    let (entries, chain) = s.app.audit.read_checked().expect("read");
+    assert_eq!(chain, Ok(()));
+    assert_eq!(entries.len(), 3);
+    // The file stays as it was; the store's log is the one in force.
+    assert_eq!(file_log.read_all().expect("file"), old);
+}
+
+/// `ca-server trust-anchor` and `audit --log` reach the shared store with the CA's
+/// configuration, and refuse to work on files beside a CA on PostgreSQL without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configuration() {
+    let (a, b) = pair();
+    let dir = b.dir.path();
+    let config = dir.join("ca-server.toml");
+    let url = b.app.cfg.storage.url.clone().expect("url");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n",
+            dir.display().to_string()
+        ),
+    )
+    .expect("config");
+    let (root_pem, _) = manufacturer("CLI Devices Root");
+    let root = dir.join("root.pem");
+    std::fs::write(&root, root_pem).expect("root");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run ca-server");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (config, root, data) = (
+        config.to_str().expect("utf8"),
+        root.to_str().expect("utf8"),
+        dir.to_str().expect("utf8"),
+    );
+
+    let (ok, _, stderr) = run(&["trust-anchor", "list", "--data-dir", data]);
+    assert!(
+        !ok && stderr.contains("pass its configuration file with --config"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&[
+        "trust-anchor",
+        "add",
+        "--data-dir",
+        data,
+        "--name",
+        "cli",
+        "--assigner",
+        PEN,
+        root,
+    ]);
+    assert!(!ok && stderr.contains("--config"), "{stderr}");
+
+    let (ok, stdout, stderr) = run(&[
+        "trust-anchor",
+        "add",
+        "--config",
+        config,
+        "--name",
+        "cli",
+        "--assigner",
+        PEN,
+        root,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("trust anchor added: in the shared store"),
+        "{stdout}"
+    );
+    let names: Vec<String> = a
+        .app
+        .anchors
+        .list()
+        .expect("list at a")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["cli"]);
+    let (ok, stdout, stderr) = run(&["trust-anchor", "list", "--config", config]);
+    assert!(
+        ok && stdout.starts_with("cli  CN=CLI Devices Root"),
+        "{stdout}{stderr}"
+    );
+
+    let last = a.app.audit.read_all().expect("read at a");
+    let last = last.last().expect("the command's entry");
+    assert_eq!(
+        (last.action.as_str(), last.target.as_str()),
+        ("trust-anchor.add", "cli")
+    );
+    assert!(last.actor.starts_with("cli:"), "{}", last.actor);
+    let (ok, stdout, stderr) = run(&["audit", "--log", "--config", config]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("trust-anchor.add  cli")
+            && stdout.contains("hash chain intact (1 entries)"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = run(&["audit", "--log", "--data-dir", data]);
+    assert!(!ok && stderr.contains("--config"), "{stderr}");
 }

@@ -24,13 +24,12 @@ use super::{Admin, Approver, Caller, Viewer};
 use crate::ca::operator::ClientCertificate;
 use crate::ca::IssuerKind;
 use crate::ra::approval::{mark_duplicates, Decision};
-use crate::ra::audit::{self, Actor};
+use crate::ra::audit::Actor;
 use crate::ra::eab::{AllowRule, NewCredential};
 use crate::ra::operator::{self, OperatorStore, Role};
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::rfc3339;
-use crate::va::attest::anchors::TrustAnchorStore;
 use crate::{Error, Result};
 
 #[derive(OpenApi)]
@@ -429,7 +428,8 @@ pub(super) async fn revoke_credential(
 #[utoipa::path(get, path = "/api/trust-anchors", tag = "trust-anchors",
     responses((status = 200, description = "every anchor, with its SHA-256 fingerprint")))]
 pub(super) async fn trust_anchors(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
-    let list: Vec<Value> = TrustAnchorStore::new(&app.cfg.data_dir)
+    let list: Vec<Value> = app
+        .anchors
         .list()?
         .into_iter()
         .map(|(name, loaded)| match loaded {
@@ -484,7 +484,8 @@ pub(super) async fn add_trust_anchor(
     }
     let hw_types: Vec<&str> = r.hw_types.iter().map(String::as_str).collect();
     let name = r.name.as_deref().filter(|n| !n.is_empty());
-    let added = TrustAnchorStore::new(&app.cfg.data_dir)
+    let added = app
+        .anchors
         .add(input, name, &r.assigner, &hw_types)
         .map_err(bad)?;
     let a = &added.anchor;
@@ -600,7 +601,7 @@ pub(super) async fn audit_log(
     _: Viewer,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>> {
-    let (mut entries, chain) = audit::read_checked(&app.cfg.data_dir)?;
+    let (mut entries, chain) = app.audit.read_checked()?;
     entries.reverse();
     let page = Page::of(entries, q.page, q.per_page);
     Ok(Json(json!({

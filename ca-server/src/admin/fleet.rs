@@ -14,7 +14,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{Admin, Approver, Caller, Viewer};
 use crate::ca::cert::{Certificate, RevokedBy};
-use crate::ra::audit;
 use crate::ra::revocation::record_revocation;
 use crate::ra::Ra;
 use crate::storage::Table;
@@ -31,7 +30,9 @@ pub(super) fn record(
     target: &str,
     detail: Value,
 ) -> Result<()> {
-    audit::append(&app.cfg.data_dir, &caller.actor, action, target, detail).map(drop)
+    app.audit
+        .append(&caller.actor, action, target, detail)
+        .map(drop)
 }
 
 /// Which certificates an operator command acts on.

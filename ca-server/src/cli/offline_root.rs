@@ -68,6 +68,10 @@ pub(super) enum IntermediateCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records (the audit log)
+        /// in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The intermediate certificate (PEM).
         #[arg(long)]
         cert: PathBuf,
@@ -195,15 +199,15 @@ pub(super) fn intermediate(cmd: IntermediateCommand) -> Result<(), String> {
         }
         IntermediateCommand::Install {
             data_dir,
+            config,
             cert,
             root,
         } => {
-            let dir = super::data_dir(data_dir);
-            super::as_data_owner(&dir)?;
+            let records = super::Records::for_writing(data_dir, config.as_deref())?;
+            let dir = records.dir.clone();
             let installed =
                 offline::install_intermediate(&dir.join("ca"), &cert, &root).map_err(message)?;
-            super::audit(
-                &dir,
+            records.record(
                 "ca.intermediate.install",
                 &installed.kind.to_string(),
                 serde_json::json!({"sha256": installed.fingerprint,

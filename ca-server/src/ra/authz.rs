@@ -427,7 +427,7 @@ async fn answer_attestation(
     let key_authz = crate::wire::key_authorization(&challenge.token, thumbprint)?;
     let outcome = crate::va::attest::verify(
         app.cfg.enrollment.device_attestation,
-        &app.cfg.data_dir,
+        &app.anchors,
         &authz.identifier,
         &challenge.token,
         &key_authz,

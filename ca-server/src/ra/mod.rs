@@ -44,6 +44,10 @@ pub struct Inner {
     pub va: Validator,
     /// External account binding credentials.
     pub eab: EabStore,
+    /// The manufacturer trust anchors device attestations are verified against.
+    pub anchors: crate::va::attest::anchors::TrustAnchorStore,
+    /// The audit log of operator changes.
+    pub audit: audit::AuditLog,
     /// Operator approval requests and decisions.
     pub approvals: approval::ApprovalQueue,
     /// Serialises changes to the account key index (newAccount, keyChange).

@@ -69,11 +69,18 @@ pub enum Table {
     /// count of each, `request/` ‖ id → `approval::Pending`, `decision/` ‖ id → how the
     /// request ended (the operator's decision, or its expiry).
     Approvals,
+    /// Trust anchor name → the anchor's RFC 7468 file text, when several instances share the
+    /// store (with the embedded store anchors are files, `va::attest::anchors`).
+    TrustAnchors,
+    /// Audit log entry number, 20 zero-padded decimal digits → the entry's JSON bytes, when
+    /// several instances share the store (with the embedded store the log is a file,
+    /// `ra::audit`).
+    AuditLog,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -91,6 +98,8 @@ impl Table {
         Self::Credentials,
         Self::History,
         Self::Approvals,
+        Self::TrustAnchors,
+        Self::AuditLog,
     ];
 
     /// A stable name for the table.
@@ -113,6 +122,8 @@ impl Table {
             Self::Credentials => "credentials",
             Self::History => "history",
             Self::Approvals => "approvals",
+            Self::TrustAnchors => "trust_anchors",
+            Self::AuditLog => "audit_log",
         }
     }
 }
@@ -665,7 +676,8 @@ impl StorageConfig {
 }
 
 /// A file in the data directory of a CA that keeps its records in PostgreSQL, so commands
-/// that would otherwise write files there (`ca-server eab`) know to ask for the configuration.
+/// that would otherwise read or write files there (`ca-server eab`, `trust-anchor`,
+/// `audit --log`, and those that record to the audit log) know to ask for the configuration.
 pub const SHARED_MARKER: &str = "storage-is-postgres";
 
 /// The storage backend (`storage.backend`).

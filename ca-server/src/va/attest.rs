@@ -12,7 +12,7 @@
 //! | module         | what                                                        |
 //! |----------------|-------------------------------------------------------------|
 //! | [`object`]     | the CBOR attestation object, format `iiot-idevid`           |
-//! | [`anchors`]    | manufacturer trust anchors in `<data_dir>/trust-anchors/`    |
+//! | [`anchors`]    | manufacturer trust anchors: files, or the shared store       |
 //! | `chain`        | the certification path from the IDevID to an anchor         |
 //!
 //! The `permanent-identifier` otherName forms are in [`crate::der::names`]; the key and
@@ -54,12 +54,12 @@ pub struct Attested {
 }
 
 /// Verifies a device-attest-01 challenge response (`payload`, the JWS payload object) for
-/// `identifier` (SPEC §5.10.3), with the trust anchors under `data_dir`; `enabled` is
+/// `identifier` (SPEC §5.10.3), with the trust anchors `anchors` holds now; `enabled` is
 /// `[enrollment] device_attestation`. Every failure is `badAttestationStatement` with a detail
 /// naming what did not match.
 pub fn verify(
     enabled: bool,
-    data_dir: &std::path::Path,
+    anchors: &TrustAnchorStore,
     identifier: &Identifier,
     _token: &str,
     key_authorization: &str,
@@ -83,7 +83,7 @@ pub fn verify(
             other => other.to_string(),
         })
     })?;
-    let anchors = TrustAnchorStore::new(data_dir).load()?;
+    let anchors = anchors.load()?;
     let outcome = verify_attestation(
         &att_obj,
         identifier,

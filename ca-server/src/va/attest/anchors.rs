@@ -1,22 +1,27 @@
 //! Manufacturer trust anchors for device-attest-01 (SPEC §5.10.4): the CA certificates whose
 //! IDevIDs (IEEE 802.1AR) this CA accepts as proof of a device's serial number.
 //!
-//! Each anchor is one PEM file `<data_dir>/trust-anchors/<name>.pem`, written atomically by
-//! `ca-server trust-anchor add`. The server reads the directory on every verification instead
-//! of caching it: attestations are rare (one per enrollment), the directory holds a handful of
-//! certificates, and so an operator's change takes effect at once, with nothing to reload and
-//! no stale state to reason about.
+//! With the embedded store each anchor is one PEM file `<data_dir>/trust-anchors/<name>.pem`,
+//! written atomically by `ca-server trust-anchor add` (or the console). With a store that
+//! several CA instances share (PostgreSQL), each anchor is a record of that store
+//! ([`Table::TrustAnchors`], the name its key, the same file text its value), which the command
+//! reaches through the CA's configuration, so an anchor added at one instance is trusted by
+//! every instance; anchor files found in the data directory at start are copied into it once
+//! ([`TrustAnchorStore::in_store`]). Either way [`TrustAnchorStore`] reads the anchors on every
+//! verification instead of caching them: attestations are rare (one per enrollment), there is a
+//! handful of anchors, and so an operator's change takes effect at once, with nothing to reload
+//! and no stale state to reason about.
 //!
-//! A file is RFC 7468 text: explanatory lines, then one `CERTIFICATE` block. Of the explanatory
-//! lines the server reads back `Assigner: <OID>` (exactly one) and `Hardware-Type: <OID>` (any
-//! number); `Subject:` and `SHA-256:` are written for the operator's benefit.
-//! `openssl x509 -in <name>.pem` reads the files as they are.
+//! An anchor is RFC 7468 text: explanatory lines, then one `CERTIFICATE` block. Of the
+//! explanatory lines the server reads back `Assigner: <OID>` (exactly one) and
+//! `Hardware-Type: <OID>` (any number); `Subject:` and `SHA-256:` are written for the operator's
+//! benefit. `openssl x509 -in <name>.pem` reads the files as they are.
 //!
 //! Why every anchor needs an assigner: a serial number is unique only within its manufacturer
 //! (and, for RFC 4108 hardware module names, its product type). Two manufacturers may both ship
 //! a device "0042", and the certificate's identity must tell them apart, so a device proves
 //! `serial/assigner`, and the assigner is the one the operator gave its manufacturer's anchor
-//! (SPEC §5.10.3 check 10, §10.8). A file without one is listed as unusable and skipped.
+//! (SPEC §5.10.3 check 10, §10.8). An anchor without one is listed as unusable and skipped.
 
 use std::fs;
 use std::io;
@@ -27,6 +32,7 @@ use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
 use crate::fsutil::{ensure_private_dir, write_atomic};
+use crate::storage::{Db, Table};
 use crate::{Error, Result};
 
 /// The directory under the data directory.
@@ -197,16 +203,18 @@ impl AnchorFile {
 pub struct Added {
     /// The anchor as written.
     pub anchor: TrustAnchor,
-    /// The file.
-    pub path: PathBuf,
+    /// The file; `None` when the anchor is a record of the shared store.
+    pub path: Option<PathBuf>,
     /// Whether an anchor of the same name and certificate was there before and its settings
     /// (assigner, hardware types) were replaced.
     pub replaced: bool,
 }
 
-/// The anchor directory of a data directory.
+/// Where the anchors are: the anchor directory of a data directory, or the shared store.
 pub struct TrustAnchorStore {
     dir: PathBuf,
+    /// The store several CA instances share; `None`: files in `dir`.
+    shared: Option<Db>,
 }
 
 impl TrustAnchorStore {
@@ -214,10 +222,45 @@ impl TrustAnchorStore {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join(DIR),
+            shared: None,
         }
     }
 
-    /// The directory.
+    /// Anchors live in `db`, which several CA instances share. Anchor files found in
+    /// `<data_dir>/trust-anchors` (made before the CA moved to the shared store) are copied
+    /// into it as they are; an anchor already in the store under that name is kept as it is
+    /// there.
+    pub fn in_store(data_dir: &Path, db: Db) -> Result<Self> {
+        let files = Self::new(data_dir);
+        let mut imported = 0;
+        for name in files.names()? {
+            let path = files.path(&name);
+            let text = match fs::read(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "trust anchor file cannot be read; not copied into the shared store");
+                    continue;
+                }
+            };
+            if db.store().compare_and_swap(
+                Table::TrustAnchors,
+                name.as_bytes(),
+                None,
+                Some(&text),
+            )? {
+                imported += 1;
+            }
+        }
+        if imported > 0 {
+            tracing::info!(imported, dir = %files.dir.display(), "trust anchor files copied into the shared store; the store's copy is the one in force from now on");
+        }
+        Ok(Self {
+            shared: Some(db),
+            ..files
+        })
+    }
+
+    /// The directory of the anchor files (with the shared store, of those copied in at start).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -227,9 +270,11 @@ impl TrustAnchorStore {
     /// manufacturer's `assigner` OID and accepting the RFC 4108 hardware types `hw_types`.
     /// Refuses anything that is not a usable, unexpired CA certificate, a name in use by
     /// another certificate, and a certificate that is already an anchor under another name.
+    /// In the shared store the anchor is written by compare-and-swap against what was read,
+    /// so of two instances adding one name at once, the second sees the first's anchor.
     ///
     /// Adding the certificate of an existing anchor under the same name replaces that anchor's
-    /// settings: this is how an operator gives an anchor file without an assigner its assigner,
+    /// settings: this is how an operator gives an anchor without an assigner its assigner,
     /// or changes the hardware types, and the anchor file itself may be the input.
     pub fn add(
         &self,
@@ -255,62 +300,91 @@ impl TrustAnchorStore {
         };
         check_name(&name)?;
         let anchor = TrustAnchor::from_parts(&name, der, Some(assigner), hw_types)?;
-        let mut replaced = false;
-        for existing in self.names().map_err(|e| AnchorError(e.to_string()))? {
-            let held = fs::read(self.path(&existing))
-                .ok()
-                .and_then(|text| AnchorFile::parse(&text).ok())
-                .map(|f| f.der);
-            let same_certificate = held.as_deref() == Some(anchor.der.as_slice());
-            if existing == anchor.name {
-                if !same_certificate {
+        let failed = |e: Error| AnchorError(e.to_string());
+        loop {
+            let mut replaced = None;
+            for existing in self.names().map_err(failed)? {
+                let raw = self.read(&existing).map_err(failed)?.ok();
+                let held = raw
+                    .as_deref()
+                    .and_then(|text| AnchorFile::parse(text).ok())
+                    .map(|f| f.der);
+                let same_certificate = held.as_deref() == Some(anchor.der.as_slice());
+                if existing == anchor.name {
+                    if !same_certificate {
+                        return Err(AnchorError(format!(
+                            "a trust anchor named {existing:?} exists already and does not hold \
+                             this certificate: {}",
+                            match &self.shared {
+                                Some(_) => "choose another --name".to_owned(),
+                                None => format!(
+                                    "choose another --name, or delete {} first",
+                                    self.path(&existing).display()
+                                ),
+                            }
+                        )));
+                    }
+                    replaced = raw;
+                } else if same_certificate {
                     return Err(AnchorError(format!(
-                        "a trust anchor named {existing:?} exists already and does not hold \
-                         this certificate: choose another --name, or delete {} first",
-                        self.path(&existing).display()
+                        "this certificate is already a trust anchor, named {existing:?}: to \
+                         change its assigner or hardware types, add it again with --name \
+                         {existing}"
                     )));
                 }
-                replaced = true;
-            } else if same_certificate {
-                return Err(AnchorError(format!(
-                    "this certificate is already a trust anchor, named {existing:?}: to change \
-                     its assigner or hardware types, add it again with --name {existing}"
-                )));
             }
+            let text = anchor.file_text();
+            let path = match &self.shared {
+                Some(db) => {
+                    let written = db
+                        .store()
+                        .compare_and_swap(
+                            Table::TrustAnchors,
+                            anchor.name.as_bytes(),
+                            replaced.as_deref(),
+                            Some(text.as_bytes()),
+                        )
+                        .map_err(failed)?;
+                    if !written {
+                        // Another instance wrote this name meanwhile: judge against its anchor.
+                        continue;
+                    }
+                    None
+                }
+                None => {
+                    ensure_private_dir(&self.dir).map_err(failed)?;
+                    let path = self.path(&anchor.name);
+                    write_atomic(&path, text.as_bytes(), 0o644).map_err(failed)?;
+                    Some(path)
+                }
+            };
+            return Ok(Added {
+                anchor,
+                path,
+                replaced: replaced.is_some(),
+            });
         }
-        ensure_private_dir(&self.dir).map_err(|e| AnchorError(e.to_string()))?;
-        let path = self.path(&anchor.name);
-        write_atomic(&path, anchor.file_text().as_bytes(), 0o644)
-            .map_err(|e| AnchorError(e.to_string()))?;
-        Ok(Added {
-            anchor,
-            path,
-            replaced,
-        })
     }
 
-    /// Every anchor file by name, parsed or with the reason it cannot be used; sorted by name.
+    /// Every anchor by name, parsed or with the reason it cannot be used; sorted by name.
     /// A missing directory means no anchors.
     pub fn list(&self) -> Result<Vec<(String, std::result::Result<TrustAnchor, AnchorError>)>> {
         let mut out = Vec::new();
         for name in self.names()? {
-            let path = self.path(&name);
-            let loaded = fs::read(&path)
-                .map_err(|e| AnchorError(format!("cannot be read: {e}")))
-                .and_then(|text| {
-                    let file = AnchorFile::parse(&text)?;
-                    if file.assigner.is_none() {
-                        return Err(self.no_assigner(&name, &path));
-                    }
-                    TrustAnchor::from_file_text(&name, &text)
-                });
+            let loaded = self.read(&name)?.and_then(|text| {
+                let file = AnchorFile::parse(&text)?;
+                if file.assigner.is_none() {
+                    return Err(self.no_assigner(&name));
+                }
+                TrustAnchor::from_file_text(&name, &text)
+            });
             out.push((name, loaded));
         }
         Ok(out)
     }
 
-    /// The usable anchors. A file that cannot be used is left out and logged, so one broken
-    /// file does not stop devices of every other manufacturer from enrolling.
+    /// The usable anchors. An anchor that cannot be used is left out and logged, so one broken
+    /// anchor does not stop devices of every other manufacturer from enrolling.
     pub fn load(&self) -> Result<Vec<TrustAnchor>> {
         Ok(self
             .list()?
@@ -318,15 +392,18 @@ impl TrustAnchorStore {
             .filter_map(|(name, loaded)| {
                 loaded
                     .map_err(|why| {
-                        tracing::warn!(file = %self.path(&name).display(), %why, "trust anchor file ignored");
+                        tracing::warn!(anchor = %self.describe(&name), %why, "trust anchor ignored");
                     })
                     .ok()
             })
             .collect())
     }
 
-    /// The names of the anchor files, sorted.
+    /// The names of the anchors, sorted.
     fn names(&self) -> Result<Vec<String>> {
+        if let Some(db) = &self.shared {
+            return db.keys_with_prefix(Table::TrustAnchors, "");
+        }
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -356,16 +433,43 @@ impl TrustAnchorStore {
         Ok(names)
     }
 
-    /// Why a file without an `Assigner:` line is not used, and the command that fixes it.
-    fn no_assigner(&self, name: &str, path: &Path) -> AnchorError {
+    /// The text of the anchor `name`: `Err` for the store when it cannot be read, the inner
+    /// `Err` when a file cannot be read (that anchor is unusable, the others are not).
+    fn read(&self, name: &str) -> Result<std::result::Result<Vec<u8>, AnchorError>> {
+        if let Some(db) = &self.shared {
+            return Ok(db
+                .store()
+                .get(Table::TrustAnchors, name.as_bytes())?
+                .ok_or_else(|| AnchorError("was removed while it was read".to_owned())));
+        }
+        Ok(fs::read(self.path(name)).map_err(|e| AnchorError(format!("cannot be read: {e}"))))
+    }
+
+    /// Where the anchor `name` is, for the log.
+    fn describe(&self, name: &str) -> String {
+        match &self.shared {
+            Some(_) => format!("{name} (shared store)"),
+            None => self.path(name).display().to_string(),
+        }
+    }
+
+    /// Why an anchor without an `Assigner:` line is not used, and the command that fixes it.
+    fn no_assigner(&self, name: &str) -> AnchorError {
         let data_dir = self.dir.parent().unwrap_or(&self.dir);
+        let path = self.path(name);
+        let (reach, input) = match &self.shared {
+            Some(_) if path.exists() => ("--config FILE".to_owned(), path.display().to_string()),
+            Some(_) => ("--config FILE".to_owned(), "CERTIFICATE-FILE".to_owned()),
+            None => (
+                format!("--data-dir {}", data_dir.display()),
+                path.display().to_string(),
+            ),
+        };
         AnchorError(format!(
             "no {ASSIGNER_LINE}: line, so it is not used (serial numbers are unique only per \
              manufacturer, and devices prove serial/assigner). Add it again with its \
-             manufacturer's assigner OID: ca-server trust-anchor add --data-dir {} --name {name} \
-             --assigner OID [--hw-type OID]... {}",
-            data_dir.display(),
-            path.display()
+             manufacturer's assigner OID: ca-server trust-anchor add {reach} --name {name} \
+             --assigner OID [--hw-type OID]... {input}"
         ))
     }
 
@@ -519,10 +623,11 @@ mod tests {
             )
             .expect("added");
         assert!(!added.replaced);
-        assert_eq!(added.path, tmp.path().join("trust-anchors/example.pem"));
+        let path = added.path.expect("a file");
+        assert_eq!(path, tmp.path().join("trust-anchors/example.pem"));
         assert_eq!(added.anchor.subject(), "CN=Example IDevID Root");
         assert_eq!(added.anchor.fingerprint().len(), 95);
-        let text = fs::read_to_string(&added.path).expect("file");
+        let text = fs::read_to_string(&path).expect("file");
         assert!(
             text.contains(
                 "Assigner: 1.3.6.1.4.1.32473\nHardware-Type: 1.3.6.1.4.1.32473.1\n\
@@ -581,6 +686,115 @@ mod tests {
             (example.assigner.as_str(), example.hw_types.len()),
             ("2.999.8", 0)
         );
+    }
+
+    /// With a shared store: anchor files are copied in at start, and two instances (two
+    /// handles on one store) see one set of anchors; a name in use stays refused at the other.
+    #[test]
+    fn anchors_in_a_shared_store_are_the_same_for_every_instance() {
+        let db = Db::new(std::sync::Arc::new(crate::storage::MemoryStore::default()));
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let root = ca_cert("Example IDevID Root");
+        let file = TrustAnchorStore::new(dir_a.path())
+            .add(root.pem().as_bytes(), Some("example"), PEN, &[])
+            .expect("file anchor");
+        let text = fs::read(file.path.expect("file")).expect("read");
+        let a = TrustAnchorStore::in_store(dir_a.path(), db.clone()).expect("a");
+        let b = TrustAnchorStore::in_store(dir_b.path(), db.clone()).expect("b");
+        assert_eq!(
+            db.store()
+                .get(Table::TrustAnchors, b"example")
+                .expect("get")
+                .as_deref(),
+            Some(text.as_slice()),
+            "the file text, as it is"
+        );
+        let loaded = b.load().expect("load");
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            (loaded[0].name.as_str(), loaded[0].der.as_slice()),
+            ("example", root.der().as_ref())
+        );
+
+        let err = b
+            .add(ca_cert("Other").pem().as_bytes(), Some("example"), PEN, &[])
+            .expect_err("name in use")
+            .to_string();
+        assert!(
+            err.contains("exists already") && !err.contains("delete"),
+            "{err}"
+        );
+        let replaced = b
+            .add(root.pem().as_bytes(), Some("example"), "2.999.8", &[])
+            .expect("replaced");
+        assert!(replaced.replaced && replaced.path.is_none());
+        assert_eq!(a.load().expect("load")[0].assigner, "2.999.8");
+        let other = a
+            .add(ca_cert("Second").pem().as_bytes(), Some("second"), PEN, &[])
+            .expect("added");
+        assert!(!other.replaced);
+        let names: Vec<String> = b
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["example", "second"]);
+        assert!(
+            !dir_b.path().join(DIR).exists(),
+            "no files beside a shared store"
+        );
+    }
+
+    /// Two instances adding different certificates under one name at the same moment: one
+    /// anchor is written, the other add is refused, never overwritten.
+    #[test]
+    fn of_two_instances_adding_one_name_at_once_one_wins() {
+        let db = Db::new(std::sync::Arc::new(crate::storage::MemoryStore::default()));
+        let dirs = [
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        ];
+        let stores: Vec<TrustAnchorStore> = dirs
+            .iter()
+            .map(|d| TrustAnchorStore::in_store(d.path(), db.clone()).expect("store"))
+            .collect();
+        for round in 0..20 {
+            let name = format!("race-{round}");
+            let certs = [ca_cert("One").pem(), ca_cert("Two").pem()];
+            let start = std::sync::Barrier::new(2);
+            let outcomes: Vec<bool> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|i| {
+                        let (store, cert, name, start) = (&stores[i], &certs[i], &name, &start);
+                        s.spawn(move || {
+                            start.wait();
+                            store.add(cert.as_bytes(), Some(name), PEN, &[]).is_ok()
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().expect("join"))
+                    .collect()
+            });
+            assert_eq!(
+                outcomes.iter().filter(|ok| **ok).count(),
+                1,
+                "round {round}"
+            );
+            let winner = usize::from(outcomes[1]);
+            let held = stores[0].load().expect("load");
+            let held = held.iter().find(|a| a.name == name).expect("held");
+            assert_eq!(
+                held.der,
+                certificate_der(certs[winner].as_bytes()).expect("der"),
+                "round {round}: the winner's certificate"
+            );
+        }
     }
 
     #[test]

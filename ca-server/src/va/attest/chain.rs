@@ -48,7 +48,7 @@ pub(crate) fn build<'c, 'a>(
         return Err(Error::BadAttestationStatement(
             "no usable manufacturer trust anchors are configured on this CA (the operator adds \
              them with `ca-server trust-anchor add`; `ca-server trust-anchor list` names the \
-             files it cannot use)"
+             anchors it cannot use)"
                 .to_owned(),
         ));
     }
