@@ -8,6 +8,7 @@ use axum::http::{Request, StatusCode};
 use ca_server::ra::eab::NewCredential;
 use ca_server::storage::postgres::test_cluster::{copy_dir, TestCluster};
 use ca_server::storage::Backend;
+use common::idevid::{Manufacturer, PEN};
 use common::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -843,59 +844,13 @@ async fn approval_files_are_moved_into_the_shared_store() {
     assert_eq!(ready["status"], "ready", "{ready}");
 }
 
-/// The assigner of the test manufacturer: the RFC 5612 documentation enterprise number.
-const PEN: &str = "1.3.6.1.4.1.32473";
-
-/// A manufacturer's self-signed IDevID root: its PEM and the issuer of its devices' IDevIDs.
-fn manufacturer(cn: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(9999, 1, 1);
-    let root = p.self_signed(&key).expect("root");
-    (root.pem(), rcgen::Issuer::new(p, key))
-}
-
-/// The attestation object (SPEC §5.10.2) of a device with serial `serial` in its IDevID's
-/// subject serialNumber, issued by `maker`, over `key_authorization`.
-fn attestation(
-    maker: &rcgen::Issuer<'static, rcgen::KeyPair>,
-    serial: &str,
-    key_authorization: &str,
-) -> Vec<u8> {
-    use rcgen::{CertificateParams, DnType, DnValue, IsCa, KeyPair, KeyUsagePurpose, SigningKey};
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, "PLC IDevID");
-    p.distinguished_name.push(
-        DnType::CustomDnType(vec![2, 5, 4, 5]),
-        DnValue::PrintableString(serial.try_into().expect("printable")),
-    );
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(9999, 1, 1);
-    p.use_authority_key_identifier_extension = true;
-    let idevid = p.signed_by(&key, maker).expect("IDevID");
-    let sig = key.sign(key_authorization.as_bytes()).expect("sign");
-    protocol_spec::runner::attestation_object(
-        ca_server::va::attest::object::FORMAT,
-        ca_server::va::attest::object::COSE_ES256,
-        &sig,
-        &[idevid.der().as_ref()],
-    )
-}
-
 /// A trust anchor added at one instance is the one the other verifies a device attestation
 /// against, and its name is taken at both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trust_anchor_added_at_one_instance_verifies_devices_at_the_other() {
     let (a, b) = pair();
-    let (root_pem, maker) = manufacturer("Example IDevID Root");
+    let maker = Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let root_pem = &maker.root_pem;
     let added = a
         .app
         .anchors
@@ -919,7 +874,9 @@ async fn a_trust_anchor_added_at_one_instance_verifies_devices_at_the_other() {
         challenge["token"].as_str().expect("token"),
         acct.key.thumbprint()
     );
-    let att = attestation(&maker, "SN-0042", &key_authz);
+    let att = maker
+        .device("SN-0042", &rcgen::PKCS_ECDSA_P256_SHA256)
+        .attest(&key_authz);
     let r = b
         .post_as(
             &acct,
@@ -930,7 +887,7 @@ async fn a_trust_anchor_added_at_one_instance_verifies_devices_at_the_other() {
     r.assert_status(StatusCode::OK);
     assert_eq!(r.json()["status"], "valid", "{}", r.json());
 
-    let (other_pem, _) = manufacturer("Other Root");
+    let other_pem = Manufacturer::new("Other Root", &rcgen::PKCS_ECDSA_P256_SHA256).root_pem;
     let err = b
         .app
         .anchors
@@ -1010,7 +967,8 @@ async fn trust_anchor_files_and_the_audit_log_are_copied_into_the_shared_store()
     use ca_server::ra::audit::{Actor, AuditLog};
     use ca_server::va::attest::anchors::TrustAnchorStore;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (root_pem, _) = manufacturer("Example IDevID Root");
+    let root_pem =
+        Manufacturer::new("Example IDevID Root", &rcgen::PKCS_ECDSA_P256_SHA256).root_pem;
     TrustAnchorStore::new(dir.path())
         .add(root_pem.as_bytes(), Some("example"), PEN, &[])
         .expect("file anchor");
@@ -1057,7 +1015,7 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
         ),
     )
     .expect("config");
-    let (root_pem, _) = manufacturer("CLI Devices Root");
+    let root_pem = Manufacturer::new("CLI Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256).root_pem;
     let root = dir.join("root.pem");
     std::fs::write(&root, root_pem).expect("root");
     let run = |args: &[&str]| {
@@ -1123,7 +1081,7 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
     assert_eq!(names, ["cli"]);
     let (ok, stdout, stderr) = run(&["trust-anchor", "list", "--config", config]);
     assert!(
-        ok && stdout.starts_with("cli  CN=CLI Devices Root"),
+        ok && stdout.starts_with("cli  O=Example Devices Test, CN=CLI Devices Root"),
         "{stdout}{stderr}"
     );
 

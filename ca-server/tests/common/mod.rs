@@ -5,6 +5,7 @@
 
 mod acme;
 pub mod bench;
+pub mod idevid;
 
 pub use acme::*;
 
