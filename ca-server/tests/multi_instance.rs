@@ -56,6 +56,15 @@ async fn issued(s: &TestServer, name: &str) -> Vec<u8> {
     leaf_der(&s.certificate_chain(&acct, &done).await)
 }
 
+/// Whether the CRL `crl` (DER) lists the certificate with the serial `serial`.
+fn lists(crl: &[u8], serial: &[u8]) -> bool {
+    let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
+    let found = crl
+        .iter_revoked_certificates()
+        .any(|r| r.raw_serial() == serial);
+    found
+}
+
 /// A nonce fetched from one instance is spent at the other, and then at neither again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_from_one_instance_is_good_at_the_other_once() {
@@ -315,13 +324,7 @@ async fn a_revocation_reaches_the_crl_even_when_its_instance_never_signs() {
     let (a, b) = pair();
     let der = issued(&a, "line-2.plant.example").await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
-    let listed = |crl: &[u8]| {
-        let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
-        let found = crl
-            .iter_revoked_certificates()
-            .any(|r| r.raw_serial() == cert.raw_serial());
-        found
-    };
+    let listed = |crl: &[u8]| lists(crl, cert.raw_serial());
     assert!(!listed(&a.get(&a.url("/crl")).await.body));
     // B records the revocation but publishes nothing, as if it died right after.
     ca_server::ra::revocation::record_revocation(
@@ -336,6 +339,77 @@ async fn a_revocation_reaches_the_crl_even_when_its_instance_never_signs() {
         "A's CRL lists it"
     );
     assert!(listed(&b.get(&b.url("/crl")).await.body), "B's too");
+}
+
+/// A revocation cut off between its record and its count (the instance died, a statement
+/// timed out) is counted when the device asks again, at any instance, so every CRL lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_revocation_that_was_never_counted_reaches_the_crl() {
+    let (a, b) = pair();
+    let acct = a.new_account().await;
+    let order = ready_order(&a, &acct, &["line-4.plant.example"]).await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let done = a
+        .finalize(&acct, &order, &csr(&["line-4.plant.example"], &key))
+        .await
+        .json();
+    let der = leaf_der(&a.certificate_chain(&acct, &done).await);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert");
+    let listed = |crl: &[u8]| lists(crl, cert.raw_serial());
+    assert!(!listed(&a.get(&a.url("/crl")).await.body));
+    // B records the revocation; its count is lost, as if B died between the two writes.
+    let counted = |s: &TestServer| -> u64 {
+        s.app
+            .db
+            .get(ca_server::storage::Table::Meta, "revocations_recorded")
+            .expect("get")
+            .unwrap_or(0)
+    };
+    let before = counted(&b);
+    ca_server::ra::revocation::record_revocation(
+        &b.app,
+        &hex::encode(cert.raw_serial()),
+        1,
+        ca_server::ca::cert::RevokedBy::Account,
+    )
+    .expect("revocation recorded");
+    b.app
+        .db
+        .put(
+            ca_server::storage::Table::Meta,
+            "revocations_recorded",
+            &before,
+        )
+        .expect("count lost");
+    assert!(
+        !listed(&a.get(&a.url("/crl")).await.body),
+        "A's CRL misses it"
+    );
+    // The device asks again at A, a second later: already revoked, and now on the CRL.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = a
+        .post_as(
+            &acct,
+            &a.url("/acme/revoke-cert"),
+            Some(&json!({"certificate": b64(&der), "reason": 1})),
+        )
+        .await;
+    again.assert_problem(400, "alreadyRevoked");
+    assert!(
+        listed(&a.get(&a.url("/crl")).await.body),
+        "A's CRL lists it"
+    );
+    assert!(listed(&b.get(&b.url("/crl")).await.body), "B's too");
+    // Asking once more counts nothing: a CRL signed after the revocation is stored.
+    let now_counted = counted(&a);
+    a.post_as(
+        &acct,
+        &a.url("/acme/revoke-cert"),
+        Some(&json!({"certificate": b64(&der), "reason": 1})),
+    )
+    .await
+    .assert_problem(400, "alreadyRevoked");
+    assert_eq!(counted(&a), now_counted);
 }
 
 /// Work another instance has under way is its own: an order it is issuing reads `processing`
@@ -376,12 +450,7 @@ async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other(
         "an issuance an hour old is abandoned"
     );
 
-    let (_, pending) = a
-        .create_order(
-            &acct,
-            &json!({"identifiers": [{"type": "dns", "value": "line-4.plant.example"}]}),
-        )
-        .await;
+    let (_, pending) = dns_order(&a, &acct, "line-4.plant.example").await;
     let authz_url = pending["authorizations"][0].as_str().expect("authz");
     let authz_id = authz_url.rsplit('/').next().expect("id");
     a.app
@@ -455,6 +524,9 @@ async fn an_instance_serves_its_copy_of_the_stored_crl_until_a_newer_one_is_sign
         crl.crl_number().map(|n| n.to_string()).expect("number")
     };
     let first = a.get(&a.url("/crl")).await.body;
+    // The head record lost (a signer cut off before writing it): the first fetch brings it up.
+    let head = format!("crl_head.{}", ca_server::ca::crl::file_name(IssuerKind::Ec));
+    assert!(b.app.db.remove(Table::Meta, &head).expect("remove"));
     assert_eq!(b.get(&b.url("/crl")).await.body, first, "b serves a's CRL");
     // The stored CRL is unreadable now; b does not read it while the head names its copy.
     let stored = format!(
@@ -500,12 +572,7 @@ async fn waiting_device(
     acct: &Account,
     name: &str,
 ) -> (String, Value, String, String) {
-    let (url, order) = s
-        .create_order(
-            acct,
-            &json!({"identifiers": [{"type": "dns", "value": name}]}),
-        )
-        .await;
+    let (url, order) = dns_order(s, acct, name).await;
     let (chall, code) = ask_operator(s, acct, &order).await.unwrap_or_else(|r| {
         panic!(
             "the request does not wait: {} {}",
@@ -514,6 +581,15 @@ async fn waiting_device(
         )
     });
     (url, order, chall, code)
+}
+
+/// `acct`'s new order for the DNS name `name` at `s`: its URL and object.
+async fn dns_order(s: &TestServer, acct: &Account, name: &str) -> (String, Value) {
+    s.create_order(
+        acct,
+        &json!({"identifiers": [{"type": "dns", "value": name}]}),
+    )
+    .await
 }
 
 /// Triggers the operator-approval-01 challenge of `order`'s authorization at `s`: the challenge
@@ -616,12 +692,7 @@ async fn the_caps_on_waiting_requests_count_every_instance() {
     waiting_device(&a, &acct, "plc-1").await;
     waiting_device(&b, &acct, "plc-2").await;
     for (s, name) in [(&a, "plc-3"), (&b, "plc-4")] {
-        let (_, order) = s
-            .create_order(
-                &acct,
-                &json!({"identifiers": [{"type": "dns", "value": name}]}),
-            )
-            .await;
+        let (_, order) = dns_order(s, &acct, name).await;
         let refused = ask_operator(s, &acct, &order)
             .await
             .expect_err("over the cap");
@@ -718,6 +789,54 @@ async fn an_expired_request_is_failed_once_by_any_instance() {
     assert!(b.app.approvals.list_pending().expect("list").is_empty());
 }
 
+/// A decision comes too late once the request's time has run out, even before any instance
+/// has swept it: the operator is told, and the device's challenge fails as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_after_the_request_expired_is_refused() {
+    use ca_server::ra::approval::Decision;
+    let (a, b) = pair_with(|cfg| {
+        with_approval(cfg);
+        cfg.enrollment.approval_ttl = std::time::Duration::from_secs(1);
+    });
+    let acct = a.new_account().await;
+    let (_, _, chall, _) = waiting_device(&a, &acct, "plc-late").await;
+    let id = a.app.approvals.list_pending().expect("list")[0].id.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let err = b
+        .app
+        .approvals
+        .decide(&id, &Decision::Approve)
+        .expect_err("too late")
+        .to_string();
+    assert!(err.contains("expired"), "{err}");
+    let c = a.post_as(&acct, &chall, None).await.json();
+    assert_eq!(c["status"], "invalid", "{c}");
+    assert_detail_contains(&c["error"], "expired");
+}
+
+/// An approval outcome decides only a challenge that waits for an operator: one recorded for
+/// a challenge the device never triggered is dropped, and the challenge stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_for_a_challenge_that_waits_for_nobody_decides_nothing() {
+    let (a, _b) = pair_with(with_approval);
+    let acct = a.new_account().await;
+    let (_, order) = dns_order(&a, &acct, "plc-stray").await;
+    let authz_url = order["authorizations"][0].as_str().expect("authz");
+    let authz_id = authz_url.rsplit('/').next().expect("id");
+    a.app
+        .db
+        .put(
+            ca_server::storage::Table::Approvals,
+            &format!("decision/{authz_id}"),
+            &json!({"decision": {"decision": "approve"}}),
+        )
+        .expect("stray outcome");
+    ca_server::ra::approval::apply(&a.app).await.expect("apply");
+    let authz = a.post_as(&acct, authz_url, None).await.json();
+    assert_eq!(authz["status"], "pending", "{authz}");
+    assert_eq!(authz["challenges"][0]["status"], "pending", "{authz}");
+}
+
 /// `ca-server approval list|approve` with `--config` reach the requests in PostgreSQL; without
 /// it they refuse, since the data directory says the CA keeps them there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,7 +886,9 @@ async fn the_approval_commands_reach_the_shared_store_with_the_configuration() {
 }
 
 /// Request files a CA made before it moved to PostgreSQL are copied into the store at start
-/// and removed; a file whose authorization no longer waits for an operator is dropped.
+/// and removed; a file whose authorization no longer waits for an operator is dropped, and
+/// one whose authorization the database does not hold (the wrong or a not yet restored
+/// database) is left in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_files_are_moved_into_the_shared_store() {
     use ca_server::ra::authz::Authz;
@@ -775,12 +896,7 @@ async fn approval_files_are_moved_into_the_shared_store() {
     use ca_server::types::{ChallengeStatus, ChallengeType};
     let (a, _b) = pair_with(with_approval);
     let acct = a.new_account().await;
-    let (order_url, order) = a
-        .create_order(
-            &acct,
-            &json!({"identifiers": [{"type": "dns", "value": "plc-1"}]}),
-        )
-        .await;
+    let (order_url, order) = dns_order(&a, &acct, "plc-1").await;
     let authz_id = order["authorizations"][0]
         .as_str()
         .and_then(|u| u.rsplit('/').next())
@@ -831,10 +947,15 @@ async fn approval_files_are_moved_into_the_shared_store() {
     assert_eq!(ids(&c), [authz_id.as_str()]);
     assert_eq!(ids(&a), [authz_id.as_str()], "every instance sees it");
     assert_eq!(c.app.approvals.pending_count(), 1);
+    let left: Vec<_> = std::fs::read_dir(&pending)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
     assert_eq!(
-        std::fs::read_dir(&pending).expect("dir").count(),
-        0,
-        "the files are gone"
+        left,
+        ["no-such-authorization.json"],
+        "the imported file is gone; one for an authorization this database does not hold \
+         stays for a start on the right database"
     );
     a.app
         .approvals

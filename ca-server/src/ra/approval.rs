@@ -547,16 +547,20 @@ impl ApprovalQueue {
     /// Copies the request files into `db` and removes them. A request whose authorization no
     /// longer waits for an operator (decided or expired meanwhile) is not copied: it would
     /// wait again. The files go once copied, or they would be copied again at the next start,
-    /// as waiting, after the request was decided in the store.
+    /// as waiting, after the request was decided in the store. A request whose authorization
+    /// the database does not hold stays, with its decision, for a start on the right database.
     fn import_files(&self, db: &Db) -> Result<()> {
         let mut imported = 0usize;
         for id in Self::ids(&self.pending)? {
             let file = Self::file(&self.pending, &id)?;
             let decision_file = Self::file(&self.decisions, &id)?;
-            let waits = db
-                .get::<Authz>(Table::Authzs, &id)?
-                .is_some_and(|a| waits_for_operator(&a));
-            if let (true, Some(p)) = (waits, read_json::<Pending>(&file)?) {
+            let Some(authz) = db.get::<Authz>(Table::Authzs, &id)? else {
+                // Not in this database (one restored later, or the wrong one): the file stays
+                // for a start on the right one.
+                tracing::warn!(request = %id, file = %file.display(), "operator approval request file names an authorization this database does not hold; left in place");
+                continue;
+            };
+            if let (true, Some(p)) = (waits_for_operator(&authz), read_json::<Pending>(&file)?) {
                 let place = Place::of(&p);
                 db.insert_new(Table::Approvals, &request_key(&p.id), &p)?;
                 update_ledger(db, |mut l| {
@@ -577,7 +581,9 @@ impl ApprovalQueue {
             remove(&file)?;
         }
         for id in Self::ids(&self.decisions)? {
-            remove(&Self::file(&self.decisions, &id)?)?;
+            if !Self::file(&self.pending, &id)?.exists() {
+                remove(&Self::file(&self.decisions, &id)?)?;
+            }
         }
         if imported > 0 {
             tracing::info!(imported, dir = %self.pending.display(), "operator approval requests copied from files into the shared store, and the files removed");
@@ -676,6 +682,16 @@ impl ApprovalQueue {
             let pending = db
                 .get::<Pending>(Table::Approvals, &request_key(id))?
                 .ok_or_else(not_pending)?;
+            if pending.expires < now() {
+                // Its time ran out before any instance's sweep recorded it: record it now, so
+                // that no decision can take its place.
+                db.insert_new(
+                    Table::Approvals,
+                    &outcome_key(id),
+                    &Outcome { decision: None },
+                )?;
+                return Err(Self::expired(id));
+            }
             let outcome = Outcome {
                 decision: Some(decision.clone()),
             };
@@ -683,9 +699,7 @@ impl ApprovalQueue {
                 return Ok(pending);
             }
             return match db.get::<Outcome>(Table::Approvals, &outcome_key(id))? {
-                Some(Outcome { decision: None }) => Err(Error::Malformed(format!(
-                    "request {id:?} has expired; the device must ask again with a new order"
-                ))),
+                Some(Outcome { decision: None }) => Err(Self::expired(id)),
                 _ => Err(already()),
             };
         }
@@ -694,11 +708,21 @@ impl ApprovalQueue {
         if Self::file(&self.decisions, id)?.exists() {
             return Err(already());
         }
+        if pending.expires < now() {
+            return Err(Self::expired(id));
+        }
         ensure_private_dir(&self.decisions)?;
         let data = serde_json::to_vec_pretty(decision)
             .map_err(|e| Error::Internal(format!("cannot encode decision: {e}")))?;
         write_atomic(&Self::file(&self.decisions, id)?, &data, 0o600)?;
         Ok(pending)
+    }
+
+    /// The refusal of a decision on request `id`, whose time ran out.
+    fn expired(id: &str) -> Error {
+        Error::Malformed(format!(
+            "request {id:?} has expired; the device must ask again with a new order"
+        ))
     }
 
     /// Writes the request's file, then indexes it.
@@ -1082,9 +1106,14 @@ fn outcome_of(decision: Option<&Decision>) -> Result<()> {
 /// no longer waiting is left as it is (`record_outcome`).
 async fn record(app: &Ra, id: &str, outcome: &Result<()>) -> Result<()> {
     match app.db.get::<Authz>(Table::Authzs, id)? {
-        Some(_) => {
+        // Only a challenge the device triggered waits for an operator: an outcome for any
+        // other (a stray record, a request finished meanwhile) decides nothing.
+        Some(a) if waits_for_operator(&a) => {
             record_outcome(app, id, KIND, outcome)?;
             app.db.flush().await?;
+        }
+        Some(_) => {
+            tracing::warn!(request = %id, "approval outcome for a challenge that waits for no operator dropped");
         }
         None => tracing::warn!(request = %id, "approval for an unknown authorization"),
     }
@@ -1187,9 +1216,13 @@ mod tests {
         let q = ApprovalQueue::new(dir.path());
         assert!(q.decide("nope", &Decision::Approve).is_err());
         assert!(q.decide("../etc/passwd", &Decision::Approve).is_err());
-        q.add(&pending("abc", "plc-1", "acct", "10.0.0.1", 2))
+        q.add(&pending("abc", "plc-1", "acct", "10.0.0.1", now() + 60))
             .expect("add");
-        assert_eq!(q.list_pending().expect("list").len(), 1);
+        q.add(&pending("old", "plc-2", "acct", "10.0.0.1", now() - 1))
+            .expect("add");
+        assert_eq!(q.list_pending().expect("list").len(), 2);
+        let late = q.decide("old", &Decision::Approve).expect_err("expired");
+        assert!(late.to_string().contains("expired"), "{late}");
         q.decide(
             "abc",
             &Decision::Reject {

@@ -68,6 +68,23 @@ pub fn count_revocation(app: &Ra) -> Result<()> {
     Ok(())
 }
 
+/// With a shared store, counts a revocation made at `at` again if no stored CRL of `issuer`
+/// was signed after it: one cut off between its record and its count would otherwise stay off
+/// the CRL every instance serves until the next scheduled one. Once a CRL signed later is
+/// stored, a repeated request counts nothing. Whether it counted.
+pub fn recount_if_unlisted(app: &Ra, issuer: IssuerKind, at: i64) -> Result<bool> {
+    if !app.shared_store() {
+        return Ok(false);
+    }
+    let head = app.db.get::<CrlHead>(Table::Meta, &head_key(issuer))?;
+    // A CRL signed in the revocation's second may have read the revocations before it.
+    if head.is_some_and(|h| h.this_update > at) {
+        return Ok(false);
+    }
+    count_revocation(app)?;
+    Ok(true)
+}
+
 fn revocations_recorded(app: &Ra) -> Result<u64> {
     Ok(app.db.get(Table::Meta, REVOCATIONS_KEY)?.unwrap_or(0))
 }
@@ -107,6 +124,14 @@ fn stored(app: &Ra, kind: IssuerKind, now: i64) -> Result<Option<Signed>> {
         number: crl.number,
     };
     app.crl.keep(kind, signed.clone());
+    // A signer cut off before its head write (or a store from before the head) leaves the
+    // head behind the CRL, and every fetch would read the CRL again: bring the head up.
+    let head = CrlHead {
+        number: crl.number,
+        this_update: crl.this_update,
+        revocations: crl.revocations,
+    };
+    keep_highest(app, &head_key(kind), &head, |h| h.number)?;
     Ok(Some(signed))
 }
 

@@ -140,14 +140,14 @@ pub fn record_revocation(app: &Ra, serial: &str, reason: u8, by: RevokedBy) -> R
 }
 
 /// For a certificate marked revoked: writes its record in the table the CRL is made from if it
-/// is missing, and returns the issuer whose CRL must then be published again.
+/// is missing (or counts it again if the shared CRL may predate it), and returns the issuer
+/// whose CRL must then be published again.
 fn ensure_listed(app: &Ra, serial: &str) -> Result<Option<IssuerKind>> {
-    if app
-        .db
-        .get::<Revocation>(Table::Revocations, serial)?
-        .is_some()
-    {
-        return Ok(None);
+    if let Some(listed) = app.db.get::<Revocation>(Table::Revocations, serial)? {
+        // The record is there, but the revocation may not have been counted (cut off between
+        // the two writes), and then the CRL every instance serves stays without it.
+        return crate::ra::crl::recount_if_unlisted(app, listed.issuer, listed.at)
+            .map(|recounted| recounted.then_some(listed.issuer));
     }
     // An expired certificate's revocation leaves the CRL's table on purpose (`ra::crl`).
     let Some(revoked) = crate::ra::history::certificate(app, serial)?
