@@ -449,6 +449,19 @@ enum TrustAnchorCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Stop trusting a manufacturer's CA: its devices no longer enroll by attestation.
+    /// Certificates already issued stay valid; revoke them separately.
+    Remove {
+        /// Data directory of the CA.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Name of the anchor, as `trust-anchor list` shows it.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn load_config(a: &ServeArgs) -> Result<Config, String> {
@@ -1371,6 +1384,23 @@ fn trust_anchor(cmd: TrustAnchorCommand) -> Result<(), String> {
                 }
             );
             println!("  (compare the SHA-256 with the one the manufacturer publishes)");
+            Ok(())
+        }
+        TrustAnchorCommand::Remove {
+            data_dir: d,
+            config,
+            name,
+        } => {
+            let records = Records::for_writing(d, config.as_deref())?;
+            if !records
+                .anchors()?
+                .remove(&name)
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no trust anchor named {name:?}"));
+            }
+            records.record("trust-anchor.remove", &name, serde_json::Value::Null)?;
+            println!("trust anchor removed: {}", escape(&name));
             Ok(())
         }
         TrustAnchorCommand::List {

@@ -1206,13 +1206,18 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
         "{stdout}{stderr}"
     );
 
-    let last = a.app.audit.read_all().expect("read at a");
-    let last = last.last().expect("the command's entry");
+    // What the last entry at A records: action, target and who.
+    let last_at_a = || {
+        let all = a.app.audit.read_all().expect("read at a");
+        let last = all.last().expect("an entry");
+        (last.action.clone(), last.target.clone(), last.actor.clone())
+    };
+    let (action, target, actor) = last_at_a();
     assert_eq!(
-        (last.action.as_str(), last.target.as_str()),
+        (action.as_str(), target.as_str()),
         ("trust-anchor.add", "cli")
     );
-    assert!(last.actor.starts_with("cli:"), "{}", last.actor);
+    assert!(actor.starts_with("cli:"), "{actor}");
     let (ok, stdout, stderr) = run(&["audit", "--log", "--config", config]);
     assert!(ok, "{stdout}{stderr}");
     assert!(
@@ -1222,4 +1227,39 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
     );
     let (ok, _, stderr) = run(&["audit", "--log", "--data-dir", data]);
     assert!(!ok && stderr.contains("--config"), "{stderr}");
+
+    // Removed at B's command line, the anchor is gone at A too, and the removal is audited.
+    let (ok, _, stderr) = run(&[
+        "trust-anchor",
+        "remove",
+        "--data-dir",
+        data,
+        "--name",
+        "cli",
+    ]);
+    assert!(!ok && stderr.contains("--config"), "{stderr}");
+    let (ok, stdout, stderr) = run(&[
+        "trust-anchor",
+        "remove",
+        "--config",
+        config,
+        "--name",
+        "cli",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(a.app.anchors.load().expect("load at a").is_empty());
+    let (action, target, _) = last_at_a();
+    assert_eq!(
+        (action.as_str(), target.as_str()),
+        ("trust-anchor.remove", "cli")
+    );
+    let (ok, _, stderr) = run(&[
+        "trust-anchor",
+        "remove",
+        "--config",
+        config,
+        "--name",
+        "cli",
+    ]);
+    assert!(!ok && stderr.contains("no trust anchor named"), "{stderr}");
 }

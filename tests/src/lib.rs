@@ -76,6 +76,29 @@ pub fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// The private key files a CA's data directory holds besides the CA's own keys: the server's
+/// HTTPS key (a leaf, re-made at will) and the operator CA's, which only certifies the
+/// console's operators (a CA of its own that devices never trust).
+pub const NON_CA_KEY_FILES: [&str; 2] = ["server.key", "operator-ca.key"];
+
+/// Fails if a file under `dir` holds a PEM private key or is named `*.key`, unless it is one of
+/// [`NON_CA_KEY_FILES`]; returns how many files were read.
+pub fn ensure_no_ca_key_files(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut checked = 0;
+    for file in files_under(dir)? {
+        let bytes = std::fs::read(&file)?;
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let pem_key = bytes.windows(11).any(|w| w == b"PRIVATE KEY");
+        anyhow::ensure!(
+            !(pem_key || name.ends_with(".key")) || NON_CA_KEY_FILES.contains(&name.as_ref()),
+            "{} holds a private key",
+            file.display()
+        );
+        checked += 1;
+    }
+    Ok(checked)
+}
+
 /// Every regular file under `dir`, in every subdirectory (for scans of a data directory).
 pub fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();

@@ -14,7 +14,8 @@ use anyhow::{ensure, Context as _, Result};
 use iiot_acme_tests::process::run_with_timeout;
 use iiot_acme_tests::softhsm::{destroy_objects, object_count, public_point, SoftHsm};
 use iiot_acme_tests::{
-    ca_server_bin, files_under, https, openssl_verify, openssl_verify_crl, CaServer, CaServerOpts,
+    ca_server_bin, ensure_no_ca_key_files, https, openssl_verify, openssl_verify_crl, CaServer,
+    CaServerOpts, NON_CA_KEY_FILES,
 };
 use instant_acme::{Identifier, OrderStatus};
 use x509_parser::prelude::FromDer as _;
@@ -197,28 +198,14 @@ fn the_ca_signs_in_the_token_and_keeps_no_key_file() -> Result<()> {
     );
     server.stop()?;
 
-    // No key of the device PKI in any file of the data directory. The private keys there are
-    // the server's own HTTPS key (a leaf, re-made at will) and the operator CA's, which only
-    // certifies the console's operators (a CA of its own that devices never trust); neither
-    // is the root's or the intermediate's.
-    const OTHER_KEYS: [&str; 2] = ["server.key", "operator-ca.key"];
-    let mut checked = 0;
-    for file in files_under(&data)? {
-        let bytes = std::fs::read(&file)?;
-        let name = file.file_name().unwrap_or_default().to_string_lossy();
-        let pem_key = bytes.windows(11).any(|w| w == b"PRIVATE KEY");
-        ensure!(
-            !(pem_key || name.ends_with(".key")) || OTHER_KEYS.contains(&name.as_ref()),
-            "{} holds a private key",
-            file.display()
-        );
-        checked += 1;
-    }
+    // No key of the device PKI in any file of the data directory. The private keys there
+    // (NON_CA_KEY_FILES) are neither the root's nor the intermediate's.
+    let checked = ensure_no_ca_key_files(&data)?;
     ensure!(
         checked > 10,
         "only {checked} files under the data directory"
     );
-    for other in OTHER_KEYS {
+    for other in NON_CA_KEY_FILES {
         let key = std::fs::read_to_string(data.join("ca").join(other))?;
         let key = rcgen::KeyPair::from_pem(&key)?;
         for label in ["root", "issuing-p256"] {

@@ -4,12 +4,21 @@
 //! enrolls a device with instant-acme. The device's chain verifies to the offline root.pem
 //! (openssl), the CA says at start that its root key is offline, and no file under the data
 //! directory holds the root's private key.
+//!
+//! The same four steps with the issuing key in a PKCS #11 token (SoftHSM2): `intermediate
+//! request --config` generates the key in the token and prints a request signed there (asked
+//! again, for the same key), `intermediate install --config` refuses a certificate for another
+//! key and installs the token key's without a key file, and the CA started on that directory
+//! enrolls a device with the token's key; no file under the data directory holds a CA key.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context as _, Result};
+use iiot_acme_tests::softhsm::SoftHsm;
 use iiot_acme_tests::{ca_server_bin, openssl_verify, CaServer, CaServerOpts};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer as _;
 
 #[path = "common/acme.rs"]
 mod acme;
@@ -101,6 +110,15 @@ fn intermediate(data: &Path, root: &Path, work: &Path, kind: &str) -> Result<()>
     Ok(())
 }
 
+/// Enrolls device-1 on `server` and checks its chain (written to `work`) against `root`.
+fn enroll_and_verify(server: &CaServer, work: &Path, root: &Path) -> Result<()> {
+    let chain =
+        tokio::runtime::Runtime::new()?.block_on(enroll(server, "device-1.plant.example"))?;
+    let chain_file = work.join("device-1.pem");
+    std::fs::write(&chain_file, &chain)?;
+    openssl_verify(root, &chain_file)
+}
+
 /// The secret scalar of a PKCS#8 EC private key: the OCTET STRING after ECPrivateKey's
 /// version 1 (RFC 5915).
 fn ec_scalar(pkcs8: &[u8]) -> Option<&[u8]> {
@@ -148,11 +166,7 @@ fn a_ca_with_an_offline_root_enrolls_and_never_holds_the_root_key() -> Result<()
         lab_always_valid: true,
         ..CaServerOpts::default()
     })?;
-    let chain =
-        tokio::runtime::Runtime::new()?.block_on(enroll(&server, "device-1.plant.example"))?;
-    let chain_file = work.join("device-1.pem");
-    std::fs::write(&chain_file, &chain)?;
-    openssl_verify(&offline.join("root.pem"), &chain_file)?;
+    enroll_and_verify(&server, &work, &offline.join("root.pem"))?;
     let log = std::fs::read_to_string(data.join("ca-server.stderr.log"))?;
     ensure!(log.contains("the root key is offline"), "{}", server.logs());
 
@@ -193,5 +207,164 @@ fn a_ca_with_an_offline_root_enrolls_and_never_holds_the_root_key() -> Result<()
         checked > 10,
         "only {checked} files under the data directory"
     );
+    Ok(())
+}
+
+/// The subject public key info of a PEM request file.
+fn csr_spki(file: &Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(file)?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).context("PEM")?;
+    let (_, csr) = X509CertificationRequest::from_der(&block.contents).context("PKCS#10")?;
+    Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
+#[test]
+fn an_offline_root_certifies_an_issuing_key_in_a_token_and_the_ca_keeps_no_key_file() -> Result<()>
+{
+    const TOKEN: &str = "iiot-offline";
+    let hsm = SoftHsm::new(&[TOKEN])?;
+    // The ca-server processes started below inherit it; nothing else in this process uses a
+    // token.
+    hsm.use_in_this_process();
+    let tmp = iiot_acme_tests::temp_dir("iiot-offline-root-hsm-")?;
+    let offline = tmp.path().join("offline");
+    let data = tmp.path().join("data");
+    let work = tmp.path().join("transfer");
+    std::fs::create_dir(&work)?;
+    let issuance = vec![
+        (
+            "intermediate_key_uri".to_owned(),
+            hsm.uri(TOKEN, "issuing-p256"),
+        ),
+        // The RSA intermediate has no token form.
+        ("rsa_intermediate_key".to_owned(), "none".to_owned()),
+    ];
+    let mut toml = format!("data_dir = \"{}\"\n[issuance]\n", path(&data));
+    for (name, value) in &issuance {
+        toml.push_str(&format!("{name} = \"{value}\"\n"));
+    }
+    // The OPC UA profile's RSA keys go to the EC intermediate without an RSA one.
+    let profiles = "[profiles.opcua]\nissuer = \"ec\"\n";
+    toml.push_str(profiles);
+    let config = work.join("ca-server.toml");
+    std::fs::write(&config, toml)?;
+    let config = path(&config);
+
+    ok(&["root", "create", "--out", path(&offline)])?;
+    let request = |csr: &Path| -> Result<String> {
+        let out = ca_server(&[
+            "intermediate",
+            "request",
+            "--config",
+            config,
+            "--out",
+            path(csr),
+        ])?;
+        let stderr = String::from_utf8(out.stderr)?;
+        ensure!(out.status.success(), "intermediate request: {stderr}");
+        Ok(stderr)
+    };
+    let csr = work.join("ec.csr");
+    let first = request(&csr)?;
+    ensure!(
+        first.contains("issuing key generated: issuance.intermediate_key_uri pkcs11:"),
+        "{first}"
+    );
+    // Asked again (the request was lost): the token's key is reused.
+    let csr_again = work.join("ec-again.csr");
+    let again = request(&csr_again)?;
+    ensure!(again.contains("issuing key reused"), "{again}");
+    let spki = csr_spki(&csr)?;
+    ensure!(
+        csr_spki(&csr_again)? == spki,
+        "a repeated request is for another key"
+    );
+    let ca_files: Vec<_> = std::fs::read_dir(data.join("ca"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    ensure!(ca_files.is_empty(), "the request wrote {ca_files:?}");
+
+    let sign = |csr: &Path, out: &str| {
+        let args = ["root", "sign", "--root", path(&offline), "--csr", path(csr)];
+        ok_in(&work, &[&args[..], &["--out", out]].concat())
+    };
+    sign(&csr, "ec.pem")?;
+    // A certificate the same root issued for another CA's key file: refused, naming the
+    // token's key.
+    let other = tmp.path().join("other");
+    let other_csr = work.join("other.csr");
+    ok(&[
+        "intermediate",
+        "request",
+        "--data-dir",
+        path(&other),
+        "--out",
+        path(&other_csr),
+    ])?;
+    sign(&other_csr, "other.pem")?;
+    let root_pem = offline.join("root.pem");
+    let install = |cert: &Path| {
+        ca_server(&[
+            "intermediate",
+            "install",
+            "--config",
+            config,
+            "--cert",
+            path(cert),
+            "--root",
+            path(&root_pem),
+        ])
+    };
+    let wrong = install(&work.join("other.pem"))?;
+    let stderr = String::from_utf8(wrong.stderr)?;
+    ensure!(
+        !wrong.status.success(),
+        "the other key's certificate was installed"
+    );
+    ensure!(
+        stderr.contains("does not certify the token's key issuance.intermediate_key_uri"),
+        "{stderr}"
+    );
+    ensure!(
+        !data.join("ca/intermediate.pem").exists(),
+        "intermediate.pem written"
+    );
+    let installed = install(&work.join("ec.pem"))?;
+    ensure!(
+        installed.status.success(),
+        "intermediate install: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+
+    let mut server = CaServer::start(CaServerOpts {
+        data_dir: Some(data.clone()),
+        lab_always_valid: true,
+        issuance_extra: issuance,
+        extra_toml: profiles.to_owned(),
+        ..CaServerOpts::default()
+    })?;
+    enroll_and_verify(&server, &work, &root_pem)?;
+    let logs = server.logs();
+    ensure!(
+        logs.contains("its issuing key is in a PKCS #11 token")
+            && logs.contains("root_key_offline=true"),
+        "{logs}"
+    );
+    server.stop()?;
+
+    // No CA key in any file of the data directory; the private keys there (NON_CA_KEY_FILES)
+    // are not the token's key.
+    let checked = iiot_acme_tests::ensure_no_ca_key_files(&data)?;
+    ensure!(
+        checked > 10,
+        "only {checked} files under the data directory"
+    );
+    for name in iiot_acme_tests::NON_CA_KEY_FILES {
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(data.join("ca").join(name))?)?;
+        ensure!(
+            rcgen::PublicKeyData::subject_public_key_info(&key) != spki,
+            "{name} is the issuing key"
+        );
+    }
     Ok(())
 }

@@ -7,12 +7,15 @@
 //!    the CA gives a root it creates itself.
 //! 2. [`request_intermediate`] on the CA host generates an issuing key in the CA directory as a
 //!    pending key file, which the running CA does not use, and returns a PKCS#10 request for it.
+//!    With `issuance.intermediate_key_uri` the EC issuing key is generated in that PKCS #11
+//!    token instead (see [`super::token`]) and signs the request there; no key file is written.
 //! 3. [`sign_intermediate`] on the offline machine checks the request and certifies its key
 //!    with the intermediate profile (pathlen 0, keyCertSign + cRLSign), within the root's life.
 //! 4. [`install_intermediate`] on the CA host checks the certificate against the root and the
-//!    pending key, and installs the certificate, the key and the root certificate under the
-//!    names a self-initialised CA uses. The CA then starts with the root key offline
-//!    (`CertificateAuthority::load_or_init`).
+//!    pending key (or the token's key), and installs the certificate, the key file if there is
+//!    one and the root certificate under the names a self-initialised CA uses. The CA then
+//!    starts with the root key offline (`CertificateAuthority::load_or_init`), and with a token
+//!    the issuing key found by its URI.
 //!
 //! Files in the CA directory besides those of `mod.rs`:
 //!
@@ -119,29 +122,99 @@ pub fn create_root(out: &Path, key_type: CaKeyType) -> Result<CreatedRoot> {
     })
 }
 
+/// Where the issuing key of an [`IntermediateRequest`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKey {
+    /// A pending key file in the CA directory.
+    File(PathBuf),
+    /// A key in a PKCS #11 token (`issuance.intermediate_key_uri`), by its URI.
+    Token(String),
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Token(uri) => write!(f, "{} {uri}", token::INTERMEDIATE_KEY_URI),
+        }
+    }
+}
+
 /// What [`request_intermediate`] made.
 #[derive(Debug)]
 pub struct IntermediateRequest {
     /// The PKCS#10 request, PEM.
     pub csr_pem: String,
-    /// The pending key file.
-    pub key_path: PathBuf,
-    /// The pending key was there already (an earlier request), and this request is for it.
+    /// The issuing key the request is for.
+    pub key: RequestKey,
+    /// The key was there already (an earlier request), and this request is for it.
     pub reused: bool,
 }
 
-/// Generates the issuing key of the intermediate `kind` in the CA directory `dir` as a pending
-/// key file (0600; the key type from `cfg`: `intermediate_key`, or `rsa_intermediate_key`'s
-/// size) and returns a request for it, named like the intermediates of a self-initialised CA.
-/// A pending key already there is reused, so a lost request can be made again.
+/// Refuses an offline-root step for a CA whose root key is in a token: `init --hsm` made its
+/// intermediate with it.
+fn refuse_root_in_token(cfg: &IssuanceConfig) -> Result<()> {
+    if cfg.root_key_uri.is_some() {
+        return Err(Error::Internal(format!(
+            "{} is set: this CA's root key is in a token, and the CA's intermediate is made with \
+             it (`ca-server init --hsm`). For an offline root, leave the setting out and keep \
+             only {} in the configuration",
+            token::ROOT_KEY_URI,
+            token::INTERMEDIATE_KEY_URI
+        )));
+    }
+    Ok(())
+}
+
+/// The issuing key's URI when the EC intermediate's key is in a token
+/// (`issuance.intermediate_key_uri`); the RSA intermediate's key is always a file.
+fn token_uri(kind: IssuerKind, cfg: &IssuanceConfig) -> Result<Option<pkcs11_key::Pkcs11Uri>> {
+    match kind {
+        IssuerKind::Ec => token::configured(
+            token::INTERMEDIATE_KEY_URI,
+            cfg.intermediate_key_uri.as_deref(),
+        ),
+        IssuerKind::Rsa => Ok(None),
+    }
+}
+
+/// Refuses an EC issuing key file in `dir` (pending or installed) beside a URI that says the
+/// key is in a token: which one is the CA's would be a guess.
+fn refuse_key_files_beside_token(dir: &Path) -> Result<()> {
+    for name in [INTERMEDIATE_PENDING_KEY, INTERMEDIATE_KEY] {
+        let path = dir.join(name);
+        if exists(&path)? {
+            return Err(file_error(
+                &path,
+                format!(
+                    "exists, but {} says the issuing key is in a token; remove the file (keep \
+                     a copy offline if it is the only one) or the setting",
+                    token::INTERMEDIATE_KEY_URI
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Generates the issuing key of the intermediate `kind` and returns a request for it, named
+/// like the intermediates of a self-initialised CA. The key is a pending key file in the CA
+/// directory `dir` (0600; the key type from `cfg`: `intermediate_key`, or
+/// `rsa_intermediate_key`'s size), or for the EC intermediate with `intermediate_key_uri` a key
+/// generated in the token under the URI's object and id (sensitive and never extractable, as
+/// `init --hsm` makes it), which signs the request; no key file is written then. A key already
+/// there (a pending file, or the token's key under that URI) is reused, so a lost request can
+/// be made again.
 ///
-/// Refuses a CA that holds its root key (it creates its intermediates itself) and one that
-/// has this intermediate installed already.
+/// Refuses a CA that holds its root key (it creates its intermediates itself), in `root.key`
+/// or in a token (`root_key_uri`), and one that has this intermediate installed already.
 pub fn request_intermediate(
     dir: &Path,
     kind: IssuerKind,
     cfg: &IssuanceConfig,
 ) -> Result<IntermediateRequest> {
+    refuse_root_in_token(cfg)?;
+    let token_uri = token_uri(kind, cfg)?;
     ensure_private_dir(dir)?;
     let (cert_name, key_name, pending_name) = slot(kind);
     let root_key = dir.join(ROOT_KEY);
@@ -155,45 +228,59 @@ pub fn request_intermediate(
     }
     let cert_path = dir.join(cert_name);
     if exists(&cert_path)? {
+        let (whose, replace) = match &token_uri {
+            Some(uri) => {
+                let der = read_pem_cert(&cert_path)?;
+                let cert = parse_cert(&cert_path, &der)?;
+                let its = token::find(token::INTERMEDIATE_KEY_URI, uri)?
+                    .is_some_and(|key| key.subject_public_key_info() == cert.public_key().raw);
+                (
+                    if its {
+                        format!(", and the token's key {uri} is its key")
+                    } else {
+                        String::new()
+                    },
+                    format!(
+                        "move {cert_name} out of {}, name a new key (object=) in {}",
+                        dir.display(),
+                        token::INTERMEDIATE_KEY_URI
+                    ),
+                )
+            }
+            None => (
+                String::new(),
+                format!("move {cert_name} and {key_name} out of {}", dir.display()),
+            ),
+        };
         return Err(file_error(
             &cert_path,
             format!(
-                "exists: the CA has its {kind} intermediate already. Replacing an installed \
-                 intermediate is not supported, because certificates it issued could no \
-                 longer be checked against its CRL; to replace it anyway, stop the CA, move \
-                 {cert_name} and {key_name} out of {} and run this command again",
-                dir.display()
+                "exists: the CA has its {kind} intermediate already{whose}. Replacing an \
+                 installed intermediate is not supported, because certificates it issued could \
+                 no longer be checked against its CRL; to replace it anyway, stop the CA, \
+                 {replace} and run this command again"
             ),
         ));
     }
-    let key_path = dir.join(pending_name);
-    let reused = exists(&key_path)?;
-    let key = if reused {
-        read_key(&key_path)?
-    } else {
-        let key = match kind {
-            IssuerKind::Ec => generate_ca_key(cfg.intermediate_key)?,
-            IssuerKind::Rsa => {
-                let bits = cfg.rsa_intermediate_key.bits().ok_or_else(|| {
-                    Error::Internal(
-                        "issuance.rsa_intermediate_key is \"none\": set the RSA \
-                         intermediate's size (rsa2048, rsa3072 or rsa4096) to request one"
-                            .to_owned(),
-                    )
-                })?;
-                generate_rsa_key(bits)?
+    let (key, place, reused) = match &token_uri {
+        Some(uri) => {
+            refuse_key_files_beside_token(dir)?;
+            let place = RequestKey::Token(uri.to_string());
+            match token::find(token::INTERMEDIATE_KEY_URI, uri)? {
+                Some(key) => (key, place, true),
+                None => {
+                    let key =
+                        token::generate(token::INTERMEDIATE_KEY_URI, uri, cfg.intermediate_key)?;
+                    (key, place, false)
+                }
             }
-        };
-        write_key(&key_path, &key)?;
-        key
+        }
+        None => {
+            let key_path = dir.join(pending_name);
+            let (key, reused) = pending_file_key(&key_path, kind, cfg)?;
+            (CaKey::File(key), RequestKey::File(key_path), reused)
+        }
     };
-    let is_rsa = key.algorithm() == &rcgen::PKCS_RSA_SHA256;
-    if is_rsa != (kind == IssuerKind::Rsa) {
-        return Err(file_error(
-            &key_path,
-            format!("is not a key for the {kind} intermediate"),
-        ));
-    }
     // The installed root's tag if there is one (a root certificate is there before the first
     // intermediate is installed only when another intermediate was installed first), else one
     // derived from the key, so a repeated request asks for the same name.
@@ -213,15 +300,54 @@ pub fn request_intermediate(
     subject.push(DnType::OrganizationName, "iiot-acme");
     subject.push(DnType::CommonName, intermediate_cn(kind, &tag));
     params.distinguished_name = subject;
-    let csr_pem = params
+    let csr = params
         .serialize_request(&key)
-        .and_then(|csr| csr.pem())
+        .map_err(|e| key.signing_error("cannot make the request", &e))?;
+    let csr_pem = csr
+        .pem()
         .map_err(|e| Error::Internal(format!("cannot make the request: {e}")))?;
     Ok(IntermediateRequest {
         csr_pem,
-        key_path,
+        key: place,
         reused,
     })
+}
+
+/// The pending key file `key_path` of the intermediate `kind`, generated and written now
+/// unless it is there already (then `true`).
+fn pending_file_key(
+    key_path: &Path,
+    kind: IssuerKind,
+    cfg: &IssuanceConfig,
+) -> Result<(KeyPair, bool)> {
+    let reused = exists(key_path)?;
+    let key = if reused {
+        read_key(key_path)?
+    } else {
+        let key = match kind {
+            IssuerKind::Ec => generate_ca_key(cfg.intermediate_key)?,
+            IssuerKind::Rsa => {
+                let bits = cfg.rsa_intermediate_key.bits().ok_or_else(|| {
+                    Error::Internal(
+                        "issuance.rsa_intermediate_key is \"none\": set the RSA \
+                         intermediate's size (rsa2048, rsa3072 or rsa4096) to request one"
+                            .to_owned(),
+                    )
+                })?;
+                generate_rsa_key(bits)?
+            }
+        };
+        write_key(key_path, &key)?;
+        key
+    };
+    let is_rsa = key.algorithm() == &rcgen::PKCS_RSA_SHA256;
+    if is_rsa != (kind == IssuerKind::Rsa) {
+        return Err(file_error(
+            key_path,
+            format!("is not a key for the {kind} intermediate"),
+        ));
+    }
+    Ok((key, reused))
 }
 
 /// An intermediate certificate [`sign_intermediate`] issued.
@@ -372,20 +498,24 @@ pub struct InstalledIntermediate {
 }
 
 /// Installs the intermediate certificate `cert_file` (PEM), issued by the root `root_file`
-/// (PEM) for the pending key of an earlier [`request_intermediate`], into the CA directory
-/// `dir`: the key under the intermediate's name, then the certificate, and `root.pem` if it is
+/// (PEM) for the key of an earlier [`request_intermediate`], into the CA directory `dir`: the
+/// pending key under the intermediate's name, then the certificate, and `root.pem` if it is
 /// not there yet. Each file is written atomically, the root first and the certificate last,
 /// so the CA starts only with a complete set; a crash midway is finished by running this again.
+/// With the EC intermediate's key in a token (`cfg.intermediate_key_uri`) there is no key file:
+/// only the certificates are written.
 ///
 /// Checks first: the root is a self-signed CA and, if `dir` has a root already, the same one;
 /// the certificate verifies under it, is a CA with pathlen 0, keyCertSign and cRLSign, has not
-/// expired, and certifies the pending key; its key type says which intermediate it is (EC or
-/// RSA), and that one is not installed yet.
+/// expired, and certifies the pending key or the token's key; its key type says which
+/// intermediate it is (EC or RSA), and that one is not installed yet.
 pub fn install_intermediate(
     dir: &Path,
     cert_file: &Path,
     root_file: &Path,
+    cfg: &IssuanceConfig,
 ) -> Result<InstalledIntermediate> {
+    refuse_root_in_token(cfg)?;
     ensure_private_dir(dir)?;
     let root_der = read_pem_cert(root_file)?;
     let root = parse_cert(root_file, &root_der)?;
@@ -471,39 +601,71 @@ pub fn install_intermediate(
         ));
     }
     let pending = dir.join(pending_name);
-    if !exists(&pending)? {
-        return Err(file_error(
-            &pending,
-            format!(
-                "is missing: no request is pending for the {kind} intermediate. Make one with \
-                 `ca-server intermediate request --kind {}`",
-                kind.to_string().to_lowercase()
-            ),
-        ));
-    }
-    let key_pem = read_file(&pending)?;
-    let key = read_key(&pending)?;
-    if key.subject_public_key_info() != cert.public_key().raw {
-        return Err(file_error(
-            cert_file,
-            format!(
-                "does not certify the pending key {}: it answers another request",
-                pending.display()
-            ),
-        ));
-    }
+    // The pending key file's text, to install under the intermediate's name; none when the key
+    // is in a token.
+    let key_pem = match token_uri(kind, cfg)? {
+        Some(uri) => {
+            refuse_key_files_beside_token(dir)?;
+            let key = token::open(token::INTERMEDIATE_KEY_URI, &uri)?;
+            let token_spki = key.subject_public_key_info();
+            if token_spki != cert.public_key().raw {
+                return Err(file_error(
+                    cert_file,
+                    format!(
+                        "does not certify the token's key {} {uri}: it certifies the key with \
+                         SHA-256 {}, the token's key has SHA-256 {} (SubjectPublicKeyInfo); it \
+                         answers another request",
+                        token::INTERMEDIATE_KEY_URI,
+                        crate::wire::fingerprint(cert.public_key().raw),
+                        crate::wire::fingerprint(&token_spki)
+                    ),
+                ));
+            }
+            None
+        }
+        None => {
+            if !exists(&pending)? {
+                return Err(file_error(
+                    &pending,
+                    format!(
+                        "is missing: no request is pending for the {kind} intermediate. Make \
+                         one with `ca-server intermediate request --kind {}` (with the issuing \
+                         key in a PKCS #11 token, pass the configuration that names it with \
+                         --config, here too)",
+                        kind.to_string().to_lowercase()
+                    ),
+                ));
+            }
+            let key_pem = read_file(&pending)?;
+            let key = read_key(&pending)?;
+            if key.subject_public_key_info() != cert.public_key().raw {
+                return Err(file_error(
+                    cert_file,
+                    format!(
+                        "does not certify the pending key {}: it answers another request",
+                        pending.display()
+                    ),
+                ));
+            }
+            Some(key_pem)
+        }
+    };
 
     if root_installed {
         write_cert(&installed_root, &root_der)?;
     }
-    write_atomic(&dir.join(key_name), &key_pem, 0o600)?;
+    if let Some(key_pem) = &key_pem {
+        write_atomic(&dir.join(key_name), key_pem, 0o600)?;
+    }
     write_cert(&cert_path, &cert_der)?;
-    fs::remove_file(&pending).map_err(|e| {
-        file_error(
-            &pending,
-            format!("is installed but cannot be removed: {e}; remove it by hand"),
-        )
-    })?;
+    if key_pem.is_some() {
+        fs::remove_file(&pending).map_err(|e| {
+            file_error(
+                &pending,
+                format!("is installed but cannot be removed: {e}; remove it by hand"),
+            )
+        })?;
+    }
     Ok(InstalledIntermediate {
         kind,
         cert_path,
@@ -667,8 +829,9 @@ mod tests {
 
         let first = request_intermediate(&s.ca, IssuerKind::Ec, &no_rsa()).expect("request");
         assert!(!first.reused);
-        assert_eq!(first.key_path, s.ca.join(INTERMEDIATE_PENDING_KEY));
-        assert_eq!(mode(&first.key_path), 0o600);
+        let pending = s.ca.join(INTERMEDIATE_PENDING_KEY);
+        assert_eq!(first.key, RequestKey::File(pending.clone()));
+        assert_eq!(mode(&pending), 0o600);
         assert_eq!(mode(&s.ca), 0o700);
         let again = request_intermediate(&s.ca, IssuerKind::Ec, &no_rsa()).expect("again");
         assert!(again.reused);
@@ -694,7 +857,7 @@ mod tests {
         let cert = sign_intermediate(&s.root, first.csr_pem.as_bytes(), None).expect("signed");
         let file = s.tmp.path().join("ec.pem");
         fs::write(&file, cert.pem).expect("write");
-        install_intermediate(&s.ca, &file, &s.root_pem()).expect("installed");
+        install_intermediate(&s.ca, &file, &s.root_pem(), &no_rsa()).expect("installed");
         let err = detail(request_intermediate(&s.ca, IssuerKind::Ec, &no_rsa()));
         assert!(
             err.contains("intermediate.pem") && err.contains("not supported"),
@@ -799,11 +962,16 @@ mod tests {
         // Another root.
         let other = s.tmp.path().join("other");
         create_root(&other, CaKeyType::P384).expect("root");
-        let err = detail(install_intermediate(&s.ca, &good, &other.join(ROOT_CERT)));
+        let err = detail(install_intermediate(
+            &s.ca,
+            &good,
+            &other.join(ROOT_CERT),
+            &no_rsa(),
+        ));
         assert!(err.contains("was not issued by"), "{err}");
         only_pending();
         // A certificate that is not a self-signed root given as the root.
-        let err = detail(install_intermediate(&s.ca, &good, &good));
+        let err = detail(install_intermediate(&s.ca, &good, &good, &no_rsa()));
         assert!(err.contains("not self-signed"), "{err}");
         only_pending();
 
@@ -814,7 +982,12 @@ mod tests {
             ca: s.tmp.path().join("elsewhere"),
         };
         let foreign = elsewhere.signed(IssuerKind::Ec, &no_rsa());
-        let err = detail(install_intermediate(&s.ca, &foreign, &s.root_pem()));
+        let err = detail(install_intermediate(
+            &s.ca,
+            &foreign,
+            &s.root_pem(),
+            &no_rsa(),
+        ));
         assert!(err.contains("does not certify the pending key"), "{err}");
         only_pending();
 
@@ -834,19 +1007,20 @@ mod tests {
             (no_crl, "cRLSign"),
         ] {
             let file = s.sign_with_root(&params, &pending);
-            let err = detail(install_intermediate(&s.ca, &file, &s.root_pem()));
+            let err = detail(install_intermediate(&s.ca, &file, &s.root_pem(), &no_rsa()));
             assert!(err.contains(want), "{want}: {err}");
             only_pending();
         }
 
         // A CA directory with another root installed.
         fs::copy(other.join(ROOT_CERT), s.ca.join(ROOT_CERT)).expect("copy");
-        let err = detail(install_intermediate(&s.ca, &good, &s.root_pem()));
+        let err = detail(install_intermediate(&s.ca, &good, &s.root_pem(), &no_rsa()));
         assert!(err.contains("is another root"), "{err}");
         fs::remove_file(s.ca.join(ROOT_CERT)).expect("rm");
 
         // Then the right one: installed, the pending key gone, and not installed twice.
-        let installed = install_intermediate(&s.ca, &good, &s.root_pem()).expect("installed");
+        let installed =
+            install_intermediate(&s.ca, &good, &s.root_pem(), &no_rsa()).expect("installed");
         assert_eq!(installed.kind, IssuerKind::Ec);
         assert!(installed.root_installed);
         assert_eq!(
@@ -860,8 +1034,116 @@ mod tests {
                 .subject_public_key_info(),
             pending.subject_public_key_info()
         );
-        let err = detail(install_intermediate(&s.ca, &good, &s.root_pem()));
+        let err = detail(install_intermediate(&s.ca, &good, &s.root_pem(), &no_rsa()));
         assert!(err.contains("has its EC intermediate already"), "{err}");
+    }
+
+    /// A certificate `ca` issues for a new device key.
+    fn issue_to_a_device(ca: &CertificateAuthority) -> IssuedCert {
+        let device = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        ca.issue(
+            &device.subject_public_key_info(),
+            &[Identifier::dns("device-1.plant.example")],
+            Duration::from_secs(86_400),
+        )
+        .expect("issued")
+    }
+
+    /// The subject public key info of a PEM request.
+    fn csr_spki(pem: &str) -> Vec<u8> {
+        let der = der_of(pem);
+        let (_, csr) = X509CertificationRequest::from_der(&der).expect("csr");
+        csr.certification_request_info.subject_pki.raw.to_vec()
+    }
+
+    #[test]
+    fn the_issuing_key_in_a_token_is_generated_there_reused_and_installed_without_a_key_file() {
+        let s = Setup::new();
+        let pin = &token::tests::softhsm().1;
+        let text = token::tests::uri("ca-offline", "issuing", pin);
+        let cfg = IssuanceConfig {
+            intermediate_key_uri: Some(text.clone()),
+            ..no_rsa()
+        };
+        let uri = token::configured(token::INTERMEDIATE_KEY_URI, Some(&text))
+            .expect("uri")
+            .expect("set");
+
+        // The key is generated in the token and signs the request; no key file is written.
+        let first = request_intermediate(&s.ca, IssuerKind::Ec, &cfg).expect("request");
+        assert!(!first.reused);
+        assert_eq!(first.key, RequestKey::Token(uri.to_string()));
+        assert!(names(&s.ca).is_empty(), "{:?}", names(&s.ca));
+        let in_token = token::open(token::INTERMEDIATE_KEY_URI, &uri).expect("in the token");
+        assert_eq!(csr_spki(&first.csr_pem), in_token.subject_public_key_info());
+        // Asked again: the same key.
+        let again = request_intermediate(&s.ca, IssuerKind::Ec, &cfg).expect("again");
+        assert!(again.reused);
+        assert_eq!(csr_spki(&again.csr_pem), csr_spki(&first.csr_pem));
+        // A root key in the token is not an offline root.
+        let root_in_token = IssuanceConfig {
+            root_key_uri: Some(token::tests::uri("ca-offline", "root", pin)),
+            ..cfg.clone()
+        };
+        let err = detail(request_intermediate(&s.ca, IssuerKind::Ec, &root_in_token));
+        assert!(err.contains("root_key_uri is set"), "{err}");
+
+        // A certificate for another key (a file key's, under the same root): refused, naming
+        // both keys, and nothing is written.
+        let elsewhere = Setup {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            root: s.root.clone(),
+            ca: s.tmp.path().join("elsewhere"),
+        };
+        let foreign = elsewhere.signed(IssuerKind::Ec, &no_rsa());
+        let foreign_key = read_key(&elsewhere.ca.join(INTERMEDIATE_PENDING_KEY)).expect("key");
+        let err = detail(install_intermediate(&s.ca, &foreign, &s.root_pem(), &cfg));
+        assert!(err.contains("does not certify the token's key"), "{err}");
+        assert!(err.contains(&text), "{err}");
+        for spki in [
+            foreign_key.subject_public_key_info(),
+            in_token.subject_public_key_info(),
+        ] {
+            let fingerprint = crate::wire::fingerprint(&spki);
+            assert!(err.contains(&fingerprint), "{fingerprint}: {err}");
+        }
+        assert!(names(&s.ca).is_empty(), "{:?}", names(&s.ca));
+        // A key file beside the URI: which key is the CA's would be a guess.
+        fs::copy(
+            elsewhere.ca.join(INTERMEDIATE_PENDING_KEY),
+            s.ca.join(INTERMEDIATE_PENDING_KEY),
+        )
+        .expect("copy");
+        let good = s.tmp.path().join("token.pem");
+        let cert = sign_intermediate(&s.root, first.csr_pem.as_bytes(), None).expect("signed");
+        fs::write(&good, cert.pem).expect("write");
+        let err = detail(install_intermediate(&s.ca, &good, &s.root_pem(), &cfg));
+        assert!(
+            err.contains(INTERMEDIATE_PENDING_KEY) && err.contains("says the issuing key"),
+            "{err}"
+        );
+        fs::remove_file(s.ca.join(INTERMEDIATE_PENDING_KEY)).expect("rm");
+
+        // The token's key's certificate: the certificates only.
+        let installed = install_intermediate(&s.ca, &good, &s.root_pem(), &cfg).expect("installed");
+        assert!(installed.root_installed);
+        assert_eq!(names(&s.ca), [INTERMEDIATE_CERT, ROOT_CERT]);
+
+        // The CA starts with the offline root and the token's key, and issues with it.
+        let ca = CertificateAuthority::load_or_init(&s.ca, &cfg).expect("loads");
+        let leaf = issue_to_a_device(&ca);
+        let int_der = read_pem_cert(&s.ca.join(INTERMEDIATE_CERT)).expect("intermediate");
+        let int = parse_cert(Path::new("intermediate"), &int_der).expect("parses");
+        let (_, leaf) = X509Certificate::from_der(&leaf.der).expect("leaf");
+        assert!(leaf.verify_signature(Some(int.public_key())).is_ok());
+
+        // Installed: another request is refused, saying the token's key is the installed one's.
+        let err = detail(request_intermediate(&s.ca, IssuerKind::Ec, &cfg));
+        assert!(
+            err.contains("intermediate already") && err.contains("the token's key"),
+            "{err}"
+        );
+        assert_eq!(names(&s.ca), [INTERMEDIATE_CERT, ROOT_CERT]);
     }
 
     #[test]
@@ -887,7 +1169,7 @@ mod tests {
         .expect("copy");
         let err = detail(CertificateAuthority::load_or_init(&s.ca, &no_rsa()));
         assert!(err.contains("intermediate.pem: is missing"), "{err}");
-        install_intermediate(&s.ca, &ec, &s.root_pem()).expect("finished");
+        install_intermediate(&s.ca, &ec, &s.root_pem(), &no_rsa()).expect("finished");
 
         // The RSA intermediate is wanted but the root key is offline: a start error that says
         // what to do, and nothing is created.
@@ -907,7 +1189,8 @@ mod tests {
         let rsa = s.signed(IssuerKind::Rsa, &rsa_2048());
         let err = detail(CertificateAuthority::load_or_init(&s.ca, &rsa_2048()));
         assert!(err.contains("A request is pending"), "{err}");
-        let installed = install_intermediate(&s.ca, &rsa, &s.root_pem()).expect("installed");
+        let installed =
+            install_intermediate(&s.ca, &rsa, &s.root_pem(), &no_rsa()).expect("installed");
         assert_eq!(installed.kind, IssuerKind::Rsa);
         assert!(!installed.root_installed);
         let ca = CertificateAuthority::load_or_init(&s.ca, &rsa_2048()).expect("both");
@@ -925,14 +1208,7 @@ mod tests {
         );
 
         // What it issues verifies to the offline root, through either intermediate.
-        let device = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let leaf = ca
-            .issue(
-                &device.subject_public_key_info(),
-                &[Identifier::dns("device-1.plant.example")],
-                Duration::from_secs(86_400),
-            )
-            .expect("issued");
+        let leaf = issue_to_a_device(&ca);
         let dir = s.tmp.path();
         fs::write(dir.join("chain.pem"), &leaf.chain_pem).expect("write");
         fs::write(

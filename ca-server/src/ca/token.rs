@@ -11,8 +11,11 @@
 //! rcgen's signing key).
 //!
 //! Without `root_key_uri` and without `root.key` the root is offline (see [`super::offline`]);
-//! only the issuing key is then in the token. The RSA intermediate has no token form: with a
-//! key in a token, `issuance.rsa_intermediate_key` must be `none`.
+//! only the issuing key is then in the token: `ca-server intermediate request` generates it
+//! there as `init --hsm` does and prints a request signed by it, and `ca-server intermediate
+//! install` writes the certificate the offline root issued for it, after checking that it
+//! certifies the token's key. The RSA intermediate has no token form: with a key in a token,
+//! `issuance.rsa_intermediate_key` must be `none`.
 //!
 //! The token's session is one per key, behind a mutex ([`pkcs11_key::TokenKey`]); a session
 //! the token lost is opened again once. A token failing at request time is
@@ -183,18 +186,25 @@ pub(crate) fn configured(setting: &str, text: Option<&str>) -> Result<Option<Pkc
 /// The key `uri` names (`setting` for messages), which must have been generated in the token
 /// and never have left it.
 pub(crate) fn open(setting: &str, uri: &Pkcs11Uri) -> Result<CaKey> {
+    find(setting, uri)?.ok_or_else(|| {
+        Error::Internal(format!(
+            "{setting} {uri}: the token has no such private key. Create the CA's keys with \
+             `ca-server init --hsm` (or, with an offline root, the issuing key with `ca-server \
+             intermediate request`), or correct object=/id= or token="
+        ))
+    })
+}
+
+/// The key `uri` names, if the token holds one under its label and id; like [`open`], it must
+/// have been generated in the token and never have left it.
+pub(crate) fn find(setting: &str, uri: &Pkcs11Uri) -> Result<Option<CaKey>> {
     for name in &uri.ignored {
         tracing::warn!("{setting} {uri}: ignoring the unknown query attribute {name}");
     }
-    let key = TokenKey::find_labelled(uri, uri.object.as_deref())
+    TokenKey::find_labelled(uri, uri.object.as_deref())
         .map_err(|e| Error::Internal(format!("{setting}: {e}")))?
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "{setting} {uri}: the token has no such private key. Create the CA's keys with \
-                 `ca-server init --hsm`, or correct object=/id= or token="
-            ))
-        })?;
-    Ok(CaKey::Token(TokenSigner::new(key, setting)?))
+        .map(|key| Ok(CaKey::Token(TokenSigner::new(key, setting)?)))
+        .transpose()
 }
 
 /// Generates a new key of `kind` in the token under `uri`'s object and id, refusing to if the
@@ -302,7 +312,8 @@ impl CertificateAuthority {
                 &dir.join(ROOT_CERT),
                 format!(
                     "or {INTERMEDIATE_CERT} is missing: with {INTERMEDIATE_KEY_URI} set, the CA \
-                     is created by `ca-server init --hsm`, not on first start"
+                     is created by `ca-server init --hsm` (or, with an offline root, `ca-server \
+                     intermediate request` and `install`), not on first start"
                 ),
             ));
         }
@@ -357,7 +368,7 @@ pub(super) fn root_without_intermediate() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::process::Command;
     use std::sync::OnceLock;
 
@@ -368,11 +379,12 @@ mod tests {
 
     const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
     /// One token per test, so that the tests run at the same time.
-    const TOKENS: &[&str] = &["ca-sign", "ca-refuse", "ca-pin", "ca-gone"];
+    const TOKENS: &[&str] = &["ca-sign", "ca-refuse", "ca-pin", "ca-gone", "ca-offline"];
 
     /// SoftHSM reads `SOFTHSM2_CONF` and its tokens once per process: one directory for the
-    /// whole test process, set up before any test loads the module.
-    fn softhsm() -> &'static (tempfile::TempDir, PathBuf) {
+    /// whole test process, set up before any test loads the module. Returns the directory and
+    /// the PIN file.
+    pub(in crate::ca) fn softhsm() -> &'static (tempfile::TempDir, PathBuf) {
         static HSM: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
         HSM.get_or_init(|| {
             assert!(
@@ -403,7 +415,8 @@ mod tests {
         })
     }
 
-    fn uri(token: &str, object: &str, pin: &Path) -> String {
+    /// The URI of `object` in `token`, with the PIN in the file `pin`.
+    pub(in crate::ca) fn uri(token: &str, object: &str, pin: &Path) -> String {
         format!(
             "pkcs11:token={token};object={object}?module-path={MODULE}&pin-source=file:{}",
             pin.display()

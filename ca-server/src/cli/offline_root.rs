@@ -46,13 +46,15 @@ pub(super) enum RootCommand {
 
 #[derive(Subcommand)]
 pub(super) enum IntermediateCommand {
-    /// On the CA host: generate an issuing key (kept in the CA directory, unused until it is
-    /// installed) and print a request for it, to be signed with `ca-server root sign`.
+    /// On the CA host: generate an issuing key (kept in the CA directory, or in the token
+    /// `issuance.intermediate_key_uri` names; unused until it is installed) and print a request
+    /// for it, to be signed with `ca-server root sign`.
     Request {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The CA's configuration file (issuance.intermediate_key, rsa_intermediate_key).
+        /// The CA's configuration file (issuance.intermediate_key, rsa_intermediate_key,
+        /// intermediate_key_uri).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Which intermediate: ec (for every profile) or rsa (profiles with issuer = "rsa").
@@ -68,8 +70,9 @@ pub(super) enum IntermediateCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The CA's configuration file; needed when the CA keeps its records (the audit log)
-        /// in PostgreSQL.
+        /// The CA's configuration file; needed when the issuing key is in a token
+        /// (issuance.intermediate_key_uri) or the CA keeps its records (the audit log) in
+        /// PostgreSQL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The intermediate certificate (PEM).
@@ -184,7 +187,7 @@ pub(super) fn intermediate(cmd: IntermediateCommand) -> Result<(), String> {
             // `ca-server intermediate request > ec.csr` writes the request alone.
             eprintln!(
                 "{kind} issuing key {verb}: {} (unused until `ca-server intermediate install`)",
-                shown(&request.key_path)
+                escape(&request.key.to_string())
             );
             match out {
                 Some(out) => {
@@ -203,10 +206,14 @@ pub(super) fn intermediate(cmd: IntermediateCommand) -> Result<(), String> {
             cert,
             root,
         } => {
+            let issuance = match &config {
+                Some(p) => Config::from_file(p).map_err(|e| e.to_string())?.issuance,
+                None => Config::default().issuance,
+            };
             let records = super::Records::for_writing(data_dir, config.as_deref())?;
             let dir = records.dir.clone();
-            let installed =
-                offline::install_intermediate(&dir.join("ca"), &cert, &root).map_err(message)?;
+            let installed = offline::install_intermediate(&dir.join("ca"), &cert, &root, &issuance)
+                .map_err(message)?;
             records.record(
                 "ca.intermediate.install",
                 &installed.kind.to_string(),

@@ -37,6 +37,9 @@ use crate::{Error, Result};
 
 /// The directory under the data directory.
 pub const DIR: &str = "trust-anchors";
+/// The extension an anchor file gets once it is copied into the shared store
+/// (`<name>.pem` → `<name>.imported`).
+const IMPORTED: &str = "imported";
 
 /// Longest anchor name.
 const NAME_MAX: usize = 64;
@@ -229,7 +232,8 @@ impl TrustAnchorStore {
     /// Anchors live in `db`, which several CA instances share. Anchor files found in
     /// `<data_dir>/trust-anchors` (made before the CA moved to the shared store) are copied
     /// into it as they are; an anchor already in the store under that name is kept as it is
-    /// there.
+    /// there. Each file is then renamed `<name>.imported`, so it is copied once: an anchor
+    /// removed from the store stays removed.
     pub fn in_store(data_dir: &Path, db: Db) -> Result<Self> {
         let files = Self::new(data_dir);
         let mut imported = 0;
@@ -250,6 +254,12 @@ impl TrustAnchorStore {
             )? {
                 imported += 1;
             }
+            // Out of the way, so that an anchor removed from the store later does not come back
+            // from this file at the next start; kept for the operator's reference.
+            let moved = path.with_extension(IMPORTED);
+            if let Err(e) = fs::rename(&path, &moved) {
+                tracing::warn!(file = %path.display(), error = %e, "trust anchor file copied into the shared store but not renamed; it is copied again at each start");
+            }
         }
         if imported > 0 {
             tracing::info!(imported, dir = %files.dir.display(), "trust anchor files copied into the shared store; the store's copy is the one in force from now on");
@@ -258,6 +268,25 @@ impl TrustAnchorStore {
             shared: Some(db),
             ..files
         })
+    }
+
+    /// Removes the anchor `name`, so devices whose IDevIDs chain only to it no longer enroll by
+    /// attestation; `Ok(false)` when there is no such anchor. Certificates already issued stay
+    /// valid: revoke them separately.
+    pub fn remove(&self, name: &str) -> std::result::Result<bool, AnchorError> {
+        check_name(name)?;
+        let failed = |e: Error| AnchorError(e.to_string());
+        match &self.shared {
+            Some(db) => db.remove(Table::TrustAnchors, name).map_err(failed),
+            None => match fs::remove_file(self.path(name)) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(AnchorError(format!(
+                    "{} cannot be removed: {e}",
+                    self.path(name).display()
+                ))),
+            },
+        }
     }
 
     /// The directory of the anchor files (with the shared store, of those copied in at start).
@@ -690,6 +719,35 @@ mod tests {
 
     /// With a shared store: anchor files are copied in at start, and two instances (two
     /// handles on one store) see one set of anchors; a name in use stays refused at the other.
+    /// A removed anchor is gone for every instance, and stays gone when an instance whose
+    /// data directory held its file starts again: the file was copied once and set aside.
+    #[test]
+    fn a_removed_anchor_stays_removed_in_the_shared_store_and_in_files() {
+        let db = Db::new(std::sync::Arc::new(crate::storage::MemoryStore::default()));
+        let dir = tempfile::tempdir().expect("dir");
+        let root = ca_cert("Example IDevID Root");
+        let files = TrustAnchorStore::new(dir.path());
+        files
+            .add(root.pem().as_bytes(), Some("example"), PEN, &[])
+            .expect("file anchor");
+        let shared = TrustAnchorStore::in_store(dir.path(), db.clone()).expect("import");
+        assert!(dir.path().join(DIR).join("example.imported").exists());
+        assert!(!files.path("example").exists(), "set aside");
+        assert_eq!(shared.load().expect("load").len(), 1);
+        assert!(shared.remove("example").expect("remove"));
+        assert!(!shared.remove("example").expect("again"), "nothing left");
+        let restarted = TrustAnchorStore::in_store(dir.path(), db).expect("restart");
+        assert!(restarted.load().expect("load").is_empty(), "not back");
+        assert!(restarted.remove("../x").is_err(), "names are checked");
+
+        files
+            .add(root.pem().as_bytes(), Some("example"), PEN, &[])
+            .expect("file anchor");
+        assert!(files.remove("example").expect("remove"));
+        assert!(files.load().expect("load").is_empty());
+        assert!(!files.remove("example").expect("again"));
+    }
+
     #[test]
     fn anchors_in_a_shared_store_are_the_same_for_every_instance() {
         let db = Db::new(std::sync::Arc::new(crate::storage::MemoryStore::default()));
