@@ -106,12 +106,27 @@ pub fn init(cfg: Config) -> Result<AppState> {
                 AuditLog::in_store(&cfg.data_dir, db.clone())?,
             )
         }
-        crate::storage::Backend::Sled => (
-            EabStore::new(&cfg.data_dir),
-            ApprovalQueue::open(&cfg.data_dir)?,
-            TrustAnchorStore::new(&cfg.data_dir),
-            AuditLog::file(&cfg.data_dir),
-        ),
+        crate::storage::Backend::Sled => {
+            // A CA moved back from PostgreSQL: the operator commands work on files again.
+            match std::fs::remove_file(cfg.data_dir.join(crate::storage::SHARED_MARKER)) {
+                Ok(()) => tracing::info!(
+                    "the data directory's records are files again (storage.backend = \"sled\")"
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "cannot remove {}: {e}",
+                        cfg.data_dir.join(crate::storage::SHARED_MARKER).display()
+                    )))
+                }
+            }
+            (
+                EabStore::new(&cfg.data_dir),
+                ApprovalQueue::open(&cfg.data_dir)?,
+                TrustAnchorStore::new(&cfg.data_dir),
+                AuditLog::file(&cfg.data_dir),
+            )
+        }
     };
     for cred in eab.list().unwrap_or_default() {
         if let Err(e) = crate::ra::eab::check_rules(&cred.allow, &own_names) {

@@ -261,7 +261,14 @@ async fn credential_files_are_copied_into_the_shared_store() {
     let s = alone_on_postgres(dir);
     let kept = s.app.eab.get(&old.kid).expect("get").expect("copied");
     assert_eq!(kept.hmac_key, old.hmac_key);
-    assert!(s
+    let marker = s.dir.path().join(ca_server::storage::SHARED_MARKER);
+    assert!(marker.exists());
+    // Moved back to the embedded store, the CA takes the marker away: the operator commands
+    // work on its files again.
+    let TestServer { app, dir, .. } = s;
+    drop(app);
+    let back = TestServer::with_dir(dir, |_| {});
+    assert!(!back
         .dir
         .path()
         .join(ca_server::storage::SHARED_MARKER)
