@@ -743,15 +743,29 @@ impl ApprovalQueue {
         Ok(())
     }
 
-    /// Forgets a request whose outcome is applied, in the shared store: its place in the
-    /// ledger, then its record and its outcome (the outcome last, so the request cannot look
-    /// undecided again). Whether this call took it off the ledger (another instance applying
-    /// the same outcome at once finds it gone).
-    fn finish_in_store(&self, db: &Db, id: &str) -> Result<bool> {
-        let removed = self.unplace(db, id)?;
-        db.remove(Table::Approvals, &request_key(id))?;
-        db.remove(Table::Approvals, &outcome_key(id))?;
-        lock(&self.index).remove(id);
+    /// Forgets requests whose outcomes are applied, in the shared store: their places in the
+    /// ledger, in one compare-and-swap however many there are, then their records and their
+    /// outcomes (the outcome last, so a request cannot look undecided again). Returns those
+    /// this call took off the ledger (another instance applying the same outcomes at once
+    /// finds them gone).
+    fn finish_in_store(&self, db: &Db, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut removed = Vec::new();
+        update_ledger(db, |mut l| {
+            removed = ids
+                .iter()
+                .filter(|id| l.waiting.remove(id.as_str()).is_some())
+                .cloned()
+                .collect();
+            Ok(l)
+        })?;
+        for id in ids {
+            db.remove(Table::Approvals, &request_key(id))?;
+            db.remove(Table::Approvals, &outcome_key(id))?;
+            lock(&self.index).remove(id);
+        }
         Ok(removed)
     }
 
@@ -1139,6 +1153,7 @@ async fn apply_in_store(app: &Ra, q: &ApprovalQueue, db: &Db) -> Result<()> {
             }
         }
     }
+    let mut applied = Vec::new();
     for (key, raw) in db
         .store()
         .scan_prefix(Table::Approvals, DECISION.as_bytes())?
@@ -1155,11 +1170,15 @@ async fn apply_in_store(app: &Ra, q: &ApprovalQueue, db: &Db) -> Result<()> {
         // Another instance may apply the same outcome at once: one of the two changes the
         // challenge, the other finds it decided.
         record(app, id, &outcome).await?;
-        if q.finish_in_store(db, id)? {
+        applied.push((id.to_owned(), request, outcome.is_ok(), decision.is_none()));
+    }
+    let ids: Vec<String> = applied.iter().map(|(id, ..)| id.clone()).collect();
+    let removed = q.finish_in_store(db, &ids)?;
+    for (id, request, approved, expired) in applied {
+        if removed.contains(&id) {
             tracing::info!(request = %id,
                 identifier = %request.map(|p| p.identifier.to_string()).unwrap_or_default(),
-                approved = outcome.is_ok(), expired = decision.is_none(),
-                "approval request decided");
+                approved, expired, "approval request decided");
         }
     }
     Ok(())
