@@ -1128,8 +1128,14 @@ impl Records {
     fn open(dir: &Path, cfg: Option<&Config>) -> Result<Self, String> {
         match cfg {
             Some(cfg) if cfg.storage.backend == crate::storage::Backend::Postgres => {
-                let store = cfg.storage.open(dir).map_err(|e| e.to_string())?;
-                let db = crate::storage::Db::new(store);
+                // The schema is the CA's to migrate: a command refuses a database it has not.
+                let pg = cfg
+                    .storage
+                    .postgres()?
+                    .ok_or("storage.backend = \"postgres\" needs storage.url")?;
+                let store = crate::storage::PgStore::open_migrated(&pg, cfg.storage.durability)
+                    .map_err(|e| e.to_string())?;
+                let db = crate::storage::Db::new(std::sync::Arc::new(store));
                 Ok(Self {
                     dir: dir.to_path_buf(),
                     audit: AuditLog::in_store(dir, db.clone()).map_err(|e| e.to_string())?,

@@ -294,6 +294,18 @@ impl PgStore {
     /// Connects, checks the database and brings its schema up to date. Two instances starting
     /// together take turns (an advisory lock); a schema newer than this binary's is refused.
     pub fn open(cfg: &PostgresConfig, durability: Durability) -> Result<Self> {
+        Self::connect(cfg, durability, true)
+    }
+
+    /// As [`PgStore::open`] for the operator commands, which leave migrations to the CA: they
+    /// create the schema in an empty database (setting up before the CA's first start), and
+    /// refuse one whose schema is older or newer than this binary's, changing nothing, since
+    /// CA instances may be running on it.
+    pub fn open_migrated(cfg: &PostgresConfig, durability: Durability) -> Result<Self> {
+        Self::connect(cfg, durability, false)
+    }
+
+    fn connect(cfg: &PostgresConfig, durability: Durability, migrating: bool) -> Result<Self> {
         let mut pg = cfg.connect_config().map_err(Error::Internal)?;
         let tls = cfg
             .tls
@@ -331,15 +343,21 @@ impl PgStore {
                 .map_err(|e| Error::Internal(format!("cannot build the PostgreSQL pool: {e}")))?
         };
         let store = Self { rt: Some(rt), pool };
-        let applied = store
-            .run(migrate(store.pool.clone()))
-            .map_err(|e| match e {
-                Error::Storage(why) => Error::Internal(format!(
-                    "cannot open the PostgreSQL store at {}: {why}",
-                    redact(&cfg.url)
-                )),
-                other => other,
-            })?;
+        let schema = if migrating {
+            store.run(migrate(store.pool.clone()))
+        } else {
+            match store.run(schema_version(store.pool.clone()))? {
+                0 => store.run(migrate(store.pool.clone())),
+                current => check_schema(current).map(|()| 0),
+            }
+        };
+        let applied = schema.map_err(|e| match e {
+            Error::Storage(why) => Error::Internal(format!(
+                "cannot open the PostgreSQL store at {}: {why}",
+                redact(&cfg.url)
+            )),
+            other => other,
+        })?;
         if applied > 0 {
             tracing::info!(
                 applied,
@@ -407,6 +425,39 @@ impl PgStore {
 /// The newest schema version this binary knows.
 fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// The database's schema version; 0 before the first migration.
+async fn schema_version(pool: Pool) -> Result<i32> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('iiot_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one("SELECT coalesce(max(version), 0) FROM iiot_schema", &[])
+        .await?
+        .get(0))
+}
+
+/// Refuses a schema version other than the one this binary knows.
+fn check_schema(current: i32) -> Result<()> {
+    match current.cmp(&latest_version()) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(Error::Storage(format!(
+            "the database's schema is at version {current}, older than this ca-server's ({}): \
+             start the CA with this ca-server first; it brings the schema up to date",
+            latest_version()
+        ))),
+        std::cmp::Ordering::Greater => Err(Error::Storage(format!(
+            "the database's schema is at version {current}, newer than this ca-server knows \
+             ({}): use the ca-server that runs the CA",
+            latest_version()
+        ))),
+    }
 }
 
 /// Applies the missing migrations; returns how many.
@@ -810,6 +861,38 @@ pub(super) mod tests {
             err.to_string().contains("newer than this ca-server"),
             "{err}"
         );
+        let err = PgStore::open_migrated(&c, Durability::PowerLoss)
+            .err()
+            .expect("a newer schema, for the commands too");
+        assert!(err.to_string().contains("newer than"), "{err}");
+    }
+
+    /// The operator commands set up an empty database, open one at this binary's schema, and
+    /// refuse to migrate one that CA instances may be running on.
+    #[test]
+    fn the_commands_leave_migrations_to_the_ca() {
+        let cluster = TestCluster::shared().expect("cluster");
+        let db = cluster.fresh_database().expect("database");
+        let c = cfg(&cluster.url(&db));
+        let store = PgStore::open_migrated(&c, Durability::PowerLoss).expect("an empty database");
+        store.put(Table::Meta, b"k", b"v").expect("put");
+        drop(store);
+        drop(PgStore::open_migrated(&c, Durability::PowerLoss).expect("at this schema"));
+        // An older schema: the CA instances on it run an older binary.
+        cluster
+            .psql(&db, "UPDATE iiot_schema SET version = -1")
+            .expect("psql");
+        let err = PgStore::open_migrated(&c, Durability::PowerLoss)
+            .err()
+            .expect("older schema");
+        assert!(err.to_string().contains("older than"), "{err}");
+        let versions = cluster
+            .psql(
+                &db,
+                "SELECT string_agg(version::text, ',') FROM iiot_schema",
+            )
+            .expect("psql");
+        assert_eq!(versions, "-1", "nothing migrated");
     }
 
     /// A database that goes away fails store calls as storage errors (503), within the
