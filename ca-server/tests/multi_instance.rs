@@ -56,6 +56,12 @@ async fn issued(s: &TestServer, name: &str) -> Vec<u8> {
     leaf_der(&s.certificate_chain(&acct, &done).await)
 }
 
+/// The CRL number of the CRL `der`.
+fn crl_number(der: &[u8]) -> String {
+    let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL");
+    crl.crl_number().map(|n| n.to_string()).expect("number")
+}
+
 /// Whether the CRL `crl` (DER) lists the certificate with the serial `serial`.
 fn lists(crl: &[u8], serial: &[u8]) -> bool {
     let (_, crl) = x509_parser::parse_x509_crl(crl).expect("CRL");
@@ -499,16 +505,12 @@ async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other(
 async fn a_crl_tick_after_another_instance_signed_writes_that_crl() {
     use ca_server::ca::IssuerKind;
     let (a, b) = pair();
-    let number = |der: &[u8]| {
-        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL");
-        crl.crl_number().map(|n| n.to_string()).expect("number")
-    };
-    let signed = number(&a.get(&a.url("/crl")).await.body);
+    let signed = crl_number(&a.get(&a.url("/crl")).await.body);
     ca_server::ra::crl::publish(&b.app, [IssuerKind::Ec]).await;
     let file = std::fs::read(b.dir.path().join("crl.pem")).expect("b's crl.pem");
     let (_, pem) = x509_parser::pem::parse_x509_pem(&file).expect("PEM");
     assert_eq!(
-        number(&pem.contents),
+        crl_number(&pem.contents),
         signed,
         "b wrote a's CRL, not a new one"
     );
@@ -526,10 +528,6 @@ async fn an_instance_serves_its_copy_of_the_stored_crl_until_a_newer_one_is_sign
     use ca_server::ca::IssuerKind;
     use ca_server::storage::Table;
     let (a, b) = pair();
-    let number = |der: &[u8]| {
-        let (_, crl) = x509_parser::parse_x509_crl(der).expect("CRL");
-        crl.crl_number().map(|n| n.to_string()).expect("number")
-    };
     let first = a.get(&a.url("/crl")).await.body;
     // The head record lost (a signer cut off before writing it): the first fetch brings it up.
     let head = format!("crl_head.{}", ca_server::ca::crl::file_name(IssuerKind::Ec));
@@ -562,7 +560,7 @@ async fn an_instance_serves_its_copy_of_the_stored_crl_until_a_newer_one_is_sign
     // A revocation counted makes the stored CRL stale: a signs a newer one, which b serves.
     ca_server::ra::crl::count_revocation(&a.app).expect("counted");
     let newer = a.get(&a.url("/crl")).await.body;
-    assert_ne!(number(&newer), number(&first));
+    assert_ne!(crl_number(&newer), crl_number(&first));
     assert_eq!(b.get(&b.url("/crl")).await.body, newer, "b follows");
 }
 
