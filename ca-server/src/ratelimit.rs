@@ -3,9 +3,10 @@
 //!
 //! A bucket holds `count` tokens and refills continuously at `count` per `period`; a request
 //! takes one token, and a request that finds none gets `rateLimited` (429) with a
-//! `Retry-After` of the time until the next token (RFC 8555 §6.6). Buckets live in memory: the
-//! CA is one process, and a restart refilling every bucket costs an attacker a restart of the
-//! CA, which it cannot cause.
+//! `Retry-After` of the time until the next token (RFC 8555 §6.6). With the embedded store
+//! buckets live in memory: the CA is one process, and a restart refilling every bucket costs an
+//! attacker a restart of the CA, which it cannot cause. With several instances on one database
+//! they are records of the store ([`shared`]), so the instances count each limit together.
 //!
 //! | limit                               | key                  | checked at                 |
 //! |-------------------------------------|----------------------|----------------------------|
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::types::Identifier;
 use crate::{Error, Result};
+
+pub mod shared;
 
 /// Buckets kept before refilled ones are swept out.
 const SWEEP_AT: usize = 100_000;
@@ -107,6 +110,8 @@ struct Buckets {
 pub struct RateLimiter {
     cfg: RateLimitsConfig,
     buckets: Mutex<Buckets>,
+    /// The store's buckets, when several instances share it; `buckets` is unused then.
+    shared: Option<shared::SharedBuckets>,
 }
 
 impl RateLimiter {
@@ -118,7 +123,25 @@ impl RateLimiter {
                 map: HashMap::new(),
                 swept: None,
             }),
+            shared: None,
         }
+    }
+
+    /// A limiter whose buckets are records of `db`, which other CA instances share.
+    pub fn shared(cfg: RateLimitsConfig, db: crate::storage::Db) -> Self {
+        Self {
+            shared: Some(shared::SharedBuckets::new(db)),
+            ..Self::new(cfg)
+        }
+    }
+
+    /// Removes the store's buckets that are full again (a full bucket is the same as none),
+    /// and the validation slots whose holds all ended; returns how many. Nothing to do with
+    /// buckets in memory, which sweep themselves.
+    pub fn sweep(&self) -> Result<usize> {
+        self.shared
+            .as_ref()
+            .map_or(Ok(0), shared::SharedBuckets::sweep)
     }
 
     /// Whether limits apply at all (`[rate_limits] enabled`).
@@ -214,6 +237,37 @@ impl RateLimiter {
         let rate = self.rate(limit, key);
         let capacity = f64::from(rate.count);
         let per_token = rate.period.as_secs_f64() / capacity.max(1.0);
+        let level = match &self.shared {
+            Some(buckets) => buckets.draw(limit, key, capacity, per_token, take)?,
+            None => self.draw_here(limit, key, capacity, per_token, take),
+        };
+        if level >= 1.0 || !refuse {
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - level.max(0.0)) * per_token);
+        Err(Error::RateLimited {
+            detail: format!(
+                "rate limit {} reached for {}: {} per {}; retry after {} s",
+                limit.as_str(),
+                key.describe(),
+                rate.count,
+                describe_period(rate.period),
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            ),
+            retry_after: wait,
+        })
+    }
+
+    /// The tokens `key`'s bucket of `limit` in memory holds, taking one if `take` and there
+    /// is one.
+    fn draw_here(
+        &self,
+        limit: LimitName,
+        key: &Key,
+        capacity: f64,
+        per_token: f64,
+        take: bool,
+    ) -> f64 {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let due = buckets
@@ -229,40 +283,18 @@ impl RateLimiter {
             Some(b) => b.level(now),
             None => capacity,
         };
-        if level >= 1.0 {
-            if take {
-                buckets.map.insert(
-                    slot,
-                    Bucket {
-                        tokens: level - 1.0,
-                        updated: now,
-                        capacity,
-                        per_token,
-                    },
-                );
-            }
-            return Ok(());
+        if level >= 1.0 && take {
+            buckets.map.insert(
+                slot,
+                Bucket {
+                    tokens: level - 1.0,
+                    updated: now,
+                    capacity,
+                    per_token,
+                },
+            );
         }
-        // An empty bucket exists already (a full one is never stored empty).
-        if let Some(b) = buckets.map.get_mut(&slot) {
-            b.tokens = level;
-            b.updated = now;
-        }
-        if !refuse {
-            return Ok(());
-        }
-        let wait = Duration::from_secs_f64((1.0 - level) * per_token);
-        Err(Error::RateLimited {
-            detail: format!(
-                "rate limit {} reached for {}: {} per {}; retry after {} s",
-                limit.as_str(),
-                key.describe(),
-                rate.count,
-                describe_period(rate.period),
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            ),
-            retry_after: wait,
-        })
+        level
     }
 }
 

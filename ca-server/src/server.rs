@@ -89,6 +89,17 @@ pub fn init(cfg: Config) -> Result<AppState> {
     // Credentials made before a name became the CA's, or by hand, may cover one; newOrder
     // refuses such names whatever the credential says.
     let db = Db::new(store);
+    // Several instances on one database count the limits together.
+    let (va, limits) = match cfg.storage.backend {
+        crate::storage::Backend::Postgres => (
+            va.with_shared_slots(db.clone()),
+            crate::ratelimit::RateLimiter::shared(cfg.rate_limits.clone(), db.clone()),
+        ),
+        crate::storage::Backend::Sled => (
+            va,
+            crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
+        ),
+    };
     let (eab, approvals, anchors, audit) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
@@ -156,7 +167,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         audit,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::ca::crl::CrlCache::default(),
-        limits: crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
+        limits,
         own_names,
         ca,
         va,
@@ -262,7 +273,8 @@ pub async fn serve_with_console(
         });
     }
     {
-        // Redemption records of shared nonces (several instances) end with the nonces' life.
+        // Redemption records of shared nonces (several instances) end with the nonces' life,
+        // and shared rate-limit buckets once they are full again.
         let state = app.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -274,6 +286,11 @@ pub async fn serve_with_console(
                         .await;
                 if let Ok(Err(e)) = pruned {
                     tracing::warn!(error = %e, "pruning used nonces failed; the next minute retries");
+                }
+                let sweeper = state.clone();
+                let swept = tokio::task::spawn_blocking(move || sweeper.limits.sweep()).await;
+                if let Ok(Err(e)) = swept {
+                    tracing::warn!(error = %e, "sweeping refilled rate-limit buckets failed; the next minute retries");
                 }
             }
         });

@@ -495,18 +495,6 @@ async fn first_authz(s: &TestServer, acct: &common::Account, order: &Value) -> V
     .json()
 }
 
-/// Triggers `kind` on the first authorization of `order` and returns the reply.
-async fn answer(s: &TestServer, acct: &common::Account, order: &Value, kind: &str) -> Reply {
-    let authz = first_authz(s, acct, order).await;
-    let url = authz["challenges"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == kind))
-        .and_then(|c| c["url"].as_str())
-        .expect("challenge")
-        .to_owned();
-    s.post_as(acct, &url, Some(&json!({}))).await
-}
-
 /// Polls the first authorization of `order` until it leaves `pending`.
 async fn settled(s: &TestServer, acct: &common::Account, order: &Value) -> Value {
     for _ in 0..200 {
@@ -535,7 +523,7 @@ async fn failed_validations_limit_new_orders_for_the_identifier() {
     let payload = identifiers(&["flaky.plant.example"]);
     for _ in 0..2 {
         let o = new_order(&s, &acct, &payload).await.json();
-        answer(&s, &acct, &o, "http-01")
+        s.answer(&acct, &o, "http-01")
             .await
             .assert_status(StatusCode::OK);
         assert_eq!(settled(&s, &acct, &o).await["status"], "invalid");
@@ -573,13 +561,13 @@ async fn validations_beyond_the_in_flight_bound_are_rate_limited_and_stay_pendin
     let first = new_order(&s, &acct, &identifiers(&["a.plant.example"]))
         .await
         .json();
-    answer(&s, &acct, &first, "http-01")
+    s.answer(&acct, &first, "http-01")
         .await
         .assert_status(StatusCode::OK);
     let second = new_order(&s, &acct, &identifiers(&["b.plant.example"]))
         .await
         .json();
-    let r = answer(&s, &acct, &second, "http-01").await;
+    let r = s.answer(&acct, &second, "http-01").await;
     r.assert_problem_detail(429, "rateLimited", "max_in_flight_per_account");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
     let authz = first_authz(&s, &acct, &second).await;
@@ -595,7 +583,7 @@ async fn validations_beyond_the_in_flight_bound_are_rate_limited_and_stay_pendin
     let o = new_order(&s, &other, &identifiers(&["c.plant.example"]))
         .await
         .json();
-    answer(&s, &other, &o, "http-01")
+    s.answer(&other, &o, "http-01")
         .await
         .assert_status(StatusCode::OK);
 }

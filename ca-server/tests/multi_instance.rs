@@ -1268,3 +1268,82 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
     ]);
     assert!(!ok && stderr.contains("no trust anchor named"), "{stderr}");
 }
+
+/// Rate limits are counted in the shared store: an account that spreads its new orders over
+/// both instances gets the limit once, not once per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_counts_the_requests_at_every_instance() {
+    let (a, b) = pair_with(|c| {
+        c.rate_limits.new_order_per_account =
+            ca_server::ratelimit::Rate::new(3, std::time::Duration::from_secs(3600));
+    });
+    let acct = a.new_account().await;
+    let payload = json!({"identifiers": [{"type": "dns", "value": "plc-1.plant.example"}]});
+    for i in 0..3 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.post_new_order(&acct, &payload)
+            .await
+            .assert_status(StatusCode::CREATED);
+    }
+    for s in [&a, &b] {
+        let r = s.post_new_order(&acct, &payload).await;
+        r.assert_problem_detail(429, "rateLimited", "new_order_per_account");
+        let wait: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((1100..=1200).contains(&wait), "{wait}");
+    }
+    // Another account has its own budget, at either instance.
+    let other = b.new_account().await;
+    a.post_new_order(&other, &payload)
+        .await
+        .assert_status(StatusCode::CREATED);
+}
+
+/// Validations under way are counted per account across the instances: with one allowed at a
+/// time, a second challenge answered at the other instance waits, and goes ahead once the
+/// first validation has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validations_under_way_are_counted_across_the_instances() {
+    // A peer that holds each connection for a second and then drops it, so that one
+    // validation runs for about a second and fails.
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = peer.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = peer.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                drop(tcp);
+            });
+        }
+    });
+    let (a, b) = pair_with(|c| {
+        c.validation.http_port = port;
+        c.validation.lab_resolve_all_to = Some("127.0.0.1".parse().expect("ip"));
+        c.validation.max_in_flight_per_account = 1;
+    });
+    let acct = a.new_account().await;
+    let (_, first) = dns_order(&a, &acct, "a.plant.example").await;
+    let (_, second) = dns_order(&b, &acct, "b.plant.example").await;
+    a.answer(&acct, &first, "http-01")
+        .await
+        .assert_status(StatusCode::OK);
+    let r = b.answer(&acct, &second, "http-01").await;
+    r.assert_problem_detail(429, "rateLimited", "running at the CA's instances");
+    r.assert_problem_detail(429, "rateLimited", "max_in_flight_per_account");
+    // Once the first validation has ended, its slot is free at both instances.
+    let mut started = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = b.answer(&acct, &second, "http-01").await;
+        if r.status == StatusCode::OK {
+            started = true;
+            break;
+        }
+        r.assert_problem_detail(429, "rateLimited", "max_in_flight_per_account");
+    }
+    assert!(started, "the second validation never started");
+}

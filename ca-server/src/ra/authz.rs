@@ -509,7 +509,7 @@ pub fn record_outcome(
 /// process is gone: see [`Ra::cut_off`]), else once it is clearly older than any live attempt
 /// could be.
 fn resume_stuck_validations(app: &Ra, authz: &Authz) {
-    let limit = i64::try_from(app.cfg.validation.timeout.as_secs()).unwrap_or(60) * 2 + 5;
+    let limit = i64::try_from(app.va.longest_run().as_secs()).unwrap_or(i64::MAX);
     if authz.status() != AuthzStatus::Pending {
         return;
     }

@@ -76,11 +76,14 @@ pub enum Table {
     /// several instances share the store (with the embedded store the log is a file,
     /// `ra::audit`).
     AuditLog,
+    /// Rate-limit buckets and validation slots, when several instances share the store (with
+    /// the embedded store they live in memory): see `ratelimit::shared`.
+    RateLimits,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -100,6 +103,7 @@ impl Table {
         Self::Approvals,
         Self::TrustAnchors,
         Self::AuditLog,
+        Self::RateLimits,
     ];
 
     /// A stable name for the table.
@@ -124,6 +128,7 @@ impl Table {
             Self::Approvals => "approvals",
             Self::TrustAnchors => "trust_anchors",
             Self::AuditLog => "audit_log",
+            Self::RateLimits => "rate_limits",
         }
     }
 }

@@ -99,6 +99,7 @@ use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
+use crate::ratelimit::shared::{SharedSlots, SlotKey};
 use crate::types::{ChallengeType, Identifier, IdentifierType};
 use crate::va::policy::{refused_address, OwnNames};
 use crate::{Error, Result};
@@ -133,6 +134,8 @@ pub struct Validator {
     http: reqwest::Client,
     tls: TlsConnector,
     in_flight: Arc<std::sync::Mutex<InFlight>>,
+    /// The per-account and per-address slots in the store, when several instances share it.
+    shared: Option<SharedSlots>,
     /// Tests: answers name lookups in place of DNS, so that a name can change its address
     /// between two lookups.
     #[cfg(test)]
@@ -152,12 +155,37 @@ struct InFlight {
     per_address: std::collections::HashMap<IpAddr, usize>,
 }
 
-/// One admitted validation ([`Validator::admit`]); its slot is freed when it is dropped.
+/// One admitted validation ([`Validator::admit`]); its slots are freed when it is dropped.
 #[derive(Debug)]
 pub struct Admission {
     in_flight: Arc<std::sync::Mutex<InFlight>>,
     account: String,
     address: Option<IpAddr>,
+    /// The slots it holds in the store, when several instances share it.
+    shared: Vec<(SharedSlots, SlotKey, u64)>,
+}
+
+/// `rateLimited` for a validation that finds no slot: the challenge stays pending.
+fn busy(detail: String) -> Error {
+    Error::RateLimited {
+        detail: format!("{detail}; answer the challenge again after Retry-After"),
+        retry_after: Duration::from_secs(1),
+    }
+}
+
+/// [`busy`] for a shared slot of `key` that `held` validations fill.
+fn full(key: &SlotKey, held: usize) -> Error {
+    busy(match key {
+        SlotKey::Account(_) => format!(
+            "{held} validations of this account are running at the CA's instances, the most \
+             one account may have at once (validation.max_in_flight_per_account)"
+        ),
+        SlotKey::Address(_) => format!(
+            "{held} validations asked for from this address are running at the CA's \
+             instances, the most one address may have at once \
+             (validation.max_in_flight_per_address)"
+        ),
+    })
 }
 
 fn release<K: std::hash::Hash + Eq>(map: &mut std::collections::HashMap<K, usize>, key: &K) {
@@ -171,11 +199,16 @@ fn release<K: std::hash::Hash + Eq>(map: &mut std::collections::HashMap<K, usize
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        f.total = f.total.saturating_sub(1);
-        release(&mut f.per_account, &self.account);
-        if let Some(address) = &self.address {
-            release(&mut f.per_address, address);
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            f.total = f.total.saturating_sub(1);
+            release(&mut f.per_account, &self.account);
+            if let Some(address) = &self.address {
+                release(&mut f.per_address, address);
+            }
+        }
+        for (slots, key, id) in self.shared.drain(..) {
+            slots.give_back(&key, id);
         }
     }
 }
@@ -243,9 +276,25 @@ impl Validator {
             http,
             tls: TlsConnector::from(Arc::new(tls)),
             in_flight: Arc::default(),
+            shared: None,
             #[cfg(test)]
             lookup: None,
         })
+    }
+
+    /// Counts the per-account and per-address limits in `db`, which other CA instances
+    /// share, so that together they admit each limit once. `max_in_flight` stays this
+    /// instance's own: it bounds the connections and tasks of this process.
+    pub fn with_shared_slots(mut self, db: crate::storage::Db) -> Self {
+        self.shared = Some(SharedSlots::new(db, self.longest_run()));
+        self
+    }
+
+    /// The longest a validation can take from its start to its recorded outcome: after that a
+    /// challenge still `processing` lost its validation (its instance died), and a slot held
+    /// in the store for it has ended.
+    pub fn longest_run(&self) -> Duration {
+        self.cfg.timeout.saturating_mul(2) + Duration::from_secs(5)
     }
 
     /// The CA's own names and addresses, which validation never dials.
@@ -258,8 +307,35 @@ impl Validator {
     /// `max_in_flight` validations run already, or `max_in_flight_per_account` of this
     /// account's, or `max_in_flight_per_address` started from this address (so many accounts
     /// from one host cannot take every slot). The challenge stays pending and the client may
-    /// answer it again after `Retry-After`.
+    /// answer it again after `Retry-After`. With shared slots the account's and the address's
+    /// validations are counted at every instance together.
     pub fn admit(&self, account: &str, source: Option<IpAddr>) -> Result<Admission> {
+        let mut admission = self.admit_here(account, source)?;
+        let Some(slots) = &self.shared else {
+            return Ok(admission);
+        };
+        let mut wanted = vec![(
+            SlotKey::Account(account.to_owned()),
+            self.cfg.max_in_flight_per_account,
+        )];
+        if let Some(address) = admission.address {
+            wanted.push((
+                SlotKey::Address(address),
+                self.cfg.max_in_flight_per_address,
+            ));
+        }
+        for (key, cap) in wanted {
+            // On refusal, dropping `admission` gives back what it took so far.
+            match slots.take(&key, cap)? {
+                Ok(id) => admission.shared.push((slots.clone(), key, id)),
+                Err(held) => return Err(full(&key, held)),
+            }
+        }
+        Ok(admission)
+    }
+
+    /// [`Self::admit`] by this instance's own counts.
+    fn admit_here(&self, account: &str, source: Option<IpAddr>) -> Result<Admission> {
         let address = source.map(crate::ratelimit::address_key);
         let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let mine = f.per_account.get(account).copied().unwrap_or(0);
@@ -286,10 +362,7 @@ impl Validator {
             None
         };
         if let Some(detail) = full {
-            return Err(Error::RateLimited {
-                detail: format!("{detail}; answer the challenge again after Retry-After"),
-                retry_after: Duration::from_secs(1),
-            });
+            return Err(busy(detail));
         }
         f.total += 1;
         *f.per_account.entry(account.to_owned()).or_default() += 1;
@@ -300,6 +373,7 @@ impl Validator {
             in_flight: Arc::clone(&self.in_flight),
             account: account.to_owned(),
             address,
+            shared: Vec::new(),
         })
     }
 

@@ -113,6 +113,19 @@ impl TestServer {
         (r.header("location").expect("location"), r.json())
     }
 
+    /// Answers the `kind` challenge of `order`'s first authorization as `acct`: the reply.
+    pub async fn answer(&self, acct: &Account, order: &Value, kind: &str) -> Reply {
+        let authz_url = order["authorizations"][0].as_str().expect("authz");
+        let authz = self.post_as(acct, authz_url, None).await.json();
+        let chall = authz["challenges"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == kind))
+            .and_then(|c| c["url"].as_str())
+            .unwrap_or_else(|| panic!("no {kind} challenge in {authz}"))
+            .to_owned();
+        self.post_as(acct, &chall, Some(&json!({}))).await
+    }
+
     /// POSTs `{"csr": …}` with the DER CSR `csr` to the finalize URL of `order` as `acct`.
     pub async fn finalize(&self, acct: &Account, order: &Value, csr: &[u8]) -> Reply {
         self.post_as(
