@@ -343,6 +343,7 @@ impl Config {
         }
         self.rate_limits.check()?;
         self.storage.check_retention().map_err(ConfigError)?;
+        self.storage.check_takeover().map_err(ConfigError)?;
         if let Some(pg) = self.storage.postgres().map_err(ConfigError)? {
             pg.connect_config().map_err(ConfigError)?;
         }
@@ -642,6 +643,7 @@ checkpoint_writes = 10
 checkpoint_idle = "2m"
 checkpoint_max_writes = 100
 retention = "7d"
+takeover_after = "30s"
 
 [profiles]
 default = "plc"
@@ -1025,6 +1027,21 @@ scan_interval = "1m"
             .expect_err("zero")
             .to_string();
         assert!(err.contains("lab_cert_validity"), "{err}");
+    }
+
+    #[test]
+    fn storage_takeover_after_defaults_to_10_seconds_and_refuses_values_out_of_range() {
+        use std::time::Duration;
+        let d = Config::from_toml("").expect("defaults");
+        assert_eq!(d.storage.takeover_after, Duration::from_secs(10));
+        let quick = Config::from_toml("[storage]\ntakeover_after = \"1s\"\n").expect("parses");
+        assert_eq!(quick.storage.takeover_after, Duration::from_secs(1));
+        for bad in ["0s", "11m"] {
+            let err = Config::from_toml(&format!("[storage]\ntakeover_after = \"{bad}\"\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("storage.takeover_after"), "{bad}: {err}");
+        }
     }
 
     #[test]

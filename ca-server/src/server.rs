@@ -171,6 +171,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         own_names,
         ca,
         va,
+        instances: crate::ra::instances::Liveness::new(cfg.storage.takeover_after),
         cfg,
         metrics: crate::metrics::Metrics::default(),
     });
@@ -269,6 +270,23 @@ pub async fn serve_with_console(
             loop {
                 tick.tick().await;
                 crate::ra::crl::publish(&signer, IssuerKind::ALL).await;
+            }
+        });
+    }
+    if app.shared_store() {
+        // A heartbeat, so that the other instances take up this one's work once it stops.
+        let state = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(state.instances.interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let beater = state.clone();
+                let beat =
+                    tokio::task::spawn_blocking(move || beater.instances.beat(&beater.db)).await;
+                if let Ok(Err(e)) = beat {
+                    tracing::warn!(error = %e, "writing this instance's heartbeat failed; the others take up its work if it stays silent");
+                }
             }
         });
     }

@@ -430,33 +430,16 @@ async fn a_retried_revocation_that_was_never_counted_reaches_the_crl() {
 /// the work is older than any live attempt could be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other() {
-    use ca_server::ra::authz::Authz;
-    use ca_server::ra::order::{Order, Stage};
-    use ca_server::storage::Table;
-    use ca_server::types::{ChallengeStatus, ChallengeType};
     let (a, b) = pair();
     let acct = a.new_account().await;
     let now = ca_server::types::now();
 
     let order = ready_order(&a, &acct, &["line-3.plant.example"]).await;
     let url = order["url"].as_str().expect("url");
-    let id = url.rsplit('/').next().expect("id");
-    let processing = |since: i64| {
-        a.app
-            .db
-            .update(Table::Orders, id, |mut o: Order| {
-                o.stage = Stage::Processing {
-                    since,
-                    by: Some("another-instance".into()),
-                };
-                Ok(o)
-            })
-            .expect("processing");
-    };
-    processing(now);
+    issuing_elsewhere(&a, url, now, "another-instance");
     let seen: Value = b.post_as(&acct, url, None).await.json();
     assert_eq!(seen["status"], "processing", "{seen}");
-    processing(now - 3600);
+    issuing_elsewhere(&a, url, now - 3600, "another-instance");
     let seen: Value = b.post_as(&acct, url, None).await.json();
     assert_eq!(
         seen["status"], "invalid",
@@ -465,38 +448,69 @@ async fn work_under_way_at_one_instance_is_not_taken_for_abandoned_at_the_other(
 
     let (_, pending) = dns_order(&a, &acct, "line-4.plant.example").await;
     let authz_url = pending["authorizations"][0].as_str().expect("authz");
-    let authz_id = authz_url.rsplit('/').next().expect("id");
-    a.app
-        .db
-        .update(Table::Authzs, authz_id, |mut z: Authz| {
-            let c = z
-                .challenges
-                .iter_mut()
-                .find(|c| c.kind == ChallengeType::Http01)
-                .expect("http-01");
-            c.status = ChallengeStatus::Processing;
-            c.processing_since = Some(now);
-            c.processing_by = Some("another-instance".into());
-            Ok(z)
-        })
-        .expect("processing");
+    validating_elsewhere(&a, authz_url, now, "another-instance");
     b.post_as(&acct, authz_url, None).await;
-    let stored: Authz = a
-        .app
-        .db
-        .get(Table::Authzs, authz_id)
-        .expect("get")
-        .expect("authz");
-    let http = stored
-        .challenges
-        .iter()
-        .find(|c| c.kind == ChallengeType::Http01)
-        .expect("http-01");
     assert_eq!(
-        http.processing_by.as_deref(),
+        validated_by(&a, authz_url).as_deref(),
         Some("another-instance"),
         "the poll at the other instance started the validation again"
     );
+}
+
+/// Records the order at `url` as being issued since `since` by the instance `by`.
+fn issuing_elsewhere(s: &TestServer, url: &str, since: i64, by: &str) {
+    use ca_server::ra::order::{Order, Stage};
+    let id = url.rsplit('/').next().expect("id");
+    s.app
+        .db
+        .update(ca_server::storage::Table::Orders, id, |mut o: Order| {
+            o.stage = Stage::Processing {
+                since,
+                by: Some(by.into()),
+            };
+            Ok(o)
+        })
+        .expect("processing");
+}
+
+/// Records the http-01 challenge of the authorization at `url` as being validated since
+/// `since` by the instance `by`.
+fn validating_elsewhere(s: &TestServer, url: &str, since: i64, by: &str) {
+    use ca_server::types::{ChallengeStatus, ChallengeType};
+    let id = url.rsplit('/').next().expect("id");
+    s.app
+        .db
+        .update(
+            ca_server::storage::Table::Authzs,
+            id,
+            |mut z: ca_server::ra::authz::Authz| {
+                let c = z
+                    .challenges
+                    .iter_mut()
+                    .find(|c| c.kind == ChallengeType::Http01)
+                    .expect("http-01");
+                c.status = ChallengeStatus::Processing;
+                c.processing_since = Some(since);
+                c.processing_by = Some(by.into());
+                Ok(z)
+            },
+        )
+        .expect("processing");
+}
+
+/// The instance validating the http-01 challenge of the authorization at `url`, if any.
+fn validated_by(s: &TestServer, url: &str) -> Option<String> {
+    let id = url.rsplit('/').next().expect("id");
+    let z: ca_server::ra::authz::Authz = s
+        .app
+        .db
+        .get(ca_server::storage::Table::Authzs, id)
+        .expect("get")
+        .expect("authz");
+    z.challenges
+        .iter()
+        .find(|c| c.kind == ca_server::types::ChallengeType::Http01)
+        .and_then(|c| c.processing_by.clone())
 }
 
 /// An instance whose hourly CRL tick comes after another instance signed serves and writes
@@ -1346,4 +1360,67 @@ async fn validations_under_way_are_counted_across_the_instances() {
         r.assert_problem_detail(429, "rateLimited", "max_in_flight_per_account");
     }
     assert!(started, "the second validation never started");
+}
+
+/// An instance whose heartbeat stops has its work taken up at once by the others: an order it
+/// was issuing reads `invalid` and a validation it ran is started again, long before the work
+/// would be old enough to count as abandoned. While its heartbeat goes on, its work is left
+/// alone, however long it has been seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_of_an_instance_whose_heartbeat_stopped_is_taken_up_at_once() {
+    let (a, b) = pair_with(|c| c.storage.takeover_after = std::time::Duration::from_secs(1));
+    let acct = a.new_account().await;
+    let now = ca_server::types::now();
+    let other = "another-instance";
+    let heartbeat = |n: u64| {
+        a.app
+            .db
+            .store()
+            .put(
+                ca_server::storage::Table::Meta,
+                ca_server::ra::instances::key(other).as_bytes(),
+                &n.to_le_bytes(),
+            )
+            .expect("heartbeat");
+    };
+
+    let order = ready_order(&a, &acct, &["line-5.plant.example"]).await;
+    let url = order["url"].as_str().expect("url");
+    issuing_elsewhere(&a, url, now, other);
+    let (_, pending) = dns_order(&a, &acct, "line-6.plant.example").await;
+    let authz_url = pending["authorizations"][0].as_str().expect("authz");
+    validating_elsewhere(&a, authz_url, now, other);
+
+    // Beating for twice `takeover_after`: its work stays its own.
+    for n in 0..10 {
+        heartbeat(n);
+        b.app.instances.beat(&b.app.db).expect("beat");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let seen: Value = b.post_as(&acct, url, None).await.json();
+    assert_eq!(seen["status"], "processing", "{seen}");
+    b.post_as(&acct, authz_url, None).await;
+    assert_eq!(validated_by(&a, authz_url).as_deref(), Some(other));
+
+    // Silent for longer than `takeover_after`: taken up, seconds after the work began.
+    for _ in 0..8 {
+        b.app.instances.beat(&b.app.db).expect("beat");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        ca_server::types::now() - now < 30,
+        "well before any age limit"
+    );
+    let seen: Value = b.post_as(&acct, url, None).await.json();
+    assert_eq!(seen["status"], "invalid", "{seen}");
+    assert_eq!(
+        seen["error"]["detail"], "issuance was interrupted; create a new order",
+        "{seen}"
+    );
+    b.post_as(&acct, authz_url, None).await;
+    assert_ne!(
+        validated_by(&a, authz_url).as_deref(),
+        Some(other),
+        "the validation was started again"
+    );
 }

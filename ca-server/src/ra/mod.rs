@@ -11,6 +11,7 @@ pub mod crl;
 pub mod eab;
 pub mod history;
 pub mod identity;
+pub mod instances;
 pub mod keycheck;
 pub mod operator;
 pub mod order;
@@ -62,6 +63,8 @@ pub struct Inner {
     pub own_names: crate::va::policy::OwnNames,
     /// What the server counts and times (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The heartbeats of the instances sharing the store.
+    pub instances: instances::Liveness,
 }
 
 /// This server process, as recorded with the work it has under way (a validation, an
@@ -69,7 +72,8 @@ pub struct Inner {
 /// it), so work recorded by another process was cut off when that process stopped and will
 /// never finish: a poll after a restart takes it up again, or reports it failed, at once
 /// instead of after a timeout ([`Ra::cut_off`]). With a shared store another process is most
-/// likely another instance still at work, so only the age of the work counts.
+/// likely another instance still at work: its work is taken up once its heartbeat stops
+/// ([`instances`]), or by the work's age.
 pub fn process_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     // Without the system RNG the time of the start tells processes apart as well.
@@ -102,9 +106,15 @@ impl Ra {
     }
 
     /// Whether work recorded as under way by the process `by` ([`process_id`]) was cut off by
-    /// that process's end: it is another process's, and no other instance shares the store.
+    /// that process's end: it is another process's, and no other instance shares the store,
+    /// or that instance's heartbeat has stopped.
     pub fn cut_off(&self, by: Option<&str>) -> bool {
-        by != Some(process_id()) && !self.shared_store()
+        match by {
+            Some(me) if me == process_id() => false,
+            _ if !self.shared_store() => true,
+            Some(other) => self.instances.is_gone(&self.db, other),
+            None => false,
+        }
     }
 
     /// Absolute URL for a path.

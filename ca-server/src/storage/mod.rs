@@ -547,7 +547,17 @@ pub struct StorageConfig {
         deserialize_with = "crate::types::de_duration"
     )]
     pub retention: Duration,
+    /// With `backend = "postgres"`: how long an instance's heartbeat may stand still before
+    /// the others take up the work it had under way (`ra::instances`).
+    #[serde(
+        serialize_with = "crate::types::ser_duration",
+        deserialize_with = "crate::types::de_duration"
+    )]
+    pub takeover_after: Duration,
 }
+
+/// Default of `storage.takeover_after`.
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(10);
 
 /// Default of `storage.retention`.
 pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
@@ -574,6 +584,7 @@ impl Default for StorageConfig {
             checkpoint_idle: CHECKPOINT_IDLE,
             checkpoint_max_writes: CHECKPOINT_MAX_WRITES,
             retention: RETENTION,
+            takeover_after: TAKEOVER_AFTER,
         }
     }
 }
@@ -657,6 +668,17 @@ impl StorageConfig {
             return Err(format!(
                 "storage.retention must be whole seconds between 1s and 36500d (100 years), \
                  e.g. \"30d\"; it is {r:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a `takeover_after` under 1 s or over 10 minutes.
+    pub fn check_takeover(&self) -> std::result::Result<(), String> {
+        let t = self.takeover_after;
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&t) {
+            return Err(format!(
+                "storage.takeover_after must be between 1s and 10m, e.g. \"10s\"; it is {t:?}"
             ));
         }
         Ok(())
