@@ -32,6 +32,11 @@ use crate::{Error, Result};
 
 pub mod shared;
 
+/// The most operator-approval requests that wait at once, whatever `[rate_limits]` says, off
+/// included: every one is an entry of the record the instances share (or a file the server
+/// reads at start), which must stay small enough to rewrite on each request.
+pub const PENDING_APPROVALS_CEILING: u32 = 10_000;
+
 /// Buckets kept before refilled ones are swept out.
 const SWEEP_AT: usize = 100_000;
 /// Least time between two sweeps, so a map that stays large costs one scan per interval, not
@@ -166,10 +171,14 @@ impl RateLimiter {
     }
 
     /// How many requests `key` may have waiting at once under the cap `limit` (for
-    /// `pending_approvals_*`); `u32::MAX` when limits are off.
+    /// `pending_approvals_*`); when limits are off, `u32::MAX` but for the total, which is
+    /// never above [`PENDING_APPROVALS_CEILING`].
     pub fn cap(&self, limit: LimitName, key: &Key) -> u32 {
         if !self.cfg.enabled {
-            return u32::MAX;
+            return match limit {
+                LimitName::PendingApprovalsTotal => PENDING_APPROVALS_CEILING,
+                _ => u32::MAX,
+            };
         }
         let default = match limit {
             LimitName::PendingApprovalsPerAccount => self.cfg.pending_approvals_per_account,
@@ -370,8 +379,15 @@ impl Default for RateLimitsConfig {
 pub struct RateLimitsError(String);
 
 impl RateLimitsConfig {
-    /// Checks the buckets and the overrides' keys.
+    /// Checks the buckets, the caps and the overrides' keys.
     pub fn check(&self) -> Result<(), RateLimitsError> {
+        if self.pending_approvals_total > PENDING_APPROVALS_CEILING {
+            return Err(RateLimitsError(format!(
+                "rate_limits.pending_approvals_total is {}; at most \
+                 {PENDING_APPROVALS_CEILING} requests can wait at once",
+                self.pending_approvals_total
+            )));
+        }
         for (name, rate) in [
             ("new_account_per_address", self.new_account_per_address),
             ("new_order_per_account", self.new_order_per_account),
@@ -708,6 +724,13 @@ mod tests {
             l.take(LimitName::NewOrderPerAccount, &a).expect("off");
         }
         assert_eq!(l.cap(LimitName::PendingApprovalsPerAccount, &a), u32::MAX);
+        // But the requests waiting at once are bounded, whatever the settings.
+        let total = l.cap(LimitName::PendingApprovalsTotal, &a);
+        assert_eq!(total, PENDING_APPROVALS_CEILING);
+        let cfg: crate::config::Config =
+            toml::from_str("[rate_limits]\npending_approvals_total = 10001").expect("config");
+        let e = cfg.rate_limits.check().expect_err("above the ceiling");
+        assert!(e.to_string().contains("pending_approvals_total"), "{e}");
     }
 
     #[test]
