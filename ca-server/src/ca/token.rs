@@ -95,14 +95,15 @@ impl CaKey {
 /// signature carries no text, so the token's is kept here for [`CaKey::signing_error`].
 pub(crate) struct TokenSigner {
     key: TokenKey,
-    /// The uncompressed EC point, as rcgen wants an EC key's public key.
+    /// The public key as rcgen wants it: an EC key's uncompressed point, an RSA key's
+    /// `RSAPublicKey`.
     public: Vec<u8>,
     error: Mutex<Option<String>>,
 }
 
 impl TokenSigner {
     fn new(key: TokenKey, setting: &str) -> Result<Self> {
-        let public = key.public_key_sec1().map(<[u8]>::to_vec).ok_or_else(|| {
+        let public = key.public_key_der().map(<[u8]>::to_vec).ok_or_else(|| {
             Error::Internal(format!(
                 "{setting} {}: the token has the private key but no public key with the same \
                  label and id, so it cannot be checked against its certificate",
@@ -117,10 +118,7 @@ impl TokenSigner {
     }
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
-        match self.key.curve() {
-            Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        }
+        self.key.signature_algorithm()
     }
 }
 
