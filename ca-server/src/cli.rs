@@ -91,8 +91,9 @@ enum Command {
     /// Restore a backup into a new data directory.
     Restore(backup::RestoreArgs),
     /// Create a new CA whose root and issuing keys are generated in a PKCS #11 token
-    /// (`--hsm`, with `issuance.root_key_uri` and `issuance.intermediate_key_uri` in the
-    /// configuration); only the certificates are written to the data directory.
+    /// (`--hsm`, with `issuance.root_key_uri` and `issuance.intermediate_key_uri`, and
+    /// `issuance.rsa_intermediate_key_uri` for an RSA intermediate, in the configuration); only
+    /// the certificates are written to the data directory.
     Init {
         /// Generate the keys in the token the configuration names. (Without a token the CA
         /// creates its key files itself on first start.)

@@ -8,9 +8,10 @@ use crate::attest::AttestAlgorithm;
 
 impl crate::attest::Signer for TokenKey {
     fn algorithm(&self) -> AttestAlgorithm {
-        match self.curve() {
-            Curve::P256 => AttestAlgorithm::Es256,
-            Curve::P384 => AttestAlgorithm::Es384,
+        // The IDevID key comes from `TokenKey::open`, which refuses keys other than EC.
+        match self.kind() {
+            KeyKind::Ec(Curve::P384) => AttestAlgorithm::Es384,
+            KeyKind::Ec(Curve::P256) | KeyKind::Rsa(_) => AttestAlgorithm::Es256,
         }
     }
 

@@ -19,14 +19,16 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use device_client::attest::{Idevid, Signer as _};
 use device_client::device::CertificateKey;
-use device_client::pkcs11::{Curve, Pkcs11Uri, TokenKey};
+use device_client::pkcs11::{Curve, KeyKind, Pkcs11Uri, TokenKey};
 use device_client::{ErrorKind, Identifier};
 use x509_parser::prelude::FromDer as _;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "1234";
 /// One token per test, so that the tests can run at the same time.
-const TOKENS: &[&str] = &["csr-p256", "csr-p384", "idevid", "pin", "status", "checks"];
+const TOKENS: &[&str] = &[
+    "csr-p256", "csr-p384", "idevid", "pin", "status", "checks", "rsa",
+];
 
 struct Hsm {
     _dir: tempfile::TempDir,
@@ -246,6 +248,23 @@ fn private_key_flags(token: &str, label: &str) -> Vec<Attribute> {
         .expect("attributes")
 }
 
+/// Asserts that the private key `label` in `token` is a token object that signs and never
+/// leaves the token (sensitive, not extractable, never extractable); returns its attributes.
+fn generated_in_the_token(token: &str, label: &str) -> Vec<Attribute> {
+    let flags = private_key_flags(token, label);
+    for want in [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::NeverExtractable(true),
+        Attribute::Sign(true),
+    ] {
+        assert!(flags.contains(&want), "{token}: {want:?} not in {flags:?}");
+    }
+    flags
+}
+
 #[test]
 fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
     for (token, curve, alg_oid) in [
@@ -256,21 +275,11 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
         let (key, created) =
             TokenKey::open_or_generate(&uri, uri.object.as_deref(), curve).expect("generated");
         assert!(created);
-        assert_eq!(key.curve(), curve);
+        assert_eq!(key.curve(), Some(curve));
         let public = key.public_key_sec1().expect("public key").to_vec();
         assert_eq!(public.len(), if curve == Curve::P256 { 65 } else { 97 });
 
-        let flags = private_key_flags(token, "cert-key");
-        for want in [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::NeverExtractable(true),
-            Attribute::Sign(true),
-        ] {
-            assert!(flags.contains(&want), "{token}: {want:?} not in {flags:?}");
-        }
+        let flags = generated_in_the_token(token, "cert-key");
         // Without id= in the URI, both halves get one random 20-octet CKA_ID, set when they
         // are generated.
         let id = flags
@@ -324,6 +333,68 @@ fn the_certificate_key_is_generated_in_the_token_and_signs_the_csr_there() {
         assert!(!created);
         assert_eq!(again.public_key_sec1(), Some(public.as_slice()));
     }
+}
+
+#[test]
+fn an_rsa_key_is_generated_in_the_token_signs_sha256_with_rsa_and_is_found_again() {
+    let uri = uri("rsa", "rsa-issuing");
+    let key = TokenKey::generate(&uri, uri.object.as_deref(), KeyKind::Rsa(2048)).expect("gen");
+    assert_eq!(key.kind(), KeyKind::Rsa(2048));
+    assert_eq!(key.curve(), None);
+    assert_eq!(key.public_key_sec1(), None, "not an EC point");
+
+    // The public key is an RSA SubjectPublicKeyInfo of 2048 bits, exponent 65537, whose
+    // subjectPublicKey is the RSAPublicKey rcgen signs with.
+    let spki = key.subject_public_key_info().expect("public key");
+    let (rest, info) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).expect("SPKI parses");
+    assert!(rest.is_empty());
+    assert_eq!(
+        info.algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.1"
+    );
+    match info.parsed().expect("RSA key parses") {
+        x509_parser::public_key::PublicKey::RSA(rsa) => {
+            assert_eq!(rsa.key_size(), 2048);
+            assert_eq!(rsa.try_exponent().expect("exponent"), 65537);
+        }
+        other => panic!("not an RSA key: {other:?}"),
+    }
+    let public = key.public_key_der().expect("RSAPublicKey").to_vec();
+    assert_eq!(info.subject_public_key.data.as_ref(), public.as_slice());
+
+    // PKCS #1 v1.5 over SHA-256, as long as the modulus, verified by ring.
+    let sig = key
+        .sign_der(b"an RSA CA's CRL")
+        .expect("signed in the token");
+    assert_eq!(sig.len(), 256);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, &public)
+        .verify(b"an RSA CA's CRL", &sig)
+        .expect("the signature verifies");
+
+    generated_in_the_token("rsa", "rsa-issuing");
+    drop(key);
+
+    // Found again by its URI: the same key, checked and paired by a test signature.
+    let again = TokenKey::find_labelled(&uri, uri.object.as_deref())
+        .expect("search")
+        .expect("found");
+    assert_eq!(again.kind(), KeyKind::Rsa(2048));
+    assert_eq!(again.public_key_der(), Some(public.as_slice()));
+
+    // The device client's keys are EC only: the RSA key is refused where it would be one.
+    for e in [
+        TokenKey::open(&uri).expect_err("not an IDevID key"),
+        TokenKey::open_or_generate(&uri, uri.object.as_deref(), Curve::P256)
+            .expect_err("not a certificate key"),
+    ] {
+        assert!(e.to_string().contains("not an EC key"), "{e}");
+    }
+    // Smaller than 2048 bits is not generated.
+    let small = self::uri("rsa", "small");
+    let e = TokenKey::generate(&small, small.object.as_deref(), KeyKind::Rsa(1024))
+        .expect_err("too small");
+    assert!(e.to_string().contains("at least 2048"), "{e}");
 }
 
 #[test]

@@ -38,7 +38,8 @@ fn token_settings(hsm: &SoftHsm) -> (Vec<(String, String)>, String) {
             "intermediate_key_uri".to_owned(),
             hsm.uri(TOKEN, "issuing-p256"),
         ),
-        // The RSA intermediate has no token form.
+        // No RSA intermediate (its key in the token is tested in process and in
+        // offline_root.rs).
         ("rsa_intermediate_key".to_owned(), "none".to_owned()),
     ];
     let mut toml = "[issuance]\n".to_owned();

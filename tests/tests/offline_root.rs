@@ -5,11 +5,13 @@
 //! (openssl), the CA says at start that its root key is offline, and no file under the data
 //! directory holds the root's private key.
 //!
-//! The same four steps with the issuing key in a PKCS #11 token (SoftHSM2): `intermediate
-//! request --config` generates the key in the token and prints a request signed there (asked
+//! The same four steps with the issuing keys in a PKCS #11 token (SoftHSM2): `intermediate
+//! request --config` generates the EC key in the token and prints a request signed there (asked
 //! again, for the same key), `intermediate install --config` refuses a certificate for another
-//! key and installs the token key's without a key file, and the CA started on that directory
-//! enrolls a device with the token's key; no file under the data directory holds a CA key.
+//! key and installs the token key's without a key file; `--kind rsa` does the same for the RSA
+//! intermediate's key (`rsa_intermediate_key_uri`). The CA started on that directory loads both
+//! keys from the token and enrolls a device with the EC one; no file under the data directory
+//! holds a CA key.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -218,6 +220,14 @@ fn csr_spki(file: &Path) -> Result<Vec<u8>> {
     Ok(csr.certification_request_info.subject_pki.raw.to_vec())
 }
 
+/// The subject public key info of the PEM certificate `file`.
+fn cert_spki(file: &Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(file)?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem).context("PEM")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).context("X.509")?;
+    Ok(cert.public_key().raw.to_vec())
+}
+
 #[test]
 fn an_offline_root_certifies_an_issuing_key_in_a_token_and_the_ca_keeps_no_key_file() -> Result<()>
 {
@@ -236,27 +246,30 @@ fn an_offline_root_certifies_an_issuing_key_in_a_token_and_the_ca_keeps_no_key_f
             "intermediate_key_uri".to_owned(),
             hsm.uri(TOKEN, "issuing-p256"),
         ),
-        // The RSA intermediate has no token form.
-        ("rsa_intermediate_key".to_owned(), "none".to_owned()),
+        (
+            "rsa_intermediate_key_uri".to_owned(),
+            hsm.uri(TOKEN, "issuing-rsa"),
+        ),
+        // The smallest size keeps the test quick.
+        ("rsa_intermediate_key".to_owned(), "rsa2048".to_owned()),
     ];
     let mut toml = format!("data_dir = \"{}\"\n[issuance]\n", path(&data));
     for (name, value) in &issuance {
         toml.push_str(&format!("{name} = \"{value}\"\n"));
     }
-    // The OPC UA profile's RSA keys go to the EC intermediate without an RSA one.
-    let profiles = "[profiles.opcua]\nissuer = \"ec\"\n";
-    toml.push_str(profiles);
     let config = work.join("ca-server.toml");
     std::fs::write(&config, toml)?;
     let config = path(&config);
 
     ok(&["root", "create", "--out", path(&offline)])?;
-    let request = |csr: &Path| -> Result<String> {
+    let request = |csr: &Path, kind: &str| -> Result<String> {
         let out = ca_server(&[
             "intermediate",
             "request",
             "--config",
             config,
+            "--kind",
+            kind,
             "--out",
             path(csr),
         ])?;
@@ -265,14 +278,14 @@ fn an_offline_root_certifies_an_issuing_key_in_a_token_and_the_ca_keeps_no_key_f
         Ok(stderr)
     };
     let csr = work.join("ec.csr");
-    let first = request(&csr)?;
+    let first = request(&csr, "ec")?;
     ensure!(
         first.contains("issuing key generated: issuance.intermediate_key_uri pkcs11:"),
         "{first}"
     );
     // Asked again (the request was lost): the token's key is reused.
     let csr_again = work.join("ec-again.csr");
-    let again = request(&csr_again)?;
+    let again = request(&csr_again, "ec")?;
     ensure!(again.contains("issuing key reused"), "{again}");
     let spki = csr_spki(&csr)?;
     ensure!(
@@ -335,12 +348,29 @@ fn an_offline_root_certifies_an_issuing_key_in_a_token_and_the_ca_keeps_no_key_f
         "intermediate install: {}",
         String::from_utf8_lossy(&installed.stderr)
     );
+    // The RSA intermediate: its key generated in the token, its certificate installed alone.
+    let rsa_csr = work.join("rsa.csr");
+    let generated = request(&rsa_csr, "rsa")?;
+    ensure!(
+        generated.contains("issuing key generated: issuance.rsa_intermediate_key_uri pkcs11:"),
+        "{generated}"
+    );
+    sign(&rsa_csr, "rsa.pem")?;
+    let installed = install(&work.join("rsa.pem"))?;
+    ensure!(
+        installed.status.success(),
+        "intermediate install (RSA): {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    ensure!(
+        csr_spki(&rsa_csr)? == cert_spki(&data.join("ca/rsa-intermediate.pem"))?,
+        "rsa-intermediate.pem certifies the token's RSA key"
+    );
 
     let mut server = CaServer::start(CaServerOpts {
         data_dir: Some(data.clone()),
         lab_always_valid: true,
         issuance_extra: issuance,
-        extra_toml: profiles.to_owned(),
         ..CaServerOpts::default()
     })?;
     enroll_and_verify(&server, &work, &root_pem)?;

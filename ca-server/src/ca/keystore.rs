@@ -21,7 +21,8 @@ impl CertificateAuthority {
     /// intermediate is never regenerated because one file of its set is missing.
     ///
     /// With `cfg.intermediate_key_uri` the issuing key (and with `cfg.root_key_uri` the root
-    /// key) is in a PKCS #11 token instead: nothing is created, see [`token`].
+    /// key, with `cfg.rsa_intermediate_key_uri` the RSA intermediate's) is in a PKCS #11 token
+    /// instead: nothing is created, see [`token`].
     pub fn load_or_init(dir: &Path, cfg: &IssuanceConfig) -> Result<Self> {
         ensure_private_dir(dir)?;
         match token::configured(
@@ -29,10 +30,11 @@ impl CertificateAuthority {
             cfg.intermediate_key_uri.as_deref(),
         )? {
             Some(uri) => return Self::load_with_token(dir, cfg, &uri),
-            None if cfg.root_key_uri.is_some() => {
-                return Err(Error::Internal(token::root_without_intermediate()))
+            None => {
+                if let Some(e) = token::without_intermediate(cfg) {
+                    return Err(Error::Internal(e));
+                }
             }
-            None => {}
         }
         // The root key last: with the others all there, its absence means an offline root,
         // and any other missing file is the one to name.
@@ -154,34 +156,9 @@ impl CertificateAuthority {
                 ));
             }
         }
-        let root_path = dir.join(ROOT_CERT);
-        let root = parse_cert(&root_path, root_der)?;
         let key = CaKey::File(read_key(&key_path)?);
-        let rsa = Intermediate::load(
-            &cert_path,
-            key,
-            &format!("CA file {}", key_path.display()),
-            &root,
-            &root_path,
-        )?;
-        if rsa.issuer.key().algorithm() != &rcgen::PKCS_RSA_SHA256 {
-            return Err(file_error(&key_path, "is not an RSA key"));
-        }
-        let intermediate = parse_cert(&cert_path, &rsa.der)?;
-        let size = match intermediate.public_key().parsed() {
-            Ok(x509_parser::public_key::PublicKey::RSA(key)) => key.key_size(),
-            _ => 0,
-        };
-        if !(2048..=4096).contains(&size) {
-            return Err(file_error(
-                &cert_path,
-                format!("has a {size}-bit key; the RSA intermediate needs 2048 to 4096 bits"),
-            ));
-        }
-        if want.bits().is_some_and(|bits| bits != size) {
-            tracing::warn!(file = %cert_path.display(), size, wanted = ?want, "the existing RSA intermediate is kept; issuance.rsa_intermediate_key only applies when one is created");
-        }
-        Ok(Some(rsa))
+        let key_name = format!("CA file {}", key_path.display());
+        Intermediate::load_rsa(dir, root_der, key, &key_name, want).map(Some)
     }
 
     /// Reads and cross-checks the root and EC files (the RSA intermediate comes after);
@@ -234,6 +211,40 @@ impl CertificateAuthority {
 }
 
 impl Intermediate {
+    /// Reads `rsa-intermediate.pem` in `dir` and checks it against its key (a key file's or a
+    /// token's; `key_name` names it in messages) and the root: an RSA key of 2048 to 4096 bits
+    /// that the root certified. `want` is the configured size, which only a new one gets.
+    pub(super) fn load_rsa(
+        dir: &Path,
+        root_der: &[u8],
+        key: CaKey,
+        key_name: &str,
+        want: RsaIntermediateKey,
+    ) -> Result<Self> {
+        let cert_path = dir.join(RSA_INTERMEDIATE_CERT);
+        let root_path = dir.join(ROOT_CERT);
+        let root = parse_cert(&root_path, root_der)?;
+        let rsa = Self::load(&cert_path, key, key_name, &root, &root_path)?;
+        if rsa.issuer.key().algorithm() != &rcgen::PKCS_RSA_SHA256 {
+            return Err(Error::Internal(format!("{key_name}: is not an RSA key")));
+        }
+        let intermediate = parse_cert(&cert_path, &rsa.der)?;
+        let size = match intermediate.public_key().parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(key)) => key.key_size(),
+            _ => 0,
+        };
+        if !(2048..=4096).contains(&size) {
+            return Err(file_error(
+                &cert_path,
+                format!("has a {size}-bit key; the RSA intermediate needs 2048 to 4096 bits"),
+            ));
+        }
+        if want.bits().is_some_and(|bits| bits != size) {
+            tracing::warn!(file = %cert_path.display(), size, wanted = ?want, "the existing RSA intermediate is kept; issuance.rsa_intermediate_key only applies when one is created");
+        }
+        Ok(rsa)
+    }
+
     /// Reads an intermediate and checks it against its key (a key file's, or a token's;
     /// `key_name` names it in messages) and the root.
     pub(super) fn load(
@@ -366,24 +377,38 @@ pub(super) fn write_cert(path: &Path, der: &[u8]) -> Result<()> {
 /// files, key first, as `create_hierarchy` does.
 pub(super) fn create_rsa_intermediate(dir: &Path, root_der: &[u8], bits: usize) -> Result<()> {
     let root_path = dir.join(ROOT_CERT);
-    let root = parse_cert(&root_path, root_der)?;
+    let root_key = read_key(&dir.join(ROOT_KEY))?;
+    let key = generate_rsa_key(bits)?;
+    let cert = sign_rsa_intermediate(&root_path, root_der, &root_key, &key, |what, e| {
+        Error::Internal(format!("{what}: {e}"))
+    })?;
+    write_key(&dir.join(RSA_INTERMEDIATE_KEY), &key)?;
+    write_cert(&dir.join(RSA_INTERMEDIATE_CERT), &cert)
+}
+
+/// The RSA intermediate's certificate (DER) for `key`, signed by the root `root_der` (read from
+/// `root_path`) with `root_key`, named with the root's per-installation tag like its siblings.
+/// `failed` makes the error of a signature that failed.
+pub(super) fn sign_rsa_intermediate(
+    root_path: &Path,
+    root_der: &[u8],
+    root_key: &impl rcgen::SigningKey,
+    key: &impl PublicKeyData,
+    failed: impl Fn(&str, &rcgen::Error) -> Error,
+) -> Result<Vec<u8>> {
+    let root = parse_cert(root_path, root_der)?;
     // The root's per-installation tag, so the RSA intermediate is named like its siblings.
     let tag = match root_tag(&root) {
         Some(tag) => tag,
         None => hex::encode(random_bytes::<4>()?),
     };
-    let root_issuer = Issuer::from_ca_cert_der(
-        &CertificateDer::from(root_der),
-        read_key(&dir.join(ROOT_KEY))?,
-    )
-    .map_err(|e| file_error(&root_path, format!("cannot be used to issue: {e}")))?;
-    let key = generate_rsa_key(bits)?;
+    let root_issuer = Issuer::from_ca_cert_der(&CertificateDer::from(root_der), root_key)
+        .map_err(|e| file_error(root_path, format!("cannot be used to issue: {e}")))?;
     let params = intermediate_params(intermediate_cn(IssuerKind::Rsa, &tag), now_whole_seconds()?)?;
     let cert = params
-        .signed_by(&key, &root_issuer)
-        .map_err(|e| Error::Internal(format!("cannot sign the RSA intermediate: {e}")))?;
-    write_key(&dir.join(RSA_INTERMEDIATE_KEY), &key)?;
-    write_cert(&dir.join(RSA_INTERMEDIATE_CERT), cert.der())
+        .signed_by(key, &root_issuer)
+        .map_err(|e| failed("cannot sign the RSA intermediate", &e))?;
+    Ok(cert.der().to_vec())
 }
 
 /// The root's parameters: 10 years, pathlen 1, named with the installation's `tag`.

@@ -30,8 +30,9 @@
 //! Without `root.key` (and with the rest of the root and EC files there) the root key is
 //! offline: the CA loads and checks everything else and never creates what needs the root key;
 //! [`offline`] makes and installs intermediates for it.
-//! With `issuance.intermediate_key_uri` (and `root_key_uri`) the keys are in a PKCS #11 token
-//! instead, and the directory holds only their certificates (`token`).
+//! With `issuance.intermediate_key_uri` (and `root_key_uri`, `rsa_intermediate_key_uri`) the
+//! keys are in a PKCS #11 token instead, and the directory holds only their certificates
+//! (`token`).
 //! The server certificate is different: it is derived state, so it is re-issued whenever it is
 //! missing, unreadable, for other names, or past two thirds of its life.
 //!
@@ -309,9 +310,15 @@ pub struct IssuanceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_key_uri: Option<String>,
     /// The EC issuing key in a PKCS #11 token instead of `intermediate.key` (see
-    /// `root_key_uri`). Needs `rsa_intermediate_key = "none"`.
+    /// `root_key_uri`). Needs `rsa_intermediate_key_uri` too, or `rsa_intermediate_key =
+    /// "none"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate_key_uri: Option<String>,
+    /// The RSA issuing key in a PKCS #11 token instead of `rsa-intermediate.key` (see
+    /// `root_key_uri`; `rsa_intermediate_key` gives its size when it is generated). Needs
+    /// `intermediate_key_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsa_intermediate_key_uri: Option<String>,
     /// How long a new order stays usable.
     #[serde(
         serialize_with = "crate::types::ser_duration",
@@ -344,6 +351,7 @@ impl Default for IssuanceConfig {
             rsa_intermediate_key: RsaIntermediateKey::Rsa3072,
             root_key_uri: None,
             intermediate_key_uri: None,
+            rsa_intermediate_key_uri: None,
             order_lifetime: Duration::from_secs(86_400),
             authz_lifetime: Duration::from_secs(86_400),
             lab_cert_validity: None,

@@ -7,8 +7,9 @@
 //!    the CA gives a root it creates itself.
 //! 2. [`request_intermediate`] on the CA host generates an issuing key in the CA directory as a
 //!    pending key file, which the running CA does not use, and returns a PKCS#10 request for it.
-//!    With `issuance.intermediate_key_uri` the EC issuing key is generated in that PKCS #11
-//!    token instead (see [`super::token`]) and signs the request there; no key file is written.
+//!    With `issuance.intermediate_key_uri` the EC issuing key (and with
+//!    `issuance.rsa_intermediate_key_uri` the RSA one) is generated in that PKCS #11 token
+//!    instead (see [`super::token`]) and signs the request there; no key file is written.
 //! 3. [`sign_intermediate`] on the offline machine checks the request and certifies its key
 //!    with the intermediate profile (pathlen 0, keyCertSign + cRLSign), within the root's life.
 //! 4. [`install_intermediate`] on the CA host checks the certificate against the root and the
@@ -127,15 +128,21 @@ pub fn create_root(out: &Path, key_type: CaKeyType) -> Result<CreatedRoot> {
 pub enum RequestKey {
     /// A pending key file in the CA directory.
     File(PathBuf),
-    /// A key in a PKCS #11 token (`issuance.intermediate_key_uri`), by its URI.
-    Token(String),
+    /// A key in a PKCS #11 token, by its URI and the setting that gives it
+    /// (`issuance.intermediate_key_uri` or `issuance.rsa_intermediate_key_uri`).
+    Token {
+        /// The setting.
+        setting: &'static str,
+        /// The URI, without a PIN.
+        uri: String,
+    },
 }
 
 impl fmt::Display for RequestKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
-            Self::Token(uri) => write!(f, "{} {uri}", token::INTERMEDIATE_KEY_URI),
+            Self::Token { setting, uri } => write!(f, "{setting} {uri}"),
         }
     }
 }
@@ -166,22 +173,29 @@ fn refuse_root_in_token(cfg: &IssuanceConfig) -> Result<()> {
     Ok(())
 }
 
-/// The issuing key's URI when the EC intermediate's key is in a token
-/// (`issuance.intermediate_key_uri`); the RSA intermediate's key is always a file.
-fn token_uri(kind: IssuerKind, cfg: &IssuanceConfig) -> Result<Option<pkcs11_key::Pkcs11Uri>> {
+/// The setting that puts the issuing key of the intermediate `kind` in a token.
+fn uri_setting(kind: IssuerKind) -> &'static str {
     match kind {
-        IssuerKind::Ec => token::configured(
-            token::INTERMEDIATE_KEY_URI,
-            cfg.intermediate_key_uri.as_deref(),
-        ),
-        IssuerKind::Rsa => Ok(None),
+        IssuerKind::Ec => token::INTERMEDIATE_KEY_URI,
+        IssuerKind::Rsa => token::RSA_INTERMEDIATE_KEY_URI,
     }
 }
 
-/// Refuses an EC issuing key file in `dir` (pending or installed) beside a URI that says the
-/// key is in a token: which one is the CA's would be a guess.
-fn refuse_key_files_beside_token(dir: &Path) -> Result<()> {
-    for name in [INTERMEDIATE_PENDING_KEY, INTERMEDIATE_KEY] {
+/// The issuing key's URI when the intermediate `kind`'s key is in a token
+/// (`issuance.intermediate_key_uri`, `issuance.rsa_intermediate_key_uri`).
+fn token_uri(kind: IssuerKind, cfg: &IssuanceConfig) -> Result<Option<pkcs11_key::Pkcs11Uri>> {
+    let text = match kind {
+        IssuerKind::Ec => &cfg.intermediate_key_uri,
+        IssuerKind::Rsa => &cfg.rsa_intermediate_key_uri,
+    };
+    token::configured(uri_setting(kind), text.as_deref())
+}
+
+/// Refuses a key file of the intermediate `kind` in `dir` (pending or installed) beside a URI
+/// that says the key is in a token: which one is the CA's would be a guess.
+fn refuse_key_files_beside_token(dir: &Path, kind: IssuerKind) -> Result<()> {
+    let (_, key_name, pending_name) = slot(kind);
+    for name in [pending_name, key_name] {
         let path = dir.join(name);
         if exists(&path)? {
             return Err(file_error(
@@ -189,7 +203,7 @@ fn refuse_key_files_beside_token(dir: &Path) -> Result<()> {
                 format!(
                     "exists, but {} says the issuing key is in a token; remove the file (keep \
                      a copy offline if it is the only one) or the setting",
-                    token::INTERMEDIATE_KEY_URI
+                    uri_setting(kind)
                 ),
             ));
         }
@@ -197,12 +211,22 @@ fn refuse_key_files_beside_token(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The error for an RSA intermediate asked for with `issuance.rsa_intermediate_key = "none"`.
+fn no_rsa_size() -> Error {
+    Error::Internal(
+        "issuance.rsa_intermediate_key is \"none\": set the RSA intermediate's size (rsa2048, \
+         rsa3072 or rsa4096) to request one"
+            .to_owned(),
+    )
+}
+
 /// Generates the issuing key of the intermediate `kind` and returns a request for it, named
 /// like the intermediates of a self-initialised CA. The key is a pending key file in the CA
 /// directory `dir` (0600; the key type from `cfg`: `intermediate_key`, or
-/// `rsa_intermediate_key`'s size), or for the EC intermediate with `intermediate_key_uri` a key
-/// generated in the token under the URI's object and id (sensitive and never extractable, as
-/// `init --hsm` makes it), which signs the request; no key file is written then. A key already
+/// `rsa_intermediate_key`'s size), or with `intermediate_key_uri` (for the EC intermediate) or
+/// `rsa_intermediate_key_uri` (for the RSA one) a key of that type generated in the token under
+/// the URI's object and id (sensitive and never extractable, as `init --hsm` makes it), which
+/// signs the request; no key file is written then. A key already
 /// there (a pending file, or the token's key under that URI) is reused, so a lost request can
 /// be made again.
 ///
@@ -227,12 +251,13 @@ pub fn request_intermediate(
         ));
     }
     let cert_path = dir.join(cert_name);
+    let setting = uri_setting(kind);
     if exists(&cert_path)? {
         let (whose, replace) = match &token_uri {
             Some(uri) => {
                 let der = read_pem_cert(&cert_path)?;
                 let cert = parse_cert(&cert_path, &der)?;
-                let its = token::find(token::INTERMEDIATE_KEY_URI, uri)?
+                let its = token::find(setting, uri)?
                     .is_some_and(|key| key.subject_public_key_info() == cert.public_key().raw);
                 (
                     if its {
@@ -241,9 +266,8 @@ pub fn request_intermediate(
                         String::new()
                     },
                     format!(
-                        "move {cert_name} out of {}, name a new key (object=) in {}",
+                        "move {cert_name} out of {}, name a new key (object=) in {setting}",
                         dir.display(),
-                        token::INTERMEDIATE_KEY_URI
                     ),
                 )
             }
@@ -264,16 +288,29 @@ pub fn request_intermediate(
     }
     let (key, place, reused) = match &token_uri {
         Some(uri) => {
-            refuse_key_files_beside_token(dir)?;
-            let place = RequestKey::Token(uri.to_string());
-            match token::find(token::INTERMEDIATE_KEY_URI, uri)? {
-                Some(key) => (key, place, true),
+            refuse_key_files_beside_token(dir, kind)?;
+            let place = RequestKey::Token {
+                setting,
+                uri: uri.to_string(),
+            };
+            let (key, reused) = match token::find(setting, uri)? {
+                Some(key) => (key, true),
                 None => {
-                    let key =
-                        token::generate(token::INTERMEDIATE_KEY_URI, uri, cfg.intermediate_key)?;
-                    (key, place, false)
+                    let key_kind = match kind {
+                        IssuerKind::Ec => token::ec_kind(cfg.intermediate_key),
+                        IssuerKind::Rsa => {
+                            token::rsa_kind(cfg.rsa_intermediate_key).ok_or_else(no_rsa_size)?
+                        }
+                    };
+                    (token::generate(setting, uri, key_kind)?, false)
                 }
+            };
+            if is_rsa(&key) != (kind == IssuerKind::Rsa) {
+                return Err(Error::Internal(format!(
+                    "{setting} {uri}: the token's key is not a key for the {kind} intermediate"
+                )));
             }
+            (key, place, reused)
         }
         None => {
             let key_path = dir.join(pending_name);
@@ -327,27 +364,24 @@ fn pending_file_key(
         let key = match kind {
             IssuerKind::Ec => generate_ca_key(cfg.intermediate_key)?,
             IssuerKind::Rsa => {
-                let bits = cfg.rsa_intermediate_key.bits().ok_or_else(|| {
-                    Error::Internal(
-                        "issuance.rsa_intermediate_key is \"none\": set the RSA \
-                         intermediate's size (rsa2048, rsa3072 or rsa4096) to request one"
-                            .to_owned(),
-                    )
-                })?;
-                generate_rsa_key(bits)?
+                generate_rsa_key(cfg.rsa_intermediate_key.bits().ok_or_else(no_rsa_size)?)?
             }
         };
         write_key(key_path, &key)?;
         key
     };
-    let is_rsa = key.algorithm() == &rcgen::PKCS_RSA_SHA256;
-    if is_rsa != (kind == IssuerKind::Rsa) {
+    if is_rsa(&key) != (kind == IssuerKind::Rsa) {
         return Err(file_error(
             key_path,
             format!("is not a key for the {kind} intermediate"),
         ));
     }
     Ok((key, reused))
+}
+
+/// Whether `key` signs with RSA (the RSA intermediate's key).
+fn is_rsa(key: &impl PublicKeyData) -> bool {
+    key.algorithm() == &rcgen::PKCS_RSA_SHA256
 }
 
 /// An intermediate certificate [`sign_intermediate`] issued.
@@ -502,8 +536,9 @@ pub struct InstalledIntermediate {
 /// pending key under the intermediate's name, then the certificate, and `root.pem` if it is
 /// not there yet. Each file is written atomically, the root first and the certificate last,
 /// so the CA starts only with a complete set; a crash midway is finished by running this again.
-/// With the EC intermediate's key in a token (`cfg.intermediate_key_uri`) there is no key file:
-/// only the certificates are written.
+/// With the intermediate's key in a token (`cfg.intermediate_key_uri`, or
+/// `cfg.rsa_intermediate_key_uri` for the RSA one) there is no key file: only the certificates
+/// are written.
 ///
 /// Checks first: the root is a self-signed CA and, if `dir` has a root already, the same one;
 /// the certificate verifies under it, is a CA with pathlen 0, keyCertSign and cRLSign, has not
@@ -605,8 +640,8 @@ pub fn install_intermediate(
     // is in a token.
     let key_pem = match token_uri(kind, cfg)? {
         Some(uri) => {
-            refuse_key_files_beside_token(dir)?;
-            let key = token::open(token::INTERMEDIATE_KEY_URI, &uri)?;
+            refuse_key_files_beside_token(dir, kind)?;
+            let key = token::open(uri_setting(kind), &uri)?;
             let token_spki = key.subject_public_key_info();
             if token_spki != cert.public_key().raw {
                 return Err(file_error(
@@ -615,7 +650,7 @@ pub fn install_intermediate(
                         "does not certify the token's key {} {uri}: it certifies the key with \
                          SHA-256 {}, the token's key has SHA-256 {} (SubjectPublicKeyInfo); it \
                          answers another request",
-                        token::INTERMEDIATE_KEY_URI,
+                        uri_setting(kind),
                         crate::wire::fingerprint(cert.public_key().raw),
                         crate::wire::fingerprint(&token_spki)
                     ),
@@ -1072,7 +1107,13 @@ mod tests {
         // The key is generated in the token and signs the request; no key file is written.
         let first = request_intermediate(&s.ca, IssuerKind::Ec, &cfg).expect("request");
         assert!(!first.reused);
-        assert_eq!(first.key, RequestKey::Token(uri.to_string()));
+        assert_eq!(
+            first.key,
+            RequestKey::Token {
+                setting: token::INTERMEDIATE_KEY_URI,
+                uri: uri.to_string()
+            }
+        );
         assert!(names(&s.ca).is_empty(), "{:?}", names(&s.ca));
         let in_token = token::open(token::INTERMEDIATE_KEY_URI, &uri).expect("in the token");
         assert_eq!(csr_spki(&first.csr_pem), in_token.subject_public_key_info());
@@ -1144,6 +1185,80 @@ mod tests {
             "{err}"
         );
         assert_eq!(names(&s.ca), [INTERMEDIATE_CERT, ROOT_CERT]);
+    }
+
+    #[test]
+    fn the_rsa_issuing_key_in_a_token_is_requested_and_installed_without_a_key_file() {
+        let s = Setup::new();
+        let cfg = IssuanceConfig {
+            root_key_uri: None,
+            ..token::tests::rsa_in_token("ca-offline-rsa")
+        };
+        let rsa_uri = token::configured(
+            token::RSA_INTERMEDIATE_KEY_URI,
+            cfg.rsa_intermediate_key_uri.as_deref(),
+        )
+        .expect("uri")
+        .expect("set");
+
+        // A request for the RSA intermediate from another RSA key of the token: its
+        // certificate does not certify the configured key, and is not installed.
+        let elsewhere = s.tmp.path().join("elsewhere");
+        let other = IssuanceConfig {
+            rsa_intermediate_key_uri: Some(token::tests::uri(
+                "ca-offline-rsa",
+                "rsa-other",
+                &token::tests::softhsm().1,
+            )),
+            ..cfg.clone()
+        };
+        let request = request_intermediate(&elsewhere, IssuerKind::Rsa, &other).expect("other");
+        let cert = sign_intermediate(&s.root, request.csr_pem.as_bytes(), None).expect("signed");
+        let foreign = s.tmp.path().join("foreign.pem");
+        fs::write(&foreign, cert.pem).expect("write");
+
+        // Both issuing keys are generated in the token and certified by the offline root.
+        for kind in IssuerKind::ALL {
+            let request = request_intermediate(&s.ca, kind, &cfg).expect("request");
+            assert!(!request.reused);
+            assert!(
+                matches!(&request.key, RequestKey::Token { setting, .. } if *setting == uri_setting(kind)),
+                "{:?}",
+                request.key
+            );
+            let cert =
+                sign_intermediate(&s.root, request.csr_pem.as_bytes(), None).expect("signed");
+            if kind == IssuerKind::Rsa {
+                assert_eq!(cert.key, "RSA-2048");
+                let err = detail(install_intermediate(&s.ca, &foreign, &s.root_pem(), &cfg));
+                assert!(
+                    err.contains(
+                        "does not certify the token's key issuance.rsa_intermediate_key_uri"
+                    ),
+                    "{err}"
+                );
+            }
+            let file = s.tmp.path().join(format!("{kind}.pem"));
+            fs::write(&file, cert.pem).expect("write");
+            let installed =
+                install_intermediate(&s.ca, &file, &s.root_pem(), &cfg).expect("installed");
+            assert_eq!(installed.kind, kind);
+        }
+        assert_eq!(
+            names(&s.ca),
+            [INTERMEDIATE_CERT, ROOT_CERT, RSA_INTERMEDIATE_CERT]
+        );
+        let in_token = token::open(token::RSA_INTERMEDIATE_KEY_URI, &rsa_uri).expect("RSA key");
+        let rsa_der = read_pem_cert(&s.ca.join(RSA_INTERMEDIATE_CERT)).expect("RSA cert");
+        let rsa = parse_cert(Path::new("rsa"), &rsa_der).expect("parses");
+        assert_eq!(in_token.subject_public_key_info(), rsa.public_key().raw);
+
+        // The CA starts with the offline root and both issuing keys in the token.
+        let ca = CertificateAuthority::load_or_init(&s.ca, &cfg).expect("loads");
+        let crl = ca.sign_crl(IssuerKind::Rsa, 1, 0, 1, &[]).expect("RSA CRL");
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).expect("CRL");
+        assert!(crl.verify_signature(rsa.public_key()).is_ok());
     }
 
     #[test]

@@ -1,21 +1,29 @@
 //! CA keys in a PKCS #11 token (an HSM, a smart card, a TPM through tpm2-pkcs11) instead of
-//! files in the CA directory: `issuance.root_key_uri` and `issuance.intermediate_key_uri` name
-//! them with RFC 7512 URIs.
+//! files in the CA directory: `issuance.root_key_uri`, `issuance.intermediate_key_uri` and
+//! `issuance.rsa_intermediate_key_uri` name them with RFC 7512 URIs.
 //!
-//! `ca-server init --hsm` ([`CertificateAuthority::init_in_token`]) generates both keys in the
-//! token (CKA_SENSITIVE, CKA_EXTRACTABLE false: the token never lets them out), self-signs the
-//! root and signs the intermediate through the token, and writes only `root.pem` and
-//! `intermediate.pem`. Every start finds the keys again by their URIs, checks that each has
+//! `ca-server init --hsm` ([`CertificateAuthority::init_in_token`]) generates the keys in the
+//! token (CKA_SENSITIVE, CKA_EXTRACTABLE false: the token never lets them out): the root and
+//! the EC issuing key of their configured curves and, with `rsa_intermediate_key_uri`, the RSA
+//! issuing key of `rsa_intermediate_key`'s size. It self-signs the root and signs the
+//! intermediates through the token, and writes only `root.pem`, `intermediate.pem` and
+//! `rsa-intermediate.pem`. Every start finds the keys again by their URIs, checks that each has
 //! never left the token and that it is the key of its certificate, and from then on every
 //! certificate, CRL and the server's own HTTPS certificate is signed in the token ([`CaKey`] is
-//! rcgen's signing key).
+//! rcgen's signing key): ECDSA by the EC keys, sha256WithRSAEncryption (PKCS #1 v1.5,
+//! `CKM_SHA256_RSA_PKCS`) by the RSA intermediate's, as with its key file.
+//!
+//! A CA with its issuing key in a token keeps its RSA issuing key there too, or has no RSA
+//! intermediate: `intermediate_key_uri` needs `rsa_intermediate_key_uri` or
+//! `rsa_intermediate_key = "none"`, so that no CA key is left on disk. Start creates nothing in
+//! the token: an RSA intermediate is made by `init --hsm` with the rest of the CA, or with an
+//! offline root as below.
 //!
 //! Without `root_key_uri` and without `root.key` the root is offline (see [`super::offline`]);
-//! only the issuing key is then in the token: `ca-server intermediate request` generates it
-//! there as `init --hsm` does and prints a request signed by it, and `ca-server intermediate
-//! install` writes the certificate the offline root issued for it, after checking that it
-//! certifies the token's key. The RSA intermediate has no token form: with a key in a token,
-//! `issuance.rsa_intermediate_key` must be `none`.
+//! only the issuing keys are then in the token: `ca-server intermediate request` (`--kind rsa`
+//! for the RSA one) generates one there as `init --hsm` does and prints a request signed by it,
+//! and `ca-server intermediate install` writes the certificate the offline root issued for it,
+//! after checking that it certifies the token's key.
 //!
 //! The token's session is one per key, behind a mutex ([`pkcs11_key::TokenKey`]); a session
 //! the token lost is opened again once. A token failing at request time is
@@ -24,13 +32,14 @@
 
 use std::sync::Mutex;
 
-use pkcs11_key::{Curve, Pkcs11Uri, TokenKey};
+use pkcs11_key::{Curve, KeyKind, Pkcs11Uri, TokenKey};
 
 use super::*;
 
 /// The settings that name CA keys in a token.
 pub(crate) const ROOT_KEY_URI: &str = "issuance.root_key_uri";
 pub(crate) const INTERMEDIATE_KEY_URI: &str = "issuance.intermediate_key_uri";
+pub(crate) const RSA_INTERMEDIATE_KEY_URI: &str = "issuance.rsa_intermediate_key_uri";
 
 /// A CA key: a PKCS#8 file loaded into memory, or a key in a PKCS #11 token.
 // A CA has two or three of these for its whole life: the variants' sizes do not matter.
@@ -95,14 +104,15 @@ impl CaKey {
 /// signature carries no text, so the token's is kept here for [`CaKey::signing_error`].
 pub(crate) struct TokenSigner {
     key: TokenKey,
-    /// The uncompressed EC point, as rcgen wants an EC key's public key.
+    /// The public key as rcgen wants it: an EC key's uncompressed point, an RSA key's
+    /// `RSAPublicKey`.
     public: Vec<u8>,
     error: Mutex<Option<String>>,
 }
 
 impl TokenSigner {
     fn new(key: TokenKey, setting: &str) -> Result<Self> {
-        let public = key.public_key_sec1().map(<[u8]>::to_vec).ok_or_else(|| {
+        let public = key.public_key_der().map(<[u8]>::to_vec).ok_or_else(|| {
             Error::Internal(format!(
                 "{setting} {}: the token has the private key but no public key with the same \
                  label and id, so it cannot be checked against its certificate",
@@ -117,10 +127,7 @@ impl TokenSigner {
     }
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
-        match self.key.curve() {
-            Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        }
+        self.key.signature_algorithm()
     }
 }
 
@@ -156,23 +163,75 @@ pub(crate) fn parse_ca_key_uri(setting: &str, text: &str) -> Result<Pkcs11Uri, S
 }
 
 /// Checks `[issuance]`'s key URIs when the configuration is read: each parses and names a
-/// key, the root's comes with the issuing key's, and there is no RSA intermediate beside them.
+/// key, the root's and the RSA intermediate's come with the issuing key's, and the RSA
+/// intermediate is in the token or absent ([`rsa_settings_error`]).
 pub fn check_key_uris(cfg: &IssuanceConfig) -> std::result::Result<(), String> {
     for (setting, text) in [
         (ROOT_KEY_URI, &cfg.root_key_uri),
         (INTERMEDIATE_KEY_URI, &cfg.intermediate_key_uri),
+        (RSA_INTERMEDIATE_KEY_URI, &cfg.rsa_intermediate_key_uri),
     ] {
         if let Some(text) = text {
             parse_ca_key_uri(setting, text)?;
         }
     }
-    match (&cfg.root_key_uri, &cfg.intermediate_key_uri) {
-        (Some(_), None) => Err(root_without_intermediate()),
-        (_, Some(_)) if cfg.rsa_intermediate_key != RsaIntermediateKey::None => {
-            Err(rsa_with_token())
-        }
-        _ => Ok(()),
+    match without_intermediate(cfg).or_else(|| rsa_settings_error(cfg)) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
+}
+
+/// The error for a root or RSA intermediate key in a token without the EC issuing key there.
+pub(super) fn without_intermediate(cfg: &IssuanceConfig) -> Option<String> {
+    if cfg.intermediate_key_uri.is_some() {
+        return None;
+    }
+    let (setting, which) = match (&cfg.root_key_uri, &cfg.rsa_intermediate_key_uri) {
+        (Some(_), _) => (ROOT_KEY_URI, "a root key"),
+        (None, Some(_)) => (RSA_INTERMEDIATE_KEY_URI, "an RSA issuing key"),
+        (None, None) => return None,
+    };
+    Some(format!(
+        "{setting} is set without {INTERMEDIATE_KEY_URI}: {which} in a token needs the EC \
+         issuing key there too"
+    ))
+}
+
+/// The error for RSA intermediate settings that do not go with keys in a token: a URI for an
+/// RSA key with `rsa_intermediate_key = "none"`, or an RSA intermediate (a key file) beside an
+/// issuing key in a token.
+fn rsa_settings_error(cfg: &IssuanceConfig) -> Option<String> {
+    let none = cfg.rsa_intermediate_key == RsaIntermediateKey::None;
+    match (&cfg.intermediate_key_uri, &cfg.rsa_intermediate_key_uri) {
+        (_, Some(_)) if none => Some(format!(
+            "{RSA_INTERMEDIATE_KEY_URI} is set but issuance.rsa_intermediate_key is \"none\": \
+             set issuance.rsa_intermediate_key to the RSA intermediate's size (rsa2048, rsa3072 \
+             or rsa4096), or leave {RSA_INTERMEDIATE_KEY_URI} out for a CA without an RSA \
+             intermediate"
+        )),
+        (Some(_), None) if !none => Some(format!(
+            "with CA keys in a PKCS #11 token ({INTERMEDIATE_KEY_URI}), the RSA intermediate's \
+             key is in the token too: set {RSA_INTERMEDIATE_KEY_URI}, or \
+             issuance.rsa_intermediate_key = \"none\" for a CA without an RSA intermediate (its \
+             key file would be the one CA key left on disk)"
+        )),
+        _ => None,
+    }
+}
+
+/// The token key type of a CA key of `kind`.
+pub(crate) fn ec_kind(kind: CaKeyType) -> KeyKind {
+    match kind {
+        CaKeyType::P256 => KeyKind::Ec(Curve::P256),
+        CaKeyType::P384 => KeyKind::Ec(Curve::P384),
+    }
+}
+
+/// The token key type of the RSA intermediate `want`, or `None` for none.
+pub(crate) fn rsa_kind(want: RsaIntermediateKey) -> Option<KeyKind> {
+    want.bits()
+        .and_then(|bits| u32::try_from(bits).ok())
+        .map(KeyKind::Rsa)
 }
 
 /// The configured URI of `setting`, if any, parsed (the configuration was checked at start, so
@@ -209,10 +268,17 @@ pub(crate) fn find(setting: &str, uri: &Pkcs11Uri) -> Result<Option<CaKey>> {
 
 /// Generates a new key of `kind` in the token under `uri`'s object and id, refusing to if the
 /// token holds one there already (a CA's key is never replaced by accident).
-pub(crate) fn generate(setting: &str, uri: &Pkcs11Uri, kind: CaKeyType) -> Result<CaKey> {
+pub(crate) fn generate(setting: &str, uri: &Pkcs11Uri, kind: KeyKind) -> Result<CaKey> {
     let fail = |e: pkcs11_key::Error| Error::Internal(format!("{setting}: {e}"));
+    refuse_existing(setting, uri)?;
+    let key = TokenKey::generate(uri, uri.object.as_deref(), kind).map_err(fail)?;
+    Ok(CaKey::Token(TokenSigner::new(key, setting)?))
+}
+
+/// Refuses to create a key where the token holds one already.
+fn refuse_existing(setting: &str, uri: &Pkcs11Uri) -> Result<()> {
     if TokenKey::find_labelled(uri, uri.object.as_deref())
-        .map_err(fail)?
+        .map_err(|e| Error::Internal(format!("{setting}: {e}")))?
         .is_some()
     {
         return Err(Error::Internal(format!(
@@ -221,17 +287,13 @@ pub(crate) fn generate(setting: &str, uri: &Pkcs11Uri, kind: CaKeyType) -> Resul
              Name a new object=, or delete the old key with the token's tools"
         )));
     }
-    let curve = match kind {
-        CaKeyType::P256 => Curve::P256,
-        CaKeyType::P384 => Curve::P384,
-    };
-    let key = TokenKey::generate(uri, uri.object.as_deref(), curve).map_err(fail)?;
-    Ok(CaKey::Token(TokenSigner::new(key, setting)?))
+    Ok(())
 }
 
 impl CertificateAuthority {
-    /// `ca-server init --hsm`: a new CA in `dir` whose root and issuing keys are generated in
-    /// the token `cfg`'s URIs name. Writes `root.pem` and `intermediate.pem` only; refuses a
+    /// `ca-server init --hsm`: a new CA in `dir` whose root and issuing keys (and the RSA
+    /// intermediate's, with `rsa_intermediate_key_uri`) are generated in the token `cfg`'s URIs
+    /// name. Writes `root.pem`, `intermediate.pem` and `rsa-intermediate.pem` only; refuses a
     /// directory that holds a CA already. Returns the root's SHA-256 fingerprint.
     pub fn init_in_token(dir: &Path, cfg: &IssuanceConfig) -> Result<String> {
         let (Some(root_uri), Some(intermediate_uri)) = (
@@ -243,11 +305,30 @@ impl CertificateAuthority {
                  configuration"
             )));
         };
-        if cfg.rsa_intermediate_key != RsaIntermediateKey::None {
-            return Err(rsa_with_token_error());
+        if let Some(e) = rsa_settings_error(cfg) {
+            return Err(Error::Internal(e));
         }
+        let rsa = match configured(
+            RSA_INTERMEDIATE_KEY_URI,
+            cfg.rsa_intermediate_key_uri.as_deref(),
+        )? {
+            Some(uri) => {
+                let kind = rsa_kind(cfg.rsa_intermediate_key).ok_or_else(|| {
+                    Error::Internal(format!("{RSA_INTERMEDIATE_KEY_URI} needs a size"))
+                })?;
+                Some((uri, kind))
+            }
+            None => None,
+        };
         ensure_private_dir(dir)?;
-        for name in [ROOT_CERT, ROOT_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY] {
+        for name in [
+            ROOT_CERT,
+            ROOT_KEY,
+            INTERMEDIATE_CERT,
+            INTERMEDIATE_KEY,
+            RSA_INTERMEDIATE_CERT,
+            RSA_INTERMEDIATE_KEY,
+        ] {
             let path = dir.join(name);
             if path
                 .try_exists()
@@ -260,34 +341,58 @@ impl CertificateAuthority {
                 ));
             }
         }
-        let root_key = generate(ROOT_KEY_URI, &root_uri, cfg.root_key)?;
+        // No key is made unless all can be: a key left alone in the token would block the
+        // next attempt under the same labels.
+        refuse_existing(ROOT_KEY_URI, &root_uri)?;
+        refuse_existing(INTERMEDIATE_KEY_URI, &intermediate_uri)?;
+        if let Some((uri, _)) = &rsa {
+            refuse_existing(RSA_INTERMEDIATE_KEY_URI, uri)?;
+        }
+        let root_key = generate(ROOT_KEY_URI, &root_uri, ec_kind(cfg.root_key))?;
         let intermediate_key = generate(
             INTERMEDIATE_KEY_URI,
             &intermediate_uri,
-            cfg.intermediate_key,
+            ec_kind(cfg.intermediate_key),
         )?;
-        let (root_der, intermediate_der) =
-            sign_hierarchy(&root_key, &intermediate_key, |what, e| {
-                root_key.signing_error(what, e)
-            })?;
+        let failed = |what: &str, e: &rcgen::Error| root_key.signing_error(what, e);
+        let (root_der, intermediate_der) = sign_hierarchy(&root_key, &intermediate_key, failed)?;
+        let rsa_der = match &rsa {
+            Some((uri, kind)) => {
+                let rsa_key = generate(RSA_INTERMEDIATE_KEY_URI, uri, *kind)?;
+                let root_path = dir.join(ROOT_CERT);
+                Some(sign_rsa_intermediate(
+                    &root_path, &root_der, &root_key, &rsa_key, failed,
+                )?)
+            }
+            None => None,
+        };
         write_cert(&dir.join(ROOT_CERT), &root_der)?;
         write_cert(&dir.join(INTERMEDIATE_CERT), &intermediate_der)?;
-        tracing::info!(dir = %dir.display(), root_key = %root_uri, intermediate_key = %intermediate_uri, "created a new CA with its keys in a PKCS #11 token");
+        if let Some(der) = &rsa_der {
+            write_cert(&dir.join(RSA_INTERMEDIATE_CERT), der)?;
+        }
+        let rsa_key = rsa.as_ref().map(|(uri, _)| uri.to_string());
+        tracing::info!(dir = %dir.display(), root_key = %root_uri, intermediate_key = %intermediate_uri, rsa_intermediate_key = ?rsa_key, "created a new CA with its keys in a PKCS #11 token");
         Ok(crate::wire::fingerprint(&root_der))
     }
 
-    /// Loads a CA whose issuing key (and root key, unless offline) is in a token: the
-    /// certificates from `dir`, the keys by their URIs. A key file beside a URI for the same
-    /// key is refused: which one is the CA's would be a guess.
+    /// Loads a CA whose issuing key (and root key, unless offline, and the RSA intermediate's
+    /// key, if it has one) is in a token: the certificates from `dir`, the keys by their URIs.
+    /// A key file beside a URI for the same key is refused: which one is the CA's would be a
+    /// guess.
     pub(super) fn load_with_token(
         dir: &Path,
         cfg: &IssuanceConfig,
         intermediate_uri: &Pkcs11Uri,
     ) -> Result<Self> {
-        if cfg.rsa_intermediate_key != RsaIntermediateKey::None {
-            return Err(rsa_with_token_error());
+        if let Some(e) = rsa_settings_error(cfg) {
+            return Err(Error::Internal(e));
         }
         let root_uri = configured(ROOT_KEY_URI, cfg.root_key_uri.as_deref())?;
+        let rsa_uri = configured(
+            RSA_INTERMEDIATE_KEY_URI,
+            cfg.rsa_intermediate_key_uri.as_deref(),
+        )?;
         let exists = |name: &str| {
             let path = dir.join(name);
             path.try_exists()
@@ -296,6 +401,11 @@ impl CertificateAuthority {
         for (name, setting, in_token) in [
             (INTERMEDIATE_KEY, INTERMEDIATE_KEY_URI, true),
             (ROOT_KEY, ROOT_KEY_URI, root_uri.is_some()),
+            (
+                RSA_INTERMEDIATE_KEY,
+                RSA_INTERMEDIATE_KEY_URI,
+                rsa_uri.is_some(),
+            ),
         ] {
             if in_token && exists(name)? {
                 return Err(file_error(
@@ -318,7 +428,7 @@ impl CertificateAuthority {
             ));
         }
         let mut root_key_offline = false;
-        let ca = Self::load_with(
+        let mut ca = Self::load_with(
             dir,
             |root| {
                 match &root_uri {
@@ -343,28 +453,33 @@ impl CertificateAuthority {
                 Ok((key, format!("{INTERMEDIATE_KEY_URI} {intermediate_uri}")))
             },
         )?;
-        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), intermediate_key = %intermediate_uri, root_key_offline, "CA loaded; its issuing key is in a PKCS #11 token");
+        if let Some(uri) = &rsa_uri {
+            if !exists(RSA_INTERMEDIATE_CERT)? {
+                return Err(file_error(
+                    &dir.join(RSA_INTERMEDIATE_CERT),
+                    format!(
+                        "is missing: with {RSA_INTERMEDIATE_KEY_URI} set, the RSA intermediate \
+                         is created by `ca-server init --hsm` (or, with an offline root, \
+                         `ca-server intermediate request --kind rsa` and `install`), not on \
+                         start; or leave the setting out and set \
+                         issuance.rsa_intermediate_key = \"none\""
+                    ),
+                ));
+            }
+            let key = open(RSA_INTERMEDIATE_KEY_URI, uri)?;
+            let key_name = format!("{RSA_INTERMEDIATE_KEY_URI} {uri}");
+            ca.rsa = Some(Intermediate::load_rsa(
+                dir,
+                &ca.root_der,
+                key,
+                &key_name,
+                cfg.rsa_intermediate_key,
+            )?);
+        }
+        let rsa_key = rsa_uri.as_ref().map(|uri| uri.to_string());
+        tracing::info!(root = %ca.root_path.display(), fingerprint = %ca.root_fingerprint(), intermediate_key = %intermediate_uri, rsa_intermediate_key = ?rsa_key, root_key_offline, "CA loaded; its issuing key is in a PKCS #11 token");
         Ok(ca)
     }
-}
-
-fn rsa_with_token_error() -> Error {
-    Error::Internal(rsa_with_token())
-}
-
-fn rsa_with_token() -> String {
-    format!(
-        "with CA keys in a PKCS #11 token ({INTERMEDIATE_KEY_URI}), issuance.rsa_intermediate_key \
-         must be \"none\": the RSA intermediate has no token form, and its key file would be \
-         the one CA key left on disk"
-    )
-}
-
-pub(super) fn root_without_intermediate() -> String {
-    format!(
-        "{ROOT_KEY_URI} is set without {INTERMEDIATE_KEY_URI}: a root key in a token needs the \
-         issuing key there too"
-    )
 }
 
 #[cfg(test)]
@@ -375,11 +490,20 @@ pub(super) mod tests {
     use x509_parser::revocation_list::CertificateRevocationList;
 
     use super::*;
+    use crate::testutil::{openssl_csr, openssl_rsa_key};
     use crate::types::Identifier;
 
     const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
     /// One token per test, so that the tests run at the same time.
-    const TOKENS: &[&str] = &["ca-sign", "ca-refuse", "ca-pin", "ca-gone", "ca-offline"];
+    const TOKENS: &[&str] = &[
+        "ca-sign",
+        "ca-refuse",
+        "ca-pin",
+        "ca-gone",
+        "ca-offline",
+        "ca-rsa",
+        "ca-offline-rsa",
+    ];
 
     /// SoftHSM reads `SOFTHSM2_CONF` and its tokens once per process: one directory for the
     /// whole test process, set up before any test loads the module. Returns the directory and
@@ -436,6 +560,26 @@ pub(super) mod tests {
         }
     }
 
+    /// `[issuance]` with the root and the EC (P-256) and RSA (2048 bits) issuing keys in
+    /// `token`.
+    pub(in crate::ca) fn rsa_in_token(token: &str) -> IssuanceConfig {
+        IssuanceConfig {
+            rsa_intermediate_key: RsaIntermediateKey::Rsa2048,
+            rsa_intermediate_key_uri: Some(uri(token, "rsa-issuing", &softhsm().1)),
+            ..in_token(token, CaKeyType::P256)
+        }
+    }
+
+    /// The names of the files in `dir`, sorted.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        files.sort();
+        files
+    }
+
     fn message<T>(r: Result<T>) -> String {
         match r {
             Ok(_) => panic!("expected an error"),
@@ -466,7 +610,23 @@ pub(super) mod tests {
             ),
             ("intermediate_key_uri = \"pkcs11:token=t;x=1\"", "matches no object"),
             (&format!("root_key_uri = \"{base}\""), "without"),
-            (&format!("intermediate_key_uri = \"{base}\""), "rsa_intermediate_key"),
+            (
+                &format!("intermediate_key_uri = \"{base}\""),
+                "set issuance.rsa_intermediate_key_uri, or issuance.rsa_intermediate_key = \
+                 \"none\"",
+            ),
+            (
+                &format!("rsa_intermediate_key_uri = \"{base}\""),
+                "rsa_intermediate_key_uri is set without issuance.intermediate_key_uri",
+            ),
+            (
+                &format!(
+                    "rsa_intermediate_key = \"none\"\nintermediate_key_uri = \"{base}\"\n\
+                     rsa_intermediate_key_uri = \"{base}\"\n[profiles.opcua]\nissuer = \"ec\""
+                ),
+                "issuance.rsa_intermediate_key_uri is set but issuance.rsa_intermediate_key is \
+                 \"none\"",
+            ),
         ] {
             let toml = format!("[issuance]\n{issuance}\n");
             let e = crate::config::Config::from_toml(&toml)
@@ -481,6 +641,12 @@ pub(super) mod tests {
         );
         let cfg = crate::config::Config::from_toml(&ok).expect("both keys in a token");
         assert_eq!(cfg.issuance.intermediate_key_uri.as_deref(), Some(base));
+        let ok = format!(
+            "[issuance]\nrsa_intermediate_key = \"rsa2048\"\nroot_key_uri = \"{base}\"\n\
+             intermediate_key_uri = \"{base}\"\nrsa_intermediate_key_uri = \"{base}\"\n"
+        );
+        let cfg = crate::config::Config::from_toml(&ok).expect("the three keys in a token");
+        assert_eq!(cfg.issuance.rsa_intermediate_key_uri.as_deref(), Some(base));
     }
 
     /// Verifies `der` (a certificate) with the key of the certificate `issuer_pem`.
@@ -494,6 +660,16 @@ pub(super) mod tests {
         cert.verify_signature(Some(issuer.public_key())).is_ok()
     }
 
+    /// A certificate for a new P-256 device key, from the EC intermediate.
+    fn ec_device_cert(ca: &CertificateAuthority) -> Result<IssuedCert> {
+        let leaf = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        ca.issue(
+            &leaf.subject_public_key_info(),
+            &[Identifier::dns("device-1.plant.example")],
+            Duration::from_secs(86_400),
+        )
+    }
+
     #[test]
     fn init_creates_keys_in_the_token_and_certificates_crls_and_tls_are_signed_there() {
         for kind in [CaKeyType::P256, CaKeyType::P384] {
@@ -501,12 +677,7 @@ pub(super) mod tests {
             let dir = tmp.path().join("ca");
             let cfg = in_token("ca-sign", kind);
             let fingerprint = CertificateAuthority::init_in_token(&dir, &cfg).expect("init");
-            let mut files: Vec<_> = fs::read_dir(&dir)
-                .expect("dir")
-                .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-                .collect();
-            files.sort();
-            assert_eq!(files, [INTERMEDIATE_CERT, ROOT_CERT], "{kind:?}");
+            assert_eq!(files(&dir), [INTERMEDIATE_CERT, ROOT_CERT], "{kind:?}");
 
             let ca = CertificateAuthority::load_or_init(&dir, &cfg).expect("load");
             assert_eq!(ca.root_fingerprint(), fingerprint);
@@ -518,14 +689,7 @@ pub(super) mod tests {
             let int_der = read_pem_cert(&dir.join(INTERMEDIATE_CERT)).expect("intermediate");
             assert!(issued_by(&int_der, ca.root_pem()), "{kind:?}");
 
-            let leaf = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-            let issued = ca
-                .issue(
-                    &leaf.subject_public_key_info(),
-                    &[Identifier::dns("device-1.plant.example")],
-                    Duration::from_secs(86_400),
-                )
-                .expect("issued");
+            let issued = ec_device_cert(&ca).expect("issued");
             assert!(issued_by(&issued.der, ca.intermediate_pem()), "{kind:?}");
 
             let crl = ca
@@ -551,6 +715,122 @@ pub(super) mod tests {
             let e = message(CertificateAuthority::init_in_token(&dir, &cfg));
             assert!(e.contains("holds a CA already"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_rsa_intermediate_in_the_token_issues_to_rsa_keys_and_signs_its_crl_there() {
+        const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ca");
+        let cfg = rsa_in_token("ca-rsa");
+        let fingerprint = CertificateAuthority::init_in_token(&dir, &cfg).expect("init");
+        let certs = [INTERMEDIATE_CERT, ROOT_CERT, RSA_INTERMEDIATE_CERT];
+        assert_eq!(files(&dir), certs, "no key file is written");
+        let rsa_der = read_pem_cert(&dir.join(RSA_INTERMEDIATE_CERT)).expect("RSA intermediate");
+        let (_, rsa_int) = X509Certificate::from_der(&rsa_der).expect("parses");
+        match rsa_int.public_key().parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(key)) => assert_eq!(key.key_size(), 2048),
+            other => panic!("not an RSA key: {other:?}"),
+        }
+        openssl_rsa_key(tmp.path(), "device-rsa.pem", 2048);
+        let request = openssl_csr(tmp.path(), &["-key", "device-rsa.pem"], &[]);
+        let device = csr::parse_and_verify(&request).expect("an RSA CSR");
+        let rsa_leaf = Leaf {
+            issuer: IssuerKind::Rsa,
+            ..Leaf::spec_default(Duration::from_secs(86_400), true)
+        };
+
+        // First start, and a restart: the keys are found in the token each time.
+        for start in ["first", "restart"] {
+            let ca = CertificateAuthority::load_or_init(&dir, &cfg).expect("load");
+            assert_eq!(ca.root_fingerprint(), fingerprint);
+            let rsa_pem = ca.rsa_intermediate_pem().expect("the RSA intermediate");
+            assert!(issued_by(&rsa_der, ca.root_pem()), "{start}");
+
+            // The RSA device key under an RSA profile: signed in the token with
+            // sha256WithRSAEncryption by the RSA intermediate, which alone follows it.
+            let issued = ca
+                .issue_leaf(&device.spki_der, &device.identifiers, &rsa_leaf)
+                .expect("issued");
+            assert_eq!(issued.issuer, IssuerKind::Rsa);
+            let (_, cert) = X509Certificate::from_der(&issued.der).expect("parses");
+            assert_eq!(
+                cert.signature_algorithm.algorithm.to_id_string(),
+                SHA256_WITH_RSA
+            );
+            assert!(issued_by(&issued.der, rsa_pem), "{start}");
+            assert!(issued.chain_pem.ends_with(rsa_pem));
+
+            // An EC device key: the EC intermediate, in the token too.
+            let ec = ec_device_cert(&ca).expect("issued");
+            assert!(issued_by(&ec.der, ca.intermediate_pem()), "{start}");
+
+            // The RSA intermediate's CRL, with the RSA certificate revoked.
+            let serial = hex::decode(&issued.serial_hex).expect("hex");
+            let crl = ca
+                .sign_crl(
+                    IssuerKind::Rsa,
+                    2,
+                    1_700_000_000,
+                    1_700_086_400,
+                    &[(serial, 1_700_000_000, 1)],
+                )
+                .expect("CRL");
+            let (_, crl) = CertificateRevocationList::from_der(&crl).expect("CRL parses");
+            assert_eq!(
+                crl.signature_algorithm.algorithm.to_id_string(),
+                SHA256_WITH_RSA
+            );
+            assert!(
+                crl.verify_signature(rsa_int.public_key()).is_ok(),
+                "{start}"
+            );
+            assert_eq!(crl.iter_revoked_certificates().count(), 1);
+        }
+        assert_eq!(files(&dir), certs, "no key file after starts either");
+
+        // An RSA key file beside the URI: refused. Without the certificate: not created at
+        // start. The URI with rsa_intermediate_key = "none": refused, naming both.
+        write_atomic(&dir.join(RSA_INTERMEDIATE_KEY), b"stray", 0o600).expect("write");
+        let e = message(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(
+            e.contains("rsa-intermediate.key") && e.contains(RSA_INTERMEDIATE_KEY_URI),
+            "{e}"
+        );
+        fs::remove_file(dir.join(RSA_INTERMEDIATE_KEY)).expect("rm");
+        let none = IssuanceConfig {
+            rsa_intermediate_key: RsaIntermediateKey::None,
+            ..cfg.clone()
+        };
+        let e = message(CertificateAuthority::load_or_init(&dir, &none));
+        assert!(
+            e.contains(RSA_INTERMEDIATE_KEY_URI) && e.contains("rsa_intermediate_key is \"none\""),
+            "{e}"
+        );
+        let file_beside_token = IssuanceConfig {
+            rsa_intermediate_key_uri: None,
+            ..cfg.clone()
+        };
+        let e = message(CertificateAuthority::load_or_init(&dir, &file_beside_token));
+        assert!(
+            e.contains(&format!("set {RSA_INTERMEDIATE_KEY_URI}")),
+            "{e}"
+        );
+        let moved = tmp.path().join("moved.pem");
+        fs::rename(dir.join(RSA_INTERMEDIATE_CERT), &moved).expect("mv");
+        let e = message(CertificateAuthority::load_or_init(&dir, &cfg));
+        assert!(
+            e.contains("rsa-intermediate.pem") && e.contains("--kind rsa"),
+            "{e}"
+        );
+        // The RSA certificate with the EC intermediate's key in the RSA slot: refused.
+        fs::rename(&moved, dir.join(RSA_INTERMEDIATE_CERT)).expect("mv");
+        let swapped = IssuanceConfig {
+            rsa_intermediate_key_uri: cfg.intermediate_key_uri.clone(),
+            ..cfg.clone()
+        };
+        let e = message(CertificateAuthority::load_or_init(&dir, &swapped));
+        assert!(e.contains("does not match rsa-intermediate.pem"), "{e}");
     }
 
     #[test]

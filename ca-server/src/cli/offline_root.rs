@@ -47,14 +47,15 @@ pub(super) enum RootCommand {
 #[derive(Subcommand)]
 pub(super) enum IntermediateCommand {
     /// On the CA host: generate an issuing key (kept in the CA directory, or in the token
-    /// `issuance.intermediate_key_uri` names; unused until it is installed) and print a request
-    /// for it, to be signed with `ca-server root sign`.
+    /// `issuance.intermediate_key_uri` or, for `--kind rsa`, `issuance.rsa_intermediate_key_uri`
+    /// names; unused until it is installed) and print a request for it, to be signed with
+    /// `ca-server root sign`.
     Request {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The CA's configuration file (issuance.intermediate_key, rsa_intermediate_key,
-        /// intermediate_key_uri).
+        /// intermediate_key_uri, rsa_intermediate_key_uri).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Which intermediate: ec (for every profile) or rsa (profiles with issuer = "rsa").
@@ -71,8 +72,8 @@ pub(super) enum IntermediateCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// The CA's configuration file; needed when the issuing key is in a token
-        /// (issuance.intermediate_key_uri) or the CA keeps its records (the audit log) in
-        /// PostgreSQL.
+        /// (issuance.intermediate_key_uri, rsa_intermediate_key_uri) or the CA keeps its
+        /// records (the audit log) in PostgreSQL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The intermediate certificate (PEM).

@@ -1,7 +1,7 @@
 //! Keys in a PKCS #11 token: a hardware security module, a smart card, or a TPM through
 //! tpm2-pkcs11. The key is named by an RFC 7512 URI ([`uri`]); its private half never enters
 //! this process, which only asks the token for signatures (`C_Sign` with `CKM_ECDSA` over the
-//! message's digest).
+//! message's digest, or `CKM_SHA256_RSA_PKCS` over the message for an RSA key).
 //!
 //! - The device client's certificate key: a new one for every certificate, generated in the token with
 //!   `C_GenerateKeyPair` ([`TokenKey::generate`]: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
@@ -13,8 +13,8 @@
 //!   [`TokenKey::csr_signer`] (an [`rcgen::SigningKey`]).
 //! - The device client's IDevID key of device-attest-01 ([`TokenKey::open`]): installed by the
 //!   manufacturer, never generated here.
-//! - The CA's root and issuing keys: generated in the token by `ca-server init --hsm`
-//!   ([`TokenKey::generate`]), then found with [`TokenKey::find_labelled`].
+//! - The CA's root and issuing keys, EC and RSA: generated in the token by `ca-server init
+//!   --hsm` ([`TokenKey::generate`]), then found with [`TokenKey::find_labelled`].
 //!
 //! Every key found is checked ([`KeyOrigin`]: sensitive, not extractable, and for generated
 //! keys never out of the token), must match one private and at most one public object, and
@@ -23,7 +23,11 @@
 //! [`Error::Token`], which the device client's `run` tries again and the running CA answers
 //! with a 503.
 //!
-//! ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same as the key files.
+//! The key's type is a [`KeyKind`]: ECDSA P-256 (SHA-256) and P-384 (SHA-384) keys, the same
+//! as the key files, or RSA keys of at least 2048 bits (`CKM_RSA_PKCS_KEY_PAIR_GEN` with
+//! public exponent 65537), which sign PKCS #1 v1.5 over SHA-256 (sha256WithRSAEncryption, as
+//! the CA's RSA intermediate signs). The device client's keys ([`TokenKey::open`],
+//! [`TokenKey::open_or_generate`]) are EC only.
 //!
 //! The module is loaded with `dlopen` when a URI names it (`module-path`), once per process,
 //! and initialised for several threads; nothing links against a vendor library.
@@ -113,6 +117,44 @@ impl Curve {
         match self {
             Self::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Self::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        }
+    }
+}
+
+/// The smallest RSA modulus a token key may have, in bits.
+pub const RSA_MIN_BITS: u32 = 2048;
+
+/// The type of a key in a token, and so how it signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA on this curve.
+    Ec(Curve),
+    /// RSA with a modulus of this many bits (at least [`RSA_MIN_BITS`]), public exponent
+    /// 65537 for keys generated here; signs PKCS #1 v1.5 over SHA-256.
+    Rsa(u32),
+}
+
+impl From<Curve> for KeyKind {
+    fn from(curve: Curve) -> Self {
+        Self::Ec(curve)
+    }
+}
+
+impl KeyKind {
+    /// The algorithm rcgen signs certificates, CSRs and CRLs with for this key.
+    fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::Ec(curve) => curve.rcgen(),
+            Self::Rsa(_) => &rcgen::PKCS_RSA_SHA256,
+        }
+    }
+
+    /// The algorithm ring verifies this key's signatures with (see [`TokenKey::sign_der`]).
+    fn verification(self) -> &'static dyn ring::signature::VerificationAlgorithm {
+        match self {
+            Self::Ec(Curve::P256) => &ring::signature::ECDSA_P256_SHA256_ASN1,
+            Self::Ec(Curve::P384) => &ring::signature::ECDSA_P384_SHA384_ASN1,
+            Self::Rsa(_) => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
         }
     }
 }
@@ -393,16 +435,18 @@ fn template(uri: &Pkcs11Uri, label: Option<&str>, class: ObjectClass) -> Vec<Att
     t
 }
 
-/// An ECDSA key in a token, with the session that uses it. A session the token lost (closed,
-/// logged out, the token removed and back) is opened again once, and the key found again, before
-/// a signature fails.
+/// A key in a token, with the session that uses it. A session the token lost (closed, logged
+/// out, the token removed and back) is opened again once, and the key found again, before a
+/// signature fails.
 pub struct TokenKey {
     uri: String,
     parsed: Pkcs11Uri,
     label: Option<String>,
     live: Mutex<(Session, ObjectHandle)>,
-    curve: Curve,
-    /// The uncompressed point, if the token has the public key (it has for keys made here).
+    kind: KeyKind,
+    /// The public key as a certificate's subjectPublicKey holds it, if the token has it (it has
+    /// for keys made here): the uncompressed point of an EC key, the DER `RSAPublicKey` of an
+    /// RSA key.
     public: Option<Vec<u8>>,
 }
 
@@ -410,25 +454,40 @@ impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenKey")
             .field("uri", &self.uri)
-            .field("curve", &self.curve)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenKey {
     /// Opens the existing private key the URI names (the IDevID key, which may have been
-    /// imported: [`KeyOrigin::MayBeImported`]). An error if the token or the key is not there.
+    /// imported: [`KeyOrigin::MayBeImported`]). An error if the token or the key is not there,
+    /// or if it is not an EC key (device-attest-01 signs with ECDSA).
     pub fn open(uri: &Pkcs11Uri) -> Result<Self, Error> {
-        Self::find_as(uri, uri.object.as_deref(), KeyOrigin::MayBeImported)?.ok_or_else(|| {
-            Error::Config(format!(
-                "PKCS #11 key {uri}: the token has no private key with these attributes"
-            ))
-        })
+        Self::find_as(uri, uri.object.as_deref(), KeyOrigin::MayBeImported)?
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "PKCS #11 key {uri}: the token has no private key with these attributes"
+                ))
+            })?
+            .ec_only()
     }
 
-    /// The certificate key under `label` as CKA_LABEL (the URI's `object`, or the other label
-    /// of its rotation, [`NEXT_SUFFIX`]) and the URI's `id`, or `None` if the token has none.
-    /// It must never have left the token ([`KeyOrigin::Generated`]).
+    /// Refuses a key other than EC, where only ECDSA is used (the device client's keys).
+    fn ec_only(self) -> Result<Self, Error> {
+        match self.kind {
+            KeyKind::Ec(_) => Ok(self),
+            KeyKind::Rsa(_) => Err(Error::Crypto(format!(
+                "PKCS #11 key {}: not an EC key; ECDSA P-256 or P-384 is needed",
+                self.uri
+            ))),
+        }
+    }
+
+    /// The key under `label` as CKA_LABEL (the URI's `object`, or the other label of a
+    /// certificate key's rotation, [`NEXT_SUFFIX`]) and the URI's `id`, of any [`KeyKind`], or
+    /// `None` if the token has none. It must never have left the token
+    /// ([`KeyOrigin::Generated`]).
     pub fn find_labelled(uri: &Pkcs11Uri, label: Option<&str>) -> Result<Option<Self>, Error> {
         Self::find_as(uri, label, KeyOrigin::Generated)
     }
@@ -528,11 +587,7 @@ impl TokenKey {
                 .map_err(|_| "the system random generator failed".to_owned())?
                 .expose();
             let sig = self.sign_der(&challenge).map_err(|e| e.to_string())?;
-            let alg = match self.curve {
-                Curve::P256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
-                Curve::P384 => &ring::signature::ECDSA_P384_SHA384_ASN1,
-            };
-            ring::signature::UnparsedPublicKey::new(alg, public)
+            ring::signature::UnparsedPublicKey::new(self.kind.verification(), public)
                 .verify(&challenge, &sig)
                 .map_err(|_| {
                     "the public key found with the private key is not its pair (a test \
@@ -551,35 +606,58 @@ impl TokenKey {
         key: ObjectHandle,
     ) -> Result<Self, Error> {
         let fail = |e: String| Error::Crypto(format!("PKCS #11 key {uri}: {e}"));
-        let attrs = session
-            .get_attributes(key, &[AttributeType::KeyType, AttributeType::EcParams])
-            .map_err(|e| fail(format!("cannot read the key's attributes: {e}")))?;
-        let mut curve = None;
-        let mut ec = false;
-        for a in attrs {
-            match a {
-                Attribute::KeyType(t) => ec = t == KeyType::EC,
-                Attribute::EcParams(p) => curve = Curve::from_params(&p),
-                _ => {}
+        let read = |types: &[AttributeType]| {
+            session
+                .get_attributes(key, types)
+                .map_err(|e| fail(format!("cannot read the key's attributes: {e}")))
+        };
+        let key_type = read(&[AttributeType::KeyType])?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::KeyType(t) => Some(t),
+                _ => None,
+            });
+        let kind = match key_type {
+            Some(KeyType::EC) => {
+                let curve = read(&[AttributeType::EcParams])?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::EcParams(p) => Curve::from_params(&p),
+                        _ => None,
+                    })
+                    .ok_or_else(|| fail("an EC key on a curve other than P-256 or P-384".into()))?;
+                KeyKind::Ec(curve)
             }
-        }
-        let curve = match (ec, curve) {
-            (true, Some(c)) => c,
-            (false, _) => return Err(fail("not an EC key; ECDSA P-256 or P-384 is needed".into())),
-            (true, None) => {
+            Some(KeyType::RSA) => {
+                let modulus = read(&[AttributeType::Modulus])?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Modulus(n) => Some(n),
+                        _ => None,
+                    })
+                    .ok_or_else(|| fail("an RSA key without a readable CKA_MODULUS".into()))?;
+                let bits = rsa_bits(&modulus);
+                if bits < RSA_MIN_BITS {
+                    return Err(fail(format!(
+                        "an RSA key of {bits} bits; at least {RSA_MIN_BITS} are needed"
+                    )));
+                }
+                KeyKind::Rsa(bits)
+            }
+            _ => {
                 return Err(fail(
-                    "an EC key on a curve other than P-256 or P-384".into(),
+                    "neither an EC nor an RSA key; ECDSA P-256 or P-384, or RSA, is needed".into(),
                 ))
             }
         };
-        let public = public_point(&session, uri, label, curve)
+        let public = public_key(&session, uri, label, kind)
             .map_err(|e| Error::Config(format!("PKCS #11 key {uri}: {e}")))?;
         Ok(Self {
             uri: uri.to_string(),
             parsed: uri.clone(),
             label: label.map(str::to_owned),
             live: Mutex::new((session, key)),
-            curve,
+            kind,
             public,
         })
     }
@@ -593,17 +671,18 @@ impl TokenKey {
         curve: Curve,
     ) -> Result<(Self, bool), Error> {
         if let Some(key) = Self::find_labelled(uri, label)? {
+            let key = key.ec_only()?;
             if key.public.is_none() {
                 return Err(Error::Config(format!(
                     "PKCS #11 key {uri}: the token has the private key but no public key with \
                      the same label and id, so the certificate cannot be checked against it"
                 )));
             }
-            if key.curve != curve {
+            if key.kind != KeyKind::Ec(curve) {
                 tracing::warn!(
                     key = %key.uri,
                     "the token's key is {:?}, not the configured {curve:?}; using it",
-                    key.curve
+                    key.kind
                 );
             }
             return Ok((key, false));
@@ -611,23 +690,49 @@ impl TokenKey {
         Self::generate(uri, label, curve).map(|k| (k, true))
     }
 
-    /// Generates a new key pair of `curve` in the token under `label` (CKA_LABEL of both
+    /// Generates a new key pair of `kind` in the token under `label` (CKA_LABEL of both
     /// halves; CKA_ID the URI's `id`): CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE and CKA_SIGN
-    /// true, CKA_EXTRACTABLE false, so the token never lets the private key out.
-    pub fn generate(uri: &Pkcs11Uri, label: Option<&str>, curve: Curve) -> Result<Self, Error> {
+    /// true, CKA_EXTRACTABLE false, so the token never lets the private key out. An EC key on
+    /// its curve (`CKM_EC_KEY_PAIR_GEN`), an RSA key of the given size with public exponent
+    /// 65537 (`CKM_RSA_PKCS_KEY_PAIR_GEN`).
+    pub fn generate(
+        uri: &Pkcs11Uri,
+        label: Option<&str>,
+        kind: impl Into<KeyKind>,
+    ) -> Result<Self, Error> {
+        let kind = kind.into();
         if label.is_none() && uri.id.is_none() {
             return Err(Error::Config(format!(
                 "PKCS #11 key {uri}: name the key to generate with object= (its label)"
             )));
         }
+        let (mechanism, kind_attributes) = match kind {
+            KeyKind::Ec(curve) => (
+                Mechanism::EccKeyPairGen,
+                vec![Attribute::EcParams(curve.params().to_vec())],
+            ),
+            KeyKind::Rsa(bits) if bits < RSA_MIN_BITS => {
+                return Err(Error::Config(format!(
+                    "PKCS #11 key {uri}: an RSA key of {bits} bits; at least {RSA_MIN_BITS} are \
+                     needed"
+                )))
+            }
+            KeyKind::Rsa(bits) => (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::ModulusBits(u64::from(bits).into()),
+                    Attribute::PublicExponent(RSA_EXPONENT.to_vec()),
+                ],
+            ),
+        };
         let session = open_session(uri).map_err(|e| e.into_error(uri))?;
         let fail = |e: CkError| token_failure("cannot generate the key", &e).into_error(uri);
         let mut public = vec![
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::EcParams(curve.params().to_vec()),
         ];
+        public.extend(kind_attributes);
         let mut private = vec![
             Attribute::Token(true),
             Attribute::Private(true),
@@ -651,12 +756,19 @@ impl TokenKey {
             t.push(Attribute::Id(id.clone()));
         }
         let (_, key) = session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .generate_key_pair(&mechanism, &public, &private)
             .map_err(&fail)?;
         let key = Self::from_handle(uri, label, session, key)?;
         if key.public.is_none() {
             return Err(Error::Crypto(format!(
-                "PKCS #11 key {uri}: the generated public key has no readable CKA_EC_POINT"
+                "PKCS #11 key {uri}: the generated public key is not readable (CKA_EC_POINT, or \
+                 CKA_MODULUS and CKA_PUBLIC_EXPONENT)"
+            )));
+        }
+        if key.kind != kind {
+            return Err(Error::Crypto(format!(
+                "PKCS #11 key {uri}: the token generated a {:?} key, not {kind:?}",
+                key.kind
             )));
         }
         key.check(KeyOrigin::Generated)
@@ -664,14 +776,45 @@ impl TokenKey {
         Ok(key)
     }
 
-    /// The curve.
-    pub fn curve(&self) -> Curve {
-        self.curve
+    /// The key's type.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
     }
 
-    /// The public key as an uncompressed SEC1 point (`04 ‖ x ‖ y`), if the token has it.
+    /// The curve of an EC key; `None` for an RSA key.
+    pub fn curve(&self) -> Option<Curve> {
+        match self.kind {
+            KeyKind::Ec(curve) => Some(curve),
+            KeyKind::Rsa(_) => None,
+        }
+    }
+
+    /// The public key of an EC key as an uncompressed SEC1 point (`04 ‖ x ‖ y`), if the token
+    /// has it; `None` for an RSA key.
     pub fn public_key_sec1(&self) -> Option<&[u8]> {
+        match self.kind {
+            KeyKind::Ec(_) => self.public.as_deref(),
+            KeyKind::Rsa(_) => None,
+        }
+    }
+
+    /// The public key as a certificate's subjectPublicKey holds it (what
+    /// [`rcgen::PublicKeyData::der_bytes`] gives), if the token has it: the uncompressed point
+    /// of an EC key, the DER `RSAPublicKey` (modulus and exponent) of an RSA key.
+    pub fn public_key_der(&self) -> Option<&[u8]> {
         self.public.as_deref()
+    }
+
+    /// The algorithm of the key's signatures ([`Self::sign_der`]) as rcgen names it.
+    pub fn signature_algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.kind.rcgen()
+    }
+
+    /// The DER SubjectPublicKeyInfo of the public key, if the token has it: id-ecPublicKey
+    /// with the curve, or rsaEncryption.
+    pub fn subject_public_key_info(&self) -> Option<Vec<u8>> {
+        use rcgen::PublicKeyData as _;
+        self.csr_signer().ok().map(|s| s.subject_public_key_info())
     }
 
     /// The URI, `pin-value` redacted.
@@ -679,17 +822,27 @@ impl TokenKey {
         &self.uri
     }
 
-    /// Signs `msg` in the token: ECDSA over its SHA-256 (P-256) or SHA-384 (P-384) digest.
-    /// Returns the DER `Ecdsa-Sig-Value` (RFC 3279 §2.2.3), as X.509 and device-attest-01 use.
+    /// Signs `msg` in the token. An EC key: ECDSA over its SHA-256 (P-256) or SHA-384 (P-384)
+    /// digest, returned as the DER `Ecdsa-Sig-Value` (RFC 3279 §2.2.3), as X.509 and
+    /// device-attest-01 use. An RSA key: PKCS #1 v1.5 over SHA-256 (`CKM_SHA256_RSA_PKCS`, the
+    /// token hashes), returned as the signature's octets, as long as the modulus (RFC 8017
+    /// §8.2.1), which X.509 carries as they are.
     pub fn sign_der(&self, msg: &[u8]) -> Result<Vec<u8>, Error> {
-        let digest = self.curve.digest(msg);
+        let digest;
+        let (mechanism, data) = match self.kind {
+            KeyKind::Ec(curve) => {
+                digest = curve.digest(msg);
+                (Mechanism::Ecdsa, digest.as_ref())
+            }
+            KeyKind::Rsa(_) => (Mechanism::Sha256RsaPkcs, msg),
+        };
         let uri = &self.parsed;
         let failed = |e: &CkError| token_failure("signing failed", e).into_error(uri);
         let mut live = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let raw = match live.0.sign(&Mechanism::Ecdsa, live.1, digest.as_ref()) {
+        let raw = match live.0.sign(&mechanism, live.1, data) {
             Ok(raw) => raw,
             Err(e) if session_lost(&e) => {
                 tracing::warn!(key = %self.uri, "the token session is gone ({e}); opening a new one");
@@ -710,23 +863,36 @@ impl TokenKey {
                 };
                 *live = (session, *key);
                 live.0
-                    .sign(&Mechanism::Ecdsa, live.1, digest.as_ref())
+                    .sign(&mechanism, live.1, data)
                     .map_err(|e| failed(&e))?
             }
             Err(e) => return Err(failed(&e)),
         };
         drop(live);
-        ecdsa_der(&raw, self.curve.len()).ok_or_else(|| {
-            Error::Crypto(format!(
-                "PKCS #11 key {}: the token's signature has {} octets, not r ‖ s of {} each",
-                self.uri,
-                raw.len(),
-                self.curve.len()
-            ))
-        })
+        match self.kind {
+            KeyKind::Ec(curve) => ecdsa_der(&raw, curve.len()).ok_or_else(|| {
+                Error::Crypto(format!(
+                    "PKCS #11 key {}: the token's signature has {} octets, not r ‖ s of {} each",
+                    self.uri,
+                    raw.len(),
+                    curve.len()
+                ))
+            }),
+            KeyKind::Rsa(bits) if raw.len() != bits.div_ceil(8) as usize => {
+                Err(Error::Crypto(format!(
+                    "PKCS #11 key {}: the token's signature has {} octets, not the {} of a \
+                     {bits}-bit modulus",
+                    self.uri,
+                    raw.len(),
+                    bits.div_ceil(8)
+                )))
+            }
+            KeyKind::Rsa(_) => Ok(raw),
+        }
     }
 
-    /// The key as an [`rcgen::SigningKey`], for signing the CSR in the token.
+    /// The key as an [`rcgen::SigningKey`], for signing a CSR (or a certificate, a CRL) in the
+    /// token.
     pub fn csr_signer(&self) -> Result<CsrSigner<'_>, Error> {
         let public = self
             .public
@@ -764,7 +930,7 @@ impl rcgen::PublicKeyData for CsrSigner<'_> {
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.key.curve.rcgen()
+        self.key.kind.rcgen()
     }
 }
 
@@ -811,7 +977,9 @@ pub fn public_key_labelled(uri: &Pkcs11Uri, label: &str) -> Result<Option<Vec<u8
     let session = open_session(uri).map_err(|e| e.into_error(uri))?;
     let mut found = None;
     for curve in [Curve::P256, Curve::P384] {
-        if let Some(point) = public_point(&session, uri, Some(label), curve).map_err(config)? {
+        if let Some(point) =
+            public_key(&session, uri, Some(label), KeyKind::Ec(curve)).map_err(config)?
+        {
             found = Some(point);
         }
     }
@@ -888,15 +1056,14 @@ pub fn parse_key_uri(text: &str, what: &str) -> Result<Pkcs11Uri, Error> {
     Ok(uri)
 }
 
-/// The public key's CKA_EC_POINT: the one public key object with the same label and id, else
-/// the private key's own (some tokens keep it there); an error if several public keys match.
-/// PKCS #11 says it is a DER OCTET STRING around the point; a few tokens return the bare
-/// point, which is accepted too.
-fn public_point(
+/// The public key of a key of `kind` ([`TokenKey::public_key_der`]), read from the one public
+/// key object with the same label and id, else from the private key itself (some tokens keep
+/// it there); an error if several public keys match.
+fn public_key(
     session: &Session,
     uri: &Pkcs11Uri,
     label: Option<&str>,
-    curve: Curve,
+    kind: KeyKind,
 ) -> Result<Option<Vec<u8>>, String> {
     let mut candidates = session
         .find_objects(&template(uri, label, ObjectClass::PUBLIC_KEY))
@@ -912,30 +1079,73 @@ fn public_point(
             .find_objects(&template(uri, label, ObjectClass::PRIVATE_KEY))
             .unwrap_or_default(),
     );
+    let found = match kind {
+        KeyKind::Ec(curve) => candidates
+            .into_iter()
+            .find_map(|h| ec_point(session, h, curve)),
+        KeyKind::Rsa(bits) => candidates
+            .into_iter()
+            .find_map(|h| rsa_public_key(session, h, bits)),
+    };
+    Ok(found)
+}
+
+/// The object's CKA_EC_POINT, if it is a point of `curve`. PKCS #11 says it is a DER OCTET
+/// STRING around the point; a few tokens return the bare point, which is accepted too.
+fn ec_point(session: &Session, h: ObjectHandle, curve: Curve) -> Option<Vec<u8>> {
     let point_len = 1 + 2 * curve.len();
-    for h in candidates {
-        let Ok(attrs) = session.get_attributes(h, &[AttributeType::EcPoint]) else {
-            continue;
+    let attrs = session.get_attributes(h, &[AttributeType::EcPoint]).ok()?;
+    attrs.into_iter().find_map(|a| {
+        let Attribute::EcPoint(v) = a else {
+            return None;
         };
-        for a in attrs {
-            if let Attribute::EcPoint(v) = a {
-                // OCTET STRING, short-form length: a point of P-384 has 97 octets.
-                let point = match v.as_slice() {
-                    [0x04, len, inner @ ..]
-                        if usize::from(*len) == point_len && inner.len() == point_len =>
-                    {
-                        inner.to_vec()
-                    }
-                    _ if v.len() == point_len => v,
-                    _ => continue,
-                };
-                if point.first() == Some(&0x04) {
-                    return Ok(Some(point));
-                }
+        // OCTET STRING, short-form length: a point of P-384 has 97 octets.
+        let point = match v.as_slice() {
+            [0x04, len, inner @ ..]
+                if usize::from(*len) == point_len && inner.len() == point_len =>
+            {
+                inner.to_vec()
             }
+            _ if v.len() == point_len => v,
+            _ => return None,
+        };
+        (point.first() == Some(&0x04)).then_some(point)
+    })
+}
+
+/// The public exponent of the RSA keys generated here: 65537.
+const RSA_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
+
+/// The object's CKA_MODULUS and CKA_PUBLIC_EXPONENT as a DER `RSAPublicKey` (RFC 8017
+/// §A.1.1), if its modulus has `bits` bits.
+fn rsa_public_key(session: &Session, h: ObjectHandle, bits: u32) -> Option<Vec<u8>> {
+    let attrs = session
+        .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])
+        .ok()?;
+    let (mut n, mut e) = (None, None);
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => n = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            _ => {}
         }
     }
-    Ok(None)
+    let (n, e) = (n?, e?);
+    if rsa_bits(&n) != bits || e.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let mut body = der_integer(&n);
+    body.extend(der_integer(&e));
+    Some(tlv(0x30, body))
+}
+
+/// The size in bits of an unsigned big-endian integer (an RSA modulus).
+fn rsa_bits(n: &[u8]) -> u32 {
+    let Some(start) = n.iter().position(|&b| b != 0) else {
+        return 0;
+    };
+    let bytes = u32::try_from(n.len() - start).unwrap_or(u32::MAX);
+    bytes.saturating_mul(8) - n[start].leading_zeros()
 }
 
 /// DER `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from the fixed-width `r ‖ s`
@@ -945,29 +1155,40 @@ fn ecdsa_der(raw: &[u8], n: usize) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = raw.split_at(n);
-    let integer = |v: &[u8]| {
-        // Minimal encoding: no leading zero octets, then one 0x00 if the top bit is set.
-        let start = v.iter().position(|&b| b != 0).unwrap_or(v.len() - 1);
-        let v = &v[start..];
-        let mut content = Vec::with_capacity(v.len() + 1);
-        if v[0] & 0x80 != 0 {
-            content.push(0);
-        }
-        content.extend_from_slice(v);
-        short_tlv(0x02, content)
-    };
-    let mut body = integer(r);
-    body.extend(integer(s));
-    Some(short_tlv(0x30, body))
+    let mut body = der_integer(r);
+    body.extend(der_integer(s));
+    Some(tlv(0x30, body))
 }
 
-/// One DER TLV whose content is shorter than 128 octets (short-form length), as every part of
-/// a P-256 or P-384 `Ecdsa-Sig-Value` is (at most 2 × 51 octets).
-fn short_tlv(tag: u8, content: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 2);
+/// A DER INTEGER of the unsigned big-endian `v`: no leading zero octets, then one 0x00 if the
+/// top bit is set (zero is one 0x00).
+fn der_integer(v: &[u8]) -> Vec<u8> {
+    let v = match v.iter().position(|&b| b != 0) {
+        Some(start) => &v[start..],
+        None => &[0],
+    };
+    let mut content = Vec::with_capacity(v.len() + 1);
+    if v.first().is_some_and(|b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend_from_slice(v);
+    tlv(0x02, content)
+}
+
+/// One DER TLV: short-form length below 128 octets of content, long form above.
+fn tlv(tag: u8, content: Vec<u8>) -> Vec<u8> {
+    let len = content.len().to_be_bytes();
+    let len = &len[len.iter().position(|&b| b != 0).unwrap_or(len.len() - 1)..];
+    let mut out = Vec::with_capacity(content.len() + 2 + len.len());
     out.push(tag);
-    // Content of at most 102 octets: the cast cannot truncate.
-    out.push(content.len() as u8);
+    match len {
+        [short] if *short < 0x80 => out.push(*short),
+        // At most 8 octets of length: the cast cannot truncate.
+        _ => {
+            out.push(0x80 | len.len() as u8);
+            out.extend_from_slice(len);
+        }
+    }
     out.extend(content);
     out
 }
@@ -1023,6 +1244,26 @@ mod tests {
         let e =
             check_key_uri(&Pkcs11Uri::parse("pkcs11:token=a").expect("uri")).expect_err("no key");
         assert!(e.contains("object="), "{e}");
+    }
+
+    #[test]
+    fn rsa_public_keys_are_der_with_long_lengths_and_their_size_is_counted_in_bits() {
+        // A 2048-bit modulus (top bit set): INTEGER with a 0x00 prefix, long-form lengths.
+        let mut n = vec![0xc5; 256];
+        n[255] = 0x01;
+        let int = der_integer(&n);
+        assert_eq!(&int[..5], &[0x02, 0x82, 0x01, 0x01, 0x00]);
+        assert_eq!(int.len(), 4 + 257);
+        assert_eq!(der_integer(&RSA_EXPONENT), [0x02, 0x03, 0x01, 0x00, 0x01]);
+        assert_eq!(der_integer(&[0, 0]), [0x02, 0x01, 0x00]);
+        assert_eq!(tlv(0x30, vec![0; 127])[..2], [0x30, 0x7f]);
+        assert_eq!(tlv(0x30, vec![0; 128])[..3], [0x30, 0x81, 0x80]);
+        assert_eq!(rsa_bits(&n), 2048);
+        // Leading zero octets do not count; a modulus one bit short is 2047 bits.
+        let mut short = vec![0u8];
+        short.extend([0x7f; 256]);
+        assert_eq!(rsa_bits(&short), 2047);
+        assert_eq!(rsa_bits(&[0, 0]), 0);
     }
 
     #[test]
