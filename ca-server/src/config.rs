@@ -643,7 +643,7 @@ checkpoint_writes = 10
 checkpoint_idle = "2m"
 checkpoint_max_writes = 100
 retention = "7d"
-takeover_after = "30s"
+takeover_after = "45s"
 
 [profiles]
 default = "plc"
@@ -1033,7 +1033,7 @@ scan_interval = "1m"
     fn storage_takeover_after_defaults_to_10_seconds_and_refuses_values_out_of_range() {
         use std::time::Duration;
         let d = Config::from_toml("").expect("defaults");
-        assert_eq!(d.storage.takeover_after, Duration::from_secs(10));
+        assert_eq!(d.storage.takeover_after, Duration::from_secs(30));
         let quick = Config::from_toml("[storage]\ntakeover_after = \"1s\"\n").expect("parses");
         assert_eq!(quick.storage.takeover_after, Duration::from_secs(1));
         for bad in ["0s", "11m"] {

@@ -65,6 +65,11 @@ pub fn init(cfg: Config) -> Result<AppState> {
     if cfg.storage.retention < crate::storage::RETENTION_WARN_BELOW {
         tracing::warn!(retention = ?cfg.storage.retention, "storage.retention is under an hour: orders and authorizations are removed that long after they end, so a client that polls one later gets 404. For labs and tests.");
     }
+    if cfg.storage.backend == crate::storage::Backend::Postgres
+        && cfg.storage.takeover_after < crate::storage::TAKEOVER_AFTER
+    {
+        tracing::warn!(takeover_after = ?cfg.storage.takeover_after, "storage.takeover_after is under 30 s, three times the longest a database call may take: an instance whose calls stall that long is taken for gone, and the orders it is issuing are made invalid.");
+    }
     if !cfg.rate_limits.enabled {
         tracing::warn!("BENCHMARK SETTING rate_limits.enabled is off: no request rate limit applies. For load benchmarks only; never in production.");
     }

@@ -520,6 +520,14 @@ fn resume_stuck_validations(app: &Ra, authz: &Authz) {
             && (app.cut_off(c.processing_by.as_deref())
                 || c.processing_since.is_some_and(|t| now() - t > limit))
         {
+            let Ok(Some(acct)) = app.db.get::<Account>(Table::Accounts, &authz.account_id) else {
+                continue;
+            };
+            // A slot first: without one the restart waits for a later poll, and the challenge
+            // keeps the age it had.
+            let Ok(admission) = app.va.admit(&acct.id, None) else {
+                continue;
+            };
             // Claim the restart by moving `processing_since` forward and recording this
             // process under compare-and-swap, so concurrent polls start one validation, not
             // one each.
@@ -541,14 +549,8 @@ fn resume_stuck_validations(app: &Ra, authz: &Authz) {
                 Ok(a)
             });
             let Ok(updated) = updated else { continue };
-            let Ok(Some(acct)) = app.db.get::<Account>(Table::Accounts, &authz.account_id) else {
-                continue;
-            };
             if claimed {
-                // Without a slot the restart waits for a later poll.
-                if let Ok(admission) = app.va.admit(&acct.id, None) {
-                    spawn_validation(app.clone(), updated, kind, acct.thumbprint, admission);
-                }
+                spawn_validation(app.clone(), updated, kind, acct.thumbprint, admission);
             }
         }
     }

@@ -75,9 +75,34 @@ pub struct Order {
 }
 
 /// If issuance was interrupted (the process died between accepting finalize and storing the
-/// certificate), the order is reported invalid so the client can start over: at once when
-/// another server process accepted the finalize, and in any case after this long.
+/// certificate), the order is made invalid so the client can start over: at once when the
+/// server process that accepted the finalize is gone ([`Ra::cut_off`]), and in any case after
+/// this long.
 pub(crate) const STUCK_PROCESSING_SECS: i64 = 120;
+
+/// The problem of an order whose issuance was interrupted.
+fn interrupted() -> Problem {
+    Problem::new(
+        crate::ProblemType::ServerInternal,
+        "issuance was interrupted; create a new order",
+    )
+}
+
+/// Makes the order `id` invalid as interrupted if its stage is still `seen`; `Ok(false)` if
+/// the stage moved on meanwhile (the issuance completed, or was given up).
+fn interrupt(app: &Ra, id: &str, seen: &Stage) -> Result<bool> {
+    let mut still = false;
+    app.db.update(Table::Orders, id, |mut o: Order| {
+        still = o.stage == *seen;
+        if still {
+            o.stage = Stage::Invalid {
+                error: interrupted(),
+            };
+        }
+        Ok(o)
+    })?;
+    Ok(still)
+}
 
 impl Order {
     /// The order's status, derived from its stage and its authorizations so it can never
@@ -92,11 +117,15 @@ impl Order {
             Stage::Invalid { error } => return Ok((OrderStatus::Invalid, Some(error.clone()))),
             Stage::Processing { since, by } => {
                 if app.cut_off(by.as_deref()) || now() - since > STUCK_PROCESSING_SECS {
-                    let p = Problem::new(
-                        crate::ProblemType::ServerInternal,
-                        "issuance was interrupted; create a new order",
-                    );
-                    return Ok((OrderStatus::Invalid, Some(p)));
+                    // Stored, so that the issuance, if it was only slow, hands nothing out
+                    // (`finalize` ends only an order still its own) and the client that sees
+                    // `invalid` never sees the order change again.
+                    if !interrupt(app, &self.id, &self.stage)? {
+                        if let Some(current) = app.db.get::<Self>(Table::Orders, &self.id)? {
+                            return current.status_and_error(app);
+                        }
+                    }
+                    return Ok((OrderStatus::Invalid, Some(interrupted())));
                 }
                 return Ok((OrderStatus::Processing, None));
             }
@@ -620,26 +649,37 @@ pub async fn finalize(
     // From here to the order's final state, a backup sees all of this issuance or none.
     let group = app.db.write_group();
     // Compare-and-swap Open -> Processing: of two concurrent finalizes only one gets here.
-    let started = now();
+    let mine = Stage::Processing {
+        since: now(),
+        by: Some(super::process_id().to_owned()),
+    };
     app.db.update(Table::Orders, id, |mut o: Order| {
         if o.stage != Stage::Open {
             return Err(Error::OrderNotReady("processing".into()));
         }
-        o.stage = Stage::Processing {
-            since: started,
-            by: Some(super::process_id().to_owned()),
-        };
+        o.stage = mine.clone();
         Ok(o)
     })?;
+    // The order's next stage, if it is still this finalize's: another instance may have taken
+    // this one for gone, or the issuance for stuck, and made it invalid (`interrupt`), which
+    // stands. The order as stored, and whether `next` was written.
+    let end = |next: &Stage| -> Result<(Order, bool)> {
+        let mut ours = false;
+        let order = app.db.update(Table::Orders, id, |mut o: Order| {
+            ours = o.stage == mine;
+            if ours {
+                o.stage = next.clone();
+            }
+            Ok(o)
+        })?;
+        Ok((order, ours))
+    };
 
     let reopen = |e: Error, claims: Vec<Claim>| -> Result<Order> {
         for claim in claims {
             claim.abandon(app);
         }
-        app.db.update(Table::Orders, id, |mut o: Order| {
-            o.stage = Stage::Open;
-            Ok(o)
-        })?;
+        end(&Stage::Open)?;
         Err(e)
     };
     // An authorization may have been deactivated or expired since the readiness check; the
@@ -722,10 +762,14 @@ pub async fn finalize(
             }
         }
     };
-    let order = app.db.update(Table::Orders, id, |mut o: Order| {
-        o.stage = stage.clone();
-        Ok(o)
-    })?;
+    let (order, ours) = end(&stage)?;
+    if !ours {
+        if let Stage::Valid { cert } = &stage {
+            tracing::warn!(order = %order.id, serial = %cert,
+                "the order was made invalid as interrupted while this instance issued: the \
+                 certificate is not handed out");
+        }
+    }
     drop(group);
     // The certificate and the order's valid state are on disk before the client hears of
     // them: a client that saw "valid" can always download its certificate.

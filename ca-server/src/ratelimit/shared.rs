@@ -106,8 +106,8 @@ impl SharedBuckets {
     }
 
     /// The tokens `limit`'s bucket for `key` held, taking one if `take` and there was one. A
-    /// bucket other requests keep changing is reported empty after [`ATTEMPTS`] tries: a
-    /// burst that contends on one record is what the limit is for.
+    /// bucket other requests keep changing through [`ATTEMPTS`] tries is `rateLimited` with a
+    /// `Retry-After` of 1 s.
     pub fn draw(
         &self,
         limit: LimitName,
@@ -122,13 +122,14 @@ impl SharedBuckets {
             let now = now_ms();
             let old = store.get(Table::RateLimits, &record)?;
             // An unreadable record is only a count: read it as a full bucket and replace it.
-            let level = old
-                .as_deref()
-                .and_then(Stored::decode)
-                .map_or(capacity, |b| b.level(now, capacity, per_token));
+            let stored = old.as_deref().and_then(Stored::decode);
+            let level = stored.map_or(capacity, |b| b.level(now, capacity, per_token));
             if level < 1.0 || !take {
                 return Ok(level);
             }
+            // A clock behind the last writer's keeps the writer's time, so that instances
+            // whose clocks disagree cannot refill a bucket twice over the same span.
+            let now = stored.map_or(now, |b| now.max(b.at));
             let tokens = level - 1.0;
             let refill = millis(Duration::from_secs_f64(
                 ((capacity - tokens) * per_token).clamp(0.0, 1e9),
@@ -147,7 +148,7 @@ impl SharedBuckets {
                 return Ok(level);
             }
         }
-        Ok(0.0)
+        Err(busy())
     }
 
     /// Removes the buckets that are full again, and the validation records whose every hold
@@ -276,12 +277,7 @@ impl SharedSlots {
                 return Ok(Ok(id));
             }
         }
-        Err(Error::RateLimited {
-            detail: "too many validations are being started at once for this account or \
-                     address; answer the challenge again after Retry-After"
-                .into(),
-            retry_after: Duration::from_secs(1),
-        })
+        Err(busy())
     }
 
     /// Gives slot `id` of `key` back (and drops holds that ended). A slot that cannot be given
@@ -311,6 +307,16 @@ impl SharedSlots {
                 }
             }
         }
+    }
+}
+
+/// `rateLimited` for a record that other requests kept changing through every attempt.
+fn busy() -> Error {
+    Error::RateLimited {
+        detail: "too many requests are counted against the same limit at this moment; retry \
+                 after Retry-After"
+            .into(),
+        retry_after: Duration::from_secs(1),
     }
 }
 
@@ -371,6 +377,33 @@ mod tests {
         assert!(a.draw(failed, &key, 3.0, per_token, true).expect("draw") >= 1.0);
         // Nothing is full yet, so the sweep keeps all three.
         assert_eq!(a.sweep().expect("sweep"), 0);
+    }
+
+    #[test]
+    fn a_writer_with_a_clock_ahead_does_not_refill_the_bucket_for_one_behind() {
+        let store = db();
+        let buckets = SharedBuckets::new(store.clone());
+        let limit = LimitName::NewOrderPerAccount;
+        let key = Key::Account("skew".into());
+        // One token left, last taken by an instance whose clock is an hour ahead.
+        let ahead = now_ms() + 3_600_000;
+        let record = bucket_key(limit, &key);
+        let stored = Stored {
+            tokens: 1.0,
+            at: ahead,
+            full_at: ahead,
+        };
+        store
+            .store()
+            .put(Table::RateLimits, &record, &stored.encode())
+            .expect("put");
+        // 1 token per minute: this instance takes the last one, and its write keeps the
+        // time of the clock ahead, so that instance finds the bucket empty, not an hour fuller.
+        assert!(buckets.draw(limit, &key, 60.0, 60.0, true).expect("draw") >= 1.0);
+        let raw = store.store().get(Table::RateLimits, &record).expect("get");
+        let now = Stored::decode(&raw.expect("record")).expect("bucket");
+        assert_eq!(now.at, ahead);
+        assert!(now.level(ahead, 60.0, 60.0) < 1.0);
     }
 
     #[test]

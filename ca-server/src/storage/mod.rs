@@ -556,8 +556,10 @@ pub struct StorageConfig {
     pub takeover_after: Duration,
 }
 
-/// Default of `storage.takeover_after`.
-pub const TAKEOVER_AFTER: Duration = Duration::from_secs(10);
+/// Default of `storage.takeover_after`: three times the longest a store call may take
+/// ([`postgres::STATEMENT_DEADLINE`]), so that an instance whose heartbeat is only held up by
+/// a slow database is not taken for gone.
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(30);
 
 /// Default of `storage.retention`.
 pub const RETENTION: Duration = Duration::from_secs(30 * 86_400);
