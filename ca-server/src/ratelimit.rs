@@ -6,7 +6,8 @@
 //! `Retry-After` of the time until the next token (RFC 8555 §6.6). With the embedded store
 //! buckets live in memory: the CA is one process, and a restart refilling every bucket costs an
 //! attacker a restart of the CA, which it cannot cause. With several instances on one database
-//! they are records of the store ([`shared`]), so the instances count each limit together.
+//! they are records of the store ([`SharedBuckets`], `storage::limits`), so the instances count
+//! each limit together.
 //!
 //! | limit                               | key                  | checked at                 |
 //! |-------------------------------------|----------------------|----------------------------|
@@ -30,7 +31,21 @@ use std::time::{Duration, Instant};
 use crate::types::Identifier;
 use crate::{Error, Result};
 
-pub mod shared;
+/// Token buckets kept where several CA instances share them (`storage::limits`).
+pub trait SharedBuckets: Send + Sync + std::fmt::Debug {
+    /// The tokens `limit`'s bucket for `key` held, taking one if `take` and there was one.
+    /// `capacity` tokens at most, one more every `per_token` seconds.
+    fn draw(
+        &self,
+        limit: LimitName,
+        key: &Key,
+        capacity: f64,
+        per_token: f64,
+        take: bool,
+    ) -> Result<f64>;
+    /// Removes the buckets that are full again; returns how many.
+    fn sweep(&self) -> Result<usize>;
+}
 
 /// The most operator-approval requests that wait at once, whatever `[rate_limits]` says, off
 /// included: every one is an entry of the record the instances share (or a file the server
@@ -116,7 +131,7 @@ pub struct RateLimiter {
     cfg: RateLimitsConfig,
     buckets: Mutex<Buckets>,
     /// The store's buckets, when several instances share it; `buckets` is unused then.
-    shared: Option<shared::SharedBuckets>,
+    shared: Option<Box<dyn SharedBuckets>>,
 }
 
 impl RateLimiter {
@@ -132,21 +147,20 @@ impl RateLimiter {
         }
     }
 
-    /// A limiter whose buckets are records of `db`, which other CA instances share.
-    pub fn shared(cfg: RateLimitsConfig, db: crate::storage::Db) -> Self {
+    /// A limiter whose buckets are `buckets`, which other CA instances share.
+    pub fn shared(cfg: RateLimitsConfig, buckets: Box<dyn SharedBuckets>) -> Self {
         Self {
-            shared: Some(shared::SharedBuckets::new(db)),
+            shared: Some(buckets),
             ..Self::new(cfg)
         }
     }
 
-    /// Removes the store's buckets that are full again (a full bucket is the same as none),
-    /// and the validation slots whose holds all ended; returns how many. Nothing to do with
+    /// Removes the shared buckets that are full again (a full bucket is the same as none),
+    /// and, for the store's, the validation slots whose holds all ended; returns how many.
+    /// Nothing to do with
     /// buckets in memory, which sweep themselves.
     pub fn sweep(&self) -> Result<usize> {
-        self.shared
-            .as_ref()
-            .map_or(Ok(0), shared::SharedBuckets::sweep)
+        self.shared.as_ref().map_or(Ok(0), |b| b.sweep())
     }
 
     /// Whether limits apply at all (`[rate_limits] enabled`).

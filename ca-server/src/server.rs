@@ -98,7 +98,10 @@ pub fn init(cfg: Config) -> Result<AppState> {
     let (va, limits) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => (
             va.with_shared_slots(db.clone()),
-            crate::ratelimit::RateLimiter::shared(cfg.rate_limits.clone(), db.clone()),
+            crate::ratelimit::RateLimiter::shared(
+                cfg.rate_limits.clone(),
+                Box::new(crate::storage::limits::SharedBuckets::new(db.clone())),
+            ),
         ),
         crate::storage::Backend::Sled => (
             va,

@@ -6,6 +6,7 @@
 //! without touching the handlers. State transitions use compare-and-swap, never
 //! read-modify-write, so two requests racing on one object (two finalizes) cannot both win.
 
+pub mod limits;
 mod memory;
 pub mod postgres;
 mod sled;
@@ -77,7 +78,7 @@ pub enum Table {
     /// `ra::audit`).
     AuditLog,
     /// Rate-limit buckets and validation slots, when several instances share the store (with
-    /// the embedded store they live in memory): see `ratelimit::shared`.
+    /// the embedded store they live in memory): see `storage::limits`.
     RateLimits,
 }
 

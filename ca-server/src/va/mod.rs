@@ -99,7 +99,7 @@ use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
-use crate::ratelimit::shared::{SharedSlots, SlotKey};
+use crate::storage::limits::{SharedSlots, SlotKey};
 use crate::types::{ChallengeType, Identifier, IdentifierType};
 use crate::va::policy::{refused_address, OwnNames};
 use crate::{Error, Result};

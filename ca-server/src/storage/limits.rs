@@ -19,8 +19,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Key, LimitName};
-use crate::storage::{Db, Table};
+use super::{Db, Table};
+use crate::ratelimit::{Key, LimitName, SharedBuckets as Buckets};
 use crate::{Error, Result};
 
 /// Compare-and-swap attempts on one record before a request gives up on it.
@@ -104,11 +104,13 @@ impl SharedBuckets {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+}
 
+impl Buckets for SharedBuckets {
     /// The tokens `limit`'s bucket for `key` held, taking one if `take` and there was one. A
     /// bucket other requests keep changing through [`ATTEMPTS`] tries is `rateLimited` with a
     /// `Retry-After` of 1 s.
-    pub fn draw(
+    fn draw(
         &self,
         limit: LimitName,
         key: &Key,
@@ -154,7 +156,7 @@ impl SharedBuckets {
     /// Removes the buckets that are full again, and the validation records whose every hold
     /// has ended; returns how many. A record changed since it was read is left for the next
     /// sweep.
-    pub fn sweep(&self) -> Result<usize> {
+    fn sweep(&self) -> Result<usize> {
         let store = self.db.store();
         let now = now_ms();
         let mut after = Vec::new();
