@@ -112,10 +112,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
                 &cfg.data_dir.join(crate::storage::SHARED_MARKER),
-                b"This CA keeps its records, enrollment credentials, operator approvals, trust \
-                  anchors and audit log included, in PostgreSQL (storage.backend = \"postgres\"). \
-                  Give `ca-server eab`, `approval`, `trust-anchor`, `audit --log` and the \
-                  commands that record to the audit log their --config.\n",
+                crate::storage::SHARED_MARKER_TEXT,
                 0o644,
             )?;
             (

@@ -1,5 +1,7 @@
 //! Backups of a CA (`ca-server backup` and `ca-server restore`): one passphrase-encrypted file
-//! from which a new data directory carries on as the CA that made it.
+//! from which a new data directory carries on as the CA that made it, with the records in a new
+//! embedded store there or in an empty PostgreSQL database ([`Destination`]), whichever store
+//! the backup was taken from.
 //!
 //! The file is an [age](https://age-encryption.org/v1) file encrypted to a passphrase (scrypt),
 //! so `age -d` or `rage -d` also decrypt it. Its plaintext is a stream of frames after
@@ -29,7 +31,7 @@ use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{ensure_private_dir, write_atomic};
-use crate::storage::{Db, SledStore, Store, Table};
+use crate::storage::{Db, PgLoad, PgStore, SledStore, Store, Table};
 use crate::types::{now, rfc3339};
 
 /// The format this version writes, and the newest it reads.
@@ -136,6 +138,9 @@ pub enum BackupError {
     /// Restore is only into an empty (or new) directory.
     #[error("{0} is not empty: restore into a new or empty data directory, so nothing of another CA mixes with the restored one")]
     NotEmpty(PathBuf),
+    /// Restore into PostgreSQL is only into a database without records.
+    #[error("the PostgreSQL database already holds records (table {0}, perhaps others): restore into a new database, or one emptied of every record, so nothing of another CA mixes with the restored one")]
+    DatabaseNotEmpty(String),
     /// The backup file would lie inside the directory it backs up.
     #[error("{0} is inside the data directory {1}: keep backups elsewhere, they are lost with it otherwise")]
     InsideDataDir(PathBuf, PathBuf),
@@ -402,12 +407,34 @@ fn write_store(w: &mut Sink, db: &Db, counts: &mut Counts) -> Result<(), BackupE
     }
 }
 
-/// Restores the backup `file` into `data_dir`, which must be empty or absent; on failure it is
-/// left as it was found. The restored store's CRL number is moved [`CRL_NUMBER_GAP`] past the
-/// backup's. Blocking.
+/// Where [`restore_to`] writes the store's records.
+#[derive(Clone, Copy)]
+pub enum Destination<'a> {
+    /// A new embedded store, `<data_dir>/db`.
+    Sled,
+    /// A PostgreSQL database with its schema (as `PgStore::open_migrated` leaves an empty
+    /// one) and without records, written in one transaction ([`PgLoad`]); the data directory
+    /// gets the `storage::SHARED_MARKER`.
+    Postgres(&'a PgStore),
+}
+
+/// Restores the backup `file` into `data_dir`, which must be empty or absent, and a new
+/// embedded store there ([`restore_to`]). Blocking.
 pub fn restore(
     file: &Path,
     data_dir: &Path,
+    passphrase: SecretString,
+) -> Result<Summary, BackupError> {
+    restore_to(file, data_dir, Destination::Sled, passphrase)
+}
+
+/// Restores the backup `file`: its files into `data_dir`, which must be empty or absent, its
+/// records into `to`. On failure both are left as they were found. The restored store's CRL
+/// number is moved [`CRL_NUMBER_GAP`] past the backup's. Blocking.
+pub fn restore_to(
+    file: &Path,
+    data_dir: &Path,
+    to: Destination<'_>,
     passphrase: SecretString,
 ) -> Result<Summary, BackupError> {
     let existed = match fs::read_dir(data_dir) {
@@ -420,11 +447,24 @@ pub fn restore(
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(file_error(data_dir, e)),
     };
+    // The database first: it is refused before anything is read, and the load's lock keeps
+    // writers out from the check until the records are in. Dropped on a failure, it takes
+    // back what it wrote.
+    let load = match to {
+        Destination::Sled => None,
+        Destination::Postgres(pg) => {
+            let mut load = pg.load().map_err(store_error)?;
+            if let Some(table) = load.occupied().map_err(store_error)? {
+                return Err(BackupError::DatabaseNotEmpty(table));
+            }
+            Some(load)
+        }
+    };
     let input = fs::File::open(file).map_err(|e| file_error(file, e))?;
     let bytes = input.metadata().map_err(|e| file_error(file, e))?.len();
     let mut plain = open(file, input, passphrase)?;
     let manifest = read_manifest(file, &mut plain)?;
-    let restored = restore_into(&mut plain, data_dir, &manifest);
+    let restored = restore_into(&mut plain, data_dir, &manifest, load);
     if restored.is_err() {
         // Nothing of a half-restored CA stays behind.
         let _ = fs::remove_dir_all(data_dir);
@@ -551,18 +591,66 @@ fn restored_path(data_dir: &Path, name: &[u8]) -> Result<PathBuf, BackupError> {
     Ok(data_dir.join(rel))
 }
 
-/// Reads the frames after the manifest into `data_dir`; returns the counts and the number the
-/// restored CA's next CRL will be above.
+/// What restore writes the records into.
+enum RecordWriter<'a> {
+    /// A new embedded store, and the records written into it so far.
+    Sled(SledStore, u64),
+    /// A load into PostgreSQL.
+    Postgres(PgLoad<'a>),
+}
+
+impl RecordWriter<'_> {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), BackupError> {
+        match self {
+            Self::Sled(store, written) => {
+                store.put(table, key, value).map_err(store_error)?;
+                *written += 1;
+                if *written % RESTORE_CHECKPOINT_EVERY == 0 {
+                    store.checkpoint().map_err(store_error)?;
+                }
+                Ok(())
+            }
+            Self::Postgres(load) => load.put(table, key, value).map_err(store_error),
+        }
+    }
+
+    /// Makes every record durable (sled: so the next start replays nothing) or commits them.
+    fn finish(self) -> Result<(), BackupError> {
+        match self {
+            Self::Sled(store, _) => store.checkpoint().map_err(store_error),
+            Self::Postgres(load) => load.commit().map_err(store_error),
+        }
+    }
+}
+
+/// Reads the frames after the manifest into `data_dir` and `load` (`None`: a new embedded
+/// store there); returns the counts and the number the restored CA's next CRL will be above.
 fn restore_into(
     r: &mut Source,
     data_dir: &Path,
     manifest: &Manifest,
+    load: Option<PgLoad<'_>>,
 ) -> Result<(Counts, u64), BackupError> {
     ensure_private_dir(data_dir).map_err(store_error)?;
-    let store = std::sync::Arc::new(SledStore::open(&data_dir.join("db")).map_err(store_error)?);
+    let mut store = match load {
+        Some(load) => {
+            write_atomic(
+                &data_dir.join(crate::storage::SHARED_MARKER),
+                crate::storage::SHARED_MARKER_TEXT,
+                0o644,
+            )
+            .map_err(store_error)?;
+            RecordWriter::Postgres(load)
+        }
+        None => RecordWriter::Sled(
+            SledStore::open(&data_dir.join("db")).map_err(store_error)?,
+            0,
+        ),
+    };
     let mut read = Counts::default();
     let mut table = None;
-    let mut records = 0u64;
+    // The backup's CRL number, written moved on once every record is in.
+    let mut last_crl = 0u64;
     let counts = loop {
         match get_u8(r)? {
             b'C' => {
@@ -599,11 +687,13 @@ fn restore_into(
                 let t =
                     table.ok_or_else(|| BackupError::Corrupt("a record outside a table".into()))?;
                 let (key, value) = (get_bytes(r)?, get_bytes(r)?);
-                store.put(t, &key, &value).map_err(store_error)?;
                 *read.records.entry(t.name().to_owned()).or_default() += 1;
-                records += 1;
-                if records % RESTORE_CHECKPOINT_EVERY == 0 {
-                    store.checkpoint().map_err(store_error)?;
+                if t == Table::Meta && key == CRL_NUMBER_KEY.as_bytes() {
+                    last_crl = serde_json::from_slice(&value).map_err(|e| {
+                        BackupError::Corrupt(format!("the CRL number does not parse: {e}"))
+                    })?;
+                } else if !(t == Table::Meta && crate::ra::crl::is_stored_crl(&key)) {
+                    store.put(t, &key, &value)?;
                 }
             }
             b'E' => break get_json::<Counts>(r, "counts")?,
@@ -619,16 +709,9 @@ fn restore_into(
     if r.read(&mut [0u8; 1]).map_err(damaged)? != 0 {
         return Err(BackupError::Corrupt("data after the end".into()));
     }
-    let db = Db::new(store.clone());
-    let last: u64 = db
-        .get(Table::Meta, CRL_NUMBER_KEY)
-        .map_err(store_error)?
-        .unwrap_or(0);
-    let next_above = last.saturating_add(CRL_NUMBER_GAP);
-    db.put(Table::Meta, CRL_NUMBER_KEY, &next_above)
-        .map_err(store_error)?;
-    // Durable, and the next start replays nothing.
-    store.checkpoint().map_err(store_error)?;
+    let next_above = last_crl.saturating_add(CRL_NUMBER_GAP);
+    let encoded = serde_json::to_vec(&next_above).map_err(|e| BackupError::Store(e.to_string()))?;
+    store.put(Table::Meta, CRL_NUMBER_KEY.as_bytes(), &encoded)?;
     let root = root_fingerprint(data_dir)?;
     if root != manifest.root_sha256 {
         return Err(BackupError::Corrupt(format!(
@@ -636,6 +719,8 @@ fn restore_into(
             manifest.root_sha256
         )));
     }
+    // Last: a PostgreSQL load commits only a restore that is whole.
+    store.finish()?;
     Ok((counts, next_above))
 }
 
@@ -674,6 +759,11 @@ mod tests {
         db
     }
 
+    /// Under `tmp`: the data directory, the backup file and the directory restored into.
+    fn layout(tmp: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        (tmp.join("data"), tmp.join("b.age"), tmp.join("new"))
+    }
+
     fn pass(text: &str) -> SecretString {
         passphrase(text.to_owned()).expect("passphrase")
     }
@@ -681,11 +771,7 @@ mod tests {
     #[test]
     fn a_backup_restores_files_modes_and_records_and_moves_the_crl_number_on() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (data, out, new) = (
-            tmp.path().join("data"),
-            tmp.path().join("b.age"),
-            tmp.path().join("new"),
-        );
+        let (data, out, new) = layout(tmp.path());
         let db = ca_dir(&data);
         let written = create(&db, &data, None, &out, pass("pw")).expect("backup");
         assert_eq!(
@@ -746,11 +832,7 @@ mod tests {
     #[test]
     fn wrong_passphrase_truncation_and_a_used_directory_are_refused_and_leave_nothing() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (data, out, new) = (
-            tmp.path().join("data"),
-            tmp.path().join("b.age"),
-            tmp.path().join("new"),
-        );
+        let (data, out, new) = layout(tmp.path());
         create(&ca_dir(&data), &data, None, &out, pass("pw")).expect("backup");
 
         let err = restore(&out, &new, pass("not it")).expect_err("wrong passphrase");
@@ -781,6 +863,95 @@ mod tests {
         assert!(matches!(err, BackupError::NotEmpty(_)), "{err}");
         assert!(new.join("something").exists());
         assert!(passphrase(String::new()).is_err());
+    }
+
+    /// Into PostgreSQL: the records go into the database in one transaction, with the CRL
+    /// number moved on and the stored CRLs left out, the files into the directory with the
+    /// marker; a database with records is refused, and a failed restore leaves the database
+    /// without records and no directory.
+    #[test]
+    fn a_restore_into_postgres_writes_the_database_whole_or_not_at_all() {
+        use crate::storage::postgres::test_cluster::TestCluster;
+        use crate::storage::{Durability, PostgresConfig};
+        let cluster = TestCluster::shared().expect("cluster");
+        let open = || {
+            let db = cluster.fresh_database().expect("database");
+            let cfg = PostgresConfig {
+                url: cluster.url(&db),
+                password_file: None,
+                pool_size: 2,
+                tls: None,
+            };
+            Arc::new(PgStore::open_migrated(&cfg, Durability::PowerLoss).expect("open"))
+        };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (data, out, new) = layout(tmp.path());
+        let db = ca_dir(&data);
+        db.put(Table::Meta, "crl_signed.crl.pem", &"an old CRL")
+            .expect("put");
+        db.put(Table::Meta, "crl_head.crl.pem", &"its head")
+            .expect("put");
+        create(&db, &data, None, &out, pass("pw")).expect("backup");
+        let records = |pg: &PgStore| {
+            let mut all = Vec::new();
+            pg.snapshot(&mut |t, k, v| {
+                all.push((t, k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .expect("snapshot");
+            all
+        };
+
+        let pg = open();
+        let restored =
+            restore_to(&out, &new, Destination::Postgres(&pg), pass("pw")).expect("restore");
+        assert_eq!(restored.next_crl_above, Some(41 + CRL_NUMBER_GAP));
+        let shared = Db::new(pg.clone());
+        assert_eq!(
+            shared
+                .get::<String>(Table::Certificates, "0a")
+                .expect("get")
+                .as_deref(),
+            Some("cert")
+        );
+        assert_eq!(
+            shared.get::<u64>(Table::Meta, CRL_NUMBER_KEY).expect("get"),
+            Some(41 + CRL_NUMBER_GAP)
+        );
+        for stale in ["crl_signed.crl.pem", "crl_head.crl.pem"] {
+            assert_eq!(
+                shared.get::<String>(Table::Meta, stale).expect("get"),
+                None,
+                "{stale}"
+            );
+        }
+        assert_eq!(records(&pg).len(), 4, "{:?}", records(&pg));
+        assert!(new.join(crate::storage::SHARED_MARKER).is_file());
+        assert!(!new.join("db").exists(), "no embedded store");
+        assert_eq!(fs::read(new.join("ca/root.key")).expect("key"), b"secret");
+
+        // The same database again: refused, and nothing changes.
+        let again = tmp.path().join("again");
+        let err = restore_to(&out, &again, Destination::Postgres(&pg), pass("pw"))
+            .expect_err("a database with records");
+        assert!(matches!(err, BackupError::DatabaseNotEmpty(_)), "{err}");
+        assert!(err.to_string().contains("already holds records"), "{err}");
+        assert!(!again.exists());
+        assert_eq!(records(&pg).len(), 4);
+
+        // A wrong passphrase, or a backup cut short after its records, leaves no record.
+        let pg = open();
+        let err = restore_to(&out, &again, Destination::Postgres(&pg), pass("not it"))
+            .expect_err("wrong passphrase");
+        assert!(matches!(err, BackupError::WrongPassphrase), "{err}");
+        let bytes = fs::read(&out).expect("read");
+        let cut = tmp.path().join("cut.age");
+        fs::write(&cut, &bytes[..bytes.len() - 1]).expect("write");
+        let err = restore_to(&cut, &again, Destination::Postgres(&pg), pass("pw"))
+            .expect_err("truncated");
+        assert!(matches!(err, BackupError::Corrupt(_)), "{err}");
+        assert!(records(&pg).is_empty());
+        assert!(!again.exists());
     }
 
     /// A file written by hand in the backup format, with `manifest` and then `rest`.

@@ -89,12 +89,25 @@ fn revocations_recorded(app: &Ra) -> Result<u64> {
     Ok(app.db.get(Table::Meta, REVOCATIONS_KEY)?.unwrap_or(0))
 }
 
+/// The prefixes of the `Table::Meta` keys of a stored CRL ([`shared_key`]) and its head
+/// ([`head_key`]).
+const STORED_CRL_PREFIXES: [&str; 2] = ["crl_signed.", "crl_head."];
+
 fn shared_key(kind: IssuerKind) -> String {
-    format!("crl_signed.{}", file_name(kind))
+    format!("{}{}", STORED_CRL_PREFIXES[0], file_name(kind))
 }
 
 fn head_key(kind: IssuerKind) -> String {
-    format!("crl_head.{}", file_name(kind))
+    format!("{}{}", STORED_CRL_PREFIXES[1], file_name(kind))
+}
+
+/// Whether a `Table::Meta` key holds a stored CRL or its head. A restore leaves them out: it
+/// moves the CRL number past theirs, and instances would serve them, numbered below CRLs
+/// the original CA may have published since, until they go stale.
+pub fn is_stored_crl(key: &[u8]) -> bool {
+    STORED_CRL_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p.as_bytes()))
 }
 
 /// Whether a stored CRL is not yet due (as [`crate::ca::crl::CrlCache`] decides) and lists

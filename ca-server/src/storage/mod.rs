@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
-pub use self::postgres::{PgStore, PostgresConfig};
+pub use self::postgres::{PgLoad, PgStore, PostgresConfig};
 pub use self::sled::{Compacted, SledStore};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -709,6 +709,13 @@ impl StorageConfig {
 /// that would otherwise read or write files there (`ca-server eab`, `trust-anchor`,
 /// `audit --log`, and those that record to the audit log) know to ask for the configuration.
 pub const SHARED_MARKER: &str = "storage-is-postgres";
+
+/// What the [`SHARED_MARKER`] file says, for the operator who finds it.
+pub const SHARED_MARKER_TEXT: &[u8] =
+    b"This CA keeps its records, enrollment credentials, operator \
+    approvals, trust anchors and audit log included, in PostgreSQL (storage.backend = \
+    \"postgres\"). Give `ca-server eab`, `approval`, `trust-anchor`, `audit --log` and the \
+    commands that record to the audit log their --config.\n";
 
 /// The storage backend (`storage.backend`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -773,6 +773,122 @@ impl Store for PgStore {
     }
 }
 
+/// Rows a [`PgLoad`] sends in one statement at most.
+const LOAD_ROWS: usize = 1000;
+/// Bytes of keys and values after which a [`PgLoad`] sends the rows it holds.
+const LOAD_BYTES: usize = 8 << 20;
+
+/// Records written into the database in one transaction, [`LOAD_ROWS`] to a statement: the
+/// restore of a backup (`ra::backup`). From [`PgStore::load`] until [`PgLoad::commit`] the
+/// relation is locked against writers (readers go on), so no instance writes into it half
+/// restored; dropped before the commit, or after a failed statement, the connection closes
+/// and PostgreSQL takes back everything the load wrote.
+pub struct PgLoad<'a> {
+    store: &'a PgStore,
+    /// The transaction's connection, out of the pool; `None` once a statement failed.
+    client: Option<deadpool_postgres::ClientWrapper>,
+    tables: Vec<&'static str>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl PgStore {
+    /// Starts a [`PgLoad`]: a connection of its own, a transaction, and the lock on `kv`,
+    /// which waits for the transactions of running instances to end.
+    pub fn load(&self) -> Result<PgLoad<'_>> {
+        let pool = self.pool.clone();
+        let client = self.run(async move {
+            let client = deadpool_postgres::Object::take(pool.get().await.map_err(pool_error)?);
+            client
+                .batch_execute("BEGIN; LOCK TABLE kv IN EXCLUSIVE MODE")
+                .await?;
+            Ok(client)
+        })?;
+        Ok(PgLoad {
+            store: self,
+            client: Some(client),
+            tables: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+            bytes: 0,
+        })
+    }
+}
+
+impl PgLoad<'_> {
+    /// Runs `f` with the transaction's connection, which it hands back with its result. On a
+    /// failure the connection is dropped, and the transaction with it.
+    fn step<T, F, Fut>(&mut self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::ClientWrapper) -> Fut,
+        Fut: Future<Output = Result<(deadpool_postgres::ClientWrapper, T)>> + Send + 'static,
+    {
+        let client = self.client.take().ok_or_else(|| {
+            Error::Storage("the load's transaction ended with an earlier failure".into())
+        })?;
+        let (client, out) = self.store.run(f(client))?;
+        self.client = Some(client);
+        Ok(out)
+    }
+
+    /// The name of a table that holds a record, if any does: a load is meant for an empty
+    /// database, and its caller refuses another.
+    pub fn occupied(&mut self) -> Result<Option<String>> {
+        self.step(|c| async move {
+            let row = c.query_opt("SELECT tbl FROM kv LIMIT 1", &[]).await?;
+            let table = row.map(|r| r.try_get(0)).transpose()?;
+            Ok((c, table))
+        })
+    }
+
+    /// Adds a record; sends the rows held once there are enough of them. A key already
+    /// written fails the load.
+    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tables.push(table.name());
+        self.keys.push(key.to_vec());
+        self.values.push(value.to_vec());
+        self.bytes += key.len() + value.len();
+        if self.tables.len() >= LOAD_ROWS || self.bytes >= LOAD_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rows held in one statement.
+    fn send(&mut self) -> Result<()> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let rows = (
+            std::mem::take(&mut self.tables),
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.values),
+        );
+        self.bytes = 0;
+        self.step(|c| async move {
+            c.execute(
+                "INSERT INTO kv (tbl, k, v) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
+                &[&rows.0, &rows.1, &rows.2],
+            )
+            .await?;
+            Ok((c, ()))
+        })
+    }
+
+    /// Sends the rows still held and commits: the records are in the database for every
+    /// instance from now on.
+    pub fn commit(mut self) -> Result<()> {
+        self.send()?;
+        self.step(|c| async move {
+            c.batch_execute("COMMIT").await?;
+            Ok((c, ()))
+        })
+    }
+}
+
 #[cfg(any(test, feature = "test-cluster"))]
 pub mod test_cluster;
 
@@ -952,6 +1068,57 @@ pub(super) mod tests {
             })
             .expect("snapshot");
         assert_eq!(seen, n);
+    }
+
+    /// A load writes its records in one transaction: nothing of it is seen before the commit,
+    /// all of it after; one dropped unfinished, or failed, leaves the database as it was.
+    #[test]
+    fn a_load_is_one_transaction_whatever_its_size() {
+        let store = fresh_store();
+        let count = |t: Table| store.scan_prefix(t, b"").expect("scan").len();
+        let mut load = store.load().expect("load");
+        assert_eq!(load.occupied().expect("occupied"), None);
+        let n = 2 * LOAD_ROWS + 7;
+        for i in 0..n {
+            load.put(Table::Certificates, format!("c{i:05}").as_bytes(), b"x")
+                .expect("put");
+        }
+        load.put(Table::Meta, b"crl_number", b"5").expect("put");
+        assert_eq!(count(Table::Certificates), 0, "not before the commit");
+        load.commit().expect("commit");
+        assert_eq!(count(Table::Certificates), n);
+        assert_eq!(
+            store
+                .get(Table::Meta, b"crl_number")
+                .expect("get")
+                .as_deref(),
+            Some(&b"5"[..])
+        );
+        let mut load = store.load().expect("load");
+        assert_eq!(
+            load.occupied().expect("occupied").as_deref(),
+            Some("certificates")
+        );
+        drop(load);
+
+        // Dropped after more than one batch was sent: nothing stays.
+        let store = fresh_store();
+        let mut load = store.load().expect("load");
+        for i in 0..LOAD_ROWS + 1 {
+            load.put(Table::Accounts, format!("a{i}").as_bytes(), b"x")
+                .expect("put");
+        }
+        drop(load);
+        assert_eq!(count(Table::Accounts), 0);
+        // A key twice fails the load, and takes back what it wrote.
+        let mut load = store.load().expect("load");
+        load.put(Table::Accounts, b"a", b"1").expect("put");
+        load.put(Table::Accounts, b"a", b"2").expect("put");
+        assert!(load.commit().is_err());
+        assert_eq!(count(Table::Accounts), 0);
+        store
+            .put(Table::Accounts, b"after", b"1")
+            .expect("the store works on");
     }
 
     #[test]

@@ -66,6 +66,26 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes `ca-server.toml` in `dir`: the configuration of a CA with the data directory
+/// `data_dir` on the PostgreSQL database at `url`, for the commands' `--config`. Returns its
+/// path.
+pub fn postgres_config_file(
+    dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    url: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("ca-server.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n",
+            data_dir.display().to_string()
+        ),
+    )
+    .expect("config");
+    path
+}
+
 /// A server instance with its own temporary data directory.
 pub struct TestServer {
     pub app: AppState,
