@@ -864,15 +864,7 @@ async fn the_approval_commands_reach_the_shared_store_with_the_configuration() {
     let acct = a.new_account().await;
     let (_, _, chall, code) = waiting_device(&a, &acct, "plc-1").await;
     let url = a.app.cfg.storage.url.clone().expect("url");
-    let config = a.dir.path().join("ca.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n",
-            a.dir.path().display().to_string()
-        ),
-    )
-    .expect("config");
+    let config = postgres_config_file(a.dir.path(), a.dir.path(), &url);
     let run = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
             .args(args)
@@ -1145,16 +1137,8 @@ async fn trust_anchor_files_and_the_audit_log_are_copied_into_the_shared_store()
 async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configuration() {
     let (a, b) = pair();
     let dir = b.dir.path();
-    let config = dir.join("ca-server.toml");
     let url = b.app.cfg.storage.url.clone().expect("url");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[storage]\nbackend = \"postgres\"\nurl = {url:?}\n",
-            dir.display().to_string()
-        ),
-    )
-    .expect("config");
+    let config = postgres_config_file(dir, dir, &url);
     let root_pem = Manufacturer::new("CLI Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256).root_pem;
     let root = dir.join("root.pem");
     std::fs::write(&root, root_pem).expect("root");
