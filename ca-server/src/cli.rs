@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::ra::approval::{mark_duplicates, ApprovalQueue, Decision};
 use crate::ra::audit::{Actor, AuditLog};
 use crate::ra::eab::{AllowRule, EabStore, NewCredential};
+use crate::ra::operator::OperatorStore;
 use crate::server;
 use crate::text::{escape, escape_lines};
 use crate::types::parse_duration;
@@ -152,7 +153,8 @@ enum OperatorCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The CA's configuration file (for `[admin] operator_validity`).
+        /// The CA's configuration file (for `[admin] operator_validity`); needed when the CA
+        /// keeps its records in PostgreSQL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// viewer (reads), approver (also approves and renews early) or admin (also revokes
@@ -173,14 +175,16 @@ enum OperatorCommand {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Revoke an operator: its certificate stops working with the next request.
     Revoke {
         /// Data directory of the CA.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The CA's configuration file; needed when the CA keeps its records (the audit log)
-        /// in PostgreSQL.
+        /// The CA's configuration file; needed when the CA keeps its records in PostgreSQL.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The operator's name.
@@ -890,7 +894,7 @@ fn audit_log(log: &AuditLog, json: bool) -> Result<(), String> {
 }
 
 fn operator(cmd: OperatorCommand) -> Result<(), String> {
-    use crate::ra::operator::{OperatorStore, Role};
+    use crate::ra::operator::Role;
     match cmd {
         OperatorCommand::Add {
             data_dir: d,
@@ -928,8 +932,15 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
             crate::ra::operator::check_name(&name).map_err(|e| e.to_string())?;
             crate::fsutil::ensure_private_dir(&out).map_err(|e| e.to_string())?;
             let by = Actor::local_user().name;
-            let (op, credential) = crate::ra::operator::create(&dir, &name, role, validity, &by)
-                .map_err(|e| e.to_string())?;
+            let (op, credential) = crate::ra::operator::create(
+                &records.operators()?,
+                &dir,
+                &name,
+                role,
+                validity,
+                &by,
+            )
+            .map_err(|e| e.to_string())?;
             let generated = passphrase.is_none();
             let passphrase = match passphrase {
                 Some(p) => p,
@@ -980,8 +991,12 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
             println!("  (import the .p12 into the operator's browser, then open the console)");
             Ok(())
         }
-        OperatorCommand::List { data_dir: d } => {
-            let list = OperatorStore::new(&data_dir(d))
+        OperatorCommand::List {
+            data_dir: d,
+            config,
+        } => {
+            let list = Records::for_reading(d, config.as_deref())?
+                .operators()?
                 .list()
                 .map_err(|e| e.to_string())?;
             if list.is_empty() {
@@ -1015,9 +1030,9 @@ fn operator(cmd: OperatorCommand) -> Result<(), String> {
             name,
         } => {
             let records = Records::for_writing(d, config.as_deref())?;
-            let dir = records.dir.clone();
             let by = Actor::local_user().name;
-            match OperatorStore::new(&dir)
+            match records
+                .operators()?
                 .revoke(&name, &by)
                 .map_err(|e| e.to_string())?
             {
@@ -1145,8 +1160,8 @@ impl Records {
             }
             _ if dir.join(crate::storage::SHARED_MARKER).exists() => Err(format!(
                 "the CA in {} keeps its records (enrollment credentials, operator approvals, \
-                 trust anchors, the audit log) in PostgreSQL (storage.backend = \"postgres\"): pass its \
-                 configuration file with --config",
+                 trust anchors, console operators, the audit log) in PostgreSQL \
+                 (storage.backend = \"postgres\"): pass its configuration file with --config",
                 dir.display()
             )),
             _ => Ok(Self {
@@ -1194,6 +1209,13 @@ impl Records {
                 TrustAnchorStore::in_store(&self.dir, db.clone()).map_err(|e| e.to_string())
             }
             None => Ok(TrustAnchorStore::new(&self.dir)),
+        }
+    }
+
+    fn operators(&self) -> Result<OperatorStore, String> {
+        match &self.shared {
+            Some(db) => OperatorStore::in_store(&self.dir, db.clone()).map_err(|e| e.to_string()),
+            None => Ok(OperatorStore::new(&self.dir)),
         }
     }
 

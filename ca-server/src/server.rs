@@ -15,6 +15,7 @@ use crate::fsutil::ensure_private_dir;
 use crate::ra::approval::ApprovalQueue;
 use crate::ra::audit::AuditLog;
 use crate::ra::eab::EabStore;
+use crate::ra::operator::OperatorStore;
 use crate::ra::{Inner, Ra};
 use crate::storage::Db;
 use crate::va::attest::anchors::TrustAnchorStore;
@@ -108,7 +109,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
             crate::ratelimit::RateLimiter::new(cfg.rate_limits.clone()),
         ),
     };
-    let (eab, approvals, anchors, audit) = match cfg.storage.backend {
+    let (eab, approvals, anchors, operators, audit) = match cfg.storage.backend {
         crate::storage::Backend::Postgres => {
             crate::fsutil::write_atomic(
                 &cfg.data_dir.join(crate::storage::SHARED_MARKER),
@@ -119,6 +120,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
                 EabStore::in_store(&cfg.data_dir, db.clone())?,
                 ApprovalQueue::open_in_store(&cfg.data_dir, db.clone())?,
                 TrustAnchorStore::in_store(&cfg.data_dir, db.clone())?,
+                OperatorStore::in_store(&cfg.data_dir, db.clone())?,
                 AuditLog::in_store(&cfg.data_dir, db.clone())?,
             )
         }
@@ -140,6 +142,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
                 EabStore::new(&cfg.data_dir),
                 ApprovalQueue::open(&cfg.data_dir)?,
                 TrustAnchorStore::new(&cfg.data_dir),
+                OperatorStore::new(&cfg.data_dir),
                 AuditLog::file(&cfg.data_dir),
             )
         }
@@ -169,6 +172,7 @@ pub fn init(cfg: Config) -> Result<AppState> {
         eab,
         approvals,
         anchors,
+        operators,
         audit,
         account_keys: tokio::sync::Mutex::new(()),
         crl: crate::ca::crl::CrlCache::default(),

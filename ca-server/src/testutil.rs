@@ -82,3 +82,24 @@ pub(crate) fn openssl_rsa_key(dir: &Path, name: &str, bits: u32) {
         ],
     );
 }
+
+/// Runs `f(0)` to `f(n - 1)` on `n` threads that start at the same moment, for races between
+/// instances sharing a store; their results in that order.
+pub(crate) fn race<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let start = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let racers: Vec<_> = (0..n)
+            .map(|i| {
+                let (f, start) = (&f, &start);
+                s.spawn(move || {
+                    start.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|r| r.join().expect("join"))
+            .collect()
+    })
+}

@@ -56,6 +56,7 @@ impl Console {
     /// An operator of `role`, made as `ca-server operator add` makes one.
     fn operator(&self, name: &str, role: Role) -> Identity {
         let (_, cred) = operator::create(
+            &self.s.app.operators,
             self.s.dir.path(),
             name,
             role,

@@ -13,6 +13,20 @@ use common::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+/// Runs the `ca-server` command with `args`: whether it succeeded, its stdout and stderr.
+fn ca_server_command(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run ca-server");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Two instances of one CA on a fresh database of the shared test cluster.
 fn pair() -> (TestServer, TestServer) {
     pair_with(|_| {})
@@ -865,17 +879,7 @@ async fn the_approval_commands_reach_the_shared_store_with_the_configuration() {
     let (_, _, chall, code) = waiting_device(&a, &acct, "plc-1").await;
     let url = a.app.cfg.storage.url.clone().expect("url");
     let config = postgres_config_file(a.dir.path(), a.dir.path(), &url);
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
-            .args(args)
-            .output()
-            .expect("ca-server runs");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = ca_server_command;
     let dir = a.dir.path().to_str().expect("utf-8 path");
     let config = config.to_str().expect("utf-8 path");
 
@@ -1142,18 +1146,7 @@ async fn the_commands_reach_the_shared_anchors_and_audit_log_with_the_configurat
     let root_pem = Manufacturer::new("CLI Devices Root", &rcgen::PKCS_ECDSA_P256_SHA256).root_pem;
     let root = dir.join("root.pem");
     std::fs::write(&root, root_pem).expect("root");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ca-server"))
-            .args(args)
-            .env("RUST_LOG", "off")
-            .output()
-            .expect("run ca-server");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = ca_server_command;
     let (config, root, data) = (
         config.to_str().expect("utf8"),
         root.to_str().expect("utf8"),
@@ -1425,5 +1418,240 @@ async fn the_work_of_an_instance_whose_heartbeat_stopped_is_taken_up_at_once() {
         validated_by(&a, authz_url).as_deref(),
         Some(other),
         "the validation was started again"
+    );
+}
+
+/// A console request to `s`'s API from the operator whose client certificate is `cert` (DER),
+/// as the console's TLS listener hands it on after the handshake.
+async fn as_operator(
+    s: &TestServer,
+    cert: &[u8],
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let builder = Request::builder().method(method).uri(path);
+    let mut request = match body {
+        Some(body) => builder
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string())),
+        None => builder.body(axum::body::Body::empty()),
+    }
+    .expect("request");
+    request
+        .extensions_mut()
+        .insert(ca_server::ca::operator::ClientCertificate(
+            std::sync::Arc::new(rustls::pki_types::CertificateDer::from(cert.to_vec())),
+        ));
+    let console = ca_server::admin::api::router(ca_server::ra::Ra::clone(&s.app));
+    Reply::read(console.oneshot(request).await.expect("call")).await
+}
+
+/// Who `s`'s console takes the holder of `cert` for: the operator's name, or the status.
+async fn whoami(s: &TestServer, cert: &[u8]) -> Result<String, StatusCode> {
+    let r = as_operator(s, cert, "GET", "/api/whoami", None).await;
+    if r.status == StatusCode::OK {
+        Ok(r.json()["name"].as_str().expect("name").to_owned())
+    } else {
+        Err(r.status)
+    }
+}
+
+/// An operator added through the console of one instance gets into the console of the other,
+/// and once revoked through the console of either, neither lets it in with its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_added_at_one_instance_gets_in_at_the_other_and_a_revocation_holds_at_both() {
+    use ca_server::ra::operator::{self, Role};
+    let (a, b) = pair();
+    // The first admin, as `ca-server operator add --config` makes it at A's host.
+    let (_, ada) = operator::create(
+        &a.app.operators,
+        a.dir.path(),
+        "ada",
+        Role::Admin,
+        std::time::Duration::from_secs(3600),
+        "test",
+    )
+    .expect("first admin");
+    assert_eq!(whoami(&b, &ada.cert_der).await, Ok("ada".to_owned()));
+
+    let added = as_operator(
+        &a,
+        &ada.cert_der,
+        "POST",
+        "/api/operators",
+        Some(json!({"name": "olga", "role": "approver"})),
+    )
+    .await;
+    added.assert_status(StatusCode::OK);
+    let olga = leaf_der(added.json()["certificatePem"].as_str().expect("PEM"));
+    assert_eq!(whoami(&b, &olga).await, Ok("olga".to_owned()));
+    let listed = as_operator(&b, &olga, "GET", "/api/operators", None)
+        .await
+        .json();
+    let names: Vec<&str> = listed["operators"]
+        .as_array()
+        .expect("operators")
+        .iter()
+        .map(|o| o["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["ada", "olga"]);
+
+    // The name is taken at B as well.
+    let again = as_operator(
+        &b,
+        &ada.cert_der,
+        "POST",
+        "/api/operators",
+        Some(json!({"name": "olga", "role": "viewer"})),
+    )
+    .await;
+    again.assert_status(StatusCode::CONFLICT);
+
+    // Revoked at A: B refuses her next request.
+    as_operator(
+        &a,
+        &ada.cert_der,
+        "POST",
+        "/api/operators/olga/revoke",
+        None,
+    )
+    .await
+    .assert_status(StatusCode::OK);
+    assert_eq!(whoami(&b, &olga).await, Err(StatusCode::UNAUTHORIZED));
+    assert_eq!(whoami(&a, &olga).await, Err(StatusCode::UNAUTHORIZED));
+
+    // Revoked at B: A refuses the admin at once too.
+    as_operator(&b, &ada.cert_der, "POST", "/api/operators/ada/revoke", None)
+        .await
+        .assert_status(StatusCode::OK);
+    assert_eq!(
+        whoami(&a, &ada.cert_der).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    assert!(!a.dir.path().join("operators").exists());
+    assert!(!b.dir.path().join("operators").exists());
+}
+
+/// `ca-server operator add|list|revoke --config` reach the shared store: an operator added on
+/// B's host gets into A's console, and revoked on B's host it is refused by A at once; the
+/// commands record what they did in the shared audit log. Without `--config` they refuse, since
+/// the data directory says the CA keeps its records in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_commands_reach_the_shared_store_with_the_configuration() {
+    let (a, b) = pair();
+    let dir = b.dir.path();
+    let url = b.app.cfg.storage.url.clone().expect("url");
+    let config = postgres_config_file(dir, dir, &url);
+    let out = dir.join("out");
+    let run = ca_server_command;
+    let (config, out, data) = (
+        config.to_str().expect("utf8"),
+        out.to_str().expect("utf8"),
+        dir.to_str().expect("utf8"),
+    );
+
+    let refused = "keeps its records (enrollment credentials, operator approvals, trust \
+                   anchors, console operators, the audit log) in PostgreSQL";
+    let (ok, _, stderr) = run(&[
+        "operator",
+        "add",
+        "otto",
+        "--role",
+        "admin",
+        "--out",
+        out,
+        "--data-dir",
+        data,
+    ]);
+    assert!(!ok && stderr.contains(refused), "{stderr}");
+    assert!(!dir.join("operators").exists(), "nothing written");
+    let (ok, _, stderr) = run(&["operator", "list", "--data-dir", data]);
+    assert!(!ok && stderr.contains("--config"), "{stderr}");
+
+    let (ok, stdout, stderr) = run(&[
+        "operator", "add", "otto", "--role", "admin", "--out", out, "--config", config,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let otto = leaf_der(&std::fs::read_to_string(dir.join("out/otto.pem")).expect("PEM"));
+    assert_eq!(whoami(&a, &otto).await, Ok("otto".to_owned()));
+    let (ok, _, stderr) = run(&[
+        "operator", "add", "otto", "--role", "viewer", "--out", out, "--config", config,
+    ]);
+    assert!(!ok && stderr.contains("exists"), "{stderr}");
+    let (ok, stdout, stderr) = run(&["operator", "list", "--config", config]);
+    assert!(
+        ok && stdout.starts_with("otto  admin  active"),
+        "{stdout}{stderr}"
+    );
+
+    let (ok, _, stderr) = run(&["operator", "revoke", "--data-dir", data, "otto"]);
+    assert!(!ok && stderr.contains("--config"), "{stderr}");
+    assert_eq!(
+        whoami(&a, &otto).await,
+        Ok("otto".to_owned()),
+        "not revoked"
+    );
+    let (ok, stdout, stderr) = run(&["operator", "revoke", "--config", config, "otto"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(whoami(&a, &otto).await, Err(StatusCode::UNAUTHORIZED));
+    assert_eq!(whoami(&b, &otto).await, Err(StatusCode::UNAUTHORIZED));
+    let (ok, stdout, stderr) = run(&["operator", "list", "--config", config]);
+    assert!(
+        ok && stdout.starts_with("otto  admin  REVOKED"),
+        "{stdout}{stderr}"
+    );
+
+    let actions: Vec<(String, String)> = a
+        .app
+        .audit
+        .read_all()
+        .expect("read at a")
+        .into_iter()
+        .map(|e| (e.action, e.target))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("operator.add".to_owned(), "otto".to_owned()),
+            ("operator.revoke".to_owned(), "otto".to_owned())
+        ]
+    );
+}
+
+/// Operator files of a CA from before its move to PostgreSQL are in the store once it starts,
+/// and a revocation made in the store later is not undone by them at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_files_are_copied_into_the_shared_store_and_set_aside() {
+    use ca_server::ra::operator::{self, OperatorStore, Role};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, old) = operator::create(
+        &OperatorStore::new(dir.path()),
+        dir.path(),
+        "olaf",
+        Role::Viewer,
+        std::time::Duration::from_secs(3600),
+        "test",
+    )
+    .expect("file operator");
+    let s = alone_on_postgres(dir);
+    assert_eq!(whoami(&s, &old.cert_der).await, Ok("olaf".to_owned()));
+    let ops = s.dir.path().join("operators");
+    assert!(ops.join("olaf.json.imported").exists() && !ops.join("olaf.json").exists());
+
+    s.app.operators.revoke("olaf", "test").expect("revoke");
+    // Another start on this data directory (the file put back by hand, say).
+    std::fs::copy(ops.join("olaf.json.imported"), ops.join("olaf.json")).expect("copy back");
+    let again = OperatorStore::in_store(s.dir.path(), s.app.db.clone()).expect("restart");
+    assert!(again
+        .authenticate(&hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &old.cert_der
+        )))
+        .expect("auth")
+        .is_none());
+    assert_eq!(
+        whoami(&s, &old.cert_der).await,
+        Err(StatusCode::UNAUTHORIZED)
     );
 }

@@ -26,7 +26,7 @@ use crate::ca::IssuerKind;
 use crate::ra::approval::{mark_duplicates, Decision};
 use crate::ra::audit::Actor;
 use crate::ra::eab::{AllowRule, NewCredential};
-use crate::ra::operator::{self, OperatorStore, Role};
+use crate::ra::operator::{self, Role};
 use crate::ra::Ra;
 use crate::storage::Table;
 use crate::types::rfc3339;
@@ -176,8 +176,8 @@ pub async fn authenticate(
         .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
     if let Some(cert) = request.extensions().get::<ClientCertificate>() {
         let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, cert.0.as_ref()));
-        let store = OperatorStore::new(&app.cfg.data_dir);
-        match store.authenticate(&sha256)? {
+        // The record is read on every request, so a revocation at any instance holds at once.
+        match app.operators.authenticate(&sha256)? {
             Some(op) => {
                 request.extensions_mut().insert(Caller {
                     actor: Actor {
@@ -512,7 +512,7 @@ pub(super) async fn add_trust_anchor(
 #[utoipa::path(get, path = "/api/operators", tag = "operators",
     responses((status = 200, description = "every operator")))]
 pub(super) async fn operators(State(app): State<Ra>, _: Viewer) -> Result<Json<Value>> {
-    let list = OperatorStore::new(&app.cfg.data_dir).list()?;
+    let list = app.operators.list()?;
     Ok(Json(json!({ "operators": list })))
 }
 
@@ -540,6 +540,7 @@ pub(super) async fn add_operator(
     let role = Role::parse(&r.role)?;
     let data_dir = &app.cfg.data_dir;
     let (op, credential) = operator::create(
+        &app.operators,
         data_dir,
         &r.name,
         role,
@@ -575,7 +576,8 @@ pub(super) async fn revoke_operator(
     Admin(caller): Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Value>> {
-    let op = OperatorStore::new(&app.cfg.data_dir)
+    let op = app
+        .operators
         .revoke(&name, &caller.actor.name)?
         .ok_or(Error::NotFound("operator"))?;
     record(&app, &caller, "operator.revoke", &op.name, Value::Null)?;

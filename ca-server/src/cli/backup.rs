@@ -180,8 +180,8 @@ pub(super) async fn restore(a: RestoreArgs) -> Result<(), String> {
         );
         println!(
             "  start one instance with --config {} --data-dir {} first: it copies the data \
-             directory's enrollment credentials, approvals, trust anchors and audit log into \
-             the database; then the others, each with a copy of its ca directory",
+             directory's enrollment credentials, approvals, trust anchors, operators and audit \
+             log into the database; then the others, each with a copy of its ca directory",
             escape(&config.display().to_string()),
             escape(&a.data_dir.display().to_string())
         );
@@ -192,6 +192,7 @@ pub(super) async fn restore(a: RestoreArgs) -> Result<(), String> {
         Table::Credentials,
         Table::Approvals,
         Table::TrustAnchors,
+        Table::Operators,
         Table::AuditLog,
     ]
     .iter()

@@ -47,6 +47,8 @@ pub struct Inner {
     pub eab: EabStore,
     /// The manufacturer trust anchors device attestations are verified against.
     pub anchors: crate::va::attest::anchors::TrustAnchorStore,
+    /// The console's operators, read at each console request.
+    pub operators: operator::OperatorStore,
     /// The audit log of operator changes.
     pub audit: audit::AuditLog,
     /// Operator approval requests and decisions.

@@ -7,9 +7,14 @@
 //! next request, with no CRL to wait for, and a certificate the operator CA signed that has no
 //! record (a leftover, a replaced one) grants nothing.
 //!
-//! Records are files, `<data_dir>/operators/NAME.json` (mode 0600 in a 0700 directory), like
-//! the other state the operator owns, so `ca-server operator add` works whether or not the CA
-//! is running.
+//! With the embedded store records are files, `<data_dir>/operators/NAME.json` (mode 0600 in a
+//! 0700 directory), like the other state the operator owns, so `ca-server operator add` works
+//! whether or not the CA is running. With a store that several CA instances share
+//! (PostgreSQL), records are records of that store ([`Table::Operators`], the name its key),
+//! which the commands reach through the CA's configuration: an operator added at one instance
+//! gets into the console of every instance, and one revoked at any instance is refused by all
+//! with their next request, since every request reads the record. Operator files found in the
+//! data directory at start are copied into the store once ([`OperatorStore::in_store`]).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::operator::{OperatorCa, OperatorCredential};
 use crate::fsutil::{ensure_private_dir, json_file_stems, read_json, write_atomic};
+use crate::storage::{Db, Table};
 use crate::types::now;
 use crate::{Error, Result};
 
@@ -105,9 +111,23 @@ impl Operator {
     }
 }
 
-/// The operator records of a data directory.
+/// Where the operator records are: the operator directory of a data directory, or the store
+/// several CA instances share.
 pub struct OperatorStore {
     dir: PathBuf,
+    /// The shared store; `None`: files in `dir`.
+    shared: Option<Db>,
+}
+
+/// What an operator file is renamed to once it is copied into the shared store
+/// (`NAME.json` → `NAME.json.imported`).
+const IMPORTED: &str = "json.imported";
+
+/// The refusal of a second active operator of one name.
+fn exists(name: &str) -> Error {
+    Error::Exists(format!(
+        "operator {name:?} exists; revoke it first to issue a new certificate"
+    ))
 }
 
 /// The longest operator name: it is a certificate CN (RFC 5280 `ub-common-name`).
@@ -141,7 +161,63 @@ impl OperatorStore {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("operators"),
+            shared: None,
         }
+    }
+
+    /// Records live in `db`, which several CA instances share. Operator files found in
+    /// `<data_dir>/operators` (made before the CA moved to the shared store) are copied into
+    /// it; an operator already in the store under that name is kept as the store has it, except
+    /// that a revocation the file records for the same certificate is applied to it (a
+    /// revocation is never undone by a copy). Each file is then renamed `NAME.json.imported`,
+    /// so it is copied once: an operator revoked in the store later is not brought back active
+    /// by the file at the next start.
+    pub fn in_store(data_dir: &Path, db: Db) -> Result<Self> {
+        let files = Self::new(data_dir);
+        let mut imported = 0;
+        for name in json_file_stems(&files.dir)? {
+            // Files that are not records of ours are left alone, as `list` skips them.
+            if check_name(&name).is_err() {
+                continue;
+            }
+            let path = files.dir.join(format!("{name}.json"));
+            let op = match read_json::<Operator>(&path, "operator record") {
+                Ok(Some(op)) if op.name == name => op,
+                Ok(Some(_)) => {
+                    tracing::warn!(file = %path.display(), "operator record names another operator than its file; not copied into the shared store");
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "operator record cannot be read; not copied into the shared store");
+                    continue;
+                }
+            };
+            if db.insert_new(Table::Operators, &name, &op)? {
+                imported += 1;
+            } else if let Some(revoked) = &op.revoked {
+                match db.update(Table::Operators, &name, |mut held: Operator| {
+                    if held.revoked.is_none() && held.sha256.eq_ignore_ascii_case(&op.sha256) {
+                        held.revoked = Some(revoked.clone());
+                    }
+                    Ok(held)
+                }) {
+                    Ok(_) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let moved = files.dir.join(format!("{name}.{IMPORTED}"));
+            if let Err(e) = std::fs::rename(&path, &moved) {
+                tracing::warn!(file = %path.display(), error = %e, "operator record copied into the shared store but not renamed; it is copied again at each start");
+            }
+        }
+        if imported > 0 {
+            tracing::info!(imported, dir = %files.dir.display(), "operator records copied into the shared store; the store's copy is the one in force from now on");
+        }
+        Ok(Self {
+            shared: Some(db),
+            ..files
+        })
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
@@ -158,26 +234,51 @@ impl OperatorStore {
     }
 
     /// Stores a new operator. An existing active operator of that name is refused (revoke it
-    /// first); a revoked one is replaced.
+    /// first); a revoked one is replaced. In the shared store both are compare-and-swap, so of
+    /// two instances adding one name at once, one adds it and the other is refused.
     pub fn add(&self, op: &Operator) -> Result<()> {
-        if let Some(old) = self.get(&op.name)? {
-            if old.revoked.is_none() {
-                return Err(Error::Exists(format!(
-                    "operator {:?} exists; revoke it first to issue a new certificate",
-                    op.name
-                )));
+        check_name(&op.name)?;
+        if let Some(db) = &self.shared {
+            loop {
+                if db.insert_new(Table::Operators, &op.name, op)? {
+                    return Ok(());
+                }
+                match db.update(Table::Operators, &op.name, |held: Operator| {
+                    if held.revoked.is_none() {
+                        Err(exists(&op.name))
+                    } else {
+                        Ok(op.clone())
+                    }
+                }) {
+                    Ok(_) => return Ok(()),
+                    // Gone between the two calls: insert again.
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
+        }
+        if self.get(&op.name)?.is_some_and(|old| old.revoked.is_none()) {
+            return Err(exists(&op.name));
         }
         self.write(op)
     }
 
     /// One operator by name.
     pub fn get(&self, name: &str) -> Result<Option<Operator>> {
+        if let Some(db) = &self.shared {
+            check_name(name)?;
+            return db.get(Table::Operators, name);
+        }
         read_json(&self.path(name)?, "operator record")
     }
 
     /// Every operator, by name.
     pub fn list(&self) -> Result<Vec<Operator>> {
+        if let Some(db) = &self.shared {
+            let mut out: Vec<Operator> = db.values_with_prefix(Table::Operators, "")?;
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for name in json_file_stems(&self.dir)? {
             // Files that are not records of ours (a temporary file, an editor's backup) are
@@ -203,7 +304,26 @@ impl OperatorStore {
     }
 
     /// Revokes operator `name`; the updated record, or `None` if there is no such operator.
+    /// In the shared store a compare-and-swap: a record another instance changes meanwhile is
+    /// read again and revoked, never overwritten with what was read before.
     pub fn revoke(&self, name: &str, by: &str) -> Result<Option<Operator>> {
+        if let Some(db) = &self.shared {
+            check_name(name)?;
+            let at = now();
+            return match db.update(Table::Operators, name, |mut op: Operator| {
+                if op.revoked.is_none() {
+                    op.revoked = Some(Revoked {
+                        at,
+                        by: by.to_owned(),
+                    });
+                }
+                Ok(op)
+            }) {
+                Ok(op) => Ok(Some(op)),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
         let Some(mut op) = self.get(name)? else {
             return Ok(None);
         };
@@ -219,9 +339,10 @@ impl OperatorStore {
 }
 
 /// Issues operator `name` a certificate from the operator CA of `data_dir` (created on first
-/// use) and records it with `role`; `by` names who asked. Returns the record and the new
-/// certificate and key, which exist nowhere else: the caller hands them over once.
+/// use) and records it in `store` with `role`; `by` names who asked. Returns the record and the
+/// new certificate and key, which exist nowhere else: the caller hands them over once.
 pub fn create(
+    store: &OperatorStore,
     data_dir: &Path,
     name: &str,
     role: Role,
@@ -229,11 +350,8 @@ pub fn create(
     by: &str,
 ) -> Result<(Operator, OperatorCredential)> {
     check_name(name)?;
-    let store = OperatorStore::new(data_dir);
     if store.get(name)?.is_some_and(|o| o.revoked.is_none()) {
-        return Err(Error::Exists(format!(
-            "operator {name:?} exists; revoke it first to issue a new certificate"
-        )));
+        return Err(exists(name));
     }
     let ca = OperatorCa::load_or_init(&data_dir.join("ca"))?;
     let credential = ca.issue(name, validity)?;
@@ -319,6 +437,150 @@ mod tests {
         expired.not_after = now() - 1;
         store.add(&expired).expect("add");
         assert!(store.authenticate("dd44").expect("auth").is_none());
+    }
+
+    fn shared_db() -> Db {
+        Db::new(std::sync::Arc::new(crate::storage::MemoryStore::default()))
+    }
+
+    /// Two instances (two handles on one store, each with its own data directory) have one
+    /// set of operators: added at one, it authenticates at the other; its name is taken at
+    /// both; revoked at either, neither lets it in any more.
+    #[test]
+    fn operators_in_a_shared_store_are_the_same_for_every_instance() {
+        let db = shared_db();
+        let (dir_a, dir_b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let a = OperatorStore::in_store(dir_a.path(), db.clone()).expect("a");
+        let b = OperatorStore::in_store(dir_b.path(), db.clone()).expect("b");
+        a.add(&record("alice", "aa11")).expect("add at a");
+        assert_eq!(
+            b.authenticate("aa11").expect("auth").map(|o| o.name),
+            Some("alice".to_owned())
+        );
+        assert!(
+            matches!(b.add(&record("alice", "bb22")), Err(Error::Exists(_))),
+            "the name is taken at b too"
+        );
+        assert!(b.authenticate("bb22").expect("auth").is_none());
+        let revoked = b.revoke("alice", "bob").expect("revoke").expect("found");
+        assert_eq!(revoked.revoked.as_ref().map(|r| r.by.as_str()), Some("bob"));
+        assert!(
+            a.authenticate("aa11").expect("auth").is_none(),
+            "at a at once"
+        );
+        let again = a.revoke("alice", "carol").expect("again").expect("found");
+        assert_eq!(again, revoked, "the first revocation stands");
+        assert!(a.revoke("nobody", "bob").expect("revoke").is_none());
+        assert!(a.revoke("../x", "bob").is_err(), "names are checked");
+        b.add(&record("alice", "cc33"))
+            .expect("re-added after revocation");
+        assert!(a.authenticate("cc33").expect("auth").is_some());
+        a.add(&record("dora", "dd44")).expect("add");
+        let names: Vec<String> = b
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["alice", "dora"]);
+        assert!(
+            !dir_a.path().join("operators").exists() && !dir_b.path().join("operators").exists(),
+            "no files beside a shared store"
+        );
+    }
+
+    /// Two instances adding one name at the same moment: one record is written, the other
+    /// add is refused, never overwritten; the same for replacing a revoked record.
+    #[test]
+    fn of_two_instances_adding_one_name_at_once_one_wins() {
+        let db = shared_db();
+        let dirs = [
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        ];
+        let stores: Vec<OperatorStore> = dirs
+            .iter()
+            .map(|d| OperatorStore::in_store(d.path(), db.clone()).expect("store"))
+            .collect();
+        for round in 0..20 {
+            let name = format!("race-{round}");
+            if round % 2 == 1 {
+                // A revoked record of that name, which either add may replace.
+                stores[0].add(&record(&name, "old")).expect("old");
+                stores[0].revoke(&name, "test").expect("revoke");
+            }
+            let outcomes = crate::testutil::race(2, |i| {
+                stores[i].add(&record(&name, &format!("sha-{i}"))).is_ok()
+            });
+            assert_eq!(
+                outcomes.iter().filter(|ok| **ok).count(),
+                1,
+                "round {round}"
+            );
+            let winner = usize::from(outcomes[1]);
+            let held = stores[1].get(&name).expect("get").expect("held");
+            assert_eq!(held.sha256, format!("sha-{winner}"), "round {round}");
+            assert!(held.revoked.is_none());
+        }
+    }
+
+    /// Operator files from before the move to a shared store are copied in once and set aside;
+    /// an operator already in the store keeps the store's record, a revocation in the store is
+    /// not undone by an older active file, and a revocation a file records for the store's
+    /// certificate is applied.
+    #[test]
+    fn operator_files_are_copied_into_the_shared_store_once() {
+        let db = shared_db();
+        let dir = tempfile::tempdir().expect("dir");
+        let files = OperatorStore::new(dir.path());
+        let other = tempfile::tempdir().expect("other");
+        let elsewhere = OperatorStore::in_store(other.path(), db.clone()).expect("store");
+        // Only in the file: copied.
+        files.add(&record("alice", "aa11")).expect("file");
+        // Revoked in the store, active in an older file: stays revoked.
+        files.add(&record("bob", "bb22")).expect("file");
+        elsewhere.add(&record("bob", "bb22")).expect("store");
+        elsewhere.revoke("bob", "admin").expect("revoke");
+        // Active in the store, revoked in the file, same certificate: revoked.
+        files.add(&record("carol", "cc33")).expect("file");
+        files.revoke("carol", "admin").expect("revoke");
+        elsewhere.add(&record("carol", "CC33")).expect("store");
+        // Another certificate in the store than in the file: the store's, untouched.
+        files.add(&record("dora", "dd44")).expect("file");
+        files.revoke("dora", "admin").expect("revoke");
+        elsewhere.add(&record("dora", "ee55")).expect("store");
+        std::fs::write(dir.path().join("operators/broken.json"), "{").expect("broken");
+
+        let shared = OperatorStore::in_store(dir.path(), db.clone()).expect("import");
+        let gets_in = |sha: &str| shared.authenticate(sha).expect("auth").is_some();
+        assert!(gets_in("aa11"), "copied");
+        assert!(!gets_in("bb22"), "stays revoked");
+        assert!(!gets_in("cc33"), "revoked");
+        assert!(gets_in("ee55"), "the store's");
+        let ops = dir.path().join("operators");
+        for name in ["alice", "bob", "carol", "dora"] {
+            let (file, kept) = (format!("{name}.json"), format!("{name}.json.imported"));
+            assert!(
+                !ops.join(file).exists() && ops.join(kept).exists(),
+                "{name} set aside"
+            );
+        }
+        assert!(
+            ops.join("broken.json").exists(),
+            "an unreadable file is left"
+        );
+
+        // Revoked in the store, alice stays revoked when the instance starts again.
+        elsewhere.revoke("alice", "admin").expect("revoke");
+        let restarted = OperatorStore::in_store(dir.path(), db).expect("restart");
+        assert!(restarted.authenticate("aa11").expect("auth").is_none());
+        assert!(
+            files.get("alice").expect("file").is_none(),
+            "no file in force"
+        );
     }
 
     #[test]

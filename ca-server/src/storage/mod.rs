@@ -80,11 +80,14 @@ pub enum Table {
     /// Rate-limit buckets and validation slots, when several instances share the store (with
     /// the embedded store they live in memory): see `storage::limits`.
     RateLimits,
+    /// Console operator name → `operator::Operator` (the record JSON), when several instances
+    /// share the store (with the embedded store operators are files, `ra::operator`).
+    Operators,
 }
 
 impl Table {
     /// Every table, for backends that create them up front.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::Accounts,
         Self::AccountKeys,
         Self::Orders,
@@ -105,6 +108,7 @@ impl Table {
         Self::TrustAnchors,
         Self::AuditLog,
         Self::RateLimits,
+        Self::Operators,
     ];
 
     /// A stable name for the table.
@@ -130,6 +134,7 @@ impl Table {
             Self::TrustAnchors => "trust_anchors",
             Self::AuditLog => "audit_log",
             Self::RateLimits => "rate_limits",
+            Self::Operators => "operators",
         }
     }
 }

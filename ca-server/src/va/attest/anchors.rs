@@ -823,21 +823,10 @@ mod tests {
         for round in 0..20 {
             let name = format!("race-{round}");
             let certs = [ca_cert("One").pem(), ca_cert("Two").pem()];
-            let start = std::sync::Barrier::new(2);
-            let outcomes: Vec<bool> = std::thread::scope(|s| {
-                let racers: Vec<_> = (0..2)
-                    .map(|i| {
-                        let (store, cert, name, start) = (&stores[i], &certs[i], &name, &start);
-                        s.spawn(move || {
-                            start.wait();
-                            store.add(cert.as_bytes(), Some(name), PEN, &[]).is_ok()
-                        })
-                    })
-                    .collect();
-                racers
-                    .into_iter()
-                    .map(|r| r.join().expect("join"))
-                    .collect()
+            let outcomes = crate::testutil::race(2, |i| {
+                stores[i]
+                    .add(certs[i].as_bytes(), Some(&name), PEN, &[])
+                    .is_ok()
             });
             assert_eq!(
                 outcomes.iter().filter(|ok| **ok).count(),
