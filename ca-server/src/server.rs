@@ -253,8 +253,7 @@ pub async fn serve_with_console(
     if let Some(console) = console {
         // Operators only: client certificates are checked against the operator CA alone, so
         // no device certificate can open a session.
-        let operators =
-            crate::ca::operator::OperatorCa::load_or_init(&app.cfg.data_dir.join("ca"))?;
+        let operators = app.operators.operator_ca(&app.cfg.data_dir)?;
         let tls = Arc::new(tls_config(&chain, &key, Some(operators.cert_der()))?);
         let router = crate::admin::api::router(Ra::clone(&app));
         let limits = app.cfg.limits.clone();

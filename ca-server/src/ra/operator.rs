@@ -119,6 +119,10 @@ pub struct OperatorStore {
     shared: Option<Db>,
 }
 
+/// The [`Table::Meta`] key of the SHA-256 (hex) of the operator CA certificate that the
+/// instances sharing a store use.
+const SHARED_OPERATOR_CA: &str = "operator_ca_sha256";
+
 /// What an operator file is renamed to once it is copied into the shared store
 /// (`NAME.json` → `NAME.json.imported`).
 const IMPORTED: &str = "json.imported";
@@ -157,6 +161,42 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 impl OperatorStore {
+    /// The operator CA in `<data_dir>/ca`, made if there is none. With a shared store it must
+    /// be the one every instance uses, since an operator's certificate from one is checked at
+    /// all: the first instance to load one records its certificate's SHA-256 in the store, and
+    /// an instance without that CA (none yet, or one of its own) is refused, with what to copy.
+    pub fn operator_ca(&self, data_dir: &Path) -> Result<OperatorCa> {
+        let dir = data_dir.join("ca");
+        let Some(db) = &self.shared else {
+            return OperatorCa::load_or_init(&dir);
+        };
+        let copy = "copy ca/operator-ca.pem and ca/operator-ca.key from an instance whose \
+                    console works into this instance's data directory";
+        let recorded: Option<String> = db.get(Table::Meta, SHARED_OPERATOR_CA)?;
+        let ca = match &recorded {
+            Some(_) => OperatorCa::load(&dir).map_err(|e| {
+                Error::Internal(format!(
+                    "the instances sharing this store have an operator CA and this one has \
+                     none ({e}): {copy}"
+                ))
+            })?,
+            None => OperatorCa::load_or_init(&dir)?,
+        };
+        let mine = hex::encode(ring::digest::digest(&ring::digest::SHA256, ca.cert_der()));
+        let shared = match recorded {
+            Some(sha) => sha,
+            None if db.insert_new(Table::Meta, SHARED_OPERATOR_CA, &mine)? => mine.clone(),
+            None => db.get(Table::Meta, SHARED_OPERATOR_CA)?.unwrap_or_default(),
+        };
+        if shared != mine {
+            return Err(Error::Internal(format!(
+                "this instance's operator CA (ca/operator-ca.pem, SHA-256 {mine}) is not the one \
+                 the other instances sharing this store use (SHA-256 {shared}): {copy}"
+            )));
+        }
+        Ok(ca)
+    }
+
     /// Records live in `<data_dir>/operators`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
@@ -353,7 +393,7 @@ pub fn create(
     if store.get(name)?.is_some_and(|o| o.revoked.is_none()) {
         return Err(exists(name));
     }
-    let ca = OperatorCa::load_or_init(&data_dir.join("ca"))?;
+    let ca = store.operator_ca(data_dir)?;
     let credential = ca.issue(name, validity)?;
     let op = Operator {
         name: name.to_owned(),
@@ -446,6 +486,43 @@ mod tests {
     /// Two instances (two handles on one store, each with its own data directory) have one
     /// set of operators: added at one, it authenticates at the other; its name is taken at
     /// both; revoked at either, neither lets it in any more.
+    #[test]
+    fn the_instances_sharing_a_store_share_one_operator_ca() {
+        let db = shared_db();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+        let at = |i: usize| OperatorStore::in_store(dirs[i].path(), db.clone()).expect("store");
+        let first = at(0)
+            .operator_ca(dirs[0].path())
+            .expect("made and recorded");
+        // Without the CA files: refused, and none is made.
+        let Err(e) = at(1).operator_ca(dirs[1].path()) else {
+            panic!("an instance without the CA files was let in");
+        };
+        assert!(e.to_string().contains("copy ca/operator-ca.pem"), "{e}");
+        assert!(!dirs[1].path().join("ca/operator-ca.pem").exists());
+        // With an operator CA of its own: refused.
+        OperatorCa::load_or_init(&dirs[2].path().join("ca")).expect("own CA");
+        let Err(e) = at(2).operator_ca(dirs[2].path()) else {
+            panic!("an instance with another operator CA was let in");
+        };
+        assert!(e.to_string().contains("is not the one"), "{e}");
+        // With a copy of the first's: the same CA.
+        std::fs::create_dir_all(dirs[1].path().join("ca")).expect("ca dir");
+        for f in ["operator-ca.pem", "operator-ca.key"] {
+            std::fs::copy(
+                dirs[0].path().join("ca").join(f),
+                dirs[1].path().join("ca").join(f),
+            )
+            .expect("copy");
+        }
+        let copied = at(1).operator_ca(dirs[1].path()).expect("the copy");
+        assert_eq!(copied.cert_der(), first.cert_der());
+        // Files alone: whatever CA is there, as before.
+        OperatorStore::new(dirs[2].path())
+            .operator_ca(dirs[2].path())
+            .expect("files");
+    }
+
     #[test]
     fn operators_in_a_shared_store_are_the_same_for_every_instance() {
         let db = shared_db();
