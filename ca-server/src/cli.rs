@@ -502,6 +502,11 @@ fn load_config(a: &ServeArgs) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// A command's message as the library's error, for a callback of the library.
+fn ca_server_error(message: String) -> crate::Error {
+    crate::Error::Internal(message)
+}
+
 fn approval(cmd: ApprovalCommand) -> Result<(), String> {
     match cmd {
         ApprovalCommand::List {
@@ -554,16 +559,20 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             id,
         } => {
             let records = Records::for_writing(d, config.as_deref())?;
+            // In the audit log before it is made: a decision that cannot be recorded is not.
             let p = records
                 .approvals()
-                .decide(&id, &Decision::Approve)
+                .decide_recorded(&id, &Decision::Approve, |p| {
+                    records
+                        .record(
+                            "approval.approve",
+                            &p.id,
+                            serde_json::json!({"identifier": p.identifier.to_string(),
+                                "pairingCode": p.pairing_code, "source": p.source}),
+                        )
+                        .map_err(ca_server_error)
+                })
                 .map_err(|e| e.to_string())?;
-            records.record(
-                "approval.approve",
-                &p.id,
-                serde_json::json!({"identifier": p.identifier.to_string(),
-                    "pairingCode": p.pairing_code, "source": p.source}),
-            )?;
             println!(
                 "approved {} ({}, pairing code {})",
                 escape(&p.id),
@@ -581,19 +590,24 @@ fn approval(cmd: ApprovalCommand) -> Result<(), String> {
             let records = Records::for_writing(d, config.as_deref())?;
             let p = records
                 .approvals()
-                .decide(
+                .decide_recorded(
                     &id,
                     &Decision::Reject {
                         reason: reason.clone(),
                     },
+                    |p| {
+                        records
+                            .record(
+                                "approval.reject",
+                                &p.id,
+                                serde_json::json!({"identifier": p.identifier.to_string(),
+                                    "pairingCode": p.pairing_code, "source": p.source,
+                                    "reason": reason}),
+                            )
+                            .map_err(ca_server_error)
+                    },
                 )
                 .map_err(|e| e.to_string())?;
-            records.record(
-                "approval.reject",
-                &p.id,
-                serde_json::json!({"identifier": p.identifier.to_string(),
-                    "pairingCode": p.pairing_code, "source": p.source, "reason": reason}),
-            )?;
             println!(
                 "rejected {} ({})",
                 escape(&p.id),

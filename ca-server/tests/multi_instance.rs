@@ -668,10 +668,25 @@ async fn a_device_waiting_at_one_instance_is_approved_at_the_other() {
     assert_eq!(a.app.approvals.pending_count(), 1, "a counts it once");
 
     let id = listed[0].id.clone();
+    // A decision whose audit entry cannot be written is not made.
+    let unrecorded = b
+        .app
+        .approvals
+        .decide_recorded(&id, &Decision::Approve, |_| {
+            Err(ca_server::Error::Storage(
+                "the audit log is unreachable".into(),
+            ))
+        });
+    assert!(unrecorded.is_err(), "{unrecorded:?}");
+    let mut recorded = false;
     b.app
         .approvals
-        .decide(&id, &Decision::Approve)
+        .decide_recorded(&id, &Decision::Approve, |p| {
+            recorded = p.id == id;
+            Ok(())
+        })
         .expect("approved at b");
+    assert!(recorded, "the audit entry was written with the decision");
     let second = a.app.approvals.decide(
         &id,
         &Decision::Reject {

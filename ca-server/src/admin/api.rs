@@ -290,21 +290,22 @@ async fn decide(app: &Ra, caller: &Caller, id: &str, decision: &Decision) -> Res
     if !queue.list_pending()?.iter().any(|p| p.id == id) {
         return Err(Error::NotFound("pending approval request"));
     }
-    let p = queue.decide(id, decision)?;
+    let (action, mut detail) = match decision {
+        Decision::Approve => ("approval.approve", json!({})),
+        Decision::Reject { reason } => ("approval.reject", json!({ "reason": reason })),
+    };
+    // In the audit log before it is made: a decision that cannot be recorded is not made.
+    let p = queue.decide_recorded(id, decision, |p| {
+        detail["identifier"] = json!(p.identifier.to_string());
+        detail["pairingCode"] = json!(p.pairing_code);
+        detail["source"] = json!(p.source);
+        record(app, caller, action, &p.id, detail)
+    })?;
     // Applied now, not at the next tick: the device's next poll sees it, and the list the
     // operator returns to no longer shows the request.
     if let Err(e) = crate::ra::approval::apply(app).await {
         tracing::error!(error = %e, "applying operator decisions failed; the next tick retries");
     }
-    let (action, detail) = match decision {
-        Decision::Approve => ("approval.approve", json!({})),
-        Decision::Reject { reason } => ("approval.reject", json!({ "reason": reason })),
-    };
-    let mut detail = detail;
-    detail["identifier"] = json!(p.identifier.to_string());
-    detail["pairingCode"] = json!(p.pairing_code);
-    detail["source"] = json!(p.source);
-    record(app, caller, action, &p.id, detail)?;
     Ok(Json(json!({
         "id": p.id,
         "identifier": p.identifier.to_string(),

@@ -666,6 +666,19 @@ impl ApprovalQueue {
     /// store this holds across instances (the decision is inserted only if none is there), and
     /// a request that expired meanwhile cannot be decided.
     pub fn decide(&self, id: &str, decision: &Decision) -> Result<Pending> {
+        self.decide_recorded(id, decision, |_| Ok(()))
+    }
+
+    /// [`Self::decide`], calling `record` (the audit log's append) once the request is found
+    /// decidable and before the decision is written: a decision that could not be recorded is
+    /// not made. Only a decision that another one beat by a hair (two operators at once) can be
+    /// recorded and then refused.
+    pub fn decide_recorded(
+        &self,
+        id: &str,
+        decision: &Decision,
+        record: impl FnOnce(&Pending) -> Result<()>,
+    ) -> Result<Pending> {
         let not_pending = || Error::Malformed(format!("no pending approval request {id:?}"));
         let already = || {
             Error::Exists(format!(
@@ -692,6 +705,11 @@ impl ApprovalQueue {
                 )?;
                 return Err(Self::expired(id));
             }
+            match db.get::<Outcome>(Table::Approvals, &outcome_key(id))? {
+                Some(Outcome { decision: None }) => return Err(Self::expired(id)),
+                Some(_) => return Err(already()),
+                None => record(&pending)?,
+            }
             let outcome = Outcome {
                 decision: Some(decision.clone()),
             };
@@ -711,6 +729,7 @@ impl ApprovalQueue {
         if pending.expires < now() {
             return Err(Self::expired(id));
         }
+        record(&pending)?;
         ensure_private_dir(&self.decisions)?;
         let data = serde_json::to_vec_pretty(decision)
             .map_err(|e| Error::Internal(format!("cannot encode decision: {e}")))?;
@@ -1257,6 +1276,37 @@ mod tests {
                 reason: Some("unknown device".into())
             })
         );
+    }
+
+    #[test]
+    fn a_decision_that_cannot_be_recorded_is_not_made() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let q = ApprovalQueue::new(dir.path());
+        q.add(&pending("abc", "plc-1", "acct", "10.0.0.1", now() + 60))
+            .expect("add");
+        let down = || Error::Storage("the audit log is unreachable".into());
+        let e = q
+            .decide_recorded("abc", &Decision::Approve, |_| Err(down()))
+            .expect_err("not recorded");
+        assert!(e.to_string().contains("audit log"), "{e}");
+        assert!(!ApprovalQueue::file(&q.decisions, "abc")
+            .expect("path")
+            .exists());
+        // Still pending: decided, and recorded, once the log takes the entry.
+        let mut calls = 0;
+        q.decide_recorded("abc", &Decision::Approve, |p| {
+            calls += 1;
+            assert_eq!(p.id, "abc");
+            Ok(())
+        })
+        .expect("decided");
+        // A request that cannot be decided is never recorded.
+        q.decide_recorded("abc", &Decision::Approve, |_| {
+            calls += 1;
+            Ok(())
+        })
+        .expect_err("already decided");
+        assert_eq!(calls, 1);
     }
 
     #[test]
