@@ -160,6 +160,29 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// What the store keeps of the operator `held` when an instance's file records `file` for the
+/// same name (see [`OperatorStore::in_store`]).
+fn reconcile(mut held: Operator, file: &Operator) -> Operator {
+    if held.sha256.eq_ignore_ascii_case(&file.sha256) {
+        if held.revoked.is_none() {
+            held.revoked.clone_from(&file.revoked);
+        }
+        return held;
+    }
+    if file.created > held.created {
+        tracing::warn!(operator = %held.name, "operator records of two instances disagree: the newer certificate stands and the older one no longer gets in");
+        return file.clone();
+    }
+    if file.created == held.created && held.revoked.is_none() {
+        tracing::warn!(operator = %held.name, "operator records of two instances disagree and cannot be ordered: the operator is revoked; add it again");
+        held.revoked = Some(Revoked {
+            at: now(),
+            by: "import of conflicting operator records".into(),
+        });
+    }
+    held
+}
+
 impl OperatorStore {
     /// The operator CA in `<data_dir>/ca`, made if there is none. With a shared store it must
     /// be the one every instance uses, since an operator's certificate from one is checked at
@@ -206,12 +229,17 @@ impl OperatorStore {
     }
 
     /// Records live in `db`, which several CA instances share. Operator files found in
-    /// `<data_dir>/operators` (made before the CA moved to the shared store) are copied into
-    /// it; an operator already in the store under that name is kept as the store has it, except
-    /// that a revocation the file records for the same certificate is applied to it (a
-    /// revocation is never undone by a copy). Each file is then renamed `NAME.json.imported`,
-    /// so it is copied once: an operator revoked in the store later is not brought back active
-    /// by the file at the next start.
+    /// `<data_dir>/operators` (made before the CA moved to the shared store, when each instance
+    /// kept its own) are copied into it. When the store holds the name already:
+    /// - for the same certificate, a revocation the file records is applied (a revocation is
+    ///   never undone by a copy);
+    /// - for another certificate, the newer record (by `created`) stands, since a name is given
+    ///   a new certificate only once its old one is revoked; records made in the same second
+    ///   cannot be ordered, and the store's is revoked, so a certificate revoked at one
+    ///   instance never comes back through another's stale file.
+    ///
+    /// Each file is then renamed `NAME.json.imported`, so it is copied once: an operator revoked
+    /// in the store later is not brought back active by the file at the next start.
     pub fn in_store(data_dir: &Path, db: Db) -> Result<Self> {
         let files = Self::new(data_dir);
         let mut imported = 0;
@@ -235,12 +263,9 @@ impl OperatorStore {
             };
             if db.insert_new(Table::Operators, &name, &op)? {
                 imported += 1;
-            } else if let Some(revoked) = &op.revoked {
-                match db.update(Table::Operators, &name, |mut held: Operator| {
-                    if held.revoked.is_none() && held.sha256.eq_ignore_ascii_case(&op.sha256) {
-                        held.revoked = Some(revoked.clone());
-                    }
-                    Ok(held)
+            } else {
+                match db.update(Table::Operators, &name, |held: Operator| {
+                    Ok(reconcile(held, &op))
                 }) {
                     Ok(_) | Err(Error::NotFound(_)) => {}
                     Err(e) => return Err(e),
@@ -625,10 +650,25 @@ mod tests {
         files.add(&record("carol", "cc33")).expect("file");
         files.revoke("carol", "admin").expect("revoke");
         elsewhere.add(&record("carol", "CC33")).expect("store");
-        // Another certificate in the store than in the file: the store's, untouched.
-        files.add(&record("dora", "dd44")).expect("file");
+        // Another certificate in the store than in the file: the newer record stands.
+        let made = |name: &str, sha: &str, created: i64| Operator {
+            created,
+            ..record(name, sha)
+        };
+        // The store's is newer: kept, the file's older one is not brought in.
+        files.add(&made("dora", "dd44", now() - 100)).expect("file");
         files.revoke("dora", "admin").expect("revoke");
-        elsewhere.add(&record("dora", "ee55")).expect("store");
+        elsewhere.add(&made("dora", "ee55", now())).expect("store");
+        // The file's is newer (the store's certificate was replaced at the file's instance):
+        // the file's stands, and the old certificate no longer gets in.
+        elsewhere
+            .add(&made("erin", "0e01", now() - 100))
+            .expect("store");
+        files.add(&made("erin", "0e02", now())).expect("file");
+        // Made in the same second: cannot be ordered, so the store's is revoked.
+        let second = now() - 50;
+        elsewhere.add(&made("fay", "0f01", second)).expect("store");
+        files.add(&made("fay", "0f02", second)).expect("file");
         std::fs::write(dir.path().join("operators/broken.json"), "{").expect("broken");
 
         let shared = OperatorStore::in_store(dir.path(), db.clone()).expect("import");
@@ -636,9 +676,13 @@ mod tests {
         assert!(gets_in("aa11"), "copied");
         assert!(!gets_in("bb22"), "stays revoked");
         assert!(!gets_in("cc33"), "revoked");
-        assert!(gets_in("ee55"), "the store's");
+        assert!(gets_in("ee55"), "the store's, newer");
+        assert!(!gets_in("dd44"), "the file's, older");
+        assert!(gets_in("0e02"), "the file's, newer");
+        assert!(!gets_in("0e01"), "the store's, older");
+        assert!(!gets_in("0f01") && !gets_in("0f02"), "neither, unordered");
         let ops = dir.path().join("operators");
-        for name in ["alice", "bob", "carol", "dora"] {
+        for name in ["alice", "bob", "carol", "dora", "erin", "fay"] {
             let (file, kept) = (format!("{name}.json"), format!("{name}.json.imported"));
             assert!(
                 !ops.join(file).exists() && ops.join(kept).exists(),
